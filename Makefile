@@ -1,0 +1,31 @@
+# The two commands a new user needs:
+#   make devnet   build and start a local devnet
+#   make test     run every test
+# Both install what is missing first (scripts/setup.sh): a C++ compiler, clang/libclang,
+# and a virtualenv with torch==2.11.0 whose libtorch the binary links against (by rpath, so
+# the built `trellis` runs without any exported variables).
+
+VENV ?= $(CURDIR)/.venv
+export LIBTORCH := $(abspath $(VENV))/libtorch
+CARGO ?= cargo
+FUZZ_SECONDS ?= 30
+
+.PHONY: setup build devnet test fuzz bench clean-venv
+
+setup:
+	@scripts/setup.sh "$(VENV)"
+
+build: setup
+	$(CARGO) build --release -p trellis-node
+
+devnet: build
+	@scripts/devnet.sh
+
+test: setup
+	$(CARGO) test --workspace
+
+fuzz: setup
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+clean-venv:
+	rm -rf "$(VENV)"

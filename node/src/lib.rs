@@ -1,0 +1,4 @@
+//! `trellis-node`: the `trellis` binary's library. Command-line parsing and the commands
+//! users run; the node itself (consensus, storage, RPC, roles) grows here.
+
+pub mod cli;

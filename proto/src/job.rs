@@ -1,0 +1,376 @@
+//! Training jobs: the spec a submitter escrows a reward for, and what miners and validators
+//! put on chain about each round (work commitments, verdicts, aggregates).
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_seq, decode_string, encode_bytes, encode_seq, Decode, DecodeError, Encode, Reader};
+use crate::crypto::Address;
+use crate::hash::Hash;
+use crate::{canonical_newtype, canonical_struct, canonical_tag_enum, Amount};
+
+/// Longest job name, in bytes.
+pub const MAX_JOB_NAME_LEN: usize = 64;
+/// Most miners accepted in one round of one job.
+pub const MAX_MINERS_PER_ROUND: usize = 256;
+
+/// A job's identifier, assigned by the chain in submission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+canonical_newtype!(JobId);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Shape of the GPT-style decoder a job trains (byte-level vocabulary by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub vocab_size: u32,
+    pub context_length: u32,
+    pub width: u32,
+    pub layers: u32,
+    pub heads: u32,
+}
+canonical_struct!(ModelConfig { vocab_size, context_length, width, layers, heads });
+
+/// How the outer step combines the aggregated pseudo-gradient with the global model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OuterOptimizer {
+    /// Nesterov momentum on the pseudo-gradient (DiLoCo).
+    Nesterov,
+    /// Plain averaging of the workers' models (FedAvg).
+    Average,
+}
+canonical_tag_enum!(OuterOptimizer, "outer optimizer" { Nesterov = 1, Average = 2 });
+
+/// How a miner encodes its pseudo-gradient for the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaEncoding {
+    F32,
+    F16,
+    /// int8 with one f32 scale per chunk, and the quantisation error carried to the next round.
+    Int8,
+}
+canonical_tag_enum!(DeltaEncoding, "delta encoding" { F32 = 1, F16 = 2, Int8 = 3 });
+
+/// How the accepted pseudo-gradients of a round are combined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "rule")]
+pub enum AggregationRule {
+    Mean,
+    /// Coordinate-wise mean after dropping the `trim` largest and `trim` smallest values.
+    TrimmedMean { trim: u32 },
+    /// Centred clipping (Karimireddy, He and Jaggi, 2021) with radius `tau`.
+    CenteredClip { tau: f32, iterations: u32 },
+}
+
+impl Encode for AggregationRule {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        match self {
+            AggregationRule::Mean => out.push(1),
+            AggregationRule::TrimmedMean { trim } => {
+                out.push(2);
+                trim.encode_to(out);
+            }
+            AggregationRule::CenteredClip { tau, iterations } => {
+                out.push(3);
+                tau.encode_to(out);
+                iterations.encode_to(out);
+            }
+        }
+    }
+}
+
+impl Decode for AggregationRule {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match u8::decode_from(reader)? {
+            1 => Ok(AggregationRule::Mean),
+            2 => Ok(AggregationRule::TrimmedMean { trim: u32::decode_from(reader)? }),
+            3 => Ok(AggregationRule::CenteredClip { tau: f32::decode_from(reader)?, iterations: u32::decode_from(reader)? }),
+            tag => Err(DecodeError::UnknownTag { what: "aggregation rule", tag }),
+        }
+    }
+}
+
+/// How checkers decide whether a trail segment is honest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum VerificationMode {
+    /// Re-executed checkpoints must hash equal (same backend class).
+    Exact,
+    /// Re-executed weights must lie within `max_distance` (see `docs/protocol.md`).
+    Tolerance { max_distance: f32 },
+    /// Each segment carries a Groth16 proof (circuit-sized models only).
+    Groth16,
+}
+
+impl Encode for VerificationMode {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        match self {
+            VerificationMode::Exact => out.push(1),
+            VerificationMode::Tolerance { max_distance } => {
+                out.push(2);
+                max_distance.encode_to(out);
+            }
+            VerificationMode::Groth16 => out.push(3),
+        }
+    }
+}
+
+impl Decode for VerificationMode {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match u8::decode_from(reader)? {
+            1 => Ok(VerificationMode::Exact),
+            2 => Ok(VerificationMode::Tolerance { max_distance: f32::decode_from(reader)? }),
+            3 => Ok(VerificationMode::Groth16),
+            tag => Err(DecodeError::UnknownTag { what: "verification mode", tag }),
+        }
+    }
+}
+
+/// DiLoCo's inner (AdamW) and outer parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DilocoParams {
+    pub workers_per_round: u32,
+    pub inner_steps: u32,
+    pub batch_size: u32,
+    pub sequence_length: u32,
+    pub learning_rate: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub warmup_steps: u32,
+    pub outer_optimizer: OuterOptimizer,
+    pub outer_learning_rate: f32,
+    pub outer_momentum: f32,
+    pub rounds: u32,
+    pub encoding: DeltaEncoding,
+}
+canonical_struct!(DilocoParams {
+    workers_per_round,
+    inner_steps,
+    batch_size,
+    sequence_length,
+    learning_rate,
+    beta1,
+    beta2,
+    weight_decay,
+    grad_clip,
+    warmup_steps,
+    outer_optimizer,
+    outer_learning_rate,
+    outer_momentum,
+    rounds,
+    encoding,
+});
+
+/// How a job's work is checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerificationParams {
+    /// A checkpoint is written every this many inner steps.
+    pub checkpoint_interval: u32,
+    /// Segments sampled per miner per round.
+    pub segments_per_miner: u32,
+    pub mode: VerificationMode,
+}
+canonical_struct!(VerificationParams { checkpoint_interval, segments_per_miner, mode });
+
+/// Everything a training job fixes when it is submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub model: ModelConfig,
+    pub init_seed: u64,
+    /// Merkle root over the dataset's shard hashes.
+    pub dataset_root: Hash,
+    pub dataset_shards: u32,
+    pub diloco: DilocoParams,
+    pub aggregation: AggregationRule,
+    pub verification: VerificationParams,
+    pub reward_per_round: Amount,
+    pub min_miner_stake: Amount,
+    /// Blocks from a round's opening to its commit deadline.
+    pub commit_blocks: u32,
+    /// Blocks from the commit deadline to the end of verification.
+    pub verify_blocks: u32,
+}
+
+impl Encode for JobSpec {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        encode_bytes(self.name.as_bytes(), out);
+        self.model.encode_to(out);
+        self.init_seed.encode_to(out);
+        self.dataset_root.encode_to(out);
+        self.dataset_shards.encode_to(out);
+        self.diloco.encode_to(out);
+        self.aggregation.encode_to(out);
+        self.verification.encode_to(out);
+        self.reward_per_round.encode_to(out);
+        self.min_miner_stake.encode_to(out);
+        self.commit_blocks.encode_to(out);
+        self.verify_blocks.encode_to(out);
+    }
+}
+
+impl Decode for JobSpec {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: decode_string(reader, "job name", MAX_JOB_NAME_LEN)?,
+            model: Decode::decode_from(reader)?,
+            init_seed: Decode::decode_from(reader)?,
+            dataset_root: Decode::decode_from(reader)?,
+            dataset_shards: Decode::decode_from(reader)?,
+            diloco: Decode::decode_from(reader)?,
+            aggregation: Decode::decode_from(reader)?,
+            verification: Decode::decode_from(reader)?,
+            reward_per_round: Decode::decode_from(reader)?,
+            min_miner_stake: Decode::decode_from(reader)?,
+            commit_blocks: Decode::decode_from(reader)?,
+            verify_blocks: Decode::decode_from(reader)?,
+        })
+    }
+}
+
+/// A miner's claim about its work in one round (the payload of `CommitWork`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkCommitment {
+    pub job: JobId,
+    pub round: u32,
+    /// Merkle root over the trail's checkpoint hashes.
+    pub trail_root: Hash,
+    /// Number of checkpoints in the trail (leaves under `trail_root`).
+    pub checkpoints: u32,
+    /// Hash of the final checkpoint θ_H.
+    pub final_checkpoint: Hash,
+    /// Hash of the encoded pseudo-gradient Δ = θ_r − θ_H.
+    pub delta_hash: Hash,
+    /// Tokens trained in the round.
+    pub tokens: u64,
+}
+canonical_struct!(WorkCommitment { job, round, trail_root, checkpoints, final_checkpoint, delta_hash, tokens });
+
+/// Why a checker found a segment invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvalidReason {
+    /// The served start checkpoint does not hash to the trail entry.
+    StartMismatch,
+    /// Re-execution reached a different checkpoint hash (exact mode).
+    CheckpointMismatch,
+    /// Re-execution landed farther than the tolerance (tolerance mode).
+    DistanceExceeded,
+    /// The submitted Δ is not the encoding of θ_r − θ_final.
+    DeltaMismatch,
+    /// A Groth16 proof did not verify.
+    ProofRejected,
+    /// A served blob could not be decoded.
+    MalformedBlob,
+}
+canonical_tag_enum!(InvalidReason, "invalid reason" {
+    StartMismatch = 1,
+    CheckpointMismatch = 2,
+    DistanceExceeded = 3,
+    DeltaMismatch = 4,
+    ProofRejected = 5,
+    MalformedBlob = 6,
+});
+
+/// What a third party needs to re-check an `Invalid` verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidEvidence {
+    pub reason: InvalidReason,
+    /// The hash the trail (or commitment) claims.
+    pub expected: Hash,
+    /// The hash the checker reproduced.
+    pub reproduced: Hash,
+    /// Distance between claimed and reproduced weights (0 in exact mode).
+    pub distance: f32,
+}
+canonical_struct!(InvalidEvidence { reason, expected, reproduced, distance });
+
+/// A checker's finding for one segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum VerdictOutcome {
+    Valid,
+    Invalid(InvalidEvidence),
+    /// The miner did not serve the blobs in time.
+    Unavailable,
+}
+
+impl Encode for VerdictOutcome {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        match self {
+            VerdictOutcome::Valid => out.push(1),
+            VerdictOutcome::Invalid(evidence) => {
+                out.push(2);
+                evidence.encode_to(out);
+            }
+            VerdictOutcome::Unavailable => out.push(3),
+        }
+    }
+}
+
+impl Decode for VerdictOutcome {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match u8::decode_from(reader)? {
+            1 => Ok(VerdictOutcome::Valid),
+            2 => Ok(VerdictOutcome::Invalid(InvalidEvidence::decode_from(reader)?)),
+            3 => Ok(VerdictOutcome::Unavailable),
+            tag => Err(DecodeError::UnknownTag { what: "verdict outcome", tag }),
+        }
+    }
+}
+
+/// A validator's verdict on one segment of one miner's trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub job: JobId,
+    pub round: u32,
+    pub miner: Address,
+    pub segment: u32,
+    pub outcome: VerdictOutcome,
+}
+canonical_struct!(Verdict { job, round, miner, segment, outcome });
+
+/// The outer update a round commits: the new global model and momentum, and whose Δ went in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub job: JobId,
+    pub round: u32,
+    pub model_hash: Hash,
+    pub momentum_hash: Hash,
+    /// Accepted miners, strictly ascending (so the set has one encoding).
+    pub accepted: Vec<Address>,
+}
+
+impl Encode for Aggregate {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.job.encode_to(out);
+        self.round.encode_to(out);
+        self.model_hash.encode_to(out);
+        self.momentum_hash.encode_to(out);
+        encode_seq(&self.accepted, out);
+    }
+}
+
+impl Decode for Aggregate {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let aggregate = Self {
+            job: Decode::decode_from(reader)?,
+            round: Decode::decode_from(reader)?,
+            model_hash: Decode::decode_from(reader)?,
+            momentum_hash: Decode::decode_from(reader)?,
+            accepted: decode_seq(reader, "accepted miners", MAX_MINERS_PER_ROUND, 20)?,
+        };
+        if !aggregate.accepted.windows(2).all(|pair| pair[0] < pair[1]) {
+            return Err(DecodeError::InvalidValue { what: "accepted miners", reason: "not strictly ascending" });
+        }
+        Ok(aggregate)
+    }
+}

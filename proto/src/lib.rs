@@ -1,0 +1,71 @@
+//! `trellis-proto`: the wire and domain types of Trellis, their one canonical encoding,
+//! hashing, signing and Merkle trees.
+//!
+//! Guarantees:
+//! - every type that is hashed or signed has exactly one byte form ([`codec`]); decoding
+//!   untrusted bytes bounds every length, rejects trailing bytes and unknown tags with a typed
+//!   [`DecodeError`], and never panics;
+//! - every hash is a domain-separated blake3 digest ([`HashDomain`]);
+//! - every signature is bound to a chain id and a message kind ([`crypto::signing_preimage`]);
+//! - Merkle trees never duplicate leaves and separate leaves from nodes ([`merkle`]).
+//!
+//! This crate does no I/O and holds no state: it is the vocabulary every other crate speaks.
+
+pub mod block;
+pub mod codec;
+pub mod consensus;
+pub mod crypto;
+pub mod hash;
+pub mod job;
+pub mod merkle;
+pub mod tx;
+
+use serde::{Deserialize, Serialize};
+
+pub use block::{Block, BlockError, BlockHeader};
+pub use codec::{decode, Decode, DecodeError, Encode};
+pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
+pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
+pub use hash::{Hash, HashDomain};
+pub use job::{
+    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobId, JobSpec,
+    ModelConfig, OuterOptimizer, VerdictOutcome, Verdict, VerificationMode, VerificationParams, WorkCommitment,
+};
+pub use merkle::{MerkleProof, MerkleTree};
+pub use tx::{Role, SignedTx, Transaction, TxKind};
+
+/// An amount of the chain's token, in its smallest unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Amount(pub u64);
+canonical_newtype!(Amount);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        self.0.checked_add(other.0).map(Amount)
+    }
+
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        self.0.checked_sub(other.0).map(Amount)
+    }
+}
+
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A block height; the first block is height 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Height(pub u64);
+canonical_newtype!(Height);
+
+impl std::fmt::Display for Height {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,126 @@
+//! Golden vectors: the exact bytes (as a blake3 fingerprint plus length) and the hash of one
+//! fixed value of every encoded type. An accidental format change fails here; a deliberate one
+//! updates these vectors in the same commit and says so.
+
+mod common;
+
+use common::*;
+use trellis_proto::*;
+
+/// (length, blake3 of the canonical bytes) — a compact stand-in for the full bytes.
+fn fingerprint<T: Encode>(value: &T) -> (usize, String) {
+    let bytes = value.to_bytes();
+    (bytes.len(), blake3::hash(&bytes).to_hex().to_string())
+}
+
+fn assert_golden<T: Encode + Decode + PartialEq + std::fmt::Debug>(name: &str, value: &T, len: usize, digest: &str) {
+    let bytes = value.to_bytes();
+    assert_eq!(fingerprint(value), (len, digest.to_string()), "golden vector of {name} changed");
+    let back: T = decode(&bytes).unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
+    assert_eq!(&back, value, "{name} does not round-trip");
+}
+
+#[test]
+fn small_values_have_exact_bytes() {
+    assert_eq!(hex::encode(Amount(0x0102).to_bytes()), "0201000000000000");
+    assert_eq!(hex::encode(Height(1).to_bytes()), "0100000000000000");
+    assert_eq!(hex::encode(JobId(7).to_bytes()), "0700000000000000");
+    assert_eq!(hex::encode(Role::Miner.to_bytes()), "02");
+    assert_eq!(hex::encode(DeltaEncoding::Int8.to_bytes()), "03");
+    assert_eq!(hex::encode(AggregationRule::TrimmedMean { trim: 1 }.to_bytes()), "0201000000");
+    assert_eq!(hex::encode(VerificationMode::Tolerance { max_distance: 1.0 }.to_bytes()), "020000803f");
+    assert_eq!(
+        hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()),
+        "050300000000000000",
+    );
+    assert_eq!(
+        hex::encode(TxKind::Transfer { to: address(0x11), amount: Amount(5) }.to_bytes()),
+        format!("01{}0500000000000000", "11".repeat(20)),
+    );
+}
+
+#[test]
+fn key_and_address_derivation_is_fixed() {
+    let k = key(1);
+    assert_eq!(k.public_key().to_string(), GOLDEN_PUBLIC_KEY);
+    assert_eq!(k.address().to_string(), GOLDEN_ADDRESS);
+}
+
+#[test]
+fn signatures_are_fixed() {
+    // ed25519 is deterministic: the same key and message always give the same signature.
+    let sig = key(1).sign(CHAIN, SigningKind::Transaction, b"golden");
+    assert_eq!(sig.to_string(), GOLDEN_SIGNATURE);
+}
+
+#[test]
+fn structured_values_have_fixed_encodings() {
+    let (len, digest) = GOLDEN_JOB_SPEC;
+    assert_golden("JobSpec", &job_spec(), len, digest);
+    let (len, digest) = GOLDEN_WORK_COMMITMENT;
+    assert_golden("WorkCommitment", &work_commitment(), len, digest);
+    let (len, digest) = GOLDEN_VERDICT;
+    assert_golden("Verdict", &verdict_invalid(), len, digest);
+    let (len, digest) = GOLDEN_AGGREGATE;
+    assert_golden("Aggregate", &aggregate(), len, digest);
+    let (len, digest) = GOLDEN_EQUIVOCATION;
+    assert_golden("EquivocationEvidence", &equivocation(), len, digest);
+    let (len, digest) = GOLDEN_BLOCK_HEADER;
+    assert_golden("BlockHeader", &block().header, len, digest);
+    let (len, digest) = GOLDEN_BLOCK;
+    assert_golden("Block", &block(), len, digest);
+}
+
+#[test]
+fn every_transaction_kind_has_a_fixed_encoding_and_hash() {
+    let txs = one_tx_of_each_kind();
+    assert_eq!(txs.len(), GOLDEN_TXS.len());
+    for (tx, (name, len, digest, tx_hash)) in txs.iter().zip(GOLDEN_TXS) {
+        assert_eq!(tx.tx.kind.name(), *name);
+        assert_golden(name, tx, *len, digest);
+        assert_eq!(tx.hash().to_string(), *tx_hash, "hash of {name} changed");
+        tx.verify(CHAIN).unwrap();
+    }
+}
+
+#[test]
+fn hashes_are_fixed() {
+    assert_eq!(block().hash().to_string(), GOLDEN_BLOCK_HASH);
+    assert_eq!(Hash::of(HashDomain::JobSpec, &job_spec()).to_string(), GOLDEN_JOB_SPEC_HASH);
+    let tree = MerkleTree::from_data(&[b"a".as_slice(), b"b", b"c"]);
+    assert_eq!(tree.root().to_string(), GOLDEN_MERKLE_ROOT_ABC);
+    assert_eq!(merkle::empty_root().to_string(), GOLDEN_MERKLE_EMPTY);
+}
+
+#[test]
+fn golden_block_verifies() {
+    block().verify_body().unwrap();
+}
+
+// ---- The vectors. Generated once from the values above; see the module comment. ----
+const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
+const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
+const GOLDEN_JOB_SPEC: (usize, &str) = (185, "1f29638da1b4fbb2136a7e9639ab95129df44497bc2c8d6b462f2684e4c6028e");
+const GOLDEN_WORK_COMMITMENT: (usize, &str) = (120, "5456571468e01d962f71ddd26064e6eafd104be6dd5894aeacc8c37c697979c3");
+const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
+const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
+const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (150, "8c95fa1ae90a5c13e5c1ec9a211c933b1a780b84c35a54873a6edeb6636ffe5a");
+const GOLDEN_BLOCK: (usize, &str) = (2177, "f037c75e772db4a4b8231c5a1a08940d8e33573668451bcdc6604a95b501a193");
+const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
+    ("transfer", 141, "12ad43d4cbe1ffe156e9ce6eaa6b2e6248bb03066e7841ca7cac31ffba3a4864", "2719127f781aafc3c27a336ca440ce23b1ea4cd90b75f846e27ba30b02bac5c3"),
+    ("bond", 122, "96819cc5a376b788813b8bbaba8560017ba8715723f9a80904c3ca4eae613ca8", "c87013ff9aff2abf0d33c8780a3d4a8f74eb5cb1c394973266238ea3ef3cf02a"),
+    ("unbond", 122, "6d97b567629401e9fb0015cbee7fe4ebac67c02e07cedfb95b0466dbf83f659f", "21f25f559a67c30deb924249b587631fcb814b3289a4b423ea525d10a3949d13"),
+    ("submit_job", 306, "73c774d1524138a45cb444e418c36cd7b13429ffbc70c319aa3a463ceac09446", "05e3207170738e1b55c3886c4a3a9e3bc46357c108f6ebfb429033b8dfbcee57"),
+    ("join_job", 121, "2282d51abb70ea5c094b3818b8a69ac1664a81ae7cd1ea3f984de5e27ed14308", "c1d657a583303cd699fed63bef5c69b4fc85c0f02a4f3db9fd4313a2d64cfeba"),
+    ("commit_work", 233, "5db1b49fb5c0ea1a3ba056dd8ad2a5b53be118d8fafc261d6f631c6f0459ca63", "0fbdbf016c5392b8e8881cfda3e0acdff7a91fd63864feb7568302d480c12c33"),
+    ("verdict", 219, "18759520722d4f7ed5cfacdd00116897b2956da1e0a693d0e1c96aad79683631", "0a014e22b349816f4758aff99d622a2dbdec59343704317eaab87921c97b8c6d"),
+    ("commit_aggregate", 233, "2fe641aab6afb0c0e54589d60076d43c718d319c49060917ed3575331678aa27", "21b0bed1cd55491e114bb59566efa34ad27cf70b9753162bbc5ac1240c530b09"),
+    ("cancel_job", 121, "0eb579b6d82ee38ac0a426b968b0088de36b216433e40982bcb7333fcdca9f3b", "1a96745c950b320ac4df166564dfc4cbafc415231fb5dc8a02b84a058bee3368"),
+    ("report_equivocation", 405, "cea0509cd40b29e10c6f43ef1d81e187178893bb9e50fafb9160b53c455dee03", "82fe05e43e397d5757a2fc562f81c232cbf914d1b28bd2ce7ecf4db1b744f8dd"),
+];
+const GOLDEN_BLOCK_HASH: &str = "22e34491ec6a62fcf664af6f61b7a8ab9bbadf5770d551fe98ed51d4d7c72fc4";
+const GOLDEN_JOB_SPEC_HASH: &str = "26492dc932e49443eddff00724d37cef286723e93ddc74cde1a4dc4b4926e499";
+const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
+const GOLDEN_MERKLE_EMPTY: &str = "14ffdb1a57d34c9fb4fac3b2a8e4c473361d39d3b93b07b3bf734039db06a3d5";
