@@ -2,3 +2,5 @@
 //! users run; the node itself (consensus, storage, RPC, roles) grows here.
 
 pub mod cli;
+pub mod plot;
+pub mod train;

@@ -228,8 +228,8 @@ mod tests {
             let data = items(n);
             let tree = MerkleTree::from_data(&data);
             let root = tree.root();
-            for i in 0..n {
-                let leaf = leaf_hash(&data[i]);
+            for (i, item) in data.iter().enumerate() {
+                let leaf = leaf_hash(item);
                 let proof = tree.proof(i).unwrap();
                 // Wrong leaf.
                 assert!(proof.verify(&leaf_hash(b"other"), &root).is_err());

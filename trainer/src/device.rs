@@ -10,6 +10,8 @@ pub struct BackendInfo {
     pub cudnn_available: bool,
     pub mkl_available: bool,
     pub threads: i32,
+    /// The `MKL_CBWR` reproducibility mode in force, if any.
+    pub mkl_cbwr: Option<String>,
 }
 
 impl BackendInfo {
@@ -21,6 +23,7 @@ impl BackendInfo {
             cudnn_available: tch::Cuda::cudnn_is_available(),
             mkl_available: tch::utils::has_mkl(),
             threads: tch::get_num_threads(),
+            mkl_cbwr: std::env::var("MKL_CBWR").ok(),
         }
     }
 }
@@ -30,10 +33,15 @@ impl fmt::Display for BackendInfo {
         writeln!(f, "libtorch:        linked (tch {})", TCH_VERSION)?;
         writeln!(f, "CPU threads:     {}", self.threads)?;
         writeln!(f, "MKL:             {}", yes_no(self.mkl_available))?;
+        writeln!(f, "MKL_CBWR:        {}", self.mkl_cbwr.as_deref().unwrap_or("unset (results may depend on the thread count)"))?;
         writeln!(f, "CUDA available:  {} ({} devices)", yes_no(self.cuda_available), self.cuda_devices)?;
         write!(f, "cuDNN available: {}", yes_no(self.cudnn_available))
     }
 }
+
+/// The MKL reproducibility mode the trainer expects: the AVX2 code path in strict mode, whose
+/// matrix products give the same bits for any thread count and any AVX2-capable x86-64 CPU.
+pub const MKL_CBWR_DEFAULT: &str = "AVX2,STRICT";
 
 /// The tch version this crate is pinned to (PyTorch 2.11.0).
 pub const TCH_VERSION: &str = "0.24.0";

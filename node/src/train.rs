@@ -1,0 +1,412 @@
+//! `trellis train`: DiLoCo on one machine with K simulated workers (no chain), optionally
+//! against the compute-matched data-parallel baseline; and `trellis model eval`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tch::Device;
+use trellis_proto::{DeltaEncoding, OuterOptimizer};
+use trellis_trainer::data::{validation_windows, Dataset};
+use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS};
+use trellis_trainer::model::{parameter_count, Preset};
+use trellis_trainer::optim::AdamWConfig;
+use trellis_trainer::worker::evaluate;
+use trellis_trainer::{model_io, model::Gpt};
+
+use crate::plot::{write_line_chart, Series};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EncodingArg {
+    F32,
+    F16,
+    Int8,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OuterArg {
+    Nesterov,
+    Avg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BaselineArg {
+    /// Synchronous data-parallel with the same total tokens.
+    Ddp,
+}
+
+/// Options shared by every command that runs the trainer.
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for libtorch (results are bit-identical for any count; see docs/protocol.md).
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+}
+
+impl ComputeArgs {
+    pub fn apply(&self) -> anyhow::Result<Device> {
+        if self.threads < 1 {
+            bail!("--threads must be at least 1");
+        }
+        tch::set_num_threads(self.threads);
+        parse_device(&self.device)
+    }
+}
+
+/// Parses `--device`, failing clearly when CUDA is asked for but not available.
+pub fn parse_device(text: &str) -> anyhow::Result<Device> {
+    let device = match text {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(index) => Device::Cuda(index),
+            None => bail!("unknown device '{other}': use cpu, cuda or cuda:N"),
+        },
+    };
+    if !tch::Cuda::is_available() {
+        bail!("--device {text}: CUDA is not available to this binary (run `trellis doctor`)");
+    }
+    if let Device::Cuda(index) = device {
+        let count = tch::Cuda::device_count() as usize;
+        if index >= count {
+            bail!("--device {text}: only {count} CUDA device(s) present");
+        }
+    }
+    // Deterministic algorithms, so that GPU re-execution repeats bit for bit.
+    tch::Cuda::cudnn_set_benchmark(false);
+    Ok(device)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Text file, or directory of text files, to train on (last 10% is validation).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model preset: nano, micro, small or gpt2.
+    #[arg(long, default_value = "nano")]
+    pub model: String,
+    /// Number of simulated DiLoCo workers (K).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Inner AdamW steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    pub inner_steps: u64,
+    /// Outer rounds (R).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u64,
+    /// Sequences per inner step per worker.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence (default: the model's context length).
+    #[arg(long)]
+    pub sequence_length: Option<usize>,
+    /// Seed for initialisation and the batch schedule.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Peak inner learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Inner warm-up steps (counted per worker).
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Pseudo-gradient encoding.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub encoding: EncodingArg,
+    /// Outer optimizer.
+    #[arg(long, value_enum, default_value = "nesterov")]
+    pub outer: OuterArg,
+    #[arg(long, default_value_t = 0.7)]
+    pub outer_lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub outer_momentum: f32,
+    /// Also train this baseline with the same total tokens, for comparison.
+    #[arg(long, value_enum)]
+    pub baseline: Option<BaselineArg>,
+    /// Write every worker's checkpoint trail under this directory.
+    #[arg(long)]
+    pub trail_dir: Option<PathBuf>,
+    /// Checkpoint interval c, in inner steps.
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_interval: u64,
+    /// Where to save the final model (safetensors).
+    #[arg(long, default_value = "trellis-model.safetensors")]
+    pub out: PathBuf,
+    /// Metrics JSON (default: next to --out, `.metrics.json`).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Loss-curve PNG (default: next to --out, `.loss.png`).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print the metrics as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "trellis-model".into());
+    out.with_file_name(format!("{stem}{suffix}"))
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let preset: Preset = args.model.parse().map_err(anyhow::Error::msg)?;
+    let model = preset.config();
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if args.inner_steps == 0 {
+        bail!("--inner-steps (H) must be at least 1");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if args.checkpoint_interval == 0 {
+        bail!("--checkpoint-interval must be at least 1");
+    }
+    let sequence_length = args.sequence_length.unwrap_or(model.context_length as usize);
+    if sequence_length == 0 || sequence_length > model.context_length as usize {
+        bail!("--sequence-length must be between 1 and the model's context length {}", model.context_length);
+    }
+    let device = args.compute.apply()?;
+    let dataset = Dataset::load(&args.data).with_context(|| "loading the training data (--data)")?;
+    dataset.check_fits(&args.data, sequence_length)?;
+    if dataset.shard_count() < args.workers {
+        bail!(
+            "{} has {} shards of {} KiB; {} workers need at least one each: use fewer --workers or more data",
+            args.data.display(),
+            dataset.shard_count(),
+            dataset.shard_bytes() / 1024,
+            args.workers
+        );
+    }
+    let encoding = match args.encoding {
+        EncodingArg::F32 => DeltaEncoding::F32,
+        EncodingArg::F16 => DeltaEncoding::F16,
+        EncodingArg::Int8 => DeltaEncoding::Int8,
+    };
+    let outer = match args.outer {
+        OuterArg::Nesterov => OuterOptimizer::Nesterov,
+        OuterArg::Avg => OuterOptimizer::Average,
+    };
+    let config = RunConfig {
+        model: model.clone(),
+        seed: args.seed,
+        workers: args.workers,
+        inner_steps: args.inner_steps,
+        rounds: args.rounds,
+        batch_size: args.batch_size,
+        sequence_length,
+        adamw: AdamWConfig {
+            learning_rate: args.lr,
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: args.weight_decay,
+            grad_clip: args.grad_clip,
+            warmup_steps: args.warmup,
+            total_steps: args.inner_steps * args.rounds,
+            min_lr_fraction: 0.1,
+        },
+        outer,
+        outer_learning_rate: args.outer_lr,
+        outer_momentum: args.outer_momentum,
+        encoding,
+        checkpoint_interval: args.checkpoint_interval,
+        trail_dir: args.trail_dir.clone(),
+        device,
+    };
+    let parameters = parameter_count(&model);
+    if !args.json {
+        eprintln!(
+            "training {} ({} parameters) on {} ({} KiB, {} shards, root {}), K={} H={} R={}, {} threads, {:?}",
+            preset.name(),
+            parameters,
+            args.data.display(),
+            (dataset.train().len() + dataset.validation().len()) / 1024,
+            dataset.shard_count(),
+            &dataset.root().to_hex()[..16],
+            args.workers,
+            args.inner_steps,
+            args.rounds,
+            args.compute.threads,
+            device
+        );
+    }
+    let diloco_steps = args.workers as u64 * args.inner_steps * args.rounds;
+    let baseline_steps = if args.baseline.is_some() { args.inner_steps * args.rounds } else { 0 };
+    let bar = progress_bar(diloco_steps + baseline_steps, args.json);
+
+    bar.set_message("diloco");
+    let diloco = run_diloco(&config, &dataset, |event| report_progress(&bar, args.json, "diloco", event))?;
+    let ddp = match args.baseline {
+        Some(BaselineArg::Ddp) => {
+            bar.set_message("ddp");
+            Some(run_data_parallel(&config, &dataset, |event| report_progress(&bar, args.json, "ddp", event))?)
+        }
+        None => None,
+    };
+    bar.finish_and_clear();
+
+    let mut final_model = Gpt::new(&model, args.seed, device)?;
+    final_model.set_flat_weights(&diloco.final_weights);
+    model_io::save(&final_model, &args.out)?;
+    let metrics_path = args.metrics.clone().unwrap_or_else(|| sibling(&args.out, ".metrics.json"));
+    let plot_path = args.plot.clone().unwrap_or_else(|| sibling(&args.out, ".loss.png"));
+    let metrics = metrics_json(&args, preset, parameters, &dataset, &diloco, ddp.as_ref());
+    std::fs::write(&metrics_path, serde_json::to_string_pretty(&metrics)?)
+        .with_context(|| format!("writing {}", metrics_path.display()))?;
+    let mut series = vec![curve(&diloco)];
+    series.extend(ddp.iter().map(curve));
+    write_line_chart(&plot_path, "validation loss", "tokens", "loss", &series)?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    } else {
+        print_summary(&diloco, ddp.as_ref(), &args.out, &metrics_path, &plot_path);
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>7} [{elapsed_precise}] {bar:40} {pos}/{len} steps, eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Advances the bar on every step and prints a line per round (unless `quiet`, for `--json`).
+fn report_progress(bar: &ProgressBar, quiet: bool, method: &str, event: Progress<'_>) {
+    match event {
+        Progress::Step { .. } => bar.inc(1),
+        Progress::RoundDone(_) if quiet => {}
+        Progress::RoundDone(round) => bar.suspend(|| eprintln!(
+            "{method:>7} round {:>3}: validation loss {:.4}, train loss {:.4}, {} tokens, {} sent per worker",
+            round.round + 1,
+            round.validation_loss,
+            round.mean_train_loss,
+            round.tokens,
+            human_bytes(round.bytes_sent_per_worker)
+        )),
+    }
+}
+
+fn curve(report: &RunReport) -> Series {
+    let mut points = vec![(0.0, report.initial_validation_loss)];
+    points.extend(report.rounds.iter().map(|r| (r.tokens as f64, r.validation_loss)));
+    Series { label: report.method.clone(), points }
+}
+
+fn metrics_json(
+    args: &TrainArgs,
+    preset: Preset,
+    parameters: u64,
+    dataset: &Dataset,
+    diloco: &RunReport,
+    ddp: Option<&RunReport>,
+) -> serde_json::Value {
+    let mut value = json!({
+        "model": preset.name(),
+        "parameters": parameters,
+        "data": args.data.display().to_string(),
+        "dataset_root": dataset.root(),
+        "workers": args.workers,
+        "inner_steps": args.inner_steps,
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "threads": args.compute.threads,
+        "device": args.compute.device,
+        "diloco": diloco,
+    });
+    if let Some(ddp) = ddp {
+        value["ddp"] = json!(ddp);
+        value["comparison"] = json!({
+            "loss_ratio_diloco_over_ddp": diloco.final_validation_loss / ddp.final_validation_loss,
+            "bytes_ratio_ddp_over_diloco": ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64,
+        });
+    }
+    value
+}
+
+fn print_summary(diloco: &RunReport, ddp: Option<&RunReport>, out: &Path, metrics: &Path, plot: &Path) {
+    println!("{:<12} {:>12} {:>12} {:>14} {:>12}", "method", "val loss", "tokens", "sent/worker", "tokens/s");
+    for report in std::iter::once(diloco).chain(ddp) {
+        println!(
+            "{:<12} {:>12.4} {:>12} {:>14} {:>12.0}",
+            report.method,
+            report.final_validation_loss,
+            report.tokens,
+            human_bytes(report.bytes_sent_per_worker),
+            report.tokens_per_second
+        );
+    }
+    if let Some(ddp) = ddp {
+        println!(
+            "DiLoCo/DDP validation loss: {:.4}; DDP sends {:.1}x the bytes of DiLoCo",
+            diloco.final_validation_loss / ddp.final_validation_loss,
+            ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64
+        );
+    }
+    println!("checkpointing took {:.1}% of training time", 100.0 * diloco.checkpoint_seconds / (diloco.compute_seconds + diloco.checkpoint_seconds).max(1e-9));
+    println!("model: {}\nmetrics: {}\nloss curve: {}", out.display(), metrics.display(), plot.display());
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A model file written by `trellis train` (safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text file or directory; its last 10% is evaluated.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Number of validation windows.
+    #[arg(long, default_value_t = VALIDATION_WINDOWS)]
+    pub windows: usize,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let device = args.compute.apply()?;
+    if args.windows == 0 {
+        bail!("--windows must be at least 1");
+    }
+    let model = model_io::load(&args.model, device)?;
+    let sequence_length = model.config().context_length as usize;
+    let dataset = Dataset::load(&args.data).with_context(|| "loading the evaluation data (--data)")?;
+    dataset.check_fits(&args.data, sequence_length)?;
+    let (inputs, targets) = validation_windows(&dataset, sequence_length, args.windows);
+    let loss = evaluate(&model, &inputs, &targets, sequence_length, 16);
+    println!("validation loss: {loss:.4}");
+    println!("perplexity:      {:.2}", loss.exp());
+    Ok(())
+}

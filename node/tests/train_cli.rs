@@ -1,0 +1,90 @@
+//! `trellis train` and `trellis model eval` as a user runs them: a tiny real run end to end,
+//! and clear errors for every bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn trellis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis")).args(args).env_remove("LD_LIBRARY_PATH").output().unwrap()
+}
+
+fn shakespeare() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt").display().to_string()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trellis-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
+    let dir = temp_dir("run");
+    let out = dir.join("m.safetensors");
+    let trail = dir.join("trail");
+    let data = shakespeare();
+    let output = trellis(&[
+        "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "6", "--rounds", "2",
+        "--batch-size", "4", "--checkpoint-interval", "3", "--baseline", "ddp", "--json",
+        "--out", out.to_str().unwrap(), "--trail-dir", trail.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let metrics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let diloco = &metrics["diloco"];
+    assert_eq!(diloco["rounds"].as_array().unwrap().len(), 2);
+    assert!(diloco["final_validation_loss"].as_f64().unwrap() < diloco["initial_validation_loss"].as_f64().unwrap());
+    assert_eq!(diloco["tokens"], metrics["ddp"]["tokens"], "the baseline trains the same tokens");
+    assert!(metrics["comparison"]["bytes_ratio_ddp_over_diloco"].as_f64().unwrap() > 1.0);
+    assert!(dir.join("m.metrics.json").exists());
+    assert_eq!(&std::fs::read(dir.join("m.loss.png")).unwrap()[..4], b"\x89PNG");
+    let trail_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trail.join("round-0001/worker-01/trail.json")).unwrap()).unwrap();
+    assert_eq!(trail_json["checkpoints"].as_array().unwrap().len(), 3);
+    assert!(trail.join("round-0001/worker-01/ckpt-00000012.bin").exists());
+
+    let eval = trellis(&["model", "eval", "--model", out.to_str().unwrap(), "--data", &data]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let text = String::from_utf8_lossy(&eval.stdout);
+    let loss: f64 = text.lines().next().unwrap().trim_start_matches("validation loss:").trim().parse().unwrap();
+    assert!((loss - diloco["final_validation_loss"].as_f64().unwrap()).abs() < 1e-3, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let dir = temp_dir("bad");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    let tiny = dir.join("tiny.txt");
+    std::fs::write(&tiny, b"too short").unwrap();
+    let data = shakespeare();
+    let out = dir.join("m.safetensors");
+    let out = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--data", "/no/such/file.txt", "--out", out], "does not exist"),
+        (vec!["train", "--data", empty.to_str().unwrap(), "--out", out], "is empty"),
+        (vec!["train", "--data", tiny.to_str().unwrap(), "--out", out], "at least"),
+        (vec!["train", "--data", &data, "--model", "huge", "--out", out], "unknown model preset 'huge'"),
+        (vec!["train", "--data", &data, "--inner-steps", "0", "--out", out], "--inner-steps (H) must be at least 1"),
+        (vec!["train", "--data", &data, "--workers", "0", "--out", out], "--workers must be at least 1"),
+        (vec!["train", "--data", &data, "--workers", "100", "--out", out], "use fewer --workers"),
+        (vec!["train", "--data", &data, "--device", "tpu", "--out", out], "unknown device 'tpu'"),
+        (vec!["train", "--data", &data, "--threads", "0", "--out", out], "--threads must be at least 1"),
+        (vec!["model", "eval", "--model", "/no/such/model", "--data", &data], "model file /no/such/model"),
+        (vec!["model", "eval", "--model", tiny.to_str().unwrap(), "--data", &data], "not a valid safetensors file"),
+    ];
+    for (args, expected) in cases {
+        let output = trellis(&args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let message = stderr(&output);
+        assert!(message.contains(expected), "{args:?}: expected '{expected}' in: {message}");
+        assert!(!message.contains("panicked"), "{args:?} panicked: {message}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,270 @@
+//! DiLoCo on one machine with K simulated workers, and the compute-matched synchronous
+//! data-parallel baseline, for `trellis train`.
+//!
+//! One model object is reused for every worker (its weights set from θ_r before each worker's
+//! round), and each worker keeps its own AdamW moments and error-feedback residual across
+//! rounds, as a real miner does.
+//!
+//! Bytes on the network are counted per worker, as each would send them:
+//! - DiLoCo: one encoded pseudo-gradient per round (to the aggregator);
+//! - data-parallel: a ring all-reduce of f32 gradients every step, `2(K−1)/K · 4P` bytes.
+//!
+//! `docs/benchmarks.md` also reports the ratio with an all-reduce of Δ, for comparison.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+use trellis_proto::{DeltaEncoding, ModelConfig, OuterOptimizer};
+
+use crate::data::{validation_windows, BatchSchedule, Dataset};
+use crate::encoding::{self, ErrorFeedback};
+use crate::model::Gpt;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::outer::{mean, pseudo_gradient, OuterStep};
+use crate::worker::{evaluate, InnerLoop, Trail, WorkerError};
+
+/// Number of validation windows evaluated after each round.
+pub const VALIDATION_WINDOWS: usize = 64;
+
+/// Everything a local DiLoCo run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub seed: u64,
+    pub workers: usize,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+    pub adamw: AdamWConfig,
+    pub outer: OuterOptimizer,
+    pub outer_learning_rate: f32,
+    pub outer_momentum: f32,
+    pub encoding: DeltaEncoding,
+    pub checkpoint_interval: u64,
+    pub trail_dir: Option<PathBuf>,
+    pub device: Device,
+}
+
+/// Per-round figures of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    pub round: u64,
+    pub validation_loss: f64,
+    pub mean_train_loss: f64,
+    /// Tokens trained so far, all workers together.
+    pub tokens: u64,
+    /// Bytes sent so far, per worker.
+    pub bytes_sent_per_worker: u64,
+    pub seconds: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub method: String,
+    pub initial_validation_loss: f64,
+    pub rounds: Vec<RoundReport>,
+    pub final_validation_loss: f64,
+    pub tokens: u64,
+    pub bytes_sent_per_worker: u64,
+    pub compute_seconds: f64,
+    pub checkpoint_seconds: f64,
+    pub tokens_per_second: f64,
+    #[serde(skip)]
+    pub final_weights: Vec<f32>,
+    #[serde(skip)]
+    pub trails: Vec<Trail>,
+}
+
+/// Progress events, for a bar or a log.
+#[derive(Debug, Clone)]
+pub enum Progress<'a> {
+    Step { round: u64, worker: usize, step: u64, loss: f32 },
+    RoundDone(&'a RoundReport),
+}
+
+/// Runs DiLoCo: `rounds` rounds of K workers × H inner steps, then the outer step.
+pub fn run_diloco(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMut(Progress<'_>)) -> Result<RunReport, WorkerError> {
+    let schedule = schedule(config, config.workers);
+    let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
+    let mut model = Gpt::new(&config.model, config.seed, config.device)?;
+    let mut global = model.flat_weights();
+    let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
+    let mut outer = OuterStep::new(config.outer, config.outer_learning_rate, config.outer_momentum, global.len());
+    let mut optimizers: Vec<AdamW> =
+        (0..config.workers).map(|_| AdamW::new(config.adamw.clone(), model.parameters())).collect();
+    let mut feedback: Vec<ErrorFeedback> = (0..config.workers).map(|_| ErrorFeedback::default()).collect();
+    let started = Instant::now();
+    let (mut tokens, mut bytes_sent, mut compute, mut checkpointing) = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut rounds = Vec::new();
+    let mut trails = Vec::new();
+    for round in 0..config.rounds {
+        let mut deltas = Vec::with_capacity(config.workers);
+        let mut train_losses = Vec::new();
+        for (worker, optimizer) in optimizers.iter_mut().enumerate() {
+            model.set_flat_weights(&global);
+            let trail_dir = config.trail_dir.as_ref().map(|d| d.join(format!("round-{round:04}")).join(format!("worker-{worker:02}")));
+            let inner = InnerLoop {
+                dataset,
+                schedule: &schedule,
+                round,
+                worker,
+                checkpoint_interval: config.checkpoint_interval,
+                trail_dir: trail_dir.as_deref(),
+            };
+            let outcome = inner.train_steps(&mut model, optimizer, config.inner_steps, |step, loss| {
+                progress(Progress::Step { round, worker, step, loss })
+            })?;
+            tokens += outcome.tokens;
+            compute += outcome.compute;
+            checkpointing += outcome.checkpointing;
+            train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+            if let Some(dir) = &trail_dir {
+                write_trail(dir, &outcome.trail)?;
+            }
+            trails.push(outcome.trail);
+            let delta = pseudo_gradient(&global, &model.flat_weights());
+            let encoded = match config.encoding {
+                DeltaEncoding::Int8 => feedback[worker].encode(config.encoding, &delta),
+                other => encoding::encode(other, &delta),
+            };
+            if worker == 0 {
+                bytes_sent += encoded.len() as u64;
+            }
+            let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
+            deltas.push(decoded);
+        }
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        outer.apply(&mut global, &mean(&refs));
+        model.set_flat_weights(&global);
+        let report = RoundReport {
+            round,
+            validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
+            mean_train_loss: train_losses.iter().sum::<f64>() / train_losses.len().max(1) as f64,
+            tokens,
+            bytes_sent_per_worker: bytes_sent,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress(Progress::RoundDone(&report));
+        rounds.push(report);
+    }
+    Ok(finish(format!("diloco-{}", encoding_name(config.encoding)), initial_validation_loss, rounds, global, trails, compute, checkpointing))
+}
+
+/// Synchronous data-parallel with the same total tokens: every step trains on the K workers'
+/// batches of that step at once (the global batch split across workers, averaged gradients),
+/// for `rounds × H` steps, reporting at the same token counts as DiLoCo.
+pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMut(Progress<'_>)) -> Result<RunReport, WorkerError> {
+    let worker_schedule = schedule(config, config.workers);
+    let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
+    let mut model = Gpt::new(&config.model, config.seed, config.device)?;
+    let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
+    let mut optimizer = AdamW::new(config.adamw.clone(), model.parameters());
+    let parameters = model.numel() as u64;
+    let k = config.workers as u64;
+    let allreduce_bytes = 2 * (k - 1) * 4 * parameters / k;
+    let started = Instant::now();
+    let (mut tokens, mut bytes_sent, mut compute) = (0u64, 0u64, Duration::ZERO);
+    let (b, t) = (config.batch_size as i64, config.sequence_length as i64);
+    let mut rounds = Vec::new();
+    for round in 0..config.rounds {
+        let shards: Vec<Vec<usize>> =
+            (0..config.workers).map(|w| worker_schedule.shards_of(dataset, round, w)).collect::<Result<_, _>>()?;
+        let mut losses = Vec::new();
+        for local in 0..config.inner_steps {
+            let began = Instant::now();
+            let mut inputs = Vec::new();
+            let mut targets = Vec::new();
+            for (worker, worker_shards) in shards.iter().enumerate() {
+                // Worker w's batch at its step `round·H + local`, as DiLoCo's worker would draw it.
+                let step = round * config.inner_steps + local;
+                let (x, y) = worker_schedule.batch(dataset, worker_shards, round, worker, step);
+                inputs.extend(x);
+                targets.extend(y);
+            }
+            let x = Tensor::from_slice(&inputs).view([k as i64 * b, t]).to_device(config.device);
+            let y = Tensor::from_slice(&targets).view([k as i64 * b, t]).to_device(config.device);
+            model.zero_grad();
+            let loss = model.loss(&x, &y);
+            loss.backward();
+            optimizer.step(model.parameters());
+            let loss = loss.double_value(&[]) as f32;
+            compute += began.elapsed();
+            if !loss.is_finite() {
+                return Err(WorkerError::Diverged { step: optimizer.step, loss });
+            }
+            losses.push(f64::from(loss));
+            tokens += (k as i64 * b * t) as u64;
+            bytes_sent += allreduce_bytes;
+            progress(Progress::Step { round, worker: 0, step: optimizer.step, loss });
+        }
+        let report = RoundReport {
+            round,
+            validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
+            mean_train_loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+            tokens,
+            bytes_sent_per_worker: bytes_sent,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress(Progress::RoundDone(&report));
+        rounds.push(report);
+    }
+    let weights = model.flat_weights();
+    Ok(finish("ddp".into(), initial_validation_loss, rounds, weights, Vec::new(), compute, Duration::ZERO))
+}
+
+fn finish(
+    method: String,
+    initial_validation_loss: f64,
+    rounds: Vec<RoundReport>,
+    final_weights: Vec<f32>,
+    trails: Vec<Trail>,
+    compute: Duration,
+    checkpointing: Duration,
+) -> RunReport {
+    let last = rounds.last();
+    let tokens = last.map_or(0, |r| r.tokens);
+    RunReport {
+        method,
+        initial_validation_loss,
+        final_validation_loss: last.map_or(initial_validation_loss, |r| r.validation_loss),
+        tokens,
+        bytes_sent_per_worker: last.map_or(0, |r| r.bytes_sent_per_worker),
+        compute_seconds: compute.as_secs_f64(),
+        checkpoint_seconds: checkpointing.as_secs_f64(),
+        tokens_per_second: tokens as f64 / compute.as_secs_f64().max(1e-9),
+        rounds,
+        final_weights,
+        trails,
+    }
+}
+
+fn schedule(config: &RunConfig, workers: usize) -> BatchSchedule {
+    BatchSchedule { seed: config.seed, workers, batch_size: config.batch_size, sequence_length: config.sequence_length }
+}
+
+pub fn encoding_name(encoding: DeltaEncoding) -> &'static str {
+    match encoding {
+        DeltaEncoding::F32 => "f32",
+        DeltaEncoding::F16 => "f16",
+        DeltaEncoding::Int8 => "int8",
+    }
+}
+
+/// Writes `trail.json` (steps, hashes, losses, root) beside the checkpoints.
+fn write_trail(dir: &std::path::Path, trail: &Trail) -> Result<(), WorkerError> {
+    let path = dir.join("trail.json");
+    let json = serde_json::json!({
+        "round": trail.round,
+        "worker": trail.worker,
+        "checkpoint_interval": trail.checkpoint_interval,
+        "root": trail.root(),
+        "checkpoints": trail.checkpoints,
+        "losses": trail.losses,
+    });
+    let text = serde_json::to_string_pretty(&json).expect("a trail serialises");
+    std::fs::write(&path, text).map_err(|source| WorkerError::Io { path, source })
+}

@@ -1,0 +1,255 @@
+//! Pseudo-gradient encodings for the network: f32, f16, and int8 with per-chunk scales and
+//! error feedback.
+//!
+//! Canonical layout of an encoded Δ (its blake3 hash is the `delta_hash` a miner commits):
+//!
+//! ```text
+//! u8   encoding tag (1 = f32, 2 = f16, 3 = int8)
+//! u64  n, the number of values (little-endian)
+//! f32:  n × f32 LE
+//! f16:  n × IEEE binary16 LE (round to nearest, ties to even)
+//! int8: u32 chunk size C, then ceil(n / C) × f32 LE scales, then n × i8,
+//!       where value i = q_i × scale[i / C], scale = max|x| / 127 over the chunk, and
+//!       q = round-ties-even(x / scale) clamped to [-127, 127] (q = 0 when scale = 0)
+//! ```
+
+use half::f16;
+use thiserror::Error;
+use trellis_proto::{DeltaEncoding, Hash, HashDomain};
+
+/// Values per int8 scale.
+pub const INT8_CHUNK: usize = 4096;
+/// Most values an encoded Δ may hold (a 1B-parameter model).
+pub const MAX_VALUES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EncodingError {
+    #[error("encoded delta is truncated or has trailing bytes: expected {expected} bytes, got {got}")]
+    WrongSize { expected: u64, got: u64 },
+    #[error("unknown delta encoding tag {0}")]
+    UnknownTag(u8),
+    #[error("encoded delta holds {0} values, more than the limit")]
+    TooManyValues(u64),
+    #[error("int8 chunk size must be positive")]
+    ZeroChunk,
+    #[error("encoded delta has a non-finite value at {0}")]
+    NonFinite(usize),
+    #[error("delta has {got} values, the model has {expected}")]
+    LengthMismatch { expected: usize, got: usize },
+}
+
+fn tag(encoding: DeltaEncoding) -> u8 {
+    match encoding {
+        DeltaEncoding::F32 => 1,
+        DeltaEncoding::F16 => 2,
+        DeltaEncoding::Int8 => 3,
+    }
+}
+
+/// Encodes `values` canonically.
+pub fn encode(encoding: DeltaEncoding, values: &[f32]) -> Vec<u8> {
+    let n = values.len();
+    let mut out = Vec::with_capacity(9 + n * 4);
+    out.push(tag(encoding));
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    match encoding {
+        DeltaEncoding::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DeltaEncoding::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        DeltaEncoding::Int8 => {
+            out.extend_from_slice(&(INT8_CHUNK as u32).to_le_bytes());
+            let scales: Vec<f32> = values.chunks(INT8_CHUNK).map(int8_scale).collect();
+            scales.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+            for (chunk, scale) in values.chunks(INT8_CHUNK).zip(&scales) {
+                out.extend(chunk.iter().map(|&v| quantize(v, *scale) as u8));
+            }
+        }
+    }
+    out
+}
+
+fn int8_scale(chunk: &[f32]) -> f32 {
+    chunk.iter().fold(0.0f32, |max, v| max.max(v.abs())) / 127.0
+}
+
+fn quantize(value: f32, scale: f32) -> i8 {
+    if scale == 0.0 {
+        return 0;
+    }
+    (value / scale).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
+/// Decodes canonical bytes back to values, checking every size against the input first.
+pub fn decode(bytes: &[u8]) -> Result<(DeltaEncoding, Vec<f32>), EncodingError> {
+    let wrong = |expected: u64| EncodingError::WrongSize { expected, got: bytes.len() as u64 };
+    if bytes.len() < 9 {
+        return Err(wrong(9));
+    }
+    let encoding = match bytes[0] {
+        1 => DeltaEncoding::F32,
+        2 => DeltaEncoding::F16,
+        3 => DeltaEncoding::Int8,
+        other => return Err(EncodingError::UnknownTag(other)),
+    };
+    let n = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+    if n > MAX_VALUES {
+        return Err(EncodingError::TooManyValues(n));
+    }
+    let body = &bytes[9..];
+    let n_usize = n as usize;
+    let values = match encoding {
+        DeltaEncoding::F32 => {
+            if body.len() as u64 != n * 4 {
+                return Err(wrong(9 + n * 4));
+            }
+            body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect::<Vec<_>>()
+        }
+        DeltaEncoding::F16 => {
+            if body.len() as u64 != n * 2 {
+                return Err(wrong(9 + n * 2));
+            }
+            body.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        DeltaEncoding::Int8 => {
+            if body.len() < 4 {
+                return Err(wrong(13));
+            }
+            let chunk = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as u64;
+            if chunk == 0 {
+                return Err(EncodingError::ZeroChunk);
+            }
+            let chunks = n.div_ceil(chunk);
+            let expected = 9 + 4 + chunks * 4 + n;
+            if bytes.len() as u64 != expected {
+                return Err(wrong(expected));
+            }
+            let scales: Vec<f32> = body[4..4 + chunks as usize * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            let quantized = &body[4 + chunks as usize * 4..];
+            (0..n_usize).map(|i| f32::from(quantized[i] as i8) * scales[i / chunk as usize]).collect()
+        }
+    };
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(EncodingError::NonFinite(index));
+    }
+    Ok((encoding, values))
+}
+
+/// The hash a miner commits for an encoded Δ.
+pub fn delta_hash(encoded: &[u8]) -> Hash {
+    Hash::digest(HashDomain::Blob, encoded)
+}
+
+/// Error feedback: what quantisation lost in one round is added to the next round's Δ, so the
+/// error does not accumulate (Seide et al., 2014; Karimireddy et al., 2019).
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFeedback {
+    residual: Vec<f32>,
+}
+
+impl ErrorFeedback {
+    /// Encodes `delta + residual` and keeps what the encoding lost as the new residual.
+    pub fn encode(&mut self, encoding: DeltaEncoding, delta: &[f32]) -> Vec<u8> {
+        if self.residual.len() != delta.len() {
+            self.residual = vec![0.0; delta.len()];
+        }
+        let corrected: Vec<f32> = delta.iter().zip(&self.residual).map(|(d, r)| d + r).collect();
+        let encoded = encode(encoding, &corrected);
+        let (_, decoded) = decode(&encoded).expect("our own encoding decodes");
+        for ((r, c), q) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
+            *r = c - q;
+        }
+        encoded
+    }
+
+    pub fn residual(&self) -> &[f32] {
+        &self.residual
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i % 7) as f32)).collect()
+    }
+
+    #[test]
+    fn f32_is_lossless_and_sized() {
+        let v = sample(1000);
+        let bytes = encode(DeltaEncoding::F32, &v);
+        assert_eq!(bytes.len(), 9 + 4000);
+        assert_eq!(decode(&bytes).unwrap(), (DeltaEncoding::F32, v));
+    }
+
+    #[test]
+    fn f16_and_int8_are_close_and_smaller() {
+        let v = sample(10_000);
+        let (_, h) = decode(&encode(DeltaEncoding::F16, &v)).unwrap();
+        let (_, q) = decode(&encode(DeltaEncoding::Int8, &v)).unwrap();
+        for i in 0..v.len() {
+            assert!((h[i] - v[i]).abs() <= 8.0 * 2f32.powi(-11), "f16 at {i}");
+            assert!((q[i] - v[i]).abs() <= 8.0 / 127.0 / 2.0 + 1e-6, "int8 at {i}");
+        }
+        assert_eq!(encode(DeltaEncoding::Int8, &v).len(), 9 + 4 + 3 * 4 + 10_000);
+    }
+
+    #[test]
+    fn int8_rounds_ties_to_even_and_handles_zero_chunks() {
+        let bytes = encode(DeltaEncoding::Int8, &[0.0; 10]);
+        assert_eq!(decode(&bytes).unwrap().1, vec![0.0; 10]);
+        assert_eq!(quantize(2.5, 1.0), 2);
+        assert_eq!(quantize(3.5, 1.0), 4);
+        assert_eq!(quantize(-1000.0, 1.0), -127);
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors_not_panics() {
+        let good = encode(DeltaEncoding::Int8, &sample(5000));
+        for cut in 0..good.len().min(64) {
+            assert!(decode(&good[..cut]).is_err());
+        }
+        assert!(decode(&good[..good.len() - 1]).is_err());
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+        let mut bad_tag = good.clone();
+        bad_tag[0] = 9;
+        assert_eq!(decode(&bad_tag), Err(EncodingError::UnknownTag(9)));
+        let mut huge = good.clone();
+        huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(decode(&huge), Err(EncodingError::TooManyValues(_))));
+        let mut zero_chunk = good;
+        zero_chunk[9..13].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&zero_chunk), Err(EncodingError::ZeroChunk));
+        let mut nan = encode(DeltaEncoding::F32, &[1.0, 2.0]);
+        nan[13..17].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert_eq!(decode(&nan), Err(EncodingError::NonFinite(1)));
+    }
+
+    #[test]
+    fn error_feedback_loses_less_than_plain_quantisation_over_rounds() {
+        // The same small Δ every round: without feedback the int8 error repeats every round;
+        // with feedback the sum of what was sent tracks the sum of the true Δ.
+        let delta: Vec<f32> = sample(8192).iter().map(|v| v * 1e-3).collect();
+        let rounds = 20;
+        let mut feedback = ErrorFeedback::default();
+        let mut sent_plain = vec![0.0f32; delta.len()];
+        let mut sent_feedback = vec![0.0f32; delta.len()];
+        for _ in 0..rounds {
+            let (_, plain) = decode(&encode(DeltaEncoding::Int8, &delta)).unwrap();
+            let (_, fb) = decode(&feedback.encode(DeltaEncoding::Int8, &delta)).unwrap();
+            for i in 0..delta.len() {
+                sent_plain[i] += plain[i];
+                sent_feedback[i] += fb[i];
+            }
+        }
+        let error = |sent: &[f32]| -> f64 {
+            sent.iter().zip(&delta).map(|(s, d)| f64::from(s - d * rounds as f32).powi(2)).sum::<f64>().sqrt()
+        };
+        let (plain, fb) = (error(&sent_plain), error(&sent_feedback));
+        assert!(fb < plain / 5.0, "feedback error {fb} vs plain {plain}");
+    }
+}

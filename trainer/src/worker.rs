@@ -1,0 +1,195 @@
+//! One worker's inner loop: H AdamW steps from a starting state on the worker's scheduled
+//! batches, writing a checkpoint every `c` steps and the loss of every step (the trail).
+//!
+//! The batch of each step is `schedule.batch(round, worker, step)` where `step` is the
+//! optimizer's step counter, which the checkpoint carries. So resuming from any checkpoint of a
+//! trail needs nothing but that checkpoint, and reproduces the rest of the trail bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+use trellis_proto::merkle::{leaf_hash, MerkleTree};
+use trellis_proto::Hash;
+
+use crate::checkpoint::{self, checkpoint_hash, CheckpointData, CheckpointError};
+use crate::data::{BatchSchedule, DataError, Dataset};
+use crate::model::Gpt;
+use crate::optim::AdamW;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("writing the trail to {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged { step: u64, loss: f32 },
+    #[error("cannot train {steps} steps with checkpoints every {interval}: {reason}")]
+    BadSegments { steps: u64, interval: u64, reason: &'static str },
+}
+
+/// One trail entry: the hash of the checkpoint after `step` optimizer steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrailEntry {
+    pub step: u64,
+    pub hash: Hash,
+}
+
+/// A worker's Proof-of-Learning trail for one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trail {
+    pub round: u64,
+    pub worker: usize,
+    pub checkpoint_interval: u64,
+    /// Checkpoints at the round's start, every `checkpoint_interval` steps, and at its end.
+    pub checkpoints: Vec<TrailEntry>,
+    /// The training loss of every step, in order (`losses[i]` is the step after `checkpoints[0].step + i`).
+    pub losses: Vec<f32>,
+}
+
+impl Trail {
+    /// The Merkle root over the checkpoint hashes (what a miner signs and commits).
+    pub fn root(&self) -> Hash {
+        MerkleTree::from_leaf_hashes(self.checkpoints.iter().map(|e| leaf_hash(&e.hash.0)).collect()).root()
+    }
+
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.checkpoints.iter().map(|e| e.hash).collect()
+    }
+}
+
+/// Where a checkpoint file of a trail lives: `DIR/ckpt-STEP.bin`.
+pub fn checkpoint_path(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("ckpt-{step:08}.bin"))
+}
+
+/// What happened in one call of [`train_steps`].
+#[derive(Debug, Clone)]
+pub struct StepsOutcome {
+    pub trail: Trail,
+    pub tokens: u64,
+    /// Time spent computing (forward, backward, optimizer).
+    pub compute: Duration,
+    /// Time spent serialising, hashing and writing checkpoints.
+    pub checkpointing: Duration,
+}
+
+/// The inner-loop settings of one worker.
+#[derive(Debug, Clone)]
+pub struct InnerLoop<'a> {
+    pub dataset: &'a Dataset,
+    pub schedule: &'a BatchSchedule,
+    pub round: u64,
+    pub worker: usize,
+    pub checkpoint_interval: u64,
+    /// Where to write checkpoint files; `None` hashes them without writing.
+    pub trail_dir: Option<&'a Path>,
+}
+
+impl InnerLoop<'_> {
+    /// Trains `steps` steps from the current state of `model` and `optimizer`, checkpointing at
+    /// the start, at every multiple of the interval (counted from the start) and at the end.
+    /// `on_step(step, loss)` is called after every step (for progress bars).
+    pub fn train_steps(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        steps: u64,
+        mut on_step: impl FnMut(u64, f32),
+    ) -> Result<StepsOutcome, WorkerError> {
+        if steps == 0 {
+            return Err(WorkerError::BadSegments { steps, interval: self.checkpoint_interval, reason: "zero steps" });
+        }
+        if self.checkpoint_interval == 0 {
+            return Err(WorkerError::BadSegments { steps, interval: 0, reason: "the interval must be positive" });
+        }
+        let shards = self.schedule.shards_of(self.dataset, self.round, self.worker)?;
+        if let Some(dir) = self.trail_dir {
+            std::fs::create_dir_all(dir).map_err(|source| WorkerError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let start = optimizer.step;
+        let mut checkpointing = Duration::ZERO;
+        let mut compute = Duration::ZERO;
+        let mut checkpoints = vec![self.checkpoint(model, optimizer, &mut checkpointing)?];
+        let mut losses = Vec::with_capacity(steps as usize);
+        let device = model.device();
+        let (b, t) = (self.schedule.batch_size as i64, self.schedule.sequence_length as i64);
+        for _ in 0..steps {
+            let began = Instant::now();
+            let (inputs, targets) = self.schedule.batch(self.dataset, &shards, self.round, self.worker, optimizer.step);
+            let inputs = Tensor::from_slice(&inputs).view([b, t]).to_device(device);
+            let targets = Tensor::from_slice(&targets).view([b, t]).to_device(device);
+            model.zero_grad();
+            let loss = model.loss(&inputs, &targets);
+            loss.backward();
+            optimizer.step(model.parameters());
+            let loss = loss.double_value(&[]) as f32;
+            compute += began.elapsed();
+            if !loss.is_finite() {
+                return Err(WorkerError::Diverged { step: optimizer.step, loss });
+            }
+            losses.push(loss);
+            on_step(optimizer.step, loss);
+            let done = optimizer.step - start;
+            if done % self.checkpoint_interval == 0 || done == steps {
+                checkpoints.push(self.checkpoint(model, optimizer, &mut checkpointing)?);
+            }
+        }
+        let tokens = steps * (b * t) as u64;
+        let trail = Trail {
+            round: self.round,
+            worker: self.worker,
+            checkpoint_interval: self.checkpoint_interval,
+            checkpoints,
+            losses,
+        };
+        Ok(StepsOutcome { trail, tokens, compute, checkpointing })
+    }
+
+    fn checkpoint(&self, model: &Gpt, optimizer: &AdamW, spent: &mut Duration) -> Result<TrailEntry, WorkerError> {
+        let began = Instant::now();
+        let bytes = checkpoint::to_bytes(model, optimizer);
+        let hash = checkpoint_hash(&bytes);
+        if let Some(dir) = self.trail_dir {
+            let path = checkpoint_path(dir, optimizer.step);
+            std::fs::write(&path, &bytes).map_err(|source| WorkerError::Io { path, source })?;
+        }
+        *spent += began.elapsed();
+        Ok(TrailEntry { step: optimizer.step, hash })
+    }
+}
+
+/// Restores `model` and `optimizer` from a checkpoint file, checking its hash first.
+pub fn resume_from(path: &Path, expected: &Hash, model: &mut Gpt, optimizer: &mut AdamW) -> Result<(), WorkerError> {
+    let (data, actual) = CheckpointData::read(path)?;
+    if &actual != expected {
+        return Err(CheckpointError::HashMismatch { path: path.to_path_buf(), expected: *expected, actual }.into());
+    }
+    data.restore(model, optimizer)?;
+    Ok(())
+}
+
+/// Mean loss over fixed token windows (`[N·T]` inputs and targets), evaluated in batches of
+/// `batch` rows without tracking gradients.
+pub fn evaluate(model: &Gpt, inputs: &[i64], targets: &[i64], sequence_length: usize, batch: usize) -> f64 {
+    let rows = inputs.len() / sequence_length;
+    let device: Device = model.device();
+    let mut total = 0.0;
+    tch::no_grad(|| {
+        for first in (0..rows).step_by(batch) {
+            let n = batch.min(rows - first);
+            let range = first * sequence_length..(first + n) * sequence_length;
+            let x = Tensor::from_slice(&inputs[range.clone()]).view([n as i64, sequence_length as i64]).to_device(device);
+            let y = Tensor::from_slice(&targets[range]).view([n as i64, sequence_length as i64]).to_device(device);
+            total += model.loss(&x, &y).to_kind(Kind::Double).double_value(&[]) * n as f64;
+        }
+    });
+    total / rows as f64
+}

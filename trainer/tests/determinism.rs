@@ -1,0 +1,88 @@
+//! The determinism contract: same-seed runs, resumed runs and runs on different thread counts
+//! produce identical checkpoint hashes; and training on real text makes the loss fall.
+
+use std::path::PathBuf;
+
+use tch::Device;
+use trellis_trainer::data::{BatchSchedule, Dataset};
+use trellis_trainer::model::{Gpt, Preset};
+use trellis_trainer::optim::{AdamW, AdamWConfig};
+use trellis_trainer::worker::{checkpoint_path, resume_from, InnerLoop, Trail};
+
+fn shakespeare() -> Dataset {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
+    Dataset::load(&path).unwrap_or_else(|e| panic!("the test corpus is required: {e}"))
+}
+
+fn adamw(total_steps: u64) -> AdamWConfig {
+    AdamWConfig {
+        learning_rate: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        epsilon: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        warmup_steps: 5,
+        total_steps,
+        min_lr_fraction: 0.1,
+    }
+}
+
+fn schedule() -> BatchSchedule {
+    BatchSchedule { seed: 11, workers: 2, batch_size: 8, sequence_length: 64 }
+}
+
+/// Trains `steps` nano steps for worker 1 of round 0 and returns the trail.
+fn run(dataset: &Dataset, steps: u64, dir: Option<&std::path::Path>) -> Trail {
+    let mut model = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap();
+    let mut optimizer = AdamW::new(adamw(steps), model.parameters());
+    let schedule = schedule();
+    let inner = InnerLoop { dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 5, trail_dir: dir };
+    inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap().trail
+}
+
+#[test]
+fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
+    let dataset = shakespeare();
+    let dir = std::env::temp_dir().join(format!("trellis-determinism-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    tch::set_num_threads(1);
+    let first = run(&dataset, 20, Some(&dir));
+    assert_eq!(first.checkpoints.iter().map(|e| e.step).collect::<Vec<_>>(), vec![0, 5, 10, 15, 20]);
+    for attempt in 0..2 {
+        assert_eq!(run(&dataset, 20, None), first, "same-seed rerun {attempt} differs");
+    }
+
+    tch::set_num_threads(2);
+    assert_eq!(run(&dataset, 20, None).hashes(), first.hashes(), "two threads differ from one");
+    tch::set_num_threads(1);
+
+    // Resume from the checkpoint at step 10 in a fresh model and optimizer.
+    let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
+    let mut optimizer = AdamW::new(adamw(20), model.parameters());
+    resume_from(&checkpoint_path(&dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
+    let schedule = schedule();
+    let inner = InnerLoop { dataset: &dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 5, trail_dir: None };
+    let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
+    assert_eq!(resumed.hashes(), first.hashes()[2..].to_vec(), "resumed run differs");
+    assert_eq!(resumed.losses, first.losses[10..].to_vec());
+
+    // A tampered checkpoint file is refused on resume.
+    let path = checkpoint_path(&dir, 15);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(resume_from(&path, &first.checkpoints[3].hash, &mut model, &mut optimizer).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn loss_falls_on_shakespeare_within_a_few_dozen_steps() {
+    let dataset = shakespeare();
+    let trail = run(&dataset, 40, None);
+    let head: f32 = trail.losses[..5].iter().sum::<f32>() / 5.0;
+    let tail: f32 = trail.losses[35..].iter().sum::<f32>() / 5.0;
+    assert!(tail < head - 1.0, "loss went from {head} to {tail}");
+}
