@@ -1,8 +1,27 @@
-//! `trellis-contracts`: the chain's state machine for accounts, staking, jobs, rounds,
-//! rewards and slashing.
+//! `trellis-contracts`: the chain's state machine for accounts, fees, staking, jobs, rounds,
+//! verdicts, rewards and slashing.
 //!
-//! It must stay pure: no clock, socket, disk or randomness inside. Everything it needs
-//! (block height, time, randomness from the block hash) arrives as input, so a seeded
-//! simulator can drive it and replay any run.
+//! It is pure: no clock, socket, disk or randomness inside. Block height, time, the parent
+//! block's hash (the only randomness) and the proposer arrive in a [`BlockCtx`]; state lives
+//! behind the [`KvStore`] trait (RocksDB in the node, [`MemoryKv`] in tests). Every entry point
+//! is deterministic, so a seeded simulator can drive it and replay any run.
 //!
-//! Status: the crate is reserved in the workspace; its state machine is the contracts issue.
+//! Guarantees, each held by a property test (`tests/invariants.rs`):
+//! - a rejected transaction changes nothing and returns a typed [`TxError`];
+//! - balances, stakes and escrows always add up to genesis + minted − burned;
+//! - a round settles at most once; slashed stake never returns to its owner; unbonding stake
+//!   stays slashable until released.
+//!
+//! Economics (parameters, sampling odds, where slashed funds go): `docs/economics.md`.
+
+pub mod error;
+pub mod exec;
+pub mod kv;
+pub mod params;
+pub mod rounds;
+pub mod state;
+
+pub use error::TxError;
+pub use exec::{total_holdings, validate_job_spec, BlockCtx, Chain, Event, Genesis, GenesisError, SlashReason};
+pub use kv::{state_root, KvStore, MemoryKv};
+pub use params::Params;

@@ -33,7 +33,8 @@ pub enum ModelCommand {
 
 /// Parses `std::env::args` and runs the command; errors are printed for humans.
 pub fn main() -> ExitCode {
-    configure_reproducibility();
+    // Before anything else runs: MKL reads this when libtorch first calls it.
+    trellis_trainer::device::configure_reproducibility();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,16 +42,6 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// MKL's strict reproducibility mode makes matrix products independent of the thread count
-/// (docs/protocol.md). It must be in the environment before libtorch first calls MKL, so it is
-/// set here, before anything else runs; a value the user set is kept.
-fn configure_reproducibility() {
-    if std::env::var_os("MKL_CBWR").is_none() {
-        // Single-threaded at this point: no other thread can be reading the environment.
-        std::env::set_var("MKL_CBWR", trellis_trainer::device::MKL_CBWR_DEFAULT);
     }
 }
 

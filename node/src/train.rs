@@ -43,17 +43,24 @@ pub struct ComputeArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// CPU threads for libtorch (results are bit-identical for any count; see docs/protocol.md).
-    #[arg(long, default_value_t = 1)]
-    pub threads: i32,
+    /// CPU threads for libtorch [default: the cores available]. Results are bit-identical for
+    /// any count (docs/protocol.md).
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 impl ComputeArgs {
+    /// The thread count to use: `--threads`, or every core this process may run on.
+    pub fn threads(&self) -> i32 {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
+    }
+
     pub fn apply(&self) -> anyhow::Result<Device> {
-        if self.threads < 1 {
+        let threads = self.threads();
+        if threads < 1 {
             bail!("--threads must be at least 1");
         }
-        tch::set_num_threads(self.threads);
+        tch::set_num_threads(threads);
         parse_device(&self.device)
     }
 }
@@ -241,7 +248,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             args.workers,
             args.inner_steps,
             args.rounds,
-            args.compute.threads,
+            args.compute.threads(),
             device
         );
     }
@@ -332,7 +339,7 @@ fn metrics_json(
         "rounds": args.rounds,
         "batch_size": args.batch_size,
         "seed": args.seed,
-        "threads": args.compute.threads,
+        "threads": args.compute.threads(),
         "device": args.compute.device,
         "diloco": diloco,
     });

@@ -97,6 +97,25 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// The protocol's counter-based random generator: the draw for a purpose, a seed and a tuple of
+/// counters is the first 8 bytes (little-endian) of
+/// `blake3-derive-key("trellis v1 randomness", len32(purpose) ‖ purpose ‖ seed ‖ counters…)`,
+/// all integers little-endian. No state is carried between draws, so any draw can be computed
+/// on its own, by anyone.
+pub fn draw(purpose: &str, seed: &[u8], counters: &[u64]) -> u64 {
+    let mut hasher = HashDomain::Randomness.hasher();
+    hasher.update(&(purpose.len() as u32).to_le_bytes());
+    hasher.update(purpose.as_bytes());
+    hasher.update(seed);
+    for counter in counters {
+        hasher.update(&counter.to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// Why a hex string is not a valid fixed-size value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HexError {

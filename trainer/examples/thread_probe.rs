@@ -29,6 +29,7 @@ fn gradients(preset: Preset, batch: i64, threads: i32) -> (f64, Vec<Vec<f32>>) {
 }
 
 fn main() {
+    trellis_trainer::device::configure_reproducibility();
     let args: Vec<String> = std::env::args().collect();
     let preset: Preset = args.get(1).map_or(Ok(Preset::Nano), |s| s.parse()).unwrap_or_else(|e| panic!("{e}"));
     let batch: i64 = args.get(2).map_or(8, |s| s.parse().expect("batch is a number"));

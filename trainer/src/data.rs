@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use trellis_proto::hash::HashDomain;
 use trellis_proto::merkle::{leaf_hash, MerkleTree};
 use trellis_proto::Hash;
 
@@ -154,20 +153,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The counter-based generator behind every random choice in training: the `n`-th draw for a
-/// purpose and a tuple of counters is the first 8 bytes (little-endian) of
-/// `blake3-derive-key("trellis v1 randomness", purpose ‖ seed ‖ counters… ‖ n)`.
-/// No state is carried between draws, so any draw can be computed on its own.
+/// The counter-based generator behind every random choice in training
+/// ([`trellis_proto::hash::draw`] with the job seed as the seed bytes).
 pub fn draw(purpose: &str, seed: u64, counters: &[u64]) -> u64 {
-    let mut hasher = HashDomain::Randomness.hasher();
-    hasher.update(&(purpose.len() as u32).to_le_bytes());
-    hasher.update(purpose.as_bytes());
-    hasher.update(&seed.to_le_bytes());
-    for counter in counters {
-        hasher.update(&counter.to_le_bytes());
-    }
-    let digest = hasher.finalize();
-    u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
+    trellis_proto::hash::draw(purpose, &seed.to_le_bytes(), counters)
 }
 
 /// Which shards each worker trains on in a round, and where every sequence of every step starts.

@@ -43,6 +43,15 @@ impl fmt::Display for BackendInfo {
 /// matrix products give the same bits for any thread count and any AVX2-capable x86-64 CPU.
 pub const MKL_CBWR_DEFAULT: &str = "AVX2,STRICT";
 
+/// Puts [`MKL_CBWR_DEFAULT`] in the environment unless the user set `MKL_CBWR`. MKL reads it
+/// when libtorch first calls it, so this must run at the start of `main`, before any other
+/// thread exists and before any tensor is created.
+pub fn configure_reproducibility() {
+    if std::env::var_os("MKL_CBWR").is_none() {
+        std::env::set_var("MKL_CBWR", MKL_CBWR_DEFAULT);
+    }
+}
+
 /// The tch version this crate is pinned to (PyTorch 2.11.0).
 pub const TCH_VERSION: &str = "0.24.0";
 

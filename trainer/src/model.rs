@@ -20,7 +20,7 @@ pub enum Preset {
     Nano,
     /// About 1.2M parameters.
     Micro,
-    /// About 14M parameters.
+    /// About 14.4M parameters.
     Small,
     /// The GPT-2 small shape (86M parameters with the byte vocabulary, 124M with GPT-2's), for GPUs.
     Gpt2,
@@ -241,7 +241,7 @@ impl Gpt {
 /// kernel reduces the weight and bias gradients with per-thread buffers, so their bits depend on
 /// the thread count; the broadcast form reduces them like a linear layer's bias, which does not.
 fn layer_norm(x: &Tensor, width: i64, weight: &Tensor, bias: &Tensor) -> Tensor {
-    x.layer_norm([width], None::<Tensor>, None::<Tensor>, 1e-5, true) * weight + bias
+    bias.addcmul(&x.layer_norm([width], None::<Tensor>, None::<Tensor>, 1e-5, true), weight)
 }
 
 #[derive(Clone, Copy)]

@@ -1,0 +1,74 @@
+//! Why a transaction was rejected. A rejected transaction changes nothing.
+
+use thiserror::Error;
+use trellis_proto::{Address, JobId, Role};
+
+use crate::state::{CorruptState, Phase};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TxError {
+    #[error("wrong nonce: the account's next nonce is {expected}, the transaction has {got}")]
+    BadNonce { expected: u64, got: u64 },
+    #[error("fee {got} is below the minimum {min}")]
+    FeeTooLow { min: u64, got: u64 },
+    #[error("insufficient balance: {needed} needed, {available} available")]
+    InsufficientBalance { needed: u64, available: u64 },
+    #[error("amount must be positive")]
+    ZeroAmount,
+    #[error("a {role:?} bond must be at least {min} (it would be {got})")]
+    BelowMinimumStake { role: Role, min: u64, got: u64 },
+    #[error("cannot unbond {requested}: only {bonded} is bonded as {role:?}")]
+    InsufficientBond { role: Role, bonded: u64, requested: u64 },
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    #[error("job {0} is not active")]
+    JobNotActive(JobId),
+    #[error("invalid job spec: {0}")]
+    InvalidJobSpec(String),
+    #[error("escrow {escrow} does not cover one round's reward {reward}")]
+    EscrowTooSmall { escrow: u64, reward: u64 },
+    #[error("{miner} has not joined job {job}")]
+    NotJoined { job: JobId, miner: Address },
+    #[error("{miner} already joined job {job}")]
+    AlreadyJoined { job: JobId, miner: Address },
+    #[error("{miner} was ejected from job {job}")]
+    Ejected { job: JobId, miner: Address },
+    #[error("job {0} has the most miners it allows")]
+    JobFull(JobId),
+    #[error("job needs a miner bond of {required}, {miner} has {bonded}")]
+    MinerStakeTooLow { miner: Address, required: u64, bonded: u64 },
+    #[error("job {job} is in round {current}, not {got}")]
+    WrongRound { job: JobId, current: u32, got: u32 },
+    #[error("round {round} of job {job} is {phase:?}, not {expected:?}")]
+    WrongPhase { job: JobId, round: u32, phase: Phase, expected: Phase },
+    #[error("the commit deadline (height {deadline}) has passed")]
+    LateCommit { deadline: u64 },
+    #[error("{miner} already committed to this round")]
+    AlreadyCommitted { miner: Address },
+    #[error("invalid work commitment: {0}")]
+    InvalidCommitment(String),
+    #[error("the verification window (until height {end}) is closed")]
+    VerdictWindowClosed { end: u64 },
+    #[error("{checker} is not assigned to segment {segment} of {miner}")]
+    NotAssigned { checker: Address, miner: Address, segment: u32 },
+    #[error("{checker} already gave a verdict on segment {segment} of {miner}")]
+    DuplicateVerdict { checker: Address, miner: Address, segment: u32 },
+    #[error("the aggregate deadline (height {deadline}) has passed")]
+    LateAggregate { deadline: u64 },
+    #[error("aggregate names {got} accepted miners, the round accepted {expected}")]
+    AggregateMismatch { expected: usize, got: usize },
+    #[error("{0} is not in the active validator set")]
+    NotAValidator(Address),
+    #[error("only the submitter {submitter} may cancel job {job}")]
+    NotSubmitter { job: JobId, submitter: Address },
+    #[error("invalid equivocation evidence: {0}")]
+    InvalidEvidence(String),
+    #[error("this equivocation was already reported")]
+    EvidenceAlreadyUsed,
+    #[error("{0} has no validator bond")]
+    UnknownValidator(Address),
+    #[error("amount overflow")]
+    Overflow,
+    #[error(transparent)]
+    Corrupt(#[from] CorruptState),
+}

@@ -1,0 +1,650 @@
+//! Applying transactions and block hooks to the state.
+//!
+//! [`Chain::apply_tx`] runs a transaction in an overlay and writes its changes only if every
+//! check passed. [`Chain::begin_block`] mints the block reward and moves job rounds past their
+//! deadlines; [`Chain::end_block`] releases matured unbonding and, at epoch boundaries, updates
+//! the validator set.
+//!
+//! Preconditions the caller guarantees: transaction signatures were verified (the node checks
+//! them in the mempool and, batched, for every block).
+
+use serde::Serialize;
+use trellis_proto::{
+    Address, Aggregate, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind,
+    Verdict, WorkCommitment,
+};
+
+use crate::error::TxError;
+use crate::kv::{apply_changes, KvStore, Overlay};
+use crate::params::{fraction, Params};
+use crate::rounds::{self, expected_checkpoints, expected_tokens};
+use crate::state::{
+    decode_record, keys, read, write, Account, Commit, Job, JobStatus, MinerEntry, Phase, RoundState, Stake, Supply, Unbonding,
+    Validator, ValidatorSet, VerdictRecord,
+};
+
+/// What a block gives the state machine besides its transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockCtx {
+    pub height: u64,
+    pub time_ms: u64,
+    /// The parent block's hash: unknown to anyone before that block was decided.
+    pub randomness: Hash,
+    pub proposer: Address,
+}
+
+/// Something that happened, for logs, RPC subscriptions and tests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    Transfer { from: Address, to: Address, amount: u64 },
+    FeeBurned { payer: Address, amount: u64 },
+    BlockReward { proposer: Address, amount: u64 },
+    Bonded { who: Address, role: Role, amount: u64 },
+    Unbonding { who: Address, role: Role, amount: u64, release_height: u64 },
+    Released { who: Address, role: Role, amount: u64 },
+    JobSubmitted { job: JobId, submitter: Address, escrow: u64 },
+    JobJoined { job: JobId, miner: Address },
+    RoundOpened { job: JobId, round: u32, commit_deadline: u64 },
+    WorkCommitted { job: JobId, round: u32, miner: Address, copied: bool },
+    SegmentsSampled { job: JobId, round: u32, assignments: usize },
+    VerdictRecorded { job: JobId, round: u32, checker: Address, miner: Address, segment: u32 },
+    Escalated { job: JobId, round: u32, segments: usize, verify_end: u64 },
+    RoundTallied { job: JobId, round: u32, accepted: Vec<Address>, poisoners: Vec<Address>, freeloaders: Vec<Address> },
+    Slashed { who: Address, role: Role, amount: u64, reason: SlashReason },
+    Ejected { job: JobId, miner: Address },
+    AggregateCommitted { job: JobId, round: u32, model_hash: Hash },
+    Rewarded { job: JobId, round: u32, who: Address, amount: u64, as_miner: bool },
+    RoundLapsed { job: JobId, round: u32 },
+    JobEnded { job: JobId, status: JobStatus, refund: u64 },
+    CancelRequested { job: JobId },
+    Jailed { validator: Address },
+    ValidatorSetChanged { validators: usize, total_power: u64 },
+}
+
+/// Why stake was slashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlashReason {
+    Poisoner,
+    Freeloader,
+    MissedVerdict,
+    Equivocation,
+}
+
+/// Genesis state: balances, initial bonds, parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Genesis {
+    pub chain_id: String,
+    pub accounts: Vec<(Address, u64)>,
+    pub validators: Vec<(PublicKey, u64)>,
+    pub miners: Vec<(PublicKey, u64)>,
+    pub params: Params,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenesisError {
+    #[error("genesis state already exists")]
+    AlreadyInitialised,
+    #[error("genesis has no validator with at least the minimum stake {0}")]
+    NoValidators(u64),
+    #[error("genesis amounts overflow")]
+    Overflow,
+    #[error("genesis lists {0} twice")]
+    Duplicate(Address),
+}
+
+/// The chain's rules with their parameters. Holds no state: every call takes the store.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub chain_id: String,
+    pub params: Params,
+}
+
+impl Chain {
+    pub fn new(chain_id: impl Into<String>, params: Params) -> Self {
+        Self { chain_id: chain_id.into(), params }
+    }
+
+    /// Writes the genesis state into an empty store.
+    pub fn init_genesis<S: KvStore + ?Sized>(kv: &mut S, genesis: &Genesis) -> Result<Chain, GenesisError> {
+        if kv.get(keys::SUPPLY).is_some() {
+            return Err(GenesisError::AlreadyInitialised);
+        }
+        let mut total: u64 = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for (address, balance) in &genesis.accounts {
+            if !seen.insert(*address) {
+                return Err(GenesisError::Duplicate(*address));
+            }
+            total = total.checked_add(*balance).ok_or(GenesisError::Overflow)?;
+            write(kv, keys::account(address), &Account { balance: *balance, nonce: 0 });
+        }
+        for (role, bonds) in [(Role::Validator, &genesis.validators), (Role::Miner, &genesis.miners)] {
+            for (key, amount) in bonds {
+                total = total.checked_add(*amount).ok_or(GenesisError::Overflow)?;
+                let stake = Stake { key: *key, bonded: *amount, unbonding: Vec::new(), jailed: false };
+                write(kv, keys::stake(role, &key.address()), &stake);
+            }
+        }
+        write(kv, keys::SUPPLY.to_vec(), &Supply { genesis: total, minted: 0, burned: 0 });
+        write(kv, keys::NEXT_JOB.to_vec(), &0u64);
+        let chain = Chain::new(genesis.chain_id.clone(), genesis.params.clone());
+        let set = chain.compute_validator_set(kv).map_err(|_| GenesisError::Overflow)?;
+        if set.validators.is_empty() {
+            return Err(GenesisError::NoValidators(genesis.params.min_validator_stake.0));
+        }
+        write(kv, keys::VALIDATORS.to_vec(), &set);
+        Ok(chain)
+    }
+
+    /// Applies one signed transaction. On error nothing is written.
+    pub fn apply_tx<S: KvStore + ?Sized>(&self, kv: &mut S, tx: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let mut overlay = Overlay::new(&*kv);
+        let events = self.execute(&mut overlay, tx, ctx)?;
+        let changes = overlay.into_changes();
+        apply_changes(kv, changes);
+        Ok(events)
+    }
+
+    /// Start of a block: mint the proposer's reward, then move every active job's round past
+    /// deadlines that ended before this block.
+    pub fn begin_block<S: KvStore + ?Sized>(&self, kv: &mut S, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let mut events = Vec::new();
+        let reward = self.params.block_reward.0;
+        if reward > 0 {
+            self.credit(kv, &ctx.proposer, reward)?;
+            let mut supply: Supply = read(kv, keys::SUPPLY)?.unwrap_or_default();
+            supply.minted = supply.minted.checked_add(reward).ok_or(TxError::Overflow)?;
+            write(kv, keys::SUPPLY.to_vec(), &supply);
+            events.push(Event::BlockReward { proposer: ctx.proposer, amount: reward });
+        }
+        for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
+            let job: Job = decode_record(&key, &bytes)?;
+            if job.status == JobStatus::Active {
+                rounds::advance_deadlines(self, kv, job, ctx, &mut events)?;
+            }
+        }
+        Ok(events)
+    }
+
+    /// End of a block: release matured unbonding; at epoch boundaries recompute the validator
+    /// set and return it when it changed.
+    pub fn end_block<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        ctx: &BlockCtx,
+    ) -> Result<(Vec<Event>, Option<ValidatorSet>), TxError> {
+        let mut events = Vec::new();
+        for (key, bytes) in kv.scan_prefix(keys::STAKE_PREFIX) {
+            let mut stake: Stake = decode_record(&key, &bytes)?;
+            let (matured, pending): (Vec<Unbonding>, Vec<Unbonding>) =
+                stake.unbonding.drain(..).partition(|u| u.release_height <= ctx.height);
+            if matured.is_empty() {
+                continue;
+            }
+            stake.unbonding = pending;
+            let amount: u64 = matured.iter().map(|u| u.amount).sum();
+            let role = if key[keys::STAKE_PREFIX.len()] == b'v' { Role::Validator } else { Role::Miner };
+            let who = stake.key.address();
+            kv.put(key, trellis_proto::Encode::to_bytes(&stake));
+            self.credit(kv, &who, amount)?;
+            events.push(Event::Released { who, role, amount });
+        }
+        let mut update = None;
+        if self.params.epoch_blocks > 0 && ctx.height % self.params.epoch_blocks == 0 {
+            let set = self.compute_validator_set(kv)?;
+            let current: ValidatorSet = read(kv, keys::VALIDATORS)?.unwrap_or_default();
+            // An empty set would halt the chain: keep the old one until someone bonds.
+            if set != current && !set.validators.is_empty() {
+                events.push(Event::ValidatorSetChanged { validators: set.validators.len(), total_power: set.total_power() });
+                write(kv, keys::VALIDATORS.to_vec(), &set);
+                update = Some(set);
+            }
+        }
+        Ok((events, update))
+    }
+
+    /// The active validator set as stored.
+    pub fn validator_set<S: KvStore + ?Sized>(&self, kv: &S) -> Result<ValidatorSet, TxError> {
+        Ok(read(kv, keys::VALIDATORS)?.unwrap_or_default())
+    }
+
+    /// Bonded validators at or above the minimum, not jailed, the `max_validators` largest
+    /// (ties by address), in address order.
+    fn compute_validator_set<S: KvStore + ?Sized>(&self, kv: &S) -> Result<ValidatorSet, TxError> {
+        let mut candidates = Vec::new();
+        for (key, bytes) in kv.scan_prefix(&keys::stake_prefix(Role::Validator)) {
+            let stake: Stake = decode_record(&key, &bytes)?;
+            if !stake.jailed && stake.bonded >= self.params.min_validator_stake.0 {
+                candidates.push(Validator { address: stake.key.address(), key: stake.key, power: stake.bonded });
+            }
+        }
+        candidates.sort_by(|a, b| b.power.cmp(&a.power).then(a.address.cmp(&b.address)));
+        candidates.truncate(self.params.max_validators as usize);
+        candidates.sort_by_key(|v| v.address);
+        Ok(ValidatorSet { validators: candidates })
+    }
+
+    fn execute<S: KvStore + ?Sized>(&self, kv: &mut S, signed: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let tx = &signed.tx;
+        let sender = tx.sender_address();
+        let mut account: Account = read(kv, &keys::account(&sender))?.unwrap_or_default();
+        if tx.nonce != account.nonce {
+            return Err(TxError::BadNonce { expected: account.nonce, got: tx.nonce });
+        }
+        let fee = tx.fee.0;
+        if fee < self.params.min_fee.0 {
+            return Err(TxError::FeeTooLow { min: self.params.min_fee.0, got: fee });
+        }
+        if account.balance < fee {
+            return Err(TxError::InsufficientBalance { needed: fee, available: account.balance });
+        }
+        account.balance -= fee;
+        account.nonce += 1;
+        write(kv, keys::account(&sender), &account);
+        self.burn(kv, fee)?;
+        let mut events = vec![Event::FeeBurned { payer: sender, amount: fee }];
+        match &tx.kind {
+            TxKind::Transfer { to, amount } => {
+                self.debit(kv, &sender, amount.0)?;
+                self.credit(kv, to, amount.0)?;
+                events.push(Event::Transfer { from: sender, to: *to, amount: amount.0 });
+            }
+            TxKind::Bond { role, amount } => events.push(self.bond(kv, &tx.sender, *role, amount.0)?),
+            TxKind::Unbond { role, amount } => events.push(self.unbond(kv, &sender, *role, amount.0, ctx)?),
+            TxKind::SubmitJob { spec, escrow } => events.extend(self.submit_job(kv, sender, spec, escrow.0, ctx)?),
+            TxKind::JoinJob { job } => events.push(self.join_job(kv, sender, *job)?),
+            TxKind::CommitWork(work) => events.push(self.commit_work(kv, sender, work, ctx)?),
+            TxKind::Verdict(verdict) => events.push(self.record_verdict(kv, sender, verdict, ctx)?),
+            TxKind::CommitAggregate(aggregate) => events.extend(self.commit_aggregate(kv, sender, aggregate, ctx)?),
+            TxKind::CancelJob { job } => events.extend(self.cancel_job(kv, sender, *job, ctx)?),
+            TxKind::ReportEquivocation(evidence) => events.extend(self.report_equivocation(kv, evidence)?),
+        }
+        Ok(events)
+    }
+
+    pub(crate) fn credit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: u64) -> Result<(), TxError> {
+        let mut account: Account = read(kv, &keys::account(who))?.unwrap_or_default();
+        account.balance = account.balance.checked_add(amount).ok_or(TxError::Overflow)?;
+        write(kv, keys::account(who), &account);
+        Ok(())
+    }
+
+    fn debit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: u64) -> Result<(), TxError> {
+        if amount == 0 {
+            return Err(TxError::ZeroAmount);
+        }
+        let mut account: Account = read(kv, &keys::account(who))?.unwrap_or_default();
+        if account.balance < amount {
+            return Err(TxError::InsufficientBalance { needed: amount, available: account.balance });
+        }
+        account.balance -= amount;
+        write(kv, keys::account(who), &account);
+        Ok(())
+    }
+
+    pub(crate) fn burn<S: KvStore + ?Sized>(&self, kv: &mut S, amount: u64) -> Result<(), TxError> {
+        let mut supply: Supply = read(kv, keys::SUPPLY)?.unwrap_or_default();
+        supply.burned = supply.burned.checked_add(amount).ok_or(TxError::Overflow)?;
+        write(kv, keys::SUPPLY.to_vec(), &supply);
+        Ok(())
+    }
+
+    fn bond<S: KvStore + ?Sized>(&self, kv: &mut S, key: &PublicKey, role: Role, amount: u64) -> Result<Event, TxError> {
+        let who = key.address();
+        self.debit(kv, &who, amount)?;
+        let mut stake: Stake = read(kv, &keys::stake(role, &who))?
+            .unwrap_or(Stake { key: *key, bonded: 0, unbonding: Vec::new(), jailed: false });
+        let bonded = stake.bonded.checked_add(amount).ok_or(TxError::Overflow)?;
+        let min = self.min_stake(role);
+        if bonded < min {
+            return Err(TxError::BelowMinimumStake { role, min, got: bonded });
+        }
+        stake.bonded = bonded;
+        write(kv, keys::stake(role, &who), &stake);
+        Ok(Event::Bonded { who, role, amount })
+    }
+
+    fn unbond<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        who: &Address,
+        role: Role,
+        amount: u64,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
+        if amount == 0 {
+            return Err(TxError::ZeroAmount);
+        }
+        let mut stake: Stake = read(kv, &keys::stake(role, who))?
+            .ok_or(TxError::InsufficientBond { role, bonded: 0, requested: amount })?;
+        if stake.bonded < amount {
+            return Err(TxError::InsufficientBond { role, bonded: stake.bonded, requested: amount });
+        }
+        let remaining = stake.bonded - amount;
+        let min = self.min_stake(role);
+        if remaining != 0 && remaining < min {
+            return Err(TxError::BelowMinimumStake { role, min, got: remaining });
+        }
+        let release_height = ctx.height + self.params.unbonding_blocks;
+        stake.bonded = remaining;
+        stake.unbonding.push(Unbonding { release_height, amount });
+        write(kv, keys::stake(role, who), &stake);
+        Ok(Event::Unbonding { who: *who, role, amount, release_height })
+    }
+
+    fn min_stake(&self, role: Role) -> u64 {
+        match role {
+            Role::Validator => self.params.min_validator_stake.0,
+            Role::Miner => self.params.min_miner_stake.0,
+        }
+    }
+
+    /// Takes `ppm` of everything `who` has at stake in `role` (bonded first, then unbonding,
+    /// oldest first). Returns the amount taken, which the caller sends to a pool or burns.
+    pub(crate) fn slash<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, role: Role, ppm: u64) -> Result<u64, TxError> {
+        let Some(mut stake) = read::<Stake>(kv, &keys::stake(role, who))? else {
+            return Ok(0);
+        };
+        let mut remaining = fraction(stake.slashable(), ppm);
+        let taken = remaining;
+        let from_bond = remaining.min(stake.bonded);
+        stake.bonded -= from_bond;
+        remaining -= from_bond;
+        for entry in stake.unbonding.iter_mut() {
+            let part = remaining.min(entry.amount);
+            entry.amount -= part;
+            remaining -= part;
+        }
+        stake.unbonding.retain(|u| u.amount > 0);
+        write(kv, keys::stake(role, who), &stake);
+        Ok(taken)
+    }
+
+    fn submit_job<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        submitter: Address,
+        spec: &JobSpec,
+        escrow: u64,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
+        validate_job_spec(spec, &self.params).map_err(TxError::InvalidJobSpec)?;
+        if escrow < spec.reward_per_round.0 {
+            return Err(TxError::EscrowTooSmall { escrow, reward: spec.reward_per_round.0 });
+        }
+        self.debit(kv, &submitter, escrow)?;
+        let id: u64 = read(kv, keys::NEXT_JOB)?.unwrap_or(0);
+        write(kv, keys::NEXT_JOB.to_vec(), &(id + 1));
+        let job = Job {
+            id: JobId(id),
+            submitter,
+            spec: spec.clone(),
+            escrow,
+            status: JobStatus::Active,
+            cancel_requested: false,
+            current_round: 0,
+            rounds_settled: 0,
+            model_hash: Hash::ZERO,
+            momentum_hash: Hash::ZERO,
+            miners: Vec::new(),
+        };
+        let round = rounds::new_round(&job, 0, ctx.height);
+        let mut events = vec![Event::JobSubmitted { job: job.id, submitter, escrow }];
+        events.push(Event::RoundOpened { job: job.id, round: 0, commit_deadline: round.commit_deadline });
+        write(kv, keys::round(job.id, 0), &round);
+        write(kv, keys::job(job.id), &job);
+        Ok(events)
+    }
+
+    pub(crate) fn load_job<S: KvStore + ?Sized>(&self, kv: &S, id: JobId) -> Result<Job, TxError> {
+        read(kv, &keys::job(id))?.ok_or(TxError::UnknownJob(id))
+    }
+
+    fn load_active_job<S: KvStore + ?Sized>(&self, kv: &S, id: JobId) -> Result<Job, TxError> {
+        let job = self.load_job(kv, id)?;
+        if job.status != JobStatus::Active {
+            return Err(TxError::JobNotActive(id));
+        }
+        Ok(job)
+    }
+
+    fn load_round<S: KvStore + ?Sized>(&self, kv: &S, job: &Job, round: u32) -> Result<RoundState, TxError> {
+        if round != job.current_round {
+            return Err(TxError::WrongRound { job: job.id, current: job.current_round, got: round });
+        }
+        read(kv, &keys::round(job.id, round))?.ok_or(TxError::WrongRound { job: job.id, current: job.current_round, got: round })
+    }
+
+    fn miner_bond<S: KvStore + ?Sized>(&self, kv: &S, miner: &Address) -> Result<u64, TxError> {
+        Ok(read::<Stake>(kv, &keys::stake(Role::Miner, miner))?.map_or(0, |s| s.bonded))
+    }
+
+    fn join_job<S: KvStore + ?Sized>(&self, kv: &mut S, miner: Address, id: JobId) -> Result<Event, TxError> {
+        let mut job = self.load_active_job(kv, id)?;
+        if job.cancel_requested {
+            return Err(TxError::JobNotActive(id));
+        }
+        match job.miners.binary_search_by(|m| m.address.cmp(&miner)) {
+            Ok(index) if job.miners[index].ejected => Err(TxError::Ejected { job: id, miner }),
+            Ok(_) => Err(TxError::AlreadyJoined { job: id, miner }),
+            Err(index) => {
+                if job.miners.len() >= self.params.max_miners_per_job as usize {
+                    return Err(TxError::JobFull(id));
+                }
+                let required = job.spec.min_miner_stake.0.max(self.params.min_miner_stake.0);
+                let bonded = self.miner_bond(kv, &miner)?;
+                if bonded < required {
+                    return Err(TxError::MinerStakeTooLow { miner, required, bonded });
+                }
+                job.miners.insert(index, MinerEntry { address: miner, ejected: false });
+                write(kv, keys::job(id), &job);
+                Ok(Event::JobJoined { job: id, miner })
+            }
+        }
+    }
+
+    fn commit_work<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        miner: Address,
+        work: &WorkCommitment,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
+        let job = self.load_active_job(kv, work.job)?;
+        let entry = job
+            .miners
+            .iter()
+            .find(|m| m.address == miner)
+            .ok_or(TxError::NotJoined { job: job.id, miner })?;
+        if entry.ejected {
+            return Err(TxError::Ejected { job: job.id, miner });
+        }
+        let mut round = self.load_round(kv, &job, work.round)?;
+        // Past the deadline the round has moved on (or is about to): either way, too late.
+        if round.phase != Phase::Open || ctx.height > round.commit_deadline {
+            return Err(TxError::LateCommit { deadline: round.commit_deadline });
+        }
+        if round.commits.iter().any(|c| c.miner == miner) {
+            return Err(TxError::AlreadyCommitted { miner });
+        }
+        let required = job.spec.min_miner_stake.0.max(self.params.min_miner_stake.0);
+        let bonded = self.miner_bond(kv, &miner)?;
+        if bonded < required {
+            return Err(TxError::MinerStakeTooLow { miner, required, bonded });
+        }
+        let checkpoints = expected_checkpoints(&job.spec);
+        if work.checkpoints != checkpoints {
+            return Err(TxError::InvalidCommitment(format!(
+                "the trail must have {checkpoints} checkpoints, it has {}",
+                work.checkpoints
+            )));
+        }
+        let tokens = expected_tokens(&job.spec);
+        if work.tokens != 0 && work.tokens != tokens {
+            return Err(TxError::InvalidCommitment(format!("a round trains {tokens} tokens, not {}", work.tokens)));
+        }
+        let copied = round.commits.iter().any(|c| c.work.delta_hash == work.delta_hash);
+        round.commits.push(Commit { miner, work: work.clone(), height: ctx.height, copied });
+        write(kv, keys::round(job.id, round.round), &round);
+        Ok(Event::WorkCommitted { job: job.id, round: round.round, miner, copied })
+    }
+
+    fn record_verdict<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        checker: Address,
+        verdict: &Verdict,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
+        let job = self.load_active_job(kv, verdict.job)?;
+        let mut round = self.load_round(kv, &job, verdict.round)?;
+        if round.phase != Phase::Verifying {
+            return Err(TxError::WrongPhase { job: job.id, round: round.round, phase: round.phase, expected: Phase::Verifying });
+        }
+        if ctx.height > round.verify_end {
+            return Err(TxError::VerdictWindowClosed { end: round.verify_end });
+        }
+        let (miner, segment) = (verdict.miner, verdict.segment);
+        let assigned = round
+            .assignments
+            .iter()
+            .any(|a| a.miner == miner && a.segment == segment && a.checkers.contains(&checker));
+        if !assigned {
+            return Err(TxError::NotAssigned { checker, miner, segment });
+        }
+        if round.verdicts.iter().any(|v| v.checker == checker && v.miner == miner && v.segment == segment) {
+            return Err(TxError::DuplicateVerdict { checker, miner, segment });
+        }
+        round.verdicts.push(VerdictRecord { checker, miner, segment, outcome: verdict.outcome.clone() });
+        write(kv, keys::round(job.id, round.round), &round);
+        Ok(Event::VerdictRecorded { job: job.id, round: round.round, checker, miner, segment })
+    }
+
+    fn commit_aggregate<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        sender: Address,
+        aggregate: &Aggregate,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
+        if !self.validator_set(kv)?.contains(&sender) {
+            return Err(TxError::NotAValidator(sender));
+        }
+        let job = self.load_active_job(kv, aggregate.job)?;
+        let round = self.load_round(kv, &job, aggregate.round)?;
+        if round.phase != Phase::AwaitingAggregate {
+            return Err(TxError::WrongPhase {
+                job: job.id,
+                round: round.round,
+                phase: round.phase,
+                expected: Phase::AwaitingAggregate,
+            });
+        }
+        if ctx.height > round.aggregate_deadline {
+            return Err(TxError::LateAggregate { deadline: round.aggregate_deadline });
+        }
+        if aggregate.accepted != round.accepted {
+            return Err(TxError::AggregateMismatch { expected: round.accepted.len(), got: aggregate.accepted.len() });
+        }
+        rounds::settle(self, kv, job, round, Some(aggregate), ctx)
+    }
+
+    fn cancel_job<S: KvStore + ?Sized>(&self, kv: &mut S, sender: Address, id: JobId, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let mut job = self.load_active_job(kv, id)?;
+        if job.submitter != sender {
+            return Err(TxError::NotSubmitter { job: id, submitter: job.submitter });
+        }
+        job.cancel_requested = true;
+        let round: RoundState = read(kv, &keys::round(id, job.current_round))?
+            .ok_or(TxError::WrongRound { job: id, current: job.current_round, got: job.current_round })?;
+        let mut events = vec![Event::CancelRequested { job: id }];
+        if round.phase == Phase::Open && round.commits.is_empty() {
+            // Nobody has worked on this round yet: end now.
+            events.extend(rounds::end_job(self, kv, job, JobStatus::Cancelled)?);
+        } else {
+            write(kv, keys::job(id), &job);
+        }
+        let _ = ctx;
+        Ok(events)
+    }
+
+    fn report_equivocation<S: KvStore + ?Sized>(&self, kv: &mut S, evidence: &EquivocationEvidence) -> Result<Vec<Event>, TxError> {
+        evidence.verify(&self.chain_id).map_err(|e| TxError::InvalidEvidence(e.to_string()))?;
+        let offender = evidence.validator.address();
+        let slot = (evidence.first.vote.height, evidence.first.vote.round, evidence.first.vote.vote_type);
+        let marker = [
+            b"evidence/".as_slice(),
+            &offender.0,
+            &slot.0 .0.to_be_bytes(),
+            &slot.1.to_be_bytes(),
+            &[slot.2 as u8],
+        ]
+        .concat();
+        if kv.get(&marker).is_some() {
+            return Err(TxError::EvidenceAlreadyUsed);
+        }
+        let key = keys::stake(Role::Validator, &offender);
+        let Some(mut stake) = read::<Stake>(kv, &key)? else {
+            return Err(TxError::UnknownValidator(offender));
+        };
+        stake.jailed = true;
+        write(kv, key, &stake);
+        let amount = self.slash(kv, &offender, Role::Validator, self.params.equivocation_slash_ppm)?;
+        self.burn(kv, amount)?;
+        kv.put(marker, Hash::digest(HashDomain::Blob, &trellis_proto::Encode::to_bytes(evidence)).0.to_vec());
+        Ok(vec![
+            Event::Slashed { who: offender, role: Role::Validator, amount, reason: SlashReason::Equivocation },
+            Event::Jailed { validator: offender },
+        ])
+    }
+}
+
+/// Checks a job spec before any funds move; the message says what to fix.
+pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> {
+    let d = &spec.diloco;
+    let m = &spec.model;
+    let v = &spec.verification;
+    let checks: [(bool, &str); 17] = [
+        (spec.name.is_empty(), "name is empty"),
+        (m.vocab_size == 0 || m.width == 0 || m.layers == 0 || m.heads == 0 || m.context_length == 0, "model dimensions must be positive"),
+        (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads"),
+        (d.workers_per_round == 0, "workers_per_round must be positive"),
+        (d.inner_steps == 0, "inner_steps must be positive"),
+        (d.batch_size == 0, "batch_size must be positive"),
+        (d.sequence_length == 0 || d.sequence_length > m.context_length, "sequence_length must be in 1..=context_length"),
+        (d.learning_rate.is_nan() || d.learning_rate <= 0.0, "learning_rate must be positive"),
+        (d.rounds == 0, "rounds must be positive"),
+        (v.checkpoint_interval == 0 || v.checkpoint_interval > d.inner_steps, "checkpoint_interval must be in 1..=inner_steps"),
+        (v.segments_per_miner == 0, "segments_per_miner must be positive"),
+        (spec.reward_per_round.0 == 0, "reward_per_round must be positive"),
+        (spec.min_miner_stake.0 < params.min_miner_stake.0, "min_miner_stake is below the chain minimum"),
+        (spec.commit_blocks == 0, "commit_blocks must be positive"),
+        (spec.verify_blocks == 0, "verify_blocks must be positive"),
+        (spec.dataset_shards < d.workers_per_round, "the dataset needs at least one shard per worker"),
+        (d.outer_learning_rate.is_nan() || d.outer_learning_rate <= 0.0 || !(0.0..1.0).contains(&d.outer_momentum), "outer learning rate must be positive and momentum in [0, 1)"),
+    ];
+    match checks.iter().find(|(bad, _)| *bad) {
+        Some((_, reason)) => Err((*reason).to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Everything held in any form (balances, stakes, escrows): must equal `Supply::expected_total`.
+pub fn total_holdings<S: KvStore + ?Sized>(kv: &S) -> Result<u64, TxError> {
+    let mut total: u64 = 0;
+    for (key, bytes) in kv.scan_prefix(keys::ACCOUNT_PREFIX) {
+        let account: Account = decode_record(&key, &bytes)?;
+        total += account.balance;
+    }
+    for (key, bytes) in kv.scan_prefix(keys::STAKE_PREFIX) {
+        let stake: Stake = decode_record(&key, &bytes)?;
+        total += stake.slashable();
+    }
+    for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
+        let job: Job = decode_record(&key, &bytes)?;
+        total += job.escrow;
+    }
+    Ok(total)
+}

@@ -1,0 +1,348 @@
+//! The life of a job's round: sampling after the commit deadline, tallying verdicts (with
+//! escalation on disagreement), slashing, settlement, and the next round or the job's end.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use trellis_proto::hash::draw;
+use trellis_proto::{Address, Aggregate, Hash, JobSpec, Role, VerdictOutcome};
+
+use crate::error::TxError;
+use crate::exec::{BlockCtx, Chain, Event, SlashReason};
+use crate::kv::KvStore;
+use crate::params::fraction;
+use crate::state::{keys, read, write, Assignment, Job, JobStatus, Phase, RoundState, ValidatorSet};
+
+/// Checkpoints in an honest trail: the start, every `c` steps, and the end.
+pub fn expected_checkpoints(spec: &JobSpec) -> u32 {
+    1 + spec.diloco.inner_steps.div_ceil(spec.verification.checkpoint_interval.max(1))
+}
+
+/// Tokens one miner trains in one round.
+pub fn expected_tokens(spec: &JobSpec) -> u64 {
+    spec.diloco.inner_steps as u64 * spec.diloco.batch_size as u64 * spec.diloco.sequence_length as u64
+}
+
+/// A fresh round opened at `height`.
+pub fn new_round(job: &Job, round: u32, height: u64) -> RoundState {
+    let commit_deadline = height + job.spec.commit_blocks as u64;
+    RoundState {
+        job: job.id,
+        round,
+        opened_at: height,
+        commit_deadline,
+        verify_end: commit_deadline + job.spec.verify_blocks as u64,
+        aggregate_deadline: 0,
+        phase: Phase::Open,
+        escalated: false,
+        commits: Vec::new(),
+        assignments: Vec::new(),
+        verdicts: Vec::new(),
+        accepted: Vec::new(),
+        matched_checkers: Vec::new(),
+    }
+}
+
+/// Moves the job's current round past every deadline that ended before `ctx.height`.
+pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    job: Job,
+    ctx: &BlockCtx,
+    events: &mut Vec<Event>,
+) -> Result<(), TxError> {
+    let Some(mut round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else {
+        return Ok(());
+    };
+    match round.phase {
+        Phase::Open if ctx.height > round.commit_deadline => {
+            let validators = chain.validator_set(kv)?;
+            round.assignments =
+                sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
+            round.phase = Phase::Verifying;
+            events.push(Event::SegmentsSampled { job: job.id, round: round.round, assignments: round.assignments.len() });
+            write(kv, keys::round(job.id, round.round), &round);
+        }
+        Phase::Verifying if ctx.height > round.verify_end => tally(chain, kv, job, round, ctx, events)?,
+        Phase::AwaitingAggregate if ctx.height > round.aggregate_deadline => {
+            round.phase = Phase::Lapsed;
+            events.push(Event::RoundLapsed { job: job.id, round: round.round });
+            write(kv, keys::round(job.id, round.round), &round);
+            events.extend(next_round_or_end(chain, kv, job, ctx)?);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// For each committed miner with work, `segments_per_miner` distinct segments (all, if the trail
+/// has fewer), each with `checkers_per_segment` distinct checkers drawn by stake from the
+/// validators other than the miner.
+/// The seed is the hash of the block at the commit deadline, which no miner knew when committing.
+pub fn sample(
+    randomness: &Hash,
+    job: &Job,
+    round: &RoundState,
+    validators: &ValidatorSet,
+    checkers_per_segment: usize,
+) -> Vec<Assignment> {
+    let seed = [randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes()].concat();
+    let mut commits: Vec<_> = round.commits.iter().filter(|c| !c.copied && c.work.tokens > 0).collect();
+    commits.sort_by_key(|c| c.miner);
+    let mut assignments = Vec::new();
+    for (index, commit) in commits.iter().enumerate() {
+        let segments = commit.work.checkpoints.saturating_sub(1);
+        let wanted = job.spec.verification.segments_per_miner.min(segments);
+        let mut chosen = BTreeSet::new();
+        let mut attempt = 0u64;
+        while (chosen.len() as u32) < wanted {
+            chosen.insert((draw("segment", &seed, &[index as u64, attempt]) % segments as u64) as u32);
+            attempt += 1;
+        }
+        for segment in chosen {
+            let checkers = pick_checkers(&seed, &commit.miner, segment, checkers_per_segment, &[], validators);
+            assignments.push(Assignment { miner: commit.miner, segment, checkers });
+        }
+    }
+    assignments
+}
+
+/// Draws `count` distinct checkers by stake (without replacement), never `miner`, never one of
+/// `exclude`. Returns fewer when not enough validators are eligible.
+fn pick_checkers(
+    seed: &[u8],
+    miner: &Address,
+    segment: u32,
+    count: usize,
+    exclude: &[Address],
+    validators: &ValidatorSet,
+) -> Vec<Address> {
+    let mut eligible: Vec<_> =
+        validators.validators.iter().filter(|v| &v.address != miner && !exclude.contains(&v.address) && v.power > 0).collect();
+    let mut picked = Vec::new();
+    let miner_word = u64::from_le_bytes(miner.0[..8].try_into().expect("8 bytes"));
+    while picked.len() < count && !eligible.is_empty() {
+        let total: u64 = eligible.iter().map(|v| v.power).sum();
+        let mut point = draw("checker", seed, &[miner_word, segment as u64, (exclude.len() + picked.len()) as u64]) % total;
+        let index = eligible
+            .iter()
+            .position(|v| {
+                if point < v.power {
+                    true
+                } else {
+                    point -= v.power;
+                    false
+                }
+            })
+            .expect("point is below the total power");
+        picked.push(eligible.remove(index).address);
+    }
+    picked
+}
+
+fn outcome_kind(outcome: &VerdictOutcome) -> u8 {
+    match outcome {
+        VerdictOutcome::Valid => 0,
+        VerdictOutcome::Unavailable => 1,
+        VerdictOutcome::Invalid(_) => 2,
+    }
+}
+
+/// Tallies the round's verdicts at the end of its verification window.
+fn tally<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    mut job: Job,
+    mut round: RoundState,
+    ctx: &BlockCtx,
+    events: &mut Vec<Event>,
+) -> Result<(), TxError> {
+    let validators = chain.validator_set(kv)?;
+    let power = |a: &Address| validators.validators.iter().find(|v| &v.address == a).map_or(1, |v| v.power.max(1));
+    let verdicts_for = |a: &Assignment| -> Vec<(Address, u8)> {
+        round
+            .verdicts
+            .iter()
+            .filter(|v| v.miner == a.miner && v.segment == a.segment && a.checkers.contains(&v.checker))
+            .map(|v| (v.checker, outcome_kind(&v.outcome)))
+            .collect()
+    };
+
+    // Disagreement escalates once, to a larger committee with a fresh window.
+    if !round.escalated {
+        let disputed: Vec<usize> = (0..round.assignments.len())
+            .filter(|&i| verdicts_for(&round.assignments[i]).iter().map(|(_, k)| *k).collect::<BTreeSet<_>>().len() > 1)
+            .collect();
+        if !disputed.is_empty() {
+            let seed = [ctx.randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), b"escalate"].concat();
+            let committee = chain.params.escalation_committee as usize;
+            for &i in &disputed {
+                let assignment = &mut round.assignments[i];
+                let extra = committee.saturating_sub(assignment.checkers.len());
+                let more = pick_checkers(&seed, &assignment.miner, assignment.segment, extra, &assignment.checkers, &validators);
+                assignment.checkers.extend(more);
+            }
+            round.escalated = true;
+            round.verify_end = ctx.height + job.spec.verify_blocks as u64;
+            events.push(Event::Escalated { job: job.id, round: round.round, segments: disputed.len(), verify_end: round.verify_end });
+            write(kv, keys::round(job.id, round.round), &round);
+            return Ok(());
+        }
+    }
+
+    // Outcome of each segment: the stake-weighted plurality of its verdicts; ties and silence
+    // favour the miner (Valid over Unavailable over Invalid).
+    let mut miner_kinds: BTreeMap<Address, BTreeSet<u8>> = BTreeMap::new();
+    let mut matched = Vec::new();
+    let mut missed = Vec::new();
+    for assignment in &round.assignments {
+        let verdicts = verdicts_for(assignment);
+        let mut weight = [0u64; 3];
+        for (checker, kind) in &verdicts {
+            weight[*kind as usize] += power(checker);
+        }
+        let outcome = (0..3u8).max_by(|a, b| weight[*a as usize].cmp(&weight[*b as usize]).then(b.cmp(a))).unwrap_or(0);
+        let outcome = if verdicts.is_empty() { 0 } else { outcome };
+        miner_kinds.entry(assignment.miner).or_default().insert(outcome);
+        for (checker, kind) in &verdicts {
+            if *kind == outcome {
+                matched.push(*checker);
+            }
+        }
+        for checker in &assignment.checkers {
+            if !verdicts.iter().any(|(c, _)| c == checker) {
+                missed.push(*checker);
+            }
+        }
+    }
+
+    let mut accepted = Vec::new();
+    let mut poisoners = Vec::new();
+    let mut freeloaders = Vec::new();
+    for commit in &round.commits {
+        let kinds = miner_kinds.get(&commit.miner);
+        if kinds.is_some_and(|k| k.contains(&2)) {
+            poisoners.push(commit.miner);
+        } else if commit.copied || commit.work.tokens == 0 || kinds.is_some_and(|k| k.contains(&1)) {
+            freeloaders.push(commit.miner);
+        } else {
+            accepted.push(commit.miner);
+        }
+    }
+    accepted.sort();
+
+    let mut pool = 0u64;
+    for miner in &poisoners {
+        let amount = chain.slash(kv, miner, Role::Miner, chain.params.poisoner_slash_ppm)?;
+        pool += amount;
+        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Poisoner });
+        if let Ok(index) = job.miners.binary_search_by(|m| m.address.cmp(miner)) {
+            job.miners[index].ejected = true;
+        }
+        events.push(Event::Ejected { job: job.id, miner: *miner });
+    }
+    for miner in &freeloaders {
+        let amount = chain.slash(kv, miner, Role::Miner, chain.params.freeloader_slash_ppm)?;
+        pool += amount;
+        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Freeloader });
+    }
+    for checker in &missed {
+        let amount = chain.slash(kv, checker, Role::Validator, chain.params.missed_verdict_slash_ppm)?;
+        pool += amount;
+        events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason: SlashReason::MissedVerdict });
+    }
+    // Slashed stake is burned: nobody, accuser or job, profits from a slash.
+    chain.burn(kv, pool)?;
+    events.push(Event::RoundTallied { job: job.id, round: round.round, accepted: accepted.clone(), poisoners, freeloaders });
+
+    round.accepted = accepted;
+    matched.sort();
+    round.matched_checkers = matched;
+    if round.accepted.is_empty() {
+        // Nothing to aggregate: the model stays, nobody is paid.
+        round.phase = Phase::Settled;
+        write(kv, keys::round(job.id, round.round), &round);
+        events.extend(next_round_or_end(chain, kv, job, ctx)?);
+    } else {
+        round.phase = Phase::AwaitingAggregate;
+        round.aggregate_deadline = ctx.height + chain.params.aggregate_blocks;
+        write(kv, keys::round(job.id, round.round), &round);
+        write(kv, keys::job(job.id), &job);
+    }
+    Ok(())
+}
+
+/// Pays the round and records the aggregate. Called once per round: the phase moves to
+/// `Settled`, and `commit_aggregate` only accepts rounds awaiting an aggregate.
+pub(crate) fn settle<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    mut job: Job,
+    mut round: RoundState,
+    aggregate: Option<&Aggregate>,
+    ctx: &BlockCtx,
+) -> Result<Vec<Event>, TxError> {
+    let mut events = Vec::new();
+    let payout = job.spec.reward_per_round.0.min(job.escrow);
+    let verifier_pool = if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
+    let miner_pool = payout - verifier_pool;
+    let tokens: BTreeMap<Address, u64> = round
+        .commits
+        .iter()
+        .filter(|c| round.accepted.contains(&c.miner))
+        .map(|c| (c.miner, c.work.tokens))
+        .collect();
+    let total_tokens: u64 = tokens.values().sum();
+    let mut paid = 0u64;
+    for (miner, miner_tokens) in &tokens {
+        let amount = ((miner_pool as u128 * *miner_tokens as u128) / total_tokens.max(1) as u128) as u64;
+        chain.credit(kv, miner, amount)?;
+        paid += amount;
+        events.push(Event::Rewarded { job: job.id, round: round.round, who: *miner, amount, as_miner: true });
+    }
+    if !round.matched_checkers.is_empty() {
+        let share = verifier_pool / round.matched_checkers.len() as u64;
+        for checker in &round.matched_checkers {
+            chain.credit(kv, checker, share)?;
+            paid += share;
+            events.push(Event::Rewarded { job: job.id, round: round.round, who: *checker, amount: share, as_miner: false });
+        }
+    }
+    job.escrow -= paid;
+    if let Some(aggregate) = aggregate {
+        job.model_hash = aggregate.model_hash;
+        job.momentum_hash = aggregate.momentum_hash;
+        events.push(Event::AggregateCommitted { job: job.id, round: round.round, model_hash: aggregate.model_hash });
+    }
+    job.rounds_settled += 1;
+    round.phase = Phase::Settled;
+    write(kv, keys::round(job.id, round.round), &round);
+    events.extend(next_round_or_end(chain, kv, job, ctx)?);
+    Ok(events)
+}
+
+/// Opens the next round, or ends the job: cancelled, all rounds done, or escrow exhausted.
+fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Job, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    if job.cancel_requested {
+        return end_job(chain, kv, job, JobStatus::Cancelled);
+    }
+    if job.current_round + 1 >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round.0 {
+        return end_job(chain, kv, job, JobStatus::Finished);
+    }
+    job.current_round += 1;
+    let round = new_round(&job, job.current_round, ctx.height);
+    let event = Event::RoundOpened { job: job.id, round: round.round, commit_deadline: round.commit_deadline };
+    write(kv, keys::round(job.id, round.round), &round);
+    write(kv, keys::job(job.id), &job);
+    Ok(vec![event])
+}
+
+/// Ends the job and refunds what is left of the escrow to the submitter.
+pub(crate) fn end_job<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Job, status: JobStatus) -> Result<Vec<Event>, TxError> {
+    let refund = job.escrow;
+    chain.credit(kv, &job.submitter, refund)?;
+    job.escrow = 0;
+    job.status = status;
+    let event = Event::JobEnded { job: job.id, status, refund };
+    write(kv, keys::job(job.id), &job);
+    Ok(vec![event])
+}

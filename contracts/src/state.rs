@@ -1,0 +1,387 @@
+//! The records the chain keeps, their keys, and typed access over a [`KvStore`].
+//!
+//! Every record is stored in the canonical encoding of `trellis-proto`, so the state root is a
+//! function of the records alone.
+
+use serde::Serialize;
+use trellis_proto::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
+use trellis_proto::{
+    canonical_struct, canonical_tag_enum, Address, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome,
+    WorkCommitment,
+};
+
+use crate::kv::KvStore;
+
+/// Generous bound for lists inside records we wrote ourselves.
+const MAX_RECORD_LIST: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state record {key} is corrupt: {source}")]
+pub struct CorruptState {
+    pub key: String,
+    pub source: DecodeError,
+}
+
+/// A balance and the next expected nonce.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub balance: u64,
+    pub nonce: u64,
+}
+canonical_struct!(Account { balance, nonce });
+
+/// An amount leaving a bond, slashable until `release_height`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unbonding {
+    pub release_height: u64,
+    pub amount: u64,
+}
+canonical_struct!(Unbonding { release_height, amount });
+
+/// One account's bond in one role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stake {
+    pub key: PublicKey,
+    pub bonded: u64,
+    pub unbonding: Vec<Unbonding>,
+    pub jailed: bool,
+}
+
+impl Stake {
+    /// Everything that can still be slashed.
+    pub fn slashable(&self) -> u64 {
+        self.bonded + self.unbonding.iter().map(|u| u.amount).sum::<u64>()
+    }
+}
+
+impl Encode for Stake {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.key.encode_to(out);
+        self.bonded.encode_to(out);
+        encode_seq(&self.unbonding, out);
+        self.jailed.encode_to(out);
+    }
+}
+
+impl Decode for Stake {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            key: Decode::decode_from(reader)?,
+            bonded: Decode::decode_from(reader)?,
+            unbonding: decode_seq(reader, "unbonding", MAX_RECORD_LIST, 16)?,
+            jailed: Decode::decode_from(reader)?,
+        })
+    }
+}
+
+/// A member of the active validator set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Validator {
+    pub address: Address,
+    pub key: PublicKey,
+    pub power: u64,
+}
+canonical_struct!(Validator { address, key, power });
+
+/// The active validator set, in address order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValidatorSet {
+    pub validators: Vec<Validator>,
+}
+
+impl ValidatorSet {
+    pub fn total_power(&self) -> u64 {
+        self.validators.iter().map(|v| v.power).sum()
+    }
+
+    pub fn contains(&self, address: &Address) -> bool {
+        self.validators.iter().any(|v| &v.address == address)
+    }
+}
+
+impl Encode for ValidatorSet {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        encode_seq(&self.validators, out);
+    }
+}
+
+impl Decode for ValidatorSet {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self { validators: decode_seq(reader, "validators", MAX_RECORD_LIST, 60)? })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    Active,
+    /// All rounds done, or the escrow ran out.
+    Finished,
+    /// Cancelled by the submitter.
+    Cancelled,
+}
+canonical_tag_enum!(JobStatus, "job status" { Active = 1, Finished = 2, Cancelled = 3 });
+
+/// A miner that joined a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MinerEntry {
+    pub address: Address,
+    /// Caught poisoning: may not commit to this job again.
+    pub ejected: bool,
+}
+canonical_struct!(MinerEntry { address, ejected });
+
+/// A training job and its progress.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub submitter: Address,
+    pub spec: JobSpec,
+    /// Reward still held for future rounds (slashes of this job's miners flow back in).
+    pub escrow: u64,
+    pub status: JobStatus,
+    pub cancel_requested: bool,
+    /// The round in progress (or the last one, once the job ended).
+    pub current_round: u32,
+    pub rounds_settled: u32,
+    /// Hash of the latest committed model (`Hash::ZERO` until round 0 commits).
+    pub model_hash: Hash,
+    pub momentum_hash: Hash,
+    /// Joined miners in address order.
+    pub miners: Vec<MinerEntry>,
+}
+
+impl Encode for Job {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.id.encode_to(out);
+        self.submitter.encode_to(out);
+        self.spec.encode_to(out);
+        self.escrow.encode_to(out);
+        self.status.encode_to(out);
+        self.cancel_requested.encode_to(out);
+        self.current_round.encode_to(out);
+        self.rounds_settled.encode_to(out);
+        self.model_hash.encode_to(out);
+        self.momentum_hash.encode_to(out);
+        encode_seq(&self.miners, out);
+    }
+}
+
+impl Decode for Job {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: Decode::decode_from(reader)?,
+            submitter: Decode::decode_from(reader)?,
+            spec: Decode::decode_from(reader)?,
+            escrow: Decode::decode_from(reader)?,
+            status: Decode::decode_from(reader)?,
+            cancel_requested: Decode::decode_from(reader)?,
+            current_round: Decode::decode_from(reader)?,
+            rounds_settled: Decode::decode_from(reader)?,
+            model_hash: Decode::decode_from(reader)?,
+            momentum_hash: Decode::decode_from(reader)?,
+            miners: decode_seq(reader, "miners", MAX_RECORD_LIST, 21)?,
+        })
+    }
+}
+
+/// Where a round is in its life (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Accepting `CommitWork` up to the commit deadline.
+    Open,
+    /// Segments sampled; accepting verdicts up to the end of the window.
+    Verifying,
+    /// Tallied; waiting for `CommitAggregate`.
+    AwaitingAggregate,
+    /// Paid out (possibly with no accepted miner).
+    Settled,
+    /// The aggregate never came: nothing paid, the model unchanged.
+    Lapsed,
+}
+canonical_tag_enum!(Phase, "round phase" { Open = 1, Verifying = 2, AwaitingAggregate = 3, Settled = 4, Lapsed = 5 });
+
+/// A miner's commitment as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Commit {
+    pub miner: Address,
+    pub work: WorkCommitment,
+    pub height: u64,
+    /// Its Δ hash equals an earlier commitment's in this round.
+    pub copied: bool,
+}
+canonical_struct!(Commit { miner, work, height, copied });
+
+/// A sampled segment and who must check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    pub miner: Address,
+    pub segment: u32,
+    pub checkers: Vec<Address>,
+}
+
+impl Encode for Assignment {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.miner.encode_to(out);
+        self.segment.encode_to(out);
+        encode_seq(&self.checkers, out);
+    }
+}
+
+impl Decode for Assignment {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            miner: Decode::decode_from(reader)?,
+            segment: Decode::decode_from(reader)?,
+            checkers: decode_seq(reader, "checkers", MAX_RECORD_LIST, 20)?,
+        })
+    }
+}
+
+/// A verdict as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerdictRecord {
+    pub checker: Address,
+    pub miner: Address,
+    pub segment: u32,
+    pub outcome: VerdictOutcome,
+}
+canonical_struct!(VerdictRecord { checker, miner, segment, outcome });
+
+/// One round of one job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundState {
+    pub job: JobId,
+    pub round: u32,
+    pub opened_at: u64,
+    /// Last height at which `CommitWork` is accepted.
+    pub commit_deadline: u64,
+    /// Last height at which verdicts are accepted (moves on escalation).
+    pub verify_end: u64,
+    /// Last height for `CommitAggregate` (set at tally).
+    pub aggregate_deadline: u64,
+    pub phase: Phase,
+    pub escalated: bool,
+    pub commits: Vec<Commit>,
+    pub assignments: Vec<Assignment>,
+    pub verdicts: Vec<VerdictRecord>,
+    /// Miners whose work was accepted, in address order (set at tally).
+    pub accepted: Vec<Address>,
+    /// One entry per verdict that matched its segment's outcome, in address order: each entry
+    /// earns one share of the verifiers' fee at settlement.
+    pub matched_checkers: Vec<Address>,
+}
+
+impl Encode for RoundState {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.job.encode_to(out);
+        self.round.encode_to(out);
+        self.opened_at.encode_to(out);
+        self.commit_deadline.encode_to(out);
+        self.verify_end.encode_to(out);
+        self.aggregate_deadline.encode_to(out);
+        self.phase.encode_to(out);
+        self.escalated.encode_to(out);
+        encode_seq(&self.commits, out);
+        encode_seq(&self.assignments, out);
+        encode_seq(&self.verdicts, out);
+        encode_seq(&self.accepted, out);
+        encode_seq(&self.matched_checkers, out);
+    }
+}
+
+impl Decode for RoundState {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            job: Decode::decode_from(reader)?,
+            round: Decode::decode_from(reader)?,
+            opened_at: Decode::decode_from(reader)?,
+            commit_deadline: Decode::decode_from(reader)?,
+            verify_end: Decode::decode_from(reader)?,
+            aggregate_deadline: Decode::decode_from(reader)?,
+            phase: Decode::decode_from(reader)?,
+            escalated: Decode::decode_from(reader)?,
+            commits: decode_seq(reader, "commits", MAX_RECORD_LIST, 100)?,
+            assignments: decode_seq(reader, "assignments", MAX_RECORD_LIST, 28)?,
+            verdicts: decode_seq(reader, "verdicts", MAX_RECORD_LIST, 45)?,
+            accepted: decode_seq(reader, "accepted", MAX_RECORD_LIST, 20)?,
+            matched_checkers: decode_seq(reader, "matched checkers", MAX_RECORD_LIST, 20)?,
+        })
+    }
+}
+
+/// Token supply accounting: `genesis + minted − burned` is what exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Supply {
+    pub genesis: u64,
+    pub minted: u64,
+    pub burned: u64,
+}
+canonical_struct!(Supply { genesis, minted, burned });
+
+impl Supply {
+    pub fn expected_total(&self) -> u64 {
+        self.genesis + self.minted - self.burned
+    }
+}
+
+/// Keys of every record kind.
+pub mod keys {
+    use super::*;
+
+    pub const SUPPLY: &[u8] = b"meta/supply";
+    pub const VALIDATORS: &[u8] = b"meta/validators";
+    pub const NEXT_JOB: &[u8] = b"meta/next-job";
+    pub const ACCOUNT_PREFIX: &[u8] = b"acct/";
+    pub const STAKE_PREFIX: &[u8] = b"stake/";
+    pub const JOB_PREFIX: &[u8] = b"job/";
+    pub const ROUND_PREFIX: &[u8] = b"round/";
+
+    pub fn account(address: &Address) -> Vec<u8> {
+        [ACCOUNT_PREFIX, &address.0].concat()
+    }
+
+    pub fn stake(role: Role, address: &Address) -> Vec<u8> {
+        [STAKE_PREFIX, &[role_byte(role)], b"/", &address.0].concat()
+    }
+
+    pub fn stake_prefix(role: Role) -> Vec<u8> {
+        [STAKE_PREFIX, &[role_byte(role)], b"/"].concat()
+    }
+
+    pub fn job(id: JobId) -> Vec<u8> {
+        [JOB_PREFIX, &id.0.to_be_bytes()].concat()
+    }
+
+    pub fn round(job: JobId, round: u32) -> Vec<u8> {
+        [ROUND_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
+    }
+
+    fn role_byte(role: Role) -> u8 {
+        match role {
+            Role::Validator => b'v',
+            Role::Miner => b'm',
+        }
+    }
+}
+
+/// Reads a record; `None` when absent.
+pub fn read<T: Decode>(kv: &(impl KvStore + ?Sized), key: &[u8]) -> Result<Option<T>, CorruptState> {
+    match kv.get(key) {
+        None => Ok(None),
+        Some(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|source| CorruptState { key: String::from_utf8_lossy(key).into_owned(), source }),
+    }
+}
+
+/// Decodes a record read from a scan.
+pub fn decode_record<T: Decode>(key: &[u8], bytes: &[u8]) -> Result<T, CorruptState> {
+    decode(bytes).map_err(|source| CorruptState { key: String::from_utf8_lossy(key).into_owned(), source })
+}
+
+/// Writes a record.
+pub fn write<T: Encode>(kv: &mut (impl KvStore + ?Sized), key: Vec<u8>, value: &T) {
+    kv.put(key, value.to_bytes());
+}

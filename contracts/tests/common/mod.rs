@@ -1,0 +1,232 @@
+//! A small world for contract tests: a store, the chain's rules, keys, and a block clock.
+#![allow(dead_code)]
+
+use trellis_contracts::state::{keys, read, Account, Job, RoundState, Stake};
+use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Params, TxError};
+use trellis_proto::*;
+
+pub const CHAIN: &str = "trellis-test";
+
+pub struct World {
+    pub kv: MemoryKv,
+    pub chain: Chain,
+    pub height: u64,
+    pub validators: Vec<Keypair>,
+    pub miners: Vec<Keypair>,
+    pub submitter: Keypair,
+    pub events: Vec<Event>,
+}
+
+pub fn key(tag: u8, index: u8) -> Keypair {
+    Keypair::from_seed([tag, index, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+pub fn params() -> Params {
+    Params { block_reward: Amount(0), ..Params::default() }
+}
+
+impl World {
+    /// `v` validators (stake 20,000 each) and `m` miners (stake 5,000 each); everyone holds 100,000.
+    pub fn new(v: u8, m: u8, params: Params) -> World {
+        let validators: Vec<Keypair> = (0..v).map(|i| key(1, i)).collect();
+        let miners: Vec<Keypair> = (0..m).map(|i| key(2, i)).collect();
+        let submitter = key(3, 0);
+        let mut accounts: Vec<(Address, u64)> = validators.iter().chain(&miners).map(|k| (k.address(), 100_000)).collect();
+        accounts.push((submitter.address(), 1_000_000));
+        let genesis = Genesis {
+            chain_id: CHAIN.into(),
+            accounts,
+            validators: validators.iter().map(|k| (k.public_key(), 20_000)).collect(),
+            miners: miners.iter().map(|k| (k.public_key(), 5_000)).collect(),
+            params,
+        };
+        let mut kv = MemoryKv::new();
+        let chain = Chain::init_genesis(&mut kv, &genesis).unwrap();
+        World { kv, chain, height: 0, validators, miners, submitter, events: Vec::new() }
+    }
+
+    pub fn ctx(&self) -> BlockCtx {
+        let randomness = Hash::digest(HashDomain::BlockHeader, &self.height.to_le_bytes());
+        BlockCtx { height: self.height, time_ms: self.height * 1000, randomness, proposer: self.validators[0].address() }
+    }
+
+    /// Ends the current block and begins the next one.
+    pub fn next_block(&mut self) {
+        let ctx = self.ctx();
+        let (events, _) = self.chain.end_block(&mut self.kv, &ctx).unwrap();
+        self.events.extend(events);
+        self.height += 1;
+        let ctx = self.ctx();
+        let events = self.chain.begin_block(&mut self.kv, &ctx).unwrap();
+        self.events.extend(events);
+    }
+
+    pub fn advance_to(&mut self, height: u64) {
+        while self.height < height {
+            self.next_block();
+        }
+    }
+
+    pub fn nonce(&self, who: &Keypair) -> u64 {
+        self.account(&who.address()).nonce
+    }
+
+    pub fn account(&self, who: &Address) -> Account {
+        read(&self.kv, &keys::account(who)).unwrap().unwrap_or_default()
+    }
+
+    pub fn balance(&self, who: &Keypair) -> u64 {
+        self.account(&who.address()).balance
+    }
+
+    pub fn stake(&self, role: Role, who: &Keypair) -> Stake {
+        read(&self.kv, &keys::stake(role, &who.address())).unwrap().unwrap()
+    }
+
+    pub fn job(&self, id: u64) -> Job {
+        read(&self.kv, &keys::job(JobId(id))).unwrap().unwrap()
+    }
+
+    pub fn round(&self, job: u64, round: u32) -> RoundState {
+        read(&self.kv, &keys::round(JobId(job), round)).unwrap().unwrap()
+    }
+
+    pub fn signed(&self, who: &Keypair, kind: TxKind) -> SignedTx {
+        Transaction { sender: who.public_key(), nonce: self.nonce(who), fee: Amount(1), kind }.sign(CHAIN, who)
+    }
+
+    pub fn send(&mut self, who: &Keypair, kind: TxKind) -> Result<Vec<Event>, TxError> {
+        let tx = self.signed(who, kind);
+        self.apply(&tx)
+    }
+
+    pub fn apply(&mut self, tx: &SignedTx) -> Result<Vec<Event>, TxError> {
+        let tx = tx.clone();
+        let ctx = self.ctx();
+        let result = self.chain.apply_tx(&mut self.kv, &tx, &ctx);
+        if let Ok(events) = &result {
+            self.events.extend(events.clone());
+        }
+        result
+    }
+
+    pub fn spec(&self) -> JobSpec {
+        JobSpec {
+            name: "test-job".into(),
+            model: ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 4, heads: 4 },
+            init_seed: 1,
+            dataset_root: Hash([7; 32]),
+            dataset_shards: 16,
+            diloco: DilocoParams {
+                workers_per_round: 3,
+                inner_steps: 20,
+                batch_size: 8,
+                sequence_length: 64,
+                learning_rate: 3e-3,
+                beta1: 0.9,
+                beta2: 0.95,
+                weight_decay: 0.1,
+                grad_clip: 1.0,
+                warmup_steps: 5,
+                outer_optimizer: OuterOptimizer::Nesterov,
+                outer_learning_rate: 0.7,
+                outer_momentum: 0.9,
+                rounds: 3,
+                encoding: DeltaEncoding::F32,
+            },
+            aggregation: AggregationRule::Mean,
+            verification: VerificationParams { checkpoint_interval: 5, segments_per_miner: 2, mode: VerificationMode::Exact },
+            reward_per_round: Amount(9_000),
+            min_miner_stake: Amount(1_000),
+            commit_blocks: 5,
+            verify_blocks: 5,
+        }
+    }
+
+    /// Submits the default job with `escrow` and has every miner join. Returns the job id.
+    pub fn submit_and_join(&mut self, escrow: u64) -> u64 {
+        let spec = self.spec();
+        let submitter = Keypair::from_seed(self.submitter.seed());
+        self.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(escrow) }).unwrap();
+        let id = self.chain_next_job() - 1;
+        for i in 0..self.miners.len() {
+            let miner = Keypair::from_seed(self.miners[i].seed());
+            self.send(&miner, TxKind::JoinJob { job: JobId(id) }).unwrap();
+        }
+        id
+    }
+
+    fn chain_next_job(&self) -> u64 {
+        read(&self.kv, keys::NEXT_JOB).unwrap().unwrap()
+    }
+
+    /// An honest-looking commitment for miner `i` (distinct Δ per miner).
+    pub fn work(&self, job: u64, round: u32, i: usize) -> WorkCommitment {
+        WorkCommitment {
+            job: JobId(job),
+            round,
+            trail_root: Hash([i as u8 + 1; 32]),
+            checkpoints: 5,
+            final_checkpoint: Hash([i as u8 + 50; 32]),
+            delta_hash: Hash([i as u8 + 100; 32]),
+            tokens: 20 * 8 * 64,
+        }
+    }
+
+    pub fn commit(&mut self, job: u64, round: u32, i: usize) -> Result<Vec<Event>, TxError> {
+        let work = self.work(job, round, i);
+        let miner = Keypair::from_seed(self.miners[i].seed());
+        self.send(&miner, TxKind::CommitWork(work))
+    }
+
+    /// Moves past the commit deadline so segments are sampled.
+    pub fn past_commit_deadline(&mut self, job: u64, round: u32) {
+        let deadline = self.round(job, round).commit_deadline;
+        self.advance_to(deadline + 1);
+    }
+
+    pub fn validator_index(&self, address: &Address) -> usize {
+        self.validators.iter().position(|k| &k.address() == address).unwrap()
+    }
+
+    /// Every assigned checker sends `decide(miner, segment)`; `None` stays silent.
+    pub fn verdicts(&mut self, job: u64, round: u32, decide: impl Fn(&Address, u32, &Address) -> Option<VerdictOutcome>) {
+        let assignments = self.round(job, round).assignments;
+        for assignment in assignments {
+            for checker in &assignment.checkers {
+                let Some(outcome) = decide(&assignment.miner, assignment.segment, checker) else { continue };
+                let index = self.validator_index(checker);
+                let validator = Keypair::from_seed(self.validators[index].seed());
+                let verdict = Verdict { job: JobId(job), round, miner: assignment.miner, segment: assignment.segment, outcome };
+                self.send(&validator, TxKind::Verdict(verdict)).unwrap();
+            }
+        }
+    }
+
+    /// Moves past the end of verification so the round is tallied.
+    pub fn past_verify_end(&mut self, job: u64, round: u32) {
+        let end = self.round(job, round).verify_end;
+        self.advance_to(end + 1);
+    }
+
+    pub fn aggregate(&mut self, job: u64, round: u32) -> Result<Vec<Event>, TxError> {
+        let accepted = self.round(job, round).accepted;
+        let validator = Keypair::from_seed(self.validators[0].seed());
+        let aggregate = Aggregate { job: JobId(job), round, model_hash: Hash([9; 32]), momentum_hash: Hash([8; 32]), accepted };
+        self.send(&validator, TxKind::CommitAggregate(aggregate))
+    }
+
+    pub fn supply_holds(&self) {
+        let supply: trellis_contracts::state::Supply = read(&self.kv, keys::SUPPLY).unwrap().unwrap();
+        assert_eq!(trellis_contracts::total_holdings(&self.kv).unwrap(), supply.expected_total(), "supply not conserved");
+    }
+}
+
+pub fn invalid() -> VerdictOutcome {
+    VerdictOutcome::Invalid(InvalidEvidence {
+        reason: InvalidReason::CheckpointMismatch,
+        expected: Hash([1; 32]),
+        reproduced: Hash([2; 32]),
+        distance: 0.0,
+    })
+}

@@ -1,0 +1,381 @@
+//! Whole jobs, told as stories: who commits, who checks, what the chain concludes, who is paid
+//! and who is slashed.
+
+mod common;
+
+use common::*;
+use trellis_contracts::state::{JobStatus, Phase};
+use trellis_contracts::{Event, Params, SlashReason, TxError};
+use trellis_proto::*;
+
+fn slashed(world: &World, who: &Address) -> Vec<(u64, SlashReason)> {
+    world
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Slashed { who: w, amount, reason, .. } if w == who => Some((*amount, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn honest_miners_are_paid_by_tokens_and_checkers_by_agreement() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let round = w.round(job, 0);
+    assert_eq!(round.phase, Phase::Verifying);
+    assert_eq!(round.assignments.len(), 3 * 2, "two segments per miner");
+    for a in &round.assignments {
+        assert_eq!(a.checkers.len(), 2);
+        assert!(!a.checkers.contains(&a.miner));
+        assert!(a.segment < 4, "segments lie between the 5 checkpoints");
+    }
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let round = w.round(job, 0);
+    assert_eq!(round.phase, Phase::AwaitingAggregate);
+    let mut miners: Vec<Address> = w.miners.iter().map(|k| k.address()).collect();
+    miners.sort();
+    assert_eq!(round.accepted, miners);
+
+    let before: Vec<u64> = w.miners.iter().map(|k| w.balance(k)).collect();
+    w.aggregate(job, 0).unwrap();
+    // 9,000 per round: 10% to the checkers that agreed, the rest split by tokens (equal here).
+    for (i, k) in w.miners.iter().enumerate() {
+        assert_eq!(w.balance(k), before[i] + 2_700, "miner {i}");
+    }
+    let job_state = w.job(job);
+    assert_eq!(job_state.escrow, 30_000 - 9_000);
+    assert_eq!(job_state.model_hash, Hash([9; 32]));
+    assert_eq!(job_state.current_round, 1);
+    assert_eq!(w.round(job, 0).phase, Phase::Settled);
+    // A second aggregate for the same round is refused: a round settles once.
+    assert!(matches!(w.aggregate(job, 0), Err(TxError::WrongRound { .. })));
+    w.supply_holds();
+}
+
+#[test]
+fn a_poisoner_is_slashed_and_ejected_while_the_others_are_paid() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let poisoner = w.miners[1].address();
+    w.verdicts(job, 0, |miner, _, _| Some(if *miner == poisoner { invalid() } else { VerdictOutcome::Valid }));
+    w.past_verify_end(job, 0);
+    // Unanimous Invalid: no escalation.
+    let round = w.round(job, 0);
+    assert!(!round.escalated);
+    assert!(!round.accepted.contains(&poisoner));
+    assert_eq!(round.accepted.len(), 2);
+    assert_eq!(slashed(&w, &poisoner), vec![(2_500, SlashReason::Poisoner)], "half of a 5,000 bond");
+    assert_eq!(w.stake(Role::Miner, &w.miners[1]).bonded, 2_500);
+    assert!(w.job(job).miners.iter().any(|m| m.address == poisoner && m.ejected));
+    w.aggregate(job, 0).unwrap();
+    assert!(matches!(w.commit(job, 1, 1), Err(TxError::Ejected { .. })));
+    w.supply_holds();
+}
+
+#[test]
+fn a_freeloader_that_withholds_blobs_is_slashed_less() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let freeloader = w.miners[2].address();
+    w.verdicts(job, 0, |miner, _, _| Some(if *miner == freeloader { VerdictOutcome::Unavailable } else { VerdictOutcome::Valid }));
+    w.past_verify_end(job, 0);
+    assert_eq!(slashed(&w, &freeloader), vec![(500, SlashReason::Freeloader)], "10% of 5,000");
+    assert!(!w.round(job, 0).accepted.contains(&freeloader));
+    assert!(!w.job(job).miners.iter().any(|m| m.ejected), "freeloaders are not ejected");
+    w.supply_holds();
+}
+
+#[test]
+fn a_copied_delta_is_caught_and_never_sampled() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    let mut copy = w.work(job, 0, 0);
+    copy.trail_root = Hash([77; 32]);
+    let copier = Keypair::from_seed(w.miners[2].seed());
+    let events = w.send(&copier, TxKind::CommitWork(copy)).unwrap();
+    assert!(events.iter().any(|e| matches!(e, Event::WorkCommitted { copied: true, .. })));
+    w.past_commit_deadline(job, 0);
+    assert!(w.round(job, 0).assignments.iter().all(|a| a.miner != copier.address()));
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    assert_eq!(slashed(&w, &copier.address()), vec![(500, SlashReason::Freeloader)]);
+    assert_eq!(w.round(job, 0).accepted, vec![w.miners[0].address()]);
+    w.supply_holds();
+}
+
+#[test]
+fn a_split_verdict_escalates_to_a_larger_committee_which_decides() {
+    let mut w = World::new(6, 2, params());
+    let job = w.submit_and_join(30_000);
+    for i in 0..2 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let target = w.miners[0].address();
+    let first = w.round(job, 0).assignments.iter().find(|a| a.miner == target).cloned().unwrap();
+    let dissenter = first.checkers[0];
+    // One checker of one segment says Invalid, everyone else Valid.
+    w.verdicts(job, 0, |miner, segment, checker| {
+        Some(if *miner == target && segment == first.segment && *checker == dissenter { invalid() } else { VerdictOutcome::Valid })
+    });
+    w.past_verify_end(job, 0);
+    let round = w.round(job, 0);
+    assert!(round.escalated, "disagreement escalates");
+    assert_eq!(round.phase, Phase::Verifying);
+    let escalated = round.assignments.iter().find(|a| a.miner == target && a.segment == first.segment).unwrap();
+    assert_eq!(escalated.checkers.len(), 4, "the escalated committee");
+    assert!(w.events.iter().any(|e| matches!(e, Event::Escalated { segments: 1, .. })));
+    // The new checkers all find the segment valid: the dissenter is outvoted.
+    let new_checkers: Vec<Address> = escalated.checkers[2..].to_vec();
+    w.verdicts(job, 0, |miner, segment, checker| {
+        (*miner == target && segment == first.segment && new_checkers.contains(checker)).then_some(VerdictOutcome::Valid)
+    });
+    w.past_verify_end(job, 0);
+    let round = w.round(job, 0);
+    assert_eq!(round.phase, Phase::AwaitingAggregate);
+    assert!(round.accepted.contains(&target));
+    let given = round.verdicts.iter().filter(|v| v.checker == dissenter).count();
+    let paid = round.matched_checkers.iter().filter(|c| **c == dissenter).count();
+    assert_eq!(paid, given - 1, "the outvoted verdict earns no fee share");
+    assert!(slashed(&w, &target).is_empty());
+    w.supply_holds();
+}
+
+#[test]
+fn a_silent_checker_is_slashed_a_little() {
+    let mut w = World::new(4, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let silent = w.round(job, 0).assignments[0].checkers[0];
+    w.verdicts(job, 0, |_, _, checker| (*checker != silent).then_some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let owed = w.round(job, 0).assignments.iter().filter(|a| a.checkers.contains(&silent)).count();
+    let got = slashed(&w, &silent);
+    assert_eq!(got.len(), owed, "one fault per verdict owed");
+    assert_eq!(got[0], (200, SlashReason::MissedVerdict), "1% of a 20,000 bond");
+    assert!(got.iter().all(|(_, reason)| *reason == SlashReason::MissedVerdict));
+    w.supply_holds();
+}
+
+#[test]
+fn a_job_that_runs_out_of_escrow_ends_cleanly_with_a_refund() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(13_500); // one round of 9,000 and half of another
+    let submitter_before = w.balance(&w.submitter);
+    for i in 0..2 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let events = w.aggregate(job, 0).unwrap();
+    let paid: u64 = events.iter().filter_map(|e| match e { Event::Rewarded { amount, .. } => Some(*amount), _ => None }).sum();
+    assert!(paid <= 9_000 && paid > 8_990, "one round's reward, less rounding dust: {paid}");
+    let refund = 13_500 - paid;
+    assert!(events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Finished, refund: r, .. } if *r == refund)));
+    let state = w.job(job);
+    assert_eq!(state.status, JobStatus::Finished);
+    assert_eq!(state.escrow, 0);
+    assert_eq!(w.balance(&w.submitter), submitter_before + refund);
+    assert!(matches!(w.commit(job, 1, 0), Err(TxError::JobNotActive(_))));
+    w.supply_holds();
+}
+
+#[test]
+fn a_round_with_no_commitments_settles_empty_and_the_next_opens() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    w.past_commit_deadline(job, 0);
+    w.past_verify_end(job, 0);
+    assert_eq!(w.round(job, 0).phase, Phase::Settled);
+    assert_eq!(w.job(job).current_round, 1);
+    assert_eq!(w.job(job).escrow, 30_000, "nobody paid");
+    w.commit(job, 1, 0).unwrap();
+}
+
+#[test]
+fn an_aggregate_that_never_comes_lapses_the_round() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let deadline = w.round(job, 0).aggregate_deadline;
+    w.advance_to(deadline + 1);
+    assert_eq!(w.round(job, 0).phase, Phase::Lapsed);
+    assert_eq!(w.job(job).current_round, 1);
+    assert!(matches!(w.aggregate(job, 0), Err(TxError::WrongRound { .. })));
+}
+
+#[test]
+fn cancelling_refunds_the_escrow_at_the_end_of_the_round() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    let before = w.balance(&submitter);
+    // Before anyone commits: ends at once.
+    let events = w.send(&submitter, TxKind::CancelJob { job: JobId(job) }).unwrap();
+    assert!(events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: 30_000, .. })));
+    assert_eq!(w.balance(&submitter), before - 1 + 30_000);
+    // Only the submitter may cancel.
+    let job2 = w.submit_and_join(30_000);
+    let miner = Keypair::from_seed(w.miners[0].seed());
+    assert!(matches!(w.send(&miner, TxKind::CancelJob { job: JobId(job2) }), Err(TxError::NotSubmitter { .. })));
+}
+
+#[test]
+fn unbonding_stake_stays_slashable_until_released() {
+    let mut w = World::new(4, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    let miner = Keypair::from_seed(w.miners[0].seed());
+    w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(5_000) }).unwrap();
+    assert_eq!(w.stake(Role::Miner, &miner).bonded, 0);
+    w.past_commit_deadline(job, 0);
+    w.verdicts(job, 0, |_, _, _| Some(invalid()));
+    w.past_verify_end(job, 0);
+    let stake = w.stake(Role::Miner, &miner);
+    assert_eq!(stake.unbonding.iter().map(|u| u.amount).sum::<u64>(), 2_500, "half the unbonding amount was slashed");
+    let release = stake.unbonding[0].release_height;
+    let balance = w.balance(&miner);
+    w.advance_to(release);
+    w.next_block();
+    assert_eq!(w.balance(&miner), balance + 2_500);
+    assert!(w.stake(Role::Miner, &miner).unbonding.is_empty());
+    w.supply_holds();
+}
+
+#[test]
+fn equivocation_is_slashed_burned_and_jailed_and_the_set_drops_the_offender() {
+    let mut w = World::new(4, 0, Params { epoch_blocks: 5, ..params() });
+    let offender = Keypair::from_seed(w.validators[2].seed());
+    let vote = |value: u8| {
+        let vote = Vote { height: Height(3), round: 0, vote_type: VoteType::Prevote, value: Some(Hash([value; 32])), validator: offender.address() };
+        let signature = offender.sign(CHAIN, SigningKind::Vote, &vote.to_bytes());
+        SignedVote { vote, signature }
+    };
+    let evidence = EquivocationEvidence { validator: offender.public_key(), first: vote(1), second: vote(2) };
+    let reporter = Keypair::from_seed(w.validators[0].seed());
+    w.send(&reporter, TxKind::ReportEquivocation(evidence.clone())).unwrap();
+    assert_eq!(slashed(&w, &offender.address()), vec![(4_000, SlashReason::Equivocation)]);
+    assert!(w.stake(Role::Validator, &offender).jailed);
+    assert!(matches!(w.send(&reporter, TxKind::ReportEquivocation(evidence)), Err(TxError::EvidenceAlreadyUsed)));
+    w.advance_to(5);
+    let set = w.chain.validator_set(&w.kv).unwrap();
+    assert_eq!(set.validators.len(), 3);
+    assert!(!set.contains(&offender.address()));
+    w.supply_holds();
+}
+
+#[test]
+fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    let miner = Keypair::from_seed(w.miners[0].seed());
+    let validator = Keypair::from_seed(w.validators[0].seed());
+    let root = trellis_contracts::state_root(&w.kv);
+
+    // Wrong nonce.
+    let mut tx = w.signed(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(1) });
+    tx.tx.nonce += 5;
+    let tx = tx.tx.sign(CHAIN, &miner);
+    assert!(matches!(w.apply(&tx), Err(TxError::BadNonce { .. })));
+    // Insufficient balance (transfer and bond).
+    assert!(matches!(
+        w.send(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(10_000_000) }),
+        Err(TxError::InsufficientBalance { .. })
+    ));
+    assert!(matches!(w.send(&miner, TxKind::Bond { role: Role::Miner, amount: Amount(10_000_000) }), Err(TxError::InsufficientBalance { .. })));
+    assert!(matches!(w.send(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(0) }), Err(TxError::ZeroAmount)));
+    // Bonds below the minimum, unbonding more than bonded.
+    let newcomer_key = key(9, 9);
+    w.send(&validator, TxKind::Transfer { to: newcomer_key.address(), amount: Amount(50_000) }).unwrap();
+    assert!(matches!(
+        w.send(&newcomer_key, TxKind::Bond { role: Role::Validator, amount: Amount(10) }),
+        Err(TxError::BelowMinimumStake { .. })
+    ));
+    assert!(matches!(w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(999_999) }), Err(TxError::InsufficientBond { .. })));
+    // Unknown job, for every job transaction.
+    assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(99) }), Err(TxError::UnknownJob(JobId(99)))));
+    let mut work = w.work(99, 0, 0);
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(work.clone())), Err(TxError::UnknownJob(_))));
+    assert!(matches!(w.send(&miner, TxKind::CancelJob { job: JobId(99) }), Err(TxError::UnknownJob(_))));
+    // Already joined; not joined.
+    assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(job) }), Err(TxError::AlreadyJoined { .. })));
+    assert!(matches!(w.send(&newcomer_key, TxKind::CommitWork(w.work(job, 0, 0))), Err(TxError::NotJoined { .. })));
+    // Bad commitments: wrong round, wrong trail length, wrong tokens.
+    work = w.work(job, 1, 0);
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::WrongRound { .. })));
+    let mut work = w.work(job, 0, 0);
+    work.checkpoints = 3;
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::InvalidCommitment(_))));
+    let mut work = w.work(job, 0, 0);
+    work.tokens = 1;
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::InvalidCommitment(_))));
+    // A bad job spec and too little escrow.
+    let mut spec = w.spec();
+    spec.model.heads = 5;
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    assert!(matches!(w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(30_000) }), Err(TxError::InvalidJobSpec(_))));
+    assert!(matches!(
+        w.send(&submitter, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(10) }),
+        Err(TxError::EscrowTooSmall { .. })
+    ));
+    // A verdict while the round is open, then from an unassigned validator, then twice.
+    let verdict = Verdict { job: JobId(job), round: 0, miner: miner.address(), segment: 0, outcome: VerdictOutcome::Valid };
+    assert!(matches!(w.send(&validator, TxKind::Verdict(verdict)), Err(TxError::WrongPhase { .. })));
+    // Every rejection so far left the state as it was (apart from the one accepted transfer).
+    assert_ne!(trellis_contracts::state_root(&w.kv), root);
+
+    w.commit(job, 0, 0).unwrap();
+    w.commit(job, 0, 1).unwrap();
+    w.past_commit_deadline(job, 0);
+    let a = w.round(job, 0).assignments[0].clone();
+    let outsider = w.validators.iter().find(|k| !a.checkers.contains(&k.address())).map(|k| Keypair::from_seed(k.seed())).unwrap();
+    let verdict = Verdict { job: JobId(job), round: 0, miner: a.miner, segment: a.segment, outcome: VerdictOutcome::Valid };
+    assert!(matches!(w.send(&outsider, TxKind::Verdict(verdict.clone())), Err(TxError::NotAssigned { .. })));
+    let checker = Keypair::from_seed(w.validators[w.validator_index(&a.checkers[0])].seed());
+    w.send(&checker, TxKind::Verdict(verdict.clone())).unwrap();
+    assert!(matches!(w.send(&checker, TxKind::Verdict(verdict)), Err(TxError::DuplicateVerdict { .. })));
+    // An aggregate before the tally, from a non-validator, and with the wrong set.
+    assert!(matches!(w.aggregate(job, 0), Err(TxError::WrongPhase { .. })));
+    w.verdicts(job, 0, |_, _, c| (*c != checker.address()).then_some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let wrong = Aggregate { job: JobId(job), round: 0, model_hash: Hash::ZERO, momentum_hash: Hash::ZERO, accepted: vec![] };
+    assert!(matches!(w.send(&validator, TxKind::CommitAggregate(wrong.clone())), Err(TxError::AggregateMismatch { .. })));
+    assert!(matches!(w.send(&miner, TxKind::CommitAggregate(wrong)), Err(TxError::NotAValidator(_))));
+    // Fee below the minimum.
+    let tx = Transaction { sender: miner.public_key(), nonce: w.nonce(&miner), fee: Amount(0), kind: TxKind::JoinJob { job: JobId(job) } }
+        .sign(CHAIN, &miner);
+    assert!(matches!(w.apply(&tx), Err(TxError::FeeTooLow { .. })));
+}
+
+#[test]
+fn late_commits_are_refused() {
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    let deadline = w.round(job, 0).commit_deadline;
+    w.advance_to(deadline);
+    w.commit(job, 0, 0).unwrap();
+    w.next_block();
+    // Past the deadline: refused as late.
+    assert_eq!(w.commit(job, 0, 1), Err(TxError::LateCommit { deadline }));
+}
