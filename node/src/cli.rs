@@ -21,6 +21,9 @@ pub enum Command {
     /// Work with trained models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Check Proof-of-Learning trails by re-executing their segments.
+    #[command(subcommand)]
+    Verify(crate::verify::VerifyCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
 }
@@ -37,7 +40,8 @@ pub fn main() -> ExitCode {
     trellis_trainer::device::configure_reproducibility();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(2),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -45,13 +49,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that ran to the end came out.
+pub enum Outcome {
+    Success,
+    /// A check ran and found a problem (for example an invalid trail segment): exit code 2.
+    CheckFailed,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Train(args) => crate::train::train(args),
-        Command::Model(ModelCommand::Eval(args)) => crate::train::eval(args),
+        Command::Train(args) => crate::train::train(args).map(|()| Outcome::Success),
+        Command::Model(ModelCommand::Eval(args)) => crate::train::eval(args).map(|()| Outcome::Success),
+        Command::Verify(crate::verify::VerifyCommand::Trail(args)) => {
+            Ok(if crate::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
+        }
         Command::Doctor => {
             println!("{}", trellis_trainer::device::BackendInfo::probe());
-            Ok(())
+            Ok(Outcome::Success)
         }
     }
 }

@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, OuterOptimizer};
+use trellis_proto::{AggregationRule, DeltaEncoding, OuterOptimizer};
+
+use crate::attack::Study;
 use trellis_trainer::data::{validation_windows, Dataset};
 use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS};
 use trellis_trainer::model::{parameter_count, Preset};
@@ -29,6 +31,13 @@ pub enum EncodingArg {
 pub enum OuterArg {
     Nesterov,
     Avg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AggregateArg {
+    Mean,
+    TrimmedMean,
+    CenteredClip,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +165,34 @@ pub struct TrainArgs {
     /// Print the metrics as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Make the last --attackers workers misbehave.
+    #[arg(long, value_enum)]
+    pub attack: Option<crate::attack::Attack>,
+    /// How many workers attack (the last ones).
+    #[arg(long, default_value_t = 1)]
+    pub attackers: usize,
+    /// Strength of sign-flip, scale and noise attacks.
+    #[arg(long, default_value_t = 10.0)]
+    pub attack_scale: f32,
+    /// How the round's pseudo-gradients are combined.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub aggregate: AggregateArg,
+    /// Values dropped from each side per coordinate (trimmed mean).
+    #[arg(long, default_value_t = 1)]
+    pub trim: u32,
+    /// Clipping radius τ (centred clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_tau: f32,
+    /// Iterations of centred clipping.
+    #[arg(long, default_value_t = 3)]
+    pub clip_iterations: u32,
+    /// Keep out of the aggregate any Δ that copies an earlier worker's.
+    #[arg(long)]
+    pub detect_copies: bool,
+    /// Re-execute this many sampled trail segments per worker per round and keep out workers
+    /// whose trail fails (needs --trail-dir).
+    #[arg(long, default_value_t = 0)]
+    pub verify_segments: u32,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -183,6 +220,27 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.checkpoint_interval == 0 {
         bail!("--checkpoint-interval must be at least 1");
     }
+    if args.attack.is_some() && (args.attackers == 0 || args.attackers >= args.workers) {
+        bail!("--attackers must be between 1 and --workers − 1 (some workers must be honest)");
+    }
+    if args.verify_segments > 0 && args.trail_dir.is_none() {
+        bail!("--verify-segments re-executes trails from disk: add --trail-dir DIR");
+    }
+    let rule = match args.aggregate {
+        AggregateArg::Mean => AggregationRule::Mean,
+        AggregateArg::TrimmedMean => {
+            if 2 * args.trim as usize >= args.workers {
+                bail!("--trim {} drops every value of {} workers", args.trim, args.workers);
+            }
+            AggregationRule::TrimmedMean { trim: args.trim }
+        }
+        AggregateArg::CenteredClip => {
+            if args.clip_tau.is_nan() || args.clip_tau <= 0.0 {
+                bail!("--clip-tau must be positive");
+            }
+            AggregationRule::CenteredClip { tau: args.clip_tau, iterations: args.clip_iterations }
+        }
+    };
     let sequence_length = args.sequence_length.unwrap_or(model.context_length as usize);
     if sequence_length == 0 || sequence_length > model.context_length as usize {
         bail!("--sequence-length must be between 1 and the model's context length {}", model.context_length);
@@ -257,7 +315,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let bar = progress_bar(diloco_steps + baseline_steps, args.json);
 
     bar.set_message("diloco");
-    let diloco = run_diloco(&config, &dataset, |event| report_progress(&bar, args.json, "diloco", event))?;
+    let study = Study {
+        attack: args.attack,
+        attackers: args.attackers,
+        scale: args.attack_scale,
+        rule,
+        detect_copies: args.detect_copies,
+        verify_segments: args.verify_segments,
+    };
+    let mut hooks = crate::attack::hooks(&study, &config, &dataset);
+    let diloco = run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?;
+    drop(hooks);
     let ddp = match args.baseline {
         Some(BaselineArg::Ddp) => {
             bar.set_message("ddp");
@@ -304,14 +372,17 @@ fn report_progress(bar: &ProgressBar, quiet: bool, method: &str, event: Progress
     match event {
         Progress::Step { .. } => bar.inc(1),
         Progress::RoundDone(_) if quiet => {}
-        Progress::RoundDone(round) => bar.suspend(|| eprintln!(
-            "{method:>7} round {:>3}: validation loss {:.4}, train loss {:.4}, {} tokens, {} sent per worker",
-            round.round + 1,
-            round.validation_loss,
-            round.mean_train_loss,
-            round.tokens,
-            human_bytes(round.bytes_sent_per_worker)
-        )),
+        Progress::RoundDone(round) => bar.suspend(|| {
+            let excluded = if round.excluded.is_empty() { String::new() } else { format!(", excluded workers {:?}", round.excluded) };
+            eprintln!(
+                "{method:>7} round {:>3}: validation loss {:.4}, train loss {:.4}, {} tokens, {} sent per worker{excluded}",
+                round.round + 1,
+                round.validation_loss,
+                round.mean_train_loss,
+                round.tokens,
+                human_bytes(round.bytes_sent_per_worker)
+            )
+        }),
     }
 }
 
@@ -341,6 +412,9 @@ fn metrics_json(
         "seed": args.seed,
         "threads": args.compute.threads(),
         "device": args.compute.device,
+        "attack": args.attack.map(|a| format!("{a:?}")),
+        "attackers": if args.attack.is_some() { args.attackers } else { 0 },
+        "aggregate": format!("{:?}", args.aggregate),
         "diloco": diloco,
     });
     if let Some(ddp) = ddp {

@@ -88,3 +88,62 @@ fn bad_inputs_get_clear_errors() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
+    let dir = temp_dir("verify");
+    let trail = dir.join("trail");
+    let data = shakespeare();
+    let output = trellis(&[
+        "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "4", "--rounds", "1",
+        "--batch-size", "2", "--checkpoint-interval", "2", "--threads", "1", "--json",
+        "--out", dir.join("m.safetensors").to_str().unwrap(), "--trail-dir", trail.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Re-executed in a fresh process, on another thread count.
+    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--threads", "2"]);
+    assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), stderr(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("4 segments checked: all valid"));
+
+    let checkpoint = trail.join("round-0000/worker-01/ckpt-00000002.bin");
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    bytes[3_000] ^= 0x40;
+    std::fs::write(&checkpoint, bytes).unwrap();
+    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--segments", "all"]);
+    assert_eq!(verify.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(text.contains("INVALID") && text.contains("StartMismatch"), "{text}");
+    // The wrong data is refused with a reason.
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "x".repeat(100_000)).unwrap();
+    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", other.to_str().unwrap()]);
+    assert!(!verify.status.success());
+    assert!(stderr(&verify).contains("pass the same --data"), "{}", stderr(&verify));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn attacks_run_and_defences_exclude_the_attacker() {
+    let dir = temp_dir("attack");
+    let data = shakespeare();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.join("m.safetensors");
+        let trail = dir.join("trail");
+        let mut args = vec![
+            "train", "--data", &data, "--model", "nano", "--workers", "3", "--inner-steps", "4", "--rounds", "1",
+            "--batch-size", "2", "--checkpoint-interval", "2", "--json", "--out", out.to_str().unwrap(),
+            "--trail-dir", trail.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = trellis(&args);
+        assert!(output.status.success(), "{extra:?}: {}", stderr(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let excluded = |m: &serde_json::Value| m["diloco"]["rounds"][0]["excluded"].clone();
+    assert_eq!(excluded(&run(&["--attack", "copy", "--detect-copies"])), serde_json::json!([2]));
+    assert_eq!(excluded(&run(&["--attack", "fake-trail", "--verify-segments", "1"])), serde_json::json!([2]));
+    assert_eq!(excluded(&run(&["--attack", "sign-flip", "--aggregate", "centered-clip"])), serde_json::json!([]));
+    let bad = trellis(&["train", "--data", &data, "--attack", "copy", "--attackers", "4", "--workers", "4"]);
+    assert!(stderr(&bad).contains("--attackers must be between 1"), "{}", stderr(&bad));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

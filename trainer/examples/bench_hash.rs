@@ -9,7 +9,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mib: usize = args.get(1).map_or(64, |s| s.parse().expect("MIB is a number"));
     let repeats: usize = args.get(2).map_or(10, |s| s.parse().expect("REPEATS is a number"));
-    let buffer: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i * 2654435761usize >> 13) as u8).collect();
+    let buffer: Vec<u8> = (0..mib * 1024 * 1024).map(|i| ((i.wrapping_mul(2654435761usize)) >> 13) as u8).collect();
     let mut best = f64::MAX;
     let mut digest = checkpoint_hash(&buffer);
     for _ in 0..repeats {

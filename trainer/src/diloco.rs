@@ -48,6 +48,46 @@ pub struct RunConfig {
     pub device: Device,
 }
 
+/// What a checker needs, besides the data, to replay any step of a run: written as `run.json`
+/// at the top of a trail directory.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunManifest {
+    pub model: ModelConfig,
+    pub seed: u64,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub sequence_length: usize,
+    pub adamw: AdamWConfig,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub checkpoint_interval: u64,
+    pub dataset_root: trellis_proto::Hash,
+    pub shard_bytes: usize,
+}
+
+impl RunManifest {
+    pub fn of(config: &RunConfig, dataset: &Dataset) -> Self {
+        Self {
+            model: config.model.clone(),
+            seed: config.seed,
+            workers: config.workers,
+            batch_size: config.batch_size,
+            sequence_length: config.sequence_length,
+            adamw: config.adamw.clone(),
+            inner_steps: config.inner_steps,
+            rounds: config.rounds,
+            checkpoint_interval: config.checkpoint_interval,
+            dataset_root: dataset.root(),
+            shard_bytes: dataset.shard_bytes(),
+        }
+    }
+
+    /// The batch schedule of the run.
+    pub fn schedule(&self) -> BatchSchedule {
+        BatchSchedule { seed: self.seed, workers: self.workers, batch_size: self.batch_size, sequence_length: self.sequence_length }
+    }
+}
+
 /// Per-round figures of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundReport {
@@ -59,6 +99,8 @@ pub struct RoundReport {
     /// Bytes sent so far, per worker.
     pub bytes_sent_per_worker: u64,
     pub seconds: f64,
+    /// Workers whose Δ the admission hook kept out of the aggregate.
+    pub excluded: Vec<usize>,
 }
 
 /// The result of a run.
@@ -79,6 +121,43 @@ pub struct RunReport {
     pub trails: Vec<Trail>,
 }
 
+/// One worker's output for a round, as it would be sent: open to tampering by attack hooks.
+#[derive(Debug, Clone)]
+pub struct WorkerOutput {
+    pub worker: usize,
+    pub delta: Vec<f32>,
+    pub trail: Trail,
+}
+
+/// Changes a worker's output before it is sent: (round, output, earlier outputs of the round).
+pub type TamperHook<'a> = Box<dyn FnMut(u64, &mut WorkerOutput, &[WorkerOutput]) + 'a>;
+/// Decides which outputs of a round enter the aggregate.
+pub type AdmitHook<'a> = Box<dyn FnMut(u64, &[WorkerOutput]) -> Vec<bool> + 'a>;
+/// Combines admitted pseudo-gradients.
+pub type AggregateHook<'a> = Box<dyn Fn(&[&[f32]]) -> Vec<f32> + 'a>;
+
+/// Ways to change a run without touching the trainer: what attackers send, which Δ enter the
+/// aggregate, and how they are combined. The default is an honest run with the mean.
+pub struct RoundHooks<'a> {
+    /// Called on each worker's output before it is encoded and sent, with the outputs of the
+    /// workers before it in this round.
+    pub tamper: TamperHook<'a>,
+    /// Which outputs enter the aggregate (e.g. drop copies, or trails that fail verification).
+    pub admit: AdmitHook<'a>,
+    /// Combines the admitted (decoded) Δ, in worker order.
+    pub aggregate: AggregateHook<'a>,
+}
+
+impl Default for RoundHooks<'_> {
+    fn default() -> Self {
+        Self {
+            tamper: Box::new(|_, _, _| {}),
+            admit: Box::new(|_, outputs| vec![true; outputs.len()]),
+            aggregate: Box::new(mean),
+        }
+    }
+}
+
 /// Progress events, for a bar or a log.
 #[derive(Debug, Clone)]
 pub enum Progress<'a> {
@@ -87,8 +166,19 @@ pub enum Progress<'a> {
 }
 
 /// Runs DiLoCo: `rounds` rounds of K workers × H inner steps, then the outer step.
-pub fn run_diloco(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMut(Progress<'_>)) -> Result<RunReport, WorkerError> {
+pub fn run_diloco(
+    config: &RunConfig,
+    dataset: &Dataset,
+    hooks: &mut RoundHooks<'_>,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<RunReport, WorkerError> {
     let schedule = schedule(config, config.workers);
+    if let Some(dir) = &config.trail_dir {
+        std::fs::create_dir_all(dir).map_err(|source| WorkerError::Io { path: dir.clone(), source })?;
+        let path = dir.join("run.json");
+        let json = serde_json::to_string_pretty(&RunManifest::of(config, dataset)).expect("a manifest serialises");
+        std::fs::write(&path, json).map_err(|source| WorkerError::Io { path, source })?;
+    }
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
     let mut model = Gpt::new(&config.model, config.seed, config.device)?;
     let mut global = model.flat_weights();
@@ -102,11 +192,11 @@ pub fn run_diloco(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMu
     let mut rounds = Vec::new();
     let mut trails = Vec::new();
     for round in 0..config.rounds {
-        let mut deltas = Vec::with_capacity(config.workers);
+        let mut outputs: Vec<WorkerOutput> = Vec::with_capacity(config.workers);
         let mut train_losses = Vec::new();
         for (worker, optimizer) in optimizers.iter_mut().enumerate() {
             model.set_flat_weights(&global);
-            let trail_dir = config.trail_dir.as_ref().map(|d| d.join(format!("round-{round:04}")).join(format!("worker-{worker:02}")));
+            let trail_dir = config.trail_dir.as_ref().map(|d| worker_trail_dir(d, round, worker));
             let inner = InnerLoop {
                 dataset,
                 schedule: &schedule,
@@ -122,24 +212,30 @@ pub fn run_diloco(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMu
             compute += outcome.compute;
             checkpointing += outcome.checkpointing;
             train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+            let mut output = WorkerOutput { worker, delta: pseudo_gradient(&global, &model.flat_weights()), trail: outcome.trail };
+            (hooks.tamper)(round, &mut output, &outputs);
             if let Some(dir) = &trail_dir {
-                write_trail(dir, &outcome.trail)?;
+                write_trail(dir, &output.trail)?;
             }
-            trails.push(outcome.trail);
-            let delta = pseudo_gradient(&global, &model.flat_weights());
             let encoded = match config.encoding {
-                DeltaEncoding::Int8 => feedback[worker].encode(config.encoding, &delta),
-                other => encoding::encode(other, &delta),
+                DeltaEncoding::Int8 => feedback[worker].encode(config.encoding, &output.delta),
+                other => encoding::encode(other, &output.delta),
             };
             if worker == 0 {
                 bytes_sent += encoded.len() as u64;
             }
             let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
-            deltas.push(decoded);
+            output.delta = decoded;
+            outputs.push(output);
         }
-        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-        outer.apply(&mut global, &mean(&refs));
+        let admitted = (hooks.admit)(round, &outputs);
+        let excluded: Vec<usize> = (0..outputs.len()).filter(|&w| !admitted[w]).collect();
+        let kept: Vec<&[f32]> = outputs.iter().zip(&admitted).filter(|(_, keep)| **keep).map(|(o, _)| o.delta.as_slice()).collect();
+        if !kept.is_empty() {
+            outer.apply(&mut global, &(hooks.aggregate)(&kept));
+        }
         model.set_flat_weights(&global);
+        trails.extend(outputs.into_iter().map(|o| o.trail));
         let report = RoundReport {
             round,
             validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
@@ -147,6 +243,7 @@ pub fn run_diloco(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMu
             tokens,
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
+            excluded,
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -208,6 +305,7 @@ pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: im
             tokens,
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
+            excluded: Vec::new(),
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -254,8 +352,13 @@ pub fn encoding_name(encoding: DeltaEncoding) -> &'static str {
     }
 }
 
+/// Where worker `worker`'s trail of round `round` lives under a run's trail directory.
+pub fn worker_trail_dir(root: &std::path::Path, round: u64, worker: usize) -> PathBuf {
+    root.join(format!("round-{round:04}")).join(format!("worker-{worker:02}"))
+}
+
 /// Writes `trail.json` (steps, hashes, losses, root) beside the checkpoints.
-fn write_trail(dir: &std::path::Path, trail: &Trail) -> Result<(), WorkerError> {
+pub fn write_trail(dir: &std::path::Path, trail: &Trail) -> Result<(), WorkerError> {
     let path = dir.join("trail.json");
     let json = serde_json::json!({
         "round": trail.round,

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use crate::model::Parameter;
 
 /// AdamW's hyper-parameters and schedule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
     pub learning_rate: f64,
     pub beta1: f64,
