@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use crate::train::{EvalArgs, TrainArgs};
@@ -16,6 +18,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a node's home directory: a key (0600), a configuration and a genesis.
+    Init {
+        /// The home directory to create.
+        #[arg(long)]
+        home: PathBuf,
+        /// A name for this node in logs and peers' views.
+        #[arg(long, default_value = "trellis-node")]
+        moniker: String,
+        #[arg(long, default_value = "trellis-devnet")]
+        chain_id: String,
+        /// First of three loopback ports: RPC, p2p, metrics.
+        #[arg(long, default_value_t = 26657)]
+        base_port: u16,
+        /// Join an existing chain with this genesis file instead of starting a new one.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+    },
+    /// Manage keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Train with DiLoCo on this machine: K simulated workers, no chain.
     Train(TrainArgs),
     /// Work with trained models.
@@ -26,6 +48,21 @@ pub enum Command {
     Verify(crate::verify::VerifyCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print the address and public key of a node's key.
+    Show {
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// Create a new key file (0600) for an account.
+    New {
+        /// Where to write the key file; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +99,27 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Model(ModelCommand::Eval(args)) => crate::train::eval(args).map(|()| Outcome::Success),
         Command::Verify(crate::verify::VerifyCommand::Trail(args)) => {
             Ok(if crate::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
+        }
+        Command::Init { home, moniker, chain_id, base_port, genesis } => {
+            let home = crate::home::init(&home, &moniker, &chain_id, base_port, genesis.as_deref())?;
+            let key = home.load_key()?;
+            println!("initialised {}", home.root.display());
+            println!("address:    {}", key.address());
+            println!("public key: {}", key.public_key());
+            println!("config:     {}", home.config().display());
+            println!("genesis:    {}", home.genesis().display());
+            Ok(Outcome::Success)
+        }
+        Command::Keys(KeysCommand::Show { home }) => {
+            let key = crate::home::Home::new(home).load_key()?;
+            println!("address:    {}\npublic key: {}", key.address(), key.public_key());
+            Ok(Outcome::Success)
+        }
+        Command::Keys(KeysCommand::New { out }) => {
+            let key = trellis_proto::Keypair::generate();
+            crate::home::write_key(&out, &key)?;
+            println!("wrote {} (keep it private)\naddress:    {}\npublic key: {}", out.display(), key.address(), key.public_key());
+            Ok(Outcome::Success)
         }
         Command::Doctor => {
             println!("{}", trellis_trainer::device::BackendInfo::probe());

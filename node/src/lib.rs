@@ -3,6 +3,9 @@
 
 pub mod attack;
 pub mod cli;
+pub mod home;
+pub mod mempool;
+pub mod store;
 pub mod plot;
 pub mod train;
 pub mod verify;

@@ -180,7 +180,8 @@ pub struct TrainArgs {
     /// Values dropped from each side per coordinate (trimmed mean).
     #[arg(long, default_value_t = 1)]
     pub trim: u32,
-    /// Clipping radius τ (centred clipping).
+    /// Clipping radius τ of centred clipping, relative to the median distance of the Δ from
+    /// their coordinate-wise median.
     #[arg(long, default_value_t = 1.0)]
     pub clip_tau: f32,
     /// Iterations of centred clipping.

@@ -64,7 +64,8 @@ pub enum AggregationRule {
     Mean,
     /// Coordinate-wise mean after dropping the `trim` largest and `trim` smallest values.
     TrimmedMean { trim: u32 },
-    /// Centred clipping (Karimireddy, He and Jaggi, 2021) with radius `tau`.
+    /// Centred clipping (Karimireddy, He and Jaggi, 2021) with radius `tau` times the median
+    /// distance of the inputs from their coordinate-wise median.
     CenteredClip { tau: f32, iterations: u32 },
 }
 

@@ -101,6 +101,8 @@ pub struct RoundReport {
     pub seconds: f64,
     /// Workers whose Δ the admission hook kept out of the aggregate.
     pub excluded: Vec<usize>,
+    /// L2 norm of each worker's Δ as sent (0 for the baseline).
+    pub delta_norms: Vec<f64>,
 }
 
 /// The result of a run.
@@ -228,6 +230,8 @@ pub fn run_diloco(
             output.delta = decoded;
             outputs.push(output);
         }
+        let delta_norms: Vec<f64> =
+            outputs.iter().map(|o| o.delta.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()).collect();
         let admitted = (hooks.admit)(round, &outputs);
         let excluded: Vec<usize> = (0..outputs.len()).filter(|&w| !admitted[w]).collect();
         let kept: Vec<&[f32]> = outputs.iter().zip(&admitted).filter(|(_, keep)| **keep).map(|(o, _)| o.delta.as_slice()).collect();
@@ -244,6 +248,7 @@ pub fn run_diloco(
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
             excluded,
+            delta_norms,
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -306,6 +311,7 @@ pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: im
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
             excluded: Vec::new(),
+            delta_norms: Vec::new(),
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);

@@ -1,0 +1,236 @@
+//! A node's home directory: keys, configuration and genesis, as `trellis init` lays them out.
+//!
+//! ```text
+//! HOME/config/node.toml     the node's configuration
+//! HOME/config/genesis.json  the chain's genesis (balances, bonds, parameters)
+//! HOME/keys/node.key        the node's ed25519 key (0600): signs transactions and consensus votes
+//! HOME/data/                the database (created by `trellis run`)
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use trellis_contracts::{Genesis, Params};
+use trellis_proto::{Address, Keypair, PublicKey};
+
+/// Default balance given to the node's own account in a fresh single-node genesis.
+pub const GENESIS_BALANCE: u64 = 1_000_000_000;
+/// Default validator bond of the node in a fresh single-node genesis.
+pub const GENESIS_BOND: u64 = 100_000;
+
+/// The node's configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub moniker: String,
+    pub chain_id: String,
+    pub rpc: RpcConfig,
+    pub p2p: P2pConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Address the JSON-RPC server (HTTP and WebSocket) listens on.
+    pub listen: String,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: u32,
+    /// Requests per second accepted from one client.
+    pub rate_limit_per_second: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pConfig {
+    /// libp2p listen address.
+    pub listen: String,
+    /// Peers to keep connected to.
+    pub persistent_peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus metrics listen address; empty disables metrics.
+    pub listen: String,
+}
+
+impl NodeConfig {
+    pub fn new(moniker: &str, chain_id: &str, base_port: u16) -> Self {
+        Self {
+            moniker: moniker.into(),
+            chain_id: chain_id.into(),
+            rpc: RpcConfig {
+                listen: format!("127.0.0.1:{}", base_port),
+                max_request_bytes: 1 << 20,
+                rate_limit_per_second: 200,
+            },
+            p2p: P2pConfig { listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1), persistent_peers: Vec::new() },
+            metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
+        }
+    }
+}
+
+/// The stored form of a key: the seed, with the public key and address for people to read.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub address: Address,
+    pub public_key: PublicKey,
+    /// The 32-byte ed25519 seed, hex. Anyone holding it can sign as this key.
+    pub secret_seed: String,
+}
+
+/// Paths inside a home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config/node.toml")
+    }
+    pub fn genesis(&self) -> PathBuf {
+        self.root.join("config/genesis.json")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("keys/node.key")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Reads the configuration, saying which file and field is wrong.
+    pub fn load_config(&self) -> anyhow::Result<NodeConfig> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (run `trellis init --home {}` first?)", path.display(), self.root.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))
+    }
+
+    pub fn load_genesis(&self) -> anyhow::Result<Genesis> {
+        let path = self.genesis();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid genesis file", path.display()))
+    }
+
+    pub fn load_key(&self) -> anyhow::Result<Keypair> {
+        read_key(&self.key())
+    }
+}
+
+/// Writes a key file readable by its owner only (0600).
+pub fn write_key(path: &Path, key: &Keypair) -> anyhow::Result<()> {
+    let file = KeyFile { address: key.address(), public_key: key.public_key(), secret_seed: hex::encode(key.seed()) };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut handle = options.open(path).with_context(|| format!("creating key file {} (does it already exist?)", path.display()))?;
+    handle.write_all(serde_json::to_string_pretty(&file)?.as_bytes())?;
+    Ok(())
+}
+
+/// Reads a key file, checking that its seed, public key and address agree.
+pub fn read_key(path: &Path) -> anyhow::Result<Keypair> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let file: KeyFile = serde_json::from_str(&text).with_context(|| format!("{} is not a key file", path.display()))?;
+    let seed: [u8; 32] = hex::decode(&file.secret_seed)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .with_context(|| format!("{}: secret_seed must be 64 hex digits", path.display()))?;
+    let key = Keypair::from_seed(seed);
+    if key.public_key() != file.public_key || key.address() != file.address {
+        bail!("{}: the public key or address does not match the secret seed", path.display());
+    }
+    Ok(key)
+}
+
+/// A genesis with this one node as validator (and a funded account), for a fresh chain.
+pub fn single_node_genesis(chain_id: &str, key: &Keypair) -> Genesis {
+    Genesis {
+        chain_id: chain_id.into(),
+        accounts: vec![(key.address(), GENESIS_BALANCE)],
+        validators: vec![(key.public_key(), GENESIS_BOND)],
+        miners: Vec::new(),
+        params: Params::default(),
+    }
+}
+
+/// `trellis init`: creates the home directory's keys, configuration and genesis.
+pub fn init(root: &Path, moniker: &str, chain_id: &str, base_port: u16, genesis: Option<&Path>) -> anyhow::Result<Home> {
+    let home = Home::new(root);
+    if home.config().exists() || home.key().exists() {
+        bail!("{} is already initialised (it has {}); choose another --home or remove it", root.display(), home.config().display());
+    }
+    if chain_id.is_empty() || chain_id.len() > trellis_proto::crypto::MAX_CHAIN_ID_LEN {
+        bail!("--chain-id must be 1 to {} bytes", trellis_proto::crypto::MAX_CHAIN_ID_LEN);
+    }
+    let key = Keypair::generate();
+    write_key(&home.key(), &key)?;
+    let genesis = match genesis {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading genesis {}", path.display()))?;
+            let genesis: Genesis = serde_json::from_str(&text).with_context(|| format!("{} is not a valid genesis file", path.display()))?;
+            if genesis.chain_id != chain_id {
+                bail!("genesis {} is for chain '{}', not '{chain_id}'", path.display(), genesis.chain_id);
+            }
+            genesis
+        }
+        None => single_node_genesis(chain_id, &key),
+    };
+    std::fs::create_dir_all(root.join("config"))?;
+    std::fs::create_dir_all(home.data())?;
+    std::fs::write(home.genesis(), serde_json::to_string_pretty(&genesis)?)?;
+    let config = NodeConfig::new(moniker, chain_id, base_port);
+    std::fs::write(home.config(), toml::to_string_pretty(&config)?)?;
+    Ok(home)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_private_key_a_config_and_a_genesis_that_read_back() {
+        let dir = std::env::temp_dir().join(format!("trellis-home-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let home = init(&dir, "node0", "trellis-test", 26_000, None).unwrap();
+        let key = home.load_key().unwrap();
+        let config = home.load_config().unwrap();
+        assert_eq!(config.chain_id, "trellis-test");
+        assert_eq!(config.rpc.listen, "127.0.0.1:26000");
+        let genesis = home.load_genesis().unwrap();
+        assert_eq!(genesis.validators, vec![(key.public_key(), GENESIS_BOND)]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(home.key()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        // A second init refuses to overwrite anything.
+        let again = init(&dir, "node0", "trellis-test", 26_000, None).unwrap_err();
+        assert!(again.to_string().contains("already initialised"));
+        // A tampered key file is refused.
+        let text = std::fs::read_to_string(home.key()).unwrap().replace(&key.address().to_string(), &"00".repeat(20));
+        std::fs::write(home.key(), text).unwrap();
+        assert!(home.load_key().unwrap_err().to_string().contains("does not match"));
+        // An unknown configuration field is an error naming the file.
+        std::fs::write(home.config(), "moniker = 'x'\nbogus = 1\n").unwrap();
+        assert!(home.load_config().unwrap_err().to_string().contains("not a valid node configuration"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
