@@ -95,7 +95,7 @@ pub fn hooks<'a>(study: &'a Study, config: &'a RunConfig, dataset: &'a Dataset) 
     RoundHooks {
         tamper: Box::new(tamper),
         admit: Box::new(admit),
-        aggregate: Box::new(move |deltas| aggregate(&rule, deltas).expect("admitted deltas have one length")),
+        aggregate: Box::new(move |deltas| aggregate(&rule, deltas).expect("admitted deltas have one length")), // ok: the run checks shapes before aggregating
     }
 }
 

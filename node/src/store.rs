@@ -102,7 +102,7 @@ impl Store {
     pub fn tx(&self, hash: &Hash) -> Result<Option<(Height, u32, SignedTx)>, StoreError> {
         let Some(bytes) = self.get(CF_TXS, &hash.0) else { return Ok(None) };
         let (height, index): (u64, u32) = decode::<[u8; 12]>(&bytes)
-            .map(|b| (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")), u32::from_be_bytes(b[8..].try_into().expect("4 bytes"))))
+            .map(|b| (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")), u32::from_be_bytes(b[8..].try_into().expect("4 bytes")))) // ok: slices of a 12-byte array
             .map_err(|e| StoreError::Corrupt { what: "tx index", reason: e.to_string() })?;
         let block = self.block(Height(height))?.ok_or(StoreError::Corrupt { what: "tx index", reason: "block missing".into() })?;
         let tx = block.txs.get(index as usize).cloned().ok_or(StoreError::Corrupt { what: "tx index", reason: "index out of range".into() })?;

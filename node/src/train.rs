@@ -363,7 +363,7 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{msg:>7} [{elapsed_precise}] {bar:40} {pos}/{len} steps, eta {eta}")
-            .expect("valid template"),
+            .expect("valid template"), // ok: a constant template
     );
     bar
 }

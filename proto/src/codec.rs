@@ -208,7 +208,7 @@ impl<T: Decode> Decode for Option<T> {
 /// Writes a `u32` length prefix. Lengths above `u32::MAX` cannot be produced by values that
 /// respect the protocol limits, which are all far smaller.
 pub fn encode_len(len: usize, out: &mut Vec<u8>) {
-    let len = u32::try_from(len).expect("protocol lengths fit in u32");
+    let len = u32::try_from(len).expect("protocol lengths fit in u32"); // ok: every protocol limit is far below u32::MAX
     len.encode_to(out);
 }
 
