@@ -151,7 +151,7 @@ fn check(w: &World, genesis_total: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_under_random_transactions(actions in proptest::collection::vec(action(), 1..60)) {

@@ -189,11 +189,17 @@ impl World {
         self.validators.iter().position(|k| &k.address() == address).unwrap()
     }
 
-    /// Every assigned checker sends `decide(miner, segment)`; `None` stays silent.
+    /// Every assigned checker that has not answered yet sends `decide(miner, segment)`;
+    /// `None` stays silent.
     pub fn verdicts(&mut self, job: u64, round: u32, decide: impl Fn(&Address, u32, &Address) -> Option<VerdictOutcome>) {
-        let assignments = self.round(job, round).assignments;
-        for assignment in assignments {
+        let state = self.round(job, round);
+        for assignment in state.assignments {
             for checker in &assignment.checkers {
+                let answered =
+                    state.verdicts.iter().any(|v| &v.checker == checker && v.miner == assignment.miner && v.segment == assignment.segment);
+                if answered {
+                    continue;
+                }
                 let Some(outcome) = decide(&assignment.miner, assignment.segment, checker) else { continue };
                 let index = self.validator_index(checker);
                 let validator = Keypair::from_seed(self.validators[index].seed());
