@@ -189,6 +189,16 @@ impl World {
         self.validators.iter().position(|k| &k.address() == address).unwrap()
     }
 
+    /// The key of any participant of this world (a miner may have bonded as a validator too).
+    pub fn key_of(&self, address: &Address) -> Option<Keypair> {
+        self.validators
+            .iter()
+            .chain(&self.miners)
+            .chain(std::iter::once(&self.submitter))
+            .find(|k| &k.address() == address)
+            .map(|k| Keypair::from_seed(k.seed()))
+    }
+
     /// Every assigned checker that has not answered yet sends `decide(miner, segment)`;
     /// `None` stays silent.
     pub fn verdicts(&mut self, job: u64, round: u32, decide: impl Fn(&Address, u32, &Address) -> Option<VerdictOutcome>) {
@@ -201,8 +211,7 @@ impl World {
                     continue;
                 }
                 let Some(outcome) = decide(&assignment.miner, assignment.segment, checker) else { continue };
-                let index = self.validator_index(checker);
-                let validator = Keypair::from_seed(self.validators[index].seed());
+                let Some(validator) = self.key_of(checker) else { continue };
                 let verdict = Verdict { job: JobId(job), round, miner: assignment.miner, segment: assignment.segment, outcome };
                 self.send(&validator, TxKind::Verdict(verdict)).unwrap();
             }
