@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tch::{Device, Tensor};
+use tch::Device;
 use trellis_proto::{DeltaEncoding, ModelConfig, OuterOptimizer};
 
 use crate::data::{validation_windows, BatchSchedule, Dataset};
@@ -23,7 +23,7 @@ use crate::encoding::{self, ErrorFeedback};
 use crate::model::Gpt;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::outer::{mean, pseudo_gradient, OuterStep};
-use crate::worker::{evaluate, InnerLoop, Trail, WorkerError};
+use crate::worker::{evaluate, train_step, InnerLoop, Trail, WorkerError};
 
 /// Number of validation windows evaluated after each round.
 pub const VALIDATION_WINDOWS: usize = 64;
@@ -287,17 +287,8 @@ pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: im
                 inputs.extend(x);
                 targets.extend(y);
             }
-            let x = Tensor::from_slice(&inputs).view([k as i64 * b, t]).to_device(config.device);
-            let y = Tensor::from_slice(&targets).view([k as i64 * b, t]).to_device(config.device);
-            model.zero_grad();
-            let loss = model.loss(&x, &y);
-            loss.backward();
-            optimizer.step(model.parameters());
-            let loss = loss.double_value(&[]) as f32;
+            let loss = train_step(&mut model, &mut optimizer, &inputs, &targets, k as i64 * b, t)?;
             compute += began.elapsed();
-            if !loss.is_finite() {
-                return Err(WorkerError::Diverged { step: optimizer.step, loss });
-            }
             losses.push(f64::from(loss));
             tokens += (k as i64 * b * t) as u64;
             bytes_sent += allreduce_bytes;

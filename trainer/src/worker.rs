@@ -119,22 +119,12 @@ impl InnerLoop<'_> {
         let mut compute = Duration::ZERO;
         let mut checkpoints = vec![self.checkpoint(model, optimizer, &mut checkpointing)?];
         let mut losses = Vec::with_capacity(steps as usize);
-        let device = model.device();
         let (b, t) = (self.schedule.batch_size as i64, self.schedule.sequence_length as i64);
         for _ in 0..steps {
             let began = Instant::now();
             let (inputs, targets) = self.schedule.batch(self.dataset, &shards, self.round, self.worker, optimizer.step);
-            let inputs = Tensor::from_slice(&inputs).view([b, t]).to_device(device);
-            let targets = Tensor::from_slice(&targets).view([b, t]).to_device(device);
-            model.zero_grad();
-            let loss = model.loss(&inputs, &targets);
-            loss.backward();
-            optimizer.step(model.parameters());
-            let loss = loss.double_value(&[]) as f32;
+            let loss = train_step(model, optimizer, &inputs, &targets, b, t)?;
             compute += began.elapsed();
-            if !loss.is_finite() {
-                return Err(WorkerError::Diverged { step: optimizer.step, loss });
-            }
             losses.push(loss);
             on_step(optimizer.step, loss);
             let done = optimizer.step - start;
@@ -164,6 +154,29 @@ impl InnerLoop<'_> {
         *spent += began.elapsed();
         Ok(TrailEntry { step: optimizer.step, hash })
     }
+}
+
+/// One AdamW step on `rows × time` token rows; returns the loss, or an error if it is not finite.
+pub fn train_step(
+    model: &mut Gpt,
+    optimizer: &mut AdamW,
+    inputs: &[i64],
+    targets: &[i64],
+    rows: i64,
+    time: i64,
+) -> Result<f32, WorkerError> {
+    let device = model.device();
+    let inputs = Tensor::from_slice(inputs).view([rows, time]).to_device(device);
+    let targets = Tensor::from_slice(targets).view([rows, time]).to_device(device);
+    model.zero_grad();
+    let loss = model.loss(&inputs, &targets);
+    loss.backward();
+    optimizer.step(model.parameters());
+    let loss = loss.double_value(&[]) as f32;
+    if !loss.is_finite() {
+        return Err(WorkerError::Diverged { step: optimizer.step, loss });
+    }
+    Ok(loss)
 }
 
 /// Restores `model` and `optimizer` from a checkpoint file, checking its hash first.
