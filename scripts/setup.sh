@@ -41,7 +41,11 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
   "$venv/bin/python" -m pip install --disable-pip-version-check "torch==$torch_version"
 fi
-torch_dir=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+# numpy only silences torch's "Failed to initialize NumPy" warning in the Python baseline benchmark.
+if ! "$venv/bin/python" -c 'import numpy' >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q numpy
+fi
+torch_dir=$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null)
 [ -f "$torch_dir/lib/libtorch_cpu.so" ] || die "torch in $venv has no lib/libtorch_cpu.so; remove $venv and run again."
 ln -sfn "$torch_dir" "$venv/libtorch"
 
