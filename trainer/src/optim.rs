@@ -23,6 +23,22 @@ pub struct AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// The project's defaults (β = 0.9/0.95, ε = 1e-8, weight decay 0.1, clip 1.0, decay to 10%)
+    /// with the given peak rate and schedule lengths.
+    pub fn with_schedule(learning_rate: f64, warmup_steps: u64, total_steps: u64) -> Self {
+        Self {
+            learning_rate,
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            warmup_steps,
+            total_steps,
+            min_lr_fraction: 0.1,
+        }
+    }
+
     /// The learning rate of step `step` (0-based): linear warm-up over `warmup_steps`, then a
     /// cosine from `learning_rate` down to `min_lr_fraction · learning_rate` at `total_steps`.
     pub fn learning_rate_at(&self, step: u64) -> f64 {

@@ -15,17 +15,7 @@ fn shakespeare() -> Dataset {
 }
 
 fn adamw(total_steps: u64) -> AdamWConfig {
-    AdamWConfig {
-        learning_rate: 3e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        epsilon: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        warmup_steps: 5,
-        total_steps,
-        min_lr_fraction: 0.1,
-    }
+    AdamWConfig::with_schedule(3e-3, 5, total_steps)
 }
 
 fn schedule() -> BatchSchedule {

@@ -16,17 +16,7 @@ use trellis_trainer::worker::InnerLoop;
 use trellis_verifier::segment::relative_distance;
 
 fn adamw() -> AdamWConfig {
-    AdamWConfig {
-        learning_rate: 3e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        epsilon: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        warmup_steps: 5,
-        total_steps: 200,
-        min_lr_fraction: 0.1,
-    }
+    AdamWConfig::with_schedule(3e-3, 5, 200)
 }
 
 /// Runs `steps` from `start` with the schedule seeded `seed`; returns the final weights.

@@ -30,17 +30,7 @@ fn dataset() -> Dataset {
 }
 
 fn adamw() -> AdamWConfig {
-    AdamWConfig {
-        learning_rate: 3e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        epsilon: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        warmup_steps: 2,
-        total_steps: 12,
-        min_lr_fraction: 0.1,
-    }
+    AdamWConfig::with_schedule(3e-3, 2, 12)
 }
 
 fn schedule(seed: u64) -> BatchSchedule {
