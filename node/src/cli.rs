@@ -46,6 +46,16 @@ pub enum Command {
     /// Check Proof-of-Learning trails by re-executing their segments.
     #[command(subcommand)]
     Verify(crate::verify::VerifyCommand),
+    /// Run a node from its home directory until Ctrl-C.
+    Run(crate::run::RunArgs),
+    /// Start N validators on loopback with a fresh genesis, until Ctrl-C.
+    Devnet(crate::devnet::DevnetArgs),
+    /// Sign and submit a transaction to a node.
+    #[command(subcommand)]
+    Tx(crate::client::TxCommand),
+    /// Ask a node about the chain.
+    #[command(subcommand)]
+    Query(crate::client::QueryCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
 }
@@ -121,6 +131,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             println!("wrote {} (keep it private)\naddress:    {}\npublic key: {}", out.display(), key.address(), key.public_key());
             Ok(Outcome::Success)
         }
+        Command::Run(args) => crate::run::run(args).map(|()| Outcome::Success),
+        Command::Devnet(args) => crate::devnet::devnet(args).map(|()| Outcome::Success),
+        Command::Tx(command) => crate::client::send(command).map(|()| Outcome::Success),
+        Command::Query(command) => crate::client::query(command).map(|()| Outcome::Success),
         Command::Doctor => {
             println!("{}", trellis_trainer::device::BackendInfo::probe());
             Ok(Outcome::Success)

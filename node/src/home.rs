@@ -29,6 +29,29 @@ pub struct NodeConfig {
     pub rpc: RpcConfig,
     pub p2p: P2pConfig,
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub consensus: ConsensusTiming,
+}
+
+/// Consensus timing. Every validator of a chain should use the same values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusTiming {
+    /// Shortest time from the start of a height to its commit, in milliseconds: paces blocks
+    /// when there is nothing to do.
+    pub block_time_ms: u64,
+    /// How long to wait for a proposal in round 0 (each later round adds half a second).
+    pub timeout_propose_ms: u64,
+    /// How long to wait for more prevotes after a quorum of mixed ones.
+    pub timeout_prevote_ms: u64,
+    /// How long to wait for more precommits after a quorum of mixed ones.
+    pub timeout_precommit_ms: u64,
+}
+
+impl Default for ConsensusTiming {
+    fn default() -> Self {
+        Self { block_time_ms: 500, timeout_propose_ms: 3000, timeout_prevote_ms: 1000, timeout_precommit_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +72,9 @@ pub struct P2pConfig {
     pub listen: String,
     /// Peers to keep connected to.
     pub persistent_peers: Vec<String>,
+    /// JSON-RPC URLs of peers to forward submitted transactions to.
+    #[serde(default)]
+    pub gossip_rpc: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +94,9 @@ impl NodeConfig {
                 max_request_bytes: 1 << 20,
                 rate_limit_per_second: 200,
             },
-            p2p: P2pConfig { listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1), persistent_peers: Vec::new() },
+            p2p: P2pConfig { listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1), persistent_peers: Vec::new(), gossip_rpc: Vec::new() },
             metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
+            consensus: ConsensusTiming::default(),
         }
     }
 }
@@ -170,6 +197,15 @@ pub fn single_node_genesis(chain_id: &str, key: &Keypair) -> Genesis {
     }
 }
 
+/// Writes a home's configuration, genesis and data directory (its key must already be there).
+pub fn write_home(home: &Home, genesis: &Genesis, config: &NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(home.root.join("config"))?;
+    std::fs::create_dir_all(home.data())?;
+    std::fs::write(home.genesis(), serde_json::to_string_pretty(genesis)?)?;
+    std::fs::write(home.config(), toml::to_string_pretty(config)?)?;
+    Ok(())
+}
+
 /// `trellis init`: creates the home directory's keys, configuration and genesis.
 pub fn init(root: &Path, moniker: &str, chain_id: &str, base_port: u16, genesis: Option<&Path>) -> anyhow::Result<Home> {
     let home = Home::new(root);
@@ -192,11 +228,8 @@ pub fn init(root: &Path, moniker: &str, chain_id: &str, base_port: u16, genesis:
         }
         None => single_node_genesis(chain_id, &key),
     };
-    std::fs::create_dir_all(root.join("config"))?;
-    std::fs::create_dir_all(home.data())?;
-    std::fs::write(home.genesis(), serde_json::to_string_pretty(&genesis)?)?;
     let config = NodeConfig::new(moniker, chain_id, base_port);
-    std::fs::write(home.config(), toml::to_string_pretty(&config)?)?;
+    write_home(&home, &genesis, &config)?;
     Ok(home)
 }
 

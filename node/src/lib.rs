@@ -1,11 +1,20 @@
-//! `trellis-node`: the `trellis` binary's library. Command-line parsing and the commands
-//! users run; the node itself (consensus, storage, RPC, roles) grows here.
+//! `trellis-node`: the `trellis` binary's library — command-line parsing, the commands users
+//! run, and the node: storage ([`store`], [`ledger`]), mempool, the consensus application
+//! ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and the local devnet launcher.
 
 pub mod attack;
 pub mod cli;
+pub mod client;
+pub mod consensus_app;
+pub mod devnet;
+pub mod gossip;
 pub mod home;
+pub mod ledger;
 pub mod mempool;
-pub mod store;
+pub mod metrics;
 pub mod plot;
+pub mod rpc;
+pub mod run;
+pub mod store;
 pub mod train;
 pub mod verify;

@@ -168,6 +168,18 @@ impl Mempool {
         }
     }
 
+    /// The first nonce of `sender` not taken by a pending transaction, counting up from its
+    /// committed next nonce (what a locally signed transaction should use).
+    pub fn next_free_nonce(&self, sender: &Address, committed_next: u64) -> u64 {
+        let mut next = committed_next;
+        if let Some(queue) = self.by_sender.get(sender) {
+            while queue.contains_key(&next) {
+                next += 1;
+            }
+        }
+        next
+    }
+
     /// Transactions for a block: highest fee first, each account's nonces in order starting at
     /// its next nonce, at most `max_txs` and `max_bytes`.
     pub fn select(&self, max_txs: usize, max_bytes: usize, next_nonce: impl Fn(&Address) -> u64) -> Vec<SignedTx> {

@@ -1,10 +1,13 @@
 //! Chain storage on RocksDB.
 //!
 //! Column families: `blocks` (height → block), `block_index` (block hash → height), `txs`
-//! (transaction hash → height ‖ index), `state` (the contracts' key-value state) and `meta`
-//! (head height). A block, its index entries, its state changes and the new head are written in
-//! **one atomic write batch**, so a node killed at any moment restarts with either all of a block
-//! or none of it, and the state always matches the head.
+//! (transaction hash → height ‖ index), `state` (the contracts' key-value state), `certificates`
+//! (height → the commit certificate that decided the block), `events` (height → the block's
+//! events as JSON), `undecided` (blocks proposed or received but not yet decided, so a restarted
+//! validator re-proposes the very block it signed) and `meta` (head height). A block, its
+//! certificate, events, index entries, state changes and the new head are written in **one atomic
+//! write batch**, so a node killed at any moment restarts with either all of a block or none of
+//! it, and the state always matches the head.
 //!
 //! A failed read of the local database is a storage fault, not bad input: the node cannot go on
 //! safely without its state, so it stops with the error (see [`fatal`]).
@@ -23,6 +26,10 @@ const CF_BLOCK_INDEX: &str = "block_index";
 const CF_TXS: &str = "txs";
 const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
+const CF_CERTIFICATES: &str = "certificates";
+const CF_EVENTS: &str = "events";
+const CF_UNDECIDED: &str = "undecided";
+const ALL_FAMILIES: [&str; 8] = [CF_BLOCKS, CF_BLOCK_INDEX, CF_TXS, CF_STATE, CF_META, CF_CERTIFICATES, CF_EVENTS, CF_UNDECIDED];
 const HEAD_KEY: &[u8] = b"head";
 
 #[derive(Debug, Error)]
@@ -55,7 +62,7 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CF_BLOCKS, CF_BLOCK_INDEX, CF_TXS, CF_STATE, CF_META]
+        let families = ALL_FAMILIES
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)
@@ -122,8 +129,49 @@ impl Store {
         self.db.write(batch).map_err(StoreError::Write)
     }
 
-    /// Commits `block` (which must be the head's successor) and its state changes atomically.
-    pub fn commit_block(&self, block: &Block, changes: Changes) -> Result<(), StoreError> {
+    /// The encoded commit certificate of the block at `height`.
+    pub fn certificate(&self, height: Height) -> Option<Vec<u8>> {
+        self.get(CF_CERTIFICATES, &height.0.to_be_bytes())
+    }
+
+    /// The events of the block at `height`, as JSON.
+    pub fn events(&self, height: Height) -> Option<Vec<u8>> {
+        self.get(CF_EVENTS, &height.0.to_be_bytes())
+    }
+
+    /// Remembers a block proposed (by us, `round` = `Some`) or received for `height`, until
+    /// that height is decided.
+    pub fn put_undecided(&self, block: &Block, round: Option<u32>) -> Result<(), StoreError> {
+        let height = block.header.height.0;
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_UNDECIDED);
+        batch.put_cf(cf, undecided_key(height, b'b', &block.hash().0), block.to_bytes());
+        if let Some(round) = round {
+            batch.put_cf(cf, undecided_key(height, b'r', &round.to_be_bytes()), block.hash().0);
+        }
+        self.db.write(batch).map_err(StoreError::Write)
+    }
+
+    /// An undecided block of `height` by hash.
+    pub fn undecided(&self, height: Height, hash: &Hash) -> Result<Option<Block>, StoreError> {
+        self.get(CF_UNDECIDED, &undecided_key(height.0, b'b', &hash.0))
+            .map(|bytes| decode(&bytes).map_err(|e| StoreError::Corrupt { what: "undecided block", reason: e.to_string() }))
+            .transpose()
+    }
+
+    /// The block this node proposed at (height, round), if it did.
+    pub fn proposed(&self, height: Height, round: u32) -> Result<Option<Block>, StoreError> {
+        let Some(hash) = self.get(CF_UNDECIDED, &undecided_key(height.0, b'r', &round.to_be_bytes())) else {
+            return Ok(None);
+        };
+        let hash: [u8; 32] =
+            hash.try_into().map_err(|_| StoreError::Corrupt { what: "proposed block index", reason: "not 32 bytes".into() })?;
+        self.undecided(height, &Hash(hash))
+    }
+
+    /// Commits `block` (which must be the head's successor), the certificate that decided it,
+    /// its events and its state changes atomically, and forgets the height's undecided blocks.
+    pub fn commit_block(&self, block: &Block, certificate: &[u8], events: &[u8], changes: Changes) -> Result<(), StoreError> {
         let head = self.head()?;
         if block.header.height.0 != head.0 + 1 {
             return Err(StoreError::NotNext { head: head.0, got: block.header.height.0 });
@@ -139,6 +187,9 @@ impl Store {
             batch.put_cf(self.cf(CF_TXS), tx.hash().0, position);
         }
         self.stage_state(&mut batch, changes);
+        batch.put_cf(self.cf(CF_CERTIFICATES), height.to_be_bytes(), certificate);
+        batch.put_cf(self.cf(CF_EVENTS), height.to_be_bytes(), events);
+        batch.delete_range_cf(self.cf(CF_UNDECIDED), 0u64.to_be_bytes(), (height + 1).to_be_bytes());
         batch.put_cf(self.cf(CF_META), HEAD_KEY, height.to_bytes());
         self.db.write(batch).map_err(StoreError::Write)
     }
@@ -165,6 +216,14 @@ impl Store {
         }
         out
     }
+}
+
+fn undecided_key(height: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + rest.len());
+    key.extend_from_slice(&height.to_be_bytes());
+    key.push(kind);
+    key.extend_from_slice(rest);
+    key
 }
 
 /// The committed state plus buffered writes. Reads see the buffer first; the buffer becomes the
@@ -276,7 +335,7 @@ mod tests {
                 committed_txs.push(tx.hash());
                 let (block, changes) = build(&store, &chain, height, parent, &validator, vec![tx]);
                 parent = block.hash();
-                store.commit_block(&block, changes).unwrap();
+                store.commit_block(&block, b"cert", b"[]", changes).unwrap();
                 // The same block built on the in-memory store reaches the same root.
                 let memory_changes = {
                     let mut overlay = trellis_contracts::kv::Overlay::new(&memory);
@@ -291,7 +350,7 @@ mod tests {
             }
             // Out-of-order commits are refused.
             let (stale, changes) = build(&store, &chain, 3, parent, &validator, vec![]);
-            assert!(matches!(store.commit_block(&stale, changes), Err(StoreError::NotNext { head: 5, got: 3 })));
+            assert!(matches!(store.commit_block(&stale, b"", b"", changes), Err(StoreError::NotNext { head: 5, got: 3 })));
             head_hash = parent;
         }
         let store = Store::open(&dir).unwrap();

@@ -25,6 +25,7 @@ pub enum SigningKind {
     Proposal = 3,
     ProposalPart = 4,
     ValidatorProof = 5,
+    VoteExtension = 6,
 }
 
 /// The exact bytes an ed25519 signature covers.

@@ -1,0 +1,414 @@
+//! The Malachite context: Trellis heights, addresses, values, proposals, votes and validator
+//! sets, each a thin wrapper over a `trellis-proto` type.
+//!
+//! The consensus value is the block's hash ([`BlockId`]), not the block: the block travels once,
+//! in a signed proposal part ([`BlockPart`]), and proposals and votes stay small.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_malachitebft_app_channel::app::types::core::{
+    self as mc, LinearTimeouts, NilOrVal, Round, SignedExtension, VotingPower,
+};
+use arc_malachitebft_signing_ed25519::Ed25519;
+use bytes::Bytes;
+use trellis_proto::codec::Encode;
+use trellis_proto::{Address, Hash, PublicKey, Signature};
+
+/// Chain-wide consensus context. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TrellisContext {
+    chain_id: Arc<str>,
+}
+
+impl TrellisContext {
+    pub fn new(chain_id: &str) -> Self {
+        Self { chain_id: Arc::from(chain_id) }
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+}
+
+/// A block height. Height 0 is genesis; the first block is height 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockHeight(pub u64);
+
+impl fmt::Display for BlockHeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl mc::Height for BlockHeight {
+    const ZERO: Self = BlockHeight(0);
+    const INITIAL: Self = BlockHeight(1);
+
+    fn increment_by(&self, n: u64) -> Self {
+        BlockHeight(self.0.saturating_add(n))
+    }
+
+    fn decrement_by(&self, n: u64) -> Option<Self> {
+        self.0.checked_sub(n).map(BlockHeight)
+    }
+
+    fn as_u64(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A validator's address: the account address of its consensus key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValidatorAddress(pub Address);
+
+impl fmt::Display for ValidatorAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl mc::Address for ValidatorAddress {}
+
+/// The value consensus decides on: a block's header hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockId(pub Hash);
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl mc::Value for BlockId {
+    type Id = BlockId;
+
+    fn id(&self) -> BlockId {
+        *self
+    }
+}
+
+/// `Round` as the protocol encodes it: `None` for nil, else the round number.
+pub fn round_to_option(round: Round) -> Option<u32> {
+    round.as_u32()
+}
+
+pub fn round_from_option(round: Option<u32>) -> Round {
+    match round {
+        Some(r) => Round::new(r),
+        None => Round::Nil,
+    }
+}
+
+/// A proposal for `value` at (height, round), signed by the engine through [`crate::TrellisSigner`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    pub height: BlockHeight,
+    pub round: Round,
+    pub value: BlockId,
+    pub pol_round: Round,
+    pub proposer: ValidatorAddress,
+}
+
+impl Proposal {
+    /// The canonical bytes a proposal signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 5 + 32 + 5 + 20);
+        self.height.0.encode_to(&mut out);
+        round_to_option(self.round).encode_to(&mut out);
+        self.value.0.encode_to(&mut out);
+        round_to_option(self.pol_round).encode_to(&mut out);
+        self.proposer.0.encode_to(&mut out);
+        out
+    }
+}
+
+impl mc::Proposal<TrellisContext> for Proposal {
+    fn height(&self) -> BlockHeight {
+        self.height
+    }
+
+    fn round(&self) -> Round {
+        self.round
+    }
+
+    fn value(&self) -> &BlockId {
+        &self.value
+    }
+
+    fn take_value(self) -> BlockId {
+        self.value
+    }
+
+    fn pol_round(&self) -> Round {
+        self.pol_round
+    }
+
+    fn validator_address(&self) -> &ValidatorAddress {
+        &self.proposer
+    }
+}
+
+/// A prevote or precommit. Its signature covers exactly the bytes of the equivalent
+/// [`trellis_proto::Vote`], so two conflicting votes the engine reports are evidence that the
+/// chain's `ReportEquivocation` transaction can check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsensusVote {
+    pub height: BlockHeight,
+    pub round: Round,
+    pub vote_type: mc::VoteType,
+    pub value: NilOrVal<BlockId>,
+    pub validator: ValidatorAddress,
+    pub extension: Option<SignedExtension<TrellisContext>>,
+}
+
+impl ConsensusVote {
+    /// The chain's form of this vote, or `None` for a vote without a round (never signed).
+    pub fn to_proto(&self) -> Option<trellis_proto::Vote> {
+        Some(trellis_proto::Vote {
+            height: trellis_proto::Height(self.height.0),
+            round: self.round.as_u32()?,
+            vote_type: match self.vote_type {
+                mc::VoteType::Prevote => trellis_proto::VoteType::Prevote,
+                mc::VoteType::Precommit => trellis_proto::VoteType::Precommit,
+            },
+            value: match self.value {
+                NilOrVal::Nil => None,
+                NilOrVal::Val(id) => Some(id.0),
+            },
+            validator: self.validator.0,
+        })
+    }
+}
+
+impl mc::Vote<TrellisContext> for ConsensusVote {
+    fn height(&self) -> BlockHeight {
+        self.height
+    }
+
+    fn round(&self) -> Round {
+        self.round
+    }
+
+    fn value(&self) -> &NilOrVal<BlockId> {
+        &self.value
+    }
+
+    fn take_value(self) -> NilOrVal<BlockId> {
+        self.value
+    }
+
+    fn vote_type(&self) -> mc::VoteType {
+        self.vote_type
+    }
+
+    fn validator_address(&self) -> &ValidatorAddress {
+        &self.validator
+    }
+
+    fn extension(&self) -> Option<&SignedExtension<TrellisContext>> {
+        self.extension.as_ref()
+    }
+
+    fn take_extension(&mut self) -> Option<SignedExtension<TrellisContext>> {
+        self.extension.take()
+    }
+
+    fn extend(self, extension: SignedExtension<TrellisContext>) -> Self {
+        Self { extension: Some(extension), ..self }
+    }
+}
+
+/// The one part of a proposal stream: the whole encoded block, signed by the proposer.
+///
+/// Malachite does not sign proposal parts, so the part carries its own signature over
+/// [`BlockPart::signing_bytes`]; a receiver checks it against the expected proposer of
+/// (height, round) before looking at the block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockPart {
+    pub height: BlockHeight,
+    pub round: Round,
+    pub valid_round: Round,
+    pub proposer: ValidatorAddress,
+    /// The block in its canonical encoding.
+    pub block: Bytes,
+    pub signature: Signature,
+}
+
+impl BlockPart {
+    /// The bytes the proposer signs: every field but the signature, with the block hashed.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 5 + 5 + 20 + 32);
+        self.height.0.encode_to(&mut out);
+        round_to_option(self.round).encode_to(&mut out);
+        round_to_option(self.valid_round).encode_to(&mut out);
+        self.proposer.0.encode_to(&mut out);
+        Hash::digest(trellis_proto::HashDomain::Blob, &self.block).encode_to(&mut out);
+        out
+    }
+}
+
+impl mc::ProposalPart<TrellisContext> for BlockPart {
+    fn is_first(&self) -> bool {
+        true
+    }
+
+    fn is_last(&self) -> bool {
+        true
+    }
+}
+
+/// A validator: its address, both forms of its key, and its voting power (bonded stake).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validator {
+    pub address: ValidatorAddress,
+    pub key: PublicKey,
+    pub consensus_key: arc_malachitebft_signing_ed25519::PublicKey,
+    pub power: VotingPower,
+}
+
+impl Validator {
+    /// `None` when `key` is not a valid ed25519 point.
+    pub fn new(key: PublicKey, power: VotingPower) -> Option<Self> {
+        let consensus_key = arc_malachitebft_signing_ed25519::PublicKey::from_bytes(key.0).ok()?;
+        Some(Self { address: ValidatorAddress(key.address()), key, consensus_key, power })
+    }
+}
+
+impl mc::Validator<TrellisContext> for Validator {
+    fn address(&self) -> &ValidatorAddress {
+        &self.address
+    }
+
+    fn public_key(&self) -> &arc_malachitebft_signing_ed25519::PublicKey {
+        &self.consensus_key
+    }
+
+    fn voting_power(&self) -> VotingPower {
+        self.power
+    }
+}
+
+/// The validators of a height, in address order (the same on every node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidatorSet {
+    validators: Vec<Validator>,
+    total_power: VotingPower,
+}
+
+impl ValidatorSet {
+    /// Sorts by address and drops duplicate addresses and zero-power entries.
+    pub fn new(mut validators: Vec<Validator>) -> Self {
+        validators.retain(|v| v.power > 0);
+        validators.sort_by_key(|v| v.address);
+        validators.dedup_by_key(|v| v.address);
+        let total_power = validators.iter().map(|v| v.power).fold(0u64, u64::saturating_add);
+        Self { validators, total_power }
+    }
+
+    pub fn validators(&self) -> &[Validator] {
+        &self.validators
+    }
+
+    pub fn contains(&self, address: &ValidatorAddress) -> bool {
+        self.get(address).is_some()
+    }
+
+    pub fn get(&self, address: &ValidatorAddress) -> Option<&Validator> {
+        self.validators.binary_search_by_key(address, |v| v.address).ok().map(|i| &self.validators[i])
+    }
+
+    /// The proposer of (height, round): round-robin over the address-ordered set, shifted by
+    /// one every height and every round.
+    pub fn proposer(&self, height: BlockHeight, round: Round) -> Option<&Validator> {
+        if self.validators.is_empty() {
+            return None;
+        }
+        let round = u64::from(round.as_u32().unwrap_or(0));
+        let index = (height.0.saturating_sub(1).wrapping_add(round)) % self.validators.len() as u64;
+        self.validators.get(index as usize)
+    }
+}
+
+impl mc::ValidatorSet<TrellisContext> for ValidatorSet {
+    fn count(&self) -> usize {
+        self.validators.len()
+    }
+
+    fn total_voting_power(&self) -> VotingPower {
+        self.total_power
+    }
+
+    fn get_by_address(&self, address: &ValidatorAddress) -> Option<&Validator> {
+        self.get(address)
+    }
+
+    fn get_by_index(&self, index: usize) -> Option<&Validator> {
+        self.validators.get(index)
+    }
+}
+
+impl mc::Context for TrellisContext {
+    type Address = ValidatorAddress;
+    type Height = BlockHeight;
+    type ProposalPart = BlockPart;
+    type Proposal = Proposal;
+    type Validator = Validator;
+    type ValidatorSet = ValidatorSet;
+    type Timeouts = LinearTimeouts;
+    type Value = BlockId;
+    type Vote = ConsensusVote;
+    type Extension = Bytes;
+    type SigningScheme = Ed25519;
+
+    fn select_proposer<'a>(&self, validator_set: &'a ValidatorSet, height: BlockHeight, round: Round) -> &'a Validator {
+        // The engine never starts a height with an empty set: the chain keeps the old set
+        // rather than install an empty one (contracts `end_block`), and start-up refuses it.
+        validator_set.proposer(height, round).expect("validator set is never empty") // ok: see comment above
+    }
+
+    fn new_proposal(
+        &self,
+        height: BlockHeight,
+        round: Round,
+        value: BlockId,
+        pol_round: Round,
+        address: ValidatorAddress,
+    ) -> Proposal {
+        Proposal { height, round, value, pol_round, proposer: address }
+    }
+
+    fn new_prevote(
+        &self,
+        height: BlockHeight,
+        round: Round,
+        value_id: NilOrVal<BlockId>,
+        address: ValidatorAddress,
+    ) -> ConsensusVote {
+        ConsensusVote {
+            height,
+            round,
+            vote_type: mc::VoteType::Prevote,
+            value: value_id,
+            validator: address,
+            extension: None,
+        }
+    }
+
+    fn new_precommit(
+        &self,
+        height: BlockHeight,
+        round: Round,
+        value_id: NilOrVal<BlockId>,
+        address: ValidatorAddress,
+    ) -> ConsensusVote {
+        ConsensusVote {
+            height,
+            round,
+            vote_type: mc::VoteType::Precommit,
+            value: value_id,
+            validator: address,
+            extension: None,
+        }
+    }
+}

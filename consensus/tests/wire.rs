@@ -1,0 +1,199 @@
+//! The consensus codec round-trips every message kind, refuses malformed bytes without
+//! panicking, and signatures bind to the chain, the message kind and every field.
+
+use arc_malachitebft_app_channel::app::consensus::{LivenessMsg, ProposedValue, SignedConsensusMsg};
+use arc_malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMessage};
+use arc_malachitebft_app_channel::app::types::codec::Codec;
+use arc_malachitebft_app_channel::app::types::core::{
+    Context, ExtendedCommitCertificate, ExtendedCommitSignature, NilOrVal, PolkaCertificate, PolkaSignature, Round,
+    SignedMessage, Validity,
+};
+use arc_malachitebft_app_channel::{Signer, Verifier};
+use arc_malachitebft_sync::{RawDecidedValue, Request, Response, ValueRequest, ValueResponse};
+use bytes::Bytes;
+use proptest::prelude::*;
+use trellis_consensus::{
+    BlockHeight, BlockId, BlockPart, ConsensusVote, TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier,
+    Validator, ValidatorAddress, ValidatorSet,
+};
+use trellis_proto::{Hash, Keypair};
+
+const CHAIN: &str = "wire-test";
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+}
+
+fn roundtrip<T>(value: &T) -> T
+where
+    TrellisCodec: Codec<T>,
+    T: std::fmt::Debug + PartialEq,
+{
+    let bytes = TrellisCodec.encode(value).unwrap();
+    let back: T = TrellisCodec.decode(bytes.clone()).unwrap();
+    assert_eq!(&back, value);
+    // One canonical form: re-encoding gives the same bytes.
+    assert_eq!(TrellisCodec.encode(&back).unwrap(), bytes);
+    // Any strict prefix and any trailing byte are refused.
+    for cut in 0..bytes.len() {
+        assert!(Codec::<T>::decode(&TrellisCodec, bytes.slice(..cut)).is_err(), "prefix of {} bytes decoded", cut);
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert!(Codec::<T>::decode(&TrellisCodec, Bytes::from(longer)).is_err());
+    back
+}
+
+fn key(seed: u8) -> Keypair {
+    Keypair::from_seed([seed; 32])
+}
+
+fn signed_vote(signer: &TrellisSigner, height: u64, round: u32, value: Option<[u8; 32]>) -> SignedMessage<TrellisContext, ConsensusVote> {
+    let ctx = TrellisContext::new(CHAIN);
+    let address = ValidatorAddress(signer.public_key().address());
+    let value = value.map_or(NilOrVal::Nil, |v| NilOrVal::Val(BlockId(Hash(v))));
+    let vote = ctx.new_precommit(BlockHeight(height), Round::new(round), value, address);
+    block_on(signer.sign_vote(vote)).unwrap()
+}
+
+#[test]
+fn every_engine_message_roundtrips() {
+    let signer = TrellisSigner::new(CHAIN, key(1));
+    let ctx = TrellisContext::new(CHAIN);
+    let address = ValidatorAddress(signer.public_key().address());
+    let vote = signed_vote(&signer, 7, 2, Some([3; 32]));
+    roundtrip(&SignedConsensusMsg::<TrellisContext>::Vote(vote.clone()));
+    let nil_vote = signed_vote(&signer, 7, 0, None);
+    roundtrip(&LivenessMsg::<TrellisContext>::Vote(nil_vote));
+
+    let proposal = ctx.new_proposal(BlockHeight(7), Round::new(2), BlockId(Hash([4; 32])), Round::Nil, address);
+    let signed_proposal = block_on(signer.sign_proposal(proposal)).unwrap();
+    roundtrip(&SignedConsensusMsg::<TrellisContext>::Proposal(signed_proposal));
+
+    let polka = PolkaCertificate {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        value_id: BlockId(Hash([3; 32])),
+        polka_signatures: vec![PolkaSignature::new(address, vote.signature)],
+    };
+    roundtrip(&polka);
+    roundtrip(&LivenessMsg::<TrellisContext>::PolkaCertificate(polka));
+
+    let mut part = BlockPart {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        valid_round: Round::new(1),
+        proposer: address,
+        block: Bytes::from_static(b"block bytes"),
+        signature: trellis_proto::Signature([0; 64]),
+    };
+    part.signature = signer.sign_part(&part);
+    roundtrip(&part);
+    let stream = StreamMessage::new(StreamId::new(Bytes::from_static(b"id")), 0, StreamContent::Data(part));
+    roundtrip(&stream);
+    roundtrip(&StreamMessage::<BlockPart>::new(StreamId::new(Bytes::from_static(b"id")), 1, StreamContent::Fin));
+
+    let proof = block_on(signer.sign_validator_proof(signer.public_key().0.to_vec(), vec![0, 1, 2])).unwrap();
+    roundtrip(&proof);
+
+    let certificate = ExtendedCommitCertificate {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        value_id: BlockId(Hash([3; 32])),
+        commit_signatures: vec![ExtendedCommitSignature::new(address, vote.signature, None)],
+    };
+    roundtrip(&certificate);
+    roundtrip(&Request::<TrellisContext>::ValueRequest(ValueRequest::new(BlockHeight(3)..=BlockHeight(9))));
+    let response = Response::<TrellisContext>::ValueResponse(ValueResponse::new(
+        BlockHeight(7),
+        vec![RawDecidedValue::new(Bytes::from_static(b"a block"), certificate)],
+    ));
+    roundtrip(&response);
+    roundtrip(&ProposedValue::<TrellisContext> {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        valid_round: Round::Nil,
+        proposer: address,
+        value: BlockId(Hash([3; 32])),
+        validity: Validity::Invalid,
+    });
+}
+
+#[test]
+fn a_reversed_sync_range_is_refused() {
+    let mut bytes = vec![1u8];
+    bytes.extend_from_slice(&9u64.to_le_bytes());
+    bytes.extend_from_slice(&3u64.to_le_bytes());
+    assert!(Codec::<Request<TrellisContext>>::decode(&TrellisCodec, Bytes::from(bytes)).is_err());
+}
+
+#[test]
+fn signatures_bind_to_chain_kind_and_fields() {
+    let signer = TrellisSigner::new(CHAIN, key(1));
+    let verifier = TrellisVerifier::new(CHAIN);
+    let other_chain = TrellisVerifier::new("other-chain");
+    let consensus_key = Validator::new(signer.public_key(), 1).unwrap().consensus_key;
+    let vote = signed_vote(&signer, 5, 0, Some([9; 32]));
+    let ok = block_on(verifier.verify_signed_vote(&vote.message, &vote.signature, &consensus_key)).unwrap();
+    assert!(ok.is_valid());
+    let foreign = block_on(other_chain.verify_signed_vote(&vote.message, &vote.signature, &consensus_key)).unwrap();
+    assert!(foreign.is_invalid());
+    let mut changed = vote.message.clone();
+    changed.round = Round::new(1);
+    assert!(block_on(verifier.verify_signed_vote(&changed, &vote.signature, &consensus_key)).unwrap().is_invalid());
+    // A vote signature is not a proposal signature for the same bytes' owner.
+    let ctx = TrellisContext::new(CHAIN);
+    let proposal = ctx.new_proposal(BlockHeight(5), Round::new(0), BlockId(Hash([9; 32])), Round::Nil, vote.message.validator);
+    assert!(block_on(verifier.verify_signed_proposal(&proposal, &vote.signature, &consensus_key)).unwrap().is_invalid());
+    // The vote's signature is exactly the chain's vote signature, so evidence can be checked.
+    let proto = trellis_proto::SignedVote {
+        vote: vote.message.to_proto().unwrap(),
+        signature: trellis_consensus::signing::from_consensus_signature(&vote.signature),
+    };
+    proto.verify(CHAIN, &signer.public_key()).unwrap();
+    // Parts: the proposer's signature covers the block bytes.
+    let mut part = BlockPart {
+        height: BlockHeight(5),
+        round: Round::new(0),
+        valid_round: Round::Nil,
+        proposer: vote.message.validator,
+        block: Bytes::from_static(b"x"),
+        signature: trellis_proto::Signature([0; 64]),
+    };
+    part.signature = signer.sign_part(&part);
+    assert!(verifier.verify_part(&part, &signer.public_key()));
+    part.block = Bytes::from_static(b"y");
+    assert!(!verifier.verify_part(&part, &signer.public_key()));
+}
+
+#[test]
+fn proposers_rotate_over_the_address_ordered_set() {
+    let validators: Vec<Validator> = (1..=4).map(|s| Validator::new(key(s).public_key(), 10 * u64::from(s)).unwrap()).collect();
+    let set = ValidatorSet::new(validators.into_iter().rev().collect());
+    let addresses: Vec<_> = set.validators().iter().map(|v| v.address).collect();
+    let mut sorted = addresses.clone();
+    sorted.sort();
+    assert_eq!(addresses, sorted);
+    let at = |h, r| set.proposer(BlockHeight(h), Round::new(r)).unwrap().address;
+    assert_eq!(at(1, 0), addresses[0]);
+    assert_eq!(at(2, 0), addresses[1]);
+    assert_eq!(at(1, 1), addresses[1]);
+    assert_eq!(at(5, 0), addresses[0]);
+    assert_eq!(set.validators().iter().map(|v| v.power).sum::<u64>(), 100);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let b = Bytes::from(bytes);
+        let _ = Codec::<SignedConsensusMsg<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<LivenessMsg<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<StreamMessage<BlockPart>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<Response<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<Request<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<ProposedValue<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<PolkaCertificate<TrellisContext>>::decode(&TrellisCodec, b);
+    }
+}

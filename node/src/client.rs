@@ -1,0 +1,223 @@
+//! `trellis tx ...` and `trellis query ...`: talk to a node over JSON-RPC.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ArrayParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::rpc_params;
+use serde_json::Value;
+use trellis_proto::{Address, Amount, Encode, Keypair, Role, Transaction, TxKind};
+
+/// Default node to talk to: the RPC port `trellis init` uses by default.
+pub const DEFAULT_RPC: &str = "http://127.0.0.1:26657";
+
+#[derive(Debug, Args)]
+pub struct RpcArg {
+    /// The node's JSON-RPC URL.
+    #[arg(long, default_value = DEFAULT_RPC, env = "TRELLIS_RPC")]
+    pub rpc: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SignerArgs {
+    /// Key file that signs (from `trellis keys new`); or use --home.
+    #[arg(long, conflicts_with = "home")]
+    pub key: Option<PathBuf>,
+    /// Sign with this node home's key.
+    #[arg(long)]
+    pub home: Option<PathBuf>,
+    /// Fee offered, in base units.
+    #[arg(long, default_value_t = 10)]
+    pub fee: u64,
+    /// Wait until the transaction is committed (up to 60 s) and print its height.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub rpc: RpcArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Validator,
+    Miner,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Validator => Role::Validator,
+            RoleArg::Miner => Role::Miner,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TxCommand {
+    /// Send tokens to an address.
+    Transfer {
+        /// Recipient address (40 hex digits).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Bond stake as a validator or miner.
+    Bond {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Start unbonding stake (released after the unbonding period).
+    Unbond {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// The last committed block's height, hash and state root.
+    Head(RpcArg),
+    /// A block by height.
+    Block {
+        height: u64,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+    /// An account's balance, nonces and stakes.
+    Account {
+        address: String,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+    /// The active validator set.
+    Validators(RpcArg),
+    /// A transaction by hash: committed (with its height) or pending.
+    Tx {
+        hash: String,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+    /// A training job, or all jobs when no id is given.
+    Job {
+        id: Option<u64>,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+    /// One round of a training job.
+    Round {
+        job: u64,
+        round: u32,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn client(url: &str) -> anyhow::Result<HttpClient> {
+    HttpClientBuilder::default()
+        .request_timeout(Duration::from_secs(30))
+        .build(url)
+        .with_context(|| format!("'{url}' is not a usable RPC URL (like {DEFAULT_RPC})"))
+}
+
+/// Calls `method` and explains failures in terms of what the user asked.
+async fn call(client: &HttpClient, url: &str, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
+    client.request(method, params).await.map_err(|error| match error {
+        jsonrpsee::core::ClientError::Call(e) => anyhow::anyhow!("{method}: {}", e.message()),
+        jsonrpsee::core::ClientError::Transport(e) => anyhow::anyhow!("cannot reach a node at {url}: {e} (is `trellis run` going? see --rpc)"),
+        other => anyhow::anyhow!("{method} at {url}: {other}"),
+    })
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+pub fn query(command: QueryCommand) -> anyhow::Result<()> {
+    let (url, method, params) = match command {
+        QueryCommand::Head(rpc) => (rpc.rpc, "chain_getHead", rpc_params![]),
+        QueryCommand::Block { height, rpc } => (rpc.rpc, "chain_getBlock", rpc_params![height]),
+        QueryCommand::Account { address, rpc } => {
+            address.parse::<Address>().map_err(|_| anyhow::anyhow!("'{address}' is not an address (40 hex digits)"))?;
+            (rpc.rpc, "state_getAccount", rpc_params![address])
+        }
+        QueryCommand::Validators(rpc) => (rpc.rpc, "state_getValidators", rpc_params![]),
+        QueryCommand::Tx { hash, rpc } => (rpc.rpc, "tx_get", rpc_params![hash]),
+        QueryCommand::Job { id: Some(id), rpc } => (rpc.rpc, "job_get", rpc_params![id]),
+        QueryCommand::Job { id: None, rpc } => (rpc.rpc, "job_list", rpc_params![]),
+        QueryCommand::Round { job, round, rpc } => (rpc.rpc, "job_getRound", rpc_params![job, round]),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = client(&url)?;
+        let value = call(&client, &url, method, params).await?;
+        print(&value);
+        Ok(())
+    })
+}
+
+fn load_signer(args: &SignerArgs) -> anyhow::Result<Keypair> {
+    match (&args.key, &args.home) {
+        (Some(path), _) => crate::home::read_key(path),
+        (None, Some(home)) => crate::home::Home::new(home).load_key(),
+        (None, None) => bail!("say who signs: --key FILE (from `trellis keys new`) or --home DIR"),
+    }
+}
+
+pub fn send(command: TxCommand) -> anyhow::Result<()> {
+    let (kind, signer) = match command {
+        TxCommand::Transfer { to, amount, signer } => {
+            let to = to.parse::<Address>().map_err(|_| anyhow::anyhow!("--to '{to}' is not an address (40 hex digits)"))?;
+            (TxKind::Transfer { to, amount: Amount(amount) }, signer)
+        }
+        TxCommand::Bond { role, amount, signer } => (TxKind::Bond { role: role.into(), amount: Amount(amount) }, signer),
+        TxCommand::Unbond { role, amount, signer } => (TxKind::Unbond { role: role.into(), amount: Amount(amount) }, signer),
+    };
+    let key = load_signer(&signer)?;
+    let url = signer.rpc.rpc.clone();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = client(&url)?;
+        let head = call(&client, &url, "chain_getHead", rpc_params![]).await?;
+        let chain_id = head["chain_id"].as_str().context("node returned a head without chain_id")?.to_string();
+        let account = call(&client, &url, "state_getAccount", rpc_params![key.address().to_string()]).await?;
+        let nonce = account["pending_nonce"].as_u64().context("node returned an account without pending_nonce")?;
+        let tx = Transaction { sender: key.public_key(), nonce, fee: Amount(signer.fee), kind }.sign(&chain_id, &key);
+        let submitted = call(&client, &url, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).await?;
+        let hash = submitted["hash"].as_str().unwrap_or_default().to_string();
+        println!("submitted {hash} (nonce {nonce})");
+        if signer.wait {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(status) = call(&client, &url, "tx_get", rpc_params![hash.clone()]).await {
+                    if status["status"] == "committed" {
+                        println!("committed at height {}", status["height"]);
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("{hash} was not committed within 60 s (it may still be; `trellis query tx {hash}`)");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    })
+}

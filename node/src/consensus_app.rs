@@ -1,0 +1,526 @@
+//! The application side of the Malachite engine: proposes blocks from the mempool, checks the
+//! blocks others propose by executing them, commits decided blocks, serves and accepts synced
+//! blocks, and turns reported double votes into slashing transactions.
+//!
+//! The engine awaits each reply inline, so every handler here is bounded: block execution is the
+//! longest step, and a proposal is built within the engine's `GetValue` time budget.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_malachitebft_app_channel::app::consensus::{MisbehaviorEvidence, ProposedValue, Role};
+use arc_malachitebft_app_channel::app::engine::host::{HeightParams, Next, SyncedValueOutcome};
+use arc_malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMessage};
+use arc_malachitebft_app_channel::app::types::codec::Codec;
+use arc_malachitebft_app_channel::app::types::core::{
+    CommitCertificate, ExtendedCommitCertificate, Height as _, LinearTimeouts, Round, Validity, VoteExtensions,
+};
+use arc_malachitebft_app_channel::app::types::LocallyProposedValue;
+use arc_malachitebft_app_channel::{AppMsg, Channels, NetworkMsg};
+use arc_malachitebft_sync::RawDecidedValue;
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use trellis_consensus::signing::{from_consensus_key, from_consensus_signature};
+use trellis_consensus::{
+    BlockHeight, BlockId, BlockPart, ConsensusVote, TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier,
+    ValidatorAddress, ValidatorSet,
+};
+use trellis_contracts::Event;
+use trellis_proto::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
+use trellis_proto::{Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedVote, Transaction, TxKind};
+
+use crate::ledger::{Executed, Ledger};
+use crate::mempool::Mempool;
+
+/// Most proposal parts kept for heights this node has not reached yet.
+const MAX_FUTURE_PARTS: usize = 64;
+/// Most decided blocks returned to one sync request.
+const MAX_SYNC_BATCH: u64 = 64;
+/// Fee the node pays on the evidence transactions it submits.
+const EVIDENCE_FEE: u64 = 1;
+
+/// How the consensus timing is set.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Shortest time from the start of a height to its commit: paces empty blocks.
+    pub block_time: Duration,
+    pub timeouts: LinearTimeouts,
+}
+
+/// What the node tells RPC subscribers.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A block was committed, with its events.
+    Committed { block: Arc<Block>, events: Arc<Vec<Event>> },
+}
+
+/// Things the app shares with the RPC server and metrics.
+pub struct Shared {
+    pub ledger: Ledger,
+    pub mempool: Mutex<Mempool>,
+    pub events: broadcast::Sender<NodeEvent>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Transactions admitted over RPC, to forward to peers (see [`crate::gossip`]).
+    pub gossip: tokio::sync::mpsc::Sender<trellis_proto::SignedTx>,
+}
+
+/// The application state the engine drives.
+pub struct ConsensusApp {
+    shared: Arc<Shared>,
+    ctx: TrellisContext,
+    /// This node's key: signs proposal parts and evidence transactions. `None` on a full node.
+    key: Option<Arc<Keypair>>,
+    signer: Option<Arc<TrellisSigner>>,
+    verifier: TrellisVerifier,
+    timing: Timing,
+    height: BlockHeight,
+    round: Round,
+    validators: ValidatorSet,
+    /// Blocks executed but not yet committed, by hash.
+    executed: HashMap<Hash, Executed>,
+    /// Values known for (height, round) of the current height, for `StartedRound` replies.
+    values: BTreeMap<(u64, u32), Vec<ProposedValue<TrellisContext>>>,
+    /// Signed parts received or sent for the current height, by block hash, for restreaming.
+    parts: HashMap<Hash, BlockPart>,
+    /// Parts for heights not yet reached.
+    future_parts: Vec<BlockPart>,
+    stream_counter: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl ConsensusApp {
+    pub fn new(shared: Arc<Shared>, key: Option<Arc<Keypair>>, timing: Timing) -> Self {
+        let chain_id = shared.ledger.chain_id().to_string();
+        let signer = key.as_ref().map(|k| Arc::new(TrellisSigner::new(&chain_id, Keypair::from_seed(k.seed()))));
+        let validators = shared.ledger.validator_set();
+        Self {
+            ctx: TrellisContext::new(&chain_id),
+            verifier: TrellisVerifier::new(&chain_id),
+            shared,
+            key,
+            signer,
+            timing,
+            height: BlockHeight(0),
+            round: Round::Nil,
+            validators,
+            executed: HashMap::new(),
+            values: BTreeMap::new(),
+            parts: HashMap::new(),
+            future_parts: Vec::new(),
+            stream_counter: 0,
+        }
+    }
+
+    pub fn context(&self) -> &TrellisContext {
+        &self.ctx
+    }
+
+    fn params(&self) -> HeightParams<TrellisContext> {
+        HeightParams::new(self.validators.clone(), self.timing.timeouts, Some(self.timing.block_time))
+    }
+
+    /// Runs until the engine closes its channel.
+    pub async fn run(mut self, mut channels: Channels<TrellisContext>) {
+        while let Some(msg) = channels.consensus.recv().await {
+            self.handle(msg, &channels).await;
+        }
+        tracing::info!(target: "node::consensus", "engine stopped");
+    }
+
+    async fn handle(&mut self, msg: AppMsg<TrellisContext>, channels: &Channels<TrellisContext>) {
+        match msg {
+            AppMsg::ConsensusReady { reply } => {
+                let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e));
+                self.start_height(BlockHeight(head.height.0 + 1));
+                tracing::info!(target: "node::consensus", height = %self.height, validators = self.validators.validators().len(), "consensus ready");
+                let _ = reply.send((self.height, self.params()));
+            }
+            AppMsg::StartedRound { height, round, proposer, role, reply_value } => {
+                tracing::debug!(target: "node::consensus", %height, %round, %proposer, ?role, "round started");
+                self.height = height;
+                self.round = round;
+                self.take_future_parts();
+                let key = (height.0, round.as_u32().unwrap_or(0));
+                let _ = reply_value.send(self.values.get(&key).cloned().unwrap_or_default());
+                if matches!(role, Role::Proposer) {
+                    self.shared.metrics.rounds_as_proposer.inc();
+                }
+            }
+            AppMsg::GetValue { height, round, timeout, reply } => {
+                let value = self.propose(height, round, timeout);
+                let _ = reply.send(LocallyProposedValue::new(height, round, BlockId(value)));
+                if let Some(part) = self.parts.get(&value).cloned() {
+                    self.publish(part, channels).await;
+                }
+            }
+            AppMsg::ExtendVote { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            AppMsg::VerifyVoteExtensions { extensions, reply, .. } => {
+                let _ = reply.send(extensions.into_iter().map(|(address, _)| (address, Ok(()))).collect());
+            }
+            AppMsg::RestreamProposal { height, round, valid_round, address, value_id } => {
+                self.restream(height, round, valid_round, address, value_id.0, channels).await;
+            }
+            AppMsg::GetHistoryMinHeight { reply } => {
+                let _ = reply.send(BlockHeight(1));
+            }
+            AppMsg::ReceivedProposalPart { part, reply, .. } => {
+                let value = match part.content {
+                    StreamContent::Data(part) => self.receive_part(part),
+                    StreamContent::Fin => None,
+                };
+                let _ = reply.send(value);
+            }
+            AppMsg::Decided { certificate, reply, .. } => {
+                tracing::debug!(target: "node::consensus", height = %certificate.height, block = %certificate.value_id, "decided");
+                let _ = reply.send(());
+            }
+            AppMsg::Finalized { certificate, extensions, evidence, reply } => {
+                let next = self.finalize(certificate, extensions, evidence);
+                let _ = reply.send(next);
+            }
+            AppMsg::GetDecidedValues { range, reply } => {
+                let _ = reply.send(self.decided_values(range.start().0, range.end().0));
+            }
+            AppMsg::ProcessSyncedValue { height, round, proposer, value_bytes, reply } => {
+                let _ = reply.send(self.synced_value(height, round, proposer, value_bytes));
+            }
+        }
+    }
+
+    fn start_height(&mut self, height: BlockHeight) {
+        self.height = height;
+        self.round = Round::Nil;
+        self.validators = self.shared.ledger.validator_set();
+        self.executed.retain(|_, e| e.block.header.height.0 >= height.0);
+        self.values.retain(|(h, _), _| *h >= height.0);
+        self.parts.retain(|_, p| p.height >= height);
+    }
+
+    /// The block to propose at (height, round): the one already proposed there (after a
+    /// restart, re-proposing anything else would be equivocation), else a new one.
+    fn propose(&mut self, height: BlockHeight, round: Round, budget: Duration) -> Hash {
+        let round_number = round.as_u32().unwrap_or(0);
+        let store = self.shared.ledger.store();
+        if let Some(block) = store.proposed(trellis_proto::Height(height.0), round_number).unwrap_or_else(|e| crate::store::fatal(e)) {
+            let hash = block.hash();
+            if !self.executed.contains_key(&hash) {
+                if let Ok(executed) = self.shared.ledger.execute(block) {
+                    self.executed.insert(hash, executed);
+                }
+            }
+            self.remember_own_part(height, round, hash);
+            return hash;
+        }
+        let started = std::time::Instant::now();
+        let proposer = self.key.as_ref().map(|k| k.address()).unwrap_or_default();
+        let candidates = {
+            let mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let ledger = &self.shared.ledger;
+            mempool.select(MAX_BLOCK_TXS, MAX_BLOCK_BYTES / 2, |a| ledger.next_nonce(a))
+        };
+        let executed = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
+            Ok(executed) => executed,
+            Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
+        };
+        let hash = executed.block.hash();
+        store.put_undecided(&executed.block, Some(round_number)).unwrap_or_else(|e| crate::store::fatal(e));
+        tracing::info!(
+            target: "node::consensus",
+            %height, round = round_number, block = %hash, txs = executed.block.txs.len(),
+            took_ms = started.elapsed().as_millis() as u64, budget_ms = budget.as_millis() as u64,
+            "proposing"
+        );
+        self.executed.insert(hash, executed);
+        self.remember_own_part(height, round, hash);
+        self.record_value(height, round, Round::Nil, hash, Validity::Valid);
+        hash
+    }
+
+    fn remember_own_part(&mut self, height: BlockHeight, round: Round, hash: Hash) {
+        let (Some(signer), Some(key)) = (&self.signer, &self.key) else { return };
+        let Some(block) = self.executed.get(&hash).map(|e| e.block.to_bytes()) else { return };
+        let mut part = BlockPart {
+            height,
+            round,
+            valid_round: Round::Nil,
+            proposer: ValidatorAddress(key.address()),
+            block: Bytes::from(block),
+            signature: trellis_proto::Signature([0; 64]),
+        };
+        part.signature = signer.sign_part(&part);
+        self.parts.insert(hash, part);
+    }
+
+    async fn publish(&mut self, part: BlockPart, channels: &Channels<TrellisContext>) {
+        self.stream_counter += 1;
+        let mut id = Vec::with_capacity(20);
+        id.extend_from_slice(&part.height.0.to_be_bytes());
+        id.extend_from_slice(&part.round.as_u32().unwrap_or(0).to_be_bytes());
+        id.extend_from_slice(&self.stream_counter.to_be_bytes());
+        let stream_id = StreamId::new(Bytes::from(id));
+        let messages = [
+            StreamMessage::new(stream_id.clone(), 0, StreamContent::Data(part)),
+            StreamMessage::new(stream_id, 1, StreamContent::Fin),
+        ];
+        for message in messages {
+            if channels.network.send(NetworkMsg::PublishProposalPart(message)).await.is_err() {
+                tracing::warn!(target: "node::consensus", "network channel closed; proposal part not sent");
+            }
+        }
+    }
+
+    async fn restream(
+        &mut self,
+        height: BlockHeight,
+        round: Round,
+        valid_round: Round,
+        address: ValidatorAddress,
+        hash: Hash,
+        channels: &Channels<TrellisContext>,
+    ) {
+        let own = self.key.as_ref().is_some_and(|k| ValidatorAddress(k.address()) == address);
+        let part = if own {
+            // Re-proposing our locked block in a new round: a new part, signed for that round.
+            let (Some(signer), Some(original)) = (&self.signer, self.parts.get(&hash)) else { return };
+            let mut part = BlockPart { height, round, valid_round, signature: trellis_proto::Signature([0; 64]), ..original.clone() };
+            part.signature = signer.sign_part(&part);
+            part
+        } else {
+            // Someone else's proposal: only its original signed part can be sent on.
+            match self.parts.get(&hash) {
+                Some(part) => part.clone(),
+                None => return,
+            }
+        };
+        self.publish(part, channels).await;
+    }
+
+    fn take_future_parts(&mut self) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= self.height);
+        self.future_parts = later;
+        for part in now {
+            if part.height == self.height {
+                self.receive_part(part);
+            }
+        }
+    }
+
+    /// Checks a proposal part: the expected proposer signed it and its block is valid.
+    fn receive_part(&mut self, part: BlockPart) -> Option<ProposedValue<TrellisContext>> {
+        if part.height < self.height {
+            return None;
+        }
+        if part.height > self.height {
+            if self.future_parts.len() < MAX_FUTURE_PARTS {
+                self.future_parts.push(part);
+            }
+            return None;
+        }
+        let expected = self.validators.proposer(part.height, part.round)?;
+        if expected.address != part.proposer {
+            tracing::warn!(target: "node::consensus", height = %part.height, round = %part.round, from = %part.proposer, "proposal part from a validator that is not the round's proposer");
+            return None;
+        }
+        if !self.verifier.verify_part(&part, &expected.key) {
+            tracing::warn!(target: "node::consensus", height = %part.height, from = %part.proposer, "proposal part with a bad signature");
+            return None;
+        }
+        let block = match Block::from_wire(&part.block) {
+            Ok(block) => block,
+            Err(error) => {
+                tracing::warn!(target: "node::consensus", from = %part.proposer, %error, "proposed block does not decode");
+                return None;
+            }
+        };
+        let hash = block.hash();
+        let validity = self.check_block(block, Some(part.proposer));
+        let value = self.record_value(part.height, part.round, part.valid_round, hash, validity);
+        self.parts.insert(hash, part);
+        Some(value)
+    }
+
+    /// Executes a block that is not yet known and caches the result; `Invalid` if it fails.
+    fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>) -> Validity {
+        let hash = block.hash();
+        if self.executed.contains_key(&hash) {
+            return Validity::Valid;
+        }
+        if let Some(proposer) = proposer {
+            if block.header.proposer != proposer.0 {
+                tracing::warn!(target: "node::consensus", block = %hash, "block header names another proposer");
+                return Validity::Invalid;
+            }
+        }
+        let store = self.shared.ledger.store();
+        match self.shared.ledger.execute(block.clone()) {
+            Ok(executed) => {
+                store.put_undecided(&block, None).unwrap_or_else(|e| crate::store::fatal(e));
+                self.executed.insert(hash, executed);
+                Validity::Valid
+            }
+            Err(error) => {
+                tracing::warn!(target: "node::consensus", block = %hash, %error, "invalid block");
+                Validity::Invalid
+            }
+        }
+    }
+
+    fn record_value(
+        &mut self,
+        height: BlockHeight,
+        round: Round,
+        valid_round: Round,
+        hash: Hash,
+        validity: Validity,
+    ) -> ProposedValue<TrellisContext> {
+        let proposer = self.validators.proposer(height, round).map(|v| v.address).unwrap_or(ValidatorAddress(Default::default()));
+        let value = ProposedValue { height, round, valid_round, proposer, value: BlockId(hash), validity };
+        let entry = self.values.entry((height.0, round.as_u32().unwrap_or(0))).or_default();
+        if !entry.iter().any(|v| v.value == value.value) {
+            entry.push(value.clone());
+        }
+        value
+    }
+
+    /// Commits the decided block and says which height comes next.
+    fn finalize(
+        &mut self,
+        certificate: CommitCertificate<TrellisContext>,
+        extensions: VoteExtensions<TrellisContext>,
+        evidence: MisbehaviorEvidence<TrellisContext>,
+    ) -> Next<TrellisContext> {
+        let height = certificate.height;
+        let hash = certificate.value_id.0;
+        let executed = match self.executed.remove(&hash) {
+            Some(executed) => executed,
+            None => {
+                let stored = self.shared.ledger.store().undecided(trellis_proto::Height(height.0), &hash).unwrap_or_else(|e| crate::store::fatal(e));
+                match stored.map(|block| self.shared.ledger.execute(block)) {
+                    Some(Ok(executed)) => executed,
+                    Some(Err(error)) => crate::store::fatal(format!("decided block {hash} at {height} does not execute: {error}")),
+                    None => {
+                        tracing::error!(target: "node::consensus", %height, block = %hash, "decided block is unknown here; restarting the height");
+                        return Next::Restart(height, self.params());
+                    }
+                }
+            }
+        };
+        let extended = ExtendedCommitCertificate::from_commit_certificate_and_extensions(certificate, extensions);
+        let certificate_bytes = TrellisCodec.encode(&extended).map(|b| b.to_vec()).unwrap_or_default();
+        let block = Arc::new(executed.block.clone());
+        let events = Arc::new(executed.events.clone());
+        let tx_count = executed.block.txs.len();
+        if let Err(error) = self.shared.ledger.commit(executed, &certificate_bytes) {
+            crate::store::fatal(format!("committing block {height}: {error}"));
+        }
+        self.shared.metrics.observe_commit(&block, tx_count);
+        tracing::info!(target: "node::consensus", %height, block = %hash, txs = tx_count, "committed");
+        {
+            let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let ledger = &self.shared.ledger;
+            mempool.prune(|a| ledger.next_nonce(a));
+        }
+        self.report_evidence(&evidence);
+        let _ = self.shared.events.send(NodeEvent::Committed { block, events });
+        self.start_height(height.increment());
+        Next::Start(self.height, self.params())
+    }
+
+    /// Turns each double vote the engine saw into a `ReportEquivocation` transaction.
+    fn report_evidence(&self, evidence: &MisbehaviorEvidence<TrellisContext>) {
+        let Some(key) = &self.key else { return };
+        for (address, pairs) in evidence.votes.iter() {
+            for (first, second) in pairs {
+                let Some(validator) = self.validators.get(address) else { continue };
+                let (Some(a), Some(b)) = (proto_signed(&first.message, &first.signature), proto_signed(&second.message, &second.signature)) else {
+                    continue;
+                };
+                let evidence = EquivocationEvidence { validator: from_consensus_key(&validator.consensus_key), first: a, second: b };
+                if let Err(error) = evidence.verify(self.ctx.chain_id()) {
+                    tracing::warn!(target: "node::consensus", %address, %error, "engine evidence does not verify; not reported");
+                    continue;
+                }
+                let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+                let committed = self.shared.ledger.next_nonce(&key.address());
+                let nonce = mempool.next_free_nonce(&key.address(), committed);
+                let tx = Transaction { sender: key.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind: TxKind::ReportEquivocation(evidence) }
+                    .sign(self.ctx.chain_id(), key);
+                match mempool.insert_verified(tx, committed) {
+                    Ok(hash) => tracing::warn!(target: "node::consensus", %address, tx = %hash, "double vote seen; equivocation reported"),
+                    Err(error) => tracing::warn!(target: "node::consensus", %address, %error, "could not queue the equivocation report"),
+                }
+            }
+        }
+    }
+
+    fn decided_values(&self, start: u64, end: u64) -> Vec<RawDecidedValue<TrellisContext>> {
+        let store = self.shared.ledger.store();
+        let head = store.head().unwrap_or_else(|e| crate::store::fatal(e)).0;
+        let end = end.min(head).min(start.saturating_add(MAX_SYNC_BATCH - 1));
+        let mut values = Vec::new();
+        for height in start.max(1)..=end {
+            let height = trellis_proto::Height(height);
+            let (Some(block), Some(certificate)) = (store.block(height).unwrap_or_else(|e| crate::store::fatal(e)), store.certificate(height)) else {
+                break;
+            };
+            let Ok(certificate) = Codec::<ExtendedCommitCertificate<TrellisContext>>::decode(&TrellisCodec, Bytes::from(certificate)) else {
+                crate::store::fatal(format!("stored certificate of block {height} does not decode"));
+            };
+            values.push(RawDecidedValue::new(Bytes::from(block.to_bytes()), certificate));
+        }
+        values
+    }
+
+    fn synced_value(
+        &mut self,
+        height: BlockHeight,
+        round: Round,
+        proposer: ValidatorAddress,
+        bytes: Bytes,
+    ) -> SyncedValueOutcome<TrellisContext> {
+        let block = match Block::from_wire(&bytes) {
+            Ok(block) => block,
+            Err(error) => {
+                tracing::warn!(target: "node::sync", %height, %error, "synced block does not decode");
+                return SyncedValueOutcome::PeerFault;
+            }
+        };
+        if block.header.height.0 != height.0 || block.header.chain_id != self.ctx.chain_id() {
+            return SyncedValueOutcome::PeerFault;
+        }
+        let hash = block.hash();
+        let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e)).height.0;
+        let validity = if height.0 == head + 1 {
+            self.check_block(block, None)
+        } else {
+            // A later height of the same batch: its parent is not committed yet, so it cannot
+            // run now. A quorum's certificate decided it; check what can be checked alone, keep
+            // it, and execute it when its height is finalized.
+            if let Err(error) = block.verify_body() {
+                tracing::warn!(target: "node::sync", %height, %error, "synced block has a bad body");
+                return SyncedValueOutcome::PeerFault;
+            }
+            self.shared.ledger.store().put_undecided(&block, None).unwrap_or_else(|e| crate::store::fatal(e));
+            Validity::Valid
+        };
+        SyncedValueOutcome::Verdict(ProposedValue {
+            height,
+            round,
+            valid_round: Round::Nil,
+            proposer,
+            value: BlockId(hash),
+            validity,
+        })
+    }
+}
+
+/// The chain's form of a signed consensus vote.
+fn proto_signed(vote: &ConsensusVote, signature: &arc_malachitebft_signing_ed25519::Signature) -> Option<SignedVote> {
+    Some(SignedVote { vote: vote.to_proto()?, signature: from_consensus_signature(signature) })
+}

@@ -1,0 +1,238 @@
+//! `trellis devnet`: N validators on loopback with a fresh genesis, as real `trellis run`
+//! processes, until Ctrl-C (or SIGTERM), which stops them all.
+//!
+//! Layout: `HOME/node<i>/` is a full node home (keys, config, genesis, data, `node.log`);
+//! `HOME/devnet.json` lists the nodes and marks the directory as a devnet that a later
+//! `trellis devnet` may wipe.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use trellis_contracts::{Genesis, Params};
+use trellis_proto::Keypair;
+
+use crate::home::{write_home, write_key, Home, NodeConfig, GENESIS_BALANCE, GENESIS_BOND};
+
+const MARKER: &str = "devnet.json";
+/// Ports used by one node: RPC, p2p, metrics.
+const PORTS_PER_NODE: u16 = 10;
+
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// Number of validator processes.
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    /// Directory for the nodes' homes (wiped if it holds an earlier devnet).
+    #[arg(long, default_value = "devnet")]
+    pub home: PathBuf,
+    /// First port; node i uses BASE+10i (RPC), +1 (p2p), +2 (metrics).
+    #[arg(long, default_value_t = 26600)]
+    pub base_port: u16,
+    #[arg(long, default_value = "trellis-devnet")]
+    pub chain_id: String,
+    /// Shortest block interval, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub block_time_ms: u64,
+}
+
+/// What `devnet.json` records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevnetInfo {
+    pub chain_id: String,
+    pub nodes: Vec<DevnetNode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevnetNode {
+    pub home: PathBuf,
+    pub address: String,
+    pub rpc: String,
+    pub p2p: String,
+    pub metrics: String,
+}
+
+/// How to lay out a devnet.
+#[derive(Debug, Clone)]
+pub struct DevnetSpec {
+    pub validators: usize,
+    pub base_port: u16,
+    pub chain_id: String,
+    pub block_time_ms: u64,
+    /// More funded accounts besides the validators' own (for load tests).
+    pub extra_accounts: Vec<(trellis_proto::Address, u64)>,
+    /// Requests per second each node's RPC accepts.
+    pub rpc_rate_limit: u32,
+}
+
+impl DevnetSpec {
+    pub fn new(validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> Self {
+        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200 }
+    }
+}
+
+/// Creates the homes of an N-validator devnet under `root` and returns what it wrote.
+pub fn create(root: &Path, validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> anyhow::Result<DevnetInfo> {
+    create_with(root, &DevnetSpec::new(validators, base_port, chain_id, block_time_ms))
+}
+
+/// [`create`] with every knob.
+pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo> {
+    let (validators, base_port, chain_id, block_time_ms) = (spec.validators, spec.base_port, spec.chain_id.as_str(), spec.block_time_ms);
+    if validators == 0 || validators > 64 {
+        bail!("--validators must be between 1 and 64");
+    }
+    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * validators as u32;
+    if base_port < 1024 || last_port > u32::from(u16::MAX) {
+        bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
+    }
+    if root.exists() {
+        let is_devnet = root.join(MARKER).exists();
+        let is_empty = std::fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if is_devnet {
+            std::fs::remove_dir_all(root).with_context(|| format!("removing the earlier devnet at {}", root.display()))?;
+        } else if !is_empty {
+            bail!("{} exists and is not a devnet directory; choose another --home", root.display());
+        }
+    }
+    let keys: Vec<Keypair> = (0..validators).map(|_| Keypair::generate()).collect();
+    let params = Params::default();
+    let genesis = Genesis {
+        chain_id: chain_id.to_string(),
+        accounts: keys.iter().map(|k| (k.address(), GENESIS_BALANCE)).chain(spec.extra_accounts.iter().copied()).collect(),
+        validators: keys.iter().map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0))).collect(),
+        miners: Vec::new(),
+        params,
+    };
+    let port = |i: usize, offset: u16| base_port + PORTS_PER_NODE * i as u16 + offset;
+    let p2p = |i: usize| format!("/ip4/127.0.0.1/tcp/{}", port(i, 1));
+    let mut nodes = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let home = Home::new(root.join(format!("node{i}")));
+        write_key(&home.key(), key)?;
+        let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
+        config.p2p.persistent_peers = (0..validators).filter(|&j| j != i).map(p2p).collect();
+        config.p2p.gossip_rpc = (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
+        config.consensus.block_time_ms = block_time_ms;
+        config.rpc.rate_limit_per_second = spec.rpc_rate_limit;
+        write_home(&home, &genesis, &config)?;
+        nodes.push(DevnetNode {
+            home: home.root.clone(),
+            address: key.address().to_string(),
+            rpc: format!("http://{}", config.rpc.listen),
+            p2p: config.p2p.listen.clone(),
+            metrics: format!("http://{}/metrics", config.metrics.listen),
+        });
+    }
+    let info = DevnetInfo { chain_id: chain_id.to_string(), nodes };
+    std::fs::write(root.join(MARKER), serde_json::to_string_pretty(&info)?)?;
+    Ok(info)
+}
+
+/// Starts `trellis run` for one home, logging to `HOME/node.log`.
+pub fn spawn_node(binary: &Path, home: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("node.log"))
+        .with_context(|| format!("opening {}/node.log", home.display()))?;
+    Command::new(binary)
+        .arg("run")
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} run --home {}", binary.display(), home.display()))
+}
+
+/// Asks a child to stop (SIGTERM), then kills it if it has not within `grace`.
+pub fn stop_node(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn head_height(rpc: &str) -> Option<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    rt.block_on(async {
+        use jsonrpsee::core::client::ClientT;
+        let client = jsonrpsee::http_client::HttpClientBuilder::default().request_timeout(Duration::from_secs(2)).build(rpc).ok()?;
+        let head: serde_json::Value = client.request("chain_getHead", jsonrpsee::rpc_params![]).await.ok()?;
+        head["height"].as_u64()
+    })
+}
+
+/// `trellis devnet`: create, start, report, and stop everything on Ctrl-C.
+pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
+    let info = create(&args.home, args.validators, args.base_port, &args.chain_id, args.block_time_ms)?;
+    let binary = std::env::current_exe().context("finding the trellis binary")?;
+    let mut children = Vec::new();
+    for node in &info.nodes {
+        children.push(spawn_node(&binary, &node.home)?);
+    }
+    println!("devnet '{}': {} validators under {}", info.chain_id, info.nodes.len(), args.home.display());
+    for (i, node) in info.nodes.iter().enumerate() {
+        println!("  node{i}  rpc {}  p2p {}  metrics {}  log {}/node.log", node.rpc, node.p2p, node.metrics, node.home.display());
+    }
+    println!("keys: {}/node<i>/keys/node.key (each funded with {GENESIS_BALANCE})", args.home.display());
+    println!("try:  trellis query head --rpc {}", info.nodes[0].rpc);
+    println!("Ctrl-C stops every node.");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("signal runtime"); // ok: a runtime without I/O drivers cannot fail to build here
+            rt.block_on(async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut terminate) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = terminate.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            });
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let mut last_report = Instant::now() - Duration::from_secs(10);
+    let mut result = Ok(());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                result = Err(anyhow::anyhow!("node{i} exited ({status}); see {}/node.log", info.nodes[i].home.display()));
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let heights: Vec<String> =
+                info.nodes.iter().map(|n| head_height(&n.rpc).map_or_else(|| "-".to_string(), |h| h.to_string())).collect();
+            println!("heights: {}", heights.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("stopping {} nodes", children.len());
+    for child in &mut children {
+        stop_node(child, Duration::from_secs(5));
+    }
+    result
+}

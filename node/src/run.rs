@@ -1,0 +1,241 @@
+//! `trellis run`: start a node from its home directory — database, consensus engine, JSON-RPC
+//! and metrics — and run until Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use arc_malachitebft_app_channel::app::config::{ConsensusConfig, NodeConfig as EngineNodeConfig, P2pConfig, ValueSyncConfig};
+use arc_malachitebft_app_channel::app::net::Multiaddr;
+use arc_malachitebft_app_channel::app::types::codec::Codec;
+use arc_malachitebft_app_channel::app::types::core::LinearTimeouts;
+use arc_malachitebft_app_channel::app::types::Keypair as NetworkKeypair;
+use arc_malachitebft_app_channel::{
+    start_engine, ConsensusContext, NetworkContext, NetworkIdentity, RequestContext, Signer, SyncContext, WalContext,
+};
+use bytesize::ByteSize;
+use clap::{Args, ValueEnum};
+use tokio::sync::broadcast;
+use trellis_consensus::{TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress};
+use trellis_proto::Keypair;
+
+use crate::consensus_app::{ConsensusApp, Shared, Timing};
+use crate::home::{Home, NodeConfig};
+use crate::ledger::Ledger;
+use crate::mempool::{Mempool, MempoolLimits};
+use crate::metrics::Metrics;
+use crate::rpc::RpcLimits;
+
+/// What a node does on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeRole {
+    /// Votes in consensus and proposes blocks (its key must be in the validator set to count).
+    Validator,
+    /// Follows the chain, serves RPC, never signs.
+    Full,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The node's home directory (from `trellis init`).
+    #[arg(long)]
+    pub home: PathBuf,
+    #[arg(long, value_enum, default_value_t = NodeRole::Validator)]
+    pub role: NodeRole,
+    /// Log one JSON object per line instead of text (filter with RUST_LOG).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default: info for trellis, warn for the engine).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,arc_malachitebft=warn,libp2p=warn,ractor=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The engine's view of the configuration.
+#[derive(Debug, Clone)]
+struct EngineConfig {
+    moniker: String,
+    consensus: ConsensusConfig,
+    value_sync: ValueSyncConfig,
+}
+
+impl EngineNodeConfig for EngineConfig {
+    fn moniker(&self) -> &str {
+        &self.moniker
+    }
+    fn consensus(&self) -> &ConsensusConfig {
+        &self.consensus
+    }
+    fn consensus_mut(&mut self) -> &mut ConsensusConfig {
+        &mut self.consensus
+    }
+    fn value_sync(&self) -> &ValueSyncConfig {
+        &self.value_sync
+    }
+    fn value_sync_mut(&mut self) -> &mut ValueSyncConfig {
+        &mut self.value_sync
+    }
+}
+
+fn parse_multiaddr(text: &str, what: &str) -> anyhow::Result<Multiaddr> {
+    text.parse().with_context(|| format!("{what} '{text}' is not a multiaddr (like /ip4/127.0.0.1/tcp/26001)"))
+}
+
+fn engine_config(config: &NodeConfig) -> anyhow::Result<EngineConfig> {
+    let persistent_peers = config
+        .p2p
+        .persistent_peers
+        .iter()
+        .map(|p| parse_multiaddr(p, "p2p.persistent_peers entry"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let p2p = P2pConfig {
+        listen_addr: parse_multiaddr(&config.p2p.listen, "p2p.listen")?,
+        persistent_peers,
+        // A block is at most 4 MiB; its part adds a few hundred bytes.
+        pubsub_max_size: ByteSize::mib(5),
+        rpc_max_size: ByteSize::mib(16),
+        ..P2pConfig::default()
+    };
+    let consensus = ConsensusConfig { p2p, ..ConsensusConfig::default() };
+    let value_sync = ValueSyncConfig {
+        enabled: true,
+        max_response_size: ByteSize::mib(16),
+        status_update_interval: Duration::from_secs(2),
+        ..ValueSyncConfig::default()
+    };
+    Ok(EngineConfig { moniker: config.moniker.clone(), consensus, value_sync })
+}
+
+fn timing(config: &NodeConfig) -> Timing {
+    let c = &config.consensus;
+    let timeouts = LinearTimeouts {
+        propose: Duration::from_millis(c.timeout_propose_ms),
+        prevote: Duration::from_millis(c.timeout_prevote_ms),
+        precommit: Duration::from_millis(c.timeout_precommit_ms),
+        rebroadcast: Duration::from_millis(c.timeout_propose_ms + c.timeout_prevote_ms + c.timeout_precommit_ms),
+        ..LinearTimeouts::default()
+    };
+    Timing { block_time: Duration::from_millis(c.block_time_ms), timeouts }
+}
+
+fn wal_path(home: &Home) -> PathBuf {
+    home.data().join("wal").join("consensus.wal")
+}
+
+fn chain_dir(home: &Home) -> PathBuf {
+    home.data().join("chain")
+}
+
+/// Runs a node until it is stopped.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(run_async(&args.home, args.role))
+}
+
+async fn run_async(root: &Path, role: NodeRole) -> anyhow::Result<()> {
+    let home = Home::new(root);
+    let config = home.load_config()?;
+    let genesis = home.load_genesis()?;
+    let key = home.load_key()?;
+    if genesis.chain_id != config.chain_id {
+        bail!("{} is for chain '{}' but {} says '{}'", home.genesis().display(), genesis.chain_id, home.config().display(), config.chain_id);
+    }
+    std::fs::create_dir_all(home.data()).with_context(|| format!("creating {}", home.data().display()))?;
+    let ledger = Ledger::open(&chain_dir(&home), &genesis)?;
+    let head = ledger.head()?;
+    let validators = ledger.validator_set();
+    if validators.validators().is_empty() {
+        bail!("the chain has no validators: nothing can be committed");
+    }
+    let is_validator = validators.contains(&ValidatorAddress(key.address()));
+    if role == NodeRole::Validator && !is_validator {
+        tracing::warn!(target: "node", address = %key.address(), "this key is not in the validator set; the node will follow the chain without voting");
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.height.set(head.height.0);
+    let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::gossip::QUEUE);
+    tokio::spawn(crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
+    let shared = Arc::new(Shared {
+        ledger,
+        mempool: Mutex::new(Mempool::new(MempoolLimits::default())),
+        events: broadcast::channel(1024).0,
+        metrics: metrics.clone(),
+        gossip,
+    });
+
+    let rpc_listen = config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
+    let limits = RpcLimits { max_request_bytes: config.rpc.max_request_bytes, requests_per_second: config.rpc.rate_limit_per_second };
+    let (rpc_address, rpc_handle) = crate::rpc::serve(rpc_listen, shared.clone(), limits).await?;
+    if !config.metrics.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("metrics cannot listen on {}", config.metrics.listen))?;
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+
+    let chain_id = config.chain_id.clone();
+    let ctx = TrellisContext::new(&chain_id);
+    let network_key = NetworkKeypair::ed25519_from_bytes(key.seed()).context("deriving the network key")?;
+    let address = ValidatorAddress(key.address());
+    let signs = role == NodeRole::Validator;
+    let identity = if signs {
+        let signer = TrellisSigner::new(&chain_id, Keypair::from_seed(key.seed()));
+        let peer_id = network_key.public().to_peer_id().to_bytes();
+        let proof = signer
+            .sign_validator_proof(key.public_key().0.to_vec(), peer_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("signing the validator proof: {e}"))?;
+        let proof_bytes = TrellisCodec.encode(&proof).map_err(|e| anyhow::anyhow!("encoding the validator proof: {e}"))?;
+        NetworkIdentity::new_validator(config.moniker.clone(), network_key, address.to_string(), proof_bytes)
+    } else {
+        NetworkIdentity::new(config.moniker.clone(), network_key, None)
+    };
+    let verifier = Box::new(TrellisVerifier::new(&chain_id));
+    let consensus_ctx = if signs {
+        ConsensusContext::new_validator(address, verifier, Box::new(TrellisSigner::new(&chain_id, Keypair::from_seed(key.seed()))))
+    } else {
+        ConsensusContext::new_full_node(address, verifier)
+    };
+    let wal = wal_path(&home);
+    if let Some(parent) = wal.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let (channels, engine) = start_engine(
+        ctx,
+        engine_config(&config)?,
+        WalContext::new(wal, TrellisCodec),
+        NetworkContext::new(identity, TrellisCodec),
+        consensus_ctx,
+        SyncContext::new(TrellisCodec),
+        RequestContext::new(100),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the consensus engine: {e}"))?;
+
+    println!("trellis node '{}' on chain '{}' at height {}", config.moniker, chain_id, head.height);
+    println!("  address  {}{}", key.address(), if is_validator && signs { " (validator)" } else { "" });
+    println!("  rpc      http://{rpc_address}");
+    println!("  p2p      {}", config.p2p.listen);
+    if !config.metrics.listen.is_empty() {
+        println!("  metrics  http://{}/metrics", config.metrics.listen);
+    }
+
+    let key = if signs { Some(Arc::new(key)) } else { None };
+    let app = ConsensusApp::new(shared, key, timing(&config));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        () = app.run(channels) => tracing::warn!(target: "node", "consensus engine stopped"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "Ctrl-C: stopping"),
+        _ = terminate.recv() => tracing::info!(target: "node", "SIGTERM: stopping"),
+    }
+    engine.actor.stop(Some("node stopping".into()));
+    let _ = rpc_handle.stop();
+    Ok(())
+}

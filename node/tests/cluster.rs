@@ -1,0 +1,238 @@
+//! Real `trellis run` processes on 127.0.0.1: four validators agree, commit transfers, survive a
+//! crash, halt without a quorum and resume; bad RPC input is refused with reasons.
+//!
+//! Every phase is bounded in time and every process is killed by pid when the test ends.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::rpc_params;
+use serde_json::Value;
+use trellis_node::devnet::{create, spawn_node, stop_node, DevnetInfo};
+use trellis_node::home::Home;
+use trellis_proto::{Amount, Encode, Transaction, TxKind};
+
+const BIN: &str = env!("CARGO_BIN_EXE_trellis");
+
+/// The processes of a cluster; killed on drop so a failing test leaves nothing running.
+struct Cluster {
+    info: DevnetInfo,
+    children: Vec<Option<Child>>,
+    root: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("node logs kept under {}", self.root.display());
+        }
+    }
+}
+
+fn base_port(seed: u16) -> u16 {
+    // Spread concurrent test binaries over the port space by pid.
+    20_000 + ((std::process::id() as u16).wrapping_mul(7) % 400) * 50 + seed
+}
+
+impl Cluster {
+    fn start(name: &str, validators: usize, port_seed: u16) -> Cluster {
+        let root = std::env::temp_dir().join(format!("trellis-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let info = create(&root, validators, base_port(port_seed), "cluster-test", 300).expect("create devnet");
+        let children = info.nodes.iter().map(|n| Some(spawn_node(Path::new(BIN), &n.home).expect("spawn"))).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Cluster { info, children, root, rt }
+    }
+
+    fn client(&self, node: usize) -> HttpClient {
+        HttpClientBuilder::default().request_timeout(Duration::from_secs(5)).build(&self.info.nodes[node].rpc).unwrap()
+    }
+
+    fn call(&self, node: usize, method: &str, params: jsonrpsee::core::params::ArrayParams) -> Result<Value, String> {
+        let client = self.client(node);
+        self.rt.block_on(async { client.request::<Value, _>(method, params).await.map_err(|e| e.to_string()) })
+    }
+
+    fn height(&self, node: usize) -> Option<u64> {
+        self.call(node, "chain_getHead", rpc_params![]).ok().and_then(|h| h["height"].as_u64())
+    }
+
+    fn block_hash(&self, node: usize, height: u64) -> Option<String> {
+        self.call(node, "chain_getBlock", rpc_params![height]).ok().and_then(|b| b["hash"].as_str().map(String::from))
+    }
+
+    fn state_root(&self, node: usize, height: u64) -> Option<String> {
+        self.call(node, "chain_getBlock", rpc_params![height]).ok().and_then(|b| b["header"]["state_root"].as_str().map(String::from))
+    }
+
+    /// Waits until every listed node is at `height` or above.
+    fn wait_for_height(&self, nodes: &[usize], height: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let heights: Vec<Option<u64>> = nodes.iter().map(|&n| self.height(n)).collect();
+            if heights.iter().all(|h| h.is_some_and(|h| h >= height)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nodes {nodes:?} did not reach height {height} in {within:?}: {heights:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        assert!(self.children[node].is_none(), "node{node} is running");
+        self.children[node] = Some(spawn_node(Path::new(BIN), &self.info.nodes[node].home).expect("respawn"));
+    }
+
+    /// Checks that every pair of nodes has the same block hash at each height both hold.
+    fn assert_agree(&self, nodes: &[usize], up_to: u64) {
+        for height in 1..=up_to {
+            let hashes: Vec<Option<String>> = nodes.iter().map(|&n| self.block_hash(n, height)).collect();
+            let first = hashes[0].clone().unwrap_or_else(|| panic!("node{} has no block {height}", nodes[0]));
+            for (i, hash) in hashes.iter().enumerate() {
+                assert_eq!(hash.as_deref(), Some(first.as_str()), "node{} disagrees at height {height}", nodes[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
+    let mut cluster = Cluster::start("life", 4, 0);
+    let all = [0, 1, 2, 3];
+    cluster.wait_for_height(&all, 3, Duration::from_secs(60));
+
+    // A transfer submitted to node 0 is committed and visible on every node.
+    let sender = Home::new(&cluster.info.nodes[0].home).load_key().unwrap();
+    let recipient = trellis_proto::Keypair::from_seed([42; 32]).address();
+    let tx = Transaction { sender: sender.public_key(), nonce: 0, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(12_345) } }
+        .sign("cluster-test", &sender);
+    let submitted = cluster.call(0, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).expect("submit");
+    let hash = submitted["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, tx.hash().to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed_at = loop {
+        let status = cluster.call(0, "tx_get", rpc_params![hash.clone()]).unwrap();
+        if status["status"] == "committed" {
+            break status["height"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "transfer not committed in 30 s: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    cluster.wait_for_height(&all, committed_at, Duration::from_secs(20));
+    for node in all {
+        let account = cluster.call(node, "state_getAccount", rpc_params![recipient.to_string()]).unwrap();
+        assert_eq!(account["balance"], 12_345, "node{node} sees {account}");
+        let status = cluster.call(node, "tx_get", rpc_params![hash.clone()]).unwrap();
+        assert_eq!(status["height"].as_u64(), Some(committed_at));
+    }
+    // The same nonce again is refused with a reason.
+    let replay = cluster.call(1, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).unwrap_err();
+    assert!(replay.contains("nonce"), "{replay}");
+
+    // One validator killed: the other three go on.
+    cluster.kill(3);
+    let before = cluster.height(0).unwrap();
+    cluster.wait_for_height(&[0, 1, 2], before + 3, Duration::from_secs(60));
+    // Restarted: it catches up and holds the same blocks and state roots.
+    cluster.restart(3);
+    let target = cluster.height(0).unwrap();
+    cluster.wait_for_height(&[3], target, Duration::from_secs(60));
+    cluster.assert_agree(&all, target);
+    for height in [committed_at, target] {
+        let roots: Vec<Option<String>> = all.iter().map(|&n| cluster.state_root(n, height)).collect();
+        assert!(roots.iter().all(|r| r.is_some() && *r == roots[0]), "state roots at {height}: {roots:?}");
+    }
+
+    // Two of four killed: no quorum, so no progress (at most the block already in flight).
+    cluster.kill(2);
+    cluster.kill(3);
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled = cluster.height(0).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = cluster.height(0).unwrap();
+    assert!(after <= stalled + 1, "progress without a quorum: {stalled} -> {after}");
+    let other = cluster.height(1).unwrap();
+    assert!(other <= stalled + 1, "node1 progressed without a quorum: {stalled} -> {other}");
+    cluster.assert_agree(&[0, 1], after.min(other));
+
+    // They come back: progress resumes, and all four agree on every block.
+    cluster.restart(2);
+    cluster.restart(3);
+    cluster.wait_for_height(&all, after + 3, Duration::from_secs(90));
+    let end = all.iter().map(|&n| cluster.height(n).unwrap()).min().unwrap();
+    cluster.assert_agree(&all, end);
+}
+
+#[test]
+fn bad_rpc_input_gets_reasons_and_the_node_keeps_running() {
+    let cluster = Cluster::start("bad-input", 1, 25);
+    cluster.wait_for_height(&[0], 1, Duration::from_secs(60));
+    let not_hex = cluster.call(0, "tx_submit", rpc_params!["zz"]).unwrap_err();
+    assert!(not_hex.contains("not hex"), "{not_hex}");
+    let garbage = cluster.call(0, "tx_submit", rpc_params!["00112233"]).unwrap_err();
+    assert!(garbage.contains("not a signed transaction"), "{garbage}");
+    let wrong_type = cluster.call(0, "chain_getBlock", rpc_params!["seven"]).unwrap_err();
+    assert!(wrong_type.contains("Invalid params") || wrong_type.contains("invalid"), "{wrong_type}");
+    let missing = cluster.call(0, "chain_getBlock", rpc_params![1_000_000u64]).unwrap_err();
+    assert!(missing.contains("no block"), "{missing}");
+    let bad_address = cluster.call(0, "state_getAccount", rpc_params!["xyz"]).unwrap_err();
+    assert!(bad_address.contains("not an address"), "{bad_address}");
+    let unknown = cluster.call(0, "no_such_method", rpc_params![]).unwrap_err();
+    assert!(unknown.to_lowercase().contains("method not found"), "{unknown}");
+
+    // Raw HTTP: malformed JSON and an oversized body.
+    let rpc = cluster.info.nodes[0].rpc.trim_start_matches("http://").to_string();
+    let post = |body: &[u8]| -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&rpc).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!("POST / HTTP/1.1\r\nHost: {rpc}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).unwrap();
+        let _ = stream.write_all(body);
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    };
+    let malformed = post(b"{\"jsonrpc\":\"2.0\",\"method\":");
+    assert!(malformed.contains("Parse error") || malformed.contains("-32700"), "{malformed}");
+    let oversized = post(&vec![b' '; 2 << 20]);
+    assert!(oversized.contains("413") || oversized.contains("too big") || oversized.contains("-32007") || oversized.is_empty(), "{oversized}");
+
+    // Still alive and still committing.
+    let height = cluster.height(0).expect("node answers after bad input");
+    cluster.wait_for_height(&[0], height + 2, Duration::from_secs(30));
+}
+
+#[test]
+fn a_stopped_node_restarts_from_disk_with_nothing_lost() {
+    let mut cluster = Cluster::start("restart", 1, 40);
+    cluster.wait_for_height(&[0], 4, Duration::from_secs(60));
+    let home = cluster.info.nodes[0].home.clone();
+    // SIGTERM mid-run, then restart: every block it reported is still there.
+    let height = cluster.height(0).unwrap();
+    let hash = cluster.block_hash(0, height).unwrap();
+    if let Some(mut child) = cluster.children[0].take() {
+        stop_node(&mut child, Duration::from_secs(10));
+    }
+    assert!(home.join("data/chain").exists());
+    cluster.restart(0);
+    cluster.wait_for_height(&[0], height + 2, Duration::from_secs(60));
+    assert_eq!(cluster.block_hash(0, height), Some(hash));
+}
