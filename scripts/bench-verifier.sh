@@ -26,14 +26,19 @@ python3 - "$work" "$sampled" <<'PY'
 import json, sys
 work, sampled = sys.argv[1], int(sys.argv[2])
 train = json.load(open(f"{work}/train.json"))["diloco"]
+def reports_of(path):
+    lines = [json.loads(line) for line in open(path)]
+    return [l["report"] for l in lines if "report" in l], next(l["summary"] for l in lines if "summary" in l)
 for threads in (1, 2):
-    reports = [json.loads(line)["report"] for line in open(f"{work}/verify-{threads}.jsonl")]
+    reports, _ = reports_of(f"{work}/verify-{threads}.jsonl")
     bad = [r for r in reports if r["outcome"]["outcome"] != "valid"]
     start, end = map(float, open(f"{work}/verify-{threads}.time").read().split())
     print(f"exact mode, verifier on {threads} thread(s) (trained on 2): {len(reports)} segments, {len(bad)} false rejects, {end - start:.1f} s")
-reports = [json.loads(line)["report"] for line in open(f"{work}/sampled.jsonl")]
+reports, summary = reports_of(f"{work}/sampled.jsonl")
 start, end = map(float, open(f"{work}/sampled.time").read().split())
 train_time = train["compute_seconds"] + train["checkpoint_seconds"]
 print(f"checking {sampled} segments per trail: {len(reports)} segments in {end - start:.1f} s (process start and data loading included)")
-print(f"training the same trails: {train_time:.1f} s; verification/training = {(end - start) / train_time:.3f}")
+print(f"  of which segment checks (checkpoint loads + re-execution): {summary['segment_seconds']:.2f} s")
+print(f"training the same trails: {train_time:.1f} s")
+print(f"verification/training: {(end - start) / train_time:.3f} with start-up, {summary['segment_seconds'] / train_time:.3f} for the segment checks alone")
 PY
