@@ -21,7 +21,7 @@ use arc_malachitebft_app_channel::{AppMsg, Channels, NetworkMsg};
 use arc_malachitebft_sync::RawDecidedValue;
 use bytes::Bytes;
 use tokio::sync::broadcast;
-use trellis_consensus::signing::{from_consensus_key, from_consensus_signature};
+use trellis_consensus::signing::from_consensus_signature;
 use trellis_consensus::{
     BlockHeight, BlockId, BlockPart, ConsensusVote, TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier,
     ValidatorAddress, ValidatorSet,
@@ -435,26 +435,18 @@ impl ConsensusApp {
     /// Turns each double vote the engine saw into a `ReportEquivocation` transaction.
     fn report_evidence(&self, evidence: &MisbehaviorEvidence<TrellisContext>) {
         let Some(key) = &self.key else { return };
-        for (address, pairs) in evidence.votes.iter() {
-            for (first, second) in pairs {
-                let Some(validator) = self.validators.get(address) else { continue };
-                let (Some(a), Some(b)) = (proto_signed(&first.message, &first.signature), proto_signed(&second.message, &second.signature)) else {
-                    continue;
-                };
-                let evidence = EquivocationEvidence { validator: from_consensus_key(&validator.consensus_key), first: a, second: b };
-                if let Err(error) = evidence.verify(self.ctx.chain_id()) {
-                    tracing::warn!(target: "node::consensus", %address, %error, "engine evidence does not verify; not reported");
-                    continue;
-                }
-                let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-                let committed = self.shared.ledger.next_nonce(&key.address());
-                let nonce = mempool.next_free_nonce(&key.address(), committed);
-                let tx = Transaction { sender: key.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind: TxKind::ReportEquivocation(evidence) }
-                    .sign(self.ctx.chain_id(), key);
-                match mempool.insert_verified(tx, committed) {
-                    Ok(hash) => tracing::warn!(target: "node::consensus", %address, tx = %hash, "double vote seen; equivocation reported"),
-                    Err(error) => tracing::warn!(target: "node::consensus", %address, %error, "could not queue the equivocation report"),
-                }
+        if evidence.votes.is_empty() {
+            return;
+        }
+        let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = self.shared.ledger.next_nonce(&key.address());
+        let first = mempool.next_free_nonce(&key.address(), committed);
+        for tx in evidence_transactions(self.ctx.chain_id(), &self.validators, evidence, key, first) {
+            let TxKind::ReportEquivocation(reported) = &tx.tx.kind else { continue };
+            let offender = reported.validator.address();
+            match mempool.insert_verified(tx, committed) {
+                Ok(hash) => tracing::warn!(target: "node::consensus", %offender, tx = %hash, "double vote seen; equivocation reported"),
+                Err(error) => tracing::warn!(target: "node::consensus", %offender, %error, "could not queue the equivocation report"),
             }
         }
     }
@@ -518,6 +510,35 @@ impl ConsensusApp {
             validity,
         })
     }
+}
+
+/// Signed `ReportEquivocation` transactions, nonces from `first_nonce` up, one for each double
+/// vote in `evidence` by a member of `validators` that the chain will accept as proof.
+pub fn evidence_transactions(
+    chain_id: &str,
+    validators: &ValidatorSet,
+    evidence: &MisbehaviorEvidence<TrellisContext>,
+    reporter: &Keypair,
+    first_nonce: u64,
+) -> Vec<trellis_proto::SignedTx> {
+    let mut txs = Vec::new();
+    for (address, pairs) in evidence.votes.iter() {
+        let Some(validator) = validators.get(address) else { continue };
+        for (first, second) in pairs {
+            let (Some(a), Some(b)) = (proto_signed(&first.message, &first.signature), proto_signed(&second.message, &second.signature)) else {
+                continue;
+            };
+            let evidence = EquivocationEvidence { validator: validator.key, first: a, second: b };
+            if let Err(error) = evidence.verify(chain_id) {
+                tracing::warn!(target: "node::consensus", %address, %error, "engine evidence does not verify; not reported");
+                continue;
+            }
+            let nonce = first_nonce + txs.len() as u64;
+            let kind = TxKind::ReportEquivocation(evidence);
+            txs.push(Transaction { sender: reporter.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind }.sign(chain_id, reporter));
+        }
+    }
+    txs
 }
 
 /// The chain's form of a signed consensus vote.

@@ -66,11 +66,13 @@ pub struct DevnetSpec {
     pub extra_accounts: Vec<(trellis_proto::Address, u64)>,
     /// Requests per second each node's RPC accepts.
     pub rpc_rate_limit: u32,
+    /// Nodes after the validators that follow the chain without a bond (not in the set).
+    pub followers: usize,
 }
 
 impl DevnetSpec {
     pub fn new(validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> Self {
-        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200 }
+        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0 }
     }
 }
 
@@ -85,7 +87,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     if validators == 0 || validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
-    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * validators as u32;
+    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers) as u32;
     if base_port < 1024 || last_port > u32::from(u16::MAX) {
         bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
     }
@@ -98,12 +100,13 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             bail!("{} exists and is not a devnet directory; choose another --home", root.display());
         }
     }
-    let keys: Vec<Keypair> = (0..validators).map(|_| Keypair::generate()).collect();
+    let nodes_total = validators + spec.followers;
+    let keys: Vec<Keypair> = (0..nodes_total).map(|_| Keypair::generate()).collect();
     let params = Params::default();
     let genesis = Genesis {
         chain_id: chain_id.to_string(),
         accounts: keys.iter().map(|k| (k.address(), GENESIS_BALANCE)).chain(spec.extra_accounts.iter().copied()).collect(),
-        validators: keys.iter().map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0))).collect(),
+        validators: keys[..validators].iter().map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0))).collect(),
         miners: Vec::new(),
         params,
     };
@@ -114,7 +117,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         let home = Home::new(root.join(format!("node{i}")));
         write_key(&home.key(), key)?;
         let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
-        config.p2p.persistent_peers = (0..validators).filter(|&j| j != i).map(p2p).collect();
+        config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
         config.p2p.gossip_rpc = (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
         config.consensus.block_time_ms = block_time_ms;
         config.rpc.rate_limit_per_second = spec.rpc_rate_limit;
