@@ -21,6 +21,7 @@ use trellis_contracts::{Event, KvStore};
 use trellis_proto::{decode, Address, Block, Hash, Height, JobId, Role, SignedTx};
 
 use crate::consensus_app::{NodeEvent, Shared};
+use crate::mempool::MempoolError;
 
 /// Error codes beyond the JSON-RPC standard ones.
 pub mod codes {
@@ -144,6 +145,15 @@ fn parse_hash(text: &str) -> RpcResult<Hash> {
     text.parse().map_err(|_| invalid(format!("'{text}' is not a hash (64 hex digits)")))
 }
 
+/// Admits transactions to the mempool (signatures checked in one batch), one result each.
+fn admit(state: &RpcState, txs: Vec<SignedTx>) -> Vec<Result<Hash, MempoolError>> {
+    let ledger = &state.shared.ledger;
+    let mut mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+    let results = mempool.insert_batch(ledger.chain_id(), txs, |a| ledger.next_nonce(a));
+    state.shared.metrics.mempool_txs.set(mempool.len() as u64);
+    results
+}
+
 /// Decodes and admits a hex-encoded signed transaction.
 fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
     let hex_tx = hex_tx.strip_prefix("0x").unwrap_or(hex_tx);
@@ -157,12 +167,7 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
     let bytes = hex::decode(hex_tx).map_err(|e| reject(format!("not hex: {e}")))?;
     let tx: SignedTx = decode(&bytes).map_err(|e| reject(format!("not a signed transaction: {e}")))?;
     let tx_copy = tx.clone();
-    let chain_id = state.shared.ledger.chain_id().to_string();
-    let ledger = &state.shared.ledger;
-    let mut mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-    let result = mempool.insert_batch(&chain_id, vec![tx], |a| ledger.next_nonce(a)).pop().unwrap_or_else(|| unreachable!("one result per transaction"));
-    state.shared.metrics.mempool_txs.set(mempool.len() as u64);
-    match result {
+    match admit(state, vec![tx]).into_iter().next().unwrap_or(Err(MempoolError::AlreadyKnown)) {
         Ok(hash) => {
             state.shared.metrics.txs_submitted.inc();
             // Forwarding is best effort: a full queue only means peers learn of it later from
@@ -234,11 +239,7 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
             .map(|h| hex::decode(h).ok().and_then(|b| decode::<SignedTx>(&b).ok()))
             .collect::<Option<Vec<SignedTx>>>()
             .ok_or_else(|| invalid("a gossiped transaction is not hex of a signed transaction"))?;
-        let chain_id = state.shared.ledger.chain_id().to_string();
-        let ledger = &state.shared.ledger;
-        let mut mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-        let admitted = mempool.insert_batch(&chain_id, txs, |a| ledger.next_nonce(a)).iter().filter(|r| r.is_ok()).count();
-        state.shared.metrics.mempool_txs.set(mempool.len() as u64);
+        let admitted = admit(state, txs).iter().filter(|r| r.is_ok()).count();
         Ok(json!({ "admitted": admitted }))
     })?;
     module.register_method("tx_get", |params: Params, state, _| -> RpcResult<Value> {
