@@ -114,6 +114,7 @@ fn round_with_commit(miner: Address, checkpoints: u32) -> RoundState {
         aggregate_deadline: 0,
         phase: Phase::Open,
         escalated: false,
+        workers: vec![miner],
         commits: vec![Commit {
             miner,
             work: WorkCommitment {

@@ -29,6 +29,8 @@ pub enum TxError {
     EscrowTooSmall { escrow: u64, reward: u64 },
     #[error("{miner} has not joined job {job}")]
     NotJoined { job: JobId, miner: Address },
+    #[error("miner {miner} is not a worker of round {round} of job {job} (rounds have a fixed number of worker slots; it trains from a later round)")]
+    NotAWorker { job: JobId, round: u32, miner: Address },
     #[error("{miner} already joined job {job}")]
     AlreadyJoined { job: JobId, miner: Address },
     #[error("{miner} was ejected from job {job}")]

@@ -390,7 +390,7 @@ impl Chain {
             momentum_hash: Hash::ZERO,
             miners: Vec::new(),
         };
-        let round = rounds::new_round(&job, 0, ctx.height);
+        let round = rounds::new_round(&job, 0, ctx.height, &ctx.randomness);
         let mut events = vec![Event::JobSubmitted { job: job.id, submitter, escrow }];
         events.push(Event::RoundOpened { job: job.id, round: 0, commit_deadline: round.commit_deadline });
         write(kv, keys::round(job.id, 0), &round);
@@ -440,6 +440,15 @@ impl Chain {
                 }
                 job.miners.insert(index, MinerEntry { address: miner, ejected: false });
                 write(kv, keys::job(id), &job);
+                // A miner joining an open round with a free slot trains in it; otherwise from
+                // the next round on. Its slot is the next free worker index.
+                let round_key = keys::round(id, job.current_round);
+                if let Some(mut round) = read::<RoundState>(kv, &round_key)? {
+                    if round.phase == Phase::Open && round.workers.len() < job.spec.diloco.workers_per_round as usize {
+                        round.workers.push(miner);
+                        write(kv, round_key, &round);
+                    }
+                }
                 Ok(Event::JobJoined { job: id, miner })
             }
         }
@@ -462,6 +471,9 @@ impl Chain {
             return Err(TxError::Ejected { job: job.id, miner });
         }
         let mut round = self.load_round(kv, &job, work.round)?;
+        if rounds::worker_index(&round, &miner).is_none() {
+            return Err(TxError::NotAWorker { job: job.id, round: round.round, miner });
+        }
         // Past the deadline the round has moved on (or is about to): either way, too late.
         if round.phase != Phase::Open || ctx.height > round.commit_deadline {
             return Err(TxError::LateCommit { deadline: round.commit_deadline });

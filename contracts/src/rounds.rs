@@ -22,10 +22,11 @@ pub fn expected_tokens(spec: &JobSpec) -> u64 {
     spec.diloco.inner_steps as u64 * spec.diloco.batch_size as u64 * spec.diloco.sequence_length as u64
 }
 
-/// A fresh round opened at `height`.
-pub fn new_round(job: &Job, round: u32, height: u64) -> RoundState {
+/// A fresh round opened at `height`, with its workers drawn from the job's miners.
+pub fn new_round(job: &Job, round: u32, height: u64, randomness: &Hash) -> RoundState {
     let commit_deadline = height + job.spec.commit_blocks as u64;
     RoundState {
+        workers: pick_workers(job, round, randomness),
         job: job.id,
         round,
         opened_at: height,
@@ -42,6 +43,27 @@ pub fn new_round(job: &Job, round: u32, height: u64) -> RoundState {
     }
 }
 
+/// The workers of a round: every miner that may still commit to the job when there are at most
+/// `workers_per_round` of them, else that many drawn without replacement (seeded by the block
+/// hash at opening), in address order.
+pub fn pick_workers(job: &Job, round: u32, randomness: &Hash) -> Vec<Address> {
+    let mut eligible: Vec<Address> = job.miners.iter().filter(|m| !m.ejected).map(|m| m.address).collect();
+    let wanted = job.spec.diloco.workers_per_round as usize;
+    let seed = [randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.to_le_bytes()].concat();
+    let mut picked = Vec::new();
+    while picked.len() < wanted && !eligible.is_empty() {
+        let index = (draw("worker", &seed, &[picked.len() as u64]) % eligible.len() as u64) as usize;
+        picked.push(eligible.remove(index));
+    }
+    picked.sort();
+    picked
+}
+
+/// The worker index of `miner` in `round` (its batch schedule slot), if it trains this round.
+pub fn worker_index(round: &RoundState, miner: &Address) -> Option<usize> {
+    round.workers.iter().position(|w| w == miner)
+}
+
 /// Moves the job's current round past every deadline that ended before `ctx.height`.
 pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     chain: &Chain,
@@ -54,7 +76,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         return Ok(());
     };
     match round.phase {
-        Phase::Open if ctx.height > round.commit_deadline => {
+        Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             let validators = chain.validator_set(kv)?;
             round.assignments =
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
@@ -62,7 +84,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
             events.push(Event::SegmentsSampled { job: job.id, round: round.round, assignments: round.assignments.len() });
             write(kv, keys::round(job.id, round.round), &round);
         }
-        Phase::Verifying if ctx.height > round.verify_end => tally(chain, kv, job, round, ctx, events)?,
+        Phase::Verifying if ctx.height > round.verify_end || all_verdicts_in(&round) => tally(chain, kv, job, round, ctx, events)?,
         Phase::AwaitingAggregate if ctx.height > round.aggregate_deadline => {
             round.phase = Phase::Lapsed;
             events.push(Event::RoundLapsed { job: job.id, round: round.round });
@@ -72,6 +94,22 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         _ => {}
     }
     Ok(())
+}
+
+/// Every worker slot of the round is filled and has committed: sampling need not wait for the
+/// deadline. (The sampling seed is still the hash of a block no committer produced.)
+fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
+    round.workers.len() == job.spec.diloco.workers_per_round as usize
+        && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
+}
+
+/// Every assigned checker has sent its verdict: tallying need not wait for the window's end.
+fn all_verdicts_in(round: &RoundState) -> bool {
+    round.assignments.iter().all(|a| {
+        a.checkers.iter().all(|checker| {
+            round.verdicts.iter().any(|v| &v.checker == checker && v.miner == a.miner && v.segment == a.segment)
+        })
+    })
 }
 
 /// For each committed miner with work, `segments_per_miner` distinct segments (all, if the trail
@@ -329,7 +367,7 @@ fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Jo
         return end_job(chain, kv, job, JobStatus::Finished);
     }
     job.current_round += 1;
-    let round = new_round(&job, job.current_round, ctx.height);
+    let round = new_round(&job, job.current_round, ctx.height, &ctx.randomness);
     let event = Event::RoundOpened { job: job.id, round: round.round, commit_deadline: round.commit_deadline };
     write(kv, keys::round(job.id, round.round), &round);
     write(kv, keys::job(job.id), &job);

@@ -263,6 +263,9 @@ pub struct RoundState {
     pub aggregate_deadline: u64,
     pub phase: Phase,
     pub escalated: bool,
+    /// The miners training this round, at most `workers_per_round`; a miner's position here is
+    /// its worker index in the batch schedule (so workers of a round train on disjoint shards).
+    pub workers: Vec<Address>,
     pub commits: Vec<Commit>,
     pub assignments: Vec<Assignment>,
     pub verdicts: Vec<VerdictRecord>,
@@ -283,6 +286,7 @@ impl Encode for RoundState {
         self.aggregate_deadline.encode_to(out);
         self.phase.encode_to(out);
         self.escalated.encode_to(out);
+        encode_seq(&self.workers, out);
         encode_seq(&self.commits, out);
         encode_seq(&self.assignments, out);
         encode_seq(&self.verdicts, out);
@@ -302,6 +306,7 @@ impl Decode for RoundState {
             aggregate_deadline: Decode::decode_from(reader)?,
             phase: Decode::decode_from(reader)?,
             escalated: Decode::decode_from(reader)?,
+            workers: decode_seq(reader, "workers", MAX_RECORD_LIST, 20)?,
             commits: decode_seq(reader, "commits", MAX_RECORD_LIST, 100)?,
             assignments: decode_seq(reader, "assignments", MAX_RECORD_LIST, 28)?,
             verdicts: decode_seq(reader, "verdicts", MAX_RECORD_LIST, 45)?,

@@ -379,3 +379,35 @@ fn late_commits_are_refused() {
     // Past the deadline: refused as late.
     assert_eq!(w.commit(job, 0, 1), Err(TxError::LateCommit { deadline }));
 }
+
+#[test]
+fn rounds_have_fixed_worker_slots_and_close_early_once_everyone_is_in() {
+    // Four miners for three slots: the fourth to join waits for a later round.
+    let mut w = World::new(4, 4, params());
+    let job = w.submit_and_join(30_000);
+    let round = w.round(job, 0);
+    let joined: Vec<Address> = w.miners.iter().map(|k| k.address()).collect();
+    assert_eq!(round.workers, joined[..3].to_vec(), "slots fill in join order");
+    assert!(matches!(w.commit(job, 0, 3), Err(TxError::NotAWorker { .. })));
+    // All three workers in: sampling happens at the next block, long before the deadline.
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    let deadline = w.round(job, 0).commit_deadline;
+    w.next_block();
+    assert!(w.height <= deadline);
+    assert_eq!(w.round(job, 0).phase, Phase::Verifying);
+    // All verdicts in: the tally does not wait for the window's end either.
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    let verify_end = w.round(job, 0).verify_end;
+    w.next_block();
+    assert!(w.height <= verify_end);
+    assert_eq!(w.round(job, 0).phase, Phase::AwaitingAggregate);
+    w.aggregate(job, 0).unwrap();
+    // The next round draws its three workers from all four miners, by the block hash.
+    let next = w.round(job, 1);
+    assert_eq!(next.workers.len(), 3);
+    assert!(next.workers.windows(2).all(|p| p[0] < p[1]), "workers are kept in address order");
+    assert!(next.workers.iter().all(|a| joined.contains(a)));
+    w.supply_holds();
+}

@@ -56,6 +56,11 @@ pub enum Command {
     /// Ask a node about the chain.
     #[command(subcommand)]
     Query(crate::client::QueryCommand),
+    /// Submit a training job and follow it.
+    #[command(subcommand)]
+    Job(crate::jobs::JobCommand),
+    /// Bond stake as a miner or validator (shorthand for `trellis tx bond`).
+    Stake(crate::jobs::StakeArgs),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
 }
@@ -79,6 +84,8 @@ pub enum KeysCommand {
 pub enum ModelCommand {
     /// Print a model's validation loss and perplexity on a text.
     Eval(EvalArgs),
+    /// Fetch a job's latest committed model, check its hash against the chain, write safetensors.
+    Export(crate::jobs::ExportArgs),
 }
 
 /// Parses `std::env::args` and runs the command; errors are printed for humans.
@@ -107,6 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Train(args) => crate::train::train(args).map(|()| Outcome::Success),
         Command::Model(ModelCommand::Eval(args)) => crate::train::eval(args).map(|()| Outcome::Success),
+        Command::Model(ModelCommand::Export(args)) => crate::jobs::export(args).map(|()| Outcome::Success),
+        Command::Job(command) => crate::jobs::job(command).map(|()| Outcome::Success),
+        Command::Stake(args) => crate::jobs::stake(args).map(|()| Outcome::Success),
         Command::Verify(crate::verify::VerifyCommand::Trail(args)) => {
             Ok(if crate::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
         }

@@ -130,7 +130,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn client(url: &str) -> anyhow::Result<HttpClient> {
+pub fn client(url: &str) -> anyhow::Result<HttpClient> {
     HttpClientBuilder::default()
         .request_timeout(Duration::from_secs(30))
         .build(url)
@@ -138,7 +138,7 @@ fn client(url: &str) -> anyhow::Result<HttpClient> {
 }
 
 /// Calls `method` and explains failures in terms of what the user asked.
-async fn call(client: &HttpClient, url: &str, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
+pub async fn call(client: &HttpClient, url: &str, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
     client.request(method, params).await.map_err(|error| match error {
         jsonrpsee::core::ClientError::Call(e) => anyhow::anyhow!("{method}: {}", e.message()),
         jsonrpsee::core::ClientError::Transport(e) => anyhow::anyhow!("cannot reach a node at {url}: {e} (is `trellis run` going? see --rpc)"),
@@ -190,7 +190,12 @@ pub fn send(command: TxCommand) -> anyhow::Result<()> {
         TxCommand::Bond { role, amount, signer } => (TxKind::Bond { role: role.into(), amount: Amount(amount) }, signer),
         TxCommand::Unbond { role, amount, signer } => (TxKind::Unbond { role: role.into(), amount: Amount(amount) }, signer),
     };
-    let key = load_signer(&signer)?;
+    sign_and_submit(kind, &signer)
+}
+
+/// Signs `kind` as the signer the arguments name, submits it, and waits if asked.
+pub fn sign_and_submit(kind: TxKind, signer: &SignerArgs) -> anyhow::Result<()> {
+    let key = load_signer(signer)?;
     let url = signer.rpc.rpc.clone();
     let rt = runtime()?;
     rt.block_on(async {

@@ -37,6 +37,8 @@ use crate::mempool::Mempool;
 const MAX_FUTURE_PARTS: usize = 64;
 /// Most decided blocks returned to one sync request.
 const MAX_SYNC_BATCH: u64 = 64;
+/// How long a validator waits for its own aggregate computation when a proposal carries one.
+const AGGREGATE_WAIT: Duration = Duration::from_millis(1500);
 /// Fee the node pays on the evidence transactions it submits.
 const EVIDENCE_FEE: u64 = 1;
 
@@ -63,6 +65,9 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Transactions admitted over RPC, to forward to peers (see [`crate::gossip`]).
     pub gossip: tokio::sync::mpsc::Sender<trellis_proto::SignedTx>,
+    /// The outer updates this validator computed; when set, a block carrying an aggregate this
+    /// node did not compute identically is not voted for.
+    pub aggregates: Option<Arc<crate::roles::aggregate::AggregateBook>>,
 }
 
 /// The application state the engine drives.
@@ -224,6 +229,17 @@ impl ConsensusApp {
             let ledger = &self.shared.ledger;
             mempool.select(MAX_BLOCK_TXS, MAX_BLOCK_BYTES / 2, |a| ledger.next_nonce(a))
         };
+        // Never propose an outer update this node has not recomputed identically.
+        let candidates = match &self.shared.aggregates {
+            Some(book) => candidates
+                .into_iter()
+                .filter(|tx| match &tx.tx.kind {
+                    TxKind::CommitAggregate(aggregate) => book.judge(aggregate) == Some(true),
+                    _ => true,
+                })
+                .collect(),
+            None => candidates,
+        };
         let executed = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
             Ok(executed) => executed,
             Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
@@ -339,14 +355,15 @@ impl ConsensusApp {
             }
         };
         let hash = block.hash();
-        let validity = self.check_block(block, Some(part.proposer));
+        let validity = self.check_block(block, Some(part.proposer), true);
         let value = self.record_value(part.height, part.round, part.valid_round, hash, validity);
         self.parts.insert(hash, part);
         Some(value)
     }
 
     /// Executes a block that is not yet known and caches the result; `Invalid` if it fails.
-    fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>) -> Validity {
+    /// With `recheck_aggregates`, a validator also requires every aggregate in it to match its own.
+    fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>, recheck_aggregates: bool) -> Validity {
         let hash = block.hash();
         if self.executed.contains_key(&hash) {
             return Validity::Valid;
@@ -356,6 +373,10 @@ impl ConsensusApp {
                 tracing::warn!(target: "node::consensus", block = %hash, "block header names another proposer");
                 return Validity::Invalid;
             }
+        }
+        if recheck_aggregates && self.signer.is_some() && !self.aggregates_agree(&block) {
+            tracing::warn!(target: "node::consensus", block = %hash, "block carries an aggregate this node computes differently (or has not computed yet)");
+            return Validity::Invalid;
         }
         let store = self.shared.ledger.store();
         match self.shared.ledger.execute(block.clone()) {
@@ -369,6 +390,25 @@ impl ConsensusApp {
                 Validity::Invalid
             }
         }
+    }
+
+    /// Whether every `CommitAggregate` in `block` matches this node's own computation, waiting a
+    /// little for a computation still running.
+    fn aggregates_agree(&self, block: &Block) -> bool {
+        let Some(book) = &self.shared.aggregates else { return true };
+        let deadline = std::time::Instant::now() + AGGREGATE_WAIT;
+        for tx in &block.txs {
+            let TxKind::CommitAggregate(aggregate) = &tx.tx.kind else { continue };
+            loop {
+                match book.judge(aggregate) {
+                    Some(true) => break,
+                    Some(false) => return false,
+                    None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    None => return false,
+                }
+            }
+        }
+        true
     }
 
     fn record_value(
@@ -489,7 +529,8 @@ impl ConsensusApp {
         let hash = block.hash();
         let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e)).height.0;
         let validity = if height.0 == head + 1 {
-            self.check_block(block, None)
+            // Decided by a quorum already: aggregates are not recomputed for a synced block.
+            self.check_block(block, None, false)
         } else {
             // A later height of the same batch: its parent is not committed yet, so it cannot
             // run now. A quorum's certificate decided it; check what can be checked alone, keep

@@ -37,6 +37,22 @@ pub struct DevnetArgs {
     /// Shortest block interval, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub block_time_ms: u64,
+    /// Miner processes; with any, the devnet submits a demo job, shows each round, and stops
+    /// when the job ends.
+    #[arg(long, default_value_t = 0)]
+    pub miners: usize,
+    /// Text file or directory the demo job trains on [default: this repository's docs/ and sources].
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Rounds of the demo job.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Model preset of the demo job.
+    #[arg(long, default_value = "nano")]
+    pub model: String,
+    /// Inner AdamW steps per round of the demo job.
+    #[arg(long, default_value_t = 40)]
+    pub inner_steps: u32,
 }
 
 /// What `devnet.json` records.
@@ -53,7 +69,20 @@ pub struct DevnetNode {
     pub rpc: String,
     pub p2p: String,
     pub metrics: String,
+    /// `validator`, `full` or `miner`: the `--role` it runs with.
+    #[serde(default = "default_role")]
+    pub role: String,
+    pub blobs: String,
 }
+
+fn default_role() -> String {
+    "validator".into()
+}
+
+/// Miner bond each devnet miner gets in genesis.
+pub const DEVNET_MINER_BOND: u64 = 5_000;
+/// Balance of the devnet's job submitter (`HOME/submitter.key`).
+pub const DEVNET_SUBMITTER_BALANCE: u64 = 10_000_000;
 
 /// How to lay out a devnet.
 #[derive(Debug, Clone)]
@@ -68,11 +97,13 @@ pub struct DevnetSpec {
     pub rpc_rate_limit: u32,
     /// Nodes after the validators that follow the chain without a bond (not in the set).
     pub followers: usize,
+    /// Miner nodes after the followers, each with a miner bond from genesis.
+    pub miners: usize,
 }
 
 impl DevnetSpec {
     pub fn new(validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> Self {
-        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0 }
+        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0, miners: 0 }
     }
 }
 
@@ -87,7 +118,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     if validators == 0 || validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
-    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers) as u32;
+    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + spec.miners) as u32;
     if base_port < 1024 || last_port > u32::from(u16::MAX) {
         bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
     }
@@ -100,18 +131,28 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             bail!("{} exists and is not a devnet directory; choose another --home", root.display());
         }
     }
-    let nodes_total = validators + spec.followers;
+    let nodes_total = validators + spec.followers + spec.miners;
     let keys: Vec<Keypair> = (0..nodes_total).map(|_| Keypair::generate()).collect();
+    let submitter = Keypair::generate();
     let params = Params::default();
+    let first_miner = validators + spec.followers;
     let genesis = Genesis {
         chain_id: chain_id.to_string(),
-        accounts: keys.iter().map(|k| (k.address(), GENESIS_BALANCE)).chain(spec.extra_accounts.iter().copied()).collect(),
+        accounts: keys
+            .iter()
+            .map(|k| (k.address(), GENESIS_BALANCE))
+            .chain(std::iter::once((submitter.address(), DEVNET_SUBMITTER_BALANCE)))
+            .chain(spec.extra_accounts.iter().copied())
+            .collect(),
         validators: keys[..validators].iter().map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0))).collect(),
-        miners: Vec::new(),
+        miners: keys[first_miner..].iter().map(|k| (k.public_key(), DEVNET_MINER_BOND.max(params.min_miner_stake.0))).collect(),
         params,
     };
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    write_key(&root.join("submitter.key"), &submitter)?;
     let port = |i: usize, offset: u16| base_port + PORTS_PER_NODE * i as u16 + offset;
     let p2p = |i: usize| format!("/ip4/127.0.0.1/tcp/{}", port(i, 1));
+    let blobs = |i: usize| format!("/ip4/127.0.0.1/tcp/{}", port(i, 3));
     let mut nodes = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let home = Home::new(root.join(format!("node{i}")));
@@ -119,6 +160,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
         config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
         config.p2p.gossip_rpc = (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
+        config.p2p.blob_peers = (0..nodes_total).filter(|&j| j != i).map(blobs).collect();
         config.consensus.block_time_ms = block_time_ms;
         config.rpc.rate_limit_per_second = spec.rpc_rate_limit;
         write_home(&home, &genesis, &config)?;
@@ -128,6 +170,8 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             rpc: format!("http://{}", config.rpc.listen),
             p2p: config.p2p.listen.clone(),
             metrics: format!("http://{}/metrics", config.metrics.listen),
+            role: if i < validators { "validator" } else if i < first_miner { "full" } else { "miner" }.to_string(),
+            blobs: config.p2p.blobs_listen.clone(),
         });
     }
     let info = DevnetInfo { chain_id: chain_id.to_string(), nodes };
@@ -135,8 +179,13 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     Ok(info)
 }
 
-/// Starts `trellis run` for one home, logging to `HOME/node.log`.
+/// Starts `trellis run` for one home as a validator, logging to `HOME/node.log`.
 pub fn spawn_node(binary: &Path, home: &Path) -> anyhow::Result<Child> {
+    spawn_node_as(binary, home, "validator")
+}
+
+/// Starts `trellis run --role ROLE` for one home, logging to `HOME/node.log`.
+pub fn spawn_node_as(binary: &Path, home: &Path, role: &str) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,6 +195,8 @@ pub fn spawn_node(binary: &Path, home: &Path) -> anyhow::Result<Child> {
         .arg("run")
         .arg("--home")
         .arg(home)
+        .arg("--role")
+        .arg(role)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -179,15 +230,19 @@ fn head_height(rpc: &str) -> Option<u64> {
 
 /// `trellis devnet`: create, start, report, and stop everything on Ctrl-C.
 pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
-    let info = create(&args.home, args.validators, args.base_port, &args.chain_id, args.block_time_ms)?;
+    let mut spec = DevnetSpec::new(args.validators, args.base_port, &args.chain_id, args.block_time_ms);
+    spec.miners = args.miners;
+    // Check the demo job before starting anything.
+    let demo = if args.miners > 0 { Some(crate::devnet_job::DemoJob::prepare(&args)?) } else { None };
+    let info = create_with(&args.home, &spec)?;
     let binary = std::env::current_exe().context("finding the trellis binary")?;
     let mut children = Vec::new();
     for node in &info.nodes {
-        children.push(spawn_node(&binary, &node.home)?);
+        children.push(spawn_node_as(&binary, &node.home, &node.role)?);
     }
-    println!("devnet '{}': {} validators under {}", info.chain_id, info.nodes.len(), args.home.display());
+    println!("devnet '{}': {} validators, {} miners under {}", info.chain_id, args.validators, args.miners, args.home.display());
     for (i, node) in info.nodes.iter().enumerate() {
-        println!("  node{i}  rpc {}  p2p {}  metrics {}  log {}/node.log", node.rpc, node.p2p, node.metrics, node.home.display());
+        println!("  node{i} {:9}  rpc {}  p2p {}  blobs {}  log {}/node.log", node.role, node.rpc, node.p2p, node.blobs, node.home.display());
     }
     println!("keys: {}/node<i>/keys/node.key (each funded with {GENESIS_BALANCE})", args.home.display());
     println!("try:  trellis query head --rpc {}", info.nodes[0].rpc);
@@ -214,8 +269,12 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         });
     }
-    let mut last_report = Instant::now() - Duration::from_secs(10);
     let mut result = Ok(());
+    if let Some(demo) = demo {
+        result = demo.run(&args.home, &info, &mut children, &stop);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let mut last_report = Instant::now() - Duration::from_secs(10);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         for (i, child) in children.iter_mut().enumerate() {
             if let Ok(Some(status)) = child.try_wait() {

@@ -75,6 +75,13 @@ pub struct P2pConfig {
     /// JSON-RPC URLs of peers to forward submitted transactions to.
     #[serde(default)]
     pub gossip_rpc: Vec<String>,
+    /// libp2p listen address of the blob exchange (datasets, checkpoints, models, Δ); empty
+    /// turns it off, and with it the miner and validator job duties.
+    #[serde(default)]
+    pub blobs_listen: String,
+    /// Blob exchange addresses of peers to keep connected to.
+    #[serde(default)]
+    pub blob_peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +101,13 @@ impl NodeConfig {
                 max_request_bytes: 1 << 20,
                 rate_limit_per_second: 200,
             },
-            p2p: P2pConfig { listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1), persistent_peers: Vec::new(), gossip_rpc: Vec::new() },
+            p2p: P2pConfig {
+                listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1),
+                persistent_peers: Vec::new(),
+                gossip_rpc: Vec::new(),
+                blobs_listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 3),
+                blob_peers: Vec::new(),
+            },
             metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
             consensus: ConsensusTiming::default(),
         }

@@ -80,6 +80,10 @@ impl Ledger {
         &self.store
     }
 
+    pub fn params(&self) -> &trellis_contracts::Params {
+        &self.chain.params
+    }
+
     pub fn chain_id(&self) -> &str {
         &self.chain.chain_id
     }

@@ -3,16 +3,22 @@
 //! ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and the local devnet launcher.
 
 pub mod attack;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod consensus_app;
 pub mod devnet;
+pub mod devnet_job;
+pub mod exchange;
 pub mod gossip;
 pub mod home;
+pub mod jobs;
+pub mod jobdata;
 pub mod ledger;
 pub mod mempool;
 pub mod metrics;
 pub mod plot;
+pub mod roles;
 pub mod rpc;
 pub mod run;
 pub mod store;

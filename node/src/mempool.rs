@@ -168,6 +168,14 @@ impl Mempool {
         }
     }
 
+    /// Drops every pending transaction of `sender` (a node unsticking its own queue after one
+    /// of its transactions could not be included). Returns how many were dropped.
+    pub fn remove_sender(&mut self, sender: &Address) -> usize {
+        let hashes: Vec<Hash> = self.by_sender.get(sender).map(|q| q.values().map(|e| e.hash).collect()).unwrap_or_default();
+        hashes.iter().for_each(|h| self.remove(h));
+        hashes.len()
+    }
+
     /// The first nonce of `sender` not taken by a pending transaction, counting up from its
     /// committed next nonce (what a locally signed transaction should use).
     pub fn next_free_nonce(&self, sender: &Address, committed_next: u64) -> u64 {

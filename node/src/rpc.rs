@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use trellis_contracts::state::{self, keys, Job, RoundState, Stake};
 use trellis_contracts::{Event, KvStore};
-use trellis_proto::{decode, Address, Block, Hash, Height, JobId, Role, SignedTx};
+use trellis_proto::{TxKind, decode, Address, Block, Hash, Height, JobId, Role, SignedTx};
 
 use crate::consensus_app::{NodeEvent, Shared};
 use crate::mempool::MempoolError;
@@ -166,6 +166,10 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
     }
     let bytes = hex::decode(hex_tx).map_err(|e| reject(format!("not hex: {e}")))?;
     let tx: SignedTx = decode(&bytes).map_err(|e| reject(format!("not a signed transaction: {e}")))?;
+    if let TxKind::SubmitJob { spec, .. } = &tx.tx.kind {
+        // Checked here too so a bad spec is refused with its reason, not dropped from a block.
+        trellis_contracts::validate_job_spec(spec, state.shared.ledger.params()).map_err(|reason| reject(format!("invalid job spec: {reason}")))?;
+    }
     let tx_copy = tx.clone();
     match admit(state, vec![tx]).into_iter().next().unwrap_or(Err(MempoolError::AlreadyKnown)) {
         Ok(hash) => {

@@ -25,6 +25,9 @@ use crate::home::{Home, NodeConfig};
 use crate::ledger::Ledger;
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
+use crate::blobs::BlobStore;
+use crate::roles::aggregate::AggregateBook;
+use crate::roles::RoleContext;
 use crate::rpc::RpcLimits;
 
 /// What a node does on the network.
@@ -32,6 +35,9 @@ use crate::rpc::RpcLimits;
 pub enum NodeRole {
     /// Votes in consensus and proposes blocks (its key must be in the validator set to count).
     Validator,
+    /// Follows the chain without voting, joins the jobs its miner stake allows and trains
+    /// their rounds (`--device cuda` for a GPU).
+    Miner,
     /// Follows the chain, serves RPC, never signs.
     Full,
 }
@@ -46,6 +52,12 @@ pub struct RunArgs {
     /// Log one JSON object per line instead of text (filter with RUST_LOG).
     #[arg(long)]
     pub log_json: bool,
+    /// Where a miner trains and a validator re-executes segments: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for libtorch (results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default: info for trellis, warn for the engine).
@@ -136,10 +148,15 @@ fn chain_dir(home: &Home) -> PathBuf {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(run_async(&args.home, args.role))
+    if args.threads < 1 {
+        bail!("--threads must be at least 1");
+    }
+    tch::set_num_threads(args.threads);
+    let device = crate::train::parse_device(&args.device)?;
+    runtime.block_on(run_async(&args.home, args.role, device))
 }
 
-async fn run_async(root: &Path, role: NodeRole) -> anyhow::Result<()> {
+async fn run_async(root: &Path, role: NodeRole, device: tch::Device) -> anyhow::Result<()> {
     let home = Home::new(root);
     let config = home.load_config()?;
     let genesis = home.load_genesis()?;
@@ -162,13 +179,24 @@ async fn run_async(root: &Path, role: NodeRole) -> anyhow::Result<()> {
     metrics.height.set(head.height.0);
     let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::gossip::QUEUE);
     tokio::spawn(crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
+    let duties = !config.p2p.blobs_listen.is_empty();
+    let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
     let shared = Arc::new(Shared {
         ledger,
         mempool: Mutex::new(Mempool::new(MempoolLimits::default())),
         events: broadcast::channel(1024).0,
         metrics: metrics.clone(),
         gossip,
+        aggregates: aggregates.clone(),
     });
+    let blobs = if duties {
+        let store = BlobStore::open(&home.data().join("blobs"))?;
+        let (net, _) = crate::exchange::start(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store).await?;
+        Some(net)
+    } else {
+        tracing::warn!(target: "node", "p2p.blobs_listen is empty: no blob exchange, so no miner or validator job duties");
+        None
+    };
 
     let rpc_listen = config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
     let limits = RpcLimits { max_request_bytes: config.rpc.max_request_bytes, requests_per_second: config.rpc.rate_limit_per_second };
@@ -185,6 +213,19 @@ async fn run_async(root: &Path, role: NodeRole) -> anyhow::Result<()> {
     let network_key = NetworkKeypair::ed25519_from_bytes(key.seed()).context("deriving the network key")?;
     let address = ValidatorAddress(key.address());
     let signs = role == NodeRole::Validator;
+    if let Some(net) = &blobs {
+        let key = Arc::new(Keypair::from_seed(key.seed()));
+        let context = RoleContext::new(shared.clone(), net.clone(), key, home.data().join("work"), device);
+        match (role, &aggregates) {
+            (NodeRole::Miner, _) => {
+                tokio::spawn(crate::roles::miner::run(context));
+            }
+            (NodeRole::Validator, Some(book)) => {
+                tokio::spawn(crate::roles::run_validator(context, book.clone()));
+            }
+            _ => {}
+        }
+    }
     let identity = if signs {
         let signer = TrellisSigner::new(&chain_id, Keypair::from_seed(key.seed()));
         let peer_id = network_key.public().to_peer_id().to_bytes();
@@ -223,6 +264,9 @@ async fn run_async(root: &Path, role: NodeRole) -> anyhow::Result<()> {
     println!("  address  {}{}", key.address(), if is_validator && signs { " (validator)" } else { "" });
     println!("  rpc      http://{rpc_address}");
     println!("  p2p      {}", config.p2p.listen);
+    if let Some(net) = &blobs {
+        println!("  blobs    {}/p2p/{} ({} role)", config.p2p.blobs_listen, net.local_peer(), format!("{role:?}").to_lowercase());
+    }
     if !config.metrics.listen.is_empty() {
         println!("  metrics  http://{}/metrics", config.metrics.listen);
     }

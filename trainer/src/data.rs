@@ -64,6 +64,13 @@ impl Dataset {
         Self { train: bytes, validation, shard_bytes }
     }
 
+    /// A dataset from its parts, as published on chain (training bytes in shard order, the
+    /// validation split, and the shard size).
+    pub fn from_parts(train: Vec<u8>, validation: Vec<u8>, shard_bytes: usize) -> Self {
+        assert!(shard_bytes > 0, "shards must hold at least one byte");
+        Self { train, validation, shard_bytes }
+    }
+
     /// Fails unless both splits and a full shard hold a sequence of `sequence_length` tokens
     /// plus its one-token-shifted target.
     pub fn check_fits(&self, path: &Path, sequence_length: usize) -> Result<(), DataError> {

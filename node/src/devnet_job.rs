@@ -1,0 +1,347 @@
+//! The devnet's demo job: publish a dataset, submit a job, follow it round by round in a live
+//! table (validation loss, accepted miners, verdicts, rewards, slashes) with a progress bar, and
+//! at the end write the loss curve (PNG), the final model (safetensors, its hash checked against
+//! the chain) and where each round's time went.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use jsonrpsee::http_client::HttpClient;
+use jsonrpsee::rpc_params;
+use serde_json::Value;
+use trellis_trainer::data::{validation_windows, Dataset};
+use trellis_trainer::worker::evaluate;
+
+use crate::blobs::BlobStore;
+use crate::client::{call, client, RpcArg, SignerArgs};
+use crate::devnet::{DevnetArgs, DevnetInfo};
+use crate::home::Home;
+
+/// The longest a demo job may take before the devnet gives up on it.
+const JOB_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// A demo job ready to submit.
+pub struct DemoJob {
+    dataset: PathBuf,
+    job_toml: String,
+    model: String,
+    rounds: u32,
+}
+
+/// One settled round as the table shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundRow {
+    pub round: u32,
+    pub validation_loss: f64,
+    pub accepted: usize,
+    pub commits: usize,
+    pub verdicts_valid: usize,
+    pub verdicts_other: usize,
+    pub paid: u64,
+    pub slashed: u64,
+    pub model_hash: String,
+    /// Seconds from the round's opening to its last commitment.
+    pub training_s: f64,
+    /// From the last commitment to the tally.
+    pub verification_s: f64,
+    /// From the tally to the committed aggregate.
+    pub aggregation_s: f64,
+}
+
+/// The repository's own docs and sources, when the devnet runs from a checkout.
+fn default_dataset() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir()?;
+    let mut dir = cwd.as_path();
+    loop {
+        if dir.join("docs").is_dir() && dir.join("node").join("src").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+        dir = match dir.parent() {
+            Some(parent) => parent,
+            None => bail!("no --dataset given and {} is not inside a trellis checkout (whose docs/ and sources are the default)", cwd.display()),
+        };
+    }
+}
+
+/// Copies `docs/` and every crate's `src/` of the checkout at `repo` into `into`.
+fn snapshot_sources(repo: &Path, into: &Path) -> anyhow::Result<()> {
+    let mut sources = vec![repo.join("docs")];
+    for crate_dir in ["proto", "contracts", "consensus", "trainer", "verifier", "node"] {
+        sources.push(repo.join(crate_dir).join("src"));
+    }
+    for source in sources.iter().filter(|s| s.is_dir()) {
+        let name = source.strip_prefix(repo).unwrap_or(source).to_string_lossy().replace('/', "-");
+        copy_tree(source, &into.join(name))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+impl DemoJob {
+    /// Checks the arguments and writes nothing yet.
+    pub fn prepare(args: &DevnetArgs) -> anyhow::Result<Self> {
+        let dataset = match &args.dataset {
+            Some(path) if path.exists() => path.canonicalize()?,
+            Some(path) => bail!("--dataset {} does not exist", path.display()),
+            None => default_dataset()?,
+        };
+        let _: trellis_trainer::model::Preset = args.model.parse().map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+        if args.rounds == 0 || args.inner_steps == 0 {
+            bail!("--rounds and --inner-steps must be positive");
+        }
+        let workers = args.miners.min(8);
+        let interval = (args.inner_steps / 4).max(1);
+        let job_toml = format!(
+            "# The devnet's demo job (written by `trellis devnet`).\n\
+             name = \"devnet-demo\"\nmodel = \"{model}\"\ndataset = \"dataset\"\nseed = 7\n\
+             escrow = {escrow}\nreward_per_round = 10000\nmin_miner_stake = 1000\n\
+             commit_blocks = 240\nverify_blocks = 120\naggregation = \"mean\"\n\n\
+             [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
+             batch_size = 8\nsequence_length = 64\nlearning_rate = 0.003\nwarmup_steps = 5\n\
+             outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
+             [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 2\nmode = \"exact\"\n",
+            model = args.model,
+            escrow = 10_000 * u64::from(args.rounds) + 1,
+            steps = args.inner_steps,
+            rounds = args.rounds,
+        );
+        Ok(Self { dataset, job_toml, model: args.model.clone(), rounds: args.rounds })
+    }
+
+    /// Submits the job and follows it to the end. `children` are watched: a node that exits
+    /// stops the run.
+    pub fn run(self, root: &Path, info: &DevnetInfo, children: &mut [Child], stop: &AtomicBool) -> anyhow::Result<()> {
+        let dataset_dir = root.join("dataset");
+        if self.dataset.is_dir() && self.dataset.join("docs").is_dir() && self.dataset.join("node").is_dir() {
+            snapshot_sources(&self.dataset, &dataset_dir)?;
+        } else if self.dataset.is_dir() {
+            copy_tree(&self.dataset, &dataset_dir)?;
+        } else {
+            std::fs::create_dir_all(&dataset_dir)?;
+            std::fs::copy(&self.dataset, dataset_dir.join(self.dataset.file_name().unwrap_or_default()))?;
+        }
+        let job_file = root.join("job.toml");
+        std::fs::write(&job_file, &self.job_toml)?;
+        let node0 = &info.nodes[0];
+        let store = BlobStore::open(&Home::new(&node0.home).data().join("blobs"))?;
+        let (spec, escrow) = crate::jobs::prepare(&job_file, &store)?;
+        let dataset = Dataset::load(&dataset_dir)?;
+        println!(
+            "demo job: {} model, {} rounds × {} inner steps, {} workers; dataset {} ({} shards, {} KiB) from {}",
+            self.model,
+            self.rounds,
+            spec.diloco.inner_steps,
+            spec.diloco.workers_per_round,
+            spec.dataset_root,
+            spec.dataset_shards,
+            (dataset.train().len() + dataset.validation().len()) / 1024,
+            self.dataset.display()
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let url = node0.rpc.clone();
+        wait_for_height(&rt, &url, 2, children, stop)?;
+        let signer = SignerArgs { key: Some(root.join("submitter.key")), home: None, fee: 10, wait: true, rpc: RpcArg { rpc: url.clone() } };
+        crate::client::sign_and_submit(trellis_proto::TxKind::SubmitJob { spec: spec.clone(), escrow: trellis_proto::Amount(escrow) }, &signer)?;
+        let rpc = client(&url)?;
+        let jobs = rt.block_on(call(&rpc, &url, "job_list", rpc_params![]))?;
+        let job_id = jobs.as_array().and_then(|a| a.last()).and_then(|j| j["id"].as_u64()).context("the submitted job is not listed")?;
+        println!("job {job_id} submitted; follow it with `trellis job status {job_id} --rpc {url}`\n");
+
+        let (val_inputs, val_targets) = validation_windows(&dataset, spec.diloco.sequence_length as usize, 64);
+        let initial = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
+        let initial_loss = evaluate(&initial, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8);
+        println!("{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}", "round", "val loss", "accepted", "commits", "verdicts", "paid", "slashed", "time train/verify/agg s");
+        println!("{:>5}  {:>8.4}", "init", initial_loss);
+        let bar = indicatif::ProgressBar::new(u64::from(self.rounds));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} rounds {pos}/{len} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let peers: Vec<String> = info.nodes.iter().map(|n| n.blobs.clone()).collect();
+        let miners: Vec<String> = info.nodes.iter().filter(|n| n.role == "miner").map(|n| n.address.clone()).collect();
+        let mut stakes = rt.block_on(miner_stakes(&rpc, &url, &miners));
+        let mut rows: Vec<RoundRow> = Vec::new();
+        let mut escrow_left = escrow;
+        let started = Instant::now();
+        let models = root.join("models");
+        std::fs::create_dir_all(&models)?;
+        loop {
+            check_children(children, info)?;
+            if stop.load(Ordering::SeqCst) {
+                bar.abandon_with_message("stopped");
+                return Ok(());
+            }
+            if started.elapsed() > JOB_TIME_LIMIT {
+                bail!("the demo job did not finish within {} minutes", JOB_TIME_LIMIT.as_secs() / 60);
+            }
+            let job = rt.block_on(call(&rpc, &url, "job_get", rpc_params![job_id]))?;
+            let settled = job["rounds_settled"].as_u64().unwrap_or(0) as u32;
+            let current = job["current_round"].as_u64().unwrap_or(0) as u32;
+            let done_rounds = rows.len() as u32;
+            if settled > done_rounds || job["status"] != "active" {
+                // Rounds that ended since the last look (settled, or lapsed with no change).
+                let last = if job["status"] == "active" { current } else { current + 1 };
+                for round in done_rounds..last.min(self.rounds) {
+                    let state = rt.block_on(call(&rpc, &url, "job_getRound", rpc_params![job_id, round]))?;
+                    if state["phase"] != "settled" && state["phase"] != "lapsed" {
+                        break;
+                    }
+                    let escrow_now = job["escrow"].as_u64().unwrap_or(0);
+                    let new_stakes = rt.block_on(miner_stakes(&rpc, &url, &miners));
+                    let slashed: u64 = stakes.iter().zip(&new_stakes).map(|(a, b)| a.saturating_sub(*b)).sum();
+                    stakes = new_stakes;
+                    let out = models.join(format!("round-{round}.safetensors"));
+                    let hash = rt.block_on(crate::jobs::export_model(job_id, &out, &peers, &url))?;
+                    let model = trellis_trainer::model_io::load(&out, tch::Device::Cpu)?;
+                    let loss = evaluate(&model, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8);
+                    let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &url, &state));
+                    let verdicts = state["verdicts"].as_array().cloned().unwrap_or_default();
+                    let valid = verdicts.iter().filter(|v| v["outcome"]["outcome"] == "valid").count();
+                    let row = RoundRow {
+                        round,
+                        validation_loss: loss,
+                        accepted: state["accepted"].as_array().map_or(0, Vec::len),
+                        commits: state["commits"].as_array().map_or(0, Vec::len),
+                        verdicts_valid: valid,
+                        verdicts_other: verdicts.len() - valid,
+                        paid: escrow_left.saturating_sub(escrow_now),
+                        slashed,
+                        model_hash: hash.to_hex(),
+                        training_s,
+                        verification_s,
+                        aggregation_s,
+                    };
+                    escrow_left = escrow_now;
+                    bar.suspend(|| {
+                        println!(
+                            "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}",
+                            row.round, row.validation_loss, row.accepted, row.commits, row.verdicts_valid, row.verdicts_other,
+                            row.paid, row.slashed, row.training_s, row.verification_s, row.aggregation_s
+                        )
+                    });
+                    rows.push(row);
+                    bar.set_position(rows.len() as u64);
+                }
+            }
+            if job["status"] != "active" && rows.len() as u32 >= settled.min(self.rounds) {
+                bar.finish_with_message(format!("job {}", job["status"].as_str().unwrap_or("?")));
+                break;
+            }
+            let phase = rt
+                .block_on(call(&rpc, &url, "job_getRound", rpc_params![job_id, current]))
+                .ok()
+                .and_then(|r| r["phase"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            bar.set_message(format!("round {current}: {phase}"));
+            bar.tick();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.report(root, &spec, initial_loss, &rows)
+    }
+
+    fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow]) -> anyhow::Result<()> {
+        let Some(last) = rows.iter().rev().find(|r| r.accepted > 0) else {
+            bail!("no round of the demo job was accepted; see the node logs under {}", root.display());
+        };
+        let final_model = root.join("model.safetensors");
+        std::fs::copy(root.join("models").join(format!("round-{}.safetensors", last.round)), &final_model)?;
+        let mut points = vec![(0.0, initial_loss)];
+        points.extend(rows.iter().map(|r| (f64::from(r.round + 1), r.validation_loss)));
+        let png = root.join("loss.png");
+        crate::plot::write_line_chart(&png, "devnet demo job", "round", "validation loss", &[crate::plot::Series { label: "global model".into(), points }])?;
+        std::fs::write(root.join("rounds.json"), serde_json::to_string_pretty(rows)?)?;
+        let parameters = trellis_trainer::model::parameter_count(&spec.model);
+        let d = &spec.diloco;
+        let delta_bytes = parameters * if d.encoding == trellis_proto::DeltaEncoding::F16 { 2 } else { 4 };
+        let k = u64::from(d.workers_per_round.max(2));
+        let ddp_bytes = u64::from(d.inner_steps) * 2 * (k - 1) * 4 * parameters / k;
+        let verify_steps = 2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
+        println!("\nvalidation loss {:.4} → {:.4} over {} rounds", initial_loss, last.validation_loss, rows.len());
+        println!("bytes per miner per round: {} (Δ) vs {} for data-parallel over the same tokens: {:.0}× less", delta_bytes, ddp_bytes, ddp_bytes as f64 / delta_bytes as f64);
+        println!(
+            "verification re-executes {} of {} steps per miner per round ({:.0}%: {} segments × {} steps × 2 checkers)",
+            verify_steps,
+            d.inner_steps,
+            100.0 * verify_steps as f64 / f64::from(d.inner_steps),
+            spec.verification.segments_per_miner,
+            spec.verification.checkpoint_interval
+        );
+        println!("wrote {} (model {}), {}, {}/rounds.json", final_model.display(), last.model_hash, png.display(), root.display());
+        Ok(())
+    }
+}
+
+fn check_children(children: &mut [Child], info: &DevnetInfo) -> anyhow::Result<()> {
+    for (i, child) in children.iter_mut().enumerate() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("node{i} exited ({status}); see {}/node.log", info.nodes[i].home.display());
+        }
+    }
+    Ok(())
+}
+
+fn wait_for_height(rt: &tokio::runtime::Runtime, url: &str, height: u64, children: &mut [Child], stop: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rpc = client(url)?;
+    loop {
+        if let Ok(head) = rt.block_on(call(&rpc, url, "chain_getHead", rpc_params![])) {
+            if head["height"].as_u64().unwrap_or(0) >= height {
+                return Ok(());
+            }
+        }
+        for child in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("a node exited ({status}) before the chain started");
+            }
+        }
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            bail!("the chain did not reach height {height} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+async fn miner_stakes(rpc: &HttpClient, url: &str, miners: &[String]) -> Vec<u64> {
+    let mut stakes = Vec::new();
+    for miner in miners {
+        let account = call(rpc, url, "state_getAccount", rpc_params![miner]).await.unwrap_or(Value::Null);
+        stakes.push(account["miner_stake"]["bonded"].as_u64().unwrap_or(0));
+    }
+    stakes
+}
+
+async fn block_time_s(rpc: &HttpClient, url: &str, height: u64) -> Option<f64> {
+    let block = call(rpc, url, "chain_getBlock", rpc_params![height]).await.ok()?;
+    block["header"]["time_ms"].as_u64().map(|ms| ms as f64 / 1000.0)
+}
+
+/// (training, verification, aggregation) seconds of a settled round, from block times.
+async fn round_times(rpc: &HttpClient, url: &str, state: &Value) -> (f64, f64, f64) {
+    let opened = state["opened_at"].as_u64().unwrap_or(0);
+    let last_commit = state["commits"].as_array().and_then(|c| c.iter().filter_map(|c| c["height"].as_u64()).max()).unwrap_or(opened);
+    let aggregate_deadline = state["aggregate_deadline"].as_u64().unwrap_or(0);
+    let tallied = aggregate_deadline.saturating_sub(trellis_contracts::Params::default().aggregate_blocks);
+    let head = call(rpc, url, "chain_getHead", rpc_params![]).await.ok().and_then(|h| h["time_ms"].as_u64()).map(|ms| ms as f64 / 1000.0);
+    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) =
+        (block_time_s(rpc, url, opened).await, block_time_s(rpc, url, last_commit).await, block_time_s(rpc, url, tallied).await, head)
+    else {
+        return (0.0, 0.0, 0.0);
+    };
+    (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))
+}

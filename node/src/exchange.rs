@@ -1,0 +1,476 @@
+//! Blob exchange over libp2p: a request-response protocol (`/trellis/blobs/1`) on its own swarm
+//! (TCP, Noise, Yamux), separate from the consensus network.
+//!
+//! A fetch asks connected peers, one after another, for the blob's manifest (its size and the
+//! blake3 hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
+//! against the manifest as it arrives; a peer that serves a bad chunk, times out or does not hold
+//! the blob is skipped and the chunk asked of the next peer. The assembled blob is checked
+//! against its address ([`BlobKey::verify`]) before it is stored, so a lying peer can waste a
+//! fetch but never plant a blob. Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent
+//! fetches, concurrent streams per connection, and a timeout per request.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use trellis_proto::Hash;
+
+use crate::blobs::{BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
+
+/// Bytes per chunk of a transfer.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Largest frame read from a peer: a chunk plus headroom, or a manifest of the largest blob.
+const MAX_FRAME_BYTES: usize = CHUNK_BYTES + 64 * 1024;
+/// Most fetches running at once in this node.
+const MAX_CONCURRENT_FETCHES: usize = 4;
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Manifests kept in memory for serving.
+const MANIFEST_CACHE: usize = 256;
+
+const PROTOCOL: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
+
+/// What one peer asks another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRequest {
+    Manifest(BlobKey),
+    Chunk { key: BlobKey, index: u32 },
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobResponse {
+    Manifest { size: u64, chunks: Vec<Hash> },
+    Chunk(Vec<u8>),
+    NotFound,
+}
+
+fn bad_data(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn encode_key(key: &BlobKey, out: &mut Vec<u8>) {
+    out.push(key.kind.tag());
+    out.extend_from_slice(&key.hash.0);
+}
+
+fn decode_key(bytes: &[u8]) -> io::Result<BlobKey> {
+    let (&tag, rest) = bytes.split_first().ok_or_else(|| bad_data("empty blob key"))?;
+    let kind = BlobKind::from_tag(tag).ok_or_else(|| bad_data(format!("unknown blob kind {tag}")))?;
+    let hash: [u8; 32] = rest.get(..32).and_then(|h| h.try_into().ok()).ok_or_else(|| bad_data("short blob key"))?;
+    Ok(BlobKey::new(kind, Hash(hash)))
+}
+
+impl BlobRequest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(38);
+        match self {
+            BlobRequest::Manifest(key) => {
+                out.push(1);
+                encode_key(key, &mut out);
+            }
+            BlobRequest::Chunk { key, index } => {
+                out.push(2);
+                encode_key(key, &mut out);
+                out.extend_from_slice(&index.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
+        match bytes.split_first() {
+            Some((1, rest)) if rest.len() == 33 => Ok(BlobRequest::Manifest(decode_key(rest)?)),
+            Some((2, rest)) if rest.len() == 37 => {
+                let index = u32::from_le_bytes(rest[33..37].try_into().expect("4 bytes"));
+                Ok(BlobRequest::Chunk { key: decode_key(&rest[..33])?, index })
+            }
+            _ => Err(bad_data("malformed blob request")),
+        }
+    }
+}
+
+impl BlobResponse {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            BlobResponse::Manifest { size, chunks } => {
+                let mut out = Vec::with_capacity(13 + 32 * chunks.len());
+                out.push(1);
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+                chunks.iter().for_each(|c| out.extend_from_slice(&c.0));
+                out
+            }
+            BlobResponse::Chunk(bytes) => [&[2u8][..], bytes].concat(),
+            BlobResponse::NotFound => vec![3],
+        }
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
+        match bytes.split_first() {
+            Some((1, rest)) if rest.len() >= 12 => {
+                let size = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+                let count = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+                let hashes = &rest[12..];
+                if hashes.len() != count * 32 {
+                    return Err(bad_data("manifest length does not match its chunk count"));
+                }
+                let chunks = hashes.chunks_exact(32).map(|c| Hash(c.try_into().expect("32 bytes"))).collect();
+                Ok(BlobResponse::Manifest { size, chunks })
+            }
+            Some((2, rest)) => Ok(BlobResponse::Chunk(rest.to_vec())),
+            Some((3, [])) => Ok(BlobResponse::NotFound),
+            _ => Err(bad_data("malformed blob response")),
+        }
+    }
+}
+
+/// Length-prefixed frames (u32 little-endian) with a size limit.
+#[derive(Debug, Clone, Default)]
+pub struct BlobCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut length = [0u8; 4];
+    io.read_exact(&mut length).await?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(bad_data(format!("frame of {length} bytes is over the limit of {MAX_FRAME_BYTES}")));
+    }
+    let mut buffer = vec![0u8; length];
+    io.read_exact(&mut buffer).await?;
+    Ok(buffer)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+#[async_trait::async_trait]
+impl request_response::Codec for BlobCodec {
+    type Protocol = StreamProtocol;
+    type Request = BlobRequest;
+    type Response = BlobResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobRequest> {
+        BlobRequest::from_bytes(&read_frame(io).await?)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse> {
+        BlobResponse::from_bytes(&read_frame(io).await?)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: BlobRequest) -> io::Result<()> {
+        write_frame(io, &request.to_bytes()).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, response: BlobResponse) -> io::Result<()> {
+        write_frame(io, &response.to_bytes()).await
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, Error)]
+pub enum FetchError {
+    #[error("no connected peer serves blob {0}")]
+    Unavailable(BlobKey),
+    #[error("blob {key} is {size} bytes, over the limit of {max}")]
+    TooLarge { key: BlobKey, size: u64, max: u64 },
+    #[error("blob exchange stopped")]
+    Stopped,
+    #[error("storing blob {key}: {reason}")]
+    Store { key: BlobKey, reason: String },
+}
+
+enum Command {
+    Request { peer: PeerId, request: BlobRequest, reply: oneshot::Sender<Option<BlobResponse>> },
+    Peers { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// A handle on the node's blob exchange: fetches blobs from peers into the local store.
+#[derive(Clone)]
+pub struct BlobNet {
+    store: BlobStore,
+    commands: mpsc::Sender<Command>,
+    fetches: Arc<Semaphore>,
+    local_peer: PeerId,
+}
+
+impl BlobNet {
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn local_peer(&self) -> PeerId {
+        self.local_peer
+    }
+
+    async fn request(&self, peer: PeerId, request: BlobRequest) -> Option<BlobResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Request { peer, request, reply }).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Vec<PeerId> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// The blob's bytes: from the local store, else fetched from peers (and then stored).
+    pub async fn fetch(&self, key: BlobKey) -> Result<Vec<u8>, FetchError> {
+        if let Ok(bytes) = self.store.get(&key) {
+            return Ok(bytes);
+        }
+        let _permit = self.fetches.acquire().await.map_err(|_| FetchError::Stopped)?;
+        let peers = self.peers().await;
+        for (position, peer) in peers.iter().enumerate() {
+            let Some(BlobResponse::Manifest { size, chunks }) = self.request(*peer, BlobRequest::Manifest(key)).await else {
+                continue;
+            };
+            if size > MAX_BLOB_BYTES {
+                return Err(FetchError::TooLarge { key, size, max: MAX_BLOB_BYTES });
+            }
+            if chunks.len() != (size as usize).div_ceil(CHUNK_BYTES).max(1) {
+                tracing::debug!(target: "node::blobs", %key, %peer, "manifest with a wrong chunk count; next peer");
+                continue;
+            }
+            // Chunks from this peer first, then from the others that may hold the blob.
+            let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
+            let Some(bytes) = self.fetch_chunks(key, size, &chunks, &order).await else { continue };
+            if !key.verify(&bytes) {
+                tracing::warn!(target: "node::blobs", %key, %peer, "assembled blob does not match its address; next peer");
+                continue;
+            }
+            self.store.put(&key, &bytes).map_err(|e| FetchError::Store { key, reason: e.to_string() })?;
+            tracing::debug!(target: "node::blobs", %key, bytes = bytes.len(), %peer, "fetched");
+            return Ok(bytes);
+        }
+        Err(FetchError::Unavailable(key))
+    }
+
+    async fn fetch_chunks(&self, key: BlobKey, size: u64, chunks: &[Hash], peers: &[PeerId]) -> Option<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(size as usize);
+        for (index, expected) in chunks.iter().enumerate() {
+            let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
+            let mut got = None;
+            for peer in peers {
+                match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
+                    Some(BlobResponse::Chunk(chunk)) if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == *expected => {
+                        got = Some(chunk);
+                        break;
+                    }
+                    Some(BlobResponse::Chunk(_)) => {
+                        tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
+                    }
+                    _ => {}
+                }
+            }
+            bytes.extend_from_slice(&got?);
+        }
+        Some(bytes)
+    }
+
+    /// Fetches with retries until `deadline` passes (peers may not hold the blob yet).
+    pub async fn fetch_until(&self, key: BlobKey, deadline: tokio::time::Instant) -> Result<Vec<u8>, FetchError> {
+        loop {
+            match self.fetch(key).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(FetchError::Unavailable(_)) if tokio::time::Instant::now() + Duration::from_millis(500) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Serves `store` and keeps connections to `peers`; returns the handle and the listen address.
+pub async fn start(
+    seed: [u8; 32],
+    listen: &str,
+    peers: &[String],
+    store: BlobStore,
+) -> anyhow::Result<(BlobNet, Multiaddr)> {
+    use anyhow::Context as _;
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed).context("deriving the blob exchange key")?;
+    let local_peer = keypair.public().to_peer_id();
+    let config = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(16);
+    let behaviour = request_response::Behaviour::with_codec(BlobCodec, [(PROTOCOL, ProtocolSupport::Full)], config);
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .context("setting up the blob exchange transport")?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| anyhow::anyhow!("blob exchange behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    let listen_addr: Multiaddr = listen.parse().with_context(|| format!("p2p.blobs_listen '{listen}' is not a multiaddr"))?;
+    swarm.listen_on(listen_addr.clone()).with_context(|| format!("blob exchange cannot listen on {listen}"))?;
+    let peer_addrs: Vec<Multiaddr> = peers
+        .iter()
+        .map(|p| p.parse().with_context(|| format!("p2p.blob_peers entry '{p}' is not a multiaddr")))
+        .collect::<anyhow::Result<_>>()?;
+    let (commands, queue) = mpsc::channel(256);
+    tokio::spawn(drive(swarm, queue, peer_addrs, store.clone()));
+    let net = BlobNet { store, commands, fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)), local_peer };
+    Ok((net, listen_addr))
+}
+
+type Swarm = libp2p::Swarm<request_response::Behaviour<BlobCodec>>;
+
+/// Manifests of blobs we serve, computed once per blob.
+#[derive(Default)]
+struct Manifests {
+    cache: Mutex<HashMap<BlobKey, (u64, Vec<Hash>)>>,
+}
+
+impl Manifests {
+    fn of(&self, store: &BlobStore, key: &BlobKey) -> Option<(u64, Vec<Hash>)> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = cache.get(key) {
+            return Some(found.clone());
+        }
+        let bytes = store.get(key).ok()?;
+        let chunks: Vec<Hash> = if bytes.is_empty() {
+            vec![Hash(*blake3::hash(&[]).as_bytes())]
+        } else {
+            bytes.chunks(CHUNK_BYTES).map(|c| Hash(*blake3::hash(c).as_bytes())).collect()
+        };
+        if cache.len() >= MANIFEST_CACHE {
+            cache.clear();
+        }
+        cache.insert(*key, (bytes.len() as u64, chunks.clone()));
+        Some((bytes.len() as u64, chunks))
+    }
+}
+
+fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> BlobResponse {
+    match request {
+        BlobRequest::Manifest(key) => match manifests.of(store, key) {
+            Some((size, chunks)) => BlobResponse::Manifest { size, chunks },
+            None => BlobResponse::NotFound,
+        },
+        BlobRequest::Chunk { key, index } => {
+            let offset = *index as u64 * CHUNK_BYTES as u64;
+            match store.size(key) {
+                Ok(size) if offset < size || (size == 0 && *index == 0) => {
+                    store.read_range(key, offset, CHUNK_BYTES).map(BlobResponse::Chunk).unwrap_or(BlobResponse::NotFound)
+                }
+                _ => BlobResponse::NotFound,
+            }
+        }
+    }
+}
+
+async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_addrs: Vec<Multiaddr>, store: BlobStore) {
+    let manifests = Manifests::default();
+    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Option<BlobResponse>>> = HashMap::new();
+    let mut redial = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = redial.tick() => {
+                // Keep every configured peer connected (they may start after us or restart).
+                if swarm.connected_peers().count() < peer_addrs.len() {
+                    for addr in &peer_addrs {
+                        let _ = swarm.dial(addr.clone());
+                    }
+                }
+            }
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Peers { reply }) => {
+                    let _ = reply.send(swarm.connected_peers().copied().collect());
+                }
+                Some(Command::Request { peer, request, reply }) => {
+                    let id = swarm.behaviour_mut().send_request(&peer, request);
+                    pending.insert(id, reply);
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(request_response::Event::Message { message, peer, .. }) => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let response = answer(&store, &manifests, &request);
+                        if swarm.behaviour_mut().send_response(channel, response).is_err() {
+                            tracing::debug!(target: "node::blobs", %peer, "peer left before our response");
+                        }
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = pending.remove(&request_id) {
+                            let _ = reply.send(Some(response));
+                        }
+                    }
+                },
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                    tracing::debug!(target: "node::blobs", %peer, %error, "blob request failed");
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(None);
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::InboundFailure { peer, error, .. }) => {
+                    tracing::debug!(target: "node::blobs", %peer, %error, "bad inbound blob request");
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let key = BlobKey::new(BlobKind::Checkpoint, Hash([7; 32]));
+        for request in [BlobRequest::Manifest(key), BlobRequest::Chunk { key, index: 9 }] {
+            assert_eq!(BlobRequest::from_bytes(&request.to_bytes()).unwrap(), request);
+        }
+        for response in [
+            BlobResponse::Manifest { size: 5, chunks: vec![Hash([1; 32])] },
+            BlobResponse::Chunk(vec![1, 2, 3]),
+            BlobResponse::NotFound,
+        ] {
+            assert_eq!(BlobResponse::from_bytes(&response.to_bytes()).unwrap(), response);
+        }
+        for garbage in [&[][..], &[1], &[9, 1, 2], &[1, 99, 0], &[3, 0]] {
+            assert!(BlobRequest::from_bytes(garbage).is_err() || garbage.is_empty());
+            assert!(BlobResponse::from_bytes(garbage).is_err());
+        }
+        // A manifest claiming more chunks than it carries.
+        let mut lying = BlobResponse::Manifest { size: 5, chunks: vec![Hash([1; 32])] }.to_bytes();
+        lying[9] = 2;
+        assert!(BlobResponse::from_bytes(&lying).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetches_from_a_peer_and_rejects_nothing_it_should_keep() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a_store = BlobStore::open(a_dir.path()).unwrap();
+        let blob: Vec<u8> = (0..(CHUNK_BYTES * 2 + 123)).map(|i| (i * 31 % 251) as u8).collect();
+        let key = a_store.put_data(&blob).unwrap();
+        let port = 40_000 + (std::process::id() % 10_000) as u16;
+        let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let (_a, _) = start([1; 32], &a_addr, &[], a_store).await.unwrap();
+        let (b, _) = start([2; 32], &format!("/ip4/127.0.0.1/tcp/{}", port + 1), &[a_addr], BlobStore::open(b_dir.path()).unwrap())
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let fetched = b.fetch_until(key, deadline).await.unwrap();
+        assert_eq!(fetched, blob);
+        assert!(b.store().contains(&key));
+        let missing = BlobKey::data(b"nobody has this");
+        assert!(matches!(b.fetch(missing).await, Err(FetchError::Unavailable(_))));
+    }
+}

@@ -1,0 +1,396 @@
+//! What job submitters and model users run: `trellis job submit job.toml`, `trellis job status`,
+//! `trellis stake`, and `trellis model export`.
+//!
+//! A job file names a model preset, a dataset path and the DiLoCo and verification parameters.
+//! Submitting publishes the dataset as shards into a node's blob store (which serves them to
+//! miners), checks the spec against the chain's rules before any funds move, and sends
+//! `SubmitJob`. Exporting fetches the latest committed model from peers and checks its hash
+//! against the chain before writing it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use trellis_proto::{
+    AggregationRule, Amount, DeltaEncoding, DilocoParams, Hash, JobSpec, OuterOptimizer, TxKind, VerificationMode,
+    VerificationParams,
+};
+use trellis_trainer::model::Preset;
+
+use crate::blobs::{BlobKey, BlobKind, BlobStore};
+use crate::client::{RpcArg, SignerArgs};
+use crate::home::Home;
+
+/// A job file (`job.toml`). Unknown keys are errors, so a typo never silently means a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub name: String,
+    /// Model preset: nano, micro, small or gpt2.
+    pub model: String,
+    /// A text file or a directory of text files.
+    pub dataset: PathBuf,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Tokens held for rewards; what is left comes back when the job ends.
+    pub escrow: u64,
+    pub reward_per_round: u64,
+    #[serde(default = "defaults::min_miner_stake")]
+    pub min_miner_stake: u64,
+    /// Blocks from a round's opening to its commit deadline.
+    #[serde(default = "defaults::commit_blocks")]
+    pub commit_blocks: u32,
+    /// Blocks from the commit deadline to the end of verification.
+    #[serde(default = "defaults::verify_blocks")]
+    pub verify_blocks: u32,
+    pub diloco: DilocoFile,
+    #[serde(default)]
+    pub verification: VerificationFile,
+    /// mean, trimmed-mean or centered-clip.
+    #[serde(default = "defaults::aggregation")]
+    pub aggregation: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DilocoFile {
+    pub workers_per_round: u32,
+    pub inner_steps: u32,
+    pub rounds: u32,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    #[serde(default = "defaults::sequence_length")]
+    pub sequence_length: u32,
+    #[serde(default = "defaults::learning_rate")]
+    pub learning_rate: f32,
+    #[serde(default = "defaults::warmup_steps")]
+    pub warmup_steps: u32,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f32,
+    /// nesterov or average.
+    #[serde(default = "defaults::outer")]
+    pub outer: String,
+    #[serde(default = "defaults::outer_learning_rate")]
+    pub outer_learning_rate: f32,
+    #[serde(default = "defaults::outer_momentum")]
+    pub outer_momentum: f32,
+    /// f32 or f16 (int8 is not yet trained on chain: see docs/protocol.md).
+    #[serde(default = "defaults::encoding")]
+    pub encoding: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationFile {
+    pub checkpoint_interval: u32,
+    pub segments_per_miner: u32,
+    /// exact, or a relative L2 distance for tolerance mode.
+    pub mode: String,
+    #[serde(default)]
+    pub max_distance: f32,
+}
+
+impl Default for VerificationFile {
+    fn default() -> Self {
+        Self { checkpoint_interval: 5, segments_per_miner: 1, mode: "exact".into(), max_distance: 0.0 }
+    }
+}
+
+mod defaults {
+    pub fn seed() -> u64 {
+        1
+    }
+    pub fn min_miner_stake() -> u64 {
+        1_000
+    }
+    pub fn commit_blocks() -> u32 {
+        60
+    }
+    pub fn verify_blocks() -> u32 {
+        40
+    }
+    pub fn aggregation() -> String {
+        "mean".into()
+    }
+    pub fn batch_size() -> u32 {
+        8
+    }
+    pub fn sequence_length() -> u32 {
+        64
+    }
+    pub fn learning_rate() -> f32 {
+        3e-3
+    }
+    pub fn warmup_steps() -> u32 {
+        5
+    }
+    pub fn weight_decay() -> f32 {
+        0.1
+    }
+    pub fn outer() -> String {
+        "nesterov".into()
+    }
+    pub fn outer_learning_rate() -> f32 {
+        0.7
+    }
+    pub fn outer_momentum() -> f32 {
+        0.9
+    }
+    pub fn encoding() -> String {
+        "f32".into()
+    }
+}
+
+impl JobFile {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the job file {}", path.display()))?;
+        let mut file: JobFile = toml::from_str(&text).with_context(|| format!("{} is not a valid job file", path.display()))?;
+        if file.dataset.is_relative() {
+            file.dataset = path.parent().unwrap_or(Path::new(".")).join(&file.dataset);
+        }
+        Ok(file)
+    }
+
+    /// The chain's spec for this file, with the dataset's root and shard count.
+    pub fn spec(&self, dataset_root: Hash, dataset_shards: u32) -> anyhow::Result<JobSpec> {
+        let preset: Preset = self.model.parse().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        let d = &self.diloco;
+        let outer_optimizer = match d.outer.as_str() {
+            "nesterov" => OuterOptimizer::Nesterov,
+            "average" | "avg" => OuterOptimizer::Average,
+            other => bail!("diloco.outer '{other}': use nesterov or average"),
+        };
+        let encoding = match d.encoding.as_str() {
+            "f32" => DeltaEncoding::F32,
+            "f16" => DeltaEncoding::F16,
+            "int8" => bail!("diloco.encoding int8 is not yet trained on chain (its error-feedback residual is not committed, so checkers could not check Δ); use f32 or f16"),
+            other => bail!("diloco.encoding '{other}': use f32 or f16"),
+        };
+        let v = &self.verification;
+        let mode = match v.mode.as_str() {
+            "exact" => VerificationMode::Exact,
+            "tolerance" if v.max_distance > 0.0 => VerificationMode::Tolerance { max_distance: v.max_distance },
+            "tolerance" => bail!("verification.mode tolerance needs verification.max_distance > 0"),
+            "groth16" => bail!("verification.mode groth16 is not available yet; use exact or tolerance"),
+            other => bail!("verification.mode '{other}': use exact or tolerance"),
+        };
+        let aggregation = match self.aggregation.as_str() {
+            "mean" => AggregationRule::Mean,
+            "trimmed-mean" => AggregationRule::TrimmedMean { trim: 1 },
+            "centered-clip" => AggregationRule::CenteredClip { tau: 1.0, iterations: 3 },
+            other => bail!("aggregation '{other}': use mean, trimmed-mean or centered-clip"),
+        };
+        Ok(JobSpec {
+            name: self.name.clone(),
+            model: preset.config(),
+            init_seed: self.seed,
+            dataset_root,
+            dataset_shards,
+            diloco: DilocoParams {
+                workers_per_round: d.workers_per_round,
+                inner_steps: d.inner_steps,
+                batch_size: d.batch_size,
+                sequence_length: d.sequence_length,
+                learning_rate: d.learning_rate,
+                beta1: 0.9,
+                beta2: 0.95,
+                weight_decay: d.weight_decay,
+                grad_clip: 1.0,
+                warmup_steps: d.warmup_steps,
+                outer_optimizer,
+                outer_learning_rate: d.outer_learning_rate,
+                outer_momentum: d.outer_momentum,
+                rounds: d.rounds,
+                encoding,
+            },
+            aggregation,
+            verification: VerificationParams {
+                checkpoint_interval: v.checkpoint_interval,
+                segments_per_miner: v.segments_per_miner,
+                mode,
+            },
+            reward_per_round: Amount(self.reward_per_round),
+            min_miner_stake: Amount(self.min_miner_stake),
+            commit_blocks: self.commit_blocks,
+            verify_blocks: self.verify_blocks,
+        })
+    }
+}
+
+/// Reads a job file, publishes its dataset into `store`, and returns the spec and escrow.
+pub fn prepare(path: &Path, store: &BlobStore) -> anyhow::Result<(JobSpec, u64)> {
+    let file = JobFile::read(path)?;
+    let dataset = crate::jobdata::load_text_dataset(&file.dataset)?;
+    dataset.check_fits(&file.dataset, file.diloco.sequence_length as usize)?;
+    let manifest = crate::jobdata::publish_dataset(store, &dataset)?;
+    let spec = file.spec(manifest.root(), manifest.shards.len() as u32)?;
+    trellis_trainer::model::validate(&spec.model)?;
+    trellis_contracts::validate_job_spec(&spec, &trellis_contracts::Params::default()).map_err(|reason| anyhow::anyhow!("job spec: {reason}"))?;
+    if file.escrow < file.reward_per_round {
+        bail!("escrow {} is less than one round's reward {}", file.escrow, file.reward_per_round);
+    }
+    Ok((spec, file.escrow))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Publish a job's dataset and submit the job (escrowing its reward).
+    Submit {
+        /// The job file (TOML; see docs/jobs.md).
+        file: PathBuf,
+        /// Home of the node whose blob store serves the dataset to miners [default: --home].
+        #[arg(long)]
+        blobs_home: Option<PathBuf>,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// A job's state and its current round.
+    Status {
+        id: u64,
+        #[command(flatten)]
+        rpc: RpcArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StakeArgs {
+    /// validator or miner.
+    #[arg(long, value_enum)]
+    pub role: crate::client::RoleArg,
+    #[arg(long)]
+    pub amount: u64,
+    #[command(flatten)]
+    pub signer: SignerArgs,
+}
+
+pub fn job(command: JobCommand) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Submit { file, blobs_home, signer } => {
+            let home = blobs_home.or_else(|| signer.home.clone()).context(
+                "say which node serves the dataset: --blobs-home DIR (a node home on this machine), or sign with --home",
+            )?;
+            let store = BlobStore::open(&Home::new(&home).data().join("blobs"))?;
+            let (spec, escrow) = prepare(&file, &store)?;
+            println!(
+                "dataset {} published as {} shards in {}",
+                spec.dataset_root,
+                spec.dataset_shards,
+                store.root().display()
+            );
+            crate::client::sign_and_submit(TxKind::SubmitJob { spec, escrow: Amount(escrow) }, &signer)
+        }
+        JobCommand::Status { id, rpc } => status(id, &rpc.rpc),
+    }
+}
+
+pub fn stake(args: StakeArgs) -> anyhow::Result<()> {
+    crate::client::sign_and_submit(TxKind::Bond { role: args.role.into(), amount: Amount(args.amount) }, &args.signer)
+}
+
+fn status(id: u64, url: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = crate::client::client(url)?;
+        let job = crate::client::call(&client, url, "job_get", jsonrpsee::rpc_params![id]).await?;
+        let current = job["current_round"].as_u64().unwrap_or(0);
+        let round = crate::client::call(&client, url, "job_getRound", jsonrpsee::rpc_params![id, current]).await?;
+        println!("job {id} '{}': {}", job["spec"]["name"].as_str().unwrap_or("?"), job["status"].as_str().unwrap_or("?"));
+        println!(
+            "  rounds settled {} of {}, escrow left {}, miners {}",
+            job["rounds_settled"],
+            job["spec"]["diloco"]["rounds"],
+            job["escrow"],
+            job["miners"].as_array().map_or(0, Vec::len)
+        );
+        println!("  model {}", job["model_hash"].as_str().unwrap_or("?"));
+        println!(
+            "  round {current}: {} (commits {}, verdicts {}, accepted {})",
+            round["phase"].as_str().unwrap_or("?"),
+            round["commits"].as_array().map_or(0, Vec::len),
+            round["verdicts"].as_array().map_or(0, Vec::len),
+            round["accepted"].as_array().map_or(0, Vec::len),
+        );
+        Ok(())
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub job: u64,
+    /// Where to write the model (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A node home on this machine whose blob peers to fetch from (its own blob exchange too).
+    #[arg(long)]
+    pub home: Option<PathBuf>,
+    /// Blob exchange addresses to fetch from (multiaddrs), besides those of --home.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    #[command(flatten)]
+    pub rpc: RpcArg,
+}
+
+/// Fetches the job's latest committed model, checks it against the chain, writes safetensors.
+/// Returns the model hash.
+pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> anyhow::Result<Hash> {
+    let client = crate::client::client(rpc)?;
+    let job_json = crate::client::call(&client, rpc, "job_get", jsonrpsee::rpc_params![job]).await?;
+    let model_hash: Hash = job_json["model_hash"].as_str().context("job without model_hash")?.parse().context("model_hash")?;
+    if model_hash == Hash::ZERO {
+        bail!("job {job} has not committed a model yet (no round settled); try again later");
+    }
+    let spec: JobSpec = serde_json::from_value(job_json["spec"].clone()).context("the node returned a job spec this binary cannot read")?;
+    if peers.is_empty() {
+        bail!("no blob peers to fetch from: give --home of a node on this machine or --peer MULTIADDR");
+    }
+    let scratch = tempfile_dir()?;
+    let store = BlobStore::open(&scratch)?;
+    let seed: [u8; 32] = rand_seed();
+    let (net, _) = crate::exchange::start(seed, "/ip4/127.0.0.1/tcp/0", peers, store).await?;
+    let key = BlobKey::new(BlobKind::Data, model_hash);
+    let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30)).await?;
+    // `fetch` checked the bytes against the hash; check the shape against the spec.
+    let weights = crate::jobdata::weights_from_bytes(&bytes)?;
+    let mut model = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
+    if model.numel() != weights.len() {
+        bail!("model blob has {} weights, the job's model {}", weights.len(), model.numel());
+    }
+    model.set_flat_weights(&weights);
+    trellis_trainer::model_io::save(&model, out)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(model_hash)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("trellis-export-{}-{}", std::process::id(), rand_seed()[0]));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn rand_seed() -> [u8; 32] {
+    trellis_proto::Keypair::generate().seed()
+}
+
+/// The blob peers a node home knows: its own blob address and its configured peers.
+pub fn home_blob_peers(home: &Path) -> anyhow::Result<Vec<String>> {
+    let config = Home::new(home).load_config()?;
+    let mut peers = config.p2p.blob_peers.clone();
+    if !config.p2p.blobs_listen.is_empty() {
+        peers.insert(0, config.p2p.blobs_listen.clone());
+    }
+    Ok(peers)
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let mut peers = args.peers.clone();
+    if let Some(home) = &args.home {
+        peers.extend(home_blob_peers(home)?);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hash = rt.block_on(export_model(args.job, &args.out, &peers, &args.rpc.rpc))?;
+    println!("wrote {} (model {hash}, checked against the chain)", args.out.display());
+    Ok(())
+}

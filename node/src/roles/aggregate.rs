@@ -1,0 +1,133 @@
+//! The round's outer update: every validator computes it once the round is tallied (fetch the
+//! accepted miners' Δ, combine them with the job's rule in address order, apply the outer step
+//! to θ_r and the momentum, all in plain f32 so every validator gets the same bits), stores the
+//! new model and momentum as blobs, and records their hashes in the [`AggregateBook`].
+//!
+//! One validator sends `CommitAggregate` (the first in an order rotated by job and round; the
+//! next after a few blocks if the first has not, and so on). Consensus accepts a block with an
+//! aggregate only if the validator's own computation agrees ([`AggregateBook::judge`]), so a
+//! committed block is a committed, recomputed outer update.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _};
+use trellis_contracts::state::{Job, Phase, RoundState};
+use trellis_proto::{Aggregate, Hash, JobId, TxKind};
+use trellis_trainer::encoding;
+use trellis_trainer::outer::OuterStep;
+
+use super::RoleContext;
+use crate::blobs::{BlobKey, BlobKind};
+use crate::jobdata::{self, FETCH_PATIENCE};
+
+/// Blocks each validator waits after the one before it in the sending order.
+const SEND_STAGGER_BLOCKS: u64 = 4;
+
+/// The aggregates this validator computed: (model hash, momentum hash) by (job, round).
+#[derive(Debug, Default)]
+pub struct AggregateBook {
+    computed: Mutex<HashMap<(JobId, u32), (Hash, Hash)>>,
+}
+
+impl AggregateBook {
+    pub fn get(&self, job: JobId, round: u32) -> Option<(Hash, Hash)> {
+        self.computed.lock().unwrap_or_else(|p| p.into_inner()).get(&(job, round)).copied()
+    }
+
+    pub fn insert(&self, job: JobId, round: u32, hashes: (Hash, Hash)) {
+        self.computed.lock().unwrap_or_else(|p| p.into_inner()).insert((job, round), hashes);
+    }
+
+    /// Whether `aggregate` is what this node computed: `None` while it has not computed it.
+    pub fn judge(&self, aggregate: &Aggregate) -> Option<bool> {
+        self.get(aggregate.job, aggregate.round).map(|(model, momentum)| model == aggregate.model_hash && momentum == aggregate.momentum_hash)
+    }
+}
+
+/// Called after every block by the validator role.
+pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) {
+    let me = context.key.address();
+    for job in context.active_jobs() {
+        let Some(round) = context.round(job.id, job.current_round) else { continue };
+        // Blobs of settled rounds are no longer needed by anyone.
+        if job.current_round > 0 && context.start_once(format!("gc:{}:{}", job.id, job.current_round)) {
+            let removed = context.net.store().collect_settled(job.id, job.current_round);
+            tracing::debug!(target: "node::aggregate", job = %job.id, removed, "collected settled blobs");
+        }
+        if round.phase != Phase::AwaitingAggregate || height > round.aggregate_deadline {
+            continue;
+        }
+        match book.get(job.id, round.round) {
+            None => {
+                if context.start_once(format!("aggregate:{}:{}", job.id, round.round)) {
+                    let (context, book, job, round) = (context.clone(), book.clone(), job.clone(), round.clone());
+                    tokio::spawn(async move {
+                        match compute(&context, &job, &round).await {
+                            Ok(hashes) => {
+                                tracing::info!(target: "node::aggregate", job = %job.id, round = round.round, model = %hashes.0, "aggregate computed");
+                                book.insert(job.id, round.round, hashes);
+                            }
+                            Err(error) => {
+                                tracing::warn!(target: "node::aggregate", job = %job.id, round = round.round, error = format!("{error:#}"), "cannot compute the aggregate yet");
+                                context.forget(&format!("aggregate:{}:{}", job.id, round.round));
+                            }
+                        }
+                    });
+                }
+            }
+            Some((model_hash, momentum_hash)) => {
+                let validators = context.shared.ledger.validator_set();
+                let addresses: Vec<_> = validators.validators().iter().map(|v| v.address.0).collect();
+                let Some(position) = addresses.iter().position(|a| *a == me) else { continue };
+                let n = addresses.len() as u64;
+                let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
+                let tallied_at = round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
+                if height < tallied_at + rank * SEND_STAGGER_BLOCKS {
+                    continue;
+                }
+                if context.start_once(format!("tx:aggregate:{}:{}", job.id, round.round)) {
+                    let aggregate = Aggregate { job: job.id, round: round.round, model_hash, momentum_hash, accepted: round.accepted.clone() };
+                    if let Err(error) = context.submit(TxKind::CommitAggregate(aggregate)) {
+                        tracing::warn!(target: "node::aggregate", %error, "cannot send the aggregate");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Computes round `round`'s outer update and stores the new model and momentum as blobs.
+pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) -> anyhow::Result<(Hash, Hash)> {
+    let net = &context.net;
+    let mut global = jobdata::global_weights(net, job).await.context("the global model")?;
+    let momentum = jobdata::momentum(net, job, global.len()).await.context("the outer momentum")?;
+    let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
+    let mut deltas = Vec::with_capacity(round.accepted.len());
+    for miner in &round.accepted {
+        let commit = round.commits.iter().find(|c| &c.miner == miner).context("an accepted miner without a commitment")?;
+        let bytes = net
+            .fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline)
+            .await
+            .with_context(|| format!("the Δ of {miner}"))?;
+        let (encoding, values) = encoding::decode(&bytes).with_context(|| format!("decoding the Δ of {miner}"))?;
+        if encoding != job.spec.diloco.encoding || values.len() != global.len() {
+            bail!("the Δ of {miner} is not a {:?} vector of {} values", job.spec.diloco.encoding, global.len());
+        }
+        deltas.push(values);
+    }
+    let spec = job.spec.clone();
+    let store = net.store().clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, Hash)> {
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        let combined = trellis_verifier::aggregate::aggregate(&spec.aggregation, &refs)?;
+        let d = &spec.diloco;
+        let mut outer = OuterStep { optimizer: d.outer_optimizer, learning_rate: d.outer_learning_rate, momentum: d.outer_momentum, buffer: momentum };
+        outer.apply(&mut global, &combined);
+        let model = store.put_data(&jobdata::weights_to_bytes(&global))?;
+        let momentum = store.put_data(&jobdata::weights_to_bytes(&outer.buffer))?;
+        Ok((model.hash, momentum.hash))
+    })
+    .await
+    .context("the aggregation thread stopped")?
+}

@@ -1,0 +1,188 @@
+//! The node's duties beyond consensus: the miner (train rounds, commit work, serve blobs) and
+//! the validator's job duties (check sampled segments, compute and propose aggregates).
+//!
+//! Both are driven by committed blocks: after every commit a role looks at the chain state and
+//! starts whatever work the state asks of it, each piece once. Heavy work (training, replay,
+//! aggregation) runs on blocking threads; its result becomes a transaction signed with the
+//! node's key and admitted to the node's own mempool (and forwarded to peers), exactly as if it
+//! had come over RPC.
+
+pub mod aggregate;
+pub mod checker;
+pub mod miner;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tch::Device;
+use trellis_trainer::data::Dataset;
+use trellis_contracts::state::{self, keys, Job, JobStatus, RoundState};
+use trellis_contracts::KvStore;
+use trellis_proto::{Amount, Hash, JobId, Keypair, Transaction, TxKind};
+
+use crate::consensus_app::Shared;
+use crate::exchange::BlobNet;
+
+/// Fee on the transactions roles send.
+pub const ROLE_TX_FEE: u64 = 1;
+/// Blocks our committed nonce may stand still, with our transactions pending, before we drop
+/// them from our mempool and send anew (a transaction that can no longer be included would
+/// otherwise hold back every later one).
+const STUCK_BLOCKS: u64 = 15;
+
+/// What every role needs.
+pub struct RoleContext {
+    pub shared: Arc<Shared>,
+    pub net: BlobNet,
+    pub key: Arc<Keypair>,
+    /// Scratch space for trails in progress.
+    pub work_dir: PathBuf,
+    pub device: Device,
+    /// Pieces of work started (so each is done once), by a role-chosen label.
+    started: Mutex<HashSet<String>>,
+    nonce_watch: Mutex<NonceWatch>,
+    datasets: Mutex<HashMap<Hash, Arc<Dataset>>>,
+}
+
+#[derive(Default)]
+struct NonceWatch {
+    nonce: u64,
+    since_height: u64,
+    fee_bump: u64,
+}
+
+impl RoleContext {
+    pub fn new(shared: Arc<Shared>, net: BlobNet, key: Arc<Keypair>, work_dir: PathBuf, device: Device) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            net,
+            key,
+            work_dir,
+            device,
+            started: Mutex::default(),
+            nonce_watch: Mutex::default(),
+            datasets: Mutex::default(),
+        })
+    }
+
+    pub fn height(&self) -> u64 {
+        self.shared.ledger.store().head().map(|h| h.0).unwrap_or(0)
+    }
+
+    /// Jobs that are still running.
+    pub fn active_jobs(&self) -> Vec<Job> {
+        let view = self.shared.ledger.store().pending_state();
+        view.scan_prefix(keys::JOB_PREFIX)
+            .into_iter()
+            .filter_map(|(key, bytes)| state::decode_record::<Job>(&key, &bytes).ok())
+            .filter(|job| job.status == JobStatus::Active)
+            .collect()
+    }
+
+    pub fn job(&self, id: JobId) -> Option<Job> {
+        let view = self.shared.ledger.store().pending_state();
+        state::read(&view, &keys::job(id)).ok().flatten()
+    }
+
+    pub fn round(&self, job: JobId, round: u32) -> Option<RoundState> {
+        let view = self.shared.ledger.store().pending_state();
+        state::read(&view, &keys::round(job, round)).ok().flatten()
+    }
+
+    /// A job's dataset, fetched and checked against its root once per node.
+    pub async fn dataset(&self, root: Hash) -> anyhow::Result<Arc<Dataset>> {
+        if let Some(found) = self.datasets.lock().unwrap_or_else(|p| p.into_inner()).get(&root) {
+            return Ok(found.clone());
+        }
+        let dataset = crate::jobdata::fetch_dataset(&self.net, root).await?;
+        if dataset.root() != root {
+            anyhow::bail!("the fetched dataset has root {}, not {root}", dataset.root());
+        }
+        let dataset = Arc::new(dataset);
+        self.datasets.lock().unwrap_or_else(|p| p.into_inner()).insert(root, dataset.clone());
+        Ok(dataset)
+    }
+
+    /// Marks `label` started; false if it already was.
+    pub fn start_once(&self, label: String) -> bool {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).insert(label)
+    }
+
+    /// Forgets `label`, so the work may be tried again.
+    pub fn forget(&self, label: &str) {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).remove(label);
+    }
+
+    /// Signs `kind` with the node key at the next free nonce, admits it to the mempool and
+    /// forwards it to peers.
+    pub fn submit(&self, kind: TxKind) -> anyhow::Result<Hash> {
+        let ledger = &self.shared.ledger;
+        let address = self.key.address();
+        let fee = ROLE_TX_FEE + self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner()).fee_bump;
+        let name = kind.name();
+        let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = ledger.next_nonce(&address);
+        let nonce = mempool.next_free_nonce(&address, committed);
+        let signed = Transaction { sender: self.key.public_key(), nonce, fee: Amount(fee), kind }.sign(ledger.chain_id(), &self.key);
+        let hash = mempool.insert_verified(signed.clone(), committed).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
+        drop(mempool);
+        let _ = self.shared.gossip.try_send(signed);
+        tracing::info!(target: "node::roles", tx = %hash, kind = name, nonce, "sent");
+        Ok(hash)
+    }
+
+    /// Unsticks our transaction queue when our nonce has not moved for a while (see
+    /// [`STUCK_BLOCKS`]): drops our pending transactions, raises our fee for replacements, and
+    /// forgets started work so it is sent again.
+    pub fn watch_nonce(&self, height: u64) {
+        let address = self.key.address();
+        let committed = self.shared.ledger.next_nonce(&address);
+        let pending = {
+            let mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            mempool.next_free_nonce(&address, committed) > committed
+        };
+        let mut watch = self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner());
+        if committed != watch.nonce || !pending {
+            watch.nonce = committed;
+            watch.since_height = height;
+            return;
+        }
+        if height >= watch.since_height + STUCK_BLOCKS {
+            let dropped = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).remove_sender(&address);
+            watch.fee_bump += 1;
+            watch.since_height = height;
+            self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|label| !label.starts_with("tx:"));
+            tracing::warn!(target: "node::roles", dropped, nonce = committed, "our transactions were not included; sending again");
+        }
+    }
+}
+
+/// Runs a validator's job duties (segment checks and aggregates) until the node stops.
+pub async fn run_validator(context: Arc<RoleContext>, book: Arc<aggregate::AggregateBook>) {
+    drive(context, move |context, height| {
+        checker::tick(context, height);
+        aggregate::tick(context, &book, height);
+    })
+    .await;
+}
+
+/// Runs `tick` after every committed block until the node stops.
+pub async fn drive<F>(context: Arc<RoleContext>, mut tick: F)
+where
+    F: FnMut(&Arc<RoleContext>, u64) + Send,
+{
+    let mut events = context.shared.events.subscribe();
+    tick(&context, context.height());
+    loop {
+        match events.recv().await {
+            Ok(crate::consensus_app::NodeEvent::Committed { block, .. }) => {
+                let height = block.header.height.0;
+                context.watch_nonce(height);
+                tick(&context, height);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tick(&context, context.height()),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
