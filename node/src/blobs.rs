@@ -210,12 +210,20 @@ impl BlobStore {
         if path.is_file() {
             return Ok(());
         }
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+        // A name no other writer uses: tasks of this process may store the same blob at once.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = path.with_extension(format!("tmp-{}-{unique}", std::process::id()));
         let io = |source| BlobError::Io { path: temporary.clone(), source };
         let mut file = std::fs::File::create(&temporary).map_err(io)?;
         file.write_all(bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, &path).map_err(|source| BlobError::Io { path: path.clone(), source })?;
+        if let Err(source) = std::fs::rename(&temporary, &path) {
+            let _ = std::fs::remove_file(&temporary);
+            if !path.is_file() {
+                return Err(BlobError::Io { path, source });
+            }
+        }
         Ok(())
     }
 
@@ -302,5 +310,21 @@ mod tests {
         assert!(store.contains(&new));
         assert!(store.contains(&model));
         assert_eq!(store.collect_settled(JobId(3), 1), 0);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_blob_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let key = BlobKey::data(&bytes);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| store.put(&key, &bytes).unwrap());
+            }
+        });
+        assert_eq!(store.get(&key).unwrap(), bytes);
+        let leftovers = std::fs::read_dir(dir.path().join("data")).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
     }
 }

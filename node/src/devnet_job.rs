@@ -106,7 +106,7 @@ impl DemoJob {
             bail!("--rounds and --inner-steps must be positive");
         }
         let workers = args.miners.min(8);
-        let interval = (args.inner_steps / 4).max(1);
+        let interval = (args.inner_steps / 8).max(1);
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
              name = \"devnet-demo\"\nmodel = \"{model}\"\ndataset = \"dataset\"\nseed = 7\n\
@@ -115,7 +115,7 @@ impl DemoJob {
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = 8\nsequence_length = 64\nlearning_rate = 0.003\nwarmup_steps = 5\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
-             [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 2\nmode = \"exact\"\n",
+             [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\nmode = \"exact\"\n",
             model = args.model,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
@@ -157,6 +157,25 @@ impl DemoJob {
         let url = node0.rpc.clone();
         wait_for_height(&rt, &url, 2, children, stop)?;
         let signer = SignerArgs { key: Some(root.join("submitter.key")), home: None, fee: 10, wait: true, rpc: RpcArg { rpc: url.clone() } };
+        // Every job event from before the submission on: rewards are summed from them.
+        let rewards = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
+        {
+            use jsonrpsee::core::client::SubscriptionClientT;
+            let ws = rt.block_on(jsonrpsee::ws_client::WsClientBuilder::default().build(url.replace("http://", "ws://")))?;
+            let mut events: jsonrpsee::core::client::Subscription<Value> =
+                rt.block_on(ws.subscribe("job_subscribeEvents", rpc_params![], "job_unsubscribeEvents"))?;
+            let rewards = rewards.clone();
+            rt.spawn(async move {
+                let _keep = ws;
+                while let Some(Ok(message)) = events.next().await {
+                    let event = &message["event"];
+                    if event["event"] == "rewarded" {
+                        let round = event["round"].as_u64().unwrap_or(0) as u32;
+                        rewards.lock().unwrap_or_else(|p| p.into_inner()).push((round, event["amount"].as_u64().unwrap_or(0)));
+                    }
+                }
+            });
+        }
         crate::client::sign_and_submit(trellis_proto::TxKind::SubmitJob { spec: spec.clone(), escrow: trellis_proto::Amount(escrow) }, &signer)?;
         let rpc = client(&url)?;
         let jobs = rt.block_on(call(&rpc, &url, "job_list", rpc_params![]))?;
@@ -174,10 +193,9 @@ impl DemoJob {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let peers: Vec<String> = info.nodes.iter().map(|n| n.blobs.clone()).collect();
-        let miners: Vec<String> = info.nodes.iter().filter(|n| n.role == "miner").map(|n| n.address.clone()).collect();
-        let mut stakes = rt.block_on(miner_stakes(&rpc, &url, &miners));
+        let everyone: Vec<String> = info.nodes.iter().map(|n| n.address.clone()).collect();
+        let mut stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
         let mut rows: Vec<RoundRow> = Vec::new();
-        let mut escrow_left = escrow;
         let started = Instant::now();
         let models = root.join("models");
         std::fs::create_dir_all(&models)?;
@@ -202,8 +220,7 @@ impl DemoJob {
                     if state["phase"] != "settled" && state["phase"] != "lapsed" {
                         break;
                     }
-                    let escrow_now = job["escrow"].as_u64().unwrap_or(0);
-                    let new_stakes = rt.block_on(miner_stakes(&rpc, &url, &miners));
+                    let new_stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
                     let slashed: u64 = stakes.iter().zip(&new_stakes).map(|(a, b)| a.saturating_sub(*b)).sum();
                     stakes = new_stakes;
                     let out = models.join(format!("round-{round}.safetensors"));
@@ -220,14 +237,13 @@ impl DemoJob {
                         commits: state["commits"].as_array().map_or(0, Vec::len),
                         verdicts_valid: valid,
                         verdicts_other: verdicts.len() - valid,
-                        paid: escrow_left.saturating_sub(escrow_now),
+                        paid: rewards.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(r, _)| *r == round).map(|(_, a)| a).sum(),
                         slashed,
                         model_hash: hash.to_hex(),
                         training_s,
                         verification_s,
                         aggregation_s,
                     };
-                    escrow_left = escrow_now;
                     bar.suspend(|| {
                         println!(
                             "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}",
@@ -282,9 +298,33 @@ impl DemoJob {
             spec.verification.segments_per_miner,
             spec.verification.checkpoint_interval
         );
+        let (train_s, check_s) = logged_seconds(root);
+        if train_s > 0.0 {
+            println!(
+                "measured: miners trained {train_s:.1} s in all, checkers spent {check_s:.1} s (fetch + replay + Δ check): {:.0}% of training",
+                100.0 * check_s / train_s
+            );
+        }
         println!("wrote {} (model {}), {}, {}/rounds.json", final_model.display(), last.model_hash, png.display(), root.display());
         Ok(())
     }
+}
+
+/// Seconds the nodes logged for training (`train_s`, miners) and checking (`check_s`, validators).
+fn logged_seconds(root: &Path) -> (f64, f64) {
+    let mut totals = (0.0, 0.0);
+    let Ok(entries) = std::fs::read_dir(root) else { return totals };
+    for entry in entries.flatten() {
+        let Ok(log) = std::fs::read_to_string(entry.path().join("node.log")) else { continue };
+        for line in log.lines() {
+            for (field, total) in [("train_s=\"", &mut totals.0), ("check_s=\"", &mut totals.1)] {
+                if let Some(rest) = line.split(field).nth(1) {
+                    *total += rest.split('"').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    totals
 }
 
 fn check_children(children: &mut [Child], info: &DevnetInfo) -> anyhow::Result<()> {
@@ -317,11 +357,13 @@ fn wait_for_height(rt: &tokio::runtime::Runtime, url: &str, height: u64, childre
     }
 }
 
-async fn miner_stakes(rpc: &HttpClient, url: &str, miners: &[String]) -> Vec<u64> {
+/// Every account's bonded stake, miner and validator together (a drop is a slash).
+async fn bonded_stakes(rpc: &HttpClient, url: &str, accounts: &[String]) -> Vec<u64> {
     let mut stakes = Vec::new();
-    for miner in miners {
-        let account = call(rpc, url, "state_getAccount", rpc_params![miner]).await.unwrap_or(Value::Null);
-        stakes.push(account["miner_stake"]["bonded"].as_u64().unwrap_or(0));
+    for account in accounts {
+        let state = call(rpc, url, "state_getAccount", rpc_params![account]).await.unwrap_or(Value::Null);
+        let bonded = |role: &str| state[role]["bonded"].as_u64().unwrap_or(0);
+        stakes.push(bonded("miner_stake") + bonded("validator_stake"));
     }
     stakes
 }

@@ -1,8 +1,9 @@
 //! Training on chain, end to end, with real `trellis run` processes on 127.0.0.1: four
 //! validators and three miners train a `nano` job for three rounds. Every round commits an
 //! aggregate all validators agree on; the loss falls; miners are paid exactly what the chain
-//! reports; the exported model's hash is the chain's; a miner killed mid-job leaves its rounds
-//! to the others; a bad job spec is refused at submission with its reason.
+//! reports; the exported model's hash is the chain's; a miner restarted mid-round finishes it;
+//! a miner killed mid-round leaves the round to the others; a bad job spec is refused at
+//! submission with its reason.
 //!
 //! Every wait is bounded and every process is killed by pid when the test ends.
 
@@ -73,7 +74,8 @@ fn job_file(dir: &Path, dataset: &Path, inner_steps: u32) -> PathBuf {
 fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let root = std::env::temp_dir().join(format!("trellis-training-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let port = 30_000 + (std::process::id() % 300) as u16 * 100;
+    // Below the kernel's ephemeral range (32768 and up), so no outgoing connection holds a port.
+    let port = 22_000 + (std::process::id() % 100) as u16 * 100;
     let mut spec = DevnetSpec::new(4, port, "training-test", 250);
     spec.miners = 3;
     // The test reads every block back; the default per-client rate limit would refuse that.
@@ -131,17 +133,28 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let before: Vec<u64> = miners.iter().map(|m| balance(m)).collect();
     rt.block_on(get(&client, "tx_submit", rpc_params![hex::encode(sign(TxKind::SubmitJob { spec: good_spec.clone(), escrow: Amount(escrow) }, nonce).to_bytes())]));
 
-    // Follow the job; once round 1 is open, kill the third miner for good.
+    // Follow the job. When round 1 opens, kill the second miner and restart it at once (it must
+    // finish the round); when round 2 opens, kill the third for good (the round must complete
+    // without it).
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut killed = false;
+    let (mut restarted, mut killed) = (false, false);
+    let node_of = |miner: &str| net.info.nodes.iter().position(|n| n.address == miner).unwrap();
+    let (second, third) = (node_of(&miners[1]), node_of(&miners[2]));
     let job = loop {
         assert!(Instant::now() < deadline, "the job did not finish in time; logs under {}", root.display());
         let job: Value = rt.block_on(client.request("job_get", rpc_params![0u64])).unwrap_or(Value::Null);
         if job["status"] == "finished" {
             break job;
         }
-        if !killed && job["current_round"].as_u64() == Some(1) {
-            let third = net.info.nodes.iter().position(|n| n.address == miners[2]).unwrap();
+        let current = job["current_round"].as_u64();
+        if !restarted && current == Some(1) {
+            let mut child = net.children[second].take().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            net.children[second] = Some(spawn_node_as(Path::new(BIN), &net.info.nodes[second].home, "miner").unwrap());
+            restarted = true;
+        }
+        if !killed && current == Some(2) {
             let mut child = net.children[third].take().unwrap();
             child.kill().unwrap();
             child.wait().unwrap();
@@ -149,7 +162,7 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
         }
         std::thread::sleep(Duration::from_millis(300));
     };
-    assert!(killed);
+    assert!(restarted && killed);
     assert_eq!(job["rounds_settled"].as_u64(), Some(ROUNDS), "{job}");
 
     // Every round committed an aggregate; every validator holds the same blocks and model.
@@ -177,7 +190,10 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     }
     assert_eq!(aggregates.last().unwrap().2, job["model_hash"]);
 
-    // The killed miner was a worker of the last round, which completed without it.
+    // The restarted miner finished round 1; the killed one was a worker of the last round,
+    // which completed without it.
+    let round1 = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, 1u64]));
+    assert!(round1["accepted"].as_array().unwrap().iter().any(|a| a == miners[1].as_str()), "{round1}");
     let last = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, ROUNDS - 1]));
     assert!(last["workers"].as_array().unwrap().iter().any(|w| w == miners[2].as_str()), "{last}");
     let accepted: Vec<&str> = last["accepted"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();

@@ -16,6 +16,7 @@ use trellis_verifier::segment::{check_delta, check_segment, BlobError, BlobSourc
 
 use super::RoleContext;
 use crate::blobs::{BlobKey, BlobKind, BlobStore};
+use crate::exchange::FetchError;
 use crate::jobdata;
 
 /// How long a checker waits for a miner's blobs before calling them unavailable.
@@ -37,6 +38,7 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
             }
             let (context, job, round, assignment) = (context.clone(), job.clone(), round.clone(), assignment.clone());
             tokio::spawn(async move {
+                let began = std::time::Instant::now();
                 let outcome = check(&context, &job, &round, &assignment).await;
                 let outcome = match outcome {
                     Ok(outcome) => outcome,
@@ -50,7 +52,7 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
                 tracing::info!(
                     target: "node::checker",
                     job = %job.id, round = round.round, miner = %assignment.miner, segment = assignment.segment,
-                    outcome = ?outcome, "verdict"
+                    outcome = ?outcome, check_s = format!("{:.2}", began.elapsed().as_secs_f64()), "verdict"
                 );
                 let still_open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Verifying && context.height() <= r.verify_end);
                 if !still_open {
@@ -88,12 +90,12 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     let worker = worker_index(round, &commit.miner).context("the miner is not a worker of the round")?;
     let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
     let net = &context.net;
-    let trail: Trail = match net.fetch_until(BlobKey::new(BlobKind::Trail, commit.work.trail_root), deadline).await {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
+    let trail: Trail = match served(net.fetch_until(BlobKey::new(BlobKind::Trail, commit.work.trail_root), deadline).await)? {
+        Some(bytes) => match serde_json::from_slice(&bytes) {
             Ok(trail) => trail,
             Err(_) => return Ok(invalid(InvalidReason::MalformedBlob, commit.work.trail_root, Hash::ZERO)),
         },
-        Err(_) => return Ok(VerdictOutcome::Unavailable),
+        None => return Ok(VerdictOutcome::Unavailable),
     };
     if let Some(outcome) = trail_shape(job, round, &commit, &trail) {
         return Ok(outcome);
@@ -111,11 +113,11 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
         needed.push(trail.checkpoints[segment + 1].hash);
     }
     for hash in needed {
-        if net.fetch_until(BlobKey::new(BlobKind::Checkpoint, hash), deadline).await.is_err() {
+        if served(net.fetch_until(BlobKey::new(BlobKind::Checkpoint, hash), deadline).await)?.is_none() {
             return Ok(VerdictOutcome::Unavailable);
         }
     }
-    let Ok(delta) = net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await else {
+    let Some(delta) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await)? else {
         return Ok(VerdictOutcome::Unavailable);
     };
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
@@ -151,6 +153,17 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     })
     .await
     .context("the checking thread stopped")?
+}
+
+/// What a fetch says about the miner: `Some` bytes, `None` when no peer served them (the
+/// miner's fault), `Err` when this node failed (its disk, its exchange), which must never count
+/// against the miner.
+fn served(fetched: Result<Vec<u8>, FetchError>) -> anyhow::Result<Option<Vec<u8>>> {
+    match fetched {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(FetchError::Unavailable(_) | FetchError::TooLarge { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// A trail that cannot be the one committed: wrong length, steps or final checkpoint.
