@@ -179,6 +179,13 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     cluster.wait_for_height(&all, after + 3, Duration::from_secs(90));
     let end = all.iter().map(|&n| cluster.height(n).unwrap()).min().unwrap();
     cluster.assert_agree(&all, end);
+    // Three restarts, two of them in a height where the node had voted: the engine's WAL kept
+    // each from signing twice, so no double vote was reported and nobody was jailed or slashed.
+    for node in &cluster.info.nodes {
+        let account = cluster.call(0, "state_getAccount", rpc_params![node.address.clone()]).unwrap();
+        assert_eq!(account["validator_stake"]["jailed"], false, "{account}");
+        assert_eq!(account["validator_stake"]["bonded"], trellis_node::home::GENESIS_BOND, "{account}");
+    }
 }
 
 #[test]

@@ -183,6 +183,11 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     assert_eq!(aggregates.len() as u64, ROUNDS, "one committed aggregate per round: {aggregates:?}");
     for node in net.info.nodes.iter().filter(|n| n.role == "validator") {
         let other = http(&node.rpc);
+        let caught_up = Instant::now() + Duration::from_secs(20);
+        while rt.block_on(get(&other, "chain_getHead", rpc_params![]))["height"].as_u64().unwrap() < head {
+            assert!(Instant::now() < caught_up, "{} did not reach height {head}", node.rpc);
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for (height, hash, _) in &aggregates {
             assert_eq!(&rt.block_on(get(&other, "chain_getBlock", rpc_params![*height]))["hash"], hash, "{} disagrees at {height}", node.rpc);
         }
