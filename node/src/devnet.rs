@@ -161,6 +161,8 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
         config.p2p.gossip_rpc = (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
         config.p2p.blob_peers = (0..nodes_total).filter(|&j| j != i).map(blobs).collect();
+        // Every node, and any node a user adds on this machine, connects from 127.0.0.1.
+        config.p2p.max_connections_per_ip = 256;
         config.consensus.block_time_ms = block_time_ms;
         config.rpc.rate_limit_per_second = spec.rpc_rate_limit;
         write_home(&home, &genesis, &config)?;

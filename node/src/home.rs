@@ -82,6 +82,14 @@ pub struct P2pConfig {
     /// Blob exchange addresses of peers to keep connected to.
     #[serde(default)]
     pub blob_peers: Vec<String>,
+    /// Inbound consensus connections accepted from one IP address (an anti-flooding limit; a
+    /// devnet, where every node shares 127.0.0.1, raises it).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_max_connections_per_ip() -> usize {
+    5
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +115,7 @@ impl NodeConfig {
                 gossip_rpc: Vec::new(),
                 blobs_listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 3),
                 blob_peers: Vec::new(),
+                max_connections_per_ip: default_max_connections_per_ip(),
             },
             metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
             consensus: ConsensusTiming::default(),

@@ -114,6 +114,8 @@ fn engine_config(config: &NodeConfig) -> anyhow::Result<EngineConfig> {
         rpc_max_size: ByteSize::mib(16),
         ..P2pConfig::default()
     };
+    let mut p2p = p2p;
+    p2p.discovery.max_connections_per_ip = config.p2p.max_connections_per_ip.max(1);
     let consensus = ConsensusConfig { p2p, ..ConsensusConfig::default() };
     let value_sync = ValueSyncConfig {
         enabled: true,

@@ -223,6 +223,19 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
         assert_eq!(balance(miner), start + earned - fee, "{miner}: rewards {earned}, fees {fee}");
     }
 
+    // Once the job has ended, every running node collects its rounds' checkpoints.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (node, child) in net.info.nodes.iter().zip(&net.children) {
+        if child.is_none() {
+            continue;
+        }
+        let dir = Home::new(&node.home).data().join("blobs").join("checkpoint");
+        while std::fs::read_dir(&dir).unwrap().count() > 0 {
+            assert!(Instant::now() < deadline, "{} still holds checkpoints of settled rounds", dir.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     // The exported model is the chain's, and it learned.
     let out = root.join("exported.safetensors");
     let peers: Vec<String> = net.info.nodes.iter().map(|n| n.blobs.clone()).collect();

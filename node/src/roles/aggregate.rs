@@ -50,11 +50,6 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
     let me = context.key.address();
     for job in context.active_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
-        // Blobs of settled rounds are no longer needed by anyone.
-        if job.current_round > 0 && context.start_once(format!("gc:{}:{}", job.id, job.current_round)) {
-            let removed = context.net.store().collect_settled(job.id, job.current_round);
-            tracing::debug!(target: "node::aggregate", job = %job.id, removed, "collected settled blobs");
-        }
         if round.phase != Phase::AwaitingAggregate || height > round.aggregate_deadline {
             continue;
         }
@@ -110,6 +105,7 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             .fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline)
             .await
             .with_context(|| format!("the Δ of {miner}"))?;
+        net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, commit.work.delta_hash)])?;
         let (encoding, values) = encoding::decode(&bytes).with_context(|| format!("decoding the Δ of {miner}"))?;
         if encoding != job.spec.diloco.encoding || values.len() != global.len() {
             bail!("the Δ of {miner} is not a {:?} vector of {} values", job.spec.diloco.encoding, global.len());

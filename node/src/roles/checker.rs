@@ -120,6 +120,14 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     let Some(delta) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await)? else {
         return Ok(VerdictOutcome::Unavailable);
     };
+    // What was fetched for this round goes when the round is settled.
+    let mut fetched = vec![
+        BlobKey::new(BlobKind::Trail, commit.work.trail_root),
+        BlobKey::new(BlobKind::Data, commit.work.delta_hash),
+        BlobKey::new(BlobKind::Checkpoint, commit.work.final_checkpoint),
+    ];
+    fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
+    net.store().tag_round(job.id, round.round, &fetched)?;
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
     tokio::task::spawn_blocking(move || -> anyhow::Result<VerdictOutcome> {
         let spec = &job.spec;

@@ -70,14 +70,30 @@ impl RoleContext {
         self.shared.ledger.store().head().map(|h| h.0).unwrap_or(0)
     }
 
-    /// Jobs that are still running.
-    pub fn active_jobs(&self) -> Vec<Job> {
+    /// Every job the chain knows.
+    pub fn jobs(&self) -> Vec<Job> {
         let view = self.shared.ledger.store().pending_state();
         view.scan_prefix(keys::JOB_PREFIX)
             .into_iter()
             .filter_map(|(key, bytes)| state::decode_record::<Job>(&key, &bytes).ok())
-            .filter(|job| job.status == JobStatus::Active)
             .collect()
+    }
+
+    /// Jobs that are still running.
+    pub fn active_jobs(&self) -> Vec<Job> {
+        self.jobs().into_iter().filter(|job| job.status == JobStatus::Active).collect()
+    }
+
+    /// Deletes the round blobs (trails, checkpoints, Δ) of rounds nobody needs any more: every
+    /// round before a job's current one, and all of them once the job has ended.
+    pub fn collect_garbage(&self) {
+        for job in self.jobs() {
+            let keep_from = if job.status == JobStatus::Active { job.current_round } else { job.spec.diloco.rounds };
+            if keep_from > 0 && self.start_once(format!("gc:{}:{keep_from}", job.id)) {
+                let removed = self.net.store().collect_settled(job.id, keep_from);
+                tracing::debug!(target: "node::roles", job = %job.id, removed, "collected blobs of settled rounds");
+            }
+        }
     }
 
     pub fn job(&self, id: JobId) -> Option<Job> {
@@ -180,6 +196,7 @@ where
                 let height = block.header.height.0;
                 context.watch_nonce(height);
                 tick(&context, height);
+                context.collect_garbage();
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tick(&context, context.height()),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
