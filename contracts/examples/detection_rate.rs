@@ -124,6 +124,7 @@ fn round_with_commit(miner: Address, checkpoints: u32) -> RoundState {
                 checkpoints,
                 final_checkpoint: Hash::ZERO,
                 delta_hash: Hash::ZERO,
+                residual_hash: Hash::ZERO,
                 tokens: 1,
             },
             height: 1,

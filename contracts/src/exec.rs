@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 use trellis_proto::{
-    Address, Aggregate, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind,
+    Address, Aggregate, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind,
     Verdict, WorkCommitment,
 };
 
@@ -496,6 +496,9 @@ impl Chain {
         let tokens = expected_tokens(&job.spec);
         if work.tokens != 0 && work.tokens != tokens {
             return Err(TxError::InvalidCommitment(format!("a round trains {tokens} tokens, not {}", work.tokens)));
+        }
+        if job.spec.diloco.encoding != DeltaEncoding::Int8 && work.residual_hash != Hash::ZERO {
+            return Err(TxError::InvalidCommitment("only int8 work carries an error-feedback residual".into()));
         }
         let copied = round.commits.iter().any(|c| c.work.delta_hash == work.delta_hash);
         round.commits.push(Commit { miner, work: work.clone(), height: ctx.height, copied });

@@ -76,7 +76,7 @@ pub struct DilocoFile {
     pub outer_learning_rate: f32,
     #[serde(default = "defaults::outer_momentum")]
     pub outer_momentum: f32,
-    /// f32 or f16 (int8 is not yet trained on chain: see docs/protocol.md).
+    /// f32, f16, or int8 (with error feedback; docs/protocol.md §4.3).
     #[serde(default = "defaults::encoding")]
     pub encoding: String,
 }
@@ -165,8 +165,8 @@ impl JobFile {
         let encoding = match d.encoding.as_str() {
             "f32" => DeltaEncoding::F32,
             "f16" => DeltaEncoding::F16,
-            "int8" => bail!("diloco.encoding int8 is not yet trained on chain (its error-feedback residual is not committed, so checkers could not check Δ); use f32 or f16"),
-            other => bail!("diloco.encoding '{other}': use f32 or f16"),
+            "int8" => DeltaEncoding::Int8,
+            other => bail!("diloco.encoding '{other}': use f32, f16 or int8"),
         };
         let v = &self.verification;
         let mode = match v.mode.as_str() {

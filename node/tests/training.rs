@@ -1,5 +1,6 @@
 //! Training on chain, end to end, with real `trellis run` processes on 127.0.0.1: four
-//! validators and three miners train a `nano` job for three rounds. Every round commits an
+//! validators and three miners train a `nano` job for three rounds, with int8 pseudo-gradients
+//! and error feedback (the `make devnet` job exercises f32). Every round commits an
 //! aggregate all validators agree on; the loss falls; miners are paid exactly what the chain
 //! reports; the exported model's hash is the chain's; a miner restarted mid-round finishes it;
 //! a miner killed mid-round leaves the round to the others; a bad job spec is refused at
@@ -61,7 +62,7 @@ fn job_file(dir: &Path, dataset: &Path, inner_steps: u32) -> PathBuf {
     let text = format!(
         "name = \"e2e\"\nmodel = \"nano\"\ndataset = \"{}\"\nseed = 11\nescrow = 30001\nreward_per_round = 10000\n\
          commit_blocks = 120\nverify_blocks = 80\n\n[diloco]\nworkers_per_round = 3\ninner_steps = {inner_steps}\n\
-         rounds = {ROUNDS}\nbatch_size = 8\nsequence_length = 64\nlearning_rate = 0.003\nwarmup_steps = 4\n\n\
+         rounds = {ROUNDS}\nbatch_size = 8\nsequence_length = 64\nlearning_rate = 0.003\nwarmup_steps = 4\nencoding = \"int8\"\n\n\
          [verification]\ncheckpoint_interval = 5\nsegments_per_miner = 1\nmode = \"exact\"\n",
         dataset.display()
     );
@@ -198,6 +199,11 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     // The restarted miner finished round 1; the killed one was a worker of the last round,
     // which completed without it.
     let round1 = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, 1u64]));
+    // int8 error feedback: from round 1 on, every commitment carries the residual it added.
+    let zero = "0".repeat(64);
+    for commit in round1["commits"].as_array().unwrap() {
+        assert_ne!(commit["work"]["residual_hash"], zero.as_str(), "{commit}");
+    }
     assert!(round1["accepted"].as_array().unwrap().iter().any(|a| a == miners[1].as_str()), "{round1}");
     let last = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, ROUNDS - 1]));
     assert!(last["workers"].as_array().unwrap().iter().any(|w| w == miners[2].as_str()), "{last}");

@@ -248,12 +248,15 @@ pub struct WorkCommitment {
     pub checkpoints: u32,
     /// Hash of the final checkpoint θ_H.
     pub final_checkpoint: Hash,
-    /// Hash of the encoded pseudo-gradient Δ = θ_r − θ_H.
+    /// Hash of the encoded pseudo-gradient Δ = θ_r − θ_H (+ the residual below, for int8).
     pub delta_hash: Hash,
+    /// For int8: the hash of the error-feedback residual carried into this round's Δ (flat f32
+    /// LE, blob domain); `Hash::ZERO` for a zero residual and for other encodings.
+    pub residual_hash: Hash,
     /// Tokens trained in the round.
     pub tokens: u64,
 }
-canonical_struct!(WorkCommitment { job, round, trail_root, checkpoints, final_checkpoint, delta_hash, tokens });
+canonical_struct!(WorkCommitment { job, round, trail_root, checkpoints, final_checkpoint, delta_hash, residual_hash, tokens });
 
 /// Why a checker found a segment invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

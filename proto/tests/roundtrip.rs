@@ -137,8 +137,8 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
         (arb_role(), arb_amount()).prop_map(|(role, amount)| TxKind::Unbond { role, amount }),
         (arb_job_spec(), arb_amount()).prop_map(|(spec, escrow)| TxKind::SubmitJob { spec, escrow }),
         any::<u64>().prop_map(|j| TxKind::JoinJob { job: JobId(j) }),
-        (any::<u64>(), any::<u32>(), arb_hash(), any::<u32>(), arb_hash(), arb_hash(), any::<u64>()).prop_map(
-            |(j, round, trail_root, checkpoints, final_checkpoint, delta_hash, tokens)| {
+        (any::<u64>(), any::<u32>(), arb_hash(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), any::<u64>()).prop_map(
+            |(j, round, trail_root, checkpoints, final_checkpoint, delta_hash, residual_hash, tokens)| {
                 TxKind::CommitWork(WorkCommitment {
                     job: JobId(j),
                     round,
@@ -146,6 +146,7 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
                     checkpoints,
                     final_checkpoint,
                     delta_hash,
+                    residual_hash,
                     tokens,
                 })
             }

@@ -136,6 +136,22 @@ pub fn decode(bytes: &[u8]) -> Result<(DeltaEncoding, Vec<f32>), EncodingError> 
     Ok((encoding, values))
 }
 
+/// The chunk size and per-chunk scales of an int8-encoded Δ (`None` for other encodings or
+/// malformed bytes).
+pub fn int8_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
+    if bytes.len() < 13 || bytes[0] != 3 {
+        return None;
+    }
+    let n = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
+    let chunk = u32::from_le_bytes(bytes[9..13].try_into().ok()?) as u64;
+    if chunk == 0 || n > MAX_VALUES {
+        return None;
+    }
+    let chunks = n.div_ceil(chunk) as usize;
+    let scales = bytes.get(13..13 + chunks * 4)?.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    Some((chunk as usize, scales))
+}
+
 /// The hash a miner commits for an encoded Δ.
 pub fn delta_hash(encoded: &[u8]) -> Hash {
     Hash::digest(HashDomain::Blob, encoded)
@@ -149,6 +165,11 @@ pub struct ErrorFeedback {
 }
 
 impl ErrorFeedback {
+    /// Error feedback that carries `residual` (from an earlier round) into the next encoding.
+    pub fn with_residual(residual: Vec<f32>) -> Self {
+        Self { residual }
+    }
+
     /// Encodes `delta + residual` and keeps what the encoding lost as the new residual.
     pub fn encode(&mut self, encoding: DeltaEncoding, delta: &[f32]) -> Vec<u8> {
         if self.residual.len() != delta.len() {

@@ -235,3 +235,34 @@ pub fn check_delta(
     }
     Ok(())
 }
+
+/// Whether an int8 error-feedback `residual` is one honest quantisation could have left: every
+/// value at most two of this Δ's quantisation steps (its chunk's scale) in magnitude. An honest
+/// residual is at most half a step of the previous round's Δ, whose steps are of the same size;
+/// the bound caps what a miner can slip into Δ through a made-up residual at two steps per value
+/// (`docs/protocol.md` §4.3).
+pub fn residual_within_bound(delta: &[u8], residual: &[f32]) -> bool {
+    let Some((chunk, scales)) = encoding::int8_scales(delta) else { return false };
+    residual.len() <= scales.len() * chunk
+        && residual.iter().enumerate().all(|(i, r)| r.is_finite() && r.abs() <= 2.0 * scales[i / chunk])
+}
+
+#[cfg(test)]
+mod residual_tests {
+    use super::*;
+
+    #[test]
+    fn honest_residuals_pass_and_made_up_ones_do_not() {
+        let values: Vec<f32> = (0..10_000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect();
+        let mut feedback = encoding::ErrorFeedback::default();
+        let first = feedback.encode(DeltaEncoding::Int8, &values);
+        let carried = feedback.residual().to_vec();
+        let second = feedback.encode(DeltaEncoding::Int8, &values);
+        assert!(residual_within_bound(&second, &carried), "an honest residual is within the bound");
+        let mut poisoned = carried.clone();
+        poisoned[17] += 1.0;
+        assert!(!residual_within_bound(&second, &poisoned));
+        assert!(!residual_within_bound(&encoding::encode(DeltaEncoding::F32, &values), &carried), "int8 only");
+        assert!(!residual_within_bound(&first[..5], &carried), "malformed Δ");
+    }
+}

@@ -169,6 +169,7 @@ impl World {
             checkpoints: 5,
             final_checkpoint: Hash([i as u8 + 50; 32]),
             delta_hash: Hash([i as u8 + 100; 32]),
+            residual_hash: Hash::ZERO,
             tokens: 20 * 8 * 64,
         }
     }

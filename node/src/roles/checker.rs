@@ -12,7 +12,7 @@ use trellis_contracts::state::{Assignment, Commit, Job, Phase, RoundState};
 use trellis_proto::{Hash, InvalidEvidence, InvalidReason, TxKind, Verdict, VerdictOutcome, VerificationMode};
 use trellis_trainer::checkpoint::CheckpointData;
 use trellis_trainer::worker::Trail;
-use trellis_verifier::segment::{check_delta, check_segment, BlobError, BlobSource, Mode, Replay};
+use trellis_verifier::segment::{check_delta, check_segment, residual_within_bound, BlobError, BlobSource, Mode, Replay};
 
 use super::RoleContext;
 use crate::blobs::{BlobKey, BlobKind, BlobStore};
@@ -120,10 +120,25 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     let Some(delta) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await)? else {
         return Ok(VerdictOutcome::Unavailable);
     };
+    // int8: the residual the miner says it carried in must be served, and small enough to be one
+    // that honest quantisation left (docs/protocol.md §4.3).
+    let residual = if commit.work.residual_hash == Hash::ZERO {
+        None
+    } else {
+        let Some(bytes) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.residual_hash), deadline).await)? else {
+            return Ok(VerdictOutcome::Unavailable);
+        };
+        let values = jobdata::weights_from_bytes(&bytes).unwrap_or_default();
+        if values.len() != global.len() || !residual_within_bound(&delta, &values) {
+            return Ok(invalid(InvalidReason::DeltaMismatch, commit.work.residual_hash, Hash::ZERO));
+        }
+        Some(values)
+    };
     // What was fetched for this round goes when the round is settled.
     let mut fetched = vec![
         BlobKey::new(BlobKind::Trail, commit.work.trail_root),
         BlobKey::new(BlobKind::Data, commit.work.delta_hash),
+        BlobKey::new(BlobKind::Data, commit.work.residual_hash),
         BlobKey::new(BlobKind::Checkpoint, commit.work.final_checkpoint),
     ];
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
@@ -154,7 +169,16 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
         let Ok(final_state) = CheckpointData::parse(&final_bytes) else {
             return Ok(invalid(InvalidReason::MalformedBlob, commit.work.final_checkpoint, Hash::ZERO));
         };
-        match check_delta(spec.diloco.encoding, &global, &final_state.weights, None, &delta, &commit.work.delta_hash) {
+        let zeros;
+        let residual = match (&residual, spec.diloco.encoding) {
+            (Some(values), _) => Some(values.as_slice()),
+            (None, trellis_proto::DeltaEncoding::Int8) => {
+                zeros = vec![0.0f32; global.len()];
+                Some(zeros.as_slice())
+            }
+            (None, _) => None,
+        };
+        match check_delta(spec.diloco.encoding, &global, &final_state.weights, residual, &delta, &commit.work.delta_hash) {
             Ok(()) => Ok(VerdictOutcome::Valid),
             Err(_) => Ok(invalid(InvalidReason::DeltaMismatch, commit.work.delta_hash, trellis_trainer::encoding::delta_hash(&delta))),
         }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use trellis_contracts::rounds::{expected_checkpoints, worker_index};
 use trellis_contracts::state::{keys, read, Job, Phase, RoundState, Stake};
 use trellis_proto::{DeltaEncoding, Role, TxKind, WorkCommitment};
-use trellis_trainer::encoding;
+use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::outer::pseudo_gradient;
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
@@ -102,17 +102,44 @@ fn tick(context: &Arc<RoleContext>, height: u64, finished: &Finished) {
     }
 }
 
+/// Where the residual left by this miner's int8 encoding of round `round` is kept.
+fn residual_path(work_dir: &std::path::Path, job: u64, round: u32) -> std::path::PathBuf {
+    work_dir.join(format!("residual-job{job}-round{round}.f32"))
+}
+
+/// The residual to carry into `round`: the one left by this miner's latest earlier round whose
+/// work the chain recorded (a round it trained but never committed carries nothing over).
+fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: usize) -> anyhow::Result<Option<Vec<f32>>> {
+    if job.spec.diloco.encoding != DeltaEncoding::Int8 {
+        return Ok(None);
+    }
+    let me = context.key.address();
+    for earlier in (0..round).rev() {
+        let committed = context.round(job.id, earlier).is_some_and(|r| r.commits.iter().any(|c| c.miner == me));
+        if !committed {
+            continue;
+        }
+        let path = residual_path(&context.work_dir, job.id.0, earlier);
+        let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
+        let residual = jobdata::weights_from_bytes(&bytes)?;
+        return Ok((residual.len() == parameters).then_some(residual));
+    }
+    Ok(None)
+}
+
 /// Trains one round and stores its blobs; returns the commitment.
 async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) -> anyhow::Result<WorkCommitment> {
     let started = std::time::Instant::now();
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
+    let residual = carried_residual(context, job, round.round, global.len())?;
     let fetched = started.elapsed();
     let (context2, job2, round_number) = (context.clone(), job.clone(), round.round);
     let work = tokio::task::spawn_blocking(move || -> anyhow::Result<WorkCommitment> {
         let spec = &job2.spec;
         let (mut model, mut optimizer) = jobdata::start_state(spec, round_number, &global, context2.device)?;
         let dir = context2.work_dir.join(format!("job{}-round{}", job2.id, round_number));
+        std::fs::create_dir_all(&context2.work_dir)?;
         let _ = std::fs::remove_dir_all(&dir);
         let schedule = jobdata::schedule(spec);
         let inner = InnerLoop {
@@ -137,9 +164,25 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
         store.put(&trail_key, &serde_json::to_vec(&trail)?)?;
         keys.push(trail_key);
         let delta = pseudo_gradient(&global, &model.flat_weights());
-        let encoded = match spec.diloco.encoding {
-            DeltaEncoding::Int8 => anyhow::bail!("int8 jobs are not trained on chain (see docs/protocol.md)"),
-            other => encoding::encode(other, &delta),
+        let (encoded, residual_hash) = match spec.diloco.encoding {
+            DeltaEncoding::Int8 => {
+                // Error feedback: what quantisation lost in our last committed round is added to
+                // this round's Δ; the residual carried in is published and committed.
+                let carried = residual.unwrap_or_else(|| vec![0.0; delta.len()]);
+                let mut feedback = ErrorFeedback::with_residual(carried.clone());
+                let encoded = feedback.encode(DeltaEncoding::Int8, &delta);
+                let out_path = residual_path(&context2.work_dir, job2.id.0, round_number);
+                std::fs::write(&out_path, jobdata::weights_to_bytes(feedback.residual()))?;
+                let hash = if carried.iter().all(|r| *r == 0.0) {
+                    trellis_proto::Hash::ZERO
+                } else {
+                    let key = store.put_data(&jobdata::weights_to_bytes(&carried))?;
+                    keys.push(key);
+                    key.hash
+                };
+                (encoded, hash)
+            }
+            other => (encoding::encode(other, &delta), trellis_proto::Hash::ZERO),
         };
         let delta_key = store.put_data(&encoded)?;
         keys.push(delta_key);
@@ -161,6 +204,7 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
             checkpoints: trail.checkpoints.len() as u32,
             final_checkpoint,
             delta_hash: delta_key.hash,
+            residual_hash,
             tokens: outcome.tokens,
         })
     })

@@ -63,6 +63,7 @@ pub fn work_commitment() -> WorkCommitment {
         checkpoints: 6,
         final_checkpoint: hash(2),
         delta_hash: hash(3),
+        residual_hash: hash(4),
         tokens: 102_400,
     }
 }
