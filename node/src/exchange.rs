@@ -261,7 +261,8 @@ impl BlobNet {
     }
 
     async fn fetch_chunks(&self, key: BlobKey, size: u64, chunks: &[Hash], peers: &[PeerId]) -> Option<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(size as usize);
+        // The size comes from a peer: grow as chunks arrive rather than trust it up front.
+        let mut bytes = Vec::with_capacity((size as usize).min(64 * CHUNK_BYTES));
         for (index, expected) in chunks.iter().enumerate() {
             let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
             let mut got = None;
