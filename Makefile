@@ -15,14 +15,20 @@ FUZZ_SECONDS ?= 30
 setup:
 	@scripts/setup.sh "$(VENV)"
 
+# A release build for running a node: it cannot be told to cheat.
 build: setup
 	$(CARGO) build --release -p trellis-node
 
-devnet: build
+# The devnet's build has the `adversary` feature, so that
+#   DEVNET_ARGS="--miners 3 --adversary fake-trail=1" make devnet
+# shows what happens to a cheater (docs/threat-model.md).
+devnet: setup
+	$(CARGO) build --release -p trellis-node --features adversary
 	@scripts/devnet.sh
 
+# The end-to-end adversary tests need the feature too.
 test: setup
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --features trellis-node/adversary
 
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -5,10 +5,11 @@
 # devnet/loss.png and devnet/model.safetensors, and stops when the job ends (Ctrl-C stops early).
 #   DEVNET_ARGS="--validators 7 --miners 5 --rounds 5 --base-port 27000" make devnet
 #   DEVNET_ARGS="--miners 0" make devnet     # the chain alone, until Ctrl-C
+#   DEVNET_ARGS="--miners 3 --adversary copy=1" make devnet   # and a cheater (see docs/threat-model.md)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/trellis
-[ -x "$bin" ] || { echo "error: $bin not built; run 'make build'" >&2; exit 1; }
+[ -x "$bin" ] || { echo "error: $bin not built; run 'make devnet'" >&2; exit 1; }
 "$bin" doctor
 echo
 # shellcheck disable=SC2086

@@ -51,7 +51,15 @@ pub enum Event {
     VerdictRecorded { job: JobId, round: u32, checker: Address, miner: Address, segment: u32 },
     Escalated { job: JobId, round: u32, segments: usize, verify_end: u64 },
     RoundTallied { job: JobId, round: u32, accepted: Vec<Address>, poisoners: Vec<Address>, freeloaders: Vec<Address> },
-    Slashed { who: Address, role: Role, amount: u64, reason: SlashReason },
+    /// `job` is the job whose round the slash settles (none for equivocation).
+    Slashed {
+        who: Address,
+        role: Role,
+        amount: u64,
+        reason: SlashReason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+    },
     Ejected { job: JobId, miner: Address },
     AggregateCommitted { job: JobId, round: u32, model_hash: Hash },
     Rewarded { job: JobId, round: u32, who: Address, amount: u64, as_miner: bool },
@@ -610,7 +618,7 @@ impl Chain {
         self.burn(kv, amount)?;
         kv.put(marker, Hash::digest(HashDomain::Blob, &trellis_proto::Encode::to_bytes(evidence)).0.to_vec());
         Ok(vec![
-            Event::Slashed { who: offender, role: Role::Validator, amount, reason: SlashReason::Equivocation },
+            Event::Slashed { who: offender, role: Role::Validator, amount, reason: SlashReason::Equivocation, job: None },
             Event::Jailed { validator: offender },
         ])
     }

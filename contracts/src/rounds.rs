@@ -96,11 +96,14 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     Ok(())
 }
 
-/// Every worker slot of the round is filled and has committed: sampling need not wait for the
-/// deadline. (The sampling seed is still the hash of a block no committer produced.)
+/// Every miner that can work this round has committed: every slot is filled, or every miner of
+/// the job still in it (not ejected) holds a slot. Sampling need not wait for the deadline. (The
+/// sampling seed is still the hash of a block no committer produced.) A miner joining after this
+/// works from the next round on, as it would had the slots been full.
 fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
-    round.workers.len() == job.spec.diloco.workers_per_round as usize
-        && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
+    let everyone_who_can = round.workers.len() == job.spec.diloco.workers_per_round as usize
+        || job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
+    !round.workers.is_empty() && everyone_who_can && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
 }
 
 /// Every assigned checker has sent its verdict: tallying need not wait for the window's end.
@@ -183,6 +186,14 @@ fn outcome_kind(outcome: &VerdictOutcome) -> u8 {
         VerdictOutcome::Unavailable => 1,
         VerdictOutcome::Invalid(_) => 2,
     }
+}
+
+/// Removes `miner` from the job's future rounds.
+fn eject(job: &mut Job, events: &mut Vec<Event>, miner: Address) {
+    if let Ok(index) = job.miners.binary_search_by(|m| m.address.cmp(&miner)) {
+        job.miners[index].ejected = true;
+    }
+    events.push(Event::Ejected { job: job.id, miner });
 }
 
 /// Tallies the round's verdicts at the end of its verification window.
@@ -272,21 +283,23 @@ fn tally<S: KvStore + ?Sized>(
     for miner in &poisoners {
         let amount = chain.slash(kv, miner, Role::Miner, chain.params.poisoner_slash_ppm)?;
         pool += amount;
-        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Poisoner });
-        if let Ok(index) = job.miners.binary_search_by(|m| m.address.cmp(miner)) {
-            job.miners[index].ejected = true;
-        }
-        events.push(Event::Ejected { job: job.id, miner: *miner });
+        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Poisoner, job: Some(job.id) });
+        eject(&mut job, events, *miner);
     }
     for miner in &freeloaders {
         let amount = chain.slash(kv, miner, Role::Miner, chain.params.freeloader_slash_ppm)?;
         pool += amount;
-        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Freeloader });
+        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Freeloader, job: Some(job.id) });
+        // A copied Δ cannot happen honestly (no two slots draw the same batches), unlike a blob
+        // lost in transit: the copier is ejected as well as slashed.
+        if round.commits.iter().any(|c| &c.miner == miner && c.copied) {
+            eject(&mut job, events, *miner);
+        }
     }
     for checker in &missed {
         let amount = chain.slash(kv, checker, Role::Validator, chain.params.missed_verdict_slash_ppm)?;
         pool += amount;
-        events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason: SlashReason::MissedVerdict });
+        events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason: SlashReason::MissedVerdict, job: Some(job.id) });
     }
     // Slashed stake is burned: nobody, accuser or job, profits from a slash.
     chain.burn(kv, pool)?;

@@ -116,6 +116,8 @@ fn a_copied_delta_is_caught_and_never_sampled() {
     w.past_verify_end(job, 0);
     assert_eq!(slashed(&w, &copier.address()), vec![(500, SlashReason::Freeloader)]);
     assert_eq!(w.round(job, 0).accepted, vec![w.miners[0].address()]);
+    let ejected: Vec<_> = w.job(job).miners.iter().filter(|m| m.ejected).map(|m| m.address).collect();
+    assert_eq!(ejected, vec![copier.address()], "a copier is ejected (a copy cannot happen honestly)");
     w.supply_holds();
 }
 
@@ -409,5 +411,22 @@ fn rounds_have_fixed_worker_slots_and_close_early_once_everyone_is_in() {
     assert_eq!(next.workers.len(), 3);
     assert!(next.workers.windows(2).all(|p| p[0] < p[1]), "workers are kept in address order");
     assert!(next.workers.iter().all(|a| joined.contains(a)));
+    w.supply_holds();
+}
+
+#[test]
+fn a_round_with_free_slots_closes_early_once_every_miner_left_has_committed() {
+    // Two miners for three slots: once both committed, nobody else in the job can work.
+    let mut w = World::new(4, 2, params());
+    let job = w.submit_and_join(30_000);
+    assert_eq!(w.round(job, 0).workers.len(), 2);
+    w.commit(job, 0, 0).unwrap();
+    w.next_block();
+    assert_eq!(w.round(job, 0).phase, Phase::Open, "one of two workers in: the round waits");
+    w.commit(job, 0, 1).unwrap();
+    let deadline = w.round(job, 0).commit_deadline;
+    w.next_block();
+    assert!(w.height <= deadline);
+    assert_eq!(w.round(job, 0).phase, Phase::Verifying, "both miners of the job committed: no one else can");
     w.supply_holds();
 }

@@ -3,7 +3,7 @@
 //!
 //! Layout: `HOME/node<i>/` is a full node home (keys, config, genesis, data, `node.log`);
 //! `HOME/devnet.json` lists the nodes and marks the directory as a devnet that a later
-//! `trellis devnet` may wipe.
+//! `trellis devnet` may wipe; `HOME/pids` holds the node processes' ids while it runs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use trellis_contracts::{Genesis, Params};
 use trellis_proto::Keypair;
 
+use crate::roles::behaviour::Behaviour;
 use crate::home::{write_home, write_key, Home, NodeConfig, GENESIS_BALANCE, GENESIS_BOND};
 
 const MARKER: &str = "devnet.json";
@@ -53,6 +54,26 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
+    /// Cheating miners besides the honest ones, as KIND=COUNT (repeatable): poison-sign-flip,
+    /// poison-noise, fake-trail, skip-work, copy, withhold. This build has the `adversary` feature.
+    #[cfg(feature = "adversary")]
+    #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = crate::roles::behaviour::parse_adversary)]
+    pub adversaries: Vec<(Behaviour, usize)>,
+}
+
+impl DevnetArgs {
+    /// The cheating miners asked for (none in a build without the `adversary` feature).
+    pub fn adversaries(&self) -> Vec<(Behaviour, usize)> {
+        #[cfg(feature = "adversary")]
+        return self.adversaries.clone();
+        #[cfg(not(feature = "adversary"))]
+        Vec::new()
+    }
+
+    /// Every miner process: honest ones and adversaries.
+    pub fn all_miners(&self) -> usize {
+        self.miners + self.adversaries().iter().map(|(_, n)| n).sum::<usize>()
+    }
 }
 
 /// What `devnet.json` records.
@@ -73,6 +94,9 @@ pub struct DevnetNode {
     #[serde(default = "default_role")]
     pub role: String,
     pub blobs: String,
+    /// A miner's behaviour when it is not honest (test and devnet builds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<Behaviour>,
 }
 
 fn default_role() -> String {
@@ -97,13 +121,15 @@ pub struct DevnetSpec {
     pub rpc_rate_limit: u32,
     /// Nodes after the validators that follow the chain without a bond (not in the set).
     pub followers: usize,
-    /// Miner nodes after the followers, each with a miner bond from genesis.
+    /// Honest miner nodes after the followers, each with a miner bond from genesis.
     pub miners: usize,
+    /// Cheating miners after the honest ones, bonded the same way.
+    pub adversaries: Vec<(Behaviour, usize)>,
 }
 
 impl DevnetSpec {
     pub fn new(validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> Self {
-        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0, miners: 0 }
+        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0, miners: 0, adversaries: Vec::new() }
     }
 }
 
@@ -118,7 +144,10 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     if validators == 0 || validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
-    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + spec.miners) as u32;
+    let behaviours: Vec<Behaviour> = std::iter::repeat_n(Behaviour::Honest, spec.miners)
+        .chain(spec.adversaries.iter().flat_map(|(b, n)| std::iter::repeat_n(*b, *n)))
+        .collect();
+    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + behaviours.len()) as u32;
     if base_port < 1024 || last_port > u32::from(u16::MAX) {
         bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
     }
@@ -131,7 +160,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             bail!("{} exists and is not a devnet directory; choose another --home", root.display());
         }
     }
-    let nodes_total = validators + spec.followers + spec.miners;
+    let nodes_total = validators + spec.followers + behaviours.len();
     let keys: Vec<Keypair> = (0..nodes_total).map(|_| Keypair::generate()).collect();
     let submitter = Keypair::generate();
     let params = Params::default();
@@ -174,6 +203,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             metrics: format!("http://{}/metrics", config.metrics.listen),
             role: if i < validators { "validator" } else if i < first_miner { "full" } else { "miner" }.to_string(),
             blobs: config.p2p.blobs_listen.clone(),
+            behaviour: i.checked_sub(first_miner).map(|m| behaviours[m]).filter(|b| *b != Behaviour::Honest),
         });
     }
     let info = DevnetInfo { chain_id: chain_id.to_string(), nodes };
@@ -188,6 +218,10 @@ pub fn spawn_node(binary: &Path, home: &Path) -> anyhow::Result<Child> {
 
 /// Starts `trellis run --role ROLE` for one home, logging to `HOME/node.log`.
 pub fn spawn_node_as(binary: &Path, home: &Path, role: &str) -> anyhow::Result<Child> {
+    spawn_with(binary, home, role, &[])
+}
+
+fn spawn_with(binary: &Path, home: &Path, role: &str, extra: &[String]) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -199,11 +233,21 @@ pub fn spawn_node_as(binary: &Path, home: &Path, role: &str) -> anyhow::Result<C
         .arg(home)
         .arg("--role")
         .arg(role)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {} run --home {}", binary.display(), home.display()))
+}
+
+/// Starts one devnet node as `devnet.json` describes it (role, and behaviour for an adversary).
+pub fn spawn_devnet_node(binary: &Path, node: &DevnetNode) -> anyhow::Result<Child> {
+    let mut extra = Vec::new();
+    if let Some(behaviour) = node.behaviour {
+        extra = vec!["--behaviour".to_string(), behaviour.to_string()];
+    }
+    spawn_with(binary, &node.home, &node.role, &extra)
 }
 
 /// Asks a child to stop (SIGTERM), then kills it if it has not within `grace`.
@@ -234,17 +278,22 @@ fn head_height(rpc: &str) -> Option<u64> {
 pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     let mut spec = DevnetSpec::new(args.validators, args.base_port, &args.chain_id, args.block_time_ms);
     spec.miners = args.miners;
+    spec.adversaries = args.adversaries();
     // Check the demo job before starting anything.
-    let demo = if args.miners > 0 { Some(crate::devnet_job::DemoJob::prepare(&args)?) } else { None };
+    let demo = if args.all_miners() > 0 { Some(crate::devnet_job::DemoJob::prepare(&args)?) } else { None };
     let info = create_with(&args.home, &spec)?;
     let binary = std::env::current_exe().context("finding the trellis binary")?;
     let mut children = Vec::new();
     for node in &info.nodes {
-        children.push(spawn_node_as(&binary, &node.home, &node.role)?);
+        children.push(spawn_devnet_node(&binary, node)?);
     }
-    println!("devnet '{}': {} validators, {} miners under {}", info.chain_id, args.validators, args.miners, args.home.display());
+    // For whoever has to clean up after a devnet that could not (a test that timed out).
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    std::fs::write(args.home.join("pids"), pids.join("\n") + "\n")?;
+    println!("devnet '{}': {} validators, {} miners under {}", info.chain_id, args.validators, args.all_miners(), args.home.display());
     for (i, node) in info.nodes.iter().enumerate() {
-        println!("  node{i} {:9}  rpc {}  p2p {}  blobs {}  log {}/node.log", node.role, node.rpc, node.p2p, node.blobs, node.home.display());
+        let role = node.behaviour.map_or_else(|| node.role.clone(), |b| format!("miner ({b})"));
+        println!("  node{i} {role:9}  rpc {}  p2p {}  blobs {}  log {}/node.log", node.rpc, node.p2p, node.blobs, node.home.display());
     }
     println!("keys: {}/node<i>/keys/node.key (each funded with {GENESIS_BALANCE})", args.home.display());
     println!("try:  trellis query head --rpc {}", info.nodes[0].rpc);

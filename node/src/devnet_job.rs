@@ -105,7 +105,7 @@ impl DemoJob {
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
-        let workers = args.miners.min(8);
+        let workers = args.all_miners().min(8);
         let interval = (args.inner_steps / 8).max(1);
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
@@ -157,22 +157,18 @@ impl DemoJob {
         let url = node0.rpc.clone();
         wait_for_height(&rt, &url, 2, children, stop)?;
         let signer = SignerArgs { key: Some(root.join("submitter.key")), home: None, fee: 10, wait: true, rpc: RpcArg { rpc: url.clone() } };
-        // Every job event from before the submission on: rewards are summed from them.
-        let rewards = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
+        // Every job event from before the submission on: rewards and slashes are summed from them.
+        let job_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
         {
             use jsonrpsee::core::client::SubscriptionClientT;
             let ws = rt.block_on(jsonrpsee::ws_client::WsClientBuilder::default().build(url.replace("http://", "ws://")))?;
             let mut events: jsonrpsee::core::client::Subscription<Value> =
                 rt.block_on(ws.subscribe("job_subscribeEvents", rpc_params![], "job_unsubscribeEvents"))?;
-            let rewards = rewards.clone();
+            let job_events = job_events.clone();
             rt.spawn(async move {
                 let _keep = ws;
                 while let Some(Ok(message)) = events.next().await {
-                    let event = &message["event"];
-                    if event["event"] == "rewarded" {
-                        let round = event["round"].as_u64().unwrap_or(0) as u32;
-                        rewards.lock().unwrap_or_else(|p| p.into_inner()).push((round, event["amount"].as_u64().unwrap_or(0)));
-                    }
+                    job_events.lock().unwrap_or_else(|p| p.into_inner()).push(message["event"].clone());
                 }
             });
         }
@@ -195,6 +191,7 @@ impl DemoJob {
         let peers: Vec<String> = info.nodes.iter().map(|n| n.blobs.clone()).collect();
         let everyone: Vec<String> = info.nodes.iter().map(|n| n.address.clone()).collect();
         let mut stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
+        let initial_stakes = stakes.clone();
         let mut rows: Vec<RoundRow> = Vec::new();
         let started = Instant::now();
         let models = root.join("models");
@@ -237,7 +234,13 @@ impl DemoJob {
                         commits: state["commits"].as_array().map_or(0, Vec::len),
                         verdicts_valid: valid,
                         verdicts_other: verdicts.len() - valid,
-                        paid: rewards.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(r, _)| *r == round).map(|(_, a)| a).sum(),
+                        paid: job_events
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .filter(|e| e["event"] == "rewarded" && e["round"] == round)
+                            .filter_map(|e| e["amount"].as_u64())
+                            .sum(),
                         slashed,
                         model_hash: hash.to_hex(),
                         training_s,
@@ -268,10 +271,22 @@ impl DemoJob {
             bar.tick();
             std::thread::sleep(Duration::from_millis(500));
         }
-        self.report(root, &spec, initial_loss, &rows)
+        let events = job_events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let job = rt.block_on(call(&rpc, &url, "job_get", rpc_params![job_id]))?;
+        let miners = rt.block_on(miner_outcomes(&rpc, &url, info, &initial_stakes, &job, &events));
+        self.report(root, &spec, initial_loss, &rows, &miners)
     }
 
-    fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow]) -> anyhow::Result<()> {
+    fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow], miners: &[MinerOutcome]) -> anyhow::Result<()> {
+        println!("\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {}", "node", "behaviour", "bond", "now", "paid", "slashed", "status");
+        for m in miners {
+            let slashed: u64 = m.slashes.iter().map(|s| s.amount).sum();
+            let reasons: Vec<&str> = m.slashes.iter().map(|s| s.reason.as_str()).collect();
+            let status = if m.ejected { "ejected" } else if m.joined { "in the job" } else { "never joined" };
+            let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
+            println!("{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {status}{why}", m.node, m.behaviour, m.bond_before, m.bond_after, m.paid, slashed);
+        }
+        std::fs::write(root.join("miners.json"), serde_json::to_string_pretty(miners)?)?;
         let Some(last) = rows.iter().rev().find(|r| r.accepted > 0) else {
             bail!("no round of the demo job was accepted; see the node logs under {}", root.display());
         };
@@ -308,6 +323,51 @@ impl DemoJob {
         println!("wrote {} (model {}), {}, {}/rounds.json", final_model.display(), last.model_hash, png.display(), root.display());
         Ok(())
     }
+}
+
+/// One miner's fate in the demo job, as the chain recorded it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MinerOutcome {
+    pub node: String,
+    pub address: String,
+    pub behaviour: String,
+    /// Bonded miner stake at genesis and at the end.
+    pub bond_before: u64,
+    pub bond_after: u64,
+    /// Rewards from the job's rounds.
+    pub paid: u64,
+    pub slashes: Vec<SlashRecord>,
+    pub joined: bool,
+    pub ejected: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SlashRecord {
+    pub reason: String,
+    pub amount: u64,
+}
+
+async fn miner_outcomes(rpc: &HttpClient, url: &str, info: &DevnetInfo, initial_stakes: &[u64], job: &Value, events: &[Value]) -> Vec<MinerOutcome> {
+    let mut outcomes = Vec::new();
+    for (i, node) in info.nodes.iter().enumerate().filter(|(_, n)| n.role == "miner") {
+        let state = call(rpc, url, "state_getAccount", rpc_params![node.address.clone()]).await.unwrap_or(Value::Null);
+        let entry = job["miners"].as_array().and_then(|m| m.iter().find(|m| m["address"] == node.address.as_str()));
+        let mine = |kind: &'static str, field: &'static str| events.iter().filter(move |e| e["event"] == kind && e[field] == node.address.as_str());
+        outcomes.push(MinerOutcome {
+            node: format!("node{i}"),
+            address: node.address.clone(),
+            behaviour: node.behaviour.map_or_else(|| "honest".to_string(), |b| b.to_string()),
+            bond_before: initial_stakes.get(i).copied().unwrap_or(0),
+            bond_after: state["miner_stake"]["bonded"].as_u64().unwrap_or(0),
+            paid: mine("rewarded", "who").filter_map(|e| e["amount"].as_u64()).sum(),
+            slashes: mine("slashed", "who")
+                .map(|e| SlashRecord { reason: e["reason"].as_str().unwrap_or("?").to_string(), amount: e["amount"].as_u64().unwrap_or(0) })
+                .collect(),
+            joined: entry.is_some(),
+            ejected: entry.is_some_and(|m| m["ejected"] == true),
+        });
+    }
+    outcomes
 }
 
 /// Seconds the nodes logged for training (`train_s`, miners) and checking (`check_s`, validators).

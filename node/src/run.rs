@@ -27,6 +27,7 @@ use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
 use crate::blobs::BlobStore;
 use crate::roles::aggregate::AggregateBook;
+use crate::roles::behaviour::Behaviour;
 use crate::roles::RoleContext;
 use crate::rpc::RpcLimits;
 
@@ -58,6 +59,20 @@ pub struct RunArgs {
     /// CPU threads for libtorch (results do not depend on it).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
+    /// How the miner behaves: an attack, for tests and devnets (this build has the `adversary`
+    /// feature; release builds without it cannot misbehave).
+    #[cfg(feature = "adversary")]
+    #[arg(long, value_enum, default_value_t = Behaviour::Honest)]
+    pub behaviour: Behaviour,
+}
+
+impl RunArgs {
+    fn behaviour(&self) -> Behaviour {
+        #[cfg(feature = "adversary")]
+        return self.behaviour;
+        #[cfg(not(feature = "adversary"))]
+        Behaviour::Honest
+    }
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default: info for trellis, warn for the engine).
@@ -155,10 +170,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tch::set_num_threads(args.threads);
     let device = crate::train::parse_device(&args.device)?;
-    runtime.block_on(run_async(&args.home, args.role, device))
+    runtime.block_on(run_async(&args.home, args.role, device, args.behaviour()))
 }
 
-async fn run_async(root: &Path, role: NodeRole, device: tch::Device) -> anyhow::Result<()> {
+async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: Behaviour) -> anyhow::Result<()> {
     let home = Home::new(root);
     let config = home.load_config()?;
     let genesis = home.load_genesis()?;
@@ -176,6 +191,12 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device) -> anyhow::
     let is_validator = validators.contains(&ValidatorAddress(key.address()));
     if role == NodeRole::Validator && !is_validator {
         tracing::warn!(target: "node", address = %key.address(), "this key is not in the validator set; the node will follow the chain without voting");
+    }
+    if behaviour != Behaviour::Honest {
+        if role != NodeRole::Miner {
+            bail!("--behaviour {behaviour} is a miner's behaviour: run it with --role miner");
+        }
+        tracing::warn!(target: "node::miner", %behaviour, "this miner is an ADVERSARY (test and devnet builds only): expect it to be slashed");
     }
     let metrics = Arc::new(Metrics::default());
     metrics.height.set(head.height.0);
@@ -217,7 +238,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device) -> anyhow::
     let signs = role == NodeRole::Validator;
     if let Some(net) = &blobs {
         let key = Arc::new(Keypair::from_seed(key.seed()));
-        let context = RoleContext::new(shared.clone(), net.clone(), key, home.data().join("work"), device);
+        let context = RoleContext::new(shared.clone(), net.clone(), key, home.data().join("work"), device, behaviour);
         match (role, &aggregates) {
             (NodeRole::Miner, _) => {
                 tokio::spawn(crate::roles::miner::run(context));

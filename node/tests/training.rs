@@ -3,8 +3,10 @@
 //! and error feedback (the `make devnet` job exercises f32). Every round commits an
 //! aggregate all validators agree on; the loss falls; miners are paid exactly what the chain
 //! reports; the exported model's hash is the chain's; a miner restarted mid-round finishes it;
-//! a miner killed mid-round leaves the round to the others; a bad job spec is refused at
-//! submission with its reason.
+//! a miner killed mid-round leaves the round to the others; a validator killed (SIGKILL) and
+//! restarted mid-round loses no committed block and catches up; a bad job spec is refused at
+//! submission with its reason; and after `kill -9` of every node at once, the restarted chain
+//! resumes from disk with its blocks and the job's state intact.
 //!
 //! Every wait is bounded and every process is killed by pid when the test ends.
 
@@ -139,6 +141,9 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     // without it).
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut restarted, mut killed) = (false, false);
+    // A validator killed (SIGKILL) mid-round and restarted: (height, hash) of its head before.
+    let mut validator_before_kill: Option<(u64, Value)> = None;
+    let validator = 3;
     let node_of = |miner: &str| net.info.nodes.iter().position(|n| n.address == miner).unwrap();
     let (second, third) = (node_of(&miners[1]), node_of(&miners[2]));
     let job = loop {
@@ -154,6 +159,13 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
             child.wait().unwrap();
             net.children[second] = Some(spawn_node_as(Path::new(BIN), &net.info.nodes[second].home, "miner").unwrap());
             restarted = true;
+            let own = http(&net.info.nodes[validator].rpc);
+            let head = rt.block_on(get(&own, "chain_getHead", rpc_params![]));
+            let mut child = net.children[validator].take().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            net.children[validator] = Some(spawn_node_as(Path::new(BIN), &net.info.nodes[validator].home, "validator").unwrap());
+            validator_before_kill = Some((head["height"].as_u64().unwrap(), head["hash"].clone()));
         }
         if !killed && current == Some(2) {
             let mut child = net.children[third].take().unwrap();
@@ -164,6 +176,10 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(restarted && killed);
+    // The killed validator lost nothing it had committed, and caught up (checked below).
+    let (height, hash) = validator_before_kill.expect("the validator was killed mid-round");
+    let own = http(&net.info.nodes[validator].rpc);
+    assert_eq!(rt.block_on(get(&own, "chain_getBlock", rpc_params![height]))["hash"], hash, "validator {validator} lost block {height}");
     assert_eq!(job["rounds_settled"].as_u64(), Some(ROUNDS), "{job}");
 
     // Every round committed an aggregate; every validator holds the same blocks and model.
@@ -255,4 +271,35 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let loss_before = trellis_trainer::worker::evaluate(&initial, &inputs, &targets, 64, 8);
     let loss_after = trellis_trainer::worker::evaluate(&model, &inputs, &targets, 64, 8);
     assert!(loss_after < loss_before, "validation loss {loss_before} → {loss_after}");
+
+    // kill -9 of every node at once, then a restart: the chain resumes from disk, with every
+    // block and the job's state as they were.
+    let head = rt.block_on(get(&client, "chain_getHead", rpc_params![]));
+    let head_height = head["height"].as_u64().unwrap();
+    for child in net.children.iter_mut() {
+        if let Some(child) = child.as_mut() {
+            child.kill().unwrap();
+        }
+    }
+    for child in net.children.iter_mut().flatten() {
+        child.wait().unwrap();
+    }
+    for (i, node) in net.info.nodes.iter().enumerate() {
+        net.children[i] = Some(spawn_node_as(Path::new(BIN), &node.home, &node.role).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![])).map_or(0, |h| h["height"].as_u64().unwrap_or(0));
+        if now >= head_height + 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the chain did not resume after every node was killed (at {now}, was {head_height})");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for node in net.info.nodes.iter().filter(|n| n.role == "validator") {
+        let other = http(&node.rpc);
+        assert_eq!(rt.block_on(get(&other, "chain_getBlock", rpc_params![head_height]))["hash"], head["hash"], "{} after the restart", node.rpc);
+        let job_after = rt.block_on(get(&other, "job_get", rpc_params![0u64]));
+        assert_eq!((&job_after["status"], &job_after["model_hash"]), (&job["status"], &job["model_hash"]), "{}", node.rpc);
+    }
 }

@@ -8,6 +8,7 @@
 //! had come over RPC.
 
 pub mod aggregate;
+pub mod behaviour;
 pub mod checker;
 pub mod miner;
 
@@ -39,6 +40,8 @@ pub struct RoleContext {
     /// Scratch space for trails in progress.
     pub work_dir: PathBuf,
     pub device: Device,
+    /// How this node mines (always `Honest` unless built with the `adversary` feature).
+    pub behaviour: behaviour::Behaviour,
     /// Pieces of work started (so each is done once), by a role-chosen label.
     started: Mutex<HashSet<String>>,
     nonce_watch: Mutex<NonceWatch>,
@@ -53,13 +56,21 @@ struct NonceWatch {
 }
 
 impl RoleContext {
-    pub fn new(shared: Arc<Shared>, net: BlobNet, key: Arc<Keypair>, work_dir: PathBuf, device: Device) -> Arc<Self> {
+    pub fn new(
+        shared: Arc<Shared>,
+        net: BlobNet,
+        key: Arc<Keypair>,
+        work_dir: PathBuf,
+        device: Device,
+        behaviour: behaviour::Behaviour,
+    ) -> Arc<Self> {
         Arc::new(Self {
             shared,
             net,
             key,
             work_dir,
             device,
+            behaviour,
             started: Mutex::default(),
             nonce_watch: Mutex::default(),
             datasets: Mutex::default(),

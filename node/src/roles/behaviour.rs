@@ -1,0 +1,125 @@
+//! How a miner behaves. Everything but `Honest` is an attack, kept so that tests and devnets
+//! can show what the protocol does to cheaters: a user can only select one with a `trellis`
+//! binary built with the `adversary` feature (`make devnet` and `make test` build it so; a
+//! plain `cargo build` does not), through `trellis run --behaviour` or
+//! `trellis devnet --adversary KIND=COUNT`.
+//!
+//! What each one does and what should catch it (docs/threat-model.md has the full table):
+//! - `poison-sign-flip`, `poison-noise`: train honestly, publish the trail, send −Δ or noise
+//!   with Δ's norm; the checkers' Δ link check fails (`Invalid`): poisoner.
+//! - `fake-trail`: trains nothing; publishes checkpoints that hash correctly but were never
+//!   computed (the start state plus noise) and the Δ they imply; any sampled segment fails to
+//!   replay (`Invalid`): poisoner.
+//! - `skip-work`: commits made-up hashes at once and serves nothing (`Unavailable`): freeloader.
+//! - `copy`: waits for another worker's commitment and commits it as its own: the chain sees the
+//!   same Δ hash twice (copy): freeloader, ejected.
+//! - `withhold`: trains and commits honestly but never publishes its blobs (`Unavailable`):
+//!   freeloader.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A miner's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    #[default]
+    Honest,
+    /// Sends −Δ.
+    PoisonSignFlip,
+    /// Sends noise with the norm of its honest Δ.
+    PoisonNoise,
+    /// Publishes checkpoints that were never computed.
+    FakeTrail,
+    /// Commits without training.
+    SkipWork,
+    /// Commits another worker's commitment.
+    Copy,
+    /// Never serves its blobs.
+    Withhold,
+}
+
+impl Behaviour {
+    pub const ALL: [Behaviour; 7] = [
+        Behaviour::Honest,
+        Behaviour::PoisonSignFlip,
+        Behaviour::PoisonNoise,
+        Behaviour::FakeTrail,
+        Behaviour::SkipWork,
+        Behaviour::Copy,
+        Behaviour::Withhold,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Behaviour::Honest => "honest",
+            Behaviour::PoisonSignFlip => "poison-sign-flip",
+            Behaviour::PoisonNoise => "poison-noise",
+            Behaviour::FakeTrail => "fake-trail",
+            Behaviour::SkipWork => "skip-work",
+            Behaviour::Copy => "copy",
+            Behaviour::Withhold => "withhold",
+        }
+    }
+
+    /// Whether the miner runs the inner loop at all.
+    pub fn trains(self) -> bool {
+        matches!(self, Behaviour::Honest | Behaviour::PoisonSignFlip | Behaviour::PoisonNoise | Behaviour::Withhold)
+    }
+}
+
+impl fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Behaviour {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Behaviour::ALL.into_iter().find(|b| b.name() == text).ok_or_else(|| {
+            let names: Vec<_> = Behaviour::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown miner behaviour '{text}' (one of: {})", names.join(", "))
+        })
+    }
+}
+
+/// `KIND=COUNT` (or `KIND`, meaning one), as `trellis devnet --adversary` takes it.
+pub fn parse_adversary(text: &str) -> Result<(Behaviour, usize), String> {
+    let (kind, count) = match text.split_once('=') {
+        Some((kind, count)) => {
+            let count: usize = count.parse().map_err(|_| format!("'{count}' in '{text}' is not a count (KIND=COUNT)"))?;
+            (kind, count)
+        }
+        None => (text, 1),
+    };
+    let behaviour: Behaviour = kind.parse()?;
+    if behaviour == Behaviour::Honest {
+        return Err("honest miners are set with --miners, not --adversary".into());
+    }
+    if count == 0 || count > 16 {
+        return Err(format!("{count} adversaries of kind {kind}: between 1 and 16 please"));
+    }
+    Ok((behaviour, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_and_adversary_specs_are_checked() {
+        for behaviour in Behaviour::ALL {
+            assert_eq!(behaviour.name().parse::<Behaviour>(), Ok(behaviour));
+            let via_clap = <Behaviour as clap::ValueEnum>::from_str(behaviour.name(), false);
+            assert_eq!(via_clap, Ok(behaviour), "clap and FromStr agree on {behaviour}");
+        }
+        assert_eq!(parse_adversary("copy=2"), Ok((Behaviour::Copy, 2)));
+        assert_eq!(parse_adversary("fake-trail"), Ok((Behaviour::FakeTrail, 1)));
+        assert!(parse_adversary("honest=1").unwrap_err().contains("--miners"));
+        assert!(parse_adversary("sneaky=1").unwrap_err().contains("one of: honest"));
+        assert!(parse_adversary("copy=x").unwrap_err().contains("not a count"));
+        assert!(parse_adversary("copy=0").is_err());
+    }
+}
