@@ -6,10 +6,11 @@ use arc_malachitebft_app_channel::app::streaming::{StreamContent, StreamId, Stre
 use arc_malachitebft_app_channel::app::types::codec::Codec;
 use arc_malachitebft_app_channel::app::types::core::{
     Context, ExtendedCommitCertificate, ExtendedCommitSignature, NilOrVal, PolkaCertificate, PolkaSignature, Round,
-    SignedMessage, Validity,
+    RoundCertificate, RoundCertificateType, RoundSignature, SignedMessage, ValidatorProof, Validity, VoteType,
 };
+use arc_malachitebft_app_channel::app::types::PeerId;
 use arc_malachitebft_app_channel::{Signer, Verifier};
-use arc_malachitebft_sync::{RawDecidedValue, Request, Response, ValueRequest, ValueResponse};
+use arc_malachitebft_sync::{RawDecidedValue, Request, Response, Status, ValueRequest, ValueResponse};
 use bytes::Bytes;
 use proptest::prelude::*;
 use trellis_consensus::{
@@ -182,6 +183,120 @@ fn proposers_rotate_over_the_address_ordered_set() {
     assert_eq!(set.validators().iter().map(|v| v.power).sum::<u64>(), 100);
 }
 
+/// Encodings of every message type the codec decodes, each after the selector byte that makes
+/// the `decode_consensus` fuzz target read it as that type (the order of its `decode` arms).
+fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn seed<T>(selector: u8, value: &T) -> Vec<u8>
+    where
+        TrellisCodec: Codec<T>,
+    {
+        [&[selector][..], &TrellisCodec.encode(value).unwrap()].concat()
+    }
+    let signer = TrellisSigner::new(CHAIN, key(1));
+    let ctx = TrellisContext::new(CHAIN);
+    let address = ValidatorAddress(signer.public_key().address());
+    let vote = signed_vote(&signer, 7, 2, Some([3; 32]));
+    let proposal = ctx.new_proposal(BlockHeight(7), Round::new(2), BlockId(Hash([4; 32])), Round::new(1), address);
+    let proposal = block_on(signer.sign_proposal(proposal)).unwrap();
+    let mut part = BlockPart {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        valid_round: Round::Nil,
+        proposer: address,
+        block: Bytes::from_static(b"block bytes"),
+        signature: trellis_proto::Signature([0; 64]),
+    };
+    part.signature = signer.sign_part(&part);
+    let polka = PolkaCertificate {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        value_id: BlockId(Hash([3; 32])),
+        polka_signatures: vec![PolkaSignature::new(address, vote.signature)],
+    };
+    let skip = RoundCertificate {
+        height: BlockHeight(7),
+        round: Round::new(3),
+        cert_type: RoundCertificateType::Skip,
+        round_signatures: vec![RoundSignature {
+            vote_type: VoteType::Prevote,
+            value_id: NilOrVal::Nil,
+            address,
+            signature: vote.signature,
+        }],
+    };
+    let certificate = ExtendedCommitCertificate {
+        height: BlockHeight(7),
+        round: Round::new(2),
+        value_id: BlockId(Hash([3; 32])),
+        commit_signatures: vec![ExtendedCommitSignature::new(
+            address,
+            vote.signature,
+            Some(SignedMessage::new(Bytes::from_static(b"ext"), vote.signature)),
+        )],
+    };
+    // An identity-multihash peer id: code 0, 32 bytes of digest.
+    let peer_id = PeerId::from_bytes(&[&[0u8, 32][..], &[5; 32]].concat()).unwrap();
+    let proof = block_on(signer.sign_validator_proof(signer.public_key().0.to_vec(), peer_id.to_bytes())).unwrap();
+    vec![
+        ("vote", seed(0, &SignedConsensusMsg::<TrellisContext>::Vote(vote.clone()))),
+        ("proposal", seed(0, &SignedConsensusMsg::<TrellisContext>::Proposal(proposal))),
+        ("liveness_vote", seed(1, &LivenessMsg::<TrellisContext>::Vote(vote))),
+        ("liveness_polka", seed(1, &LivenessMsg::<TrellisContext>::PolkaCertificate(polka.clone()))),
+        ("liveness_skip", seed(1, &LivenessMsg::<TrellisContext>::SkipRoundCertificate(skip))),
+        ("stream_data", seed(2, &StreamMessage::new(StreamId::new(Bytes::from_static(b"id")), 0, StreamContent::Data(part.clone())))),
+        ("stream_fin", seed(2, &StreamMessage::<BlockPart>::new(StreamId::new(Bytes::from_static(b"id")), 1, StreamContent::Fin))),
+        ("block_part", seed(3, &part)),
+        ("validator_proof", seed(4, &proof)),
+        ("sync_status", seed(5, &Status::<TrellisContext> { peer_id, tip_height: BlockHeight(9), history_min_height: BlockHeight(1) })),
+        ("sync_request", seed(6, &Request::<TrellisContext>::ValueRequest(ValueRequest::new(BlockHeight(3)..=BlockHeight(9))))),
+        (
+            "sync_response",
+            seed(
+                7,
+                &Response::<TrellisContext>::ValueResponse(ValueResponse::new(
+                    BlockHeight(7),
+                    vec![RawDecidedValue::new(Bytes::from_static(b"a block"), certificate.clone())],
+                )),
+            ),
+        ),
+        (
+            "wal_proposed_value",
+            seed(
+                8,
+                &ProposedValue::<TrellisContext> {
+                    height: BlockHeight(7),
+                    round: Round::new(2),
+                    valid_round: Round::Nil,
+                    proposer: address,
+                    value: BlockId(Hash([3; 32])),
+                    validity: Validity::Valid,
+                },
+            ),
+        ),
+        ("wal_polka", seed(9, &polka)),
+        ("commit_certificate", seed(10, &certificate)),
+    ]
+}
+
+/// The fuzz target's seeds in `fuzz/seeds/decode_consensus/` are today's encodings, so a codec
+/// change cannot leave the fuzzer starting from stale bytes. `TRELLIS_WRITE_FUZZ_SEEDS=1`
+/// rewrites them.
+#[test]
+fn fuzz_seeds_are_current_encodings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/decode_consensus");
+    let write = std::env::var_os("TRELLIS_WRITE_FUZZ_SEEDS").is_some();
+    for (name, bytes) in fuzz_seeds() {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let stored = std::fs::read(&path).unwrap_or_default();
+            assert!(stored == bytes, "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-consensus --test wire", path.display());
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -194,6 +309,10 @@ proptest! {
         let _ = Codec::<Response<TrellisContext>>::decode(&TrellisCodec, b.clone());
         let _ = Codec::<Request<TrellisContext>>::decode(&TrellisCodec, b.clone());
         let _ = Codec::<ProposedValue<TrellisContext>>::decode(&TrellisCodec, b.clone());
-        let _ = Codec::<PolkaCertificate<TrellisContext>>::decode(&TrellisCodec, b);
+        let _ = Codec::<PolkaCertificate<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<BlockPart>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<Status<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<ValidatorProof<TrellisContext>>::decode(&TrellisCodec, b.clone());
+        let _ = Codec::<ExtendedCommitCertificate<TrellisContext>>::decode(&TrellisCodec, b);
     }
 }

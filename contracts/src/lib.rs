@@ -14,6 +14,7 @@
 //!
 //! Economics (parameters, sampling odds, where slashed funds go): `docs/economics.md`.
 
+pub mod block;
 pub mod error;
 pub mod exec;
 pub mod kv;
@@ -21,6 +22,7 @@ pub mod params;
 pub mod rounds;
 pub mod state;
 
+pub use block::{Built, InvalidBlock, Parent};
 pub use error::TxError;
 pub use exec::{total_holdings, validate_job_spec, BlockCtx, Chain, Event, Genesis, GenesisError, SlashReason};
 pub use kv::{state_root, KvStore, MemoryKv};

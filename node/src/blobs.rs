@@ -4,7 +4,7 @@
 //! A blob's address is a [`BlobKey`]: a kind and a hash. The kind says how the hash is computed,
 //! because the protocol hashes different things in different domains (a checkpoint under the
 //! checkpoint domain, a shard as a Merkle leaf, a dataset or trail by the Merkle root over the
-//! hashes it lists). [`BlobKey::verify`] is the one place that checks bytes against an address,
+//! hashes it lists). [`VerifyBlob::verify`] is the one place that checks bytes against an address,
 //! used on every blob received from the network and before every write.
 //!
 //! Blobs that belong to one round of one job (checkpoints, trails, deltas) are tagged with the
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use trellis_proto::hash::{Hash, HashDomain};
+use trellis_proto::hash::Hash;
 use trellis_proto::merkle::{leaf_hash, MerkleTree};
 use trellis_proto::JobId;
 use trellis_trainer::checkpoint::checkpoint_hash;
@@ -25,75 +25,17 @@ use trellis_trainer::worker::Trail;
 /// Largest blob stored or fetched (a 124M-parameter checkpoint with AdamW moments is ~1.5 GB).
 pub const MAX_BLOB_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
-/// How a blob's hash is computed (and so what the blob is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BlobKind {
-    /// A trainer checkpoint, hashed in the checkpoint domain.
-    Checkpoint,
-    /// Opaque bytes hashed in the blob domain: encoded Δ, model weights, outer momentum.
-    Data,
-    /// One dataset shard, hashed as a Merkle leaf.
-    Shard,
-    /// A [`DatasetManifest`], addressed by the dataset root (the Merkle root of its shards).
-    Dataset,
-    /// A [`Trail`] (JSON), addressed by its trail root (the Merkle root of its checkpoints).
-    Trail,
-}
+pub use trellis_proto::blobwire::{data_hash, BlobKey, BlobKind};
 
-impl BlobKind {
-    pub const ALL: [BlobKind; 5] = [BlobKind::Checkpoint, BlobKind::Data, BlobKind::Shard, BlobKind::Dataset, BlobKind::Trail];
-
-    pub fn tag(self) -> u8 {
-        match self {
-            BlobKind::Checkpoint => 1,
-            BlobKind::Data => 2,
-            BlobKind::Shard => 3,
-            BlobKind::Dataset => 4,
-            BlobKind::Trail => 5,
-        }
-    }
-
-    pub fn from_tag(tag: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.tag() == tag)
-    }
-
-    fn dir_name(self) -> &'static str {
-        match self {
-            BlobKind::Checkpoint => "checkpoint",
-            BlobKind::Data => "data",
-            BlobKind::Shard => "shard",
-            BlobKind::Dataset => "dataset",
-            BlobKind::Trail => "trail",
-        }
-    }
-}
-
-/// A blob's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BlobKey {
-    pub kind: BlobKind,
-    pub hash: Hash,
-}
-
-impl std::fmt::Display for BlobKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind.dir_name(), self.hash)
-    }
-}
-
-impl BlobKey {
-    pub fn new(kind: BlobKind, hash: Hash) -> Self {
-        Self { kind, hash }
-    }
-
-    /// The key of opaque bytes (Δ, weights, momentum).
-    pub fn data(bytes: &[u8]) -> Self {
-        Self::new(BlobKind::Data, data_hash(bytes))
-    }
-
+/// Checking bytes against a [`BlobKey`]: node-side, because checkpoints and trails are the
+/// trainer's formats.
+pub trait VerifyBlob {
     /// Whether `bytes` is the blob this key names.
-    pub fn verify(&self, bytes: &[u8]) -> bool {
+    fn verify(&self, bytes: &[u8]) -> bool;
+}
+
+impl VerifyBlob for BlobKey {
+    fn verify(&self, bytes: &[u8]) -> bool {
         match self.kind {
             BlobKind::Checkpoint => checkpoint_hash(bytes) == self.hash,
             BlobKind::Data => data_hash(bytes) == self.hash,
@@ -102,11 +44,6 @@ impl BlobKey {
             BlobKind::Trail => serde_json::from_slice::<Trail>(bytes).is_ok_and(|t| !t.checkpoints.is_empty() && t.root() == self.hash),
         }
     }
-}
-
-/// The hash of opaque bytes: the blob domain (the same as `trainer::encoding::delta_hash`).
-pub fn data_hash(bytes: &[u8]) -> Hash {
-    Hash::digest(HashDomain::Blob, bytes)
 }
 
 /// What a dataset is made of: its shards (whose Merkle root is the job's dataset root) and its
@@ -157,7 +94,7 @@ pub struct BlobStore {
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         for kind in BlobKind::ALL {
-            let dir = root.join(kind.dir_name());
+            let dir = root.join(kind.name());
             std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir, source })?;
         }
         let rounds = root.join("rounds");
@@ -170,7 +107,7 @@ impl BlobStore {
     }
 
     pub fn path(&self, key: &BlobKey) -> PathBuf {
-        self.root.join(key.kind.dir_name()).join(key.hash.to_hex())
+        self.root.join(key.kind.name()).join(key.hash.to_hex())
     }
 
     pub fn contains(&self, key: &BlobKey) -> bool {
@@ -270,6 +207,8 @@ impl BlobStore {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -326,5 +265,44 @@ mod tests {
         assert_eq!(store.get(&key).unwrap(), bytes);
         let leftovers = std::fs::read_dir(dir.path().join("data")).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        // Blob contents come from peers (a miner's trail, a submitter's dataset manifest, weights
+        // and momenta): checking them against any address, and reading them as what they claim
+        // to be, never panics.
+        #[test]
+        fn peer_blob_contents_never_panic_their_readers(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            hash in any::<[u8; 32]>(),
+        ) {
+            for kind in BlobKind::ALL {
+                let _ = BlobKey::new(kind, Hash(hash)).verify(&bytes);
+            }
+            if let Ok(manifest) = DatasetManifest::parse(&bytes) {
+                let _ = manifest.root();
+            }
+            match crate::jobdata::weights_from_bytes(&bytes) {
+                Ok(weights) => prop_assert_eq!(weights.len() * 4, bytes.len()),
+                Err(_) => prop_assert!(bytes.len() % 4 != 0),
+            }
+        }
+
+        #[test]
+        fn edited_dataset_manifests_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), prop::sample::select(b"0123456789-.e,:[]{}\"af ".to_vec())), 1..4),
+        ) {
+            let manifest = DatasetManifest { shard_bytes: 11, shards: vec![Hash([1; 32]), Hash([2; 32])], validation: Hash::ZERO };
+            let mut bytes = manifest.to_bytes();
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if let Ok(parsed) = DatasetManifest::parse(&bytes) {
+                prop_assert!(BlobKey::new(BlobKind::Dataset, parsed.root()).verify(&bytes));
+            }
+        }
     }
 }

@@ -61,6 +61,9 @@ pub enum Command {
     Job(crate::jobs::JobCommand),
     /// Bond stake as a miner or validator (shorthand for `trellis tx bond`).
     Stake(crate::jobs::StakeArgs),
+    /// Groth16 proofs of fixed-point SGD steps of a small model (docs/zk.md).
+    #[command(subcommand)]
+    Zk(crate::zk_cli::ZkCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
 }
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Model(ModelCommand::Export(args)) => crate::jobs::export(args).map(|()| Outcome::Success),
         Command::Job(command) => crate::jobs::job(command).map(|()| Outcome::Success),
         Command::Stake(args) => crate::jobs::stake(args).map(|()| Outcome::Success),
+        Command::Zk(command) => Ok(if crate::zk_cli::zk(command)? { Outcome::Success } else { Outcome::CheckFailed }),
         Command::Verify(crate::verify::VerifyCommand::Trail(args)) => {
             Ok(if crate::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
         }

@@ -5,7 +5,7 @@
 //! blake3 hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
 //! against the manifest as it arrives; a peer that serves a bad chunk, times out or does not hold
 //! the blob is skipped and the chunk asked of the next peer. The assembled blob is checked
-//! against its address ([`BlobKey::verify`]) before it is stored, so a lying peer can waste a
+//! against its address ([`VerifyBlob::verify`]) before it is stored, so a lying peer can waste a
 //! fetch but never plant a blob. Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent
 //! fetches, concurrent streams per connection, and a timeout per request.
 
@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use trellis_proto::Hash;
 
-use crate::blobs::{BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
+use crate::blobs::{BlobKey, BlobStore, VerifyBlob, MAX_BLOB_BYTES};
 
 /// Bytes per chunk of a transfer.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -37,99 +37,10 @@ const MANIFEST_CACHE: usize = 256;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
 
-/// What one peer asks another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlobRequest {
-    Manifest(BlobKey),
-    Chunk { key: BlobKey, index: u32 },
-}
+pub use trellis_proto::blobwire::{BlobRequest, BlobResponse};
 
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlobResponse {
-    Manifest { size: u64, chunks: Vec<Hash> },
-    Chunk(Vec<u8>),
-    NotFound,
-}
-
-fn bad_data(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
-fn encode_key(key: &BlobKey, out: &mut Vec<u8>) {
-    out.push(key.kind.tag());
-    out.extend_from_slice(&key.hash.0);
-}
-
-fn decode_key(bytes: &[u8]) -> io::Result<BlobKey> {
-    let (&tag, rest) = bytes.split_first().ok_or_else(|| bad_data("empty blob key"))?;
-    let kind = BlobKind::from_tag(tag).ok_or_else(|| bad_data(format!("unknown blob kind {tag}")))?;
-    let hash: [u8; 32] = rest.get(..32).and_then(|h| h.try_into().ok()).ok_or_else(|| bad_data("short blob key"))?;
-    Ok(BlobKey::new(kind, Hash(hash)))
-}
-
-impl BlobRequest {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(38);
-        match self {
-            BlobRequest::Manifest(key) => {
-                out.push(1);
-                encode_key(key, &mut out);
-            }
-            BlobRequest::Chunk { key, index } => {
-                out.push(2);
-                encode_key(key, &mut out);
-                out.extend_from_slice(&index.to_le_bytes());
-            }
-        }
-        out
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
-        match bytes.split_first() {
-            Some((1, rest)) if rest.len() == 33 => Ok(BlobRequest::Manifest(decode_key(rest)?)),
-            Some((2, rest)) if rest.len() == 37 => {
-                let index = u32::from_le_bytes(rest[33..37].try_into().expect("4 bytes"));
-                Ok(BlobRequest::Chunk { key: decode_key(&rest[..33])?, index })
-            }
-            _ => Err(bad_data("malformed blob request")),
-        }
-    }
-}
-
-impl BlobResponse {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match self {
-            BlobResponse::Manifest { size, chunks } => {
-                let mut out = Vec::with_capacity(13 + 32 * chunks.len());
-                out.push(1);
-                out.extend_from_slice(&size.to_le_bytes());
-                out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-                chunks.iter().for_each(|c| out.extend_from_slice(&c.0));
-                out
-            }
-            BlobResponse::Chunk(bytes) => [&[2u8][..], bytes].concat(),
-            BlobResponse::NotFound => vec![3],
-        }
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
-        match bytes.split_first() {
-            Some((1, rest)) if rest.len() >= 12 => {
-                let size = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
-                let count = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
-                let hashes = &rest[12..];
-                if hashes.len() != count * 32 {
-                    return Err(bad_data("manifest length does not match its chunk count"));
-                }
-                let chunks = hashes.chunks_exact(32).map(|c| Hash(c.try_into().expect("32 bytes"))).collect();
-                Ok(BlobResponse::Manifest { size, chunks })
-            }
-            Some((2, rest)) => Ok(BlobResponse::Chunk(rest.to_vec())),
-            Some((3, [])) => Ok(BlobResponse::NotFound),
-            _ => Err(bad_data("malformed blob response")),
-        }
-    }
+fn bad_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
 /// Length-prefixed frames (u32 little-endian) with a size limit.
@@ -161,11 +72,11 @@ impl request_response::Codec for BlobCodec {
     type Response = BlobResponse;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobRequest> {
-        BlobRequest::from_bytes(&read_frame(io).await?)
+        BlobRequest::from_bytes(&read_frame(io).await?).map_err(bad_data)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse> {
-        BlobResponse::from_bytes(&read_frame(io).await?)
+        BlobResponse::from_bytes(&read_frame(io).await?).map_err(bad_data)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: BlobRequest) -> io::Result<()> {
@@ -432,36 +343,14 @@ async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_add
 mod tests {
     use super::*;
 
-    #[test]
-    fn messages_round_trip_and_garbage_is_an_error() {
-        let key = BlobKey::new(BlobKind::Checkpoint, Hash([7; 32]));
-        for request in [BlobRequest::Manifest(key), BlobRequest::Chunk { key, index: 9 }] {
-            assert_eq!(BlobRequest::from_bytes(&request.to_bytes()).unwrap(), request);
-        }
-        for response in [
-            BlobResponse::Manifest { size: 5, chunks: vec![Hash([1; 32])] },
-            BlobResponse::Chunk(vec![1, 2, 3]),
-            BlobResponse::NotFound,
-        ] {
-            assert_eq!(BlobResponse::from_bytes(&response.to_bytes()).unwrap(), response);
-        }
-        for garbage in [&[][..], &[1], &[9, 1, 2], &[1, 99, 0], &[3, 0]] {
-            assert!(BlobRequest::from_bytes(garbage).is_err() || garbage.is_empty());
-            assert!(BlobResponse::from_bytes(garbage).is_err());
-        }
-        // A manifest claiming more chunks than it carries.
-        let mut lying = BlobResponse::Manifest { size: 5, chunks: vec![Hash([1; 32])] }.to_bytes();
-        lying[9] = 2;
-        assert!(BlobResponse::from_bytes(&lying).is_err());
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fetches_from_a_peer_and_rejects_nothing_it_should_keep() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let a_store = BlobStore::open(a_dir.path()).unwrap();
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 2 + 123)).map(|i| (i * 31 % 251) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
-        let port = 40_000 + (std::process::id() % 10_000) as u16;
+        // Below the kernel's ephemeral range (32768 and up), so no outgoing connection holds it.
+        let port = 31_000 + (std::process::id() % 700) as u16 * 2;
         let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
         let (_a, _) = start([1; 32], &a_addr, &[], a_store).await.unwrap();
         let (b, _) = start([2; 32], &format!("/ip4/127.0.0.1/tcp/{}", port + 1), &[a_addr], BlobStore::open(b_dir.path()).unwrap())

@@ -24,3 +24,4 @@ pub mod run;
 pub mod store;
 pub mod train;
 pub mod verify;
+pub mod zk_cli;

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use trellis_contracts::state::{self, keys, Job, RoundState, Stake};
 use trellis_contracts::{Event, KvStore};
-use trellis_proto::{TxKind, decode, Address, Block, Hash, Height, JobId, Role, SignedTx};
+use trellis_proto::{TxKind, Address, Block, Hash, Height, JobId, Role, SignedTx};
 
 use crate::consensus_app::{NodeEvent, Shared};
 use crate::mempool::MempoolError;
@@ -165,7 +165,7 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
         return Err(reject(format!("transaction is larger than {} bytes", trellis_proto::tx::MAX_TX_BYTES)));
     }
     let bytes = hex::decode(hex_tx).map_err(|e| reject(format!("not hex: {e}")))?;
-    let tx: SignedTx = decode(&bytes).map_err(|e| reject(format!("not a signed transaction: {e}")))?;
+    let tx = SignedTx::from_wire(&bytes).map_err(|e| reject(format!("not a signed transaction: {e}")))?;
     if let TxKind::SubmitJob { spec, .. } = &tx.tx.kind {
         // Checked here too so a bad spec is refused with its reason, not dropped from a block.
         trellis_contracts::validate_job_spec(spec, state.shared.ledger.params()).map_err(|reason| reject(format!("invalid job spec: {reason}")))?;
@@ -240,7 +240,7 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         }
         let txs = hex_txs
             .iter()
-            .map(|h| hex::decode(h).ok().and_then(|b| decode::<SignedTx>(&b).ok()))
+            .map(|h| hex::decode(h).ok().and_then(|b| SignedTx::from_wire(&b).ok()))
             .collect::<Option<Vec<SignedTx>>>()
             .ok_or_else(|| invalid("a gossiped transaction is not hex of a signed transaction"))?;
         let admitted = admit(state, txs).iter().filter(|r| r.is_ok()).count();

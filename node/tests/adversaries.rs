@@ -38,7 +38,8 @@ mod with_adversaries {
     fn kill_recorded(home: &Path) {
         let pids = std::fs::read_to_string(home.join("pids")).unwrap_or_default();
         for pid in pids.lines().filter(|l| !l.trim().is_empty()) {
-            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+            // Usually gone already (the devnet stops its nodes): say nothing then.
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).stderr(Stdio::null()).status();
         }
     }
 
@@ -61,7 +62,8 @@ mod with_adversaries {
         if let Some(kind) = adversary {
             command.args(["--adversary", &format!("{kind}=1")]);
         }
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("trellis-adversary-{}-{name}.log", std::process::id()))).unwrap();
+        let log_path = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = command.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("trellis devnet");
         let started = Instant::now();
         let status = loop {
@@ -74,7 +76,7 @@ mod with_adversaries {
                 let _ = child.kill();
                 let _ = child.wait();
                 kill_recorded(&home);
-                panic!("the {name} devnet did not finish within {RUN_LIMIT:?}; logs under {}", home.display());
+                panic!("the {name} devnet did not finish within {RUN_LIMIT:?}; logs under {} and in {}", home.display(), log_path.display());
             }
             std::thread::sleep(Duration::from_millis(500));
         };
@@ -87,6 +89,7 @@ mod with_adversaries {
         assert!(status.success(), "{name}: the devnet failed ({status}); logs under {}", home.display());
         let run = Run { rounds: read("rounds.json"), miners: read("miners.json") };
         let _ = std::fs::remove_dir_all(&home);
+        let _ = std::fs::remove_file(&log_path);
         run
     }
 
@@ -104,7 +107,9 @@ mod with_adversaries {
             final_loss(&clean)
         });
         *runs += 1;
+        let started = Instant::now();
         let run = devnet(*runs, kind, 3, Some(kind));
+        let took = started.elapsed().as_secs();
         assert_eq!(run.rounds.len(), 2, "{kind}: both rounds settled: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{kind}: the three honest miners are accepted every round: {:?}", run.rounds);
 
@@ -138,7 +143,7 @@ mod with_adversaries {
 
         let loss = final_loss(&run);
         assert!((loss - clean).abs() <= 0.05 * clean, "{kind}: final validation loss {loss:.4} is not within 5% of the clean run's {clean:.4}");
-        eprintln!("{kind}: slashed {slashes:?}, ejected {ejected}; final loss {loss:.4} vs clean {clean:.4}");
+        eprintln!("{kind}: slashed {slashes:?}, ejected {ejected}; final loss {loss:.4} vs clean {clean:.4}; devnet ran {took} s");
     }
 
     fn params() -> Params {

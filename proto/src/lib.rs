@@ -7,10 +7,12 @@
 //!   [`DecodeError`], and never panics;
 //! - every hash is a domain-separated blake3 digest ([`HashDomain`]);
 //! - every signature is bound to a chain id and a message kind ([`crypto::signing_preimage`]);
-//! - Merkle trees never duplicate leaves and separate leaves from nodes ([`merkle`]).
+//! - Merkle trees never duplicate leaves and separate leaves from nodes ([`merkle`]);
+//! - the blob exchange's messages have one byte form and decode without panicking ([`blobwire`]).
 //!
 //! This crate does no I/O and holds no state: it is the vocabulary every other crate speaks.
 
+pub mod blobwire;
 pub mod block;
 pub mod codec;
 pub mod consensus;

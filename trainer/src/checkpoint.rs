@@ -203,3 +203,89 @@ impl CheckpointData {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The canonical bytes of `data` (the layout of [`to_bytes`], without needing a model).
+    fn encode(data: &CheckpointData) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&data.step.to_le_bytes());
+        out.extend_from_slice(&(data.names.len() as u32).to_le_bytes());
+        for (name, shape) in data.names.iter().zip(&data.shapes) {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(shape.len() as u8);
+            shape.iter().for_each(|&d| out.extend_from_slice(&(d as u64).to_le_bytes()));
+        }
+        for section in [&data.weights, &data.first_moments, &data.second_moments] {
+            push_f32s(&mut out, section);
+        }
+        out
+    }
+
+    fn sample() -> Vec<u8> {
+        let values = |offset: f32| (0..10).map(|i| i as f32 * 0.5 + offset).collect::<Vec<_>>();
+        encode(&CheckpointData {
+            step: 40,
+            names: vec!["wte".into(), "ln.bias".into()],
+            shapes: vec![vec![2, 3], vec![4]],
+            weights: values(0.0),
+            first_moments: values(1.0),
+            second_moments: values(2.0),
+        })
+    }
+
+    /// Parses `bytes` (which must not panic); whatever parses has exactly these bytes.
+    fn parse_is_canonical(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(data) = CheckpointData::parse(bytes) {
+            prop_assert_eq!(encode(&data), bytes);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_parses_and_its_prefixes_do_not() {
+        let bytes = sample();
+        let data = CheckpointData::parse(&bytes).unwrap();
+        assert_eq!((data.step, data.weights.len()), (40, 10));
+        assert_eq!(encode(&data), bytes);
+        for cut in 0..bytes.len() {
+            assert!(CheckpointData::parse(&bytes[..cut]).is_err(), "a prefix of {cut} bytes parsed");
+        }
+        assert!(CheckpointData::parse(&[bytes.as_slice(), &[0]].concat()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        // A checkpoint comes from a miner: no bytes may panic the checker that parses it.
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+            parse_is_canonical(&tail)?;
+            // Past the magic and version, where the sizes are read.
+            let mut bytes = sample()[..12].to_vec();
+            bytes.extend_from_slice(&tail);
+            parse_is_canonical(&bytes)?;
+        }
+
+        #[test]
+        fn edited_checkpoints_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = sample();
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            parse_is_canonical(&bytes)?;
+            parse_is_canonical(&bytes[..cut % (bytes.len() + 1)])?;
+        }
+    }
+}

@@ -191,6 +191,8 @@ impl ErrorFeedback {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn sample(n: usize) -> Vec<f32> {
@@ -272,5 +274,77 @@ mod tests {
         };
         let (plain, fb) = (error(&sent_plain), error(&sent_feedback));
         assert!(fb < plain / 5.0, "feedback error {fb} vs plain {plain}");
+    }
+
+    /// Decodes `bytes` (which must not panic) and checks what a decoded Δ promises: its length,
+    /// finiteness, one byte form for f32 and f16, and scales that `int8_scales` agrees on.
+    fn decode_is_sound(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let scales = int8_scales(bytes);
+        let Ok((encoding, values)) = decode(bytes) else { return Ok(()) };
+        prop_assert_eq!(u64::from_le_bytes(bytes[1..9].try_into().unwrap()), values.len() as u64);
+        prop_assert!(values.iter().all(|v| v.is_finite()));
+        match encoding {
+            DeltaEncoding::F32 | DeltaEncoding::F16 => prop_assert_eq!(encode(encoding, &values), bytes),
+            DeltaEncoding::Int8 => {
+                let (chunk, scales) = scales.expect("a decodable int8 Δ has scales");
+                prop_assert_eq!(scales.len(), values.len().div_ceil(chunk));
+            }
+        }
+        Ok(())
+    }
+
+    /// A header (tag, count, and for int8 a chunk size) followed by `body`.
+    fn framed(tag: u8, n: u64, chunk: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![tag];
+        bytes.extend_from_slice(&n.to_le_bytes());
+        if tag == 3 {
+            bytes.extend_from_slice(&chunk.to_le_bytes());
+        }
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        // An encoded Δ comes from a miner: no bytes may panic the validator or checker decoding it.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            decode_is_sound(&bytes)?;
+        }
+
+        // Headers that agree or nearly agree with the body, where random bytes rarely land.
+        #[test]
+        fn near_valid_encodings_never_panic(
+            tag in 0u8..5,
+            n in 0u64..40,
+            chunk in 0u32..9,
+            slack in -3i64..4,
+            fill in any::<u8>(),
+            huge in any::<bool>(),
+        ) {
+            let n = if huge { u64::MAX - n } else { n };
+            let expected = match tag {
+                1 => n.saturating_mul(4),
+                2 => n.saturating_mul(2),
+                _ => n.div_ceil(u64::from(chunk.max(1))).saturating_mul(4).saturating_add(n),
+            };
+            let len = (expected.min(4096) as i64 + slack).max(0) as usize;
+            decode_is_sound(&framed(tag, n, chunk, &vec![fill; len]))?;
+        }
+
+        #[test]
+        fn edited_encodings_never_panic(
+            encoding in prop_oneof![Just(DeltaEncoding::F32), Just(DeltaEncoding::F16), Just(DeltaEncoding::Int8)],
+            values in proptest::collection::vec(-1e3f32..1e3, 0..50),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = encode(encoding, &values);
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            decode_is_sound(&bytes)?;
+        }
     }
 }

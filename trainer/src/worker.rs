@@ -206,3 +206,58 @@ pub fn evaluate(model: &Gpt, inputs: &[i64], targets: &[i64], sequence_length: u
     });
     total / rows as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let trail = Trail {
+            round: 2,
+            worker: 1,
+            checkpoint_interval: 4,
+            checkpoints: (0..3).map(|i| TrailEntry { step: 40 + 4 * i, hash: Hash([i as u8; 32]) }).collect(),
+            losses: vec![3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75],
+        };
+        serde_json::to_vec(&trail).unwrap()
+    }
+
+    /// Parses `bytes` as a trail (which must not panic); a parsed trail has a root, and writing
+    /// its checkpoints out and reading them back gives the same root. (Losses need not round-trip:
+    /// `1e39` reads as an infinite f32, which JSON writes as `null`; no replay ever matches it.)
+    fn parse_is_sound(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(trail) = serde_json::from_slice::<Trail>(bytes) {
+            let checkpoints: Vec<TrailEntry> = serde_json::from_slice(&serde_json::to_vec(&trail.checkpoints).unwrap()).unwrap();
+            prop_assert_eq!(&checkpoints, &trail.checkpoints);
+            prop_assert_eq!(trail.hashes().len(), trail.checkpoints.len());
+            let _ = trail.root();
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        // A trail comes from a miner: no bytes may panic the checker that reads it.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            parse_is_sound(&bytes)?;
+        }
+
+        #[test]
+        fn edited_trails_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), prop::sample::select(b"0123456789-+.eE,:[]{}\"x ".to_vec())), 1..4),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = sample();
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            parse_is_sound(&bytes)?;
+            parse_is_sound(&bytes[..cut % (bytes.len() + 1)])?;
+        }
+    }
+}

@@ -145,8 +145,10 @@ pub fn check_segment(replay: &Replay<'_>, trail: &Trail, index: usize, source: &
         Err(_) => return report(invalid(InvalidReason::CheckpointMismatch, end.hash, Hash::ZERO, 0.0), start.step, end.step, 0.0, false),
     };
     let reproduced = outcome.trail.checkpoints.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
-    let offset = (start.step - trail.checkpoints[0].step) as usize;
-    let claimed_losses = trail.losses.get(offset..offset + steps as usize);
+    // The trail is the miner's: its steps need not ascend, so the offset may not exist.
+    let claimed_losses = start.step.checked_sub(trail.checkpoints[0].step).and_then(|offset| {
+        trail.losses.get(usize::try_from(offset).ok()?..usize::try_from(offset.checked_add(steps)?).ok()?)
+    });
     let losses_match = claimed_losses.is_some_and(|l| l == outcome.trail.losses.as_slice());
     match mode {
         Mode::Exact => {

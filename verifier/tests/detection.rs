@@ -132,6 +132,16 @@ fn a_skipped_step_is_caught() {
 }
 
 #[test]
+fn a_trail_whose_steps_do_not_ascend_is_checked_without_panicking() {
+    let data = dataset();
+    let (mut trail, source, _) = mine(&data, honest);
+    // The first entry claims a later step than the segment checked: segment 1 starts before it.
+    trail.checkpoints[0].step = 5;
+    let report = check_segment(&replay(&data), &trail, 1, &source, Mode::Exact);
+    assert!(!report.losses_match, "no claimed losses exist before the trail's first step");
+}
+
+#[test]
 fn a_withheld_checkpoint_is_unavailable() {
     let data = dataset();
     let (trail, mut source, _) = mine(&data, honest);

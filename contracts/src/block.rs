@@ -1,0 +1,209 @@
+//! Blocks: building the next one from candidate transactions (a proposer) and checking one
+//! (everyone else). Both run the same steps: begin-block, every transaction in order,
+//! end-block, then the state root.
+//!
+//! Guarantees: a built block holds only transactions that applied, in the order they applied;
+//! a checked block is refused if any of its transactions fails, so every committed transaction
+//! was applied; both write only to the state handed in (an overlay the caller commits or drops).
+//! The node's ledger and the seeded simulator call these, so the simulator tests the node's rules.
+
+use thiserror::Error;
+use trellis_proto::{Address, Block, BlockHeader, Hash, Height, SignedTx};
+
+use crate::exec::{BlockCtx, Chain, Event};
+use crate::kv::{state_root, KvStore};
+use crate::TxError;
+
+/// The block a new one builds on: the head of the chain (height 0, zero hash, time 0 before
+/// the first block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    pub height: u64,
+    pub hash: Hash,
+    pub time_ms: u64,
+}
+
+/// Why a proposed or synced block is not a valid successor of its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidBlock {
+    #[error("block is for chain '{got}', not '{expected}'")]
+    WrongChain { expected: String, got: String },
+    #[error("block height {got} does not follow the head {head}")]
+    WrongHeight { head: u64, got: u64 },
+    #[error("block parent {got} is not the head block {expected}")]
+    WrongParent { expected: Hash, got: Hash },
+    #[error("block time {got} ms is before its parent's {parent} ms")]
+    TimeWentBack { parent: u64, got: u64 },
+    #[error("block body: {0}")]
+    Body(String),
+    #[error("transaction {index} ({hash}) fails: {reason}")]
+    FailingTx { index: usize, hash: Hash, reason: String },
+    #[error("header state root {header} does not match the executed state {computed}")]
+    StateRoot { header: Hash, computed: Hash },
+    #[error("state machine error: {0}")]
+    Execution(String),
+}
+
+/// A block built by [`Chain::build_block`].
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub block: Block,
+    pub events: Vec<Event>,
+    /// Candidates that failed, with why, in the order they were tried.
+    pub left_out: Vec<(SignedTx, TxError)>,
+}
+
+impl Chain {
+    fn block_ctx(parent: &Parent, proposer: Address, time_ms: u64) -> BlockCtx {
+        BlockCtx { height: parent.height + 1, time_ms, randomness: parent.hash, proposer }
+    }
+
+    /// Builds the block after `parent` from `candidates`, in order, leaving out those that fail.
+    /// `time_ms` is raised to the parent's time if it is earlier.
+    pub fn build_block<S: KvStore + ?Sized>(
+        &self,
+        state: &mut S,
+        parent: &Parent,
+        proposer: Address,
+        time_ms: u64,
+        candidates: impl IntoIterator<Item = SignedTx>,
+    ) -> Result<Built, InvalidBlock> {
+        let time_ms = time_ms.max(parent.time_ms);
+        let ctx = Self::block_ctx(parent, proposer, time_ms);
+        let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let mut txs = Vec::new();
+        let mut left_out = Vec::new();
+        for tx in candidates {
+            match self.apply_tx(state, &tx, &ctx) {
+                Ok(tx_events) => {
+                    events.extend(tx_events);
+                    txs.push(tx);
+                }
+                Err(error) => left_out.push((tx, error)),
+            }
+        }
+        let (end_events, _) = self.end_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        events.extend(end_events);
+        let header = BlockHeader {
+            chain_id: self.chain_id.clone(),
+            height: Height(ctx.height),
+            time_ms,
+            parent: parent.hash,
+            tx_root: Block::compute_tx_root(&txs),
+            state_root: state_root(state),
+            proposer,
+        };
+        Ok(Built { block: Block { header, txs }, events, left_out })
+    }
+
+    /// Whether `header` can follow `parent`: chain, height, parent hash, time.
+    pub fn check_successor(&self, parent: &Parent, header: &BlockHeader) -> Result<(), InvalidBlock> {
+        if header.chain_id != self.chain_id {
+            return Err(InvalidBlock::WrongChain { expected: self.chain_id.clone(), got: header.chain_id.clone() });
+        }
+        if header.height.0 != parent.height + 1 {
+            return Err(InvalidBlock::WrongHeight { head: parent.height, got: header.height.0 });
+        }
+        if header.parent != parent.hash {
+            return Err(InvalidBlock::WrongParent { expected: parent.hash, got: header.parent });
+        }
+        if header.time_ms < parent.time_ms {
+            return Err(InvalidBlock::TimeWentBack { parent: parent.time_ms, got: header.time_ms });
+        }
+        Ok(())
+    }
+
+    /// Checks `block` against `parent` (header, transaction root and signatures) and executes it.
+    pub fn execute_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
+        self.check_successor(parent, &block.header)?;
+        block.verify_body().map_err(|e| InvalidBlock::Body(e.to_string()))?;
+        self.execute_checked_block(state, parent, block)
+    }
+
+    /// Executes a block whose header and body a caller has already checked
+    /// ([`Chain::check_successor`], `Block::verify_body`): every transaction must apply, and the
+    /// state root must be the header's.
+    pub fn execute_checked_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
+        let header = &block.header;
+        let ctx = Self::block_ctx(parent, header.proposer, header.time_ms);
+        let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        for (index, tx) in block.txs.iter().enumerate() {
+            let tx_events =
+                self.apply_tx(state, tx, &ctx).map_err(|error| InvalidBlock::FailingTx { index, hash: tx.hash(), reason: error.to_string() })?;
+            events.extend(tx_events);
+        }
+        let (end_events, _) = self.end_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        events.extend(end_events);
+        let computed = state_root(state);
+        if computed != header.state_root {
+            return Err(InvalidBlock::StateRoot { header: header.state_root, computed });
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_proto::{Amount, Keypair, Transaction, TxKind};
+
+    use super::*;
+    use crate::kv::{apply_changes, Overlay};
+    use crate::{Genesis, MemoryKv, Params};
+
+    fn chain_with_one_account() -> (Chain, MemoryKv, Keypair) {
+        let rich = Keypair::from_seed([3; 32]);
+        let validator = Keypair::from_seed([4; 32]);
+        let genesis = Genesis {
+            chain_id: "block-test".into(),
+            accounts: vec![(rich.address(), 1_000_000), (validator.address(), 1_000_000)],
+            validators: vec![(validator.public_key(), 20_000)],
+            miners: Vec::new(),
+            params: Params::default(),
+        };
+        let mut kv = MemoryKv::new();
+        let chain = Chain::init_genesis(&mut kv, &genesis).unwrap();
+        (chain, kv, rich)
+    }
+
+    fn transfer(from: &Keypair, nonce: u64, amount: u64) -> SignedTx {
+        let kind = TxKind::Transfer { to: Address([9; 20]), amount: Amount(amount) };
+        Transaction { sender: from.public_key(), nonce, fee: Amount(1), kind }.sign("block-test", from)
+    }
+
+    #[test]
+    fn a_built_block_checks_out_and_a_tampered_one_does_not() {
+        let (chain, mut kv, rich) = chain_with_one_account();
+        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        // The second candidate reuses nonce 0 and fails: it is left out, with its reason.
+        let candidates = vec![transfer(&rich, 0, 10), transfer(&rich, 0, 20), transfer(&rich, 1, 30)];
+        let mut overlay = Overlay::new(&kv);
+        let built = chain.build_block(&mut overlay, &genesis, Address([1; 20]), 5, candidates).unwrap();
+        let built_changes = overlay.into_changes();
+        assert_eq!(built.block.txs.len(), 2);
+        assert_eq!(built.left_out.len(), 1);
+
+        let mut check = Overlay::new(&kv);
+        let events = chain.execute_block(&mut check, &genesis, &built.block).unwrap();
+        assert_eq!(events.len(), built.events.len());
+        assert_eq!(check.into_changes(), built_changes, "checking writes what building wrote");
+
+        let mut wrong_root = built.block.clone();
+        wrong_root.header.state_root = Hash([1; 32]);
+        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &wrong_root), Err(InvalidBlock::StateRoot { .. })));
+        let mut dropped_tx = built.block.clone();
+        dropped_tx.txs.remove(0);
+        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &dropped_tx), Err(InvalidBlock::Body(_))));
+        let mut late = built.block.clone();
+        late.header.height = Height(2);
+        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &late), Err(InvalidBlock::WrongHeight { head: 0, got: 2 })));
+
+        // A block whose transaction fails is refused as a whole.
+        apply_changes(&mut kv, built_changes);
+        let next = Parent { height: 1, hash: built.block.hash(), time_ms: 5 };
+        let mut replayed = chain.build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Vec::new()).unwrap().block;
+        replayed.txs = vec![transfer(&rich, 0, 10)];
+        replayed.header.tx_root = Block::compute_tx_root(&replayed.txs);
+        let refused = chain.execute_block(&mut Overlay::new(&kv), &next, &replayed);
+        assert!(matches!(refused, Err(InvalidBlock::FailingTx { index: 0, .. })), "{refused:?}");
+    }
+}

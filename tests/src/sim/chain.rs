@@ -1,0 +1,335 @@
+//! One simulated node's application: the chain's rules (`trellis-contracts`) over an in-memory
+//! store, block building and checking, the aggregate every validator recomputes, and a mempool.
+//!
+//! It mirrors the node's ledger (`node/src/ledger.rs`): a block is begin-block, every
+//! transaction in order, end-block, then the state root; a proposer leaves failing transactions
+//! out, a checker rejects a block in which any transaction fails. On top of that, like the
+//! node's `check_block`, an honest validator rejects a block whose `CommitAggregate` differs
+//! from the aggregate it computes itself, so a committed block is a committed outer update.
+//!
+//! Guarantees: execution only buffers writes; nothing changes the committed state but
+//! [`Ledger::commit`], which applies one executed block on top of the head it was executed on.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use arc_malachitebft_app_channel::app::types::core::ExtendedCommitCertificate;
+use thiserror::Error;
+use trellis_consensus::{TrellisContext, Validator as ConsensusValidator, ValidatorSet as ConsensusValidatorSet};
+use trellis_contracts::kv::{apply_changes, Changes, Overlay};
+use trellis_contracts::state::{self, keys, Account, Job, JobStatus, Phase, RoundState};
+use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Parent, TxError};
+use trellis_proto::{
+    Address, Aggregate, Block, Encode, Hash, HashDomain, JobId, Signature, SignedTx, Transaction, TxKind,
+};
+
+/// Most transactions a simulated proposer puts in one block.
+pub const MAX_SIM_BLOCK_TXS: usize = 64;
+/// Most transactions one simulated mempool holds.
+pub const MEMPOOL_CAPACITY: usize = 512;
+
+/// Why a block is not a valid successor of the head: the chain's own rules (the node's, from
+/// `trellis_contracts::block`), or what an honest validator checks besides.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidBlock {
+    #[error(transparent)]
+    Rules(#[from] trellis_contracts::InvalidBlock),
+    #[error("block header names proposer {got}, the proposal came from {expected}")]
+    WrongProposer { expected: Address, got: Address },
+    #[error("aggregate for job {job} round {round} differs from the one this validator computes")]
+    AggregateMismatch { job: u64, round: u32 },
+}
+
+/// A block executed against the committed head, ready to commit.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub block: Rc<Block>,
+    pub changes: Changes,
+    pub events: Vec<Event>,
+    /// Transactions the builder left out, with why (empty for a checked block).
+    pub left_out: Vec<(SignedTx, TxError)>,
+}
+
+/// The committed chain of one node: its "disk".
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    chain: Chain,
+    /// The state at height 0, kept so a prefix of the chain can be rebuilt ([`Ledger::prefix`]).
+    genesis: Rc<MemoryKv>,
+    /// Hashes of blocks whose transaction root and signatures checked out, shared by every
+    /// clone of the genesis ledger: the check is a pure function of the block, so the memo
+    /// changes speed, not results.
+    verified_bodies: Rc<RefCell<BTreeSet<Hash>>>,
+    kv: MemoryKv,
+    blocks: Vec<Rc<Block>>,
+    certificates: Vec<ExtendedCommitCertificate<TrellisContext>>,
+}
+
+impl Ledger {
+    pub fn from_genesis(genesis: &Genesis) -> Self {
+        let mut kv = MemoryKv::new();
+        let chain = Chain::init_genesis(&mut kv, genesis).expect("the simulator's genesis is valid"); // ok: built by the simulator
+        Self {
+            chain,
+            genesis: Rc::new(kv.clone()),
+            verified_bodies: Rc::default(),
+            kv,
+            blocks: Vec::new(),
+            certificates: Vec::new(),
+        }
+    }
+
+    /// This chain cut back to `height`, rebuilt by executing its blocks again from genesis.
+    pub fn prefix(&self, height: u64) -> Ledger {
+        let mut ledger = Ledger {
+            chain: self.chain.clone(),
+            genesis: self.genesis.clone(),
+            verified_bodies: self.verified_bodies.clone(),
+            kv: (*self.genesis).clone(),
+            blocks: Vec::new(),
+            certificates: Vec::new(),
+        };
+        for (block, certificate) in self.blocks.iter().zip(&self.certificates).take(height as usize) {
+            let executed = ledger.execute(block, None, false).expect("a committed block executes again on its parent"); // ok: it did before
+            ledger.commit(executed, certificate.clone());
+        }
+        ledger
+    }
+
+    pub fn state(&self) -> &MemoryKv {
+        &self.kv
+    }
+
+    /// Height of the last committed block (0 before the first).
+    pub fn height(&self) -> u64 {
+        self.blocks.len() as u64
+    }
+
+    pub fn head_hash(&self) -> Hash {
+        self.blocks.last().map_or(Hash::ZERO, |b| b.hash())
+    }
+
+    fn head_time(&self) -> u64 {
+        self.blocks.last().map_or(0, |b| b.header.time_ms)
+    }
+
+    pub fn block(&self, height: u64) -> Option<&Rc<Block>> {
+        self.blocks.get(height.checked_sub(1)? as usize)
+    }
+
+    pub fn certificate(&self, height: u64) -> Option<&ExtendedCommitCertificate<TrellisContext>> {
+        self.certificates.get(height.checked_sub(1)? as usize)
+    }
+
+    pub fn next_nonce(&self, address: &Address) -> u64 {
+        read_account(&self.kv, address).nonce
+    }
+
+    /// The validator set that signs the next height, in the engine's form.
+    pub fn validator_set(&self) -> ConsensusValidatorSet {
+        let set = self.chain.validator_set(&self.kv).expect("the simulated state is never corrupt"); // ok: written by contracts only
+        ConsensusValidatorSet::new(set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect())
+    }
+
+    fn next_ctx(&self, proposer: Address, time_ms: u64) -> BlockCtx {
+        BlockCtx { height: self.height() + 1, time_ms, randomness: self.head_hash(), proposer }
+    }
+
+    fn parent(&self) -> Parent {
+        Parent { height: self.height(), hash: self.head_hash(), time_ms: self.head_time() }
+    }
+
+    /// Builds the next block from `candidates` in order, leaving out those that fail.
+    pub fn build_block(&self, proposer: Address, time_ms: u64, candidates: Vec<SignedTx>) -> Executed {
+        let mut overlay = Overlay::new(&self.kv);
+        let built = self
+            .chain
+            .build_block(&mut overlay, &self.parent(), proposer, time_ms, candidates.into_iter().take(MAX_SIM_BLOCK_TXS))
+            .expect("begin-block and end-block never fail on a sound state"); // ok: see `execute`
+        Executed { block: Rc::new(built.block), changes: overlay.into_changes(), events: built.events, left_out: built.left_out }
+    }
+
+    /// Checks that `block` is a valid successor of the head and executes it. With
+    /// `recheck_aggregates`, also recomputes every aggregate it carries (what an honest
+    /// validator does before voting; a synced block already has a quorum's certificate).
+    pub fn execute(
+        &self,
+        block: &Rc<Block>,
+        proposer: Option<Address>,
+        recheck_aggregates: bool,
+    ) -> Result<Executed, InvalidBlock> {
+        let header = &block.header;
+        let parent = self.parent();
+        self.chain.check_successor(&parent, header)?;
+        if let Some(expected) = proposer {
+            if header.proposer != expected {
+                return Err(InvalidBlock::WrongProposer { expected, got: header.proposer });
+            }
+        }
+        let hash = block.hash();
+        if !self.verified_bodies.borrow().contains(&hash) {
+            block.verify_body().map_err(|e| trellis_contracts::InvalidBlock::Body(e.to_string()))?;
+            self.verified_bodies.borrow_mut().insert(hash);
+        }
+        if recheck_aggregates {
+            for tx in &block.txs {
+                if let TxKind::CommitAggregate(aggregate) = &tx.tx.kind {
+                    if expected_aggregate(&self.kv, aggregate.job, aggregate.round).as_ref() != Some(aggregate) {
+                        return Err(InvalidBlock::AggregateMismatch { job: aggregate.job.0, round: aggregate.round });
+                    }
+                }
+            }
+        }
+        let mut overlay = Overlay::new(&self.kv);
+        let events = self.chain.execute_checked_block(&mut overlay, &parent, block)?;
+        Ok(Executed { block: block.clone(), changes: overlay.into_changes(), events, left_out: Vec::new() })
+    }
+
+    /// Whether `tx` would apply on top of the committed state in the next block. The rules
+    /// alone are checked (the contracts never look at signatures), so nothing is signed.
+    pub fn dry_run(&self, tx: &Transaction) -> Result<(), TxError> {
+        let ctx = self.next_ctx(Address::default(), self.head_time());
+        let mut overlay = Overlay::new(&self.kv);
+        let unsigned = SignedTx { tx: tx.clone(), signature: Signature([0; 64]) };
+        self.chain.apply_tx(&mut overlay, &unsigned, &ctx).map(|_| ())
+    }
+
+    /// Commits a block executed on the current head, with the certificate that decided it.
+    pub fn commit(&mut self, executed: Executed, certificate: ExtendedCommitCertificate<TrellisContext>) {
+        assert_eq!(executed.block.header.height.0, self.height() + 1, "a block commits on the head it was executed on");
+        assert_eq!(executed.block.header.parent, self.head_hash(), "a block commits on the head it was executed on");
+        apply_changes(&mut self.kv, executed.changes);
+        self.blocks.push(executed.block);
+        self.certificates.push(certificate);
+    }
+
+    /// Every active job with its current round.
+    pub fn active_rounds(&self) -> Vec<(Job, RoundState)> {
+        active_rounds(&self.kv)
+    }
+}
+
+pub fn read_account(kv: &MemoryKv, address: &Address) -> Account {
+    state::read::<Account>(kv, &keys::account(address)).expect("the simulated state is never corrupt").unwrap_or_default()
+    // ok: written by contracts only
+}
+
+/// Every active job with its current round, in job order.
+pub fn active_rounds<S: trellis_contracts::KvStore + ?Sized>(kv: &S) -> Vec<(Job, RoundState)> {
+    let mut out = Vec::new();
+    for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
+        let job: Job = state::decode_record(&key, &bytes).expect("the simulated state is never corrupt"); // ok: written by contracts only
+        if job.status != JobStatus::Active {
+            continue;
+        }
+        if let Some(round) =
+            state::read::<RoundState>(kv, &keys::round(job.id, job.current_round)).expect("the simulated state is never corrupt")
+        {
+            out.push((job, round));
+        }
+    }
+    out
+}
+
+/// The aggregate an honest validator computes for a round awaiting one: the accepted miners'
+/// Δ hashes combined in address order (the simulator's stand-in for the robust rule and the
+/// outer Nesterov step, which are deterministic functions of exactly these inputs).
+pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(kv: &S, job: JobId, round: u32) -> Option<Aggregate> {
+    let state: RoundState = state::read(kv, &keys::round(job, round)).ok()??;
+    if state.phase != Phase::AwaitingAggregate {
+        return None;
+    }
+    let mut model = Vec::new();
+    job.0.encode_to(&mut model);
+    round.encode_to(&mut model);
+    for miner in &state.accepted {
+        let commit = state.commits.iter().find(|c| &c.miner == miner)?;
+        commit.work.delta_hash.encode_to(&mut model);
+    }
+    let model_hash = Hash::digest(HashDomain::Blob, &model);
+    let momentum_hash = Hash::digest(HashDomain::Blob, &[model_hash.0.as_slice(), b"momentum"].concat());
+    Some(Aggregate { job, round, model_hash, momentum_hash, accepted: state.accepted.clone() })
+}
+
+/// Pending transactions of one node, ordered by (sender, nonce) so a proposer takes each
+/// sender's transactions in nonce order.
+#[derive(Debug, Clone, Default)]
+pub struct Mempool {
+    txs: BTreeMap<(Address, u64), SignedTx>,
+}
+
+impl Mempool {
+    /// Adds `tx` unless it is stale, already held, or the pool is full. A different
+    /// transaction with the same sender and nonce replaces the held one (a re-signed duty).
+    pub fn insert(&mut self, tx: SignedTx, next_nonce: u64) -> bool {
+        if tx.tx.nonce < next_nonce {
+            return false;
+        }
+        let key = (tx.tx.sender_address(), tx.tx.nonce);
+        match self.txs.get(&key) {
+            Some(held) if held == &tx => false,
+            Some(_) => {
+                self.txs.insert(key, tx);
+                true
+            }
+            None if self.txs.len() >= MEMPOOL_CAPACITY => false,
+            None => {
+                self.txs.insert(key, tx);
+                true
+            }
+        }
+    }
+
+    pub fn candidates(&self) -> Vec<SignedTx> {
+        self.txs.values().take(MAX_SIM_BLOCK_TXS).cloned().collect()
+    }
+
+    /// Drops what the committed state made stale.
+    pub fn prune(&mut self, ledger: &Ledger) {
+        self.txs.retain(|(sender, nonce), _| *nonce >= ledger.next_nonce(sender));
+    }
+
+    /// Drops a transaction that failed at its own nonce: it cannot apply any more.
+    pub fn evict(&mut self, tx: &SignedTx) {
+        self.txs.remove(&(tx.tx.sender_address(), tx.tx.nonce));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_proto::{Amount, Keypair};
+
+    use super::*;
+
+    fn transfer(key: &Keypair, nonce: u64, amount: u64) -> SignedTx {
+        let kind = TxKind::Transfer { to: Address::default(), amount: Amount(amount) };
+        Transaction { sender: key.public_key(), nonce, fee: Amount(1), kind }.sign("mempool-test", key)
+    }
+
+    #[test]
+    fn mempool_keeps_one_transaction_per_sender_and_nonce_in_nonce_order() {
+        let key = Keypair::from_seed([3; 32]);
+        let mut pool = Mempool::default();
+        assert!(!pool.insert(transfer(&key, 1, 5), 2), "a stale nonce is refused");
+        assert!(pool.insert(transfer(&key, 3, 5), 2));
+        assert!(pool.insert(transfer(&key, 2, 5), 2));
+        assert!(!pool.insert(transfer(&key, 2, 5), 2), "the same transaction twice is held once");
+        assert!(pool.insert(transfer(&key, 2, 6), 2), "a re-signed transaction replaces the held one");
+        let nonces: Vec<u64> = pool.candidates().iter().map(|tx| tx.tx.nonce).collect();
+        assert_eq!(nonces, vec![2, 3]);
+        pool.evict(&transfer(&key, 2, 6));
+        assert_eq!(pool.candidates().len(), 1);
+    }
+
+    #[test]
+    fn mempool_is_bounded() {
+        let key = Keypair::from_seed([4; 32]);
+        let mut pool = Mempool::default();
+        for nonce in 0..MEMPOOL_CAPACITY as u64 {
+            assert!(pool.insert(transfer(&key, nonce, 1), 0));
+        }
+        assert!(!pool.insert(transfer(&key, MEMPOOL_CAPACITY as u64, 1), 0), "a full pool refuses more");
+        assert_eq!(pool.candidates().len(), MAX_SIM_BLOCK_TXS, "a block takes at most its limit");
+    }
+}

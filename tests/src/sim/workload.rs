@@ -1,0 +1,285 @@
+//! The simulated users of the chain: a submitter posting training jobs, miners joining them and
+//! committing work (some honestly, some cheating), and plain accounts moving funds, all drawn
+//! from the seed.
+//!
+//! Miners' behaviours are the ground truth an honest checker's re-execution would find
+//! ([`MinerBehaviour::finding`]): the simulator does not train, it knows who cheated. Copiers and
+//! work-skippers are caught by the chain's own rules (a repeated Δ hash, zero tokens); poisoners
+//! and withholders only by verdicts.
+//!
+//! Guarantees: one transaction in flight per account (the next waits until the chain took the
+//! last or it can no longer apply), every transaction correctly signed with the account's next
+//! nonce, and nothing here reads anything but the committed chain of an honest node (what a
+//! client of its RPC would see).
+
+use std::collections::BTreeMap;
+
+use trellis_contracts::rounds::{expected_checkpoints, expected_tokens};
+use trellis_contracts::state::{Job, Phase, RoundState};
+use trellis_proto::{
+    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, InvalidEvidence, InvalidReason,
+    JobSpec, Keypair, ModelConfig, OuterOptimizer, Role, SignedTx, Transaction, TxKind, VerdictOutcome, VerificationMode,
+    VerificationParams, WorkCommitment,
+};
+
+use super::chain::Ledger;
+use super::network::Time;
+use super::rng::SimRng;
+
+/// Fee every simulated transaction pays.
+pub const FEE: u64 = 1;
+/// A transaction not taken by the chain within this long is sent again.
+const RESEND_MS: Time = 4_000;
+
+/// What a miner does with a round (DESIGN §3: honest, poisoner, freeloaders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MinerBehaviour {
+    Honest,
+    /// Trains on something else: a checker's re-execution does not reproduce its trail.
+    Poisoner,
+    /// Submits another worker's Δ (the chain flags the later of two equal Δ hashes).
+    Copier,
+    /// Commits without training (zero tokens).
+    SkipWork,
+    /// Never serves its checkpoints: checkers report it unavailable.
+    Withhold,
+}
+
+impl MinerBehaviour {
+    pub const ALL: [MinerBehaviour; 5] = [
+        MinerBehaviour::Honest,
+        MinerBehaviour::Poisoner,
+        MinerBehaviour::Copier,
+        MinerBehaviour::SkipWork,
+        MinerBehaviour::Withhold,
+    ];
+
+    /// What an honest checker finds when it re-executes a sampled segment of this miner.
+    pub fn finding(self, miner: &Address, segment: u32) -> VerdictOutcome {
+        match self {
+            MinerBehaviour::Poisoner => VerdictOutcome::Invalid(InvalidEvidence {
+                reason: InvalidReason::CheckpointMismatch,
+                expected: Hash::digest(
+                    HashDomain::Checkpoint,
+                    &[miner.0.as_slice(), &segment.to_le_bytes(), b"claimed"].concat(),
+                ),
+                reproduced: Hash::digest(
+                    HashDomain::Checkpoint,
+                    &[miner.0.as_slice(), &segment.to_le_bytes(), b"reproduced"].concat(),
+                ),
+                distance: 0.0,
+            }),
+            MinerBehaviour::Withhold => VerdictOutcome::Unavailable,
+            MinerBehaviour::Honest | MinerBehaviour::Copier | MinerBehaviour::SkipWork => VerdictOutcome::Valid,
+        }
+    }
+}
+
+/// The job every simulated submitter posts: small windows so whole rounds fit in a run.
+pub fn sim_job_spec(serial: u32) -> JobSpec {
+    JobSpec {
+        name: format!("sim-job-{serial}"),
+        model: ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 2, heads: 4 },
+        init_seed: u64::from(serial),
+        dataset_root: Hash::digest(HashDomain::Blob, b"sim dataset"),
+        dataset_shards: 8,
+        diloco: DilocoParams {
+            workers_per_round: 3,
+            inner_steps: 20,
+            batch_size: 4,
+            sequence_length: 32,
+            learning_rate: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            warmup_steps: 2,
+            outer_optimizer: OuterOptimizer::Nesterov,
+            outer_learning_rate: 0.7,
+            outer_momentum: 0.9,
+            rounds: 3,
+            encoding: DeltaEncoding::F32,
+        },
+        aggregation: AggregationRule::Mean,
+        verification: VerificationParams { checkpoint_interval: 5, segments_per_miner: 2, mode: VerificationMode::Exact },
+        reward_per_round: Amount(9_000),
+        min_miner_stake: Amount(1_000),
+        commit_blocks: 4,
+        verify_blocks: 8,
+    }
+}
+
+/// The Δ hash an honest miner's round produces.
+fn honest_delta(miner: &Address, job: &Job, round: u32) -> Hash {
+    let mut bytes = miner.0.to_vec();
+    job.id.0.encode_to(&mut bytes);
+    round.encode_to(&mut bytes);
+    Hash::digest(HashDomain::Blob, &bytes)
+}
+
+struct InFlight {
+    tx: SignedTx,
+    sent_at: Time,
+}
+
+/// What an account of the workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Submitter,
+    Miner(MinerBehaviour),
+    /// Moves funds around.
+    User,
+}
+
+struct Account {
+    key: Keypair,
+    address: Address,
+    part: Part,
+}
+
+/// The chain's users.
+pub struct Workload {
+    rng: SimRng,
+    chain_id: String,
+    accounts: Vec<Account>,
+    /// Every address a transfer may go to.
+    recipients: Vec<Address>,
+    in_flight: BTreeMap<Address, InFlight>,
+    jobs_submitted: u32,
+    max_jobs: u32,
+}
+
+impl Workload {
+    pub fn new(
+        rng: SimRng,
+        chain_id: &str,
+        submitter: Keypair,
+        miners: Vec<(Keypair, MinerBehaviour)>,
+        users: Vec<Keypair>,
+        validators: &[Address],
+        max_jobs: u32,
+    ) -> Self {
+        let account = |key: Keypair, part| Account { address: key.address(), key, part };
+        let mut accounts = vec![account(submitter, Part::Submitter)];
+        accounts.extend(miners.into_iter().map(|(key, behaviour)| account(key, Part::Miner(behaviour))));
+        accounts.extend(users.into_iter().map(|key| account(key, Part::User)));
+        let mut recipients: Vec<Address> = accounts.iter().map(|a| a.address).collect();
+        recipients.extend(validators);
+        Self {
+            rng,
+            chain_id: chain_id.to_string(),
+            accounts,
+            recipients,
+            in_flight: BTreeMap::new(),
+            jobs_submitted: 0,
+            max_jobs,
+        }
+    }
+
+    /// Transactions to gossip now, given the committed chain `view`: new ones for idle
+    /// accounts, and stale ones sent again.
+    pub fn tick(&mut self, now: Time, view: &Ledger) -> Vec<SignedTx> {
+        let mut out = Vec::new();
+        let rounds = view.active_rounds();
+        for index in 0..self.accounts.len() {
+            let address = self.accounts[index].address;
+            // Settle what is in flight: taken, dead, or due for another send.
+            match self.in_flight.get_mut(&address) {
+                Some(flight) if flight.tx.tx.nonce < view.next_nonce(&address) || view.dry_run(&flight.tx.tx).is_err() => {
+                    self.in_flight.remove(&address);
+                }
+                Some(flight) => {
+                    if now >= flight.sent_at + RESEND_MS {
+                        flight.sent_at = now;
+                        out.push(flight.tx.clone());
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            let Some(kind) = self.next_action(index, &rounds) else { continue };
+            let key = &self.accounts[index].key;
+            let tx = Transaction { sender: key.public_key(), nonce: view.next_nonce(&address), fee: Amount(FEE), kind }
+                .sign(&self.chain_id, key);
+            self.in_flight.insert(address, InFlight { tx: tx.clone(), sent_at: now });
+            out.push(tx);
+        }
+        out
+    }
+
+    fn next_action(&mut self, index: usize, rounds: &[(Job, RoundState)]) -> Option<TxKind> {
+        let address = self.accounts[index].address;
+        match self.accounts[index].part {
+            Part::Submitter => {
+                if rounds.is_empty() && self.jobs_submitted < self.max_jobs {
+                    self.jobs_submitted += 1;
+                    let spec = sim_job_spec(self.jobs_submitted);
+                    let escrow = Amount(spec.reward_per_round.0 * u64::from(spec.diloco.rounds));
+                    return Some(TxKind::SubmitJob { spec, escrow });
+                }
+                let (job, _) = rounds.first()?;
+                self.rng.chance_ppm(2_000).then_some(TxKind::CancelJob { job: job.id })
+            }
+            Part::Miner(behaviour) => self.miner_action(&address, behaviour, rounds),
+            Part::User => {
+                // Now and then a transfer, sometimes of more than the account holds (rejected).
+                if !self.rng.chance_ppm(250_000) {
+                    return None;
+                }
+                let to = *self.rng.pick(&self.recipients);
+                Some(TxKind::Transfer { to, amount: Amount(self.rng.between(1, 120_000)) })
+            }
+        }
+    }
+
+    fn miner_action(&mut self, address: &Address, behaviour: MinerBehaviour, rounds: &[(Job, RoundState)]) -> Option<TxKind> {
+        for (job, round) in rounds {
+            let entry = job.miners.iter().find(|m| &m.address == address);
+            if entry.is_none() && !job.cancel_requested {
+                return Some(TxKind::JoinJob { job: job.id });
+            }
+            if entry.is_some_and(|m| m.ejected) {
+                continue;
+            }
+            let committed = round.commits.iter().any(|c| &c.miner == address);
+            if round.phase == Phase::Open && round.workers.contains(address) && !committed {
+                return Some(TxKind::CommitWork(self.work(address, behaviour, job, round)));
+            }
+        }
+        // Between rounds: top the bond up, or start unbonding a little (which stays slashable).
+        if self.rng.chance_ppm(20_000) {
+            return Some(TxKind::Bond { role: Role::Miner, amount: Amount(self.rng.between(100, 1_000)) });
+        }
+        if self.rng.chance_ppm(10_000) {
+            return Some(TxKind::Unbond { role: Role::Miner, amount: Amount(self.rng.between(100, 600)) });
+        }
+        None
+    }
+
+    fn work(&self, miner: &Address, behaviour: MinerBehaviour, job: &Job, round: &RoundState) -> WorkCommitment {
+        let mut delta_hash = honest_delta(miner, job, round.round);
+        if behaviour == MinerBehaviour::Copier {
+            // Copy the first other worker of the round.
+            if let Some(other) = round.workers.iter().find(|w| *w != miner) {
+                delta_hash = honest_delta(other, job, round.round);
+            }
+        }
+        let tokens = if behaviour == MinerBehaviour::SkipWork { 0 } else { expected_tokens(&job.spec) };
+        let tag = |label: &[u8]| {
+            Hash::digest(
+                HashDomain::Checkpoint,
+                &[miner.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), label].concat(),
+            )
+        };
+        WorkCommitment {
+            job: job.id,
+            round: round.round,
+            trail_root: tag(b"trail"),
+            checkpoints: expected_checkpoints(&job.spec),
+            final_checkpoint: tag(b"final"),
+            delta_hash,
+            residual_hash: Hash::ZERO,
+            tokens,
+        }
+    }
+}
