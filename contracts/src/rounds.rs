@@ -96,14 +96,15 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     Ok(())
 }
 
-/// Every miner that can work this round has committed: every slot is filled, or every miner of
-/// the job still in it (not ejected) holds a slot. Sampling need not wait for the deadline. (The
-/// sampling seed is still the hash of a block no committer produced.) A miner joining after this
-/// works from the next round on, as it would had the slots been full.
+/// Every miner that can work this round has committed: every slot is filled and committed, or,
+/// from the second round on (when the job's miners have had the first round to join), every
+/// miner of the job still in it (not ejected) holds a slot and has committed. Sampling need not
+/// wait for the deadline. (The sampling seed is still the hash of a block no committer
+/// produced.) A miner joining after this works from the next round on.
 fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
-    let everyone_who_can = round.workers.len() == job.spec.diloco.workers_per_round as usize
-        || job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
-    !round.workers.is_empty() && everyone_who_can && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
+    let full = round.workers.len() == job.spec.diloco.workers_per_round as usize;
+    let everyone_left = round.round > 0 && job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
+    !round.workers.is_empty() && (full || everyone_left) && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
 }
 
 /// Every assigned checker has sent its verdict: tallying need not wait for the window's end.

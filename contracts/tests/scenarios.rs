@@ -416,17 +416,27 @@ fn rounds_have_fixed_worker_slots_and_close_early_once_everyone_is_in() {
 
 #[test]
 fn a_round_with_free_slots_closes_early_once_every_miner_left_has_committed() {
-    // Two miners for three slots: once both committed, nobody else in the job can work.
+    // Two miners for three slots. In the first round more miners may still join: it waits.
     let mut w = World::new(4, 2, params());
     let job = w.submit_and_join(30_000);
     assert_eq!(w.round(job, 0).workers.len(), 2);
     w.commit(job, 0, 0).unwrap();
-    w.next_block();
-    assert_eq!(w.round(job, 0).phase, Phase::Open, "one of two workers in: the round waits");
     w.commit(job, 0, 1).unwrap();
-    let deadline = w.round(job, 0).commit_deadline;
+    w.next_block();
+    assert_eq!(w.round(job, 0).phase, Phase::Open, "the first round waits for joiners until its deadline");
+    w.past_commit_deadline(job, 0);
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.next_block();
+    w.aggregate(job, 0).unwrap();
+    // From the second round on, once both committed nobody else in the job can work.
+    assert_eq!(w.round(job, 1).workers.len(), 2);
+    w.commit(job, 1, 0).unwrap();
+    w.next_block();
+    assert_eq!(w.round(job, 1).phase, Phase::Open, "one of two workers in: the round waits");
+    w.commit(job, 1, 1).unwrap();
+    let deadline = w.round(job, 1).commit_deadline;
     w.next_block();
     assert!(w.height <= deadline);
-    assert_eq!(w.round(job, 0).phase, Phase::Verifying, "both miners of the job committed: no one else can");
+    assert_eq!(w.round(job, 1).phase, Phase::Verifying, "both miners of the job committed: no one else can");
     w.supply_holds();
 }
