@@ -10,7 +10,7 @@ export LIBTORCH := $(abspath $(VENV))/libtorch
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 
-.PHONY: setup build devnet test fuzz bench clean-venv
+.PHONY: setup build devnet test fuzz bench clean-venv zk-snarkjs
 
 setup:
 	@scripts/setup.sh "$(VENV)"
@@ -32,6 +32,12 @@ test: setup
 
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The Groth16 export checked by snarkjs itself (npm): the one test `make test` leaves out.
+SNARKJS_DIR ?= $(HOME)/.cache/trellis/snarkjs
+zk-snarkjs:
+	@[ -x "$(SNARKJS_DIR)/node_modules/.bin/snarkjs" ] || npm install --prefix "$(SNARKJS_DIR)" snarkjs@0.7.6
+	SNARKJS="$(SNARKJS_DIR)/node_modules/.bin/snarkjs" $(CARGO) test -p trellis-zk --test proofs snarkjs -- --ignored
 
 clean-venv:
 	rm -rf "$(VENV)"

@@ -447,7 +447,7 @@ fn files_round_trip_through_the_io_helpers() {
 
 /// snarkjs's own Groth16 verifier accepts the export and rejects a tampered public input.
 /// It needs snarkjs (npm), which CI does not install, so it is ignored by default and reported
-/// as such: `SNARKJS=/path/to/snarkjs cargo test -p trellis-zk --test proofs -- --ignored`.
+/// as such; `make zk-snarkjs` installs snarkjs and runs it.
 #[test]
 #[ignore = "needs snarkjs: SNARKJS=/path/to/snarkjs ... -- --ignored"]
 fn snarkjs_verifies_the_export() {
