@@ -51,7 +51,7 @@ class Gpt(nn.Module):
 
     def forward(self, tokens, targets):
         t = tokens.shape[1]
-        x = self.wte(tokens) + self.wpe(torch.arange(t))
+        x = self.wte(tokens) + self.wpe(torch.arange(t, device=tokens.device))
         for block in self.blocks:
             x = block(x)
         logits = self.lnf(x) @ self.wte.weight.t()
@@ -65,13 +65,19 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="torch.use_deterministic_algorithms(True), as trellis train --device cuda runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    device = torch.device(args.device)
     torch.manual_seed(0)
     context, width, layers, heads = PRESETS[args.model]
     data = torch.frombuffer(bytearray(open(args.data, "rb").read()), dtype=torch.uint8)
     train = data[: int(len(data) * 0.9)].long()
-    model = Gpt(context, width, layers, heads)
+    model = Gpt(context, width, layers, heads).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -93,6 +99,7 @@ def main():
         starts = torch.randint(0, len(train) - context - 1, (args.batch_size,))
         x = torch.stack([train[s : s + context] for s in starts])
         y = torch.stack([train[s + 1 : s + context + 1] for s in starts])
+        x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=False)
         loss = model(x, y)
         loss.backward()
@@ -103,7 +110,7 @@ def main():
         compute += time.perf_counter() - began
     tokens = args.steps * args.batch_size * context
     print(json.dumps({"tokens_per_second": tokens / compute, "final_loss": loss_value, "steps": args.steps,
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                      "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device}))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ pub fn parse_device(text: &str) -> anyhow::Result<Device> {
     }
     // Deterministic algorithms, so that GPU re-execution repeats bit for bit.
     tch::Cuda::cudnn_set_benchmark(false);
+    trellis_trainer::device::use_deterministic_algorithms(true);
     Ok(device)
 }
 

@@ -43,13 +43,56 @@ impl fmt::Display for BackendInfo {
 /// matrix products give the same bits for any thread count and any AVX2-capable x86-64 CPU.
 pub const MKL_CBWR_DEFAULT: &str = "AVX2,STRICT";
 
-/// Puts [`MKL_CBWR_DEFAULT`] in the environment unless the user set `MKL_CBWR`. MKL reads it
-/// when libtorch first calls it, so this must run at the start of `main`, before any other
-/// thread exists and before any tensor is created.
+/// The cuBLAS workspace setting under which its matrix products repeat bit for bit (NVIDIA's
+/// cuBLAS documentation, "Results reproducibility"; PyTorch refuses cuBLAS calls in
+/// deterministic mode without it).
+pub const CUBLAS_WORKSPACE_CONFIG_DEFAULT: &str = ":4096:8";
+
+/// Puts [`MKL_CBWR_DEFAULT`] and [`CUBLAS_WORKSPACE_CONFIG_DEFAULT`] in the environment unless
+/// the user set them. MKL and cuBLAS read them when libtorch first calls them, so this must run
+/// at the start of `main`, before any other thread exists and before any tensor is created.
 pub fn configure_reproducibility() {
     if std::env::var_os("MKL_CBWR").is_none() {
         std::env::set_var("MKL_CBWR", MKL_CBWR_DEFAULT);
     }
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG_DEFAULT);
+    }
+}
+
+// tch 0.24 does not wrap `at::Context::setDeterministicAlgorithms` (what
+// `torch.use_deterministic_algorithms` calls), so it is reached through its C++ symbols in
+// libtorch_cpu, which torch-sys already links. Non-virtual member functions take `this` as their
+// first argument in the Itanium C++ ABI, and `bool` is passed as a C `bool`. The names are those
+// of libtorch 2.11.0, the only version the workspace builds against (`Cargo.toml`); a libtorch
+// without them fails at link time, not at run time.
+extern "C" {
+    #[link_name = "_ZN2at13globalContextEv"]
+    fn at_global_context() -> *mut std::ffi::c_void;
+    #[link_name = "_ZN2at7Context26setDeterministicAlgorithmsEbb"]
+    fn at_context_set_deterministic_algorithms(context: *mut std::ffi::c_void, enabled: bool, warn_only: bool);
+    #[link_name = "_ZNK2at7Context23deterministicAlgorithmsEv"]
+    fn at_context_deterministic_algorithms(context: *const std::ffi::c_void) -> bool;
+}
+
+/// Switches libtorch's deterministic-algorithms mode, as `torch.use_deterministic_algorithms`
+/// does: kernels with a deterministic variant use it (cuDNN, scatter-adds, and the
+/// memory-efficient attention backward pass that `--device cuda` runs for f32, which otherwise
+/// accumulates with atomics), and an operation without one fails with an error instead of
+/// varying silently. (The warn-only form is not enough: under it PyTorch keeps the
+/// non-deterministic attention backward, seen on an H200, `docs/benchmarks.md`.) The CUDA path
+/// turns it on; the CPU path needs no switch: the kernels the trainer uses there are
+/// deterministic, and `MKL_CBWR` pins the matrix products.
+pub fn use_deterministic_algorithms(enabled: bool) {
+    // SAFETY: `globalContext()` returns libtorch's process-wide context, valid for the life of
+    // the process; the setter only stores two flags in it.
+    unsafe { at_context_set_deterministic_algorithms(at_global_context(), enabled, false) }
+}
+
+/// Whether libtorch's deterministic-algorithms mode is on.
+pub fn deterministic_algorithms() -> bool {
+    // SAFETY: as in `use_deterministic_algorithms`; the getter only reads a flag.
+    unsafe { at_context_deterministic_algorithms(at_global_context()) }
 }
 
 /// The tch version this crate is pinned to (PyTorch 2.11.0).
@@ -66,6 +109,15 @@ fn yes_no(value: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deterministic_algorithms_switch_round_trips_through_libtorch() {
+        let before = deterministic_algorithms();
+        use_deterministic_algorithms(!before);
+        assert_eq!(deterministic_algorithms(), !before);
+        use_deterministic_algorithms(before);
+        assert_eq!(deterministic_algorithms(), before);
+    }
 
     #[test]
     fn probe_reports_at_least_one_cpu_thread() {
