@@ -11,7 +11,7 @@
 use serde::Serialize;
 use trellis_proto::{
     Address, Aggregate, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind,
-    Verdict, WorkCommitment,
+    Verdict, VerificationMode, WorkCommitment,
 };
 
 use crate::error::TxError;
@@ -629,7 +629,14 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
     let d = &spec.diloco;
     let m = &spec.model;
     let v = &spec.verification;
-    let checks: [(bool, &str); 17] = [
+    let (groth16_incomplete, groth16_partial_segment) = match &v.mode {
+        VerificationMode::Groth16 { model, proving_key, verifying_key } => (
+            model.is_empty() || *proving_key == Hash::ZERO || *verifying_key == Hash::ZERO,
+            v.checkpoint_interval != 0 && d.inner_steps % v.checkpoint_interval != 0,
+        ),
+        _ => (false, false),
+    };
+    let checks: [(bool, &str); 19] = [
         (spec.name.is_empty(), "name is empty"),
         (m.vocab_size == 0 || m.width == 0 || m.layers == 0 || m.heads == 0 || m.context_length == 0, "model dimensions must be positive"),
         (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads"),
@@ -647,6 +654,9 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         (spec.verify_blocks == 0, "verify_blocks must be positive"),
         (spec.dataset_shards < d.workers_per_round, "the dataset needs at least one shard per worker"),
         (d.outer_learning_rate.is_nan() || d.outer_learning_rate <= 0.0 || !(0.0..1.0).contains(&d.outer_momentum), "outer learning rate must be positive and momentum in [0, 1)"),
+        (groth16_incomplete, "a groth16 job needs its zk model and the hashes of its proving and verifying keys"),
+        // A proof covers exactly the key's step count, so every segment must be full.
+        (groth16_partial_segment, "a groth16 job needs inner_steps to be a multiple of checkpoint_interval"),
     ];
     match checks.iter().find(|(bad, _)| *bad) {
         Some((_, reason)) => Err((*reason).to_string()),

@@ -440,3 +440,23 @@ fn a_round_with_free_slots_closes_early_once_every_miner_left_has_committed() {
     assert_eq!(w.round(job, 1).phase, Phase::Verifying, "both miners of the job committed: no one else can");
     w.supply_holds();
 }
+
+#[test]
+fn groth16_jobs_need_their_keys_and_whole_segments() {
+    let params = Params::default();
+    let w = World::new(4, 2, params.clone());
+    let groth16 = |model: &str, proving_key: Hash, verifying_key: Hash| {
+        let mut spec = w.spec();
+        spec.verification.mode = trellis_proto::VerificationMode::Groth16 { model: model.into(), proving_key, verifying_key };
+        spec
+    };
+    let key = Hash::digest(trellis_proto::HashDomain::Blob, b"key");
+    let mut spec = groth16("mlp:8x8x4,batch=4", key, key);
+    spec.diloco.inner_steps = spec.verification.checkpoint_interval * 3;
+    assert_eq!(trellis_contracts::validate_job_spec(&spec, &params), Ok(()));
+    spec.diloco.inner_steps += 1;
+    assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("multiple of checkpoint_interval"));
+    for spec in [groth16("", key, key), groth16("mlp:8x8x4", Hash::ZERO, key), groth16("mlp:8x8x4", key, Hash::ZERO)] {
+        assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("zk model"));
+    }
+}

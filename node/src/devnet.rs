@@ -48,7 +48,8 @@ pub struct DevnetArgs {
     /// Rounds of the demo job.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Model preset of the demo job.
+    /// Model of the demo job: a preset (nano, micro, small, gpt2), or a zk model such as
+    /// `mlp:16x16x4,batch=4,lr=0.5` for a job in groth16 verification mode (docs/zk.md).
     #[arg(long, default_value = "nano")]
     pub model: String,
     /// Inner AdamW steps per round of the demo job.

@@ -29,6 +29,8 @@ pub struct DemoJob {
     job_toml: String,
     model: String,
     rounds: u32,
+    /// A groth16 demo job's zk model and checkpoint interval (its keys are made in `run`).
+    zk: Option<(trellis_zk::ModelSpec, u32)>,
 }
 
 /// One settled round as the table shows it.
@@ -101,27 +103,40 @@ impl DemoJob {
             Some(path) => bail!("--dataset {} does not exist", path.display()),
             None => default_dataset()?,
         };
-        let _: trellis_trainer::model::Preset = args.model.parse().map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+        let zk = match args.model.parse::<trellis_trainer::model::Preset>() {
+            Ok(_) => None,
+            Err(preset) => Some(args.model.parse::<trellis_zk::ModelSpec>().map_err(|zk| {
+                anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
+            })?),
+        };
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
         let workers = args.all_miners().min(8);
-        let interval = (args.inner_steps / 8).max(1);
+        // A groth16 proof covers a whole segment, so its interval divides the inner steps.
+        let interval = match &zk {
+            None => (args.inner_steps / 8).max(1),
+            Some(_) => (1..=(args.inner_steps / 4).max(1)).rev().find(|c| args.inner_steps % c == 0).unwrap_or(1),
+        };
+        let (batch_size, sequence_length, learning_rate, mode) = match &zk {
+            None => (8, 64, "0.003".to_string(), "mode = \"exact\"\n".to_string()),
+            Some(model) => (model.batch(), model.inputs(), model.learning_rate(), "mode = \"groth16\"\nzk_keys = \"zk-keys\"\n".to_string()),
+        };
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
              name = \"devnet-demo\"\nmodel = \"{model}\"\ndataset = \"dataset\"\nseed = 7\n\
              escrow = {escrow}\nreward_per_round = 10000\nmin_miner_stake = 1000\n\
              commit_blocks = 240\nverify_blocks = 120\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
-             batch_size = 8\nsequence_length = 64\nlearning_rate = 0.003\nwarmup_steps = 5\n\
+             batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = 5\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
-             [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\nmode = \"exact\"\n",
+             [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
             rounds = args.rounds,
         );
-        Ok(Self { dataset, job_toml, model: args.model.clone(), rounds: args.rounds })
+        Ok(Self { dataset, job_toml, model: args.model.clone(), rounds: args.rounds, zk: zk.map(|model| (model, interval)) })
     }
 
     /// Submits the job and follows it to the end. `children` are watched: a node that exits
@@ -138,6 +153,13 @@ impl DemoJob {
         }
         let job_file = root.join("job.toml");
         std::fs::write(&job_file, &self.job_toml)?;
+        if let Some((model, interval)) = &self.zk {
+            // The trusted setup, done here by the submitter (fine for a devnet; docs/zk.md §6).
+            let began = Instant::now();
+            let (proving_key, verifying_key) = trellis_zk::setup(model, *interval, &mut rand_core::OsRng)?;
+            trellis_zk::io::write_keys(&root.join("zk-keys"), &proving_key, &verifying_key)?;
+            println!("groth16 job: trusted setup for {model} × {interval} steps done in {:.1} s (keys in {})", began.elapsed().as_secs_f64(), root.join("zk-keys").display());
+        }
         let node0 = &info.nodes[0];
         let store = BlobStore::open(&Home::new(&node0.home).data().join("blobs"))?;
         let (spec, escrow) = crate::jobs::prepare(&job_file, &store)?;
@@ -179,8 +201,14 @@ impl DemoJob {
         println!("job {job_id} submitted; follow it with `trellis job status {job_id} --rpc {url}`\n");
 
         let (val_inputs, val_targets) = validation_windows(&dataset, spec.diloco.sequence_length as usize, 64);
-        let initial = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
-        let initial_loss = evaluate(&initial, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8);
+        let zk_model = self.zk.as_ref().map(|(model, _)| model.clone());
+        let initial_loss = match &zk_model {
+            Some(model) => crate::zkjob::validation_loss(model, &crate::zkjob::initial_weights(model, spec.init_seed), &dataset, 64)?,
+            None => {
+                let initial = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
+                evaluate(&initial, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8)
+            }
+        };
         println!("{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}", "round", "val loss", "accepted", "commits", "verdicts", "paid", "slashed", "time train/verify/agg s");
         println!("{:>5}  {:>8.4}", "init", initial_loss);
         let bar = indicatif::ProgressBar::new(u64::from(self.rounds));
@@ -220,10 +248,18 @@ impl DemoJob {
                     let new_stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
                     let slashed: u64 = stakes.iter().zip(&new_stakes).map(|(a, b)| a.saturating_sub(*b)).sum();
                     stakes = new_stakes;
-                    let out = models.join(format!("round-{round}.safetensors"));
+                    let out = models.join(format!("round-{round}.{}", self.model_extension()));
                     let hash = rt.block_on(crate::jobs::export_model(job_id, &out, &peers, &url))?;
-                    let model = trellis_trainer::model_io::load(&out, tch::Device::Cpu)?;
-                    let loss = evaluate(&model, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8);
+                    let loss = match &zk_model {
+                        Some(model) => {
+                            let weights = trellis_zk::io::read_weights(&out, model)?;
+                            crate::zkjob::validation_loss(model, &crate::zkjob::from_fixed(&weights.flatten()), &dataset, 64)?
+                        }
+                        None => {
+                            let model = trellis_trainer::model_io::load(&out, tch::Device::Cpu)?;
+                            evaluate(&model, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8)
+                        }
+                    };
                     let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &url, &state));
                     let verdicts = state["verdicts"].as_array().cloned().unwrap_or_default();
                     let valid = verdicts.iter().filter(|v| v["outcome"]["outcome"] == "valid").count();
@@ -277,6 +313,15 @@ impl DemoJob {
         self.report(root, &spec, initial_loss, &rows, &miners)
     }
 
+    /// What the exported models are: safetensors of a GPT, or trellis-zk weights.
+    fn model_extension(&self) -> &'static str {
+        if self.zk.is_some() {
+            "weights"
+        } else {
+            "safetensors"
+        }
+    }
+
     fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow], miners: &[MinerOutcome]) -> anyhow::Result<()> {
         println!("\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {}", "node", "behaviour", "bond", "now", "paid", "slashed", "status");
         for m in miners {
@@ -290,14 +335,18 @@ impl DemoJob {
         let Some(last) = rows.iter().rev().find(|r| r.accepted > 0) else {
             bail!("no round of the demo job was accepted; see the node logs under {}", root.display());
         };
-        let final_model = root.join("model.safetensors");
-        std::fs::copy(root.join("models").join(format!("round-{}.safetensors", last.round)), &final_model)?;
+        let extension = self.model_extension();
+        let final_model = root.join(format!("model.{extension}"));
+        std::fs::copy(root.join("models").join(format!("round-{}.{extension}", last.round)), &final_model)?;
         let mut points = vec![(0.0, initial_loss)];
         points.extend(rows.iter().map(|r| (f64::from(r.round + 1), r.validation_loss)));
         let png = root.join("loss.png");
         crate::plot::write_line_chart(&png, "devnet demo job", "round", "validation loss", &[crate::plot::Series { label: "global model".into(), points }])?;
         std::fs::write(root.join("rounds.json"), serde_json::to_string_pretty(rows)?)?;
-        let parameters = trellis_trainer::model::parameter_count(&spec.model);
+        let parameters = match &self.zk {
+            Some((model, _)) => model.num_parameters() as u64,
+            None => trellis_trainer::model::parameter_count(&spec.model),
+        };
         let d = &spec.diloco;
         let delta_bytes = parameters * if d.encoding == trellis_proto::DeltaEncoding::F16 { 2 } else { 4 };
         let k = u64::from(d.workers_per_round.max(2));
@@ -305,14 +354,21 @@ impl DemoJob {
         let verify_steps = 2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
         println!("\nvalidation loss {:.4} → {:.4} over {} rounds", initial_loss, last.validation_loss, rows.len());
         println!("bytes per miner per round: {} (Δ) vs {} for data-parallel over the same tokens: {:.0}× less", delta_bytes, ddp_bytes, ddp_bytes as f64 / delta_bytes as f64);
-        println!(
-            "verification re-executes {} of {} steps per miner per round ({:.0}%: {} segments × {} steps × 2 checkers)",
-            verify_steps,
-            d.inner_steps,
-            100.0 * verify_steps as f64 / f64::from(d.inner_steps),
-            spec.verification.segments_per_miner,
-            spec.verification.checkpoint_interval
-        );
+        if self.zk.is_some() {
+            println!(
+                "verification checks {} Groth16 proof(s) of {} steps per miner per round (× 2 checkers) instead of re-executing",
+                spec.verification.segments_per_miner, spec.verification.checkpoint_interval
+            );
+        } else {
+            println!(
+                "verification re-executes {} of {} steps per miner per round ({:.0}%: {} segments × {} steps × 2 checkers)",
+                verify_steps,
+                d.inner_steps,
+                100.0 * verify_steps as f64 / f64::from(d.inner_steps),
+                spec.verification.segments_per_miner,
+                spec.verification.checkpoint_interval
+            );
+        }
         let (train_s, check_s) = logged_seconds(root);
         if train_s > 0.0 {
             println!(

@@ -112,6 +112,9 @@ pub fn round_start_step(spec: &JobSpec, round: u32) -> u64 {
 /// model blob.
 pub async fn global_weights(net: &BlobNet, job: &Job) -> anyhow::Result<Vec<f32>> {
     if job.model_hash == Hash::ZERO {
+        if let Some(zk) = crate::zkjob::ZkJob::of(&job.spec)? {
+            return Ok(crate::zkjob::initial_weights(&zk.model, job.spec.init_seed));
+        }
         let model = Gpt::new(&job.spec.model, job.spec.init_seed, Device::Cpu)?;
         return Ok(model.flat_weights());
     }

@@ -28,7 +28,8 @@ use crate::home::Home;
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
     pub name: String,
-    /// Model preset: nano, micro, small or gpt2.
+    /// Model preset: nano, micro, small or gpt2; for a groth16 job, a zk model
+    /// (`mlp:16x16x4,batch=4,lr=0.5`, docs/zk.md).
     pub model: String,
     /// A text file or a directory of text files.
     pub dataset: PathBuf,
@@ -86,16 +87,26 @@ pub struct DilocoFile {
 pub struct VerificationFile {
     pub checkpoint_interval: u32,
     pub segments_per_miner: u32,
-    /// exact, or a relative L2 distance for tolerance mode.
+    /// exact, tolerance (with max_distance) or groth16 (with zk_keys).
     pub mode: String,
     #[serde(default)]
     pub max_distance: f32,
+    /// groth16: the directory `trellis zk setup --model MODEL --steps CHECKPOINT_INTERVAL` wrote.
+    #[serde(default)]
+    pub zk_keys: Option<PathBuf>,
 }
 
 impl Default for VerificationFile {
     fn default() -> Self {
-        Self { checkpoint_interval: 5, segments_per_miner: 1, mode: "exact".into(), max_distance: 0.0 }
+        Self { checkpoint_interval: 5, segments_per_miner: 1, mode: "exact".into(), max_distance: 0.0, zk_keys: None }
     }
+}
+
+/// The blob hashes of a groth16 job's keys, once published.
+#[derive(Debug, Clone, Copy)]
+pub struct ZkKeyHashes {
+    pub proving_key: Hash,
+    pub verifying_key: Hash,
 }
 
 mod defaults {
@@ -147,15 +158,21 @@ impl JobFile {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the job file {}", path.display()))?;
         let mut file: JobFile = toml::from_str(&text).with_context(|| format!("{} is not a valid job file", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if file.dataset.is_relative() {
-            file.dataset = path.parent().unwrap_or(Path::new(".")).join(&file.dataset);
+            file.dataset = base.join(&file.dataset);
+        }
+        if let Some(keys) = file.verification.zk_keys.as_mut().filter(|k| k.is_relative()) {
+            *keys = base.join(&*keys);
         }
         Ok(file)
     }
 
-    /// The chain's spec for this file, with the dataset's root and shard count.
-    pub fn spec(&self, dataset_root: Hash, dataset_shards: u32) -> anyhow::Result<JobSpec> {
-        let preset: Preset = self.model.parse().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    /// The chain's spec for this file, with the dataset's root and shard count (and for a
+    /// groth16 job, its published keys).
+    pub fn spec(&self, dataset_root: Hash, dataset_shards: u32, zk_keys: Option<ZkKeyHashes>) -> anyhow::Result<JobSpec> {
+        let groth16 = self.verification.mode == "groth16";
+        let model = if groth16 { zk_model_shape(&self.zk_model()?) } else { self.preset()?.config() };
         let d = &self.diloco;
         let outer_optimizer = match d.outer.as_str() {
             "nesterov" => OuterOptimizer::Nesterov,
@@ -173,8 +190,11 @@ impl JobFile {
             "exact" => VerificationMode::Exact,
             "tolerance" if v.max_distance > 0.0 => VerificationMode::Tolerance { max_distance: v.max_distance },
             "tolerance" => bail!("verification.mode tolerance needs verification.max_distance > 0"),
-            "groth16" => bail!("verification.mode groth16 is not available yet; use exact or tolerance"),
-            other => bail!("verification.mode '{other}': use exact or tolerance"),
+            "groth16" => {
+                let keys = zk_keys.context("a groth16 job's keys must be published first (verification.zk_keys)")?;
+                VerificationMode::Groth16 { model: self.model.clone(), proving_key: keys.proving_key, verifying_key: keys.verifying_key }
+            }
+            other => bail!("verification.mode '{other}': use exact, tolerance or groth16"),
         };
         let aggregation = match self.aggregation.as_str() {
             "mean" => AggregationRule::Mean,
@@ -184,7 +204,7 @@ impl JobFile {
         };
         Ok(JobSpec {
             name: self.name.clone(),
-            model: preset.config(),
+            model,
             init_seed: self.seed,
             dataset_root,
             dataset_shards,
@@ -219,19 +239,92 @@ impl JobFile {
     }
 }
 
-/// Reads a job file, publishes its dataset into `store`, and returns the spec and escrow.
+/// Reads a job file, publishes its dataset (and a groth16 job's keys) into `store`, and returns
+/// the spec and escrow.
 pub fn prepare(path: &Path, store: &BlobStore) -> anyhow::Result<(JobSpec, u64)> {
     let file = JobFile::read(path)?;
+    let zk_keys = file.publish_zk_keys(store)?;
+    if zk_keys.is_none() {
+        trellis_trainer::model::validate(&file.preset()?.config())?;
+    }
     let dataset = crate::jobdata::load_text_dataset(&file.dataset)?;
     dataset.check_fits(&file.dataset, file.diloco.sequence_length as usize)?;
     let manifest = crate::jobdata::publish_dataset(store, &dataset)?;
-    let spec = file.spec(manifest.root(), manifest.shards.len() as u32)?;
-    trellis_trainer::model::validate(&spec.model)?;
+    let spec = file.spec(manifest.root(), manifest.shards.len() as u32, zk_keys)?;
     trellis_contracts::validate_job_spec(&spec, &trellis_contracts::Params::default()).map_err(|reason| anyhow::anyhow!("job spec: {reason}"))?;
+    crate::zkjob::ZkJob::of(&spec)?;
     if file.escrow < file.reward_per_round {
         bail!("escrow {} is less than one round's reward {}", file.escrow, file.reward_per_round);
     }
     Ok((spec, file.escrow))
+}
+
+impl JobFile {
+    fn preset(&self) -> anyhow::Result<Preset> {
+        self.model.parse().map_err(|e| anyhow::anyhow!("model: {e}"))
+    }
+
+    fn zk_model(&self) -> anyhow::Result<trellis_zk::ModelSpec> {
+        self.model.parse().map_err(|e| anyhow::anyhow!("model '{}' (a groth16 job trains a zk model, docs/zk.md): {e}", self.model))
+    }
+
+    /// For a groth16 job: reads the keys `trellis zk setup` wrote, checks that they are for
+    /// this job's model, step count and batch shape, and publishes both as blobs.
+    fn publish_zk_keys(&self, store: &BlobStore) -> anyhow::Result<Option<ZkKeyHashes>> {
+        if self.verification.mode != "groth16" {
+            if self.verification.zk_keys.is_some() {
+                bail!("verification.zk_keys is only for verification.mode = \"groth16\"");
+            }
+            return Ok(None);
+        }
+        let model = self.zk_model()?;
+        let dir = self.verification.zk_keys.as_ref().context(
+            "a groth16 job needs verification.zk_keys: the directory `trellis zk setup --model MODEL --steps CHECKPOINT_INTERVAL --out DIR` wrote",
+        )?;
+        let proving_key = trellis_zk::io::read_proving_key(&dir.join(trellis_zk::io::PROVING_KEY_FILE))?;
+        let verifying_key = trellis_zk::io::read_verifying_key(&dir.join(trellis_zk::io::VERIFYING_KEY_FILE))?;
+        if verifying_key.spec() != &model || proving_key.spec() != &model {
+            bail!("the keys in {} are for the model {}, the job file says {}", dir.display(), verifying_key.spec(), model);
+        }
+        if verifying_key.steps() != self.verification.checkpoint_interval || proving_key.steps() != verifying_key.steps() {
+            bail!(
+                "the keys in {} prove {} steps, the job's checkpoint_interval is {}: run `trellis zk setup --steps {}`",
+                dir.display(),
+                verifying_key.steps(),
+                self.verification.checkpoint_interval,
+                self.verification.checkpoint_interval
+            );
+        }
+        if proving_key.verifying_key().to_bytes() != verifying_key.to_bytes() {
+            bail!("the proving and verifying keys in {} come from different setups", dir.display());
+        }
+        if self.diloco.batch_size as usize != model.batch() || self.diloco.sequence_length as usize != model.inputs() {
+            bail!(
+                "a groth16 job needs diloco.batch_size = {} (the model's batch) and diloco.sequence_length = {} (its inputs)",
+                model.batch(),
+                model.inputs()
+            );
+        }
+        let proving_key = store.put_data(&proving_key.to_bytes())?.hash;
+        let verifying_key = store.put_data(&verifying_key.to_bytes())?.hash;
+        Ok(Some(ZkKeyHashes { proving_key, verifying_key }))
+    }
+}
+
+/// The `model` field of a groth16 job's spec: the zk model's shape in the GPT fields (byte
+/// features as a 256 vocabulary, its inputs as the context, hidden units or classes as the
+/// width, weight layers as layers, one head). Informational: the zk model in the verification
+/// mode is what is trained.
+fn zk_model_shape(model: &trellis_zk::ModelSpec) -> trellis_proto::ModelConfig {
+    let layers = model.layer_shapes();
+    let width = layers.first().map_or(model.classes(), |(outputs, _)| *outputs);
+    trellis_proto::ModelConfig {
+        vocab_size: 256,
+        context_length: model.inputs() as u32,
+        width: width as u32,
+        layers: layers.len() as u32,
+        heads: 1,
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +447,13 @@ pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> 
     let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30)).await?;
     // `fetch` checked the bytes against the hash; check the shape against the spec.
     let weights = crate::jobdata::weights_from_bytes(&bytes)?;
+    if let Some(zk) = crate::zkjob::ZkJob::of(&spec)? {
+        // A groth16 job's model: trellis-zk weights (what `trellis zk prove --weights` reads).
+        let fixed = zk.start_weights(&weights)?;
+        trellis_zk::io::write_weights(out, &fixed)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(model_hash);
+    }
     let mut model = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
     if model.numel() != weights.len() {
         bail!("model blob has {} weights, the job's model {}", weights.len(), model.numel());

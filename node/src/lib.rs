@@ -25,3 +25,4 @@ pub mod store;
 pub mod train;
 pub mod verify;
 pub mod zk_cli;
+pub mod zkjob;

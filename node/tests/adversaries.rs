@@ -43,9 +43,14 @@ mod with_adversaries {
         }
     }
 
-    /// Runs `trellis devnet` to the end of its demo job with `miners` honest miners and
-    /// `adversary`; the `index`-th run of this process gets its own ports.
+    /// Runs `trellis devnet` to the end of its demo job (`nano`, 20 inner steps) with `miners`
+    /// honest miners and `adversary`; the `index`-th run of this process gets its own ports.
     fn devnet(index: u16, name: &str, miners: usize, adversary: Option<&str>) -> Run {
+        devnet_of(index, name, miners, adversary, "nano", 20)
+    }
+
+    /// `devnet` with another model (a preset, or a zk model for a groth16 job) and H.
+    fn devnet_of(index: u16, name: &str, miners: usize, adversary: Option<&str>, model: &str, inner_steps: u32) -> Run {
         let home = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         // Below the kernel's ephemeral range (32768 and up); 80 ports per run.
@@ -55,7 +60,8 @@ mod with_adversaries {
             .arg("devnet")
             .arg("--home")
             .arg(&home)
-            .args(["--validators", "4", "--miners", &miners.to_string(), "--rounds", "2", "--inner-steps", "20"])
+            .args(["--validators", "4", "--miners", &miners.to_string(), "--rounds", "2"])
+            .args(["--model", model, "--inner-steps", &inner_steps.to_string()])
             .args(["--block-time-ms", "250", "--base-port", &base_port.to_string()])
             .arg("--dataset")
             .arg(shakespeare());
@@ -144,6 +150,34 @@ mod with_adversaries {
         let loss = final_loss(&run);
         assert!((loss - clean).abs() <= 0.05 * clean, "{kind}: final validation loss {loss:.4} is not within 5% of the clean run's {clean:.4}");
         eprintln!("{kind}: slashed {slashes:?}, ejected {ejected}; final loss {loss:.4} vs clean {clean:.4}; devnet ran {took} s");
+    }
+
+    /// A groth16 job (docs/zk.md §10): two honest miners and one that records checkpoints it
+    /// never computed next to proofs of its real steps. Checkers verify proofs instead of
+    /// re-executing; the proofs do not match the trail's commitments, so the cheater gets an
+    /// `Invalid` verdict and is slashed and ejected like any fake trail; the honest miners'
+    /// proofs verify and they are paid.
+    #[test]
+    fn a_fake_trail_in_a_groth16_job_fails_its_proofs_and_is_slashed() {
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let run = devnet_of(*runs, "groth16", 2, Some("fake-trail"), "mlp:16x8x4,batch=4,lr=0.5", 8);
+        assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r["accepted"] == 2), "the two honest miners are accepted every round: {:?}", run.rounds);
+        assert!(run.rounds[0]["verdicts_other"].as_u64().unwrap() >= 1, "the fake trail got a non-valid verdict: {:?}", run.rounds);
+        let (cheaters, honest): (Vec<&Value>, Vec<&Value>) = run.miners.iter().partition(|m| m["behaviour"] != "honest");
+        for miner in &honest {
+            assert!(miner["paid"].as_u64().unwrap() > 0 && miner["slashes"].as_array().unwrap().is_empty(), "{miner}");
+        }
+        let cheater = cheaters[0];
+        let bond = cheater["bond_before"].as_u64().unwrap();
+        assert_eq!(cheater["paid"], 0, "{cheater}");
+        assert_eq!(cheater["ejected"], true, "{cheater}");
+        assert_eq!(cheater["slashes"][0]["reason"], "poisoner", "{cheater}");
+        assert_eq!(cheater["slashes"][0]["amount"].as_u64().unwrap(), bond * params().poisoner_slash_ppm / 1_000_000, "{cheater}");
+        // Four classes: a model that learned nothing scores ln 4 ≈ 1.386 nats.
+        let loss = final_loss(&run);
+        assert!(loss.is_finite() && loss < 1.386, "the groth16 job's model learned: final loss {loss}: {:?}", run.rounds);
     }
 
     fn params() -> Params {

@@ -10,6 +10,8 @@ use crate::{canonical_newtype, canonical_struct, canonical_tag_enum, Amount};
 
 /// Longest job name, in bytes.
 pub const MAX_JOB_NAME_LEN: usize = 64;
+/// Longest zk model spec of a `groth16` job, in bytes (`trellis_zk::model::MAX_SPEC_LEN`).
+pub const MAX_ZK_MODEL_LEN: usize = 128;
 /// Most miners accepted in one round of one job.
 pub const MAX_MINERS_PER_ROUND: usize = 256;
 
@@ -105,8 +107,11 @@ pub enum VerificationMode {
     Exact,
     /// Re-executed weights must lie within `max_distance` (see `docs/protocol.md`).
     Tolerance { max_distance: f32 },
-    /// Each segment carries a Groth16 proof (circuit-sized models only).
-    Groth16,
+    /// Each segment carries a Groth16 proof of its fixed-point SGD steps (circuit-sized models
+    /// only, `docs/zk.md`). The job trains `model` (a `trellis-zk` spec such as
+    /// `mlp:16x16x4,batch=4,lr=0.5`) instead of the GPT in the job's `model` field; the proving
+    /// and verifying keys of its trusted setup are blobs with these hashes.
+    Groth16 { model: String, proving_key: Hash, verifying_key: Hash },
 }
 
 impl Encode for VerificationMode {
@@ -117,7 +122,12 @@ impl Encode for VerificationMode {
                 out.push(2);
                 max_distance.encode_to(out);
             }
-            VerificationMode::Groth16 => out.push(3),
+            VerificationMode::Groth16 { model, proving_key, verifying_key } => {
+                out.push(3);
+                encode_bytes(model.as_bytes(), out);
+                proving_key.encode_to(out);
+                verifying_key.encode_to(out);
+            }
         }
     }
 }
@@ -127,7 +137,11 @@ impl Decode for VerificationMode {
         match u8::decode_from(reader)? {
             1 => Ok(VerificationMode::Exact),
             2 => Ok(VerificationMode::Tolerance { max_distance: f32::decode_from(reader)? }),
-            3 => Ok(VerificationMode::Groth16),
+            3 => Ok(VerificationMode::Groth16 {
+                model: decode_string(reader, "zk model", MAX_ZK_MODEL_LEN)?,
+                proving_key: Hash::decode_from(reader)?,
+                verifying_key: Hash::decode_from(reader)?,
+            }),
             tag => Err(DecodeError::UnknownTag { what: "verification mode", tag }),
         }
     }

@@ -64,7 +64,8 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
     let mode = prop_oneof![
         Just(VerificationMode::Exact),
         arb_f32().prop_map(|max_distance| VerificationMode::Tolerance { max_distance }),
-        Just(VerificationMode::Groth16),
+        ("[a-z0-9:x,=.]{0,40}", arb_hash(), arb_hash())
+            .prop_map(|(model, proving_key, verifying_key)| VerificationMode::Groth16 { model, proving_key, verifying_key }),
     ];
     (
         "[a-z0-9 éü-]{0,20}",

@@ -52,6 +52,10 @@ pub struct Trail {
     pub checkpoints: Vec<TrailEntry>,
     /// The training loss of every step, in order (`losses[i]` is the step after `checkpoints[0].step + i`).
     pub losses: Vec<f32>,
+    /// Blob hashes of one Groth16 proof per segment (`groth16` jobs only; empty otherwise, and
+    /// then absent from the JSON, so other trails read and hash as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proofs: Vec<Hash>,
 }
 
 impl Trail {
@@ -139,6 +143,7 @@ impl InnerLoop<'_> {
             checkpoint_interval: self.checkpoint_interval,
             checkpoints,
             losses,
+            proofs: Vec::new(),
         };
         Ok(StepsOutcome { trail, tokens, compute, checkpointing })
     }
@@ -220,6 +225,7 @@ mod tests {
             checkpoint_interval: 4,
             checkpoints: (0..3).map(|i| TrailEntry { step: 40 + 4 * i, hash: Hash([i as u8; 32]) }).collect(),
             losses: vec![3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75],
+            proofs: Vec::new(),
         };
         serde_json::to_vec(&trail).unwrap()
     }

@@ -66,7 +66,7 @@ fn mine(dataset: &Dataset, cheat: impl Fn(usize) -> (u64, u64)) -> (Trail, Memor
         entry.step = 4 * (segment as u64 + 1);
         checkpoints.push(entry);
     }
-    (Trail { round: 0, worker: 1, checkpoint_interval: 4, checkpoints, losses }, source, model)
+    (Trail { round: 0, worker: 1, checkpoint_interval: 4, checkpoints, losses, proofs: Vec::new() }, source, model)
 }
 
 fn honest(_: usize) -> (u64, u64) {

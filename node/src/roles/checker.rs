@@ -1,7 +1,9 @@
 //! The validator's verification duty: for every sampled segment it is assigned, fetch the
 //! miner's trail and checkpoints from the blob exchange, check the trail's first link (it starts
 //! from the canonical state of θ_r), re-execute the segment, check the last link (Δ encodes
-//! θ_r − θ_final), and send the verdict before the window closes.
+//! θ_r − θ_final), and send the verdict before the window closes. In a `groth16` job the
+//! segment is not re-executed: its proof is checked against the commitments to the trail's
+//! checkpoints and the scheduled batches (`crate::zkjob`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use super::RoleContext;
 use crate::blobs::{BlobKey, BlobKind, BlobStore};
 use crate::exchange::FetchError;
 use crate::jobdata;
+use crate::zkjob::{self, SegmentEvidence, ZkJob};
 
 /// How long a checker waits for a miner's blobs before calling them unavailable.
 const BLOB_PATIENCE: Duration = Duration::from_secs(20);
@@ -100,16 +103,20 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     if let Some(outcome) = trail_shape(job, round, &commit, &trail) {
         return Ok(outcome);
     }
+    let zk = ZkJob::of(&job.spec)?;
     let dataset = context.dataset(job.spec.dataset_root).await.context("the job's dataset")?;
     let global = jobdata::global_weights(net, job).await.context("the global model")?;
-    let start = jobdata::start_checkpoint_hash(&job.spec, round.round, &global)?;
+    let start = match &zk {
+        Some(zk) => zk.start_checkpoint_hash(&global)?,
+        None => jobdata::start_checkpoint_hash(&job.spec, round.round, &global)?,
+    };
     if trail.checkpoints[0].hash != start {
         return Ok(invalid(InvalidReason::StartMismatch, start, trail.checkpoints[0].hash));
     }
-    // Everything the replay and the delta check read, fetched before the blocking part.
+    // Everything the check and the delta check read, fetched before the blocking part.
     let segment = assignment.segment as usize;
     let mut needed = vec![trail.checkpoints[segment].hash, commit.work.final_checkpoint];
-    if matches!(job.spec.verification.mode, VerificationMode::Tolerance { .. }) {
+    if zk.is_some() || matches!(job.spec.verification.mode, VerificationMode::Tolerance { .. }) {
         needed.push(trail.checkpoints[segment + 1].hash);
     }
     for hash in needed {
@@ -117,6 +124,25 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
             return Ok(VerdictOutcome::Unavailable);
         }
     }
+    // groth16: the segment's proof and the job's verifying key.
+    let zk_check = match &zk {
+        Some(zk) => {
+            let Some(proof_hash) = trail.proofs.get(segment).copied() else {
+                return Ok(invalid(InvalidReason::MalformedBlob, commit.work.trail_root, Hash::ZERO));
+            };
+            let Some(proof) = served(net.fetch_until(BlobKey::new(BlobKind::Data, proof_hash), deadline).await)? else {
+                return Ok(VerdictOutcome::Unavailable);
+            };
+            let key = net
+                .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), tokio::time::Instant::now() + jobdata::FETCH_PATIENCE)
+                .await
+                .context("the job's verifying key")?;
+            let key = trellis_zk::ZkVerifyingKey::from_bytes(&key).context("the job's verifying key")?;
+            net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, proof_hash)])?;
+            Some((zk.clone(), trellis_zk::PreparedVerifier::new(&key), proof))
+        }
+        None => None,
+    };
     let Some(delta) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await)? else {
         return Ok(VerdictOutcome::Unavailable);
     };
@@ -146,27 +172,40 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
     tokio::task::spawn_blocking(move || -> anyhow::Result<VerdictOutcome> {
         let spec = &job.spec;
-        let mode = match spec.verification.mode {
-            VerificationMode::Exact => Mode::Exact,
-            VerificationMode::Tolerance { max_distance } => Mode::Tolerance { max_distance: f64::from(max_distance) },
-            VerificationMode::Groth16 => anyhow::bail!("groth16 jobs are not checked on chain yet"),
-        };
-        let replay = Replay {
-            model: spec.model.clone(),
-            adamw: jobdata::adamw_config(spec),
-            dataset: dataset.as_ref(),
-            schedule: jobdata::schedule(spec),
-            round: u64::from(round_number),
-            worker,
-            device: context.device,
-        };
         let store = context.net.store();
-        let report = check_segment(&replay, &trail, segment, &StoreSource(store), mode);
-        if report.outcome != VerdictOutcome::Valid {
-            return Ok(report.outcome);
+        let checkpoint = |hash: Hash| store.get(&BlobKey::new(BlobKind::Checkpoint, hash));
+        let outcome = match &zk_check {
+            Some((zk, verifier, proof)) => {
+                let (start, end) = (checkpoint(trail.checkpoints[segment].hash)?, checkpoint(trail.checkpoints[segment + 1].hash)?);
+                let evidence = SegmentEvidence { start_checkpoint: &start, end_checkpoint: &end, proof };
+                zkjob::check_segment(spec, zk, verifier, &dataset, &trail, segment, &evidence)?
+            }
+            None => {
+                let mode = match spec.verification.mode {
+                    VerificationMode::Tolerance { max_distance } => Mode::Tolerance { max_distance: f64::from(max_distance) },
+                    _ => Mode::Exact,
+                };
+                let replay = Replay {
+                    model: spec.model.clone(),
+                    adamw: jobdata::adamw_config(spec),
+                    dataset: dataset.as_ref(),
+                    schedule: jobdata::schedule(spec),
+                    round: u64::from(round_number),
+                    worker,
+                    device: context.device,
+                };
+                check_segment(&replay, &trail, segment, &StoreSource(store), mode).outcome
+            }
+        };
+        if outcome != VerdictOutcome::Valid {
+            return Ok(outcome);
         }
-        let final_bytes = store.get(&BlobKey::new(BlobKind::Checkpoint, commit.work.final_checkpoint))?;
-        let Ok(final_state) = CheckpointData::parse(&final_bytes) else {
+        let final_bytes = checkpoint(commit.work.final_checkpoint)?;
+        let final_weights = match &zk_check {
+            Some((zk, _, _)) => trellis_zk::io::decode_weights(&zk.model, &final_bytes).ok().map(|w| zkjob::from_fixed(&w.flatten())),
+            None => CheckpointData::parse(&final_bytes).ok().map(|state| state.weights),
+        };
+        let Some(final_weights) = final_weights else {
             return Ok(invalid(InvalidReason::MalformedBlob, commit.work.final_checkpoint, Hash::ZERO));
         };
         let zeros;
@@ -178,7 +217,7 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
             }
             (None, _) => None,
         };
-        match check_delta(spec.diloco.encoding, &global, &final_state.weights, residual, &delta, &commit.work.delta_hash) {
+        match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &commit.work.delta_hash) {
             Ok(()) => Ok(VerdictOutcome::Valid),
             Err(_) => Ok(invalid(InvalidReason::DeltaMismatch, commit.work.delta_hash, trellis_trainer::encoding::delta_hash(&delta))),
         }

@@ -1,7 +1,8 @@
 //! The miner: joins the jobs its stake allows, trains each round it is a worker of (H AdamW
 //! steps from the canonical start state, on the batches the schedule gives its slot), stores its
 //! trail checkpoints, trail and Δ as blobs (served to checkers by the blob exchange), and
-//! commits before the deadline.
+//! commits before the deadline. In a `groth16` job it trains the job's fixed-point model and
+//! publishes a proof of every segment (`crate::zkjob`).
 //!
 //! A miner restarted mid-round finds the round open and its work not committed, and trains it
 //! again: training is deterministic, so it reproduces the same trail. If the deadline passes
@@ -24,6 +25,7 @@ use super::behaviour::Behaviour;
 use super::RoleContext;
 use crate::blobs::{data_hash, BlobKey, BlobKind, BlobStore};
 use crate::jobdata;
+use crate::zkjob::{ZkJob, ZkTraining};
 
 /// Commitments computed, by (job, round), so a resend never retrains.
 type Finished = Arc<Mutex<HashMap<(u64, u32), WorkCommitment>>>;
@@ -198,7 +200,7 @@ fn fake_trail(
         blobs.push(bytes);
     }
     let losses = (0..steps).map(|step| 5.5 - step as f32 * 0.01).collect();
-    let trail = Trail { round: u64::from(round), worker, checkpoint_interval: interval, checkpoints, losses };
+    let trail = Trail { round: u64::from(round), worker, checkpoint_interval: interval, checkpoints, losses, proofs: Vec::new() };
     Ok((trail, blobs, model.flat_weights()))
 }
 
@@ -247,6 +249,14 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
     let residual = carried_residual(context, job, round.round, global.len())?;
+    let zk = ZkJob::of(&job.spec)?;
+    let proving_key = match &zk {
+        Some(zk) => {
+            let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
+            Some(context.net.fetch_until(BlobKey::new(BlobKind::Data, zk.proving_key), deadline).await.context("fetching the job's proving key")?)
+        }
+        None => None,
+    };
     let fetched = started.elapsed();
     let (context2, job2, round_number) = (context.clone(), job.clone(), round.round);
     let behaviour = context.behaviour;
@@ -255,7 +265,29 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
         let store = context2.net.store();
         let mut publisher = Publisher { store, publish: behaviour != Behaviour::Withhold, keys: Vec::new() };
         std::fs::create_dir_all(&context2.work_dir)?;
-        let (trail, final_weights, tokens, compute) = if behaviour == Behaviour::FakeTrail {
+        let (trail, final_weights, tokens, compute) = if let (Some(zk), Some(key)) = (&zk, &proving_key) {
+            // groth16: train in fixed point and prove every segment (a fake-trail miner records
+            // checkpoints it never computed next to proofs of the real steps).
+            let began = std::time::Instant::now();
+            let proving_key = trellis_zk::ZkProvingKey::from_bytes(key).context("the job's proving key")?;
+            let training = ZkTraining {
+                spec,
+                job: zk,
+                proving_key: &proving_key,
+                dataset: dataset.as_ref(),
+                round: round_number,
+                worker,
+                fake_checkpoints: behaviour == Behaviour::FakeTrail,
+            };
+            let done = training.run(&global)?;
+            for (entry, bytes) in done.trail.checkpoints.iter().zip(&done.checkpoints) {
+                publisher.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
+            }
+            for proof in &done.proofs {
+                publisher.put_data(proof)?;
+            }
+            (done.trail, done.final_weights, trellis_contracts::rounds::expected_tokens(spec), began.elapsed())
+        } else if behaviour == Behaviour::FakeTrail {
             let (trail, blobs, final_weights) = fake_trail(spec, round_number, worker, &global, context2.device)?;
             for (entry, bytes) in trail.checkpoints.iter().zip(&blobs) {
                 publisher.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;

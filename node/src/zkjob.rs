@@ -1,0 +1,444 @@
+//! Jobs in `groth16` verification mode (`docs/zk.md` §10): what their miners train and prove,
+//! and what their checkers verify instead of re-executing.
+//!
+//! Such a job trains a `trellis-zk` model (softmax regression or a one-hidden-layer MLP in
+//! Q15.16 fixed point) with SGD. Everything else is the protocol of every job: the batch
+//! schedule, trails of checkpoint hashes every c steps, Δ = θ_r − θ_final committed and
+//! aggregated in f32, the outer step. What differs:
+//!
+//! - **Examples** come from the schedule's byte windows: the `I` bytes of a window are the
+//!   features (byte / 256 in Q15.16, so raw `byte << 8`), and the class of the byte that follows
+//!   is its label: `next × C / 256` for C classes. A pure function of (job seed, round, worker,
+//!   step), like every batch.
+//! - **The global model** is kept in f32 as for any job; a round starts from it rounded to the
+//!   nearest Q15.16 value (saturating; NaN reads as 0). Initial weights are
+//!   `Weights::random(model, init_seed)`.
+//! - **Checkpoints** are `trellis_zk::io::encode_weights` of the weights (no optimizer state:
+//!   SGD has none), hashed like every checkpoint.
+//! - **Each segment carries a proof** (`Trail::proofs`, blob hashes) that c SGD steps take the
+//!   segment's start checkpoint to its end checkpoint on the scheduled batches. A checker
+//!   recomputes the three commitments from the trail's checkpoints and the schedule and checks
+//!   the proof against them in milliseconds; any failure is an `Invalid` verdict
+//!   (`ProofRejected`), which the contracts punish like a failed re-execution.
+//!
+//! The losses in a groth16 trail are for people to read; nothing checks them.
+
+use anyhow::{bail, Context as _};
+use trellis_proto::{Hash, InvalidEvidence, InvalidReason, JobSpec, VerdictOutcome, VerificationMode};
+use trellis_trainer::checkpoint::checkpoint_hash;
+use trellis_trainer::data::Dataset;
+use trellis_trainer::worker::{Trail, TrailEntry};
+use trellis_zk::fixed::ONE;
+use trellis_zk::model::logits;
+use trellis_zk::{io, sgd_step, Batch, Example, ModelSpec, PreparedVerifier, PublicInputs, ZkProof, ZkProvingKey, Weights};
+
+use crate::jobdata;
+
+/// A groth16 job's model and the blob hashes of its keys.
+#[derive(Debug, Clone)]
+pub struct ZkJob {
+    pub model: ModelSpec,
+    pub proving_key: Hash,
+    pub verifying_key: Hash,
+}
+
+impl ZkJob {
+    /// The zk side of `spec`: `None` for a job in another mode, an error when the model text
+    /// does not parse or does not fit the job's batch shape.
+    pub fn of(spec: &JobSpec) -> anyhow::Result<Option<ZkJob>> {
+        let VerificationMode::Groth16 { model, proving_key, verifying_key } = &spec.verification.mode else {
+            return Ok(None);
+        };
+        let model: ModelSpec = model.parse().with_context(|| format!("the job's zk model '{model}'"))?;
+        let d = &spec.diloco;
+        if model.batch() != d.batch_size as usize {
+            bail!("the zk model's batch is {}, the job's batch_size {}", model.batch(), d.batch_size);
+        }
+        if model.inputs() != d.sequence_length as usize {
+            bail!("the zk model has {} inputs, the job's sequence_length is {}", model.inputs(), d.sequence_length);
+        }
+        if model.classes() > 256 {
+            bail!("the zk model has {} classes; byte labels allow at most 256", model.classes());
+        }
+        Ok(Some(ZkJob { model, proving_key: *proving_key, verifying_key: *verifying_key }))
+    }
+
+    /// Steps per segment, which every proof covers.
+    pub fn segment_steps(spec: &JobSpec) -> u64 {
+        u64::from(spec.verification.checkpoint_interval)
+    }
+
+    /// The batch of `step` (0-based within the round) of `worker` in `round`.
+    pub fn batch(&self, spec: &JobSpec, dataset: &Dataset, shards: &[usize], round: u32, worker: usize, step: u64) -> Batch {
+        let schedule = jobdata::schedule(spec);
+        let absolute = jobdata::round_start_step(spec, round) + step;
+        let (inputs, targets) = schedule.batch(dataset, shards, u64::from(round), worker, absolute);
+        examples(&self.model, &inputs, &targets)
+    }
+
+    /// The weights a round starts from: θ_r rounded to Q15.16.
+    pub fn start_weights(&self, global: &[f32]) -> anyhow::Result<Weights> {
+        Weights::from_flat(&self.model, &to_fixed(global)).map_err(|e| anyhow::anyhow!("the global model does not fit the zk model: {e}"))
+    }
+
+    /// The checkpoint hash every honest trail of a round starts with.
+    pub fn start_checkpoint_hash(&self, global: &[f32]) -> anyhow::Result<Hash> {
+        Ok(checkpoint_hash(&io::encode_weights(&self.start_weights(global)?)))
+    }
+}
+
+/// θ_0 of a groth16 job.
+pub fn initial_weights(model: &ModelSpec, seed: u64) -> Vec<f32> {
+    from_fixed(&Weights::random(model, seed).flatten())
+}
+
+/// f32 weights rounded to the nearest Q15.16 value; out-of-range values saturate, NaN is 0
+/// (Rust's `as` conversion, the same on every machine).
+pub fn to_fixed(values: &[f32]) -> Vec<i32> {
+    values.iter().map(|v| (f64::from(*v) * ONE as f64).round() as i32).collect()
+}
+
+/// Q15.16 values as f32 (exact below 2^8 in magnitude, rounded to nearest above).
+pub fn from_fixed(values: &[i32]) -> Vec<f32> {
+    values.iter().map(|v| (f64::from(*v) / ONE as f64) as f32).collect()
+}
+
+/// Examples from the schedule's byte windows (module docs).
+pub fn examples(model: &ModelSpec, inputs: &[i64], targets: &[i64]) -> Batch {
+    let width = model.inputs();
+    let classes = model.classes() as i64;
+    let examples = inputs
+        .chunks_exact(width)
+        .zip(targets.chunks_exact(width))
+        .map(|(window, next)| Example {
+            features: window.iter().map(|&b| (b.clamp(0, 255) << 8) as i32).collect(),
+            label: (next[width - 1].clamp(0, 255) * classes / 256) as u32,
+        })
+        .collect();
+    Batch { examples }
+}
+
+/// Mean cross-entropy of `weights` on `batch`, in nats (for the trail's losses only).
+fn batch_loss(model: &ModelSpec, weights: &Weights, batch: &Batch) -> f32 {
+    let mut total = 0.0f64;
+    for example in &batch.examples {
+        let Ok(logits) = logits(model, weights, &example.features) else { return f32::NAN };
+        let values: Vec<f64> = logits.iter().map(|l| f64::from(*l) / ONE as f64).collect();
+        let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let log_sum = max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        total += log_sum - values.get(example.label as usize).copied().unwrap_or(max);
+    }
+    (total / batch.examples.len().max(1) as f64) as f32
+}
+
+/// Mean cross-entropy (nats) of the global weights `global` on `count` fixed validation
+/// windows of `dataset`: the figure the devnet prints per round.
+pub fn validation_loss(model: &ModelSpec, global: &[f32], dataset: &Dataset, count: usize) -> anyhow::Result<f64> {
+    let weights = Weights::from_flat(model, &to_fixed(global)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (inputs, targets) = trellis_trainer::data::validation_windows(dataset, model.inputs(), count);
+    Ok(f64::from(batch_loss(model, &weights, &examples(model, &inputs, &targets))))
+}
+
+/// What a miner publishes for one round of a groth16 job.
+pub struct ZkRound {
+    /// The trail, with `proofs` holding the blob hashes of `proofs`.
+    pub trail: Trail,
+    /// Checkpoint bytes, in trail order.
+    pub checkpoints: Vec<Vec<u8>>,
+    /// Proof bytes, one per segment.
+    pub proofs: Vec<Vec<u8>>,
+    /// θ_final in f32, for Δ.
+    pub final_weights: Vec<f32>,
+}
+
+/// How a miner's round comes out: honestly, or (`fake_checkpoints`) with checkpoints that were
+/// never computed (the start weights plus growing noise) next to proofs of the real steps.
+pub struct ZkTraining<'a> {
+    pub spec: &'a JobSpec,
+    pub job: &'a ZkJob,
+    pub proving_key: &'a ZkProvingKey,
+    pub dataset: &'a Dataset,
+    pub round: u32,
+    pub worker: usize,
+    pub fake_checkpoints: bool,
+}
+
+impl ZkTraining<'_> {
+    /// Trains the round's H steps and proves each segment of c steps.
+    pub fn run(&self, global: &[f32]) -> anyhow::Result<ZkRound> {
+        let spec = self.spec;
+        if self.proving_key.spec() != &self.job.model || u64::from(self.proving_key.steps()) != ZkJob::segment_steps(spec) {
+            bail!("the proving key is for {} × {} steps, the job needs {} × {}", self.proving_key.spec(), self.proving_key.steps(), self.job.model, spec.verification.checkpoint_interval);
+        }
+        let shards = jobdata::schedule(spec).shards_of(self.dataset, u64::from(self.round), self.worker)?;
+        let steps = u64::from(spec.diloco.inner_steps);
+        let interval = ZkJob::segment_steps(spec);
+        let start_step = jobdata::round_start_step(spec, self.round);
+        let mut weights = self.job.start_weights(global)?;
+        let mut checkpoints = vec![io::encode_weights(&weights)];
+        let mut entries = vec![TrailEntry { step: start_step, hash: checkpoint_hash(&checkpoints[0]) }];
+        let (mut losses, mut proofs, mut proof_hashes) = (Vec::new(), Vec::new(), Vec::new());
+        for segment in 0..steps / interval {
+            let batches: Vec<Batch> = (segment * interval..(segment + 1) * interval)
+                .map(|step| self.job.batch(spec, self.dataset, &shards, self.round, self.worker, step))
+                .collect();
+            let mut stepped = weights.clone();
+            for batch in &batches {
+                losses.push(batch_loss(&self.job.model, &stepped, batch));
+                stepped = sgd_step(&self.job.model, &stepped, batch).context("a fixed-point SGD step overflowed")?;
+            }
+            let proven = trellis_zk::prove(self.proving_key, &weights, &batches).context("proving a segment")?;
+            debug_assert_eq!(proven.weights_after, stepped);
+            weights = proven.weights_after;
+            let bytes = proven.proof.to_bytes();
+            proof_hashes.push(crate::blobs::data_hash(&bytes));
+            proofs.push(bytes);
+            let recorded = if self.fake_checkpoints { noisy(&checkpoints[0], &self.job.model, segment)? } else { io::encode_weights(&weights) };
+            entries.push(TrailEntry { step: start_step + (segment + 1) * interval, hash: checkpoint_hash(&recorded) });
+            checkpoints.push(recorded);
+        }
+        let final_weights = match checkpoints.last() {
+            Some(bytes) if self.fake_checkpoints => from_fixed(&io::decode_weights(&self.job.model, bytes)?.flatten()),
+            _ => from_fixed(&weights.flatten()),
+        };
+        let trail = Trail {
+            round: u64::from(self.round),
+            worker: self.worker,
+            checkpoint_interval: interval,
+            checkpoints: entries,
+            losses,
+            proofs: proof_hashes,
+        };
+        Ok(ZkRound { trail, checkpoints, proofs, final_weights })
+    }
+}
+
+/// The start checkpoint's weights plus a deterministic perturbation growing with `segment`.
+fn noisy(start: &[u8], model: &ModelSpec, segment: u64) -> anyhow::Result<Vec<u8>> {
+    let mut values = io::decode_weights(model, start)?.flatten();
+    for (index, value) in values.iter_mut().enumerate() {
+        let sign = if (index as u64 + segment) % 2 == 0 { 1 } else { -1 };
+        *value = value.saturating_add(sign * 64 * (segment as i32 + 1));
+    }
+    Ok(io::encode_weights(&Weights::from_flat(model, &values).map_err(|e| anyhow::anyhow!("{e}"))?))
+}
+
+/// What a checker holds for one assigned segment of a groth16 trail.
+pub struct SegmentEvidence<'a> {
+    pub start_checkpoint: &'a [u8],
+    pub end_checkpoint: &'a [u8],
+    pub proof: &'a [u8],
+}
+
+fn invalid(reason: InvalidReason, expected: Hash) -> VerdictOutcome {
+    VerdictOutcome::Invalid(InvalidEvidence { reason, expected, reproduced: Hash::ZERO, distance: 0.0 })
+}
+
+/// The verdict on segment `segment` of a groth16 trail: the proof must verify against the
+/// commitments to the trail's start and end checkpoints of the segment and to the batches the
+/// schedule gives this worker. The trail's shape (length, steps, final checkpoint) and first
+/// link are checked by the caller, as for every mode.
+pub fn check_segment(
+    spec: &JobSpec,
+    job: &ZkJob,
+    verifier: &PreparedVerifier,
+    dataset: &Dataset,
+    trail: &Trail,
+    segment: usize,
+    evidence: &SegmentEvidence<'_>,
+) -> anyhow::Result<VerdictOutcome> {
+    let interval = ZkJob::segment_steps(spec);
+    let segments = (u64::from(spec.diloco.inner_steps) / interval) as usize;
+    if trail.proofs.len() != segments || segment >= segments || trail.checkpoints.len() != segments + 1 {
+        return Ok(invalid(InvalidReason::MalformedBlob, trail.root()));
+    }
+    let (start_hash, end_hash) = (trail.checkpoints[segment].hash, trail.checkpoints[segment + 1].hash);
+    if checkpoint_hash(evidence.start_checkpoint) != start_hash || checkpoint_hash(evidence.end_checkpoint) != end_hash {
+        return Ok(invalid(InvalidReason::MalformedBlob, end_hash));
+    }
+    let (Ok(before), Ok(after)) =
+        (io::decode_weights(&job.model, evidence.start_checkpoint), io::decode_weights(&job.model, evidence.end_checkpoint))
+    else {
+        return Ok(invalid(InvalidReason::MalformedBlob, end_hash));
+    };
+    let Ok(proof) = ZkProof::from_bytes(evidence.proof) else {
+        return Ok(invalid(InvalidReason::ProofRejected, trail.proofs[segment]));
+    };
+    let round = u32::try_from(trail.round).context("round out of range")?;
+    // Our own data must serve the schedule; a failure here is the checker's, not the miner's.
+    let shards = jobdata::schedule(spec).shards_of(dataset, trail.round, trail.worker)?;
+    let first = segment as u64 * interval;
+    let batches: Vec<Batch> = (first..first + interval).map(|step| job.batch(spec, dataset, &shards, round, trail.worker, step)).collect();
+    let public_inputs = PublicInputs::of_run(&job.model, &before, &after, &batches);
+    Ok(match verifier.verify(&public_inputs, &proof) {
+        Ok(()) => VerdictOutcome::Valid,
+        Err(_) => invalid(InvalidReason::ProofRejected, trail.proofs[segment]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use trellis_proto::{Amount, DeltaEncoding, DilocoParams, ModelConfig, OuterOptimizer, VerificationParams};
+
+    const MODEL: &str = "mlp:8x4x4,batch=2,lr=0.5";
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            name: "zk".into(),
+            model: ModelConfig { vocab_size: 256, context_length: 8, width: 4, layers: 2, heads: 1 },
+            init_seed: 3,
+            dataset_root: Hash::ZERO,
+            dataset_shards: 2,
+            diloco: DilocoParams {
+                workers_per_round: 2,
+                inner_steps: 4,
+                batch_size: 2,
+                sequence_length: 8,
+                learning_rate: 0.5,
+                beta1: 0.9,
+                beta2: 0.95,
+                weight_decay: 0.0,
+                grad_clip: 1.0,
+                warmup_steps: 0,
+                outer_optimizer: OuterOptimizer::Average,
+                outer_learning_rate: 1.0,
+                outer_momentum: 0.0,
+                rounds: 2,
+                encoding: DeltaEncoding::F32,
+            },
+            aggregation: trellis_proto::AggregationRule::Mean,
+            verification: VerificationParams {
+                checkpoint_interval: 2,
+                segments_per_miner: 1,
+                mode: VerificationMode::Groth16 { model: MODEL.into(), proving_key: Hash([1; 32]), verifying_key: Hash([2; 32]) },
+            },
+            reward_per_round: Amount(1),
+            min_miner_stake: Amount(1),
+            commit_blocks: 1,
+            verify_blocks: 1,
+        }
+    }
+
+    fn dataset() -> Dataset {
+        let text = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. ";
+        Dataset::from_bytes(text.repeat(40).into_bytes(), 1024)
+    }
+
+    struct Fixture {
+        spec: JobSpec,
+        job: ZkJob,
+        proving_key: ZkProvingKey,
+        verifier: PreparedVerifier,
+        dataset: Dataset,
+        global: Vec<f32>,
+    }
+
+    fn fixture() -> Fixture {
+        let spec = spec();
+        let job = ZkJob::of(&spec).unwrap().unwrap();
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(5);
+        let (proving_key, verifying_key) = trellis_zk::setup(&job.model, 2, &mut rng).unwrap();
+        let global = initial_weights(&job.model, spec.init_seed);
+        Fixture { verifier: PreparedVerifier::new(&verifying_key), spec, job, proving_key, dataset: dataset(), global }
+    }
+
+    fn train(f: &Fixture, worker: usize, fake: bool) -> ZkRound {
+        let training = ZkTraining {
+            spec: &f.spec,
+            job: &f.job,
+            proving_key: &f.proving_key,
+            dataset: &f.dataset,
+            round: 1,
+            worker,
+            fake_checkpoints: fake,
+        };
+        training.run(&f.global).unwrap()
+    }
+
+    fn check(f: &Fixture, round: &ZkRound, segment: usize, proof: &[u8]) -> VerdictOutcome {
+        let evidence = SegmentEvidence {
+            start_checkpoint: &round.checkpoints[segment],
+            end_checkpoint: &round.checkpoints[segment + 1],
+            proof,
+        };
+        check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &round.trail, segment, &evidence).unwrap()
+    }
+
+    fn rejected(outcome: &VerdictOutcome) -> bool {
+        matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::ProofRejected)
+    }
+
+    #[test]
+    fn fixed_point_conversion_round_trips_and_saturates() {
+        let values = [0, 1, -1, 65_536, -3_000_000, 16_777_215];
+        assert_eq!(to_fixed(&from_fixed(&values)), values);
+        assert_eq!(to_fixed(&[f32::NAN, 1e12, -1e12]), [0, i32::MAX, i32::MIN]);
+    }
+
+    #[test]
+    fn examples_are_byte_windows_and_the_next_bytes_class() {
+        let model: ModelSpec = MODEL.parse().unwrap();
+        let inputs: Vec<i64> = (0..16).map(|i| 60 + i).collect();
+        let targets: Vec<i64> = (0..16).map(|i| 61 + i).collect();
+        let batch = examples(&model, &inputs, &targets);
+        assert_eq!(batch.examples.len(), 2);
+        assert_eq!(batch.examples[0].features[0], 60 << 8);
+        assert_eq!(batch.examples[1].label, (76 * 4 / 256) as u32);
+    }
+
+    #[test]
+    fn honest_segments_verify_and_training_repeats() {
+        let f = fixture();
+        let round = train(&f, 0, false);
+        assert_eq!(round.trail.proofs.len(), 2);
+        assert_eq!(round.trail.checkpoints[0].hash, f.job.start_checkpoint_hash(&f.global).unwrap());
+        for segment in 0..2 {
+            assert_eq!(check(&f, &round, segment, &round.proofs[segment]), VerdictOutcome::Valid);
+        }
+        // Proofs are randomised, the trail's checkpoints are not.
+        assert_eq!(train(&f, 0, false).trail.root(), round.trail.root());
+        assert_ne!(train(&f, 1, false).trail.root(), round.trail.root());
+        assert!(round.trail.losses.iter().all(|l| l.is_finite()) && round.trail.losses.len() == 4);
+    }
+
+    #[test]
+    fn wrong_proofs_checkpoints_and_batches_are_rejected() {
+        let f = fixture();
+        let round = train(&f, 0, false);
+        // Another segment's proof, flipped bytes, and garbage.
+        assert!(rejected(&check(&f, &round, 0, &round.proofs[1])));
+        let mut flipped = round.proofs[0].clone();
+        flipped[5] ^= 1;
+        assert!(rejected(&check(&f, &round, 0, &flipped)));
+        assert!(rejected(&check(&f, &round, 0, b"not a proof")));
+        // Another worker's trail proves steps on other batches.
+        let other = train(&f, 1, false);
+        let mut swapped = ZkRound { trail: round.trail.clone(), checkpoints: other.checkpoints.clone(), proofs: other.proofs.clone(), final_weights: vec![] };
+        swapped.trail.checkpoints = other.trail.checkpoints.clone();
+        assert!(rejected(&check(&f, &swapped, 0, &other.proofs[0])));
+        // Checkpoints never computed, next to proofs of the real steps.
+        let fake = train(&f, 0, true);
+        assert!(rejected(&check(&f, &fake, 0, &fake.proofs[0])));
+        // A trail without its proofs is malformed.
+        let mut bare = round.trail.clone();
+        bare.proofs.clear();
+        let evidence = SegmentEvidence { start_checkpoint: &round.checkpoints[0], end_checkpoint: &round.checkpoints[1], proof: &round.proofs[0] };
+        let outcome = check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &bare, 0, &evidence).unwrap();
+        assert!(matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::MalformedBlob));
+    }
+
+    #[test]
+    fn a_model_that_does_not_fit_the_batch_shape_is_an_error() {
+        let mut spec = spec();
+        spec.diloco.sequence_length = 9;
+        assert!(ZkJob::of(&spec).unwrap_err().to_string().contains("inputs"));
+        let mut spec = self::spec();
+        spec.verification.mode = VerificationMode::Groth16 { model: "mlp:8".into(), proving_key: Hash::ZERO, verifying_key: Hash::ZERO };
+        assert!(ZkJob::of(&spec).is_err());
+        let mut spec = self::spec();
+        spec.verification.mode = VerificationMode::Exact;
+        assert!(ZkJob::of(&spec).unwrap().is_none());
+    }
+}
