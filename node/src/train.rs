@@ -148,6 +148,11 @@ pub struct TrainArgs {
     /// Also train this baseline with the same total tokens, for comparison.
     #[arg(long, value_enum)]
     pub baseline: Option<BaselineArg>,
+    /// Start DiLoCo and the baseline from one model pretrained for this many data-parallel
+    /// steps (the K workers' batches together, on batches of a salted seed), as the DiLoCo paper
+    /// starts from a pretrained model. Its tokens are not counted in the comparison.
+    #[arg(long, default_value_t = 0)]
+    pub warm_start_steps: u64,
     /// Write every worker's checkpoint trail under this directory.
     #[arg(long)]
     pub trail_dir: Option<PathBuf>,
@@ -268,7 +273,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         OuterArg::Nesterov => OuterOptimizer::Nesterov,
         OuterArg::Avg => OuterOptimizer::Average,
     };
-    let config = RunConfig {
+    let mut config = RunConfig {
         model: model.clone(),
         seed: args.seed,
         workers: args.workers,
@@ -294,6 +299,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         trail_dir: args.trail_dir.clone(),
         device,
+        initial_weights: None,
     };
     let parameters = parameter_count(&model);
     if !args.json {
@@ -314,7 +320,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let diloco_steps = args.workers as u64 * args.inner_steps * args.rounds;
     let baseline_steps = if args.baseline.is_some() { args.inner_steps * args.rounds } else { 0 };
-    let bar = progress_bar(diloco_steps + baseline_steps, args.json);
+    let bar = progress_bar(args.warm_start_steps + diloco_steps + baseline_steps, args.json);
+    if args.warm_start_steps > 0 {
+        bar.set_message("warm start");
+        let weights = trellis_trainer::diloco::warm_start(&config, &dataset, args.warm_start_steps, |event| {
+            report_progress(&bar, args.json, "warm", event)
+        })?;
+        config.initial_weights = Some(weights);
+    }
 
     bar.set_message("diloco");
     let study = Study {
@@ -410,6 +423,7 @@ fn metrics_json(
         "workers": args.workers,
         "inner_steps": args.inner_steps,
         "rounds": args.rounds,
+        "warm_start_steps": args.warm_start_steps,
         "batch_size": args.batch_size,
         "seed": args.seed,
         "threads": args.compute.threads(),

@@ -57,6 +57,30 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
 }
 
 #[test]
+fn a_warm_start_is_shared_by_diloco_and_its_baseline() {
+    let dir = temp_dir("warm");
+    let run = |warm: &str, name: &str| -> serde_json::Value {
+        let out = dir.join(name);
+        let output = trellis(&[
+            "train", "--data", &shakespeare(), "--model", "nano", "--workers", "2", "--inner-steps", "3", "--rounds", "1",
+            "--batch-size", "4", "--baseline", "ddp", "--json", "--warm-start-steps", warm, "--out", out.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let cold = run("0", "cold.safetensors");
+    let warm = run("30", "warm.safetensors");
+    let initial = |m: &serde_json::Value, method: &str| m[method]["initial_validation_loss"].as_f64().unwrap();
+    // Both methods start from the same model: the seed's, or the one pretrained for 30 steps.
+    assert_eq!(initial(&cold, "diloco"), initial(&cold, "ddp"));
+    assert_eq!(initial(&warm, "diloco"), initial(&warm, "ddp"));
+    assert!(initial(&warm, "diloco") < initial(&cold, "diloco") - 0.5, "30 warm-up steps lower the loss: {warm} vs {cold}");
+    assert_eq!(warm["warm_start_steps"], 30);
+    assert_eq!(warm["diloco"]["tokens"], cold["diloco"]["tokens"], "the warm start's tokens are not counted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_inputs_get_clear_errors() {
     let dir = temp_dir("bad");
     let empty = dir.join("empty.txt");

@@ -46,6 +46,9 @@ pub struct RunConfig {
     pub checkpoint_interval: u64,
     pub trail_dir: Option<PathBuf>,
     pub device: Device,
+    /// Weights to start from instead of the seed's initialisation (a warm start shared by DiLoCo
+    /// and its baseline, as the DiLoCo paper starts both from one pretrained model).
+    pub initial_weights: Option<Vec<f32>>,
 }
 
 /// What a checker needs, besides the data, to replay any step of a run: written as `run.json`
@@ -182,7 +185,7 @@ pub fn run_diloco(
         std::fs::write(&path, json).map_err(|source| WorkerError::Io { path, source })?;
     }
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
-    let mut model = Gpt::new(&config.model, config.seed, config.device)?;
+    let mut model = start_model(config)?;
     let mut global = model.flat_weights();
     let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
     let mut outer = OuterStep::new(config.outer, config.outer_learning_rate, config.outer_momentum, global.len());
@@ -262,7 +265,7 @@ pub fn run_diloco(
 pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMut(Progress<'_>)) -> Result<RunReport, WorkerError> {
     let worker_schedule = schedule(config, config.workers);
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
-    let mut model = Gpt::new(&config.model, config.seed, config.device)?;
+    let mut model = start_model(config)?;
     let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
     let mut optimizer = AdamW::new(config.adamw.clone(), model.parameters());
     let parameters = model.numel() as u64;
@@ -309,6 +312,32 @@ pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: im
     }
     let weights = model.flat_weights();
     Ok(finish("ddp".into(), initial_validation_loss, rounds, weights, Vec::new(), compute, Duration::ZERO))
+}
+
+/// The seed-salt of a warm start's batch schedule and initialisation, so that its batches are
+/// not the ones the compared runs draw afterwards.
+pub const WARM_START_SEED_SALT: u64 = 0x5741_524d; // "WARM"
+
+/// A warm start: `steps` steps of data-parallel training (the K workers' batches together, a
+/// warm-up and cosine schedule of its own over `steps`) from the seed's initialisation, on
+/// batches drawn with the seed salted by [`WARM_START_SEED_SALT`]. Returns the weights.
+pub fn warm_start(config: &RunConfig, dataset: &Dataset, steps: u64, progress: impl FnMut(Progress<'_>)) -> Result<Vec<f32>, WorkerError> {
+    let mut warm = config.clone();
+    warm.seed = config.seed ^ WARM_START_SEED_SALT;
+    warm.initial_weights = Some(Gpt::new(&config.model, config.seed, Device::Cpu)?.flat_weights());
+    warm.rounds = 1;
+    warm.inner_steps = steps;
+    warm.adamw.total_steps = steps;
+    warm.adamw.warmup_steps = config.adamw.warmup_steps.min(steps);
+    Ok(run_data_parallel(&warm, dataset, progress)?.final_weights)
+}
+
+fn start_model(config: &RunConfig) -> Result<Gpt, WorkerError> {
+    let mut model = Gpt::new(&config.model, config.seed, config.device)?;
+    if let Some(weights) = &config.initial_weights {
+        model.set_flat_weights(weights);
+    }
+    Ok(model)
 }
 
 fn finish(
