@@ -151,8 +151,13 @@ pub struct TrainArgs {
     /// Start DiLoCo and the baseline from one model pretrained for this many data-parallel
     /// steps (the K workers' batches together, on batches of a salted seed), as the DiLoCo paper
     /// starts from a pretrained model. Its tokens are not counted in the comparison.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "init")]
     pub warm_start_steps: u64,
+    /// Start DiLoCo and the baseline from the weights in this model file (a `--out` of an
+    /// earlier run, or of `trellis model export`) instead of the seed's initialisation; its shape
+    /// must be --model's.
+    #[arg(long, value_name = "MODEL")]
+    pub init: Option<PathBuf>,
     /// Write every worker's checkpoint trail under this directory.
     #[arg(long)]
     pub trail_dir: Option<PathBuf>,
@@ -301,6 +306,19 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         device,
         initial_weights: None,
     };
+    if let Some(path) = &args.init {
+        let start = model_io::load(path, Device::Cpu).with_context(|| "loading the --init model")?;
+        if start.config() != &model {
+            bail!(
+                "--init {} holds a model of another shape than --model {} ({:?} vs {:?})",
+                path.display(),
+                preset.name(),
+                start.config(),
+                model
+            );
+        }
+        config.initial_weights = Some(start.flat_weights());
+    }
     let parameters = parameter_count(&model);
     if !args.json {
         eprintln!(
@@ -424,6 +442,7 @@ fn metrics_json(
         "inner_steps": args.inner_steps,
         "rounds": args.rounds,
         "warm_start_steps": args.warm_start_steps,
+        "init": args.init.as_ref().map(|p| p.display().to_string()),
         "batch_size": args.batch_size,
         "seed": args.seed,
         "threads": args.compute.threads(),

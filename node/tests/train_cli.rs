@@ -57,17 +57,21 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
 }
 
 #[test]
-fn a_warm_start_is_shared_by_diloco_and_its_baseline() {
+fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     let dir = temp_dir("warm");
-    let run = |warm: &str, name: &str| -> serde_json::Value {
+    let run_with = |start: &[&str], name: &str| -> serde_json::Value {
         let out = dir.join(name);
-        let output = trellis(&[
-            "train", "--data", &shakespeare(), "--model", "nano", "--workers", "2", "--inner-steps", "3", "--rounds", "1",
-            "--batch-size", "4", "--baseline", "ddp", "--json", "--warm-start-steps", warm, "--out", out.to_str().unwrap(),
-        ]);
+        let data = shakespeare();
+        let mut args = vec![
+            "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "3", "--rounds", "1",
+            "--batch-size", "4", "--baseline", "ddp", "--json", "--out", out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(start);
+        let output = trellis(&args);
         assert!(output.status.success(), "{}", stderr(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     };
+    let run = |warm: &str, name: &str| run_with(&["--warm-start-steps", warm], name);
     let cold = run("0", "cold.safetensors");
     let warm = run("30", "warm.safetensors");
     let initial = |m: &serde_json::Value, method: &str| m[method]["initial_validation_loss"].as_f64().unwrap();
@@ -77,6 +81,25 @@ fn a_warm_start_is_shared_by_diloco_and_its_baseline() {
     assert!(initial(&warm, "diloco") < initial(&cold, "diloco") - 0.5, "30 warm-up steps lower the loss: {warm} vs {cold}");
     assert_eq!(warm["warm_start_steps"], 30);
     assert_eq!(warm["diloco"]["tokens"], cold["diloco"]["tokens"], "the warm start's tokens are not counted");
+
+    // --init starts both methods from a saved model: here the warm run's result.
+    let saved = dir.join("warm.safetensors");
+    let resumed = run_with(&["--init", saved.to_str().unwrap()], "resumed.safetensors");
+    assert_eq!(initial(&resumed, "diloco"), warm["diloco"]["final_validation_loss"].as_f64().unwrap());
+    assert_eq!(initial(&resumed, "ddp"), initial(&resumed, "diloco"));
+    assert!(resumed["init"].as_str().unwrap().ends_with("warm.safetensors"));
+    let mismatched = trellis(&[
+        "train", "--data", &shakespeare(), "--model", "micro", "--init", saved.to_str().unwrap(), "--out",
+        dir.join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!mismatched.status.success());
+    assert!(stderr(&mismatched).contains("another shape than --model micro"), "{}", stderr(&mismatched));
+    let both = trellis(&[
+        "train", "--data", &shakespeare(), "--init", saved.to_str().unwrap(), "--warm-start-steps", "3", "--out",
+        dir.join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!both.status.success());
+    assert!(stderr(&both).contains("cannot be used with"), "{}", stderr(&both));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -101,6 +124,7 @@ fn bad_inputs_get_clear_errors() {
         (vec!["train", "--data", &data, "--device", "tpu", "--out", out], "unknown device 'tpu'"),
         (vec!["train", "--data", &data, "--threads", "0", "--out", out], "--threads must be at least 1"),
         (vec!["model", "eval", "--model", "/no/such/model", "--data", &data], "model file /no/such/model"),
+        (vec!["train", "--data", &data, "--init", "/no/such/model", "--out", out], "loading the --init model"),
         (vec!["model", "eval", "--model", tiny.to_str().unwrap(), "--data", &data], "not a valid safetensors file"),
     ];
     for (args, expected) in cases {

@@ -133,13 +133,9 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
             let Some(proof) = served(net.fetch_until(BlobKey::new(BlobKind::Data, proof_hash), deadline).await)? else {
                 return Ok(VerdictOutcome::Unavailable);
             };
-            let key = net
-                .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), tokio::time::Instant::now() + jobdata::FETCH_PATIENCE)
-                .await
-                .context("the job's verifying key")?;
-            let key = trellis_zk::ZkVerifyingKey::from_bytes(&key).context("the job's verifying key")?;
+            let verifier = context.verifier(zk.verifying_key).await?;
             net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, proof_hash)])?;
-            Some((zk.clone(), trellis_zk::PreparedVerifier::new(&key), proof))
+            Some((zk.clone(), verifier, proof))
         }
         None => None,
     };

@@ -251,10 +251,7 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
     let residual = carried_residual(context, job, round.round, global.len())?;
     let zk = ZkJob::of(&job.spec)?;
     let proving_key = match &zk {
-        Some(zk) => {
-            let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
-            Some(context.net.fetch_until(BlobKey::new(BlobKind::Data, zk.proving_key), deadline).await.context("fetching the job's proving key")?)
-        }
+        Some(zk) => Some(context.proving_key(zk.proving_key).await?),
         None => None,
     };
     let fetched = started.elapsed();
@@ -269,11 +266,10 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
             // groth16: train in fixed point and prove every segment (a fake-trail miner records
             // checkpoints it never computed next to proofs of the real steps).
             let began = std::time::Instant::now();
-            let proving_key = trellis_zk::ZkProvingKey::from_bytes(key).context("the job's proving key")?;
             let training = ZkTraining {
                 spec,
                 job: zk,
-                proving_key: &proving_key,
+                proving_key: key,
                 dataset: dataset.as_ref(),
                 round: round_number,
                 worker,

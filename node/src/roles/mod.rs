@@ -16,7 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use tch::Device;
+use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
 use trellis_trainer::data::Dataset;
 use trellis_contracts::state::{self, keys, Job, JobStatus, RoundState};
 use trellis_contracts::KvStore;
@@ -46,6 +48,43 @@ pub struct RoleContext {
     started: Mutex<HashSet<String>>,
     nonce_watch: Mutex<NonceWatch>,
     datasets: Mutex<HashMap<Hash, Arc<Dataset>>>,
+    /// groth16 jobs' keys, parsed once (a proving key takes seconds to parse, and a miner
+    /// needs it every round; a checker needs the prepared verifier for every segment).
+    proving_keys: Mutex<HashMap<Hash, Arc<ZkProvingKey>>>,
+    verifiers: Mutex<HashMap<Hash, Arc<PreparedVerifier>>>,
+}
+
+/// How many parsed keys of each kind a node keeps (one per groth16 job it works on).
+const CACHED_KEYS: usize = 4;
+
+/// Looks `hash` up in `cache`, or fetches the blob, builds the value on a blocking thread and
+/// keeps it (forgetting everything once `CACHED_KEYS` are held: keys of finished jobs).
+async fn cached_key<T: Send + Sync + 'static>(
+    net: &BlobNet,
+    cache: &Mutex<HashMap<Hash, Arc<T>>>,
+    hash: Hash,
+    what: &'static str,
+    build: fn(&[u8]) -> Result<T, trellis_zk::ZkError>,
+) -> anyhow::Result<Arc<T>> {
+    if let Some(found) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+        return Ok(found.clone());
+    }
+    let deadline = tokio::time::Instant::now() + crate::jobdata::FETCH_PATIENCE;
+    let bytes = net
+        .fetch_until(crate::blobs::BlobKey::new(crate::blobs::BlobKind::Data, hash), deadline)
+        .await
+        .with_context(|| format!("fetching the job's {what}"))?;
+    let value = tokio::task::spawn_blocking(move || build(&bytes))
+        .await
+        .context("the key parser stopped")?
+        .with_context(|| format!("the job's {what}"))?;
+    let value = Arc::new(value);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= CACHED_KEYS {
+        cache.clear();
+    }
+    cache.insert(hash, value.clone());
+    Ok(value)
 }
 
 #[derive(Default)]
@@ -74,6 +113,8 @@ impl RoleContext {
             started: Mutex::default(),
             nonce_watch: Mutex::default(),
             datasets: Mutex::default(),
+            proving_keys: Mutex::default(),
+            verifiers: Mutex::default(),
         })
     }
 
@@ -129,6 +170,19 @@ impl RoleContext {
         let dataset = Arc::new(dataset);
         self.datasets.lock().unwrap_or_else(|p| p.into_inner()).insert(root, dataset.clone());
         Ok(dataset)
+    }
+
+    /// The parsed proving key of a groth16 job (blob `hash`).
+    pub async fn proving_key(&self, hash: Hash) -> anyhow::Result<Arc<ZkProvingKey>> {
+        cached_key(&self.net, &self.proving_keys, hash, "proving key", ZkProvingKey::from_bytes).await
+    }
+
+    /// The prepared verifier of a groth16 job's verifying key (blob `hash`).
+    pub async fn verifier(&self, hash: Hash) -> anyhow::Result<Arc<PreparedVerifier>> {
+        cached_key(&self.net, &self.verifiers, hash, "verifying key", |bytes| {
+            ZkVerifyingKey::from_bytes(bytes).map(|key| PreparedVerifier::new(&key))
+        })
+        .await
     }
 
     /// Marks `label` started; false if it already was.
