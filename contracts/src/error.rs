@@ -49,6 +49,14 @@ pub enum TxError {
     AlreadyCommitted { miner: Address },
     #[error("invalid work commitment: {0}")]
     InvalidCommitment(String),
+    #[error("the reveal window (until height {deadline}) has passed")]
+    LateReveal { deadline: u64 },
+    #[error("{miner} has no commitment in this round to reveal")]
+    NothingToReveal { miner: Address },
+    #[error("{miner} already revealed its work for this round")]
+    AlreadyRevealed { miner: Address },
+    #[error("the revealed work does not hash to the binding {miner} committed")]
+    RevealMismatch { miner: Address },
     #[error("the verification window (until height {end}) is closed")]
     VerdictWindowClosed { end: u64 },
     #[error("{checker} is not assigned to segment {segment} of {miner}")]

@@ -9,15 +9,16 @@
 //! them in the mempool and, batched, for every block).
 
 use serde::Serialize;
+use trellis_proto::trail::MAX_TRAIL_STEPS;
 use trellis_proto::{
-    Address, Aggregate, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind,
-    Verdict, VerificationMode, WorkCommitment,
+    Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role,
+    SignedTx, TxKind, Verdict, VerificationMode, WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
 use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
-use crate::rounds::{self, expected_checkpoints, expected_tokens};
+use crate::rounds;
 use crate::state::{
     decode_record, keys, read, write, Account, Commit, Job, JobStatus, MinerEntry, Phase, RoundState, Stake, Supply, Unbonding,
     Validator, ValidatorSet, VerdictRecord,
@@ -46,11 +47,22 @@ pub enum Event {
     JobSubmitted { job: JobId, submitter: Address, escrow: u64 },
     JobJoined { job: JobId, miner: Address },
     RoundOpened { job: JobId, round: u32, commit_deadline: u64 },
-    WorkCommitted { job: JobId, round: u32, miner: Address, copied: bool },
+    WorkCommitted { job: JobId, round: u32, miner: Address },
+    RevealsOpened { job: JobId, round: u32, reveal_deadline: u64 },
+    WorkRevealed { job: JobId, round: u32, miner: Address },
     SegmentsSampled { job: JobId, round: u32, assignments: usize },
     VerdictRecorded { job: JobId, round: u32, checker: Address, miner: Address, segment: u32 },
     Escalated { job: JobId, round: u32, segments: usize, verify_end: u64 },
-    RoundTallied { job: JobId, round: u32, accepted: Vec<Address>, poisoners: Vec<Address>, freeloaders: Vec<Address> },
+    /// `unchecked`: revealed work whose sampled segments no checker decided (not paid, not slashed).
+    RoundTallied {
+        job: JobId,
+        round: u32,
+        accepted: Vec<Address>,
+        poisoners: Vec<Address>,
+        withholders: Vec<Address>,
+        freeloaders: Vec<Address>,
+        unchecked: Vec<Address>,
+    },
     /// `job` is the job whose round the slash settles (none for equivocation).
     Slashed {
         who: Address,
@@ -74,7 +86,11 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlashReason {
+    /// A sampled segment was found `Invalid`.
     Poisoner,
+    /// A sampled segment was not served (`Unavailable`).
+    Withheld,
+    /// A commitment was never revealed.
     Freeloader,
     MissedVerdict,
     Equivocation,
@@ -264,6 +280,7 @@ impl Chain {
             TxKind::SubmitJob { spec, escrow } => events.extend(self.submit_job(kv, sender, spec, escrow.0, ctx)?),
             TxKind::JoinJob { job } => events.push(self.join_job(kv, sender, *job)?),
             TxKind::CommitWork(work) => events.push(self.commit_work(kv, sender, work, ctx)?),
+            TxKind::RevealWork(reveal) => events.push(self.reveal_work(kv, sender, reveal, ctx)?),
             TxKind::Verdict(verdict) => events.push(self.record_verdict(kv, sender, verdict, ctx)?),
             TxKind::CommitAggregate(aggregate) => events.extend(self.commit_aggregate(kv, sender, aggregate, ctx)?),
             TxKind::CancelJob { job } => events.extend(self.cancel_job(kv, sender, *job, ctx)?),
@@ -494,24 +511,41 @@ impl Chain {
         if bonded < required {
             return Err(TxError::MinerStakeTooLow { miner, required, bonded });
         }
-        let checkpoints = expected_checkpoints(&job.spec);
-        if work.checkpoints != checkpoints {
-            return Err(TxError::InvalidCommitment(format!(
-                "the trail must have {checkpoints} checkpoints, it has {}",
-                work.checkpoints
-            )));
+        // Equal bindings are allowed: a binding covers its committer's address, so a copied one
+        // can never be revealed, and refusing it would let a front-runner block the original.
+        round.commits.push(Commit { miner, binding: work.binding, height: ctx.height, reveal: None });
+        write(kv, keys::round(job.id, round.round), &round);
+        Ok(Event::WorkCommitted { job: job.id, round: round.round, miner })
+    }
+
+    fn reveal_work<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        miner: Address,
+        reveal: &WorkReveal,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
+        let job = self.load_active_job(kv, reveal.job)?;
+        let mut round = self.load_round(kv, &job, reveal.round)?;
+        if round.phase != Phase::Revealing {
+            return Err(TxError::WrongPhase { job: job.id, round: round.round, phase: round.phase, expected: Phase::Revealing });
         }
-        let tokens = expected_tokens(&job.spec);
-        if work.tokens != 0 && work.tokens != tokens {
-            return Err(TxError::InvalidCommitment(format!("a round trains {tokens} tokens, not {}", work.tokens)));
+        if ctx.height > round.reveal_deadline {
+            return Err(TxError::LateReveal { deadline: round.reveal_deadline });
         }
-        if job.spec.diloco.encoding != DeltaEncoding::Int8 && work.residual_hash != Hash::ZERO {
+        let commit = round.commits.iter_mut().find(|c| c.miner == miner).ok_or(TxError::NothingToReveal { miner })?;
+        if commit.reveal.is_some() {
+            return Err(TxError::AlreadyRevealed { miner });
+        }
+        if reveal.binding(&miner) != commit.binding {
+            return Err(TxError::RevealMismatch { miner });
+        }
+        if job.spec.diloco.encoding != DeltaEncoding::Int8 && reveal.residual_hash != Hash::ZERO {
             return Err(TxError::InvalidCommitment("only int8 work carries an error-feedback residual".into()));
         }
-        let copied = round.commits.iter().any(|c| c.work.delta_hash == work.delta_hash);
-        round.commits.push(Commit { miner, work: work.clone(), height: ctx.height, copied });
+        commit.reveal = Some(reveal.clone());
         write(kv, keys::round(job.id, round.round), &round);
-        Ok(Event::WorkCommitted { job: job.id, round: round.round, miner, copied })
+        Ok(Event::WorkRevealed { job: job.id, round: round.round, miner })
     }
 
     fn record_verdict<S: KvStore + ?Sized>(
@@ -624,11 +658,29 @@ impl Chain {
     }
 }
 
+/// Bounds on a job's hyperparameters (`docs/jobs.md`): outside them a spec is a trap for the
+/// miners that join it (every Δ equal, checks no honest trail passes) or cannot be checked.
+pub mod bounds {
+    /// Smallest and largest inner (AdamW) learning rate.
+    pub const LEARNING_RATE: (f32, f32) = (1e-6, 1.0);
+    /// Largest outer learning rate.
+    pub const MAX_OUTER_LEARNING_RATE: f32 = 10.0;
+    /// Largest gradient-clipping norm.
+    pub const MAX_GRAD_CLIP: f32 = 1e6;
+    /// Largest tolerance-mode distance (relative L2).
+    pub const MAX_TOLERANCE: f32 = 1.0;
+    /// Most centred-clipping iterations.
+    pub const MAX_CLIP_ITERATIONS: u32 = 100;
+    /// Most segments sampled per miner.
+    pub const MAX_SEGMENTS_PER_MINER: u32 = 64;
+}
+
 /// Checks a job spec before any funds move; the message says what to fix.
 pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> {
     let d = &spec.diloco;
     let m = &spec.model;
     let v = &spec.verification;
+    let within = |x: f32, low: f32, high: f32| x.is_finite() && x >= low && x <= high;
     let (groth16_incomplete, groth16_partial_segment) = match &v.mode {
         VerificationMode::Groth16 { model, proving_key, verifying_key } => (
             model.is_empty() || *proving_key == Hash::ZERO || *verifying_key == Hash::ZERO,
@@ -636,30 +688,51 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         ),
         _ => (false, false),
     };
-    let checks: [(bool, &str); 19] = [
-        (spec.name.is_empty(), "name is empty"),
-        (m.vocab_size == 0 || m.width == 0 || m.layers == 0 || m.heads == 0 || m.context_length == 0, "model dimensions must be positive"),
-        (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads"),
-        (d.workers_per_round == 0, "workers_per_round must be positive"),
-        (d.inner_steps == 0, "inner_steps must be positive"),
-        (d.batch_size == 0, "batch_size must be positive"),
-        (d.sequence_length == 0 || d.sequence_length > m.context_length, "sequence_length must be in 1..=context_length"),
-        (d.learning_rate.is_nan() || d.learning_rate <= 0.0, "learning_rate must be positive"),
-        (d.rounds == 0, "rounds must be positive"),
-        (v.checkpoint_interval == 0 || v.checkpoint_interval > d.inner_steps, "checkpoint_interval must be in 1..=inner_steps"),
-        (v.segments_per_miner == 0, "segments_per_miner must be positive"),
-        (spec.reward_per_round.0 == 0, "reward_per_round must be positive"),
-        (spec.min_miner_stake.0 < params.min_miner_stake.0, "min_miner_stake is below the chain minimum"),
-        (spec.commit_blocks == 0, "commit_blocks must be positive"),
-        (spec.verify_blocks == 0, "verify_blocks must be positive"),
-        (spec.dataset_shards < d.workers_per_round, "the dataset needs at least one shard per worker"),
-        (d.outer_learning_rate.is_nan() || d.outer_learning_rate <= 0.0 || !(0.0..1.0).contains(&d.outer_momentum), "outer learning rate must be positive and momentum in [0, 1)"),
-        (groth16_incomplete, "a groth16 job needs its zk model and the hashes of its proving and verifying keys"),
+    let bad_tolerance = match v.mode {
+        VerificationMode::Tolerance { max_distance } => !within(max_distance, 0.0, bounds::MAX_TOLERANCE),
+        _ => false,
+    };
+    let bad_aggregation = match spec.aggregation {
+        AggregationRule::Mean => false,
+        AggregationRule::TrimmedMean { trim } => u64::from(trim) * 2 >= u64::from(d.workers_per_round),
+        AggregationRule::CenteredClip { tau, iterations } => {
+            !(tau.is_finite() && tau > 0.0) || iterations == 0 || iterations > bounds::MAX_CLIP_ITERATIONS
+        }
+    };
+    let (lr_low, lr_high) = bounds::LEARNING_RATE;
+    let checks: Vec<(bool, String)> = vec![
+        (spec.name.is_empty(), "name is empty".into()),
+        (m.vocab_size == 0 || m.width == 0 || m.layers == 0 || m.heads == 0 || m.context_length == 0, "model dimensions must be positive".into()),
+        (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads".into()),
+        (d.workers_per_round == 0, "workers_per_round must be positive".into()),
+        (d.inner_steps == 0 || d.inner_steps > MAX_TRAIL_STEPS, format!("inner_steps must be in 1..={MAX_TRAIL_STEPS}")),
+        (d.batch_size == 0, "batch_size must be positive".into()),
+        (d.sequence_length == 0 || d.sequence_length > m.context_length, "sequence_length must be in 1..=context_length".into()),
+        (!within(d.learning_rate, lr_low, lr_high), format!("learning_rate must be in [{lr_low:e}, {lr_high}]")),
+        (!within(d.beta1, 0.0, 1.0) || d.beta1 == 1.0 || !within(d.beta2, 0.0, 1.0) || d.beta2 == 1.0, "beta1 and beta2 must be in [0, 1)".into()),
+        (!within(d.weight_decay, 0.0, 1.0), "weight_decay must be in [0, 1]".into()),
+        (!within(d.grad_clip, f32::MIN_POSITIVE, bounds::MAX_GRAD_CLIP), format!("grad_clip must be positive and at most {:e}", bounds::MAX_GRAD_CLIP)),
+        (u64::from(d.warmup_steps) > u64::from(d.inner_steps) * u64::from(d.rounds), "warmup_steps must not exceed the job's steps (inner_steps × rounds)".into()),
+        (d.rounds == 0, "rounds must be positive".into()),
+        (v.checkpoint_interval == 0 || v.checkpoint_interval > d.inner_steps, "checkpoint_interval must be in 1..=inner_steps".into()),
+        (v.segments_per_miner == 0 || v.segments_per_miner > bounds::MAX_SEGMENTS_PER_MINER, format!("segments_per_miner must be in 1..={}", bounds::MAX_SEGMENTS_PER_MINER)),
+        (bad_tolerance, format!("tolerance max_distance must be finite and in [0, {}]", bounds::MAX_TOLERANCE)),
+        (bad_aggregation, format!("trimmed-mean needs 2 × trim < workers_per_round; centered-clip needs tau > 0 and 1..={} iterations", bounds::MAX_CLIP_ITERATIONS)),
+        (spec.reward_per_round.0 == 0, "reward_per_round must be positive".into()),
+        (spec.min_miner_stake.0 < params.min_miner_stake.0, "min_miner_stake is below the chain minimum".into()),
+        (spec.commit_blocks == 0, "commit_blocks must be positive".into()),
+        (spec.verify_blocks == 0, "verify_blocks must be positive".into()),
+        (spec.dataset_shards < d.workers_per_round, "the dataset needs at least one shard per worker".into()),
+        (
+            !within(d.outer_learning_rate, f32::MIN_POSITIVE, bounds::MAX_OUTER_LEARNING_RATE) || !(0.0..1.0).contains(&d.outer_momentum),
+            format!("outer learning rate must be in (0, {}] and momentum in [0, 1)", bounds::MAX_OUTER_LEARNING_RATE),
+        ),
+        (groth16_incomplete, "a groth16 job needs its zk model and the hashes of its proving and verifying keys".into()),
         // A proof covers exactly the key's step count, so every segment must be full.
-        (groth16_partial_segment, "a groth16 job needs inner_steps to be a multiple of checkpoint_interval"),
+        (groth16_partial_segment, "a groth16 job needs inner_steps to be a multiple of checkpoint_interval".into()),
     ];
-    match checks.iter().find(|(bad, _)| *bad) {
-        Some((_, reason)) => Err((*reason).to_string()),
+    match checks.into_iter().find(|(bad, _)| *bad) {
+        Some((_, reason)) => Err(reason),
         None => Ok(()),
     }
 }

@@ -24,8 +24,11 @@ pub struct Params {
     pub min_fee: Amount,
     /// Share of a miner's stake slashed for an `Invalid` segment (poisoner), in ppm.
     pub poisoner_slash_ppm: u64,
-    /// Share slashed for `Unavailable`, a copied Δ or a commitment without work (freeloader), in ppm.
+    /// Share slashed for a commitment never revealed (freeloader), in ppm.
     pub freeloader_slash_ppm: u64,
+    /// Share slashed for a sampled segment no holder served (`Unavailable`), in ppm; the miner is
+    /// also ejected. As much as being caught faking, so withholding is never the cheaper way out.
+    pub withhold_slash_ppm: u64,
     /// Share of a validator's stake slashed for each verdict it owed and did not send, in ppm.
     pub missed_verdict_slash_ppm: u64,
     /// Share of a validator's stake slashed for equivocation (then jailed), in ppm.
@@ -38,6 +41,8 @@ pub struct Params {
     pub escalation_committee: u32,
     /// Blocks after tallying within which the aggregate must be committed, or the round lapses.
     pub aggregate_blocks: u64,
+    /// Blocks after a round's commit phase within which committed work must be revealed.
+    pub reveal_blocks: u64,
     /// Most miners in one job.
     pub max_miners_per_job: u32,
 }
@@ -54,12 +59,14 @@ impl Default for Params {
             min_fee: Amount(1),
             poisoner_slash_ppm: 500_000,
             freeloader_slash_ppm: 100_000,
+            withhold_slash_ppm: 500_000,
             missed_verdict_slash_ppm: 10_000,
             equivocation_slash_ppm: 200_000,
             verifier_share_ppm: 100_000,
             checkers_per_segment: 2,
             escalation_committee: 4,
             aggregate_blocks: 20,
+            reveal_blocks: 10,
             max_miners_per_job: 64,
         }
     }

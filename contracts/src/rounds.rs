@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::hash::draw;
 use trellis_proto::{Address, Aggregate, Hash, JobSpec, Role, VerdictOutcome};
+use trellis_protocol::trail;
 
 use crate::error::TxError;
 use crate::exec::{BlockCtx, Chain, Event, SlashReason};
@@ -14,10 +15,15 @@ use crate::state::{keys, read, write, Assignment, Job, JobStatus, Phase, RoundSt
 
 /// Checkpoints in an honest trail: the start, every `c` steps, and the end.
 pub fn expected_checkpoints(spec: &JobSpec) -> u32 {
-    1 + spec.diloco.inner_steps.div_ceil(spec.verification.checkpoint_interval.max(1))
+    trail::checkpoint_count(spec.diloco.inner_steps, spec.verification.checkpoint_interval)
 }
 
-/// Tokens one miner trains in one round.
+/// Segments of every trail of the job: `⌈H/c⌉`.
+pub fn expected_segments(spec: &JobSpec) -> u32 {
+    trail::segment_count(spec.diloco.inner_steps, spec.verification.checkpoint_interval)
+}
+
+/// Tokens one miner trains in one round (what its reward share is proportional to).
 pub fn expected_tokens(spec: &JobSpec) -> u64 {
     spec.diloco.inner_steps as u64 * spec.diloco.batch_size as u64 * spec.diloco.sequence_length as u64
 }
@@ -31,7 +37,8 @@ pub fn new_round(job: &Job, round: u32, height: u64, randomness: &Hash) -> Round
         round,
         opened_at: height,
         commit_deadline,
-        verify_end: commit_deadline + job.spec.verify_blocks as u64,
+        reveal_deadline: 0,
+        verify_end: 0,
         aggregate_deadline: 0,
         phase: Phase::Open,
         escalated: false,
@@ -77,10 +84,17 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     };
     match round.phase {
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
+            round.phase = Phase::Revealing;
+            round.reveal_deadline = ctx.height + chain.params.reveal_blocks;
+            events.push(Event::RevealsOpened { job: job.id, round: round.round, reveal_deadline: round.reveal_deadline });
+            write(kv, keys::round(job.id, round.round), &round);
+        }
+        Phase::Revealing if ctx.height > round.reveal_deadline || round.commits.iter().all(|c| c.reveal.is_some()) => {
             let validators = chain.validator_set(kv)?;
             round.assignments =
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
             round.phase = Phase::Verifying;
+            round.verify_end = ctx.height + job.spec.verify_blocks as u64;
             events.push(Event::SegmentsSampled { job: job.id, round: round.round, assignments: round.assignments.len() });
             write(kv, keys::round(job.id, round.round), &round);
         }
@@ -98,9 +112,8 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
 
 /// Every miner that can work this round has committed: every slot is filled and committed, or,
 /// from the second round on (when the job's miners have had the first round to join), every
-/// miner of the job still in it (not ejected) holds a slot and has committed. Sampling need not
-/// wait for the deadline. (The sampling seed is still the hash of a block no committer
-/// produced.) A miner joining after this works from the next round on.
+/// miner of the job still in it (not ejected) holds a slot and has committed. Reveals need not
+/// wait for the deadline. A miner joining after this works from the next round on.
 fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
     let full = round.workers.len() == job.spec.diloco.workers_per_round as usize;
     let everyone_left = round.round > 0 && job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
@@ -116,10 +129,10 @@ fn all_verdicts_in(round: &RoundState) -> bool {
     })
 }
 
-/// For each committed miner with work, `segments_per_miner` distinct segments (all, if the trail
-/// has fewer), each with `checkers_per_segment` distinct checkers drawn by stake from the
-/// validators other than the miner.
-/// The seed is the hash of the block at the commit deadline, which no miner knew when committing.
+/// For each miner that revealed its work, `segments_per_miner` distinct segments (all, if the
+/// trail has fewer), each with `checkers_per_segment` distinct checkers drawn by stake from the
+/// validators other than the miner. The seed is the hash of a block after the reveals, which no
+/// miner knew when committing or revealing.
 pub fn sample(
     randomness: &Hash,
     job: &Job,
@@ -128,11 +141,11 @@ pub fn sample(
     checkers_per_segment: usize,
 ) -> Vec<Assignment> {
     let seed = [randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes()].concat();
-    let mut commits: Vec<_> = round.commits.iter().filter(|c| !c.copied && c.work.tokens > 0).collect();
+    let mut commits: Vec<_> = round.commits.iter().filter(|c| c.reveal.is_some()).collect();
     commits.sort_by_key(|c| c.miner);
+    let segments = expected_segments(&job.spec).max(1);
     let mut assignments = Vec::new();
     for (index, commit) in commits.iter().enumerate() {
-        let segments = commit.work.checkpoints.saturating_sub(1);
         let wanted = job.spec.verification.segments_per_miner.min(segments);
         let mut chosen = BTreeSet::new();
         let mut attempt = 0u64;
@@ -181,12 +194,44 @@ fn pick_checkers(
     picked
 }
 
-fn outcome_kind(outcome: &VerdictOutcome) -> u8 {
-    match outcome {
-        VerdictOutcome::Valid => 0,
-        VerdictOutcome::Unavailable => 1,
-        VerdictOutcome::Invalid(_) => 2,
+/// What a segment's verdicts decide, by stake-weighted plurality. An abstain decides nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Finding {
+    // Declared in the order ties are broken: the outcome that punishes least wins a tie.
+    Valid,
+    JobFault,
+    Unavailable,
+    Invalid,
+}
+
+impl Finding {
+    const ALL: [Finding; 4] = [Finding::Valid, Finding::JobFault, Finding::Unavailable, Finding::Invalid];
+
+    fn of(outcome: &VerdictOutcome) -> Option<Finding> {
+        match outcome {
+            VerdictOutcome::Valid => Some(Finding::Valid),
+            VerdictOutcome::Invalid(_) => Some(Finding::Invalid),
+            VerdictOutcome::Unavailable => Some(Finding::Unavailable),
+            VerdictOutcome::JobFault { .. } => Some(Finding::JobFault),
+            VerdictOutcome::Abstain => None,
+        }
     }
+}
+
+/// The finding of one segment from its verdicts `(checker power, finding)`: `None` when no
+/// verdict decided anything (every checker abstained or was silent: the segment is unchecked,
+/// never approved).
+fn segment_finding(verdicts: &[(u64, Option<Finding>)]) -> Option<Finding> {
+    let mut weight = [0u64; 4];
+    let mut any = false;
+    for (power, finding) in verdicts {
+        if let Some(finding) = finding {
+            weight[*finding as usize] = weight[*finding as usize].saturating_add(*power);
+            any = true;
+        }
+    }
+    // Highest weight; on a tie the earlier (more lenient) finding.
+    any.then(|| Finding::ALL.into_iter().rev().max_by_key(|f| weight[*f as usize]).unwrap_or(Finding::Valid))
 }
 
 /// Removes `miner` from the job's future rounds.
@@ -208,19 +253,23 @@ fn tally<S: KvStore + ?Sized>(
 ) -> Result<(), TxError> {
     let validators = chain.validator_set(kv)?;
     let power = |a: &Address| validators.validators.iter().find(|v| &v.address == a).map_or(1, |v| v.power.max(1));
-    let verdicts_for = |a: &Assignment| -> Vec<(Address, u8)> {
+    let verdicts_for = |a: &Assignment| -> Vec<(Address, Option<Finding>)> {
         round
             .verdicts
             .iter()
             .filter(|v| v.miner == a.miner && v.segment == a.segment && a.checkers.contains(&v.checker))
-            .map(|v| (v.checker, outcome_kind(&v.outcome)))
+            .map(|v| (v.checker, Finding::of(&v.outcome)))
             .collect()
     };
 
-    // Disagreement escalates once, to a larger committee with a fresh window.
+    // A disagreement, or no decisive verdict at all, escalates once: two more checkers and a
+    // fresh window.
     if !round.escalated {
         let disputed: Vec<usize> = (0..round.assignments.len())
-            .filter(|&i| verdicts_for(&round.assignments[i]).iter().map(|(_, k)| *k).collect::<BTreeSet<_>>().len() > 1)
+            .filter(|&i| {
+                let findings: BTreeSet<Finding> = verdicts_for(&round.assignments[i]).iter().filter_map(|(_, f)| *f).collect();
+                findings.len() != 1
+            })
             .collect();
         if !disputed.is_empty() {
             let seed = [ctx.randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), b"escalate"].concat();
@@ -239,41 +288,53 @@ fn tally<S: KvStore + ?Sized>(
         }
     }
 
-    // Outcome of each segment: the stake-weighted plurality of its verdicts; ties and silence
-    // favour the miner (Valid over Unavailable over Invalid).
-    let mut miner_kinds: BTreeMap<Address, BTreeSet<u8>> = BTreeMap::new();
+    // The finding of each segment, and who agreed with it or owed a verdict and sent none.
+    let mut miner_findings: BTreeMap<Address, BTreeSet<Option<Finding>>> = BTreeMap::new();
     let mut matched = Vec::new();
     let mut missed = Vec::new();
     for assignment in &round.assignments {
         let verdicts = verdicts_for(assignment);
-        let mut weight = [0u64; 3];
-        for (checker, kind) in &verdicts {
-            weight[*kind as usize] += power(checker);
-        }
-        let outcome = (0..3u8).max_by(|a, b| weight[*a as usize].cmp(&weight[*b as usize]).then(b.cmp(a))).unwrap_or(0);
-        let outcome = if verdicts.is_empty() { 0 } else { outcome };
-        miner_kinds.entry(assignment.miner).or_default().insert(outcome);
-        for (checker, kind) in &verdicts {
-            if *kind == outcome {
-                matched.push(*checker);
-            }
-        }
-        for checker in &assignment.checkers {
-            if !verdicts.iter().any(|(c, _)| c == checker) {
-                missed.push(*checker);
-            }
-        }
+        let weighted: Vec<(u64, Option<Finding>)> = verdicts.iter().map(|(checker, f)| (power(checker), *f)).collect();
+        let finding = segment_finding(&weighted);
+        miner_findings.entry(assignment.miner).or_default().insert(finding);
+        matched.extend(verdicts.iter().filter(|(_, f)| f.is_some() && *f == finding).map(|(checker, _)| *checker));
+        missed.extend(assignment.checkers.iter().filter(|checker| !verdicts.iter().any(|(c, _)| c == *checker)).copied());
+    }
+
+    // The job itself cannot be checked: void it. Nobody is paid or slashed for the round.
+    if miner_findings.values().any(|f| f.contains(&Some(Finding::JobFault))) {
+        round.phase = Phase::Settled;
+        write(kv, keys::round(job.id, round.round), &round);
+        events.push(Event::RoundTallied {
+            job: job.id,
+            round: round.round,
+            accepted: Vec::new(),
+            poisoners: Vec::new(),
+            withholders: Vec::new(),
+            freeloaders: Vec::new(),
+            unchecked: Vec::new(),
+        });
+        events.extend(end_job(chain, kv, job, JobStatus::Voided)?);
+        return Ok(());
     }
 
     let mut accepted = Vec::new();
     let mut poisoners = Vec::new();
+    let mut withholders = Vec::new();
     let mut freeloaders = Vec::new();
+    let mut unchecked = Vec::new();
     for commit in &round.commits {
-        let kinds = miner_kinds.get(&commit.miner);
-        if kinds.is_some_and(|k| k.contains(&2)) {
-            poisoners.push(commit.miner);
-        } else if commit.copied || commit.work.tokens == 0 || kinds.is_some_and(|k| k.contains(&1)) {
+        let findings = miner_findings.get(&commit.miner);
+        let has = |finding| findings.is_some_and(|f| f.contains(&finding));
+        if commit.reveal.is_none() {
             freeloaders.push(commit.miner);
+        } else if has(Some(Finding::Invalid)) {
+            poisoners.push(commit.miner);
+        } else if has(Some(Finding::Unavailable)) {
+            withholders.push(commit.miner);
+        } else if findings.is_none() || has(None) {
+            // Revealed but not (fully) checked: not paid, not punished.
+            unchecked.push(commit.miner);
         } else {
             accepted.push(commit.miner);
         }
@@ -281,30 +342,38 @@ fn tally<S: KvStore + ?Sized>(
     accepted.sort();
 
     let mut pool = 0u64;
-    for miner in &poisoners {
-        let amount = chain.slash(kv, miner, Role::Miner, chain.params.poisoner_slash_ppm)?;
-        pool += amount;
-        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Poisoner, job: Some(job.id) });
-        eject(&mut job, events, *miner);
-    }
-    for miner in &freeloaders {
-        let amount = chain.slash(kv, miner, Role::Miner, chain.params.freeloader_slash_ppm)?;
-        pool += amount;
-        events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason: SlashReason::Freeloader, job: Some(job.id) });
-        // A copied Δ cannot happen honestly (no two slots draw the same batches), unlike a blob
-        // lost in transit: the copier is ejected as well as slashed.
-        if round.commits.iter().any(|c| &c.miner == miner && c.copied) {
-            eject(&mut job, events, *miner);
+    let params = &chain.params;
+    let punished = [
+        (&poisoners, params.poisoner_slash_ppm, SlashReason::Poisoner, true),
+        (&withholders, params.withhold_slash_ppm, SlashReason::Withheld, true),
+        (&freeloaders, params.freeloader_slash_ppm, SlashReason::Freeloader, false),
+    ];
+    for (miners, ppm, reason, ejected) in punished {
+        for miner in miners {
+            let amount = chain.slash(kv, miner, Role::Miner, ppm)?;
+            pool = pool.checked_add(amount).ok_or(TxError::Overflow)?;
+            events.push(Event::Slashed { who: *miner, role: Role::Miner, amount, reason, job: Some(job.id) });
+            if ejected {
+                eject(&mut job, events, *miner);
+            }
         }
     }
     for checker in &missed {
-        let amount = chain.slash(kv, checker, Role::Validator, chain.params.missed_verdict_slash_ppm)?;
-        pool += amount;
+        let amount = chain.slash(kv, checker, Role::Validator, params.missed_verdict_slash_ppm)?;
+        pool = pool.checked_add(amount).ok_or(TxError::Overflow)?;
         events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason: SlashReason::MissedVerdict, job: Some(job.id) });
     }
     // Slashed stake is burned: nobody, accuser or job, profits from a slash.
     chain.burn(kv, pool)?;
-    events.push(Event::RoundTallied { job: job.id, round: round.round, accepted: accepted.clone(), poisoners, freeloaders });
+    events.push(Event::RoundTallied {
+        job: job.id,
+        round: round.round,
+        accepted: accepted.clone(),
+        poisoners,
+        withholders,
+        freeloaders,
+        unchecked,
+    });
 
     round.accepted = accepted;
     matched.sort();
@@ -337,13 +406,9 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
     let payout = job.spec.reward_per_round.0.min(job.escrow);
     let verifier_pool = if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
     let miner_pool = payout - verifier_pool;
-    let tokens: BTreeMap<Address, u64> = round
-        .commits
-        .iter()
-        .filter(|c| round.accepted.contains(&c.miner))
-        .map(|c| (c.miner, c.work.tokens))
-        .collect();
-    let total_tokens: u64 = tokens.values().sum();
+    // Every accepted miner trained the round's fixed token count: equal shares.
+    let tokens: BTreeMap<Address, u64> = round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
+    let total_tokens = tokens.values().fold(0u64, |sum, t| sum.saturating_add(*t));
     let mut paid = 0u64;
     for (miner, miner_tokens) in &tokens {
         let amount = ((miner_pool as u128 * *miner_tokens as u128) / total_tokens.max(1) as u128) as u64;

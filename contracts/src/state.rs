@@ -6,8 +6,7 @@
 use serde::Serialize;
 use trellis_proto::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
 use trellis_proto::{
-    canonical_struct, canonical_tag_enum, Address, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome,
-    WorkCommitment,
+    canonical_struct, canonical_tag_enum, Address, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome, WorkReveal,
 };
 
 use crate::kv::KvStore;
@@ -119,8 +118,11 @@ pub enum JobStatus {
     Finished,
     /// Cancelled by the submitter.
     Cancelled,
+    /// Checkers found the job itself unusable (its dataset, model, keys or spec): the escrow went
+    /// back to the submitter and nobody was paid or slashed for the round.
+    Voided,
 }
-canonical_tag_enum!(JobStatus, "job status" { Active = 1, Finished = 2, Cancelled = 3 });
+canonical_tag_enum!(JobStatus, "job status" { Active = 1, Finished = 2, Cancelled = 3, Voided = 4 });
 
 /// A miner that joined a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -191,6 +193,8 @@ impl Decode for Job {
 pub enum Phase {
     /// Accepting `CommitWork` up to the commit deadline.
     Open,
+    /// Commit phase over; accepting `RevealWork` up to the reveal deadline.
+    Revealing,
     /// Segments sampled; accepting verdicts up to the end of the window.
     Verifying,
     /// Tallied; waiting for `CommitAggregate`.
@@ -200,18 +204,19 @@ pub enum Phase {
     /// The aggregate never came: nothing paid, the model unchanged.
     Lapsed,
 }
-canonical_tag_enum!(Phase, "round phase" { Open = 1, Verifying = 2, AwaitingAggregate = 3, Settled = 4, Lapsed = 5 });
+canonical_tag_enum!(Phase, "round phase" { Open = 1, Verifying = 2, AwaitingAggregate = 3, Settled = 4, Lapsed = 5, Revealing = 6 });
 
-/// A miner's commitment as recorded.
+/// A miner's commitment as recorded, and its work once revealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Commit {
     pub miner: Address,
-    pub work: WorkCommitment,
+    /// `WorkReveal::binding` of the work the miner will reveal, with its address.
+    pub binding: Hash,
     pub height: u64,
-    /// Its Δ hash equals an earlier commitment's in this round.
-    pub copied: bool,
+    /// The revealed work (after the commit phase), checked against `binding`.
+    pub reveal: Option<WorkReveal>,
 }
-canonical_struct!(Commit { miner, work, height, copied });
+canonical_struct!(Commit { miner, binding, height, reveal });
 
 /// A sampled segment and who must check it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -257,6 +262,8 @@ pub struct RoundState {
     pub opened_at: u64,
     /// Last height at which `CommitWork` is accepted.
     pub commit_deadline: u64,
+    /// Last height at which `RevealWork` is accepted (set when the commit phase ends).
+    pub reveal_deadline: u64,
     /// Last height at which verdicts are accepted (moves on escalation).
     pub verify_end: u64,
     /// Last height for `CommitAggregate` (set at tally).
@@ -282,6 +289,7 @@ impl Encode for RoundState {
         self.round.encode_to(out);
         self.opened_at.encode_to(out);
         self.commit_deadline.encode_to(out);
+        self.reveal_deadline.encode_to(out);
         self.verify_end.encode_to(out);
         self.aggregate_deadline.encode_to(out);
         self.phase.encode_to(out);
@@ -302,12 +310,13 @@ impl Decode for RoundState {
             round: Decode::decode_from(reader)?,
             opened_at: Decode::decode_from(reader)?,
             commit_deadline: Decode::decode_from(reader)?,
+            reveal_deadline: Decode::decode_from(reader)?,
             verify_end: Decode::decode_from(reader)?,
             aggregate_deadline: Decode::decode_from(reader)?,
             phase: Decode::decode_from(reader)?,
             escalated: Decode::decode_from(reader)?,
             workers: decode_seq(reader, "workers", MAX_RECORD_LIST, 20)?,
-            commits: decode_seq(reader, "commits", MAX_RECORD_LIST, 100)?,
+            commits: decode_seq(reader, "commits", MAX_RECORD_LIST, 61)?,
             assignments: decode_seq(reader, "assignments", MAX_RECORD_LIST, 28)?,
             verdicts: decode_seq(reader, "verdicts", MAX_RECORD_LIST, 45)?,
             accepted: decode_seq(reader, "accepted", MAX_RECORD_LIST, 20)?,

@@ -19,9 +19,13 @@ enum Action {
     Unbond { who: usize, miner: bool, amount: u64 },
     Submit { escrow: u64 },
     Join { miner: usize, job: u64 },
+    /// Commits (a copy of `copy_of`'s binding, when set).
     Commit { miner: usize, job: u64, copy_of: Option<usize> },
-    /// Every assigned checker answers with outcome `pick % 4` (3 = stays silent), varied by miner.
-    Verdicts { job: u64, pick: u8 },
+    /// Reveals its work (or another miner's, which cannot match its binding).
+    Reveal { miner: usize, job: u64, other: Option<usize> },
+    /// Every assigned checker answers with outcome `pick % 6` (5 = stays silent), varied by miner;
+    /// a job fault (which voids the job) only when `void` is set, else `Valid` instead.
+    Verdicts { job: u64, pick: u8, void: bool },
     Aggregate { job: u64 },
     Cancel { job: u64 },
     Blocks(u64),
@@ -35,7 +39,8 @@ fn action() -> impl Strategy<Value = Action> {
         (0..40_000u64).prop_map(|escrow| Action::Submit { escrow }),
         (0..4usize, 0..3u64).prop_map(|(miner, job)| Action::Join { miner, job }),
         (0..4usize, 0..3u64, proptest::option::of(0..4usize)).prop_map(|(miner, job, copy_of)| Action::Commit { miner, job, copy_of }),
-        (0..3u64, any::<u8>()).prop_map(|(job, pick)| Action::Verdicts { job, pick }),
+        (0..4usize, 0..3u64, proptest::option::weighted(0.2, 0..4usize)).prop_map(|(miner, job, other)| Action::Reveal { miner, job, other }),
+        (0..3u64, any::<u8>(), any::<bool>()).prop_map(|(job, pick, void)| Action::Verdicts { job, pick, void }),
         (0..3u64).prop_map(|job| Action::Aggregate { job }),
         (0..3u64).prop_map(|job| Action::Cancel { job }),
         (1..8u64).prop_map(Action::Blocks),
@@ -78,20 +83,23 @@ fn run(actions: Vec<Action>) -> World {
             Action::Join { miner, job } => Some((4 + miner, TxKind::JoinJob { job: JobId(job) })),
             Action::Commit { miner, job, copy_of } => {
                 let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap().map_or(0, |j| j.current_round);
-                let mut work = w.work(job, round, miner);
-                if let Some(other) = copy_of {
-                    work.delta_hash = w.work(job, round, other).delta_hash;
-                }
-                Some((4 + miner, TxKind::CommitWork(work)))
+                Some((4 + miner, TxKind::CommitWork(w.commitment(job, round, copy_of.unwrap_or(miner)))))
             }
-            Action::Verdicts { job, pick } => {
+            Action::Reveal { miner, job, other } => {
+                let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap().map_or(0, |j| j.current_round);
+                Some((4 + miner, TxKind::RevealWork(w.work(job, round, other.unwrap_or(miner)))))
+            }
+            Action::Verdicts { job, pick, void } => {
                 if let Some(j) = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap() {
                     let round = w.round(job, j.current_round);
                     if round.phase == Phase::Verifying {
-                        w.verdicts(job, j.current_round, |miner, segment, _| match (pick as u32 + miner.0[0] as u32 + segment) % 4 {
+                        w.verdicts(job, j.current_round, |miner, segment, _| match (pick as u32 + miner.0[0] as u32 + segment) % 6 {
                             0 => Some(VerdictOutcome::Valid),
                             1 => Some(VerdictOutcome::Unavailable),
                             2 => Some(invalid()),
+                            3 => Some(VerdictOutcome::Abstain),
+                            4 if void => Some(VerdictOutcome::JobFault { reason: JobFaultReason::DatasetUnavailable }),
+                            4 => Some(VerdictOutcome::Valid),
                             _ => None,
                         });
                     }
@@ -173,10 +181,15 @@ fn a_long_busy_history_keeps_the_invariants() {
             script.push(Action::Commit { miner, job: 1, copy_of: None });
         }
         script.push(Action::Blocks(6));
-        script.push(Action::Verdicts { job: 0, pick: round });
-        script.push(Action::Verdicts { job: 1, pick: 0 });
+        for miner in 0..4 {
+            script.push(Action::Reveal { miner, job: 0, other: None });
+            script.push(Action::Reveal { miner, job: 1, other: None });
+        }
+        script.push(Action::Blocks(2));
+        script.push(Action::Verdicts { job: 0, pick: round, void: false });
+        script.push(Action::Verdicts { job: 1, pick: 0, void: round == 2 });
         script.push(Action::Blocks(6));
-        script.push(Action::Verdicts { job: 0, pick: round + 1 });
+        script.push(Action::Verdicts { job: 0, pick: round + 1, void: false });
         script.push(Action::Blocks(6));
         script.push(Action::Aggregate { job: 0 });
         script.push(Action::Aggregate { job: 1 });
@@ -189,4 +202,5 @@ fn a_long_busy_history_keeps_the_invariants() {
     assert!(count(&|e| matches!(e, Event::AggregateCommitted { .. })) >= 2, "rounds were settled");
     assert!(count(&|e| matches!(e, Event::Slashed { .. })) >= 1, "someone was slashed");
     assert!(count(&|e| matches!(e, Event::Rewarded { .. })) >= 1, "someone was paid");
+    assert!(count(&|e| matches!(e, Event::WorkRevealed { .. })) >= 6, "work was revealed");
 }

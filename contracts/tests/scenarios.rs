@@ -8,17 +8,6 @@ use trellis_contracts::state::{JobStatus, Phase};
 use trellis_contracts::{Event, Params, SlashReason, TxError};
 use trellis_proto::*;
 
-fn slashed(world: &World, who: &Address) -> Vec<(u64, SlashReason)> {
-    world
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Slashed { who: w, amount, reason, .. } if w == who => Some((*amount, *reason)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn honest_miners_are_paid_by_tokens_and_checkers_by_agreement() {
     let mut w = World::new(4, 3, params());
@@ -80,44 +69,6 @@ fn a_poisoner_is_slashed_and_ejected_while_the_others_are_paid() {
     assert!(w.job(job).miners.iter().any(|m| m.address == poisoner && m.ejected));
     w.aggregate(job, 0).unwrap();
     assert!(matches!(w.commit(job, 1, 1), Err(TxError::Ejected { .. })));
-    w.supply_holds();
-}
-
-#[test]
-fn a_freeloader_that_withholds_blobs_is_slashed_less() {
-    let mut w = World::new(4, 3, params());
-    let job = w.submit_and_join(30_000);
-    for i in 0..3 {
-        w.commit(job, 0, i).unwrap();
-    }
-    w.past_commit_deadline(job, 0);
-    let freeloader = w.miners[2].address();
-    w.verdicts(job, 0, |miner, _, _| Some(if *miner == freeloader { VerdictOutcome::Unavailable } else { VerdictOutcome::Valid }));
-    w.past_verify_end(job, 0);
-    assert_eq!(slashed(&w, &freeloader), vec![(500, SlashReason::Freeloader)], "10% of 5,000");
-    assert!(!w.round(job, 0).accepted.contains(&freeloader));
-    assert!(!w.job(job).miners.iter().any(|m| m.ejected), "freeloaders are not ejected");
-    w.supply_holds();
-}
-
-#[test]
-fn a_copied_delta_is_caught_and_never_sampled() {
-    let mut w = World::new(4, 3, params());
-    let job = w.submit_and_join(30_000);
-    w.commit(job, 0, 0).unwrap();
-    let mut copy = w.work(job, 0, 0);
-    copy.trail_root = Hash([77; 32]);
-    let copier = Keypair::from_seed(w.miners[2].seed());
-    let events = w.send(&copier, TxKind::CommitWork(copy)).unwrap();
-    assert!(events.iter().any(|e| matches!(e, Event::WorkCommitted { copied: true, .. })));
-    w.past_commit_deadline(job, 0);
-    assert!(w.round(job, 0).assignments.iter().all(|a| a.miner != copier.address()));
-    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
-    w.past_verify_end(job, 0);
-    assert_eq!(slashed(&w, &copier.address()), vec![(500, SlashReason::Freeloader)]);
-    assert_eq!(w.round(job, 0).accepted, vec![w.miners[0].address()]);
-    let ejected: Vec<_> = w.job(job).miners.iter().filter(|m| m.ejected).map(|m| m.address).collect();
-    assert_eq!(ejected, vec![copier.address()], "a copier is ejected (a copy cannot happen honestly)");
     w.supply_holds();
 }
 
@@ -317,21 +268,15 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     assert!(matches!(w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(999_999) }), Err(TxError::InsufficientBond { .. })));
     // Unknown job, for every job transaction.
     assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(99) }), Err(TxError::UnknownJob(JobId(99)))));
-    let mut work = w.work(99, 0, 0);
-    assert!(matches!(w.send(&miner, TxKind::CommitWork(work.clone())), Err(TxError::UnknownJob(_))));
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(w.commitment(99, 0, 0))), Err(TxError::UnknownJob(_))));
+    assert!(matches!(w.send(&miner, TxKind::RevealWork(w.work(99, 0, 0))), Err(TxError::UnknownJob(_))));
     assert!(matches!(w.send(&miner, TxKind::CancelJob { job: JobId(99) }), Err(TxError::UnknownJob(_))));
     // Already joined; not joined.
     assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(job) }), Err(TxError::AlreadyJoined { .. })));
-    assert!(matches!(w.send(&newcomer_key, TxKind::CommitWork(w.work(job, 0, 0))), Err(TxError::NotJoined { .. })));
-    // Bad commitments: wrong round, wrong trail length, wrong tokens.
-    work = w.work(job, 1, 0);
-    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::WrongRound { .. })));
-    let mut work = w.work(job, 0, 0);
-    work.checkpoints = 3;
-    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::InvalidCommitment(_))));
-    let mut work = w.work(job, 0, 0);
-    work.tokens = 1;
-    assert!(matches!(w.send(&miner, TxKind::CommitWork(work)), Err(TxError::InvalidCommitment(_))));
+    assert!(matches!(w.send(&newcomer_key, TxKind::CommitWork(w.commitment(job, 0, 0))), Err(TxError::NotJoined { .. })));
+    // Bad commitments and reveals: wrong round; a reveal while the round is open.
+    assert!(matches!(w.send(&miner, TxKind::CommitWork(w.commitment(job, 1, 0))), Err(TxError::WrongRound { .. })));
+    assert!(matches!(w.send(&miner, TxKind::RevealWork(w.work(job, 0, 0))), Err(TxError::WrongPhase { .. })));
     // A bad job spec and too little escrow.
     let mut spec = w.spec();
     spec.model.heads = 5;
@@ -348,8 +293,14 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     assert_ne!(trellis_contracts::state_root(&w.kv), root);
 
     w.commit(job, 0, 0).unwrap();
-    w.commit(job, 0, 1).unwrap();
-    w.past_commit_deadline(job, 0);
+    w.to_reveals(job, 0);
+    // A reveal without a commitment, not matching the binding, twice.
+    let other = Keypair::from_seed(w.miners[1].seed());
+    assert_eq!(w.send(&other, TxKind::RevealWork(w.work(job, 0, 1))), Err(TxError::NothingToReveal { miner: other.address() }));
+    assert_eq!(w.send(&miner, TxKind::RevealWork(w.work(job, 0, 1))), Err(TxError::RevealMismatch { miner: miner.address() }));
+    w.reveal(job, 0, 0).unwrap();
+    assert_eq!(w.reveal(job, 0, 0), Err(TxError::AlreadyRevealed { miner: miner.address() }));
+    w.next_block();
     let a = w.round(job, 0).assignments[0].clone();
     let outsider = w.validators.iter().find(|k| !a.checkers.contains(&k.address())).map(|k| Keypair::from_seed(k.seed())).unwrap();
     let verdict = Verdict { job: JobId(job), round: 0, miner: a.miner, segment: a.segment, outcome: VerdictOutcome::Valid };
@@ -391,11 +342,17 @@ fn rounds_have_fixed_worker_slots_and_close_early_once_everyone_is_in() {
     let joined: Vec<Address> = w.miners.iter().map(|k| k.address()).collect();
     assert_eq!(round.workers, joined[..3].to_vec(), "slots fill in join order");
     assert!(matches!(w.commit(job, 0, 3), Err(TxError::NotAWorker { .. })));
-    // All three workers in: sampling happens at the next block, long before the deadline.
+    // All three workers in: reveals open at the next block, long before the deadline, and
+    // sampling follows as soon as all three revealed.
     for i in 0..3 {
         w.commit(job, 0, i).unwrap();
     }
     let deadline = w.round(job, 0).commit_deadline;
+    w.next_block();
+    assert_eq!(w.round(job, 0).phase, Phase::Revealing);
+    for i in 0..3 {
+        w.reveal(job, 0, i).unwrap();
+    }
     w.next_block();
     assert!(w.height <= deadline);
     assert_eq!(w.round(job, 0).phase, Phase::Verifying);
@@ -437,7 +394,7 @@ fn a_round_with_free_slots_closes_early_once_every_miner_left_has_committed() {
     let deadline = w.round(job, 1).commit_deadline;
     w.next_block();
     assert!(w.height <= deadline);
-    assert_eq!(w.round(job, 1).phase, Phase::Verifying, "both miners of the job committed: no one else can");
+    assert_eq!(w.round(job, 1).phase, Phase::Revealing, "both miners of the job committed: no one else can");
     w.supply_holds();
 }
 
@@ -460,3 +417,4 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
         assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("zk model"));
     }
 }
+

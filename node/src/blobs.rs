@@ -3,8 +3,8 @@
 //!
 //! A blob's address is a [`BlobKey`]: a kind and a hash. The kind says how the hash is computed,
 //! because the protocol hashes different things in different domains (a checkpoint under the
-//! checkpoint domain, a shard as a Merkle leaf, a dataset or trail by the Merkle root over the
-//! hashes it lists). [`VerifyBlob::verify`] is the one place that checks bytes against an address,
+//! checkpoint domain, a shard as a Merkle leaf, a dataset by the Merkle root over its shards, a
+//! trail by the hash of its whole bytes in the trail domain). [`VerifyBlob::verify`] is the one place that checks bytes against an address,
 //! used on every blob received from the network and before every write.
 //!
 //! Blobs that belong to one round of one job (checkpoints, trails, deltas) are tagged with the
@@ -19,8 +19,8 @@ use thiserror::Error;
 use trellis_proto::hash::Hash;
 use trellis_proto::merkle::{leaf_hash, MerkleTree};
 use trellis_proto::JobId;
+use trellis_proto::Trail;
 use trellis_trainer::checkpoint::checkpoint_hash;
-use trellis_trainer::worker::Trail;
 
 /// Largest blob stored or fetched (a 124M-parameter checkpoint with AdamW moments is ~1.5 GB).
 pub const MAX_BLOB_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -41,7 +41,8 @@ impl VerifyBlob for BlobKey {
             BlobKind::Data => data_hash(bytes) == self.hash,
             BlobKind::Shard => leaf_hash(bytes) == self.hash,
             BlobKind::Dataset => DatasetManifest::parse(bytes).is_ok_and(|m| m.root() == self.hash),
-            BlobKind::Trail => serde_json::from_slice::<Trail>(bytes).is_ok_and(|t| !t.checkpoints.is_empty() && t.root() == self.hash),
+            // Every byte counts: a miner answers for exactly the trail it revealed, decodable or not.
+            BlobKind::Trail => Trail::hash_bytes(bytes) == self.hash,
         }
     }
 }
@@ -164,6 +165,26 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Checks the file at `path` against `key` and moves it into the store (copying when the
+    /// store is on another file system); the file is gone afterwards either way.
+    pub fn put_file(&self, key: &BlobKey, path: &Path) -> Result<(), BlobError> {
+        let io = |source| BlobError::Io { path: path.to_path_buf(), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_BLOB_BYTES {
+            return Err(BlobError::TooLarge { key: *key, size, max: MAX_BLOB_BYTES });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        if !key.verify(&bytes) {
+            return Err(BlobError::Mismatch(*key));
+        }
+        let destination = self.path(key);
+        if destination.is_file() || std::fs::rename(path, &destination).is_err() {
+            self.put(key, &bytes)?;
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
     /// Stores opaque bytes and returns their key.
     pub fn put_data(&self, bytes: &[u8]) -> Result<BlobKey, BlobError> {
         let key = BlobKey::data(bytes);
@@ -221,6 +242,19 @@ mod tests {
         let wrong = BlobKey::new(BlobKind::Checkpoint, key.hash);
         assert!(matches!(store.put(&wrong, b"weights"), Err(BlobError::Mismatch(_))));
         assert!(matches!(store.get(&wrong), Err(BlobError::Missing(_))));
+    }
+
+    #[test]
+    fn files_move_into_the_store_only_when_they_match_their_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, b"a delta").unwrap();
+        assert!(matches!(store.put_file(&BlobKey::data(b"another"), &staged), Err(BlobError::Mismatch(_))));
+        let key = BlobKey::data(b"a delta");
+        store.put_file(&key, &staged).unwrap();
+        assert_eq!(store.get(&key).unwrap(), b"a delta");
+        assert!(!staged.exists());
     }
 
     #[test]

@@ -6,13 +6,20 @@
 //! against the manifest as it arrives; a peer that serves a bad chunk, times out or does not hold
 //! the blob is skipped and the chunk asked of the next peer. The assembled blob is checked
 //! against its address ([`VerifyBlob::verify`]) before it is stored, so a lying peer can waste a
-//! fetch but never plant a blob. Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent
-//! fetches, concurrent streams per connection, and a timeout per request.
+//! fetch but never plant a blob.
+//!
+//! Every failure moves on to the next holder — a manifest over the size limit, a wrong chunk
+//! count, bytes that do not match the address — and a fetch gives up only when no peer is left.
+//! A peer caught lying (an oversized or inconsistent manifest, chunks that do not match its own
+//! manifest, a blob that does not match its address) is not asked again for [`BAN`]: one peer
+//! that answers first with lies can neither stop a fetch nor make a miner's blob look withheld.
+//! Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent fetches, concurrent streams per
+//! connection, a timeout per request, and the number of peers banned at once.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -34,6 +41,10 @@ const MAX_CONCURRENT_FETCHES: usize = 4;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
+/// How long a peer caught lying is not asked for blobs.
+pub const BAN: Duration = Duration::from_secs(600);
+/// Most peers banned at once (the oldest ban is lifted first).
+const MAX_BANNED: usize = 1024;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
 
@@ -93,8 +104,6 @@ impl request_response::Codec for BlobCodec {
 pub enum FetchError {
     #[error("no connected peer serves blob {0}")]
     Unavailable(BlobKey),
-    #[error("blob {key} is {size} bytes, over the limit of {max}")]
-    TooLarge { key: BlobKey, size: u64, max: u64 },
     #[error("blob exchange stopped")]
     Stopped,
     #[error("storing blob {key}: {reason}")]
@@ -113,6 +122,30 @@ pub struct BlobNet {
     commands: mpsc::Sender<Command>,
     fetches: Arc<Semaphore>,
     local_peer: PeerId,
+    banned: Arc<Mutex<Banned>>,
+}
+
+/// Peers caught lying, and until when they are not asked.
+#[derive(Default)]
+struct Banned {
+    until: HashMap<PeerId, Instant>,
+}
+
+impl Banned {
+    fn contains(&mut self, peer: &PeerId) -> bool {
+        let now = Instant::now();
+        self.until.retain(|_, until| *until > now);
+        self.until.contains_key(peer)
+    }
+
+    fn ban(&mut self, peer: PeerId) {
+        if self.until.len() >= MAX_BANNED {
+            if let Some(oldest) = self.until.iter().min_by_key(|(_, until)| **until).map(|(peer, _)| *peer) {
+                self.until.remove(&oldest);
+            }
+        }
+        self.until.insert(peer, Instant::now() + BAN);
+    }
 }
 
 impl BlobNet {
@@ -139,6 +172,16 @@ impl BlobNet {
         answer.await.unwrap_or_default()
     }
 
+    /// Whether `peer` is banned now (caught lying within [`BAN`]).
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
+    }
+
+    fn ban(&self, peer: PeerId, key: &BlobKey, why: &str) {
+        tracing::warn!(target: "node::blobs", %peer, %key, why, "peer served bad data; not asking it again for a while");
+        self.banned.lock().unwrap_or_else(|p| p.into_inner()).ban(peer);
+    }
+
     /// The blob's bytes: from the local store, else fetched from peers (and then stored).
     pub async fn fetch(&self, key: BlobKey) -> Result<Vec<u8>, FetchError> {
         if let Ok(bytes) = self.store.get(&key) {
@@ -146,22 +189,34 @@ impl BlobNet {
         }
         let _permit = self.fetches.acquire().await.map_err(|_| FetchError::Stopped)?;
         let peers = self.peers().await;
+        self.fetch_from(key, &peers).await
+    }
+
+    /// Fetches `key` asking `peers` in this order, each in turn until one serves it whole.
+    async fn fetch_from(&self, key: BlobKey, peers: &[PeerId]) -> Result<Vec<u8>, FetchError> {
+        let peers: Vec<PeerId> = peers.iter().filter(|p| !self.is_banned(p)).copied().collect();
         for (position, peer) in peers.iter().enumerate() {
+            if self.is_banned(peer) {
+                continue;
+            }
             let Some(BlobResponse::Manifest { size, chunks }) = self.request(*peer, BlobRequest::Manifest(key)).await else {
                 continue;
             };
             if size > MAX_BLOB_BYTES {
-                return Err(FetchError::TooLarge { key, size, max: MAX_BLOB_BYTES });
+                // Honest holders of a blob this large cannot exist: nothing over the limit is stored.
+                self.ban(*peer, &key, "manifest over the blob size limit");
+                continue;
             }
             if chunks.len() != (size as usize).div_ceil(CHUNK_BYTES).max(1) {
-                tracing::debug!(target: "node::blobs", %key, %peer, "manifest with a wrong chunk count; next peer");
+                self.ban(*peer, &key, "manifest with a wrong chunk count");
                 continue;
             }
             // Chunks from this peer first, then from the others that may hold the blob.
             let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
             let Some(bytes) = self.fetch_chunks(key, size, &chunks, &order).await else { continue };
             if !key.verify(&bytes) {
-                tracing::warn!(target: "node::blobs", %key, %peer, "assembled blob does not match its address; next peer");
+                // Every chunk matched this peer's manifest: the manifest itself was a lie.
+                self.ban(*peer, &key, "blob does not match its address");
                 continue;
             }
             self.store.put(&key, &bytes).map_err(|e| FetchError::Store { key, reason: e.to_string() })?;
@@ -177,11 +232,20 @@ impl BlobNet {
         for (index, expected) in chunks.iter().enumerate() {
             let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
             let mut got = None;
-            for peer in peers {
+            for (position, peer) in peers.iter().enumerate() {
+                if self.is_banned(peer) {
+                    continue;
+                }
                 match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
                     Some(BlobResponse::Chunk(chunk)) if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == *expected => {
                         got = Some(chunk);
                         break;
+                    }
+                    // The manifest's own peer serving chunks that do not match its manifest lies;
+                    // another peer's chunk may differ because the manifest lies, so it is not banned.
+                    Some(BlobResponse::Chunk(_)) if position == 0 => {
+                        self.ban(*peer, &key, "chunk does not match its own manifest");
+                        return None;
                     }
                     Some(BlobResponse::Chunk(_)) => {
                         tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
@@ -208,12 +272,30 @@ impl BlobNet {
     }
 }
 
+/// How this node answers blob requests. Honest nodes answer from their store
+/// ([`StoreResponder`]); the `lying-peer` adversary answers with lies (tests and devnets only).
+pub trait Responder: Send + Sync + 'static {
+    fn answer(&self, request: &BlobRequest) -> BlobResponse;
+}
+
 /// Serves `store` and keeps connections to `peers`; returns the handle and the listen address.
 pub async fn start(
     seed: [u8; 32],
     listen: &str,
     peers: &[String],
     store: BlobStore,
+) -> anyhow::Result<(BlobNet, Multiaddr)> {
+    let responder = Arc::new(StoreResponder::new(store.clone()));
+    start_with(seed, listen, peers, store, responder).await
+}
+
+/// [`start`], answering requests with `responder`.
+pub async fn start_with(
+    seed: [u8; 32],
+    listen: &str,
+    peers: &[String],
+    store: BlobStore,
+    responder: Arc<dyn Responder>,
 ) -> anyhow::Result<(BlobNet, Multiaddr)> {
     use anyhow::Context as _;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed).context("deriving the blob exchange key")?;
@@ -235,8 +317,14 @@ pub async fn start(
         .map(|p| p.parse().with_context(|| format!("p2p.blob_peers entry '{p}' is not a multiaddr")))
         .collect::<anyhow::Result<_>>()?;
     let (commands, queue) = mpsc::channel(256);
-    tokio::spawn(drive(swarm, queue, peer_addrs, store.clone()));
-    let net = BlobNet { store, commands, fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)), local_peer };
+    tokio::spawn(drive(swarm, queue, peer_addrs, responder));
+    let net = BlobNet {
+        store,
+        commands,
+        fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+        local_peer,
+        banned: Arc::default(),
+    };
     Ok((net, listen_addr))
 }
 
@@ -254,18 +342,41 @@ impl Manifests {
         if let Some(found) = cache.get(key) {
             return Some(found.clone());
         }
-        let bytes = store.get(key).ok()?;
-        let chunks: Vec<Hash> = if bytes.is_empty() {
-            vec![Hash(*blake3::hash(&[]).as_bytes())]
-        } else {
-            bytes.chunks(CHUNK_BYTES).map(|c| Hash(*blake3::hash(c).as_bytes())).collect()
-        };
+        let (size, chunks) = manifest_of(&store.get(key).ok()?);
         if cache.len() >= MANIFEST_CACHE {
             cache.clear();
         }
-        cache.insert(*key, (bytes.len() as u64, chunks.clone()));
-        Some((bytes.len() as u64, chunks))
+        cache.insert(*key, (size, chunks.clone()));
+        Some((size, chunks))
     }
+}
+
+/// Answers from a blob store: the honest responder.
+pub struct StoreResponder {
+    store: BlobStore,
+    manifests: Manifests,
+}
+
+impl StoreResponder {
+    pub fn new(store: BlobStore) -> Self {
+        Self { store, manifests: Manifests::default() }
+    }
+}
+
+impl Responder for StoreResponder {
+    fn answer(&self, request: &BlobRequest) -> BlobResponse {
+        answer(&self.store, &self.manifests, request)
+    }
+}
+
+/// The manifest of `bytes`: its size and the hash of each chunk.
+pub fn manifest_of(bytes: &[u8]) -> (u64, Vec<Hash>) {
+    let chunks = if bytes.is_empty() {
+        vec![Hash(*blake3::hash(&[]).as_bytes())]
+    } else {
+        bytes.chunks(CHUNK_BYTES).map(|c| Hash(*blake3::hash(c).as_bytes())).collect()
+    };
+    (bytes.len() as u64, chunks)
 }
 
 fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> BlobResponse {
@@ -286,8 +397,7 @@ fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> Bl
     }
 }
 
-async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_addrs: Vec<Multiaddr>, store: BlobStore) {
-    let manifests = Manifests::default();
+async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_addrs: Vec<Multiaddr>, responder: Arc<dyn Responder>) {
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Option<BlobResponse>>> = HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -313,7 +423,7 @@ async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_add
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(request_response::Event::Message { message, peer, .. }) => match message {
                     request_response::Message::Request { request, channel, .. } => {
-                        let response = answer(&store, &manifests, &request);
+                        let response = responder.answer(&request);
                         if swarm.behaviour_mut().send_response(channel, response).is_err() {
                             tracing::debug!(target: "node::blobs", %peer, "peer left before our response");
                         }
@@ -334,6 +444,52 @@ async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_add
                     tracing::debug!(target: "node::blobs", %peer, %error, "bad inbound blob request");
                 }
                 _ => {}
+            },
+        }
+    }
+}
+
+/// The `lying-peer` adversary's answers: a doctored copy (one byte flipped) of every blob it
+/// holds, and a manifest over the size limit for every blob it does not.
+#[cfg(any(test, feature = "adversary"))]
+pub struct LyingResponder {
+    store: BlobStore,
+}
+
+#[cfg(any(test, feature = "adversary"))]
+impl LyingResponder {
+    pub fn new(store: BlobStore) -> Self {
+        Self { store }
+    }
+
+    fn doctored(&self, key: &BlobKey) -> Option<Vec<u8>> {
+        let mut bytes = self.store.get(key).ok()?;
+        let last = bytes.len().checked_sub(1)?;
+        bytes[last] ^= 0x01;
+        Some(bytes)
+    }
+}
+
+#[cfg(any(test, feature = "adversary"))]
+impl Responder for LyingResponder {
+    fn answer(&self, request: &BlobRequest) -> BlobResponse {
+        match request {
+            BlobRequest::Manifest(key) => match self.doctored(key) {
+                Some(bytes) => {
+                    let (size, chunks) = manifest_of(&bytes);
+                    BlobResponse::Manifest { size, chunks }
+                }
+                None => {
+                    let size = MAX_BLOB_BYTES + 1;
+                    BlobResponse::Manifest { size, chunks: vec![Hash::ZERO; (size as usize).div_ceil(CHUNK_BYTES)] }
+                }
+            },
+            BlobRequest::Chunk { key, index } => match self.doctored(key) {
+                Some(bytes) => bytes
+                    .chunks(CHUNK_BYTES)
+                    .nth(*index as usize)
+                    .map_or(BlobResponse::NotFound, |chunk| BlobResponse::Chunk(chunk.to_vec())),
+                None => BlobResponse::Chunk(vec![0; CHUNK_BYTES]),
             },
         }
     }
@@ -362,5 +518,69 @@ mod tests {
         assert!(b.store().contains(&key));
         let missing = BlobKey::data(b"nobody has this");
         assert!(matches!(b.fetch(missing).await, Err(FetchError::Unavailable(_))));
+    }
+}
+
+/// A lying peer that answers first: it serves a doctored copy of a miner's trail, and claims a
+/// blob it does not hold is larger than the limit. On the old exchange the doctored trail was
+/// accepted (its address covered only its checkpoint hashes) and the oversized manifest ended
+/// the fetch (`TooLarge`, read as the miner withholding). Now both move on to the honest holder,
+/// and the liar is not asked again.
+#[cfg(test)]
+mod lying_peer {
+    use super::*;
+    use crate::blobs::BlobKind;
+    use trellis_proto::{Encode, JobId, Trail, TrailEntry};
+
+    async fn connected(net: &BlobNet, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while net.peers().await.len() < count {
+            assert!(tokio::time::Instant::now() < deadline, "peers did not connect");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_doctored_trail_and_an_oversized_manifest_from_a_peer_asked_first_do_not_stop_a_fetch() {
+        let trail = Trail {
+            job: JobId(1),
+            round: 0,
+            worker: 2,
+            checkpoint_interval: 2,
+            checkpoints: (0..3).map(|i| TrailEntry { step: 2 * i, hash: Hash([i as u8; 32]) }).collect(),
+            losses: vec![3.0, 2.9, 2.8, 2.7],
+            proofs: Vec::new(),
+        };
+        let trail_key = BlobKey::new(BlobKind::Trail, trail.hash());
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<BlobStore> = dirs.iter().map(|d| BlobStore::open(d.path()).unwrap()).collect();
+        // The honest holder has the trail and a delta; the liar has the trail only.
+        stores[0].put(&trail_key, &trail.to_bytes()).unwrap();
+        let delta = stores[0].put_data(&[7u8; 5000]).unwrap();
+        stores[1].put(&trail_key, &trail.to_bytes()).unwrap();
+        let port = 29_000 + (std::process::id() % 500) as u16 * 4;
+        let addr = |i: u16| format!("/ip4/127.0.0.1/tcp/{}", port + i);
+        let (honest, _) = start([11; 32], &addr(0), &[], stores[0].clone()).await.unwrap();
+        let liar_responder = Arc::new(LyingResponder::new(stores[1].clone()));
+        let (liar, _) = start_with([12; 32], &addr(1), &[], stores[1].clone(), liar_responder).await.unwrap();
+        let peers = [addr(0), addr(1)];
+        let (first, _) = start([13; 32], &addr(2), &peers, stores[2].clone()).await.unwrap();
+        let (second, _) = start([14; 32], &addr(3), &peers, stores[3].clone()).await.unwrap();
+        connected(&first, 2).await;
+        connected(&second, 2).await;
+        let order = [liar.local_peer(), honest.local_peer()];
+
+        let fetched = first.fetch_from(trail_key, &order).await.expect("the honest holder serves the trail");
+        assert_eq!(fetched, trail.to_bytes(), "the doctored copy was refused");
+        assert!(first.is_banned(&liar.local_peer()), "a peer that served a doctored trail is banned");
+        assert!(!first.is_banned(&honest.local_peer()));
+
+        let fetched = second.fetch_from(delta, &order).await.expect("an oversized manifest does not end the fetch");
+        assert_eq!(fetched.len(), 5000);
+        assert!(second.is_banned(&liar.local_peer()), "a peer claiming a blob over the limit is banned");
+
+        // Once banned, the liar is not asked: with only the liar to ask, the blob is unavailable.
+        let missing = BlobKey::data(b"nobody honest has this");
+        assert!(matches!(second.fetch_from(missing, &[liar.local_peer()]).await, Err(FetchError::Unavailable(_))));
     }
 }

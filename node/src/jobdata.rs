@@ -103,9 +103,9 @@ pub fn schedule(spec: &JobSpec) -> BatchSchedule {
     }
 }
 
-/// The optimizer step a round starts at.
+/// The optimizer step a round starts at (`trellis_protocol::trail::round_start_step`).
 pub fn round_start_step(spec: &JobSpec, round: u32) -> u64 {
-    u64::from(round) * u64::from(spec.diloco.inner_steps)
+    trellis_protocol::trail::round_start_step(round, spec.diloco.inner_steps)
 }
 
 /// The global model θ_r of a job: its initialisation before round 0 commits, else the committed
@@ -149,8 +149,9 @@ pub fn start_state(spec: &JobSpec, round: u32, global: &[f32], device: Device) -
     Ok((model, optimizer))
 }
 
-/// The checkpoint hash every honest trail of `round` starts with.
+/// The checkpoint hash every honest trail of `round` starts with (the start state as a trail
+/// checkpoint records it: subnormal values flushed to zero).
 pub fn start_checkpoint_hash(spec: &JobSpec, round: u32, global: &[f32]) -> anyhow::Result<Hash> {
     let (model, optimizer) = start_state(spec, round, global, Device::Cpu)?;
-    Ok(checkpoint_hash(&checkpoint::to_bytes(&model, &optimizer)))
+    Ok(checkpoint_hash(&checkpoint::capture(&model, &optimizer)))
 }

@@ -221,7 +221,12 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     });
     let blobs = if duties {
         let store = BlobStore::open(&home.data().join("blobs"))?;
-        let (net, _) = crate::exchange::start(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store).await?;
+        let responder: Arc<dyn crate::exchange::Responder> = match behaviour {
+            #[cfg(feature = "adversary")]
+            Behaviour::LyingPeer => Arc::new(crate::exchange::LyingResponder::new(store.clone())),
+            _ => Arc::new(crate::exchange::StoreResponder::new(store.clone())),
+        };
+        let (net, _) = crate::exchange::start_with(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store, responder).await?;
         Some(net)
     } else {
         tracing::warn!(target: "node", "p2p.blobs_listen is empty: no blob exchange, so no miner or validator job duties");

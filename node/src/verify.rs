@@ -172,6 +172,8 @@ fn print_report(label: &str, dir: &Path, report: &SegmentReport, as_json: bool) 
         VerdictOutcome::Valid => ("valid", String::new()),
         VerdictOutcome::Unavailable => ("unavailable", "start checkpoint not found".to_string()),
         VerdictOutcome::Invalid(e) => ("INVALID", format!("{:?}: expected {}, reproduced {}", e.reason, e.expected, e.reproduced)),
+        VerdictOutcome::JobFault { reason } => ("job fault", format!("{reason:?}: the run's model or data cannot be replayed")),
+        VerdictOutcome::Abstain => ("abstain", "the check could not run".to_string()),
     };
     if as_json {
         println!("{}", json!({ "trail": dir.display().to_string(), "report": report }));

@@ -24,10 +24,10 @@
 //! The losses in a groth16 trail are for people to read; nothing checks them.
 
 use anyhow::{bail, Context as _};
-use trellis_proto::{Hash, InvalidEvidence, InvalidReason, JobSpec, VerdictOutcome, VerificationMode};
+use trellis_proto::{Hash, InvalidReason, JobFaultReason, JobId, JobSpec, Trail, TrailEntry, VerdictOutcome, VerificationMode};
+use trellis_protocol::Blame;
 use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::data::Dataset;
-use trellis_trainer::worker::{Trail, TrailEntry};
 use trellis_zk::fixed::ONE;
 use trellis_zk::model::logits;
 use trellis_zk::{io, sgd_step, Batch, Example, ModelSpec, PreparedVerifier, PublicInputs, ZkProof, ZkProvingKey, Weights};
@@ -85,6 +85,26 @@ impl ZkJob {
     pub fn start_checkpoint_hash(&self, global: &[f32]) -> anyhow::Result<Hash> {
         Ok(checkpoint_hash(&io::encode_weights(&self.start_weights(global)?)))
     }
+}
+
+/// Whether a groth16 job's keys can be worked with: the proving key is for the job's model and
+/// segment length, and the verifying key is that proving key's own. A job whose verifying key
+/// belongs to another setup (or another step count) would reject every honest proof, so a miner
+/// checks this before joining.
+pub fn check_keys(spec: &JobSpec, job: &ZkJob, proving_key: &ZkProvingKey, verifying_key: &[u8]) -> anyhow::Result<()> {
+    if proving_key.spec() != &job.model || u64::from(proving_key.steps()) != ZkJob::segment_steps(spec) {
+        bail!(
+            "the proving key is for {} × {} steps, the job needs {} × {}",
+            proving_key.spec(),
+            proving_key.steps(),
+            job.model,
+            spec.verification.checkpoint_interval
+        );
+    }
+    if verifying_key != proving_key.verifying_key().to_bytes() {
+        bail!("the job's verifying key is not the one of its proving key: checkers would reject every honest proof");
+    }
+    Ok(())
 }
 
 /// θ_0 of a groth16 job.
@@ -154,6 +174,7 @@ pub struct ZkRound {
 /// How a miner's round comes out: honestly, or (`fake_checkpoints`) with checkpoints that were
 /// never computed (the start weights plus growing noise) next to proofs of the real steps.
 pub struct ZkTraining<'a> {
+    pub job_id: JobId,
     pub spec: &'a JobSpec,
     pub job: &'a ZkJob,
     pub proving_key: &'a ZkProvingKey,
@@ -202,9 +223,10 @@ impl ZkTraining<'_> {
             _ => from_fixed(&weights.flatten()),
         };
         let trail = Trail {
-            round: u64::from(self.round),
-            worker: self.worker,
-            checkpoint_interval: interval,
+            job: self.job_id,
+            round: self.round,
+            worker: u32::try_from(self.worker).context("worker slot out of range")?,
+            checkpoint_interval: spec.verification.checkpoint_interval,
             checkpoints: entries,
             losses,
             proofs: proof_hashes,
@@ -231,49 +253,53 @@ pub struct SegmentEvidence<'a> {
 }
 
 fn invalid(reason: InvalidReason, expected: Hash) -> VerdictOutcome {
-    VerdictOutcome::Invalid(InvalidEvidence { reason, expected, reproduced: Hash::ZERO, distance: 0.0 })
+    Blame::miner(reason, expected, Hash::ZERO).outcome()
 }
 
-/// The verdict on segment `segment` of a groth16 trail: the proof must verify against the
-/// commitments to the trail's start and end checkpoints of the segment and to the batches the
-/// schedule gives this worker. The trail's shape (length, steps, final checkpoint) and first
-/// link are checked by the caller, as for every mode.
+/// The verdict on segment `segment` of a groth16 trail of `worker` in `round` (both as the chain
+/// recorded them): the proof must verify against the commitments to the trail's start and end
+/// checkpoints of the segment and to the batches the schedule gives this worker. The trail's
+/// shape (length, steps, proofs, final checkpoint) and first link are checked by the caller, as
+/// for every mode. Every failure has its blame: the miner's data, or the job's (a dataset that
+/// cannot serve the schedule).
+#[allow(clippy::too_many_arguments)]
 pub fn check_segment(
     spec: &JobSpec,
     job: &ZkJob,
     verifier: &PreparedVerifier,
     dataset: &Dataset,
     trail: &Trail,
+    (round, worker): (u32, usize),
     segment: usize,
     evidence: &SegmentEvidence<'_>,
-) -> anyhow::Result<VerdictOutcome> {
+) -> VerdictOutcome {
     let interval = ZkJob::segment_steps(spec);
     let segments = (u64::from(spec.diloco.inner_steps) / interval) as usize;
     if trail.proofs.len() != segments || segment >= segments || trail.checkpoints.len() != segments + 1 {
-        return Ok(invalid(InvalidReason::MalformedBlob, trail.root()));
+        return invalid(InvalidReason::TrailMismatch, trail.hash());
     }
     let (start_hash, end_hash) = (trail.checkpoints[segment].hash, trail.checkpoints[segment + 1].hash);
     if checkpoint_hash(evidence.start_checkpoint) != start_hash || checkpoint_hash(evidence.end_checkpoint) != end_hash {
-        return Ok(invalid(InvalidReason::MalformedBlob, end_hash));
+        return invalid(InvalidReason::MalformedBlob, end_hash);
     }
     let (Ok(before), Ok(after)) =
         (io::decode_weights(&job.model, evidence.start_checkpoint), io::decode_weights(&job.model, evidence.end_checkpoint))
     else {
-        return Ok(invalid(InvalidReason::MalformedBlob, end_hash));
+        return invalid(InvalidReason::MalformedBlob, end_hash);
     };
     let Ok(proof) = ZkProof::from_bytes(evidence.proof) else {
-        return Ok(invalid(InvalidReason::ProofRejected, trail.proofs[segment]));
+        return invalid(InvalidReason::ProofRejected, trail.proofs[segment]);
     };
-    let round = u32::try_from(trail.round).context("round out of range")?;
-    // Our own data must serve the schedule; a failure here is the checker's, not the miner's.
-    let shards = jobdata::schedule(spec).shards_of(dataset, trail.round, trail.worker)?;
+    let Ok(shards) = jobdata::schedule(spec).shards_of(dataset, u64::from(round), worker) else {
+        return Blame::Job(JobFaultReason::SpecUnusable).outcome();
+    };
     let first = segment as u64 * interval;
-    let batches: Vec<Batch> = (first..first + interval).map(|step| job.batch(spec, dataset, &shards, round, trail.worker, step)).collect();
+    let batches: Vec<Batch> = (first..first + interval).map(|step| job.batch(spec, dataset, &shards, round, worker, step)).collect();
     let public_inputs = PublicInputs::of_run(&job.model, &before, &after, &batches);
-    Ok(match verifier.verify(&public_inputs, &proof) {
+    match verifier.verify(&public_inputs, &proof) {
         Ok(()) => VerdictOutcome::Valid,
         Err(_) => invalid(InvalidReason::ProofRejected, trail.proofs[segment]),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +372,7 @@ mod tests {
 
     fn train(f: &Fixture, worker: usize, fake: bool) -> ZkRound {
         let training = ZkTraining {
+            job_id: JobId(0),
             spec: &f.spec,
             job: &f.job,
             proving_key: &f.proving_key,
@@ -363,7 +390,7 @@ mod tests {
             end_checkpoint: &round.checkpoints[segment + 1],
             proof,
         };
-        check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &round.trail, segment, &evidence).unwrap()
+        check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &round.trail, (1, round.trail.worker as usize), segment, &evidence)
     }
 
     fn rejected(outcome: &VerdictOutcome) -> bool {
@@ -398,8 +425,8 @@ mod tests {
             assert_eq!(check(&f, &round, segment, &round.proofs[segment]), VerdictOutcome::Valid);
         }
         // Proofs are randomised, the trail's checkpoints are not.
-        assert_eq!(train(&f, 0, false).trail.root(), round.trail.root());
-        assert_ne!(train(&f, 1, false).trail.root(), round.trail.root());
+        assert_eq!(train(&f, 0, false).trail.hashes(), round.trail.hashes());
+        assert_ne!(train(&f, 1, false).trail.hashes(), round.trail.hashes());
         assert!(round.trail.losses.iter().all(|l| l.is_finite()) && round.trail.losses.len() == 4);
     }
 
@@ -418,6 +445,10 @@ mod tests {
         let mut swapped = ZkRound { trail: round.trail.clone(), checkpoints: other.checkpoints.clone(), proofs: other.proofs.clone(), final_weights: vec![] };
         swapped.trail.checkpoints = other.trail.checkpoints.clone();
         assert!(rejected(&check(&f, &swapped, 0, &other.proofs[0])));
+        // The worker slot comes from the chain, not the trail: slot 1's trail checked as slot 0's
+        // work proves steps on the wrong batches.
+        let evidence = SegmentEvidence { start_checkpoint: &other.checkpoints[0], end_checkpoint: &other.checkpoints[1], proof: &other.proofs[0] };
+        assert!(rejected(&check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &other.trail, (1, 0), 0, &evidence)));
         // Checkpoints never computed, next to proofs of the real steps.
         let fake = train(&f, 0, true);
         assert!(rejected(&check(&f, &fake, 0, &fake.proofs[0])));
@@ -425,8 +456,24 @@ mod tests {
         let mut bare = round.trail.clone();
         bare.proofs.clear();
         let evidence = SegmentEvidence { start_checkpoint: &round.checkpoints[0], end_checkpoint: &round.checkpoints[1], proof: &round.proofs[0] };
-        let outcome = check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &bare, 0, &evidence).unwrap();
-        assert!(matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::MalformedBlob));
+        let outcome = check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &bare, (1, 0), 0, &evidence);
+        assert!(matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::TrailMismatch));
+    }
+
+    /// A trap job: keys of two different setups, or a verifying key for another step count.
+    /// Honest proofs would all be rejected; a miner checks the keys and does not join.
+    #[test]
+    fn keys_of_another_setup_or_step_count_are_refused() {
+        let f = fixture();
+        let own = f.proving_key.verifying_key().to_bytes();
+        check_keys(&f.spec, &f.job, &f.proving_key, &own).unwrap();
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(6);
+        let (_, other_setup) = trellis_zk::setup(&f.job.model, 2, &mut rng).unwrap();
+        let error = check_keys(&f.spec, &f.job, &f.proving_key, &other_setup.to_bytes()).unwrap_err();
+        assert!(error.to_string().contains("not the one of its proving key"), "{error}");
+        let (three_steps, three_steps_vk) = trellis_zk::setup(&f.job.model, 3, &mut rng).unwrap();
+        assert!(check_keys(&f.spec, &f.job, &f.proving_key, &three_steps_vk.to_bytes()).is_err());
+        assert!(check_keys(&f.spec, &f.job, &three_steps, &three_steps_vk.to_bytes()).unwrap_err().to_string().contains("3 steps"));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Cheaters lose, end to end: for each adversary kind, `trellis devnet --adversary KIND=1`
 //! runs a `nano` job with four validators, three honest miners and the adversary, as real
 //! processes on 127.0.0.1. The adversary must be slashed by the fraction docs/economics.md
-//! states (poisoner 50% and ejected; freeloader 10% per round; a copier is also ejected), the
-//! honest miners paid and never slashed, no validator slashed, and the final validation loss
-//! within 5% of a clean run (four honest miners, same job).
+//! states (poisoner 50% and ejected; a withheld sampled segment as much, and ejected; a
+//! commitment never revealed, the copier's, 10% per round), the honest miners paid and never
+//! slashed, no validator slashed, and the final validation loss within 5% of a clean run (four
+//! honest miners, same job). The unit-gap and lying-peer attacks of docs/threat-model.md run
+//! here end to end.
 //!
 //! The runs share the machine, so they go one at a time; the clean run is made once.
 //! Every run is bounded in time and its processes are killed by pid if it overstays.
@@ -200,18 +202,36 @@ mod with_adversaries {
     }
 
     #[test]
-    fn a_miner_that_skips_the_work_is_slashed_as_a_freeloader() {
-        adversary_loses("skip-work", "freeloader", params().freeloader_slash_ppm, false);
+    fn a_miner_that_skips_the_work_loses_what_a_faker_loses() {
+        adversary_loses("skip-work", "withheld", params().withhold_slash_ppm, true);
+    }
+
+    /// The copier commits another miner's binding, which covers that miner's address: it can
+    /// never reveal it, so it is the freeloader — never the miner it copied.
+    #[test]
+    fn a_copier_cannot_reveal_and_is_slashed_as_a_freeloader() {
+        adversary_loses("copy", "freeloader", params().freeloader_slash_ppm, false);
     }
 
     #[test]
-    fn a_copier_is_slashed_as_a_freeloader_and_ejected() {
-        adversary_loses("copy", "freeloader", params().freeloader_slash_ppm, true);
+    fn a_miner_that_withholds_its_blobs_loses_what_a_faker_loses() {
+        adversary_loses("withhold", "withheld", params().withhold_slash_ppm, true);
     }
 
+    /// The unit-gap attack: ⌈H/c⌉ steps trained, a checkpoint after each, losses padded to H.
+    /// Every one-step segment would replay; the checkpoints are not where a round's sit.
     #[test]
-    fn a_miner_that_withholds_its_blobs_is_slashed_as_a_freeloader() {
-        adversary_loses("withhold", "freeloader", params().freeloader_slash_ppm, false);
+    fn a_unit_gap_trail_is_slashed_half_and_ejected() {
+        adversary_loses("unit-gap", "poisoner", params().poisoner_slash_ppm, true);
+    }
+
+    /// A peer whose blob exchange lies to everyone (doctored copies of the trails it fetched,
+    /// manifests over the size limit for everything else): checkers move on to the honest
+    /// holders and stop asking it, so no honest miner is framed or read as withholding. Its lies
+    /// about its own blobs are its own withholding.
+    #[test]
+    fn a_lying_peer_frames_nobody_and_only_withholds_its_own_work() {
+        adversary_loses("lying-peer", "withheld", params().withhold_slash_ppm, true);
     }
 }
 

@@ -104,7 +104,7 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("inner_steps must be positive"), "{stderr}");
+    assert!(stderr.contains("inner_steps must be in 1..="), "{stderr}");
 
     // Wait for the chain, then watch every job event from the start.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -215,10 +215,10 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     // The restarted miner finished round 1; the killed one was a worker of the last round,
     // which completed without it.
     let round1 = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, 1u64]));
-    // int8 error feedback: from round 1 on, every commitment carries the residual it added.
+    // int8 error feedback: from round 1 on, every revealed work carries the residual it added.
     let zero = "0".repeat(64);
     for commit in round1["commits"].as_array().unwrap() {
-        assert_ne!(commit["work"]["residual_hash"], zero.as_str(), "{commit}");
+        assert_ne!(commit["reveal"]["residual_hash"], zero.as_str(), "{commit}");
     }
     assert!(round1["accepted"].as_array().unwrap().iter().any(|a| a == miners[1].as_str()), "{round1}");
     let last = rt.block_on(get(&client, "job_getRound", rpc_params![0u64, ROUNDS - 1]));

@@ -25,6 +25,8 @@ pub enum HashDomain {
     JobSpec,
     StateRoot,
     Randomness,
+    Trail,
+    WorkBinding,
 }
 
 impl HashDomain {
@@ -41,6 +43,8 @@ impl HashDomain {
             HashDomain::JobSpec => "trellis v1 job spec",
             HashDomain::StateRoot => "trellis v1 state root",
             HashDomain::Randomness => "trellis v1 randomness",
+            HashDomain::Trail => "trellis v1 trail",
+            HashDomain::WorkBinding => "trellis v1 work binding",
         }
     }
 
@@ -177,7 +181,7 @@ mod tests {
         use HashDomain::*;
         let all = [
             Transaction, BlockHeader, MerkleLeaf, MerkleNode, MerkleEmpty, Checkpoint, Blob, JobSpec, StateRoot,
-            Randomness,
+            Randomness, Trail, WorkBinding,
         ];
         let contexts: std::collections::BTreeSet<_> = all.iter().map(|d| d.context()).collect();
         assert_eq!(contexts.len(), all.len());

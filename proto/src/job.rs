@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_seq, decode_string, encode_bytes, encode_seq, Decode, DecodeError, Encode, Reader};
 use crate::crypto::Address;
-use crate::hash::Hash;
+use crate::hash::{Hash, HashDomain};
 use crate::{canonical_newtype, canonical_struct, canonical_tag_enum, Amount};
 
 /// Longest job name, in bytes.
@@ -251,15 +251,25 @@ impl Decode for JobSpec {
     }
 }
 
-/// A miner's claim about its work in one round (the payload of `CommitWork`).
+/// What a miner commits before a round's commit deadline (the payload of `CommitWork`): a hash
+/// that binds the work it will reveal to its own address ([`WorkReveal::binding`]). Nothing in
+/// it can be copied: another miner's reveal of the same work hashes to another binding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkCommitment {
     pub job: JobId,
     pub round: u32,
-    /// Merkle root over the trail's checkpoint hashes.
-    pub trail_root: Hash,
-    /// Number of checkpoints in the trail (leaves under `trail_root`).
-    pub checkpoints: u32,
+    pub binding: Hash,
+}
+canonical_struct!(WorkCommitment { job, round, binding });
+
+/// What a miner reveals after the commit deadline (the payload of `RevealWork`): its work, which
+/// must hash with its address to the binding it committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkReveal {
+    pub job: JobId,
+    pub round: u32,
+    /// The trail blob's address: the hash of its whole canonical bytes (`Trail::hash`).
+    pub trail: Hash,
     /// Hash of the final checkpoint θ_H.
     pub final_checkpoint: Hash,
     /// Hash of the encoded pseudo-gradient Δ = θ_r − θ_H (+ the residual below, for int8).
@@ -267,16 +277,24 @@ pub struct WorkCommitment {
     /// For int8: the hash of the error-feedback residual carried into this round's Δ (flat f32
     /// LE, blob domain); `Hash::ZERO` for a zero residual and for other encodings.
     pub residual_hash: Hash,
-    /// Tokens trained in the round.
-    pub tokens: u64,
 }
-canonical_struct!(WorkCommitment { job, round, trail_root, checkpoints, final_checkpoint, delta_hash, residual_hash, tokens });
+canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash });
 
-/// Why a checker found a segment invalid.
+impl WorkReveal {
+    /// The commitment to this work by `miner`: `H_binding(miner ‖ encode(self))`.
+    pub fn binding(&self, miner: &Address) -> Hash {
+        let mut bytes = miner.0.to_vec();
+        self.encode_to(&mut bytes);
+        Hash::digest(HashDomain::WorkBinding, &bytes)
+    }
+}
+
+/// Why a checker found a segment invalid: every reason is the miner's doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InvalidReason {
-    /// The served start checkpoint does not hash to the trail entry.
+    /// The served start checkpoint does not hash to the trail entry, or the trail's first
+    /// checkpoint is not the round's canonical start.
     StartMismatch,
     /// Re-execution reached a different checkpoint hash (exact mode).
     CheckpointMismatch,
@@ -288,6 +306,14 @@ pub enum InvalidReason {
     ProofRejected,
     /// A served blob could not be decoded.
     MalformedBlob,
+    /// The losses recorded for the segment's steps are not the ones re-execution computes.
+    LossMismatch,
+    /// The trail is not one of this round: wrong job, round, worker, interval, checkpoint steps
+    /// or count, loss count, proofs, or final checkpoint.
+    TrailMismatch,
+    /// A checkpoint holds a value no honest training state has (NaN, infinity, a subnormal, a
+    /// negative second moment).
+    NonCanonicalState,
 }
 canonical_tag_enum!(InvalidReason, "invalid reason" {
     StartMismatch = 1,
@@ -296,6 +322,9 @@ canonical_tag_enum!(InvalidReason, "invalid reason" {
     DeltaMismatch = 4,
     ProofRejected = 5,
     MalformedBlob = 6,
+    LossMismatch = 7,
+    TrailMismatch = 8,
+    NonCanonicalState = 9,
 });
 
 /// What a third party needs to re-check an `Invalid` verdict.
@@ -306,19 +335,56 @@ pub struct InvalidEvidence {
     pub expected: Hash,
     /// The hash the checker reproduced.
     pub reproduced: Hash,
-    /// Distance between claimed and reproduced weights (0 in exact mode).
+    /// Distance between claimed and reproduced weights or losses (0 in exact mode). Always
+    /// finite: build evidence with [`InvalidEvidence::new`].
     pub distance: f32,
 }
 canonical_struct!(InvalidEvidence { reason, expected, reproduced, distance });
 
-/// A checker's finding for one segment.
+impl InvalidEvidence {
+    /// Evidence whose distance is always encodable: NaN, infinities and values beyond `f32`'s
+    /// range become `f32::MAX` (farther than any tolerance), negative values their magnitude.
+    pub fn new(reason: InvalidReason, expected: Hash, reproduced: Hash, distance: f64) -> Self {
+        let distance = if distance.is_nan() || distance.abs() >= f64::from(f32::MAX) { f32::MAX } else { distance.abs() as f32 };
+        Self { reason, expected, reproduced, distance }
+    }
+}
+
+/// Why a job cannot be worked or checked at all: the submitter's doing, not a miner's. A segment
+/// whose checkers find this voids the job (escrow back to the submitter, nobody slashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobFaultReason {
+    /// No peer serves the job's dataset (or it does not match its root).
+    DatasetUnavailable,
+    /// The job's model cannot be built or does not fit its parameters.
+    ModelUnusable,
+    /// A groth16 job's keys are not served, do not parse, or do not fit the job.
+    KeysUnusable,
+    /// The job's spec cannot be trained as written.
+    SpecUnusable,
+}
+canonical_tag_enum!(JobFaultReason, "job fault reason" {
+    DatasetUnavailable = 1,
+    ModelUnusable = 2,
+    KeysUnusable = 3,
+    SpecUnusable = 4,
+});
+
+/// A checker's finding for one segment. Every assigned checker sends one: silence is never
+/// read as approval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "outcome")]
 pub enum VerdictOutcome {
     Valid,
+    /// The miner's data is wrong.
     Invalid(InvalidEvidence),
     /// The miner did not serve the blobs in time.
     Unavailable,
+    /// The checker could not do its part (its disk, its network, a crash): no judgement.
+    Abstain,
+    /// The job itself cannot be checked (its dataset, model, keys or spec).
+    JobFault { reason: JobFaultReason },
 }
 
 impl Encode for VerdictOutcome {
@@ -330,6 +396,11 @@ impl Encode for VerdictOutcome {
                 evidence.encode_to(out);
             }
             VerdictOutcome::Unavailable => out.push(3),
+            VerdictOutcome::Abstain => out.push(4),
+            VerdictOutcome::JobFault { reason } => {
+                out.push(5);
+                reason.encode_to(out);
+            }
         }
     }
 }
@@ -340,6 +411,8 @@ impl Decode for VerdictOutcome {
             1 => Ok(VerdictOutcome::Valid),
             2 => Ok(VerdictOutcome::Invalid(InvalidEvidence::decode_from(reader)?)),
             3 => Ok(VerdictOutcome::Unavailable),
+            4 => Ok(VerdictOutcome::Abstain),
+            5 => Ok(VerdictOutcome::JobFault { reason: JobFaultReason::decode_from(reader)? }),
             tag => Err(DecodeError::UnknownTag { what: "verdict outcome", tag }),
         }
     }

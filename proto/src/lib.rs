@@ -8,7 +8,9 @@
 //! - every hash is a domain-separated blake3 digest ([`HashDomain`]);
 //! - every signature is bound to a chain id and a message kind ([`crypto::signing_preimage`]);
 //! - Merkle trees never duplicate leaves and separate leaves from nodes ([`merkle`]);
-//! - the blob exchange's messages have one byte form and decode without panicking ([`blobwire`]).
+//! - the blob exchange's messages have one byte form and decode without panicking ([`blobwire`]);
+//! - a trail is addressed by the hash of its whole canonical bytes ([`trail`]), and a work
+//!   commitment binds the revealed work to the committer's address ([`WorkReveal::binding`]).
 //!
 //! This crate does no I/O and holds no state: it is the vocabulary every other crate speaks.
 
@@ -20,6 +22,7 @@ pub mod crypto;
 pub mod hash;
 pub mod job;
 pub mod merkle;
+pub mod trail;
 pub mod tx;
 
 use serde::{Deserialize, Serialize};
@@ -30,9 +33,10 @@ pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
 pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 pub use hash::{Hash, HashDomain};
 pub use job::{
-    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobId, JobSpec,
-    ModelConfig, OuterOptimizer, VerdictOutcome, Verdict, VerificationMode, VerificationParams, WorkCommitment,
+    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobFaultReason, JobId, JobSpec,
+    ModelConfig, OuterOptimizer, VerdictOutcome, Verdict, VerificationMode, VerificationParams, WorkCommitment, WorkReveal,
 };
+pub use trail::{Trail, TrailEntry};
 pub use merkle::{MerkleProof, MerkleTree};
 pub use tx::{Role, SignedTx, Transaction, TxKind};
 

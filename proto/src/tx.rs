@@ -6,7 +6,7 @@ use crate::codec::{decode, Decode, DecodeError, Encode, Reader};
 use crate::consensus::EquivocationEvidence;
 use crate::crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 use crate::hash::{Hash, HashDomain};
-use crate::job::{Aggregate, JobId, JobSpec, Verdict, WorkCommitment};
+use crate::job::{Aggregate, JobId, JobSpec, Verdict, WorkCommitment, WorkReveal};
 use crate::{canonical_struct, canonical_tag_enum, Amount};
 
 /// Largest encoded signed transaction accepted, in bytes.
@@ -31,6 +31,7 @@ pub enum TxKind {
     SubmitJob { spec: JobSpec, escrow: Amount },
     JoinJob { job: JobId },
     CommitWork(WorkCommitment),
+    RevealWork(WorkReveal),
     Verdict(Verdict),
     CommitAggregate(Aggregate),
     CancelJob { job: JobId },
@@ -47,6 +48,7 @@ impl TxKind {
             TxKind::SubmitJob { .. } => "submit_job",
             TxKind::JoinJob { .. } => "join_job",
             TxKind::CommitWork(_) => "commit_work",
+            TxKind::RevealWork(_) => "reveal_work",
             TxKind::Verdict(_) => "verdict",
             TxKind::CommitAggregate(_) => "commit_aggregate",
             TxKind::CancelJob { .. } => "cancel_job",
@@ -102,6 +104,10 @@ impl Encode for TxKind {
                 out.push(10);
                 evidence.encode_to(out);
             }
+            TxKind::RevealWork(reveal) => {
+                out.push(11);
+                reveal.encode_to(out);
+            }
         }
     }
 }
@@ -119,6 +125,7 @@ impl Decode for TxKind {
             8 => TxKind::CommitAggregate(Decode::decode_from(reader)?),
             9 => TxKind::CancelJob { job: Decode::decode_from(reader)? },
             10 => TxKind::ReportEquivocation(Decode::decode_from(reader)?),
+            11 => TxKind::RevealWork(Decode::decode_from(reader)?),
             tag => return Err(DecodeError::UnknownTag { what: "transaction kind", tag }),
         })
     }

@@ -59,8 +59,14 @@ fn structured_values_have_fixed_encodings() {
     assert_golden("JobSpec", &job_spec(), len, digest);
     let (len, digest) = GOLDEN_WORK_COMMITMENT;
     assert_golden("WorkCommitment", &work_commitment(), len, digest);
+    let (len, digest) = GOLDEN_WORK_REVEAL;
+    assert_golden("WorkReveal", &work_reveal(), len, digest);
+    let (len, digest) = GOLDEN_TRAIL;
+    assert_golden("Trail", &trail(), len, digest);
     let (len, digest) = GOLDEN_VERDICT;
     assert_golden("Verdict", &verdict_invalid(), len, digest);
+    let (len, digest) = GOLDEN_VERDICT_JOB_FAULT;
+    assert_golden("Verdict (job fault)", &verdict_job_fault(), len, digest);
     let (len, digest) = GOLDEN_AGGREGATE;
     assert_golden("Aggregate", &aggregate(), len, digest);
     let (len, digest) = GOLDEN_EQUIVOCATION;
@@ -90,6 +96,8 @@ fn hashes_are_fixed() {
     let tree = MerkleTree::from_data(&[b"a".as_slice(), b"b", b"c"]);
     assert_eq!(tree.root().to_string(), GOLDEN_MERKLE_ROOT_ABC);
     assert_eq!(merkle::empty_root().to_string(), GOLDEN_MERKLE_EMPTY);
+    assert_eq!(trail().hash().to_string(), GOLDEN_TRAIL_HASH);
+    assert_eq!(work_reveal().binding(&address(9)).to_string(), GOLDEN_WORK_BINDING);
 }
 
 #[test]
@@ -102,25 +110,59 @@ const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121
 const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
 const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
 const GOLDEN_JOB_SPEC: (usize, &str) = (185, "1f29638da1b4fbb2136a7e9639ab95129df44497bc2c8d6b462f2684e4c6028e");
-const GOLDEN_WORK_COMMITMENT: (usize, &str) = (152, "870920b90bfafd51965ec4f68ce9bbd5fa0477fb4988d166294bff72c4cdb8fc");
+const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "7065f447029f9eaaaab70e479c20c9ca72025ebf758158f19a9685d327e583d7");
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (150, "4318f870f9ac7f847ccdda785f1471808559e930aafd5d618395b62837d0c930");
-const GOLDEN_BLOCK: (usize, &str) = (2209, "620daa85ad94b97d7a123d5d7afcd23268f1c11125f6dcb09ecb5f455ed94a5f");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (150, "85dc9685772934ed59925061b605dee827bde77a4f22a5750fd953be0206f8db");
+const GOLDEN_BLOCK: (usize, &str) = (2655, "924450b3974a17a45f37275173a9723f2103ae4ef8bc88559c1334782a500366");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ("transfer", 141, "12ad43d4cbe1ffe156e9ce6eaa6b2e6248bb03066e7841ca7cac31ffba3a4864", "2719127f781aafc3c27a336ca440ce23b1ea4cd90b75f846e27ba30b02bac5c3"),
     ("bond", 122, "96819cc5a376b788813b8bbaba8560017ba8715723f9a80904c3ca4eae613ca8", "c87013ff9aff2abf0d33c8780a3d4a8f74eb5cb1c394973266238ea3ef3cf02a"),
     ("unbond", 122, "6d97b567629401e9fb0015cbee7fe4ebac67c02e07cedfb95b0466dbf83f659f", "21f25f559a67c30deb924249b587631fcb814b3289a4b423ea525d10a3949d13"),
     ("submit_job", 306, "73c774d1524138a45cb444e418c36cd7b13429ffbc70c319aa3a463ceac09446", "05e3207170738e1b55c3886c4a3a9e3bc46357c108f6ebfb429033b8dfbcee57"),
     ("join_job", 121, "2282d51abb70ea5c094b3818b8a69ac1664a81ae7cd1ea3f984de5e27ed14308", "c1d657a583303cd699fed63bef5c69b4fc85c0f02a4f3db9fd4313a2d64cfeba"),
-    ("commit_work", 265, "266847760aa2c0296a353a6b92e1a13f65b4238229105c6a85058551f9d466c4", "3fb9f1c89676cea9dedb88be797517fd6ccf4ecfab05d44cda9a61ecd1fe55a8"),
+    ("commit_work", 157, "85ef6b9dd9ef0ea8ad58116a98e239a9fe85b560a310f7b9cc81f3a4be626332", "2d7b3ef64613b7638d602658e246bd75c8f891c6988ee5d040fcd36c2a00e5da"),
     ("verdict", 219, "18759520722d4f7ed5cfacdd00116897b2956da1e0a693d0e1c96aad79683631", "0a014e22b349816f4758aff99d622a2dbdec59343704317eaab87921c97b8c6d"),
     ("commit_aggregate", 233, "2fe641aab6afb0c0e54589d60076d43c718d319c49060917ed3575331678aa27", "21b0bed1cd55491e114bb59566efa34ad27cf70b9753162bbc5ac1240c530b09"),
     ("cancel_job", 121, "0eb579b6d82ee38ac0a426b968b0088de36b216433e40982bcb7333fcdca9f3b", "1a96745c950b320ac4df166564dfc4cbafc415231fb5dc8a02b84a058bee3368"),
     ("report_equivocation", 405, "cea0509cd40b29e10c6f43ef1d81e187178893bb9e50fafb9160b53c455dee03", "82fe05e43e397d5757a2fc562f81c232cbf914d1b28bd2ce7ecf4db1b744f8dd"),
+    ("reveal_work", 253, "ab1599affdd417ae42ff7c75ac53cf2e20de88197d1941e571c383edf31dfb9d", "b6aa41f104246aab43efad40a240078080ed921542b16f3335d249b13120e8e0"),
+    ("verdict", 150, "93be08a7c6397a66ba4e03b3f8a77eb35eee42ef22b8e5ffa6b92a6bb085043f", "e682027c4e0187d668a87bd514c5b0e5b87eda754962cd29c2a7d83cd44fb2c6"),
+    ("verdict", 151, "82c26d8b41139ecf169fae0ab9fb1c5df332e6466293290b0a2bc8505ea2d92c", "68a18e476726e996d42902e6abc4cb6a18a99015cb7bd7272b1df122e9f1f120"),
 ];
-const GOLDEN_BLOCK_HASH: &str = "4410aa503d1edbf9db5aa8ee8d82b87d77b9cd5b16fa7731f92f2353660287e6";
+const GOLDEN_BLOCK_HASH: &str = "06a19593aefd23386b9cc1806fac4697688f1d5e7a370d2bc112b0d297be835d";
 const GOLDEN_JOB_SPEC_HASH: &str = "26492dc932e49443eddff00724d37cef286723e93ddc74cde1a4dc4b4926e499";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
+const GOLDEN_TRAIL_HASH: &str = "8b65b55be39c089efddbcc644efa0e0d34f181bcbe43f65c524aba2a140640a5";
+const GOLDEN_WORK_BINDING: &str = "608eab24882b386c873a80e25397564f20f3da144f673aa148d8aeed51c34c95";
+const GOLDEN_WORK_REVEAL: (usize, &str) = (140, "c66f7cf0b106acba144ce0f2ed278ccc2fb7db8c13e92112aa29affd3f65309c");
+const GOLDEN_TRAIL: (usize, &str) = (248, "4cfdcbe4b71944de4a9b501880a3f32bc96535586c55c54be3483d2ff06bbdb0");
+const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) = (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");
 const GOLDEN_MERKLE_EMPTY: &str = "14ffdb1a57d34c9fb4fac3b2a8e4c473361d39d3b93b07b3bf734039db06a3d5";
+
+/// The seeds of the `decode_tx`, `decode_block` and `decode_trail` fuzz targets
+/// (`fuzz/seeds/TARGET/`) are today's encodings of the golden values: one transaction of each
+/// kind, the golden block and the golden trail. `TRELLIS_WRITE_FUZZ_SEEDS=1` rewrites them.
+#[test]
+fn fuzz_seeds_are_current_encodings() {
+    let mut seeds: Vec<(&str, String, Vec<u8>)> = one_tx_of_each_kind()
+        .iter()
+        .enumerate()
+        .map(|(i, tx)| ("decode_tx", format!("{i:02}-{}", tx.tx.kind.name()), tx.to_bytes()))
+        .collect();
+    seeds.push(("decode_block", "golden".into(), block().to_bytes()));
+    seeds.push(("decode_trail", "golden".into(), trail().to_bytes()));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = std::env::var_os("TRELLIS_WRITE_FUZZ_SEEDS").is_some();
+    for (target, name, bytes) in seeds {
+        let path = root.join(target).join(&name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let stored = std::fs::read(&path).unwrap_or_default();
+            assert!(stored == bytes, "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-proto --test golden", path.display());
+        }
+    }
+}

@@ -102,10 +102,21 @@ fn arb_outcome() -> impl Strategy<Value = VerdictOutcome> {
         Just(InvalidReason::DeltaMismatch),
         Just(InvalidReason::ProofRejected),
         Just(InvalidReason::MalformedBlob),
+        Just(InvalidReason::LossMismatch),
+        Just(InvalidReason::TrailMismatch),
+        Just(InvalidReason::NonCanonicalState),
+    ];
+    let job_fault = prop_oneof![
+        Just(JobFaultReason::DatasetUnavailable),
+        Just(JobFaultReason::ModelUnusable),
+        Just(JobFaultReason::KeysUnusable),
+        Just(JobFaultReason::SpecUnusable),
     ];
     prop_oneof![
         Just(VerdictOutcome::Valid),
         Just(VerdictOutcome::Unavailable),
+        Just(VerdictOutcome::Abstain),
+        job_fault.prop_map(|reason| VerdictOutcome::JobFault { reason }),
         (reason, arb_hash(), arb_hash(), arb_f32()).prop_map(|(reason, expected, reproduced, distance)| {
             VerdictOutcome::Invalid(InvalidEvidence { reason, expected, reproduced, distance })
         }),
@@ -138,18 +149,11 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
         (arb_role(), arb_amount()).prop_map(|(role, amount)| TxKind::Unbond { role, amount }),
         (arb_job_spec(), arb_amount()).prop_map(|(spec, escrow)| TxKind::SubmitJob { spec, escrow }),
         any::<u64>().prop_map(|j| TxKind::JoinJob { job: JobId(j) }),
-        (any::<u64>(), any::<u32>(), arb_hash(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), any::<u64>()).prop_map(
-            |(j, round, trail_root, checkpoints, final_checkpoint, delta_hash, residual_hash, tokens)| {
-                TxKind::CommitWork(WorkCommitment {
-                    job: JobId(j),
-                    round,
-                    trail_root,
-                    checkpoints,
-                    final_checkpoint,
-                    delta_hash,
-                    residual_hash,
-                    tokens,
-                })
+        (any::<u64>(), any::<u32>(), arb_hash())
+            .prop_map(|(j, round, binding)| TxKind::CommitWork(WorkCommitment { job: JobId(j), round, binding })),
+        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash()).prop_map(
+            |(j, round, trail, final_checkpoint, delta_hash, residual_hash)| {
+                TxKind::RevealWork(WorkReveal { job: JobId(j), round, trail, final_checkpoint, delta_hash, residual_hash })
             }
         ),
         (any::<u64>(), any::<u32>(), arb_address(), any::<u32>(), arb_outcome()).prop_map(|(j, round, miner, segment, outcome)| {
@@ -238,6 +242,46 @@ proptest! {
         prop_assert_eq!(back.to_bytes(), bytes);
     }
 
+    // A checker's distance can be anything its arithmetic produced (NaN, infinities, values
+    // beyond f32): the evidence built from it always encodes and decodes back to itself.
+    #[test]
+    fn verdict_evidence_from_any_distance_round_trips(
+        distance in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY), Just(1e300), Just(-0.0)],
+        expected in arb_hash(),
+        segment in any::<u32>(),
+    ) {
+        let evidence = InvalidEvidence::new(InvalidReason::DistanceExceeded, expected, Hash::ZERO, distance);
+        prop_assert!(evidence.distance.is_finite() && evidence.distance >= 0.0);
+        let verdict = Verdict { job: JobId(1), round: 2, miner: Address([3; 20]), segment, outcome: VerdictOutcome::Invalid(evidence) };
+        let back: Verdict = decode(&verdict.to_bytes()).unwrap();
+        prop_assert_eq!(back.to_bytes(), verdict.to_bytes());
+    }
+
+    #[test]
+    fn trails_round_trip_and_are_addressed_by_their_bytes(
+        job in any::<u64>(),
+        round in any::<u32>(),
+        worker in any::<u32>(),
+        interval in any::<u32>(),
+        checkpoints in vec((any::<u64>(), arb_hash()), 0..8),
+        losses in vec(arb_f32(), 0..16),
+        proofs in vec(arb_hash(), 0..4),
+    ) {
+        let trail = Trail {
+            job: JobId(job),
+            round,
+            worker,
+            checkpoint_interval: interval,
+            checkpoints: checkpoints.into_iter().map(|(step, hash)| TrailEntry { step, hash }).collect(),
+            losses,
+            proofs,
+        };
+        let bytes = trail.to_bytes();
+        let back = Trail::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(back.to_bytes(), bytes.clone());
+        prop_assert_eq!(trail.hash(), Trail::hash_bytes(&bytes));
+    }
+
     #[test]
     fn random_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         // Anything that does decode must re-encode to the same bytes (canonical).
@@ -249,6 +293,9 @@ proptest! {
         }
         let _ = decode::<JobSpec>(&bytes);
         let _ = decode::<MerkleProof>(&bytes);
+        if let Ok(trail) = Trail::from_bytes(&bytes) {
+            prop_assert_eq!(trail.to_bytes(), bytes.clone());
+        }
     }
 
     #[test]

@@ -46,7 +46,27 @@ pub fn checkpoint_hash(bytes: &[u8]) -> Hash {
     Hash::digest(HashDomain::Checkpoint, bytes)
 }
 
-/// Serialises the model's weights and the optimizer's state canonically.
+/// Flushes subnormal values of the weights and AdamW moments to zero, in place, then serialises
+/// the state canonically: what a trail checkpoint is. Honest checkpoints therefore never hold a
+/// subnormal, and a checker refuses one that does (`trellis_protocol::judge::check_state`): no
+/// backend's denormal handling can make re-executions from a checkpoint differ.
+pub fn capture(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
+    flush_subnormals(model, optimizer);
+    to_bytes(model, optimizer)
+}
+
+/// Sets every subnormal value of the weights and moments to zero (signed zeros are kept).
+pub fn flush_subnormals(model: &Gpt, optimizer: &AdamW) {
+    tch::no_grad(|| {
+        let tensors = model.parameters().iter().map(|p| &p.tensor).chain(&optimizer.first_moments).chain(&optimizer.second_moments);
+        for tensor in tensors {
+            let mask = tensor.abs().lt(f64::from(f32::MIN_POSITIVE)).logical_and(&tensor.ne(0.0));
+            let _ = tensor.shallow_clone().masked_fill_(&mask, 0.0);
+        }
+    });
+}
+
+/// Serialises the model's weights and the optimizer's state canonically, as they are.
 pub fn to_bytes(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
     let parameters = model.parameters();
     let mut out = Vec::with_capacity(32 + model.numel() * 12);
@@ -247,6 +267,24 @@ mod tests {
             prop_assert_eq!(encode(&data), bytes);
         }
         Ok(())
+    }
+
+    #[test]
+    fn capturing_flushes_subnormals_in_the_state_itself() {
+        use crate::model::Preset;
+        let mut model = Gpt::new(&Preset::Nano.config(), 1, tch::Device::Cpu).unwrap();
+        let optimizer = AdamW::new(crate::optim::AdamWConfig::with_schedule(1e-3, 0, 10), model.parameters());
+        let mut weights = model.flat_weights();
+        let subnormal = f32::from_bits(7);
+        (weights[3], weights[5], weights[8]) = (subnormal, -subnormal, -0.0);
+        model.set_flat_weights(&weights);
+        let _ = optimizer.second_moments[0].shallow_clone().fill_(f64::from(f32::from_bits(1)));
+        let data = CheckpointData::parse(&capture(&model, &optimizer)).unwrap();
+        assert_eq!((data.weights[3].to_bits(), data.weights[5].to_bits()), (0, 0), "subnormal weights become +0");
+        assert_eq!(data.weights[8].to_bits(), (-0.0f32).to_bits(), "signed zeros are kept");
+        assert!(data.second_moments.iter().all(|v| !v.is_subnormal()));
+        assert_eq!(model.flat_weights()[3].to_bits(), 0, "the live state is flushed too, so training continues from it");
+        assert_eq!(data.weights[9], weights[9], "normal values are untouched");
     }
 
     #[test]

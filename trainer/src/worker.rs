@@ -35,12 +35,8 @@ pub enum WorkerError {
     BadSegments { steps: u64, interval: u64, reason: &'static str },
 }
 
-/// One trail entry: the hash of the checkpoint after `step` optimizer steps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrailEntry {
-    pub step: u64,
-    pub hash: Hash,
-}
+/// One trail entry: the hash of the checkpoint after `step` optimizer steps (the protocol's type).
+pub use trellis_proto::TrailEntry;
 
 /// A worker's Proof-of-Learning trail for one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +96,8 @@ pub struct InnerLoop<'a> {
 impl InnerLoop<'_> {
     /// Trains `steps` steps from the current state of `model` and `optimizer`, checkpointing at
     /// the start, at every multiple of the interval (counted from the start) and at the end.
+    /// Every checkpoint first flushes subnormal values of the state to zero
+    /// ([`checkpoint::capture`]), so the state training continues from is the one recorded.
     /// `on_step(step, loss)` is called after every step (for progress bars).
     pub fn train_steps(
         &self,
@@ -150,7 +148,7 @@ impl InnerLoop<'_> {
 
     fn checkpoint(&self, model: &Gpt, optimizer: &AdamW, spent: &mut Duration) -> Result<TrailEntry, WorkerError> {
         let began = Instant::now();
-        let bytes = checkpoint::to_bytes(model, optimizer);
+        let bytes = checkpoint::capture(model, optimizer);
         let hash = checkpoint_hash(&bytes);
         if let Some(dir) = self.trail_dir {
             let path = checkpoint_path(dir, optimizer.step);

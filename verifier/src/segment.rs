@@ -1,19 +1,23 @@
 //! Segment checks: fetch a trail segment's start checkpoint, confirm its hash, re-execute the
-//! segment's steps with the deterministic batch schedule, and compare with the next trail
-//! entry; and the last link, that the submitted Δ encodes θ_r − θ_final.
+//! segment's steps with the deterministic batch schedule, and judge the end checkpoint and every
+//! step's loss by the protocol's rules (`trellis-protocol`); and the last link, that the
+//! submitted Δ encodes θ_r − θ_final.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, Hash, InvalidEvidence, InvalidReason, ModelConfig, VerdictOutcome};
+use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, ModelConfig, VerdictOutcome};
+use trellis_protocol::judge::{check_state, judge_replay, loss_disagreement, Replayed};
+use trellis_protocol::trail::{checkpoint_count, checkpoint_offset, segment_count};
+use trellis_protocol::{Blame, Comparison, SegmentClaim};
 use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData};
 use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::encoding;
 use trellis_trainer::model::Gpt;
 use trellis_trainer::optim::{AdamW, AdamWConfig};
-use trellis_trainer::worker::{checkpoint_path, InnerLoop, Trail};
+use trellis_trainer::worker::{checkpoint_path, InnerLoop, Trail, WorkerError};
 
 /// Where checkers get blobs (checkpoints, deltas) by hash. The node backs it with p2p.
 pub trait BlobSource {
@@ -54,14 +58,8 @@ impl BlobSource for TrailDirSource {
     }
 }
 
-/// How segments are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Mode {
-    /// Reproduced checkpoint hash must equal the trail's (same backend class).
-    Exact,
-    /// Reproduced weights within `max_distance` (relative L2) of the trail's checkpoint.
-    Tolerance { max_distance: f64 },
-}
+/// How segments are compared: the protocol's rule (`trellis_protocol::Comparison`).
+pub type Mode = Comparison;
 
 /// Everything needed to replay a worker's steps: what the job fixes plus the worker's place.
 #[derive(Debug, Clone)]
@@ -84,101 +82,125 @@ pub struct SegmentReport {
     pub outcome: VerdictOutcome,
     /// Relative L2 distance between reproduced and claimed weights (tolerance mode; 0 in exact).
     pub distance: f64,
-    /// Whether the per-step losses recorded in the trail match the re-execution.
+    /// Whether the per-step losses recorded in the trail match the re-execution (also part of
+    /// the outcome: a mismatch is `Invalid(LossMismatch)`).
     pub losses_match: bool,
 }
 
-fn invalid(reason: InvalidReason, expected: Hash, reproduced: Hash, distance: f64) -> VerdictOutcome {
-    VerdictOutcome::Invalid(InvalidEvidence { reason, expected, reproduced, distance: distance as f32 })
+fn invalid(reason: InvalidReason, expected: Hash, reproduced: Hash) -> VerdictOutcome {
+    Blame::miner(reason, expected, reproduced).outcome()
 }
 
-/// Checks segment `index` of `trail` (from checkpoint `index` to `index + 1`).
-pub fn check_segment(replay: &Replay<'_>, trail: &Trail, index: usize, source: &dyn BlobSource, mode: Mode) -> SegmentReport {
-    let report = |outcome, start_step, end_step, distance, losses_match| SegmentReport {
-        segment: index,
-        start_step,
-        end_step,
+/// Checks the segment `claim` describes: fetch its start checkpoint, confirm its hash, its step
+/// and that it is a state honest training can reach, re-execute exactly `claim.steps` steps with
+/// the batch schedule, and judge the end checkpoint and every step's loss
+/// (`trellis_protocol::judge::judge_replay`). The claim's positions come from the chain
+/// (`trellis_protocol::trail`), never from the trail alone.
+pub fn check_claim(replay: &Replay<'_>, claim: &SegmentClaim<'_>, source: &dyn BlobSource, mode: Mode) -> SegmentReport {
+    let (start, end) = (claim.start, claim.end);
+    let report = |outcome, distance, losses_match| SegmentReport {
+        segment: claim.segment as usize,
+        start_step: start.step,
+        end_step: end.step,
         outcome,
         distance,
         losses_match,
     };
-    let (Some(start), Some(end)) = (trail.checkpoints.get(index), trail.checkpoints.get(index + 1)) else {
-        return report(invalid(InvalidReason::MalformedBlob, Hash::ZERO, Hash::ZERO, 0.0), 0, 0, 0.0, false);
-    };
-    let steps = end.step.saturating_sub(start.step);
-    if steps == 0 || steps > trail.checkpoint_interval {
-        return report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO, 0.0), start.step, end.step, 0.0, false);
-    }
     let bytes = match source.fetch(&start.hash) {
         Ok(bytes) => bytes,
-        Err(_) => return report(VerdictOutcome::Unavailable, start.step, end.step, 0.0, false),
+        Err(_) => return report(Blame::Withheld.outcome(), 0.0, false),
     };
     let actual = checkpoint_hash(&bytes);
     if actual != start.hash {
-        return report(invalid(InvalidReason::StartMismatch, start.hash, actual, 0.0), start.step, end.step, 0.0, false);
+        return report(invalid(InvalidReason::StartMismatch, start.hash, actual), 0.0, false);
     }
-    let malformed = || invalid(InvalidReason::MalformedBlob, start.hash, actual, 0.0);
     let Ok(data) = CheckpointData::parse(&bytes) else {
-        return report(malformed(), start.step, end.step, 0.0, false);
+        return report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false);
     };
     if data.step != start.step {
-        return report(malformed(), start.step, end.step, 0.0, false);
+        return report(invalid(InvalidReason::TrailMismatch, start.hash, actual), 0.0, false);
+    }
+    if check_state(&data.weights, &data.first_moments, &data.second_moments).is_err() {
+        return report(invalid(InvalidReason::NonCanonicalState, start.hash, actual), 0.0, false);
     }
     let Ok(mut model) = Gpt::new(&replay.model, 0, replay.device) else {
-        return report(malformed(), start.step, end.step, 0.0, false);
+        return report(Blame::Job(JobFaultReason::ModelUnusable).outcome(), 0.0, false);
     };
     let mut optimizer = AdamW::new(replay.adamw.clone(), model.parameters());
     if data.restore(&mut model, &mut optimizer).is_err() {
-        return report(malformed(), start.step, end.step, 0.0, false);
+        return report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false);
     }
     let inner = InnerLoop {
         dataset: replay.dataset,
         schedule: &replay.schedule,
         round: replay.round,
         worker: replay.worker,
-        checkpoint_interval: steps,
+        checkpoint_interval: claim.steps,
         trail_dir: None,
     };
-    let outcome = match inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}) {
+    let outcome = match inner.train_steps(&mut model, &mut optimizer, claim.steps, |_, _| {}) {
         Ok(outcome) => outcome,
+        // The schedule cannot serve this slot: the job's dataset does not fit its workers.
+        Err(WorkerError::Data(_)) => return report(Blame::Job(JobFaultReason::SpecUnusable).outcome(), 0.0, false),
         // Diverging from a claimed state is as good as not reproducing it.
-        Err(_) => return report(invalid(InvalidReason::CheckpointMismatch, end.hash, Hash::ZERO, 0.0), start.step, end.step, 0.0, false),
+        Err(_) => return report(invalid(InvalidReason::CheckpointMismatch, end.hash, Hash::ZERO), 0.0, false),
     };
     let reproduced = outcome.trail.checkpoints.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
-    // The trail is the miner's: its steps need not ascend, so the offset may not exist.
-    let claimed_losses = start.step.checked_sub(trail.checkpoints[0].step).and_then(|offset| {
-        trail.losses.get(usize::try_from(offset).ok()?..usize::try_from(offset.checked_add(steps)?).ok()?)
-    });
-    let losses_match = claimed_losses.is_some_and(|l| l == outcome.trail.losses.as_slice());
-    match mode {
-        Mode::Exact => {
-            let verdict = if reproduced == end.hash {
-                VerdictOutcome::Valid
-            } else {
-                invalid(InvalidReason::CheckpointMismatch, end.hash, reproduced, 0.0)
-            };
-            report(verdict, start.step, end.step, 0.0, losses_match)
-        }
-        Mode::Tolerance { max_distance } => {
+    let losses_match = loss_disagreement(claim.losses, &outcome.trail.losses, mode).is_none();
+    let distance = match mode {
+        Mode::Exact => 0.0,
+        Mode::Tolerance { .. } => {
             let claimed = match source.fetch(&end.hash) {
                 Ok(bytes) if checkpoint_hash(&bytes) == end.hash => bytes,
-                Ok(bytes) => {
-                    let got = checkpoint_hash(&bytes);
-                    return report(invalid(InvalidReason::StartMismatch, end.hash, got, 0.0), start.step, end.step, 0.0, losses_match);
-                }
-                Err(_) => return report(VerdictOutcome::Unavailable, start.step, end.step, 0.0, losses_match),
+                Ok(bytes) => return report(invalid(InvalidReason::StartMismatch, end.hash, checkpoint_hash(&bytes)), 0.0, losses_match),
+                Err(_) => return report(Blame::Withheld.outcome(), 0.0, losses_match),
             };
             let Ok(claimed) = CheckpointData::parse(&claimed) else {
-                return report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO, 0.0), start.step, end.step, 0.0, losses_match);
+                return report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO), 0.0, losses_match);
             };
-            let distance = relative_distance(&model.flat_weights(), &claimed.weights);
-            let verdict = if distance <= max_distance {
-                VerdictOutcome::Valid
-            } else {
-                invalid(InvalidReason::DistanceExceeded, end.hash, reproduced, distance)
-            };
-            report(verdict, start.step, end.step, distance, losses_match)
+            relative_distance(&model.flat_weights(), &claimed.weights)
         }
+    };
+    let replayed = Replayed { end_hash: reproduced, losses: &outcome.trail.losses, distance };
+    report(judge_replay(claim, &replayed, mode), distance, losses_match)
+}
+
+/// The claim of segment `index` of an offline trail (written by `trellis train --trail-dir`),
+/// whose positions follow from its own first step, interval and loss count; `None` when its
+/// checkpoints do not sit at those positions or the segment does not exist.
+pub fn offline_claim(trail: &Trail, index: usize) -> Option<SegmentClaim<'_>> {
+    let steps = u32::try_from(trail.losses.len()).ok()?;
+    let interval = u32::try_from(trail.checkpoint_interval).ok().filter(|c| *c > 0)?;
+    let first = trail.checkpoints.first()?.step;
+    let positions_hold = trail.checkpoints.len() == checkpoint_count(steps, interval) as usize
+        && (0u32..).zip(&trail.checkpoints).all(|(i, e)| Some(e.step) == first.checked_add(checkpoint_offset(i, steps, interval)));
+    let index = u32::try_from(index).ok()?;
+    if !positions_hold || index >= segment_count(steps, interval) {
+        return None;
+    }
+    let (from, to) = (checkpoint_offset(index, steps, interval), checkpoint_offset(index + 1, steps, interval));
+    Some(SegmentClaim {
+        segment: index,
+        start: trail.checkpoints[index as usize],
+        end: trail.checkpoints[index as usize + 1],
+        steps: to - from,
+        losses: &trail.losses[from as usize..to as usize],
+    })
+}
+
+/// Checks segment `index` of an offline trail (from checkpoint `index` to `index + 1`); a trail
+/// whose checkpoints are not at the protocol's positions is `Invalid(TrailMismatch)`.
+pub fn check_segment(replay: &Replay<'_>, trail: &Trail, index: usize, source: &dyn BlobSource, mode: Mode) -> SegmentReport {
+    match offline_claim(trail, index) {
+        Some(claim) => check_claim(replay, &claim, source, mode),
+        None => SegmentReport {
+            segment: index,
+            start_step: 0,
+            end_step: 0,
+            outcome: invalid(InvalidReason::TrailMismatch, Hash::ZERO, Hash::ZERO),
+            distance: 0.0,
+            losses_match: false,
+        },
     }
 }
 

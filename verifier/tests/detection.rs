@@ -1,84 +1,15 @@
 //! Each way of faking work is caught with the right verdict, and honest work passes.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
+use common::*;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, Hash, InvalidReason, VerdictOutcome};
-use trellis_trainer::checkpoint::{self, checkpoint_hash};
-use trellis_trainer::data::{BatchSchedule, Dataset};
+use trellis_proto::{DeltaEncoding, InvalidReason, VerdictOutcome};
+use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_trainer::optim::{AdamW, AdamWConfig};
-use trellis_trainer::worker::{InnerLoop, Trail, TrailEntry};
-use trellis_verifier::segment::{check_delta, check_segment, BlobError, BlobSource, DeltaError, Mode, Replay};
+use trellis_verifier::segment::{check_delta, check_segment, DeltaError, Mode};
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
-
-/// Checkpoints kept in memory, by hash.
-#[derive(Default)]
-struct MemorySource(HashMap<Hash, Vec<u8>>);
-
-impl BlobSource for MemorySource {
-    fn fetch(&self, hash: &Hash) -> Result<Vec<u8>, BlobError> {
-        self.0.get(hash).cloned().ok_or(BlobError::NotFound(*hash))
-    }
-}
-
-fn dataset() -> Dataset {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
-    Dataset::load(&path).unwrap_or_else(|e| panic!("the test corpus is required: {e}"))
-}
-
-fn adamw() -> AdamWConfig {
-    AdamWConfig::with_schedule(3e-3, 2, 12)
-}
-
-fn schedule(seed: u64) -> BatchSchedule {
-    BatchSchedule { seed, workers: 2, batch_size: 2, sequence_length: 32 }
-}
-
-fn replay(dataset: &Dataset) -> Replay<'_> {
-    Replay { model: Preset::Nano.config(), adamw: adamw(), dataset, schedule: schedule(3), round: 0, worker: 1, device: Device::Cpu }
-}
-
-/// An honest miner: 12 steps in segments of 4, every checkpoint kept. `cheat(step_index)` may
-/// change how a segment is trained: (schedule seed to use, steps to actually run).
-fn mine(dataset: &Dataset, cheat: impl Fn(usize) -> (u64, u64)) -> (Trail, MemorySource, Gpt) {
-    let mut model = Gpt::new(&Preset::Nano.config(), 9, Device::Cpu).unwrap();
-    let mut optimizer = AdamW::new(adamw(), model.parameters());
-    let mut source = MemorySource::default();
-    let save = |model: &Gpt, optimizer: &AdamW, source: &mut MemorySource| {
-        let bytes = checkpoint::to_bytes(model, optimizer);
-        let hash = checkpoint_hash(&bytes);
-        source.0.insert(hash, bytes);
-        TrailEntry { step: optimizer.step, hash }
-    };
-    let mut checkpoints = vec![save(&model, &optimizer, &mut source)];
-    let mut losses = Vec::new();
-    for segment in 0..3 {
-        let (seed, steps) = cheat(segment);
-        let schedule = schedule(seed);
-        let inner = InnerLoop { dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 4, trail_dir: None };
-        let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap();
-        losses.extend(outcome.trail.losses);
-        let mut entry = save(&model, &optimizer, &mut source);
-        // A skipped step still claims the step number an honest trail would have.
-        entry.step = 4 * (segment as u64 + 1);
-        checkpoints.push(entry);
-    }
-    (Trail { round: 0, worker: 1, checkpoint_interval: 4, checkpoints, losses, proofs: Vec::new() }, source, model)
-}
-
-fn honest(_: usize) -> (u64, u64) {
-    (3, 4)
-}
-
-fn reason(outcome: &VerdictOutcome) -> Option<InvalidReason> {
-    match outcome {
-        VerdictOutcome::Invalid(evidence) => Some(evidence.reason),
-        _ => None,
-    }
-}
 
 #[test]
 fn an_honest_trail_passes_in_exact_and_tolerance_mode() {
@@ -125,20 +56,28 @@ fn a_swapped_batch_is_a_checkpoint_mismatch() {
 #[test]
 fn a_skipped_step_is_caught() {
     let data = dataset();
-    // Segment 2 ran 3 steps but claims 4.
+    // Segment 2 ran 3 steps but claims 4: its trail has 11 losses, so the claimed step 12 is
+    // not where the last checkpoint of an 11-step trail sits.
     let (trail, source, _) = mine(&data, |segment| if segment == 2 { (3, 3) } else { (3, 4) });
     let report = check_segment(&replay(&data), &trail, 2, &source, Mode::Exact);
+    assert_eq!(reason(&report.outcome), Some(InvalidReason::TrailMismatch));
+    // With a made-up twelfth loss the shape holds, and the replay of 4 steps lands elsewhere.
+    let mut padded = trail.clone();
+    padded.losses.push(2.5);
+    let report = check_segment(&replay(&data), &padded, 2, &source, Mode::Exact);
     assert_eq!(reason(&report.outcome), Some(InvalidReason::CheckpointMismatch));
 }
 
+
+
+
 #[test]
-fn a_trail_whose_steps_do_not_ascend_is_checked_without_panicking() {
+fn a_trail_whose_steps_do_not_ascend_is_a_trail_mismatch() {
     let data = dataset();
     let (mut trail, source, _) = mine(&data, honest);
-    // The first entry claims a later step than the segment checked: segment 1 starts before it.
     trail.checkpoints[0].step = 5;
     let report = check_segment(&replay(&data), &trail, 1, &source, Mode::Exact);
-    assert!(!report.losses_match, "no claimed losses exist before the trail's first step");
+    assert_eq!(reason(&report.outcome), Some(InvalidReason::TrailMismatch));
 }
 
 #[test]
@@ -223,8 +162,8 @@ fn truncated_and_malformed_blobs_get_verdicts_not_panics() {
     blobs.0.insert(forged.checkpoints[0].hash, garbage);
     assert_eq!(reason(&check_segment(&replay(&data), &forged, 0, &blobs, Mode::Exact).outcome), Some(InvalidReason::MalformedBlob));
     // Segment indices and step gaps that do not fit the trail.
-    assert_eq!(reason(&check_segment(&replay(&data), &trail, 7, &source, Mode::Exact).outcome), Some(InvalidReason::MalformedBlob));
+    assert_eq!(reason(&check_segment(&replay(&data), &trail, 7, &source, Mode::Exact).outcome), Some(InvalidReason::TrailMismatch));
     let mut gap = trail.clone();
     gap.checkpoints[1].step = 40;
-    assert_eq!(reason(&check_segment(&replay(&data), &gap, 1, &source, Mode::Exact).outcome), Some(InvalidReason::MalformedBlob));
+    assert_eq!(reason(&check_segment(&replay(&data), &gap, 1, &source, Mode::Exact).outcome), Some(InvalidReason::TrailMismatch));
 }

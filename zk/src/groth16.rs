@@ -161,6 +161,7 @@ pub fn verify(
 /// proofs under one key.
 #[derive(Clone, Debug)]
 pub struct PreparedVerifier {
+    spec: ModelSpec,
     steps: u32,
     prepared: PreparedVerifyingKey<Bn254>,
 }
@@ -169,9 +170,20 @@ impl PreparedVerifier {
     /// Precompute `e(α, β)` and the prepared G2 points.
     pub fn new(vk: &ZkVerifyingKey) -> Self {
         PreparedVerifier {
+            spec: vk.spec.clone(),
             steps: vk.steps,
             prepared: prepare_verifying_key(&vk.key),
         }
+    }
+
+    /// The model the key verifies steps of.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Steps per proof.
+    pub fn steps(&self) -> u32 {
+        self.steps
     }
 
     /// See [`verify`].

@@ -1,7 +1,7 @@
 //! A small world for contract tests: a store, the chain's rules, keys, and a block clock.
 #![allow(dead_code)]
 
-use trellis_contracts::state::{keys, read, Account, Job, RoundState, Stake};
+use trellis_contracts::state::{keys, read, Account, Job, Phase, RoundState, Stake};
 use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Params, TxError};
 use trellis_proto::*;
 
@@ -15,6 +15,8 @@ pub struct World {
     pub miners: Vec<Keypair>,
     pub submitter: Keypair,
     pub events: Vec<Event>,
+    /// Mixed into every block's randomness, so that worlds built alike can draw differently.
+    pub salt: u64,
 }
 
 pub fn key(tag: u8, index: u8) -> Keypair {
@@ -42,11 +44,11 @@ impl World {
         };
         let mut kv = MemoryKv::new();
         let chain = Chain::init_genesis(&mut kv, &genesis).unwrap();
-        World { kv, chain, height: 0, validators, miners, submitter, events: Vec::new() }
+        World { kv, chain, height: 0, validators, miners, submitter, events: Vec::new(), salt: 0 }
     }
 
     pub fn ctx(&self) -> BlockCtx {
-        let randomness = Hash::digest(HashDomain::BlockHeader, &self.height.to_le_bytes());
+        let randomness = Hash::digest(HashDomain::BlockHeader, &[self.height.to_le_bytes(), self.salt.to_le_bytes()].concat());
         BlockCtx { height: self.height, time_ms: self.height * 1000, randomness, proposer: self.validators[0].address() }
     }
 
@@ -160,30 +162,58 @@ impl World {
         read(&self.kv, keys::NEXT_JOB).unwrap().unwrap()
     }
 
-    /// An honest-looking commitment for miner `i` (distinct Δ per miner).
-    pub fn work(&self, job: u64, round: u32, i: usize) -> WorkCommitment {
-        WorkCommitment {
+    /// The work miner `i` reveals (distinct Δ per miner).
+    pub fn work(&self, job: u64, round: u32, i: usize) -> WorkReveal {
+        WorkReveal {
             job: JobId(job),
             round,
-            trail_root: Hash([i as u8 + 1; 32]),
-            checkpoints: 5,
+            trail: Hash([i as u8 + 1; 32]),
             final_checkpoint: Hash([i as u8 + 50; 32]),
             delta_hash: Hash([i as u8 + 100; 32]),
             residual_hash: Hash::ZERO,
-            tokens: 20 * 8 * 64,
         }
     }
 
-    pub fn commit(&mut self, job: u64, round: u32, i: usize) -> Result<Vec<Event>, TxError> {
-        let work = self.work(job, round, i);
-        let miner = Keypair::from_seed(self.miners[i].seed());
-        self.send(&miner, TxKind::CommitWork(work))
+    /// Miner `i`'s commitment to [`World::work`].
+    pub fn commitment(&self, job: u64, round: u32, i: usize) -> WorkCommitment {
+        WorkCommitment { job: JobId(job), round, binding: self.work(job, round, i).binding(&self.miners[i].address()) }
     }
 
-    /// Moves past the commit deadline so segments are sampled.
+    pub fn commit(&mut self, job: u64, round: u32, i: usize) -> Result<Vec<Event>, TxError> {
+        let commitment = self.commitment(job, round, i);
+        let miner = Keypair::from_seed(self.miners[i].seed());
+        self.send(&miner, TxKind::CommitWork(commitment))
+    }
+
+    pub fn reveal(&mut self, job: u64, round: u32, i: usize) -> Result<Vec<Event>, TxError> {
+        let work = self.work(job, round, i);
+        let miner = Keypair::from_seed(self.miners[i].seed());
+        self.send(&miner, TxKind::RevealWork(work))
+    }
+
+    /// Moves to the round's reveal phase (past the commit deadline, or at once when every worker
+    /// committed).
+    pub fn to_reveals(&mut self, job: u64, round: u32) {
+        if self.round(job, round).phase == Phase::Open {
+            self.next_block();
+        }
+        if self.round(job, round).phase == Phase::Open {
+            let deadline = self.round(job, round).commit_deadline;
+            self.advance_to(deadline + 1);
+        }
+        assert_eq!(self.round(job, round).phase, Phase::Revealing);
+    }
+
+    /// Past the commit phase: every miner that committed reveals, and the next block samples.
     pub fn past_commit_deadline(&mut self, job: u64, round: u32) {
-        let deadline = self.round(job, round).commit_deadline;
-        self.advance_to(deadline + 1);
+        self.to_reveals(job, round);
+        let committed: Vec<Address> = self.round(job, round).commits.iter().map(|c| c.miner).collect();
+        for i in 0..self.miners.len() {
+            if committed.contains(&self.miners[i].address()) {
+                self.reveal(job, round, i).unwrap();
+            }
+        }
+        self.next_block();
     }
 
     pub fn validator_index(&self, address: &Address) -> usize {
@@ -236,6 +266,18 @@ impl World {
         let supply: trellis_contracts::state::Supply = read(&self.kv, keys::SUPPLY).unwrap().unwrap();
         assert_eq!(trellis_contracts::total_holdings(&self.kv).unwrap(), supply.expected_total(), "supply not conserved");
     }
+}
+
+/// Every slash `who` received, as (amount, reason), in order.
+pub fn slashed(world: &World, who: &Address) -> Vec<(u64, trellis_contracts::SlashReason)> {
+    world
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Slashed { who: w, amount, reason, .. } if w == who => Some((*amount, *reason)),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn invalid() -> VerdictOutcome {

@@ -100,12 +100,17 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let mut deltas = Vec::with_capacity(round.accepted.len());
     for miner in &round.accepted {
-        let commit = round.commits.iter().find(|c| &c.miner == miner).context("an accepted miner without a commitment")?;
+        let reveal = round
+            .commits
+            .iter()
+            .find(|c| &c.miner == miner)
+            .and_then(|c| c.reveal.as_ref())
+            .context("an accepted miner without revealed work")?;
         let bytes = net
-            .fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline)
+            .fetch_until(BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline)
             .await
             .with_context(|| format!("the Δ of {miner}"))?;
-        net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, commit.work.delta_hash)])?;
+        net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, reveal.delta_hash)])?;
         let (encoding, values) = encoding::decode(&bytes).with_context(|| format!("decoding the Δ of {miner}"))?;
         if encoding != job.spec.diloco.encoding || values.len() != global.len() {
             bail!("the Δ of {miner} is not a {:?} vector of {} values", job.spec.diloco.encoding, global.len());

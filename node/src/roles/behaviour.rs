@@ -10,11 +10,18 @@
 //! - `fake-trail`: trains nothing; publishes checkpoints that hash correctly but were never
 //!   computed (the start state plus noise) and the Δ they imply; any sampled segment fails to
 //!   replay (`Invalid`): poisoner.
-//! - `skip-work`: commits made-up hashes at once and serves nothing (`Unavailable`): freeloader.
-//! - `copy`: waits for another worker's commitment and commits it as its own: the chain sees the
-//!   same Δ hash twice (copy): freeloader, ejected.
-//! - `withhold`: trains and commits honestly but never publishes its blobs (`Unavailable`):
-//!   freeloader.
+//! - `unit-gap`: trains only ⌈H/c⌉ of its H steps, checkpointing after every one of them, and
+//!   pads the losses to H: every one-step segment would replay, but the checkpoints are not where
+//!   a round's checkpoints sit (`Invalid(TrailMismatch)`): poisoner.
+//! - `skip-work`: commits and reveals made-up hashes and serves nothing (`Unavailable`): slashed
+//!   as much as a poisoner, ejected (withholding costs what faking costs).
+//! - `copy`: waits for another worker's commitment and commits it as its own: the binding covers
+//!   the original's address, so the copy can never be revealed: freeloader.
+//! - `withhold`: trains, commits and reveals honestly but never publishes its blobs
+//!   (`Unavailable`): slashed as a poisoner, ejected.
+//! - `lying-peer`: trains honestly, but its blob exchange lies to everyone: doctored copies of
+//!   the other miners' trails it fetched, and manifests over the size limit for anything else.
+//!   Checkers move on to honest holders and stop asking it; nobody honest is punished.
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,10 +44,14 @@ pub enum Behaviour {
     Copy,
     /// Never serves its blobs.
     Withhold,
+    /// Trains ⌈H/c⌉ steps and checkpoints after each.
+    UnitGap,
+    /// Serves doctored blobs and oversized manifests to its peers.
+    LyingPeer,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 7] = [
+    pub const ALL: [Behaviour; 9] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -48,6 +59,8 @@ impl Behaviour {
         Behaviour::SkipWork,
         Behaviour::Copy,
         Behaviour::Withhold,
+        Behaviour::UnitGap,
+        Behaviour::LyingPeer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,12 +72,14 @@ impl Behaviour {
             Behaviour::SkipWork => "skip-work",
             Behaviour::Copy => "copy",
             Behaviour::Withhold => "withhold",
+            Behaviour::UnitGap => "unit-gap",
+            Behaviour::LyingPeer => "lying-peer",
         }
     }
 
-    /// Whether the miner runs the inner loop at all.
-    pub fn trains(self) -> bool {
-        matches!(self, Behaviour::Honest | Behaviour::PoisonSignFlip | Behaviour::PoisonNoise | Behaviour::Withhold)
+    /// Whether the miner produces a trail of its own (trained, partly trained or faked).
+    pub fn works(self) -> bool {
+        !matches!(self, Behaviour::SkipWork | Behaviour::Copy)
     }
 }
 

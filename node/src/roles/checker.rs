@@ -1,20 +1,28 @@
 //! The validator's verification duty: for every sampled segment it is assigned, fetch the
-//! miner's trail and checkpoints from the blob exchange, check the trail's first link (it starts
-//! from the canonical state of θ_r), re-execute the segment, check the last link (Δ encodes
-//! θ_r − θ_final), and send the verdict before the window closes. In a `groth16` job the
-//! segment is not re-executed: its proof is checked against the commitments to the trail's
-//! checkpoints and the scheduled batches (`crate::zkjob`).
+//! miner's trail and checkpoints from the blob exchange, check that the trail is the one of this
+//! round, job and slot (its shape, from the chain's facts: `trellis_protocol::trail`), check its
+//! first link (it starts from the canonical state of θ_r), re-execute the segment and judge its
+//! end and every step's loss, check the last link (Δ encodes θ_r − θ_final), and send the
+//! verdict before the window closes. In a `groth16` job the segment is not re-executed: its proof
+//! is checked against the commitments to the trail's checkpoints and the scheduled batches
+//! (`crate::zkjob`).
+//!
+//! Every assigned segment gets a verdict, and every way a check can fail has its blame
+//! ([`Blame`]): the miner's data (`Invalid` with evidence, or `Unavailable` when no holder serves
+//! it), the job's (its dataset, model, keys or spec cannot be used: `JobFault`, which voids the
+//! job), or this node's own (its disk, its network: it tries again after the next block, and
+//! after [`OWN_FAILURES`] failures abstains, so that its silence is never read as approval).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use trellis_contracts::rounds::worker_index;
-use trellis_contracts::state::{Assignment, Commit, Job, Phase, RoundState};
-use trellis_proto::{Hash, InvalidEvidence, InvalidReason, TxKind, Verdict, VerdictOutcome, VerificationMode};
+use trellis_contracts::state::{Assignment, Job, Phase, RoundState};
+use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal};
+use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
+use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::CheckpointData;
-use trellis_trainer::worker::Trail;
-use trellis_verifier::segment::{check_delta, check_segment, residual_within_bound, BlobError, BlobSource, Mode, Replay};
+use trellis_verifier::segment::{check_claim, check_delta, residual_within_bound, BlobError, BlobSource, Replay};
 
 use super::RoleContext;
 use crate::blobs::{BlobKey, BlobKind, BlobStore};
@@ -24,6 +32,8 @@ use crate::zkjob::{self, SegmentEvidence, ZkJob};
 
 /// How long a checker waits for a miner's blobs before calling them unavailable.
 const BLOB_PATIENCE: Duration = Duration::from_secs(20);
+/// How many times a checker's own failure is retried (once per block) before it abstains.
+pub const OWN_FAILURES: u32 = 3;
 
 /// Called after every block by the validator role.
 pub fn tick(context: &Arc<RoleContext>, height: u64) {
@@ -42,14 +52,23 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
             let (context, job, round, assignment) = (context.clone(), job.clone(), round.clone(), assignment.clone());
             tokio::spawn(async move {
                 let began = std::time::Instant::now();
-                let outcome = check(&context, &job, &round, &assignment).await;
-                let outcome = match outcome {
+                let outcome = match check(&context, &job, &round, &assignment).await {
                     Ok(outcome) => outcome,
-                    Err(error) => {
-                        // Our own failure (not the miner's): try again after the next block.
-                        tracing::warn!(target: "node::checker", job = %job.id, error = format!("{error:#}"), "cannot check a segment yet");
-                        context.forget(&label);
-                        return;
+                    Err(failure) => {
+                        let failures = context.count_failure(&label);
+                        if failures < OWN_FAILURES {
+                            tracing::warn!(
+                                target: "node::checker", job = %job.id, miner = %assignment.miner, segment = assignment.segment,
+                                error = format!("{:#}", failure.0), failures, "cannot check a segment yet (our own failure); trying again"
+                            );
+                            context.forget(&label);
+                            return;
+                        }
+                        tracing::error!(
+                            target: "node::checker", job = %job.id, miner = %assignment.miner, segment = assignment.segment,
+                            error = format!("{:#}", failure.0), failures, "cannot check a segment (our own failure); abstaining"
+                        );
+                        Blame::Checker.outcome()
                     }
                 };
                 tracing::info!(
@@ -71,8 +90,14 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
     }
 }
 
-fn invalid(reason: InvalidReason, expected: Hash, reproduced: Hash) -> VerdictOutcome {
-    VerdictOutcome::Invalid(InvalidEvidence { reason, expected, reproduced, distance: 0.0 })
+/// This checker could not do its part: not the miner's fault, not the job's.
+#[derive(Debug)]
+pub struct OwnFailure(pub anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for OwnFailure {
+    fn from(error: E) -> Self {
+        OwnFailure(error.into())
+    }
 }
 
 /// Checkpoints the blob exchange already fetched into the local store.
@@ -84,103 +109,160 @@ impl BlobSource for StoreSource<'_> {
     }
 }
 
-/// The verdict on one assignment. `Err` means this node could not do its part (its own data
-/// missing), not that the miner failed.
-async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> anyhow::Result<VerdictOutcome> {
-    let Some(commit) = round.commits.iter().find(|c| c.miner == assignment.miner).cloned() else {
-        anyhow::bail!("no commitment from {}", assignment.miner);
-    };
-    let worker = worker_index(round, &commit.miner).context("the miner is not a worker of the round")?;
-    let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
-    let net = &context.net;
-    let trail: Trail = match served(net.fetch_until(BlobKey::new(BlobKind::Trail, commit.work.trail_root), deadline).await)? {
-        Some(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(trail) => trail,
-            Err(_) => return Ok(invalid(InvalidReason::MalformedBlob, commit.work.trail_root, Hash::ZERO)),
-        },
-        None => return Ok(VerdictOutcome::Unavailable),
-    };
-    if let Some(outcome) = trail_shape(job, round, &commit, &trail) {
-        return Ok(outcome);
+/// A check's early end: a verdict that needs no replay.
+type Early = Result<VerdictOutcome, OwnFailure>;
+
+/// Fetches a blob of the miner's: `Ok(bytes)`, or the verdict when no holder serves it, or our
+/// own failure (our disk, our exchange), which must never count against the miner.
+async fn miners_blob(context: &RoleContext, key: BlobKey, deadline: tokio::time::Instant) -> Result<Vec<u8>, Early> {
+    match context.net.fetch_until(key, deadline).await {
+        Ok(bytes) => Ok(bytes),
+        Err(FetchError::Unavailable(_)) => Err(Ok(Blame::Withheld.outcome())),
+        Err(error) => Err(Err(error.into())),
     }
-    let zk = ZkJob::of(&job.spec)?;
-    let dataset = context.dataset(job.spec.dataset_root).await.context("the job's dataset")?;
-    let global = jobdata::global_weights(net, job).await.context("the global model")?;
+}
+
+fn job_fault(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> VerdictOutcome {
+    tracing::warn!(target: "node::checker", job = %job.id, ?reason, error = format!("{error:#}"), "the job cannot be checked as submitted");
+    Blame::Job(reason).outcome()
+}
+
+/// The verdict on one assignment; `Err` only for this node's own failures.
+async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> Result<VerdictOutcome, OwnFailure> {
+    match gather(context, job, round, assignment).await {
+        Ok(gathered) => judge(context, job, round, gathered).await,
+        Err(early) => early,
+    }
+}
+
+/// Everything a segment's judgement reads, fetched before the blocking part.
+struct Gathered {
+    reveal: WorkReveal,
+    trail: Trail,
+    frame: TrailFrame,
+    segment: u32,
+    worker: usize,
+    zk: Option<(ZkJob, Arc<trellis_zk::PreparedVerifier>, Vec<u8>)>,
+    dataset: Arc<trellis_trainer::data::Dataset>,
+    global: Vec<f32>,
+    delta: Vec<u8>,
+    residual: Option<Vec<f32>>,
+}
+
+/// The trail in `bytes` (revealed as `address`) if it is the one `frame` says this round needs;
+/// otherwise the miner's `Invalid` verdict. Nothing in it is trusted: round, slot, interval and
+/// positions all come from the chain.
+fn read_trail(bytes: &[u8], frame: &TrailFrame, address: Hash) -> Result<Trail, VerdictOutcome> {
+    let trail = Trail::from_bytes(bytes).map_err(|_| Blame::miner(InvalidReason::MalformedBlob, address, Hash::ZERO).outcome())?;
+    if let Err(mismatch) = check_trail(&trail, frame) {
+        tracing::info!(target: "node::checker", job = %frame.job, round = frame.round, worker = frame.worker, %mismatch, "the trail is not one of this round");
+        return Err(Blame::miner(InvalidReason::TrailMismatch, address, Hash::ZERO).outcome());
+    }
+    Ok(trail)
+}
+
+async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> Result<Gathered, Early> {
+    // What the chain says: only revealed work is sampled, at the slot the chain gave the miner.
+    let commit = round.commits.iter().find(|c| c.miner == assignment.miner);
+    let (Some(reveal), Some(worker)) = (commit.and_then(|c| c.reveal.clone()), worker_index(round, &assignment.miner)) else {
+        return Err(Err(OwnFailure(anyhow::anyhow!("the chain has no revealed work of {} in this round", assignment.miner))));
+    };
+    let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
+    let trail_bytes = miners_blob(context, BlobKey::new(BlobKind::Trail, reveal.trail), deadline).await?;
+    let worker_slot = u32::try_from(worker).map_err(|e| Err(e.into()))?;
+    let frame = TrailFrame::of(&job.spec, job.id, round.round, worker_slot, reveal.final_checkpoint);
+    let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
+    let zk = match ZkJob::of(&job.spec) {
+        Ok(zk) => zk,
+        Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error, job))),
+    };
+    let dataset = match context.dataset(job.spec.dataset_root).await {
+        Ok(dataset) => dataset,
+        Err(error) => return Err(Ok(job_fault(JobFaultReason::DatasetUnavailable, error, job))),
+    };
+    // θ_r is the committed model every validator computed: failing to get it is ours.
+    let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
     let start = match &zk {
-        Some(zk) => zk.start_checkpoint_hash(&global)?,
-        None => jobdata::start_checkpoint_hash(&job.spec, round.round, &global)?,
+        Some(zk) => zk.start_checkpoint_hash(&global),
+        None => jobdata::start_checkpoint_hash(&job.spec, round.round, &global),
+    };
+    let start = match start {
+        Ok(start) => start,
+        Err(error) => return Err(Ok(job_fault(JobFaultReason::ModelUnusable, error, job))),
     };
     if trail.checkpoints[0].hash != start {
-        return Ok(invalid(InvalidReason::StartMismatch, start, trail.checkpoints[0].hash));
+        return Err(Ok(Blame::miner(InvalidReason::StartMismatch, start, trail.checkpoints[0].hash).outcome()));
     }
-    // Everything the check and the delta check read, fetched before the blocking part.
-    let segment = assignment.segment as usize;
-    let mut needed = vec![trail.checkpoints[segment].hash, commit.work.final_checkpoint];
-    if zk.is_some() || matches!(job.spec.verification.mode, VerificationMode::Tolerance { .. }) {
-        needed.push(trail.checkpoints[segment + 1].hash);
+    let segment = assignment.segment;
+    let Some(claim) = segment_claim(&trail, &frame, segment) else {
+        return Err(Ok(Blame::miner(InvalidReason::TrailMismatch, reveal.trail, Hash::ZERO).outcome()));
+    };
+    let mut needed = vec![claim.start.hash, reveal.final_checkpoint];
+    if zk.is_some() || matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Tolerance { .. })) {
+        needed.push(claim.end.hash);
     }
     for hash in needed {
-        if served(net.fetch_until(BlobKey::new(BlobKind::Checkpoint, hash), deadline).await)?.is_none() {
-            return Ok(VerdictOutcome::Unavailable);
-        }
+        miners_blob(context, BlobKey::new(BlobKind::Checkpoint, hash), deadline).await?;
     }
-    // groth16: the segment's proof and the job's verifying key.
-    let zk_check = match &zk {
+    // groth16: the segment's proof (the miner's) and the job's verifying key (the submitter's).
+    let zk = match zk {
         Some(zk) => {
-            let Some(proof_hash) = trail.proofs.get(segment).copied() else {
-                return Ok(invalid(InvalidReason::MalformedBlob, commit.work.trail_root, Hash::ZERO));
+            let proof = miners_blob(context, BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]), deadline).await?;
+            let verifier = match context.verifier(zk.verifying_key).await {
+                Ok(verifier) => verifier,
+                Err(error) => return Err(Ok(job_fault(JobFaultReason::KeysUnusable, error, job))),
             };
-            let Some(proof) = served(net.fetch_until(BlobKey::new(BlobKind::Data, proof_hash), deadline).await)? else {
-                return Ok(VerdictOutcome::Unavailable);
-            };
-            let verifier = context.verifier(zk.verifying_key).await?;
-            net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, proof_hash)])?;
-            Some((zk.clone(), verifier, proof))
+            if verifier.spec() != &zk.model || u64::from(verifier.steps()) != ZkJob::segment_steps(&job.spec) {
+                let error = anyhow::anyhow!("the verifying key is for {} × {} steps", verifier.spec(), verifier.steps());
+                return Err(Ok(job_fault(JobFaultReason::KeysUnusable, error, job)));
+            }
+            Some((zk, verifier, proof))
         }
         None => None,
     };
-    let Some(delta) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.delta_hash), deadline).await)? else {
-        return Ok(VerdictOutcome::Unavailable);
-    };
+    let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline).await?;
     // int8: the residual the miner says it carried in must be served, and small enough to be one
     // that honest quantisation left (docs/protocol.md §4.3).
-    let residual = if commit.work.residual_hash == Hash::ZERO {
+    let residual = if reveal.residual_hash == Hash::ZERO {
         None
     } else {
-        let Some(bytes) = served(net.fetch_until(BlobKey::new(BlobKind::Data, commit.work.residual_hash), deadline).await)? else {
-            return Ok(VerdictOutcome::Unavailable);
-        };
+        let bytes = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.residual_hash), deadline).await?;
         let values = jobdata::weights_from_bytes(&bytes).unwrap_or_default();
         if values.len() != global.len() || !residual_within_bound(&delta, &values) {
-            return Ok(invalid(InvalidReason::DeltaMismatch, commit.work.residual_hash, Hash::ZERO));
+            return Err(Ok(Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome()));
         }
         Some(values)
     };
     // What was fetched for this round goes when the round is settled.
     let mut fetched = vec![
-        BlobKey::new(BlobKind::Trail, commit.work.trail_root),
-        BlobKey::new(BlobKind::Data, commit.work.delta_hash),
-        BlobKey::new(BlobKind::Data, commit.work.residual_hash),
-        BlobKey::new(BlobKind::Checkpoint, commit.work.final_checkpoint),
+        BlobKey::new(BlobKind::Trail, reveal.trail),
+        BlobKey::new(BlobKind::Data, reveal.delta_hash),
+        BlobKey::new(BlobKind::Data, reveal.residual_hash),
+        BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
     ];
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
-    net.store().tag_round(job.id, round.round, &fetched)?;
+    fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
+    context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
+    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual })
+}
+
+/// Re-executes (or checks the proof of) the segment and checks the last link, on a blocking
+/// thread.
+async fn judge(context: &Arc<RoleContext>, job: &Job, round: &RoundState, gathered: Gathered) -> Result<VerdictOutcome, OwnFailure> {
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<VerdictOutcome> {
+    let outcome = tokio::task::spawn_blocking(move || -> Result<VerdictOutcome, OwnFailure> {
+        let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual } = gathered;
         let spec = &job.spec;
         let store = context.net.store();
         let checkpoint = |hash: Hash| store.get(&BlobKey::new(BlobKind::Checkpoint, hash));
-        let outcome = match &zk_check {
-            Some((zk, verifier, proof)) => {
-                let (start, end) = (checkpoint(trail.checkpoints[segment].hash)?, checkpoint(trail.checkpoints[segment + 1].hash)?);
+        let claim = segment_claim(&trail, &frame, segment).ok_or_else(|| anyhow::anyhow!("segment {segment} vanished"))?;
+        let outcome = match (&zk, Comparison::of(&spec.verification.mode)) {
+            (Some((zk, verifier, proof)), _) => {
+                let (start, end) = (checkpoint(claim.start.hash)?, checkpoint(claim.end.hash)?);
                 let evidence = SegmentEvidence { start_checkpoint: &start, end_checkpoint: &end, proof };
-                zkjob::check_segment(spec, zk, verifier, &dataset, &trail, segment, &evidence)?
+                zkjob::check_segment(spec, zk, verifier, &dataset, &trail, (round_number, worker), segment as usize, &evidence)
             }
-            None => {
-                let mode = match spec.verification.mode {
-                    VerificationMode::Tolerance { max_distance } => Mode::Tolerance { max_distance: f64::from(max_distance) },
-                    _ => Mode::Exact,
-                };
+            (None, Some(comparison)) => {
                 let replay = Replay {
                     model: spec.model.clone(),
                     adamw: jobdata::adamw_config(spec),
@@ -190,58 +272,102 @@ async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assign
                     worker,
                     device: context.device,
                 };
-                check_segment(&replay, &trail, segment, &StoreSource(store), mode).outcome
+                check_claim(&replay, &claim, &StoreSource(store), comparison).outcome
             }
+            (None, None) => Blame::Job(JobFaultReason::SpecUnusable).outcome(),
         };
         if outcome != VerdictOutcome::Valid {
             return Ok(outcome);
         }
-        let final_bytes = checkpoint(commit.work.final_checkpoint)?;
-        let final_weights = match &zk_check {
+        let final_bytes = checkpoint(reveal.final_checkpoint)?;
+        let final_weights = match &zk {
             Some((zk, _, _)) => trellis_zk::io::decode_weights(&zk.model, &final_bytes).ok().map(|w| zkjob::from_fixed(&w.flatten())),
             None => CheckpointData::parse(&final_bytes).ok().map(|state| state.weights),
         };
         let Some(final_weights) = final_weights else {
-            return Ok(invalid(InvalidReason::MalformedBlob, commit.work.final_checkpoint, Hash::ZERO));
+            return Ok(Blame::miner(InvalidReason::MalformedBlob, reveal.final_checkpoint, Hash::ZERO).outcome());
         };
         let zeros;
         let residual = match (&residual, spec.diloco.encoding) {
             (Some(values), _) => Some(values.as_slice()),
-            (None, trellis_proto::DeltaEncoding::Int8) => {
+            (None, DeltaEncoding::Int8) => {
                 zeros = vec![0.0f32; global.len()];
                 Some(zeros.as_slice())
             }
             (None, _) => None,
         };
-        match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &commit.work.delta_hash) {
-            Ok(()) => Ok(VerdictOutcome::Valid),
-            Err(_) => Ok(invalid(InvalidReason::DeltaMismatch, commit.work.delta_hash, trellis_trainer::encoding::delta_hash(&delta))),
-        }
+        Ok(match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &reveal.delta_hash) {
+            Ok(()) => VerdictOutcome::Valid,
+            Err(_) => Blame::miner(InvalidReason::DeltaMismatch, reveal.delta_hash, trellis_trainer::encoding::delta_hash(&delta)).outcome(),
+        })
     })
-    .await
-    .context("the checking thread stopped")?
-}
-
-/// What a fetch says about the miner: `Some` bytes, `None` when no peer served them (the
-/// miner's fault), `Err` when this node failed (its disk, its exchange), which must never count
-/// against the miner.
-fn served(fetched: Result<Vec<u8>, FetchError>) -> anyhow::Result<Option<Vec<u8>>> {
-    match fetched {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(FetchError::Unavailable(_) | FetchError::TooLarge { .. }) => Ok(None),
-        Err(error) => Err(error.into()),
+    .await;
+    match outcome {
+        Ok(result) => result,
+        Err(join) => Err(OwnFailure(anyhow::anyhow!("the checking thread stopped: {join}"))),
     }
 }
 
-/// A trail that cannot be the one committed: wrong length, steps or final checkpoint.
-fn trail_shape(job: &Job, round: &RoundState, commit: &Commit, trail: &Trail) -> Option<VerdictOutcome> {
-    let last = trail.checkpoints.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
-    let first_step = trail.checkpoints.first().map(|e| e.step);
-    let steps_ok = first_step == Some(jobdata::round_start_step(&job.spec, round.round))
-        && trail.checkpoint_interval == u64::from(job.spec.verification.checkpoint_interval)
-        && trail.losses.len() == job.spec.diloco.inner_steps as usize;
-    if trail.checkpoints.len() as u32 != commit.work.checkpoints || last != commit.work.final_checkpoint || !steps_ok {
-        return Some(invalid(InvalidReason::MalformedBlob, commit.work.final_checkpoint, last));
+/// Silencing trails: trail fields a checker cannot use must get the miner a verdict, never leave
+/// the checker silent.
+#[cfg(test)]
+mod silencing_trails {
+    use trellis_proto::{decode, Encode, JobId, TrailEntry};
+
+    use super::*;
+
+    fn frame() -> TrailFrame {
+        TrailFrame { job: JobId(3), round: 1, worker: 0, inner_steps: 4, interval: 2, proofs: 2, final_checkpoint: Hash([2; 32]) }
     }
-    None
+
+    fn honest() -> Trail {
+        let f = frame();
+        Trail {
+            job: f.job,
+            round: f.round,
+            worker: f.worker,
+            checkpoint_interval: f.interval,
+            checkpoints: (0..3).map(|i| TrailEntry { step: f.step(i), hash: Hash([i as u8; 32]) }).collect(),
+            losses: vec![1.0; 4],
+            proofs: vec![Hash([7; 32]), Hash([8; 32])],
+        }
+    }
+
+    fn reason(outcome: &VerdictOutcome) -> Option<InvalidReason> {
+        match outcome {
+            VerdictOutcome::Invalid(evidence) => Some(evidence.reason),
+            _ => None,
+        }
+    }
+
+    /// On the old JSON trail a groth16 miner could claim round 2⁴⁰: the checker failed converting
+    /// it, took that for its own failure and stayed silent, and was slashed for the missed
+    /// verdict while the miner tallied as valid. Now the round is the chain's, and such a trail
+    /// gets an `Invalid` verdict like any trail that is not the round's.
+    #[test]
+    fn a_groth16_trail_with_round_two_to_the_forty_gets_an_invalid_verdict() {
+        let trail = honest();
+        let address = trail.hash();
+        assert!(read_trail(&trail.to_bytes(), &frame(), address).is_ok());
+        // The same trail with a 64-bit round of 2^40 where the 32-bit round goes.
+        let mut forged = trail.job.to_bytes();
+        forged.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        forged.extend_from_slice(&trail.to_bytes()[12..]);
+        let outcome = read_trail(&forged, &frame(), Trail::hash_bytes(&forged)).unwrap_err();
+        assert_eq!(reason(&outcome), Some(InvalidReason::MalformedBlob));
+        // The largest round the encoding can hold, but not this one.
+        let mut far = trail.clone();
+        far.round = u32::MAX;
+        let outcome = read_trail(&far.to_bytes(), &frame(), far.hash()).unwrap_err();
+        assert_eq!(reason(&outcome), Some(InvalidReason::TrailMismatch));
+        let back: VerdictOutcome = decode(&outcome.to_bytes()).unwrap();
+        assert_eq!(back, outcome, "the verdict encodes");
+        // An out-of-range worker slot, and a proof left out.
+        let mut slot = trail.clone();
+        slot.worker = u32::MAX;
+        assert_eq!(reason(&read_trail(&slot.to_bytes(), &frame(), slot.hash()).unwrap_err()), Some(InvalidReason::TrailMismatch));
+        let mut bare = trail;
+        bare.proofs.pop();
+        assert_eq!(reason(&read_trail(&bare.to_bytes(), &frame(), bare.hash()).unwrap_err()), Some(InvalidReason::TrailMismatch));
+    }
 }

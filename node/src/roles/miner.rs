@@ -1,61 +1,71 @@
-//! The miner: joins the jobs its stake allows, trains each round it is a worker of (H AdamW
-//! steps from the canonical start state, on the batches the schedule gives its slot), stores its
-//! trail checkpoints, trail and Δ as blobs (served to checkers by the blob exchange), and
-//! commits before the deadline. In a `groth16` job it trains the job's fixed-point model and
-//! publishes a proof of every segment (`crate::zkjob`).
+//! The miner: checks each job before joining it (and skips, with a logged reason, a job it
+//! cannot run), trains each round it is a worker of (H AdamW steps from the canonical start
+//! state, on the batches the schedule gives its slot), commits a hash that binds its work to its
+//! address before the commit deadline, and after it reveals the work and publishes its blobs
+//! (trail, checkpoints, Δ), which the blob exchange then serves to checkers. In a `groth16` job
+//! it trains the job's fixed-point model and publishes a proof of every segment
+//! (`crate::zkjob`).
 //!
-//! A miner restarted mid-round finds the round open and its work not committed, and trains it
-//! again: training is deterministic, so it reproduces the same trail. If the deadline passes
-//! first, it skips the round (and is not paid for it). Nothing half-done is ever committed.
+//! Until the reveal, a round's blobs wait in a stage directory under the work directory, with
+//! the reveal itself: nobody can read the Δ or the final checkpoint before the commit phase has
+//! ended. A miner restarted mid-round finds its stage and commits or reveals from it; with no
+//! stage it trains again, and training is deterministic, so it reproduces the same work. If a
+//! deadline passes first, it skips the round (and is not paid for it). Nothing half-done is
+//! ever committed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context as _;
-use trellis_contracts::rounds::{expected_checkpoints, worker_index};
-use trellis_contracts::state::{keys, read, Job, Phase, RoundState, Stake};
-use trellis_proto::{DeltaEncoding, Role, TxKind, WorkCommitment};
-use trellis_trainer::encoding::{self, ErrorFeedback};
-use trellis_trainer::outer::pseudo_gradient;
+use anyhow::{bail, Context as _};
+use trellis_contracts::rounds::{expected_tokens, worker_index};
+use trellis_contracts::state::{keys, read, Job, JobStatus, Phase, RoundState, Stake};
+use trellis_proto::{decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal};
 use trellis_trainer::checkpoint;
-use trellis_trainer::model::init_normals;
-use trellis_trainer::worker::{checkpoint_path, InnerLoop, Trail, TrailEntry};
+use trellis_trainer::encoding::{self, ErrorFeedback};
+use trellis_trainer::model::{init_normals, Gpt};
+use trellis_trainer::outer::pseudo_gradient;
+use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
 use super::behaviour::Behaviour;
 use super::RoleContext;
-use crate::blobs::{data_hash, BlobKey, BlobKind, BlobStore};
+use crate::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
 use crate::jobdata;
 use crate::zkjob::{ZkJob, ZkTraining};
 
-/// Commitments computed, by (job, round), so a resend never retrains.
-type Finished = Arc<Mutex<HashMap<(u64, u32), WorkCommitment>>>;
+/// Blocks a miner waits before checking again a job it could not run.
+const RECHECK_BLOCKS: u64 = 20;
 
 /// Runs the miner until the node stops.
 pub async fn run(context: Arc<RoleContext>) {
-    let finished: Finished = Arc::default();
-    super::drive(context, move |context, height| tick(context, height, &finished)).await;
+    super::drive(context, tick).await;
 }
 
 fn required_stake(context: &RoleContext, job: &Job) -> u64 {
     job.spec.min_miner_stake.0.max(context.shared.ledger.params().min_miner_stake.0)
 }
 
-fn tick(context: &Arc<RoleContext>, height: u64, finished: &Finished) {
+fn tick(context: &Arc<RoleContext>, height: u64) {
     let me = context.key.address();
     let bonded = {
         let view = context.shared.ledger.store().pending_state();
         read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(0, |s| s.bonded)
     };
-    for job in context.active_jobs() {
-        if job.cancel_requested {
+    for job in context.jobs() {
+        let keep_from = if job.status == JobStatus::Active { job.current_round } else { job.spec.diloco.rounds };
+        if keep_from > 0 && context.start_once(format!("stage-gc:{}:{keep_from}", job.id)) {
+            Stage::collect(&context.work_dir, job.id.0, keep_from);
+        }
+        if job.status != JobStatus::Active || job.cancel_requested {
             continue;
         }
-        let entry = job.miners.iter().find(|m| m.address == me);
-        let Some(entry) = entry else {
-            if bonded >= required_stake(context, &job) && context.start_once(format!("tx:join:{}", job.id)) {
-                if let Err(error) = context.submit(TxKind::JoinJob { job: job.id }) {
-                    tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot join");
-                }
+        if context.behaviour == Behaviour::LyingPeer {
+            if let Some(round) = context.round(job.id, job.current_round).filter(|r| r.phase == Phase::Verifying) {
+                hoard_trails(context, &round);
+            }
+        }
+        let Some(entry) = job.miners.iter().find(|m| m.address == me) else {
+            if bonded >= required_stake(context, &job) {
+                consider_joining(context, &job, height);
             }
             continue;
         };
@@ -63,145 +73,285 @@ fn tick(context: &Arc<RoleContext>, height: u64, finished: &Finished) {
             continue;
         }
         let Some(round) = context.round(job.id, job.current_round) else { continue };
-        if round.phase != Phase::Open || height > round.commit_deadline || round.commits.iter().any(|c| c.miner == me) {
-            continue;
-        }
         let Some(worker) = worker_index(&round, &me) else { continue };
-        if let Some(work) = work_without_training(context, &job, &round) {
-            if context.start_once(format!("tx:commit:{}:{}", job.id, round.round)) {
-                tracing::warn!(target: "node::miner", job = %job.id, round = round.round, behaviour = %context.behaviour, "committing work never done");
-                if let Err(error) = context.submit(TxKind::CommitWork(work)) {
-                    tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot commit");
-                }
+        let mine = round.commits.iter().find(|c| c.miner == me);
+        match (round.phase, mine) {
+            (Phase::Open, None) if height <= round.commit_deadline => commit_phase(context, &job, &round, worker),
+            (Phase::Revealing, Some(commit)) if commit.reveal.is_none() && height <= round.reveal_deadline => {
+                reveal_phase(context, &job, &round, worker, commit.binding)
             }
-            continue;
+            _ => {}
         }
-        if !context.behaviour.trains() && context.behaviour != Behaviour::FakeTrail {
-            continue;
-        }
-        let key = (job.id.0, round.round);
-        let done = finished.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-        match done {
-            Some(work) => {
-                if context.start_once(format!("tx:commit:{}:{}", job.id, round.round)) {
-                    if let Err(error) = context.submit(TxKind::CommitWork(work)) {
-                        tracing::warn!(target: "node::miner", job = %job.id, round = round.round, %error, "cannot commit");
+    }
+}
+
+/// Joins `job` once a check says this node can run it; logs why not otherwise (and checks again
+/// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later).
+fn consider_joining(context: &Arc<RoleContext>, job: &Job, height: u64) {
+    let label = format!("check:{}:{}", job.id, height / RECHECK_BLOCKS);
+    if !context.start_once(label) {
+        return;
+    }
+    let (context, job) = (context.clone(), job.clone());
+    tokio::spawn(async move {
+        match runnable(&context, &job).await {
+            Ok(()) => {
+                if context.start_once(format!("tx:join:{}", job.id)) {
+                    if let Err(error) = context.submit(TxKind::JoinJob { job: job.id }) {
+                        tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot join");
                     }
                 }
             }
-            None => {
-                if context.start_once(format!("train:{}:{}", job.id, round.round)) {
-                    let (context, finished) = (context.clone(), finished.clone());
-                    tokio::spawn(async move {
-                        let label = format!("train:{}:{}", job.id, round.round);
-                        match train_round(&context, &job, &round, worker).await {
-                            Ok(work) => {
-                                finished.lock().unwrap_or_else(|p| p.into_inner()).insert(key, work.clone());
-                                let open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Open)
-                                    && context.height() <= round.commit_deadline;
-                                if !open {
-                                    tracing::warn!(target: "node::miner", job = %job.id, round = round.round, "finished after the commit deadline; skipping the round");
-                                } else if context.start_once(format!("tx:commit:{}:{}", job.id, round.round)) {
-                                    if let Err(error) = context.submit(TxKind::CommitWork(work)) {
-                                        tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot commit");
-                                    }
-                                }
-                            }
-                            Err(error) => {
-                                tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "training failed");
-                                context.forget(&label);
-                            }
-                        }
-                    });
-                }
+            Err(error) => tracing::warn!(
+                target: "node::miner",
+                job = %job.id, reason = format!("{error:#}"),
+                "not joining a job this node cannot run (checking again in {RECHECK_BLOCKS} blocks)"
+            ),
+        }
+    });
+}
+
+/// What a miner checks before joining a job: its dataset is served and can give every worker
+/// slot its batches, its model can be built and its checkpoints fit the blob limit, and in a
+/// groth16 job its proving key fits the spec and its verifying key is that key's (a job whose
+/// verifying key belongs to another setup would reject every honest proof).
+async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
+    let spec = &job.spec;
+    let zk = ZkJob::of(spec)?;
+    let dataset = context.dataset(spec.dataset_root).await.context("the job's dataset")?;
+    let schedule = jobdata::schedule(spec);
+    for worker in 0..spec.diloco.workers_per_round as usize {
+        schedule.shards_of(&dataset, 0, worker).with_context(|| format!("the dataset cannot serve worker slot {worker}"))?;
+    }
+    match zk {
+        Some(zk) => {
+            let proving_key = context.proving_key(zk.proving_key).await?;
+            let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
+            let verifying_key = context.net.fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline).await.context("the job's verifying key")?;
+            crate::zkjob::check_keys(spec, &zk, &proving_key, &verifying_key)?;
+        }
+        None => {
+            let model = Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu).context("the job's model")?;
+            let checkpoint_bytes = 12 * model.numel() as u64;
+            if checkpoint_bytes > MAX_BLOB_BYTES {
+                bail!("a checkpoint of this model takes {checkpoint_bytes} bytes, over the blob limit of {MAX_BLOB_BYTES}");
             }
         }
     }
+    Ok(())
 }
 
-/// The commitment of a miner that does no work (`skip-work`, `copy`), when it is ready to send
-/// one; `None` for every behaviour that trains or fakes a trail.
-fn work_without_training(context: &RoleContext, job: &Job, round: &RoundState) -> Option<WorkCommitment> {
-    match context.behaviour {
-        Behaviour::SkipWork => {
-            let spec = &job.spec;
-            let made_up = |what: &str| {
-                trellis_proto::Hash::digest(
-                    trellis_proto::HashDomain::Blob,
-                    format!("{what} {} {} {}", job.id, round.round, context.key.address()).as_bytes(),
-                )
-            };
-            Some(WorkCommitment {
-                job: job.id,
-                round: round.round,
-                trail_root: made_up("trail"),
-                checkpoints: expected_checkpoints(spec),
-                final_checkpoint: made_up("final"),
-                delta_hash: made_up("delta"),
-                residual_hash: trellis_proto::Hash::ZERO,
-                tokens: u64::from(spec.diloco.inner_steps) * u64::from(spec.diloco.batch_size) * u64::from(spec.diloco.sequence_length),
-            })
+/// Open round, nothing committed yet: commit from the stage, or train to fill it.
+fn commit_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) {
+    let me = context.key.address();
+    let label = format!("tx:commit:{}:{}", job.id, round.round);
+    if context.behaviour == Behaviour::Copy {
+        // The first commitment by someone else, once there is one: never revealable by us.
+        if let Some(other) = round.commits.iter().find(|c| c.miner != me) {
+            if context.start_once(label) {
+                tracing::warn!(target: "node::miner", job = %job.id, round = round.round, "copying another miner's commitment");
+                send(context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: other.binding }));
+            }
         }
-        // The first commitment by someone else, once there is one.
-        Behaviour::Copy => round.commits.iter().find(|c| c.miner != context.key.address()).map(|c| c.work.clone()),
-        _ => None,
+        return;
+    }
+    if let Some((_, reveal)) = Stage::open(&context.work_dir, job.id.0, round.round) {
+        if context.start_once(label) {
+            send(context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: reveal.binding(&me) }));
+        }
+        return;
+    }
+    prepare(context, job, round, worker);
+}
+
+/// Reveal phase, our commitment recorded: publish the staged blobs and reveal. With no stage
+/// (a restart lost it) train again: the work is deterministic, so it fits the commitment.
+fn reveal_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize, binding: Hash) {
+    let me = context.key.address();
+    let Some((stage, reveal)) = Stage::open(&context.work_dir, job.id.0, round.round) else {
+        if context.behaviour.works() {
+            prepare(context, job, round, worker);
+        }
+        return;
+    };
+    if reveal.binding(&me) != binding {
+        tracing::error!(target: "node::miner", job = %job.id, round = round.round, "the staged work is not what we committed; skipping the round");
+        return;
+    }
+    if !context.start_once(format!("tx:reveal:{}:{}", job.id, round.round)) {
+        return;
+    }
+    if context.behaviour != Behaviour::Withhold {
+        match stage.publish(context.net.store()) {
+            Ok(keys) => {
+                if let Err(error) = context.net.store().tag_round(job.id, round.round, &keys) {
+                    tracing::warn!(target: "node::miner", %error, "cannot tag the round's blobs");
+                }
+            }
+            Err(error) => {
+                tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "cannot publish the round's blobs");
+                context.forget(&format!("tx:reveal:{}:{}", job.id, round.round));
+                return;
+            }
+        }
+    }
+    send(context, TxKind::RevealWork(reveal));
+}
+
+fn send(context: &RoleContext, kind: TxKind) {
+    let name = kind.name();
+    if let Err(error) = context.submit(kind) {
+        tracing::warn!(target: "node::miner", %error, "cannot send {name}");
     }
 }
 
-/// Where a round's blobs go: the blob store, or nowhere for a `withhold` miner (which computes
-/// the same hashes but serves nothing).
-struct Publisher<'a> {
-    store: &'a BlobStore,
-    publish: bool,
-    keys: Vec<BlobKey>,
+/// Trains the round (once) into its stage, then commits if the round is still open.
+fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) {
+    let label = format!("train:{}:{}", job.id, round.round);
+    if !context.start_once(label.clone()) {
+        return;
+    }
+    let (context, job, round) = (context.clone(), job.clone(), round.clone());
+    tokio::spawn(async move {
+        match train_round(&context, &job, &round, worker).await {
+            Ok(reveal) => {
+                let open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Open) && context.height() <= round.commit_deadline;
+                if open && context.start_once(format!("tx:commit:{}:{}", job.id, round.round)) {
+                    let binding = reveal.binding(&context.key.address());
+                    send(&context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding }));
+                } else if !open {
+                    tracing::debug!(target: "node::miner", job = %job.id, round = round.round, "work staged after the commit phase");
+                }
+            }
+            Err(error) => {
+                tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "training failed");
+                context.forget(&label);
+            }
+        }
+    });
 }
 
-impl Publisher<'_> {
-    fn put(&mut self, key: BlobKey, bytes: &[u8]) -> anyhow::Result<BlobKey> {
-        if self.publish {
-            self.store.put(&key, bytes)?;
-            self.keys.push(key);
+/// `lying-peer`: fetches the other miners' revealed trails, so that its exchange holds copies to
+/// serve doctored.
+fn hoard_trails(context: &Arc<RoleContext>, round: &RoundState) {
+    let me = context.key.address();
+    for commit in round.commits.iter().filter(|c| c.miner != me) {
+        let Some(reveal) = &commit.reveal else { continue };
+        let key = BlobKey::new(BlobKind::Trail, reveal.trail);
+        if context.start_once(format!("hoard:{key}")) {
+            let net = context.net.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
+                let _ = net.fetch_until(key, deadline).await;
+            });
         }
+    }
+}
+
+/// A round's work waiting for its reveal: `DIR/stage-jobJ-roundR/` holds the blobs as
+/// `TAG-HEX` files and, once complete, the reveal (its canonical bytes) in `reveal`.
+struct Stage {
+    dir: PathBuf,
+}
+
+impl Stage {
+    fn dir(work_dir: &Path, job: u64, round: u32) -> PathBuf {
+        work_dir.join(format!("stage-job{job}-round{round}"))
+    }
+
+    /// An empty stage (anything left from an interrupted attempt is removed).
+    fn create(work_dir: &Path, job: u64, round: u32) -> anyhow::Result<Stage> {
+        let dir = Self::dir(work_dir, job, round);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Stage { dir })
+    }
+
+    /// A complete stage and its reveal.
+    fn open(work_dir: &Path, job: u64, round: u32) -> Option<(Stage, WorkReveal)> {
+        let dir = Self::dir(work_dir, job, round);
+        let reveal = decode(&std::fs::read(dir.join("reveal")).ok()?).ok()?;
+        Some((Stage { dir }, reveal))
+    }
+
+    fn blob_path(&self, key: &BlobKey) -> PathBuf {
+        self.dir.join(format!("{}-{}", key.kind.tag(), key.hash.to_hex()))
+    }
+
+    /// Writes a blob durably (temporary file, sync, rename).
+    fn put(&self, key: BlobKey, bytes: &[u8]) -> anyhow::Result<BlobKey> {
+        write_durably(&self.blob_path(&key), bytes)?;
         Ok(key)
     }
 
-    fn put_data(&mut self, bytes: &[u8]) -> anyhow::Result<BlobKey> {
+    fn put_data(&self, bytes: &[u8]) -> anyhow::Result<BlobKey> {
         self.put(BlobKey::new(BlobKind::Data, data_hash(bytes)), bytes)
+    }
+
+    /// Moves a file already on disk (a checkpoint the inner loop wrote) into the stage.
+    fn put_file(&self, key: BlobKey, path: &Path) -> anyhow::Result<()> {
+        std::fs::rename(path, self.blob_path(&key)).with_context(|| format!("staging {}", path.display()))
+    }
+
+    /// Marks the stage complete.
+    fn seal(&self, reveal: &WorkReveal) -> anyhow::Result<()> {
+        write_durably(&self.dir.join("reveal"), &reveal.to_bytes())
+    }
+
+    /// Moves every staged blob into `store` (each checked against its address) and returns
+    /// their keys. The reveal stays until the round is over.
+    fn publish(&self, store: &BlobStore) -> anyhow::Result<Vec<BlobKey>> {
+        let mut keys = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some((tag, hex)) = name.split_once('-') else { continue };
+            let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>()) else { continue };
+            let key = BlobKey::new(kind, hash);
+            store.put_file(&key, &path).with_context(|| format!("publishing {key}"))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Removes the stages of `job`'s rounds before `keep_from`.
+    fn collect(work_dir: &Path, job: u64, keep_from: u32) {
+        for round in 0..keep_from {
+            let _ = std::fs::remove_dir_all(Self::dir(work_dir, job, round));
+        }
     }
 }
 
+fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// A trail that hashes correctly but was never computed (`fake-trail`): the canonical start,
-/// then the start weights plus growing noise at every checkpoint step, with made-up losses.
-/// Returns the trail, each checkpoint's bytes and the final weights.
-fn fake_trail(
-    spec: &trellis_proto::JobSpec,
-    round: u32,
-    worker: usize,
-    global: &[f32],
-    device: tch::Device,
-) -> anyhow::Result<(Trail, Vec<Vec<u8>>, Vec<f32>)> {
+/// then the start weights plus growing noise at every checkpoint position, with made-up losses.
+/// Returns the checkpoints with their bytes, the losses and the final weights.
+fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<(Vec<(TrailEntry, Vec<u8>)>, Vec<f32>, Vec<f32>)> {
     let (mut model, mut optimizer) = jobdata::start_state(spec, round, global, device)?;
+    let frame_steps = |i: u32| trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval);
     let start_step = optimizer.step;
-    let steps = u64::from(spec.diloco.inner_steps);
-    let interval = u64::from(spec.verification.checkpoint_interval);
-    let mut at: Vec<u64> = (0..steps).step_by(interval as usize).collect();
-    at.push(steps);
     let mut checkpoints = Vec::new();
-    let mut blobs = Vec::new();
-    for (index, offset) in at.iter().enumerate() {
+    for index in 0..trellis_contracts::rounds::expected_checkpoints(spec) {
         if index > 0 {
-            let noise = init_normals(u64::from(round), 7_000 + index as u64, global.len(), 1e-3 * index as f64);
+            let noise = init_normals(u64::from(round), 7_000 + u64::from(index), global.len(), 1e-3 * f64::from(index));
             let weights: Vec<f32> = global.iter().zip(&noise).map(|(w, n)| w + n).collect();
             model.set_flat_weights(&weights);
         }
-        optimizer.step = start_step + offset;
-        let bytes = checkpoint::to_bytes(&model, &optimizer);
-        checkpoints.push(TrailEntry { step: start_step + offset, hash: checkpoint::checkpoint_hash(&bytes) });
-        blobs.push(bytes);
+        optimizer.step = start_step + frame_steps(index);
+        let bytes = checkpoint::capture(&model, &optimizer);
+        checkpoints.push((TrailEntry { step: optimizer.step, hash: checkpoint::checkpoint_hash(&bytes) }, bytes));
     }
-    let losses = (0..steps).map(|step| 5.5 - step as f32 * 0.01).collect();
-    let trail = Trail { round: u64::from(round), worker, checkpoint_interval: interval, checkpoints, losses, proofs: Vec::new() };
-    Ok((trail, blobs, model.flat_weights()))
+    let losses = (0..spec.diloco.inner_steps).map(|step| 5.5 - step as f32 * 0.01).collect();
+    Ok((checkpoints, losses, model.flat_weights()))
 }
 
 /// What a poisoner sends instead of its Δ.
@@ -219,20 +369,20 @@ fn poison(behaviour: Behaviour, delta: &mut [f32], round: u32, worker: usize) {
 }
 
 /// Where the residual left by this miner's int8 encoding of round `round` is kept.
-fn residual_path(work_dir: &std::path::Path, job: u64, round: u32) -> std::path::PathBuf {
+fn residual_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
     work_dir.join(format!("residual-job{job}-round{round}.f32"))
 }
 
 /// The residual to carry into `round`: the one left by this miner's latest earlier round whose
-/// work the chain recorded (a round it trained but never committed carries nothing over).
+/// work the chain recorded as revealed (a round it trained but never revealed carries nothing).
 fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: usize) -> anyhow::Result<Option<Vec<f32>>> {
     if job.spec.diloco.encoding != DeltaEncoding::Int8 {
         return Ok(None);
     }
     let me = context.key.address();
     for earlier in (0..round).rev() {
-        let committed = context.round(job.id, earlier).is_some_and(|r| r.commits.iter().any(|c| c.miner == me));
-        if !committed {
+        let revealed = context.round(job.id, earlier).is_some_and(|r| r.commits.iter().any(|c| c.miner == me && c.reveal.is_some()));
+        if !revealed {
             continue;
         }
         let path = residual_path(&context.work_dir, job.id.0, earlier);
@@ -243,9 +393,27 @@ fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: us
     Ok(None)
 }
 
-/// Trains one round and stores its blobs; returns the commitment.
-async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) -> anyhow::Result<WorkCommitment> {
+/// A made-up hash for a miner that does no work (`skip-work`).
+fn made_up(what: &str, job: &Job, round: u32, context: &RoleContext) -> Hash {
+    Hash::digest(HashDomain::Blob, format!("{what} {} {round} {}", job.id, context.key.address()).as_bytes())
+}
+
+/// Trains one round and stages its blobs; returns the work to reveal.
+async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) -> anyhow::Result<WorkReveal> {
     let started = std::time::Instant::now();
+    if context.behaviour == Behaviour::SkipWork {
+        let reveal = WorkReveal {
+            job: job.id,
+            round: round.round,
+            trail: made_up("trail", job, round.round, context),
+            final_checkpoint: made_up("final", job, round.round, context),
+            delta_hash: made_up("delta", job, round.round, context),
+            residual_hash: Hash::ZERO,
+        };
+        Stage::create(&context.work_dir, job.id.0, round.round)?.seal(&reveal)?;
+        tracing::warn!(target: "node::miner", job = %job.id, round = round.round, behaviour = %context.behaviour, "committing work never done");
+        return Ok(reveal);
+    }
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
     let residual = carried_residual(context, job, round.round, global.len())?;
@@ -257,16 +425,16 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
     let fetched = started.elapsed();
     let (context2, job2, round_number) = (context.clone(), job.clone(), round.round);
     let behaviour = context.behaviour;
-    let work = tokio::task::spawn_blocking(move || -> anyhow::Result<WorkCommitment> {
+    let reveal = tokio::task::spawn_blocking(move || -> anyhow::Result<WorkReveal> {
         let spec = &job2.spec;
-        let store = context2.net.store();
-        let mut publisher = Publisher { store, publish: behaviour != Behaviour::Withhold, keys: Vec::new() };
         std::fs::create_dir_all(&context2.work_dir)?;
-        let (trail, final_weights, tokens, compute) = if let (Some(zk), Some(key)) = (&zk, &proving_key) {
+        let stage = Stage::create(&context2.work_dir, job2.id.0, round_number)?;
+        let began = std::time::Instant::now();
+        let (trail, final_weights) = if let (Some(zk), Some(key)) = (&zk, &proving_key) {
             // groth16: train in fixed point and prove every segment (a fake-trail miner records
             // checkpoints it never computed next to proofs of the real steps).
-            let began = std::time::Instant::now();
             let training = ZkTraining {
+                job_id: job2.id,
                 spec,
                 job: zk,
                 proving_key: key,
@@ -277,85 +445,102 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
             };
             let done = training.run(&global)?;
             for (entry, bytes) in done.trail.checkpoints.iter().zip(&done.checkpoints) {
-                publisher.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
+                stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
             }
             for proof in &done.proofs {
-                publisher.put_data(proof)?;
+                stage.put_data(proof)?;
             }
-            (done.trail, done.final_weights, trellis_contracts::rounds::expected_tokens(spec), began.elapsed())
+            (done.trail, done.final_weights)
         } else if behaviour == Behaviour::FakeTrail {
-            let (trail, blobs, final_weights) = fake_trail(spec, round_number, worker, &global, context2.device)?;
-            for (entry, bytes) in trail.checkpoints.iter().zip(&blobs) {
-                publisher.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
+            let (checkpoints, losses, final_weights) = fake_trail(spec, round_number, &global, context2.device)?;
+            for (entry, bytes) in &checkpoints {
+                stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
             }
-            let tokens = u64::from(spec.diloco.inner_steps) * u64::from(spec.diloco.batch_size) * u64::from(spec.diloco.sequence_length);
-            (trail, final_weights, tokens, std::time::Duration::ZERO)
+            let trail = canonical_trail(job2.id, spec, round_number, worker, checkpoints.into_iter().map(|(e, _)| e).collect(), losses)?;
+            (trail, final_weights)
         } else {
             let (mut model, mut optimizer) = jobdata::start_state(spec, round_number, &global, context2.device)?;
             let dir = context2.work_dir.join(format!("job{}-round{}", job2.id, round_number));
             let _ = std::fs::remove_dir_all(&dir);
             let schedule = jobdata::schedule(spec);
+            // unit-gap: ⌈H/c⌉ steps, a checkpoint after each, the losses padded to H.
+            let (steps, interval) = match behaviour {
+                Behaviour::UnitGap => (u64::from(trellis_contracts::rounds::expected_segments(spec)), 1),
+                _ => (u64::from(spec.diloco.inner_steps), u64::from(spec.verification.checkpoint_interval)),
+            };
             let inner = InnerLoop {
                 dataset: dataset.as_ref(),
                 schedule: &schedule,
                 round: u64::from(round_number),
                 worker,
-                checkpoint_interval: u64::from(spec.verification.checkpoint_interval),
+                checkpoint_interval: interval,
                 trail_dir: Some(&dir),
             };
-            let outcome = inner.train_steps(&mut model, &mut optimizer, u64::from(spec.diloco.inner_steps), |_, _| {})?;
+            let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
             for entry in &outcome.trail.checkpoints {
-                let bytes = std::fs::read(checkpoint_path(&dir, entry.step))?;
-                publisher.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), &bytes)?;
+                stage.put_file(BlobKey::new(BlobKind::Checkpoint, entry.hash), &checkpoint_path(&dir, entry.step))?;
             }
             let _ = std::fs::remove_dir_all(&dir);
-            (outcome.trail, model.flat_weights(), outcome.tokens, outcome.compute)
+            let mut losses = outcome.trail.losses;
+            if behaviour == Behaviour::UnitGap {
+                let last = losses.last().copied().unwrap_or(0.0);
+                losses.resize(spec.diloco.inner_steps as usize, last);
+            }
+            (canonical_trail(job2.id, spec, round_number, worker, outcome.trail.checkpoints, losses)?, model.flat_weights())
         };
-        let trail_key = publisher.put(BlobKey::new(BlobKind::Trail, trail.root()), &serde_json::to_vec(&trail)?)?;
+        let compute = began.elapsed();
+        let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
         let mut delta = pseudo_gradient(&global, &final_weights);
         poison(behaviour, &mut delta, round_number, worker);
         let (encoded, residual_hash) = match spec.diloco.encoding {
             DeltaEncoding::Int8 => {
-                // Error feedback: what quantisation lost in our last committed round is added to
-                // this round's Δ; the residual carried in is published and committed.
+                // Error feedback: what quantisation lost in our last revealed round is added to
+                // this round's Δ; the residual carried in is published and revealed.
                 let carried = residual.unwrap_or_else(|| vec![0.0; delta.len()]);
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(DeltaEncoding::Int8, &delta);
-                let out_path = residual_path(&context2.work_dir, job2.id.0, round_number);
-                std::fs::write(&out_path, jobdata::weights_to_bytes(feedback.residual()))?;
-                let hash = if carried.iter().all(|r| *r == 0.0) {
-                    trellis_proto::Hash::ZERO
-                } else {
-                    publisher.put_data(&jobdata::weights_to_bytes(&carried))?.hash
-                };
+                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), jobdata::weights_to_bytes(feedback.residual()))?;
+                let hash = if carried.iter().all(|r| *r == 0.0) { Hash::ZERO } else { stage.put_data(&jobdata::weights_to_bytes(&carried))?.hash };
                 (encoded, hash)
             }
-            other => (encoding::encode(other, &delta), trellis_proto::Hash::ZERO),
+            other => (encoding::encode(other, &delta), Hash::ZERO),
         };
-        let delta_key = publisher.put_data(&encoded)?;
-        store.tag_round(job2.id, round_number, &publisher.keys)?;
+        let delta_key = stage.put_data(&encoded)?;
         let final_checkpoint = trail.checkpoints.last().map(|e| e.hash).unwrap_or_default();
-        debug_assert_eq!(trail.checkpoints.len() as u32, expected_checkpoints(spec));
+        let reveal = WorkReveal { job: job2.id, round: round_number, trail: trail_key.hash, final_checkpoint, delta_hash: delta_key.hash, residual_hash };
+        stage.seal(&reveal)?;
         let mean_loss = trail.losses.iter().map(|l| f64::from(*l)).sum::<f64>() / trail.losses.len().max(1) as f64;
         tracing::info!(
             target: "node::miner",
             job = %job2.id, round = round_number, worker, mean_loss = format!("{mean_loss:.4}"),
-            train_s = format!("{:.2}", compute.as_secs_f64()), delta_bytes = encoded.len(),
+            train_s = format!("{:.2}", compute.as_secs_f64()), delta_bytes = encoded.len(), tokens = expected_tokens(spec),
             "trained"
         );
-        Ok(WorkCommitment {
-            job: job2.id,
-            round: round_number,
-            trail_root: trail_key.hash,
-            checkpoints: trail.checkpoints.len() as u32,
-            final_checkpoint,
-            delta_hash: delta_key.hash,
-            residual_hash,
-            tokens,
-        })
+        Ok(reveal)
     })
     .await
     .context("the training thread stopped")??;
-    tracing::debug!(target: "node::miner", fetch_s = fetched.as_secs_f64(), total_s = started.elapsed().as_secs_f64(), "round work done");
-    Ok(work)
+    tracing::debug!(target: "node::miner", fetch_s = fetched.as_secs_f64(), total_s = started.elapsed().as_secs_f64(), "round work staged");
+    Ok(reveal)
+}
+
+/// The trail a miner publishes: the job, round and slot as the chain has them, the job's
+/// interval, and the checkpoints and losses of the inner loop.
+fn canonical_trail(
+    job: trellis_proto::JobId,
+    spec: &JobSpec,
+    round: u32,
+    worker: usize,
+    checkpoints: Vec<TrailEntry>,
+    losses: Vec<f32>,
+) -> anyhow::Result<Trail> {
+    Ok(Trail {
+        job,
+        round,
+        worker: u32::try_from(worker).context("worker slot out of range")?,
+        checkpoint_interval: spec.verification.checkpoint_interval,
+        checkpoints,
+        losses,
+        proofs: Vec::new(),
+    })
 }

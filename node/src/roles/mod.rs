@@ -46,6 +46,8 @@ pub struct RoleContext {
     pub behaviour: behaviour::Behaviour,
     /// Pieces of work started (so each is done once), by a role-chosen label.
     started: Mutex<HashSet<String>>,
+    /// Own failures counted per piece of work (so a checker abstains after a few).
+    failures: Mutex<HashMap<String, u32>>,
     nonce_watch: Mutex<NonceWatch>,
     datasets: Mutex<HashMap<Hash, Arc<Dataset>>>,
     /// groth16 jobs' keys, parsed once (a proving key takes seconds to parse, and a miner
@@ -53,6 +55,9 @@ pub struct RoleContext {
     proving_keys: Mutex<HashMap<Hash, Arc<ZkProvingKey>>>,
     verifiers: Mutex<HashMap<Hash, Arc<PreparedVerifier>>>,
 }
+
+/// Most pieces of work whose failures are counted at once (older counts are forgotten).
+const MAX_TRACKED_FAILURES: usize = 4096;
 
 /// How many parsed keys of each kind a node keeps (one per groth16 job it works on).
 const CACHED_KEYS: usize = 4;
@@ -111,6 +116,7 @@ impl RoleContext {
             device,
             behaviour,
             started: Mutex::default(),
+            failures: Mutex::default(),
             nonce_watch: Mutex::default(),
             datasets: Mutex::default(),
             proving_keys: Mutex::default(),
@@ -188,6 +194,17 @@ impl RoleContext {
     /// Marks `label` started; false if it already was.
     pub fn start_once(&self, label: String) -> bool {
         self.started.lock().unwrap_or_else(|p| p.into_inner()).insert(label)
+    }
+
+    /// Counts one more failure of the work `label`; returns how many there were so far.
+    pub fn count_failure(&self, label: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_TRACKED_FAILURES {
+            failures.clear();
+        }
+        let count = failures.entry(label.to_string()).or_default();
+        *count += 1;
+        *count
     }
 
     /// Forgets `label`, so the work may be tried again.

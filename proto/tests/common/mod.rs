@@ -55,17 +55,28 @@ pub fn job_spec() -> JobSpec {
     }
 }
 
+pub fn work_reveal() -> WorkReveal {
+    WorkReveal { job: JobId(7), round: 3, trail: hash(1), final_checkpoint: hash(2), delta_hash: hash(3), residual_hash: hash(4) }
+}
+
 pub fn work_commitment() -> WorkCommitment {
-    WorkCommitment {
+    WorkCommitment { job: JobId(7), round: 3, binding: work_reveal().binding(&address(9)) }
+}
+
+pub fn trail() -> Trail {
+    Trail {
         job: JobId(7),
         round: 3,
-        trail_root: hash(1),
-        checkpoints: 6,
-        final_checkpoint: hash(2),
-        delta_hash: hash(3),
-        residual_hash: hash(4),
-        tokens: 102_400,
+        worker: 1,
+        checkpoint_interval: 4,
+        checkpoints: (0..3u8).map(|i| TrailEntry { step: 30 + 4 * u64::from(i), hash: hash(0x20 + i) }).collect(),
+        losses: (0..8).map(|i| 3.0 - i as f32 * 0.125).collect(),
+        proofs: vec![hash(0x30), hash(0x31)],
     }
+}
+
+pub fn verdict_job_fault() -> Verdict {
+    Verdict { job: JobId(7), round: 3, miner: address(9), segment: 1, outcome: VerdictOutcome::JobFault { reason: JobFaultReason::KeysUnusable } }
 }
 
 pub fn verdict_invalid() -> Verdict {
@@ -115,6 +126,9 @@ pub fn one_tx_of_each_kind() -> Vec<SignedTx> {
         TxKind::CommitAggregate(aggregate()),
         TxKind::CancelJob { job: JobId(7) },
         TxKind::ReportEquivocation(equivocation()),
+        TxKind::RevealWork(work_reveal()),
+        TxKind::Verdict(Verdict { outcome: VerdictOutcome::Abstain, ..verdict_invalid() }),
+        TxKind::Verdict(verdict_job_fault()),
     ];
     let signer = key(1);
     kinds

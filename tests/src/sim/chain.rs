@@ -245,7 +245,7 @@ pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(kv: &S, job: J
     round.encode_to(&mut model);
     for miner in &state.accepted {
         let commit = state.commits.iter().find(|c| &c.miner == miner)?;
-        commit.work.delta_hash.encode_to(&mut model);
+        commit.reveal.as_ref()?.delta_hash.encode_to(&mut model);
     }
     let model_hash = Hash::digest(HashDomain::Blob, &model);
     let momentum_hash = Hash::digest(HashDomain::Blob, &[model_hash.0.as_slice(), b"momentum"].concat());

@@ -229,8 +229,9 @@ impl Checker {
                 Event::FeeBurned { amount, .. } => book.fees += amount,
                 Event::Slashed { amount, .. } => book.slashes += amount,
                 Event::Bonded { who, role: Role::Miner, amount } => *bonded.entry(*who).or_default() += amount,
-                Event::RoundTallied { job, round, poisoners, freeloaders, .. } => {
-                    book.slashed_in_round.entry((*job, *round)).or_default().extend(poisoners.iter().chain(freeloaders).copied());
+                Event::RoundTallied { job, round, poisoners, withholders, freeloaders, .. } => {
+                    let slashed = poisoners.iter().chain(withholders).chain(freeloaders).copied();
+                    book.slashed_in_round.entry((*job, *round)).or_default().extend(slashed);
                 }
                 Event::Rewarded { job, round, who, amount, as_miner: true }
                     if book.slashed_in_round.get(&(*job, *round)).is_some_and(|s| s.contains(who)) =>
@@ -364,7 +365,15 @@ mod tests {
         let (ledger, miner) = world();
         let mut checker = Checker::new(vec![true], &ledger);
         let job = JobId(0);
-        let tallied = Event::RoundTallied { job, round: 1, accepted: vec![], poisoners: vec![miner], freeloaders: vec![] };
+        let tallied = Event::RoundTallied {
+            job,
+            round: 1,
+            accepted: vec![],
+            poisoners: vec![miner],
+            withholders: vec![],
+            freeloaders: vec![],
+            unchecked: vec![],
+        };
         assert_eq!(checker.check_books(0, 5, &ledger, &[tallied]), Ok(()));
         let paid_other_round = Event::Rewarded { job, round: 2, who: miner, amount: 10, as_miner: true };
         assert_eq!(checker.check_books(0, 6, &ledger, &[paid_other_round]), Ok(()));

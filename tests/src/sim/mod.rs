@@ -766,7 +766,7 @@ impl Simulation {
         self.stats.txs_committed += txs as u64;
         for event in events {
             match event {
-                Event::Slashed { reason: SlashReason::Poisoner, .. } => self.stats.poisoners_slashed += 1,
+                Event::Slashed { reason: SlashReason::Poisoner | SlashReason::Withheld, .. } => self.stats.poisoners_slashed += 1,
                 Event::Slashed { reason: SlashReason::Freeloader, .. } => self.stats.freeloaders_slashed += 1,
                 Event::Slashed { reason: SlashReason::Equivocation, .. } => self.stats.equivocators_slashed += 1,
                 Event::Rewarded { as_miner: true, .. } => self.stats.miner_rewards += 1,

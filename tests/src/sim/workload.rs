@@ -3,9 +3,11 @@
 //! from the seed.
 //!
 //! Miners' behaviours are the ground truth an honest checker's re-execution would find
-//! ([`MinerBehaviour::finding`]): the simulator does not train, it knows who cheated. Copiers and
-//! work-skippers are caught by the chain's own rules (a repeated Δ hash, zero tokens); poisoners
-//! and withholders only by verdicts.
+//! ([`MinerBehaviour::finding`]): the simulator does not train, it knows what a replay would
+//! produce, and judges it with the protocol's own rules (`trellis_protocol::judge`). Miners commit
+//! a binding and reveal their work after the commit phase; a copier commits another miner's
+//! binding and can never reveal it (the chain's rule); poisoners, withholders and work-skippers
+//! are caught by verdicts.
 //!
 //! Guarantees: one transaction in flight per account (the next waits until the chain took the
 //! last or it can no longer apply), every transaction correctly signed with the account's next
@@ -14,13 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use trellis_contracts::rounds::{expected_checkpoints, expected_tokens};
 use trellis_contracts::state::{Job, Phase, RoundState};
 use trellis_proto::{
-    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, InvalidEvidence, InvalidReason,
-    JobSpec, Keypair, ModelConfig, OuterOptimizer, Role, SignedTx, Transaction, TxKind, VerdictOutcome, VerificationMode,
-    VerificationParams, WorkCommitment,
+    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, JobSpec, Keypair, ModelConfig,
+    OuterOptimizer, Role, SignedTx, Transaction, TrailEntry, TxKind, VerdictOutcome, VerificationMode, VerificationParams,
+    WorkCommitment, WorkReveal,
 };
+use trellis_protocol::judge::{judge_replay, Replayed};
+use trellis_protocol::{Blame, Comparison, SegmentClaim};
 
 use super::chain::Ledger;
 use super::network::Time;
@@ -37,9 +40,9 @@ pub enum MinerBehaviour {
     Honest,
     /// Trains on something else: a checker's re-execution does not reproduce its trail.
     Poisoner,
-    /// Submits another worker's Δ (the chain flags the later of two equal Δ hashes).
+    /// Commits another worker's binding (which it can never reveal).
     Copier,
-    /// Commits without training (zero tokens).
+    /// Commits and reveals made-up work and serves nothing.
     SkipWork,
     /// Never serves its checkpoints: checkers report it unavailable.
     Withhold,
@@ -54,24 +57,24 @@ impl MinerBehaviour {
         MinerBehaviour::Withhold,
     ];
 
-    /// What an honest checker finds when it re-executes a sampled segment of this miner.
+    /// What an honest checker finds when it re-executes a sampled segment of this miner: the
+    /// replay the simulator knows this miner's trail leads to, judged by the protocol's rules.
     pub fn finding(self, miner: &Address, segment: u32) -> VerdictOutcome {
-        match self {
-            MinerBehaviour::Poisoner => VerdictOutcome::Invalid(InvalidEvidence {
-                reason: InvalidReason::CheckpointMismatch,
-                expected: Hash::digest(
-                    HashDomain::Checkpoint,
-                    &[miner.0.as_slice(), &segment.to_le_bytes(), b"claimed"].concat(),
-                ),
-                reproduced: Hash::digest(
-                    HashDomain::Checkpoint,
-                    &[miner.0.as_slice(), &segment.to_le_bytes(), b"reproduced"].concat(),
-                ),
-                distance: 0.0,
-            }),
-            MinerBehaviour::Withhold => VerdictOutcome::Unavailable,
-            MinerBehaviour::Honest | MinerBehaviour::Copier | MinerBehaviour::SkipWork => VerdictOutcome::Valid,
-        }
+        let hash = |label: &[u8]| Hash::digest(HashDomain::Checkpoint, &[miner.0.as_slice(), &segment.to_le_bytes(), label].concat());
+        let losses = [3.25f32];
+        let claim = SegmentClaim {
+            segment,
+            start: TrailEntry { step: u64::from(segment), hash: hash(b"start") },
+            end: TrailEntry { step: u64::from(segment) + 1, hash: hash(b"claimed") },
+            steps: 1,
+            losses: &losses,
+        };
+        let reached = match self {
+            MinerBehaviour::Withhold | MinerBehaviour::SkipWork => return Blame::Withheld.outcome(),
+            MinerBehaviour::Poisoner => hash(b"reproduced"),
+            MinerBehaviour::Honest | MinerBehaviour::Copier => claim.end.hash,
+        };
+        judge_replay(&claim, &Replayed { end_hash: reached, losses: &losses, distance: 0.0 }, Comparison::Exact)
     }
 }
 
@@ -241,9 +244,13 @@ impl Workload {
             if entry.is_some_and(|m| m.ejected) {
                 continue;
             }
-            let committed = round.commits.iter().any(|c| &c.miner == address);
-            if round.phase == Phase::Open && round.workers.contains(address) && !committed {
-                return Some(TxKind::CommitWork(self.work(address, behaviour, job, round)));
+            let commit = round.commits.iter().find(|c| &c.miner == address);
+            if round.phase == Phase::Open && round.workers.contains(address) && commit.is_none() {
+                return Some(TxKind::CommitWork(self.commitment(address, behaviour, job, round)));
+            }
+            let own = Self::work(address, job, round);
+            if round.phase == Phase::Revealing && commit.is_some_and(|c| c.reveal.is_none() && c.binding == own.binding(address)) {
+                return Some(TxKind::RevealWork(own));
             }
         }
         // Between rounds: top the bond up, or start unbonding a little (which stays slashable).
@@ -256,30 +263,30 @@ impl Workload {
         None
     }
 
-    fn work(&self, miner: &Address, behaviour: MinerBehaviour, job: &Job, round: &RoundState) -> WorkCommitment {
-        let mut delta_hash = honest_delta(miner, job, round.round);
-        if behaviour == MinerBehaviour::Copier {
-            // Copy the first other worker of the round.
-            if let Some(other) = round.workers.iter().find(|w| *w != miner) {
-                delta_hash = honest_delta(other, job, round.round);
-            }
-        }
-        let tokens = if behaviour == MinerBehaviour::SkipWork { 0 } else { expected_tokens(&job.spec) };
+    /// The work `miner` reveals for `round` of `job` (made up for a work-skipper: the simulator
+    /// has no blobs; verdicts come from the ground truth).
+    fn work(miner: &Address, job: &Job, round: &RoundState) -> WorkReveal {
         let tag = |label: &[u8]| {
             Hash::digest(
                 HashDomain::Checkpoint,
                 &[miner.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), label].concat(),
             )
         };
-        WorkCommitment {
+        WorkReveal {
             job: job.id,
             round: round.round,
-            trail_root: tag(b"trail"),
-            checkpoints: expected_checkpoints(&job.spec),
+            trail: tag(b"trail"),
             final_checkpoint: tag(b"final"),
-            delta_hash,
+            delta_hash: honest_delta(miner, job, round.round),
             residual_hash: Hash::ZERO,
-            tokens,
         }
+    }
+
+    /// What `miner` commits: the binding of its own work, or a copier's copy of another worker's
+    /// (as read from the mempool: the simulator computes it).
+    fn commitment(&self, miner: &Address, behaviour: MinerBehaviour, job: &Job, round: &RoundState) -> WorkCommitment {
+        let victim = round.workers.iter().find(|w| *w != miner).filter(|_| behaviour == MinerBehaviour::Copier);
+        let owner = victim.unwrap_or(miner);
+        WorkCommitment { job: job.id, round: round.round, binding: Self::work(owner, job, round).binding(owner) }
     }
 }

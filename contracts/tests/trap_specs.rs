@@ -1,0 +1,40 @@
+//! Trap specs: job parameters on which honest miners, who join every job they can, would be
+//! slashed or could never pass a check. Each is refused at submission.
+
+mod common;
+
+use common::*;
+use trellis_contracts::{validate_job_spec, Params};
+use trellis_proto::*;
+
+/// Trap jobs: specs on which honest miners would be slashed or could never pass a check.
+#[test]
+fn trap_specs_are_refused_at_submission() {
+    let params = Params::default();
+    let w = World::new(4, 2, params.clone());
+    let cases: Vec<(&str, fn(&mut JobSpec))> = vec![
+        ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: -1.0 }),
+        ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: f32::NAN }),
+        ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: f32::INFINITY }),
+        ("learning_rate", |s| s.diloco.learning_rate = 1e-30),
+        ("learning_rate", |s| s.diloco.learning_rate = f32::NAN),
+        ("learning_rate", |s| s.diloco.learning_rate = 5.0),
+        ("beta1", |s| s.diloco.beta1 = 1.0),
+        ("weight_decay", |s| s.diloco.weight_decay = -0.5),
+        ("grad_clip", |s| s.diloco.grad_clip = 0.0),
+        ("warmup_steps", |s| s.diloco.warmup_steps = u32::MAX),
+        ("inner_steps", |s| s.diloco.inner_steps = trellis_proto::trail::MAX_TRAIL_STEPS + 1),
+        ("trimmed-mean", |s| s.aggregation = AggregationRule::TrimmedMean { trim: 2 }),
+        ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: -1.0, iterations: 3 }),
+        ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: u32::MAX }),
+        ("outer learning rate", |s| s.diloco.outer_learning_rate = 1e9),
+        ("segments_per_miner", |s| s.verification.segments_per_miner = 10_000),
+    ];
+    for (what, edit) in cases {
+        let mut spec = w.spec();
+        edit(&mut spec);
+        let reason = validate_job_spec(&spec, &params).expect_err(what);
+        assert!(reason.contains(what), "{what}: {reason}");
+    }
+    assert_eq!(validate_job_spec(&w.spec(), &params), Ok(()));
+}

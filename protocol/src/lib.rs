@@ -1,0 +1,22 @@
+//! `trellis-protocol`: the rules of a training job that are neither chain state nor numerics,
+//! as pure functions that the node, the verifier and the simulator all call.
+//!
+//! - [`trail`]: where a round's checkpoints sit (checkpoint `i` at step `rH + min(i·c, H)`), and
+//!   whether a trail is one of a given round, job and worker slot — all taken from the chain,
+//!   never from the trail itself;
+//! - [`judge`]: the verdict on a re-executed segment (its end checkpoint and every step's loss,
+//!   exactly or within the job's tolerance), what a canonical training state may hold, and whose
+//!   fault a failed check is ([`judge::Blame`]): the miner's (`Invalid`, `Unavailable`), the
+//!   job's (the job is voided) or the checker's own (an explicit abstain);
+//! - [`economics`]: the odds of escaping a check when faking some segments, and what faking is
+//!   worth against working honestly.
+//!
+//! It does no I/O, reads no clock and draws no randomness; it depends on `trellis-proto` alone,
+//! so the simulator can drive it without building the trainer (ADR 0003).
+
+pub mod economics;
+pub mod judge;
+pub mod trail;
+
+pub use judge::{Blame, Comparison};
+pub use trail::{SegmentClaim, TrailFrame, TrailMismatch};

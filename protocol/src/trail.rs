@@ -1,0 +1,249 @@
+//! The shape of an honest trail, from the chain's facts alone.
+//!
+//! Round `r` of a job with `H` inner steps and checkpoint interval `c` starts at optimizer step
+//! `rH`. Its trail holds `n + 1` checkpoints, `n = ⌈H/c⌉`: checkpoint `i` after step
+//! `rH + min(i·c, H)`, so every segment but possibly the last is exactly `c` steps and the last
+//! ends at `rH + H`. It holds `H` losses (one per step) and, in a groth16 job, one proof per
+//! segment. A checker builds the expected shape ([`TrailFrame`]) from the job's spec, the round
+//! and the worker slot the chain recorded, and the final checkpoint the miner revealed, and
+//! accepts a trail only if it matches field for field ([`check_trail`]): a miner cannot skip
+//! steps between checkpoints, claim another slot's batches or leave losses out.
+
+use thiserror::Error;
+use trellis_proto::{Hash, JobId, JobSpec, Trail, TrailEntry, VerificationMode};
+
+/// Segments of a round: `⌈H/c⌉` (an interval of 0 counts as 1; specs with it are refused).
+pub fn segment_count(inner_steps: u32, interval: u32) -> u32 {
+    inner_steps.div_ceil(interval.max(1))
+}
+
+/// Checkpoints in an honest trail: the start, every `c` steps, and the end.
+pub fn checkpoint_count(inner_steps: u32, interval: u32) -> u32 {
+    1 + segment_count(inner_steps, interval)
+}
+
+/// Steps from the round's start to checkpoint `index`: `min(index·c, H)`.
+pub fn checkpoint_offset(index: u32, inner_steps: u32, interval: u32) -> u64 {
+    (u64::from(index) * u64::from(interval.max(1))).min(u64::from(inner_steps))
+}
+
+/// The optimizer step a round starts at: `rH` (the learning-rate schedule spans the job).
+pub fn round_start_step(round: u32, inner_steps: u32) -> u64 {
+    u64::from(round) * u64::from(inner_steps)
+}
+
+/// What the chain says a trail must be: which job, round and slot, its steps, and how it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailFrame {
+    pub job: JobId,
+    pub round: u32,
+    /// The worker's slot, as the chain recorded it.
+    pub worker: u32,
+    pub inner_steps: u32,
+    pub interval: u32,
+    /// Proofs the trail must list: one per segment in a groth16 job, none otherwise.
+    pub proofs: u32,
+    /// The final checkpoint the miner revealed.
+    pub final_checkpoint: Hash,
+}
+
+impl TrailFrame {
+    /// The frame of `worker`'s trail for `round` of job `job` with `spec`.
+    pub fn of(spec: &JobSpec, job: JobId, round: u32, worker: u32, final_checkpoint: Hash) -> Self {
+        let (inner_steps, interval) = (spec.diloco.inner_steps, spec.verification.checkpoint_interval);
+        let proofs = match spec.verification.mode {
+            VerificationMode::Groth16 { .. } => segment_count(inner_steps, interval),
+            _ => 0,
+        };
+        Self { job, round, worker, inner_steps, interval, proofs, final_checkpoint }
+    }
+
+    pub fn segments(&self) -> u32 {
+        segment_count(self.inner_steps, self.interval)
+    }
+
+    pub fn checkpoints(&self) -> u32 {
+        checkpoint_count(self.inner_steps, self.interval)
+    }
+
+    /// The optimizer step after which checkpoint `index` is taken.
+    pub fn step(&self, index: u32) -> u64 {
+        round_start_step(self.round, self.inner_steps) + checkpoint_offset(index, self.inner_steps, self.interval)
+    }
+
+    /// The steps segment `segment` runs (from checkpoint `segment` to `segment + 1`).
+    pub fn steps_of(&self, segment: u32) -> u64 {
+        checkpoint_offset(segment + 1, self.inner_steps, self.interval) - checkpoint_offset(segment, self.inner_steps, self.interval)
+    }
+}
+
+/// Why a trail is not the one its round needs. Every case is the miner's doing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TrailMismatch {
+    #[error("the trail is for job {got}, not job {expected}")]
+    Job { expected: JobId, got: JobId },
+    #[error("the trail is for round {got}, not round {expected}")]
+    Round { expected: u32, got: u32 },
+    #[error("the trail is for worker slot {got}, the chain gave the miner slot {expected}")]
+    Worker { expected: u32, got: u32 },
+    #[error("the trail's checkpoint interval is {got}, the job's is {expected}")]
+    Interval { expected: u32, got: u32 },
+    #[error("the trail has {got} checkpoints, a round has {expected}")]
+    Checkpoints { expected: u32, got: usize },
+    #[error("checkpoint {index} is at step {got}, it must be at step {expected}")]
+    Step { index: u32, expected: u64, got: u64 },
+    #[error("the trail has {got} losses, a round has {expected} steps")]
+    Losses { expected: u32, got: usize },
+    #[error("the trail lists {got} proofs, the job needs {expected}")]
+    Proofs { expected: u32, got: usize },
+    #[error("the trail ends at checkpoint {got}, the miner revealed {expected}")]
+    Final { expected: Hash, got: Hash },
+}
+
+/// Checks that `trail` is exactly the shape `frame` says, field by field.
+pub fn check_trail(trail: &Trail, frame: &TrailFrame) -> Result<(), TrailMismatch> {
+    if trail.job != frame.job {
+        return Err(TrailMismatch::Job { expected: frame.job, got: trail.job });
+    }
+    if trail.round != frame.round {
+        return Err(TrailMismatch::Round { expected: frame.round, got: trail.round });
+    }
+    if trail.worker != frame.worker {
+        return Err(TrailMismatch::Worker { expected: frame.worker, got: trail.worker });
+    }
+    if trail.checkpoint_interval != frame.interval {
+        return Err(TrailMismatch::Interval { expected: frame.interval, got: trail.checkpoint_interval });
+    }
+    if trail.checkpoints.len() != frame.checkpoints() as usize {
+        return Err(TrailMismatch::Checkpoints { expected: frame.checkpoints(), got: trail.checkpoints.len() });
+    }
+    for (index, entry) in (0u32..).zip(&trail.checkpoints) {
+        let expected = frame.step(index);
+        if entry.step != expected {
+            return Err(TrailMismatch::Step { index, expected, got: entry.step });
+        }
+    }
+    if trail.losses.len() != frame.inner_steps as usize {
+        return Err(TrailMismatch::Losses { expected: frame.inner_steps, got: trail.losses.len() });
+    }
+    if trail.proofs.len() != frame.proofs as usize {
+        return Err(TrailMismatch::Proofs { expected: frame.proofs, got: trail.proofs.len() });
+    }
+    let last = trail.checkpoints.last().map_or(Hash::ZERO, |e| e.hash);
+    if last != frame.final_checkpoint {
+        return Err(TrailMismatch::Final { expected: frame.final_checkpoint, got: last });
+    }
+    Ok(())
+}
+
+/// What a trail claims about one segment: where it starts and ends, how many steps lie between,
+/// and the loss of each of those steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentClaim<'a> {
+    pub segment: u32,
+    pub start: TrailEntry,
+    pub end: TrailEntry,
+    pub steps: u64,
+    pub losses: &'a [f32],
+}
+
+/// The claim of segment `segment` of a trail that passed [`check_trail`] against `frame`;
+/// `None` when the segment does not exist.
+pub fn segment_claim<'a>(trail: &'a Trail, frame: &TrailFrame, segment: u32) -> Option<SegmentClaim<'a>> {
+    if segment >= frame.segments() {
+        return None;
+    }
+    let (from, to) = (
+        checkpoint_offset(segment, frame.inner_steps, frame.interval),
+        checkpoint_offset(segment + 1, frame.inner_steps, frame.interval),
+    );
+    let losses = trail.losses.get(usize::try_from(from).ok()?..usize::try_from(to).ok()?)?;
+    Some(SegmentClaim {
+        segment,
+        start: *trail.checkpoints.get(segment as usize)?,
+        end: *trail.checkpoints.get(segment as usize + 1)?,
+        steps: to - from,
+        losses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(inner_steps: u32, interval: u32) -> TrailFrame {
+        TrailFrame { job: JobId(1), round: 2, worker: 1, inner_steps, interval, proofs: 0, final_checkpoint: Hash([9; 32]) }
+    }
+
+    /// The trail an honest worker writes for `frame`.
+    fn honest(frame: &TrailFrame) -> Trail {
+        let mut checkpoints: Vec<TrailEntry> =
+            (0..frame.checkpoints()).map(|i| TrailEntry { step: frame.step(i), hash: Hash([i as u8; 32]) }).collect();
+        checkpoints.last_mut().unwrap().hash = frame.final_checkpoint;
+        Trail {
+            job: frame.job,
+            round: frame.round,
+            worker: frame.worker,
+            checkpoint_interval: frame.interval,
+            checkpoints,
+            losses: (0..frame.inner_steps).map(|i| 5.0 - i as f32 * 0.01).collect(),
+            proofs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn checkpoints_sit_at_fixed_steps_and_the_last_segment_may_be_short() {
+        let f = frame(10, 4);
+        assert_eq!(f.checkpoints(), 4);
+        assert_eq!((0..4).map(|i| f.step(i)).collect::<Vec<_>>(), vec![20, 24, 28, 30]);
+        assert_eq!((0..3).map(|s| f.steps_of(s)).collect::<Vec<_>>(), vec![4, 4, 2]);
+        let even = frame(40, 10);
+        assert_eq!((0..5).map(|i| even.step(i)).collect::<Vec<_>>(), vec![80, 90, 100, 110, 120]);
+        assert_eq!(checkpoint_count(1, 1), 2);
+    }
+
+    #[test]
+    fn an_honest_trail_fits_and_its_claims_cover_every_loss_once() {
+        let f = frame(10, 4);
+        let trail = honest(&f);
+        check_trail(&trail, &f).unwrap();
+        let claims: Vec<_> = (0..f.segments()).map(|s| segment_claim(&trail, &f, s).unwrap()).collect();
+        assert_eq!(claims.iter().map(|c| c.losses.len() as u64).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(claims.iter().map(|c| c.steps).sum::<u64>(), 10);
+        assert_eq!(claims[2].end.hash, f.final_checkpoint);
+        assert_eq!(claims[1].losses, &trail.losses[4..8]);
+        assert!(segment_claim(&trail, &f, 3).is_none());
+    }
+
+    /// The unit-gap attack: checkpoints one step apart (rH, rH+1, …, rH+n) so that only n of the
+    /// H steps are trained, every one-step segment replays, and H losses are padded in.
+    #[test]
+    fn a_unit_gap_trail_is_refused() {
+        let f = frame(40, 10);
+        let mut trail = honest(&f);
+        for (i, entry) in trail.checkpoints.iter_mut().enumerate() {
+            entry.step = f.step(0) + i as u64;
+        }
+        assert_eq!(check_trail(&trail, &f), Err(TrailMismatch::Step { index: 1, expected: 90, got: 81 }));
+    }
+
+    #[test]
+    fn every_field_the_chain_fixes_is_checked() {
+        let f = frame(10, 4);
+        let cases: Vec<(fn(&mut Trail), TrailMismatch)> = vec![
+            (|t| t.job = JobId(7), TrailMismatch::Job { expected: JobId(1), got: JobId(7) }),
+            (|t| t.round = u32::MAX, TrailMismatch::Round { expected: 2, got: u32::MAX }),
+            (|t| t.worker = 5, TrailMismatch::Worker { expected: 1, got: 5 }),
+            (|t| t.checkpoint_interval = 1, TrailMismatch::Interval { expected: 4, got: 1 }),
+            (|t| { t.checkpoints.pop(); }, TrailMismatch::Checkpoints { expected: 4, got: 3 }),
+            (|t| { t.losses.pop(); }, TrailMismatch::Losses { expected: 10, got: 9 }),
+            (|t| t.proofs.push(Hash::ZERO), TrailMismatch::Proofs { expected: 0, got: 1 }),
+            (|t| t.checkpoints[3].hash = Hash::ZERO, TrailMismatch::Final { expected: Hash([9; 32]), got: Hash::ZERO }),
+        ];
+        for (edit, expected) in cases {
+            let mut trail = honest(&f);
+            edit(&mut trail);
+            assert_eq!(check_trail(&trail, &f), Err(expected));
+        }
+    }
+}
