@@ -3,11 +3,12 @@
 # threads from their own checkpoints, and the cost of checking s segments per miner against
 # the miner's training compute.
 #   scripts/bench-verifier.sh [PRESET] [ROUNDS] [WORKERS] [H] [C] [S]
+# TRELLIS_BIN picks another `trellis` binary (e.g. an older build, for a before/after figure).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 preset=${1:-nano}; rounds=${2:-2}; workers=${3:-4}; inner=${4:-50}; interval=${5:-2}; sampled=${6:-2}
 data=${DATA:-$root/../shared/data/tinyshakespeare.txt}
-bin=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/trellis
+bin=${TRELLIS_BIN:-$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/trellis}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 
 "$bin" train --data "$data" --model "$preset" --workers "$workers" --inner-steps "$inner" --rounds "$rounds" \

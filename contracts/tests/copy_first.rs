@@ -24,7 +24,7 @@ fn a_front_run_copy_of_a_commitment_punishes_the_copier_not_the_victim() {
     w.send(&copier, TxKind::CommitWork(stolen)).unwrap();
     w.commit(job, 0, 0).unwrap();
     w.commit(job, 0, 1).unwrap();
-    w.to_reveals(job, 0);
+    w.enter_reveals(job, 0);
     w.reveal(job, 0, 0).unwrap();
     w.reveal(job, 0, 1).unwrap();
     // The copier learns the victim's work only now, and cannot make it fit its binding.
@@ -51,7 +51,7 @@ fn equal_revealed_deltas_are_each_sampled_and_judged_on_their_own_trail() {
     let second = Keypair::from_seed(w.miners[1].seed());
     let binding = twin.binding(&second.address());
     w.send(&second, TxKind::CommitWork(WorkCommitment { job: JobId(job), round: 0, binding })).unwrap();
-    w.to_reveals(job, 0);
+    w.enter_reveals(job, 0);
     w.reveal(job, 0, 0).unwrap();
     w.send(&second, TxKind::RevealWork(twin)).unwrap();
     w.next_block();

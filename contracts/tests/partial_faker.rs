@@ -42,6 +42,7 @@ fn a_miner_faking_one_segment_a_round_is_caught_as_often_as_predicted_and_loses(
     let rate = caught as f64 / TRIALS as f64;
     let predicted = 1.0 - escape_probability(segments, 1, sampled);
     let std_err = (predicted * (1.0 - predicted) / TRIALS as f64).sqrt();
+    eprintln!("partial faker: caught in {caught} of {TRIALS} rounds ({rate:.4}); the formula says {predicted:.4} ± {std_err:.4}");
     assert!((rate - predicted).abs() <= 4.0 * std_err, "caught {rate:.3} of rounds, the formula says {predicted:.3} (±{std_err:.3})");
 
     // At the measured rate, with the test job's stakes (one miner takes the round's 9,000 less

@@ -293,7 +293,7 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     assert_ne!(trellis_contracts::state_root(&w.kv), root);
 
     w.commit(job, 0, 0).unwrap();
-    w.to_reveals(job, 0);
+    w.enter_reveals(job, 0);
     // A reveal without a commitment, not matching the binding, twice.
     let other = Keypair::from_seed(w.miners[1].seed());
     assert_eq!(w.send(&other, TxKind::RevealWork(w.work(job, 0, 1))), Err(TxError::NothingToReveal { miner: other.address() }));

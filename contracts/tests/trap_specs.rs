@@ -12,7 +12,8 @@ use trellis_proto::*;
 fn trap_specs_are_refused_at_submission() {
     let params = Params::default();
     let w = World::new(4, 2, params.clone());
-    let cases: Vec<(&str, fn(&mut JobSpec))> = vec![
+    type Edit = fn(&mut JobSpec);
+    let cases: Vec<(&str, Edit)> = vec![
         ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: -1.0 }),
         ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: f32::NAN }),
         ("tolerance", |s| s.verification.mode = VerificationMode::Tolerance { max_distance: f32::INFINITY }),

@@ -35,7 +35,7 @@ fn a_commitment_never_revealed_is_a_freeloader() {
     for i in 0..3 {
         w.commit(job, 0, i).unwrap();
     }
-    w.to_reveals(job, 0);
+    w.enter_reveals(job, 0);
     w.reveal(job, 0, 0).unwrap();
     w.reveal(job, 0, 1).unwrap();
     let deadline = w.round(job, 0).reveal_deadline;

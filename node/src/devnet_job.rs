@@ -323,7 +323,7 @@ impl DemoJob {
     }
 
     fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow], miners: &[MinerOutcome]) -> anyhow::Result<()> {
-        println!("\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {}", "node", "behaviour", "bond", "now", "paid", "slashed", "status");
+        println!("\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  status", "node", "behaviour", "bond", "now", "paid", "slashed");
         for m in miners {
             let slashed: u64 = m.slashes.iter().map(|s| s.amount).sum();
             let reasons: Vec<&str> = m.slashes.iter().map(|s| s.reason.as_str()).collect();

@@ -209,7 +209,7 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
     let fetched = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let local = format!("/ip4/127.0.0.1/tcp/{}", port + 9);
-        let (net, _) = trellis_node::exchange::start([9; 32], &local, &[node.blobs.clone()], BlobStore::open(dir.path()).unwrap()).await.unwrap();
+        let (net, _) = trellis_node::exchange::start([9; 32], &local, std::slice::from_ref(&node.blobs), BlobStore::open(dir.path()).unwrap()).await.unwrap();
         net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(20)).await
     });
     assert_eq!(fetched.expect("a good peer still gets the blob"), blob);

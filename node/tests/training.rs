@@ -232,10 +232,8 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let mut rewards: BTreeMap<String, u64> = BTreeMap::new();
     while let Ok(Some(Ok(event))) = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), events.next()).await }) {
         let reward = &event["event"];
-        if reward["event"] == "rewarded" {
-            if reward["as_miner"] == true {
-                *rewards.entry(reward["who"].as_str().unwrap().to_string()).or_default() += reward["amount"].as_u64().unwrap();
-            }
+        if reward["event"] == "rewarded" && reward["as_miner"] == true {
+            *rewards.entry(reward["who"].as_str().unwrap().to_string()).or_default() += reward["amount"].as_u64().unwrap();
         }
     }
     for (miner, start) in miners.iter().zip(&before) {

@@ -107,6 +107,16 @@ pub enum StateDefect {
 
 /// Whether weights and AdamW moments are a state honest training can checkpoint.
 pub fn check_state(weights: &[f32], first_moments: &[f32], second_moments: &[f32]) -> Result<(), StateDefect> {
+    // A branch-free pass first (the compiler vectorises it); the defect is located only if any.
+    let defective = |v: &f32| {
+        let exponent = v.to_bits() & 0x7f80_0000;
+        (exponent == 0x7f80_0000) | ((exponent == 0) & (v.to_bits() & 0x007f_ffff != 0))
+    };
+    let any_defect = [weights, first_moments].iter().flat_map(|s| s.iter()).fold(false, |found, v| found | defective(v))
+        | second_moments.iter().fold(false, |found, v| found | defective(v) | (*v < 0.0));
+    if !any_defect {
+        return Ok(());
+    }
     for (section, values) in [("weight", weights), ("first moment", first_moments), ("second moment", second_moments)] {
         for (index, value) in values.iter().enumerate() {
             if !value.is_finite() {

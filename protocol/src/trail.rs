@@ -230,7 +230,8 @@ mod tests {
     #[test]
     fn every_field_the_chain_fixes_is_checked() {
         let f = frame(10, 4);
-        let cases: Vec<(fn(&mut Trail), TrailMismatch)> = vec![
+        type Edit = fn(&mut Trail);
+        let cases: Vec<(Edit, TrailMismatch)> = vec![
             (|t| t.job = JobId(7), TrailMismatch::Job { expected: JobId(1), got: JobId(7) }),
             (|t| t.round = u32::MAX, TrailMismatch::Round { expected: 2, got: u32::MAX }),
             (|t| t.worker = 5, TrailMismatch::Worker { expected: 1, got: 5 }),

@@ -104,6 +104,24 @@ impl InnerLoop<'_> {
         model: &mut Gpt,
         optimizer: &mut AdamW,
         steps: u64,
+        on_step: impl FnMut(u64, f32),
+    ) -> Result<StepsOutcome, WorkerError> {
+        self.run(model, optimizer, steps, true, on_step)
+    }
+
+    /// [`train_steps`](Self::train_steps) for a checker re-executing a segment: the state it
+    /// starts from is a checkpoint it already holds, so no start checkpoint is taken (the trail
+    /// of the outcome begins after the first step).
+    pub fn replay_steps(&self, model: &mut Gpt, optimizer: &mut AdamW, steps: u64) -> Result<StepsOutcome, WorkerError> {
+        self.run(model, optimizer, steps, false, |_, _| {})
+    }
+
+    fn run(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        steps: u64,
+        checkpoint_start: bool,
         mut on_step: impl FnMut(u64, f32),
     ) -> Result<StepsOutcome, WorkerError> {
         if steps == 0 {
@@ -119,7 +137,10 @@ impl InnerLoop<'_> {
         let start = optimizer.step;
         let mut checkpointing = Duration::ZERO;
         let mut compute = Duration::ZERO;
-        let mut checkpoints = vec![self.checkpoint(model, optimizer, &mut checkpointing)?];
+        let mut checkpoints = Vec::new();
+        if checkpoint_start {
+            checkpoints.push(self.checkpoint(model, optimizer, &mut checkpointing)?);
+        }
         let mut losses = Vec::with_capacity(steps as usize);
         let (b, t) = (self.schedule.batch_size as i64, self.schedule.sequence_length as i64);
         for _ in 0..steps {

@@ -138,7 +138,7 @@ pub fn check_claim(replay: &Replay<'_>, claim: &SegmentClaim<'_>, source: &dyn B
         checkpoint_interval: claim.steps,
         trail_dir: None,
     };
-    let outcome = match inner.train_steps(&mut model, &mut optimizer, claim.steps, |_, _| {}) {
+    let outcome = match inner.replay_steps(&mut model, &mut optimizer, claim.steps) {
         Ok(outcome) => outcome,
         // The schedule cannot serve this slot: the job's dataset does not fit its workers.
         Err(WorkerError::Data(_)) => return report(Blame::Job(JobFaultReason::SpecUnusable).outcome(), 0.0, false),

@@ -193,7 +193,7 @@ impl World {
 
     /// Moves to the round's reveal phase (past the commit deadline, or at once when every worker
     /// committed).
-    pub fn to_reveals(&mut self, job: u64, round: u32) {
+    pub fn enter_reveals(&mut self, job: u64, round: u32) {
         if self.round(job, round).phase == Phase::Open {
             self.next_block();
         }
@@ -206,7 +206,7 @@ impl World {
 
     /// Past the commit phase: every miner that committed reveals, and the next block samples.
     pub fn past_commit_deadline(&mut self, job: u64, round: u32) {
-        self.to_reveals(job, round);
+        self.enter_reveals(job, round);
         let committed: Vec<Address> = self.round(job, round).commits.iter().map(|c| c.miner).collect();
         for i in 0..self.miners.len() {
             if committed.contains(&self.miners[i].address()) {

@@ -127,6 +127,16 @@ fn job_fault(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> Verdict
     Blame::Job(reason).outcome()
 }
 
+/// A failure to get or read one of the job's own blobs (dataset, keys): the job's fault when no
+/// peer served it or it does not parse, ours when our store or exchange failed.
+fn job_blob_failure(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> Early {
+    let ours = error.chain().any(|e| matches!(e.downcast_ref::<FetchError>(), Some(FetchError::Store { .. } | FetchError::Stopped)));
+    if ours {
+        return Err(OwnFailure(error));
+    }
+    Ok(job_fault(reason, error, job))
+}
+
 /// The verdict on one assignment; `Err` only for this node's own failures.
 async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> Result<VerdictOutcome, OwnFailure> {
     match gather(context, job, round, assignment).await {
@@ -176,9 +186,10 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
         Ok(zk) => zk,
         Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error, job))),
     };
+    // Our exchange works (it just served the trail): a dataset no peer serves is the job's fault.
     let dataset = match context.dataset(job.spec.dataset_root).await {
         Ok(dataset) => dataset,
-        Err(error) => return Err(Ok(job_fault(JobFaultReason::DatasetUnavailable, error, job))),
+        Err(error) => return Err(job_blob_failure(JobFaultReason::DatasetUnavailable, error, job)),
     };
     // θ_r is the committed model every validator computed: failing to get it is ours.
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
@@ -210,7 +221,7 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
             let proof = miners_blob(context, BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]), deadline).await?;
             let verifier = match context.verifier(zk.verifying_key).await {
                 Ok(verifier) => verifier,
-                Err(error) => return Err(Ok(job_fault(JobFaultReason::KeysUnusable, error, job))),
+                Err(error) => return Err(job_blob_failure(JobFaultReason::KeysUnusable, error, job)),
             };
             if verifier.spec() != &zk.model || u64::from(verifier.steps()) != ZkJob::segment_steps(&job.spec) {
                 let error = anyhow::anyhow!("the verifying key is for {} × {} steps", verifier.spec(), verifier.steps());

@@ -332,10 +332,16 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a `fake-trail` miner publishes: checkpoints (entry and bytes), losses, final weights.
+struct FakeTrail {
+    checkpoints: Vec<(TrailEntry, Vec<u8>)>,
+    losses: Vec<f32>,
+    final_weights: Vec<f32>,
+}
+
 /// A trail that hashes correctly but was never computed (`fake-trail`): the canonical start,
 /// then the start weights plus growing noise at every checkpoint position, with made-up losses.
-/// Returns the checkpoints with their bytes, the losses and the final weights.
-fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<(Vec<(TrailEntry, Vec<u8>)>, Vec<f32>, Vec<f32>)> {
+fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<FakeTrail> {
     let (mut model, mut optimizer) = jobdata::start_state(spec, round, global, device)?;
     let frame_steps = |i: u32| trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval);
     let start_step = optimizer.step;
@@ -351,7 +357,7 @@ fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -
         checkpoints.push((TrailEntry { step: optimizer.step, hash: checkpoint::checkpoint_hash(&bytes) }, bytes));
     }
     let losses = (0..spec.diloco.inner_steps).map(|step| 5.5 - step as f32 * 0.01).collect();
-    Ok((checkpoints, losses, model.flat_weights()))
+    Ok(FakeTrail { checkpoints, losses, final_weights: model.flat_weights() })
 }
 
 /// What a poisoner sends instead of its Δ.
@@ -452,7 +458,7 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
             }
             (done.trail, done.final_weights)
         } else if behaviour == Behaviour::FakeTrail {
-            let (checkpoints, losses, final_weights) = fake_trail(spec, round_number, &global, context2.device)?;
+            let FakeTrail { checkpoints, losses, final_weights } = fake_trail(spec, round_number, &global, context2.device)?;
             for (entry, bytes) in &checkpoints {
                 stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
             }
