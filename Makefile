@@ -26,9 +26,11 @@ devnet: setup
 	$(CARGO) build --release -p trellis-node --features adversary
 	@scripts/devnet.sh
 
-# The end-to-end adversary tests need the feature too.
+# The end-to-end adversary tests need the feature too. Supply conservation and the job-spec
+# arithmetic are also checked in a release build (overflow checks on for the chain's crates).
 test: setup
 	$(CARGO) test --workspace --features trellis-node/adversary
+	$(CARGO) test --release -p trellis-contracts --test invariants --test job_arithmetic
 
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)

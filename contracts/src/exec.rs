@@ -9,7 +9,6 @@
 //! them in the mempool and, batched, for every block).
 
 use serde::Serialize;
-use trellis_proto::trail::MAX_TRAIL_STEPS;
 use trellis_proto::{
     Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role,
     SignedTx, TxKind, Verdict, VerificationMode, WorkCommitment, WorkReveal,
@@ -208,7 +207,7 @@ impl Chain {
                 continue;
             }
             stake.unbonding = pending;
-            let amount: u64 = matured.iter().map(|u| u.amount).sum();
+            let amount = matured.iter().try_fold(0u64, |sum, u| sum.checked_add(u.amount)).ok_or(TxError::Overflow)?;
             let role = if key[keys::STAKE_PREFIX.len()] == b'v' { Role::Validator } else { Role::Miner };
             let who = stake.key.address();
             kv.put(key, trellis_proto::Encode::to_bytes(&stake));
@@ -265,7 +264,7 @@ impl Chain {
             return Err(TxError::InsufficientBalance { needed: fee, available: account.balance });
         }
         account.balance -= fee;
-        account.nonce += 1;
+        account.nonce = account.nonce.checked_add(1).ok_or(TxError::Overflow)?;
         write(kv, keys::account(&sender), &account);
         self.burn(kv, fee)?;
         let mut events = vec![Event::FeeBurned { payer: sender, amount: fee }];
@@ -352,7 +351,7 @@ impl Chain {
         if remaining != 0 && remaining < min {
             return Err(TxError::BelowMinimumStake { role, min, got: remaining });
         }
-        let release_height = ctx.height + self.params.unbonding_blocks;
+        let release_height = ctx.height.saturating_add(self.params.unbonding_blocks);
         stake.bonded = remaining;
         stake.unbonding.push(Unbonding { release_height, amount });
         write(kv, keys::stake(role, who), &stake);
@@ -372,7 +371,7 @@ impl Chain {
         let Some(mut stake) = read::<Stake>(kv, &keys::stake(role, who))? else {
             return Ok(0);
         };
-        let mut remaining = fraction(stake.slashable(), ppm);
+        let mut remaining = fraction(stake.slashable().ok_or(TxError::Overflow)?, ppm);
         let taken = remaining;
         let from_bond = remaining.min(stake.bonded);
         stake.bonded -= from_bond;
@@ -401,7 +400,7 @@ impl Chain {
         }
         self.debit(kv, &submitter, escrow)?;
         let id: u64 = read(kv, keys::NEXT_JOB)?.unwrap_or(0);
-        write(kv, keys::NEXT_JOB.to_vec(), &(id + 1));
+        write(kv, keys::NEXT_JOB.to_vec(), &id.checked_add(1).ok_or(TxError::Overflow)?);
         let job = Job {
             id: JobId(id),
             submitter,
@@ -658,9 +657,38 @@ impl Chain {
     }
 }
 
-/// Bounds on a job's hyperparameters (`docs/jobs.md`): outside them a spec is a trap for the
-/// miners that join it (every Δ equal, checks no honest trail passes) or cannot be checked.
+/// Bounds on every job parameter (`docs/jobs.md`). Outside them a spec is a trap for the miners
+/// that join it (every Δ equal, checks no honest trail passes), cannot be checked, or holds more
+/// work than a round's state and its validators can: the bounds on sizes follow from a most work
+/// per round, [`MAX_ROUND_TOKENS`](bounds::MAX_ROUND_TOKENS), and every count derived from a
+/// spec that passes (tokens, checkpoints, assignments, deadlines) fits its integer type.
 pub mod bounds {
+    use trellis_proto::job::MAX_MINERS_PER_ROUND;
+    use trellis_proto::trail::MAX_TRAIL_STEPS;
+    
+    /// Most tokens all workers of a round train together (≈ 1.1·10¹²): what a round's rewards
+    /// are split over and what its checkers may be asked to re-execute a share of.
+    pub const MAX_ROUND_TOKENS: u64 = 1 << 40;
+    /// Most inner steps (a trail holds one loss per step).
+    pub const MAX_INNER_STEPS: u32 = MAX_TRAIL_STEPS;
+    /// Most worker slots in a round.
+    pub const MAX_WORKERS: u32 = MAX_MINERS_PER_ROUND as u32;
+    /// Most sequences per batch.
+    pub const MAX_BATCH_SIZE: u32 = 4_096;
+    /// Longest context (and sequence).
+    pub const MAX_CONTEXT: u32 = 1 << 16;
+    /// Largest vocabulary.
+    pub const MAX_VOCAB: u32 = 1 << 20;
+    /// Widest model.
+    pub const MAX_WIDTH: u32 = 1 << 16;
+    /// Deepest model.
+    pub const MAX_LAYERS: u32 = 1_024;
+    /// Most rounds in a job.
+    pub const MAX_ROUNDS: u32 = 1 << 20;
+    /// Longest commit or verification window, in blocks.
+    pub const MAX_WINDOW_BLOCKS: u32 = 1_000_000;
+    /// Most dataset shards.
+    pub const MAX_DATASET_SHARDS: u32 = 1 << 24;
     /// Smallest and largest inner (AdamW) learning rate.
     pub const LEARNING_RATE: (f32, f32) = (1e-6, 1.0);
     /// Largest outer learning rate.
@@ -700,13 +728,37 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         }
     };
     let (lr_low, lr_high) = bounds::LEARNING_RATE;
+    let max_workers = bounds::MAX_WORKERS.min(params.max_miners_per_job);
+    let round_tokens = u128::from(d.inner_steps) * u128::from(d.batch_size) * u128::from(d.sequence_length) * u128::from(d.workers_per_round);
+    let model_bad = !(1..=bounds::MAX_VOCAB).contains(&m.vocab_size)
+        || !(1..=bounds::MAX_WIDTH).contains(&m.width)
+        || !(1..=bounds::MAX_LAYERS).contains(&m.layers)
+        || !(1..=m.width.max(1)).contains(&m.heads)
+        || !(1..=bounds::MAX_CONTEXT).contains(&m.context_length);
     let checks: Vec<(bool, String)> = vec![
         (spec.name.is_empty(), "name is empty".into()),
-        (m.vocab_size == 0 || m.width == 0 || m.layers == 0 || m.heads == 0 || m.context_length == 0, "model dimensions must be positive".into()),
+        (
+            model_bad,
+            format!(
+                "model dimensions must be positive with vocabulary ≤ {}, width ≤ {}, layers ≤ {}, heads ≤ width, context ≤ {}",
+                bounds::MAX_VOCAB,
+                bounds::MAX_WIDTH,
+                bounds::MAX_LAYERS,
+                bounds::MAX_CONTEXT
+            ),
+        ),
         (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads".into()),
-        (d.workers_per_round == 0, "workers_per_round must be positive".into()),
-        (d.inner_steps == 0 || d.inner_steps > MAX_TRAIL_STEPS, format!("inner_steps must be in 1..={MAX_TRAIL_STEPS}")),
-        (d.batch_size == 0, "batch_size must be positive".into()),
+        (d.workers_per_round == 0 || d.workers_per_round > max_workers, format!("workers_per_round must be in 1..={max_workers}")),
+        (d.inner_steps == 0 || d.inner_steps > bounds::MAX_INNER_STEPS, format!("inner_steps must be in 1..={}", bounds::MAX_INNER_STEPS)),
+        (d.batch_size == 0 || d.batch_size > bounds::MAX_BATCH_SIZE, format!("batch_size must be in 1..={}", bounds::MAX_BATCH_SIZE)),
+        (
+            round_tokens > u128::from(bounds::MAX_ROUND_TOKENS),
+            format!("a round trains {round_tokens} tokens (workers × inner_steps × batch × sequence); at most {} (2^40)", bounds::MAX_ROUND_TOKENS),
+        ),
+        (d.rounds > bounds::MAX_ROUNDS, format!("rounds must be at most {}", bounds::MAX_ROUNDS)),
+        (spec.commit_blocks > bounds::MAX_WINDOW_BLOCKS, format!("commit_blocks must be at most {}", bounds::MAX_WINDOW_BLOCKS)),
+        (spec.verify_blocks > bounds::MAX_WINDOW_BLOCKS, format!("verify_blocks must be at most {}", bounds::MAX_WINDOW_BLOCKS)),
+        (spec.dataset_shards > bounds::MAX_DATASET_SHARDS, format!("dataset_shards must be at most {}", bounds::MAX_DATASET_SHARDS)),
         (d.sequence_length == 0 || d.sequence_length > m.context_length, "sequence_length must be in 1..=context_length".into()),
         (!within(d.learning_rate, lr_low, lr_high), format!("learning_rate must be in [{lr_low:e}, {lr_high}]")),
         (!within(d.beta1, 0.0, 1.0) || d.beta1 == 1.0 || !within(d.beta2, 0.0, 1.0) || d.beta2 == 1.0, "beta1 and beta2 must be in [0, 1)".into()),
@@ -740,17 +792,18 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
 /// Everything held in any form (balances, stakes, escrows): must equal `Supply::expected_total`.
 pub fn total_holdings<S: KvStore + ?Sized>(kv: &S) -> Result<u64, TxError> {
     let mut total: u64 = 0;
+    let mut add = |amount: u64| -> Result<(), TxError> {
+        total = total.checked_add(amount).ok_or(TxError::Overflow)?;
+        Ok(())
+    };
     for (key, bytes) in kv.scan_prefix(keys::ACCOUNT_PREFIX) {
-        let account: Account = decode_record(&key, &bytes)?;
-        total += account.balance;
+        add(decode_record::<Account>(&key, &bytes)?.balance)?;
     }
     for (key, bytes) in kv.scan_prefix(keys::STAKE_PREFIX) {
-        let stake: Stake = decode_record(&key, &bytes)?;
-        total += stake.slashable();
+        add(decode_record::<Stake>(&key, &bytes)?.slashable().ok_or(TxError::Overflow)?)?;
     }
     for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
-        let job: Job = decode_record(&key, &bytes)?;
-        total += job.escrow;
+        add(decode_record::<Job>(&key, &bytes)?.escrow)?;
     }
     Ok(total)
 }

@@ -24,13 +24,15 @@ pub fn expected_segments(spec: &JobSpec) -> u32 {
 }
 
 /// Tokens one miner trains in one round (what its reward share is proportional to).
+/// Saturates instead of wrapping: a spec that passed validation is far below (`bounds`).
 pub fn expected_tokens(spec: &JobSpec) -> u64 {
-    spec.diloco.inner_steps as u64 * spec.diloco.batch_size as u64 * spec.diloco.sequence_length as u64
+    let d = &spec.diloco;
+    u64::from(d.inner_steps).saturating_mul(u64::from(d.batch_size)).saturating_mul(u64::from(d.sequence_length))
 }
 
 /// A fresh round opened at `height`, with its workers drawn from the job's miners.
 pub fn new_round(job: &Job, round: u32, height: u64, randomness: &Hash) -> RoundState {
-    let commit_deadline = height + job.spec.commit_blocks as u64;
+    let commit_deadline = height.saturating_add(u64::from(job.spec.commit_blocks));
     RoundState {
         workers: pick_workers(job, round, randomness),
         job: job.id,
@@ -85,7 +87,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     match round.phase {
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             round.phase = Phase::Revealing;
-            round.reveal_deadline = ctx.height + chain.params.reveal_blocks;
+            round.reveal_deadline = ctx.height.saturating_add(chain.params.reveal_blocks);
             events.push(Event::RevealsOpened { job: job.id, round: round.round, reveal_deadline: round.reveal_deadline });
             write(kv, keys::round(job.id, round.round), &round);
         }
@@ -94,7 +96,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
             round.assignments =
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
             round.phase = Phase::Verifying;
-            round.verify_end = ctx.height + job.spec.verify_blocks as u64;
+            round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
             events.push(Event::SegmentsSampled { job: job.id, round: round.round, assignments: round.assignments.len() });
             write(kv, keys::round(job.id, round.round), &round);
         }
@@ -176,7 +178,7 @@ fn pick_checkers(
     let mut picked = Vec::new();
     let miner_word = u64::from_le_bytes(miner.0[..8].try_into().expect("8 bytes"));
     while picked.len() < count && !eligible.is_empty() {
-        let total: u64 = eligible.iter().map(|v| v.power).sum();
+        let total = eligible.iter().fold(0u64, |sum, v| sum.saturating_add(v.power));
         let mut point = draw("checker", seed, &[miner_word, segment as u64, (exclude.len() + picked.len()) as u64]) % total;
         let index = eligible
             .iter()
@@ -281,7 +283,7 @@ fn tally<S: KvStore + ?Sized>(
                 assignment.checkers.extend(more);
             }
             round.escalated = true;
-            round.verify_end = ctx.height + job.spec.verify_blocks as u64;
+            round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
             events.push(Event::Escalated { job: job.id, round: round.round, segments: disputed.len(), verify_end: round.verify_end });
             write(kv, keys::round(job.id, round.round), &round);
             return Ok(());
@@ -385,7 +387,7 @@ fn tally<S: KvStore + ?Sized>(
         events.extend(next_round_or_end(chain, kv, job, ctx)?);
     } else {
         round.phase = Phase::AwaitingAggregate;
-        round.aggregate_deadline = ctx.height + chain.params.aggregate_blocks;
+        round.aggregate_deadline = ctx.height.saturating_add(chain.params.aggregate_blocks);
         write(kv, keys::round(job.id, round.round), &round);
         write(kv, keys::job(job.id), &job);
     }
@@ -405,32 +407,34 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
     let mut events = Vec::new();
     let payout = job.spec.reward_per_round.0.min(job.escrow);
     let verifier_pool = if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
-    let miner_pool = payout - verifier_pool;
+    let miner_pool = payout.checked_sub(verifier_pool).ok_or(TxError::Overflow)?;
     // Every accepted miner trained the round's fixed token count: equal shares.
     let tokens: BTreeMap<Address, u64> = round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
     let total_tokens = tokens.values().fold(0u64, |sum, t| sum.saturating_add(*t));
     let mut paid = 0u64;
     for (miner, miner_tokens) in &tokens {
-        let amount = ((miner_pool as u128 * *miner_tokens as u128) / total_tokens.max(1) as u128) as u64;
+        // ≤ miner_pool, since miner_tokens ≤ total_tokens: the cast cannot truncate.
+        let amount = ((u128::from(miner_pool) * u128::from(*miner_tokens)) / u128::from(total_tokens.max(1))) as u64;
         chain.credit(kv, miner, amount)?;
-        paid += amount;
+        paid = paid.checked_add(amount).ok_or(TxError::Overflow)?;
         events.push(Event::Rewarded { job: job.id, round: round.round, who: *miner, amount, as_miner: true });
     }
     if !round.matched_checkers.is_empty() {
         let share = verifier_pool / round.matched_checkers.len() as u64;
         for checker in &round.matched_checkers {
             chain.credit(kv, checker, share)?;
-            paid += share;
+            paid = paid.checked_add(share).ok_or(TxError::Overflow)?;
             events.push(Event::Rewarded { job: job.id, round: round.round, who: *checker, amount: share, as_miner: false });
         }
     }
-    job.escrow -= paid;
+    debug_assert!(paid <= payout, "a round pays at most its payout");
+    job.escrow = job.escrow.checked_sub(paid).ok_or(TxError::Overflow)?;
     if let Some(aggregate) = aggregate {
         job.model_hash = aggregate.model_hash;
         job.momentum_hash = aggregate.momentum_hash;
         events.push(Event::AggregateCommitted { job: job.id, round: round.round, model_hash: aggregate.model_hash });
     }
-    job.rounds_settled += 1;
+    job.rounds_settled = job.rounds_settled.saturating_add(1);
     round.phase = Phase::Settled;
     write(kv, keys::round(job.id, round.round), &round);
     events.extend(next_round_or_end(chain, kv, job, ctx)?);
@@ -442,7 +446,7 @@ fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Jo
     if job.cancel_requested {
         return end_job(chain, kv, job, JobStatus::Cancelled);
     }
-    if job.current_round + 1 >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round.0 {
+    if job.current_round.saturating_add(1) >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round.0 {
         return end_job(chain, kv, job, JobStatus::Finished);
     }
     job.current_round += 1;

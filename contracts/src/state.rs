@@ -47,9 +47,10 @@ pub struct Stake {
 }
 
 impl Stake {
-    /// Everything that can still be slashed.
-    pub fn slashable(&self) -> u64 {
-        self.bonded + self.unbonding.iter().map(|u| u.amount).sum::<u64>()
+    /// Everything that can still be slashed (`None` if it does not fit a u64, which supply
+    /// conservation rules out).
+    pub fn slashable(&self) -> Option<u64> {
+        self.unbonding.iter().try_fold(self.bonded, |sum, u| sum.checked_add(u.amount))
     }
 }
 
@@ -90,7 +91,7 @@ pub struct ValidatorSet {
 
 impl ValidatorSet {
     pub fn total_power(&self) -> u64 {
-        self.validators.iter().map(|v| v.power).sum()
+        self.validators.iter().fold(0u64, |sum, v| sum.saturating_add(v.power))
     }
 
     pub fn contains(&self, address: &Address) -> bool {
@@ -335,8 +336,9 @@ pub struct Supply {
 canonical_struct!(Supply { genesis, minted, burned });
 
 impl Supply {
-    pub fn expected_total(&self) -> u64 {
-        self.genesis + self.minted - self.burned
+    /// `genesis + minted − burned`; `None` if that does not fit (a corrupt record).
+    pub fn expected_total(&self) -> Option<u64> {
+        self.genesis.checked_add(self.minted)?.checked_sub(self.burned)
     }
 }
 

@@ -18,6 +18,8 @@ enum Action {
     Bond { who: usize, miner: bool, amount: u64 },
     Unbond { who: usize, miner: bool, amount: u64 },
     Submit { escrow: u64 },
+    /// An adversarial submitter's spec (`common::wild_spec`): refused, or accepted and run.
+    SubmitWild { values: [u32; 11], reward: u64, escrow: u64 },
     Join { miner: usize, job: u64 },
     /// Commits (a copy of `copy_of`'s binding, when set).
     Commit { miner: usize, job: u64, copy_of: Option<usize> },
@@ -37,6 +39,8 @@ fn action() -> impl Strategy<Value = Action> {
         (0..9usize, any::<bool>(), 0..30_000u64).prop_map(|(who, miner, amount)| Action::Bond { who, miner, amount }),
         (0..9usize, any::<bool>(), 0..30_000u64).prop_map(|(who, miner, amount)| Action::Unbond { who, miner, amount }),
         (0..40_000u64).prop_map(|escrow| Action::Submit { escrow }),
+        (any::<[u32; 11]>(), prop_oneof![1..40_000u64, any::<u64>()], prop_oneof![0..40_000u64, any::<u64>()])
+            .prop_map(|(values, reward, escrow)| Action::SubmitWild { values, reward, escrow }),
         (0..4usize, 0..3u64).prop_map(|(miner, job)| Action::Join { miner, job }),
         (0..4usize, 0..3u64, proptest::option::of(0..4usize)).prop_map(|(miner, job, copy_of)| Action::Commit { miner, job, copy_of }),
         (0..4usize, 0..3u64, proptest::option::weighted(0.2, 0..4usize)).prop_map(|(miner, job, other)| Action::Reveal { miner, job, other }),
@@ -80,6 +84,9 @@ fn run(actions: Vec<Action>) -> World {
                 Some((who, TxKind::Unbond { role: if miner { Role::Miner } else { Role::Validator }, amount: Amount(amount) }))
             }
             Action::Submit { escrow } => Some((8, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(escrow) })),
+            Action::SubmitWild { values, reward, escrow } => {
+                Some((8, TxKind::SubmitJob { spec: wild_spec(&w.spec(), values, reward), escrow: Amount(escrow) }))
+            }
             Action::Join { miner, job } => Some((4 + miner, TxKind::JoinJob { job: JobId(job) })),
             Action::Commit { miner, job, copy_of } => {
                 let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap().map_or(0, |j| j.current_round);
@@ -131,11 +138,12 @@ fn check(w: &World, genesis_total: u64) {
     let supply: Supply = read(&w.kv, keys::SUPPLY).unwrap().unwrap();
     assert_eq!(supply.genesis, genesis_total);
     let holdings = trellis_contracts::total_holdings(&w.kv).unwrap();
-    assert_eq!(holdings, supply.expected_total(), "supply: genesis + minted - burned");
+    let expected = supply.expected_total().expect("supply fits a u64");
+    assert_eq!(holdings, expected, "supply: genesis + minted - burned");
     // No balance wrapped below zero (it would exceed everything that exists).
     for (_, bytes) in w.kv.scan_prefix(keys::ACCOUNT_PREFIX) {
         let account: trellis_contracts::state::Account = decode(&bytes).unwrap();
-        assert!(account.balance <= supply.expected_total());
+        assert!(account.balance <= expected);
     }
     // Every slash and every fee is burned, and nothing else is.
     let (mut fees, mut slashes) = (0u64, 0u64);

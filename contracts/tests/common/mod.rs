@@ -30,11 +30,16 @@ pub fn params() -> Params {
 impl World {
     /// `v` validators (stake 20,000 each) and `m` miners (stake 5,000 each); everyone holds 100,000.
     pub fn new(v: u8, m: u8, params: Params) -> World {
+        Self::with_submitter_balance(v, m, params, 1_000_000)
+    }
+
+    /// [`World::new`] with the submitter holding `balance`.
+    pub fn with_submitter_balance(v: u8, m: u8, params: Params, balance: u64) -> World {
         let validators: Vec<Keypair> = (0..v).map(|i| key(1, i)).collect();
         let miners: Vec<Keypair> = (0..m).map(|i| key(2, i)).collect();
         let submitter = key(3, 0);
         let mut accounts: Vec<(Address, u64)> = validators.iter().chain(&miners).map(|k| (k.address(), 100_000)).collect();
-        accounts.push((submitter.address(), 1_000_000));
+        accounts.push((submitter.address(), balance));
         let genesis = Genesis {
             chain_id: CHAIN.into(),
             accounts,
@@ -148,6 +153,11 @@ impl World {
     /// Submits the default job with `escrow` and has every miner join. Returns the job id.
     pub fn submit_and_join(&mut self, escrow: u64) -> u64 {
         let spec = self.spec();
+        self.submit_spec_and_join(spec, escrow)
+    }
+
+    /// Submits `spec` with `escrow` and has every miner join. Returns the job id.
+    pub fn submit_spec_and_join(&mut self, spec: JobSpec, escrow: u64) -> u64 {
         let submitter = Keypair::from_seed(self.submitter.seed());
         self.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(escrow) }).unwrap();
         let id = self.chain_next_job() - 1;
@@ -264,7 +274,7 @@ impl World {
 
     pub fn supply_holds(&self) {
         let supply: trellis_contracts::state::Supply = read(&self.kv, keys::SUPPLY).unwrap().unwrap();
-        assert_eq!(trellis_contracts::total_holdings(&self.kv).unwrap(), supply.expected_total(), "supply not conserved");
+        assert_eq!(trellis_contracts::total_holdings(&self.kv).unwrap(), supply.expected_total().expect("supply fits a u64"), "supply not conserved");
     }
 }
 
@@ -287,4 +297,36 @@ pub fn invalid() -> VerdictOutcome {
         reproduced: Hash([2; 32]),
         distance: 0.0,
     })
+}
+
+/// `base` with its sizes, counts and windows taken from `values`: mostly of every magnitude up to
+/// a little past each bound (log-uniform, so that many such specs pass validation), sometimes
+/// anything at all. An adversarial submitter's spec.
+pub fn wild_spec(base: &JobSpec, values: [u32; 11], reward: u64) -> JobSpec {
+    let pick = |x: u32, bits: u32| {
+        if x % 8 == 0 {
+            return x;
+        }
+        let width = (x >> 24) % (bits + 1);
+        1 + ((x >> 2) & ((1u64 << width) - 1) as u32)
+    };
+    let [h, c, b, t, k, s, rounds, context, commit, verify, clip] = values;
+    let mut spec = base.clone();
+    spec.diloco.inner_steps = pick(h, 21);
+    spec.verification.checkpoint_interval = pick(c, 6);
+    spec.diloco.batch_size = pick(b, 13);
+    spec.model.context_length = pick(context, 17);
+    spec.diloco.sequence_length = pick(t, 17).min(spec.model.context_length.max(1));
+    spec.diloco.workers_per_round = pick(k, 7);
+    spec.verification.segments_per_miner = pick(s, 7);
+    spec.diloco.rounds = pick(rounds, 21);
+    spec.diloco.warmup_steps = 0;
+    spec.dataset_shards = spec.diloco.workers_per_round;
+    spec.reward_per_round = Amount(reward.max(1));
+    spec.commit_blocks = pick(commit, 21);
+    spec.verify_blocks = pick(verify, 21);
+    if clip % 3 == 0 {
+        spec.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: pick(clip, 8) };
+    }
+    spec
 }

@@ -286,7 +286,7 @@ fn miner_stakes<S: KvStore + ?Sized>(kv: &S) -> BTreeMap<Address, u64> {
     kv.scan_prefix(&keys::stake_prefix(Role::Miner))
         .into_iter()
         .filter_map(|(key, bytes)| state::decode_record::<Stake>(&key, &bytes).ok())
-        .map(|stake| (stake.key.address(), stake.slashable()))
+        .map(|stake| (stake.key.address(), stake.slashable().unwrap_or(u64::MAX)))
         .collect()
 }
 
