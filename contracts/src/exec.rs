@@ -92,6 +92,8 @@ pub enum SlashReason {
     /// A commitment was never revealed.
     Freeloader,
     MissedVerdict,
+    /// A checker's verdict was overturned by the escalated committee.
+    OverturnedVerdict,
     Equivocation,
 }
 
@@ -199,17 +201,27 @@ impl Chain {
         ctx: &BlockCtx,
     ) -> Result<(Vec<Event>, Option<ValidatorSet>), TxError> {
         let mut events = Vec::new();
+        let mut backing: Option<std::collections::BTreeSet<(Role, Address)>> = None;
         for (key, bytes) in kv.scan_prefix(keys::STAKE_PREFIX) {
             let mut stake: Stake = decode_record(&key, &bytes)?;
-            let (matured, pending): (Vec<Unbonding>, Vec<Unbonding>) =
-                stake.unbonding.drain(..).partition(|u| u.release_height <= ctx.height);
-            if matured.is_empty() {
+            if !stake.unbonding.iter().any(|u| u.release_height <= ctx.height) {
                 continue;
             }
-            stake.unbonding = pending;
-            let amount = matured.iter().try_fold(0u64, |sum, u| sum.checked_add(u.amount)).ok_or(TxError::Overflow)?;
             let role = if key[keys::STAKE_PREFIX.len()] == b'v' { Role::Validator } else { Role::Miner };
             let who = stake.key.address();
+            // Stake backing work that is not settled yet (a commitment, or a verdict owed, in a
+            // round not yet settled, escalation included) stays slashable until it is.
+            let backing = match &mut backing {
+                Some(backing) => backing,
+                None => backing.insert(self.backing_unsettled_work(kv)?),
+            };
+            if backing.contains(&(role, who)) {
+                continue;
+            }
+            let (matured, pending): (Vec<Unbonding>, Vec<Unbonding>) =
+                stake.unbonding.drain(..).partition(|u| u.release_height <= ctx.height);
+            stake.unbonding = pending;
+            let amount = matured.iter().try_fold(0u64, |sum, u| sum.checked_add(u.amount)).ok_or(TxError::Overflow)?;
             kv.put(key, trellis_proto::Encode::to_bytes(&stake));
             self.credit(kv, &who, amount)?;
             events.push(Event::Released { who, role, amount });
@@ -226,6 +238,22 @@ impl Chain {
             }
         }
         Ok((events, update))
+    }
+
+    /// Who backs work of an unsettled round: the miners that committed to it and the checkers
+    /// assigned in it. Only a job's current round can be unsettled (rounds settle in order).
+    fn backing_unsettled_work<S: KvStore + ?Sized>(&self, kv: &S) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
+        let mut backing = std::collections::BTreeSet::new();
+        for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
+            let job: Job = decode_record(&key, &bytes)?;
+            let Some(round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else { continue };
+            if matches!(round.phase, Phase::Settled | Phase::Lapsed) {
+                continue;
+            }
+            backing.extend(round.commits.iter().map(|c| (Role::Miner, c.miner)));
+            backing.extend(round.assignments.iter().flat_map(|a| a.checkers.iter().map(|c| (Role::Validator, *c))));
+        }
+        Ok(backing)
     }
 
     /// The active validator set as stored.

@@ -31,6 +31,9 @@ pub struct Params {
     pub withhold_slash_ppm: u64,
     /// Share of a validator's stake slashed for each verdict it owed and did not send, in ppm.
     pub missed_verdict_slash_ppm: u64,
+    /// Share of a validator's stake slashed for each verdict the escalated committee overturned
+    /// (the segment's finding went the other way), in ppm.
+    pub overturned_verdict_slash_ppm: u64,
     /// Share of a validator's stake slashed for equivocation (then jailed), in ppm.
     pub equivocation_slash_ppm: u64,
     /// Share of each round's payout that goes to validators whose verdicts matched the outcome, in ppm.
@@ -61,6 +64,7 @@ impl Default for Params {
             freeloader_slash_ppm: 100_000,
             withhold_slash_ppm: 500_000,
             missed_verdict_slash_ppm: 10_000,
+            overturned_verdict_slash_ppm: 100_000,
             equivocation_slash_ppm: 200_000,
             verifier_share_ppm: 100_000,
             checkers_per_segment: 2,

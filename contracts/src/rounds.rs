@@ -294,6 +294,7 @@ fn tally<S: KvStore + ?Sized>(
     let mut miner_findings: BTreeMap<Address, BTreeSet<Option<Finding>>> = BTreeMap::new();
     let mut matched = Vec::new();
     let mut missed = Vec::new();
+    let mut overturned = Vec::new();
     for assignment in &round.assignments {
         let verdicts = verdicts_for(assignment);
         let weighted: Vec<(u64, Option<Finding>)> = verdicts.iter().map(|(checker, f)| (power(checker), *f)).collect();
@@ -301,6 +302,14 @@ fn tally<S: KvStore + ?Sized>(
         miner_findings.entry(assignment.miner).or_default().insert(finding);
         matched.extend(verdicts.iter().filter(|(_, f)| f.is_some() && *f == finding).map(|(checker, _)| *checker));
         missed.extend(assignment.checkers.iter().filter(|checker| !verdicts.iter().any(|(c, _)| c == *checker)).copied());
+        // After an escalation the larger committee decided: a replay's verdict it went against
+        // (a lazy `Valid`, a framing `Invalid`) is overturned. Claims about availability
+        // (`Unavailable`, `JobFault`) can differ honestly between checkers and moments, so they
+        // lose the fee share but are not slashed.
+        if round.escalated {
+            let replay_verdict = |f: &Option<Finding>| matches!(f, Some(Finding::Valid | Finding::Invalid));
+            overturned.extend(verdicts.iter().filter(|(_, f)| replay_verdict(f) && *f != finding).map(|(checker, _)| *checker));
+        }
     }
 
     // The job itself cannot be checked: void it. Nobody is paid or slashed for the round.
@@ -360,10 +369,13 @@ fn tally<S: KvStore + ?Sized>(
             }
         }
     }
-    for checker in &missed {
-        let amount = chain.slash(kv, checker, Role::Validator, params.missed_verdict_slash_ppm)?;
-        pool = pool.checked_add(amount).ok_or(TxError::Overflow)?;
-        events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason: SlashReason::MissedVerdict, job: Some(job.id) });
+    let checker_faults = [(&missed, params.missed_verdict_slash_ppm, SlashReason::MissedVerdict), (&overturned, params.overturned_verdict_slash_ppm, SlashReason::OverturnedVerdict)];
+    for (checkers, ppm, reason) in checker_faults {
+        for checker in checkers {
+            let amount = chain.slash(kv, checker, Role::Validator, ppm)?;
+            pool = pool.checked_add(amount).ok_or(TxError::Overflow)?;
+            events.push(Event::Slashed { who: *checker, role: Role::Validator, amount, reason, job: Some(job.id) });
+        }
     }
     // Slashed stake is burned: nobody, accuser or job, profits from a slash.
     chain.burn(kv, pool)?;

@@ -1,0 +1,78 @@
+//! Escalation as a stake vote with nothing at risk: on the old rules a checker whose verdict the
+//! larger committee overturned lost only its fee share, so framing honest work (`Invalid`) or
+//! waving faked work through (`Valid`) cost nothing. An overturned verdict is now slashed
+//! (`overturned_verdict_slash_ppm`, 10%); ties still go to the outcome that punishes least.
+//! Availability claims (`Unavailable`, `JobFault`) can differ honestly and are not slashed.
+
+mod common;
+
+use common::*;
+use trellis_contracts::state::Assignment;
+use trellis_contracts::SlashReason;
+use trellis_proto::*;
+
+/// Commits and reveals miner 0's work, then has the first checker of its first segment say
+/// `lone` while everyone else (first the other checker, then the committee) says `rest`.
+fn escalate(lone: VerdictOutcome, rest: VerdictOutcome) -> (World, Assignment, Address) {
+    let mut w = World::new(6, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let first = w.round(job, 0).assignments[0].clone();
+    let lone_checker = first.checkers[0];
+    w.verdicts(job, 0, |_, segment, checker| Some(if segment == first.segment && *checker == lone_checker { lone.clone() } else { rest.clone() }));
+    w.past_verify_end(job, 0);
+    assert!(w.round(job, 0).escalated, "a disagreement escalates");
+    w.verdicts(job, 0, |_, _, _| Some(rest.clone()));
+    w.past_verify_end(job, 0);
+    (w, first, lone_checker)
+}
+
+#[test]
+fn a_checker_framing_honest_work_is_overturned_and_slashed() {
+    let (w, _, framer) = escalate(invalid(), VerdictOutcome::Valid);
+    let miner = w.miners[0].address();
+    assert!(w.round(0, 0).accepted.contains(&miner), "the honest miner is accepted");
+    assert!(slashed(&w, &miner).is_empty());
+    assert_eq!(slashed(&w, &framer), vec![(2_000, SlashReason::OverturnedVerdict)], "10% of a 20,000 bond");
+    w.supply_holds();
+}
+
+#[test]
+fn a_lazy_checker_waving_faked_work_through_is_overturned_and_slashed() {
+    let (w, _, lazy) = escalate(VerdictOutcome::Valid, invalid());
+    let miner = w.miners[0].address();
+    assert_eq!(slashed(&w, &miner), vec![(2_500, SlashReason::Poisoner)]);
+    assert_eq!(slashed(&w, &lazy), vec![(2_000, SlashReason::OverturnedVerdict)]);
+    w.supply_holds();
+}
+
+#[test]
+fn an_abstaining_committee_member_is_never_overturned() {
+    let mut w = World::new(6, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let first = w.round(job, 0).assignments[0].clone();
+    let framer = first.checkers[0];
+    w.verdicts(job, 0, |_, segment, checker| Some(if segment == first.segment && *checker == framer { invalid() } else { VerdictOutcome::Valid }));
+    w.past_verify_end(job, 0);
+    let committee = w.round(job, 0).assignments[0].checkers.clone();
+    let abstainer = committee[2];
+    w.verdicts(job, 0, |_, _, checker| Some(if *checker == abstainer { VerdictOutcome::Abstain } else { VerdictOutcome::Valid }));
+    w.past_verify_end(job, 0);
+    assert_eq!(slashed(&w, &framer), vec![(2_000, SlashReason::OverturnedVerdict)]);
+    assert!(slashed(&w, &abstainer).is_empty(), "an abstain decides nothing, so nothing overturns it");
+    w.supply_holds();
+}
+
+#[test]
+fn an_overturned_availability_claim_costs_the_fee_share_only() {
+    let (w, _, unlucky) = escalate(VerdictOutcome::Unavailable, VerdictOutcome::Valid);
+    assert!(slashed(&w, &unlucky).is_empty(), "blobs can be unreachable from one checker for a while");
+    let round = w.round(0, 0);
+    let given = round.verdicts.iter().filter(|v| v.checker == unlucky).count();
+    let paid = round.matched_checkers.iter().filter(|c| **c == unlucky).count();
+    assert_eq!(paid, given - 1, "the overturned verdict earns no fee share");
+    w.supply_holds();
+}
