@@ -240,10 +240,18 @@ impl ConsensusApp {
                 .collect(),
             None => candidates,
         };
-        let executed = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
-            Ok(executed) => executed,
+        let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
+            Ok(built) => built,
             Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
         };
+        if !left_out.is_empty() {
+            // A transaction that fails now fails in every block: it leaves the pool with the
+            // nonces that could only follow it (this node's own are left to its roles to resend).
+            let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let evicted = mempool.evict_failed(&left_out, self.key.as_ref().map(|k| k.address()).as_ref());
+            self.shared.metrics.mempool_txs.set(mempool.len() as u64);
+            tracing::debug!(target: "node::mempool", failed = left_out.len(), evicted, "evicted transactions that failed in block building");
+        }
         let hash = executed.block.hash();
         store.put_undecided(&executed.block, Some(round_number)).unwrap_or_else(|e| crate::store::fatal(e));
         tracing::info!(
@@ -479,12 +487,12 @@ impl ConsensusApp {
             return;
         }
         let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-        let committed = self.shared.ledger.next_nonce(&key.address());
-        let first = mempool.next_free_nonce(&key.address(), committed);
+        let account = self.shared.ledger.sender_account(&key.address());
+        let first = mempool.next_free_nonce(&key.address(), account.next_nonce);
         for tx in evidence_transactions(self.ctx.chain_id(), &self.validators, evidence, key, first) {
             let TxKind::ReportEquivocation(reported) = &tx.tx.kind else { continue };
             let offender = reported.validator.address();
-            match mempool.insert_verified(tx, committed) {
+            match mempool.insert_verified(tx, account) {
                 Ok(hash) => tracing::warn!(target: "node::consensus", %offender, tx = %hash, "double vote seen; equivocation reported"),
                 Err(error) => tracing::warn!(target: "node::consensus", %offender, %error, "could not queue the equivocation report"),
             }

@@ -85,6 +85,13 @@ impl Ledger {
         self.account(address).map(|a| a.nonce).unwrap_or(0)
     }
 
+    /// What the mempool needs to admit a transaction of `address`: its committed next nonce and
+    /// balance.
+    pub fn sender_account(&self, address: &Address) -> crate::mempool::SenderAccount {
+        let account = self.account(address).unwrap_or_default();
+        crate::mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance }
+    }
+
     pub fn account(&self, address: &Address) -> Option<Account> {
         let view = self.store.pending_state();
         state::read::<Account>(&view, &keys::account(address)).unwrap_or_else(|e| crate::store::fatal(e))
@@ -103,14 +110,16 @@ impl Ledger {
         Ok(Parent { height: head.height.0, hash: head.hash, time_ms: head.time_ms })
     }
 
-    /// Builds the next block from `candidates` (in order), leaving out those that fail.
-    pub fn build_block(&self, proposer: Address, time_ms: u64, candidates: Vec<SignedTx>) -> Result<Executed, InvalidBlock> {
+    /// Builds the next block from `candidates` (in order), leaving out those that fail; returns
+    /// them too, for the mempool to evict.
+    pub fn build_block(&self, proposer: Address, time_ms: u64, candidates: Vec<SignedTx>) -> Result<(Executed, Vec<SignedTx>), InvalidBlock> {
         let mut state = self.store.pending_state();
         let built = self.chain.build_block(&mut state, &self.parent()?, proposer, time_ms, candidates)?;
         for (tx, error) in &built.left_out {
             tracing::debug!(target: "node::ledger", tx = %tx.hash(), %error, "left out of block");
         }
-        Ok(Executed { block: built.block, changes: state.into_changes(), events: built.events })
+        let left_out = built.left_out.into_iter().map(|(tx, _)| tx).collect();
+        Ok((Executed { block: built.block, changes: state.into_changes(), events: built.events }, left_out))
     }
 
     /// Checks that `block` is a valid successor of the head and executes it.

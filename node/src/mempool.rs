@@ -1,16 +1,21 @@
 //! The mempool: signed transactions waiting for a block.
 //!
 //! Admission checks the size, the signature (batched when many arrive together), the nonce
-//! against the account's next nonce, and the limits; every rejection has a reason the submitter
-//! sees. Block building takes transactions by fee, highest first, while keeping each account's
-//! nonces contiguous from its next nonce.
+//! against the account's next nonce, that the sender can pay the fee at that nonce (its balance
+//! covers the fees of its pending transactions before it and this one), and the limits; every
+//! rejection has a reason the submitter sees. Part of the pool is reserved for the duties that
+//! keep the chain and its jobs going (verdicts, aggregates, work commitments and reveals,
+//! equivocation reports): other transactions cannot fill it. Block building takes transactions
+//! by fee, highest first, while keeping each account's nonces contiguous from its next nonce; a
+//! transaction that fails when the block is built is evicted with its sender's later nonces
+//! ([`Mempool::evict_failed`]), so a failing transaction never comes back block after block.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use thiserror::Error;
 use trellis_proto::crypto::{verify_batch, SignedItem};
 use trellis_proto::tx::MAX_TX_BYTES;
-use trellis_proto::{Address, Encode, Hash, SignatureError, SignedTx, SigningKind};
+use trellis_proto::{Address, Encode, Hash, SignatureError, SignedTx, SigningKind, TxKind};
 
 /// Bounds on what the mempool holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +24,30 @@ pub struct MempoolLimits {
     pub max_bytes: usize,
     /// Most pending transactions of one account (and how far ahead of its nonce they may be).
     pub max_per_account: usize,
+    /// Places of `max_transactions` only duties may take ([`is_duty`]).
+    pub reserved_for_duties: usize,
 }
 
 impl Default for MempoolLimits {
     fn default() -> Self {
-        Self { max_transactions: 50_000, max_bytes: 64 * 1024 * 1024, max_per_account: 256 }
+        Self { max_transactions: 50_000, max_bytes: 64 * 1024 * 1024, max_per_account: 256, reserved_for_duties: 5_000 }
     }
+}
+
+/// What admission needs to know of a sender's committed account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SenderAccount {
+    pub next_nonce: u64,
+    pub balance: u64,
+}
+
+/// Whether a transaction carries a duty of the chain's roles: what the reserved part of the pool
+/// is for, so that a flood of other transactions cannot keep verdicts or aggregates out.
+pub fn is_duty(kind: &TxKind) -> bool {
+    matches!(
+        kind,
+        TxKind::Verdict(_) | TxKind::CommitAggregate(_) | TxKind::CommitWork(_) | TxKind::RevealWork(_) | TxKind::ReportEquivocation(_)
+    )
 }
 
 /// Why a transaction was not admitted.
@@ -44,6 +67,8 @@ pub enum MempoolError {
     Underpriced { nonce: u64, existing: u64 },
     #[error("the mempool is full and this fee ({fee}) does not beat the lowest pending fee")]
     Full { fee: u64 },
+    #[error("the sender cannot pay: fees of {needed} up to this nonce, balance {balance}")]
+    CannotPay { needed: u128, balance: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -79,13 +104,13 @@ impl Mempool {
         self.by_hash.contains_key(hash)
     }
 
-    /// Admits a batch of transactions, verifying their signatures together. `next_nonce` gives
-    /// each sender's next expected nonce from the committed state. Returns one result per input.
+    /// Admits a batch of transactions, verifying their signatures together. `account` gives
+    /// each sender's committed next nonce and balance. Returns one result per input.
     pub fn insert_batch(
         &mut self,
         chain_id: &str,
         txs: Vec<SignedTx>,
-        next_nonce: impl Fn(&Address) -> u64,
+        account: impl Fn(&Address) -> SenderAccount,
     ) -> Vec<Result<Hash, MempoolError>> {
         let encoded: Vec<Vec<u8>> = txs.iter().map(|t| t.tx.to_bytes()).collect();
         let items: Vec<SignedItem<'_>> = txs
@@ -99,14 +124,14 @@ impl Mempool {
                 if !batch_ok {
                     tx.verify(chain_id).map_err(MempoolError::BadSignature)?;
                 }
-                let next = next_nonce(&tx.tx.sender_address());
-                self.insert_verified(tx, next)
+                let sender = account(&tx.tx.sender_address());
+                self.insert_verified(tx, sender)
             })
             .collect()
     }
 
     /// Admits one transaction whose signature was already verified.
-    pub fn insert_verified(&mut self, tx: SignedTx, next_nonce: u64) -> Result<Hash, MempoolError> {
+    pub fn insert_verified(&mut self, tx: SignedTx, account: SenderAccount) -> Result<Hash, MempoolError> {
         let size = tx.to_bytes().len();
         if size > MAX_TX_BYTES {
             return Err(MempoolError::TooLarge { size, max: MAX_TX_BYTES });
@@ -115,25 +140,39 @@ impl Mempool {
         if self.by_hash.contains_key(&hash) {
             return Err(MempoolError::AlreadyKnown);
         }
-        let nonce = tx.tx.nonce;
+        let (nonce, next_nonce) = (tx.tx.nonce, account.next_nonce);
         if nonce < next_nonce {
             return Err(MempoolError::StaleNonce { next: next_nonce, got: nonce });
         }
         let max = self.limits.max_per_account;
-        if nonce >= next_nonce + max as u64 {
+        if nonce >= next_nonce.saturating_add(max as u64) {
             return Err(MempoolError::NonceTooFarAhead { next: next_nonce, got: nonce, max });
         }
         let sender = tx.tx.sender_address();
         let fee = tx.tx.fee.0;
-        let pending = self.by_sender.get(&sender).and_then(|m| m.get(&nonce)).map(|e| (e.tx.tx.fee.0, e.hash));
+        // The fees this sender owes up to and including this nonce must fit its balance (a
+        // transaction it cannot pay for would fail in every block it is tried in).
+        let queue = self.by_sender.get(&sender);
+        let earlier: u128 = queue.map_or(0, |q| q.range(next_nonce..nonce).map(|(_, e)| u128::from(e.tx.tx.fee.0)).sum());
+        let needed = earlier + u128::from(fee);
+        if needed > u128::from(account.balance) {
+            return Err(MempoolError::CannotPay { needed, balance: account.balance });
+        }
+        let pending = queue.and_then(|m| m.get(&nonce)).map(|e| (e.tx.tx.fee.0, e.hash));
         if let Some((existing_fee, existing_hash)) = pending {
             if fee <= existing_fee {
                 return Err(MempoolError::Underpriced { nonce, existing: existing_fee });
             }
             self.remove(&existing_hash);
         }
-        while self.by_hash.len() >= self.limits.max_transactions || self.bytes + size > self.limits.max_bytes {
-            let Some((lowest_hash, lowest_fee)) = self.lowest_fee() else { break };
+        // Only duties may use the reserved places; making room evicts the cheapest transaction
+        // that may be evicted for this one (never a duty for something else).
+        let duty = is_duty(&tx.tx.kind);
+        let capacity = if duty { self.limits.max_transactions } else { self.limits.max_transactions.saturating_sub(self.limits.reserved_for_duties) };
+        while self.by_hash.len() >= capacity || self.bytes + size > self.limits.max_bytes {
+            let Some((lowest_hash, lowest_fee)) = self.lowest_fee(duty) else {
+                return Err(MempoolError::Full { fee });
+            };
             if lowest_fee >= fee {
                 return Err(MempoolError::Full { fee });
             }
@@ -145,12 +184,31 @@ impl Mempool {
         Ok(hash)
     }
 
+    /// Removes transactions that failed when a block was built, each with every later nonce of
+    /// its sender (they could only follow it), except those of `keep` (this node's own sender,
+    /// whose roles resend what they need). Returns how many were removed.
+    pub fn evict_failed(&mut self, failed: &[SignedTx], keep: Option<&Address>) -> usize {
+        let mut removed = 0;
+        for tx in failed {
+            let sender = tx.tx.sender_address();
+            if Some(&sender) == keep {
+                continue;
+            }
+            let hashes: Vec<Hash> = self.by_sender.get(&sender).map(|q| q.range(tx.tx.nonce..).map(|(_, e)| e.hash).collect()).unwrap_or_default();
+            removed += hashes.len();
+            hashes.iter().for_each(|h| self.remove(h));
+        }
+        removed
+    }
+
     /// The pending transaction with the lowest fee that is last in its account's queue (so
     /// evicting it leaves no gap).
-    fn lowest_fee(&self) -> Option<(Hash, u64)> {
+    /// `duties_too`: whether a duty may be the one evicted.
+    fn lowest_fee(&self, duties_too: bool) -> Option<(Hash, u64)> {
         self.by_sender
             .values()
             .filter_map(|queue| queue.values().next_back())
+            .filter(|e| duties_too || !is_duty(&e.tx.tx.kind))
             .map(|e| (e.hash, e.tx.tx.fee.0))
             .min_by_key(|(hash, fee)| (*fee, *hash))
     }
@@ -244,6 +302,11 @@ mod tests {
 
     const CHAIN: &str = "mempool-test";
 
+    /// A committed account with `next_nonce` and plenty to pay fees with.
+    fn at(next_nonce: u64) -> SenderAccount {
+        SenderAccount { next_nonce, balance: 1_000_000 }
+    }
+
     fn tx(key: &Keypair, nonce: u64, fee: u64) -> SignedTx {
         let kind = TxKind::Transfer { to: trellis_proto::Address([9; 20]), amount: Amount(1) };
         Transaction { sender: key.public_key(), nonce, fee: Amount(fee), kind }.sign(CHAIN, key)
@@ -252,30 +315,30 @@ mod tests {
     #[test]
     fn admits_verifies_and_explains_rejections() {
         let alice = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new(MempoolLimits { max_transactions: 10, max_bytes: 1 << 20, max_per_account: 3 });
+        let mut pool = Mempool::new(MempoolLimits { max_transactions: 10, max_bytes: 1 << 20, max_per_account: 3, reserved_for_duties: 0 });
         let mut forged = tx(&alice, 1, 5);
         forged.tx.fee = Amount(6);
-        let results = pool.insert_batch(CHAIN, vec![tx(&alice, 0, 5), forged, tx(&alice, 0, 5)], |_| 0);
+        let results = pool.insert_batch(CHAIN, vec![tx(&alice, 0, 5), forged, tx(&alice, 0, 5)], |_| at(0));
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(MempoolError::BadSignature(_))));
         assert_eq!(results[2], Err(MempoolError::AlreadyKnown));
-        assert_eq!(pool.insert_verified(tx(&alice, 0, 9), 1), Err(MempoolError::StaleNonce { next: 1, got: 0 }));
-        assert_eq!(pool.insert_verified(tx(&alice, 7, 9), 0), Err(MempoolError::NonceTooFarAhead { next: 0, got: 7, max: 3 }));
-        assert_eq!(pool.insert_verified(tx(&alice, 0, 4), 0), Err(MempoolError::Underpriced { nonce: 0, existing: 5 }));
+        assert_eq!(pool.insert_verified(tx(&alice, 0, 9), at(1)), Err(MempoolError::StaleNonce { next: 1, got: 0 }));
+        assert_eq!(pool.insert_verified(tx(&alice, 7, 9), at(0)), Err(MempoolError::NonceTooFarAhead { next: 0, got: 7, max: 3 }));
+        assert_eq!(pool.insert_verified(tx(&alice, 0, 4), at(0)), Err(MempoolError::Underpriced { nonce: 0, existing: 5 }));
         // A higher fee replaces the pending transaction with the same nonce.
-        pool.insert_verified(tx(&alice, 0, 8), 0).unwrap();
+        pool.insert_verified(tx(&alice, 0, 8), at(0)).unwrap();
         assert_eq!(pool.len(), 1);
     }
 
     #[test]
     fn a_full_pool_evicts_the_cheapest_or_refuses() {
         let keys: Vec<Keypair> = (1..=4u8).map(|i| Keypair::from_seed([i; 32])).collect();
-        let mut pool = Mempool::new(MempoolLimits { max_transactions: 3, max_bytes: 1 << 20, max_per_account: 8 });
+        let mut pool = Mempool::new(MempoolLimits { max_transactions: 3, max_bytes: 1 << 20, max_per_account: 8, reserved_for_duties: 0 });
         for (i, key) in keys.iter().take(3).enumerate() {
-            pool.insert_verified(tx(key, 0, 10 + i as u64), 0).unwrap();
+            pool.insert_verified(tx(key, 0, 10 + i as u64), at(0)).unwrap();
         }
-        assert_eq!(pool.insert_verified(tx(&keys[3], 0, 10), 0), Err(MempoolError::Full { fee: 10 }));
-        pool.insert_verified(tx(&keys[3], 0, 50), 0).unwrap();
+        assert_eq!(pool.insert_verified(tx(&keys[3], 0, 10), at(0)), Err(MempoolError::Full { fee: 10 }));
+        pool.insert_verified(tx(&keys[3], 0, 50), at(0)).unwrap();
         assert_eq!(pool.len(), 3);
         assert!(!pool.contains(&tx(&keys[0], 0, 10).hash()), "the cheapest was evicted");
     }
@@ -286,7 +349,7 @@ mod tests {
         let bob = Keypair::from_seed([2; 32]);
         let mut pool = Mempool::new(MempoolLimits::default());
         for t in [tx(&alice, 0, 1), tx(&alice, 1, 100), tx(&alice, 3, 500), tx(&bob, 0, 50)] {
-            pool.insert_verified(t, 0).unwrap();
+            pool.insert_verified(t, at(0)).unwrap();
         }
         let chosen = pool.select(10, usize::MAX, |_| 0);
         let order: Vec<(u8, u64)> = chosen.iter().map(|t| (if t.tx.sender == alice.public_key() { b'a' } else { b'b' }, t.tx.nonce)).collect();
@@ -295,5 +358,83 @@ mod tests {
         assert_eq!(pool.select(2, usize::MAX, |_| 0).len(), 2);
         pool.prune(|a| if *a == alice.address() { 2 } else { 0 });
         assert_eq!(pool.len(), 2);
+    }
+}
+
+/// The mempool flood: many empty accounts push transactions at the highest fee (no balance to
+/// pay it), a funded account pushes transactions that fail, all to crowd out honest transfers
+/// and validators' verdicts. Admission refuses what cannot be paid, failing transactions leave
+/// the pool when a block is built, and duties keep a reserved part of the pool.
+#[cfg(test)]
+mod flood {
+    use super::*;
+    use trellis_proto::{Amount, InvalidEvidence, InvalidReason, JobId, Keypair, Transaction, Verdict, VerdictOutcome};
+
+    const CHAIN: &str = "flood-test";
+
+    fn transfer(key: &Keypair, nonce: u64, fee: u64) -> SignedTx {
+        let kind = TxKind::Transfer { to: Address([9; 20]), amount: Amount(1) };
+        Transaction { sender: key.public_key(), nonce, fee: Amount(fee), kind }.sign(CHAIN, key)
+    }
+
+    fn verdict(key: &Keypair, nonce: u64) -> SignedTx {
+        let outcome = VerdictOutcome::Invalid(InvalidEvidence::new(InvalidReason::CheckpointMismatch, Hash::ZERO, Hash::ZERO, 0.0));
+        let kind = TxKind::Verdict(Verdict { job: JobId(0), round: 0, miner: Address([1; 20]), segment: 0, outcome });
+        Transaction { sender: key.public_key(), nonce, fee: Amount(1), kind }.sign(CHAIN, key)
+    }
+
+    #[test]
+    fn empty_accounts_at_the_highest_fee_are_refused_and_honest_transfers_get_in() {
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let empty = SenderAccount { next_nonce: 0, balance: 0 };
+        let mut refused = 0;
+        for account in 0..40u8 {
+            let key = Keypair::from_seed([account + 100; 32]);
+            let batch: Vec<SignedTx> = (0..256).map(|nonce| transfer(&key, nonce, u64::MAX)).collect();
+            refused += pool.insert_batch(CHAIN, batch, |_| empty).into_iter().filter(|r| matches!(r, Err(MempoolError::CannotPay { .. }))).count();
+        }
+        assert_eq!(refused, 40 * 256);
+        assert!(pool.is_empty());
+        let honest = Keypair::from_seed([1; 32]);
+        pool.insert_verified(transfer(&honest, 0, 2), SenderAccount { next_nonce: 0, balance: 10 }).unwrap();
+        // Fees add up along a sender's queue: the sixth fee of 2 no longer fits a balance of 10.
+        for nonce in 1..5 {
+            pool.insert_verified(transfer(&honest, nonce, 2), SenderAccount { next_nonce: 0, balance: 10 }).unwrap();
+        }
+        assert!(matches!(pool.insert_verified(transfer(&honest, 5, 2), SenderAccount { next_nonce: 0, balance: 10 }), Err(MempoolError::CannotPay { needed: 12, balance: 10 })));
+    }
+
+    #[test]
+    fn a_transaction_failing_in_a_block_leaves_with_its_later_nonces() {
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let (spammer, honest, own) = (Keypair::from_seed([7; 32]), Keypair::from_seed([8; 32]), Keypair::from_seed([9; 32]));
+        let rich = SenderAccount { next_nonce: 0, balance: u64::MAX };
+        for nonce in 0..10 {
+            pool.insert_verified(transfer(&spammer, nonce, 1_000), rich).unwrap();
+        }
+        pool.insert_verified(transfer(&honest, 0, 1), rich).unwrap();
+        pool.insert_verified(transfer(&own, 0, 1), rich).unwrap();
+        // The builder found the spammer's nonce 3 and this node's own transaction failing.
+        let failed = vec![transfer(&spammer, 3, 1_000), transfer(&own, 0, 1)];
+        assert_eq!(pool.evict_failed(&failed, Some(&own.address())), 7, "nonces 3..=9 leave");
+        assert_eq!(pool.len(), 3 + 1 + 1);
+        assert_eq!(pool.next_free_nonce(&spammer.address(), 0), 3);
+        assert_eq!(pool.next_free_nonce(&own.address(), 0), 1, "this node's own queue is left to its roles");
+    }
+
+    #[test]
+    fn verdicts_get_in_when_other_transactions_fill_the_pool() {
+        let limits = MempoolLimits { max_transactions: 20, max_bytes: 1 << 20, max_per_account: 256, reserved_for_duties: 5 };
+        let mut pool = Mempool::new(limits);
+        let rich = SenderAccount { next_nonce: 0, balance: u64::MAX };
+        let flooder = Keypair::from_seed([3; 32]);
+        let results = pool.insert_batch(CHAIN, (0..30).map(|n| transfer(&flooder, n, u64::MAX / 64)).collect(), |_| rich);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 15, "other transactions stop at the reserve");
+        assert!(matches!(results[15], Err(MempoolError::Full { .. })));
+        let checker = Keypair::from_seed([4; 32]);
+        for nonce in 0..5 {
+            pool.insert_verified(verdict(&checker, nonce), rich).unwrap();
+        }
+        assert_eq!(pool.len(), 20);
     }
 }

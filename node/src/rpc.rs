@@ -149,7 +149,7 @@ fn parse_hash(text: &str) -> RpcResult<Hash> {
 fn admit(state: &RpcState, txs: Vec<SignedTx>) -> Vec<Result<Hash, MempoolError>> {
     let ledger = &state.shared.ledger;
     let mut mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-    let results = mempool.insert_batch(ledger.chain_id(), txs, |a| ledger.next_nonce(a));
+    let results = mempool.insert_batch(ledger.chain_id(), txs, |a| ledger.sender_account(a));
     state.shared.metrics.mempool_txs.set(mempool.len() as u64);
     results
 }

@@ -220,10 +220,10 @@ impl RoleContext {
         let fee = ROLE_TX_FEE + self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner()).fee_bump;
         let name = kind.name();
         let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-        let committed = ledger.next_nonce(&address);
-        let nonce = mempool.next_free_nonce(&address, committed);
+        let account = ledger.sender_account(&address);
+        let nonce = mempool.next_free_nonce(&address, account.next_nonce);
         let signed = Transaction { sender: self.key.public_key(), nonce, fee: Amount(fee), kind }.sign(ledger.chain_id(), &self.key);
-        let hash = mempool.insert_verified(signed.clone(), committed).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
+        let hash = mempool.insert_verified(signed.clone(), account).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
         drop(mempool);
         let _ = self.shared.gossip.try_send(signed);
         tracing::info!(target: "node::roles", tx = %hash, kind = name, nonce, "sent");
