@@ -148,7 +148,7 @@ impl ConsensusApp {
                 tracing::debug!(target: "node::consensus", %height, %round, %proposer, ?role, "round started");
                 self.height = height;
                 self.round = round;
-                self.take_future_parts();
+                self.take_future_parts().await;
                 let key = (height.0, round.as_u32().unwrap_or(0));
                 let _ = reply_value.send(self.values.get(&key).cloned().unwrap_or_default());
                 if matches!(role, Role::Proposer) {
@@ -176,7 +176,7 @@ impl ConsensusApp {
             }
             AppMsg::ReceivedProposalPart { part, reply, .. } => {
                 let value = match part.content {
-                    StreamContent::Data(part) => self.receive_part(part),
+                    StreamContent::Data(part) => self.receive_part(part).await,
                     StreamContent::Fin => None,
                 };
                 let _ = reply.send(value);
@@ -193,7 +193,7 @@ impl ConsensusApp {
                 let _ = reply.send(self.decided_values(range.start().0, range.end().0));
             }
             AppMsg::ProcessSyncedValue { height, round, proposer, value_bytes, reply } => {
-                let _ = reply.send(self.synced_value(height, round, proposer, value_bytes));
+                let _ = reply.send(self.synced_value(height, round, proposer, value_bytes).await);
             }
         }
     }
@@ -229,17 +229,16 @@ impl ConsensusApp {
             let ledger = &self.shared.ledger;
             mempool.select(MAX_BLOCK_TXS, MAX_BLOCK_BYTES / 2, |a| ledger.next_nonce(a))
         };
-        // Never propose an outer update this node has not recomputed identically.
-        let candidates = match &self.shared.aggregates {
-            Some(book) => candidates
-                .into_iter()
-                .filter(|tx| match &tx.tx.kind {
-                    TxKind::CommitAggregate(aggregate) => book.judge(aggregate) == Some(true),
-                    _ => true,
-                })
-                .collect(),
-            None => candidates,
-        };
+        // Never propose an outer update this node has not recomputed identically (none at all
+        // without an aggregate book).
+        let book = self.shared.aggregates.clone();
+        let candidates: Vec<trellis_proto::SignedTx> = candidates
+            .into_iter()
+            .filter(|tx| match &tx.tx.kind {
+                TxKind::CommitAggregate(aggregate) => book.as_ref().is_some_and(|b| b.judge(aggregate) == Some(true)),
+                _ => true,
+            })
+            .collect();
         let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
             Ok(built) => built,
             Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
@@ -325,18 +324,18 @@ impl ConsensusApp {
         self.publish(part, channels).await;
     }
 
-    fn take_future_parts(&mut self) {
+    async fn take_future_parts(&mut self) {
         let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= self.height);
         self.future_parts = later;
         for part in now {
             if part.height == self.height {
-                self.receive_part(part);
+                self.receive_part(part).await;
             }
         }
     }
 
     /// Checks a proposal part: the expected proposer signed it and its block is valid.
-    fn receive_part(&mut self, part: BlockPart) -> Option<ProposedValue<TrellisContext>> {
+    async fn receive_part(&mut self, part: BlockPart) -> Option<ProposedValue<TrellisContext>> {
         if part.height < self.height {
             return None;
         }
@@ -363,7 +362,7 @@ impl ConsensusApp {
             }
         };
         let hash = block.hash();
-        let validity = self.check_block(block, Some(part.proposer), true);
+        let validity = self.check_block(block, Some(part.proposer), true).await;
         let value = self.record_value(part.height, part.round, part.valid_round, hash, validity);
         self.parts.insert(hash, part);
         Some(value)
@@ -371,7 +370,7 @@ impl ConsensusApp {
 
     /// Executes a block that is not yet known and caches the result; `Invalid` if it fails.
     /// With `recheck_aggregates`, a validator also requires every aggregate in it to match its own.
-    fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>, recheck_aggregates: bool) -> Validity {
+    async fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>, recheck_aggregates: bool) -> Validity {
         let hash = block.hash();
         if self.executed.contains_key(&hash) {
             return Validity::Valid;
@@ -382,9 +381,18 @@ impl ConsensusApp {
                 return Validity::Invalid;
             }
         }
-        if recheck_aggregates && self.signer.is_some() && !self.aggregates_agree(&block) {
-            tracing::warn!(target: "node::consensus", block = %hash, "block carries an aggregate this node computes differently (or has not computed yet)");
-            return Validity::Invalid;
+        if recheck_aggregates && self.signer.is_some() {
+            match self.aggregates_agree(&block).await {
+                Some(true) => {}
+                Some(false) => {
+                    tracing::warn!(target: "node::consensus", block = %hash, "block carries an aggregate this node computes differently");
+                    return Validity::Invalid;
+                }
+                None => {
+                    tracing::warn!(target: "node::consensus", block = %hash, "block carries an aggregate this node has not recomputed (yet, or cannot)");
+                    return Validity::Invalid;
+                }
+            }
         }
         let store = self.shared.ledger.store();
         match self.shared.ledger.execute(block.clone()) {
@@ -400,23 +408,27 @@ impl ConsensusApp {
         }
     }
 
-    /// Whether every `CommitAggregate` in `block` matches this node's own computation, waiting a
-    /// little for a computation still running.
-    fn aggregates_agree(&self, block: &Block) -> bool {
-        let Some(book) = &self.shared.aggregates else { return true };
-        let deadline = std::time::Instant::now() + AGGREGATE_WAIT;
-        for tx in &block.txs {
-            let TxKind::CommitAggregate(aggregate) = &tx.tx.kind else { continue };
-            loop {
-                match book.judge(aggregate) {
-                    Some(true) => break,
-                    Some(false) => return false,
-                    None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    None => return false,
-                }
+    /// Whether every `CommitAggregate` in `block` matches this node's own computation, awaiting
+    /// a computation still running for up to [`AGGREGATE_WAIT`]. A validator that cannot
+    /// recompute aggregates (no blob exchange) accepts none: it never votes for an outer update
+    /// it has not recomputed.
+    /// `Some(true)` when every aggregate matches, `Some(false)` when one differs, `None` when one
+    /// could not be judged in time (or at all).
+    async fn aggregates_agree(&self, block: &Block) -> Option<bool> {
+        let mut aggregates = block.txs.iter().filter_map(|tx| match &tx.tx.kind {
+            TxKind::CommitAggregate(aggregate) => Some(aggregate),
+            _ => None,
+        });
+        let Some(book) = &self.shared.aggregates else { return aggregates.next().is_none().then_some(true) };
+        let deadline = tokio::time::Instant::now() + AGGREGATE_WAIT;
+        for aggregate in aggregates {
+            let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match book.judge_within(aggregate, patience).await {
+                Some(true) => {}
+                other => return other,
             }
         }
-        true
+        Some(true)
     }
 
     fn record_value(
@@ -517,7 +529,7 @@ impl ConsensusApp {
         values
     }
 
-    fn synced_value(
+    async fn synced_value(
         &mut self,
         height: BlockHeight,
         round: Round,
@@ -538,7 +550,7 @@ impl ConsensusApp {
         let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e)).height.0;
         let validity = if height.0 == head + 1 {
             // Decided by a quorum already: aggregates are not recomputed for a synced block.
-            self.check_block(block, None, false)
+            self.check_block(block, None, false).await
         } else {
             // A later height of the same batch: its parent is not committed yet, so it cannot
             // run now. A quorum's certificate decided it; check what can be checked alone, keep

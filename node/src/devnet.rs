@@ -55,8 +55,10 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
-    /// Cheating miners besides the honest ones, as KIND=COUNT (repeatable): poison-sign-flip,
-    /// poison-noise, fake-trail, skip-work, copy, withhold. This build has the `adversary` feature.
+    /// Cheating nodes, as KIND=COUNT (repeatable). Miners, besides the honest ones:
+    /// poison-sign-flip, poison-noise, fake-trail, unit-gap, skip-work, copy, withhold,
+    /// lying-peer. Validators, taken from the last of --validators: forge-aggregate. This build
+    /// has the `adversary` feature.
     #[cfg(feature = "adversary")]
     #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = crate::roles::behaviour::parse_adversary)]
     pub adversaries: Vec<(Behaviour, usize)>,
@@ -73,7 +75,7 @@ impl DevnetArgs {
 
     /// Every miner process: honest ones and adversaries.
     pub fn all_miners(&self) -> usize {
-        self.miners + self.adversaries().iter().map(|(_, n)| n).sum::<usize>()
+        self.miners + self.adversaries().iter().filter(|(b, _)| !b.is_validators()).map(|(_, n)| n).sum::<usize>()
     }
 }
 
@@ -145,9 +147,15 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     if validators == 0 || validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
-    let behaviours: Vec<Behaviour> = std::iter::repeat_n(Behaviour::Honest, spec.miners)
-        .chain(spec.adversaries.iter().flat_map(|(b, n)| std::iter::repeat_n(*b, *n)))
-        .collect();
+    // A miner's adversary is an extra miner node; a validator's is one of the validators (the last).
+    let expand = |validators_kind: bool| -> Vec<Behaviour> {
+        spec.adversaries.iter().filter(|(b, _)| b.is_validators() == validators_kind).flat_map(|(b, n)| std::iter::repeat_n(*b, *n)).collect()
+    };
+    let behaviours: Vec<Behaviour> = std::iter::repeat_n(Behaviour::Honest, spec.miners).chain(expand(false)).collect();
+    let validator_adversaries = expand(true);
+    if validator_adversaries.len() >= validators {
+        bail!("{} adversarial validators leave no honest one among {validators}", validator_adversaries.len());
+    }
     let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + behaviours.len()) as u32;
     if base_port < 1024 || last_port > u32::from(u16::MAX) {
         bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
@@ -204,7 +212,11 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             metrics: format!("http://{}/metrics", config.metrics.listen),
             role: if i < validators { "validator" } else if i < first_miner { "full" } else { "miner" }.to_string(),
             blobs: config.p2p.blobs_listen.clone(),
-            behaviour: i.checked_sub(first_miner).map(|m| behaviours[m]).filter(|b| *b != Behaviour::Honest),
+            behaviour: match i.checked_sub(first_miner) {
+                Some(m) => Some(behaviours[m]),
+                None => (i + validator_adversaries.len()).checked_sub(validators).and_then(|v| validator_adversaries.get(v).copied()),
+            }
+            .filter(|b| *b != Behaviour::Honest),
         });
     }
     let info = DevnetInfo { chain_id: chain_id.to_string(), nodes };

@@ -200,10 +200,12 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         tracing::warn!(target: "node", address = %key.address(), "this key is not in the validator set; the node will follow the chain without voting");
     }
     if behaviour != Behaviour::Honest {
-        if role != NodeRole::Miner {
-            bail!("--behaviour {behaviour} is a miner's behaviour: run it with --role miner");
+        match (behaviour.is_validators(), role) {
+            (true, NodeRole::Validator) | (false, NodeRole::Miner) => {}
+            (true, _) => bail!("--behaviour {behaviour} is a validator's behaviour: run it with --role validator"),
+            (false, _) => bail!("--behaviour {behaviour} is a miner's behaviour: run it with --role miner"),
         }
-        tracing::warn!(target: "node::miner", %behaviour, "this miner is an ADVERSARY (test and devnet builds only): expect it to be slashed");
+        tracing::warn!(target: "node", %behaviour, "this node is an ADVERSARY (test and devnet builds only)");
     }
     let metrics = Arc::new(Metrics::default());
     metrics.height.set(head.height.0);

@@ -30,7 +30,13 @@ mod with_adversaries {
     struct Run {
         rounds: Vec<Value>,
         miners: Vec<Value>,
+        /// Lines of the nodes' logs (`node*/node.log`) containing [`REFUSED_AGGREGATE`].
+        refused_aggregates: usize,
     }
+
+    /// What an honest validator logs when it refuses a block carrying an aggregate it computes
+    /// differently (`node/src/consensus_app.rs`).
+    const REFUSED_AGGREGATE: &str = "block carries an aggregate this node computes differently";
 
     fn shakespeare() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt")
@@ -48,11 +54,11 @@ mod with_adversaries {
     /// Runs `trellis devnet` to the end of its demo job (`nano`, 20 inner steps) with `miners`
     /// honest miners and `adversary`; the `index`-th run of this process gets its own ports.
     fn devnet(index: u16, name: &str, miners: usize, adversary: Option<&str>) -> Run {
-        devnet_of(index, name, miners, adversary, "nano", 20)
+        devnet_of(index, name, miners, adversary, "nano", 20, 2)
     }
 
     /// `devnet` with another model (a preset, or a zk model for a groth16 job) and H.
-    fn devnet_of(index: u16, name: &str, miners: usize, adversary: Option<&str>, model: &str, inner_steps: u32) -> Run {
+    fn devnet_of(index: u16, name: &str, miners: usize, adversary: Option<&str>, model: &str, inner_steps: u32, rounds: u32) -> Run {
         let home = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         // Below the kernel's ephemeral range (32768 and up); 80 ports per run.
@@ -62,7 +68,7 @@ mod with_adversaries {
             .arg("devnet")
             .arg("--home")
             .arg(&home)
-            .args(["--validators", "4", "--miners", &miners.to_string(), "--rounds", "2"])
+            .args(["--validators", "4", "--miners", &miners.to_string(), "--rounds", &rounds.to_string()])
             .args(["--model", model, "--inner-steps", &inner_steps.to_string()])
             .args(["--block-time-ms", "250", "--base-port", &base_port.to_string()])
             .arg("--dataset")
@@ -95,7 +101,11 @@ mod with_adversaries {
             serde_json::from_str(&text).unwrap()
         };
         assert!(status.success(), "{name}: the devnet failed ({status}); logs under {}", home.display());
-        let run = Run { rounds: read("rounds.json"), miners: read("miners.json") };
+        let refused_aggregates = (0..16)
+            .filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok())
+            .map(|log| log.lines().filter(|l| l.contains(REFUSED_AGGREGATE)).count())
+            .sum();
+        let run = Run { rounds: read("rounds.json"), miners: read("miners.json"), refused_aggregates };
         let _ = std::fs::remove_dir_all(&home);
         let _ = std::fs::remove_file(&log_path);
         run
@@ -163,7 +173,7 @@ mod with_adversaries {
     fn a_fake_trail_in_a_groth16_job_fails_its_proofs_and_is_slashed() {
         let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         *runs += 1;
-        let run = devnet_of(*runs, "groth16", 2, Some("fake-trail"), "mlp:16x8x4,batch=4,lr=0.5", 8);
+        let run = devnet_of(*runs, "groth16", 2, Some("fake-trail"), "mlp:16x8x4,batch=4,lr=0.5", 8, 2);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r["accepted"] == 2), "the two honest miners are accepted every round: {:?}", run.rounds);
         assert!(run.rounds[0]["verdicts_other"].as_u64().unwrap() >= 1, "the fake trail got a non-valid verdict: {:?}", run.rounds);
@@ -184,6 +194,26 @@ mod with_adversaries {
 
     fn params() -> Params {
         Params::default()
+    }
+
+    /// A Byzantine proposer: one of the four validators puts forward an outer update it never
+    /// computed (`forge-aggregate`), sends it and proposes blocks carrying it. Every honest
+    /// validator recomputes the aggregate and votes nil on such a block, so none is committed:
+    /// every round settles with the honest aggregate (the devnet fetches each committed model by
+    /// its hash to evaluate it, and exports the last; a forged hash names no blob), and the
+    /// honest validators' logs show the forged blocks refused.
+    #[test]
+    fn a_byzantine_proposers_forged_aggregate_is_never_committed() {
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        // Four rounds: the forger proposes during some aggregate window with probability
+        // 1 − 0.75^(blocks in the windows), over 99.9% here.
+        let run = devnet_of(*runs, "forge-aggregate", 3, Some("forge-aggregate"), "nano", 20, 4);
+        assert_eq!(run.rounds.len(), 4, "every round settled with an aggregate: {:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
+        assert!(run.refused_aggregates > 0, "no block with the forged aggregate was proposed in the whole run: the attack did not run");
+        eprintln!("forge-aggregate: honest validators refused {} proposals carrying the forgery", run.refused_aggregates);
     }
 
     #[test]

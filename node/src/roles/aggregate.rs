@@ -28,6 +28,8 @@ const SEND_STAGGER_BLOCKS: u64 = 4;
 #[derive(Debug, Default)]
 pub struct AggregateBook {
     computed: Mutex<HashMap<(JobId, u32), (Hash, Hash)>>,
+    /// Wakes whoever waits for a computation ([`AggregateBook::judge_within`]).
+    added: tokio::sync::Notify,
 }
 
 impl AggregateBook {
@@ -37,12 +39,35 @@ impl AggregateBook {
 
     pub fn insert(&self, job: JobId, round: u32, hashes: (Hash, Hash)) {
         self.computed.lock().unwrap_or_else(|p| p.into_inner()).insert((job, round), hashes);
+        self.added.notify_waiters();
     }
 
     /// Whether `aggregate` is what this node computed: `None` while it has not computed it.
     pub fn judge(&self, aggregate: &Aggregate) -> Option<bool> {
         self.get(aggregate.job, aggregate.round).map(|(model, momentum)| model == aggregate.model_hash && momentum == aggregate.momentum_hash)
     }
+
+    /// [`judge`](Self::judge), awaiting (never blocking a thread) a computation still running
+    /// until `patience` has passed; `None` if it has not finished by then.
+    pub async fn judge_within(&self, aggregate: &Aggregate, patience: std::time::Duration) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before looking, so an insert in between still wakes us.
+            let added = self.added.notified();
+            if let Some(verdict) = self.judge(aggregate) {
+                return Some(verdict);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return self.judge(aggregate);
+            }
+        }
+    }
+}
+
+/// The model hash a `forge-aggregate` validator puts forward for `round` of `job`: one no honest
+/// validator computes.
+pub fn forged_model(job: JobId, round: u32) -> Hash {
+    Hash::digest(trellis_proto::HashDomain::Blob, format!("forged aggregate {job} {round}").as_bytes())
 }
 
 /// Called after every block by the validator role.
@@ -54,6 +79,12 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
             continue;
         }
         match book.get(job.id, round.round) {
+            None if context.behaviour == super::behaviour::Behaviour::ForgeAggregate => {
+                // The forger does not compute anything: it puts its forgery forward at once.
+                let forged = forged_model(job.id, round.round);
+                tracing::warn!(target: "node::aggregate", job = %job.id, round = round.round, model = %forged, "putting a forged aggregate forward (forge-aggregate adversary)");
+                book.insert(job.id, round.round, (forged, forged));
+            }
             None => {
                 if context.start_once(format!("aggregate:{}:{}", job.id, round.round)) {
                     let (context, book, job, round) = (context.clone(), book.clone(), job.clone(), round.clone());
@@ -78,7 +109,8 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 let n = addresses.len() as u64;
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
                 let tallied_at = round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
-                if height < tallied_at + rank * SEND_STAGGER_BLOCKS {
+                let forger = context.behaviour == super::behaviour::Behaviour::ForgeAggregate;
+                if height < tallied_at + rank * SEND_STAGGER_BLOCKS && !forger {
                     continue;
                 }
                 if context.start_once(format!("tx:aggregate:{}:{}", job.id, round.round)) {
@@ -131,4 +163,28 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     })
     .await
     .context("the aggregation thread stopped")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate(model: u8) -> Aggregate {
+        Aggregate { job: JobId(1), round: 2, model_hash: Hash([model; 32]), momentum_hash: Hash([9; 32]), accepted: Vec::new() }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_recheck_awaits_a_computation_in_progress_without_blocking_the_thread() {
+        let book = Arc::new(AggregateBook::default());
+        let computing = book.clone();
+        // On a single-threaded runtime a blocking wait would starve this task forever.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            computing.insert(JobId(1), 2, (Hash([7; 32]), Hash([9; 32])));
+        });
+        assert_eq!(book.judge_within(&aggregate(7), std::time::Duration::from_secs(5)).await, Some(true));
+        assert_eq!(book.judge_within(&aggregate(8), std::time::Duration::from_secs(5)).await, Some(false));
+        let unknown = Aggregate { round: 3, ..aggregate(7) };
+        assert_eq!(book.judge_within(&unknown, std::time::Duration::from_millis(30)).await, None, "no computation: no verdict");
+    }
 }

@@ -22,6 +22,11 @@
 //! - `lying-peer`: trains honestly, but its blob exchange lies to everyone: doctored copies of
 //!   the other miners' trails it fetched, and manifests over the size limit for anything else.
 //!   Checkers move on to honest holders and stop asking it; nobody honest is punished.
+//!
+//! And a validator's:
+//! - `forge-aggregate`: a validator that takes a forged outer update (a model hash nobody
+//!   computed) for its own, sends it and proposes blocks carrying it; every honest validator
+//!   recomputes the aggregate, votes nil on those blocks, and commits the honest one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,10 +53,12 @@ pub enum Behaviour {
     UnitGap,
     /// Serves doctored blobs and oversized manifests to its peers.
     LyingPeer,
+    /// (A validator) proposes an aggregate it never computed.
+    ForgeAggregate,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 9] = [
+    pub const ALL: [Behaviour; 10] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -61,6 +68,7 @@ impl Behaviour {
         Behaviour::Withhold,
         Behaviour::UnitGap,
         Behaviour::LyingPeer,
+        Behaviour::ForgeAggregate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,7 +82,13 @@ impl Behaviour {
             Behaviour::Withhold => "withhold",
             Behaviour::UnitGap => "unit-gap",
             Behaviour::LyingPeer => "lying-peer",
+            Behaviour::ForgeAggregate => "forge-aggregate",
         }
+    }
+
+    /// Whether a validator (rather than a miner) behaves this way.
+    pub fn is_validators(self) -> bool {
+        self == Behaviour::ForgeAggregate
     }
 
     /// Whether the miner produces a trail of its own (trained, partly trained or faked).
