@@ -61,8 +61,23 @@ pub struct RpcConfig {
     pub listen: String,
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: u32,
-    /// Requests per second accepted from one client.
+    /// Requests per second accepted from one client address (all public methods together).
     pub rate_limit_per_second: u32,
+    /// `mempool_gossip` calls per second accepted from one peer address, apart from the public
+    /// budget (so that gossip and users do not crowd each other out).
+    #[serde(default = "default_gossip_rate_limit")]
+    pub gossip_rate_limit_per_second: u32,
+    /// Most subscriptions one WebSocket connection may hold.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions_per_connection: u32,
+}
+
+fn default_gossip_rate_limit() -> u32 {
+    1_000
+}
+
+fn default_max_subscriptions() -> u32 {
+    32
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +123,8 @@ impl NodeConfig {
                 listen: format!("127.0.0.1:{}", base_port),
                 max_request_bytes: 1 << 20,
                 rate_limit_per_second: 200,
+                gossip_rate_limit_per_second: default_gossip_rate_limit(),
+                max_subscriptions_per_connection: default_max_subscriptions(),
             },
             p2p: P2pConfig {
                 listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1),

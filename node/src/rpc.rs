@@ -3,16 +3,19 @@
 //!
 //! Every method and its JSON are documented in `docs/rpc.md`. Bad parameters get JSON-RPC
 //! errors with a reason (code -32602 for malformed parameters, the codes below for the rest);
-//! requests larger than the configured size are refused by the server, and a server-wide token
-//! bucket bounds the request rate.
+//! requests larger than the configured size are refused by the server. Every client address has
+//! its own request budget (a token bucket), so one client cannot use up another's; peers'
+//! `mempool_gossip` calls draw on a budget of their own, apart from the public one; a connection
+//! holds at most `rpc.max_subscriptions_per_connection` subscriptions.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use jsonrpsee::server::{RpcModule, Server, ServerConfig, ServerHandle};
+use jsonrpsee::server::{serve_with_graceful_shutdown, stop_channel, RpcModule, Server, ServerConfig, ServerHandle};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
-use jsonrpsee::{PendingSubscriptionSink, SubscriptionMessage};
+use jsonrpsee::{Extensions, PendingSubscriptionSink, SubscriptionMessage};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -39,23 +42,47 @@ pub mod codes {
 #[derive(Debug, Clone, Copy)]
 pub struct RpcLimits {
     pub max_request_bytes: u32,
+    /// Requests per second from one client address (all public methods together).
     pub requests_per_second: u32,
+    /// `mempool_gossip` calls per second from one peer address, apart from the public budget.
+    pub gossip_per_second: u32,
+    pub max_subscriptions_per_connection: u32,
 }
 
+/// Most client addresses whose budgets are tracked at once; past it the oldest half is forgotten.
+const MAX_TRACKED_CLIENTS: usize = 4_096;
+
 struct TokenBucket {
-    capacity: f64,
     tokens: f64,
-    refill_per_second: f64,
     last: Instant,
 }
 
-impl TokenBucket {
-    fn take(&mut self) -> bool {
+/// One token bucket per client address, each holding up to a second's worth of requests.
+struct Budgets {
+    rate: f64,
+    by_client: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl Budgets {
+    fn new(per_second: u32) -> Self {
+        Self { rate: f64::from(per_second.max(1)), by_client: Mutex::default() }
+    }
+
+    fn take(&self, client: IpAddr) -> bool {
+        let mut buckets = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
+            let mut ages: Vec<(Instant, IpAddr)> = buckets.iter().map(|(ip, b)| (b.last, *ip)).collect();
+            ages.sort();
+            ages.iter().take(MAX_TRACKED_CLIENTS / 2).for_each(|(_, ip)| {
+                buckets.remove(ip);
+            });
+        }
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.refill_per_second).min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let bucket = buckets.entry(client).or_insert(TokenBucket { tokens: self.rate, last: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * self.rate).min(self.rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
             true
         } else {
             false
@@ -63,9 +90,20 @@ impl TokenBucket {
     }
 }
 
+/// The address a request came from, as the server's accept loop saw it (in every request's
+/// extensions).
+#[derive(Debug, Clone, Copy)]
+struct ClientAddress(IpAddr);
+
+fn client_of(extensions: &Extensions) -> IpAddr {
+    // Every request passes through the accept loop, which sets it; unspecified only in theory.
+    extensions.get::<ClientAddress>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0)
+}
+
 struct RpcState {
     shared: Arc<Shared>,
-    bucket: Mutex<TokenBucket>,
+    public: Budgets,
+    gossip: Budgets,
 }
 
 type RpcResult<T> = Result<T, ErrorObjectOwned>;
@@ -79,13 +117,23 @@ fn invalid(message: impl Into<String>) -> ErrorObjectOwned {
 }
 
 impl RpcState {
-    fn admit(&self) -> RpcResult<()> {
+    /// Takes one request from the client's public budget.
+    fn admit(&self, extensions: &Extensions) -> RpcResult<()> {
         self.shared.metrics.rpc_requests.inc();
-        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        if bucket.take() {
+        if self.public.take(client_of(extensions)) {
             Ok(())
         } else {
-            Err(error(codes::RATE_LIMITED, "rate limit reached; retry later"))
+            Err(error(codes::RATE_LIMITED, "rate limit reached for this client; retry later"))
+        }
+    }
+
+    /// Takes one gossip call from the peer's gossip budget (apart from the public one).
+    fn admit_gossip(&self, extensions: &Extensions) -> RpcResult<()> {
+        self.shared.metrics.rpc_requests.inc();
+        if self.gossip.take(client_of(extensions)) {
+            Ok(())
+        } else {
+            Err(error(codes::RATE_LIMITED, "gossip rate limit reached for this peer; retry later"))
         }
     }
 
@@ -217,23 +265,23 @@ fn event_job(event: &Event) -> Option<JobId> {
 /// Builds the RPC module over the node's shared state.
 fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
     let mut module = RpcModule::new(state);
-    module.register_method("chain_getHead", |_, state, _| -> RpcResult<HeadInfo> {
-        state.admit()?;
+    module.register_method("chain_getHead", |_, state, ext| -> RpcResult<HeadInfo> {
+        state.admit(ext)?;
         head_info(&state.shared)
     })?;
-    module.register_method("chain_getBlock", |params: Params, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("chain_getBlock", |params: Params, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let (height,): (u64,) = params.parse()?;
         let block = state.shared.ledger.store().block(Height(height)).map_err(|e| error(-32603, e.to_string()))?;
         block.map(|b| block_json(&b)).ok_or_else(|| error(codes::NOT_FOUND, format!("no block at height {height}")))
     })?;
-    module.register_method("tx_submit", |params: Params, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("tx_submit", |params: Params, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let (hex_tx,): (String,) = params.parse()?;
         submit(state, &hex_tx)
     })?;
-    module.register_method("mempool_gossip", |params: Params, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("mempool_gossip", |params: Params, state, ext| -> RpcResult<Value> {
+        state.admit_gossip(ext)?;
         let (hex_txs,): (Vec<String>,) = params.parse()?;
         if hex_txs.len() > crate::gossip::MAX_BATCH {
             return Err(invalid(format!("at most {} transactions per gossip batch", crate::gossip::MAX_BATCH)));
@@ -246,8 +294,8 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         let admitted = admit(state, txs).iter().filter(|r| r.is_ok()).count();
         Ok(json!({ "admitted": admitted }))
     })?;
-    module.register_method("tx_get", |params: Params, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("tx_get", |params: Params, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let (hash,): (String,) = params.parse()?;
         let hash = parse_hash(&hash)?;
         match state.shared.ledger.store().tx(&hash).map_err(|e| error(-32603, e.to_string()))? {
@@ -262,13 +310,13 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
             }
         }
     })?;
-    module.register_method("state_getAccount", |params: Params, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("state_getAccount", |params: Params, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let (address,): (String,) = params.parse()?;
         account_json(state, parse_address(&address)?)
     })?;
-    module.register_method("state_getValidators", |_, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("state_getValidators", |_, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let set = state.shared.ledger.validator_set();
         let validators: Vec<Value> = set
             .validators()
@@ -277,24 +325,24 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
             .collect();
         Ok(json!({ "validators": validators, "total_power": set.validators().iter().map(|v| v.power).sum::<u64>() }))
     })?;
-    module.register_method("job_list", |_, state, _| -> RpcResult<Value> {
-        state.admit()?;
+    module.register_method("job_list", |_, state, ext| -> RpcResult<Value> {
+        state.admit(ext)?;
         let jobs = jobs(state)?;
         Ok(json!(jobs
             .iter()
             .map(|j| json!({ "id": j.id, "submitter": j.submitter, "status": j.status, "current_round": j.current_round, "escrow": j.escrow }))
             .collect::<Vec<_>>()))
     })?;
-    module.register_method("job_get", |params: Params, state, _| -> RpcResult<Job> {
-        state.admit()?;
+    module.register_method("job_get", |params: Params, state, ext| -> RpcResult<Job> {
+        state.admit(ext)?;
         let (id,): (u64,) = params.parse()?;
         let view = state.view();
         state::read::<Job>(&view, &keys::job(JobId(id)))
             .map_err(|e| error(-32603, e.to_string()))?
             .ok_or_else(|| error(codes::NOT_FOUND, format!("no job {id}")))
     })?;
-    module.register_method("job_getRound", |params: Params, state, _| -> RpcResult<RoundState> {
-        state.admit()?;
+    module.register_method("job_getRound", |params: Params, state, ext| -> RpcResult<RoundState> {
+        state.admit(ext)?;
         let (id, round): (u64, u32) = params.parse()?;
         let view = state.view();
         state::read::<RoundState>(&view, &keys::round(JobId(id), round))
@@ -351,22 +399,40 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
 
 /// Starts the server on `listen`; it runs until the handle is stopped or dropped.
 pub async fn serve(listen: SocketAddr, shared: Arc<Shared>, limits: RpcLimits) -> anyhow::Result<(SocketAddr, ServerHandle)> {
-    let rate = f64::from(limits.requests_per_second.max(1));
-    let state = RpcState {
-        shared,
-        bucket: Mutex::new(TokenBucket { capacity: rate, tokens: rate, refill_per_second: rate, last: Instant::now() }),
-    };
+    let state = RpcState { shared, public: Budgets::new(limits.requests_per_second), gossip: Budgets::new(limits.gossip_per_second) };
     let config = ServerConfig::builder()
         .max_request_body_size(limits.max_request_bytes)
         .max_response_body_size(16 * 1024 * 1024)
         .max_connections(256)
+        .max_subscriptions_per_connection(limits.max_subscriptions_per_connection)
         .build();
-    let server = Server::builder()
-        .set_config(config)
-        .build(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("RPC server cannot listen on {listen}: {e}"))?;
-    let address = server.local_addr()?;
-    let handle = server.start(module(state)?);
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("RPC server cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr()?;
+    let methods: jsonrpsee::Methods = module(state)?.into();
+    let builder = Server::builder().set_config(config).to_service_builder();
+    let (stop, handle) = stop_channel();
+    // Our own accept loop, so that every request carries the address it came from.
+    tokio::spawn(async move {
+        loop {
+            let (socket, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::debug!(target: "node::rpc", %error, "accepting an RPC connection failed");
+                        continue;
+                    }
+                },
+                _ = stop.clone().shutdown() => break,
+            };
+            let (builder, methods, connection_stop) = (builder.clone(), methods.clone(), stop.clone());
+            let client = ClientAddress(remote.ip());
+            let service = tower::service_fn(move |mut request: jsonrpsee::server::HttpRequest<hyper::body::Incoming>| {
+                request.extensions_mut().insert(client);
+                let mut service = builder.clone().build(methods.clone(), connection_stop.clone());
+                async move { tower::Service::call(&mut service, request).await }
+            });
+            tokio::spawn(serve_with_graceful_shutdown(socket, service, stop.clone().shutdown()));
+        }
+    });
     Ok((address, handle))
 }

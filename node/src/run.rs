@@ -236,7 +236,12 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     };
 
     let rpc_listen = config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
-    let limits = RpcLimits { max_request_bytes: config.rpc.max_request_bytes, requests_per_second: config.rpc.rate_limit_per_second };
+    let limits = RpcLimits {
+        max_request_bytes: config.rpc.max_request_bytes,
+        requests_per_second: config.rpc.rate_limit_per_second,
+        gossip_per_second: config.rpc.gossip_rate_limit_per_second,
+        max_subscriptions_per_connection: config.rpc.max_subscriptions_per_connection,
+    };
     let (rpc_address, rpc_handle) = crate::rpc::serve(rpc_listen, shared.clone(), limits).await?;
     if !config.metrics.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
