@@ -318,14 +318,19 @@ impl ValidatorSet {
         self.validators.binary_search_by_key(address, |v| v.address).ok().map(|i| &self.validators[i])
     }
 
-    /// The proposer of (height, round): round-robin over the address-ordered set, shifted by
-    /// one every height and every round.
+    /// The proposer of (height, round). Round 0 is drawn by voting power from a counter-based
+    /// draw on the height alone (`trellis_proto::hash::draw`), so a validator proposes in
+    /// proportion to its stake and nobody can steer the draw; every later round moves one step
+    /// along the address order from there, so within `n` rounds every validator has proposed
+    /// and a silent proposer delays a height by at most one round per silent validator.
     pub fn proposer(&self, height: BlockHeight, round: Round) -> Option<&Validator> {
-        if self.validators.is_empty() {
+        if self.validators.is_empty() || self.total_power == 0 {
             return None;
         }
+        let point = trellis_proto::hash::draw("proposer", &[], &[height.0]) % self.total_power;
+        let first = trellis_proto::hash::weighted_index(point, self.validators.iter().map(|v| v.power)).unwrap_or(0);
         let round = u64::from(round.as_u32().unwrap_or(0));
-        let index = (height.0.saturating_sub(1).wrapping_add(round)) % self.validators.len() as u64;
+        let index = (first as u64).wrapping_add(round) % self.validators.len() as u64;
         self.validators.get(index as usize)
     }
 }

@@ -168,7 +168,7 @@ fn signatures_bind_to_chain_kind_and_fields() {
 }
 
 #[test]
-fn proposers_rotate_over_the_address_ordered_set() {
+fn round_zero_proposers_follow_stake_and_later_rounds_walk_the_address_order() {
     let validators: Vec<Validator> = (1..=4).map(|s| Validator::new(key(s).public_key(), 10 * u64::from(s)).unwrap()).collect();
     let set = ValidatorSet::new(validators.into_iter().rev().collect());
     let addresses: Vec<_> = set.validators().iter().map(|v| v.address).collect();
@@ -176,11 +176,26 @@ fn proposers_rotate_over_the_address_ordered_set() {
     sorted.sort();
     assert_eq!(addresses, sorted);
     let at = |h, r| set.proposer(BlockHeight(h), Round::new(r)).unwrap().address;
-    assert_eq!(at(1, 0), addresses[0]);
-    assert_eq!(at(2, 0), addresses[1]);
-    assert_eq!(at(1, 1), addresses[1]);
-    assert_eq!(at(5, 0), addresses[0]);
-    assert_eq!(set.validators().iter().map(|v| v.power).sum::<u64>(), 100);
+    let index = |address| addresses.iter().position(|a| *a == address).unwrap();
+    // Later rounds step along the address order, so n rounds visit every validator.
+    for height in 1..50 {
+        let first = index(at(height, 0));
+        for round in 1..8u32 {
+            assert_eq!(index(at(height, round)), (first + round as usize) % 4);
+        }
+        assert_eq!(at(height, 3), at(height, 3), "a pure function of (height, round)");
+    }
+    // Round 0 follows stake: over 40,000 heights each validator proposes its power's share.
+    let heights = 40_000u64;
+    let mut counts = [0u64; 4];
+    for height in 1..=heights {
+        counts[index(at(height, 0))] += 1;
+    }
+    for (validator, count) in set.validators().iter().zip(counts) {
+        let expected = heights as f64 * validator.power as f64 / 100.0;
+        let sd = (expected * (1.0 - validator.power as f64 / 100.0)).sqrt();
+        assert!((count as f64 - expected).abs() < 5.0 * sd, "power {} proposed {count} of {heights}, expected {expected:.0}", validator.power);
+    }
 }
 
 /// Encodings of every message type the codec decodes, each after the selector byte that makes

@@ -10,9 +10,15 @@
 use thiserror::Error;
 use trellis_proto::{Address, Block, BlockHeader, Hash, Height, SignedTx};
 
+use trellis_protocol::beacon;
+
 use crate::exec::{BlockCtx, Chain, Event};
 use crate::kv::{state_root, KvStore};
+use crate::state::{keys, read, write, BeaconOnion};
 use crate::TxError;
+
+/// How far ahead of a validator's clock a proposed block's time may be.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 2_000;
 
 /// The block a new one builds on: the head of the chain (height 0, zero hash, time 0 before
 /// the first block).
@@ -40,6 +46,10 @@ pub enum InvalidBlock {
     FailingTx { index: usize, hash: Hash, reason: String },
     #[error("header state root {header} does not match the executed state {computed}")]
     StateRoot { header: Hash, computed: Hash },
+    #[error("block time {got} ms is more than {drift} ms ahead of this node's clock ({now} ms)")]
+    TimeTooFarAhead { got: u64, now: u64, drift: u64 },
+    #[error("beacon reveal {got} is not the next layer of {proposer}'s onion")]
+    WrongBeaconReveal { proposer: Address, got: Hash },
     #[error("state machine error: {0}")]
     Execution(String),
 }
@@ -54,22 +64,58 @@ pub struct Built {
 }
 
 impl Chain {
-    fn block_ctx(parent: &Parent, proposer: Address, time_ms: u64) -> BlockCtx {
-        BlockCtx { height: parent.height + 1, time_ms, randomness: parent.hash, proposer }
+    /// Opens the block after `parent`: checks the proposer's beacon reveal against its onion,
+    /// peels that layer off, mixes the reveal into the beacon and returns the block's context,
+    /// whose randomness is the new beacon. A proposer without an active onion reveals
+    /// `Hash::ZERO` (it mixes in nothing it could choose).
+    fn open_block<S: KvStore + ?Sized>(
+        &self,
+        state: &mut S,
+        parent: &Parent,
+        proposer: Address,
+        time_ms: u64,
+        reveal: Hash,
+    ) -> Result<BlockCtx, InvalidBlock> {
+        let height = parent.height + 1;
+        let corrupt = |e: crate::state::CorruptState| InvalidBlock::Execution(e.to_string());
+        let wrong = InvalidBlock::WrongBeaconReveal { proposer, got: reveal };
+        match read::<BeaconOnion>(state, &keys::onion(&proposer)).map_err(corrupt)? {
+            Some(mut onion) if onion.active_from <= height && onion.remaining > 0 => {
+                if beacon::step(&reveal) != onion.held {
+                    return Err(wrong);
+                }
+                onion.held = reveal;
+                onion.remaining -= 1;
+                write(state, keys::onion(&proposer), &onion);
+            }
+            _ if reveal != Hash::ZERO => return Err(wrong),
+            _ => {}
+        }
+        let previous = read::<Hash>(state, keys::BEACON).map_err(corrupt)?.unwrap_or(Hash::ZERO);
+        let randomness = beacon::mix(&previous, height, &proposer, &reveal);
+        write(state, keys::BEACON.to_vec(), &randomness);
+        Ok(BlockCtx { height, time_ms, randomness, proposer })
+    }
+
+    /// The onion `validator` committed, if any: what its next block must reveal under.
+    pub fn beacon_onion<S: KvStore + ?Sized>(&self, state: &S, validator: &Address) -> Result<Option<BeaconOnion>, TxError> {
+        Ok(read(state, &keys::onion(validator))?)
     }
 
     /// Builds the block after `parent` from `candidates`, in order, leaving out those that fail.
-    /// `time_ms` is raised to the parent's time if it is earlier.
+    /// `time_ms` is raised to the parent's time if it is earlier; `beacon_reveal` is the
+    /// proposer's next onion layer ([`Chain::beacon_onion`]), or `Hash::ZERO` without one.
     pub fn build_block<S: KvStore + ?Sized>(
         &self,
         state: &mut S,
         parent: &Parent,
         proposer: Address,
         time_ms: u64,
+        beacon_reveal: Hash,
         candidates: impl IntoIterator<Item = SignedTx>,
     ) -> Result<Built, InvalidBlock> {
         let time_ms = time_ms.max(parent.time_ms);
-        let ctx = Self::block_ctx(parent, proposer, time_ms);
+        let ctx = self.open_block(state, parent, proposer, time_ms, beacon_reveal)?;
         let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         let mut txs = Vec::new();
         let mut left_out = Vec::new();
@@ -92,6 +138,7 @@ impl Chain {
             tx_root: Block::compute_tx_root(&txs),
             state_root: state_root(state),
             proposer,
+            beacon_reveal,
         };
         Ok(Built { block: Block { header, txs }, events, left_out })
     }
@@ -113,6 +160,17 @@ impl Chain {
         Ok(())
     }
 
+    /// Whether a *proposed* header's time is plausible on this node's clock `now_ms`: at most
+    /// [`MAX_CLOCK_DRIFT_MS`] ahead (a quorum of honest clocks thus bounds every committed time
+    /// from above; [`Chain::check_successor`] bounds it from below by the parent's). Decided
+    /// blocks received by sync are not checked: a quorum already judged them.
+    pub fn check_proposal_time(header: &BlockHeader, now_ms: u64) -> Result<(), InvalidBlock> {
+        if header.time_ms > now_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
+            return Err(InvalidBlock::TimeTooFarAhead { got: header.time_ms, now: now_ms, drift: MAX_CLOCK_DRIFT_MS });
+        }
+        Ok(())
+    }
+
     /// Checks `block` against `parent` (header, transaction root and signatures) and executes it.
     pub fn execute_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
         self.check_successor(parent, &block.header)?;
@@ -125,7 +183,7 @@ impl Chain {
     /// state root must be the header's.
     pub fn execute_checked_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
         let header = &block.header;
-        let ctx = Self::block_ctx(parent, header.proposer, header.time_ms);
+        let ctx = self.open_block(state, parent, header.proposer, header.time_ms, header.beacon_reveal)?;
         let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         for (index, tx) in block.txs.iter().enumerate() {
             let tx_events =
@@ -171,13 +229,29 @@ mod tests {
     }
 
     #[test]
+    fn a_proposed_time_may_run_ahead_of_the_local_clock_by_the_drift_only() {
+        let (chain, kv, _) = chain_with_one_account();
+        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        let mut header = chain.build_block(&mut Overlay::new(&kv), &genesis, Address([1; 20]), 10_000, Hash::ZERO, Vec::new()).unwrap().block.header;
+        assert_eq!(Chain::check_proposal_time(&header, 10_000 - MAX_CLOCK_DRIFT_MS), Ok(()));
+        header.time_ms = 10_001 + MAX_CLOCK_DRIFT_MS;
+        assert!(matches!(Chain::check_proposal_time(&header, 10_000), Err(InvalidBlock::TimeTooFarAhead { .. })));
+        header.time_ms = u64::MAX;
+        assert!(Chain::check_proposal_time(&header, u64::MAX - 1).is_ok(), "no overflow at the end of time");
+        let mut early = header.clone();
+        early.time_ms = 5;
+        let parent = Parent { height: 0, hash: Hash::ZERO, time_ms: 6 };
+        assert!(matches!(chain.check_successor(&parent, &early), Err(InvalidBlock::TimeWentBack { .. })));
+    }
+
+    #[test]
     fn a_built_block_checks_out_and_a_tampered_one_does_not() {
         let (chain, mut kv, rich) = chain_with_one_account();
         let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
         // The second candidate reuses nonce 0 and fails: it is left out, with its reason.
         let candidates = vec![transfer(&rich, 0, 10), transfer(&rich, 0, 20), transfer(&rich, 1, 30)];
         let mut overlay = Overlay::new(&kv);
-        let built = chain.build_block(&mut overlay, &genesis, Address([1; 20]), 5, candidates).unwrap();
+        let built = chain.build_block(&mut overlay, &genesis, Address([1; 20]), 5, Hash::ZERO, candidates).unwrap();
         let built_changes = overlay.into_changes();
         assert_eq!(built.block.txs.len(), 2);
         assert_eq!(built.left_out.len(), 1);
@@ -200,7 +274,7 @@ mod tests {
         // A block whose transaction fails is refused as a whole.
         apply_changes(&mut kv, built_changes);
         let next = Parent { height: 1, hash: built.block.hash(), time_ms: 5 };
-        let mut replayed = chain.build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Vec::new()).unwrap().block;
+        let mut replayed = chain.build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Hash::ZERO, Vec::new()).unwrap().block;
         replayed.txs = vec![transfer(&rich, 0, 10)];
         replayed.header.tx_root = Block::compute_tx_root(&replayed.txs);
         let refused = chain.execute_block(&mut Overlay::new(&kv), &next, &replayed);

@@ -77,6 +77,10 @@ pub enum TxError {
     EvidenceAlreadyUsed,
     #[error("{0} has no validator bond")]
     UnknownValidator(Address),
+    #[error("a beacon onion has 1 to {max} layers, not {got}", max = trellis_protocol::beacon::MAX_LAYERS)]
+    OnionLayers { got: u32 },
+    #[error("the committed beacon onion still has {remaining} layers to reveal; a new one may be committed once it is spent")]
+    OnionNotSpent { remaining: u32 },
     #[error("amount overflow")]
     Overflow,
     #[error(transparent)]

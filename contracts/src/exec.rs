@@ -19,7 +19,7 @@ use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
 use crate::rounds;
 use crate::state::{
-    decode_record, keys, read, write, Account, Commit, Job, JobStatus, MinerEntry, Phase, RoundState, Stake, Supply, Unbonding,
+    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerEntry, Phase, RoundState, Stake, Supply, Unbonding,
     Validator, ValidatorSet, VerdictRecord,
 };
 
@@ -28,7 +28,8 @@ use crate::state::{
 pub struct BlockCtx {
     pub height: u64,
     pub time_ms: u64,
-    /// The parent block's hash: unknown to anyone before that block was decided.
+    /// The chain's beacon after this block's reveal (`trellis_protocol::beacon`): unknown to
+    /// anyone but the proposer before the block is proposed, and not the proposer's to choose.
     pub randomness: Hash,
     pub proposer: Address,
 }
@@ -78,6 +79,7 @@ pub enum Event {
     JobEnded { job: JobId, status: JobStatus, refund: u64 },
     CancelRequested { job: JobId },
     Jailed { validator: Address },
+    BeaconCommitted { validator: Address, layers: u32, active_from: u64 },
     ValidatorSetChanged { validators: usize, total_power: u64 },
 }
 
@@ -312,6 +314,7 @@ impl Chain {
             TxKind::CommitAggregate(aggregate) => events.extend(self.commit_aggregate(kv, sender, aggregate, ctx)?),
             TxKind::CancelJob { job } => events.extend(self.cancel_job(kv, sender, *job, ctx)?),
             TxKind::ReportEquivocation(evidence) => events.extend(self.report_equivocation(kv, evidence)?),
+            TxKind::CommitBeacon { tip, layers } => events.push(self.commit_beacon(kv, sender, *tip, *layers, ctx)?),
         }
         Ok(events)
     }
@@ -356,6 +359,39 @@ impl Chain {
         stake.bonded = bonded;
         write(kv, keys::stake(role, &who), &stake);
         Ok(Event::Bonded { who, role, amount })
+    }
+
+    /// A bonded validator commits a beacon onion, once its last one is spent (or it has none).
+    /// It counts from two blocks on: the block that holds it is proposed by someone who has
+    /// seen the beacon before it, so a fresh onion never mixes into a beacon its owner knew.
+    fn commit_beacon<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        sender: Address,
+        tip: Hash,
+        layers: u32,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
+        if layers == 0 || layers > trellis_protocol::beacon::MAX_LAYERS {
+            return Err(TxError::OnionLayers { got: layers });
+        }
+        let bonded = read::<Stake>(kv, &keys::stake(Role::Validator, &sender))?.is_some_and(|stake| stake.bonded > 0);
+        if !bonded {
+            return Err(TxError::UnknownValidator(sender));
+        }
+        let previous: Option<BeaconOnion> = read(kv, &keys::onion(&sender))?;
+        if let Some(onion) = &previous {
+            if onion.remaining > 0 {
+                return Err(TxError::OnionNotSpent { remaining: onion.remaining });
+            }
+        }
+        let generation = match previous {
+            Some(onion) => onion.generation.checked_add(1).ok_or(TxError::Overflow)?,
+            None => 0,
+        };
+        let active_from = ctx.height.checked_add(2).ok_or(TxError::Overflow)?;
+        write(kv, keys::onion(&sender), &BeaconOnion { held: tip, layers, remaining: layers, generation, active_from });
+        Ok(Event::BeaconCommitted { validator: sender, layers, active_from })
     }
 
     fn unbond<S: KvStore + ?Sized>(

@@ -22,7 +22,7 @@ pub mod params;
 pub mod rounds;
 pub mod state;
 
-pub use block::{Built, InvalidBlock, Parent};
+pub use block::{Built, InvalidBlock, Parent, MAX_CLOCK_DRIFT_MS};
 pub use error::TxError;
 pub use exec::{total_holdings, validate_job_spec, BlockCtx, Chain, Event, Genesis, GenesisError, SlashReason};
 pub use kv::{state_root, KvStore, MemoryKv};

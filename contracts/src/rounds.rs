@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use trellis_proto::hash::draw;
+use trellis_proto::hash::{draw, weighted_index};
 use trellis_proto::{Address, Aggregate, Hash, JobSpec, Role, VerdictOutcome};
 use trellis_protocol::trail;
 
@@ -179,18 +179,8 @@ fn pick_checkers(
     let miner_word = u64::from_le_bytes(miner.0[..8].try_into().expect("8 bytes"));
     while picked.len() < count && !eligible.is_empty() {
         let total = eligible.iter().fold(0u64, |sum, v| sum.saturating_add(v.power));
-        let mut point = draw("checker", seed, &[miner_word, segment as u64, (exclude.len() + picked.len()) as u64]) % total;
-        let index = eligible
-            .iter()
-            .position(|v| {
-                if point < v.power {
-                    true
-                } else {
-                    point -= v.power;
-                    false
-                }
-            })
-            .expect("point is below the total power");
+        let point = draw("checker", seed, &[miner_word, segment as u64, (exclude.len() + picked.len()) as u64]) % total;
+        let index = weighted_index(point, eligible.iter().map(|v| v.power)).expect("point is below the total power");
         picked.push(eligible.remove(index).address);
     }
     picked

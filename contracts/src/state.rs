@@ -342,6 +342,23 @@ impl Supply {
     }
 }
 
+/// A validator's committed beacon onion (`trellis_protocol::beacon`): `held` is the layer it
+/// revealed last (the tip, right after committing); its next proposal must reveal the layer
+/// under it. Usable from `active_from` on, so nobody chooses a fresh onion after seeing the
+/// beacon it would mix into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BeaconOnion {
+    pub held: Hash,
+    /// Layers the onion was committed with.
+    pub layers: u32,
+    /// Layers not revealed yet; 0 = spent (the validator may commit a new onion).
+    pub remaining: u32,
+    /// How many onions this validator committed before this one (its node derives each seed).
+    pub generation: u32,
+    pub active_from: u64,
+}
+canonical_struct!(BeaconOnion { held, layers, remaining, generation, active_from });
+
 /// Keys of every record kind.
 pub mod keys {
     use super::*;
@@ -349,6 +366,9 @@ pub mod keys {
     pub const SUPPLY: &[u8] = b"meta/supply";
     pub const VALIDATORS: &[u8] = b"meta/validators";
     pub const NEXT_JOB: &[u8] = b"meta/next-job";
+    /// The beacon after the last block (absent before the first).
+    pub const BEACON: &[u8] = b"meta/beacon";
+    pub const ONION_PREFIX: &[u8] = b"onion/";
     pub const ACCOUNT_PREFIX: &[u8] = b"acct/";
     pub const STAKE_PREFIX: &[u8] = b"stake/";
     pub const JOB_PREFIX: &[u8] = b"job/";
@@ -364,6 +384,10 @@ pub mod keys {
 
     pub fn stake_prefix(role: Role) -> Vec<u8> {
         [STAKE_PREFIX, &[role_byte(role)], b"/"].concat()
+    }
+
+    pub fn onion(validator: &Address) -> Vec<u8> {
+        [ONION_PREFIX, &validator.0].concat()
     }
 
     pub fn job(id: JobId) -> Vec<u8> {

@@ -68,6 +68,8 @@ pub struct Shared {
     /// The outer updates this validator computed; when set, a block carrying an aggregate this
     /// node did not compute identically is not voted for.
     pub aggregates: Option<Arc<crate::roles::aggregate::AggregateBook>>,
+    /// This validator's beacon onions (what its proposals reveal); `None` on a full node.
+    pub beacon: Option<Arc<crate::beacon::BeaconKeeper>>,
 }
 
 /// The application state the engine drives.
@@ -239,7 +241,11 @@ impl ConsensusApp {
                 _ => true,
             })
             .collect();
-        let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), candidates) {
+        let reveal = match &self.shared.beacon {
+            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), height.0),
+            None => Hash::ZERO,
+        };
+        let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), reveal, candidates) {
             Ok(built) => built,
             Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
         };
@@ -378,6 +384,14 @@ impl ConsensusApp {
         if let Some(proposer) = proposer {
             if block.header.proposer != proposer.0 {
                 tracing::warn!(target: "node::consensus", block = %hash, "block header names another proposer");
+                return Validity::Invalid;
+            }
+        }
+        if recheck_aggregates {
+            // A live proposal (not a block a quorum decided already) may not run ahead of our
+            // clock: a proposer cannot push the chain's time forward to move time-based rules.
+            if let Err(error) = trellis_contracts::Chain::check_proposal_time(&block.header, now_ms()) {
+                tracing::warn!(target: "node::consensus", block = %hash, %error, "proposal from the future");
                 return Validity::Invalid;
             }
         }

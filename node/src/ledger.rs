@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use trellis_consensus::{Validator as ConsensusValidator, ValidatorSet as ConsensusValidatorSet};
 use trellis_contracts::kv::Changes;
-use trellis_contracts::state::{self, keys, Account};
+use trellis_contracts::state::{self, keys, Account, BeaconOnion};
 pub use trellis_contracts::InvalidBlock;
 use trellis_contracts::{Chain, Event, Genesis, KvStore, Parent};
 use trellis_proto::{Address, Block, Hash, Height, SignedTx};
@@ -105,6 +105,12 @@ impl Ledger {
         ConsensusValidatorSet::new(validators)
     }
 
+    /// The beacon onion the chain holds for `validator` (what its next proposal reveals under).
+    pub fn beacon_onion(&self, validator: &Address) -> Option<BeaconOnion> {
+        let view = self.store.pending_state();
+        self.chain.beacon_onion(&view, validator).unwrap_or_else(|e| crate::store::fatal(e))
+    }
+
     fn parent(&self) -> Result<Parent, InvalidBlock> {
         let head = self.head().map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         Ok(Parent { height: head.height.0, hash: head.hash, time_ms: head.time_ms })
@@ -112,9 +118,15 @@ impl Ledger {
 
     /// Builds the next block from `candidates` (in order), leaving out those that fail; returns
     /// them too, for the mempool to evict.
-    pub fn build_block(&self, proposer: Address, time_ms: u64, candidates: Vec<SignedTx>) -> Result<(Executed, Vec<SignedTx>), InvalidBlock> {
+    pub fn build_block(
+        &self,
+        proposer: Address,
+        time_ms: u64,
+        beacon_reveal: Hash,
+        candidates: Vec<SignedTx>,
+    ) -> Result<(Executed, Vec<SignedTx>), InvalidBlock> {
         let mut state = self.store.pending_state();
-        let built = self.chain.build_block(&mut state, &self.parent()?, proposer, time_ms, candidates)?;
+        let built = self.chain.build_block(&mut state, &self.parent()?, proposer, time_ms, beacon_reveal, candidates)?;
         for (tx, error) in &built.left_out {
             tracing::debug!(target: "node::ledger", tx = %tx.hash(), %error, "left out of block");
         }

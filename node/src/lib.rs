@@ -3,6 +3,7 @@
 //! ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and the local devnet launcher.
 
 pub mod attack;
+pub mod beacon;
 pub mod blobs;
 pub mod cli;
 pub mod client;

@@ -220,7 +220,11 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         metrics: metrics.clone(),
         gossip,
         aggregates: aggregates.clone(),
+        beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::beacon::BeaconKeeper::new(&key))),
     });
+    if let Some(keeper) = &shared.beacon {
+        tokio::spawn(crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()));
+    }
     let blobs = if duties {
         let store = BlobStore::open(&home.data().join("blobs"))?;
         let responder: Arc<dyn crate::exchange::Responder> = match behaviour {

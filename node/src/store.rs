@@ -302,6 +302,7 @@ mod tests {
             tx_root: Block::compute_tx_root(&txs),
             state_root: state_root(&state),
             proposer: proposer.address(),
+            beacon_reveal: Hash::ZERO,
         };
         (Block { header, txs }, state.into_changes())
     }

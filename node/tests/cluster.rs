@@ -122,7 +122,9 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     // A transfer submitted to node 0 is committed and visible on every node.
     let sender = Home::new(&cluster.info.nodes[0].home).load_key().unwrap();
     let recipient = trellis_proto::Keypair::from_seed([42; 32]).address();
-    let tx = Transaction { sender: sender.public_key(), nonce: 0, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(12_345) } }
+    // A validator's key has sent its beacon commitment already: take the nonce the node gives.
+    let nonce = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap()["pending_nonce"].as_u64().unwrap();
+    let tx = Transaction { sender: sender.public_key(), nonce, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(12_345) } }
         .sign("cluster-test", &sender);
     let submitted = cluster.call(0, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).expect("submit");
     let hash = submitted["hash"].as_str().unwrap().to_string();
@@ -143,6 +145,15 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
         let status = cluster.call(node, "tx_get", rpc_params![hash.clone()]).unwrap();
         assert_eq!(status["height"].as_u64(), Some(committed_at));
     }
+    // Validators committed beacon onions on their own, and their blocks reveal layers of them.
+    let head = cluster.call(0, "chain_getHead", rpc_params![]).unwrap()["height"].as_u64().unwrap();
+    let revealing = (1..=head)
+        .filter(|h| {
+            let block = cluster.call(0, "chain_getBlock", rpc_params![*h]).unwrap();
+            block["header"]["beacon_reveal"].as_str().is_some_and(|r| r.chars().any(|c| c != '0'))
+        })
+        .count();
+    assert!(revealing > 0, "none of {head} blocks carries a beacon reveal");
     // The same nonce again is refused with a reason.
     let replay = cluster.call(1, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).unwrap_err();
     assert!(replay.contains("nonce"), "{replay}");
@@ -267,7 +278,7 @@ fn an_unbonded_validator_leaves_the_set_at_the_epoch_boundary() {
     let bonded = account["validator_stake"]["bonded"].as_u64().unwrap();
     let tx = Transaction {
         sender: leaving.public_key(),
-        nonce: 0,
+        nonce: cluster.call(3, "state_getAccount", rpc_params![leaving.address().to_string()]).unwrap()["pending_nonce"].as_u64().unwrap(),
         fee: Amount(10),
         kind: TxKind::Unbond { role: trellis_proto::Role::Validator, amount: Amount(bonded) },
     }

@@ -31,6 +31,10 @@ pub struct BlockHeader {
     /// State root after executing this block.
     pub state_root: Hash,
     pub proposer: Address,
+    /// The proposer's next beacon onion layer (the preimage of the layer it revealed last), or
+    /// `Hash::ZERO` when it has no onion committed. Mixed into the chain's beacon; fixed in
+    /// advance, so no choice of the proposer changes it.
+    pub beacon_reveal: Hash,
 }
 
 impl Encode for BlockHeader {
@@ -42,6 +46,7 @@ impl Encode for BlockHeader {
         self.tx_root.encode_to(out);
         self.state_root.encode_to(out);
         self.proposer.encode_to(out);
+        self.beacon_reveal.encode_to(out);
     }
 }
 
@@ -55,6 +60,7 @@ impl Decode for BlockHeader {
             tx_root: Decode::decode_from(reader)?,
             state_root: Decode::decode_from(reader)?,
             proposer: Decode::decode_from(reader)?,
+            beacon_reveal: Decode::decode_from(reader)?,
         })
     }
 }

@@ -27,6 +27,8 @@ pub enum HashDomain {
     Randomness,
     Trail,
     WorkBinding,
+    BeaconOnion,
+    BeaconMix,
 }
 
 impl HashDomain {
@@ -45,6 +47,8 @@ impl HashDomain {
             HashDomain::Randomness => "trellis v1 randomness",
             HashDomain::Trail => "trellis v1 trail",
             HashDomain::WorkBinding => "trellis v1 work binding",
+            HashDomain::BeaconOnion => "trellis v1 beacon onion",
+            HashDomain::BeaconMix => "trellis v1 beacon mix",
         }
     }
 
@@ -118,6 +122,20 @@ pub fn draw(purpose: &str, seed: &[u8], counters: &[u64]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_bytes()[..8]);
     u64::from_le_bytes(first)
+}
+
+/// The index whose cumulative weight range holds `point` (weights in order, each owning
+/// `[sum before, sum before + weight)`); `None` when `point` is at or past the total. Drawing
+/// `point` uniformly below the total picks an index in proportion to its weight.
+pub fn weighted_index(mut point: u64, weights: impl IntoIterator<Item = u64>) -> Option<usize> {
+    weights.into_iter().position(|weight| {
+        if point < weight {
+            true
+        } else {
+            point -= weight;
+            false
+        }
+    })
 }
 
 /// Why a hex string is not a valid fixed-size value.

@@ -36,6 +36,9 @@ pub enum TxKind {
     CommitAggregate(Aggregate),
     CancelJob { job: JobId },
     ReportEquivocation(EquivocationEvidence),
+    /// A validator commits to a beacon onion: `tip` is the `layers`-th onion hash of a seed only
+    /// it knows; each block it proposes reveals the next layer down (`docs/adr/0004`).
+    CommitBeacon { tip: Hash, layers: u32 },
 }
 
 impl TxKind {
@@ -53,6 +56,7 @@ impl TxKind {
             TxKind::CommitAggregate(_) => "commit_aggregate",
             TxKind::CancelJob { .. } => "cancel_job",
             TxKind::ReportEquivocation(_) => "report_equivocation",
+            TxKind::CommitBeacon { .. } => "commit_beacon",
         }
     }
 }
@@ -108,6 +112,11 @@ impl Encode for TxKind {
                 out.push(11);
                 reveal.encode_to(out);
             }
+            TxKind::CommitBeacon { tip, layers } => {
+                out.push(12);
+                tip.encode_to(out);
+                layers.encode_to(out);
+            }
         }
     }
 }
@@ -126,6 +135,7 @@ impl Decode for TxKind {
             9 => TxKind::CancelJob { job: Decode::decode_from(reader)? },
             10 => TxKind::ReportEquivocation(Decode::decode_from(reader)?),
             11 => TxKind::RevealWork(Decode::decode_from(reader)?),
+            12 => TxKind::CommitBeacon { tip: Decode::decode_from(reader)?, layers: Decode::decode_from(reader)? },
             tag => return Err(DecodeError::UnknownTag { what: "transaction kind", tag }),
         })
     }

@@ -149,6 +149,7 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
         (arb_role(), arb_amount()).prop_map(|(role, amount)| TxKind::Unbond { role, amount }),
         (arb_job_spec(), arb_amount()).prop_map(|(spec, escrow)| TxKind::SubmitJob { spec, escrow }),
         any::<u64>().prop_map(|j| TxKind::JoinJob { job: JobId(j) }),
+        (arb_hash(), any::<u32>()).prop_map(|(tip, layers)| TxKind::CommitBeacon { tip, layers }),
         (any::<u64>(), any::<u32>(), arb_hash())
             .prop_map(|(j, round, binding)| TxKind::CommitWork(WorkCommitment { job: JobId(j), round, binding })),
         (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash()).prop_map(
@@ -185,8 +186,8 @@ fn arb_signed_tx() -> impl Strategy<Value = SignedTx> {
 }
 
 fn arb_block() -> impl Strategy<Value = Block> {
-    (vec(arb_signed_tx(), 0..6), any::<u64>(), any::<u64>(), arb_hash(), arb_hash(), arb_address()).prop_map(
-        |(txs, height, time_ms, parent, state_root, proposer)| Block {
+    (vec(arb_signed_tx(), 0..6), any::<u64>(), any::<u64>(), arb_hash(), arb_hash(), arb_address(), arb_hash()).prop_map(
+        |(txs, height, time_ms, parent, state_root, proposer, beacon_reveal)| Block {
             header: BlockHeader {
                 chain_id: common::CHAIN.into(),
                 height: Height(height),
@@ -195,6 +196,7 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 tx_root: Block::compute_tx_root(&txs),
                 state_root,
                 proposer,
+                beacon_reveal,
             },
             txs,
         },

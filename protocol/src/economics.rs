@@ -49,6 +49,16 @@ pub fn faking_advantage(stakes: &Stakes, segments: u64, faked: u64, sampled: u64
     saved - (1.0 - escape) * (stakes.reward + slash)
 }
 
+/// Probability that a faked round is caught when colluding validators hold a share `f` of the
+/// proposer draw and grind the beacon the only way left to them (ADR 0004): a colluding proposer
+/// of the sampling block sees the beacon its reveal makes and, if that sample catches the faker,
+/// does not propose, handing the block to the next proposer (colluding again with probability
+/// `f`). An honest proposer's beacon is taken whatever it draws. With `p` the catch probability
+/// of one draw: `P = Σₖ fᵏ(1−f)·pᵏ⁺¹ = p(1−f)/(1−f·p)`.
+pub fn catch_probability_under_grinding(catch: f64, colluding_share: f64) -> f64 {
+    catch * (1.0 - colluding_share) / (1.0 - colluding_share * catch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +81,41 @@ mod tests {
             assert!(faking_advantage(&stakes, 4, faked, 2) < 0.0, "faking {faked} of 4 loses");
             assert!(faking_advantage(&lenient, 4, faked, 2) > faking_advantage(&stakes, 4, faked, 2), "a cheap withhold helps the cheater");
         }
+    }
+
+    /// The closed form against a played grinding: 200,000 sampling blocks whose proposers and
+    /// draws come from the beacon mix itself, a coalition skipping every block whose draw
+    /// catches its faker.
+    #[test]
+    fn grinding_by_not_proposing_lowers_the_catch_rate_as_predicted() {
+        use trellis_proto::{Address, Hash};
+
+        use crate::beacon::mix;
+
+        let unit = |hash: Hash| u64::from_le_bytes(hash.0[..8].try_into().unwrap()) as f64 / u64::MAX as f64;
+        for (catch, share) in [(0.5, 0.0), (0.5, 0.25), (0.5, 0.33), (0.75, 0.33), (0.2, 0.1)] {
+            let trials = 200_000u64;
+            let mut caught = 0u64;
+            for trial in 0..trials {
+                let mut previous = Hash::digest(trellis_proto::HashDomain::BeaconMix, &trial.to_le_bytes());
+                for round in 0u8.. {
+                    let proposer = Address([round; 20]);
+                    let beacon = mix(&previous, trial, &proposer, &Hash([round; 32]));
+                    let colluding = unit(mix(&beacon, 0, &proposer, &Hash::ZERO)) < share;
+                    let catches = unit(beacon) < catch;
+                    if !(colluding && catches) {
+                        caught += u64::from(catches);
+                        break;
+                    }
+                    previous = beacon;
+                }
+            }
+            let measured = caught as f64 / trials as f64;
+            let predicted = catch_probability_under_grinding(catch, share);
+            let sd = (predicted * (1.0 - predicted) / trials as f64).sqrt();
+            assert!((measured - predicted).abs() < 5.0 * sd, "p {catch}, f {share}: measured {measured:.4}, predicted {predicted:.4}");
+        }
+        assert_eq!(catch_probability_under_grinding(0.5, 0.0), 0.5);
+        assert!((catch_probability_under_grinding(0.5, 1.0 / 3.0) - 0.4).abs() < 1e-12);
     }
 }

@@ -8,12 +8,15 @@
 //!   exactly or within the job's tolerance), what a canonical training state may hold, and whose
 //!   fault a failed check is ([`judge::Blame`]): the miner's (`Invalid`, `Unavailable`), the
 //!   job's (the job is voided) or the checker's own (an explicit abstain);
+//! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
+//!   and the validator's side of it ([`beacon::Onion`]);
 //! - [`economics`]: the odds of escaping a check when faking some segments, and what faking is
 //!   worth against working honestly.
 //!
 //! It does no I/O, reads no clock and draws no randomness; it depends on `trellis-proto` alone,
 //! so the simulator can drive it without building the trainer (ADR 0003).
 
+pub mod beacon;
 pub mod economics;
 pub mod judge;
 pub mod trail;

@@ -33,6 +33,9 @@ fn add(total: &mut RunStats, stats: &RunStats) {
     total.equivocations_sent += stats.equivocations_sent;
     total.invalid_proposals += stats.invalid_proposals;
     total.forged_aggregates += stats.forged_aggregates;
+    total.grind_variants += stats.grind_variants;
+    total.grind_moved_beacon += stats.grind_moved_beacon;
+    total.beacon_reveals += stats.beacon_reveals;
     total.evidence_reported += stats.evidence_reported;
     total.equivocators_slashed += stats.equivocators_slashed;
     total.poisoners_slashed += stats.poisoners_slashed;
@@ -68,6 +71,7 @@ fn safety_holds_on_every_seed_and_liveness_in_every_calm_phase() {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("{seeds} seeds in {elapsed:.1} s ({:.2} seeds/s); totals: {total:?}", seeds as f64 / elapsed);
 
+    assert_eq!(total.grind_moved_beacon, 0, "a proposer moved the beacon by changing its block: the sample seed is grindable");
     let unsafe_seeds: Vec<u64> = unsafe_runs.iter().map(|r| r.seed).collect();
     assert!(
         unsafe_runs.is_empty(),
@@ -92,6 +96,8 @@ fn safety_holds_on_every_seed_and_liveness_in_every_calm_phase() {
             ("Byzantine equivocations", total.equivocations_sent),
             ("invalid proposals", total.invalid_proposals),
             ("forged aggregates", total.forged_aggregates),
+            ("proposer grinding attempts", total.grind_variants),
+            ("blocks with a beacon reveal", total.beacon_reveals),
             ("equivocation reports", total.evidence_reported),
             ("equivocators slashed", total.equivocators_slashed),
             ("poisoners slashed", total.poisoners_slashed),
@@ -168,7 +174,12 @@ fn a_forged_aggregate_is_rejected_by_validators_and_flagged_if_decided() {
 
     let parent = chain.prefix(height - 1);
     assert!(parent.execute(&honest_block, None, true).is_ok(), "the committed block passes the honest check");
-    let forged = parent.build_block(honest_block.header.proposer, honest_block.header.time_ms, vec![forged_tx.clone()]);
+    let forged = parent.build_block(
+        honest_block.header.proposer,
+        honest_block.header.time_ms,
+        honest_block.header.beacon_reveal,
+        vec![forged_tx.clone()],
+    );
     assert!(forged.block.txs.contains(&forged_tx), "the contracts alone accept the forged aggregate");
     assert!(parent.execute(&forged.block, None, false).is_ok(), "without recomputing, the forged block executes");
     assert!(

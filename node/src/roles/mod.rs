@@ -215,19 +215,8 @@ impl RoleContext {
     /// Signs `kind` with the node key at the next free nonce, admits it to the mempool and
     /// forwards it to peers.
     pub fn submit(&self, kind: TxKind) -> anyhow::Result<Hash> {
-        let ledger = &self.shared.ledger;
-        let address = self.key.address();
         let fee = ROLE_TX_FEE + self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner()).fee_bump;
-        let name = kind.name();
-        let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-        let account = ledger.sender_account(&address);
-        let nonce = mempool.next_free_nonce(&address, account.next_nonce);
-        let signed = Transaction { sender: self.key.public_key(), nonce, fee: Amount(fee), kind }.sign(ledger.chain_id(), &self.key);
-        let hash = mempool.insert_verified(signed.clone(), account).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
-        drop(mempool);
-        let _ = self.shared.gossip.try_send(signed);
-        tracing::info!(target: "node::roles", tx = %hash, kind = name, nonce, "sent");
-        Ok(hash)
+        sign_and_admit(&self.shared, &self.key, kind, fee)
     }
 
     /// Unsticks our transaction queue when our nonce has not moved for a while (see
@@ -254,6 +243,23 @@ impl RoleContext {
             tracing::warn!(target: "node::roles", dropped, nonce = committed, "our transactions were not included; sending again");
         }
     }
+}
+
+/// Signs `kind` with `key` at its next free nonce (after its pending transactions), admits it to
+/// the node's mempool and forwards it to peers.
+pub fn sign_and_admit(shared: &Shared, key: &Keypair, kind: TxKind, fee: u64) -> anyhow::Result<Hash> {
+    let ledger = &shared.ledger;
+    let address = key.address();
+    let name = kind.name();
+    let mut mempool = shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+    let account = ledger.sender_account(&address);
+    let nonce = mempool.next_free_nonce(&address, account.next_nonce);
+    let signed = Transaction { sender: key.public_key(), nonce, fee: Amount(fee), kind }.sign(ledger.chain_id(), key);
+    let hash = mempool.insert_verified(signed.clone(), account).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
+    drop(mempool);
+    let _ = shared.gossip.try_send(signed);
+    tracing::info!(target: "node::roles", tx = %hash, kind = name, nonce, "sent");
+    Ok(hash)
 }
 
 /// Runs a validator's job duties (segment checks and aggregates) until the node stops.

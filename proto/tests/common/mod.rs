@@ -129,6 +129,7 @@ pub fn one_tx_of_each_kind() -> Vec<SignedTx> {
         TxKind::RevealWork(work_reveal()),
         TxKind::Verdict(Verdict { outcome: VerdictOutcome::Abstain, ..verdict_invalid() }),
         TxKind::Verdict(verdict_job_fault()),
+        TxKind::CommitBeacon { tip: hash(0xcd), layers: 1 << 20 },
     ];
     let signer = key(1);
     kinds
@@ -150,6 +151,7 @@ pub fn block() -> Block {
         tx_root: Block::compute_tx_root(&txs),
         state_root: hash(0xbb),
         proposer: key(5).address(),
+        beacon_reveal: hash(0xcc),
     };
     Block { header, txs }
 }

@@ -24,6 +24,12 @@ use trellis_proto::{
     Address, Aggregate, Block, Encode, Hash, HashDomain, JobId, Signature, SignedTx, Transaction, TxKind,
 };
 
+/// The beacon after an executed block (what its round sampling used).
+pub fn beacon_after(executed: &Executed) -> Option<Hash> {
+    let bytes = executed.changes.get(keys::BEACON)?.as_ref()?;
+    trellis_proto::codec::decode(bytes).ok()
+}
+
 /// Most transactions a simulated proposer puts in one block.
 pub const MAX_SIM_BLOCK_TXS: usize = 64;
 /// Most transactions one simulated mempool holds.
@@ -140,12 +146,17 @@ impl Ledger {
         Parent { height: self.height(), hash: self.head_hash(), time_ms: self.head_time() }
     }
 
+    /// The beacon onion the chain holds for `validator`.
+    pub fn beacon_onion(&self, validator: &Address) -> Option<state::BeaconOnion> {
+        self.chain.beacon_onion(&self.kv, validator).expect("the simulated state is never corrupt") // ok: written by contracts only
+    }
+
     /// Builds the next block from `candidates` in order, leaving out those that fail.
-    pub fn build_block(&self, proposer: Address, time_ms: u64, candidates: Vec<SignedTx>) -> Executed {
+    pub fn build_block(&self, proposer: Address, time_ms: u64, beacon_reveal: Hash, candidates: Vec<SignedTx>) -> Executed {
         let mut overlay = Overlay::new(&self.kv);
         let built = self
             .chain
-            .build_block(&mut overlay, &self.parent(), proposer, time_ms, candidates.into_iter().take(MAX_SIM_BLOCK_TXS))
+            .build_block(&mut overlay, &self.parent(), proposer, time_ms, beacon_reveal, candidates.into_iter().take(MAX_SIM_BLOCK_TXS))
             .expect("begin-block and end-block never fail on a sound state"); // ok: see `execute`
         Executed { block: Rc::new(built.block), changes: overlay.into_changes(), events: built.events, left_out: built.left_out }
     }

@@ -203,6 +203,9 @@ pub struct RunStats {
     pub equivocations_sent: u64,
     pub invalid_proposals: u64,
     pub forged_aggregates: u64,
+    pub grind_variants: u64,
+    pub grind_moved_beacon: u64,
+    pub beacon_reveals: u64,
     pub evidence_reported: u64,
     pub wal_replays: u64,
     pub replay_refusals: u64,
@@ -284,7 +287,7 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate); {} evidence reports, {} replay refusals",
+            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports, {} replay refusals; {} beacon reveals",
             s.poisoners_slashed,
             s.freeloaders_slashed,
             s.equivocators_slashed,
@@ -294,8 +297,11 @@ impl fmt::Display for SimReport {
             s.equivocations_sent,
             s.invalid_proposals,
             s.forged_aggregates,
+            s.grind_variants,
+            s.grind_moved_beacon,
             s.evidence_reported,
-            s.replay_refusals
+            s.replay_refusals,
+            s.beacon_reveals
         )?;
         write!(f, "  trace {}", self.trace_hex())
     }
@@ -788,6 +794,9 @@ impl Simulation {
             self.stats.equivocations_sent += node.stats.equivocations_sent;
             self.stats.invalid_proposals += node.stats.invalid_proposals;
             self.stats.forged_aggregates += node.stats.forged_aggregates;
+            self.stats.grind_variants += node.stats.grind_variants;
+            self.stats.grind_moved_beacon += node.stats.grind_moved_beacon;
+            self.stats.beacon_reveals += node.stats.beacon_reveals;
             self.stats.evidence_reported += node.stats.evidence_reported;
             self.stats.wal_replays += node.stats.wal_replays;
             self.stats.replay_refusals += node.stats.replay_refusals;

@@ -41,10 +41,12 @@ use trellis_consensus::{
     BlockHeight, BlockId, ConsensusVote, Proposal, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress, ValidatorSet,
 };
 use trellis_proto::{
-    Address, Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction, TxKind, Verdict, VerdictOutcome,
+    Address, Amount, Block, Encode, EquivocationEvidence, Hash, HashDomain, Keypair, SignedTx, Transaction, TxKind, Verdict,
+    VerdictOutcome,
 };
+use trellis_protocol::beacon::Onion;
 
-use super::chain::{expected_aggregate, Executed, Ledger, Mempool};
+use super::chain::{beacon_after, expected_aggregate, Executed, Ledger, Mempool};
 use super::network::{NodeId, Time};
 use super::rng::SimRng;
 use super::workload::{MinerBehaviour, FEE};
@@ -251,7 +253,18 @@ pub struct NodeStats {
     pub replay_refusals: u64,
     pub sync_decisions: u64,
     pub evidence_reported: u64,
+    /// Versions of its own block (other time, other transactions) a Byzantine proposer built
+    /// to grind the beacon, and how many of them moved it (the beacon admits no such choice).
+    pub grind_variants: u64,
+    pub grind_moved_beacon: u64,
+    /// Blocks built with a beacon reveal (an onion committed and active).
+    pub beacon_reveals: u64,
 }
+
+/// Onion layers a simulated validator commits (runs are far shorter).
+const SIM_ONION_LAYERS: u32 = 4096;
+/// Versions of its block a grinding proposer tries.
+const GRIND_VARIANTS: u64 = 4;
 
 /// The Byzantine validators' shared plan.
 #[derive(Debug, Default)]
@@ -349,11 +362,13 @@ pub struct Node {
     pub incarnation: u32,
     rng: SimRng,
     pub stats: NodeStats,
+    /// This validator's onions by generation (derived from its key, so a crash loses nothing).
+    onions: BTreeMap<u32, Rc<Onion>>,
 }
 
 impl Node {
     pub fn new(me: Identity, ledger: Ledger, rng: SimRng) -> Self {
-        Self { me, ledger, wal: Wal::default(), engine: None, incarnation: 0, rng, stats: NodeStats::default() }
+        Self { me, ledger, wal: Wal::default(), engine: None, incarnation: 0, rng, stats: NodeStats::default(), onions: BTreeMap::new() }
     }
 
     pub fn is_up(&self) -> bool {
@@ -454,6 +469,7 @@ impl Node {
             now,
             rng: &mut self.rng,
             stats: &mut self.stats,
+            onions: &mut self.onions,
         }
     }
 }
@@ -478,9 +494,30 @@ struct Running<'a> {
     now: Time,
     rng: &'a mut SimRng,
     stats: &'a mut NodeStats,
+    onions: &'a mut BTreeMap<u32, Rc<Onion>>,
 }
 
 impl Running<'_> {
+    /// Onion `generation` of this validator, seeded from its key.
+    fn onion(&mut self, generation: u32) -> Rc<Onion> {
+        let seed = Hash::digest(HashDomain::BeaconOnion, &[self.me.key.seed().as_slice(), &generation.to_le_bytes()].concat());
+        self.onions
+            .entry(generation)
+            .or_insert_with(|| Rc::new(Onion::new(seed, SIM_ONION_LAYERS).expect("a valid layer count"))) // ok: constant
+            .clone()
+    }
+
+    /// What this validator's next block reveals: its onion's next layer, once active.
+    fn beacon_reveal(&mut self) -> Hash {
+        let height = self.ledger.height() + 1;
+        match self.ledger.beacon_onion(&self.me.address.0) {
+            Some(held) if held.active_from <= height && held.remaining > 0 => {
+                self.onion(held.generation).reveal(held.remaining).unwrap_or(Hash::ZERO)
+            }
+            _ => Hash::ZERO,
+        }
+    }
+
     fn is_validator(&self) -> bool {
         self.e.validators.contains(&self.me.address)
     }
@@ -871,7 +908,12 @@ impl Running<'_> {
             return;
         }
         let candidates = self.e.mempool.candidates();
-        let executed = self.ledger.build_block(self.me.address.0, self.now, candidates);
+        let reveal = self.beacon_reveal();
+        let executed = self.ledger.build_block(self.me.address.0, self.now, reveal, candidates.clone());
+        self.stats.beacon_reveals += u64::from(reveal != Hash::ZERO);
+        if self.me.byzantine {
+            self.grind(reveal, &candidates, &executed);
+        }
         for (tx, error) in &executed.left_out {
             let at_its_nonce = tx.tx.nonce == self.ledger.next_nonce(&tx.tx.sender_address());
             if at_its_nonce && !matches!(error, trellis_contracts::TxError::BadNonce { .. }) {
@@ -891,12 +933,25 @@ impl Running<'_> {
         };
         if equivocate {
             // The second face: another block for the same height and round.
-            let twin = self.ledger.build_block(self.me.address.0, self.now + 1, Vec::new()).block;
+            let twin = self.ledger.build_block(self.me.address.0, self.now + 1, reveal, Vec::new()).block;
             self.me.coalition.borrow_mut().twin_of.insert(BlockId(block.hash()), twin);
         }
         let executed = (!invalid).then_some(executed);
         self.e.values.insert(BlockId(block.hash()), Value { block: block.clone(), validity: Validity::Valid, executed });
         self.propose_value(round, block);
+    }
+
+    /// A Byzantine proposer grinds: it builds other versions of its block (later times, fewer
+    /// transactions) looking for a beacon that samples in the coalition's favour. Counted: how
+    /// many versions moved the beacon (the protocol says none can).
+    fn grind(&mut self, reveal: Hash, candidates: &[SignedTx], proposed: &Executed) {
+        let beacon = beacon_after(proposed);
+        for variant in 1..=GRIND_VARIANTS {
+            let kept = candidates.len() * (GRIND_VARIANTS - variant) as usize / GRIND_VARIANTS as usize;
+            let other = self.ledger.build_block(self.me.address.0, self.now + variant * 7, reveal, candidates[..kept].to_vec());
+            self.stats.grind_variants += 1;
+            self.stats.grind_moved_beacon += u64::from(beacon_after(&other) != beacon);
+        }
     }
 
     /// A block the honest check rejects: a forged aggregate where a round awaits one (the
@@ -915,7 +970,8 @@ impl Running<'_> {
             .sign(self.me.ctx.chain_id(), &self.me.key);
             let mut candidates = vec![tx.clone()];
             candidates.extend(self.e.mempool.candidates().into_iter().filter(|t| t.tx.sender_address() != me));
-            let forged = self.ledger.build_block(me, self.now, candidates);
+            let reveal = self.beacon_reveal();
+            let forged = self.ledger.build_block(me, self.now, reveal, candidates);
             if forged.block.txs.contains(&tx) {
                 self.stats.forged_aggregates += 1;
                 return forged.block;
@@ -1226,6 +1282,18 @@ impl Running<'_> {
         while let Some(evidence) = self.e.pending_evidence.first().cloned() {
             let kind = TxKind::ReportEquivocation(evidence);
             self.e.pending_evidence.remove(0);
+            if applies(self.ledger, &kind) {
+                return Some(kind);
+            }
+        }
+        let spent_or_none = self.ledger.beacon_onion(&me).map(|held| (held.remaining == 0, held.generation));
+        let due = match spent_or_none {
+            None => Some(0),
+            Some((true, generation)) => Some(generation + 1),
+            Some((false, _)) => None,
+        };
+        if let Some(generation) = due {
+            let kind = TxKind::CommitBeacon { tip: self.onion(generation).tip(), layers: SIM_ONION_LAYERS };
             if applies(self.ledger, &kind) {
                 return Some(kind);
             }
