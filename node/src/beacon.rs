@@ -44,7 +44,7 @@ impl BeaconKeeper {
         Self { secret: key.seed(), built: Mutex::new(None) }
     }
 
-    /// Onion `generation` with `layers` layers (built on first use: ~0.3 s for 2^20 layers).
+    /// Onion `generation` with `layers` layers (built on first use: ≈ 0.2 s for 2^20 layers).
     fn onion(&self, generation: u32, layers: u32) -> Result<Arc<Onion>, OnionError> {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((held_generation, onion)) = built.as_ref() {

@@ -46,7 +46,12 @@ pub struct SenderAccount {
 pub fn is_duty(kind: &TxKind) -> bool {
     matches!(
         kind,
-        TxKind::Verdict(_) | TxKind::CommitAggregate(_) | TxKind::CommitWork(_) | TxKind::RevealWork(_) | TxKind::ReportEquivocation(_)
+        TxKind::Verdict(_)
+            | TxKind::CommitAggregate(_)
+            | TxKind::CommitWork(_)
+            | TxKind::RevealWork(_)
+            | TxKind::ReportEquivocation(_)
+            | TxKind::CommitBeacon { .. }
     )
 }
 
@@ -432,9 +437,14 @@ mod flood {
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 15, "other transactions stop at the reserve");
         assert!(matches!(results[15], Err(MempoolError::Full { .. })));
         let checker = Keypair::from_seed([4; 32]);
-        for nonce in 0..5 {
+        for nonce in 0..4 {
             pool.insert_verified(verdict(&checker, nonce), rich).unwrap();
         }
+        // A validator's beacon commitment is a duty too: a flood cannot keep it out.
+        let validator = Keypair::from_seed([5; 32]);
+        let kind = TxKind::CommitBeacon { tip: Hash([1; 32]), layers: 16 };
+        let commitment = Transaction { sender: validator.public_key(), nonce: 0, fee: Amount(1), kind }.sign(CHAIN, &validator);
+        pool.insert_verified(commitment, rich).unwrap();
         assert_eq!(pool.len(), 20);
     }
 }

@@ -16,7 +16,7 @@ use trellis_proto::{Address, Hash, HashDomain};
 
 /// Most layers one onion may have (2^24: ~16.8 million proposals).
 pub const MAX_LAYERS: u32 = 1 << 24;
-/// Layers a node commits by default (2^20 proposals; about 0.3 s to build on one core).
+/// Layers a node commits by default (2^20 proposals; about 0.2 s to build on one core).
 pub const DEFAULT_LAYERS: u32 = 1 << 20;
 /// One checkpoint kept per this many layers.
 pub const CHECKPOINT_EVERY: u32 = 1024;
