@@ -140,6 +140,43 @@ fn transfers(chain: &str, senders: &[Keypair], per_sender: u64, first_nonce: u64
     txs
 }
 
+/// Gossips failing transactions (senders with no funds, fee `u64::MAX`) to every node until
+/// `running` turns false; returns how many were sent and how many the nodes admitted.
+fn spawn_flood(chain: &str, urls: Vec<String>, running: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    let to = Keypair::from_seed([0xEF; 32]).address();
+    let batches: Vec<Vec<String>> = (0..40u64)
+        .map(|i| {
+            let mut seed = [0xF1u8; 32];
+            seed[..8].copy_from_slice(&i.to_le_bytes());
+            let key = Keypair::from_seed(seed);
+            (0..256)
+                .map(|nonce| {
+                    let kind = TxKind::Transfer { to, amount: Amount(1) };
+                    hex::encode(Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }.sign(chain, &key).to_bytes())
+                })
+                .collect()
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let clients: Vec<HttpClient> = urls.iter().map(|u| client(u)).collect();
+            let (mut sent, mut admitted) = (0u64, 0u64);
+            'flood: loop {
+                for (i, batch) in batches.iter().enumerate() {
+                    if !running.load(std::sync::atomic::Ordering::SeqCst) {
+                        break 'flood;
+                    }
+                    let answer: Result<Value, _> = clients[i % clients.len()].request("mempool_gossip", rpc_params![batch.clone()]).await;
+                    sent += batch.len() as u64;
+                    admitted += answer.ok().and_then(|a| a["admitted"].as_u64()).unwrap_or(0);
+                }
+            }
+            (sent, admitted)
+        })
+    })
+}
+
 /// Submits `txs` in batches, round-robin over the nodes, at most `rate` per second (0: as
 /// fast as possible); returns each transaction's submission time.
 async fn submit(clients: &[HttpClient], txs: &[trellis_proto::SignedTx], rate: f64) -> HashMap<Hash, Instant> {
@@ -229,6 +266,22 @@ fn main() {
     rt.block_on(wait_all(&committed, &sent, Duration::from_secs(120)));
     let lat = latencies(&committed.lock().unwrap(), &sent);
     println!("steady {rate} tx/s ({} tx): latency p50 {:.3} s, p99 {:.3} s", steady.len(), percentile(&lat, 0.5), percentile(&lat, 0.99));
+
+    // The same steady load while a flood of transactions that cannot pay (40 empty accounts ×
+    // 256 nonces at the highest fee) is gossiped to every node as fast as they answer.
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = spawn_flood(chain, net.rpc.clone(), flooding.clone());
+    let steady = transfers(chain, &senders[20..40], 40, per_sender);
+    let sent = rt.block_on(submit(&clients, &steady, rate));
+    rt.block_on(wait_all(&committed, &sent, Duration::from_secs(120)));
+    flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (flood_sent, flood_admitted) = flood.join().unwrap();
+    let lat = latencies(&committed.lock().unwrap(), &sent);
+    println!(
+        "steady {rate} tx/s under a flood ({flood_sent} failing high-fee transactions gossiped, {flood_admitted} admitted): latency p50 {:.3} s, p99 {:.3} s",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     watcher.join().unwrap();
     drop(net);
