@@ -80,7 +80,7 @@ impl Chain {
         let corrupt = |e: crate::state::CorruptState| InvalidBlock::Execution(e.to_string());
         let wrong = InvalidBlock::WrongBeaconReveal { proposer, got: reveal };
         match read::<BeaconOnion>(state, &keys::onion(&proposer)).map_err(corrupt)? {
-            Some(mut onion) if onion.active_from <= height && onion.remaining > 0 => {
+            Some(mut onion) if onion.active_at(height) => {
                 if beacon::step(&reveal) != onion.held {
                     return Err(wrong);
                 }

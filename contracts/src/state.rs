@@ -359,6 +359,23 @@ pub struct BeaconOnion {
 }
 canonical_struct!(BeaconOnion { held, layers, remaining, generation, active_from });
 
+impl BeaconOnion {
+    /// Whether a block at `height` by this onion's owner must reveal its next layer.
+    pub fn active_at(&self, height: u64) -> bool {
+        self.active_from <= height && self.remaining > 0
+    }
+
+    /// The generation of the onion a validator holding `held` should commit next: the first
+    /// when it holds none, the next when its onion is spent, none while it has layers left.
+    pub fn due_generation(held: Option<&BeaconOnion>) -> Option<u32> {
+        match held {
+            None => Some(0),
+            Some(onion) if onion.remaining == 0 => onion.generation.checked_add(1),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Keys of every record kind.
 pub mod keys {
     use super::*;

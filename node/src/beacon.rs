@@ -9,23 +9,13 @@
 use std::sync::{Arc, Mutex};
 
 use trellis_contracts::state::BeaconOnion;
-use trellis_proto::{Hash, HashDomain, Keypair, TxKind};
+use trellis_proto::{Hash, Keypair, TxKind};
 use trellis_protocol::beacon::{self, Onion, OnionError, DEFAULT_LAYERS};
 
 use crate::consensus_app::{NodeEvent, Shared};
 
 /// Blocks a sent commitment may stay unconfirmed before it is sent again.
 const RESEND_AFTER_BLOCKS: u64 = 20;
-
-/// The seed of onion `generation` of the validator with secret key `secret`.
-fn onion_seed(secret: &[u8; 32], generation: u32) -> Hash {
-    // 41 bytes, never 32 like an onion layer: a seed is never another onion's layer.
-    let mut input = Vec::with_capacity(41);
-    input.extend_from_slice(b"seed\0");
-    input.extend_from_slice(secret);
-    input.extend_from_slice(&generation.to_le_bytes());
-    Hash::digest(HashDomain::BeaconOnion, &input)
-}
 
 /// A validator's onions: builds the one the chain holds, once, and answers its reveals.
 pub struct BeaconKeeper {
@@ -52,7 +42,7 @@ impl BeaconKeeper {
                 return Ok(onion.clone());
             }
         }
-        let onion = Arc::new(Onion::new(onion_seed(&self.secret, generation), layers)?);
+        let onion = Arc::new(Onion::new(beacon::onion_seed(&self.secret, generation), layers)?);
         *built = Some((generation, onion.clone()));
         Ok(onion)
     }
@@ -62,7 +52,7 @@ impl BeaconKeeper {
     /// that is not ours (another node with our key committed it) cannot be revealed: we log it
     /// and reveal `Hash::ZERO`, which other validators refuse, rather than propose garbage.
     pub fn reveal(&self, held: Option<&BeaconOnion>, height: u64) -> Hash {
-        let Some(held) = held.filter(|o| o.active_from <= height && o.remaining > 0) else {
+        let Some(held) = held.filter(|o| o.active_at(height)) else {
             return Hash::ZERO;
         };
         let next = self.onion(held.generation, held.layers).ok().and_then(|onion| onion.reveal(held.remaining));
@@ -80,11 +70,7 @@ impl BeaconKeeper {
 
     /// The commitment to send when the chain holds no onion for us or ours is spent.
     pub fn commitment_due(&self, held: Option<&BeaconOnion>) -> Option<TxKind> {
-        let generation = match held {
-            Some(onion) if onion.remaining > 0 => return None,
-            Some(onion) => onion.generation.checked_add(1)?,
-            None => 0,
-        };
+        let generation = BeaconOnion::due_generation(held)?;
         let onion = self.onion(generation, DEFAULT_LAYERS).ok()?;
         Some(TxKind::CommitBeacon { tip: onion.tip(), layers: DEFAULT_LAYERS })
     }

@@ -26,6 +26,17 @@ pub fn step(layer: &Hash) -> Hash {
     Hash::digest(HashDomain::BeaconOnion, &layer.0)
 }
 
+/// The seed of onion `generation` of the validator whose secret key is `secret`: nodes derive
+/// their onions from their key, so a restart needs nothing stored. 41 bytes are hashed, never 32
+/// like an onion layer, so a seed is never another onion's layer.
+pub fn onion_seed(secret: &[u8; 32], generation: u32) -> Hash {
+    let mut input = Vec::with_capacity(41);
+    input.extend_from_slice(b"seed\0");
+    input.extend_from_slice(secret);
+    input.extend_from_slice(&generation.to_le_bytes());
+    Hash::digest(HashDomain::BeaconOnion, &input)
+}
+
 /// The beacon after block `height`, proposed by `proposer` with `reveal`.
 pub fn mix(previous: &Hash, height: u64, proposer: &Address, reveal: &Hash) -> Hash {
     let mut hasher = HashDomain::BeaconMix.hasher();

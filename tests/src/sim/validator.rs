@@ -41,10 +41,10 @@ use trellis_consensus::{
     BlockHeight, BlockId, ConsensusVote, Proposal, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress, ValidatorSet,
 };
 use trellis_proto::{
-    Address, Amount, Block, Encode, EquivocationEvidence, Hash, HashDomain, Keypair, SignedTx, Transaction, TxKind, Verdict,
-    VerdictOutcome,
+    Address, Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction, TxKind, Verdict, VerdictOutcome,
 };
-use trellis_protocol::beacon::Onion;
+use trellis_contracts::state::BeaconOnion;
+use trellis_protocol::beacon::{self, Onion};
 
 use super::chain::{beacon_after, expected_aggregate, Executed, Ledger, Mempool};
 use super::network::{NodeId, Time};
@@ -500,7 +500,7 @@ struct Running<'a> {
 impl Running<'_> {
     /// Onion `generation` of this validator, seeded from its key.
     fn onion(&mut self, generation: u32) -> Rc<Onion> {
-        let seed = Hash::digest(HashDomain::BeaconOnion, &[self.me.key.seed().as_slice(), &generation.to_le_bytes()].concat());
+        let seed = beacon::onion_seed(&self.me.key.seed(), generation);
         self.onions
             .entry(generation)
             .or_insert_with(|| Rc::new(Onion::new(seed, SIM_ONION_LAYERS).expect("a valid layer count"))) // ok: constant
@@ -511,7 +511,7 @@ impl Running<'_> {
     fn beacon_reveal(&mut self) -> Hash {
         let height = self.ledger.height() + 1;
         match self.ledger.beacon_onion(&self.me.address.0) {
-            Some(held) if held.active_from <= height && held.remaining > 0 => {
+            Some(held) if held.active_at(height) => {
                 self.onion(held.generation).reveal(held.remaining).unwrap_or(Hash::ZERO)
             }
             _ => Hash::ZERO,
@@ -1286,12 +1286,7 @@ impl Running<'_> {
                 return Some(kind);
             }
         }
-        let spent_or_none = self.ledger.beacon_onion(&me).map(|held| (held.remaining == 0, held.generation));
-        let due = match spent_or_none {
-            None => Some(0),
-            Some((true, generation)) => Some(generation + 1),
-            Some((false, _)) => None,
-        };
+        let due = BeaconOnion::due_generation(self.ledger.beacon_onion(&me).as_ref());
         if let Some(generation) = due {
             let kind = TxKind::CommitBeacon { tip: self.onion(generation).tip(), layers: SIM_ONION_LAYERS };
             if applies(self.ledger, &kind) {
