@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::rpc_params;
 use serde_json::Value;
-use trellis_trainer::data::{validation_windows, Dataset};
+use trellis_trainer::data::{validation_windows, Dataset, REPOSITORY_TEXT};
 use trellis_trainer::worker::evaluate;
 
 use crate::blobs::BlobStore;
@@ -68,12 +68,10 @@ fn default_dataset() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Copies `docs/` and every crate's `src/` of the checkout at `repo` into `into`.
+/// Copies the checkout's own text ([`REPOSITORY_TEXT`]: `docs/` and every crate's `src/`) at
+/// `repo` into `into`.
 fn snapshot_sources(repo: &Path, into: &Path) -> anyhow::Result<()> {
-    let mut sources = vec![repo.join("docs")];
-    for crate_dir in ["proto", "contracts", "consensus", "trainer", "verifier", "node"] {
-        sources.push(repo.join(crate_dir).join("src"));
-    }
+    let sources: Vec<PathBuf> = REPOSITORY_TEXT.iter().map(|part| repo.join(part)).collect();
     for source in sources.iter().filter(|s| s.is_dir()) {
         let name = source.strip_prefix(repo).unwrap_or(source).to_string_lossy().replace('/', "-");
         copy_tree(source, &into.join(name))?;

@@ -11,6 +11,9 @@
 //! Every run is bounded in time and its processes are killed by pid if it overstays.
 
 #[cfg(feature = "adversary")]
+mod corpus;
+
+#[cfg(feature = "adversary")]
 mod with_adversaries {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
@@ -38,8 +41,8 @@ mod with_adversaries {
     /// differently (`node/src/consensus_app.rs`).
     const REFUSED_AGGREGATE: &str = "block carries an aggregate this node computes differently";
 
-    fn shakespeare() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt")
+    fn corpus() -> PathBuf {
+        super::corpus::path()
     }
 
     /// Kills every node the devnet at `home` started, by the pids it recorded.
@@ -72,7 +75,7 @@ mod with_adversaries {
             .args(["--model", model, "--inner-steps", &inner_steps.to_string()])
             .args(["--block-time-ms", "250", "--base-port", &base_port.to_string()])
             .arg("--dataset")
-            .arg(shakespeare());
+            .arg(corpus());
         if let Some(kind) = adversary {
             command.args(["--adversary", &format!("{kind}=1")]);
         }

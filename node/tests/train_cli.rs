@@ -8,8 +8,10 @@ fn trellis(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trellis")).args(args).env_remove("LD_LIBRARY_PATH").output().unwrap()
 }
 
-fn shakespeare() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt").display().to_string()
+mod corpus;
+
+fn corpus_text() -> String {
+    corpus::path().display().to_string()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -28,7 +30,7 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     let dir = temp_dir("run");
     let out = dir.join("m.safetensors");
     let trail = dir.join("trail");
-    let data = shakespeare();
+    let data = corpus_text();
     let output = trellis(&[
         "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "6", "--rounds", "2",
         "--batch-size", "4", "--checkpoint-interval", "3", "--baseline", "ddp", "--json",
@@ -61,7 +63,7 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     let dir = temp_dir("warm");
     let run_with = |start: &[&str], name: &str| -> serde_json::Value {
         let out = dir.join(name);
-        let data = shakespeare();
+        let data = corpus_text();
         let mut args = vec![
             "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "3", "--rounds", "1",
             "--batch-size", "4", "--baseline", "ddp", "--json", "--out", out.to_str().unwrap(),
@@ -89,13 +91,13 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     assert_eq!(initial(&resumed, "ddp"), initial(&resumed, "diloco"));
     assert!(resumed["init"].as_str().unwrap().ends_with("warm.safetensors"));
     let mismatched = trellis(&[
-        "train", "--data", &shakespeare(), "--model", "micro", "--init", saved.to_str().unwrap(), "--out",
+        "train", "--data", &corpus_text(), "--model", "micro", "--init", saved.to_str().unwrap(), "--out",
         dir.join("x.safetensors").to_str().unwrap(),
     ]);
     assert!(!mismatched.status.success());
     assert!(stderr(&mismatched).contains("another shape than --model micro"), "{}", stderr(&mismatched));
     let both = trellis(&[
-        "train", "--data", &shakespeare(), "--init", saved.to_str().unwrap(), "--warm-start-steps", "3", "--out",
+        "train", "--data", &corpus_text(), "--init", saved.to_str().unwrap(), "--warm-start-steps", "3", "--out",
         dir.join("x.safetensors").to_str().unwrap(),
     ]);
     assert!(!both.status.success());
@@ -110,7 +112,7 @@ fn bad_inputs_get_clear_errors() {
     std::fs::write(&empty, b"").unwrap();
     let tiny = dir.join("tiny.txt");
     std::fs::write(&tiny, b"too short").unwrap();
-    let data = shakespeare();
+    let data = corpus_text();
     let out = dir.join("m.safetensors");
     let out = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -141,7 +143,7 @@ fn bad_inputs_get_clear_errors() {
 fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
     let dir = temp_dir("verify");
     let trail = dir.join("trail");
-    let data = shakespeare();
+    let data = corpus_text();
     let output = trellis(&[
         "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "4", "--rounds", "1",
         "--batch-size", "2", "--checkpoint-interval", "2", "--threads", "1", "--json",
@@ -173,7 +175,7 @@ fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
 #[test]
 fn attacks_run_and_defences_exclude_the_attacker() {
     let dir = temp_dir("attack");
-    let data = shakespeare();
+    let data = corpus_text();
     let run = |extra: &[&str]| -> serde_json::Value {
         let out = dir.join("m.safetensors");
         let trail = dir.join("trail");

@@ -28,6 +28,11 @@ use trellis_trainer::data::{validation_windows, Dataset};
 const BIN: &str = env!("CARGO_BIN_EXE_trellis");
 const ROUNDS: u64 = 3;
 
+/// This test alone still trains on `../shared/data/tinyshakespeare.txt`: on the repository's own
+/// text its int8 job exposes a false positive of the int8 residual bound (an honest miner's
+/// carried residual exceeded two steps of its next Δ after that Δ's scale fell more than
+/// fourfold between rounds), which issue 18's note records for a fix (bound the residual by the
+/// miner's previous Δ instead). Until then the corpus it was written against keeps it meaningful.
 fn shakespeare() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt")
 }

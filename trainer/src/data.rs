@@ -120,6 +120,21 @@ impl Dataset {
     }
 }
 
+/// A Trellis checkout's own text, relative to its root: its docs and the sources of its crates,
+/// in this order. The devnet's demo job trains on it when no dataset is given, and the tests use
+/// it, since a fresh clone holds nothing else to train on.
+pub const REPOSITORY_TEXT: [&str; 7] = ["docs", "proto/src", "contracts/src", "consensus/src", "trainer/src", "verifier/src", "node/src"];
+
+/// The bytes of [`REPOSITORY_TEXT`] under the checkout at `repo`, each part read as
+/// [`Dataset::load`] reads a path.
+pub fn repository_text(repo: &Path) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    for part in REPOSITORY_TEXT {
+        out.extend(read_text_source(&repo.join(part))?);
+    }
+    Ok(out)
+}
+
 fn read_text_source(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io { path: path.to_path_buf(), source };
     if !path.exists() {

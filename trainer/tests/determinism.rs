@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 
 use tch::Device;
-use trellis_trainer::data::{BatchSchedule, Dataset};
+use trellis_trainer::data::{repository_text, BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_trainer::worker::{checkpoint_path, resume_from, InnerLoop, Trail};
 
-fn shakespeare() -> Dataset {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
-    Dataset::load(&path).unwrap_or_else(|e| panic!("the test corpus is required: {e}"))
+/// The repository's own docs and sources: real text that every clone holds.
+fn corpus() -> Dataset {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
+    Dataset::from_bytes(text, DEFAULT_SHARD_BYTES)
 }
 
 fn adamw(total_steps: u64) -> AdamWConfig {
@@ -33,7 +35,7 @@ fn run(dataset: &Dataset, steps: u64, dir: Option<&std::path::Path>) -> Trail {
 
 #[test]
 fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
-    let dataset = shakespeare();
+    let dataset = corpus();
     let dir = std::env::temp_dir().join(format!("trellis-determinism-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -69,8 +71,8 @@ fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
 }
 
 #[test]
-fn loss_falls_on_shakespeare_within_a_few_dozen_steps() {
-    let dataset = shakespeare();
+fn loss_falls_on_real_text_within_a_few_dozen_steps() {
+    let dataset = corpus();
     let trail = run(&dataset, 40, None);
     let head: f32 = trail.losses[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = trail.losses[35..].iter().sum::<f32>() / 5.0;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tch::Device;
 use trellis_proto::{Hash, InvalidReason, VerdictOutcome};
 use trellis_trainer::checkpoint::{self, checkpoint_hash};
-use trellis_trainer::data::{BatchSchedule, Dataset};
+use trellis_trainer::data::{repository_text, BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_trainer::worker::{InnerLoop, Trail, TrailEntry};
@@ -24,9 +24,11 @@ impl BlobSource for MemorySource {
     }
 }
 
+/// The repository's own docs and sources: real text that every clone holds.
 pub fn dataset() -> Dataset {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
-    Dataset::load(&path).unwrap_or_else(|e| panic!("the test corpus is required: {e}"))
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
+    Dataset::from_bytes(text, DEFAULT_SHARD_BYTES)
 }
 
 pub fn adamw() -> AdamWConfig {
