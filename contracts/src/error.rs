@@ -77,7 +77,7 @@ pub enum TxError {
     EvidenceAlreadyUsed,
     #[error("{0} has no validator bond")]
     UnknownValidator(Address),
-    #[error("a beacon onion has 1 to {max} layers, not {got}", max = trellis_protocol::beacon::MAX_LAYERS)]
+    #[error("a beacon onion has {min} to {max} layers, not {got}", min = trellis_protocol::beacon::MIN_LAYERS, max = trellis_protocol::beacon::MAX_LAYERS)]
     OnionLayers { got: u32 },
     #[error("the committed beacon onion still has {remaining} layers to reveal; a new one may be committed once it is spent")]
     OnionNotSpent { remaining: u32 },

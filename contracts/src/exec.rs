@@ -372,7 +372,7 @@ impl Chain {
         layers: u32,
         ctx: &BlockCtx,
     ) -> Result<Event, TxError> {
-        if layers == 0 || layers > trellis_protocol::beacon::MAX_LAYERS {
+        if !(trellis_protocol::beacon::MIN_LAYERS..=trellis_protocol::beacon::MAX_LAYERS).contains(&layers) {
             return Err(TxError::OnionLayers { got: layers });
         }
         let bonded = read::<Stake>(kv, &keys::stake(Role::Validator, &sender))?.is_some_and(|stake| stake.bonded > 0);

@@ -17,7 +17,7 @@ use trellis_proto::*;
 use trellis_protocol::beacon::{self, Onion};
 
 fn onion_of(_world: &World, index: usize) -> Onion {
-    Onion::new(Hash([index as u8 + 40; 32]), 64).unwrap()
+    Onion::new(Hash([index as u8 + 40; 32]), beacon::MIN_LAYERS).unwrap()
 }
 
 /// Every validator commits an onion at height 0 (active from height 2).
@@ -26,7 +26,7 @@ fn world_with_onions() -> World {
     for i in 0..world.validators.len() {
         let tip = onion_of(&world, i).tip();
         let validator = Keypair::from_seed(world.validators[i].seed());
-        world.send(&validator, TxKind::CommitBeacon { tip, layers: 64 }).unwrap();
+        world.send(&validator, TxKind::CommitBeacon { tip, layers: beacon::MIN_LAYERS }).unwrap();
     }
     world
 }
@@ -101,24 +101,24 @@ fn a_reveal_must_be_the_next_onion_layer_and_is_used_once() {
         world.chain.build_block(state, parent, proposer, parent.time_ms + 1, reveal, Vec::new())
     };
 
-    for wrong in [Hash::ZERO, onion.tip(), onion.reveal(63).unwrap(), Hash([1; 32])] {
+    for wrong in [Hash::ZERO, onion.tip(), onion.reveal(beacon::MIN_LAYERS - 1).unwrap(), Hash([1; 32])] {
         let refused = build(&mut Overlay::new(&world.kv), &parent, wrong);
         assert!(matches!(refused, Err(InvalidBlock::WrongBeaconReveal { .. })), "{wrong:?}: {refused:?}");
     }
 
     let mut state = Overlay::new(&world.kv);
-    let first = build(&mut state, &parent, onion.reveal(64).unwrap()).unwrap();
+    let first = build(&mut state, &parent, onion.reveal(beacon::MIN_LAYERS).unwrap()).unwrap();
     let held: BeaconOnion = world.chain.beacon_onion(&state, &proposer).unwrap().unwrap();
-    assert_eq!((held.held, held.remaining), (onion.reveal(64).unwrap(), 63));
+    assert_eq!((held.held, held.remaining), (onion.reveal(beacon::MIN_LAYERS).unwrap(), beacon::MIN_LAYERS - 1));
     let changes = state.into_changes();
     apply_changes(&mut world.kv, changes);
 
     // Checking a block runs the same rule: a replayed reveal is refused, the next layer passes.
     let after = Parent { height: parent.height + 1, hash: first.block.hash(), time_ms: parent.time_ms + 1 };
-    let replayed = build(&mut Overlay::new(&world.kv), &after, onion.reveal(64).unwrap());
+    let replayed = build(&mut Overlay::new(&world.kv), &after, onion.reveal(beacon::MIN_LAYERS).unwrap());
     assert!(matches!(replayed, Err(InvalidBlock::WrongBeaconReveal { .. })));
     let mut checker = Overlay::new(&world.kv);
-    let next = build(&mut Overlay::new(&world.kv), &after, onion.reveal(63).unwrap()).unwrap();
+    let next = build(&mut Overlay::new(&world.kv), &after, onion.reveal(beacon::MIN_LAYERS - 1).unwrap()).unwrap();
     world.chain.execute_block(&mut checker, &after, &next.block).unwrap();
     let mut forged = next.block.clone();
     forged.header.beacon_reveal = Hash([9; 32]);
@@ -133,20 +133,26 @@ fn a_reveal_must_be_the_next_onion_layer_and_is_used_once() {
 }
 
 #[test]
-fn onions_are_committed_by_bonded_validators_once_the_last_is_spent_and_count_two_blocks_later() {
+fn onions_are_long_committed_by_bonded_validators_once_the_last_is_spent_and_count_two_blocks_later() {
     let mut world = World::new(2, 1, params());
     let validator = Keypair::from_seed(world.validators[0].seed());
     let miner = Keypair::from_seed(world.miners[0].seed());
-    let tip = Onion::new(Hash([5; 32]), 2).unwrap().tip();
+    let layers = beacon::MIN_LAYERS;
+    let onion = Onion::new(Hash([5; 32]), layers).unwrap();
+    let tip = onion.tip();
 
-    assert_eq!(world.send(&miner, TxKind::CommitBeacon { tip, layers: 2 }), Err(TxError::UnknownValidator(miner.address())));
+    assert_eq!(world.send(&miner, TxKind::CommitBeacon { tip, layers }), Err(TxError::UnknownValidator(miner.address())));
     assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: 0 }), Err(TxError::OnionLayers { got: 0 }));
+    // Short onions would let a validator swap onions often, each time choosing a seed after
+    // seeing the beacon: the chain refuses them.
+    let short = layers - 1;
+    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: short }), Err(TxError::OnionLayers { got: short }));
     let too_many = beacon::MAX_LAYERS + 1;
     assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: too_many }), Err(TxError::OnionLayers { got: too_many }));
     world.advance_to(5);
-    world.send(&validator, TxKind::CommitBeacon { tip, layers: 2 }).unwrap();
-    let other = Onion::new(Hash([6; 32]), 2).unwrap().tip();
-    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip: other, layers: 2 }), Err(TxError::OnionNotSpent { remaining: 2 }));
+    world.send(&validator, TxKind::CommitBeacon { tip, layers }).unwrap();
+    let other = Onion::new(Hash([6; 32]), layers).unwrap().tip();
+    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip: other, layers }), Err(TxError::OnionNotSpent { remaining: layers }));
     let held: BeaconOnion = read(&world.kv, &keys::onion(&validator.address())).unwrap().unwrap();
     assert_eq!((held.active_from, held.generation), (7, 0));
 
@@ -158,9 +164,9 @@ fn onions_are_committed_by_bonded_validators_once_the_last_is_spent_and_count_tw
     let changes = state.into_changes();
     apply_changes(&mut world.kv, changes);
     let mut parent = Parent { height: 6, hash: six.block.hash(), time_ms: parent.time_ms };
-    // Heights 7 and 8 peel both layers; the onion is spent and a new one may be committed.
-    for remaining in [2, 1] {
-        let reveal = Onion::new(Hash([5; 32]), 2).unwrap().reveal(remaining).unwrap();
+    // From height 7 on every block peels a layer; once all are, a new onion may be committed.
+    for remaining in (1..=layers).rev() {
+        let reveal = onion.reveal(remaining).unwrap();
         let mut state = Overlay::new(&world.kv);
         let built = world.chain.build_block(&mut state, &parent, proposer, parent.time_ms, reveal, Vec::new()).unwrap();
         let changes = state.into_changes();
@@ -171,7 +177,7 @@ fn onions_are_committed_by_bonded_validators_once_the_last_is_spent_and_count_tw
     assert_eq!(spent.remaining, 0);
     world.height = parent.height;
     world.next_block();
-    world.send(&validator, TxKind::CommitBeacon { tip: other, layers: 2 }).unwrap();
+    world.send(&validator, TxKind::CommitBeacon { tip: other, layers }).unwrap();
     let renewed: BeaconOnion = read(&world.kv, &keys::onion(&proposer)).unwrap().unwrap();
-    assert_eq!((renewed.generation, renewed.remaining, renewed.held), (1, 2, other));
+    assert_eq!((renewed.generation, renewed.remaining, renewed.held), (1, layers, other));
 }

@@ -16,6 +16,11 @@ use trellis_proto::{Address, Hash, HashDomain};
 
 /// Most layers one onion may have (2^24: ~16.8 million proposals).
 pub const MAX_LAYERS: u32 = 1 << 24;
+/// Fewest layers the chain accepts in a commitment (2^10). A validator picks a new onion's seed
+/// when it commits, after seeing the beacon; were onions short, a validator could renew often
+/// and, when it also proposes the blocks in between, grind that seed against a beacon it can
+/// predict. With at least 2^10 layers it chooses a seed once per 1024 of its own proposals.
+pub const MIN_LAYERS: u32 = 1 << 10;
 /// Layers a node commits by default (2^20 proposals; about 0.2 s to build on one core).
 pub const DEFAULT_LAYERS: u32 = 1 << 20;
 /// One checkpoint kept per this many layers.
