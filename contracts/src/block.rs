@@ -1,10 +1,13 @@
 //! Blocks: building the next one from candidate transactions (a proposer) and checking one
 //! (everyone else). Both run the same steps: begin-block, every transaction in order,
-//! end-block, then the state root.
+//! end-block, then the state root, updated from the keys the block changed
+//! ([`crate::kv::StateDigest`]).
 //!
-//! Guarantees: a built block holds only transactions that applied, in the order they applied;
-//! a checked block is refused if any of its transactions fails, so every committed transaction
-//! was applied; both write only to the state handed in (an overlay the caller commits or drops).
+//! Guarantees: a built block holds only transactions that could be included, in order: each
+//! applied, or failed in its action and paid its fee (`Chain::include_tx`); a checked block is
+//! refused if any of its transactions cannot be included (nonce, fee), so every committed
+//! transaction paid its fee; both write only to the state handed in (an overlay the caller commits or drops),
+//! and a refused block writes nothing to it.
 //! The node's ledger and the seeded simulator call these, so the simulator tests the node's rules.
 
 use thiserror::Error;
@@ -13,7 +16,7 @@ use trellis_proto::{Address, Block, BlockHeader, Hash, Height, SignedTx};
 use trellis_protocol::beacon;
 
 use crate::exec::{BlockCtx, Chain, Event};
-use crate::kv::{state_root, KvStore};
+use crate::kv::{apply_with_digest, digest_after, KvStore, Overlay, StateDigest};
 use crate::state::{keys, read, write, BeaconOnion};
 use crate::TxError;
 
@@ -115,12 +118,13 @@ impl Chain {
         candidates: impl IntoIterator<Item = SignedTx>,
     ) -> Result<Built, InvalidBlock> {
         let time_ms = time_ms.max(parent.time_ms);
-        let ctx = self.open_block(state, parent, proposer, time_ms, beacon_reveal)?;
-        let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let mut overlay = Overlay::new(&*state);
+        let ctx = self.open_block(&mut overlay, parent, proposer, time_ms, beacon_reveal)?;
+        let mut events = self.begin_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         let mut txs = Vec::new();
         let mut left_out = Vec::new();
         for tx in candidates {
-            match self.apply_tx(state, &tx, &ctx) {
+            match self.include_tx(&mut overlay, &tx, &ctx) {
                 Ok(tx_events) => {
                     events.extend(tx_events);
                     txs.push(tx);
@@ -128,15 +132,18 @@ impl Chain {
                 Err(error) => left_out.push((tx, error)),
             }
         }
-        let (end_events, _) = self.end_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         events.extend(end_events);
+        let changes = overlay.into_changes();
+        let digest = digested(state, &changes)?;
+        apply_with_digest(state, changes, &digest);
         let header = BlockHeader {
             chain_id: self.chain_id.clone(),
             height: Height(ctx.height),
             time_ms,
             parent: parent.hash,
             tx_root: Block::compute_tx_root(&txs),
-            state_root: state_root(state),
+            state_root: digest.root(),
             proposer,
             beacon_reveal,
         };
@@ -183,21 +190,31 @@ impl Chain {
     /// state root must be the header's.
     pub fn execute_checked_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
         let header = &block.header;
-        let ctx = self.open_block(state, parent, header.proposer, header.time_ms, header.beacon_reveal)?;
-        let mut events = self.begin_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let mut overlay = Overlay::new(&*state);
+        let ctx = self.open_block(&mut overlay, parent, header.proposer, header.time_ms, header.beacon_reveal)?;
+        let mut events = self.begin_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         for (index, tx) in block.txs.iter().enumerate() {
-            let tx_events =
-                self.apply_tx(state, tx, &ctx).map_err(|error| InvalidBlock::FailingTx { index, hash: tx.hash(), reason: error.to_string() })?;
+            let tx_events = self
+                .include_tx(&mut overlay, tx, &ctx)
+                .map_err(|error| InvalidBlock::FailingTx { index, hash: tx.hash(), reason: error.to_string() })?;
             events.extend(tx_events);
         }
-        let (end_events, _) = self.end_block(state, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
         events.extend(end_events);
-        let computed = state_root(state);
+        let changes = overlay.into_changes();
+        let digest = digested(state, &changes)?;
+        let computed = digest.root();
         if computed != header.state_root {
             return Err(InvalidBlock::StateRoot { header: header.state_root, computed });
         }
+        apply_with_digest(state, changes, &digest);
         Ok(events)
     }
+}
+
+/// The state digest after a block's `changes` (the state root is its root).
+fn digested<S: KvStore + ?Sized>(state: &S, changes: &crate::kv::Changes) -> Result<StateDigest, InvalidBlock> {
+    digest_after(state, changes).map_err(|e| InvalidBlock::Execution(e.to_string()))
 }
 
 #[cfg(test)]
@@ -279,5 +296,30 @@ mod tests {
         replayed.header.tx_root = Block::compute_tx_root(&replayed.txs);
         let refused = chain.execute_block(&mut Overlay::new(&kv), &next, &replayed);
         assert!(matches!(refused, Err(InvalidBlock::FailingTx { index: 0, .. })), "{refused:?}");
+    }
+
+    #[test]
+    fn a_transaction_whose_action_fails_is_included_and_pays_its_fee() {
+        let (chain, kv, rich) = chain_with_one_account();
+        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        let before: crate::state::Account = read(&kv, &keys::account(&rich.address())).unwrap().unwrap();
+        // More than the account holds: the transfer fails, its fee does not.
+        let failing = transfer(&rich, 0, 10_000_000);
+        let mut overlay = Overlay::new(&kv);
+        let built = chain.build_block(&mut overlay, &genesis, Address([1; 20]), 5, Hash::ZERO, vec![failing.clone(), transfer(&rich, 1, 7)]).unwrap();
+        assert_eq!(built.block.txs, vec![failing.clone(), transfer(&rich, 1, 7)], "both are included");
+        assert!(built.left_out.is_empty());
+        let failed: Vec<_> = built.events.iter().filter(|e| matches!(e, Event::TxFailed { .. })).collect();
+        assert!(
+            matches!(failed.as_slice(), [Event::TxFailed { tx, reason, .. }] if *tx == failing.hash() && reason.contains("insufficient balance")),
+            "{failed:?}"
+        );
+        let after: crate::state::Account = read(&overlay, &keys::account(&rich.address())).unwrap().unwrap();
+        assert_eq!(after.nonce, 2, "the failed transaction used its nonce");
+        assert_eq!(after.balance, before.balance - 1 - 1 - 7, "two fees and the one transfer that applied");
+        let changes = overlay.into_changes();
+        let mut check = Overlay::new(&kv);
+        chain.execute_block(&mut check, &genesis, &built.block).unwrap();
+        assert_eq!(check.into_changes(), changes, "validators charge the failure alike");
     }
 }

@@ -73,6 +73,8 @@ pub enum TxError {
     NotSubmitter { job: JobId, submitter: Address },
     #[error("invalid equivocation evidence: {0}")]
     InvalidEvidence(String),
+    #[error("unfounded Invalid evidence: {0}")]
+    UnfoundedEvidence(String),
     #[error("this equivocation was already reported")]
     EvidenceAlreadyUsed,
     #[error("{0} has no validator bond")]

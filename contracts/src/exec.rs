@@ -11,7 +11,7 @@
 use serde::Serialize;
 use trellis_proto::{
     Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role,
-    SignedTx, TxKind, Verdict, VerificationMode, WorkCommitment, WorkReveal,
+    SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
@@ -19,7 +19,7 @@ use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
 use crate::rounds;
 use crate::state::{
-    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerEntry, Phase, RoundState, Stake, Supply, Unbonding,
+    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas, MinerEntry, Phase, RevealedDelta, RoundState, Stake, Supply, Unbonding,
     Validator, ValidatorSet, VerdictRecord,
 };
 
@@ -80,6 +80,9 @@ pub enum Event {
     CancelRequested { job: JobId },
     Jailed { validator: Address },
     BeaconCommitted { validator: Address, layers: u32, active_from: u64 },
+    /// An included transaction whose action failed: its fee was burned and its nonce used,
+    /// nothing else happened.
+    TxFailed { tx: Hash, sender: Address, reason: String },
     ValidatorSetChanged { validators: usize, total_power: u64 },
 }
 
@@ -162,10 +165,12 @@ impl Chain {
             return Err(GenesisError::NoValidators(genesis.params.min_validator_stake.0));
         }
         write(kv, keys::VALIDATORS.to_vec(), &set);
+        kv.put(crate::kv::DIGEST_KEY.to_vec(), crate::kv::StateDigest::compute(kv).to_bytes());
         Ok(chain)
     }
 
-    /// Applies one signed transaction. On error nothing is written.
+    /// Applies one signed transaction, all or nothing: on error nothing is written (not even the
+    /// fee; blocks use [`Chain::include_tx`]).
     pub fn apply_tx<S: KvStore + ?Sized>(&self, kv: &mut S, tx: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
         let mut overlay = Overlay::new(&*kv);
         let events = self.execute(&mut overlay, tx, ctx)?;
@@ -186,11 +191,9 @@ impl Chain {
             write(kv, keys::SUPPLY.to_vec(), &supply);
             events.push(Event::BlockReward { proposer: ctx.proposer, amount: reward });
         }
-        for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
-            let job: Job = decode_record(&key, &bytes)?;
-            if job.status == JobStatus::Active {
-                rounds::advance_deadlines(self, kv, job, ctx, &mut events)?;
-            }
+        rounds::prune_due(kv, ctx.height)?;
+        for job in self.active_jobs(kv)? {
+            rounds::advance_deadlines(self, kv, job, ctx, &mut events)?;
         }
         Ok(events)
     }
@@ -246,8 +249,7 @@ impl Chain {
     /// assigned in it. Only a job's current round can be unsettled (rounds settle in order).
     fn backing_unsettled_work<S: KvStore + ?Sized>(&self, kv: &S) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
         let mut backing = std::collections::BTreeSet::new();
-        for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
-            let job: Job = decode_record(&key, &bytes)?;
+        for job in self.active_jobs(kv)? {
             let Some(round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else { continue };
             if matches!(round.phase, Phase::Settled | Phase::Lapsed) {
                 continue;
@@ -256,6 +258,11 @@ impl Chain {
             backing.extend(round.assignments.iter().flat_map(|a| a.checkers.iter().map(|c| (Role::Validator, *c))));
         }
         Ok(backing)
+    }
+
+    /// Every active job ([`crate::state::active_jobs`]).
+    pub fn active_jobs<S: KvStore + ?Sized>(&self, kv: &S) -> Result<Vec<Job>, TxError> {
+        Ok(crate::state::active_jobs(kv)?)
     }
 
     /// The active validator set as stored.
@@ -279,7 +286,28 @@ impl Chain {
         Ok(ValidatorSet { validators: candidates })
     }
 
-    fn execute<S: KvStore + ?Sized>(&self, kv: &mut S, signed: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    /// Applies one signed transaction as a block does: a transaction whose action fails is still
+    /// included when its sender can pay the fee at its nonce — the fee is burned and the nonce
+    /// used, nothing else changes, and [`Event::TxFailed`] says why. `Err` only for a transaction
+    /// no block may hold (wrong nonce, fee below the minimum or more than the balance): nothing
+    /// is written. A failing transaction thus costs its sender its fee, like any other, so
+    /// flooding blocks with failing ones is never free (`docs/threat-model.md`).
+    pub fn include_tx<S: KvStore + ?Sized>(&self, kv: &mut S, tx: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let failure = match self.apply_tx(kv, tx, ctx) {
+            Ok(events) => return Ok(events),
+            Err(failure) => failure,
+        };
+        let mut overlay = Overlay::new(&*kv);
+        let mut events = self.charge(&mut overlay, tx)?;
+        let changes = overlay.into_changes();
+        apply_changes(kv, changes);
+        events.push(Event::TxFailed { tx: tx.hash(), sender: tx.tx.sender_address(), reason: failure.to_string() });
+        Ok(events)
+    }
+
+    /// What every included transaction does first: checks the nonce and the fee, takes the fee
+    /// (burned) and uses the nonce.
+    fn charge<S: KvStore + ?Sized>(&self, kv: &mut S, signed: &SignedTx) -> Result<Vec<Event>, TxError> {
         let tx = &signed.tx;
         let sender = tx.sender_address();
         let mut account: Account = read(kv, &keys::account(&sender))?.unwrap_or_default();
@@ -297,7 +325,13 @@ impl Chain {
         account.nonce = account.nonce.checked_add(1).ok_or(TxError::Overflow)?;
         write(kv, keys::account(&sender), &account);
         self.burn(kv, fee)?;
-        let mut events = vec![Event::FeeBurned { payer: sender, amount: fee }];
+        Ok(vec![Event::FeeBurned { payer: sender, amount: fee }])
+    }
+
+    fn execute<S: KvStore + ?Sized>(&self, kv: &mut S, signed: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+        let tx = &signed.tx;
+        let sender = tx.sender_address();
+        let mut events = self.charge(kv, signed)?;
         match &tx.kind {
             TxKind::Transfer { to, amount } => {
                 self.debit(kv, &sender, amount.0)?;
@@ -483,6 +517,7 @@ impl Chain {
         events.push(Event::RoundOpened { job: job.id, round: 0, commit_deadline: round.commit_deadline });
         write(kv, keys::round(job.id, 0), &round);
         write(kv, keys::job(job.id), &job);
+        kv.put(keys::active(job.id), Vec::new());
         Ok(events)
     }
 
@@ -606,6 +641,16 @@ impl Chain {
         if job.spec.diloco.encoding != DeltaEncoding::Int8 && reveal.residual_hash != Hash::ZERO {
             return Err(TxError::InvalidCommitment("only int8 work carries an error-feedback residual".into()));
         }
+        if job.spec.diloco.encoding == DeltaEncoding::Int8 {
+            // The residual carried in is what encoding the miner's previous Δ left: none without one.
+            let deltas_key = keys::deltas(job.id, &miner);
+            let earlier: Option<MinerDeltas> = read(kv, &deltas_key)?;
+            if reveal.residual_hash != Hash::ZERO && earlier.is_none() {
+                return Err(TxError::InvalidCommitment("an error-feedback residual needs an earlier revealed Δ to come from".into()));
+            }
+            let latest = RevealedDelta { round: round.round, delta_hash: reveal.delta_hash };
+            write(kv, deltas_key, &MinerDeltas { latest, previous: earlier.map(|e| e.latest) });
+        }
         commit.reveal = Some(reveal.clone());
         write(kv, keys::round(job.id, round.round), &round);
         Ok(Event::WorkRevealed { job: job.id, round: round.round, miner })
@@ -636,6 +681,13 @@ impl Chain {
         }
         if round.verdicts.iter().any(|v| v.checker == checker && v.miner == miner && v.segment == segment) {
             return Err(TxError::DuplicateVerdict { checker, miner, segment });
+        }
+        if let VerdictOutcome::Invalid(evidence) = &verdict.outcome {
+            // The evidence must quote what the miner revealed (docs/protocol.md §4.4).
+            let reveal = round.commits.iter().find(|c| c.miner == miner).and_then(|c| c.reveal.as_ref());
+            if let Some(reveal) = reveal {
+                trellis_protocol::evidence::check_on_chain(evidence, reveal).map_err(|e| TxError::UnfoundedEvidence(e.to_string()))?;
+            }
         }
         round.verdicts.push(VerdictRecord { checker, miner, segment, outcome: verdict.outcome.clone() });
         write(kv, keys::round(job.id, round.round), &round);
@@ -682,11 +734,10 @@ impl Chain {
         let mut events = vec![Event::CancelRequested { job: id }];
         if round.phase == Phase::Open && round.commits.is_empty() {
             // Nobody has worked on this round yet: end now.
-            events.extend(rounds::end_job(self, kv, job, JobStatus::Cancelled)?);
+            events.extend(rounds::end_job(self, kv, job, JobStatus::Cancelled, ctx.height)?);
         } else {
             write(kv, keys::job(id), &job);
         }
-        let _ = ctx;
         Ok(events)
     }
 

@@ -25,5 +25,5 @@ pub mod state;
 pub use block::{Built, InvalidBlock, Parent, MAX_CLOCK_DRIFT_MS};
 pub use error::TxError;
 pub use exec::{total_holdings, validate_job_spec, BlockCtx, Chain, Event, Genesis, GenesisError, SlashReason};
-pub use kv::{state_root, KvStore, MemoryKv};
+pub use kv::{recompute_state_root, state_root, KvStore, MemoryKv, StateDigest};
 pub use params::Params;

@@ -11,7 +11,11 @@ use crate::error::TxError;
 use crate::exec::{BlockCtx, Chain, Event, SlashReason};
 use crate::kv::KvStore;
 use crate::params::fraction;
-use crate::state::{keys, read, write, Assignment, Job, JobStatus, Phase, RoundState, ValidatorSet};
+use crate::state::{keys, read, write, Assignment, Job, JobStatus, Phase, RoundState, RoundSummary, ValidatorSet};
+
+/// Blocks a settled or lapsed round keeps its full record (for clients and the devnet's table)
+/// before it is pruned to a [`RoundSummary`].
+pub const SETTLED_ROUND_RETENTION: u64 = 256;
 
 /// Checkpoints in an honest trail: the start, every `c` steps, and the end.
 pub fn expected_checkpoints(spec: &JobSpec) -> u32 {
@@ -315,7 +319,7 @@ fn tally<S: KvStore + ?Sized>(
             freeloaders: Vec::new(),
             unchecked: Vec::new(),
         });
-        events.extend(end_job(chain, kv, job, JobStatus::Voided)?);
+        events.extend(end_job(chain, kv, job, JobStatus::Voided, ctx.height)?);
         return Ok(());
     }
 
@@ -446,11 +450,12 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
 /// Opens the next round, or ends the job: cancelled, all rounds done, or escrow exhausted.
 fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Job, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
     if job.cancel_requested {
-        return end_job(chain, kv, job, JobStatus::Cancelled);
+        return end_job(chain, kv, job, JobStatus::Cancelled, ctx.height);
     }
     if job.current_round.saturating_add(1) >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round.0 {
-        return end_job(chain, kv, job, JobStatus::Finished);
+        return end_job(chain, kv, job, JobStatus::Finished, ctx.height);
     }
+    retire_round(kv, job.id, job.current_round, ctx.height);
     job.current_round += 1;
     let round = new_round(&job, job.current_round, ctx.height, &ctx.randomness);
     let event = Event::RoundOpened { job: job.id, round: round.round, commit_deadline: round.commit_deadline };
@@ -459,8 +464,21 @@ fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Jo
     Ok(vec![event])
 }
 
-/// Ends the job and refunds what is left of the escrow to the submitter.
-pub(crate) fn end_job<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Job, status: JobStatus) -> Result<Vec<Event>, TxError> {
+/// Ends the job at `height` and refunds what is left of the escrow to the submitter. The job
+/// leaves the active index, its last round is queued for pruning, and the per-miner Δ records
+/// (needed only while rounds are checked) go.
+pub(crate) fn end_job<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    mut job: Job,
+    status: JobStatus,
+    height: u64,
+) -> Result<Vec<Event>, TxError> {
+    kv.delete(&keys::active(job.id));
+    retire_round(kv, job.id, job.current_round, height);
+    for (key, _) in kv.scan_prefix(&keys::deltas_of_job(job.id)) {
+        kv.delete(&key);
+    }
     let refund = job.escrow;
     chain.credit(kv, &job.submitter, refund)?;
     job.escrow = 0;
@@ -468,4 +486,30 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: J
     let event = Event::JobEnded { job: job.id, status, refund };
     write(kv, keys::job(job.id), &job);
     Ok(vec![event])
+}
+
+/// Queues a round that is over (settled, lapsed, or the last of an ended job) to be pruned to its
+/// summary [`SETTLED_ROUND_RETENTION`] blocks after `height`.
+fn retire_round<S: KvStore + ?Sized>(kv: &mut S, job: trellis_proto::JobId, round: u32, height: u64) {
+    kv.put(keys::prune(height.saturating_add(SETTLED_ROUND_RETENTION), job, round), Vec::new());
+}
+
+/// Prunes every round queued for a height up to `height` to its [`RoundSummary`]. Costs time
+/// in the rounds due, not in the rounds ever held.
+pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: u64) -> Result<(), TxError> {
+    for (key, _) in kv.scan_prefix(keys::PRUNE_PREFIX) {
+        let Some((due, job, round)) = keys::pruned_round(&key) else {
+            let source = trellis_proto::codec::DecodeError::InvalidValue { what: "prune key", reason: "not height/job/round" };
+            return Err(crate::state::CorruptState { key: String::from_utf8_lossy(&key).into_owned(), source }.into());
+        };
+        if due > height {
+            break;
+        }
+        if let Some(state) = read::<RoundState>(kv, &keys::round(job, round))? {
+            write(kv, keys::summary(job, round), &RoundSummary::of(&state));
+            kv.delete(&keys::round(job, round));
+        }
+        kv.delete(&key);
+    }
+    Ok(())
 }

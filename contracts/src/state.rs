@@ -326,6 +326,94 @@ impl Decode for RoundState {
     }
 }
 
+/// What is kept of a round once it has been settled (or lapsed) for
+/// [`crate::rounds::SETTLED_ROUND_RETENTION`] blocks: the full [`RoundState`] (commitments,
+/// assignments, verdicts) is deleted, so the state grows by this small record per round rather
+/// than by every round's full history. The events of the blocks keep the details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoundSummary {
+    pub job: JobId,
+    pub round: u32,
+    pub phase: Phase,
+    pub opened_at: u64,
+    pub escalated: bool,
+    pub commits: u32,
+    pub reveals: u32,
+    pub verdicts: u32,
+    pub valid_verdicts: u32,
+    /// Miners whose work was accepted, in address order.
+    pub accepted: Vec<Address>,
+}
+
+impl RoundSummary {
+    pub fn of(round: &RoundState) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            job: round.job,
+            round: round.round,
+            phase: round.phase,
+            opened_at: round.opened_at,
+            escalated: round.escalated,
+            commits: count(round.commits.len()),
+            reveals: count(round.commits.iter().filter(|c| c.reveal.is_some()).count()),
+            verdicts: count(round.verdicts.len()),
+            valid_verdicts: count(round.verdicts.iter().filter(|v| v.outcome == VerdictOutcome::Valid).count()),
+            accepted: round.accepted.clone(),
+        }
+    }
+}
+
+impl Encode for RoundSummary {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        self.job.encode_to(out);
+        self.round.encode_to(out);
+        self.phase.encode_to(out);
+        self.opened_at.encode_to(out);
+        self.escalated.encode_to(out);
+        self.commits.encode_to(out);
+        self.reveals.encode_to(out);
+        self.verdicts.encode_to(out);
+        self.valid_verdicts.encode_to(out);
+        encode_seq(&self.accepted, out);
+    }
+}
+
+impl Decode for RoundSummary {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            job: Decode::decode_from(reader)?,
+            round: Decode::decode_from(reader)?,
+            phase: Decode::decode_from(reader)?,
+            opened_at: Decode::decode_from(reader)?,
+            escalated: Decode::decode_from(reader)?,
+            commits: Decode::decode_from(reader)?,
+            reveals: Decode::decode_from(reader)?,
+            verdicts: Decode::decode_from(reader)?,
+            valid_verdicts: Decode::decode_from(reader)?,
+            accepted: decode_seq(reader, "accepted", MAX_RECORD_LIST, 20)?,
+        })
+    }
+}
+
+/// A Δ a miner revealed: the round and the hash of its encoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RevealedDelta {
+    pub round: u32,
+    pub delta_hash: Hash,
+}
+canonical_struct!(RevealedDelta { round, delta_hash });
+
+/// A miner's latest revealed Δ in a job and the one it revealed before that. With int8
+/// pseudo-gradients the error-feedback residual carried into `latest` is what encoding
+/// `previous` left, so it is bounded by half of `previous`'s quantisation steps: a checker
+/// fetches `previous` (the miner serves it again) to check the bound. Deleted when the job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MinerDeltas {
+    pub latest: RevealedDelta,
+    pub previous: Option<RevealedDelta>,
+}
+canonical_struct!(MinerDeltas { latest, previous });
+
 /// Token supply accounting: `genesis + minted − burned` is what exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Supply {
@@ -390,6 +478,13 @@ pub mod keys {
     pub const STAKE_PREFIX: &[u8] = b"stake/";
     pub const JOB_PREFIX: &[u8] = b"job/";
     pub const ROUND_PREFIX: &[u8] = b"round/";
+    /// `active/<job>`: present while the job is active, so per-block work visits active jobs
+    /// only, however many have ended.
+    pub const ACTIVE_PREFIX: &[u8] = b"active/";
+    /// `prune/<height>/<job>/<round>`: the round is pruned to its summary at that height.
+    pub const PRUNE_PREFIX: &[u8] = b"prune/";
+    pub const SUMMARY_PREFIX: &[u8] = b"summary/";
+    pub const DELTAS_PREFIX: &[u8] = b"deltas/";
 
     pub fn account(address: &Address) -> Vec<u8> {
         [ACCOUNT_PREFIX, &address.0].concat()
@@ -415,12 +510,69 @@ pub mod keys {
         [ROUND_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
     }
 
+    pub fn active(job: JobId) -> Vec<u8> {
+        [ACTIVE_PREFIX, &job.0.to_be_bytes()].concat()
+    }
+
+    /// The job an `active/` key names.
+    pub fn active_job(key: &[u8]) -> Option<JobId> {
+        let bytes = key.strip_prefix(ACTIVE_PREFIX)?;
+        Some(JobId(u64::from_be_bytes(bytes.try_into().ok()?)))
+    }
+
+    pub fn prune(height: u64, job: JobId, round: u32) -> Vec<u8> {
+        [PRUNE_PREFIX, &height.to_be_bytes(), b"/", &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
+    }
+
+    /// The height, job and round a `prune/` key names.
+    pub fn pruned_round(key: &[u8]) -> Option<(u64, JobId, u32)> {
+        let bytes = key.strip_prefix(PRUNE_PREFIX)?;
+        if bytes.len() != 8 + 1 + 8 + 1 + 4 {
+            return None;
+        }
+        let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let job = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+        let round = u32::from_be_bytes(bytes[18..22].try_into().ok()?);
+        Some((height, JobId(job), round))
+    }
+
+    pub fn summary(job: JobId, round: u32) -> Vec<u8> {
+        [SUMMARY_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
+    }
+
+    pub fn deltas_of_job(job: JobId) -> Vec<u8> {
+        [DELTAS_PREFIX, &job.0.to_be_bytes(), b"/"].concat()
+    }
+
+    pub fn deltas(job: JobId, miner: &Address) -> Vec<u8> {
+        [deltas_of_job(job).as_slice(), &miner.0].concat()
+    }
+
     fn role_byte(role: Role) -> u8 {
         match role {
             Role::Validator => b'v',
             Role::Miner => b'm',
         }
     }
+}
+
+/// Every active job, in id order, read through the `active/` index: the cost is in the jobs
+/// running, not in every job the chain has seen.
+pub fn active_jobs(kv: &(impl KvStore + ?Sized)) -> Result<Vec<Job>, CorruptState> {
+    let mut jobs = Vec::new();
+    for (key, _) in kv.scan_prefix(keys::ACTIVE_PREFIX) {
+        let corrupt = |reason| CorruptState {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            source: DecodeError::InvalidValue { what: "active job", reason },
+        };
+        let id = keys::active_job(&key).ok_or_else(|| corrupt("not a job id"))?;
+        let job: Job = read(kv, &keys::job(id))?.ok_or_else(|| corrupt("indexes a job that does not exist"))?;
+        if job.status != JobStatus::Active {
+            return Err(corrupt("indexes a job that ended"));
+        }
+        jobs.push(job);
+    }
+    Ok(jobs)
 }
 
 /// Reads a record; `None` when absent.

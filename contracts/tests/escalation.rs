@@ -76,3 +76,33 @@ fn an_overturned_availability_claim_costs_the_fee_share_only() {
     assert_eq!(paid, given - 1, "the overturned verdict earns no fee share");
     w.supply_holds();
 }
+
+#[test]
+fn invalid_evidence_that_quotes_nothing_the_miner_revealed_is_refused() {
+    let mut w = World::new(6, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let first = w.round(job, 0).assignments[0].clone();
+    let checker = w.key_of(&first.checkers[0]).unwrap();
+    let reveal = w.work(job, 0, 0);
+    let verdict = |evidence: InvalidEvidence| Verdict {
+        job: JobId(job),
+        round: 0,
+        miner: first.miner,
+        segment: first.segment,
+        outcome: VerdictOutcome::Invalid(evidence),
+    };
+    // A Δ the miner never revealed, a zero residual, a "mismatch" that reproduces its own quote.
+    for evidence in [
+        InvalidEvidence::new(InvalidReason::DeltaMismatch, Hash([77; 32]), Hash([1; 32]), 0.0),
+        InvalidEvidence::new(InvalidReason::DeltaMismatch, Hash::ZERO, Hash([1; 32]), 0.0),
+        InvalidEvidence::new(InvalidReason::CheckpointMismatch, Hash([3; 32]), Hash([3; 32]), 0.0),
+    ] {
+        let refused = w.send(&checker, TxKind::Verdict(verdict(evidence.clone())));
+        assert!(matches!(refused, Err(trellis_contracts::TxError::UnfoundedEvidence(_))), "{evidence:?}: {refused:?}");
+    }
+    // Quoting the revealed Δ is founded (whether it holds is the committee's to say).
+    let founded = InvalidEvidence::new(InvalidReason::DeltaMismatch, reveal.delta_hash, Hash([1; 32]), 0.0);
+    w.send(&checker, TxKind::Verdict(verdict(founded))).unwrap();
+}

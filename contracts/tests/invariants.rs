@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::*;
 use proptest::prelude::*;
 use trellis_contracts::state::{keys, read, Phase, Supply};
-use trellis_contracts::{state_root, Event, KvStore, Params};
+use trellis_contracts::{recompute_state_root, Event, KvStore, Params};
 use trellis_proto::*;
 
 #[derive(Debug, Clone)]
@@ -123,9 +123,9 @@ fn run(actions: Vec<Action>) -> World {
         };
         if let Some((sender, kind)) = tx {
             let key = actor(&w, sender);
-            let before = state_root(&w.kv);
+            let before = recompute_state_root(&w.kv);
             if w.send(&key, kind).is_err() {
-                assert_eq!(state_root(&w.kv), before, "a rejected transaction changed the state");
+                assert_eq!(recompute_state_root(&w.kv), before, "a rejected transaction changed the state");
                 assert_eq!(w.events.len(), seen);
             }
         }

@@ -105,7 +105,8 @@ pub enum QueryCommand {
     },
     /// The active validator set.
     Validators(RpcArg),
-    /// A transaction by hash: committed (with its height) or pending.
+    /// A transaction by hash: committed (with its height), failed (included, fee paid, with the
+    /// reason) or pending.
     Tx {
         hash: String,
         #[command(flatten)]
@@ -215,6 +216,13 @@ pub fn sign_and_submit(kind: TxKind, signer: &SignerArgs) -> anyhow::Result<()> 
                     if status["status"] == "committed" {
                         println!("committed at height {}", status["height"]);
                         break;
+                    }
+                    if status["status"] == "failed" {
+                        bail!(
+                            "{hash} was included at height {} but failed (its fee was paid, nothing else happened): {}",
+                            status["height"],
+                            status["reason"].as_str().unwrap_or("no reason given")
+                        );
                     }
                 }
                 if Instant::now() > deadline {

@@ -70,6 +70,9 @@ pub struct Shared {
     pub aggregates: Option<Arc<crate::roles::aggregate::AggregateBook>>,
     /// This validator's beacon onions (what its proposals reveal); `None` on a full node.
     pub beacon: Option<Arc<crate::beacon::BeaconKeeper>>,
+    /// Re-derives `Invalid` evidence from miners' trails before this validator votes (a
+    /// validator with a blob exchange); `None` otherwise.
+    pub evidence: Option<Arc<crate::evidence_desk::EvidenceDesk>>,
 }
 
 /// The application state the engine drives.
@@ -241,6 +244,7 @@ impl ConsensusApp {
                 _ => true,
             })
             .collect();
+        let candidates = self.leave_out_unfounded(candidates);
         let reveal = match &self.shared.beacon {
             Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), height.0),
             None => Hash::ZERO,
@@ -269,6 +273,43 @@ impl ConsensusApp {
         self.remember_own_part(height, round, hash);
         self.record_value(height, round, Round::Nil, hash, Validity::Valid);
         hash
+    }
+
+    /// Leaves out `Invalid` verdicts whose evidence the miner's trail refutes (and drops them from
+    /// the pool), and those not judged yet, which are judged in the background for a later block.
+    fn leave_out_unfounded(&self, candidates: Vec<trellis_proto::SignedTx>) -> Vec<trellis_proto::SignedTx> {
+        use crate::evidence_desk::{accuses, Judgement};
+        let Some(desk) = &self.shared.evidence else { return candidates };
+        let mut refuted = Vec::new();
+        let kept = candidates
+            .into_iter()
+            .filter(|tx| {
+                if accuses(tx).is_none() {
+                    return true;
+                }
+                match desk.judged(&tx.hash()) {
+                    Some(Judgement::Stands) => true,
+                    Some(Judgement::Refuted(_)) => {
+                        refuted.push(tx.clone());
+                        false
+                    }
+                    None => {
+                        let (desk, shared, tx) = (desk.clone(), self.shared.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let deadline = tokio::time::Instant::now() + crate::evidence_desk::EVIDENCE_WAIT;
+                            desk.judge(&shared.ledger, &tx, deadline).await;
+                        });
+                        false
+                    }
+                }
+            })
+            .collect();
+        if !refuted.is_empty() {
+            let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let evicted = mempool.evict_failed(&refuted, self.key.as_ref().map(|k| k.address()).as_ref());
+            tracing::info!(target: "node::evidence", refuted = refuted.len(), evicted, "left out verdicts whose evidence the trail refutes");
+        }
+        kept
     }
 
     fn remember_own_part(&mut self, height: BlockHeight, round: Round, hash: Hash) {
@@ -404,6 +445,14 @@ impl ConsensusApp {
                 }
                 None => {
                     tracing::warn!(target: "node::consensus", block = %hash, "block carries an aggregate this node has not recomputed (yet, or cannot)");
+                    return Validity::Invalid;
+                }
+            }
+        }
+        if recheck_aggregates && self.signer.is_some() {
+            if let Some(desk) = &self.shared.evidence {
+                if let Some((tx, why)) = desk.refuted_in(&self.shared.ledger, &block).await {
+                    tracing::warn!(target: "node::consensus", block = %hash, %tx, %why, "block carries Invalid evidence the miner's trail refutes");
                     return Validity::Invalid;
                 }
             }

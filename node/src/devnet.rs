@@ -57,7 +57,7 @@ pub struct DevnetArgs {
     pub inner_steps: u32,
     /// Cheating nodes, as KIND=COUNT (repeatable). Miners, besides the honest ones:
     /// poison-sign-flip, poison-noise, fake-trail, unit-gap, skip-work, copy, withhold,
-    /// lying-peer. Validators, taken from the last of --validators: forge-aggregate. This build
+    /// lying-peer. Validators, taken from the last of --validators: forge-aggregate, frame. This build
     /// has the `adversary` feature.
     #[cfg(feature = "adversary")]
     #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = crate::roles::behaviour::parse_adversary)]

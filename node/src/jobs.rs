@@ -388,7 +388,8 @@ fn status(id: u64, url: &str) -> anyhow::Result<()> {
         let client = crate::client::client(url)?;
         let job = crate::client::call(&client, url, "job_get", jsonrpsee::rpc_params![id]).await?;
         let current = job["current_round"].as_u64().unwrap_or(0);
-        let round = crate::client::call(&client, url, "job_getRound", jsonrpsee::rpc_params![id, current]).await?;
+        // The summary exists for every round, running or pruned long after it settled.
+        let round = crate::client::call(&client, url, "job_getRoundSummary", jsonrpsee::rpc_params![id, current]).await?;
         println!("job {id} '{}': {}", job["spec"]["name"].as_str().unwrap_or("?"), job["status"].as_str().unwrap_or("?"));
         println!(
             "  rounds settled {} of {}, escrow left {}, miners {}",
@@ -401,8 +402,8 @@ fn status(id: u64, url: &str) -> anyhow::Result<()> {
         println!(
             "  round {current}: {} (commits {}, verdicts {}, accepted {})",
             round["phase"].as_str().unwrap_or("?"),
-            round["commits"].as_array().map_or(0, Vec::len),
-            round["verdicts"].as_array().map_or(0, Vec::len),
+            round["commits"],
+            round["verdicts"],
             round["accepted"].as_array().map_or(0, Vec::len),
         );
         Ok(())

@@ -10,13 +10,13 @@ pub mod client;
 pub mod consensus_app;
 pub mod devnet;
 pub mod devnet_job;
+pub mod evidence_desk;
 pub mod exchange;
 pub mod gossip;
 pub mod home;
 pub mod jobs;
 pub mod jobdata;
 pub mod ledger;
-pub mod mempool;
 pub mod metrics;
 pub mod plot;
 pub mod roles;
@@ -27,3 +27,6 @@ pub mod train;
 pub mod verify;
 pub mod zk_cli;
 pub mod zkjob;
+
+/// The transaction pool lives in its own sans-IO crate, shared with the simulator.
+pub use trellis_mempool as mempool;

@@ -19,7 +19,7 @@ use jsonrpsee::{Extensions, PendingSubscriptionSink, SubscriptionMessage};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use trellis_contracts::state::{self, keys, Job, RoundState, Stake};
+use trellis_contracts::state::{self, keys, Job, RoundState, RoundSummary, Stake};
 use trellis_contracts::{Event, KvStore};
 use trellis_proto::{TxKind, Address, Block, Hash, Height, JobId, Role, SignedTx};
 
@@ -171,7 +171,7 @@ fn head_info(shared: &Shared) -> RpcResult<HeadInfo> {
             height: 0,
             hash: Hash::ZERO,
             time_ms: 0,
-            state_root: trellis_contracts::state_root(&store.pending_state()),
+            state_root: trellis_contracts::state_root(&store.pending_state()).unwrap_or_else(|e| crate::store::fatal(e)),
             txs: 0,
         },
     })
@@ -191,6 +191,16 @@ fn parse_address(text: &str) -> RpcResult<Address> {
 
 fn parse_hash(text: &str) -> RpcResult<Hash> {
     text.parse().map_err(|_| invalid(format!("'{text}' is not a hash (64 hex digits)")))
+}
+
+/// Why the committed transaction `hash` in block `height` failed, if its block's events say it did.
+fn failure_of(shared: &Shared, height: trellis_proto::Height, hash: &Hash) -> Option<String> {
+    let events: Vec<Value> = serde_json::from_slice(&shared.ledger.store().events(height)?).ok()?;
+    let hex = hash.to_string();
+    events
+        .iter()
+        .find(|e| e["event"] == "tx_failed" && e["tx"].as_str() == Some(hex.as_str()))
+        .map(|e| e["reason"].as_str().unwrap_or("unknown").to_string())
 }
 
 /// Admits transactions to the mempool (signatures checked in one batch), one result each.
@@ -299,7 +309,11 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         let (hash,): (String,) = params.parse()?;
         let hash = parse_hash(&hash)?;
         match state.shared.ledger.store().tx(&hash).map_err(|e| error(-32603, e.to_string()))? {
-            Some((height, index, tx)) => Ok(json!({ "status": "committed", "height": height.0, "index": index, "tx": tx })),
+            Some((height, index, tx)) => match failure_of(&state.shared, height, &hash) {
+                // Included, fee paid, action refused (`contracts::Chain::include_tx`).
+                Some(reason) => Ok(json!({ "status": "failed", "reason": reason, "height": height.0, "index": index, "tx": tx })),
+                None => Ok(json!({ "status": "committed", "height": height.0, "index": index, "tx": tx })),
+            },
             None => {
                 let pending = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash);
                 if pending {
@@ -345,7 +359,23 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         state.admit(ext)?;
         let (id, round): (u64, u32) = params.parse()?;
         let view = state.view();
-        state::read::<RoundState>(&view, &keys::round(JobId(id), round))
+        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(|e| error(-32603, e.to_string()))?;
+        found.ok_or_else(|| match state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round)) {
+            Ok(Some(_)) => error(
+                codes::NOT_FOUND,
+                format!("round {round} of job {id} was settled long ago and pruned to a summary: ask job_getRoundSummary"),
+            ),
+            _ => error(codes::NOT_FOUND, format!("job {id} has no round {round}")),
+        })
+    })?;
+    module.register_method("job_getRoundSummary", |params: Params, state, ext| -> RpcResult<RoundSummary> {
+        state.admit(ext)?;
+        let (id, round): (u64, u32) = params.parse()?;
+        let view = state.view();
+        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(|e| error(-32603, e.to_string()))? {
+            return Ok(RoundSummary::of(&full));
+        }
+        state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round))
             .map_err(|e| error(-32603, e.to_string()))?
             .ok_or_else(|| error(codes::NOT_FOUND, format!("job {id} has no round {round}")))
     })?;

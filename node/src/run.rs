@@ -213,18 +213,6 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     tokio::spawn(crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
     let duties = !config.p2p.blobs_listen.is_empty();
     let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
-    let shared = Arc::new(Shared {
-        ledger,
-        mempool: Mutex::new(Mempool::new(MempoolLimits::default())),
-        events: broadcast::channel(1024).0,
-        metrics: metrics.clone(),
-        gossip,
-        aggregates: aggregates.clone(),
-        beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::beacon::BeaconKeeper::new(&key))),
-    });
-    if let Some(keeper) = &shared.beacon {
-        tokio::spawn(crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()));
-    }
     let blobs = if duties {
         let store = BlobStore::open(&home.data().join("blobs"))?;
         let responder: Arc<dyn crate::exchange::Responder> = match behaviour {
@@ -239,6 +227,23 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         None
     };
 
+    let shared = Arc::new(Shared {
+        ledger,
+        mempool: Mutex::new(Mempool::new(MempoolLimits::default())),
+        events: broadcast::channel(1024).0,
+        metrics: metrics.clone(),
+        gossip,
+        aggregates: aggregates.clone(),
+        beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::beacon::BeaconKeeper::new(&key))),
+        // A framer does not judge evidence (its own made-up verdicts would never leave its pool).
+        evidence: blobs
+            .as_ref()
+            .filter(|_| role == NodeRole::Validator && behaviour != Behaviour::Frame)
+            .map(|net| Arc::new(crate::evidence_desk::EvidenceDesk::new(net.clone()))),
+    });
+    if let Some(keeper) = &shared.beacon {
+        tokio::spawn(crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()));
+    }
     let rpc_listen = config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
     let limits = RpcLimits {
         max_request_bytes: config.rpc.max_request_bytes,

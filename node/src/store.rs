@@ -270,7 +270,7 @@ impl KvStore for PendingState<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_contracts::{state_root, BlockCtx, Chain, Genesis, MemoryKv, Params};
+    use trellis_contracts::{recompute_state_root, state_root, BlockCtx, Chain, Genesis, MemoryKv, Params};
     use trellis_proto::{Amount, BlockHeader, Keypair, Transaction, TxKind};
 
     const CHAIN: &str = "store-test";
@@ -287,20 +287,24 @@ mod tests {
 
     /// Executes `txs` on the store's state as block `height` and returns the block and changes.
     fn build(store: &Store, chain: &Chain, height: u64, parent: Hash, proposer: &Keypair, txs: Vec<SignedTx>) -> (Block, Changes) {
-        let mut state = store.pending_state();
+        let base = store.pending_state();
+        let mut overlay = trellis_contracts::kv::Overlay::new(&base);
         let ctx = BlockCtx { height, time_ms: height * 1000, randomness: parent, proposer: proposer.address() };
-        chain.begin_block(&mut state, &ctx).unwrap();
+        chain.begin_block(&mut overlay, &ctx).unwrap();
         for tx in &txs {
-            chain.apply_tx(&mut state, tx, &ctx).unwrap();
+            chain.apply_tx(&mut overlay, tx, &ctx).unwrap();
         }
-        chain.end_block(&mut state, &ctx).unwrap();
+        chain.end_block(&mut overlay, &ctx).unwrap();
+        let changes = overlay.into_changes();
+        let mut state = store.pending_state();
+        let root = trellis_contracts::kv::apply_changes_digested(&mut state, changes).unwrap();
         let header = BlockHeader {
             chain_id: CHAIN.into(),
             height: Height(height),
             time_ms: ctx.time_ms,
             parent,
             tx_root: Block::compute_tx_root(&txs),
-            state_root: state_root(&state),
+            state_root: root,
             proposer: proposer.address(),
             beacon_reveal: Hash::ZERO,
         };
@@ -323,6 +327,7 @@ mod tests {
             let mut pending = store.pending_state();
             Chain::init_genesis(&mut pending, &genesis).unwrap();
             store.commit_genesis(pending.into_changes()).unwrap();
+            assert_eq!(state_root(&store.pending_state()).unwrap(), recompute_state_root(&memory));
             assert_eq!(state_root(&store.pending_state()), state_root(&memory));
             let mut parent = Hash::ZERO;
             for height in 1..=5u64 {
@@ -346,8 +351,9 @@ mod tests {
                     chain.end_block(&mut overlay, &ctx).unwrap();
                     overlay.into_changes()
                 };
-                trellis_contracts::kv::apply_changes(&mut memory, memory_changes);
-                assert_eq!(block.header.state_root, state_root(&memory), "height {height}");
+                let root = trellis_contracts::kv::apply_changes_digested(&mut memory, memory_changes).unwrap();
+                assert_eq!(block.header.state_root, root, "height {height}");
+                assert_eq!(root, recompute_state_root(&memory), "height {height}");
             }
             // Out-of-order commits are refused.
             let (stale, changes) = build(&store, &chain, 3, parent, &validator, vec![]);
@@ -358,6 +364,7 @@ mod tests {
         assert_eq!(store.head().unwrap(), Height(5));
         assert_eq!(store.block(Height(5)).unwrap().unwrap().hash(), head_hash);
         assert_eq!(store.block_by_hash(&head_hash).unwrap().unwrap().header.height, Height(5));
+        assert_eq!(state_root(&store.pending_state()).unwrap(), recompute_state_root(&memory));
         assert_eq!(state_root(&store.pending_state()), state_root(&memory));
         let (height, index, tx) = store.tx(&committed_txs[2]).unwrap().unwrap();
         assert_eq!((height, index), (Height(3), 0));

@@ -35,11 +35,15 @@ mod with_adversaries {
         miners: Vec<Value>,
         /// Lines of the nodes' logs (`node*/node.log`) containing [`REFUSED_AGGREGATE`].
         refused_aggregates: usize,
+        /// Lines of the nodes' logs containing [`REFUTED_EVIDENCE`].
+        refuted_evidence: usize,
     }
 
     /// What an honest validator logs when it refuses a block carrying an aggregate it computes
     /// differently (`node/src/consensus_app.rs`).
     const REFUSED_AGGREGATE: &str = "block carries an aggregate this node computes differently";
+    /// What an honest validator logs when a miner's trail refutes a verdict's evidence.
+    const REFUTED_EVIDENCE: &str = "Invalid evidence refuted by the miner's trail";
 
     fn corpus() -> PathBuf {
         super::corpus::path()
@@ -104,11 +108,14 @@ mod with_adversaries {
             serde_json::from_str(&text).unwrap()
         };
         assert!(status.success(), "{name}: the devnet failed ({status}); logs under {}", home.display());
-        let refused_aggregates = (0..16)
-            .filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok())
-            .map(|log| log.lines().filter(|l| l.contains(REFUSED_AGGREGATE)).count())
-            .sum();
-        let run = Run { rounds: read("rounds.json"), miners: read("miners.json"), refused_aggregates };
+        let logs: Vec<String> = (0..16).filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok()).collect();
+        let count = |needle: &str| logs.iter().map(|log| log.lines().filter(|l| l.contains(needle)).count()).sum();
+        let run = Run {
+            rounds: read("rounds.json"),
+            miners: read("miners.json"),
+            refused_aggregates: count(REFUSED_AGGREGATE),
+            refuted_evidence: count(REFUTED_EVIDENCE),
+        };
         let _ = std::fs::remove_dir_all(&home);
         let _ = std::fs::remove_file(&log_path);
         run
@@ -217,6 +224,23 @@ mod with_adversaries {
         assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
         assert!(run.refused_aggregates > 0, "no block with the forged aggregate was proposed in the whole run: the attack did not run");
         eprintln!("forge-aggregate: honest validators refused {} proposals carrying the forgery", run.refused_aggregates);
+    }
+
+    /// A validator that says `Invalid` about every segment it checks, quoting checkpoints the
+    /// miners never claimed: honest validators re-derive the quote from the miners' trails before
+    /// voting, so no such verdict reaches the chain — no honest miner is escalated, slashed or
+    /// left unpaid.
+    #[test]
+    fn a_framing_checkers_made_up_evidence_never_reaches_the_chain() {
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let run = devnet_of(*runs, "frame", 3, Some("frame"), "nano", 20, 3);
+        assert_eq!(run.rounds.len(), 3, "every round settled: {:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r["verdicts_other"] == 0), "no verdict but Valid was committed: {:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
+        assert!(run.refuted_evidence > 0, "no honest validator refuted a framed verdict: the attack did not run");
+        eprintln!("frame: honest validators refuted framed evidence {} times", run.refuted_evidence);
     }
 
     #[test]

@@ -157,6 +157,29 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     // The same nonce again is refused with a reason.
     let replay = cluster.call(1, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).unwrap_err();
     assert!(replay.contains("nonce"), "{replay}");
+    // A transfer of more than the sender holds is included, pays its fee (contracts'
+    // `block.rs::a_transaction_whose_action_fails_is_included_and_pays_its_fee`), and says why.
+    let account = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap();
+    let nonce = account["pending_nonce"].as_u64().unwrap();
+    let too_much = Transaction { sender: sender.public_key(), nonce, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(u64::MAX / 2) } }
+        .sign("cluster-test", &sender);
+    let hash = cluster.call(0, "tx_submit", rpc_params![hex::encode(too_much.to_bytes())]).expect("admitted: the fee is payable")["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = cluster.call(0, "tx_get", rpc_params![hash.clone()]).unwrap();
+        if status["status"] != "pending" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the failing transfer was not included in 30 s: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(status["reason"].as_str().unwrap().contains("insufficient balance"), "{status}");
+    let after = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap();
+    assert!(after["nonce"].as_u64().unwrap() > nonce, "the failed transfer used its nonce: {after}");
 
     // One validator killed: the other three go on.
     cluster.kill(3);

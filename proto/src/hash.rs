@@ -29,6 +29,7 @@ pub enum HashDomain {
     WorkBinding,
     BeaconOnion,
     BeaconMix,
+    StateEntry,
 }
 
 impl HashDomain {
@@ -49,6 +50,7 @@ impl HashDomain {
             HashDomain::WorkBinding => "trellis v1 work binding",
             HashDomain::BeaconOnion => "trellis v1 beacon onion",
             HashDomain::BeaconMix => "trellis v1 beacon mix",
+            HashDomain::StateEntry => "trellis v1 state entry",
         }
     }
 
@@ -199,7 +201,7 @@ mod tests {
         use HashDomain::*;
         let all = [
             Transaction, BlockHeader, MerkleLeaf, MerkleNode, MerkleEmpty, Checkpoint, Blob, JobSpec, StateRoot,
-            Randomness, Trail, WorkBinding,
+            Randomness, Trail, WorkBinding, BeaconOnion, BeaconMix, StateEntry,
         ];
         let contexts: std::collections::BTreeSet<_> = all.iter().map(|d| d.context()).collect();
         assert_eq!(contexts.len(), all.len());

@@ -8,6 +8,8 @@
 //!   exactly or within the job's tolerance), what a canonical training state may hold, and whose
 //!   fault a failed check is ([`judge::Blame`]): the miner's (`Invalid`, `Unavailable`), the
 //!   job's (the job is voided) or the checker's own (an explicit abstain);
+//! - [`evidence`]: what an `Invalid` verdict's evidence must quote of the miner's revealed work
+//!   and trail, checked by the chain and re-derived by every validator before it votes;
 //! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
 //!   and the validator's side of it ([`beacon::Onion`]);
 //! - [`economics`]: the odds of escaping a check when faking some segments, and what faking is
@@ -18,6 +20,7 @@
 
 pub mod beacon;
 pub mod economics;
+pub mod evidence;
 pub mod judge;
 pub mod trail;
 

@@ -36,6 +36,10 @@ fn add(total: &mut RunStats, stats: &RunStats) {
     total.grind_variants += stats.grind_variants;
     total.grind_moved_beacon += stats.grind_moved_beacon;
     total.beacon_reveals += stats.beacon_reveals;
+    total.flood_sent += stats.flood_sent;
+    total.refused_cannot_pay += stats.refused_cannot_pay;
+    total.txs_failed += stats.txs_failed;
+    total.duties_refused += stats.duties_refused;
     total.evidence_reported += stats.evidence_reported;
     total.equivocators_slashed += stats.equivocators_slashed;
     total.poisoners_slashed += stats.poisoners_slashed;
@@ -71,6 +75,9 @@ fn safety_holds_on_every_seed_and_liveness_in_every_calm_phase() {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("{seeds} seeds in {elapsed:.1} s ({:.2} seeds/s); totals: {total:?}", seeds as f64 / elapsed);
 
+    assert!(total.flood_sent > 0 && total.refused_cannot_pay > 0, "the flood ran and empty accounts were refused: {total:?}");
+    assert!(total.txs_failed > 0, "funded flooders' failing transactions were included and paid their fees: {total:?}");
+    assert_eq!(total.duties_refused, 0, "an honest validator's pool refused a duty during the flood: {total:?}");
     assert_eq!(total.grind_moved_beacon, 0, "a proposer moved the beacon by changing its block: the sample seed is grindable");
     let unsafe_seeds: Vec<u64> = unsafe_runs.iter().map(|r| r.seed).collect();
     assert!(

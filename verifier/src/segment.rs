@@ -260,33 +260,84 @@ pub fn check_delta(
     Ok(())
 }
 
-/// Whether an int8 error-feedback `residual` is one honest quantisation could have left: every
-/// value at most two of this Δ's quantisation steps (its chunk's scale) in magnitude. An honest
-/// residual is at most half a step of the previous round's Δ, whose steps are of the same size;
-/// the bound caps what a miner can slip into Δ through a made-up residual at two steps per value
-/// (`docs/protocol.md` §4.3).
-pub fn residual_within_bound(delta: &[u8], residual: &[f32]) -> bool {
-    let Some((chunk, scales)) = encoding::int8_scales(delta) else { return false };
-    residual.len() <= scales.len() * chunk
-        && residual.iter().enumerate().all(|(i, r)| r.is_finite() && r.abs() <= 2.0 * scales[i / chunk])
+/// Slack on the half-step bound for the rounding of `x − q·s` in f32 (at most a few ulps of
+/// `127·s`, far below this).
+const RESIDUAL_SLACK: f32 = 1.0 / 1024.0;
+
+/// Whether an int8 error-feedback `residual` is one that encoding `previous_delta` (the miner's
+/// previous revealed Δ, whose hash the chain recorded) could have left: encoding rounds each value
+/// to the nearest step of its chunk's scale, so what it leaves is at most half a step,
+/// `|r_i| ≤ scale[i / C] / 2`. The bound caps what a miner can slip into Δ through a made-up
+/// residual at half a step of the Δ it revealed before (`docs/protocol.md` §4.3), and no honest
+/// residual ever exceeds it, however the Δ's scales change from round to round.
+pub fn residual_within_bound(previous_delta: &[u8], residual: &[f32]) -> bool {
+    let Some((chunk, scales)) = encoding::int8_scales(previous_delta) else { return false };
+    chunk > 0
+        && residual.len() <= scales.len() * chunk
+        && residual.iter().enumerate().all(|(i, r)| r.is_finite() && r.abs() <= 0.5 * scales[i / chunk] * (1.0 + RESIDUAL_SLACK))
 }
 
 #[cfg(test)]
 mod residual_tests {
     use super::*;
 
+    /// Δs whose chunks shrink and grow by large factors from round to round (a learning rate
+    /// schedule, a loss spike): the honest residual must pass every time.
+    fn rounds_of_changing_scale() -> Vec<Vec<f32>> {
+        let base: Vec<f32> = (0..10_000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3 + (i as f32 * 0.013).sin() * 1e-4).collect();
+        [1.0f32, 0.01, 50.0, 1e-4, 3.0, 0.2]
+            .iter()
+            .enumerate()
+            .map(|(round, factor)| base.iter().enumerate().map(|(i, v)| v * factor * if (i / 4096 + round) % 2 == 0 { 1.0 } else { 0.07 }).collect())
+            .collect()
+    }
+
     #[test]
-    fn honest_residuals_pass_and_made_up_ones_do_not() {
-        let values: Vec<f32> = (0..10_000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect();
+    fn every_honest_residual_is_within_half_a_step_of_the_delta_it_came_from() {
         let mut feedback = encoding::ErrorFeedback::default();
-        let first = feedback.encode(DeltaEncoding::Int8, &values);
+        let mut previous: Option<Vec<u8>> = None;
+        for (round, values) in rounds_of_changing_scale().iter().enumerate() {
+            let carried = feedback.residual().to_vec();
+            let encoded = feedback.encode(DeltaEncoding::Int8, values);
+            if let Some(previous) = &previous {
+                assert!(residual_within_bound(previous, &carried), "round {round}: an honest residual fails the bound");
+            }
+            previous = Some(encoded);
+        }
+    }
+
+    #[test]
+    fn a_residual_bounded_only_by_the_current_delta_would_flag_an_honest_miner() {
+        // The rule before this one bounded the residual by two steps of the *current* Δ: when a
+        // chunk's Δ shrinks more than 4×, an honest residual breaks it. Shown here so that the
+        // rule above is not weakened back to it.
+        let rounds = rounds_of_changing_scale();
+        let mut feedback = encoding::ErrorFeedback::default();
+        feedback.encode(DeltaEncoding::Int8, &rounds[0]);
         let carried = feedback.residual().to_vec();
-        let second = feedback.encode(DeltaEncoding::Int8, &values);
-        assert!(residual_within_bound(&second, &carried), "an honest residual is within the bound");
+        let current = feedback.encode(DeltaEncoding::Int8, &rounds[1]);
+        let (chunk, scales) = encoding::int8_scales(&current).unwrap();
+        let old_rule = carried.iter().enumerate().all(|(i, r)| r.abs() <= 2.0 * scales[i / chunk]);
+        assert!(!old_rule, "the old bound accepts this honest residual; the test no longer shows the false positive");
+    }
+
+    #[test]
+    fn made_up_residuals_and_malformed_deltas_fail() {
+        let rounds = rounds_of_changing_scale();
+        let mut feedback = encoding::ErrorFeedback::default();
+        let previous = feedback.encode(DeltaEncoding::Int8, &rounds[0]);
+        let carried = feedback.residual().to_vec();
+        assert!(residual_within_bound(&previous, &carried));
+        let (chunk, scales) = encoding::int8_scales(&previous).unwrap();
         let mut poisoned = carried.clone();
-        poisoned[17] += 1.0;
-        assert!(!residual_within_bound(&second, &poisoned));
-        assert!(!residual_within_bound(&encoding::encode(DeltaEncoding::F32, &values), &carried), "int8 only");
-        assert!(!residual_within_bound(&first[..5], &carried), "malformed Δ");
+        poisoned[17] = 0.51 * scales[17 / chunk];
+        assert!(!residual_within_bound(&previous, &poisoned), "more than half a step");
+        let mut not_finite = carried.clone();
+        not_finite[3] = f32::NAN;
+        assert!(!residual_within_bound(&previous, &not_finite));
+        assert!(!residual_within_bound(&encoding::encode(DeltaEncoding::F32, &rounds[0]), &carried), "int8 only");
+        assert!(!residual_within_bound(&previous[..5], &carried), "malformed Δ");
+        let longer: Vec<f32> = carried.iter().chain(std::iter::repeat_n(&0.0, 5_000)).copied().collect();
+        assert!(!residual_within_bound(&previous, &longer), "more values than the Δ has");
     }
 }

@@ -55,10 +55,13 @@ pub enum Behaviour {
     LyingPeer,
     /// (A validator) proposes an aggregate it never computed.
     ForgeAggregate,
+    /// (A validator) says `Invalid` about every segment it checks, quoting a checkpoint the
+    /// miner never claimed.
+    Frame,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 10] = [
+    pub const ALL: [Behaviour; 11] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -69,6 +72,7 @@ impl Behaviour {
         Behaviour::UnitGap,
         Behaviour::LyingPeer,
         Behaviour::ForgeAggregate,
+        Behaviour::Frame,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,12 +87,13 @@ impl Behaviour {
             Behaviour::UnitGap => "unit-gap",
             Behaviour::LyingPeer => "lying-peer",
             Behaviour::ForgeAggregate => "forge-aggregate",
+            Behaviour::Frame => "frame",
         }
     }
 
     /// Whether a validator (rather than a miner) behaves this way.
     pub fn is_validators(self) -> bool {
-        self == Behaviour::ForgeAggregate
+        matches!(self, Behaviour::ForgeAggregate | Behaviour::Frame)
     }
 
     /// Whether the miner produces a trail of its own (trained, partly trained or faked).

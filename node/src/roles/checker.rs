@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_contracts::rounds::worker_index;
-use trellis_contracts::state::{Assignment, Job, Phase, RoundState};
+use trellis_contracts::state::{self, keys, Assignment, Job, MinerDeltas, Phase, RoundState};
 use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal};
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
@@ -81,6 +81,14 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
                     tracing::warn!(target: "node::checker", job = %job.id, round = round.round, "verification window closed before our verdict");
                     return;
                 }
+                let outcome = if context.behaviour == super::behaviour::Behaviour::Frame {
+                    // The framer's made-up mismatch: a checkpoint hash the miner never claimed.
+                    let made_up = Hash::digest(trellis_proto::HashDomain::Blob, format!("framed {} {}", assignment.miner, assignment.segment).as_bytes());
+                    tracing::warn!(target: "node::checker", job = %job.id, round = round.round, miner = %assignment.miner, "framing honest work (frame adversary)");
+                    Blame::miner(InvalidReason::CheckpointMismatch, made_up, Hash::ZERO).outcome()
+                } else {
+                    outcome
+                };
                 let verdict = Verdict { job: job.id, round: round.round, miner: assignment.miner, segment: assignment.segment, outcome };
                 if let Err(error) = context.submit(TxKind::Verdict(verdict)) {
                     tracing::warn!(target: "node::checker", %error, "cannot send the verdict");
@@ -202,7 +210,8 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
         Err(error) => return Err(Ok(job_fault(JobFaultReason::ModelUnusable, error, job))),
     };
     if trail.checkpoints[0].hash != start {
-        return Err(Ok(Blame::miner(InvalidReason::StartMismatch, start, trail.checkpoints[0].hash).outcome()));
+        // The quote is the miner's claim (its first checkpoint); what we derived is the canonical start.
+        return Err(Ok(Blame::miner(InvalidReason::StartMismatch, trail.checkpoints[0].hash, start).outcome()));
     }
     let segment = assignment.segment;
     let Some(claim) = segment_claim(&trail, &frame, segment) else {
@@ -232,16 +241,28 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
         None => None,
     };
     let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline).await?;
-    // int8: the residual the miner says it carried in must be served, and small enough to be one
-    // that honest quantisation left (docs/protocol.md §4.3).
+    // int8: the residual the miner says it carried in must be served, and small enough to be
+    // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
+    // left (docs/protocol.md §4.3).
+    let made_up = || Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome();
+    let mut previous_delta = None;
     let residual = if reveal.residual_hash == Hash::ZERO {
         None
     } else {
+        let recorded = {
+            let view = context.shared.ledger.store().pending_state();
+            state::read::<MinerDeltas>(&view, &keys::deltas(job.id, &assignment.miner)).map_err(|e| Err(e.into()))?
+        };
+        let Some(previous) = recorded.filter(|d| d.latest.round == round.round).and_then(|d| d.previous) else {
+            return Err(Ok(made_up()));
+        };
+        let previous_bytes = miners_blob(context, BlobKey::new(BlobKind::Data, previous.delta_hash), deadline).await?;
         let bytes = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.residual_hash), deadline).await?;
         let values = jobdata::weights_from_bytes(&bytes).unwrap_or_default();
-        if values.len() != global.len() || !residual_within_bound(&delta, &values) {
-            return Err(Ok(Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome()));
+        if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
+            return Err(Ok(made_up()));
         }
+        previous_delta = Some(previous.delta_hash);
         Some(values)
     };
     // What was fetched for this round goes when the round is settled.
@@ -251,6 +272,7 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
         BlobKey::new(BlobKind::Data, reveal.residual_hash),
         BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
     ];
+    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
     fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
     context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{expected_tokens, worker_index};
-use trellis_contracts::state::{keys, read, Job, JobStatus, Phase, RoundState, Stake};
+use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal};
 use trellis_trainer::checkpoint;
 use trellis_trainer::encoding::{self, ErrorFeedback};
@@ -50,12 +50,8 @@ fn tick(context: &Arc<RoleContext>, height: u64) {
         let view = context.shared.ledger.store().pending_state();
         read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(0, |s| s.bonded)
     };
-    for job in context.jobs() {
-        let keep_from = if job.status == JobStatus::Active { job.current_round } else { job.spec.diloco.rounds };
-        if keep_from > 0 && context.start_once(format!("stage-gc:{}:{keep_from}", job.id)) {
-            Stage::collect(&context.work_dir, job.id.0, keep_from);
-        }
-        if job.status != JobStatus::Active || job.cancel_requested {
+    for job in context.active_jobs() {
+        if job.cancel_requested {
             continue;
         }
         if context.behaviour == Behaviour::LyingPeer {
@@ -379,24 +375,63 @@ fn residual_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
     work_dir.join(format!("residual-job{job}-round{round}.f32"))
 }
 
-/// The residual to carry into `round`: the one left by this miner's latest earlier round whose
-/// work the chain recorded as revealed (a round it trained but never revealed carries nothing).
-fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: usize) -> anyhow::Result<Option<Vec<f32>>> {
+/// Where this miner keeps its encoded int8 Δ of round `round`: served again in the next round
+/// it works in, so that checkers can bound the residual it carries by that Δ's steps.
+fn delta_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
+    work_dir.join(format!("delta-job{job}-round{round}.int8"))
+}
+
+/// Deletes this node's local files of `job`'s rounds before `keep_from`: a miner's stages, and
+/// its kept residuals and Δs but those of the latest round the chain recorded as revealed (what
+/// the next round carries); all of them once the job has ended.
+pub(super) fn collect_local(context: &RoleContext, job: &Job, keep_from: u32) {
+    Stage::collect(&context.work_dir, job.id.0, keep_from);
+    let keep = if job.status == JobStatus::Active {
+        let view = context.shared.ledger.store().pending_state();
+        read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address())).ok().flatten().map(|d| d.latest.round)
+    } else {
+        None
+    };
+    for round in 0..keep_from {
+        if Some(round) != keep {
+            let _ = std::fs::remove_file(residual_path(&context.work_dir, job.id.0, round));
+            let _ = std::fs::remove_file(delta_path(&context.work_dir, job.id.0, round));
+        }
+    }
+}
+
+/// What an int8 miner carries into a round: the residual its last revealed Δ left, and that Δ
+/// (which it serves again, for checkers to bound the residual by).
+struct Carried {
+    residual: Vec<f32>,
+    previous_delta: Vec<u8>,
+}
+
+/// The residual to carry into `round`: the one left by the latest round whose work the chain
+/// recorded as this miner's revealed Δ (`MinerDeltas`). Nothing is carried when that round's
+/// residual or Δ is not on disk any more, or the Δ is not the one the chain recorded: a residual
+/// its checkers could not bound would be judged made up.
+fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: usize) -> anyhow::Result<Option<Carried>> {
     if job.spec.diloco.encoding != DeltaEncoding::Int8 {
         return Ok(None);
     }
-    let me = context.key.address();
-    for earlier in (0..round).rev() {
-        let revealed = context.round(job.id, earlier).is_some_and(|r| r.commits.iter().any(|c| c.miner == me && c.reveal.is_some()));
-        if !revealed {
-            continue;
-        }
-        let path = residual_path(&context.work_dir, job.id.0, earlier);
-        let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
-        let residual = jobdata::weights_from_bytes(&bytes)?;
-        return Ok((residual.len() == parameters).then_some(residual));
+    let view = context.shared.ledger.store().pending_state();
+    let Some(deltas) = read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address()))? else { return Ok(None) };
+    let earlier = deltas.latest;
+    if earlier.round >= round {
+        return Ok(None);
     }
-    Ok(None)
+    let (Ok(residual), Ok(previous_delta)) = (
+        std::fs::read(residual_path(&context.work_dir, job.id.0, earlier.round)),
+        std::fs::read(delta_path(&context.work_dir, job.id.0, earlier.round)),
+    ) else {
+        return Ok(None);
+    };
+    let residual = jobdata::weights_from_bytes(&residual)?;
+    if residual.len() != parameters || data_hash(&previous_delta) != earlier.delta_hash {
+        return Ok(None);
+    }
+    Ok(Some(Carried { residual, previous_delta }))
 }
 
 /// A made-up hash for a miner that does no work (`skip-work`).
@@ -422,7 +457,7 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
     }
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
-    let residual = carried_residual(context, job, round.round, global.len())?;
+    let carried = carried_residual(context, job, round.round, global.len())?;
     let zk = ZkJob::of(&job.spec)?;
     let proving_key = match &zk {
         Some(zk) => Some(context.proving_key(zk.proving_key).await?),
@@ -501,12 +536,23 @@ async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, 
         let (encoded, residual_hash) = match spec.diloco.encoding {
             DeltaEncoding::Int8 => {
                 // Error feedback: what quantisation lost in our last revealed round is added to
-                // this round's Δ; the residual carried in is published and revealed.
-                let carried = residual.unwrap_or_else(|| vec![0.0; delta.len()]);
+                // this round's Δ; the residual carried in is published and revealed, next to the
+                // Δ it came from (its checkers bound the residual by that Δ's steps).
+                let (carried, previous_delta) = match carried {
+                    Some(Carried { residual, previous_delta }) => (residual, Some(previous_delta)),
+                    None => (vec![0.0; delta.len()], None),
+                };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(DeltaEncoding::Int8, &delta);
                 std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), jobdata::weights_to_bytes(feedback.residual()))?;
-                let hash = if carried.iter().all(|r| *r == 0.0) { Hash::ZERO } else { stage.put_data(&jobdata::weights_to_bytes(&carried))?.hash };
+                std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
+                let hash = match previous_delta {
+                    Some(previous) if carried.iter().any(|r| *r != 0.0) => {
+                        stage.put_data(&previous)?;
+                        stage.put_data(&jobdata::weights_to_bytes(&carried))?.hash
+                    }
+                    _ => Hash::ZERO,
+                };
                 (encoded, hash)
             }
             other => (encoding::encode(other, &delta), Hash::ZERO),

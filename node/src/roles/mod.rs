@@ -49,6 +49,8 @@ pub struct RoleContext {
     /// Own failures counted per piece of work (so a checker abstains after a few).
     failures: Mutex<HashMap<String, u32>>,
     nonce_watch: Mutex<NonceWatch>,
+    /// Jobs [`RoleContext::collect_garbage`] still visits (`None` until its first run).
+    collect_watch: Mutex<Option<std::collections::BTreeSet<JobId>>>,
     datasets: Mutex<HashMap<Hash, Arc<Dataset>>>,
     /// groth16 jobs' keys, parsed once (a proving key takes seconds to parse, and a miner
     /// needs it every round; a checker needs the prepared verifier for every segment).
@@ -118,6 +120,7 @@ impl RoleContext {
             started: Mutex::default(),
             failures: Mutex::default(),
             nonce_watch: Mutex::default(),
+            collect_watch: Mutex::default(),
             datasets: Mutex::default(),
             proving_keys: Mutex::default(),
             verifiers: Mutex::default(),
@@ -137,19 +140,37 @@ impl RoleContext {
             .collect()
     }
 
-    /// Jobs that are still running.
+    /// Jobs that are still running (through the chain's active index, so the cost does not grow
+    /// with the jobs that have ended).
     pub fn active_jobs(&self) -> Vec<Job> {
-        self.jobs().into_iter().filter(|job| job.status == JobStatus::Active).collect()
+        let view = self.shared.ledger.store().pending_state();
+        state::active_jobs(&view).unwrap_or_else(|e| crate::store::fatal(e))
     }
 
-    /// Deletes the round blobs (trails, checkpoints, Δ) of rounds nobody needs any more: every
-    /// round before a job's current one, and all of them once the job has ended.
+    /// Deletes what this node keeps of rounds nobody needs any more: the round blobs (trails,
+    /// checkpoints, Δ) and a miner's stages of every round before a job's current one, and all
+    /// of them once the job has ended. Visits the jobs seen active since the node started (every
+    /// job, the first time), and forgets a job once it ended and was collected.
     pub fn collect_garbage(&self) {
-        for job in self.jobs() {
-            let keep_from = if job.status == JobStatus::Active { job.current_round } else { job.spec.diloco.rounds };
+        let ids: Vec<JobId> = {
+            let mut watched = self.collect_watch.lock().unwrap_or_else(|p| p.into_inner());
+            let watched = watched.get_or_insert_with(|| self.jobs().iter().map(|job| job.id).collect());
+            watched.extend(self.active_jobs().iter().map(|job| job.id));
+            watched.iter().copied().collect()
+        };
+        for id in ids {
+            let Some(job) = self.job(id) else { continue };
+            let ended = job.status != JobStatus::Active;
+            let keep_from = if ended { job.spec.diloco.rounds } else { job.current_round };
             if keep_from > 0 && self.start_once(format!("gc:{}:{keep_from}", job.id)) {
                 let removed = self.net.store().collect_settled(job.id, keep_from);
+                miner::collect_local(self, &job, keep_from);
                 tracing::debug!(target: "node::roles", job = %job.id, removed, "collected blobs of settled rounds");
+            }
+            if ended {
+                if let Some(watched) = self.collect_watch.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    watched.remove(&id);
+                }
             }
         }
     }

@@ -11,14 +11,14 @@
 //! [`Ledger::commit`], which applies one executed block on top of the head it was executed on.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use arc_malachitebft_app_channel::app::types::core::ExtendedCommitCertificate;
 use thiserror::Error;
 use trellis_consensus::{TrellisContext, Validator as ConsensusValidator, ValidatorSet as ConsensusValidatorSet};
 use trellis_contracts::kv::{apply_changes, Changes, Overlay};
-use trellis_contracts::state::{self, keys, Account, Job, JobStatus, Phase, RoundState};
+use trellis_contracts::state::{self, keys, Account, Job, Phase, RoundState};
 use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Parent, TxError};
 use trellis_proto::{
     Address, Aggregate, Block, Encode, Hash, HashDomain, JobId, Signature, SignedTx, Transaction, TxKind,
@@ -132,6 +132,12 @@ impl Ledger {
         read_account(&self.kv, address).nonce
     }
 
+    /// What mempool admission needs of a sender's committed account.
+    pub fn sender_account(&self, address: &Address) -> trellis_mempool::SenderAccount {
+        let account = read_account(&self.kv, address);
+        trellis_mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance }
+    }
+
     /// The validator set that signs the next height, in the engine's form.
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let set = self.chain.validator_set(&self.kv).expect("the simulated state is never corrupt"); // ok: written by contracts only
@@ -151,7 +157,8 @@ impl Ledger {
         self.chain.beacon_onion(&self.kv, validator).expect("the simulated state is never corrupt") // ok: written by contracts only
     }
 
-    /// Builds the next block from `candidates` in order, leaving out those that fail.
+    /// Builds the next block from `candidates` in order, leaving out those no block may hold (a
+    /// failing action is included and pays its fee: `Chain::include_tx`).
     pub fn build_block(&self, proposer: Address, time_ms: u64, beacon_reveal: Hash, candidates: Vec<SignedTx>) -> Executed {
         let mut overlay = Overlay::new(&self.kv);
         let built = self
@@ -229,11 +236,8 @@ pub fn read_account(kv: &MemoryKv, address: &Address) -> Account {
 /// Every active job with its current round, in job order.
 pub fn active_rounds<S: trellis_contracts::KvStore + ?Sized>(kv: &S) -> Vec<(Job, RoundState)> {
     let mut out = Vec::new();
-    for (key, bytes) in kv.scan_prefix(keys::JOB_PREFIX) {
-        let job: Job = state::decode_record(&key, &bytes).expect("the simulated state is never corrupt"); // ok: written by contracts only
-        if job.status != JobStatus::Active {
-            continue;
-        }
+    for job in state::active_jobs(kv).expect("the simulated state is never corrupt") {
+        // ok: written by contracts only
         if let Some(round) =
             state::read::<RoundState>(kv, &keys::round(job.id, job.current_round)).expect("the simulated state is never corrupt")
         {
@@ -263,84 +267,59 @@ pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(kv: &S, job: J
     Some(Aggregate { job, round, model_hash, momentum_hash, accepted: state.accepted.clone() })
 }
 
-/// Pending transactions of one node, ordered by (sender, nonce) so a proposer takes each
-/// sender's transactions in nonce order.
-#[derive(Debug, Clone, Default)]
+/// Pending transactions of one simulated validator: the node's own pool
+/// (`trellis_mempool`: admission by what the sender can pay, room kept for duties, selection by
+/// fee with contiguous nonces, eviction of what fails with the sender's later nonces), sized for
+/// the simulation. Signatures are checked when blocks are executed.
+#[derive(Debug)]
 pub struct Mempool {
-    txs: BTreeMap<(Address, u64), SignedTx>,
+    pool: trellis_mempool::Mempool,
+}
+
+impl Default for Mempool {
+    fn default() -> Self {
+        let limits = trellis_mempool::MempoolLimits {
+            max_transactions: MEMPOOL_CAPACITY,
+            max_bytes: 4 * 1024 * 1024,
+            max_per_account: 64,
+            reserved_for_duties: MEMPOOL_CAPACITY / 8,
+        };
+        Self { pool: trellis_mempool::Mempool::new(limits) }
+    }
 }
 
 impl Mempool {
-    /// Adds `tx` unless it is stale, already held, or the pool is full. A different
-    /// transaction with the same sender and nonce replaces the held one (a re-signed duty).
-    pub fn insert(&mut self, tx: SignedTx, next_nonce: u64) -> bool {
-        if tx.tx.nonce < next_nonce {
-            return false;
-        }
-        let key = (tx.tx.sender_address(), tx.tx.nonce);
-        match self.txs.get(&key) {
-            Some(held) if held == &tx => false,
-            Some(_) => {
-                self.txs.insert(key, tx);
-                true
-            }
-            None if self.txs.len() >= MEMPOOL_CAPACITY => false,
-            None => {
-                self.txs.insert(key, tx);
-                true
-            }
-        }
+    /// Admits `tx` against the committed state of `ledger`; why not, if refused.
+    pub fn insert(&mut self, tx: SignedTx, ledger: &Ledger) -> Result<(), trellis_mempool::MempoolError> {
+        let account = ledger.sender_account(&tx.tx.sender_address());
+        self.pool.insert_verified(tx, account).map(|_| ())
     }
 
-    pub fn candidates(&self) -> Vec<SignedTx> {
-        self.txs.values().take(MAX_SIM_BLOCK_TXS).cloned().collect()
+    pub fn candidates(&self, ledger: &Ledger) -> Vec<SignedTx> {
+        self.pool.select(MAX_SIM_BLOCK_TXS, usize::MAX, |a| ledger.next_nonce(a))
     }
 
     /// Drops what the committed state made stale.
     pub fn prune(&mut self, ledger: &Ledger) {
-        self.txs.retain(|(sender, nonce), _| *nonce >= ledger.next_nonce(sender));
+        self.pool.prune(|a| ledger.next_nonce(a));
     }
 
-    /// Drops a transaction that failed at its own nonce: it cannot apply any more.
-    pub fn evict(&mut self, tx: &SignedTx) {
-        self.txs.remove(&(tx.tx.sender_address(), tx.tx.nonce));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use trellis_proto::{Amount, Keypair};
-
-    use super::*;
-
-    fn transfer(key: &Keypair, nonce: u64, amount: u64) -> SignedTx {
-        let kind = TxKind::Transfer { to: Address::default(), amount: Amount(amount) };
-        Transaction { sender: key.public_key(), nonce, fee: Amount(1), kind }.sign("mempool-test", key)
+    /// Drops transactions that failed in block building, with their senders' later nonces
+    /// (but `keep`'s, the validator's own, which it resends itself).
+    pub fn evict_failed(&mut self, failed: &[SignedTx], keep: Option<&Address>) -> usize {
+        self.pool.evict_failed(failed, keep)
     }
 
-    #[test]
-    fn mempool_keeps_one_transaction_per_sender_and_nonce_in_nonce_order() {
-        let key = Keypair::from_seed([3; 32]);
-        let mut pool = Mempool::default();
-        assert!(!pool.insert(transfer(&key, 1, 5), 2), "a stale nonce is refused");
-        assert!(pool.insert(transfer(&key, 3, 5), 2));
-        assert!(pool.insert(transfer(&key, 2, 5), 2));
-        assert!(!pool.insert(transfer(&key, 2, 5), 2), "the same transaction twice is held once");
-        assert!(pool.insert(transfer(&key, 2, 6), 2), "a re-signed transaction replaces the held one");
-        let nonces: Vec<u64> = pool.candidates().iter().map(|tx| tx.tx.nonce).collect();
-        assert_eq!(nonces, vec![2, 3]);
-        pool.evict(&transfer(&key, 2, 6));
-        assert_eq!(pool.candidates().len(), 1);
+    /// Drops the validator's own stale transaction (and what follows it).
+    pub fn evict_own(&mut self, tx: &SignedTx) {
+        self.pool.evict_failed(std::slice::from_ref(tx), None);
     }
 
-    #[test]
-    fn mempool_is_bounded() {
-        let key = Keypair::from_seed([4; 32]);
-        let mut pool = Mempool::default();
-        for nonce in 0..MEMPOOL_CAPACITY as u64 {
-            assert!(pool.insert(transfer(&key, nonce, 1), 0));
-        }
-        assert!(!pool.insert(transfer(&key, MEMPOOL_CAPACITY as u64, 1), 0), "a full pool refuses more");
-        assert_eq!(pool.candidates().len(), MAX_SIM_BLOCK_TXS, "a block takes at most its limit");
+    pub fn len(&self) -> usize {
+        self.pool.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pool.is_empty()
     }
 }

@@ -24,7 +24,7 @@ use arc_malachitebft_app_channel::app::types::core::{NilOrVal, VoteType};
 use thiserror::Error;
 use trellis_consensus::{BlockId, ConsensusVote};
 use trellis_contracts::state::{self, keys, Account, Stake, Supply};
-use trellis_contracts::{state_root, total_holdings, Event, KvStore};
+use trellis_contracts::{recompute_state_root, state_root, total_holdings, Event, KvStore};
 use trellis_proto::{Address, Hash, JobId, Role};
 
 use super::chain::{Executed, Ledger};
@@ -39,6 +39,8 @@ pub enum Violation {
     InvalidBlockDecided { height: u64, node: NodeId, block: Hash, reason: String },
     #[error("height {height}: node {node} has state root {got}, node {first_node} has {expected}")]
     StateRootMismatch { height: u64, node: NodeId, got: Hash, first_node: NodeId, expected: Hash },
+    #[error("height {height}: node {node}'s incrementally kept state root is {stored}, recomputed from every entry it is {recomputed}")]
+    StaleStateDigest { height: u64, node: NodeId, stored: String, recomputed: Hash },
     #[error("height {height}, node {node}: holdings {holdings} but genesis + minted - burned = {expected}")]
     SupplyNotConserved { height: u64, node: NodeId, holdings: u64, expected: u64 },
     #[error("height {height}, node {node}: burned {burned} but fees {fees} + slashes {slashes}")]
@@ -204,7 +206,14 @@ impl Checker {
             }
         }
 
-        let root = state_root(ledger.state());
+        let root = recompute_state_root(ledger.state());
+        match state_root(ledger.state()) {
+            Ok(stored) if stored == root => {}
+            stored => {
+                let stored = stored.map_or_else(|e| e.to_string(), |h| h.to_string());
+                return self.fail(Violation::StaleStateDigest { height, node, stored, recomputed: root });
+            }
+        }
         match self.state_roots.get(&height) {
             Some(&(expected, first_node)) if expected != root => {
                 return self.fail(Violation::StateRootMismatch { height, node, got: root, first_node, expected });

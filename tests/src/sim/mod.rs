@@ -41,10 +41,12 @@ use invariants::{Checker, LivenessReport, Violation};
 use network::{EventQueue, Fate, Fault, FaultConfig, FaultPlan, Links, NodeId, Time};
 use rng::SimRng;
 use validator::{Coalition, Dest, Identity, Message, Node, Note, Outbox, SignatureMemo, TimerKey};
-use workload::{MinerBehaviour, Workload};
+use workload::{Flood, MinerBehaviour, Workload};
 
 /// The chain id of every simulated chain.
 pub const SIM_CHAIN_ID: &str = "trellis-sim";
+/// What each funded flooder holds at genesis: enough for a few hundred failing transactions.
+const FLOODER_BALANCE: u64 = 2_000;
 
 /// Who is Byzantine in a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,9 @@ pub struct SimConfig {
     pub build_ms: (Time, Time),
     pub client_interval_ms: Time,
     pub max_jobs: u32,
+    /// Flooders (issue 18): empty accounts, funded accounts, and the nonces each sends ahead
+    /// every client tick (see [`workload::Flood`]).
+    pub flood: (usize, usize, u64),
     /// Whether a validator's WAL survives its crashes.
     pub durable_wal: bool,
     /// Heights every honest node must add in the calm phase; `None` when liveness is not
@@ -123,6 +128,7 @@ impl SimConfig {
             build_ms: (100, 300),
             client_interval_ms: 250,
             max_jobs: 3,
+            flood: (4, 2, 8),
             durable_wal: true,
             live_heights: Some(5),
         }
@@ -206,6 +212,13 @@ pub struct RunStats {
     pub grind_variants: u64,
     pub grind_moved_beacon: u64,
     pub beacon_reveals: u64,
+    /// The flood: transactions sent, refused by honest pools because their sender could not
+    /// pay, included and failed (each paying its fee), and honest validators' duties a pool
+    /// refused for want of room (the issue's "verdicts refused": must stay 0).
+    pub flood_sent: u64,
+    pub refused_cannot_pay: u64,
+    pub txs_failed: u64,
+    pub duties_refused: u64,
     pub evidence_reported: u64,
     pub wal_replays: u64,
     pub replay_refusals: u64,
@@ -287,7 +300,7 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports, {} replay refusals; {} beacon reveals",
+            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports, {} replay refusals; {} beacon reveals; flood: {} sent, {} refused (cannot pay), {} failed in blocks, {} duties refused",
             s.poisoners_slashed,
             s.freeloaders_slashed,
             s.equivocators_slashed,
@@ -301,7 +314,11 @@ impl fmt::Display for SimReport {
             s.grind_moved_beacon,
             s.evidence_reported,
             s.replay_refusals,
-            s.beacon_reveals
+            s.beacon_reveals,
+            s.flood_sent,
+            s.refused_cannot_pay,
+            s.txs_failed,
+            s.duties_refused
         )?;
         write!(f, "  trace {}", self.trace_hex())
     }
@@ -377,6 +394,11 @@ impl Simulation {
         let miner_keys: Vec<Keypair> = (0..config.miners).map(|_| Keypair::from_seed(setup.bytes32())).collect();
         let user_keys: Vec<Keypair> = (0..config.users).map(|_| Keypair::from_seed(setup.bytes32())).collect();
         let submitter = Keypair::from_seed(setup.bytes32());
+        // Drawn from a stream of their own, so the rest of a seed's setup does not move.
+        let mut flood_rng = SimRng::stream(seed, "flood");
+        let (empty_flooders, funded_flooders, flood_nonces) = config.flood;
+        let empty_flooders: Vec<Keypair> = (0..empty_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
+        let funded_flooders: Vec<Keypair> = (0..funded_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
 
         // Byzantine validators and their strategy.
         let (members, equivocate, invalid_proposals) = match config.byzantine {
@@ -426,6 +448,7 @@ impl Simulation {
             validator_keys.iter().chain(&miner_keys).map(|k| (k.address(), 100_000)).collect();
         accounts.extend(user_keys.iter().map(|k| (k.address(), 200_000)));
         accounts.push((submitter.address(), 1_000_000));
+        accounts.extend(funded_flooders.iter().map(|k| (k.address(), FLOODER_BALANCE)));
         let genesis = Genesis {
             chain_id: SIM_CHAIN_ID.to_string(),
             accounts,
@@ -479,6 +502,7 @@ impl Simulation {
             user_keys,
             &validator_addresses,
             config.max_jobs,
+            Flood::new(empty_flooders, funded_flooders, flood_nonces),
         );
 
         let mut queue = EventQueue::default();
@@ -778,6 +802,7 @@ impl Simulation {
                 Event::Rewarded { as_miner: true, .. } => self.stats.miner_rewards += 1,
                 Event::AggregateCommitted { .. } => self.stats.rounds_settled += 1,
                 Event::JobEnded { .. } => self.stats.jobs_ended += 1,
+                Event::TxFailed { .. } => self.stats.txs_failed += 1,
                 _ => {}
             }
         }
@@ -797,11 +822,14 @@ impl Simulation {
             self.stats.grind_variants += node.stats.grind_variants;
             self.stats.grind_moved_beacon += node.stats.grind_moved_beacon;
             self.stats.beacon_reveals += node.stats.beacon_reveals;
+            self.stats.refused_cannot_pay += node.stats.refused_cannot_pay;
+            self.stats.duties_refused += node.stats.duties_refused;
             self.stats.evidence_reported += node.stats.evidence_reported;
             self.stats.wal_replays += node.stats.wal_replays;
             self.stats.replay_refusals += node.stats.replay_refusals;
             self.stats.sync_decisions += node.stats.sync_decisions;
         }
+        self.stats.flood_sent = self.workload.flood.sent;
         self.stats.jailed = jailed_validators(&self.nodes[self.most_advanced_honest()].ledger).len();
         report.violation = self.checker.violation().cloned();
         report.trace_hash = *self.trace.finalize().as_bytes();

@@ -259,6 +259,10 @@ pub struct NodeStats {
     pub grind_moved_beacon: u64,
     /// Blocks built with a beacon reveal (an onion committed and active).
     pub beacon_reveals: u64,
+    /// Transactions this node's pool refused because their sender could not pay.
+    pub refused_cannot_pay: u64,
+    /// Duties (verdicts, aggregates, commitments, reveals, reports) its pool refused for room.
+    pub duties_refused: u64,
 }
 
 /// Onion layers a simulated validator commits (runs are far shorter).
@@ -568,9 +572,18 @@ impl Running<'_> {
             }
             Message::SyncResponse { block, certificate } => self.on_synced_value(block, certificate),
             Message::Tx(tx) => {
-                let next = self.ledger.next_nonce(&tx.tx.sender_address());
-                self.e.mempool.insert(tx, next);
+                let duty = trellis_mempool::is_duty(&tx.tx.kind);
+                let result = self.e.mempool.insert(tx, self.ledger);
+                self.count_refusal(duty, result);
             }
+        }
+    }
+
+    fn count_refusal(&mut self, duty: bool, result: Result<(), trellis_mempool::MempoolError>) {
+        match result {
+            Err(trellis_mempool::MempoolError::CannotPay { .. }) => self.stats.refused_cannot_pay += 1,
+            Err(trellis_mempool::MempoolError::Full { .. }) if duty && !self.me.byzantine => self.stats.duties_refused += 1,
+            _ => {}
         }
     }
 
@@ -907,19 +920,28 @@ impl Running<'_> {
         if !self.e.driver.step_is_propose() || self.proposer_of(round) != self.me.address {
             return;
         }
-        let candidates = self.e.mempool.candidates();
+        // As the node: never propose an outer update this validator has not recomputed
+        // identically (a failing one would be included too, and refused by honest validators).
+        let state = self.ledger.state();
+        let candidates: Vec<SignedTx> = self
+            .e
+            .mempool
+            .candidates(self.ledger)
+            .into_iter()
+            .filter(|tx| match &tx.tx.kind {
+                TxKind::CommitAggregate(aggregate) => expected_aggregate(state, aggregate.job, aggregate.round).as_ref() == Some(aggregate),
+                _ => true,
+            })
+            .collect();
         let reveal = self.beacon_reveal();
         let executed = self.ledger.build_block(self.me.address.0, self.now, reveal, candidates.clone());
         self.stats.beacon_reveals += u64::from(reveal != Hash::ZERO);
         if self.me.byzantine {
             self.grind(reveal, &candidates, &executed);
         }
-        for (tx, error) in &executed.left_out {
-            let at_its_nonce = tx.tx.nonce == self.ledger.next_nonce(&tx.tx.sender_address());
-            if at_its_nonce && !matches!(error, trellis_contracts::TxError::BadNonce { .. }) {
-                self.e.mempool.evict(tx);
-            }
-        }
+        // As the node: what failed leaves the pool with its sender's later nonces.
+        let failed: Vec<SignedTx> = executed.left_out.iter().map(|(tx, _)| tx.clone()).collect();
+        self.e.mempool.evict_failed(&failed, Some(&self.me.address.0));
         self.stats.blocks_built += 1;
         let (invalid, equivocate) = {
             let coalition = self.me.coalition.borrow();
@@ -969,7 +991,7 @@ impl Running<'_> {
             }
             .sign(self.me.ctx.chain_id(), &self.me.key);
             let mut candidates = vec![tx.clone()];
-            candidates.extend(self.e.mempool.candidates().into_iter().filter(|t| t.tx.sender_address() != me));
+            candidates.extend(self.e.mempool.candidates(self.ledger).into_iter().filter(|t| t.tx.sender_address() != me));
             let reveal = self.beacon_reveal();
             let forged = self.ledger.build_block(me, self.now, reveal, candidates);
             if forged.block.txs.contains(&tx) {
@@ -1250,7 +1272,7 @@ impl Running<'_> {
         if let Some(own) = &self.e.own_tx {
             if own.tx.tx.nonce < next || self.ledger.dry_run(&own.tx.tx).is_err() {
                 let stale = own.tx.clone();
-                self.e.mempool.evict(&stale);
+                self.e.mempool.evict_own(&stale);
                 self.e.own_tx = None;
             } else if self.ledger.height() >= own.sent_at_height + RESEND_BLOCKS {
                 let tx = own.tx.clone();
@@ -1267,7 +1289,8 @@ impl Running<'_> {
         if matches!(tx.tx.kind, TxKind::ReportEquivocation(_)) {
             self.stats.evidence_reported += 1;
         }
-        self.e.mempool.insert(tx.clone(), next);
+        let refused = self.e.mempool.insert(tx.clone(), self.ledger);
+        self.count_refusal(true, refused);
         self.e.own_tx = Some(OwnTx { tx: tx.clone(), sent_at_height: self.ledger.height() });
         self.send(Dest::Others, Message::Tx(tx));
     }

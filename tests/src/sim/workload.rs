@@ -31,6 +31,9 @@ use super::rng::SimRng;
 
 /// Fee every simulated transaction pays.
 pub const FEE: u64 = 1;
+/// Fee a funded flooder's failing transfers pay: above the honest fee, so a pool and a block
+/// that sorted by fee alone would take them first.
+pub const FLOOD_FEE: u64 = 2;
 /// A transaction not taken by the chain within this long is sent again.
 const RESEND_MS: Time = 4_000;
 
@@ -140,6 +143,55 @@ struct Account {
     part: Part,
 }
 
+/// Accounts that flood every validator with failing transactions (issue 18's flood): empty
+/// accounts sending transfers at fee `u64::MAX` (their sender can pay nothing), and funded
+/// accounts sending, above the honest fee, transfers of more than they hold (each fails in a
+/// block: included, it pays its fee).
+pub struct Flood {
+    pub empty: Vec<Keypair>,
+    pub funded: Vec<Keypair>,
+    /// Nonces each flooder sends ahead of its next one, every tick.
+    pub nonces: u64,
+    /// Signed flood transactions by (sender, nonce): signing dominates a tick otherwise.
+    signed: BTreeMap<(Address, u64), SignedTx>,
+    pub sent: u64,
+}
+
+impl Flood {
+    pub fn new(empty: Vec<Keypair>, funded: Vec<Keypair>, nonces: u64) -> Self {
+        Self { empty, funded, nonces, signed: BTreeMap::new(), sent: 0 }
+    }
+
+    fn tick(&mut self, chain_id: &str, view: &Ledger) -> Vec<SignedTx> {
+        let mut out = Vec::new();
+        let plans: Vec<(Keypair, u64)> = self
+            .empty
+            .iter()
+            .map(|k| (Keypair::from_seed(k.seed()), u64::MAX))
+            .chain(self.funded.iter().map(|k| (Keypair::from_seed(k.seed()), FLOOD_FEE)))
+            .collect();
+        for (key, fee) in plans {
+            let address = key.address();
+            let next = view.next_nonce(&address);
+            self.signed.retain(|(sender, nonce), _| *sender != address || *nonce >= next);
+            for nonce in next..next + self.nonces {
+                let tx = self.signed.entry((address, nonce)).or_insert_with(|| {
+                    let kind = TxKind::Transfer { to: address, amount: Amount(u64::MAX / 2) };
+                    Transaction { sender: key.public_key(), nonce, fee: Amount(fee), kind }.sign(chain_id, &key)
+                });
+                out.push(tx.clone());
+            }
+        }
+        self.sent += out.len() as u64;
+        out
+    }
+
+    /// Whether `address` is one of the flood's senders.
+    pub fn sends(&self, address: &Address) -> bool {
+        self.empty.iter().chain(&self.funded).any(|k| &k.address() == address)
+    }
+}
+
 /// The chain's users.
 pub struct Workload {
     rng: SimRng,
@@ -150,6 +202,7 @@ pub struct Workload {
     in_flight: BTreeMap<Address, InFlight>,
     jobs_submitted: u32,
     max_jobs: u32,
+    pub flood: Flood,
 }
 
 impl Workload {
@@ -161,6 +214,7 @@ impl Workload {
         users: Vec<Keypair>,
         validators: &[Address],
         max_jobs: u32,
+        flood: Flood,
     ) -> Self {
         let account = |key: Keypair, part| Account { address: key.address(), key, part };
         let mut accounts = vec![account(submitter, Part::Submitter)];
@@ -176,6 +230,7 @@ impl Workload {
             in_flight: BTreeMap::new(),
             jobs_submitted: 0,
             max_jobs,
+            flood,
         }
     }
 
@@ -207,6 +262,7 @@ impl Workload {
             self.in_flight.insert(address, InFlight { tx: tx.clone(), sent_at: now });
             out.push(tx);
         }
+        out.extend(self.flood.tick(&self.chain_id, view));
         out
     }
 

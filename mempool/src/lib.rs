@@ -1,14 +1,17 @@
-//! The mempool: signed transactions waiting for a block.
+//! `trellis-mempool`: signed transactions waiting for a block, sans-IO. The node keeps one
+//! behind a lock; the seeded simulator runs the same code in every simulated validator.
 //!
 //! Admission checks the size, the signature (batched when many arrive together), the nonce
 //! against the account's next nonce, that the sender can pay the fee at that nonce (its balance
 //! covers the fees of its pending transactions before it and this one), and the limits; every
 //! rejection has a reason the submitter sees. Part of the pool is reserved for the duties that
 //! keep the chain and its jobs going (verdicts, aggregates, work commitments and reveals,
-//! equivocation reports): other transactions cannot fill it. Block building takes transactions
-//! by fee, highest first, while keeping each account's nonces contiguous from its next nonce; a
-//! transaction that fails when the block is built is evicted with its sender's later nonces
-//! ([`Mempool::evict_failed`]), so a failing transaction never comes back block after block.
+//! equivocation reports): other transactions cannot fill it. Block building takes duties first,
+//! then transactions by fee, highest first, while keeping each account's nonces contiguous from
+//! its next nonce. A transaction whose action fails is still included and pays its fee
+//! (`trellis_contracts::Chain::include_tx`); one that cannot be included at all (its nonce or
+//! fee) is evicted with its sender's later nonces ([`Mempool::evict_failed`]), so it never comes
+//! back block after block.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
@@ -251,20 +254,21 @@ impl Mempool {
         next
     }
 
-    /// Transactions for a block: highest fee first, each account's nonces in order starting at
-    /// its next nonce, at most `max_txs` and `max_bytes`.
+    /// Transactions for a block: duties first ([`is_duty`]: a flood paying higher fees cannot
+    /// keep verdicts or aggregates out of blocks), then highest fee first, each account's nonces
+    /// in order starting at its next nonce, at most `max_txs` and `max_bytes`.
     pub fn select(&self, max_txs: usize, max_bytes: usize, next_nonce: impl Fn(&Address) -> u64) -> Vec<SignedTx> {
         let mut cursors: HashMap<Address, u64> = HashMap::new();
         let mut heap = BinaryHeap::new();
         for (sender, queue) in &self.by_sender {
             let next = next_nonce(sender);
             if let Some(entry) = queue.get(&next) {
-                heap.push((entry.tx.tx.fee.0, std::cmp::Reverse(*sender)));
+                heap.push((is_duty(&entry.tx.tx.kind), entry.tx.tx.fee.0, std::cmp::Reverse(*sender)));
                 cursors.insert(*sender, next);
             }
         }
         let (mut chosen, mut bytes) = (Vec::new(), 0usize);
-        while let Some((_, std::cmp::Reverse(sender))) = heap.pop() {
+        while let Some((_, _, std::cmp::Reverse(sender))) = heap.pop() {
             if chosen.len() >= max_txs {
                 break;
             }
@@ -277,7 +281,7 @@ impl Mempool {
             chosen.push(entry.tx.clone());
             if let Some(next) = self.by_sender[&sender].get(&(nonce + 1)) {
                 cursors.insert(sender, nonce + 1);
-                heap.push((next.tx.tx.fee.0, std::cmp::Reverse(sender)));
+                heap.push((is_duty(&next.tx.tx.kind), next.tx.tx.fee.0, std::cmp::Reverse(sender)));
             }
         }
         chosen
@@ -410,7 +414,7 @@ mod flood {
     }
 
     #[test]
-    fn a_transaction_failing_in_a_block_leaves_with_its_later_nonces() {
+    fn a_transaction_no_block_may_hold_leaves_with_its_later_nonces() {
         let mut pool = Mempool::new(MempoolLimits::default());
         let (spammer, honest, own) = (Keypair::from_seed([7; 32]), Keypair::from_seed([8; 32]), Keypair::from_seed([9; 32]));
         let rich = SenderAccount { next_nonce: 0, balance: u64::MAX };
@@ -419,7 +423,8 @@ mod flood {
         }
         pool.insert_verified(transfer(&honest, 0, 1), rich).unwrap();
         pool.insert_verified(transfer(&own, 0, 1), rich).unwrap();
-        // The builder found the spammer's nonce 3 and this node's own transaction failing.
+        // The builder found that no block may hold the spammer's nonce 3 (say, its fee outgrew its
+        // balance) nor this node's own transaction.
         let failed = vec![transfer(&spammer, 3, 1_000), transfer(&own, 0, 1)];
         assert_eq!(pool.evict_failed(&failed, Some(&own.address())), 7, "nonces 3..=9 leave");
         assert_eq!(pool.len(), 3 + 1 + 1);
@@ -446,5 +451,9 @@ mod flood {
         let commitment = Transaction { sender: validator.public_key(), nonce: 0, fee: Amount(1), kind }.sign(CHAIN, &validator);
         pool.insert_verified(commitment, rich).unwrap();
         assert_eq!(pool.len(), 20);
+        // And blocks take the duties first, whatever the flood pays.
+        let block = pool.select(6, 1 << 20, |_| 0);
+        assert!(block[..5].iter().all(|tx| is_duty(&tx.tx.kind)), "duties lead the block");
+        assert!(!is_duty(&block[5].tx.kind));
     }
 }

@@ -1,0 +1,133 @@
+//! State that only grows (issue 18, item 7): settled rounds are pruned to a summary, the work
+//! done every block does not grow with the jobs that have ended, and the state root follows the
+//! keys a block changed.
+
+mod common;
+
+use std::cell::Cell;
+
+use common::*;
+use trellis_contracts::rounds::SETTLED_ROUND_RETENTION;
+use trellis_contracts::state::{keys, read, JobStatus, Phase, RoundSummary};
+use trellis_contracts::{KvStore, MemoryKv};
+use trellis_proto::*;
+
+/// Runs round `round` of `job` honestly to settlement: every miner commits, reveals, is checked
+/// valid, and the aggregate comes.
+fn honest_round(w: &mut World, job: u64, round: u32) {
+    for i in 0..w.miners.len() {
+        w.commit(job, round, i).unwrap();
+    }
+    w.past_commit_deadline(job, round);
+    w.verdicts(job, round, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, round);
+    w.aggregate(job, round).unwrap();
+}
+
+fn keys_under(kv: &MemoryKv, prefix: &[u8]) -> usize {
+    kv.scan_prefix(prefix).len()
+}
+
+#[test]
+fn settled_rounds_shrink_to_summaries_and_an_ended_job_leaves_no_per_block_work() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    assert_eq!(keys_under(&w.kv, keys::ACTIVE_PREFIX), 1);
+    for round in 0..3 {
+        honest_round(&mut w, job, round);
+    }
+    assert_eq!(w.job(job).status, JobStatus::Finished);
+    assert_eq!(keys_under(&w.kv, keys::ACTIVE_PREFIX), 0, "an ended job leaves the active index");
+    // Full records stay readable for a while after settlement...
+    let full = w.round(job, 2);
+    assert_eq!(full.phase, Phase::Settled);
+    assert_eq!(keys_under(&w.kv, keys::ROUND_PREFIX), 3);
+    // ...then only summaries are left.
+    let height = w.height;
+    w.advance_to(height + SETTLED_ROUND_RETENTION + 1);
+    assert_eq!(keys_under(&w.kv, keys::ROUND_PREFIX), 0, "every round record was pruned");
+    assert_eq!(keys_under(&w.kv, keys::PRUNE_PREFIX), 0, "the prune queue is drained");
+    for round in 0..3 {
+        let summary: RoundSummary = read(&w.kv, &keys::summary(JobId(job), round)).unwrap().unwrap();
+        assert_eq!((summary.job, summary.round, summary.phase), (JobId(job), round, Phase::Settled));
+        assert_eq!(summary.commits, 3);
+        assert_eq!(summary.reveals, 3);
+        assert_eq!(summary.accepted.len(), 3);
+        assert_eq!(summary.valid_verdicts, summary.verdicts);
+        assert!(summary.verdicts >= 6, "two segments per miner, two checkers each");
+    }
+    assert_eq!(RoundSummary::of(&full).accepted, full.accepted);
+    w.supply_holds();
+}
+
+#[test]
+fn a_round_that_is_still_running_is_never_pruned() {
+    let mut w = World::new(4, 3, params());
+    let job = w.submit_and_join(30_000);
+    honest_round(&mut w, job, 0);
+    // Round 1 is open and nobody commits for a long time: its commit window simply closes.
+    let height = w.height;
+    w.advance_to(height + SETTLED_ROUND_RETENTION + 2);
+    assert!(read::<RoundSummary>(&w.kv, &keys::summary(JobId(job), 0)).unwrap().is_some(), "round 0 was pruned");
+    let current = w.job(job).current_round;
+    let record = read::<trellis_contracts::state::RoundState>(&w.kv, &keys::round(JobId(job), current)).unwrap();
+    assert!(record.is_some(), "the current round {current} keeps its full record");
+}
+
+/// A store that counts the entries it hands out (gets and scanned entries).
+struct Counting<'a> {
+    inner: &'a mut MemoryKv,
+    entries_read: Cell<usize>,
+}
+
+impl KvStore for Counting<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.entries_read.set(self.entries_read.get() + 1);
+        self.inner.get(key)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.inner.put(key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.inner.delete(key);
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let found = self.inner.scan_prefix(prefix);
+        self.entries_read.set(self.entries_read.get() + found.len());
+        found
+    }
+}
+
+/// Entries a begin-block and end-block read in a world where `ended` jobs have come and gone
+/// and one job is running.
+fn entries_read_per_block(ended: usize) -> usize {
+    let mut w = World::new(4, 3, params());
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    for _ in 0..ended {
+        let job = w.submit_and_join(10_000);
+        w.send(&submitter, TxKind::CancelJob { job: JobId(job) }).unwrap();
+    }
+    let mut spec = w.spec();
+    spec.diloco.rounds = 1_000;
+    let running = w.submit_spec_and_join(spec, 10_000);
+    let height = w.height;
+    w.advance_to(height + SETTLED_ROUND_RETENTION + 1);
+    assert_eq!(w.job(running).status, JobStatus::Active);
+    let ctx = w.ctx();
+    let mut counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0) };
+    w.chain.end_block(&mut counting, &ctx).unwrap();
+    let mut next = ctx.clone();
+    next.height += 1;
+    w.chain.begin_block(&mut counting, &next).unwrap();
+    counting.entries_read.get()
+}
+
+#[test]
+fn a_block_reads_as_much_state_with_a_thousand_ended_jobs_as_with_none() {
+    let none = entries_read_per_block(0);
+    let many = entries_read_per_block(1_000);
+    assert_eq!(none, many, "begin- and end-block read {none} entries with no ended job, {many} with 1,000");
+}
