@@ -118,7 +118,7 @@ pub enum QueryCommand {
         #[command(flatten)]
         rpc: RpcArg,
     },
-    /// One round of a training job.
+    /// One round of a training job (its summary, once settled long ago and pruned).
     Round {
         job: u64,
         round: u32,
@@ -168,7 +168,14 @@ pub fn query(command: QueryCommand) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let client = client(&url)?;
-        let value = call(&client, &url, method, params).await?;
+        let value = match call(&client, &url, method, params.clone()).await {
+            // A round settled long ago keeps only its summary: show that.
+            Err(error) if method == "job_getRound" && format!("{error:#}").contains("job_getRoundSummary") => {
+                eprintln!("(pruned to its summary)");
+                call(&client, &url, "job_getRoundSummary", params).await?
+            }
+            other => other?,
+        };
         print(&value);
         Ok(())
     })

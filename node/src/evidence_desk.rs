@@ -85,8 +85,10 @@ impl EvidenceDesk {
         let trail_bytes = match self.net.fetch_until(BlobKey::new(BlobKind::Trail, reveal.trail), deadline).await {
             Ok(bytes) => bytes,
             Err(error) => {
-                // Not remembered: the trail may come later, and the next look may settle it.
+                // Remembered: a proposer waiting for a trail that never comes would otherwise
+                // hold an honest verdict back for good (and its checker would be slashed as silent).
                 tracing::debug!(target: "node::evidence", tx = %hash, %error, "no trail to re-derive the evidence from; it stands");
+                self.remember(hash, Judgement::Stands);
                 return Judgement::Stands;
             }
         };

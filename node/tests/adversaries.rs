@@ -37,6 +37,8 @@ mod with_adversaries {
         refused_aggregates: usize,
         /// Lines of the nodes' logs containing [`REFUTED_EVIDENCE`].
         refuted_evidence: usize,
+        /// Lines of the nodes' logs containing [`DUTY_NOT_SENT`].
+        duties_not_sent: usize,
     }
 
     /// What an honest validator logs when it refuses a block carrying an aggregate it computes
@@ -44,6 +46,10 @@ mod with_adversaries {
     const REFUSED_AGGREGATE: &str = "block carries an aggregate this node computes differently";
     /// What an honest validator logs when a miner's trail refutes a verdict's evidence.
     const REFUTED_EVIDENCE: &str = "Invalid evidence refuted by the miner's trail";
+
+    /// What a node's roles log when the mempool refuses one of their transactions
+    /// (`node/src/roles/mod.rs::submit`): a verdict, commitment, reveal or aggregate not sent.
+    const DUTY_NOT_SENT: &str = "cannot send";
 
     fn corpus() -> PathBuf {
         super::corpus::path()
@@ -65,11 +71,16 @@ mod with_adversaries {
     }
 
     /// `devnet` with another model (a preset, or a zk model for a groth16 job) and H.
+    /// The first port of the `index`-th run of this process: below the kernel's ephemeral range
+    /// (32768 and up), 80 ports per run; node `i`'s RPC listens on `base + 10i`.
+    fn base_port(index: u16) -> u16 {
+        24_000 + (std::process::id() % 10) as u16 * 800 + index * 80
+    }
+
     fn devnet_of(index: u16, name: &str, miners: usize, adversary: Option<&str>, model: &str, inner_steps: u32, rounds: u32) -> Run {
         let home = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
-        // Below the kernel's ephemeral range (32768 and up); 80 ports per run.
-        let base_port = 24_000 + (std::process::id() % 10) as u16 * 800 + index * 80;
+        let base_port = base_port(index);
         let mut command = Command::new(BIN);
         command
             .arg("devnet")
@@ -115,6 +126,7 @@ mod with_adversaries {
             miners: read("miners.json"),
             refused_aggregates: count(REFUSED_AGGREGATE),
             refuted_evidence: count(REFUTED_EVIDENCE),
+            duties_not_sent: count(DUTY_NOT_SENT),
         };
         let _ = std::fs::remove_dir_all(&home);
         let _ = std::fs::remove_file(&log_path);
@@ -241,6 +253,77 @@ mod with_adversaries {
         assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
         assert!(run.refuted_evidence > 0, "no honest validator refuted a framed verdict: the attack did not run");
         eprintln!("frame: honest validators refuted framed evidence {} times", run.refuted_evidence);
+    }
+
+    /// The flood while a job trains: 40 empty accounts × 50 nonces at fee `u64::MAX`,
+    /// validly signed, gossiped to every node's RPC as fast as it answers. No flood transaction
+    /// is admitted, no role fails to send a duty (verdicts included), every round settles with
+    /// every miner accepted.
+    #[test]
+    fn a_flood_of_failing_transactions_refuses_no_verdict_during_a_job() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let base = base_port(*runs);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let stop = stop.clone();
+            std::thread::spawn(move || flood_until(base, 7, &stop))
+        };
+        let run = devnet_of(*runs, "flood", 3, None, "nano", 20, 2);
+        stop.store(true, Ordering::SeqCst);
+        let (sent, admitted) = flood.join().expect("the flood thread");
+        eprintln!("flood: {sent} transactions taken by the nodes' RPC, {admitted} admitted; {} duties not sent", run.duties_not_sent);
+        assert!(sent > 10_000, "the flood barely ran: {sent} sent");
+        assert_eq!(admitted, 0, "flood transactions were admitted");
+        assert_eq!(run.duties_not_sent, 0, "a role could not send a duty during the flood");
+        assert_eq!(run.rounds.len(), 2, "{:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r["accepted"] == 3 && r["verdicts_other"] == 0), "{:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty()), "{:?}", run.miners);
+    }
+
+    /// Gossips signed transfers from empty accounts at fee `u64::MAX` to the RPC of nodes
+    /// `0..nodes` of the devnet at `base` until `stop`; returns (taken by a node's RPC, admitted).
+    fn flood_until(base: u16, nodes: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+        use jsonrpsee::core::client::ClientT;
+        use trellis_proto::{Address, Amount, Encode, Keypair, Transaction, TxKind};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let clients: Vec<_> = (0..nodes)
+            .map(|i| jsonrpsee::http_client::HttpClientBuilder::default().build(format!("http://127.0.0.1:{}", base + 10 * i)).unwrap())
+            .collect();
+        let chain_id = loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return (0, 0);
+            }
+            let head: Result<Value, _> = rt.block_on(clients[0].request("chain_getHead", jsonrpsee::rpc_params![]));
+            if let Ok(head) = head {
+                break head["chain_id"].as_str().unwrap().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let batch: Vec<String> = (0..40u8)
+            .flat_map(|a| {
+                let key = Keypair::from_seed([a, 0xf1, 0x00, 0xd5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                let chain_id = chain_id.clone();
+                (0..50u64).map(move |nonce| {
+                    let kind = TxKind::Transfer { to: Address([7; 20]), amount: Amount(1) };
+                    hex::encode(Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }.sign(&chain_id, &key).to_bytes())
+                })
+            })
+            .collect();
+        let (mut sent, mut admitted) = (0u64, 0u64);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for client in &clients {
+                // Counted only when the node took the batch (not when its gossip budget refused it).
+                let answer: Result<Value, _> = rt.block_on(client.request("mempool_gossip", jsonrpsee::rpc_params![batch.clone()]));
+                if let Ok(answer) = answer {
+                    sent += batch.len() as u64;
+                    admitted += answer["admitted"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        (sent, admitted)
     }
 
     #[test]
