@@ -254,7 +254,8 @@ impl ConsensusApp {
             Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
         };
         if !left_out.is_empty() {
-            // A transaction that fails now fails in every block: it leaves the pool with the
+            // A transaction no block may hold now (its nonce, or a fee its sender cannot pay; a
+            // failing action is included and charged) never will: it leaves the pool with the
             // nonces that could only follow it (this node's own are left to its roles to resend).
             let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
             let evicted = mempool.evict_failed(&left_out, self.key.as_ref().map(|k| k.address()).as_ref());
