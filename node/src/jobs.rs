@@ -361,7 +361,6 @@ pub enum JobCommand {
     },
     /// A job's state and its current round.
     Status {
-        /// The job's id.
         id: u64,
         #[command(flatten)]
         rpc: RpcArg,
