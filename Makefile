@@ -10,7 +10,7 @@ export LIBTORCH := $(abspath $(VENV))/libtorch
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 
-.PHONY: setup build devnet test fuzz bench clean-venv zk-snarkjs
+.PHONY: setup build build-check devnet test lint fuzz bench clean-venv zk-snarkjs
 
 setup:
 	@scripts/setup.sh "$(VENV)"
@@ -18,6 +18,22 @@ setup:
 # A release build for running a node: it cannot be told to cheat.
 build: setup
 	$(CARGO) build --release -p trellis-node
+
+# What users build (no `adversary` feature), checked in the test profile so that CI compiles
+# RocksDB once: `build` above is the same code with optimisations.
+build-check: setup
+	$(CARGO) build -p trellis-node
+
+# Formatting (rustfmt.toml), the crate graph against docs/architecture.md, and clippy with every
+# warning an error ([workspace.lints]).
+lint: setup
+	$(CARGO) fmt --all --check
+	scripts/check-architecture.sh
+	$(CARGO) clippy --workspace --all-targets --features trellis-node/adversary -- -D warnings
+
+# Every benchmark that prints figures against a baseline (scripts/bench.sh; docs/benchmarks.md).
+bench: setup
+	VENV="$(abspath $(VENV))" scripts/bench.sh
 
 # The devnet's build has the `adversary` feature, so that
 #   DEVNET_ARGS="--miners 3 --adversary fake-trail=1" make devnet

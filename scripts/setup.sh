@@ -16,6 +16,12 @@ die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 command -v cargo >/dev/null || die "cargo not found. Install Rust with rustup (https://rustup.rs), then run this again."
 command -v python3 >/dev/null || die "python3 not found. Install Python 3 (for example: apt-get install python3), then run this again."
 
+# rustfmt and clippy (`make lint`, CI), when rustup manages the toolchain and they are missing.
+if command -v rustup >/dev/null && ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1; then
+  say "adding the rustfmt and clippy components"
+  rustup component add rustfmt clippy
+fi
+
 # System packages, through apt, only when something is missing.
 missing=()
 command -v c++ >/dev/null || missing+=(g++)

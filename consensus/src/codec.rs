@@ -18,8 +18,8 @@ use arc_malachitebft_app_channel::app::types::PeerId;
 use arc_malachitebft_signing_ed25519 as ed;
 use arc_malachitebft_sync::{RawDecidedValue, Request, Response, Status, ValueRequest, ValueResponse};
 use bytes::Bytes;
-use trellis_proto::codec::{decode_bytes, encode_bytes, Decode, DecodeError, Encode, Reader};
 use trellis_proto::block::MAX_BLOCK_BYTES;
+use trellis_proto::codec::{decode_bytes, encode_bytes, Decode, DecodeError, Encode, Reader};
 use trellis_proto::{Hash, Signature};
 
 use crate::types::{

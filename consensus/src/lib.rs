@@ -18,6 +18,5 @@ pub mod types;
 pub use codec::{CodecError, TrellisCodec};
 pub use signing::{TrellisSigner, TrellisVerifier};
 pub use types::{
-    BlockHeight, BlockId, BlockPart, ConsensusVote, Proposal, TrellisContext, Validator, ValidatorAddress,
-    ValidatorSet,
+    BlockHeight, BlockId, BlockPart, ConsensusVote, Proposal, TrellisContext, Validator, ValidatorAddress, ValidatorSet,
 };

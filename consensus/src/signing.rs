@@ -79,7 +79,10 @@ fn signing_error(error: SignError) -> SigningError {
 
 #[async_trait]
 impl Signer<TrellisContext> for TrellisSigner {
-    async fn sign_vote(&self, vote: ConsensusVote) -> Result<SignedMessage<TrellisContext, ConsensusVote>, SigningError> {
+    async fn sign_vote(
+        &self,
+        vote: ConsensusVote,
+    ) -> Result<SignedMessage<TrellisContext, ConsensusVote>, SigningError> {
         let signature = self.sign_vote_sync(&vote).map_err(signing_error)?;
         Ok(SignedMessage::new(vote, to_consensus_signature(&signature)))
     }
@@ -120,16 +123,20 @@ impl TrellisVerifier {
         Self { chain_id: chain_id.to_string() }
     }
 
-    fn check(&self, key: &PublicKey, kind: SigningKind, payload: &[u8], signature: &ed::Signature) -> VerificationResult {
+    fn check(
+        &self,
+        key: &PublicKey,
+        kind: SigningKind,
+        payload: &[u8],
+        signature: &ed::Signature,
+    ) -> VerificationResult {
         let valid = key.verify(&self.chain_id, kind, payload, &from_consensus_signature(signature)).is_ok();
         VerificationResult::from_bool(valid)
     }
 
     /// Checks a proposal part's signature against the expected proposer's key.
     pub fn verify_part(&self, part: &BlockPart, proposer: &PublicKey) -> bool {
-        proposer
-            .verify(&self.chain_id, SigningKind::ProposalPart, &part.signing_bytes(), &part.signature)
-            .is_ok()
+        proposer.verify(&self.chain_id, SigningKind::ProposalPart, &part.signing_bytes(), &part.signature).is_ok()
     }
 }
 

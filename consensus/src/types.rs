@@ -369,7 +369,8 @@ impl mc::Context for TrellisContext {
     fn select_proposer<'a>(&self, validator_set: &'a ValidatorSet, height: BlockHeight, round: Round) -> &'a Validator {
         // The engine never starts a height with an empty set: the chain keeps the old set
         // rather than install an empty one (contracts `end_block`), and start-up refuses it.
-        validator_set.proposer(height, round).expect("validator set is never empty") // ok: see comment above
+        validator_set.proposer(height, round).expect("validator set is never empty")
+        // ok: see comment above
     }
 
     fn new_proposal(

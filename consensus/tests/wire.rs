@@ -49,7 +49,12 @@ fn key(seed: u8) -> Keypair {
     Keypair::from_seed([seed; 32])
 }
 
-fn signed_vote(signer: &TrellisSigner, height: u64, round: u32, value: Option<[u8; 32]>) -> SignedMessage<TrellisContext, ConsensusVote> {
+fn signed_vote(
+    signer: &TrellisSigner,
+    height: u64,
+    round: u32,
+    value: Option<[u8; 32]>,
+) -> SignedMessage<TrellisContext, ConsensusVote> {
     let ctx = TrellisContext::new(CHAIN);
     let address = ValidatorAddress(signer.public_key().address());
     let value = value.map_or(NilOrVal::Nil, |v| NilOrVal::Val(BlockId(Hash(v))));
@@ -144,8 +149,11 @@ fn signatures_bind_to_chain_kind_and_fields() {
     assert!(block_on(verifier.verify_signed_vote(&changed, &vote.signature, &consensus_key)).unwrap().is_invalid());
     // A vote signature is not a proposal signature for the same bytes' owner.
     let ctx = TrellisContext::new(CHAIN);
-    let proposal = ctx.new_proposal(BlockHeight(5), Round::new(0), BlockId(Hash([9; 32])), Round::Nil, vote.message.validator);
-    assert!(block_on(verifier.verify_signed_proposal(&proposal, &vote.signature, &consensus_key)).unwrap().is_invalid());
+    let proposal =
+        ctx.new_proposal(BlockHeight(5), Round::new(0), BlockId(Hash([9; 32])), Round::Nil, vote.message.validator);
+    assert!(block_on(verifier.verify_signed_proposal(&proposal, &vote.signature, &consensus_key))
+        .unwrap()
+        .is_invalid());
     // The vote's signature is exactly the chain's vote signature, so evidence can be checked.
     let proto = trellis_proto::SignedVote {
         vote: vote.message.to_proto().unwrap(),
@@ -169,7 +177,8 @@ fn signatures_bind_to_chain_kind_and_fields() {
 
 #[test]
 fn round_zero_proposers_follow_stake_and_later_rounds_walk_the_address_order() {
-    let validators: Vec<Validator> = (1..=4).map(|s| Validator::new(key(s).public_key(), 10 * u64::from(s)).unwrap()).collect();
+    let validators: Vec<Validator> =
+        (1..=4).map(|s| Validator::new(key(s).public_key(), 10 * u64::from(s)).unwrap()).collect();
     let set = ValidatorSet::new(validators.into_iter().rev().collect());
     let addresses: Vec<_> = set.validators().iter().map(|v| v.address).collect();
     let mut sorted = addresses.clone();
@@ -194,7 +203,11 @@ fn round_zero_proposers_follow_stake_and_later_rounds_walk_the_address_order() {
     for (validator, count) in set.validators().iter().zip(counts) {
         let expected = heights as f64 * validator.power as f64 / 100.0;
         let sd = (expected * (1.0 - validator.power as f64 / 100.0)).sqrt();
-        assert!((count as f64 - expected).abs() < 5.0 * sd, "power {} proposed {count} of {heights}, expected {expected:.0}", validator.power);
+        assert!(
+            (count as f64 - expected).abs() < 5.0 * sd,
+            "power {} proposed {count} of {heights}, expected {expected:.0}",
+            validator.power
+        );
     }
 }
 
@@ -258,12 +271,30 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("liveness_vote", seed(1, &LivenessMsg::<TrellisContext>::Vote(vote))),
         ("liveness_polka", seed(1, &LivenessMsg::<TrellisContext>::PolkaCertificate(polka.clone()))),
         ("liveness_skip", seed(1, &LivenessMsg::<TrellisContext>::SkipRoundCertificate(skip))),
-        ("stream_data", seed(2, &StreamMessage::new(StreamId::new(Bytes::from_static(b"id")), 0, StreamContent::Data(part.clone())))),
-        ("stream_fin", seed(2, &StreamMessage::<BlockPart>::new(StreamId::new(Bytes::from_static(b"id")), 1, StreamContent::Fin))),
+        (
+            "stream_data",
+            seed(
+                2,
+                &StreamMessage::new(StreamId::new(Bytes::from_static(b"id")), 0, StreamContent::Data(part.clone())),
+            ),
+        ),
+        (
+            "stream_fin",
+            seed(2, &StreamMessage::<BlockPart>::new(StreamId::new(Bytes::from_static(b"id")), 1, StreamContent::Fin)),
+        ),
         ("block_part", seed(3, &part)),
         ("validator_proof", seed(4, &proof)),
-        ("sync_status", seed(5, &Status::<TrellisContext> { peer_id, tip_height: BlockHeight(9), history_min_height: BlockHeight(1) })),
-        ("sync_request", seed(6, &Request::<TrellisContext>::ValueRequest(ValueRequest::new(BlockHeight(3)..=BlockHeight(9))))),
+        (
+            "sync_status",
+            seed(
+                5,
+                &Status::<TrellisContext> { peer_id, tip_height: BlockHeight(9), history_min_height: BlockHeight(1) },
+            ),
+        ),
+        (
+            "sync_request",
+            seed(6, &Request::<TrellisContext>::ValueRequest(ValueRequest::new(BlockHeight(3)..=BlockHeight(9)))),
+        ),
         (
             "sync_response",
             seed(
@@ -307,7 +338,11 @@ fn fuzz_seeds_are_current_encodings() {
             std::fs::write(&path, &bytes).unwrap();
         } else {
             let stored = std::fs::read(&path).unwrap_or_default();
-            assert!(stored == bytes, "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-consensus --test wire", path.display());
+            assert!(
+                stored == bytes,
+                "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-consensus --test wire",
+                path.display()
+            );
         }
     }
 }

@@ -17,7 +17,8 @@ fn measured_catch_rate(trials: u64, segments: u32, k: u32, s: u32, validators: &
     for trial in 0..trials {
         let spec_job = job(segments, s);
         let round = round_with_commit(miner);
-        let block = [trial.to_le_bytes().as_slice(), &s.to_le_bytes(), &k.to_le_bytes(), &segments.to_le_bytes()].concat();
+        let block =
+            [trial.to_le_bytes().as_slice(), &s.to_le_bytes(), &k.to_le_bytes(), &segments.to_le_bytes()].concat();
         let randomness = Hash::digest(HashDomain::BlockHeader, &block);
         let mut faked = std::collections::BTreeSet::new();
         let mut attempt = 0;
@@ -49,15 +50,21 @@ fn economics(trials: u64, validators: &ValidatorSet, miner: Address) {
     };
     let old_withhold = Stakes { withhold_slash: slash(params.freeloader_slash_ppm), ..stakes };
     println!("\nexpected profit of faking minus honest work, per round (R = C = {reward:.0}, B = 1000, s = 2)");
-    println!("{:>5} {:>3} {:>3} {:>10} {:>10} {:>12} {:>12} {:>16}", "f", "n", "k", "caught", "predicted", "advantage", "(measured)", "(withhold at 10%)");
+    println!(
+        "{:>5} {:>3} {:>3} {:>10} {:>10} {:>12} {:>12} {:>16}",
+        "f", "n", "k", "caught", "predicted", "advantage", "(measured)", "(withhold at 10%)"
+    );
     for (f, n) in [(0.1f64, 20u32), (0.25, 4), (0.25, 20), (0.5, 4), (0.5, 20), (1.0, 4), (1.0, 20)] {
         let k = (f * f64::from(n)).round() as u32;
         let rate = measured_catch_rate(trials, n, k, 2, validators, miner);
         let predicted = 1.0 - binomial(u64::from(n - k), 2) / binomial(u64::from(n), 2);
         let advantage = faking_advantage(&stakes, u64::from(n), u64::from(k), 2);
-        let measured = stakes.compute * f - rate * (stakes.reward + stakes.caught_slash.min(stakes.withhold_slash) * stakes.bond);
+        let measured =
+            stakes.compute * f - rate * (stakes.reward + stakes.caught_slash.min(stakes.withhold_slash) * stakes.bond);
         let lenient = faking_advantage(&old_withhold, u64::from(n), u64::from(k), 2);
-        println!("{f:>5.2} {n:>3} {k:>3} {rate:>10.4} {predicted:>10.4} {advantage:>12.0} {measured:>12.0} {lenient:>16.0}");
+        println!(
+            "{f:>5.2} {n:>3} {k:>3} {rate:>10.4} {predicted:>10.4} {advantage:>12.0} {measured:>12.0} {lenient:>16.0}"
+        );
     }
 }
 
@@ -80,7 +87,8 @@ fn main() {
         for f in [0.05f64, 0.1, 0.25] {
             let k = (f * segments as f64).round() as u32;
             let rate = measured_catch_rate(trials, segments, k, s, &validators, miner);
-            let predicted = 1.0 - binomial(u64::from(segments - k), u64::from(s)) / binomial(u64::from(segments), u64::from(s));
+            let predicted =
+                1.0 - binomial(u64::from(segments - k), u64::from(s)) / binomial(u64::from(segments), u64::from(s));
             let std_err = (predicted * (1.0 - predicted) / trials as f64).sqrt();
             let z = if std_err > 0.0 { (rate - predicted) / std_err } else { 0.0 };
             println!("{f:>5.2} {k:>3} {s:>3} {rate:>10.4} {predicted:>10.4} {std_err:>10.4} {z:>8.2}");
@@ -117,7 +125,11 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
                 encoding: DeltaEncoding::F32,
             },
             aggregation: AggregationRule::Mean,
-            verification: VerificationParams { checkpoint_interval: 5, segments_per_miner, mode: VerificationMode::Exact },
+            verification: VerificationParams {
+                checkpoint_interval: 5,
+                segments_per_miner,
+                mode: VerificationMode::Exact,
+            },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1_000),
             commit_blocks: 5,

@@ -41,7 +41,11 @@ fn spec() -> JobSpec {
             encoding: DeltaEncoding::F32,
         },
         aggregation: AggregationRule::Mean,
-        verification: VerificationParams { checkpoint_interval: 10, segments_per_miner: 2, mode: VerificationMode::Exact },
+        verification: VerificationParams {
+            checkpoint_interval: 10,
+            segments_per_miner: 2,
+            mode: VerificationMode::Exact,
+        },
         reward_per_round: Amount(9_000),
         min_miner_stake: Amount(1_000),
         commit_blocks: 5,
@@ -100,7 +104,44 @@ struct Measured {
 
 fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
     let validator = Keypair::from_seed([1; 32]);
-    let senders: Vec<Keypair> = (0..txs_per_block).map(|i| Keypair::from_seed([2, (i % 256) as u8, (i / 256) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])).collect();
+    let senders: Vec<Keypair> = (0..txs_per_block)
+        .map(|i| {
+            Keypair::from_seed([
+                2,
+                (i % 256) as u8,
+                (i / 256) as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ])
+        })
+        .collect();
     let mut accounts: Vec<(Address, u64)> = senders.iter().map(|k| (k.address(), 1_000_000_000)).collect();
     accounts.push((validator.address(), 1_000_000));
     let genesis = Genesis {
@@ -125,7 +166,9 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
             })
             .collect();
         let mut proposer_view = Overlay::new(&kv);
-        let built = chain.build_block(&mut proposer_view, &parent, validator.address(), height * 1_000, Hash::ZERO, txs).expect("builds");
+        let built = chain
+            .build_block(&mut proposer_view, &parent, validator.address(), height * 1_000, Hash::ZERO, txs)
+            .expect("builds");
         assert!(built.left_out.is_empty(), "every transfer applies");
         let mut checker_view = Overlay::new(&kv);
         chain.execute_block(&mut checker_view, &parent, &built.block).expect("the built block checks");
@@ -147,7 +190,9 @@ fn main() {
     let jobs = args.next().unwrap_or(10_000);
     let blocks = args.next().unwrap_or(200);
     let txs = args.next().unwrap_or(100) as usize;
-    println!("{blocks} blocks of {txs} transfers, each built by a proposer and checked by a validator (in-memory store)");
+    println!(
+        "{blocks} blocks of {txs} transfers, each built by a proposer and checked by a validator (in-memory store)"
+    );
     let baseline = run(0, blocks, txs);
     let grown = run(jobs, blocks, txs);
     for (label, m) in [("no finished jobs", &baseline), (&*format!("{jobs} finished jobs"), &grown)] {

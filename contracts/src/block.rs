@@ -11,6 +11,7 @@
 //! The node's ledger and the seeded simulator call these, so the simulator tests the node's rules.
 
 use thiserror::Error;
+use trellis_proto::block::BlockError;
 use trellis_proto::{Address, Block, BlockHeader, Hash, Height, SignedTx};
 
 use trellis_protocol::beacon;
@@ -44,17 +45,27 @@ pub enum InvalidBlock {
     #[error("block time {got} ms is before its parent's {parent} ms")]
     TimeWentBack { parent: u64, got: u64 },
     #[error("block body: {0}")]
-    Body(String),
+    Body(#[from] BlockError),
     #[error("transaction {index} ({hash}) fails: {reason}")]
-    FailingTx { index: usize, hash: Hash, reason: String },
+    FailingTx { index: usize, hash: Hash, reason: TxError },
     #[error("header state root {header} does not match the executed state {computed}")]
     StateRoot { header: Hash, computed: Hash },
     #[error("block time {got} ms is more than {drift} ms ahead of this node's clock ({now} ms)")]
     TimeTooFarAhead { got: u64, now: u64, drift: u64 },
     #[error("beacon reveal {got} is not the next layer of {proposer}'s onion")]
     WrongBeaconReveal { proposer: Address, got: Hash },
+    /// The block's begin or end (rewards, round transitions, settlement) fails.
     #[error("state machine error: {0}")]
-    Execution(String),
+    Execution(TxError),
+    /// A state record the block reads does not decode: this node's state is damaged.
+    #[error(transparent)]
+    CorruptState(#[from] crate::state::CorruptState),
+    /// The stored state digest does not decode: this node's state is damaged.
+    #[error(transparent)]
+    CorruptDigest(#[from] crate::kv::CorruptDigest),
+    /// This node cannot read its own chain head (the block is not at fault).
+    #[error("this node's storage: {0}")]
+    LocalStorage(String),
 }
 
 /// A block built by [`Chain::build_block`].
@@ -80,9 +91,8 @@ impl Chain {
         reveal: Hash,
     ) -> Result<BlockCtx, InvalidBlock> {
         let height = parent.height + 1;
-        let corrupt = |e: crate::state::CorruptState| InvalidBlock::Execution(e.to_string());
         let wrong = InvalidBlock::WrongBeaconReveal { proposer, got: reveal };
-        match read::<BeaconOnion>(state, &keys::onion(&proposer)).map_err(corrupt)? {
+        match read::<BeaconOnion>(state, &keys::onion(&proposer))? {
             Some(mut onion) if onion.active_at(height) => {
                 if beacon::step(&reveal) != onion.held {
                     return Err(wrong);
@@ -94,14 +104,18 @@ impl Chain {
             _ if reveal != Hash::ZERO => return Err(wrong),
             _ => {}
         }
-        let previous = read::<Hash>(state, keys::BEACON).map_err(corrupt)?.unwrap_or(Hash::ZERO);
+        let previous = read::<Hash>(state, keys::BEACON)?.unwrap_or(Hash::ZERO);
         let randomness = beacon::mix(&previous, height, &proposer, &reveal);
         write(state, keys::BEACON.to_vec(), &randomness);
         Ok(BlockCtx { height, time_ms, randomness, proposer })
     }
 
     /// The onion `validator` committed, if any: what its next block must reveal under.
-    pub fn beacon_onion<S: KvStore + ?Sized>(&self, state: &S, validator: &Address) -> Result<Option<BeaconOnion>, TxError> {
+    pub fn beacon_onion<S: KvStore + ?Sized>(
+        &self,
+        state: &S,
+        validator: &Address,
+    ) -> Result<Option<BeaconOnion>, TxError> {
         Ok(read(state, &keys::onion(validator))?)
     }
 
@@ -120,7 +134,7 @@ impl Chain {
         let time_ms = time_ms.max(parent.time_ms);
         let mut overlay = Overlay::new(&*state);
         let ctx = self.open_block(&mut overlay, parent, proposer, time_ms, beacon_reveal)?;
-        let mut events = self.begin_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let mut events = self.begin_block(&mut overlay, &ctx).map_err(InvalidBlock::Execution)?;
         let mut txs = Vec::new();
         let mut left_out = Vec::new();
         for tx in candidates {
@@ -132,7 +146,7 @@ impl Chain {
                 Err(error) => left_out.push((tx, error)),
             }
         }
-        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(InvalidBlock::Execution)?;
         events.extend(end_events);
         let changes = overlay.into_changes();
         let digest = digested(state, &changes)?;
@@ -179,27 +193,39 @@ impl Chain {
     }
 
     /// Checks `block` against `parent` (header, transaction root and signatures) and executes it.
-    pub fn execute_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
+    pub fn execute_block<S: KvStore + ?Sized>(
+        &self,
+        state: &mut S,
+        parent: &Parent,
+        block: &Block,
+    ) -> Result<Vec<Event>, InvalidBlock> {
         self.check_successor(parent, &block.header)?;
-        block.verify_body().map_err(|e| InvalidBlock::Body(e.to_string()))?;
+        block.verify_body()?;
         self.execute_checked_block(state, parent, block)
     }
 
     /// Executes a block whose header and body a caller has already checked
     /// ([`Chain::check_successor`], `Block::verify_body`): every transaction must apply, and the
     /// state root must be the header's.
-    pub fn execute_checked_block<S: KvStore + ?Sized>(&self, state: &mut S, parent: &Parent, block: &Block) -> Result<Vec<Event>, InvalidBlock> {
+    pub fn execute_checked_block<S: KvStore + ?Sized>(
+        &self,
+        state: &mut S,
+        parent: &Parent,
+        block: &Block,
+    ) -> Result<Vec<Event>, InvalidBlock> {
         let header = &block.header;
         let mut overlay = Overlay::new(&*state);
         let ctx = self.open_block(&mut overlay, parent, header.proposer, header.time_ms, header.beacon_reveal)?;
-        let mut events = self.begin_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let mut events = self.begin_block(&mut overlay, &ctx).map_err(InvalidBlock::Execution)?;
         for (index, tx) in block.txs.iter().enumerate() {
-            let tx_events = self
-                .include_tx(&mut overlay, tx, &ctx)
-                .map_err(|error| InvalidBlock::FailingTx { index, hash: tx.hash(), reason: error.to_string() })?;
+            let tx_events = self.include_tx(&mut overlay, tx, &ctx).map_err(|error| InvalidBlock::FailingTx {
+                index,
+                hash: tx.hash(),
+                reason: error,
+            })?;
             events.extend(tx_events);
         }
-        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let (end_events, _) = self.end_block(&mut overlay, &ctx).map_err(InvalidBlock::Execution)?;
         events.extend(end_events);
         let changes = overlay.into_changes();
         let digest = digested(state, &changes)?;
@@ -214,7 +240,7 @@ impl Chain {
 
 /// The state digest after a block's `changes` (the state root is its root).
 fn digested<S: KvStore + ?Sized>(state: &S, changes: &crate::kv::Changes) -> Result<StateDigest, InvalidBlock> {
-    digest_after(state, changes).map_err(|e| InvalidBlock::Execution(e.to_string()))
+    Ok(digest_after(state, changes)?)
 }
 
 #[cfg(test)]
@@ -249,7 +275,11 @@ mod tests {
     fn a_proposed_time_may_run_ahead_of_the_local_clock_by_the_drift_only() {
         let (chain, kv, _) = chain_with_one_account();
         let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
-        let mut header = chain.build_block(&mut Overlay::new(&kv), &genesis, Address([1; 20]), 10_000, Hash::ZERO, Vec::new()).unwrap().block.header;
+        let mut header = chain
+            .build_block(&mut Overlay::new(&kv), &genesis, Address([1; 20]), 10_000, Hash::ZERO, Vec::new())
+            .unwrap()
+            .block
+            .header;
         assert_eq!(Chain::check_proposal_time(&header, 10_000 - MAX_CLOCK_DRIFT_MS), Ok(()));
         header.time_ms = 10_001 + MAX_CLOCK_DRIFT_MS;
         assert!(matches!(Chain::check_proposal_time(&header, 10_000), Err(InvalidBlock::TimeTooFarAhead { .. })));
@@ -280,18 +310,30 @@ mod tests {
 
         let mut wrong_root = built.block.clone();
         wrong_root.header.state_root = Hash([1; 32]);
-        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &wrong_root), Err(InvalidBlock::StateRoot { .. })));
+        assert!(matches!(
+            chain.execute_block(&mut Overlay::new(&kv), &genesis, &wrong_root),
+            Err(InvalidBlock::StateRoot { .. })
+        ));
         let mut dropped_tx = built.block.clone();
         dropped_tx.txs.remove(0);
-        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &dropped_tx), Err(InvalidBlock::Body(_))));
+        assert!(matches!(
+            chain.execute_block(&mut Overlay::new(&kv), &genesis, &dropped_tx),
+            Err(InvalidBlock::Body(_))
+        ));
         let mut late = built.block.clone();
         late.header.height = Height(2);
-        assert!(matches!(chain.execute_block(&mut Overlay::new(&kv), &genesis, &late), Err(InvalidBlock::WrongHeight { head: 0, got: 2 })));
+        assert!(matches!(
+            chain.execute_block(&mut Overlay::new(&kv), &genesis, &late),
+            Err(InvalidBlock::WrongHeight { head: 0, got: 2 })
+        ));
 
         // A block whose transaction fails is refused as a whole.
         apply_changes(&mut kv, built_changes);
         let next = Parent { height: 1, hash: built.block.hash(), time_ms: 5 };
-        let mut replayed = chain.build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Hash::ZERO, Vec::new()).unwrap().block;
+        let mut replayed = chain
+            .build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Hash::ZERO, Vec::new())
+            .unwrap()
+            .block;
         replayed.txs = vec![transfer(&rich, 0, 10)];
         replayed.header.tx_root = Block::compute_tx_root(&replayed.txs);
         let refused = chain.execute_block(&mut Overlay::new(&kv), &next, &replayed);
@@ -306,7 +348,16 @@ mod tests {
         // More than the account holds: the transfer fails, its fee does not.
         let failing = transfer(&rich, 0, 10_000_000);
         let mut overlay = Overlay::new(&kv);
-        let built = chain.build_block(&mut overlay, &genesis, Address([1; 20]), 5, Hash::ZERO, vec![failing.clone(), transfer(&rich, 1, 7)]).unwrap();
+        let built = chain
+            .build_block(
+                &mut overlay,
+                &genesis,
+                Address([1; 20]),
+                5,
+                Hash::ZERO,
+                vec![failing.clone(), transfer(&rich, 1, 7)],
+            )
+            .unwrap();
         assert_eq!(built.block.txs, vec![failing.clone(), transfer(&rich, 1, 7)], "both are included");
         assert!(built.left_out.is_empty());
         let failed: Vec<_> = built.events.iter().filter(|e| matches!(e, Event::TxFailed { .. })).collect();

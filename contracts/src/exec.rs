@@ -10,8 +10,8 @@
 
 use serde::Serialize;
 use trellis_proto::{
-    Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec, PublicKey, Role,
-    SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
+    Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec,
+    PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
@@ -19,8 +19,8 @@ use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
 use crate::rounds;
 use crate::state::{
-    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas, MinerEntry, Phase, RevealedDelta, RoundState, Stake, Supply, Unbonding,
-    Validator, ValidatorSet, VerdictRecord,
+    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas, MinerEntry, Phase,
+    RevealedDelta, RoundState, Stake, Supply, Unbonding, Validator, ValidatorSet, VerdictRecord,
 };
 
 /// What a block gives the state machine besides its transactions.
@@ -38,21 +38,82 @@ pub struct BlockCtx {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum Event {
-    Transfer { from: Address, to: Address, amount: u64 },
-    FeeBurned { payer: Address, amount: u64 },
-    BlockReward { proposer: Address, amount: u64 },
-    Bonded { who: Address, role: Role, amount: u64 },
-    Unbonding { who: Address, role: Role, amount: u64, release_height: u64 },
-    Released { who: Address, role: Role, amount: u64 },
-    JobSubmitted { job: JobId, submitter: Address, escrow: u64 },
-    JobJoined { job: JobId, miner: Address },
-    RoundOpened { job: JobId, round: u32, commit_deadline: u64 },
-    WorkCommitted { job: JobId, round: u32, miner: Address },
-    RevealsOpened { job: JobId, round: u32, reveal_deadline: u64 },
-    WorkRevealed { job: JobId, round: u32, miner: Address },
-    SegmentsSampled { job: JobId, round: u32, assignments: usize },
-    VerdictRecorded { job: JobId, round: u32, checker: Address, miner: Address, segment: u32 },
-    Escalated { job: JobId, round: u32, segments: usize, verify_end: u64 },
+    Transfer {
+        from: Address,
+        to: Address,
+        amount: u64,
+    },
+    FeeBurned {
+        payer: Address,
+        amount: u64,
+    },
+    BlockReward {
+        proposer: Address,
+        amount: u64,
+    },
+    Bonded {
+        who: Address,
+        role: Role,
+        amount: u64,
+    },
+    Unbonding {
+        who: Address,
+        role: Role,
+        amount: u64,
+        release_height: u64,
+    },
+    Released {
+        who: Address,
+        role: Role,
+        amount: u64,
+    },
+    JobSubmitted {
+        job: JobId,
+        submitter: Address,
+        escrow: u64,
+    },
+    JobJoined {
+        job: JobId,
+        miner: Address,
+    },
+    RoundOpened {
+        job: JobId,
+        round: u32,
+        commit_deadline: u64,
+    },
+    WorkCommitted {
+        job: JobId,
+        round: u32,
+        miner: Address,
+    },
+    RevealsOpened {
+        job: JobId,
+        round: u32,
+        reveal_deadline: u64,
+    },
+    WorkRevealed {
+        job: JobId,
+        round: u32,
+        miner: Address,
+    },
+    SegmentsSampled {
+        job: JobId,
+        round: u32,
+        assignments: usize,
+    },
+    VerdictRecorded {
+        job: JobId,
+        round: u32,
+        checker: Address,
+        miner: Address,
+        segment: u32,
+    },
+    Escalated {
+        job: JobId,
+        round: u32,
+        segments: usize,
+        verify_end: u64,
+    },
     /// `unchecked`: revealed work whose sampled segments no checker decided (not paid, not slashed).
     RoundTallied {
         job: JobId,
@@ -72,18 +133,53 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         job: Option<JobId>,
     },
-    Ejected { job: JobId, miner: Address },
-    AggregateCommitted { job: JobId, round: u32, model_hash: Hash },
-    Rewarded { job: JobId, round: u32, who: Address, amount: u64, as_miner: bool },
-    RoundLapsed { job: JobId, round: u32 },
-    JobEnded { job: JobId, status: JobStatus, refund: u64 },
-    CancelRequested { job: JobId },
-    Jailed { validator: Address },
-    BeaconCommitted { validator: Address, layers: u32, active_from: u64 },
+    Ejected {
+        job: JobId,
+        miner: Address,
+    },
+    AggregateCommitted {
+        job: JobId,
+        round: u32,
+        model_hash: Hash,
+    },
+    Rewarded {
+        job: JobId,
+        round: u32,
+        who: Address,
+        amount: u64,
+        as_miner: bool,
+    },
+    RoundLapsed {
+        job: JobId,
+        round: u32,
+    },
+    JobEnded {
+        job: JobId,
+        status: JobStatus,
+        refund: u64,
+    },
+    CancelRequested {
+        job: JobId,
+    },
+    Jailed {
+        validator: Address,
+    },
+    BeaconCommitted {
+        validator: Address,
+        layers: u32,
+        active_from: u64,
+    },
     /// An included transaction whose action failed: its fee was burned and its nonce used,
     /// nothing else happened.
-    TxFailed { tx: Hash, sender: Address, reason: String },
-    ValidatorSetChanged { validators: usize, total_power: u64 },
+    TxFailed {
+        tx: Hash,
+        sender: Address,
+        reason: String,
+    },
+    ValidatorSetChanged {
+        validators: usize,
+        total_power: u64,
+    },
 }
 
 /// Why stake was slashed.
@@ -171,7 +267,12 @@ impl Chain {
 
     /// Applies one signed transaction, all or nothing: on error nothing is written (not even the
     /// fee; blocks use [`Chain::include_tx`]).
-    pub fn apply_tx<S: KvStore + ?Sized>(&self, kv: &mut S, tx: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    pub fn apply_tx<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        tx: &SignedTx,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
         let mut overlay = Overlay::new(&*kv);
         let events = self.execute(&mut overlay, tx, ctx)?;
         let changes = overlay.into_changes();
@@ -237,7 +338,10 @@ impl Chain {
             let current: ValidatorSet = read(kv, keys::VALIDATORS)?.unwrap_or_default();
             // An empty set would halt the chain: keep the old one until someone bonds.
             if set != current && !set.validators.is_empty() {
-                events.push(Event::ValidatorSetChanged { validators: set.validators.len(), total_power: set.total_power() });
+                events.push(Event::ValidatorSetChanged {
+                    validators: set.validators.len(),
+                    total_power: set.total_power(),
+                });
                 write(kv, keys::VALIDATORS.to_vec(), &set);
                 update = Some(set);
             }
@@ -247,7 +351,10 @@ impl Chain {
 
     /// Who backs work of an unsettled round: the miners that committed to it and the checkers
     /// assigned in it. Only a job's current round can be unsettled (rounds settle in order).
-    fn backing_unsettled_work<S: KvStore + ?Sized>(&self, kv: &S) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
+    fn backing_unsettled_work<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+    ) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
         let mut backing = std::collections::BTreeSet::new();
         for job in self.active_jobs(kv)? {
             let Some(round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else { continue };
@@ -292,7 +399,12 @@ impl Chain {
     /// no block may hold (wrong nonce, fee below the minimum or more than the balance): nothing
     /// is written. A failing transaction thus costs its sender its fee, like any other, so
     /// flooding blocks with failing ones is never free (`docs/threat-model.md`).
-    pub fn include_tx<S: KvStore + ?Sized>(&self, kv: &mut S, tx: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    pub fn include_tx<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        tx: &SignedTx,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
         let failure = match self.apply_tx(kv, tx, ctx) {
             Ok(events) => return Ok(events),
             Err(failure) => failure,
@@ -328,7 +440,12 @@ impl Chain {
         Ok(vec![Event::FeeBurned { payer: sender, amount: fee }])
     }
 
-    fn execute<S: KvStore + ?Sized>(&self, kv: &mut S, signed: &SignedTx, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    fn execute<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        signed: &SignedTx,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
         let tx = &signed.tx;
         let sender = tx.sender_address();
         let mut events = self.charge(kv, signed)?;
@@ -380,11 +497,21 @@ impl Chain {
         Ok(())
     }
 
-    fn bond<S: KvStore + ?Sized>(&self, kv: &mut S, key: &PublicKey, role: Role, amount: u64) -> Result<Event, TxError> {
+    fn bond<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        key: &PublicKey,
+        role: Role,
+        amount: u64,
+    ) -> Result<Event, TxError> {
         let who = key.address();
         self.debit(kv, &who, amount)?;
-        let mut stake: Stake = read(kv, &keys::stake(role, &who))?
-            .unwrap_or(Stake { key: *key, bonded: 0, unbonding: Vec::new(), jailed: false });
+        let mut stake: Stake = read(kv, &keys::stake(role, &who))?.unwrap_or(Stake {
+            key: *key,
+            bonded: 0,
+            unbonding: Vec::new(),
+            jailed: false,
+        });
         let bonded = stake.bonded.checked_add(amount).ok_or(TxError::Overflow)?;
         let min = self.min_stake(role);
         if bonded < min {
@@ -439,8 +566,11 @@ impl Chain {
         if amount == 0 {
             return Err(TxError::ZeroAmount);
         }
-        let mut stake: Stake = read(kv, &keys::stake(role, who))?
-            .ok_or(TxError::InsufficientBond { role, bonded: 0, requested: amount })?;
+        let mut stake: Stake = read(kv, &keys::stake(role, who))?.ok_or(TxError::InsufficientBond {
+            role,
+            bonded: 0,
+            requested: amount,
+        })?;
         if stake.bonded < amount {
             return Err(TxError::InsufficientBond { role, bonded: stake.bonded, requested: amount });
         }
@@ -465,7 +595,13 @@ impl Chain {
 
     /// Takes `ppm` of everything `who` has at stake in `role` (bonded first, then unbonding,
     /// oldest first). Returns the amount taken, which the caller sends to a pool or burns.
-    pub(crate) fn slash<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, role: Role, ppm: u64) -> Result<u64, TxError> {
+    pub(crate) fn slash<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        who: &Address,
+        role: Role,
+        ppm: u64,
+    ) -> Result<u64, TxError> {
         let Some(mut stake) = read::<Stake>(kv, &keys::stake(role, who))? else {
             return Ok(0);
         };
@@ -537,7 +673,11 @@ impl Chain {
         if round != job.current_round {
             return Err(TxError::WrongRound { job: job.id, current: job.current_round, got: round });
         }
-        read(kv, &keys::round(job.id, round))?.ok_or(TxError::WrongRound { job: job.id, current: job.current_round, got: round })
+        read(kv, &keys::round(job.id, round))?.ok_or(TxError::WrongRound {
+            job: job.id,
+            current: job.current_round,
+            got: round,
+        })
     }
 
     fn miner_bond<S: KvStore + ?Sized>(&self, kv: &S, miner: &Address) -> Result<u64, TxError> {
@@ -585,11 +725,7 @@ impl Chain {
         ctx: &BlockCtx,
     ) -> Result<Event, TxError> {
         let job = self.load_active_job(kv, work.job)?;
-        let entry = job
-            .miners
-            .iter()
-            .find(|m| m.address == miner)
-            .ok_or(TxError::NotJoined { job: job.id, miner })?;
+        let entry = job.miners.iter().find(|m| m.address == miner).ok_or(TxError::NotJoined { job: job.id, miner })?;
         if entry.ejected {
             return Err(TxError::Ejected { job: job.id, miner });
         }
@@ -626,7 +762,12 @@ impl Chain {
         let job = self.load_active_job(kv, reveal.job)?;
         let mut round = self.load_round(kv, &job, reveal.round)?;
         if round.phase != Phase::Revealing {
-            return Err(TxError::WrongPhase { job: job.id, round: round.round, phase: round.phase, expected: Phase::Revealing });
+            return Err(TxError::WrongPhase {
+                job: job.id,
+                round: round.round,
+                phase: round.phase,
+                expected: Phase::Revealing,
+            });
         }
         if ctx.height > round.reveal_deadline {
             return Err(TxError::LateReveal { deadline: round.reveal_deadline });
@@ -646,7 +787,9 @@ impl Chain {
             let deltas_key = keys::deltas(job.id, &miner);
             let earlier: Option<MinerDeltas> = read(kv, &deltas_key)?;
             if reveal.residual_hash != Hash::ZERO && earlier.is_none() {
-                return Err(TxError::InvalidCommitment("an error-feedback residual needs an earlier revealed Δ to come from".into()));
+                return Err(TxError::InvalidCommitment(
+                    "an error-feedback residual needs an earlier revealed Δ to come from".into(),
+                ));
             }
             let latest = RevealedDelta { round: round.round, delta_hash: reveal.delta_hash };
             write(kv, deltas_key, &MinerDeltas { latest, previous: earlier.map(|e| e.latest) });
@@ -666,16 +809,19 @@ impl Chain {
         let job = self.load_active_job(kv, verdict.job)?;
         let mut round = self.load_round(kv, &job, verdict.round)?;
         if round.phase != Phase::Verifying {
-            return Err(TxError::WrongPhase { job: job.id, round: round.round, phase: round.phase, expected: Phase::Verifying });
+            return Err(TxError::WrongPhase {
+                job: job.id,
+                round: round.round,
+                phase: round.phase,
+                expected: Phase::Verifying,
+            });
         }
         if ctx.height > round.verify_end {
             return Err(TxError::VerdictWindowClosed { end: round.verify_end });
         }
         let (miner, segment) = (verdict.miner, verdict.segment);
-        let assigned = round
-            .assignments
-            .iter()
-            .any(|a| a.miner == miner && a.segment == segment && a.checkers.contains(&checker));
+        let assigned =
+            round.assignments.iter().any(|a| a.miner == miner && a.segment == segment && a.checkers.contains(&checker));
         if !assigned {
             return Err(TxError::NotAssigned { checker, miner, segment });
         }
@@ -686,7 +832,8 @@ impl Chain {
             // The evidence must quote what the miner revealed (docs/protocol.md §4.4).
             let reveal = round.commits.iter().find(|c| c.miner == miner).and_then(|c| c.reveal.as_ref());
             if let Some(reveal) = reveal {
-                trellis_protocol::evidence::check_on_chain(evidence, reveal).map_err(|e| TxError::UnfoundedEvidence(e.to_string()))?;
+                trellis_protocol::evidence::check_on_chain(evidence, reveal)
+                    .map_err(|e| TxError::UnfoundedEvidence(e.to_string()))?;
             }
         }
         round.verdicts.push(VerdictRecord { checker, miner, segment, outcome: verdict.outcome.clone() });
@@ -723,14 +870,23 @@ impl Chain {
         rounds::settle(self, kv, job, round, Some(aggregate), ctx)
     }
 
-    fn cancel_job<S: KvStore + ?Sized>(&self, kv: &mut S, sender: Address, id: JobId, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+    fn cancel_job<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        sender: Address,
+        id: JobId,
+        ctx: &BlockCtx,
+    ) -> Result<Vec<Event>, TxError> {
         let mut job = self.load_active_job(kv, id)?;
         if job.submitter != sender {
             return Err(TxError::NotSubmitter { job: id, submitter: job.submitter });
         }
         job.cancel_requested = true;
-        let round: RoundState = read(kv, &keys::round(id, job.current_round))?
-            .ok_or(TxError::WrongRound { job: id, current: job.current_round, got: job.current_round })?;
+        let round: RoundState = read(kv, &keys::round(id, job.current_round))?.ok_or(TxError::WrongRound {
+            job: id,
+            current: job.current_round,
+            got: job.current_round,
+        })?;
         let mut events = vec![Event::CancelRequested { job: id }];
         if round.phase == Phase::Open && round.commits.is_empty() {
             // Nobody has worked on this round yet: end now.
@@ -741,18 +897,17 @@ impl Chain {
         Ok(events)
     }
 
-    fn report_equivocation<S: KvStore + ?Sized>(&self, kv: &mut S, evidence: &EquivocationEvidence) -> Result<Vec<Event>, TxError> {
+    fn report_equivocation<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        evidence: &EquivocationEvidence,
+    ) -> Result<Vec<Event>, TxError> {
         evidence.verify(&self.chain_id).map_err(|e| TxError::InvalidEvidence(e.to_string()))?;
         let offender = evidence.validator.address();
         let slot = (evidence.first.vote.height, evidence.first.vote.round, evidence.first.vote.vote_type);
-        let marker = [
-            b"evidence/".as_slice(),
-            &offender.0,
-            &slot.0 .0.to_be_bytes(),
-            &slot.1.to_be_bytes(),
-            &[slot.2 as u8],
-        ]
-        .concat();
+        let marker =
+            [b"evidence/".as_slice(), &offender.0, &slot.0 .0.to_be_bytes(), &slot.1.to_be_bytes(), &[slot.2 as u8]]
+                .concat();
         if kv.get(&marker).is_some() {
             return Err(TxError::EvidenceAlreadyUsed);
         }
@@ -766,7 +921,13 @@ impl Chain {
         self.burn(kv, amount)?;
         kv.put(marker, Hash::digest(HashDomain::Blob, &trellis_proto::Encode::to_bytes(evidence)).0.to_vec());
         Ok(vec![
-            Event::Slashed { who: offender, role: Role::Validator, amount, reason: SlashReason::Equivocation, job: None },
+            Event::Slashed {
+                who: offender,
+                role: Role::Validator,
+                amount,
+                reason: SlashReason::Equivocation,
+                job: None,
+            },
             Event::Jailed { validator: offender },
         ])
     }
@@ -780,7 +941,7 @@ impl Chain {
 pub mod bounds {
     use trellis_proto::job::MAX_MINERS_PER_ROUND;
     use trellis_proto::trail::MAX_TRAIL_STEPS;
-    
+
     /// Most tokens all workers of a round train together (≈ 1.1·10¹²): what a round's rewards
     /// are split over and what its checkers may be asked to re-execute a share of.
     pub const MAX_ROUND_TOKENS: u64 = 1 << 40;
@@ -844,7 +1005,10 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
     };
     let (lr_low, lr_high) = bounds::LEARNING_RATE;
     let max_workers = bounds::MAX_WORKERS.min(params.max_miners_per_job);
-    let round_tokens = u128::from(d.inner_steps) * u128::from(d.batch_size) * u128::from(d.sequence_length) * u128::from(d.workers_per_round);
+    let round_tokens = u128::from(d.inner_steps)
+        * u128::from(d.batch_size)
+        * u128::from(d.sequence_length)
+        * u128::from(d.workers_per_round);
     let model_bad = !(1..=bounds::MAX_VOCAB).contains(&m.vocab_size)
         || !(1..=bounds::MAX_WIDTH).contains(&m.width)
         || !(1..=bounds::MAX_LAYERS).contains(&m.layers)

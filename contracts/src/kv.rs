@@ -322,7 +322,8 @@ mod tests {
             let mut changes = Changes::new();
             for _ in 0..(next() % 12) {
                 let key = format!("k/{}", next() % 40).into_bytes();
-                let change = (next() % 3 != 0).then(|| (next() % 5).to_le_bytes()[..1 + (next() % 3) as usize].to_vec());
+                let change =
+                    (next() % 3 != 0).then(|| (next() % 5).to_le_bytes()[..1 + (next() % 3) as usize].to_vec());
                 changes.insert(key, change);
             }
             for (key, change) in &changes {

@@ -92,7 +92,11 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             round.phase = Phase::Revealing;
             round.reveal_deadline = ctx.height.saturating_add(chain.params.reveal_blocks);
-            events.push(Event::RevealsOpened { job: job.id, round: round.round, reveal_deadline: round.reveal_deadline });
+            events.push(Event::RevealsOpened {
+                job: job.id,
+                round: round.round,
+                reveal_deadline: round.reveal_deadline,
+            });
             write(kv, keys::round(job.id, round.round), &round);
         }
         Phase::Revealing if ctx.height > round.reveal_deadline || round.commits.iter().all(|c| c.reveal.is_some()) => {
@@ -101,10 +105,16 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
             round.phase = Phase::Verifying;
             round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
-            events.push(Event::SegmentsSampled { job: job.id, round: round.round, assignments: round.assignments.len() });
+            events.push(Event::SegmentsSampled {
+                job: job.id,
+                round: round.round,
+                assignments: round.assignments.len(),
+            });
             write(kv, keys::round(job.id, round.round), &round);
         }
-        Phase::Verifying if ctx.height > round.verify_end || all_verdicts_in(&round) => tally(chain, kv, job, round, ctx, events)?,
+        Phase::Verifying if ctx.height > round.verify_end || all_verdicts_in(&round) => {
+            tally(chain, kv, job, round, ctx, events)?
+        }
         Phase::AwaitingAggregate if ctx.height > round.aggregate_deadline => {
             round.phase = Phase::Lapsed;
             events.push(Event::RoundLapsed { job: job.id, round: round.round });
@@ -122,8 +132,11 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
 /// wait for the deadline. A miner joining after this works from the next round on.
 fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
     let full = round.workers.len() == job.spec.diloco.workers_per_round as usize;
-    let everyone_left = round.round > 0 && job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
-    !round.workers.is_empty() && (full || everyone_left) && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
+    let everyone_left =
+        round.round > 0 && job.miners.iter().filter(|m| !m.ejected).all(|m| round.workers.contains(&m.address));
+    !round.workers.is_empty()
+        && (full || everyone_left)
+        && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
 }
 
 /// Every assigned checker has sent its verdict: tallying need not wait for the window's end.
@@ -177,8 +190,11 @@ fn pick_checkers(
     exclude: &[Address],
     validators: &ValidatorSet,
 ) -> Vec<Address> {
-    let mut eligible: Vec<_> =
-        validators.validators.iter().filter(|v| &v.address != miner && !exclude.contains(&v.address) && v.power > 0).collect();
+    let mut eligible: Vec<_> = validators
+        .validators
+        .iter()
+        .filter(|v| &v.address != miner && !exclude.contains(&v.address) && v.power > 0)
+        .collect();
     let mut picked = Vec::new();
     let miner_word = u64::from_le_bytes(miner.0[..8].try_into().expect("8 bytes"));
     while picked.len() < count && !eligible.is_empty() {
@@ -263,22 +279,36 @@ fn tally<S: KvStore + ?Sized>(
     if !round.escalated {
         let disputed: Vec<usize> = (0..round.assignments.len())
             .filter(|&i| {
-                let findings: BTreeSet<Finding> = verdicts_for(&round.assignments[i]).iter().filter_map(|(_, f)| *f).collect();
+                let findings: BTreeSet<Finding> =
+                    verdicts_for(&round.assignments[i]).iter().filter_map(|(_, f)| *f).collect();
                 findings.len() != 1
             })
             .collect();
         if !disputed.is_empty() {
-            let seed = [ctx.randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), b"escalate"].concat();
+            let seed = [ctx.randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes(), b"escalate"]
+                .concat();
             let committee = chain.params.escalation_committee as usize;
             for &i in &disputed {
                 let assignment = &mut round.assignments[i];
                 let extra = committee.saturating_sub(assignment.checkers.len());
-                let more = pick_checkers(&seed, &assignment.miner, assignment.segment, extra, &assignment.checkers, &validators);
+                let more = pick_checkers(
+                    &seed,
+                    &assignment.miner,
+                    assignment.segment,
+                    extra,
+                    &assignment.checkers,
+                    &validators,
+                );
                 assignment.checkers.extend(more);
             }
             round.escalated = true;
             round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
-            events.push(Event::Escalated { job: job.id, round: round.round, segments: disputed.len(), verify_end: round.verify_end });
+            events.push(Event::Escalated {
+                job: job.id,
+                round: round.round,
+                segments: disputed.len(),
+                verify_end: round.verify_end,
+            });
             write(kv, keys::round(job.id, round.round), &round);
             return Ok(());
         }
@@ -295,14 +325,17 @@ fn tally<S: KvStore + ?Sized>(
         let finding = segment_finding(&weighted);
         miner_findings.entry(assignment.miner).or_default().insert(finding);
         matched.extend(verdicts.iter().filter(|(_, f)| f.is_some() && *f == finding).map(|(checker, _)| *checker));
-        missed.extend(assignment.checkers.iter().filter(|checker| !verdicts.iter().any(|(c, _)| c == *checker)).copied());
+        missed
+            .extend(assignment.checkers.iter().filter(|checker| !verdicts.iter().any(|(c, _)| c == *checker)).copied());
         // After an escalation the larger committee decided: a replay's verdict it went against
         // (a lazy `Valid`, a framing `Invalid`) is overturned. Claims about availability
         // (`Unavailable`, `JobFault`) can differ honestly between checkers and moments, so they
         // lose the fee share but are not slashed.
         if round.escalated {
             let replay_verdict = |f: &Option<Finding>| matches!(f, Some(Finding::Valid | Finding::Invalid));
-            overturned.extend(verdicts.iter().filter(|(_, f)| replay_verdict(f) && *f != finding).map(|(checker, _)| *checker));
+            overturned.extend(
+                verdicts.iter().filter(|(_, f)| replay_verdict(f) && *f != finding).map(|(checker, _)| *checker),
+            );
         }
     }
 
@@ -363,7 +396,10 @@ fn tally<S: KvStore + ?Sized>(
             }
         }
     }
-    let checker_faults = [(&missed, params.missed_verdict_slash_ppm, SlashReason::MissedVerdict), (&overturned, params.overturned_verdict_slash_ppm, SlashReason::OverturnedVerdict)];
+    let checker_faults = [
+        (&missed, params.missed_verdict_slash_ppm, SlashReason::MissedVerdict),
+        (&overturned, params.overturned_verdict_slash_ppm, SlashReason::OverturnedVerdict),
+    ];
     for (checkers, ppm, reason) in checker_faults {
         for checker in checkers {
             let amount = chain.slash(kv, checker, Role::Validator, ppm)?;
@@ -412,10 +448,12 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
 ) -> Result<Vec<Event>, TxError> {
     let mut events = Vec::new();
     let payout = job.spec.reward_per_round.0.min(job.escrow);
-    let verifier_pool = if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
+    let verifier_pool =
+        if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
     let miner_pool = payout.checked_sub(verifier_pool).ok_or(TxError::Overflow)?;
     // Every accepted miner trained the round's fixed token count: equal shares.
-    let tokens: BTreeMap<Address, u64> = round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
+    let tokens: BTreeMap<Address, u64> =
+        round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
     let total_tokens = tokens.values().fold(0u64, |sum, t| sum.saturating_add(*t));
     let mut paid = 0u64;
     for (miner, miner_tokens) in &tokens {
@@ -430,7 +468,13 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
         for checker in &round.matched_checkers {
             chain.credit(kv, checker, share)?;
             paid = paid.checked_add(share).ok_or(TxError::Overflow)?;
-            events.push(Event::Rewarded { job: job.id, round: round.round, who: *checker, amount: share, as_miner: false });
+            events.push(Event::Rewarded {
+                job: job.id,
+                round: round.round,
+                who: *checker,
+                amount: share,
+                as_miner: false,
+            });
         }
     }
     debug_assert!(paid <= payout, "a round pays at most its payout");
@@ -448,7 +492,12 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
 }
 
 /// Opens the next round, or ends the job: cancelled, all rounds done, or escrow exhausted.
-fn next_round_or_end<S: KvStore + ?Sized>(chain: &Chain, kv: &mut S, mut job: Job, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
+fn next_round_or_end<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    mut job: Job,
+    ctx: &BlockCtx,
+) -> Result<Vec<Event>, TxError> {
     if job.cancel_requested {
         return end_job(chain, kv, job, JobStatus::Cancelled, ctx.height);
     }
@@ -499,7 +548,8 @@ fn retire_round<S: KvStore + ?Sized>(kv: &mut S, job: trellis_proto::JobId, roun
 pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: u64) -> Result<(), TxError> {
     for (key, _) in kv.scan_prefix(keys::PRUNE_PREFIX) {
         let Some((due, job, round)) = keys::pruned_round(&key) else {
-            let source = trellis_proto::codec::DecodeError::InvalidValue { what: "prune key", reason: "not height/job/round" };
+            let source =
+                trellis_proto::codec::DecodeError::InvalidValue { what: "prune key", reason: "not height/job/round" };
             return Err(crate::state::CorruptState { key: String::from_utf8_lossy(&key).into_owned(), source }.into());
         };
         if due > height {

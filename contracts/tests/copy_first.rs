@@ -29,7 +29,10 @@ fn a_front_run_copy_of_a_commitment_punishes_the_copier_not_the_victim() {
     w.reveal(job, 0, 1).unwrap();
     // The copier learns the victim's work only now, and cannot make it fit its binding.
     let victims_work = w.work(job, 0, 0);
-    assert_eq!(w.send(&copier, TxKind::RevealWork(victims_work)), Err(TxError::RevealMismatch { miner: copier.address() }));
+    assert_eq!(
+        w.send(&copier, TxKind::RevealWork(victims_work)),
+        Err(TxError::RevealMismatch { miner: copier.address() })
+    );
     let deadline = w.round(job, 0).reveal_deadline;
     w.advance_to(deadline + 1);
     w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));

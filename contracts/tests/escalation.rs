@@ -20,7 +20,9 @@ fn escalate(lone: VerdictOutcome, rest: VerdictOutcome) -> (World, Assignment, A
     w.past_commit_deadline(job, 0);
     let first = w.round(job, 0).assignments[0].clone();
     let lone_checker = first.checkers[0];
-    w.verdicts(job, 0, |_, segment, checker| Some(if segment == first.segment && *checker == lone_checker { lone.clone() } else { rest.clone() }));
+    w.verdicts(job, 0, |_, segment, checker| {
+        Some(if segment == first.segment && *checker == lone_checker { lone.clone() } else { rest.clone() })
+    });
     w.past_verify_end(job, 0);
     assert!(w.round(job, 0).escalated, "a disagreement escalates");
     w.verdicts(job, 0, |_, _, _| Some(rest.clone()));
@@ -55,11 +57,15 @@ fn an_abstaining_committee_member_is_never_overturned() {
     w.past_commit_deadline(job, 0);
     let first = w.round(job, 0).assignments[0].clone();
     let framer = first.checkers[0];
-    w.verdicts(job, 0, |_, segment, checker| Some(if segment == first.segment && *checker == framer { invalid() } else { VerdictOutcome::Valid }));
+    w.verdicts(job, 0, |_, segment, checker| {
+        Some(if segment == first.segment && *checker == framer { invalid() } else { VerdictOutcome::Valid })
+    });
     w.past_verify_end(job, 0);
     let committee = w.round(job, 0).assignments[0].checkers.clone();
     let abstainer = committee[2];
-    w.verdicts(job, 0, |_, _, checker| Some(if *checker == abstainer { VerdictOutcome::Abstain } else { VerdictOutcome::Valid }));
+    w.verdicts(job, 0, |_, _, checker| {
+        Some(if *checker == abstainer { VerdictOutcome::Abstain } else { VerdictOutcome::Valid })
+    });
     w.past_verify_end(job, 0);
     assert_eq!(slashed(&w, &framer), vec![(2_000, SlashReason::OverturnedVerdict)]);
     assert!(slashed(&w, &abstainer).is_empty(), "an abstain decides nothing, so nothing overturns it");

@@ -14,22 +14,59 @@ use trellis_proto::*;
 
 #[derive(Debug, Clone)]
 enum Action {
-    Transfer { from: usize, to: usize, amount: u64 },
-    Bond { who: usize, miner: bool, amount: u64 },
-    Unbond { who: usize, miner: bool, amount: u64 },
-    Submit { escrow: u64 },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+    },
+    Bond {
+        who: usize,
+        miner: bool,
+        amount: u64,
+    },
+    Unbond {
+        who: usize,
+        miner: bool,
+        amount: u64,
+    },
+    Submit {
+        escrow: u64,
+    },
     /// An adversarial submitter's spec (`common::wild_spec`): refused, or accepted and run.
-    SubmitWild { values: [u32; 11], reward: u64, escrow: u64 },
-    Join { miner: usize, job: u64 },
+    SubmitWild {
+        values: [u32; 11],
+        reward: u64,
+        escrow: u64,
+    },
+    Join {
+        miner: usize,
+        job: u64,
+    },
     /// Commits (a copy of `copy_of`'s binding, when set).
-    Commit { miner: usize, job: u64, copy_of: Option<usize> },
+    Commit {
+        miner: usize,
+        job: u64,
+        copy_of: Option<usize>,
+    },
     /// Reveals its work (or another miner's, which cannot match its binding).
-    Reveal { miner: usize, job: u64, other: Option<usize> },
+    Reveal {
+        miner: usize,
+        job: u64,
+        other: Option<usize>,
+    },
     /// Every assigned checker answers with outcome `pick % 6` (5 = stays silent), varied by miner;
     /// a job fault (which voids the job) only when `void` is set, else `Valid` instead.
-    Verdicts { job: u64, pick: u8, void: bool },
-    Aggregate { job: u64 },
-    Cancel { job: u64 },
+    Verdicts {
+        job: u64,
+        pick: u8,
+        void: bool,
+    },
+    Aggregate {
+        job: u64,
+    },
+    Cancel {
+        job: u64,
+    },
     Blocks(u64),
 }
 
@@ -42,8 +79,13 @@ fn action() -> impl Strategy<Value = Action> {
         (any::<[u32; 11]>(), prop_oneof![1..40_000u64, any::<u64>()], prop_oneof![0..40_000u64, any::<u64>()])
             .prop_map(|(values, reward, escrow)| Action::SubmitWild { values, reward, escrow }),
         (0..4usize, 0..3u64).prop_map(|(miner, job)| Action::Join { miner, job }),
-        (0..4usize, 0..3u64, proptest::option::of(0..4usize)).prop_map(|(miner, job, copy_of)| Action::Commit { miner, job, copy_of }),
-        (0..4usize, 0..3u64, proptest::option::weighted(0.2, 0..4usize)).prop_map(|(miner, job, other)| Action::Reveal { miner, job, other }),
+        (0..4usize, 0..3u64, proptest::option::of(0..4usize)).prop_map(|(miner, job, copy_of)| Action::Commit {
+            miner,
+            job,
+            copy_of
+        }),
+        (0..4usize, 0..3u64, proptest::option::weighted(0.2, 0..4usize))
+            .prop_map(|(miner, job, other)| Action::Reveal { miner, job, other }),
         (0..3u64, any::<u8>(), any::<bool>()).prop_map(|(job, pick, void)| Action::Verdicts { job, pick, void }),
         (0..3u64).prop_map(|job| Action::Aggregate { job }),
         (0..3u64).prop_map(|job| Action::Cancel { job }),
@@ -77,37 +119,47 @@ fn run(actions: Vec<Action>) -> World {
                 let to = actor(&w, to).address();
                 Some((from, TxKind::Transfer { to, amount: Amount(amount) }))
             }
-            Action::Bond { who, miner, amount } => {
-                Some((who, TxKind::Bond { role: if miner { Role::Miner } else { Role::Validator }, amount: Amount(amount) }))
-            }
-            Action::Unbond { who, miner, amount } => {
-                Some((who, TxKind::Unbond { role: if miner { Role::Miner } else { Role::Validator }, amount: Amount(amount) }))
-            }
+            Action::Bond { who, miner, amount } => Some((
+                who,
+                TxKind::Bond { role: if miner { Role::Miner } else { Role::Validator }, amount: Amount(amount) },
+            )),
+            Action::Unbond { who, miner, amount } => Some((
+                who,
+                TxKind::Unbond { role: if miner { Role::Miner } else { Role::Validator }, amount: Amount(amount) },
+            )),
             Action::Submit { escrow } => Some((8, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(escrow) })),
             Action::SubmitWild { values, reward, escrow } => {
                 Some((8, TxKind::SubmitJob { spec: wild_spec(&w.spec(), values, reward), escrow: Amount(escrow) }))
             }
             Action::Join { miner, job } => Some((4 + miner, TxKind::JoinJob { job: JobId(job) })),
             Action::Commit { miner, job, copy_of } => {
-                let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap().map_or(0, |j| j.current_round);
+                let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job)))
+                    .unwrap()
+                    .map_or(0, |j| j.current_round);
                 Some((4 + miner, TxKind::CommitWork(w.commitment(job, round, copy_of.unwrap_or(miner)))))
             }
             Action::Reveal { miner, job, other } => {
-                let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap().map_or(0, |j| j.current_round);
+                let round = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job)))
+                    .unwrap()
+                    .map_or(0, |j| j.current_round);
                 Some((4 + miner, TxKind::RevealWork(w.work(job, round, other.unwrap_or(miner)))))
             }
             Action::Verdicts { job, pick, void } => {
                 if let Some(j) = read::<trellis_contracts::state::Job>(&w.kv, &keys::job(JobId(job))).unwrap() {
                     let round = w.round(job, j.current_round);
                     if round.phase == Phase::Verifying {
-                        w.verdicts(job, j.current_round, |miner, segment, _| match (pick as u32 + miner.0[0] as u32 + segment) % 6 {
-                            0 => Some(VerdictOutcome::Valid),
-                            1 => Some(VerdictOutcome::Unavailable),
-                            2 => Some(invalid()),
-                            3 => Some(VerdictOutcome::Abstain),
-                            4 if void => Some(VerdictOutcome::JobFault { reason: JobFaultReason::DatasetUnavailable }),
-                            4 => Some(VerdictOutcome::Valid),
-                            _ => None,
+                        w.verdicts(job, j.current_round, |miner, segment, _| {
+                            match (pick as u32 + miner.0[0] as u32 + segment) % 6 {
+                                0 => Some(VerdictOutcome::Valid),
+                                1 => Some(VerdictOutcome::Unavailable),
+                                2 => Some(invalid()),
+                                3 => Some(VerdictOutcome::Abstain),
+                                4 if void => {
+                                    Some(VerdictOutcome::JobFault { reason: JobFaultReason::DatasetUnavailable })
+                                }
+                                4 => Some(VerdictOutcome::Valid),
+                                _ => None,
+                            }
                         });
                     }
                 }

@@ -106,5 +106,8 @@ fn every_accepted_spec_has_counts_that_fit() {
         assert!(spec.commit_blocks <= bounds::MAX_WINDOW_BLOCKS && spec.verify_blocks <= bounds::MAX_WINDOW_BLOCKS);
     }
     eprintln!("{accepted} of 8192 generated specs passed validation");
-    assert!(accepted >= 100, "only {accepted} of 8192 generated specs passed: the generator no longer reaches valid specs");
+    assert!(
+        accepted >= 100,
+        "only {accepted} of 8192 generated specs passed: the generator no longer reaches valid specs"
+    );
 }

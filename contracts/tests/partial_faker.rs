@@ -43,12 +43,16 @@ fn a_miner_faking_one_segment_a_round_is_caught_as_often_as_predicted_and_loses(
     let predicted = 1.0 - escape_probability(segments, 1, sampled);
     let std_err = (predicted * (1.0 - predicted) / TRIALS as f64).sqrt();
     eprintln!("partial faker: caught in {caught} of {TRIALS} rounds ({rate:.4}); the formula says {predicted:.4} ± {std_err:.4}");
-    assert!((rate - predicted).abs() <= 4.0 * std_err, "caught {rate:.3} of rounds, the formula says {predicted:.3} (±{std_err:.3})");
+    assert!(
+        (rate - predicted).abs() <= 4.0 * std_err,
+        "caught {rate:.3} of rounds, the formula says {predicted:.3} (±{std_err:.3})"
+    );
 
     // At the measured rate, with the test job's stakes (one miner takes the round's 9,000 less
     // the checkers' 10%; a 5,000 bond, half slashed) and compute worth the reward, faking loses.
     let stakes = Stakes { reward: 8_100.0, compute: 8_100.0, bond: 5_000.0, caught_slash: 0.5, withhold_slash: 0.5 };
-    let measured_advantage = stakes.compute / segments as f64 - rate * (stakes.reward + stakes.caught_slash * stakes.bond);
+    let measured_advantage =
+        stakes.compute / segments as f64 - rate * (stakes.reward + stakes.caught_slash * stakes.bond);
     assert!(measured_advantage < 0.0, "faking one segment gains {measured_advantage:.0} a round");
     assert!(faking_advantage(&stakes, segments, 1, sampled) < 0.0);
 }

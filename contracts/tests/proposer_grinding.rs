@@ -85,7 +85,8 @@ fn a_proposer_grinding_its_blocks_time_and_transactions_gets_one_sampling_outcom
         world.chain.build_block(&mut state, &after, proposer, time_ms + 1000, reveal, Vec::new()).unwrap();
         let round: trellis_contracts::state::RoundState = read(&state, &keys::round(JobId(job), 0)).unwrap().unwrap();
         assert_eq!(round.phase, Phase::Verifying);
-        outcomes.insert(round.assignments.iter().map(|a: &Assignment| (a.miner, a.segment, a.checkers.clone())).collect());
+        outcomes
+            .insert(round.assignments.iter().map(|a: &Assignment| (a.miner, a.segment, a.checkers.clone())).collect());
     }
     assert_eq!(outcomes.len(), 1, "24 versions of the grinder's block led to {} different samples", outcomes.len());
 }
@@ -127,9 +128,13 @@ fn a_reveal_must_be_the_next_onion_layer_and_is_used_once() {
 
     // A proposer without an onion mixes in nothing: any other reveal is refused.
     let plain = Address([77; 20]);
-    let with_reveal = world.chain.build_block(&mut Overlay::new(&world.kv), &after, plain, after.time_ms, Hash([3; 32]), Vec::new());
+    let with_reveal =
+        world.chain.build_block(&mut Overlay::new(&world.kv), &after, plain, after.time_ms, Hash([3; 32]), Vec::new());
     assert!(matches!(with_reveal, Err(InvalidBlock::WrongBeaconReveal { .. })));
-    world.chain.build_block(&mut Overlay::new(&world.kv), &after, plain, after.time_ms, Hash::ZERO, Vec::new()).unwrap();
+    world
+        .chain
+        .build_block(&mut Overlay::new(&world.kv), &after, plain, after.time_ms, Hash::ZERO, Vec::new())
+        .unwrap();
 }
 
 #[test]
@@ -141,18 +146,30 @@ fn onions_are_long_committed_by_bonded_validators_once_the_last_is_spent_and_cou
     let onion = Onion::new(Hash([5; 32]), layers).unwrap();
     let tip = onion.tip();
 
-    assert_eq!(world.send(&miner, TxKind::CommitBeacon { tip, layers }), Err(TxError::UnknownValidator(miner.address())));
+    assert_eq!(
+        world.send(&miner, TxKind::CommitBeacon { tip, layers }),
+        Err(TxError::UnknownValidator(miner.address()))
+    );
     assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: 0 }), Err(TxError::OnionLayers { got: 0 }));
     // Short onions would let a validator swap onions often, each time choosing a seed after
     // seeing the beacon: the chain refuses them.
     let short = layers - 1;
-    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: short }), Err(TxError::OnionLayers { got: short }));
+    assert_eq!(
+        world.send(&validator, TxKind::CommitBeacon { tip, layers: short }),
+        Err(TxError::OnionLayers { got: short })
+    );
     let too_many = beacon::MAX_LAYERS + 1;
-    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip, layers: too_many }), Err(TxError::OnionLayers { got: too_many }));
+    assert_eq!(
+        world.send(&validator, TxKind::CommitBeacon { tip, layers: too_many }),
+        Err(TxError::OnionLayers { got: too_many })
+    );
     world.advance_to(5);
     world.send(&validator, TxKind::CommitBeacon { tip, layers }).unwrap();
     let other = Onion::new(Hash([6; 32]), layers).unwrap().tip();
-    assert_eq!(world.send(&validator, TxKind::CommitBeacon { tip: other, layers }), Err(TxError::OnionNotSpent { remaining: layers }));
+    assert_eq!(
+        world.send(&validator, TxKind::CommitBeacon { tip: other, layers }),
+        Err(TxError::OnionNotSpent { remaining: layers })
+    );
     let held: BeaconOnion = read(&world.kv, &keys::onion(&validator.address())).unwrap().unwrap();
     assert_eq!((held.active_from, held.generation), (7, 0));
 

@@ -13,7 +13,12 @@ fn deltas(w: &World, job: u64, miner: usize) -> Option<MinerDeltas> {
 }
 
 /// Miner `i` commits to and reveals `work` in `round` (all miners commit so the phase moves).
-fn commit_reveal(w: &mut World, job: u64, round: u32, works: &[WorkReveal]) -> Vec<Result<Vec<trellis_contracts::Event>, TxError>> {
+fn commit_reveal(
+    w: &mut World,
+    job: u64,
+    round: u32,
+    works: &[WorkReveal],
+) -> Vec<Result<Vec<trellis_contracts::Event>, TxError>> {
     for (i, work) in works.iter().enumerate() {
         let binding = work.binding(&w.miners[i].address());
         let miner = Keypair::from_seed(w.miners[i].seed());
@@ -42,7 +47,11 @@ fn a_residual_needs_an_earlier_revealed_delta_and_the_chain_keeps_the_last_two()
     made_up.residual_hash = Hash([42; 32]);
     let works = [made_up, w.work(job, 0, 1)];
     let results = commit_reveal(&mut w, job, 0, &works);
-    assert!(matches!(&results[0], Err(TxError::InvalidCommitment(reason)) if reason.contains("earlier revealed")), "{:?}", results[0]);
+    assert!(
+        matches!(&results[0], Err(TxError::InvalidCommitment(reason)) if reason.contains("earlier revealed")),
+        "{:?}",
+        results[0]
+    );
     assert!(results[1].is_ok());
     assert_eq!(deltas(&w, job, 0), None, "a refused reveal records nothing");
     let first = RevealedDelta { round: 0, delta_hash: w.work(job, 0, 1).delta_hash };

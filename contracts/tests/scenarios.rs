@@ -85,7 +85,11 @@ fn a_split_verdict_escalates_to_a_larger_committee_which_decides() {
     let dissenter = first.checkers[0];
     // One checker of one segment says Invalid, everyone else Valid.
     w.verdicts(job, 0, |miner, segment, checker| {
-        Some(if *miner == target && segment == first.segment && *checker == dissenter { invalid() } else { VerdictOutcome::Valid })
+        Some(if *miner == target && segment == first.segment && *checker == dissenter {
+            invalid()
+        } else {
+            VerdictOutcome::Valid
+        })
     });
     w.past_verify_end(job, 0);
     let round = w.round(job, 0);
@@ -97,7 +101,8 @@ fn a_split_verdict_escalates_to_a_larger_committee_which_decides() {
     // The new checkers all find the segment valid: the dissenter is outvoted.
     let new_checkers: Vec<Address> = escalated.checkers[2..].to_vec();
     w.verdicts(job, 0, |miner, segment, checker| {
-        (*miner == target && segment == first.segment && new_checkers.contains(checker)).then_some(VerdictOutcome::Valid)
+        (*miner == target && segment == first.segment && new_checkers.contains(checker))
+            .then_some(VerdictOutcome::Valid)
     });
     w.past_verify_end(job, 0);
     let round = w.round(job, 0);
@@ -139,10 +144,18 @@ fn a_job_that_runs_out_of_escrow_ends_cleanly_with_a_refund() {
     w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
     w.past_verify_end(job, 0);
     let events = w.aggregate(job, 0).unwrap();
-    let paid: u64 = events.iter().filter_map(|e| match e { Event::Rewarded { amount, .. } => Some(*amount), _ => None }).sum();
+    let paid: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rewarded { amount, .. } => Some(*amount),
+            _ => None,
+        })
+        .sum();
     assert!(paid <= 9_000 && paid > 8_990, "one round's reward, less rounding dust: {paid}");
     let refund = 13_500 - paid;
-    assert!(events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Finished, refund: r, .. } if *r == refund)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::JobEnded { status: JobStatus::Finished, refund: r, .. } if *r == refund)));
     let state = w.job(job);
     assert_eq!(state.status, JobStatus::Finished);
     assert_eq!(state.escrow, 0);
@@ -221,7 +234,13 @@ fn equivocation_is_slashed_burned_and_jailed_and_the_set_drops_the_offender() {
     let mut w = World::new(4, 0, Params { epoch_blocks: 5, ..params() });
     let offender = Keypair::from_seed(w.validators[2].seed());
     let vote = |value: u8| {
-        let vote = Vote { height: Height(3), round: 0, vote_type: VoteType::Prevote, value: Some(Hash([value; 32])), validator: offender.address() };
+        let vote = Vote {
+            height: Height(3),
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: Some(Hash([value; 32])),
+            validator: offender.address(),
+        };
         let signature = offender.sign(CHAIN, SigningKind::Vote, &vote.to_bytes());
         SignedVote { vote, signature }
     };
@@ -256,8 +275,14 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
         w.send(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(10_000_000) }),
         Err(TxError::InsufficientBalance { .. })
     ));
-    assert!(matches!(w.send(&miner, TxKind::Bond { role: Role::Miner, amount: Amount(10_000_000) }), Err(TxError::InsufficientBalance { .. })));
-    assert!(matches!(w.send(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(0) }), Err(TxError::ZeroAmount)));
+    assert!(matches!(
+        w.send(&miner, TxKind::Bond { role: Role::Miner, amount: Amount(10_000_000) }),
+        Err(TxError::InsufficientBalance { .. })
+    ));
+    assert!(matches!(
+        w.send(&miner, TxKind::Transfer { to: validator.address(), amount: Amount(0) }),
+        Err(TxError::ZeroAmount)
+    ));
     // Bonds below the minimum, unbonding more than bonded.
     let newcomer_key = key(9, 9);
     w.send(&validator, TxKind::Transfer { to: newcomer_key.address(), amount: Amount(50_000) }).unwrap();
@@ -265,7 +290,10 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
         w.send(&newcomer_key, TxKind::Bond { role: Role::Validator, amount: Amount(10) }),
         Err(TxError::BelowMinimumStake { .. })
     ));
-    assert!(matches!(w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(999_999) }), Err(TxError::InsufficientBond { .. })));
+    assert!(matches!(
+        w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(999_999) }),
+        Err(TxError::InsufficientBond { .. })
+    ));
     // Unknown job, for every job transaction.
     assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(99) }), Err(TxError::UnknownJob(JobId(99)))));
     assert!(matches!(w.send(&miner, TxKind::CommitWork(w.commitment(99, 0, 0))), Err(TxError::UnknownJob(_))));
@@ -273,7 +301,10 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     assert!(matches!(w.send(&miner, TxKind::CancelJob { job: JobId(99) }), Err(TxError::UnknownJob(_))));
     // Already joined; not joined.
     assert!(matches!(w.send(&miner, TxKind::JoinJob { job: JobId(job) }), Err(TxError::AlreadyJoined { .. })));
-    assert!(matches!(w.send(&newcomer_key, TxKind::CommitWork(w.commitment(job, 0, 0))), Err(TxError::NotJoined { .. })));
+    assert!(matches!(
+        w.send(&newcomer_key, TxKind::CommitWork(w.commitment(job, 0, 0))),
+        Err(TxError::NotJoined { .. })
+    ));
     // Bad commitments and reveals: wrong round; a reveal while the round is open.
     assert!(matches!(w.send(&miner, TxKind::CommitWork(w.commitment(job, 1, 0))), Err(TxError::WrongRound { .. })));
     assert!(matches!(w.send(&miner, TxKind::RevealWork(w.work(job, 0, 0))), Err(TxError::WrongPhase { .. })));
@@ -281,13 +312,17 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     let mut spec = w.spec();
     spec.model.heads = 5;
     let submitter = Keypair::from_seed(w.submitter.seed());
-    assert!(matches!(w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(30_000) }), Err(TxError::InvalidJobSpec(_))));
+    assert!(matches!(
+        w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(30_000) }),
+        Err(TxError::InvalidJobSpec(_))
+    ));
     assert!(matches!(
         w.send(&submitter, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(10) }),
         Err(TxError::EscrowTooSmall { .. })
     ));
     // A verdict while the round is open, then from an unassigned validator, then twice.
-    let verdict = Verdict { job: JobId(job), round: 0, miner: miner.address(), segment: 0, outcome: VerdictOutcome::Valid };
+    let verdict =
+        Verdict { job: JobId(job), round: 0, miner: miner.address(), segment: 0, outcome: VerdictOutcome::Valid };
     assert!(matches!(w.send(&validator, TxKind::Verdict(verdict)), Err(TxError::WrongPhase { .. })));
     // Every rejection so far left the state as it was (apart from the one accepted transfer).
     assert_ne!(trellis_contracts::recompute_state_root(&w.kv), root);
@@ -296,14 +331,22 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     w.enter_reveals(job, 0);
     // A reveal without a commitment, not matching the binding, twice.
     let other = Keypair::from_seed(w.miners[1].seed());
-    assert_eq!(w.send(&other, TxKind::RevealWork(w.work(job, 0, 1))), Err(TxError::NothingToReveal { miner: other.address() }));
-    assert_eq!(w.send(&miner, TxKind::RevealWork(w.work(job, 0, 1))), Err(TxError::RevealMismatch { miner: miner.address() }));
+    assert_eq!(
+        w.send(&other, TxKind::RevealWork(w.work(job, 0, 1))),
+        Err(TxError::NothingToReveal { miner: other.address() })
+    );
+    assert_eq!(
+        w.send(&miner, TxKind::RevealWork(w.work(job, 0, 1))),
+        Err(TxError::RevealMismatch { miner: miner.address() })
+    );
     w.reveal(job, 0, 0).unwrap();
     assert_eq!(w.reveal(job, 0, 0), Err(TxError::AlreadyRevealed { miner: miner.address() }));
     w.next_block();
     let a = w.round(job, 0).assignments[0].clone();
-    let outsider = w.validators.iter().find(|k| !a.checkers.contains(&k.address())).map(|k| Keypair::from_seed(k.seed())).unwrap();
-    let verdict = Verdict { job: JobId(job), round: 0, miner: a.miner, segment: a.segment, outcome: VerdictOutcome::Valid };
+    let outsider =
+        w.validators.iter().find(|k| !a.checkers.contains(&k.address())).map(|k| Keypair::from_seed(k.seed())).unwrap();
+    let verdict =
+        Verdict { job: JobId(job), round: 0, miner: a.miner, segment: a.segment, outcome: VerdictOutcome::Valid };
     assert!(matches!(w.send(&outsider, TxKind::Verdict(verdict.clone())), Err(TxError::NotAssigned { .. })));
     let checker = Keypair::from_seed(w.validators[w.validator_index(&a.checkers[0])].seed());
     w.send(&checker, TxKind::Verdict(verdict.clone())).unwrap();
@@ -312,12 +355,21 @@ fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     assert!(matches!(w.aggregate(job, 0), Err(TxError::WrongPhase { .. })));
     w.verdicts(job, 0, |_, _, c| (*c != checker.address()).then_some(VerdictOutcome::Valid));
     w.past_verify_end(job, 0);
-    let wrong = Aggregate { job: JobId(job), round: 0, model_hash: Hash::ZERO, momentum_hash: Hash::ZERO, accepted: vec![] };
-    assert!(matches!(w.send(&validator, TxKind::CommitAggregate(wrong.clone())), Err(TxError::AggregateMismatch { .. })));
+    let wrong =
+        Aggregate { job: JobId(job), round: 0, model_hash: Hash::ZERO, momentum_hash: Hash::ZERO, accepted: vec![] };
+    assert!(matches!(
+        w.send(&validator, TxKind::CommitAggregate(wrong.clone())),
+        Err(TxError::AggregateMismatch { .. })
+    ));
     assert!(matches!(w.send(&miner, TxKind::CommitAggregate(wrong)), Err(TxError::NotAValidator(_))));
     // Fee below the minimum.
-    let tx = Transaction { sender: miner.public_key(), nonce: w.nonce(&miner), fee: Amount(0), kind: TxKind::JoinJob { job: JobId(job) } }
-        .sign(CHAIN, &miner);
+    let tx = Transaction {
+        sender: miner.public_key(),
+        nonce: w.nonce(&miner),
+        fee: Amount(0),
+        kind: TxKind::JoinJob { job: JobId(job) },
+    }
+    .sign(CHAIN, &miner);
     assert!(matches!(w.apply(&tx), Err(TxError::FeeTooLow { .. })));
 }
 
@@ -404,7 +456,8 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
     let w = World::new(4, 2, params.clone());
     let groth16 = |model: &str, proving_key: Hash, verifying_key: Hash| {
         let mut spec = w.spec();
-        spec.verification.mode = trellis_proto::VerificationMode::Groth16 { model: model.into(), proving_key, verifying_key };
+        spec.verification.mode =
+            trellis_proto::VerificationMode::Groth16 { model: model.into(), proving_key, verifying_key };
         spec
     };
     let key = Hash::digest(trellis_proto::HashDomain::Blob, b"key");
@@ -412,9 +465,10 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
     spec.diloco.inner_steps = spec.verification.checkpoint_interval * 3;
     assert_eq!(trellis_contracts::validate_job_spec(&spec, &params), Ok(()));
     spec.diloco.inner_steps += 1;
-    assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("multiple of checkpoint_interval"));
+    assert!(trellis_contracts::validate_job_spec(&spec, &params)
+        .unwrap_err()
+        .contains("multiple of checkpoint_interval"));
     for spec in [groth16("", key, key), groth16("mlp:8x8x4", Hash::ZERO, key), groth16("mlp:8x8x4", key, Hash::ZERO)] {
         assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("zk model"));
     }
 }
-

@@ -31,7 +31,11 @@ fn a_miner_cannot_unbond_out_of_a_round_it_committed_to() {
     let balance = w.balance(&miner);
     w.verdicts(job, 0, |_, _, _| Some(invalid()));
     w.past_verify_end(job, 0);
-    assert_eq!(slashed(&w, &miner.address()), vec![(2_500, SlashReason::Poisoner)], "the slash found the unbonding stake");
+    assert_eq!(
+        slashed(&w, &miner.address()),
+        vec![(2_500, SlashReason::Poisoner)],
+        "the slash found the unbonding stake"
+    );
     // Once the round is settled, what is left is released.
     w.next_block();
     assert_eq!(w.balance(&miner), balance + 2_500);

@@ -19,9 +19,15 @@ fn a_withholder_loses_what_a_caught_faker_loses() {
     }
     w.past_commit_deadline(job, 0);
     let withholder = w.miners[2].address();
-    w.verdicts(job, 0, |miner, _, _| Some(if *miner == withholder { VerdictOutcome::Unavailable } else { VerdictOutcome::Valid }));
+    w.verdicts(job, 0, |miner, _, _| {
+        Some(if *miner == withholder { VerdictOutcome::Unavailable } else { VerdictOutcome::Valid })
+    });
     w.past_verify_end(job, 0);
-    assert_eq!(slashed(&w, &withholder), vec![(2_500, SlashReason::Withheld)], "50% of 5,000, as for an invalid segment");
+    assert_eq!(
+        slashed(&w, &withholder),
+        vec![(2_500, SlashReason::Withheld)],
+        "50% of 5,000, as for an invalid segment"
+    );
     assert!(!w.round(job, 0).accepted.contains(&withholder));
     let ejected: Vec<_> = w.job(job).miners.iter().filter(|m| m.ejected).map(|m| m.address).collect();
     assert_eq!(ejected, vec![withholder], "withholding a sampled segment ejects, like faking it");

@@ -124,7 +124,12 @@ impl Mempool {
         let items: Vec<SignedItem<'_>> = txs
             .iter()
             .zip(&encoded)
-            .map(|(t, payload)| SignedItem { key: &t.tx.sender, kind: SigningKind::Transaction, payload, signature: &t.signature })
+            .map(|(t, payload)| SignedItem {
+                key: &t.tx.sender,
+                kind: SigningKind::Transaction,
+                payload,
+                signature: &t.signature,
+            })
             .collect();
         let batch_ok = verify_batch(chain_id, &items).is_ok();
         txs.into_iter()
@@ -161,7 +166,8 @@ impl Mempool {
         // The fees this sender owes up to and including this nonce must fit its balance (a
         // transaction it cannot pay for would fail in every block it is tried in).
         let queue = self.by_sender.get(&sender);
-        let earlier: u128 = queue.map_or(0, |q| q.range(next_nonce..nonce).map(|(_, e)| u128::from(e.tx.tx.fee.0)).sum());
+        let earlier: u128 =
+            queue.map_or(0, |q| q.range(next_nonce..nonce).map(|(_, e)| u128::from(e.tx.tx.fee.0)).sum());
         let needed = earlier + u128::from(fee);
         if needed > u128::from(account.balance) {
             return Err(MempoolError::CannotPay { needed, balance: account.balance });
@@ -176,7 +182,11 @@ impl Mempool {
         // Only duties may use the reserved places; making room evicts the cheapest transaction
         // that may be evicted for this one (never a duty for something else).
         let duty = is_duty(&tx.tx.kind);
-        let capacity = if duty { self.limits.max_transactions } else { self.limits.max_transactions.saturating_sub(self.limits.reserved_for_duties) };
+        let capacity = if duty {
+            self.limits.max_transactions
+        } else {
+            self.limits.max_transactions.saturating_sub(self.limits.reserved_for_duties)
+        };
         while self.by_hash.len() >= capacity || self.bytes + size > self.limits.max_bytes {
             let Some((lowest_hash, lowest_fee)) = self.lowest_fee(duty) else {
                 return Err(MempoolError::Full { fee });
@@ -202,7 +212,11 @@ impl Mempool {
             if Some(&sender) == keep {
                 continue;
             }
-            let hashes: Vec<Hash> = self.by_sender.get(&sender).map(|q| q.range(tx.tx.nonce..).map(|(_, e)| e.hash).collect()).unwrap_or_default();
+            let hashes: Vec<Hash> = self
+                .by_sender
+                .get(&sender)
+                .map(|q| q.range(tx.tx.nonce..).map(|(_, e)| e.hash).collect())
+                .unwrap_or_default();
             removed += hashes.len();
             hashes.iter().for_each(|h| self.remove(h));
         }
@@ -237,7 +251,8 @@ impl Mempool {
     /// Drops every pending transaction of `sender` (a node unsticking its own queue after one
     /// of its transactions could not be included). Returns how many were dropped.
     pub fn remove_sender(&mut self, sender: &Address) -> usize {
-        let hashes: Vec<Hash> = self.by_sender.get(sender).map(|q| q.values().map(|e| e.hash).collect()).unwrap_or_default();
+        let hashes: Vec<Hash> =
+            self.by_sender.get(sender).map(|q| q.values().map(|e| e.hash).collect()).unwrap_or_default();
         hashes.iter().for_each(|h| self.remove(h));
         hashes.len()
     }
@@ -324,7 +339,12 @@ mod tests {
     #[test]
     fn admits_verifies_and_explains_rejections() {
         let alice = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new(MempoolLimits { max_transactions: 10, max_bytes: 1 << 20, max_per_account: 3, reserved_for_duties: 0 });
+        let mut pool = Mempool::new(MempoolLimits {
+            max_transactions: 10,
+            max_bytes: 1 << 20,
+            max_per_account: 3,
+            reserved_for_duties: 0,
+        });
         let mut forged = tx(&alice, 1, 5);
         forged.tx.fee = Amount(6);
         let results = pool.insert_batch(CHAIN, vec![tx(&alice, 0, 5), forged, tx(&alice, 0, 5)], |_| at(0));
@@ -332,8 +352,14 @@ mod tests {
         assert!(matches!(results[1], Err(MempoolError::BadSignature(_))));
         assert_eq!(results[2], Err(MempoolError::AlreadyKnown));
         assert_eq!(pool.insert_verified(tx(&alice, 0, 9), at(1)), Err(MempoolError::StaleNonce { next: 1, got: 0 }));
-        assert_eq!(pool.insert_verified(tx(&alice, 7, 9), at(0)), Err(MempoolError::NonceTooFarAhead { next: 0, got: 7, max: 3 }));
-        assert_eq!(pool.insert_verified(tx(&alice, 0, 4), at(0)), Err(MempoolError::Underpriced { nonce: 0, existing: 5 }));
+        assert_eq!(
+            pool.insert_verified(tx(&alice, 7, 9), at(0)),
+            Err(MempoolError::NonceTooFarAhead { next: 0, got: 7, max: 3 })
+        );
+        assert_eq!(
+            pool.insert_verified(tx(&alice, 0, 4), at(0)),
+            Err(MempoolError::Underpriced { nonce: 0, existing: 5 })
+        );
         // A higher fee replaces the pending transaction with the same nonce.
         pool.insert_verified(tx(&alice, 0, 8), at(0)).unwrap();
         assert_eq!(pool.len(), 1);
@@ -342,7 +368,12 @@ mod tests {
     #[test]
     fn a_full_pool_evicts_the_cheapest_or_refuses() {
         let keys: Vec<Keypair> = (1..=4u8).map(|i| Keypair::from_seed([i; 32])).collect();
-        let mut pool = Mempool::new(MempoolLimits { max_transactions: 3, max_bytes: 1 << 20, max_per_account: 8, reserved_for_duties: 0 });
+        let mut pool = Mempool::new(MempoolLimits {
+            max_transactions: 3,
+            max_bytes: 1 << 20,
+            max_per_account: 8,
+            reserved_for_duties: 0,
+        });
         for (i, key) in keys.iter().take(3).enumerate() {
             pool.insert_verified(tx(key, 0, 10 + i as u64), at(0)).unwrap();
         }
@@ -361,7 +392,8 @@ mod tests {
             pool.insert_verified(t, at(0)).unwrap();
         }
         let chosen = pool.select(10, usize::MAX, |_| 0);
-        let order: Vec<(u8, u64)> = chosen.iter().map(|t| (if t.tx.sender == alice.public_key() { b'a' } else { b'b' }, t.tx.nonce)).collect();
+        let order: Vec<(u8, u64)> =
+            chosen.iter().map(|t| (if t.tx.sender == alice.public_key() { b'a' } else { b'b' }, t.tx.nonce)).collect();
         // Bob's 50 beats Alice's first (fee 1); Alice's nonce 3 waits for the missing 2.
         assert_eq!(order, vec![(b'b', 0), (b'a', 0), (b'a', 1)]);
         assert_eq!(pool.select(2, usize::MAX, |_| 0).len(), 2);
@@ -387,7 +419,12 @@ mod flood {
     }
 
     fn verdict(key: &Keypair, nonce: u64) -> SignedTx {
-        let outcome = VerdictOutcome::Invalid(InvalidEvidence::new(InvalidReason::CheckpointMismatch, Hash::ZERO, Hash::ZERO, 0.0));
+        let outcome = VerdictOutcome::Invalid(InvalidEvidence::new(
+            InvalidReason::CheckpointMismatch,
+            Hash::ZERO,
+            Hash::ZERO,
+            0.0,
+        ));
         let kind = TxKind::Verdict(Verdict { job: JobId(0), round: 0, miner: Address([1; 20]), segment: 0, outcome });
         Transaction { sender: key.public_key(), nonce, fee: Amount(1), kind }.sign(CHAIN, key)
     }
@@ -400,7 +437,11 @@ mod flood {
         for account in 0..40u8 {
             let key = Keypair::from_seed([account + 100; 32]);
             let batch: Vec<SignedTx> = (0..256).map(|nonce| transfer(&key, nonce, u64::MAX)).collect();
-            refused += pool.insert_batch(CHAIN, batch, |_| empty).into_iter().filter(|r| matches!(r, Err(MempoolError::CannotPay { .. }))).count();
+            refused += pool
+                .insert_batch(CHAIN, batch, |_| empty)
+                .into_iter()
+                .filter(|r| matches!(r, Err(MempoolError::CannotPay { .. })))
+                .count();
         }
         assert_eq!(refused, 40 * 256);
         assert!(pool.is_empty());
@@ -410,13 +451,17 @@ mod flood {
         for nonce in 1..5 {
             pool.insert_verified(transfer(&honest, nonce, 2), SenderAccount { next_nonce: 0, balance: 10 }).unwrap();
         }
-        assert!(matches!(pool.insert_verified(transfer(&honest, 5, 2), SenderAccount { next_nonce: 0, balance: 10 }), Err(MempoolError::CannotPay { needed: 12, balance: 10 })));
+        assert!(matches!(
+            pool.insert_verified(transfer(&honest, 5, 2), SenderAccount { next_nonce: 0, balance: 10 }),
+            Err(MempoolError::CannotPay { needed: 12, balance: 10 })
+        ));
     }
 
     #[test]
     fn a_transaction_no_block_may_hold_leaves_with_its_later_nonces() {
         let mut pool = Mempool::new(MempoolLimits::default());
-        let (spammer, honest, own) = (Keypair::from_seed([7; 32]), Keypair::from_seed([8; 32]), Keypair::from_seed([9; 32]));
+        let (spammer, honest, own) =
+            (Keypair::from_seed([7; 32]), Keypair::from_seed([8; 32]), Keypair::from_seed([9; 32]));
         let rich = SenderAccount { next_nonce: 0, balance: u64::MAX };
         for nonce in 0..10 {
             pool.insert_verified(transfer(&spammer, nonce, 1_000), rich).unwrap();
@@ -434,11 +479,13 @@ mod flood {
 
     #[test]
     fn verdicts_get_in_when_other_transactions_fill_the_pool() {
-        let limits = MempoolLimits { max_transactions: 20, max_bytes: 1 << 20, max_per_account: 256, reserved_for_duties: 5 };
+        let limits =
+            MempoolLimits { max_transactions: 20, max_bytes: 1 << 20, max_per_account: 256, reserved_for_duties: 5 };
         let mut pool = Mempool::new(limits);
         let rich = SenderAccount { next_nonce: 0, balance: u64::MAX };
         let flooder = Keypair::from_seed([3; 32]);
-        let results = pool.insert_batch(CHAIN, (0..30).map(|n| transfer(&flooder, n, u64::MAX / 64)).collect(), |_| rich);
+        let results =
+            pool.insert_batch(CHAIN, (0..30).map(|n| transfer(&flooder, n, u64::MAX / 64)).collect(), |_| rich);
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 15, "other transactions stop at the reserve");
         assert!(matches!(results[15], Err(MempoolError::Full { .. })));
         let checker = Keypair::from_seed([4; 32]);
@@ -448,7 +495,8 @@ mod flood {
         // A validator's beacon commitment is a duty too: a flood cannot keep it out.
         let validator = Keypair::from_seed([5; 32]);
         let kind = TxKind::CommitBeacon { tip: Hash([1; 32]), layers: 16 };
-        let commitment = Transaction { sender: validator.public_key(), nonce: 0, fee: Amount(1), kind }.sign(CHAIN, &validator);
+        let commitment =
+            Transaction { sender: validator.public_key(), nonce: 0, fee: Amount(1), kind }.sign(CHAIN, &validator);
         pool.insert_verified(commitment, rich).unwrap();
         assert_eq!(pool.len(), 20);
         // And blocks take the duties first, whatever the flood pays.

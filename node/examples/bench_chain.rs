@@ -76,7 +76,12 @@ fn start(name: &str, spec: &DevnetSpec, binary: &Path) -> Net {
     let _ = std::fs::remove_dir_all(&root);
     let info = create_with(&root, spec).expect("devnet");
     let children = info.nodes.iter().map(|n| Some(spawn_node(binary, &n.home).expect("spawn"))).collect();
-    Net { root, rpc: info.nodes.iter().map(|n| n.rpc.clone()).collect(), homes: info.nodes.iter().map(|n| n.home.clone()).collect(), children }
+    Net {
+        root,
+        rpc: info.nodes.iter().map(|n| n.rpc.clone()).collect(),
+        homes: info.nodes.iter().map(|n| n.home.clone()).collect(),
+        children,
+    }
 }
 
 fn client(url: &str) -> HttpClient {
@@ -105,7 +110,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Watches node 0's blocks and records when each transaction is first seen committed.
-fn watch_commits(url: String, committed: Arc<Mutex<HashMap<Hash, Instant>>>, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch_commits(
+    url: String,
+    committed: Arc<Mutex<HashMap<Hash, Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
@@ -134,7 +143,15 @@ fn transfers(chain: &str, senders: &[Keypair], per_sender: u64, first_nonce: u64
     let mut txs = Vec::new();
     for nonce in first_nonce..first_nonce + per_sender {
         for key in senders {
-            txs.push(Transaction { sender: key.public_key(), nonce, fee: Amount(10), kind: TxKind::Transfer { to, amount: Amount(1) } }.sign(chain, key));
+            txs.push(
+                Transaction {
+                    sender: key.public_key(),
+                    nonce,
+                    fee: Amount(10),
+                    kind: TxKind::Transfer { to, amount: Amount(1) },
+                }
+                .sign(chain, key),
+            );
         }
     }
     txs
@@ -142,7 +159,11 @@ fn transfers(chain: &str, senders: &[Keypair], per_sender: u64, first_nonce: u64
 
 /// Gossips failing transactions (senders with no funds, fee `u64::MAX`) to every node until
 /// `running` turns false; returns how many were sent and how many the nodes admitted.
-fn spawn_flood(chain: &str, urls: Vec<String>, running: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+fn spawn_flood(
+    chain: &str,
+    urls: Vec<String>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
     let to = Keypair::from_seed([0xEF; 32]).address();
     let batches: Vec<Vec<String>> = (0..40u64)
         .map(|i| {
@@ -152,7 +173,11 @@ fn spawn_flood(chain: &str, urls: Vec<String>, running: Arc<std::sync::atomic::A
             (0..256)
                 .map(|nonce| {
                     let kind = TxKind::Transfer { to, amount: Amount(1) };
-                    hex::encode(Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }.sign(chain, &key).to_bytes())
+                    hex::encode(
+                        Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }
+                            .sign(chain, &key)
+                            .to_bytes(),
+                    )
                 })
                 .collect()
         })
@@ -167,7 +192,8 @@ fn spawn_flood(chain: &str, urls: Vec<String>, running: Arc<std::sync::atomic::A
                     if !running.load(std::sync::atomic::Ordering::SeqCst) {
                         break 'flood;
                     }
-                    let answer: Result<Value, _> = clients[i % clients.len()].request("mempool_gossip", rpc_params![batch.clone()]).await;
+                    let answer: Result<Value, _> =
+                        clients[i % clients.len()].request("mempool_gossip", rpc_params![batch.clone()]).await;
                     sent += batch.len() as u64;
                     admitted += answer.ok().and_then(|a| a["admitted"].as_u64()).unwrap_or(0);
                 }
@@ -194,7 +220,8 @@ async fn submit(clients: &[HttpClient], txs: &[trellis_proto::SignedTx], rate: f
         }
         let now = Instant::now();
         let response = clients[i % clients.len()].batch_request::<Value>(batch).await.expect("batch submit");
-        let failures: Vec<String> = response.into_iter().filter_map(|r| r.err().map(|e| e.message().to_string())).collect();
+        let failures: Vec<String> =
+            response.into_iter().filter_map(|r| r.err().map(|e| e.message().to_string())).collect();
         assert!(failures.is_empty(), "{} of {} refused, first: {}", failures.len(), chunk.len(), failures[0]);
         for tx in chunk {
             sent.insert(tx.hash(), now);
@@ -228,15 +255,22 @@ fn main() {
     let o = options();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let chain = "bench-chain";
-    let senders: Vec<Keypair> = (0..o.senders).map(|i| {
-        let mut seed = [7u8; 32];
-        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        Keypair::from_seed(seed)
-    }).collect();
+    let senders: Vec<Keypair> = (0..o.senders)
+        .map(|i| {
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            Keypair::from_seed(seed)
+        })
+        .collect();
     let per_sender = o.txs.div_ceil(o.senders) as u64;
     assert!(per_sender <= 250, "at most 250 transactions per sender fit the mempool; use more --senders");
 
-    println!("# throughput and finality: {} validators, {} transfers from {} senders", o.validators, per_sender as usize * o.senders, o.senders);
+    println!(
+        "# throughput and finality: {} validators, {} transfers from {} senders",
+        o.validators,
+        per_sender as usize * o.senders,
+        o.senders
+    );
     let mut spec = DevnetSpec::new(o.validators, 31_000, chain, 200);
     spec.extra_accounts = senders.iter().map(|k| (k.address(), 1_000_000_000)).collect();
     spec.rpc_rate_limit = 1_000_000;
@@ -256,7 +290,11 @@ fn main() {
     let last = sent.keys().map(|h| committed.lock().unwrap()[h]).max().unwrap();
     let span = last.duration_since(started).as_secs_f64();
     let lat = latencies(&committed.lock().unwrap(), &sent);
-    println!("saturation: {} tx submitted in {submitted_in:.2} s, all committed after {span:.2} s -> {:.0} tx/s", load.len(), load.len() as f64 / span);
+    println!(
+        "saturation: {} tx submitted in {submitted_in:.2} s, all committed after {span:.2} s -> {:.0} tx/s",
+        load.len(),
+        load.len() as f64 / span
+    );
     println!("saturation latency: p50 {:.3} s, p99 {:.3} s", percentile(&lat, 0.5), percentile(&lat, 0.99));
 
     // Steady load well under capacity: finality latency as a user sees it.
@@ -265,7 +303,12 @@ fn main() {
     let sent = rt.block_on(submit(&clients, &steady, rate));
     rt.block_on(wait_all(&committed, &sent, Duration::from_secs(120)));
     let lat = latencies(&committed.lock().unwrap(), &sent);
-    println!("steady {rate} tx/s ({} tx): latency p50 {:.3} s, p99 {:.3} s", steady.len(), percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!(
+        "steady {rate} tx/s ({} tx): latency p50 {:.3} s, p99 {:.3} s",
+        steady.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
 
     // The same steady load while a flood of transactions that cannot pay (40 empty accounts ×
     // 256 nonces at the highest fee) is gossiped to every node as fast as they answer.
@@ -306,7 +349,12 @@ fn main() {
         rt.block_on(wait_height(&clients[0], behind_at + o.catchup, Duration::from_secs(900)));
         let produce = produce_started.elapsed().as_secs_f64();
         let target = rt.block_on(height(&clients[0])).unwrap();
-        println!("the {} validators produced {} blocks in {produce:.1} s ({:.1} blocks/s)", o.validators, o.catchup, o.catchup as f64 / produce);
+        println!(
+            "the {} validators produced {} blocks in {produce:.1} s ({:.1} blocks/s)",
+            o.validators,
+            o.catchup,
+            o.catchup as f64 / produce
+        );
         let restart = Instant::now();
         net.children[last] = Some(spawn_node(&o.binary, &net.homes[last]).expect("respawn"));
         let took = rt.block_on(wait_height(&clients[last], target, Duration::from_secs(900)));

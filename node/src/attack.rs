@@ -51,7 +51,14 @@ pub fn hooks<'a>(study: &'a Study, config: &'a RunConfig, dataset: &'a Dataset) 
             return;
         }
         let norm = output.delta.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let noise = |scale: f64| init_normals(round, 1_000 + output.worker as u64, output.delta.len(), scale * norm / (output.delta.len() as f64).sqrt());
+        let noise = |scale: f64| {
+            init_normals(
+                round,
+                1_000 + output.worker as u64,
+                output.delta.len(),
+                scale * norm / (output.delta.len() as f64).sqrt(),
+            )
+        };
         match attack {
             Attack::SignFlip => output.delta.iter_mut().for_each(|x| *x *= -study.scale),
             Attack::Scale => output.delta.iter_mut().for_each(|x| *x *= study.scale),
@@ -64,7 +71,8 @@ pub fn hooks<'a>(study: &'a Study, config: &'a RunConfig, dataset: &'a Dataset) 
             Attack::FakeTrail => {
                 output.delta = noise(1.0);
                 for (i, entry) in output.trail.checkpoints.iter_mut().enumerate().skip(1) {
-                    let made_up = [round.to_le_bytes(), (output.worker as u64).to_le_bytes(), (i as u64).to_le_bytes()].concat();
+                    let made_up =
+                        [round.to_le_bytes(), (output.worker as u64).to_le_bytes(), (i as u64).to_le_bytes()].concat();
                     *entry = TrailEntry { step: entry.step, hash: Hash::digest(HashDomain::Blob, &made_up) };
                 }
             }
@@ -121,7 +129,8 @@ fn trail_passes(
     let source = TrailDirSource::new(dir, &output.trail);
     let count = output.trail.checkpoints.len().saturating_sub(1) as u64;
     (0..segments.min(count as u32)).all(|j| {
-        let index = (draw("verify-segment", &manifest.seed.to_le_bytes(), &[round, output.worker as u64, j as u64]) % count) as usize;
+        let index = (draw("verify-segment", &manifest.seed.to_le_bytes(), &[round, output.worker as u64, j as u64])
+            % count) as usize;
         check_segment(&replay, &output.trail, index, &source, Mode::Exact).outcome == VerdictOutcome::Valid
     })
 }

@@ -86,13 +86,16 @@ pub async fn run(shared: Arc<Shared>, key: Arc<Keypair>, keeper: Arc<BeaconKeepe
         let held = shared.ledger.beacon_onion(&key.address());
         let keeper_for_check = keeper.clone();
         // Building an onion hashes a million times: off the async threads.
-        let due = tokio::task::spawn_blocking(move || keeper_for_check.commitment_due(held.as_ref())).await.ok().flatten();
+        let due =
+            tokio::task::spawn_blocking(move || keeper_for_check.commitment_due(held.as_ref())).await.ok().flatten();
         match due {
             None => sent_at = None,
             Some(kind) if sent_at.is_none_or(|at| height >= at + RESEND_AFTER_BLOCKS) => {
                 match crate::roles::sign_and_admit(&shared, &key, kind, crate::roles::ROLE_TX_FEE) {
                     Ok(_) => sent_at = Some(height),
-                    Err(error) => tracing::warn!(target: "node::beacon", %error, "could not send the beacon commitment; will retry"),
+                    Err(error) => {
+                        tracing::warn!(target: "node::beacon", %error, "could not send the beacon commitment; will retry")
+                    }
                 }
             }
             Some(_) => {}
@@ -117,7 +120,9 @@ mod tests {
     fn a_keeper_reveals_its_onion_layer_by_layer_and_renews_it_when_spent() {
         let key = Keypair::from_seed([8; 32]);
         let keeper = BeaconKeeper::new(&key);
-        let Some(TxKind::CommitBeacon { tip, layers }) = keeper.commitment_due(None) else { panic!("a first onion is due") };
+        let Some(TxKind::CommitBeacon { tip, layers }) = keeper.commitment_due(None) else {
+            panic!("a first onion is due")
+        };
         assert_eq!(layers, DEFAULT_LAYERS);
         let onion = keeper.onion(0, layers).unwrap();
         assert_eq!(onion.tip(), tip);
@@ -133,7 +138,9 @@ mod tests {
 
         let spent = BeaconOnion { remaining: 0, ..committed };
         assert_eq!(keeper.reveal(Some(&spent), 12), Hash::ZERO);
-        let Some(TxKind::CommitBeacon { tip: renewed, .. }) = keeper.commitment_due(Some(&spent)) else { panic!("renewal is due") };
+        let Some(TxKind::CommitBeacon { tip: renewed, .. }) = keeper.commitment_due(Some(&spent)) else {
+            panic!("renewal is due")
+        };
         assert_ne!(renewed, tip, "each generation has its own seed");
 
         // A restarted node (a new keeper, same key) finds the same layers.

@@ -215,7 +215,10 @@ impl BlobStore {
             for line in text.lines() {
                 let mut parts = line.split(' ');
                 let (Some(tag), Some(hex)) = (parts.next(), parts.next()) else { continue };
-                let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>()) else { continue };
+                let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>())
+                else {
+                    continue;
+                };
                 if std::fs::remove_file(self.path(&BlobKey::new(kind, hash))).is_ok() {
                     removed += 1;
                 }
@@ -260,7 +263,11 @@ mod tests {
     #[test]
     fn dataset_manifests_are_addressed_by_their_root() {
         let shards = [b"first shard".as_slice(), b"second"];
-        let manifest = DatasetManifest { shard_bytes: 11, shards: shards.iter().map(|s| leaf_hash(s)).collect(), validation: Hash::ZERO };
+        let manifest = DatasetManifest {
+            shard_bytes: 11,
+            shards: shards.iter().map(|s| leaf_hash(s)).collect(),
+            validation: Hash::ZERO,
+        };
         let key = BlobKey::new(BlobKind::Dataset, manifest.root());
         assert!(key.verify(&manifest.to_bytes()));
         let mut other = manifest.clone();

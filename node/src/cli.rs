@@ -26,6 +26,7 @@ pub enum Command {
         /// A name for this node in logs and peers' views.
         #[arg(long, default_value = "trellis-node")]
         moniker: String,
+        /// The chain id signed into every transaction and vote (ignored with --genesis).
         #[arg(long, default_value = "trellis-devnet")]
         chain_id: String,
         /// First of three loopback ports: RPC, p2p, metrics.
@@ -142,7 +143,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Keys(KeysCommand::New { out }) => {
             let key = trellis_proto::Keypair::generate();
             crate::home::write_key(&out, &key)?;
-            println!("wrote {} (keep it private)\naddress:    {}\npublic key: {}", out.display(), key.address(), key.public_key());
+            println!(
+                "wrote {} (keep it private)\naddress:    {}\npublic key: {}",
+                out.display(),
+                key.address(),
+                key.public_key()
+            );
             Ok(Outcome::Success)
         }
         Command::Run(args) => crate::run::run(args).map(|()| Outcome::Success),
@@ -153,5 +159,37 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             println!("{}", trellis_trainer::device::BackendInfo::probe());
             Ok(Outcome::Success)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command, `path` being the command words that reach it.
+    fn arguments_without_help(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_long().map_or(arg.get_id().to_string(), |l| format!("--{l}"))));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() && sub.get_name() != "help" {
+                out.push(format!("{path} {} (the command itself)", sub.get_name()));
+            }
+            arguments_without_help(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_and_flag_says_what_it_does() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        arguments_without_help(&command, "trellis", &mut missing);
+        assert!(missing.is_empty(), "these have no help text:\n  {}", missing.join("\n  "));
     }
 }

@@ -142,7 +142,9 @@ pub fn client(url: &str) -> anyhow::Result<HttpClient> {
 pub async fn call(client: &HttpClient, url: &str, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
     client.request(method, params).await.map_err(|error| match error {
         jsonrpsee::core::ClientError::Call(e) => anyhow::anyhow!("{method}: {}", e.message()),
-        jsonrpsee::core::ClientError::Transport(e) => anyhow::anyhow!("cannot reach a node at {url}: {e} (is `trellis run` going? see --rpc)"),
+        jsonrpsee::core::ClientError::Transport(e) => {
+            anyhow::anyhow!("cannot reach a node at {url}: {e} (is `trellis run` going? see --rpc)")
+        }
         other => anyhow::anyhow!("{method} at {url}: {other}"),
     })
 }
@@ -192,11 +194,16 @@ fn load_signer(args: &SignerArgs) -> anyhow::Result<Keypair> {
 pub fn send(command: TxCommand) -> anyhow::Result<()> {
     let (kind, signer) = match command {
         TxCommand::Transfer { to, amount, signer } => {
-            let to = to.parse::<Address>().map_err(|_| anyhow::anyhow!("--to '{to}' is not an address (40 hex digits)"))?;
+            let to =
+                to.parse::<Address>().map_err(|_| anyhow::anyhow!("--to '{to}' is not an address (40 hex digits)"))?;
             (TxKind::Transfer { to, amount: Amount(amount) }, signer)
         }
-        TxCommand::Bond { role, amount, signer } => (TxKind::Bond { role: role.into(), amount: Amount(amount) }, signer),
-        TxCommand::Unbond { role, amount, signer } => (TxKind::Unbond { role: role.into(), amount: Amount(amount) }, signer),
+        TxCommand::Bond { role, amount, signer } => {
+            (TxKind::Bond { role: role.into(), amount: Amount(amount) }, signer)
+        }
+        TxCommand::Unbond { role, amount, signer } => {
+            (TxKind::Unbond { role: role.into(), amount: Amount(amount) }, signer)
+        }
     };
     sign_and_submit(kind, &signer)
 }

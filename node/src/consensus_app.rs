@@ -217,7 +217,9 @@ impl ConsensusApp {
     fn propose(&mut self, height: BlockHeight, round: Round, budget: Duration) -> Hash {
         let round_number = round.as_u32().unwrap_or(0);
         let store = self.shared.ledger.store();
-        if let Some(block) = store.proposed(trellis_proto::Height(height.0), round_number).unwrap_or_else(|e| crate::store::fatal(e)) {
+        if let Some(block) =
+            store.proposed(trellis_proto::Height(height.0), round_number).unwrap_or_else(|e| crate::store::fatal(e))
+        {
             let hash = block.hash();
             if !self.executed.contains_key(&hash) {
                 if let Ok(executed) = self.shared.ledger.execute(block) {
@@ -359,7 +361,13 @@ impl ConsensusApp {
         let part = if own {
             // Re-proposing our locked block in a new round: a new part, signed for that round.
             let (Some(signer), Some(original)) = (&self.signer, self.parts.get(&hash)) else { return };
-            let mut part = BlockPart { height, round, valid_round, signature: trellis_proto::Signature([0; 64]), ..original.clone() };
+            let mut part = BlockPart {
+                height,
+                round,
+                valid_round,
+                signature: trellis_proto::Signature([0; 64]),
+                ..original.clone()
+            };
             part.signature = signer.sign_part(&part);
             part
         } else {
@@ -373,7 +381,8 @@ impl ConsensusApp {
     }
 
     async fn take_future_parts(&mut self) {
-        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= self.height);
+        let (now, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= self.height);
         self.future_parts = later;
         for part in now {
             if part.height == self.height {
@@ -418,7 +427,12 @@ impl ConsensusApp {
 
     /// Executes a block that is not yet known and caches the result; `Invalid` if it fails.
     /// With `recheck_aggregates`, a validator also requires every aggregate in it to match its own.
-    async fn check_block(&mut self, block: Block, proposer: Option<ValidatorAddress>, recheck_aggregates: bool) -> Validity {
+    async fn check_block(
+        &mut self,
+        block: Block,
+        proposer: Option<ValidatorAddress>,
+        recheck_aggregates: bool,
+    ) -> Validity {
         let hash = block.hash();
         if self.executed.contains_key(&hash) {
             return Validity::Valid;
@@ -503,7 +517,8 @@ impl ConsensusApp {
         hash: Hash,
         validity: Validity,
     ) -> ProposedValue<TrellisContext> {
-        let proposer = self.validators.proposer(height, round).map(|v| v.address).unwrap_or(ValidatorAddress(Default::default()));
+        let proposer =
+            self.validators.proposer(height, round).map(|v| v.address).unwrap_or(ValidatorAddress(Default::default()));
         let value = ProposedValue { height, round, valid_round, proposer, value: BlockId(hash), validity };
         let entry = self.values.entry((height.0, round.as_u32().unwrap_or(0))).or_default();
         if !entry.iter().any(|v| v.value == value.value) {
@@ -524,10 +539,17 @@ impl ConsensusApp {
         let executed = match self.executed.remove(&hash) {
             Some(executed) => executed,
             None => {
-                let stored = self.shared.ledger.store().undecided(trellis_proto::Height(height.0), &hash).unwrap_or_else(|e| crate::store::fatal(e));
+                let stored = self
+                    .shared
+                    .ledger
+                    .store()
+                    .undecided(trellis_proto::Height(height.0), &hash)
+                    .unwrap_or_else(|e| crate::store::fatal(e));
                 match stored.map(|block| self.shared.ledger.execute(block)) {
                     Some(Ok(executed)) => executed,
-                    Some(Err(error)) => crate::store::fatal(format!("decided block {hash} at {height} does not execute: {error}")),
+                    Some(Err(error)) => {
+                        crate::store::fatal(format!("decided block {hash} at {height} does not execute: {error}"))
+                    }
                     None => {
                         tracing::error!(target: "node::consensus", %height, block = %hash, "decided block is unknown here; restarting the height");
                         return Next::Restart(height, self.params());
@@ -536,7 +558,11 @@ impl ConsensusApp {
             }
         };
         let extended = ExtendedCommitCertificate::from_commit_certificate_and_extensions(certificate, extensions);
-        let certificate_bytes = TrellisCodec.encode(&extended).map(|b| b.to_vec()).unwrap_or_default();
+        let certificate_bytes = match TrellisCodec.encode(&extended) {
+            Ok(bytes) => bytes.to_vec(),
+            // A block is never stored without the certificate that proves it was decided.
+            Err(error) => crate::store::fatal(format!("encoding the certificate of block {height}: {error}")),
+        };
         let block = Arc::new(executed.block.clone());
         let events = Arc::new(executed.events.clone());
         let tx_count = executed.block.txs.len();
@@ -569,8 +595,12 @@ impl ConsensusApp {
             let TxKind::ReportEquivocation(reported) = &tx.tx.kind else { continue };
             let offender = reported.validator.address();
             match mempool.insert_verified(tx, account) {
-                Ok(hash) => tracing::warn!(target: "node::consensus", %offender, tx = %hash, "double vote seen; equivocation reported"),
-                Err(error) => tracing::warn!(target: "node::consensus", %offender, %error, "could not queue the equivocation report"),
+                Ok(hash) => {
+                    tracing::warn!(target: "node::consensus", %offender, tx = %hash, "double vote seen; equivocation reported")
+                }
+                Err(error) => {
+                    tracing::warn!(target: "node::consensus", %offender, %error, "could not queue the equivocation report")
+                }
             }
         }
     }
@@ -582,10 +612,14 @@ impl ConsensusApp {
         let mut values = Vec::new();
         for height in start.max(1)..=end {
             let height = trellis_proto::Height(height);
-            let (Some(block), Some(certificate)) = (store.block(height).unwrap_or_else(|e| crate::store::fatal(e)), store.certificate(height)) else {
+            let (Some(block), Some(certificate)) =
+                (store.block(height).unwrap_or_else(|e| crate::store::fatal(e)), store.certificate(height))
+            else {
                 break;
             };
-            let Ok(certificate) = Codec::<ExtendedCommitCertificate<TrellisContext>>::decode(&TrellisCodec, Bytes::from(certificate)) else {
+            let Ok(certificate) =
+                Codec::<ExtendedCommitCertificate<TrellisContext>>::decode(&TrellisCodec, Bytes::from(certificate))
+            else {
                 crate::store::fatal(format!("stored certificate of block {height} does not decode"));
             };
             values.push(RawDecidedValue::new(Bytes::from(block.to_bytes()), certificate));
@@ -650,7 +684,9 @@ pub fn evidence_transactions(
     for (address, pairs) in evidence.votes.iter() {
         let Some(validator) = validators.get(address) else { continue };
         for (first, second) in pairs {
-            let (Some(a), Some(b)) = (proto_signed(&first.message, &first.signature), proto_signed(&second.message, &second.signature)) else {
+            let (Some(a), Some(b)) =
+                (proto_signed(&first.message, &first.signature), proto_signed(&second.message, &second.signature))
+            else {
                 continue;
             };
             let evidence = EquivocationEvidence { validator: validator.key, first: a, second: b };
@@ -660,7 +696,10 @@ pub fn evidence_transactions(
             }
             let nonce = first_nonce + txs.len() as u64;
             let kind = TxKind::ReportEquivocation(evidence);
-            txs.push(Transaction { sender: reporter.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind }.sign(chain_id, reporter));
+            txs.push(
+                Transaction { sender: reporter.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind }
+                    .sign(chain_id, reporter),
+            );
         }
     }
     txs

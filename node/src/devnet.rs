@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use trellis_contracts::{Genesis, Params};
 use trellis_proto::Keypair;
 
-use crate::roles::behaviour::Behaviour;
 use crate::home::{write_home, write_key, Home, NodeConfig, GENESIS_BALANCE, GENESIS_BOND};
+use crate::roles::behaviour::Behaviour;
 
 const MARKER: &str = "devnet.json";
 /// Ports used by one node: RPC, p2p, metrics.
@@ -33,6 +33,7 @@ pub struct DevnetArgs {
     /// First port; node i uses BASE+10i (RPC), +1 (p2p), +2 (metrics).
     #[arg(long, default_value_t = 26600)]
     pub base_port: u16,
+    /// The devnet's chain id (signed into every transaction and vote).
     #[arg(long, default_value = "trellis-devnet")]
     pub chain_id: String,
     /// Shortest block interval, in milliseconds.
@@ -132,31 +133,53 @@ pub struct DevnetSpec {
 
 impl DevnetSpec {
     pub fn new(validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> Self {
-        Self { validators, base_port, chain_id: chain_id.into(), block_time_ms, extra_accounts: Vec::new(), rpc_rate_limit: 200, followers: 0, miners: 0, adversaries: Vec::new() }
+        Self {
+            validators,
+            base_port,
+            chain_id: chain_id.into(),
+            block_time_ms,
+            extra_accounts: Vec::new(),
+            rpc_rate_limit: 200,
+            followers: 0,
+            miners: 0,
+            adversaries: Vec::new(),
+        }
     }
 }
 
 /// Creates the homes of an N-validator devnet under `root` and returns what it wrote.
-pub fn create(root: &Path, validators: usize, base_port: u16, chain_id: &str, block_time_ms: u64) -> anyhow::Result<DevnetInfo> {
+pub fn create(
+    root: &Path,
+    validators: usize,
+    base_port: u16,
+    chain_id: &str,
+    block_time_ms: u64,
+) -> anyhow::Result<DevnetInfo> {
     create_with(root, &DevnetSpec::new(validators, base_port, chain_id, block_time_ms))
 }
 
 /// [`create`] with every knob.
 pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo> {
-    let (validators, base_port, chain_id, block_time_ms) = (spec.validators, spec.base_port, spec.chain_id.as_str(), spec.block_time_ms);
+    let (validators, base_port, chain_id, block_time_ms) =
+        (spec.validators, spec.base_port, spec.chain_id.as_str(), spec.block_time_ms);
     if validators == 0 || validators > 64 {
         bail!("--validators must be between 1 and 64");
     }
     // A miner's adversary is an extra miner node; a validator's is one of the validators (the last).
     let expand = |validators_kind: bool| -> Vec<Behaviour> {
-        spec.adversaries.iter().filter(|(b, _)| b.is_validators() == validators_kind).flat_map(|(b, n)| std::iter::repeat_n(*b, *n)).collect()
+        spec.adversaries
+            .iter()
+            .filter(|(b, _)| b.is_validators() == validators_kind)
+            .flat_map(|(b, n)| std::iter::repeat_n(*b, *n))
+            .collect()
     };
     let behaviours: Vec<Behaviour> = std::iter::repeat_n(Behaviour::Honest, spec.miners).chain(expand(false)).collect();
     let validator_adversaries = expand(true);
     if validator_adversaries.len() >= validators {
         bail!("{} adversarial validators leave no honest one among {validators}", validator_adversaries.len());
     }
-    let last_port = u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + behaviours.len()) as u32;
+    let last_port =
+        u32::from(base_port) + PORTS_PER_NODE as u32 * (validators + spec.followers + behaviours.len()) as u32;
     if base_port < 1024 || last_port > u32::from(u16::MAX) {
         bail!("--base-port {base_port} with {validators} validators leaves the port range 1024..65535");
     }
@@ -164,7 +187,8 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         let is_devnet = root.join(MARKER).exists();
         let is_empty = std::fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(false);
         if is_devnet {
-            std::fs::remove_dir_all(root).with_context(|| format!("removing the earlier devnet at {}", root.display()))?;
+            std::fs::remove_dir_all(root)
+                .with_context(|| format!("removing the earlier devnet at {}", root.display()))?;
         } else if !is_empty {
             bail!("{} exists and is not a devnet directory; choose another --home", root.display());
         }
@@ -182,8 +206,14 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             .chain(std::iter::once((submitter.address(), DEVNET_SUBMITTER_BALANCE)))
             .chain(spec.extra_accounts.iter().copied())
             .collect(),
-        validators: keys[..validators].iter().map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0))).collect(),
-        miners: keys[first_miner..].iter().map(|k| (k.public_key(), DEVNET_MINER_BOND.max(params.min_miner_stake.0))).collect(),
+        validators: keys[..validators]
+            .iter()
+            .map(|k| (k.public_key(), GENESIS_BOND.max(params.min_validator_stake.0)))
+            .collect(),
+        miners: keys[first_miner..]
+            .iter()
+            .map(|k| (k.public_key(), DEVNET_MINER_BOND.max(params.min_miner_stake.0)))
+            .collect(),
         params,
     };
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
@@ -197,7 +227,8 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         write_key(&home.key(), key)?;
         let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
         config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
-        config.p2p.gossip_rpc = (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
+        config.p2p.gossip_rpc =
+            (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
         config.p2p.blob_peers = (0..nodes_total).filter(|&j| j != i).map(blobs).collect();
         // Every node, and any node a user adds on this machine, connects from 127.0.0.1.
         config.p2p.max_connections_per_ip = 256;
@@ -210,11 +241,20 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
             rpc: format!("http://{}", config.rpc.listen),
             p2p: config.p2p.listen.clone(),
             metrics: format!("http://{}/metrics", config.metrics.listen),
-            role: if i < validators { "validator" } else if i < first_miner { "full" } else { "miner" }.to_string(),
+            role: if i < validators {
+                "validator"
+            } else if i < first_miner {
+                "full"
+            } else {
+                "miner"
+            }
+            .to_string(),
             blobs: config.p2p.blobs_listen.clone(),
             behaviour: match i.checked_sub(first_miner) {
                 Some(m) => Some(behaviours[m]),
-                None => (i + validator_adversaries.len()).checked_sub(validators).and_then(|v| validator_adversaries.get(v).copied()),
+                None => (i + validator_adversaries.len())
+                    .checked_sub(validators)
+                    .and_then(|v| validator_adversaries.get(v).copied()),
             }
             .filter(|b| *b != Behaviour::Honest),
         });
@@ -281,7 +321,10 @@ fn head_height(rpc: &str) -> Option<u64> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     rt.block_on(async {
         use jsonrpsee::core::client::ClientT;
-        let client = jsonrpsee::http_client::HttpClientBuilder::default().request_timeout(Duration::from_secs(2)).build(rpc).ok()?;
+        let client = jsonrpsee::http_client::HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(2))
+            .build(rpc)
+            .ok()?;
         let head: serde_json::Value = client.request("chain_getHead", jsonrpsee::rpc_params![]).await.ok()?;
         head["height"].as_u64()
     })
@@ -303,10 +346,22 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     // For whoever has to clean up after a devnet that could not (a test that timed out).
     let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
     std::fs::write(args.home.join("pids"), pids.join("\n") + "\n")?;
-    println!("devnet '{}': {} validators, {} miners under {}", info.chain_id, args.validators, args.all_miners(), args.home.display());
+    println!(
+        "devnet '{}': {} validators, {} miners under {}",
+        info.chain_id,
+        args.validators,
+        args.all_miners(),
+        args.home.display()
+    );
     for (i, node) in info.nodes.iter().enumerate() {
         let role = node.behaviour.map_or_else(|| node.role.clone(), |b| format!("miner ({b})"));
-        println!("  node{i} {role:9}  rpc {}  p2p {}  blobs {}  log {}/node.log", node.rpc, node.p2p, node.blobs, node.home.display());
+        println!(
+            "  node{i} {role:9}  rpc {}  p2p {}  blobs {}  log {}/node.log",
+            node.rpc,
+            node.p2p,
+            node.blobs,
+            node.home.display()
+        );
     }
     println!("keys: {}/node<i>/keys/node.key (each funded with {GENESIS_BALANCE})", args.home.display());
     println!("try:  trellis query head --rpc {}", info.nodes[0].rpc);
@@ -342,7 +397,8 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         for (i, child) in children.iter_mut().enumerate() {
             if let Ok(Some(status)) = child.try_wait() {
-                result = Err(anyhow::anyhow!("node{i} exited ({status}); see {}/node.log", info.nodes[i].home.display()));
+                result =
+                    Err(anyhow::anyhow!("node{i} exited ({status}); see {}/node.log", info.nodes[i].home.display()));
             }
         }
         if result.is_err() {
@@ -350,8 +406,11 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
-            let heights: Vec<String> =
-                info.nodes.iter().map(|n| head_height(&n.rpc).map_or_else(|| "-".to_string(), |h| h.to_string())).collect();
+            let heights: Vec<String> = info
+                .nodes
+                .iter()
+                .map(|n| head_height(&n.rpc).map_or_else(|| "-".to_string(), |h| h.to_string()))
+                .collect();
             println!("heights: {}", heights.join(" "));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -63,7 +63,10 @@ fn default_dataset() -> anyhow::Result<PathBuf> {
         }
         dir = match dir.parent() {
             Some(parent) => parent,
-            None => bail!("no --dataset given and {} is not inside a trellis checkout (whose docs/ and sources are the default)", cwd.display()),
+            None => bail!(
+                "no --dataset given and {} is not inside a trellis checkout (whose docs/ and sources are the default)",
+                cwd.display()
+            ),
         };
     }
 }
@@ -101,12 +104,13 @@ impl DemoJob {
             Some(path) => bail!("--dataset {} does not exist", path.display()),
             None => default_dataset()?,
         };
-        let zk = match args.model.parse::<trellis_trainer::model::Preset>() {
-            Ok(_) => None,
-            Err(preset) => Some(args.model.parse::<trellis_zk::ModelSpec>().map_err(|zk| {
-                anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
-            })?),
-        };
+        let zk =
+            match args.model.parse::<trellis_trainer::model::Preset>() {
+                Ok(_) => None,
+                Err(preset) => Some(args.model.parse::<trellis_zk::ModelSpec>().map_err(|zk| {
+                    anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
+                })?),
+            };
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
@@ -118,7 +122,12 @@ impl DemoJob {
         };
         let (batch_size, sequence_length, learning_rate, mode) = match &zk {
             None => (8, 64, "0.003".to_string(), "mode = \"exact\"\n".to_string()),
-            Some(model) => (model.batch(), model.inputs(), model.learning_rate(), "mode = \"groth16\"\nzk_keys = \"zk-keys\"\n".to_string()),
+            Some(model) => (
+                model.batch(),
+                model.inputs(),
+                model.learning_rate(),
+                "mode = \"groth16\"\nzk_keys = \"zk-keys\"\n".to_string(),
+            ),
         };
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
@@ -134,7 +143,13 @@ impl DemoJob {
             steps = args.inner_steps,
             rounds = args.rounds,
         );
-        Ok(Self { dataset, job_toml, model: args.model.clone(), rounds: args.rounds, zk: zk.map(|model| (model, interval)) })
+        Ok(Self {
+            dataset,
+            job_toml,
+            model: args.model.clone(),
+            rounds: args.rounds,
+            zk: zk.map(|model| (model, interval)),
+        })
     }
 
     /// Submits the job and follows it to the end. `children` are watched: a node that exits
@@ -156,7 +171,11 @@ impl DemoJob {
             let began = Instant::now();
             let (proving_key, verifying_key) = trellis_zk::setup(model, *interval, &mut rand_core::OsRng)?;
             trellis_zk::io::write_keys(&root.join("zk-keys"), &proving_key, &verifying_key)?;
-            println!("groth16 job: trusted setup for {model} × {interval} steps done in {:.1} s (keys in {})", began.elapsed().as_secs_f64(), root.join("zk-keys").display());
+            println!(
+                "groth16 job: trusted setup for {model} × {interval} steps done in {:.1} s (keys in {})",
+                began.elapsed().as_secs_f64(),
+                root.join("zk-keys").display()
+            );
         }
         let node0 = &info.nodes[0];
         let store = BlobStore::open(&Home::new(&node0.home).data().join("blobs"))?;
@@ -176,12 +195,19 @@ impl DemoJob {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let url = node0.rpc.clone();
         wait_for_height(&rt, &url, 2, children, stop)?;
-        let signer = SignerArgs { key: Some(root.join("submitter.key")), home: None, fee: 10, wait: true, rpc: RpcArg { rpc: url.clone() } };
+        let signer = SignerArgs {
+            key: Some(root.join("submitter.key")),
+            home: None,
+            fee: 10,
+            wait: true,
+            rpc: RpcArg { rpc: url.clone() },
+        };
         // Every job event from before the submission on: rewards and slashes are summed from them.
         let job_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
         {
             use jsonrpsee::core::client::SubscriptionClientT;
-            let ws = rt.block_on(jsonrpsee::ws_client::WsClientBuilder::default().build(url.replace("http://", "ws://")))?;
+            let ws =
+                rt.block_on(jsonrpsee::ws_client::WsClientBuilder::default().build(url.replace("http://", "ws://")))?;
             let mut events: jsonrpsee::core::client::Subscription<Value> =
                 rt.block_on(ws.subscribe("job_subscribeEvents", rpc_params![], "job_unsubscribeEvents"))?;
             let job_events = job_events.clone();
@@ -192,22 +218,37 @@ impl DemoJob {
                 }
             });
         }
-        crate::client::sign_and_submit(trellis_proto::TxKind::SubmitJob { spec: spec.clone(), escrow: trellis_proto::Amount(escrow) }, &signer)?;
+        crate::client::sign_and_submit(
+            trellis_proto::TxKind::SubmitJob { spec: spec.clone(), escrow: trellis_proto::Amount(escrow) },
+            &signer,
+        )?;
         let rpc = client(&url)?;
         let jobs = rt.block_on(call(&rpc, &url, "job_list", rpc_params![]))?;
-        let job_id = jobs.as_array().and_then(|a| a.last()).and_then(|j| j["id"].as_u64()).context("the submitted job is not listed")?;
+        let job_id = jobs
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|j| j["id"].as_u64())
+            .context("the submitted job is not listed")?;
         println!("job {job_id} submitted; follow it with `trellis job status {job_id} --rpc {url}`\n");
 
         let (val_inputs, val_targets) = validation_windows(&dataset, spec.diloco.sequence_length as usize, 64);
         let zk_model = self.zk.as_ref().map(|(model, _)| model.clone());
         let initial_loss = match &zk_model {
-            Some(model) => crate::zkjob::validation_loss(model, &crate::zkjob::initial_weights(model, spec.init_seed), &dataset, 64)?,
+            Some(model) => crate::zkjob::validation_loss(
+                model,
+                &crate::zkjob::initial_weights(model, spec.init_seed),
+                &dataset,
+                64,
+            )?,
             None => {
                 let initial = trellis_trainer::model::Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu)?;
                 evaluate(&initial, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8)
             }
         };
-        println!("{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}", "round", "val loss", "accepted", "commits", "verdicts", "paid", "slashed", "time train/verify/agg s");
+        println!(
+            "{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}",
+            "round", "val loss", "accepted", "commits", "verdicts", "paid", "slashed", "time train/verify/agg s"
+        );
         println!("{:>5}  {:>8.4}", "init", initial_loss);
         let bar = indicatif::ProgressBar::new(u64::from(self.rounds));
         bar.set_style(
@@ -251,7 +292,12 @@ impl DemoJob {
                     let loss = match &zk_model {
                         Some(model) => {
                             let weights = trellis_zk::io::read_weights(&out, model)?;
-                            crate::zkjob::validation_loss(model, &crate::zkjob::from_fixed(&weights.flatten()), &dataset, 64)?
+                            crate::zkjob::validation_loss(
+                                model,
+                                &crate::zkjob::from_fixed(&weights.flatten()),
+                                &dataset,
+                                64,
+                            )?
                         }
                         None => {
                             let model = trellis_trainer::model_io::load(&out, tch::Device::Cpu)?;
@@ -284,8 +330,17 @@ impl DemoJob {
                     bar.suspend(|| {
                         println!(
                             "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}",
-                            row.round, row.validation_loss, row.accepted, row.commits, row.verdicts_valid, row.verdicts_other,
-                            row.paid, row.slashed, row.training_s, row.verification_s, row.aggregation_s
+                            row.round,
+                            row.validation_loss,
+                            row.accepted,
+                            row.commits,
+                            row.verdicts_valid,
+                            row.verdicts_other,
+                            row.paid,
+                            row.slashed,
+                            row.training_s,
+                            row.verification_s,
+                            row.aggregation_s
                         )
                     });
                     rows.push(row);
@@ -320,14 +375,33 @@ impl DemoJob {
         }
     }
 
-    fn report(&self, root: &Path, spec: &trellis_proto::JobSpec, initial_loss: f64, rows: &[RoundRow], miners: &[MinerOutcome]) -> anyhow::Result<()> {
-        println!("\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  status", "node", "behaviour", "bond", "now", "paid", "slashed");
+    fn report(
+        &self,
+        root: &Path,
+        spec: &trellis_proto::JobSpec,
+        initial_loss: f64,
+        rows: &[RoundRow],
+        miners: &[MinerOutcome],
+    ) -> anyhow::Result<()> {
+        println!(
+            "\n{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  status",
+            "node", "behaviour", "bond", "now", "paid", "slashed"
+        );
         for m in miners {
             let slashed: u64 = m.slashes.iter().map(|s| s.amount).sum();
             let reasons: Vec<&str> = m.slashes.iter().map(|s| s.reason.as_str()).collect();
-            let status = if m.ejected { "ejected" } else if m.joined { "in the job" } else { "never joined" };
+            let status = if m.ejected {
+                "ejected"
+            } else if m.joined {
+                "in the job"
+            } else {
+                "never joined"
+            };
             let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
-            println!("{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {status}{why}", m.node, m.behaviour, m.bond_before, m.bond_after, m.paid, slashed);
+            println!(
+                "{:>6}  {:<17}  {:>6}  {:>6}  {:>8}  {:>8}  {status}{why}",
+                m.node, m.behaviour, m.bond_before, m.bond_after, m.paid, slashed
+            );
         }
         std::fs::write(root.join("miners.json"), serde_json::to_string_pretty(miners)?)?;
         let Some(last) = rows.iter().rev().find(|r| r.accepted > 0) else {
@@ -339,7 +413,13 @@ impl DemoJob {
         let mut points = vec![(0.0, initial_loss)];
         points.extend(rows.iter().map(|r| (f64::from(r.round + 1), r.validation_loss)));
         let png = root.join("loss.png");
-        crate::plot::write_line_chart(&png, "devnet demo job", "round", "validation loss", &[crate::plot::Series { label: "global model".into(), points }])?;
+        crate::plot::write_line_chart(
+            &png,
+            "devnet demo job",
+            "round",
+            "validation loss",
+            &[crate::plot::Series { label: "global model".into(), points }],
+        )?;
         std::fs::write(root.join("rounds.json"), serde_json::to_string_pretty(rows)?)?;
         let parameters = match &self.zk {
             Some((model, _)) => model.num_parameters() as u64,
@@ -349,9 +429,15 @@ impl DemoJob {
         let delta_bytes = parameters * if d.encoding == trellis_proto::DeltaEncoding::F16 { 2 } else { 4 };
         let k = u64::from(d.workers_per_round.max(2));
         let ddp_bytes = u64::from(d.inner_steps) * 2 * (k - 1) * 4 * parameters / k;
-        let verify_steps = 2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
+        let verify_steps =
+            2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
         println!("\nvalidation loss {:.4} → {:.4} over {} rounds", initial_loss, last.validation_loss, rows.len());
-        println!("bytes per miner per round: {} (Δ) vs {} for data-parallel over the same tokens: {:.0}× less", delta_bytes, ddp_bytes, ddp_bytes as f64 / delta_bytes as f64);
+        println!(
+            "bytes per miner per round: {} (Δ) vs {} for data-parallel over the same tokens: {:.0}× less",
+            delta_bytes,
+            ddp_bytes,
+            ddp_bytes as f64 / delta_bytes as f64
+        );
         if self.zk.is_some() {
             println!(
                 "verification checks {} Groth16 proof(s) of {} steps per miner per round (× 2 checkers) instead of re-executing",
@@ -374,7 +460,13 @@ impl DemoJob {
                 100.0 * check_s / train_s
             );
         }
-        println!("wrote {} (model {}), {}, {}/rounds.json", final_model.display(), last.model_hash, png.display(), root.display());
+        println!(
+            "wrote {} (model {}), {}, {}/rounds.json",
+            final_model.display(),
+            last.model_hash,
+            png.display(),
+            root.display()
+        );
         Ok(())
     }
 }
@@ -401,12 +493,21 @@ pub struct SlashRecord {
     pub amount: u64,
 }
 
-async fn miner_outcomes(rpc: &HttpClient, url: &str, info: &DevnetInfo, initial_stakes: &[u64], job: &Value, events: &[Value]) -> Vec<MinerOutcome> {
+async fn miner_outcomes(
+    rpc: &HttpClient,
+    url: &str,
+    info: &DevnetInfo,
+    initial_stakes: &[u64],
+    job: &Value,
+    events: &[Value],
+) -> Vec<MinerOutcome> {
     let mut outcomes = Vec::new();
     for (i, node) in info.nodes.iter().enumerate().filter(|(_, n)| n.role == "miner") {
         let state = call(rpc, url, "state_getAccount", rpc_params![node.address.clone()]).await.unwrap_or(Value::Null);
         let entry = job["miners"].as_array().and_then(|m| m.iter().find(|m| m["address"] == node.address.as_str()));
-        let mine = |kind: &'static str, field: &'static str| events.iter().filter(move |e| e["event"] == kind && e[field] == node.address.as_str());
+        let mine = |kind: &'static str, field: &'static str| {
+            events.iter().filter(move |e| e["event"] == kind && e[field] == node.address.as_str())
+        };
         outcomes.push(MinerOutcome {
             node: format!("node{i}"),
             address: node.address.clone(),
@@ -415,7 +516,10 @@ async fn miner_outcomes(rpc: &HttpClient, url: &str, info: &DevnetInfo, initial_
             bond_after: state["miner_stake"]["bonded"].as_u64().unwrap_or(0),
             paid: mine("rewarded", "who").filter_map(|e| e["amount"].as_u64()).sum(),
             slashes: mine("slashed", "who")
-                .map(|e| SlashRecord { reason: e["reason"].as_str().unwrap_or("?").to_string(), amount: e["amount"].as_u64().unwrap_or(0) })
+                .map(|e| SlashRecord {
+                    reason: e["reason"].as_str().unwrap_or("?").to_string(),
+                    amount: e["amount"].as_u64().unwrap_or(0),
+                })
                 .collect(),
             joined: entry.is_some(),
             ejected: entry.is_some_and(|m| m["ejected"] == true),
@@ -450,7 +554,13 @@ fn check_children(children: &mut [Child], info: &DevnetInfo) -> anyhow::Result<(
     Ok(())
 }
 
-fn wait_for_height(rt: &tokio::runtime::Runtime, url: &str, height: u64, children: &mut [Child], stop: &AtomicBool) -> anyhow::Result<()> {
+fn wait_for_height(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    height: u64,
+    children: &mut [Child],
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     let rpc = client(url)?;
     loop {
@@ -490,13 +600,21 @@ async fn block_time_s(rpc: &HttpClient, url: &str, height: u64) -> Option<f64> {
 /// (training, verification, aggregation) seconds of a settled round, from block times.
 async fn round_times(rpc: &HttpClient, url: &str, state: &Value) -> (f64, f64, f64) {
     let opened = state["opened_at"].as_u64().unwrap_or(0);
-    let last_commit = state["commits"].as_array().and_then(|c| c.iter().filter_map(|c| c["height"].as_u64()).max()).unwrap_or(opened);
+    let last_commit =
+        state["commits"].as_array().and_then(|c| c.iter().filter_map(|c| c["height"].as_u64()).max()).unwrap_or(opened);
     let aggregate_deadline = state["aggregate_deadline"].as_u64().unwrap_or(0);
     let tallied = aggregate_deadline.saturating_sub(trellis_contracts::Params::default().aggregate_blocks);
-    let head = call(rpc, url, "chain_getHead", rpc_params![]).await.ok().and_then(|h| h["time_ms"].as_u64()).map(|ms| ms as f64 / 1000.0);
-    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) =
-        (block_time_s(rpc, url, opened).await, block_time_s(rpc, url, last_commit).await, block_time_s(rpc, url, tallied).await, head)
-    else {
+    let head = call(rpc, url, "chain_getHead", rpc_params![])
+        .await
+        .ok()
+        .and_then(|h| h["time_ms"].as_u64())
+        .map(|ms| ms as f64 / 1000.0);
+    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) = (
+        block_time_s(rpc, url, opened).await,
+        block_time_s(rpc, url, last_commit).await,
+        block_time_s(rpc, url, tallied).await,
+        head,
+    ) else {
         return (0.0, 0.0, 0.0);
     };
     (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))

@@ -118,7 +118,10 @@ pub fn accuses(tx: &SignedTx) -> Option<&Verdict> {
 }
 
 /// The evidence, the miner's revealed work and the frame its trail must fit, from the chain.
-fn what_to_compare(ledger: &Ledger, verdict: &Verdict) -> Option<(trellis_proto::InvalidEvidence, trellis_proto::WorkReveal, TrailFrame)> {
+fn what_to_compare(
+    ledger: &Ledger,
+    verdict: &Verdict,
+) -> Option<(trellis_proto::InvalidEvidence, trellis_proto::WorkReveal, TrailFrame)> {
     let VerdictOutcome::Invalid(evidence) = &verdict.outcome else { return None };
     let view = ledger.store().pending_state();
     let job: Job = state::read(&view, &keys::job(verdict.job)).ok()??;

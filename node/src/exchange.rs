@@ -82,19 +82,37 @@ impl request_response::Codec for BlobCodec {
     type Request = BlobRequest;
     type Response = BlobResponse;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobRequest> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<BlobRequest> {
         BlobRequest::from_bytes(&read_frame(io).await?).map_err(bad_data)
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<BlobResponse> {
         BlobResponse::from_bytes(&read_frame(io).await?).map_err(bad_data)
     }
 
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: BlobRequest) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: BlobRequest,
+    ) -> io::Result<()> {
         write_frame(io, &request.to_bytes()).await
     }
 
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, response: BlobResponse) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: BlobResponse,
+    ) -> io::Result<()> {
         write_frame(io, &response.to_bytes()).await
     }
 }
@@ -199,7 +217,8 @@ impl BlobNet {
             if self.is_banned(peer) {
                 continue;
             }
-            let Some(BlobResponse::Manifest { size, chunks }) = self.request(*peer, BlobRequest::Manifest(key)).await else {
+            let Some(BlobResponse::Manifest { size, chunks }) = self.request(*peer, BlobRequest::Manifest(key)).await
+            else {
                 continue;
             };
             if size > MAX_BLOB_BYTES {
@@ -237,7 +256,9 @@ impl BlobNet {
                     continue;
                 }
                 match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
-                    Some(BlobResponse::Chunk(chunk)) if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == *expected => {
+                    Some(BlobResponse::Chunk(chunk))
+                        if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == *expected =>
+                    {
                         got = Some(chunk);
                         break;
                     }
@@ -263,7 +284,9 @@ impl BlobNet {
         loop {
             match self.fetch(key).await {
                 Ok(bytes) => return Ok(bytes),
-                Err(FetchError::Unavailable(_)) if tokio::time::Instant::now() + Duration::from_millis(500) < deadline => {
+                Err(FetchError::Unavailable(_))
+                    if tokio::time::Instant::now() + Duration::from_millis(500) < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(error) => return Err(error),
@@ -300,7 +323,8 @@ pub async fn start_with(
     use anyhow::Context as _;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed).context("deriving the blob exchange key")?;
     let local_peer = keypair.public().to_peer_id();
-    let config = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(16);
+    let config =
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(16);
     let behaviour = request_response::Behaviour::with_codec(BlobCodec, [(PROTOCOL, ProtocolSupport::Full)], config);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -310,7 +334,8 @@ pub async fn start_with(
         .map_err(|e| anyhow::anyhow!("blob exchange behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
-    let listen_addr: Multiaddr = listen.parse().with_context(|| format!("p2p.blobs_listen '{listen}' is not a multiaddr"))?;
+    let listen_addr: Multiaddr =
+        listen.parse().with_context(|| format!("p2p.blobs_listen '{listen}' is not a multiaddr"))?;
     swarm.listen_on(listen_addr.clone()).with_context(|| format!("blob exchange cannot listen on {listen}"))?;
     let peer_addrs: Vec<Multiaddr> = peers
         .iter()
@@ -388,16 +413,22 @@ fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> Bl
         BlobRequest::Chunk { key, index } => {
             let offset = *index as u64 * CHUNK_BYTES as u64;
             match store.size(key) {
-                Ok(size) if offset < size || (size == 0 && *index == 0) => {
-                    store.read_range(key, offset, CHUNK_BYTES).map(BlobResponse::Chunk).unwrap_or(BlobResponse::NotFound)
-                }
+                Ok(size) if offset < size || (size == 0 && *index == 0) => store
+                    .read_range(key, offset, CHUNK_BYTES)
+                    .map(BlobResponse::Chunk)
+                    .unwrap_or(BlobResponse::NotFound),
                 _ => BlobResponse::NotFound,
             }
         }
     }
 }
 
-async fn drive(mut swarm: Swarm, mut commands: mpsc::Receiver<Command>, peer_addrs: Vec<Multiaddr>, responder: Arc<dyn Responder>) {
+async fn drive(
+    mut swarm: Swarm,
+    mut commands: mpsc::Receiver<Command>,
+    peer_addrs: Vec<Multiaddr>,
+    responder: Arc<dyn Responder>,
+) {
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Option<BlobResponse>>> = HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -509,9 +540,14 @@ mod tests {
         let port = 31_000 + (std::process::id() % 700) as u16 * 2;
         let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
         let (_a, _) = start([1; 32], &a_addr, &[], a_store).await.unwrap();
-        let (b, _) = start([2; 32], &format!("/ip4/127.0.0.1/tcp/{}", port + 1), &[a_addr], BlobStore::open(b_dir.path()).unwrap())
-            .await
-            .unwrap();
+        let (b, _) = start(
+            [2; 32],
+            &format!("/ip4/127.0.0.1/tcp/{}", port + 1),
+            &[a_addr],
+            BlobStore::open(b_dir.path()).unwrap(),
+        )
+        .await
+        .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetched = b.fetch_until(key, deadline).await.unwrap();
         assert_eq!(fetched, blob);

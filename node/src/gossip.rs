@@ -40,7 +40,8 @@ pub async fn run(mut queue: mpsc::Receiver<SignedTx>, peers: Vec<String>) {
         }
         let encoded: Vec<String> = batch.iter().map(|tx| hex::encode(tx.to_bytes())).collect();
         for (url, client) in &clients {
-            let result: Result<serde_json::Value, _> = client.request("mempool_gossip", rpc_params![encoded.clone()]).await;
+            let result: Result<serde_json::Value, _> =
+                client.request("mempool_gossip", rpc_params![encoded.clone()]).await;
             if let Err(error) = result {
                 tracing::debug!(target: "node::gossip", %url, %error, "gossip to peer failed");
             }

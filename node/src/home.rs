@@ -176,8 +176,9 @@ impl Home {
     /// Reads the configuration, saying which file and field is wrong.
     pub fn load_config(&self) -> anyhow::Result<NodeConfig> {
         let path = self.config();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (run `trellis init --home {}` first?)", path.display(), self.root.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {} (run `trellis init --home {}` first?)", path.display(), self.root.display())
+        })?;
         toml::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))
     }
 
@@ -205,7 +206,8 @@ pub fn write_key(path: &Path, key: &Keypair) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut handle = options.open(path).with_context(|| format!("creating key file {} (does it already exist?)", path.display()))?;
+    let mut handle =
+        options.open(path).with_context(|| format!("creating key file {} (does it already exist?)", path.display()))?;
     handle.write_all(serde_json::to_string_pretty(&file)?.as_bytes())?;
     Ok(())
 }
@@ -246,10 +248,20 @@ pub fn write_home(home: &Home, genesis: &Genesis, config: &NodeConfig) -> anyhow
 }
 
 /// `trellis init`: creates the home directory's keys, configuration and genesis.
-pub fn init(root: &Path, moniker: &str, chain_id: &str, base_port: u16, genesis: Option<&Path>) -> anyhow::Result<Home> {
+pub fn init(
+    root: &Path,
+    moniker: &str,
+    chain_id: &str,
+    base_port: u16,
+    genesis: Option<&Path>,
+) -> anyhow::Result<Home> {
     let home = Home::new(root);
     if home.config().exists() || home.key().exists() {
-        bail!("{} is already initialised (it has {}); choose another --home or remove it", root.display(), home.config().display());
+        bail!(
+            "{} is already initialised (it has {}); choose another --home or remove it",
+            root.display(),
+            home.config().display()
+        );
     }
     if chain_id.is_empty() || chain_id.len() > trellis_proto::crypto::MAX_CHAIN_ID_LEN {
         bail!("--chain-id must be 1 to {} bytes", trellis_proto::crypto::MAX_CHAIN_ID_LEN);
@@ -259,7 +271,8 @@ pub fn init(root: &Path, moniker: &str, chain_id: &str, base_port: u16, genesis:
     let genesis = match genesis {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading genesis {}", path.display()))?;
-            let genesis: Genesis = serde_json::from_str(&text).with_context(|| format!("{} is not a valid genesis file", path.display()))?;
+            let genesis: Genesis = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid genesis file", path.display()))?;
             if genesis.chain_id != chain_id {
                 bail!("genesis {} is for chain '{}', not '{chain_id}'", path.display(), genesis.chain_id);
             }

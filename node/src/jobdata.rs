@@ -73,7 +73,11 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
         let bytes = net.fetch_until(BlobKey::new(BlobKind::Shard, *shard), deadline).await?;
         let last = index + 1 == manifest.shards.len();
         if (!last && bytes.len() as u64 != manifest.shard_bytes) || bytes.len() as u64 > manifest.shard_bytes {
-            bail!("dataset {root}: shard {index} has {} bytes, the manifest says {}", bytes.len(), manifest.shard_bytes);
+            bail!(
+                "dataset {root}: shard {index} has {} bytes, the manifest says {}",
+                bytes.len(),
+                manifest.shard_bytes
+            );
         }
         train.extend_from_slice(&bytes);
     }

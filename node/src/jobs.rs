@@ -157,7 +157,8 @@ mod defaults {
 impl JobFile {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the job file {}", path.display()))?;
-        let mut file: JobFile = toml::from_str(&text).with_context(|| format!("{} is not a valid job file", path.display()))?;
+        let mut file: JobFile =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid job file", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if file.dataset.is_relative() {
             file.dataset = base.join(&file.dataset);
@@ -170,7 +171,12 @@ impl JobFile {
 
     /// The chain's spec for this file, with the dataset's root and shard count (and for a
     /// groth16 job, its published keys).
-    pub fn spec(&self, dataset_root: Hash, dataset_shards: u32, zk_keys: Option<ZkKeyHashes>) -> anyhow::Result<JobSpec> {
+    pub fn spec(
+        &self,
+        dataset_root: Hash,
+        dataset_shards: u32,
+        zk_keys: Option<ZkKeyHashes>,
+    ) -> anyhow::Result<JobSpec> {
         let groth16 = self.verification.mode == "groth16";
         let model = if groth16 { zk_model_shape(&self.zk_model()?) } else { self.preset()?.config() };
         let d = &self.diloco;
@@ -192,7 +198,11 @@ impl JobFile {
             "tolerance" => bail!("verification.mode tolerance needs verification.max_distance > 0"),
             "groth16" => {
                 let keys = zk_keys.context("a groth16 job's keys must be published first (verification.zk_keys)")?;
-                VerificationMode::Groth16 { model: self.model.clone(), proving_key: keys.proving_key, verifying_key: keys.verifying_key }
+                VerificationMode::Groth16 {
+                    model: self.model.clone(),
+                    proving_key: keys.proving_key,
+                    verifying_key: keys.verifying_key,
+                }
             }
             other => bail!("verification.mode '{other}': use exact, tolerance or groth16"),
         };
@@ -251,7 +261,8 @@ pub fn prepare(path: &Path, store: &BlobStore) -> anyhow::Result<(JobSpec, u64)>
     dataset.check_fits(&file.dataset, file.diloco.sequence_length as usize)?;
     let manifest = crate::jobdata::publish_dataset(store, &dataset)?;
     let spec = file.spec(manifest.root(), manifest.shards.len() as u32, zk_keys)?;
-    trellis_contracts::validate_job_spec(&spec, &trellis_contracts::Params::default()).map_err(|reason| anyhow::anyhow!("job spec: {reason}"))?;
+    trellis_contracts::validate_job_spec(&spec, &trellis_contracts::Params::default())
+        .map_err(|reason| anyhow::anyhow!("job spec: {reason}"))?;
     crate::zkjob::ZkJob::of(&spec)?;
     if file.escrow < file.reward_per_round {
         bail!("escrow {} is less than one round's reward {}", file.escrow, file.reward_per_round);
@@ -265,7 +276,9 @@ impl JobFile {
     }
 
     fn zk_model(&self) -> anyhow::Result<trellis_zk::ModelSpec> {
-        self.model.parse().map_err(|e| anyhow::anyhow!("model '{}' (a groth16 job trains a zk model, docs/zk.md): {e}", self.model))
+        self.model
+            .parse()
+            .map_err(|e| anyhow::anyhow!("model '{}' (a groth16 job trains a zk model, docs/zk.md): {e}", self.model))
     }
 
     /// For a groth16 job: reads the keys `trellis zk setup` wrote, checks that they are for
@@ -284,9 +297,16 @@ impl JobFile {
         let proving_key = trellis_zk::io::read_proving_key(&dir.join(trellis_zk::io::PROVING_KEY_FILE))?;
         let verifying_key = trellis_zk::io::read_verifying_key(&dir.join(trellis_zk::io::VERIFYING_KEY_FILE))?;
         if verifying_key.spec() != &model || proving_key.spec() != &model {
-            bail!("the keys in {} are for the model {}, the job file says {}", dir.display(), verifying_key.spec(), model);
+            bail!(
+                "the keys in {} are for the model {}, the job file says {}",
+                dir.display(),
+                verifying_key.spec(),
+                model
+            );
         }
-        if verifying_key.steps() != self.verification.checkpoint_interval || proving_key.steps() != verifying_key.steps() {
+        if verifying_key.steps() != self.verification.checkpoint_interval
+            || proving_key.steps() != verifying_key.steps()
+        {
             bail!(
                 "the keys in {} prove {} steps, the job's checkpoint_interval is {}: run `trellis zk setup --steps {}`",
                 dir.display(),
@@ -352,6 +372,7 @@ pub struct StakeArgs {
     /// validator or miner.
     #[arg(long, value_enum)]
     pub role: crate::client::RoleArg,
+    /// How much to bond (taken from the signer's balance).
     #[arg(long)]
     pub amount: u64,
     #[command(flatten)]
@@ -389,8 +410,13 @@ fn status(id: u64, url: &str) -> anyhow::Result<()> {
         let job = crate::client::call(&client, url, "job_get", jsonrpsee::rpc_params![id]).await?;
         let current = job["current_round"].as_u64().unwrap_or(0);
         // The summary exists for every round, running or pruned long after it settled.
-        let round = crate::client::call(&client, url, "job_getRoundSummary", jsonrpsee::rpc_params![id, current]).await?;
-        println!("job {id} '{}': {}", job["spec"]["name"].as_str().unwrap_or("?"), job["status"].as_str().unwrap_or("?"));
+        let round =
+            crate::client::call(&client, url, "job_getRoundSummary", jsonrpsee::rpc_params![id, current]).await?;
+        println!(
+            "job {id} '{}': {}",
+            job["spec"]["name"].as_str().unwrap_or("?"),
+            job["status"].as_str().unwrap_or("?")
+        );
         println!(
             "  rounds settled {} of {}, escrow left {}, miners {}",
             job["rounds_settled"],
@@ -412,6 +438,7 @@ fn status(id: u64, url: &str) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// The job whose latest committed global model to export.
     #[arg(long)]
     pub job: u64,
     /// Where to write the model (safetensors).
@@ -432,11 +459,13 @@ pub struct ExportArgs {
 pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> anyhow::Result<Hash> {
     let client = crate::client::client(rpc)?;
     let job_json = crate::client::call(&client, rpc, "job_get", jsonrpsee::rpc_params![job]).await?;
-    let model_hash: Hash = job_json["model_hash"].as_str().context("job without model_hash")?.parse().context("model_hash")?;
+    let model_hash: Hash =
+        job_json["model_hash"].as_str().context("job without model_hash")?.parse().context("model_hash")?;
     if model_hash == Hash::ZERO {
         bail!("job {job} has not committed a model yet (no round settled); try again later");
     }
-    let spec: JobSpec = serde_json::from_value(job_json["spec"].clone()).context("the node returned a job spec this binary cannot read")?;
+    let spec: JobSpec = serde_json::from_value(job_json["spec"].clone())
+        .context("the node returned a job spec this binary cannot read")?;
     if peers.is_empty() {
         bail!("no blob peers to fetch from: give --home of a node on this machine or --peer MULTIADDR");
     }

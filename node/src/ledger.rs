@@ -112,7 +112,7 @@ impl Ledger {
     }
 
     fn parent(&self) -> Result<Parent, InvalidBlock> {
-        let head = self.head().map_err(|e| InvalidBlock::Execution(e.to_string()))?;
+        let head = self.head().map_err(|e| InvalidBlock::LocalStorage(e.to_string()))?;
         Ok(Parent { height: head.height.0, hash: head.hash, time_ms: head.time_ms })
     }
 
@@ -126,7 +126,8 @@ impl Ledger {
         candidates: Vec<SignedTx>,
     ) -> Result<(Executed, Vec<SignedTx>), InvalidBlock> {
         let mut state = self.store.pending_state();
-        let built = self.chain.build_block(&mut state, &self.parent()?, proposer, time_ms, beacon_reveal, candidates)?;
+        let built =
+            self.chain.build_block(&mut state, &self.parent()?, proposer, time_ms, beacon_reveal, candidates)?;
         for (tx, error) in &built.left_out {
             tracing::debug!(target: "node::ledger", tx = %tx.hash(), %error, "left out of block");
         }
@@ -143,7 +144,8 @@ impl Ledger {
 
     /// Writes an executed block with the certificate that decided it.
     pub fn commit(&self, executed: Executed, certificate: &[u8]) -> Result<(), StoreError> {
-        let events = serde_json::to_vec(&executed.events).unwrap_or_else(|_| b"[]".to_vec());
+        let events = serde_json::to_vec(&executed.events)
+            .map_err(|e| StoreError::Encode { what: "the block's events", reason: e.to_string() })?;
         self.store.commit_block(&executed.block, certificate, &events, executed.changes)
     }
 }

@@ -66,13 +66,28 @@ impl Metrics {
     pub fn render(&self) -> String {
         let rows: [(&str, &str, &str, u64); 9] = [
             ("trellis_height", "gauge", "height of the last committed block", self.height.get()),
-            ("trellis_block_time_ms", "gauge", "proposer time of the last committed block, ms since the epoch", self.block_time_ms.get()),
+            (
+                "trellis_block_time_ms",
+                "gauge",
+                "proposer time of the last committed block, ms since the epoch",
+                self.block_time_ms.get(),
+            ),
             ("trellis_committed_blocks_total", "counter", "blocks committed since start", self.committed_blocks.get()),
             ("trellis_committed_txs_total", "counter", "transactions committed since start", self.committed_txs.get()),
-            ("trellis_rounds_as_proposer_total", "counter", "consensus rounds this node proposed in", self.rounds_as_proposer.get()),
+            (
+                "trellis_rounds_as_proposer_total",
+                "counter",
+                "consensus rounds this node proposed in",
+                self.rounds_as_proposer.get(),
+            ),
             ("trellis_mempool_txs", "gauge", "transactions waiting in the mempool", self.mempool_txs.get()),
             ("trellis_rpc_requests_total", "counter", "JSON-RPC requests received", self.rpc_requests.get()),
-            ("trellis_txs_submitted_total", "counter", "transactions admitted to the mempool over RPC", self.txs_submitted.get()),
+            (
+                "trellis_txs_submitted_total",
+                "counter",
+                "transactions admitted to the mempool over RPC",
+                self.txs_submitted.get(),
+            ),
             ("trellis_txs_rejected_total", "counter", "transactions refused over RPC", self.txs_rejected.get()),
         ];
         let mut out = String::new();

@@ -18,7 +18,8 @@ const LEFT: usize = 70;
 const RIGHT: usize = 20;
 const TOP: usize = 40;
 const BOTTOM: usize = 50;
-const COLORS: [[u8; 3]; 6] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [23, 190, 207]];
+const COLORS: [[u8; 3]; 6] =
+    [[31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [23, 190, 207]];
 
 struct Canvas {
     pixels: Vec<u8>,
@@ -65,7 +66,8 @@ impl Canvas {
 
 /// Draws `series` with a title and axis names, and writes the PNG to `path`.
 pub fn write_line_chart(path: &Path, title: &str, x_name: &str, y_name: &str, series: &[Series]) -> anyhow::Result<()> {
-    let points: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let points: Vec<(f64, f64)> =
+        series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     anyhow::ensure!(!points.is_empty(), "nothing to plot");
     let (mut x_min, mut x_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
     let (mut y_min, mut y_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
@@ -108,7 +110,8 @@ pub fn write_line_chart(path: &Path, title: &str, x_name: &str, y_name: &str, se
     canvas.text(4, 26, y_name, black);
     for (index, s) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
-        let pixels: Vec<(i64, i64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).map(to_px).collect();
+        let pixels: Vec<(i64, i64)> =
+            s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).map(to_px).collect();
         for pair in pixels.windows(2) {
             canvas.line(pair[0], pair[1], color, true);
         }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use trellis_contracts::state::{self, keys, Job, RoundState, RoundSummary, Stake};
 use trellis_contracts::{Event, KvStore};
-use trellis_proto::{TxKind, Address, Block, Hash, Height, JobId, Role, SignedTx};
+use trellis_proto::{Address, Block, Hash, Height, JobId, Role, SignedTx, TxKind};
 
 use crate::consensus_app::{NodeEvent, Shared};
 use crate::mempool::MempoolError;
@@ -171,7 +171,8 @@ fn head_info(shared: &Shared) -> RpcResult<HeadInfo> {
             height: 0,
             hash: Hash::ZERO,
             time_ms: 0,
-            state_root: trellis_contracts::state_root(&store.pending_state()).unwrap_or_else(|e| crate::store::fatal(e)),
+            state_root: trellis_contracts::state_root(&store.pending_state())
+                .unwrap_or_else(|e| crate::store::fatal(e)),
             txs: 0,
         },
     })
@@ -226,7 +227,8 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
     let tx = SignedTx::from_wire(&bytes).map_err(|e| reject(format!("not a signed transaction: {e}")))?;
     if let TxKind::SubmitJob { spec, .. } = &tx.tx.kind {
         // Checked here too so a bad spec is refused with its reason, not dropped from a block.
-        trellis_contracts::validate_job_spec(spec, state.shared.ledger.params()).map_err(|reason| reject(format!("invalid job spec: {reason}")))?;
+        trellis_contracts::validate_job_spec(spec, state.shared.ledger.params())
+            .map_err(|reason| reject(format!("invalid job spec: {reason}")))?;
     }
     let tx_copy = tx.clone();
     match admit(state, vec![tx]).into_iter().next().unwrap_or(Err(MempoolError::AlreadyKnown)) {
@@ -243,8 +245,11 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
 
 fn account_json(state: &RpcState, address: Address) -> RpcResult<Value> {
     let view = state.view();
-    let account: state::Account = state::read(&view, &keys::account(&address)).map_err(|e| error(-32603, e.to_string()))?.unwrap_or_default();
-    let stake = |role| -> RpcResult<Option<Stake>> { state::read(&view, &keys::stake(role, &address)).map_err(|e| error(-32603, e.to_string())) };
+    let account: state::Account =
+        state::read(&view, &keys::account(&address)).map_err(|e| error(-32603, e.to_string()))?.unwrap_or_default();
+    let stake = |role| -> RpcResult<Option<Stake>> {
+        state::read(&view, &keys::stake(role, &address)).map_err(|e| error(-32603, e.to_string()))
+    };
     let pending_nonce = {
         let mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
         mempool.next_free_nonce(&address, account.nonce)
@@ -311,7 +316,9 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         match state.shared.ledger.store().tx(&hash).map_err(|e| error(-32603, e.to_string()))? {
             Some((height, index, tx)) => match failure_of(&state.shared, height, &hash) {
                 // Included, fee paid, action refused (`contracts::Chain::include_tx`).
-                Some(reason) => Ok(json!({ "status": "failed", "reason": reason, "height": height.0, "index": index, "tx": tx })),
+                Some(reason) => {
+                    Ok(json!({ "status": "failed", "reason": reason, "height": height.0, "index": index, "tx": tx }))
+                }
                 None => Ok(json!({ "status": "committed", "height": height.0, "index": index, "tx": tx })),
             },
             None => {
@@ -359,11 +366,14 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         state.admit(ext)?;
         let (id, round): (u64, u32) = params.parse()?;
         let view = state.view();
-        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(|e| error(-32603, e.to_string()))?;
+        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round))
+            .map_err(|e| error(-32603, e.to_string()))?;
         found.ok_or_else(|| match state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round)) {
             Ok(Some(_)) => error(
                 codes::NOT_FOUND,
-                format!("round {round} of job {id} was settled long ago and pruned to a summary: ask job_getRoundSummary"),
+                format!(
+                    "round {round} of job {id} was settled long ago and pruned to a summary: ask job_getRoundSummary"
+                ),
             ),
             _ => error(codes::NOT_FOUND, format!("job {id} has no round {round}")),
         })
@@ -372,7 +382,9 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
         state.admit(ext)?;
         let (id, round): (u64, u32) = params.parse()?;
         let view = state.view();
-        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(|e| error(-32603, e.to_string()))? {
+        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round))
+            .map_err(|e| error(-32603, e.to_string()))?
+        {
             return Ok(RoundSummary::of(&full));
         }
         state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round))
@@ -428,15 +440,25 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
 }
 
 /// Starts the server on `listen`; it runs until the handle is stopped or dropped.
-pub async fn serve(listen: SocketAddr, shared: Arc<Shared>, limits: RpcLimits) -> anyhow::Result<(SocketAddr, ServerHandle)> {
-    let state = RpcState { shared, public: Budgets::new(limits.requests_per_second), gossip: Budgets::new(limits.gossip_per_second) };
+pub async fn serve(
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+    limits: RpcLimits,
+) -> anyhow::Result<(SocketAddr, ServerHandle)> {
+    let state = RpcState {
+        shared,
+        public: Budgets::new(limits.requests_per_second),
+        gossip: Budgets::new(limits.gossip_per_second),
+    };
     let config = ServerConfig::builder()
         .max_request_body_size(limits.max_request_bytes)
         .max_response_body_size(16 * 1024 * 1024)
         .max_connections(256)
         .max_subscriptions_per_connection(limits.max_subscriptions_per_connection)
         .build();
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("RPC server cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("RPC server cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
     let methods: jsonrpsee::Methods = module(state)?.into();
     let builder = Server::builder().set_config(config).to_service_builder();
@@ -456,11 +478,12 @@ pub async fn serve(listen: SocketAddr, shared: Arc<Shared>, limits: RpcLimits) -
             };
             let (builder, methods, connection_stop) = (builder.clone(), methods.clone(), stop.clone());
             let client = ClientAddress(remote.ip());
-            let service = tower::service_fn(move |mut request: jsonrpsee::server::HttpRequest<hyper::body::Incoming>| {
-                request.extensions_mut().insert(client);
-                let mut service = builder.clone().build(methods.clone(), connection_stop.clone());
-                async move { tower::Service::call(&mut service, request).await }
-            });
+            let service =
+                tower::service_fn(move |mut request: jsonrpsee::server::HttpRequest<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(client);
+                    let mut service = builder.clone().build(methods.clone(), connection_stop.clone());
+                    async move { tower::Service::call(&mut service, request).await }
+                });
             tokio::spawn(serve_with_graceful_shutdown(socket, service, stop.clone().shutdown()));
         }
     });

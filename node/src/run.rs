@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use arc_malachitebft_app_channel::app::config::{ConsensusConfig, NodeConfig as EngineNodeConfig, P2pConfig, ValueSyncConfig};
+use arc_malachitebft_app_channel::app::config::{
+    ConsensusConfig, NodeConfig as EngineNodeConfig, P2pConfig, ValueSyncConfig,
+};
 use arc_malachitebft_app_channel::app::net::Multiaddr;
 use arc_malachitebft_app_channel::app::types::codec::Codec;
 use arc_malachitebft_app_channel::app::types::core::LinearTimeouts;
@@ -20,16 +22,17 @@ use tokio::sync::broadcast;
 use trellis_consensus::{TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress};
 use trellis_proto::Keypair;
 
+use crate::blobs::BlobStore;
 use crate::consensus_app::{ConsensusApp, Shared, Timing};
 use crate::home::{Home, NodeConfig};
 use crate::ledger::Ledger;
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
-use crate::blobs::BlobStore;
 use crate::roles::aggregate::AggregateBook;
 use crate::roles::behaviour::Behaviour;
 use crate::roles::RoleContext;
 use crate::rpc::RpcLimits;
+use crate::supervisor::Supervisor;
 
 /// What a node does on the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +51,7 @@ pub struct RunArgs {
     /// The node's home directory (from `trellis init`).
     #[arg(long)]
     pub home: PathBuf,
+    /// What this node does on the network.
     #[arg(long, value_enum, default_value_t = NodeRole::Validator)]
     pub role: NodeRole,
     /// Log one JSON object per line instead of text (filter with RUST_LOG).
@@ -171,7 +175,8 @@ fn chain_dir(home: &Home) -> PathBuf {
 /// Runs a node until it is stopped.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     if args.threads < 1 {
         bail!("--threads must be at least 1");
     }
@@ -186,7 +191,13 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     let genesis = home.load_genesis()?;
     let key = home.load_key()?;
     if genesis.chain_id != config.chain_id {
-        bail!("{} is for chain '{}' but {} says '{}'", home.genesis().display(), genesis.chain_id, home.config().display(), config.chain_id);
+        bail!(
+            "{} is for chain '{}' but {} says '{}'",
+            home.genesis().display(),
+            genesis.chain_id,
+            home.config().display(),
+            config.chain_id
+        );
     }
     std::fs::create_dir_all(home.data()).with_context(|| format!("creating {}", home.data().display()))?;
     let ledger = Ledger::open(&chain_dir(&home), &genesis)?;
@@ -209,8 +220,9 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     }
     let metrics = Arc::new(Metrics::default());
     metrics.height.set(head.height.0);
+    let mut supervisor = Supervisor::default();
     let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::gossip::QUEUE);
-    tokio::spawn(crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
+    supervisor.spawn("transaction gossip", crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
     let duties = !config.p2p.blobs_listen.is_empty();
     let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
     let blobs = if duties {
@@ -220,7 +232,9 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             Behaviour::LyingPeer => Arc::new(crate::exchange::LyingResponder::new(store.clone())),
             _ => Arc::new(crate::exchange::StoreResponder::new(store.clone())),
         };
-        let (net, _) = crate::exchange::start_with(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store, responder).await?;
+        let (net, _) =
+            crate::exchange::start_with(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store, responder)
+                .await?;
         Some(net)
     } else {
         tracing::warn!(target: "node", "p2p.blobs_listen is empty: no blob exchange, so no miner or validator job duties");
@@ -242,9 +256,13 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             .map(|net| Arc::new(crate::evidence_desk::EvidenceDesk::new(net.clone()))),
     });
     if let Some(keeper) = &shared.beacon {
-        tokio::spawn(crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()));
+        supervisor.spawn(
+            "beacon",
+            crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()),
+        );
     }
-    let rpc_listen = config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
+    let rpc_listen =
+        config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
     let limits = RpcLimits {
         max_request_bytes: config.rpc.max_request_bytes,
         requests_per_second: config.rpc.rate_limit_per_second,
@@ -256,7 +274,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
             .await
             .with_context(|| format!("metrics cannot listen on {}", config.metrics.listen))?;
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+        supervisor.spawn("metrics", crate::metrics::serve(listener, metrics.clone()));
     }
 
     let chain_id = config.chain_id.clone();
@@ -268,11 +286,9 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         let key = Arc::new(Keypair::from_seed(key.seed()));
         let context = RoleContext::new(shared.clone(), net.clone(), key, home.data().join("work"), device, behaviour);
         match (role, &aggregates) {
-            (NodeRole::Miner, _) => {
-                tokio::spawn(crate::roles::miner::run(context));
-            }
+            (NodeRole::Miner, _) => supervisor.spawn("miner role", crate::roles::miner::run(context)),
             (NodeRole::Validator, Some(book)) => {
-                tokio::spawn(crate::roles::run_validator(context, book.clone()));
+                supervisor.spawn("validator duties", crate::roles::run_validator(context, book.clone()))
             }
             _ => {}
         }
@@ -284,14 +300,19 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             .sign_validator_proof(key.public_key().0.to_vec(), peer_id)
             .await
             .map_err(|e| anyhow::anyhow!("signing the validator proof: {e}"))?;
-        let proof_bytes = TrellisCodec.encode(&proof).map_err(|e| anyhow::anyhow!("encoding the validator proof: {e}"))?;
+        let proof_bytes =
+            TrellisCodec.encode(&proof).map_err(|e| anyhow::anyhow!("encoding the validator proof: {e}"))?;
         NetworkIdentity::new_validator(config.moniker.clone(), network_key, address.to_string(), proof_bytes)
     } else {
         NetworkIdentity::new(config.moniker.clone(), network_key, None)
     };
     let verifier = Box::new(TrellisVerifier::new(&chain_id));
     let consensus_ctx = if signs {
-        ConsensusContext::new_validator(address, verifier, Box::new(TrellisSigner::new(&chain_id, Keypair::from_seed(key.seed()))))
+        ConsensusContext::new_validator(
+            address,
+            verifier,
+            Box::new(TrellisSigner::new(&chain_id, Keypair::from_seed(key.seed()))),
+        )
     } else {
         ConsensusContext::new_full_node(address, verifier)
     };
@@ -316,7 +337,12 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     println!("  rpc      http://{rpc_address}");
     println!("  p2p      {}", config.p2p.listen);
     if let Some(net) = &blobs {
-        println!("  blobs    {}/p2p/{} ({} role)", config.p2p.blobs_listen, net.local_peer(), format!("{role:?}").to_lowercase());
+        println!(
+            "  blobs    {}/p2p/{} ({} role)",
+            config.p2p.blobs_listen,
+            net.local_peer(),
+            format!("{role:?}").to_lowercase()
+        );
     }
     if !config.metrics.listen.is_empty() {
         println!("  metrics  http://{}/metrics", config.metrics.listen);
@@ -324,13 +350,18 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
 
     let key = if signs { Some(Arc::new(key)) } else { None };
     let app = ConsensusApp::new(shared, key, timing(&config));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        () = app.run(channels) => tracing::warn!(target: "node", "consensus engine stopped"),
-        _ = tokio::signal::ctrl_c() => tracing::info!(target: "node", "Ctrl-C: stopping"),
-        _ = terminate.recv() => tracing::info!(target: "node", "SIGTERM: stopping"),
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let failure = tokio::select! {
+        () = app.run(channels) => Some(anyhow::anyhow!("the consensus engine stopped")),
+        stopped = supervisor.first_stopped() => Some(anyhow::Error::new(stopped)),
+        _ = tokio::signal::ctrl_c() => { tracing::info!(target: "node", "Ctrl-C: stopping"); None }
+        _ = terminate.recv() => { tracing::info!(target: "node", "SIGTERM: stopping"); None }
+    };
+    if let Some(failure) = &failure {
+        tracing::error!(target: "node", error = format!("{failure:#}"), "stopping the node");
     }
     engine.actor.stop(Some("node stopping".into()));
     let _ = rpc_handle.stop();
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

@@ -29,7 +29,8 @@ const CF_META: &str = "meta";
 const CF_CERTIFICATES: &str = "certificates";
 const CF_EVENTS: &str = "events";
 const CF_UNDECIDED: &str = "undecided";
-const ALL_FAMILIES: [&str; 8] = [CF_BLOCKS, CF_BLOCK_INDEX, CF_TXS, CF_STATE, CF_META, CF_CERTIFICATES, CF_EVENTS, CF_UNDECIDED];
+const ALL_FAMILIES: [&str; 8] =
+    [CF_BLOCKS, CF_BLOCK_INDEX, CF_TXS, CF_STATE, CF_META, CF_CERTIFICATES, CF_EVENTS, CF_UNDECIDED];
 const HEAD_KEY: &[u8] = b"head";
 
 #[derive(Debug, Error)]
@@ -42,6 +43,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
     #[error("block {got} does not extend the head {head}")]
     NotNext { head: u64, got: u64 },
+    /// A record could not be encoded for writing: nothing was written.
+    #[error("cannot encode {what} for the database: {reason}")]
+    Encode { what: &'static str, reason: String },
 }
 
 /// Stops the process on a storage read failure (see the module comment).
@@ -62,9 +66,7 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = ALL_FAMILIES
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let families = ALL_FAMILIES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Ok(Self { db })
@@ -99,7 +101,8 @@ impl Store {
         match self.get(CF_BLOCK_INDEX, &hash.0) {
             None => Ok(None),
             Some(bytes) => {
-                let height = decode::<u64>(&bytes).map_err(|e| StoreError::Corrupt { what: "block index", reason: e.to_string() })?;
+                let height = decode::<u64>(&bytes)
+                    .map_err(|e| StoreError::Corrupt { what: "block index", reason: e.to_string() })?;
                 self.block(Height(height))
             }
         }
@@ -109,10 +112,21 @@ impl Store {
     pub fn tx(&self, hash: &Hash) -> Result<Option<(Height, u32, SignedTx)>, StoreError> {
         let Some(bytes) = self.get(CF_TXS, &hash.0) else { return Ok(None) };
         let (height, index): (u64, u32) = decode::<[u8; 12]>(&bytes)
-            .map(|b| (u64::from_be_bytes(b[..8].try_into().expect("8 bytes")), u32::from_be_bytes(b[8..].try_into().expect("4 bytes")))) // ok: slices of a 12-byte array
+            .map(|b| {
+                (
+                    u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                    u32::from_be_bytes(b[8..].try_into().expect("4 bytes")),
+                )
+            }) // ok: slices of a 12-byte array
             .map_err(|e| StoreError::Corrupt { what: "tx index", reason: e.to_string() })?;
-        let block = self.block(Height(height))?.ok_or(StoreError::Corrupt { what: "tx index", reason: "block missing".into() })?;
-        let tx = block.txs.get(index as usize).cloned().ok_or(StoreError::Corrupt { what: "tx index", reason: "index out of range".into() })?;
+        let block = self
+            .block(Height(height))?
+            .ok_or(StoreError::Corrupt { what: "tx index", reason: "block missing".into() })?;
+        let tx = block
+            .txs
+            .get(index as usize)
+            .cloned()
+            .ok_or(StoreError::Corrupt { what: "tx index", reason: "index out of range".into() })?;
         Ok(Some((Height(height), index, tx)))
     }
 
@@ -155,7 +169,9 @@ impl Store {
     /// An undecided block of `height` by hash.
     pub fn undecided(&self, height: Height, hash: &Hash) -> Result<Option<Block>, StoreError> {
         self.get(CF_UNDECIDED, &undecided_key(height.0, b'b', &hash.0))
-            .map(|bytes| decode(&bytes).map_err(|e| StoreError::Corrupt { what: "undecided block", reason: e.to_string() }))
+            .map(|bytes| {
+                decode(&bytes).map_err(|e| StoreError::Corrupt { what: "undecided block", reason: e.to_string() })
+            })
             .transpose()
     }
 
@@ -164,14 +180,21 @@ impl Store {
         let Some(hash) = self.get(CF_UNDECIDED, &undecided_key(height.0, b'r', &round.to_be_bytes())) else {
             return Ok(None);
         };
-        let hash: [u8; 32] =
-            hash.try_into().map_err(|_| StoreError::Corrupt { what: "proposed block index", reason: "not 32 bytes".into() })?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt { what: "proposed block index", reason: "not 32 bytes".into() })?;
         self.undecided(height, &Hash(hash))
     }
 
     /// Commits `block` (which must be the head's successor), the certificate that decided it,
     /// its events and its state changes atomically, and forgets the height's undecided blocks.
-    pub fn commit_block(&self, block: &Block, certificate: &[u8], events: &[u8], changes: Changes) -> Result<(), StoreError> {
+    pub fn commit_block(
+        &self,
+        block: &Block,
+        certificate: &[u8],
+        events: &[u8],
+        changes: Changes,
+    ) -> Result<(), StoreError> {
         let head = self.head()?;
         if block.header.height.0 != head.0 + 1 {
             return Err(StoreError::NotNext { head: head.0, got: block.header.height.0 });
@@ -286,7 +309,14 @@ mod tests {
     }
 
     /// Executes `txs` on the store's state as block `height` and returns the block and changes.
-    fn build(store: &Store, chain: &Chain, height: u64, parent: Hash, proposer: &Keypair, txs: Vec<SignedTx>) -> (Block, Changes) {
+    fn build(
+        store: &Store,
+        chain: &Chain,
+        height: u64,
+        parent: Hash,
+        proposer: &Keypair,
+        txs: Vec<SignedTx>,
+    ) -> (Block, Changes) {
         let base = store.pending_state();
         let mut overlay = trellis_contracts::kv::Overlay::new(&base);
         let ctx = BlockCtx { height, time_ms: height * 1000, randomness: parent, proposer: proposer.address() };
@@ -345,7 +375,12 @@ mod tests {
                 // The same block built on the in-memory store reaches the same root.
                 let memory_changes = {
                     let mut overlay = trellis_contracts::kv::Overlay::new(&memory);
-                    let ctx = BlockCtx { height, time_ms: height * 1000, randomness: block.header.parent, proposer: validator.address() };
+                    let ctx = BlockCtx {
+                        height,
+                        time_ms: height * 1000,
+                        randomness: block.header.parent,
+                        proposer: validator.address(),
+                    };
                     chain.begin_block(&mut overlay, &ctx).unwrap();
                     chain.apply_tx(&mut overlay, &block.txs[0], &ctx).unwrap();
                     chain.end_block(&mut overlay, &ctx).unwrap();
@@ -357,7 +392,10 @@ mod tests {
             }
             // Out-of-order commits are refused.
             let (stale, changes) = build(&store, &chain, 3, parent, &validator, vec![]);
-            assert!(matches!(store.commit_block(&stale, b"", b"", changes), Err(StoreError::NotNext { head: 5, got: 3 })));
+            assert!(matches!(
+                store.commit_block(&stale, b"", b"", changes),
+                Err(StoreError::NotNext { head: 5, got: 3 })
+            ));
             head_hash = parent;
         }
         let store = Store::open(&dir).unwrap();

@@ -16,7 +16,7 @@ use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig
 use trellis_trainer::model::{parameter_count, Preset};
 use trellis_trainer::optim::AdamWConfig;
 use trellis_trainer::worker::evaluate;
-use trellis_trainer::{model_io, model::Gpt};
+use trellis_trainer::{model::Gpt, model_io};
 
 use crate::plot::{write_line_chart, Series};
 
@@ -131,8 +131,10 @@ pub struct TrainArgs {
     /// Inner warm-up steps (counted per worker).
     #[arg(long, default_value_t = 20)]
     pub warmup: u64,
+    /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
+    /// Largest global gradient norm; larger gradients are scaled down to it.
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
     /// Pseudo-gradient encoding.
@@ -141,8 +143,10 @@ pub struct TrainArgs {
     /// Outer optimizer.
     #[arg(long, value_enum, default_value = "nesterov")]
     pub outer: OuterArg,
+    /// The outer step's learning rate η (Nesterov).
     #[arg(long, default_value_t = 0.7)]
     pub outer_lr: f32,
+    /// The outer step's momentum μ (Nesterov).
     #[arg(long, default_value_t = 0.9)]
     pub outer_momentum: f32,
     /// Also train this baseline with the same total tokens, for comparison.
@@ -481,7 +485,10 @@ fn print_summary(diloco: &RunReport, ddp: Option<&RunReport>, out: &Path, metric
             ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64
         );
     }
-    println!("checkpointing took {:.1}% of training time", 100.0 * diloco.checkpoint_seconds / (diloco.compute_seconds + diloco.checkpoint_seconds).max(1e-9));
+    println!(
+        "checkpointing took {:.1}% of training time",
+        100.0 * diloco.checkpoint_seconds / (diloco.compute_seconds + diloco.checkpoint_seconds).max(1e-9)
+    );
     println!("model: {}\nmetrics: {}\nloss curve: {}", out.display(), metrics.display(), plot.display());
 }
 

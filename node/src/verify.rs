@@ -41,6 +41,8 @@ pub struct VerifyTrailArgs {
     /// Seed for choosing the sampled segments.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `exact`: re-executed checkpoints must hash to the trail's; `tolerance`: within
+    /// --tolerance relative L2 distance (another backend class).
     #[arg(long, value_enum, default_value = "exact")]
     pub mode: ModeArg,
     /// Largest relative L2 distance accepted in tolerance mode.
@@ -59,11 +61,15 @@ fn find_manifest(dir: &Path) -> anyhow::Result<(PathBuf, RunManifest)> {
         let path = candidate.join("run.json");
         if path.exists() {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let manifest = serde_json::from_str(&text).with_context(|| format!("{} is not a run manifest", path.display()))?;
+            let manifest =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a run manifest", path.display()))?;
             return Ok((candidate.to_path_buf(), manifest));
         }
     }
-    bail!("no run.json in {} or its parents: is it a trail directory written by `trellis train --trail-dir`?", dir.display())
+    bail!(
+        "no run.json in {} or its parents: is it a trail directory written by `trellis train --trail-dir`?",
+        dir.display()
+    )
 }
 
 /// Every worker directory (holding trail.json) under `dir`, in path order.
@@ -72,10 +78,15 @@ fn worker_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         return Ok(vec![dir.to_path_buf()]);
     }
     let mut found = Vec::new();
-    let mut rounds: Vec<_> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.path()).collect();
+    let mut rounds: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     rounds.sort();
     for round in rounds.iter().filter(|p| p.is_dir()) {
-        let mut workers: Vec<_> = std::fs::read_dir(round)?.flatten().map(|e| e.path()).filter(|p| p.join("trail.json").exists()).collect();
+        let mut workers: Vec<_> =
+            std::fs::read_dir(round)?.flatten().map(|e| e.path()).filter(|p| p.join("trail.json").exists()).collect();
         workers.sort();
         found.extend(workers);
     }
@@ -101,7 +112,12 @@ pub fn verify_trail(args: VerifyTrailArgs) -> anyhow::Result<bool> {
     }
     let sample: Option<u64> = match args.segments.as_str() {
         "all" => None,
-        n => Some(n.parse().ok().filter(|&n| n > 0).with_context(|| format!("--segments must be 'all' or a positive number, not '{n}'"))?),
+        n => Some(
+            n.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("--segments must be 'all' or a positive number, not '{n}'"))?,
+        ),
     };
     let mode = match args.mode {
         ModeArg::Exact => Mode::Exact,
@@ -135,7 +151,10 @@ pub fn verify_trail(args: VerifyTrailArgs) -> anyhow::Result<bool> {
                 let mut attempt = 0u64;
                 while chosen.len() < wanted {
                     let seed = args.seed.to_le_bytes();
-                    chosen.insert((draw("verify-segment", &seed, &[trail.round, trail.worker as u64, attempt]) % segments as u64) as usize);
+                    chosen.insert(
+                        (draw("verify-segment", &seed, &[trail.round, trail.worker as u64, attempt]) % segments as u64)
+                            as usize,
+                    );
                     attempt += 1;
                 }
                 chosen.into_iter().collect()
@@ -156,7 +175,10 @@ pub fn verify_trail(args: VerifyTrailArgs) -> anyhow::Result<bool> {
     let total = started.elapsed().as_secs_f64();
     let segments = segment_time.as_secs_f64();
     if args.json {
-        println!("{}", json!({ "summary": { "segments": checked, "all_valid": all_valid, "segment_seconds": segments, "total_seconds": total } }));
+        println!(
+            "{}",
+            json!({ "summary": { "segments": checked, "all_valid": all_valid, "segment_seconds": segments, "total_seconds": total } })
+        );
     } else {
         println!(
             "{checked} segments checked: {} ({segments:.2} s in segment checks, {:.2} s start-up and data loading)",
@@ -171,8 +193,12 @@ fn print_report(label: &str, dir: &Path, report: &SegmentReport, as_json: bool) 
     let (verdict, detail) = match &report.outcome {
         VerdictOutcome::Valid => ("valid", String::new()),
         VerdictOutcome::Unavailable => ("unavailable", "start checkpoint not found".to_string()),
-        VerdictOutcome::Invalid(e) => ("INVALID", format!("{:?}: expected {}, reproduced {}", e.reason, e.expected, e.reproduced)),
-        VerdictOutcome::JobFault { reason } => ("job fault", format!("{reason:?}: the run's model or data cannot be replayed")),
+        VerdictOutcome::Invalid(e) => {
+            ("INVALID", format!("{:?}: expected {}, reproduced {}", e.reason, e.expected, e.reproduced))
+        }
+        VerdictOutcome::JobFault { reason } => {
+            ("job fault", format!("{reason:?}: the run's model or data cannot be replayed"))
+        }
         VerdictOutcome::Abstain => ("abstain", "the check could not run".to_string()),
     };
     if as_json {

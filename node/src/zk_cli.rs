@@ -33,6 +33,7 @@ pub struct SetupArgs {
     /// SGD steps each proof covers.
     #[arg(long, default_value_t = 1)]
     pub steps: u32,
+    /// The directory to write proving_key.bin and verifying_key.bin into.
     #[arg(long)]
     pub out: PathBuf,
     /// Derive the setup's randomness from this seed: reproducible, and therefore insecure
@@ -43,12 +44,16 @@ pub struct SetupArgs {
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
+    /// The model, e.g. softmax:4x3 or mlp:4x8x3,batch=4,lr=0.5.
     #[arg(long)]
     pub model: String,
+    /// How many steps' batches to write.
     #[arg(long, default_value_t = 1)]
     pub steps: u32,
+    /// Seed of the example weights and batches.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The directory to write weights.bin and batches.bin into.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -64,6 +69,7 @@ pub struct ProveArgs {
     /// One batch per step (batches.bin).
     #[arg(long)]
     pub batches: PathBuf,
+    /// The directory to write the proof, public inputs and weights after into.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write proof.json and public.json in snarkjs's layout.
@@ -76,6 +82,7 @@ pub struct VerifyArgs {
     /// The verifying key (verifying_key.bin).
     #[arg(long)]
     pub key: PathBuf,
+    /// The proof (proof.bin).
     #[arg(long)]
     pub proof: PathBuf,
     /// The public inputs (public.bin).
@@ -120,11 +127,18 @@ pub fn zk(command: ZkCommand) -> anyhow::Result<bool> {
             }
             created(&args.out)?;
             let weights = trellis_zk::Weights::random(&spec, args.seed);
-            let batches: Vec<_> = (0..args.steps).map(|step| trellis_zk::Batch::random(&spec, args.seed.wrapping_add(1 + u64::from(step)))).collect();
+            let batches: Vec<_> = (0..args.steps)
+                .map(|step| trellis_zk::Batch::random(&spec, args.seed.wrapping_add(1 + u64::from(step))))
+                .collect();
             let (weights_path, batches_path) = (args.out.join("weights.bin"), args.out.join("batches.bin"));
             io::write_weights(&weights_path, &weights)?;
             io::write_batches(&batches_path, &spec, &batches)?;
-            println!("wrote {} and {} ({} batches of {spec})", weights_path.display(), batches_path.display(), batches.len());
+            println!(
+                "wrote {} and {} ({} batches of {spec})",
+                weights_path.display(),
+                batches_path.display(),
+                batches.len()
+            );
             Ok(true)
         }
         ZkCommand::Prove(args) => {
@@ -143,8 +157,15 @@ pub fn zk(command: ZkCommand) -> anyhow::Result<bool> {
             }
             let public = &proven.public_inputs;
             println!("proved {} steps of {} in {took:.1} s", public.steps, pk.spec());
-            println!("  weights before  {}\n  weights after   {}\n  batches         {}", public.weights_before, public.weights_after, public.batches);
-            println!("wrote proof.bin, public.bin, weights_after.bin{} into {}", if args.snarkjs { ", proof.json, public.json, verification_key.json" } else { "" }, args.out.display());
+            println!(
+                "  weights before  {}\n  weights after   {}\n  batches         {}",
+                public.weights_before, public.weights_after, public.batches
+            );
+            println!(
+                "wrote proof.bin, public.bin, weights_after.bin{} into {}",
+                if args.snarkjs { ", proof.json, public.json, verification_key.json" } else { "" },
+                args.out.display()
+            );
             Ok(true)
         }
         ZkCommand::Verify(args) => {
@@ -154,7 +175,12 @@ pub fn zk(command: ZkCommand) -> anyhow::Result<bool> {
             let started = Instant::now();
             match trellis_zk::verify(&vk, &public, &proof) {
                 Ok(()) => {
-                    println!("valid: {} steps of {} ({:.1} ms)", public.steps, vk.spec(), started.elapsed().as_secs_f64() * 1e3);
+                    println!(
+                        "valid: {} steps of {} ({:.1} ms)",
+                        public.steps,
+                        vk.spec(),
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
                     Ok(true)
                 }
                 Err(error) => {

@@ -24,13 +24,17 @@
 //! The losses in a groth16 trail are for people to read; nothing checks them.
 
 use anyhow::{bail, Context as _};
-use trellis_proto::{Hash, InvalidReason, JobFaultReason, JobId, JobSpec, Trail, TrailEntry, VerdictOutcome, VerificationMode};
+use trellis_proto::{
+    Hash, InvalidReason, JobFaultReason, JobId, JobSpec, Trail, TrailEntry, VerdictOutcome, VerificationMode,
+};
 use trellis_protocol::Blame;
 use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::data::Dataset;
 use trellis_zk::fixed::ONE;
 use trellis_zk::model::logits;
-use trellis_zk::{io, sgd_step, Batch, Example, ModelSpec, PreparedVerifier, PublicInputs, ZkProof, ZkProvingKey, Weights};
+use trellis_zk::{
+    io, sgd_step, Batch, Example, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey,
+};
 
 use crate::jobdata;
 
@@ -69,7 +73,15 @@ impl ZkJob {
     }
 
     /// The batch of `step` (0-based within the round) of `worker` in `round`.
-    pub fn batch(&self, spec: &JobSpec, dataset: &Dataset, shards: &[usize], round: u32, worker: usize, step: u64) -> Batch {
+    pub fn batch(
+        &self,
+        spec: &JobSpec,
+        dataset: &Dataset,
+        shards: &[usize],
+        round: u32,
+        worker: usize,
+        step: u64,
+    ) -> Batch {
         let schedule = jobdata::schedule(spec);
         let absolute = jobdata::round_start_step(spec, round) + step;
         let (inputs, targets) = schedule.batch(dataset, shards, u64::from(round), worker, absolute);
@@ -78,7 +90,8 @@ impl ZkJob {
 
     /// The weights a round starts from: θ_r rounded to Q15.16.
     pub fn start_weights(&self, global: &[f32]) -> anyhow::Result<Weights> {
-        Weights::from_flat(&self.model, &to_fixed(global)).map_err(|e| anyhow::anyhow!("the global model does not fit the zk model: {e}"))
+        Weights::from_flat(&self.model, &to_fixed(global))
+            .map_err(|e| anyhow::anyhow!("the global model does not fit the zk model: {e}"))
     }
 
     /// The checkpoint hash every honest trail of a round starts with.
@@ -188,8 +201,16 @@ impl ZkTraining<'_> {
     /// Trains the round's H steps and proves each segment of c steps.
     pub fn run(&self, global: &[f32]) -> anyhow::Result<ZkRound> {
         let spec = self.spec;
-        if self.proving_key.spec() != &self.job.model || u64::from(self.proving_key.steps()) != ZkJob::segment_steps(spec) {
-            bail!("the proving key is for {} × {} steps, the job needs {} × {}", self.proving_key.spec(), self.proving_key.steps(), self.job.model, spec.verification.checkpoint_interval);
+        if self.proving_key.spec() != &self.job.model
+            || u64::from(self.proving_key.steps()) != ZkJob::segment_steps(spec)
+        {
+            bail!(
+                "the proving key is for {} × {} steps, the job needs {} × {}",
+                self.proving_key.spec(),
+                self.proving_key.steps(),
+                self.job.model,
+                spec.verification.checkpoint_interval
+            );
         }
         let shards = jobdata::schedule(spec).shards_of(self.dataset, u64::from(self.round), self.worker)?;
         let steps = u64::from(spec.diloco.inner_steps);
@@ -214,7 +235,11 @@ impl ZkTraining<'_> {
             let bytes = proven.proof.to_bytes();
             proof_hashes.push(crate::blobs::data_hash(&bytes));
             proofs.push(bytes);
-            let recorded = if self.fake_checkpoints { noisy(&checkpoints[0], &self.job.model, segment)? } else { io::encode_weights(&weights) };
+            let recorded = if self.fake_checkpoints {
+                noisy(&checkpoints[0], &self.job.model, segment)?
+            } else {
+                io::encode_weights(&weights)
+            };
             entries.push(TrailEntry { step: start_step + (segment + 1) * interval, hash: checkpoint_hash(&recorded) });
             checkpoints.push(recorded);
         }
@@ -279,12 +304,14 @@ pub fn check_segment(
         return invalid(InvalidReason::TrailMismatch, trail.hash());
     }
     let (start_hash, end_hash) = (trail.checkpoints[segment].hash, trail.checkpoints[segment + 1].hash);
-    if checkpoint_hash(evidence.start_checkpoint) != start_hash || checkpoint_hash(evidence.end_checkpoint) != end_hash {
+    if checkpoint_hash(evidence.start_checkpoint) != start_hash || checkpoint_hash(evidence.end_checkpoint) != end_hash
+    {
         return invalid(InvalidReason::MalformedBlob, end_hash);
     }
-    let (Ok(before), Ok(after)) =
-        (io::decode_weights(&job.model, evidence.start_checkpoint), io::decode_weights(&job.model, evidence.end_checkpoint))
-    else {
+    let (Ok(before), Ok(after)) = (
+        io::decode_weights(&job.model, evidence.start_checkpoint),
+        io::decode_weights(&job.model, evidence.end_checkpoint),
+    ) else {
         return invalid(InvalidReason::MalformedBlob, end_hash);
     };
     let Ok(proof) = ZkProof::from_bytes(evidence.proof) else {
@@ -294,7 +321,8 @@ pub fn check_segment(
         return Blame::Job(JobFaultReason::SpecUnusable).outcome();
     };
     let first = segment as u64 * interval;
-    let batches: Vec<Batch> = (first..first + interval).map(|step| job.batch(spec, dataset, &shards, round, worker, step)).collect();
+    let batches: Vec<Batch> =
+        (first..first + interval).map(|step| job.batch(spec, dataset, &shards, round, worker, step)).collect();
     let public_inputs = PublicInputs::of_run(&job.model, &before, &after, &batches);
     match verifier.verify(&public_inputs, &proof) {
         Ok(()) => VerdictOutcome::Valid,
@@ -338,7 +366,11 @@ mod tests {
             verification: VerificationParams {
                 checkpoint_interval: 2,
                 segments_per_miner: 1,
-                mode: VerificationMode::Groth16 { model: MODEL.into(), proving_key: Hash([1; 32]), verifying_key: Hash([2; 32]) },
+                mode: VerificationMode::Groth16 {
+                    model: MODEL.into(),
+                    proving_key: Hash([1; 32]),
+                    verifying_key: Hash([2; 32]),
+                },
             },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1),
@@ -390,7 +422,16 @@ mod tests {
             end_checkpoint: &round.checkpoints[segment + 1],
             proof,
         };
-        check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &round.trail, (1, round.trail.worker as usize), segment, &evidence)
+        check_segment(
+            &f.spec,
+            &f.job,
+            &f.verifier,
+            &f.dataset,
+            &round.trail,
+            (1, round.trail.worker as usize),
+            segment,
+            &evidence,
+        )
     }
 
     fn rejected(outcome: &VerdictOutcome) -> bool {
@@ -442,12 +483,21 @@ mod tests {
         assert!(rejected(&check(&f, &round, 0, b"not a proof")));
         // Another worker's trail proves steps on other batches.
         let other = train(&f, 1, false);
-        let mut swapped = ZkRound { trail: round.trail.clone(), checkpoints: other.checkpoints.clone(), proofs: other.proofs.clone(), final_weights: vec![] };
+        let mut swapped = ZkRound {
+            trail: round.trail.clone(),
+            checkpoints: other.checkpoints.clone(),
+            proofs: other.proofs.clone(),
+            final_weights: vec![],
+        };
         swapped.trail.checkpoints = other.trail.checkpoints.clone();
         assert!(rejected(&check(&f, &swapped, 0, &other.proofs[0])));
         // The worker slot comes from the chain, not the trail: slot 1's trail checked as slot 0's
         // work proves steps on the wrong batches.
-        let evidence = SegmentEvidence { start_checkpoint: &other.checkpoints[0], end_checkpoint: &other.checkpoints[1], proof: &other.proofs[0] };
+        let evidence = SegmentEvidence {
+            start_checkpoint: &other.checkpoints[0],
+            end_checkpoint: &other.checkpoints[1],
+            proof: &other.proofs[0],
+        };
         assert!(rejected(&check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &other.trail, (1, 0), 0, &evidence)));
         // Checkpoints never computed, next to proofs of the real steps.
         let fake = train(&f, 0, true);
@@ -455,7 +505,11 @@ mod tests {
         // A trail without its proofs is malformed.
         let mut bare = round.trail.clone();
         bare.proofs.clear();
-        let evidence = SegmentEvidence { start_checkpoint: &round.checkpoints[0], end_checkpoint: &round.checkpoints[1], proof: &round.proofs[0] };
+        let evidence = SegmentEvidence {
+            start_checkpoint: &round.checkpoints[0],
+            end_checkpoint: &round.checkpoints[1],
+            proof: &round.proofs[0],
+        };
         let outcome = check_segment(&f.spec, &f.job, &f.verifier, &f.dataset, &bare, (1, 0), 0, &evidence);
         assert!(matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::TrailMismatch));
     }
@@ -473,7 +527,10 @@ mod tests {
         assert!(error.to_string().contains("not the one of its proving key"), "{error}");
         let (three_steps, three_steps_vk) = trellis_zk::setup(&f.job.model, 3, &mut rng).unwrap();
         assert!(check_keys(&f.spec, &f.job, &f.proving_key, &three_steps_vk.to_bytes()).is_err());
-        assert!(check_keys(&f.spec, &f.job, &three_steps, &three_steps_vk.to_bytes()).unwrap_err().to_string().contains("3 steps"));
+        assert!(check_keys(&f.spec, &f.job, &three_steps, &three_steps_vk.to_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("3 steps"));
     }
 
     #[test]
@@ -482,7 +539,8 @@ mod tests {
         spec.diloco.sequence_length = 9;
         assert!(ZkJob::of(&spec).unwrap_err().to_string().contains("inputs"));
         let mut spec = self::spec();
-        spec.verification.mode = VerificationMode::Groth16 { model: "mlp:8".into(), proving_key: Hash::ZERO, verifying_key: Hash::ZERO };
+        spec.verification.mode =
+            VerificationMode::Groth16 { model: "mlp:8".into(), proving_key: Hash::ZERO, verifying_key: Hash::ZERO };
         assert!(ZkJob::of(&spec).is_err());
         let mut spec = self::spec();
         spec.verification.mode = VerificationMode::Exact;

@@ -77,7 +77,15 @@ mod with_adversaries {
         24_000 + (std::process::id() % 10) as u16 * 800 + index * 80
     }
 
-    fn devnet_of(index: u16, name: &str, miners: usize, adversary: Option<&str>, model: &str, inner_steps: u32, rounds: u32) -> Run {
+    fn devnet_of(
+        index: u16,
+        name: &str,
+        miners: usize,
+        adversary: Option<&str>,
+        model: &str,
+        inner_steps: u32,
+        rounds: u32,
+    ) -> Run {
         let home = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         let base_port = base_port(index);
@@ -96,7 +104,8 @@ mod with_adversaries {
         }
         let log_path = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = command.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("trellis devnet");
+        let mut child =
+            command.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("trellis devnet");
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -108,18 +117,25 @@ mod with_adversaries {
                 let _ = child.kill();
                 let _ = child.wait();
                 kill_recorded(&home);
-                panic!("the {name} devnet did not finish within {RUN_LIMIT:?}; logs under {} and in {}", home.display(), log_path.display());
+                panic!(
+                    "the {name} devnet did not finish within {RUN_LIMIT:?}; logs under {} and in {}",
+                    home.display(),
+                    log_path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         };
         kill_recorded(&home);
         let read = |file: &str| -> Vec<Value> {
-            let text = std::fs::read_to_string(home.join(file))
-                .unwrap_or_else(|e| panic!("{name}: {file}: {e} (devnet exited {status}); logs under {}", home.display()));
+            let text = std::fs::read_to_string(home.join(file)).unwrap_or_else(|e| {
+                panic!("{name}: {file}: {e} (devnet exited {status}); logs under {}", home.display())
+            });
             serde_json::from_str(&text).unwrap()
         };
         assert!(status.success(), "{name}: the devnet failed ({status}); logs under {}", home.display());
-        let logs: Vec<String> = (0..16).filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok()).collect();
+        let logs: Vec<String> = (0..16)
+            .filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok())
+            .collect();
         let count = |needle: &str| logs.iter().map(|log| log.lines().filter(|l| l.contains(needle)).count()).sum();
         let run = Run {
             rounds: read("rounds.json"),
@@ -143,7 +159,10 @@ mod with_adversaries {
         let clean = *CLEAN_LOSS.get_or_init(|| {
             *runs += 1;
             let clean = devnet(*runs, "clean", 4, None);
-            assert!(clean.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty()), "nobody is slashed in a clean run");
+            assert!(
+                clean.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty()),
+                "nobody is slashed in a clean run"
+            );
             final_loss(&clean)
         });
         *runs += 1;
@@ -151,13 +170,21 @@ mod with_adversaries {
         let run = devnet(*runs, kind, 3, Some(kind));
         let took = started.elapsed().as_secs();
         assert_eq!(run.rounds.len(), 2, "{kind}: both rounds settled: {:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{kind}: the three honest miners are accepted every round: {:?}", run.rounds);
+        assert!(
+            run.rounds.iter().all(|r| r["accepted"] == 3),
+            "{kind}: the three honest miners are accepted every round: {:?}",
+            run.rounds
+        );
 
-        let (adversaries, honest): (Vec<&Value>, Vec<&Value>) = run.miners.iter().partition(|m| m["behaviour"] != "honest");
+        let (adversaries, honest): (Vec<&Value>, Vec<&Value>) =
+            run.miners.iter().partition(|m| m["behaviour"] != "honest");
         assert_eq!((adversaries.len(), honest.len()), (1, 3), "{:?}", run.miners);
         for miner in &honest {
             assert!(miner["paid"].as_u64().unwrap() > 0, "{kind}: an honest miner is paid: {miner}");
-            assert!(miner["slashes"].as_array().unwrap().is_empty(), "{kind}: an honest miner is never slashed: {miner}");
+            assert!(
+                miner["slashes"].as_array().unwrap().is_empty(),
+                "{kind}: an honest miner is never slashed: {miner}"
+            );
             assert_eq!(miner["bond_after"], miner["bond_before"], "{kind}: {miner}");
         }
 
@@ -170,7 +197,11 @@ mod with_adversaries {
         let mut bond = cheater["bond_before"].as_u64().unwrap();
         for slash in slashes {
             assert_eq!(slash["reason"], reason, "{kind}: {cheater}");
-            assert_eq!(slash["amount"].as_u64().unwrap(), bond * ppm / 1_000_000, "{kind}: slashed {ppm} ppm of {bond}: {cheater}");
+            assert_eq!(
+                slash["amount"].as_u64().unwrap(),
+                bond * ppm / 1_000_000,
+                "{kind}: slashed {ppm} ppm of {bond}: {cheater}"
+            );
             bond -= slash["amount"].as_u64().unwrap();
         }
         assert_eq!(cheater["bond_after"].as_u64().unwrap(), bond, "{kind}: {cheater}");
@@ -179,10 +210,18 @@ mod with_adversaries {
         assert_eq!(slashes.len(), if ejected { 1 } else { 2 }, "{kind}: {cheater}");
         // Nobody else lost stake (no validator missed a verdict).
         let total_slashed: u64 = run.rounds.iter().map(|r| r["slashed"].as_u64().unwrap()).sum();
-        assert_eq!(total_slashed, cheater["bond_before"].as_u64().unwrap() - bond, "{kind}: only the cheater was slashed: {:?}", run.rounds);
+        assert_eq!(
+            total_slashed,
+            cheater["bond_before"].as_u64().unwrap() - bond,
+            "{kind}: only the cheater was slashed: {:?}",
+            run.rounds
+        );
 
         let loss = final_loss(&run);
-        assert!((loss - clean).abs() <= 0.05 * clean, "{kind}: final validation loss {loss:.4} is not within 5% of the clean run's {clean:.4}");
+        assert!(
+            (loss - clean).abs() <= 0.05 * clean,
+            "{kind}: final validation loss {loss:.4} is not within 5% of the clean run's {clean:.4}"
+        );
         eprintln!("{kind}: slashed {slashes:?}, ejected {ejected}; final loss {loss:.4} vs clean {clean:.4}; devnet ran {took} s");
     }
 
@@ -197,9 +236,18 @@ mod with_adversaries {
         *runs += 1;
         let run = devnet_of(*runs, "groth16", 2, Some("fake-trail"), "mlp:16x8x4,batch=4,lr=0.5", 8, 2);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["accepted"] == 2), "the two honest miners are accepted every round: {:?}", run.rounds);
-        assert!(run.rounds[0]["verdicts_other"].as_u64().unwrap() >= 1, "the fake trail got a non-valid verdict: {:?}", run.rounds);
-        let (cheaters, honest): (Vec<&Value>, Vec<&Value>) = run.miners.iter().partition(|m| m["behaviour"] != "honest");
+        assert!(
+            run.rounds.iter().all(|r| r["accepted"] == 2),
+            "the two honest miners are accepted every round: {:?}",
+            run.rounds
+        );
+        assert!(
+            run.rounds[0]["verdicts_other"].as_u64().unwrap() >= 1,
+            "the fake trail got a non-valid verdict: {:?}",
+            run.rounds
+        );
+        let (cheaters, honest): (Vec<&Value>, Vec<&Value>) =
+            run.miners.iter().partition(|m| m["behaviour"] != "honest");
         for miner in &honest {
             assert!(miner["paid"].as_u64().unwrap() > 0 && miner["slashes"].as_array().unwrap().is_empty(), "{miner}");
         }
@@ -208,10 +256,18 @@ mod with_adversaries {
         assert_eq!(cheater["paid"], 0, "{cheater}");
         assert_eq!(cheater["ejected"], true, "{cheater}");
         assert_eq!(cheater["slashes"][0]["reason"], "poisoner", "{cheater}");
-        assert_eq!(cheater["slashes"][0]["amount"].as_u64().unwrap(), bond * params().poisoner_slash_ppm / 1_000_000, "{cheater}");
+        assert_eq!(
+            cheater["slashes"][0]["amount"].as_u64().unwrap(),
+            bond * params().poisoner_slash_ppm / 1_000_000,
+            "{cheater}"
+        );
         // Four classes: a model that learned nothing scores ln 4 ≈ 1.386 nats.
         let loss = final_loss(&run);
-        assert!(loss.is_finite() && loss < 1.386, "the groth16 job's model learned: final loss {loss}: {:?}", run.rounds);
+        assert!(
+            loss.is_finite() && loss < 1.386,
+            "the groth16 job's model learned: final loss {loss}: {:?}",
+            run.rounds
+        );
     }
 
     fn params() -> Params {
@@ -233,9 +289,19 @@ mod with_adversaries {
         let run = devnet_of(*runs, "forge-aggregate", 3, Some("forge-aggregate"), "nano", 20, 4);
         assert_eq!(run.rounds.len(), 4, "every round settled with an aggregate: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
-        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
-        assert!(run.refused_aggregates > 0, "no block with the forged aggregate was proposed in the whole run: the attack did not run");
-        eprintln!("forge-aggregate: honest validators refused {} proposals carrying the forgery", run.refused_aggregates);
+        assert!(
+            run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0),
+            "{:?}",
+            run.miners
+        );
+        assert!(
+            run.refused_aggregates > 0,
+            "no block with the forged aggregate was proposed in the whole run: the attack did not run"
+        );
+        eprintln!(
+            "forge-aggregate: honest validators refused {} proposals carrying the forgery",
+            run.refused_aggregates
+        );
     }
 
     /// A validator that says `Invalid` about every segment it checks, quoting checkpoints the
@@ -249,8 +315,16 @@ mod with_adversaries {
         let run = devnet_of(*runs, "frame", 3, Some("frame"), "nano", 20, 3);
         assert_eq!(run.rounds.len(), 3, "every round settled: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["verdicts_other"] == 0), "no verdict but Valid was committed: {:?}", run.rounds);
-        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0), "{:?}", run.miners);
+        assert!(
+            run.rounds.iter().all(|r| r["verdicts_other"] == 0),
+            "no verdict but Valid was committed: {:?}",
+            run.rounds
+        );
+        assert!(
+            run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0),
+            "{:?}",
+            run.miners
+        );
         assert!(run.refuted_evidence > 0, "no honest validator refuted a framed verdict: the attack did not run");
         eprintln!("frame: honest validators refuted framed evidence {} times", run.refuted_evidence);
     }
@@ -274,7 +348,10 @@ mod with_adversaries {
         let run = devnet_of(*runs, "flood", 3, None, "nano", 20, 2);
         stop.store(true, Ordering::SeqCst);
         let (sent, admitted) = flood.join().expect("the flood thread");
-        eprintln!("flood: {sent} transactions taken by the nodes' RPC, {admitted} admitted; {} duties not sent", run.duties_not_sent);
+        eprintln!(
+            "flood: {sent} transactions taken by the nodes' RPC, {admitted} admitted; {} duties not sent",
+            run.duties_not_sent
+        );
         assert!(sent > 10_000, "the flood barely ran: {sent} sent");
         assert_eq!(admitted, 0, "flood transactions were admitted");
         assert_eq!(run.duties_not_sent, 0, "a role could not send a duty during the flood");
@@ -290,7 +367,11 @@ mod with_adversaries {
         use trellis_proto::{Address, Amount, Encode, Keypair, Transaction, TxKind};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let clients: Vec<_> = (0..nodes)
-            .map(|i| jsonrpsee::http_client::HttpClientBuilder::default().build(format!("http://127.0.0.1:{}", base + 10 * i)).unwrap())
+            .map(|i| {
+                jsonrpsee::http_client::HttpClientBuilder::default()
+                    .build(format!("http://127.0.0.1:{}", base + 10 * i))
+                    .unwrap()
+            })
             .collect();
         let chain_id = loop {
             if stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -304,11 +385,18 @@ mod with_adversaries {
         };
         let batch: Vec<String> = (0..40u8)
             .flat_map(|a| {
-                let key = Keypair::from_seed([a, 0xf1, 0x00, 0xd5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                let key = Keypair::from_seed([
+                    a, 0xf1, 0x00, 0xd5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0,
+                ]);
                 let chain_id = chain_id.clone();
                 (0..50u64).map(move |nonce| {
                     let kind = TxKind::Transfer { to: Address([7; 20]), amount: Amount(1) };
-                    hex::encode(Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }.sign(&chain_id, &key).to_bytes())
+                    hex::encode(
+                        Transaction { sender: key.public_key(), nonce, fee: Amount(u64::MAX), kind }
+                            .sign(&chain_id, &key)
+                            .to_bytes(),
+                    )
                 })
             })
             .collect();
@@ -316,7 +404,8 @@ mod with_adversaries {
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             for client in &clients {
                 // Counted only when the node took the batch (not when its gossip budget refused it).
-                let answer: Result<Value, _> = rt.block_on(client.request("mempool_gossip", jsonrpsee::rpc_params![batch.clone()]));
+                let answer: Result<Value, _> =
+                    rt.block_on(client.request("mempool_gossip", jsonrpsee::rpc_params![batch.clone()]));
                 if let Ok(answer) = answer {
                     sent += batch.len() as u64;
                     admitted += answer["admitted"].as_u64().unwrap_or(0);

@@ -41,26 +41,49 @@ fn zk_setup_prove_and_verify_from_the_command_line() {
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let run = |args: &[&str]| {
         let output = trellis().arg("zk").args(args).output().unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     let model = "softmax:4x3,batch=2";
     let (code, _, stderr) = run(&["setup", "--model", "softmax:4", "--out", &path("keys")]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("--model 'softmax:4'"), "{stderr}");
 
-    let (code, out, err) = run(&["setup", "--model", model, "--steps", "2", "--out", &path("keys"), "--insecure-seed", "7"]);
+    let (code, out, err) =
+        run(&["setup", "--model", model, "--steps", "2", "--out", &path("keys"), "--insecure-seed", "7"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(err.contains("can forge proofs"), "an insecure setup says so: {err}");
     let (code, out, err) = run(&["sample", "--model", model, "--steps", "2", "--seed", "3", "--out", &path("inputs")]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, out, err) = run(&[
-        "prove", "--key", &path("keys/proving_key.bin"), "--weights", &path("inputs/weights.bin"),
-        "--batches", &path("inputs/batches.bin"), "--out", &path("proof"), "--snarkjs",
+        "prove",
+        "--key",
+        &path("keys/proving_key.bin"),
+        "--weights",
+        &path("inputs/weights.bin"),
+        "--batches",
+        &path("inputs/batches.bin"),
+        "--out",
+        &path("proof"),
+        "--snarkjs",
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("proved 2 steps"), "{out}");
     assert!(dir.path().join("proof/proof.json").exists() && dir.path().join("proof/public.json").exists());
-    let verify = |public: &str| run(&["verify", "--key", &path("keys/verifying_key.bin"), "--proof", &path("proof/proof.bin"), "--public", public]);
+    let verify = |public: &str| {
+        run(&[
+            "verify",
+            "--key",
+            &path("keys/verifying_key.bin"),
+            "--proof",
+            &path("proof/proof.bin"),
+            "--public",
+            public,
+        ])
+    };
     let (code, out, err) = verify(&path("proof/public.bin"));
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("valid: 2 steps"), "{out}");
@@ -68,8 +91,15 @@ fn zk_setup_prove_and_verify_from_the_command_line() {
     // Public inputs of another run (other weights): the proof is rejected, exit 2.
     let (_, _, _) = run(&["sample", "--model", model, "--steps", "2", "--seed", "4", "--out", &path("other")]);
     let (code, out, err) = run(&[
-        "prove", "--key", &path("keys/proving_key.bin"), "--weights", &path("other/weights.bin"),
-        "--batches", &path("other/batches.bin"), "--out", &path("other-proof"),
+        "prove",
+        "--key",
+        &path("keys/proving_key.bin"),
+        "--weights",
+        &path("other/weights.bin"),
+        "--batches",
+        &path("other/batches.bin"),
+        "--out",
+        &path("other-proof"),
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, out, _) = verify(&path("other-proof/public.bin"));

@@ -73,7 +73,9 @@ impl Cluster {
     }
 
     fn state_root(&self, node: usize, height: u64) -> Option<String> {
-        self.call(node, "chain_getBlock", rpc_params![height]).ok().and_then(|b| b["header"]["state_root"].as_str().map(String::from))
+        self.call(node, "chain_getBlock", rpc_params![height])
+            .ok()
+            .and_then(|b| b["header"]["state_root"].as_str().map(String::from))
     }
 
     /// Waits until every listed node is at `height` or above.
@@ -84,7 +86,10 @@ impl Cluster {
             if heights.iter().all(|h| h.is_some_and(|h| h >= height)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "nodes {nodes:?} did not reach height {height} in {within:?}: {heights:?}");
+            assert!(
+                Instant::now() < deadline,
+                "nodes {nodes:?} did not reach height {height} in {within:?}: {heights:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -123,9 +128,17 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     let sender = Home::new(&cluster.info.nodes[0].home).load_key().unwrap();
     let recipient = trellis_proto::Keypair::from_seed([42; 32]).address();
     // A validator's key has sent its beacon commitment already: take the nonce the node gives.
-    let nonce = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap()["pending_nonce"].as_u64().unwrap();
-    let tx = Transaction { sender: sender.public_key(), nonce, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(12_345) } }
-        .sign("cluster-test", &sender);
+    let nonce = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap()
+        ["pending_nonce"]
+        .as_u64()
+        .unwrap();
+    let tx = Transaction {
+        sender: sender.public_key(),
+        nonce,
+        fee: Amount(10),
+        kind: TxKind::Transfer { to: recipient, amount: Amount(12_345) },
+    }
+    .sign("cluster-test", &sender);
     let submitted = cluster.call(0, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).expect("submit");
     let hash = submitted["hash"].as_str().unwrap().to_string();
     assert_eq!(hash, tx.hash().to_string());
@@ -161,9 +174,16 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     // `block.rs::a_transaction_whose_action_fails_is_included_and_pays_its_fee`), and says why.
     let account = cluster.call(0, "state_getAccount", rpc_params![sender.address().to_string()]).unwrap();
     let nonce = account["pending_nonce"].as_u64().unwrap();
-    let too_much = Transaction { sender: sender.public_key(), nonce, fee: Amount(10), kind: TxKind::Transfer { to: recipient, amount: Amount(u64::MAX / 2) } }
-        .sign("cluster-test", &sender);
-    let hash = cluster.call(0, "tx_submit", rpc_params![hex::encode(too_much.to_bytes())]).expect("admitted: the fee is payable")["hash"]
+    let too_much = Transaction {
+        sender: sender.public_key(),
+        nonce,
+        fee: Amount(10),
+        kind: TxKind::Transfer { to: recipient, amount: Amount(u64::MAX / 2) },
+    }
+    .sign("cluster-test", &sender);
+    let hash = cluster
+        .call(0, "tx_submit", rpc_params![hex::encode(too_much.to_bytes())])
+        .expect("admitted: the fee is payable")["hash"]
         .as_str()
         .unwrap()
         .to_string();
@@ -265,8 +285,10 @@ fn bad_rpc_input_gets_reasons_and_the_node_keeps_running() {
         let ws = jsonrpsee::ws_client::WsClientBuilder::default().build(&ws_url).await.expect("websocket");
         let mut heads: jsonrpsee::core::client::Subscription<Value> =
             ws.subscribe("chain_subscribeHeads", rpc_params![], "chain_unsubscribeHeads").await.expect("subscribe");
-        let first = tokio::time::timeout(Duration::from_secs(10), heads.next()).await.expect("a head").unwrap().unwrap();
-        let second = tokio::time::timeout(Duration::from_secs(10), heads.next()).await.expect("a head").unwrap().unwrap();
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), heads.next()).await.expect("a head").unwrap().unwrap();
+        let second =
+            tokio::time::timeout(Duration::from_secs(10), heads.next()).await.expect("a head").unwrap().unwrap();
         assert_eq!(second["height"].as_u64().unwrap(), first["height"].as_u64().unwrap() + 1, "{first} then {second}");
         let events: Result<jsonrpsee::core::client::Subscription<Value>, _> =
             ws.subscribe("job_subscribeEvents", rpc_params![0u64], "job_unsubscribeEvents").await;
@@ -301,7 +323,10 @@ fn an_unbonded_validator_leaves_the_set_at_the_epoch_boundary() {
     let bonded = account["validator_stake"]["bonded"].as_u64().unwrap();
     let tx = Transaction {
         sender: leaving.public_key(),
-        nonce: cluster.call(3, "state_getAccount", rpc_params![leaving.address().to_string()]).unwrap()["pending_nonce"].as_u64().unwrap(),
+        nonce: cluster.call(3, "state_getAccount", rpc_params![leaving.address().to_string()]).unwrap()
+            ["pending_nonce"]
+            .as_u64()
+            .unwrap(),
         fee: Amount(10),
         kind: TxKind::Unbond { role: trellis_proto::Role::Validator, amount: Amount(bonded) },
     }
@@ -311,12 +336,17 @@ fn an_unbonded_validator_leaves_the_set_at_the_epoch_boundary() {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let set = cluster.call(0, "state_getValidators", rpc_params![]).unwrap();
-        let addresses: Vec<String> = set["validators"].as_array().unwrap().iter().map(|v| v["address"].as_str().unwrap().to_string()).collect();
+        let addresses: Vec<String> =
+            set["validators"].as_array().unwrap().iter().map(|v| v["address"].as_str().unwrap().to_string()).collect();
         if addresses.len() == 3 {
             assert!(!addresses.contains(&leaving.address().to_string()));
             break;
         }
-        assert!(Instant::now() < deadline, "validator set still {addresses:?} after {} epochs", 90 * 1000 / (300 * epoch));
+        assert!(
+            Instant::now() < deadline,
+            "validator set still {addresses:?} after {} epochs",
+            90 * 1000 / (300 * epoch)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     // The three remaining validators keep committing, and the fourth keeps following.

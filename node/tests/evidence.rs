@@ -4,7 +4,9 @@
 use arc_malachitebft_app_channel::app::consensus::MisbehaviorEvidence;
 use arc_malachitebft_app_channel::app::types::core::{Context, NilOrVal, Round, SignedMessage};
 use arc_malachitebft_app_channel::Signer;
-use trellis_consensus::{BlockHeight, BlockId, ConsensusVote, TrellisContext, TrellisSigner, Validator, ValidatorAddress, ValidatorSet};
+use trellis_consensus::{
+    BlockHeight, BlockId, ConsensusVote, TrellisContext, TrellisSigner, Validator, ValidatorAddress, ValidatorSet,
+};
 use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Params, SlashReason};
 use trellis_node::consensus_app::evidence_transactions;
 use trellis_proto::{Hash, Keypair, TxKind};
@@ -13,7 +15,12 @@ const CHAIN: &str = "evidence-test";
 
 fn precommit(key: &Keypair, value: u8) -> SignedMessage<TrellisContext, ConsensusVote> {
     let ctx = TrellisContext::new(CHAIN);
-    let vote = ctx.new_precommit(BlockHeight(5), Round::new(0), NilOrVal::Val(BlockId(Hash([value; 32]))), ValidatorAddress(key.address()));
+    let vote = ctx.new_precommit(
+        BlockHeight(5),
+        Round::new(0),
+        NilOrVal::Val(BlockId(Hash([value; 32]))),
+        ValidatorAddress(key.address()),
+    );
     let signer = TrellisSigner::new(CHAIN, Keypair::from_seed(key.seed()));
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(signer.sign_vote(vote)).unwrap()
 }
@@ -56,7 +63,9 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
     let ctx = BlockCtx { height: 6, time_ms: 6_000, randomness: Hash::ZERO, proposer: reporter.address() };
     let events = chain.apply_tx(&mut kv, &tx, &ctx).expect("the chain accepts the report");
     assert!(
-        events.iter().any(|e| matches!(e, Event::Slashed { who, reason: SlashReason::Equivocation, .. } if *who == offender.address())),
+        events.iter().any(
+            |e| matches!(e, Event::Slashed { who, reason: SlashReason::Equivocation, .. } if *who == offender.address())
+        ),
         "{events:?}"
     );
     // Reporting the same double vote again is refused.

@@ -44,8 +44,12 @@ impl Drop for Node {
 }
 
 fn height(rt: &tokio::runtime::Runtime, url: &str) -> u64 {
-    let client = jsonrpsee::http_client::HttpClientBuilder::default().request_timeout(Duration::from_secs(5)).build(url).unwrap();
-    rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![])).map_or(0, |h| h["height"].as_u64().unwrap_or(0))
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .request_timeout(Duration::from_secs(5))
+        .build(url)
+        .unwrap();
+    rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![]))
+        .map_or(0, |h| h["height"].as_u64().unwrap_or(0))
 }
 
 fn wait_for_height(rt: &tokio::runtime::Runtime, url: &str, target: u64) {
@@ -77,11 +81,19 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Vec<u8>> {
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
         Err(std::io::Error::other("this client serves nothing"))
     }
 
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>> {
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
         io.take(4 << 20).read_to_end(&mut bytes).await?;
         if bytes.is_empty() {
@@ -90,12 +102,22 @@ impl request_response::Codec for RawCodec {
         Ok(bytes)
     }
 
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: Vec<u8>) -> std::io::Result<()> {
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> std::io::Result<()> {
         io.write_all(&request).await?;
         io.close().await
     }
 
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T, _: Vec<u8>) -> std::io::Result<()> {
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()> {
         Err(std::io::Error::other("this client serves nothing"))
     }
 }
@@ -109,7 +131,11 @@ fn frame(body: &[u8]) -> Vec<u8> {
 async fn send_raw(peer_addr: Multiaddr, requests: Vec<Vec<u8>>) -> Vec<Option<Vec<u8>>> {
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let config = request_response::Config::default().with_request_timeout(Duration::from_secs(20));
-    let behaviour = request_response::Behaviour::with_codec(RawCodec, [(StreamProtocol::new("/trellis/blobs/1"), ProtocolSupport::Outbound)], config);
+    let behaviour = request_response::Behaviour::with_codec(
+        RawCodec,
+        [(StreamProtocol::new("/trellis/blobs/1"), ProtocolSupport::Outbound)],
+        config,
+    );
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
@@ -122,7 +148,9 @@ async fn send_raw(peer_addr: Multiaddr, requests: Vec<Vec<u8>>) -> Vec<Option<Ve
     let peer = loop {
         match swarm.select_next_some().await {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => break peer_id,
-            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("cannot reach the node's blob exchange: {error}"),
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                panic!("cannot reach the node's blob exchange: {error}")
+            }
             _ => {}
         }
     };
@@ -130,7 +158,10 @@ async fn send_raw(peer_addr: Multiaddr, requests: Vec<Vec<u8>>) -> Vec<Option<Ve
     let mut answers: Vec<Option<Option<Vec<u8>>>> = vec![None; ids.len()];
     while answers.iter().any(Option::is_none) {
         match swarm.select_next_some().await {
-            SwarmEvent::Behaviour(request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. }) => {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            }) => {
                 let index = ids.iter().position(|id| *id == request_id).unwrap();
                 answers[index] = Some(Some(response));
             }
@@ -194,7 +225,11 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
     let answers = rt.block_on(send_raw(blobs.clone(), bad));
     assert_eq!(answers.len(), count);
     for (i, answer) in answers.iter().enumerate() {
-        assert!(answer.is_none(), "bad request {i} got an answer: {:?}", answer.as_ref().map(|a| &a[..a.len().min(16)]));
+        assert!(
+            answer.is_none(),
+            "bad request {i} got an answer: {:?}",
+            answer.as_ref().map(|a| &a[..a.len().min(16)])
+        );
     }
     // A chunk index far past the end of a real blob: "not found", not a panic.
     let mut past_end = vec![2u8, key.kind.tag()];
@@ -209,7 +244,14 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
     let fetched = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let local = format!("/ip4/127.0.0.1/tcp/{}", port + 9);
-        let (net, _) = trellis_node::exchange::start([9; 32], &local, std::slice::from_ref(&node.blobs), BlobStore::open(dir.path()).unwrap()).await.unwrap();
+        let (net, _) = trellis_node::exchange::start(
+            [9; 32],
+            &local,
+            std::slice::from_ref(&node.blobs),
+            BlobStore::open(dir.path()).unwrap(),
+        )
+        .await
+        .unwrap();
         net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(20)).await
     });
     assert_eq!(fetched.expect("a good peer still gets the blob"), blob);

@@ -12,7 +12,8 @@ fn init_then_keys_show_and_clear_errors_for_mistakes() {
     let _ = std::fs::remove_dir_all(&dir);
     let home = dir.join("node0");
     let home = home.to_str().unwrap();
-    let output = trellis(&["init", "--home", home, "--moniker", "node0", "--chain-id", "trellis-test", "--base-port", "27000"]);
+    let output =
+        trellis(&["init", "--home", home, "--moniker", "node0", "--chain-id", "trellis-test", "--base-port", "27000"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8_lossy(&output.stdout);
     let address = text.lines().find_map(|l| l.strip_prefix("address:")).unwrap().trim().to_string();

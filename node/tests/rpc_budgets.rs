@@ -59,7 +59,10 @@ fn each_client_has_its_own_budget_gossip_has_another_and_subscriptions_are_cappe
         .replace("rate_limit_per_second = 200", "rate_limit_per_second = 10")
         .replace("gossip_rate_limit_per_second = 1000", "gossip_rate_limit_per_second = 50")
         .replace("max_subscriptions_per_connection = 32", "max_subscriptions_per_connection = 3");
-    assert!(config.contains("rate_limit_per_second = 10") && config.contains("max_subscriptions_per_connection = 3"), "{config}");
+    assert!(
+        config.contains("rate_limit_per_second = 10") && config.contains("max_subscriptions_per_connection = 3"),
+        "{config}"
+    );
     std::fs::write(&config_path, config).unwrap();
     let _node = Node(spawn_node(Path::new(BIN), home).expect("spawn"), root.clone());
     let rpc = info.nodes[0].rpc.trim_start_matches("http://").to_string();
@@ -86,11 +89,14 @@ fn each_client_has_its_own_budget_gossip_has_another_and_subscriptions_are_cappe
         assert!(gossip.contains("\"admitted\":0"), "gossip shared the public budget: {gossip}");
 
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        let ws = jsonrpsee::ws_client::WsClientBuilder::default().build(format!("ws://{rpc}")).await.expect("websocket");
+        let ws =
+            jsonrpsee::ws_client::WsClientBuilder::default().build(format!("ws://{rpc}")).await.expect("websocket");
         let mut open = Vec::new();
         for _ in 0..3 {
-            let subscription: jsonrpsee::core::client::Subscription<Value> =
-                ws.subscribe("chain_subscribeHeads", rpc_params![], "chain_unsubscribeHeads").await.expect("within the cap");
+            let subscription: jsonrpsee::core::client::Subscription<Value> = ws
+                .subscribe("chain_subscribeHeads", rpc_params![], "chain_unsubscribeHeads")
+                .await
+                .expect("within the cap");
             open.push(subscription);
         }
         let fourth: Result<jsonrpsee::core::client::Subscription<Value>, _> =

@@ -32,9 +32,28 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     let trail = dir.join("trail");
     let data = corpus_text();
     let output = trellis(&[
-        "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "6", "--rounds", "2",
-        "--batch-size", "4", "--checkpoint-interval", "3", "--baseline", "ddp", "--json",
-        "--out", out.to_str().unwrap(), "--trail-dir", trail.to_str().unwrap(),
+        "train",
+        "--data",
+        &data,
+        "--model",
+        "nano",
+        "--workers",
+        "2",
+        "--inner-steps",
+        "6",
+        "--rounds",
+        "2",
+        "--batch-size",
+        "4",
+        "--checkpoint-interval",
+        "3",
+        "--baseline",
+        "ddp",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+        "--trail-dir",
+        trail.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let metrics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -65,8 +84,24 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
         let out = dir.join(name);
         let data = corpus_text();
         let mut args = vec![
-            "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "3", "--rounds", "1",
-            "--batch-size", "4", "--baseline", "ddp", "--json", "--out", out.to_str().unwrap(),
+            "train",
+            "--data",
+            &data,
+            "--model",
+            "nano",
+            "--workers",
+            "2",
+            "--inner-steps",
+            "3",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "4",
+            "--baseline",
+            "ddp",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
         ];
         args.extend_from_slice(start);
         let output = trellis(&args);
@@ -80,7 +115,10 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     // Both methods start from the same model: the seed's, or the one pretrained for 30 steps.
     assert_eq!(initial(&cold, "diloco"), initial(&cold, "ddp"));
     assert_eq!(initial(&warm, "diloco"), initial(&warm, "ddp"));
-    assert!(initial(&warm, "diloco") < initial(&cold, "diloco") - 0.5, "30 warm-up steps lower the loss: {warm} vs {cold}");
+    assert!(
+        initial(&warm, "diloco") < initial(&cold, "diloco") - 0.5,
+        "30 warm-up steps lower the loss: {warm} vs {cold}"
+    );
     assert_eq!(warm["warm_start_steps"], 30);
     assert_eq!(warm["diloco"]["tokens"], cold["diloco"]["tokens"], "the warm start's tokens are not counted");
 
@@ -91,13 +129,27 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     assert_eq!(initial(&resumed, "ddp"), initial(&resumed, "diloco"));
     assert!(resumed["init"].as_str().unwrap().ends_with("warm.safetensors"));
     let mismatched = trellis(&[
-        "train", "--data", &corpus_text(), "--model", "micro", "--init", saved.to_str().unwrap(), "--out",
+        "train",
+        "--data",
+        &corpus_text(),
+        "--model",
+        "micro",
+        "--init",
+        saved.to_str().unwrap(),
+        "--out",
         dir.join("x.safetensors").to_str().unwrap(),
     ]);
     assert!(!mismatched.status.success());
     assert!(stderr(&mismatched).contains("another shape than --model micro"), "{}", stderr(&mismatched));
     let both = trellis(&[
-        "train", "--data", &corpus_text(), "--init", saved.to_str().unwrap(), "--warm-start-steps", "3", "--out",
+        "train",
+        "--data",
+        &corpus_text(),
+        "--init",
+        saved.to_str().unwrap(),
+        "--warm-start-steps",
+        "3",
+        "--out",
         dir.join("x.safetensors").to_str().unwrap(),
     ]);
     assert!(!both.status.success());
@@ -145,13 +197,33 @@ fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
     let trail = dir.join("trail");
     let data = corpus_text();
     let output = trellis(&[
-        "train", "--data", &data, "--model", "nano", "--workers", "2", "--inner-steps", "4", "--rounds", "1",
-        "--batch-size", "2", "--checkpoint-interval", "2", "--threads", "1", "--json",
-        "--out", dir.join("m.safetensors").to_str().unwrap(), "--trail-dir", trail.to_str().unwrap(),
+        "train",
+        "--data",
+        &data,
+        "--model",
+        "nano",
+        "--workers",
+        "2",
+        "--inner-steps",
+        "4",
+        "--rounds",
+        "1",
+        "--batch-size",
+        "2",
+        "--checkpoint-interval",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        "--out",
+        dir.join("m.safetensors").to_str().unwrap(),
+        "--trail-dir",
+        trail.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     // Re-executed in a fresh process, on another thread count.
-    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--threads", "2"]);
+    let verify =
+        trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--threads", "2"]);
     assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), stderr(&verify));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("4 segments checked: all valid"));
 
@@ -159,14 +231,16 @@ fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
     let mut bytes = std::fs::read(&checkpoint).unwrap();
     bytes[3_000] ^= 0x40;
     std::fs::write(&checkpoint, bytes).unwrap();
-    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--segments", "all"]);
+    let verify =
+        trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", &data, "--segments", "all"]);
     assert_eq!(verify.status.code(), Some(2));
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(text.contains("INVALID") && text.contains("StartMismatch"), "{text}");
     // The wrong data is refused with a reason.
     let other = dir.join("other.txt");
     std::fs::write(&other, "x".repeat(100_000)).unwrap();
-    let verify = trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", other.to_str().unwrap()]);
+    let verify =
+        trellis(&["verify", "trail", "--trail-dir", trail.to_str().unwrap(), "--data", other.to_str().unwrap()]);
     assert!(!verify.status.success());
     assert!(stderr(&verify).contains("pass the same --data"), "{}", stderr(&verify));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -180,9 +254,26 @@ fn attacks_run_and_defences_exclude_the_attacker() {
         let out = dir.join("m.safetensors");
         let trail = dir.join("trail");
         let mut args = vec![
-            "train", "--data", &data, "--model", "nano", "--workers", "3", "--inner-steps", "4", "--rounds", "1",
-            "--batch-size", "2", "--checkpoint-interval", "2", "--json", "--out", out.to_str().unwrap(),
-            "--trail-dir", trail.to_str().unwrap(),
+            "train",
+            "--data",
+            &data,
+            "--model",
+            "nano",
+            "--workers",
+            "3",
+            "--inner-steps",
+            "4",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "2",
+            "--checkpoint-interval",
+            "2",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+            "--trail-dir",
+            trail.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         let output = trellis(&args);

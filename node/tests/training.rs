@@ -82,7 +82,8 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     // The test reads every block back; the default per-client rate limit would refuse that.
     spec.rpc_rate_limit = 100_000;
     let info = create_with(&root, &spec).expect("devnet");
-    let children = info.nodes.iter().map(|n| Some(spawn_node_as(Path::new(BIN), &n.home, &n.role).expect("spawn"))).collect();
+    let children =
+        info.nodes.iter().map(|n| Some(spawn_node_as(Path::new(BIN), &n.home, &n.role).expect("spawn"))).collect();
     let mut net = Net { info, children, root: root.clone() };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let url = net.info.nodes[0].rpc.clone();
@@ -106,7 +107,11 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
 
     // Wait for the chain, then watch every job event from the start.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![])).map_or(0, |h| h["height"].as_u64().unwrap_or(0)) < 2 {
+    while rt
+        .block_on(client.request::<Value, _>("chain_getHead", rpc_params![]))
+        .map_or(0, |h| h["height"].as_u64().unwrap_or(0))
+        < 2
+    {
         assert!(Instant::now() < deadline, "the chain did not start");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -123,16 +128,28 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     broken.verification.checkpoint_interval = 0;
     let account = rt.block_on(get(&client, "state_getAccount", rpc_params![submitter.address().to_string()]));
     let nonce = account["pending_nonce"].as_u64().unwrap();
-    let sign = |kind, nonce| Transaction { sender: submitter.public_key(), nonce, fee: Amount(10), kind }.sign("training-test", &submitter);
-    let refused: Result<Value, _> =
-        rt.block_on(client.request("tx_submit", rpc_params![hex::encode(sign(TxKind::SubmitJob { spec: broken, escrow: Amount(escrow) }, nonce).to_bytes())]));
+    let sign = |kind, nonce| {
+        Transaction { sender: submitter.public_key(), nonce, fee: Amount(10), kind }.sign("training-test", &submitter)
+    };
+    let refused: Result<Value, _> = rt.block_on(client.request(
+        "tx_submit",
+        rpc_params![hex::encode(sign(TxKind::SubmitJob { spec: broken, escrow: Amount(escrow) }, nonce).to_bytes())],
+    ));
     let message = refused.expect_err("a bad spec must be refused").to_string();
     assert!(message.contains("checkpoint_interval"), "{message}");
 
     let miners: Vec<String> = net.info.nodes.iter().filter(|n| n.role == "miner").map(|n| n.address.clone()).collect();
-    let balance = |address: &str| rt.block_on(get(&client, "state_getAccount", rpc_params![address]))["balance"].as_u64().unwrap();
+    let balance = |address: &str| {
+        rt.block_on(get(&client, "state_getAccount", rpc_params![address]))["balance"].as_u64().unwrap()
+    };
     let before: Vec<u64> = miners.iter().map(|m| balance(m)).collect();
-    rt.block_on(get(&client, "tx_submit", rpc_params![hex::encode(sign(TxKind::SubmitJob { spec: good_spec.clone(), escrow: Amount(escrow) }, nonce).to_bytes())]));
+    rt.block_on(get(
+        &client,
+        "tx_submit",
+        rpc_params![hex::encode(
+            sign(TxKind::SubmitJob { spec: good_spec.clone(), escrow: Amount(escrow) }, nonce).to_bytes()
+        )],
+    ));
 
     // Follow the job. When round 1 opens, kill the second miner and restart it at once (it must
     // finish the round); when round 2 opens, kill the third for good (the round must complete
@@ -162,7 +179,8 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
             let mut child = net.children[validator].take().unwrap();
             child.kill().unwrap();
             child.wait().unwrap();
-            net.children[validator] = Some(spawn_node_as(Path::new(BIN), &net.info.nodes[validator].home, "validator").unwrap());
+            net.children[validator] =
+                Some(spawn_node_as(Path::new(BIN), &net.info.nodes[validator].home, "validator").unwrap());
             validator_before_kill = Some((head["height"].as_u64().unwrap(), head["hash"].clone()));
         }
         if !killed && current == Some(2) {
@@ -177,7 +195,11 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     // The killed validator lost nothing it had committed, and caught up (checked below).
     let (height, hash) = validator_before_kill.expect("the validator was killed mid-round");
     let own = http(&net.info.nodes[validator].rpc);
-    assert_eq!(rt.block_on(get(&own, "chain_getBlock", rpc_params![height]))["hash"], hash, "validator {validator} lost block {height}");
+    assert_eq!(
+        rt.block_on(get(&own, "chain_getBlock", rpc_params![height]))["hash"],
+        hash,
+        "validator {validator} lost block {height}"
+    );
     assert_eq!(job["rounds_settled"].as_u64(), Some(ROUNDS), "{job}");
 
     // Every round committed an aggregate; every validator holds the same blocks and model.
@@ -188,7 +210,8 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
         let block = rt.block_on(get(&client, "chain_getBlock", rpc_params![height]));
         for tx in block["txs"].as_array().unwrap() {
             let body = &tx["tx"]["tx"];
-            let sender = body["sender"].as_str().unwrap().parse::<trellis_proto::PublicKey>().unwrap().address().to_string();
+            let sender =
+                body["sender"].as_str().unwrap().parse::<trellis_proto::PublicKey>().unwrap().address().to_string();
             *fees.entry(sender).or_default() += body["fee"].as_u64().unwrap();
             if body["kind"]["type"] == "commit_aggregate" {
                 aggregates.push((height, block["hash"].clone(), body["kind"]["model_hash"].clone()));
@@ -204,7 +227,12 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
             std::thread::sleep(Duration::from_millis(100));
         }
         for (height, hash, _) in &aggregates {
-            assert_eq!(&rt.block_on(get(&other, "chain_getBlock", rpc_params![*height]))["hash"], hash, "{} disagrees at {height}", node.rpc);
+            assert_eq!(
+                &rt.block_on(get(&other, "chain_getBlock", rpc_params![*height]))["hash"],
+                hash,
+                "{} disagrees at {height}",
+                node.rpc
+            );
         }
         assert_eq!(rt.block_on(get(&other, "job_get", rpc_params![0u64]))["model_hash"], job["model_hash"]);
     }
@@ -228,10 +256,13 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
 
     // Miners' balances grew by exactly the rewards the chain reported, less their fees.
     let mut rewards: BTreeMap<String, u64> = BTreeMap::new();
-    while let Ok(Some(Ok(event))) = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), events.next()).await }) {
+    while let Ok(Some(Ok(event))) =
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), events.next()).await })
+    {
         let reward = &event["event"];
         if reward["event"] == "rewarded" && reward["as_miner"] == true {
-            *rewards.entry(reward["who"].as_str().unwrap().to_string()).or_default() += reward["amount"].as_u64().unwrap();
+            *rewards.entry(reward["who"].as_str().unwrap().to_string()).or_default() +=
+                reward["amount"].as_u64().unwrap();
         }
     }
     for (miner, start) in miners.iter().zip(&before) {
@@ -285,17 +316,32 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let now = rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![])).map_or(0, |h| h["height"].as_u64().unwrap_or(0));
+        let now = rt
+            .block_on(client.request::<Value, _>("chain_getHead", rpc_params![]))
+            .map_or(0, |h| h["height"].as_u64().unwrap_or(0));
         if now >= head_height + 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "the chain did not resume after every node was killed (at {now}, was {head_height})");
+        assert!(
+            Instant::now() < deadline,
+            "the chain did not resume after every node was killed (at {now}, was {head_height})"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     for node in net.info.nodes.iter().filter(|n| n.role == "validator") {
         let other = http(&node.rpc);
-        assert_eq!(rt.block_on(get(&other, "chain_getBlock", rpc_params![head_height]))["hash"], head["hash"], "{} after the restart", node.rpc);
+        assert_eq!(
+            rt.block_on(get(&other, "chain_getBlock", rpc_params![head_height]))["hash"],
+            head["hash"],
+            "{} after the restart",
+            node.rpc
+        );
         let job_after = rt.block_on(get(&other, "job_get", rpc_params![0u64]));
-        assert_eq!((&job_after["status"], &job_after["model_hash"]), (&job["status"], &job["model_hash"]), "{}", node.rpc);
+        assert_eq!(
+            (&job_after["status"], &job_after["model_hash"]),
+            (&job["status"], &job["model_hash"]),
+            "{}",
+            node.rpc
+        );
     }
 }

@@ -47,7 +47,8 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    pub const ALL: [BlobKind; 5] = [BlobKind::Checkpoint, BlobKind::Data, BlobKind::Shard, BlobKind::Dataset, BlobKind::Trail];
+    pub const ALL: [BlobKind; 5] =
+        [BlobKind::Checkpoint, BlobKind::Data, BlobKind::Shard, BlobKind::Dataset, BlobKind::Trail];
 
     /// The kind's one-byte tag on the wire (and in the node's round lists).
     pub fn tag(self) -> u8 {
@@ -278,7 +279,10 @@ mod tests {
         let seeds = [
             ("manifest_request", BlobRequest::Manifest(key).to_bytes()),
             ("chunk_request", BlobRequest::Chunk { key, index: 3 }.to_bytes()),
-            ("manifest", BlobResponse::Manifest { size: (1 << 20) + 1, chunks: vec![Hash([1; 32]), Hash([2; 32])] }.to_bytes()),
+            (
+                "manifest",
+                BlobResponse::Manifest { size: (1 << 20) + 1, chunks: vec![Hash([1; 32]), Hash([2; 32])] }.to_bytes(),
+            ),
             ("chunk", BlobResponse::Chunk(b"chunk bytes".to_vec()).to_bytes()),
             ("not_found", BlobResponse::NotFound.to_bytes()),
         ];
@@ -291,7 +295,11 @@ mod tests {
                 std::fs::write(&path, &bytes).unwrap();
             } else {
                 let stored = std::fs::read(&path).unwrap_or_default();
-                assert!(stored == bytes, "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-proto", path.display());
+                assert!(
+                    stored == bytes,
+                    "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-proto",
+                    path.display()
+                );
             }
         }
     }

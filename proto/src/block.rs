@@ -118,7 +118,11 @@ impl Block {
     /// Decodes a block received from outside, enforcing [`MAX_BLOCK_BYTES`].
     pub fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_BLOCK_BYTES {
-            return Err(DecodeError::LengthTooLarge { what: "block", len: bytes.len() as u64, max: MAX_BLOCK_BYTES as u64 });
+            return Err(DecodeError::LengthTooLarge {
+                what: "block",
+                len: bytes.len() as u64,
+                max: MAX_BLOCK_BYTES as u64,
+            });
         }
         decode(bytes)
     }

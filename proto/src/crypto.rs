@@ -121,8 +121,7 @@ pub fn verify_batch(chain_id: &str, items: &[SignedItem<'_>]) -> Result<(), Sign
     for (index, item) in items.iter().enumerate() {
         keys.push(item.key.verifying_key().map_err(|_| SignatureError::BadSignatureInBatch { index })?);
     }
-    let messages: Vec<Vec<u8>> =
-        items.iter().map(|item| signing_preimage(chain_id, item.kind, item.payload)).collect();
+    let messages: Vec<Vec<u8>> = items.iter().map(|item| signing_preimage(chain_id, item.kind, item.payload)).collect();
     let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     let signatures: Vec<ed25519_dalek::Signature> =
         items.iter().map(|item| ed25519_dalek::Signature::from_bytes(&item.signature.0)).collect();
@@ -243,7 +242,10 @@ mod tests {
         let key = Keypair::from_seed([7; 32]);
         let pk = key.public_key();
         let sig = key.sign(CHAIN, SigningKind::Transaction, b"payload");
-        assert_eq!(pk.verify("other-chain", SigningKind::Transaction, b"payload", &sig), Err(SignatureError::BadSignature));
+        assert_eq!(
+            pk.verify("other-chain", SigningKind::Transaction, b"payload", &sig),
+            Err(SignatureError::BadSignature)
+        );
         assert_eq!(pk.verify(CHAIN, SigningKind::Vote, b"payload", &sig), Err(SignatureError::BadSignature));
         assert_eq!(pk.verify(CHAIN, SigningKind::Transaction, b"payloaD", &sig), Err(SignatureError::BadSignature));
     }
@@ -265,7 +267,10 @@ mod tests {
         // The identity point has small order.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert_eq!(PublicKey(identity).verify(CHAIN, SigningKind::Vote, b"m", &sig), Err(SignatureError::WeakPublicKey));
+        assert_eq!(
+            PublicKey(identity).verify(CHAIN, SigningKind::Vote, b"m", &sig),
+            Err(SignatureError::WeakPublicKey)
+        );
         // y = 2 is not on the curve.
         let mut off_curve = [0u8; 32];
         off_curve[0] = 2;
@@ -284,7 +289,12 @@ mod tests {
             keys.iter().zip(&payloads).map(|(k, p)| k.sign(CHAIN, SigningKind::Transaction, p)).collect();
         let items = |sigs: &[Signature]| -> Result<(), SignatureError> {
             let items: Vec<SignedItem<'_>> = (0..5)
-                .map(|i| SignedItem { key: &pks[i], kind: SigningKind::Transaction, payload: &payloads[i], signature: &sigs[i] })
+                .map(|i| SignedItem {
+                    key: &pks[i],
+                    kind: SigningKind::Transaction,
+                    payload: &payloads[i],
+                    signature: &sigs[i],
+                })
                 .collect();
             verify_batch(CHAIN, &items)
         };

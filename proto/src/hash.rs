@@ -200,8 +200,21 @@ mod tests {
     fn contexts_are_distinct() {
         use HashDomain::*;
         let all = [
-            Transaction, BlockHeader, MerkleLeaf, MerkleNode, MerkleEmpty, Checkpoint, Blob, JobSpec, StateRoot,
-            Randomness, Trail, WorkBinding, BeaconOnion, BeaconMix, StateEntry,
+            Transaction,
+            BlockHeader,
+            MerkleLeaf,
+            MerkleNode,
+            MerkleEmpty,
+            Checkpoint,
+            Blob,
+            JobSpec,
+            StateRoot,
+            Randomness,
+            Trail,
+            WorkBinding,
+            BeaconOnion,
+            BeaconMix,
+            StateEntry,
         ];
         let contexts: std::collections::BTreeSet<_> = all.iter().map(|d| d.context()).collect();
         assert_eq!(contexts.len(), all.len());

@@ -65,10 +65,15 @@ canonical_tag_enum!(DeltaEncoding, "delta encoding" { F32 = 1, F16 = 2, Int8 = 3
 pub enum AggregationRule {
     Mean,
     /// Coordinate-wise mean after dropping the `trim` largest and `trim` smallest values.
-    TrimmedMean { trim: u32 },
+    TrimmedMean {
+        trim: u32,
+    },
     /// Centred clipping (Karimireddy, He and Jaggi, 2021) with radius `tau` times the median
     /// distance of the inputs from their coordinate-wise median.
-    CenteredClip { tau: f32, iterations: u32 },
+    CenteredClip {
+        tau: f32,
+        iterations: u32,
+    },
 }
 
 impl Encode for AggregationRule {
@@ -93,7 +98,10 @@ impl Decode for AggregationRule {
         match u8::decode_from(reader)? {
             1 => Ok(AggregationRule::Mean),
             2 => Ok(AggregationRule::TrimmedMean { trim: u32::decode_from(reader)? }),
-            3 => Ok(AggregationRule::CenteredClip { tau: f32::decode_from(reader)?, iterations: u32::decode_from(reader)? }),
+            3 => Ok(AggregationRule::CenteredClip {
+                tau: f32::decode_from(reader)?,
+                iterations: u32::decode_from(reader)?,
+            }),
             tag => Err(DecodeError::UnknownTag { what: "aggregation rule", tag }),
         }
     }
@@ -345,7 +353,8 @@ impl InvalidEvidence {
     /// Evidence whose distance is always encodable: NaN, infinities and values beyond `f32`'s
     /// range become `f32::MAX` (farther than any tolerance), negative values their magnitude.
     pub fn new(reason: InvalidReason, expected: Hash, reproduced: Hash, distance: f64) -> Self {
-        let distance = if distance.is_nan() || distance.abs() >= f64::from(f32::MAX) { f32::MAX } else { distance.abs() as f32 };
+        let distance =
+            if distance.is_nan() || distance.abs() >= f64::from(f32::MAX) { f32::MAX } else { distance.abs() as f32 };
         Self { reason, expected, reproduced, distance }
     }
 }
@@ -384,7 +393,9 @@ pub enum VerdictOutcome {
     /// The checker could not do its part (its disk, its network, a crash): no judgement.
     Abstain,
     /// The job itself cannot be checked (its dataset, model, keys or spec).
-    JobFault { reason: JobFaultReason },
+    JobFault {
+        reason: JobFaultReason,
+    },
 }
 
 impl Encode for VerdictOutcome {

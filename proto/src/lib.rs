@@ -33,11 +33,12 @@ pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
 pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 pub use hash::{Hash, HashDomain};
 pub use job::{
-    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobFaultReason, JobId, JobSpec,
-    ModelConfig, OuterOptimizer, VerdictOutcome, Verdict, VerificationMode, VerificationParams, WorkCommitment, WorkReveal,
+    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobFaultReason, JobId,
+    JobSpec, ModelConfig, OuterOptimizer, Verdict, VerdictOutcome, VerificationMode, VerificationParams,
+    WorkCommitment, WorkReveal,
 };
-pub use trail::{Trail, TrailEntry};
 pub use merkle::{MerkleProof, MerkleTree};
+pub use trail::{Trail, TrailEntry};
 pub use tx::{Role, SignedTx, Transaction, TxKind};
 
 /// An amount of the chain's token, in its smallest unit.

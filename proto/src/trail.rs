@@ -21,10 +21,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::canonical_struct;
 use crate::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
 use crate::hash::{Hash, HashDomain};
 use crate::job::JobId;
-use crate::canonical_struct;
 
 /// Most inner steps a job may have: a trail holds one loss per step and one checkpoint per
 /// segment, so this bounds the size of every trail a checker reads.

@@ -25,20 +25,39 @@ canonical_tag_enum!(Role, "role" { Validator = 1, Miner = 2 });
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum TxKind {
-    Transfer { to: Address, amount: Amount },
-    Bond { role: Role, amount: Amount },
-    Unbond { role: Role, amount: Amount },
-    SubmitJob { spec: JobSpec, escrow: Amount },
-    JoinJob { job: JobId },
+    Transfer {
+        to: Address,
+        amount: Amount,
+    },
+    Bond {
+        role: Role,
+        amount: Amount,
+    },
+    Unbond {
+        role: Role,
+        amount: Amount,
+    },
+    SubmitJob {
+        spec: JobSpec,
+        escrow: Amount,
+    },
+    JoinJob {
+        job: JobId,
+    },
     CommitWork(WorkCommitment),
     RevealWork(WorkReveal),
     Verdict(Verdict),
     CommitAggregate(Aggregate),
-    CancelJob { job: JobId },
+    CancelJob {
+        job: JobId,
+    },
     ReportEquivocation(EquivocationEvidence),
     /// A validator commits to a beacon onion: `tip` is the `layers`-th onion hash of a seed only
     /// it knows; each block it proposes reveals the next layer down (`docs/adr/0004`).
-    CommitBeacon { tip: Hash, layers: u32 },
+    CommitBeacon {
+        tip: Hash,
+        layers: u32,
+    },
 }
 
 impl TxKind {

@@ -29,10 +29,7 @@ fn small_values_have_exact_bytes() {
     assert_eq!(hex::encode(DeltaEncoding::Int8.to_bytes()), "03");
     assert_eq!(hex::encode(AggregationRule::TrimmedMean { trim: 1 }.to_bytes()), "0201000000");
     assert_eq!(hex::encode(VerificationMode::Tolerance { max_distance: 1.0 }.to_bytes()), "020000803f");
-    assert_eq!(
-        hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()),
-        "050300000000000000",
-    );
+    assert_eq!(hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()), "050300000000000000",);
     assert_eq!(
         hex::encode(TxKind::Transfer { to: address(0x11), amount: Amount(5) }.to_bytes()),
         format!("01{}0500000000000000", "11".repeat(20)),
@@ -117,20 +114,90 @@ const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08
 const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "7270270d20b8f7a34f757137b895e841c33ce83ca3b3eda06b45c24109303bfa");
 const GOLDEN_BLOCK: (usize, &str) = (2836, "0e3ad6c3719d8f77439b4342a14372bb40f5a3b1f7d4738beb15e7ecd958204d");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
-    ("transfer", 141, "12ad43d4cbe1ffe156e9ce6eaa6b2e6248bb03066e7841ca7cac31ffba3a4864", "2719127f781aafc3c27a336ca440ce23b1ea4cd90b75f846e27ba30b02bac5c3"),
-    ("bond", 122, "96819cc5a376b788813b8bbaba8560017ba8715723f9a80904c3ca4eae613ca8", "c87013ff9aff2abf0d33c8780a3d4a8f74eb5cb1c394973266238ea3ef3cf02a"),
-    ("unbond", 122, "6d97b567629401e9fb0015cbee7fe4ebac67c02e07cedfb95b0466dbf83f659f", "21f25f559a67c30deb924249b587631fcb814b3289a4b423ea525d10a3949d13"),
-    ("submit_job", 306, "73c774d1524138a45cb444e418c36cd7b13429ffbc70c319aa3a463ceac09446", "05e3207170738e1b55c3886c4a3a9e3bc46357c108f6ebfb429033b8dfbcee57"),
-    ("join_job", 121, "2282d51abb70ea5c094b3818b8a69ac1664a81ae7cd1ea3f984de5e27ed14308", "c1d657a583303cd699fed63bef5c69b4fc85c0f02a4f3db9fd4313a2d64cfeba"),
-    ("commit_work", 157, "85ef6b9dd9ef0ea8ad58116a98e239a9fe85b560a310f7b9cc81f3a4be626332", "2d7b3ef64613b7638d602658e246bd75c8f891c6988ee5d040fcd36c2a00e5da"),
-    ("verdict", 219, "18759520722d4f7ed5cfacdd00116897b2956da1e0a693d0e1c96aad79683631", "0a014e22b349816f4758aff99d622a2dbdec59343704317eaab87921c97b8c6d"),
-    ("commit_aggregate", 233, "2fe641aab6afb0c0e54589d60076d43c718d319c49060917ed3575331678aa27", "21b0bed1cd55491e114bb59566efa34ad27cf70b9753162bbc5ac1240c530b09"),
-    ("cancel_job", 121, "0eb579b6d82ee38ac0a426b968b0088de36b216433e40982bcb7333fcdca9f3b", "1a96745c950b320ac4df166564dfc4cbafc415231fb5dc8a02b84a058bee3368"),
-    ("report_equivocation", 405, "cea0509cd40b29e10c6f43ef1d81e187178893bb9e50fafb9160b53c455dee03", "82fe05e43e397d5757a2fc562f81c232cbf914d1b28bd2ce7ecf4db1b744f8dd"),
-    ("reveal_work", 253, "ab1599affdd417ae42ff7c75ac53cf2e20de88197d1941e571c383edf31dfb9d", "b6aa41f104246aab43efad40a240078080ed921542b16f3335d249b13120e8e0"),
-    ("verdict", 150, "93be08a7c6397a66ba4e03b3f8a77eb35eee42ef22b8e5ffa6b92a6bb085043f", "e682027c4e0187d668a87bd514c5b0e5b87eda754962cd29c2a7d83cd44fb2c6"),
-    ("verdict", 151, "82c26d8b41139ecf169fae0ab9fb1c5df332e6466293290b0a2bc8505ea2d92c", "68a18e476726e996d42902e6abc4cb6a18a99015cb7bd7272b1df122e9f1f120"),
-    ("commit_beacon", 149, "a825fc1fee20570191f0803a979a004573551f30915761f84f77940a7e24db7e", "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311"),
+    (
+        "transfer",
+        141,
+        "12ad43d4cbe1ffe156e9ce6eaa6b2e6248bb03066e7841ca7cac31ffba3a4864",
+        "2719127f781aafc3c27a336ca440ce23b1ea4cd90b75f846e27ba30b02bac5c3",
+    ),
+    (
+        "bond",
+        122,
+        "96819cc5a376b788813b8bbaba8560017ba8715723f9a80904c3ca4eae613ca8",
+        "c87013ff9aff2abf0d33c8780a3d4a8f74eb5cb1c394973266238ea3ef3cf02a",
+    ),
+    (
+        "unbond",
+        122,
+        "6d97b567629401e9fb0015cbee7fe4ebac67c02e07cedfb95b0466dbf83f659f",
+        "21f25f559a67c30deb924249b587631fcb814b3289a4b423ea525d10a3949d13",
+    ),
+    (
+        "submit_job",
+        306,
+        "73c774d1524138a45cb444e418c36cd7b13429ffbc70c319aa3a463ceac09446",
+        "05e3207170738e1b55c3886c4a3a9e3bc46357c108f6ebfb429033b8dfbcee57",
+    ),
+    (
+        "join_job",
+        121,
+        "2282d51abb70ea5c094b3818b8a69ac1664a81ae7cd1ea3f984de5e27ed14308",
+        "c1d657a583303cd699fed63bef5c69b4fc85c0f02a4f3db9fd4313a2d64cfeba",
+    ),
+    (
+        "commit_work",
+        157,
+        "85ef6b9dd9ef0ea8ad58116a98e239a9fe85b560a310f7b9cc81f3a4be626332",
+        "2d7b3ef64613b7638d602658e246bd75c8f891c6988ee5d040fcd36c2a00e5da",
+    ),
+    (
+        "verdict",
+        219,
+        "18759520722d4f7ed5cfacdd00116897b2956da1e0a693d0e1c96aad79683631",
+        "0a014e22b349816f4758aff99d622a2dbdec59343704317eaab87921c97b8c6d",
+    ),
+    (
+        "commit_aggregate",
+        233,
+        "2fe641aab6afb0c0e54589d60076d43c718d319c49060917ed3575331678aa27",
+        "21b0bed1cd55491e114bb59566efa34ad27cf70b9753162bbc5ac1240c530b09",
+    ),
+    (
+        "cancel_job",
+        121,
+        "0eb579b6d82ee38ac0a426b968b0088de36b216433e40982bcb7333fcdca9f3b",
+        "1a96745c950b320ac4df166564dfc4cbafc415231fb5dc8a02b84a058bee3368",
+    ),
+    (
+        "report_equivocation",
+        405,
+        "cea0509cd40b29e10c6f43ef1d81e187178893bb9e50fafb9160b53c455dee03",
+        "82fe05e43e397d5757a2fc562f81c232cbf914d1b28bd2ce7ecf4db1b744f8dd",
+    ),
+    (
+        "reveal_work",
+        253,
+        "ab1599affdd417ae42ff7c75ac53cf2e20de88197d1941e571c383edf31dfb9d",
+        "b6aa41f104246aab43efad40a240078080ed921542b16f3335d249b13120e8e0",
+    ),
+    (
+        "verdict",
+        150,
+        "93be08a7c6397a66ba4e03b3f8a77eb35eee42ef22b8e5ffa6b92a6bb085043f",
+        "e682027c4e0187d668a87bd514c5b0e5b87eda754962cd29c2a7d83cd44fb2c6",
+    ),
+    (
+        "verdict",
+        151,
+        "82c26d8b41139ecf169fae0ab9fb1c5df332e6466293290b0a2bc8505ea2d92c",
+        "68a18e476726e996d42902e6abc4cb6a18a99015cb7bd7272b1df122e9f1f120",
+    ),
+    (
+        "commit_beacon",
+        149,
+        "a825fc1fee20570191f0803a979a004573551f30915761f84f77940a7e24db7e",
+        "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
+    ),
 ];
 const GOLDEN_BLOCK_HASH: &str = "4e75c4738004e7f777fca1a9d148aac1c16a68e4660d5c04d76cefd805aaf604";
 const GOLDEN_JOB_SPEC_HASH: &str = "26492dc932e49443eddff00724d37cef286723e93ddc74cde1a4dc4b4926e499";
@@ -139,7 +206,8 @@ const GOLDEN_TRAIL_HASH: &str = "8b65b55be39c089efddbcc644efa0e0d34f181bcbe43f65
 const GOLDEN_WORK_BINDING: &str = "608eab24882b386c873a80e25397564f20f3da144f673aa148d8aeed51c34c95";
 const GOLDEN_WORK_REVEAL: (usize, &str) = (140, "c66f7cf0b106acba144ce0f2ed278ccc2fb7db8c13e92112aa29affd3f65309c");
 const GOLDEN_TRAIL: (usize, &str) = (248, "4cfdcbe4b71944de4a9b501880a3f32bc96535586c55c54be3483d2ff06bbdb0");
-const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) = (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");
+const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) =
+    (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");
 const GOLDEN_MERKLE_EMPTY: &str = "14ffdb1a57d34c9fb4fac3b2a8e4c473361d39d3b93b07b3bf734039db06a3d5";
 
 /// The seeds of the `decode_tx`, `decode_block` and `decode_trail` fuzz targets
@@ -163,7 +231,11 @@ fn fuzz_seeds_are_current_encodings() {
             std::fs::write(&path, &bytes).unwrap();
         } else {
             let stored = std::fs::read(&path).unwrap_or_default();
-            assert!(stored == bytes, "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-proto --test golden", path.display());
+            assert!(
+                stored == bytes,
+                "{} is stale: run TRELLIS_WRITE_FUZZ_SEEDS=1 cargo test -p trellis-proto --test golden",
+                path.display()
+            );
         }
     }
 }

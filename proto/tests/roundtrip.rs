@@ -30,7 +30,13 @@ fn arb_role() -> impl Strategy<Value = Role> {
 
 fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
     let model = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-        |(vocab_size, context_length, width, layers, heads)| ModelConfig { vocab_size, context_length, width, layers, heads },
+        |(vocab_size, context_length, width, layers, heads)| ModelConfig {
+            vocab_size,
+            context_length,
+            width,
+            layers,
+            heads,
+        },
     );
     let diloco = (
         (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
@@ -39,22 +45,24 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (arb_f32(), arb_f32(), any::<u32>()),
         prop_oneof![Just(DeltaEncoding::F32), Just(DeltaEncoding::F16), Just(DeltaEncoding::Int8)],
     )
-        .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), encoding)| DilocoParams {
-            workers_per_round: w,
-            inner_steps: h,
-            batch_size: b,
-            sequence_length: s,
-            learning_rate: lr,
-            beta1: b1,
-            beta2: b2,
-            weight_decay: wd,
-            grad_clip: clip,
-            warmup_steps: warm,
-            outer_optimizer: outer,
-            outer_learning_rate: olr,
-            outer_momentum: om,
-            rounds,
-            encoding,
+        .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), encoding)| {
+            DilocoParams {
+                workers_per_round: w,
+                inner_steps: h,
+                batch_size: b,
+                sequence_length: s,
+                learning_rate: lr,
+                beta1: b1,
+                beta2: b2,
+                weight_decay: wd,
+                grad_clip: clip,
+                warmup_steps: warm,
+                outer_optimizer: outer,
+                outer_learning_rate: olr,
+                outer_momentum: om,
+                rounds,
+                encoding,
+            }
         });
     let aggregation = prop_oneof![
         Just(AggregationRule::Mean),
@@ -64,8 +72,9 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
     let mode = prop_oneof![
         Just(VerificationMode::Exact),
         arb_f32().prop_map(|max_distance| VerificationMode::Tolerance { max_distance }),
-        ("[a-z0-9:x,=.]{0,40}", arb_hash(), arb_hash())
-            .prop_map(|(model, proving_key, verifying_key)| VerificationMode::Groth16 { model, proving_key, verifying_key }),
+        ("[a-z0-9:x,=.]{0,40}", arb_hash(), arb_hash()).prop_map(|(model, proving_key, verifying_key)| {
+            VerificationMode::Groth16 { model, proving_key, verifying_key }
+        }),
     ];
     (
         "[a-z0-9 éü-]{0,20}",
@@ -76,22 +85,32 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (any::<u32>(), any::<u32>(), mode),
         (arb_amount(), arb_amount(), any::<u32>(), any::<u32>()),
     )
-        .prop_map(|(name, model, (init_seed, dataset_root, dataset_shards), diloco, aggregation, (c, s, mode), (reward, stake, cb, vb))| {
-            JobSpec {
+        .prop_map(
+            |(
                 name,
                 model,
-                init_seed,
-                dataset_root,
-                dataset_shards,
+                (init_seed, dataset_root, dataset_shards),
                 diloco,
                 aggregation,
-                verification: VerificationParams { checkpoint_interval: c, segments_per_miner: s, mode },
-                reward_per_round: reward,
-                min_miner_stake: stake,
-                commit_blocks: cb,
-                verify_blocks: vb,
-            }
-        })
+                (c, s, mode),
+                (reward, stake, cb, vb),
+            )| {
+                JobSpec {
+                    name,
+                    model,
+                    init_seed,
+                    dataset_root,
+                    dataset_shards,
+                    diloco,
+                    aggregation,
+                    verification: VerificationParams { checkpoint_interval: c, segments_per_miner: s, mode },
+                    reward_per_round: reward,
+                    min_miner_stake: stake,
+                    commit_blocks: cb,
+                    verify_blocks: vb,
+                }
+            },
+        )
 }
 
 fn arb_outcome() -> impl Strategy<Value = VerdictOutcome> {
@@ -124,7 +143,15 @@ fn arb_outcome() -> impl Strategy<Value = VerdictOutcome> {
 }
 
 fn arb_vote() -> impl Strategy<Value = SignedVote> {
-    (any::<u64>(), any::<u32>(), any::<bool>(), proptest::option::of(arb_hash()), arb_address(), any::<[u8; 32]>(), any::<[u8; 32]>())
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<bool>(),
+        proptest::option::of(arb_hash()),
+        arb_address(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+    )
         .prop_map(|(h, round, pre, value, validator, s1, s2)| {
             let mut signature = [0u8; 64];
             signature[..32].copy_from_slice(&s1);
@@ -150,18 +177,30 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
         (arb_job_spec(), arb_amount()).prop_map(|(spec, escrow)| TxKind::SubmitJob { spec, escrow }),
         any::<u64>().prop_map(|j| TxKind::JoinJob { job: JobId(j) }),
         (arb_hash(), any::<u32>()).prop_map(|(tip, layers)| TxKind::CommitBeacon { tip, layers }),
-        (any::<u64>(), any::<u32>(), arb_hash())
-            .prop_map(|(j, round, binding)| TxKind::CommitWork(WorkCommitment { job: JobId(j), round, binding })),
+        (any::<u64>(), any::<u32>(), arb_hash()).prop_map(|(j, round, binding)| TxKind::CommitWork(WorkCommitment {
+            job: JobId(j),
+            round,
+            binding
+        })),
         (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash()).prop_map(
             |(j, round, trail, final_checkpoint, delta_hash, residual_hash)| {
-                TxKind::RevealWork(WorkReveal { job: JobId(j), round, trail, final_checkpoint, delta_hash, residual_hash })
+                TxKind::RevealWork(WorkReveal {
+                    job: JobId(j),
+                    round,
+                    trail,
+                    final_checkpoint,
+                    delta_hash,
+                    residual_hash,
+                })
             }
         ),
-        (any::<u64>(), any::<u32>(), arb_address(), any::<u32>(), arb_outcome()).prop_map(|(j, round, miner, segment, outcome)| {
-            TxKind::Verdict(Verdict { job: JobId(j), round, miner, segment, outcome })
-        }),
-        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), proptest::collection::btree_set(arb_address(), 0..8)).prop_map(
-            |(j, round, model_hash, momentum_hash, accepted)| {
+        (any::<u64>(), any::<u32>(), arb_address(), any::<u32>(), arb_outcome()).prop_map(
+            |(j, round, miner, segment, outcome)| {
+                TxKind::Verdict(Verdict { job: JobId(j), round, miner, segment, outcome })
+            }
+        ),
+        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), proptest::collection::btree_set(arb_address(), 0..8))
+            .prop_map(|(j, round, model_hash, momentum_hash, accepted)| {
                 TxKind::CommitAggregate(Aggregate {
                     job: JobId(j),
                     round,
@@ -169,8 +208,7 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
                     momentum_hash,
                     accepted: accepted.into_iter().collect(),
                 })
-            }
-        ),
+            }),
         any::<u64>().prop_map(|j| TxKind::CancelJob { job: JobId(j) }),
         (any::<[u8; 32]>(), arb_vote(), arb_vote()).prop_map(|(k, first, second)| {
             TxKind::ReportEquivocation(EquivocationEvidence { validator: PublicKey(k), first, second })
@@ -186,8 +224,8 @@ fn arb_signed_tx() -> impl Strategy<Value = SignedTx> {
 }
 
 fn arb_block() -> impl Strategy<Value = Block> {
-    (vec(arb_signed_tx(), 0..6), any::<u64>(), any::<u64>(), arb_hash(), arb_hash(), arb_address(), arb_hash()).prop_map(
-        |(txs, height, time_ms, parent, state_root, proposer, beacon_reveal)| Block {
+    (vec(arb_signed_tx(), 0..6), any::<u64>(), any::<u64>(), arb_hash(), arb_hash(), arb_address(), arb_hash())
+        .prop_map(|(txs, height, time_ms, parent, state_root, proposer, beacon_reveal)| Block {
             header: BlockHeader {
                 chain_id: common::CHAIN.into(),
                 height: Height(height),
@@ -199,8 +237,7 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 beacon_reveal,
             },
             txs,
-        },
-    )
+        })
 }
 
 /// Every strict prefix fails and the value plus one byte fails.

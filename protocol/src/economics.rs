@@ -75,11 +75,15 @@ mod tests {
 
     #[test]
     fn withholding_is_never_cheaper_than_being_caught_at_equal_slashes() {
-        let stakes = Stakes { reward: 3_000.0, compute: 3_000.0, bond: 1_000.0, caught_slash: 0.5, withhold_slash: 0.5 };
+        let stakes =
+            Stakes { reward: 3_000.0, compute: 3_000.0, bond: 1_000.0, caught_slash: 0.5, withhold_slash: 0.5 };
         let lenient = Stakes { withhold_slash: 0.1, ..stakes };
         for faked in 1..=4 {
             assert!(faking_advantage(&stakes, 4, faked, 2) < 0.0, "faking {faked} of 4 loses");
-            assert!(faking_advantage(&lenient, 4, faked, 2) > faking_advantage(&stakes, 4, faked, 2), "a cheap withhold helps the cheater");
+            assert!(
+                faking_advantage(&lenient, 4, faked, 2) > faking_advantage(&stakes, 4, faked, 2),
+                "a cheap withhold helps the cheater"
+            );
         }
     }
 
@@ -113,7 +117,10 @@ mod tests {
             let measured = caught as f64 / trials as f64;
             let predicted = catch_probability_under_grinding(catch, share);
             let sd = (predicted * (1.0 - predicted) / trials as f64).sqrt();
-            assert!((measured - predicted).abs() < 5.0 * sd, "p {catch}, f {share}: measured {measured:.4}, predicted {predicted:.4}");
+            assert!(
+                (measured - predicted).abs() < 5.0 * sd,
+                "p {catch}, f {share}: measured {measured:.4}, predicted {predicted:.4}"
+            );
         }
         assert_eq!(catch_probability_under_grinding(0.5, 0.0), 0.5);
         assert!((catch_probability_under_grinding(0.5, 1.0 / 3.0) - 0.4).abs() < 1e-12);

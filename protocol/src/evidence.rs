@@ -90,17 +90,23 @@ pub fn rederive(
     let (reason, quoted) = (evidence.reason, evidence.expected);
     let (allowed, what): (Vec<Hash>, &'static str) = match reason {
         // About the trail itself, which decodes and is one of this round.
-        InvalidReason::TrailMismatch | InvalidReason::MalformedBlob if quoted == reveal.trail => return Err(Unfounded::TrailIsFine(reason)),
+        InvalidReason::TrailMismatch | InvalidReason::MalformedBlob if quoted == reveal.trail => {
+            return Err(Unfounded::TrailIsFine(reason))
+        }
         // A checkpoint whose own step is not the trail's says so only when fetched.
         InvalidReason::TrailMismatch => (vec![claim.start.hash, claim.end.hash], "a checkpoint of the segment"),
-        InvalidReason::MalformedBlob => (vec![claim.start.hash, claim.end.hash, reveal.final_checkpoint], "a checkpoint of the segment"),
+        InvalidReason::MalformedBlob => {
+            (vec![claim.start.hash, claim.end.hash, reveal.final_checkpoint], "a checkpoint of the segment")
+        }
         // Quoting the segment's checkpoints, or the round's start (`trail.checkpoints[0]`, which
         // must be the canonical start of the round).
         InvalidReason::StartMismatch | InvalidReason::NonCanonicalState => {
             let round_start = trail.checkpoints.first().map(|e| e.hash).unwrap_or_default();
             (vec![claim.start.hash, claim.end.hash, round_start], "a checkpoint of the segment or the round's start")
         }
-        InvalidReason::CheckpointMismatch | InvalidReason::DistanceExceeded => (vec![claim.end.hash], "the segment's end checkpoint"),
+        InvalidReason::CheckpointMismatch | InvalidReason::DistanceExceeded => {
+            (vec![claim.end.hash], "the segment's end checkpoint")
+        }
         InvalidReason::LossMismatch => (vec![losses_hash(claim.losses)], "the hash of the segment's recorded losses"),
         InvalidReason::ProofRejected => {
             (trail.proofs.get(segment as usize).copied().into_iter().collect(), "the segment's proof")
@@ -127,7 +133,15 @@ mod tests {
         let checkpoints = (0..=STEPS / INTERVAL)
             .map(|i| TrailEntry { step: u64::from(i * INTERVAL) + u64::from(STEPS), hash: Hash([i as u8 + 10; 32]) })
             .collect();
-        Trail { job: JobId(3), round: 1, worker: 0, checkpoint_interval: INTERVAL, checkpoints, losses: (0..STEPS).map(|i| i as f32).collect(), proofs: Vec::new() }
+        Trail {
+            job: JobId(3),
+            round: 1,
+            worker: 0,
+            checkpoint_interval: INTERVAL,
+            checkpoints,
+            losses: (0..STEPS).map(|i| i as f32).collect(),
+            proofs: Vec::new(),
+        }
     }
 
     fn frame(trail: &Trail) -> TrailFrame {
@@ -224,9 +238,15 @@ mod tests {
         let t = trail();
         let r = reveal(&t);
         assert!(check_on_chain(&evidence(InvalidReason::DeltaMismatch, Hash([4; 32]), Hash::ZERO), &r).is_err());
-        assert!(check_on_chain(&evidence(InvalidReason::DeltaMismatch, Hash::ZERO, Hash([1; 32])), &r).is_err(), "a zero residual is no quote");
+        assert!(
+            check_on_chain(&evidence(InvalidReason::DeltaMismatch, Hash::ZERO, Hash([1; 32])), &r).is_err(),
+            "a zero residual is no quote"
+        );
         assert!(check_on_chain(&evidence(InvalidReason::StartMismatch, Hash([4; 32]), Hash([4; 32])), &r).is_err());
         assert!(check_on_chain(&evidence(InvalidReason::TrailMismatch, r.trail, Hash::ZERO), &r).is_ok());
-        assert!(check_on_chain(&evidence(InvalidReason::CheckpointMismatch, Hash([4; 32]), Hash([5; 32])), &r).is_ok(), "needs the trail");
+        assert!(
+            check_on_chain(&evidence(InvalidReason::CheckpointMismatch, Hash([4; 32]), Hash([5; 32])), &r).is_ok(),
+            "needs the trail"
+        );
     }
 }

@@ -11,7 +11,9 @@
 //! the job's (its dataset, model, keys or spec cannot be used: the job is voided), or the
 //! checker's own (it abstains). No failure is silent.
 
-use trellis_proto::{Hash, HashDomain, InvalidEvidence, InvalidReason, JobFaultReason, VerdictOutcome, VerificationMode};
+use trellis_proto::{
+    Hash, HashDomain, InvalidEvidence, InvalidReason, JobFaultReason, VerdictOutcome, VerificationMode,
+};
 
 use crate::trail::SegmentClaim;
 
@@ -30,7 +32,9 @@ impl Comparison {
     pub fn of(mode: &VerificationMode) -> Option<Comparison> {
         match mode {
             VerificationMode::Exact => Some(Comparison::Exact),
-            VerificationMode::Tolerance { max_distance } => Some(Comparison::Tolerance { max_distance: f64::from(*max_distance) }),
+            VerificationMode::Tolerance { max_distance } => {
+                Some(Comparison::Tolerance { max_distance: f64::from(*max_distance) })
+            }
             VerificationMode::Groth16 { .. } => None,
         }
     }
@@ -76,7 +80,12 @@ pub fn judge_replay(claim: &SegmentClaim<'_>, replayed: &Replayed<'_>, compariso
             Some(InvalidEvidence::new(InvalidReason::CheckpointMismatch, claim.end.hash, replayed.end_hash, 0.0))
         }
         Comparison::Tolerance { max_distance } if replayed.distance.is_nan() || replayed.distance > max_distance => {
-            Some(InvalidEvidence::new(InvalidReason::DistanceExceeded, claim.end.hash, replayed.end_hash, replayed.distance))
+            Some(InvalidEvidence::new(
+                InvalidReason::DistanceExceeded,
+                claim.end.hash,
+                replayed.end_hash,
+                replayed.distance,
+            ))
         }
         _ => None,
     };
@@ -112,8 +121,9 @@ pub fn check_state(weights: &[f32], first_moments: &[f32], second_moments: &[f32
         let exponent = v.to_bits() & 0x7f80_0000;
         (exponent == 0x7f80_0000) | ((exponent == 0) & (v.to_bits() & 0x007f_ffff != 0))
     };
-    let any_defect = [weights, first_moments].iter().flat_map(|s| s.iter()).fold(false, |found, v| found | defective(v))
-        | second_moments.iter().fold(false, |found, v| found | defective(v) | (*v < 0.0));
+    let any_defect =
+        [weights, first_moments].iter().flat_map(|s| s.iter()).fold(false, |found, v| found | defective(v))
+            | second_moments.iter().fold(false, |found, v| found | defective(v) | (*v < 0.0));
     if !any_defect {
         return Ok(());
     }
@@ -211,7 +221,9 @@ mod tests {
         let replay = |distance| Replayed { end_hash: Hash([7; 32]), losses: &close, distance };
         assert_eq!(judge_replay(&claim(&losses), &replay(5e-6), cmp), VerdictOutcome::Valid);
         for distance in [2e-5, f64::NAN, f64::INFINITY] {
-            let VerdictOutcome::Invalid(evidence) = judge_replay(&claim(&losses), &replay(distance), cmp) else { panic!() };
+            let VerdictOutcome::Invalid(evidence) = judge_replay(&claim(&losses), &replay(distance), cmp) else {
+                panic!()
+            };
             assert_eq!(evidence.reason, InvalidReason::DistanceExceeded);
             assert!(evidence.distance.is_finite(), "a distance of {distance} still encodes");
         }
@@ -227,7 +239,10 @@ mod tests {
     fn canonical_states_refuse_nan_infinities_subnormals_and_negative_second_moments() {
         assert_eq!(check_state(&[0.5, -0.0, 0.0], &[1e-30], &[0.0, 1e-20]), Ok(()));
         assert_eq!(check_state(&[f32::NAN], &[], &[]), Err(StateDefect::NonFinite { section: "weight", index: 0 }));
-        assert_eq!(check_state(&[], &[1.0, f32::INFINITY], &[]), Err(StateDefect::NonFinite { section: "first moment", index: 1 }));
+        assert_eq!(
+            check_state(&[], &[1.0, f32::INFINITY], &[]),
+            Err(StateDefect::NonFinite { section: "first moment", index: 1 })
+        );
         let subnormal = f32::from_bits(1);
         assert_eq!(check_state(&[subnormal], &[], &[]), Err(StateDefect::Subnormal { section: "weight", index: 0 }));
         assert_eq!(check_state(&[], &[], &[0.5, -1e-3]), Err(StateDefect::NegativeSecondMoment { index: 1 }));
@@ -241,7 +256,10 @@ mod tests {
             Blame::Job(JobFaultReason::DatasetUnavailable).outcome(),
             VerdictOutcome::JobFault { reason: JobFaultReason::DatasetUnavailable }
         );
-        assert!(matches!(Blame::miner(InvalidReason::TrailMismatch, Hash::ZERO, Hash::ZERO).outcome(), VerdictOutcome::Invalid(_)));
+        assert!(matches!(
+            Blame::miner(InvalidReason::TrailMismatch, Hash::ZERO, Hash::ZERO).outcome(),
+            VerdictOutcome::Invalid(_)
+        ));
     }
 
     proptest! {

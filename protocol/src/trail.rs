@@ -73,7 +73,8 @@ impl TrailFrame {
 
     /// The steps segment `segment` runs (from checkpoint `segment` to `segment + 1`).
     pub fn steps_of(&self, segment: u32) -> u64 {
-        checkpoint_offset(segment + 1, self.inner_steps, self.interval) - checkpoint_offset(segment, self.inner_steps, self.interval)
+        checkpoint_offset(segment + 1, self.inner_steps, self.interval)
+            - checkpoint_offset(segment, self.inner_steps, self.interval)
     }
 }
 
@@ -172,7 +173,15 @@ mod tests {
     use super::*;
 
     fn frame(inner_steps: u32, interval: u32) -> TrailFrame {
-        TrailFrame { job: JobId(1), round: 2, worker: 1, inner_steps, interval, proofs: 0, final_checkpoint: Hash([9; 32]) }
+        TrailFrame {
+            job: JobId(1),
+            round: 2,
+            worker: 1,
+            inner_steps,
+            interval,
+            proofs: 0,
+            final_checkpoint: Hash([9; 32]),
+        }
     }
 
     /// The trail an honest worker writes for `frame`.
@@ -236,8 +245,18 @@ mod tests {
             (|t| t.round = u32::MAX, TrailMismatch::Round { expected: 2, got: u32::MAX }),
             (|t| t.worker = 5, TrailMismatch::Worker { expected: 1, got: 5 }),
             (|t| t.checkpoint_interval = 1, TrailMismatch::Interval { expected: 4, got: 1 }),
-            (|t| { t.checkpoints.pop(); }, TrailMismatch::Checkpoints { expected: 4, got: 3 }),
-            (|t| { t.losses.pop(); }, TrailMismatch::Losses { expected: 10, got: 9 }),
+            (
+                |t| {
+                    t.checkpoints.pop();
+                },
+                TrailMismatch::Checkpoints { expected: 4, got: 3 },
+            ),
+            (
+                |t| {
+                    t.losses.pop();
+                },
+                TrailMismatch::Losses { expected: 10, got: 9 },
+            ),
             (|t| t.proofs.push(Hash::ZERO), TrailMismatch::Proofs { expected: 0, got: 1 }),
             (|t| t.checkpoints[3].hash = Hash::ZERO, TrailMismatch::Final { expected: Hash([9; 32]), got: Hash::ZERO }),
         ];

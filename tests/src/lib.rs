@@ -1,6 +1,8 @@
-//! `trellis-tests`: end-to-end tests that start real `trellis` processes on 127.0.0.1 and
-//! drive them as users do, and the seeded simulator of consensus and contracts ([`sim`]).
-//! Helpers live here; the scenarios live in `tests/tests/`, the long-run simulator command in
-//! `src/bin/simulate.rs`.
+//! `trellis-tests`: the seeded simulator ([`sim`]). Validators run Malachite's Tendermint driver,
+//! the node's mempool and the chain's contracts over a simulated network with Byzantine
+//! validators, grinding proposers, floods, partitions and crashes, and every height is checked
+//! for safety and liveness (`docs/simulator.md`). The CI scenarios live in
+//! `tests/simulator.rs`, the long-run command in `src/bin/simulate.rs`. The end-to-end tests
+//! that start real `trellis` processes are the node's own (`node/tests/`).
 
 pub mod sim;

@@ -75,10 +75,16 @@ fn safety_holds_on_every_seed_and_liveness_in_every_calm_phase() {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("{seeds} seeds in {elapsed:.1} s ({:.2} seeds/s); totals: {total:?}", seeds as f64 / elapsed);
 
-    assert!(total.flood_sent > 0 && total.refused_cannot_pay > 0, "the flood ran and empty accounts were refused: {total:?}");
+    assert!(
+        total.flood_sent > 0 && total.refused_cannot_pay > 0,
+        "the flood ran and empty accounts were refused: {total:?}"
+    );
     assert!(total.txs_failed > 0, "funded flooders' failing transactions were included and paid their fees: {total:?}");
     assert_eq!(total.duties_refused, 0, "an honest validator's pool refused a duty during the flood: {total:?}");
-    assert_eq!(total.grind_moved_beacon, 0, "a proposer moved the beacon by changing its block: the sample seed is grindable");
+    assert_eq!(
+        total.grind_moved_beacon, 0,
+        "a proposer moved the beacon by changing its block: the sample seed is grindable"
+    );
     let unsafe_seeds: Vec<u64> = unsafe_runs.iter().map(|r| r.seed).collect();
     assert!(
         unsafe_runs.is_empty(),
@@ -173,7 +179,8 @@ fn a_forged_aggregate_is_rejected_by_validators_and_flagged_if_decided() {
 
     // The same validator, the same nonce, a different model.
     let keys = sim::validator_keys(seed, &config);
-    let signer = keys.iter().find(|k| k.public_key() == aggregate_tx.tx.sender).expect("aggregates come from validators");
+    let signer =
+        keys.iter().find(|k| k.public_key() == aggregate_tx.tx.sender).expect("aggregates come from validators");
     let mut forged_aggregate = aggregate.clone();
     forged_aggregate.model_hash = Hash([0xAB; 32]);
     let forged_tx = Transaction { kind: TxKind::CommitAggregate(forged_aggregate), ..aggregate_tx.tx.clone() }

@@ -17,5 +17,10 @@ fn main() {
         digest = checkpoint_hash(&buffer);
         best = best.min(began.elapsed().as_secs_f64());
     }
-    println!("blake3 over {mib} MiB: best of {repeats}: {:.3} s, {:.2} GB/s (digest {})", best, buffer.len() as f64 / best / 1e9, &digest.to_hex()[..16]);
+    println!(
+        "blake3 over {mib} MiB: best of {repeats}: {:.3} s, {:.2} GB/s (digest {})",
+        best,
+        buffer.len() as f64 / best / 1e9,
+        &digest.to_hex()[..16]
+    );
 }

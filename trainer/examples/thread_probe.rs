@@ -13,7 +13,8 @@ fn gradients(preset: Preset, batch: i64, threads: i32) -> (f64, Vec<Vec<f32>>) {
     let targets: Vec<i64> = (0..batch * time).map(|i| (i * 17 + 3) % 256).collect();
     let mut model = Gpt::new(&config, 5, Device::Cpu).expect("preset shapes are valid");
     model.zero_grad();
-    let loss = model.loss(&Tensor::from_slice(&tokens).view([batch, time]), &Tensor::from_slice(&targets).view([batch, time]));
+    let loss =
+        model.loss(&Tensor::from_slice(&tokens).view([batch, time]), &Tensor::from_slice(&targets).view([batch, time]));
     loss.backward();
     let grads = model
         .parameters()
@@ -36,9 +37,19 @@ fn main() {
     let threads: i32 = args.get(3).map_or(2, |s| s.parse().expect("threads is a number"));
     let (loss_one, one) = gradients(preset, batch, 1);
     let (loss_many, many) = gradients(preset, batch, threads);
-    println!("{} batch {batch}: loss bits equal with 1 and {threads} threads: {}", preset.name(), loss_one.to_bits() == loss_many.to_bits());
-    let names: Vec<String> = Gpt::new(&preset.config(), 5, Device::Cpu).expect("valid").parameters().iter().map(|p| p.name.clone()).collect();
-    let differing: Vec<&String> = names.iter().zip(one.iter().zip(&many)).filter(|(_, (a, b))| a != b).map(|(n, _)| n).collect();
+    println!(
+        "{} batch {batch}: loss bits equal with 1 and {threads} threads: {}",
+        preset.name(),
+        loss_one.to_bits() == loss_many.to_bits()
+    );
+    let names: Vec<String> = Gpt::new(&preset.config(), 5, Device::Cpu)
+        .expect("valid")
+        .parameters()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let differing: Vec<&String> =
+        names.iter().zip(one.iter().zip(&many)).filter(|(_, (a, b))| a != b).map(|(n, _)| n).collect();
     if differing.is_empty() {
         println!("all {} gradients are bit-identical", names.len());
     } else {

@@ -69,7 +69,12 @@ pub fn capture(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
 /// Sets every subnormal value of the weights and moments to zero (signed zeros are kept).
 pub fn flush_subnormals(model: &Gpt, optimizer: &AdamW) {
     tch::no_grad(|| {
-        let tensors = model.parameters().iter().map(|p| &p.tensor).chain(&optimizer.first_moments).chain(&optimizer.second_moments);
+        let tensors = model
+            .parameters()
+            .iter()
+            .map(|p| &p.tensor)
+            .chain(&optimizer.first_moments)
+            .chain(&optimizer.second_moments);
         for tensor in tensors {
             let mask = tensor.abs().lt(f64::from(f32::MIN_POSITIVE)).logical_and(&tensor.ne(0.0));
             let _ = tensor.shallow_clone().masked_fill_(&mask, 0.0);
@@ -174,14 +179,18 @@ impl CheckpointData {
         let mut total: usize = 0;
         for _ in 0..count {
             let len = c.u16("name length")? as usize;
-            let name = std::str::from_utf8(c.take(len, "name")?).map_err(|_| CheckpointError::Malformed("name is not UTF-8"))?;
+            let name = std::str::from_utf8(c.take(len, "name")?)
+                .map_err(|_| CheckpointError::Malformed("name is not UTF-8"))?;
             names.push(name.to_string());
             let rank = c.u8("rank")? as usize;
             let mut shape = Vec::with_capacity(rank);
             let mut numel: usize = 1;
             for _ in 0..rank {
                 let dim = c.u64("dimension")?;
-                let dim = usize::try_from(dim).ok().filter(|&d| d <= bytes.len()).ok_or(CheckpointError::Malformed("dimension exceeds the input"))?;
+                let dim = usize::try_from(dim)
+                    .ok()
+                    .filter(|&d| d <= bytes.len())
+                    .ok_or(CheckpointError::Malformed("dimension exceeds the input"))?;
                 numel = numel.checked_mul(dim).ok_or(CheckpointError::Malformed("tensor too large"))?;
                 shape.push(dim as i64);
             }
@@ -294,7 +303,11 @@ mod tests {
         assert_eq!((data.weights[3].to_bits(), data.weights[5].to_bits()), (0, 0), "subnormal weights become +0");
         assert_eq!(data.weights[8].to_bits(), (-0.0f32).to_bits(), "signed zeros are kept");
         assert!(data.second_moments.iter().all(|v| !v.is_subnormal()));
-        assert_eq!(model.flat_weights()[3].to_bits(), 0, "the live state is flushed too, so training continues from it");
+        assert_eq!(
+            model.flat_weights()[3].to_bits(),
+            0,
+            "the live state is flushed too, so training continues from it"
+        );
         assert_eq!(data.weights[9], weights[9], "normal values are untouched");
     }
 

@@ -30,7 +30,9 @@ pub enum DataError {
     Missing(PathBuf),
     #[error("dataset {0} is empty")]
     Empty(PathBuf),
-    #[error("dataset {path} has {bytes} bytes; at least {needed} are needed for sequences of {sequence_length} tokens")]
+    #[error(
+        "dataset {path} has {bytes} bytes; at least {needed} are needed for sequences of {sequence_length} tokens"
+    )]
     TooSmall { path: PathBuf, bytes: usize, needed: usize, sequence_length: usize },
     #[error("dataset {path} is larger than the limit of {max} bytes")]
     TooLarge { path: PathBuf, max: u64 },
@@ -123,7 +125,8 @@ impl Dataset {
 /// A Trellis checkout's own text, relative to its root: its docs and the sources of its crates,
 /// in this order. The devnet's demo job trains on it when no dataset is given, and the tests use
 /// it, since a fresh clone holds nothing else to train on.
-pub const REPOSITORY_TEXT: [&str; 7] = ["docs", "proto/src", "contracts/src", "consensus/src", "trainer/src", "verifier/src", "node/src"];
+pub const REPOSITORY_TEXT: [&str; 7] =
+    ["docs", "proto/src", "contracts/src", "consensus/src", "trainer/src", "verifier/src", "node/src"];
 
 /// The bytes of [`REPOSITORY_TEXT`] under the checkout at `repo`, each part read as
 /// [`Dataset::load`] reads a path.

@@ -33,7 +33,11 @@ impl fmt::Display for BackendInfo {
         writeln!(f, "libtorch:        linked (tch {})", TCH_VERSION)?;
         writeln!(f, "CPU threads:     {}", self.threads)?;
         writeln!(f, "MKL:             {}", yes_no(self.mkl_available))?;
-        writeln!(f, "MKL_CBWR:        {}", self.mkl_cbwr.as_deref().unwrap_or("unset (results may depend on the thread count)"))?;
+        writeln!(
+            f,
+            "MKL_CBWR:        {}",
+            self.mkl_cbwr.as_deref().unwrap_or("unset (results may depend on the thread count)")
+        )?;
         writeln!(f, "CUDA available:  {} ({} devices)", yes_no(self.cuda_available), self.cuda_devices)?;
         write!(f, "cuDNN available: {}", yes_no(self.cudnn_available))
     }
@@ -83,6 +87,7 @@ extern "C" {
 /// non-deterministic attention backward, seen on an H200, `docs/benchmarks.md`.) The CUDA path
 /// turns it on; the CPU path needs no switch: the kernels the trainer uses there are
 /// deterministic, and `MKL_CBWR` pins the matrix products.
+#[allow(unsafe_code)] // the one call into libtorch that tch does not wrap
 pub fn use_deterministic_algorithms(enabled: bool) {
     // SAFETY: `globalContext()` returns libtorch's process-wide context, valid for the life of
     // the process; the setter only stores two flags in it.
@@ -90,6 +95,7 @@ pub fn use_deterministic_algorithms(enabled: bool) {
 }
 
 /// Whether libtorch's deterministic-algorithms mode is on.
+#[allow(unsafe_code)]
 pub fn deterministic_algorithms() -> bool {
     // SAFETY: as in `use_deterministic_algorithms`; the getter only reads a flag.
     unsafe { at_context_deterministic_algorithms(at_global_context()) }

@@ -87,7 +87,12 @@ impl RunManifest {
 
     /// The batch schedule of the run.
     pub fn schedule(&self) -> BatchSchedule {
-        BatchSchedule { seed: self.seed, workers: self.workers, batch_size: self.batch_size, sequence_length: self.sequence_length }
+        BatchSchedule {
+            seed: self.seed,
+            workers: self.workers,
+            batch_size: self.batch_size,
+            sequence_length: self.sequence_length,
+        }
     }
 }
 
@@ -187,7 +192,8 @@ pub fn run_diloco(
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
     let mut model = start_model(config)?;
     let mut global = model.flat_weights();
-    let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
+    let initial_validation_loss =
+        evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
     let mut outer = OuterStep::new(config.outer, config.outer_learning_rate, config.outer_momentum, global.len());
     let mut optimizers: Vec<AdamW> =
         (0..config.workers).map(|_| AdamW::new(config.adamw.clone(), model.parameters())).collect();
@@ -217,7 +223,8 @@ pub fn run_diloco(
             compute += outcome.compute;
             checkpointing += outcome.checkpointing;
             train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
-            let mut output = WorkerOutput { worker, delta: pseudo_gradient(&global, &model.flat_weights()), trail: outcome.trail };
+            let mut output =
+                WorkerOutput { worker, delta: pseudo_gradient(&global, &model.flat_weights()), trail: outcome.trail };
             (hooks.tamper)(round, &mut output, &outputs);
             if let Some(dir) = &trail_dir {
                 write_trail(dir, &output.trail)?;
@@ -237,7 +244,8 @@ pub fn run_diloco(
             outputs.iter().map(|o| o.delta.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()).collect();
         let admitted = (hooks.admit)(round, &outputs);
         let excluded: Vec<usize> = (0..outputs.len()).filter(|&w| !admitted[w]).collect();
-        let kept: Vec<&[f32]> = outputs.iter().zip(&admitted).filter(|(_, keep)| **keep).map(|(o, _)| o.delta.as_slice()).collect();
+        let kept: Vec<&[f32]> =
+            outputs.iter().zip(&admitted).filter(|(_, keep)| **keep).map(|(o, _)| o.delta.as_slice()).collect();
         if !kept.is_empty() {
             outer.apply(&mut global, &(hooks.aggregate)(&kept));
         }
@@ -256,17 +264,30 @@ pub fn run_diloco(
         progress(Progress::RoundDone(&report));
         rounds.push(report);
     }
-    Ok(finish(format!("diloco-{}", encoding_name(config.encoding)), initial_validation_loss, rounds, global, trails, compute, checkpointing))
+    Ok(finish(
+        format!("diloco-{}", encoding_name(config.encoding)),
+        initial_validation_loss,
+        rounds,
+        global,
+        trails,
+        compute,
+        checkpointing,
+    ))
 }
 
 /// Synchronous data-parallel with the same total tokens: every step trains on the K workers'
 /// batches of that step at once (the global batch split across workers, averaged gradients),
 /// for `rounds × H` steps, reporting at the same token counts as DiLoCo.
-pub fn run_data_parallel(config: &RunConfig, dataset: &Dataset, mut progress: impl FnMut(Progress<'_>)) -> Result<RunReport, WorkerError> {
+pub fn run_data_parallel(
+    config: &RunConfig,
+    dataset: &Dataset,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<RunReport, WorkerError> {
     let worker_schedule = schedule(config, config.workers);
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
     let mut model = start_model(config)?;
-    let initial_validation_loss = evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
+    let initial_validation_loss =
+        evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
     let mut optimizer = AdamW::new(config.adamw.clone(), model.parameters());
     let parameters = model.numel() as u64;
     let k = config.workers as u64;
@@ -321,7 +342,12 @@ pub const WARM_START_SEED_SALT: u64 = 0x5741_524d; // "WARM"
 /// A warm start: `steps` steps of data-parallel training (the K workers' batches together, a
 /// warm-up and cosine schedule of its own over `steps`) from the seed's initialisation, on
 /// batches drawn with the seed salted by [`WARM_START_SEED_SALT`]. Returns the weights.
-pub fn warm_start(config: &RunConfig, dataset: &Dataset, steps: u64, progress: impl FnMut(Progress<'_>)) -> Result<Vec<f32>, WorkerError> {
+pub fn warm_start(
+    config: &RunConfig,
+    dataset: &Dataset,
+    steps: u64,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<Vec<f32>, WorkerError> {
     let mut warm = config.clone();
     warm.seed = config.seed ^ WARM_START_SEED_SALT;
     warm.initial_weights = Some(Gpt::new(&config.model, config.seed, Device::Cpu)?.flat_weights());

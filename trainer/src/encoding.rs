@@ -148,7 +148,11 @@ pub fn int8_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
         return None;
     }
     let chunks = n.div_ceil(chunk) as usize;
-    let scales = bytes.get(13..13 + chunks * 4)?.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    let scales = bytes
+        .get(13..13 + chunks * 4)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
     Some((chunk as usize, scales))
 }
 

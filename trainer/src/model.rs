@@ -95,7 +95,8 @@ pub fn validate(config: &ModelConfig) -> Result<(), ModelError> {
 
 /// Number of parameters of a shape: `V·C + T·C + L·(12C² + 13C) + 2C`.
 pub fn parameter_count(config: &ModelConfig) -> u64 {
-    let (v, t, c, l) = (config.vocab_size as u64, config.context_length as u64, config.width as u64, config.layers as u64);
+    let (v, t, c, l) =
+        (config.vocab_size as u64, config.context_length as u64, config.width as u64, config.layers as u64);
     v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
 }
 
@@ -198,7 +199,8 @@ impl Gpt {
         let heads = self.config.heads as i64;
         let p = |i: usize| &self.parameters[i].tensor;
         let positions = Tensor::arange(time, (Kind::Int64, self.device));
-        let mut x = Tensor::embedding(p(0), tokens, -1, false, false) + Tensor::embedding(p(1), &positions, -1, false, false);
+        let mut x =
+            Tensor::embedding(p(0), tokens, -1, false, false) + Tensor::embedding(p(1), &positions, -1, false, false);
         for layer in 0..self.config.layers as usize {
             let b = |k: usize| p(2 + layer * PER_BLOCK + k);
             let h = layer_norm(&x, c, b(0), b(1));

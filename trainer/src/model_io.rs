@@ -48,7 +48,8 @@ pub fn save(model: &Gpt, path: &Path) -> Result<(), ModelFileError> {
         layers: c.layers,
         heads: c.heads,
     };
-    let metadata = HashMap::from([(CONFIG_KEY.to_string(), serde_json::to_string(&stored).expect("config serialises"))]);
+    let metadata =
+        HashMap::from([(CONFIG_KEY.to_string(), serde_json::to_string(&stored).expect("config serialises"))]);
     let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = model
         .parameters()
         .iter()
@@ -61,7 +62,9 @@ pub fn save(model: &Gpt, path: &Path) -> Result<(), ModelFileError> {
         .collect();
     let views: Vec<(&str, TensorView<'_>)> = buffers
         .iter()
-        .map(|(name, shape, bytes)| (name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match")))
+        .map(|(name, shape, bytes)| {
+            (name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match"))
+        })
         .collect();
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| ModelFileError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -96,13 +99,21 @@ pub fn load(path: &Path, device: tch::Device) -> Result<Gpt, ModelFileError> {
     };
     validate(&config).map_err(|source| ModelFileError::Shape { path: path.to_path_buf(), source })?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let mut model = Gpt::new(&config, 0, device).map_err(|source| ModelFileError::Shape { path: path.to_path_buf(), source })?;
+    let mut model =
+        Gpt::new(&config, 0, device).map_err(|source| ModelFileError::Shape { path: path.to_path_buf(), source })?;
     let mut flat = Vec::with_capacity(model.numel());
     for parameter in model.parameters() {
-        let view = tensors.tensor(&parameter.name).map_err(|_| invalid(format!("tensor {} is missing", parameter.name)))?;
+        let view =
+            tensors.tensor(&parameter.name).map_err(|_| invalid(format!("tensor {} is missing", parameter.name)))?;
         let shape: Vec<usize> = parameter.tensor.size().iter().map(|&d| d as usize).collect();
         if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
-            return Err(invalid(format!("tensor {} is {:?} {:?}, expected F32 {:?}", parameter.name, view.dtype(), view.shape(), shape)));
+            return Err(invalid(format!(
+                "tensor {} is {:?} {:?}, expected F32 {:?}",
+                parameter.name,
+                view.dtype(),
+                view.shape(),
+                shape
+            )));
         }
         flat.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
     }

@@ -146,7 +146,11 @@ mod tests {
     fn one_step_matches_the_adamw_formula() {
         // A single scalar parameter with gradient 2 (clipped to 1 by the norm): after the first
         // step the bias-corrected update is lr · g/|g| = lr, plus decoupled decay lr·wd·p.
-        let mut p = vec![Parameter { name: "w".into(), tensor: Tensor::from_slice(&[3.0f32, 0.0]).set_requires_grad(true), decays: true }];
+        let mut p = vec![Parameter {
+            name: "w".into(),
+            tensor: Tensor::from_slice(&[3.0f32, 0.0]).set_requires_grad(true),
+            decays: true,
+        }];
         let loss = (&p[0].tensor * Tensor::from_slice(&[2.0f32, 0.0])).sum(Kind::Float);
         loss.backward();
         let mut c = config();

@@ -100,6 +100,9 @@ mod tests {
         let b: Vec<f32> = (0..1000).map(|i| (i as f32).cos() * 1e-3).collect();
         let first = mean(&[&a, &b]);
         let again = mean(&[&a, &b]);
-        assert_eq!(first.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), again.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            first.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            again.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

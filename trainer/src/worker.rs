@@ -112,7 +112,12 @@ impl InnerLoop<'_> {
     /// [`train_steps`](Self::train_steps) for a checker re-executing a segment: the state it
     /// starts from is a checkpoint it already holds, so no start checkpoint is taken (the trail
     /// of the outcome begins after the first step).
-    pub fn replay_steps(&self, model: &mut Gpt, optimizer: &mut AdamW, steps: u64) -> Result<StepsOutcome, WorkerError> {
+    pub fn replay_steps(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        steps: u64,
+    ) -> Result<StepsOutcome, WorkerError> {
         self.run(model, optimizer, steps, false, |_, _| {})
     }
 
@@ -223,7 +228,8 @@ pub fn evaluate(model: &Gpt, inputs: &[i64], targets: &[i64], sequence_length: u
         for first in (0..rows).step_by(batch) {
             let n = batch.min(rows - first);
             let range = first * sequence_length..(first + n) * sequence_length;
-            let x = Tensor::from_slice(&inputs[range.clone()]).view([n as i64, sequence_length as i64]).to_device(device);
+            let x =
+                Tensor::from_slice(&inputs[range.clone()]).view([n as i64, sequence_length as i64]).to_device(device);
             let y = Tensor::from_slice(&targets[range]).view([n as i64, sequence_length as i64]).to_device(device);
             total += model.loss(&x, &y).to_kind(Kind::Double).double_value(&[]) * n as f64;
         }
@@ -254,7 +260,8 @@ mod tests {
     /// `1e39` reads as an infinite f32, which JSON writes as `null`; no replay ever matches it.)
     fn parse_is_sound(bytes: &[u8]) -> Result<(), TestCaseError> {
         if let Ok(trail) = serde_json::from_slice::<Trail>(bytes) {
-            let checkpoints: Vec<TrailEntry> = serde_json::from_slice(&serde_json::to_vec(&trail.checkpoints).unwrap()).unwrap();
+            let checkpoints: Vec<TrailEntry> =
+                serde_json::from_slice(&serde_json::to_vec(&trail.checkpoints).unwrap()).unwrap();
             prop_assert_eq!(&checkpoints, &trail.checkpoints);
             prop_assert_eq!(trail.hashes().len(), trail.checkpoints.len());
             let _ = trail.root();

@@ -55,7 +55,14 @@ fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
     let mut optimizer = AdamW::new(adamw(20), model.parameters());
     resume_from(&checkpoint_path(&dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
     let schedule = schedule();
-    let inner = InnerLoop { dataset: &dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 5, trail_dir: None };
+    let inner = InnerLoop {
+        dataset: &dataset,
+        schedule: &schedule,
+        round: 0,
+        worker: 1,
+        checkpoint_interval: 5,
+        trail_dir: None,
+    };
     let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
     assert_eq!(resumed.hashes(), first.hashes()[2..].to_vec(), "resumed run differs");
     assert_eq!(resumed.losses, first.losses[10..].to_vec());

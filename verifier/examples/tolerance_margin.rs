@@ -25,7 +25,8 @@ fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> 
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     CheckpointData::parse(start).expect("our checkpoint").restore(&mut model, &mut optimizer).expect("same shapes");
     let schedule = BatchSchedule { seed, workers: 2, batch_size: 8, sequence_length: 64 };
-    let inner = InnerLoop { dataset, schedule: &schedule, round: 0, worker: 0, checkpoint_interval: steps, trail_dir: None };
+    let inner =
+        InnerLoop { dataset, schedule: &schedule, round: 0, worker: 0, checkpoint_interval: steps, trail_dir: None };
     inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).expect("training runs");
     model.flat_weights()
 }
@@ -41,10 +42,20 @@ fn main() {
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     let schedule = BatchSchedule { seed: 1, workers: 2, batch_size: 8, sequence_length: 64 };
     let (mut honest_max, mut fake_min) = (0.0f64, f64::INFINITY);
-    println!("{:>7} {:>12} {:>12} {:>12} {:>12} {:>12}", "segment", "honest 1t", "honest 2t", "other batch", "skipped step", "noise 1e-4");
+    println!(
+        "{:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "segment", "honest 1t", "honest 2t", "other batch", "skipped step", "noise 1e-4"
+    );
     for segment in 0..segments {
         let start = checkpoint::to_bytes(&model, &optimizer);
-        let inner = InnerLoop { dataset: &dataset, schedule: &schedule, round: 0, worker: 0, checkpoint_interval: c, trail_dir: None };
+        let inner = InnerLoop {
+            dataset: &dataset,
+            schedule: &schedule,
+            round: 0,
+            worker: 0,
+            checkpoint_interval: c,
+            trail_dir: None,
+        };
         inner.train_steps(&mut model, &mut optimizer, c, |_, _| {}).expect("training runs");
         let claimed = model.flat_weights();
         tch::set_num_threads(1);

@@ -100,7 +100,8 @@ pub fn centered_clip(deltas: &[&[f32]], tau: f32, iterations: u32) -> Result<Vec
     let mut distances: Vec<f64> = deltas.iter().map(|x| distance(x, &center)).collect();
     distances.sort_by(f64::total_cmp);
     let middle = distances.len() / 2;
-    let spread = if distances.len() % 2 == 1 { distances[middle] } else { (distances[middle - 1] + distances[middle]) / 2.0 };
+    let spread =
+        if distances.len() % 2 == 1 { distances[middle] } else { (distances[middle - 1] + distances[middle]) / 2.0 };
     let radius = f64::from(tau) * spread;
     if radius == 0.0 {
         // At least half the inputs sit on the median: it is the answer.
@@ -177,7 +178,8 @@ mod tests {
 
     #[test]
     fn centered_clipping_bounds_a_huge_attacker_where_the_mean_does_not() {
-        let honest: Vec<Vec<f32>> = (0..3).map(|i| (0..100).map(|j| ((i * 100 + j) as f32 * 0.1).sin() * 0.01).collect()).collect();
+        let honest: Vec<Vec<f32>> =
+            (0..3).map(|i| (0..100).map(|j| ((i * 100 + j) as f32 * 0.1).sin() * 0.01).collect()).collect();
         let attacker: Vec<f32> = honest[0].iter().map(|x| -x * 1e4).collect();
         let mut inputs: Vec<&[f32]> = honest.iter().map(Vec::as_slice).collect();
         let clean = mean(&inputs).unwrap();

@@ -96,7 +96,12 @@ fn invalid(reason: InvalidReason, expected: Hash, reproduced: Hash) -> VerdictOu
 /// the batch schedule, and judge the end checkpoint and every step's loss
 /// (`trellis_protocol::judge::judge_replay`). The claim's positions come from the chain
 /// (`trellis_protocol::trail`), never from the trail alone.
-pub fn check_claim(replay: &Replay<'_>, claim: &SegmentClaim<'_>, source: &dyn BlobSource, mode: Mode) -> SegmentReport {
+pub fn check_claim(
+    replay: &Replay<'_>,
+    claim: &SegmentClaim<'_>,
+    source: &dyn BlobSource,
+    mode: Mode,
+) -> SegmentReport {
     let (start, end) = (claim.start, claim.end);
     let report = |outcome, distance, losses_match| SegmentReport {
         segment: claim.segment as usize,
@@ -152,7 +157,13 @@ pub fn check_claim(replay: &Replay<'_>, claim: &SegmentClaim<'_>, source: &dyn B
         Mode::Tolerance { .. } => {
             let claimed = match source.fetch(&end.hash) {
                 Ok(bytes) if checkpoint_hash(&bytes) == end.hash => bytes,
-                Ok(bytes) => return report(invalid(InvalidReason::StartMismatch, end.hash, checkpoint_hash(&bytes)), 0.0, losses_match),
+                Ok(bytes) => {
+                    return report(
+                        invalid(InvalidReason::StartMismatch, end.hash, checkpoint_hash(&bytes)),
+                        0.0,
+                        losses_match,
+                    )
+                }
                 Err(_) => return report(Blame::Withheld.outcome(), 0.0, losses_match),
             };
             let Ok(claimed) = CheckpointData::parse(&claimed) else {
@@ -173,7 +184,9 @@ pub fn offline_claim(trail: &Trail, index: usize) -> Option<SegmentClaim<'_>> {
     let interval = u32::try_from(trail.checkpoint_interval).ok().filter(|c| *c > 0)?;
     let first = trail.checkpoints.first()?.step;
     let positions_hold = trail.checkpoints.len() == checkpoint_count(steps, interval) as usize
-        && (0u32..).zip(&trail.checkpoints).all(|(i, e)| Some(e.step) == first.checked_add(checkpoint_offset(i, steps, interval)));
+        && (0u32..)
+            .zip(&trail.checkpoints)
+            .all(|(i, e)| Some(e.step) == first.checked_add(checkpoint_offset(i, steps, interval)));
     let index = u32::try_from(index).ok()?;
     if !positions_hold || index >= segment_count(steps, interval) {
         return None;
@@ -190,7 +203,13 @@ pub fn offline_claim(trail: &Trail, index: usize) -> Option<SegmentClaim<'_>> {
 
 /// Checks segment `index` of an offline trail (from checkpoint `index` to `index + 1`); a trail
 /// whose checkpoints are not at the protocol's positions is `Invalid(TrailMismatch)`.
-pub fn check_segment(replay: &Replay<'_>, trail: &Trail, index: usize, source: &dyn BlobSource, mode: Mode) -> SegmentReport {
+pub fn check_segment(
+    replay: &Replay<'_>,
+    trail: &Trail,
+    index: usize,
+    source: &dyn BlobSource,
+    mode: Mode,
+) -> SegmentReport {
     match offline_claim(trail, index) {
         Some(claim) => check_claim(replay, &claim, source, mode),
         None => SegmentReport {
@@ -248,7 +267,11 @@ pub fn check_delta(
     }
     let residual_len = residual.map_or(global.len(), <[f32]>::len);
     if global.len() != final_weights.len() || residual_len != global.len() {
-        return Err(DeltaError::SizeMismatch { global: global.len(), final_weights: final_weights.len(), residual: residual_len });
+        return Err(DeltaError::SizeMismatch {
+            global: global.len(),
+            final_weights: final_weights.len(),
+            residual: residual_len,
+        });
     }
     let mut expected: Vec<f32> = global.iter().zip(final_weights).map(|(g, f)| g - f).collect();
     if let Some(residual) = residual {
@@ -274,7 +297,10 @@ pub fn residual_within_bound(previous_delta: &[u8], residual: &[f32]) -> bool {
     let Some((chunk, scales)) = encoding::int8_scales(previous_delta) else { return false };
     chunk > 0
         && residual.len() <= scales.len() * chunk
-        && residual.iter().enumerate().all(|(i, r)| r.is_finite() && r.abs() <= 0.5 * scales[i / chunk] * (1.0 + RESIDUAL_SLACK))
+        && residual
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.is_finite() && r.abs() <= 0.5 * scales[i / chunk] * (1.0 + RESIDUAL_SLACK))
 }
 
 #[cfg(test)]
@@ -284,11 +310,17 @@ mod residual_tests {
     /// Δs whose chunks shrink and grow by large factors from round to round (a learning rate
     /// schedule, a loss spike): the honest residual must pass every time.
     fn rounds_of_changing_scale() -> Vec<Vec<f32>> {
-        let base: Vec<f32> = (0..10_000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3 + (i as f32 * 0.013).sin() * 1e-4).collect();
+        let base: Vec<f32> =
+            (0..10_000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3 + (i as f32 * 0.013).sin() * 1e-4).collect();
         [1.0f32, 0.01, 50.0, 1e-4, 3.0, 0.2]
             .iter()
             .enumerate()
-            .map(|(round, factor)| base.iter().enumerate().map(|(i, v)| v * factor * if (i / 4096 + round) % 2 == 0 { 1.0 } else { 0.07 }).collect())
+            .map(|(round, factor)| {
+                base.iter()
+                    .enumerate()
+                    .map(|(i, v)| v * factor * if (i / 4096 + round) % 2 == 0 { 1.0 } else { 0.07 })
+                    .collect()
+            })
             .collect()
     }
 

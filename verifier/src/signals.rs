@@ -23,7 +23,8 @@ pub fn find_copies(deltas: &[&[f32]], bound: f64) -> Vec<CopySuspect> {
     let mut suspects = Vec::new();
     for later in 1..deltas.len() {
         for earlier in 0..later {
-            let similarity = if deltas[earlier] == deltas[later] { 1.0 } else { cosine(deltas[earlier], deltas[later]) };
+            let similarity =
+                if deltas[earlier] == deltas[later] { 1.0 } else { cosine(deltas[earlier], deltas[later]) };
             if similarity >= bound {
                 suspects.push(CopySuspect { earlier, later, cosine: similarity });
                 break;
@@ -41,7 +42,8 @@ mod tests {
     fn exact_and_noisy_copies_are_found_and_distinct_deltas_are_not() {
         let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.11).cos()).collect();
-        let noisy: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + 0.01 * ((i * 7919 % 13) as f32 - 6.0) / 6.0).collect();
+        let noisy: Vec<f32> =
+            a.iter().enumerate().map(|(i, x)| x + 0.01 * ((i * 7919 % 13) as f32 - 6.0) / 6.0).collect();
         let exact = a.clone();
         let found = find_copies(&[&a, &b, &exact, &noisy], COPY_COSINE_BOUND);
         assert_eq!(found.iter().map(|s| (s.earlier, s.later)).collect::<Vec<_>>(), vec![(0, 2), (0, 3)]);

@@ -68,9 +68,6 @@ fn a_skipped_step_is_caught() {
     assert_eq!(reason(&report.outcome), Some(InvalidReason::CheckpointMismatch));
 }
 
-
-
-
 #[test]
 fn a_trail_whose_steps_do_not_ascend_is_a_trail_mismatch() {
     let data = dataset();
@@ -160,10 +157,19 @@ fn truncated_and_malformed_blobs_get_verdicts_not_panics() {
     forged.checkpoints[0].hash = checkpoint_hash(&garbage);
     let mut blobs = MemorySource::default();
     blobs.0.insert(forged.checkpoints[0].hash, garbage);
-    assert_eq!(reason(&check_segment(&replay(&data), &forged, 0, &blobs, Mode::Exact).outcome), Some(InvalidReason::MalformedBlob));
+    assert_eq!(
+        reason(&check_segment(&replay(&data), &forged, 0, &blobs, Mode::Exact).outcome),
+        Some(InvalidReason::MalformedBlob)
+    );
     // Segment indices and step gaps that do not fit the trail.
-    assert_eq!(reason(&check_segment(&replay(&data), &trail, 7, &source, Mode::Exact).outcome), Some(InvalidReason::TrailMismatch));
+    assert_eq!(
+        reason(&check_segment(&replay(&data), &trail, 7, &source, Mode::Exact).outcome),
+        Some(InvalidReason::TrailMismatch)
+    );
     let mut gap = trail.clone();
     gap.checkpoints[1].step = 40;
-    assert_eq!(reason(&check_segment(&replay(&data), &gap, 1, &source, Mode::Exact).outcome), Some(InvalidReason::TrailMismatch));
+    assert_eq!(
+        reason(&check_segment(&replay(&data), &gap, 1, &source, Mode::Exact).outcome),
+        Some(InvalidReason::TrailMismatch)
+    );
 }

@@ -20,11 +20,19 @@ fn a_unit_gap_trail_is_a_trail_mismatch() {
     let mut model = Gpt::new(&Preset::Nano.config(), 9, Device::Cpu).unwrap();
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     let schedule = schedule(3);
-    let inner = InnerLoop { dataset: &data, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 1, trail_dir: None };
+    let inner =
+        InnerLoop { dataset: &data, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 1, trail_dir: None };
     let short = inner.train_steps(&mut model, &mut optimizer, 3, |_, _| {}).unwrap().trail;
     let mut losses = short.losses.clone();
     losses.resize(12, 3.0);
-    let gap = Trail { round: 0, worker: 1, checkpoint_interval: 4, checkpoints: short.checkpoints, losses, proofs: Vec::new() };
+    let gap = Trail {
+        round: 0,
+        worker: 1,
+        checkpoint_interval: 4,
+        checkpoints: short.checkpoints,
+        losses,
+        proofs: Vec::new(),
+    };
     for segment in 0..3 {
         let report = check_segment(&replay(&data), &gap, segment, &MemorySource::default(), Mode::Exact);
         assert_eq!(reason(&report.outcome), Some(InvalidReason::TrailMismatch), "segment {segment}");

@@ -12,9 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use trellis_zk::{
-    circuit_size, prove, setup, Batch, ModelSpec, PreparedVerifier, Weights, ZkError,
-};
+use trellis_zk::{circuit_size, prove, setup, Batch, ModelSpec, PreparedVerifier, Weights, ZkError};
 
 struct Options {
     limit: Duration,
@@ -22,20 +20,14 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        limit: Duration::from_secs(60),
-        batch: 4,
-    };
+    let mut options = Options { limit: Duration::from_secs(60), batch: 4 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
-        let value = iter
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        let value = iter.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--limit-seconds" => {
-                options.limit =
-                    Duration::from_secs(value.parse().expect("--limit-seconds takes an integer"))
+                options.limit = Duration::from_secs(value.parse().expect("--limit-seconds takes an integer"))
             }
             "--batch" => options.batch = value.parse().expect("--batch takes an integer"),
             other => panic!("unknown flag {other}: flags are --limit-seconds N and --batch N"),
@@ -67,9 +59,7 @@ fn main() -> Result<(), ZkError> {
     println!("# trellis-zk benchmark");
     println!(
         "machine: {} cores; batch {batch}; rayon threads {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
     );
 
@@ -150,16 +140,9 @@ fn main() -> Result<(), ZkError> {
             prove_elapsed.as_secs_f64(),
         );
         if prove_elapsed <= options.limit {
-            largest_within_limit = Some((
-                text.clone(),
-                spec.num_parameters(),
-                prove_elapsed.as_secs_f64(),
-            ));
+            largest_within_limit = Some((text.clone(), spec.num_parameters(), prove_elapsed.as_secs_f64()));
         } else {
-            println!(
-                "(proving took more than {} s: stopping the search)",
-                options.limit.as_secs()
-            );
+            println!("(proving took more than {} s: stopping the search)", options.limit.as_secs());
             break;
         }
     }
@@ -167,11 +150,7 @@ fn main() -> Result<(), ZkError> {
     // Verification including key preparation, as a one-off verifier would run it.
     let small = spec(&format!("softmax:4x3,batch={batch}"));
     let (pk, vk) = setup(&small, 1, &mut rand_core::OsRng)?;
-    let proven = prove(
-        &pk,
-        &Weights::random(&small, 1),
-        &[Batch::random(&small, 2)],
-    )?;
+    let proven = prove(&pk, &Weights::random(&small, 1), &[Batch::random(&small, 2)])?;
     let runs = 100;
     let started = Instant::now();
     for _ in 0..runs {
@@ -189,13 +168,8 @@ fn main() -> Result<(), ZkError> {
         println!("no model was proven within {} s", options.limit.as_secs());
     }
     let max_verify = verify_ms_samples.iter().cloned().fold(0.0, f64::max);
-    println!(
-        "verification with a prepared key: at most {max_verify:.2} ms (independent of model size)"
-    );
+    println!("verification with a prepared key: at most {max_verify:.2} ms (independent of model size)");
     println!("verification including key preparation: {cold_verify_ms:.2} ms");
-    println!(
-        "proof size: {} bytes compressed",
-        trellis_zk::groth16::PROOF_BYTES
-    );
+    println!("proof size: {} bytes compressed", trellis_zk::groth16::PROOF_BYTES);
     Ok(())
 }

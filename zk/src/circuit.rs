@@ -32,8 +32,8 @@ use ark_ff::{Field, Zero};
 use ark_r1cs_std::fields::fp::{AllocatedFp, FpVar};
 use ark_r1cs_std::GR1CSVar;
 use ark_relations::gr1cs::{
-    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, LinearCombination,
-    SynthesisError, SynthesisMode, Variable,
+    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, LinearCombination, SynthesisError, SynthesisMode,
+    Variable,
 };
 
 use crate::commit::{self, Commitment, PACKING_OFFSET, VALUES_PER_ELEMENT};
@@ -73,12 +73,7 @@ impl PublicInputs {
 
     /// The field elements the Groth16 verifier takes, in circuit order.
     pub fn to_field_elements(&self) -> [Fr; NUM_PUBLIC_INPUTS] {
-        [
-            self.weights_before.0,
-            self.weights_after.0,
-            self.batches.0,
-            Fr::from(self.steps as u64),
-        ]
+        [self.weights_before.0, self.weights_after.0, self.batches.0, Fr::from(self.steps as u64)]
     }
 
     /// Inverse of [`PublicInputs::to_field_elements`]; fails if the step count is not a `u32`.
@@ -86,20 +81,12 @@ impl PublicInputs {
         let [before, after, batches, steps] = elements else {
             return Err(ZkError::decode(
                 "public inputs",
-                format!(
-                    "{} field elements, expected {NUM_PUBLIC_INPUTS}",
-                    elements.len()
-                ),
+                format!("{} field elements, expected {NUM_PUBLIC_INPUTS}", elements.len()),
             ));
         };
         let steps = integer_of(*steps)
             .and_then(|s| u32::try_from(s).ok())
-            .ok_or_else(|| {
-                ZkError::decode(
-                    "public inputs",
-                    "the step count is not a 32-bit unsigned integer",
-                )
-            })?;
+            .ok_or_else(|| ZkError::decode("public inputs", "the step count is not a 32-bit unsigned integer"))?;
         Ok(PublicInputs {
             weights_before: Commitment(*before),
             weights_after: Commitment(*after),
@@ -146,15 +133,8 @@ impl TrainingCircuit {
     /// (Groth16 setup only needs the constraints, not a meaningful witness).
     pub fn blank(spec: &ModelSpec, steps: u32) -> Result<Self, ZkError> {
         check_steps(steps)?;
-        let zero_batch = Batch {
-            examples: vec![
-                model::Example {
-                    features: vec![0; spec.inputs()],
-                    label: 0
-                };
-                spec.batch()
-            ],
-        };
+        let zero_batch =
+            Batch { examples: vec![model::Example { features: vec![0; spec.inputs()], label: 0 }; spec.batch()] };
         let batches = vec![zero_batch; steps as usize];
         let weights = Weights::zeros(spec);
         let claimed = PublicInputs::of_run(spec, &weights, &weights, &batches);
@@ -174,10 +154,7 @@ impl TrainingCircuit {
 
 pub(crate) fn check_steps(steps: u32) -> Result<(), ZkError> {
     if steps == 0 || steps > MAX_STEPS {
-        return Err(ZkError::Steps {
-            got: steps,
-            max: MAX_STEPS,
-        });
+        return Err(ZkError::Steps { got: steps, max: MAX_STEPS });
     }
     Ok(())
 }
@@ -252,29 +229,19 @@ impl TrainingCircuit {
         for examples in &batches {
             layers = self.sgd_step(b, &layers, examples)?;
         }
-        let after: Vec<Num> = layers
-            .iter()
-            .flat_map(|layer| layer.weight.iter().chain(&layer.bias).cloned())
-            .collect();
+        let after: Vec<Num> = layers.iter().flat_map(|layer| layer.weight.iter().chain(&layer.bias).cloned()).collect();
         let after_commitment = self.commit_weights(b, &after)?;
 
         // Bind the computed commitments and the step count to the public inputs.
         let commitments = [before_commitment, after_commitment, batches_commitment];
         for (computed, &input) in commitments.iter().zip(&inputs) {
             let difference = lc_of(computed) - (Fr::ONE, input);
-            b.enforce_product(
-                &difference,
-                &LinearCombination::from(Variable::One),
-                &LinearCombination::zero(),
-            )?;
+            b.enforce_product(&difference, &LinearCombination::from(Variable::One), &LinearCombination::zero())?;
         }
         let steps = Num::variable(inputs[3], self.claimed.steps as i128);
         b.enforce_equal(&steps, &Num::constant(self.batches.len() as i128))?;
 
-        Ok(Synthesized {
-            weights_after: after,
-            commitments,
-        })
+        Ok(Synthesized { weights_after: after, commitments })
     }
 
     fn unflatten(&self, flat: &[Num]) -> Vec<LayerVars> {
@@ -286,12 +253,7 @@ impl TrainingCircuit {
                 let (weight, tail) = rest.split_at(outputs * inputs);
                 let (bias, tail) = tail.split_at(outputs);
                 rest = tail;
-                LayerVars {
-                    outputs,
-                    inputs,
-                    weight: weight.to_vec(),
-                    bias: bias.to_vec(),
-                }
+                LayerVars { outputs, inputs, weight: weight.to_vec(), bias: bias.to_vec() }
             })
             .collect()
     }
@@ -305,14 +267,10 @@ impl TrainingCircuit {
     ) -> Result<Vec<LayerVars>, SynthesisError> {
         let depth = layers.len();
         // Per parameter, the per-example gradient terms (scale 2^32), summed at the end.
-        let mut weight_terms: Vec<Vec<Vec<Num>>> = layers
-            .iter()
-            .map(|l| vec![Vec::with_capacity(examples.len()); l.weight.len()])
-            .collect();
-        let mut bias_terms: Vec<Vec<Vec<Num>>> = layers
-            .iter()
-            .map(|l| vec![Vec::with_capacity(examples.len()); l.bias.len()])
-            .collect();
+        let mut weight_terms: Vec<Vec<Vec<Num>>> =
+            layers.iter().map(|l| vec![Vec::with_capacity(examples.len()); l.weight.len()]).collect();
+        let mut bias_terms: Vec<Vec<Vec<Num>>> =
+            layers.iter().map(|l| vec![Vec::with_capacity(examples.len()); l.bias.len()]).collect();
 
         for example in examples {
             // Forward.
@@ -348,11 +306,8 @@ impl TrainingCircuit {
 
             // Output delta: softmax − one-hot.
             let probabilities = self.softmax(b, &logits)?;
-            let mut delta: Vec<Num> = probabilities
-                .iter()
-                .zip(&example.one_hot)
-                .map(|(p, y)| p.sub(&y.shl(FRAC_BITS)))
-                .collect();
+            let mut delta: Vec<Num> =
+                probabilities.iter().zip(&example.one_hot).map(|(p, y)| p.sub(&y.shl(FRAC_BITS))).collect();
 
             // Backward.
             for l in (0..depth).rev() {
@@ -386,10 +341,7 @@ impl TrainingCircuit {
             let new_value = old.value - (scaled.value >> (2 * FRAC_BITS));
             let (new, _) = b.signed_value(new_value)?;
             let change = old.sub(&new);
-            let (remainder, _) = b.unsigned(
-                scaled.value - (change.value << (2 * FRAC_BITS)),
-                2 * FRAC_BITS,
-            )?;
+            let (remainder, _) = b.unsigned(scaled.value - (change.value << (2 * FRAC_BITS)), 2 * FRAC_BITS)?;
             b.enforce_equal(&scaled, &change.shl(2 * FRAC_BITS).add(&remainder))?;
             Ok(new)
         };
@@ -403,12 +355,7 @@ impl TrainingCircuit {
             for (old, terms) in layer.bias.iter().zip(&bias_terms[l]) {
                 bias.push(update(old, terms)?);
             }
-            next.push(LayerVars {
-                outputs: layer.outputs,
-                inputs: layer.inputs,
-                weight,
-                bias,
-            });
+            next.push(LayerVars { outputs: layer.outputs, inputs: layer.inputs, weight, bias });
         }
         Ok(next)
     }
@@ -442,8 +389,7 @@ impl TrainingCircuit {
         // e_c = (1 − min(gap, 16)/16)^16 with truncations, read off the gap's bits.
         let mut exps = Vec::with_capacity(logits.len());
         for (_, bits) in &gaps {
-            let within_clamp =
-                b.is_zero(&bits.weighted_sum(EXP_CLAMP_BITS as usize..VALUE_BITS as usize))?;
+            let within_clamp = b.is_zero(&bits.weighted_sum(EXP_CLAMP_BITS as usize..VALUE_BITS as usize))?;
             let low = bits.weighted_sum(0..EXP_SQUARINGS as usize);
             let low_is_nonzero = Num::constant(1).sub(&b.is_zero(&low)?);
             let middle = bits.weighted_sum(EXP_SQUARINGS as usize..EXP_CLAMP_BITS as usize);
@@ -477,18 +423,11 @@ impl TrainingCircuit {
     }
 
     fn commit_weights(&self, b: &Builder, values: &[Num]) -> Result<FpVar<Fr>, SynthesisError> {
-        let header = [
-            commit::domain_tag(commit::WEIGHTS_DOMAIN),
-            Fr::from(values.len() as u64),
-        ];
+        let header = [commit::domain_tag(commit::WEIGHTS_DOMAIN), Fr::from(values.len() as u64)];
         poseidon_commit(b, &header, values)
     }
 
-    fn commit_batches(
-        &self,
-        b: &Builder,
-        batches: &[Vec<ExampleVars>],
-    ) -> Result<FpVar<Fr>, SynthesisError> {
+    fn commit_batches(&self, b: &Builder, batches: &[Vec<ExampleVars>]) -> Result<FpVar<Fr>, SynthesisError> {
         let header = [
             commit::domain_tag(commit::BATCHES_DOMAIN),
             Fr::from(batches.len() as u64),
@@ -499,12 +438,8 @@ impl TrainingCircuit {
         for examples in batches {
             for example in examples {
                 values.extend(example.features.iter().cloned());
-                let label_terms: Vec<Num> = example
-                    .one_hot
-                    .iter()
-                    .enumerate()
-                    .map(|(c, y)| y.scale(c as i128))
-                    .collect();
+                let label_terms: Vec<Num> =
+                    example.one_hot.iter().enumerate().map(|(c, y)| y.scale(c as i128)).collect();
                 values.push(Num::sum(&label_terms));
             }
         }
@@ -527,11 +462,7 @@ fn lc_of(var: &FpVar<Fr>) -> LinearCombination<Fr> {
 
 /// The in-circuit twin of [`commit::commit_weights`] / [`commit::commit_batches`]: pack the
 /// (already range-checked) values seven to a field element and hash with Poseidon.
-fn poseidon_commit(
-    b: &Builder,
-    header: &[Fr],
-    values: &[Num],
-) -> Result<FpVar<Fr>, SynthesisError> {
+fn poseidon_commit(b: &Builder, header: &[Fr], values: &[Num]) -> Result<FpVar<Fr>, SynthesisError> {
     let mut elements: Vec<FpVar<Fr>> = header.iter().map(|&h| FpVar::Constant(h)).collect();
     for chunk in values.chunks(VALUES_PER_ELEMENT) {
         let mut terms = Vec::with_capacity(chunk.len());
@@ -540,18 +471,11 @@ fn poseidon_commit(
             let offset_value = v.add(&Num::constant(PACKING_OFFSET as i128));
             let weight = power_of_two(32 * k as u32);
             packed_value += field_of(offset_value.value) * weight;
-            terms.push(Num {
-                lc: offset_value.lc * weight,
-                value: 0,
-            });
+            terms.push(Num { lc: offset_value.lc * weight, value: 0 });
         }
         let packed = Num::sum(&terms);
         let variable = b.cs.new_lc(|| packed.lc)?;
-        elements.push(FpVar::Var(AllocatedFp::new(
-            Some(packed_value),
-            variable,
-            b.cs.clone(),
-        )));
+        elements.push(FpVar::Var(AllocatedFp::new(Some(packed_value), variable, b.cs.clone())));
     }
     let mut sponge = PoseidonSpongeVar::new(b.cs.clone(), commit::poseidon_config());
     sponge.absorb(&elements)?;
@@ -610,18 +534,10 @@ pub fn check_witness(
     let builder = Builder::new(ConstraintSystem::<Fr>::new_ref());
     let out = circuit.synthesize(&builder)?;
     let cs = &builder.cs;
-    let unreadable = || {
-        ZkError::decode(
-            "circuit assignment",
-            "a value the circuit computed is not a small integer",
-        )
-    };
+    let unreadable = || ZkError::decode("circuit assignment", "a value the circuit computed is not a small integer");
     let mut flat_after = Vec::with_capacity(out.weights_after.len());
     for num in &out.weights_after {
-        let value = builder
-            .assigned(num)
-            .and_then(integer_of)
-            .ok_or_else(unreadable)?;
+        let value = builder.assigned(num).and_then(integer_of).ok_or_else(unreadable)?;
         flat_after.push(i32::try_from(value).map_err(|_| unreadable())?);
     }
     let mut computed = [Commitment(Fr::zero()); 3];
@@ -676,21 +592,12 @@ mod tests {
                     }
                 }
                 let steps = 1 + (seed % 2) as usize;
-                let batches: Vec<Batch> = (0..steps)
-                    .map(|s| Batch::random(&spec, 7 * seed + s as u64))
-                    .collect();
+                let batches: Vec<Batch> = (0..steps).map(|s| Batch::random(&spec, 7 * seed + s as u64)).collect();
                 let (after, public) = honest(&spec, &weights, &batches);
                 let check = check_witness(&spec, &weights, &batches, public).unwrap();
-                assert!(
-                    check.satisfied,
-                    "{spec} seed {seed}: {:?}",
-                    check.first_unsatisfied
-                );
+                assert!(check.satisfied, "{spec} seed {seed}: {:?}", check.first_unsatisfied);
                 assert_eq!(check.weights_after, after, "{spec} seed {seed}");
-                assert_eq!(
-                    check.computed,
-                    [public.weights_before, public.weights_after, public.batches]
-                );
+                assert_eq!(check.computed, [public.weights_before, public.weights_after, public.batches]);
             }
         }
     }
@@ -703,10 +610,7 @@ mod tests {
             let batch = vec![Batch::random(&spec, 50 + step)];
             let (after, public) = honest(&spec, &weights, &batch);
             let check = check_witness(&spec, &weights, &batch, public).unwrap();
-            assert!(
-                check.satisfied && check.weights_after == after,
-                "step {step}"
-            );
+            assert!(check.satisfied && check.weights_after == after, "step {step}");
             weights = after;
         }
     }
@@ -724,11 +628,7 @@ mod tests {
             let batches = vec![Batch::random(&spec, seed + 10)];
             let (after, public) = honest(&spec, &weights, &batches);
             let check = check_witness(&spec, &weights, &batches, public).unwrap();
-            assert!(
-                check.satisfied,
-                "seed {seed}: {:?}",
-                check.first_unsatisfied
-            );
+            assert!(check.satisfied, "seed {seed}: {:?}", check.first_unsatisfied);
             assert_eq!(check.weights_after, after);
         }
     }
@@ -738,22 +638,14 @@ mod tests {
         // Ties, a gap exactly at the clamp, and gaps just inside and beyond it.
         let spec: ModelSpec = "softmax:1x4,batch=1,lr=1".parse().unwrap();
         let clamp = 1i32 << EXP_CLAMP_BITS;
-        for logits in [
-            [0, 0, 0, 0],
-            [clamp, 0, 1, clamp - 1],
-            [7, 7, -clamp - 1, 6],
-            [i32::MAX / 2, i32::MIN / 2, 0, 1],
-        ] {
+        for logits in
+            [[0, 0, 0, 0], [clamp, 0, 1, clamp - 1], [7, 7, -clamp - 1, 6], [i32::MAX / 2, i32::MIN / 2, 0, 1]]
+        {
             // W = 0 and b = z make the logits exactly z.
             let mut values = vec![0; 4];
             values.extend_from_slice(&logits);
             let weights = Weights::from_flat(&spec, &values).unwrap();
-            let batch = vec![Batch {
-                examples: vec![Example {
-                    features: vec![ONE as i32],
-                    label: 2,
-                }],
-            }];
+            let batch = vec![Batch { examples: vec![Example { features: vec![ONE as i32], label: 2 }] }];
             let (after, public) = honest(&spec, &weights, &batch);
             let check = check_witness(&spec, &weights, &batch, public).unwrap();
             assert!(check.satisfied, "{logits:?}: {:?}", check.first_unsatisfied);
@@ -771,33 +663,15 @@ mod tests {
         // Claim weights that differ from the true result by one unit in the last place.
         let mut nearly = after.clone();
         nearly.layers[0].weight[3] += 1;
-        let forged = PublicInputs {
-            weights_after: commit::commit_weights(&nearly),
-            ..public
-        };
-        assert!(
-            !check_witness(&spec, &weights, &batches, forged)
-                .unwrap()
-                .satisfied
-        );
+        let forged = PublicInputs { weights_after: commit::commit_weights(&nearly), ..public };
+        assert!(!check_witness(&spec, &weights, &batches, forged).unwrap().satisfied);
 
         // Claim a different step count or other data.
         let forged = PublicInputs { steps: 2, ..public };
-        assert!(
-            !check_witness(&spec, &weights, &batches, forged)
-                .unwrap()
-                .satisfied
-        );
+        assert!(!check_witness(&spec, &weights, &batches, forged).unwrap().satisfied);
         let other = vec![Batch::random(&spec, 3)];
-        let forged = PublicInputs {
-            batches: commit::commit_batches(&spec, &other),
-            ..public
-        };
-        assert!(
-            !check_witness(&spec, &weights, &batches, forged)
-                .unwrap()
-                .satisfied
-        );
+        let forged = PublicInputs { batches: commit::commit_batches(&spec, &other), ..public };
+        assert!(!check_witness(&spec, &weights, &batches, forged).unwrap().satisfied);
     }
 
     /// Any single witness value changed makes the system unsatisfied: every variable the
@@ -812,10 +686,7 @@ mod tests {
         let cs = ConstraintSystem::<Fr>::new_ref();
         // Without cached linear-combination values, so the check re-evaluates every
         // constraint from the (tampered) witness.
-        cs.set_mode(SynthesisMode::Prove {
-            construct_matrices: true,
-            generate_lc_assignments: false,
-        });
+        cs.set_mode(SynthesisMode::Prove { construct_matrices: true, generate_lc_assignments: false });
         circuit.clone().generate_constraints(cs.clone()).unwrap();
         cs.finalize();
         assert!(cs.is_satisfied().unwrap());
@@ -827,10 +698,7 @@ mod tests {
             let original = inner.assignments.witness_assignment[index];
             inner.assignments.witness_assignment[index] = original + Fr::ONE;
             drop(inner);
-            assert!(
-                !cs.is_satisfied().unwrap(),
-                "witness {index} of {witnesses} is unconstrained"
-            );
+            assert!(!cs.is_satisfied().unwrap(), "witness {index} of {witnesses} is unconstrained");
             cs.borrow_mut().unwrap().assignments.witness_assignment[index] = original;
         }
         assert!(cs.is_satisfied().unwrap());
@@ -848,11 +716,7 @@ mod tests {
         let wrong_after = train(&other, &weights, &batches).unwrap();
         assert_ne!(wrong_after, train(&spec, &weights, &batches).unwrap());
         let claim = PublicInputs::of_run(&spec, &weights, &wrong_after, &batches);
-        assert!(
-            !check_witness(&spec, &weights, &batches, claim)
-                .unwrap()
-                .satisfied
-        );
+        assert!(!check_witness(&spec, &weights, &batches, claim).unwrap().satisfied);
     }
 
     #[test]

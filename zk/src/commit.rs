@@ -29,9 +29,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use ark_bn254::Fr;
-use ark_crypto_primitives::sponge::poseidon::{
-    find_poseidon_ark_and_mds, PoseidonConfig, PoseidonSponge,
-};
+use ark_crypto_primitives::sponge::poseidon::{find_poseidon_ark_and_mds, PoseidonConfig, PoseidonSponge};
 use ark_crypto_primitives::sponge::{CryptographicSponge, FieldBasedCryptographicSponge};
 use ark_ff::PrimeField;
 
@@ -82,10 +80,7 @@ pub fn poseidon_config() -> &'static PoseidonConfig<Fr> {
 /// A domain tag as a field element: the ASCII bytes read little-endian (shorter than 31
 /// bytes, so no reduction happens).
 pub fn domain_tag(tag: &str) -> Fr {
-    debug_assert!(
-        tag.len() < 31,
-        "a domain tag must fit a field element unreduced"
-    );
+    debug_assert!(tag.len() < 31, "a domain tag must fit a field element unreduced");
     Fr::from_le_bytes_mod_order(tag.as_bytes())
 }
 
@@ -166,9 +161,7 @@ mod tests {
             + Fr::from(1u64 << 31) * Fr::from(1u64 << 32)
             + Fr::from((1u64 << 31) - 1) * Fr::from(1u64 << 32).square()
             + Fr::from((1u64 << 31) + 5) * Fr::from(1u64 << 32).square() * Fr::from(1u64 << 32)
-            + (4..7)
-                .map(|k| Fr::from(1u64 << 31) * Fr::from(1u64 << 32).pow([k as u64]))
-                .sum::<Fr>();
+            + (4..7).map(|k| Fr::from(1u64 << 31) * Fr::from(1u64 << 32).pow([k as u64])).sum::<Fr>();
         assert_eq!(packed[0], expected);
         assert_eq!(packed[1], Fr::from((1u64 << 31) + 7));
     }
@@ -190,19 +183,13 @@ mod tests {
         let spec: ModelSpec = "softmax:2x2,batch=1".parse().unwrap();
         let weights = Weights::zeros(&spec);
         let batch = Batch::random(&spec, 1);
-        assert_ne!(
-            commit_weights(&weights),
-            commit_batches(&spec, std::slice::from_ref(&batch))
-        );
+        assert_ne!(commit_weights(&weights), commit_batches(&spec, std::slice::from_ref(&batch)));
         assert_ne!(
             commit_batches(&spec, std::slice::from_ref(&batch)),
             commit_batches(&spec, &[batch.clone(), batch.clone()])
         );
         let mut other = batch.clone();
         other.examples[0].label ^= 1;
-        assert_ne!(
-            commit_batches(&spec, &[batch]),
-            commit_batches(&spec, &[other])
-        );
+        assert_ne!(commit_batches(&spec, &[batch]), commit_batches(&spec, &[other]));
     }
 }

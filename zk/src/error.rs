@@ -76,9 +76,6 @@ pub enum ZkError {
 
 impl ZkError {
     pub(crate) fn decode(what: &'static str, reason: impl ToString) -> Self {
-        ZkError::Decode {
-            what,
-            reason: reason.to_string(),
-        }
+        ZkError::Decode { what, reason: reason.to_string() }
     }
 }

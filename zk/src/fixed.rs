@@ -85,10 +85,7 @@ pub fn exp_of_negative_gap(gap: i64) -> i64 {
 /// never zero. Each `p_c` is in `[0, ONE]` and the `p_c` sum to at most `ONE` (floor).
 pub fn softmax(logits: &[i32]) -> Vec<i32> {
     let max = logits.iter().copied().max().unwrap_or(0) as i64;
-    let exps: Vec<i64> = logits
-        .iter()
-        .map(|&z| exp_of_negative_gap(max - z as i64))
-        .collect();
+    let exps: Vec<i64> = logits.iter().map(|&z| exp_of_negative_gap(max - z as i64)).collect();
     let sum: i64 = exps.iter().sum();
     exps.iter()
         .map(|&e| {
@@ -125,22 +122,14 @@ pub fn parse_decimal(text: &str) -> Result<(u128, u128), DecimalError> {
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(syntax());
     }
-    if !int_part
-        .bytes()
-        .chain(frac_part.bytes())
-        .all(|b| b.is_ascii_digit())
-    {
+    if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(syntax());
     }
     if int_part.len() + frac_part.len() > MAX_DECIMAL_DIGITS {
         return Err(DecimalError::TooLong(text.to_string()));
     }
     let digits: String = [int_part, frac_part].concat();
-    let numerator = if digits.is_empty() {
-        0
-    } else {
-        digits.parse::<u128>().map_err(|_| syntax())?
-    };
+    let numerator = if digits.is_empty() { 0 } else { digits.parse::<u128>().map_err(|_| syntax())? };
     let denominator = 10u128.pow(frac_part.len() as u32);
     Ok((numerator, denominator))
 }
@@ -171,11 +160,7 @@ pub struct Q16(pub i32);
 impl fmt::Display for Q16 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
-        write!(
-            f,
-            "{sign}{}",
-            format_q16_exact(self.0.unsigned_abs() as u128)
-        )
+        write!(f, "{sign}{}", format_q16_exact(self.0.unsigned_abs() as u128))
     }
 }
 

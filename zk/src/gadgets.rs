@@ -46,9 +46,7 @@ pub(crate) fn integer_of(value: Fr) -> Option<i128> {
     if let Some(v) = to_u128(value).filter(|&v| v <= i128::MAX as u128) {
         return Some(v as i128);
     }
-    to_u128(-value)
-        .filter(|&v| v <= i128::MAX as u128)
-        .map(|v| -(v as i128))
+    to_u128(-value).filter(|&v| v <= i128::MAX as u128).map(|v| -(v as i128))
 }
 
 /// `2^k` in the field.
@@ -66,39 +64,24 @@ impl Num {
     }
 
     pub fn variable(variable: Variable, value: i128) -> Num {
-        Num {
-            lc: LinearCombination::from(variable),
-            value,
-        }
+        Num { lc: LinearCombination::from(variable), value }
     }
 
     pub fn add(&self, other: &Num) -> Num {
-        Num {
-            lc: self.lc.clone() + &other.lc,
-            value: self.value + other.value,
-        }
+        Num { lc: self.lc.clone() + &other.lc, value: self.value + other.value }
     }
 
     pub fn sub(&self, other: &Num) -> Num {
-        Num {
-            lc: self.lc.clone() - &other.lc,
-            value: self.value - other.value,
-        }
+        Num { lc: self.lc.clone() - &other.lc, value: self.value - other.value }
     }
 
     pub fn scale(&self, factor: i128) -> Num {
-        Num {
-            lc: self.lc.clone() * field_of(factor),
-            value: self.value * factor,
-        }
+        Num { lc: self.lc.clone() * field_of(factor), value: self.value * factor }
     }
 
     /// `self · 2^k` (a shift left: free).
     pub fn shl(&self, k: u32) -> Num {
-        Num {
-            lc: self.lc.clone() * power_of_two(k),
-            value: self.value << k,
-        }
+        Num { lc: self.lc.clone() * power_of_two(k), value: self.value << k }
     }
 
     /// Sum of many numbers as one linear combination. Concatenates then sorts once, because
@@ -131,10 +114,7 @@ impl Bits {
         }
         let width = (range.end - range.start) as u32;
         let value = (self.value >> range.start) & mask(width);
-        Num {
-            lc,
-            value: value as i128,
-        }
+        Num { lc, value: value as i128 }
     }
 
     /// The whole unsigned value.
@@ -190,18 +170,13 @@ impl Builder {
         b: &LinearCombination<Fr>,
         c: &LinearCombination<Fr>,
     ) -> Result<(), SynthesisError> {
-        self.cs
-            .enforce_r1cs_constraint(|| a.clone(), || b.clone(), || c.clone())
+        self.cs.enforce_r1cs_constraint(|| a.clone(), || b.clone(), || c.clone())
     }
 
     /// `a = b` (one constraint: `(a − b) · 1 = 0`).
     pub fn enforce_equal(&self, a: &Num, b: &Num) -> Result<(), SynthesisError> {
         let difference = a.lc.clone() - &b.lc;
-        self.enforce_product(
-            &difference,
-            &LinearCombination::from(Variable::One),
-            &LinearCombination::zero(),
-        )
+        self.enforce_product(&difference, &LinearCombination::from(Variable::One), &LinearCombination::zero())
     }
 
     /// `a · b` as a new variable (one constraint). Callers multiply only range-checked
@@ -236,10 +211,7 @@ impl Builder {
             )?;
             vars.push(bit);
         }
-        Ok(Bits {
-            vars,
-            value: residue,
-        })
+        Ok(Bits { vars, value: residue })
     }
 
     /// Prove `0 ≤ x < 2^width`; returns the bits.
@@ -275,12 +247,7 @@ impl Builder {
 
     /// `floor(x / 2^shift)` for an `x` known to be in `[0, 2^(shift+quotient_bits))`:
     /// proves `x = q·2^shift + r`, `0 ≤ r < 2^shift`, `0 ≤ q < 2^quotient_bits`.
-    pub fn floor_shift_unsigned(
-        &self,
-        x: &Num,
-        shift: u32,
-        quotient_bits: u32,
-    ) -> Result<Num, SynthesisError> {
+    pub fn floor_shift_unsigned(&self, x: &Num, shift: u32, quotient_bits: u32) -> Result<Num, SynthesisError> {
         let q = x.value >> shift;
         let (quotient, _) = self.unsigned(q, quotient_bits)?;
         let (remainder, _) = self.unsigned(x.value - (q << shift), shift)?;
@@ -293,9 +260,7 @@ impl Builder {
     /// circuit is ever free (tests rely on every single-value change breaking a constraint).
     pub fn is_zero(&self, x: &Num) -> Result<Num, SynthesisError> {
         let field_value = field_of(x.value);
-        let inverse = LinearCombination::from(
-            self.witness_field(field_value.inverse().unwrap_or(Fr::zero()))?,
-        );
+        let inverse = LinearCombination::from(self.witness_field(field_value.inverse().unwrap_or(Fr::zero()))?);
         let zero = self.witness((x.value == 0) as i128)?;
         let one_minus_zero = Num::constant(1).sub(&zero);
         self.enforce_product(&x.lc, &inverse, &one_minus_zero.lc)?;
@@ -326,30 +291,14 @@ mod tests {
 
     #[test]
     fn integers_round_trip_through_the_field() {
-        for v in [
-            0i128,
-            1,
-            -1,
-            i32::MIN as i128,
-            i64::MAX as i128,
-            -(1i128 << 100),
-        ] {
+        for v in [0i128, 1, -1, i32::MIN as i128, i64::MAX as i128, -(1i128 << 100)] {
             assert_eq!(integer_of(field_of(v)), Some(v));
         }
     }
 
     #[test]
     fn floor_shift_matches_integer_floor_and_costs_what_it_says() {
-        for x in [
-            0i128,
-            1,
-            -1,
-            65535,
-            65536,
-            -65537,
-            (1i128 << 47) - 1,
-            -(1i128 << 47),
-        ] {
+        for x in [0i128, 1, -1, 65535, 65536, -65537, (1i128 << 47) - 1, -(1i128 << 47)] {
             let b = builder();
             let input = b.witness(x).unwrap();
             let before = b.cs.num_constraints();
@@ -377,8 +326,7 @@ mod tests {
         let fake_q = (70_000i128 >> 16) + 1;
         let (quotient, _) = b.signed_value(fake_q).unwrap();
         let (remainder, _) = b.unsigned(70_000 - (fake_q << 16), 16).unwrap();
-        b.enforce_equal(&x, &quotient.shl(16).add(&remainder))
-            .unwrap();
+        b.enforce_equal(&x, &quotient.shl(16).add(&remainder)).unwrap();
         assert!(!b.cs.is_satisfied().unwrap());
     }
 

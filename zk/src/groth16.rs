@@ -26,9 +26,7 @@
 //! loads its own key and a bad one can only make proofs that fail.
 
 use ark_bn254::{Bn254, Fr};
-use ark_groth16::{
-    prepare_verifying_key, Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey,
-};
+use ark_groth16::{prepare_verifying_key, Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use ark_snark::SNARK;
 use rand_core::{CryptoRng, OsRng, RngCore};
@@ -89,27 +87,12 @@ pub fn setup<R: RngCore + CryptoRng>(
 ) -> Result<(ZkProvingKey, ZkVerifyingKey), ZkError> {
     let circuit = TrainingCircuit::blank(spec, steps)?;
     let (key, verifying) = Groth16::<Bn254>::circuit_specific_setup(circuit, rng)?;
-    Ok((
-        ZkProvingKey {
-            spec: spec.clone(),
-            steps,
-            key,
-        },
-        ZkVerifyingKey {
-            spec: spec.clone(),
-            steps,
-            key: verifying,
-        },
-    ))
+    Ok((ZkProvingKey { spec: spec.clone(), steps, key }, ZkVerifyingKey { spec: spec.clone(), steps, key: verifying }))
 }
 
 /// Run the reference trainer over `batches` (one per step) and prove the result, with
 /// zero-knowledge randomness from the operating system.
-pub fn prove(
-    pk: &ZkProvingKey,
-    weights_before: &Weights,
-    batches: &[Batch],
-) -> Result<ProvenSteps, ZkError> {
+pub fn prove(pk: &ZkProvingKey, weights_before: &Weights, batches: &[Batch]) -> Result<ProvenSteps, ZkError> {
     prove_with_rng(pk, weights_before, batches, &mut OsRng)
 }
 
@@ -122,26 +105,17 @@ pub fn prove_with_rng<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<ProvenSteps, ZkError> {
     if batches.len() != pk.steps as usize {
-        return Err(ZkError::BatchCount {
-            expected: pk.steps,
-            got: batches.len(),
-        });
+        return Err(ZkError::BatchCount { expected: pk.steps, got: batches.len() });
     }
     let weights_after = model::train(&pk.spec, weights_before, batches)?;
     let public_inputs = PublicInputs::of_run(&pk.spec, weights_before, &weights_after, batches);
     let circuit = TrainingCircuit::new(&pk.spec, weights_before, batches, public_inputs)?;
-    let proof = ZkProof {
-        proof: Groth16::<Bn254>::prove(&pk.key, circuit, rng)?,
-    };
+    let proof = ZkProof { proof: Groth16::<Bn254>::prove(&pk.key, circuit, rng)? };
     // A release build of the prover does not check the witness, so an unsatisfied circuit
     // would yield a proof that fails later at a checker. Verifying costs milliseconds next
     // to seconds of proving, and turns such a bug into an error here.
     match PreparedVerifier::new(&pk.verifying_key()).verify(&public_inputs, &proof) {
-        Ok(()) => Ok(ProvenSteps {
-            proof,
-            public_inputs,
-            weights_after,
-        }),
+        Ok(()) => Ok(ProvenSteps { proof, public_inputs, weights_after }),
         Err(ZkError::Rejected) => Err(ZkError::SelfCheckFailed),
         Err(other) => Err(other),
     }
@@ -149,11 +123,7 @@ pub fn prove_with_rng<R: RngCore + CryptoRng>(
 
 /// Check a proof: `Ok(())` if it proves `public_inputs` under `vk`, [`ZkError::Rejected`] if
 /// not, [`ZkError::StepMismatch`] if the public inputs name another step count than the key.
-pub fn verify(
-    vk: &ZkVerifyingKey,
-    public_inputs: &PublicInputs,
-    proof: &ZkProof,
-) -> Result<(), ZkError> {
+pub fn verify(vk: &ZkVerifyingKey, public_inputs: &PublicInputs, proof: &ZkProof) -> Result<(), ZkError> {
     PreparedVerifier::new(vk).verify(public_inputs, proof)
 }
 
@@ -169,11 +139,7 @@ pub struct PreparedVerifier {
 impl PreparedVerifier {
     /// Precompute `e(α, β)` and the prepared G2 points.
     pub fn new(vk: &ZkVerifyingKey) -> Self {
-        PreparedVerifier {
-            spec: vk.spec.clone(),
-            steps: vk.steps,
-            prepared: prepare_verifying_key(&vk.key),
-        }
+        PreparedVerifier { spec: vk.spec.clone(), steps: vk.steps, prepared: prepare_verifying_key(&vk.key) }
     }
 
     /// The model the key verifies steps of.
@@ -189,10 +155,7 @@ impl PreparedVerifier {
     /// See [`verify`].
     pub fn verify(&self, public_inputs: &PublicInputs, proof: &ZkProof) -> Result<(), ZkError> {
         if public_inputs.steps != self.steps {
-            return Err(ZkError::StepMismatch {
-                expected: self.steps,
-                got: public_inputs.steps,
-            });
+            return Err(ZkError::StepMismatch { expected: self.steps, got: public_inputs.steps });
         }
         if self.verify_field_elements(&public_inputs.to_field_elements(), proof)? {
             Ok(())
@@ -203,25 +166,14 @@ impl PreparedVerifier {
 
     /// The bare Groth16 check on raw public inputs (exactly [`NUM_PUBLIC_INPUTS`] of them:
     /// arkworks would silently ignore extra ones, so the count is checked here).
-    pub fn verify_field_elements(
-        &self,
-        public_inputs: &[Fr],
-        proof: &ZkProof,
-    ) -> Result<bool, ZkError> {
+    pub fn verify_field_elements(&self, public_inputs: &[Fr], proof: &ZkProof) -> Result<bool, ZkError> {
         if public_inputs.len() != NUM_PUBLIC_INPUTS {
             return Err(ZkError::decode(
                 "public inputs",
-                format!(
-                    "{} field elements, expected {NUM_PUBLIC_INPUTS}",
-                    public_inputs.len()
-                ),
+                format!("{} field elements, expected {NUM_PUBLIC_INPUTS}", public_inputs.len()),
             ));
         }
-        Ok(Groth16::<Bn254>::verify_proof(
-            &self.prepared,
-            &proof.proof,
-            public_inputs,
-        )?)
+        Ok(Groth16::<Bn254>::verify_proof(&self.prepared, &proof.proof, public_inputs)?)
     }
 }
 
@@ -238,11 +190,7 @@ impl ZkProvingKey {
 
     /// The matching verifying key (a proving key contains it).
     pub fn verifying_key(&self) -> ZkVerifyingKey {
-        ZkVerifyingKey {
-            spec: self.spec.clone(),
-            steps: self.steps,
-            key: self.key.vk.clone(),
-        }
+        ZkVerifyingKey { spec: self.spec.clone(), steps: self.steps, key: self.key.vk.clone() }
     }
 
     /// The arkworks key.
@@ -253,9 +201,7 @@ impl ZkProvingKey {
     /// Canonical bytes (module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = header(PROVING_KEY_MAGIC, &self.spec, self.steps);
-        self.key
-            .serialize_compressed(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.key.serialize_compressed(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 
@@ -263,9 +209,8 @@ impl ZkProvingKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
         const WHAT: &str = "proving key";
         let (spec, steps, mut rest) = read_header(WHAT, PROVING_KEY_MAGIC, bytes)?;
-        let key =
-            ProvingKey::<Bn254>::deserialize_with_mode(&mut rest, Compress::Yes, Validate::No)
-                .map_err(|e| ZkError::decode(WHAT, e))?;
+        let key = ProvingKey::<Bn254>::deserialize_with_mode(&mut rest, Compress::Yes, Validate::No)
+            .map_err(|e| ZkError::decode(WHAT, e))?;
         expect_end(WHAT, rest)?;
         if key.vk.gamma_abc_g1.len() != NUM_PUBLIC_INPUTS + 1 {
             return Err(ZkError::decode(WHAT, "wrong number of public-input points"));
@@ -293,9 +238,7 @@ impl ZkVerifyingKey {
     /// Canonical bytes (module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = header(VERIFYING_KEY_MAGIC, &self.spec, self.steps);
-        self.key
-            .serialize_compressed(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.key.serialize_compressed(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 
@@ -303,8 +246,7 @@ impl ZkVerifyingKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
         const WHAT: &str = "verifying key";
         let (spec, steps, mut rest) = read_header(WHAT, VERIFYING_KEY_MAGIC, bytes)?;
-        let key = VerifyingKey::<Bn254>::deserialize_compressed(&mut rest)
-            .map_err(|e| ZkError::decode(WHAT, e))?;
+        let key = VerifyingKey::<Bn254>::deserialize_compressed(&mut rest).map_err(|e| ZkError::decode(WHAT, e))?;
         expect_end(WHAT, rest)?;
         if key.gamma_abc_g1.len() != NUM_PUBLIC_INPUTS + 1 {
             return Err(ZkError::decode(WHAT, "wrong number of public-input points"));
@@ -327,9 +269,7 @@ impl ZkProof {
     /// Canonical bytes: the compressed arkworks proof, [`PROOF_BYTES`] long.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(PROOF_BYTES);
-        self.proof
-            .serialize_compressed(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.proof.serialize_compressed(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 
@@ -337,13 +277,9 @@ impl ZkProof {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
         const WHAT: &str = "proof";
         if bytes.len() != PROOF_BYTES {
-            return Err(ZkError::decode(
-                WHAT,
-                format!("{} bytes, expected {PROOF_BYTES}", bytes.len()),
-            ));
+            return Err(ZkError::decode(WHAT, format!("{} bytes, expected {PROOF_BYTES}", bytes.len())));
         }
-        let proof =
-            Proof::<Bn254>::deserialize_compressed(bytes).map_err(|e| ZkError::decode(WHAT, e))?;
+        let proof = Proof::<Bn254>::deserialize_compressed(bytes).map_err(|e| ZkError::decode(WHAT, e))?;
         Ok(ZkProof { proof })
     }
 }
@@ -353,9 +289,7 @@ impl PublicInputs {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(PUBLIC_INPUTS_BYTES);
         for element in self.to_field_elements() {
-            element
-                .serialize_compressed(&mut out)
-                .expect("writing to a Vec cannot fail");
+            element.serialize_compressed(&mut out).expect("writing to a Vec cannot fail");
         }
         out
     }
@@ -364,10 +298,7 @@ impl PublicInputs {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
         const WHAT: &str = "public inputs";
         if bytes.len() != PUBLIC_INPUTS_BYTES {
-            return Err(ZkError::decode(
-                WHAT,
-                format!("{} bytes, expected {PUBLIC_INPUTS_BYTES}", bytes.len()),
-            ));
+            return Err(ZkError::decode(WHAT, format!("{} bytes, expected {PUBLIC_INPUTS_BYTES}", bytes.len())));
         }
         let mut elements = Vec::with_capacity(NUM_PUBLIC_INPUTS);
         for chunk in bytes.chunks(32) {
@@ -393,26 +324,19 @@ fn read_header<'a>(
     bytes: &'a [u8],
 ) -> Result<(ModelSpec, u32, &'a [u8]), ZkError> {
     let short = || ZkError::decode(what, "truncated header");
-    let rest = bytes.strip_prefix(magic.as_slice()).ok_or_else(|| {
-        ZkError::decode(
-            what,
-            format!("does not start with {:?}", String::from_utf8_lossy(magic)),
-        )
-    })?;
+    let rest = bytes
+        .strip_prefix(magic.as_slice())
+        .ok_or_else(|| ZkError::decode(what, format!("does not start with {:?}", String::from_utf8_lossy(magic))))?;
     let (length, rest) = rest.split_first_chunk::<2>().ok_or_else(short)?;
     let length = u16::from_le_bytes(*length) as usize;
     if length > MAX_SPEC_LEN {
-        return Err(ZkError::decode(
-            what,
-            format!("model spec of {length} bytes exceeds {MAX_SPEC_LEN}"),
-        ));
+        return Err(ZkError::decode(what, format!("model spec of {length} bytes exceeds {MAX_SPEC_LEN}")));
     }
     if rest.len() < length {
         return Err(short());
     }
     let (text, rest) = rest.split_at(length);
-    let text =
-        std::str::from_utf8(text).map_err(|_| ZkError::decode(what, "model spec is not UTF-8"))?;
+    let text = std::str::from_utf8(text).map_err(|_| ZkError::decode(what, "model spec is not UTF-8"))?;
     let spec: ModelSpec = text.parse()?;
     let (steps, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
     let steps = u32::from_le_bytes(*steps);
@@ -424,9 +348,6 @@ fn expect_end(what: &'static str, rest: &[u8]) -> Result<(), ZkError> {
     if rest.is_empty() {
         Ok(())
     } else {
-        Err(ZkError::decode(
-            what,
-            format!("{} trailing bytes", rest.len()),
-        ))
+        Err(ZkError::decode(what, format!("{} trailing bytes", rest.len())))
     }
 }

@@ -53,10 +53,7 @@ const WEIGHTS_MAGIC: &[u8; 8] = b"TRZKWT01";
 const BATCHES_MAGIC: &[u8; 8] = b"TRZKBT01";
 
 fn io_error(path: &Path, source: std::io::Error) -> ZkError {
-    ZkError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    ZkError::Io { path: path.to_path_buf(), source }
 }
 
 /// Read a whole file after checking its size.
@@ -65,10 +62,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ZkError> {
     if size > limit {
         return Err(io_error(
             path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{size} bytes exceeds the limit of {limit}"),
-            ),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{size} bytes exceeds the limit of {limit}")),
         ));
     }
     fs::read(path).map_err(|e| io_error(path, e))
@@ -86,23 +80,14 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ZkError> {
 
 fn read_json<T: DeserializeOwned>(what: &'static str, path: &Path) -> Result<T, ZkError> {
     let bytes = read_limited(path, MAX_JSON_FILE)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ZkError::decode(what, format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| ZkError::decode(what, format!("{}: {e}", path.display())))
 }
 
 /// Write both keys into `dir` (created if missing) as [`PROVING_KEY_FILE`] and
 /// [`VERIFYING_KEY_FILE`], plus the snarkjs [`SNARKJS_VERIFYING_KEY_FILE`]. Returns the paths.
-pub fn write_keys(
-    dir: &Path,
-    pk: &ZkProvingKey,
-    vk: &ZkVerifyingKey,
-) -> Result<Vec<PathBuf>, ZkError> {
+pub fn write_keys(dir: &Path, pk: &ZkProvingKey, vk: &ZkVerifyingKey) -> Result<Vec<PathBuf>, ZkError> {
     fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let paths = vec![
-        dir.join(PROVING_KEY_FILE),
-        dir.join(VERIFYING_KEY_FILE),
-        dir.join(SNARKJS_VERIFYING_KEY_FILE),
-    ];
+    let paths = vec![dir.join(PROVING_KEY_FILE), dir.join(VERIFYING_KEY_FILE), dir.join(SNARKJS_VERIFYING_KEY_FILE)];
     write(&paths[0], &pk.to_bytes())?;
     write(&paths[1], &vk.to_bytes())?;
     write_json(&paths[2], &snarkjs::verifying_key_to_snarkjs(vk))?;
@@ -153,11 +138,7 @@ pub fn write_snarkjs(
     public_inputs: &PublicInputs,
 ) -> Result<Vec<PathBuf>, ZkError> {
     fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let paths = vec![
-        dir.join(SNARKJS_VERIFYING_KEY_FILE),
-        dir.join(SNARKJS_PROOF_FILE),
-        dir.join(SNARKJS_PUBLIC_FILE),
-    ];
+    let paths = vec![dir.join(SNARKJS_VERIFYING_KEY_FILE), dir.join(SNARKJS_PROOF_FILE), dir.join(SNARKJS_PUBLIC_FILE)];
     write_json(&paths[0], &snarkjs::verifying_key_to_snarkjs(vk))?;
     write_json(&paths[1], &snarkjs::proof_to_snarkjs(proof))?;
     write_json(&paths[2], &snarkjs::public_inputs_to_snarkjs(public_inputs))?;
@@ -165,9 +146,7 @@ pub fn write_snarkjs(
 }
 
 /// Read a snarkjs `verification_key.json` (the arkworks key; snarkjs files carry no spec).
-pub fn read_snarkjs_verifying_key(
-    path: &Path,
-) -> Result<ark_groth16::VerifyingKey<ark_bn254::Bn254>, ZkError> {
+pub fn read_snarkjs_verifying_key(path: &Path) -> Result<ark_groth16::VerifyingKey<ark_bn254::Bn254>, ZkError> {
     let json: SnarkjsVerifyingKey = read_json("snarkjs verifying key", path)?;
     snarkjs::verifying_key_from_snarkjs(&json)
 }
@@ -202,24 +181,15 @@ pub fn decode_weights(spec: &ModelSpec, bytes: &[u8]) -> Result<Weights, ZkError
     let rest = bytes
         .strip_prefix(WEIGHTS_MAGIC.as_slice())
         .ok_or_else(|| ZkError::decode(WHAT, "does not start with \"TRZKWT01\""))?;
-    let (count, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| ZkError::decode(WHAT, "truncated header"))?;
+    let (count, rest) = rest.split_first_chunk::<4>().ok_or_else(|| ZkError::decode(WHAT, "truncated header"))?;
     let count = u32::from_le_bytes(*count) as usize;
     if count != spec.num_parameters() || rest.len() != 4 * count {
         return Err(ZkError::decode(
             WHAT,
-            format!(
-                "{count} values in {} bytes, but {spec} has {} parameters",
-                rest.len(),
-                spec.num_parameters()
-            ),
+            format!("{count} values in {} bytes, but {spec} has {} parameters", rest.len(), spec.num_parameters()),
         ));
     }
-    let flat: Vec<i32> = rest
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let flat: Vec<i32> = rest.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(Weights::from_flat(spec, &flat)?)
 }
 
@@ -257,9 +227,7 @@ pub fn decode_batches(spec: &ModelSpec, bytes: &[u8]) -> Result<Vec<Batch>, ZkEr
     let rest = bytes
         .strip_prefix(BATCHES_MAGIC.as_slice())
         .ok_or_else(|| ZkError::decode(WHAT, "does not start with \"TRZKBT01\""))?;
-    let mut words = rest
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let mut words = rest.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     if rest.len() % 4 != 0 || rest.len() < 12 {
         return Err(ZkError::decode(WHAT, "truncated"));
     }
@@ -273,20 +241,14 @@ pub fn decode_batches(spec: &ModelSpec, bytes: &[u8]) -> Result<Vec<Batch>, ZkEr
     }
     let expected_words = 3 + steps as usize * batch * (inputs + 1);
     if rest.len() / 4 != expected_words {
-        return Err(ZkError::decode(
-            WHAT,
-            format!("{} bytes, expected {}", bytes.len(), 8 + 4 * expected_words),
-        ));
+        return Err(ZkError::decode(WHAT, format!("{} bytes, expected {}", bytes.len(), 8 + 4 * expected_words)));
     }
     let mut batches = Vec::with_capacity(steps as usize);
     for index in 0..steps as usize {
         let mut examples = Vec::with_capacity(batch);
         for _ in 0..batch {
             let features = (0..inputs).map(|_| next() as i32).collect();
-            examples.push(Example {
-                features,
-                label: next(),
-            });
+            examples.push(Example { features, label: next() });
         }
         let batch = Batch { examples };
         batch.check_shape(spec, index)?;

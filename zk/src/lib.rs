@@ -40,15 +40,10 @@ pub mod io;
 pub mod model;
 pub mod snarkjs;
 
-pub use circuit::{
-    check_witness, circuit_size, CircuitSize, PublicInputs, TrainingCircuit, MAX_STEPS,
-};
+pub use circuit::{check_witness, circuit_size, CircuitSize, PublicInputs, TrainingCircuit, MAX_STEPS};
 pub use commit::{commit_batches, commit_weights, Commitment};
 pub use error::ZkError;
 pub use groth16::{
-    prove, prove_with_rng, setup, verify, PreparedVerifier, ProvenSteps, ZkProof, ZkProvingKey,
-    ZkVerifyingKey,
+    prove, prove_with_rng, setup, verify, PreparedVerifier, ProvenSteps, ZkProof, ZkProvingKey, ZkVerifyingKey,
 };
-pub use model::{
-    sgd_step, train, Architecture, Batch, Example, ModelSpec, SpecError, TrainError, Weights,
-};
+pub use model::{sgd_step, train, Architecture, Batch, Example, ModelSpec, SpecError, TrainError, Weights};

@@ -50,7 +50,9 @@ pub const DEFAULT_LEARNING_RATE: &str = "0.5";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The text does not start with a known architecture.
-    #[error("unknown model {0:?}: expected softmax:INxCLASSES or mlp:INxHIDDENxCLASSES, e.g. softmax:4x3 or mlp:4x8x3")]
+    #[error(
+        "unknown model {0:?}: expected softmax:INxCLASSES or mlp:INxHIDDENxCLASSES, e.g. softmax:4x3 or mlp:4x8x3"
+    )]
     UnknownArchitecture(String),
     /// The dimensions are not `AxB` (softmax) or `AxBxC` (mlp) positive integers.
     #[error("bad dimensions {text:?} for {architecture}: expected {expected}")]
@@ -83,9 +85,7 @@ pub enum SpecError {
         min: usize,
     },
     /// An option other than `batch=` or `lr=`.
-    #[error(
-        "unknown option {0:?}: options are batch=N and lr=DECIMAL, e.g. softmax:4x3,batch=2,lr=0.5"
-    )]
+    #[error("unknown option {0:?}: options are batch=N and lr=DECIMAL, e.g. softmax:4x3,batch=2,lr=0.5")]
     UnknownOption(String),
     /// An option given twice.
     #[error("option {0:?} given twice")]
@@ -146,27 +146,15 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// Build a spec from parts; `learning_rate` is decimal text such as `"0.5"`.
-    pub fn new(
-        architecture: Architecture,
-        batch: usize,
-        learning_rate: &str,
-    ) -> Result<Self, SpecError> {
+    pub fn new(architecture: Architecture, batch: usize, learning_rate: &str) -> Result<Self, SpecError> {
         let dims: &[(&'static str, usize)] = match architecture {
-            Architecture::Softmax { inputs, classes } => {
-                &[("inputs", inputs), ("classes", classes)]
+            Architecture::Softmax { inputs, classes } => &[("inputs", inputs), ("classes", classes)],
+            Architecture::Mlp { inputs, hidden, classes } => {
+                &[("inputs", inputs), ("hidden", hidden), ("classes", classes)]
             }
-            Architecture::Mlp {
-                inputs,
-                hidden,
-                classes,
-            } => &[("inputs", inputs), ("hidden", hidden), ("classes", classes)],
         };
         for &(what, value) in dims {
-            let (min, max) = if what == "classes" {
-                (2, MAX_CLASSES)
-            } else {
-                (1, MAX_WIDTH)
-            };
+            let (min, max) = if what == "classes" { (2, MAX_CLASSES) } else { (1, MAX_WIDTH) };
             if value < min {
                 return Err(SpecError::TooSmall { what, value, min });
             }
@@ -175,44 +163,24 @@ impl ModelSpec {
             }
         }
         if batch == 0 {
-            return Err(SpecError::TooSmall {
-                what: "batch",
-                value: 0,
-                min: 1,
-            });
+            return Err(SpecError::TooSmall { what: "batch", value: 0, min: 1 });
         }
         if batch > MAX_BATCH {
-            return Err(SpecError::TooLarge {
-                what: "batch",
-                value: batch,
-                max: MAX_BATCH,
-            });
+            return Err(SpecError::TooLarge { what: "batch", value: batch, max: MAX_BATCH });
         }
         let (numerator, denominator) = fixed::parse_decimal(learning_rate)?;
         let step = (numerator << FRAC_BITS) / (denominator * batch as u128);
-        let out_of_range = |reason| SpecError::LearningRateOutOfRange {
-            lr: learning_rate.to_string(),
-            batch,
-            reason,
-        };
+        let out_of_range = |reason| SpecError::LearningRateOutOfRange { lr: learning_rate.to_string(), batch, reason };
         if step == 0 {
             return Err(out_of_range("zero"));
         }
         if step > i32::MAX as u128 {
             return Err(out_of_range("too large"));
         }
-        let spec = ModelSpec {
-            architecture,
-            batch,
-            step_size_q16: step as u32,
-        };
+        let spec = ModelSpec { architecture, batch, step_size_q16: step as u32 };
         let parameters = spec.num_parameters();
         if parameters > MAX_PARAMETERS {
-            return Err(SpecError::TooLarge {
-                what: "parameters",
-                value: parameters,
-                max: MAX_PARAMETERS,
-            });
+            return Err(SpecError::TooLarge { what: "parameters", value: parameters, max: MAX_PARAMETERS });
         }
         Ok(spec)
     }
@@ -255,11 +223,7 @@ impl ModelSpec {
     pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
         match self.architecture {
             Architecture::Softmax { inputs, classes } => vec![(classes, inputs)],
-            Architecture::Mlp {
-                inputs,
-                hidden,
-                classes,
-            } => vec![(hidden, inputs), (classes, hidden)],
+            Architecture::Mlp { inputs, hidden, classes } => vec![(hidden, inputs), (classes, hidden)],
         }
     }
 
@@ -273,11 +237,7 @@ impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.architecture {
             Architecture::Softmax { inputs, classes } => write!(f, "softmax:{inputs}x{classes}")?,
-            Architecture::Mlp {
-                inputs,
-                hidden,
-                classes,
-            } => write!(f, "mlp:{inputs}x{hidden}x{classes}")?,
+            Architecture::Mlp { inputs, hidden, classes } => write!(f, "mlp:{inputs}x{hidden}x{classes}")?,
         }
         write!(f, ",batch={},lr={}", self.batch, self.learning_rate())
     }
@@ -288,17 +248,11 @@ impl FromStr for ModelSpec {
 
     fn from_str(text: &str) -> Result<Self, SpecError> {
         if text.len() > MAX_SPEC_LEN {
-            return Err(SpecError::TooLarge {
-                what: "spec length",
-                value: text.len(),
-                max: MAX_SPEC_LEN,
-            });
+            return Err(SpecError::TooLarge { what: "spec length", value: text.len(), max: MAX_SPEC_LEN });
         }
         let mut parts = text.trim().split(',');
         let head = parts.next().unwrap_or_default();
-        let (name, dims) = head
-            .split_once(':')
-            .ok_or_else(|| SpecError::UnknownArchitecture(head.to_string()))?;
+        let (name, dims) = head.split_once(':').ok_or_else(|| SpecError::UnknownArchitecture(head.to_string()))?;
         let numbers: Option<Vec<usize>> = dims.split('x').map(|d| d.trim().parse().ok()).collect();
         let architecture = match (name.trim(), numbers.as_deref()) {
             ("softmax", Some(&[inputs, classes])) => Architecture::Softmax { inputs, classes },
@@ -309,11 +263,7 @@ impl FromStr for ModelSpec {
                     expected: "INPUTSxCLASSES, e.g. 4x3",
                 })
             }
-            ("mlp", Some(&[inputs, hidden, classes])) => Architecture::Mlp {
-                inputs,
-                hidden,
-                classes,
-            },
+            ("mlp", Some(&[inputs, hidden, classes])) => Architecture::Mlp { inputs, hidden, classes },
             ("mlp", _) => {
                 return Err(SpecError::BadDimensions {
                     architecture: "mlp",
@@ -332,11 +282,7 @@ impl FromStr for ModelSpec {
                         return Err(SpecError::DuplicateOption("batch"));
                     }
                     let value = value.trim();
-                    batch = Some(
-                        value
-                            .parse()
-                            .map_err(|_| SpecError::BadBatch(value.to_string()))?,
-                    );
+                    batch = Some(value.parse().map_err(|_| SpecError::BadBatch(value.to_string()))?);
                 }
                 Some(("lr", value)) => {
                     if learning_rate.is_some() {
@@ -347,11 +293,7 @@ impl FromStr for ModelSpec {
                 _ => return Err(SpecError::UnknownOption(option.to_string())),
             }
         }
-        ModelSpec::new(
-            architecture,
-            batch.unwrap_or(DEFAULT_BATCH),
-            learning_rate.unwrap_or(DEFAULT_LEARNING_RATE),
-        )
+        ModelSpec::new(architecture, batch.unwrap_or(DEFAULT_BATCH), learning_rate.unwrap_or(DEFAULT_LEARNING_RATE))
     }
 }
 
@@ -409,12 +351,7 @@ pub struct Layer {
 
 impl Layer {
     fn zeros(outputs: usize, inputs: usize) -> Self {
-        Layer {
-            outputs,
-            inputs,
-            weight: vec![0; outputs * inputs],
-            bias: vec![0; outputs],
-        }
+        Layer { outputs, inputs, weight: vec![0; outputs * inputs], bias: vec![0; outputs] }
     }
 }
 
@@ -431,13 +368,7 @@ pub struct Weights {
 impl Weights {
     /// All-zero weights of the spec's shape.
     pub fn zeros(spec: &ModelSpec) -> Self {
-        Weights {
-            layers: spec
-                .layer_shapes()
-                .into_iter()
-                .map(|(o, i)| Layer::zeros(o, i))
-                .collect(),
-        }
+        Weights { layers: spec.layer_shapes().into_iter().map(|(o, i)| Layer::zeros(o, i)).collect() }
     }
 
     /// Seeded initialisation: weights uniform in `[-1/√fan_in, 1/√fan_in]` (integer square
@@ -460,11 +391,7 @@ impl Weights {
         if values.len() != spec.num_parameters() {
             return Err(ShapeError::Weights {
                 spec: spec.to_string(),
-                detail: format!(
-                    "{} values, expected {}",
-                    values.len(),
-                    spec.num_parameters()
-                ),
+                detail: format!("{} values, expected {}", values.len(), spec.num_parameters()),
             });
         }
         let mut rest = values;
@@ -492,16 +419,9 @@ impl Weights {
     /// Check the shape against a spec.
     pub fn check_shape(&self, spec: &ModelSpec) -> Result<(), ShapeError> {
         let shapes = spec.layer_shapes();
-        let mismatch = |detail: String| ShapeError::Weights {
-            spec: spec.to_string(),
-            detail,
-        };
+        let mismatch = |detail: String| ShapeError::Weights { spec: spec.to_string(), detail };
         if shapes.len() != self.layers.len() {
-            return Err(mismatch(format!(
-                "{} layers, expected {}",
-                self.layers.len(),
-                shapes.len()
-            )));
+            return Err(mismatch(format!("{} layers, expected {}", self.layers.len(), shapes.len())));
         }
         for (index, (layer, &(outputs, inputs))) in self.layers.iter().zip(&shapes).enumerate() {
             if layer.outputs != outputs
@@ -544,9 +464,7 @@ impl Batch {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let examples = (0..spec.batch())
             .map(|_| Example {
-                features: (0..spec.inputs())
-                    .map(|_| uniform(&mut rng, ONE) as i32)
-                    .collect(),
+                features: (0..spec.inputs()).map(|_| uniform(&mut rng, ONE) as i32).collect(),
                 label: (rng.next_u64() % spec.classes() as u64) as u32,
             })
             .collect();
@@ -555,17 +473,9 @@ impl Batch {
 
     /// Check the shape against a spec; `index` is the batch's position, for the message.
     pub fn check_shape(&self, spec: &ModelSpec, index: usize) -> Result<(), ShapeError> {
-        let mismatch = |detail: String| ShapeError::Batch {
-            batch: index,
-            spec: spec.to_string(),
-            detail,
-        };
+        let mismatch = |detail: String| ShapeError::Batch { batch: index, spec: spec.to_string(), detail };
         if self.examples.len() != spec.batch() {
-            return Err(mismatch(format!(
-                "{} examples, expected {}",
-                self.examples.len(),
-                spec.batch()
-            )));
+            return Err(mismatch(format!("{} examples, expected {}", self.examples.len(), spec.batch())));
         }
         for (e, example) in self.examples.iter().enumerate() {
             if example.features.len() != spec.inputs() {
@@ -608,17 +518,9 @@ fn forward(weights: &Weights, features: &[i32]) -> Result<ForwardPass, OutOfRang
         let mut pre = Vec::with_capacity(layer.outputs);
         for o in 0..layer.outputs {
             let row = &layer.weight[o * layer.inputs..(o + 1) * layer.inputs];
-            let sum: i128 = row
-                .iter()
-                .zip(input)
-                .map(|(&w, &a)| w as i128 * a as i128)
-                .sum::<i128>()
+            let sum: i128 = row.iter().zip(input).map(|(&w, &a)| w as i128 * a as i128).sum::<i128>()
                 + ((layer.bias[o] as i128) << FRAC_BITS);
-            let what = if l + 1 == weights.layers.len() {
-                "logit"
-            } else {
-                "hidden pre-activation"
-            };
+            let what = if l + 1 == weights.layers.len() { "logit" } else { "hidden pre-activation" };
             pre.push(fixed::truncate_product_sum(sum, what)?);
         }
         if l + 1 < weights.layers.len() {
@@ -626,18 +528,11 @@ fn forward(weights: &Weights, features: &[i32]) -> Result<ForwardPass, OutOfRang
         }
         pre_activations.push(pre);
     }
-    Ok(ForwardPass {
-        activations,
-        pre_activations,
-    })
+    Ok(ForwardPass { activations, pre_activations })
 }
 
 /// The logits of one example (no softmax): for predictions and accuracy checks.
-pub fn logits(
-    spec: &ModelSpec,
-    weights: &Weights,
-    features: &[i32],
-) -> Result<Vec<i32>, TrainError> {
+pub fn logits(spec: &ModelSpec, weights: &Weights, features: &[i32]) -> Result<Vec<i32>, TrainError> {
     weights.check_shape(spec)?;
     if features.len() != spec.inputs() {
         return Err(ShapeError::Batch {
@@ -647,8 +542,7 @@ pub fn logits(
         }
         .into());
     }
-    let pass =
-        forward(weights, features).map_err(|source| TrainError::Overflow { step: 0, source })?;
+    let pass = forward(weights, features).map_err(|source| TrainError::Overflow { step: 0, source })?;
     Ok(pass.pre_activations.last().cloned().unwrap_or_default())
 }
 
@@ -660,29 +554,20 @@ pub fn sgd_step(spec: &ModelSpec, weights: &Weights, batch: &Batch) -> Result<We
 }
 
 /// `batches.len()` SGD steps, one per batch, in order.
-pub fn train(
-    spec: &ModelSpec,
-    weights: &Weights,
-    batches: &[Batch],
-) -> Result<Weights, TrainError> {
+pub fn train(spec: &ModelSpec, weights: &Weights, batches: &[Batch]) -> Result<Weights, TrainError> {
     weights.check_shape(spec)?;
     for (index, batch) in batches.iter().enumerate() {
         batch.check_shape(spec, index)?;
     }
     let mut current = weights.clone();
     for (step, batch) in batches.iter().enumerate() {
-        current = step_unchecked(spec, &current, batch)
-            .map_err(|source| TrainError::Overflow { step, source })?;
+        current = step_unchecked(spec, &current, batch).map_err(|source| TrainError::Overflow { step, source })?;
     }
     Ok(current)
 }
 
 /// The step itself; shapes are already checked.
-fn step_unchecked(
-    spec: &ModelSpec,
-    weights: &Weights,
-    batch: &Batch,
-) -> Result<Weights, OutOfRange> {
+fn step_unchecked(spec: &ModelSpec, weights: &Weights, batch: &Batch) -> Result<Weights, OutOfRange> {
     let layers = &weights.layers;
     // Exact gradient sums at scale 2^32, accumulated over the batch.
     let mut weight_grads: Vec<Vec<i128>> = layers.iter().map(|l| vec![0; l.weight.len()]).collect();
@@ -690,22 +575,12 @@ fn step_unchecked(
 
     for example in &batch.examples {
         let pass = forward(weights, &example.features)?;
-        let logits = pass
-            .pre_activations
-            .last()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let logits = pass.pre_activations.last().map(Vec::as_slice).unwrap_or_default();
         let probabilities = fixed::softmax(logits);
         let mut delta: Vec<i32> = probabilities
             .iter()
             .enumerate()
-            .map(|(c, &p)| {
-                if c == example.label as usize {
-                    p - ONE as i32
-                } else {
-                    p
-                }
-            })
+            .map(|(c, &p)| if c == example.label as usize { p - ONE as i32 } else { p })
             .collect();
 
         for l in (0..layers.len()).rev() {
@@ -722,9 +597,8 @@ fn step_unchecked(
                 let below = &pass.pre_activations[l - 1];
                 let mut next = Vec::with_capacity(layer.inputs);
                 for (i, &pre) in below.iter().enumerate() {
-                    let sum: i128 = (0..layer.outputs)
-                        .map(|o| layer.weight[o * layer.inputs + i] as i128 * delta[o] as i128)
-                        .sum();
+                    let sum: i128 =
+                        (0..layer.outputs).map(|o| layer.weight[o * layer.inputs + i] as i128 * delta[o] as i128).sum();
                     let back = fixed::truncate_product_sum(sum, "back-propagated delta")?;
                     next.push(if pre >= 0 { back } else { 0 });
                 }
@@ -757,13 +631,7 @@ mod tests {
     #[test]
     fn specs_parse_and_print_canonically() {
         let spec: ModelSpec = "softmax:4x3".parse().unwrap();
-        assert_eq!(
-            spec.architecture(),
-            Architecture::Softmax {
-                inputs: 4,
-                classes: 3
-            }
-        );
+        assert_eq!(spec.architecture(), Architecture::Softmax { inputs: 4, classes: 3 });
         assert_eq!(spec.batch(), DEFAULT_BATCH);
         assert_eq!(spec.to_string(), "softmax:4x3,batch=4,lr=0.5");
         assert_eq!(spec.num_parameters(), 15);
@@ -774,13 +642,7 @@ mod tests {
         assert_eq!(spec.step_size_q16(), 3276);
         assert_eq!(spec.to_string(), "mlp:4x8x3,batch=2,lr=0.0999755859375");
         assert_eq!(spec.to_string().parse::<ModelSpec>().unwrap(), spec);
-        assert_eq!(
-            " softmax:2x2, lr=1 ,batch=1"
-                .parse::<ModelSpec>()
-                .unwrap()
-                .to_string(),
-            "softmax:2x2,batch=1,lr=1"
-        );
+        assert_eq!(" softmax:2x2, lr=1 ,batch=1".parse::<ModelSpec>().unwrap().to_string(), "softmax:2x2,batch=1,lr=1");
     }
 
     #[test]
@@ -788,75 +650,24 @@ mod tests {
         let err = |text: &str| text.parse::<ModelSpec>().unwrap_err();
         assert!(matches!(err("cnn:4x3"), SpecError::UnknownArchitecture(_)));
         assert!(matches!(err("softmax"), SpecError::UnknownArchitecture(_)));
-        assert!(matches!(
-            err("softmax:4x3x2"),
-            SpecError::BadDimensions { .. }
-        ));
+        assert!(matches!(err("softmax:4x3x2"), SpecError::BadDimensions { .. }));
         assert!(matches!(err("mlp:4x3"), SpecError::BadDimensions { .. }));
-        assert!(matches!(
-            err("softmax:4xq"),
-            SpecError::BadDimensions { .. }
-        ));
-        assert!(matches!(
-            err("softmax:4x1"),
-            SpecError::TooSmall {
-                what: "classes",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err("softmax:0x3"),
-            SpecError::TooSmall { what: "inputs", .. }
-        ));
-        assert!(matches!(
-            err("softmax:5000x3"),
-            SpecError::TooLarge { what: "inputs", .. }
-        ));
-        assert!(matches!(
-            err("mlp:4096x4096x1024"),
-            SpecError::TooLarge {
-                what: "parameters",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err("softmax:4x3,batch=0"),
-            SpecError::TooSmall { what: "batch", .. }
-        ));
-        assert!(matches!(
-            err("softmax:4x3,batch=two"),
-            SpecError::BadBatch(_)
-        ));
-        assert!(matches!(
-            err("softmax:4x3,batch=2,batch=2"),
-            SpecError::DuplicateOption("batch")
-        ));
-        assert!(matches!(
-            err("softmax:4x3,momentum=0.9"),
-            SpecError::UnknownOption(_)
-        ));
-        assert!(matches!(
-            err("softmax:4x3,lr=fast"),
-            SpecError::BadLearningRate(_)
-        ));
-        assert!(matches!(
-            err("softmax:4x3,lr=0"),
-            SpecError::LearningRateOutOfRange { reason: "zero", .. }
-        ));
+        assert!(matches!(err("softmax:4xq"), SpecError::BadDimensions { .. }));
+        assert!(matches!(err("softmax:4x1"), SpecError::TooSmall { what: "classes", .. }));
+        assert!(matches!(err("softmax:0x3"), SpecError::TooSmall { what: "inputs", .. }));
+        assert!(matches!(err("softmax:5000x3"), SpecError::TooLarge { what: "inputs", .. }));
+        assert!(matches!(err("mlp:4096x4096x1024"), SpecError::TooLarge { what: "parameters", .. }));
+        assert!(matches!(err("softmax:4x3,batch=0"), SpecError::TooSmall { what: "batch", .. }));
+        assert!(matches!(err("softmax:4x3,batch=two"), SpecError::BadBatch(_)));
+        assert!(matches!(err("softmax:4x3,batch=2,batch=2"), SpecError::DuplicateOption("batch")));
+        assert!(matches!(err("softmax:4x3,momentum=0.9"), SpecError::UnknownOption(_)));
+        assert!(matches!(err("softmax:4x3,lr=fast"), SpecError::BadLearningRate(_)));
+        assert!(matches!(err("softmax:4x3,lr=0"), SpecError::LearningRateOutOfRange { reason: "zero", .. }));
         assert!(matches!(
             err("softmax:4x3,lr=99999999"),
-            SpecError::LearningRateOutOfRange {
-                reason: "too large",
-                ..
-            }
+            SpecError::LearningRateOutOfRange { reason: "too large", .. }
         ));
-        assert!(matches!(
-            err(&"x".repeat(500)),
-            SpecError::TooLarge {
-                what: "spec length",
-                ..
-            }
-        ));
+        assert!(matches!(err(&"x".repeat(500)), SpecError::TooLarge { what: "spec length", .. }));
         // The message tells the user the expected form.
         assert!(err("cnn:4x3").to_string().contains("softmax:4x3"));
     }
@@ -865,32 +676,21 @@ mod tests {
     fn flat_order_round_trips_and_shapes_are_checked() {
         let spec: ModelSpec = "mlp:3x4x2,batch=2".parse().unwrap();
         let weights = Weights::random(&spec, 7);
-        assert_eq!(
-            Weights::from_flat(&spec, &weights.flatten()).unwrap(),
-            weights
-        );
+        assert_eq!(Weights::from_flat(&spec, &weights.flatten()).unwrap(), weights);
         assert!(Weights::from_flat(&spec, &[0; 3]).is_err());
         let other: ModelSpec = "softmax:3x2".parse().unwrap();
         assert!(weights.check_shape(&other).is_err());
         let mut batch = Batch::random(&spec, 1);
         assert!(batch.check_shape(&spec, 0).is_ok());
         batch.examples[1].label = 2;
-        assert!(matches!(
-            sgd_step(&spec, &weights, &batch),
-            Err(TrainError::Shape(_))
-        ));
+        assert!(matches!(sgd_step(&spec, &weights, &batch), Err(TrainError::Shape(_))));
     }
 
     #[test]
     fn a_step_moves_the_correct_class_logit_up() {
         let spec: ModelSpec = "softmax:2x2,batch=1,lr=1".parse().unwrap();
         let weights = Weights::zeros(&spec);
-        let batch = Batch {
-            examples: vec![Example {
-                features: vec![ONE as i32, 0],
-                label: 1,
-            }],
-        };
+        let batch = Batch { examples: vec![Example { features: vec![ONE as i32, 0], label: 1 }] };
         let after = sgd_step(&spec, &weights, &batch).unwrap();
         // p = [0.5, 0.5], δ = [0.5, -0.5]; W[c][0] -= δ_c · x_0 = ∓0.5; biases likewise.
         let half = (ONE / 2) as i32;
@@ -905,12 +705,7 @@ mod tests {
         let spec: ModelSpec = "softmax:2x2,batch=1,lr=30000".parse().unwrap();
         let weights = Weights::zeros(&spec);
         let big = i32::MAX;
-        let batch = Batch {
-            examples: vec![Example {
-                features: vec![big, big],
-                label: 0,
-            }],
-        };
+        let batch = Batch { examples: vec![Example { features: vec![big, big], label: 0 }] };
         match train(&spec, &weights, &[batch.clone(), batch]) {
             Err(TrainError::Overflow { step, source }) => {
                 assert_eq!(step, 0);
@@ -938,8 +733,7 @@ mod tests {
                 }
                 batch
             };
-            let test_set: Vec<Example> =
-                (1000..1020).flat_map(|s| make_batch(s).examples).collect();
+            let test_set: Vec<Example> = (1000..1020).flat_map(|s| make_batch(s).examples).collect();
             let accuracy = |weights: &Weights| {
                 test_set
                     .iter()
@@ -954,10 +748,7 @@ mod tests {
             let batches: Vec<Batch> = (0..300).map(make_batch).collect();
             let trained = train(&spec, &initial, &batches).unwrap();
             let (before, after) = (accuracy(&initial), accuracy(&trained));
-            assert!(
-                after >= 0.85 && after > before,
-                "{spec}: accuracy {before} -> {after}"
-            );
+            assert!(after >= 0.85 && after > before, "{spec}: accuracy {before} -> {after}");
         }
     }
 }

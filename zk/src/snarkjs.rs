@@ -89,32 +89,20 @@ fn fq2_to_json(value: &Fq2) -> [String; 2] {
 fn g2_to_json(point: &G2Affine) -> [[String; 2]; 3] {
     match point.xy() {
         Some((x, y)) => [fq2_to_json(&x), fq2_to_json(&y), ["1".into(), "0".into()]],
-        None => [
-            ["0".into(), "0".into()],
-            ["1".into(), "0".into()],
-            ["0".into(), "0".into()],
-        ],
+        None => [["0".into(), "0".into()], ["1".into(), "0".into()], ["0".into(), "0".into()]],
     }
 }
 
 /// A canonical decimal below the field's modulus.
 fn parse_decimal<F: PrimeField>(what: &'static str, text: &str) -> Result<F, ZkError> {
-    if text.is_empty() || text.len() > MAX_DECIMAL_LEN || !text.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(ZkError::decode(
-            what,
-            format!("{text:?} is not a decimal field element"),
-        ));
+    if text.is_empty() || text.len() > MAX_DECIMAL_LEN || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ZkError::decode(what, format!("{text:?} is not a decimal field element")));
     }
-    let value: F = text
-        .parse()
-        .map_err(|_| ZkError::decode(what, format!("{text:?} is not a decimal field element")))?;
+    let value: F =
+        text.parse().map_err(|_| ZkError::decode(what, format!("{text:?} is not a decimal field element")))?;
     // `FromStr` reduces modulo p and accepts leading zeros; only the canonical form is valid.
     if value.to_string() != text {
-        return Err(ZkError::decode(
-            what,
-            format!("{text:?} is not canonical (reduced or leading zeros)"),
-        ));
+        return Err(ZkError::decode(what, format!("{text:?} is not canonical (reduced or leading zeros)")));
     }
     Ok(value)
 }
@@ -128,10 +116,7 @@ fn g1_from_json(what: &'static str, json: &[String; 3]) -> Result<G1Affine, ZkEr
     } else if z == Fq::from(1u64) {
         G1Affine::new_unchecked(x, y)
     } else {
-        return Err(ZkError::decode(
-            what,
-            "only normalised points (z = 1) are supported",
-        ));
+        return Err(ZkError::decode(what, "only normalised points (z = 1) are supported"));
     };
     if !point.is_on_curve() || !point.is_in_correct_subgroup_assuming_on_curve() {
         return Err(ZkError::decode(what, "G1 point is not on the curve"));
@@ -141,10 +126,7 @@ fn g1_from_json(what: &'static str, json: &[String; 3]) -> Result<G1Affine, ZkEr
 
 fn g2_from_json(what: &'static str, json: &[[String; 2]; 3]) -> Result<G2Affine, ZkError> {
     let fq2 = |pair: &[String; 2]| -> Result<Fq2, ZkError> {
-        Ok(Fq2::new(
-            parse_decimal(what, &pair[0])?,
-            parse_decimal(what, &pair[1])?,
-        ))
+        Ok(Fq2::new(parse_decimal(what, &pair[0])?, parse_decimal(what, &pair[1])?))
     };
     let (x, y, z) = (fq2(&json[0])?, fq2(&json[1])?, fq2(&json[2])?);
     let point = if z.is_zero() {
@@ -152,16 +134,10 @@ fn g2_from_json(what: &'static str, json: &[[String; 2]; 3]) -> Result<G2Affine,
     } else if z == Fq2::new(Fq::from(1u64), Fq::zero()) {
         G2Affine::new_unchecked(x, y)
     } else {
-        return Err(ZkError::decode(
-            what,
-            "only normalised points (z = 1) are supported",
-        ));
+        return Err(ZkError::decode(what, "only normalised points (z = 1) are supported"));
     };
     if !point.is_on_curve() || !point.is_in_correct_subgroup_assuming_on_curve() {
-        return Err(ZkError::decode(
-            what,
-            "G2 point is not on the curve or not in the prime-order subgroup",
-        ));
+        return Err(ZkError::decode(what, "G2 point is not on the curve or not in the prime-order subgroup"));
     }
     Ok(point)
 }
@@ -193,9 +169,7 @@ pub fn verifying_key_to_snarkjs(vk: &ZkVerifyingKey) -> SnarkjsVerifyingKey {
 
 /// The arkworks key of a `verification_key.json` (the model spec is not part of snarkjs's
 /// format; pair it with the spec it was exported for).
-pub fn verifying_key_from_snarkjs(
-    json: &SnarkjsVerifyingKey,
-) -> Result<VerifyingKey<Bn254>, ZkError> {
+pub fn verifying_key_from_snarkjs(json: &SnarkjsVerifyingKey) -> Result<VerifyingKey<Bn254>, ZkError> {
     const WHAT: &str = "snarkjs verifying key";
     check_protocol(WHAT, &json.protocol, &json.curve)?;
     if json.n_public != NUM_PUBLIC_INPUTS || json.ic.len() != NUM_PUBLIC_INPUTS + 1 {
@@ -214,11 +188,7 @@ pub fn verifying_key_from_snarkjs(
         beta_g2: g2_from_json(WHAT, &json.vk_beta_2)?,
         gamma_g2: g2_from_json(WHAT, &json.vk_gamma_2)?,
         delta_g2: g2_from_json(WHAT, &json.vk_delta_2)?,
-        gamma_abc_g1: json
-            .ic
-            .iter()
-            .map(|p| g1_from_json(WHAT, p))
-            .collect::<Result<_, _>>()?,
+        gamma_abc_g1: json.ic.iter().map(|p| g1_from_json(WHAT, p)).collect::<Result<_, _>>()?,
     })
 }
 
@@ -247,18 +217,12 @@ pub fn proof_from_snarkjs(json: &SnarkjsProof) -> Result<ZkProof, ZkError> {
 
 /// `public.json` for public inputs.
 pub fn public_inputs_to_snarkjs(public_inputs: &PublicInputs) -> Vec<String> {
-    public_inputs
-        .to_field_elements()
-        .iter()
-        .map(|f| f.to_string())
-        .collect()
+    public_inputs.to_field_elements().iter().map(|f| f.to_string()).collect()
 }
 
 /// The public inputs of a `public.json`.
 pub fn public_inputs_from_snarkjs(json: &[String]) -> Result<PublicInputs, ZkError> {
-    let elements = json
-        .iter()
-        .map(|s| parse_decimal::<Fr>("snarkjs public inputs", s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let elements =
+        json.iter().map(|s| parse_decimal::<Fr>("snarkjs public inputs", s)).collect::<Result<Vec<_>, _>>()?;
     PublicInputs::from_field_elements(&elements)
 }

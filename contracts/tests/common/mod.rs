@@ -20,7 +20,9 @@ pub struct World {
 }
 
 pub fn key(tag: u8, index: u8) -> Keypair {
-    Keypair::from_seed([tag, index, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    Keypair::from_seed([
+        tag, index, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ])
 }
 
 pub fn params() -> Params {
@@ -38,7 +40,8 @@ impl World {
         let validators: Vec<Keypair> = (0..v).map(|i| key(1, i)).collect();
         let miners: Vec<Keypair> = (0..m).map(|i| key(2, i)).collect();
         let submitter = key(3, 0);
-        let mut accounts: Vec<(Address, u64)> = validators.iter().chain(&miners).map(|k| (k.address(), 100_000)).collect();
+        let mut accounts: Vec<(Address, u64)> =
+            validators.iter().chain(&miners).map(|k| (k.address(), 100_000)).collect();
         accounts.push((submitter.address(), balance));
         let genesis = Genesis {
             chain_id: CHAIN.into(),
@@ -53,8 +56,14 @@ impl World {
     }
 
     pub fn ctx(&self) -> BlockCtx {
-        let randomness = Hash::digest(HashDomain::BlockHeader, &[self.height.to_le_bytes(), self.salt.to_le_bytes()].concat());
-        BlockCtx { height: self.height, time_ms: self.height * 1000, randomness, proposer: self.validators[0].address() }
+        let randomness =
+            Hash::digest(HashDomain::BlockHeader, &[self.height.to_le_bytes(), self.salt.to_le_bytes()].concat());
+        BlockCtx {
+            height: self.height,
+            time_ms: self.height * 1000,
+            randomness,
+            proposer: self.validators[0].address(),
+        }
     }
 
     /// Ends the current block and begins the next one.
@@ -142,7 +151,11 @@ impl World {
                 encoding: DeltaEncoding::F32,
             },
             aggregation: AggregationRule::Mean,
-            verification: VerificationParams { checkpoint_interval: 5, segments_per_miner: 2, mode: VerificationMode::Exact },
+            verification: VerificationParams {
+                checkpoint_interval: 5,
+                segments_per_miner: 2,
+                mode: VerificationMode::Exact,
+            },
             reward_per_round: Amount(9_000),
             min_miner_stake: Amount(1_000),
             commit_blocks: 5,
@@ -242,18 +255,26 @@ impl World {
 
     /// Every assigned checker that has not answered yet sends `decide(miner, segment)`;
     /// `None` stays silent.
-    pub fn verdicts(&mut self, job: u64, round: u32, decide: impl Fn(&Address, u32, &Address) -> Option<VerdictOutcome>) {
+    pub fn verdicts(
+        &mut self,
+        job: u64,
+        round: u32,
+        decide: impl Fn(&Address, u32, &Address) -> Option<VerdictOutcome>,
+    ) {
         let state = self.round(job, round);
         for assignment in state.assignments {
             for checker in &assignment.checkers {
-                let answered =
-                    state.verdicts.iter().any(|v| &v.checker == checker && v.miner == assignment.miner && v.segment == assignment.segment);
+                let answered = state
+                    .verdicts
+                    .iter()
+                    .any(|v| &v.checker == checker && v.miner == assignment.miner && v.segment == assignment.segment);
                 if answered {
                     continue;
                 }
                 let Some(outcome) = decide(&assignment.miner, assignment.segment, checker) else { continue };
                 let Some(validator) = self.key_of(checker) else { continue };
-                let verdict = Verdict { job: JobId(job), round, miner: assignment.miner, segment: assignment.segment, outcome };
+                let verdict =
+                    Verdict { job: JobId(job), round, miner: assignment.miner, segment: assignment.segment, outcome };
                 self.send(&validator, TxKind::Verdict(verdict)).unwrap();
             }
         }
@@ -268,13 +289,18 @@ impl World {
     pub fn aggregate(&mut self, job: u64, round: u32) -> Result<Vec<Event>, TxError> {
         let accepted = self.round(job, round).accepted;
         let validator = Keypair::from_seed(self.validators[0].seed());
-        let aggregate = Aggregate { job: JobId(job), round, model_hash: Hash([9; 32]), momentum_hash: Hash([8; 32]), accepted };
+        let aggregate =
+            Aggregate { job: JobId(job), round, model_hash: Hash([9; 32]), momentum_hash: Hash([8; 32]), accepted };
         self.send(&validator, TxKind::CommitAggregate(aggregate))
     }
 
     pub fn supply_holds(&self) {
         let supply: trellis_contracts::state::Supply = read(&self.kv, keys::SUPPLY).unwrap().unwrap();
-        assert_eq!(trellis_contracts::total_holdings(&self.kv).unwrap(), supply.expected_total().expect("supply fits a u64"), "supply not conserved");
+        assert_eq!(
+            trellis_contracts::total_holdings(&self.kv).unwrap(),
+            supply.expected_total().expect("supply fits a u64"),
+            "supply not conserved"
+        );
     }
 }
 

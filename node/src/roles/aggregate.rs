@@ -17,7 +17,7 @@ use trellis_proto::{Aggregate, Hash, JobId, TxKind};
 use trellis_trainer::encoding;
 use trellis_trainer::outer::OuterStep;
 
-use super::RoleContext;
+use super::{RoleContext, Work};
 use crate::blobs::{BlobKey, BlobKind};
 use crate::jobdata::{self, FETCH_PATIENCE};
 
@@ -44,7 +44,8 @@ impl AggregateBook {
 
     /// Whether `aggregate` is what this node computed: `None` while it has not computed it.
     pub fn judge(&self, aggregate: &Aggregate) -> Option<bool> {
-        self.get(aggregate.job, aggregate.round).map(|(model, momentum)| model == aggregate.model_hash && momentum == aggregate.momentum_hash)
+        self.get(aggregate.job, aggregate.round)
+            .map(|(model, momentum)| model == aggregate.model_hash && momentum == aggregate.momentum_hash)
     }
 
     /// [`judge`](Self::judge), awaiting (never blocking a thread) a computation still running
@@ -86,7 +87,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 book.insert(job.id, round.round, (forged, forged));
             }
             None => {
-                if context.start_once(format!("aggregate:{}:{}", job.id, round.round)) {
+                if context.start_once(Work::ComputeAggregate { job: job.id, round: round.round }) {
                     let (context, book, job, round) = (context.clone(), book.clone(), job.clone(), round.clone());
                     tokio::spawn(async move {
                         match compute(&context, &job, &round).await {
@@ -96,7 +97,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                             }
                             Err(error) => {
                                 tracing::warn!(target: "node::aggregate", job = %job.id, round = round.round, error = format!("{error:#}"), "cannot compute the aggregate yet");
-                                context.forget(&format!("aggregate:{}:{}", job.id, round.round));
+                                context.forget(&Work::ComputeAggregate { job: job.id, round: round.round });
                             }
                         }
                     });
@@ -108,13 +109,20 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 let Some(position) = addresses.iter().position(|a| *a == me) else { continue };
                 let n = addresses.len() as u64;
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
-                let tallied_at = round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
+                let tallied_at =
+                    round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
                 let forger = context.behaviour == super::behaviour::Behaviour::ForgeAggregate;
                 if height < tallied_at + rank * SEND_STAGGER_BLOCKS && !forger {
                     continue;
                 }
-                if context.start_once(format!("tx:aggregate:{}:{}", job.id, round.round)) {
-                    let aggregate = Aggregate { job: job.id, round: round.round, model_hash, momentum_hash, accepted: round.accepted.clone() };
+                if context.start_once(Work::SendAggregate { job: job.id, round: round.round }) {
+                    let aggregate = Aggregate {
+                        job: job.id,
+                        round: round.round,
+                        model_hash,
+                        momentum_hash,
+                        accepted: round.accepted.clone(),
+                    };
                     if let Err(error) = context.submit(TxKind::CommitAggregate(aggregate)) {
                         tracing::warn!(target: "node::aggregate", %error, "cannot send the aggregate");
                     }
@@ -155,7 +163,12 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
         let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
         let combined = trellis_verifier::aggregate::aggregate(&spec.aggregation, &refs)?;
         let d = &spec.diloco;
-        let mut outer = OuterStep { optimizer: d.outer_optimizer, learning_rate: d.outer_learning_rate, momentum: d.outer_momentum, buffer: momentum };
+        let mut outer = OuterStep {
+            optimizer: d.outer_optimizer,
+            learning_rate: d.outer_learning_rate,
+            momentum: d.outer_momentum,
+            buffer: momentum,
+        };
         outer.apply(&mut global, &combined);
         let model = store.put_data(&jobdata::weights_to_bytes(&global))?;
         let momentum = store.put_data(&jobdata::weights_to_bytes(&outer.buffer))?;
@@ -170,7 +183,13 @@ mod tests {
     use super::*;
 
     fn aggregate(model: u8) -> Aggregate {
-        Aggregate { job: JobId(1), round: 2, model_hash: Hash([model; 32]), momentum_hash: Hash([9; 32]), accepted: Vec::new() }
+        Aggregate {
+            job: JobId(1),
+            round: 2,
+            model_hash: Hash([model; 32]),
+            momentum_hash: Hash([9; 32]),
+            accepted: Vec::new(),
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -185,6 +204,10 @@ mod tests {
         assert_eq!(book.judge_within(&aggregate(7), std::time::Duration::from_secs(5)).await, Some(true));
         assert_eq!(book.judge_within(&aggregate(8), std::time::Duration::from_secs(5)).await, Some(false));
         let unknown = Aggregate { round: 3, ..aggregate(7) };
-        assert_eq!(book.judge_within(&unknown, std::time::Duration::from_millis(30)).await, None, "no computation: no verdict");
+        assert_eq!(
+            book.judge_within(&unknown, std::time::Duration::from_millis(30)).await,
+            None,
+            "no computation: no verdict"
+        );
     }
 }

@@ -123,7 +123,8 @@ impl FromStr for Behaviour {
 pub fn parse_adversary(text: &str) -> Result<(Behaviour, usize), String> {
     let (kind, count) = match text.split_once('=') {
         Some((kind, count)) => {
-            let count: usize = count.parse().map_err(|_| format!("'{count}' in '{text}' is not a count (KIND=COUNT)"))?;
+            let count: usize =
+                count.parse().map_err(|_| format!("'{count}' in '{text}' is not a count (KIND=COUNT)"))?;
             (kind, count)
         }
         None => (text, 1),

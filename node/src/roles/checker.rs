@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use trellis_contracts::rounds::worker_index;
 use trellis_contracts::state::{self, keys, Assignment, Job, MinerDeltas, Phase, RoundState};
-use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal};
+use trellis_proto::{
+    DeltaEncoding, Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal,
+};
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::CheckpointData;
 use trellis_verifier::segment::{check_claim, check_delta, residual_within_bound, BlobError, BlobSource, Replay};
 
-use super::RoleContext;
+use super::{RoleContext, Work};
 use crate::blobs::{BlobKey, BlobKind, BlobStore};
 use crate::exchange::FetchError;
 use crate::jobdata;
@@ -44,8 +46,16 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
             continue;
         }
         for assignment in round.assignments.iter().filter(|a| a.checkers.contains(&me)) {
-            let sent = round.verdicts.iter().any(|v| v.checker == me && v.miner == assignment.miner && v.segment == assignment.segment);
-            let label = format!("tx:verdict:{}:{}:{}:{}", job.id, round.round, assignment.miner, assignment.segment);
+            let sent = round
+                .verdicts
+                .iter()
+                .any(|v| v.checker == me && v.miner == assignment.miner && v.segment == assignment.segment);
+            let label = Work::SendVerdict {
+                job: job.id,
+                round: round.round,
+                miner: assignment.miner,
+                segment: assignment.segment,
+            };
             if sent || !context.start_once(label.clone()) {
                 continue;
             }
@@ -76,20 +86,31 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
                     job = %job.id, round = round.round, miner = %assignment.miner, segment = assignment.segment,
                     outcome = ?outcome, check_s = format!("{:.2}", began.elapsed().as_secs_f64()), "verdict"
                 );
-                let still_open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Verifying && context.height() <= r.verify_end);
+                let still_open = context
+                    .round(job.id, round.round)
+                    .is_some_and(|r| r.phase == Phase::Verifying && context.height() <= r.verify_end);
                 if !still_open {
                     tracing::warn!(target: "node::checker", job = %job.id, round = round.round, "verification window closed before our verdict");
                     return;
                 }
                 let outcome = if context.behaviour == super::behaviour::Behaviour::Frame {
                     // The framer's made-up mismatch: a checkpoint hash the miner never claimed.
-                    let made_up = Hash::digest(trellis_proto::HashDomain::Blob, format!("framed {} {}", assignment.miner, assignment.segment).as_bytes());
+                    let made_up = Hash::digest(
+                        trellis_proto::HashDomain::Blob,
+                        format!("framed {} {}", assignment.miner, assignment.segment).as_bytes(),
+                    );
                     tracing::warn!(target: "node::checker", job = %job.id, round = round.round, miner = %assignment.miner, "framing honest work (frame adversary)");
                     Blame::miner(InvalidReason::CheckpointMismatch, made_up, Hash::ZERO).outcome()
                 } else {
                     outcome
                 };
-                let verdict = Verdict { job: job.id, round: round.round, miner: assignment.miner, segment: assignment.segment, outcome };
+                let verdict = Verdict {
+                    job: job.id,
+                    round: round.round,
+                    miner: assignment.miner,
+                    segment: assignment.segment,
+                    outcome,
+                };
                 if let Err(error) = context.submit(TxKind::Verdict(verdict)) {
                     tracing::warn!(target: "node::checker", %error, "cannot send the verdict");
                 }
@@ -138,7 +159,9 @@ fn job_fault(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> Verdict
 /// A failure to get or read one of the job's own blobs (dataset, keys): the job's fault when no
 /// peer served it or it does not parse, ours when our store or exchange failed.
 fn job_blob_failure(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> Early {
-    let ours = error.chain().any(|e| matches!(e.downcast_ref::<FetchError>(), Some(FetchError::Store { .. } | FetchError::Stopped)));
+    let ours = error
+        .chain()
+        .any(|e| matches!(e.downcast_ref::<FetchError>(), Some(FetchError::Store { .. } | FetchError::Stopped)));
     if ours {
         return Err(OwnFailure(error));
     }
@@ -146,7 +169,12 @@ fn job_blob_failure(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> 
 }
 
 /// The verdict on one assignment; `Err` only for this node's own failures.
-async fn check(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> Result<VerdictOutcome, OwnFailure> {
+async fn check(
+    context: &Arc<RoleContext>,
+    job: &Job,
+    round: &RoundState,
+    assignment: &Assignment,
+) -> Result<VerdictOutcome, OwnFailure> {
     match gather(context, job, round, assignment).await {
         Ok(gathered) => judge(context, job, round, gathered).await,
         Err(early) => early,
@@ -171,7 +199,8 @@ struct Gathered {
 /// otherwise the miner's `Invalid` verdict. Nothing in it is trusted: round, slot, interval and
 /// positions all come from the chain.
 fn read_trail(bytes: &[u8], frame: &TrailFrame, address: Hash) -> Result<Trail, VerdictOutcome> {
-    let trail = Trail::from_bytes(bytes).map_err(|_| Blame::miner(InvalidReason::MalformedBlob, address, Hash::ZERO).outcome())?;
+    let trail = Trail::from_bytes(bytes)
+        .map_err(|_| Blame::miner(InvalidReason::MalformedBlob, address, Hash::ZERO).outcome())?;
     if let Err(mismatch) = check_trail(&trail, frame) {
         tracing::info!(target: "node::checker", job = %frame.job, round = frame.round, worker = frame.worker, %mismatch, "the trail is not one of this round");
         return Err(Blame::miner(InvalidReason::TrailMismatch, address, Hash::ZERO).outcome());
@@ -179,11 +208,20 @@ fn read_trail(bytes: &[u8], frame: &TrailFrame, address: Hash) -> Result<Trail, 
     Ok(trail)
 }
 
-async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assignment: &Assignment) -> Result<Gathered, Early> {
+async fn gather(
+    context: &Arc<RoleContext>,
+    job: &Job,
+    round: &RoundState,
+    assignment: &Assignment,
+) -> Result<Gathered, Early> {
     // What the chain says: only revealed work is sampled, at the slot the chain gave the miner.
     let commit = round.commits.iter().find(|c| c.miner == assignment.miner);
-    let (Some(reveal), Some(worker)) = (commit.and_then(|c| c.reveal.clone()), worker_index(round, &assignment.miner)) else {
-        return Err(Err(OwnFailure(anyhow::anyhow!("the chain has no revealed work of {} in this round", assignment.miner))));
+    let (Some(reveal), Some(worker)) = (commit.and_then(|c| c.reveal.clone()), worker_index(round, &assignment.miner))
+    else {
+        return Err(Err(OwnFailure(anyhow::anyhow!(
+            "the chain has no revealed work of {} in this round",
+            assignment.miner
+        ))));
     };
     let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
     let trail_bytes = miners_blob(context, BlobKey::new(BlobKind::Trail, reveal.trail), deadline).await?;
@@ -227,13 +265,15 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
     // groth16: the segment's proof (the miner's) and the job's verifying key (the submitter's).
     let zk = match zk {
         Some(zk) => {
-            let proof = miners_blob(context, BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]), deadline).await?;
+            let proof =
+                miners_blob(context, BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]), deadline).await?;
             let verifier = match context.verifier(zk.verifying_key).await {
                 Ok(verifier) => verifier,
                 Err(error) => return Err(job_blob_failure(JobFaultReason::KeysUnusable, error, job)),
             };
             if verifier.spec() != &zk.model || u64::from(verifier.steps()) != ZkJob::segment_steps(&job.spec) {
-                let error = anyhow::anyhow!("the verifying key is for {} × {} steps", verifier.spec(), verifier.steps());
+                let error =
+                    anyhow::anyhow!("the verifying key is for {} × {} steps", verifier.spec(), verifier.steps());
                 return Err(Ok(job_fault(JobFaultReason::KeysUnusable, error, job)));
             }
             Some((zk, verifier, proof))
@@ -258,7 +298,8 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
         };
         let previous_bytes = miners_blob(context, BlobKey::new(BlobKind::Data, previous.delta_hash), deadline).await?;
         let bytes = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.residual_hash), deadline).await?;
-        let values = jobdata::weights_from_bytes(&bytes).unwrap_or_default();
+        // A residual that is not a whole number of f32 values is made up like one out of bounds.
+        let Ok(values) = jobdata::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
         if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
             return Err(Ok(made_up()));
         }
@@ -281,19 +322,34 @@ async fn gather(context: &Arc<RoleContext>, job: &Job, round: &RoundState, assig
 
 /// Re-executes (or checks the proof of) the segment and checks the last link, on a blocking
 /// thread.
-async fn judge(context: &Arc<RoleContext>, job: &Job, round: &RoundState, gathered: Gathered) -> Result<VerdictOutcome, OwnFailure> {
+async fn judge(
+    context: &Arc<RoleContext>,
+    job: &Job,
+    round: &RoundState,
+    gathered: Gathered,
+) -> Result<VerdictOutcome, OwnFailure> {
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
     let outcome = tokio::task::spawn_blocking(move || -> Result<VerdictOutcome, OwnFailure> {
         let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual } = gathered;
         let spec = &job.spec;
         let store = context.net.store();
         let checkpoint = |hash: Hash| store.get(&BlobKey::new(BlobKind::Checkpoint, hash));
-        let claim = segment_claim(&trail, &frame, segment).ok_or_else(|| anyhow::anyhow!("segment {segment} vanished"))?;
+        let claim =
+            segment_claim(&trail, &frame, segment).ok_or_else(|| anyhow::anyhow!("segment {segment} vanished"))?;
         let outcome = match (&zk, Comparison::of(&spec.verification.mode)) {
             (Some((zk, verifier, proof)), _) => {
                 let (start, end) = (checkpoint(claim.start.hash)?, checkpoint(claim.end.hash)?);
                 let evidence = SegmentEvidence { start_checkpoint: &start, end_checkpoint: &end, proof };
-                zkjob::check_segment(spec, zk, verifier, &dataset, &trail, (round_number, worker), segment as usize, &evidence)
+                zkjob::check_segment(
+                    spec,
+                    zk,
+                    verifier,
+                    &dataset,
+                    &trail,
+                    (round_number, worker),
+                    segment as usize,
+                    &evidence,
+                )
             }
             (None, Some(comparison)) => {
                 let replay = Replay {
@@ -314,7 +370,9 @@ async fn judge(context: &Arc<RoleContext>, job: &Job, round: &RoundState, gather
         }
         let final_bytes = checkpoint(reveal.final_checkpoint)?;
         let final_weights = match &zk {
-            Some((zk, _, _)) => trellis_zk::io::decode_weights(&zk.model, &final_bytes).ok().map(|w| zkjob::from_fixed(&w.flatten())),
+            Some((zk, _, _)) => {
+                trellis_zk::io::decode_weights(&zk.model, &final_bytes).ok().map(|w| zkjob::from_fixed(&w.flatten()))
+            }
             None => CheckpointData::parse(&final_bytes).ok().map(|state| state.weights),
         };
         let Some(final_weights) = final_weights else {
@@ -331,7 +389,12 @@ async fn judge(context: &Arc<RoleContext>, job: &Job, round: &RoundState, gather
         };
         Ok(match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &reveal.delta_hash) {
             Ok(()) => VerdictOutcome::Valid,
-            Err(_) => Blame::miner(InvalidReason::DeltaMismatch, reveal.delta_hash, trellis_trainer::encoding::delta_hash(&delta)).outcome(),
+            Err(_) => Blame::miner(
+                InvalidReason::DeltaMismatch,
+                reveal.delta_hash,
+                trellis_trainer::encoding::delta_hash(&delta),
+            )
+            .outcome(),
         })
     })
     .await;
@@ -350,7 +413,15 @@ mod silencing_trails {
     use super::*;
 
     fn frame() -> TrailFrame {
-        TrailFrame { job: JobId(3), round: 1, worker: 0, inner_steps: 4, interval: 2, proofs: 2, final_checkpoint: Hash([2; 32]) }
+        TrailFrame {
+            job: JobId(3),
+            round: 1,
+            worker: 0,
+            inner_steps: 4,
+            interval: 2,
+            proofs: 2,
+            final_checkpoint: Hash([2; 32]),
+        }
     }
 
     fn honest() -> Trail {
@@ -398,9 +469,15 @@ mod silencing_trails {
         // An out-of-range worker slot, and a proof left out.
         let mut slot = trail.clone();
         slot.worker = u32::MAX;
-        assert_eq!(reason(&read_trail(&slot.to_bytes(), &frame(), slot.hash()).unwrap_err()), Some(InvalidReason::TrailMismatch));
+        assert_eq!(
+            reason(&read_trail(&slot.to_bytes(), &frame(), slot.hash()).unwrap_err()),
+            Some(InvalidReason::TrailMismatch)
+        );
         let mut bare = trail;
         bare.proofs.pop();
-        assert_eq!(reason(&read_trail(&bare.to_bytes(), &frame(), bare.hash()).unwrap_err()), Some(InvalidReason::TrailMismatch));
+        assert_eq!(
+            reason(&read_trail(&bare.to_bytes(), &frame(), bare.hash()).unwrap_err()),
+            Some(InvalidReason::TrailMismatch)
+        );
     }
 }

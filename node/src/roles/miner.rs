@@ -19,7 +19,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{expected_tokens, worker_index};
 use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
-use trellis_proto::{decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal};
+use trellis_proto::{
+    decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment,
+    WorkReveal,
+};
 use trellis_trainer::checkpoint;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{init_normals, Gpt};
@@ -27,7 +30,7 @@ use trellis_trainer::outer::pseudo_gradient;
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
 use super::behaviour::Behaviour;
-use super::RoleContext;
+use super::{RoleContext, Work};
 use crate::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
 use crate::jobdata;
 use crate::zkjob::{ZkJob, ZkTraining};
@@ -84,15 +87,14 @@ fn tick(context: &Arc<RoleContext>, height: u64) {
 /// Joins `job` once a check says this node can run it; logs why not otherwise (and checks again
 /// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later).
 fn consider_joining(context: &Arc<RoleContext>, job: &Job, height: u64) {
-    let label = format!("check:{}:{}", job.id, height / RECHECK_BLOCKS);
-    if !context.start_once(label) {
+    if !context.start_once(Work::CheckRunnable { job: job.id, period: height / RECHECK_BLOCKS }) {
         return;
     }
     let (context, job) = (context.clone(), job.clone());
     tokio::spawn(async move {
         match runnable(&context, &job).await {
             Ok(()) => {
-                if context.start_once(format!("tx:join:{}", job.id)) {
+                if context.start_once(Work::SendJoin { job: job.id }) {
                     if let Err(error) = context.submit(TxKind::JoinJob { job: job.id }) {
                         tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot join");
                     }
@@ -117,13 +119,19 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
     let dataset = context.dataset(spec.dataset_root).await.context("the job's dataset")?;
     let schedule = jobdata::schedule(spec);
     for worker in 0..spec.diloco.workers_per_round as usize {
-        schedule.shards_of(&dataset, 0, worker).with_context(|| format!("the dataset cannot serve worker slot {worker}"))?;
+        schedule
+            .shards_of(&dataset, 0, worker)
+            .with_context(|| format!("the dataset cannot serve worker slot {worker}"))?;
     }
     match zk {
         Some(zk) => {
             let proving_key = context.proving_key(zk.proving_key).await?;
             let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
-            let verifying_key = context.net.fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline).await.context("the job's verifying key")?;
+            let verifying_key = context
+                .net
+                .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline)
+                .await
+                .context("the job's verifying key")?;
             crate::zkjob::check_keys(spec, &zk, &proving_key, &verifying_key)?;
         }
         None => {
@@ -140,20 +148,26 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
 /// Open round, nothing committed yet: commit from the stage, or train to fill it.
 fn commit_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) {
     let me = context.key.address();
-    let label = format!("tx:commit:{}:{}", job.id, round.round);
+    let label = Work::SendCommit { job: job.id, round: round.round };
     if context.behaviour == Behaviour::Copy {
         // The first commitment by someone else, once there is one: never revealable by us.
         if let Some(other) = round.commits.iter().find(|c| c.miner != me) {
-            if context.start_once(label) {
+            if context.start_once(label.clone()) {
                 tracing::warn!(target: "node::miner", job = %job.id, round = round.round, "copying another miner's commitment");
-                send(context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: other.binding }));
+                send(
+                    context,
+                    TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: other.binding }),
+                );
             }
         }
         return;
     }
     if let Some((_, reveal)) = Stage::open(&context.work_dir, job.id.0, round.round) {
         if context.start_once(label) {
-            send(context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: reveal.binding(&me) }));
+            send(
+                context,
+                TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: reveal.binding(&me) }),
+            );
         }
         return;
     }
@@ -174,7 +188,7 @@ fn reveal_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worke
         tracing::error!(target: "node::miner", job = %job.id, round = round.round, "the staged work is not what we committed; skipping the round");
         return;
     }
-    if !context.start_once(format!("tx:reveal:{}:{}", job.id, round.round)) {
+    if !context.start_once(Work::SendReveal { job: job.id, round: round.round }) {
         return;
     }
     if context.behaviour != Behaviour::Withhold {
@@ -186,7 +200,7 @@ fn reveal_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worke
             }
             Err(error) => {
                 tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "cannot publish the round's blobs");
-                context.forget(&format!("tx:reveal:{}:{}", job.id, round.round));
+                context.forget(&Work::SendReveal { job: job.id, round: round.round });
                 return;
             }
         }
@@ -203,7 +217,7 @@ fn send(context: &RoleContext, kind: TxKind) {
 
 /// Trains the round (once) into its stage, then commits if the round is still open.
 fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) {
-    let label = format!("train:{}:{}", job.id, round.round);
+    let label = Work::Train { job: job.id, round: round.round };
     if !context.start_once(label.clone()) {
         return;
     }
@@ -211,8 +225,9 @@ fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: us
     tokio::spawn(async move {
         match train_round(&context, &job, &round, worker).await {
             Ok(reveal) => {
-                let open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Open) && context.height() <= round.commit_deadline;
-                if open && context.start_once(format!("tx:commit:{}:{}", job.id, round.round)) {
+                let open = context.round(job.id, round.round).is_some_and(|r| r.phase == Phase::Open)
+                    && context.height() <= round.commit_deadline;
+                if open && context.start_once(Work::SendCommit { job: job.id, round: round.round }) {
                     let binding = reveal.binding(&context.key.address());
                     send(&context, TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding }));
                 } else if !open {
@@ -234,7 +249,7 @@ fn hoard_trails(context: &Arc<RoleContext>, round: &RoundState) {
     for commit in round.commits.iter().filter(|c| c.miner != me) {
         let Some(reveal) = &commit.reveal else { continue };
         let key = BlobKey::new(BlobKind::Trail, reveal.trail);
-        if context.start_once(format!("hoard:{key}")) {
+        if context.start_once(Work::Hoard { trail: reveal.trail }) {
             let net = context.net.clone();
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
@@ -302,7 +317,9 @@ impl Stage {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             let Some((tag, hex)) = name.split_once('-') else { continue };
-            let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>()) else { continue };
+            let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>()) else {
+                continue;
+            };
             let key = BlobKey::new(kind, hash);
             store.put_file(&key, &path).with_context(|| format!("publishing {key}"))?;
             keys.push(key);
@@ -339,7 +356,9 @@ struct FakeTrail {
 /// then the start weights plus growing noise at every checkpoint position, with made-up losses.
 fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<FakeTrail> {
     let (mut model, mut optimizer) = jobdata::start_state(spec, round, global, device)?;
-    let frame_steps = |i: u32| trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval);
+    let frame_steps = |i: u32| {
+        trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval)
+    };
     let start_step = optimizer.step;
     let mut checkpoints = Vec::new();
     for index in 0..trellis_contracts::rounds::expected_checkpoints(spec) {
@@ -411,12 +430,19 @@ struct Carried {
 /// recorded as this miner's revealed Δ (`MinerDeltas`). Nothing is carried when that round's
 /// residual or Δ is not on disk any more, or the Δ is not the one the chain recorded: a residual
 /// its checkers could not bound would be judged made up.
-fn carried_residual(context: &RoleContext, job: &Job, round: u32, parameters: usize) -> anyhow::Result<Option<Carried>> {
+fn carried_residual(
+    context: &RoleContext,
+    job: &Job,
+    round: u32,
+    parameters: usize,
+) -> anyhow::Result<Option<Carried>> {
     if job.spec.diloco.encoding != DeltaEncoding::Int8 {
         return Ok(None);
     }
     let view = context.shared.ledger.store().pending_state();
-    let Some(deltas) = read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address()))? else { return Ok(None) };
+    let Some(deltas) = read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address()))? else {
+        return Ok(None);
+    };
     let earlier = deltas.latest;
     if earlier.round >= round {
         return Ok(None);
@@ -440,7 +466,12 @@ fn made_up(what: &str, job: &Job, round: u32, context: &RoleContext) -> Hash {
 }
 
 /// Trains one round and stages its blobs; returns the work to reveal.
-async fn train_round(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) -> anyhow::Result<WorkReveal> {
+async fn train_round(
+    context: &Arc<RoleContext>,
+    job: &Job,
+    round: &RoundState,
+    worker: usize,
+) -> anyhow::Result<WorkReveal> {
     let started = std::time::Instant::now();
     if context.behaviour == Behaviour::SkipWork {
         let reveal = WorkReveal {

@@ -12,17 +12,99 @@ pub mod behaviour;
 pub mod checker;
 pub mod miner;
 
+/// A piece of role work that is started once (until forgotten): what it is, and the job,
+/// round, miner or segment it is for. `Send…` pieces end in a transaction of ours; they are
+/// forgotten together when our transactions are stuck, so that they are sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// Checking whether this node can run a job (again every `miner::RECHECK_BLOCKS` blocks).
+    CheckRunnable {
+        job: JobId,
+        period: u64,
+    },
+    /// Training a round into its stage.
+    Train {
+        job: JobId,
+        round: u32,
+    },
+    /// Fetching another miner's trail (the `lying-peer` adversary).
+    Hoard {
+        trail: Hash,
+    },
+    /// Computing a round's aggregate.
+    ComputeAggregate {
+        job: JobId,
+        round: u32,
+    },
+    /// Deleting what nobody needs of a job's rounds before `keep_from`.
+    CollectGarbage {
+        job: JobId,
+        keep_from: u32,
+    },
+    SendJoin {
+        job: JobId,
+    },
+    SendCommit {
+        job: JobId,
+        round: u32,
+    },
+    SendReveal {
+        job: JobId,
+        round: u32,
+    },
+    SendVerdict {
+        job: JobId,
+        round: u32,
+        miner: Address,
+        segment: u32,
+    },
+    SendAggregate {
+        job: JobId,
+        round: u32,
+    },
+}
+
+impl Work {
+    /// Whether this work ends in a transaction of ours.
+    pub fn sends(&self) -> bool {
+        matches!(
+            self,
+            Work::SendJoin { .. }
+                | Work::SendCommit { .. }
+                | Work::SendReveal { .. }
+                | Work::SendVerdict { .. }
+                | Work::SendAggregate { .. }
+        )
+    }
+
+    /// The job this work is for, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Work::Hoard { .. } => None,
+            Work::CheckRunnable { job, .. }
+            | Work::Train { job, .. }
+            | Work::ComputeAggregate { job, .. }
+            | Work::CollectGarbage { job, .. }
+            | Work::SendJoin { job }
+            | Work::SendCommit { job, .. }
+            | Work::SendReveal { job, .. }
+            | Work::SendVerdict { job, .. }
+            | Work::SendAggregate { job, .. } => Some(*job),
+        }
+    }
+}
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tch::Device;
-use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
-use trellis_trainer::data::Dataset;
 use trellis_contracts::state::{self, keys, Job, JobStatus, RoundState};
 use trellis_contracts::KvStore;
-use trellis_proto::{Amount, Hash, JobId, Keypair, Transaction, TxKind};
+use trellis_proto::{Address, Amount, Hash, JobId, Keypair, Transaction, TxKind};
+use trellis_trainer::data::Dataset;
+use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
 
 use crate::consensus_app::Shared;
 use crate::exchange::BlobNet;
@@ -44,10 +126,10 @@ pub struct RoleContext {
     pub device: Device,
     /// How this node mines (always `Honest` unless built with the `adversary` feature).
     pub behaviour: behaviour::Behaviour,
-    /// Pieces of work started (so each is done once), by a role-chosen label.
-    started: Mutex<HashSet<String>>,
+    /// Pieces of work started (so each is done once).
+    started: Mutex<HashSet<Work>>,
     /// Own failures counted per piece of work (so a checker abstains after a few).
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<Work, u32>>,
     nonce_watch: Mutex<NonceWatch>,
     /// Jobs [`RoleContext::collect_garbage`] still visits (`None` until its first run).
     collect_watch: Mutex<Option<std::collections::BTreeSet<JobId>>>,
@@ -162,12 +244,15 @@ impl RoleContext {
             let Some(job) = self.job(id) else { continue };
             let ended = job.status != JobStatus::Active;
             let keep_from = if ended { job.spec.diloco.rounds } else { job.current_round };
-            if keep_from > 0 && self.start_once(format!("gc:{}:{keep_from}", job.id)) {
+            if keep_from > 0 && self.start_once(Work::CollectGarbage { job: job.id, keep_from }) {
                 let removed = self.net.store().collect_settled(job.id, keep_from);
                 miner::collect_local(self, &job, keep_from);
                 tracing::debug!(target: "node::roles", job = %job.id, removed, "collected blobs of settled rounds");
             }
             if ended {
+                // Nothing of an ended job is started again: forget its pieces of work.
+                self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|work| work.job() != Some(id));
+                self.failures.lock().unwrap_or_else(|p| p.into_inner()).retain(|work, _| work.job() != Some(id));
                 if let Some(watched) = self.collect_watch.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                     watched.remove(&id);
                 }
@@ -212,25 +297,25 @@ impl RoleContext {
         .await
     }
 
-    /// Marks `label` started; false if it already was.
-    pub fn start_once(&self, label: String) -> bool {
-        self.started.lock().unwrap_or_else(|p| p.into_inner()).insert(label)
+    /// Marks `work` started; false if it already was.
+    pub fn start_once(&self, work: Work) -> bool {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).insert(work)
     }
 
-    /// Counts one more failure of the work `label`; returns how many there were so far.
-    pub fn count_failure(&self, label: &str) -> u32 {
+    /// Counts one more failure of `work`; returns how many there were so far.
+    pub fn count_failure(&self, work: &Work) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= MAX_TRACKED_FAILURES {
             failures.clear();
         }
-        let count = failures.entry(label.to_string()).or_default();
+        let count = failures.entry(work.clone()).or_default();
         *count += 1;
         *count
     }
 
-    /// Forgets `label`, so the work may be tried again.
-    pub fn forget(&self, label: &str) {
-        self.started.lock().unwrap_or_else(|p| p.into_inner()).remove(label);
+    /// Forgets `work`, so it may be tried again.
+    pub fn forget(&self, work: &Work) {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).remove(work);
     }
 
     /// Signs `kind` with the node key at the next free nonce, admits it to the mempool and
@@ -260,7 +345,7 @@ impl RoleContext {
             let dropped = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).remove_sender(&address);
             watch.fee_bump += 1;
             watch.since_height = height;
-            self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|label| !label.starts_with("tx:"));
+            self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|work| !work.sends());
             tracing::warn!(target: "node::roles", dropped, nonce = committed, "our transactions were not included; sending again");
         }
     }
@@ -276,7 +361,9 @@ pub fn sign_and_admit(shared: &Shared, key: &Keypair, kind: TxKind, fee: u64) ->
     let account = ledger.sender_account(&address);
     let nonce = mempool.next_free_nonce(&address, account.next_nonce);
     let signed = Transaction { sender: key.public_key(), nonce, fee: Amount(fee), kind }.sign(ledger.chain_id(), key);
-    let hash = mempool.insert_verified(signed.clone(), account).map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
+    let hash = mempool
+        .insert_verified(signed.clone(), account)
+        .map_err(|e| anyhow::anyhow!("our own {name} transaction: {e}"))?;
     drop(mempool);
     let _ = shared.gossip.try_send(signed);
     tracing::info!(target: "node::roles", tx = %hash, kind = name, nonce, "sent");

@@ -9,7 +9,8 @@ pub fn path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let text = trellis_trainer::data::repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
+        let text = trellis_trainer::data::repository_text(&repo)
+            .unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let path = dir.join("repository-corpus.txt");
         // Test binaries run at once: each writes its own copy and renames it into place.

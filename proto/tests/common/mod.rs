@@ -56,7 +56,14 @@ pub fn job_spec() -> JobSpec {
 }
 
 pub fn work_reveal() -> WorkReveal {
-    WorkReveal { job: JobId(7), round: 3, trail: hash(1), final_checkpoint: hash(2), delta_hash: hash(3), residual_hash: hash(4) }
+    WorkReveal {
+        job: JobId(7),
+        round: 3,
+        trail: hash(1),
+        final_checkpoint: hash(2),
+        delta_hash: hash(3),
+        residual_hash: hash(4),
+    }
 }
 
 pub fn work_commitment() -> WorkCommitment {
@@ -76,7 +83,13 @@ pub fn trail() -> Trail {
 }
 
 pub fn verdict_job_fault() -> Verdict {
-    Verdict { job: JobId(7), round: 3, miner: address(9), segment: 1, outcome: VerdictOutcome::JobFault { reason: JobFaultReason::KeysUnusable } }
+    Verdict {
+        job: JobId(7),
+        round: 3,
+        miner: address(9),
+        segment: 1,
+        outcome: VerdictOutcome::JobFault { reason: JobFaultReason::KeysUnusable },
+    }
 }
 
 pub fn verdict_invalid() -> Verdict {
@@ -95,11 +108,18 @@ pub fn verdict_invalid() -> Verdict {
 }
 
 pub fn aggregate() -> Aggregate {
-    Aggregate { job: JobId(7), round: 3, model_hash: hash(6), momentum_hash: hash(7), accepted: vec![address(1), address(2)] }
+    Aggregate {
+        job: JobId(7),
+        round: 3,
+        model_hash: hash(6),
+        momentum_hash: hash(7),
+        accepted: vec![address(1), address(2)],
+    }
 }
 
 pub fn signed_vote(signer: &Keypair, value: Option<Hash>) -> SignedVote {
-    let vote = Vote { height: Height(12), round: 0, vote_type: VoteType::Precommit, value, validator: signer.address() };
+    let vote =
+        Vote { height: Height(12), round: 0, vote_type: VoteType::Precommit, value, validator: signer.address() };
     let signature = signer.sign(CHAIN, SigningKind::Vote, &vote.to_bytes());
     SignedVote { vote, signature }
 }

@@ -141,7 +141,9 @@ impl Ledger {
     /// The validator set that signs the next height, in the engine's form.
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let set = self.chain.validator_set(&self.kv).expect("the simulated state is never corrupt"); // ok: written by contracts only
-        ConsensusValidatorSet::new(set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect())
+        ConsensusValidatorSet::new(
+            set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect(),
+        )
     }
 
     fn next_ctx(&self, proposer: Address, time_ms: u64) -> BlockCtx {
@@ -154,18 +156,37 @@ impl Ledger {
 
     /// The beacon onion the chain holds for `validator`.
     pub fn beacon_onion(&self, validator: &Address) -> Option<state::BeaconOnion> {
-        self.chain.beacon_onion(&self.kv, validator).expect("the simulated state is never corrupt") // ok: written by contracts only
+        self.chain.beacon_onion(&self.kv, validator).expect("the simulated state is never corrupt")
+        // ok: written by contracts only
     }
 
     /// Builds the next block from `candidates` in order, leaving out those no block may hold (a
     /// failing action is included and pays its fee: `Chain::include_tx`).
-    pub fn build_block(&self, proposer: Address, time_ms: u64, beacon_reveal: Hash, candidates: Vec<SignedTx>) -> Executed {
+    pub fn build_block(
+        &self,
+        proposer: Address,
+        time_ms: u64,
+        beacon_reveal: Hash,
+        candidates: Vec<SignedTx>,
+    ) -> Executed {
         let mut overlay = Overlay::new(&self.kv);
         let built = self
             .chain
-            .build_block(&mut overlay, &self.parent(), proposer, time_ms, beacon_reveal, candidates.into_iter().take(MAX_SIM_BLOCK_TXS))
+            .build_block(
+                &mut overlay,
+                &self.parent(),
+                proposer,
+                time_ms,
+                beacon_reveal,
+                candidates.into_iter().take(MAX_SIM_BLOCK_TXS),
+            )
             .expect("begin-block and end-block never fail on a sound state"); // ok: see `execute`
-        Executed { block: Rc::new(built.block), changes: overlay.into_changes(), events: built.events, left_out: built.left_out }
+        Executed {
+            block: Rc::new(built.block),
+            changes: overlay.into_changes(),
+            events: built.events,
+            left_out: built.left_out,
+        }
     }
 
     /// Checks that `block` is a valid successor of the head and executes it. With
@@ -187,7 +208,7 @@ impl Ledger {
         }
         let hash = block.hash();
         if !self.verified_bodies.borrow().contains(&hash) {
-            block.verify_body().map_err(|e| trellis_contracts::InvalidBlock::Body(e.to_string()))?;
+            block.verify_body().map_err(trellis_contracts::InvalidBlock::from)?;
             self.verified_bodies.borrow_mut().insert(hash);
         }
         if recheck_aggregates {
@@ -229,7 +250,9 @@ impl Ledger {
 }
 
 pub fn read_account(kv: &MemoryKv, address: &Address) -> Account {
-    state::read::<Account>(kv, &keys::account(address)).expect("the simulated state is never corrupt").unwrap_or_default()
+    state::read::<Account>(kv, &keys::account(address))
+        .expect("the simulated state is never corrupt")
+        .unwrap_or_default()
     // ok: written by contracts only
 }
 
@@ -238,8 +261,8 @@ pub fn active_rounds<S: trellis_contracts::KvStore + ?Sized>(kv: &S) -> Vec<(Job
     let mut out = Vec::new();
     for job in state::active_jobs(kv).expect("the simulated state is never corrupt") {
         // ok: written by contracts only
-        if let Some(round) =
-            state::read::<RoundState>(kv, &keys::round(job.id, job.current_round)).expect("the simulated state is never corrupt")
+        if let Some(round) = state::read::<RoundState>(kv, &keys::round(job.id, job.current_round))
+            .expect("the simulated state is never corrupt")
         {
             out.push((job, round));
         }

@@ -49,7 +49,9 @@ pub enum Violation {
     NegativeBalance { height: u64, node: NodeId, account: Address, balance: u64 },
     #[error("height {height}, node {node}: miner {miner} slashed in job {job} round {round} was paid {amount} for it")]
     SlashedMinerPaid { height: u64, node: NodeId, miner: Address, job: JobId, round: u32, amount: u64 },
-    #[error("height {height}, node {node}: miner {miner}'s stake grew from {before} to {after} with only {bonded} bonded")]
+    #[error(
+        "height {height}, node {node}: miner {miner}'s stake grew from {before} to {after} with only {bonded} bonded"
+    )]
     StakeReturned { height: u64, node: NodeId, miner: Address, before: u64, after: u64, bonded: u64 },
     #[error("honest node {node} signed two {step:?}s at height {height} round {round}: {first} and {second}")]
     HonestDoubleSign { node: NodeId, height: u64, round: u32, step: VoteType, first: VoteValue, second: VoteValue },
@@ -196,11 +198,17 @@ impl Checker {
                 self.decisions.insert(height, (block, node));
                 match self.reference.execute(&executed.block, None, true) {
                     Ok(reference) => {
-                        let certificate = ledger.certificate(height).expect("a committed block has its certificate").clone(); // ok: committed just now
+                        let certificate =
+                            ledger.certificate(height).expect("a committed block has its certificate").clone(); // ok: committed just now
                         self.reference.commit(reference, certificate);
                     }
                     Err(error) => {
-                        return self.fail(Violation::InvalidBlockDecided { height, node, block, reason: error.to_string() });
+                        return self.fail(Violation::InvalidBlockDecided {
+                            height,
+                            node,
+                            block,
+                            reason: error.to_string(),
+                        });
                     }
                 }
             }
@@ -267,13 +275,24 @@ impl Checker {
             return Err(Violation::SupplyNotConserved { height, node, holdings, expected });
         }
         if supply.burned != book.fees + book.slashes {
-            return Err(Violation::BurnMismatch { height, node, burned: supply.burned, fees: book.fees, slashes: book.slashes });
+            return Err(Violation::BurnMismatch {
+                height,
+                node,
+                burned: supply.burned,
+                fees: book.fees,
+                slashes: book.slashes,
+            });
         }
         for (key, bytes) in kv.scan_prefix(keys::ACCOUNT_PREFIX) {
             let account: Account = state::decode_record(&key, &bytes).unwrap_or_default();
             if account.balance > expected {
                 let account_address = Address(key[keys::ACCOUNT_PREFIX.len()..].try_into().unwrap_or_default());
-                return Err(Violation::NegativeBalance { height, node, account: account_address, balance: account.balance });
+                return Err(Violation::NegativeBalance {
+                    height,
+                    node,
+                    account: account_address,
+                    balance: account.balance,
+                });
             }
         }
 
@@ -282,7 +301,14 @@ impl Checker {
             let before = book.miner_stake.get(miner).copied().unwrap_or(0);
             let added = bonded.get(miner).copied().unwrap_or(0);
             if *after > before + added {
-                return Err(Violation::StakeReturned { height, node, miner: *miner, before, after: *after, bonded: added });
+                return Err(Violation::StakeReturned {
+                    height,
+                    node,
+                    miner: *miner,
+                    before,
+                    after: *after,
+                    bonded: added,
+                });
             }
         }
         book.miner_stake = stakes;
@@ -332,9 +358,11 @@ impl fmt::Display for LivenessReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = self.height_at_calm + self.required;
         match self.recovery_ms() {
-            Some(ms) => {
-                write!(f, "every honest node reached height {target} {ms} ms after the calm began at {} ms", self.calm_from)?
-            }
+            Some(ms) => write!(
+                f,
+                "every honest node reached height {target} {ms} ms after the calm began at {} ms",
+                self.calm_from
+            )?,
             None => write!(
                 f,
                 "honest nodes did not all reach height {target} by {} ms (calm from {} ms)",
@@ -387,7 +415,10 @@ mod tests {
         let paid_other_round = Event::Rewarded { job, round: 2, who: miner, amount: 10, as_miner: true };
         assert_eq!(checker.check_books(0, 6, &ledger, &[paid_other_round]), Ok(()));
         let paid = Event::Rewarded { job, round: 1, who: miner, amount: 10, as_miner: true };
-        assert!(matches!(checker.check_books(0, 7, &ledger, &[paid]), Err(Violation::SlashedMinerPaid { round: 1, .. })));
+        assert!(matches!(
+            checker.check_books(0, 7, &ledger, &[paid]),
+            Err(Violation::SlashedMinerPaid { round: 1, .. })
+        ));
     }
 
     #[test]
@@ -412,7 +443,10 @@ mod tests {
         let mut checker = Checker::new(vec![true], &ledger);
         // Genesis burned nothing; an event claiming a fee burn that the supply does not show is a mismatch.
         let fee = Event::FeeBurned { payer: Address::default(), amount: 1 };
-        assert!(matches!(checker.check_books(0, 1, &ledger, &[fee]), Err(Violation::BurnMismatch { burned: 0, fees: 1, .. })));
+        assert!(matches!(
+            checker.check_books(0, 1, &ledger, &[fee]),
+            Err(Violation::BurnMismatch { burned: 0, fees: 1, .. })
+        ));
     }
 
     #[test]

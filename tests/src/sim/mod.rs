@@ -41,7 +41,7 @@ use invariants::{Checker, LivenessReport, Violation};
 use network::{EventQueue, Fate, Fault, FaultConfig, FaultPlan, Links, NodeId, Time};
 use rng::SimRng;
 use validator::{Coalition, Dest, Identity, Message, Node, Note, Outbox, SignatureMemo, TimerKey};
-use workload::{Flood, MinerBehaviour, Workload};
+use workload::{Cast, Flood, MinerBehaviour, Workload};
 
 /// The chain id of every simulated chain.
 pub const SIM_CHAIN_ID: &str = "trellis-sim";
@@ -390,15 +390,18 @@ impl Simulation {
         let validator_keys = draw_validator_keys(&mut setup, &config);
         let n = validator_keys.len();
         let fixed_stakes = matches!(config.byzantine, ByzantinePlan::Fixed { .. });
-        let stakes: Vec<u64> = (0..n).map(|_| if fixed_stakes { 30_000 } else { setup.between(20, 40) * 1_000 }).collect();
+        let stakes: Vec<u64> =
+            (0..n).map(|_| if fixed_stakes { 30_000 } else { setup.between(20, 40) * 1_000 }).collect();
         let miner_keys: Vec<Keypair> = (0..config.miners).map(|_| Keypair::from_seed(setup.bytes32())).collect();
         let user_keys: Vec<Keypair> = (0..config.users).map(|_| Keypair::from_seed(setup.bytes32())).collect();
         let submitter = Keypair::from_seed(setup.bytes32());
         // Drawn from a stream of their own, so the rest of a seed's setup does not move.
         let mut flood_rng = SimRng::stream(seed, "flood");
         let (empty_flooders, funded_flooders, flood_nonces) = config.flood;
-        let empty_flooders: Vec<Keypair> = (0..empty_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
-        let funded_flooders: Vec<Keypair> = (0..funded_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
+        let empty_flooders: Vec<Keypair> =
+            (0..empty_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
+        let funded_flooders: Vec<Keypair> =
+            (0..funded_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
 
         // Byzantine validators and their strategy.
         let (members, equivocate, invalid_proposals) = match config.byzantine {
@@ -437,8 +440,9 @@ impl Simulation {
         };
 
         // Miners: two honest, the rest drawn, at least one cheating.
-        let mut behaviours: Vec<MinerBehaviour> =
-            (0..config.miners).map(|i| if i < 2 { MinerBehaviour::Honest } else { *setup.pick(&MinerBehaviour::ALL) }).collect();
+        let mut behaviours: Vec<MinerBehaviour> = (0..config.miners)
+            .map(|i| if i < 2 { MinerBehaviour::Honest } else { *setup.pick(&MinerBehaviour::ALL) })
+            .collect();
         if config.miners > 2 && behaviours.iter().all(|b| *b == MinerBehaviour::Honest) {
             let index = setup.between(2, config.miners as u64 - 1) as usize;
             behaviours[index] = *setup.pick(&MinerBehaviour::ALL[1..]);
@@ -497,9 +501,11 @@ impl Simulation {
         let workload = Workload::new(
             SimRng::stream(seed, "workload"),
             SIM_CHAIN_ID,
-            submitter,
-            miner_keys.iter().zip(&behaviours).map(|(k, b)| (Keypair::from_seed(k.seed()), *b)).collect(),
-            user_keys,
+            Cast {
+                submitter,
+                miners: miner_keys.iter().zip(&behaviours).map(|(k, b)| (Keypair::from_seed(k.seed()), *b)).collect(),
+                users: user_keys,
+            },
             &validator_addresses,
             config.max_jobs,
             Flood::new(empty_flooders, funded_flooders, flood_nonces),
@@ -640,7 +646,12 @@ impl Simulation {
                 if self.nodes[node].incarnation != incarnation || !self.nodes[node].timer_is_current(&key, generation) {
                     return;
                 }
-                self.record(now, b"timer", &[node as u64, key.height, u64::from(key.round), key.kind as u64, generation], &[]);
+                self.record(
+                    now,
+                    b"timer",
+                    &[node as u64, key.height, u64::from(key.round), key.kind as u64, generation],
+                    &[],
+                );
                 self.log(now, || format!("node {node} timer {:?} h{} r{}", key.kind, key.height, key.round));
                 let mut out = Outbox::default();
                 self.nodes[node].on_timer(now, key, generation, &mut out);
@@ -656,7 +667,8 @@ impl Simulation {
                 self.flush(now, node, out);
             }
             SimEvent::CalmBegins => {
-                let height = (0..self.nodes.len()).filter(|&i| self.honest[i]).map(|i| self.nodes[i].ledger.height()).max();
+                let height =
+                    (0..self.nodes.len()).filter(|&i| self.honest[i]).map(|i| self.nodes[i].ledger.height()).max();
                 self.record(now, b"calm", &[height.unwrap_or(0)], &[]);
                 self.log(now, || format!("calm begins at height {}", height.unwrap_or(0)));
                 self.height_at_calm = height;
@@ -671,7 +683,9 @@ impl Simulation {
                     self.log(now, || format!("user sends {} nonce {}", tx.tx.kind.name(), tx.tx.nonce));
                     for to in 0..self.nodes.len() {
                         match self.links.fate(&mut self.net_rng, usize::MAX, to) {
-                            Fate::Deliver(delay) => self.queue.schedule_in(delay, SimEvent::ClientDeliver { to, tx: tx.clone() }),
+                            Fate::Deliver(delay) => {
+                                self.queue.schedule_in(delay, SimEvent::ClientDeliver { to, tx: tx.clone() })
+                            }
                             Fate::Lost => self.stats.lost += 1,
                         }
                     }
@@ -751,7 +765,11 @@ impl Simulation {
                     let block = executed.block.hash();
                     self.record(now, b"commit", &[id as u64, height], &block.0);
                     self.log(now, || {
-                        format!("node {id} COMMITS h{height} {} ({} txs)", validator::short(&block), executed.block.txs.len())
+                        format!(
+                            "node {id} COMMITS h{height} {} ({} txs)",
+                            validator::short(&block),
+                            executed.block.txs.len()
+                        )
                     });
                     let first = self.honest[id] && height > self.checker.decided_heights();
                     self.checker.on_commit(id, &self.nodes[id].ledger, &executed);
@@ -763,7 +781,10 @@ impl Simulation {
                 Note::SignedVote(vote) => self.checker.on_signed_vote(id, &vote),
                 Note::DecidedUnexecutable { height, block, reason } => {
                     self.log(now, || {
-                        format!("node {id} decided h{height} {} and cannot execute it: {reason}", validator::short(&block))
+                        format!(
+                            "node {id} decided h{height} {} and cannot execute it: {reason}",
+                            validator::short(&block)
+                        )
                     });
                     self.checker.on_decided_unexecutable(id, height, block, reason);
                 }
@@ -781,7 +802,10 @@ impl Simulation {
     /// Ends a run that expects liveness as soon as every honest node has added the required
     /// heights in the calm phase: what follows would only cost time.
     fn check_liveness(&mut self, now: Time) {
-        let (Some(required), Some(at_calm), None) = (self.config.live_heights, self.height_at_calm, self.live_at) else { return };
+        let (Some(required), Some(at_calm), None) = (self.config.live_heights, self.height_at_calm, self.live_at)
+        else {
+            return;
+        };
         let target = at_calm + required;
         if (0..self.nodes.len()).filter(|&i| self.honest[i]).all(|i| self.nodes[i].ledger.height() >= target) {
             self.log(now, || format!("LIVE: every honest node reached height {target}"));
@@ -796,7 +820,9 @@ impl Simulation {
         self.stats.txs_committed += txs as u64;
         for event in events {
             match event {
-                Event::Slashed { reason: SlashReason::Poisoner | SlashReason::Withheld, .. } => self.stats.poisoners_slashed += 1,
+                Event::Slashed { reason: SlashReason::Poisoner | SlashReason::Withheld, .. } => {
+                    self.stats.poisoners_slashed += 1
+                }
                 Event::Slashed { reason: SlashReason::Freeloader, .. } => self.stats.freeloaders_slashed += 1,
                 Event::Slashed { reason: SlashReason::Equivocation, .. } => self.stats.equivocators_slashed += 1,
                 Event::Rewarded { as_miner: true, .. } => self.stats.miner_rewards += 1,

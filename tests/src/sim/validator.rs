@@ -31,19 +31,21 @@ use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use arc_malachitebft_app_channel::app::types::core::{
-    self as mc, Context as _, ExtendedCommitCertificate, LinearTimeouts, NilOrVal, PolkaCertificate, Round, Timeout, TimeoutKind,
-    Validity, VoteType,
+    self as mc, Context as _, ExtendedCommitCertificate, LinearTimeouts, NilOrVal, PolkaCertificate, Round, Timeout,
+    TimeoutKind, Validity, VoteType,
 };
 use arc_malachitebft_app_channel::{Signer, Verifier};
 use arc_malachitebft_core_driver::{Driver, Input, Output, ThresholdParams};
 use trellis_consensus::signing::from_consensus_signature;
 use trellis_consensus::{
-    BlockHeight, BlockId, ConsensusVote, Proposal, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress, ValidatorSet,
-};
-use trellis_proto::{
-    Address, Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction, TxKind, Verdict, VerdictOutcome,
+    BlockHeight, BlockId, ConsensusVote, Proposal, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress,
+    ValidatorSet,
 };
 use trellis_contracts::state::BeaconOnion;
+use trellis_proto::{
+    Address, Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction, TxKind, Verdict,
+    VerdictOutcome,
+};
 use trellis_protocol::beacon::{self, Onion};
 
 use super::chain::{beacon_after, expected_aggregate, Executed, Ledger, Mempool};
@@ -155,7 +157,9 @@ impl Message {
             }
             Message::Status { height } => format!("status committed={height}"),
             Message::SyncRequest { height } => format!("sync-request h{height}"),
-            Message::SyncResponse { block, .. } => format!("sync-response h{} {}", block.header.height, short(&block.hash())),
+            Message::SyncResponse { block, .. } => {
+                format!("sync-response h{} {}", block.header.height, short(&block.hash()))
+            }
             Message::Tx(tx) => format!("tx {} nonce {}", tx.tx.kind.name(), tx.tx.nonce),
         }
     }
@@ -372,7 +376,16 @@ pub struct Node {
 
 impl Node {
     pub fn new(me: Identity, ledger: Ledger, rng: SimRng) -> Self {
-        Self { me, ledger, wal: Wal::default(), engine: None, incarnation: 0, rng, stats: NodeStats::default(), onions: BTreeMap::new() }
+        Self {
+            me,
+            ledger,
+            wal: Wal::default(),
+            engine: None,
+            incarnation: 0,
+            rng,
+            stats: NodeStats::default(),
+            onions: BTreeMap::new(),
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -582,7 +595,9 @@ impl Running<'_> {
     fn count_refusal(&mut self, duty: bool, result: Result<(), trellis_mempool::MempoolError>) {
         match result {
             Err(trellis_mempool::MempoolError::CannotPay { .. }) => self.stats.refused_cannot_pay += 1,
-            Err(trellis_mempool::MempoolError::Full { .. }) if duty && !self.me.byzantine => self.stats.duties_refused += 1,
+            Err(trellis_mempool::MempoolError::Full { .. }) if duty && !self.me.byzantine => {
+                self.stats.duties_refused += 1
+            }
             _ => {}
         }
     }
@@ -639,8 +654,9 @@ impl Running<'_> {
             return;
         }
         let keeper = self.e.driver.votes();
-        let absorbed =
-            |v: &SignedVote| keeper.has_vote(v) || keeper.is_saturated_conflict(v) || keeper.has_equivocation_evidence(v);
+        let absorbed = |v: &SignedVote| {
+            keeper.has_vote(v) || keeper.is_saturated_conflict(v) || keeper.has_equivocation_evidence(v)
+        };
         if votes.iter().all(absorbed) {
             return;
         }
@@ -795,7 +811,13 @@ impl Running<'_> {
     fn replay(&mut self, entry: WalEntry) {
         match entry {
             WalEntry::Proposal { proposal, block, validity } => {
-                if !self.e.driver.proposals_and_validities_for_round(proposal.round).iter().any(|(held, _)| held == &proposal) {
+                if !self
+                    .e
+                    .driver
+                    .proposals_and_validities_for_round(proposal.round)
+                    .iter()
+                    .any(|(held, _)| held == &proposal)
+                {
                     self.e.values.entry(proposal.value).or_insert(Value { block, validity, executed: None });
                     self.apply(Input::Proposal(proposal, validity));
                 }
@@ -842,12 +864,17 @@ impl Running<'_> {
                         }
                     }
                 }
-                let key = TimerKey { height: self.e.height, round: round.as_u32().unwrap_or(0), kind: TimerKind::Rebroadcast };
+                let key = TimerKey {
+                    height: self.e.height,
+                    round: round.as_u32().unwrap_or(0),
+                    kind: TimerKind::Rebroadcast,
+                };
                 let delay = self.duration(Timeout::rebroadcast(round));
                 self.schedule(key, delay);
             }
             Input::ProposeValue(round, _) => {
-                let key = TimerKey { height: self.e.height, round: round.as_u32().unwrap_or(0), kind: TimerKind::Propose };
+                let key =
+                    TimerKey { height: self.e.height, round: round.as_u32().unwrap_or(0), kind: TimerKind::Propose };
                 self.cancel(&key);
             }
             _ => {}
@@ -858,8 +885,11 @@ impl Running<'_> {
             Err(error) => return self.out.notes.push(Note::EngineError(format!("node {}: {error}", self.me.id))),
         };
         if !was_prevote && self.e.driver.step_is_prevote() {
-            let key =
-                TimerKey { height: self.e.height, round: self.e.driver.round().as_u32().unwrap_or(0), kind: TimerKind::Propose };
+            let key = TimerKey {
+                height: self.e.height,
+                round: self.e.driver.round().as_u32().unwrap_or(0),
+                kind: TimerKind::Propose,
+            };
             self.cancel(&key);
         }
         for output in outputs {
@@ -902,7 +932,11 @@ impl Running<'_> {
                     Some(_) => {} // the WAL's own ProposedValue entry follows in the replay
                     None => {
                         let delay = self.rng.between(self.me.build_ms.0, self.me.build_ms.1);
-                        let key = TimerKey { height: self.e.height, round: round.as_u32().unwrap_or(0), kind: TimerKind::Build };
+                        let key = TimerKey {
+                            height: self.e.height,
+                            round: round.as_u32().unwrap_or(0),
+                            kind: TimerKind::Build,
+                        };
                         self.schedule(key, delay);
                     }
                 }
@@ -929,7 +963,9 @@ impl Running<'_> {
             .candidates(self.ledger)
             .into_iter()
             .filter(|tx| match &tx.tx.kind {
-                TxKind::CommitAggregate(aggregate) => expected_aggregate(state, aggregate.job, aggregate.round).as_ref() == Some(aggregate),
+                TxKind::CommitAggregate(aggregate) => {
+                    expected_aggregate(state, aggregate.job, aggregate.round).as_ref() == Some(aggregate)
+                }
                 _ => true,
             })
             .collect();
@@ -959,7 +995,9 @@ impl Running<'_> {
             self.me.coalition.borrow_mut().twin_of.insert(BlockId(block.hash()), twin);
         }
         let executed = (!invalid).then_some(executed);
-        self.e.values.insert(BlockId(block.hash()), Value { block: block.clone(), validity: Validity::Valid, executed });
+        self.e
+            .values
+            .insert(BlockId(block.hash()), Value { block: block.clone(), validity: Validity::Valid, executed });
         self.propose_value(round, block);
     }
 
@@ -970,7 +1008,8 @@ impl Running<'_> {
         let beacon = beacon_after(proposed);
         for variant in 1..=GRIND_VARIANTS {
             let kept = candidates.len() * (GRIND_VARIANTS - variant) as usize / GRIND_VARIANTS as usize;
-            let other = self.ledger.build_block(self.me.address.0, self.now + variant * 7, reveal, candidates[..kept].to_vec());
+            let other =
+                self.ledger.build_block(self.me.address.0, self.now + variant * 7, reveal, candidates[..kept].to_vec());
             self.stats.grind_variants += 1;
             self.stats.grind_moved_beacon += u64::from(beacon_after(&other) != beacon);
         }
@@ -991,7 +1030,8 @@ impl Running<'_> {
             }
             .sign(self.me.ctx.chain_id(), &self.me.key);
             let mut candidates = vec![tx.clone()];
-            candidates.extend(self.e.mempool.candidates(self.ledger).into_iter().filter(|t| t.tx.sender_address() != me));
+            candidates
+                .extend(self.e.mempool.candidates(self.ledger).into_iter().filter(|t| t.tx.sender_address() != me));
             let reveal = self.beacon_reveal();
             let forged = self.ledger.build_block(me, self.now, reveal, candidates);
             if forged.block.txs.contains(&tx) {
@@ -1006,7 +1046,11 @@ impl Running<'_> {
 
     fn propose_value(&mut self, round: Round, block: Rc<Block>) {
         let id = BlockId(block.hash());
-        self.e.values.entry(id).or_insert_with(|| Value { block: block.clone(), validity: Validity::Valid, executed: None });
+        self.e.values.entry(id).or_insert_with(|| Value {
+            block: block.clone(),
+            validity: Validity::Valid,
+            executed: None,
+        });
         self.wal_append(WalEntry::ProposedValue { round, block });
         self.apply(Input::ProposeValue(round, id));
     }
@@ -1040,7 +1084,8 @@ impl Running<'_> {
                 self.send(Dest::Others, Message::PolkaCertificate(certificate));
             }
         }
-        let twin = if self.me.byzantine { self.me.coalition.borrow().twin_of.get(&proposal.value).cloned() } else { None };
+        let twin =
+            if self.me.byzantine { self.me.coalition.borrow().twin_of.get(&proposal.value).cloned() } else { None };
         match twin {
             Some(twin) => {
                 let second = self.me.ctx.new_proposal(
@@ -1052,7 +1097,10 @@ impl Running<'_> {
                 );
                 let second = ready(self.me.signer.sign_proposal(second)).expect("signing a proposal never fails"); // ok: as above
                 let (first_face, second_face) = self.faces();
-                self.send(Dest::Nodes(first_face), Message::Proposal { proposal: signed.clone(), block: block.clone() });
+                self.send(
+                    Dest::Nodes(first_face),
+                    Message::Proposal { proposal: signed.clone(), block: block.clone() },
+                );
                 self.send(Dest::Nodes(second_face), Message::Proposal { proposal: second, block: twin });
                 self.stats.equivocations_sent += 1;
             }
@@ -1103,8 +1151,11 @@ impl Running<'_> {
             VoteType::Prevote => self.e.last_prevote = Some(signed.clone()),
             VoteType::Precommit => self.e.last_precommit = Some(signed.clone()),
         }
-        let key =
-            TimerKey { height: self.e.height, round: self.e.driver.round().as_u32().unwrap_or(0), kind: TimerKind::Rebroadcast };
+        let key = TimerKey {
+            height: self.e.height,
+            round: self.e.driver.round().as_u32().unwrap_or(0),
+            kind: TimerKind::Rebroadcast,
+        };
         let delay = self.duration(Timeout::rebroadcast(self.e.driver.round()));
         self.schedule(key, delay);
         // Our own vote goes through the same path as anyone's (the engine's `on_vote`).
@@ -1187,9 +1238,10 @@ impl Running<'_> {
         };
         let signatures = certificate.commit_signatures.iter().map(|s| (s.address, s.signature));
         if !self.certified(certificate.height, round, VoteType::Precommit, &id, signatures) {
-            self.out
-                .notes
-                .push(Note::EngineError(format!("node {}: decided at {height} without a valid certificate", self.me.id)));
+            self.out.notes.push(Note::EngineError(format!(
+                "node {}: decided at {height} without a valid certificate",
+                self.me.id
+            )));
         }
         let executed = match self.e.values.get(&id) {
             Some(Value { executed: Some(executed), .. }) => Ok(executed.clone()),
@@ -1233,7 +1285,8 @@ impl Running<'_> {
                     })
                 };
                 let (Some(a), Some(b)) = (proto(first), proto(second)) else { continue };
-                let slot = (address.0, a.vote.height.0, a.vote.round, a.vote.vote_type == trellis_proto::VoteType::Precommit);
+                let slot =
+                    (address.0, a.vote.height.0, a.vote.round, a.vote.vote_type == trellis_proto::VoteType::Precommit);
                 let evidence = EquivocationEvidence { validator: validator.key, first: a, second: b };
                 if evidence.verify(self.me.ctx.chain_id()).is_ok() && self.e.reported.insert(slot) {
                     self.e.pending_evidence.push(evidence);
@@ -1329,7 +1382,8 @@ impl Running<'_> {
                 let outcome = if self.me.byzantine {
                     VerdictOutcome::Valid // the coalition covers for cheaters
                 } else {
-                    let behaviour = self.me.ground_truth.get(&assignment.miner).copied().unwrap_or(MinerBehaviour::Honest);
+                    let behaviour =
+                        self.me.ground_truth.get(&assignment.miner).copied().unwrap_or(MinerBehaviour::Honest);
                     behaviour.finding(&assignment.miner, assignment.segment)
                 };
                 let kind = TxKind::Verdict(Verdict {

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 
 use trellis_contracts::state::{Job, Phase, RoundState};
 use trellis_proto::{
-    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, JobSpec, Keypair, ModelConfig,
-    OuterOptimizer, Role, SignedTx, Transaction, TrailEntry, TxKind, VerdictOutcome, VerificationMode, VerificationParams,
-    WorkCommitment, WorkReveal,
+    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, JobSpec, Keypair,
+    ModelConfig, OuterOptimizer, Role, SignedTx, TrailEntry, Transaction, TxKind, VerdictOutcome, VerificationMode,
+    VerificationParams, WorkCommitment, WorkReveal,
 };
 use trellis_protocol::judge::{judge_replay, Replayed};
 use trellis_protocol::{Blame, Comparison, SegmentClaim};
@@ -63,7 +63,9 @@ impl MinerBehaviour {
     /// What an honest checker finds when it re-executes a sampled segment of this miner: the
     /// replay the simulator knows this miner's trail leads to, judged by the protocol's rules.
     pub fn finding(self, miner: &Address, segment: u32) -> VerdictOutcome {
-        let hash = |label: &[u8]| Hash::digest(HashDomain::Checkpoint, &[miner.0.as_slice(), &segment.to_le_bytes(), label].concat());
+        let hash = |label: &[u8]| {
+            Hash::digest(HashDomain::Checkpoint, &[miner.0.as_slice(), &segment.to_le_bytes(), label].concat())
+        };
         let losses = [3.25f32];
         let claim = SegmentClaim {
             segment,
@@ -107,7 +109,11 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
             encoding: DeltaEncoding::F32,
         },
         aggregation: AggregationRule::Mean,
-        verification: VerificationParams { checkpoint_interval: 5, segments_per_miner: 2, mode: VerificationMode::Exact },
+        verification: VerificationParams {
+            checkpoint_interval: 5,
+            segments_per_miner: 2,
+            mode: VerificationMode::Exact,
+        },
         reward_per_round: Amount(9_000),
         min_miner_stake: Amount(1_000),
         commit_blocks: 4,
@@ -205,17 +211,17 @@ pub struct Workload {
     pub flood: Flood,
 }
 
+/// The accounts a workload signs for: who submits jobs, the miners with how each behaves,
+/// and the users sending transfers.
+pub struct Cast {
+    pub submitter: Keypair,
+    pub miners: Vec<(Keypair, MinerBehaviour)>,
+    pub users: Vec<Keypair>,
+}
+
 impl Workload {
-    pub fn new(
-        rng: SimRng,
-        chain_id: &str,
-        submitter: Keypair,
-        miners: Vec<(Keypair, MinerBehaviour)>,
-        users: Vec<Keypair>,
-        validators: &[Address],
-        max_jobs: u32,
-        flood: Flood,
-    ) -> Self {
+    pub fn new(rng: SimRng, chain_id: &str, cast: Cast, validators: &[Address], max_jobs: u32, flood: Flood) -> Self {
+        let Cast { submitter, miners, users } = cast;
         let account = |key: Keypair, part| Account { address: key.address(), key, part };
         let mut accounts = vec![account(submitter, Part::Submitter)];
         accounts.extend(miners.into_iter().map(|(key, behaviour)| account(key, Part::Miner(behaviour))));
@@ -243,7 +249,9 @@ impl Workload {
             let address = self.accounts[index].address;
             // Settle what is in flight: taken, dead, or due for another send.
             match self.in_flight.get_mut(&address) {
-                Some(flight) if flight.tx.tx.nonce < view.next_nonce(&address) || view.dry_run(&flight.tx.tx).is_err() => {
+                Some(flight)
+                    if flight.tx.tx.nonce < view.next_nonce(&address) || view.dry_run(&flight.tx.tx).is_err() =>
+                {
                     self.in_flight.remove(&address);
                 }
                 Some(flight) => {
@@ -291,7 +299,12 @@ impl Workload {
         }
     }
 
-    fn miner_action(&mut self, address: &Address, behaviour: MinerBehaviour, rounds: &[(Job, RoundState)]) -> Option<TxKind> {
+    fn miner_action(
+        &mut self,
+        address: &Address,
+        behaviour: MinerBehaviour,
+        rounds: &[(Job, RoundState)],
+    ) -> Option<TxKind> {
         for (job, round) in rounds {
             let entry = job.miners.iter().find(|m| &m.address == address);
             if entry.is_none() && !job.cancel_requested {
@@ -305,7 +318,9 @@ impl Workload {
                 return Some(TxKind::CommitWork(self.commitment(address, behaviour, job, round)));
             }
             let own = Self::work(address, job, round);
-            if round.phase == Phase::Revealing && commit.is_some_and(|c| c.reveal.is_none() && c.binding == own.binding(address)) {
+            if round.phase == Phase::Revealing
+                && commit.is_some_and(|c| c.reveal.is_none() && c.binding == own.binding(address))
+            {
                 return Some(TxKind::RevealWork(own));
             }
         }

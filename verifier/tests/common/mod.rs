@@ -40,7 +40,15 @@ pub fn schedule(seed: u64) -> BatchSchedule {
 }
 
 pub fn replay(dataset: &Dataset) -> Replay<'_> {
-    Replay { model: Preset::Nano.config(), adamw: adamw(), dataset, schedule: schedule(3), round: 0, worker: 1, device: Device::Cpu }
+    Replay {
+        model: Preset::Nano.config(),
+        adamw: adamw(),
+        dataset,
+        schedule: schedule(3),
+        round: 0,
+        worker: 1,
+        device: Device::Cpu,
+    }
 }
 
 /// An honest miner: 12 steps in segments of 4, every checkpoint kept. `cheat(step_index)` may
@@ -60,7 +68,8 @@ pub fn mine(dataset: &Dataset, cheat: impl Fn(usize) -> (u64, u64)) -> (Trail, M
     for segment in 0..3 {
         let (seed, steps) = cheat(segment);
         let schedule = schedule(seed);
-        let inner = InnerLoop { dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 4, trail_dir: None };
+        let inner =
+            InnerLoop { dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 4, trail_dir: None };
         let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap();
         losses.extend(outcome.trail.losses);
         let mut entry = save(&model, &optimizer, &mut source);
@@ -81,4 +90,3 @@ pub fn reason(outcome: &VerdictOutcome) -> Option<InvalidReason> {
         _ => None,
     }
 }
-
