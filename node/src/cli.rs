@@ -73,6 +73,7 @@ pub enum Command {
 pub enum KeysCommand {
     /// Print the address and public key of a node's key.
     Show {
+        /// The node's home directory (from `trellis init`).
         #[arg(long)]
         home: PathBuf,
     },

@@ -62,6 +62,7 @@ pub enum TxCommand {
         /// Recipient address (40 hex digits).
         #[arg(long)]
         to: String,
+        /// How much to send.
         #[arg(long)]
         amount: u64,
         #[command(flatten)]
@@ -69,8 +70,10 @@ pub enum TxCommand {
     },
     /// Bond stake as a validator or miner.
     Bond {
+        /// The role the stake backs.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// How much to bond (taken from the signer's balance).
         #[arg(long)]
         amount: u64,
         #[command(flatten)]
@@ -78,8 +81,10 @@ pub enum TxCommand {
     },
     /// Start unbonding stake (released after the unbonding period).
     Unbond {
+        /// The role whose stake to unbond.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// How much to unbond.
         #[arg(long)]
         amount: u64,
         #[command(flatten)]
@@ -93,12 +98,14 @@ pub enum QueryCommand {
     Head(RpcArg),
     /// A block by height.
     Block {
+        /// The block's height.
         height: u64,
         #[command(flatten)]
         rpc: RpcArg,
     },
     /// An account's balance, nonces and stakes.
     Account {
+        /// The account's address (40 hex digits).
         address: String,
         #[command(flatten)]
         rpc: RpcArg,
@@ -108,19 +115,23 @@ pub enum QueryCommand {
     /// A transaction by hash: committed (with its height), failed (included, fee paid, with the
     /// reason) or pending.
     Tx {
+        /// The transaction's hash (64 hex digits).
         hash: String,
         #[command(flatten)]
         rpc: RpcArg,
     },
     /// A training job, or all jobs when no id is given.
     Job {
+        /// The job's id; all jobs when left out.
         id: Option<u64>,
         #[command(flatten)]
         rpc: RpcArg,
     },
     /// One round of a training job (its summary, once settled long ago and pruned).
     Round {
+        /// The job's id.
         job: u64,
+        /// The round's number (from 0).
         round: u32,
         #[command(flatten)]
         rpc: RpcArg,

@@ -361,6 +361,7 @@ pub enum JobCommand {
     },
     /// A job's state and its current round.
     Status {
+        /// The job's id.
         id: u64,
         #[command(flatten)]
         rpc: RpcArg,
