@@ -1,5 +1,7 @@
 //! Tolerance mode: distances of honest re-executions against faked segments.
 //!   cargo run --release -p trellis-verifier --example tolerance_margin -- [DATA] [SEGMENTS]
+//! DATA is a text file or a folder of them (default: the repository's `docs/`, which every clone
+//! has; the figures in docs/benchmarks.md name the corpus they used).
 //! Trains a nano trail segment by segment, then measures, for each segment, the relative L2
 //! distance between the claimed end checkpoint and (a) an honest re-execution on 1 and on 2
 //! threads, (b) re-executions of three fakes: another batch, one step skipped, and the honest
@@ -34,7 +36,7 @@ fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> 
 fn main() {
     trellis_trainer::device::configure_reproducibility();
     let args: Vec<String> = std::env::args().collect();
-    let data = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/data/tinyshakespeare.txt"));
+    let data = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docs"));
     let segments: usize = args.get(2).map_or(10, |s| s.parse().expect("SEGMENTS is a number"));
     let dataset = Dataset::load(&data).expect("dataset loads");
     let c = 5u64;
