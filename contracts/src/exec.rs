@@ -458,7 +458,7 @@ impl Chain {
             TxKind::Bond { role, amount } => events.push(self.bond(kv, &tx.sender, *role, amount.0)?),
             TxKind::Unbond { role, amount } => events.push(self.unbond(kv, &sender, *role, amount.0, ctx)?),
             TxKind::SubmitJob { spec, escrow } => events.extend(self.submit_job(kv, sender, spec, escrow.0, ctx)?),
-            TxKind::JoinJob { job } => events.push(self.join_job(kv, sender, *job)?),
+            TxKind::JoinJob { job } => events.push(self.join_job(kv, sender, *job, ctx)?),
             TxKind::CommitWork(work) => events.push(self.commit_work(kv, sender, work, ctx)?),
             TxKind::RevealWork(reveal) => events.push(self.reveal_work(kv, sender, reveal, ctx)?),
             TxKind::Verdict(verdict) => events.push(self.record_verdict(kv, sender, verdict, ctx)?),
@@ -684,7 +684,13 @@ impl Chain {
         Ok(read::<Stake>(kv, &keys::stake(Role::Miner, miner))?.map_or(0, |s| s.bonded))
     }
 
-    fn join_job<S: KvStore + ?Sized>(&self, kv: &mut S, miner: Address, id: JobId) -> Result<Event, TxError> {
+    fn join_job<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        miner: Address,
+        id: JobId,
+        ctx: &BlockCtx,
+    ) -> Result<Event, TxError> {
         let mut job = self.load_active_job(kv, id)?;
         if job.cancel_requested {
             return Err(TxError::JobNotActive(id));
@@ -704,10 +710,16 @@ impl Chain {
                 job.miners.insert(index, MinerEntry { address: miner, ejected: false });
                 write(kv, keys::job(id), &job);
                 // A miner joining an open round with a free slot trains in it; otherwise from
-                // the next round on. Its slot is the next free worker index.
+                // the next round on. Its slot is the next free worker index. A round nobody could
+                // work in yet has been waiting for its first worker (`rounds::advance_deadlines`):
+                // its commit window starts now, so a job submitted before its miners were up (or
+                // before they had fetched its dataset and keys) loses no round to the wait.
                 let round_key = keys::round(id, job.current_round);
                 if let Some(mut round) = read::<RoundState>(kv, &round_key)? {
                     if round.phase == Phase::Open && round.workers.len() < job.spec.diloco.workers_per_round as usize {
+                        if round.workers.is_empty() {
+                            round.commit_deadline = ctx.height.saturating_add(u64::from(job.spec.commit_blocks));
+                        }
                         round.workers.push(miner);
                         write(kv, round_key, &round);
                     }

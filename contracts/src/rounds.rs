@@ -89,6 +89,10 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         return Ok(());
     };
     match round.phase {
+        // A round without workers (nobody has joined the job yet, or every miner it had was
+        // ejected) waits for its first one instead of burning its commit window: the window
+        // starts when that miner joins (`Chain::join_job`).
+        Phase::Open if round.workers.is_empty() => {}
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             round.phase = Phase::Revealing;
             round.reveal_deadline = ctx.height.saturating_add(chain.params.reveal_blocks);

@@ -451,6 +451,56 @@ fn a_round_with_free_slots_closes_early_once_every_miner_left_has_committed() {
 }
 
 #[test]
+fn a_round_nobody_has_joined_waits_and_its_commit_window_starts_with_its_first_worker() {
+    // Miners that take long to fetch a job's dataset and keys (a groth16 job's proving key is
+    // megabytes) must not find round 0's window spent before they can join.
+    let mut w = World::new(4, 2, params());
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    w.send(&submitter, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(30_000) }).unwrap();
+    let job = 0;
+    let window = u64::from(w.spec().commit_blocks);
+    let opened = w.round(job, 0);
+    w.advance_to(opened.commit_deadline + 3 * window);
+    let waiting = w.round(job, 0);
+    assert_eq!(waiting.phase, Phase::Open, "no worker yet: the round waits");
+    assert!(waiting.workers.is_empty());
+    assert!(!w.events.iter().any(|e| matches!(e, Event::RevealsOpened { .. })), "{:?}", w.events);
+
+    let first = Keypair::from_seed(w.miners[0].seed());
+    let joined_at = w.height;
+    w.send(&first, TxKind::JoinJob { job: JobId(job) }).unwrap();
+    assert_eq!(w.round(job, 0).commit_deadline, joined_at + window, "the window starts with the first worker");
+    w.next_block();
+    let second = Keypair::from_seed(w.miners[1].seed());
+    w.send(&second, TxKind::JoinJob { job: JobId(job) }).unwrap();
+    let round = w.round(job, 0);
+    assert_eq!(round.commit_deadline, joined_at + window, "later joiners do not move the window");
+    assert_eq!(round.workers.len(), 2);
+    w.commit(job, 0, 0).unwrap();
+    w.commit(job, 0, 1).unwrap();
+    w.past_commit_deadline(job, 0);
+    assert_eq!(w.round(job, 0).phase, Phase::Verifying, "both workers revealed and are checked");
+    w.supply_holds();
+}
+
+#[test]
+fn a_job_still_waiting_for_its_first_worker_can_be_cancelled_for_its_whole_escrow() {
+    let mut w = World::new(4, 2, params());
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    w.send(&submitter, TxKind::SubmitJob { spec: w.spec(), escrow: Amount(30_000) }).unwrap();
+    let deadline = w.round(0, 0).commit_deadline;
+    w.advance_to(deadline + 20);
+    let events = w.send(&submitter, TxKind::CancelJob { job: JobId(0) }).unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: 30_000, .. })),
+        "{events:?}"
+    );
+    let miner = Keypair::from_seed(w.miners[0].seed());
+    assert!(w.send(&miner, TxKind::JoinJob { job: JobId(0) }).is_err(), "a cancelled job takes no miner");
+    w.supply_holds();
+}
+
+#[test]
 fn groth16_jobs_need_their_keys_and_whole_segments() {
     let params = Params::default();
     let w = World::new(4, 2, params.clone());

@@ -129,11 +129,16 @@ impl DemoJob {
                 "mode = \"groth16\"\nzk_keys = \"zk-keys\"\n".to_string(),
             ),
         };
+        // Proving every segment takes several times the training (docs/zk.md §8), on CPUs the
+        // devnet shares with its validators: a groth16 round gets four times the window. A
+        // window is only waited out when a worker fails to commit; otherwise the round closes
+        // as soon as every slot has committed.
+        let commit_blocks = if zk.is_some() { 960 } else { 240 };
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
              name = \"devnet-demo\"\nmodel = \"{model}\"\ndataset = \"dataset\"\nseed = 7\n\
              escrow = {escrow}\nreward_per_round = 10000\nmin_miner_stake = 1000\n\
-             commit_blocks = 240\nverify_blocks = 120\naggregation = \"mean\"\n\n\
+             commit_blocks = {commit_blocks}\nverify_blocks = 120\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = 5\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\

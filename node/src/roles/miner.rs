@@ -235,7 +235,19 @@ fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: us
                 }
             }
             Err(error) => {
-                tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "training failed");
+                let now = context.round(job.id, round.round);
+                if now.as_ref().is_some_and(|r| r.phase != Phase::Open || context.height() > r.commit_deadline) {
+                    // The round moved on mid-training (and its stage was collected): the error is
+                    // that, whatever the failed file operation says.
+                    tracing::warn!(
+                        target: "node::miner",
+                        job = %job.id, round = round.round, commit_deadline = round.commit_deadline,
+                        "the round's commit window closed before its training ended; the work is dropped \
+                         (this machine needs a job with a longer commit_blocks)"
+                    );
+                } else {
+                    tracing::error!(target: "node::miner", job = %job.id, round = round.round, error = format!("{error:#}"), "training failed");
+                }
                 context.forget(&label);
             }
         }
