@@ -12,7 +12,7 @@ use trellis_contracts::state::BeaconOnion;
 use trellis_proto::{Hash, Keypair, TxKind};
 use trellis_protocol::beacon::{self, Onion, OnionError, DEFAULT_LAYERS};
 
-use crate::consensus_app::{NodeEvent, Shared};
+use crate::shared::{NodeEvent, Shared};
 
 /// Blocks a sent commitment may stay unconfirmed before it is sent again.
 const RESEND_AFTER_BLOCKS: u64 = 20;

@@ -325,7 +325,7 @@ mod tests {
             if let Ok(manifest) = DatasetManifest::parse(&bytes) {
                 let _ = manifest.root();
             }
-            match crate::jobdata::weights_from_bytes(&bytes) {
+            match trellis_protocol::model::weights_from_bytes(&bytes) {
                 Ok(weights) => prop_assert_eq!(weights.len() * 4, bytes.len()),
                 Err(_) => prop_assert!(bytes.len() % 4 != 0),
             }

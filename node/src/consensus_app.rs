@@ -6,7 +6,7 @@
 //! longest step, and a proposal is built within the engine's `GetValue` time budget.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_malachitebft_app_channel::app::consensus::{MisbehaviorEvidence, ProposedValue, Role};
@@ -20,18 +20,16 @@ use arc_malachitebft_app_channel::app::types::LocallyProposedValue;
 use arc_malachitebft_app_channel::{AppMsg, Channels, NetworkMsg};
 use arc_malachitebft_sync::RawDecidedValue;
 use bytes::Bytes;
-use tokio::sync::broadcast;
 use trellis_consensus::signing::from_consensus_signature;
 use trellis_consensus::{
     BlockHeight, BlockId, BlockPart, ConsensusVote, TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier,
     ValidatorAddress, ValidatorSet,
 };
-use trellis_contracts::Event;
 use trellis_proto::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use trellis_proto::{Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedVote, Transaction, TxKind};
 
-use crate::ledger::{Executed, Ledger};
-use crate::mempool::Mempool;
+use crate::ledger::Executed;
+use crate::shared::{NodeEvent, Shared};
 
 /// Most proposal parts kept for heights this node has not reached yet.
 const MAX_FUTURE_PARTS: usize = 64;
@@ -48,31 +46,6 @@ pub struct Timing {
     /// Shortest time from the start of a height to its commit: paces empty blocks.
     pub block_time: Duration,
     pub timeouts: LinearTimeouts,
-}
-
-/// What the node tells RPC subscribers.
-#[derive(Debug, Clone)]
-pub enum NodeEvent {
-    /// A block was committed, with its events.
-    Committed { block: Arc<Block>, events: Arc<Vec<Event>> },
-}
-
-/// Things the app shares with the RPC server and metrics.
-pub struct Shared {
-    pub ledger: Ledger,
-    pub mempool: Mutex<Mempool>,
-    pub events: broadcast::Sender<NodeEvent>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Transactions admitted over RPC, to forward to peers (see [`crate::gossip`]).
-    pub gossip: tokio::sync::mpsc::Sender<trellis_proto::SignedTx>,
-    /// The outer updates this validator computed; when set, a block carrying an aggregate this
-    /// node did not compute identically is not voted for.
-    pub aggregates: Option<Arc<crate::roles::aggregate::AggregateBook>>,
-    /// This validator's beacon onions (what its proposals reveal); `None` on a full node.
-    pub beacon: Option<Arc<crate::beacon::BeaconKeeper>>,
-    /// Re-derives `Invalid` evidence from miners' trails before this validator votes (a
-    /// validator with a blob exchange); `None` otherwise.
-    pub evidence: Option<Arc<crate::evidence_desk::EvidenceDesk>>,
 }
 
 /// The application state the engine drives.

@@ -1,7 +1,7 @@
 //! What a job's artefacts are as blobs, and the on-chain training rules every role shares:
-//! the dataset (published as shards), the global model θ_r and outer momentum (flat f32,
-//! little-endian), the inner optimizer and batch schedule a job's spec fixes, and the canonical
-//! state a round's training starts from.
+//! the dataset (published as shards), the global model θ_r and outer momentum (flat f32 in
+//! `trellis_protocol::model`'s layout), the inner optimizer and batch schedule a job's spec
+//! fixes, and the canonical state a round's training starts from.
 //!
 //! The start of every round is fixed so that checkers can check it: the global weights θ_r with
 //! zero AdamW moments and the step counter at `round × H` (so the learning-rate schedule runs
@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use tch::Device;
 use trellis_contracts::state::Job;
 use trellis_proto::{Hash, JobSpec};
+use trellis_protocol::model::weights_from_bytes;
 use trellis_trainer::checkpoint::{self, checkpoint_hash};
 use trellis_trainer::data::{BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
 use trellis_trainer::model::Gpt;
@@ -23,18 +24,6 @@ use crate::exchange::BlobNet;
 
 /// How long a role waits for a job's blobs to appear on some peer.
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
-
-/// Flat f32 weights as bytes (little-endian, parameter order).
-pub fn weights_to_bytes(weights: &[f32]) -> Vec<u8> {
-    weights.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-pub fn weights_from_bytes(bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
-        bail!("weights blob has {} bytes, not a multiple of 4", bytes.len());
-    }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-}
 
 /// Stores a dataset's shards, validation split and manifest; returns the manifest (whose root
 /// is the job's `dataset_root`).
@@ -124,7 +113,7 @@ pub async fn global_weights(net: &BlobNet, job: &Job) -> anyhow::Result<Vec<f32>
     }
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let bytes = net.fetch_until(BlobKey::new(BlobKind::Data, job.model_hash), deadline).await?;
-    weights_from_bytes(&bytes)
+    Ok(weights_from_bytes(&bytes)?)
 }
 
 /// The outer momentum of a job after its last committed round (zeros before any).

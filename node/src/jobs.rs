@@ -477,7 +477,7 @@ pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> 
     let key = BlobKey::new(BlobKind::Data, model_hash);
     let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30)).await?;
     // `fetch` checked the bytes against the hash; check the shape against the spec.
-    let weights = crate::jobdata::weights_from_bytes(&bytes)?;
+    let weights = trellis_protocol::model::weights_from_bytes(&bytes)?;
     if let Some(zk) = crate::zkjob::ZkJob::of(&spec)? {
         // A groth16 job's model: trellis-zk weights (what `trellis zk prove --weights` reads).
         let fixed = zk.start_weights(&weights)?;

@@ -1,6 +1,7 @@
 //! `trellis-node`: the `trellis` binary's library — command-line parsing, the commands users
-//! run, and the node: storage ([`store`], [`ledger`]), mempool, the consensus application
-//! ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and the local devnet launcher.
+//! run, and the node: storage ([`store`], [`ledger`]), mempool, the state its services share
+//! ([`shared`]), the consensus application ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and
+//! the local devnet launcher.
 
 pub mod attack;
 pub mod beacon;
@@ -22,6 +23,7 @@ pub mod plot;
 pub mod roles;
 pub mod rpc;
 pub mod run;
+pub mod shared;
 pub mod store;
 pub mod supervisor;
 pub mod train;

@@ -23,8 +23,8 @@ use trellis_contracts::state::{self, keys, Job, RoundState, RoundSummary, Stake}
 use trellis_contracts::{Event, KvStore};
 use trellis_proto::{Address, Block, Hash, Height, JobId, Role, SignedTx, TxKind};
 
-use crate::consensus_app::{NodeEvent, Shared};
 use crate::mempool::MempoolError;
+use crate::shared::{NodeEvent, Shared};
 
 /// Error codes beyond the JSON-RPC standard ones.
 pub mod codes {

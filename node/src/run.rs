@@ -23,7 +23,7 @@ use trellis_consensus::{TrellisCodec, TrellisContext, TrellisSigner, TrellisVeri
 use trellis_proto::Keypair;
 
 use crate::blobs::BlobStore;
-use crate::consensus_app::{ConsensusApp, Shared, Timing};
+use crate::consensus_app::{ConsensusApp, Timing};
 use crate::home::{Home, NodeConfig};
 use crate::ledger::Ledger;
 use crate::mempool::{Mempool, MempoolLimits};
@@ -32,6 +32,7 @@ use crate::roles::aggregate::AggregateBook;
 use crate::roles::behaviour::Behaviour;
 use crate::roles::RoleContext;
 use crate::rpc::RpcLimits;
+use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 
 /// What a node does on the network.
@@ -181,7 +182,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--threads must be at least 1");
     }
     tch::set_num_threads(args.threads);
-    let device = crate::train::parse_device(&args.device)?;
+    let device = trellis_trainer::device::select(&args.device)?;
     runtime.block_on(run_async(&args.home, args.role, device, args.behaviour()))
 }
 

@@ -70,33 +70,8 @@ impl ComputeArgs {
             bail!("--threads must be at least 1");
         }
         tch::set_num_threads(threads);
-        parse_device(&self.device)
+        Ok(trellis_trainer::device::select(&self.device)?)
     }
-}
-
-/// Parses `--device`, failing clearly when CUDA is asked for but not available.
-pub fn parse_device(text: &str) -> anyhow::Result<Device> {
-    let device = match text {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(index) => Device::Cuda(index),
-            None => bail!("unknown device '{other}': use cpu, cuda or cuda:N"),
-        },
-    };
-    if !tch::Cuda::is_available() {
-        bail!("--device {text}: CUDA is not available to this binary (run `trellis doctor`)");
-    }
-    if let Device::Cuda(index) = device {
-        let count = tch::Cuda::device_count() as usize;
-        if index >= count {
-            bail!("--device {text}: only {count} CUDA device(s) present");
-        }
-    }
-    // Deterministic algorithms, so that GPU re-execution repeats bit for bit.
-    tch::Cuda::cudnn_set_benchmark(false);
-    trellis_trainer::device::use_deterministic_algorithms(true);
-    Ok(device)
 }
 
 #[derive(Debug, Clone, Args)]

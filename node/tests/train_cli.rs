@@ -25,36 +25,36 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `trellis train` of the `nano` preset on `data` with `[workers, inner steps, rounds, batch
+/// size]`, then the `extra` flags.
+fn train_nano(data: &str, [workers, inner_steps, rounds, batch_size]: [&str; 4], extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--data", data, "--model", "nano", "--workers", workers];
+    args.extend_from_slice(&["--inner-steps", inner_steps, "--rounds", rounds, "--batch-size", batch_size]);
+    args.extend_from_slice(extra);
+    trellis(&args)
+}
+
 #[test]
 fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     let dir = temp_dir("run");
     let out = dir.join("m.safetensors");
     let trail = dir.join("trail");
     let data = corpus_text();
-    let output = trellis(&[
-        "train",
-        "--data",
+    let output = train_nano(
         &data,
-        "--model",
-        "nano",
-        "--workers",
-        "2",
-        "--inner-steps",
-        "6",
-        "--rounds",
-        "2",
-        "--batch-size",
-        "4",
-        "--checkpoint-interval",
-        "3",
-        "--baseline",
-        "ddp",
-        "--json",
-        "--out",
-        out.to_str().unwrap(),
-        "--trail-dir",
-        trail.to_str().unwrap(),
-    ]);
+        ["2", "6", "2", "4"],
+        &[
+            "--checkpoint-interval",
+            "3",
+            "--baseline",
+            "ddp",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+            "--trail-dir",
+            trail.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let metrics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let diloco = &metrics["diloco"];
@@ -83,28 +83,9 @@ fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     let run_with = |start: &[&str], name: &str| -> serde_json::Value {
         let out = dir.join(name);
         let data = corpus_text();
-        let mut args = vec![
-            "train",
-            "--data",
-            &data,
-            "--model",
-            "nano",
-            "--workers",
-            "2",
-            "--inner-steps",
-            "3",
-            "--rounds",
-            "1",
-            "--batch-size",
-            "4",
-            "--baseline",
-            "ddp",
-            "--json",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(start);
-        let output = trellis(&args);
+        let mut extra = vec!["--baseline", "ddp", "--json", "--out", out.to_str().unwrap()];
+        extra.extend_from_slice(start);
+        let output = train_nano(&data, ["2", "3", "1", "4"], &extra);
         assert!(output.status.success(), "{}", stderr(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     };
@@ -196,30 +177,21 @@ fn verify_trail_passes_honest_trails_and_fails_tampered_ones() {
     let dir = temp_dir("verify");
     let trail = dir.join("trail");
     let data = corpus_text();
-    let output = trellis(&[
-        "train",
-        "--data",
+    let output = train_nano(
         &data,
-        "--model",
-        "nano",
-        "--workers",
-        "2",
-        "--inner-steps",
-        "4",
-        "--rounds",
-        "1",
-        "--batch-size",
-        "2",
-        "--checkpoint-interval",
-        "2",
-        "--threads",
-        "1",
-        "--json",
-        "--out",
-        dir.join("m.safetensors").to_str().unwrap(),
-        "--trail-dir",
-        trail.to_str().unwrap(),
-    ]);
+        ["2", "4", "1", "2"],
+        &[
+            "--checkpoint-interval",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            "--out",
+            dir.join("m.safetensors").to_str().unwrap(),
+            "--trail-dir",
+            trail.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     // Re-executed in a fresh process, on another thread count.
     let verify =
@@ -253,20 +225,7 @@ fn attacks_run_and_defences_exclude_the_attacker() {
     let run = |extra: &[&str]| -> serde_json::Value {
         let out = dir.join("m.safetensors");
         let trail = dir.join("trail");
-        let mut args = vec![
-            "train",
-            "--data",
-            &data,
-            "--model",
-            "nano",
-            "--workers",
-            "3",
-            "--inner-steps",
-            "4",
-            "--rounds",
-            "1",
-            "--batch-size",
-            "2",
+        let mut flags = vec![
             "--checkpoint-interval",
             "2",
             "--json",
@@ -275,8 +234,8 @@ fn attacks_run_and_defences_exclude_the_attacker() {
             "--trail-dir",
             trail.to_str().unwrap(),
         ];
-        args.extend_from_slice(extra);
-        let output = trellis(&args);
+        flags.extend_from_slice(extra);
+        let output = train_nano(&data, ["3", "4", "1", "2"], &flags);
         assert!(output.status.success(), "{extra:?}: {}", stderr(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     };

@@ -291,7 +291,7 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let hash = rt.block_on(trellis_node::jobs::export_model(0, &out, &peers, &url)).unwrap();
     assert_eq!(serde_json::to_value(hash).unwrap(), job["model_hash"]);
     let model = trellis_trainer::model_io::load(&out, tch::Device::Cpu).unwrap();
-    assert_eq!(data_hash(&trellis_node::jobdata::weights_to_bytes(&model.flat_weights())), hash);
+    assert_eq!(data_hash(&trellis_protocol::model::weights_to_bytes(&model.flat_weights())), hash);
     let dataset = Dataset::load(&corpus::path()).unwrap();
     let (inputs, targets) = validation_windows(&dataset, 64, 32);
     let initial = trellis_trainer::model::Gpt::new(&good_spec.model, good_spec.init_seed, tch::Device::Cpu).unwrap();

@@ -33,6 +33,28 @@ pub enum HashDomain {
 }
 
 impl HashDomain {
+    /// Every domain (the golden-vector and distinctness tests walk it).
+    pub const ALL: [HashDomain; 15] = {
+        use HashDomain::*;
+        [
+            Transaction,
+            BlockHeader,
+            MerkleLeaf,
+            MerkleNode,
+            MerkleEmpty,
+            Checkpoint,
+            Blob,
+            JobSpec,
+            StateRoot,
+            Randomness,
+            Trail,
+            WorkBinding,
+            BeaconOnion,
+            BeaconMix,
+            StateEntry,
+        ]
+    };
+
     /// The blake3 context string of this domain.
     pub const fn context(self) -> &'static str {
         match self {
@@ -198,24 +220,7 @@ mod tests {
 
     #[test]
     fn contexts_are_distinct() {
-        use HashDomain::*;
-        let all = [
-            Transaction,
-            BlockHeader,
-            MerkleLeaf,
-            MerkleNode,
-            MerkleEmpty,
-            Checkpoint,
-            Blob,
-            JobSpec,
-            StateRoot,
-            Randomness,
-            Trail,
-            WorkBinding,
-            BeaconOnion,
-            BeaconMix,
-            StateEntry,
-        ];
+        let all = HashDomain::ALL;
         let contexts: std::collections::BTreeSet<_> = all.iter().map(|d| d.context()).collect();
         assert_eq!(contexts.len(), all.len());
     }

@@ -10,6 +10,8 @@
 //!   job's (the job is voided) or the checker's own (an explicit abstain);
 //! - [`evidence`]: what an `Invalid` verdict's evidence must quote of the miner's revealed work
 //!   and trail, checked by the chain and re-derived by every validator before it votes;
+//! - [`model`]: how a flat f32 vector (a global model, a Δ, a momentum buffer) is laid out in a
+//!   blob;
 //! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
 //!   and the validator's side of it ([`beacon::Onion`]);
 //! - [`economics`]: the odds of escaping a check when faking some segments, and what faking is
@@ -22,6 +24,7 @@ pub mod beacon;
 pub mod economics;
 pub mod evidence;
 pub mod judge;
+pub mod model;
 pub mod trail;
 
 pub use judge::{Blame, Comparison};

@@ -101,6 +101,41 @@ pub fn deterministic_algorithms() -> bool {
     unsafe { at_context_deterministic_algorithms(at_global_context()) }
 }
 
+/// Why a `--device` value cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    #[error("unknown device '{0}': use cpu, cuda or cuda:N")]
+    Unknown(String),
+    #[error("--device {0}: CUDA is not available to this binary (run `trellis doctor`)")]
+    CudaUnavailable(String),
+    #[error("--device {text}: only {count} CUDA device(s) present")]
+    NoSuchCuda { text: String, count: usize },
+}
+
+/// The device that `text` (`cpu`, `cuda` or `cuda:N`) names, failing clearly when CUDA is asked
+/// for but absent. Selecting a CUDA device also switches on what makes GPU re-execution repeat
+/// bit for bit (no cuDNN autotuning, deterministic algorithms).
+pub fn select(text: &str) -> Result<tch::Device, DeviceError> {
+    let index = match text {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| DeviceError::Unknown(other.to_string()))?,
+    };
+    if !tch::Cuda::is_available() {
+        return Err(DeviceError::CudaUnavailable(text.to_string()));
+    }
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if index >= count {
+        return Err(DeviceError::NoSuchCuda { text: text.to_string(), count });
+    }
+    tch::Cuda::cudnn_set_benchmark(false);
+    use_deterministic_algorithms(true);
+    Ok(tch::Device::Cuda(index))
+}
+
 /// The tch version this crate is pinned to (PyTorch 2.11.0).
 pub const TCH_VERSION: &str = "0.24.0";
 
@@ -123,6 +158,20 @@ mod tests {
         assert_eq!(deterministic_algorithms(), !before);
         use_deterministic_algorithms(before);
         assert_eq!(deterministic_algorithms(), before);
+    }
+
+    #[test]
+    fn devices_are_named_cpu_cuda_or_cuda_n_and_unknown_names_are_refused() {
+        assert_eq!(select("cpu"), Ok(tch::Device::Cpu));
+        for bad in ["gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda0", ""] {
+            assert_eq!(select(bad), Err(DeviceError::Unknown(bad.to_string())), "{bad:?}");
+        }
+        // Only on a machine without CUDA: selecting a GPU switches a process-wide mode that the
+        // round-trip test above also flips.
+        if !tch::Cuda::is_available() {
+            assert_eq!(select("cuda"), Err(DeviceError::CudaUnavailable("cuda".into())));
+            assert_eq!(select("cuda:1"), Err(DeviceError::CudaUnavailable("cuda:1".into())));
+        }
     }
 
     #[test]

@@ -170,8 +170,8 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             buffer: momentum,
         };
         outer.apply(&mut global, &combined);
-        let model = store.put_data(&jobdata::weights_to_bytes(&global))?;
-        let momentum = store.put_data(&jobdata::weights_to_bytes(&outer.buffer))?;
+        let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&global))?;
+        let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&outer.buffer))?;
         Ok((model.hash, momentum.hash))
     })
     .await

@@ -299,7 +299,7 @@ async fn gather(
         let previous_bytes = miners_blob(context, BlobKey::new(BlobKind::Data, previous.delta_hash), deadline).await?;
         let bytes = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.residual_hash), deadline).await?;
         // A residual that is not a whole number of f32 values is made up like one out of bounds.
-        let Ok(values) = jobdata::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
+        let Ok(values) = trellis_protocol::model::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
         if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
             return Err(Ok(made_up()));
         }

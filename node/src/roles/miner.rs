@@ -465,7 +465,7 @@ fn carried_residual(
     ) else {
         return Ok(None);
     };
-    let residual = jobdata::weights_from_bytes(&residual)?;
+    let residual = trellis_protocol::model::weights_from_bytes(&residual)?;
     if residual.len() != parameters || data_hash(&previous_delta) != earlier.delta_hash {
         return Ok(None);
     }
@@ -587,12 +587,12 @@ async fn train_round(
                 };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(DeltaEncoding::Int8, &delta);
-                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), jobdata::weights_to_bytes(feedback.residual()))?;
+                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), trellis_protocol::model::weights_to_bytes(feedback.residual()))?;
                 std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
                 let hash = match previous_delta {
                     Some(previous) if carried.iter().any(|r| *r != 0.0) => {
                         stage.put_data(&previous)?;
-                        stage.put_data(&jobdata::weights_to_bytes(&carried))?.hash
+                        stage.put_data(&trellis_protocol::model::weights_to_bytes(&carried))?.hash
                     }
                     _ => Hash::ZERO,
                 };

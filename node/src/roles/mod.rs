@@ -106,8 +106,8 @@ use trellis_proto::{Address, Amount, Hash, JobId, Keypair, Transaction, TxKind};
 use trellis_trainer::data::Dataset;
 use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
 
-use crate::consensus_app::Shared;
 use crate::exchange::BlobNet;
+use crate::shared::Shared;
 
 /// Fee on the transactions roles send.
 pub const ROLE_TX_FEE: u64 = 1;
@@ -388,7 +388,7 @@ where
     tick(&context, context.height());
     loop {
         match events.recv().await {
-            Ok(crate::consensus_app::NodeEvent::Committed { block, .. }) => {
+            Ok(crate::shared::NodeEvent::Committed { block, .. }) => {
                 let height = block.header.height.0;
                 context.watch_nonce(height);
                 tick(&context, height);
