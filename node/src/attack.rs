@@ -6,11 +6,11 @@ use clap::ValueEnum;
 use tch::Device;
 use trellis_proto::hash::draw;
 use trellis_proto::{AggregationRule, Hash, HashDomain, VerdictOutcome};
+use trellis_protocol::aggregate::aggregate;
 use trellis_trainer::data::Dataset;
 use trellis_trainer::diloco::{worker_trail_dir, RoundHooks, RunConfig, RunManifest, WorkerOutput};
 use trellis_trainer::model::init_normals;
 use trellis_trainer::worker::TrailEntry;
-use trellis_verifier::aggregate::aggregate;
 use trellis_verifier::segment::{check_segment, Mode, Replay, TrailDirSource};
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 

@@ -241,7 +241,7 @@ impl DemoJob {
         let initial_loss = match &zk_model {
             Some(model) => crate::zkjob::validation_loss(
                 model,
-                &crate::zkjob::initial_weights(model, spec.init_seed),
+                &trellis_zk::job::initial_weights(model, spec.init_seed),
                 &dataset,
                 64,
             )?,
@@ -299,7 +299,7 @@ impl DemoJob {
                             let weights = trellis_zk::io::read_weights(&out, model)?;
                             crate::zkjob::validation_loss(
                                 model,
-                                &crate::zkjob::from_fixed(&weights.flatten()),
+                                &trellis_zk::job::from_fixed(&weights.flatten()),
                                 &dataset,
                                 64,
                             )?

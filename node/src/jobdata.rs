@@ -1,23 +1,16 @@
-//! What a job's artefacts are as blobs, and the on-chain training rules every role shares:
-//! the dataset (published as shards), the global model θ_r and outer momentum (flat f32 in
-//! `trellis_protocol::model`'s layout), the inner optimizer and batch schedule a job's spec
-//! fixes, and the canonical state a round's training starts from.
+//! A job's artefacts as blobs, fetched and published: the dataset (as shards), the global model
+//! θ_r and the outer momentum (flat f32 in `trellis_protocol::model`'s layout).
 //!
-//! The start of every round is fixed so that checkers can check it: the global weights θ_r with
-//! zero AdamW moments and the step counter at `round × H` (so the learning-rate schedule runs
-//! over the whole job, `docs/protocol.md`). Its checkpoint hash is a pure function of θ_r.
+//! The training rules a job's spec fixes (inner optimizer, batch schedule, a round's start
+//! state) are `trellis_trainer::job`; a groth16 job's are `crate::zkjob`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use tch::Device;
 use trellis_contracts::state::Job;
 use trellis_proto::{Hash, JobSpec};
 use trellis_protocol::model::weights_from_bytes;
-use trellis_trainer::checkpoint::{self, checkpoint_hash};
-use trellis_trainer::data::{BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
-use trellis_trainer::model::Gpt;
-use trellis_trainer::optim::{AdamW, AdamWConfig};
+use trellis_trainer::data::{Dataset, DEFAULT_SHARD_BYTES};
 
 use crate::blobs::{BlobKey, BlobKind, BlobStore, DatasetManifest};
 use crate::exchange::BlobNet;
@@ -74,42 +67,14 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
     Ok(Dataset::from_parts(train, validation, manifest.shard_bytes as usize))
 }
 
-/// The inner optimizer a job fixes: its schedule spans all rounds.
-pub fn adamw_config(spec: &JobSpec) -> AdamWConfig {
-    let d = &spec.diloco;
-    let total = u64::from(d.inner_steps) * u64::from(d.rounds);
-    let mut config = AdamWConfig::with_schedule(f64::from(d.learning_rate), u64::from(d.warmup_steps), total);
-    config.beta1 = f64::from(d.beta1);
-    config.beta2 = f64::from(d.beta2);
-    config.weight_decay = f64::from(d.weight_decay);
-    config.grad_clip = f64::from(d.grad_clip);
-    config
-}
-
-/// The batch schedule of a job: seeded by its init seed, one slot per worker of a round.
-pub fn schedule(spec: &JobSpec) -> BatchSchedule {
-    BatchSchedule {
-        seed: spec.init_seed,
-        workers: spec.diloco.workers_per_round as usize,
-        batch_size: spec.diloco.batch_size as usize,
-        sequence_length: spec.diloco.sequence_length as usize,
-    }
-}
-
-/// The optimizer step a round starts at (`trellis_protocol::trail::round_start_step`).
-pub fn round_start_step(spec: &JobSpec, round: u32) -> u64 {
-    trellis_protocol::trail::round_start_step(round, spec.diloco.inner_steps)
-}
-
 /// The global model θ_r of a job: its initialisation before round 0 commits, else the committed
 /// model blob.
 pub async fn global_weights(net: &BlobNet, job: &Job) -> anyhow::Result<Vec<f32>> {
     if job.model_hash == Hash::ZERO {
         if let Some(zk) = crate::zkjob::ZkJob::of(&job.spec)? {
-            return Ok(crate::zkjob::initial_weights(&zk.model, job.spec.init_seed));
+            return Ok(trellis_zk::job::initial_weights(&zk.model, job.spec.init_seed));
         }
-        let model = Gpt::new(&job.spec.model, job.spec.init_seed, Device::Cpu)?;
-        return Ok(model.flat_weights());
+        return Ok(trellis_trainer::job::initial_weights(&job.spec)?);
     }
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let bytes = net.fetch_until(BlobKey::new(BlobKind::Data, job.model_hash), deadline).await?;
@@ -128,23 +93,4 @@ pub async fn momentum(net: &BlobNet, job: &Job, parameters: usize) -> anyhow::Re
         bail!("momentum blob has {} values, the model {}", momentum.len(), parameters);
     }
     Ok(momentum)
-}
-
-/// A model and optimizer in the canonical start state of `round`.
-pub fn start_state(spec: &JobSpec, round: u32, global: &[f32], device: Device) -> anyhow::Result<(Gpt, AdamW)> {
-    let mut model = Gpt::new(&spec.model, spec.init_seed, device)?;
-    if model.numel() != global.len() {
-        bail!("the global model has {} weights, the job's model {}", global.len(), model.numel());
-    }
-    model.set_flat_weights(global);
-    let mut optimizer = AdamW::new(adamw_config(spec), model.parameters());
-    optimizer.step = round_start_step(spec, round);
-    Ok((model, optimizer))
-}
-
-/// The checkpoint hash every honest trail of `round` starts with (the start state as a trail
-/// checkpoint records it: subnormal values flushed to zero).
-pub fn start_checkpoint_hash(spec: &JobSpec, round: u32, global: &[f32]) -> anyhow::Result<Hash> {
-    let (model, optimizer) = start_state(spec, round, global, Device::Cpu)?;
-    Ok(checkpoint_hash(&checkpoint::capture(&model, &optimizer)))
 }

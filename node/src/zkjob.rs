@@ -6,13 +6,11 @@
 //! schedule, trails of checkpoint hashes every c steps, Δ = θ_r − θ_final committed and
 //! aggregated in f32, the outer step. What differs:
 //!
-//! - **Examples** come from the schedule's byte windows: the `I` bytes of a window are the
-//!   features (byte / 256 in Q15.16, so raw `byte << 8`), and the class of the byte that follows
-//!   is its label: `next × C / 256` for C classes. A pure function of (job seed, round, worker,
-//!   step), like every batch.
+//! - **Examples** come from the schedule's byte windows (`trellis_zk::job::examples`). A pure
+//!   function of (job seed, round, worker, step), like every batch.
 //! - **The global model** is kept in f32 as for any job; a round starts from it rounded to the
-//!   nearest Q15.16 value (saturating; NaN reads as 0). Initial weights are
-//!   `Weights::random(model, init_seed)`.
+//!   nearest Q15.16 value (`trellis_zk::job::to_fixed`). Initial weights are
+//!   `trellis_zk::job::initial_weights`.
 //! - **Checkpoints** are `trellis_zk::io::encode_weights` of the weights (no optimizer state:
 //!   SGD has none), hashed like every checkpoint.
 //! - **Each segment carries a proof** (`Trail::proofs`, blob hashes) that c SGD steps take the
@@ -31,12 +29,11 @@ use trellis_protocol::Blame;
 use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::data::Dataset;
 use trellis_zk::fixed::ONE;
+use trellis_zk::job::{examples, from_fixed, to_fixed};
 use trellis_zk::model::logits;
 use trellis_zk::{
-    io, sgd_step, Batch, Example, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey,
+    io, sgd_step, Batch, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey,
 };
-
-use crate::jobdata;
 
 /// A groth16 job's model and the blob hashes of its keys.
 #[derive(Debug, Clone)]
@@ -82,8 +79,8 @@ impl ZkJob {
         worker: usize,
         step: u64,
     ) -> Batch {
-        let schedule = jobdata::schedule(spec);
-        let absolute = jobdata::round_start_step(spec, round) + step;
+        let schedule = trellis_trainer::job::schedule(spec);
+        let absolute = trellis_trainer::job::round_start_step(spec, round) + step;
         let (inputs, targets) = schedule.batch(dataset, shards, u64::from(round), worker, absolute);
         examples(&self.model, &inputs, &targets)
     }
@@ -118,37 +115,6 @@ pub fn check_keys(spec: &JobSpec, job: &ZkJob, proving_key: &ZkProvingKey, verif
         bail!("the job's verifying key is not the one of its proving key: checkers would reject every honest proof");
     }
     Ok(())
-}
-
-/// θ_0 of a groth16 job.
-pub fn initial_weights(model: &ModelSpec, seed: u64) -> Vec<f32> {
-    from_fixed(&Weights::random(model, seed).flatten())
-}
-
-/// f32 weights rounded to the nearest Q15.16 value; out-of-range values saturate, NaN is 0
-/// (Rust's `as` conversion, the same on every machine).
-pub fn to_fixed(values: &[f32]) -> Vec<i32> {
-    values.iter().map(|v| (f64::from(*v) * ONE as f64).round() as i32).collect()
-}
-
-/// Q15.16 values as f32 (exact below 2^8 in magnitude, rounded to nearest above).
-pub fn from_fixed(values: &[i32]) -> Vec<f32> {
-    values.iter().map(|v| (f64::from(*v) / ONE as f64) as f32).collect()
-}
-
-/// Examples from the schedule's byte windows (module docs).
-pub fn examples(model: &ModelSpec, inputs: &[i64], targets: &[i64]) -> Batch {
-    let width = model.inputs();
-    let classes = model.classes() as i64;
-    let examples = inputs
-        .chunks_exact(width)
-        .zip(targets.chunks_exact(width))
-        .map(|(window, next)| Example {
-            features: window.iter().map(|&b| (b.clamp(0, 255) << 8) as i32).collect(),
-            label: (next[width - 1].clamp(0, 255) * classes / 256) as u32,
-        })
-        .collect();
-    Batch { examples }
 }
 
 /// Mean cross-entropy of `weights` on `batch`, in nats (for the trail's losses only).
@@ -212,10 +178,11 @@ impl ZkTraining<'_> {
                 spec.verification.checkpoint_interval
             );
         }
-        let shards = jobdata::schedule(spec).shards_of(self.dataset, u64::from(self.round), self.worker)?;
+        let shards =
+            trellis_trainer::job::schedule(spec).shards_of(self.dataset, u64::from(self.round), self.worker)?;
         let steps = u64::from(spec.diloco.inner_steps);
         let interval = ZkJob::segment_steps(spec);
-        let start_step = jobdata::round_start_step(spec, self.round);
+        let start_step = trellis_trainer::job::round_start_step(spec, self.round);
         let mut weights = self.job.start_weights(global)?;
         let mut checkpoints = vec![io::encode_weights(&weights)];
         let mut entries = vec![TrailEntry { step: start_step, hash: checkpoint_hash(&checkpoints[0]) }];
@@ -317,7 +284,7 @@ pub fn check_segment(
     let Ok(proof) = ZkProof::from_bytes(evidence.proof) else {
         return invalid(InvalidReason::ProofRejected, trail.proofs[segment]);
     };
-    let Ok(shards) = jobdata::schedule(spec).shards_of(dataset, u64::from(round), worker) else {
+    let Ok(shards) = trellis_trainer::job::schedule(spec).shards_of(dataset, u64::from(round), worker) else {
         return Blame::Job(JobFaultReason::SpecUnusable).outcome();
     };
     let first = segment as u64 * interval;
@@ -398,7 +365,7 @@ mod tests {
         let job = ZkJob::of(&spec).unwrap().unwrap();
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(5);
         let (proving_key, verifying_key) = trellis_zk::setup(&job.model, 2, &mut rng).unwrap();
-        let global = initial_weights(&job.model, spec.init_seed);
+        let global = trellis_zk::job::initial_weights(&job.model, spec.init_seed);
         Fixture { verifier: PreparedVerifier::new(&verifying_key), spec, job, proving_key, dataset: dataset(), global }
     }
 
@@ -436,24 +403,6 @@ mod tests {
 
     fn rejected(outcome: &VerdictOutcome) -> bool {
         matches!(outcome, VerdictOutcome::Invalid(e) if e.reason == InvalidReason::ProofRejected)
-    }
-
-    #[test]
-    fn fixed_point_conversion_round_trips_and_saturates() {
-        let values = [0, 1, -1, 65_536, -3_000_000, 16_777_215];
-        assert_eq!(to_fixed(&from_fixed(&values)), values);
-        assert_eq!(to_fixed(&[f32::NAN, 1e12, -1e12]), [0, i32::MAX, i32::MIN]);
-    }
-
-    #[test]
-    fn examples_are_byte_windows_and_the_next_bytes_class() {
-        let model: ModelSpec = MODEL.parse().unwrap();
-        let inputs: Vec<i64> = (0..16).map(|i| 60 + i).collect();
-        let targets: Vec<i64> = (0..16).map(|i| 61 + i).collect();
-        let batch = examples(&model, &inputs, &targets);
-        assert_eq!(batch.examples.len(), 2);
-        assert_eq!(batch.examples[0].features[0], 60 << 8);
-        assert_eq!(batch.examples[1].label, (76 * 4 / 256) as u32);
     }
 
     #[test]

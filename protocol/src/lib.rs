@@ -10,6 +10,10 @@
 //!   job's (the job is voided) or the checker's own (an explicit abstain);
 //! - [`evidence`]: what an `Invalid` verdict's evidence must quote of the miner's revealed work
 //!   and trail, checked by the chain and re-derived by every validator before it votes;
+//! - [`aggregate`]: the robust rules that combine a round's accepted pseudo-gradients (mean,
+//!   trimmed mean, centred clipping), bit-deterministic for a fixed input order;
+//! - [`outer`]: DiLoCo's outer step and [`outer::outer_update`], the round's whole update
+//!   (combine, then step θ_r and the momentum) that every validator recomputes before it votes;
 //! - [`model`]: how a flat f32 vector (a global model, a Δ, a momentum buffer) is laid out in a
 //!   blob;
 //! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
@@ -20,11 +24,13 @@
 //! It does no I/O, reads no clock and draws no randomness; it depends on `trellis-proto` alone,
 //! so the simulator can drive it without building the trainer (ADR 0003).
 
+pub mod aggregate;
 pub mod beacon;
 pub mod economics;
 pub mod evidence;
 pub mod judge;
 pub mod model;
+pub mod outer;
 pub mod trail;
 
 pub use judge::{Blame, Comparison};

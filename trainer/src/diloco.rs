@@ -22,8 +22,8 @@ use crate::data::{validation_windows, BatchSchedule, Dataset};
 use crate::encoding::{self, ErrorFeedback};
 use crate::model::Gpt;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::outer::{mean, pseudo_gradient, OuterStep};
 use crate::worker::{evaluate, train_step, InnerLoop, Trail, WorkerError};
+use trellis_protocol::outer::{mean, pseudo_gradient, OuterStep};
 
 /// Number of validation windows evaluated after each round.
 pub const VALIDATION_WINDOWS: usize = 64;

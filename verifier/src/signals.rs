@@ -4,7 +4,7 @@
 //! clearly different directions (cosine similarity measured on honest runs is in
 //! `docs/benchmarks.md`); a copy, even with a little noise added, is almost parallel.
 
-use crate::aggregate::cosine;
+use trellis_protocol::aggregate::cosine;
 
 /// Cosine similarity above which two Δ of one round count as copies. Honest `nano` and `micro`
 /// workers measured far below it (`docs/benchmarks.md`).

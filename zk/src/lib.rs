@@ -12,7 +12,8 @@
 //!   after, to the batches, and the step count;
 //! - the **proof system API** ([`groth16`], [`snarkjs`], [`io`]): `setup`, `prove`, `verify`,
 //!   canonical byte encodings, snarkjs-compatible JSON, and file helpers that make
-//!   `trellis zk setup|prove|verify` thin wrappers.
+//!   `trellis zk setup|prove|verify` thin wrappers;
+//! - **a job's side** ([`job`]): f32 ↔ Q15.16, examples from byte windows, θ_0.
 //!
 //! Guarantees: the reference trainer and the circuit agree on every step (tested on seeded
 //! random models and data); decoders of untrusted bytes or JSON return errors, never panic;
@@ -37,6 +38,7 @@ pub mod fixed;
 mod gadgets;
 pub mod groth16;
 pub mod io;
+pub mod job;
 pub mod model;
 pub mod snarkjs;
 

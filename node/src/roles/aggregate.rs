@@ -15,7 +15,6 @@ use anyhow::{bail, Context as _};
 use trellis_contracts::state::{Job, Phase, RoundState};
 use trellis_proto::{Aggregate, Hash, JobId, TxKind};
 use trellis_trainer::encoding;
-use trellis_trainer::outer::OuterStep;
 
 use super::{RoleContext, Work};
 use crate::blobs::{BlobKey, BlobKind};
@@ -135,7 +134,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
 /// Computes round `round`'s outer update and stores the new model and momentum as blobs.
 pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) -> anyhow::Result<(Hash, Hash)> {
     let net = &context.net;
-    let mut global = jobdata::global_weights(net, job).await.context("the global model")?;
+    let global = jobdata::global_weights(net, job).await.context("the global model")?;
     let momentum = jobdata::momentum(net, job, global.len()).await.context("the outer momentum")?;
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let mut deltas = Vec::with_capacity(round.accepted.len());
@@ -161,17 +160,9 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let store = net.store().clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, Hash)> {
         let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-        let combined = trellis_verifier::aggregate::aggregate(&spec.aggregation, &refs)?;
-        let d = &spec.diloco;
-        let mut outer = OuterStep {
-            optimizer: d.outer_optimizer,
-            learning_rate: d.outer_learning_rate,
-            momentum: d.outer_momentum,
-            buffer: momentum,
-        };
-        outer.apply(&mut global, &combined);
-        let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&global))?;
-        let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&outer.buffer))?;
+        let update = trellis_protocol::outer::outer_update(&spec, &global, momentum, &refs)?;
+        let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&update.model))?;
+        let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&update.momentum))?;
         Ok((model.hash, momentum.hash))
     })
     .await

@@ -241,7 +241,7 @@ async fn gather(
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
     let start = match &zk {
         Some(zk) => zk.start_checkpoint_hash(&global),
-        None => jobdata::start_checkpoint_hash(&job.spec, round.round, &global),
+        None => trellis_trainer::job::start_checkpoint_hash(&job.spec, round.round, &global).map_err(anyhow::Error::from),
     };
     let start = match start {
         Ok(start) => start,
@@ -354,9 +354,9 @@ async fn judge(
             (None, Some(comparison)) => {
                 let replay = Replay {
                     model: spec.model.clone(),
-                    adamw: jobdata::adamw_config(spec),
+                    adamw: trellis_trainer::job::adamw_config(spec),
                     dataset: dataset.as_ref(),
-                    schedule: jobdata::schedule(spec),
+                    schedule: trellis_trainer::job::schedule(spec),
                     round: u64::from(round_number),
                     worker,
                     device: context.device,
@@ -370,9 +370,9 @@ async fn judge(
         }
         let final_bytes = checkpoint(reveal.final_checkpoint)?;
         let final_weights = match &zk {
-            Some((zk, _, _)) => {
-                trellis_zk::io::decode_weights(&zk.model, &final_bytes).ok().map(|w| zkjob::from_fixed(&w.flatten()))
-            }
+            Some((zk, _, _)) => trellis_zk::io::decode_weights(&zk.model, &final_bytes)
+                .ok()
+                .map(|w| trellis_zk::job::from_fixed(&w.flatten())),
             None => CheckpointData::parse(&final_bytes).ok().map(|state| state.weights),
         };
         let Some(final_weights) = final_weights else {

@@ -23,10 +23,10 @@ use trellis_proto::{
     decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment,
     WorkReveal,
 };
+use trellis_protocol::outer::pseudo_gradient;
 use trellis_trainer::checkpoint;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{init_normals, Gpt};
-use trellis_trainer::outer::pseudo_gradient;
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
 use super::behaviour::Behaviour;
@@ -117,7 +117,7 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
     let spec = &job.spec;
     let zk = ZkJob::of(spec)?;
     let dataset = context.dataset(spec.dataset_root).await.context("the job's dataset")?;
-    let schedule = jobdata::schedule(spec);
+    let schedule = trellis_trainer::job::schedule(spec);
     for worker in 0..spec.diloco.workers_per_round as usize {
         schedule
             .shards_of(&dataset, 0, worker)
@@ -367,7 +367,7 @@ struct FakeTrail {
 /// A trail that hashes correctly but was never computed (`fake-trail`): the canonical start,
 /// then the start weights plus growing noise at every checkpoint position, with made-up losses.
 fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<FakeTrail> {
-    let (mut model, mut optimizer) = jobdata::start_state(spec, round, global, device)?;
+    let (mut model, mut optimizer) = trellis_trainer::job::start_state(spec, round, global, device)?;
     let frame_steps = |i: u32| {
         trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval)
     };
@@ -543,10 +543,10 @@ async fn train_round(
             let trail = canonical_trail(job2.id, spec, round_number, worker, checkpoints.into_iter().map(|(e, _)| e).collect(), losses)?;
             (trail, final_weights)
         } else {
-            let (mut model, mut optimizer) = jobdata::start_state(spec, round_number, &global, context2.device)?;
+            let (mut model, mut optimizer) = trellis_trainer::job::start_state(spec, round_number, &global, context2.device)?;
             let dir = context2.work_dir.join(format!("job{}-round{}", job2.id, round_number));
             let _ = std::fs::remove_dir_all(&dir);
-            let schedule = jobdata::schedule(spec);
+            let schedule = trellis_trainer::job::schedule(spec);
             // unit-gap: ⌈H/c⌉ steps, a checkpoint after each, the losses padded to H.
             let (steps, interval) = match behaviour {
                 Behaviour::UnitGap => (u64::from(trellis_contracts::rounds::expected_segments(spec)), 1),

@@ -5,13 +5,15 @@
 //! transaction in order, end-block, then the state root; a proposer leaves failing transactions
 //! out, a checker rejects a block in which any transaction fails. On top of that, like the
 //! node's `check_block`, an honest validator rejects a block whose `CommitAggregate` differs
-//! from the aggregate it computes itself, so a committed block is a committed outer update.
+//! from the aggregate it computes itself, so a committed block is a committed outer update. The
+//! aggregate is the node's own arithmetic (`trellis_protocol::outer::outer_update`) over small
+//! Δ vectors the simulated miners publish in [`Vectors`], the simulation's blob exchange.
 //!
 //! Guarantees: execution only buffers writes; nothing changes the committed state but
 //! [`Ledger::commit`], which applies one executed block on top of the head it was executed on.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use arc_malachitebft_app_channel::app::types::core::ExtendedCommitCertificate;
@@ -57,6 +59,53 @@ pub struct Executed {
     pub left_out: Vec<(SignedTx, TxError)>,
 }
 
+/// Values in a simulated model: the simulator does not train, so a model, a momentum buffer and
+/// a Δ are short vectors, combined by the node's own outer-update code.
+pub const SIM_PARAMETERS: usize = 16;
+
+/// The simulation's blob exchange: flat f32 vectors (Δs, models, momenta) by their blob hash
+/// (`trellis_protocol::model` layout, hashed like the node's data blobs). Every node sees every
+/// published vector, as if the exchange always delivered; content addressing makes sharing one
+/// map the same as each node holding its own copy.
+#[derive(Debug, Default)]
+pub struct Vectors(RefCell<BTreeMap<Hash, Rc<[f32]>>>);
+
+impl Vectors {
+    /// The blob hash of `values`.
+    pub fn hash_of(values: &[f32]) -> Hash {
+        trellis_proto::blobwire::data_hash(&trellis_protocol::model::weights_to_bytes(values))
+    }
+
+    /// Makes `values` available to every node; returns their hash.
+    pub fn publish(&self, values: &[f32]) -> Hash {
+        let hash = Self::hash_of(values);
+        self.0.borrow_mut().entry(hash).or_insert_with(|| values.into());
+        hash
+    }
+
+    pub fn get(&self, hash: &Hash) -> Option<Rc<[f32]>> {
+        self.0.borrow().get(hash).cloned()
+    }
+}
+
+/// θ_0 of a simulated job: small values drawn from its init seed.
+pub fn sim_initial_model(job: &Job) -> Vec<f32> {
+    small_values(&[b"initial model".as_slice(), &job.spec.init_seed.to_le_bytes()].concat())
+}
+
+/// The Δ an honest miner's round produces: small values drawn from (miner, job, round).
+pub fn sim_honest_delta(miner: &Address, job: &Job, round: u32) -> Vec<f32> {
+    let mut bytes = miner.0.to_vec();
+    job.id.0.encode_to(&mut bytes);
+    round.encode_to(&mut bytes);
+    small_values(&bytes)
+}
+
+fn small_values(seed: &[u8]) -> Vec<f32> {
+    let digest = Hash::digest(HashDomain::Blob, seed);
+    digest.0.iter().take(SIM_PARAMETERS).map(|b| (f32::from(*b) - 128.0) / 1024.0).collect()
+}
+
 /// The committed chain of one node: its "disk".
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -67,6 +116,8 @@ pub struct Ledger {
     /// clone of the genesis ledger: the check is a pure function of the block, so the memo
     /// changes speed, not results.
     verified_bodies: Rc<RefCell<BTreeSet<Hash>>>,
+    /// The blob exchange, shared by every clone of the genesis ledger.
+    vectors: Rc<Vectors>,
     kv: MemoryKv,
     blocks: Vec<Rc<Block>>,
     certificates: Vec<ExtendedCommitCertificate<TrellisContext>>,
@@ -80,6 +131,7 @@ impl Ledger {
             chain,
             genesis: Rc::new(kv.clone()),
             verified_bodies: Rc::default(),
+            vectors: Rc::default(),
             kv,
             blocks: Vec::new(),
             certificates: Vec::new(),
@@ -92,6 +144,7 @@ impl Ledger {
             chain: self.chain.clone(),
             genesis: self.genesis.clone(),
             verified_bodies: self.verified_bodies.clone(),
+            vectors: self.vectors.clone(),
             kv: (*self.genesis).clone(),
             blocks: Vec::new(),
             certificates: Vec::new(),
@@ -105,6 +158,17 @@ impl Ledger {
 
     pub fn state(&self) -> &MemoryKv {
         &self.kv
+    }
+
+    /// The simulation's blob exchange.
+    pub fn vectors(&self) -> &Vectors {
+        &self.vectors
+    }
+
+    /// The aggregate this node computes for `round` of `job` on its committed state
+    /// ([`expected_aggregate`]).
+    pub fn expected_aggregate(&self, job: JobId, round: u32) -> Option<Aggregate> {
+        expected_aggregate(&self.kv, &self.vectors, job, round)
     }
 
     /// Height of the last committed block (0 before the first).
@@ -214,7 +278,9 @@ impl Ledger {
         if recheck_aggregates {
             for tx in &block.txs {
                 if let TxKind::CommitAggregate(aggregate) = &tx.tx.kind {
-                    if expected_aggregate(&self.kv, aggregate.job, aggregate.round).as_ref() != Some(aggregate) {
+                    if expected_aggregate(&self.kv, &self.vectors, aggregate.job, aggregate.round).as_ref()
+                        != Some(aggregate)
+                    {
                         return Err(InvalidBlock::AggregateMismatch { job: aggregate.job.0, round: aggregate.round });
                     }
                 }
@@ -270,23 +336,40 @@ pub fn active_rounds<S: trellis_contracts::KvStore + ?Sized>(kv: &S) -> Vec<(Job
     out
 }
 
-/// The aggregate an honest validator computes for a round awaiting one: the accepted miners'
-/// Δ hashes combined in address order (the simulator's stand-in for the robust rule and the
-/// outer Nesterov step, which are deterministic functions of exactly these inputs).
-pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(kv: &S, job: JobId, round: u32) -> Option<Aggregate> {
+/// The aggregate an honest validator computes for `round` of `job` on `kv`, as the node's
+/// `roles::aggregate::compute` does: θ_r and the outer momentum (the job's initial model and
+/// zeros before its first aggregate), the accepted miners' Δs in the round's order, then
+/// `trellis_protocol::outer::outer_update`; the new model and momentum are published. `None`
+/// while the round awaits no aggregate, or when a blob it needs was never published (the node
+/// would keep fetching, and the round lapse).
+pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(
+    kv: &S,
+    vectors: &Vectors,
+    job: JobId,
+    round: u32,
+) -> Option<Aggregate> {
     let state: RoundState = state::read(kv, &keys::round(job, round)).ok()??;
     if state.phase != Phase::AwaitingAggregate {
         return None;
     }
-    let mut model = Vec::new();
-    job.0.encode_to(&mut model);
-    round.encode_to(&mut model);
+    let job_state: Job = state::read(kv, &keys::job(job)).ok()??;
+    let global = match job_state.model_hash {
+        Hash::ZERO => sim_initial_model(&job_state).into(),
+        hash => vectors.get(&hash)?,
+    };
+    let momentum = match job_state.momentum_hash {
+        Hash::ZERO => vec![0.0; global.len()],
+        hash => vectors.get(&hash)?.to_vec(),
+    };
+    let mut deltas = Vec::with_capacity(state.accepted.len());
     for miner in &state.accepted {
         let commit = state.commits.iter().find(|c| &c.miner == miner)?;
-        commit.reveal.as_ref()?.delta_hash.encode_to(&mut model);
+        deltas.push(vectors.get(&commit.reveal.as_ref()?.delta_hash)?);
     }
-    let model_hash = Hash::digest(HashDomain::Blob, &model);
-    let momentum_hash = Hash::digest(HashDomain::Blob, &[model_hash.0.as_slice(), b"momentum"].concat());
+    let refs: Vec<&[f32]> = deltas.iter().map(|d| &d[..]).collect();
+    let update = trellis_protocol::outer::outer_update(&job_state.spec, &global, momentum, &refs).ok()?;
+    let model_hash = vectors.publish(&update.model);
+    let momentum_hash = vectors.publish(&update.momentum);
     Some(Aggregate { job, round, model_hash, momentum_hash, accepted: state.accepted.clone() })
 }
 

@@ -48,7 +48,7 @@ use trellis_proto::{
 };
 use trellis_protocol::beacon::{self, Onion};
 
-use super::chain::{beacon_after, expected_aggregate, Executed, Ledger, Mempool};
+use super::chain::{beacon_after, Executed, Ledger, Mempool};
 use super::network::{NodeId, Time};
 use super::rng::SimRng;
 use super::workload::{MinerBehaviour, FEE};
@@ -956,7 +956,6 @@ impl Running<'_> {
         }
         // As the node: never propose an outer update this validator has not recomputed
         // identically (a failing one would be included too, and refused by honest validators).
-        let state = self.ledger.state();
         let candidates: Vec<SignedTx> = self
             .e
             .mempool
@@ -964,7 +963,7 @@ impl Running<'_> {
             .into_iter()
             .filter(|tx| match &tx.tx.kind {
                 TxKind::CommitAggregate(aggregate) => {
-                    expected_aggregate(state, aggregate.job, aggregate.round).as_ref() == Some(aggregate)
+                    self.ledger.expected_aggregate(aggregate.job, aggregate.round).as_ref() == Some(aggregate)
                 }
                 _ => true,
             })
@@ -1020,7 +1019,7 @@ impl Running<'_> {
     fn forge_invalid_block(&mut self, honest: &Executed) -> Rc<Block> {
         let me = self.me.address.0;
         for (job, round) in self.ledger.active_rounds() {
-            let Some(mut aggregate) = expected_aggregate(self.ledger.state(), job.id, round.round) else { continue };
+            let Some(mut aggregate) = self.ledger.expected_aggregate(job.id, round.round) else { continue };
             aggregate.model_hash = Hash(self.rng.bytes32());
             let tx = Transaction {
                 sender: self.me.key.public_key(),
@@ -1398,7 +1397,7 @@ impl Running<'_> {
                 }
             }
             if !self.me.byzantine {
-                if let Some(aggregate) = expected_aggregate(self.ledger.state(), job.id, round.round) {
+                if let Some(aggregate) = self.ledger.expected_aggregate(job.id, round.round) {
                     let kind = TxKind::CommitAggregate(aggregate);
                     if applies(self.ledger, &kind) {
                         return Some(kind);

@@ -18,14 +18,14 @@ use std::collections::BTreeMap;
 
 use trellis_contracts::state::{Job, Phase, RoundState};
 use trellis_proto::{
-    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Encode, Hash, HashDomain, JobSpec, Keypair,
-    ModelConfig, OuterOptimizer, Role, SignedTx, TrailEntry, Transaction, TxKind, VerdictOutcome, VerificationMode,
+    Address, AggregationRule, Amount, DeltaEncoding, DilocoParams, Hash, HashDomain, JobSpec, Keypair, ModelConfig,
+    OuterOptimizer, Role, SignedTx, TrailEntry, Transaction, TxKind, VerdictOutcome, VerificationMode,
     VerificationParams, WorkCommitment, WorkReveal,
 };
 use trellis_protocol::judge::{judge_replay, Replayed};
 use trellis_protocol::{Blame, Comparison, SegmentClaim};
 
-use super::chain::Ledger;
+use super::chain::{sim_honest_delta, Ledger, Vectors};
 use super::network::Time;
 use super::rng::SimRng;
 
@@ -119,14 +119,6 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
         commit_blocks: 4,
         verify_blocks: 8,
     }
-}
-
-/// The Δ hash an honest miner's round produces.
-fn honest_delta(miner: &Address, job: &Job, round: u32) -> Hash {
-    let mut bytes = miner.0.to_vec();
-    job.id.0.encode_to(&mut bytes);
-    round.encode_to(&mut bytes);
-    Hash::digest(HashDomain::Blob, &bytes)
 }
 
 struct InFlight {
@@ -263,7 +255,7 @@ impl Workload {
                 }
                 None => {}
             }
-            let Some(kind) = self.next_action(index, &rounds) else { continue };
+            let Some(kind) = self.next_action(index, &rounds, view.vectors()) else { continue };
             let key = &self.accounts[index].key;
             let tx = Transaction { sender: key.public_key(), nonce: view.next_nonce(&address), fee: Amount(FEE), kind }
                 .sign(&self.chain_id, key);
@@ -274,7 +266,7 @@ impl Workload {
         out
     }
 
-    fn next_action(&mut self, index: usize, rounds: &[(Job, RoundState)]) -> Option<TxKind> {
+    fn next_action(&mut self, index: usize, rounds: &[(Job, RoundState)], vectors: &Vectors) -> Option<TxKind> {
         let address = self.accounts[index].address;
         match self.accounts[index].part {
             Part::Submitter => {
@@ -287,7 +279,7 @@ impl Workload {
                 let (job, _) = rounds.first()?;
                 self.rng.chance_ppm(2_000).then_some(TxKind::CancelJob { job: job.id })
             }
-            Part::Miner(behaviour) => self.miner_action(&address, behaviour, rounds),
+            Part::Miner(behaviour) => self.miner_action(&address, behaviour, rounds, vectors),
             Part::User => {
                 // Now and then a transfer, sometimes of more than the account holds (rejected).
                 if !self.rng.chance_ppm(250_000) {
@@ -304,6 +296,7 @@ impl Workload {
         address: &Address,
         behaviour: MinerBehaviour,
         rounds: &[(Job, RoundState)],
+        vectors: &Vectors,
     ) -> Option<TxKind> {
         for (job, round) in rounds {
             let entry = job.miners.iter().find(|m| &m.address == address);
@@ -321,6 +314,8 @@ impl Workload {
             if round.phase == Phase::Revealing
                 && commit.is_some_and(|c| c.reveal.is_none() && c.binding == own.binding(address))
             {
+                // Its Δ goes to the blob exchange with the reveal, as a node's miner publishes it.
+                vectors.publish(&sim_honest_delta(address, job, round.round));
                 return Some(TxKind::RevealWork(own));
             }
         }
@@ -334,8 +329,8 @@ impl Workload {
         None
     }
 
-    /// The work `miner` reveals for `round` of `job` (made up for a work-skipper: the simulator
-    /// has no blobs; verdicts come from the ground truth).
+    /// The work `miner` reveals for `round` of `job`: its Δ is a short vector the validators
+    /// aggregate; trail and checkpoints are made up (verdicts come from the ground truth).
     fn work(miner: &Address, job: &Job, round: &RoundState) -> WorkReveal {
         let tag = |label: &[u8]| {
             Hash::digest(
@@ -348,7 +343,7 @@ impl Workload {
             round: round.round,
             trail: tag(b"trail"),
             final_checkpoint: tag(b"final"),
-            delta_hash: honest_delta(miner, job, round.round),
+            delta_hash: Vectors::hash_of(&sim_honest_delta(miner, job, round.round)),
             residual_hash: Hash::ZERO,
         }
     }

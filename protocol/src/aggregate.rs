@@ -31,11 +31,20 @@ fn check(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
     Ok(first.len())
 }
 
-/// Aggregates `deltas` (in the given order) with `rule`.
+/// Aggregates `deltas` (in the given order) with `rule`, as a round does.
+///
+/// A round may accept fewer Δs than the job has slots (a slot left empty, a miner rejected), so
+/// a trimmed mean drops at most `(K − 1) / 2` values from each side of K: with one or two
+/// accepted Δs it is their mean. Without that, a miner who takes a slot and never delivers
+/// could make every round of a `trim = 1, workers = 3` job lapse, and its honest miners go
+/// unpaid (`docs/threat-model.md`, "Too few accepted Δs for the job's trim").
 pub fn aggregate(rule: &AggregationRule, deltas: &[&[f32]]) -> Result<Vec<f32>, AggregateError> {
     match rule {
         AggregationRule::Mean => mean(deltas),
-        AggregationRule::TrimmedMean { trim } => trimmed_mean(deltas, *trim),
+        AggregationRule::TrimmedMean { trim } => {
+            let most = (deltas.len().saturating_sub(1) / 2) as u32;
+            trimmed_mean(deltas, (*trim).min(most))
+        }
         AggregationRule::CenteredClip { tau, iterations } => centered_clip(deltas, *tau, *iterations),
     }
 }
@@ -43,7 +52,7 @@ pub fn aggregate(rule: &AggregationRule, deltas: &[&[f32]]) -> Result<Vec<f32>, 
 /// The element-wise mean, summed in input order.
 pub fn mean(deltas: &[&[f32]]) -> Result<Vec<f32>, AggregateError> {
     check(deltas)?;
-    Ok(trellis_trainer::outer::mean(deltas))
+    Ok(crate::outer::mean(deltas))
 }
 
 /// Per coordinate: sort the K values, drop the `trim` smallest and `trim` largest, average the
@@ -146,6 +155,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rounds_trimmed_mean_trims_what_the_accepted_count_allows() {
+        let rule = AggregationRule::TrimmedMean { trim: 2 };
+        assert_eq!(aggregate(&rule, &[&[4.0]]).unwrap(), vec![4.0], "one Δ: itself");
+        assert_eq!(aggregate(&rule, &[&[4.0], &[2.0]]).unwrap(), vec![3.0], "two: their mean");
+        assert_eq!(aggregate(&rule, &[&[4.0], &[2.0], &[100.0]]).unwrap(), vec![4.0], "three: trim 1");
+        assert_eq!(aggregate(&rule, &[&[4.0], &[2.0], &[100.0], &[-50.0], &[3.0]]).unwrap(), vec![3.0], "five: trim 2");
+        assert!(
+            matches!(trimmed_mean(&[&[4.0], &[2.0]], 1), Err(AggregateError::TrimTooLarge { .. })),
+            "the bare rule stays strict"
+        );
+    }
 
     #[test]
     fn trimmed_mean_matches_a_hand_computed_example() {
