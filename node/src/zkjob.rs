@@ -31,9 +31,7 @@ use trellis_trainer::data::Dataset;
 use trellis_zk::fixed::ONE;
 use trellis_zk::job::{examples, from_fixed, to_fixed};
 use trellis_zk::model::logits;
-use trellis_zk::{
-    io, sgd_step, Batch, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey,
-};
+use trellis_zk::{io, sgd_step, Batch, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey};
 
 /// A groth16 job's model and the blob hashes of its keys.
 #[derive(Debug, Clone)]

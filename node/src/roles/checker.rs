@@ -241,7 +241,9 @@ async fn gather(
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
     let start = match &zk {
         Some(zk) => zk.start_checkpoint_hash(&global),
-        None => trellis_trainer::job::start_checkpoint_hash(&job.spec, round.round, &global).map_err(anyhow::Error::from),
+        None => {
+            trellis_trainer::job::start_checkpoint_hash(&job.spec, round.round, &global).map_err(anyhow::Error::from)
+        }
     };
     let start = match start {
         Ok(start) => start,
