@@ -8,7 +8,7 @@
 //! Preconditions the caller guarantees: transaction signatures were verified (the node checks
 //! them in the mempool and, batched, for every block).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trellis_proto::{
     Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec,
     PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
@@ -35,7 +35,7 @@ pub struct BlockCtx {
 }
 
 /// Something that happened, for logs, RPC subscriptions and tests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum Event {
     Transfer {
@@ -130,7 +130,7 @@ pub enum Event {
         role: Role,
         amount: u64,
         reason: SlashReason,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobId>,
     },
     Ejected {
@@ -183,7 +183,7 @@ pub enum Event {
 }
 
 /// Why stake was slashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlashReason {
     /// A sampled segment was found `Invalid`.
@@ -196,6 +196,20 @@ pub enum SlashReason {
     /// A checker's verdict was overturned by the escalated committee.
     OverturnedVerdict,
     Equivocation,
+}
+
+impl SlashReason {
+    /// The reason as RPC and logs name it (its JSON name).
+    pub fn name(self) -> &'static str {
+        match self {
+            SlashReason::Poisoner => "poisoner",
+            SlashReason::Withheld => "withheld",
+            SlashReason::Freeloader => "freeloader",
+            SlashReason::MissedVerdict => "missed-verdict",
+            SlashReason::OverturnedVerdict => "overturned-verdict",
+            SlashReason::Equivocation => "equivocation",
+        }
+    }
 }
 
 /// Genesis state: balances, initial bonds, parameters.

@@ -3,7 +3,7 @@
 //! Every record is stored in the canonical encoding of `trellis-proto`, so the state root is a
 //! function of the records alone.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trellis_proto::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
 use trellis_proto::{
     canonical_struct, canonical_tag_enum, Address, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome, WorkReveal,
@@ -22,7 +22,7 @@ pub struct CorruptState {
 }
 
 /// A balance and the next expected nonce.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub balance: u64,
     pub nonce: u64,
@@ -30,7 +30,7 @@ pub struct Account {
 canonical_struct!(Account { balance, nonce });
 
 /// An amount leaving a bond, slashable until `release_height`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unbonding {
     pub release_height: u64,
     pub amount: u64,
@@ -38,7 +38,7 @@ pub struct Unbonding {
 canonical_struct!(Unbonding { release_height, amount });
 
 /// One account's bond in one role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stake {
     pub key: PublicKey,
     pub bonded: u64,
@@ -75,7 +75,7 @@ impl Decode for Stake {
 }
 
 /// A member of the active validator set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub address: Address,
     pub key: PublicKey,
@@ -84,7 +84,7 @@ pub struct Validator {
 canonical_struct!(Validator { address, key, power });
 
 /// The active validator set, in address order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidatorSet {
     pub validators: Vec<Validator>,
 }
@@ -111,7 +111,7 @@ impl Decode for ValidatorSet {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobStatus {
     Active,
@@ -125,8 +125,20 @@ pub enum JobStatus {
 }
 canonical_tag_enum!(JobStatus, "job status" { Active = 1, Finished = 2, Cancelled = 3, Voided = 4 });
 
+impl JobStatus {
+    /// The status as RPC and logs name it (its JSON name).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Active => "active",
+            JobStatus::Finished => "finished",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Voided => "voided",
+        }
+    }
+}
+
 /// A miner that joined a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinerEntry {
     pub address: Address,
     /// Caught poisoning: may not commit to this job again.
@@ -135,7 +147,7 @@ pub struct MinerEntry {
 canonical_struct!(MinerEntry { address, ejected });
 
 /// A training job and its progress.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub submitter: Address,
@@ -189,7 +201,7 @@ impl Decode for Job {
 }
 
 /// Where a round is in its life (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Accepting `CommitWork` up to the commit deadline.
@@ -207,8 +219,22 @@ pub enum Phase {
 }
 canonical_tag_enum!(Phase, "round phase" { Open = 1, Verifying = 2, AwaitingAggregate = 3, Settled = 4, Lapsed = 5, Revealing = 6 });
 
+impl Phase {
+    /// The phase as RPC and logs name it (its JSON name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Open => "open",
+            Phase::Revealing => "revealing",
+            Phase::Verifying => "verifying",
+            Phase::AwaitingAggregate => "awaiting-aggregate",
+            Phase::Settled => "settled",
+            Phase::Lapsed => "lapsed",
+        }
+    }
+}
+
 /// A miner's commitment as recorded, and its work once revealed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     pub miner: Address,
     /// `WorkReveal::binding` of the work the miner will reveal, with its address.
@@ -220,7 +246,7 @@ pub struct Commit {
 canonical_struct!(Commit { miner, binding, height, reveal });
 
 /// A sampled segment and who must check it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     pub miner: Address,
     pub segment: u32,
@@ -246,7 +272,7 @@ impl Decode for Assignment {
 }
 
 /// A verdict as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerdictRecord {
     pub checker: Address,
     pub miner: Address,
@@ -256,7 +282,7 @@ pub struct VerdictRecord {
 canonical_struct!(VerdictRecord { checker, miner, segment, outcome });
 
 /// One round of one job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundState {
     pub job: JobId,
     pub round: u32,
@@ -330,7 +356,7 @@ impl Decode for RoundState {
 /// [`crate::rounds::SETTLED_ROUND_RETENTION`] blocks: the full [`RoundState`] (commitments,
 /// assignments, verdicts) is deleted, so the state grows by this small record per round rather
 /// than by every round's full history. The events of the blocks keep the details.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundSummary {
     pub job: JobId,
     pub round: u32,
@@ -396,7 +422,7 @@ impl Decode for RoundSummary {
 }
 
 /// A Δ a miner revealed: the round and the hash of its encoded bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevealedDelta {
     pub round: u32,
     pub delta_hash: Hash,
@@ -407,7 +433,7 @@ canonical_struct!(RevealedDelta { round, delta_hash });
 /// pseudo-gradients the error-feedback residual carried into `latest` is what encoding
 /// `previous` left, so it is bounded by half of `previous`'s quantisation steps: a checker
 /// fetches `previous` (the miner serves it again) to check the bound. Deleted when the job ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinerDeltas {
     pub latest: RevealedDelta,
     pub previous: Option<RevealedDelta>,
@@ -415,7 +441,7 @@ pub struct MinerDeltas {
 canonical_struct!(MinerDeltas { latest, previous });
 
 /// Token supply accounting: `genesis + minted − burned` is what exists.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Supply {
     pub genesis: u64,
     pub minted: u64,
@@ -434,7 +460,7 @@ impl Supply {
 /// revealed last (the tip, right after committing); its next proposal must reveal the layer
 /// under it. Usable from `active_from` on, so nobody chooses a fresh onion after seeing the
 /// beacon it would mix into.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeaconOnion {
     pub held: Hash,
     /// Layers the onion was committed with.
@@ -593,4 +619,25 @@ pub fn decode_record<T: Decode>(key: &[u8], bytes: &[u8]) -> Result<T, CorruptSt
 /// Writes a record.
 pub fn write<T: Encode>(kv: &mut (impl KvStore + ?Sized), key: Vec<u8>, value: &T) {
     kv.put(key, value.to_bytes());
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    #[test]
+    fn phase_status_and_slash_reason_names_are_their_json_names() {
+        for phase in
+            [Phase::Open, Phase::Revealing, Phase::Verifying, Phase::AwaitingAggregate, Phase::Settled, Phase::Lapsed]
+        {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.name());
+        }
+        for status in [JobStatus::Active, JobStatus::Finished, JobStatus::Cancelled, JobStatus::Voided] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.name());
+        }
+        use crate::SlashReason::*;
+        for reason in [Poisoner, Withheld, Freeloader, MissedVerdict, OverturnedVerdict, Equivocation] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.name());
+        }
+    }
 }

@@ -20,6 +20,7 @@ use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use jsonrpsee::rpc_params;
 use serde_json::Value;
 use trellis_node::devnet::{create_with, spawn_node, stop_node, DevnetSpec};
+use trellis_node::rpc::api::TrellisRpcClient as _;
 use trellis_proto::{Amount, Encode, Hash, Keypair, Transaction, TxKind};
 
 struct Options {
@@ -89,8 +90,7 @@ fn client(url: &str) -> HttpClient {
 }
 
 async fn height(client: &HttpClient) -> Option<u64> {
-    let head: Value = client.request("chain_getHead", rpc_params![]).await.ok()?;
-    head["height"].as_u64()
+    client.head().await.ok().map(|head| head.height)
 }
 
 async fn wait_height(client: &HttpClient, target: u64, within: Duration) -> Duration {
@@ -123,12 +123,11 @@ fn watch_commits(
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let head = height(&client).await.unwrap_or(seen);
                 for h in seen + 1..=head {
-                    let block: Value = client.request("chain_getBlock", rpc_params![h]).await.unwrap();
+                    let block = client.block(h).await.unwrap();
                     let now = Instant::now();
                     let mut map = committed.lock().unwrap();
-                    for tx in block["txs"].as_array().unwrap() {
-                        let hash: Hash = tx["hash"].as_str().unwrap().parse().unwrap();
-                        map.entry(hash).or_insert(now);
+                    for tx in block.txs {
+                        map.entry(tx.hash).or_insert(now);
                     }
                 }
                 seen = head;
@@ -192,10 +191,9 @@ fn spawn_flood(
                     if !running.load(std::sync::atomic::Ordering::SeqCst) {
                         break 'flood;
                     }
-                    let answer: Result<Value, _> =
-                        clients[i % clients.len()].request("mempool_gossip", rpc_params![batch.clone()]).await;
+                    let answer = clients[i % clients.len()].gossip(batch.clone()).await;
                     sent += batch.len() as u64;
-                    admitted += answer.ok().and_then(|a| a["admitted"].as_u64()).unwrap_or(0);
+                    admitted += answer.map_or(0, |a| a.admitted as u64);
                 }
             }
             (sent, admitted)

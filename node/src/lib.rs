@@ -1,35 +1,30 @@
-//! `trellis-node`: the `trellis` binary's library — command-line parsing, the commands users
-//! run, and the node: storage ([`store`], [`ledger`]), mempool, the state its services share
-//! ([`shared`]), the consensus application ([`consensus_app`]), JSON-RPC ([`rpc`]), metrics, and
-//! the local devnet launcher.
+//! `trellis-node`: the `trellis` binary's library — the commands users run and the node's
+//! services, grouped by concern:
+//!
+//! - [`commands`]: the command line, one module per command;
+//! - [`engine`]: the Malachite application, the beacon, the evidence desk;
+//! - [`storage`]: RocksDB chain storage, the ledger, the blob store;
+//! - [`p2p`]: the blob exchange and transaction gossip;
+//! - [`rpc`]: the JSON-RPC server and the CLI's client;
+//! - [`roles`]: miner and validator duties, and the job data they fetch;
+//! - [`devnet`]: the local devnet launcher and its demo job;
+//! - [`shared`] (the state services share), [`supervisor`] (watched tasks), [`home`] (a node's
+//!   home directory and configuration), [`metrics`].
+//!
+//! Protocol rules live in the sans-IO crates (`contracts`, `protocol`, `mempool`) and in
+//! `trainer::job`/`zk::job`; the node moves bytes, keeps state and runs the trainer.
 
-pub mod attack;
-pub mod beacon;
-pub mod blobs;
-pub mod cli;
-pub mod client;
-pub mod consensus_app;
+pub mod commands;
 pub mod devnet;
-pub mod devnet_job;
-pub mod evidence_desk;
-pub mod exchange;
-pub mod gossip;
+pub mod engine;
 pub mod home;
-pub mod jobdata;
-pub mod jobs;
-pub mod ledger;
 pub mod metrics;
-pub mod plot;
+pub mod p2p;
 pub mod roles;
 pub mod rpc;
-pub mod run;
 pub mod shared;
-pub mod store;
+pub mod storage;
 pub mod supervisor;
-pub mod train;
-pub mod verify;
-pub mod zk_cli;
-pub mod zkjob;
 
 /// The transaction pool lives in its own sans-IO crate, shared with the simulator.
 pub use trellis_mempool as mempool;

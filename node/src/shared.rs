@@ -8,8 +8,8 @@ use tokio::sync::broadcast;
 use trellis_contracts::Event;
 use trellis_proto::Block;
 
-use crate::ledger::Ledger;
 use crate::mempool::Mempool;
+use crate::storage::ledger::Ledger;
 
 /// What the node tells RPC subscribers.
 #[derive(Debug, Clone)]
@@ -24,14 +24,14 @@ pub struct Shared {
     pub mempool: Mutex<Mempool>,
     pub events: broadcast::Sender<NodeEvent>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Transactions admitted over RPC, to forward to peers (see [`crate::gossip`]).
+    /// Transactions admitted over RPC, to forward to peers (see [`crate::p2p::gossip`]).
     pub gossip: tokio::sync::mpsc::Sender<trellis_proto::SignedTx>,
     /// The outer updates this validator computed; when set, a block carrying an aggregate this
     /// node did not compute identically is not voted for.
     pub aggregates: Option<Arc<crate::roles::aggregate::AggregateBook>>,
     /// This validator's beacon onions (what its proposals reveal); `None` on a full node.
-    pub beacon: Option<Arc<crate::beacon::BeaconKeeper>>,
+    pub beacon: Option<Arc<crate::engine::beacon::BeaconKeeper>>,
     /// Re-derives `Invalid` evidence from miners' trails before this validator votes (a
     /// validator with a blob exchange); `None` otherwise.
-    pub evidence: Option<Arc<crate::evidence_desk::EvidenceDesk>>,
+    pub evidence: Option<Arc<crate::engine::evidence_desk::EvidenceDesk>>,
 }

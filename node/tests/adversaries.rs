@@ -20,8 +20,8 @@ mod with_adversaries {
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
-    use serde_json::Value;
     use trellis_contracts::Params;
+    use trellis_node::devnet::job::{MinerOutcome, RoundRow};
 
     const BIN: &str = env!("CARGO_BIN_EXE_trellis");
     const RUN_LIMIT: Duration = Duration::from_secs(360);
@@ -31,8 +31,8 @@ mod with_adversaries {
     static CLEAN_LOSS: OnceLock<f64> = OnceLock::new();
 
     struct Run {
-        rounds: Vec<Value>,
-        miners: Vec<Value>,
+        rounds: Vec<RoundRow>,
+        miners: Vec<MinerOutcome>,
         /// Lines of the nodes' logs (`node*/node.log`) containing [`REFUSED_AGGREGATE`].
         refused_aggregates: usize,
         /// Lines of the nodes' logs containing [`REFUTED_EVIDENCE`].
@@ -42,7 +42,7 @@ mod with_adversaries {
     }
 
     /// What an honest validator logs when it refuses a block carrying an aggregate it computes
-    /// differently (`node/src/consensus_app.rs`).
+    /// differently (`node/src/engine/consensus_app.rs`).
     const REFUSED_AGGREGATE: &str = "block carries an aggregate this node computes differently";
     /// What an honest validator logs when a miner's trail refutes a verdict's evidence.
     const REFUTED_EVIDENCE: &str = "Invalid evidence refuted by the miner's trail";
@@ -126,20 +126,25 @@ mod with_adversaries {
             std::thread::sleep(Duration::from_millis(500));
         };
         kill_recorded(&home);
-        let read = |file: &str| -> Vec<Value> {
+        fn read<T: serde::de::DeserializeOwned>(
+            home: &Path,
+            name: &str,
+            file: &str,
+            status: std::process::ExitStatus,
+        ) -> Vec<T> {
             let text = std::fs::read_to_string(home.join(file)).unwrap_or_else(|e| {
                 panic!("{name}: {file}: {e} (devnet exited {status}); logs under {}", home.display())
             });
-            serde_json::from_str(&text).unwrap()
-        };
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {file}: {e}"))
+        }
         assert!(status.success(), "{name}: the devnet failed ({status}); logs under {}", home.display());
         let logs: Vec<String> = (0..16)
             .filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok())
             .collect();
         let count = |needle: &str| logs.iter().map(|log| log.lines().filter(|l| l.contains(needle)).count()).sum();
         let run = Run {
-            rounds: read("rounds.json"),
-            miners: read("miners.json"),
+            rounds: read(&home, name, "rounds.json", status),
+            miners: read(&home, name, "miners.json", status),
             refused_aggregates: count(REFUSED_AGGREGATE),
             refuted_evidence: count(REFUTED_EVIDENCE),
             duties_not_sent: count(DUTY_NOT_SENT),
@@ -150,7 +155,7 @@ mod with_adversaries {
     }
 
     fn final_loss(run: &Run) -> f64 {
-        run.rounds.last().and_then(|r| r["validation_loss"].as_f64()).expect("a settled round")
+        run.rounds.last().map(|r| r.validation_loss).expect("a settled round")
     }
 
     /// Runs the scenario for `kind` and checks everything the issue asks.
@@ -159,10 +164,7 @@ mod with_adversaries {
         let clean = *CLEAN_LOSS.get_or_init(|| {
             *runs += 1;
             let clean = devnet(*runs, "clean", 4, None);
-            assert!(
-                clean.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty()),
-                "nobody is slashed in a clean run"
-            );
+            assert!(clean.miners.iter().all(|m| m.slashes.is_empty()), "nobody is slashed in a clean run");
             final_loss(&clean)
         });
         *runs += 1;
@@ -171,51 +173,39 @@ mod with_adversaries {
         let took = started.elapsed().as_secs();
         assert_eq!(run.rounds.len(), 2, "{kind}: both rounds settled: {:?}", run.rounds);
         assert!(
-            run.rounds.iter().all(|r| r["accepted"] == 3),
+            run.rounds.iter().all(|r| r.accepted == 3),
             "{kind}: the three honest miners are accepted every round: {:?}",
             run.rounds
         );
 
-        let (adversaries, honest): (Vec<&Value>, Vec<&Value>) =
-            run.miners.iter().partition(|m| m["behaviour"] != "honest");
+        let (adversaries, honest): (Vec<&MinerOutcome>, Vec<&MinerOutcome>) =
+            run.miners.iter().partition(|m| m.behaviour != "honest");
         assert_eq!((adversaries.len(), honest.len()), (1, 3), "{:?}", run.miners);
         for miner in &honest {
-            assert!(miner["paid"].as_u64().unwrap() > 0, "{kind}: an honest miner is paid: {miner}");
-            assert!(
-                miner["slashes"].as_array().unwrap().is_empty(),
-                "{kind}: an honest miner is never slashed: {miner}"
-            );
-            assert_eq!(miner["bond_after"], miner["bond_before"], "{kind}: {miner}");
+            assert!(miner.paid > 0, "{kind}: an honest miner is paid: {miner:?}");
+            assert!(miner.slashes.is_empty(), "{kind}: an honest miner is never slashed: {miner:?}");
+            assert_eq!(miner.bond_after, miner.bond_before, "{kind}: {miner:?}");
         }
 
         let cheater = adversaries[0];
-        assert_eq!(cheater["behaviour"], kind);
-        assert_eq!(cheater["paid"], 0, "{kind}: a cheater earns nothing: {cheater}");
-        let slashes = cheater["slashes"].as_array().unwrap();
-        assert!(!slashes.is_empty(), "{kind}: the cheater is slashed: {cheater}");
+        assert_eq!(cheater.behaviour, kind);
+        assert_eq!(cheater.paid, 0, "{kind}: a cheater earns nothing: {cheater:?}");
+        let slashes = &cheater.slashes;
+        assert!(!slashes.is_empty(), "{kind}: the cheater is slashed: {cheater:?}");
         // Each slash takes the stated fraction of what was bonded at the time.
-        let mut bond = cheater["bond_before"].as_u64().unwrap();
+        let mut bond = cheater.bond_before;
         for slash in slashes {
-            assert_eq!(slash["reason"], reason, "{kind}: {cheater}");
-            assert_eq!(
-                slash["amount"].as_u64().unwrap(),
-                bond * ppm / 1_000_000,
-                "{kind}: slashed {ppm} ppm of {bond}: {cheater}"
-            );
-            bond -= slash["amount"].as_u64().unwrap();
+            assert_eq!(slash.reason, reason, "{kind}: {cheater:?}");
+            assert_eq!(slash.amount, bond * ppm / 1_000_000, "{kind}: slashed {ppm} ppm of {bond}: {cheater:?}");
+            bond -= slash.amount;
         }
-        assert_eq!(cheater["bond_after"].as_u64().unwrap(), bond, "{kind}: {cheater}");
-        assert_eq!(cheater["ejected"], ejected, "{kind}: ejected? {cheater}");
+        assert_eq!(cheater.bond_after, bond, "{kind}: {cheater:?}");
+        assert_eq!(cheater.ejected, ejected, "{kind}: ejected? {cheater:?}");
         // Ejected cheaters are slashed once; the others once per round they were a worker.
-        assert_eq!(slashes.len(), if ejected { 1 } else { 2 }, "{kind}: {cheater}");
+        assert_eq!(slashes.len(), if ejected { 1 } else { 2 }, "{kind}: {cheater:?}");
         // Nobody else lost stake (no validator missed a verdict).
-        let total_slashed: u64 = run.rounds.iter().map(|r| r["slashed"].as_u64().unwrap()).sum();
-        assert_eq!(
-            total_slashed,
-            cheater["bond_before"].as_u64().unwrap() - bond,
-            "{kind}: only the cheater was slashed: {:?}",
-            run.rounds
-        );
+        let total_slashed: u64 = run.rounds.iter().map(|r| r.slashed).sum();
+        assert_eq!(total_slashed, cheater.bond_before - bond, "{kind}: only the cheater was slashed: {:?}", run.rounds);
 
         let loss = final_loss(&run);
         assert!(
@@ -237,30 +227,22 @@ mod with_adversaries {
         let run = devnet_of(*runs, "groth16", 2, Some("fake-trail"), "mlp:16x8x4,batch=4,lr=0.5", 8, 2);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
         assert!(
-            run.rounds.iter().all(|r| r["accepted"] == 2),
+            run.rounds.iter().all(|r| r.accepted == 2),
             "the two honest miners are accepted every round: {:?}",
             run.rounds
         );
-        assert!(
-            run.rounds[0]["verdicts_other"].as_u64().unwrap() >= 1,
-            "the fake trail got a non-valid verdict: {:?}",
-            run.rounds
-        );
-        let (cheaters, honest): (Vec<&Value>, Vec<&Value>) =
-            run.miners.iter().partition(|m| m["behaviour"] != "honest");
+        assert!(run.rounds[0].verdicts_other >= 1, "the fake trail got a non-valid verdict: {:?}", run.rounds);
+        let (cheaters, honest): (Vec<&MinerOutcome>, Vec<&MinerOutcome>) =
+            run.miners.iter().partition(|m| m.behaviour != "honest");
         for miner in &honest {
-            assert!(miner["paid"].as_u64().unwrap() > 0 && miner["slashes"].as_array().unwrap().is_empty(), "{miner}");
+            assert!(miner.paid > 0 && miner.slashes.is_empty(), "{miner:?}");
         }
         let cheater = cheaters[0];
-        let bond = cheater["bond_before"].as_u64().unwrap();
-        assert_eq!(cheater["paid"], 0, "{cheater}");
-        assert_eq!(cheater["ejected"], true, "{cheater}");
-        assert_eq!(cheater["slashes"][0]["reason"], "poisoner", "{cheater}");
-        assert_eq!(
-            cheater["slashes"][0]["amount"].as_u64().unwrap(),
-            bond * params().poisoner_slash_ppm / 1_000_000,
-            "{cheater}"
-        );
+        let bond = cheater.bond_before;
+        assert_eq!(cheater.paid, 0, "{cheater:?}");
+        assert!(cheater.ejected, "{cheater:?}");
+        assert_eq!(cheater.slashes[0].reason, "poisoner", "{cheater:?}");
+        assert_eq!(cheater.slashes[0].amount, bond * params().poisoner_slash_ppm / 1_000_000, "{cheater:?}");
         // Four classes: a model that learned nothing scores ln 4 ≈ 1.386 nats.
         let loss = final_loss(&run);
         assert!(
@@ -288,12 +270,8 @@ mod with_adversaries {
         // 1 − 0.75^(blocks in the windows), over 99.9% here.
         let run = devnet_of(*runs, "forge-aggregate", 3, Some("forge-aggregate"), "nano", 20, 4);
         assert_eq!(run.rounds.len(), 4, "every round settled with an aggregate: {:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
-        assert!(
-            run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0),
-            "{:?}",
-            run.miners
-        );
+        assert!(run.rounds.iter().all(|r| r.accepted == 3), "{:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m.slashes.is_empty() && m.paid > 0), "{:?}", run.miners);
         assert!(
             run.refused_aggregates > 0,
             "no block with the forged aggregate was proposed in the whole run: the attack did not run"
@@ -314,17 +292,13 @@ mod with_adversaries {
         *runs += 1;
         let run = devnet_of(*runs, "frame", 3, Some("frame"), "nano", 20, 3);
         assert_eq!(run.rounds.len(), 3, "every round settled: {:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["accepted"] == 3), "{:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r.accepted == 3), "{:?}", run.rounds);
         assert!(
-            run.rounds.iter().all(|r| r["verdicts_other"] == 0),
+            run.rounds.iter().all(|r| r.verdicts_other == 0),
             "no verdict but Valid was committed: {:?}",
             run.rounds
         );
-        assert!(
-            run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty() && m["paid"].as_u64().unwrap() > 0),
-            "{:?}",
-            run.miners
-        );
+        assert!(run.miners.iter().all(|m| m.slashes.is_empty() && m.paid > 0), "{:?}", run.miners);
         assert!(run.refuted_evidence > 0, "no honest validator refuted a framed verdict: the attack did not run");
         eprintln!("frame: honest validators refuted framed evidence {} times", run.refuted_evidence);
     }
@@ -356,14 +330,14 @@ mod with_adversaries {
         assert_eq!(admitted, 0, "flood transactions were admitted");
         assert_eq!(run.duties_not_sent, 0, "a role could not send a duty during the flood");
         assert_eq!(run.rounds.len(), 2, "{:?}", run.rounds);
-        assert!(run.rounds.iter().all(|r| r["accepted"] == 3 && r["verdicts_other"] == 0), "{:?}", run.rounds);
-        assert!(run.miners.iter().all(|m| m["slashes"].as_array().unwrap().is_empty()), "{:?}", run.miners);
+        assert!(run.rounds.iter().all(|r| r.accepted == 3 && r.verdicts_other == 0), "{:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m.slashes.is_empty()), "{:?}", run.miners);
     }
 
     /// Gossips signed transfers from empty accounts at fee `u64::MAX` to the RPC of nodes
     /// `0..nodes` of the devnet at `base` until `stop`; returns (taken by a node's RPC, admitted).
     fn flood_until(base: u16, nodes: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
-        use jsonrpsee::core::client::ClientT;
+        use trellis_node::rpc::api::TrellisRpcClient as _;
         use trellis_proto::{Address, Amount, Encode, Keypair, Transaction, TxKind};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let clients: Vec<_> = (0..nodes)
@@ -377,9 +351,8 @@ mod with_adversaries {
             if stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return (0, 0);
             }
-            let head: Result<Value, _> = rt.block_on(clients[0].request("chain_getHead", jsonrpsee::rpc_params![]));
-            if let Ok(head) = head {
-                break head["chain_id"].as_str().unwrap().to_string();
+            if let Ok(head) = rt.block_on(clients[0].head()) {
+                break head.chain_id;
             }
             std::thread::sleep(Duration::from_millis(250));
         };
@@ -404,11 +377,9 @@ mod with_adversaries {
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             for client in &clients {
                 // Counted only when the node took the batch (not when its gossip budget refused it).
-                let answer: Result<Value, _> =
-                    rt.block_on(client.request("mempool_gossip", jsonrpsee::rpc_params![batch.clone()]));
-                if let Ok(answer) = answer {
+                if let Ok(answer) = rt.block_on(client.gossip(batch.clone())) {
                     sent += batch.len() as u64;
-                    admitted += answer["admitted"].as_u64().unwrap_or(0);
+                    admitted += answer.admitted as u64;
                 }
             }
         }

@@ -8,7 +8,7 @@ use trellis_consensus::{
     BlockHeight, BlockId, ConsensusVote, TrellisContext, TrellisSigner, Validator, ValidatorAddress, ValidatorSet,
 };
 use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Params, SlashReason};
-use trellis_node::consensus_app::evidence_transactions;
+use trellis_node::engine::consensus_app::evidence_transactions;
 use trellis_proto::{Hash, Keypair, TxKind};
 
 const CHAIN: &str = "evidence-test";

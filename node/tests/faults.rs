@@ -3,62 +3,22 @@
 //! one and keep committing blocks and serving blobs to well-behaved peers. (Bad RPC input is
 //! covered in cluster.rs; bad blob contents by the checker's verdicts in adversaries.rs.)
 //!
-//! One validator on 127.0.0.1, bounded waits, killed by pid at the end.
+//! One validator on 127.0.0.1 (`harness::Cluster`), bounded waits, killed by pid at the end.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use jsonrpsee::core::client::ClientT;
-use jsonrpsee::rpc_params;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol};
-use serde_json::Value;
-use trellis_node::blobs::BlobStore;
-use trellis_node::devnet::{create_with, spawn_node_as, DevnetSpec};
+use trellis_node::devnet::DevnetSpec;
 use trellis_node::home::Home;
+use trellis_node::storage::blobs::BlobStore;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis");
-
-struct Node {
-    child: Option<Child>,
-    root: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("node log kept under {}", self.root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
-fn height(rt: &tokio::runtime::Runtime, url: &str) -> u64 {
-    let client = jsonrpsee::http_client::HttpClientBuilder::default()
-        .request_timeout(Duration::from_secs(5))
-        .build(url)
-        .unwrap();
-    rt.block_on(client.request::<Value, _>("chain_getHead", rpc_params![]))
-        .map_or(0, |h| h["height"].as_u64().unwrap_or(0))
-}
-
-fn wait_for_height(rt: &tokio::runtime::Runtime, url: &str, target: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while height(rt, url) < target {
-        assert!(Instant::now() < deadline, "the node did not reach height {target}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+mod harness;
+use harness::Cluster;
 
 /// Writes `bytes` to `address` and waits for the node to close the connection; returns what it
 /// sent back first.
@@ -177,20 +137,16 @@ async fn send_raw(peer_addr: Multiaddr, requests: Vec<Vec<u8>>) -> Vec<Option<Ve
 
 #[test]
 fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving() {
-    let root = std::env::temp_dir().join(format!("trellis-faults-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
     // Below the kernel's ephemeral range (32768 and up).
     let port = 21_000 + (std::process::id() % 100) as u16 * 10;
-    let info = create_with(&root, &DevnetSpec::new(1, port, "faults-test", 200)).expect("devnet");
-    let node = &info.nodes[0];
-    // A blob the node serves.
-    let store = BlobStore::open(&Home::new(&node.home).data().join("blobs")).unwrap();
+    let mut cluster = Cluster::create("faults", &DevnetSpec::new(1, port, "faults-test", 200));
+    // A blob the node serves, stored before it starts.
+    let store = BlobStore::open(&Home::new(&cluster.info.nodes[0].home).data().join("blobs")).unwrap();
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let key = store.put_data(&blob).unwrap();
-    let child = spawn_node_as(Path::new(BIN), &node.home, "validator").expect("spawn");
-    let _node = Node { child: Some(child), root: root.clone() };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    wait_for_height(&rt, &node.rpc, 2);
+    cluster.start_all();
+    cluster.wait_for_height(&[0], 2, Duration::from_secs(60));
+    let node = &cluster.info.nodes[0];
 
     // Garbage on the raw ports: no handshake, connection dropped.
     let tcp = |multiaddr: &str| {
@@ -222,7 +178,7 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
         [&100u32.to_le_bytes()[..], &[1, 2, 3]].concat(),
     ];
     let count = bad.len();
-    let answers = rt.block_on(send_raw(blobs.clone(), bad));
+    let answers = cluster.block_on(send_raw(blobs.clone(), bad));
     assert_eq!(answers.len(), count);
     for (i, answer) in answers.iter().enumerate() {
         assert!(
@@ -235,16 +191,16 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
     let mut past_end = vec![2u8, key.kind.tag()];
     past_end.extend_from_slice(&key.hash.0);
     past_end.extend_from_slice(&u32::MAX.to_le_bytes());
-    let answers = rt.block_on(send_raw(blobs.clone(), vec![frame(&past_end)]));
+    let answers = cluster.block_on(send_raw(blobs.clone(), vec![frame(&past_end)]));
     assert_eq!(answers[0].as_deref(), Some(&frame(&[3])[..]), "a chunk past the end is 'not found'");
 
     // Still committing, and still serving a well-formed fetch.
-    let now = height(&rt, &node.rpc);
-    wait_for_height(&rt, &node.rpc, now + 2);
-    let fetched = rt.block_on(async {
+    let now = cluster.height(0).expect("the node answers");
+    cluster.wait_for_height(&[0], now + 2, Duration::from_secs(60));
+    let fetched = cluster.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let local = format!("/ip4/127.0.0.1/tcp/{}", port + 9);
-        let (net, _) = trellis_node::exchange::start(
+        let (net, _) = trellis_node::p2p::exchange::start(
             [9; 32],
             &local,
             std::slice::from_ref(&node.blobs),

@@ -5,29 +5,14 @@
 //! most `rpc.max_subscriptions_per_connection` subscriptions. One `trellis run` on 127.0.0.1;
 //! the second client connects from 127.0.0.2 (the loopback network answers for all of 127/8).
 
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use jsonrpsee::core::client::SubscriptionClientT;
-use jsonrpsee::rpc_params;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trellis_node::devnet::{create, spawn_node};
+use trellis_node::devnet::DevnetSpec;
+use trellis_node::rpc::api::TrellisRpcClient as _;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trellis");
-
-struct Node(Child, std::path::PathBuf);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-}
+mod harness;
+use harness::Cluster;
 
 /// One JSON-RPC call over a fresh HTTP connection from `source`; the response (empty when the
 /// node does not accept the connection, e.g. before it started).
@@ -48,11 +33,9 @@ async fn call_from(source: &str, rpc: &str, method: &str, params: &str) -> Strin
 
 #[test]
 fn each_client_has_its_own_budget_gossip_has_another_and_subscriptions_are_capped() {
-    let root = std::env::temp_dir().join(format!("trellis-rpc-budgets-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
     let port = 26_000 + (std::process::id() % 100) as u16 * 20;
-    let info = create(&root, 1, port, "rpc-budgets", 300).expect("devnet");
-    let home = &info.nodes[0].home;
+    let mut cluster = Cluster::create("rpc-budgets", &DevnetSpec::new(1, port, "rpc-budgets", 300));
+    let home = cluster.info.nodes[0].home.clone();
     let config_path = home.join("config").join("node.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let config = config
@@ -64,10 +47,9 @@ fn each_client_has_its_own_budget_gossip_has_another_and_subscriptions_are_cappe
         "{config}"
     );
     std::fs::write(&config_path, config).unwrap();
-    let _node = Node(spawn_node(Path::new(BIN), home).expect("spawn"), root.clone());
-    let rpc = info.nodes[0].rpc.trim_start_matches("http://").to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    cluster.start_all();
+    let rpc = cluster.url(0).trim_start_matches("http://").to_string();
+    cluster.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !call_from("127.0.0.1", &rpc, "chain_getHead", "[]").await.contains("\"height\"") {
             assert!(Instant::now() < deadline, "the node did not answer");
@@ -93,14 +75,9 @@ fn each_client_has_its_own_budget_gossip_has_another_and_subscriptions_are_cappe
             jsonrpsee::ws_client::WsClientBuilder::default().build(format!("ws://{rpc}")).await.expect("websocket");
         let mut open = Vec::new();
         for _ in 0..3 {
-            let subscription: jsonrpsee::core::client::Subscription<Value> = ws
-                .subscribe("chain_subscribeHeads", rpc_params![], "chain_unsubscribeHeads")
-                .await
-                .expect("within the cap");
-            open.push(subscription);
+            open.push(ws.subscribe_heads().await.expect("within the cap"));
         }
-        let fourth: Result<jsonrpsee::core::client::Subscription<Value>, _> =
-            ws.subscribe("chain_subscribeHeads", rpc_params![], "chain_unsubscribeHeads").await;
+        let fourth = ws.subscribe_heads().await;
         assert!(fourth.is_err(), "a fourth subscription on one connection was accepted");
     });
 }

@@ -18,6 +18,8 @@
 //!   blob;
 //! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
 //!   and the validator's side of it ([`beacon::Onion`]);
+//! - [`behaviour`]: the one vocabulary of misbehaviour that devnets, end-to-end tests and the
+//!   simulator stage;
 //! - [`economics`]: the odds of escaping a check when faking some segments, and what faking is
 //!   worth against working honestly.
 //!
@@ -26,6 +28,7 @@
 
 pub mod aggregate;
 pub mod beacon;
+pub mod behaviour;
 pub mod economics;
 pub mod evidence;
 pub mod judge;

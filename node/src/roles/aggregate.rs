@@ -17,8 +17,8 @@ use trellis_proto::{Aggregate, Hash, JobId, TxKind};
 use trellis_trainer::encoding;
 
 use super::{RoleContext, Work};
-use crate::blobs::{BlobKey, BlobKind};
-use crate::jobdata::{self, FETCH_PATIENCE};
+use crate::roles::jobdata::{self, FETCH_PATIENCE};
+use crate::storage::blobs::{BlobKey, BlobKind};
 
 /// Blocks each validator waits after the one before it in the sending order.
 const SEND_STAGGER_BLOCKS: u64 = 4;
@@ -79,7 +79,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
             continue;
         }
         match book.get(job.id, round.round) {
-            None if context.behaviour == super::behaviour::Behaviour::ForgeAggregate => {
+            None if context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate => {
                 // The forger does not compute anything: it puts its forgery forward at once.
                 let forged = forged_model(job.id, round.round);
                 tracing::warn!(target: "node::aggregate", job = %job.id, round = round.round, model = %forged, "putting a forged aggregate forward (forge-aggregate adversary)");
@@ -110,7 +110,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
                 let tallied_at =
                     round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
-                let forger = context.behaviour == super::behaviour::Behaviour::ForgeAggregate;
+                let forger = context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate;
                 if height < tallied_at + rank * SEND_STAGGER_BLOCKS && !forger {
                     continue;
                 }

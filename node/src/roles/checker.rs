@@ -5,7 +5,7 @@
 //! end and every step's loss, check the last link (Δ encodes θ_r − θ_final), and send the
 //! verdict before the window closes. In a `groth16` job the segment is not re-executed: its proof
 //! is checked against the commitments to the trail's checkpoints and the scheduled batches
-//! (`crate::zkjob`).
+//! (`trellis_verifier::groth16`).
 //!
 //! Every assigned segment gets a verdict, and every way a check can fail has its blame
 //! ([`Blame`]): the miner's data (`Invalid` with evidence, or `Unavailable` when no holder serves
@@ -27,10 +27,10 @@ use trellis_trainer::checkpoint::CheckpointData;
 use trellis_verifier::segment::{check_claim, check_delta, residual_within_bound, BlobError, BlobSource, Replay};
 
 use super::{RoleContext, Work};
-use crate::blobs::{BlobKey, BlobKind, BlobStore};
-use crate::exchange::FetchError;
-use crate::jobdata;
-use crate::zkjob::{self, SegmentEvidence, ZkJob};
+use crate::p2p::exchange::FetchError;
+use crate::roles::jobdata;
+use crate::storage::blobs::{BlobKey, BlobKind, BlobStore};
+use trellis_verifier::groth16::{self, SegmentEvidence, ZkJob};
 
 /// How long a checker waits for a miner's blobs before calling them unavailable.
 const BLOB_PATIENCE: Duration = Duration::from_secs(20);
@@ -93,7 +93,7 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
                     tracing::warn!(target: "node::checker", job = %job.id, round = round.round, "verification window closed before our verdict");
                     return;
                 }
-                let outcome = if context.behaviour == super::behaviour::Behaviour::Frame {
+                let outcome = if context.behaviour == trellis_protocol::behaviour::Behaviour::Frame {
                     // The framer's made-up mismatch: a checkpoint hash the miner never claimed.
                     let made_up = Hash::digest(
                         trellis_proto::HashDomain::Blob,
@@ -230,7 +230,7 @@ async fn gather(
     let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
     let zk = match ZkJob::of(&job.spec) {
         Ok(zk) => zk,
-        Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error, job))),
+        Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error.into(), job))),
     };
     // Our exchange works (it just served the trail): a dataset no peer serves is the job's fault.
     let dataset = match context.dataset(job.spec.dataset_root).await {
@@ -240,7 +240,7 @@ async fn gather(
     // θ_r is the committed model every validator computed: failing to get it is ours.
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
     let start = match &zk {
-        Some(zk) => zk.start_checkpoint_hash(&global),
+        Some(zk) => zk.start_checkpoint_hash(&global).map_err(anyhow::Error::from),
         None => {
             trellis_trainer::job::start_checkpoint_hash(&job.spec, round.round, &global).map_err(anyhow::Error::from)
         }
@@ -342,7 +342,7 @@ async fn judge(
             (Some((zk, verifier, proof)), _) => {
                 let (start, end) = (checkpoint(claim.start.hash)?, checkpoint(claim.end.hash)?);
                 let evidence = SegmentEvidence { start_checkpoint: &start, end_checkpoint: &end, proof };
-                zkjob::check_segment(
+                groth16::check_segment(
                     spec,
                     zk,
                     verifier,

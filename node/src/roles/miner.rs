@@ -4,7 +4,7 @@
 //! address before the commit deadline, and after it reveals the work and publishes its blobs
 //! (trail, checkpoints, Δ), which the blob exchange then serves to checkers. In a `groth16` job
 //! it trains the job's fixed-point model and publishes a proof of every segment
-//! (`crate::zkjob`).
+//! (`trellis_verifier::groth16`).
 //!
 //! Until the reveal, a round's blobs wait in a stage directory under the work directory, with
 //! the reveal itself: nobody can read the Δ or the final checkpoint before the commit phase has
@@ -29,11 +29,11 @@ use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{init_normals, Gpt};
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
-use super::behaviour::Behaviour;
 use super::{RoleContext, Work};
-use crate::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
-use crate::jobdata;
-use crate::zkjob::{ZkJob, ZkTraining};
+use crate::roles::jobdata;
+use crate::storage::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
+use trellis_protocol::behaviour::Behaviour;
+use trellis_verifier::groth16::{ZkJob, ZkTraining};
 
 /// Blocks a miner waits before checking again a job it could not run.
 const RECHECK_BLOCKS: u64 = 20;
@@ -132,7 +132,7 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
                 .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline)
                 .await
                 .context("the job's verifying key")?;
-            crate::zkjob::check_keys(spec, &zk, &proving_key, &verifying_key)?;
+            trellis_verifier::groth16::check_keys(spec, &zk, &proving_key, &verifying_key)?;
         }
         None => {
             let model = Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu).context("the job's model")?;
@@ -566,6 +566,16 @@ async fn train_round(
             }
             let _ = std::fs::remove_dir_all(&dir);
             let mut losses = outcome.trail.losses;
+            // An honest round's trail holds a checkpoint where each of the round's segments ends.
+            debug_assert!(
+                behaviour == Behaviour::UnitGap
+                    || outcome.trail.checkpoints.len() as u32
+                        == trellis_protocol::trail::checkpoint_count(
+                            spec.diloco.inner_steps,
+                            spec.verification.checkpoint_interval
+                        ),
+                "an honest trail has one checkpoint per segment end and the start"
+            );
             if behaviour == Behaviour::UnitGap {
                 let last = losses.last().copied().unwrap_or(0.0);
                 losses.resize(spec.diloco.inner_steps as usize, last);

@@ -8,8 +8,8 @@
 //! had come over RPC.
 
 pub mod aggregate;
-pub mod behaviour;
 pub mod checker;
+pub mod jobdata;
 pub mod miner;
 
 /// A piece of role work that is started once (until forgotten): what it is, and the job,
@@ -106,7 +106,7 @@ use trellis_proto::{Address, Amount, Hash, JobId, Keypair, Transaction, TxKind};
 use trellis_trainer::data::Dataset;
 use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
 
-use crate::exchange::BlobNet;
+use crate::p2p::exchange::BlobNet;
 use crate::shared::Shared;
 
 /// Fee on the transactions roles send.
@@ -125,7 +125,7 @@ pub struct RoleContext {
     pub work_dir: PathBuf,
     pub device: Device,
     /// How this node mines (always `Honest` unless built with the `adversary` feature).
-    pub behaviour: behaviour::Behaviour,
+    pub behaviour: trellis_protocol::behaviour::Behaviour,
     /// Pieces of work started (so each is done once).
     started: Mutex<HashSet<Work>>,
     /// Own failures counted per piece of work (so a checker abstains after a few).
@@ -158,9 +158,9 @@ async fn cached_key<T: Send + Sync + 'static>(
     if let Some(found) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
         return Ok(found.clone());
     }
-    let deadline = tokio::time::Instant::now() + crate::jobdata::FETCH_PATIENCE;
+    let deadline = tokio::time::Instant::now() + crate::roles::jobdata::FETCH_PATIENCE;
     let bytes = net
-        .fetch_until(crate::blobs::BlobKey::new(crate::blobs::BlobKind::Data, hash), deadline)
+        .fetch_until(crate::storage::blobs::BlobKey::new(crate::storage::blobs::BlobKind::Data, hash), deadline)
         .await
         .with_context(|| format!("fetching the job's {what}"))?;
     let value = tokio::task::spawn_blocking(move || build(&bytes))
@@ -190,7 +190,7 @@ impl RoleContext {
         key: Arc<Keypair>,
         work_dir: PathBuf,
         device: Device,
-        behaviour: behaviour::Behaviour,
+        behaviour: trellis_protocol::behaviour::Behaviour,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
@@ -226,7 +226,7 @@ impl RoleContext {
     /// with the jobs that have ended).
     pub fn active_jobs(&self) -> Vec<Job> {
         let view = self.shared.ledger.store().pending_state();
-        state::active_jobs(&view).unwrap_or_else(|e| crate::store::fatal(e))
+        state::active_jobs(&view).unwrap_or_else(|e| crate::storage::store::fatal(e))
     }
 
     /// Deletes what this node keeps of rounds nobody needs any more: the round blobs (trails,
@@ -275,7 +275,7 @@ impl RoleContext {
         if let Some(found) = self.datasets.lock().unwrap_or_else(|p| p.into_inner()).get(&root) {
             return Ok(found.clone());
         }
-        let dataset = crate::jobdata::fetch_dataset(&self.net, root).await?;
+        let dataset = crate::roles::jobdata::fetch_dataset(&self.net, root).await?;
         if dataset.root() != root {
             anyhow::bail!("the fetched dataset has root {}, not {root}", dataset.root());
         }

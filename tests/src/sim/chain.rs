@@ -1,7 +1,7 @@
 //! One simulated node's application: the chain's rules (`trellis-contracts`) over an in-memory
 //! store, block building and checking, the aggregate every validator recomputes, and a mempool.
 //!
-//! It mirrors the node's ledger (`node/src/ledger.rs`): a block is begin-block, every
+//! It mirrors the node's ledger (`node/src/storage/ledger.rs`): a block is begin-block, every
 //! transaction in order, end-block, then the state root; a proposer leaves failing transactions
 //! out, a checker rejects a block in which any transaction fails. On top of that, like the
 //! node's `check_block`, an honest validator rejects a block whose `CommitAggregate` differs

@@ -40,8 +40,9 @@ use chain::Ledger;
 use invariants::{Checker, LivenessReport, Violation};
 use network::{EventQueue, Fate, Fault, FaultConfig, FaultPlan, Links, NodeId, Time};
 use rng::SimRng;
+use trellis_protocol::behaviour::{Behaviour, SIMULATED_MINERS};
 use validator::{Coalition, Dest, Identity, Message, Node, Note, Outbox, SignatureMemo, TimerKey};
-use workload::{Cast, Flood, MinerBehaviour, Workload};
+use workload::{Cast, Flood, Workload};
 
 /// The chain id of every simulated chain.
 pub const SIM_CHAIN_ID: &str = "trellis-sim";
@@ -237,7 +238,7 @@ pub struct SimReport {
     pub validators: usize,
     pub byzantine: Vec<NodeId>,
     pub strategy: String,
-    pub miners: Vec<MinerBehaviour>,
+    pub miners: Vec<Behaviour>,
     /// The first safety violation, if any (the run stops there).
     pub violation: Option<Violation>,
     pub liveness: LivenessReport,
@@ -440,12 +441,12 @@ impl Simulation {
         };
 
         // Miners: two honest, the rest drawn, at least one cheating.
-        let mut behaviours: Vec<MinerBehaviour> = (0..config.miners)
-            .map(|i| if i < 2 { MinerBehaviour::Honest } else { *setup.pick(&MinerBehaviour::ALL) })
+        let mut behaviours: Vec<Behaviour> = (0..config.miners)
+            .map(|i| if i < 2 { Behaviour::Honest } else { *setup.pick(&SIMULATED_MINERS) })
             .collect();
-        if config.miners > 2 && behaviours.iter().all(|b| *b == MinerBehaviour::Honest) {
+        if config.miners > 2 && behaviours.iter().all(|b| *b == Behaviour::Honest) {
             let index = setup.between(2, config.miners as u64 - 1) as usize;
-            behaviours[index] = *setup.pick(&MinerBehaviour::ALL[1..]);
+            behaviours[index] = *setup.pick(&SIMULATED_MINERS[1..]);
         }
 
         let mut accounts: Vec<(Address, u64)> =
@@ -469,7 +470,7 @@ impl Simulation {
         let genesis_ledger = Ledger::from_genesis(&genesis);
 
         let coalition = Rc::new(RefCell::new(coalition));
-        let ground_truth: Rc<BTreeMap<Address, MinerBehaviour>> =
+        let ground_truth: Rc<BTreeMap<Address, Behaviour>> =
             Rc::new(miner_keys.iter().zip(&behaviours).map(|(k, b)| (k.address(), *b)).collect());
         let memo = Rc::new(RefCell::new(SignatureMemo::default()));
         let ctx = TrellisContext::new(SIM_CHAIN_ID);

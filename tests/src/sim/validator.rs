@@ -51,7 +51,8 @@ use trellis_protocol::beacon::{self, Onion};
 use super::chain::{beacon_after, Executed, Ledger, Mempool};
 use super::network::{NodeId, Time};
 use super::rng::SimRng;
-use super::workload::{MinerBehaviour, FEE};
+use super::workload::{finding, FEE};
+use trellis_protocol::behaviour::Behaviour;
 
 type Ctx = TrellisContext;
 pub type SignedVote = mc::SignedVote<Ctx>;
@@ -309,7 +310,7 @@ pub struct Identity {
     /// Whether the WAL survives a crash (turned off only to show the checker catches it).
     pub durable_wal: bool,
     pub coalition: Rc<RefCell<Coalition>>,
-    pub ground_truth: Rc<BTreeMap<Address, MinerBehaviour>>,
+    pub ground_truth: Rc<BTreeMap<Address, Behaviour>>,
     pub memo: Rc<RefCell<SignatureMemo>>,
 }
 
@@ -1381,9 +1382,8 @@ impl Running<'_> {
                 let outcome = if self.me.byzantine {
                     VerdictOutcome::Valid // the coalition covers for cheaters
                 } else {
-                    let behaviour =
-                        self.me.ground_truth.get(&assignment.miner).copied().unwrap_or(MinerBehaviour::Honest);
-                    behaviour.finding(&assignment.miner, assignment.segment)
+                    let behaviour = self.me.ground_truth.get(&assignment.miner).copied().unwrap_or(Behaviour::Honest);
+                    finding(behaviour, &assignment.miner, assignment.segment)
                 };
                 let kind = TxKind::Verdict(Verdict {
                     job: job.id,

@@ -3,7 +3,7 @@
 //! from the seed.
 //!
 //! Miners' behaviours are the ground truth an honest checker's re-execution would find
-//! ([`MinerBehaviour::finding`]): the simulator does not train, it knows what a replay would
+//! ([`finding`]): the simulator does not train, it knows what a replay would
 //! produce, and judges it with the protocol's own rules (`trellis_protocol::judge`). Miners commit
 //! a binding and reveal their work after the commit phase; a copier commits another miner's
 //! binding and can never reveal it (the chain's rule); poisoners, withholders and work-skippers
@@ -22,6 +22,7 @@ use trellis_proto::{
     OuterOptimizer, Role, SignedTx, TrailEntry, Transaction, TxKind, VerdictOutcome, VerificationMode,
     VerificationParams, WorkCommitment, WorkReveal,
 };
+use trellis_protocol::behaviour::Behaviour;
 use trellis_protocol::judge::{judge_replay, Replayed};
 use trellis_protocol::{Blame, Comparison, SegmentClaim};
 
@@ -37,50 +38,33 @@ pub const FLOOD_FEE: u64 = 2;
 /// A transaction not taken by the chain within this long is sent again.
 const RESEND_MS: Time = 4_000;
 
-/// What a miner does with a round (DESIGN §3: honest, poisoner, freeloaders).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum MinerBehaviour {
-    Honest,
-    /// Trains on something else: a checker's re-execution does not reproduce its trail.
-    Poisoner,
-    /// Commits another worker's binding (which it can never reveal).
-    Copier,
-    /// Commits and reveals made-up work and serves nothing.
-    SkipWork,
-    /// Never serves its checkpoints: checkers report it unavailable.
-    Withhold,
-}
-
-impl MinerBehaviour {
-    pub const ALL: [MinerBehaviour; 5] = [
-        MinerBehaviour::Honest,
-        MinerBehaviour::Poisoner,
-        MinerBehaviour::Copier,
-        MinerBehaviour::SkipWork,
-        MinerBehaviour::Withhold,
-    ];
-
-    /// What an honest checker finds when it re-executes a sampled segment of this miner: the
-    /// replay the simulator knows this miner's trail leads to, judged by the protocol's rules.
-    pub fn finding(self, miner: &Address, segment: u32) -> VerdictOutcome {
-        let hash = |label: &[u8]| {
-            Hash::digest(HashDomain::Checkpoint, &[miner.0.as_slice(), &segment.to_le_bytes(), label].concat())
-        };
-        let losses = [3.25f32];
-        let claim = SegmentClaim {
-            segment,
-            start: TrailEntry { step: u64::from(segment), hash: hash(b"start") },
-            end: TrailEntry { step: u64::from(segment) + 1, hash: hash(b"claimed") },
-            steps: 1,
-            losses: &losses,
-        };
-        let reached = match self {
-            MinerBehaviour::Withhold | MinerBehaviour::SkipWork => return Blame::Withheld.outcome(),
-            MinerBehaviour::Poisoner => hash(b"reproduced"),
-            MinerBehaviour::Honest | MinerBehaviour::Copier => claim.end.hash,
-        };
-        judge_replay(&claim, &Replayed { end_hash: reached, losses: &losses, distance: 0.0 }, Comparison::Exact)
-    }
+/// What an honest checker finds when it re-executes a sampled segment of a miner that behaves
+/// as `behaviour` (`trellis_protocol::behaviour`; the simulator stages
+/// `behaviour::SIMULATED_MINERS`): the replay the simulator knows this miner's trail leads to,
+/// judged by the protocol's rules.
+pub fn finding(behaviour: Behaviour, miner: &Address, segment: u32) -> VerdictOutcome {
+    let hash = |label: &[u8]| {
+        Hash::digest(HashDomain::Checkpoint, &[miner.0.as_slice(), &segment.to_le_bytes(), label].concat())
+    };
+    let losses = [3.25f32];
+    let claim = SegmentClaim {
+        segment,
+        start: TrailEntry { step: u64::from(segment), hash: hash(b"start") },
+        end: TrailEntry { step: u64::from(segment) + 1, hash: hash(b"claimed") },
+        steps: 1,
+        losses: &losses,
+    };
+    let reached = match behaviour {
+        Behaviour::Withhold | Behaviour::SkipWork => return Blame::Withheld.outcome(),
+        // Its trail (or its Δ, which the same check covers) is not what training gives.
+        Behaviour::FakeTrail | Behaviour::UnitGap | Behaviour::PoisonSignFlip | Behaviour::PoisonNoise => {
+            hash(b"reproduced")
+        }
+        Behaviour::Honest | Behaviour::Copy | Behaviour::LyingPeer | Behaviour::ForgeAggregate | Behaviour::Frame => {
+            claim.end.hash
+        }
+    };
+    judge_replay(&claim, &Replayed { end_hash: reached, losses: &losses, distance: 0.0 }, Comparison::Exact)
 }
 
 /// The job every simulated submitter posts: small windows so whole rounds fit in a run.
@@ -130,7 +114,7 @@ struct InFlight {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     Submitter,
-    Miner(MinerBehaviour),
+    Miner(Behaviour),
     /// Moves funds around.
     User,
 }
@@ -207,7 +191,7 @@ pub struct Workload {
 /// and the users sending transfers.
 pub struct Cast {
     pub submitter: Keypair,
-    pub miners: Vec<(Keypair, MinerBehaviour)>,
+    pub miners: Vec<(Keypair, Behaviour)>,
     pub users: Vec<Keypair>,
 }
 
@@ -294,7 +278,7 @@ impl Workload {
     fn miner_action(
         &mut self,
         address: &Address,
-        behaviour: MinerBehaviour,
+        behaviour: Behaviour,
         rounds: &[(Job, RoundState)],
         vectors: &Vectors,
     ) -> Option<TxKind> {
@@ -350,8 +334,8 @@ impl Workload {
 
     /// What `miner` commits: the binding of its own work, or a copier's copy of another worker's
     /// (as read from the mempool: the simulator computes it).
-    fn commitment(&self, miner: &Address, behaviour: MinerBehaviour, job: &Job, round: &RoundState) -> WorkCommitment {
-        let victim = round.workers.iter().find(|w| *w != miner).filter(|_| behaviour == MinerBehaviour::Copier);
+    fn commitment(&self, miner: &Address, behaviour: Behaviour, job: &Job, round: &RoundState) -> WorkCommitment {
+        let victim = round.workers.iter().find(|w| *w != miner).filter(|_| behaviour == Behaviour::Copy);
         let owner = victim.unwrap_or(miner);
         WorkCommitment { job: job.id, round: round.round, binding: Self::work(owner, job, round).binding(owner) }
     }

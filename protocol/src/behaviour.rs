@@ -1,8 +1,11 @@
-//! How a miner behaves. Everything but `Honest` is an attack, kept so that tests and devnets
-//! can show what the protocol does to cheaters: a user can only select one with a `trellis`
-//! binary built with the `adversary` feature (`make devnet` and `make test` build it so; a
-//! plain `cargo build` does not), through `trellis run --behaviour` or
-//! `trellis devnet --adversary KIND=COUNT`.
+//! How a participant behaves: the one vocabulary of misbehaviour that the node's devnets and
+//! end-to-end tests stage with real processes and the simulator stages in its seeded runs.
+//! Everything but `Honest` is an attack, kept so that tests and devnets can show what the
+//! protocol does to cheaters: a node can only be told to misbehave when its `trellis` binary is
+//! built with the `adversary` feature (`make devnet` and `make test` build it so; a plain
+//! `cargo build` and `make build` do not), through `trellis run --behaviour` or
+//! `trellis devnet --adversary KIND=COUNT`. The simulator stages the miners' kinds it models
+//! ([`SIMULATED_MINERS`]).
 //!
 //! What each one does and what should catch it (docs/threat-model.md has the full table):
 //! - `poison-sign-flip`, `poison-noise`: train honestly, publish the trail, send −Δ or noise
@@ -31,8 +34,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A miner's behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+/// A participant's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Behaviour {
     #[default]
@@ -59,6 +62,11 @@ pub enum Behaviour {
     /// miner never claimed.
     Frame,
 }
+
+/// The miners' behaviours the simulator stages (it does not train, so those it models are
+/// the ones whose outcome a checker's verdict or the chain's rules decide).
+pub const SIMULATED_MINERS: [Behaviour; 5] =
+    [Behaviour::Honest, Behaviour::FakeTrail, Behaviour::Copy, Behaviour::SkipWork, Behaviour::Withhold];
 
 impl Behaviour {
     pub const ALL: [Behaviour; 11] = [
@@ -147,8 +155,8 @@ mod tests {
     fn every_name_parses_back_and_adversary_specs_are_checked() {
         for behaviour in Behaviour::ALL {
             assert_eq!(behaviour.name().parse::<Behaviour>(), Ok(behaviour));
-            let via_clap = <Behaviour as clap::ValueEnum>::from_str(behaviour.name(), false);
-            assert_eq!(via_clap, Ok(behaviour), "clap and FromStr agree on {behaviour}");
+            let json = serde_json::to_value(behaviour).unwrap();
+            assert_eq!(json, behaviour.name(), "serde and FromStr agree on {behaviour}");
         }
         assert_eq!(parse_adversary("copy=2"), Ok((Behaviour::Copy, 2)));
         assert_eq!(parse_adversary("fake-trail"), Ok((Behaviour::FakeTrail, 1)));

@@ -2,7 +2,7 @@
 //! θ_r and the outer momentum (flat f32 in `trellis_protocol::model`'s layout).
 //!
 //! The training rules a job's spec fixes (inner optimizer, batch schedule, a round's start
-//! state) are `trellis_trainer::job`; a groth16 job's are `crate::zkjob`.
+//! state) are `trellis_trainer::job`; a groth16 job's are `trellis_verifier::groth16`.
 
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use trellis_proto::{Hash, JobSpec};
 use trellis_protocol::model::weights_from_bytes;
 use trellis_trainer::data::{Dataset, DEFAULT_SHARD_BYTES};
 
-use crate::blobs::{BlobKey, BlobKind, BlobStore, DatasetManifest};
-use crate::exchange::BlobNet;
+use crate::p2p::exchange::BlobNet;
+use crate::storage::blobs::{BlobKey, BlobKind, BlobStore, DatasetManifest};
 
 /// How long a role waits for a job's blobs to appear on some peer.
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
@@ -71,7 +71,7 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
 /// model blob.
 pub async fn global_weights(net: &BlobNet, job: &Job) -> anyhow::Result<Vec<f32>> {
     if job.model_hash == Hash::ZERO {
-        if let Some(zk) = crate::zkjob::ZkJob::of(&job.spec)? {
+        if let Some(zk) = trellis_verifier::groth16::ZkJob::of(&job.spec)? {
             return Ok(trellis_zk::job::initial_weights(&zk.model, job.spec.init_seed));
         }
         return Ok(trellis_trainer::job::initial_weights(&job.spec)?);

@@ -19,9 +19,9 @@ use trellis_proto::{Block, Hash, SignedTx, Trail, TxKind, Verdict, VerdictOutcom
 use trellis_protocol::evidence::{rederive, FetchedTrail, Unfounded};
 use trellis_protocol::TrailFrame;
 
-use crate::blobs::{BlobKey, BlobKind};
-use crate::exchange::BlobNet;
-use crate::ledger::Ledger;
+use crate::p2p::exchange::BlobNet;
+use crate::storage::blobs::{BlobKey, BlobKind};
+use crate::storage::ledger::Ledger;
 
 /// The longest a validator waits for the trails of one block's `Invalid` verdicts.
 pub const EVIDENCE_WAIT: Duration = Duration::from_millis(1500);

@@ -1,12 +1,22 @@
-//! The command line: one subcommand per thing a user does.
+//! The command line: one subcommand per thing a user does, each in its own module: [`run`]
+//! (a node), [`job`] (submit and follow a job, stake, export a model), [`train`] (DiLoCo on
+//! this machine, with the attacks of [`attack`] and the charts of [`plot`]), [`verify`] (check
+//! a trail), [`zk`] (Groth16 setup, proofs, checks); `devnet` is `crate::devnet`, `tx` and
+//! `query` are `crate::rpc::client`.
 
-use std::process::ExitCode;
+pub mod attack;
+pub mod job;
+pub mod plot;
+pub mod run;
+pub mod train;
+pub mod verify;
+pub mod zk;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::train::{EvalArgs, TrainArgs};
+use crate::commands::train::{EvalArgs, TrainArgs};
 
 /// Trellis: a blockchain on which strangers train a language model together, and can prove it.
 #[derive(Debug, Parser)]
@@ -46,25 +56,25 @@ pub enum Command {
     Model(ModelCommand),
     /// Check Proof-of-Learning trails by re-executing their segments.
     #[command(subcommand)]
-    Verify(crate::verify::VerifyCommand),
+    Verify(crate::commands::verify::VerifyCommand),
     /// Run a node from its home directory until Ctrl-C.
-    Run(crate::run::RunArgs),
+    Run(crate::commands::run::RunArgs),
     /// Start N validators on loopback with a fresh genesis, until Ctrl-C.
     Devnet(crate::devnet::DevnetArgs),
     /// Sign and submit a transaction to a node.
     #[command(subcommand)]
-    Tx(crate::client::TxCommand),
+    Tx(crate::rpc::client::TxCommand),
     /// Ask a node about the chain.
     #[command(subcommand)]
-    Query(crate::client::QueryCommand),
+    Query(crate::rpc::client::QueryCommand),
     /// Submit a training job and follow it.
     #[command(subcommand)]
-    Job(crate::jobs::JobCommand),
+    Job(crate::commands::job::JobCommand),
     /// Bond stake as a miner or validator (shorthand for `trellis tx bond`).
-    Stake(crate::jobs::StakeArgs),
+    Stake(crate::commands::job::StakeArgs),
     /// Groth16 proofs of fixed-point SGD steps of a small model (docs/zk.md).
     #[command(subcommand)]
-    Zk(crate::zk_cli::ZkCommand),
+    Zk(crate::commands::zk::ZkCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
 }
@@ -90,22 +100,7 @@ pub enum ModelCommand {
     /// Print a model's validation loss and perplexity on a text.
     Eval(EvalArgs),
     /// Fetch a job's latest committed model, check its hash against the chain, write safetensors.
-    Export(crate::jobs::ExportArgs),
-}
-
-/// Parses `std::env::args` and runs the command; errors are printed for humans.
-pub fn main() -> ExitCode {
-    // Before anything else runs: MKL reads this when libtorch first calls it.
-    trellis_trainer::device::configure_reproducibility();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::CheckFailed) => ExitCode::from(2),
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Export(crate::commands::job::ExportArgs),
 }
 
 /// How a command that ran to the end came out.
@@ -117,14 +112,16 @@ pub enum Outcome {
 
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Train(args) => crate::train::train(args).map(|()| Outcome::Success),
-        Command::Model(ModelCommand::Eval(args)) => crate::train::eval(args).map(|()| Outcome::Success),
-        Command::Model(ModelCommand::Export(args)) => crate::jobs::export(args).map(|()| Outcome::Success),
-        Command::Job(command) => crate::jobs::job(command).map(|()| Outcome::Success),
-        Command::Stake(args) => crate::jobs::stake(args).map(|()| Outcome::Success),
-        Command::Zk(command) => Ok(if crate::zk_cli::zk(command)? { Outcome::Success } else { Outcome::CheckFailed }),
-        Command::Verify(crate::verify::VerifyCommand::Trail(args)) => {
-            Ok(if crate::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
+        Command::Train(args) => crate::commands::train::train(args).map(|()| Outcome::Success),
+        Command::Model(ModelCommand::Eval(args)) => crate::commands::train::eval(args).map(|()| Outcome::Success),
+        Command::Model(ModelCommand::Export(args)) => crate::commands::job::export(args).map(|()| Outcome::Success),
+        Command::Job(command) => crate::commands::job::job(command).map(|()| Outcome::Success),
+        Command::Stake(args) => crate::commands::job::stake(args).map(|()| Outcome::Success),
+        Command::Zk(command) => {
+            Ok(if crate::commands::zk::zk(command)? { Outcome::Success } else { Outcome::CheckFailed })
+        }
+        Command::Verify(crate::commands::verify::VerifyCommand::Trail(args)) => {
+            Ok(if crate::commands::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
         }
         Command::Init { home, moniker, chain_id, base_port, genesis } => {
             let home = crate::home::init(&home, &moniker, &chain_id, base_port, genesis.as_deref())?;
@@ -152,10 +149,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             );
             Ok(Outcome::Success)
         }
-        Command::Run(args) => crate::run::run(args).map(|()| Outcome::Success),
+        Command::Run(args) => crate::commands::run::run(args).map(|()| Outcome::Success),
         Command::Devnet(args) => crate::devnet::devnet(args).map(|()| Outcome::Success),
-        Command::Tx(command) => crate::client::send(command).map(|()| Outcome::Success),
-        Command::Query(command) => crate::client::query(command).map(|()| Outcome::Success),
+        Command::Tx(command) => crate::rpc::client::send(command).map(|()| Outcome::Success),
+        Command::Query(command) => crate::rpc::client::query(command).map(|()| Outcome::Success),
         Command::Doctor => {
             println!("{}", trellis_trainer::device::BackendInfo::probe());
             Ok(Outcome::Success)

@@ -1,5 +1,7 @@
 //! Jobs in `groth16` verification mode (`docs/zk.md` §10): what their miners train and prove,
-//! and what their checkers verify instead of re-executing.
+//! and what their checkers verify instead of re-executing. Pure functions over the job's spec,
+//! its dataset and keys, so the node's roles and any other checker run the same rules; every
+//! failure is a [`Groth16JobError`] or, for a checked segment, a verdict with its blame.
 //!
 //! Such a job trains a `trellis-zk` model (softmax regression or a one-hidden-layer MLP in
 //! Q15.16 fixed point) with SGD. Everything else is the protocol of every job: the batch
@@ -21,17 +23,48 @@
 //!
 //! The losses in a groth16 trail are for people to read; nothing checks them.
 
-use anyhow::{bail, Context as _};
 use trellis_proto::{
     Hash, InvalidReason, JobFaultReason, JobId, JobSpec, Trail, TrailEntry, VerdictOutcome, VerificationMode,
 };
 use trellis_protocol::Blame;
 use trellis_trainer::checkpoint::checkpoint_hash;
-use trellis_trainer::data::Dataset;
+use trellis_trainer::data::{DataError, Dataset};
 use trellis_zk::fixed::ONE;
 use trellis_zk::job::{examples, from_fixed, to_fixed};
 use trellis_zk::model::logits;
-use trellis_zk::{io, sgd_step, Batch, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkProof, ZkProvingKey};
+use trellis_zk::model::{ShapeError, SpecError, TrainError};
+use trellis_zk::{
+    io, sgd_step, Batch, ModelSpec, PreparedVerifier, PublicInputs, Weights, ZkError, ZkProof, ZkProvingKey,
+};
+
+/// Why a groth16 job cannot be worked with as submitted, or a round of it cannot be trained.
+#[derive(Debug, thiserror::Error)]
+pub enum Groth16JobError {
+    #[error("the job's zk model '{text}': {source}")]
+    Model { text: String, source: SpecError },
+    #[error("the zk model's batch is {model}, the job's batch_size {job}")]
+    BatchSize { model: usize, job: u32 },
+    #[error("the zk model has {model} inputs, the job's sequence_length is {job}")]
+    Inputs { model: usize, job: u32 },
+    #[error("the zk model has {0} classes; byte labels allow at most 256")]
+    Classes(usize),
+    #[error("the proving key is for {key_model} × {key_steps} steps, the job needs {job_model} × {job_steps}")]
+    KeyForAnotherJob { key_model: ModelSpec, key_steps: u32, job_model: ModelSpec, job_steps: u32 },
+    #[error("the job's verifying key is not the one of its proving key: checkers would reject every honest proof")]
+    ForeignVerifyingKey,
+    #[error("the global model does not fit the zk model: {0}")]
+    GlobalModel(#[from] ShapeError),
+    #[error("the batch schedule: {0}")]
+    Schedule(#[from] DataError),
+    #[error("a fixed-point SGD step overflowed: {0}")]
+    Overflow(#[from] TrainError),
+    #[error("proving a segment: {0}")]
+    Prove(#[source] ZkError),
+    #[error("a checkpoint of the round: {0}")]
+    Checkpoint(#[source] ZkError),
+    #[error("worker slot {0} is out of range")]
+    WorkerSlot(usize),
+}
 
 /// A groth16 job's model and the blob hashes of its keys.
 #[derive(Debug, Clone)]
@@ -44,20 +77,21 @@ pub struct ZkJob {
 impl ZkJob {
     /// The zk side of `spec`: `None` for a job in another mode, an error when the model text
     /// does not parse or does not fit the job's batch shape.
-    pub fn of(spec: &JobSpec) -> anyhow::Result<Option<ZkJob>> {
+    pub fn of(spec: &JobSpec) -> Result<Option<ZkJob>, Groth16JobError> {
         let VerificationMode::Groth16 { model, proving_key, verifying_key } = &spec.verification.mode else {
             return Ok(None);
         };
-        let model: ModelSpec = model.parse().with_context(|| format!("the job's zk model '{model}'"))?;
+        let model: ModelSpec =
+            model.parse().map_err(|source| Groth16JobError::Model { text: model.clone(), source })?;
         let d = &spec.diloco;
         if model.batch() != d.batch_size as usize {
-            bail!("the zk model's batch is {}, the job's batch_size {}", model.batch(), d.batch_size);
+            return Err(Groth16JobError::BatchSize { model: model.batch(), job: d.batch_size });
         }
         if model.inputs() != d.sequence_length as usize {
-            bail!("the zk model has {} inputs, the job's sequence_length is {}", model.inputs(), d.sequence_length);
+            return Err(Groth16JobError::Inputs { model: model.inputs(), job: d.sequence_length });
         }
         if model.classes() > 256 {
-            bail!("the zk model has {} classes; byte labels allow at most 256", model.classes());
+            return Err(Groth16JobError::Classes(model.classes()));
         }
         Ok(Some(ZkJob { model, proving_key: *proving_key, verifying_key: *verifying_key }))
     }
@@ -84,13 +118,12 @@ impl ZkJob {
     }
 
     /// The weights a round starts from: θ_r rounded to Q15.16.
-    pub fn start_weights(&self, global: &[f32]) -> anyhow::Result<Weights> {
-        Weights::from_flat(&self.model, &to_fixed(global))
-            .map_err(|e| anyhow::anyhow!("the global model does not fit the zk model: {e}"))
+    pub fn start_weights(&self, global: &[f32]) -> Result<Weights, Groth16JobError> {
+        Ok(Weights::from_flat(&self.model, &to_fixed(global))?)
     }
 
     /// The checkpoint hash every honest trail of a round starts with.
-    pub fn start_checkpoint_hash(&self, global: &[f32]) -> anyhow::Result<Hash> {
+    pub fn start_checkpoint_hash(&self, global: &[f32]) -> Result<Hash, Groth16JobError> {
         Ok(checkpoint_hash(&io::encode_weights(&self.start_weights(global)?)))
     }
 }
@@ -99,18 +132,28 @@ impl ZkJob {
 /// segment length, and the verifying key is that proving key's own. A job whose verifying key
 /// belongs to another setup (or another step count) would reject every honest proof, so a miner
 /// checks this before joining.
-pub fn check_keys(spec: &JobSpec, job: &ZkJob, proving_key: &ZkProvingKey, verifying_key: &[u8]) -> anyhow::Result<()> {
-    if proving_key.spec() != &job.model || u64::from(proving_key.steps()) != ZkJob::segment_steps(spec) {
-        bail!(
-            "the proving key is for {} × {} steps, the job needs {} × {}",
-            proving_key.spec(),
-            proving_key.steps(),
-            job.model,
-            spec.verification.checkpoint_interval
-        );
-    }
+pub fn check_keys(
+    spec: &JobSpec,
+    job: &ZkJob,
+    proving_key: &ZkProvingKey,
+    verifying_key: &[u8],
+) -> Result<(), Groth16JobError> {
+    key_fits(spec, job, proving_key)?;
     if verifying_key != proving_key.verifying_key().to_bytes() {
-        bail!("the job's verifying key is not the one of its proving key: checkers would reject every honest proof");
+        return Err(Groth16JobError::ForeignVerifyingKey);
+    }
+    Ok(())
+}
+
+/// Whether `proving_key` is for the job's model and segment length.
+fn key_fits(spec: &JobSpec, job: &ZkJob, proving_key: &ZkProvingKey) -> Result<(), Groth16JobError> {
+    if proving_key.spec() != &job.model || u64::from(proving_key.steps()) != ZkJob::segment_steps(spec) {
+        return Err(Groth16JobError::KeyForAnotherJob {
+            key_model: proving_key.spec().clone(),
+            key_steps: proving_key.steps(),
+            job_model: job.model.clone(),
+            job_steps: spec.verification.checkpoint_interval,
+        });
     }
     Ok(())
 }
@@ -130,8 +173,13 @@ fn batch_loss(model: &ModelSpec, weights: &Weights, batch: &Batch) -> f32 {
 
 /// Mean cross-entropy (nats) of the global weights `global` on `count` fixed validation
 /// windows of `dataset`: the figure the devnet prints per round.
-pub fn validation_loss(model: &ModelSpec, global: &[f32], dataset: &Dataset, count: usize) -> anyhow::Result<f64> {
-    let weights = Weights::from_flat(model, &to_fixed(global)).map_err(|e| anyhow::anyhow!("{e}"))?;
+pub fn validation_loss(
+    model: &ModelSpec,
+    global: &[f32],
+    dataset: &Dataset,
+    count: usize,
+) -> Result<f64, Groth16JobError> {
+    let weights = Weights::from_flat(model, &to_fixed(global))?;
     let (inputs, targets) = trellis_trainer::data::validation_windows(dataset, model.inputs(), count);
     Ok(f64::from(batch_loss(model, &weights, &examples(model, &inputs, &targets))))
 }
@@ -163,19 +211,9 @@ pub struct ZkTraining<'a> {
 
 impl ZkTraining<'_> {
     /// Trains the round's H steps and proves each segment of c steps.
-    pub fn run(&self, global: &[f32]) -> anyhow::Result<ZkRound> {
+    pub fn run(&self, global: &[f32]) -> Result<ZkRound, Groth16JobError> {
         let spec = self.spec;
-        if self.proving_key.spec() != &self.job.model
-            || u64::from(self.proving_key.steps()) != ZkJob::segment_steps(spec)
-        {
-            bail!(
-                "the proving key is for {} × {} steps, the job needs {} × {}",
-                self.proving_key.spec(),
-                self.proving_key.steps(),
-                self.job.model,
-                spec.verification.checkpoint_interval
-            );
-        }
+        key_fits(spec, self.job, self.proving_key)?;
         let shards =
             trellis_trainer::job::schedule(spec).shards_of(self.dataset, u64::from(self.round), self.worker)?;
         let steps = u64::from(spec.diloco.inner_steps);
@@ -192,13 +230,13 @@ impl ZkTraining<'_> {
             let mut stepped = weights.clone();
             for batch in &batches {
                 losses.push(batch_loss(&self.job.model, &stepped, batch));
-                stepped = sgd_step(&self.job.model, &stepped, batch).context("a fixed-point SGD step overflowed")?;
+                stepped = sgd_step(&self.job.model, &stepped, batch)?;
             }
-            let proven = trellis_zk::prove(self.proving_key, &weights, &batches).context("proving a segment")?;
+            let proven = trellis_zk::prove(self.proving_key, &weights, &batches).map_err(Groth16JobError::Prove)?;
             debug_assert_eq!(proven.weights_after, stepped);
             weights = proven.weights_after;
             let bytes = proven.proof.to_bytes();
-            proof_hashes.push(crate::blobs::data_hash(&bytes));
+            proof_hashes.push(trellis_proto::blobwire::data_hash(&bytes));
             proofs.push(bytes);
             let recorded = if self.fake_checkpoints {
                 noisy(&checkpoints[0], &self.job.model, segment)?
@@ -209,13 +247,15 @@ impl ZkTraining<'_> {
             checkpoints.push(recorded);
         }
         let final_weights = match checkpoints.last() {
-            Some(bytes) if self.fake_checkpoints => from_fixed(&io::decode_weights(&self.job.model, bytes)?.flatten()),
+            Some(bytes) if self.fake_checkpoints => {
+                from_fixed(&io::decode_weights(&self.job.model, bytes).map_err(Groth16JobError::Checkpoint)?.flatten())
+            }
             _ => from_fixed(&weights.flatten()),
         };
         let trail = Trail {
             job: self.job_id,
             round: self.round,
-            worker: u32::try_from(self.worker).context("worker slot out of range")?,
+            worker: u32::try_from(self.worker).map_err(|_| Groth16JobError::WorkerSlot(self.worker))?,
             checkpoint_interval: spec.verification.checkpoint_interval,
             checkpoints: entries,
             losses,
@@ -226,13 +266,13 @@ impl ZkTraining<'_> {
 }
 
 /// The start checkpoint's weights plus a deterministic perturbation growing with `segment`.
-fn noisy(start: &[u8], model: &ModelSpec, segment: u64) -> anyhow::Result<Vec<u8>> {
-    let mut values = io::decode_weights(model, start)?.flatten();
+fn noisy(start: &[u8], model: &ModelSpec, segment: u64) -> Result<Vec<u8>, Groth16JobError> {
+    let mut values = io::decode_weights(model, start).map_err(Groth16JobError::Checkpoint)?.flatten();
     for (index, value) in values.iter_mut().enumerate() {
         let sign = if (index as u64 + segment) % 2 == 0 { 1 } else { -1 };
         *value = value.saturating_add(sign * 64 * (segment as i32 + 1));
     }
-    Ok(io::encode_weights(&Weights::from_flat(model, &values).map_err(|e| anyhow::anyhow!("{e}"))?))
+    Ok(io::encode_weights(&Weights::from_flat(model, &values)?))
 }
 
 /// What a checker holds for one assigned segment of a groth16 trail.
@@ -471,24 +511,24 @@ mod tests {
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(6);
         let (_, other_setup) = trellis_zk::setup(&f.job.model, 2, &mut rng).unwrap();
         let error = check_keys(&f.spec, &f.job, &f.proving_key, &other_setup.to_bytes()).unwrap_err();
-        assert!(error.to_string().contains("not the one of its proving key"), "{error}");
+        assert!(matches!(error, Groth16JobError::ForeignVerifyingKey), "{error}");
         let (three_steps, three_steps_vk) = trellis_zk::setup(&f.job.model, 3, &mut rng).unwrap();
         assert!(check_keys(&f.spec, &f.job, &f.proving_key, &three_steps_vk.to_bytes()).is_err());
-        assert!(check_keys(&f.spec, &f.job, &three_steps, &three_steps_vk.to_bytes())
-            .unwrap_err()
-            .to_string()
-            .contains("3 steps"));
+        assert!(matches!(
+            check_keys(&f.spec, &f.job, &three_steps, &three_steps_vk.to_bytes()),
+            Err(Groth16JobError::KeyForAnotherJob { key_steps: 3, job_steps: 2, .. })
+        ));
     }
 
     #[test]
     fn a_model_that_does_not_fit_the_batch_shape_is_an_error() {
         let mut spec = spec();
         spec.diloco.sequence_length = 9;
-        assert!(ZkJob::of(&spec).unwrap_err().to_string().contains("inputs"));
+        assert!(matches!(ZkJob::of(&spec), Err(Groth16JobError::Inputs { model: 8, job: 9 })));
         let mut spec = self::spec();
         spec.verification.mode =
             VerificationMode::Groth16 { model: "mlp:8".into(), proving_key: Hash::ZERO, verifying_key: Hash::ZERO };
-        assert!(ZkJob::of(&spec).is_err());
+        assert!(matches!(ZkJob::of(&spec), Err(Groth16JobError::Model { .. })));
         let mut spec = self::spec();
         spec.verification.mode = VerificationMode::Exact;
         assert!(ZkJob::of(&spec).unwrap().is_none());

@@ -10,7 +10,7 @@ use serde_json::json;
 use tch::Device;
 use trellis_proto::{AggregationRule, DeltaEncoding, OuterOptimizer};
 
-use crate::attack::Study;
+use crate::commands::attack::Study;
 use trellis_trainer::data::{validation_windows, Dataset};
 use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS};
 use trellis_trainer::model::{parameter_count, Preset};
@@ -18,7 +18,7 @@ use trellis_trainer::optim::AdamWConfig;
 use trellis_trainer::worker::evaluate;
 use trellis_trainer::{model::Gpt, model_io};
 
-use crate::plot::{write_line_chart, Series};
+use crate::commands::plot::{write_line_chart, Series};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EncodingArg {
@@ -157,7 +157,7 @@ pub struct TrainArgs {
     pub json: bool,
     /// Make the last --attackers workers misbehave.
     #[arg(long, value_enum)]
-    pub attack: Option<crate::attack::Attack>,
+    pub attack: Option<crate::commands::attack::Attack>,
     /// How many workers attack (the last ones).
     #[arg(long, default_value_t = 1)]
     pub attackers: usize,
@@ -335,7 +335,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         detect_copies: args.detect_copies,
         verify_segments: args.verify_segments,
     };
-    let mut hooks = crate::attack::hooks(&study, &config, &dataset);
+    let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
     let diloco = run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?;
     drop(hooks);
     let ddp = match args.baseline {

@@ -29,7 +29,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use trellis_proto::Hash;
 
-use crate::blobs::{BlobKey, BlobStore, VerifyBlob, MAX_BLOB_BYTES};
+use crate::storage::blobs::{BlobKey, BlobStore, VerifyBlob, MAX_BLOB_BYTES};
 
 /// Bytes per chunk of a transfer.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -565,7 +565,7 @@ mod tests {
 #[cfg(test)]
 mod lying_peer {
     use super::*;
-    use crate::blobs::BlobKind;
+    use crate::storage::blobs::BlobKind;
     use trellis_proto::{Encode, JobId, Trail, TrailEntry};
 
     async fn connected(net: &BlobNet, count: usize) {

@@ -5,6 +5,8 @@
 //! `HOME/devnet.json` lists the nodes and marks the directory as a devnet that a later
 //! `trellis devnet` may wipe; `HOME/pids` holds the node processes' ids while it runs.
 
+pub mod job;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use trellis_contracts::{Genesis, Params};
 use trellis_proto::Keypair;
 
 use crate::home::{write_home, write_key, Home, NodeConfig, GENESIS_BALANCE, GENESIS_BOND};
-use crate::roles::behaviour::Behaviour;
+use trellis_protocol::behaviour::Behaviour;
 
 const MARKER: &str = "devnet.json";
 /// Ports used by one node: RPC, p2p, metrics.
@@ -61,7 +63,7 @@ pub struct DevnetArgs {
     /// lying-peer. Validators, taken from the last of --validators: forge-aggregate, frame. This build
     /// has the `adversary` feature.
     #[cfg(feature = "adversary")]
-    #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = crate::roles::behaviour::parse_adversary)]
+    #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = trellis_protocol::behaviour::parse_adversary)]
     pub adversaries: Vec<(Behaviour, usize)>,
 }
 
@@ -320,13 +322,12 @@ pub fn stop_node(child: &mut Child, grace: Duration) {
 fn head_height(rpc: &str) -> Option<u64> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     rt.block_on(async {
-        use jsonrpsee::core::client::ClientT;
+        use crate::rpc::api::TrellisRpcClient as _;
         let client = jsonrpsee::http_client::HttpClientBuilder::default()
             .request_timeout(Duration::from_secs(2))
             .build(rpc)
             .ok()?;
-        let head: serde_json::Value = client.request("chain_getHead", jsonrpsee::rpc_params![]).await.ok()?;
-        head["height"].as_u64()
+        client.head().await.ok().map(|head| head.height)
     })
 }
 
@@ -336,7 +337,7 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     spec.miners = args.miners;
     spec.adversaries = args.adversaries();
     // Check the demo job before starting anything.
-    let demo = if args.all_miners() > 0 { Some(crate::devnet_job::DemoJob::prepare(&args)?) } else { None };
+    let demo = if args.all_miners() > 0 { Some(crate::devnet::job::DemoJob::prepare(&args)?) } else { None };
     let info = create_with(&args.home, &spec)?;
     let binary = std::env::current_exe().context("finding the trellis binary")?;
     let mut children = Vec::new();

@@ -22,18 +22,18 @@ use tokio::sync::broadcast;
 use trellis_consensus::{TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress};
 use trellis_proto::Keypair;
 
-use crate::blobs::BlobStore;
-use crate::consensus_app::{ConsensusApp, Timing};
+use crate::engine::consensus_app::{ConsensusApp, Timing};
 use crate::home::{Home, NodeConfig};
-use crate::ledger::Ledger;
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
 use crate::roles::aggregate::AggregateBook;
-use crate::roles::behaviour::Behaviour;
 use crate::roles::RoleContext;
 use crate::rpc::RpcLimits;
 use crate::shared::Shared;
+use crate::storage::blobs::BlobStore;
+use crate::storage::ledger::Ledger;
 use crate::supervisor::Supervisor;
+use trellis_protocol::behaviour::Behaviour;
 
 /// What a node does on the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,11 +64,17 @@ pub struct RunArgs {
     /// CPU threads for libtorch (results do not depend on it).
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
-    /// How the miner behaves: an attack, for tests and devnets (this build has the `adversary`
-    /// feature; release builds without it cannot misbehave).
+    /// How the node behaves: honest, or an attack for tests and devnets (poison-sign-flip,
+    /// poison-noise, fake-trail, skip-work, copy, withhold, unit-gap, lying-peer, forge-aggregate,
+    /// frame; this build has the `adversary` feature, builds without it cannot misbehave).
     #[cfg(feature = "adversary")]
-    #[arg(long, value_enum, default_value_t = Behaviour::Honest)]
+    #[arg(long, value_parser = parse_behaviour, default_value = "honest")]
     pub behaviour: Behaviour,
+}
+
+#[cfg(feature = "adversary")]
+fn parse_behaviour(text: &str) -> Result<Behaviour, String> {
+    text.parse()
 }
 
 impl RunArgs {
@@ -222,20 +228,25 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     let metrics = Arc::new(Metrics::default());
     metrics.height.set(head.height.0);
     let mut supervisor = Supervisor::default();
-    let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::gossip::QUEUE);
-    supervisor.spawn("transaction gossip", crate::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
+    let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::p2p::gossip::QUEUE);
+    supervisor.spawn("transaction gossip", crate::p2p::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
     let duties = !config.p2p.blobs_listen.is_empty();
     let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
     let blobs = if duties {
         let store = BlobStore::open(&home.data().join("blobs"))?;
-        let responder: Arc<dyn crate::exchange::Responder> = match behaviour {
+        let responder: Arc<dyn crate::p2p::exchange::Responder> = match behaviour {
             #[cfg(feature = "adversary")]
-            Behaviour::LyingPeer => Arc::new(crate::exchange::LyingResponder::new(store.clone())),
-            _ => Arc::new(crate::exchange::StoreResponder::new(store.clone())),
+            Behaviour::LyingPeer => Arc::new(crate::p2p::exchange::LyingResponder::new(store.clone())),
+            _ => Arc::new(crate::p2p::exchange::StoreResponder::new(store.clone())),
         };
-        let (net, _) =
-            crate::exchange::start_with(key.seed(), &config.p2p.blobs_listen, &config.p2p.blob_peers, store, responder)
-                .await?;
+        let (net, _) = crate::p2p::exchange::start_with(
+            key.seed(),
+            &config.p2p.blobs_listen,
+            &config.p2p.blob_peers,
+            store,
+            responder,
+        )
+        .await?;
         Some(net)
     } else {
         tracing::warn!(target: "node", "p2p.blobs_listen is empty: no blob exchange, so no miner or validator job duties");
@@ -249,17 +260,17 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         metrics: metrics.clone(),
         gossip,
         aggregates: aggregates.clone(),
-        beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::beacon::BeaconKeeper::new(&key))),
+        beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::engine::beacon::BeaconKeeper::new(&key))),
         // A framer does not judge evidence (its own made-up verdicts would never leave its pool).
         evidence: blobs
             .as_ref()
             .filter(|_| role == NodeRole::Validator && behaviour != Behaviour::Frame)
-            .map(|net| Arc::new(crate::evidence_desk::EvidenceDesk::new(net.clone()))),
+            .map(|net| Arc::new(crate::engine::evidence_desk::EvidenceDesk::new(net.clone()))),
     });
     if let Some(keeper) = &shared.beacon {
         supervisor.spawn(
             "beacon",
-            crate::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()),
+            crate::engine::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()),
         );
     }
     let rpc_listen =

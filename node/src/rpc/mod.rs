@@ -13,23 +13,31 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use jsonrpsee::core::SubscriptionResult;
 use jsonrpsee::server::{serve_with_graceful_shutdown, stop_channel, RpcModule, Server, ServerConfig, ServerHandle};
-use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::{Extensions, PendingSubscriptionSink, SubscriptionMessage};
-use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use trellis_contracts::state::{self, keys, Job, RoundState, RoundSummary, Stake};
 use trellis_contracts::{Event, KvStore};
 use trellis_proto::{Address, Block, Hash, Height, JobId, Role, SignedTx, TxKind};
 
+use self::api::{
+    AccountView, BlockView, GossipReceipt, HeadInfo, JobEvent, JobListing, NewHead, RpcResult, Submitted,
+    TrellisRpcServer, TxInBlock, TxStatus, ValidatorView, ValidatorsView,
+};
 use crate::mempool::MempoolError;
 use crate::shared::{NodeEvent, Shared};
+
+pub mod api;
+pub mod client;
 
 /// Error codes beyond the JSON-RPC standard ones.
 pub mod codes {
     /// Standard: the parameters are malformed.
     pub const INVALID_PARAMS: i32 = -32602;
+    /// Standard: the node failed (a storage fault; the node stops on those).
+    pub const INTERNAL: i32 = -32603;
     /// The transaction was refused by the mempool; the message says why.
     pub const TX_REJECTED: i32 = -32001;
     /// What was asked for does not exist (yet).
@@ -106,8 +114,6 @@ struct RpcState {
     gossip: Budgets,
 }
 
-type RpcResult<T> = Result<T, ErrorObjectOwned>;
-
 fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(code, message.into(), None::<()>)
 }
@@ -137,26 +143,15 @@ impl RpcState {
         }
     }
 
-    fn view(&self) -> crate::store::PendingState<'_> {
+    fn view(&self) -> crate::storage::store::PendingState<'_> {
         self.shared.ledger.store().pending_state()
     }
 }
 
-/// The head as RPC shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct HeadInfo {
-    pub chain_id: String,
-    pub height: u64,
-    pub hash: Hash,
-    pub time_ms: u64,
-    pub state_root: Hash,
-    pub txs: usize,
-}
-
 fn head_info(shared: &Shared) -> RpcResult<HeadInfo> {
     let store = shared.ledger.store();
-    let height = store.head().map_err(|e| error(-32603, e.to_string()))?;
-    let block = store.block(height).map_err(|e| error(-32603, e.to_string()))?;
+    let height = store.head().map_err(internal)?;
+    let block = store.block(height).map_err(internal)?;
     Ok(match block {
         Some(block) => HeadInfo {
             chain_id: shared.ledger.chain_id().to_string(),
@@ -172,18 +167,18 @@ fn head_info(shared: &Shared) -> RpcResult<HeadInfo> {
             hash: Hash::ZERO,
             time_ms: 0,
             state_root: trellis_contracts::state_root(&store.pending_state())
-                .unwrap_or_else(|e| crate::store::fatal(e)),
+                .unwrap_or_else(|e| crate::storage::store::fatal(e)),
             txs: 0,
         },
     })
 }
 
-fn block_json(block: &Block) -> Value {
-    json!({
-        "hash": block.hash(),
-        "header": block.header,
-        "txs": block.txs.iter().map(|tx| json!({ "hash": tx.hash(), "tx": tx })).collect::<Vec<_>>(),
-    })
+fn block_view(block: &Block) -> BlockView {
+    BlockView {
+        hash: block.hash(),
+        header: block.header.clone(),
+        txs: block.txs.iter().map(|tx| TxInBlock { hash: tx.hash(), tx: tx.clone() }).collect(),
+    }
 }
 
 fn parse_address(text: &str) -> RpcResult<Address> {
@@ -196,12 +191,11 @@ fn parse_hash(text: &str) -> RpcResult<Hash> {
 
 /// Why the committed transaction `hash` in block `height` failed, if its block's events say it did.
 fn failure_of(shared: &Shared, height: trellis_proto::Height, hash: &Hash) -> Option<String> {
-    let events: Vec<Value> = serde_json::from_slice(&shared.ledger.store().events(height)?).ok()?;
-    let hex = hash.to_string();
-    events
-        .iter()
-        .find(|e| e["event"] == "tx_failed" && e["tx"].as_str() == Some(hex.as_str()))
-        .map(|e| e["reason"].as_str().unwrap_or("unknown").to_string())
+    let events: Vec<Event> = serde_json::from_slice(&shared.ledger.store().events(height)?).ok()?;
+    events.into_iter().find_map(|event| match event {
+        Event::TxFailed { tx, reason, .. } if tx == *hash => Some(reason),
+        _ => None,
+    })
 }
 
 /// Admits transactions to the mempool (signatures checked in one batch), one result each.
@@ -214,7 +208,7 @@ fn admit(state: &RpcState, txs: Vec<SignedTx>) -> Vec<Result<Hash, MempoolError>
 }
 
 /// Decodes and admits a hex-encoded signed transaction.
-fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
+fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Submitted> {
     let hex_tx = hex_tx.strip_prefix("0x").unwrap_or(hex_tx);
     let reject = |message: String| {
         state.shared.metrics.txs_rejected.inc();
@@ -237,38 +231,36 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Value> {
             // Forwarding is best effort: a full queue only means peers learn of it later from
             // the block.
             let _ = state.shared.gossip.try_send(tx_copy);
-            Ok(json!({ "hash": hash }))
+            Ok(Submitted { hash })
         }
         Err(e) => Err(reject(e.to_string())),
     }
 }
 
-fn account_json(state: &RpcState, address: Address) -> RpcResult<Value> {
+fn account_view(state: &RpcState, address: Address) -> RpcResult<AccountView> {
     let view = state.view();
-    let account: state::Account =
-        state::read(&view, &keys::account(&address)).map_err(|e| error(-32603, e.to_string()))?.unwrap_or_default();
-    let stake = |role| -> RpcResult<Option<Stake>> {
-        state::read(&view, &keys::stake(role, &address)).map_err(|e| error(-32603, e.to_string()))
-    };
+    let account: state::Account = state::read(&view, &keys::account(&address)).map_err(internal)?.unwrap_or_default();
+    let stake =
+        |role| -> RpcResult<Option<Stake>> { state::read(&view, &keys::stake(role, &address)).map_err(internal) };
     let pending_nonce = {
         let mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
         mempool.next_free_nonce(&address, account.nonce)
     };
-    Ok(json!({
-        "address": address,
-        "balance": account.balance,
-        "nonce": account.nonce,
-        "pending_nonce": pending_nonce,
-        "validator_stake": stake(Role::Validator)?,
-        "miner_stake": stake(Role::Miner)?,
-    }))
+    Ok(AccountView {
+        address,
+        balance: account.balance,
+        nonce: account.nonce,
+        pending_nonce,
+        validator_stake: stake(Role::Validator)?,
+        miner_stake: stake(Role::Miner)?,
+    })
 }
 
 fn jobs(state: &RpcState) -> RpcResult<Vec<Job>> {
     let view = state.view();
     view.scan_prefix(keys::JOB_PREFIX)
         .into_iter()
-        .map(|(key, bytes)| state::decode_record::<Job>(&key, &bytes).map_err(|e| error(-32603, e.to_string())))
+        .map(|(key, bytes)| state::decode_record::<Job>(&key, &bytes).map_err(internal))
         .collect()
 }
 
@@ -277,97 +269,105 @@ fn event_job(event: &Event) -> Option<JobId> {
     value.get("job").and_then(|j| j.as_u64()).map(JobId)
 }
 
-/// Builds the RPC module over the node's shared state.
-fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
-    let mut module = RpcModule::new(state);
-    module.register_method("chain_getHead", |_, state, ext| -> RpcResult<HeadInfo> {
-        state.admit(ext)?;
-        head_info(&state.shared)
-    })?;
-    module.register_method("chain_getBlock", |params: Params, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let (height,): (u64,) = params.parse()?;
-        let block = state.shared.ledger.store().block(Height(height)).map_err(|e| error(-32603, e.to_string()))?;
-        block.map(|b| block_json(&b)).ok_or_else(|| error(codes::NOT_FOUND, format!("no block at height {height}")))
-    })?;
-    module.register_method("tx_submit", |params: Params, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let (hex_tx,): (String,) = params.parse()?;
-        submit(state, &hex_tx)
-    })?;
-    module.register_method("mempool_gossip", |params: Params, state, ext| -> RpcResult<Value> {
-        state.admit_gossip(ext)?;
-        let (hex_txs,): (Vec<String>,) = params.parse()?;
-        if hex_txs.len() > crate::gossip::MAX_BATCH {
-            return Err(invalid(format!("at most {} transactions per gossip batch", crate::gossip::MAX_BATCH)));
+/// Every stored failure is the node's own (a storage fault): JSON-RPC's internal error.
+fn internal(error: impl std::fmt::Display) -> ErrorObjectOwned {
+    error(codes::INTERNAL, error.to_string())
+}
+
+#[jsonrpsee::core::async_trait]
+impl TrellisRpcServer for RpcState {
+    fn head(&self, ext: &Extensions) -> RpcResult<HeadInfo> {
+        self.admit(ext)?;
+        head_info(&self.shared)
+    }
+
+    fn block(&self, ext: &Extensions, height: u64) -> RpcResult<BlockView> {
+        self.admit(ext)?;
+        let block = self.shared.ledger.store().block(Height(height)).map_err(internal)?;
+        block.map(|b| block_view(&b)).ok_or_else(|| error(codes::NOT_FOUND, format!("no block at height {height}")))
+    }
+
+    fn submit(&self, ext: &Extensions, tx_hex: String) -> RpcResult<Submitted> {
+        self.admit(ext)?;
+        submit(self, &tx_hex)
+    }
+
+    fn gossip(&self, ext: &Extensions, txs_hex: Vec<String>) -> RpcResult<GossipReceipt> {
+        self.admit_gossip(ext)?;
+        if txs_hex.len() > crate::p2p::gossip::MAX_BATCH {
+            return Err(invalid(format!("at most {} transactions per gossip batch", crate::p2p::gossip::MAX_BATCH)));
         }
-        let txs = hex_txs
+        let txs = txs_hex
             .iter()
             .map(|h| hex::decode(h).ok().and_then(|b| SignedTx::from_wire(&b).ok()))
             .collect::<Option<Vec<SignedTx>>>()
             .ok_or_else(|| invalid("a gossiped transaction is not hex of a signed transaction"))?;
-        let admitted = admit(state, txs).iter().filter(|r| r.is_ok()).count();
-        Ok(json!({ "admitted": admitted }))
-    })?;
-    module.register_method("tx_get", |params: Params, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let (hash,): (String,) = params.parse()?;
+        let admitted = admit(self, txs).iter().filter(|r| r.is_ok()).count();
+        Ok(GossipReceipt { admitted })
+    }
+
+    fn tx(&self, ext: &Extensions, hash: String) -> RpcResult<TxStatus> {
+        self.admit(ext)?;
         let hash = parse_hash(&hash)?;
-        match state.shared.ledger.store().tx(&hash).map_err(|e| error(-32603, e.to_string()))? {
-            Some((height, index, tx)) => match failure_of(&state.shared, height, &hash) {
+        match self.shared.ledger.store().tx(&hash).map_err(internal)? {
+            Some((height, index, tx)) => Ok(match failure_of(&self.shared, height, &hash) {
                 // Included, fee paid, action refused (`contracts::Chain::include_tx`).
-                Some(reason) => {
-                    Ok(json!({ "status": "failed", "reason": reason, "height": height.0, "index": index, "tx": tx }))
-                }
-                None => Ok(json!({ "status": "committed", "height": height.0, "index": index, "tx": tx })),
-            },
+                Some(reason) => TxStatus::Failed { reason, height: height.0, index, tx },
+                None => TxStatus::Committed { height: height.0, index, tx },
+            }),
             None => {
-                let pending = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash);
+                let pending = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash);
                 if pending {
-                    Ok(json!({ "status": "pending" }))
+                    Ok(TxStatus::Pending)
                 } else {
                     Err(error(codes::NOT_FOUND, format!("transaction {hash} is neither committed nor pending")))
                 }
             }
         }
-    })?;
-    module.register_method("state_getAccount", |params: Params, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let (address,): (String,) = params.parse()?;
-        account_json(state, parse_address(&address)?)
-    })?;
-    module.register_method("state_getValidators", |_, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let set = state.shared.ledger.validator_set();
-        let validators: Vec<Value> = set
+    }
+
+    fn account(&self, ext: &Extensions, address: String) -> RpcResult<AccountView> {
+        self.admit(ext)?;
+        account_view(self, parse_address(&address)?)
+    }
+
+    fn validators(&self, ext: &Extensions) -> RpcResult<ValidatorsView> {
+        self.admit(ext)?;
+        let set = self.shared.ledger.validator_set();
+        let validators: Vec<ValidatorView> = set
             .validators()
             .iter()
-            .map(|v| json!({ "address": v.address.0, "public_key": v.key, "power": v.power }))
+            .map(|v| ValidatorView { address: v.address.0, public_key: v.key, power: v.power })
             .collect();
-        Ok(json!({ "validators": validators, "total_power": set.validators().iter().map(|v| v.power).sum::<u64>() }))
-    })?;
-    module.register_method("job_list", |_, state, ext| -> RpcResult<Value> {
-        state.admit(ext)?;
-        let jobs = jobs(state)?;
-        Ok(json!(jobs
-            .iter()
-            .map(|j| json!({ "id": j.id, "submitter": j.submitter, "status": j.status, "current_round": j.current_round, "escrow": j.escrow }))
-            .collect::<Vec<_>>()))
-    })?;
-    module.register_method("job_get", |params: Params, state, ext| -> RpcResult<Job> {
-        state.admit(ext)?;
-        let (id,): (u64,) = params.parse()?;
-        let view = state.view();
-        state::read::<Job>(&view, &keys::job(JobId(id)))
-            .map_err(|e| error(-32603, e.to_string()))?
+        let total_power = validators.iter().map(|v| v.power).sum();
+        Ok(ValidatorsView { validators, total_power })
+    }
+
+    fn jobs(&self, ext: &Extensions) -> RpcResult<Vec<JobListing>> {
+        self.admit(ext)?;
+        Ok(jobs(self)?
+            .into_iter()
+            .map(|j| JobListing {
+                id: j.id,
+                submitter: j.submitter,
+                status: j.status,
+                current_round: j.current_round,
+                escrow: j.escrow,
+            })
+            .collect())
+    }
+
+    fn job(&self, ext: &Extensions, id: u64) -> RpcResult<Job> {
+        self.admit(ext)?;
+        state::read::<Job>(&self.view(), &keys::job(JobId(id)))
+            .map_err(internal)?
             .ok_or_else(|| error(codes::NOT_FOUND, format!("no job {id}")))
-    })?;
-    module.register_method("job_getRound", |params: Params, state, ext| -> RpcResult<RoundState> {
-        state.admit(ext)?;
-        let (id, round): (u64, u32) = params.parse()?;
-        let view = state.view();
-        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round))
-            .map_err(|e| error(-32603, e.to_string()))?;
+    }
+
+    fn round(&self, ext: &Extensions, id: u64, round: u32) -> RpcResult<RoundState> {
+        self.admit(ext)?;
+        let view = self.view();
+        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(internal)?;
         found.ok_or_else(|| match state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round)) {
             Ok(Some(_)) => error(
                 codes::NOT_FOUND,
@@ -377,66 +377,59 @@ fn module(state: RpcState) -> anyhow::Result<RpcModule<RpcState>> {
             ),
             _ => error(codes::NOT_FOUND, format!("job {id} has no round {round}")),
         })
-    })?;
-    module.register_method("job_getRoundSummary", |params: Params, state, ext| -> RpcResult<RoundSummary> {
-        state.admit(ext)?;
-        let (id, round): (u64, u32) = params.parse()?;
-        let view = state.view();
-        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round))
-            .map_err(|e| error(-32603, e.to_string()))?
-        {
+    }
+
+    fn round_summary(&self, ext: &Extensions, id: u64, round: u32) -> RpcResult<RoundSummary> {
+        self.admit(ext)?;
+        let view = self.view();
+        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(internal)? {
             return Ok(RoundSummary::of(&full));
         }
         state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round))
-            .map_err(|e| error(-32603, e.to_string()))?
+            .map_err(internal)?
             .ok_or_else(|| error(codes::NOT_FOUND, format!("job {id} has no round {round}")))
-    })?;
-    module.register_subscription(
-        "chain_subscribeHeads",
-        "chain_head",
-        "chain_unsubscribeHeads",
-        |_, pending: PendingSubscriptionSink, state, _| async move {
-            let mut events = state.shared.events.subscribe();
-            let sink = pending.accept().await?;
-            loop {
-                match events.recv().await {
-                    Ok(NodeEvent::Committed { block, .. }) => {
-                        let head = json!({ "height": block.header.height.0, "hash": block.hash(), "time_ms": block.header.time_ms, "txs": block.txs.len() });
-                        sink.send(SubscriptionMessage::from(serde_json::value::to_raw_value(&head)?)).await?;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+    }
+
+    async fn subscribe_heads(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
+        let mut events = self.shared.events.subscribe();
+        let sink = pending.accept().await?;
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Committed { block, .. }) => {
+                    let head = NewHead {
+                        height: block.header.height.0,
+                        hash: block.hash(),
+                        time_ms: block.header.time_ms,
+                        txs: block.txs.len(),
+                    };
+                    sink.send(SubscriptionMessage::from(serde_json::value::to_raw_value(&head)?)).await?;
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
-        },
-    )?;
-    module.register_subscription(
-        "job_subscribeEvents",
-        "job_event",
-        "job_unsubscribeEvents",
-        |params: Params<'static>, pending: PendingSubscriptionSink, state, _| async move {
-            let filter: Option<u64> = params.one::<u64>().ok();
-            let mut events = state.shared.events.subscribe();
-            let sink = pending.accept().await?;
-            loop {
-                match events.recv().await {
-                    Ok(NodeEvent::Committed { block, events: block_events }) => {
-                        for event in block_events.iter() {
-                            let Some(job) = event_job(event) else { continue };
-                            if filter.is_some_and(|f| f != job.0) {
-                                continue;
-                            }
-                            let message = json!({ "height": block.header.height.0, "event": event });
-                            sink.send(SubscriptionMessage::from(serde_json::value::to_raw_value(&message)?)).await?;
+        }
+    }
+
+    async fn subscribe_job_events(&self, pending: PendingSubscriptionSink, job: Option<u64>) -> SubscriptionResult {
+        let mut events = self.shared.events.subscribe();
+        let sink = pending.accept().await?;
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Committed { block, events: block_events }) => {
+                    for event in block_events.iter() {
+                        let Some(of) = event_job(event) else { continue };
+                        if job.is_some_and(|wanted| wanted != of.0) {
+                            continue;
                         }
+                        let message = JobEvent { height: block.header.height.0, event: event.clone() };
+                        sink.send(SubscriptionMessage::from(serde_json::value::to_raw_value(&message)?)).await?;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
-        },
-    )?;
-    Ok(module)
+        }
+    }
 }
 
 /// Starts the server on `listen`; it runs until the handle is stopped or dropped.
@@ -460,7 +453,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("RPC server cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
-    let methods: jsonrpsee::Methods = module(state)?.into();
+    let methods: jsonrpsee::Methods = state.into_rpc().into();
     let builder = Server::builder().set_config(config).to_service_builder();
     let (stop, handle) = stop_channel();
     // Our own accept loop, so that every request carries the address it came from.

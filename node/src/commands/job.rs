@@ -19,9 +19,10 @@ use trellis_proto::{
 };
 use trellis_trainer::model::Preset;
 
-use crate::blobs::{BlobKey, BlobKind, BlobStore};
-use crate::client::{RpcArg, SignerArgs};
 use crate::home::Home;
+use crate::rpc::api::TrellisRpcClient as _;
+use crate::rpc::client::{explain, RpcArg, SignerArgs};
+use crate::storage::blobs::{BlobKey, BlobKind, BlobStore};
 
 /// A job file (`job.toml`). Unknown keys are errors, so a typo never silently means a default.
 #[derive(Debug, Clone, Deserialize)]
@@ -257,13 +258,13 @@ pub fn prepare(path: &Path, store: &BlobStore) -> anyhow::Result<(JobSpec, u64)>
     if zk_keys.is_none() {
         trellis_trainer::model::validate(&file.preset()?.config())?;
     }
-    let dataset = crate::jobdata::load_text_dataset(&file.dataset)?;
+    let dataset = crate::roles::jobdata::load_text_dataset(&file.dataset)?;
     dataset.check_fits(&file.dataset, file.diloco.sequence_length as usize)?;
-    let manifest = crate::jobdata::publish_dataset(store, &dataset)?;
+    let manifest = crate::roles::jobdata::publish_dataset(store, &dataset)?;
     let spec = file.spec(manifest.root(), manifest.shards.len() as u32, zk_keys)?;
     trellis_contracts::validate_job_spec(&spec, &trellis_contracts::Params::default())
         .map_err(|reason| anyhow::anyhow!("job spec: {reason}"))?;
-    crate::zkjob::ZkJob::of(&spec)?;
+    trellis_verifier::groth16::ZkJob::of(&spec)?;
     if file.escrow < file.reward_per_round {
         bail!("escrow {} is less than one round's reward {}", file.escrow, file.reward_per_round);
     }
@@ -372,7 +373,7 @@ pub enum JobCommand {
 pub struct StakeArgs {
     /// validator or miner.
     #[arg(long, value_enum)]
-    pub role: crate::client::RoleArg,
+    pub role: crate::rpc::client::RoleArg,
     /// How much to bond (taken from the signer's balance).
     #[arg(long)]
     pub amount: u64,
@@ -394,44 +395,42 @@ pub fn job(command: JobCommand) -> anyhow::Result<()> {
                 spec.dataset_shards,
                 store.root().display()
             );
-            crate::client::sign_and_submit(TxKind::SubmitJob { spec, escrow: Amount(escrow) }, &signer)
+            crate::rpc::client::sign_and_submit(TxKind::SubmitJob { spec, escrow: Amount(escrow) }, &signer)
         }
         JobCommand::Status { id, rpc } => status(id, &rpc.rpc),
     }
 }
 
 pub fn stake(args: StakeArgs) -> anyhow::Result<()> {
-    crate::client::sign_and_submit(TxKind::Bond { role: args.role.into(), amount: Amount(args.amount) }, &args.signer)
+    crate::rpc::client::sign_and_submit(
+        TxKind::Bond { role: args.role.into(), amount: Amount(args.amount) },
+        &args.signer,
+    )
 }
 
 fn status(id: u64, url: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let client = crate::client::client(url)?;
-        let job = crate::client::call(&client, url, "job_get", jsonrpsee::rpc_params![id]).await?;
-        let current = job["current_round"].as_u64().unwrap_or(0);
+        let client = crate::rpc::client::client(url)?;
+        let job = client.job(id).await.map_err(|e| explain(url, "job_get", e))?;
+        let current = job.current_round;
         // The summary exists for every round, running or pruned long after it settled.
-        let round =
-            crate::client::call(&client, url, "job_getRoundSummary", jsonrpsee::rpc_params![id, current]).await?;
-        println!(
-            "job {id} '{}': {}",
-            job["spec"]["name"].as_str().unwrap_or("?"),
-            job["status"].as_str().unwrap_or("?")
-        );
+        let round = client.round_summary(id, current).await.map_err(|e| explain(url, "job_getRoundSummary", e))?;
+        println!("job {id} '{}': {}", job.spec.name, job.status.name());
         println!(
             "  rounds settled {} of {}, escrow left {}, miners {}",
-            job["rounds_settled"],
-            job["spec"]["diloco"]["rounds"],
-            job["escrow"],
-            job["miners"].as_array().map_or(0, Vec::len)
+            job.rounds_settled,
+            job.spec.diloco.rounds,
+            job.escrow,
+            job.miners.len()
         );
-        println!("  model {}", job["model_hash"].as_str().unwrap_or("?"));
+        println!("  model {}", job.model_hash);
         println!(
             "  round {current}: {} (commits {}, verdicts {}, accepted {})",
-            round["phase"].as_str().unwrap_or("?"),
-            round["commits"],
-            round["verdicts"],
-            round["accepted"].as_array().map_or(0, Vec::len),
+            round.phase.name(),
+            round.commits,
+            round.verdicts,
+            round.accepted.len(),
         );
         Ok(())
     })
@@ -458,27 +457,25 @@ pub struct ExportArgs {
 /// Fetches the job's latest committed model, checks it against the chain, writes safetensors.
 /// Returns the model hash.
 pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> anyhow::Result<Hash> {
-    let client = crate::client::client(rpc)?;
-    let job_json = crate::client::call(&client, rpc, "job_get", jsonrpsee::rpc_params![job]).await?;
-    let model_hash: Hash =
-        job_json["model_hash"].as_str().context("job without model_hash")?.parse().context("model_hash")?;
+    let client = crate::rpc::client::client(rpc)?;
+    let record = client.job(job).await.map_err(|e| explain(rpc, "job_get", e))?;
+    let model_hash = record.model_hash;
     if model_hash == Hash::ZERO {
         bail!("job {job} has not committed a model yet (no round settled); try again later");
     }
-    let spec: JobSpec = serde_json::from_value(job_json["spec"].clone())
-        .context("the node returned a job spec this binary cannot read")?;
+    let spec: JobSpec = record.spec;
     if peers.is_empty() {
         bail!("no blob peers to fetch from: give --home of a node on this machine or --peer MULTIADDR");
     }
     let scratch = tempfile_dir()?;
     let store = BlobStore::open(&scratch)?;
     let seed: [u8; 32] = rand_seed();
-    let (net, _) = crate::exchange::start(seed, "/ip4/127.0.0.1/tcp/0", peers, store).await?;
+    let (net, _) = crate::p2p::exchange::start(seed, "/ip4/127.0.0.1/tcp/0", peers, store).await?;
     let key = BlobKey::new(BlobKind::Data, model_hash);
     let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30)).await?;
     // `fetch` checked the bytes against the hash; check the shape against the spec.
     let weights = trellis_protocol::model::weights_from_bytes(&bytes)?;
-    if let Some(zk) = crate::zkjob::ZkJob::of(&spec)? {
+    if let Some(zk) = trellis_verifier::groth16::ZkJob::of(&spec)? {
         // A groth16 job's model: trellis-zk weights (what `trellis zk prove --weights` reads).
         let fixed = zk.start_weights(&weights)?;
         trellis_zk::io::write_weights(out, &fixed)?;

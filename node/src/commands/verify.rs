@@ -13,7 +13,7 @@ use trellis_trainer::diloco::RunManifest;
 use trellis_trainer::worker::Trail;
 use trellis_verifier::segment::{check_segment, Mode, Replay, SegmentReport, TrailDirSource};
 
-use crate::train::ComputeArgs;
+use crate::commands::train::ComputeArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum VerifyCommand {

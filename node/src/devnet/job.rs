@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use jsonrpsee::http_client::HttpClient;
-use jsonrpsee::rpc_params;
-use serde_json::Value;
+use trellis_contracts::state::{Job, JobStatus, Phase, RoundState};
+use trellis_contracts::Event;
+use trellis_proto::{Address, VerdictOutcome};
 use trellis_trainer::data::{validation_windows, Dataset, REPOSITORY_TEXT};
 use trellis_trainer::worker::evaluate;
 
-use crate::blobs::BlobStore;
-use crate::client::{call, client, RpcArg, SignerArgs};
 use crate::devnet::{DevnetArgs, DevnetInfo};
 use crate::home::Home;
+use crate::rpc::api::TrellisRpcClient as _;
+use crate::rpc::client::{client, explain, RpcArg, SignerArgs};
+use crate::storage::blobs::BlobStore;
 
 /// The longest a demo job may take before the devnet gives up on it.
 const JOB_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -33,8 +35,8 @@ pub struct DemoJob {
     zk: Option<(trellis_zk::ModelSpec, u32)>,
 }
 
-/// One settled round as the table shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One settled round as the table shows it (and `rounds.json` holds it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoundRow {
     pub round: u32,
     pub validation_loss: f64,
@@ -184,7 +186,7 @@ impl DemoJob {
         }
         let node0 = &info.nodes[0];
         let store = BlobStore::open(&Home::new(&node0.home).data().join("blobs"))?;
-        let (spec, escrow) = crate::jobs::prepare(&job_file, &store)?;
+        let (spec, escrow) = crate::commands::job::prepare(&job_file, &store)?;
         let dataset = Dataset::load(&dataset_dir)?;
         println!(
             "demo job: {} model, {} rounds × {} inner steps, {} workers; dataset {} ({} shards, {} KiB) from {}",
@@ -208,38 +210,32 @@ impl DemoJob {
             rpc: RpcArg { rpc: url.clone() },
         };
         // Every job event from before the submission on: rewards and slashes are summed from them.
-        let job_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+        let job_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
         {
-            use jsonrpsee::core::client::SubscriptionClientT;
             let ws =
                 rt.block_on(jsonrpsee::ws_client::WsClientBuilder::default().build(url.replace("http://", "ws://")))?;
-            let mut events: jsonrpsee::core::client::Subscription<Value> =
-                rt.block_on(ws.subscribe("job_subscribeEvents", rpc_params![], "job_unsubscribeEvents"))?;
+            let mut events = rt.block_on(ws.subscribe_job_events(None))?;
             let job_events = job_events.clone();
             rt.spawn(async move {
                 let _keep = ws;
                 while let Some(Ok(message)) = events.next().await {
-                    job_events.lock().unwrap_or_else(|p| p.into_inner()).push(message["event"].clone());
+                    job_events.lock().unwrap_or_else(|p| p.into_inner()).push(message.event);
                 }
             });
         }
-        crate::client::sign_and_submit(
+        crate::rpc::client::sign_and_submit(
             trellis_proto::TxKind::SubmitJob { spec: spec.clone(), escrow: trellis_proto::Amount(escrow) },
             &signer,
         )?;
         let rpc = client(&url)?;
-        let jobs = rt.block_on(call(&rpc, &url, "job_list", rpc_params![]))?;
-        let job_id = jobs
-            .as_array()
-            .and_then(|a| a.last())
-            .and_then(|j| j["id"].as_u64())
-            .context("the submitted job is not listed")?;
+        let jobs = rt.block_on(rpc.jobs()).map_err(|e| explain(&url, "job_list", e))?;
+        let job_id = jobs.last().map(|j| j.id.0).context("the submitted job is not listed")?;
         println!("job {job_id} submitted; follow it with `trellis job status {job_id} --rpc {url}`\n");
 
         let (val_inputs, val_targets) = validation_windows(&dataset, spec.diloco.sequence_length as usize, 64);
         let zk_model = self.zk.as_ref().map(|(model, _)| model.clone());
         let initial_loss = match &zk_model {
-            Some(model) => crate::zkjob::validation_loss(
+            Some(model) => trellis_verifier::groth16::validation_loss(
                 model,
                 &trellis_zk::job::initial_weights(model, spec.init_seed),
                 &dataset,
@@ -262,7 +258,7 @@ impl DemoJob {
         );
         let peers: Vec<String> = info.nodes.iter().map(|n| n.blobs.clone()).collect();
         let everyone: Vec<String> = info.nodes.iter().map(|n| n.address.clone()).collect();
-        let mut stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
+        let mut stakes = rt.block_on(bonded_stakes(&rpc, &everyone));
         let initial_stakes = stakes.clone();
         let mut rows: Vec<RoundRow> = Vec::new();
         let started = Instant::now();
@@ -277,27 +273,28 @@ impl DemoJob {
             if started.elapsed() > JOB_TIME_LIMIT {
                 bail!("the demo job did not finish within {} minutes", JOB_TIME_LIMIT.as_secs() / 60);
             }
-            let job = rt.block_on(call(&rpc, &url, "job_get", rpc_params![job_id]))?;
-            let settled = job["rounds_settled"].as_u64().unwrap_or(0) as u32;
-            let current = job["current_round"].as_u64().unwrap_or(0) as u32;
+            let job = rt.block_on(rpc.job(job_id)).map_err(|e| explain(&url, "job_get", e))?;
+            let settled = job.rounds_settled;
+            let current = job.current_round;
+            let active = job.status == JobStatus::Active;
             let done_rounds = rows.len() as u32;
-            if settled > done_rounds || job["status"] != "active" {
+            if settled > done_rounds || !active {
                 // Rounds that ended since the last look (settled, or lapsed with no change).
-                let last = if job["status"] == "active" { current } else { current + 1 };
+                let last = if active { current } else { current + 1 };
                 for round in done_rounds..last.min(self.rounds) {
-                    let state = rt.block_on(call(&rpc, &url, "job_getRound", rpc_params![job_id, round]))?;
-                    if state["phase"] != "settled" && state["phase"] != "lapsed" {
+                    let state = rt.block_on(rpc.round(job_id, round)).map_err(|e| explain(&url, "job_getRound", e))?;
+                    if state.phase != Phase::Settled && state.phase != Phase::Lapsed {
                         break;
                     }
-                    let new_stakes = rt.block_on(bonded_stakes(&rpc, &url, &everyone));
+                    let new_stakes = rt.block_on(bonded_stakes(&rpc, &everyone));
                     let slashed: u64 = stakes.iter().zip(&new_stakes).map(|(a, b)| a.saturating_sub(*b)).sum();
                     stakes = new_stakes;
                     let out = models.join(format!("round-{round}.{}", self.model_extension()));
-                    let hash = rt.block_on(crate::jobs::export_model(job_id, &out, &peers, &url))?;
+                    let hash = rt.block_on(crate::commands::job::export_model(job_id, &out, &peers, &url))?;
                     let loss = match &zk_model {
                         Some(model) => {
                             let weights = trellis_zk::io::read_weights(&out, model)?;
-                            crate::zkjob::validation_loss(
+                            trellis_verifier::groth16::validation_loss(
                                 model,
                                 &trellis_zk::job::from_fixed(&weights.flatten()),
                                 &dataset,
@@ -309,22 +306,25 @@ impl DemoJob {
                             evaluate(&model, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8)
                         }
                     };
-                    let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &url, &state));
-                    let verdicts = state["verdicts"].as_array().cloned().unwrap_or_default();
-                    let valid = verdicts.iter().filter(|v| v["outcome"]["outcome"] == "valid").count();
+                    let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &state));
+                    let valid = state.verdicts.iter().filter(|v| v.outcome == VerdictOutcome::Valid).count();
                     let row = RoundRow {
                         round,
                         validation_loss: loss,
-                        accepted: state["accepted"].as_array().map_or(0, Vec::len),
-                        commits: state["commits"].as_array().map_or(0, Vec::len),
+                        accepted: state.accepted.len(),
+                        commits: state.commits.len(),
                         verdicts_valid: valid,
-                        verdicts_other: verdicts.len() - valid,
+                        verdicts_other: state.verdicts.len() - valid,
                         paid: job_events
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .iter()
-                            .filter(|e| e["event"] == "rewarded" && e["round"] == round)
-                            .filter_map(|e| e["amount"].as_u64())
+                            .filter_map(|e| match e {
+                                Event::Rewarded { job, round: of, amount, .. } if job.0 == job_id && *of == round => {
+                                    Some(*amount)
+                                }
+                                _ => None,
+                            })
                             .sum(),
                         slashed,
                         model_hash: hash.to_hex(),
@@ -352,22 +352,18 @@ impl DemoJob {
                     bar.set_position(rows.len() as u64);
                 }
             }
-            if job["status"] != "active" && rows.len() as u32 >= settled.min(self.rounds) {
-                bar.finish_with_message(format!("job {}", job["status"].as_str().unwrap_or("?")));
+            if !active && rows.len() as u32 >= settled.min(self.rounds) {
+                bar.finish_with_message(format!("job {}", job.status.name()));
                 break;
             }
-            let phase = rt
-                .block_on(call(&rpc, &url, "job_getRound", rpc_params![job_id, current]))
-                .ok()
-                .and_then(|r| r["phase"].as_str().map(str::to_string))
-                .unwrap_or_default();
+            let phase = rt.block_on(rpc.round(job_id, current)).map_or("", |r| r.phase.name());
             bar.set_message(format!("round {current}: {phase}"));
             bar.tick();
             std::thread::sleep(Duration::from_millis(500));
         }
         let events = job_events.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let job = rt.block_on(call(&rpc, &url, "job_get", rpc_params![job_id]))?;
-        let miners = rt.block_on(miner_outcomes(&rpc, &url, info, &initial_stakes, &job, &events));
+        let job = rt.block_on(rpc.job(job_id)).map_err(|e| explain(&url, "job_get", e))?;
+        let miners = rt.block_on(miner_outcomes(&rpc, info, &initial_stakes, &job, &events));
         self.report(root, &spec, initial_loss, &rows, &miners)
     }
 
@@ -418,12 +414,12 @@ impl DemoJob {
         let mut points = vec![(0.0, initial_loss)];
         points.extend(rows.iter().map(|r| (f64::from(r.round + 1), r.validation_loss)));
         let png = root.join("loss.png");
-        crate::plot::write_line_chart(
+        crate::commands::plot::write_line_chart(
             &png,
             "devnet demo job",
             "round",
             "validation loss",
-            &[crate::plot::Series { label: "global model".into(), points }],
+            &[crate::commands::plot::Series { label: "global model".into(), points }],
         )?;
         std::fs::write(root.join("rounds.json"), serde_json::to_string_pretty(rows)?)?;
         let parameters = match &self.zk {
@@ -500,34 +496,42 @@ pub struct SlashRecord {
 
 async fn miner_outcomes(
     rpc: &HttpClient,
-    url: &str,
     info: &DevnetInfo,
     initial_stakes: &[u64],
-    job: &Value,
-    events: &[Value],
+    job: &Job,
+    events: &[Event],
 ) -> Vec<MinerOutcome> {
     let mut outcomes = Vec::new();
     for (i, node) in info.nodes.iter().enumerate().filter(|(_, n)| n.role == "miner") {
-        let state = call(rpc, url, "state_getAccount", rpc_params![node.address.clone()]).await.unwrap_or(Value::Null);
-        let entry = job["miners"].as_array().and_then(|m| m.iter().find(|m| m["address"] == node.address.as_str()));
-        let mine = |kind: &'static str, field: &'static str| {
-            events.iter().filter(move |e| e["event"] == kind && e[field] == node.address.as_str())
-        };
+        let Ok(address) = node.address.parse::<Address>() else { continue };
+        let account = rpc.account(node.address.clone()).await.ok();
+        let entry = job.miners.iter().find(|m| m.address == address);
+        let paid = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rewarded { job: of, who, amount, .. } if *of == job.id && *who == address => Some(*amount),
+                _ => None,
+            })
+            .sum();
+        let slashes = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Slashed { who, amount, reason, .. } if *who == address => {
+                    Some(SlashRecord { reason: reason.name().to_string(), amount: *amount })
+                }
+                _ => None,
+            })
+            .collect();
         outcomes.push(MinerOutcome {
             node: format!("node{i}"),
             address: node.address.clone(),
             behaviour: node.behaviour.map_or_else(|| "honest".to_string(), |b| b.to_string()),
             bond_before: initial_stakes.get(i).copied().unwrap_or(0),
-            bond_after: state["miner_stake"]["bonded"].as_u64().unwrap_or(0),
-            paid: mine("rewarded", "who").filter_map(|e| e["amount"].as_u64()).sum(),
-            slashes: mine("slashed", "who")
-                .map(|e| SlashRecord {
-                    reason: e["reason"].as_str().unwrap_or("?").to_string(),
-                    amount: e["amount"].as_u64().unwrap_or(0),
-                })
-                .collect(),
+            bond_after: account.and_then(|a| a.miner_stake).map_or(0, |s| s.bonded),
+            paid,
+            slashes,
             joined: entry.is_some(),
-            ejected: entry.is_some_and(|m| m["ejected"] == true),
+            ejected: entry.is_some_and(|m| m.ejected),
         });
     }
     outcomes
@@ -569,8 +573,8 @@ fn wait_for_height(
     let deadline = Instant::now() + Duration::from_secs(90);
     let rpc = client(url)?;
     loop {
-        if let Ok(head) = rt.block_on(call(&rpc, url, "chain_getHead", rpc_params![])) {
-            if head["height"].as_u64().unwrap_or(0) >= height {
+        if let Ok(head) = rt.block_on(rpc.head()) {
+            if head.height >= height {
                 return Ok(());
             }
         }
@@ -587,39 +591,32 @@ fn wait_for_height(
 }
 
 /// Every account's bonded stake, miner and validator together (a drop is a slash).
-async fn bonded_stakes(rpc: &HttpClient, url: &str, accounts: &[String]) -> Vec<u64> {
+async fn bonded_stakes(rpc: &HttpClient, accounts: &[String]) -> Vec<u64> {
     let mut stakes = Vec::new();
     for account in accounts {
-        let state = call(rpc, url, "state_getAccount", rpc_params![account]).await.unwrap_or(Value::Null);
-        let bonded = |role: &str| state[role]["bonded"].as_u64().unwrap_or(0);
-        stakes.push(bonded("miner_stake") + bonded("validator_stake"));
+        let bonded = match rpc.account(account.clone()).await {
+            Ok(view) => [view.miner_stake, view.validator_stake].iter().flatten().map(|s| s.bonded).sum(),
+            Err(_) => 0,
+        };
+        stakes.push(bonded);
     }
     stakes
 }
 
-async fn block_time_s(rpc: &HttpClient, url: &str, height: u64) -> Option<f64> {
-    let block = call(rpc, url, "chain_getBlock", rpc_params![height]).await.ok()?;
-    block["header"]["time_ms"].as_u64().map(|ms| ms as f64 / 1000.0)
+async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
+    let block = rpc.block(height).await.ok()?;
+    Some(block.header.time_ms as f64 / 1000.0)
 }
 
 /// (training, verification, aggregation) seconds of a settled round, from block times.
-async fn round_times(rpc: &HttpClient, url: &str, state: &Value) -> (f64, f64, f64) {
-    let opened = state["opened_at"].as_u64().unwrap_or(0);
-    let last_commit =
-        state["commits"].as_array().and_then(|c| c.iter().filter_map(|c| c["height"].as_u64()).max()).unwrap_or(opened);
-    let aggregate_deadline = state["aggregate_deadline"].as_u64().unwrap_or(0);
-    let tallied = aggregate_deadline.saturating_sub(trellis_contracts::Params::default().aggregate_blocks);
-    let head = call(rpc, url, "chain_getHead", rpc_params![])
-        .await
-        .ok()
-        .and_then(|h| h["time_ms"].as_u64())
-        .map(|ms| ms as f64 / 1000.0);
-    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) = (
-        block_time_s(rpc, url, opened).await,
-        block_time_s(rpc, url, last_commit).await,
-        block_time_s(rpc, url, tallied).await,
-        head,
-    ) else {
+async fn round_times(rpc: &HttpClient, state: &RoundState) -> (f64, f64, f64) {
+    let opened = state.opened_at;
+    let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);
+    let tallied = state.aggregate_deadline.saturating_sub(trellis_contracts::Params::default().aggregate_blocks);
+    let head = rpc.head().await.ok().map(|h| h.time_ms as f64 / 1000.0);
+    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) =
+        (block_time_s(rpc, opened).await, block_time_s(rpc, last_commit).await, block_time_s(rpc, tallied).await, head)
+    else {
         return (0.0, 0.0, 0.0);
     };
     (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))

@@ -18,7 +18,7 @@ pub use trellis_contracts::InvalidBlock;
 use trellis_contracts::{Chain, Event, Genesis, KvStore, Parent};
 use trellis_proto::{Address, Block, Hash, Height, SignedTx};
 
-use crate::store::{Store, StoreError};
+use crate::storage::store::{Store, StoreError};
 
 /// A block executed against the committed state, ready to commit.
 #[derive(Debug, Clone)]
@@ -94,13 +94,13 @@ impl Ledger {
 
     pub fn account(&self, address: &Address) -> Option<Account> {
         let view = self.store.pending_state();
-        state::read::<Account>(&view, &keys::account(address)).unwrap_or_else(|e| crate::store::fatal(e))
+        state::read::<Account>(&view, &keys::account(address)).unwrap_or_else(|e| crate::storage::store::fatal(e))
     }
 
     /// The validator set that signs the next height, in the engine's form.
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let view = self.store.pending_state();
-        let set = self.chain.validator_set(&view).unwrap_or_else(|e| crate::store::fatal(e));
+        let set = self.chain.validator_set(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
         let validators = set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect();
         ConsensusValidatorSet::new(validators)
     }
@@ -108,7 +108,7 @@ impl Ledger {
     /// The beacon onion the chain holds for `validator` (what its next proposal reveals under).
     pub fn beacon_onion(&self, validator: &Address) -> Option<BeaconOnion> {
         let view = self.store.pending_state();
-        self.chain.beacon_onion(&view, validator).unwrap_or_else(|e| crate::store::fatal(e))
+        self.chain.beacon_onion(&view, validator).unwrap_or_else(|e| crate::storage::store::fatal(e))
     }
 
     fn parent(&self) -> Result<Parent, InvalidBlock> {

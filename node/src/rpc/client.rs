@@ -1,16 +1,16 @@
-//! `trellis tx ...` and `trellis query ...`: talk to a node over JSON-RPC.
+//! `trellis tx ...` and `trellis query ...`: talk to a node over JSON-RPC, through the typed
+//! client of [`super::api::TrellisRpc`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use jsonrpsee::core::client::ClientT;
-use jsonrpsee::core::params::ArrayParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use jsonrpsee::rpc_params;
-use serde_json::Value;
 use trellis_proto::{Address, Amount, Encode, Keypair, Role, Transaction, TxKind};
+
+pub use super::api::TrellisRpcClient;
+use super::api::TxStatus;
 
 /// Default node to talk to: the RPC port `trellis init` uses by default.
 pub const DEFAULT_RPC: &str = "http://127.0.0.1:26657";
@@ -149,48 +149,74 @@ pub fn client(url: &str) -> anyhow::Result<HttpClient> {
         .with_context(|| format!("'{url}' is not a usable RPC URL (like {DEFAULT_RPC})"))
 }
 
-/// Calls `method` and explains failures in terms of what the user asked.
-pub async fn call(client: &HttpClient, url: &str, method: &str, params: ArrayParams) -> anyhow::Result<Value> {
-    client.request(method, params).await.map_err(|error| match error {
+/// Explains a failed call of `method` at `url` in terms of what the user asked.
+pub fn explain(url: &str, method: &str, error: jsonrpsee::core::ClientError) -> anyhow::Error {
+    match error {
         jsonrpsee::core::ClientError::Call(e) => anyhow::anyhow!("{method}: {}", e.message()),
         jsonrpsee::core::ClientError::Transport(e) => {
             anyhow::anyhow!("cannot reach a node at {url}: {e} (is `trellis run` going? see --rpc)")
         }
         other => anyhow::anyhow!("{method} at {url}: {other}"),
-    })
+    }
 }
 
-fn print(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("printing the answer")?);
+    Ok(())
 }
 
 pub fn query(command: QueryCommand) -> anyhow::Result<()> {
-    let (url, method, params) = match command {
-        QueryCommand::Head(rpc) => (rpc.rpc, "chain_getHead", rpc_params![]),
-        QueryCommand::Block { height, rpc } => (rpc.rpc, "chain_getBlock", rpc_params![height]),
-        QueryCommand::Account { address, rpc } => {
-            address.parse::<Address>().map_err(|_| anyhow::anyhow!("'{address}' is not an address (40 hex digits)"))?;
-            (rpc.rpc, "state_getAccount", rpc_params![address])
-        }
-        QueryCommand::Validators(rpc) => (rpc.rpc, "state_getValidators", rpc_params![]),
-        QueryCommand::Tx { hash, rpc } => (rpc.rpc, "tx_get", rpc_params![hash]),
-        QueryCommand::Job { id: Some(id), rpc } => (rpc.rpc, "job_get", rpc_params![id]),
-        QueryCommand::Job { id: None, rpc } => (rpc.rpc, "job_list", rpc_params![]),
-        QueryCommand::Round { job, round, rpc } => (rpc.rpc, "job_getRound", rpc_params![job, round]),
-    };
     let rt = runtime()?;
     rt.block_on(async {
-        let client = client(&url)?;
-        let value = match call(&client, &url, method, params.clone()).await {
-            // A round settled long ago keeps only its summary: show that.
-            Err(error) if method == "job_getRound" && format!("{error:#}").contains("job_getRoundSummary") => {
-                eprintln!("(pruned to its summary)");
-                call(&client, &url, "job_getRoundSummary", params).await?
+        match command {
+            QueryCommand::Head(rpc) => {
+                let c = client(&rpc.rpc)?;
+                print(&c.head().await.map_err(|e| explain(&rpc.rpc, "chain_getHead", e))?)
             }
-            other => other?,
-        };
-        print(&value);
-        Ok(())
+            QueryCommand::Block { height, rpc } => {
+                let c = client(&rpc.rpc)?;
+                print(&c.block(height).await.map_err(|e| explain(&rpc.rpc, "chain_getBlock", e))?)
+            }
+            QueryCommand::Account { address, rpc } => {
+                address
+                    .parse::<Address>()
+                    .map_err(|_| anyhow::anyhow!("'{address}' is not an address (40 hex digits)"))?;
+                let c = client(&rpc.rpc)?;
+                print(&c.account(address).await.map_err(|e| explain(&rpc.rpc, "state_getAccount", e))?)
+            }
+            QueryCommand::Validators(rpc) => {
+                let c = client(&rpc.rpc)?;
+                print(&c.validators().await.map_err(|e| explain(&rpc.rpc, "state_getValidators", e))?)
+            }
+            QueryCommand::Tx { hash, rpc } => {
+                let c = client(&rpc.rpc)?;
+                print(&c.tx(hash).await.map_err(|e| explain(&rpc.rpc, "tx_get", e))?)
+            }
+            QueryCommand::Job { id: Some(id), rpc } => {
+                let c = client(&rpc.rpc)?;
+                print(&c.job(id).await.map_err(|e| explain(&rpc.rpc, "job_get", e))?)
+            }
+            QueryCommand::Job { id: None, rpc } => {
+                let c = client(&rpc.rpc)?;
+                print(&c.jobs().await.map_err(|e| explain(&rpc.rpc, "job_list", e))?)
+            }
+            QueryCommand::Round { job, round, rpc } => {
+                let c = client(&rpc.rpc)?;
+                match c.round(job, round).await {
+                    Ok(state) => print(&state),
+                    // A round settled long ago keeps only its summary: show that.
+                    Err(jsonrpsee::core::ClientError::Call(e)) if e.message().contains("job_getRoundSummary") => {
+                        eprintln!("(pruned to its summary)");
+                        print(
+                            &c.round_summary(job, round)
+                                .await
+                                .map_err(|e| explain(&rpc.rpc, "job_getRoundSummary", e))?,
+                        )
+                    }
+                    Err(e) => Err(explain(&rpc.rpc, "job_getRound", e)),
+                }
+            }
+        }
     })
 }
 
@@ -226,29 +252,28 @@ pub fn sign_and_submit(kind: TxKind, signer: &SignerArgs) -> anyhow::Result<()> 
     let rt = runtime()?;
     rt.block_on(async {
         let client = client(&url)?;
-        let head = call(&client, &url, "chain_getHead", rpc_params![]).await?;
-        let chain_id = head["chain_id"].as_str().context("node returned a head without chain_id")?.to_string();
-        let account = call(&client, &url, "state_getAccount", rpc_params![key.address().to_string()]).await?;
-        let nonce = account["pending_nonce"].as_u64().context("node returned an account without pending_nonce")?;
-        let tx = Transaction { sender: key.public_key(), nonce, fee: Amount(signer.fee), kind }.sign(&chain_id, &key);
-        let submitted = call(&client, &url, "tx_submit", rpc_params![hex::encode(tx.to_bytes())]).await?;
-        let hash = submitted["hash"].as_str().unwrap_or_default().to_string();
+        let head = client.head().await.map_err(|e| explain(&url, "chain_getHead", e))?;
+        let account =
+            client.account(key.address().to_string()).await.map_err(|e| explain(&url, "state_getAccount", e))?;
+        let nonce = account.pending_nonce;
+        let tx =
+            Transaction { sender: key.public_key(), nonce, fee: Amount(signer.fee), kind }.sign(&head.chain_id, &key);
+        let submitted =
+            client.submit(hex::encode(tx.to_bytes())).await.map_err(|e| explain(&url, "tx_submit", e))?;
+        let hash = submitted.hash;
         println!("submitted {hash} (nonce {nonce})");
         if signer.wait {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                if let Ok(status) = call(&client, &url, "tx_get", rpc_params![hash.clone()]).await {
-                    if status["status"] == "committed" {
-                        println!("committed at height {}", status["height"]);
+                match client.tx(hash.to_string()).await {
+                    Ok(TxStatus::Committed { height, .. }) => {
+                        println!("committed at height {height}");
                         break;
                     }
-                    if status["status"] == "failed" {
-                        bail!(
-                            "{hash} was included at height {} but failed (its fee was paid, nothing else happened): {}",
-                            status["height"],
-                            status["reason"].as_str().unwrap_or("no reason given")
-                        );
-                    }
+                    Ok(TxStatus::Failed { height, reason, .. }) => bail!(
+                        "{hash} was included at height {height} but failed (its fee was paid, nothing else happened): {reason}"
+                    ),
+                    Ok(TxStatus::Pending) | Err(_) => {}
                 }
                 if Instant::now() > deadline {
                     bail!("{hash} was not committed within 60 s (it may still be; `trellis query tx {hash}`)");

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use jsonrpsee::rpc_params;
 use tokio::sync::mpsc;
 use trellis_proto::{Encode, SignedTx};
+
+use crate::rpc::api::TrellisRpcClient as _;
 
 /// Most transactions in one gossip call.
 pub const MAX_BATCH: usize = 2000;
@@ -40,9 +40,7 @@ pub async fn run(mut queue: mpsc::Receiver<SignedTx>, peers: Vec<String>) {
         }
         let encoded: Vec<String> = batch.iter().map(|tx| hex::encode(tx.to_bytes())).collect();
         for (url, client) in &clients {
-            let result: Result<serde_json::Value, _> =
-                client.request("mempool_gossip", rpc_params![encoded.clone()]).await;
-            if let Err(error) = result {
+            if let Err(error) = client.gossip(encoded.clone()).await {
                 tracing::debug!(target: "node::gossip", %url, %error, "gossip to peer failed");
             }
         }

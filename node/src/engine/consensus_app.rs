@@ -28,8 +28,8 @@ use trellis_consensus::{
 use trellis_proto::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use trellis_proto::{Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedVote, Transaction, TxKind};
 
-use crate::ledger::Executed;
 use crate::shared::{NodeEvent, Shared};
+use crate::storage::ledger::Executed;
 
 /// Most proposal parts kept for heights this node has not reached yet.
 const MAX_FUTURE_PARTS: usize = 64;
@@ -117,7 +117,7 @@ impl ConsensusApp {
     async fn handle(&mut self, msg: AppMsg<TrellisContext>, channels: &Channels<TrellisContext>) {
         match msg {
             AppMsg::ConsensusReady { reply } => {
-                let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e));
+                let head = self.shared.ledger.head().unwrap_or_else(|e| crate::storage::store::fatal(e));
                 self.start_height(BlockHeight(head.height.0 + 1));
                 tracing::info!(target: "node::consensus", height = %self.height, validators = self.validators.validators().len(), "consensus ready");
                 let _ = reply.send((self.height, self.params()));
@@ -190,8 +190,9 @@ impl ConsensusApp {
     fn propose(&mut self, height: BlockHeight, round: Round, budget: Duration) -> Hash {
         let round_number = round.as_u32().unwrap_or(0);
         let store = self.shared.ledger.store();
-        if let Some(block) =
-            store.proposed(trellis_proto::Height(height.0), round_number).unwrap_or_else(|e| crate::store::fatal(e))
+        if let Some(block) = store
+            .proposed(trellis_proto::Height(height.0), round_number)
+            .unwrap_or_else(|e| crate::storage::store::fatal(e))
         {
             let hash = block.hash();
             if !self.executed.contains_key(&hash) {
@@ -226,7 +227,7 @@ impl ConsensusApp {
         };
         let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), reveal, candidates) {
             Ok(built) => built,
-            Err(error) => crate::store::fatal(format!("building a block failed: {error}")),
+            Err(error) => crate::storage::store::fatal(format!("building a block failed: {error}")),
         };
         if !left_out.is_empty() {
             // A transaction no block may hold now (its nonce, or a fee its sender cannot pay; a
@@ -238,7 +239,7 @@ impl ConsensusApp {
             tracing::debug!(target: "node::mempool", failed = left_out.len(), evicted, "evicted transactions that failed in block building");
         }
         let hash = executed.block.hash();
-        store.put_undecided(&executed.block, Some(round_number)).unwrap_or_else(|e| crate::store::fatal(e));
+        store.put_undecided(&executed.block, Some(round_number)).unwrap_or_else(|e| crate::storage::store::fatal(e));
         tracing::info!(
             target: "node::consensus",
             %height, round = round_number, block = %hash, txs = executed.block.txs.len(),
@@ -254,7 +255,7 @@ impl ConsensusApp {
     /// Leaves out `Invalid` verdicts whose evidence the miner's trail refutes (and drops them from
     /// the pool), and those not judged yet, which are judged in the background for a later block.
     fn leave_out_unfounded(&self, candidates: Vec<trellis_proto::SignedTx>) -> Vec<trellis_proto::SignedTx> {
-        use crate::evidence_desk::{accuses, Judgement};
+        use crate::engine::evidence_desk::{accuses, Judgement};
         let Some(desk) = &self.shared.evidence else { return candidates };
         let mut refuted = Vec::new();
         let kept = candidates
@@ -272,7 +273,7 @@ impl ConsensusApp {
                     None => {
                         let (desk, shared, tx) = (desk.clone(), self.shared.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let deadline = tokio::time::Instant::now() + crate::evidence_desk::EVIDENCE_WAIT;
+                            let deadline = tokio::time::Instant::now() + crate::engine::evidence_desk::EVIDENCE_WAIT;
                             desk.judge(&shared.ledger, &tx, deadline).await;
                         });
                         false
@@ -448,7 +449,7 @@ impl ConsensusApp {
         let store = self.shared.ledger.store();
         match self.shared.ledger.execute(block.clone()) {
             Ok(executed) => {
-                store.put_undecided(&block, None).unwrap_or_else(|e| crate::store::fatal(e));
+                store.put_undecided(&block, None).unwrap_or_else(|e| crate::storage::store::fatal(e));
                 self.executed.insert(hash, executed);
                 Validity::Valid
             }
@@ -517,12 +518,12 @@ impl ConsensusApp {
                     .ledger
                     .store()
                     .undecided(trellis_proto::Height(height.0), &hash)
-                    .unwrap_or_else(|e| crate::store::fatal(e));
+                    .unwrap_or_else(|e| crate::storage::store::fatal(e));
                 match stored.map(|block| self.shared.ledger.execute(block)) {
                     Some(Ok(executed)) => executed,
-                    Some(Err(error)) => {
-                        crate::store::fatal(format!("decided block {hash} at {height} does not execute: {error}"))
-                    }
+                    Some(Err(error)) => crate::storage::store::fatal(format!(
+                        "decided block {hash} at {height} does not execute: {error}"
+                    )),
                     None => {
                         tracing::error!(target: "node::consensus", %height, block = %hash, "decided block is unknown here; restarting the height");
                         return Next::Restart(height, self.params());
@@ -534,13 +535,13 @@ impl ConsensusApp {
         let certificate_bytes = match TrellisCodec.encode(&extended) {
             Ok(bytes) => bytes.to_vec(),
             // A block is never stored without the certificate that proves it was decided.
-            Err(error) => crate::store::fatal(format!("encoding the certificate of block {height}: {error}")),
+            Err(error) => crate::storage::store::fatal(format!("encoding the certificate of block {height}: {error}")),
         };
         let block = Arc::new(executed.block.clone());
         let events = Arc::new(executed.events.clone());
         let tx_count = executed.block.txs.len();
         if let Err(error) = self.shared.ledger.commit(executed, &certificate_bytes) {
-            crate::store::fatal(format!("committing block {height}: {error}"));
+            crate::storage::store::fatal(format!("committing block {height}: {error}"));
         }
         self.shared.metrics.observe_commit(&block, tx_count);
         tracing::info!(target: "node::consensus", %height, block = %hash, txs = tx_count, "committed");
@@ -580,20 +581,20 @@ impl ConsensusApp {
 
     fn decided_values(&self, start: u64, end: u64) -> Vec<RawDecidedValue<TrellisContext>> {
         let store = self.shared.ledger.store();
-        let head = store.head().unwrap_or_else(|e| crate::store::fatal(e)).0;
+        let head = store.head().unwrap_or_else(|e| crate::storage::store::fatal(e)).0;
         let end = end.min(head).min(start.saturating_add(MAX_SYNC_BATCH - 1));
         let mut values = Vec::new();
         for height in start.max(1)..=end {
             let height = trellis_proto::Height(height);
             let (Some(block), Some(certificate)) =
-                (store.block(height).unwrap_or_else(|e| crate::store::fatal(e)), store.certificate(height))
+                (store.block(height).unwrap_or_else(|e| crate::storage::store::fatal(e)), store.certificate(height))
             else {
                 break;
             };
             let Ok(certificate) =
                 Codec::<ExtendedCommitCertificate<TrellisContext>>::decode(&TrellisCodec, Bytes::from(certificate))
             else {
-                crate::store::fatal(format!("stored certificate of block {height} does not decode"));
+                crate::storage::store::fatal(format!("stored certificate of block {height} does not decode"));
             };
             values.push(RawDecidedValue::new(Bytes::from(block.to_bytes()), certificate));
         }
@@ -618,7 +619,7 @@ impl ConsensusApp {
             return SyncedValueOutcome::PeerFault;
         }
         let hash = block.hash();
-        let head = self.shared.ledger.head().unwrap_or_else(|e| crate::store::fatal(e)).height.0;
+        let head = self.shared.ledger.head().unwrap_or_else(|e| crate::storage::store::fatal(e)).height.0;
         let validity = if height.0 == head + 1 {
             // Decided by a quorum already: aggregates are not recomputed for a synced block.
             self.check_block(block, None, false).await
@@ -630,7 +631,7 @@ impl ConsensusApp {
                 tracing::warn!(target: "node::sync", %height, %error, "synced block has a bad body");
                 return SyncedValueOutcome::PeerFault;
             }
-            self.shared.ledger.store().put_undecided(&block, None).unwrap_or_else(|e| crate::store::fatal(e));
+            self.shared.ledger.store().put_undecided(&block, None).unwrap_or_else(|e| crate::storage::store::fatal(e));
             Validity::Valid
         };
         SyncedValueOutcome::Verdict(ProposedValue {
