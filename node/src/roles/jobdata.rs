@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use trellis_contracts::state::Job;
-use trellis_proto::{Hash, JobSpec};
+use trellis_proto::Hash;
 use trellis_protocol::model::weights_from_bytes;
 use trellis_trainer::data::{Dataset, DEFAULT_SHARD_BYTES};
 
