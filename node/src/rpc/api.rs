@@ -175,3 +175,75 @@ pub trait TrellisRpc {
     #[subscription(name = "job_subscribeEvents" => "job_event", unsubscribe = "job_unsubscribeEvents", item = JobEvent)]
     async fn subscribe_job_events(&self, job: Option<u64>) -> SubscriptionResult;
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use trellis_proto::{Amount, Keypair, Transaction, TxKind};
+
+    use super::*;
+
+    /// `value` serialises to `expected` (the JSON `docs/rpc.md` shows) and reads back as itself.
+    fn wire<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+        value: T,
+        expected: serde_json::Value,
+    ) {
+        let json = serde_json::to_value(&value).unwrap();
+        assert_eq!(json, expected);
+        assert_eq!(serde_json::from_value::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn answers_are_the_json_docs_rpc_md_shows_and_read_back() {
+        let key = Keypair::from_seed([3; 32]);
+        let tx = Transaction {
+            sender: key.public_key(),
+            nonce: 0,
+            fee: Amount(10),
+            kind: TxKind::Transfer { to: Address([1; 20]), amount: Amount(5) },
+        }
+        .sign("rpc-test", &key);
+        let tx_json = serde_json::to_value(&tx).unwrap();
+        wire(TxStatus::Pending, json!({ "status": "pending" }));
+        wire(
+            TxStatus::Committed { height: 17, index: 0, tx: tx.clone() },
+            json!({ "status": "committed", "height": 17, "index": 0, "tx": tx_json }),
+        );
+        wire(
+            TxStatus::Failed { reason: "insufficient balance".into(), height: 3, index: 1, tx },
+            json!({ "status": "failed", "reason": "insufficient balance", "height": 3, "index": 1, "tx": tx_json }),
+        );
+        let address = key.address();
+        wire(
+            AccountView {
+                address,
+                balance: 130,
+                nonce: 0,
+                pending_nonce: 1,
+                validator_stake: Some(Stake {
+                    key: key.public_key(),
+                    bonded: 100,
+                    unbonding: Vec::new(),
+                    jailed: false,
+                }),
+                miner_stake: None,
+            },
+            json!({
+                "address": address, "balance": 130, "nonce": 0, "pending_nonce": 1, "miner_stake": null,
+                "validator_stake": { "key": key.public_key(), "bonded": 100, "unbonding": [], "jailed": false },
+            }),
+        );
+        wire(
+            ValidatorsView {
+                validators: vec![ValidatorView { address, public_key: key.public_key(), power: 100 }],
+                total_power: 100,
+            },
+            json!({ "total_power": 100, "validators": [{ "address": address, "public_key": key.public_key(), "power": 100 }] }),
+        );
+        wire(GossipReceipt { admitted: 0 }, json!({ "admitted": 0 }));
+        wire(
+            JobListing { id: JobId(0), submitter: address, status: JobStatus::Active, current_round: 2, escrow: 9 },
+            json!({ "id": 0, "submitter": address, "status": "active", "current_round": 2, "escrow": 9 }),
+        );
+    }
+}

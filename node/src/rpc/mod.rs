@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use jsonrpsee::core::SubscriptionResult;
-use jsonrpsee::server::{serve_with_graceful_shutdown, stop_channel, RpcModule, Server, ServerConfig, ServerHandle};
+use jsonrpsee::server::{serve_with_graceful_shutdown, stop_channel, Server, ServerConfig, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::{Extensions, PendingSubscriptionSink, SubscriptionMessage};
 use tokio::sync::broadcast;
@@ -270,8 +270,8 @@ fn event_job(event: &Event) -> Option<JobId> {
 }
 
 /// Every stored failure is the node's own (a storage fault): JSON-RPC's internal error.
-fn internal(error: impl std::fmt::Display) -> ErrorObjectOwned {
-    error(codes::INTERNAL, error.to_string())
+fn internal(cause: impl std::fmt::Display) -> ErrorObjectOwned {
+    error(codes::INTERNAL, cause.to_string())
 }
 
 #[jsonrpsee::core::async_trait]
