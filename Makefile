@@ -25,13 +25,15 @@ build-check: setup
 	$(CARGO) build -p trellis-node
 
 # Formatting (rustfmt.toml), the crate graph against docs/architecture.md, and clippy with every
-# warning an error ([workspace.lints]). Clippy runs under the test profile, the one `make test`
-# built the dependencies with: under the default one a cold CI compiled RocksDB's C++ a second
-# time (≈ 30 min, docs/benchmarks.md "CI time").
+# warning an error ([workspace.lints]). Cargo does not share librocksdb-sys's build between
+# `check` and `build`, so clippy alone would compile RocksDB's C++ a second time (≈ 30 min cold,
+# docs/benchmarks.md "CI time"); it never links, so it is pointed at the archive a build made.
+ROCKSDB_ARCHIVE = $(firstword $(shell ls -t $(or $(CARGO_TARGET_DIR),target)/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null))
 lint: setup
 	$(CARGO) fmt --all --check
 	scripts/check-architecture.sh
-	$(CARGO) clippy --workspace --all-targets --profile test --features trellis-node/adversary -- -D warnings
+	$(if $(ROCKSDB_ARCHIVE),ROCKSDB_LIB_DIR=$(dir $(ROCKSDB_ARCHIVE)) ROCKSDB_STATIC=1) \
+	$(CARGO) clippy --workspace --all-targets --features trellis-node/adversary -- -D warnings
 
 # Every benchmark that prints figures against a baseline (scripts/bench.sh; docs/benchmarks.md).
 bench: setup
