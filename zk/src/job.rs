@@ -2,7 +2,7 @@
 //! every job's, rounded to Q15.16 to start a round ([`to_fixed`]) and read back after one
 //! ([`from_fixed`]); its examples are the batch schedule's byte windows ([`examples`]); its θ_0
 //! is [`initial_weights`]. Pure functions, the same on every machine: a groth16 job's miners and
-//! checkers both call them (`node/src/roles/zkjob.rs`).
+//! checkers both call them (`trellis_verifier::groth16`).
 
 use crate::fixed::ONE;
 use crate::{Batch, Example, ModelSpec, Weights};
