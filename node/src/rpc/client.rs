@@ -165,57 +165,55 @@ fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl QueryCommand {
+    fn rpc(&self) -> &str {
+        match self {
+            QueryCommand::Head(rpc) | QueryCommand::Validators(rpc) => &rpc.rpc,
+            QueryCommand::Block { rpc, .. }
+            | QueryCommand::Account { rpc, .. }
+            | QueryCommand::Tx { rpc, .. }
+            | QueryCommand::Job { rpc, .. }
+            | QueryCommand::Round { rpc, .. } => &rpc.rpc,
+        }
+    }
+}
+
+/// Prints the answer to `method`, or explains why there is none.
+fn show<T: serde::Serialize>(
+    url: &str,
+    method: &str,
+    answer: Result<T, jsonrpsee::core::ClientError>,
+) -> anyhow::Result<()> {
+    print(&answer.map_err(|e| explain(url, method, e))?)
+}
+
 pub fn query(command: QueryCommand) -> anyhow::Result<()> {
+    let url = command.rpc().to_string();
     let rt = runtime()?;
     rt.block_on(async {
+        let c = client(&url)?;
         match command {
-            QueryCommand::Head(rpc) => {
-                let c = client(&rpc.rpc)?;
-                print(&c.head().await.map_err(|e| explain(&rpc.rpc, "chain_getHead", e))?)
-            }
-            QueryCommand::Block { height, rpc } => {
-                let c = client(&rpc.rpc)?;
-                print(&c.block(height).await.map_err(|e| explain(&rpc.rpc, "chain_getBlock", e))?)
-            }
-            QueryCommand::Account { address, rpc } => {
+            QueryCommand::Head(_) => show(&url, "chain_getHead", c.head().await),
+            QueryCommand::Block { height, .. } => show(&url, "chain_getBlock", c.block(height).await),
+            QueryCommand::Account { address, .. } => {
                 address
                     .parse::<Address>()
                     .map_err(|_| anyhow::anyhow!("'{address}' is not an address (40 hex digits)"))?;
-                let c = client(&rpc.rpc)?;
-                print(&c.account(address).await.map_err(|e| explain(&rpc.rpc, "state_getAccount", e))?)
+                show(&url, "state_getAccount", c.account(address).await)
             }
-            QueryCommand::Validators(rpc) => {
-                let c = client(&rpc.rpc)?;
-                print(&c.validators().await.map_err(|e| explain(&rpc.rpc, "state_getValidators", e))?)
-            }
-            QueryCommand::Tx { hash, rpc } => {
-                let c = client(&rpc.rpc)?;
-                print(&c.tx(hash).await.map_err(|e| explain(&rpc.rpc, "tx_get", e))?)
-            }
-            QueryCommand::Job { id: Some(id), rpc } => {
-                let c = client(&rpc.rpc)?;
-                print(&c.job(id).await.map_err(|e| explain(&rpc.rpc, "job_get", e))?)
-            }
-            QueryCommand::Job { id: None, rpc } => {
-                let c = client(&rpc.rpc)?;
-                print(&c.jobs().await.map_err(|e| explain(&rpc.rpc, "job_list", e))?)
-            }
-            QueryCommand::Round { job, round, rpc } => {
-                let c = client(&rpc.rpc)?;
-                match c.round(job, round).await {
-                    Ok(state) => print(&state),
-                    // A round settled long ago keeps only its summary: show that.
-                    Err(jsonrpsee::core::ClientError::Call(e)) if e.message().contains("job_getRoundSummary") => {
-                        eprintln!("(pruned to its summary)");
-                        print(
-                            &c.round_summary(job, round)
-                                .await
-                                .map_err(|e| explain(&rpc.rpc, "job_getRoundSummary", e))?,
-                        )
-                    }
-                    Err(e) => Err(explain(&rpc.rpc, "job_getRound", e)),
+            QueryCommand::Validators(_) => show(&url, "state_getValidators", c.validators().await),
+            QueryCommand::Tx { hash, .. } => show(&url, "tx_get", c.tx(hash).await),
+            QueryCommand::Job { id: Some(id), .. } => show(&url, "job_get", c.job(id).await),
+            QueryCommand::Job { id: None, .. } => show(&url, "job_list", c.jobs().await),
+            QueryCommand::Round { job, round, .. } => match c.round(job, round).await {
+                Ok(state) => print(&state),
+                // A round settled long ago keeps only its summary: show that.
+                Err(jsonrpsee::core::ClientError::Call(e)) if e.message().contains("job_getRoundSummary") => {
+                    eprintln!("(pruned to its summary)");
+                    show(&url, "job_getRoundSummary", c.round_summary(job, round).await)
                 }
-            }
+                Err(e) => Err(explain(&url, "job_getRound", e)),
+            },
         }
     })
 }
