@@ -20,9 +20,14 @@ build: setup
 	$(CARGO) build --release -p trellis-node
 
 # What users build (no `adversary` feature), checked in the test profile so that CI compiles
-# RocksDB once: `build` above is the same code with optimisations.
+# RocksDB once: `build` above is the same code with optimisations. Its binary must hold none of
+# the attacks (`node/src/roles/adversary.rs` logs under the target `node::adversary`).
+TRELLIS_DEBUG_BINARY = $(or $(CARGO_TARGET_DIR),target)/debug/trellis
 build-check: setup
 	$(CARGO) build -p trellis-node
+	@if grep -q "node::adversary" "$(TRELLIS_DEBUG_BINARY)"; then \
+	  echo "the users' build holds attack code (node::adversary): gate it behind the adversary feature"; exit 1; \
+	else echo "the users' build holds no attack code"; fi
 
 # Formatting (rustfmt.toml), the crate graph against docs/architecture.md, and clippy with every
 # warning an error ([workspace.lints]). Cargo does not share librocksdb-sys's build between

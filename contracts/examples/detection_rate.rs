@@ -135,7 +135,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
             commit_blocks: 5,
             verify_blocks: 5,
         },
-        escrow: 10,
+        escrow: trellis_proto::Amount(10),
         status: JobStatus::Active,
         cancel_requested: false,
         current_round: 0,

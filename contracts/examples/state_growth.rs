@@ -64,7 +64,7 @@ fn add_finished_jobs(kv: &mut MemoryKv, count: u64) {
                 id: JobId(id),
                 submitter: Address([9; 20]),
                 spec: spec(),
-                escrow: 0,
+                escrow: Amount::ZERO,
                 status: JobStatus::Finished,
                 cancel_requested: false,
                 current_round: ROUNDS_PER_JOB - 1,
@@ -142,12 +142,12 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
             ])
         })
         .collect();
-    let mut accounts: Vec<(Address, u64)> = senders.iter().map(|k| (k.address(), 1_000_000_000)).collect();
-    accounts.push((validator.address(), 1_000_000));
+    let mut accounts: Vec<(Address, Amount)> = senders.iter().map(|k| (k.address(), Amount(1_000_000_000))).collect();
+    accounts.push((validator.address(), Amount(1_000_000)));
     let genesis = Genesis {
         chain_id: "state-growth".into(),
         accounts,
-        validators: vec![(validator.public_key(), 20_000)],
+        validators: vec![(validator.public_key(), Amount(20_000))],
         miners: Vec::new(),
         params: Params::default(),
     };

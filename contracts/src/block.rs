@@ -256,8 +256,8 @@ mod tests {
         let validator = Keypair::from_seed([4; 32]);
         let genesis = Genesis {
             chain_id: "block-test".into(),
-            accounts: vec![(rich.address(), 1_000_000), (validator.address(), 1_000_000)],
-            validators: vec![(validator.public_key(), 20_000)],
+            accounts: vec![(rich.address(), Amount(1_000_000)), (validator.address(), Amount(1_000_000))],
+            validators: vec![(validator.public_key(), Amount(20_000))],
             miners: Vec::new(),
             params: Params::default(),
         };
@@ -367,7 +367,7 @@ mod tests {
         );
         let after: crate::state::Account = read(&overlay, &keys::account(&rich.address())).unwrap().unwrap();
         assert_eq!(after.nonce, 2, "the failed transaction used its nonce");
-        assert_eq!(after.balance, before.balance - 1 - 1 - 7, "two fees and the one transfer that applied");
+        assert_eq!(after.balance.0, before.balance.0 - 1 - 1 - 7, "two fees and the one transfer that applied");
         let changes = overlay.into_changes();
         let mut check = Overlay::new(&kv);
         chain.execute_block(&mut check, &genesis, &built.block).unwrap();

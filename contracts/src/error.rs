@@ -1,7 +1,7 @@
 //! Why a transaction was rejected. A rejected transaction changes nothing.
 
 use thiserror::Error;
-use trellis_proto::{Address, JobId, Role};
+use trellis_proto::{Address, Amount, JobId, Role};
 
 use crate::state::{CorruptState, Phase};
 
@@ -10,15 +10,15 @@ pub enum TxError {
     #[error("wrong nonce: the account's next nonce is {expected}, the transaction has {got}")]
     BadNonce { expected: u64, got: u64 },
     #[error("fee {got} is below the minimum {min}")]
-    FeeTooLow { min: u64, got: u64 },
+    FeeTooLow { min: Amount, got: Amount },
     #[error("insufficient balance: {needed} needed, {available} available")]
-    InsufficientBalance { needed: u64, available: u64 },
+    InsufficientBalance { needed: Amount, available: Amount },
     #[error("amount must be positive")]
     ZeroAmount,
     #[error("a {role:?} bond must be at least {min} (it would be {got})")]
-    BelowMinimumStake { role: Role, min: u64, got: u64 },
+    BelowMinimumStake { role: Role, min: Amount, got: Amount },
     #[error("cannot unbond {requested}: only {bonded} is bonded as {role:?}")]
-    InsufficientBond { role: Role, bonded: u64, requested: u64 },
+    InsufficientBond { role: Role, bonded: Amount, requested: Amount },
     #[error("unknown job {0}")]
     UnknownJob(JobId),
     #[error("job {0} is not active")]
@@ -26,7 +26,7 @@ pub enum TxError {
     #[error("invalid job spec: {0}")]
     InvalidJobSpec(String),
     #[error("escrow {escrow} does not cover one round's reward {reward}")]
-    EscrowTooSmall { escrow: u64, reward: u64 },
+    EscrowTooSmall { escrow: Amount, reward: Amount },
     #[error("{miner} has not joined job {job}")]
     NotJoined { job: JobId, miner: Address },
     #[error("miner {miner} is not a worker of round {round} of job {job} (rounds have a fixed number of worker slots; it trains from a later round)")]
@@ -38,7 +38,7 @@ pub enum TxError {
     #[error("job {0} has the most miners it allows")]
     JobFull(JobId),
     #[error("job needs a miner bond of {required}, {miner} has {bonded}")]
-    MinerStakeTooLow { miner: Address, required: u64, bonded: u64 },
+    MinerStakeTooLow { miner: Address, required: Amount, bonded: Amount },
     #[error("job {job} is in round {current}, not {got}")]
     WrongRound { job: JobId, current: u32, got: u32 },
     #[error("round {round} of job {job} is {phase:?}, not {expected:?}")]

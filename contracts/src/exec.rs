@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_proto::{
-    Address, Aggregate, AggregationRule, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec,
+    Address, Aggregate, AggregationRule, Amount, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec,
     PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
 };
 
@@ -41,36 +41,36 @@ pub enum Event {
     Transfer {
         from: Address,
         to: Address,
-        amount: u64,
+        amount: Amount,
     },
     FeeBurned {
         payer: Address,
-        amount: u64,
+        amount: Amount,
     },
     BlockReward {
         proposer: Address,
-        amount: u64,
+        amount: Amount,
     },
     Bonded {
         who: Address,
         role: Role,
-        amount: u64,
+        amount: Amount,
     },
     Unbonding {
         who: Address,
         role: Role,
-        amount: u64,
+        amount: Amount,
         release_height: u64,
     },
     Released {
         who: Address,
         role: Role,
-        amount: u64,
+        amount: Amount,
     },
     JobSubmitted {
         job: JobId,
         submitter: Address,
-        escrow: u64,
+        escrow: Amount,
     },
     JobJoined {
         job: JobId,
@@ -128,7 +128,7 @@ pub enum Event {
     Slashed {
         who: Address,
         role: Role,
-        amount: u64,
+        amount: Amount,
         reason: SlashReason,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobId>,
@@ -146,7 +146,7 @@ pub enum Event {
         job: JobId,
         round: u32,
         who: Address,
-        amount: u64,
+        amount: Amount,
         as_miner: bool,
     },
     RoundLapsed {
@@ -156,7 +156,7 @@ pub enum Event {
     JobEnded {
         job: JobId,
         status: JobStatus,
-        refund: u64,
+        refund: Amount,
     },
     CancelRequested {
         job: JobId,
@@ -216,9 +216,9 @@ impl SlashReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Genesis {
     pub chain_id: String,
-    pub accounts: Vec<(Address, u64)>,
-    pub validators: Vec<(PublicKey, u64)>,
-    pub miners: Vec<(PublicKey, u64)>,
+    pub accounts: Vec<(Address, Amount)>,
+    pub validators: Vec<(PublicKey, Amount)>,
+    pub miners: Vec<(PublicKey, Amount)>,
     pub params: Params,
 }
 
@@ -227,7 +227,7 @@ pub enum GenesisError {
     #[error("genesis state already exists")]
     AlreadyInitialised,
     #[error("genesis has no validator with at least the minimum stake {0}")]
-    NoValidators(u64),
+    NoValidators(Amount),
     #[error("genesis amounts overflow")]
     Overflow,
     #[error("genesis lists {0} twice")]
@@ -251,7 +251,7 @@ impl Chain {
         if kv.get(keys::SUPPLY).is_some() {
             return Err(GenesisError::AlreadyInitialised);
         }
-        let mut total: u64 = 0;
+        let mut total = Amount::ZERO;
         let mut seen = std::collections::BTreeSet::new();
         for (address, balance) in &genesis.accounts {
             if !seen.insert(*address) {
@@ -267,12 +267,12 @@ impl Chain {
                 write(kv, keys::stake(role, &key.address()), &stake);
             }
         }
-        write(kv, keys::SUPPLY.to_vec(), &Supply { genesis: total, minted: 0, burned: 0 });
+        write(kv, keys::SUPPLY.to_vec(), &Supply { genesis: total, minted: Amount::ZERO, burned: Amount::ZERO });
         write(kv, keys::NEXT_JOB.to_vec(), &0u64);
         let chain = Chain::new(genesis.chain_id.clone(), genesis.params.clone());
         let set = chain.compute_validator_set(kv).map_err(|_| GenesisError::Overflow)?;
         if set.validators.is_empty() {
-            return Err(GenesisError::NoValidators(genesis.params.min_validator_stake.0));
+            return Err(GenesisError::NoValidators(genesis.params.min_validator_stake));
         }
         write(kv, keys::VALIDATORS.to_vec(), &set);
         kv.put(crate::kv::DIGEST_KEY.to_vec(), crate::kv::StateDigest::compute(kv).to_bytes());
@@ -298,8 +298,8 @@ impl Chain {
     /// deadlines that ended before this block.
     pub fn begin_block<S: KvStore + ?Sized>(&self, kv: &mut S, ctx: &BlockCtx) -> Result<Vec<Event>, TxError> {
         let mut events = Vec::new();
-        let reward = self.params.block_reward.0;
-        if reward > 0 {
+        let reward = self.params.block_reward;
+        if !reward.is_zero() {
             self.credit(kv, &ctx.proposer, reward)?;
             let mut supply: Supply = read(kv, keys::SUPPLY)?.unwrap_or_default();
             supply.minted = supply.minted.checked_add(reward).ok_or(TxError::Overflow)?;
@@ -341,7 +341,8 @@ impl Chain {
             let (matured, pending): (Vec<Unbonding>, Vec<Unbonding>) =
                 stake.unbonding.drain(..).partition(|u| u.release_height <= ctx.height);
             stake.unbonding = pending;
-            let amount = matured.iter().try_fold(0u64, |sum, u| sum.checked_add(u.amount)).ok_or(TxError::Overflow)?;
+            let amount =
+                matured.iter().try_fold(Amount::ZERO, |sum, u| sum.checked_add(u.amount)).ok_or(TxError::Overflow)?;
             kv.put(key, trellis_proto::Encode::to_bytes(&stake));
             self.credit(kv, &who, amount)?;
             events.push(Event::Released { who, role, amount });
@@ -397,8 +398,8 @@ impl Chain {
         let mut candidates = Vec::new();
         for (key, bytes) in kv.scan_prefix(&keys::stake_prefix(Role::Validator)) {
             let stake: Stake = decode_record(&key, &bytes)?;
-            if !stake.jailed && stake.bonded >= self.params.min_validator_stake.0 {
-                candidates.push(Validator { address: stake.key.address(), key: stake.key, power: stake.bonded });
+            if !stake.jailed && stake.bonded >= self.params.min_validator_stake {
+                candidates.push(Validator { address: stake.key.address(), key: stake.key, power: stake.bonded.0 });
             }
         }
         candidates.sort_by(|a, b| b.power.cmp(&a.power).then(a.address.cmp(&b.address)));
@@ -440,9 +441,9 @@ impl Chain {
         if tx.nonce != account.nonce {
             return Err(TxError::BadNonce { expected: account.nonce, got: tx.nonce });
         }
-        let fee = tx.fee.0;
-        if fee < self.params.min_fee.0 {
-            return Err(TxError::FeeTooLow { min: self.params.min_fee.0, got: fee });
+        let fee = tx.fee;
+        if fee < self.params.min_fee {
+            return Err(TxError::FeeTooLow { min: self.params.min_fee, got: fee });
         }
         if account.balance < fee {
             return Err(TxError::InsufficientBalance { needed: fee, available: account.balance });
@@ -465,13 +466,13 @@ impl Chain {
         let mut events = self.charge(kv, signed)?;
         match &tx.kind {
             TxKind::Transfer { to, amount } => {
-                self.debit(kv, &sender, amount.0)?;
-                self.credit(kv, to, amount.0)?;
-                events.push(Event::Transfer { from: sender, to: *to, amount: amount.0 });
+                self.debit(kv, &sender, *amount)?;
+                self.credit(kv, to, *amount)?;
+                events.push(Event::Transfer { from: sender, to: *to, amount: *amount });
             }
-            TxKind::Bond { role, amount } => events.push(self.bond(kv, &tx.sender, *role, amount.0)?),
-            TxKind::Unbond { role, amount } => events.push(self.unbond(kv, &sender, *role, amount.0, ctx)?),
-            TxKind::SubmitJob { spec, escrow } => events.extend(self.submit_job(kv, sender, spec, escrow.0, ctx)?),
+            TxKind::Bond { role, amount } => events.push(self.bond(kv, &tx.sender, *role, *amount)?),
+            TxKind::Unbond { role, amount } => events.push(self.unbond(kv, &sender, *role, *amount, ctx)?),
+            TxKind::SubmitJob { spec, escrow } => events.extend(self.submit_job(kv, sender, spec, *escrow, ctx)?),
             TxKind::JoinJob { job } => events.push(self.join_job(kv, sender, *job, ctx)?),
             TxKind::CommitWork(work) => events.push(self.commit_work(kv, sender, work, ctx)?),
             TxKind::RevealWork(reveal) => events.push(self.reveal_work(kv, sender, reveal, ctx)?),
@@ -484,15 +485,15 @@ impl Chain {
         Ok(events)
     }
 
-    pub(crate) fn credit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: u64) -> Result<(), TxError> {
+    pub(crate) fn credit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: Amount) -> Result<(), TxError> {
         let mut account: Account = read(kv, &keys::account(who))?.unwrap_or_default();
         account.balance = account.balance.checked_add(amount).ok_or(TxError::Overflow)?;
         write(kv, keys::account(who), &account);
         Ok(())
     }
 
-    fn debit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: u64) -> Result<(), TxError> {
-        if amount == 0 {
+    fn debit<S: KvStore + ?Sized>(&self, kv: &mut S, who: &Address, amount: Amount) -> Result<(), TxError> {
+        if amount.is_zero() {
             return Err(TxError::ZeroAmount);
         }
         let mut account: Account = read(kv, &keys::account(who))?.unwrap_or_default();
@@ -504,7 +505,7 @@ impl Chain {
         Ok(())
     }
 
-    pub(crate) fn burn<S: KvStore + ?Sized>(&self, kv: &mut S, amount: u64) -> Result<(), TxError> {
+    pub(crate) fn burn<S: KvStore + ?Sized>(&self, kv: &mut S, amount: Amount) -> Result<(), TxError> {
         let mut supply: Supply = read(kv, keys::SUPPLY)?.unwrap_or_default();
         supply.burned = supply.burned.checked_add(amount).ok_or(TxError::Overflow)?;
         write(kv, keys::SUPPLY.to_vec(), &supply);
@@ -516,13 +517,13 @@ impl Chain {
         kv: &mut S,
         key: &PublicKey,
         role: Role,
-        amount: u64,
+        amount: Amount,
     ) -> Result<Event, TxError> {
         let who = key.address();
         self.debit(kv, &who, amount)?;
         let mut stake: Stake = read(kv, &keys::stake(role, &who))?.unwrap_or(Stake {
             key: *key,
-            bonded: 0,
+            bonded: Amount::ZERO,
             unbonding: Vec::new(),
             jailed: false,
         });
@@ -550,7 +551,8 @@ impl Chain {
         if !(trellis_protocol::beacon::MIN_LAYERS..=trellis_protocol::beacon::MAX_LAYERS).contains(&layers) {
             return Err(TxError::OnionLayers { got: layers });
         }
-        let bonded = read::<Stake>(kv, &keys::stake(Role::Validator, &sender))?.is_some_and(|stake| stake.bonded > 0);
+        let bonded =
+            read::<Stake>(kv, &keys::stake(Role::Validator, &sender))?.is_some_and(|stake| !stake.bonded.is_zero());
         if !bonded {
             return Err(TxError::UnknownValidator(sender));
         }
@@ -574,15 +576,15 @@ impl Chain {
         kv: &mut S,
         who: &Address,
         role: Role,
-        amount: u64,
+        amount: Amount,
         ctx: &BlockCtx,
     ) -> Result<Event, TxError> {
-        if amount == 0 {
+        if amount.is_zero() {
             return Err(TxError::ZeroAmount);
         }
         let mut stake: Stake = read(kv, &keys::stake(role, who))?.ok_or(TxError::InsufficientBond {
             role,
-            bonded: 0,
+            bonded: Amount::ZERO,
             requested: amount,
         })?;
         if stake.bonded < amount {
@@ -590,7 +592,7 @@ impl Chain {
         }
         let remaining = stake.bonded - amount;
         let min = self.min_stake(role);
-        if remaining != 0 && remaining < min {
+        if !remaining.is_zero() && remaining < min {
             return Err(TxError::BelowMinimumStake { role, min, got: remaining });
         }
         let release_height = ctx.height.saturating_add(self.params.unbonding_blocks);
@@ -600,10 +602,10 @@ impl Chain {
         Ok(Event::Unbonding { who: *who, role, amount, release_height })
     }
 
-    fn min_stake(&self, role: Role) -> u64 {
+    fn min_stake(&self, role: Role) -> Amount {
         match role {
-            Role::Validator => self.params.min_validator_stake.0,
-            Role::Miner => self.params.min_miner_stake.0,
+            Role::Validator => self.params.min_validator_stake,
+            Role::Miner => self.params.min_miner_stake,
         }
     }
 
@@ -615,9 +617,9 @@ impl Chain {
         who: &Address,
         role: Role,
         ppm: u64,
-    ) -> Result<u64, TxError> {
+    ) -> Result<Amount, TxError> {
         let Some(mut stake) = read::<Stake>(kv, &keys::stake(role, who))? else {
-            return Ok(0);
+            return Ok(Amount::ZERO);
         };
         let mut remaining = fraction(stake.slashable().ok_or(TxError::Overflow)?, ppm);
         let taken = remaining;
@@ -629,7 +631,7 @@ impl Chain {
             entry.amount -= part;
             remaining -= part;
         }
-        stake.unbonding.retain(|u| u.amount > 0);
+        stake.unbonding.retain(|u| !u.amount.is_zero());
         write(kv, keys::stake(role, who), &stake);
         Ok(taken)
     }
@@ -639,12 +641,12 @@ impl Chain {
         kv: &mut S,
         submitter: Address,
         spec: &JobSpec,
-        escrow: u64,
+        escrow: Amount,
         ctx: &BlockCtx,
     ) -> Result<Vec<Event>, TxError> {
         validate_job_spec(spec, &self.params).map_err(TxError::InvalidJobSpec)?;
-        if escrow < spec.reward_per_round.0 {
-            return Err(TxError::EscrowTooSmall { escrow, reward: spec.reward_per_round.0 });
+        if escrow < spec.reward_per_round {
+            return Err(TxError::EscrowTooSmall { escrow, reward: spec.reward_per_round });
         }
         self.debit(kv, &submitter, escrow)?;
         let id: u64 = read(kv, keys::NEXT_JOB)?.unwrap_or(0);
@@ -694,8 +696,8 @@ impl Chain {
         })
     }
 
-    fn miner_bond<S: KvStore + ?Sized>(&self, kv: &S, miner: &Address) -> Result<u64, TxError> {
-        Ok(read::<Stake>(kv, &keys::stake(Role::Miner, miner))?.map_or(0, |s| s.bonded))
+    fn miner_bond<S: KvStore + ?Sized>(&self, kv: &S, miner: &Address) -> Result<Amount, TxError> {
+        Ok(read::<Stake>(kv, &keys::stake(Role::Miner, miner))?.map_or(Amount::ZERO, |s| s.bonded))
     }
 
     fn join_job<S: KvStore + ?Sized>(
@@ -716,7 +718,7 @@ impl Chain {
                 if job.miners.len() >= self.params.max_miners_per_job as usize {
                     return Err(TxError::JobFull(id));
                 }
-                let required = job.spec.min_miner_stake.0.max(self.params.min_miner_stake.0);
+                let required = job.spec.min_miner_stake.max(self.params.min_miner_stake);
                 let bonded = self.miner_bond(kv, &miner)?;
                 if bonded < required {
                     return Err(TxError::MinerStakeTooLow { miner, required, bonded });
@@ -766,7 +768,7 @@ impl Chain {
         if round.commits.iter().any(|c| c.miner == miner) {
             return Err(TxError::AlreadyCommitted { miner });
         }
-        let required = job.spec.min_miner_stake.0.max(self.params.min_miner_stake.0);
+        let required = job.spec.min_miner_stake.max(self.params.min_miner_stake);
         let bonded = self.miner_bond(kv, &miner)?;
         if bonded < required {
             return Err(TxError::MinerStakeTooLow { miner, required, bonded });
@@ -1095,9 +1097,9 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
 }
 
 /// Everything held in any form (balances, stakes, escrows): must equal `Supply::expected_total`.
-pub fn total_holdings<S: KvStore + ?Sized>(kv: &S) -> Result<u64, TxError> {
-    let mut total: u64 = 0;
-    let mut add = |amount: u64| -> Result<(), TxError> {
+pub fn total_holdings<S: KvStore + ?Sized>(kv: &S) -> Result<Amount, TxError> {
+    let mut total = Amount::ZERO;
+    let mut add = |amount: Amount| -> Result<(), TxError> {
         total = total.checked_add(amount).ok_or(TxError::Overflow)?;
         Ok(())
     };

@@ -77,6 +77,6 @@ impl Default for Params {
 }
 
 /// `amount × ppm / 1_000_000`, rounded down, without overflow.
-pub fn fraction(amount: u64, ppm: u64) -> u64 {
-    ((amount as u128 * ppm as u128) / PPM as u128) as u64
+pub fn fraction(amount: Amount, ppm: u64) -> Amount {
+    Amount(((amount.0 as u128 * ppm as u128) / PPM as u128) as u64)
 }

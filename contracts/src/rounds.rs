@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::hash::{draw, weighted_index};
-use trellis_proto::{Address, Aggregate, Hash, JobSpec, Role, VerdictOutcome};
+use trellis_proto::{Address, Aggregate, Amount, Hash, JobSpec, Role, VerdictOutcome};
 use trellis_protocol::trail;
 
 use crate::error::TxError;
@@ -383,7 +383,7 @@ fn tally<S: KvStore + ?Sized>(
     }
     accepted.sort();
 
-    let mut pool = 0u64;
+    let mut pool = Amount::ZERO;
     let params = &chain.params;
     let punished = [
         (&poisoners, params.poisoner_slash_ppm, SlashReason::Poisoner, true),
@@ -451,24 +451,28 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
     ctx: &BlockCtx,
 ) -> Result<Vec<Event>, TxError> {
     let mut events = Vec::new();
-    let payout = job.spec.reward_per_round.0.min(job.escrow);
-    let verifier_pool =
-        if round.matched_checkers.is_empty() { 0 } else { fraction(payout, chain.params.verifier_share_ppm) };
+    let payout = job.spec.reward_per_round.min(job.escrow);
+    let verifier_pool = if round.matched_checkers.is_empty() {
+        Amount::ZERO
+    } else {
+        fraction(payout, chain.params.verifier_share_ppm)
+    };
     let miner_pool = payout.checked_sub(verifier_pool).ok_or(TxError::Overflow)?;
     // Every accepted miner trained the round's fixed token count: equal shares.
     let tokens: BTreeMap<Address, u64> =
         round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
     let total_tokens = tokens.values().fold(0u64, |sum, t| sum.saturating_add(*t));
-    let mut paid = 0u64;
+    let mut paid = Amount::ZERO;
     for (miner, miner_tokens) in &tokens {
         // ≤ miner_pool, since miner_tokens ≤ total_tokens: the cast cannot truncate.
-        let amount = ((u128::from(miner_pool) * u128::from(*miner_tokens)) / u128::from(total_tokens.max(1))) as u64;
+        let amount =
+            Amount(((u128::from(miner_pool.0) * u128::from(*miner_tokens)) / u128::from(total_tokens.max(1))) as u64);
         chain.credit(kv, miner, amount)?;
         paid = paid.checked_add(amount).ok_or(TxError::Overflow)?;
         events.push(Event::Rewarded { job: job.id, round: round.round, who: *miner, amount, as_miner: true });
     }
     if !round.matched_checkers.is_empty() {
-        let share = verifier_pool / round.matched_checkers.len() as u64;
+        let share = Amount(verifier_pool.0 / round.matched_checkers.len() as u64);
         for checker in &round.matched_checkers {
             chain.credit(kv, checker, share)?;
             paid = paid.checked_add(share).ok_or(TxError::Overflow)?;
@@ -505,7 +509,7 @@ fn next_round_or_end<S: KvStore + ?Sized>(
     if job.cancel_requested {
         return end_job(chain, kv, job, JobStatus::Cancelled, ctx.height);
     }
-    if job.current_round.saturating_add(1) >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round.0 {
+    if job.current_round.saturating_add(1) >= job.spec.diloco.rounds || job.escrow < job.spec.reward_per_round {
         return end_job(chain, kv, job, JobStatus::Finished, ctx.height);
     }
     retire_round(kv, job.id, job.current_round, ctx.height);
@@ -534,7 +538,7 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
     }
     let refund = job.escrow;
     chain.credit(kv, &job.submitter, refund)?;
-    job.escrow = 0;
+    job.escrow = Amount::ZERO;
     job.status = status;
     let event = Event::JobEnded { job: job.id, status, refund };
     write(kv, keys::job(job.id), &job);

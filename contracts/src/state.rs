@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 use trellis_proto::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
 use trellis_proto::{
-    canonical_struct, canonical_tag_enum, Address, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome, WorkReveal,
+    canonical_struct, canonical_tag_enum, Address, Amount, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome,
+    WorkReveal,
 };
 
 use crate::kv::KvStore;
@@ -24,7 +25,7 @@ pub struct CorruptState {
 /// A balance and the next expected nonce.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
-    pub balance: u64,
+    pub balance: Amount,
     pub nonce: u64,
 }
 canonical_struct!(Account { balance, nonce });
@@ -33,7 +34,7 @@ canonical_struct!(Account { balance, nonce });
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unbonding {
     pub release_height: u64,
-    pub amount: u64,
+    pub amount: Amount,
 }
 canonical_struct!(Unbonding { release_height, amount });
 
@@ -41,7 +42,7 @@ canonical_struct!(Unbonding { release_height, amount });
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stake {
     pub key: PublicKey,
-    pub bonded: u64,
+    pub bonded: Amount,
     pub unbonding: Vec<Unbonding>,
     pub jailed: bool,
 }
@@ -49,7 +50,7 @@ pub struct Stake {
 impl Stake {
     /// Everything that can still be slashed (`None` if it does not fit a u64, which supply
     /// conservation rules out).
-    pub fn slashable(&self) -> Option<u64> {
+    pub fn slashable(&self) -> Option<Amount> {
         self.unbonding.iter().try_fold(self.bonded, |sum, u| sum.checked_add(u.amount))
     }
 }
@@ -153,7 +154,7 @@ pub struct Job {
     pub submitter: Address,
     pub spec: JobSpec,
     /// Reward still held for future rounds (slashes of this job's miners flow back in).
-    pub escrow: u64,
+    pub escrow: Amount,
     pub status: JobStatus,
     pub cancel_requested: bool,
     /// The round in progress (or the last one, once the job ended).
@@ -443,15 +444,15 @@ canonical_struct!(MinerDeltas { latest, previous });
 /// Token supply accounting: `genesis + minted − burned` is what exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Supply {
-    pub genesis: u64,
-    pub minted: u64,
-    pub burned: u64,
+    pub genesis: Amount,
+    pub minted: Amount,
+    pub burned: Amount,
 }
 canonical_struct!(Supply { genesis, minted, burned });
 
 impl Supply {
     /// `genesis + minted − burned`; `None` if that does not fit (a corrupt record).
-    pub fn expected_total(&self) -> Option<u64> {
+    pub fn expected_total(&self) -> Option<Amount> {
         self.genesis.checked_add(self.minted)?.checked_sub(self.burned)
     }
 }

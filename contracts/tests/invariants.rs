@@ -186,7 +186,7 @@ fn run(actions: Vec<Action>) -> World {
     w
 }
 
-fn check(w: &World, genesis_total: u64) {
+fn check(w: &World, genesis_total: Amount) {
     let supply: Supply = read(&w.kv, keys::SUPPLY).unwrap().unwrap();
     assert_eq!(supply.genesis, genesis_total);
     let holdings = trellis_contracts::total_holdings(&w.kv).unwrap();
@@ -203,14 +203,14 @@ fn check(w: &World, genesis_total: u64) {
     let mut settled = BTreeMap::new();
     for event in &w.events {
         match event {
-            Event::FeeBurned { amount, .. } => fees += amount,
-            Event::Slashed { amount, .. } => slashes += amount,
+            Event::FeeBurned { amount, .. } => fees += amount.0,
+            Event::Slashed { amount, .. } => slashes += amount.0,
             Event::RoundTallied { job, round, .. } => *tallied.entry((*job, *round)).or_insert(0) += 1,
             Event::AggregateCommitted { job, round, .. } => *settled.entry((*job, *round)).or_insert(0) += 1,
             _ => {}
         }
     }
-    assert_eq!(supply.burned, fees + slashes, "slashed stake is burned, never returned");
+    assert_eq!(supply.burned.0, fees + slashes, "slashed stake is burned, never returned");
     assert!(tallied.values().all(|&n| n == 1), "a round tallied twice: {tallied:?}");
     assert!(settled.values().all(|&n| n == 1), "a round settled twice: {settled:?}");
     for key in settled.keys() {

@@ -39,7 +39,7 @@ fn honest_miners_are_paid_by_tokens_and_checkers_by_agreement() {
         assert_eq!(w.balance(k), before[i] + 2_700, "miner {i}");
     }
     let job_state = w.job(job);
-    assert_eq!(job_state.escrow, 30_000 - 9_000);
+    assert_eq!(job_state.escrow, Amount(30_000 - 9_000));
     assert_eq!(job_state.model_hash, Hash([9; 32]));
     assert_eq!(job_state.current_round, 1);
     assert_eq!(w.round(job, 0).phase, Phase::Settled);
@@ -65,7 +65,7 @@ fn a_poisoner_is_slashed_and_ejected_while_the_others_are_paid() {
     assert!(!round.accepted.contains(&poisoner));
     assert_eq!(round.accepted.len(), 2);
     assert_eq!(slashed(&w, &poisoner), vec![(2_500, SlashReason::Poisoner)], "half of a 5,000 bond");
-    assert_eq!(w.stake(Role::Miner, &w.miners[1]).bonded, 2_500);
+    assert_eq!(w.stake(Role::Miner, &w.miners[1]).bonded, Amount(2_500));
     assert!(w.job(job).miners.iter().any(|m| m.address == poisoner && m.ejected));
     w.aggregate(job, 0).unwrap();
     assert!(matches!(w.commit(job, 1, 1), Err(TxError::Ejected { .. })));
@@ -147,7 +147,7 @@ fn a_job_that_runs_out_of_escrow_ends_cleanly_with_a_refund() {
     let paid: u64 = events
         .iter()
         .filter_map(|e| match e {
-            Event::Rewarded { amount, .. } => Some(*amount),
+            Event::Rewarded { amount, .. } => Some(amount.0),
             _ => None,
         })
         .sum();
@@ -155,10 +155,10 @@ fn a_job_that_runs_out_of_escrow_ends_cleanly_with_a_refund() {
     let refund = 13_500 - paid;
     assert!(events
         .iter()
-        .any(|e| matches!(e, Event::JobEnded { status: JobStatus::Finished, refund: r, .. } if *r == refund)));
+        .any(|e| matches!(e, Event::JobEnded { status: JobStatus::Finished, refund: r, .. } if r.0 == refund)));
     let state = w.job(job);
     assert_eq!(state.status, JobStatus::Finished);
-    assert_eq!(state.escrow, 0);
+    assert_eq!(state.escrow, Amount::ZERO);
     assert_eq!(w.balance(&w.submitter), submitter_before + refund);
     assert!(matches!(w.commit(job, 1, 0), Err(TxError::JobNotActive(_))));
     w.supply_holds();
@@ -172,7 +172,7 @@ fn a_round_with_no_commitments_settles_empty_and_the_next_opens() {
     w.past_verify_end(job, 0);
     assert_eq!(w.round(job, 0).phase, Phase::Settled);
     assert_eq!(w.job(job).current_round, 1);
-    assert_eq!(w.job(job).escrow, 30_000, "nobody paid");
+    assert_eq!(w.job(job).escrow, Amount(30_000), "nobody paid");
     w.commit(job, 1, 0).unwrap();
 }
 
@@ -199,7 +199,9 @@ fn cancelling_refunds_the_escrow_at_the_end_of_the_round() {
     let before = w.balance(&submitter);
     // Before anyone commits: ends at once.
     let events = w.send(&submitter, TxKind::CancelJob { job: JobId(job) }).unwrap();
-    assert!(events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: 30_000, .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: Amount(30_000), .. })));
     assert_eq!(w.balance(&submitter), before - 1 + 30_000);
     // Only the submitter may cancel.
     let job2 = w.submit_and_join(30_000);
@@ -214,12 +216,12 @@ fn unbonding_stake_stays_slashable_until_released() {
     w.commit(job, 0, 0).unwrap();
     let miner = Keypair::from_seed(w.miners[0].seed());
     w.send(&miner, TxKind::Unbond { role: Role::Miner, amount: Amount(5_000) }).unwrap();
-    assert_eq!(w.stake(Role::Miner, &miner).bonded, 0);
+    assert_eq!(w.stake(Role::Miner, &miner).bonded, Amount::ZERO);
     w.past_commit_deadline(job, 0);
     w.verdicts(job, 0, |_, _, _| Some(invalid()));
     w.past_verify_end(job, 0);
     let stake = w.stake(Role::Miner, &miner);
-    assert_eq!(stake.unbonding.iter().map(|u| u.amount).sum::<u64>(), 2_500, "half the unbonding amount was slashed");
+    assert_eq!(stake.unbonding.iter().map(|u| u.amount.0).sum::<u64>(), 2_500, "half the unbonding amount was slashed");
     let release = stake.unbonding[0].release_height;
     let balance = w.balance(&miner);
     w.advance_to(release);
@@ -492,7 +494,9 @@ fn a_job_still_waiting_for_its_first_worker_can_be_cancelled_for_its_whole_escro
     w.advance_to(deadline + 20);
     let events = w.send(&submitter, TxKind::CancelJob { job: JobId(0) }).unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: 30_000, .. })),
+        events
+            .iter()
+            .any(|e| matches!(e, Event::JobEnded { status: JobStatus::Cancelled, refund: Amount(30_000), .. })),
         "{events:?}"
     );
     let miner = Keypair::from_seed(w.miners[0].seed());

@@ -26,7 +26,7 @@ fn abstaining_checkers_are_not_slashed_and_their_silence_never_approves() {
     let tallied = w.events.iter().any(|e| matches!(e, Event::RoundTallied { unchecked, accepted, .. } if unchecked == &vec![miner] && accepted.is_empty()));
     assert!(tallied, "the miner is unchecked, not accepted");
     assert!(w.events.iter().all(|e| !matches!(e, Event::Slashed { .. })), "nobody is slashed: abstaining is an answer");
-    assert_eq!(w.job(job).escrow, 30_000, "unchecked work is not paid");
+    assert_eq!(w.job(job).escrow, Amount(30_000), "unchecked work is not paid");
     w.supply_holds();
 }
 
@@ -43,7 +43,7 @@ fn checkers_that_find_the_job_unusable_void_it_and_refund_the_submitter() {
     w.past_verify_end(job, 0);
     let state = w.job(job);
     assert_eq!(state.status, JobStatus::Voided);
-    assert_eq!(state.escrow, 0);
+    assert_eq!(state.escrow, Amount::ZERO);
     assert_eq!(w.balance(&w.submitter), submitter_before + 30_000, "the whole escrow goes back");
     assert!(w.events.iter().all(|e| !matches!(e, Event::Slashed { .. })), "nobody is slashed for the job's fault");
     assert!(matches!(w.commit(job, 1, 0), Err(TxError::JobNotActive(_))));

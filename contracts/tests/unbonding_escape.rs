@@ -27,7 +27,7 @@ fn a_miner_cannot_unbond_out_of_a_round_it_committed_to() {
     w.past_commit_deadline(job, 0);
     // Long past the unbonding delay, the round is still being verified: nothing is released.
     w.advance_to(release + 4);
-    assert_eq!(w.stake(Role::Miner, &miner).unbonding.iter().map(|u| u.amount).sum::<u64>(), 5_000);
+    assert_eq!(w.stake(Role::Miner, &miner).unbonding.iter().map(|u| u.amount.0).sum::<u64>(), 5_000);
     let balance = w.balance(&miner);
     w.verdicts(job, 0, |_, _, _| Some(invalid()));
     w.past_verify_end(job, 0);

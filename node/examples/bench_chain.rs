@@ -270,7 +270,7 @@ fn main() {
         o.senders
     );
     let mut spec = DevnetSpec::new(o.validators, 31_000, chain, 200);
-    spec.extra_accounts = senders.iter().map(|k| (k.address(), 1_000_000_000)).collect();
+    spec.extra_accounts = senders.iter().map(|k| (k.address(), trellis_proto::Amount(1_000_000_000))).collect();
     spec.rpc_rate_limit = 1_000_000;
     let net = start("tps", &spec, &o.binary);
     let clients: Vec<HttpClient> = net.rpc.iter().map(|u| client(u)).collect();

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use trellis_contracts::{Genesis, Params};
-use trellis_proto::{Address, Keypair, PublicKey};
+use trellis_proto::{Address, Amount, Keypair, PublicKey};
 
 /// Default balance given to the node's own account in a fresh single-node genesis.
-pub const GENESIS_BALANCE: u64 = 1_000_000_000;
+pub const GENESIS_BALANCE: Amount = Amount(1_000_000_000);
 /// Default validator bond of the node in a fresh single-node genesis.
-pub const GENESIS_BOND: u64 = 100_000;
+pub const GENESIS_BOND: Amount = Amount(100_000);
 
 /// The node's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ mod with_adversaries {
     use std::time::{Duration, Instant};
 
     use trellis_contracts::Params;
-    use trellis_node::devnet::job::{MinerOutcome, RoundRow};
+    use trellis_node::devnet::report::{MinerOutcome, RoundRow};
 
     const BIN: &str = env!("CARGO_BIN_EXE_trellis");
     const RUN_LIMIT: Duration = Duration::from_secs(360);

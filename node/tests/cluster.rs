@@ -49,7 +49,7 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
     cluster.wait_for_height(&all, committed_at, Duration::from_secs(20));
     for node in all {
         let account = cluster.account(node, &recipient.to_string());
-        assert_eq!(account.balance, 12_345, "node{node} sees {account:?}");
+        assert_eq!(account.balance, Amount(12_345), "node{node} sees {account:?}");
         let status = cluster.block_on(cluster.client(node).tx(hash.to_string())).unwrap();
         assert!(matches!(status, TxStatus::Committed { height, .. } if height == committed_at), "{status:?}");
     }
@@ -209,7 +209,7 @@ fn an_unbonded_validator_leaves_the_set_at_the_epoch_boundary() {
         sender: leaving.public_key(),
         nonce: cluster.account(3, &leaving.address().to_string()).pending_nonce,
         fee: Amount(10),
-        kind: TxKind::Unbond { role: trellis_proto::Role::Validator, amount: Amount(bonded) },
+        kind: TxKind::Unbond { role: trellis_proto::Role::Validator, amount: bonded },
     }
     .sign("cluster-test", &leaving);
     cluster.submit(3, &tx).expect("unbond accepted");

@@ -50,8 +50,8 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
     // The chain accepts the report and slashes the offender's validator stake.
     let genesis = Genesis {
         chain_id: CHAIN.into(),
-        accounts: keys.iter().map(|k| (k.address(), 1_000_000)).collect(),
-        validators: keys.iter().map(|k| (k.public_key(), 20_000)).collect(),
+        accounts: keys.iter().map(|k| (k.address(), trellis_proto::Amount(1_000_000))).collect(),
+        validators: keys.iter().map(|k| (k.public_key(), trellis_proto::Amount(20_000))).collect(),
         miners: Vec::new(),
         params: Params::default(),
     };

@@ -96,7 +96,7 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
 
     step("the job is submitted");
     let miners: Vec<String> = net.info.nodes.iter().filter(|n| n.role == "miner").map(|n| n.address.clone()).collect();
-    let balance = |net: &Cluster, address: &str| net.account(0, address).balance;
+    let balance = |net: &Cluster, address: &str| net.account(0, address).balance.0;
     let before: Vec<u64> = miners.iter().map(|m| balance(&net, m)).collect();
     net.submit(0, &sign(TxKind::SubmitJob { spec: good_spec.clone(), escrow: Amount(escrow) }, nonce))
         .expect("the job is admitted");
@@ -182,7 +182,7 @@ fn a_nano_job_trains_for_three_rounds_on_a_seven_node_devnet() {
     let mut rewards: BTreeMap<Address, u64> = BTreeMap::new();
     for event in net.drain(&mut events) {
         if let Event::Rewarded { who, amount, as_miner: true, .. } = event.event {
-            *rewards.entry(who).or_default() += amount;
+            *rewards.entry(who).or_default() += amount.0;
         }
     }
     for ((miner, address), start) in miners.iter().zip(&miner_addresses).zip(&before) {

@@ -196,8 +196,9 @@ pub struct ZkRound {
     pub final_weights: Vec<f32>,
 }
 
-/// How a miner's round comes out: honestly, or (`fake_checkpoints`) with checkpoints that were
-/// never computed (the start weights plus growing noise) next to proofs of the real steps.
+/// How a miner's round comes out: honestly, or (`fake_checkpoints`, the `fake-trail` adversary;
+/// only in tests and builds with the `adversary` feature) with checkpoints that were never
+/// computed (the start weights plus growing noise) next to proofs of the real steps.
 pub struct ZkTraining<'a> {
     pub job_id: JobId,
     pub spec: &'a JobSpec,
@@ -206,10 +207,19 @@ pub struct ZkTraining<'a> {
     pub dataset: &'a Dataset,
     pub round: u32,
     pub worker: usize,
+    #[cfg(any(test, feature = "adversary"))]
     pub fake_checkpoints: bool,
 }
 
 impl ZkTraining<'_> {
+    /// Whether this round records checkpoints it never computed.
+    fn fakes(&self) -> bool {
+        #[cfg(any(test, feature = "adversary"))]
+        return self.fake_checkpoints;
+        #[cfg(not(any(test, feature = "adversary")))]
+        false
+    }
+
     /// Trains the round's H steps and proves each segment of c steps.
     pub fn run(&self, global: &[f32]) -> Result<ZkRound, Groth16JobError> {
         let spec = self.spec;
@@ -238,16 +248,19 @@ impl ZkTraining<'_> {
             let bytes = proven.proof.to_bytes();
             proof_hashes.push(trellis_proto::blobwire::data_hash(&bytes));
             proofs.push(bytes);
-            let recorded = if self.fake_checkpoints {
+            #[cfg(any(test, feature = "adversary"))]
+            let recorded = if self.fakes() {
                 noisy(&checkpoints[0], &self.job.model, segment)?
             } else {
                 io::encode_weights(&weights)
             };
+            #[cfg(not(any(test, feature = "adversary")))]
+            let recorded = io::encode_weights(&weights);
             entries.push(TrailEntry { step: start_step + (segment + 1) * interval, hash: checkpoint_hash(&recorded) });
             checkpoints.push(recorded);
         }
         let final_weights = match checkpoints.last() {
-            Some(bytes) if self.fake_checkpoints => {
+            Some(bytes) if self.fakes() => {
                 from_fixed(&io::decode_weights(&self.job.model, bytes).map_err(Groth16JobError::Checkpoint)?.flatten())
             }
             _ => from_fixed(&weights.flatten()),
@@ -266,6 +279,7 @@ impl ZkTraining<'_> {
 }
 
 /// The start checkpoint's weights plus a deterministic perturbation growing with `segment`.
+#[cfg(any(test, feature = "adversary"))]
 fn noisy(start: &[u8], model: &ModelSpec, segment: u64) -> Result<Vec<u8>, Groth16JobError> {
     let mut values = io::decode_weights(model, start).map_err(Groth16JobError::Checkpoint)?.flatten();
     for (index, value) in values.iter_mut().enumerate() {

@@ -40,14 +40,14 @@ impl World {
         let validators: Vec<Keypair> = (0..v).map(|i| key(1, i)).collect();
         let miners: Vec<Keypair> = (0..m).map(|i| key(2, i)).collect();
         let submitter = key(3, 0);
-        let mut accounts: Vec<(Address, u64)> =
-            validators.iter().chain(&miners).map(|k| (k.address(), 100_000)).collect();
-        accounts.push((submitter.address(), balance));
+        let mut accounts: Vec<(Address, Amount)> =
+            validators.iter().chain(&miners).map(|k| (k.address(), Amount(100_000))).collect();
+        accounts.push((submitter.address(), Amount(balance)));
         let genesis = Genesis {
             chain_id: CHAIN.into(),
             accounts,
-            validators: validators.iter().map(|k| (k.public_key(), 20_000)).collect(),
-            miners: miners.iter().map(|k| (k.public_key(), 5_000)).collect(),
+            validators: validators.iter().map(|k| (k.public_key(), Amount(20_000))).collect(),
+            miners: miners.iter().map(|k| (k.public_key(), Amount(5_000))).collect(),
             params,
         };
         let mut kv = MemoryKv::new();
@@ -92,7 +92,7 @@ impl World {
     }
 
     pub fn balance(&self, who: &Keypair) -> u64 {
-        self.account(&who.address()).balance
+        self.account(&who.address()).balance.0
     }
 
     pub fn stake(&self, role: Role, who: &Keypair) -> Stake {
@@ -310,7 +310,7 @@ pub fn slashed(world: &World, who: &Address) -> Vec<(u64, trellis_contracts::Sla
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Slashed { who: w, amount, reason, .. } if w == who => Some((*amount, *reason)),
+            Event::Slashed { who: w, amount, reason, .. } if w == who => Some((amount.0, *reason)),
             _ => None,
         })
         .collect()

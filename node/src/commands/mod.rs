@@ -1,18 +1,22 @@
-//! The command line: one subcommand per thing a user does, each in its own module: [`run`]
-//! (a node), [`job`] (submit and follow a job, stake, export a model), [`train`] (DiLoCo on
-//! this machine, with the attacks of [`attack`] and the charts of [`plot`]), [`verify`] (check
-//! a trail), [`zk`] (Groth16 setup, proofs, checks); `devnet` is `crate::devnet`, `tx` and
-//! `query` are `crate::rpc::client`.
+//! The command line: one subcommand per thing a user does, each in its own module: [`init`] (a
+//! node's home), [`keys`], [`run`] (a node), [`tx`] and [`query`] (talk to a node), [`job`]
+//! (submit and follow a job, stake, export a model), [`train`] (DiLoCo on this machine, with the
+//! attacks of [`attack`] and the charts of [`plot`]), [`verify`] (check a trail), [`zk`]
+//! (Groth16 setup, proofs, checks), [`doctor`] (the compute backend); `devnet` is
+//! `crate::devnet`.
 
 pub mod attack;
+pub mod doctor;
+pub mod init;
 pub mod job;
+pub mod keys;
 pub mod plot;
+pub mod query;
 pub mod run;
 pub mod train;
+pub mod tx;
 pub mod verify;
 pub mod zk;
-
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -29,28 +33,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a node's home directory: a key (0600), a configuration and a genesis.
-    Init {
-        /// The home directory to create.
-        #[arg(long)]
-        home: PathBuf,
-        /// A name for this node in logs and peers' views.
-        #[arg(long, default_value = "trellis-node")]
-        moniker: String,
-        /// The chain id signed into every transaction and vote (ignored with --genesis).
-        #[arg(long, default_value = "trellis-devnet")]
-        chain_id: String,
-        /// First of three loopback ports: RPC, p2p, metrics.
-        #[arg(long, default_value_t = 26657)]
-        base_port: u16,
-        /// Join an existing chain with this genesis file instead of starting a new one.
-        #[arg(long)]
-        genesis: Option<PathBuf>,
-    },
+    Init(crate::commands::init::InitArgs),
     /// Manage keys.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(crate::commands::keys::KeysCommand),
     /// Train with DiLoCo on this machine: K simulated workers, no chain.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Work with trained models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -63,10 +51,10 @@ pub enum Command {
     Devnet(crate::devnet::DevnetArgs),
     /// Sign and submit a transaction to a node.
     #[command(subcommand)]
-    Tx(crate::rpc::client::TxCommand),
+    Tx(crate::commands::tx::TxCommand),
     /// Ask a node about the chain.
     #[command(subcommand)]
-    Query(crate::rpc::client::QueryCommand),
+    Query(crate::commands::query::QueryCommand),
     /// Submit a training job and follow it.
     #[command(subcommand)]
     Job(crate::commands::job::JobCommand),
@@ -77,22 +65,6 @@ pub enum Command {
     Zk(crate::commands::zk::ZkCommand),
     /// Show the compute backend this binary is linked against (libtorch, CPU threads, CUDA).
     Doctor,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Print the address and public key of a node's key.
-    Show {
-        /// The node's home directory (from `trellis init`).
-        #[arg(long)]
-        home: PathBuf,
-    },
-    /// Create a new key file (0600) for an account.
-    New {
-        /// Where to write the key file; refuses to overwrite.
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +84,7 @@ pub enum Outcome {
 
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Train(args) => crate::commands::train::train(args).map(|()| Outcome::Success),
+        Command::Train(args) => crate::commands::train::train(*args).map(|()| Outcome::Success),
         Command::Model(ModelCommand::Eval(args)) => crate::commands::train::eval(args).map(|()| Outcome::Success),
         Command::Model(ModelCommand::Export(args)) => crate::commands::job::export(args).map(|()| Outcome::Success),
         Command::Job(command) => crate::commands::job::job(command).map(|()| Outcome::Success),
@@ -123,38 +95,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Verify(crate::commands::verify::VerifyCommand::Trail(args)) => {
             Ok(if crate::commands::verify::verify_trail(args)? { Outcome::Success } else { Outcome::CheckFailed })
         }
-        Command::Init { home, moniker, chain_id, base_port, genesis } => {
-            let home = crate::home::init(&home, &moniker, &chain_id, base_port, genesis.as_deref())?;
-            let key = home.load_key()?;
-            println!("initialised {}", home.root.display());
-            println!("address:    {}", key.address());
-            println!("public key: {}", key.public_key());
-            println!("config:     {}", home.config().display());
-            println!("genesis:    {}", home.genesis().display());
-            Ok(Outcome::Success)
-        }
-        Command::Keys(KeysCommand::Show { home }) => {
-            let key = crate::home::Home::new(home).load_key()?;
-            println!("address:    {}\npublic key: {}", key.address(), key.public_key());
-            Ok(Outcome::Success)
-        }
-        Command::Keys(KeysCommand::New { out }) => {
-            let key = trellis_proto::Keypair::generate();
-            crate::home::write_key(&out, &key)?;
-            println!(
-                "wrote {} (keep it private)\naddress:    {}\npublic key: {}",
-                out.display(),
-                key.address(),
-                key.public_key()
-            );
-            Ok(Outcome::Success)
-        }
+        Command::Init(args) => crate::commands::init::init(args).map(|()| Outcome::Success),
+        Command::Keys(command) => crate::commands::keys::keys(command).map(|()| Outcome::Success),
         Command::Run(args) => crate::commands::run::run(args).map(|()| Outcome::Success),
         Command::Devnet(args) => crate::devnet::devnet(args).map(|()| Outcome::Success),
-        Command::Tx(command) => crate::rpc::client::send(command).map(|()| Outcome::Success),
-        Command::Query(command) => crate::rpc::client::query(command).map(|()| Outcome::Success),
+        Command::Tx(command) => crate::commands::tx::send(command).map(|()| Outcome::Success),
+        Command::Query(command) => crate::commands::query::query(command).map(|()| Outcome::Success),
         Command::Doctor => {
-            println!("{}", trellis_trainer::device::BackendInfo::probe());
+            crate::commands::doctor::doctor();
             Ok(Outcome::Success)
         }
     }

@@ -296,7 +296,11 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     let signs = role == NodeRole::Validator;
     if let Some(net) = &blobs {
         let key = Arc::new(Keypair::from_seed(key.seed()));
-        let context = RoleContext::new(shared.clone(), net.clone(), key, home.data().join("work"), device, behaviour);
+        let work_dir = home.data().join("work");
+        #[cfg(feature = "adversary")]
+        let context = RoleContext::new(shared.clone(), net.clone(), key, work_dir, device, behaviour);
+        #[cfg(not(feature = "adversary"))]
+        let context = RoleContext::new(shared.clone(), net.clone(), key, work_dir, device);
         match (role, &aggregates) {
             (NodeRole::Miner, _) => supervisor.spawn("miner role", crate::roles::miner::run(context)),
             (NodeRole::Validator, Some(book)) => {

@@ -64,12 +64,6 @@ impl AggregateBook {
     }
 }
 
-/// The model hash a `forge-aggregate` validator puts forward for `round` of `job`: one no honest
-/// validator computes.
-pub fn forged_model(job: JobId, round: u32) -> Hash {
-    Hash::digest(trellis_proto::HashDomain::Blob, format!("forged aggregate {job} {round}").as_bytes())
-}
-
 /// Called after every block by the validator role.
 pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) {
     let me = context.key.address();
@@ -79,10 +73,10 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
             continue;
         }
         match book.get(job.id, round.round) {
+            #[cfg(feature = "adversary")]
             None if context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate => {
                 // The forger does not compute anything: it puts its forgery forward at once.
-                let forged = forged_model(job.id, round.round);
-                tracing::warn!(target: "node::aggregate", job = %job.id, round = round.round, model = %forged, "putting a forged aggregate forward (forge-aggregate adversary)");
+                let forged = super::adversary::forged_model(job.id, round.round);
                 book.insert(job.id, round.round, (forged, forged));
             }
             None => {
@@ -110,7 +104,10 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
                 let tallied_at =
                     round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
+                #[cfg(feature = "adversary")]
                 let forger = context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate;
+                #[cfg(not(feature = "adversary"))]
+                let forger = false;
                 if height < tallied_at + rank * SEND_STAGGER_BLOCKS && !forger {
                     continue;
                 }

@@ -93,14 +93,9 @@ pub fn tick(context: &Arc<RoleContext>, height: u64) {
                     tracing::warn!(target: "node::checker", job = %job.id, round = round.round, "verification window closed before our verdict");
                     return;
                 }
+                #[cfg(feature = "adversary")]
                 let outcome = if context.behaviour == trellis_protocol::behaviour::Behaviour::Frame {
-                    // The framer's made-up mismatch: a checkpoint hash the miner never claimed.
-                    let made_up = Hash::digest(
-                        trellis_proto::HashDomain::Blob,
-                        format!("framed {} {}", assignment.miner, assignment.segment).as_bytes(),
-                    );
-                    tracing::warn!(target: "node::checker", job = %job.id, round = round.round, miner = %assignment.miner, "framing honest work (frame adversary)");
-                    Blame::miner(InvalidReason::CheckpointMismatch, made_up, Hash::ZERO).outcome()
+                    super::adversary::framed_outcome(job.id, round.round, &assignment.miner, assignment.segment)
                 } else {
                     outcome
                 };

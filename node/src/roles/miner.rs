@@ -20,18 +20,21 @@ use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{expected_tokens, worker_index};
 use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{
-    decode, DeltaEncoding, Encode, Hash, HashDomain, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment,
+    decode, Amount, DeltaEncoding, Encode, Hash, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment,
     WorkReveal,
 };
 use trellis_protocol::outer::pseudo_gradient;
-use trellis_trainer::checkpoint;
+use trellis_trainer::data::Dataset;
 use trellis_trainer::encoding::{self, ErrorFeedback};
-use trellis_trainer::model::{init_normals, Gpt};
+use trellis_trainer::model::Gpt;
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 
+#[cfg(feature = "adversary")]
+use super::adversary;
 use super::{RoleContext, Work};
 use crate::roles::jobdata;
 use crate::storage::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
+#[cfg(feature = "adversary")]
 use trellis_protocol::behaviour::Behaviour;
 use trellis_verifier::groth16::{ZkJob, ZkTraining};
 
@@ -43,23 +46,24 @@ pub async fn run(context: Arc<RoleContext>) {
     super::drive(context, tick).await;
 }
 
-fn required_stake(context: &RoleContext, job: &Job) -> u64 {
-    job.spec.min_miner_stake.0.max(context.shared.ledger.params().min_miner_stake.0)
+fn required_stake(context: &RoleContext, job: &Job) -> Amount {
+    job.spec.min_miner_stake.max(context.shared.ledger.params().min_miner_stake)
 }
 
 fn tick(context: &Arc<RoleContext>, height: u64) {
     let me = context.key.address();
     let bonded = {
         let view = context.shared.ledger.store().pending_state();
-        read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(0, |s| s.bonded)
+        read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(Amount::ZERO, |s| s.bonded)
     };
     for job in context.active_jobs() {
         if job.cancel_requested {
             continue;
         }
+        #[cfg(feature = "adversary")]
         if context.behaviour == Behaviour::LyingPeer {
             if let Some(round) = context.round(job.id, job.current_round).filter(|r| r.phase == Phase::Verifying) {
-                hoard_trails(context, &round);
+                adversary::hoard_trails(context, &round);
             }
         }
         let Some(entry) = job.miners.iter().find(|m| m.address == me) else {
@@ -149,16 +153,10 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
 fn commit_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize) {
     let me = context.key.address();
     let label = Work::SendCommit { job: job.id, round: round.round };
+    #[cfg(feature = "adversary")]
     if context.behaviour == Behaviour::Copy {
-        // The first commitment by someone else, once there is one: never revealable by us.
-        if let Some(other) = round.commits.iter().find(|c| c.miner != me) {
-            if context.start_once(label.clone()) {
-                tracing::warn!(target: "node::miner", job = %job.id, round = round.round, "copying another miner's commitment");
-                send(
-                    context,
-                    TxKind::CommitWork(WorkCommitment { job: job.id, round: round.round, binding: other.binding }),
-                );
-            }
+        if let Some(copied) = adversary::copied_commitment(context, job, round) {
+            send(context, copied);
         }
         return;
     }
@@ -179,9 +177,11 @@ fn commit_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worke
 fn reveal_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: usize, binding: Hash) {
     let me = context.key.address();
     let Some((stage, reveal)) = Stage::open(&context.work_dir, job.id.0, round.round) else {
-        if context.behaviour.works() {
-            prepare(context, job, round, worker);
+        #[cfg(feature = "adversary")]
+        if !context.behaviour.works() {
+            return;
         }
+        prepare(context, job, round, worker);
         return;
     };
     if reveal.binding(&me) != binding {
@@ -191,7 +191,11 @@ fn reveal_phase(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worke
     if !context.start_once(Work::SendReveal { job: job.id, round: round.round }) {
         return;
     }
-    if context.behaviour != Behaviour::Withhold {
+    #[cfg(feature = "adversary")]
+    let publishes = context.behaviour != Behaviour::Withhold;
+    #[cfg(not(feature = "adversary"))]
+    let publishes = true;
+    if publishes {
         match stage.publish(context.net.store()) {
             Ok(keys) => {
                 if let Err(error) = context.net.store().tag_round(job.id, round.round, &keys) {
@@ -254,26 +258,9 @@ fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: us
     });
 }
 
-/// `lying-peer`: fetches the other miners' revealed trails, so that its exchange holds copies to
-/// serve doctored.
-fn hoard_trails(context: &Arc<RoleContext>, round: &RoundState) {
-    let me = context.key.address();
-    for commit in round.commits.iter().filter(|c| c.miner != me) {
-        let Some(reveal) = &commit.reveal else { continue };
-        let key = BlobKey::new(BlobKind::Trail, reveal.trail);
-        if context.start_once(Work::Hoard { trail: reveal.trail }) {
-            let net = context.net.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
-                let _ = net.fetch_until(key, deadline).await;
-            });
-        }
-    }
-}
-
 /// A round's work waiting for its reveal: `DIR/stage-jobJ-roundR/` holds the blobs as
 /// `TAG-HEX` files and, once complete, the reveal (its canonical bytes) in `reveal`.
-struct Stage {
+pub(super) struct Stage {
     dir: PathBuf,
 }
 
@@ -283,7 +270,7 @@ impl Stage {
     }
 
     /// An empty stage (anything left from an interrupted attempt is removed).
-    fn create(work_dir: &Path, job: u64, round: u32) -> anyhow::Result<Stage> {
+    pub(super) fn create(work_dir: &Path, job: u64, round: u32) -> anyhow::Result<Stage> {
         let dir = Self::dir(work_dir, job, round);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -302,7 +289,7 @@ impl Stage {
     }
 
     /// Writes a blob durably (temporary file, sync, rename).
-    fn put(&self, key: BlobKey, bytes: &[u8]) -> anyhow::Result<BlobKey> {
+    pub(super) fn put(&self, key: BlobKey, bytes: &[u8]) -> anyhow::Result<BlobKey> {
         write_durably(&self.blob_path(&key), bytes)?;
         Ok(key)
     }
@@ -317,7 +304,7 @@ impl Stage {
     }
 
     /// Marks the stage complete.
-    fn seal(&self, reveal: &WorkReveal) -> anyhow::Result<()> {
+    pub(super) fn seal(&self, reveal: &WorkReveal) -> anyhow::Result<()> {
         write_durably(&self.dir.join("reveal"), &reveal.to_bytes())
     }
 
@@ -355,50 +342,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-/// What a `fake-trail` miner publishes: checkpoints (entry and bytes), losses, final weights.
-struct FakeTrail {
-    checkpoints: Vec<(TrailEntry, Vec<u8>)>,
-    losses: Vec<f32>,
-    final_weights: Vec<f32>,
-}
-
-/// A trail that hashes correctly but was never computed (`fake-trail`): the canonical start,
-/// then the start weights plus growing noise at every checkpoint position, with made-up losses.
-fn fake_trail(spec: &JobSpec, round: u32, global: &[f32], device: tch::Device) -> anyhow::Result<FakeTrail> {
-    let (mut model, mut optimizer) = trellis_trainer::job::start_state(spec, round, global, device)?;
-    let frame_steps = |i: u32| {
-        trellis_protocol::trail::checkpoint_offset(i, spec.diloco.inner_steps, spec.verification.checkpoint_interval)
-    };
-    let start_step = optimizer.step;
-    let mut checkpoints = Vec::new();
-    for index in 0..trellis_contracts::rounds::expected_checkpoints(spec) {
-        if index > 0 {
-            let noise = init_normals(u64::from(round), 7_000 + u64::from(index), global.len(), 1e-3 * f64::from(index));
-            let weights: Vec<f32> = global.iter().zip(&noise).map(|(w, n)| w + n).collect();
-            model.set_flat_weights(&weights);
-        }
-        optimizer.step = start_step + frame_steps(index);
-        let bytes = checkpoint::capture(&model, &optimizer);
-        checkpoints.push((TrailEntry { step: optimizer.step, hash: checkpoint::checkpoint_hash(&bytes) }, bytes));
-    }
-    let losses = (0..spec.diloco.inner_steps).map(|step| 5.5 - step as f32 * 0.01).collect();
-    Ok(FakeTrail { checkpoints, losses, final_weights: model.flat_weights() })
-}
-
-/// What a poisoner sends instead of its Δ.
-fn poison(behaviour: Behaviour, delta: &mut [f32], round: u32, worker: usize) {
-    match behaviour {
-        Behaviour::PoisonSignFlip => delta.iter_mut().for_each(|x| *x = -*x),
-        Behaviour::PoisonNoise => {
-            let norm = delta.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            let std = norm / (delta.len().max(1) as f64).sqrt();
-            let noise = init_normals(u64::from(round), 9_000 + worker as u64, delta.len(), std);
-            delta.copy_from_slice(&noise);
-        }
-        _ => {}
-    }
 }
 
 /// Where the residual left by this miner's int8 encoding of round `round` is kept.
@@ -472,11 +415,6 @@ fn carried_residual(
     Ok(Some(Carried { residual, previous_delta }))
 }
 
-/// A made-up hash for a miner that does no work (`skip-work`).
-fn made_up(what: &str, job: &Job, round: u32, context: &RoleContext) -> Hash {
-    Hash::digest(HashDomain::Blob, format!("{what} {} {round} {}", job.id, context.key.address()).as_bytes())
-}
-
 /// Trains one round and stages its blobs; returns the work to reveal.
 async fn train_round(
     context: &Arc<RoleContext>,
@@ -485,18 +423,9 @@ async fn train_round(
     worker: usize,
 ) -> anyhow::Result<WorkReveal> {
     let started = std::time::Instant::now();
+    #[cfg(feature = "adversary")]
     if context.behaviour == Behaviour::SkipWork {
-        let reveal = WorkReveal {
-            job: job.id,
-            round: round.round,
-            trail: made_up("trail", job, round.round, context),
-            final_checkpoint: made_up("final", job, round.round, context),
-            delta_hash: made_up("delta", job, round.round, context),
-            residual_hash: Hash::ZERO,
-        };
-        Stage::create(&context.work_dir, job.id.0, round.round)?.seal(&reveal)?;
-        tracing::warn!(target: "node::miner", job = %job.id, round = round.round, behaviour = %context.behaviour, "committing work never done");
-        return Ok(reveal);
+        return adversary::skip_work(context, job, round.round);
     }
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
@@ -508,6 +437,7 @@ async fn train_round(
     };
     let fetched = started.elapsed();
     let (context2, job2, round_number) = (context.clone(), job.clone(), round.round);
+    #[cfg(feature = "adversary")]
     let behaviour = context.behaviour;
     let reveal = tokio::task::spawn_blocking(move || -> anyhow::Result<WorkReveal> {
         let spec = &job2.spec;
@@ -525,6 +455,7 @@ async fn train_round(
                 dataset: dataset.as_ref(),
                 round: round_number,
                 worker,
+                #[cfg(feature = "adversary")]
                 fake_checkpoints: behaviour == Behaviour::FakeTrail,
             };
             let done = training.run(&global)?;
@@ -535,57 +466,47 @@ async fn train_round(
                 stage.put_data(proof)?;
             }
             (done.trail, done.final_weights)
-        } else if behaviour == Behaviour::FakeTrail {
-            let FakeTrail { checkpoints, losses, final_weights } = fake_trail(spec, round_number, &global, context2.device)?;
-            for (entry, bytes) in &checkpoints {
-                stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), bytes)?;
-            }
-            let trail = canonical_trail(job2.id, spec, round_number, worker, checkpoints.into_iter().map(|(e, _)| e).collect(), losses)?;
-            (trail, final_weights)
         } else {
-            let (mut model, mut optimizer) = trellis_trainer::job::start_state(spec, round_number, &global, context2.device)?;
-            let dir = context2.work_dir.join(format!("job{}-round{}", job2.id, round_number));
-            let _ = std::fs::remove_dir_all(&dir);
-            let schedule = trellis_trainer::job::schedule(spec);
-            // unit-gap: ⌈H/c⌉ steps, a checkpoint after each, the losses padded to H.
-            let (steps, interval) = match behaviour {
-                Behaviour::UnitGap => (u64::from(trellis_contracts::rounds::expected_segments(spec)), 1),
-                _ => (u64::from(spec.diloco.inner_steps), u64::from(spec.verification.checkpoint_interval)),
-            };
-            let inner = InnerLoop {
-                dataset: dataset.as_ref(),
-                schedule: &schedule,
-                round: u64::from(round_number),
+            let inputs = RoundInputs {
+                job: job2.id,
+                spec,
+                round: round_number,
                 worker,
-                checkpoint_interval: interval,
-                trail_dir: Some(&dir),
+                global: &global,
+                dataset: dataset.as_ref(),
+                device: context2.device,
+                work_dir: &context2.work_dir,
+                stage: &stage,
             };
-            let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
-            for entry in &outcome.trail.checkpoints {
-                stage.put_file(BlobKey::new(BlobKind::Checkpoint, entry.hash), &checkpoint_path(&dir, entry.step))?;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut losses = outcome.trail.losses;
-            // An honest round's trail holds a checkpoint where each of the round's segments ends.
-            debug_assert!(
-                behaviour == Behaviour::UnitGap
-                    || outcome.trail.checkpoints.len() as u32
-                        == trellis_protocol::trail::checkpoint_count(
+            #[cfg(feature = "adversary")]
+            let dishonest = adversary::dishonest_trail(behaviour, &inputs)?;
+            #[cfg(not(feature = "adversary"))]
+            let dishonest = None;
+            match dishonest {
+                Some(made_up) => made_up,
+                None => {
+                    let steps = u64::from(spec.diloco.inner_steps);
+                    let (checkpoints, losses, weights) =
+                        train_trail(&inputs, steps, u64::from(spec.verification.checkpoint_interval))?;
+                    // An honest round's trail holds a checkpoint where each of the round's
+                    // segments ends.
+                    debug_assert_eq!(
+                        checkpoints.len() as u32,
+                        trellis_protocol::trail::checkpoint_count(
                             spec.diloco.inner_steps,
                             spec.verification.checkpoint_interval
                         ),
-                "an honest trail has one checkpoint per segment end and the start"
-            );
-            if behaviour == Behaviour::UnitGap {
-                let last = losses.last().copied().unwrap_or(0.0);
-                losses.resize(spec.diloco.inner_steps as usize, last);
+                        "an honest trail has one checkpoint per segment end and the start"
+                    );
+                    (canonical_trail(job2.id, spec, round_number, worker, checkpoints, losses)?, weights)
+                }
             }
-            (canonical_trail(job2.id, spec, round_number, worker, outcome.trail.checkpoints, losses)?, model.flat_weights())
         };
         let compute = began.elapsed();
         let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
-        let mut delta = pseudo_gradient(&global, &final_weights);
-        poison(behaviour, &mut delta, round_number, worker);
+        let delta = pseudo_gradient(&global, &final_weights);
+        #[cfg(feature = "adversary")]
+        let delta = adversary::poison(behaviour, delta, round_number, worker);
         let (encoded, residual_hash) = match spec.diloco.encoding {
             DeltaEncoding::Int8 => {
                 // Error feedback: what quantisation lost in our last revealed round is added to
@@ -629,9 +550,51 @@ async fn train_round(
     Ok(reveal)
 }
 
+/// What training a round's trail needs.
+pub(super) struct RoundInputs<'a> {
+    pub job: JobId,
+    pub spec: &'a JobSpec,
+    pub round: u32,
+    pub worker: usize,
+    pub global: &'a [f32],
+    pub dataset: &'a Dataset,
+    pub device: tch::Device,
+    pub work_dir: &'a Path,
+    pub stage: &'a Stage,
+}
+
+/// Trains `steps` AdamW steps of the round from its canonical start state, checkpointing every
+/// `interval` steps into the stage: the trail's checkpoints, the losses and the final weights.
+pub(super) fn train_trail(
+    inputs: &RoundInputs<'_>,
+    steps: u64,
+    interval: u64,
+) -> anyhow::Result<(Vec<TrailEntry>, Vec<f32>, Vec<f32>)> {
+    let spec = inputs.spec;
+    let (mut model, mut optimizer) =
+        trellis_trainer::job::start_state(spec, inputs.round, inputs.global, inputs.device)?;
+    let dir = inputs.work_dir.join(format!("job{}-round{}", inputs.job, inputs.round));
+    let _ = std::fs::remove_dir_all(&dir);
+    let schedule = trellis_trainer::job::schedule(spec);
+    let inner = InnerLoop {
+        dataset: inputs.dataset,
+        schedule: &schedule,
+        round: u64::from(inputs.round),
+        worker: inputs.worker,
+        checkpoint_interval: interval,
+        trail_dir: Some(&dir),
+    };
+    let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
+    for entry in &outcome.trail.checkpoints {
+        inputs.stage.put_file(BlobKey::new(BlobKind::Checkpoint, entry.hash), &checkpoint_path(&dir, entry.step))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((outcome.trail.checkpoints, outcome.trail.losses, model.flat_weights()))
+}
+
 /// The trail a miner publishes: the job, round and slot as the chain has them, the job's
 /// interval, and the checkpoints and losses of the inner loop.
-fn canonical_trail(
+pub(super) fn canonical_trail(
     job: trellis_proto::JobId,
     spec: &JobSpec,
     round: u32,

@@ -7,6 +7,8 @@
 //! node's key and admitted to the node's own mempool (and forwarded to peers), exactly as if it
 //! had come over RPC.
 
+#[cfg(feature = "adversary")]
+mod adversary;
 pub mod aggregate;
 pub mod checker;
 pub mod jobdata;
@@ -28,6 +30,7 @@ pub enum Work {
         round: u32,
     },
     /// Fetching another miner's trail (the `lying-peer` adversary).
+    #[cfg(feature = "adversary")]
     Hoard {
         trail: Hash,
     },
@@ -80,6 +83,7 @@ impl Work {
     /// The job this work is for, if any.
     pub fn job(&self) -> Option<JobId> {
         match self {
+            #[cfg(feature = "adversary")]
             Work::Hoard { .. } => None,
             Work::CheckRunnable { job, .. }
             | Work::Train { job, .. }
@@ -124,7 +128,9 @@ pub struct RoleContext {
     /// Scratch space for trails in progress.
     pub work_dir: PathBuf,
     pub device: Device,
-    /// How this node mines (always `Honest` unless built with the `adversary` feature).
+    /// How this node misbehaves (`Honest` unless told otherwise; the field exists only in
+    /// builds with the `adversary` feature).
+    #[cfg(feature = "adversary")]
     pub behaviour: trellis_protocol::behaviour::Behaviour,
     /// Pieces of work started (so each is done once).
     started: Mutex<HashSet<Work>>,
@@ -190,7 +196,7 @@ impl RoleContext {
         key: Arc<Keypair>,
         work_dir: PathBuf,
         device: Device,
-        behaviour: trellis_protocol::behaviour::Behaviour,
+        #[cfg(feature = "adversary")] behaviour: trellis_protocol::behaviour::Behaviour,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
@@ -198,6 +204,7 @@ impl RoleContext {
             key,
             work_dir,
             device,
+            #[cfg(feature = "adversary")]
             behaviour,
             started: Mutex::default(),
             failures: Mutex::default(),

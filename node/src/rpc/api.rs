@@ -12,7 +12,7 @@ use jsonrpsee::types::ErrorObjectOwned;
 use serde::{Deserialize, Serialize};
 use trellis_contracts::state::{Job, JobStatus, RoundState, RoundSummary, Stake};
 use trellis_contracts::Event;
-use trellis_proto::{Address, BlockHeader, Hash, JobId, PublicKey, SignedTx};
+use trellis_proto::{Address, Amount, BlockHeader, Hash, JobId, PublicKey, SignedTx};
 
 /// A method's result: its answer, or a JSON-RPC error (codes in [`super::codes`]).
 pub type RpcResult<T> = Result<T, ErrorObjectOwned>;
@@ -69,7 +69,7 @@ pub enum TxStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountView {
     pub address: Address,
-    pub balance: u64,
+    pub balance: Amount,
     pub nonce: u64,
     /// The nonce a new transaction from this account should carry (after its pending ones).
     pub pending_nonce: u64,
@@ -99,7 +99,7 @@ pub struct JobListing {
     pub submitter: Address,
     pub status: JobStatus,
     pub current_round: u32,
-    pub escrow: u64,
+    pub escrow: Amount,
 }
 
 /// A committed block as `chain_subscribeHeads` announces it.
@@ -217,12 +217,12 @@ mod tests {
         wire(
             AccountView {
                 address,
-                balance: 130,
+                balance: Amount(130),
                 nonce: 0,
                 pending_nonce: 1,
                 validator_stake: Some(Stake {
                     key: key.public_key(),
-                    bonded: 100,
+                    bonded: Amount(100),
                     unbonding: Vec::new(),
                     jailed: false,
                 }),
@@ -242,7 +242,13 @@ mod tests {
         );
         wire(GossipReceipt { admitted: 0 }, json!({ "admitted": 0 }));
         wire(
-            JobListing { id: JobId(0), submitter: address, status: JobStatus::Active, current_round: 2, escrow: 9 },
+            JobListing {
+                id: JobId(0),
+                submitter: address,
+                status: JobStatus::Active,
+                current_round: 2,
+                escrow: Amount(9),
+            },
             json!({ "id": 0, "submitter": address, "status": "active", "current_round": 2, "escrow": 9 }),
         );
     }

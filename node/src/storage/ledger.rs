@@ -89,7 +89,7 @@ impl Ledger {
     /// balance.
     pub fn sender_account(&self, address: &Address) -> crate::mempool::SenderAccount {
         let account = self.account(address).unwrap_or_default();
-        crate::mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance }
+        crate::mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance.0 }
     }
 
     pub fn account(&self, address: &Address) -> Option<Account> {

@@ -301,8 +301,8 @@ mod tests {
     fn genesis(validator: &Keypair, user: &Keypair) -> Genesis {
         Genesis {
             chain_id: CHAIN.into(),
-            accounts: vec![(user.address(), 1_000_000)],
-            validators: vec![(validator.public_key(), 20_000)],
+            accounts: vec![(user.address(), trellis_proto::Amount(1_000_000))],
+            validators: vec![(validator.public_key(), trellis_proto::Amount(20_000))],
             miners: vec![],
             params: Params::default(),
         }

@@ -199,7 +199,7 @@ impl Ledger {
     /// What mempool admission needs of a sender's committed account.
     pub fn sender_account(&self, address: &Address) -> trellis_mempool::SenderAccount {
         let account = read_account(&self.kv, address);
-        trellis_mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance }
+        trellis_mempool::SenderAccount { next_nonce: account.nonce, balance: account.balance.0 }
     }
 
     /// The validator set that signs the next height, in the engine's form.

@@ -107,7 +107,7 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(honest: Vec<bool>, genesis: &Ledger) -> Self {
-        let genesis_total = total_holdings(genesis.state()).expect("genesis state decodes"); // ok: built by the simulator
+        let genesis_total = total_holdings(genesis.state()).expect("genesis state decodes").0; // ok: built by the simulator
         let mut books = vec![NodeBooks::default(); honest.len()];
         let stakes = miner_stakes(genesis.state());
         for book in &mut books {
@@ -243,9 +243,9 @@ impl Checker {
         let mut bonded: BTreeMap<Address, u64> = BTreeMap::new();
         for event in events {
             match event {
-                Event::FeeBurned { amount, .. } => book.fees += amount,
-                Event::Slashed { amount, .. } => book.slashes += amount,
-                Event::Bonded { who, role: Role::Miner, amount } => *bonded.entry(*who).or_default() += amount,
+                Event::FeeBurned { amount, .. } => book.fees += amount.0,
+                Event::Slashed { amount, .. } => book.slashes += amount.0,
+                Event::Bonded { who, role: Role::Miner, amount } => *bonded.entry(*who).or_default() += amount.0,
                 Event::RoundTallied { job, round, poisoners, withholders, freeloaders, .. } => {
                     let slashed = poisoners.iter().chain(withholders).chain(freeloaders).copied();
                     book.slashed_in_round.entry((*job, *round)).or_default().extend(slashed);
@@ -259,7 +259,7 @@ impl Checker {
                         miner: *who,
                         job: *job,
                         round: *round,
-                        amount: *amount,
+                        amount: amount.0,
                     });
                 }
                 _ => {}
@@ -267,31 +267,31 @@ impl Checker {
         }
 
         let supply: Supply = state::read(kv, keys::SUPPLY).ok().flatten().unwrap_or_default();
-        let holdings = total_holdings(kv).unwrap_or(u64::MAX);
+        let holdings = total_holdings(kv).map_or(u64::MAX, |total| total.0);
         // Computed here rather than with `Supply::expected_total`, which would panic, not
         // report, if more were burned than ever existed.
-        let expected = self.genesis_total.saturating_add(supply.minted).saturating_sub(supply.burned);
-        if supply.genesis != self.genesis_total || holdings != expected {
+        let expected = self.genesis_total.saturating_add(supply.minted.0).saturating_sub(supply.burned.0);
+        if supply.genesis.0 != self.genesis_total || holdings != expected {
             return Err(Violation::SupplyNotConserved { height, node, holdings, expected });
         }
-        if supply.burned != book.fees + book.slashes {
+        if supply.burned.0 != book.fees + book.slashes {
             return Err(Violation::BurnMismatch {
                 height,
                 node,
-                burned: supply.burned,
+                burned: supply.burned.0,
                 fees: book.fees,
                 slashes: book.slashes,
             });
         }
         for (key, bytes) in kv.scan_prefix(keys::ACCOUNT_PREFIX) {
             let account: Account = state::decode_record(&key, &bytes).unwrap_or_default();
-            if account.balance > expected {
+            if account.balance.0 > expected {
                 let account_address = Address(key[keys::ACCOUNT_PREFIX.len()..].try_into().unwrap_or_default());
                 return Err(Violation::NegativeBalance {
                     height,
                     node,
                     account: account_address,
-                    balance: account.balance,
+                    balance: account.balance.0,
                 });
             }
         }
@@ -321,7 +321,7 @@ fn miner_stakes<S: KvStore + ?Sized>(kv: &S) -> BTreeMap<Address, u64> {
     kv.scan_prefix(&keys::stake_prefix(Role::Miner))
         .into_iter()
         .filter_map(|(key, bytes)| state::decode_record::<Stake>(&key, &bytes).ok())
-        .map(|stake| (stake.key.address(), stake.slashable().unwrap_or(u64::MAX)))
+        .map(|stake| (stake.key.address(), stake.slashable().map_or(u64::MAX, |amount| amount.0)))
         .collect()
 }
 
@@ -380,7 +380,7 @@ impl fmt::Display for LivenessReport {
 #[cfg(test)]
 mod tests {
     use trellis_contracts::{Genesis, Params};
-    use trellis_proto::Keypair;
+    use trellis_proto::{Amount, Keypair};
 
     use super::*;
 
@@ -389,9 +389,9 @@ mod tests {
         let miner = Keypair::from_seed([2; 32]);
         let genesis = Genesis {
             chain_id: "invariants-test".into(),
-            accounts: vec![(validator.address(), 1_000), (miner.address(), 1_000)],
-            validators: vec![(validator.public_key(), 20_000)],
-            miners: vec![(miner.public_key(), 5_000)],
+            accounts: vec![(validator.address(), Amount(1_000)), (miner.address(), Amount(1_000))],
+            validators: vec![(validator.public_key(), Amount(20_000))],
+            miners: vec![(miner.public_key(), Amount(5_000))],
             params: Params::default(),
         };
         (Ledger::from_genesis(&genesis), miner.address())
@@ -412,9 +412,9 @@ mod tests {
             unchecked: vec![],
         };
         assert_eq!(checker.check_books(0, 5, &ledger, &[tallied]), Ok(()));
-        let paid_other_round = Event::Rewarded { job, round: 2, who: miner, amount: 10, as_miner: true };
+        let paid_other_round = Event::Rewarded { job, round: 2, who: miner, amount: Amount(10), as_miner: true };
         assert_eq!(checker.check_books(0, 6, &ledger, &[paid_other_round]), Ok(()));
-        let paid = Event::Rewarded { job, round: 1, who: miner, amount: 10, as_miner: true };
+        let paid = Event::Rewarded { job, round: 1, who: miner, amount: Amount(10), as_miner: true };
         assert!(matches!(
             checker.check_books(0, 7, &ledger, &[paid]),
             Err(Violation::SlashedMinerPaid { round: 1, .. })
@@ -427,13 +427,13 @@ mod tests {
         let mut checker = Checker::new(vec![true], &ledger);
         // As if the last block had slashed 1,000 of the miner's 5,000, yet the state still holds 5,000.
         checker.books[0].miner_stake.insert(miner, 4_000);
-        let bonded_500 = Event::Bonded { who: miner, role: Role::Miner, amount: 500 };
+        let bonded_500 = Event::Bonded { who: miner, role: Role::Miner, amount: Amount(500) };
         assert!(matches!(
             checker.check_books(0, 3, &ledger, &[bonded_500]),
             Err(Violation::StakeReturned { before: 4_000, after: 5_000, bonded: 500, .. })
         ));
         checker.books[0].miner_stake.insert(miner, 4_000);
-        let bonded_1000 = Event::Bonded { who: miner, role: Role::Miner, amount: 1_000 };
+        let bonded_1000 = Event::Bonded { who: miner, role: Role::Miner, amount: Amount(1_000) };
         assert_eq!(checker.check_books(0, 3, &ledger, &[bonded_1000]), Ok(()), "a bond explains the growth");
     }
 
@@ -442,7 +442,7 @@ mod tests {
         let (ledger, _) = world();
         let mut checker = Checker::new(vec![true], &ledger);
         // Genesis burned nothing; an event claiming a fee burn that the supply does not show is a mismatch.
-        let fee = Event::FeeBurned { payer: Address::default(), amount: 1 };
+        let fee = Event::FeeBurned { payer: Address::default(), amount: Amount(1) };
         assert!(matches!(
             checker.check_books(0, 1, &ledger, &[fee]),
             Err(Violation::BurnMismatch { burned: 0, fees: 1, .. })

@@ -449,16 +449,16 @@ impl Simulation {
             behaviours[index] = *setup.pick(&SIMULATED_MINERS[1..]);
         }
 
-        let mut accounts: Vec<(Address, u64)> =
-            validator_keys.iter().chain(&miner_keys).map(|k| (k.address(), 100_000)).collect();
-        accounts.extend(user_keys.iter().map(|k| (k.address(), 200_000)));
-        accounts.push((submitter.address(), 1_000_000));
-        accounts.extend(funded_flooders.iter().map(|k| (k.address(), FLOODER_BALANCE)));
+        let mut accounts: Vec<(Address, Amount)> =
+            validator_keys.iter().chain(&miner_keys).map(|k| (k.address(), Amount(100_000))).collect();
+        accounts.extend(user_keys.iter().map(|k| (k.address(), Amount(200_000))));
+        accounts.push((submitter.address(), Amount(1_000_000)));
+        accounts.extend(funded_flooders.iter().map(|k| (k.address(), Amount(FLOODER_BALANCE))));
         let genesis = Genesis {
             chain_id: SIM_CHAIN_ID.to_string(),
             accounts,
-            validators: validator_keys.iter().zip(&stakes).map(|(k, s)| (k.public_key(), *s)).collect(),
-            miners: miner_keys.iter().map(|k| (k.public_key(), 5_000)).collect(),
+            validators: validator_keys.iter().zip(&stakes).map(|(k, s)| (k.public_key(), Amount(*s))).collect(),
+            miners: miner_keys.iter().map(|k| (k.public_key(), Amount(5_000))).collect(),
             params: Params {
                 epoch_blocks: 10,
                 unbonding_blocks: 30,
