@@ -79,7 +79,7 @@ fn add_finished_jobs(kv: &mut MemoryKv, count: u64) {
                     job: job.id,
                     round,
                     phase: Phase::Settled,
-                    opened_at: id * 100 + u64::from(round) * 10,
+                    opened_at: Height(id * 100 + u64::from(round) * 10),
                     escalated: false,
                     commits: 4,
                     reveals: 4,
@@ -155,7 +155,7 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
     let chain = Chain::init_genesis(&mut kv, &genesis).expect("genesis");
     add_finished_jobs(&mut kv, finished_jobs);
     let entries = kv.len();
-    let mut parent = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+    let mut parent = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 0 };
     let started = Instant::now();
     for height in 1..=blocks {
         let txs: Vec<SignedTx> = senders
@@ -175,7 +175,7 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
         let changes = checker_view.into_changes();
         trellis_contracts::kv::apply_changes(&mut kv, changes);
         assert_eq!(state_root(&kv).expect("digest"), built.block.header.state_root);
-        parent = Parent { height, hash: built.block.hash(), time_ms: built.block.header.time_ms };
+        parent = Parent { height: Height(height), hash: built.block.hash(), time_ms: built.block.header.time_ms };
     }
     let blocks_per_s = blocks as f64 / started.elapsed().as_secs_f64();
     let timing = Instant::now();

@@ -28,7 +28,7 @@ pub const MAX_CLOCK_DRIFT_MS: u64 = 2_000;
 /// the first block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parent {
-    pub height: u64,
+    pub height: Height,
     pub hash: Hash,
     pub time_ms: u64,
 }
@@ -39,7 +39,7 @@ pub enum InvalidBlock {
     #[error("block is for chain '{got}', not '{expected}'")]
     WrongChain { expected: String, got: String },
     #[error("block height {got} does not follow the head {head}")]
-    WrongHeight { head: u64, got: u64 },
+    WrongHeight { head: Height, got: Height },
     #[error("block parent {got} is not the head block {expected}")]
     WrongParent { expected: Hash, got: Hash },
     #[error("block time {got} ms is before its parent's {parent} ms")]
@@ -90,7 +90,7 @@ impl Chain {
         time_ms: u64,
         reveal: Hash,
     ) -> Result<BlockCtx, InvalidBlock> {
-        let height = parent.height + 1;
+        let height = parent.height.after(1);
         let wrong = InvalidBlock::WrongBeaconReveal { proposer, got: reveal };
         match read::<BeaconOnion>(state, &keys::onion(&proposer))? {
             Some(mut onion) if onion.active_at(height) => {
@@ -105,7 +105,7 @@ impl Chain {
             _ => {}
         }
         let previous = read::<Hash>(state, keys::BEACON)?.unwrap_or(Hash::ZERO);
-        let randomness = beacon::mix(&previous, height, &proposer, &reveal);
+        let randomness = beacon::mix(&previous, height.0, &proposer, &reveal);
         write(state, keys::BEACON.to_vec(), &randomness);
         Ok(BlockCtx { height, time_ms, randomness, proposer })
     }
@@ -153,7 +153,7 @@ impl Chain {
         apply_with_digest(state, changes, &digest);
         let header = BlockHeader {
             chain_id: self.chain_id.clone(),
-            height: Height(ctx.height),
+            height: ctx.height,
             time_ms,
             parent: parent.hash,
             tx_root: Block::compute_tx_root(&txs),
@@ -169,8 +169,8 @@ impl Chain {
         if header.chain_id != self.chain_id {
             return Err(InvalidBlock::WrongChain { expected: self.chain_id.clone(), got: header.chain_id.clone() });
         }
-        if header.height.0 != parent.height + 1 {
-            return Err(InvalidBlock::WrongHeight { head: parent.height, got: header.height.0 });
+        if header.height != parent.height.after(1) {
+            return Err(InvalidBlock::WrongHeight { head: parent.height, got: header.height });
         }
         if header.parent != parent.hash {
             return Err(InvalidBlock::WrongParent { expected: parent.hash, got: header.parent });
@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn a_proposed_time_may_run_ahead_of_the_local_clock_by_the_drift_only() {
         let (chain, kv, _) = chain_with_one_account();
-        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        let genesis = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 0 };
         let mut header = chain
             .build_block(&mut Overlay::new(&kv), &genesis, Address([1; 20]), 10_000, Hash::ZERO, Vec::new())
             .unwrap()
@@ -287,14 +287,14 @@ mod tests {
         assert!(Chain::check_proposal_time(&header, u64::MAX - 1).is_ok(), "no overflow at the end of time");
         let mut early = header.clone();
         early.time_ms = 5;
-        let parent = Parent { height: 0, hash: Hash::ZERO, time_ms: 6 };
+        let parent = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 6 };
         assert!(matches!(chain.check_successor(&parent, &early), Err(InvalidBlock::TimeWentBack { .. })));
     }
 
     #[test]
     fn a_built_block_checks_out_and_a_tampered_one_does_not() {
         let (chain, mut kv, rich) = chain_with_one_account();
-        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        let genesis = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 0 };
         // The second candidate reuses nonce 0 and fails: it is left out, with its reason.
         let candidates = vec![transfer(&rich, 0, 10), transfer(&rich, 0, 20), transfer(&rich, 1, 30)];
         let mut overlay = Overlay::new(&kv);
@@ -324,12 +324,12 @@ mod tests {
         late.header.height = Height(2);
         assert!(matches!(
             chain.execute_block(&mut Overlay::new(&kv), &genesis, &late),
-            Err(InvalidBlock::WrongHeight { head: 0, got: 2 })
+            Err(InvalidBlock::WrongHeight { head: Height(0), got: Height(2) })
         ));
 
         // A block whose transaction fails is refused as a whole.
         apply_changes(&mut kv, built_changes);
-        let next = Parent { height: 1, hash: built.block.hash(), time_ms: 5 };
+        let next = Parent { height: Height(1), hash: built.block.hash(), time_ms: 5 };
         let mut replayed = chain
             .build_block(&mut Overlay::new(&kv), &next, Address([1; 20]), 6, Hash::ZERO, Vec::new())
             .unwrap()
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn a_transaction_whose_action_fails_is_included_and_pays_its_fee() {
         let (chain, kv, rich) = chain_with_one_account();
-        let genesis = Parent { height: 0, hash: Hash::ZERO, time_ms: 0 };
+        let genesis = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 0 };
         let before: crate::state::Account = read(&kv, &keys::account(&rich.address())).unwrap().unwrap();
         // More than the account holds: the transfer fails, its fee does not.
         let failing = transfer(&rich, 0, 10_000_000);

@@ -1,7 +1,7 @@
 //! Why a transaction was rejected. A rejected transaction changes nothing.
 
 use thiserror::Error;
-use trellis_proto::{Address, Amount, JobId, Role};
+use trellis_proto::{Address, Amount, Height, JobId, Role};
 
 use crate::state::{CorruptState, Phase};
 
@@ -44,13 +44,13 @@ pub enum TxError {
     #[error("round {round} of job {job} is {phase:?}, not {expected:?}")]
     WrongPhase { job: JobId, round: u32, phase: Phase, expected: Phase },
     #[error("the commit deadline (height {deadline}) has passed")]
-    LateCommit { deadline: u64 },
+    LateCommit { deadline: Height },
     #[error("{miner} already committed to this round")]
     AlreadyCommitted { miner: Address },
     #[error("invalid work commitment: {0}")]
     InvalidCommitment(String),
     #[error("the reveal window (until height {deadline}) has passed")]
-    LateReveal { deadline: u64 },
+    LateReveal { deadline: Height },
     #[error("{miner} has no commitment in this round to reveal")]
     NothingToReveal { miner: Address },
     #[error("{miner} already revealed its work for this round")]
@@ -58,13 +58,13 @@ pub enum TxError {
     #[error("the revealed work does not hash to the binding {miner} committed")]
     RevealMismatch { miner: Address },
     #[error("the verification window (until height {end}) is closed")]
-    VerdictWindowClosed { end: u64 },
+    VerdictWindowClosed { end: Height },
     #[error("{checker} is not assigned to segment {segment} of {miner}")]
     NotAssigned { checker: Address, miner: Address, segment: u32 },
     #[error("{checker} already gave a verdict on segment {segment} of {miner}")]
     DuplicateVerdict { checker: Address, miner: Address, segment: u32 },
     #[error("the aggregate deadline (height {deadline}) has passed")]
-    LateAggregate { deadline: u64 },
+    LateAggregate { deadline: Height },
     #[error("aggregate names {got} accepted miners, the round accepted {expected}")]
     AggregateMismatch { expected: usize, got: usize },
     #[error("{0} is not in the active validator set")]

@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_proto::{
-    Address, Aggregate, AggregationRule, Amount, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, JobId, JobSpec,
-    PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
+    Address, Aggregate, AggregationRule, Amount, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, Height, JobId,
+    JobSpec, PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
@@ -26,7 +26,7 @@ use crate::state::{
 /// What a block gives the state machine besides its transactions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockCtx {
-    pub height: u64,
+    pub height: Height,
     pub time_ms: u64,
     /// The chain's beacon after this block's reveal (`trellis_protocol::beacon`): unknown to
     /// anyone but the proposer before the block is proposed, and not the proposer's to choose.
@@ -60,7 +60,7 @@ pub enum Event {
         who: Address,
         role: Role,
         amount: Amount,
-        release_height: u64,
+        release_height: Height,
     },
     Released {
         who: Address,
@@ -79,7 +79,7 @@ pub enum Event {
     RoundOpened {
         job: JobId,
         round: u32,
-        commit_deadline: u64,
+        commit_deadline: Height,
     },
     WorkCommitted {
         job: JobId,
@@ -89,7 +89,7 @@ pub enum Event {
     RevealsOpened {
         job: JobId,
         round: u32,
-        reveal_deadline: u64,
+        reveal_deadline: Height,
     },
     WorkRevealed {
         job: JobId,
@@ -112,7 +112,7 @@ pub enum Event {
         job: JobId,
         round: u32,
         segments: usize,
-        verify_end: u64,
+        verify_end: Height,
     },
     /// `unchecked`: revealed work whose sampled segments no checker decided (not paid, not slashed).
     RoundTallied {
@@ -167,7 +167,7 @@ pub enum Event {
     BeaconCommitted {
         validator: Address,
         layers: u32,
-        active_from: u64,
+        active_from: Height,
     },
     /// An included transaction whose action failed: its fee was burned and its nonce used,
     /// nothing else happened.
@@ -348,7 +348,7 @@ impl Chain {
             events.push(Event::Released { who, role, amount });
         }
         let mut update = None;
-        if self.params.epoch_blocks > 0 && ctx.height % self.params.epoch_blocks == 0 {
+        if self.params.epoch_blocks > 0 && ctx.height.0 % self.params.epoch_blocks == 0 {
             let set = self.compute_validator_set(kv)?;
             let current: ValidatorSet = read(kv, keys::VALIDATORS)?.unwrap_or_default();
             // An empty set would halt the chain: keep the old one until someone bonds.
@@ -566,7 +566,7 @@ impl Chain {
             Some(onion) => onion.generation.checked_add(1).ok_or(TxError::Overflow)?,
             None => 0,
         };
-        let active_from = ctx.height.checked_add(2).ok_or(TxError::Overflow)?;
+        let active_from = Height(ctx.height.0.checked_add(2).ok_or(TxError::Overflow)?);
         write(kv, keys::onion(&sender), &BeaconOnion { held: tip, layers, remaining: layers, generation, active_from });
         Ok(Event::BeaconCommitted { validator: sender, layers, active_from })
     }
@@ -595,7 +595,7 @@ impl Chain {
         if !remaining.is_zero() && remaining < min {
             return Err(TxError::BelowMinimumStake { role, min, got: remaining });
         }
-        let release_height = ctx.height.saturating_add(self.params.unbonding_blocks);
+        let release_height = ctx.height.after(self.params.unbonding_blocks);
         stake.bonded = remaining;
         stake.unbonding.push(Unbonding { release_height, amount });
         write(kv, keys::stake(role, who), &stake);
@@ -734,7 +734,7 @@ impl Chain {
                 if let Some(mut round) = read::<RoundState>(kv, &round_key)? {
                     if round.phase == Phase::Open && round.workers.len() < job.spec.diloco.workers_per_round as usize {
                         if round.workers.is_empty() {
-                            round.commit_deadline = ctx.height.saturating_add(u64::from(job.spec.commit_blocks));
+                            round.commit_deadline = ctx.height.after(u64::from(job.spec.commit_blocks));
                         }
                         round.workers.push(miner);
                         write(kv, round_key, &round);

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::hash::{draw, weighted_index};
-use trellis_proto::{Address, Aggregate, Amount, Hash, JobSpec, Role, VerdictOutcome};
+use trellis_proto::{Address, Aggregate, Amount, Hash, Height, JobSpec, Role, VerdictOutcome};
 use trellis_protocol::trail;
 
 use crate::error::TxError;
@@ -35,17 +35,17 @@ pub fn expected_tokens(spec: &JobSpec) -> u64 {
 }
 
 /// A fresh round opened at `height`, with its workers drawn from the job's miners.
-pub fn new_round(job: &Job, round: u32, height: u64, randomness: &Hash) -> RoundState {
-    let commit_deadline = height.saturating_add(u64::from(job.spec.commit_blocks));
+pub fn new_round(job: &Job, round: u32, height: Height, randomness: &Hash) -> RoundState {
+    let commit_deadline = height.after(u64::from(job.spec.commit_blocks));
     RoundState {
         workers: pick_workers(job, round, randomness),
         job: job.id,
         round,
         opened_at: height,
         commit_deadline,
-        reveal_deadline: 0,
-        verify_end: 0,
-        aggregate_deadline: 0,
+        reveal_deadline: Height(0),
+        verify_end: Height(0),
+        aggregate_deadline: Height(0),
         phase: Phase::Open,
         escalated: false,
         commits: Vec::new(),
@@ -95,7 +95,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         Phase::Open if round.workers.is_empty() => {}
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             round.phase = Phase::Revealing;
-            round.reveal_deadline = ctx.height.saturating_add(chain.params.reveal_blocks);
+            round.reveal_deadline = ctx.height.after(chain.params.reveal_blocks);
             events.push(Event::RevealsOpened {
                 job: job.id,
                 round: round.round,
@@ -108,7 +108,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
             round.assignments =
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
             round.phase = Phase::Verifying;
-            round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
+            round.verify_end = ctx.height.after(u64::from(job.spec.verify_blocks));
             events.push(Event::SegmentsSampled {
                 job: job.id,
                 round: round.round,
@@ -306,7 +306,7 @@ fn tally<S: KvStore + ?Sized>(
                 assignment.checkers.extend(more);
             }
             round.escalated = true;
-            round.verify_end = ctx.height.saturating_add(u64::from(job.spec.verify_blocks));
+            round.verify_end = ctx.height.after(u64::from(job.spec.verify_blocks));
             events.push(Event::Escalated {
                 job: job.id,
                 round: round.round,
@@ -433,7 +433,7 @@ fn tally<S: KvStore + ?Sized>(
         events.extend(next_round_or_end(chain, kv, job, ctx)?);
     } else {
         round.phase = Phase::AwaitingAggregate;
-        round.aggregate_deadline = ctx.height.saturating_add(chain.params.aggregate_blocks);
+        round.aggregate_deadline = ctx.height.after(chain.params.aggregate_blocks);
         write(kv, keys::round(job.id, round.round), &round);
         write(kv, keys::job(job.id), &job);
     }
@@ -529,7 +529,7 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
     kv: &mut S,
     mut job: Job,
     status: JobStatus,
-    height: u64,
+    height: Height,
 ) -> Result<Vec<Event>, TxError> {
     kv.delete(&keys::active(job.id));
     retire_round(kv, job.id, job.current_round, height);
@@ -547,13 +547,13 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
 
 /// Queues a round that is over (settled, lapsed, or the last of an ended job) to be pruned to its
 /// summary [`SETTLED_ROUND_RETENTION`] blocks after `height`.
-fn retire_round<S: KvStore + ?Sized>(kv: &mut S, job: trellis_proto::JobId, round: u32, height: u64) {
-    kv.put(keys::prune(height.saturating_add(SETTLED_ROUND_RETENTION), job, round), Vec::new());
+fn retire_round<S: KvStore + ?Sized>(kv: &mut S, job: trellis_proto::JobId, round: u32, height: Height) {
+    kv.put(keys::prune(height.after(SETTLED_ROUND_RETENTION), job, round), Vec::new());
 }
 
 /// Prunes every round queued for a height up to `height` to its [`RoundSummary`]. Costs time
 /// in the rounds due, not in the rounds ever held.
-pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: u64) -> Result<(), TxError> {
+pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: Height) -> Result<(), TxError> {
     for (key, _) in kv.scan_prefix(keys::PRUNE_PREFIX) {
         let Some((due, job, round)) = keys::pruned_round(&key) else {
             let source =

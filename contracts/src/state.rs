@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use trellis_proto::codec::{decode, decode_seq, encode_seq, Decode, DecodeError, Encode, Reader};
 use trellis_proto::{
-    canonical_struct, canonical_tag_enum, Address, Amount, Hash, JobId, JobSpec, PublicKey, Role, VerdictOutcome,
-    WorkReveal,
+    canonical_struct, canonical_tag_enum, Address, Amount, Hash, Height, JobId, JobSpec, PublicKey, Role,
+    VerdictOutcome, WorkReveal,
 };
 
 use crate::kv::KvStore;
@@ -33,7 +33,7 @@ canonical_struct!(Account { balance, nonce });
 /// An amount leaving a bond, slashable until `release_height`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unbonding {
-    pub release_height: u64,
+    pub release_height: Height,
     pub amount: Amount,
 }
 canonical_struct!(Unbonding { release_height, amount });
@@ -240,7 +240,7 @@ pub struct Commit {
     pub miner: Address,
     /// `WorkReveal::binding` of the work the miner will reveal, with its address.
     pub binding: Hash,
-    pub height: u64,
+    pub height: Height,
     /// The revealed work (after the commit phase), checked against `binding`.
     pub reveal: Option<WorkReveal>,
 }
@@ -287,15 +287,15 @@ canonical_struct!(VerdictRecord { checker, miner, segment, outcome });
 pub struct RoundState {
     pub job: JobId,
     pub round: u32,
-    pub opened_at: u64,
+    pub opened_at: Height,
     /// Last height at which `CommitWork` is accepted.
-    pub commit_deadline: u64,
+    pub commit_deadline: Height,
     /// Last height at which `RevealWork` is accepted (set when the commit phase ends).
-    pub reveal_deadline: u64,
+    pub reveal_deadline: Height,
     /// Last height at which verdicts are accepted (moves on escalation).
-    pub verify_end: u64,
+    pub verify_end: Height,
     /// Last height for `CommitAggregate` (set at tally).
-    pub aggregate_deadline: u64,
+    pub aggregate_deadline: Height,
     pub phase: Phase,
     pub escalated: bool,
     /// The miners training this round, at most `workers_per_round`; a miner's position here is
@@ -362,7 +362,7 @@ pub struct RoundSummary {
     pub job: JobId,
     pub round: u32,
     pub phase: Phase,
-    pub opened_at: u64,
+    pub opened_at: Height,
     pub escalated: bool,
     pub commits: u32,
     pub reveals: u32,
@@ -470,13 +470,13 @@ pub struct BeaconOnion {
     pub remaining: u32,
     /// How many onions this validator committed before this one (its node derives each seed).
     pub generation: u32,
-    pub active_from: u64,
+    pub active_from: Height,
 }
 canonical_struct!(BeaconOnion { held, layers, remaining, generation, active_from });
 
 impl BeaconOnion {
     /// Whether a block at `height` by this onion's owner must reveal its next layer.
-    pub fn active_at(&self, height: u64) -> bool {
+    pub fn active_at(&self, height: Height) -> bool {
         self.active_from <= height && self.remaining > 0
     }
 
@@ -547,12 +547,12 @@ pub mod keys {
         Some(JobId(u64::from_be_bytes(bytes.try_into().ok()?)))
     }
 
-    pub fn prune(height: u64, job: JobId, round: u32) -> Vec<u8> {
-        [PRUNE_PREFIX, &height.to_be_bytes(), b"/", &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
+    pub fn prune(height: Height, job: JobId, round: u32) -> Vec<u8> {
+        [PRUNE_PREFIX, &height.0.to_be_bytes(), b"/", &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
     }
 
     /// The height, job and round a `prune/` key names.
-    pub fn pruned_round(key: &[u8]) -> Option<(u64, JobId, u32)> {
+    pub fn pruned_round(key: &[u8]) -> Option<(Height, JobId, u32)> {
         let bytes = key.strip_prefix(PRUNE_PREFIX)?;
         if bytes.len() != 8 + 1 + 8 + 1 + 4 {
             return None;
@@ -560,7 +560,7 @@ pub mod keys {
         let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
         let job = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
         let round = u32::from_be_bytes(bytes[18..22].try_into().ok()?);
-        Some((height, JobId(job), round))
+        Some((Height(height), JobId(job), round))
     }
 
     pub fn summary(job: JobId, round: u32) -> Vec<u8> {

@@ -35,7 +35,7 @@ fn world_with_onions() -> World {
 fn close_block(world: &mut World) -> Parent {
     let ctx = world.ctx();
     world.chain.end_block(&mut world.kv, &ctx).unwrap();
-    Parent { height: world.height, hash: Hash([world.height as u8; 32]), time_ms: world.height * 1000 }
+    Parent { height: world.height, hash: Hash([world.height.0 as u8; 32]), time_ms: world.height.0 * 1000 }
 }
 
 /// What validator `index` must reveal when proposing on `state`.
@@ -50,7 +50,7 @@ fn reveal_for(world: &World, state: &impl trellis_contracts::KvStore, index: usi
 #[test]
 fn a_proposer_grinding_its_blocks_time_and_transactions_gets_one_sampling_outcome() {
     let mut world = world_with_onions();
-    world.advance_to(2);
+    world.advance_to(Height(2));
     let job = world.submit_and_join(100_000);
     for i in 0..3 {
         world.commit(job, 0, i).unwrap();
@@ -94,7 +94,7 @@ fn a_proposer_grinding_its_blocks_time_and_transactions_gets_one_sampling_outcom
 #[test]
 fn a_reveal_must_be_the_next_onion_layer_and_is_used_once() {
     let mut world = world_with_onions();
-    world.advance_to(2);
+    world.advance_to(Height(2));
     let parent = close_block(&mut world);
     let proposer = world.validators[0].address();
     let onion = onion_of(&world, 0);
@@ -163,7 +163,7 @@ fn onions_are_long_committed_by_bonded_validators_once_the_last_is_spent_and_cou
         world.send(&validator, TxKind::CommitBeacon { tip, layers: too_many }),
         Err(TxError::OnionLayers { got: too_many })
     );
-    world.advance_to(5);
+    world.advance_to(Height(5));
     world.send(&validator, TxKind::CommitBeacon { tip, layers }).unwrap();
     let other = Onion::new(Hash([6; 32]), layers).unwrap().tip();
     assert_eq!(
@@ -171,7 +171,7 @@ fn onions_are_long_committed_by_bonded_validators_once_the_last_is_spent_and_cou
         Err(TxError::OnionNotSpent { remaining: layers })
     );
     let held: BeaconOnion = read(&world.kv, &keys::onion(&validator.address())).unwrap().unwrap();
-    assert_eq!((held.active_from, held.generation), (7, 0));
+    assert_eq!((held.active_from, held.generation), (Height(7), 0));
 
     // At height 6 the fresh onion does not count yet: the proposer reveals nothing.
     let parent = close_block(&mut world);
@@ -180,7 +180,7 @@ fn onions_are_long_committed_by_bonded_validators_once_the_last_is_spent_and_cou
     let six = world.chain.build_block(&mut state, &parent, proposer, parent.time_ms, Hash::ZERO, Vec::new()).unwrap();
     let changes = state.into_changes();
     apply_changes(&mut world.kv, changes);
-    let mut parent = Parent { height: 6, hash: six.block.hash(), time_ms: parent.time_ms };
+    let mut parent = Parent { height: Height(6), hash: six.block.hash(), time_ms: parent.time_ms };
     // From height 7 on every block peels a layer; once all are, a new onion may be committed.
     for remaining in (1..=layers).rev() {
         let reveal = onion.reveal(remaining).unwrap();

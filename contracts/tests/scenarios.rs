@@ -252,7 +252,7 @@ fn equivocation_is_slashed_burned_and_jailed_and_the_set_drops_the_offender() {
     assert_eq!(slashed(&w, &offender.address()), vec![(4_000, SlashReason::Equivocation)]);
     assert!(w.stake(Role::Validator, &offender).jailed);
     assert!(matches!(w.send(&reporter, TxKind::ReportEquivocation(evidence)), Err(TxError::EvidenceAlreadyUsed)));
-    w.advance_to(5);
+    w.advance_to(Height(5));
     let set = w.chain.validator_set(&w.kv).unwrap();
     assert_eq!(set.validators.len(), 3);
     assert!(!set.contains(&offender.address()));

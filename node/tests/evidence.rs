@@ -60,7 +60,12 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
     let mut tx = tx.clone();
     tx.tx.nonce = 0;
     let tx = trellis_proto::Transaction { ..tx.tx }.sign(CHAIN, reporter);
-    let ctx = BlockCtx { height: 6, time_ms: 6_000, randomness: Hash::ZERO, proposer: reporter.address() };
+    let ctx = BlockCtx {
+        height: trellis_proto::Height(6),
+        time_ms: 6_000,
+        randomness: Hash::ZERO,
+        proposer: reporter.address(),
+    };
     let events = chain.apply_tx(&mut kv, &tx, &ctx).expect("the chain accepts the report");
     assert!(
         events.iter().any(

@@ -95,6 +95,38 @@ impl std::fmt::Display for Amount {
 pub struct Height(pub u64);
 canonical_newtype!(Height);
 
+impl Height {
+    /// The height `blocks` after this one (saturating: no chain reaches `u64::MAX`).
+    pub fn after(self, blocks: u64) -> Height {
+        Height(self.0.saturating_add(blocks))
+    }
+
+    /// The height `blocks` before this one, or 0.
+    pub fn before(self, blocks: u64) -> Height {
+        Height(self.0.saturating_sub(blocks))
+    }
+
+    /// Blocks from `earlier` to this height (0 if `earlier` is not earlier).
+    pub fn since(self, earlier: Height) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// `height + blocks`: the height that many blocks later.
+impl std::ops::Add<u64> for Height {
+    type Output = Height;
+
+    fn add(self, blocks: u64) -> Height {
+        Height(self.0 + blocks)
+    }
+}
+
+impl std::ops::AddAssign<u64> for Height {
+    fn add_assign(&mut self, blocks: u64) {
+        self.0 += blocks;
+    }
+}
+
 impl std::fmt::Display for Height {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)

@@ -10,7 +10,7 @@ pub const CHAIN: &str = "trellis-test";
 pub struct World {
     pub kv: MemoryKv,
     pub chain: Chain,
-    pub height: u64,
+    pub height: Height,
     pub validators: Vec<Keypair>,
     pub miners: Vec<Keypair>,
     pub submitter: Keypair,
@@ -52,15 +52,15 @@ impl World {
         };
         let mut kv = MemoryKv::new();
         let chain = Chain::init_genesis(&mut kv, &genesis).unwrap();
-        World { kv, chain, height: 0, validators, miners, submitter, events: Vec::new(), salt: 0 }
+        World { kv, chain, height: Height(0), validators, miners, submitter, events: Vec::new(), salt: 0 }
     }
 
     pub fn ctx(&self) -> BlockCtx {
         let randomness =
-            Hash::digest(HashDomain::BlockHeader, &[self.height.to_le_bytes(), self.salt.to_le_bytes()].concat());
+            Hash::digest(HashDomain::BlockHeader, &[self.height.0.to_le_bytes(), self.salt.to_le_bytes()].concat());
         BlockCtx {
             height: self.height,
-            time_ms: self.height * 1000,
+            time_ms: self.height.0 * 1000,
             randomness,
             proposer: self.validators[0].address(),
         }
@@ -77,7 +77,7 @@ impl World {
         self.events.extend(events);
     }
 
-    pub fn advance_to(&mut self, height: u64) {
+    pub fn advance_to(&mut self, height: Height) {
         while self.height < height {
             self.next_block();
         }

@@ -412,11 +412,14 @@ async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
 async fn round_times(rpc: &HttpClient, state: &RoundState) -> (f64, f64, f64) {
     let opened = state.opened_at;
     let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);
-    let tallied = state.aggregate_deadline.saturating_sub(trellis_contracts::Params::default().aggregate_blocks);
+    let tallied = state.aggregate_deadline.before(trellis_contracts::Params::default().aggregate_blocks);
     let head = rpc.head().await.ok().map(|h| h.time_ms as f64 / 1000.0);
-    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) =
-        (block_time_s(rpc, opened).await, block_time_s(rpc, last_commit).await, block_time_s(rpc, tallied).await, head)
-    else {
+    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) = (
+        block_time_s(rpc, opened.0).await,
+        block_time_s(rpc, last_commit.0).await,
+        block_time_s(rpc, tallied.0).await,
+        head,
+    ) else {
         return (0.0, 0.0, 0.0);
     };
     (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use trellis_contracts::state::BeaconOnion;
-use trellis_proto::{Hash, Keypair, TxKind};
+use trellis_proto::{Hash, Height, Keypair, TxKind};
 use trellis_protocol::beacon::{self, Onion, OnionError, DEFAULT_LAYERS};
 
 use crate::shared::{NodeEvent, Shared};
@@ -51,7 +51,7 @@ impl BeaconKeeper {
     /// for it: the next layer of an active onion, else `Hash::ZERO`. An onion the chain holds
     /// that is not ours (another node with our key committed it) cannot be revealed: we log it
     /// and reveal `Hash::ZERO`, which other validators refuse, rather than propose garbage.
-    pub fn reveal(&self, held: Option<&BeaconOnion>, height: u64) -> Hash {
+    pub fn reveal(&self, held: Option<&BeaconOnion>, height: Height) -> Hash {
         let Some(held) = held.filter(|o| o.active_at(height)) else {
             return Hash::ZERO;
         };
@@ -111,7 +111,7 @@ pub async fn run(shared: Arc<Shared>, key: Arc<Keypair>, keeper: Arc<BeaconKeepe
 mod tests {
     use super::*;
 
-    fn held(onion: &Onion, remaining: u32, generation: u32, active_from: u64) -> BeaconOnion {
+    fn held(onion: &Onion, remaining: u32, generation: u32, active_from: Height) -> BeaconOnion {
         let held = if remaining == onion.layers() { onion.tip() } else { onion.reveal(remaining + 1).unwrap() };
         BeaconOnion { held, layers: onion.layers(), remaining, generation, active_from }
     }
@@ -127,25 +127,28 @@ mod tests {
         let onion = keeper.onion(0, layers).unwrap();
         assert_eq!(onion.tip(), tip);
 
-        let committed = held(&onion, layers, 0, 10);
-        assert_eq!(keeper.reveal(Some(&committed), 9), Hash::ZERO, "not active yet");
-        let first = keeper.reveal(Some(&committed), 10);
+        let committed = held(&onion, layers, 0, Height(10));
+        assert_eq!(keeper.reveal(Some(&committed), Height(9)), Hash::ZERO, "not active yet");
+        let first = keeper.reveal(Some(&committed), Height(10));
         assert_eq!(beacon::step(&first), tip);
         assert_eq!(keeper.commitment_due(Some(&committed)), None);
 
-        let after_one = held(&onion, layers - 1, 0, 10);
-        assert_eq!(beacon::step(&keeper.reveal(Some(&after_one), 11)), first);
+        let after_one = held(&onion, layers - 1, 0, Height(10));
+        assert_eq!(beacon::step(&keeper.reveal(Some(&after_one), Height(11))), first);
 
         let spent = BeaconOnion { remaining: 0, ..committed };
-        assert_eq!(keeper.reveal(Some(&spent), 12), Hash::ZERO);
+        assert_eq!(keeper.reveal(Some(&spent), Height(12)), Hash::ZERO);
         let Some(TxKind::CommitBeacon { tip: renewed, .. }) = keeper.commitment_due(Some(&spent)) else {
             panic!("renewal is due")
         };
         assert_ne!(renewed, tip, "each generation has its own seed");
 
         // A restarted node (a new keeper, same key) finds the same layers.
-        assert_eq!(BeaconKeeper::new(&key).reveal(Some(&after_one), 11), keeper.reveal(Some(&after_one), 11));
+        assert_eq!(
+            BeaconKeeper::new(&key).reveal(Some(&after_one), Height(11)),
+            keeper.reveal(Some(&after_one), Height(11))
+        );
         // Another key cannot reveal this onion.
-        assert_eq!(BeaconKeeper::new(&Keypair::from_seed([9; 32])).reveal(Some(&after_one), 11), Hash::ZERO);
+        assert_eq!(BeaconKeeper::new(&Keypair::from_seed([9; 32])).reveal(Some(&after_one), Height(11)), Hash::ZERO);
     }
 }

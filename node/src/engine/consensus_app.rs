@@ -26,7 +26,9 @@ use trellis_consensus::{
     ValidatorAddress, ValidatorSet,
 };
 use trellis_proto::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
-use trellis_proto::{Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedVote, Transaction, TxKind};
+use trellis_proto::{
+    Amount, Block, Encode, EquivocationEvidence, Hash, Height, Keypair, SignedVote, Transaction, TxKind,
+};
 
 use crate::shared::{NodeEvent, Shared};
 use crate::storage::ledger::Executed;
@@ -222,7 +224,7 @@ impl ConsensusApp {
             .collect();
         let candidates = self.leave_out_unfounded(candidates);
         let reveal = match &self.shared.beacon {
-            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), height.0),
+            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), Height(height.0)),
             None => Hash::ZERO,
         };
         let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), reveal, candidates) {

@@ -65,7 +65,7 @@ impl AggregateBook {
 }
 
 /// Called after every block by the validator role.
-pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) {
+pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trellis_proto::Height) {
     let me = context.key.address();
     for job in context.active_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
@@ -102,8 +102,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: u64) 
                 let Some(position) = addresses.iter().position(|a| *a == me) else { continue };
                 let n = addresses.len() as u64;
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
-                let tallied_at =
-                    round.aggregate_deadline.saturating_sub(context.shared.ledger.params().aggregate_blocks);
+                let tallied_at = round.aggregate_deadline.before(context.shared.ledger.params().aggregate_blocks);
                 #[cfg(feature = "adversary")]
                 let forger = context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate;
                 #[cfg(not(feature = "adversary"))]

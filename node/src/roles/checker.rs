@@ -38,7 +38,7 @@ const BLOB_PATIENCE: Duration = Duration::from_secs(20);
 pub const OWN_FAILURES: u32 = 3;
 
 /// Called after every block by the validator role.
-pub fn tick(context: &Arc<RoleContext>, height: u64) {
+pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
     let me = context.key.address();
     for job in context.active_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };

@@ -20,8 +20,8 @@ use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{expected_tokens, worker_index};
 use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{
-    decode, Amount, DeltaEncoding, Encode, Hash, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment,
-    WorkReveal,
+    decode, Amount, DeltaEncoding, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind,
+    WorkCommitment, WorkReveal,
 };
 use trellis_protocol::outer::pseudo_gradient;
 use trellis_trainer::data::Dataset;
@@ -50,7 +50,7 @@ fn required_stake(context: &RoleContext, job: &Job) -> Amount {
     job.spec.min_miner_stake.max(context.shared.ledger.params().min_miner_stake)
 }
 
-fn tick(context: &Arc<RoleContext>, height: u64) {
+fn tick(context: &Arc<RoleContext>, height: Height) {
     let me = context.key.address();
     let bonded = {
         let view = context.shared.ledger.store().pending_state();
@@ -90,8 +90,8 @@ fn tick(context: &Arc<RoleContext>, height: u64) {
 
 /// Joins `job` once a check says this node can run it; logs why not otherwise (and checks again
 /// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later).
-fn consider_joining(context: &Arc<RoleContext>, job: &Job, height: u64) {
-    if !context.start_once(Work::CheckRunnable { job: job.id, period: height / RECHECK_BLOCKS }) {
+fn consider_joining(context: &Arc<RoleContext>, job: &Job, height: Height) {
+    if !context.start_once(Work::CheckRunnable { job: job.id, period: height.0 / RECHECK_BLOCKS }) {
         return;
     }
     let (context, job) = (context.clone(), job.clone());
@@ -245,7 +245,7 @@ fn prepare(context: &Arc<RoleContext>, job: &Job, round: &RoundState, worker: us
                     // that, whatever the failed file operation says.
                     tracing::warn!(
                         target: "node::miner",
-                        job = %job.id, round = round.round, commit_deadline = round.commit_deadline,
+                        job = %job.id, round = round.round, commit_deadline = round.commit_deadline.0,
                         "the round's commit window closed before its training ended; the work is dropped \
                          (this machine needs a job with a longer commit_blocks)"
                     );

@@ -106,7 +106,7 @@ use anyhow::Context;
 use tch::Device;
 use trellis_contracts::state::{self, keys, Job, JobStatus, RoundState};
 use trellis_contracts::KvStore;
-use trellis_proto::{Address, Amount, Hash, JobId, Keypair, Transaction, TxKind};
+use trellis_proto::{Address, Amount, Hash, Height, JobId, Keypair, Transaction, TxKind};
 use trellis_trainer::data::Dataset;
 use trellis_zk::{PreparedVerifier, ZkProvingKey, ZkVerifyingKey};
 
@@ -185,7 +185,7 @@ async fn cached_key<T: Send + Sync + 'static>(
 #[derive(Default)]
 struct NonceWatch {
     nonce: u64,
-    since_height: u64,
+    since_height: Height,
     fee_bump: u64,
 }
 
@@ -216,8 +216,8 @@ impl RoleContext {
         })
     }
 
-    pub fn height(&self) -> u64 {
-        self.shared.ledger.store().head().map(|h| h.0).unwrap_or(0)
+    pub fn height(&self) -> Height {
+        self.shared.ledger.store().head().unwrap_or_default()
     }
 
     /// Every job the chain knows.
@@ -335,7 +335,7 @@ impl RoleContext {
     /// Unsticks our transaction queue when our nonce has not moved for a while (see
     /// [`STUCK_BLOCKS`]): drops our pending transactions, raises our fee for replacements, and
     /// forgets started work so it is sent again.
-    pub fn watch_nonce(&self, height: u64) {
+    pub fn watch_nonce(&self, height: Height) {
         let address = self.key.address();
         let committed = self.shared.ledger.next_nonce(&address);
         let pending = {
@@ -389,14 +389,14 @@ pub async fn run_validator(context: Arc<RoleContext>, book: Arc<aggregate::Aggre
 /// Runs `tick` after every committed block until the node stops.
 pub async fn drive<F>(context: Arc<RoleContext>, mut tick: F)
 where
-    F: FnMut(&Arc<RoleContext>, u64) + Send,
+    F: FnMut(&Arc<RoleContext>, Height) + Send,
 {
     let mut events = context.shared.events.subscribe();
     tick(&context, context.height());
     loop {
         match events.recv().await {
             Ok(crate::shared::NodeEvent::Committed { block, .. }) => {
-                let height = block.header.height.0;
+                let height = block.header.height;
                 context.watch_nonce(height);
                 tick(&context, height);
                 context.collect_garbage();

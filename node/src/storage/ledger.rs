@@ -113,7 +113,7 @@ impl Ledger {
 
     fn parent(&self) -> Result<Parent, InvalidBlock> {
         let head = self.head().map_err(|e| InvalidBlock::LocalStorage(e.to_string()))?;
-        Ok(Parent { height: head.height.0, hash: head.hash, time_ms: head.time_ms })
+        Ok(Parent { height: head.height, hash: head.hash, time_ms: head.time_ms })
     }
 
     /// Builds the next block from `candidates` (in order), leaving out those that fail; returns

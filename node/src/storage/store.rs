@@ -319,7 +319,12 @@ mod tests {
     ) -> (Block, Changes) {
         let base = store.pending_state();
         let mut overlay = trellis_contracts::kv::Overlay::new(&base);
-        let ctx = BlockCtx { height, time_ms: height * 1000, randomness: parent, proposer: proposer.address() };
+        let ctx = BlockCtx {
+            height: Height(height),
+            time_ms: height * 1000,
+            randomness: parent,
+            proposer: proposer.address(),
+        };
         chain.begin_block(&mut overlay, &ctx).unwrap();
         for tx in &txs {
             chain.apply_tx(&mut overlay, tx, &ctx).unwrap();
@@ -376,7 +381,7 @@ mod tests {
                 let memory_changes = {
                     let mut overlay = trellis_contracts::kv::Overlay::new(&memory);
                     let ctx = BlockCtx {
-                        height,
+                        height: Height(height),
                         time_ms: height * 1000,
                         randomness: block.header.parent,
                         proposer: validator.address(),

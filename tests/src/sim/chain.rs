@@ -211,11 +211,11 @@ impl Ledger {
     }
 
     fn next_ctx(&self, proposer: Address, time_ms: u64) -> BlockCtx {
-        BlockCtx { height: self.height() + 1, time_ms, randomness: self.head_hash(), proposer }
+        BlockCtx { height: trellis_proto::Height(self.height() + 1), time_ms, randomness: self.head_hash(), proposer }
     }
 
     fn parent(&self) -> Parent {
-        Parent { height: self.height(), hash: self.head_hash(), time_ms: self.head_time() }
+        Parent { height: trellis_proto::Height(self.height()), hash: self.head_hash(), time_ms: self.head_time() }
     }
 
     /// The beacon onion the chain holds for `validator`.

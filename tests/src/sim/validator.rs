@@ -529,7 +529,7 @@ impl Running<'_> {
     fn beacon_reveal(&mut self) -> Hash {
         let height = self.ledger.height() + 1;
         match self.ledger.beacon_onion(&self.me.address.0) {
-            Some(held) if held.active_at(height) => {
+            Some(held) if held.active_at(trellis_proto::Height(height)) => {
                 self.onion(held.generation).reveal(held.remaining).unwrap_or(Hash::ZERO)
             }
             _ => Hash::ZERO,
