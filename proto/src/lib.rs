@@ -58,10 +58,6 @@ impl Amount {
         self.0.checked_sub(other.0).map(Amount)
     }
 
-    pub fn saturating_sub(self, other: Amount) -> Amount {
-        Amount(self.0.saturating_sub(other.0))
-    }
-
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
@@ -104,11 +100,6 @@ impl Height {
     /// The height `blocks` before this one, or 0.
     pub fn before(self, blocks: u64) -> Height {
         Height(self.0.saturating_sub(blocks))
-    }
-
-    /// Blocks from `earlier` to this height (0 if `earlier` is not earlier).
-    pub fn since(self, earlier: Height) -> u64 {
-        self.0.saturating_sub(earlier.0)
     }
 }
 
