@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Trellis needs, and only what is missing:
-#   - a C++ compiler (torch-sys compiles a small C++ shim), clang and libclang (RocksDB's bindings);
+#   - g++ (its C++ standard library), clang (.cargo/config.toml compiles RocksDB's C++ and
+#     torch-sys's shim with clang++, about twice as fast as g++) and libclang (RocksDB's bindings);
 #   - a Python virtualenv with torch==2.11.0 (libtorch for tch), at $VENV (default: .venv);
 #   - $VENV/libtorch, a link to that torch's directory, which .cargo/config.toml points LIBTORCH at.
 # Safe to run again: each step checks first.
@@ -25,7 +26,7 @@ fi
 # System packages, through apt, only when something is missing.
 missing=()
 command -v c++ >/dev/null || missing+=(g++)
-command -v clang >/dev/null || missing+=(clang)
+command -v clang++ >/dev/null || missing+=(clang)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then missing+=(libclang-dev); fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ ${#missing[@]} -gt 0 ]; then
