@@ -208,7 +208,7 @@ fn malformed_and_oversized_p2p_messages_are_refused_and_the_node_keeps_serving()
         )
         .await
         .unwrap();
-        net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(20)).await
+        net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(20), blob.len() as u64).await
     });
     assert_eq!(fetched.expect("a good peer still gets the blob"), blob);
 }

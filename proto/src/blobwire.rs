@@ -42,7 +42,7 @@ pub enum BlobKind {
     Shard,
     /// A dataset manifest, addressed by the dataset root (the Merkle root of its shards).
     Dataset,
-    /// A trail (JSON), addressed by its trail root (the Merkle root of its checkpoints).
+    /// A trail (canonical encoding), hashed whole in the trail domain.
     Trail,
 }
 
@@ -63,6 +63,19 @@ impl BlobKind {
 
     pub fn from_tag(tag: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.tag() == tag)
+    }
+
+    /// The domain in which the hash of a blob's whole bytes is its address; `None` for a dataset
+    /// manifest, addressed by the Merkle root of the shards it lists. Every other kind can
+    /// therefore be checked as its bytes stream in, without holding them.
+    pub fn hash_domain(self) -> Option<HashDomain> {
+        match self {
+            BlobKind::Checkpoint => Some(HashDomain::Checkpoint),
+            BlobKind::Data => Some(HashDomain::Blob),
+            BlobKind::Shard => Some(HashDomain::MerkleLeaf),
+            BlobKind::Dataset => None,
+            BlobKind::Trail => Some(HashDomain::Trail),
+        }
     }
 
     /// The kind's name, as in a key's display form (`checkpoint:HEX`) and the store's directories.

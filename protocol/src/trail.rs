@@ -71,6 +71,14 @@ impl TrailFrame {
         round_start_step(self.round, self.inner_steps) + checkpoint_offset(index, self.inner_steps, self.interval)
     }
 
+    /// The size of the canonical encoding of every trail that fits this frame (its fields are
+    /// fixed-size and their counts are the frame's): the most a reader of such a trail fetches.
+    pub fn trail_bytes(&self) -> u64 {
+        // job, round, worker, interval; then three length-prefixed sequences.
+        let fixed = 8 + 4 + 4 + 4 + 3 * 4;
+        fixed + 40 * u64::from(self.checkpoints()) + 4 * u64::from(self.inner_steps) + 32 * u64::from(self.proofs)
+    }
+
     /// The steps segment `segment` runs (from checkpoint `segment` to `segment + 1`).
     pub fn steps_of(&self, segment: u32) -> u64 {
         checkpoint_offset(segment + 1, self.inner_steps, self.interval)
@@ -197,6 +205,17 @@ mod tests {
             checkpoints,
             losses: (0..frame.inner_steps).map(|i| 5.0 - i as f32 * 0.01).collect(),
             proofs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_fitting_trail_is_exactly_as_long_as_its_frame_says() {
+        use trellis_proto::Encode as _;
+        for (inner_steps, interval, proofs) in [(10, 4, 0), (40, 10, 0), (1, 1, 0), (12, 3, 4)] {
+            let f = TrailFrame { proofs, ..frame(inner_steps, interval) };
+            let mut trail = honest(&f);
+            trail.proofs = (0..proofs).map(|i| Hash([i as u8; 32])).collect();
+            assert_eq!(trail.to_bytes().len() as u64, f.trail_bytes(), "H {inner_steps}, c {interval}");
         }
     }
 

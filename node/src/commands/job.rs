@@ -472,7 +472,8 @@ pub async fn export_model(job: u64, out: &Path, peers: &[String], rpc: &str) -> 
     let seed: [u8; 32] = rand_seed();
     let (net, _) = crate::p2p::exchange::start(seed, "/ip4/127.0.0.1/tcp/0", peers, store).await?;
     let key = BlobKey::new(BlobKind::Data, model_hash);
-    let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30)).await?;
+    let limit = crate::roles::jobdata::BlobLimits::of(&spec)?.weights;
+    let bytes = net.fetch_until(key, tokio::time::Instant::now() + Duration::from_secs(30), limit).await?;
     // `fetch` checked the bytes against the hash; check the shape against the spec.
     let weights = trellis_protocol::model::weights_from_bytes(&bytes)?;
     if let Some(zk) = trellis_verifier::groth16::ZkJob::of(&spec)? {

@@ -82,7 +82,8 @@ impl EvidenceDesk {
         }
         let Some(verdict) = accuses(tx) else { return Judgement::Stands };
         let Some((evidence, reveal, frame)) = what_to_compare(ledger, verdict) else { return Judgement::Stands };
-        let trail_bytes = match self.net.fetch_until(BlobKey::new(BlobKind::Trail, reveal.trail), deadline).await {
+        let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
+        let trail_bytes = match self.net.fetch_until(trail_key, deadline, frame.trail_bytes()).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 // Remembered: a proposer waiting for a trail that never comes would otherwise

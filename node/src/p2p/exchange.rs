@@ -3,10 +3,12 @@
 //!
 //! A fetch asks connected peers, one after another, for the blob's manifest (its size and the
 //! blake3 hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
-//! against the manifest as it arrives; a peer that serves a bad chunk, times out or does not hold
-//! the blob is skipped and the chunk asked of the next peer. The assembled blob is checked
-//! against its address ([`VerifyBlob::verify`]) before it is stored, so a lying peer can waste a
-//! fetch but never plant a blob.
+//! against the manifest as it arrives and written to disk ([`BlobWriter`]); a peer that serves a
+//! bad chunk, times out or does not hold the blob is skipped and the chunk asked of the next peer.
+//! The written blob is checked against its address as it streams in and moved into the store only
+//! if it matches, so a lying peer can waste a fetch but never plant a blob, and no blob is ever
+//! held whole in memory by the exchange: a fetch holds one chunk, and serving reads one chunk and
+//! the chunk hashes the store recorded.
 //!
 //! Every failure moves on to the next holder — a manifest over the size limit, a wrong chunk
 //! count, bytes that do not match the address — and a fetch gives up only when no peer is left.
@@ -29,18 +31,22 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use trellis_proto::Hash;
 
-use crate::storage::blobs::{BlobKey, BlobStore, VerifyBlob, MAX_BLOB_BYTES};
+use crate::storage::blobs::{chunk_count, BlobKey, BlobStore, BlobWriter, MAX_BLOB_BYTES};
+pub use crate::storage::blobs::{manifest_of, CHUNK_BYTES};
 
-/// Bytes per chunk of a transfer.
-pub const CHUNK_BYTES: usize = 1 << 20;
-/// Largest frame read from a peer: a chunk plus headroom, or a manifest of the largest blob.
-const MAX_FRAME_BYTES: usize = CHUNK_BYTES + 64 * 1024;
+/// The largest manifest a peer may send: one hash per chunk of the largest blob.
+const MAX_MANIFEST_BYTES: usize = 32 * (MAX_BLOB_BYTES as usize).div_ceil(CHUNK_BYTES);
+/// Largest frame read from a peer: a chunk or the largest manifest, plus headroom.
+const MAX_FRAME_BYTES: usize =
+    if MAX_MANIFEST_BYTES > CHUNK_BYTES { MAX_MANIFEST_BYTES } else { CHUNK_BYTES } + 64 * 1024;
 /// Most fetches running at once in this node.
 const MAX_CONCURRENT_FETCHES: usize = 4;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
+/// Only manifests of blobs up to 4 GiB are kept (the cache then holds at most 32 MiB).
+const MANIFEST_CACHE_CHUNKS: usize = 4096;
 /// How long a peer caught lying is not asked for blobs.
 pub const BAN: Duration = Duration::from_secs(600);
 /// Most peers banned at once (the oldest ban is lifted first).
@@ -120,7 +126,7 @@ impl request_response::Codec for BlobCodec {
 /// Why a fetch failed.
 #[derive(Debug, Clone, Error)]
 pub enum FetchError {
-    #[error("no connected peer serves blob {0}")]
+    #[error("no connected peer serves blob {0} within the size its reader accepts")]
     Unavailable(BlobKey),
     #[error("blob exchange stopped")]
     Stopped,
@@ -201,17 +207,35 @@ impl BlobNet {
     }
 
     /// The blob's bytes: from the local store, else fetched from peers (and then stored).
-    pub async fn fetch(&self, key: BlobKey) -> Result<Vec<u8>, FetchError> {
-        if let Ok(bytes) = self.store.get(&key) {
-            return Ok(bytes);
+    ///
+    /// `limit` is the most bytes the caller accepts for this blob (what it can use: a job's
+    /// checkpoint size, its Δ size, …): a holder offering a larger blob is passed over, and a
+    /// larger blob already stored is not read, so that nobody can make a role download or hold
+    /// more than its job needs by committing to a larger blob or lying about its size. A blob no
+    /// peer serves within the limit is [`FetchError::Unavailable`].
+    pub async fn fetch(&self, key: BlobKey, limit: u64) -> Result<Vec<u8>, FetchError> {
+        self.ensure(key, limit).await?;
+        self.read(key)
+    }
+
+    fn read(&self, key: BlobKey) -> Result<Vec<u8>, FetchError> {
+        self.store.get(&key).map_err(|e| FetchError::Store { key, reason: e.to_string() })
+    }
+
+    /// Makes sure the blob is in the local store, fetching it from peers (to disk, chunk by
+    /// chunk) if it is not; for blobs read later from the store, or too large to hold.
+    pub async fn ensure(&self, key: BlobKey, limit: u64) -> Result<(), FetchError> {
+        if let Ok(size) = self.store.size(&key) {
+            return if size <= limit { Ok(()) } else { Err(FetchError::Unavailable(key)) };
         }
         let _permit = self.fetches.acquire().await.map_err(|_| FetchError::Stopped)?;
         let peers = self.peers().await;
-        self.fetch_from(key, &peers).await
+        self.fetch_from(key, &peers, limit).await
     }
 
-    /// Fetches `key` asking `peers` in this order, each in turn until one serves it whole.
-    async fn fetch_from(&self, key: BlobKey, peers: &[PeerId]) -> Result<Vec<u8>, FetchError> {
+    /// Fetches `key` into the store asking `peers` in this order, each in turn until one serves
+    /// it whole within `limit` bytes.
+    async fn fetch_from(&self, key: BlobKey, peers: &[PeerId], limit: u64) -> Result<(), FetchError> {
         let peers: Vec<PeerId> = peers.iter().filter(|p| !self.is_banned(p)).copied().collect();
         for (position, peer) in peers.iter().enumerate() {
             if self.is_banned(peer) {
@@ -226,28 +250,48 @@ impl BlobNet {
                 self.ban(*peer, &key, "manifest over the blob size limit");
                 continue;
             }
-            if chunks.len() != (size as usize).div_ceil(CHUNK_BYTES).max(1) {
+            if chunks.len() != chunk_count(size) {
                 self.ban(*peer, &key, "manifest with a wrong chunk count");
                 continue;
             }
-            // Chunks from this peer first, then from the others that may hold the blob.
-            let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
-            let Some(bytes) = self.fetch_chunks(key, size, &chunks, &order).await else { continue };
-            if !key.verify(&bytes) {
-                // Every chunk matched this peer's manifest: the manifest itself was a lie.
-                self.ban(*peer, &key, "blob does not match its address");
+            if size > limit {
+                // Maybe true (a miner can commit to any bytes), maybe a lie: either way more than
+                // the caller can use, so not fetched from this peer, and the peer not blamed.
+                tracing::debug!(target: "node::blobs", %key, size, limit, %peer, "blob larger than its reader accepts");
                 continue;
             }
-            self.store.put(&key, &bytes).map_err(|e| FetchError::Store { key, reason: e.to_string() })?;
-            tracing::debug!(target: "node::blobs", %key, bytes = bytes.len(), %peer, "fetched");
-            return Ok(bytes);
+            let store_failed = |e: crate::storage::blobs::BlobError| FetchError::Store { key, reason: e.to_string() };
+            // Chunks from this peer first, then from the others that may hold the blob.
+            let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
+            let mut writer = self.store.writer(key).map_err(store_failed)?;
+            if !self.fetch_chunks(key, size, &chunks, &order, &mut writer).await.map_err(store_failed)? {
+                continue;
+            }
+            match writer.finish() {
+                Ok(bytes) => {
+                    tracing::debug!(target: "node::blobs", %key, bytes, %peer, "fetched");
+                    return Ok(());
+                }
+                // Every chunk matched this peer's manifest: the manifest itself was a lie.
+                Err(crate::storage::blobs::BlobError::Mismatch(_)) => {
+                    self.ban(*peer, &key, "blob does not match its address")
+                }
+                Err(error) => return Err(store_failed(error)),
+            }
         }
         Err(FetchError::Unavailable(key))
     }
 
-    async fn fetch_chunks(&self, key: BlobKey, size: u64, chunks: &[Hash], peers: &[PeerId]) -> Option<Vec<u8>> {
-        // The size comes from a peer: grow as chunks arrive rather than trust it up front.
-        let mut bytes = Vec::with_capacity((size as usize).min(64 * CHUNK_BYTES));
+    /// Fetches every chunk of a manifest into `writer`: `Ok(false)` when some chunk no peer
+    /// served (or the manifest's own peer lied), an error when our store failed.
+    async fn fetch_chunks(
+        &self,
+        key: BlobKey,
+        size: u64,
+        chunks: &[Hash],
+        peers: &[PeerId],
+        writer: &mut BlobWriter,
+    ) -> Result<bool, crate::storage::blobs::BlobError> {
         for (index, expected) in chunks.iter().enumerate() {
             let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
             let mut got = None;
@@ -266,7 +310,7 @@ impl BlobNet {
                     // another peer's chunk may differ because the manifest lies, so it is not banned.
                     Some(BlobResponse::Chunk(_)) if position == 0 => {
                         self.ban(*peer, &key, "chunk does not match its own manifest");
-                        return None;
+                        return Ok(false);
                     }
                     Some(BlobResponse::Chunk(_)) => {
                         tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
@@ -274,16 +318,33 @@ impl BlobNet {
                     _ => {}
                 }
             }
-            bytes.extend_from_slice(&got?);
+            let Some(chunk) = got else { return Ok(false) };
+            writer.write(&chunk)?;
         }
-        Some(bytes)
+        Ok(true)
     }
 
-    /// Fetches with retries until `deadline` passes (peers may not hold the blob yet).
-    pub async fn fetch_until(&self, key: BlobKey, deadline: tokio::time::Instant) -> Result<Vec<u8>, FetchError> {
+    /// [`BlobNet::fetch`] with retries until `deadline` passes (peers may not hold the blob yet).
+    pub async fn fetch_until(
+        &self,
+        key: BlobKey,
+        deadline: tokio::time::Instant,
+        limit: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        self.ensure_until(key, deadline, limit).await?;
+        self.read(key)
+    }
+
+    /// [`BlobNet::ensure`] with retries until `deadline` passes.
+    pub async fn ensure_until(
+        &self,
+        key: BlobKey,
+        deadline: tokio::time::Instant,
+        limit: u64,
+    ) -> Result<(), FetchError> {
         loop {
-            match self.fetch(key).await {
-                Ok(bytes) => return Ok(bytes),
+            match self.ensure(key, limit).await {
+                Ok(()) => return Ok(()),
                 Err(FetchError::Unavailable(_))
                     if tokio::time::Instant::now() + Duration::from_millis(500) < deadline =>
                 {
@@ -367,11 +428,14 @@ impl Manifests {
         if let Some(found) = cache.get(key) {
             return Some(found.clone());
         }
-        let (size, chunks) = manifest_of(&store.get(key).ok()?);
-        if cache.len() >= MANIFEST_CACHE {
-            cache.clear();
+        let (size, chunks) = store.manifest(key).ok()?;
+        // A large blob's manifest (up to 2 MiB) is read from the store each time instead.
+        if chunks.len() <= MANIFEST_CACHE_CHUNKS {
+            if cache.len() >= MANIFEST_CACHE {
+                cache.clear();
+            }
+            cache.insert(*key, (size, chunks.clone()));
         }
-        cache.insert(*key, (size, chunks.clone()));
         Some((size, chunks))
     }
 }
@@ -392,16 +456,6 @@ impl Responder for StoreResponder {
     fn answer(&self, request: &BlobRequest) -> BlobResponse {
         answer(&self.store, &self.manifests, request)
     }
-}
-
-/// The manifest of `bytes`: its size and the hash of each chunk.
-pub fn manifest_of(bytes: &[u8]) -> (u64, Vec<Hash>) {
-    let chunks = if bytes.is_empty() {
-        vec![Hash(*blake3::hash(&[]).as_bytes())]
-    } else {
-        bytes.chunks(CHUNK_BYTES).map(|c| Hash(*blake3::hash(c).as_bytes())).collect()
-    };
-    (bytes.len() as u64, chunks)
 }
 
 fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> BlobResponse {
@@ -536,6 +590,8 @@ mod tests {
         let a_store = BlobStore::open(a_dir.path()).unwrap();
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 2 + 123)).map(|i| (i * 31 % 251) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
+        let other_bytes = vec![5u8; CHUNK_BYTES + 1];
+        let other = a_store.put_data(&other_bytes).unwrap();
         // Below the kernel's ephemeral range (32768 and up), so no outgoing connection holds it.
         let port = 31_000 + (std::process::id() % 700) as u16 * 2;
         let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
@@ -549,11 +605,21 @@ mod tests {
         .await
         .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let fetched = b.fetch_until(key, deadline).await.unwrap();
+        let fetched = b.fetch_until(key, deadline, MAX_BLOB_BYTES).await.unwrap();
         assert_eq!(fetched, blob);
         assert!(b.store().contains(&key));
+        assert_eq!(
+            b.store().manifest(&key).unwrap(),
+            manifest_of(&blob),
+            "the fetched blob's chunk hashes are recorded"
+        );
+        // A reader that accepts less than a blob's size neither fetches it nor reads a stored one.
+        assert!(matches!(b.fetch(other, other_bytes.len() as u64 - 1).await, Err(FetchError::Unavailable(_))));
+        assert!(!b.store().contains(&other));
+        assert_eq!(b.fetch(other, other_bytes.len() as u64).await.unwrap(), other_bytes);
+        assert!(matches!(b.fetch(key, blob.len() as u64 - 1).await, Err(FetchError::Unavailable(_))));
         let missing = BlobKey::data(b"nobody has this");
-        assert!(matches!(b.fetch(missing).await, Err(FetchError::Unavailable(_))));
+        assert!(matches!(b.fetch(missing, MAX_BLOB_BYTES).await, Err(FetchError::Unavailable(_))));
     }
 }
 
@@ -606,17 +672,20 @@ mod lying_peer {
         connected(&second, 2).await;
         let order = [liar.local_peer(), honest.local_peer()];
 
-        let fetched = first.fetch_from(trail_key, &order).await.expect("the honest holder serves the trail");
-        assert_eq!(fetched, trail.to_bytes(), "the doctored copy was refused");
+        first.fetch_from(trail_key, &order, MAX_BLOB_BYTES).await.expect("the honest holder serves the trail");
+        assert_eq!(first.store().get(&trail_key).unwrap(), trail.to_bytes(), "the doctored copy was refused");
         assert!(first.is_banned(&liar.local_peer()), "a peer that served a doctored trail is banned");
         assert!(!first.is_banned(&honest.local_peer()));
 
-        let fetched = second.fetch_from(delta, &order).await.expect("an oversized manifest does not end the fetch");
-        assert_eq!(fetched.len(), 5000);
+        second.fetch_from(delta, &order, MAX_BLOB_BYTES).await.expect("an oversized manifest does not end the fetch");
+        assert_eq!(second.store().get(&delta).unwrap(), [7u8; 5000]);
         assert!(second.is_banned(&liar.local_peer()), "a peer claiming a blob over the limit is banned");
 
         // Once banned, the liar is not asked: with only the liar to ask, the blob is unavailable.
         let missing = BlobKey::data(b"nobody honest has this");
-        assert!(matches!(second.fetch_from(missing, &[liar.local_peer()]).await, Err(FetchError::Unavailable(_))));
+        assert!(matches!(
+            second.fetch_from(missing, &[liar.local_peer()], MAX_BLOB_BYTES).await,
+            Err(FetchError::Unavailable(_))
+        ));
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn hoard_trails(context: &Arc<RoleContext>, round: &RoundState) {
             let net = context.net.clone();
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
-                let _ = net.fetch_until(key, deadline).await;
+                let _ = net.fetch_until(key, deadline, crate::storage::blobs::MAX_BLOB_BYTES).await;
             });
         }
     }

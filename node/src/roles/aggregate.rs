@@ -133,6 +133,7 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let global = jobdata::global_weights(net, job).await.context("the global model")?;
     let momentum = jobdata::momentum(net, job, global.len()).await.context("the outer momentum")?;
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
+    let limits = super::jobdata::BlobLimits::of(&job.spec)?;
     let mut deltas = Vec::with_capacity(round.accepted.len());
     for miner in &round.accepted {
         let reveal = round
@@ -142,7 +143,7 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             .and_then(|c| c.reveal.as_ref())
             .context("an accepted miner without revealed work")?;
         let bytes = net
-            .fetch_until(BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline)
+            .fetch_until(BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta)
             .await
             .with_context(|| format!("the Δ of {miner}"))?;
         net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, reveal.delta_hash)])?;

@@ -28,7 +28,7 @@ use trellis_verifier::segment::{check_claim, check_delta, residual_within_bound,
 
 use super::{RoleContext, Work};
 use crate::p2p::exchange::FetchError;
-use crate::roles::jobdata;
+use crate::roles::jobdata::{self, BlobLimits};
 use crate::storage::blobs::{BlobKey, BlobKind, BlobStore};
 use trellis_verifier::groth16::{self, SegmentEvidence, ZkJob};
 
@@ -138,9 +138,30 @@ type Early = Result<VerdictOutcome, OwnFailure>;
 
 /// Fetches a blob of the miner's: `Ok(bytes)`, or the verdict when no holder serves it, or our
 /// own failure (our disk, our exchange), which must never count against the miner.
-async fn miners_blob(context: &RoleContext, key: BlobKey, deadline: tokio::time::Instant) -> Result<Vec<u8>, Early> {
-    match context.net.fetch_until(key, deadline).await {
+/// A blob larger than `limit` (what the job allows it) is not fetched: withheld, like one never served.
+async fn miners_blob(
+    context: &RoleContext,
+    key: BlobKey,
+    deadline: tokio::time::Instant,
+    limit: u64,
+) -> Result<Vec<u8>, Early> {
+    match context.net.fetch_until(key, deadline, limit).await {
         Ok(bytes) => Ok(bytes),
+        Err(FetchError::Unavailable(_)) => Err(Ok(Blame::Withheld.outcome())),
+        Err(error) => Err(Err(error.into())),
+    }
+}
+
+/// [`miners_blob`] for a blob read later from the store (a checkpoint): fetched to disk, never
+/// held here.
+async fn miners_blob_stored(
+    context: &RoleContext,
+    key: BlobKey,
+    deadline: tokio::time::Instant,
+    limit: u64,
+) -> Result<(), Early> {
+    match context.net.ensure_until(key, deadline, limit).await {
+        Ok(()) => Ok(()),
         Err(FetchError::Unavailable(_)) => Err(Ok(Blame::Withheld.outcome())),
         Err(error) => Err(Err(error.into())),
     }
@@ -219,14 +240,16 @@ async fn gather(
         ))));
     };
     let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
-    let trail_bytes = miners_blob(context, BlobKey::new(BlobKind::Trail, reveal.trail), deadline).await?;
     let worker_slot = u32::try_from(worker).map_err(|e| Err(e.into()))?;
     let frame = TrailFrame::of(&job.spec, job.id, round.round, worker_slot, reveal.final_checkpoint);
+    let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
+    let trail_bytes = miners_blob(context, trail_key, deadline, frame.trail_bytes()).await?;
     let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
-    let zk = match ZkJob::of(&job.spec) {
-        Ok(zk) => zk,
-        Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error.into(), job))),
-    };
+    let (zk, limits) =
+        match ZkJob::of(&job.spec).map_err(anyhow::Error::from).and_then(|zk| Ok((zk, BlobLimits::of(&job.spec)?))) {
+            Ok(found) => found,
+            Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error, job))),
+        };
     // Our exchange works (it just served the trail): a dataset no peer serves is the job's fault.
     let dataset = match context.dataset(job.spec.dataset_root).await {
         Ok(dataset) => dataset,
@@ -257,13 +280,13 @@ async fn gather(
         needed.push(claim.end.hash);
     }
     for hash in needed {
-        miners_blob(context, BlobKey::new(BlobKind::Checkpoint, hash), deadline).await?;
+        miners_blob_stored(context, BlobKey::new(BlobKind::Checkpoint, hash), deadline, limits.checkpoint).await?;
     }
     // groth16: the segment's proof (the miner's) and the job's verifying key (the submitter's).
     let zk = match zk {
         Some(zk) => {
-            let proof =
-                miners_blob(context, BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]), deadline).await?;
+            let proof_key = BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]);
+            let proof = miners_blob(context, proof_key, deadline, jobdata::MAX_PROOF_BYTES).await?;
             let verifier = match context.verifier(zk.verifying_key).await {
                 Ok(verifier) => verifier,
                 Err(error) => return Err(job_blob_failure(JobFaultReason::KeysUnusable, error, job)),
@@ -277,7 +300,7 @@ async fn gather(
         }
         None => None,
     };
-    let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline).await?;
+    let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta).await?;
     // int8: the residual the miner says it carried in must be served, and small enough to be
     // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
     // left (docs/protocol.md §4.3).
@@ -293,8 +316,10 @@ async fn gather(
         let Some(previous) = recorded.filter(|d| d.latest.round == round.round).and_then(|d| d.previous) else {
             return Err(Ok(made_up()));
         };
-        let previous_bytes = miners_blob(context, BlobKey::new(BlobKind::Data, previous.delta_hash), deadline).await?;
-        let bytes = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.residual_hash), deadline).await?;
+        let previous_key = BlobKey::new(BlobKind::Data, previous.delta_hash);
+        let previous_bytes = miners_blob(context, previous_key, deadline, limits.delta).await?;
+        let residual_key = BlobKey::new(BlobKind::Data, reveal.residual_hash);
+        let bytes = miners_blob(context, residual_key, deadline, limits.delta).await?;
         // A residual that is not a whole number of f32 values is made up like one out of bounds.
         let Ok(values) = trellis_protocol::model::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
         if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {

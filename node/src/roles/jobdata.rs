@@ -13,10 +13,51 @@ use trellis_protocol::model::weights_from_bytes;
 use trellis_trainer::data::{Dataset, DEFAULT_SHARD_BYTES};
 
 use crate::p2p::exchange::BlobNet;
-use crate::storage::blobs::{BlobKey, BlobKind, BlobStore, DatasetManifest};
+use crate::storage::blobs::{BlobKey, BlobKind, BlobStore, DatasetManifest, MAX_DATASET_MANIFEST_BYTES};
 
 /// How long a role waits for a job's blobs to appear on some peer.
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The most bytes a dataset shard may have (the default is 64 KiB; a job submitter's manifest
+/// says what it uses).
+pub const MAX_SHARD_BYTES: u64 = 256 * 1024 * 1024;
+/// The most bytes of a dataset's validation split (read whole, for the losses people see).
+pub const MAX_VALIDATION_BYTES: u64 = 1024 * 1024 * 1024;
+/// The most bytes of a groth16 job's proving or verifying key (read whole to parse).
+pub const MAX_ZK_KEY_BYTES: u64 = 1024 * 1024 * 1024;
+/// The most bytes of a groth16 proof blob (a proof is 128 bytes).
+pub const MAX_PROOF_BYTES: u64 = 1024;
+/// Room for headers beside a job's per-parameter data (checkpoint tensor names and shapes, int8
+/// scales).
+const HEADER_ROOM: u64 = 1024 * 1024;
+
+/// The most bytes each of a job's blobs may take, from its spec. Roles fetch, and read into
+/// memory, no more than what they can use, so nobody — a miner committing to a huge blob, a peer
+/// claiming one — can make them download or hold more than the job needs
+/// (`BlobNet::fetch`'s `limit`). An honest blob is always within its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLimits {
+    /// Flat f32 weights: the global model θ_r and the outer momentum (4 bytes a parameter).
+    pub weights: u64,
+    /// A trail checkpoint: weights and both AdamW moments (12 bytes a parameter), a header.
+    pub checkpoint: u64,
+    /// An encoded Δ (f32 at most, 4 bytes a parameter) or an int8 residual (f32), a header.
+    pub delta: u64,
+}
+
+impl BlobLimits {
+    pub fn of(spec: &trellis_proto::JobSpec) -> anyhow::Result<Self> {
+        let parameters = match trellis_verifier::groth16::ZkJob::of(spec)? {
+            Some(zk) => zk.model.num_parameters() as u64,
+            None => trellis_trainer::model::parameter_count(&spec.model),
+        };
+        Ok(Self {
+            weights: parameters.saturating_mul(4),
+            checkpoint: parameters.saturating_mul(12).saturating_add(HEADER_ROOM),
+            delta: parameters.saturating_mul(4).saturating_add(HEADER_ROOM),
+        })
+    }
+}
 
 /// Stores a dataset's shards, validation split and manifest; returns the manifest (whose root
 /// is the job's `dataset_root`).
@@ -45,14 +86,18 @@ pub fn load_text_dataset(path: &std::path::Path) -> anyhow::Result<Dataset> {
 /// Fetches a job's dataset by its root, checking every shard.
 pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset> {
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
-    let manifest_bytes = net.fetch_until(BlobKey::new(BlobKind::Dataset, root), deadline).await?;
+    let manifest_bytes =
+        net.fetch_until(BlobKey::new(BlobKind::Dataset, root), deadline, MAX_DATASET_MANIFEST_BYTES).await?;
     let manifest = DatasetManifest::parse(&manifest_bytes).context("dataset manifest")?;
     if manifest.shard_bytes == 0 || manifest.shards.is_empty() {
         bail!("dataset {root} has an empty manifest");
     }
+    if manifest.shard_bytes > MAX_SHARD_BYTES {
+        bail!("dataset {root} has shards of {} bytes, over the limit of {MAX_SHARD_BYTES}", manifest.shard_bytes);
+    }
     let mut train = Vec::new();
     for (index, shard) in manifest.shards.iter().enumerate() {
-        let bytes = net.fetch_until(BlobKey::new(BlobKind::Shard, *shard), deadline).await?;
+        let bytes = net.fetch_until(BlobKey::new(BlobKind::Shard, *shard), deadline, manifest.shard_bytes).await?;
         let last = index + 1 == manifest.shards.len();
         if (!last && bytes.len() as u64 != manifest.shard_bytes) || bytes.len() as u64 > manifest.shard_bytes {
             bail!(
@@ -63,7 +108,8 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
         }
         train.extend_from_slice(&bytes);
     }
-    let validation = net.fetch_until(BlobKey::new(BlobKind::Data, manifest.validation), deadline).await?;
+    let validation =
+        net.fetch_until(BlobKey::new(BlobKind::Data, manifest.validation), deadline, MAX_VALIDATION_BYTES).await?;
     Ok(Dataset::from_parts(train, validation, manifest.shard_bytes as usize))
 }
 
@@ -77,7 +123,8 @@ pub async fn global_weights(net: &BlobNet, job: &Job) -> anyhow::Result<Vec<f32>
         return Ok(trellis_trainer::job::initial_weights(&job.spec)?);
     }
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
-    let bytes = net.fetch_until(BlobKey::new(BlobKind::Data, job.model_hash), deadline).await?;
+    let limit = BlobLimits::of(&job.spec)?.weights;
+    let bytes = net.fetch_until(BlobKey::new(BlobKind::Data, job.model_hash), deadline, limit).await?;
     Ok(weights_from_bytes(&bytes)?)
 }
 
@@ -87,7 +134,8 @@ pub async fn momentum(net: &BlobNet, job: &Job, parameters: usize) -> anyhow::Re
         return Ok(vec![0.0; parameters]);
     }
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
-    let bytes = net.fetch_until(BlobKey::new(BlobKind::Data, job.momentum_hash), deadline).await?;
+    let bytes =
+        net.fetch_until(BlobKey::new(BlobKind::Data, job.momentum_hash), deadline, 4 * parameters as u64).await?;
     let momentum = weights_from_bytes(&bytes)?;
     if momentum.len() != parameters {
         bail!("momentum blob has {} values, the model {}", momentum.len(), parameters);

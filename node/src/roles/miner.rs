@@ -133,7 +133,7 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
             let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
             let verifying_key = context
                 .net
-                .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline)
+                .fetch_until(BlobKey::new(BlobKind::Data, zk.verifying_key), deadline, jobdata::MAX_ZK_KEY_BYTES)
                 .await
                 .context("the job's verifying key")?;
             trellis_verifier::groth16::check_keys(spec, &zk, &proving_key, &verifying_key)?;

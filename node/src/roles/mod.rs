@@ -166,7 +166,11 @@ async fn cached_key<T: Send + Sync + 'static>(
     }
     let deadline = tokio::time::Instant::now() + crate::roles::jobdata::FETCH_PATIENCE;
     let bytes = net
-        .fetch_until(crate::storage::blobs::BlobKey::new(crate::storage::blobs::BlobKind::Data, hash), deadline)
+        .fetch_until(
+            crate::storage::blobs::BlobKey::new(crate::storage::blobs::BlobKind::Data, hash),
+            deadline,
+            crate::roles::jobdata::MAX_ZK_KEY_BYTES,
+        )
         .await
         .with_context(|| format!("fetching the job's {what}"))?;
     let value = tokio::task::spawn_blocking(move || build(&bytes))

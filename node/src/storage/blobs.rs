@@ -10,25 +10,35 @@
 //! Blobs that belong to one round of one job (checkpoints, trails, deltas) are tagged with the
 //! round; [`BlobStore::collect_settled`] deletes them once the round is settled. Models, momenta
 //! and datasets are kept: they are what a user exports or a late node needs.
+//!
+//! Blobs stream: a [`BlobWriter`] takes a blob's bytes piece by piece (a fetch, chunk after
+//! chunk), checks them against the address and hashes the exchange's chunks on the way, and moves
+//! the file into place only if it matches; files are hashed in pieces too. Nothing here holds a
+//! whole blob in memory except [`BlobStore::get`], which callers use for what they parse.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use trellis_proto::hash::Hash;
-use trellis_proto::merkle::{leaf_hash, MerkleTree};
+use trellis_proto::merkle::MerkleTree;
 use trellis_proto::JobId;
-use trellis_proto::Trail;
-use trellis_trainer::checkpoint::checkpoint_hash;
 
-/// Largest blob stored or fetched (a 124M-parameter checkpoint with AdamW moments is ~1.5 GB).
-pub const MAX_BLOB_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Largest blob stored or fetched: a checkpoint (weights and both AdamW moments, 12 bytes a
+/// parameter) of a model of about 5.7 billion parameters.
+pub const MAX_BLOB_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// Bytes per chunk of the blob exchange: what a manifest hashes and a request moves.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest dataset manifest: the one kind checked by parsing, so held whole while it arrives.
+/// A manifest lists one hash per shard (about 70 bytes of JSON each).
+pub const MAX_DATASET_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
 pub use trellis_proto::blobwire::{data_hash, BlobKey, BlobKind};
 
-/// Checking bytes against a [`BlobKey`]: node-side, because checkpoints and trails are the
-/// trainer's formats.
+/// Checking bytes against a [`BlobKey`]: node-side, because dataset manifests are the node's format.
 pub trait VerifyBlob {
     /// Whether `bytes` is the blob this key names.
     fn verify(&self, bytes: &[u8]) -> bool;
@@ -36,15 +46,105 @@ pub trait VerifyBlob {
 
 impl VerifyBlob for BlobKey {
     fn verify(&self, bytes: &[u8]) -> bool {
-        match self.kind {
-            BlobKind::Checkpoint => checkpoint_hash(bytes) == self.hash,
-            BlobKind::Data => data_hash(bytes) == self.hash,
-            BlobKind::Shard => leaf_hash(bytes) == self.hash,
-            BlobKind::Dataset => DatasetManifest::parse(bytes).is_ok_and(|m| m.root() == self.hash),
-            // Every byte counts: a miner answers for exactly the trail it revealed, decodable or not.
-            BlobKind::Trail => Trail::hash_bytes(bytes) == self.hash,
+        let mut verifier = BlobVerifier::new(*self);
+        verifier.update(bytes);
+        verifier.matches()
+    }
+}
+
+/// Checks a blob against its address as its bytes arrive, in any pieces: the one place that
+/// decides whether bytes are the blob a key names. Every kind but a dataset manifest is a hash
+/// of the whole bytes in the kind's domain ([`BlobKind::hash_domain`]; every byte counts: a miner
+/// answers for exactly the trail it revealed, decodable or not); a manifest is parsed and its
+/// Merkle root compared, so it is held, up to [`MAX_DATASET_MANIFEST_BYTES`].
+pub struct BlobVerifier {
+    key: BlobKey,
+    state: Verifying,
+}
+
+enum Verifying {
+    Hashing(Box<blake3::Hasher>),
+    Holding(Vec<u8>),
+    /// A manifest over its limit: never a match.
+    Overflowed,
+}
+
+impl BlobVerifier {
+    pub fn new(key: BlobKey) -> Self {
+        let state = match key.kind.hash_domain() {
+            Some(domain) => Verifying::Hashing(Box::new(domain.hasher())),
+            None => Verifying::Holding(Vec::new()),
+        };
+        Self { key, state }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        match &mut self.state {
+            Verifying::Hashing(hasher) => {
+                hasher.update(bytes);
+            }
+            Verifying::Holding(held) if (held.len() + bytes.len()) as u64 <= MAX_DATASET_MANIFEST_BYTES => {
+                held.extend_from_slice(bytes)
+            }
+            Verifying::Holding(_) | Verifying::Overflowed => self.state = Verifying::Overflowed,
         }
     }
+
+    /// Whether the bytes given so far are the blob the key names.
+    pub fn matches(self) -> bool {
+        match self.state {
+            Verifying::Hashing(hasher) => Hash(*hasher.finalize().as_bytes()) == self.key.hash,
+            Verifying::Holding(held) => DatasetManifest::parse(&held).is_ok_and(|m| m.root() == self.key.hash),
+            Verifying::Overflowed => false,
+        }
+    }
+}
+
+/// The blob exchange's manifest of a blob as its bytes arrive: the blake3 hash of every
+/// [`CHUNK_BYTES`] chunk (one chunk, empty, for an empty blob).
+#[derive(Default)]
+pub struct ChunkHasher {
+    current: blake3::Hasher,
+    in_current: usize,
+    chunks: Vec<Hash>,
+    size: u64,
+}
+
+impl ChunkHasher {
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = bytes.len().min(CHUNK_BYTES - self.in_current);
+            self.current.update(&bytes[..take]);
+            self.in_current += take;
+            bytes = &bytes[take..];
+            if self.in_current == CHUNK_BYTES {
+                self.chunks.push(Hash(*self.current.finalize().as_bytes()));
+                self.current.reset();
+                self.in_current = 0;
+            }
+        }
+    }
+
+    /// The blob's size and chunk hashes.
+    pub fn finish(mut self) -> (u64, Vec<Hash>) {
+        if self.in_current > 0 || self.chunks.is_empty() {
+            self.chunks.push(Hash(*self.current.finalize().as_bytes()));
+        }
+        (self.size, self.chunks)
+    }
+}
+
+/// The manifest of `bytes`: its size and the hash of each chunk.
+pub fn manifest_of(bytes: &[u8]) -> (u64, Vec<Hash>) {
+    let mut chunks = ChunkHasher::default();
+    chunks.update(bytes);
+    chunks.finish()
+}
+
+/// How many chunks a blob of `size` bytes has.
+pub fn chunk_count(size: u64) -> usize {
+    (size.div_ceil(CHUNK_BYTES as u64) as usize).max(1)
 }
 
 /// What a dataset is made of: its shards (whose Merkle root is the job's dataset root) and its
@@ -85,22 +185,52 @@ pub enum BlobError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Blobs as files under one directory: `KIND/HEX`, and `rounds/JOB-ROUND` listing the blobs
+/// Blobs as files under one directory: `KIND/HEX`; beside each, `chunks/KIND/HEX`, the hashes
+/// of its exchange chunks (written before the blob is moved into place, so a stored blob always
+/// has them, computed while its bytes were checked); and `rounds/JOB-ROUND` listing the blobs
 /// that belong to a round.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    max_blob_bytes: u64,
 }
 
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         for kind in BlobKind::ALL {
-            let dir = root.join(kind.name());
-            std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir, source })?;
+            for dir in [root.join(kind.name()), root.join("chunks").join(kind.name())] {
+                std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir, source })?;
+            }
         }
         let rounds = root.join("rounds");
         std::fs::create_dir_all(&rounds).map_err(|source| BlobError::Io { path: rounds, source })?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self { root: root.to_path_buf(), max_blob_bytes: MAX_BLOB_BYTES })
+    }
+
+    /// The same store with a smaller size limit, so that tests can cross it.
+    #[cfg(test)]
+    pub fn with_blob_limit(mut self, max_blob_bytes: u64) -> Self {
+        self.max_blob_bytes = max_blob_bytes;
+        self
+    }
+
+    fn too_large(&self, key: &BlobKey, size: u64) -> Result<(), BlobError> {
+        if size > self.max_blob_bytes {
+            return Err(BlobError::TooLarge { key: *key, size, max: self.max_blob_bytes });
+        }
+        Ok(())
+    }
+
+    fn chunks_path(&self, key: &BlobKey) -> PathBuf {
+        self.root.join("chunks").join(key.kind.name()).join(key.hash.to_hex())
+    }
+
+    /// A temporary path beside `path` that no other writer uses: tasks of this process may store
+    /// the same blob at once.
+    fn temporary(path: &Path) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        path.with_extension(format!("tmp-{}-{unique}", std::process::id()))
     }
 
     pub fn root(&self) -> &Path {
@@ -138,51 +268,88 @@ impl BlobStore {
 
     /// Checks `bytes` against `key` and stores them (atomically: a crash leaves no partial blob).
     pub fn put(&self, key: &BlobKey, bytes: &[u8]) -> Result<(), BlobError> {
-        if bytes.len() as u64 > MAX_BLOB_BYTES {
-            return Err(BlobError::TooLarge { key: *key, size: bytes.len() as u64, max: MAX_BLOB_BYTES });
+        self.too_large(key, bytes.len() as u64)?;
+        if self.contains(key) {
+            return if key.verify(bytes) { Ok(()) } else { Err(BlobError::Mismatch(*key)) };
         }
-        if !key.verify(bytes) {
+        let mut writer = self.writer(*key)?;
+        writer.write(bytes)?;
+        writer.finish().map(|_| ())
+    }
+
+    /// Starts writing the blob `key`: see [`BlobWriter`].
+    pub fn writer(&self, key: BlobKey) -> Result<BlobWriter, BlobError> {
+        let path = self.path(&key);
+        let temporary = Self::temporary(&path);
+        let file =
+            std::fs::File::create(&temporary).map_err(|source| BlobError::Io { path: temporary.clone(), source })?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            key,
+            file: Some(std::io::BufWriter::with_capacity(CHUNK_BYTES, file)),
+            temporary,
+            verifier: BlobVerifier::new(key),
+            chunks: ChunkHasher::default(),
+        })
+    }
+
+    /// Checks the file at `path` against `key`, reading it in chunks, and moves it into the
+    /// store (copying when the store is on another file system); the file is gone afterwards
+    /// unless it does not match.
+    pub fn put_file(&self, key: &BlobKey, path: &Path) -> Result<(), BlobError> {
+        let io = |source| BlobError::Io { path: path.to_path_buf(), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        self.too_large(key, size)?;
+        let mut verifier = BlobVerifier::new(*key);
+        let mut chunks = ChunkHasher::default();
+        read_in_chunks(path, |piece| {
+            verifier.update(piece);
+            chunks.update(piece);
+        })
+        .map_err(io)?;
+        if !verifier.matches() {
             return Err(BlobError::Mismatch(*key));
         }
-        let path = self.path(key);
-        if path.is_file() {
+        let destination = self.path(key);
+        if destination.is_file() {
+            let _ = std::fs::remove_file(path);
             return Ok(());
         }
-        // A name no other writer uses: tasks of this process may store the same blob at once.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temporary = path.with_extension(format!("tmp-{}-{unique}", std::process::id()));
-        let io = |source| BlobError::Io { path: temporary.clone(), source };
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        if let Err(source) = std::fs::rename(&temporary, &path) {
-            let _ = std::fs::remove_file(&temporary);
-            if !path.is_file() {
-                return Err(BlobError::Io { path, source });
-            }
+        let (_, hashes) = chunks.finish();
+        self.write_chunk_hashes(key, &hashes)?;
+        if std::fs::rename(path, &destination).is_err() {
+            let mut writer = self.writer(*key)?;
+            read_in_chunks(path, |piece| writer.pending(piece)).map_err(io)?;
+            writer.finish()?;
+            let _ = std::fs::remove_file(path);
         }
         Ok(())
     }
 
-    /// Checks the file at `path` against `key` and moves it into the store (copying when the
-    /// store is on another file system); the file is gone afterwards either way.
-    pub fn put_file(&self, key: &BlobKey, path: &Path) -> Result<(), BlobError> {
-        let io = |source| BlobError::Io { path: path.to_path_buf(), source };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > MAX_BLOB_BYTES {
-            return Err(BlobError::TooLarge { key: *key, size, max: MAX_BLOB_BYTES });
+    /// The exchange's manifest of a stored blob: its size and chunk hashes, as recorded when it
+    /// was stored (computed from the file, in chunks, for a blob stored without them).
+    pub fn manifest(&self, key: &BlobKey) -> Result<(u64, Vec<Hash>), BlobError> {
+        let size = self.size(key)?;
+        let recorded = std::fs::read(self.chunks_path(key)).unwrap_or_default();
+        if recorded.len() == 32 * chunk_count(size) {
+            let hashes = recorded.chunks_exact(32).map(|h| Hash(h.try_into().expect("32 bytes"))).collect();
+            return Ok((size, hashes));
         }
-        let bytes = std::fs::read(path).map_err(io)?;
-        if !key.verify(&bytes) {
-            return Err(BlobError::Mismatch(*key));
-        }
-        let destination = self.path(key);
-        if destination.is_file() || std::fs::rename(path, &destination).is_err() {
-            self.put(key, &bytes)?;
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(())
+        let path = self.path(key);
+        let mut chunks = ChunkHasher::default();
+        read_in_chunks(&path, |piece| chunks.update(piece)).map_err(|source| BlobError::Io { path, source })?;
+        let (size, hashes) = chunks.finish();
+        self.write_chunk_hashes(key, &hashes)?;
+        Ok((size, hashes))
+    }
+
+    fn write_chunk_hashes(&self, key: &BlobKey, hashes: &[Hash]) -> Result<(), BlobError> {
+        let path = self.chunks_path(key);
+        let temporary = Self::temporary(&path);
+        let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+        let io = |source| BlobError::Io { path: temporary.clone(), source };
+        std::fs::write(&temporary, bytes).map_err(io)?;
+        std::fs::rename(&temporary, &path).map_err(io)
     }
 
     /// Stores opaque bytes and returns their key.
@@ -219,7 +386,9 @@ impl BlobStore {
                 else {
                     continue;
                 };
-                if std::fs::remove_file(self.path(&BlobKey::new(kind, hash))).is_ok() {
+                let key = BlobKey::new(kind, hash);
+                let _ = std::fs::remove_file(self.chunks_path(&key));
+                if std::fs::remove_file(self.path(&key)).is_ok() {
                     removed += 1;
                 }
             }
@@ -229,11 +398,160 @@ impl BlobStore {
     }
 }
 
+/// Reads the file at `path` in [`CHUNK_BYTES`] pieces.
+fn read_in_chunks(path: &Path, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(());
+        }
+        each(&buffer[..read]);
+    }
+}
+
+/// A blob being written into the store as its bytes arrive: checked against its address and
+/// chunk-hashed on the way, over the size limit refused as soon as it crosses it, and moved into
+/// place by [`BlobWriter::finish`] only if it matches. Dropped unfinished, it leaves nothing.
+pub struct BlobWriter {
+    store: BlobStore,
+    key: BlobKey,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    temporary: PathBuf,
+    verifier: BlobVerifier,
+    chunks: ChunkHasher,
+}
+
+impl BlobWriter {
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        self.store.too_large(&self.key, self.chunks.size + bytes.len() as u64)?;
+        let io = |source| BlobError::Io { path: self.temporary.clone(), source };
+        self.file.as_mut().expect("a writer holds its file until finished").write_all(bytes).map_err(io)?;
+        self.verifier.update(bytes);
+        self.chunks.update(bytes);
+        Ok(())
+    }
+
+    /// [`BlobWriter::write`] from a callback that cannot return an error: the first error is
+    /// kept and returned by [`BlobWriter::finish`].
+    fn pending(&mut self, bytes: &[u8]) {
+        if self.file.is_some() && self.write(bytes).is_err() {
+            self.file = None;
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.chunks.size
+    }
+
+    /// Checks what was written against the key and moves it into the store; returns its size.
+    pub fn finish(mut self) -> Result<u64, BlobError> {
+        let Some(file) = self.file.take() else {
+            return Err(BlobError::Io {
+                path: self.temporary.clone(),
+                source: std::io::Error::other("a write to this blob failed earlier"),
+            });
+        };
+        let io = |source| BlobError::Io { path: self.temporary.clone(), source };
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        let verifier = std::mem::replace(&mut self.verifier, BlobVerifier::new(self.key));
+        if !verifier.matches() {
+            return Err(BlobError::Mismatch(self.key));
+        }
+        file.sync_all().map_err(io)?;
+        drop(file);
+        let (size, hashes) = std::mem::take(&mut self.chunks).finish();
+        self.store.write_chunk_hashes(&self.key, &hashes)?;
+        let path = self.store.path(&self.key);
+        if let Err(source) = std::fs::rename(&self.temporary, &path) {
+            if !path.is_file() {
+                return Err(BlobError::Io { path, source });
+            }
+        }
+        Ok(size)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Finished: renamed away already. Otherwise: a partial or refused blob, never kept.
+        let _ = std::fs::remove_file(&self.temporary);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use trellis_proto::merkle::leaf_hash;
+    use trellis_proto::Trail;
 
     use super::*;
+
+    /// The names in a store directory that are not finished blobs (temporary files).
+    fn leftovers(dir: &Path) -> Vec<String> {
+        let mut names = Vec::new();
+        for kind in BlobKind::ALL {
+            for dir in [dir.join(kind.name()), dir.join("chunks").join(kind.name())] {
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                    if name.contains(".tmp-") {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn a_blob_written_in_pieces_is_checked_and_chunk_hashed_as_if_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..(2 * CHUNK_BYTES + 4321)).map(|i| (i * 7 % 253) as u8).collect();
+        for key in [BlobKey::data(&bytes), BlobKey::new(BlobKind::Trail, Trail::hash_bytes(&bytes))] {
+            let mut writer = store.writer(key).unwrap();
+            // Pieces that straddle the chunk boundaries.
+            for piece in bytes.chunks(CHUNK_BYTES / 3 + 17) {
+                writer.write(piece).unwrap();
+            }
+            assert_eq!(writer.finish().unwrap(), bytes.len() as u64);
+            assert_eq!(store.get(&key).unwrap(), bytes);
+            assert_eq!(store.manifest(&key).unwrap(), manifest_of(&bytes));
+            assert_eq!(store.manifest(&key).unwrap().1.len(), 3);
+        }
+        // A blob stored without its chunk hashes (an older store) gets them from its file.
+        let key = BlobKey::data(&bytes);
+        std::fs::remove_file(store.chunks_path(&key)).unwrap();
+        assert_eq!(store.manifest(&key).unwrap(), manifest_of(&bytes));
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_writer_keeps_nothing_that_does_not_match_or_crosses_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap().with_blob_limit(1000);
+        let key = BlobKey::data(b"the real bytes");
+        let mut writer = store.writer(key).unwrap();
+        writer.write(b"other bytes").unwrap();
+        assert!(matches!(writer.finish(), Err(BlobError::Mismatch(_))));
+
+        let big = vec![1u8; 1001];
+        let mut writer = store.writer(BlobKey::data(&big)).unwrap();
+        writer.write(&big[..600]).unwrap();
+        assert!(matches!(writer.write(&big[600..]), Err(BlobError::TooLarge { size: 1001, max: 1000, .. })));
+        drop(writer);
+        assert!(matches!(store.put_data(&big), Err(BlobError::TooLarge { .. })));
+
+        // Dropped part-way (a fetch that gave up): nothing is left either.
+        let mut writer = store.writer(key).unwrap();
+        writer.write(b"the real").unwrap();
+        drop(writer);
+        assert!(!store.contains(&key));
+        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    }
 
     #[test]
     fn stores_only_what_matches_its_address() {
@@ -328,6 +646,40 @@ mod tests {
             match trellis_protocol::model::weights_from_bytes(&bytes) {
                 Ok(weights) => prop_assert_eq!(weights.len() * 4, bytes.len()),
                 Err(_) => prop_assert!(bytes.len() % 4 != 0),
+            }
+        }
+
+        // However a blob's bytes arrive, the verdict is the one on the whole bytes, for every kind.
+        #[test]
+        fn a_blob_checked_in_pieces_gets_the_verdict_of_the_whole(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            tamper in any::<bool>(),
+        ) {
+            let manifest = DatasetManifest { shard_bytes: 3, shards: vec![leaf_hash(&bytes)], validation: Hash::ZERO };
+            let keys = [
+                BlobKey::new(BlobKind::Checkpoint, trellis_trainer::checkpoint::checkpoint_hash(&bytes)),
+                BlobKey::data(&bytes),
+                BlobKey::new(BlobKind::Shard, leaf_hash(&bytes)),
+                BlobKey::new(BlobKind::Trail, Trail::hash_bytes(&bytes)),
+            ];
+            let mut cases: Vec<(BlobKey, Vec<u8>)> = keys.into_iter().map(|k| (k, bytes.clone())).collect();
+            cases.push((BlobKey::new(BlobKind::Dataset, manifest.root()), manifest.to_bytes()));
+            for (key, mut blob) in cases {
+                if tamper && !blob.is_empty() {
+                    let at = cuts.first().copied().unwrap_or(0) % blob.len();
+                    blob[at] ^= 0x40;
+                }
+                let mut points: Vec<usize> = cuts.iter().map(|c| c % (blob.len() + 1)).collect();
+                points.sort_unstable();
+                let mut verifier = BlobVerifier::new(key);
+                let mut from = 0;
+                for point in points.into_iter().chain([blob.len()]) {
+                    verifier.update(&blob[from..point]);
+                    from = point;
+                }
+                prop_assert_eq!(verifier.matches(), key.verify(&blob));
+                prop_assert_eq!(key.verify(&blob), !tamper || blob.is_empty());
             }
         }
 
