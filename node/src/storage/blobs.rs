@@ -428,7 +428,10 @@ impl BlobWriter {
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
         self.store.too_large(&self.key, self.chunks.size + bytes.len() as u64)?;
         let io = |source| BlobError::Io { path: self.temporary.clone(), source };
-        self.file.as_mut().expect("a writer holds its file until finished").write_all(bytes).map_err(io)?;
+        let Some(file) = self.file.as_mut() else {
+            return Err(io(std::io::Error::other("a write to this blob failed earlier")));
+        };
+        file.write_all(bytes).map_err(io)?;
         self.verifier.update(bytes);
         self.chunks.update(bytes);
         Ok(())
