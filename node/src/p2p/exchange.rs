@@ -31,7 +31,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use trellis_proto::Hash;
 
-use crate::storage::blobs::{chunk_count, BlobKey, BlobStore, BlobWriter, MAX_BLOB_BYTES};
+use crate::storage::blobs::{chunk_count, BlobError, BlobKey, BlobStore, BlobWriter, MAX_BLOB_BYTES};
 pub use crate::storage::blobs::{manifest_of, CHUNK_BYTES};
 
 /// The largest manifest a peer may send: one hash per chunk of the largest blob.
@@ -260,7 +260,7 @@ impl BlobNet {
                 tracing::debug!(target: "node::blobs", %key, size, limit, %peer, "blob larger than its reader accepts");
                 continue;
             }
-            let store_failed = |e: crate::storage::blobs::BlobError| FetchError::Store { key, reason: e.to_string() };
+            let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
             // Chunks from this peer first, then from the others that may hold the blob.
             let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
             let mut writer = self.store.writer(key).map_err(store_failed)?;
@@ -273,9 +273,7 @@ impl BlobNet {
                     return Ok(());
                 }
                 // Every chunk matched this peer's manifest: the manifest itself was a lie.
-                Err(crate::storage::blobs::BlobError::Mismatch(_)) => {
-                    self.ban(*peer, &key, "blob does not match its address")
-                }
+                Err(BlobError::Mismatch(_)) => self.ban(*peer, &key, "blob does not match its address"),
                 Err(error) => return Err(store_failed(error)),
             }
         }
@@ -291,7 +289,7 @@ impl BlobNet {
         chunks: &[Hash],
         peers: &[PeerId],
         writer: &mut BlobWriter,
-    ) -> Result<bool, crate::storage::blobs::BlobError> {
+    ) -> Result<bool, BlobError> {
         for (index, expected) in chunks.iter().enumerate() {
             let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
             let mut got = None;
