@@ -10,7 +10,7 @@ export LIBTORCH := $(abspath $(VENV))/libtorch
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 
-.PHONY: setup build build-check devnet test lint fuzz bench clean-venv zk-snarkjs
+.PHONY: setup build build-check devnet test lint lint-static fuzz bench clean-venv zk-snarkjs
 
 setup:
 	@scripts/setup.sh "$(VENV)"
@@ -34,11 +34,16 @@ build-check: setup
 # `check` and `build`, so clippy alone would compile RocksDB's C++ a second time (≈ 30 min cold,
 # docs/benchmarks.md "CI time"); it never links, so it is pointed at the archive a build made.
 ROCKSDB_ARCHIVE = $(firstword $(shell ls -t $(or $(CARGO_TARGET_DIR),target)/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null))
-lint: setup
-	$(CARGO) fmt --all --check
-	scripts/check-architecture.sh
+lint: setup lint-static
 	$(if $(ROCKSDB_ARCHIVE),ROCKSDB_LIB_DIR=$(dir $(ROCKSDB_ARCHIVE)) ROCKSDB_STATIC=1) \
 	$(CARGO) clippy --workspace --all-targets --features trellis-node/adversary -- -D warnings
+
+# The checks that build nothing. CI runs clippy inside its builds instead of beside them
+# (`.ci/run`: clippy-driver as the workspace's compiler, so no second, check-mode build of the
+# dependencies), and only these from `lint`.
+lint-static:
+	$(CARGO) fmt --all --check
+	scripts/check-architecture.sh
 
 # Every benchmark that prints figures against a baseline (scripts/bench.sh; docs/benchmarks.md).
 bench: setup
@@ -53,9 +58,9 @@ devnet: setup
 
 # The end-to-end adversary tests need the feature too. Supply conservation and the job-spec
 # arithmetic are also checked in a release build (overflow checks on for the chain's crates).
+# The adversary devnets run beside the other tests (scripts/test.sh says why).
 test: setup
-	$(CARGO) test --workspace --features trellis-node/adversary
-	$(CARGO) test --release -p trellis-contracts --test invariants --test job_arithmetic
+	CARGO="$(CARGO)" scripts/test.sh
 
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -28,7 +28,8 @@ mod with_adversaries {
     const BIN: &str = env!("CARGO_BIN_EXE_trellis");
     const RUN_LIMIT: Duration = Duration::from_secs(360);
 
-    /// One devnet at a time: they would starve each other of the two cores.
+    /// One devnet at a time: they would starve each other of the two cores (`make test` runs
+    /// the other tests beside them). The count numbers the runs, so that each gets its own ports.
     static SERIAL: Mutex<u16> = Mutex::new(0);
     static CLEAN_LOSS: OnceLock<f64> = OnceLock::new();
 
@@ -250,7 +251,9 @@ mod with_adversaries {
     fn a_fake_trail_in_a_groth16_job_fails_its_proofs_and_is_slashed() {
         let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         *runs += 1;
-        let run = devnet_of(*runs, "groth16", 2, &["fake-trail"], "mlp:16x8x4,batch=4,lr=0.5", 8, 2);
+        // Four steps a round, proved one at a time (the devnet's interval is at most a quarter
+        // of the steps): half the proving of eight, in the suite's most CPU-hungry devnet.
+        let run = devnet_of(*runs, "groth16", 2, &["fake-trail"], "mlp:16x8x4,batch=4,lr=0.5", 4, 2);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
         assert!(
             run.rounds.iter().all(|r| r.accepted == 2),

@@ -29,7 +29,7 @@ use ark_bn254::{Bn254, Fr};
 use ark_groth16::{prepare_verifying_key, Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use ark_snark::SNARK;
-use rand_core::{CryptoRng, OsRng, RngCore};
+use rand_core::{CryptoRng, CryptoRngCore, OsRng, RngCore};
 
 use crate::circuit::{check_steps, PublicInputs, TrainingCircuit, NUM_PUBLIC_INPUTS};
 use crate::error::ZkError;
@@ -75,6 +75,30 @@ pub struct ProvenSteps {
     pub weights_after: Weights,
 }
 
+/// The caller's cryptographic RNG behind one concrete type, so that Groth16's setup and prover
+/// (generic over the RNG) are compiled once, here, instead of in every crate and test that
+/// calls [`setup`] or [`prove_with_rng`] with its own RNG type. The draws are the caller's own,
+/// in the same order: a seeded RNG still gives the same keys and proofs.
+struct CallersRng<'a>(&'a mut dyn CryptoRngCore);
+
+impl RngCore for CallersRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
+// The wrapped RNG is cryptographic: `CryptoRngCore` is only implemented for `CryptoRng`s.
+impl CryptoRng for CallersRng<'_> {}
+
 /// Generate keys for `steps` steps of `spec`, with the trapdoor drawn from `rng`.
 ///
 /// Use an OS-seeded RNG (e.g. `rand_core::OsRng`) for real keys; a seeded RNG makes keys
@@ -84,6 +108,14 @@ pub fn setup<R: RngCore + CryptoRng>(
     spec: &ModelSpec,
     steps: u32,
     rng: &mut R,
+) -> Result<(ZkProvingKey, ZkVerifyingKey), ZkError> {
+    setup_from(spec, steps, &mut CallersRng(rng))
+}
+
+fn setup_from(
+    spec: &ModelSpec,
+    steps: u32,
+    rng: &mut CallersRng<'_>,
 ) -> Result<(ZkProvingKey, ZkVerifyingKey), ZkError> {
     let circuit = TrainingCircuit::blank(spec, steps)?;
     let (key, verifying) = Groth16::<Bn254>::circuit_specific_setup(circuit, rng)?;
@@ -103,6 +135,15 @@ pub fn prove_with_rng<R: RngCore + CryptoRng>(
     weights_before: &Weights,
     batches: &[Batch],
     rng: &mut R,
+) -> Result<ProvenSteps, ZkError> {
+    prove_from(pk, weights_before, batches, &mut CallersRng(rng))
+}
+
+fn prove_from(
+    pk: &ZkProvingKey,
+    weights_before: &Weights,
+    batches: &[Batch],
+    rng: &mut CallersRng<'_>,
 ) -> Result<ProvenSteps, ZkError> {
     if batches.len() != pk.steps as usize {
         return Err(ZkError::BatchCount { expected: pk.steps, got: batches.len() });
