@@ -68,11 +68,17 @@ pub fn start_state(spec: &JobSpec, round: u32, global: &[f32], device: Device) -
     Ok((model, optimizer))
 }
 
-/// The checkpoint hash every honest trail of `round` starts with (the start state as a trail
-/// checkpoint records it: subnormal values flushed to zero).
-pub fn start_checkpoint_hash(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Hash, StartError> {
+/// The checkpoint every honest trail of `round` starts with (the start state as a trail
+/// checkpoint records it: subnormal values flushed to zero). Anyone holding θ_r builds it, so the
+/// checkers of a trail's first segment never download it.
+pub fn start_checkpoint(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Vec<u8>, StartError> {
     let (model, optimizer) = start_state(spec, round, global, Device::Cpu)?;
-    Ok(checkpoint_hash(&checkpoint::capture(&model, &optimizer)))
+    Ok(checkpoint::capture(&model, &optimizer))
+}
+
+/// The hash of [`start_checkpoint`].
+pub fn start_checkpoint_hash(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Hash, StartError> {
+    Ok(checkpoint_hash(&start_checkpoint(spec, round, global)?))
 }
 
 #[cfg(test)]

@@ -122,9 +122,14 @@ impl ZkJob {
         Ok(Weights::from_flat(&self.model, &to_fixed(global))?)
     }
 
-    /// The checkpoint hash every honest trail of a round starts with.
+    /// The checkpoint every honest trail of a round starts with.
+    pub fn start_checkpoint(&self, global: &[f32]) -> Result<Vec<u8>, Groth16JobError> {
+        Ok(io::encode_weights(&self.start_weights(global)?))
+    }
+
+    /// The hash of [`ZkJob::start_checkpoint`].
     pub fn start_checkpoint_hash(&self, global: &[f32]) -> Result<Hash, Groth16JobError> {
-        Ok(checkpoint_hash(&io::encode_weights(&self.start_weights(global)?)))
+        Ok(checkpoint_hash(&self.start_checkpoint(global)?))
     }
 }
 

@@ -102,6 +102,34 @@ pub fn check_claim(
     source: &dyn BlobSource,
     mode: Mode,
 ) -> SegmentReport {
+    check_claim_reproducing(replay, claim, source, mode).0
+}
+
+/// [`check_claim`], also returning the weights the replay reached when the segment is `Valid` in
+/// exact mode: then they are, bit for bit, the weights of the claimed end checkpoint, and the
+/// checker of a trail's last segment checks the Δ link with them instead of downloading the
+/// final checkpoint (`docs/scaling.md`, lever 1).
+pub fn check_claim_reproducing(
+    replay: &Replay<'_>,
+    claim: &SegmentClaim<'_>,
+    source: &dyn BlobSource,
+    mode: Mode,
+) -> (SegmentReport, Option<Vec<f32>>) {
+    let (report, model) = replay_claim(replay, claim, source, mode);
+    let reproduced = match (&report.outcome, mode, model) {
+        (VerdictOutcome::Valid, Mode::Exact, Some(model)) => Some(model.flat_weights()),
+        _ => None,
+    };
+    (report, reproduced)
+}
+
+/// The report on `claim`, and the model as the replay left it (when the replay ran to its end).
+fn replay_claim(
+    replay: &Replay<'_>,
+    claim: &SegmentClaim<'_>,
+    source: &dyn BlobSource,
+    mode: Mode,
+) -> (SegmentReport, Option<Gpt>) {
     let (start, end) = (claim.start, claim.end);
     let report = |outcome, distance, losses_match| SegmentReport {
         segment: claim.segment as usize,
@@ -113,27 +141,27 @@ pub fn check_claim(
     };
     let bytes = match source.fetch(&start.hash) {
         Ok(bytes) => bytes,
-        Err(_) => return report(Blame::Withheld.outcome(), 0.0, false),
+        Err(_) => return (report(Blame::Withheld.outcome(), 0.0, false), None),
     };
     let actual = checkpoint_hash(&bytes);
     if actual != start.hash {
-        return report(invalid(InvalidReason::StartMismatch, start.hash, actual), 0.0, false);
+        return (report(invalid(InvalidReason::StartMismatch, start.hash, actual), 0.0, false), None);
     }
     let Ok(data) = CheckpointData::parse(&bytes) else {
-        return report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false);
+        return (report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false), None);
     };
     if data.step != start.step {
-        return report(invalid(InvalidReason::TrailMismatch, start.hash, actual), 0.0, false);
+        return (report(invalid(InvalidReason::TrailMismatch, start.hash, actual), 0.0, false), None);
     }
     if check_state(&data.weights, &data.first_moments, &data.second_moments).is_err() {
-        return report(invalid(InvalidReason::NonCanonicalState, start.hash, actual), 0.0, false);
+        return (report(invalid(InvalidReason::NonCanonicalState, start.hash, actual), 0.0, false), None);
     }
     let Ok(mut model) = Gpt::new(&replay.model, 0, replay.device) else {
-        return report(Blame::Job(JobFaultReason::ModelUnusable).outcome(), 0.0, false);
+        return (report(Blame::Job(JobFaultReason::ModelUnusable).outcome(), 0.0, false), None);
     };
     let mut optimizer = AdamW::new(replay.adamw.clone(), model.parameters());
     if data.restore(&mut model, &mut optimizer).is_err() {
-        return report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false);
+        return (report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false), None);
     }
     let inner = InnerLoop {
         dataset: replay.dataset,
@@ -146,9 +174,11 @@ pub fn check_claim(
     let outcome = match inner.replay_steps(&mut model, &mut optimizer, claim.steps) {
         Ok(outcome) => outcome,
         // The schedule cannot serve this slot: the job's dataset does not fit its workers.
-        Err(WorkerError::Data(_)) => return report(Blame::Job(JobFaultReason::SpecUnusable).outcome(), 0.0, false),
+        Err(WorkerError::Data(_)) => {
+            return (report(Blame::Job(JobFaultReason::SpecUnusable).outcome(), 0.0, false), None)
+        }
         // Diverging from a claimed state is as good as not reproducing it.
-        Err(_) => return report(invalid(InvalidReason::CheckpointMismatch, end.hash, Hash::ZERO), 0.0, false),
+        Err(_) => return (report(invalid(InvalidReason::CheckpointMismatch, end.hash, Hash::ZERO), 0.0, false), None),
     };
     let reproduced = outcome.trail.checkpoints.last().map(|e| e.hash).unwrap_or(Hash::ZERO);
     let losses_match = loss_disagreement(claim.losses, &outcome.trail.losses, mode).is_none();
@@ -158,22 +188,25 @@ pub fn check_claim(
             let claimed = match source.fetch(&end.hash) {
                 Ok(bytes) if checkpoint_hash(&bytes) == end.hash => bytes,
                 Ok(bytes) => {
-                    return report(
-                        invalid(InvalidReason::StartMismatch, end.hash, checkpoint_hash(&bytes)),
-                        0.0,
-                        losses_match,
+                    return (
+                        report(
+                            invalid(InvalidReason::StartMismatch, end.hash, checkpoint_hash(&bytes)),
+                            0.0,
+                            losses_match,
+                        ),
+                        None,
                     )
                 }
-                Err(_) => return report(Blame::Withheld.outcome(), 0.0, losses_match),
+                Err(_) => return (report(Blame::Withheld.outcome(), 0.0, losses_match), None),
             };
             let Ok(claimed) = CheckpointData::parse(&claimed) else {
-                return report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO), 0.0, losses_match);
+                return (report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO), 0.0, losses_match), None);
             };
             relative_distance(&model.flat_weights(), &claimed.weights)
         }
     };
     let replayed = Replayed { end_hash: reproduced, losses: &outcome.trail.losses, distance };
-    report(judge_replay(claim, &replayed, mode), distance, losses_match)
+    (report(judge_replay(claim, &replayed, mode), distance, losses_match), Some(model))
 }
 
 /// The claim of segment `index` of an offline trail (written by `trellis train --trail-dir`),

@@ -6,9 +6,10 @@ use common::*;
 use tch::Device;
 use trellis_proto::{DeltaEncoding, InvalidReason, VerdictOutcome};
 use trellis_trainer::checkpoint::checkpoint_hash;
+use trellis_trainer::checkpoint::CheckpointData;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_verifier::segment::{check_delta, check_segment, DeltaError, Mode};
+use trellis_verifier::segment::{check_claim_reproducing, check_delta, check_segment, offline_claim, DeltaError, Mode};
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 
 #[test]
@@ -23,6 +24,30 @@ fn an_honest_trail_passes_in_exact_and_tolerance_mode() {
         assert_eq!(report.outcome, VerdictOutcome::Valid);
         assert_eq!(report.distance, 0.0);
     }
+}
+
+/// A checker of the last segment checks the Δ link with the weights its replay reached: they are
+/// the final checkpoint's, bit for bit, only when the replay is valid in exact mode.
+#[test]
+fn an_exact_replay_hands_back_the_end_weights_only_when_it_reproduced_them() {
+    let data = dataset();
+    let (trail, source, _) = mine(&data, |segment| if segment == 1 { (99, 4) } else { (3, 4) });
+    let last = trail.checkpoints.len() - 2;
+    let claim = offline_claim(&trail, last).unwrap();
+    let (report, reached) = check_claim_reproducing(&replay(&data), &claim, &source, Mode::Exact);
+    assert_eq!(report.outcome, VerdictOutcome::Valid);
+    let end = CheckpointData::parse(&source.0[&claim.end.hash]).unwrap();
+    let reached = reached.expect("a valid exact replay hands back what it reached");
+    assert_eq!(reached.len(), end.weights.len());
+    assert!(reached.iter().zip(&end.weights).all(|(a, b)| a.to_bits() == b.to_bits()), "bit for bit");
+    // Not in tolerance mode, where reaching the end approximately is valid.
+    let tolerance = Mode::Tolerance { max_distance: 1e-6 };
+    assert_eq!(check_claim_reproducing(&replay(&data), &claim, &source, tolerance).1, None);
+    // Not when the replay fails (segment 1 trained on another schedule's batches).
+    let swapped = offline_claim(&trail, 1).unwrap();
+    let (report, reached) = check_claim_reproducing(&replay(&data), &swapped, &source, Mode::Exact);
+    assert_eq!(reason(&report.outcome), Some(InvalidReason::CheckpointMismatch));
+    assert_eq!(reached, None);
 }
 
 #[test]

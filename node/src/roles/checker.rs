@@ -1,11 +1,16 @@
 //! The validator's verification duty: for every sampled segment it is assigned, fetch the
-//! miner's trail and checkpoints from the blob exchange, check that the trail is the one of this
-//! round, job and slot (its shape, from the chain's facts: `trellis_protocol::trail`), check its
-//! first link (it starts from the canonical state of θ_r), re-execute the segment and judge its
-//! end and every step's loss, check the last link (Δ encodes θ_r − θ_final), and send the
-//! verdict before the window closes. In a `groth16` job the segment is not re-executed: its proof
-//! is checked against the commitments to the trail's checkpoints and the scheduled batches
+//! miner's trail and the segment's start checkpoint from the blob exchange, check that the trail
+//! is the one of this round, job and slot (its shape, from the chain's facts:
+//! `trellis_protocol::trail`), check its first link (it starts from the canonical state of θ_r),
+//! re-execute the segment and judge its end and every step's loss, and send the verdict before
+//! the window closes. In a `groth16` job the segment is not re-executed: its proof is checked
+//! against the commitments to the trail's checkpoints and the scheduled batches
 //! (`trellis_verifier::groth16`).
+//!
+//! Every check also checks the last link, that Δ encodes θ_r − θ_final. What a check downloads is
+//! kept to what it cannot derive (`docs/scaling.md`): the first segment's start state is built
+//! from θ_r, which every validator holds, and a checker of the last segment in exact mode takes
+//! θ_final from its own replay instead of downloading the final checkpoint.
 //!
 //! Every assigned segment gets a verdict, and every way a check can fail has its blame
 //! ([`Blame`]): the miner's data (`Invalid` with evidence, or `Unavailable` when no holder serves
@@ -23,8 +28,10 @@ use trellis_proto::{
 };
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
-use trellis_trainer::checkpoint::CheckpointData;
-use trellis_verifier::segment::{check_claim, check_delta, residual_within_bound, BlobError, BlobSource, Replay};
+use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData};
+use trellis_verifier::segment::{
+    check_claim_reproducing, check_delta, residual_within_bound, BlobError, BlobSource, Replay,
+};
 
 use super::{RoleContext, Work};
 use crate::p2p::exchange::FetchError;
@@ -62,7 +69,8 @@ pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
             let (context, job, round, assignment) = (context.clone(), job.clone(), round.clone(), assignment.clone());
             tokio::spawn(async move {
                 let began = std::time::Instant::now();
-                let outcome = match check(&context, &job, &round, &assignment).await {
+                let (checked, gathering) = check(&context, &job, &round, &assignment).await;
+                let outcome = match checked {
                     Ok(outcome) => outcome,
                     Err(failure) => {
                         let failures = context.count_failure(&label);
@@ -84,7 +92,8 @@ pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
                 tracing::info!(
                     target: "node::checker",
                     job = %job.id, round = round.round, miner = %assignment.miner, segment = assignment.segment,
-                    outcome = ?outcome, check_s = format!("{:.2}", began.elapsed().as_secs_f64()), "verdict"
+                    outcome = ?outcome, check_s = format!("{:.2}", began.elapsed().as_secs_f64()),
+                    fetch_s = format!("{:.2}", gathering.as_secs_f64()), "verdict"
                 );
                 let still_open = context
                     .round(job.id, round.round)
@@ -184,16 +193,21 @@ fn job_blob_failure(reason: JobFaultReason, error: anyhow::Error, job: &Job) -> 
     Ok(job_fault(reason, error, job))
 }
 
-/// The verdict on one assignment; `Err` only for this node's own failures.
+/// The verdict on one assignment (`Err` only for this node's own failures), and how long
+/// gathering what it reads took (fetches, mostly).
 async fn check(
     context: &Arc<RoleContext>,
     job: &Job,
     round: &RoundState,
     assignment: &Assignment,
-) -> Result<VerdictOutcome, OwnFailure> {
+) -> (Result<VerdictOutcome, OwnFailure>, Duration) {
+    let began = std::time::Instant::now();
     match gather(context, job, round, assignment).await {
-        Ok(gathered) => judge(context, job, round, gathered).await,
-        Err(early) => early,
+        Ok(gathered) => {
+            let gathering = began.elapsed();
+            (judge(context, job, round, gathered).await, gathering)
+        }
+        Err(early) => (early, began.elapsed()),
     }
 }
 
@@ -207,6 +221,11 @@ struct Gathered {
     zk: Option<(ZkJob, Arc<trellis_zk::PreparedVerifier>, Vec<u8>)>,
     dataset: Arc<trellis_trainer::data::Dataset>,
     global: Vec<f32>,
+    last_link: LastLink,
+}
+
+/// What a checker reads to check that Δ encodes θ_r − θ_final (besides θ_final).
+struct LastLink {
     delta: Vec<u8>,
     residual: Option<Vec<f32>>,
 }
@@ -258,15 +277,14 @@ async fn gather(
     // θ_r is the committed model every validator computed: failing to get it is ours.
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
     let start = match &zk {
-        Some(zk) => zk.start_checkpoint_hash(&global).map_err(anyhow::Error::from),
-        None => {
-            trellis_trainer::job::start_checkpoint_hash(&job.spec, round.round, &global).map_err(anyhow::Error::from)
-        }
+        Some(zk) => zk.start_checkpoint(&global).map_err(anyhow::Error::from),
+        None => trellis_trainer::job::start_checkpoint(&job.spec, round.round, &global).map_err(anyhow::Error::from),
     };
-    let start = match start {
-        Ok(start) => start,
+    let start_bytes = match start {
+        Ok(bytes) => bytes,
         Err(error) => return Err(Ok(job_fault(JobFaultReason::ModelUnusable, error, job))),
     };
+    let start = checkpoint_hash(&start_bytes);
     if trail.checkpoints[0].hash != start {
         // The quote is the miner's claim (its first checkpoint); what we derived is the canonical start.
         return Err(Ok(Blame::miner(InvalidReason::StartMismatch, trail.checkpoints[0].hash, start).outcome()));
@@ -275,10 +293,29 @@ async fn gather(
     let Some(claim) = segment_claim(&trail, &frame, segment) else {
         return Err(Ok(Blame::miner(InvalidReason::TrailMismatch, reveal.trail, Hash::ZERO).outcome()));
     };
-    let mut needed = vec![claim.start.hash, reveal.final_checkpoint];
-    if zk.is_some() || matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Tolerance { .. })) {
+    // The segment ends at θ_final (it is the last one).
+    let ends_final = claim.end.hash == reveal.final_checkpoint;
+    let exact = matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Exact));
+    let mut needed = Vec::new();
+    if segment == 0 {
+        // The canonical start state, which the trail's first link was just checked against.
+        let key = BlobKey::new(BlobKind::Checkpoint, start);
+        context.net.store().put(&key, &start_bytes).map_err(|e| Err(e.into()))?;
+    } else {
+        needed.push(claim.start.hash);
+    }
+    // The end state is compared (tolerance) or committed to by the proof (groth16); in exact
+    // mode the replay must reproduce its hash, so the bytes are not needed.
+    if zk.is_some() || !exact {
         needed.push(claim.end.hash);
     }
+    // θ_final for the last link: the end of the last segment, which an exact replay of it
+    // reproduces bit for bit.
+    let reproduced_by_replay = ends_final && exact && zk.is_none();
+    if !reproduced_by_replay && !needed.contains(&reveal.final_checkpoint) {
+        needed.push(reveal.final_checkpoint);
+    }
+    drop(start_bytes);
     for hash in needed {
         miners_blob_stored(context, BlobKey::new(BlobKind::Checkpoint, hash), deadline, limits.checkpoint).await?;
     }
@@ -300,10 +337,38 @@ async fn gather(
         }
         None => None,
     };
+    let (last_link, previous_delta) =
+        last_link(context, job, round, assignment, &reveal, &global, deadline, &limits).await?;
+    // What was fetched for this round goes when the round is settled.
+    let mut fetched = vec![
+        BlobKey::new(BlobKind::Trail, reveal.trail),
+        BlobKey::new(BlobKind::Data, reveal.delta_hash),
+        BlobKey::new(BlobKind::Data, reveal.residual_hash),
+        BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
+    ];
+    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
+    fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
+    fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
+    context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
+    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, last_link })
+}
+
+/// The last link's evidence: the miner's Δ, and for int8 the residual it carried in, which must
+/// be small enough to be one that encoding its previous revealed Δ (recorded on chain, served
+/// again by the miner) left (docs/protocol.md §4.3). Returns the previous Δ's hash when it was
+/// fetched.
+#[allow(clippy::too_many_arguments)]
+async fn last_link(
+    context: &RoleContext,
+    job: &Job,
+    round: &RoundState,
+    assignment: &Assignment,
+    reveal: &WorkReveal,
+    global: &[f32],
+    deadline: tokio::time::Instant,
+    limits: &BlobLimits,
+) -> Result<(LastLink, Option<Hash>), Early> {
     let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta).await?;
-    // int8: the residual the miner says it carried in must be served, and small enough to be
-    // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
-    // left (docs/protocol.md §4.3).
     let made_up = || Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome();
     let mut previous_delta = None;
     let residual = if reveal.residual_hash == Hash::ZERO {
@@ -328,18 +393,7 @@ async fn gather(
         previous_delta = Some(previous.delta_hash);
         Some(values)
     };
-    // What was fetched for this round goes when the round is settled.
-    let mut fetched = vec![
-        BlobKey::new(BlobKind::Trail, reveal.trail),
-        BlobKey::new(BlobKind::Data, reveal.delta_hash),
-        BlobKey::new(BlobKind::Data, reveal.residual_hash),
-        BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
-    ];
-    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
-    fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
-    fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
-    context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
-    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual })
+    Ok((LastLink { delta, residual }, previous_delta))
 }
 
 /// Re-executes (or checks the proof of) the segment and checks the last link, on a blocking
@@ -352,17 +406,17 @@ async fn judge(
 ) -> Result<VerdictOutcome, OwnFailure> {
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
     let outcome = tokio::task::spawn_blocking(move || -> Result<VerdictOutcome, OwnFailure> {
-        let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual } = gathered;
+        let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, last_link } = gathered;
         let spec = &job.spec;
         let store = context.net.store();
         let checkpoint = |hash: Hash| store.get(&BlobKey::new(BlobKind::Checkpoint, hash));
         let claim =
             segment_claim(&trail, &frame, segment).ok_or_else(|| anyhow::anyhow!("segment {segment} vanished"))?;
-        let outcome = match (&zk, Comparison::of(&spec.verification.mode)) {
+        let (outcome, reproduced) = match (&zk, Comparison::of(&spec.verification.mode)) {
             (Some((zk, verifier, proof)), _) => {
                 let (start, end) = (checkpoint(claim.start.hash)?, checkpoint(claim.end.hash)?);
                 let evidence = SegmentEvidence { start_checkpoint: &start, end_checkpoint: &end, proof };
-                groth16::check_segment(
+                let outcome = groth16::check_segment(
                     spec,
                     zk,
                     verifier,
@@ -371,7 +425,8 @@ async fn judge(
                     (round_number, worker),
                     segment as usize,
                     &evidence,
-                )
+                );
+                (outcome, None)
             }
             (None, Some(comparison)) => {
                 let replay = Replay {
@@ -383,19 +438,28 @@ async fn judge(
                     worker,
                     device: context.device,
                 };
-                check_claim(&replay, &claim, &StoreSource(store), comparison).outcome
+                let (report, reproduced) = check_claim_reproducing(&replay, &claim, &StoreSource(store), comparison);
+                (report.outcome, reproduced)
             }
-            (None, None) => Blame::Job(JobFaultReason::SpecUnusable).outcome(),
+            (None, None) => (Blame::Job(JobFaultReason::SpecUnusable).outcome(), None),
         };
         if outcome != VerdictOutcome::Valid {
             return Ok(outcome);
         }
-        let final_bytes = checkpoint(reveal.final_checkpoint)?;
-        let final_weights = match &zk {
-            Some((zk, _, _)) => trellis_zk::io::decode_weights(&zk.model, &final_bytes)
-                .ok()
-                .map(|w| trellis_zk::job::from_fixed(&w.flatten())),
-            None => CheckpointData::parse(&final_bytes).ok().map(|state| state.weights),
+        let LastLink { delta, residual } = last_link;
+        // θ_final: reproduced bit for bit by an exact replay of the last segment, else the final
+        // checkpoint, which the check fetched.
+        let reproduced = reproduced.filter(|_| claim.end.hash == reveal.final_checkpoint);
+        let final_weights = match (reproduced, &zk) {
+            (Some(weights), _) => Some(weights),
+            (None, Some((zk, _, _))) => {
+                trellis_zk::io::decode_weights(&zk.model, &checkpoint(reveal.final_checkpoint)?)
+                    .ok()
+                    .map(|w| trellis_zk::job::from_fixed(&w.flatten()))
+            }
+            (None, None) => {
+                CheckpointData::parse(&checkpoint(reveal.final_checkpoint)?).ok().map(|state| state.weights)
+            }
         };
         let Some(final_weights) = final_weights else {
             return Ok(Blame::miner(InvalidReason::MalformedBlob, reveal.final_checkpoint, Hash::ZERO).outcome());
