@@ -10,7 +10,7 @@ export LIBTORCH := $(abspath $(VENV))/libtorch
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 
-.PHONY: setup build build-check devnet test lint lint-static fuzz bench clean-venv zk-snarkjs
+.PHONY: setup build build-check devnet wan test lint lint-static fuzz bench clean-venv zk-snarkjs
 
 setup:
 	@scripts/setup.sh "$(VENV)"
@@ -55,6 +55,16 @@ bench: setup
 devnet: setup
 	$(CARGO) build --release -p trellis-node --features adversary
 	@scripts/devnet.sh
+
+# The WAN testbed (docs/wan.md; needs root): the devnet with every node in its own network
+# namespace behind a model of the internet. WAN_PROFILE is a file of testbed/profiles (lan,
+# continents); WAN_MODE=probe only measures the profile.
+WAN_PROFILE ?= continents
+WAN_MODE ?= devnet
+WAN_ARGS ?= --validators 4 --miners 4
+wan: setup
+	$(CARGO) build --release -p trellis-node -p trellis-testbed
+	scripts/wan-testbed.sh $(WAN_PROFILE) $(WAN_MODE) $(if $(filter devnet,$(WAN_MODE)),$(WAN_ARGS))
 
 # The end-to-end adversary tests need the feature too. Supply conservation and the job-spec
 # arithmetic are also checked in a release build (overflow checks on for the chain's crates).

@@ -229,7 +229,10 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     metrics.height.set(head.height.0);
     let mut supervisor = Supervisor::default();
     let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::p2p::gossip::QUEUE);
-    supervisor.spawn("transaction gossip", crate::p2p::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone()));
+    supervisor.spawn(
+        "transaction gossip",
+        crate::p2p::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone(), metrics.clone()),
+    );
     let duties = !config.p2p.blobs_listen.is_empty();
     let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
     let blobs = if duties {

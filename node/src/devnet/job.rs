@@ -16,7 +16,7 @@ use trellis_proto::VerdictOutcome;
 use trellis_trainer::data::{validation_windows, Dataset, REPOSITORY_TEXT};
 use trellis_trainer::worker::evaluate;
 
-use crate::devnet::report::{miner_outcomes, model_extension, report, RoundRow};
+use crate::devnet::report::{miner_outcomes, model_extension, read_wire, report, wire_between, RoundRow};
 use crate::devnet::{DevnetArgs, DevnetInfo};
 use crate::home::Home;
 use crate::rpc::api::TrellisRpcClient as _;
@@ -242,6 +242,7 @@ impl DemoJob {
         let mut stakes = rt.block_on(bonded_stakes(&rpc, &everyone));
         let initial_stakes = stakes.clone();
         let mut rows: Vec<RoundRow> = Vec::new();
+        let mut wire = rt.block_on(read_wire(info));
         let started = Instant::now();
         let models = root.join("models");
         std::fs::create_dir_all(&models)?;
@@ -289,6 +290,9 @@ impl DemoJob {
                     };
                     let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &state));
                     let valid = state.verdicts.iter().filter(|v| v.outcome == VerdictOutcome::Valid).count();
+                    let wire_now = rt.block_on(read_wire(info));
+                    let round_wire = wire_between(&wire, &wire_now);
+                    wire = wire_now;
                     let row = RoundRow {
                         round,
                         validation_loss: loss,
@@ -312,6 +316,7 @@ impl DemoJob {
                         training_s,
                         verification_s,
                         aggregation_s,
+                        wire: round_wire,
                     };
                     bar.suspend(|| {
                         println!(

@@ -40,6 +40,9 @@ pub struct DevnetNode {
     /// A miner's behaviour when it is not honest (test and devnet builds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behaviour: Option<Behaviour>,
+    /// The network namespace the node runs in (the WAN testbed's), if not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 fn default_role() -> String {
@@ -68,6 +71,11 @@ pub struct DevnetSpec {
     pub miners: usize,
     /// Cheating miners after the honest ones, bonded the same way.
     pub adversaries: Vec<(Behaviour, usize)>,
+    /// Each node's own IPv4 address to listen on and be reached at, in node order; empty: every
+    /// node on 127.0.0.1 (the WAN testbed gives each its own).
+    pub hosts: Vec<String>,
+    /// Node i runs in the network namespace `PREFIX{i}` (made by `scripts/wan-testbed.sh`).
+    pub netns_prefix: Option<String>,
 }
 
 impl DevnetSpec {
@@ -82,6 +90,8 @@ impl DevnetSpec {
             followers: 0,
             miners: 0,
             adversaries: Vec::new(),
+            hosts: Vec::new(),
+            netns_prefix: None,
         }
     }
 }
@@ -133,6 +143,13 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         }
     }
     let nodes_total = validators + spec.followers + behaviours.len();
+    if !spec.hosts.is_empty() && spec.hosts.len() != nodes_total {
+        bail!("{} node addresses for {nodes_total} nodes; give one per node, in order", spec.hosts.len());
+    }
+    if let Some(bad) = spec.hosts.iter().find(|h| h.parse::<std::net::Ipv4Addr>().is_err()) {
+        bail!("node address {bad:?} is not an IPv4 address");
+    }
+    let host = |i: usize| spec.hosts.get(i).map_or("127.0.0.1", String::as_str);
     let keys: Vec<Keypair> = (0..nodes_total).map(|_| Keypair::generate()).collect();
     let submitter = Keypair::generate();
     let params = Params::default();
@@ -158,16 +175,20 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     write_key(&root.join("submitter.key"), &submitter)?;
     let port = |i: usize, offset: u16| base_port + PORTS_PER_NODE * i as u16 + offset;
-    let p2p = |i: usize| format!("/ip4/127.0.0.1/tcp/{}", port(i, 1));
-    let blobs = |i: usize| format!("/ip4/127.0.0.1/tcp/{}", port(i, 3));
+    let p2p = |i: usize| format!("/ip4/{}/tcp/{}", host(i), port(i, 1));
+    let blobs = |i: usize| format!("/ip4/{}/tcp/{}", host(i), port(i, 3));
     let mut nodes = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let home = Home::new(root.join(format!("node{i}")));
         write_key(&home.key(), key)?;
         let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
+        config.rpc.listen = format!("{}:{}", host(i), port(i, 0));
+        config.p2p.listen = p2p(i);
+        config.p2p.blobs_listen = blobs(i);
+        config.metrics.listen = format!("{}:{}", host(i), port(i, 2));
         config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
         config.p2p.gossip_rpc =
-            (0..validators).filter(|&j| j != i).map(|j| format!("http://127.0.0.1:{}", port(j, 0))).collect();
+            (0..validators).filter(|&j| j != i).map(|j| format!("http://{}:{}", host(j), port(j, 0))).collect();
         config.p2p.blob_peers = (0..nodes_total).filter(|&j| j != i).map(blobs).collect();
         // Every node, and any node a user adds on this machine, connects from 127.0.0.1.
         config.p2p.max_connections_per_ip = 256;
@@ -196,6 +217,7 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
                     .and_then(|v| validator_adversaries.get(v).copied()),
             }
             .filter(|b| *b != Behaviour::Honest),
+            netns: spec.netns_prefix.as_ref().map(|prefix| format!("{prefix}{i}")),
         });
     }
     let info = DevnetInfo { chain_id: chain_id.to_string(), nodes };
@@ -210,16 +232,25 @@ pub fn spawn_node(binary: &Path, home: &Path) -> anyhow::Result<Child> {
 
 /// Starts `trellis run --role ROLE` for one home, logging to `HOME/node.log`.
 pub fn spawn_node_as(binary: &Path, home: &Path, role: &str) -> anyhow::Result<Child> {
-    spawn_with(binary, home, role, &[])
+    spawn_with(binary, home, role, &[], None)
 }
 
-fn spawn_with(binary: &Path, home: &Path, role: &str, extra: &[String]) -> anyhow::Result<Child> {
+fn spawn_with(binary: &Path, home: &Path, role: &str, extra: &[String], netns: Option<&str>) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(home.join("node.log"))
         .with_context(|| format!("opening {}/node.log", home.display()))?;
-    Command::new(binary)
+    // `ip netns exec` enters the namespace and execs the node, so the child's pid is the node's.
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command
         .arg("run")
         .arg("--home")
         .arg(home)
@@ -239,7 +270,7 @@ pub fn spawn_devnet_node(binary: &Path, node: &DevnetNode) -> anyhow::Result<Chi
     if let Some(behaviour) = node.behaviour {
         extra = vec!["--behaviour".to_string(), behaviour.to_string()];
     }
-    spawn_with(binary, &node.home, &node.role, &extra)
+    spawn_with(binary, &node.home, &node.role, &extra, node.netns.as_deref())
 }
 
 /// Asks a child to stop (SIGTERM), then kills it if it has not within `grace`.

@@ -58,6 +58,13 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
+    /// Each node's own IPv4 address, comma-separated, one per node in order (validators, then
+    /// miners) [default: all on 127.0.0.1]. For the WAN testbed (scripts/wan-testbed.sh).
+    #[arg(long, value_delimiter = ',')]
+    pub node_ips: Vec<String>,
+    /// Run node i inside the network namespace PREFIX{i} (which must exist). For the WAN testbed.
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
     /// Cheating nodes, as KIND=COUNT (repeatable). Miners, besides the honest ones:
     /// poison-sign-flip, poison-noise, fake-trail, unit-gap, skip-work, copy, withhold,
     /// lying-peer. Validators, taken from the last of --validators: forge-aggregate, frame. This build
@@ -99,6 +106,8 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     let mut spec = DevnetSpec::new(args.validators, args.base_port, &args.chain_id, args.block_time_ms);
     spec.miners = args.miners;
     spec.adversaries = args.adversaries();
+    spec.hosts = args.node_ips.clone();
+    spec.netns_prefix = args.netns_prefix.clone();
     // Check the demo job before starting anything.
     let demo = if args.all_miners() > 0 { Some(crate::devnet::job::DemoJob::prepare(&args)?) } else { None };
     let info = create_with(&args.home, &spec)?;

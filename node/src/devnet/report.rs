@@ -3,15 +3,18 @@
 //! ejection), and the closing summary (loss, bytes against data-parallel, where the checkers'
 //! time went, the loss curve and the final model's path).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use jsonrpsee::http_client::HttpClient;
 use trellis_contracts::state::Job;
 use trellis_contracts::Event;
 use trellis_proto::Address;
 
 use crate::devnet::DevnetInfo;
+use crate::metrics::{p2p_bytes, TransportBytes, P2P_BYTES};
 use crate::rpc::api::TrellisRpcClient as _;
 
 /// What the exported models are: safetensors of a GPT, or trellis-zk weights.
@@ -41,6 +44,115 @@ pub struct RoundRow {
     pub verification_s: f64,
     /// From the tally to the committed aggregate.
     pub aggregation_s: f64,
+    /// Bytes each node moved on the wire since the monitor's previous look (the round before, or
+    /// the job's submission), per network ([`crate::metrics::P2P_BYTES`]).
+    #[serde(default)]
+    pub wire: Vec<NodeWire>,
+}
+
+/// Bytes one node moved, per network, over some span.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeWire {
+    pub node: usize,
+    pub role: String,
+    pub networks: BTreeMap<String, TransportBytes>,
+}
+
+/// Every node's [`P2P_BYTES`] summary now, read from its `/metrics` (a node that does not answer
+/// within a second, or has metrics off, has an empty map).
+pub async fn read_wire(info: &DevnetInfo) -> Vec<NodeWire> {
+    let mut nodes = Vec::new();
+    for (i, node) in info.nodes.iter().enumerate() {
+        let text = tokio::time::timeout(Duration::from_secs(1), http_get(&node.metrics)).await;
+        let networks = match text {
+            Ok(Ok(text)) => p2p_bytes(&text),
+            _ => BTreeMap::new(),
+        };
+        nodes.push(NodeWire { node: i, role: node.role.clone(), networks });
+    }
+    nodes
+}
+
+/// What each node moved between the `earlier` and the `later` reading.
+pub fn wire_between(earlier: &[NodeWire], later: &[NodeWire]) -> Vec<NodeWire> {
+    later
+        .iter()
+        .map(|now| {
+            let then = earlier.iter().find(|e| e.node == now.node);
+            let networks = now
+                .networks
+                .iter()
+                .map(|(network, bytes)| {
+                    let before = then.and_then(|t| t.networks.get(network)).copied().unwrap_or_default();
+                    (network.clone(), bytes.since(before))
+                })
+                .collect();
+            NodeWire { node: now.node, role: now.role.clone(), networks }
+        })
+        .collect()
+}
+
+/// The mean bytes per node of `role` in `wire`, per network; `None` when no node of that role
+/// reported any.
+pub fn mean_per_node(wire: &[NodeWire], role: &str) -> Option<BTreeMap<String, TransportBytes>> {
+    let nodes: Vec<&NodeWire> = wire.iter().filter(|n| n.role == role && !n.networks.is_empty()).collect();
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut mean = BTreeMap::<String, TransportBytes>::new();
+    for node in &nodes {
+        for (network, bytes) in &node.networks {
+            let total = mean.entry(network.clone()).or_default();
+            total.received += bytes.received;
+            total.sent += bytes.sent;
+        }
+    }
+    let count = nodes.len() as u64;
+    for bytes in mean.values_mut() {
+        *bytes = TransportBytes { received: bytes.received / count, sent: bytes.sent / count };
+    }
+    Some(mean)
+}
+
+/// `GET` of a plain-HTTP URL (`http://host:port/path`, as the nodes' metrics listen), the body.
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").context("not an http:// URL")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+    let status = head.split(' ').nth(1);
+    if !head.starts_with("HTTP/1.") || status != Some("200") {
+        bail!("{url} answered {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}
+
+/// The per-round table of bytes on the wire: the mean per validator and per miner of each network,
+/// sent and received.
+fn print_wire(rows: &[RoundRow]) {
+    let networks = ["consensus", "gossip", "blobs"];
+    println!(
+        "\nbytes on the wire per round, mean per node, sent / received (KiB; {P2P_BYTES} of each node's /metrics):"
+    );
+    println!("{:>5}  {:<9}  {:>21}  {:>21}  {:>21}", "round", "role", networks[0], networks[1], networks[2]);
+    for row in rows {
+        for role in ["validator", "miner"] {
+            let Some(mean) = mean_per_node(&row.wire, role) else { continue };
+            let cells: Vec<String> = networks
+                .iter()
+                .map(|network| {
+                    let bytes = mean.get(*network).copied().unwrap_or_default();
+                    format!("{:.1} / {:.1}", bytes.sent as f64 / 1024.0, bytes.received as f64 / 1024.0)
+                })
+                .collect();
+            println!("{:>5}  {:<9}  {:>21}  {:>21}  {:>21}", row.round, role, cells[0], cells[1], cells[2]);
+        }
+    }
 }
 
 /// The closing summary: the miners' table, `miners.json`, `rounds.json`, the loss curve, the
@@ -74,6 +186,9 @@ pub fn report(
         );
     }
     std::fs::write(root.join("miners.json"), serde_json::to_string_pretty(miners)?)?;
+    if rows.iter().any(|r| !r.wire.is_empty()) {
+        print_wire(rows);
+    }
     let Some(last) = rows.iter().rev().find(|r| r.accepted > 0) else {
         bail!("no round of the demo job was accepted; see the node logs under {}", root.display());
     };
@@ -123,11 +238,14 @@ pub fn report(
             spec.verification.checkpoint_interval
         );
     }
-    let (train_s, check_s) = logged_seconds(root);
-    if train_s > 0.0 {
+    let logged = logged_seconds(root);
+    if logged.train_s > 0.0 {
         println!(
-            "measured: miners trained {train_s:.1} s in all, checkers spent {check_s:.1} s (fetch + replay + Δ check): {:.0}% of training",
-            100.0 * check_s / train_s
+            "measured: miners trained {:.1} s in all, checkers spent {:.1} s ({:.1} s fetching, the rest replay and Δ check): {:.0}% of training",
+            logged.train_s,
+            logged.check_s,
+            logged.fetch_s,
+            100.0 * logged.check_s / logged.train_s
         );
     }
     println!(
@@ -205,14 +323,28 @@ pub async fn miner_outcomes(
     outcomes
 }
 
-/// Seconds the nodes logged for training (`train_s`, miners) and checking (`check_s`, validators).
-fn logged_seconds(root: &Path) -> (f64, f64) {
-    let mut totals = (0.0, 0.0);
+/// Seconds the nodes logged, summed over nodes.
+#[derive(Debug, Default)]
+struct LoggedSeconds {
+    /// Miners' training (`train_s`).
+    train_s: f64,
+    /// Checkers' whole checks (`check_s`), and the part spent gathering blobs (`fetch_s`).
+    check_s: f64,
+    fetch_s: f64,
+}
+
+fn logged_seconds(root: &Path) -> LoggedSeconds {
+    let mut totals = LoggedSeconds::default();
     let Ok(entries) = std::fs::read_dir(root) else { return totals };
     for entry in entries.flatten() {
         let Ok(log) = std::fs::read_to_string(entry.path().join("node.log")) else { continue };
         for line in log.lines() {
-            for (field, total) in [("train_s=\"", &mut totals.0), ("check_s=\"", &mut totals.1)] {
+            let fields = [
+                ("train_s=\"", &mut totals.train_s),
+                ("check_s=\"", &mut totals.check_s),
+                ("fetch_s=\"", &mut totals.fetch_s),
+            ];
+            for (field, total) in fields {
                 if let Some(rest) = line.split(field).nth(1) {
                     *total += rest.split('"').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
                 }
@@ -220,4 +352,36 @@ fn logged_seconds(root: &Path) -> (f64, f64) {
         }
     }
     totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(node: usize, role: &str, blobs: (u64, u64), consensus: (u64, u64)) -> NodeWire {
+        let bytes = |(sent, received)| TransportBytes { received, sent };
+        let networks = [("blobs".to_string(), bytes(blobs)), ("consensus".to_string(), bytes(consensus))].into();
+        NodeWire { node, role: role.into(), networks }
+    }
+
+    #[test]
+    fn a_rounds_bytes_are_what_each_node_moved_since_the_last_look_averaged_per_role() {
+        let before = [node(0, "validator", (100, 50), (10, 10)), node(1, "miner", (0, 0), (5, 5))];
+        let after = [
+            node(0, "validator", (1_100, 250), (30, 40)),
+            node(1, "miner", (4_000, 100), (15, 25)),
+            // Restarted: its counters started again from zero.
+            node(2, "validator", (300, 300), (3, 3)),
+        ];
+        let mut earlier = before.to_vec();
+        earlier.push(node(2, "validator", (900, 900), (9, 9)));
+        let round = wire_between(&earlier, &after);
+        assert_eq!(round[0].networks["blobs"], TransportBytes { sent: 1_000, received: 200 });
+        assert_eq!(round[1].networks["consensus"], TransportBytes { sent: 10, received: 20 });
+        assert_eq!(round[2].networks["blobs"], TransportBytes { sent: 300, received: 300 });
+        let validators = mean_per_node(&round, "validator").unwrap();
+        assert_eq!(validators["blobs"], TransportBytes { sent: 650, received: 250 });
+        assert_eq!(mean_per_node(&round, "miner").unwrap()["blobs"], TransportBytes { sent: 4_000, received: 100 });
+        assert!(mean_per_node(&round, "full").is_none());
+    }
 }

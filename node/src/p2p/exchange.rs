@@ -17,12 +17,16 @@
 //! that answers first with lies can neither stop a fetch nor make a miner's blob look withheld.
 //! Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent fetches, concurrent streams per
 //! connection, a timeout per request, and the number of peers banned at once.
+//!
+//! The swarm's transport counts the bytes of its streams in the process's metrics registry, under
+//! [`METRICS_PREFIX`] (`crate::metrics` exports them beside the consensus network's).
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_malachitebft_app_channel::app::metrics::SharedRegistry;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -53,6 +57,10 @@ pub const BAN: Duration = Duration::from_secs(600);
 const MAX_BANNED: usize = 1024;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
+
+/// The prefix of the blob network's transport counters in the metrics registry:
+/// `trellis_blobs_libp2p_bandwidth_bytes_total{direction="Inbound"|"Outbound",…}`.
+pub const METRICS_PREFIX: &str = "trellis_blobs";
 
 pub use trellis_proto::blobwire::{BlobRequest, BlobResponse};
 
@@ -385,14 +393,17 @@ pub async fn start_with(
     let config =
         request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(16);
     let behaviour = request_response::Behaviour::with_codec(BlobCodec, [(PROTOCOL, ProtocolSupport::Full)], config);
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
-        .context("setting up the blob exchange transport")?
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| anyhow::anyhow!("blob exchange behaviour: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build();
+    let mut swarm = SharedRegistry::global().with_prefix(METRICS_PREFIX, |registry| -> anyhow::Result<Swarm> {
+        Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .context("setting up the blob exchange transport")?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| anyhow::anyhow!("blob exchange behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build())
+    })?;
     let listen_addr: Multiaddr =
         listen.parse().with_context(|| format!("p2p.blobs_listen '{listen}' is not a multiaddr"))?;
     swarm.listen_on(listen_addr.clone()).with_context(|| format!("blob exchange cannot listen on {listen}"))?;
@@ -618,6 +629,12 @@ mod tests {
         assert!(matches!(b.fetch(key, blob.len() as u64 - 1).await, Err(FetchError::Unavailable(_))));
         let missing = BlobKey::data(b"nobody has this");
         assert!(matches!(b.fetch(missing, MAX_BLOB_BYTES).await, Err(FetchError::Unavailable(_))));
+        // The transport counted the fetched bytes. The registry is the process's, shared with
+        // the other tests' networks, so this is a lower bound.
+        let bytes = crate::metrics::transport_bytes(&crate::metrics::network_exposition(), METRICS_PREFIX);
+        let fetched_bytes = (blob.len() + other_bytes.len()) as u64;
+        assert!(bytes.received >= fetched_bytes, "{bytes:?} after fetching {fetched_bytes} bytes");
+        assert!(bytes.sent >= fetched_bytes, "{bytes:?}: the serving side's counters are in the same registry");
     }
 }
 

@@ -297,6 +297,8 @@ impl TrellisRpcServer for RpcState {
         if txs_hex.len() > crate::p2p::gossip::MAX_BATCH {
             return Err(invalid(format!("at most {} transactions per gossip batch", crate::p2p::gossip::MAX_BATCH)));
         }
+        let bytes: usize = txs_hex.iter().map(String::len).sum();
+        self.shared.metrics.gossip_bytes_received.add(bytes as u64);
         let txs = txs_hex
             .iter()
             .map(|h| hex::decode(h).ok().and_then(|b| SignedTx::from_wire(&b).ok()))
