@@ -51,6 +51,9 @@ relay_pid=""
 devnet_pid=""
 cleanup() {
   set +e
+  # A second Ctrl-C or TERM (from a wrapper like `timeout` and from its caller) must not cut the
+  # cleanup short.
+  trap '' INT TERM
   if [ -n "$devnet_pid" ] && kill -0 "$devnet_pid" 2>/dev/null; then
     kill -TERM "$devnet_pid"
     for _ in $(seq 50); do kill -0 "$devnet_pid" 2>/dev/null || break; sleep 0.2; done

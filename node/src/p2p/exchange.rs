@@ -45,6 +45,13 @@ const MAX_FRAME_BYTES: usize =
     if MAX_MANIFEST_BYTES > CHUNK_BYTES { MAX_MANIFEST_BYTES } else { CHUNK_BYTES } + 64 * 1024;
 /// Most fetches running at once in this node.
 const MAX_CONCURRENT_FETCHES: usize = 4;
+/// Chunk requests of one fetch in flight at once (each chunk is held until those before it are
+/// written: at most this many MiB per fetch). With [`MAX_CONCURRENT_FETCHES`] fetches that is at
+/// most 16 requests to one peer, the streams a connection allows ([`MAX_STREAMS`]).
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Concurrent request streams on one connection.
+const MAX_STREAMS: usize = 16;
+const _: () = assert!(CHUNKS_IN_FLIGHT * MAX_CONCURRENT_FETCHES <= MAX_STREAMS);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Manifests kept in memory for serving.
@@ -241,18 +248,27 @@ impl BlobNet {
         self.fetch_from(key, &peers, limit).await
     }
 
-    /// Fetches `key` into the store asking `peers` in this order, each in turn until one serves
-    /// it whole within `limit` bytes.
+    /// Fetches `key` into the store from `peers`: every peer is asked for the blob's manifest at
+    /// once, and those that have it are tried in the order they answered, each in turn until one
+    /// serves it whole within `limit` bytes. (Asking one peer after another costs a round trip
+    /// per peer that does not hold the blob: over a WAN, most of a small blob's fetch.)
     async fn fetch_from(&self, key: BlobKey, peers: &[PeerId], limit: u64) -> Result<(), FetchError> {
         let peers: Vec<PeerId> = peers.iter().filter(|p| !self.is_banned(p)).copied().collect();
-        for (position, peer) in peers.iter().enumerate() {
-            if self.is_banned(peer) {
+        let mut answers: futures::stream::FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| {
+                let (net, peer) = (self.clone(), *peer);
+                async move { (peer, net.request(peer, BlobRequest::Manifest(key)).await) }
+            })
+            .collect();
+        while let Some((peer, answer)) = answers.next().await {
+            if self.is_banned(&peer) {
                 continue;
             }
-            let Some(BlobResponse::Manifest { size, chunks }) = self.request(*peer, BlobRequest::Manifest(key)).await
-            else {
+            let Some(BlobResponse::Manifest { size, chunks }) = answer else {
                 continue;
             };
+            let peer = &peer;
             if size > MAX_BLOB_BYTES {
                 // Honest holders of a blob this large cannot exist: nothing over the limit is stored.
                 self.ban(*peer, &key, "manifest over the blob size limit");
@@ -270,7 +286,8 @@ impl BlobNet {
             }
             let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
             // Chunks from this peer first, then from the others that may hold the blob.
-            let order: Vec<PeerId> = peers[position..].iter().chain(&peers[..position]).copied().collect();
+            let order: Vec<PeerId> =
+                std::iter::once(*peer).chain(peers.iter().filter(|p| *p != peer).copied()).collect();
             let mut writer = self.store.writer(key).map_err(store_failed)?;
             if !self.fetch_chunks(key, size, &chunks, &order, &mut writer).await.map_err(store_failed)? {
                 continue;
@@ -288,8 +305,10 @@ impl BlobNet {
         Err(FetchError::Unavailable(key))
     }
 
-    /// Fetches every chunk of a manifest into `writer`: `Ok(false)` when some chunk no peer
-    /// served (or the manifest's own peer lied), an error when our store failed.
+    /// Fetches every chunk of a manifest into `writer`, [`CHUNKS_IN_FLIGHT`] requests at a time
+    /// (written in order): `Ok(false)` when some chunk no peer served (or the manifest's own peer
+    /// lied), an error when our store failed. One request at a time would leave the connection
+    /// idle for a round trip per chunk, most of the time over a long path.
     async fn fetch_chunks(
         &self,
         key: BlobKey,
@@ -298,36 +317,54 @@ impl BlobNet {
         peers: &[PeerId],
         writer: &mut BlobWriter,
     ) -> Result<bool, BlobError> {
-        for (index, expected) in chunks.iter().enumerate() {
-            let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
-            let mut got = None;
-            for (position, peer) in peers.iter().enumerate() {
-                if self.is_banned(peer) {
-                    continue;
-                }
-                match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
-                    Some(BlobResponse::Chunk(chunk))
-                        if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == *expected =>
-                    {
-                        got = Some(chunk);
-                        break;
-                    }
-                    // The manifest's own peer serving chunks that do not match its manifest lies;
-                    // another peer's chunk may differ because the manifest lies, so it is not banned.
-                    Some(BlobResponse::Chunk(_)) if position == 0 => {
-                        self.ban(*peer, &key, "chunk does not match its own manifest");
-                        return Ok(false);
-                    }
-                    Some(BlobResponse::Chunk(_)) => {
-                        tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
-                    }
-                    _ => {}
-                }
-            }
-            let Some(chunk) = got else { return Ok(false) };
+        let (net, peers, chunks) = (self.clone(), Arc::<[PeerId]>::from(peers), Arc::<[Hash]>::from(chunks));
+        let mut fetched = futures::stream::iter(0..chunks.len())
+            .map(move |index| {
+                let (net, peers, expected) = (net.clone(), peers.clone(), chunks[index]);
+                let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
+                async move { net.fetch_chunk(key, index, want, expected, &peers).await }
+            })
+            .buffered(CHUNKS_IN_FLIGHT);
+        while let Some(chunk) = fetched.next().await {
+            let Some(chunk) = chunk else { return Ok(false) };
             writer.write(&chunk)?;
         }
         Ok(true)
+    }
+
+    /// Chunk `index` of a blob, asking `peers` in order (the first is the manifest's own):
+    /// `None` when none serves it, or the manifest's peer serves one that does not match.
+    async fn fetch_chunk(
+        &self,
+        key: BlobKey,
+        index: usize,
+        want: usize,
+        expected: Hash,
+        peers: &[PeerId],
+    ) -> Option<Vec<u8>> {
+        for (position, peer) in peers.iter().enumerate() {
+            if self.is_banned(peer) {
+                continue;
+            }
+            match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
+                Some(BlobResponse::Chunk(chunk))
+                    if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == expected =>
+                {
+                    return Some(chunk);
+                }
+                // The manifest's own peer serving chunks that do not match its manifest lies;
+                // another peer's chunk may differ because the manifest lies, so it is not banned.
+                Some(BlobResponse::Chunk(_)) if position == 0 => {
+                    self.ban(*peer, &key, "chunk does not match its own manifest");
+                    return None;
+                }
+                Some(BlobResponse::Chunk(_)) => {
+                    tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// [`BlobNet::fetch`] with retries until `deadline` passes (peers may not hold the blob yet).
@@ -390,8 +427,9 @@ pub async fn start_with(
     use anyhow::Context as _;
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed).context("deriving the blob exchange key")?;
     let local_peer = keypair.public().to_peer_id();
-    let config =
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(16);
+    let config = request_response::Config::default()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_max_concurrent_streams(MAX_STREAMS);
     let behaviour = request_response::Behaviour::with_codec(BlobCodec, [(PROTOCOL, ProtocolSupport::Full)], config);
     let mut swarm = SharedRegistry::global().with_prefix(METRICS_PREFIX, |registry| -> anyhow::Result<Swarm> {
         Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -658,7 +696,7 @@ mod lying_peer {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_doctored_trail_and_an_oversized_manifest_from_a_peer_asked_first_do_not_stop_a_fetch() {
+    async fn a_doctored_trail_and_an_oversized_manifest_from_a_lying_peer_do_not_stop_a_fetch() {
         let trail = Trail {
             job: JobId(1),
             round: 0,
@@ -687,13 +725,22 @@ mod lying_peer {
         connected(&second, 2).await;
         let order = [liar.local_peer(), honest.local_peer()];
 
-        first.fetch_from(trail_key, &order, MAX_BLOB_BYTES).await.expect("the honest holder serves the trail");
-        assert_eq!(first.store().get(&trail_key).unwrap(), trail.to_bytes(), "the doctored copy was refused");
+        // Every peer is asked for the manifest at once, so which answers first is the network's
+        // choice: the liar is asked alone first, then with the honest holder.
+        let refused = first.fetch_from(trail_key, &[liar.local_peer()], MAX_BLOB_BYTES).await;
+        assert!(matches!(refused, Err(FetchError::Unavailable(_))), "the doctored copy was refused");
+        assert!(!first.store().contains(&trail_key));
         assert!(first.is_banned(&liar.local_peer()), "a peer that served a doctored trail is banned");
+        first.fetch_from(trail_key, &order, MAX_BLOB_BYTES).await.expect("the honest holder serves the trail");
+        assert_eq!(first.store().get(&trail_key).unwrap(), trail.to_bytes());
         assert!(!first.is_banned(&honest.local_peer()));
 
+        // Both at once: whichever answers first, the fetch ends with the honest bytes.
         second.fetch_from(delta, &order, MAX_BLOB_BYTES).await.expect("an oversized manifest does not end the fetch");
         assert_eq!(second.store().get(&delta).unwrap(), [7u8; 5000]);
+        let other = stores[0].put_data(&[9u8; 3000]).unwrap();
+        let refused = second.fetch_from(other, &[liar.local_peer()], MAX_BLOB_BYTES).await;
+        assert!(matches!(refused, Err(FetchError::Unavailable(_))));
         assert!(second.is_banned(&liar.local_peer()), "a peer claiming a blob over the limit is banned");
 
         // Once banned, the liar is not asked: with only the liar to ask, the blob is unavailable.

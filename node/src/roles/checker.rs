@@ -276,6 +276,9 @@ async fn gather(
     };
     // θ_r is the committed model every validator computed: failing to get it is ours.
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
+    // The miner's patience starts now: the time our own fetches of the job's data took (the
+    // dataset, θ_r: seconds over a WAN the first time) must not count against the miner.
+    let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
     let start = match &zk {
         Some(zk) => zk.start_checkpoint(&global).map_err(anyhow::Error::from),
         None => trellis_trainer::job::start_checkpoint(&job.spec, round.round, &global).map_err(anyhow::Error::from),

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use futures::StreamExt as _;
 use trellis_contracts::state::Job;
 use trellis_proto::Hash;
 use trellis_protocol::model::weights_from_bytes;
@@ -84,6 +85,9 @@ pub fn load_text_dataset(path: &std::path::Path) -> anyhow::Result<Dataset> {
 }
 
 /// Fetches a job's dataset by its root, checking every shard.
+/// Shards of a dataset fetched at once (the exchange runs a few fetches at a time in all).
+const SHARDS_AT_ONCE: usize = 4;
+
 pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset> {
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let manifest_bytes =
@@ -95,9 +99,23 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
     if manifest.shard_bytes > MAX_SHARD_BYTES {
         bail!("dataset {root} has shards of {} bytes, over the limit of {MAX_SHARD_BYTES}", manifest.shard_bytes);
     }
+    // Several shards at once: one after another, each costs its round trips.
+    let fetches: Vec<_> = manifest
+        .shards
+        .iter()
+        .map(|shard| {
+            let (net, key, limit) = (net.clone(), BlobKey::new(BlobKind::Shard, *shard), manifest.shard_bytes);
+            async move { net.fetch_until(key, deadline, limit).await }
+        })
+        .collect();
+    let fetched: Vec<Vec<u8>> = futures::stream::iter(fetches)
+        .buffered(SHARDS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     let mut train = Vec::new();
-    for (index, shard) in manifest.shards.iter().enumerate() {
-        let bytes = net.fetch_until(BlobKey::new(BlobKind::Shard, *shard), deadline, manifest.shard_bytes).await?;
+    for (index, bytes) in fetched.into_iter().enumerate() {
         let last = index + 1 == manifest.shards.len();
         if (!last && bytes.len() as u64 != manifest.shard_bytes) || bytes.len() as u64 > manifest.shard_bytes {
             bail!(
