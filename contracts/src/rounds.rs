@@ -27,6 +27,27 @@ pub fn expected_segments(spec: &JobSpec) -> u32 {
     trail::segment_count(spec.diloco.inner_steps, spec.verification.checkpoint_interval)
 }
 
+/// Parameters, summed over a round's workers, for each block the aggregation window grows by.
+pub const AGGREGATE_PARAMETERS_PER_BLOCK: u64 = 1 << 19;
+/// The longest aggregation window, in blocks, whatever the model.
+pub const MAX_AGGREGATE_WINDOW: u64 = 20_000;
+
+/// Blocks the validators have, after the tally, to commit a round's aggregate: the chain's
+/// `aggregate_blocks` plus one block per [`AGGREGATE_PARAMETERS_PER_BLOCK`] parameters of the
+/// workers' Δ, because every validator fetches every Δ, combines them and writes θ_{r+1} and the
+/// momentum: work that grows with workers × parameters (`nano` with 3 workers: +1 block; `small`
+/// with 4: +109; `gpt2` with 4: +656), capped at [`MAX_AGGREGATE_WINDOW`]. A fixed window set for
+/// small models made a `small` job's rounds lapse with the aggregate computed too late
+/// (docs/benchmarks.md).
+pub fn aggregate_window(params: &crate::Params, spec: &JobSpec) -> u64 {
+    window_for(params, &spec.model, spec.diloco.workers_per_round)
+}
+
+fn window_for(params: &crate::Params, model: &trellis_proto::ModelConfig, workers: u32) -> u64 {
+    let work = trellis_protocol::model::parameter_count(model).saturating_mul(u64::from(workers));
+    params.aggregate_blocks.saturating_add(work / AGGREGATE_PARAMETERS_PER_BLOCK).min(MAX_AGGREGATE_WINDOW)
+}
+
 /// Tokens one miner trains in one round (what its reward share is proportional to).
 /// Saturates instead of wrapping: a spec that passed validation is far below (`bounds`).
 pub fn expected_tokens(spec: &JobSpec) -> u64 {
@@ -433,7 +454,7 @@ fn tally<S: KvStore + ?Sized>(
         events.extend(next_round_or_end(chain, kv, job, ctx)?);
     } else {
         round.phase = Phase::AwaitingAggregate;
-        round.aggregate_deadline = ctx.height.after(chain.params.aggregate_blocks);
+        round.aggregate_deadline = ctx.height.after(aggregate_window(&chain.params, &job.spec));
         write(kv, keys::round(job.id, round.round), &round);
         write(kv, keys::job(job.id), &job);
     }
@@ -570,4 +591,31 @@ pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: Height) -> Resu
         kv.delete(&key);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_proto::ModelConfig;
+
+    /// The window grows with workers × parameters, from the chain's 20 blocks for `nano`-sized
+    /// jobs, and is capped for any shape the chain admits.
+    #[test]
+    fn the_aggregation_window_grows_with_the_work_of_aggregating() {
+        let params = crate::Params::default();
+        // The trainer's presets `nano` (220,544 parameters) and `small` (14,393,088).
+        let nano = ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 4, heads: 4 };
+        let small = ModelConfig { vocab_size: 256, context_length: 256, width: 384, layers: 8, heads: 6 };
+        let widest =
+            ModelConfig { vocab_size: 1 << 20, context_length: 1 << 16, width: 1 << 16, layers: 1_024, heads: 1 };
+        assert_eq!(window_for(&params, &nano, 3), params.aggregate_blocks + 1);
+        assert_eq!(window_for(&params, &small, 4), params.aggregate_blocks + 109);
+        let small_window = window_for(&params, &small, 4);
+        let expected = params.aggregate_blocks
+            + trellis_protocol::model::parameter_count(&small) * 4 / AGGREGATE_PARAMETERS_PER_BLOCK;
+        assert_eq!(small_window, expected);
+        assert!(small_window > params.aggregate_blocks);
+        assert!(window_for(&params, &small, 8) > small_window, "more workers, more to fetch");
+        assert_eq!(window_for(&params, &widest, u32::MAX), MAX_AGGREGATE_WINDOW);
+    }
 }

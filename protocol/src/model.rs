@@ -2,6 +2,25 @@
 //! momentum buffer — is laid out as bytes in a blob: little-endian f32 in parameter order and
 //! nothing else (no header, no length). Hashes of these blobs are on chain, so the layout is
 //! part of the protocol: every bit of every value (NaN payloads, −0.0) survives a round trip.
+//! And how many parameters a job's model has, which the chain's rules scale with.
+
+use trellis_proto::ModelConfig;
+
+/// Number of parameters of a GPT shape: `V·C + T·C + L·(12C² + 13C) + 2C` (saturating: any
+/// shape the chain admits is far below `u64::MAX`).
+pub fn parameter_count(config: &ModelConfig) -> u64 {
+    let (v, t, c, l) = (
+        u64::from(config.vocab_size),
+        u64::from(config.context_length),
+        u64::from(config.width),
+        u64::from(config.layers),
+    );
+    let per_layer = c.saturating_mul(c).saturating_mul(12).saturating_add(c.saturating_mul(13));
+    v.saturating_mul(c)
+        .saturating_add(t.saturating_mul(c))
+        .saturating_add(l.saturating_mul(per_layer))
+        .saturating_add(c.saturating_mul(2))
+}
 
 /// A blob that cannot hold whole f32 values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -93,12 +93,9 @@ pub fn validate(config: &ModelConfig) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Number of parameters of a shape: `V·C + T·C + L·(12C² + 13C) + 2C`.
-pub fn parameter_count(config: &ModelConfig) -> u64 {
-    let (v, t, c, l) =
-        (config.vocab_size as u64, config.context_length as u64, config.width as u64, config.layers as u64);
-    v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
-}
+/// Number of parameters of a shape: `V·C + T·C + L·(12C² + 13C) + 2C` (the protocol's count,
+/// which the chain scales its aggregation window with).
+pub use trellis_protocol::model::parameter_count;
 
 /// One named parameter.
 #[derive(Debug)]

@@ -288,7 +288,7 @@ impl DemoJob {
                             evaluate(&model, &val_inputs, &val_targets, spec.diloco.sequence_length as usize, 8)
                         }
                     };
-                    let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &state));
+                    let (training_s, verification_s, aggregation_s) = rt.block_on(round_times(&rpc, &spec, &state));
                     let valid = state.verdicts.iter().filter(|v| v.outcome == VerdictOutcome::Valid).count();
                     let wire_now = rt.block_on(read_wire(info));
                     let round_wire = wire_between(&wire, &wire_now);
@@ -414,10 +414,11 @@ async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
 }
 
 /// (training, verification, aggregation) seconds of a settled round, from block times.
-async fn round_times(rpc: &HttpClient, state: &RoundState) -> (f64, f64, f64) {
+async fn round_times(rpc: &HttpClient, spec: &trellis_proto::JobSpec, state: &RoundState) -> (f64, f64, f64) {
     let opened = state.opened_at;
     let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);
-    let tallied = state.aggregate_deadline.before(trellis_contracts::Params::default().aggregate_blocks);
+    let window = trellis_contracts::rounds::aggregate_window(&trellis_contracts::Params::default(), spec);
+    let tallied = state.aggregate_deadline.before(window);
     let head = rpc.head().await.ok().map(|h| h.time_ms as f64 / 1000.0);
     let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) = (
         block_time_s(rpc, opened.0).await,

@@ -114,6 +114,35 @@ pub fn mean_per_node(wire: &[NodeWire], role: &str) -> Option<BTreeMap<String, T
     Some(mean)
 }
 
+/// A process's peak resident memory (`VmHWM` of `/proc/PID/status`), in KiB; `None` when it
+/// cannot be read (not Linux, the process is gone).
+pub fn peak_resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Each node's peak resident memory so far, and the largest per role.
+pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32]) {
+    let peaks: Vec<(usize, &str, u64)> = info
+        .nodes
+        .iter()
+        .zip(pids)
+        .enumerate()
+        .filter_map(|(i, (node, pid))| Some((i, node.role.as_str(), peak_resident_kib(*pid)?)))
+        .collect();
+    if peaks.is_empty() {
+        return;
+    }
+    let cells: Vec<String> = peaks.iter().map(|(i, _, kib)| format!("node{i} {:.0}", *kib as f64 / 1024.0)).collect();
+    println!("\npeak resident memory per node (VmHWM, MiB): {}", cells.join(", "));
+    for role in ["validator", "miner"] {
+        if let Some(max) = peaks.iter().filter(|(_, r, _)| *r == role).map(|(_, _, kib)| *kib).max() {
+            println!("  largest {role}: {:.0} MiB", max as f64 / 1024.0);
+        }
+    }
+}
+
 /// `GET` of a plain-HTTP URL (`http://host:port/path`, as the nodes' metrics listen), the body.
 async fn http_get(url: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -357,6 +386,13 @@ fn logged_seconds(root: &Path) -> LoggedSeconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_memory_of_this_process_is_read() {
+        let kib = peak_resident_kib(std::process::id()).expect("Linux has /proc");
+        assert!(kib > 1_000, "{kib} KiB");
+        assert_eq!(peak_resident_kib(u32::MAX), None);
+    }
 
     fn node(node: usize, role: &str, blobs: (u64, u64), consensus: (u64, u64)) -> NodeWire {
         let bytes = |(sent, received)| TransportBytes { received, sent };

@@ -102,7 +102,8 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trell
                 let Some(position) = addresses.iter().position(|a| *a == me) else { continue };
                 let n = addresses.len() as u64;
                 let rank = (position as u64 + n - (job.id.0 + u64::from(round.round)) % n) % n;
-                let tallied_at = round.aggregate_deadline.before(context.shared.ledger.params().aggregate_blocks);
+                let window = trellis_contracts::rounds::aggregate_window(context.shared.ledger.params(), &job.spec);
+                let tallied_at = round.aggregate_deadline.before(window);
                 #[cfg(feature = "adversary")]
                 let forger = context.behaviour == trellis_protocol::behaviour::Behaviour::ForgeAggregate;
                 #[cfg(not(feature = "adversary"))]
