@@ -143,6 +143,17 @@ pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32]) {
     }
 }
 
+/// The mean bytes a node of `role` sent per round, over every network and every round that has
+/// readings; `None` without any.
+pub fn mean_sent_per_round(rows: &[RoundRow], role: &str) -> Option<f64> {
+    let per_round: Vec<u64> = rows
+        .iter()
+        .filter_map(|row| mean_per_node(&row.wire, role))
+        .map(|networks| networks.values().map(|bytes| bytes.sent).sum())
+        .collect();
+    (!per_round.is_empty()).then(|| per_round.iter().sum::<u64>() as f64 / per_round.len() as f64)
+}
+
 /// `GET` of a plain-HTTP URL (`http://host:port/path`, as the nodes' metrics listen), the body.
 async fn http_get(url: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -247,11 +258,15 @@ pub fn report(
         2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
     println!("\nvalidation loss {:.4} → {:.4} over {} rounds", initial_loss, last.validation_loss, rows.len());
     println!(
-        "bytes per miner per round: {} (Δ) vs {} for data-parallel over the same tokens: {:.0}× less",
-        delta_bytes,
-        ddp_bytes,
+        "bytes per miner per round: its Δ is {delta_bytes}; data-parallel over the same tokens sends {ddp_bytes} per worker ({:.0}× the Δ)",
         ddp_bytes as f64 / delta_bytes as f64
     );
+    if let Some(sent) = mean_sent_per_round(rows, "miner") {
+        println!(
+            "measured on the wire: a miner sent {sent:.0} bytes per round (Δ to every validator, checkpoints to its checkers, consensus, gossip): data-parallel sends {:.1}× that",
+            ddp_bytes as f64 / sent
+        );
+    }
     if zk_model.is_some() {
         println!(
             "verification checks {} Groth16 proof(s) of {} steps per miner per round (× 2 checkers) instead of re-executing",
@@ -419,5 +434,24 @@ mod tests {
         assert_eq!(validators["blobs"], TransportBytes { sent: 650, received: 250 });
         assert_eq!(mean_per_node(&round, "miner").unwrap()["blobs"], TransportBytes { sent: 4_000, received: 100 });
         assert!(mean_per_node(&round, "full").is_none());
+        // Over rounds: the miner's every network, summed.
+        let row = |wire: Vec<NodeWire>| RoundRow {
+            round: 0,
+            validation_loss: 0.0,
+            accepted: 0,
+            commits: 0,
+            verdicts_valid: 0,
+            verdicts_other: 0,
+            paid: 0,
+            slashed: 0,
+            model_hash: String::new(),
+            training_s: 0.0,
+            verification_s: 0.0,
+            aggregation_s: 0.0,
+            wire,
+        };
+        let rows = [row(round.clone()), row(Vec::new()), row(round)];
+        assert_eq!(mean_sent_per_round(&rows, "miner"), Some(4_010.0));
+        assert_eq!(mean_sent_per_round(&rows[1..2], "miner"), None);
     }
 }
