@@ -231,10 +231,6 @@ impl LinkModel {
         }
     }
 
-    pub fn profile(&self) -> &Profile {
-        &self.profile
-    }
-
     /// The fate of a `len`-byte packet that `from` sends to `to` at `now` (ns). Packets to or
     /// from the control end are delivered at once.
     pub fn admit(&mut self, from: Endpoint, to: Endpoint, len: usize, now: u64) -> Fate {

@@ -268,14 +268,13 @@ impl BlobNet {
             let Some(BlobResponse::Manifest { size, chunks }) = answer else {
                 continue;
             };
-            let peer = &peer;
             if size > MAX_BLOB_BYTES {
                 // Honest holders of a blob this large cannot exist: nothing over the limit is stored.
-                self.ban(*peer, &key, "manifest over the blob size limit");
+                self.ban(peer, &key, "manifest over the blob size limit");
                 continue;
             }
             if chunks.len() != chunk_count(size) {
-                self.ban(*peer, &key, "manifest with a wrong chunk count");
+                self.ban(peer, &key, "manifest with a wrong chunk count");
                 continue;
             }
             if size > limit {
@@ -287,7 +286,7 @@ impl BlobNet {
             let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
             // Chunks from this peer first, then from the others that may hold the blob.
             let order: Vec<PeerId> =
-                std::iter::once(*peer).chain(peers.iter().filter(|p| *p != peer).copied()).collect();
+                std::iter::once(peer).chain(peers.iter().filter(|p| **p != peer).copied()).collect();
             let mut writer = self.store.writer(key).map_err(store_failed)?;
             if !self.fetch_chunks(key, size, &chunks, &order, &mut writer).await.map_err(store_failed)? {
                 continue;
@@ -298,7 +297,7 @@ impl BlobNet {
                     return Ok(());
                 }
                 // Every chunk matched this peer's manifest: the manifest itself was a lie.
-                Err(BlobError::Mismatch(_)) => self.ban(*peer, &key, "blob does not match its address"),
+                Err(BlobError::Mismatch(_)) => self.ban(peer, &key, "blob does not match its address"),
                 Err(error) => return Err(store_failed(error)),
             }
         }

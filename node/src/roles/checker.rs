@@ -30,7 +30,7 @@ use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData};
 use trellis_verifier::segment::{
-    check_claim_reproducing, check_delta, residual_within_bound, BlobError, BlobSource, Replay,
+    check_claim, check_claim_reproducing, check_delta, residual_within_bound, BlobError, BlobSource, Replay,
 };
 
 use super::{RoleContext, Work};
@@ -221,11 +221,6 @@ struct Gathered {
     zk: Option<(ZkJob, Arc<trellis_zk::PreparedVerifier>, Vec<u8>)>,
     dataset: Arc<trellis_trainer::data::Dataset>,
     global: Vec<f32>,
-    last_link: LastLink,
-}
-
-/// What a checker reads to check that Δ encodes θ_r − θ_final (besides θ_final).
-struct LastLink {
     delta: Vec<u8>,
     residual: Option<Vec<f32>>,
 }
@@ -303,7 +298,9 @@ async fn gather(
     if segment == 0 {
         // The canonical start state, which the trail's first link was just checked against.
         let key = BlobKey::new(BlobKind::Checkpoint, start);
-        context.net.store().put(&key, &start_bytes).map_err(|e| Err(e.into()))?;
+        if !context.net.store().contains(&key) {
+            context.net.store().put(&key, &start_bytes).map_err(|e| Err(e.into()))?;
+        }
     } else {
         needed.push(claim.start.hash);
     }
@@ -340,38 +337,10 @@ async fn gather(
         }
         None => None,
     };
-    let (last_link, previous_delta) =
-        last_link(context, job, round, assignment, &reveal, &global, deadline, &limits).await?;
-    // What was fetched for this round goes when the round is settled.
-    let mut fetched = vec![
-        BlobKey::new(BlobKind::Trail, reveal.trail),
-        BlobKey::new(BlobKind::Data, reveal.delta_hash),
-        BlobKey::new(BlobKind::Data, reveal.residual_hash),
-        BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
-    ];
-    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
-    fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
-    fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
-    context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
-    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, last_link })
-}
-
-/// The last link's evidence: the miner's Δ, and for int8 the residual it carried in, which must
-/// be small enough to be one that encoding its previous revealed Δ (recorded on chain, served
-/// again by the miner) left (docs/protocol.md §4.3). Returns the previous Δ's hash when it was
-/// fetched.
-#[allow(clippy::too_many_arguments)]
-async fn last_link(
-    context: &RoleContext,
-    job: &Job,
-    round: &RoundState,
-    assignment: &Assignment,
-    reveal: &WorkReveal,
-    global: &[f32],
-    deadline: tokio::time::Instant,
-    limits: &BlobLimits,
-) -> Result<(LastLink, Option<Hash>), Early> {
     let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta).await?;
+    // int8: the residual the miner says it carried in must be served, and small enough to be
+    // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
+    // left (docs/protocol.md §4.3).
     let made_up = || Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome();
     let mut previous_delta = None;
     let residual = if reveal.residual_hash == Hash::ZERO {
@@ -396,7 +365,18 @@ async fn last_link(
         previous_delta = Some(previous.delta_hash);
         Some(values)
     };
-    Ok((LastLink { delta, residual }, previous_delta))
+    // What was fetched for this round goes when the round is settled.
+    let mut fetched = vec![
+        BlobKey::new(BlobKind::Trail, reveal.trail),
+        BlobKey::new(BlobKind::Data, reveal.delta_hash),
+        BlobKey::new(BlobKind::Data, reveal.residual_hash),
+        BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
+    ];
+    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
+    fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
+    fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
+    context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
+    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual })
 }
 
 /// Re-executes (or checks the proof of) the segment and checks the last link, on a blocking
@@ -409,7 +389,7 @@ async fn judge(
 ) -> Result<VerdictOutcome, OwnFailure> {
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
     let outcome = tokio::task::spawn_blocking(move || -> Result<VerdictOutcome, OwnFailure> {
-        let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, last_link } = gathered;
+        let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual } = gathered;
         let spec = &job.spec;
         let store = context.net.store();
         let checkpoint = |hash: Hash| store.get(&BlobKey::new(BlobKind::Checkpoint, hash));
@@ -441,18 +421,22 @@ async fn judge(
                     worker,
                     device: context.device,
                 };
-                let (report, reproduced) = check_claim_reproducing(&replay, &claim, &StoreSource(store), comparison);
-                (report.outcome, reproduced)
+                // Only the last segment's replay ends at θ_final: only it keeps what it reached.
+                let source = StoreSource(store);
+                if claim.end.hash == reveal.final_checkpoint {
+                    let (report, reproduced) = check_claim_reproducing(&replay, &claim, &source, comparison);
+                    (report.outcome, reproduced)
+                } else {
+                    (check_claim(&replay, &claim, &source, comparison).outcome, None)
+                }
             }
             (None, None) => (Blame::Job(JobFaultReason::SpecUnusable).outcome(), None),
         };
         if outcome != VerdictOutcome::Valid {
             return Ok(outcome);
         }
-        let LastLink { delta, residual } = last_link;
         // θ_final: reproduced bit for bit by an exact replay of the last segment, else the final
         // checkpoint, which the check fetched.
-        let reproduced = reproduced.filter(|_| claim.end.hash == reveal.final_checkpoint);
         let final_weights = match (reproduced, &zk) {
             (Some(weights), _) => Some(weights),
             (None, Some((zk, _, _))) => {
