@@ -83,24 +83,36 @@ fn default_max_subscriptions() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct P2pConfig {
-    /// libp2p listen address.
+    /// libp2p listen address of the consensus network (votes, proposals, block sync).
     pub listen: String,
-    /// Peers to keep connected to.
+    /// Consensus peers to keep connected to besides those the peer network discovers (usually
+    /// none: peers greet each other with their consensus address).
+    #[serde(default)]
     pub persistent_peers: Vec<String>,
-    /// JSON-RPC URLs of peers to forward submitted transactions to.
+    /// libp2p listen address of the peer network: transaction gossip, the blob exchange
+    /// (datasets, checkpoints, models, Δ) and discovery. `/ip4/0.0.0.0/tcp/PORT` listens on every
+    /// interface.
+    #[serde(alias = "blobs_listen")]
+    pub peer_listen: String,
+    /// Peer network addresses to join the network through (`/ip4/IP/tcp/PORT/p2p/PEER_ID`, as
+    /// `trellis run` prints under `peers`); the rest of the network is discovered from them.
     #[serde(default)]
-    pub gossip_rpc: Vec<String>,
-    /// libp2p listen address of the blob exchange (datasets, checkpoints, models, Δ); empty
-    /// turns it off, and with it the miner and validator job duties.
+    pub bootnodes: Vec<String>,
+    /// Peer network addresses others can reach this node at, when they are not the listen
+    /// address (a public IP in front of NAT); told to peers for discovery.
     #[serde(default)]
-    pub blobs_listen: String,
-    /// Blob exchange addresses of peers to keep connected to.
-    #[serde(default)]
-    pub blob_peers: Vec<String>,
+    pub external_addresses: Vec<String>,
+    /// Peer network connections the node dials up to (inbound ones are closed beyond twice this).
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
     /// Inbound consensus connections accepted from one IP address (an anti-flooding limit; a
     /// devnet, where every node shares 127.0.0.1, raises it).
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+}
+
+fn default_max_peers() -> usize {
+    50
 }
 
 fn default_max_connections_per_ip() -> usize {
@@ -129,9 +141,10 @@ impl NodeConfig {
             p2p: P2pConfig {
                 listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 1),
                 persistent_peers: Vec::new(),
-                gossip_rpc: Vec::new(),
-                blobs_listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 3),
-                blob_peers: Vec::new(),
+                peer_listen: format!("/ip4/127.0.0.1/tcp/{}", base_port + 3),
+                bootnodes: Vec::new(),
+                external_addresses: Vec::new(),
+                max_peers: default_max_peers(),
                 max_connections_per_ip: default_max_connections_per_ip(),
             },
             metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
@@ -238,6 +251,15 @@ pub fn single_node_genesis(chain_id: &str, key: &Keypair) -> Genesis {
     }
 }
 
+/// The genesis fingerprint: its hash in the genesis domain over its JSON as this node writes it
+/// (fields in declaration order, no whitespace), so two files that differ only in layout have
+/// one fingerprint. Peers greet each other with it: nodes of two chains that share an id do not
+/// mix, and operators compare it to check they hold the same genesis.
+pub fn genesis_fingerprint(genesis: &Genesis) -> trellis_proto::Hash {
+    let json = serde_json::to_vec(genesis).expect("a genesis serialises to JSON"); // ok: plain data, no maps with non-string keys
+    trellis_proto::Hash::digest(trellis_proto::HashDomain::Genesis, &json)
+}
+
 /// Writes a home's configuration, genesis and data directory (its key must already be there).
 pub fn write_home(home: &Home, genesis: &Genesis, config: &NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(home.root.join("config"))?;
@@ -247,11 +269,16 @@ pub fn write_home(home: &Home, genesis: &Genesis, config: &NodeConfig) -> anyhow
     Ok(())
 }
 
-/// `trellis init`: creates the home directory's keys, configuration and genesis.
+/// The chain id of a new chain when `trellis init` is given none.
+pub const DEFAULT_CHAIN_ID: &str = "trellis-devnet";
+
+/// `trellis init`: creates the home directory's keys, configuration and genesis. With a
+/// `genesis` file the chain id is the file's (`chain_id`, if given, must agree); without one the
+/// node is the single validator of a new chain `chain_id` (default [`DEFAULT_CHAIN_ID`]).
 pub fn init(
     root: &Path,
     moniker: &str,
-    chain_id: &str,
+    chain_id: Option<&str>,
     base_port: u16,
     genesis: Option<&Path>,
 ) -> anyhow::Result<Home> {
@@ -263,24 +290,26 @@ pub fn init(
             home.config().display()
         );
     }
-    if chain_id.is_empty() || chain_id.len() > trellis_proto::crypto::MAX_CHAIN_ID_LEN {
-        bail!("--chain-id must be 1 to {} bytes", trellis_proto::crypto::MAX_CHAIN_ID_LEN);
-    }
-    let key = Keypair::generate();
-    write_key(&home.key(), &key)?;
     let genesis = match genesis {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading genesis {}", path.display()))?;
             let genesis: Genesis = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid genesis file", path.display()))?;
-            if genesis.chain_id != chain_id {
+            if let Some(chain_id) = chain_id.filter(|id| *id != genesis.chain_id) {
                 bail!("genesis {} is for chain '{}', not '{chain_id}'", path.display(), genesis.chain_id);
             }
-            genesis
+            Some(genesis)
         }
-        None => single_node_genesis(chain_id, &key),
+        None => None,
     };
-    let config = NodeConfig::new(moniker, chain_id, base_port);
+    let chain_id = genesis.as_ref().map_or(chain_id.unwrap_or(DEFAULT_CHAIN_ID), |g| g.chain_id.as_str()).to_string();
+    if chain_id.is_empty() || chain_id.len() > trellis_proto::crypto::MAX_CHAIN_ID_LEN {
+        bail!("--chain-id must be 1 to {} bytes", trellis_proto::crypto::MAX_CHAIN_ID_LEN);
+    }
+    let key = Keypair::generate();
+    write_key(&home.key(), &key)?;
+    let genesis = genesis.unwrap_or_else(|| single_node_genesis(&chain_id, &key));
+    let config = NodeConfig::new(moniker, &chain_id, base_port);
     write_home(&home, &genesis, &config)?;
     Ok(home)
 }
@@ -293,7 +322,7 @@ mod tests {
     fn init_writes_a_private_key_a_config_and_a_genesis_that_read_back() {
         let dir = std::env::temp_dir().join(format!("trellis-home-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let home = init(&dir, "node0", "trellis-test", 26_000, None).unwrap();
+        let home = init(&dir, "node0", Some("trellis-test"), 26_000, None).unwrap();
         let key = home.load_key().unwrap();
         let config = home.load_config().unwrap();
         assert_eq!(config.chain_id, "trellis-test");
@@ -307,7 +336,7 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         // A second init refuses to overwrite anything.
-        let again = init(&dir, "node0", "trellis-test", 26_000, None).unwrap_err();
+        let again = init(&dir, "node0", Some("trellis-test"), 26_000, None).unwrap_err();
         assert!(again.to_string().contains("already initialised"));
         // A tampered key file is refused.
         let text = std::fs::read_to_string(home.key()).unwrap().replace(&key.address().to_string(), &"00".repeat(20));

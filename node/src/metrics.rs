@@ -2,14 +2,14 @@
 //! plain HTTP on the configured address (`GET /metrics`).
 //!
 //! Bytes on the wire come from the transports of the node's two libp2p networks, consensus
-//! (Malachite's, `malachitebft_network_…`) and blobs (`trellis_blobs_…`): both register their
-//! counters in the process's metrics registry, which `/metrics` exports after the node's own
-//! rows, with a summary per network (`trellis_p2p_bytes_total`). They count the bytes of the
-//! connections' streams, after Noise and Yamux framing is removed (each adds a few bytes per
-//! frame of up to 64 KiB: under 0.1% of a blob transfer). Transaction gossip still travels over
-//! JSON-RPC, outside them: its row in the summary (`network="gossip"`) counts the hex-encoded
-//! transactions of each gossip call sent to or received from a peer, without the HTTP and
-//! JSON-RPC framing (about 150 bytes a call).
+//! (Malachite's, `malachitebft_network_…`) and peers (`trellis_peers_…`: blobs, gossip,
+//! discovery): both register their counters in the process's metrics registry, which `/metrics`
+//! exports after the node's own rows, with a summary per network (`trellis_p2p_bytes_total`).
+//! They count the bytes of the connections' streams, after Noise and Yamux framing is removed
+//! (each adds a few bytes per frame of up to 64 KiB: under 0.1% of a blob transfer). The
+//! summary's `network="gossip"` row is the part of the peer network's bytes that were gossiped
+//! transaction batches this node published or received (without gossipsub's envelope; a
+//! published batch counts once, whatever the number of peers it went to).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,10 +63,16 @@ pub struct Metrics {
     pub rpc_requests: Counter,
     pub txs_submitted: Counter,
     pub txs_rejected: Counter,
-    /// Hex-encoded transactions sent in gossip calls (per peer).
+    /// Bytes of the transaction batches this node published on the gossip topic.
     pub gossip_bytes_sent: Counter,
-    /// Hex-encoded transactions received in gossip calls.
+    /// Bytes of the gossiped transaction batches this node received.
     pub gossip_bytes_received: Counter,
+    /// Peers connected on the peer network now.
+    pub peers_connected: Gauge,
+    /// Peers banned now ([`crate::p2p::scores`]).
+    pub peers_banned: Gauge,
+    /// Consensus addresses learned from the peer network since start.
+    pub consensus_peers_learned: Counter,
 }
 
 impl Metrics {
@@ -79,7 +85,7 @@ impl Metrics {
 
     /// The Prometheus text format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             ("trellis_height", "gauge", "height of the last committed block", self.height.get()),
             (
                 "trellis_block_time_ms",
@@ -104,6 +110,14 @@ impl Metrics {
                 self.txs_submitted.get(),
             ),
             ("trellis_txs_rejected_total", "counter", "transactions refused over RPC", self.txs_rejected.get()),
+            ("trellis_peers_connected", "gauge", "peers connected on the peer network", self.peers_connected.get()),
+            ("trellis_peers_banned", "gauge", "peers banned now for sending invalid data", self.peers_banned.get()),
+            (
+                "trellis_consensus_peers_learned_total",
+                "counter",
+                "consensus addresses learned from peers' greetings",
+                self.consensus_peers_learned.get(),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -111,7 +125,7 @@ impl Metrics {
         }
         let networks = network_exposition();
         out.push_str(&format!(
-            "# HELP {P2P_BYTES} bytes each network moved since start: the libp2p networks' streams, gossip's transactions\n\
+            "# HELP {P2P_BYTES} bytes each network moved since start: the libp2p networks' streams; gossip: transaction batches (part of peers)\n\
              # TYPE {P2P_BYTES} counter\n",
         ));
         let gossip = TransportBytes { received: self.gossip_bytes_received.get(), sent: self.gossip_bytes_sent.get() };
@@ -134,7 +148,7 @@ pub const P2P_BYTES: &str = "trellis_p2p_bytes_total";
 
 /// The node's libp2p networks and the prefixes of their transport counters.
 pub const NETWORKS: [(&str, &str); 2] =
-    [("consensus", "malachitebft_network"), ("blobs", crate::p2p::exchange::METRICS_PREFIX)];
+    [("consensus", "malachitebft_network"), ("peers", crate::p2p::swarm::METRICS_PREFIX)];
 
 /// Every metric registered in the process's registry (the libp2p networks' and Malachite's), in
 /// the OpenMetrics text format, which Prometheus also reads as its text format.
@@ -232,13 +246,13 @@ mod tests {
 malachitebft_network_libp2p_bandwidth_bytes_total{moniker=\"node0\",protocols=\"/ip4/tcp\",direction=\"Inbound\"} 1200
 malachitebft_network_libp2p_bandwidth_bytes_total{moniker=\"node0\",protocols=\"/ip4/tcp\",direction=\"Outbound\"} 3400
 malachitebft_network_libp2p_bandwidth_bytes_total{moniker=\"node0\",protocols=\"/ip6/tcp\",direction=\"Inbound\"} 5
-trellis_blobs_libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Inbound\"} 7000000
-trellis_blobs_libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Outbound\"} not-a-number
+trellis_peers_libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Inbound\"} 7000000
+trellis_peers_libp2p_bandwidth_bytes_total{protocols=\"/ip4/tcp\",direction=\"Outbound\"} not-a-number
 malachitebft_network_peers 3
 # EOF
 ";
         assert_eq!(transport_bytes(exposition, "malachitebft_network"), TransportBytes { received: 1205, sent: 3400 });
-        assert_eq!(transport_bytes(exposition, "trellis_blobs"), TransportBytes { received: 7_000_000, sent: 0 });
+        assert_eq!(transport_bytes(exposition, "trellis_peers"), TransportBytes { received: 7_000_000, sent: 0 });
         assert_eq!(transport_bytes(exposition, "nothing"), TransportBytes::default());
     }
 
@@ -248,7 +262,7 @@ malachitebft_network_peers 3
         metrics.gossip_bytes_sent.add(3 * 1_000);
         metrics.gossip_bytes_received.add(1_000);
         let text = metrics.render();
-        for network in ["consensus", "blobs", "gossip"] {
+        for network in ["consensus", "peers", "gossip"] {
             for direction in ["received", "sent"] {
                 let row = format!("trellis_p2p_bytes_total{{network=\"{network}\",direction=\"{direction}\"}} ");
                 assert!(text.lines().any(|line| line.starts_with(&row)), "no {row} in\n{text}");
@@ -256,10 +270,10 @@ malachitebft_network_peers 3
         }
         // What the devnet's monitor reads back.
         let read = p2p_bytes(&text);
-        assert_eq!(read.keys().map(String::as_str).collect::<Vec<_>>(), ["blobs", "consensus", "gossip"]);
+        assert_eq!(read.keys().map(String::as_str).collect::<Vec<_>>(), ["consensus", "gossip", "peers"]);
         assert_eq!(read["gossip"], TransportBytes { received: 1_000, sent: 3_000 });
         let garbled =
-            "trellis_p2p_bytes_total{network=\"blobs\",direction=\"sent\"} lots\ntrellis_p2p_bytes_total{network=\"x";
-        assert_eq!(p2p_bytes(garbled).get("blobs").copied().unwrap_or_default(), TransportBytes::default());
+            "trellis_p2p_bytes_total{network=\"peers\",direction=\"sent\"} lots\ntrellis_p2p_bytes_total{network=\"x";
+        assert_eq!(p2p_bytes(garbled).get("peers").copied().unwrap_or_default(), TransportBytes::default());
     }
 }

@@ -24,7 +24,8 @@ pub struct Shared {
     pub mempool: Mutex<Mempool>,
     pub events: broadcast::Sender<NodeEvent>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Transactions admitted over RPC, to forward to peers (see [`crate::p2p::gossip`]).
+    /// Transactions admitted over RPC or made by the roles, to publish to peers
+    /// ([`crate::p2p::gossip`]).
     pub gossip: tokio::sync::mpsc::Sender<trellis_proto::SignedTx>,
     /// The outer updates this validator computed; when set, a block carrying an aggregate this
     /// node did not compute identically is not voted for.
@@ -34,4 +35,17 @@ pub struct Shared {
     /// Re-derives `Invalid` evidence from miners' trails before this validator votes (a
     /// validator with a blob exchange); `None` otherwise.
     pub evidence: Option<Arc<crate::engine::evidence_desk::EvidenceDesk>>,
+}
+
+impl Shared {
+    /// Admits transactions to the mempool (signatures checked in one batch), one result each.
+    pub fn admit(
+        &self,
+        txs: Vec<trellis_proto::SignedTx>,
+    ) -> Vec<Result<trellis_proto::Hash, crate::mempool::MempoolError>> {
+        let mut mempool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let results = mempool.insert_batch(self.ledger.chain_id(), txs, |a| self.ledger.sender_account(a));
+        self.metrics.mempool_txs.set(mempool.len() as u64);
+        results
+    }
 }

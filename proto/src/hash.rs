@@ -30,11 +30,12 @@ pub enum HashDomain {
     BeaconOnion,
     BeaconMix,
     StateEntry,
+    Genesis,
 }
 
 impl HashDomain {
     /// Every domain (the golden-vector and distinctness tests walk it).
-    pub const ALL: [HashDomain; 15] = {
+    pub const ALL: [HashDomain; 16] = {
         use HashDomain::*;
         [
             Transaction,
@@ -52,6 +53,7 @@ impl HashDomain {
             BeaconOnion,
             BeaconMix,
             StateEntry,
+            Genesis,
         ]
     };
 
@@ -73,6 +75,7 @@ impl HashDomain {
             HashDomain::BeaconOnion => "trellis v1 beacon onion",
             HashDomain::BeaconMix => "trellis v1 beacon mix",
             HashDomain::StateEntry => "trellis v1 state entry",
+            HashDomain::Genesis => "trellis v1 genesis",
         }
     }
 

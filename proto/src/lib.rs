@@ -9,6 +9,7 @@
 //! - every signature is bound to a chain id and a message kind ([`crypto::signing_preimage`]);
 //! - Merkle trees never duplicate leaves and separate leaves from nodes ([`merkle`]);
 //! - the blob exchange's messages have one byte form and decode without panicking ([`blobwire`]);
+//! - so do the peer network's greeting and gossiped transaction batches ([`peerwire`]);
 //! - a trail is addressed by the hash of its whole canonical bytes ([`trail`]), and a work
 //!   commitment binds the revealed work to the committer's address ([`WorkReveal::binding`]).
 //!
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod hash;
 pub mod job;
 pub mod merkle;
+pub mod peerwire;
 pub mod trail;
 pub mod tx;
 

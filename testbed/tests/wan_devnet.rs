@@ -131,7 +131,7 @@ fn a_short_job_settles_across_network_namespaces_and_every_node_reports_its_byte
         assert!(sent("consensus") > 0, "{node}");
         if node["role"] == "miner" {
             // Its Δ and checkpoints (nano: 0.9 MB a Δ) went to the validators.
-            assert!(sent("blobs") > 500_000, "{node}");
+            assert!(sent("peers") > 500_000, "{node}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

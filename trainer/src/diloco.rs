@@ -44,6 +44,9 @@ pub struct RunConfig {
     pub outer_momentum: f32,
     pub encoding: DeltaEncoding,
     pub checkpoint_interval: u64,
+    /// Round each worker's state to a compact checkpoint's at every checkpoint
+    /// ([`crate::compact`]; the round's start model is the weights' base).
+    pub compact: bool,
     pub trail_dir: Option<PathBuf>,
     pub device: Device,
     /// Weights to start from instead of the seed's initialisation (a warm start shared by DiLoCo
@@ -215,6 +218,7 @@ pub fn run_diloco(
                 worker,
                 checkpoint_interval: config.checkpoint_interval,
                 trail_dir: trail_dir.as_deref(),
+                compact_base: config.compact.then_some(&global[..]),
             };
             let outcome = inner.train_steps(&mut model, optimizer, config.inner_steps, |step, loss| {
                 progress(Progress::Step { round, worker, step, loss })

@@ -13,6 +13,7 @@
 //! This crate knows nothing about chain state; it must never read a clock into any hashed value.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod data;
 pub mod device;
 pub mod diloco;

@@ -27,8 +27,15 @@ fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> 
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     CheckpointData::parse(start).expect("our checkpoint").restore(&mut model, &mut optimizer).expect("same shapes");
     let schedule = BatchSchedule { seed, workers: 2, batch_size: 8, sequence_length: 64 };
-    let inner =
-        InnerLoop { dataset, schedule: &schedule, round: 0, worker: 0, checkpoint_interval: steps, trail_dir: None };
+    let inner = InnerLoop {
+        dataset,
+        schedule: &schedule,
+        round: 0,
+        worker: 0,
+        checkpoint_interval: steps,
+        trail_dir: None,
+        compact_base: None,
+    };
     inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).expect("training runs");
     model.flat_weights()
 }
@@ -57,6 +64,7 @@ fn main() {
             worker: 0,
             checkpoint_interval: c,
             trail_dir: None,
+            compact_base: None,
         };
         inner.train_steps(&mut model, &mut optimizer, c, |_, _| {}).expect("training runs");
         let claimed = model.flat_weights();

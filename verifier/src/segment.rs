@@ -170,6 +170,7 @@ fn replay_claim(
         worker: replay.worker,
         checkpoint_interval: claim.steps,
         trail_dir: None,
+        compact_base: None,
     };
     let outcome = match inner.replay_steps(&mut model, &mut optimizer, claim.steps) {
         Ok(outcome) => outcome,

@@ -20,8 +20,15 @@ fn a_unit_gap_trail_is_a_trail_mismatch() {
     let mut model = Gpt::new(&Preset::Nano.config(), 9, Device::Cpu).unwrap();
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     let schedule = schedule(3);
-    let inner =
-        InnerLoop { dataset: &data, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 1, trail_dir: None };
+    let inner = InnerLoop {
+        dataset: &data,
+        schedule: &schedule,
+        round: 0,
+        worker: 1,
+        checkpoint_interval: 1,
+        trail_dir: None,
+        compact_base: None,
+    };
     let short = inner.train_steps(&mut model, &mut optimizer, 3, |_, _| {}).unwrap().trail;
     let mut losses = short.losses.clone();
     losses.resize(12, 3.0);

@@ -503,12 +503,12 @@ fn rand_seed() -> [u8; 32] {
     trellis_proto::Keypair::generate().seed()
 }
 
-/// The blob peers a node home knows: its own blob address and its configured peers.
+/// The peers a node home knows: its own peer network address and its bootnodes.
 pub fn home_blob_peers(home: &Path) -> anyhow::Result<Vec<String>> {
     let config = Home::new(home).load_config()?;
-    let mut peers = config.p2p.blob_peers.clone();
-    if !config.p2p.blobs_listen.is_empty() {
-        peers.insert(0, config.p2p.blobs_listen.clone());
+    let mut peers = config.p2p.bootnodes.clone();
+    if !config.p2p.peer_listen.is_empty() {
+        peers.insert(0, config.p2p.peer_listen.clone());
     }
     Ok(peers)
 }

@@ -7,6 +7,7 @@
 
 pub mod attack;
 pub mod doctor;
+pub mod genesis;
 pub mod init;
 pub mod job;
 pub mod keys;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Manage keys.
     #[command(subcommand)]
     Keys(crate::commands::keys::KeysCommand),
+    /// Build a network's genesis across machines (docs/network.md).
+    #[command(subcommand)]
+    Genesis(crate::commands::genesis::GenesisCommand),
     /// Train with DiLoCo on this machine: K simulated workers, no chain.
     Train(Box<TrainArgs>),
     /// Work with trained models.
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Train(args) => crate::commands::train::train(*args).map(|()| Outcome::Success),
         Command::Model(ModelCommand::Eval(args)) => crate::commands::train::eval(args).map(|()| Outcome::Success),
         Command::Model(ModelCommand::Export(args)) => crate::commands::job::export(args).map(|()| Outcome::Success),
+        Command::Genesis(command) => crate::commands::genesis::genesis(command).map(|()| Outcome::Success),
         Command::Job(command) => crate::commands::job::job(command).map(|()| Outcome::Success),
         Command::Stake(args) => crate::commands::job::stake(args).map(|()| Outcome::Success),
         Command::Zk(command) => {

@@ -179,6 +179,22 @@ fn chain_dir(home: &Home) -> PathBuf {
     home.data().join("chain")
 }
 
+/// Hands the consensus network every consensus address the peer network learns.
+async fn add_consensus_peers(
+    mut addresses: tokio::sync::mpsc::Receiver<Multiaddr>,
+    requests: tokio::sync::mpsc::Sender<arc_malachitebft_app_channel::NetworkRequest>,
+) {
+    while let Some(address) = addresses.recv().await {
+        match arc_malachitebft_app_channel::NetworkRequest::add_persistent_peer(&requests, address.clone()).await {
+            Ok(Ok(())) => tracing::debug!(target: "node::peers", %address, "consensus peer added"),
+            Ok(Err(error)) => tracing::debug!(target: "node::peers", %address, ?error, "consensus peer not added"),
+            Err(error) => {
+                tracing::warn!(target: "node::peers", %address, %error, "consensus network did not take the peer")
+            }
+        }
+    }
+}
+
 /// Runs a node until it is stopped.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
@@ -229,32 +245,48 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     metrics.height.set(head.height.0);
     let mut supervisor = Supervisor::default();
     let (gossip, gossip_queue) = tokio::sync::mpsc::channel(crate::p2p::gossip::QUEUE);
-    supervisor.spawn(
-        "transaction gossip",
-        crate::p2p::gossip::run(gossip_queue, config.p2p.gossip_rpc.clone(), metrics.clone()),
-    );
-    let duties = !config.p2p.blobs_listen.is_empty();
-    let aggregates = (duties && role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
-    let blobs = if duties {
-        let store = BlobStore::open(&home.data().join("blobs"))?;
-        let responder: Arc<dyn crate::p2p::exchange::Responder> = match behaviour {
-            #[cfg(feature = "adversary")]
-            Behaviour::LyingPeer => Arc::new(crate::p2p::exchange::LyingResponder::new(store.clone())),
-            _ => Arc::new(crate::p2p::exchange::StoreResponder::new(store.clone())),
-        };
-        let (net, _) = crate::p2p::exchange::start_with(
-            key.seed(),
-            &config.p2p.blobs_listen,
-            &config.p2p.blob_peers,
-            store,
-            responder,
-        )
-        .await?;
-        Some(net)
-    } else {
-        tracing::warn!(target: "node", "p2p.blobs_listen is empty: no blob exchange, so no miner or validator job duties");
-        None
+    if config.p2p.peer_listen.is_empty() {
+        bail!(
+            "p2p.peer_listen in {} is empty: a node needs its peer network (transactions, blobs, discovery)",
+            home.config().display()
+        );
+    }
+    let aggregates = (role == NodeRole::Validator).then(|| Arc::new(AggregateBook::default()));
+    let store = BlobStore::open(&home.data().join("blobs"))?;
+    let responder: Arc<dyn crate::p2p::exchange::Responder> = match behaviour {
+        #[cfg(feature = "adversary")]
+        Behaviour::LyingPeer => Arc::new(crate::p2p::exchange::LyingResponder::new(store.clone())),
+        _ => Arc::new(crate::p2p::exchange::StoreResponder::new(store.clone())),
     };
+    let consensus_port = parse_multiaddr(&config.p2p.listen, "p2p.listen")?
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let peer_network = crate::p2p::swarm::start(
+        crate::p2p::swarm::SwarmConfig {
+            seed: key.seed(),
+            listen: config.p2p.peer_listen.clone(),
+            bootnodes: config.p2p.bootnodes.clone(),
+            external_addresses: config.p2p.external_addresses.clone(),
+            hello: trellis_proto::peerwire::Hello {
+                chain_id: genesis.chain_id.clone(),
+                genesis: crate::home::genesis_fingerprint(&genesis),
+                consensus_port,
+            },
+            max_peers: config.p2p.max_peers,
+        },
+        store,
+        responder,
+        metrics.clone(),
+    )
+    .await?;
+    let crate::p2p::swarm::PeerNetwork { blobs: net, gossip: gossip_handle, gossiped, consensus_peers, .. } =
+        peer_network;
+    supervisor
+        .spawn("transaction gossip", crate::p2p::gossip::publish(gossip_queue, gossip_handle.clone(), metrics.clone()));
 
     let shared = Arc::new(Shared {
         ledger,
@@ -265,10 +297,8 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         aggregates: aggregates.clone(),
         beacon: (role == NodeRole::Validator).then(|| Arc::new(crate::engine::beacon::BeaconKeeper::new(&key))),
         // A framer does not judge evidence (its own made-up verdicts would never leave its pool).
-        evidence: blobs
-            .as_ref()
-            .filter(|_| role == NodeRole::Validator && behaviour != Behaviour::Frame)
-            .map(|net| Arc::new(crate::engine::evidence_desk::EvidenceDesk::new(net.clone()))),
+        evidence: (role == NodeRole::Validator && behaviour != Behaviour::Frame)
+            .then(|| Arc::new(crate::engine::evidence_desk::EvidenceDesk::new(net.clone()))),
     });
     if let Some(keeper) = &shared.beacon {
         supervisor.spawn(
@@ -276,6 +306,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             crate::engine::beacon::run(shared.clone(), Arc::new(Keypair::from_seed(key.seed())), keeper.clone()),
         );
     }
+    supervisor.spawn("gossip checks", crate::p2p::gossip::receive(gossiped, gossip_handle, shared.clone()));
     let rpc_listen =
         config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
     let limits = RpcLimits {
@@ -297,7 +328,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     let network_key = NetworkKeypair::ed25519_from_bytes(key.seed()).context("deriving the network key")?;
     let address = ValidatorAddress(key.address());
     let signs = role == NodeRole::Validator;
-    if let Some(net) = &blobs {
+    {
         let key = Arc::new(Keypair::from_seed(key.seed()));
         let work_dir = home.data().join("work");
         #[cfg(feature = "adversary")]
@@ -351,18 +382,18 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     .await
     .map_err(|e| anyhow::anyhow!("starting the consensus engine: {e}"))?;
 
+    supervisor.spawn("consensus peers", add_consensus_peers(consensus_peers, channels.net_requests.clone()));
+
     println!("trellis node '{}' on chain '{}' at height {}", config.moniker, chain_id, head.height);
     println!("  address  {}{}", key.address(), if is_validator && signs { " (validator)" } else { "" });
     println!("  rpc      http://{rpc_address}");
     println!("  p2p      {}", config.p2p.listen);
-    if let Some(net) = &blobs {
-        println!(
-            "  blobs    {}/p2p/{} ({} role)",
-            config.p2p.blobs_listen,
-            net.local_peer(),
-            format!("{role:?}").to_lowercase()
-        );
-    }
+    println!(
+        "  peers    {}/p2p/{} ({} role; others join with --bootnode this address)",
+        config.p2p.peer_listen,
+        net.local_peer(),
+        format!("{role:?}").to_lowercase()
+    );
     if !config.metrics.listen.is_empty() {
         println!("  metrics  http://{}/metrics", config.metrics.listen);
     }

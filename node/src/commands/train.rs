@@ -143,6 +143,10 @@ pub struct TrainArgs {
     /// Checkpoint interval c, in inner steps.
     #[arg(long, default_value_t = 10)]
     pub checkpoint_interval: u64,
+    /// Round each worker's weights (to a bf16 drift from the round's start) and AdamW moments
+    /// (to 8 bits) at every checkpoint, as compact checkpoints do: measures what that costs.
+    #[arg(long)]
+    pub compact_checkpoints: bool,
     /// Where to save the final model (safetensors).
     #[arg(long, default_value = "trellis-model.safetensors")]
     pub out: PathBuf,
@@ -281,6 +285,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         outer_momentum: args.outer_momentum,
         encoding,
         checkpoint_interval: args.checkpoint_interval,
+        compact: args.compact_checkpoints,
         trail_dir: args.trail_dir.clone(),
         device,
         initial_weights: None,

@@ -99,8 +99,11 @@ impl DemoJob {
         }
         let workers = args.all_miners().min(8);
         // A groth16 proof covers a whole segment, so its interval divides the inner steps.
+        // Otherwise the interval keeps checking within 5% of training (docs/scaling.md): each
+        // round, 2 checkers × 1 segment × c steps per worker, spread over the validators, is at
+        // most a twentieth of a worker's H steps when c ≤ V·H / (40·K).
         let interval = match &zk {
-            None => (args.inner_steps / 8).max(1),
+            None => checking_interval(args.validators, workers, args.inner_steps),
             Some(_) => (1..=(args.inner_steps / 4).max(1)).rev().find(|c| args.inner_steps % c == 0).unwrap_or(1),
         };
         let (batch_size, sequence_length, learning_rate, mode) = match &zk {
@@ -429,4 +432,29 @@ async fn round_times(rpc: &HttpClient, spec: &trellis_proto::JobSpec, state: &Ro
         return (0.0, 0.0, 0.0);
     };
     (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))
+}
+
+/// The longest checkpoint interval at which each of `validators` checkers re-executes at most 5%
+/// of what each of `workers` miners trains in a round of `inner_steps` (one segment sampled per
+/// miner, two checkers each): c ≤ V·H / (40·K), at least 1.
+pub fn checking_interval(validators: usize, workers: usize, inner_steps: u32) -> u32 {
+    let bound = (validators as u64 * u64::from(inner_steps)) / (40 * workers.max(1) as u64);
+    bound.clamp(1, u64::from(inner_steps.max(1))) as u32
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::checking_interval;
+
+    #[test]
+    fn checking_stays_within_five_percent_of_training() {
+        for (v, k, h) in [(4, 3, 40), (4, 4, 500), (16, 4, 500), (4, 8, 100), (7, 1, 40)] {
+            let c = checking_interval(v, k, h);
+            let checked = 2.0 * k as f64 * f64::from(c) / v as f64;
+            assert!(c == 1 || checked <= 0.05 * f64::from(h), "V={v} K={k} H={h}: c={c}, {checked} steps");
+            assert!(checking_interval(v, k, h) <= h);
+        }
+        assert_eq!(checking_interval(4, 3, 40), 1);
+        assert_eq!(checking_interval(16, 4, 500), 50);
+    }
 }

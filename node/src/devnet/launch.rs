@@ -26,7 +26,7 @@ pub struct DevnetInfo {
     pub nodes: Vec<DevnetNode>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevnetNode {
     pub home: PathBuf,
     pub address: String,
@@ -36,7 +36,11 @@ pub struct DevnetNode {
     /// `validator`, `full` or `miner`: the `--role` it runs with.
     #[serde(default = "default_role")]
     pub role: String,
+    /// The peer network's listen address (blobs, gossip, discovery).
     pub blobs: String,
+    /// The node's peer id: `{blobs}/p2p/{peer_id}` is what others give as `--bootnode`.
+    #[serde(default)]
+    pub peer_id: String,
     /// A miner's behaviour when it is not honest (test and devnet builds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behaviour: Option<Behaviour>,
@@ -176,7 +180,16 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
     write_key(&root.join("submitter.key"), &submitter)?;
     let port = |i: usize, offset: u16| base_port + PORTS_PER_NODE * i as u16 + offset;
     let p2p = |i: usize| format!("/ip4/{}/tcp/{}", host(i), port(i, 1));
-    let blobs = |i: usize| format!("/ip4/{}/tcp/{}", host(i), port(i, 3));
+    let peers = |i: usize| format!("/ip4/{}/tcp/{}", host(i), port(i, 3));
+    let peer_id = |i: usize| -> anyhow::Result<String> {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes(keys[i].seed()).context("deriving a peer id")?;
+        Ok(key.public().to_peer_id().to_string())
+    };
+    // Every node joins through the first two validators, as a node on another machine would
+    // (consensus peers are learned from the peer network, not listed).
+    let bootnodes: Vec<(usize, String)> = (0..validators.min(2))
+        .map(|j| Ok((j, format!("{}/p2p/{}", peers(j), peer_id(j)?))))
+        .collect::<anyhow::Result<_>>()?;
     let mut nodes = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let home = Home::new(root.join(format!("node{i}")));
@@ -184,12 +197,9 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
         let mut config = NodeConfig::new(&format!("node{i}"), chain_id, port(i, 0));
         config.rpc.listen = format!("{}:{}", host(i), port(i, 0));
         config.p2p.listen = p2p(i);
-        config.p2p.blobs_listen = blobs(i);
+        config.p2p.peer_listen = peers(i);
         config.metrics.listen = format!("{}:{}", host(i), port(i, 2));
-        config.p2p.persistent_peers = (0..nodes_total).filter(|&j| j != i).map(p2p).collect();
-        config.p2p.gossip_rpc =
-            (0..validators).filter(|&j| j != i).map(|j| format!("http://{}:{}", host(j), port(j, 0))).collect();
-        config.p2p.blob_peers = (0..nodes_total).filter(|&j| j != i).map(blobs).collect();
+        config.p2p.bootnodes = bootnodes.iter().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
         // Every node, and any node a user adds on this machine, connects from 127.0.0.1.
         config.p2p.max_connections_per_ip = 256;
         config.consensus.block_time_ms = block_time_ms;
@@ -209,7 +219,8 @@ pub fn create_with(root: &Path, spec: &DevnetSpec) -> anyhow::Result<DevnetInfo>
                 "miner"
             }
             .to_string(),
-            blobs: config.p2p.blobs_listen.clone(),
+            blobs: config.p2p.peer_listen.clone(),
+            peer_id: peer_id(i)?,
             behaviour: match i.checked_sub(first_miner) {
                 Some(m) => Some(behaviours[m]),
                 None => (i + validator_adversaries.len())

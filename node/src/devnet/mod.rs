@@ -129,10 +129,11 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     for (i, node) in info.nodes.iter().enumerate() {
         let role = node.behaviour.map_or_else(|| node.role.clone(), |b| format!("miner ({b})"));
         println!(
-            "  node{i} {role:9}  rpc {}  p2p {}  blobs {}  log {}/node.log",
+            "  node{i} {role:9}  rpc {}  p2p {}  peers {}/p2p/{}  log {}/node.log",
             node.rpc,
             node.p2p,
             node.blobs,
+            node.peer_id,
             node.home.display()
         );
     }

@@ -149,7 +149,8 @@ pub fn mean_sent_per_round(rows: &[RoundRow], role: &str) -> Option<f64> {
     let per_round: Vec<u64> = rows
         .iter()
         .filter_map(|row| mean_per_node(&row.wire, role))
-        .map(|networks| networks.values().map(|bytes| bytes.sent).sum())
+        // Gossip's bytes travel inside the peer network's: counted there, not twice.
+        .map(|networks| networks.iter().filter(|(network, _)| *network != "gossip").map(|(_, bytes)| bytes.sent).sum())
         .collect();
     (!per_round.is_empty()).then(|| per_round.iter().sum::<u64>() as f64 / per_round.len() as f64)
 }
@@ -175,7 +176,7 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
 /// The per-round table of bytes on the wire: the mean per validator and per miner of each network,
 /// sent and received.
 fn print_wire(rows: &[RoundRow]) {
-    let networks = ["consensus", "gossip", "blobs"];
+    let networks = ["consensus", "gossip", "peers"];
     println!(
         "\nbytes on the wire per round, mean per node, sent / received (KiB; {P2P_BYTES} of each node's /metrics):"
     );
@@ -280,6 +281,22 @@ pub fn report(
             100.0 * verify_steps as f64 / f64::from(d.inner_steps),
             spec.verification.segments_per_miner,
             spec.verification.checkpoint_interval
+        );
+        let validators = rows.last().map_or(0, |row| row.wire.iter().filter(|n| n.role == "validator").count()).max(1);
+        let per_checker_segments =
+            (2 * u64::from(spec.verification.segments_per_miner) * u64::from(d.workers_per_round)) as f64
+                / validators as f64;
+        // Weights and both AdamW moments.
+        let checkpoint_bytes = parameters * 12;
+        println!(
+            "per validator per round: {:.1} segment(s), {:.1} steps = {:.1}% of a miner's {} steps; at most {:.1} start checkpoint(s) of {} bytes ({:.1}× an f32 Δ) downloaded to check them, beside the Δs every validator fetches to recompute the aggregate",
+            per_checker_segments,
+            per_checker_segments * f64::from(spec.verification.checkpoint_interval),
+            100.0 * per_checker_segments * f64::from(spec.verification.checkpoint_interval) / f64::from(d.inner_steps),
+            d.inner_steps,
+            per_checker_segments,
+            checkpoint_bytes,
+            per_checker_segments * checkpoint_bytes as f64 / (4 * parameters) as f64,
         );
     }
     let logged = logged_seconds(root);
@@ -411,7 +428,7 @@ mod tests {
 
     fn node(node: usize, role: &str, blobs: (u64, u64), consensus: (u64, u64)) -> NodeWire {
         let bytes = |(sent, received)| TransportBytes { received, sent };
-        let networks = [("blobs".to_string(), bytes(blobs)), ("consensus".to_string(), bytes(consensus))].into();
+        let networks = [("peers".to_string(), bytes(blobs)), ("consensus".to_string(), bytes(consensus))].into();
         NodeWire { node, role: role.into(), networks }
     }
 
@@ -427,12 +444,12 @@ mod tests {
         let mut earlier = before.to_vec();
         earlier.push(node(2, "validator", (900, 900), (9, 9)));
         let round = wire_between(&earlier, &after);
-        assert_eq!(round[0].networks["blobs"], TransportBytes { sent: 1_000, received: 200 });
+        assert_eq!(round[0].networks["peers"], TransportBytes { sent: 1_000, received: 200 });
         assert_eq!(round[1].networks["consensus"], TransportBytes { sent: 10, received: 20 });
-        assert_eq!(round[2].networks["blobs"], TransportBytes { sent: 300, received: 300 });
+        assert_eq!(round[2].networks["peers"], TransportBytes { sent: 300, received: 300 });
         let validators = mean_per_node(&round, "validator").unwrap();
-        assert_eq!(validators["blobs"], TransportBytes { sent: 650, received: 250 });
-        assert_eq!(mean_per_node(&round, "miner").unwrap()["blobs"], TransportBytes { sent: 4_000, received: 100 });
+        assert_eq!(validators["peers"], TransportBytes { sent: 650, received: 250 });
+        assert_eq!(mean_per_node(&round, "miner").unwrap()["peers"], TransportBytes { sent: 4_000, received: 100 });
         assert!(mean_per_node(&round, "full").is_none());
         // Over rounds: the miner's every network, summed.
         let row = |wire: Vec<NodeWire>| RoundRow {

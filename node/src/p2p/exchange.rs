@@ -1,8 +1,8 @@
-//! Blob exchange over libp2p: a request-response protocol (`/trellis/blobs/1`) on its own swarm
-//! (TCP, Noise, Yamux), separate from the consensus network.
+//! Blob exchange: a request-response protocol (`/trellis/blobs/1`) on the node's peer network
+//! ([`super::swarm`]), apart from the consensus network.
 //!
-//! A fetch asks connected peers, one after another, for the blob's manifest (its size and the
-//! blake3 hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
+//! A fetch asks every connected peer at once for the blob's manifest (its size and the blake3
+//! hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
 //! against the manifest as it arrives and written to disk ([`BlobWriter`]); a peer that serves a
 //! bad chunk, times out or does not hold the blob is skipped and the chunk asked of the next peer.
 //! The written blob is checked against its address as it streams in and moved into the store only
@@ -13,28 +13,30 @@
 //! Every failure moves on to the next holder — a manifest over the size limit, a wrong chunk
 //! count, bytes that do not match the address — and a fetch gives up only when no peer is left.
 //! A peer caught lying (an oversized or inconsistent manifest, chunks that do not match its own
-//! manifest, a blob that does not match its address) is not asked again for [`BAN`]: one peer
-//! that answers first with lies can neither stop a fetch nor make a miner's blob look withheld.
+//! manifest, a blob that does not match its address) is banned ([`super::scores`]: disconnected
+//! and not asked for [`super::scores::BAN`]): one peer that answers first with lies can neither
+//! stop a fetch nor make a miner's blob look withheld.
 //! Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent fetches, concurrent streams per
-//! connection, a timeout per request, and the number of peers banned at once.
+//! connection, a timeout per request, and the number of peers tracked for bans.
 //!
 //! The swarm's transport counts the bytes of its streams in the process's metrics registry, under
-//! [`METRICS_PREFIX`] (`crate::metrics` exports them beside the consensus network's).
+//! [`super::swarm::METRICS_PREFIX`] (`crate::metrics` exports them beside the consensus network's).
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_malachitebft_app_channel::app::metrics::SharedRegistry;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use trellis_proto::peerwire::Hello;
 use trellis_proto::Hash;
 
+use super::frames::{FrameCodec, FrameMessage};
+use super::scores::{Offence, PeerScores};
+use super::swarm::{Command, SwarmConfig, MAX_STREAMS};
 use crate::storage::blobs::{chunk_count, BlobError, BlobKey, BlobStore, BlobWriter, MAX_BLOB_BYTES};
 pub use crate::storage::blobs::{manifest_of, CHUNK_BYTES};
 
@@ -49,92 +51,34 @@ const MAX_CONCURRENT_FETCHES: usize = 4;
 /// written: at most this many MiB per fetch). With [`MAX_CONCURRENT_FETCHES`] fetches that is at
 /// most 16 requests to one peer, the streams a connection allows ([`MAX_STREAMS`]).
 const CHUNKS_IN_FLIGHT: usize = 4;
-/// Concurrent request streams on one connection.
-const MAX_STREAMS: usize = 16;
 const _: () = assert!(CHUNKS_IN_FLIGHT * MAX_CONCURRENT_FETCHES <= MAX_STREAMS);
-/// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
 /// Only manifests of blobs up to 4 GiB are kept (the cache then holds at most 32 MiB).
 const MANIFEST_CACHE_CHUNKS: usize = 4096;
-/// How long a peer caught lying is not asked for blobs.
-pub const BAN: Duration = Duration::from_secs(600);
-/// Most peers banned at once (the oldest ban is lifted first).
-const MAX_BANNED: usize = 1024;
-
-const PROTOCOL: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
-
-/// The prefix of the blob network's transport counters in the metrics registry:
-/// `trellis_blobs_libp2p_bandwidth_bytes_total{direction="Inbound"|"Outbound",…}`.
-pub const METRICS_PREFIX: &str = "trellis_blobs";
 
 pub use trellis_proto::blobwire::{BlobRequest, BlobResponse};
 
-fn bad_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error)
+/// The blob protocol's codec: one length-prefixed frame per request and response.
+pub type BlobCodec = FrameCodec<BlobRequest, BlobResponse>;
+
+impl FrameMessage for BlobRequest {
+    const MAX_FRAME: usize = MAX_FRAME_BYTES;
+    fn to_frame(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn from_frame(bytes: &[u8]) -> io::Result<Self> {
+        BlobRequest::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
 }
 
-/// Length-prefixed frames (u32 little-endian) with a size limit.
-#[derive(Debug, Clone, Default)]
-pub struct BlobCodec;
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
-    let length = u32::from_le_bytes(length) as usize;
-    if length > MAX_FRAME_BYTES {
-        return Err(bad_data(format!("frame of {length} bytes is over the limit of {MAX_FRAME_BYTES}")));
+impl FrameMessage for BlobResponse {
+    const MAX_FRAME: usize = MAX_FRAME_BYTES;
+    fn to_frame(&self) -> Vec<u8> {
+        self.to_bytes()
     }
-    let mut buffer = vec![0u8; length];
-    io.read_exact(&mut buffer).await?;
-    Ok(buffer)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.close().await
-}
-
-#[async_trait::async_trait]
-impl request_response::Codec for BlobCodec {
-    type Protocol = StreamProtocol;
-    type Request = BlobRequest;
-    type Response = BlobResponse;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<BlobRequest> {
-        BlobRequest::from_bytes(&read_frame(io).await?).map_err(bad_data)
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<BlobResponse> {
-        BlobResponse::from_bytes(&read_frame(io).await?).map_err(bad_data)
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: BlobRequest,
-    ) -> io::Result<()> {
-        write_frame(io, &request.to_bytes()).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: BlobResponse,
-    ) -> io::Result<()> {
-        write_frame(io, &response.to_bytes()).await
+    fn from_frame(bytes: &[u8]) -> io::Result<Self> {
+        BlobResponse::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -149,11 +93,6 @@ pub enum FetchError {
     Store { key: BlobKey, reason: String },
 }
 
-enum Command {
-    Request { peer: PeerId, request: BlobRequest, reply: oneshot::Sender<Option<BlobResponse>> },
-    Peers { reply: oneshot::Sender<Vec<PeerId>> },
-}
-
 /// A handle on the node's blob exchange: fetches blobs from peers into the local store.
 #[derive(Clone)]
 pub struct BlobNet {
@@ -161,33 +100,19 @@ pub struct BlobNet {
     commands: mpsc::Sender<Command>,
     fetches: Arc<Semaphore>,
     local_peer: PeerId,
-    banned: Arc<Mutex<Banned>>,
-}
-
-/// Peers caught lying, and until when they are not asked.
-#[derive(Default)]
-struct Banned {
-    until: HashMap<PeerId, Instant>,
-}
-
-impl Banned {
-    fn contains(&mut self, peer: &PeerId) -> bool {
-        let now = Instant::now();
-        self.until.retain(|_, until| *until > now);
-        self.until.contains_key(peer)
-    }
-
-    fn ban(&mut self, peer: PeerId) {
-        if self.until.len() >= MAX_BANNED {
-            if let Some(oldest) = self.until.iter().min_by_key(|(_, until)| **until).map(|(peer, _)| *peer) {
-                self.until.remove(&oldest);
-            }
-        }
-        self.until.insert(peer, Instant::now() + BAN);
-    }
+    scores: Arc<Mutex<PeerScores>>,
 }
 
 impl BlobNet {
+    pub(super) fn new(
+        store: BlobStore,
+        commands: mpsc::Sender<Command>,
+        local_peer: PeerId,
+        scores: Arc<Mutex<PeerScores>>,
+    ) -> Self {
+        Self { store, commands, fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)), local_peer, scores }
+    }
+
     pub fn store(&self) -> &BlobStore {
         &self.store
     }
@@ -211,14 +136,14 @@ impl BlobNet {
         answer.await.unwrap_or_default()
     }
 
-    /// Whether `peer` is banned now (caught lying within [`BAN`]).
+    /// Whether `peer` is banned now ([`super::scores`]).
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
+        self.scores.lock().unwrap_or_else(|p| p.into_inner()).is_banned(peer, Instant::now())
     }
 
     fn ban(&self, peer: PeerId, key: &BlobKey, why: &str) {
-        tracing::warn!(target: "node::blobs", %peer, %key, why, "peer served bad data; not asking it again for a while");
-        self.banned.lock().unwrap_or_else(|p| p.into_inner()).ban(peer);
+        tracing::warn!(target: "node::blobs", %peer, %key, why, "peer served bad data");
+        super::swarm::penalize(&self.scores, peer, Offence::LyingBlob);
     }
 
     /// The blob's bytes: from the local store, else fetched from peers (and then stored).
@@ -404,7 +329,8 @@ pub trait Responder: Send + Sync + 'static {
     fn answer(&self, request: &BlobRequest) -> BlobResponse;
 }
 
-/// Serves `store` and keeps connections to `peers`; returns the handle and the listen address.
+/// Starts a peer network that follows no chain ([`Hello::client`]), serves `store` and dials
+/// `peers`: for tools and tests that only fetch blobs. Returns the handle and the listen address.
 pub async fn start(
     seed: [u8; 32],
     listen: &str,
@@ -415,7 +341,7 @@ pub async fn start(
     start_with(seed, listen, peers, store, responder).await
 }
 
-/// [`start`], answering requests with `responder`.
+/// [`start`], answering blob requests with `responder`.
 pub async fn start_with(
     seed: [u8; 32],
     listen: &str,
@@ -423,44 +349,17 @@ pub async fn start_with(
     store: BlobStore,
     responder: Arc<dyn Responder>,
 ) -> anyhow::Result<(BlobNet, Multiaddr)> {
-    use anyhow::Context as _;
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(seed).context("deriving the blob exchange key")?;
-    let local_peer = keypair.public().to_peer_id();
-    let config = request_response::Config::default()
-        .with_request_timeout(REQUEST_TIMEOUT)
-        .with_max_concurrent_streams(MAX_STREAMS);
-    let behaviour = request_response::Behaviour::with_codec(BlobCodec, [(PROTOCOL, ProtocolSupport::Full)], config);
-    let mut swarm = SharedRegistry::global().with_prefix(METRICS_PREFIX, |registry| -> anyhow::Result<Swarm> {
-        Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
-            .context("setting up the blob exchange transport")?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|_| behaviour)
-            .map_err(|e| anyhow::anyhow!("blob exchange behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-            .build())
-    })?;
-    let listen_addr: Multiaddr =
-        listen.parse().with_context(|| format!("p2p.blobs_listen '{listen}' is not a multiaddr"))?;
-    swarm.listen_on(listen_addr.clone()).with_context(|| format!("blob exchange cannot listen on {listen}"))?;
-    let peer_addrs: Vec<Multiaddr> = peers
-        .iter()
-        .map(|p| p.parse().with_context(|| format!("p2p.blob_peers entry '{p}' is not a multiaddr")))
-        .collect::<anyhow::Result<_>>()?;
-    let (commands, queue) = mpsc::channel(256);
-    tokio::spawn(drive(swarm, queue, peer_addrs, responder));
-    let net = BlobNet {
-        store,
-        commands,
-        fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
-        local_peer,
-        banned: Arc::default(),
+    let config = SwarmConfig {
+        seed,
+        listen: listen.to_string(),
+        bootnodes: peers.to_vec(),
+        external_addresses: Vec::new(),
+        hello: Hello::client(),
+        max_peers: 64,
     };
-    Ok((net, listen_addr))
+    let network = super::swarm::start(config, store, responder, Arc::default()).await?;
+    Ok((network.blobs, network.listen))
 }
-
-type Swarm = libp2p::Swarm<request_response::Behaviour<BlobCodec>>;
 
 /// Manifests of blobs we serve, computed once per blob.
 #[derive(Default)]
@@ -519,63 +418,6 @@ fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> Bl
                     .unwrap_or(BlobResponse::NotFound),
                 _ => BlobResponse::NotFound,
             }
-        }
-    }
-}
-
-async fn drive(
-    mut swarm: Swarm,
-    mut commands: mpsc::Receiver<Command>,
-    peer_addrs: Vec<Multiaddr>,
-    responder: Arc<dyn Responder>,
-) {
-    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Option<BlobResponse>>> = HashMap::new();
-    let mut redial = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = redial.tick() => {
-                // Keep every configured peer connected (they may start after us or restart).
-                if swarm.connected_peers().count() < peer_addrs.len() {
-                    for addr in &peer_addrs {
-                        let _ = swarm.dial(addr.clone());
-                    }
-                }
-            }
-            command = commands.recv() => match command {
-                None => return,
-                Some(Command::Peers { reply }) => {
-                    let _ = reply.send(swarm.connected_peers().copied().collect());
-                }
-                Some(Command::Request { peer, request, reply }) => {
-                    let id = swarm.behaviour_mut().send_request(&peer, request);
-                    pending.insert(id, reply);
-                }
-            },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(request_response::Event::Message { message, peer, .. }) => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let response = responder.answer(&request);
-                        if swarm.behaviour_mut().send_response(channel, response).is_err() {
-                            tracing::debug!(target: "node::blobs", %peer, "peer left before our response");
-                        }
-                    }
-                    request_response::Message::Response { request_id, response } => {
-                        if let Some(reply) = pending.remove(&request_id) {
-                            let _ = reply.send(Some(response));
-                        }
-                    }
-                },
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
-                    tracing::debug!(target: "node::blobs", %peer, %error, "blob request failed");
-                    if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(None);
-                    }
-                }
-                SwarmEvent::Behaviour(request_response::Event::InboundFailure { peer, error, .. }) => {
-                    tracing::debug!(target: "node::blobs", %peer, %error, "bad inbound blob request");
-                }
-                _ => {}
-            },
         }
     }
 }
@@ -668,7 +510,8 @@ mod tests {
         assert!(matches!(b.fetch(missing, MAX_BLOB_BYTES).await, Err(FetchError::Unavailable(_))));
         // The transport counted the fetched bytes. The registry is the process's, shared with
         // the other tests' networks, so this is a lower bound.
-        let bytes = crate::metrics::transport_bytes(&crate::metrics::network_exposition(), METRICS_PREFIX);
+        let bytes =
+            crate::metrics::transport_bytes(&crate::metrics::network_exposition(), crate::p2p::swarm::METRICS_PREFIX);
         let fetched_bytes = (blob.len() + other_bytes.len()) as u64;
         assert!(bytes.received >= fetched_bytes, "{bytes:?} after fetching {fetched_bytes} bytes");
         assert!(bytes.sent >= fetched_bytes, "{bytes:?}: the serving side's counters are in the same registry");

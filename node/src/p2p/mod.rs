@@ -1,5 +1,9 @@
-//! The node's peer-to-peer traffic besides consensus: the blob exchange over libp2p
-//! ([`exchange`]) and transaction gossip to the peers' RPC ([`gossip`]).
+//! The node's peer-to-peer traffic besides consensus, on one libp2p swarm ([`swarm`]): the
+//! blob exchange ([`exchange`]), transaction gossip ([`gossip`]), discovery from bootnodes, and
+//! the trust the node keeps in each peer ([`scores`]).
 
 pub mod exchange;
+mod frames;
 pub mod gossip;
+pub mod scores;
+pub mod swarm;

@@ -583,6 +583,7 @@ pub(super) fn train_trail(
         worker: inputs.worker,
         checkpoint_interval: interval,
         trail_dir: Some(&dir),
+        compact_base: None,
     };
     let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
     for entry in &outcome.trail.checkpoints {

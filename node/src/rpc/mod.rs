@@ -198,15 +198,6 @@ fn failure_of(shared: &Shared, height: trellis_proto::Height, hash: &Hash) -> Op
     })
 }
 
-/// Admits transactions to the mempool (signatures checked in one batch), one result each.
-fn admit(state: &RpcState, txs: Vec<SignedTx>) -> Vec<Result<Hash, MempoolError>> {
-    let ledger = &state.shared.ledger;
-    let mut mempool = state.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
-    let results = mempool.insert_batch(ledger.chain_id(), txs, |a| ledger.sender_account(a));
-    state.shared.metrics.mempool_txs.set(mempool.len() as u64);
-    results
-}
-
 /// Decodes and admits a hex-encoded signed transaction.
 fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Submitted> {
     let hex_tx = hex_tx.strip_prefix("0x").unwrap_or(hex_tx);
@@ -225,7 +216,7 @@ fn submit(state: &RpcState, hex_tx: &str) -> RpcResult<Submitted> {
             .map_err(|reason| reject(format!("invalid job spec: {reason}")))?;
     }
     let tx_copy = tx.clone();
-    match admit(state, vec![tx]).into_iter().next().unwrap_or(Err(MempoolError::AlreadyKnown)) {
+    match state.shared.admit(vec![tx]).into_iter().next().unwrap_or(Err(MempoolError::AlreadyKnown)) {
         Ok(hash) => {
             state.shared.metrics.txs_submitted.inc();
             // Forwarding is best effort: a full queue only means peers learn of it later from
@@ -304,7 +295,7 @@ impl TrellisRpcServer for RpcState {
             .map(|h| hex::decode(h).ok().and_then(|b| SignedTx::from_wire(&b).ok()))
             .collect::<Option<Vec<SignedTx>>>()
             .ok_or_else(|| invalid("a gossiped transaction is not hex of a signed transaction"))?;
-        let admitted = admit(self, txs).iter().filter(|r| r.is_ok()).count();
+        let admitted = self.shared.admit(txs).iter().filter(|r| r.is_ok()).count();
         Ok(GossipReceipt { admitted })
     }
 

@@ -214,6 +214,44 @@ impl Cluster {
         self.children[node] = Some(spawn_node_as(Path::new(BIN), &home.home, &home.role).expect("respawning a node"));
     }
 
+    /// Starts a node from a home made outside the devnet (by `trellis init`) as one more member
+    /// of the cluster, killed with it; returns its index.
+    pub fn add_node(&mut self, home: &Path, role: &str) -> usize {
+        let config = trellis_node::home::Home::new(home).load_config().expect("the added node's config");
+        let key = trellis_node::home::Home::new(home).load_key().expect("the added node's key");
+        self.info.nodes.push(trellis_node::devnet::DevnetNode {
+            home: home.to_path_buf(),
+            address: key.address().to_string(),
+            rpc: format!("http://{}", config.rpc.listen),
+            p2p: config.p2p.listen.clone(),
+            metrics: format!("http://{}/metrics", config.metrics.listen),
+            role: role.to_string(),
+            blobs: config.p2p.peer_listen.clone(),
+            peer_id: String::new(),
+            behaviour: None,
+            netns: None,
+        });
+        self.children.push(None);
+        let node = self.children.len() - 1;
+        self.restart(node);
+        node
+    }
+
+    /// One metric of `node`'s `/metrics` (a row without labels), if the node answers.
+    pub fn metric(&self, node: usize, name: &str) -> Option<u64> {
+        let url = self.info.nodes[node].metrics.clone();
+        let text = self.block_on(async move {
+            let address = url.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+            let mut stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await.ok()?;
+            Some(text)
+        })?;
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     pub fn is_running(&self, node: usize) -> bool {
         self.children[node].is_some()
     }

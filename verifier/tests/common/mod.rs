@@ -68,8 +68,15 @@ pub fn mine(dataset: &Dataset, cheat: impl Fn(usize) -> (u64, u64)) -> (Trail, M
     for segment in 0..3 {
         let (seed, steps) = cheat(segment);
         let schedule = schedule(seed);
-        let inner =
-            InnerLoop { dataset, schedule: &schedule, round: 0, worker: 1, checkpoint_interval: 4, trail_dir: None };
+        let inner = InnerLoop {
+            dataset,
+            schedule: &schedule,
+            round: 0,
+            worker: 1,
+            checkpoint_interval: 4,
+            trail_dir: None,
+            compact_base: None,
+        };
         let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap();
         losses.extend(outcome.trail.losses);
         let mut entry = save(&model, &optimizer, &mut source);
