@@ -68,13 +68,17 @@ fn a_genesis_built_across_machines_installs_with_one_fingerprint() {
     text(&trellis(&["genesis", "add-validator", "--genesis", g, "--public-key", &alice_key]));
     let bob_key_file = bob.join("keys/node.key");
     text(&trellis(&["genesis", "add-validator", "--genesis", g, "--key-file", bob_key_file.to_str().unwrap()]));
-    refused(&trellis(&["genesis", "add-validator", "--genesis", g, "--public-key", &alice_key]), "already in the genesis");
+    refused(
+        &trellis(&["genesis", "add-validator", "--genesis", g, "--public-key", &alice_key]),
+        "already in the genesis",
+    );
     refused(
         &trellis(&["genesis", "add-miner", "--genesis", g, "--public-key", &alice_key, "--bond", "1"]),
         "below the chain's minimum stake",
     );
     refused(&trellis(&["genesis", "add-validator", "--genesis", g, "--public-key", "nothex"]), "invalid value");
-    let shown = text(&trellis(&["genesis", "add-account", "--genesis", g, "--address", &"ab".repeat(20), "--balance", "5"]));
+    let shown =
+        text(&trellis(&["genesis", "add-account", "--genesis", g, "--address", &"ab".repeat(20), "--balance", "5"]));
     assert!(shown.contains("validators   2") && shown.contains("accounts     3"), "{shown}");
     let fingerprint = shown.lines().find_map(|l| l.strip_prefix("fingerprint")).unwrap().trim().to_string();
 
@@ -87,7 +91,10 @@ fn a_genesis_built_across_machines_installs_with_one_fingerprint() {
     }
     // A home that has run a chain keeps its genesis.
     std::fs::create_dir_all(alice.join("data/chain")).unwrap();
-    refused(&trellis(&["genesis", "install", "--genesis", g, "--home", alice.to_str().unwrap()]), "already run a chain");
+    refused(
+        &trellis(&["genesis", "install", "--genesis", g, "--home", alice.to_str().unwrap()]),
+        "already run a chain",
+    );
     // A joiner made from the file agrees, and may not name another chain.
     let joiner = dir.join("joiner");
     let said = text(&trellis(&["init", "--home", joiner.to_str().unwrap(), "--genesis", g, "--base-port", "27120"]));
