@@ -105,6 +105,11 @@ mod with_adversaries {
         for kind in adversaries {
             command.args(["--adversary", &format!("{kind}=1")]);
         }
+        if !model.starts_with("mlp:") {
+            // Segments of several steps, so that a unit-gap trail (one step per checkpoint)
+            // saves work and is a cheat: at the default c = 1 it is honest training.
+            command.args(["--checkpoint-interval", &(inner_steps / 8).max(2).to_string()]);
+        }
         let log_path = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child =

@@ -102,9 +102,19 @@ impl DemoJob {
         // Otherwise the interval keeps checking within 5% of training (docs/scaling.md): each
         // round, 2 checkers × 1 segment × c steps per worker, spread over the validators, is at
         // most a twentieth of a worker's H steps when c ≤ V·H / (40·K).
-        let interval = match &zk {
-            None => checking_interval(args.validators, workers, args.inner_steps),
-            Some(_) => (1..=(args.inner_steps / 4).max(1)).rev().find(|c| args.inner_steps % c == 0).unwrap_or(1),
+        let interval = match (&zk, args.checkpoint_interval) {
+            (None, Some(c)) if c == 0 || c > args.inner_steps => {
+                bail!("--checkpoint-interval must be in 1..=--inner-steps ({})", args.inner_steps)
+            }
+            (None, Some(c)) => c,
+            (None, None) => checking_interval(args.validators, workers, args.inner_steps),
+            (Some(_), Some(c)) if c == 0 || args.inner_steps % c != 0 => {
+                bail!("--checkpoint-interval of a groth16 job must divide --inner-steps ({})", args.inner_steps)
+            }
+            (Some(_), Some(c)) => c,
+            (Some(_), None) => {
+                (1..=(args.inner_steps / 4).max(1)).rev().find(|c| args.inner_steps % c == 0).unwrap_or(1)
+            }
         };
         let (batch_size, sequence_length, learning_rate, mode) = match &zk {
             None => (8, 64, "0.003".to_string(), "mode = \"exact\"\n".to_string()),

@@ -58,6 +58,10 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
+    /// The demo job's checkpoint interval c [default: the longest that keeps each validator's
+    /// re-execution within 5% of a miner's training, c ≤ V·H/(40·K); a groth16 job's divides H].
+    #[arg(long)]
+    pub checkpoint_interval: Option<u32>,
     /// Each node's own IPv4 address, comma-separated, one per node in order (validators, then
     /// miners) [default: all on 127.0.0.1]. For the WAN testbed (scripts/wan-testbed.sh).
     #[arg(long, value_delimiter = ',')]
