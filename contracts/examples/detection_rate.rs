@@ -129,6 +129,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
                 checkpoint_interval: 5,
                 segments_per_miner,
                 mode: VerificationMode::Exact,
+                checkpoint_state: Default::default(),
             },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1_000),

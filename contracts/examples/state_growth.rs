@@ -45,6 +45,7 @@ fn spec() -> JobSpec {
             checkpoint_interval: 10,
             segments_per_miner: 2,
             mode: VerificationMode::Exact,
+            checkpoint_state: Default::default(),
         },
         reward_per_round: Amount(9_000),
         min_miner_stake: Amount(1_000),

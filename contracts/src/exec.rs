@@ -1076,6 +1076,12 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         (v.checkpoint_interval == 0 || v.checkpoint_interval > d.inner_steps, "checkpoint_interval must be in 1..=inner_steps".into()),
         (v.segments_per_miner == 0 || v.segments_per_miner > bounds::MAX_SEGMENTS_PER_MINER, format!("segments_per_miner must be in 1..={}", bounds::MAX_SEGMENTS_PER_MINER)),
         (bad_tolerance, format!("tolerance max_distance must be finite and in [0, {}]", bounds::MAX_TOLERANCE)),
+        (
+            v.checkpoint_state == trellis_proto::CheckpointState::Compact
+                && (matches!(v.mode, trellis_proto::VerificationMode::Groth16 { .. })
+                    || f64::from(d.beta1) * f64::from(d.beta1) >= f64::from(d.beta2)),
+            "compact checkpoints need beta1² < beta2 and a mode that re-executes (not groth16)".into(),
+        ),
         (bad_aggregation, format!("trimmed-mean needs 2 × trim < workers_per_round; centered-clip needs tau > 0 and 1..={} iterations", bounds::MAX_CLIP_ITERATIONS)),
         (spec.reward_per_round.0 == 0, "reward_per_round must be positive".into()),
         (spec.min_miner_stake.0 < params.min_miner_stake.0, "min_miner_stake is below the chain minimum".into()),

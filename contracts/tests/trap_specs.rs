@@ -30,6 +30,12 @@ fn trap_specs_are_refused_at_submission() {
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: u32::MAX }),
         ("outer learning rate", |s| s.diloco.outer_learning_rate = 1e9),
         ("segments_per_miner", |s| s.verification.segments_per_miner = 10_000),
+        ("compact checkpoints", |s| {
+            // |m|/√v has no bound when β₁² ≥ β₂: the first moments could not be stored.
+            s.verification.checkpoint_state = trellis_proto::CheckpointState::Compact;
+            s.diloco.beta1 = 0.99;
+            s.diloco.beta2 = 0.9;
+        }),
     ];
     for (what, edit) in cases {
         let mut spec = w.spec();

@@ -192,6 +192,48 @@ canonical_struct!(DilocoParams {
     encoding,
 });
 
+/// What a trail checkpoint holds, and so what a checker downloads to re-execute a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointState {
+    /// Weights and both AdamW moments in f32: 12 bytes a parameter.
+    #[default]
+    Full,
+    /// The weights as the round's start weights plus a bf16 drift, both moments in 8 bits: 4
+    /// bytes a parameter, an f32 Δ's size. The trail rounds its live state to this form at every
+    /// checkpoint (`trellis_trainer::compact`); needs β₁² < β₂.
+    Compact,
+}
+
+impl Encode for CheckpointState {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        out.push(match self {
+            CheckpointState::Full => 1,
+            CheckpointState::Compact => 2,
+        });
+    }
+}
+
+impl Decode for CheckpointState {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match u8::decode_from(reader)? {
+            1 => Ok(CheckpointState::Full),
+            2 => Ok(CheckpointState::Compact),
+            tag => Err(DecodeError::UnknownTag { what: "checkpoint state", tag }),
+        }
+    }
+}
+
+impl CheckpointState {
+    /// Bytes a checkpoint holds per parameter (besides its header).
+    pub fn bytes_per_parameter(self) -> u64 {
+        match self {
+            CheckpointState::Full => 12,
+            CheckpointState::Compact => 4,
+        }
+    }
+}
+
 /// How a job's work is checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerificationParams {
@@ -200,8 +242,12 @@ pub struct VerificationParams {
     /// Segments sampled per miner per round.
     pub segments_per_miner: u32,
     pub mode: VerificationMode,
+    /// Full checkpoints unless the job says compact (a job spec written before the field existed
+    /// reads as full).
+    #[serde(default)]
+    pub checkpoint_state: CheckpointState,
 }
-canonical_struct!(VerificationParams { checkpoint_interval, segments_per_miner, mode });
+canonical_struct!(VerificationParams { checkpoint_interval, segments_per_miner, mode, checkpoint_state });
 
 /// Everything a training job fixes when it is submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

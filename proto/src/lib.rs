@@ -35,9 +35,9 @@ pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
 pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 pub use hash::{Hash, HashDomain};
 pub use job::{
-    Aggregate, AggregationRule, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason, JobFaultReason, JobId,
-    JobSpec, ModelConfig, OuterOptimizer, Verdict, VerdictOutcome, VerificationMode, VerificationParams,
-    WorkCommitment, WorkReveal,
+    Aggregate, AggregationRule, CheckpointState, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason,
+    JobFaultReason, JobId, JobSpec, ModelConfig, OuterOptimizer, Verdict, VerdictOutcome, VerificationMode,
+    VerificationParams, WorkCommitment, WorkReveal,
 };
 pub use merkle::{MerkleProof, MerkleTree};
 pub use trail::{Trail, TrailEntry};

@@ -106,13 +106,13 @@ fn golden_block_verifies() {
 const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
 const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
 const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
-const GOLDEN_JOB_SPEC: (usize, &str) = (185, "1f29638da1b4fbb2136a7e9639ab95129df44497bc2c8d6b462f2684e4c6028e");
+const GOLDEN_JOB_SPEC: (usize, &str) = (186, "35a735dcab00d8c61e350f611122111b902afc530049c09e1b0efdc7bcb1112c");
 const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "7065f447029f9eaaaab70e479c20c9ca72025ebf758158f19a9685d327e583d7");
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "7270270d20b8f7a34f757137b895e841c33ce83ca3b3eda06b45c24109303bfa");
-const GOLDEN_BLOCK: (usize, &str) = (2836, "0e3ad6c3719d8f77439b4342a14372bb40f5a3b1f7d4738beb15e7ecd958204d");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "7871f9614dbb74285552e16d2b82e0bfd4c455faae960eca07ad8169a3d340d6");
+const GOLDEN_BLOCK: (usize, &str) = (2837, "b32babeb448df26d17a7a5a83c8867b32d3a5fae521e1627871145c36d45928a");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "transfer",
@@ -134,9 +134,9 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ),
     (
         "submit_job",
-        306,
-        "73c774d1524138a45cb444e418c36cd7b13429ffbc70c319aa3a463ceac09446",
-        "05e3207170738e1b55c3886c4a3a9e3bc46357c108f6ebfb429033b8dfbcee57",
+        307,
+        "e65ce817dcbae1590d6bfa0032df1a625b302e9b46134b9fd16d42b6d14297e3",
+        "9831dfc4c5392e63ad98c0f8b67c9100d09aabecd234d266d540f00ef3897725",
     ),
     (
         "join_job",
@@ -199,8 +199,8 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
         "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
     ),
 ];
-const GOLDEN_BLOCK_HASH: &str = "4e75c4738004e7f777fca1a9d148aac1c16a68e4660d5c04d76cefd805aaf604";
-const GOLDEN_JOB_SPEC_HASH: &str = "26492dc932e49443eddff00724d37cef286723e93ddc74cde1a4dc4b4926e499";
+const GOLDEN_BLOCK_HASH: &str = "e30af014fec59cdd84ae6ba49ed5c9d3c8a461c0dd77ae7208675ee1270f39a0";
+const GOLDEN_JOB_SPEC_HASH: &str = "f8502738dacb388dbdceaa79548ebc04365d6a4268c8706022e29f1511fe36b6";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
 const GOLDEN_TRAIL_HASH: &str = "8b65b55be39c089efddbcc644efa0e0d34f181bcbe43f65c524aba2a140640a5";
 const GOLDEN_WORK_BINDING: &str = "608eab24882b386c873a80e25397564f20f3da144f673aa148d8aeed51c34c95";

@@ -82,7 +82,7 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (any::<u64>(), arb_hash(), any::<u32>()),
         diloco,
         aggregation,
-        (any::<u32>(), any::<u32>(), mode),
+        (any::<u32>(), any::<u32>(), mode, any::<bool>()),
         (arb_amount(), arb_amount(), any::<u32>(), any::<u32>()),
     )
         .prop_map(
@@ -92,7 +92,7 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
                 (init_seed, dataset_root, dataset_shards),
                 diloco,
                 aggregation,
-                (c, s, mode),
+                (c, s, mode, compact),
                 (reward, stake, cb, vb),
             )| {
                 JobSpec {
@@ -103,7 +103,12 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
                     dataset_shards,
                     diloco,
                     aggregation,
-                    verification: VerificationParams { checkpoint_interval: c, segments_per_miner: s, mode },
+                    verification: VerificationParams {
+                        checkpoint_interval: c,
+                        segments_per_miner: s,
+                        mode,
+                        checkpoint_state: if compact { CheckpointState::Compact } else { CheckpointState::Full },
+                    },
                     reward_per_round: reward,
                     min_miner_stake: stake,
                     commit_blocks: cb,

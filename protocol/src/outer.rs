@@ -173,6 +173,7 @@ mod tests {
                 checkpoint_interval: 2,
                 segments_per_miner: 1,
                 mode: VerificationMode::Exact,
+                checkpoint_state: Default::default(),
             },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1),

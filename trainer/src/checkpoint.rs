@@ -5,14 +5,27 @@
 //!
 //! ```text
 //! "TRLSCKPT"            8-byte magic
-//! u32 version = 1
+//! u32 version           1: full, 3: compact
 //! u64 step              optimizer steps taken
 //! u32 n                 number of parameter tensors
 //! n × { u16 name length, name (UTF-8), u8 rank, rank × u64 dims }
-//! weights:        for each tensor in order, its elements as f32 LE (row-major)
-//! first moments:  likewise
-//! second moments: likewise
+//! version 1 (12 bytes a parameter):
+//!   weights:        for each tensor in order, its elements as f32 LE (row-major)
+//!   first moments:  likewise
+//!   second moments: likewise
+//! version 3, compact (4 bytes a parameter and one per tensor; `crate::compact`):
+//!   n × u8          each tensor's second-moment reference exponent, in 31..=253
+//!   drift:          u16 LE bf16 bits of (weight − the round's start weight), per element
+//!   first moments:  i8 per element, m / √v̂ in 127ths of the job's bound
+//!   second moments: u8 code per element (0 is zero; then 5 exponent and 3 mantissa bits)
 //! ```
+//!
+//! A compact checkpoint is read against the round's start weights and the bound of the job's
+//! AdamW betas ([`CompactBase`]); a trail that takes them rounds its live state to what they hold
+//! first ([`capture_compact`]), so training continues from the recorded state. Parsing refuses
+//! a drift that is not finite, a reference exponent out of range, a first-moment code of -128 and
+//! a first moment beside a zero second moment; whatever parses decodes to finite, normal (or
+//! zero) values and non-negative second moments.
 //!
 //! Nothing that varies between runs (time, host, paths) is in the bytes.
 
@@ -26,6 +39,22 @@ use crate::optim::AdamW;
 
 const MAGIC: &[u8; 8] = b"TRLSCKPT";
 const VERSION: u32 = 1;
+const VERSION_COMPACT: u32 = 3;
+
+/// What a compact checkpoint is read against: the round's start weights (the drift's base) and
+/// the bound of |m|/√v for the job's betas ([`crate::compact::moment_ratio_bound`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CompactBase<'a> {
+    pub weights: &'a [f32],
+    pub bound: f32,
+}
+
+impl<'a> CompactBase<'a> {
+    /// The base of a trail whose optimizer has `betas`; `None` when β₁² ≥ β₂ (no bound).
+    pub fn new(weights: &'a [f32], beta1: f64, beta2: f64) -> Option<Self> {
+        Some(Self { weights, bound: crate::compact::moment_ratio_bound(beta1, beta2)? })
+    }
+}
 /// Largest checkpoint read from disk or the network (a 1B-parameter model with moments).
 pub const MAX_CHECKPOINT_BYTES: u64 = 13 * 1024 * 1024 * 1024;
 
@@ -86,9 +115,21 @@ pub fn flush_subnormals(model: &Gpt, optimizer: &AdamW) {
 pub fn to_bytes(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
     let parameters = model.parameters();
     let mut out = Vec::with_capacity(32 + model.numel() * 12);
+    write_header(&mut out, VERSION, optimizer.step, parameters);
+    for section in [
+        flatten(parameters.iter().map(|p| &p.tensor)),
+        flatten(optimizer.first_moments.iter()),
+        flatten(optimizer.second_moments.iter()),
+    ] {
+        push_f32s(&mut out, &section);
+    }
+    out
+}
+
+fn write_header(out: &mut Vec<u8>, version: u32, step: u64, parameters: &[crate::model::Parameter]) {
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&optimizer.step.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&step.to_le_bytes());
     out.extend_from_slice(&(parameters.len() as u32).to_le_bytes());
     for parameter in parameters {
         let name = parameter.name.as_bytes();
@@ -100,12 +141,28 @@ pub fn to_bytes(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
             out.extend_from_slice(&(dim as u64).to_le_bytes());
         }
     }
-    for section in [
-        flatten(parameters.iter().map(|p| &p.tensor)),
-        flatten(optimizer.first_moments.iter()),
-        flatten(optimizer.second_moments.iter()),
-    ] {
-        push_f32s(&mut out, &section);
+}
+
+/// Rounds the live weights and moments to what a compact checkpoint holds
+/// ([`crate::compact::round_state`]) and serialises them: a compact trail checkpoint.
+pub fn capture_compact(model: &mut Gpt, optimizer: &mut AdamW, base: CompactBase<'_>) -> Vec<u8> {
+    let sizes: Vec<usize> = model.parameters().iter().map(|p| p.tensor.numel()).collect();
+    let mut weights = model.flat_weights();
+    let mut first = flatten(optimizer.first_moments.iter());
+    let mut second = flatten(optimizer.second_moments.iter());
+    let state = crate::compact::round_state(&mut weights, &mut first, &mut second, base.weights, &sizes, base.bound);
+    model.set_flat_weights(&weights);
+    unflatten_into(optimizer.first_moments.iter_mut(), &first);
+    unflatten_into(optimizer.second_moments.iter_mut(), &second);
+    let mut out = Vec::with_capacity(32 + weights.len() * 4 + sizes.len());
+    write_header(&mut out, VERSION_COMPACT, optimizer.step, model.parameters());
+    out.extend(state.second.iter().map(|s| s.top_exponent));
+    for drift in &state.drift {
+        out.extend_from_slice(&drift.to_le_bytes());
+    }
+    out.extend(state.first.iter().map(|q| *q as u8));
+    for tensor in &state.second {
+        out.extend_from_slice(&tensor.codes);
     }
     out
 }
@@ -159,14 +216,33 @@ impl<'a> Cursor<'a> {
 }
 
 impl CheckpointData {
-    /// Parses canonical bytes; every size is checked against the input before use.
+    /// Parses the canonical bytes of a full checkpoint; every size is checked against the input
+    /// before use. A compact checkpoint is refused: it needs [`CheckpointData::parse_compact`].
     pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        Self::parse_with(bytes, None)
+    }
+
+    /// Parses a compact checkpoint against its round's start weights and moment bound; a full
+    /// checkpoint is refused (it is not a compact job's).
+    pub fn parse_compact(bytes: &[u8], base: CompactBase<'_>) -> Result<Self, CheckpointError> {
+        Self::parse_with(bytes, Some(base))
+    }
+
+    /// [`parse`](Self::parse) or [`parse_compact`](Self::parse_compact), as `base` says.
+    pub fn parse_with(bytes: &[u8], base: Option<CompactBase<'_>>) -> Result<Self, CheckpointError> {
         let mut c = Cursor { bytes, at: 0 };
         if c.take(8, "magic")? != MAGIC {
             return Err(CheckpointError::Malformed("not a Trellis checkpoint (bad magic)"));
         }
-        if c.u32("version")? != VERSION {
-            return Err(CheckpointError::Malformed("unsupported checkpoint version"));
+        match (c.u32("version")?, base.is_some()) {
+            (VERSION, false) | (VERSION_COMPACT, true) => {}
+            (VERSION, true) => return Err(CheckpointError::Malformed("a full checkpoint where a compact one belongs")),
+            (VERSION_COMPACT, false) => {
+                return Err(CheckpointError::Malformed(
+                    "a compact checkpoint is read against its round's start weights",
+                ))
+            }
+            _ => return Err(CheckpointError::Malformed("unsupported checkpoint version")),
         }
         let step = c.u64("step")?;
         let count = c.u32("tensor count")? as usize;
@@ -176,6 +252,7 @@ impl CheckpointData {
         }
         let mut names = Vec::with_capacity(count);
         let mut shapes = Vec::with_capacity(count);
+        let mut sizes = Vec::with_capacity(count);
         let mut total: usize = 0;
         for _ in 0..count {
             let len = c.u16("name length")? as usize;
@@ -196,6 +273,11 @@ impl CheckpointData {
             }
             total = total.checked_add(numel).ok_or(CheckpointError::Malformed("tensors too large"))?;
             shapes.push(shape);
+            sizes.push(numel);
+        }
+        if let Some(base) = base {
+            let (weights, first_moments, second_moments) = parse_compact_state(&mut c, &sizes, total, base)?;
+            return Ok(Self { step, names, shapes, weights, first_moments, second_moments });
         }
         if total.checked_mul(12) != Some(bytes.len() - c.at) {
             return Err(CheckpointError::Malformed("data length does not match the tensor shapes"));
@@ -206,15 +288,20 @@ impl CheckpointData {
         Ok(Self { step, names, shapes, weights, first_moments, second_moments })
     }
 
-    /// Reads and parses a checkpoint file.
+    /// Reads and parses a full checkpoint file.
     pub fn read(path: &Path) -> Result<(Self, Hash), CheckpointError> {
+        Self::read_with(path, None)
+    }
+
+    /// Reads and parses a checkpoint file, compact if `base` is given.
+    pub fn read_with(path: &Path, base: Option<CompactBase<'_>>) -> Result<(Self, Hash), CheckpointError> {
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_CHECKPOINT_BYTES {
             return Err(CheckpointError::Malformed("checkpoint larger than the limit"));
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        Ok((Self::parse(&bytes)?, checkpoint_hash(&bytes)))
+        Ok((Self::parse_with(&bytes, base)?, checkpoint_hash(&bytes)))
     }
 
     /// Loads this checkpoint into `model` and `optimizer`, which must have the same tensors.
@@ -242,6 +329,53 @@ impl CheckpointData {
         optimizer.step = self.step;
         Ok(())
     }
+}
+
+/// A decoded state: weights, first moments, second moments.
+type FlatState = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Weights and moments of a compact checkpoint's body (after the header), decoded.
+fn parse_compact_state(
+    c: &mut Cursor<'_>,
+    sizes: &[usize],
+    total: usize,
+    base: CompactBase<'_>,
+) -> Result<FlatState, CheckpointError> {
+    use crate::compact::{decode_first, decode_second, weights_from_drift, SecondMoments};
+    if total.checked_mul(4).and_then(|b| b.checked_add(sizes.len())) != Some(c.bytes.len() - c.at) {
+        return Err(CheckpointError::Malformed("data length does not match the tensor shapes"));
+    }
+    if base.weights.len() != total {
+        return Err(CheckpointError::Mismatch(format!(
+            "{total} parameters in the checkpoint, {} in the round's start weights",
+            base.weights.len()
+        )));
+    }
+    let tops = c.take(sizes.len(), "reference exponents")?.to_vec();
+    if tops.iter().any(|t| !(crate::compact::MIN_TOP_EXPONENT..=crate::compact::MAX_TOP_EXPONENT).contains(t)) {
+        return Err(CheckpointError::Malformed("a second-moment reference exponent out of range"));
+    }
+    let drift: Vec<u16> =
+        c.take(total * 2, "drift")?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    if drift.iter().any(|d| d & 0x7f80 == 0x7f80) {
+        return Err(CheckpointError::Malformed("a drift that is not finite"));
+    }
+    let first: Vec<i8> = c.take(total, "first moments")?.iter().map(|b| *b as i8).collect();
+    let codes = c.take(total, "second moments")?;
+    if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&i8::MIN) {
+        return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
+    }
+    let mut second = Vec::with_capacity(total);
+    let mut first_moments = Vec::with_capacity(total);
+    let mut offset = 0;
+    for (size, top) in sizes.iter().zip(tops) {
+        let range = offset..offset + size;
+        let decoded = decode_second(&SecondMoments { top_exponent: top, codes: codes[range.clone()].to_vec() });
+        first_moments.extend(decode_first(&first[range], &decoded, base.bound));
+        second.extend(decoded);
+        offset += size;
+    }
+    Ok((weights_from_drift(&drift, base.weights), first_moments, second))
 }
 
 #[cfg(test)]
@@ -309,6 +443,69 @@ mod tests {
             "the live state is flushed too, so training continues from it"
         );
         assert_eq!(data.weights[9], weights[9], "normal values are untouched");
+    }
+
+    #[test]
+    fn a_compact_checkpoint_is_the_live_state_and_refuses_what_no_trail_writes() {
+        use crate::model::Preset;
+        let mut model = Gpt::new(&Preset::Nano.config(), 1, tch::Device::Cpu).unwrap();
+        let start = model.flat_weights();
+        let mut optimizer = AdamW::new(crate::optim::AdamWConfig::with_schedule(1e-3, 0, 10), model.parameters());
+        // Some drift and some moments, as after a few steps.
+        let drifted: Vec<f32> = start.iter().enumerate().map(|(i, w)| w + 1e-3 * ((i % 7) as f32 - 3.0)).collect();
+        model.set_flat_weights(&drifted);
+        for (i, (m, v)) in optimizer.first_moments.iter().zip(&optimizer.second_moments).enumerate() {
+            let _ = v.shallow_clone().fill_(1e-6 * (i + 1) as f64);
+            let _ = m.shallow_clone().fill_(2e-4 * if i % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        optimizer.step = 17;
+        let base = CompactBase::new(&start, 0.9, 0.95).unwrap();
+        let bytes = capture_compact(&mut model, &mut optimizer, base);
+        let n = model.parameters().len();
+        let header = to_bytes(&model, &optimizer).len() - 12 * start.len();
+        assert_eq!(bytes.len(), header + n + 4 * start.len(), "4 bytes a parameter and one a tensor");
+        let data = CheckpointData::parse_compact(&bytes, base).unwrap();
+        assert_eq!(data.step, 17);
+        assert_eq!(data.weights, model.flat_weights(), "the live weights are the recorded ones");
+        assert_eq!(data.first_moments, flatten(optimizer.first_moments.iter()));
+        assert_eq!(data.second_moments, flatten(optimizer.second_moments.iter()));
+        assert!(data.weights.iter().zip(&drifted).all(|(a, b)| (a - b).abs() <= 1e-5), "bf16 drift");
+        // Read as a full checkpoint, or against another model's base: refused.
+        assert!(CheckpointData::parse(&bytes).is_err());
+        assert!(CheckpointData::parse_compact(&bytes, CompactBase { weights: &start[1..], bound: base.bound }).is_err());
+        assert!(CheckpointData::parse_compact(&to_bytes(&model, &optimizer), base).is_err(), "a full one");
+        for cut in [0, 20, bytes.len() - 1] {
+            assert!(CheckpointData::parse_compact(&bytes[..cut], base).is_err());
+        }
+        assert!(CheckpointData::parse_compact(&[bytes.as_slice(), &[0]].concat(), base).is_err());
+        // What no trail writes: a reference exponent out of range, a drift that is not finite,
+        // a first-moment code of -128, a first moment beside a zero second moment.
+        let body = bytes.len() - 4 * start.len() - n;
+        let total = start.len();
+        let tamper = |at: usize, value: u8| {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            CheckpointData::parse_compact(&bad, base)
+        };
+        assert!(tamper(body, 0).is_err(), "reference exponent 0");
+        assert!(tamper(body, 254).is_err(), "reference exponent 254");
+        let mut nan_drift = bytes.clone();
+        nan_drift[body + n] = 0x80;
+        nan_drift[body + n + 1] = 0x7f;
+        assert!(CheckpointData::parse_compact(&nan_drift, base).is_err());
+        let first = body + n + 2 * total;
+        assert!(tamper(first, 0x80).is_err(), "first-moment code -128");
+        let second = first + total;
+        let mut orphan = bytes.clone();
+        orphan[second] = 0;
+        orphan[first] = 5;
+        assert!(CheckpointData::parse_compact(&orphan, base).is_err());
+        // A start state (no drift, zero moments) is compact too.
+        let mut fresh = AdamW::new(crate::optim::AdamWConfig::with_schedule(1e-3, 0, 10), model.parameters());
+        model.set_flat_weights(&start);
+        let zero = CheckpointData::parse_compact(&capture_compact(&mut model, &mut fresh, base), base).unwrap();
+        assert_eq!(zero.weights, start);
+        assert!(zero.first_moments.iter().chain(&zero.second_moments).all(|x| *x == 0.0));
     }
 
     #[test]

@@ -21,6 +21,20 @@
 
 /// Codes of the second moments above zero: 31 exponents × 8 mantissas.
 const EXPONENT_SPAN: i32 = 30;
+/// The largest reference exponent: code exponent 31 (a rounding carry) must stay finite.
+pub const MAX_TOP_EXPONENT: u8 = 253;
+/// The smallest reference exponent: code exponent 1 must be a normal number.
+pub const MIN_TOP_EXPONENT: u8 = EXPONENT_SPAN as u8 + 1;
+
+/// Zero for a subnormal (keeping the sign), the value otherwise: decoded states hold no
+/// subnormal, so no backend's denormal handling can make two replays differ.
+fn flush(value: f32) -> f32 {
+    if value.is_subnormal() {
+        0.0f32.copysign(value)
+    } else {
+        value
+    }
+}
 
 /// Rounds `value` to the nearest bf16 (ties to even), as an `f32`.
 pub fn round_bf16(value: f32) -> f32 {
@@ -50,7 +64,12 @@ pub struct SecondMoments {
 
 /// Encodes non-negative finite second moments.
 pub fn encode_second(values: &[f32]) -> SecondMoments {
-    let top = values.iter().map(|v| ((v.to_bits() >> 23) & 0xff) as i32).max().unwrap_or(0).max(EXPONENT_SPAN + 1);
+    let top = values
+        .iter()
+        .map(|v| ((v.to_bits() >> 23) & 0xff) as i32)
+        .max()
+        .unwrap_or(0)
+        .clamp(i32::from(MIN_TOP_EXPONENT), i32::from(MAX_TOP_EXPONENT));
     let floor = top - EXPONENT_SPAN; // the biased exponent of code exponent 0
     let codes = values
         .iter()
@@ -114,7 +133,7 @@ pub fn encode_first(values: &[f32], second: &[f32], bound: f32) -> Vec<i8> {
 
 /// Decodes first moments.
 pub fn decode_first(codes: &[i8], second: &[f32], bound: f32) -> Vec<f32> {
-    codes.iter().zip(second).map(|(q, v)| f32::from(*q) / 127.0 * bound * v.sqrt()).collect()
+    codes.iter().zip(second).map(|(q, v)| flush(f32::from(*q) / 127.0 * bound * v.sqrt())).collect()
 }
 
 /// The weights a compact checkpoint holds: `base + bf16(w − base)`, and the drift's bf16 bits.
@@ -124,14 +143,14 @@ pub fn round_weights(weights: &[f32], base: &[f32]) -> (Vec<f32>, Vec<u16>) {
         .zip(base)
         .map(|(w, b)| {
             let bits = bf16_bits(w - b);
-            (b + f32::from_bits(bits << 16), bits as u16)
+            (flush(b + f32::from_bits(bits << 16)), bits as u16)
         })
         .unzip()
 }
 
 /// Weights from a compact checkpoint's drift.
 pub fn weights_from_drift(drift: &[u16], base: &[f32]) -> Vec<f32> {
-    drift.iter().zip(base).map(|(d, b)| b + f32::from_bits(u32::from(*d) << 16)).collect()
+    drift.iter().zip(base).map(|(d, b)| flush(b + f32::from_bits(u32::from(*d) << 16))).collect()
 }
 
 /// The state a compact checkpoint holds, per tensor for the moments.

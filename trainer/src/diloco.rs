@@ -218,7 +218,17 @@ pub fn run_diloco(
                 worker,
                 checkpoint_interval: config.checkpoint_interval,
                 trail_dir: trail_dir.as_deref(),
-                compact_base: config.compact.then_some(&global[..]),
+                compact_base: if config.compact {
+                    Some(crate::checkpoint::CompactBase::new(&global, config.adamw.beta1, config.adamw.beta2).ok_or(
+                        WorkerError::BadSegments {
+                            steps: config.inner_steps,
+                            interval: config.checkpoint_interval,
+                            reason: "compact checkpoints need beta1² < beta2",
+                        },
+                    )?)
+                } else {
+                    None
+                },
             };
             let outcome = inner.train_steps(&mut model, optimizer, config.inner_steps, |step, loss| {
                 progress(Progress::Step { round, worker, step, loss })

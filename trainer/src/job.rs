@@ -72,8 +72,20 @@ pub fn start_state(spec: &JobSpec, round: u32, global: &[f32], device: Device) -
 /// checkpoint records it: subnormal values flushed to zero). Anyone holding θ_r builds it, so the
 /// checkers of a trail's first segment never download it.
 pub fn start_checkpoint(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Vec<u8>, StartError> {
-    let (model, optimizer) = start_state(spec, round, global, Device::Cpu)?;
-    Ok(checkpoint::capture(&model, &optimizer))
+    let (mut model, mut optimizer) = start_state(spec, round, global, Device::Cpu)?;
+    Ok(match compact_base(spec, global) {
+        Some(base) => checkpoint::capture_compact(&mut model, &mut optimizer, base),
+        None => checkpoint::capture(&model, &optimizer),
+    })
+}
+
+/// What the job's compact checkpoints are read against — the round's start weights θ_r and the
+/// moment bound of its betas — or `None` for a job with full checkpoints (or betas without a
+/// bound, which the chain refuses for compact jobs).
+pub fn compact_base<'a>(spec: &JobSpec, global: &'a [f32]) -> Option<checkpoint::CompactBase<'a>> {
+    (spec.verification.checkpoint_state == trellis_proto::CheckpointState::Compact)
+        .then(|| checkpoint::CompactBase::new(global, f64::from(spec.diloco.beta1), f64::from(spec.diloco.beta2)))
+        .flatten()
 }
 
 /// The hash of [`start_checkpoint`].
@@ -116,6 +128,7 @@ mod tests {
                 checkpoint_interval: 5,
                 segments_per_miner: 1,
                 mode: VerificationMode::Exact,
+                checkpoint_state: Default::default(),
             },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1),

@@ -91,9 +91,9 @@ pub struct InnerLoop<'a> {
     pub checkpoint_interval: u64,
     /// Where to write checkpoint files; `None` hashes them without writing.
     pub trail_dir: Option<&'a Path>,
-    /// Round the live state to a compact checkpoint's at every checkpoint ([`crate::compact`]),
-    /// with the round's start weights as the drift's base.
-    pub compact_base: Option<&'a [f32]>,
+    /// Take compact checkpoints ([`checkpoint::capture_compact`]) against this base (the round's
+    /// start weights and the job's moment bound) instead of full ones.
+    pub compact_base: Option<checkpoint::CompactBase<'a>>,
 }
 
 impl InnerLoop<'_> {
@@ -101,7 +101,8 @@ impl InnerLoop<'_> {
     /// the start, at every multiple of the interval (counted from the start) and at the end.
     /// Every checkpoint first flushes subnormal values of the state to zero
     /// ([`checkpoint::capture`]) — and with `compact_base` rounds it to a compact checkpoint's
-    /// ([`round_to_compact`]) — so the state training continues from is the one recorded.
+    /// ([`checkpoint::capture_compact`]) — so the state training continues from is the one
+    /// recorded.
     /// `on_step(step, loss)` is called after every step (for progress bars).
     pub fn train_steps(
         &self,
@@ -183,10 +184,10 @@ impl InnerLoop<'_> {
         spent: &mut Duration,
     ) -> Result<TrailEntry, WorkerError> {
         let began = Instant::now();
-        if let Some(base) = self.compact_base {
-            round_to_compact(model, optimizer, base);
-        }
-        let bytes = checkpoint::capture(model, optimizer);
+        let bytes = match self.compact_base {
+            Some(base) => checkpoint::capture_compact(model, optimizer, base),
+            None => checkpoint::capture(model, optimizer),
+        };
         let hash = checkpoint_hash(&bytes);
         if let Some(dir) = self.trail_dir {
             let path = checkpoint_path(dir, optimizer.step);
@@ -195,19 +196,6 @@ impl InnerLoop<'_> {
         *spent += began.elapsed();
         Ok(TrailEntry { step: optimizer.step, hash })
     }
-}
-
-/// Rounds the live weights and moments to what a compact checkpoint holds.
-pub fn round_to_compact(model: &mut Gpt, optimizer: &mut AdamW, base: &[f32]) {
-    let bound = crate::compact::moment_ratio_bound(optimizer.config.beta1, optimizer.config.beta2).unwrap_or(f32::MAX);
-    let sizes: Vec<usize> = model.parameters().iter().map(|p| p.tensor.numel()).collect();
-    let mut weights = model.flat_weights();
-    let mut first = crate::model::flatten(optimizer.first_moments.iter());
-    let mut second = crate::model::flatten(optimizer.second_moments.iter());
-    crate::compact::round_state(&mut weights, &mut first, &mut second, base, &sizes, bound);
-    model.set_flat_weights(&weights);
-    crate::model::unflatten_into(optimizer.first_moments.iter_mut(), &first);
-    crate::model::unflatten_into(optimizer.second_moments.iter_mut(), &second);
 }
 
 /// One AdamW step on `rows × time` token rows; returns the loss, or an error if it is not finite.
@@ -235,7 +223,18 @@ pub fn train_step(
 
 /// Restores `model` and `optimizer` from a checkpoint file, checking its hash first.
 pub fn resume_from(path: &Path, expected: &Hash, model: &mut Gpt, optimizer: &mut AdamW) -> Result<(), WorkerError> {
-    let (data, actual) = CheckpointData::read(path)?;
+    resume_from_with(path, expected, model, optimizer, None)
+}
+
+/// [`resume_from`] a full checkpoint, or a compact one read against `base`.
+pub fn resume_from_with(
+    path: &Path,
+    expected: &Hash,
+    model: &mut Gpt,
+    optimizer: &mut AdamW,
+    base: Option<checkpoint::CompactBase<'_>>,
+) -> Result<(), WorkerError> {
+    let (data, actual) = CheckpointData::read_with(path, base)?;
     if &actual != expected {
         return Err(CheckpointError::HashMismatch { path: path.to_path_buf(), expected: *expected, actual }.into());
     }

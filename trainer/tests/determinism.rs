@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use tch::Device;
+use trellis_trainer::checkpoint::{CheckpointData, CompactBase};
 use trellis_trainer::data::{repository_text, BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
-use trellis_trainer::worker::{checkpoint_path, resume_from, InnerLoop, Trail};
+use trellis_trainer::worker::{checkpoint_path, resume_from, resume_from_with, InnerLoop, Trail};
 
 /// The repository's own docs and sources: real text that every clone holds.
 fn corpus() -> Dataset {
@@ -95,16 +96,18 @@ fn loss_falls_on_real_text_within_a_few_dozen_steps() {
     assert!(tail < head - 1.0, "loss went from {head} to {tail}");
 }
 
-/// A trail that rounds its state to compact checkpoints' at every checkpoint
-/// (`trellis train --compact-checkpoints`) is as reproducible as any: reruns and a resume from a
-/// mid-trail checkpoint give the same hashes, and the rounding changes the trail.
+/// A trail of compact checkpoints is as reproducible as any: reruns and a resume from a
+/// mid-trail compact checkpoint (read against the round's start weights) give the same hashes;
+/// the checkpoints are 4 bytes a parameter; a compact checkpoint is not read as a full one.
 #[test]
-fn compact_rounding_reruns_and_resumes_bit_for_bit() {
+fn compact_checkpoints_rerun_and_resume_bit_for_bit() {
     let dataset = corpus();
     let dir = std::env::temp_dir().join(format!("trellis-compact-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     tch::set_num_threads(1);
-    let base = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap().flat_weights();
+    let start = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap().flat_weights();
+    let config = adamw(20);
+    let base = CompactBase::new(&start, config.beta1, config.beta2).unwrap();
     let schedule = schedule();
     let run_compact = |dir: Option<&std::path::Path>| {
         let mut model = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap();
@@ -116,17 +119,21 @@ fn compact_rounding_reruns_and_resumes_bit_for_bit() {
             worker: 1,
             checkpoint_interval: 5,
             trail_dir: dir,
-            compact_base: Some(&base),
+            compact_base: Some(base),
         };
         inner.train_steps(&mut model, &mut optimizer, 20, |_, _| {}).unwrap().trail
     };
     let trail = run_compact(Some(&dir));
     assert_eq!(run_compact(None), trail, "a rerun differs");
     assert_ne!(trail.hashes()[1..], run(&dataset, 20, None).hashes()[1..], "the rounding changes the trail");
+    let path = checkpoint_path(&dir, 10);
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    assert!(size < 4 * start.len() + 4096, "{size} bytes for {} parameters", start.len());
+    assert!(CheckpointData::parse(&std::fs::read(&path).unwrap()).is_err(), "not a full checkpoint");
 
     let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
     let mut optimizer = AdamW::new(adamw(20), model.parameters());
-    resume_from(&checkpoint_path(&dir, 10), &trail.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
+    resume_from_with(&path, &trail.checkpoints[2].hash, &mut model, &mut optimizer, Some(base)).unwrap();
     let inner = InnerLoop {
         dataset: &dataset,
         schedule: &schedule,
@@ -134,7 +141,7 @@ fn compact_rounding_reruns_and_resumes_bit_for_bit() {
         worker: 1,
         checkpoint_interval: 5,
         trail_dir: None,
-        compact_base: Some(&base),
+        compact_base: Some(base),
     };
     let resumed = inner.replay_steps(&mut model, &mut optimizer, 10).unwrap().trail;
     assert_eq!(resumed.hashes(), trail.hashes()[3..].to_vec(), "the resumed trail differs");

@@ -395,6 +395,7 @@ mod tests {
                     proving_key: Hash([1; 32]),
                     verifying_key: Hash([2; 32]),
                 },
+                checkpoint_state: Default::default(),
             },
             reward_per_round: Amount(1),
             min_miner_stake: Amount(1),

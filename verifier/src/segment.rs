@@ -12,7 +12,7 @@ use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, ModelCon
 use trellis_protocol::judge::{check_state, judge_replay, loss_disagreement, Replayed};
 use trellis_protocol::trail::{checkpoint_count, checkpoint_offset, segment_count};
 use trellis_protocol::{Blame, Comparison, SegmentClaim};
-use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData};
+use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData, CompactBase};
 use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::encoding;
 use trellis_trainer::model::Gpt;
@@ -71,6 +71,9 @@ pub struct Replay<'a> {
     pub round: u64,
     pub worker: usize,
     pub device: Device,
+    /// The job's checkpoints are compact, read against this base (θ_r and the moment bound); a
+    /// checkpoint in the other format is malformed.
+    pub compact_base: Option<CompactBase<'a>>,
 }
 
 /// A checker's finding on one segment, with evidence a third party can re-check.
@@ -147,7 +150,8 @@ fn replay_claim(
     if actual != start.hash {
         return (report(invalid(InvalidReason::StartMismatch, start.hash, actual), 0.0, false), None);
     }
-    let Ok(data) = CheckpointData::parse(&bytes) else {
+    // A full checkpoint in a compact job (or the reverse) does not parse: not the job's.
+    let Ok(data) = CheckpointData::parse_with(&bytes, replay.compact_base) else {
         return (report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false), None);
     };
     if data.step != start.step {
@@ -170,7 +174,7 @@ fn replay_claim(
         worker: replay.worker,
         checkpoint_interval: claim.steps,
         trail_dir: None,
-        compact_base: None,
+        compact_base: replay.compact_base,
     };
     let outcome = match inner.replay_steps(&mut model, &mut optimizer, claim.steps) {
         Ok(outcome) => outcome,
@@ -200,7 +204,7 @@ fn replay_claim(
                 }
                 Err(_) => return (report(Blame::Withheld.outcome(), 0.0, losses_match), None),
             };
-            let Ok(claimed) = CheckpointData::parse(&claimed) else {
+            let Ok(claimed) = CheckpointData::parse_with(&claimed, replay.compact_base) else {
                 return (report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO), 0.0, losses_match), None);
             };
             relative_distance(&model.flat_weights(), &claimed.weights)

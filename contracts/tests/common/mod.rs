@@ -155,6 +155,7 @@ impl World {
                 checkpoint_interval: 5,
                 segments_per_miner: 2,
                 mode: VerificationMode::Exact,
+                checkpoint_state: Default::default(),
             },
             reward_per_round: Amount(9_000),
             min_miner_stake: Amount(1_000),

@@ -125,6 +125,7 @@ fn trail_passes(
         round,
         worker: output.worker,
         device,
+        compact_base: None,
     };
     let source = TrailDirSource::new(dir, &output.trail);
     let count = output.trail.checkpoints.len().saturating_sub(1) as u64;

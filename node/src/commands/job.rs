@@ -14,8 +14,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use trellis_proto::{
-    AggregationRule, Amount, DeltaEncoding, DilocoParams, Hash, JobSpec, OuterOptimizer, TxKind, VerificationMode,
-    VerificationParams,
+    AggregationRule, Amount, CheckpointState, DeltaEncoding, DilocoParams, Hash, JobSpec, OuterOptimizer, TxKind,
+    VerificationMode, VerificationParams,
 };
 use trellis_trainer::model::Preset;
 
@@ -95,11 +95,23 @@ pub struct VerificationFile {
     /// groth16: the directory `trellis zk setup --model MODEL --steps CHECKPOINT_INTERVAL` wrote.
     #[serde(default)]
     pub zk_keys: Option<PathBuf>,
+    /// What a checkpoint holds: "compact" (the default: weights as a bf16 drift from the round's
+    /// start and 8-bit moments, 4 bytes a parameter, what a checker downloads per segment) or
+    /// "full" (f32 weights and moments, 12). Groth16 jobs have checkpoints of their own.
+    #[serde(default)]
+    pub checkpoint_state: Option<String>,
 }
 
 impl Default for VerificationFile {
     fn default() -> Self {
-        Self { checkpoint_interval: 5, segments_per_miner: 1, mode: "exact".into(), max_distance: 0.0, zk_keys: None }
+        Self {
+            checkpoint_interval: 5,
+            segments_per_miner: 1,
+            mode: "exact".into(),
+            max_distance: 0.0,
+            zk_keys: None,
+            checkpoint_state: None,
+        }
     }
 }
 
@@ -207,6 +219,15 @@ impl JobFile {
             }
             other => bail!("verification.mode '{other}': use exact, tolerance or groth16"),
         };
+        let checkpoint_state = match (v.checkpoint_state.as_deref(), &mode) {
+            (None | Some("full"), VerificationMode::Groth16 { .. }) => CheckpointState::Full,
+            (Some(_), VerificationMode::Groth16 { .. }) => {
+                bail!("verification.checkpoint_state: a groth16 job's checkpoints are its own (leave it out)")
+            }
+            (None | Some("compact"), _) => CheckpointState::Compact,
+            (Some("full"), _) => CheckpointState::Full,
+            (Some(other), _) => bail!("verification.checkpoint_state '{other}': use compact or full"),
+        };
         let aggregation = match self.aggregation.as_str() {
             "mean" => AggregationRule::Mean,
             "trimmed-mean" => AggregationRule::TrimmedMean { trim: 1 },
@@ -241,6 +262,7 @@ impl JobFile {
                 checkpoint_interval: v.checkpoint_interval,
                 segments_per_miner: v.segments_per_miner,
                 mode,
+                checkpoint_state,
             },
             reward_per_round: Amount(self.reward_per_round),
             min_miner_stake: Amount(self.min_miner_stake),

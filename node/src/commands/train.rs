@@ -143,8 +143,9 @@ pub struct TrainArgs {
     /// Checkpoint interval c, in inner steps.
     #[arg(long, default_value_t = 10)]
     pub checkpoint_interval: u64,
-    /// Round each worker's weights (to a bf16 drift from the round's start) and AdamW moments
-    /// (to 8 bits) at every checkpoint, as compact checkpoints do: measures what that costs.
+    /// Take compact checkpoints, as jobs with `checkpoint_state = "compact"` do: each worker's
+    /// weights rounded to a bf16 drift from the round's start and its AdamW moments to 8 bits
+    /// at every checkpoint. Measures what that costs in loss.
     #[arg(long)]
     pub compact_checkpoints: bool,
     /// Where to save the final model (safetensors).
@@ -214,6 +215,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     if args.checkpoint_interval == 0 {
         bail!("--checkpoint-interval must be at least 1");
+    }
+    if args.compact_checkpoints && args.trail_dir.is_some() {
+        bail!(
+            "--compact-checkpoints with --trail-dir: compact checkpoints are read against each round's start \
+             weights, which a trail directory does not keep; `trellis verify trail` checks full ones"
+        );
     }
     if args.attack.is_some() && (args.attackers == 0 || args.attackers >= args.workers) {
         bail!("--attackers must be between 1 and --workers − 1 (some workers must be honest)");

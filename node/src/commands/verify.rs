@@ -140,6 +140,7 @@ pub fn verify_trail(args: VerifyTrailArgs) -> anyhow::Result<bool> {
             round: trail.round,
             worker: trail.worker,
             device,
+            compact_base: None,
         };
         let source = TrailDirSource::new(&dir, &trail);
         let segments = trail.checkpoints.len().saturating_sub(1);

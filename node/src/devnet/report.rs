@@ -286,16 +286,16 @@ pub fn report(
         let per_checker_segments =
             (2 * u64::from(spec.verification.segments_per_miner) * u64::from(d.workers_per_round)) as f64
                 / validators as f64;
-        // Weights and both AdamW moments.
-        let checkpoint_bytes = parameters * 12;
+        let checkpoint_bytes = parameters * spec.verification.checkpoint_state.bytes_per_parameter();
         println!(
-            "per validator per round: {:.1} segment(s), {:.1} steps = {:.1}% of a miner's {} steps; at most {:.1} start checkpoint(s) of {} bytes ({:.1}× an f32 Δ) downloaded to check them, beside the Δs every validator fetches to recompute the aggregate",
+            "per validator per round: {:.1} segment(s), {:.1} steps = {:.1}% of a miner's {} steps; at most {:.1} start checkpoint(s) of {} bytes ({:?}: {:.1}× an f32 Δ) downloaded to check them, beside the Δs every validator fetches to recompute the aggregate",
             per_checker_segments,
             per_checker_segments * f64::from(spec.verification.checkpoint_interval),
             100.0 * per_checker_segments * f64::from(spec.verification.checkpoint_interval) / f64::from(d.inner_steps),
             d.inner_steps,
             per_checker_segments,
             checkpoint_bytes,
+            spec.verification.checkpoint_state,
             per_checker_segments * checkpoint_bytes as f64 / (4 * parameters) as f64,
         );
     }

@@ -110,7 +110,10 @@ fn fake_trail(inputs: &RoundInputs<'_>) -> anyhow::Result<(Trail, Vec<f32>)> {
                 spec.diloco.inner_steps,
                 spec.verification.checkpoint_interval,
             );
-        let bytes = checkpoint::capture(&model, &optimizer);
+        let bytes = match trellis_trainer::job::compact_base(spec, inputs.global) {
+            Some(base) => checkpoint::capture_compact(&mut model, &mut optimizer, base),
+            None => checkpoint::capture(&model, &optimizer),
+        };
         let entry = TrailEntry { step: optimizer.step, hash: checkpoint::checkpoint_hash(&bytes) };
         inputs.stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), &bytes)?;
         entries.push(entry);

@@ -420,6 +420,7 @@ async fn judge(
                     round: u64::from(round_number),
                     worker,
                     device: context.device,
+                    compact_base: trellis_trainer::job::compact_base(spec, &global),
                 };
                 // Only the last segment's replay ends at θ_final: only it keeps what it reached.
                 let source = StoreSource(store);
@@ -444,9 +445,12 @@ async fn judge(
                     .ok()
                     .map(|w| trellis_zk::job::from_fixed(&w.flatten()))
             }
-            (None, None) => {
-                CheckpointData::parse(&checkpoint(reveal.final_checkpoint)?).ok().map(|state| state.weights)
-            }
+            (None, None) => CheckpointData::parse_with(
+                &checkpoint(reveal.final_checkpoint)?,
+                trellis_trainer::job::compact_base(spec, &global),
+            )
+            .ok()
+            .map(|state| state.weights),
         };
         let Some(final_weights) = final_weights else {
             return Ok(Blame::miner(InvalidReason::MalformedBlob, reveal.final_checkpoint, Hash::ZERO).outcome());

@@ -40,7 +40,8 @@ const HEADER_ROOM: u64 = 1024 * 1024;
 pub struct BlobLimits {
     /// Flat f32 weights: the global model θ_r and the outer momentum (4 bytes a parameter).
     pub weights: u64,
-    /// A trail checkpoint: weights and both AdamW moments (12 bytes a parameter), a header.
+    /// A trail checkpoint: weights and both AdamW moments (12 bytes a parameter, 4 compact; a
+    /// groth16 checkpoint is smaller), a header.
     pub checkpoint: u64,
     /// An encoded Δ (f32 at most, 4 bytes a parameter) or an int8 residual (f32), a header.
     pub delta: u64,
@@ -54,7 +55,12 @@ impl BlobLimits {
         };
         Ok(Self {
             weights: parameters.saturating_mul(4),
-            checkpoint: parameters.saturating_mul(12).saturating_add(HEADER_ROOM),
+            checkpoint: parameters
+                .saturating_mul(match trellis_verifier::groth16::ZkJob::of(spec)? {
+                    Some(_) => 12,
+                    None => spec.verification.checkpoint_state.bytes_per_parameter(),
+                })
+                .saturating_add(HEADER_ROOM),
             delta: parameters.saturating_mul(4).saturating_add(HEADER_ROOM),
         })
     }

@@ -140,7 +140,7 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
         }
         None => {
             let model = Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu).context("the job's model")?;
-            let checkpoint_bytes = 12 * model.numel() as u64;
+            let checkpoint_bytes = spec.verification.checkpoint_state.bytes_per_parameter() * model.numel() as u64;
             if checkpoint_bytes > MAX_BLOB_BYTES {
                 bail!("a checkpoint of this model takes {checkpoint_bytes} bytes, over the blob limit of {MAX_BLOB_BYTES}");
             }
@@ -583,7 +583,7 @@ pub(super) fn train_trail(
         worker: inputs.worker,
         checkpoint_interval: interval,
         trail_dir: Some(&dir),
-        compact_base: None,
+        compact_base: trellis_trainer::job::compact_base(spec, inputs.global),
     };
     let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
     for entry in &outcome.trail.checkpoints {

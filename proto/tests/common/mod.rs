@@ -47,6 +47,7 @@ pub fn job_spec() -> JobSpec {
             checkpoint_interval: 10,
             segments_per_miner: 2,
             mode: VerificationMode::Tolerance { max_distance: 1e-4 },
+            checkpoint_state: Default::default(),
         },
         reward_per_round: Amount(1_000),
         min_miner_stake: Amount(5_000),

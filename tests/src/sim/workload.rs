@@ -97,6 +97,7 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
             checkpoint_interval: 5,
             segments_per_miner: 2,
             mode: VerificationMode::Exact,
+            checkpoint_state: Default::default(),
         },
         reward_per_round: Amount(9_000),
         min_miner_stake: Amount(1_000),

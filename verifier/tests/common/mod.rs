@@ -48,6 +48,7 @@ pub fn replay(dataset: &Dataset) -> Replay<'_> {
         round: 0,
         worker: 1,
         device: Device::Cpu,
+        compact_base: None,
     }
 }
 
