@@ -14,7 +14,7 @@
 //!   port it announced and its authenticated peer id: a peer cannot make us dial a third party as
 //!   someone else (the dial's Noise handshake checks the id);
 //! - at most `max_peers` connections: discovery stops dialing there, and inbound connections over
-//!   twice that are closed;
+//!   twice that are closed; at most [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on;
 //! - everything this swarm sends and receives is counted under [`METRICS_PREFIX`].
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +49,10 @@ pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
 const INBOUND_QUEUE: usize = 256;
 /// Consensus addresses waiting to be handed to the consensus network.
 const CONSENSUS_QUEUE: usize = 256;
+/// Most consensus addresses ever handed on: the consensus network keeps each one connected (and
+/// exempts its IP from the per-IP limit) for good, so a peer minting identities must not grow
+/// that list without end.
+pub const MAX_CONSENSUS_PEERS: usize = 128;
 /// How often bans are applied and lifted, and discovery nudged.
 const TICK: Duration = Duration::from_secs(1);
 /// How often bootnodes are redialed while the node has fewer than half its peers.
@@ -488,7 +492,7 @@ impl Driver {
             penalize(&self.scores, peer, Offence::WrongChain);
             return;
         }
-        if hello.consensus_port == 0 || self.announced.contains(&peer) {
+        if hello.consensus_port == 0 || self.announced.contains(&peer) || self.announced.len() >= MAX_CONSENSUS_PEERS {
             return;
         }
         let Some(ip) = self.remote.get(&peer).and_then(ip_of) else { return };
