@@ -9,7 +9,7 @@
 //! - [`roles`]: miner and validator duties, and the job data they fetch;
 //! - [`devnet`]: the local devnet launcher and its demo job;
 //! - [`shared`] (the state services share), [`supervisor`] (watched tasks), [`home`] (a node's
-//!   home directory and configuration), [`metrics`].
+//!   home directory and configuration), [`metrics`], [`memory`] (freed memory handed back).
 //!
 //! Protocol rules live in the sans-IO crates (`contracts`, `protocol`, `mempool`) and in
 //! `trainer::job`/`zk::job`; the node moves bytes, keeps state and runs the trainer.
@@ -18,6 +18,7 @@ pub mod commands;
 pub mod devnet;
 pub mod engine;
 pub mod home;
+pub mod memory;
 pub mod metrics;
 pub mod p2p;
 pub mod roles;

@@ -6,7 +6,7 @@
 //!   `b ← μ·b + Δ̄`, `θ ← θ − η·(Δ̄ + μ·b)`;
 //! - Average (FedAvg): `θ ← θ − Δ̄`, the mean of the workers' models.
 
-use trellis_proto::{JobSpec, OuterOptimizer};
+use trellis_proto::{AggregationRule, JobSpec, OuterOptimizer};
 
 use crate::aggregate::{aggregate, AggregateError};
 
@@ -35,26 +35,41 @@ pub struct OuterUpdate {
 pub fn outer_update(
     spec: &JobSpec,
     global: &[f32],
-    momentum: Vec<f32>,
+    mut momentum: Vec<f32>,
     deltas: &[&[f32]],
 ) -> Result<OuterUpdate, OuterError> {
-    if momentum.len() != global.len() {
-        return Err(OuterError::MomentumSize { model: global.len(), momentum: momentum.len() });
+    let mut model = global.to_vec();
+    outer_update_in_place(spec, &mut model, &mut momentum, deltas)?;
+    Ok(OuterUpdate { model, momentum })
+}
+
+/// Whether the job's rule combines each coordinate on its own (mean, trimmed mean), so that the
+/// outer update of a block of coordinates needs only that block of every input: a validator then
+/// computes it a block at a time ([`outer_update_in_place`]) and gets the same bits. Centred
+/// clipping measures whole Δs and needs them whole.
+pub fn coordinatewise(rule: &AggregationRule) -> bool {
+    !matches!(rule, AggregationRule::CenteredClip { .. })
+}
+
+/// [`outer_update`] of the coordinates `model` (θ_r's, overwritten with θ_{r+1}'s), `momentum`
+/// (overwritten with the new momentum) and `deltas` hold: all of them, or any block of them when
+/// the rule is [`coordinatewise`].
+pub fn outer_update_in_place(
+    spec: &JobSpec,
+    model: &mut [f32],
+    momentum: &mut [f32],
+    deltas: &[&[f32]],
+) -> Result<(), OuterError> {
+    if momentum.len() != model.len() {
+        return Err(OuterError::MomentumSize { model: model.len(), momentum: momentum.len() });
     }
-    if let Some((index, delta)) = deltas.iter().enumerate().find(|(_, d)| d.len() != global.len()) {
-        return Err(OuterError::DeltaSize { index, model: global.len(), got: delta.len() });
+    if let Some((index, delta)) = deltas.iter().enumerate().find(|(_, d)| d.len() != model.len()) {
+        return Err(OuterError::DeltaSize { index, model: model.len(), got: delta.len() });
     }
     let combined = aggregate(&spec.aggregation, deltas)?;
     let d = &spec.diloco;
-    let mut step = OuterStep {
-        optimizer: d.outer_optimizer,
-        learning_rate: d.outer_learning_rate,
-        momentum: d.outer_momentum,
-        buffer: momentum,
-    };
-    let mut model = global.to_vec();
-    step.apply(&mut model, &combined);
-    Ok(OuterUpdate { model, momentum: step.buffer })
+    step_in_place(d.outer_optimizer, d.outer_learning_rate, d.outer_momentum, model, momentum, &combined);
+    Ok(())
 }
 
 /// The outer optimizer's configuration and its momentum buffer.
@@ -73,19 +88,31 @@ impl OuterStep {
 
     /// Applies the mean pseudo-gradient `delta` to `global` in place.
     pub fn apply(&mut self, global: &mut [f32], delta: &[f32]) {
-        assert_eq!(global.len(), delta.len(), "delta and model differ in size");
-        match self.optimizer {
-            OuterOptimizer::Average => {
-                for (theta, d) in global.iter_mut().zip(delta) {
-                    *theta -= d;
-                }
+        step_in_place(self.optimizer, self.learning_rate, self.momentum, global, &mut self.buffer, delta);
+    }
+}
+
+/// One outer step of `optimizer` on `global` and its momentum `buffer`, in place.
+fn step_in_place(
+    optimizer: OuterOptimizer,
+    learning_rate: f32,
+    momentum: f32,
+    global: &mut [f32],
+    buffer: &mut [f32],
+    delta: &[f32],
+) {
+    assert_eq!(global.len(), delta.len(), "delta and model differ in size");
+    match optimizer {
+        OuterOptimizer::Average => {
+            for (theta, d) in global.iter_mut().zip(delta) {
+                *theta -= d;
             }
-            OuterOptimizer::Nesterov => {
-                let (lr, mu) = (self.learning_rate, self.momentum);
-                for ((theta, d), b) in global.iter_mut().zip(delta).zip(self.buffer.iter_mut()) {
-                    *b = mu * *b + d;
-                    *theta -= lr * (d + mu * *b);
-                }
+        }
+        OuterOptimizer::Nesterov => {
+            let (lr, mu) = (learning_rate, momentum);
+            for ((theta, d), b) in global.iter_mut().zip(delta).zip(buffer.iter_mut()) {
+                *b = mu * *b + d;
+                *theta -= lr * (d + mu * *b);
             }
         }
     }
@@ -199,6 +226,36 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&update.model), bits(&model));
         assert_eq!(bits(&update.momentum), bits(&step.buffer));
+    }
+
+    #[test]
+    fn a_coordinatewise_rule_updates_block_by_block_to_the_same_bits() {
+        use trellis_proto::AggregationRule;
+        let n = 1000;
+        let wave = |phase: f32| (0..n).map(|i| (i as f32 * 0.013 + phase).sin() * 0.1).collect::<Vec<f32>>();
+        let global = wave(0.0);
+        let deltas: Vec<Vec<f32>> = (1..=5).map(|k| wave(k as f32)).collect();
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        let momentum = wave(9.0);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (rule, optimizer) in [
+            (AggregationRule::Mean, OuterOptimizer::Nesterov),
+            (AggregationRule::TrimmedMean { trim: 1 }, OuterOptimizer::Nesterov),
+            (AggregationRule::Mean, OuterOptimizer::Average),
+        ] {
+            assert!(coordinatewise(&rule));
+            let spec = spec(optimizer, rule.clone());
+            let whole = outer_update(&spec, &global, momentum.clone(), &refs).unwrap();
+            let (mut model, mut buffer) = (global.clone(), momentum.clone());
+            for block in (0..n).collect::<Vec<_>>().chunks(333) {
+                let range = block[0]..block[block.len() - 1] + 1;
+                let parts: Vec<&[f32]> = refs.iter().map(|d| &d[range.clone()]).collect();
+                outer_update_in_place(&spec, &mut model[range.clone()], &mut buffer[range.clone()], &parts).unwrap();
+            }
+            assert_eq!(bits(&model), bits(&whole.model), "{rule:?}");
+            assert_eq!(bits(&buffer), bits(&whole.momentum), "{rule:?}");
+        }
+        assert!(!coordinatewise(&AggregationRule::CenteredClip { tau: 1.0, iterations: 3 }));
     }
 
     #[test]

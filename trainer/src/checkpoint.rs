@@ -34,7 +34,7 @@ use std::path::Path;
 use thiserror::Error;
 use trellis_proto::{Hash, HashDomain};
 
-use crate::model::{flatten, unflatten_into, Gpt};
+use crate::model::{overwrite, tensor_values, Gpt};
 use crate::optim::AdamW;
 
 const MAGIC: &[u8; 8] = b"TRLSCKPT";
@@ -111,19 +111,33 @@ pub fn flush_subnormals(model: &Gpt, optimizer: &AdamW) {
     });
 }
 
-/// Serialises the model's weights and the optimizer's state canonically, as they are.
+/// Serialises the model's weights and the optimizer's state canonically, as they are: one tensor
+/// on the host at a time, written into its place in each section.
 pub fn to_bytes(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
     let parameters = model.parameters();
-    let mut out = Vec::with_capacity(32 + model.numel() * 12);
+    let total = model.numel();
+    let mut out = Vec::new();
     write_header(&mut out, VERSION, optimizer.step, parameters);
-    for section in [
-        flatten(parameters.iter().map(|p| &p.tensor)),
-        flatten(optimizer.first_moments.iter()),
-        flatten(optimizer.second_moments.iter()),
-    ] {
-        push_f32s(&mut out, &section);
+    let header = out.len();
+    out.resize(header + 12 * total, 0);
+    let (weights, moments) = out[header..].split_at_mut(4 * total);
+    let (first, second) = moments.split_at_mut(4 * total);
+    let mut at = 0;
+    let tensors = parameters.iter().map(|p| &p.tensor).zip(&optimizer.first_moments).zip(&optimizer.second_moments);
+    for ((weight, m), v) in tensors {
+        let span = at..at + 4 * weight.numel();
+        for (section, tensor) in [(&mut *weights, weight), (&mut *first, m), (&mut *second, v)] {
+            write_f32s(&mut section[span.clone()], &tensor_values(tensor));
+        }
+        at = span.end;
     }
     out
+}
+
+fn write_f32s(out: &mut [u8], values: &[f32]) {
+    for (slot, value) in out.chunks_exact_mut(4).zip(values) {
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
 }
 
 fn write_header(out: &mut Vec<u8>, version: u32, step: u64, parameters: &[crate::model::Parameter]) {
@@ -144,34 +158,49 @@ fn write_header(out: &mut Vec<u8>, version: u32, step: u64, parameters: &[crate:
 }
 
 /// Rounds the live weights and moments to what a compact checkpoint holds
-/// ([`crate::compact::round_state`]) and serialises them: a compact trail checkpoint.
+/// ([`crate::compact::round_state`]) and serialises them: a compact trail checkpoint. One tensor
+/// is on the host at a time (the rounding is per tensor), so capturing holds the checkpoint's
+/// bytes and one tensor's state beside the live model, not a copy of the whole state.
 pub fn capture_compact(model: &mut Gpt, optimizer: &mut AdamW, base: CompactBase<'_>) -> Vec<u8> {
-    let sizes: Vec<usize> = model.parameters().iter().map(|p| p.tensor.numel()).collect();
-    let mut weights = model.flat_weights();
-    let mut first = flatten(optimizer.first_moments.iter());
-    let mut second = flatten(optimizer.second_moments.iter());
-    let state = crate::compact::round_state(&mut weights, &mut first, &mut second, base.weights, &sizes, base.bound);
-    model.set_flat_weights(&weights);
-    unflatten_into(optimizer.first_moments.iter_mut(), &first);
-    unflatten_into(optimizer.second_moments.iter_mut(), &second);
-    let mut out = Vec::with_capacity(32 + weights.len() * 4 + sizes.len());
+    let total = model.numel();
+    assert_eq!(base.weights.len(), total, "the compact base does not match the model");
+    let mut out = Vec::new();
     write_header(&mut out, VERSION_COMPACT, optimizer.step, model.parameters());
-    out.extend(state.second.iter().map(|s| s.top_exponent));
-    for drift in &state.drift {
-        out.extend_from_slice(&drift.to_le_bytes());
-    }
-    out.extend(state.first.iter().map(|q| *q as u8));
-    for tensor in &state.second {
-        out.extend_from_slice(&tensor.codes);
+    let header = out.len();
+    let count = model.parameters().len();
+    out.resize(header + count + 4 * total, 0);
+    let (tops, rest) = out[header..].split_at_mut(count);
+    let (drift, moments) = rest.split_at_mut(2 * total);
+    let (first, second) = moments.split_at_mut(total);
+    let mut at = 0;
+    let tensors = model.parameters().iter().zip(&optimizer.first_moments).zip(&optimizer.second_moments);
+    for (index, ((parameter, m), v)) in tensors.enumerate() {
+        let size = parameter.tensor.numel();
+        let span = at..at + size;
+        let (mut weights, mut moment, mut square) =
+            (tensor_values(&parameter.tensor), tensor_values(m), tensor_values(v));
+        let state = crate::compact::round_state(
+            &mut weights,
+            &mut moment,
+            &mut square,
+            &base.weights[span.clone()],
+            &[size],
+            base.bound,
+        );
+        for (tensor, values) in [(&parameter.tensor, &weights), (m, &moment), (v, &square)] {
+            overwrite(tensor, values);
+        }
+        tops[index] = state.second[0].top_exponent;
+        for (slot, bits) in drift[2 * span.start..2 * span.end].chunks_exact_mut(2).zip(&state.drift) {
+            slot.copy_from_slice(&bits.to_le_bytes());
+        }
+        for (slot, code) in first[span.clone()].iter_mut().zip(&state.first) {
+            *slot = *code as u8;
+        }
+        second[span.clone()].copy_from_slice(&state.second[0].codes);
+        at = span.end;
     }
     out
-}
-
-fn push_f32s(out: &mut Vec<u8>, values: &[f32]) {
-    out.reserve(values.len() * 4);
-    for value in values {
-        out.extend_from_slice(&value.to_le_bytes());
-    }
 }
 
 /// A decoded checkpoint, held as flat vectors in canonical order.
@@ -209,10 +238,6 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self, what: &'static str) -> Result<u64, CheckpointError> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
     }
-    fn f32s(&mut self, n: usize, what: &'static str) -> Result<Vec<f32>, CheckpointError> {
-        let bytes = self.take(n.checked_mul(4).ok_or(CheckpointError::Malformed(what))?, what)?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
-    }
 }
 
 impl CheckpointData {
@@ -228,8 +253,112 @@ impl CheckpointData {
         Self::parse_with(bytes, Some(base))
     }
 
-    /// [`parse`](Self::parse) or [`parse_compact`](Self::parse_compact), as `base` says.
+    /// [`parse`](Self::parse) or [`parse_compact`](Self::parse_compact), as `base` says: every
+    /// tensor of a [`CheckpointView`] decoded.
     pub fn parse_with(bytes: &[u8], base: Option<CompactBase<'_>>) -> Result<Self, CheckpointError> {
+        let view = CheckpointView::parse(bytes, base)?;
+        let mut weights = Vec::with_capacity(view.total);
+        let mut first_moments = Vec::with_capacity(view.total);
+        let mut second_moments = Vec::with_capacity(view.total);
+        for index in 0..view.tensor_count() {
+            let tensor = view.tensor(index);
+            weights.extend(tensor.weights);
+            first_moments.extend(tensor.first_moments);
+            second_moments.extend(tensor.second_moments);
+        }
+        let CheckpointView { step, names, shapes, .. } = view;
+        Ok(Self { step, names, shapes, weights, first_moments, second_moments })
+    }
+
+    /// Reads and parses a full checkpoint file.
+    pub fn read(path: &Path) -> Result<(Self, Hash), CheckpointError> {
+        Self::read_with(path, None)
+    }
+
+    /// Reads and parses a checkpoint file, compact if `base` is given.
+    pub fn read_with(path: &Path, base: Option<CompactBase<'_>>) -> Result<(Self, Hash), CheckpointError> {
+        let bytes = read_file(path)?;
+        Ok((Self::parse_with(&bytes, base)?, checkpoint_hash(&bytes)))
+    }
+
+    /// Loads this checkpoint into `model` and `optimizer`, which must have the same tensors.
+    pub fn restore(&self, model: &mut Gpt, optimizer: &mut AdamW) -> Result<(), CheckpointError> {
+        check_fits(&self.names, &self.shapes, model)?;
+        let mut at = 0;
+        let tensors = model.parameters().iter().zip(&optimizer.first_moments).zip(&optimizer.second_moments);
+        for ((parameter, m), v) in tensors {
+            let span = at..at + parameter.tensor.numel();
+            overwrite(&parameter.tensor, &self.weights[span.clone()]);
+            overwrite(m, &self.first_moments[span.clone()]);
+            overwrite(v, &self.second_moments[span.clone()]);
+            at = span.end;
+        }
+        optimizer.step = self.step;
+        Ok(())
+    }
+}
+
+/// A checkpoint file's bytes, at most [`MAX_CHECKPOINT_BYTES`].
+pub fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_CHECKPOINT_BYTES {
+        return Err(CheckpointError::Malformed("checkpoint larger than the limit"));
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Whether a checkpoint's tensors are the model's, by name and shape, in order.
+fn check_fits(names: &[String], shapes: &[Vec<i64>], model: &Gpt) -> Result<(), CheckpointError> {
+    let parameters = model.parameters();
+    if parameters.len() != names.len() {
+        return Err(CheckpointError::Mismatch(format!(
+            "{} tensors in the checkpoint, {} in the model",
+            names.len(),
+            parameters.len()
+        )));
+    }
+    for ((parameter, name), shape) in parameters.iter().zip(names).zip(shapes) {
+        if &parameter.name != name || &parameter.tensor.size() != shape {
+            return Err(CheckpointError::Mismatch(format!(
+                "tensor {name} {shape:?} where the model has {} {:?}",
+                parameter.name,
+                parameter.tensor.size()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One tensor's state, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorState {
+    pub weights: Vec<f32>,
+    pub first_moments: Vec<f32>,
+    pub second_moments: Vec<f32>,
+}
+
+/// A checkpoint's bytes with the header parsed and the body checked (sizes, and for a compact
+/// one every code), its tensors decoded one at a time when asked: restoring a model or reading
+/// the weights holds one tensor's decoded state beside the bytes, not three decoded sections.
+/// Whatever parses decodes without error, to exactly what [`CheckpointData::parse_with`] gives.
+pub struct CheckpointView<'a> {
+    pub step: u64,
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<i64>>,
+    /// Where each tensor starts, in values, within a section; one more entry: the total.
+    starts: Vec<usize>,
+    total: usize,
+    /// The bytes after the header.
+    body: &'a [u8],
+    base: Option<CompactBase<'a>>,
+}
+
+impl<'a> CheckpointView<'a> {
+    /// Parses the header and checks the body; a full checkpoint with `base` (or a compact one
+    /// without) is refused, as is anything whose sizes do not add up or whose codes a compact
+    /// checkpoint never holds.
+    pub fn parse(bytes: &'a [u8], base: Option<CompactBase<'a>>) -> Result<Self, CheckpointError> {
         let mut c = Cursor { bytes, at: 0 };
         if c.take(8, "magic")? != MAGIC {
             return Err(CheckpointError::Malformed("not a Trellis checkpoint (bad magic)"));
@@ -252,7 +381,7 @@ impl CheckpointData {
         }
         let mut names = Vec::with_capacity(count);
         let mut shapes = Vec::with_capacity(count);
-        let mut sizes = Vec::with_capacity(count);
+        let mut starts = Vec::with_capacity(count + 1);
         let mut total: usize = 0;
         for _ in 0..count {
             let len = c.u16("name length")? as usize;
@@ -271,118 +400,140 @@ impl CheckpointData {
                 numel = numel.checked_mul(dim).ok_or(CheckpointError::Malformed("tensor too large"))?;
                 shape.push(dim as i64);
             }
+            starts.push(total);
             total = total.checked_add(numel).ok_or(CheckpointError::Malformed("tensors too large"))?;
             shapes.push(shape);
-            sizes.push(numel);
         }
-        if let Some(base) = base {
-            let (weights, first_moments, second_moments) = parse_compact_state(&mut c, &sizes, total, base)?;
-            return Ok(Self { step, names, shapes, weights, first_moments, second_moments });
+        starts.push(total);
+        let body = &bytes[c.at..];
+        let view = Self { step, names, shapes, starts, total, body, base };
+        match base {
+            None if total.checked_mul(12) != Some(body.len()) => {
+                Err(CheckpointError::Malformed("data length does not match the tensor shapes"))
+            }
+            None => Ok(view),
+            Some(base) => view.check_compact(base).map(|()| view),
         }
-        if total.checked_mul(12) != Some(bytes.len() - c.at) {
+    }
+
+    /// The body of a compact checkpoint holds only codes that decode to finite, normal (or
+    /// zero) values with non-negative second moments.
+    fn check_compact(&self, base: CompactBase<'_>) -> Result<(), CheckpointError> {
+        let (total, count) = (self.total, self.tensor_count());
+        if total.checked_mul(4).and_then(|b| b.checked_add(count)) != Some(self.body.len()) {
             return Err(CheckpointError::Malformed("data length does not match the tensor shapes"));
         }
-        let weights = c.f32s(total, "weights")?;
-        let first_moments = c.f32s(total, "first moments")?;
-        let second_moments = c.f32s(total, "second moments")?;
-        Ok(Self { step, names, shapes, weights, first_moments, second_moments })
-    }
-
-    /// Reads and parses a full checkpoint file.
-    pub fn read(path: &Path) -> Result<(Self, Hash), CheckpointError> {
-        Self::read_with(path, None)
-    }
-
-    /// Reads and parses a checkpoint file, compact if `base` is given.
-    pub fn read_with(path: &Path, base: Option<CompactBase<'_>>) -> Result<(Self, Hash), CheckpointError> {
-        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_CHECKPOINT_BYTES {
-            return Err(CheckpointError::Malformed("checkpoint larger than the limit"));
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        Ok((Self::parse_with(&bytes, base)?, checkpoint_hash(&bytes)))
-    }
-
-    /// Loads this checkpoint into `model` and `optimizer`, which must have the same tensors.
-    pub fn restore(&self, model: &mut Gpt, optimizer: &mut AdamW) -> Result<(), CheckpointError> {
-        let parameters = model.parameters();
-        if parameters.len() != self.names.len() {
+        if base.weights.len() != total {
             return Err(CheckpointError::Mismatch(format!(
-                "{} tensors in the checkpoint, {} in the model",
-                self.names.len(),
-                parameters.len()
+                "{total} parameters in the checkpoint, {} in the round's start weights",
+                base.weights.len()
             )));
         }
-        for ((parameter, name), shape) in parameters.iter().zip(&self.names).zip(&self.shapes) {
-            if &parameter.name != name || &parameter.tensor.size() != shape {
-                return Err(CheckpointError::Mismatch(format!(
-                    "tensor {name} {shape:?} where the model has {} {:?}",
-                    parameter.name,
-                    parameter.tensor.size()
-                )));
+        let (tops, drift, first, codes) = self.compact_sections();
+        if tops.iter().any(|t| !(crate::compact::MIN_TOP_EXPONENT..=crate::compact::MAX_TOP_EXPONENT).contains(t)) {
+            return Err(CheckpointError::Malformed("a second-moment reference exponent out of range"));
+        }
+        if drift.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80) {
+            return Err(CheckpointError::Malformed("a drift that is not finite"));
+        }
+        if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&(i8::MIN as u8)) {
+            return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
+        }
+        Ok(())
+    }
+
+    /// A compact body's sections: reference exponents, drift, first-moment and second-moment codes.
+    fn compact_sections(&self) -> (&'a [u8], &'a [u8], &'a [u8], &'a [u8]) {
+        let (tops, rest) = self.body.split_at(self.tensor_count());
+        let (drift, rest) = rest.split_at(2 * self.total);
+        let (first, codes) = rest.split_at(self.total);
+        (tops, drift, first, codes)
+    }
+
+    pub fn tensor_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Tensor `index`'s weights and moments, decoded.
+    pub fn tensor(&self, index: usize) -> TensorState {
+        let span = self.starts[index]..self.starts[index + 1];
+        let Some(base) = self.base else {
+            let section =
+                |s: usize| f32s(&self.body[4 * (s * self.total + span.start)..4 * (s * self.total + span.end)]);
+            return TensorState { weights: section(0), first_moments: section(1), second_moments: section(2) };
+        };
+        use crate::compact::{decode_first, decode_second, SecondMoments};
+        let (tops, _, first, codes) = self.compact_sections();
+        let second = decode_second(&SecondMoments { top_exponent: tops[index], codes: codes[span.clone()].to_vec() });
+        let first: Vec<i8> = first[span.clone()].iter().map(|b| *b as i8).collect();
+        TensorState {
+            weights: self.weights_of(span),
+            first_moments: decode_first(&first, &second, base.bound),
+            second_moments: second,
+        }
+    }
+
+    /// Every weight, in canonical order (without decoding a moment).
+    pub fn weights(&self) -> Vec<f32> {
+        self.weights_of(0..self.total)
+    }
+
+    fn weights_of(&self, span: std::ops::Range<usize>) -> Vec<f32> {
+        match self.base {
+            None => f32s(&self.body[4 * span.start..4 * span.end]),
+            Some(base) => {
+                let (_, drift, _, _) = self.compact_sections();
+                let drift: Vec<u16> = drift[2 * span.start..2 * span.end]
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                crate::compact::weights_from_drift(&drift, &base.weights[span])
             }
         }
-        model.set_flat_weights(&self.weights);
-        unflatten_into(optimizer.first_moments.iter_mut(), &self.first_moments);
-        unflatten_into(optimizer.second_moments.iter_mut(), &self.second_moments);
+    }
+
+    /// Loads the checkpoint into `model` and `optimizer` (which must have its tensors) one tensor
+    /// at a time, after `accept` has seen every tensor's decoded state and said yes.
+    pub fn restore(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        mut accept: impl FnMut(&TensorState) -> bool,
+    ) -> Result<bool, CheckpointError> {
+        check_fits(&self.names, &self.shapes, model)?;
+        if !(0..self.tensor_count()).all(|index| accept(&self.tensor(index))) {
+            return Ok(false);
+        }
+        let tensors = model.parameters().iter().zip(&optimizer.first_moments).zip(&optimizer.second_moments);
+        for (index, ((parameter, m), v)) in tensors.enumerate() {
+            let state = self.tensor(index);
+            overwrite(&parameter.tensor, &state.weights);
+            overwrite(m, &state.first_moments);
+            overwrite(v, &state.second_moments);
+        }
         optimizer.step = self.step;
-        Ok(())
+        Ok(true)
     }
 }
 
-/// A decoded state: weights, first moments, second moments.
-type FlatState = (Vec<f32>, Vec<f32>, Vec<f32>);
-
-/// Weights and moments of a compact checkpoint's body (after the header), decoded.
-fn parse_compact_state(
-    c: &mut Cursor<'_>,
-    sizes: &[usize],
-    total: usize,
-    base: CompactBase<'_>,
-) -> Result<FlatState, CheckpointError> {
-    use crate::compact::{decode_first, decode_second, weights_from_drift, SecondMoments};
-    if total.checked_mul(4).and_then(|b| b.checked_add(sizes.len())) != Some(c.bytes.len() - c.at) {
-        return Err(CheckpointError::Malformed("data length does not match the tensor shapes"));
-    }
-    if base.weights.len() != total {
-        return Err(CheckpointError::Mismatch(format!(
-            "{total} parameters in the checkpoint, {} in the round's start weights",
-            base.weights.len()
-        )));
-    }
-    let tops = c.take(sizes.len(), "reference exponents")?.to_vec();
-    if tops.iter().any(|t| !(crate::compact::MIN_TOP_EXPONENT..=crate::compact::MAX_TOP_EXPONENT).contains(t)) {
-        return Err(CheckpointError::Malformed("a second-moment reference exponent out of range"));
-    }
-    let drift: Vec<u16> =
-        c.take(total * 2, "drift")?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-    if drift.iter().any(|d| d & 0x7f80 == 0x7f80) {
-        return Err(CheckpointError::Malformed("a drift that is not finite"));
-    }
-    let first: Vec<i8> = c.take(total, "first moments")?.iter().map(|b| *b as i8).collect();
-    let codes = c.take(total, "second moments")?;
-    if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&i8::MIN) {
-        return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
-    }
-    let mut second = Vec::with_capacity(total);
-    let mut first_moments = Vec::with_capacity(total);
-    let mut offset = 0;
-    for (size, top) in sizes.iter().zip(tops) {
-        let range = offset..offset + size;
-        let decoded = decode_second(&SecondMoments { top_exponent: top, codes: codes[range.clone()].to_vec() });
-        first_moments.extend(decode_first(&first[range], &decoded, base.bound));
-        second.extend(decoded);
-        offset += size;
-    }
-    Ok((weights_from_drift(&drift, base.weights), first_moments, second))
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
+    use crate::model::flatten;
+
     use super::*;
+
+    fn push_f32s(out: &mut Vec<u8>, values: &[f32]) {
+        out.reserve(values.len() * 4);
+        for value in values {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
 
     /// The canonical bytes of `data` (the layout of [`to_bytes`], without needing a model).
     fn encode(data: &CheckpointData) -> Vec<u8> {

@@ -136,6 +136,109 @@ pub fn decode(bytes: &[u8]) -> Result<(DeltaEncoding, Vec<f32>), EncodingError> 
     Ok((encoding, values))
 }
 
+/// An encoded Δ's layout, read from its first [`Layout::HEAD`] bytes and its size: where any run
+/// of its values lies, so a reader decodes a block of values at a time ([`Layout::decode_block`])
+/// instead of the whole Δ. A Δ whose every block decodes is exactly one [`decode`] accepts, with
+/// the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub encoding: DeltaEncoding,
+    pub values: u64,
+    /// Values per int8 scale (unused for the other encodings).
+    chunk: u64,
+}
+
+impl Layout {
+    /// Bytes [`Layout::parse`] reads (fewer when the whole Δ is shorter).
+    pub const HEAD: usize = 13;
+
+    /// The layout of an encoded Δ of `size` bytes starting with `head`, checked like [`decode`]
+    /// checks sizes.
+    pub fn parse(head: &[u8], size: u64) -> Result<Self, EncodingError> {
+        let wrong = |expected: u64| EncodingError::WrongSize { expected, got: size };
+        if head.len() < 9 || size < 9 {
+            return Err(wrong(9));
+        }
+        let encoding = match head[0] {
+            1 => DeltaEncoding::F32,
+            2 => DeltaEncoding::F16,
+            3 => DeltaEncoding::Int8,
+            other => return Err(EncodingError::UnknownTag(other)),
+        };
+        let values = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
+        if values > MAX_VALUES {
+            return Err(EncodingError::TooManyValues(values));
+        }
+        let (chunk, expected) = match encoding {
+            DeltaEncoding::F32 => (1, 9 + values * 4),
+            DeltaEncoding::F16 => (1, 9 + values * 2),
+            DeltaEncoding::Int8 => {
+                if head.len() < 13 || size < 13 {
+                    return Err(wrong(13));
+                }
+                let chunk = u64::from(u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")));
+                if chunk == 0 {
+                    return Err(EncodingError::ZeroChunk);
+                }
+                (chunk, 13 + values.div_ceil(chunk) * 4 + values)
+            }
+        };
+        if size != expected {
+            return Err(wrong(expected));
+        }
+        Ok(Self { encoding, values, chunk })
+    }
+
+    /// The bytes holding values `range` and, for int8, the bytes of their chunks' scales.
+    pub fn spans(&self, range: &std::ops::Range<u64>) -> (std::ops::Range<u64>, Option<std::ops::Range<u64>>) {
+        match self.encoding {
+            DeltaEncoding::F32 => (9 + 4 * range.start..9 + 4 * range.end, None),
+            DeltaEncoding::F16 => (9 + 2 * range.start..9 + 2 * range.end, None),
+            DeltaEncoding::Int8 => {
+                let scales_end = 13 + self.values.div_ceil(self.chunk) * 4;
+                let (first, last) = (range.start / self.chunk, range.end.saturating_sub(1) / self.chunk);
+                let scales = 13 + 4 * first..13 + 4 * (last + 1).max(first);
+                (scales_end + range.start..scales_end + range.end, Some(scales))
+            }
+        }
+    }
+
+    /// Values `range` from the bytes of [`Layout::spans`]; a value that is not finite is refused
+    /// as [`decode`] refuses it (its index counted in the whole Δ).
+    pub fn decode_block(
+        &self,
+        range: &std::ops::Range<u64>,
+        values: &[u8],
+        scales: Option<&[u8]>,
+    ) -> Result<Vec<f32>, EncodingError> {
+        let decoded: Vec<f32> = match (self.encoding, scales) {
+            (DeltaEncoding::F32, _) => {
+                values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            (DeltaEncoding::F16, _) => {
+                values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            (DeltaEncoding::Int8, scales) => {
+                let scales: Vec<f32> = scales
+                    .unwrap_or_default()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let first = range.start / self.chunk;
+                (range.start..range.end)
+                    .zip(values)
+                    .map(|(i, q)| f32::from(*q as i8) * scales[(i / self.chunk - first) as usize])
+                    .collect()
+            }
+        };
+        assert_eq!(decoded.len() as u64, range.end - range.start, "the bytes of the spans of this range");
+        match decoded.iter().position(|v| !v.is_finite()) {
+            Some(index) => Err(EncodingError::NonFinite(range.start as usize + index)),
+            None => Ok(decoded),
+        }
+    }
+}
+
 /// The chunk size and per-chunk scales of an int8-encoded Δ (`None` for other encodings or
 /// malformed bytes).
 pub fn int8_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
@@ -221,6 +324,46 @@ mod tests {
             assert!((q[i] - v[i]).abs() <= 8.0 / 127.0 / 2.0 + 1e-6, "int8 at {i}");
         }
         assert_eq!(encode(DeltaEncoding::Int8, &v).len(), 9 + 4 + 3 * 4 + 10_000);
+    }
+
+    /// The values of blocks at any boundaries (across int8 chunks too) are the whole decode's.
+    fn decode_in_blocks(bytes: &[u8], block: u64) -> Result<Vec<f32>, EncodingError> {
+        let layout = Layout::parse(&bytes[..Layout::HEAD.min(bytes.len())], bytes.len() as u64)?;
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < layout.values {
+            let range = start..(start + block).min(layout.values);
+            let (values, scales) = layout.spans(&range);
+            let slice = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+            out.extend(layout.decode_block(&range, slice(values), scales.map(slice))?);
+            start = range.end;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_delta_decoded_block_by_block_is_the_whole_decode() {
+        let v = sample(3 * INT8_CHUNK + 77);
+        for encoding in [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8] {
+            let bytes = encode(encoding, &v);
+            let whole = decode(&bytes).unwrap().1;
+            for block in [1, 1000, INT8_CHUNK as u64, 5000, 1 << 20] {
+                assert_eq!(decode_in_blocks(&bytes, block).unwrap(), whole, "{encoding:?} in blocks of {block}");
+            }
+            // What the whole decode refuses, the blocks refuse, and with the same error.
+            for cut in [bytes.len() - 1, 10, 3] {
+                assert_eq!(
+                    decode_in_blocks(&bytes[..cut], 1000).unwrap_err(),
+                    decode(&bytes[..cut]).unwrap_err(),
+                    "{encoding:?} cut at {cut}"
+                );
+            }
+        }
+        let mut infinite = encode(DeltaEncoding::F32, &v);
+        let at = 9 + 4 * 5000;
+        infinite[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        assert_eq!(decode_in_blocks(&infinite, 1000).unwrap_err(), EncodingError::NonFinite(5000));
+        assert_eq!(decode(&infinite).unwrap_err(), EncodingError::NonFinite(5000));
     }
 
     #[test]

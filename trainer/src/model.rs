@@ -273,31 +273,48 @@ pub fn init_normals(seed: u64, index: u64, count: usize, std: f64) -> Vec<f32> {
 }
 
 /// Concatenates tensors into one f32 vector (copying through the CPU).
+/// Sized once: growing a vector of a large model's values doubling would hold up to twice them.
 pub fn flatten<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Vec<f32> {
-    let mut out = Vec::new();
+    let tensors: Vec<&Tensor> = tensors.collect();
+    let mut out = vec![0.0; tensors.iter().map(|t| t.numel()).sum()];
+    let mut start = 0;
     for tensor in tensors {
-        let cpu = tensor.detach().to_device(Device::Cpu).contiguous();
-        let numel = cpu.numel();
-        let start = out.len();
-        out.resize(start + numel, 0.0);
-        cpu.copy_data(&mut out[start..], numel);
+        let end = start + tensor.numel();
+        copy_values(tensor, &mut out[start..end]);
+        start = end;
     }
     out
+}
+
+/// One tensor's values in row-major order, on the host.
+pub fn tensor_values(tensor: &Tensor) -> Vec<f32> {
+    let mut out = vec![0.0; tensor.numel()];
+    copy_values(tensor, &mut out);
+    out
+}
+
+fn copy_values(tensor: &Tensor, out: &mut [f32]) {
+    let cpu = tensor.detach().to_device(Device::Cpu).contiguous();
+    cpu.copy_data(out, out.len());
+}
+
+/// Overwrites one tensor in place, without tracking gradients, with `values` (as many as it has).
+pub fn overwrite(tensor: &Tensor, values: &[f32]) {
+    assert_eq!(values.len(), tensor.numel(), "values do not match the tensor");
+    tch::no_grad(|| {
+        let source = Tensor::from_slice(values).view(tensor.size().as_slice()).to_device(tensor.device());
+        tensor.shallow_clone().copy_(&source);
+    });
 }
 
 /// Copies consecutive slices of `flat` into `tensors`, in place and without tracking gradients.
 pub fn unflatten_into<'a>(tensors: impl Iterator<Item = &'a mut Tensor>, flat: &[f32]) {
     let mut offset = 0;
-    tch::no_grad(|| {
-        for tensor in tensors {
-            let numel = tensor.numel();
-            let source = Tensor::from_slice(&flat[offset..offset + numel])
-                .view(tensor.size().as_slice())
-                .to_device(tensor.device());
-            tensor.copy_(&source);
-            offset += numel;
-        }
-    });
+    for tensor in tensors {
+        let numel = tensor.numel();
+        overwrite(tensor, &flat[offset..offset + numel]);
+        offset += numel;
+    }
     assert_eq!(offset, flat.len(), "flat vector longer than the tensors");
 }
 

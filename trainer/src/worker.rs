@@ -14,7 +14,7 @@ use thiserror::Error;
 use trellis_proto::merkle::{leaf_hash, MerkleTree};
 use trellis_proto::Hash;
 
-use crate::checkpoint::{self, checkpoint_hash, CheckpointData, CheckpointError};
+use crate::checkpoint::{self, checkpoint_hash, CheckpointError};
 use crate::data::{BatchSchedule, DataError, Dataset};
 use crate::model::Gpt;
 use crate::optim::AdamW;
@@ -234,11 +234,12 @@ pub fn resume_from_with(
     optimizer: &mut AdamW,
     base: Option<checkpoint::CompactBase<'_>>,
 ) -> Result<(), WorkerError> {
-    let (data, actual) = CheckpointData::read_with(path, base)?;
+    let bytes = checkpoint::read_file(path)?;
+    let actual = checkpoint_hash(&bytes);
     if &actual != expected {
         return Err(CheckpointError::HashMismatch { path: path.to_path_buf(), expected: *expected, actual }.into());
     }
-    data.restore(model, optimizer)?;
+    checkpoint::CheckpointView::parse(&bytes, base)?.restore(model, optimizer, |_| true)?;
     Ok(())
 }
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, ModelConfig, VerdictOutcome};
+use trellis_proto::{DeltaEncoding, Hash, InvalidReason, JobFaultReason, ModelConfig, TrailEntry, VerdictOutcome};
 use trellis_protocol::judge::{check_state, judge_replay, loss_disagreement, Replayed};
 use trellis_protocol::trail::{checkpoint_count, checkpoint_offset, segment_count};
 use trellis_protocol::{Blame, Comparison, SegmentClaim};
-use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData, CompactBase};
+use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView, CompactBase, TensorState};
 use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::encoding;
 use trellis_trainer::model::Gpt;
@@ -142,30 +142,20 @@ fn replay_claim(
         distance,
         losses_match,
     };
-    let bytes = match source.fetch(&start.hash) {
-        Ok(bytes) => bytes,
-        Err(_) => return (report(Blame::Withheld.outcome(), 0.0, false), None),
-    };
-    let actual = checkpoint_hash(&bytes);
-    if actual != start.hash {
-        return (report(invalid(InvalidReason::StartMismatch, start.hash, actual), 0.0, false), None);
-    }
-    // A full checkpoint in a compact job (or the reverse) does not parse: not the job's.
-    let Ok(data) = CheckpointData::parse_with(&bytes, replay.compact_base) else {
-        return (report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false), None);
-    };
-    if data.step != start.step {
-        return (report(invalid(InvalidReason::TrailMismatch, start.hash, actual), 0.0, false), None);
-    }
-    if check_state(&data.weights, &data.first_moments, &data.second_moments).is_err() {
-        return (report(invalid(InvalidReason::NonCanonicalState, start.hash, actual), 0.0, false), None);
-    }
     let Ok(mut model) = Gpt::new(&replay.model, 0, replay.device) else {
         return (report(Blame::Job(JobFaultReason::ModelUnusable).outcome(), 0.0, false), None);
     };
     let mut optimizer = AdamW::new(replay.adamw.clone(), model.parameters());
-    if data.restore(&mut model, &mut optimizer).is_err() {
-        return (report(invalid(InvalidReason::MalformedBlob, start.hash, actual), 0.0, false), None);
+    // The start state's bytes live only until the model holds them (one tensor decoded at a time).
+    let restored = {
+        let bytes = match source.fetch(&start.hash) {
+            Ok(bytes) => bytes,
+            Err(_) => return (report(Blame::Withheld.outcome(), 0.0, false), None),
+        };
+        restore_start(&bytes, start, replay.compact_base, &mut model, &mut optimizer)
+    };
+    if let Err(outcome) = restored {
+        return (report(outcome, 0.0, false), None);
     }
     let inner = InnerLoop {
         dataset: replay.dataset,
@@ -204,14 +194,43 @@ fn replay_claim(
                 }
                 Err(_) => return (report(Blame::Withheld.outcome(), 0.0, losses_match), None),
             };
-            let Ok(claimed) = CheckpointData::parse_with(&claimed, replay.compact_base) else {
+            let Ok(claimed) = CheckpointView::parse(&claimed, replay.compact_base) else {
                 return (report(invalid(InvalidReason::MalformedBlob, end.hash, Hash::ZERO), 0.0, losses_match), None);
             };
-            relative_distance(&model.flat_weights(), &claimed.weights)
+            relative_distance(&model.flat_weights(), &claimed.weights())
         }
     };
     let replayed = Replayed { end_hash: reproduced, losses: &outcome.trail.losses, distance };
     (report(judge_replay(claim, &replayed, mode), distance, losses_match), Some(model))
+}
+
+/// Loads the start checkpoint `bytes` into the model and optimizer, or the verdict: a start that
+/// is not the trail's (its hash or its step), does not parse as the job's form (a full checkpoint
+/// in a compact job or the reverse), does not fit the model, or holds a state no honest trail
+/// holds (`trellis_protocol::judge::check_state`, checked tensor by tensor).
+fn restore_start(
+    bytes: &[u8],
+    start: TrailEntry,
+    base: Option<CompactBase<'_>>,
+    model: &mut Gpt,
+    optimizer: &mut AdamW,
+) -> Result<(), VerdictOutcome> {
+    let actual = checkpoint_hash(bytes);
+    if actual != start.hash {
+        return Err(invalid(InvalidReason::StartMismatch, start.hash, actual));
+    }
+    let Ok(view) = CheckpointView::parse(bytes, base) else {
+        return Err(invalid(InvalidReason::MalformedBlob, start.hash, actual));
+    };
+    if view.step != start.step {
+        return Err(invalid(InvalidReason::TrailMismatch, start.hash, actual));
+    }
+    let canonical = |t: &TensorState| check_state(&t.weights, &t.first_moments, &t.second_moments).is_ok();
+    match view.restore(model, optimizer, canonical) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(invalid(InvalidReason::NonCanonicalState, start.hash, actual)),
+        Err(_) => Err(invalid(InvalidReason::MalformedBlob, start.hash, actual)),
+    }
 }
 
 /// The claim of segment `index` of an offline trail (written by `trellis train --trail-dir`),

@@ -241,6 +241,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         }
         tracing::warn!(target: "node", %behaviour, "this node is an ADVERSARY (test and devnet builds only)");
     }
+    crate::memory::trim_freed_memory();
     let metrics = Arc::new(Metrics::default());
     metrics.height.set(head.height.0);
     let mut supervisor = Supervisor::default();

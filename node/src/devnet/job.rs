@@ -136,13 +136,15 @@ impl DemoJob {
              escrow = {escrow}\nreward_per_round = 10000\nmin_miner_stake = 1000\n\
              commit_blocks = {commit_blocks}\nverify_blocks = 120\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
-             batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = 5\n\
+             batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
              [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
             rounds = args.rounds,
+            // A job's warm-up fits in its steps (a one-round benchmark may take fewer than 5).
+            warmup = 5u64.min(u64::from(args.inner_steps) * u64::from(args.rounds)),
         );
         Ok(Self {
             dataset,
@@ -151,6 +153,12 @@ impl DemoJob {
             rounds: args.rounds,
             zk: zk.map(|model| (model, interval)),
         })
+    }
+
+    /// The job's model and AdamW state in memory, 12 bytes a parameter (`None` for a zk model).
+    pub fn state_bytes(&self) -> Option<u64> {
+        let preset: trellis_trainer::model::Preset = self.model.parse().ok()?;
+        Some(12 * trellis_protocol::model::parameter_count(&preset.config()))
     }
 
     /// Submits the job and follows it to the end. `children` are watched: a node that exits

@@ -168,9 +168,10 @@ pub fn devnet(args: DevnetArgs) -> anyhow::Result<()> {
     }
     let mut result = Ok(());
     if let Some(demo) = demo {
+        let state_bytes = demo.state_bytes();
         result = demo.run(&args.home, &info, &mut children, &stop);
         let pids: Vec<u32> = children.iter().map(std::process::Child::id).collect();
-        crate::devnet::report::print_peak_memory(&info, &pids);
+        crate::devnet::report::print_peak_memory(&info, &pids, state_bytes);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let mut last_report = Instant::now() - Duration::from_secs(10);

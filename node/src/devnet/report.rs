@@ -122,8 +122,10 @@ pub fn peak_resident_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Each node's peak resident memory so far, and the largest per role.
-pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32]) {
+/// Each node's peak resident memory so far, and the largest per role, against the job's model
+/// and AdamW state in memory (`state_bytes`, when known): `docs/scaling.md` bounds every role's
+/// peak at 3× it.
+pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32], state_bytes: Option<u64>) {
     let peaks: Vec<(usize, &str, u64)> = info
         .nodes
         .iter()
@@ -136,9 +138,16 @@ pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32]) {
     }
     let cells: Vec<String> = peaks.iter().map(|(i, _, kib)| format!("node{i} {:.0}", *kib as f64 / 1024.0)).collect();
     println!("\npeak resident memory per node (VmHWM, MiB): {}", cells.join(", "));
+    if let Some(state) = state_bytes {
+        println!("  the job's model + AdamW state (12 bytes a parameter): {:.0} MiB", state as f64 / 1048576.0);
+    }
     for role in ["validator", "miner"] {
         if let Some(max) = peaks.iter().filter(|(_, r, _)| *r == role).map(|(_, _, kib)| *kib).max() {
-            println!("  largest {role}: {:.0} MiB", max as f64 / 1024.0);
+            let ratio = state_bytes
+                .filter(|s| *s > 0)
+                .map(|s| format!(" ({:.1}× the model + AdamW state)", (max * 1024) as f64 / s as f64))
+                .unwrap_or_default();
+            println!("  largest {role}: {:.0} MiB{ratio}", max as f64 / 1024.0);
         }
     }
 }

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _};
 use trellis_contracts::state::{Job, Phase, RoundState};
-use trellis_proto::{Aggregate, Hash, JobId, TxKind};
+use trellis_proto::{Address, Aggregate, Hash, JobId, JobSpec, TxKind};
 use trellis_trainer::encoding;
 
 use super::{RoleContext, Work};
 use crate::roles::jobdata::{self, FETCH_PATIENCE};
-use crate::storage::blobs::{BlobKey, BlobKind};
+use crate::storage::blobs::{BlobKey, BlobKind, BlobStore};
 
 /// Blocks each validator waits after the one before it in the sending order.
 const SEND_STAGGER_BLOCKS: u64 = 4;
@@ -128,6 +128,11 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trell
     }
 }
 
+/// Coordinates combined at a time when the job's rule is coordinate-wise: each accepted Δ is read
+/// from the store a block at a time, so aggregating holds θ, the momentum and one block of each
+/// Δ, however many miners were accepted (`docs/scaling.md`, memory per role).
+const AGGREGATE_BLOCK: u64 = 1 << 20;
+
 /// Computes round `round`'s outer update and stores the new model and momentum as blobs.
 pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) -> anyhow::Result<(Hash, Hash)> {
     let net = &context.net;
@@ -143,28 +148,64 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             .find(|c| &c.miner == miner)
             .and_then(|c| c.reveal.as_ref())
             .context("an accepted miner without revealed work")?;
-        let bytes = net
-            .fetch_until(BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta)
-            .await
-            .with_context(|| format!("the Δ of {miner}"))?;
-        net.store().tag_round(job.id, round.round, &[BlobKey::new(BlobKind::Data, reveal.delta_hash)])?;
-        let (encoding, values) = encoding::decode(&bytes).with_context(|| format!("decoding the Δ of {miner}"))?;
-        if encoding != job.spec.diloco.encoding || values.len() != global.len() {
-            bail!("the Δ of {miner} is not a {:?} vector of {} values", job.spec.diloco.encoding, global.len());
-        }
-        deltas.push(values);
+        let key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
+        net.ensure_until(key, deadline, limits.delta).await.with_context(|| format!("the Δ of {miner}"))?;
+        net.store().tag_round(job.id, round.round, &[key])?;
+        deltas.push((*miner, key));
     }
     let spec = job.spec.clone();
     let store = net.store().clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, Hash)> {
-        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-        let update = trellis_protocol::outer::outer_update(&spec, &global, momentum, &refs)?;
-        let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&update.model))?;
-        let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&update.momentum))?;
+        let (model, momentum) = outer_update_from_store(&store, &spec, global, momentum, &deltas)?;
+        let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&model))?;
+        let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&momentum))?;
         Ok((model.hash, momentum.hash))
     })
     .await
     .context("the aggregation thread stopped")?
+}
+
+/// The outer update of `global` and `momentum` with the Δs in the store under `deltas` (in the
+/// chain's order), read a block of coordinates at a time when the rule allows
+/// ([`trellis_protocol::outer::coordinatewise`]), whole otherwise: the same bits either way.
+fn outer_update_from_store(
+    store: &BlobStore,
+    spec: &JobSpec,
+    mut model: Vec<f32>,
+    mut momentum: Vec<f32>,
+    deltas: &[(Address, BlobKey)],
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let parameters = model.len() as u64;
+    let mut layouts = Vec::with_capacity(deltas.len());
+    for (miner, key) in deltas {
+        let size = store.size(key)?;
+        let head = store.read_range(key, 0, encoding::Layout::HEAD.min(size as usize))?;
+        let layout = encoding::Layout::parse(&head, size).with_context(|| format!("decoding the Δ of {miner}"))?;
+        if layout.encoding != spec.diloco.encoding || layout.values != parameters {
+            bail!("the Δ of {miner} is not a {:?} vector of {parameters} values", spec.diloco.encoding);
+        }
+        layouts.push(layout);
+    }
+    let block = if trellis_protocol::outer::coordinatewise(&spec.aggregation) { AGGREGATE_BLOCK } else { parameters };
+    let mut start = 0;
+    while start < parameters {
+        let range = start..(start + block.max(1)).min(parameters);
+        let mut parts = Vec::with_capacity(deltas.len());
+        for ((miner, key), layout) in deltas.iter().zip(&layouts) {
+            let (values, scales) = layout.spans(&range);
+            let read = |span: std::ops::Range<u64>| store.read_range(key, span.start, (span.end - span.start) as usize);
+            let scales = scales.map(read).transpose()?;
+            let part = layout
+                .decode_block(&range, &read(values)?, scales.as_deref())
+                .with_context(|| format!("decoding the Δ of {miner}"))?;
+            parts.push(part);
+        }
+        let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        let span = range.start as usize..range.end as usize;
+        trellis_protocol::outer::outer_update_in_place(spec, &mut model[span.clone()], &mut momentum[span], &refs)?;
+        start = range.end;
+    }
+    Ok((model, momentum))
 }
 
 #[cfg(test)]
@@ -179,6 +220,54 @@ mod tests {
             momentum_hash: Hash([9; 32]),
             accepted: Vec::new(),
         }
+    }
+
+    fn job_spec(aggregation: &str, encoding: &str) -> JobSpec {
+        let file: crate::commands::job::JobFile = toml::from_str(&format!(
+            "name = \"t\"\nmodel = \"nano\"\ndataset = \"d\"\nescrow = 10\nreward_per_round = 1\n\
+             aggregation = \"{aggregation}\"\n[diloco]\nworkers_per_round = 3\ninner_steps = 4\nrounds = 2\n\
+             encoding = \"{encoding}\"\n[verification]\ncheckpoint_interval = 2\nsegments_per_miner = 1\nmode = \"exact\"\n"
+        ))
+        .unwrap();
+        file.spec(Hash::ZERO, 1, None).unwrap()
+    }
+
+    /// Aggregating from the store a block at a time (over more than one block, int8 chunks
+    /// straddling the block's end) gives the bits of the whole-vector update every other
+    /// validator and the simulator compute, for every rule and encoding.
+    #[test]
+    fn the_update_read_from_the_store_in_blocks_is_the_whole_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let n = AGGREGATE_BLOCK as usize + 4_097;
+        let wave = |phase: f32| (0..n).map(|i| (i as f32 * 0.001 + phase).sin() * 0.01).collect::<Vec<f32>>();
+        let (global, momentum) = (wave(0.0), wave(5.0));
+        for (rule, name) in [("mean", "f32"), ("trimmed-mean", "int8"), ("centered-clip", "f16")] {
+            let spec = job_spec(rule, name);
+            let mut stored = Vec::new();
+            let mut decoded = Vec::new();
+            for k in 1..=3u8 {
+                let bytes = encoding::encode(spec.diloco.encoding, &wave(f32::from(k)));
+                decoded.push(encoding::decode(&bytes).unwrap().1);
+                stored.push((Address([k; 20]), store.put_data(&bytes).unwrap()));
+            }
+            let refs: Vec<&[f32]> = decoded.iter().map(Vec::as_slice).collect();
+            let whole = trellis_protocol::outer::outer_update(&spec, &global, momentum.clone(), &refs).unwrap();
+            let (model, buffer) =
+                outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &stored).unwrap();
+            assert!(model.iter().zip(&whole.model).all(|(a, b)| a.to_bits() == b.to_bits()), "{rule} {name}: model");
+            assert!(
+                buffer.iter().zip(&whole.momentum).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{rule} {name}: momentum"
+            );
+        }
+        // A Δ of another encoding or size than the job's is refused, not read.
+        let spec = job_spec("mean", "f32");
+        let short = store.put_data(&encoding::encode(spec.diloco.encoding, &[0.5; 10])).unwrap();
+        let error =
+            outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &[(Address([9; 20]), short)])
+                .unwrap_err();
+        assert!(format!("{error:#}").contains("is not a F32 vector"), "{error:#}");
     }
 
     #[tokio::test(flavor = "current_thread")]

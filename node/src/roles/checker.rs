@@ -28,7 +28,7 @@ use trellis_proto::{
 };
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
-use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointData};
+use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView};
 use trellis_verifier::segment::{
     check_claim, check_claim_reproducing, check_delta, residual_within_bound, BlobError, BlobSource, Replay,
 };
@@ -145,34 +145,69 @@ impl BlobSource for StoreSource<'_> {
 /// A check's early end: a verdict that needs no replay.
 type Early = Result<VerdictOutcome, OwnFailure>;
 
-/// Fetches a blob of the miner's: `Ok(bytes)`, or the verdict when no holder serves it, or our
-/// own failure (our disk, our exchange), which must never count against the miner.
-/// A blob larger than `limit` (what the job allows it) is not fetched: withheld, like one never served.
-async fn miners_blob(
-    context: &RoleContext,
-    key: BlobKey,
+/// The miner's blobs a check reads, fetched into the store side by side from the moment each is
+/// known (a check over a long path waits for the slowest of them, not for their sum), and read
+/// in the order the check judges them, so the verdict does not depend on which arrives first.
+/// Dropping it stops every fetch still running (a check that ended early).
+struct MinersBlobs {
+    net: crate::p2p::exchange::BlobNet,
     deadline: tokio::time::Instant,
-    limit: u64,
-) -> Result<Vec<u8>, Early> {
-    match context.net.fetch_until(key, deadline, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(FetchError::Unavailable(_)) => Err(Ok(Blame::Withheld.outcome())),
-        Err(error) => Err(Err(error.into())),
+    fetches: std::collections::HashMap<BlobKey, tokio::task::JoinHandle<Result<(), FetchError>>>,
+    stored: std::collections::HashSet<BlobKey>,
+}
+
+impl MinersBlobs {
+    fn new(context: &RoleContext) -> Self {
+        let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
+        Self { net: context.net.clone(), deadline, fetches: Default::default(), stored: Default::default() }
+    }
+
+    /// The miner's patience for blobs asked for from now on starts again (after fetches of our
+    /// own, which must not count against the miner).
+    fn restart_patience(&mut self) {
+        self.deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
+    }
+
+    /// Starts fetching `key` (at most `limit` bytes: what the job allows it) unless it already is.
+    fn want(&mut self, key: BlobKey, limit: u64) {
+        if self.stored.contains(&key) {
+            return;
+        }
+        let (net, deadline) = (self.net.clone(), self.deadline);
+        self.fetches
+            .entry(key)
+            .or_insert_with(|| tokio::spawn(async move { net.ensure_until(key, deadline, limit).await }));
+    }
+
+    /// Waits for `key` to be in the store: the verdict when no holder served it (or it was larger
+    /// than its limit: withheld, like a blob never served), or our own failure (our disk, our
+    /// exchange), which must never count against the miner.
+    async fn stored(&mut self, key: BlobKey, limit: u64) -> Result<(), Early> {
+        self.want(key, limit);
+        let Some(fetch) = self.fetches.remove(&key) else { return Ok(()) };
+        match fetch.await {
+            Ok(Ok(())) => {
+                self.stored.insert(key);
+                Ok(())
+            }
+            Ok(Err(FetchError::Unavailable(_))) => Err(Ok(Blame::Withheld.outcome())),
+            Ok(Err(error)) => Err(Err(error.into())),
+            Err(join) => Err(Err(OwnFailure(anyhow::anyhow!("the fetch of {key} stopped: {join}")))),
+        }
+    }
+
+    /// [`MinersBlobs::stored`], then its bytes.
+    async fn bytes(&mut self, key: BlobKey, limit: u64) -> Result<Vec<u8>, Early> {
+        self.stored(key, limit).await?;
+        self.net.store().get(&key).map_err(|e| Err(e.into()))
     }
 }
 
-/// [`miners_blob`] for a blob read later from the store (a checkpoint): fetched to disk, never
-/// held here.
-async fn miners_blob_stored(
-    context: &RoleContext,
-    key: BlobKey,
-    deadline: tokio::time::Instant,
-    limit: u64,
-) -> Result<(), Early> {
-    match context.net.ensure_until(key, deadline, limit).await {
-        Ok(()) => Ok(()),
-        Err(FetchError::Unavailable(_)) => Err(Ok(Blame::Withheld.outcome())),
-        Err(error) => Err(Err(error.into())),
+impl Drop for MinersBlobs {
+    fn drop(&mut self) {
+        for fetch in self.fetches.values() {
+            fetch.abort();
+        }
     }
 }
 
@@ -221,7 +256,8 @@ struct Gathered {
     zk: Option<(ZkJob, Arc<trellis_zk::PreparedVerifier>, Vec<u8>)>,
     dataset: Arc<trellis_trainer::data::Dataset>,
     global: Vec<f32>,
-    delta: Vec<u8>,
+    /// Read from the store only for the last link, after the replay has let go of its model.
+    delta: BlobKey,
     residual: Option<Vec<f32>>,
 }
 
@@ -253,17 +289,30 @@ async fn gather(
             assignment.miner
         ))));
     };
-    let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
     let worker_slot = u32::try_from(worker).map_err(|e| Err(e.into()))?;
     let frame = TrailFrame::of(&job.spec, job.id, round.round, worker_slot, reveal.final_checkpoint);
-    let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
-    let trail_bytes = miners_blob(context, trail_key, deadline, frame.trail_bytes()).await?;
-    let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
     let (zk, limits) =
         match ZkJob::of(&job.spec).map_err(anyhow::Error::from).and_then(|zk| Ok((zk, BlobLimits::of(&job.spec)?))) {
             Ok(found) => found,
             Err(error) => return Err(Ok(job_fault(JobFaultReason::SpecUnusable, error, job))),
         };
+    let segment = assignment.segment;
+    let exact = matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Exact));
+    // θ_final for the last link: the end of the last segment, which an exact replay of it
+    // reproduces bit for bit; any other check reads the final checkpoint.
+    let reproduced_by_replay = segment + 1 == frame.segments() && exact && zk.is_none();
+    // Everything the reveal already names is asked for at once: the trail, the Δ, θ_final.
+    let mut blobs = MinersBlobs::new(context);
+    let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
+    let delta_key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
+    let final_key = BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint);
+    blobs.want(trail_key, frame.trail_bytes());
+    blobs.want(delta_key, limits.delta);
+    if !reproduced_by_replay {
+        blobs.want(final_key, limits.checkpoint);
+    }
+    let trail_bytes = blobs.bytes(trail_key, frame.trail_bytes()).await?;
+    let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
     // Our exchange works (it just served the trail): a dataset no peer serves is the job's fault.
     let dataset = match context.dataset(job.spec.dataset_root).await {
         Ok(dataset) => dataset,
@@ -271,9 +320,9 @@ async fn gather(
     };
     // θ_r is the committed model every validator computed: failing to get it is ours.
     let global = jobdata::global_weights(&context.net, job).await.map_err(|e| Err(e.into()))?;
-    // The miner's patience starts now: the time our own fetches of the job's data took (the
+    // The miner's patience starts again: the time our own fetches of the job's data took (the
     // dataset, θ_r: seconds over a WAN the first time) must not count against the miner.
-    let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
+    blobs.restart_patience();
     let start = match &zk {
         Some(zk) => zk.start_checkpoint(&global).map_err(anyhow::Error::from),
         None => trellis_trainer::job::start_checkpoint(&job.spec, round.round, &global).map_err(anyhow::Error::from),
@@ -287,13 +336,9 @@ async fn gather(
         // The quote is the miner's claim (its first checkpoint); what we derived is the canonical start.
         return Err(Ok(Blame::miner(InvalidReason::StartMismatch, trail.checkpoints[0].hash, start).outcome()));
     }
-    let segment = assignment.segment;
     let Some(claim) = segment_claim(&trail, &frame, segment) else {
         return Err(Ok(Blame::miner(InvalidReason::TrailMismatch, reveal.trail, Hash::ZERO).outcome()));
     };
-    // The segment ends at θ_final (it is the last one).
-    let ends_final = claim.end.hash == reveal.final_checkpoint;
-    let exact = matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Exact));
     let mut needed = Vec::new();
     if segment == 0 {
         // The canonical start state, which the trail's first link was just checked against.
@@ -309,21 +354,21 @@ async fn gather(
     if zk.is_some() || !exact {
         needed.push(claim.end.hash);
     }
-    // θ_final for the last link: the end of the last segment, which an exact replay of it
-    // reproduces bit for bit.
-    let reproduced_by_replay = ends_final && exact && zk.is_none();
     if !reproduced_by_replay && !needed.contains(&reveal.final_checkpoint) {
         needed.push(reveal.final_checkpoint);
     }
     drop(start_bytes);
+    for hash in &needed {
+        blobs.want(BlobKey::new(BlobKind::Checkpoint, *hash), limits.checkpoint);
+    }
     for hash in needed {
-        miners_blob_stored(context, BlobKey::new(BlobKind::Checkpoint, hash), deadline, limits.checkpoint).await?;
+        blobs.stored(BlobKey::new(BlobKind::Checkpoint, hash), limits.checkpoint).await?;
     }
     // groth16: the segment's proof (the miner's) and the job's verifying key (the submitter's).
     let zk = match zk {
         Some(zk) => {
             let proof_key = BlobKey::new(BlobKind::Data, trail.proofs[segment as usize]);
-            let proof = miners_blob(context, proof_key, deadline, jobdata::MAX_PROOF_BYTES).await?;
+            let proof = blobs.bytes(proof_key, jobdata::MAX_PROOF_BYTES).await?;
             let verifier = match context.verifier(zk.verifying_key).await {
                 Ok(verifier) => verifier,
                 Err(error) => return Err(job_blob_failure(JobFaultReason::KeysUnusable, error, job)),
@@ -337,7 +382,7 @@ async fn gather(
         }
         None => None,
     };
-    let delta = miners_blob(context, BlobKey::new(BlobKind::Data, reveal.delta_hash), deadline, limits.delta).await?;
+    blobs.stored(delta_key, limits.delta).await?;
     // int8: the residual the miner says it carried in must be served, and small enough to be
     // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
     // left (docs/protocol.md §4.3).
@@ -354,9 +399,11 @@ async fn gather(
             return Err(Ok(made_up()));
         };
         let previous_key = BlobKey::new(BlobKind::Data, previous.delta_hash);
-        let previous_bytes = miners_blob(context, previous_key, deadline, limits.delta).await?;
+        blobs.want(previous_key, limits.delta);
         let residual_key = BlobKey::new(BlobKind::Data, reveal.residual_hash);
-        let bytes = miners_blob(context, residual_key, deadline, limits.delta).await?;
+        blobs.want(residual_key, limits.delta);
+        let previous_bytes = blobs.bytes(previous_key, limits.delta).await?;
+        let bytes = blobs.bytes(residual_key, limits.delta).await?;
         // A residual that is not a whole number of f32 values is made up like one out of bounds.
         let Ok(values) = trellis_protocol::model::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
         if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
@@ -376,7 +423,7 @@ async fn gather(
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
     fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
     context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
-    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual })
+    Ok(Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta: delta_key, residual })
 }
 
 /// Re-executes (or checks the proof of) the segment and checks the last link, on a blocking
@@ -445,12 +492,12 @@ async fn judge(
                     .ok()
                     .map(|w| trellis_zk::job::from_fixed(&w.flatten()))
             }
-            (None, None) => CheckpointData::parse_with(
-                &checkpoint(reveal.final_checkpoint)?,
-                trellis_trainer::job::compact_base(spec, &global),
-            )
-            .ok()
-            .map(|state| state.weights),
+            (None, None) => {
+                let bytes = checkpoint(reveal.final_checkpoint)?;
+                CheckpointView::parse(&bytes, trellis_trainer::job::compact_base(spec, &global))
+                    .ok()
+                    .map(|view| view.weights())
+            }
         };
         let Some(final_weights) = final_weights else {
             return Ok(Blame::miner(InvalidReason::MalformedBlob, reveal.final_checkpoint, Hash::ZERO).outcome());
@@ -464,6 +511,7 @@ async fn judge(
             }
             (None, _) => None,
         };
+        let delta = store.get(&delta)?;
         Ok(match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &reveal.delta_hash) {
             Ok(()) => VerdictOutcome::Valid,
             Err(_) => Blame::miner(

@@ -505,6 +505,7 @@ async fn train_round(
         let compute = began.elapsed();
         let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
         let delta = pseudo_gradient(&global, &final_weights);
+        drop(final_weights);
         #[cfg(feature = "adversary")]
         let delta = adversary::poison(behaviour, delta, round_number, worker);
         let (encoded, residual_hash) = match spec.diloco.encoding {
