@@ -36,6 +36,12 @@ pub struct DemoJob {
     zk: Option<(trellis_zk::ModelSpec, u32)>,
 }
 
+/// The parameters of a preset model (`None` for a zk model).
+fn preset_parameters(model: &str) -> Option<u64> {
+    let preset: trellis_trainer::model::Preset = model.parse().ok()?;
+    Some(trellis_protocol::model::parameter_count(&preset.config()))
+}
+
 /// The repository's own docs and sources, when the devnet runs from a checkout.
 fn default_dataset() -> anyhow::Result<PathBuf> {
     let cwd = std::env::current_dir()?;
@@ -130,11 +136,16 @@ impl DemoJob {
         // window is only waited out when a worker fails to commit; otherwise the round closes
         // as soon as every slot has committed.
         let commit_blocks = if zk.is_some() { 960 } else { 240 };
+        // A miner serves its Δ to every validator and checkpoints to its checkers, about 32 bytes
+        // a parameter a round: the verification window leaves a miner on 50 Mbit/s time for that
+        // twice over (`small` across continents needed it: docs/benchmarks.md). A round still
+        // moves on as soon as every verdict is in.
+        let verify_blocks = 120 + preset_parameters(&args.model).unwrap_or(0) / (1 << 16);
         let job_toml = format!(
             "# The devnet's demo job (written by `trellis devnet`).\n\
              name = \"devnet-demo\"\nmodel = \"{model}\"\ndataset = \"dataset\"\nseed = 7\n\
              escrow = {escrow}\nreward_per_round = 10000\nmin_miner_stake = 1000\n\
-             commit_blocks = {commit_blocks}\nverify_blocks = 120\naggregation = \"mean\"\n\n\
+             commit_blocks = {commit_blocks}\nverify_blocks = {verify_blocks}\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
@@ -157,8 +168,7 @@ impl DemoJob {
 
     /// The job's model and AdamW state in memory, 12 bytes a parameter (`None` for a zk model).
     pub fn state_bytes(&self) -> Option<u64> {
-        let preset: trellis_trainer::model::Preset = self.model.parse().ok()?;
-        Some(12 * trellis_protocol::model::parameter_count(&preset.config()))
+        Some(12 * preset_parameters(&self.model)?)
     }
 
     /// Submits the job and follows it to the end. `children` are watched: a node that exits

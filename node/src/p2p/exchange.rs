@@ -51,6 +51,9 @@ const MAX_CONCURRENT_FETCHES: usize = 4;
 /// written: at most this many MiB per fetch). With [`MAX_CONCURRENT_FETCHES`] fetches that is at
 /// most 16 requests to one peer, the streams a connection allows ([`MAX_STREAMS`]).
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// Times the holder whose manifest a fetch follows is asked for a chunk before the fetch gives
+/// up on it (each request waits up to the request timeout).
+const CHUNK_ATTEMPTS: usize = 3;
 const _: () = assert!(CHUNKS_IN_FLIGHT * MAX_CONCURRENT_FETCHES <= MAX_STREAMS);
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
@@ -99,6 +102,10 @@ pub struct BlobNet {
     store: BlobStore,
     commands: mpsc::Sender<Command>,
     fetches: Arc<Semaphore>,
+    /// One turn per blob being fetched: a second fetch of the same blob (two checks of one
+    /// miner, a check and the aggregation) waits for the first and then finds it stored,
+    /// instead of downloading it again beside it.
+    in_flight: Turns,
     local_peer: PeerId,
     scores: Arc<Mutex<PeerScores>>,
 }
@@ -110,7 +117,14 @@ impl BlobNet {
         local_peer: PeerId,
         scores: Arc<Mutex<PeerScores>>,
     ) -> Self {
-        Self { store, commands, fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)), local_peer, scores }
+        Self {
+            store,
+            commands,
+            fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+            in_flight: Arc::default(),
+            local_peer,
+            scores,
+        }
     }
 
     pub fn store(&self) -> &BlobStore {
@@ -165,12 +179,28 @@ impl BlobNet {
     /// Makes sure the blob is in the local store, fetching it from peers (to disk, chunk by
     /// chunk) if it is not; for blobs read later from the store, or too large to hold.
     pub async fn ensure(&self, key: BlobKey, limit: u64) -> Result<(), FetchError> {
-        if let Ok(size) = self.store.size(&key) {
-            return if size <= limit { Ok(()) } else { Err(FetchError::Unavailable(key)) };
+        let stored = |store: &BlobStore| {
+            let size = store.size(&key).ok()?;
+            Some(if size <= limit { Ok(()) } else { Err(FetchError::Unavailable(key)) })
+        };
+        if let Some(answer) = stored(&self.store) {
+            return answer;
         }
-        let _permit = self.fetches.acquire().await.map_err(|_| FetchError::Stopped)?;
-        let peers = self.peers().await;
-        self.fetch_from(key, &peers, limit).await
+        let turn = Turn::take(&self.in_flight, key);
+        {
+            let _turn = turn.gate.lock().await;
+            match stored(&self.store) {
+                // Fetched by whoever held the turn before us.
+                Some(answer) => answer,
+                None => match self.fetches.acquire().await {
+                    Ok(_permit) => {
+                        let peers = self.peers().await;
+                        self.fetch_from(key, &peers, limit).await
+                    }
+                    Err(_) => Err(FetchError::Stopped),
+                },
+            }
+        }
     }
 
     /// Fetches `key` into the store from `peers`: every peer is asked for the blob's manifest at
@@ -266,7 +296,15 @@ impl BlobNet {
         expected: Hash,
         peers: &[PeerId],
     ) -> Option<Vec<u8>> {
-        for (position, peer) in peers.iter().enumerate() {
+        // The manifest's own peer is asked again when it does not answer in time: it holds the
+        // blob, and a miner whose uplink serves every checker and aggregator at once answers
+        // slowly (a `small` job across continents timed chunks out and judged honest miners
+        // unavailable); the others are asked once.
+        let attempts = peers.iter().enumerate().flat_map(|(position, peer)| {
+            let times = if position == 0 { CHUNK_ATTEMPTS } else { 1 };
+            std::iter::repeat_n((position, peer), times)
+        });
+        for (position, peer) in attempts {
             if self.is_banned(peer) {
                 continue;
             }
@@ -284,6 +322,9 @@ impl BlobNet {
                 }
                 Some(BlobResponse::Chunk(_)) => {
                     tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
+                }
+                None if position == 0 => {
+                    tracing::debug!(target: "node::blobs", %key, %peer, index, "no answer for a chunk in time; asking again")
                 }
                 _ => {}
             }
@@ -327,6 +368,34 @@ impl BlobNet {
 /// ([`StoreResponder`]); the `lying-peer` adversary answers with lies (tests and devnets only).
 pub trait Responder: Send + Sync + 'static {
     fn answer(&self, request: &BlobRequest) -> BlobResponse;
+}
+
+type Turns = Arc<Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// A fetch's place in its blob's queue ([`BlobNet::ensure`]); the queue goes once nobody holds a
+/// place in it, also when a fetch is cancelled (a check that ended early).
+struct Turn {
+    turns: Turns,
+    key: BlobKey,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Turn {
+    fn take(turns: &Turns, key: BlobKey) -> Self {
+        let gate = turns.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
+        Self { turns: turns.clone(), key, gate }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's handle and ours are the only ones: nobody else holds or waits for this
+        // blob (a new fetch takes its handle under this same lock).
+        if Arc::strong_count(&self.gate) == 2 {
+            turns.remove(&self.key);
+        }
+    }
 }
 
 /// Starts a peer network that follows no chain ([`Hello::client`]), serves `store` and dials
@@ -480,8 +549,10 @@ mod tests {
         let key = a_store.put_data(&blob).unwrap();
         let other_bytes = vec![5u8; CHUNK_BYTES + 1];
         let other = a_store.put_data(&other_bytes).unwrap();
-        // Below the kernel's ephemeral range (32768 and up), so no outgoing connection holds it.
-        let port = 31_000 + (std::process::id() % 700) as u16 * 2;
+        // Below the kernel's ephemeral range (32768 and up), so no outgoing connection holds it;
+        // the lib's tests that listen take disjoint ranges: this 29,000–29,500, the next
+        // 29,500–30,000, the lying peer 30,000–31,000, swarm.rs 31,000–32,000.
+        let port = 29_000 + (std::process::id() % 250) as u16 * 2;
         let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
         let (_a, _) = start([1; 32], &a_addr, &[], a_store).await.unwrap();
         let (b, _) = start(
@@ -515,6 +586,62 @@ mod tests {
         let fetched_bytes = (blob.len() + other_bytes.len()) as u64;
         assert!(bytes.received >= fetched_bytes, "{bytes:?} after fetching {fetched_bytes} bytes");
         assert!(bytes.sent >= fetched_bytes, "{bytes:?}: the serving side's counters are in the same registry");
+    }
+}
+
+/// Two checks of one miner, or a check and the aggregation, want the same blob at once.
+#[cfg(test)]
+mod same_blob_at_once {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Serves from a store and counts the chunks it served.
+    struct Counting {
+        inner: StoreResponder,
+        chunks: AtomicUsize,
+    }
+
+    impl Responder for Counting {
+        fn answer(&self, request: &BlobRequest) -> BlobResponse {
+            if matches!(request, BlobRequest::Chunk { .. }) {
+                self.chunks.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.answer(request)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_wanted_by_several_fetches_at_once_is_downloaded_once() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a_store = BlobStore::open(a_dir.path()).unwrap();
+        let blob: Vec<u8> = (0..(CHUNK_BYTES * 3 + 7)).map(|i| (i * 17 % 253) as u8).collect();
+        let key = a_store.put_data(&blob).unwrap();
+        let counting = Arc::new(Counting { inner: StoreResponder::new(a_store.clone()), chunks: AtomicUsize::new(0) });
+        let port = 29_500 + (std::process::id() % 250) as u16 * 2;
+        let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let (_a, _) = start_with([3; 32], &a_addr, &[], a_store, counting.clone()).await.unwrap();
+        let (b, _) = start(
+            [4; 32],
+            &format!("/ip4/127.0.0.1/tcp/{}", port + 1),
+            &[a_addr],
+            BlobStore::open(b_dir.path()).unwrap(),
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let fetches: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.ensure_until(key, deadline, MAX_BLOB_BYTES).await })
+            })
+            .collect();
+        for fetch in fetches {
+            fetch.await.unwrap().unwrap();
+        }
+        assert_eq!(b.store().get(&key).unwrap(), blob);
+        assert_eq!(counting.chunks.load(Ordering::SeqCst), 4, "each of the 4 chunks served once");
+        assert!(b.in_flight.lock().unwrap().is_empty(), "no turn is left behind");
     }
 }
 
@@ -555,7 +682,7 @@ mod lying_peer {
         stores[0].put(&trail_key, &trail.to_bytes()).unwrap();
         let delta = stores[0].put_data(&[7u8; 5000]).unwrap();
         stores[1].put(&trail_key, &trail.to_bytes()).unwrap();
-        let port = 29_000 + (std::process::id() % 500) as u16 * 4;
+        let port = 30_000 + (std::process::id() % 250) as u16 * 4;
         let addr = |i: u16| format!("/ip4/127.0.0.1/tcp/{}", port + i);
         let (honest, _) = start([11; 32], &addr(0), &[], stores[0].clone()).await.unwrap();
         let liar_responder = Arc::new(LyingResponder::new(stores[1].clone()));

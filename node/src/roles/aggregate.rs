@@ -128,6 +128,38 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trell
     }
 }
 
+/// Called after every block by the validator role: every Δ revealed in a round being checked is
+/// fetched now, beside the checks, so that the aggregate (which reads every accepted Δ) starts
+/// with them here instead of fetching them all once the round is tallied. A Δ is fetched once
+/// whoever wants it (a check of its miner, this, the aggregation: `BlobNet::ensure`), and a
+/// failure here is only logged: the aggregation fetches what is missing.
+pub fn prefetch(context: &Arc<RoleContext>) {
+    for job in context.active_jobs() {
+        let Some(round) = context.round(job.id, job.current_round) else { continue };
+        if round.phase != Phase::Verifying {
+            continue;
+        }
+        let Ok(limits) = super::jobdata::BlobLimits::of(&job.spec) else { continue };
+        for commit in &round.commits {
+            let Some(reveal) = &commit.reveal else { continue };
+            let work = Work::PrefetchDelta { job: job.id, round: round.round, miner: commit.miner };
+            if !context.start_once(work) {
+                continue;
+            }
+            let (context, key, job_id, round_number) =
+                (context.clone(), BlobKey::new(BlobKind::Data, reveal.delta_hash), job.id, round.round);
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
+                let fetched = context.net.ensure_until(key, deadline, limits.delta).await;
+                let tagged = fetched.is_ok() && context.net.store().tag_round(job_id, round_number, &[key]).is_ok();
+                if !tagged {
+                    tracing::debug!(target: "node::aggregate", %key, "a revealed Δ was not prefetched; the aggregation fetches it");
+                }
+            });
+        }
+    }
+}
+
 /// Coordinates combined at a time when the job's rule is coordinate-wise: each accepted Δ is read
 /// from the store a block at a time, so aggregating holds θ, the momentum and one block of each
 /// Δ, however many miners were accepted (`docs/scaling.md`, memory per role).
@@ -140,8 +172,8 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let momentum = jobdata::momentum(net, job, global.len()).await.context("the outer momentum")?;
     let deadline = tokio::time::Instant::now() + FETCH_PATIENCE;
     let limits = super::jobdata::BlobLimits::of(&job.spec)?;
-    let mut deltas = Vec::with_capacity(round.accepted.len());
-    for miner in &round.accepted {
+    // Every accepted Δ at once (most are already here: `prefetch`).
+    let fetches = round.accepted.iter().map(|miner| async move {
         let reveal = round
             .commits
             .iter()
@@ -150,11 +182,14 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             .context("an accepted miner without revealed work")?;
         let key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
         net.ensure_until(key, deadline, limits.delta).await.with_context(|| format!("the Δ of {miner}"))?;
-        net.store().tag_round(job.id, round.round, &[key])?;
-        deltas.push((*miner, key));
-    }
+        anyhow::Ok((*miner, key))
+    });
+    let deltas = futures::future::try_join_all(fetches).await?;
+    let keys: Vec<BlobKey> = deltas.iter().map(|(_, key)| *key).collect();
+    net.store().tag_round(job.id, round.round, &keys)?;
     let spec = job.spec.clone();
     let store = net.store().clone();
+    let _heavy = super::HEAVY_WORK.acquire().await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, Hash)> {
         let (model, momentum) = outer_update_from_store(&store, &spec, global, momentum, &deltas)?;
         let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&model))?;

@@ -435,6 +435,9 @@ async fn judge(
     gathered: Gathered,
 ) -> Result<VerdictOutcome, OwnFailure> {
     let (context, job, round_number) = (context.clone(), job.clone(), round.round);
+    // One replay at a time: each holds a whole training state, and the checks a node is assigned
+    // in a round would otherwise hold one each (`docs/scaling.md`, memory per role).
+    let _heavy = super::HEAVY_WORK.acquire().await.map_err(|e| OwnFailure(e.into()))?;
     let outcome = tokio::task::spawn_blocking(move || -> Result<VerdictOutcome, OwnFailure> {
         let Gathered { reveal, trail, frame, segment, worker, zk, dataset, global, delta, residual } = gathered;
         let spec = &job.spec;

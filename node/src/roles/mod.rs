@@ -14,6 +14,11 @@ pub mod checker;
 pub mod jobdata;
 pub mod miner;
 
+/// The work that holds a model's worth of state (a replay, an aggregation) runs one piece at a
+/// time in a node, so its peak memory is one piece's whatever a round assigns it; on a node's
+/// cores the pieces would share the same threads anyway.
+pub static HEAVY_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// A piece of role work that is started once (until forgotten): what it is, and the job,
 /// round, miner or segment it is for. `Send…` pieces end in a transaction of ours; they are
 /// forgotten together when our transactions are stuck, so that they are sent again.
@@ -38,6 +43,12 @@ pub enum Work {
     ComputeAggregate {
         job: JobId,
         round: u32,
+    },
+    /// Fetching a revealed Δ while the round is checked, for the aggregate.
+    PrefetchDelta {
+        job: JobId,
+        round: u32,
+        miner: Address,
     },
     /// Deleting what nobody needs of a job's rounds before `keep_from`.
     CollectGarbage {
@@ -88,6 +99,7 @@ impl Work {
             Work::CheckRunnable { job, .. }
             | Work::Train { job, .. }
             | Work::ComputeAggregate { job, .. }
+            | Work::PrefetchDelta { job, .. }
             | Work::CollectGarbage { job, .. }
             | Work::SendJoin { job }
             | Work::SendCommit { job, .. }
@@ -385,6 +397,7 @@ pub fn sign_and_admit(shared: &Shared, key: &Keypair, kind: TxKind, fee: u64) ->
 pub async fn run_validator(context: Arc<RoleContext>, book: Arc<aggregate::AggregateBook>) {
     drive(context, move |context, height| {
         checker::tick(context, height);
+        aggregate::prefetch(context);
         aggregate::tick(context, &book, height);
     })
     .await;
