@@ -133,10 +133,23 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trell
 /// with them here instead of fetching them all once the round is tallied. A Δ is fetched once
 /// whoever wants it (a check of its miner, this, the aggregation: `BlobNet::ensure`), and a
 /// failure here is only logged: the aggregation fetches what is missing.
+///
+/// It waits until this node's own checks of the round have their verdicts: a miner's uplink is
+/// what a round across the internet waits for, and the Δs of miners this node does not check
+/// would compete there with the checks (a `small` job across continents timed checks out); by
+/// then the checkers of each miner hold its Δ and serve it too.
 pub fn prefetch(context: &Arc<RoleContext>) {
+    let me = context.key.address();
     for job in context.active_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
         if round.phase != Phase::Verifying {
+            continue;
+        }
+        let checking =
+            round.assignments.iter().filter(|a| a.checkers.contains(&me)).any(|a| {
+                !round.verdicts.iter().any(|v| v.checker == me && v.miner == a.miner && v.segment == a.segment)
+            });
+        if checking {
             continue;
         }
         let Ok(limits) = super::jobdata::BlobLimits::of(&job.spec) else { continue };
