@@ -123,6 +123,16 @@ pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
     }
 }
 
+/// The height by which a check's blobs from the miner must have arrived: the verification window's
+/// end less a quarter of the window (at least [`CUTOFF_MARGIN_BLOCKS`]), which leaves the replay
+/// and the verdict's inclusion their time.
+pub fn fetch_cutoff(verify_end: trellis_proto::Height, verify_blocks: u32) -> trellis_proto::Height {
+    verify_end.before((u64::from(verify_blocks) / 4).max(CUTOFF_MARGIN_BLOCKS))
+}
+
+/// The least a fetch cutoff leaves of a verification window.
+const CUTOFF_MARGIN_BLOCKS: u64 = 10;
+
 /// This checker could not do its part: not the miner's fault, not the job's.
 #[derive(Debug)]
 pub struct OwnFailure(pub anyhow::Error);
@@ -150,6 +160,10 @@ type Early = Result<VerdictOutcome, OwnFailure>;
 /// in the order the check judges them, so the verdict does not depend on which arrives first.
 /// Dropping it stops every fetch still running (a check that ended early).
 struct MinersBlobs {
+    context: Arc<RoleContext>,
+    /// The height by which the miner's blobs must be here ([`fetch_cutoff`]).
+    cutoff: trellis_proto::Height,
+    began: tokio::time::Instant,
     net: crate::p2p::exchange::BlobNet,
     deadline: tokio::time::Instant,
     fetches: std::collections::HashMap<BlobKey, tokio::task::JoinHandle<Result<(), FetchError>>>,
@@ -157,15 +171,25 @@ struct MinersBlobs {
 }
 
 impl MinersBlobs {
-    fn new(context: &RoleContext) -> Self {
-        let deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
-        Self { net: context.net.clone(), deadline, fetches: Default::default(), stored: Default::default() }
+    fn new(context: &Arc<RoleContext>, cutoff: trellis_proto::Height) -> Self {
+        let began = tokio::time::Instant::now();
+        let deadline = began + BLOB_PATIENCE;
+        Self {
+            context: context.clone(),
+            cutoff,
+            began,
+            net: context.net.clone(),
+            deadline,
+            fetches: Default::default(),
+            stored: Default::default(),
+        }
     }
 
     /// The miner's patience for blobs asked for from now on starts again (after fetches of our
     /// own, which must not count against the miner).
     fn restart_patience(&mut self) {
-        self.deadline = tokio::time::Instant::now() + BLOB_PATIENCE;
+        self.began = tokio::time::Instant::now();
+        self.deadline = self.began + BLOB_PATIENCE;
     }
 
     /// Starts fetching `key` (at most `limit` bytes: what the job allows it) unless it already is.
@@ -184,8 +208,29 @@ impl MinersBlobs {
     /// exchange), which must never count against the miner.
     async fn stored(&mut self, key: BlobKey, limit: u64) -> Result<(), Early> {
         self.want(key, limit);
-        let Some(fetch) = self.fetches.remove(&key) else { return Ok(()) };
-        match fetch.await {
+        let Some(mut fetch) = self.fetches.remove(&key) else { return Ok(()) };
+        // A holder that keeps a fetch going (answering every chunk just in time, or slower) must
+        // not keep the check past its window: the checker would be slashed for the missing
+        // verdict. What is not here by the cutoff was not delivered; the miner always has its
+        // patience from the start of the check (a checker that starts late must not blame the
+        // miner for its own lateness).
+        let (context, cutoff, patience_ends) = (self.context.clone(), self.cutoff, self.began + BLOB_PATIENCE);
+        let window_closing = async move {
+            tokio::time::sleep_until(patience_ends).await;
+            while context.height() < cutoff {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        };
+        let fetched = tokio::select! {
+            biased;
+            fetched = &mut fetch => fetched,
+            () = window_closing => {
+                fetch.abort();
+                tracing::info!(target: "node::checker", %key, cutoff = self.cutoff.0, "the miner's blob did not arrive before the window's last part");
+                return Err(Ok(Blame::Withheld.outcome()));
+            }
+        };
+        match fetched {
             Ok(Ok(())) => {
                 self.stored.insert(key);
                 Ok(())
@@ -302,7 +347,7 @@ async fn gather(
     // reproduces bit for bit; any other check reads the final checkpoint.
     let reproduced_by_replay = segment + 1 == frame.segments() && exact && zk.is_none();
     // Everything the reveal already names is asked for at once: the trail, the Δ, θ_final.
-    let mut blobs = MinersBlobs::new(context);
+    let mut blobs = MinersBlobs::new(context, fetch_cutoff(round.verify_end, job.spec.verify_blocks));
     let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
     let delta_key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
     let final_key = BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint);
@@ -529,6 +574,21 @@ async fn judge(
     match outcome {
         Ok(result) => result,
         Err(join) => Err(OwnFailure(anyhow::anyhow!("the checking thread stopped: {join}"))),
+    }
+}
+
+#[cfg(test)]
+mod cutoff {
+    use trellis_proto::Height;
+
+    use super::*;
+
+    #[test]
+    fn a_checks_fetches_end_a_quarter_of_the_window_before_its_end_and_never_later_than_ten_blocks() {
+        assert_eq!(fetch_cutoff(Height(1_000), 340), Height(915));
+        assert_eq!(fetch_cutoff(Height(1_000), 120), Height(970));
+        assert_eq!(fetch_cutoff(Height(1_000), 8), Height(990), "at least ten blocks are left");
+        assert_eq!(fetch_cutoff(Height(5), 40), Height(0), "no underflow near genesis");
     }
 }
 
