@@ -122,6 +122,9 @@ pub fn peak_resident_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The least model + AdamW state whose ratio to a node's peak memory is printed.
+const MEANINGFUL_STATE_BYTES: u64 = 64 << 20;
+
 /// Each node's peak resident memory so far, and the largest per role, against the job's model
 /// and AdamW state in memory (`state_bytes`, when known): `docs/scaling.md` bounds every role's
 /// peak at 3× it.
@@ -143,8 +146,9 @@ pub fn print_peak_memory(info: &DevnetInfo, pids: &[u32], state_bytes: Option<u6
     }
     for role in ["validator", "miner"] {
         if let Some(max) = peaks.iter().filter(|(_, r, _)| *r == role).map(|(_, _, kib)| *kib).max() {
+            // Beside a node's fixed part (libtorch, RocksDB: ≈ 0.4 GB) a small model's ratio says nothing.
             let ratio = state_bytes
-                .filter(|s| *s > 0)
+                .filter(|s| *s >= MEANINGFUL_STATE_BYTES)
                 .map(|s| format!(" ({:.1}× the model + AdamW state)", (max * 1024) as f64 / s as f64))
                 .unwrap_or_default();
             println!("  largest {role}: {:.0} MiB{ratio}", max as f64 / 1024.0);
