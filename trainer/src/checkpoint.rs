@@ -269,33 +269,6 @@ impl CheckpointData {
         let CheckpointView { step, names, shapes, .. } = view;
         Ok(Self { step, names, shapes, weights, first_moments, second_moments })
     }
-
-    /// Reads and parses a full checkpoint file.
-    pub fn read(path: &Path) -> Result<(Self, Hash), CheckpointError> {
-        Self::read_with(path, None)
-    }
-
-    /// Reads and parses a checkpoint file, compact if `base` is given.
-    pub fn read_with(path: &Path, base: Option<CompactBase<'_>>) -> Result<(Self, Hash), CheckpointError> {
-        let bytes = read_file(path)?;
-        Ok((Self::parse_with(&bytes, base)?, checkpoint_hash(&bytes)))
-    }
-
-    /// Loads this checkpoint into `model` and `optimizer`, which must have the same tensors.
-    pub fn restore(&self, model: &mut Gpt, optimizer: &mut AdamW) -> Result<(), CheckpointError> {
-        check_fits(&self.names, &self.shapes, model)?;
-        let mut at = 0;
-        let tensors = model.parameters().iter().zip(&optimizer.first_moments).zip(&optimizer.second_moments);
-        for ((parameter, m), v) in tensors {
-            let span = at..at + parameter.tensor.numel();
-            overwrite(&parameter.tensor, &self.weights[span.clone()]);
-            overwrite(m, &self.first_moments[span.clone()]);
-            overwrite(v, &self.second_moments[span.clone()]);
-            at = span.end;
-        }
-        optimizer.step = self.step;
-        Ok(())
-    }
 }
 
 /// A checkpoint file's bytes, at most [`MAX_CHECKPOINT_BYTES`].

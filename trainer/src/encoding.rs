@@ -204,26 +204,36 @@ impl Layout {
     }
 
     /// Values `range` from the bytes of [`Layout::spans`]; a value that is not finite is refused
-    /// as [`decode`] refuses it (its index counted in the whole Δ).
+    /// as [`decode`] refuses it (its index counted in the whole Δ), and bytes that are not those
+    /// spans' (a short read of a damaged file) are [`EncodingError::WrongSize`], never a panic.
     pub fn decode_block(
         &self,
         range: &std::ops::Range<u64>,
         values: &[u8],
         scales: Option<&[u8]>,
     ) -> Result<Vec<f32>, EncodingError> {
-        let decoded: Vec<f32> = match (self.encoding, scales) {
-            (DeltaEncoding::F32, _) => {
+        let (value_span, scale_span) = self.spans(range);
+        let length = |span: &std::ops::Range<u64>| span.end - span.start;
+        let wrong = |span: &std::ops::Range<u64>, got: usize| EncodingError::WrongSize {
+            expected: length(span),
+            got: got as u64,
+        };
+        if values.len() as u64 != length(&value_span) {
+            return Err(wrong(&value_span, values.len()));
+        }
+        let scales = match (&scale_span, scales) {
+            (Some(span), Some(bytes)) if bytes.len() as u64 == length(span) => bytes,
+            (Some(span), bytes) => return Err(wrong(span, bytes.map_or(0, <[u8]>::len))),
+            (None, _) => &[],
+        };
+        let decoded: Vec<f32> = match self.encoding {
+            DeltaEncoding::F32 => {
                 values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             }
-            (DeltaEncoding::F16, _) => {
-                values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            (DeltaEncoding::Int8, scales) => {
-                let scales: Vec<f32> = scales
-                    .unwrap_or_default()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+            DeltaEncoding::F16 => values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            DeltaEncoding::Int8 => {
+                let scales: Vec<f32> =
+                    scales.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 let first = range.start / self.chunk;
                 (range.start..range.end)
                     .zip(values)
@@ -231,7 +241,6 @@ impl Layout {
                     .collect()
             }
         };
-        assert_eq!(decoded.len() as u64, range.end - range.start, "the bytes of the spans of this range");
         match decoded.iter().position(|v| !v.is_finite()) {
             Some(index) => Err(EncodingError::NonFinite(range.start as usize + index)),
             None => Ok(decoded),
@@ -359,6 +368,17 @@ mod tests {
                 );
             }
         }
+        // A short read (a damaged file) is an error, not a panic.
+        let bytes = encode(DeltaEncoding::Int8, &v);
+        let layout = Layout::parse(&bytes[..Layout::HEAD], bytes.len() as u64).unwrap();
+        let range = 0..5000;
+        let (values, scales) = layout.spans(&range);
+        let values = &bytes[values.start as usize..values.end as usize];
+        let scales = scales.unwrap();
+        let scales = &bytes[scales.start as usize..scales.end as usize];
+        assert!(layout.decode_block(&range, &values[1..], Some(scales)).is_err());
+        assert!(layout.decode_block(&range, values, Some(&scales[..4])).is_err());
+        assert!(layout.decode_block(&range, values, None).is_err());
         let mut infinite = encode(DeltaEncoding::F32, &v);
         let at = 9 + 4 * 5000;
         infinite[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());

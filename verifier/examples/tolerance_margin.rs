@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use tch::Device;
-use trellis_trainer::checkpoint::{self, CheckpointData};
+use trellis_trainer::checkpoint::{self, CheckpointView};
 use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::model::{init_normals, Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
@@ -25,7 +25,8 @@ fn adamw() -> AdamWConfig {
 fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> {
     let mut model = Gpt::new(&Preset::Nano.config(), 0, Device::Cpu).expect("valid preset");
     let mut optimizer = AdamW::new(adamw(), model.parameters());
-    CheckpointData::parse(start).expect("our checkpoint").restore(&mut model, &mut optimizer).expect("same shapes");
+    let view = CheckpointView::parse(start, None).expect("our checkpoint");
+    view.restore(&mut model, &mut optimizer, |_| true).expect("same shapes");
     let schedule = BatchSchedule { seed, workers: 2, batch_size: 8, sequence_length: 64 };
     let inner = InnerLoop {
         dataset,

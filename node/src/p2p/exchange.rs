@@ -541,6 +541,23 @@ impl Responder for LyingResponder {
 mod tests {
     use super::*;
 
+    /// A node serving `store` with `responder` on `port` (its key from `seed`), and a node with an
+    /// empty store in `fetcher_dir` on `port + 1` that dials it: (server, fetcher).
+    pub(super) async fn serving_pair(
+        seed: u8,
+        port: u16,
+        store: BlobStore,
+        responder: Arc<dyn Responder>,
+        fetcher_dir: &std::path::Path,
+    ) -> (BlobNet, BlobNet) {
+        let server_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let (server, _) = start_with([seed; 32], &server_addr, &[], store, responder).await.unwrap();
+        let fetcher_store = BlobStore::open(fetcher_dir).unwrap();
+        let fetcher_addr = format!("/ip4/127.0.0.1/tcp/{}", port + 1);
+        let (fetcher, _) = start([seed + 1; 32], &fetcher_addr, &[server_addr], fetcher_store).await.unwrap();
+        (server, fetcher)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fetches_from_a_peer_and_rejects_nothing_it_should_keep() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -553,16 +570,8 @@ mod tests {
         // the lib's tests that listen take disjoint ranges: this 29,000–29,500, the next
         // 29,500–30,000, the lying peer 30,000–31,000, swarm.rs 31,000–32,000.
         let port = 29_000 + (std::process::id() % 250) as u16 * 2;
-        let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
-        let (_a, _) = start([1; 32], &a_addr, &[], a_store).await.unwrap();
-        let (b, _) = start(
-            [2; 32],
-            &format!("/ip4/127.0.0.1/tcp/{}", port + 1),
-            &[a_addr],
-            BlobStore::open(b_dir.path()).unwrap(),
-        )
-        .await
-        .unwrap();
+        let responder = Arc::new(StoreResponder::new(a_store.clone()));
+        let (_a, b) = serving_pair(1, port, a_store, responder, b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetched = b.fetch_until(key, deadline, MAX_BLOB_BYTES).await.unwrap();
         assert_eq!(fetched, blob);
@@ -619,16 +628,7 @@ mod same_blob_at_once {
         let key = a_store.put_data(&blob).unwrap();
         let counting = Arc::new(Counting { inner: StoreResponder::new(a_store.clone()), chunks: AtomicUsize::new(0) });
         let port = 29_500 + (std::process::id() % 250) as u16 * 2;
-        let a_addr = format!("/ip4/127.0.0.1/tcp/{port}");
-        let (_a, _) = start_with([3; 32], &a_addr, &[], a_store, counting.clone()).await.unwrap();
-        let (b, _) = start(
-            [4; 32],
-            &format!("/ip4/127.0.0.1/tcp/{}", port + 1),
-            &[a_addr],
-            BlobStore::open(b_dir.path()).unwrap(),
-        )
-        .await
-        .unwrap();
+        let (_a, b) = super::tests::serving_pair(3, port, a_store, counting.clone(), b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetches: Vec<_> = (0..4)
             .map(|_| {
