@@ -67,7 +67,9 @@ impl BlobKind {
 
     /// The domain in which the hash of a blob's whole bytes is its address; `None` for a dataset
     /// manifest, addressed by the Merkle root of the shards it lists. Every other kind can
-    /// therefore be checked as its bytes stream in, without holding them.
+    /// therefore be checked as its bytes stream in, without holding them. (A compact
+    /// checkpoint's address is the hash of two parts, `trellis_trainer::checkpoint::CheckpointHasher`;
+    /// every other checkpoint's is its whole bytes in this domain.)
     pub fn hash_domain(self) -> Option<HashDomain> {
         match self {
             BlobKind::Checkpoint => Some(HashDomain::Checkpoint),

@@ -31,11 +31,15 @@ pub enum HashDomain {
     BeaconMix,
     StateEntry,
     Genesis,
+    /// A compact checkpoint: the hash of its weights section beside the hash of the rest.
+    CompactCheckpoint,
+    /// One part of a compact checkpoint (its weights' drift, or everything else).
+    CheckpointPart,
 }
 
 impl HashDomain {
     /// Every domain (the golden-vector and distinctness tests walk it).
-    pub const ALL: [HashDomain; 16] = {
+    pub const ALL: [HashDomain; 18] = {
         use HashDomain::*;
         [
             Transaction,
@@ -54,6 +58,8 @@ impl HashDomain {
             BeaconMix,
             StateEntry,
             Genesis,
+            CompactCheckpoint,
+            CheckpointPart,
         ]
     };
 
@@ -76,6 +82,8 @@ impl HashDomain {
             HashDomain::BeaconMix => "trellis v1 beacon mix",
             HashDomain::StateEntry => "trellis v1 state entry",
             HashDomain::Genesis => "trellis v1 genesis",
+            HashDomain::CompactCheckpoint => "trellis v1 compact checkpoint",
+            HashDomain::CheckpointPart => "trellis v1 checkpoint part",
         }
     }
 

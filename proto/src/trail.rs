@@ -14,6 +14,7 @@
 //! u32 n ‖ n × { u64 step ‖ 32-byte checkpoint hash }
 //! u32 m ‖ m × f32 loss           (finite: the codec refuses NaN and infinities)
 //! u32 p ‖ p × 32-byte proof blob hash
+//! 32-byte final_moments           (zero unless the job's Δ is its final checkpoint's drift)
 //! ```
 //!
 //! What a trail must look like for a given round (checkpoint positions, counts) is a protocol
@@ -52,6 +53,11 @@ pub struct Trail {
     pub losses: Vec<f32>,
     /// Blob hashes of one Groth16 proof per segment (`groth16` jobs; empty otherwise).
     pub proofs: Vec<Hash>,
+    /// In a job whose Δ is the negated drift of the final compact checkpoint
+    /// (`trellis_protocol::trail::delta_is_drift`): the hash of that checkpoint's part that is not
+    /// its weights (header and moments), from which and the Δ a checker recomputes the final
+    /// checkpoint's hash without downloading it. Zero in every other job.
+    pub final_moments: Hash,
 }
 
 impl Trail {
@@ -85,6 +91,7 @@ impl Encode for Trail {
         encode_seq(&self.checkpoints, out);
         encode_seq(&self.losses, out);
         encode_seq(&self.proofs, out);
+        self.final_moments.encode_to(out);
     }
 }
 
@@ -99,6 +106,7 @@ impl Decode for Trail {
             checkpoints: decode_seq(reader, "trail checkpoints", max + 1, 40)?,
             losses: decode_seq(reader, "trail losses", max, 4)?,
             proofs: decode_seq(reader, "trail proofs", max, 32)?,
+            final_moments: Decode::decode_from(reader)?,
         })
     }
 }
@@ -116,6 +124,7 @@ mod tests {
             checkpoints: (0..3).map(|i| TrailEntry { step: 40 + 4 * i, hash: Hash([i as u8; 32]) }).collect(),
             losses: vec![3.5, 3.25, 3.0, 2.75, 2.5, 2.25, 2.0, 1.75],
             proofs: Vec::new(),
+            final_moments: Hash::ZERO,
         }
     }
 

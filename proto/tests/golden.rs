@@ -202,10 +202,10 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
 const GOLDEN_BLOCK_HASH: &str = "e30af014fec59cdd84ae6ba49ed5c9d3c8a461c0dd77ae7208675ee1270f39a0";
 const GOLDEN_JOB_SPEC_HASH: &str = "f8502738dacb388dbdceaa79548ebc04365d6a4268c8706022e29f1511fe36b6";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
-const GOLDEN_TRAIL_HASH: &str = "8b65b55be39c089efddbcc644efa0e0d34f181bcbe43f65c524aba2a140640a5";
+const GOLDEN_TRAIL_HASH: &str = "79630e845f02e9e99b52b6c4fc0586eab7655dd7da380e420f2a3a5a95ea20bb";
 const GOLDEN_WORK_BINDING: &str = "608eab24882b386c873a80e25397564f20f3da144f673aa148d8aeed51c34c95";
 const GOLDEN_WORK_REVEAL: (usize, &str) = (140, "c66f7cf0b106acba144ce0f2ed278ccc2fb7db8c13e92112aa29affd3f65309c");
-const GOLDEN_TRAIL: (usize, &str) = (248, "4cfdcbe4b71944de4a9b501880a3f32bc96535586c55c54be3483d2ff06bbdb0");
+const GOLDEN_TRAIL: (usize, &str) = (280, "939f108d60aee8b03ba2a180774b4821ed1bf6f92927ea6d101a06d6f354eeb0");
 const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) =
     (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");
 const GOLDEN_MERKLE_EMPTY: &str = "14ffdb1a57d34c9fb4fac3b2a8e4c473361d39d3b93b07b3bf734039db06a3d5";

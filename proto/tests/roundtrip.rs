@@ -310,6 +310,7 @@ proptest! {
         checkpoints in vec((any::<u64>(), arb_hash()), 0..8),
         losses in vec(arb_f32(), 0..16),
         proofs in vec(arb_hash(), 0..4),
+        final_moments in arb_hash(),
     ) {
         let trail = Trail {
             job: JobId(job),
@@ -319,6 +320,7 @@ proptest! {
             checkpoints: checkpoints.into_iter().map(|(step, hash)| TrailEntry { step, hash }).collect(),
             losses,
             proofs,
+            final_moments,
         };
         let bytes = trail.to_bytes();
         let back = Trail::from_bytes(&bytes).unwrap();

@@ -141,6 +141,7 @@ mod tests {
             checkpoints,
             losses: (0..STEPS).map(|i| i as f32).collect(),
             proofs: Vec::new(),
+            final_moments: Hash::ZERO,
         }
     }
 
@@ -153,6 +154,7 @@ mod tests {
             interval: INTERVAL,
             proofs: 0,
             final_checkpoint: trail.checkpoints.last().unwrap().hash,
+            delta_is_drift: false,
         }
     }
 

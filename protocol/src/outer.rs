@@ -140,7 +140,7 @@ pub fn pseudo_gradient(global: &[f32], local: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(theta, vec![1.0, 3.0, 1.0]);
     }
 
-    fn spec(outer_optimizer: OuterOptimizer, aggregation: trellis_proto::AggregationRule) -> JobSpec {
+    pub(crate) fn spec(outer_optimizer: OuterOptimizer, aggregation: trellis_proto::AggregationRule) -> JobSpec {
         use trellis_proto::*;
         JobSpec {
             name: "outer".into(),

@@ -10,7 +10,19 @@
 //! steps between checkpoints, claim another slot's batches or leave losses out.
 
 use thiserror::Error;
-use trellis_proto::{Hash, JobId, JobSpec, Trail, TrailEntry, VerificationMode};
+use trellis_proto::{CheckpointState, DeltaEncoding, Hash, JobId, JobSpec, Trail, TrailEntry, VerificationMode};
+
+/// Whether a job's Δ is the negated drift of its final compact checkpoint: compact checkpoints,
+/// an f32 Δ, replay verification. Then `Δ = −drift` exactly (a bf16 value in every f32), the
+/// trail names the hash of the final checkpoint's other part ([`Trail::final_moments`]), and a
+/// checker recomputes the final checkpoint's hash from the Δ and that part instead of
+/// downloading the checkpoint (`docs/protocol.md` §4.4). In every other job the trail's
+/// `final_moments` is zero and `Δ = θ_r − θ_final`.
+pub fn delta_is_drift(spec: &JobSpec) -> bool {
+    spec.verification.checkpoint_state == CheckpointState::Compact
+        && spec.diloco.encoding == DeltaEncoding::F32
+        && !matches!(spec.verification.mode, VerificationMode::Groth16 { .. })
+}
 
 /// Segments of a round: `⌈H/c⌉` (an interval of 0 counts as 1; specs with it are refused).
 pub fn segment_count(inner_steps: u32, interval: u32) -> u32 {
@@ -45,6 +57,9 @@ pub struct TrailFrame {
     pub proofs: u32,
     /// The final checkpoint the miner revealed.
     pub final_checkpoint: Hash,
+    /// Whether the job's Δ is its final checkpoint's drift ([`delta_is_drift`]): only then may
+    /// the trail name a `final_moments` part.
+    pub delta_is_drift: bool,
 }
 
 impl TrailFrame {
@@ -55,7 +70,16 @@ impl TrailFrame {
             VerificationMode::Groth16 { .. } => segment_count(inner_steps, interval),
             _ => 0,
         };
-        Self { job, round, worker, inner_steps, interval, proofs, final_checkpoint }
+        Self {
+            job,
+            round,
+            worker,
+            inner_steps,
+            interval,
+            proofs,
+            final_checkpoint,
+            delta_is_drift: delta_is_drift(spec),
+        }
     }
 
     pub fn segments(&self) -> u32 {
@@ -74,8 +98,8 @@ impl TrailFrame {
     /// The size of the canonical encoding of every trail that fits this frame (its fields are
     /// fixed-size and their counts are the frame's): the most a reader of such a trail fetches.
     pub fn trail_bytes(&self) -> u64 {
-        // job, round, worker, interval; then three length-prefixed sequences.
-        let fixed = 8 + 4 + 4 + 4 + 3 * 4;
+        // job, round, worker, interval; three length-prefixed sequences; the final moments' hash.
+        let fixed = 8 + 4 + 4 + 4 + 3 * 4 + 32;
         fixed + 40 * u64::from(self.checkpoints()) + 4 * u64::from(self.inner_steps) + 32 * u64::from(self.proofs)
     }
 
@@ -107,6 +131,8 @@ pub enum TrailMismatch {
     Proofs { expected: u32, got: usize },
     #[error("the trail ends at checkpoint {got}, the miner revealed {expected}")]
     Final { expected: Hash, got: Hash },
+    #[error("the trail names a part of its final checkpoint, which a job whose Δ is not the final drift never has")]
+    FinalMoments,
 }
 
 /// Checks that `trail` is exactly the shape `frame` says, field by field.
@@ -141,6 +167,10 @@ pub fn check_trail(trail: &Trail, frame: &TrailFrame) -> Result<(), TrailMismatc
     let last = trail.checkpoints.last().map_or(Hash::ZERO, |e| e.hash);
     if last != frame.final_checkpoint {
         return Err(TrailMismatch::Final { expected: frame.final_checkpoint, got: last });
+    }
+    // One encoding per trail: a part that no checker reads is zero.
+    if !frame.delta_is_drift && trail.final_moments != Hash::ZERO {
+        return Err(TrailMismatch::FinalMoments);
     }
     Ok(())
 }
@@ -189,6 +219,7 @@ mod tests {
             interval,
             proofs: 0,
             final_checkpoint: Hash([9; 32]),
+            delta_is_drift: false,
         }
     }
 
@@ -205,6 +236,7 @@ mod tests {
             checkpoints,
             losses: (0..frame.inner_steps).map(|i| 5.0 - i as f32 * 0.01).collect(),
             proofs: Vec::new(),
+            final_moments: if frame.delta_is_drift { Hash([5; 32]) } else { Hash::ZERO },
         }
     }
 
@@ -278,11 +310,37 @@ mod tests {
             ),
             (|t| t.proofs.push(Hash::ZERO), TrailMismatch::Proofs { expected: 0, got: 1 }),
             (|t| t.checkpoints[3].hash = Hash::ZERO, TrailMismatch::Final { expected: Hash([9; 32]), got: Hash::ZERO }),
+            (|t| t.final_moments = Hash([5; 32]), TrailMismatch::FinalMoments),
         ];
         for (edit, expected) in cases {
             let mut trail = honest(&f);
             edit(&mut trail);
             assert_eq!(check_trail(&trail, &f), Err(expected));
         }
+        // A job whose Δ is the final drift: the trail names the final checkpoint's other part.
+        let drift = TrailFrame { delta_is_drift: true, ..f };
+        check_trail(&honest(&drift), &drift).unwrap();
+    }
+
+    #[test]
+    fn only_a_compact_f32_replayed_job_sends_its_final_drift_as_the_delta() {
+        use trellis_proto::{CheckpointState, DeltaEncoding, VerificationMode};
+        let mut spec =
+            crate::outer::tests::spec(trellis_proto::OuterOptimizer::Nesterov, trellis_proto::AggregationRule::Mean);
+        spec.verification.checkpoint_state = CheckpointState::Compact;
+        spec.diloco.encoding = DeltaEncoding::F32;
+        assert!(delta_is_drift(&spec));
+        for encoding in [DeltaEncoding::F16, DeltaEncoding::Int8] {
+            let mut lossy = spec.clone();
+            lossy.diloco.encoding = encoding;
+            assert!(!delta_is_drift(&lossy));
+        }
+        let mut full = spec.clone();
+        full.verification.checkpoint_state = CheckpointState::Full;
+        assert!(!delta_is_drift(&full));
+        let mut zk = spec.clone();
+        zk.verification.mode =
+            VerificationMode::Groth16 { model: "zk".into(), proving_key: Hash([1; 32]), verifying_key: Hash([2; 32]) };
+        assert!(!delta_is_drift(&zk));
     }
 }

@@ -70,9 +70,214 @@ pub enum CheckpointError {
     HashMismatch { path: std::path::PathBuf, expected: Hash, actual: Hash },
 }
 
-/// The hash of canonical checkpoint bytes.
+/// The hash of checkpoint bytes, canonical or not ([`CheckpointHasher`]).
 pub fn checkpoint_hash(bytes: &[u8]) -> Hash {
-    Hash::digest(HashDomain::Checkpoint, bytes)
+    let mut hasher = CheckpointHasher::default();
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+/// The two parts of a compact checkpoint's hash: its weights' drift section, and the rest of
+/// its bytes (header, moments' reference exponents, both moments), each hashed in
+/// [`HashDomain::CheckpointPart`]. The checkpoint's hash is [`CompactParts::hash`].
+///
+/// So a checker holding a Δ that is the negated drift and the `rest` part (32 bytes, named in the
+/// trail) recomputes the final checkpoint's hash without its bytes (`docs/protocol.md` §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactParts {
+    pub drift: Hash,
+    pub rest: Hash,
+}
+
+impl CompactParts {
+    /// The checkpoint's hash: both parts, in [`HashDomain::CompactCheckpoint`].
+    pub fn hash(&self) -> Hash {
+        let mut hasher = HashDomain::CompactCheckpoint.hasher();
+        hasher.update(&self.drift.0);
+        hasher.update(&self.rest.0);
+        Hash(*hasher.finalize().as_bytes())
+    }
+}
+
+/// The parts of `bytes` if they hash as a compact checkpoint ([`CheckpointHasher`]).
+pub fn compact_parts(bytes: &[u8]) -> Option<CompactParts> {
+    let mut hasher = CheckpointHasher::default();
+    hasher.update(bytes);
+    hasher.parts()
+}
+
+/// The drift part of the compact checkpoint whose weights drifted by `−delta`: `Some` only when
+/// every value of `delta` is the negation of a finite bf16 value (what a compact checkpoint's
+/// drift holds), else `None` — no checkpoint has that drift.
+pub fn drift_part_of_delta(delta: &[f32]) -> Option<Hash> {
+    let mut hasher = HashDomain::CheckpointPart.hasher();
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    for chunk in delta.chunks(32 * 1024) {
+        buffer.clear();
+        for value in chunk {
+            let bits = (-value).to_bits();
+            if bits & 0xffff != 0 || bits & 0x7f80_0000 == 0x7f80_0000 {
+                return None;
+            }
+            buffer.extend_from_slice(&((bits >> 16) as u16).to_le_bytes());
+        }
+        hasher.update(&buffer);
+    }
+    Some(Hash(*hasher.finalize().as_bytes()))
+}
+
+/// Longest header a compact checkpoint's hash reads as a header (names and shapes of its
+/// tensors: a `gpt2` header is about 6 KiB).
+const MAX_HASHED_HEADER: usize = 1 << 20;
+
+/// Hashes checkpoint bytes as they stream in, by a rule that depends on nothing but the bytes:
+///
+/// - bytes that begin with a whole compact checkpoint header (magic, version 3, step, tensor
+///   count, each tensor's name and shape, within [`MAX_HASHED_HEADER`] bytes) hash as
+///   [`CompactParts`]: the section where that header puts the drift (`2·total` bytes after the
+///   reference exponents, cut short if the bytes end first) in one part, every other byte in
+///   order in the other;
+/// - every other byte string (a full checkpoint, a groth16 job's fixed-point state, garbage)
+///   hashes whole in [`HashDomain::Checkpoint`].
+///
+/// The domains differ, so no byte string of one kind has the hash of one of the other; within
+/// the compact kind the header fixes where the drift lies, so two byte strings with the same
+/// parts are the same bytes.
+pub struct CheckpointHasher {
+    state: HashState,
+}
+
+enum HashState {
+    /// Not yet known whether the bytes begin with a compact header: the bytes so far.
+    Undecided(Vec<u8>),
+    Whole(Box<blake3::Hasher>),
+    Compact {
+        /// Bytes seen so far.
+        at: u64,
+        /// Where the drift section lies, in bytes from the start.
+        drift: std::ops::Range<u64>,
+        drift_part: Box<blake3::Hasher>,
+        rest_part: Box<blake3::Hasher>,
+    },
+}
+
+impl Default for CheckpointHasher {
+    fn default() -> Self {
+        Self { state: HashState::Undecided(Vec::new()) }
+    }
+}
+
+/// What the start of some bytes says about their being a compact checkpoint.
+enum HeaderScan {
+    NeedMore,
+    NotCompact,
+    /// The drift section's place, in bytes from the start.
+    Compact(std::ops::Range<u64>),
+}
+
+fn scan_compact_header(bytes: &[u8]) -> HeaderScan {
+    if bytes.len() < MAGIC.len() {
+        return if MAGIC.starts_with(bytes) { HeaderScan::NeedMore } else { HeaderScan::NotCompact };
+    }
+    match drift_section(&mut Cursor { bytes, at: 0 }) {
+        Ok(Some(drift)) => HeaderScan::Compact(drift),
+        Ok(None) => HeaderScan::NotCompact,
+        // The bytes ended inside the header.
+        Err(_) => HeaderScan::NeedMore,
+    }
+}
+
+/// Reads a compact checkpoint header: where its drift section lies, `None` when the bytes are
+/// not a compact checkpoint's (wrong magic or version, sizes past `u64`), an error when they end
+/// inside the header.
+fn drift_section(c: &mut Cursor<'_>) -> Result<Option<std::ops::Range<u64>>, CheckpointError> {
+    if c.take(8, "magic")? != MAGIC || c.u32("version")? != VERSION_COMPACT {
+        return Ok(None);
+    }
+    c.u64("step")?;
+    let count = c.u32("tensor count")?;
+    let mut total: u64 = 0;
+    for _ in 0..count {
+        let len = c.u16("name length")?;
+        c.take(usize::from(len), "name")?;
+        let mut numel: u64 = 1;
+        for _ in 0..c.u8("rank")? {
+            let Some(product) = numel.checked_mul(c.u64("dimension")?) else { return Ok(None) };
+            numel = product;
+        }
+        let Some(sum) = total.checked_add(numel) else { return Ok(None) };
+        total = sum;
+    }
+    let start = (c.at as u64).checked_add(u64::from(count));
+    let end = start.zip(total.checked_mul(2)).and_then(|(start, drift)| start.checked_add(drift));
+    Ok(start.zip(end).map(|(start, end)| start..end))
+}
+
+impl CheckpointHasher {
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while let HashState::Undecided(held) = &mut self.state {
+            let take = bytes.len().min(MAX_HASHED_HEADER.saturating_sub(held.len()));
+            held.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let decided = match scan_compact_header(held) {
+                HeaderScan::NeedMore if held.len() < MAX_HASHED_HEADER => return,
+                HeaderScan::NeedMore | HeaderScan::NotCompact => {
+                    HashState::Whole(Box::new(HashDomain::Checkpoint.hasher()))
+                }
+                HeaderScan::Compact(drift) => HashState::Compact {
+                    at: 0,
+                    drift,
+                    drift_part: Box::new(HashDomain::CheckpointPart.hasher()),
+                    rest_part: Box::new(HashDomain::CheckpointPart.hasher()),
+                },
+            };
+            let held = std::mem::take(held);
+            self.state = decided;
+            self.feed(&held);
+        }
+        self.feed(bytes);
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        match &mut self.state {
+            HashState::Undecided(_) => unreachable!("bytes are fed once the kind is decided"),
+            HashState::Whole(hasher) => {
+                hasher.update(bytes);
+            }
+            HashState::Compact { at, drift, drift_part, rest_part } => {
+                let begin = *at;
+                let end = begin + bytes.len() as u64;
+                // The drift section's overlap with these bytes, as offsets into them.
+                let from = drift.start.clamp(begin, end) - begin;
+                let to = drift.end.clamp(begin, end) - begin;
+                rest_part.update(&bytes[..from as usize]);
+                drift_part.update(&bytes[from as usize..to as usize]);
+                rest_part.update(&bytes[to as usize..]);
+                *at = end;
+            }
+        }
+    }
+
+    /// The parts of a compact checkpoint's hash, `None` for bytes that hash whole.
+    pub fn parts(self) -> Option<CompactParts> {
+        match self.state {
+            HashState::Compact { drift_part, rest_part, .. } => Some(CompactParts {
+                drift: Hash(*drift_part.finalize().as_bytes()),
+                rest: Hash(*rest_part.finalize().as_bytes()),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn finalize(self) -> Hash {
+        match self.state {
+            HashState::Undecided(held) => Hash::digest(HashDomain::Checkpoint, &held),
+            HashState::Whole(hasher) => Hash(*hasher.finalize().as_bytes()),
+            compact @ HashState::Compact { .. } => {
+                Self { state: compact }.parts().expect("a compact state has parts").hash()
+            }
+        }
+    }
 }
 
 /// Flushes subnormal values of the weights and AdamW moments to zero, in place, then serialises
@@ -451,6 +656,14 @@ impl<'a> CheckpointView<'a> {
         self.weights_of(0..self.total)
     }
 
+    /// A compact checkpoint's drift from the round's start weights, every value a bf16 value as
+    /// an `f32` (`None` for a full checkpoint): negated, the Δ of a job whose Δ is its final drift.
+    pub fn drift(&self) -> Option<Vec<f32>> {
+        self.base?;
+        let (_, drift, _, _) = self.compact_sections();
+        Some(drift.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect())
+    }
+
     fn weights_of(&self, span: std::ops::Range<usize>) -> Vec<f32> {
         match self.base {
             None => f32s(&self.body[4 * span.start..4 * span.end]),
@@ -642,6 +855,107 @@ mod tests {
             assert!(CheckpointData::parse(&bytes[..cut]).is_err(), "a prefix of {cut} bytes parsed");
         }
         assert!(CheckpointData::parse(&[bytes.as_slice(), &[0]].concat()).is_err());
+    }
+
+    /// A compact checkpoint of 10 parameters in two tensors, built by hand: `drift` is its
+    /// drift section's bf16 bits.
+    fn compact_sample(drift: &[u16; 10]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION_COMPACT.to_le_bytes());
+        out.extend_from_slice(&40u64.to_le_bytes());
+        out.extend_from_slice(&2u32.to_le_bytes());
+        for (name, shape) in [("wte", &[2u64, 3][..]), ("ln.bias", &[4])] {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(shape.len() as u8);
+            shape.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+        }
+        out.extend_from_slice(&[100, 101]); // reference exponents
+        drift.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+        out.extend((0..10).map(|i| i as u8)); // first moments
+        out.extend((0..10).map(|i| 8 + i as u8)); // second moments
+        out
+    }
+
+    const DRIFT: [u16; 10] = [0x3c00, 0xbc00, 0, 0x8000, 0x3a80, 0x0001, 0x4000, 0xc000, 0x3f80, 0x1234];
+
+    #[test]
+    fn a_compact_checkpoint_hashes_as_its_drift_and_the_rest_and_the_delta_gives_the_drift_part() {
+        let bytes = compact_sample(&DRIFT);
+        let parts = compact_parts(&bytes).expect("a compact checkpoint hashes in parts");
+        assert_eq!(checkpoint_hash(&bytes), parts.hash());
+        // The parts are the drift section and everything else, in order.
+        let header = bytes.len() - 2 - 4 * 10;
+        let drift = header + 2..header + 22;
+        assert_eq!(parts.drift, Hash::digest(HashDomain::CheckpointPart, &bytes[drift.clone()]));
+        let rest = [&bytes[..drift.start], &bytes[drift.end..]].concat();
+        assert_eq!(parts.rest, Hash::digest(HashDomain::CheckpointPart, &rest));
+        // The Δ that is the negated drift gives the drift part; any other Δ does not.
+        let delta: Vec<f32> = DRIFT.iter().map(|d| -f32::from_bits(u32::from(*d) << 16)).collect();
+        assert_eq!(drift_part_of_delta(&delta), Some(parts.drift));
+        let mut other = delta.clone();
+        other[4] = -other[4];
+        assert_ne!(drift_part_of_delta(&other), Some(parts.drift), "another drift");
+        other[4] = f32::from_bits(delta[4].to_bits() + 1);
+        assert_eq!(drift_part_of_delta(&other), None, "not a bf16 value");
+        other[4] = f32::NAN;
+        assert_eq!(drift_part_of_delta(&other), None, "not finite");
+        other[4] = f32::NEG_INFINITY;
+        assert_eq!(drift_part_of_delta(&other), None, "not finite");
+        // Every byte counts, in whichever part it lies.
+        for at in [0, 13, header, drift.start, drift.end - 1, bytes.len() - 1] {
+            let mut edited = bytes.clone();
+            edited[at] ^= 1;
+            assert_ne!(checkpoint_hash(&edited), checkpoint_hash(&bytes), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn other_bytes_hash_whole_in_the_checkpoint_domain() {
+        let full = sample();
+        assert_eq!(compact_parts(&full), None);
+        assert_eq!(checkpoint_hash(&full), Hash::digest(HashDomain::Checkpoint, &full));
+        for bytes in [&b""[..], b"TRLS", b"not a checkpoint at all", &compact_sample(&DRIFT)[..30]] {
+            assert_eq!(checkpoint_hash(bytes), Hash::digest(HashDomain::Checkpoint, bytes), "{bytes:?}");
+        }
+        // A compact header whose sizes overflow is not a compact checkpoint's.
+        let mut huge = compact_sample(&DRIFT);
+        // magic, version, step, count (24 bytes), then "wte": its name length, name and rank.
+        let dim = 24 + 2 + 3 + 1;
+        huge[dim..dim + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(compact_parts(&huge), None);
+        assert_eq!(checkpoint_hash(&huge), Hash::digest(HashDomain::Checkpoint, &huge));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        // The blob store hashes a checkpoint as its chunks arrive: however the bytes are cut,
+        // the hash is the one of the whole (compact, full, cut short, edited).
+        #[test]
+        fn a_checkpoint_hashes_the_same_however_its_bytes_stream_in(
+            compact in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            edit in proptest::option::of((any::<usize>(), any::<u8>())),
+            end in any::<usize>(),
+        ) {
+            let mut bytes = if compact { compact_sample(&DRIFT) } else { sample() };
+            if let Some((at, byte)) = edit {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            bytes.truncate(end % (bytes.len() + 1) + if end % 2 == 0 { bytes.len() } else { 0 });
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut hasher = CheckpointHasher::default();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                hasher.update(&bytes[from..cut]);
+                from = cut;
+            }
+            prop_assert_eq!(hasher.finalize(), checkpoint_hash(&bytes));
+        }
     }
 
     proptest! {

@@ -278,6 +278,7 @@ impl ZkTraining<'_> {
             checkpoints: entries,
             losses,
             proofs: proof_hashes,
+            final_moments: Hash::ZERO,
         };
         Ok(ZkRound { trail, checkpoints, proofs, final_weights })
     }

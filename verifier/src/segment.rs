@@ -305,6 +305,39 @@ pub enum DeltaError {
     NotTheEncoding { encoding: DeltaEncoding },
     #[error("model sizes differ: global {global}, final {final_weights}, residual {residual}")]
     SizeMismatch { global: usize, final_weights: usize, residual: usize },
+    #[error("delta is not an f32 Δ of {parameters} values")]
+    NotF32 { parameters: usize },
+    #[error("delta is not the negated drift of the final checkpoint {final_checkpoint}")]
+    NotTheFinalDrift { final_checkpoint: Hash },
+}
+
+/// The last link of a trail whose Δ is its final checkpoint's drift
+/// (`trellis_protocol::trail::delta_is_drift`): `delta` must hash to `delta_hash`, be an f32 Δ of
+/// `parameters` values, and, read as the negated drift of a compact checkpoint whose other part
+/// hashes to `final_moments` (named in the trail), give that checkpoint the hash
+/// `final_checkpoint`. Nothing of the final checkpoint is downloaded: the hash binds the Δ to it
+/// as tightly as reading its weights would.
+pub fn check_delta_drift(
+    delta: &[u8],
+    delta_hash: &Hash,
+    parameters: usize,
+    final_moments: &Hash,
+    final_checkpoint: &Hash,
+) -> Result<(), DeltaError> {
+    let actual = encoding::delta_hash(delta);
+    if &actual != delta_hash {
+        return Err(DeltaError::HashMismatch { expected: *delta_hash, actual });
+    }
+    let values = match encoding::decode(delta) {
+        Ok((DeltaEncoding::F32, values)) if values.len() == parameters => values,
+        _ => return Err(DeltaError::NotF32 { parameters }),
+    };
+    let parts = trellis_trainer::checkpoint::drift_part_of_delta(&values)
+        .map(|drift| trellis_trainer::checkpoint::CompactParts { drift, rest: *final_moments });
+    match parts {
+        Some(parts) if &parts.hash() == final_checkpoint => Ok(()),
+        _ => Err(DeltaError::NotTheFinalDrift { final_checkpoint: *final_checkpoint }),
+    }
 }
 
 /// The last link of every trail: `delta` must hash to `delta_hash` and be exactly the job's

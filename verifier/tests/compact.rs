@@ -6,34 +6,49 @@ mod common;
 
 use common::*;
 use tch::Device;
-use trellis_proto::{InvalidReason, VerdictOutcome};
-use trellis_trainer::checkpoint::{CheckpointData, CompactBase};
+use trellis_proto::{DeltaEncoding, Hash, InvalidReason, VerdictOutcome};
+use trellis_trainer::checkpoint::{checkpoint_hash, compact_parts, CheckpointData, CheckpointView, CompactBase};
+use trellis_trainer::encoding;
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::AdamW;
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
-use trellis_verifier::segment::{check_segment, Mode, Replay};
+use trellis_verifier::segment::{check_delta_drift, check_segment, DeltaError, Mode, Replay};
+
+/// A compact trail of `steps` steps with a checkpoint every `interval`, its checkpoints written
+/// under `dir`: the trail, the round's start weights and the model at the trail's end.
+fn compact_trail(
+    data: &trellis_trainer::data::Dataset,
+    dir: &std::path::Path,
+    seed: u64,
+    worker: usize,
+    interval: u64,
+    steps: u64,
+) -> (trellis_trainer::worker::Trail, Vec<f32>, Gpt) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut model = Gpt::new(&Preset::Nano.config(), seed, Device::Cpu).unwrap();
+    let start = model.flat_weights();
+    let config = adamw();
+    let mut optimizer = AdamW::new(config.clone(), model.parameters());
+    let schedule = schedule(3);
+    let inner = InnerLoop {
+        dataset: data,
+        schedule: &schedule,
+        round: 0,
+        worker,
+        checkpoint_interval: interval,
+        trail_dir: Some(dir),
+        compact_base: CompactBase::new(&start, config.beta1, config.beta2),
+    };
+    let trail = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap().trail;
+    (trail, start, model)
+}
 
 #[test]
 fn a_compact_trail_re_executes_against_the_round_start_and_a_full_checkpoint_is_not_the_jobs() {
     let data = dataset();
     let dir = std::env::temp_dir().join(format!("trellis-compact-trail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut model = Gpt::new(&Preset::Nano.config(), 9, Device::Cpu).unwrap();
-    let start = model.flat_weights();
-    let config = adamw();
-    let base = CompactBase::new(&start, config.beta1, config.beta2).unwrap();
-    let mut optimizer = AdamW::new(config, model.parameters());
-    let schedule = schedule(3);
-    let inner = InnerLoop {
-        dataset: &data,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 4,
-        trail_dir: Some(&dir),
-        compact_base: Some(base),
-    };
-    let trail = inner.train_steps(&mut model, &mut optimizer, 12, |_, _| {}).unwrap().trail;
+    let (trail, start, _) = compact_trail(&data, &dir, 9, 1, 4, 12);
+    let base = CompactBase::new(&start, adamw().beta1, adamw().beta2).unwrap();
     let mut source = MemorySource::default();
     for entry in &trail.checkpoints {
         let bytes = std::fs::read(checkpoint_path(&dir, entry.step)).unwrap();
@@ -61,4 +76,49 @@ fn a_compact_trail_re_executes_against_the_round_start_and_a_full_checkpoint_is_
     let report = check_segment(&compact, &full_trail, 1, &full_source, Mode::Exact);
     assert_eq!(reason(&report.outcome), Some(InvalidReason::MalformedBlob));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A job whose Δ is the final drift (compact checkpoints, f32 Δ): the miner's Δ is the final
+/// checkpoint's drift, negated, and with the hash of the checkpoint's other part (named in the
+/// trail) it gives the final checkpoint's hash, so a checker binds the Δ to the trail without
+/// downloading the checkpoint. Any other Δ, or another part, does not give that hash.
+#[test]
+fn the_final_drift_is_the_delta_and_binds_it_to_the_final_checkpoint_without_its_bytes() {
+    let data = dataset();
+    let dir = std::env::temp_dir().join(format!("trellis-final-drift-{}", std::process::id()));
+    let (trail, start, model) = compact_trail(&data, &dir, 11, 0, 3, 6);
+    let base = CompactBase::new(&start, adamw().beta1, adamw().beta2).unwrap();
+    let last = trail.checkpoints.last().unwrap();
+    let bytes = std::fs::read(checkpoint_path(&dir, last.step)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(checkpoint_hash(&bytes), last.hash);
+    let final_moments = compact_parts(&bytes).unwrap().rest;
+    let drift = CheckpointView::parse(&bytes, Some(base)).unwrap().drift().unwrap();
+    let delta: Vec<f32> = drift.iter().map(|d| -d).collect();
+    let n = start.len();
+    let check = |values: &[f32], encoding: DeltaEncoding, moments: &Hash| {
+        let encoded = encoding::encode(encoding, values);
+        check_delta_drift(&encoded, &encoding::delta_hash(&encoded), n, moments, &last.hash)
+    };
+    check(&delta, DeltaEncoding::F32, &final_moments).expect("the honest Δ is the final drift");
+
+    // The plain difference θ_r − θ_final is not the drift (its rounding differs somewhere).
+    let plain: Vec<f32> = start.iter().zip(&model.flat_weights()).map(|(s, w)| s - w).collect();
+    assert!(plain.iter().zip(&delta).any(|(p, d)| p != d));
+    assert!(matches!(check(&plain, DeltaEncoding::F32, &final_moments), Err(DeltaError::NotTheFinalDrift { .. })));
+    // A poisoner's Δ: amplified (still bf16 values), or one coordinate moved.
+    let amplified: Vec<f32> = delta.iter().map(|d| 2.0 * d).collect();
+    assert!(matches!(check(&amplified, DeltaEncoding::F32, &final_moments), Err(DeltaError::NotTheFinalDrift { .. })));
+    let mut moved = delta.clone();
+    moved[n / 2] = -moved[n / 2] + 0.25;
+    assert!(matches!(check(&moved, DeltaEncoding::F32, &final_moments), Err(DeltaError::NotTheFinalDrift { .. })));
+    // Another part than the final checkpoint's, another encoding, another size, another hash.
+    assert!(check(&delta, DeltaEncoding::F32, &Hash([7; 32])).is_err());
+    assert!(matches!(check(&delta, DeltaEncoding::F16, &final_moments), Err(DeltaError::NotF32 { .. })));
+    assert!(matches!(check(&delta[1..], DeltaEncoding::F32, &final_moments), Err(DeltaError::NotF32 { .. })));
+    let encoded = encoding::encode(DeltaEncoding::F32, &delta);
+    assert!(matches!(
+        check_delta_drift(&encoded, &Hash([1; 32]), n, &final_moments, &last.hash),
+        Err(DeltaError::HashMismatch { .. })
+    ));
 }

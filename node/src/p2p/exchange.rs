@@ -674,6 +674,7 @@ mod lying_peer {
             checkpoints: (0..3).map(|i| TrailEntry { step: 2 * i, hash: Hash([i as u8; 32]) }).collect(),
             losses: vec![3.0, 2.9, 2.8, 2.7],
             proofs: Vec::new(),
+            final_moments: Hash::ZERO,
         };
         let trail_key = BlobKey::new(BlobKind::Trail, trail.hash());
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -9,8 +9,11 @@
 //!
 //! Every check also checks the last link, that Δ encodes θ_r − θ_final. What a check downloads is
 //! kept to what it cannot derive (`docs/scaling.md`): the first segment's start state is built
-//! from θ_r, which every validator holds, and a checker of the last segment in exact mode takes
-//! θ_final from its own replay instead of downloading the final checkpoint.
+//! from θ_r, which every validator holds; in a job whose Δ is the final compact checkpoint's
+//! drift (`trellis_protocol::trail::delta_is_drift`, the default job) the final checkpoint's hash
+//! is recomputed from the Δ and the part the trail names, so it is never downloaded; in other
+//! jobs a checker of the last segment in exact mode takes θ_final from its own replay, and the
+//! others download the final checkpoint.
 //!
 //! Every assigned segment gets a verdict, and every way a check can fail has its blame
 //! ([`Blame`]): the miner's data (`Invalid` with evidence, or `Unavailable` when no holder serves
@@ -30,7 +33,8 @@ use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView};
 use trellis_verifier::segment::{
-    check_claim, check_claim_reproducing, check_delta, residual_within_bound, BlobError, BlobSource, Replay,
+    check_claim, check_claim_reproducing, check_delta, check_delta_drift, residual_within_bound, BlobError, BlobSource,
+    Replay,
 };
 
 use super::{RoleContext, Work};
@@ -343,9 +347,11 @@ async fn gather(
         };
     let segment = assignment.segment;
     let exact = matches!(Comparison::of(&job.spec.verification.mode), Some(Comparison::Exact));
-    // θ_final for the last link: the end of the last segment, which an exact replay of it
-    // reproduces bit for bit; any other check reads the final checkpoint.
+    // θ_final for the last link: in a job whose Δ is the final drift, not needed (the Δ and the
+    // trail give the final checkpoint's hash); else the end of the last segment, which an exact
+    // replay of it reproduces bit for bit; any other check reads the final checkpoint.
     let reproduced_by_replay = segment + 1 == frame.segments() && exact && zk.is_none();
+    let final_not_needed = frame.delta_is_drift || reproduced_by_replay;
     // Everything the reveal already names is asked for at once: the trail, the Δ, θ_final.
     let mut blobs = MinersBlobs::new(context, fetch_cutoff(round.verify_end, job.spec.verify_blocks));
     let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
@@ -353,7 +359,7 @@ async fn gather(
     let final_key = BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint);
     blobs.want(trail_key, frame.trail_bytes());
     blobs.want(delta_key, limits.delta);
-    if !reproduced_by_replay {
+    if !final_not_needed {
         blobs.want(final_key, limits.checkpoint);
     }
     let trail_bytes = blobs.bytes(trail_key, frame.trail_bytes()).await?;
@@ -399,7 +405,7 @@ async fn gather(
     if zk.is_some() || !exact {
         needed.push(claim.end.hash);
     }
-    if !reproduced_by_replay && !needed.contains(&reveal.final_checkpoint) {
+    if !final_not_needed && !needed.contains(&reveal.final_checkpoint) {
         needed.push(reveal.final_checkpoint);
     }
     drop(start_bytes);
@@ -517,9 +523,10 @@ async fn judge(
                     device: context.device,
                     compact_base: trellis_trainer::job::compact_base(spec, &global),
                 };
-                // Only the last segment's replay ends at θ_final: only it keeps what it reached.
+                // Only the last segment's replay ends at θ_final: only it keeps what it reached
+                // (when the last link needs it).
                 let source = StoreSource(store);
-                if claim.end.hash == reveal.final_checkpoint {
+                if claim.end.hash == reveal.final_checkpoint && !frame.delta_is_drift {
                     let (report, reproduced) = check_claim_reproducing(&replay, &claim, &source, comparison);
                     (report.outcome, reproduced)
                 } else {
@@ -530,6 +537,25 @@ async fn judge(
         };
         if outcome != VerdictOutcome::Valid {
             return Ok(outcome);
+        }
+        let delta_mismatch = |delta: &[u8]| {
+            Blame::miner(InvalidReason::DeltaMismatch, reveal.delta_hash, trellis_trainer::encoding::delta_hash(delta))
+                .outcome()
+        };
+        if frame.delta_is_drift {
+            let delta = store.get(&delta)?;
+            return Ok(
+                match check_delta_drift(
+                    &delta,
+                    &reveal.delta_hash,
+                    global.len(),
+                    &trail.final_moments,
+                    &reveal.final_checkpoint,
+                ) {
+                    Ok(()) => VerdictOutcome::Valid,
+                    Err(_) => delta_mismatch(&delta),
+                },
+            );
         }
         // θ_final: reproduced bit for bit by an exact replay of the last segment, else the final
         // checkpoint, which the check fetched.
@@ -562,12 +588,7 @@ async fn judge(
         let delta = store.get(&delta)?;
         Ok(match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &reveal.delta_hash) {
             Ok(()) => VerdictOutcome::Valid,
-            Err(_) => Blame::miner(
-                InvalidReason::DeltaMismatch,
-                reveal.delta_hash,
-                trellis_trainer::encoding::delta_hash(&delta),
-            )
-            .outcome(),
+            Err(_) => delta_mismatch(&delta),
         })
     })
     .await;
@@ -609,6 +630,7 @@ mod silencing_trails {
             interval: 2,
             proofs: 2,
             final_checkpoint: Hash([2; 32]),
+            delta_is_drift: false,
         }
     }
 
@@ -622,6 +644,7 @@ mod silencing_trails {
             checkpoints: (0..3).map(|i| TrailEntry { step: f.step(i), hash: Hash([i as u8; 32]) }).collect(),
             losses: vec![1.0; 4],
             proofs: vec![Hash([7; 32]), Hash([8; 32])],
+            final_moments: Hash::ZERO,
         }
     }
 

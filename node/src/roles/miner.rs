@@ -24,6 +24,7 @@ use trellis_proto::{
     WorkCommitment, WorkReveal,
 };
 use trellis_protocol::outer::pseudo_gradient;
+use trellis_trainer::checkpoint::CheckpointView;
 use trellis_trainer::data::Dataset;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::Gpt;
@@ -503,9 +504,18 @@ async fn train_round(
             }
         };
         let compute = began.elapsed();
-        let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
-        let delta = pseudo_gradient(&global, &final_weights);
+        let mut trail = trail;
+        let delta = match final_drift(&stage, spec, &global, &trail)? {
+            // The final checkpoint's drift, negated, is the Δ; the trail names the checkpoint's
+            // other part, so checkers need not download it (`docs/protocol.md` §4.4).
+            Some((delta, final_moments)) => {
+                trail.final_moments = final_moments;
+                delta
+            }
+            None => pseudo_gradient(&global, &final_weights),
+        };
         drop(final_weights);
+        let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
         #[cfg(feature = "adversary")]
         let delta = adversary::poison(behaviour, delta, round_number, worker);
         let (encoded, residual_hash) = match spec.diloco.encoding {
@@ -549,6 +559,30 @@ async fn train_round(
     .context("the training thread stopped")??;
     tracing::debug!(target: "node::miner", fetch_s = fetched.as_secs_f64(), total_s = started.elapsed().as_secs_f64(), "round work staged");
     Ok(reveal)
+}
+
+/// In a job whose Δ is its final checkpoint's drift (`delta_is_drift`): that Δ and the hash of
+/// the final checkpoint's other part, read from the staged final checkpoint; `None` in other
+/// jobs, and when no final checkpoint was staged (a made-up trail: its Δ is the plain
+/// difference, and its checkers find the link broken).
+fn final_drift(
+    stage: &Stage,
+    spec: &JobSpec,
+    global: &[f32],
+    trail: &Trail,
+) -> anyhow::Result<Option<(Vec<f32>, Hash)>> {
+    let final_checkpoint = trail.checkpoints.last().map(|e| e.hash).unwrap_or_default();
+    let base = trellis_trainer::job::compact_base(spec, global);
+    if !trellis_protocol::trail::delta_is_drift(spec) || base.is_none() {
+        return Ok(None);
+    }
+    let Ok(bytes) = std::fs::read(stage.blob_path(&BlobKey::new(BlobKind::Checkpoint, final_checkpoint))) else {
+        return Ok(None);
+    };
+    let parts = trellis_trainer::checkpoint::compact_parts(&bytes).context("the final checkpoint is not compact")?;
+    let view = CheckpointView::parse(&bytes, base).context("reading the final checkpoint")?;
+    let drift = view.drift().context("the final checkpoint has no drift")?;
+    Ok(Some((drift.iter().map(|d| -d).collect(), parts.rest)))
 }
 
 /// What training a round's trail needs.
@@ -612,5 +646,6 @@ pub(super) fn canonical_trail(
         checkpoints,
         losses,
         proofs: Vec::new(),
+        final_moments: Hash::ZERO,
     })
 }

@@ -24,6 +24,7 @@ use thiserror::Error;
 use trellis_proto::hash::Hash;
 use trellis_proto::merkle::MerkleTree;
 use trellis_proto::JobId;
+use trellis_trainer::checkpoint::CheckpointHasher;
 
 /// Largest blob stored or fetched: a checkpoint (weights and both AdamW moments, 12 bytes a
 /// parameter) of a model of about 5.7 billion parameters.
@@ -53,16 +54,18 @@ impl VerifyBlob for BlobKey {
 }
 
 /// Checks a blob against its address as its bytes arrive, in any pieces: the one place that
-/// decides whether bytes are the blob a key names. Every kind but a dataset manifest is a hash
-/// of the whole bytes in the kind's domain ([`BlobKind::hash_domain`]; every byte counts: a miner
-/// answers for exactly the trail it revealed, decodable or not); a manifest is parsed and its
-/// Merkle root compared, so it is held, up to [`MAX_DATASET_MANIFEST_BYTES`].
+/// decides whether bytes are the blob a key names. A checkpoint's address is its checkpoint hash
+/// ([`CheckpointHasher`]: a compact checkpoint's in two parts); every other kind but a dataset
+/// manifest is a hash of the whole bytes in the kind's domain ([`BlobKind::hash_domain`]; every
+/// byte counts: a miner answers for exactly the trail it revealed, decodable or not); a manifest
+/// is parsed and its Merkle root compared, so it is held, up to [`MAX_DATASET_MANIFEST_BYTES`].
 pub struct BlobVerifier {
     key: BlobKey,
     state: Verifying,
 }
 
 enum Verifying {
+    Checkpoint(Box<CheckpointHasher>),
     Hashing(Box<blake3::Hasher>),
     Holding(Vec<u8>),
     /// A manifest over its limit: never a match.
@@ -71,15 +74,17 @@ enum Verifying {
 
 impl BlobVerifier {
     pub fn new(key: BlobKey) -> Self {
-        let state = match key.kind.hash_domain() {
-            Some(domain) => Verifying::Hashing(Box::new(domain.hasher())),
-            None => Verifying::Holding(Vec::new()),
+        let state = match (key.kind, key.kind.hash_domain()) {
+            (BlobKind::Checkpoint, _) => Verifying::Checkpoint(Box::default()),
+            (_, Some(domain)) => Verifying::Hashing(Box::new(domain.hasher())),
+            (_, None) => Verifying::Holding(Vec::new()),
         };
         Self { key, state }
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
         match &mut self.state {
+            Verifying::Checkpoint(hasher) => hasher.update(bytes),
             Verifying::Hashing(hasher) => {
                 hasher.update(bytes);
             }
@@ -93,6 +98,7 @@ impl BlobVerifier {
     /// Whether the bytes given so far are the blob the key names.
     pub fn matches(self) -> bool {
         match self.state {
+            Verifying::Checkpoint(hasher) => hasher.finalize() == self.key.hash,
             Verifying::Hashing(hasher) => Hash(*hasher.finalize().as_bytes()) == self.key.hash,
             Verifying::Holding(held) => DatasetManifest::parse(&held).is_ok_and(|m| m.root() == self.key.hash),
             Verifying::Overflowed => false,
@@ -530,6 +536,36 @@ mod tests {
         std::fs::remove_file(store.chunks_path(&key)).unwrap();
         assert_eq!(store.manifest(&key).unwrap(), manifest_of(&bytes));
         assert!(leftovers(dir.path()).is_empty());
+    }
+
+    /// A compact checkpoint's address is the hash of its two parts: the store takes it under that
+    /// address, written in pieces that cut across the drift section, and not under the hash of
+    /// its whole bytes, nor with its drift changed.
+    #[test]
+    fn a_compact_checkpoint_is_stored_under_the_hash_of_its_parts() {
+        use trellis_trainer::checkpoint::{capture_compact, checkpoint_hash, compact_parts, CompactBase};
+        use trellis_trainer::model::{Gpt, Preset};
+        use trellis_trainer::optim::{AdamW, AdamWConfig};
+        let mut model = Gpt::new(&Preset::Nano.config(), 3, tch::Device::Cpu).unwrap();
+        let start = model.flat_weights();
+        let mut optimizer = AdamW::new(AdamWConfig::with_schedule(1e-3, 0, 10), model.parameters());
+        model.set_flat_weights(&start.iter().map(|w| w + 1e-3).collect::<Vec<_>>());
+        let bytes = capture_compact(&mut model, &mut optimizer, CompactBase::new(&start, 0.9, 0.95).unwrap());
+        let key = BlobKey::new(BlobKind::Checkpoint, checkpoint_hash(&bytes));
+        assert_eq!(Some(key.hash), compact_parts(&bytes).map(|parts| parts.hash()));
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(key).unwrap();
+        for piece in bytes.chunks(bytes.len() / 3 + 1) {
+            writer.write(piece).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(store.get(&key).unwrap(), bytes);
+        let whole = BlobKey::new(BlobKind::Checkpoint, Hash::digest(trellis_proto::HashDomain::Checkpoint, &bytes));
+        assert!(!whole.verify(&bytes), "a compact checkpoint is not addressed by its whole bytes");
+        let mut drifted = bytes.clone();
+        drifted[bytes.len() / 2 - 1000] ^= 1;
+        assert!(!key.verify(&drifted));
     }
 
     #[test]

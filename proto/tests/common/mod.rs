@@ -80,6 +80,7 @@ pub fn trail() -> Trail {
         checkpoints: (0..3u8).map(|i| TrailEntry { step: 30 + 4 * u64::from(i), hash: hash(0x20 + i) }).collect(),
         losses: (0..8).map(|i| 3.0 - i as f32 * 0.125).collect(),
         proofs: vec![hash(0x30), hash(0x31)],
+        final_moments: hash(0x32),
     }
 }
 
