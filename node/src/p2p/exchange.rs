@@ -2,7 +2,9 @@
 //! ([`super::swarm`]), apart from the consensus network.
 //!
 //! A fetch asks every connected peer at once for the blob's manifest (its size and the blake3
-//! hash of every [`CHUNK_BYTES`] chunk), then for its chunks. Every chunk is checked
+//! hash of every [`CHUNK_BYTES`] chunk), then for its chunks, spread over every peer that sent
+//! the same manifest (so a blob that several validators already hold is not all served by its
+//! first holder, a miner on a thin uplink). Every chunk is checked
 //! against the manifest as it arrives and written to disk ([`BlobWriter`]); a peer that serves a
 //! bad chunk, times out or does not hold the blob is skipped and the chunk asked of the next peer.
 //! The written blob is checked against its address as it streams in and moved into the store only
@@ -45,16 +47,21 @@ const MAX_MANIFEST_BYTES: usize = 32 * (MAX_BLOB_BYTES as usize).div_ceil(CHUNK_
 /// Largest frame read from a peer: a chunk or the largest manifest, plus headroom.
 const MAX_FRAME_BYTES: usize =
     if MAX_MANIFEST_BYTES > CHUNK_BYTES { MAX_MANIFEST_BYTES } else { CHUNK_BYTES } + 64 * 1024;
-/// Most fetches running at once in this node.
-const MAX_CONCURRENT_FETCHES: usize = 4;
+/// Most fetches running at once in this node: a validator checking four miners' segments across
+/// continents fetches a dozen small blobs at once, each mostly waiting on round trips (at most
+/// [`CHUNKS_IN_FLIGHT`] MiB each in memory: 64 MiB).
+const MAX_CONCURRENT_FETCHES: usize = 16;
 /// Chunk requests of one fetch in flight at once (each chunk is held until those before it are
-/// written: at most this many MiB per fetch). With [`MAX_CONCURRENT_FETCHES`] fetches that is at
-/// most 16 requests to one peer, the streams a connection allows ([`MAX_STREAMS`]).
+/// written: at most this many MiB per fetch).
 const CHUNKS_IN_FLIGHT: usize = 4;
-/// Times the holder whose manifest a fetch follows is asked for a chunk before the fetch gives
-/// up on it (each request waits up to the request timeout).
+/// Requests of this node in flight to one peer at once: half the streams a connection allows
+/// ([`MAX_STREAMS`], counting both directions), so that neither side's requests are refused; more
+/// wait their turn ([`BlobNet::request`]).
+const REQUESTS_PER_PEER: usize = MAX_STREAMS / 2;
+/// Times round the holders of the manifest a fetch follows are asked for a chunk before the
+/// fetch gives up on them (each request waits up to the request timeout).
 const CHUNK_ATTEMPTS: usize = 3;
-const _: () = assert!(CHUNKS_IN_FLIGHT * MAX_CONCURRENT_FETCHES <= MAX_STREAMS);
+const _: () = assert!(CHUNKS_IN_FLIGHT <= REQUESTS_PER_PEER);
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
 /// Only manifests of blobs up to 4 GiB are kept (the cache then holds at most 32 MiB).
@@ -102,6 +109,8 @@ pub struct BlobNet {
     store: BlobStore,
     commands: mpsc::Sender<Command>,
     fetches: Arc<Semaphore>,
+    /// One gate of [`REQUESTS_PER_PEER`] per peer with requests in flight.
+    gates: Gates,
     /// One turn per blob being fetched: a second fetch of the same blob (two checks of one
     /// miner, a check and the aggregation) waits for the first and then finds it stored,
     /// instead of downloading it again beside it.
@@ -121,6 +130,7 @@ impl BlobNet {
             store,
             commands,
             fetches: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+            gates: Arc::default(),
             in_flight: Arc::default(),
             local_peer,
             scores,
@@ -135,7 +145,11 @@ impl BlobNet {
         self.local_peer
     }
 
+    /// Sends `request` to `peer` once fewer than [`REQUESTS_PER_PEER`] of ours are in flight to
+    /// it (one more would be refused by the connection's stream limit) and waits for the answer.
     async fn request(&self, peer: PeerId, request: BlobRequest) -> Option<BlobResponse> {
+        let gate = PeerGate::take(&self.gates, peer);
+        let _turn = gate.gate.acquire().await.ok()?;
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Request { peer, request, reply }).await.ok()?;
         answer.await.ok().flatten()
@@ -204,9 +218,13 @@ impl BlobNet {
     }
 
     /// Fetches `key` into the store from `peers`: every peer is asked for the blob's manifest at
-    /// once, and those that have it are tried in the order they answered, each in turn until one
-    /// serves it whole within `limit` bytes. (Asking one peer after another costs a round trip
-    /// per peer that does not hold the blob: over a WAN, most of a small blob's fetch.)
+    /// once, and the first manifest to arrive is followed at once (the first to answer is likely
+    /// the nearest holder); peers whose manifest is the same (they hold the same blob) join its
+    /// holders as their answers come, and the chunks are spread over the holders, so a large blob
+    /// that validators already fetched is not all served again by one holder (a miner's uplink). A manifest whose chunks cannot all be fetched gives way
+    /// to the next one that arrived, until one serves the blob whole within `limit` bytes.
+    /// (Asking one peer after another costs a round trip per peer that does not hold the blob:
+    /// over a WAN, most of a small blob's fetch.)
     async fn fetch_from(&self, key: BlobKey, peers: &[PeerId], limit: u64) -> Result<(), FetchError> {
         let peers: Vec<PeerId> = peers.iter().filter(|p| !self.is_banned(p)).copied().collect();
         let mut answers: futures::stream::FuturesUnordered<_> = peers
@@ -216,7 +234,14 @@ impl BlobNet {
                 async move { (peer, net.request(peer, BlobRequest::Manifest(key)).await) }
             })
             .collect();
-        while let Some((peer, answer)) = answers.next().await {
+        // Answers that came while another manifest was being followed.
+        let mut later: std::collections::VecDeque<(PeerId, Option<BlobResponse>)> = Default::default();
+        loop {
+            let next = match later.pop_front() {
+                Some(answer) => Some(answer),
+                None => answers.next().await,
+            };
+            let Some((peer, answer)) = next else { break };
             if self.is_banned(&peer) {
                 continue;
             }
@@ -239,20 +264,42 @@ impl BlobNet {
                 continue;
             }
             let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
-            // Chunks from this peer first, then from the others that may hold the blob.
-            let order: Vec<PeerId> =
-                std::iter::once(peer).chain(peers.iter().filter(|p| **p != peer).copied()).collect();
+            let holders = Holders::new(peer, &peers);
+            // Peers with the same manifest join the holders; other answers wait their turn.
+            let mut sort = |other: PeerId, answer: Option<BlobResponse>| match &answer {
+                Some(BlobResponse::Manifest { size: s, chunks: c }) if *s == size && *c == chunks => {
+                    holders.join(other)
+                }
+                _ => later.push_back((other, answer)),
+            };
             let mut writer = self.store.writer(key).map_err(store_failed)?;
-            if !self.fetch_chunks(key, size, &chunks, &order, &mut writer).await.map_err(store_failed)? {
+            let fetch = self.fetch_chunks(key, size, &chunks, &holders, &mut writer);
+            // Meanwhile, later answers are sorted as they come.
+            let gather = async {
+                while let Some((other, answer)) = answers.next().await {
+                    sort(other, answer);
+                }
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            let fetched = tokio::select! {
+                fetched = fetch => fetched,
+                never = gather => match never {},
+            };
+            if !fetched.map_err(store_failed)? {
                 continue;
             }
             match writer.finish() {
                 Ok(bytes) => {
-                    tracing::debug!(target: "node::blobs", %key, bytes, %peer, "fetched");
+                    tracing::debug!(target: "node::blobs", %key, bytes, %peer, holders = holders.count(), "fetched");
                     return Ok(());
                 }
-                // Every chunk matched this peer's manifest: the manifest itself was a lie.
-                Err(BlobError::Mismatch(_)) => self.ban(peer, &key, "blob does not match its address"),
+                // Every chunk matched this manifest: the manifest itself was a lie, and every
+                // peer that sent it lies.
+                Err(BlobError::Mismatch(_)) => {
+                    for holder in holders.all() {
+                        self.ban(holder, &key, "blob does not match its address");
+                    }
+                }
                 Err(error) => return Err(store_failed(error)),
             }
         }
@@ -260,23 +307,21 @@ impl BlobNet {
     }
 
     /// Fetches every chunk of a manifest into `writer`, [`CHUNKS_IN_FLIGHT`] requests at a time
-    /// (written in order): `Ok(false)` when some chunk no peer served (or the manifest's own peer
-    /// lied), an error when our store failed. One request at a time would leave the connection
-    /// idle for a round trip per chunk, most of the time over a long path.
+    /// (written in order): `Ok(false)` when some chunk no peer served, an error when our store
+    /// failed. One request at a time would leave the connection idle for a round trip per chunk,
+    /// most of the time over a long path.
     async fn fetch_chunks(
         &self,
         key: BlobKey,
         size: u64,
         chunks: &[Hash],
-        peers: &[PeerId],
+        holders: &Holders,
         writer: &mut BlobWriter,
     ) -> Result<bool, BlobError> {
-        let (net, peers, chunks) = (self.clone(), Arc::<[PeerId]>::from(peers), Arc::<[Hash]>::from(chunks));
         let mut fetched = futures::stream::iter(0..chunks.len())
-            .map(move |index| {
-                let (net, peers, expected) = (net.clone(), peers.clone(), chunks[index]);
+            .map(|index| {
                 let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
-                async move { net.fetch_chunk(key, index, want, expected, &peers).await }
+                self.fetch_chunk(key, index, want, chunks[index], holders)
             })
             .buffered(CHUNKS_IN_FLIGHT);
         while let Some(chunk) = fetched.next().await {
@@ -286,44 +331,38 @@ impl BlobNet {
         Ok(true)
     }
 
-    /// Chunk `index` of a blob, asking `peers` in order (the first is the manifest's own):
-    /// `None` when none serves it, or the manifest's peer serves one that does not match.
+    /// Chunk `index` of a blob: asked of the manifest's holders first, starting with the one
+    /// whose turn it is (chunk `index` of `h` holders: holder `(index + offset) mod h`, the
+    /// offset random per fetch), then of the other peers; `None` when none serves it.
     async fn fetch_chunk(
         &self,
         key: BlobKey,
         index: usize,
         want: usize,
         expected: Hash,
-        peers: &[PeerId],
+        holders: &Holders,
     ) -> Option<Vec<u8>> {
-        // The manifest's own peer is asked again when it does not answer in time: it holds the
-        // blob, and a miner whose uplink serves every checker and aggregator at once answers
-        // slowly (a `small` job across continents timed chunks out and judged honest miners
-        // unavailable); the others are asked once.
-        let attempts = peers.iter().enumerate().flat_map(|(position, peer)| {
-            let times = if position == 0 { CHUNK_ATTEMPTS } else { 1 };
-            std::iter::repeat_n((position, peer), times)
-        });
-        for (position, peer) in attempts {
-            if self.is_banned(peer) {
+        // A holder is asked again when it does not answer in time: it holds the blob, and a miner
+        // whose uplink serves every checker and aggregator at once answers slowly (a `small` job
+        // across continents timed chunks out and judged honest miners unavailable); the others
+        // are asked once.
+        for (peer, holds) in holders.order(index) {
+            if self.is_banned(&peer) {
                 continue;
             }
-            match self.request(*peer, BlobRequest::Chunk { key, index: index as u32 }).await {
+            match self.request(peer, BlobRequest::Chunk { key, index: index as u32 }).await {
                 Some(BlobResponse::Chunk(chunk))
                     if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == expected =>
                 {
                     return Some(chunk);
                 }
-                // The manifest's own peer serving chunks that do not match its manifest lies;
-                // another peer's chunk may differ because the manifest lies, so it is not banned.
-                Some(BlobResponse::Chunk(_)) if position == 0 => {
-                    self.ban(*peer, &key, "chunk does not match its own manifest");
-                    return None;
-                }
+                // A holder serving chunks that do not match its own manifest lies; another peer's
+                // chunk may differ because the manifest lies, so it is not banned.
+                Some(BlobResponse::Chunk(_)) if holds => self.ban(peer, &key, "chunk does not match its own manifest"),
                 Some(BlobResponse::Chunk(_)) => {
                     tracing::warn!(target: "node::blobs", %key, %peer, index, "chunk does not match the manifest; asking another peer")
                 }
-                None if position == 0 => {
+                None if holds => {
                     tracing::debug!(target: "node::blobs", %key, %peer, index, "no answer for a chunk in time; asking again")
                 }
                 _ => {}
@@ -370,6 +409,39 @@ pub trait Responder: Send + Sync + 'static {
     fn answer(&self, request: &BlobRequest) -> BlobResponse;
 }
 
+type Gates = Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>;
+
+/// A request's hold on its peer's gate ([`BlobNet::request`]); the gate goes once no request to
+/// that peer holds it, also when a request is cancelled.
+struct PeerGate {
+    gates: Gates,
+    peer: PeerId,
+    gate: Arc<Semaphore>,
+}
+
+impl PeerGate {
+    fn take(gates: &Gates, peer: PeerId) -> Self {
+        let gate = gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(REQUESTS_PER_PEER)))
+            .clone();
+        Self { gates: gates.clone(), peer, gate }
+    }
+}
+
+impl Drop for PeerGate {
+    fn drop(&mut self) {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's handle and ours are the only ones (a new request takes its handle under this
+        // same lock).
+        if Arc::strong_count(&self.gate) == 2 {
+            gates.remove(&self.peer);
+        }
+    }
+}
+
 type Turns = Arc<Mutex<HashMap<BlobKey, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// A fetch's place in its blob's queue ([`BlobNet::ensure`]); the queue goes once nobody holds a
@@ -395,6 +467,50 @@ impl Drop for Turn {
         if Arc::strong_count(&self.gate) == 2 {
             turns.remove(&self.key);
         }
+    }
+}
+
+/// The peers a fetch asks for a blob's chunks: those that sent the manifest being followed
+/// (they hold the blob; more join as their answers come) and the other peers connected.
+struct Holders {
+    holders: Mutex<Vec<PeerId>>,
+    peers: Vec<PeerId>,
+    /// Where this fetch starts in the holders' rotation: chosen at random, so that the fetches
+    /// of a one-chunk blob by several nodes do not all go to the first holder to answer.
+    offset: usize,
+}
+
+impl Holders {
+    fn new(first: PeerId, peers: &[PeerId]) -> Self {
+        use rand_core::RngCore as _;
+        let offset = rand_core::OsRng.next_u32() as usize;
+        Self { holders: Mutex::new(vec![first]), peers: peers.to_vec(), offset }
+    }
+
+    fn join(&self, peer: PeerId) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if !holders.contains(&peer) {
+            holders.push(peer);
+        }
+    }
+
+    fn all(&self) -> Vec<PeerId> {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count(&self) -> usize {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whom to ask for chunk `index`, in order, and whether each holds the blob: the holders
+    /// from the one whose turn it is, [`CHUNK_ATTEMPTS`] times round, then every other peer once.
+    fn order(&self, index: usize) -> Vec<(PeerId, bool)> {
+        let holders = self.all();
+        let turn = index.wrapping_add(self.offset) % holders.len();
+        let rotated = holders[turn..].iter().chain(&holders[..turn]).map(|p| (*p, true));
+        let rounds = rotated.collect::<Vec<_>>().repeat(CHUNK_ATTEMPTS);
+        let others = self.peers.iter().filter(|p| !holders.contains(p)).map(|p| (*p, false));
+        rounds.into_iter().chain(others).collect()
     }
 }
 
@@ -598,6 +714,37 @@ mod tests {
     }
 }
 
+/// Chunks are spread over the holders of a blob, each asked again before anyone else is asked.
+#[cfg(test)]
+mod holders {
+    use super::*;
+
+    #[test]
+    fn chunks_go_round_the_holders_and_only_then_to_other_peers() {
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let holders = Holders::new(peers[2], &peers);
+        // One holder: it is asked every time, CHUNK_ATTEMPTS times, then the others once each.
+        let order = holders.order(7);
+        assert_eq!(order[..CHUNK_ATTEMPTS], vec![(peers[2], true); CHUNK_ATTEMPTS]);
+        let others: Vec<(PeerId, bool)> = [0, 1, 3, 4].iter().map(|i| (peers[*i], false)).collect();
+        assert_eq!(order[CHUNK_ATTEMPTS..], others);
+        // Three holders (joining twice changes nothing): consecutive chunks start at each in turn.
+        for peer in [peers[0], peers[4], peers[0]] {
+            holders.join(peer);
+        }
+        assert_eq!(holders.count(), 3);
+        let firsts: std::collections::BTreeSet<PeerId> = (0..3).map(|index| holders.order(index)[0].0).collect();
+        assert_eq!(firsts.len(), 3, "three consecutive chunks start at three holders");
+        for index in 0..6 {
+            let order = holders.order(index);
+            assert_eq!(order.len(), 3 * CHUNK_ATTEMPTS + 2);
+            assert!(order[..3 * CHUNK_ATTEMPTS].iter().all(|(_, holds)| *holds));
+            assert_eq!(order[..3], order[3..6], "each round asks the holders in the same order");
+            assert_eq!(order[3 * CHUNK_ATTEMPTS..], [(peers[1], false), (peers[3], false)]);
+        }
+    }
+}
+
 /// Two checks of one miner, or a check and the aggregation, want the same blob at once.
 #[cfg(test)]
 mod same_blob_at_once {
@@ -627,7 +774,7 @@ mod same_blob_at_once {
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 3 + 7)).map(|i| (i * 17 % 253) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
         let counting = Arc::new(Counting { inner: StoreResponder::new(a_store.clone()), chunks: AtomicUsize::new(0) });
-        let port = 29_500 + (std::process::id() % 250) as u16 * 2;
+        let port = 29_500 + (std::process::id() % 125) as u16 * 4;
         let (_a, b) = super::tests::serving_pair(3, port, a_store, counting.clone(), b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetches: Vec<_> = (0..4)
@@ -642,6 +789,37 @@ mod same_blob_at_once {
         assert_eq!(b.store().get(&key).unwrap(), blob);
         assert_eq!(counting.chunks.load(Ordering::SeqCst), 4, "each of the 4 chunks served once");
         assert!(b.in_flight.lock().unwrap().is_empty(), "no turn is left behind");
+        assert!(b.gates.lock().unwrap().is_empty(), "no peer's gate is left behind");
+    }
+
+    /// A validator checking several miners fetches many blobs at once, more requests to one peer
+    /// than its connection takes: they wait their turn rather than fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_fetches_from_one_peer_than_its_connection_takes_all_arrive() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a_store = BlobStore::open(a_dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..MAX_CONCURRENT_FETCHES).map(|i| vec![i as u8; CHUNK_BYTES * 2 + i]).collect();
+        let keys: Vec<BlobKey> = blobs.iter().map(|b| a_store.put_data(b).unwrap()).collect();
+        let responder = Arc::new(StoreResponder::new(a_store.clone()));
+        let port = 29_500 + (std::process::id() % 125) as u16 * 4 + 2;
+        let (_a, b) = super::tests::serving_pair(5, port, a_store, responder, b_dir.path()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Once connected, every fetch at once: 16 fetches × 2 chunks, more than REQUESTS_PER_PEER.
+        b.ensure_until(keys[0], deadline, MAX_BLOB_BYTES).await.unwrap();
+        let fetches: Vec<_> = keys[1..]
+            .iter()
+            .map(|key| {
+                let (b, key) = (b.clone(), *key);
+                tokio::spawn(async move { b.ensure(key, MAX_BLOB_BYTES).await })
+            })
+            .collect();
+        for fetch in fetches {
+            fetch.await.unwrap().unwrap();
+        }
+        for (key, blob) in keys.iter().zip(&blobs) {
+            assert_eq!(&b.store().get(key).unwrap(), blob);
+        }
+        assert!(b.gates.lock().unwrap().is_empty());
     }
 }
 

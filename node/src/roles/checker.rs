@@ -49,6 +49,36 @@ const BLOB_PATIENCE: Duration = Duration::from_secs(20);
 pub const OWN_FAILURES: u32 = 3;
 
 /// Called after every block by the validator role.
+/// Called after every block by the validator role: every trail revealed in a round still being
+/// revealed or checked is fetched at once (a trail is small: 4 bytes a step and 40 a checkpoint),
+/// so that when this node's checks are drawn, the trail is here and each check's first wait over a
+/// long path is for the start checkpoint, not for the trail and then the checkpoint. A failure is
+/// only logged: the check fetches what is missing.
+pub fn prefetch_trails(context: &Arc<RoleContext>) {
+    for job in context.active_jobs() {
+        let Some(round) = context.round(job.id, job.current_round) else { continue };
+        if !matches!(round.phase, Phase::Revealing | Phase::Verifying) {
+            continue;
+        }
+        let limit = TrailFrame::of(&job.spec, job.id, round.round, 0, Hash::ZERO).trail_bytes();
+        for commit in &round.commits {
+            let Some(reveal) = &commit.reveal else { continue };
+            if !context.start_once(Work::PrefetchTrail { job: job.id, round: round.round, miner: commit.miner }) {
+                continue;
+            }
+            let (context, key, job_id, round_number) =
+                (context.clone(), BlobKey::new(BlobKind::Trail, reveal.trail), job.id, round.round);
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + jobdata::FETCH_PATIENCE;
+                let fetched = context.net.ensure_until(key, deadline, limit).await;
+                if fetched.is_err() || context.net.store().tag_round(job_id, round_number, &[key]).is_err() {
+                    tracing::debug!(target: "node::checker", %key, "a revealed trail was not prefetched; its checks fetch it");
+                }
+            });
+        }
+    }
+}
+
 pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
     let me = context.key.address();
     for job in context.active_jobs() {

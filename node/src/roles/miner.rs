@@ -505,16 +505,8 @@ async fn train_round(
         };
         let compute = began.elapsed();
         let mut trail = trail;
-        let delta = match final_drift(&stage, spec, &global, &trail)? {
-            // The final checkpoint's drift, negated, is the Δ; the trail names the checkpoint's
-            // other part, so checkers need not download it (`docs/protocol.md` §4.4).
-            Some((delta, final_moments)) => {
-                trail.final_moments = final_moments;
-                delta
-            }
-            None => pseudo_gradient(&global, &final_weights),
-        };
-        drop(final_weights);
+        let (delta, final_moments) = round_delta(&stage, spec, &global, &trail, final_weights)?;
+        trail.final_moments = final_moments;
         let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
         #[cfg(feature = "adversary")]
         let delta = adversary::poison(behaviour, delta, round_number, worker);
@@ -561,28 +553,34 @@ async fn train_round(
     Ok(reveal)
 }
 
-/// In a job whose Δ is its final checkpoint's drift (`delta_is_drift`): that Δ and the hash of
-/// the final checkpoint's other part, read from the staged final checkpoint; `None` in other
-/// jobs, and when no final checkpoint was staged (a made-up trail: its Δ is the plain
-/// difference, and its checkers find the link broken).
-fn final_drift(
+/// The round's Δ and the trail's `final_moments`. In a job whose Δ is its final checkpoint's drift
+/// (`delta_is_drift`): that drift, negated, read from the staged final checkpoint, and the hash of
+/// the checkpoint's other part, so that checkers need not download it (`docs/protocol.md` §3.2).
+/// In other jobs, and when no final checkpoint was staged (a made-up trail, whose checkers find
+/// the link broken): `θ_r − θ_final` and zero. The final weights are let go of before the
+/// checkpoint is read (at most the checkpoint's bytes and the Δ are held at once).
+fn round_delta(
     stage: &Stage,
     spec: &JobSpec,
     global: &[f32],
     trail: &Trail,
-) -> anyhow::Result<Option<(Vec<f32>, Hash)>> {
+    final_weights: Vec<f32>,
+) -> anyhow::Result<(Vec<f32>, Hash)> {
     let final_checkpoint = trail.checkpoints.last().map(|e| e.hash).unwrap_or_default();
+    let path = stage.blob_path(&BlobKey::new(BlobKind::Checkpoint, final_checkpoint));
     let base = trellis_trainer::job::compact_base(spec, global);
-    if !trellis_protocol::trail::delta_is_drift(spec) || base.is_none() {
-        return Ok(None);
+    if !trellis_protocol::trail::delta_is_drift(spec) || base.is_none() || !path.exists() {
+        return Ok((pseudo_gradient(global, &final_weights), Hash::ZERO));
     }
-    let Ok(bytes) = std::fs::read(stage.blob_path(&BlobKey::new(BlobKind::Checkpoint, final_checkpoint))) else {
-        return Ok(None);
-    };
+    drop(final_weights);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let parts = trellis_trainer::checkpoint::compact_parts(&bytes).context("the final checkpoint is not compact")?;
-    let view = CheckpointView::parse(&bytes, base).context("reading the final checkpoint")?;
-    let drift = view.drift().context("the final checkpoint has no drift")?;
-    Ok(Some((drift.iter().map(|d| -d).collect(), parts.rest)))
+    let mut delta = CheckpointView::parse(&bytes, base)
+        .context("reading the final checkpoint")?
+        .drift()
+        .context("the final checkpoint has no drift")?;
+    delta.iter_mut().for_each(|d| *d = -*d);
+    Ok((delta, parts.rest))
 }
 
 /// What training a round's trail needs.

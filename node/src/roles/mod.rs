@@ -44,6 +44,12 @@ pub enum Work {
         job: JobId,
         round: u32,
     },
+    /// Fetching a revealed trail before the round's segments are sampled, for its checks.
+    PrefetchTrail {
+        job: JobId,
+        round: u32,
+        miner: Address,
+    },
     /// Fetching a revealed Δ while the round is checked, for the aggregate.
     PrefetchDelta {
         job: JobId,
@@ -99,6 +105,7 @@ impl Work {
             Work::CheckRunnable { job, .. }
             | Work::Train { job, .. }
             | Work::ComputeAggregate { job, .. }
+            | Work::PrefetchTrail { job, .. }
             | Work::PrefetchDelta { job, .. }
             | Work::CollectGarbage { job, .. }
             | Work::SendJoin { job }
@@ -396,6 +403,7 @@ pub fn sign_and_admit(shared: &Shared, key: &Keypair, kind: TxKind, fee: u64) ->
 /// Runs a validator's job duties (segment checks and aggregates) until the node stops.
 pub async fn run_validator(context: Arc<RoleContext>, book: Arc<aggregate::AggregateBook>) {
     drive(context, move |context, height| {
+        checker::prefetch_trails(context);
         checker::tick(context, height);
         aggregate::prefetch(context);
         aggregate::tick(context, &book, height);
