@@ -136,8 +136,8 @@ impl DemoJob {
         // window is only waited out when a worker fails to commit; otherwise the round closes
         // as soon as every slot has committed.
         let commit_blocks = if zk.is_some() { 960 } else { 240 };
-        // A miner serves its Δ to every validator and checkpoints to its checkers, about 32 bytes
-        // a parameter a round: the verification window leaves a miner on 50 Mbit/s time for that
+        // A miner serves its Δ to validators and start checkpoints to its checkers, at most 24
+        // bytes a parameter a round: the verification window leaves a miner on 50 Mbit/s time for that
         // twice over (`small` across continents needed it: docs/benchmarks.md). A round still
         // moves on as soon as every verdict is in.
         let verify_blocks = 120 + preset_parameters(&args.model).unwrap_or(0) / (1 << 16);
