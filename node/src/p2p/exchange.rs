@@ -745,9 +745,11 @@ mod holders {
     }
 }
 
-/// Two checks of one miner, or a check and the aggregation, want the same blob at once.
+/// Fetches under load: one blob wanted by several fetches at once (two checks of one miner, a
+/// check and the aggregation), a holder too busy to answer a chunk request, more fetches from one
+/// peer than its connection takes.
 #[cfg(test)]
-mod same_blob_at_once {
+mod under_load {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -774,7 +776,7 @@ mod same_blob_at_once {
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 3 + 7)).map(|i| (i * 17 % 253) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
         let counting = Arc::new(Counting { inner: StoreResponder::new(a_store.clone()), chunks: AtomicUsize::new(0) });
-        let port = 29_500 + (std::process::id() % 125) as u16 * 4;
+        let port = 29_500 + (std::process::id() % 80) as u16 * 6;
         let (_a, b) = super::tests::serving_pair(3, port, a_store, counting.clone(), b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetches: Vec<_> = (0..4)
@@ -792,6 +794,46 @@ mod same_blob_at_once {
         assert!(b.gates.lock().unwrap().is_empty(), "no peer's gate is left behind");
     }
 
+    /// Fails the first request for each chunk (as a miner whose uplink is full fails to answer in
+    /// time), then serves from its store.
+    struct FailsOnce {
+        inner: StoreResponder,
+        asked: Mutex<HashMap<u32, usize>>,
+    }
+
+    impl Responder for FailsOnce {
+        fn answer(&self, request: &BlobRequest) -> BlobResponse {
+            if let BlobRequest::Chunk { index, .. } = request {
+                let mut asked = self.asked.lock().unwrap();
+                let times = asked.entry(*index).or_default();
+                *times += 1;
+                if *times == 1 {
+                    return BlobResponse::NotFound;
+                }
+            }
+            self.inner.answer(request)
+        }
+    }
+
+    /// The blob's only holder misses every chunk's first request: each chunk is asked of it
+    /// again (it holds the blob: its manifest said so), and the fetch completes instead of
+    /// judging the blob unavailable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_that_misses_a_chunk_request_is_asked_again() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a_store = BlobStore::open(a_dir.path()).unwrap();
+        let blob: Vec<u8> = (0..(CHUNK_BYTES * 2 + 11)).map(|i| (i * 7 % 251) as u8).collect();
+        let key = a_store.put_data(&blob).unwrap();
+        let responder = Arc::new(FailsOnce { inner: StoreResponder::new(a_store.clone()), asked: Mutex::default() });
+        let port = 29_500 + (std::process::id() % 80) as u16 * 6 + 4;
+        let (_a, b) = super::tests::serving_pair(7, port, a_store, responder.clone(), b_dir.path()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        b.ensure_until(key, deadline, MAX_BLOB_BYTES).await.unwrap();
+        assert_eq!(b.store().get(&key).unwrap(), blob);
+        let asked = responder.asked.lock().unwrap().clone();
+        assert_eq!(asked, HashMap::from([(0, 2), (1, 2), (2, 2)]), "every chunk asked twice of its holder");
+    }
+
     /// A validator checking several miners fetches many blobs at once, more requests to one peer
     /// than its connection takes: they wait their turn rather than fail.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,7 +843,7 @@ mod same_blob_at_once {
         let blobs: Vec<Vec<u8>> = (0..MAX_CONCURRENT_FETCHES).map(|i| vec![i as u8; CHUNK_BYTES * 2 + i]).collect();
         let keys: Vec<BlobKey> = blobs.iter().map(|b| a_store.put_data(b).unwrap()).collect();
         let responder = Arc::new(StoreResponder::new(a_store.clone()));
-        let port = 29_500 + (std::process::id() % 125) as u16 * 4 + 2;
+        let port = 29_500 + (std::process::id() % 80) as u16 * 6 + 2;
         let (_a, b) = super::tests::serving_pair(5, port, a_store, responder, b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         // Once connected, every fetch at once: 16 fetches × 2 chunks, more than REQUESTS_PER_PEER.
