@@ -167,6 +167,12 @@ impl Default for CheckpointHasher {
     }
 }
 
+/// What hashed bytes come to: a hash of the whole, or a compact checkpoint's parts.
+enum Finished {
+    Whole(Hash),
+    Compact(CompactParts),
+}
+
 /// What the start of some bytes says about their being a compact checkpoint.
 enum HeaderScan {
     NeedMore,
@@ -260,22 +266,27 @@ impl CheckpointHasher {
 
     /// The parts of a compact checkpoint's hash, `None` for bytes that hash whole.
     pub fn parts(self) -> Option<CompactParts> {
-        match self.state {
-            HashState::Compact { drift_part, rest_part, .. } => Some(CompactParts {
-                drift: Hash(*drift_part.finalize().as_bytes()),
-                rest: Hash(*rest_part.finalize().as_bytes()),
-            }),
-            _ => None,
+        match self.finish() {
+            Finished::Compact(parts) => Some(parts),
+            Finished::Whole(_) => None,
         }
     }
 
     pub fn finalize(self) -> Hash {
+        match self.finish() {
+            Finished::Compact(parts) => parts.hash(),
+            Finished::Whole(hash) => hash,
+        }
+    }
+
+    fn finish(self) -> Finished {
         match self.state {
-            HashState::Undecided(held) => Hash::digest(HashDomain::Checkpoint, &held),
-            HashState::Whole(hasher) => Hash(*hasher.finalize().as_bytes()),
-            compact @ HashState::Compact { .. } => {
-                Self { state: compact }.parts().expect("a compact state has parts").hash()
-            }
+            HashState::Undecided(held) => Finished::Whole(Hash::digest(HashDomain::Checkpoint, &held)),
+            HashState::Whole(hasher) => Finished::Whole(Hash(*hasher.finalize().as_bytes())),
+            HashState::Compact { drift_part, rest_part, .. } => Finished::Compact(CompactParts {
+                drift: Hash(*drift_part.finalize().as_bytes()),
+                rest: Hash(*rest_part.finalize().as_bytes()),
+            }),
         }
     }
 }

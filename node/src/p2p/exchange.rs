@@ -750,20 +750,35 @@ mod holders {
 /// peer than its connection takes.
 #[cfg(test)]
 mod under_load {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
-    /// Serves from a store and counts the chunks it served.
-    struct Counting {
+    /// Serves from a store and counts the requests for each chunk; with `miss_first`, fails the
+    /// first request for each chunk (as a miner whose uplink is full fails to answer in time).
+    struct Recording {
         inner: StoreResponder,
-        chunks: AtomicUsize,
+        asked: Mutex<HashMap<u32, usize>>,
+        miss_first: bool,
     }
 
-    impl Responder for Counting {
+    impl Recording {
+        fn new(store: &BlobStore, miss_first: bool) -> Arc<Self> {
+            Arc::new(Self { inner: StoreResponder::new(store.clone()), asked: Mutex::default(), miss_first })
+        }
+
+        fn asked(&self) -> HashMap<u32, usize> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    impl Responder for Recording {
         fn answer(&self, request: &BlobRequest) -> BlobResponse {
-            if matches!(request, BlobRequest::Chunk { .. }) {
-                self.chunks.fetch_add(1, Ordering::SeqCst);
+            if let BlobRequest::Chunk { index, .. } = request {
+                let mut asked = self.asked.lock().unwrap();
+                let times = asked.entry(*index).or_default();
+                *times += 1;
+                if self.miss_first && *times == 1 {
+                    return BlobResponse::NotFound;
+                }
             }
             self.inner.answer(request)
         }
@@ -775,9 +790,9 @@ mod under_load {
         let a_store = BlobStore::open(a_dir.path()).unwrap();
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 3 + 7)).map(|i| (i * 17 % 253) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
-        let counting = Arc::new(Counting { inner: StoreResponder::new(a_store.clone()), chunks: AtomicUsize::new(0) });
+        let recording = Recording::new(&a_store, false);
         let port = 29_500 + (std::process::id() % 80) as u16 * 6;
-        let (_a, b) = super::tests::serving_pair(3, port, a_store, counting.clone(), b_dir.path()).await;
+        let (_a, b) = super::tests::serving_pair(3, port, a_store, recording.clone(), b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let fetches: Vec<_> = (0..4)
             .map(|_| {
@@ -789,30 +804,13 @@ mod under_load {
             fetch.await.unwrap().unwrap();
         }
         assert_eq!(b.store().get(&key).unwrap(), blob);
-        assert_eq!(counting.chunks.load(Ordering::SeqCst), 4, "each of the 4 chunks served once");
+        assert_eq!(
+            recording.asked(),
+            HashMap::from([(0, 1), (1, 1), (2, 1), (3, 1)]),
+            "each of the 4 chunks served once"
+        );
         assert!(b.in_flight.lock().unwrap().is_empty(), "no turn is left behind");
         assert!(b.gates.lock().unwrap().is_empty(), "no peer's gate is left behind");
-    }
-
-    /// Fails the first request for each chunk (as a miner whose uplink is full fails to answer in
-    /// time), then serves from its store.
-    struct FailsOnce {
-        inner: StoreResponder,
-        asked: Mutex<HashMap<u32, usize>>,
-    }
-
-    impl Responder for FailsOnce {
-        fn answer(&self, request: &BlobRequest) -> BlobResponse {
-            if let BlobRequest::Chunk { index, .. } = request {
-                let mut asked = self.asked.lock().unwrap();
-                let times = asked.entry(*index).or_default();
-                *times += 1;
-                if *times == 1 {
-                    return BlobResponse::NotFound;
-                }
-            }
-            self.inner.answer(request)
-        }
     }
 
     /// The blob's only holder misses every chunk's first request: each chunk is asked of it
@@ -824,14 +822,13 @@ mod under_load {
         let a_store = BlobStore::open(a_dir.path()).unwrap();
         let blob: Vec<u8> = (0..(CHUNK_BYTES * 2 + 11)).map(|i| (i * 7 % 251) as u8).collect();
         let key = a_store.put_data(&blob).unwrap();
-        let responder = Arc::new(FailsOnce { inner: StoreResponder::new(a_store.clone()), asked: Mutex::default() });
+        let responder = Recording::new(&a_store, true);
         let port = 29_500 + (std::process::id() % 80) as u16 * 6 + 4;
         let (_a, b) = super::tests::serving_pair(7, port, a_store, responder.clone(), b_dir.path()).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         b.ensure_until(key, deadline, MAX_BLOB_BYTES).await.unwrap();
         assert_eq!(b.store().get(&key).unwrap(), blob);
-        let asked = responder.asked.lock().unwrap().clone();
-        assert_eq!(asked, HashMap::from([(0, 2), (1, 2), (2, 2)]), "every chunk asked twice of its holder");
+        assert_eq!(responder.asked(), HashMap::from([(0, 2), (1, 2), (2, 2)]), "every chunk asked twice of its holder");
     }
 
     /// A validator checking several miners fetches many blobs at once, more requests to one peer
