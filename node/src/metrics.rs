@@ -85,7 +85,8 @@ impl Metrics {
 
     /// The Prometheus text format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 12] = [
+        let (chunk_bytes, chunk_wire_bytes) = crate::p2p::packing::served_bytes();
+        let rows: [(&str, &str, &str, u64); 14] = [
             ("trellis_height", "gauge", "height of the last committed block", self.height.get()),
             (
                 "trellis_block_time_ms",
@@ -117,6 +118,13 @@ impl Metrics {
                 "counter",
                 "consensus addresses learned from peers' greetings",
                 self.consensus_peers_learned.get(),
+            ),
+            ("trellis_blob_chunk_bytes_total", "counter", "bytes of the blob chunks this node served", chunk_bytes),
+            (
+                "trellis_blob_chunk_wire_bytes_total",
+                "counter",
+                "the same chunks as sent, packed or raw (node/src/p2p/packing.rs)",
+                chunk_wire_bytes,
             ),
         ];
         let mut out = String::new();

@@ -12,7 +12,14 @@
 //! response 1 ‖ u64 size ‖ u32 n ‖ n × 32-byte chunk hash
 //!          2 ‖ chunk bytes         (the rest of the frame)
 //!          3                       not found
+//!          4 ‖ u8 lanes ‖ packed bytes   one chunk, packed (lanes 1, 2 or 4)
 //! ```
+//!
+//! A packed chunk is the chunk's bytes split into `lanes` byte planes (byte `i` of every
+//! `lanes`-byte group, for each `i` in turn; the bytes after the last whole group last) and then
+//! compressed as one zstd frame. The node packs and unpacks (`node/src/p2p/packing.rs`); here the
+//! packed bytes are opaque, and what a chunk *is* stays its unpacked bytes, which the fetcher
+//! checks against the manifest's hash as before.
 //!
 //! Guarantees: decoding never panics and never allocates more than the input justifies (a
 //! manifest's chunk count must match the bytes that follow it); unknown tags, unknown blob kinds,
@@ -158,10 +165,21 @@ pub enum BlobRequest {
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobResponse {
-    Manifest { size: u64, chunks: Vec<Hash> },
+    Manifest {
+        size: u64,
+        chunks: Vec<Hash>,
+    },
     Chunk(Vec<u8>),
     NotFound,
+    /// A chunk's bytes split into `lanes` byte planes and compressed (the module's doc).
+    Packed {
+        lanes: u8,
+        bytes: Vec<u8>,
+    },
 }
+
+/// The plane counts a packed chunk may name.
+pub const PACKING_LANES: [u8; 3] = [1, 2, 4];
 
 /// `bytes` as exactly `N` bytes, or a length error naming `what`.
 fn exact<const N: usize>(bytes: &[u8], what: &'static str) -> Result<[u8; N], BlobWireError> {
@@ -212,6 +230,7 @@ impl BlobResponse {
             }
             BlobResponse::Chunk(bytes) => [&[2u8][..], bytes].concat(),
             BlobResponse::NotFound => vec![3],
+            BlobResponse::Packed { lanes, bytes } => [&[4u8, *lanes][..], bytes].concat(),
         }
     }
 
@@ -235,6 +254,13 @@ impl BlobResponse {
             2 => Ok(BlobResponse::Chunk(rest.to_vec())),
             3 if rest.is_empty() => Ok(BlobResponse::NotFound),
             3 => Err(BlobWireError::WrongLength { what: "not-found response", expected: 0, got: rest.len() }),
+            4 => match rest.split_first() {
+                Some((&lanes, bytes)) if PACKING_LANES.contains(&lanes) => {
+                    Ok(BlobResponse::Packed { lanes, bytes: bytes.to_vec() })
+                }
+                Some((&lanes, _)) => Err(BlobWireError::UnknownTag { what: "packing lane count", tag: lanes }),
+                None => Err(BlobWireError::WrongLength { what: "packed chunk header", expected: 1, got: 0 }),
+            },
             tag => Err(BlobWireError::UnknownTag { what: "response", tag }),
         }
     }
@@ -254,10 +280,12 @@ mod tests {
             BlobResponse::Manifest { size: 5, chunks: vec![Hash([1; 32])] },
             BlobResponse::Chunk(vec![1, 2, 3]),
             BlobResponse::NotFound,
+            BlobResponse::Packed { lanes: 4, bytes: vec![0x28, 0xb5] },
+            BlobResponse::Packed { lanes: 1, bytes: Vec::new() },
         ] {
             assert_eq!(BlobResponse::from_bytes(&response.to_bytes()).unwrap(), response);
         }
-        for garbage in [&[][..], &[1], &[9, 1, 2], &[1, 99, 0], &[3, 0]] {
+        for garbage in [&[][..], &[1], &[9, 1, 2], &[1, 99, 0], &[3, 0], &[4], &[4, 3, 1], &[4, 0]] {
             assert!(BlobRequest::from_bytes(garbage).is_err());
             assert!(BlobResponse::from_bytes(garbage).is_err());
         }
@@ -300,6 +328,10 @@ mod tests {
             ),
             ("chunk", BlobResponse::Chunk(b"chunk bytes".to_vec()).to_bytes()),
             ("not_found", BlobResponse::NotFound.to_bytes()),
+            (
+                "packed_chunk",
+                BlobResponse::Packed { lanes: 4, bytes: vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0x58, 1, 0, 0] }.to_bytes(),
+            ),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/decode_blob_wire");
         let write = std::env::var_os("TRELLIS_WRITE_FUZZ_SEEDS").is_some();
@@ -331,5 +363,6 @@ mod tests {
         assert_eq!(&manifest[..13], &[1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
         assert_eq!(BlobResponse::Chunk(vec![9]).to_bytes(), vec![2, 9]);
         assert_eq!(BlobResponse::NotFound.to_bytes(), vec![3]);
+        assert_eq!(BlobResponse::Packed { lanes: 2, bytes: vec![7, 8] }.to_bytes(), vec![4, 2, 7, 8]);
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use jsonrpsee::http_client::HttpClient;
 use trellis_contracts::state::{JobStatus, Phase, RoundState};
 use trellis_contracts::Event;
-use trellis_proto::VerdictOutcome;
+use trellis_proto::{TxKind, VerdictOutcome};
 use trellis_trainer::data::{validation_windows, Dataset, REPOSITORY_TEXT};
 use trellis_trainer::worker::evaluate;
 
@@ -444,22 +444,41 @@ async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
     Some(block.header.time_ms as f64 / 1000.0)
 }
 
-/// (training, verification, aggregation) seconds of a settled round, from block times.
+/// (training, verification, aggregation) seconds of a settled round, from block times: the
+/// round's opening, its last commitment, its tally and the block that committed its aggregate.
+/// (The aggregate's block, not the monitor's look at the chain: the look comes after the previous
+/// round's model was exported and evaluated, up to seconds later.)
 async fn round_times(rpc: &HttpClient, spec: &trellis_proto::JobSpec, state: &RoundState) -> (f64, f64, f64) {
     let opened = state.opened_at;
     let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);
     let window = trellis_contracts::rounds::aggregate_window(&trellis_contracts::Params::default(), spec);
     let tallied = state.aggregate_deadline.before(window);
-    let head = rpc.head().await.ok().map(|h| h.time_ms as f64 / 1000.0);
-    let (Some(t_open), Some(t_commit), Some(t_tally), Some(t_now)) = (
-        block_time_s(rpc, opened.0).await,
-        block_time_s(rpc, last_commit.0).await,
-        block_time_s(rpc, tallied.0).await,
-        head,
-    ) else {
+    let (Some(t_open), Some(t_commit), Some(t_tally)) =
+        (block_time_s(rpc, opened.0).await, block_time_s(rpc, last_commit.0).await, block_time_s(rpc, tallied.0).await)
+    else {
         return (0.0, 0.0, 0.0);
     };
-    (t_commit - t_open, t_tally - t_commit, (t_now - t_tally).max(0.0))
+    let t_aggregate = match aggregate_block_time_s(rpc, state, tallied.0, state.aggregate_deadline.0).await {
+        Some(t) => t,
+        // A lapsed round has no aggregate: its aggregation column is the window it waited.
+        None => block_time_s(rpc, state.aggregate_deadline.0).await.unwrap_or(t_tally),
+    };
+    (t_commit - t_open, t_tally - t_commit, (t_aggregate - t_tally).max(0.0))
+}
+
+/// The time of the first block in `from..=to` that holds the round's `CommitAggregate`, if any.
+async fn aggregate_block_time_s(rpc: &HttpClient, state: &RoundState, from: u64, to: u64) -> Option<f64> {
+    let head = rpc.head().await.ok()?.height;
+    for height in from..=to.min(head) {
+        let block = rpc.block(height).await.ok()?;
+        let settles = block.txs.iter().any(
+            |t| matches!(&t.tx.tx.kind, TxKind::CommitAggregate(a) if a.job == state.job && a.round == state.round),
+        );
+        if settles {
+            return Some(block.header.time_ms as f64 / 1000.0);
+        }
+    }
+    None
 }
 
 /// The longest checkpoint interval at which each of `validators` checkers re-executes at most 5%

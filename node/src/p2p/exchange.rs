@@ -1,10 +1,11 @@
-//! Blob exchange: a request-response protocol (`/trellis/blobs/1`) on the node's peer network
+//! Blob exchange: a request-response protocol (`/trellis/blobs/2`) on the node's peer network
 //! ([`super::swarm`]), apart from the consensus network.
 //!
 //! A fetch asks every connected peer at once for the blob's manifest (its size and the blake3
 //! hash of every [`CHUNK_BYTES`] chunk), then for its chunks, spread over every peer that sent
 //! the same manifest (so a blob that several validators already hold is not all served by its
-//! first holder, a miner on a thin uplink). Every chunk is checked
+//! first holder, a miner on a thin uplink). Chunks travel packed when that makes them smaller
+//! ([`super::packing`]: byte planes, then zstd). Every chunk is checked
 //! against the manifest as it arrives and written to disk ([`BlobWriter`]); a peer that serves a
 //! bad chunk, times out or does not hold the blob is skipped and the chunk asked of the next peer.
 //! The written blob is checked against its address as it streams in and moved into the store only
@@ -350,7 +351,19 @@ impl BlobNet {
             if self.is_banned(&peer) {
                 continue;
             }
-            match self.request(peer, BlobRequest::Chunk { key, index: index as u32 }).await {
+            let answer = match self.request(peer, BlobRequest::Chunk { key, index: index as u32 }).await {
+                Some(BlobResponse::Packed { lanes, bytes }) => match super::packing::unpack(lanes, &bytes, want) {
+                    Ok(chunk) => Some(BlobResponse::Chunk(chunk)),
+                    // Packed bytes that do not unpack to a chunk of the manifest's size are a bad
+                    // chunk like any other.
+                    Err(error) => {
+                        tracing::debug!(target: "node::blobs", %key, %peer, index, %error, "packed chunk does not unpack");
+                        Some(BlobResponse::Chunk(Vec::new()))
+                    }
+                },
+                answer => answer,
+            };
+            match answer {
                 Some(BlobResponse::Chunk(chunk))
                     if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == expected =>
                 {
@@ -404,7 +417,9 @@ impl BlobNet {
 }
 
 /// How this node answers blob requests. Honest nodes answer from their store
-/// ([`StoreResponder`]); the `lying-peer` adversary answers with lies (tests and devnets only).
+/// ([`StoreResponder`]), chunks packed ([`super::packing`]); the `lying-peer` adversary answers
+/// with lies (tests and devnets only). Answers are made on the blocking pool (a chunk is read from
+/// disk and packed), never on the swarm's task.
 pub trait Responder: Send + Sync + 'static {
     fn answer(&self, request: &BlobRequest) -> BlobResponse;
 }
@@ -599,7 +614,7 @@ fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> Bl
             match store.size(key) {
                 Ok(size) if offset < size || (size == 0 && *index == 0) => store
                     .read_range(key, offset, CHUNK_BYTES)
-                    .map(BlobResponse::Chunk)
+                    .map(super::packing::pack)
                     .unwrap_or(BlobResponse::NotFound),
                 _ => BlobResponse::NotFound,
             }
@@ -873,6 +888,64 @@ mod lying_peer {
     use crate::storage::blobs::BlobKind;
     use trellis_proto::{Encode, JobId, Trail, TrailEntry};
 
+    /// Eight ports for this module's tests (30,000–31,000): the doctored trail takes the first
+    /// four, the packed bomb the next three.
+    fn lying_peer_ports() -> u16 {
+        30_000 + (std::process::id() % 125) as u16 * 8
+    }
+
+    /// Serves the manifest of the blobs it holds, and for every chunk a zstd frame that inflates
+    /// to far more than any chunk (a decompression bomb).
+    struct Bomber {
+        store: BlobStore,
+    }
+
+    impl Responder for Bomber {
+        fn answer(&self, request: &BlobRequest) -> BlobResponse {
+            match request {
+                BlobRequest::Manifest(key) => match self.store.manifest(key) {
+                    Ok((size, chunks)) => BlobResponse::Manifest { size, chunks },
+                    Err(_) => BlobResponse::NotFound,
+                },
+                BlobRequest::Chunk { .. } => BlobResponse::Packed {
+                    lanes: 4,
+                    bytes: zstd::bulk::compress(&vec![0u8; 64 * CHUNK_BYTES], 3).unwrap(),
+                },
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_serving_packed_chunks_that_do_not_unpack_is_banned_and_the_blob_comes_from_another() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<BlobStore> = dirs.iter().map(|d| BlobStore::open(d.path()).unwrap()).collect();
+        // Floats that pack: the honest holder sends them packed.
+        let blob: Vec<u8> = (0..CHUNK_BYTES / 2).flat_map(|i| ((i % 977) as f32 * 1e-4).to_le_bytes()).collect();
+        let key = stores[0].put_data(&blob).unwrap();
+        stores[1].put_data(&blob).unwrap();
+        assert!(matches!(
+            StoreResponder::new(stores[0].clone()).answer(&BlobRequest::Chunk { key, index: 0 }),
+            BlobResponse::Packed { .. }
+        ));
+        let port = lying_peer_ports() + 4;
+        let addr = |i: u16| format!("/ip4/127.0.0.1/tcp/{}", port + i);
+        let (honest, _) = start([21; 32], &addr(0), &[], stores[0].clone()).await.unwrap();
+        let bomber = Arc::new(Bomber { store: stores[1].clone() });
+        let (bombing, _) = start_with([22; 32], &addr(1), &[], stores[1].clone(), bomber).await.unwrap();
+        let (fetcher, _) = start([23; 32], &addr(2), &[addr(0), addr(1)], stores[2].clone()).await.unwrap();
+        connected(&fetcher, 2).await;
+
+        let refused = fetcher.fetch_from(key, &[bombing.local_peer()], MAX_BLOB_BYTES).await;
+        assert!(matches!(refused, Err(FetchError::Unavailable(_))), "the bomb's chunks were refused");
+        assert!(fetcher.is_banned(&bombing.local_peer()), "a holder whose packed chunks do not unpack is banned");
+        assert!(!fetcher.store().contains(&key));
+        fetcher
+            .fetch_from(key, &[bombing.local_peer(), honest.local_peer()], MAX_BLOB_BYTES)
+            .await
+            .expect("the honest holder serves the blob");
+        assert_eq!(fetcher.store().get(&key).unwrap(), blob);
+    }
+
     async fn connected(net: &BlobNet, count: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while net.peers().await.len() < count {
@@ -900,7 +973,7 @@ mod lying_peer {
         stores[0].put(&trail_key, &trail.to_bytes()).unwrap();
         let delta = stores[0].put_data(&[7u8; 5000]).unwrap();
         stores[1].put(&trail_key, &trail.to_bytes()).unwrap();
-        let port = 30_000 + (std::process::id() % 250) as u16 * 4;
+        let port = lying_peer_ports();
         let addr = |i: u16| format!("/ip4/127.0.0.1/tcp/{}", port + i);
         let (honest, _) = start([11; 32], &addr(0), &[], stores[0].clone()).await.unwrap();
         let liar_responder = Arc::new(LyingResponder::new(stores[1].clone()));

@@ -1,5 +1,5 @@
 //! The node's peer network: one libp2p swarm (TCP, Noise, Yamux) for everything but consensus —
-//! the blob exchange (`/trellis/blobs/1`, [`super::exchange`]), transaction gossip (gossipsub on
+//! the blob exchange (`/trellis/blobs/2`, [`super::exchange`]), transaction gossip (gossipsub on
 //! the chain's topic, [`super::gossip`]), peer discovery (identify and Kademlia, starting from the
 //! configured bootnodes) and a greeting (`/trellis/hello/1`) in which peers say which chain they
 //! follow and on which port their consensus network listens. The consensus network is
@@ -63,7 +63,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_STREAMS: usize = 16;
 
 const HELLO: StreamProtocol = StreamProtocol::new("/trellis/hello/1");
-const BLOBS: StreamProtocol = StreamProtocol::new("/trellis/blobs/1");
+const BLOBS: StreamProtocol = StreamProtocol::new("/trellis/blobs/2");
 
 /// How the peer network starts.
 #[derive(Debug, Clone)]
@@ -269,6 +269,7 @@ pub async fn start(
         bootnodes,
         max_peers: config.max_peers.max(1),
         responder,
+        answered: mpsc::unbounded_channel(),
         scores: scores.clone(),
         gossiped: gossiped_tx,
         consensus: consensus_tx,
@@ -295,6 +296,9 @@ fn identify_version(hello: &Hello) -> String {
 
 type Swarm = libp2p::Swarm<Behaviour>;
 
+/// A blob request's answer, made off the swarm's task, and where it goes.
+type Answered = (PeerId, request_response::ResponseChannel<BlobResponse>, BlobResponse);
+
 struct Driver {
     swarm: Swarm,
     hello: Hello,
@@ -302,6 +306,8 @@ struct Driver {
     bootnodes: Vec<Multiaddr>,
     max_peers: usize,
     responder: Arc<dyn Responder>,
+    /// Answers made on the blocking pool, on their way back to the swarm.
+    answered: (mpsc::UnboundedSender<Answered>, mpsc::UnboundedReceiver<Answered>),
     scores: Arc<Mutex<PeerScores>>,
     gossiped: mpsc::Sender<GossipedBatch>,
     consensus: mpsc::Sender<Multiaddr>,
@@ -333,6 +339,11 @@ impl Driver {
                     None => return,
                     Some(command) => self.command(command),
                 },
+                Some((peer, channel, response)) = self.answered.1.recv() => {
+                    if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
+                        tracing::debug!(target: "node::blobs", %peer, "peer left before our response");
+                    }
+                }
                 event = self.swarm.select_next_some() => self.event(event),
             }
         }
@@ -510,10 +521,13 @@ impl Driver {
         match event {
             request_response::Event::Message { message, peer, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = self.responder.answer(&request);
-                    if self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err() {
-                        tracing::debug!(target: "node::blobs", %peer, "peer left before our response");
-                    }
+                    // Reading a chunk from disk and packing it takes milliseconds: not on the
+                    // task that drives every connection. (The connections' stream limits bound
+                    // how many answers are in the making at once.)
+                    let (responder, answered) = (self.responder.clone(), self.answered.0.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = answered.send((peer, channel, responder.answer(&request)));
+                    });
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.pending.remove(&request_id) {
