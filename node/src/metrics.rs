@@ -85,8 +85,7 @@ impl Metrics {
 
     /// The Prometheus text format.
     pub fn render(&self) -> String {
-        let (chunk_bytes, chunk_wire_bytes) = crate::p2p::packing::served_bytes();
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             ("trellis_height", "gauge", "height of the last committed block", self.height.get()),
             (
                 "trellis_block_time_ms",
@@ -119,17 +118,22 @@ impl Metrics {
                 "consensus addresses learned from peers' greetings",
                 self.consensus_peers_learned.get(),
             ),
-            ("trellis_blob_chunk_bytes_total", "counter", "bytes of the blob chunks this node served", chunk_bytes),
-            (
-                "trellis_blob_chunk_wire_bytes_total",
-                "counter",
-                "the same chunks as sent, packed or raw (node/src/p2p/packing.rs)",
-                chunk_wire_bytes,
-            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        let served = crate::p2p::packing::served();
+        let stored: Vec<u64> = served.iter().map(|s| s.stored).collect();
+        let wire: Vec<u64> = served.iter().map(|s| s.wire).collect();
+        for (name, help, values) in [
+            (CHUNK_BYTES, "bytes of the blob chunks this node served, per blob kind", &stored),
+            (CHUNK_WIRE_BYTES, "the same chunks as sent, packed or raw (node/src/p2p/packing.rs)", &wire),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (s, value) in served.iter().zip(values) {
+                out.push_str(&format!("{name}{{kind=\"{}\"}} {value}\n", s.kind.name()));
+            }
         }
         let networks = network_exposition();
         out.push_str(&format!(
@@ -153,6 +157,9 @@ impl Metrics {
 
 /// The summary of bytes on the wire per network and direction.
 pub const P2P_BYTES: &str = "trellis_p2p_bytes_total";
+/// Blob chunks served, per kind: as stored, and as sent ([`crate::p2p::packing`]).
+pub const CHUNK_BYTES: &str = "trellis_blob_chunk_bytes_total";
+pub const CHUNK_WIRE_BYTES: &str = "trellis_blob_chunk_wire_bytes_total";
 
 /// The node's libp2p networks and the prefixes of their transport counters.
 pub const NETWORKS: [(&str, &str); 2] =

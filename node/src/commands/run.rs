@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arc_malachitebft_app_channel::app::config::{
-    ConsensusConfig, NodeConfig as EngineNodeConfig, P2pConfig, ValueSyncConfig,
+    ConsensusConfig, GossipSubConfig, NodeConfig as EngineNodeConfig, P2pConfig, PubSubProtocol, ValueSyncConfig,
 };
 use arc_malachitebft_app_channel::app::net::Multiaddr;
 use arc_malachitebft_app_channel::app::types::codec::Codec;
@@ -132,7 +132,15 @@ fn parse_multiaddr(text: &str, what: &str) -> anyhow::Result<Multiaddr> {
     text.parse().with_context(|| format!("{what} '{text}' is not a multiaddr (like /ip4/127.0.0.1/tcp/26001)"))
 }
 
-fn engine_config(config: &NodeConfig) -> anyhow::Result<EngineConfig> {
+/// The consensus gossip mesh of a node that does not vote: two peers instead of six. Validators
+/// publish their votes and proposals to every peer they know (flood publishing), so a follower's
+/// relaying adds duplicates, not delivery; a miner's uplink is better spent on its blobs (relaying
+/// was a tenth of a miner's bytes across continents, `docs/benchmarks.md`).
+fn follower_gossip() -> PubSubProtocol {
+    PubSubProtocol::GossipSub(GossipSubConfig::new(2, 4, 2, 1, false, false, true))
+}
+
+fn engine_config(config: &NodeConfig, role: NodeRole) -> anyhow::Result<EngineConfig> {
     let persistent_peers = config
         .p2p
         .persistent_peers
@@ -145,6 +153,7 @@ fn engine_config(config: &NodeConfig) -> anyhow::Result<EngineConfig> {
         // A block is at most 4 MiB; its part adds a few hundred bytes.
         pubsub_max_size: ByteSize::mib(5),
         rpc_max_size: ByteSize::mib(16),
+        protocol: if role == NodeRole::Validator { PubSubProtocol::default() } else { follower_gossip() },
         ..P2pConfig::default()
     };
     let mut p2p = p2p;
@@ -373,7 +382,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     }
     let (channels, engine) = start_engine(
         ctx,
-        engine_config(&config)?,
+        engine_config(&config, role)?,
         WalContext::new(wal, TrellisCodec),
         NetworkContext::new(identity, TrellisCodec),
         consensus_ctx,

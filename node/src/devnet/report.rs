@@ -56,6 +56,52 @@ pub struct NodeWire {
     pub node: usize,
     pub role: String,
     pub networks: BTreeMap<String, TransportBytes>,
+    /// Blob chunks the node served per blob kind: bytes as stored, and as packed on the wire.
+    #[serde(default)]
+    pub chunks: BTreeMap<String, ChunkBytes>,
+}
+
+/// Bytes of blob chunks served, as stored and as sent (`trellis_blob_chunk_bytes_total`,
+/// `trellis_blob_chunk_wire_bytes_total`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChunkBytes {
+    pub stored: u64,
+    pub wire: u64,
+}
+
+impl ChunkBytes {
+    /// What was served between `earlier` and `self` (counters that went back, after a restart,
+    /// count from zero, as [`TransportBytes::since`]).
+    fn since(self, earlier: ChunkBytes) -> ChunkBytes {
+        if self.stored >= earlier.stored && self.wire >= earlier.wire {
+            ChunkBytes { stored: self.stored - earlier.stored, wire: self.wire - earlier.wire }
+        } else {
+            self
+        }
+    }
+}
+
+/// The values of counter `name` in a `/metrics` text by its `kind` label.
+fn counters_by_kind(text: &str, name: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{name}{{kind=\"");
+    text.lines()
+        .filter_map(|line| {
+            let (kind, value) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            Some((kind.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The blob chunks a node served per kind, from its `/metrics` text.
+fn chunks_served(text: &str) -> BTreeMap<String, ChunkBytes> {
+    let wire = counters_by_kind(text, crate::metrics::CHUNK_WIRE_BYTES);
+    counters_by_kind(text, crate::metrics::CHUNK_BYTES)
+        .into_iter()
+        .map(|(kind, stored)| {
+            let wire = wire.get(&kind).copied().unwrap_or(0);
+            (kind, ChunkBytes { stored, wire })
+        })
+        .collect()
 }
 
 /// Every node's [`P2P_BYTES`] summary now, read from its `/metrics` (a node that does not answer
@@ -64,11 +110,11 @@ pub async fn read_wire(info: &DevnetInfo) -> Vec<NodeWire> {
     let mut nodes = Vec::new();
     for (i, node) in info.nodes.iter().enumerate() {
         let text = tokio::time::timeout(Duration::from_secs(1), http_get(&node.metrics)).await;
-        let networks = match text {
-            Ok(Ok(text)) => p2p_bytes(&text),
-            _ => BTreeMap::new(),
+        let (networks, chunks) = match text {
+            Ok(Ok(text)) => (p2p_bytes(&text), chunks_served(&text)),
+            _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        nodes.push(NodeWire { node: i, role: node.role.clone(), networks });
+        nodes.push(NodeWire { node: i, role: node.role.clone(), networks, chunks });
     }
     nodes
 }
@@ -87,7 +133,15 @@ pub fn wire_between(earlier: &[NodeWire], later: &[NodeWire]) -> Vec<NodeWire> {
                     (network.clone(), bytes.since(before))
                 })
                 .collect();
-            NodeWire { node: now.node, role: now.role.clone(), networks }
+            let chunks = now
+                .chunks
+                .iter()
+                .map(|(kind, bytes)| {
+                    let before = then.and_then(|t| t.chunks.get(kind)).copied().unwrap_or_default();
+                    (kind.clone(), bytes.since(before))
+                })
+                .collect();
+            NodeWire { node: now.node, role: now.role.clone(), networks, chunks }
         })
         .collect()
 }
@@ -281,6 +335,26 @@ pub fn report(
             ddp_bytes as f64 / sent
         );
     }
+    for role in ["miner", "validator"] {
+        let mut kinds = BTreeMap::<&str, ChunkBytes>::new();
+        for node in rows.iter().flat_map(|row| row.wire.iter().filter(|n| n.role == role)) {
+            for (kind, bytes) in &node.chunks {
+                let total = kinds.entry(kind.as_str()).or_default();
+                total.stored += bytes.stored;
+                total.wire += bytes.wire;
+            }
+        }
+        let cells: Vec<String> = kinds
+            .iter()
+            .filter(|(_, b)| b.stored > 0)
+            .map(|(kind, b)| {
+                format!("{kind} {} → {} bytes ({:.0}%)", b.stored, b.wire, 100.0 * b.wire as f64 / b.stored as f64)
+            })
+            .collect();
+        if !cells.is_empty() {
+            println!("blob chunks the {role}s served, as stored → on the wire: {}", cells.join(", "));
+        }
+    }
     if zk_model.is_some() {
         println!(
             "verification checks {} Groth16 proof(s) of {} steps per miner per round (× 2 checkers) instead of re-executing",
@@ -442,7 +516,24 @@ mod tests {
     fn node(node: usize, role: &str, blobs: (u64, u64), consensus: (u64, u64)) -> NodeWire {
         let bytes = |(sent, received)| TransportBytes { received, sent };
         let networks = [("peers".to_string(), bytes(blobs)), ("consensus".to_string(), bytes(consensus))].into();
-        NodeWire { node, role: role.into(), networks }
+        let chunks = [("data".to_string(), ChunkBytes { stored: blobs.0 * 2, wire: blobs.0 })].into();
+        NodeWire { node, role: role.into(), networks, chunks }
+    }
+
+    #[test]
+    fn chunk_counters_are_read_per_kind_from_the_metrics_text() {
+        let text = "# HELP trellis_blob_chunk_bytes_total x\n\
+                    trellis_blob_chunk_bytes_total{kind=\"data\"} 900\n\
+                    trellis_blob_chunk_bytes_total{kind=\"trail\"} 5\n\
+                    trellis_blob_chunk_wire_bytes_total{kind=\"data\"} 300\n\
+                    trellis_blob_chunk_wire_bytes_total{kind=\"trail\"} 5\n";
+        let chunks = chunks_served(text);
+        assert_eq!((chunks["data"].stored, chunks["data"].wire), (900, 300));
+        assert_eq!((chunks["trail"].stored, chunks["trail"].wire), (5, 5));
+        assert_eq!(chunks.len(), 2);
+        // What the node's own exposition says reads back.
+        let rendered = crate::metrics::Metrics::default().render();
+        assert_eq!(chunks_served(&rendered).len(), trellis_proto::blobwire::BlobKind::ALL.len());
     }
 
     #[test]
@@ -460,6 +551,9 @@ mod tests {
         assert_eq!(round[0].networks["peers"], TransportBytes { sent: 1_000, received: 200 });
         assert_eq!(round[1].networks["consensus"], TransportBytes { sent: 10, received: 20 });
         assert_eq!(round[2].networks["peers"], TransportBytes { sent: 300, received: 300 });
+        assert_eq!((round[0].chunks["data"].stored, round[0].chunks["data"].wire), (2_000, 1_000));
+        let restarted = round[2].chunks["data"];
+        assert_eq!((restarted.stored, restarted.wire), (600, 300), "a restarted node counts from zero");
         let validators = mean_per_node(&round, "validator").unwrap();
         assert_eq!(validators["peers"], TransportBytes { sent: 650, received: 250 });
         assert_eq!(mean_per_node(&round, "miner").unwrap()["peers"], TransportBytes { sent: 4_000, received: 100 });

@@ -614,7 +614,7 @@ fn answer(store: &BlobStore, manifests: &Manifests, request: &BlobRequest) -> Bl
             match store.size(key) {
                 Ok(size) if offset < size || (size == 0 && *index == 0) => store
                     .read_range(key, offset, CHUNK_BYTES)
-                    .map(super::packing::pack)
+                    .map(|chunk| super::packing::pack(key.kind, chunk))
                     .unwrap_or(BlobResponse::NotFound),
                 _ => BlobResponse::NotFound,
             }

@@ -16,15 +16,35 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
-use trellis_proto::blobwire::{BlobResponse, PACKING_LANES};
+use trellis_proto::blobwire::{BlobKind, BlobResponse, PACKING_LANES};
 
-/// Bytes of the chunks [`pack`] was given, and of what it sent for them (the process's, like the
-/// transport's counters): `/metrics` shows what packing saves.
-static SERVED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Per blob kind (in [`BlobKind::ALL`]'s order): bytes of the chunks [`pack`] was given, and of
+/// what it sent for them (the process's, like the transport's counters): `/metrics` shows what
+/// packing saves on each kind.
+static SERVED: [[AtomicU64; 2]; BlobKind::ALL.len()] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; BlobKind::ALL.len()];
 
-/// (bytes of the chunks served, bytes sent for them) since the process started.
-pub fn served_bytes() -> (u64, u64) {
-    (SERVED[0].load(Ordering::Relaxed), SERVED[1].load(Ordering::Relaxed))
+/// Bytes served since the process started, per blob kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub kind: BlobKind,
+    /// The chunks' bytes as stored.
+    pub stored: u64,
+    /// What was sent for them, packed or raw.
+    pub wire: u64,
+}
+
+/// What [`pack`] served since the process started, per blob kind.
+pub fn served() -> Vec<Served> {
+    BlobKind::ALL
+        .iter()
+        .zip(&SERVED)
+        .map(|(kind, [stored, wire])| Served {
+            kind: *kind,
+            stored: stored.load(Ordering::Relaxed),
+            wire: wire.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 /// The zstd level: level 3 packs a MiB of floats in a few milliseconds on one core, well below
@@ -48,9 +68,9 @@ pub enum UnpackError {
     Size { expected: usize, got: usize },
 }
 
-/// The response carrying `chunk`: packed when that saves at least 1/[`MIN_SAVING`] of its bytes,
-/// raw otherwise.
-pub fn pack(chunk: Vec<u8>) -> BlobResponse {
+/// The response carrying `chunk` (of a blob of `kind`): packed when that saves at least
+/// 1/[`MIN_SAVING`] of its bytes, raw otherwise.
+pub fn pack(kind: BlobKind, chunk: Vec<u8>) -> BlobResponse {
     let raw = chunk.len() as u64;
     let packed = (chunk.len() >= 64)
         .then(|| zstd::bulk::compress(&split_planes(&chunk, LANES), LEVEL).ok())
@@ -63,8 +83,9 @@ pub fn pack(chunk: Vec<u8>) -> BlobResponse {
         }
         None => (BlobResponse::Chunk(chunk), raw),
     };
-    SERVED[0].fetch_add(raw, Ordering::Relaxed);
-    SERVED[1].fetch_add(sent, Ordering::Relaxed);
+    let counters = &SERVED[BlobKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)];
+    counters[0].fetch_add(raw, Ordering::Relaxed);
+    counters[1].fetch_add(sent, Ordering::Relaxed);
     response
 }
 
@@ -133,7 +154,7 @@ mod tests {
     #[test]
     fn a_delta_of_bf16_values_packs_to_under_half_and_unpacks_to_itself() {
         let chunk = bf16_floats(1 << 18, 7);
-        let BlobResponse::Packed { lanes, bytes } = pack(chunk.clone()) else { panic!("not packed") };
+        let BlobResponse::Packed { lanes, bytes } = pack(BlobKind::Data, chunk.clone()) else { panic!("not packed") };
         assert!(bytes.len() * 2 < chunk.len(), "packed {} of {} bytes", bytes.len(), chunk.len());
         assert_eq!(unpack(lanes, &bytes, chunk.len()).unwrap(), chunk);
     }
@@ -147,15 +168,17 @@ mod tests {
                 (state >> 56) as u8
             })
             .collect();
-        assert_eq!(pack(noise.clone()), BlobResponse::Chunk(noise));
-        assert_eq!(pack(vec![0; 10]), BlobResponse::Chunk(vec![0; 10]));
+        assert_eq!(pack(BlobKind::Data, noise.clone()), BlobResponse::Chunk(noise));
+        assert_eq!(pack(BlobKind::Data, vec![0; 10]), BlobResponse::Chunk(vec![0; 10]));
     }
 
     #[test]
     fn frames_that_inflate_past_the_chunk_or_short_of_it_are_refused() {
         // A bomb: a MiB of zeros packs to a few bytes; the fetcher expecting a smaller chunk
         // refuses it without inflating it.
-        let BlobResponse::Packed { lanes, bytes } = pack(vec![0; 1 << 20]) else { panic!("not packed") };
+        let BlobResponse::Packed { lanes, bytes } = pack(BlobKind::Data, vec![0; 1 << 20]) else {
+            panic!("not packed")
+        };
         assert!(bytes.len() < 1024);
         assert!(matches!(unpack(lanes, &bytes, 4096), Err(UnpackError::Frame { limit: 4096, .. })));
         assert_eq!(
