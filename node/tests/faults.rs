@@ -93,7 +93,7 @@ async fn send_raw(peer_addr: Multiaddr, requests: Vec<Vec<u8>>) -> Vec<Option<Ve
     let config = request_response::Config::default().with_request_timeout(Duration::from_secs(20));
     let behaviour = request_response::Behaviour::with_codec(
         RawCodec,
-        [(StreamProtocol::new("/trellis/blobs/1"), ProtocolSupport::Outbound)],
+        [(StreamProtocol::new(trellis_proto::blobwire::PROTOCOL), ProtocolSupport::Outbound)],
         config,
     );
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)

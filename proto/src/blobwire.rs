@@ -1,5 +1,5 @@
 //! The blob exchange's wire vocabulary: blob addresses ([`BlobKind`], [`BlobKey`]) and the two
-//! messages peers trade over `/trellis/blobs/1` ([`BlobRequest`], [`BlobResponse`]).
+//! messages peers trade over [`PROTOCOL`] ([`BlobRequest`], [`BlobResponse`]).
 //!
 //! It lives here, apart from the node's libp2p transport and blob store, so that the byte codec
 //! peers feed us can be unit-tested and fuzzed without building the node.
@@ -33,6 +33,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::hash::{Hash, HashDomain};
+
+/// The libp2p protocol the messages travel on; its version moves with any change of their layout
+/// (2: packed chunks).
+pub const PROTOCOL: &str = "/trellis/blobs/2";
 
 /// Bytes of an encoded [`BlobKey`]: its kind tag and its hash.
 pub const KEY_BYTES: usize = 1 + 32;

@@ -63,7 +63,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_STREAMS: usize = 16;
 
 const HELLO: StreamProtocol = StreamProtocol::new("/trellis/hello/1");
-const BLOBS: StreamProtocol = StreamProtocol::new("/trellis/blobs/2");
+const BLOBS: StreamProtocol = StreamProtocol::new(trellis_proto::blobwire::PROTOCOL);
 
 /// How the peer network starts.
 #[derive(Debug, Clone)]
