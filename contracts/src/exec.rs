@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_proto::{
-    Address, Aggregate, AggregationRule, Amount, DeltaEncoding, EquivocationEvidence, Hash, HashDomain, Height, JobId,
-    JobSpec, PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
+    Address, Aggregate, AggregationRule, Amount, EquivocationEvidence, Hash, HashDomain, Height, JobId, JobSpec,
+    PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
@@ -807,10 +807,13 @@ impl Chain {
         if reveal.binding(&miner) != commit.binding {
             return Err(TxError::RevealMismatch { miner });
         }
-        if job.spec.diloco.encoding != DeltaEncoding::Int8 && reveal.residual_hash != Hash::ZERO {
-            return Err(TxError::InvalidCommitment("only int8 work carries an error-feedback residual".into()));
+        let feedback = job.spec.diloco.encoding.has_error_feedback();
+        if !feedback && reveal.residual_hash != Hash::ZERO {
+            return Err(TxError::InvalidCommitment(
+                "only quantised work (int8, q4, q2) carries an error-feedback residual".into(),
+            ));
         }
-        if job.spec.diloco.encoding == DeltaEncoding::Int8 {
+        if feedback {
             // The residual carried in is what encoding the miner's previous Δ left: none without one.
             let deltas_key = keys::deltas(job.id, &miner);
             let earlier: Option<MinerDeltas> = read(kv, &deltas_key)?;

@@ -56,8 +56,35 @@ pub enum DeltaEncoding {
     F16,
     /// int8 with one f32 scale per chunk, and the quantisation error carried to the next round.
     Int8,
+    /// 4-bit codes (levels −7..7) with one f32 scale per chunk, and error feedback.
+    Q4,
+    /// 2-bit codes (levels −1, 0, 1) with one f32 scale per chunk, and error feedback.
+    Q2,
 }
-canonical_tag_enum!(DeltaEncoding, "delta encoding" { F32 = 1, F16 = 2, Int8 = 3 });
+canonical_tag_enum!(DeltaEncoding, "delta encoding" { F32 = 1, F16 = 2, Int8 = 3, Q4 = 4, Q2 = 5 });
+
+impl DeltaEncoding {
+    /// Whether the encoding quantises, and so carries what it lost into the next round (error
+    /// feedback: the miner reveals the residual it carried in, and checkers bound it).
+    pub fn has_error_feedback(self) -> bool {
+        matches!(self, DeltaEncoding::Int8 | DeltaEncoding::Q4 | DeltaEncoding::Q2)
+    }
+
+    /// The name job files and `trellis train --encoding` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeltaEncoding::F32 => "f32",
+            DeltaEncoding::F16 => "f16",
+            DeltaEncoding::Int8 => "int8",
+            DeltaEncoding::Q4 => "q4",
+            DeltaEncoding::Q2 => "q2",
+        }
+    }
+
+    /// Every encoding, in tag order.
+    pub const ALL: [DeltaEncoding; 5] =
+        [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2];
+}
 
 /// How the accepted pseudo-gradients of a round are combined.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ fn small_values_have_exact_bytes() {
     assert_eq!(hex::encode(JobId(7).to_bytes()), "0700000000000000");
     assert_eq!(hex::encode(Role::Miner.to_bytes()), "02");
     assert_eq!(hex::encode(DeltaEncoding::Int8.to_bytes()), "03");
+    assert_eq!(hex::encode(DeltaEncoding::Q4.to_bytes()), "04");
+    assert_eq!(hex::encode(DeltaEncoding::Q2.to_bytes()), "05");
     assert_eq!(hex::encode(AggregationRule::TrimmedMean { trim: 1 }.to_bytes()), "0201000000");
     assert_eq!(hex::encode(VerificationMode::Tolerance { max_distance: 1.0 }.to_bytes()), "020000803f");
     assert_eq!(hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()), "050300000000000000",);

@@ -43,7 +43,7 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (arb_f32(), arb_f32(), arb_f32(), arb_f32(), arb_f32()),
         (any::<u32>(), prop_oneof![Just(OuterOptimizer::Nesterov), Just(OuterOptimizer::Average)]),
         (arb_f32(), arb_f32(), any::<u32>()),
-        prop_oneof![Just(DeltaEncoding::F32), Just(DeltaEncoding::F16), Just(DeltaEncoding::Int8)],
+        prop::sample::select(DeltaEncoding::ALL.to_vec()),
     )
         .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), encoding)| {
             DilocoParams {

@@ -244,7 +244,7 @@ pub fn run_diloco(
                 write_trail(dir, &output.trail)?;
             }
             let encoded = match config.encoding {
-                DeltaEncoding::Int8 => feedback[worker].encode(config.encoding, &output.delta),
+                quantised if quantised.has_error_feedback() => feedback[worker].encode(quantised, &output.delta),
                 other => encoding::encode(other, &output.delta),
             };
             if worker == 0 {
@@ -411,11 +411,7 @@ fn schedule(config: &RunConfig, workers: usize) -> BatchSchedule {
 }
 
 pub fn encoding_name(encoding: DeltaEncoding) -> &'static str {
-    match encoding {
-        DeltaEncoding::F32 => "f32",
-        DeltaEncoding::F16 => "f16",
-        DeltaEncoding::Int8 => "int8",
-    }
+    encoding.name()
 }
 
 /// Where worker `worker`'s trail of round `round` lives under a run's trail directory.

@@ -1,17 +1,25 @@
-//! Pseudo-gradient encodings for the network: f32, f16, and int8 with per-chunk scales and
-//! error feedback.
+//! Pseudo-gradient encodings for the network: f32, f16, and quantised codes of 8, 4 or 2 bits
+//! with per-chunk scales and error feedback.
 //!
 //! Canonical layout of an encoded Δ (its blake3 hash is the `delta_hash` a miner commits):
 //!
 //! ```text
-//! u8   encoding tag (1 = f32, 2 = f16, 3 = int8)
+//! u8   encoding tag (1 = f32, 2 = f16, 3 = int8, 4 = q4, 5 = q2)
 //! u64  n, the number of values (little-endian)
 //! f32:  n × f32 LE
 //! f16:  n × IEEE binary16 LE (round to nearest, ties to even)
-//! int8: u32 chunk size C, then ceil(n / C) × f32 LE scales, then n × i8,
-//!       where value i = q_i × scale[i / C], scale = max|x| / 127 over the chunk, and
-//!       q = round-ties-even(x / scale) clamped to [-127, 127] (q = 0 when scale = 0)
+//! int8, q4, q2 (b = 8, 4, 2 bits; m = 2^(b−1) − 1 = 127, 7, 1):
+//!       u32 chunk size C, then ceil(n / C) × f32 LE scales, then ceil(n·b / 8) bytes of codes:
+//!       value i's code is bits [i·b, (i+1)·b) of the codes read as one little-endian bit string
+//!       (byte ⌊i·b/8⌋, lowest bits first), a b-bit two's complement q, and
+//!       value i = q × scale[i / C], scale = max|x| / m over the chunk,
+//!       q = round-ties-even(x / scale) clamped to [−m, m] (q = 0 when scale = 0);
+//!       bits after the last code are zero
 //! ```
+//!
+//! For int8 that is one byte a value, the layout int8 always had. Encoding is a function of the
+//! values alone (the chunk size is the encoding's, [`Quantizer::chunk`]), so a checker recomputes
+//! a miner's encoded Δ byte for byte; decoding accepts any chunk size and code and never panics.
 
 use half::f16;
 use thiserror::Error;
@@ -19,6 +27,11 @@ use trellis_proto::{DeltaEncoding, Hash, HashDomain};
 
 /// Values per int8 scale.
 pub const INT8_CHUNK: usize = 4096;
+/// Values per q4 scale: a scale is 4 bytes, 0.8% of a q4 chunk's 512.
+pub const Q4_CHUNK: usize = 1024;
+/// Values per q2 scale: 2 bits leave three levels (−s, 0, s), so a chunk is kept short for its
+/// scale to follow the values (a scale is 6% of a q2 chunk's 64 bytes).
+pub const Q2_CHUNK: usize = 256;
 /// Most values an encoded Δ may hold (a 1B-parameter model).
 pub const MAX_VALUES: u64 = 1 << 30;
 
@@ -30,7 +43,7 @@ pub enum EncodingError {
     UnknownTag(u8),
     #[error("encoded delta holds {0} values, more than the limit")]
     TooManyValues(u64),
-    #[error("int8 chunk size must be positive")]
+    #[error("quantised chunk size must be positive")]
     ZeroChunk,
     #[error("encoded delta has a non-finite value at {0}")]
     NonFinite(usize),
@@ -38,12 +51,78 @@ pub enum EncodingError {
     LengthMismatch { expected: usize, got: usize },
 }
 
+/// How a quantised encoding rounds: `bits` a code, codes in `[−levels, levels]`, one scale per
+/// `chunk` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantizer {
+    pub bits: u32,
+    pub levels: i32,
+    pub chunk: usize,
+}
+
+impl Quantizer {
+    /// The quantiser of a quantised encoding; `None` for f32 and f16.
+    pub fn of(encoding: DeltaEncoding) -> Option<Self> {
+        let (bits, chunk) = match encoding {
+            DeltaEncoding::F32 | DeltaEncoding::F16 => return None,
+            DeltaEncoding::Int8 => (8, INT8_CHUNK),
+            DeltaEncoding::Q4 => (4, Q4_CHUNK),
+            DeltaEncoding::Q2 => (2, Q2_CHUNK),
+        };
+        Some(Self { bits, levels: (1 << (bits - 1)) - 1, chunk })
+    }
+
+    /// The scale of a chunk: its largest magnitude on the top level.
+    fn scale(&self, chunk: &[f32]) -> f32 {
+        chunk.iter().fold(0.0f32, |max, v| max.max(v.abs())) / self.levels as f32
+    }
+
+    fn quantize(&self, value: f32, scale: f32) -> i32 {
+        if scale == 0.0 {
+            return 0;
+        }
+        let levels = self.levels as f32;
+        (value / scale).round_ties_even().clamp(-levels, levels) as i32
+    }
+
+    /// Bytes holding `n` codes.
+    fn code_bytes(&self, n: u64) -> u64 {
+        (n * u64::from(self.bits)).div_ceil(8)
+    }
+
+    /// Code `index` of `codes`, whose first byte holds code `first` (a multiple of 8 / bits),
+    /// as a signed level.
+    fn code(&self, codes: &[u8], first: u64, index: u64) -> i32 {
+        let bit = (index - first) * u64::from(self.bits);
+        let raw = u32::from(codes[(bit / 8) as usize] >> (bit % 8)) & ((1 << self.bits) - 1);
+        let sign = 1 << (self.bits - 1);
+        if raw & sign != 0 {
+            raw as i32 - (1 << self.bits)
+        } else {
+            raw as i32
+        }
+    }
+}
+
 fn tag(encoding: DeltaEncoding) -> u8 {
     match encoding {
         DeltaEncoding::F32 => 1,
         DeltaEncoding::F16 => 2,
         DeltaEncoding::Int8 => 3,
+        DeltaEncoding::Q4 => 4,
+        DeltaEncoding::Q2 => 5,
     }
+}
+
+fn from_tag(tag: u8) -> Result<DeltaEncoding, EncodingError> {
+    Ok(match tag {
+        1 => DeltaEncoding::F32,
+        2 => DeltaEncoding::F16,
+        3 => DeltaEncoding::Int8,
+        4 => DeltaEncoding::Q4,
+        5 => DeltaEncoding::Q2,
+        other => return Err(EncodingError::UnknownTag(other)),
+    })
 }
 
 /// Encodes `values` canonically.
@@ -52,88 +131,36 @@ pub fn encode(encoding: DeltaEncoding, values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + n * 4);
     out.push(tag(encoding));
     out.extend_from_slice(&(n as u64).to_le_bytes());
-    match encoding {
-        DeltaEncoding::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DeltaEncoding::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        DeltaEncoding::Int8 => {
-            out.extend_from_slice(&(INT8_CHUNK as u32).to_le_bytes());
-            let scales: Vec<f32> = values.chunks(INT8_CHUNK).map(int8_scale).collect();
+    match Quantizer::of(encoding) {
+        None if encoding == DeltaEncoding::F16 => {
+            values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes()))
+        }
+        None => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Some(q) => {
+            out.extend_from_slice(&(q.chunk as u32).to_le_bytes());
+            let scales: Vec<f32> = values.chunks(q.chunk).map(|c| q.scale(c)).collect();
             scales.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
-            for (chunk, scale) in values.chunks(INT8_CHUNK).zip(&scales) {
-                out.extend(chunk.iter().map(|&v| quantize(v, *scale) as u8));
+            let start = out.len();
+            out.resize(start + q.code_bytes(n as u64) as usize, 0);
+            let mask = (1u32 << q.bits) - 1;
+            for (i, value) in values.iter().enumerate() {
+                let code = (q.quantize(*value, scales[i / q.chunk]) as u32) & mask;
+                let bit = i * q.bits as usize;
+                out[start + bit / 8] |= (code << (bit % 8)) as u8;
             }
         }
     }
     out
 }
 
-fn int8_scale(chunk: &[f32]) -> f32 {
-    chunk.iter().fold(0.0f32, |max, v| max.max(v.abs())) / 127.0
-}
-
-fn quantize(value: f32, scale: f32) -> i8 {
-    if scale == 0.0 {
-        return 0;
-    }
-    (value / scale).round_ties_even().clamp(-127.0, 127.0) as i8
-}
-
 /// Decodes canonical bytes back to values, checking every size against the input first.
 pub fn decode(bytes: &[u8]) -> Result<(DeltaEncoding, Vec<f32>), EncodingError> {
-    let wrong = |expected: u64| EncodingError::WrongSize { expected, got: bytes.len() as u64 };
-    if bytes.len() < 9 {
-        return Err(wrong(9));
-    }
-    let encoding = match bytes[0] {
-        1 => DeltaEncoding::F32,
-        2 => DeltaEncoding::F16,
-        3 => DeltaEncoding::Int8,
-        other => return Err(EncodingError::UnknownTag(other)),
-    };
-    let n = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
-    if n > MAX_VALUES {
-        return Err(EncodingError::TooManyValues(n));
-    }
-    let body = &bytes[9..];
-    let n_usize = n as usize;
-    let values = match encoding {
-        DeltaEncoding::F32 => {
-            if body.len() as u64 != n * 4 {
-                return Err(wrong(9 + n * 4));
-            }
-            body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect::<Vec<_>>()
-        }
-        DeltaEncoding::F16 => {
-            if body.len() as u64 != n * 2 {
-                return Err(wrong(9 + n * 2));
-            }
-            body.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-        }
-        DeltaEncoding::Int8 => {
-            if body.len() < 4 {
-                return Err(wrong(13));
-            }
-            let chunk = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as u64;
-            if chunk == 0 {
-                return Err(EncodingError::ZeroChunk);
-            }
-            let chunks = n.div_ceil(chunk);
-            let expected = 9 + 4 + chunks * 4 + n;
-            if bytes.len() as u64 != expected {
-                return Err(wrong(expected));
-            }
-            let scales: Vec<f32> = body[4..4 + chunks as usize * 4]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
-            let quantized = &body[4 + chunks as usize * 4..];
-            (0..n_usize).map(|i| f32::from(quantized[i] as i8) * scales[i / chunk as usize]).collect()
-        }
-    };
-    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-        return Err(EncodingError::NonFinite(index));
-    }
-    Ok((encoding, values))
+    let layout = Layout::parse(&bytes[..Layout::HEAD.min(bytes.len())], bytes.len() as u64)?;
+    let range = 0..layout.values;
+    let (values, scales) = layout.spans(&range);
+    let slice = |r: std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+    let decoded = layout.decode_block(&range, slice(values), scales.map(slice))?;
+    Ok((layout.encoding, decoded))
 }
 
 /// An encoded Δ's layout, read from its first [`Layout::HEAD`] bytes and its size: where any run
@@ -144,61 +171,66 @@ pub fn decode(bytes: &[u8]) -> Result<(DeltaEncoding, Vec<f32>), EncodingError> 
 pub struct Layout {
     pub encoding: DeltaEncoding,
     pub values: u64,
-    /// Values per int8 scale (unused for the other encodings).
-    chunk: u64,
+    /// The quantiser with the chunk size the bytes name (`None` for f32 and f16).
+    quantizer: Option<Quantizer>,
 }
 
 impl Layout {
     /// Bytes [`Layout::parse`] reads (fewer when the whole Δ is shorter).
     pub const HEAD: usize = 13;
 
-    /// The layout of an encoded Δ of `size` bytes starting with `head`, checked like [`decode`]
-    /// checks sizes.
+    /// The layout of an encoded Δ of `size` bytes starting with `head`, checking every size
+    /// against `size` before anything is allocated.
     pub fn parse(head: &[u8], size: u64) -> Result<Self, EncodingError> {
         let wrong = |expected: u64| EncodingError::WrongSize { expected, got: size };
         if head.len() < 9 || size < 9 {
             return Err(wrong(9));
         }
-        let encoding = match head[0] {
-            1 => DeltaEncoding::F32,
-            2 => DeltaEncoding::F16,
-            3 => DeltaEncoding::Int8,
-            other => return Err(EncodingError::UnknownTag(other)),
-        };
+        let encoding = from_tag(head[0])?;
         let values = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
         if values > MAX_VALUES {
             return Err(EncodingError::TooManyValues(values));
         }
-        let (chunk, expected) = match encoding {
-            DeltaEncoding::F32 => (1, 9 + values * 4),
-            DeltaEncoding::F16 => (1, 9 + values * 2),
-            DeltaEncoding::Int8 => {
+        let (quantizer, expected) = match Quantizer::of(encoding) {
+            None if encoding == DeltaEncoding::F16 => (None, 9 + values * 2),
+            None => (None, 9 + values * 4),
+            Some(q) => {
                 if head.len() < 13 || size < 13 {
                     return Err(wrong(13));
                 }
-                let chunk = u64::from(u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")));
+                let chunk = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
                 if chunk == 0 {
                     return Err(EncodingError::ZeroChunk);
                 }
-                (chunk, 13 + values.div_ceil(chunk) * 4 + values)
+                let q = Quantizer { chunk: chunk as usize, ..q };
+                (Some(q), 13 + values.div_ceil(u64::from(chunk)) * 4 + q.code_bytes(values))
             }
         };
         if size != expected {
             return Err(wrong(expected));
         }
-        Ok(Self { encoding, values, chunk })
+        Ok(Self { encoding, values, quantizer })
     }
 
-    /// The bytes holding values `range` and, for int8, the bytes of their chunks' scales.
+    /// The bytes holding values `range` and, for quantised encodings, the bytes of their chunks'
+    /// scales. A quantised range's bytes start at the byte holding its first code (a range
+    /// starting inside a byte, at a code other than the byte's first, reads that whole byte).
     pub fn spans(&self, range: &std::ops::Range<u64>) -> (std::ops::Range<u64>, Option<std::ops::Range<u64>>) {
-        match self.encoding {
-            DeltaEncoding::F32 => (9 + 4 * range.start..9 + 4 * range.end, None),
-            DeltaEncoding::F16 => (9 + 2 * range.start..9 + 2 * range.end, None),
-            DeltaEncoding::Int8 => {
-                let scales_end = 13 + self.values.div_ceil(self.chunk) * 4;
-                let (first, last) = (range.start / self.chunk, range.end.saturating_sub(1) / self.chunk);
-                let scales = 13 + 4 * first..13 + 4 * (last + 1).max(first);
-                (scales_end + range.start..scales_end + range.end, Some(scales))
+        match self.quantizer {
+            None => {
+                let width = if self.encoding == DeltaEncoding::F16 { 2 } else { 4 };
+                (9 + width * range.start..9 + width * range.end, None)
+            }
+            Some(q) => {
+                let chunk = q.chunk as u64;
+                let scales_end = 13 + self.values.div_ceil(chunk) * 4;
+                let first = range.start / chunk;
+                // The chunks the values fall in: none for an empty range.
+                let end = if range.is_empty() { first } else { (range.end - 1) / chunk + 1 };
+                let scales = 13 + 4 * first..13 + 4 * end;
+                let bits = u64::from(q.bits);
+                let codes = scales_end + range.start * bits / 8..scales_end + (range.end * bits).div_ceil(8);
+                (codes.start..codes.end.max(codes.start), Some(scales))
             }
         }
     }
@@ -226,18 +258,20 @@ impl Layout {
             (Some(span), bytes) => return Err(wrong(span, bytes.map_or(0, <[u8]>::len))),
             (None, _) => &[],
         };
-        let decoded: Vec<f32> = match self.encoding {
-            DeltaEncoding::F32 => {
-                values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        let decoded: Vec<f32> = match self.quantizer {
+            None if self.encoding == DeltaEncoding::F16 => {
+                values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
-            DeltaEncoding::F16 => values.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DeltaEncoding::Int8 => {
+            None => values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Some(q) => {
                 let scales: Vec<f32> =
                     scales.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                let first = range.start / self.chunk;
+                let chunk = q.chunk as u64;
+                let first_chunk = range.start / chunk;
+                // The code the first byte of `values` starts with.
+                let first_code = range.start * u64::from(q.bits) / 8 * 8 / u64::from(q.bits);
                 (range.start..range.end)
-                    .zip(values)
-                    .map(|(i, q)| f32::from(*q as i8) * scales[(i / self.chunk - first) as usize])
+                    .map(|i| q.code(values, first_code, i) as f32 * scales[(i / chunk - first_chunk) as usize])
                     .collect()
             }
         };
@@ -248,24 +282,18 @@ impl Layout {
     }
 }
 
-/// The chunk size and per-chunk scales of an int8-encoded Δ (`None` for other encodings or
-/// malformed bytes).
-pub fn int8_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
-    if bytes.len() < 13 || bytes[0] != 3 {
-        return None;
-    }
-    let n = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
-    let chunk = u32::from_le_bytes(bytes[9..13].try_into().ok()?) as u64;
-    if chunk == 0 || n > MAX_VALUES {
-        return None;
-    }
-    let chunks = n.div_ceil(chunk) as usize;
+/// The chunk size and per-chunk scales of a quantised Δ (int8, q4, q2; `None` for other
+/// encodings or malformed bytes).
+pub fn chunk_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
+    let layout = Layout::parse(bytes.get(..Layout::HEAD)?, bytes.len() as u64).ok()?;
+    let chunk = layout.quantizer?.chunk;
+    let chunks = layout.values.div_ceil(chunk as u64) as usize;
     let scales = bytes
         .get(13..13 + chunks * 4)?
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
         .collect();
-    Some((chunk as usize, scales))
+    Some((chunk, scales))
 }
 
 /// The hash a miner commits for an encoded Δ.
@@ -311,6 +339,9 @@ mod tests {
 
     use super::*;
 
+    const ALL: [DeltaEncoding; 5] =
+        [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2];
+
     fn sample(n: usize) -> Vec<f32> {
         (0..n).map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i % 7) as f32)).collect()
     }
@@ -335,6 +366,49 @@ mod tests {
         assert_eq!(encode(DeltaEncoding::Int8, &v).len(), 9 + 4 + 3 * 4 + 10_000);
     }
 
+    #[test]
+    fn q4_and_q2_stay_within_half_a_step_and_take_their_bits() {
+        let v = sample(10_000);
+        for (encoding, levels, chunk, code_bytes) in
+            [(DeltaEncoding::Q4, 7.0f32, Q4_CHUNK, 5_000), (DeltaEncoding::Q2, 1.0, Q2_CHUNK, 2_500)]
+        {
+            let bytes = encode(encoding, &v);
+            assert_eq!(bytes.len(), 9 + 4 + 4 * 10_000usize.div_ceil(chunk) + code_bytes, "{encoding:?}");
+            let (decoded_as, q) = decode(&bytes).unwrap();
+            assert_eq!(decoded_as, encoding);
+            let (named_chunk, scales) = chunk_scales(&bytes).unwrap();
+            assert_eq!(named_chunk, chunk);
+            for i in 0..v.len() {
+                let scale = scales[i / chunk];
+                assert!((q[i] - v[i]).abs() <= scale / 2.0 * 1.0001, "{encoding:?} at {i}");
+                let level = q[i] / scale;
+                assert!(
+                    level.abs() <= levels * 1.0001 && (level - level.round()).abs() < 1e-4,
+                    "{encoding:?} at {i}: level {level}"
+                );
+            }
+        }
+    }
+
+    /// Fixed bytes: a change of the quantised layouts (bit order, sign, padding) fails here.
+    #[test]
+    fn quantised_golden_bytes() {
+        // Scales that are exact in f32, so the levels are exact too.
+        let values = [7.0f32, -7.0, 3.5, 0.0, -1.4];
+        let scale = |s: f32| s.to_le_bytes().to_vec();
+        let head = |tag: u8, chunk: usize| [&[tag][..], &5u64.to_le_bytes(), &(chunk as u32).to_le_bytes()].concat();
+        // q4: scale 1; levels 7, −7, 4 (3.5, ties to even), 0, −1; 4-bit two's complement, low
+        // nibble first, the last byte's high nibble zero.
+        let q4 = [head(4, Q4_CHUNK), scale(1.0), vec![0x97, 0x04, 0x0f]].concat();
+        assert_eq!(encode(DeltaEncoding::Q4, &values), q4);
+        // q2: scale 7; levels 1, −1, 0 (0.5, ties to even), 0, 0; lowest bits first.
+        let q2 = [head(5, Q2_CHUNK), scale(7.0), vec![0b0000_1101, 0x00]].concat();
+        assert_eq!(encode(DeltaEncoding::Q2, &values), q2);
+        // int8 keeps its byte a value.
+        let int8 = [head(3, INT8_CHUNK), scale(1.0), vec![127, 129, 64, 0, 231]].concat();
+        assert_eq!(encode(DeltaEncoding::Int8, &[127.0, -127.0, 64.0, 0.0, -25.0]), int8);
+    }
+
     /// The values of blocks at any boundaries (across int8 chunks too) are the whole decode's.
     fn decode_in_blocks(bytes: &[u8], block: u64) -> Result<Vec<f32>, EncodingError> {
         let layout = Layout::parse(&bytes[..Layout::HEAD.min(bytes.len())], bytes.len() as u64)?;
@@ -353,10 +427,10 @@ mod tests {
     #[test]
     fn a_delta_decoded_block_by_block_is_the_whole_decode() {
         let v = sample(3 * INT8_CHUNK + 77);
-        for encoding in [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8] {
+        for encoding in ALL {
             let bytes = encode(encoding, &v);
             let whole = decode(&bytes).unwrap().1;
-            for block in [1, 1000, INT8_CHUNK as u64, 5000, 1 << 20] {
+            for block in [1, 3, 1000, 1023, INT8_CHUNK as u64, 5000, 1 << 20] {
                 assert_eq!(decode_in_blocks(&bytes, block).unwrap(), whole, "{encoding:?} in blocks of {block}");
             }
             // What the whole decode refuses, the blocks refuse, and with the same error.
@@ -387,12 +461,17 @@ mod tests {
     }
 
     #[test]
-    fn int8_rounds_ties_to_even_and_handles_zero_chunks() {
-        let bytes = encode(DeltaEncoding::Int8, &[0.0; 10]);
-        assert_eq!(decode(&bytes).unwrap().1, vec![0.0; 10]);
-        assert_eq!(quantize(2.5, 1.0), 2);
-        assert_eq!(quantize(3.5, 1.0), 4);
-        assert_eq!(quantize(-1000.0, 1.0), -127);
+    fn quantisers_round_ties_to_even_and_handle_zero_chunks() {
+        for encoding in [DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2] {
+            let bytes = encode(encoding, &[0.0; 10]);
+            assert_eq!(decode(&bytes).unwrap().1, vec![0.0; 10]);
+        }
+        let int8 = Quantizer::of(DeltaEncoding::Int8).unwrap();
+        assert_eq!(int8.quantize(2.5, 1.0), 2);
+        assert_eq!(int8.quantize(3.5, 1.0), 4);
+        assert_eq!(int8.quantize(-1000.0, 1.0), -127);
+        let q2 = Quantizer::of(DeltaEncoding::Q2).unwrap();
+        assert_eq!((q2.quantize(0.5, 1.0), q2.quantize(0.51, 1.0), q2.quantize(-9.0, 1.0)), (0, 1, -1));
     }
 
     #[test]
@@ -425,46 +504,48 @@ mod tests {
         // with feedback the sum of what was sent tracks the sum of the true Δ.
         let delta: Vec<f32> = sample(8192).iter().map(|v| v * 1e-3).collect();
         let rounds = 20;
-        let mut feedback = ErrorFeedback::default();
-        let mut sent_plain = vec![0.0f32; delta.len()];
-        let mut sent_feedback = vec![0.0f32; delta.len()];
-        for _ in 0..rounds {
-            let (_, plain) = decode(&encode(DeltaEncoding::Int8, &delta)).unwrap();
-            let (_, fb) = decode(&feedback.encode(DeltaEncoding::Int8, &delta)).unwrap();
-            for i in 0..delta.len() {
-                sent_plain[i] += plain[i];
-                sent_feedback[i] += fb[i];
+        for encoding in [DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2] {
+            let mut feedback = ErrorFeedback::default();
+            let mut sent_plain = vec![0.0f32; delta.len()];
+            let mut sent_feedback = vec![0.0f32; delta.len()];
+            for _ in 0..rounds {
+                let (_, plain) = decode(&encode(encoding, &delta)).unwrap();
+                let (_, fb) = decode(&feedback.encode(encoding, &delta)).unwrap();
+                for i in 0..delta.len() {
+                    sent_plain[i] += plain[i];
+                    sent_feedback[i] += fb[i];
+                }
             }
+            let error = |sent: &[f32]| -> f64 {
+                sent.iter().zip(&delta).map(|(s, d)| f64::from(s - d * rounds as f32).powi(2)).sum::<f64>().sqrt()
+            };
+            let (plain, fb) = (error(&sent_plain), error(&sent_feedback));
+            assert!(fb < plain / 5.0, "{encoding:?}: feedback error {fb} vs plain {plain}");
         }
-        let error = |sent: &[f32]| -> f64 {
-            sent.iter().zip(&delta).map(|(s, d)| f64::from(s - d * rounds as f32).powi(2)).sum::<f64>().sqrt()
-        };
-        let (plain, fb) = (error(&sent_plain), error(&sent_feedback));
-        assert!(fb < plain / 5.0, "feedback error {fb} vs plain {plain}");
     }
 
     /// Decodes `bytes` (which must not panic) and checks what a decoded Δ promises: its length,
-    /// finiteness, one byte form for f32 and f16, and scales that `int8_scales` agrees on.
+    /// finiteness, one byte form for f32 and f16, and scales that `chunk_scales` agrees on.
     fn decode_is_sound(bytes: &[u8]) -> Result<(), TestCaseError> {
-        let scales = int8_scales(bytes);
+        let scales = chunk_scales(bytes);
         let Ok((encoding, values)) = decode(bytes) else { return Ok(()) };
         prop_assert_eq!(u64::from_le_bytes(bytes[1..9].try_into().unwrap()), values.len() as u64);
         prop_assert!(values.iter().all(|v| v.is_finite()));
         match encoding {
             DeltaEncoding::F32 | DeltaEncoding::F16 => prop_assert_eq!(encode(encoding, &values), bytes),
-            DeltaEncoding::Int8 => {
-                let (chunk, scales) = scales.expect("a decodable int8 Δ has scales");
+            DeltaEncoding::Int8 | DeltaEncoding::Q4 | DeltaEncoding::Q2 => {
+                let (chunk, scales) = scales.expect("a decodable quantised Δ has scales");
                 prop_assert_eq!(scales.len(), values.len().div_ceil(chunk));
             }
         }
         Ok(())
     }
 
-    /// A header (tag, count, and for int8 a chunk size) followed by `body`.
+    /// A header (tag, count, and for a quantised encoding a chunk size) followed by `body`.
     fn framed(tag: u8, n: u64, chunk: u32, body: &[u8]) -> Vec<u8> {
         let mut bytes = vec![tag];
         bytes.extend_from_slice(&n.to_le_bytes());
-        if tag == 3 {
+        if (3..=5).contains(&tag) {
             bytes.extend_from_slice(&chunk.to_le_bytes());
         }
         bytes.extend_from_slice(body);
@@ -483,7 +564,7 @@ mod tests {
         // Headers that agree or nearly agree with the body, where random bytes rarely land.
         #[test]
         fn near_valid_encodings_never_panic(
-            tag in 0u8..5,
+            tag in 0u8..7,
             n in 0u64..40,
             chunk in 0u32..9,
             slack in -3i64..4,
@@ -494,6 +575,8 @@ mod tests {
             let expected = match tag {
                 1 => n.saturating_mul(4),
                 2 => n.saturating_mul(2),
+                4 => n.div_ceil(u64::from(chunk.max(1))).saturating_mul(4).saturating_add(n.div_ceil(2)),
+                5 => n.div_ceil(u64::from(chunk.max(1))).saturating_mul(4).saturating_add(n.div_ceil(4)),
                 _ => n.div_ceil(u64::from(chunk.max(1))).saturating_mul(4).saturating_add(n),
             };
             let len = (expected.min(4096) as i64 + slack).max(0) as usize;
@@ -502,7 +585,7 @@ mod tests {
 
         #[test]
         fn edited_encodings_never_panic(
-            encoding in prop_oneof![Just(DeltaEncoding::F32), Just(DeltaEncoding::F16), Just(DeltaEncoding::Int8)],
+            encoding in prop::sample::select(ALL.to_vec()),
             values in proptest::collection::vec(-1e3f32..1e3, 0..50),
             edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         ) {

@@ -341,7 +341,7 @@ pub fn check_delta_drift(
 }
 
 /// The last link of every trail: `delta` must hash to `delta_hash` and be exactly the job's
-/// encoding of `global − final_weights` (+ the miner's error-feedback `residual` for int8,
+/// encoding of `global − final_weights` (+ the miner's error-feedback `residual` for int8, q4, q2,
 /// which the miner publishes beside Δ; see `docs/protocol.md`).
 pub fn check_delta(
     encoding: DeltaEncoding,
@@ -377,14 +377,14 @@ pub fn check_delta(
 /// `127·s`, far below this).
 const RESIDUAL_SLACK: f32 = 1.0 / 1024.0;
 
-/// Whether an int8 error-feedback `residual` is one that encoding `previous_delta` (the miner's
+/// Whether an error-feedback `residual` (int8, q4, q2) is one that encoding `previous_delta` (the miner's
 /// previous revealed Δ, whose hash the chain recorded) could have left: encoding rounds each value
 /// to the nearest step of its chunk's scale, so what it leaves is at most half a step,
 /// `|r_i| ≤ scale[i / C] / 2`. The bound caps what a miner can slip into Δ through a made-up
 /// residual at half a step of the Δ it revealed before (`docs/protocol.md` §4.3), and no honest
 /// residual ever exceeds it, however the Δ's scales change from round to round.
 pub fn residual_within_bound(previous_delta: &[u8], residual: &[f32]) -> bool {
-    let Some((chunk, scales)) = encoding::int8_scales(previous_delta) else { return false };
+    let Some((chunk, scales)) = encoding::chunk_scales(previous_delta) else { return false };
     chunk > 0
         && residual.len() <= scales.len() * chunk
         && residual
@@ -438,7 +438,7 @@ mod residual_tests {
         feedback.encode(DeltaEncoding::Int8, &rounds[0]);
         let carried = feedback.residual().to_vec();
         let current = feedback.encode(DeltaEncoding::Int8, &rounds[1]);
-        let (chunk, scales) = encoding::int8_scales(&current).unwrap();
+        let (chunk, scales) = encoding::chunk_scales(&current).unwrap();
         let old_rule = carried.iter().enumerate().all(|(i, r)| r.abs() <= 2.0 * scales[i / chunk]);
         assert!(!old_rule, "the old bound accepts this honest residual; the test no longer shows the false positive");
     }
@@ -450,7 +450,7 @@ mod residual_tests {
         let previous = feedback.encode(DeltaEncoding::Int8, &rounds[0]);
         let carried = feedback.residual().to_vec();
         assert!(residual_within_bound(&previous, &carried));
-        let (chunk, scales) = encoding::int8_scales(&previous).unwrap();
+        let (chunk, scales) = encoding::chunk_scales(&previous).unwrap();
         let mut poisoned = carried.clone();
         poisoned[17] = 0.51 * scales[17 / chunk];
         assert!(!residual_within_bound(&previous, &poisoned), "more than half a step");

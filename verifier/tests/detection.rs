@@ -9,7 +9,9 @@ use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::checkpoint::CheckpointData;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_verifier::segment::{check_claim_reproducing, check_delta, check_segment, offline_claim, DeltaError, Mode};
+use trellis_verifier::segment::{
+    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode,
+};
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 
 #[test]
@@ -134,15 +136,31 @@ fn fake_and_honest_deltas_are_told_apart_for_every_encoding() {
             Err(DeltaError::HashMismatch { .. })
         ));
     }
-    // int8 with error feedback: the published residual makes the encoding checkable.
-    let mut feedback = ErrorFeedback::default();
-    let first = feedback.encode(DeltaEncoding::Int8, &delta);
-    let residual = feedback.residual().to_vec();
-    let second = feedback.encode(DeltaEncoding::Int8, &delta);
-    let hash = encoding::delta_hash(&second);
-    check_delta(DeltaEncoding::Int8, &global, &final_weights, Some(&residual), &second, &hash).unwrap();
-    assert!(check_delta(DeltaEncoding::Int8, &global, &final_weights, None, &second, &hash).is_err());
-    let _ = first;
+    // Quantised with error feedback: the published residual makes the encoding checkable, and
+    // the residual is bounded by the Δ it came from.
+    for quantised in [DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2] {
+        let mut feedback = ErrorFeedback::default();
+        let first = feedback.encode(quantised, &delta);
+        let residual = feedback.residual().to_vec();
+        assert!(residual_within_bound(&first, &residual), "{quantised:?}: an honest residual is within its bound");
+        let second = feedback.encode(quantised, &delta);
+        let hash = encoding::delta_hash(&second);
+        check_delta(quantised, &global, &final_weights, Some(&residual), &second, &hash).unwrap();
+        assert!(check_delta(quantised, &global, &final_weights, None, &second, &hash).is_err());
+        // A tampered encoded Δ: one code flipped, its hash recomputed (so only the link catches it).
+        let mut tampered = second.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x01;
+        let tampered_hash = encoding::delta_hash(&tampered);
+        assert_eq!(
+            check_delta(quantised, &global, &final_weights, Some(&residual), &tampered, &tampered_hash),
+            Err(DeltaError::NotTheEncoding { encoding: quantised }),
+            "{quantised:?}"
+        );
+        // A made-up residual larger than half a step of the Δ before is refused.
+        let inflated: Vec<f32> = residual.iter().map(|r| r * 3.0 + 1e-3).collect();
+        assert!(!residual_within_bound(&first, &inflated), "{quantised:?}");
+    }
 }
 
 #[test]

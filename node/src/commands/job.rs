@@ -198,11 +198,8 @@ impl JobFile {
             "average" | "avg" => OuterOptimizer::Average,
             other => bail!("diloco.outer '{other}': use nesterov or average"),
         };
-        let encoding = match d.encoding.as_str() {
-            "f32" => DeltaEncoding::F32,
-            "f16" => DeltaEncoding::F16,
-            "int8" => DeltaEncoding::Int8,
-            other => bail!("diloco.encoding '{other}': use f32, f16 or int8"),
+        let Some(encoding) = DeltaEncoding::ALL.into_iter().find(|e| e.name() == d.encoding) else {
+            bail!("diloco.encoding '{}': use f32, f16, int8, q4 or q2", d.encoding)
         };
         let v = &self.verification;
         let mode = match v.mode.as_str() {
@@ -544,4 +541,29 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let hash = rt.block_on(export_model(args.job, &args.out, &peers, &args.rpc.rpc))?;
     println!("wrote {} (model {hash}, checked against the chain)", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    fn job_file(encoding: &str) -> JobFile {
+        let text = format!(
+            "name = \"t\"\nmodel = \"nano\"\ndataset = \"d\"\nseed = 1\nescrow = 30001\nreward_per_round = 10000\n\
+             min_miner_stake = 1000\n[diloco]\nworkers_per_round = 2\ninner_steps = 10\nrounds = 1\nbatch_size = 2\n\
+             sequence_length = 16\nlearning_rate = 0.003\nencoding = \"{encoding}\"\n[verification]\n\
+             checkpoint_interval = 5\nsegments_per_miner = 1\nmode = \"exact\"\n"
+        );
+        toml::from_str(&text).expect("a job file")
+    }
+
+    #[test]
+    fn every_encoding_is_named_in_job_files_and_others_are_refused_with_the_list() {
+        for encoding in DeltaEncoding::ALL {
+            let spec = job_file(encoding.name()).spec(Hash([1; 32]), 4, None).expect("a valid spec");
+            assert_eq!(spec.diloco.encoding, encoding);
+        }
+        let error = job_file("q3").spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
+        assert!(error.contains("q3") && error.contains("q4 or q2"), "{error}");
+    }
 }

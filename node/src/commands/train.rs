@@ -25,6 +25,10 @@ pub enum EncodingArg {
     F32,
     F16,
     Int8,
+    /// 4-bit codes with error feedback.
+    Q4,
+    /// 2-bit codes (−1, 0, 1 times a scale) with error feedback.
+    Q2,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -263,6 +267,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         EncodingArg::F32 => DeltaEncoding::F32,
         EncodingArg::F16 => DeltaEncoding::F16,
         EncodingArg::Int8 => DeltaEncoding::Int8,
+        EncodingArg::Q4 => DeltaEncoding::Q4,
+        EncodingArg::Q2 => DeltaEncoding::Q2,
     };
     let outer = match args.outer {
         OuterArg::Nesterov => OuterOptimizer::Nesterov,

@@ -100,6 +100,9 @@ impl DemoJob {
                     anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
                 })?),
             };
+        if !trellis_proto::DeltaEncoding::ALL.iter().any(|e| e.name() == args.encoding) {
+            bail!("--encoding '{}': use f32, f16, int8, q4 or q2", args.encoding);
+        }
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
@@ -148,9 +151,10 @@ impl DemoJob {
              commit_blocks = {commit_blocks}\nverify_blocks = {verify_blocks}\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
-             outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"f32\"\n\n\
+             outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"{encoding}\"\n\n\
              [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
+            encoding = args.encoding,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
             rounds = args.rounds,

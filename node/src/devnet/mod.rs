@@ -58,6 +58,10 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
+    /// How the demo job's miners encode their Δ: f32, f16, int8, q4 or q2 (the last three with
+    /// error feedback; docs/protocol.md §2.8).
+    #[arg(long, default_value = "f32")]
+    pub encoding: String,
     /// The demo job's checkpoint interval c [default: the longest that keeps each validator's
     /// re-execution within 5% of a miner's training, c ≤ V·H/(40·K); a groth16 job's divides H].
     #[arg(long)]

@@ -26,9 +26,7 @@ use std::time::Duration;
 
 use trellis_contracts::rounds::worker_index;
 use trellis_contracts::state::{self, keys, Assignment, Job, MinerDeltas, Phase, RoundState};
-use trellis_proto::{
-    DeltaEncoding, Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal,
-};
+use trellis_proto::{Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal};
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView};
@@ -609,7 +607,7 @@ async fn judge(
         let zeros;
         let residual = match (&residual, spec.diloco.encoding) {
             (Some(values), _) => Some(values.as_slice()),
-            (None, DeltaEncoding::Int8) => {
+            (None, encoding) if encoding.has_error_feedback() => {
                 zeros = vec![0.0f32; global.len()];
                 Some(zeros.as_slice())
             }

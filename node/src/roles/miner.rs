@@ -20,8 +20,7 @@ use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{expected_tokens, worker_index};
 use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{
-    decode, Amount, DeltaEncoding, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind,
-    WorkCommitment, WorkReveal,
+    decode, Amount, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal,
 };
 use trellis_protocol::outer::pseudo_gradient;
 use trellis_trainer::checkpoint::CheckpointView;
@@ -392,7 +391,7 @@ fn carried_residual(
     round: u32,
     parameters: usize,
 ) -> anyhow::Result<Option<Carried>> {
-    if job.spec.diloco.encoding != DeltaEncoding::Int8 {
+    if !job.spec.diloco.encoding.has_error_feedback() {
         return Ok(None);
     }
     let view = context.shared.ledger.store().pending_state();
@@ -511,7 +510,7 @@ async fn train_round(
         #[cfg(feature = "adversary")]
         let delta = adversary::poison(behaviour, delta, round_number, worker);
         let (encoded, residual_hash) = match spec.diloco.encoding {
-            DeltaEncoding::Int8 => {
+            quantised if quantised.has_error_feedback() => {
                 // Error feedback: what quantisation lost in our last revealed round is added to
                 // this round's Δ; the residual carried in is published and revealed, next to the
                 // Δ it came from (its checkers bound the residual by that Δ's steps).
@@ -520,7 +519,7 @@ async fn train_round(
                     None => (vec![0.0; delta.len()], None),
                 };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
-                let encoded = feedback.encode(DeltaEncoding::Int8, &delta);
+                let encoded = feedback.encode(quantised, &delta);
                 std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), trellis_protocol::model::weights_to_bytes(feedback.residual()))?;
                 std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
                 let hash = match previous_delta {
