@@ -268,8 +268,8 @@ pub async fn start(
         topic,
         bootnodes,
         max_peers: config.max_peers.max(1),
-        responder,
         answered: mpsc::unbounded_channel(),
+        answering: Answering::new(responder, ANSWERS_AT_ONCE),
         scores: scores.clone(),
         gossiped: gossiped_tx,
         consensus: consensus_tx,
@@ -296,6 +296,39 @@ fn identify_version(hello: &Hello) -> String {
 
 type Swarm = libp2p::Swarm<Behaviour>;
 
+/// Blob answers read and packed at once: each holds a chunk and a compressor's state (a few MiB),
+/// so requests from many peers at once (each connection allows [`MAX_STREAMS`]) wait their turn
+/// instead of filling the blocking pool's 512 threads; eight keep two cores busy while chunks are
+/// read from disk.
+const ANSWERS_AT_ONCE: usize = 8;
+
+/// Blob answers made on the blocking pool, at most a fixed number at a time.
+#[derive(Clone)]
+struct Answering {
+    responder: Arc<dyn Responder>,
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+impl Answering {
+    fn new(responder: Arc<dyn Responder>, at_once: usize) -> Self {
+        Self { responder, turns: Arc::new(tokio::sync::Semaphore::new(at_once)) }
+    }
+
+    /// Answers `request` once a turn is free, and hands the answer to `reply`.
+    fn answer(&self, request: BlobRequest, reply: impl FnOnce(BlobResponse) + Send + 'static) {
+        let (responder, turns) = (self.responder.clone(), self.turns.clone());
+        tokio::spawn(async move {
+            let Ok(turn) = turns.acquire_owned().await else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                let response = responder.answer(&request);
+                drop(turn);
+                reply(response);
+            })
+            .await;
+        });
+    }
+}
+
 /// A blob request's answer, made off the swarm's task, and where it goes.
 type Answered = (PeerId, request_response::ResponseChannel<BlobResponse>, BlobResponse);
 
@@ -305,9 +338,10 @@ struct Driver {
     topic: gossipsub::IdentTopic,
     bootnodes: Vec<Multiaddr>,
     max_peers: usize,
-    responder: Arc<dyn Responder>,
     /// Answers made on the blocking pool, on their way back to the swarm.
     answered: (mpsc::UnboundedSender<Answered>, mpsc::UnboundedReceiver<Answered>),
+    /// Makes the answers, [`ANSWERS_AT_ONCE`] at a time.
+    answering: Answering,
     scores: Arc<Mutex<PeerScores>>,
     gossiped: mpsc::Sender<GossipedBatch>,
     consensus: mpsc::Sender<Multiaddr>,
@@ -524,9 +558,9 @@ impl Driver {
                     // Reading a chunk from disk and packing it takes milliseconds: not on the
                     // task that drives every connection. (The connections' stream limits bound
                     // how many answers are in the making at once.)
-                    let (responder, answered) = (self.responder.clone(), self.answered.0.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let _ = answered.send((peer, channel, responder.answer(&request)));
+                    let answered = self.answered.0.clone();
+                    self.answering.answer(request, move |response| {
+                        let _ = answered.send((peer, channel, response));
                     });
                 }
                 request_response::Message::Response { request_id, response } => {
@@ -563,8 +597,48 @@ mod tests {
     use super::*;
     use crate::p2p::exchange::StoreResponder;
     use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use trellis_proto::peerwire::TxBatch;
     use trellis_proto::{Address, Amount, Hash, Keypair, Transaction, TxKind};
+
+    /// Answers "not found" after a pause, keeping the most answers it was making at once.
+    #[derive(Default)]
+    struct Gauge {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Responder for Gauge {
+        fn answer(&self, _: &BlobRequest) -> BlobResponse {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            BlobResponse::NotFound
+        }
+    }
+
+    /// A flood of chunk requests from many peers waits its turn: never more answers in the making
+    /// than the limit (each holds a chunk and a compressor), and every request is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_are_made_a_few_at_a_time_and_every_request_is_answered() {
+        let gauge = Arc::new(Gauge::default());
+        let answering = Answering::new(gauge.clone(), 3);
+        let (replies, mut answers) = mpsc::unbounded_channel();
+        let key = crate::storage::blobs::BlobKey::data(b"x");
+        for index in 0..24 {
+            let replies = replies.clone();
+            answering.answer(BlobRequest::Chunk { key, index }, move |answer| {
+                let _ = replies.send(answer);
+            });
+        }
+        for _ in 0..24 {
+            let answer = tokio::time::timeout(Duration::from_secs(10), answers.recv()).await.unwrap();
+            assert_eq!(answer, Some(BlobResponse::NotFound));
+        }
+        let most = gauge.most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} answers in the making at once");
+    }
 
     async fn node(seed: u8, port: u16, bootnodes: Vec<String>, dir: &Path) -> PeerNetwork {
         let store = BlobStore::open(dir).unwrap();
