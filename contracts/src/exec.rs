@@ -810,7 +810,7 @@ impl Chain {
         let feedback = job.spec.diloco.encoding.has_error_feedback();
         if !feedback && reveal.residual_hash != Hash::ZERO {
             return Err(TxError::InvalidCommitment(
-                "only quantised work (int8, q4, q2) carries an error-feedback residual".into(),
+                "only work with error feedback (int8, q4, q2, top-k) carries a residual".into(),
             ));
         }
         if feedback {

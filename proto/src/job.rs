@@ -48,9 +48,11 @@ pub enum OuterOptimizer {
 }
 canonical_tag_enum!(OuterOptimizer, "outer optimizer" { Nesterov = 1, Average = 2 });
 
-/// How a miner encodes its pseudo-gradient for the network.
+/// How a miner encodes its pseudo-gradient for the network. Job files and `trellis train
+/// --encoding` name it as [`DeltaEncoding::name`] prints it (`f32`, `int8`, `topk:0.03+q2`, …),
+/// and so do JSON-RPC answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "String")]
 pub enum DeltaEncoding {
     F32,
     F16,
@@ -60,30 +62,190 @@ pub enum DeltaEncoding {
     Q4,
     /// 2-bit codes (levels −1, 0, 1) with one f32 scale per chunk, and error feedback.
     Q2,
+    /// The `keep` largest magnitudes of every chunk of [`TOPK_CHUNK`] values, each sent as its
+    /// index in the chunk and its value in `values` precision; what is dropped or rounded away is
+    /// carried to the next round (SparseLoCo).
+    TopK {
+        keep: u16,
+        values: KeptValues,
+    },
 }
-canonical_tag_enum!(DeltaEncoding, "delta encoding" { F32 = 1, F16 = 2, Int8 = 3, Q4 = 4, Q2 = 5 });
 
-impl DeltaEncoding {
-    /// Whether the encoding quantises, and so carries what it lost into the next round (error
-    /// feedback: the miner reveals the residual it carried in, and checkers bound it).
-    pub fn has_error_feedback(self) -> bool {
-        matches!(self, DeltaEncoding::Int8 | DeltaEncoding::Q4 | DeltaEncoding::Q2)
-    }
+/// Values per top-k chunk: `keep` of every 4096 are sent, with a 12-bit index each.
+pub const TOPK_CHUNK: u32 = 4096;
 
-    /// The name job files and `trellis train --encoding` use.
-    pub fn name(self) -> &'static str {
+/// The precision of the values a top-k Δ keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeptValues {
+    F32,
+    Int8,
+    Q4,
+    Q2,
+}
+canonical_tag_enum!(KeptValues, "top-k value precision" { F32 = 1, Int8 = 3, Q4 = 4, Q2 = 5 });
+
+impl KeptValues {
+    /// The dense encoding whose values these are.
+    pub fn dense(self) -> DeltaEncoding {
         match self {
-            DeltaEncoding::F32 => "f32",
-            DeltaEncoding::F16 => "f16",
-            DeltaEncoding::Int8 => "int8",
-            DeltaEncoding::Q4 => "q4",
-            DeltaEncoding::Q2 => "q2",
+            KeptValues::F32 => DeltaEncoding::F32,
+            KeptValues::Int8 => DeltaEncoding::Int8,
+            KeptValues::Q4 => DeltaEncoding::Q4,
+            KeptValues::Q2 => DeltaEncoding::Q2,
         }
     }
 
-    /// Every encoding, in tag order.
-    pub const ALL: [DeltaEncoding; 5] =
-        [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2];
+    fn of_dense(encoding: DeltaEncoding) -> Option<Self> {
+        Some(match encoding {
+            DeltaEncoding::F32 => KeptValues::F32,
+            DeltaEncoding::Int8 => KeptValues::Int8,
+            DeltaEncoding::Q4 => KeptValues::Q4,
+            DeltaEncoding::Q2 => KeptValues::Q2,
+            _ => return None,
+        })
+    }
+}
+
+impl Encode for DeltaEncoding {
+    fn encode_to(&self, out: &mut Vec<u8>) {
+        match self {
+            DeltaEncoding::F32 => out.push(1),
+            DeltaEncoding::F16 => out.push(2),
+            DeltaEncoding::Int8 => out.push(3),
+            DeltaEncoding::Q4 => out.push(4),
+            DeltaEncoding::Q2 => out.push(5),
+            DeltaEncoding::TopK { keep, values } => {
+                out.push(6);
+                keep.encode_to(out);
+                values.encode_to(out);
+            }
+        }
+    }
+}
+
+impl Decode for DeltaEncoding {
+    fn decode_from(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match u8::decode_from(reader)? {
+            1 => DeltaEncoding::F32,
+            2 => DeltaEncoding::F16,
+            3 => DeltaEncoding::Int8,
+            4 => DeltaEncoding::Q4,
+            5 => DeltaEncoding::Q2,
+            6 => {
+                let keep = u16::decode_from(reader)?;
+                if keep == 0 || u32::from(keep) > TOPK_CHUNK {
+                    return Err(DecodeError::InvalidValue { what: "top-k keep count", reason: "must be 1..=4096" });
+                }
+                DeltaEncoding::TopK { keep, values: KeptValues::decode_from(reader)? }
+            }
+            tag => return Err(DecodeError::UnknownTag { what: "delta encoding", tag }),
+        })
+    }
+}
+
+/// A `--encoding` or job-file encoding that is not one of [`DeltaEncoding`]'s names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown delta encoding '{0}': expected f32, f16, int8, q4, q2, or topk:<density> with an optional +int8, +q4 or +q2 (e.g. topk:0.03+q2), density in (0, 1]")]
+pub struct UnknownEncoding(pub String);
+
+impl DeltaEncoding {
+    /// Whether the encoding loses something, and so carries it into the next round (error
+    /// feedback: the miner reveals the residual it carried in, and checkers bound it).
+    pub fn has_error_feedback(self) -> bool {
+        !matches!(self, DeltaEncoding::F32 | DeltaEncoding::F16)
+    }
+
+    /// The top-k encoding keeping `density` of every chunk's values (rounded to a whole count,
+    /// at least one) in `values` precision; `None` for a density outside (0, 1].
+    pub fn top_k(density: f64, values: KeptValues) -> Option<Self> {
+        if !(density > 0.0 && density <= 1.0) {
+            return None;
+        }
+        let keep = (density * f64::from(TOPK_CHUNK)).round().clamp(1.0, f64::from(TOPK_CHUNK)) as u16;
+        Some(DeltaEncoding::TopK { keep, values })
+    }
+
+    /// The name job files and `trellis train --encoding` use; [`str::parse`] reads it back to the
+    /// same encoding. A top-k density is written with the fewest decimals that name its count.
+    pub fn name(self) -> String {
+        match self {
+            DeltaEncoding::F32 => "f32".into(),
+            DeltaEncoding::F16 => "f16".into(),
+            DeltaEncoding::Int8 => "int8".into(),
+            DeltaEncoding::Q4 => "q4".into(),
+            DeltaEncoding::Q2 => "q2".into(),
+            DeltaEncoding::TopK { keep, values } => {
+                let exact = f64::from(keep) / f64::from(TOPK_CHUNK);
+                let density = (1..=6)
+                    .map(|places| format!("{exact:.places$}"))
+                    .find(|text| text.parse().ok().and_then(|d| Self::top_k(d, values)) == Some(self))
+                    .unwrap_or_else(|| exact.to_string());
+                let density = density.trim_end_matches('0').trim_end_matches('.');
+                match values {
+                    KeptValues::F32 => format!("topk:{density}"),
+                    quantised => format!("topk:{density}+{}", quantised.dense().name()),
+                }
+            }
+        }
+    }
+
+    /// Every dense encoding, in tag order, and one top-k encoding of each value precision: the
+    /// set tests go through.
+    pub const ALL: [DeltaEncoding; 9] = [
+        DeltaEncoding::F32,
+        DeltaEncoding::F16,
+        DeltaEncoding::Int8,
+        DeltaEncoding::Q4,
+        DeltaEncoding::Q2,
+        DeltaEncoding::TopK { keep: 123, values: KeptValues::F32 },
+        DeltaEncoding::TopK { keep: 123, values: KeptValues::Int8 },
+        DeltaEncoding::TopK { keep: 61, values: KeptValues::Q4 },
+        DeltaEncoding::TopK { keep: 123, values: KeptValues::Q2 },
+    ];
+}
+
+impl std::fmt::Display for DeltaEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl std::str::FromStr for DeltaEncoding {
+    type Err = UnknownEncoding;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownEncoding(text.to_string());
+        let dense = |name: &str| {
+            [DeltaEncoding::F32, DeltaEncoding::F16, DeltaEncoding::Int8, DeltaEncoding::Q4, DeltaEncoding::Q2]
+                .into_iter()
+                .find(|e| e.name() == name)
+        };
+        let Some(top_k) = text.strip_prefix("topk:") else { return dense(text).ok_or_else(unknown) };
+        let (density, values) = match top_k.split_once('+') {
+            None => (top_k, KeptValues::F32),
+            Some((density, values)) => {
+                let values = dense(values).and_then(KeptValues::of_dense).filter(|v| *v != KeptValues::F32);
+                (density, values.ok_or_else(unknown)?)
+            }
+        };
+        let density: f64 = density.parse().map_err(|_| unknown())?;
+        Self::top_k(density, values).ok_or_else(unknown)
+    }
+}
+
+impl TryFrom<String> for DeltaEncoding {
+    type Error = UnknownEncoding;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<DeltaEncoding> for String {
+    fn from(encoding: DeltaEncoding) -> Self {
+        encoding.name()
+    }
 }
 
 /// How the accepted pseudo-gradients of a round are combined.
@@ -547,5 +709,59 @@ impl Decode for Aggregate {
             return Err(DecodeError::InvalidValue { what: "accepted miners", reason: "not strictly ascending" });
         }
         Ok(aggregate)
+    }
+}
+
+#[cfg(test)]
+mod encoding_name_tests {
+    use super::*;
+    use crate::codec::decode;
+
+    #[test]
+    fn every_encoding_name_and_byte_form_reads_back_to_itself() {
+        for encoding in DeltaEncoding::ALL {
+            assert_eq!(encoding.name().parse::<DeltaEncoding>(), Ok(encoding), "{encoding}");
+            assert_eq!(decode::<DeltaEncoding>(&encoding.to_bytes()), Ok(encoding), "{encoding}");
+            let json = serde_json::to_value(encoding).unwrap();
+            assert_eq!(json, serde_json::Value::String(encoding.name()));
+            assert_eq!(serde_json::from_value::<DeltaEncoding>(json).unwrap(), encoding);
+        }
+        for keep in 1..=TOPK_CHUNK as u16 {
+            let encoding = DeltaEncoding::TopK { keep, values: KeptValues::Q4 };
+            assert_eq!(encoding.name().parse::<DeltaEncoding>(), Ok(encoding), "{encoding}");
+        }
+    }
+
+    #[test]
+    fn top_k_names_are_densities_rounded_to_a_count() {
+        let parse = |text: &str| text.parse::<DeltaEncoding>();
+        assert_eq!(parse("topk:0.03+q2"), Ok(DeltaEncoding::TopK { keep: 123, values: KeptValues::Q2 }));
+        assert_eq!(parse("topk:0.015"), Ok(DeltaEncoding::TopK { keep: 61, values: KeptValues::F32 }));
+        assert_eq!(parse("topk:1"), Ok(DeltaEncoding::TopK { keep: 4096, values: KeptValues::F32 }));
+        assert_eq!(parse("topk:0.00001+int8"), Ok(DeltaEncoding::TopK { keep: 1, values: KeptValues::Int8 }));
+        assert_eq!(DeltaEncoding::TopK { keep: 123, values: KeptValues::Q2 }.name(), "topk:0.03+q2");
+        assert_eq!(DeltaEncoding::TopK { keep: 4096, values: KeptValues::F32 }.name(), "topk:1");
+        for bad in [
+            "topk:0",
+            "topk:1.5",
+            "topk:-0.1",
+            "topk:nan",
+            "topk:",
+            "topk:0.03+f16",
+            "topk:0.03+f32",
+            "topk:0.03+",
+            "q3",
+            "TOPK:0.1",
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.to_string().contains("topk:0.03+q2"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_keep_counts_and_precisions_do_not_decode() {
+        for bytes in [vec![6, 0, 0, 5], vec![6, 1, 16, 5], vec![6, 123, 0, 2], vec![6, 123, 0], vec![7]] {
+            assert!(decode::<DeltaEncoding>(&bytes).is_err(), "{bytes:?}");
+        }
     }
 }

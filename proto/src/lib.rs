@@ -36,8 +36,8 @@ pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, Signing
 pub use hash::{Hash, HashDomain};
 pub use job::{
     Aggregate, AggregationRule, CheckpointState, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason,
-    JobFaultReason, JobId, JobSpec, ModelConfig, OuterOptimizer, Verdict, VerdictOutcome, VerificationMode,
-    VerificationParams, WorkCommitment, WorkReveal,
+    JobFaultReason, JobId, JobSpec, KeptValues, ModelConfig, OuterOptimizer, UnknownEncoding, Verdict, VerdictOutcome,
+    VerificationMode, VerificationParams, WorkCommitment, WorkReveal, TOPK_CHUNK,
 };
 pub use merkle::{MerkleProof, MerkleTree};
 pub use trail::{Trail, TrailEntry};

@@ -29,6 +29,8 @@ fn small_values_have_exact_bytes() {
     assert_eq!(hex::encode(DeltaEncoding::Int8.to_bytes()), "03");
     assert_eq!(hex::encode(DeltaEncoding::Q4.to_bytes()), "04");
     assert_eq!(hex::encode(DeltaEncoding::Q2.to_bytes()), "05");
+    let sparse = DeltaEncoding::TopK { keep: 123, values: KeptValues::Q2 };
+    assert_eq!(hex::encode(sparse.to_bytes()), "067b0005");
     assert_eq!(hex::encode(AggregationRule::TrimmedMean { trim: 1 }.to_bytes()), "0201000000");
     assert_eq!(hex::encode(VerificationMode::Tolerance { max_distance: 1.0 }.to_bytes()), "020000803f");
     assert_eq!(hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()), "050300000000000000",);

@@ -279,7 +279,7 @@ pub fn run_diloco(
         rounds.push(report);
     }
     Ok(finish(
-        format!("diloco-{}", encoding_name(config.encoding)),
+        format!("diloco-{}", config.encoding),
         initial_validation_loss,
         rounds,
         global,
@@ -408,10 +408,6 @@ fn finish(
 
 fn schedule(config: &RunConfig, workers: usize) -> BatchSchedule {
     BatchSchedule { seed: config.seed, workers, batch_size: config.batch_size, sequence_length: config.sequence_length }
-}
-
-pub fn encoding_name(encoding: DeltaEncoding) -> &'static str {
-    encoding.name()
 }
 
 /// Where worker `worker`'s trail of round `round` lives under a run's trail directory.

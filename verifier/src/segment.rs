@@ -341,7 +341,7 @@ pub fn check_delta_drift(
 }
 
 /// The last link of every trail: `delta` must hash to `delta_hash` and be exactly the job's
-/// encoding of `global − final_weights` (+ the miner's error-feedback `residual` for int8, q4, q2,
+/// encoding of `global − final_weights` (+ the miner's error-feedback `residual` for int8, q4, q2 and top-k,
 /// which the miner publishes beside Δ; see `docs/protocol.md`).
 pub fn check_delta(
     encoding: DeltaEncoding,
@@ -377,20 +377,17 @@ pub fn check_delta(
 /// `127·s`, far below this).
 const RESIDUAL_SLACK: f32 = 1.0 / 1024.0;
 
-/// Whether an error-feedback `residual` (int8, q4, q2) is one that encoding `previous_delta` (the miner's
-/// previous revealed Δ, whose hash the chain recorded) could have left: encoding rounds each value
-/// to the nearest step of its chunk's scale, so what it leaves is at most half a step,
-/// `|r_i| ≤ scale[i / C] / 2`. The bound caps what a miner can slip into Δ through a made-up
-/// residual at half a step of the Δ it revealed before (`docs/protocol.md` §4.3), and no honest
-/// residual ever exceeds it, however the Δ's scales change from round to round.
+/// Whether an error-feedback `residual` is one that encoding `previous_delta` (the miner's
+/// previous revealed Δ, whose hash the chain recorded) could have left
+/// ([`encoding::residual_bounds`]): for int8, q4 and q2, half a step of the coordinate's chunk;
+/// for top-k, half a step at a coordinate it sent and, at one it dropped, the chunk's smallest
+/// sent magnitude plus half a step. The bound caps what a miner can slip into Δ through a
+/// made-up residual (`docs/protocol.md` §4.3), and no honest residual ever exceeds it, however
+/// the Δ's scales change from round to round.
 pub fn residual_within_bound(previous_delta: &[u8], residual: &[f32]) -> bool {
-    let Some((chunk, scales)) = encoding::chunk_scales(previous_delta) else { return false };
-    chunk > 0
-        && residual.len() <= scales.len() * chunk
-        && residual
-            .iter()
-            .enumerate()
-            .all(|(i, r)| r.is_finite() && r.abs() <= 0.5 * scales[i / chunk] * (1.0 + RESIDUAL_SLACK))
+    let Some(bounds) = encoding::residual_bounds(previous_delta) else { return false };
+    residual.len() <= bounds.len()
+        && residual.iter().zip(&bounds).all(|(r, bound)| r.is_finite() && r.abs() <= bound * (1.0 + RESIDUAL_SLACK))
 }
 
 #[cfg(test)]
@@ -415,16 +412,40 @@ mod residual_tests {
     }
 
     #[test]
-    fn every_honest_residual_is_within_half_a_step_of_the_delta_it_came_from() {
-        let mut feedback = encoding::ErrorFeedback::default();
-        let mut previous: Option<Vec<u8>> = None;
-        for (round, values) in rounds_of_changing_scale().iter().enumerate() {
-            let carried = feedback.residual().to_vec();
-            let encoded = feedback.encode(DeltaEncoding::Int8, values);
-            if let Some(previous) = &previous {
-                assert!(residual_within_bound(previous, &carried), "round {round}: an honest residual fails the bound");
+    fn every_honest_residual_is_within_the_bound_of_the_delta_it_came_from() {
+        for encoding in DeltaEncoding::ALL.into_iter().filter(|e| e.has_error_feedback()) {
+            let mut feedback = encoding::ErrorFeedback::default();
+            let mut previous: Option<Vec<u8>> = None;
+            for (round, values) in rounds_of_changing_scale().iter().enumerate() {
+                let carried = feedback.residual().to_vec();
+                let encoded = feedback.encode(encoding, values);
+                if let Some(previous) = &previous {
+                    assert!(
+                        residual_within_bound(previous, &carried),
+                        "{encoding} round {round}: an honest residual fails"
+                    );
+                }
+                previous = Some(encoded);
             }
-            previous = Some(encoded);
+        }
+    }
+
+    #[test]
+    fn a_top_k_residual_larger_than_what_was_sent_fails() {
+        let rounds = rounds_of_changing_scale();
+        let encoding: DeltaEncoding = "topk:0.03+q2".parse().unwrap();
+        let mut feedback = encoding::ErrorFeedback::default();
+        let previous = feedback.encode(encoding, &rounds[0]);
+        let carried = feedback.residual().to_vec();
+        assert!(residual_within_bound(&previous, &carried));
+        let (_, sent) = encoding::decode(&previous).unwrap();
+        let bounds = encoding::residual_bounds(&previous).unwrap();
+        let dropped = sent.iter().position(|v| *v == 0.0).unwrap();
+        let kept = sent.iter().position(|v| *v != 0.0).unwrap();
+        for at in [dropped, kept] {
+            let mut poisoned = carried.clone();
+            poisoned[at] = 1.01 * bounds[at];
+            assert!(!residual_within_bound(&previous, &poisoned), "a residual past the bound at {at}");
         }
     }
 

@@ -198,9 +198,7 @@ impl JobFile {
             "average" | "avg" => OuterOptimizer::Average,
             other => bail!("diloco.outer '{other}': use nesterov or average"),
         };
-        let Some(encoding) = DeltaEncoding::ALL.into_iter().find(|e| e.name() == d.encoding) else {
-            bail!("diloco.encoding '{}': use f32, f16, int8, q4 or q2", d.encoding)
-        };
+        let encoding: DeltaEncoding = d.encoding.parse().map_err(|e| anyhow::anyhow!("diloco.encoding: {e}"))?;
         let v = &self.verification;
         let mode = match v.mode.as_str() {
             "exact" => VerificationMode::Exact,
@@ -560,10 +558,12 @@ mod encoding_tests {
     #[test]
     fn every_encoding_is_named_in_job_files_and_others_are_refused_with_the_list() {
         for encoding in DeltaEncoding::ALL {
-            let spec = job_file(encoding.name()).spec(Hash([1; 32]), 4, None).expect("a valid spec");
+            let spec = job_file(&encoding.name()).spec(Hash([1; 32]), 4, None).expect("a valid spec");
             assert_eq!(spec.diloco.encoding, encoding);
         }
-        let error = job_file("q3").spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
-        assert!(error.contains("q3") && error.contains("q4 or q2"), "{error}");
+        for bad in ["q3", "topk:0", "topk:0.03+f16"] {
+            let error = job_file(bad).spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
+            assert!(error.contains(bad) && error.contains("q4, q2, or topk:<density>"), "{error}");
+        }
     }
 }

@@ -21,17 +21,6 @@ use trellis_trainer::{model::Gpt, model_io};
 use crate::commands::plot::{write_line_chart, Series};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EncodingArg {
-    F32,
-    F16,
-    Int8,
-    /// 4-bit codes with error feedback.
-    Q4,
-    /// 2-bit codes (−1, 0, 1 times a scale) with error feedback.
-    Q2,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OuterArg {
     Nesterov,
     Avg,
@@ -116,9 +105,12 @@ pub struct TrainArgs {
     /// Largest global gradient norm; larger gradients are scaled down to it.
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
-    /// Pseudo-gradient encoding.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub encoding: EncodingArg,
+    /// Pseudo-gradient encoding: f32, f16, int8, q4 (4-bit codes), q2 (2-bit codes: −1, 0, 1
+    /// times a scale), or topk:<density>[+int8|+q4|+q2] (the largest `density` of every 4096
+    /// values, by index; e.g. topk:0.03+q2). All but f32 and f16 carry what they lose into the
+    /// next round (error feedback).
+    #[arg(long, default_value = "f32")]
+    pub encoding: DeltaEncoding,
     /// Outer optimizer.
     #[arg(long, value_enum, default_value = "nesterov")]
     pub outer: OuterArg,
@@ -263,13 +255,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             args.workers
         );
     }
-    let encoding = match args.encoding {
-        EncodingArg::F32 => DeltaEncoding::F32,
-        EncodingArg::F16 => DeltaEncoding::F16,
-        EncodingArg::Int8 => DeltaEncoding::Int8,
-        EncodingArg::Q4 => DeltaEncoding::Q4,
-        EncodingArg::Q2 => DeltaEncoding::Q2,
-    };
+    let encoding = args.encoding;
     let outer = match args.outer {
         OuterArg::Nesterov => OuterOptimizer::Nesterov,
         OuterArg::Avg => OuterOptimizer::Average,

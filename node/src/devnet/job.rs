@@ -100,9 +100,7 @@ impl DemoJob {
                     anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
                 })?),
             };
-        if !trellis_proto::DeltaEncoding::ALL.iter().any(|e| e.name() == args.encoding) {
-            bail!("--encoding '{}': use f32, f16, int8, q4 or q2", args.encoding);
-        }
+        args.encoding.parse::<trellis_proto::DeltaEncoding>().map_err(|e| anyhow::anyhow!("--encoding: {e}"))?;
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }

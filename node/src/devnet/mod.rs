@@ -58,8 +58,9 @@ pub struct DevnetArgs {
     /// Inner AdamW steps per round of the demo job.
     #[arg(long, default_value_t = 40)]
     pub inner_steps: u32,
-    /// How the demo job's miners encode their Δ: f32, f16, int8, q4 or q2 (the last three with
-    /// error feedback; docs/protocol.md §2.8).
+    /// How the demo job's miners encode their Δ: f32, f16, int8, q4, q2 or
+    /// topk:<density>[+int8|+q4|+q2] (all but f32 and f16 with error feedback; docs/protocol.md
+    /// §2.8).
     #[arg(long, default_value = "f32")]
     pub encoding: String,
     /// The demo job's checkpoint interval c [default: the longest that keeps each validator's

@@ -319,7 +319,7 @@ pub fn report(
         None => trellis_trainer::model::parameter_count(&spec.model),
     };
     let d = &spec.diloco;
-    let delta_bytes = parameters * if d.encoding == trellis_proto::DeltaEncoding::F16 { 2 } else { 4 };
+    let delta_bytes = trellis_trainer::encoding::encoded_len(d.encoding, parameters);
     let k = u64::from(d.workers_per_round.max(2));
     let ddp_bytes = u64::from(d.inner_steps) * 2 * (k - 1) * 4 * parameters / k;
     let verify_steps =

@@ -240,12 +240,10 @@ fn outer_update_from_store(
         let range = start..(start + block.max(1)).min(parameters);
         let mut parts = Vec::with_capacity(deltas.len());
         for ((miner, key), layout) in deltas.iter().zip(&layouts) {
-            let (values, scales) = layout.spans(&range);
             let read = |span: std::ops::Range<u64>| store.read_range(key, span.start, (span.end - span.start) as usize);
-            let scales = scales.map(read).transpose()?;
-            let part = layout
-                .decode_block(&range, &read(values)?, scales.as_deref())
-                .with_context(|| format!("decoding the Δ of {miner}"))?;
+            let bytes = layout.spans(&range).into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
+            let bytes: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            let part = layout.decode_block(&range, &bytes).with_context(|| format!("decoding the Δ of {miner}"))?;
             parts.push(part);
         }
         let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
@@ -290,7 +288,13 @@ mod tests {
         let n = AGGREGATE_BLOCK as usize + 4_097;
         let wave = |phase: f32| (0..n).map(|i| (i as f32 * 0.001 + phase).sin() * 0.01).collect::<Vec<f32>>();
         let (global, momentum) = (wave(0.0), wave(5.0));
-        for (rule, name) in [("mean", "f32"), ("trimmed-mean", "int8"), ("centered-clip", "f16")] {
+        for (rule, name) in [
+            ("mean", "f32"),
+            ("trimmed-mean", "int8"),
+            ("centered-clip", "f16"),
+            ("mean", "topk:0.03+q2"),
+            ("mean", "q4"),
+        ] {
             let spec = job_spec(rule, name);
             let mut stored = Vec::new();
             let mut decoded = Vec::new();
