@@ -123,6 +123,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
                 outer_momentum: 0.9,
                 rounds: 10,
                 encoding: DeltaEncoding::F32,
+                inner_optimizer: Default::default(),
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {

@@ -39,6 +39,7 @@ fn spec() -> JobSpec {
             outer_momentum: 0.9,
             rounds: ROUNDS_PER_JOB,
             encoding: DeltaEncoding::F32,
+            inner_optimizer: Default::default(),
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {

@@ -36,6 +36,11 @@ fn trap_specs_are_refused_at_submission() {
             s.diloco.beta1 = 0.99;
             s.diloco.beta2 = 0.9;
         }),
+        ("muon job needs full checkpoints", |s| {
+            // Compact checkpoints store m relative to √v; Muon's momentum has no v.
+            s.verification.checkpoint_state = trellis_proto::CheckpointState::Compact;
+            s.diloco.inner_optimizer = InnerOptimizer::Muon;
+        }),
     ];
     for (what, edit) in cases {
         let mut spec = w.spec();
@@ -44,4 +49,8 @@ fn trap_specs_are_refused_at_submission() {
         assert!(reason.contains(what), "{what}: {reason}");
     }
     assert_eq!(validate_job_spec(&w.spec(), &params), Ok(()));
+    let mut muon = w.spec();
+    muon.diloco.inner_optimizer = InnerOptimizer::Muon;
+    muon.verification.checkpoint_state = trellis_proto::CheckpointState::Full;
+    assert_eq!(validate_job_spec(&muon, &params), Ok(()), "a muon job with full checkpoints");
 }

@@ -48,6 +48,18 @@ pub enum OuterOptimizer {
 }
 canonical_tag_enum!(OuterOptimizer, "outer optimizer" { Nesterov = 1, Average = 2 });
 
+/// The rule of a job's inner steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerOptimizer {
+    #[default]
+    Adamw,
+    /// Muon on the blocks' weight matrices, AdamW on embeddings, norms and biases (MuLoCo);
+    /// `trellis_trainer::optim`.
+    Muon,
+}
+canonical_tag_enum!(InnerOptimizer, "inner optimizer" { Adamw = 1, Muon = 2 });
+
 /// How a miner encodes its pseudo-gradient for the network. Job files and `trellis train
 /// --encoding` name it as [`DeltaEncoding::name`] prints it (`f32`, `int8`, `topk:0.03+q2`, …),
 /// and so do JSON-RPC answers.
@@ -362,6 +374,7 @@ pub struct DilocoParams {
     pub outer_momentum: f32,
     pub rounds: u32,
     pub encoding: DeltaEncoding,
+    pub inner_optimizer: InnerOptimizer,
 }
 canonical_struct!(DilocoParams {
     workers_per_round,
@@ -379,6 +392,7 @@ canonical_struct!(DilocoParams {
     outer_momentum,
     rounds,
     encoding,
+    inner_optimizer,
 });
 
 /// What a trail checkpoint holds, and so what a checker downloads to re-execute a segment.

@@ -35,9 +35,9 @@ pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
 pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 pub use hash::{Hash, HashDomain};
 pub use job::{
-    Aggregate, AggregationRule, CheckpointState, DeltaEncoding, DilocoParams, InvalidEvidence, InvalidReason,
-    JobFaultReason, JobId, JobSpec, KeptValues, ModelConfig, OuterOptimizer, UnknownEncoding, Verdict, VerdictOutcome,
-    VerificationMode, VerificationParams, WorkCommitment, WorkReveal, TOPK_CHUNK,
+    Aggregate, AggregationRule, CheckpointState, DeltaEncoding, DilocoParams, InnerOptimizer, InvalidEvidence,
+    InvalidReason, JobFaultReason, JobId, JobSpec, KeptValues, ModelConfig, OuterOptimizer, UnknownEncoding, Verdict,
+    VerdictOutcome, VerificationMode, VerificationParams, WorkCommitment, WorkReveal, TOPK_CHUNK,
 };
 pub use merkle::{MerkleProof, MerkleTree};
 pub use trail::{Trail, TrailEntry};

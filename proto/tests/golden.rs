@@ -110,13 +110,13 @@ fn golden_block_verifies() {
 const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
 const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
 const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
-const GOLDEN_JOB_SPEC: (usize, &str) = (186, "35a735dcab00d8c61e350f611122111b902afc530049c09e1b0efdc7bcb1112c");
+const GOLDEN_JOB_SPEC: (usize, &str) = (187, "7a422d6378bea30a5c4682b22e1e7e58a391c7ce6bce994a292a9f3e342629be");
 const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "7065f447029f9eaaaab70e479c20c9ca72025ebf758158f19a9685d327e583d7");
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "7871f9614dbb74285552e16d2b82e0bfd4c455faae960eca07ad8169a3d340d6");
-const GOLDEN_BLOCK: (usize, &str) = (2837, "b32babeb448df26d17a7a5a83c8867b32d3a5fae521e1627871145c36d45928a");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "8fdcc9fca17b9fe2cf3c20d190e97edfd79fb6e7fce45767e2aa08b1f27f75aa");
+const GOLDEN_BLOCK: (usize, &str) = (2838, "18ec9151b06660e049f36e4387cbc0bc754121f975c1e499012272f812ebf0aa");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "transfer",
@@ -138,9 +138,9 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ),
     (
         "submit_job",
-        307,
-        "e65ce817dcbae1590d6bfa0032df1a625b302e9b46134b9fd16d42b6d14297e3",
-        "9831dfc4c5392e63ad98c0f8b67c9100d09aabecd234d266d540f00ef3897725",
+        308,
+        "f4279b4fc60cb61074790ea6c4a9749fc374039ac8c70905d4262dfe8d7c2734",
+        "4c5a56256ad7f0868cbe971c588903afa7e303ca25b5fabdd5a69e1c57074975",
     ),
     (
         "join_job",
@@ -203,8 +203,8 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
         "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
     ),
 ];
-const GOLDEN_BLOCK_HASH: &str = "e30af014fec59cdd84ae6ba49ed5c9d3c8a461c0dd77ae7208675ee1270f39a0";
-const GOLDEN_JOB_SPEC_HASH: &str = "f8502738dacb388dbdceaa79548ebc04365d6a4268c8706022e29f1511fe36b6";
+const GOLDEN_BLOCK_HASH: &str = "8e7db982d7921d3ef9157e0d14f7d281dd5e9102e453a4897e831509abe2dd7b";
+const GOLDEN_JOB_SPEC_HASH: &str = "c77d67c4fc14dc40ca9a0b16f7d3ffe37c36947310540f4c0431eb9e2fa2b6b6";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
 const GOLDEN_TRAIL_HASH: &str = "79630e845f02e9e99b52b6c4fc0586eab7655dd7da380e420f2a3a5a95ea20bb";
 const GOLDEN_WORK_BINDING: &str = "608eab24882b386c873a80e25397564f20f3da144f673aa148d8aeed51c34c95";

@@ -43,9 +43,12 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (arb_f32(), arb_f32(), arb_f32(), arb_f32(), arb_f32()),
         (any::<u32>(), prop_oneof![Just(OuterOptimizer::Nesterov), Just(OuterOptimizer::Average)]),
         (arb_f32(), arb_f32(), any::<u32>()),
-        prop::sample::select(DeltaEncoding::ALL.to_vec()),
+        (
+            prop::sample::select(DeltaEncoding::ALL.to_vec()),
+            prop_oneof![Just(InnerOptimizer::Adamw), Just(InnerOptimizer::Muon)],
+        ),
     )
-        .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), encoding)| {
+        .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), (encoding, inner))| {
             DilocoParams {
                 workers_per_round: w,
                 inner_steps: h,
@@ -62,6 +65,7 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
                 outer_momentum: om,
                 rounds,
                 encoding,
+                inner_optimizer: inner,
             }
         });
     let aggregation = prop_oneof![

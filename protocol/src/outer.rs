@@ -194,6 +194,7 @@ pub(crate) mod tests {
                 outer_momentum: 0.9,
                 rounds: 2,
                 encoding: DeltaEncoding::F32,
+                inner_optimizer: Default::default(),
             },
             aggregation,
             verification: VerificationParams {

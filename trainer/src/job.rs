@@ -8,12 +8,12 @@
 //! Miners, checkers and `trellis train` all build their start from here, so they cannot drift.
 
 use tch::Device;
-use trellis_proto::{Hash, JobSpec};
+use trellis_proto::{Hash, InnerOptimizer, JobSpec};
 
 use crate::checkpoint::{self, checkpoint_hash};
 use crate::data::BatchSchedule;
 use crate::model::{Gpt, ModelError};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, InnerRule};
 
 /// Why a round's start state cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +33,10 @@ pub fn adamw_config(spec: &JobSpec) -> AdamWConfig {
     config.beta2 = f64::from(d.beta2);
     config.weight_decay = f64::from(d.weight_decay);
     config.grad_clip = f64::from(d.grad_clip);
+    config.rule = match d.inner_optimizer {
+        InnerOptimizer::Adamw => InnerRule::Adamw,
+        InnerOptimizer::Muon => InnerRule::Muon,
+    };
     config
 }
 
@@ -122,6 +126,7 @@ mod tests {
                 outer_momentum: 0.9,
                 rounds: 4,
                 encoding: DeltaEncoding::F32,
+                inner_optimizer: Default::default(),
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {

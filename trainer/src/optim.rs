@@ -1,10 +1,35 @@
 //! The inner optimizer: AdamW with linear warm-up, cosine decay and global-norm gradient
 //! clipping, written out op by op (the same sequence as PyTorch's single-tensor AdamW) so its
-//! state is ours to checkpoint and its arithmetic is the same on every run.
+//! state is ours to checkpoint and its arithmetic is the same on every run; or Muon (MuLoCo's
+//! inner optimizer) on the blocks' weight matrices with AdamW on the rest.
+//!
+//! Muon (Jordan et al., 2024) keeps one momentum buffer per matrix, in the first-moment slot
+//! (its second moments stay zero, so a checkpoint's layout does not change): `B ← μB + g`, the
+//! update is the Newton–Schulz orthogonalisation of the Nesterov direction `g + μB`, scaled by
+//! `0.2·√max(rows, cols)` so its RMS matches AdamW's and AdamW's learning rate and weight decay
+//! apply as they are (Liu et al., 2025, "Muon is scalable"). The iteration is five fixed
+//! quintic steps in f32, plain matrix products: the same ops as the model's own forward pass,
+//! so a replay on the same backend class reproduces it bit for bit.
 
 use tch::{Kind, Tensor};
 
 use crate::model::Parameter;
+
+/// Which update rule the inner steps use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InnerRule {
+    #[default]
+    Adamw,
+    /// Muon on every 2-D weight of the transformer blocks, AdamW on embeddings, norms and biases.
+    Muon,
+}
+
+/// Muon's momentum.
+pub const MUON_MOMENTUM: f64 = 0.95;
+/// Newton–Schulz iterations, and the quintic's coefficients (Jordan et al., 2024).
+const NEWTON_SCHULZ_STEPS: usize = 5;
+const NEWTON_SCHULZ: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
 /// AdamW's hyper-parameters and schedule.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -20,6 +45,9 @@ pub struct AdamWConfig {
     /// Steps over which the cosine decays to `min_lr_fraction · learning_rate`.
     pub total_steps: u64,
     pub min_lr_fraction: f64,
+    /// AdamW everywhere, or Muon on the blocks' matrices.
+    #[serde(default)]
+    pub rule: InnerRule,
 }
 
 impl AdamWConfig {
@@ -36,6 +64,7 @@ impl AdamWConfig {
             warmup_steps,
             total_steps,
             min_lr_fraction: 0.1,
+            rule: InnerRule::Adamw,
         }
     }
 
@@ -90,6 +119,15 @@ impl AdamW {
                 if parameter.decays && c.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
+                if c.rule == InnerRule::Muon && takes_muon(parameter) {
+                    let _ = m.g_mul_scalar_(MUON_MOMENTUM);
+                    let _ = m.g_add_(&grad);
+                    let direction = &grad + &*m * MUON_MOMENTUM;
+                    let size = parameter.tensor.size();
+                    let scale = 0.2 * (size[0].max(size[1]) as f64).sqrt();
+                    let _ = p.g_add_(&(newton_schulz(&direction) * (-lr * scale)));
+                    continue;
+                }
                 let _ = m.lerp_(&grad, 1.0 - c.beta1);
                 let _ = v.g_mul_scalar_(c.beta2);
                 let _ = v.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
@@ -98,6 +136,34 @@ impl AdamW {
             }
             total_norm
         })
+    }
+}
+
+/// Whether Muon updates `parameter` under [`InnerRule::Muon`]: the 2-D weights of the blocks
+/// (attention and MLP matrices). Embeddings (the tied output layer too), norms and biases keep
+/// AdamW, as Muon's authors and MuLoCo do.
+pub fn takes_muon(parameter: &Parameter) -> bool {
+    parameter.name.starts_with("blocks.") && parameter.tensor.dim() == 2
+}
+
+/// The nearest semi-orthogonal matrix to `matrix`, approximately (singular values brought to
+/// about [0.7, 1.2]): the quintic Newton–Schulz iteration on the matrix scaled to unit
+/// Frobenius norm, on its wide orientation.
+fn newton_schulz(matrix: &Tensor) -> Tensor {
+    let (a, b, c) = NEWTON_SCHULZ;
+    let size = matrix.size();
+    let tall = size[0] > size[1];
+    let mut x = if tall { matrix.tr() } else { matrix.shallow_clone() };
+    x = &x / (x.norm().double_value(&[]) + 1e-7);
+    for _ in 0..NEWTON_SCHULZ_STEPS {
+        let gram = x.matmul(&x.tr());
+        let polynomial = &gram * b + gram.matmul(&gram) * c;
+        x = &x * a + polynomial.matmul(&x);
+    }
+    if tall {
+        x.tr()
+    } else {
+        x
     }
 }
 
@@ -128,6 +194,7 @@ mod tests {
             warmup_steps: 10,
             total_steps: 110,
             min_lr_fraction: 0.1,
+            rule: InnerRule::Adamw,
         }
     }
 
@@ -164,5 +231,68 @@ mod tests {
         assert!((got - expected).abs() < 1e-6, "got {got}, expected {expected}");
         zero_grad(&mut p);
         assert_eq!(p[0].tensor.grad().double_value(&[0]), 0.0);
+    }
+
+    /// Singular values about 1, 2, …, min(rows, cols): a diagonal with small off-diagonal noise.
+    fn spread_matrix(rows: i64, cols: i64) -> Tensor {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                if r == c {
+                    1.0 + r as f32
+                } else {
+                    ((i * 7919 % 101) as f32 - 50.0) / 1000.0
+                }
+            })
+            .collect();
+        Tensor::from_slice(&values).view([rows, cols])
+    }
+
+    #[test]
+    fn newton_schulz_brings_every_singular_value_near_one() {
+        for (rows, cols) in [(12, 4), (4, 12), (8, 8)] {
+            let matrix = spread_matrix(rows, cols);
+            let before = Vec::<f32>::try_from(matrix.svd(true, true).1).unwrap();
+            assert!(before[0] / before[before.len() - 1] > 3.0, "the input's singular values are spread");
+            let singular = Vec::<f32>::try_from(newton_schulz(&matrix).svd(true, true).1).unwrap();
+            for s in singular {
+                assert!((0.55..=1.25).contains(&s), "{rows}×{cols}: singular value {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn muon_updates_the_blocks_matrices_and_leaves_the_rest_to_adamw() {
+        let parameter = |name: &str, rows: i64, cols: i64| Parameter {
+            name: name.into(),
+            tensor: spread_matrix(rows, cols).set_requires_grad(true),
+            decays: true,
+        };
+        let p = vec![parameter("blocks.0.mlp.fc.weight", 16, 4), parameter("wte", 16, 4)];
+        let targets = [spread_matrix(16, 4) * 0.3, spread_matrix(16, 4) * -0.2];
+        let loss = p
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| (&p.tensor * t).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |a, b| a + b);
+        loss.backward();
+        let before: Vec<Tensor> = p.iter().map(|p| p.tensor.detach().copy()).collect();
+        let mut c = config();
+        c.warmup_steps = 0;
+        c.weight_decay = 0.0;
+        c.grad_clip = 1e9;
+        c.rule = InnerRule::Muon;
+        let lr = c.learning_rate;
+        let mut muon = AdamW::new(c, &p);
+        muon.step(&p);
+        // The matrix: momentum = its gradient, no second moment, an update of RMS ≈ 0.2·lr.
+        assert!(muon.first_moments[0].allclose(&targets[0], 1e-6, 1e-6, false));
+        assert_eq!(muon.second_moments[0].abs().sum(Kind::Float).double_value(&[]), 0.0);
+        let step = (&p[0].tensor - &before[0]).square().mean(Kind::Float).sqrt().double_value(&[]);
+        assert!((0.1 * lr..=0.3 * lr).contains(&step), "Muon's update RMS {step} for lr {lr}");
+        // The embedding: AdamW (first step: every coordinate moves by lr).
+        assert!(muon.second_moments[1].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let moved = (&p[1].tensor - &before[1]).abs().max().double_value(&[]);
+        assert!((moved - lr).abs() < 1e-6, "AdamW's first step moves by lr, got {moved}");
     }
 }

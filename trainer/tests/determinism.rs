@@ -7,7 +7,7 @@ use tch::Device;
 use trellis_trainer::checkpoint::{CheckpointData, CompactBase};
 use trellis_trainer::data::{repository_text, BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_trainer::optim::{AdamW, AdamWConfig};
+use trellis_trainer::optim::{AdamW, AdamWConfig, InnerRule};
 use trellis_trainer::worker::{checkpoint_path, resume_from, resume_from_with, InnerLoop, Trail};
 
 /// The repository's own docs and sources: real text that every clone holds.
@@ -27,8 +27,12 @@ fn schedule() -> BatchSchedule {
 
 /// Trains `steps` nano steps for worker 1 of round 0 and returns the trail.
 fn run(dataset: &Dataset, steps: u64, dir: Option<&std::path::Path>) -> Trail {
+    run_with(dataset, adamw(steps), steps, dir)
+}
+
+fn run_with(dataset: &Dataset, config: AdamWConfig, steps: u64, dir: Option<&std::path::Path>) -> Trail {
     let mut model = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap();
-    let mut optimizer = AdamW::new(adamw(steps), model.parameters());
+    let mut optimizer = AdamW::new(config, model.parameters());
     let schedule = schedule();
     let inner = InnerLoop {
         dataset,
@@ -84,6 +88,43 @@ fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
     bytes[last] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     assert!(resume_from(&path, &first.checkpoints[3].hash, &mut model, &mut optimizer).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Muon's Newton–Schulz iteration is plain f32 matrix products: its trails rerun, run on two
+/// threads and resume from a mid-trail checkpoint to the same hashes, and they are not AdamW's.
+#[test]
+fn muon_trails_rerun_and_resume_bit_for_bit() {
+    let dataset = corpus();
+    let dir = std::env::temp_dir().join(format!("trellis-determinism-muon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let muon = || AdamWConfig { rule: InnerRule::Muon, ..adamw(20) };
+    tch::set_num_threads(1);
+    let first = run_with(&dataset, muon(), 20, Some(&dir));
+    assert_eq!(run_with(&dataset, muon(), 20, None), first, "a Muon rerun differs");
+    tch::set_num_threads(2);
+    assert_eq!(run_with(&dataset, muon(), 20, None).hashes(), first.hashes(), "two threads differ from one");
+    tch::set_num_threads(1);
+    assert_ne!(run(&dataset, 20, None).hashes()[1..], first.hashes()[1..], "Muon's trail is AdamW's");
+
+    let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
+    let mut optimizer = AdamW::new(muon(), model.parameters());
+    resume_from(&checkpoint_path(&dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
+    let schedule = schedule();
+    let inner = InnerLoop {
+        dataset: &dataset,
+        schedule: &schedule,
+        round: 0,
+        worker: 1,
+        checkpoint_interval: 5,
+        trail_dir: None,
+        compact_base: None,
+    };
+    let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
+    assert_eq!(resumed.hashes(), first.hashes()[2..].to_vec(), "a resumed Muon run differs");
+    let head: f32 = first.losses[..5].iter().sum::<f32>() / 5.0;
+    let tail: f32 = first.losses[15..].iter().sum::<f32>() / 5.0;
+    assert!(tail < head - 0.5, "Muon's loss went from {head} to {tail}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

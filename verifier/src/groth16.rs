@@ -386,6 +386,7 @@ mod tests {
                 outer_momentum: 0.0,
                 rounds: 2,
                 encoding: DeltaEncoding::F32,
+                inner_optimizer: Default::default(),
             },
             aggregation: trellis_proto::AggregationRule::Mean,
             verification: VerificationParams {

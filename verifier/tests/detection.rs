@@ -9,8 +9,9 @@ use trellis_trainer::checkpoint::checkpoint_hash;
 use trellis_trainer::checkpoint::CheckpointData;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
+use trellis_trainer::optim::AdamWConfig;
 use trellis_verifier::segment::{
-    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode,
+    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode, Replay,
 };
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 
@@ -50,6 +51,26 @@ fn an_exact_replay_hands_back_the_end_weights_only_when_it_reproduced_them() {
     let (report, reached) = check_claim_reproducing(&replay(&data), &swapped, &source, Mode::Exact);
     assert_eq!(reason(&report.outcome), Some(InvalidReason::CheckpointMismatch));
     assert_eq!(reached, None);
+}
+
+/// A Muon job's segments re-execute bit for bit (full checkpoints: the momentum in the first
+/// moments, no second moments on the matrices), and a miner that trained with AdamW instead is
+/// caught at the first segment.
+#[test]
+fn an_honest_muon_trail_passes_and_adamw_work_claimed_as_muon_does_not() {
+    use trellis_trainer::optim::InnerRule;
+    let data = dataset();
+    let muon = AdamWConfig { rule: InnerRule::Muon, ..adamw() };
+    let muon_replay = Replay { adamw: muon.clone(), ..replay(&data) };
+    let (trail, source, _) = mine_with(&data, muon, honest);
+    for segment in 0..3 {
+        let report = check_segment(&muon_replay, &trail, segment, &source, Mode::Exact);
+        assert_eq!(report.outcome, VerdictOutcome::Valid, "segment {segment}");
+        assert!(report.losses_match);
+    }
+    let (adamw_trail, adamw_source, _) = mine(&data, honest);
+    let report = check_segment(&muon_replay, &adamw_trail, 0, &adamw_source, Mode::Exact);
+    assert_eq!(reason(&report.outcome), Some(InvalidReason::CheckpointMismatch));
 }
 
 #[test]

@@ -149,6 +149,7 @@ impl World {
                 outer_momentum: 0.9,
                 rounds: 3,
                 encoding: DeltaEncoding::F32,
+                inner_optimizer: Default::default(),
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {

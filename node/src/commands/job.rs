@@ -14,8 +14,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use trellis_proto::{
-    AggregationRule, Amount, CheckpointState, DeltaEncoding, DilocoParams, Hash, JobSpec, OuterOptimizer, TxKind,
-    VerificationMode, VerificationParams,
+    AggregationRule, Amount, CheckpointState, DeltaEncoding, DilocoParams, Hash, InnerOptimizer, JobSpec,
+    OuterOptimizer, TxKind, VerificationMode, VerificationParams,
 };
 use trellis_trainer::model::Preset;
 
@@ -78,9 +78,12 @@ pub struct DilocoFile {
     pub outer_learning_rate: f32,
     #[serde(default = "defaults::outer_momentum")]
     pub outer_momentum: f32,
-    /// f32, f16, or int8 (with error feedback; docs/protocol.md §4.3).
+    /// f32, f16, int8, q4, q2 or topk:<density>[+int8|+q4|+q2] (docs/protocol.md §2.8, §4.3).
     #[serde(default = "defaults::encoding")]
     pub encoding: String,
+    /// adamw (the default) or muon (MuLoCo: Muon on the blocks' matrices; full checkpoints).
+    #[serde(default)]
+    pub inner_optimizer: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,11 +217,25 @@ impl JobFile {
             }
             other => bail!("verification.mode '{other}': use exact, tolerance or groth16"),
         };
+        let inner_optimizer = match d.inner_optimizer.as_deref() {
+            None | Some("adamw") => InnerOptimizer::Adamw,
+            Some("muon") if groth16 => {
+                bail!("diloco.inner_optimizer muon: a groth16 job trains its zk model with its own rule")
+            }
+            Some("muon") => InnerOptimizer::Muon,
+            Some(other) => bail!("diloco.inner_optimizer '{other}': use adamw or muon"),
+        };
+        let muon = inner_optimizer == InnerOptimizer::Muon;
         let checkpoint_state = match (v.checkpoint_state.as_deref(), &mode) {
             (None | Some("full"), VerificationMode::Groth16 { .. }) => CheckpointState::Full,
             (Some(_), VerificationMode::Groth16 { .. }) => {
                 bail!("verification.checkpoint_state: a groth16 job's checkpoints are its own (leave it out)")
             }
+            (Some("compact"), _) if muon => bail!(
+                "verification.checkpoint_state compact with diloco.inner_optimizer muon: compact checkpoints hold \
+                 AdamW's moments, Muon's momentum needs full ones (leave checkpoint_state out, or full)"
+            ),
+            (None, _) if muon => CheckpointState::Full,
             (None | Some("compact"), _) => CheckpointState::Compact,
             (Some("full"), _) => CheckpointState::Full,
             (Some(other), _) => bail!("verification.checkpoint_state '{other}': use compact or full"),
@@ -251,6 +268,7 @@ impl JobFile {
                 outer_momentum: d.outer_momentum,
                 rounds: d.rounds,
                 encoding,
+                inner_optimizer,
             },
             aggregation,
             verification: VerificationParams {
@@ -565,5 +583,27 @@ mod encoding_tests {
             let error = job_file(bad).spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
             assert!(error.contains(bad) && error.contains("q4, q2, or topk:<density>"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_muon_job_takes_full_checkpoints_and_refuses_compact_ones() {
+        let file = |extra: &str| -> JobFile {
+            let text = format!(
+                "name = \"t\"\nmodel = \"nano\"\ndataset = \"d\"\nescrow = 30001\nreward_per_round = 10000\n\
+                 [diloco]\nworkers_per_round = 2\ninner_steps = 10\nrounds = 1\ninner_optimizer = \"muon\"\n\
+                 [verification]\ncheckpoint_interval = 5\nsegments_per_miner = 1\nmode = \"exact\"\n{extra}"
+            );
+            toml::from_str(&text).expect("a job file")
+        };
+        let spec = file("").spec(Hash([1; 32]), 4, None).expect("a valid spec");
+        assert_eq!(spec.diloco.inner_optimizer, InnerOptimizer::Muon);
+        assert_eq!(spec.verification.checkpoint_state, CheckpointState::Full);
+        let error = file("checkpoint_state = \"compact\"\n").spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
+        assert!(error.contains("muon") && error.contains("full"), "{error}");
+        let mut unknown = file("");
+        unknown.diloco.inner_optimizer = Some("lion".into());
+        let error = unknown.spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
+        assert!(error.contains("lion") && error.contains("adamw or muon"), "{error}");
+        assert_eq!(job_file("f32").spec(Hash([1; 32]), 4, None).unwrap().diloco.inner_optimizer, InnerOptimizer::Adamw);
     }
 }

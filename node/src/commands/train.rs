@@ -14,11 +14,17 @@ use crate::commands::attack::Study;
 use trellis_trainer::data::{validation_windows, Dataset};
 use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS};
 use trellis_trainer::model::{parameter_count, Preset};
-use trellis_trainer::optim::AdamWConfig;
+use trellis_trainer::optim::{AdamWConfig, InnerRule};
 use trellis_trainer::worker::evaluate;
 use trellis_trainer::{model::Gpt, model_io};
 
 use crate::commands::plot::{write_line_chart, Series};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InnerArg {
+    Adamw,
+    Muon,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OuterArg {
@@ -105,6 +111,10 @@ pub struct TrainArgs {
     /// Largest global gradient norm; larger gradients are scaled down to it.
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// The inner optimizer: adamw, or muon (Muon on the blocks' weight matrices with AdamW's
+    /// learning rate and weight decay, AdamW on embeddings, norms and biases: MuLoCo).
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub inner_optimizer: InnerArg,
     /// Pseudo-gradient encoding: f32, f16, int8, q4 (4-bit codes), q2 (2-bit codes: −1, 0, 1
     /// times a scale), or topk:<density>[+int8|+q4|+q2] (the largest `density` of every 4096
     /// values, by index; e.g. topk:0.03+q2). All but f32 and f16 carry what they lose into the
@@ -212,6 +222,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.checkpoint_interval == 0 {
         bail!("--checkpoint-interval must be at least 1");
     }
+    let inner_rule = match args.inner_optimizer {
+        InnerArg::Adamw => InnerRule::Adamw,
+        InnerArg::Muon => InnerRule::Muon,
+    };
+    if args.compact_checkpoints && inner_rule == InnerRule::Muon {
+        bail!(
+            "--compact-checkpoints with --inner-optimizer muon: compact checkpoints store AdamW's moments \
+             relative to each other, and Muon keeps a momentum with no second moment; use full checkpoints"
+        );
+    }
     if args.compact_checkpoints && args.trail_dir.is_some() {
         bail!(
             "--compact-checkpoints with --trail-dir: compact checkpoints are read against each round's start \
@@ -278,6 +298,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             warmup_steps: args.warmup,
             total_steps: args.inner_steps * args.rounds,
             min_lr_fraction: 0.1,
+            rule: inner_rule,
         },
         outer,
         outer_learning_rate: args.outer_lr,

@@ -101,6 +101,11 @@ impl DemoJob {
                 })?),
             };
         args.encoding.parse::<trellis_proto::DeltaEncoding>().map_err(|e| anyhow::anyhow!("--encoding: {e}"))?;
+        if !matches!(args.inner_optimizer.as_str(), "adamw" | "muon")
+            || (zk.is_some() && args.inner_optimizer == "muon")
+        {
+            bail!("--inner-optimizer '{}': use adamw or muon (muon is not for groth16 jobs)", args.inner_optimizer);
+        }
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
@@ -149,10 +154,12 @@ impl DemoJob {
              commit_blocks = {commit_blocks}\nverify_blocks = {verify_blocks}\naggregation = \"mean\"\n\n\
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
-             outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"{encoding}\"\n\n\
+             outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"{encoding}\"\n\
+             inner_optimizer = \"{inner}\"\n\n\
              [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
             encoding = args.encoding,
+            inner = args.inner_optimizer,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
             rounds = args.rounds,

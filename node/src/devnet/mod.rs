@@ -63,6 +63,10 @@ pub struct DevnetArgs {
     /// §2.8).
     #[arg(long, default_value = "f32")]
     pub encoding: String,
+    /// The demo job's inner optimizer: adamw, or muon (MuLoCo; its checkpoints are full ones,
+    /// 12 bytes a parameter, since compact ones hold AdamW's moments).
+    #[arg(long, default_value = "adamw")]
+    pub inner_optimizer: String,
     /// The demo job's checkpoint interval c [default: the longest that keeps each validator's
     /// re-execution within 5% of a miner's training, c ≤ V·H/(40·K); a groth16 job's divides H].
     #[arg(long)]

@@ -41,6 +41,7 @@ pub fn job_spec() -> JobSpec {
             outer_momentum: 0.9,
             rounds: 10,
             encoding: DeltaEncoding::Int8,
+            inner_optimizer: Default::default(),
         },
         aggregation: AggregationRule::CenteredClip { tau: 1.5, iterations: 3 },
         verification: VerificationParams {

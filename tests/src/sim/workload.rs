@@ -91,6 +91,7 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
             outer_momentum: 0.9,
             rounds: 3,
             encoding: DeltaEncoding::F32,
+            inner_optimizer: Default::default(),
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {

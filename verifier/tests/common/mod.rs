@@ -55,8 +55,18 @@ pub fn replay(dataset: &Dataset) -> Replay<'_> {
 /// An honest miner: 12 steps in segments of 4, every checkpoint kept. `cheat(step_index)` may
 /// change how a segment is trained: (schedule seed to use, steps to actually run).
 pub fn mine(dataset: &Dataset, cheat: impl Fn(usize) -> (u64, u64)) -> (Trail, MemorySource, Gpt) {
+    mine_with(dataset, adamw(), cheat)
+}
+
+/// [`mine`] with the inner optimizer `config`.
+#[allow(dead_code)]
+pub fn mine_with(
+    dataset: &Dataset,
+    config: AdamWConfig,
+    cheat: impl Fn(usize) -> (u64, u64),
+) -> (Trail, MemorySource, Gpt) {
     let mut model = Gpt::new(&Preset::Nano.config(), 9, Device::Cpu).unwrap();
-    let mut optimizer = AdamW::new(adamw(), model.parameters());
+    let mut optimizer = AdamW::new(config, model.parameters());
     let mut source = MemorySource::default();
     let save = |model: &Gpt, optimizer: &AdamW, source: &mut MemorySource| {
         let bytes = checkpoint::capture(model, optimizer);
