@@ -598,17 +598,49 @@ pub fn delta_hash(encoded: &[u8]) -> Hash {
     Hash::digest(HashDomain::Blob, encoded)
 }
 
+/// `value` rounded to bf16, to nearest with ties to even: unbiased, so what a residual that waits
+/// many rounds (a top-k value not yet sent) loses to it does not pile up. It may exceed `value`
+/// by half a bf16 step (2⁻⁹ of it), which checkers' residual bound allows.
+fn bf16_nearest(value: f32) -> f32 {
+    crate::compact::round_bf16(value)
+}
+
+/// The canonical bytes of an error-feedback residual, which a miner publishes for its checkers
+/// (`docs/protocol.md` §4.3): each value's bf16 bits, u16 little-endian. [`ErrorFeedback`] holds
+/// its residual in bf16 already, so nothing is lost: half the bytes of f32.
+pub fn residual_to_bytes(residual: &[f32]) -> Vec<u8> {
+    residual.iter().flat_map(|r| ((bf16_nearest(*r).to_bits() >> 16) as u16).to_le_bytes()).collect()
+}
+
+/// A residual from [`residual_to_bytes`]' form: an odd length is [`EncodingError::WrongSize`],
+/// a value that is not finite [`EncodingError::NonFinite`].
+pub fn residual_from_bytes(bytes: &[u8]) -> Result<Vec<f32>, EncodingError> {
+    if bytes.len() % 2 != 0 {
+        return Err(EncodingError::WrongSize { expected: bytes.len() as u64 + 1, got: bytes.len() as u64 });
+    }
+    let values: Vec<f32> =
+        bytes.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect();
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(EncodingError::NonFinite(index)),
+        None => Ok(values),
+    }
+}
+
 /// Error feedback: what encoding lost in one round (rounding, and for top-k every value not
 /// sent) is added to the next round's Δ, so the error does not accumulate (Seide et al., 2014;
-/// Karimireddy et al., 2019).
+/// Karimireddy et al., 2019). The residual is kept in bf16, rounded to nearest (what that drops,
+/// at most 2⁻⁹ of each value, is not carried), so that the residual a miner publishes for its
+/// checkers is exactly the one it used, at 2 bytes a value.
 #[derive(Debug, Clone, Default)]
 pub struct ErrorFeedback {
     residual: Vec<f32>,
 }
 
 impl ErrorFeedback {
-    /// Error feedback that carries `residual` (from an earlier round) into the next encoding.
-    pub fn with_residual(residual: Vec<f32>) -> Self {
+    /// Error feedback that carries `residual` (from an earlier round, in bf16) into the next
+    /// encoding.
+    pub fn with_residual(mut residual: Vec<f32>) -> Self {
+        residual.iter_mut().for_each(|r| *r = bf16_nearest(*r));
         Self { residual }
     }
 
@@ -621,7 +653,7 @@ impl ErrorFeedback {
         let encoded = encode(encoding, &corrected);
         let (_, decoded) = decode(&encoded).expect("our own encoding decodes");
         for ((r, c), q) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
-            *r = c - q;
+            *r = bf16_nearest(c - q);
         }
         encoded
     }
@@ -790,7 +822,7 @@ mod tests {
                 let encoded = feedback.encode(encoding, &scaled);
                 let bounds = residual_bounds(&encoded).unwrap();
                 for (i, (r, b)) in feedback.residual().iter().zip(&bounds).enumerate() {
-                    assert!(r.abs() <= b * (1.0 + 1e-5), "{encoding}, round {round}, at {i}: |{r}| > {b}");
+                    assert!(r.abs() <= b * (1.0 + 1.0 / 256.0), "{encoding}, round {round}, at {i}: |{r}| > {b}");
                 }
             }
         }
@@ -799,6 +831,24 @@ mod tests {
         assert_eq!(residual_bounds(&encoded).unwrap(), vec![4.5, 1.5, 4.5, 1.5, 4.5]);
         assert_eq!(residual_bounds(&encode(DeltaEncoding::F32, &[1.0])), None);
         assert_eq!(residual_bounds(&encoded[..20]), None);
+    }
+
+    #[test]
+    fn residuals_are_held_in_bf16_and_their_bytes_round_trip() {
+        let mut feedback = ErrorFeedback::default();
+        let v = sample(5000);
+        feedback.encode(DeltaEncoding::Q4, &v);
+        let residual = feedback.residual().to_vec();
+        assert!(residual.iter().all(|r| r.to_bits() & 0xffff == 0), "held in bf16");
+        assert!(residual.iter().any(|r| *r != 0.0));
+        let bytes = residual_to_bytes(&residual);
+        assert_eq!(bytes.len(), 2 * residual.len());
+        assert_eq!(residual_from_bytes(&bytes).unwrap(), residual);
+        assert_eq!(residual_to_bytes(&[1.0 + 2f32.powi(-9), -(1.0 + 2f32.powi(-9))]), [0x80, 0x3f, 0x80, 0xbf]);
+        assert!(matches!(residual_from_bytes(&bytes[..3]), Err(EncodingError::WrongSize { .. })));
+        assert_eq!(residual_from_bytes(&[0x80, 0x7f]), Err(EncodingError::NonFinite(0)));
+        let carried = ErrorFeedback::with_residual(vec![1.0 + 2f32.powi(-9)]);
+        assert_eq!(carried.residual(), [1.0]);
     }
 
     /// The values of blocks at any boundaries (across int8 chunks too) are the whole decode's.
@@ -898,10 +948,10 @@ mod tests {
     fn error_feedback_loses_less_than_plain_quantisation_over_rounds() {
         // The same small Δ every round: without feedback the int8 error repeats every round;
         // with feedback the sum of what was sent tracks the sum of the true Δ. Top-k sends 3% of
-        // a chunk a round, so a value waits up to tens of rounds for its turn: it runs longer.
+        // a chunk a round or fewer, so a value waits up to tens of rounds for its turn: it runs longer.
         let delta: Vec<f32> = sample(8192).iter().map(|v| v * 1e-3).collect();
         for encoding in ALL.into_iter().filter(|e| e.has_error_feedback()) {
-            let rounds = if matches!(encoding, DeltaEncoding::TopK { .. }) { 150 } else { 20 };
+            let rounds = if matches!(encoding, DeltaEncoding::TopK { .. }) { 300 } else { 20 };
             let mut feedback = ErrorFeedback::default();
             let mut sent_plain = vec![0.0f32; delta.len()];
             let mut sent_feedback = vec![0.0f32; delta.len()];

@@ -373,9 +373,9 @@ pub fn check_delta(
     Ok(())
 }
 
-/// Slack on the half-step bound for the rounding of `x − q·s` in f32 (at most a few ulps of
-/// `127·s`, far below this).
-const RESIDUAL_SLACK: f32 = 1.0 / 1024.0;
+/// Slack on the residual bound for rounding: of `x − q·s` in f32 (a few ulps of `127·s`) and of
+/// the residual to bf16, which a miner holds it in (up to 2⁻⁹ of it, to nearest).
+const RESIDUAL_SLACK: f32 = 1.0 / 128.0;
 
 /// Whether an error-feedback `residual` is one that encoding `previous_delta` (the miner's
 /// previous revealed Δ, whose hash the chain recorded) could have left

@@ -454,6 +454,8 @@ fn metrics_json(
         "attack": args.attack.map(|a| format!("{a:?}")),
         "attackers": if args.attack.is_some() { args.attackers } else { 0 },
         "aggregate": format!("{:?}", args.aggregate),
+        "encoding": args.encoding.name(),
+        "inner_optimizer": format!("{:?}", args.inner_optimizer).to_lowercase(),
         "diloco": diloco,
     });
     if let Some(ddp) = ddp {

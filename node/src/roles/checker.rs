@@ -483,8 +483,9 @@ async fn gather(
         blobs.want(residual_key, limits.delta);
         let previous_bytes = blobs.bytes(previous_key, limits.delta).await?;
         let bytes = blobs.bytes(residual_key, limits.delta).await?;
-        // A residual that is not a whole number of f32 values is made up like one out of bounds.
-        let Ok(values) = trellis_protocol::model::weights_from_bytes(&bytes) else { return Err(Ok(made_up())) };
+        // A residual that is not a whole number of bf16 values, or holds one that is not finite,
+        // is made up like one out of bounds.
+        let Ok(values) = trellis_trainer::encoding::residual_from_bytes(&bytes) else { return Err(Ok(made_up())) };
         if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
             return Err(Ok(made_up()));
         }

@@ -346,7 +346,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Where the residual left by this miner's int8 encoding of round `round` is kept.
 fn residual_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
-    work_dir.join(format!("residual-job{job}-round{round}.f32"))
+    work_dir.join(format!("residual-job{job}-round{round}.bf16"))
 }
 
 /// Where this miner keeps its encoded int8 Δ of round `round`: served again in the next round
@@ -408,7 +408,7 @@ fn carried_residual(
     ) else {
         return Ok(None);
     };
-    let residual = trellis_protocol::model::weights_from_bytes(&residual)?;
+    let residual = encoding::residual_from_bytes(&residual)?;
     if residual.len() != parameters || data_hash(&previous_delta) != earlier.delta_hash {
         return Ok(None);
     }
@@ -520,12 +520,12 @@ async fn train_round(
                 };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(quantised, &delta);
-                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), trellis_protocol::model::weights_to_bytes(feedback.residual()))?;
+                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), encoding::residual_to_bytes(feedback.residual()))?;
                 std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
                 let hash = match previous_delta {
                     Some(previous) if carried.iter().any(|r| *r != 0.0) => {
                         stage.put_data(&previous)?;
-                        stage.put_data(&trellis_protocol::model::weights_to_bytes(&carried))?.hash
+                        stage.put_data(&encoding::residual_to_bytes(&carried))?.hash
                     }
                     _ => Hash::ZERO,
                 };
