@@ -125,6 +125,9 @@ pub struct RunReport {
     pub final_validation_loss: f64,
     pub tokens: u64,
     pub bytes_sent_per_worker: u64,
+    /// The most a worker sent at one synchronisation: a whole encoded Δ for DiLoCo, one
+    /// fragment's for Streaming DiLoCo, a step's all-reduce for data-parallel.
+    pub peak_bytes_per_sync: u64,
     pub compute_seconds: f64,
     pub checkpoint_seconds: f64,
     pub tokens_per_second: f64,
@@ -203,6 +206,7 @@ pub fn run_diloco(
     let mut feedback: Vec<ErrorFeedback> = (0..config.workers).map(|_| ErrorFeedback::default()).collect();
     let started = Instant::now();
     let (mut tokens, mut bytes_sent, mut compute, mut checkpointing) = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut peak_sync = 0u64;
     let mut rounds = Vec::new();
     let mut trails = Vec::new();
     for round in 0..config.rounds {
@@ -249,6 +253,7 @@ pub fn run_diloco(
             };
             if worker == 0 {
                 bytes_sent += encoded.len() as u64;
+                peak_sync = peak_sync.max(encoded.len() as u64);
             }
             let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
             output.delta = decoded;
@@ -278,7 +283,7 @@ pub fn run_diloco(
         progress(Progress::RoundDone(&report));
         rounds.push(report);
     }
-    Ok(finish(
+    let mut report = finish(
         format!("diloco-{}", config.encoding),
         initial_validation_loss,
         rounds,
@@ -286,7 +291,117 @@ pub fn run_diloco(
         trails,
         compute,
         checkpointing,
-    ))
+    );
+    report.peak_bytes_per_sync = peak_sync;
+    Ok(report)
+}
+
+/// Streaming DiLoCo (Douillard et al., 2025): the flat parameters in `fragments` contiguous
+/// fragments of about equal size; every worker trains on without resetting, and after every
+/// H/F inner steps one fragment, in turn, is synchronised: each worker sends that fragment's
+/// Δ (global − its own, encoded as `config.encoding`, with error feedback per fragment), the
+/// fragment's own outer step applies their mean, and every worker takes the new global
+/// fragment. Each fragment is synchronised once every H steps, as in DiLoCo, at staggered
+/// times, so a synchronisation sends 1/F of a Δ. (Communication overlapping the next steps is a
+/// property of wall time, which this single process does not model: the merge here is
+/// immediate, τ = 0.)
+pub fn run_streaming_diloco(
+    config: &RunConfig,
+    fragments: usize,
+    dataset: &Dataset,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<RunReport, WorkerError> {
+    let steps = config.inner_steps;
+    if fragments == 0 || steps % fragments as u64 != 0 {
+        return Err(WorkerError::BadSegments {
+            steps,
+            interval: fragments as u64,
+            reason: "Streaming DiLoCo needs a number of fragments that divides the inner steps",
+        });
+    }
+    let phase = steps / fragments as u64;
+    let schedule = schedule(config, config.workers);
+    let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
+    let mut model = start_model(config)?;
+    let mut global = model.flat_weights();
+    let n = global.len();
+    let span = |f: usize| f * n / fragments..(f + 1) * n / fragments;
+    let initial_validation_loss =
+        evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size);
+    let mut outer: Vec<OuterStep> = (0..fragments)
+        .map(|f| OuterStep::new(config.outer, config.outer_learning_rate, config.outer_momentum, span(f).len()))
+        .collect();
+    let mut optimizers: Vec<AdamW> =
+        (0..config.workers).map(|_| AdamW::new(config.adamw.clone(), model.parameters())).collect();
+    let mut feedback: Vec<Vec<ErrorFeedback>> =
+        (0..config.workers).map(|_| (0..fragments).map(|_| ErrorFeedback::default()).collect()).collect();
+    let mut locals: Vec<Vec<f32>> = vec![global.clone(); config.workers];
+    let started = Instant::now();
+    let (mut tokens, mut bytes_sent, mut peak_sync, mut compute, mut checkpointing) =
+        (0u64, 0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut rounds = Vec::new();
+    for round in 0..config.rounds {
+        let mut train_losses = Vec::new();
+        let mut delta_norms = vec![0.0f64; config.workers];
+        for fragment in 0..fragments {
+            let range = span(fragment);
+            let mut deltas = Vec::with_capacity(config.workers);
+            for (worker, optimizer) in optimizers.iter_mut().enumerate() {
+                model.set_flat_weights(&locals[worker]);
+                let inner = InnerLoop {
+                    dataset,
+                    schedule: &schedule,
+                    round,
+                    worker,
+                    checkpoint_interval: phase,
+                    trail_dir: None,
+                    compact_base: None,
+                };
+                let outcome = inner.train_steps(&mut model, optimizer, phase, |step, loss| {
+                    progress(Progress::Step { round, worker, step, loss })
+                })?;
+                tokens += outcome.tokens;
+                compute += outcome.compute;
+                checkpointing += outcome.checkpointing;
+                train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+                locals[worker] = model.flat_weights();
+                let delta = pseudo_gradient(&global[range.clone()], &locals[worker][range.clone()]);
+                let encoded = match config.encoding {
+                    lossy if lossy.has_error_feedback() => feedback[worker][fragment].encode(lossy, &delta),
+                    other => encoding::encode(other, &delta),
+                };
+                if worker == 0 {
+                    bytes_sent += encoded.len() as u64;
+                    peak_sync = peak_sync.max(encoded.len() as u64);
+                }
+                let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
+                delta_norms[worker] += decoded.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+                deltas.push(decoded);
+            }
+            let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+            outer[fragment].apply(&mut global[range.clone()], &mean(&refs));
+            for local in &mut locals {
+                local[range.clone()].copy_from_slice(&global[range.clone()]);
+            }
+        }
+        model.set_flat_weights(&global);
+        let report = RoundReport {
+            round,
+            validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
+            mean_train_loss: train_losses.iter().sum::<f64>() / train_losses.len().max(1) as f64,
+            tokens,
+            bytes_sent_per_worker: bytes_sent,
+            seconds: started.elapsed().as_secs_f64(),
+            excluded: Vec::new(),
+            delta_norms: delta_norms.into_iter().map(f64::sqrt).collect(),
+        };
+        progress(Progress::RoundDone(&report));
+        rounds.push(report);
+    }
+    let method = format!("streaming-diloco-{fragments}-{}", config.encoding);
+    let mut report = finish(method, initial_validation_loss, rounds, global, Vec::new(), compute, checkpointing);
+    report.peak_bytes_per_sync = peak_sync;
+    Ok(report)
 }
 
 /// Synchronous data-parallel with the same total tokens: every step trains on the K workers'
@@ -346,7 +461,10 @@ pub fn run_data_parallel(
         rounds.push(report);
     }
     let weights = model.flat_weights();
-    Ok(finish("ddp".into(), initial_validation_loss, rounds, weights, Vec::new(), compute, Duration::ZERO))
+    let mut report =
+        finish("ddp".into(), initial_validation_loss, rounds, weights, Vec::new(), compute, Duration::ZERO);
+    report.peak_bytes_per_sync = allreduce_bytes;
+    Ok(report)
 }
 
 /// The seed-salt of a warm start's batch schedule and initialisation, so that its batches are
@@ -397,6 +515,7 @@ fn finish(
         final_validation_loss: last.map_or(initial_validation_loss, |r| r.validation_loss),
         tokens,
         bytes_sent_per_worker: last.map_or(0, |r| r.bytes_sent_per_worker),
+        peak_bytes_per_sync: 0,
         compute_seconds: compute.as_secs_f64(),
         checkpoint_seconds: checkpointing.as_secs_f64(),
         tokens_per_second: tokens as f64 / compute.as_secs_f64().max(1e-9),

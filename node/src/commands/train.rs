@@ -12,7 +12,9 @@ use trellis_proto::{AggregationRule, DeltaEncoding, OuterOptimizer};
 
 use crate::commands::attack::Study;
 use trellis_trainer::data::{validation_windows, Dataset};
-use trellis_trainer::diloco::{run_data_parallel, run_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS};
+use trellis_trainer::diloco::{
+    run_data_parallel, run_diloco, run_streaming_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS,
+};
 use trellis_trainer::model::{parameter_count, Preset};
 use trellis_trainer::optim::{AdamWConfig, InnerRule};
 use trellis_trainer::worker::evaluate;
@@ -111,6 +113,11 @@ pub struct TrainArgs {
     /// Largest global gradient norm; larger gradients are scaled down to it.
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// Streaming DiLoCo: synchronise the parameters in this many fragments, one every H/F inner
+    /// steps, each once a round (1: plain DiLoCo). F must divide --inner-steps; not with
+    /// --attack, --trail-dir, --verify-segments or --compact-checkpoints.
+    #[arg(long, default_value_t = 1)]
+    pub fragments: usize,
     /// The inner optimizer: adamw, or muon (Muon on the blocks' weight matrices with AdamW's
     /// learning rate and weight decay, AdamW on embeddings, norms and biases: MuLoCo).
     #[arg(long, value_enum, default_value = "adamw")]
@@ -231,6 +238,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             "--compact-checkpoints with --inner-optimizer muon: compact checkpoints store AdamW's moments \
              relative to each other, and Muon keeps a momentum with no second moment; use full checkpoints"
         );
+    }
+    if args.fragments == 0 || args.inner_steps % args.fragments as u64 != 0 {
+        bail!("--fragments must be at least 1 and divide --inner-steps ({})", args.inner_steps);
+    }
+    if args.fragments > 1
+        && (args.attack.is_some() || args.trail_dir.is_some() || args.verify_segments > 0 || args.compact_checkpoints)
+    {
+        bail!("--fragments > 1 (Streaming DiLoCo) runs without --attack, --trail-dir, --verify-segments and --compact-checkpoints");
     }
     if args.compact_checkpoints && args.trail_dir.is_some() {
         bail!(
@@ -360,9 +375,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         detect_copies: args.detect_copies,
         verify_segments: args.verify_segments,
     };
-    let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
-    let diloco = run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?;
-    drop(hooks);
+    let diloco = if args.fragments > 1 {
+        run_streaming_diloco(&config, args.fragments, &dataset, |event| {
+            report_progress(&bar, args.json, "diloco", event)
+        })?
+    } else {
+        let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
+        run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?
+    };
     let ddp = match args.baseline {
         Some(BaselineArg::Ddp) => {
             bar.set_message("ddp");
@@ -455,6 +475,7 @@ fn metrics_json(
         "attackers": if args.attack.is_some() { args.attackers } else { 0 },
         "aggregate": format!("{:?}", args.aggregate),
         "encoding": args.encoding.name(),
+        "fragments": args.fragments,
         "inner_optimizer": format!("{:?}", args.inner_optimizer).to_lowercase(),
         "diloco": diloco,
     });

@@ -1,0 +1,73 @@
+//! Streaming DiLoCo: with one fragment it is DiLoCo bit for bit; with four, a synchronisation
+//! sends a quarter of a Δ, a round sends what DiLoCo sends, and the model trains.
+
+use std::path::PathBuf;
+
+use tch::Device;
+use trellis_proto::{DeltaEncoding, OuterOptimizer};
+use trellis_trainer::data::{repository_text, Dataset, DEFAULT_SHARD_BYTES};
+use trellis_trainer::diloco::{run_diloco, run_streaming_diloco, RoundHooks, RunConfig};
+use trellis_trainer::model::Preset;
+use trellis_trainer::optim::AdamWConfig;
+
+fn corpus() -> Dataset {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
+    Dataset::from_bytes(text, DEFAULT_SHARD_BYTES)
+}
+
+fn config(encoding: DeltaEncoding) -> RunConfig {
+    RunConfig {
+        model: Preset::Nano.config(),
+        seed: 3,
+        workers: 2,
+        inner_steps: 8,
+        rounds: 2,
+        batch_size: 4,
+        sequence_length: 32,
+        adamw: AdamWConfig::with_schedule(3e-3, 2, 16),
+        outer: OuterOptimizer::Nesterov,
+        outer_learning_rate: 0.7,
+        outer_momentum: 0.9,
+        encoding,
+        checkpoint_interval: 8,
+        compact: false,
+        trail_dir: None,
+        device: Device::Cpu,
+        initial_weights: None,
+    }
+}
+
+#[test]
+fn one_fragment_is_diloco_bit_for_bit() {
+    tch::set_num_threads(1);
+    let dataset = corpus();
+    for encoding in [DeltaEncoding::F32, "topk:0.03+q2".parse().unwrap()] {
+        let config = config(encoding);
+        let plain = run_diloco(&config, &dataset, &mut RoundHooks::default(), |_| {}).unwrap();
+        let streaming = run_streaming_diloco(&config, 1, &dataset, |_| {}).unwrap();
+        let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&streaming.final_weights), bits(&plain.final_weights), "{encoding}");
+        assert_eq!(streaming.bytes_sent_per_worker, plain.bytes_sent_per_worker);
+        assert_eq!(streaming.peak_bytes_per_sync, plain.peak_bytes_per_sync);
+    }
+}
+
+#[test]
+fn four_fragments_send_a_quarter_at_a_time_and_train() {
+    tch::set_num_threads(1);
+    let dataset = corpus();
+    let config = config(DeltaEncoding::F32);
+    let plain = run_diloco(&config, &dataset, &mut RoundHooks::default(), |_| {}).unwrap();
+    let streaming = run_streaming_diloco(&config, 4, &dataset, |_| {}).unwrap();
+    // Four headers of 9 bytes a round instead of one: otherwise the same bytes.
+    let rounds = config.rounds;
+    assert_eq!(streaming.bytes_sent_per_worker, plain.bytes_sent_per_worker + 3 * 9 * rounds);
+    let quarter = (plain.peak_bytes_per_sync - 9).div_ceil(4) + 9;
+    assert!(streaming.peak_bytes_per_sync <= quarter, "{} > {quarter}", streaming.peak_bytes_per_sync);
+    assert_eq!(streaming.tokens, plain.tokens);
+    assert!(streaming.final_validation_loss < streaming.initial_validation_loss - 0.3, "{streaming:?}");
+    assert_ne!(streaming.final_weights, plain.final_weights);
+    assert!(run_streaming_diloco(&config, 3, &dataset, |_| {}).is_err(), "3 fragments do not divide 8 steps");
+    assert!(run_streaming_diloco(&config, 0, &dataset, |_| {}).is_err());
+}
