@@ -46,6 +46,26 @@ fn run_with(dataset: &Dataset, config: AdamWConfig, steps: u64, dir: Option<&std
     inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap().trail
 }
 
+/// A fresh model and optimizer resumed from `first`'s checkpoint at step 10 (written under
+/// `dir`), then trained to step 20: the model, the optimizer and the trail of those 10 steps.
+fn resume_at_ten(dataset: &Dataset, config: AdamWConfig, dir: &std::path::Path, first: &Trail) -> (Gpt, AdamW, Trail) {
+    let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
+    let mut optimizer = AdamW::new(config, model.parameters());
+    resume_from(&checkpoint_path(dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
+    let schedule = schedule();
+    let inner = InnerLoop {
+        dataset,
+        schedule: &schedule,
+        round: 0,
+        worker: 1,
+        checkpoint_interval: 5,
+        trail_dir: None,
+        compact_base: None,
+    };
+    let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
+    (model, optimizer, resumed)
+}
+
 #[test]
 fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
     let dataset = corpus();
@@ -64,20 +84,7 @@ fn reruns_resumes_and_thread_counts_reproduce_the_trail() {
     tch::set_num_threads(1);
 
     // Resume from the checkpoint at step 10 in a fresh model and optimizer.
-    let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
-    let mut optimizer = AdamW::new(adamw(20), model.parameters());
-    resume_from(&checkpoint_path(&dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
-    let schedule = schedule();
-    let inner = InnerLoop {
-        dataset: &dataset,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 5,
-        trail_dir: None,
-        compact_base: None,
-    };
-    let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
+    let (mut model, mut optimizer, resumed) = resume_at_ten(&dataset, adamw(20), &dir, &first);
     assert_eq!(resumed.hashes(), first.hashes()[2..].to_vec(), "resumed run differs");
     assert_eq!(resumed.losses, first.losses[10..].to_vec());
 
@@ -107,20 +114,7 @@ fn muon_trails_rerun_and_resume_bit_for_bit() {
     tch::set_num_threads(1);
     assert_ne!(run(&dataset, 20, None).hashes()[1..], first.hashes()[1..], "Muon's trail is AdamW's");
 
-    let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
-    let mut optimizer = AdamW::new(muon(), model.parameters());
-    resume_from(&checkpoint_path(&dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
-    let schedule = schedule();
-    let inner = InnerLoop {
-        dataset: &dataset,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 5,
-        trail_dir: None,
-        compact_base: None,
-    };
-    let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
+    let (_, _, resumed) = resume_at_ten(&dataset, muon(), &dir, &first);
     assert_eq!(resumed.hashes(), first.hashes()[2..].to_vec(), "a resumed Muon run differs");
     let head: f32 = first.losses[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = first.losses[15..].iter().sum::<f32>() / 5.0;
