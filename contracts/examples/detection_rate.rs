@@ -16,7 +16,7 @@ fn measured_catch_rate(trials: u64, segments: u32, k: u32, s: u32, validators: &
     let mut caught = 0u64;
     for trial in 0..trials {
         let spec_job = job(segments, s);
-        let round = round_with_commit(miner);
+        let round = round_with_commit(miner, spec_job.spec.diloco.inner_steps);
         let block =
             [trial.to_le_bytes().as_slice(), &s.to_le_bytes(), &k.to_le_bytes(), &segments.to_le_bytes()].concat();
         let randomness = Hash::digest(HashDomain::BlockHeader, &block);
@@ -124,6 +124,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
                 rounds: 10,
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
+                min_inner_steps: segments * 5,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {
@@ -148,7 +149,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
     }
 }
 
-fn round_with_commit(miner: Address) -> RoundState {
+fn round_with_commit(miner: Address, steps: u32) -> RoundState {
     let reveal = WorkReveal {
         job: JobId(1),
         round: 0,
@@ -156,6 +157,7 @@ fn round_with_commit(miner: Address) -> RoundState {
         final_checkpoint: Hash::ZERO,
         delta_hash: Hash::ZERO,
         residual_hash: Hash::ZERO,
+        steps,
     };
     RoundState {
         job: JobId(1),

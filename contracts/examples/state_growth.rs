@@ -40,6 +40,7 @@ fn spec() -> JobSpec {
             rounds: ROUNDS_PER_JOB,
             encoding: DeltaEncoding::F32,
             inner_optimizer: Default::default(),
+            min_inner_steps: 40,
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {

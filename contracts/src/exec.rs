@@ -807,6 +807,13 @@ impl Chain {
         if reveal.binding(&miner) != commit.binding {
             return Err(TxError::RevealMismatch { miner });
         }
+        let (fewest, most) = (job.spec.diloco.min_inner_steps, job.spec.diloco.inner_steps);
+        if !(fewest..=most).contains(&reveal.steps) {
+            return Err(TxError::InvalidCommitment(format!(
+                "the work claims {} inner steps; the job takes {fewest}..={most}",
+                reveal.steps
+            )));
+        }
         let feedback = job.spec.diloco.encoding.has_error_feedback();
         if !feedback && reveal.residual_hash != Hash::ZERO {
             return Err(TxError::InvalidCommitment(
@@ -1060,6 +1067,7 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         (m.heads != 0 && m.width % m.heads != 0, "model width must be divisible by heads".into()),
         (d.workers_per_round == 0 || d.workers_per_round > max_workers, format!("workers_per_round must be in 1..={max_workers}")),
         (d.inner_steps == 0 || d.inner_steps > bounds::MAX_INNER_STEPS, format!("inner_steps must be in 1..={}", bounds::MAX_INNER_STEPS)),
+        (d.min_inner_steps == 0 || d.min_inner_steps > d.inner_steps, "min_inner_steps must be in 1..=inner_steps".into()),
         (d.batch_size == 0 || d.batch_size > bounds::MAX_BATCH_SIZE, format!("batch_size must be in 1..={}", bounds::MAX_BATCH_SIZE)),
         (
             round_tokens > u128::from(bounds::MAX_ROUND_TOKENS),
@@ -1104,6 +1112,10 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         (groth16_incomplete, "a groth16 job needs its zk model and the hashes of its proving and verifying keys".into()),
         // A proof covers exactly the key's step count, so every segment must be full.
         (groth16_partial_segment, "a groth16 job needs inner_steps to be a multiple of checkpoint_interval".into()),
+        (
+            groth16_partial_segment || (matches!(v.mode, VerificationMode::Groth16 { .. }) && d.min_inner_steps != d.inner_steps),
+            "a groth16 job needs min_inner_steps = inner_steps (its proofs cover whole segments)".into(),
+        ),
     ];
     match checks.into_iter().find(|(bad, _)| *bad) {
         Some((_, reason)) => Err(reason),

@@ -48,11 +48,22 @@ fn window_for(params: &crate::Params, model: &trellis_proto::ModelConfig, worker
     params.aggregate_blocks.saturating_add(work / AGGREGATE_PARAMETERS_PER_BLOCK).min(MAX_AGGREGATE_WINDOW)
 }
 
-/// Tokens one miner trains in one round (what its reward share is proportional to).
+/// Tokens one miner trains in one round of H steps.
 /// Saturates instead of wrapping: a spec that passed validation is far below (`bounds`).
 pub fn expected_tokens(spec: &JobSpec) -> u64 {
+    tokens_of(spec, spec.diloco.inner_steps)
+}
+
+/// Tokens a miner that revealed `steps` inner steps trained (what its reward share is
+/// proportional to).
+pub fn tokens_of(spec: &JobSpec, steps: u32) -> u64 {
     let d = &spec.diloco;
-    u64::from(d.inner_steps).saturating_mul(u64::from(d.batch_size)).saturating_mul(u64::from(d.sequence_length))
+    u64::from(steps).saturating_mul(u64::from(d.batch_size)).saturating_mul(u64::from(d.sequence_length))
+}
+
+/// The inner steps `miner` revealed in `round` (`None` without a reveal).
+pub fn revealed_steps(round: &RoundState, miner: &Address) -> Option<u32> {
+    round.commits.iter().find(|c| &c.miner == miner).and_then(|c| c.reveal.as_ref()).map(|r| r.steps)
 }
 
 /// A fresh round opened at `height`, with its workers drawn from the job's miners.
@@ -187,9 +198,11 @@ pub fn sample(
     let seed = [randomness.0.as_slice(), &job.id.0.to_le_bytes(), &round.round.to_le_bytes()].concat();
     let mut commits: Vec<_> = round.commits.iter().filter(|c| c.reveal.is_some()).collect();
     commits.sort_by_key(|c| c.miner);
-    let segments = expected_segments(&job.spec).max(1);
     let mut assignments = Vec::new();
     for (index, commit) in commits.iter().enumerate() {
+        // A straggler's trail has the segments of the steps it revealed.
+        let steps = commit.reveal.as_ref().map_or(job.spec.diloco.inner_steps, |r| r.steps);
+        let segments = trail::segment_count(steps, job.spec.verification.checkpoint_interval).max(1);
         let wanted = job.spec.verification.segments_per_miner.min(segments);
         let mut chosen = BTreeSet::new();
         let mut attempt = 0u64;
@@ -479,9 +492,16 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
         fraction(payout, chain.params.verifier_share_ppm)
     };
     let miner_pool = payout.checked_sub(verifier_pool).ok_or(TxError::Overflow)?;
-    // Every accepted miner trained the round's fixed token count: equal shares.
-    let tokens: BTreeMap<Address, u64> =
-        round.accepted.iter().map(|miner| (*miner, expected_tokens(&job.spec))).collect();
+    // Shares follow the tokens each accepted miner revealed it trained (equal when every one
+    // trained H steps).
+    let tokens: BTreeMap<Address, u64> = round
+        .accepted
+        .iter()
+        .map(|miner| {
+            let steps = revealed_steps(&round, miner).unwrap_or(job.spec.diloco.inner_steps);
+            (*miner, tokens_of(&job.spec, steps))
+        })
+        .collect();
     let total_tokens = tokens.values().fold(0u64, |sum, t| sum.saturating_add(*t));
     let mut paid = Amount::ZERO;
     for (miner, miner_tokens) in &tokens {

@@ -48,6 +48,53 @@ fn honest_miners_are_paid_by_tokens_and_checkers_by_agreement() {
     w.supply_holds();
 }
 
+/// A job whose rounds take work from `min_inner_steps = 5` of H = 20 (c = 5): a straggler that
+/// trained 5 steps is checked on the one segment it has and paid a quarter of a full worker's
+/// share; work outside 5..=20 steps is refused at reveal.
+#[test]
+fn a_straggler_is_checked_on_the_segments_it_trained_and_paid_by_its_tokens() {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.diloco.min_inner_steps = 5;
+    let job = w.submit_spec_and_join(spec, 30_000);
+    let works: Vec<WorkReveal> = [20, 20, 5].iter().enumerate().map(|(i, s)| w.work_of_steps(job, 0, i, *s)).collect();
+    for (i, work) in works.iter().enumerate() {
+        w.commit_work(i, work).unwrap();
+    }
+    w.enter_reveals(job, 0);
+    for (i, work) in works.into_iter().enumerate() {
+        w.reveal_work(i, work).unwrap();
+    }
+    w.next_block();
+    let straggler = w.miners[2].address();
+    let round = w.round(job, 0);
+    let theirs: Vec<u32> = round.assignments.iter().filter(|a| a.miner == straggler).map(|a| a.segment).collect();
+    assert_eq!(theirs, vec![0], "5 steps at c = 5: one segment to check");
+    assert_eq!(round.assignments.len(), 2 + 2 + 1);
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let before: Vec<u64> = w.miners.iter().map(|k| w.balance(k)).collect();
+    w.aggregate(job, 0).unwrap();
+    // 8,100 for the miners, by tokens 20 : 20 : 5.
+    let paid: Vec<u64> = w.miners.iter().enumerate().map(|(i, k)| w.balance(k) - before[i]).collect();
+    assert_eq!(paid, vec![3_600, 3_600, 900]);
+    w.supply_holds();
+
+    // Round 1: every miner claims a step count outside 5..=20; each reveal is refused.
+    let works: Vec<WorkReveal> = [4, 21, 0].iter().enumerate().map(|(i, s)| w.work_of_steps(job, 1, i, *s)).collect();
+    for (i, work) in works.iter().enumerate() {
+        w.commit_work(i, work).unwrap();
+    }
+    w.enter_reveals(job, 1);
+    for (i, work) in works.into_iter().enumerate() {
+        let steps = work.steps;
+        assert!(
+            matches!(w.reveal_work(i, work), Err(TxError::InvalidCommitment(ref m)) if m.contains("5..=20")),
+            "{steps} steps"
+        );
+    }
+}
+
 #[test]
 fn a_poisoner_is_slashed_and_ejected_while_the_others_are_paid() {
     let mut w = World::new(4, 3, params());
@@ -517,7 +564,13 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
     let key = Hash::digest(trellis_proto::HashDomain::Blob, b"key");
     let mut spec = groth16("mlp:8x8x4,batch=4", key, key);
     spec.diloco.inner_steps = spec.verification.checkpoint_interval * 3;
+    spec.diloco.min_inner_steps = spec.diloco.inner_steps;
     assert_eq!(trellis_contracts::validate_job_spec(&spec, &params), Ok(()));
+    let mut stragglers = spec.clone();
+    stragglers.diloco.min_inner_steps = spec.verification.checkpoint_interval;
+    assert!(trellis_contracts::validate_job_spec(&stragglers, &params)
+        .unwrap_err()
+        .contains("min_inner_steps = inner_steps"));
     spec.diloco.inner_steps += 1;
     assert!(trellis_contracts::validate_job_spec(&spec, &params)
         .unwrap_err()

@@ -25,6 +25,8 @@ fn trap_specs_are_refused_at_submission() {
         ("grad_clip", |s| s.diloco.grad_clip = 0.0),
         ("warmup_steps", |s| s.diloco.warmup_steps = u32::MAX),
         ("inner_steps", |s| s.diloco.inner_steps = trellis_proto::trail::MAX_TRAIL_STEPS + 1),
+        ("min_inner_steps", |s| s.diloco.min_inner_steps = 0),
+        ("min_inner_steps", |s| s.diloco.min_inner_steps = s.diloco.inner_steps + 1),
         ("trimmed-mean", |s| s.aggregation = AggregationRule::TrimmedMean { trim: 2 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: -1.0, iterations: 3 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: u32::MAX }),

@@ -91,6 +91,21 @@ mod with_adversaries {
         inner_steps: u32,
         rounds: u32,
     ) -> Run {
+        devnet_with(index, name, miners, adversaries, model, inner_steps, rounds, &[])
+    }
+
+    /// `devnet_of` with more `trellis devnet` arguments.
+    #[allow(clippy::too_many_arguments)]
+    fn devnet_with(
+        index: u16,
+        name: &str,
+        miners: usize,
+        adversaries: &[&str],
+        model: &str,
+        inner_steps: u32,
+        rounds: u32,
+        extra: &[&str],
+    ) -> Run {
         let home = std::env::temp_dir().join(format!("trellis-adversary-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         let base_port = base_port(index);
@@ -107,6 +122,7 @@ mod with_adversaries {
         for kind in adversaries {
             command.args(["--adversary", &format!("{kind}=1")]);
         }
+        command.args(extra);
         if !model.starts_with("mlp:") {
             // Segments of several steps, so that a unit-gap trail (one step per checkpoint)
             // saves work and is a cheat: at the default c = 1 it is honest training.
@@ -308,6 +324,28 @@ mod with_adversaries {
 
     fn params() -> Params {
         Params::default()
+    }
+
+    /// A slow machine in a job that takes work from 4 of its 20 steps (`--min-inner-steps 4`):
+    /// the `straggler` miner trains at a third of its speed, stops once the two others have
+    /// committed, and commits what it trained. Its trail, of fewer steps, passes its checks; it is
+    /// accepted every round, slashed never, and paid by its tokens: less than each honest miner.
+    #[test]
+    fn a_straggler_commits_what_it_trained_and_is_paid_by_its_tokens() {
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let run = devnet_with(*runs, "straggler", 2, &["straggler"], "nano", 20, 2, &["--min-inner-steps", "4"]);
+        assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
+        assert!(run.rounds.iter().all(|r| r.accepted == 3), "every miner accepted every round: {:?}", run.rounds);
+        assert!(run.miners.iter().all(|m| m.slashes.is_empty() && !m.ejected), "{:?}", run.miners);
+        let straggler = run.miners.iter().find(|m| m.behaviour == "straggler").expect("the straggler");
+        for honest in run.miners.iter().filter(|m| m.behaviour == "honest") {
+            assert!(
+                0 < straggler.paid && straggler.paid < honest.paid,
+                "the straggler is paid for fewer tokens than an honest miner: {:?}",
+                run.miners
+            );
+        }
     }
 
     /// A Byzantine proposer: one of the four validators puts forward an outer update it never

@@ -161,6 +161,14 @@ fn bad_inputs_get_clear_errors() {
         (vec!["model", "eval", "--model", "/no/such/model", "--data", &data], "model file /no/such/model"),
         (vec!["train", "--data", &data, "--init", "/no/such/model", "--out", out], "loading the --init model"),
         (vec!["model", "eval", "--model", tiny.to_str().unwrap(), "--data", &data], "not a valid safetensors file"),
+        (vec!["train", "--data", &data, "--slowdown", "1,3", "--out", out], "--slowdown has 2 factors for 4 workers"),
+        (vec!["train", "--data", &data, "--slowdown", "1,1,1,0.5", "--out", out], "each at least 1"),
+        (vec!["train", "--data", &data, "--min-inner-steps", "0", "--out", out], "--min-inner-steps must be in 1..="),
+        (vec!["train", "--data", &data, "--baseline", "wait", "--out", out], "--baseline wait compares"),
+        (
+            vec!["train", "--data", &data, "--slowdown", "1,1,1,3", "--fragments", "2", "--out", out],
+            "--slowdown runs without --fragments",
+        ),
     ];
     for (args, expected) in cases {
         let output = trellis(&args);

@@ -375,6 +375,11 @@ pub struct DilocoParams {
     pub rounds: u32,
     pub encoding: DeltaEncoding,
     pub inner_optimizer: InnerOptimizer,
+    /// The fewest inner steps a worker may commit (`1..=inner_steps`; `inner_steps` when the
+    /// round waits for every worker's H steps). A slower worker stops at its commit deadline
+    /// after at least this many; the merge weights each Δ by its steps and rewards follow them
+    /// (docs/protocol.md §2.9).
+    pub min_inner_steps: u32,
 }
 canonical_struct!(DilocoParams {
     workers_per_round,
@@ -393,6 +398,7 @@ canonical_struct!(DilocoParams {
     rounds,
     encoding,
     inner_optimizer,
+    min_inner_steps,
 });
 
 /// What a trail checkpoint holds, and so what a checker downloads to re-execute a segment.
@@ -534,8 +540,12 @@ pub struct WorkReveal {
     /// For int8: the hash of the error-feedback residual carried into this round's Δ (flat f32
     /// LE, blob domain); `Hash::ZERO` for a zero residual and for other encodings.
     pub residual_hash: Hash,
+    /// Inner steps the miner trained (`min_inner_steps..=inner_steps`): the trail holds one loss
+    /// per step and its final checkpoint after the last; the Δ is weighted and the reward paid by
+    /// them.
+    pub steps: u32,
 }
-canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash });
+canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash, steps });
 
 impl WorkReveal {
     /// The commitment to this work by `miner`: `H_binding(miner ‖ encode(self))`.

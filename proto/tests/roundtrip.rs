@@ -46,28 +46,32 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
         (
             prop::sample::select(DeltaEncoding::ALL.to_vec()),
             prop_oneof![Just(InnerOptimizer::Adamw), Just(InnerOptimizer::Muon)],
+            any::<u32>(),
         ),
     )
-        .prop_map(|((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), (encoding, inner))| {
-            DilocoParams {
-                workers_per_round: w,
-                inner_steps: h,
-                batch_size: b,
-                sequence_length: s,
-                learning_rate: lr,
-                beta1: b1,
-                beta2: b2,
-                weight_decay: wd,
-                grad_clip: clip,
-                warmup_steps: warm,
-                outer_optimizer: outer,
-                outer_learning_rate: olr,
-                outer_momentum: om,
-                rounds,
-                encoding,
-                inner_optimizer: inner,
-            }
-        });
+        .prop_map(
+            |((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), (encoding, inner, min))| {
+                DilocoParams {
+                    workers_per_round: w,
+                    inner_steps: h,
+                    batch_size: b,
+                    sequence_length: s,
+                    learning_rate: lr,
+                    beta1: b1,
+                    beta2: b2,
+                    weight_decay: wd,
+                    grad_clip: clip,
+                    warmup_steps: warm,
+                    outer_optimizer: outer,
+                    outer_learning_rate: olr,
+                    outer_momentum: om,
+                    rounds,
+                    encoding,
+                    inner_optimizer: inner,
+                    min_inner_steps: min,
+                }
+            },
+        );
     let aggregation = prop_oneof![
         Just(AggregationRule::Mean),
         any::<u32>().prop_map(|trim| AggregationRule::TrimmedMean { trim }),
@@ -191,8 +195,8 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
             round,
             binding
         })),
-        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash()).prop_map(
-            |(j, round, trail, final_checkpoint, delta_hash, residual_hash)| {
+        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash(), any::<u32>()).prop_map(
+            |(j, round, trail, final_checkpoint, delta_hash, residual_hash, steps)| {
                 TxKind::RevealWork(WorkReveal {
                     job: JobId(j),
                     round,
@@ -200,6 +204,7 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
                     final_checkpoint,
                     delta_hash,
                     residual_hash,
+                    steps,
                 })
             }
         ),

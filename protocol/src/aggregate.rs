@@ -19,6 +19,10 @@ pub enum AggregateError {
     TrimTooLarge { trim: u32, count: usize },
     #[error("centred clipping needs a positive radius, got {0}")]
     BadRadius(String),
+    #[error("{deltas} pseudo-gradients with {steps} step counts")]
+    StepCount { deltas: usize, steps: usize },
+    #[error("pseudo-gradient {index} claims zero inner steps")]
+    ZeroSteps { index: usize },
 }
 
 fn check(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
@@ -47,6 +51,47 @@ pub fn aggregate(rule: &AggregationRule, deltas: &[&[f32]]) -> Result<Vec<f32>, 
         }
         AggregationRule::CenteredClip { tau, iterations } => centered_clip(deltas, *tau, *iterations),
     }
+}
+
+/// [`aggregate`] of Δs whose workers trained `steps[k]` inner steps each (a round whose workers
+/// may commit after `min_inner_steps`, docs/protocol.md §2.9): the mean weights each Δ by its
+/// steps, `Σ s_k·Δ_k / Σ s_k`, so a straggler's shorter round counts for the work in it. When every
+/// worker trained the same steps this is [`aggregate`], bit for bit. Trimmed mean and centred
+/// clipping rank or clip values and take each Δ once, whatever its steps.
+pub fn aggregate_by_steps(
+    rule: &AggregationRule,
+    deltas: &[&[f32]],
+    steps: &[u32],
+) -> Result<Vec<f32>, AggregateError> {
+    if steps.len() != deltas.len() {
+        return Err(AggregateError::StepCount { deltas: deltas.len(), steps: steps.len() });
+    }
+    if let Some(index) = steps.iter().position(|s| *s == 0) {
+        return Err(AggregateError::ZeroSteps { index });
+    }
+    match rule {
+        AggregationRule::Mean if steps.windows(2).any(|w| w[0] != w[1]) => weighted_mean(deltas, steps),
+        _ => aggregate(rule, deltas),
+    }
+}
+
+/// `Σ s_k·Δ_k / Σ s_k`, summed in input order (each product rounded to f32, then added), the
+/// total of the steps converted to f32 once.
+pub fn weighted_mean(deltas: &[&[f32]], steps: &[u32]) -> Result<Vec<f32>, AggregateError> {
+    let n = check(deltas)?;
+    if steps.len() != deltas.len() {
+        return Err(AggregateError::StepCount { deltas: deltas.len(), steps: steps.len() });
+    }
+    let mut sum = vec![0.0f32; n];
+    for (delta, weight) in deltas.iter().zip(steps) {
+        let weight = *weight as f32;
+        for (s, d) in sum.iter_mut().zip(delta.iter()) {
+            *s += weight * d;
+        }
+    }
+    let total = steps.iter().map(|s| u64::from(*s)).sum::<u64>() as f32;
+    sum.iter_mut().for_each(|s| *s /= total);
+    Ok(sum)
 }
 
 /// The element-wise mean, summed in input order.
@@ -196,6 +241,35 @@ mod tests {
         // gives radius 2. Offsets -1, 0, 9 → clipped -1, 0, 2. One iteration: v = 1 + 1/3 = 4/3.
         let got = centered_clip(&[&[0.0], &[1.0], &[10.0]], 2.0, 1).unwrap();
         assert!((got[0] - 4.0 / 3.0).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn the_mean_weights_each_delta_by_its_steps_and_equal_steps_give_the_plain_mean() {
+        // 30 steps of Δ = 1 and 10 steps of Δ = 5: (30 + 50) / 40 = 2.
+        assert_eq!(aggregate_by_steps(&AggregationRule::Mean, &[&[1.0], &[5.0]], &[30, 10]).unwrap(), vec![2.0]);
+        let a: Vec<f32> = (0..257).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect();
+        let b: Vec<f32> = (0..257).map(|i| (i as f32 * 0.11).cos() * 3e-2).collect();
+        let c: Vec<f32> = (0..257).map(|i| (i as f32).sqrt() * 1e-4).collect();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(aggregate_by_steps(&AggregationRule::Mean, &[&a, &b, &c], &[50, 50, 50]).unwrap()),
+            bits(mean(&[&a, &b, &c]).unwrap()),
+            "equal steps: the plain mean, bit for bit (jobs without stragglers keep their aggregates)"
+        );
+        let trim = AggregationRule::TrimmedMean { trim: 1 };
+        assert_eq!(
+            aggregate_by_steps(&trim, &[&[1.0], &[5.0], &[100.0]], &[50, 10, 50]).unwrap(),
+            vec![5.0],
+            "a trimmed mean ranks values and takes each Δ once"
+        );
+        assert_eq!(
+            aggregate_by_steps(&AggregationRule::Mean, &[&[1.0], &[5.0]], &[30]),
+            Err(AggregateError::StepCount { deltas: 2, steps: 1 })
+        );
+        assert_eq!(
+            aggregate_by_steps(&AggregationRule::Mean, &[&[1.0], &[5.0]], &[30, 0]),
+            Err(AggregateError::ZeroSteps { index: 1 })
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! How a participant behaves: the one vocabulary of misbehaviour that the node's devnets and
 //! end-to-end tests stage with real processes and the simulator stages in its seeded runs.
-//! Everything but `Honest` is an attack, kept so that tests and devnets can show what the
+//! Everything but `Honest` and `Straggler` (a slow machine) is an attack, kept so that tests and devnets can show what the
 //! protocol does to cheaters: a node can only be told to misbehave when its `trellis` binary is
 //! built with the `adversary` feature (`make devnet` and `make test` build it so; a plain
 //! `cargo build` and `make build` do not), through `trellis run --behaviour` or
@@ -25,6 +25,11 @@
 //! - `lying-peer`: trains honestly, but its blob exchange lies to everyone: doctored copies of
 //!   the other miners' trails it fetched, and manifests over the size limit for anything else.
 //!   Checkers move on to honest holders and stop asking it; nobody honest is punished.
+//!
+//! - `straggler`: not an attack but a slow machine: trains honestly at a third of its speed
+//!   (after each step it waits twice that step's time). In a job with `min_inner_steps < H` it
+//!   commits what it trained once the other workers have committed, and is paid for it; with
+//!   `min_inner_steps = H` the round waits for it (or it misses the commit deadline).
 //!
 //! And a validator's:
 //! - `forge-aggregate`: a validator that takes a forged outer update (a model hash nobody
@@ -61,6 +66,8 @@ pub enum Behaviour {
     /// (A validator) says `Invalid` about every segment it checks, quoting a checkpoint the
     /// miner never claimed.
     Frame,
+    /// (A miner) trains honestly, three times slower than it could.
+    Straggler,
 }
 
 /// The miners' behaviours the simulator stages (it does not train, so those it models are
@@ -69,7 +76,7 @@ pub const SIMULATED_MINERS: [Behaviour; 5] =
     [Behaviour::Honest, Behaviour::FakeTrail, Behaviour::Copy, Behaviour::SkipWork, Behaviour::Withhold];
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 11] = [
+    pub const ALL: [Behaviour; 12] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -81,6 +88,7 @@ impl Behaviour {
         Behaviour::LyingPeer,
         Behaviour::ForgeAggregate,
         Behaviour::Frame,
+        Behaviour::Straggler,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +104,7 @@ impl Behaviour {
             Behaviour::LyingPeer => "lying-peer",
             Behaviour::ForgeAggregate => "forge-aggregate",
             Behaviour::Frame => "frame",
+            Behaviour::Straggler => "straggler",
         }
     }
 

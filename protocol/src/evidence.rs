@@ -151,6 +151,7 @@ mod tests {
             round: 1,
             worker: 0,
             inner_steps: STEPS,
+            steps: STEPS,
             interval: INTERVAL,
             proofs: 0,
             final_checkpoint: trail.checkpoints.last().unwrap().hash,
@@ -166,6 +167,7 @@ mod tests {
             final_checkpoint: trail.checkpoints.last().unwrap().hash,
             delta_hash: Hash([1; 32]),
             residual_hash: Hash::ZERO,
+            steps: STEPS,
         }
     }
 

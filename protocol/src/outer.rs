@@ -8,7 +8,7 @@
 
 use trellis_proto::{AggregationRule, JobSpec, OuterOptimizer};
 
-use crate::aggregate::{aggregate, AggregateError};
+use crate::aggregate::{aggregate_by_steps, AggregateError};
 
 /// Why a round's outer update cannot be computed from its inputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,8 +28,9 @@ pub struct OuterUpdate {
     pub momentum: Vec<f32>,
 }
 
-/// The outer update of a round of `spec`: the accepted Δs (in the chain's address order)
-/// combined with the job's aggregation rule, then the job's outer optimizer applied to θ_r
+/// The outer update of a round of `spec`: the accepted Δs (in the chain's address order), whose
+/// workers trained `steps[k]` inner steps each, combined with the job's aggregation rule
+/// ([`aggregate_by_steps`]), then the job's outer optimizer applied to θ_r
 /// (`global`) and the momentum after the previous round. What every validator recomputes
 /// before it votes for a `CommitAggregate`, and what the simulator checks aggregates against.
 pub fn outer_update(
@@ -37,9 +38,10 @@ pub fn outer_update(
     global: &[f32],
     mut momentum: Vec<f32>,
     deltas: &[&[f32]],
+    steps: &[u32],
 ) -> Result<OuterUpdate, OuterError> {
     let mut model = global.to_vec();
-    outer_update_in_place(spec, &mut model, &mut momentum, deltas)?;
+    outer_update_in_place(spec, &mut model, &mut momentum, deltas, steps)?;
     Ok(OuterUpdate { model, momentum })
 }
 
@@ -59,6 +61,7 @@ pub fn outer_update_in_place(
     model: &mut [f32],
     momentum: &mut [f32],
     deltas: &[&[f32]],
+    steps: &[u32],
 ) -> Result<(), OuterError> {
     if momentum.len() != model.len() {
         return Err(OuterError::MomentumSize { model: model.len(), momentum: momentum.len() });
@@ -66,7 +69,7 @@ pub fn outer_update_in_place(
     if let Some((index, delta)) = deltas.iter().enumerate().find(|(_, d)| d.len() != model.len()) {
         return Err(OuterError::DeltaSize { index, model: model.len(), got: delta.len() });
     }
-    let combined = aggregate(&spec.aggregation, deltas)?;
+    let combined = aggregate_by_steps(&spec.aggregation, deltas, steps)?;
     let d = &spec.diloco;
     step_in_place(d.outer_optimizer, d.outer_learning_rate, d.outer_momentum, model, momentum, &combined);
     Ok(())
@@ -195,6 +198,7 @@ pub(crate) mod tests {
                 rounds: 2,
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
+                min_inner_steps: 4,
             },
             aggregation,
             verification: VerificationParams {
@@ -217,7 +221,7 @@ pub(crate) mod tests {
         let deltas = [[0.1f32, -0.2, 9.0], [0.3, 0.0, -9.0], [0.2, -0.1, 0.25]];
         let refs: Vec<&[f32]> = deltas.iter().map(|d| d.as_slice()).collect();
         let momentum = vec![0.05f32, 0.0, -0.5];
-        let update = outer_update(&spec, &global, momentum.clone(), &refs).unwrap();
+        let update = outer_update(&spec, &global, momentum.clone(), &refs, &[4, 4, 4]).unwrap();
         // By hand: the trimmed mean keeps the middle value per coordinate.
         let combined = [0.2f32, -0.1, 0.25];
         let mut step =
@@ -238,6 +242,8 @@ pub(crate) mod tests {
         let deltas: Vec<Vec<f32>> = (1..=5).map(|k| wave(k as f32)).collect();
         let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
         let momentum = wave(9.0);
+        // Workers that trained different steps: the mean is weighted, block by block too.
+        let steps = [4, 3, 4, 2, 4];
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (rule, optimizer) in [
             (AggregationRule::Mean, OuterOptimizer::Nesterov),
@@ -246,12 +252,13 @@ pub(crate) mod tests {
         ] {
             assert!(coordinatewise(&rule));
             let spec = spec(optimizer, rule.clone());
-            let whole = outer_update(&spec, &global, momentum.clone(), &refs).unwrap();
+            let whole = outer_update(&spec, &global, momentum.clone(), &refs, &steps).unwrap();
             let (mut model, mut buffer) = (global.clone(), momentum.clone());
             for block in (0..n).collect::<Vec<_>>().chunks(333) {
                 let range = block[0]..block[block.len() - 1] + 1;
                 let parts: Vec<&[f32]> = refs.iter().map(|d| &d[range.clone()]).collect();
-                outer_update_in_place(&spec, &mut model[range.clone()], &mut buffer[range.clone()], &parts).unwrap();
+                outer_update_in_place(&spec, &mut model[range.clone()], &mut buffer[range.clone()], &parts, &steps)
+                    .unwrap();
             }
             assert_eq!(bits(&model), bits(&whole.model), "{rule:?}");
             assert_eq!(bits(&buffer), bits(&whole.momentum), "{rule:?}");
@@ -264,14 +271,17 @@ pub(crate) mod tests {
         let spec = spec(OuterOptimizer::Average, trellis_proto::AggregationRule::Mean);
         let global = [0.0f32; 3];
         assert_eq!(
-            outer_update(&spec, &global, vec![0.0; 2], &[&[0.0; 3]]),
+            outer_update(&spec, &global, vec![0.0; 2], &[&[0.0; 3]], &[4]),
             Err(OuterError::MomentumSize { model: 3, momentum: 2 })
         );
         assert_eq!(
-            outer_update(&spec, &global, vec![0.0; 3], &[&[0.0; 3], &[0.0; 4]]),
+            outer_update(&spec, &global, vec![0.0; 3], &[&[0.0; 3], &[0.0; 4]], &[4, 4]),
             Err(OuterError::DeltaSize { index: 1, model: 3, got: 4 })
         );
-        assert_eq!(outer_update(&spec, &global, vec![0.0; 3], &[]), Err(OuterError::Aggregate(AggregateError::Empty)));
+        assert_eq!(
+            outer_update(&spec, &global, vec![0.0; 3], &[], &[]),
+            Err(OuterError::Aggregate(AggregateError::Empty))
+        );
     }
 
     #[test]

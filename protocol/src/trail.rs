@@ -51,7 +51,11 @@ pub struct TrailFrame {
     pub round: u32,
     /// The worker's slot, as the chain recorded it.
     pub worker: u32,
+    /// The job's H: where the round starts in the learning-rate schedule.
     pub inner_steps: u32,
+    /// The steps the miner revealed it trained (`min_inner_steps..=inner_steps`): the trail's
+    /// losses, segments and last checkpoint follow them.
+    pub steps: u32,
     pub interval: u32,
     /// Proofs the trail must list: one per segment in a groth16 job, none otherwise.
     pub proofs: u32,
@@ -63,11 +67,12 @@ pub struct TrailFrame {
 }
 
 impl TrailFrame {
-    /// The frame of `worker`'s trail for `round` of job `job` with `spec`.
-    pub fn of(spec: &JobSpec, job: JobId, round: u32, worker: u32, final_checkpoint: Hash) -> Self {
+    /// The frame of `worker`'s trail for `round` of job `job` with `spec`, of a miner that
+    /// revealed `steps` inner steps ending at `final_checkpoint`.
+    pub fn of(spec: &JobSpec, job: JobId, round: u32, worker: u32, final_checkpoint: Hash, steps: u32) -> Self {
         let (inner_steps, interval) = (spec.diloco.inner_steps, spec.verification.checkpoint_interval);
         let proofs = match spec.verification.mode {
-            VerificationMode::Groth16 { .. } => segment_count(inner_steps, interval),
+            VerificationMode::Groth16 { .. } => segment_count(steps, interval),
             _ => 0,
         };
         Self {
@@ -75,6 +80,7 @@ impl TrailFrame {
             round,
             worker,
             inner_steps,
+            steps,
             interval,
             proofs,
             final_checkpoint,
@@ -83,16 +89,16 @@ impl TrailFrame {
     }
 
     pub fn segments(&self) -> u32 {
-        segment_count(self.inner_steps, self.interval)
+        segment_count(self.steps, self.interval)
     }
 
     pub fn checkpoints(&self) -> u32 {
-        checkpoint_count(self.inner_steps, self.interval)
+        checkpoint_count(self.steps, self.interval)
     }
 
     /// The optimizer step after which checkpoint `index` is taken.
     pub fn step(&self, index: u32) -> u64 {
-        round_start_step(self.round, self.inner_steps) + checkpoint_offset(index, self.inner_steps, self.interval)
+        round_start_step(self.round, self.inner_steps) + checkpoint_offset(index, self.steps, self.interval)
     }
 
     /// The size of the canonical encoding of every trail that fits this frame (its fields are
@@ -100,13 +106,13 @@ impl TrailFrame {
     pub fn trail_bytes(&self) -> u64 {
         // job, round, worker, interval; three length-prefixed sequences; the final moments' hash.
         let fixed = 8 + 4 + 4 + 4 + 3 * 4 + 32;
-        fixed + 40 * u64::from(self.checkpoints()) + 4 * u64::from(self.inner_steps) + 32 * u64::from(self.proofs)
+        fixed + 40 * u64::from(self.checkpoints()) + 4 * u64::from(self.steps) + 32 * u64::from(self.proofs)
     }
 
     /// The steps segment `segment` runs (from checkpoint `segment` to `segment + 1`).
     pub fn steps_of(&self, segment: u32) -> u64 {
-        checkpoint_offset(segment + 1, self.inner_steps, self.interval)
-            - checkpoint_offset(segment, self.inner_steps, self.interval)
+        checkpoint_offset(segment + 1, self.steps, self.interval)
+            - checkpoint_offset(segment, self.steps, self.interval)
     }
 }
 
@@ -158,8 +164,8 @@ pub fn check_trail(trail: &Trail, frame: &TrailFrame) -> Result<(), TrailMismatc
             return Err(TrailMismatch::Step { index, expected, got: entry.step });
         }
     }
-    if trail.losses.len() != frame.inner_steps as usize {
-        return Err(TrailMismatch::Losses { expected: frame.inner_steps, got: trail.losses.len() });
+    if trail.losses.len() != frame.steps as usize {
+        return Err(TrailMismatch::Losses { expected: frame.steps, got: trail.losses.len() });
     }
     if trail.proofs.len() != frame.proofs as usize {
         return Err(TrailMismatch::Proofs { expected: frame.proofs, got: trail.proofs.len() });
@@ -193,8 +199,8 @@ pub fn segment_claim<'a>(trail: &'a Trail, frame: &TrailFrame, segment: u32) -> 
         return None;
     }
     let (from, to) = (
-        checkpoint_offset(segment, frame.inner_steps, frame.interval),
-        checkpoint_offset(segment + 1, frame.inner_steps, frame.interval),
+        checkpoint_offset(segment, frame.steps, frame.interval),
+        checkpoint_offset(segment + 1, frame.steps, frame.interval),
     );
     let losses = trail.losses.get(usize::try_from(from).ok()?..usize::try_from(to).ok()?)?;
     Some(SegmentClaim {
@@ -216,6 +222,7 @@ mod tests {
             round: 2,
             worker: 1,
             inner_steps,
+            steps: inner_steps,
             interval,
             proofs: 0,
             final_checkpoint: Hash([9; 32]),
@@ -234,7 +241,7 @@ mod tests {
             worker: frame.worker,
             checkpoint_interval: frame.interval,
             checkpoints,
-            losses: (0..frame.inner_steps).map(|i| 5.0 - i as f32 * 0.01).collect(),
+            losses: (0..frame.steps).map(|i| 5.0 - i as f32 * 0.01).collect(),
             proofs: Vec::new(),
             final_moments: if frame.delta_is_drift { Hash([5; 32]) } else { Hash::ZERO },
         }
@@ -273,6 +280,20 @@ mod tests {
         assert_eq!(claims[2].end.hash, f.final_checkpoint);
         assert_eq!(claims[1].losses, &trail.losses[4..8]);
         assert!(segment_claim(&trail, &f, 3).is_none());
+    }
+
+    #[test]
+    fn a_straggler_trail_starts_at_the_rounds_step_and_ends_after_the_steps_it_revealed() {
+        // H = 40, c = 10; the worker trained 17 steps: checkpoints at 80, 90, 97 (round 2 starts
+        // at 2H = 80 whatever the steps), 17 losses, two segments of 10 and 7.
+        let f = TrailFrame { steps: 17, ..frame(40, 10) };
+        assert_eq!((0..f.checkpoints()).map(|i| f.step(i)).collect::<Vec<_>>(), vec![80, 90, 97]);
+        assert_eq!((0..f.segments()).map(|s| f.steps_of(s)).collect::<Vec<_>>(), vec![10, 7]);
+        let trail = honest(&f);
+        check_trail(&trail, &f).unwrap();
+        assert_eq!(segment_claim(&trail, &f, 1).unwrap().losses, &trail.losses[10..17]);
+        // The same trail against the full H (a reveal claiming 40 steps) does not fit.
+        assert_eq!(check_trail(&trail, &frame(40, 10)), Err(TrailMismatch::Checkpoints { expected: 5, got: 3 }));
     }
 
     /// The unit-gap attack: checkpoints one step apart (rH, rH+1, …, rH+n) so that only n of the

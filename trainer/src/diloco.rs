@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, ModelConfig, OuterOptimizer};
+use trellis_proto::{AggregationRule, DeltaEncoding, ModelConfig, OuterOptimizer};
 
 use crate::data::{validation_windows, BatchSchedule, Dataset};
 use crate::encoding::{self, ErrorFeedback};
 use crate::model::Gpt;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::worker::{evaluate, train_step, InnerLoop, Trail, WorkerError};
+use trellis_protocol::aggregate::aggregate_by_steps;
 use trellis_protocol::outer::{mean, pseudo_gradient, OuterStep};
 
 /// Number of validation windows evaluated after each round.
@@ -52,6 +53,46 @@ pub struct RunConfig {
     /// Weights to start from instead of the seed's initialisation (a warm start shared by DiLoCo
     /// and its baseline, as the DiLoCo paper starts both from one pretrained model).
     pub initial_weights: Option<Vec<f32>>,
+    /// Each worker's time per step relative to the fastest's (`[1, 1, 1, 3]`: the last worker is
+    /// 3× slower); empty when every worker is as fast. Stragglers are simulated: the run is one
+    /// process, so wall time is modelled from these factors ([`RoundReport::wall_steps`]).
+    pub slowdown: Vec<f64>,
+    /// The fewest inner steps a worker commits. The round ends when the fastest workers have
+    /// trained `inner_steps`; a slower one stops at that time, after at least this many steps
+    /// ([`worker_steps`]). `inner_steps` makes every round wait for its slowest worker.
+    pub min_inner_steps: u64,
+}
+
+/// The inner steps each worker trains in a round of `config` ([`RunConfig::slowdown`]): the
+/// fastest train H; a worker `s` times slower trains until the fastest are done — the first
+/// step at or past that time, `⌈H·s_min/s⌉` — but at least `min_inner_steps` and at most H, as a
+/// miner of a job with `min_inner_steps` stops once the other workers have committed.
+pub fn worker_steps(config: &RunConfig) -> Vec<u64> {
+    let h = config.inner_steps;
+    if config.slowdown.is_empty() {
+        return vec![h; config.workers];
+    }
+    let fastest = config.slowdown.iter().copied().fold(f64::INFINITY, f64::min);
+    config
+        .slowdown
+        .iter()
+        .map(|s| {
+            // The float division is exact for whole multiples; the small slack keeps 50·1/1 at 50.
+            let reach = ((h as f64 * fastest / s) - 1e-9).ceil().max(1.0) as u64;
+            reach.clamp(config.min_inner_steps.clamp(1, h), h)
+        })
+        .collect()
+}
+
+/// How long a round of workers training `steps` takes, in steps of the fastest worker: the
+/// slowest worker's steps times its slowdown.
+pub fn round_wall_steps(config: &RunConfig, steps: &[u64]) -> f64 {
+    let fastest = config.slowdown.iter().copied().fold(f64::INFINITY, f64::min);
+    steps
+        .iter()
+        .enumerate()
+        .map(|(k, n)| *n as f64 * config.slowdown.get(k).map_or(1.0, |s| s / fastest))
+        .fold(0.0, f64::max)
 }
 
 /// What a checker needs, besides the data, to replay any step of a run: written as `run.json`
@@ -114,6 +155,10 @@ pub struct RoundReport {
     pub excluded: Vec<usize>,
     /// L2 norm of each worker's Δ as sent (0 for the baseline).
     pub delta_norms: Vec<f64>,
+    /// Inner steps each worker trained this round (H each unless some are stragglers).
+    pub steps: Vec<u64>,
+    /// The round's modelled wall time, in steps of the fastest worker ([`round_wall_steps`]).
+    pub wall_steps: f64,
 }
 
 /// The result of a run.
@@ -131,6 +176,9 @@ pub struct RunReport {
     pub compute_seconds: f64,
     pub checkpoint_seconds: f64,
     pub tokens_per_second: f64,
+    /// Σ over rounds of [`RoundReport::wall_steps`]: the run's modelled wall time in steps of the
+    /// fastest worker (for stragglers; H per round when every worker is as fast).
+    pub wall_steps: f64,
     #[serde(skip)]
     pub final_weights: Vec<f32>,
     #[serde(skip)]
@@ -149,8 +197,8 @@ pub struct WorkerOutput {
 pub type TamperHook<'a> = Box<dyn FnMut(u64, &mut WorkerOutput, &[WorkerOutput]) + 'a>;
 /// Decides which outputs of a round enter the aggregate.
 pub type AdmitHook<'a> = Box<dyn FnMut(u64, &[WorkerOutput]) -> Vec<bool> + 'a>;
-/// Combines admitted pseudo-gradients.
-pub type AggregateHook<'a> = Box<dyn Fn(&[&[f32]]) -> Vec<f32> + 'a>;
+/// Combines admitted pseudo-gradients, given the inner steps each one's worker trained.
+pub type AggregateHook<'a> = Box<dyn Fn(&[&[f32]], &[u32]) -> Vec<f32> + 'a>;
 
 /// Ways to change a run without touching the trainer: what attackers send, which Δ enter the
 /// aggregate, and how they are combined. The default is an honest run with the mean.
@@ -169,7 +217,10 @@ impl Default for RoundHooks<'_> {
         Self {
             tamper: Box::new(|_, _, _| {}),
             admit: Box::new(|_, outputs| vec![true; outputs.len()]),
-            aggregate: Box::new(mean),
+            aggregate: Box::new(|deltas, steps| {
+                let combined = aggregate_by_steps(&AggregationRule::Mean, deltas, steps);
+                combined.expect("one step count per admitted Δ") // ok: the run passes one count per Δ
+            }),
         }
     }
 }
@@ -209,6 +260,8 @@ pub fn run_diloco(
     let mut peak_sync = 0u64;
     let mut rounds = Vec::new();
     let mut trails = Vec::new();
+    let steps = worker_steps(config);
+    let wall_steps = round_wall_steps(config, &steps);
     for round in 0..config.rounds {
         let mut outputs: Vec<WorkerOutput> = Vec::with_capacity(config.workers);
         let mut train_losses = Vec::new();
@@ -234,7 +287,7 @@ pub fn run_diloco(
                     None
                 },
             };
-            let outcome = inner.train_steps(&mut model, optimizer, config.inner_steps, |step, loss| {
+            let outcome = inner.train_steps(&mut model, optimizer, steps[worker], |step, loss| {
                 progress(Progress::Step { round, worker, step, loss })
             })?;
             tokens += outcome.tokens;
@@ -265,8 +318,14 @@ pub fn run_diloco(
         let excluded: Vec<usize> = (0..outputs.len()).filter(|&w| !admitted[w]).collect();
         let kept: Vec<&[f32]> =
             outputs.iter().zip(&admitted).filter(|(_, keep)| **keep).map(|(o, _)| o.delta.as_slice()).collect();
+        let kept_steps: Vec<u32> = outputs
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, keep)| **keep)
+            .map(|(o, _)| u32::try_from(o.trail.losses.len()).unwrap_or(u32::MAX))
+            .collect();
         if !kept.is_empty() {
-            outer.apply(&mut global, &(hooks.aggregate)(&kept));
+            outer.apply(&mut global, &(hooks.aggregate)(&kept, &kept_steps));
         }
         model.set_flat_weights(&global);
         trails.extend(outputs.into_iter().map(|o| o.trail));
@@ -279,6 +338,8 @@ pub fn run_diloco(
             seconds: started.elapsed().as_secs_f64(),
             excluded,
             delta_norms,
+            steps: steps.clone(),
+            wall_steps,
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -394,6 +455,8 @@ pub fn run_streaming_diloco(
             seconds: started.elapsed().as_secs_f64(),
             excluded: Vec::new(),
             delta_norms: delta_norms.into_iter().map(f64::sqrt).collect(),
+            steps: vec![config.inner_steps; config.workers],
+            wall_steps: config.inner_steps as f64,
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -456,6 +519,8 @@ pub fn run_data_parallel(
             seconds: started.elapsed().as_secs_f64(),
             excluded: Vec::new(),
             delta_norms: Vec::new(),
+            steps: vec![config.inner_steps],
+            wall_steps: config.inner_steps as f64,
         };
         progress(Progress::RoundDone(&report));
         rounds.push(report);
@@ -519,6 +584,7 @@ fn finish(
         compute_seconds: compute.as_secs_f64(),
         checkpoint_seconds: checkpointing.as_secs_f64(),
         tokens_per_second: tokens as f64 / compute.as_secs_f64().max(1e-9),
+        wall_steps: rounds.iter().map(|r| r.wall_steps).sum(),
         rounds,
         final_weights,
         trails,

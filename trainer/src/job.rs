@@ -127,6 +127,7 @@ mod tests {
                 rounds: 4,
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
+                min_inner_steps: 20,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {

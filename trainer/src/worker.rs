@@ -111,7 +111,23 @@ impl InnerLoop<'_> {
         steps: u64,
         on_step: impl FnMut(u64, f32),
     ) -> Result<StepsOutcome, WorkerError> {
-        self.run(model, optimizer, steps, true, on_step)
+        self.run(model, optimizer, steps, true, None, on_step)
+    }
+
+    /// [`train_steps`](Self::train_steps) for a worker that may stop early: after each step from
+    /// the `min_steps`-th on, `stop()` is asked whether to end the round there (a straggler's
+    /// commit deadline has come, or every other worker has committed). The trail then ends with
+    /// a checkpoint after the last step taken; its steps are `trail.losses.len()`.
+    pub fn train_steps_until(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        steps: u64,
+        min_steps: u64,
+        mut stop: impl FnMut() -> bool,
+        on_step: impl FnMut(u64, f32),
+    ) -> Result<StepsOutcome, WorkerError> {
+        self.run(model, optimizer, steps, true, Some((min_steps.max(1), &mut stop)), on_step)
     }
 
     /// [`train_steps`](Self::train_steps) for a checker re-executing a segment: the state it
@@ -123,7 +139,7 @@ impl InnerLoop<'_> {
         optimizer: &mut AdamW,
         steps: u64,
     ) -> Result<StepsOutcome, WorkerError> {
-        self.run(model, optimizer, steps, false, |_, _| {})
+        self.run(model, optimizer, steps, false, None, |_, _| {})
     }
 
     fn run(
@@ -132,6 +148,7 @@ impl InnerLoop<'_> {
         optimizer: &mut AdamW,
         steps: u64,
         checkpoint_start: bool,
+        mut stop_early: Option<(u64, &mut dyn FnMut() -> bool)>,
         mut on_step: impl FnMut(u64, f32),
     ) -> Result<StepsOutcome, WorkerError> {
         if steps == 0 {
@@ -161,11 +178,15 @@ impl InnerLoop<'_> {
             losses.push(loss);
             on_step(optimizer.step, loss);
             let done = optimizer.step - start;
-            if done % self.checkpoint_interval == 0 || done == steps {
+            let stopping = done < steps && stop_early.as_mut().is_some_and(|(least, stop)| done >= *least && stop());
+            if done % self.checkpoint_interval == 0 || done == steps || stopping {
                 checkpoints.push(self.checkpoint(model, optimizer, &mut checkpointing)?);
             }
+            if stopping {
+                break;
+            }
         }
-        let tokens = steps * (b * t) as u64;
+        let tokens = losses.len() as u64 * (b * t) as u64;
         let trail = Trail {
             round: self.round,
             worker: self.worker,

@@ -35,6 +35,8 @@ fn config(encoding: DeltaEncoding) -> RunConfig {
         trail_dir: None,
         device: Device::Cpu,
         initial_weights: None,
+        slowdown: Vec::new(),
+        min_inner_steps: 8,
     }
 }
 

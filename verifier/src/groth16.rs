@@ -387,6 +387,7 @@ mod tests {
                 rounds: 2,
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
+                min_inner_steps: 4,
             },
             aggregation: trellis_proto::AggregationRule::Mean,
             verification: VerificationParams {

@@ -150,6 +150,7 @@ impl World {
                 rounds: 3,
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
+                min_inner_steps: 20,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {
@@ -187,8 +188,13 @@ impl World {
         read(&self.kv, keys::NEXT_JOB).unwrap().unwrap()
     }
 
-    /// The work miner `i` reveals (distinct Δ per miner).
+    /// The work miner `i` reveals (distinct Δ per miner), of the job's H = 20 steps.
     pub fn work(&self, job: u64, round: u32, i: usize) -> WorkReveal {
+        self.work_of_steps(job, round, i, 20)
+    }
+
+    /// [`World::work`] of a miner that trained `steps` inner steps.
+    pub fn work_of_steps(&self, job: u64, round: u32, i: usize, steps: u32) -> WorkReveal {
         WorkReveal {
             job: JobId(job),
             round,
@@ -196,6 +202,7 @@ impl World {
             final_checkpoint: Hash([i as u8 + 50; 32]),
             delta_hash: Hash([i as u8 + 100; 32]),
             residual_hash: Hash::ZERO,
+            steps,
         }
     }
 
@@ -212,6 +219,19 @@ impl World {
 
     pub fn reveal(&mut self, job: u64, round: u32, i: usize) -> Result<Vec<Event>, TxError> {
         let work = self.work(job, round, i);
+        self.reveal_work(i, work)
+    }
+
+    /// Miner `i` commits to `work`.
+    pub fn commit_work(&mut self, i: usize, work: &WorkReveal) -> Result<Vec<Event>, TxError> {
+        let commitment =
+            WorkCommitment { job: work.job, round: work.round, binding: work.binding(&self.miners[i].address()) };
+        let miner = Keypair::from_seed(self.miners[i].seed());
+        self.send(&miner, TxKind::CommitWork(commitment))
+    }
+
+    /// Miner `i` reveals `work`.
+    pub fn reveal_work(&mut self, i: usize, work: WorkReveal) -> Result<Vec<Event>, TxError> {
         let miner = Keypair::from_seed(self.miners[i].seed());
         self.send(&miner, TxKind::RevealWork(work))
     }
@@ -341,6 +361,7 @@ pub fn wild_spec(base: &JobSpec, values: [u32; 11], reward: u64) -> JobSpec {
     let [h, c, b, t, k, s, rounds, context, commit, verify, clip] = values;
     let mut spec = base.clone();
     spec.diloco.inner_steps = pick(h, 21);
+    spec.diloco.min_inner_steps = spec.diloco.inner_steps;
     spec.verification.checkpoint_interval = pick(c, 6);
     spec.diloco.batch_size = pick(b, 13);
     spec.model.context_length = pick(context, 17);

@@ -6,7 +6,7 @@ use clap::ValueEnum;
 use tch::Device;
 use trellis_proto::hash::draw;
 use trellis_proto::{AggregationRule, Hash, HashDomain, VerdictOutcome};
-use trellis_protocol::aggregate::aggregate;
+use trellis_protocol::aggregate::aggregate_by_steps;
 use trellis_trainer::data::Dataset;
 use trellis_trainer::diloco::{worker_trail_dir, RoundHooks, RunConfig, RunManifest, WorkerOutput};
 use trellis_trainer::model::init_normals;
@@ -103,7 +103,11 @@ pub fn hooks<'a>(study: &'a Study, config: &'a RunConfig, dataset: &'a Dataset) 
     RoundHooks {
         tamper: Box::new(tamper),
         admit: Box::new(admit),
-        aggregate: Box::new(move |deltas| aggregate(&rule, deltas).expect("admitted deltas have one length")), // ok: the run checks shapes before aggregating
+        aggregate: Box::new(move |deltas, steps| {
+            let combined = aggregate_by_steps(&rule, deltas, steps);
+            combined.expect("admitted deltas have one length and a step count each")
+            // ok: the run checks shapes first
+        }),
     }
 }
 

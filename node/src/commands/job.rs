@@ -84,6 +84,11 @@ pub struct DilocoFile {
     /// adamw (the default) or muon (MuLoCo: Muon on the blocks' matrices; full checkpoints).
     #[serde(default)]
     pub inner_optimizer: Option<String>,
+    /// The fewest inner steps a miner may commit (default: inner_steps, every round waits for
+    /// H steps). Below H, a slow miner stops at its commit deadline after at least this many
+    /// steps; its Δ weighs and its reward pays by its steps (docs/protocol.md §2.9).
+    #[serde(default)]
+    pub min_inner_steps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +274,7 @@ impl JobFile {
                 rounds: d.rounds,
                 encoding,
                 inner_optimizer,
+                min_inner_steps: d.min_inner_steps.unwrap_or(d.inner_steps),
             },
             aggregation,
             verification: VerificationParams {
@@ -605,5 +611,14 @@ mod encoding_tests {
         let error = unknown.spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
         assert!(error.contains("lion") && error.contains("adamw or muon"), "{error}");
         assert_eq!(job_file("f32").spec(Hash([1; 32]), 4, None).unwrap().diloco.inner_optimizer, InnerOptimizer::Adamw);
+    }
+
+    #[test]
+    fn min_inner_steps_defaults_to_the_whole_round() {
+        let mut file = job_file("f32");
+        let whole = file.spec(Hash([1; 32]), 4, None).unwrap();
+        assert_eq!(whole.diloco.min_inner_steps, whole.diloco.inner_steps, "by default a round waits for H steps");
+        file.diloco.min_inner_steps = Some(3);
+        assert_eq!(file.spec(Hash([1; 32]), 4, None).unwrap().diloco.min_inner_steps, 3);
     }
 }

@@ -45,6 +45,9 @@ pub enum AggregateArg {
 pub enum BaselineArg {
     /// Synchronous data-parallel with the same total tokens.
     Ddp,
+    /// The same DiLoCo run with every round waiting for its slowest worker's H steps
+    /// (--min-inner-steps = H): the loss of an all-fast run, the wall time of waiting.
+    Wait,
 }
 
 /// Options shared by every command that runs the trainer.
@@ -118,6 +121,17 @@ pub struct TrainArgs {
     /// --attack, --trail-dir, --verify-segments or --compact-checkpoints.
     #[arg(long, default_value_t = 1)]
     pub fragments: usize,
+    /// Simulated stragglers: each worker's time per step relative to the fastest, comma-separated
+    /// (e.g. 1,1,1,3: the last of four workers is 3× slower). A slower worker trains until the
+    /// fastest have done H steps, at least --min-inner-steps; its Δ is weighted by its steps. Wall
+    /// time is modelled from these factors (this is one process). Not with --fragments,
+    /// --attack or --trail-dir.
+    #[arg(long, value_delimiter = ',')]
+    pub slowdown: Vec<f64>,
+    /// The fewest inner steps a worker commits [default: H, every round waits for its slowest
+    /// worker].
+    #[arg(long)]
+    pub min_inner_steps: Option<u64>,
     /// The inner optimizer: adamw, or muon (Muon on the blocks' weight matrices with AdamW's
     /// learning rate and weight decay, AdamW on embeddings, norms and biases: MuLoCo).
     #[arg(long, value_enum, default_value = "adamw")]
@@ -247,6 +261,24 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     {
         bail!("--fragments > 1 (Streaming DiLoCo) runs without --attack, --trail-dir, --verify-segments and --compact-checkpoints");
     }
+    let min_inner_steps = args.min_inner_steps.unwrap_or(args.inner_steps);
+    if min_inner_steps == 0 || min_inner_steps > args.inner_steps {
+        bail!("--min-inner-steps must be in 1..=--inner-steps ({})", args.inner_steps);
+    }
+    if !args.slowdown.is_empty() {
+        if args.slowdown.len() != args.workers {
+            bail!("--slowdown has {} factors for {} workers: give one per worker", args.slowdown.len(), args.workers);
+        }
+        if args.slowdown.iter().any(|s| !s.is_finite() || *s < 1.0) {
+            bail!("--slowdown factors are step times relative to the fastest worker: each at least 1");
+        }
+        if args.fragments > 1 || args.attack.is_some() || args.trail_dir.is_some() {
+            bail!("--slowdown runs without --fragments, --attack and --trail-dir");
+        }
+    }
+    if matches!(args.baseline, Some(BaselineArg::Wait)) && min_inner_steps == args.inner_steps {
+        bail!("--baseline wait compares against a run that waits: give --min-inner-steps below H (and --slowdown)");
+    }
     if args.compact_checkpoints && args.trail_dir.is_some() {
         bail!(
             "--compact-checkpoints with --trail-dir: compact checkpoints are read against each round's start \
@@ -324,6 +356,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         trail_dir: args.trail_dir.clone(),
         device,
         initial_weights: None,
+        slowdown: args.slowdown.clone(),
+        min_inner_steps,
     };
     if let Some(path) = &args.init {
         let start = model_io::load(path, Device::Cpu).with_context(|| "loading the --init model")?;
@@ -356,7 +390,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let diloco_steps = args.workers as u64 * args.inner_steps * args.rounds;
-    let baseline_steps = if args.baseline.is_some() { args.inner_steps * args.rounds } else { 0 };
+    let baseline_steps = match args.baseline {
+        Some(BaselineArg::Ddp) => args.inner_steps * args.rounds,
+        Some(BaselineArg::Wait) => diloco_steps,
+        None => 0,
+    };
     let bar = progress_bar(args.warm_start_steps + diloco_steps + baseline_steps, args.json);
     if args.warm_start_steps > 0 {
         bar.set_message("warm start");
@@ -387,6 +425,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some(BaselineArg::Ddp) => {
             bar.set_message("ddp");
             Some(run_data_parallel(&config, &dataset, |event| report_progress(&bar, args.json, "ddp", event))?)
+        }
+        Some(BaselineArg::Wait) => {
+            bar.set_message("wait");
+            let waiting = RunConfig { min_inner_steps: config.inner_steps, ..config.clone() };
+            let mut hooks = crate::commands::attack::hooks(&study, &waiting, &dataset);
+            let mut report =
+                run_diloco(&waiting, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "wait", event))?;
+            report.method = format!("{}-wait", report.method);
+            Some(report)
         }
         None => None,
     };
@@ -479,21 +526,35 @@ fn metrics_json(
         "inner_optimizer": format!("{:?}", args.inner_optimizer).to_lowercase(),
         "diloco": diloco,
     });
-    if let Some(ddp) = ddp {
-        value["ddp"] = json!(ddp);
-        value["comparison"] = json!({
-            "loss_ratio_diloco_over_ddp": diloco.final_validation_loss / ddp.final_validation_loss,
-            "bytes_ratio_ddp_over_diloco": ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64,
-        });
+    value["slowdown"] = json!(args.slowdown);
+    value["min_inner_steps"] = json!(args.min_inner_steps.unwrap_or(args.inner_steps));
+    match (args.baseline, ddp) {
+        (Some(BaselineArg::Ddp), Some(ddp)) => {
+            value["ddp"] = json!(ddp);
+            value["comparison"] = json!({
+                "loss_ratio_diloco_over_ddp": diloco.final_validation_loss / ddp.final_validation_loss,
+                "bytes_ratio_ddp_over_diloco": ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64,
+            });
+        }
+        (Some(BaselineArg::Wait), Some(wait)) => {
+            let all_fast = (args.inner_steps * args.rounds) as f64;
+            value["wait"] = json!(wait);
+            value["comparison"] = json!({
+                "loss_ratio_over_wait": diloco.final_validation_loss / wait.final_validation_loss,
+                "wall_ratio_over_all_fast": diloco.wall_steps / all_fast,
+                "wait_wall_ratio_over_all_fast": wait.wall_steps / all_fast,
+            });
+        }
+        _ => {}
     }
     value
 }
 
 fn print_summary(diloco: &RunReport, ddp: Option<&RunReport>, out: &Path, metrics: &Path, plot: &Path) {
-    println!("{:<12} {:>12} {:>12} {:>14} {:>12}", "method", "val loss", "tokens", "sent/worker", "tokens/s");
+    println!("{:<16} {:>12} {:>12} {:>14} {:>12}", "method", "val loss", "tokens", "sent/worker", "tokens/s");
     for report in std::iter::once(diloco).chain(ddp) {
         println!(
-            "{:<12} {:>12.4} {:>12} {:>14} {:>12.0}",
+            "{:<16} {:>12.4} {:>12} {:>14} {:>12.0}",
             report.method,
             report.final_validation_loss,
             report.tokens,
@@ -501,12 +562,24 @@ fn print_summary(diloco: &RunReport, ddp: Option<&RunReport>, out: &Path, metric
             report.tokens_per_second
         );
     }
-    if let Some(ddp) = ddp {
-        println!(
+    match ddp {
+        Some(wait) if wait.method.ends_with("-wait") => {
+            // Rounds without a straggler last H steps: what every worker of the waiting run trained.
+            let all_fast = wait.rounds.iter().map(|r| r.steps.iter().copied().max().unwrap_or(0) as f64).sum::<f64>();
+            println!(
+                "not waiting/waiting validation loss: {:.4}; modelled wall time {:.2}x (not waiting) and {:.2}x \
+                 (waiting) of rounds without a straggler",
+                diloco.final_validation_loss / wait.final_validation_loss,
+                diloco.wall_steps / all_fast,
+                wait.wall_steps / all_fast
+            );
+        }
+        Some(ddp) => println!(
             "DiLoCo/DDP validation loss: {:.4}; DDP sends {:.1}x the bytes of DiLoCo",
             diloco.final_validation_loss / ddp.final_validation_loss,
             ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64
-        );
+        ),
+        None => {}
     }
     println!(
         "checkpointing took {:.1}% of training time",

@@ -109,6 +109,16 @@ impl DemoJob {
         if args.rounds == 0 || args.inner_steps == 0 {
             bail!("--rounds and --inner-steps must be positive");
         }
+        let min_inner_steps = args.min_inner_steps.unwrap_or(args.inner_steps);
+        if min_inner_steps == 0
+            || min_inner_steps > args.inner_steps
+            || (zk.is_some() && min_inner_steps != args.inner_steps)
+        {
+            bail!(
+                "--min-inner-steps must be in 1..=--inner-steps ({}), and equal to it in a groth16 job",
+                args.inner_steps
+            );
+        }
         let workers = args.all_miners().min(8);
         // A groth16 proof covers a whole segment, so its interval divides the inner steps.
         // Otherwise the interval keeps checking within 5% of training (docs/scaling.md): each
@@ -155,7 +165,7 @@ impl DemoJob {
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"{encoding}\"\n\
-             inner_optimizer = \"{inner}\"\n\n\
+             inner_optimizer = \"{inner}\"\nmin_inner_steps = {min_inner_steps}\n\n\
              [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
             encoding = args.encoding,
@@ -268,7 +278,7 @@ impl DemoJob {
             }
         };
         println!(
-            "{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}",
+            "{:>5}  {:>8}  {:>8}  {:>8}  {:>10}  {:>8}  {:>8}  {:>24}  steps",
             "round", "val loss", "accepted", "commits", "verdicts", "paid", "slashed", "time train/verify/agg s"
         );
         println!("{:>5}  {:>8.4}", "init", initial_loss);
@@ -357,10 +367,12 @@ impl DemoJob {
                         verification_s,
                         aggregation_s,
                         wire: round_wire,
+                        steps: state.commits.iter().filter_map(|c| c.reveal.as_ref().map(|r| r.steps)).collect(),
                     };
+                    let steps: Vec<String> = row.steps.iter().map(u32::to_string).collect();
                     bar.suspend(|| {
                         println!(
-                            "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}",
+                            "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}  {}",
                             row.round,
                             row.validation_loss,
                             row.accepted,
@@ -371,7 +383,8 @@ impl DemoJob {
                             row.slashed,
                             row.training_s,
                             row.verification_s,
-                            row.aggregation_s
+                            row.aggregation_s,
+                            steps.join(",")
                         )
                     });
                     rows.push(row);

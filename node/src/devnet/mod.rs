@@ -67,6 +67,11 @@ pub struct DevnetArgs {
     /// 12 bytes a parameter, since compact ones hold AdamW's moments).
     #[arg(long, default_value = "adamw")]
     pub inner_optimizer: String,
+    /// The fewest inner steps a miner of the demo job may commit [default: --inner-steps]; below
+    /// it a slower miner commits what it trained once the others have committed
+    /// (docs/protocol.md §4.3 "Stragglers"; `--adversary straggler` stages a 3× slower miner).
+    #[arg(long)]
+    pub min_inner_steps: Option<u32>,
     /// The demo job's checkpoint interval c [default: the longest that keeps each validator's
     /// re-execution within 5% of a miner's training, c ≤ V·H/(40·K); a groth16 job's divides H].
     #[arg(long)]
@@ -80,7 +85,7 @@ pub struct DevnetArgs {
     pub netns_prefix: Option<String>,
     /// Cheating nodes, as KIND=COUNT (repeatable). Miners, besides the honest ones:
     /// poison-sign-flip, poison-noise, fake-trail, unit-gap, skip-work, copy, withhold,
-    /// lying-peer. Validators, taken from the last of --validators: forge-aggregate, frame. This build
+    /// lying-peer; and straggler, a miner 3× slower than it could be (not an attack). Validators, taken from the last of --validators: forge-aggregate, frame. This build
     /// has the `adversary` feature.
     #[cfg(feature = "adversary")]
     #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = trellis_protocol::behaviour::parse_adversary)]

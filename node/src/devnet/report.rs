@@ -48,6 +48,10 @@ pub struct RoundRow {
     /// the job's submission), per network ([`crate::metrics::P2P_BYTES`]).
     #[serde(default)]
     pub wire: Vec<NodeWire>,
+    /// Inner steps each revealed commitment claims, in the round's commit order (H each but a
+    /// straggler's, in a job with `min_inner_steps < inner_steps`).
+    #[serde(default)]
+    pub steps: Vec<u32>,
 }
 
 /// Bytes one node moved, per network, over some span.
@@ -573,6 +577,7 @@ mod tests {
             verification_s: 0.0,
             aggregation_s: 0.0,
             wire,
+            steps: Vec::new(),
         };
         let rows = [row(round.clone()), row(Vec::new()), row(round)];
         assert_eq!(mean_sent_per_round(&rows, "miner"), Some(4_010.0));

@@ -129,6 +129,6 @@ fn what_to_compare(
     let round: RoundState = state::read(&view, &keys::round(verdict.job, verdict.round)).ok()??;
     let reveal = round.commits.iter().find(|c| c.miner == verdict.miner)?.reveal.clone()?;
     let worker = u32::try_from(worker_index(&round, &verdict.miner)?).ok()?;
-    let frame = TrailFrame::of(&job.spec, job.id, round.round, worker, reveal.final_checkpoint);
+    let frame = TrailFrame::of(&job.spec, job.id, round.round, worker, reveal.final_checkpoint, reveal.steps);
     Some((evidence.clone(), reveal, frame))
 }

@@ -66,6 +66,7 @@ pub(super) fn skip_work(context: &RoleContext, job: &Job, round: u32) -> anyhow:
         final_checkpoint: made_up("final"),
         delta_hash: made_up("delta"),
         residual_hash: Hash::ZERO,
+        steps: job.spec.diloco.inner_steps,
     };
     Stage::create(&context.work_dir, job.id.0, round)?.seal(&reveal)?;
     tracing::warn!(target: "node::adversary", job = %job.id, round, "committing work never done");
@@ -127,7 +128,7 @@ fn fake_trail(inputs: &RoundInputs<'_>) -> anyhow::Result<(Trail, Vec<f32>)> {
 fn unit_gap_trail(inputs: &RoundInputs<'_>) -> anyhow::Result<(Trail, Vec<f32>)> {
     let spec = inputs.spec;
     let steps = u64::from(trellis_contracts::rounds::expected_segments(spec));
-    let (checkpoints, mut losses, weights) = train_trail(inputs, steps, 1)?;
+    let (checkpoints, mut losses, weights) = train_trail(inputs, steps, 1, None)?;
     let last = losses.last().copied().unwrap_or(0.0);
     losses.resize(spec.diloco.inner_steps as usize, last);
     Ok((canonical_trail(inputs.job, spec, inputs.round, inputs.worker, checkpoints, losses)?, weights))

@@ -195,10 +195,10 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
             .context("an accepted miner without revealed work")?;
         let key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
         net.ensure_until(key, deadline, limits.delta).await.with_context(|| format!("the Δ of {miner}"))?;
-        anyhow::Ok((*miner, key))
+        anyhow::Ok((*miner, key, reveal.steps))
     });
     let deltas = futures::future::try_join_all(fetches).await?;
-    let keys: Vec<BlobKey> = deltas.iter().map(|(_, key)| *key).collect();
+    let keys: Vec<BlobKey> = deltas.iter().map(|(_, key, _)| *key).collect();
     net.store().tag_round(job.id, round.round, &keys)?;
     let spec = job.spec.clone();
     let store = net.store().clone();
@@ -214,18 +214,19 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
 }
 
 /// The outer update of `global` and `momentum` with the Δs in the store under `deltas` (in the
-/// chain's order), read a block of coordinates at a time when the rule allows
+/// chain's order, each with the inner steps its miner revealed), read a block of coordinates at a time when the rule allows
 /// ([`trellis_protocol::outer::coordinatewise`]), whole otherwise: the same bits either way.
 fn outer_update_from_store(
     store: &BlobStore,
     spec: &JobSpec,
     mut model: Vec<f32>,
     mut momentum: Vec<f32>,
-    deltas: &[(Address, BlobKey)],
+    deltas: &[(Address, BlobKey, u32)],
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let parameters = model.len() as u64;
+    let steps: Vec<u32> = deltas.iter().map(|(_, _, steps)| *steps).collect();
     let mut layouts = Vec::with_capacity(deltas.len());
-    for (miner, key) in deltas {
+    for (miner, key, _) in deltas {
         let size = store.size(key)?;
         let head = store.read_range(key, 0, encoding::Layout::HEAD.min(size as usize))?;
         let layout = encoding::Layout::parse(&head, size).with_context(|| format!("decoding the Δ of {miner}"))?;
@@ -239,7 +240,7 @@ fn outer_update_from_store(
     while start < parameters {
         let range = start..(start + block.max(1)).min(parameters);
         let mut parts = Vec::with_capacity(deltas.len());
-        for ((miner, key), layout) in deltas.iter().zip(&layouts) {
+        for ((miner, key, _), layout) in deltas.iter().zip(&layouts) {
             let read = |span: std::ops::Range<u64>| store.read_range(key, span.start, (span.end - span.start) as usize);
             let bytes = layout.spans(&range).into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
             let bytes: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
@@ -248,7 +249,13 @@ fn outer_update_from_store(
         }
         let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
         let span = range.start as usize..range.end as usize;
-        trellis_protocol::outer::outer_update_in_place(spec, &mut model[span.clone()], &mut momentum[span], &refs)?;
+        trellis_protocol::outer::outer_update_in_place(
+            spec,
+            &mut model[span.clone()],
+            &mut momentum[span],
+            &refs,
+            &steps,
+        )?;
         start = range.end;
     }
     Ok((model, momentum))
@@ -298,13 +305,15 @@ mod tests {
             let spec = job_spec(rule, name);
             let mut stored = Vec::new();
             let mut decoded = Vec::new();
+            // Workers that trained different steps (a straggler's Δ weighs less in a mean).
+            let steps = [4, 1, 3];
             for k in 1..=3u8 {
                 let bytes = encoding::encode(spec.diloco.encoding, &wave(f32::from(k)));
                 decoded.push(encoding::decode(&bytes).unwrap().1);
-                stored.push((Address([k; 20]), store.put_data(&bytes).unwrap()));
+                stored.push((Address([k; 20]), store.put_data(&bytes).unwrap(), steps[usize::from(k) - 1]));
             }
             let refs: Vec<&[f32]> = decoded.iter().map(Vec::as_slice).collect();
-            let whole = trellis_protocol::outer::outer_update(&spec, &global, momentum.clone(), &refs).unwrap();
+            let whole = trellis_protocol::outer::outer_update(&spec, &global, momentum.clone(), &refs, &steps).unwrap();
             let (model, buffer) =
                 outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &stored).unwrap();
             assert!(model.iter().zip(&whole.model).all(|(a, b)| a.to_bits() == b.to_bits()), "{rule} {name}: model");
@@ -317,7 +326,7 @@ mod tests {
         let spec = job_spec("mean", "f32");
         let short = store.put_data(&encoding::encode(spec.diloco.encoding, &[0.5; 10])).unwrap();
         let error =
-            outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &[(Address([9; 20]), short)])
+            outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &[(Address([9; 20]), short, 4)])
                 .unwrap_err();
         assert!(format!("{error:#}").contains("is not a F32 vector"), "{error:#}");
     }

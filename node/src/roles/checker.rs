@@ -58,7 +58,9 @@ pub fn prefetch_trails(context: &Arc<RoleContext>) {
         if !matches!(round.phase, Phase::Revealing | Phase::Verifying) {
             continue;
         }
-        let limit = TrailFrame::of(&job.spec, job.id, round.round, 0, Hash::ZERO).trail_bytes();
+        // The longest trail of the round: H steps.
+        let limit =
+            TrailFrame::of(&job.spec, job.id, round.round, 0, Hash::ZERO, job.spec.diloco.inner_steps).trail_bytes();
         for commit in &round.commits {
             let Some(reveal) = &commit.reveal else { continue };
             if !context.start_once(Work::PrefetchTrail { job: job.id, round: round.round, miner: commit.miner }) {
@@ -367,7 +369,7 @@ async fn gather(
         ))));
     };
     let worker_slot = u32::try_from(worker).map_err(|e| Err(e.into()))?;
-    let frame = TrailFrame::of(&job.spec, job.id, round.round, worker_slot, reveal.final_checkpoint);
+    let frame = TrailFrame::of(&job.spec, job.id, round.round, worker_slot, reveal.final_checkpoint, reveal.steps);
     let (zk, limits) =
         match ZkJob::of(&job.spec).map_err(anyhow::Error::from).and_then(|zk| Ok((zk, BlobLimits::of(&job.spec)?))) {
             Ok(found) => found,
@@ -656,6 +658,7 @@ mod silencing_trails {
             round: 1,
             worker: 0,
             inner_steps: 4,
+            steps: 4,
             interval: 2,
             proofs: 2,
             final_checkpoint: Hash([2; 32]),

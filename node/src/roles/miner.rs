@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use trellis_contracts::rounds::{expected_tokens, worker_index};
+use trellis_contracts::rounds::{tokens_of, worker_index};
 use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{
     decode, Amount, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal,
@@ -436,7 +436,7 @@ async fn train_round(
         None => None,
     };
     let fetched = started.elapsed();
-    let (context2, job2, round_number) = (context.clone(), job.clone(), round.round);
+    let (context2, job2, round2, round_number) = (context.clone(), job.clone(), round.clone(), round.round);
     #[cfg(feature = "adversary")]
     let behaviour = context.behaviour;
     let reveal = tokio::task::spawn_blocking(move || -> anyhow::Result<WorkReveal> {
@@ -477,6 +477,10 @@ async fn train_round(
                 device: context2.device,
                 work_dir: &context2.work_dir,
                 stage: &stage,
+                #[cfg(feature = "adversary")]
+                slowdown: if behaviour == Behaviour::Straggler { 3 } else { 1 },
+                #[cfg(not(feature = "adversary"))]
+                slowdown: 1,
             };
             #[cfg(feature = "adversary")]
             let dishonest = adversary::dishonest_trail(behaviour, &inputs)?;
@@ -486,14 +490,18 @@ async fn train_round(
                 Some(made_up) => made_up,
                 None => {
                     let steps = u64::from(spec.diloco.inner_steps);
+                    let fewest = u64::from(spec.diloco.min_inner_steps);
+                    let mut stop = || straggler_may_stop(&context2, &job2, &round2);
+                    let stop_early: Option<(u64, &mut dyn FnMut() -> bool)> =
+                        (fewest < steps).then_some((fewest, &mut stop));
                     let (checkpoints, losses, weights) =
-                        train_trail(&inputs, steps, u64::from(spec.verification.checkpoint_interval))?;
-                    // An honest round's trail holds a checkpoint where each of the round's
-                    // segments ends.
+                        train_trail(&inputs, steps, u64::from(spec.verification.checkpoint_interval), stop_early)?;
+                    // An honest round's trail holds a checkpoint where each of the segments of
+                    // the steps it trained ends.
                     debug_assert_eq!(
                         checkpoints.len() as u32,
                         trellis_protocol::trail::checkpoint_count(
-                            spec.diloco.inner_steps,
+                            losses.len() as u32,
                             spec.verification.checkpoint_interval
                         ),
                         "an honest trail has one checkpoint per segment end and the start"
@@ -520,7 +528,10 @@ async fn train_round(
                 };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(quantised, &delta);
-                std::fs::write(residual_path(&context2.work_dir, job2.id.0, round_number), encoding::residual_to_bytes(feedback.residual()))?;
+                std::fs::write(
+                    residual_path(&context2.work_dir, job2.id.0, round_number),
+                    encoding::residual_to_bytes(feedback.residual()),
+                )?;
                 std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
                 let hash = match previous_delta {
                     Some(previous) if carried.iter().any(|r| *r != 0.0) => {
@@ -535,14 +546,23 @@ async fn train_round(
         };
         let delta_key = stage.put_data(&encoded)?;
         let final_checkpoint = trail.checkpoints.last().map(|e| e.hash).unwrap_or_default();
-        let reveal = WorkReveal { job: job2.id, round: round_number, trail: trail_key.hash, final_checkpoint, delta_hash: delta_key.hash, residual_hash };
+        let steps = u32::try_from(trail.losses.len()).context("more steps than a trail holds")?;
+        let reveal = WorkReveal {
+            job: job2.id,
+            round: round_number,
+            trail: trail_key.hash,
+            final_checkpoint,
+            delta_hash: delta_key.hash,
+            residual_hash,
+            steps,
+        };
         stage.seal(&reveal)?;
         let mean_loss = trail.losses.iter().map(|l| f64::from(*l)).sum::<f64>() / trail.losses.len().max(1) as f64;
         tracing::info!(
             target: "node::miner",
             job = %job2.id, round = round_number, worker, mean_loss = format!("{mean_loss:.4}"),
-            train_s = format!("{:.2}", compute.as_secs_f64()), delta_bytes = encoded.len(), tokens = expected_tokens(spec),
-            "trained"
+            train_s = format!("{:.2}", compute.as_secs_f64()), delta_bytes = encoded.len(), steps,
+            tokens = tokens_of(spec, steps), "trained"
         );
         Ok(reveal)
     })
@@ -550,6 +570,34 @@ async fn train_round(
     .context("the training thread stopped")??;
     tracing::debug!(target: "node::miner", fetch_s = fetched.as_secs_f64(), total_s = started.elapsed().as_secs_f64(), "round work staged");
     Ok(reveal)
+}
+
+/// Whether a worker of a job that takes work from `min_inner_steps` steps may stop now (asked
+/// after each of its steps from that many on): once every other worker of the round has
+/// committed — the round then waits only for this one, so waiting for H steps would hold it —
+/// or once the chain is within [`straggler_margin`] blocks of the commit deadline (staging and
+/// committing take blocks too), or the round is not open any more.
+///
+/// A miner that loses its stage after committing cannot re-train to the same step count (the
+/// moment it stopped is not recorded elsewhere) and skips the round's reveal; a job with
+/// `min_inner_steps = inner_steps` re-trains to the same H steps as before.
+fn straggler_may_stop(context: &RoleContext, job: &Job, round: &RoundState) -> bool {
+    if context.height().0.saturating_add(straggler_margin(&job.spec)) >= round.commit_deadline.0 {
+        return true;
+    }
+    let Some(now) = context.round(job.id, round.round) else { return true };
+    if now.phase != Phase::Open {
+        return true;
+    }
+    let me = context.key.address();
+    let mut others = now.workers.iter().filter(|w| **w != me).peekable();
+    others.peek().is_some() && others.all(|w| now.commits.iter().any(|c| &c.miner == w))
+}
+
+/// Blocks before the commit deadline at which a straggler stops: a tenth of the commit window,
+/// at least 2 (its Δ is encoded and staged, then its commitment must be included in a block).
+pub fn straggler_margin(spec: &JobSpec) -> u64 {
+    (u64::from(spec.commit_blocks) / 10).max(2)
 }
 
 /// The round's Δ and the trail's `final_moments`. In a job whose Δ is its final checkpoint's drift
@@ -593,14 +641,20 @@ pub(super) struct RoundInputs<'a> {
     pub device: tch::Device,
     pub work_dir: &'a Path,
     pub stage: &'a Stage,
+    /// How many times its own speed this miner takes per step: 1, or 3 for a `straggler`
+    /// (a slow machine staged in devnets; it waits out the difference after each step).
+    pub slowdown: u32,
 }
 
 /// Trains `steps` AdamW steps of the round from its canonical start state, checkpointing every
 /// `interval` steps into the stage: the trail's checkpoints, the losses and the final weights.
+/// With `stop_early = Some((min, stop))`, training ends after the first step from the `min`-th
+/// on at which `stop()` says so (a straggler, [`straggler_may_stop`]).
 pub(super) fn train_trail(
     inputs: &RoundInputs<'_>,
     steps: u64,
     interval: u64,
+    stop_early: Option<(u64, &mut dyn FnMut() -> bool)>,
 ) -> anyhow::Result<(Vec<TrailEntry>, Vec<f32>, Vec<f32>)> {
     let spec = inputs.spec;
     let (mut model, mut optimizer) =
@@ -617,7 +671,17 @@ pub(super) fn train_trail(
         trail_dir: Some(&dir),
         compact_base: trellis_trainer::job::compact_base(spec, inputs.global),
     };
-    let outcome = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {})?;
+    let mut last = std::time::Instant::now();
+    let mut pace = |_: u64, _: f32| {
+        if inputs.slowdown > 1 {
+            std::thread::sleep(last.elapsed() * (inputs.slowdown - 1));
+        }
+        last = std::time::Instant::now();
+    };
+    let outcome = match stop_early {
+        Some((min, stop)) => inner.train_steps_until(&mut model, &mut optimizer, steps, min, stop, &mut pace)?,
+        None => inner.train_steps(&mut model, &mut optimizer, steps, &mut pace)?,
+    };
     for entry in &outcome.trail.checkpoints {
         inputs.stage.put_file(BlobKey::new(BlobKind::Checkpoint, entry.hash), &checkpoint_path(&dir, entry.step))?;
     }

@@ -42,6 +42,7 @@ pub fn job_spec() -> JobSpec {
             rounds: 10,
             encoding: DeltaEncoding::Int8,
             inner_optimizer: Default::default(),
+            min_inner_steps: 20,
         },
         aggregation: AggregationRule::CenteredClip { tau: 1.5, iterations: 3 },
         verification: VerificationParams {
@@ -65,6 +66,7 @@ pub fn work_reveal() -> WorkReveal {
         final_checkpoint: hash(2),
         delta_hash: hash(3),
         residual_hash: hash(4),
+        steps: 40,
     }
 }
 

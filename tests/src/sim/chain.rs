@@ -362,12 +362,14 @@ pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(
         hash => vectors.get(&hash)?.to_vec(),
     };
     let mut deltas = Vec::with_capacity(state.accepted.len());
+    let mut steps = Vec::with_capacity(state.accepted.len());
     for miner in &state.accepted {
-        let commit = state.commits.iter().find(|c| &c.miner == miner)?;
-        deltas.push(vectors.get(&commit.reveal.as_ref()?.delta_hash)?);
+        let reveal = state.commits.iter().find(|c| &c.miner == miner)?.reveal.as_ref()?;
+        deltas.push(vectors.get(&reveal.delta_hash)?);
+        steps.push(reveal.steps);
     }
     let refs: Vec<&[f32]> = deltas.iter().map(|d| &d[..]).collect();
-    let update = trellis_protocol::outer::outer_update(&job_state.spec, &global, momentum, &refs).ok()?;
+    let update = trellis_protocol::outer::outer_update(&job_state.spec, &global, momentum, &refs, &steps).ok()?;
     let model_hash = vectors.publish(&update.model);
     let momentum_hash = vectors.publish(&update.momentum);
     Some(Aggregate { job, round, model_hash, momentum_hash, accepted: state.accepted.clone() })

@@ -60,9 +60,12 @@ pub fn finding(behaviour: Behaviour, miner: &Address, segment: u32) -> VerdictOu
         Behaviour::FakeTrail | Behaviour::UnitGap | Behaviour::PoisonSignFlip | Behaviour::PoisonNoise => {
             hash(b"reproduced")
         }
-        Behaviour::Honest | Behaviour::Copy | Behaviour::LyingPeer | Behaviour::ForgeAggregate | Behaviour::Frame => {
-            claim.end.hash
-        }
+        Behaviour::Honest
+        | Behaviour::Copy
+        | Behaviour::LyingPeer
+        | Behaviour::ForgeAggregate
+        | Behaviour::Frame
+        | Behaviour::Straggler => claim.end.hash,
     };
     judge_replay(&claim, &Replayed { end_hash: reached, losses: &losses, distance: 0.0 }, Comparison::Exact)
 }
@@ -92,6 +95,9 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
             rounds: 3,
             encoding: DeltaEncoding::F32,
             inner_optimizer: Default::default(),
+            // Some simulated miners are stragglers (`Workload::work`): weighted aggregates and
+            // rewards by tokens run through every simulated round.
+            min_inner_steps: 10,
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {
@@ -331,6 +337,8 @@ impl Workload {
             final_checkpoint: tag(b"final"),
             delta_hash: Vectors::hash_of(&sim_honest_delta(miner, job, round.round)),
             residual_hash: Hash::ZERO,
+            // A third of the miners (by address) are stragglers that stop at the job's minimum.
+            steps: if miner.0[0] % 3 == 0 { job.spec.diloco.min_inner_steps } else { job.spec.diloco.inner_steps },
         }
     }
 
