@@ -1095,9 +1095,8 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         ),
         (
             d.inner_optimizer == trellis_proto::InnerOptimizer::Muon
-                && (v.checkpoint_state == trellis_proto::CheckpointState::Compact
-                    || matches!(v.mode, trellis_proto::VerificationMode::Groth16 { .. })),
-            "a muon job needs full checkpoints (compact ones hold AdamW's moments) and a mode that re-executes (not groth16)".into(),
+                && matches!(v.mode, trellis_proto::VerificationMode::Groth16 { .. }),
+            "a muon job needs a mode that re-executes (not groth16)".into(),
         ),
         (bad_aggregation, format!("trimmed-mean needs 2 × trim < workers_per_round; centered-clip needs tau > 0 and 1..={} iterations", bounds::MAX_CLIP_ITERATIONS)),
         (spec.reward_per_round.0 == 0, "reward_per_round must be positive".into()),

@@ -38,9 +38,14 @@ fn trap_specs_are_refused_at_submission() {
             s.diloco.beta1 = 0.99;
             s.diloco.beta2 = 0.9;
         }),
-        ("muon job needs full checkpoints", |s| {
-            // Compact checkpoints store m relative to √v; Muon's momentum has no v.
-            s.verification.checkpoint_state = trellis_proto::CheckpointState::Compact;
+        ("muon job needs a mode that re-executes", |s| {
+            // A groth16 job proves its zk model's own rule.
+            s.verification.mode = VerificationMode::Groth16 {
+                model: "mlp:8x8x4".into(),
+                proving_key: trellis_proto::Hash([1; 32]),
+                verifying_key: trellis_proto::Hash([2; 32]),
+            };
+            s.verification.checkpoint_state = trellis_proto::CheckpointState::Full;
             s.diloco.inner_optimizer = InnerOptimizer::Muon;
         }),
     ];
@@ -51,8 +56,10 @@ fn trap_specs_are_refused_at_submission() {
         assert!(reason.contains(what), "{what}: {reason}");
     }
     assert_eq!(validate_job_spec(&w.spec(), &params), Ok(()));
-    let mut muon = w.spec();
-    muon.diloco.inner_optimizer = InnerOptimizer::Muon;
-    muon.verification.checkpoint_state = trellis_proto::CheckpointState::Full;
-    assert_eq!(validate_job_spec(&muon, &params), Ok(()), "a muon job with full checkpoints");
+    for state in [trellis_proto::CheckpointState::Full, trellis_proto::CheckpointState::Compact] {
+        let mut muon = w.spec();
+        muon.diloco.inner_optimizer = InnerOptimizer::Muon;
+        muon.verification.checkpoint_state = state;
+        assert_eq!(validate_job_spec(&muon, &params), Ok(()), "a muon job with {state:?} checkpoints");
+    }
 }

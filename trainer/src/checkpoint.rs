@@ -41,18 +41,31 @@ const MAGIC: &[u8; 8] = b"TRLSCKPT";
 const VERSION: u32 = 1;
 const VERSION_COMPACT: u32 = 3;
 
-/// What a compact checkpoint is read against: the round's start weights (the drift's base) and
-/// the bound of |m|/√v for the job's betas ([`crate::compact::moment_ratio_bound`]).
+/// What a compact checkpoint is read against: the round's start weights (the drift's base),
+/// the bound of |m|/√v for the job's betas ([`crate::compact::moment_ratio_bound`]), and whether
+/// the trail's inner rule is Muon (then the blocks' matrices hold a momentum and no second
+/// moment, stored in bf16: [`crate::compact::round_momentum`]).
 #[derive(Debug, Clone, Copy)]
 pub struct CompactBase<'a> {
     pub weights: &'a [f32],
     pub bound: f32,
+    pub muon: bool,
 }
 
 impl<'a> CompactBase<'a> {
-    /// The base of a trail whose optimizer has `betas`; `None` when β₁² ≥ β₂ (no bound).
+    /// The base of an AdamW trail whose optimizer has `betas`; `None` when β₁² ≥ β₂ (no bound).
     pub fn new(weights: &'a [f32], beta1: f64, beta2: f64) -> Option<Self> {
-        Some(Self { weights, bound: crate::compact::moment_ratio_bound(beta1, beta2)? })
+        Some(Self { weights, bound: crate::compact::moment_ratio_bound(beta1, beta2)?, muon: false })
+    }
+
+    /// The same base for a trail whose inner rule is `rule`.
+    pub fn for_rule(self, rule: crate::optim::InnerRule) -> Self {
+        Self { muon: rule == crate::optim::InnerRule::Muon, ..self }
+    }
+
+    /// Whether the tensor `name` of rank `rank` holds a Muon momentum in this base's checkpoints.
+    fn muon_tensor(&self, name: &str, rank: usize) -> bool {
+        self.muon && crate::optim::is_muon_matrix(name, rank)
     }
 }
 /// Largest checkpoint read from disk or the network (a 1B-parameter model with moments).
@@ -395,6 +408,27 @@ pub fn capture_compact(model: &mut Gpt, optimizer: &mut AdamW, base: CompactBase
         let span = at..at + size;
         let (mut weights, mut moment, mut square) =
             (tensor_values(&parameter.tensor), tensor_values(m), tensor_values(v));
+        if base.muon_tensor(&parameter.name, parameter.tensor.dim()) {
+            // A Muon matrix: its momentum in bf16, high bytes in the first-moment section and
+            // low bytes in the second's; no second moment; a fixed reference exponent.
+            let (rounded, drift_bits) = crate::compact::round_weights(&weights, &base.weights[span.clone()]);
+            weights = rounded;
+            let momentum = crate::compact::round_momentum(&mut moment);
+            square.iter_mut().for_each(|v| *v = 0.0);
+            for (tensor, values) in [(&parameter.tensor, &weights), (m, &moment), (v, &square)] {
+                overwrite(tensor, values);
+            }
+            tops[index] = crate::compact::MIN_TOP_EXPONENT;
+            for (slot, bits) in drift[2 * span.start..2 * span.end].chunks_exact_mut(2).zip(&drift_bits) {
+                slot.copy_from_slice(&bits.to_le_bytes());
+            }
+            for (i, bits) in span.clone().zip(&momentum) {
+                let [low, high] = bits.to_le_bytes();
+                (first[i], second[i]) = (high, low);
+            }
+            at = span.end;
+            continue;
+        }
         let state = crate::compact::round_state(
             &mut weights,
             &mut moment,
@@ -625,10 +659,30 @@ impl<'a> CheckpointView<'a> {
         if drift.chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80) {
             return Err(CheckpointError::Malformed("a drift that is not finite"));
         }
-        if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&(i8::MIN as u8)) {
-            return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
+        for (index, top) in tops.iter().enumerate() {
+            let span = self.starts[index]..self.starts[index + 1];
+            let (first, codes) = (&first[span.clone()], &codes[span]);
+            if self.muon_tensor(base, index) {
+                if *top != crate::compact::MIN_TOP_EXPONENT {
+                    return Err(CheckpointError::Malformed("a Muon matrix with a second-moment reference exponent"));
+                }
+                if first
+                    .iter()
+                    .zip(codes)
+                    .any(|(high, low)| !crate::compact::canonical_momentum(u16::from_le_bytes([*low, *high])))
+                {
+                    return Err(CheckpointError::Malformed("a Muon momentum that is not finite, or subnormal"));
+                }
+            } else if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&(i8::MIN as u8)) {
+                return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
+            }
         }
         Ok(())
+    }
+
+    /// Whether tensor `index` holds a Muon momentum (in bf16) rather than AdamW's moments.
+    fn muon_tensor(&self, base: CompactBase<'_>, index: usize) -> bool {
+        base.muon_tensor(&self.names[index], self.shapes[index].len())
     }
 
     /// A compact body's sections: reference exponents, drift, first-moment and second-moment codes.
@@ -651,8 +705,20 @@ impl<'a> CheckpointView<'a> {
                 |s: usize| f32s(&self.body[4 * (s * self.total + span.start)..4 * (s * self.total + span.end)]);
             return TensorState { weights: section(0), first_moments: section(1), second_moments: section(2) };
         };
-        use crate::compact::{decode_first, decode_second, SecondMoments};
+        use crate::compact::{decode_first, decode_second, momentum_from_bits, SecondMoments};
         let (tops, _, first, codes) = self.compact_sections();
+        if self.muon_tensor(base, index) {
+            let momentum = first[span.clone()]
+                .iter()
+                .zip(&codes[span.clone()])
+                .map(|(high, low)| momentum_from_bits(u16::from_le_bytes([*low, *high])))
+                .collect();
+            return TensorState {
+                weights: self.weights_of(span.clone()),
+                first_moments: momentum,
+                second_moments: vec![0.0; span.len()],
+            };
+        }
         let second = decode_second(&SecondMoments { top_exponent: tops[index], codes: codes[span.clone()].to_vec() });
         let first: Vec<i8> = first[span.clone()].iter().map(|b| *b as i8).collect();
         TensorState {
@@ -820,7 +886,7 @@ mod tests {
         assert!(data.weights.iter().zip(&drifted).all(|(a, b)| (a - b).abs() <= 1e-5), "bf16 drift");
         // Read as a full checkpoint, or against another model's base: refused.
         assert!(CheckpointData::parse(&bytes).is_err());
-        assert!(CheckpointData::parse_compact(&bytes, CompactBase { weights: &start[1..], bound: base.bound }).is_err());
+        assert!(CheckpointData::parse_compact(&bytes, CompactBase { weights: &start[1..], ..base }).is_err());
         assert!(CheckpointData::parse_compact(&to_bytes(&model, &optimizer), base).is_err(), "a full one");
         for cut in [0, 20, bytes.len() - 1] {
             assert!(CheckpointData::parse_compact(&bytes[..cut], base).is_err());
@@ -854,6 +920,58 @@ mod tests {
         let zero = CheckpointData::parse_compact(&capture_compact(&mut model, &mut fresh, base), base).unwrap();
         assert_eq!(zero.weights, start);
         assert!(zero.first_moments.iter().chain(&zero.second_moments).all(|x| *x == 0.0));
+    }
+
+    /// A Muon trail's compact checkpoint: each Muon matrix's momentum in bf16 (high bytes in the
+    /// first-moment section, low bytes in the second's), no second moment, reference exponent 31;
+    /// the other tensors as AdamW's. What no Muon trail writes is refused.
+    #[test]
+    fn a_muon_compact_checkpoint_holds_the_momentum_in_bf16_and_refuses_what_no_trail_writes() {
+        use crate::model::Preset;
+        use crate::optim::{takes_muon, AdamWConfig, InnerRule};
+        let mut model = Gpt::new(&Preset::Nano.config(), 1, tch::Device::Cpu).unwrap();
+        let start = model.flat_weights();
+        let config = AdamWConfig { rule: InnerRule::Muon, ..AdamWConfig::with_schedule(1e-3, 0, 10) };
+        let mut optimizer = AdamW::new(config, model.parameters());
+        let muon: Vec<bool> = model.parameters().iter().map(takes_muon).collect();
+        assert!(muon.iter().any(|m| *m) && muon.iter().any(|m| !*m));
+        for (i, (m, v)) in optimizer.first_moments.iter().zip(&optimizer.second_moments).enumerate() {
+            let _ = m.shallow_clone().fill_(3.3e-4 * if i % 2 == 0 { 1.0 } else { -1.0 });
+            let _ = v.shallow_clone().fill_(if muon[i] { 0.0 } else { 1e-6 });
+        }
+        let base = CompactBase::new(&start, 0.9, 0.95).unwrap().for_rule(InnerRule::Muon);
+        let bytes = capture_compact(&mut model, &mut optimizer, base);
+        let data = CheckpointData::parse_compact(&bytes, base).unwrap();
+        assert_eq!(
+            data.first_moments,
+            flatten(optimizer.first_moments.iter()),
+            "the live momentum is the recorded one"
+        );
+        assert_eq!(data.second_moments, flatten(optimizer.second_moments.iter()));
+        let view = CheckpointView::parse(&bytes, Some(base)).unwrap();
+        let index = muon.iter().position(|m| *m).unwrap();
+        let matrix = view.tensor(index);
+        assert!(matrix
+            .first_moments
+            .iter()
+            .all(|m| *m == crate::compact::round_bf16(3.3e-4f32.copysign(if index % 2 == 0 { 1.0 } else { -1.0 }))));
+        assert!(matrix.second_moments.iter().all(|v| *v == 0.0));
+        // Rounding the restored state again changes nothing.
+        assert_eq!(capture_compact(&mut model, &mut optimizer, base), bytes);
+
+        let n = start.len();
+        let body = bytes.len() - 4 * n - muon.len();
+        let offset: usize = model.parameters()[..index].iter().map(|p| p.tensor.numel()).sum();
+        let (first, second) = (body + muon.len() + 2 * n + offset, body + muon.len() + 3 * n + offset);
+        let tamper = |edits: &[(usize, u8)]| {
+            let mut bad = bytes.clone();
+            edits.iter().for_each(|(at, value)| bad[*at] = *value);
+            CheckpointData::parse_compact(&bad, base)
+        };
+        assert!(tamper(&[(body + index, 100)]).is_err(), "a Muon matrix with a reference exponent");
+        assert!(tamper(&[(first, 0x7f), (second, 0x80)]).is_err(), "an infinite momentum");
+        assert!(tamper(&[(first, 0x00), (second, 0x01)]).is_err(), "a subnormal momentum");
+        assert!(tamper(&[(first, 0x80), (second, 0x00)]).is_ok(), "a negative zero is a momentum");
     }
 
     #[test]

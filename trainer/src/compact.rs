@@ -148,6 +148,35 @@ pub fn round_weights(weights: &[f32], base: &[f32]) -> (Vec<f32>, Vec<u16>) {
         .unzip()
 }
 
+/// Rounds a Muon momentum to bf16 (round to nearest even; a result below bf16's normal range
+/// becomes a signed zero), in place, and returns the bf16 bits: what a compact checkpoint holds
+/// for a matrix that Muon updates (no second moment to scale an 8-bit code by), in the two
+/// bytes AdamW's moments take.
+pub fn round_momentum(values: &mut [f32]) -> Vec<u16> {
+    values
+        .iter_mut()
+        .map(|value| {
+            let mut bits = bf16_bits(flush(*value)) as u16;
+            if bits & 0x7f80 == 0 {
+                bits &= 0x8000;
+            }
+            *value = momentum_from_bits(bits);
+            bits
+        })
+        .collect()
+}
+
+/// A Muon momentum from its bf16 bits.
+pub fn momentum_from_bits(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Whether bf16 `bits` can be a rounded Muon momentum: finite, and normal or zero.
+pub fn canonical_momentum(bits: u16) -> bool {
+    let exponent = bits & 0x7f80;
+    exponent != 0x7f80 && (exponent != 0 || bits & 0x7f == 0)
+}
+
 /// Weights from a compact checkpoint's drift.
 pub fn weights_from_drift(drift: &[u16], base: &[f32]) -> Vec<f32> {
     drift.iter().zip(base).map(|(d, b)| flush(b + f32::from_bits(u32::from(*d) << 16))).collect()
@@ -244,6 +273,22 @@ mod tests {
         assert_eq!(decode_first(&encode_first(&decoded, &decoded_second, bound), &decoded_second, bound), decoded);
         // A value beyond the bound is clamped, a zero second moment gives a zero first moment.
         assert_eq!(encode_first(&[1.0, 1.0], &[1e-4, 0.0], bound), vec![127, 0]);
+    }
+
+    #[test]
+    fn muon_momenta_round_to_bf16_and_read_back_as_rounded() {
+        let mut values = vec![0.3f32, -1e-3, 1e-39, -1e-40, 0.0, 5e4, 1.0 + 2f32.powi(-8)];
+        let bits = round_momentum(&mut values);
+        assert_eq!(values[0], round_bf16(0.3));
+        assert_eq!((values[2], values[3].to_bits()), (0.0, (-0.0f32).to_bits()), "subnormals become signed zeros");
+        assert_eq!(values[6], 1.0, "ties to even");
+        assert_eq!(bits.iter().map(|b| momentum_from_bits(*b)).collect::<Vec<_>>(), values);
+        assert!(bits.iter().all(|b| canonical_momentum(*b)));
+        let mut again = values.clone();
+        assert_eq!(round_momentum(&mut again), bits, "a restored momentum rounds to itself");
+        // Infinity, NaN and a subnormal bf16 are never written.
+        assert!(!canonical_momentum(0x7f80) && !canonical_momentum(0x7fc1) && !canonical_momentum(0x0001));
+        assert!(canonical_momentum(0x8000));
     }
 
     #[test]

@@ -276,13 +276,15 @@ pub fn run_diloco(
                 checkpoint_interval: config.checkpoint_interval,
                 trail_dir: trail_dir.as_deref(),
                 compact_base: if config.compact {
-                    Some(crate::checkpoint::CompactBase::new(&global, config.adamw.beta1, config.adamw.beta2).ok_or(
-                        WorkerError::BadSegments {
-                            steps: config.inner_steps,
-                            interval: config.checkpoint_interval,
-                            reason: "compact checkpoints need beta1² < beta2",
-                        },
-                    )?)
+                    Some(
+                        crate::checkpoint::CompactBase::new(&global, config.adamw.beta1, config.adamw.beta2)
+                            .ok_or(WorkerError::BadSegments {
+                                steps: config.inner_steps,
+                                interval: config.checkpoint_interval,
+                                reason: "compact checkpoints need beta1² < beta2",
+                            })?
+                            .for_rule(config.adamw.rule),
+                    )
                 } else {
                     None
                 },

@@ -87,9 +87,11 @@ pub fn start_checkpoint(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Ve
 /// moment bound of its betas — or `None` for a job with full checkpoints (or betas without a
 /// bound, which the chain refuses for compact jobs).
 pub fn compact_base<'a>(spec: &JobSpec, global: &'a [f32]) -> Option<checkpoint::CompactBase<'a>> {
+    let rule = adamw_config(spec).rule;
     (spec.verification.checkpoint_state == trellis_proto::CheckpointState::Compact)
         .then(|| checkpoint::CompactBase::new(global, f64::from(spec.diloco.beta1), f64::from(spec.diloco.beta2)))
         .flatten()
+        .map(|base| base.for_rule(rule))
 }
 
 /// The hash of [`start_checkpoint`].

@@ -143,7 +143,12 @@ impl AdamW {
 /// (attention and MLP matrices). Embeddings (the tied output layer too), norms and biases keep
 /// AdamW, as Muon's authors and MuLoCo do.
 pub fn takes_muon(parameter: &Parameter) -> bool {
-    parameter.name.starts_with("blocks.") && parameter.tensor.dim() == 2
+    is_muon_matrix(&parameter.name, parameter.tensor.dim())
+}
+
+/// [`takes_muon`] by a tensor's name and rank, as a checkpoint's header lists them.
+pub fn is_muon_matrix(name: &str, rank: usize) -> bool {
+    name.starts_with("blocks.") && rank == 2
 }
 
 /// The nearest semi-orthogonal matrix to `matrix`, approximately (singular values brought to

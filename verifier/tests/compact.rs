@@ -10,7 +10,7 @@ use trellis_proto::{DeltaEncoding, Hash, InvalidReason, VerdictOutcome};
 use trellis_trainer::checkpoint::{checkpoint_hash, compact_parts, CheckpointData, CheckpointView, CompactBase};
 use trellis_trainer::encoding;
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_trainer::optim::AdamW;
+use trellis_trainer::optim::{AdamW, AdamWConfig, InnerRule};
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 use trellis_verifier::segment::{check_delta_drift, check_segment, DeltaError, Mode, Replay};
 
@@ -24,10 +24,22 @@ fn compact_trail(
     interval: u64,
     steps: u64,
 ) -> (trellis_trainer::worker::Trail, Vec<f32>, Gpt) {
+    compact_trail_with(data, dir, adamw(), seed, worker, interval, steps)
+}
+
+/// [`compact_trail`] with the inner optimizer `config`.
+fn compact_trail_with(
+    data: &trellis_trainer::data::Dataset,
+    dir: &std::path::Path,
+    config: AdamWConfig,
+    seed: u64,
+    worker: usize,
+    interval: u64,
+    steps: u64,
+) -> (trellis_trainer::worker::Trail, Vec<f32>, Gpt) {
     let _ = std::fs::remove_dir_all(dir);
     let mut model = Gpt::new(&Preset::Nano.config(), seed, Device::Cpu).unwrap();
     let start = model.flat_weights();
-    let config = adamw();
     let mut optimizer = AdamW::new(config.clone(), model.parameters());
     let schedule = schedule(3);
     let inner = InnerLoop {
@@ -37,7 +49,7 @@ fn compact_trail(
         worker,
         checkpoint_interval: interval,
         trail_dir: Some(dir),
-        compact_base: CompactBase::new(&start, config.beta1, config.beta2),
+        compact_base: CompactBase::new(&start, config.beta1, config.beta2).map(|b| b.for_rule(config.rule)),
     };
     let trail = inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap().trail;
     (trail, start, model)
@@ -76,6 +88,33 @@ fn a_compact_trail_re_executes_against_the_round_start_and_a_full_checkpoint_is_
     let report = check_segment(&compact, &full_trail, 1, &full_source, Mode::Exact);
     assert_eq!(reason(&report.outcome), Some(InvalidReason::MalformedBlob));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A Muon job with compact checkpoints (the matrices' momentum in bf16): every segment
+/// re-executes bit for bit from its compact start; read as an AdamW job's checkpoints, or
+/// replayed with AdamW, it does not check out.
+#[test]
+fn a_muon_compact_trail_re_executes_and_is_not_an_adamw_jobs() {
+    let data = dataset();
+    let dir = std::env::temp_dir().join(format!("trellis-muon-compact-{}", std::process::id()));
+    let muon = AdamWConfig { rule: InnerRule::Muon, ..adamw() };
+    let (trail, start, _) = compact_trail_with(&data, &dir, muon.clone(), 9, 1, 4, 12);
+    let base = CompactBase::new(&start, muon.beta1, muon.beta2).unwrap().for_rule(InnerRule::Muon);
+    let mut source = MemorySource::default();
+    for entry in &trail.checkpoints {
+        source.0.insert(entry.hash, std::fs::read(checkpoint_path(&dir, entry.step)).unwrap());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let replay_muon = Replay { adamw: muon, compact_base: Some(base), ..replay(&data) };
+    for segment in 0..3 {
+        let report = check_segment(&replay_muon, &trail, segment, &source, Mode::Exact);
+        assert_eq!(report.outcome, VerdictOutcome::Valid, "segment {segment}");
+        assert!(report.losses_match);
+    }
+    let adamw_base = CompactBase::new(&start, 0.9, 0.95);
+    let as_adamw = Replay { compact_base: adamw_base, ..replay(&data) };
+    let report = check_segment(&as_adamw, &trail, 1, &source, Mode::Exact);
+    assert_ne!(report.outcome, VerdictOutcome::Valid, "an AdamW job's checker does not accept it");
 }
 
 /// A job whose Δ is the final drift (compact checkpoints, f32 Δ): the miner's Δ is the final

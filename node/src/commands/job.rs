@@ -81,7 +81,8 @@ pub struct DilocoFile {
     /// f32, f16, int8, q4, q2 or topk:<density>[+int8|+q4|+q2] (docs/protocol.md §2.8, §4.3).
     #[serde(default = "defaults::encoding")]
     pub encoding: String,
-    /// adamw (the default) or muon (MuLoCo: Muon on the blocks' matrices; full checkpoints).
+    /// adamw (the default) or muon (MuLoCo: Muon on the blocks' matrices; in compact checkpoints
+    /// their momentum is held in bf16).
     #[serde(default)]
     pub inner_optimizer: Option<String>,
     /// The fewest inner steps a miner may commit (default: inner_steps, every round waits for
@@ -230,17 +231,11 @@ impl JobFile {
             Some("muon") => InnerOptimizer::Muon,
             Some(other) => bail!("diloco.inner_optimizer '{other}': use adamw or muon"),
         };
-        let muon = inner_optimizer == InnerOptimizer::Muon;
         let checkpoint_state = match (v.checkpoint_state.as_deref(), &mode) {
             (None | Some("full"), VerificationMode::Groth16 { .. }) => CheckpointState::Full,
             (Some(_), VerificationMode::Groth16 { .. }) => {
                 bail!("verification.checkpoint_state: a groth16 job's checkpoints are its own (leave it out)")
             }
-            (Some("compact"), _) if muon => bail!(
-                "verification.checkpoint_state compact with diloco.inner_optimizer muon: compact checkpoints hold \
-                 AdamW's moments, Muon's momentum needs full ones (leave checkpoint_state out, or full)"
-            ),
-            (None, _) if muon => CheckpointState::Full,
             (None | Some("compact"), _) => CheckpointState::Compact,
             (Some("full"), _) => CheckpointState::Full,
             (Some(other), _) => bail!("verification.checkpoint_state '{other}': use compact or full"),
@@ -592,7 +587,7 @@ mod encoding_tests {
     }
 
     #[test]
-    fn a_muon_job_takes_full_checkpoints_and_refuses_compact_ones() {
+    fn a_muon_job_takes_compact_checkpoints_by_default_and_full_ones_when_asked() {
         let file = |extra: &str| -> JobFile {
             let text = format!(
                 "name = \"t\"\nmodel = \"nano\"\ndataset = \"d\"\nescrow = 30001\nreward_per_round = 10000\n\
@@ -603,9 +598,9 @@ mod encoding_tests {
         };
         let spec = file("").spec(Hash([1; 32]), 4, None).expect("a valid spec");
         assert_eq!(spec.diloco.inner_optimizer, InnerOptimizer::Muon);
-        assert_eq!(spec.verification.checkpoint_state, CheckpointState::Full);
-        let error = file("checkpoint_state = \"compact\"\n").spec(Hash([1; 32]), 4, None).unwrap_err().to_string();
-        assert!(error.contains("muon") && error.contains("full"), "{error}");
+        assert_eq!(spec.verification.checkpoint_state, CheckpointState::Compact);
+        let full = file("checkpoint_state = \"full\"\n").spec(Hash([1; 32]), 4, None).expect("a valid spec");
+        assert_eq!(full.verification.checkpoint_state, CheckpointState::Full);
         let mut unknown = file("");
         unknown.diloco.inner_optimizer = Some("lion".into());
         let error = unknown.spec(Hash([1; 32]), 4, None).unwrap_err().to_string();

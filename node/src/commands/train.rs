@@ -247,12 +247,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         InnerArg::Adamw => InnerRule::Adamw,
         InnerArg::Muon => InnerRule::Muon,
     };
-    if args.compact_checkpoints && inner_rule == InnerRule::Muon {
-        bail!(
-            "--compact-checkpoints with --inner-optimizer muon: compact checkpoints store AdamW's moments \
-             relative to each other, and Muon keeps a momentum with no second moment; use full checkpoints"
-        );
-    }
     if args.fragments == 0 || args.inner_steps % args.fragments as u64 != 0 {
         bail!("--fragments must be at least 1 and divide --inner-steps ({})", args.inner_steps);
     }

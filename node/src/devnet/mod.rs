@@ -63,8 +63,8 @@ pub struct DevnetArgs {
     /// §2.8).
     #[arg(long, default_value = "f32")]
     pub encoding: String,
-    /// The demo job's inner optimizer: adamw, or muon (MuLoCo; its checkpoints are full ones,
-    /// 12 bytes a parameter, since compact ones hold AdamW's moments).
+    /// The demo job's inner optimizer: adamw, or muon (MuLoCo; its compact checkpoints hold the
+    /// matrices' momentum in bf16).
     #[arg(long, default_value = "adamw")]
     pub inner_optimizer: String,
     /// The fewest inner steps a miner of the demo job may commit [default: --inner-steps]; below
