@@ -30,19 +30,21 @@ fn run(dataset: &Dataset, steps: u64, dir: Option<&std::path::Path>) -> Trail {
     run_with(dataset, adamw(steps), steps, dir)
 }
 
+/// Worker 1's inner loop in round 0 with a checkpoint every 5 steps.
+fn inner_loop<'a>(
+    dataset: &'a Dataset,
+    schedule: &'a BatchSchedule,
+    dir: Option<&'a std::path::Path>,
+    compact_base: Option<CompactBase<'a>>,
+) -> InnerLoop<'a> {
+    InnerLoop { dataset, schedule, round: 0, worker: 1, checkpoint_interval: 5, trail_dir: dir, compact_base }
+}
+
 fn run_with(dataset: &Dataset, config: AdamWConfig, steps: u64, dir: Option<&std::path::Path>) -> Trail {
     let mut model = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap();
     let mut optimizer = AdamW::new(config, model.parameters());
     let schedule = schedule();
-    let inner = InnerLoop {
-        dataset,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 5,
-        trail_dir: dir,
-        compact_base: None,
-    };
+    let inner = inner_loop(dataset, &schedule, dir, None);
     inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).unwrap().trail
 }
 
@@ -53,15 +55,7 @@ fn resume_at_ten(dataset: &Dataset, config: AdamWConfig, dir: &std::path::Path, 
     let mut optimizer = AdamW::new(config, model.parameters());
     resume_from(&checkpoint_path(dir, 10), &first.checkpoints[2].hash, &mut model, &mut optimizer).unwrap();
     let schedule = schedule();
-    let inner = InnerLoop {
-        dataset,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 5,
-        trail_dir: None,
-        compact_base: None,
-    };
+    let inner = inner_loop(dataset, &schedule, None, None);
     let resumed = inner.train_steps(&mut model, &mut optimizer, 10, |_, _| {}).unwrap().trail;
     (model, optimizer, resumed)
 }
@@ -151,19 +145,10 @@ fn compact_rerun_and_resume(dataset: &Dataset, rule: InnerRule) -> Trail {
     let config = AdamWConfig { rule, ..adamw(20) };
     let base = CompactBase::new(&start, config.beta1, config.beta2).unwrap().for_rule(rule);
     let schedule = schedule();
-    let inner = |dir: Option<&'static std::path::Path>| InnerLoop {
-        dataset,
-        schedule: &schedule,
-        round: 0,
-        worker: 1,
-        checkpoint_interval: 5,
-        trail_dir: dir,
-        compact_base: Some(base),
-    };
     let run_compact = |dir: Option<&std::path::Path>| {
         let mut model = Gpt::new(&Preset::Nano.config(), 5, Device::Cpu).unwrap();
         let mut optimizer = AdamW::new(config.clone(), model.parameters());
-        let inner = InnerLoop { trail_dir: dir, ..inner(None) };
+        let inner = inner_loop(dataset, &schedule, dir, Some(base));
         inner.train_steps(&mut model, &mut optimizer, 20, |_, _| {}).unwrap().trail
     };
     let trail = run_compact(Some(&dir));
@@ -178,7 +163,8 @@ fn compact_rerun_and_resume(dataset: &Dataset, rule: InnerRule) -> Trail {
     let mut model = Gpt::new(&Preset::Nano.config(), 999, Device::Cpu).unwrap();
     let mut optimizer = AdamW::new(config.clone(), model.parameters());
     resume_from_with(&path, &trail.checkpoints[2].hash, &mut model, &mut optimizer, Some(base)).unwrap();
-    let resumed = inner(None).replay_steps(&mut model, &mut optimizer, 10).unwrap().trail;
+    let resumed =
+        inner_loop(dataset, &schedule, None, Some(base)).replay_steps(&mut model, &mut optimizer, 10).unwrap().trail;
     assert_eq!(resumed.hashes(), trail.hashes()[3..].to_vec(), "{rule:?}: the resumed trail differs");
     std::fs::remove_dir_all(&dir).unwrap();
     trail

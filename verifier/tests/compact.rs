@@ -14,21 +14,10 @@ use trellis_trainer::optim::{AdamW, AdamWConfig, InnerRule};
 use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 use trellis_verifier::segment::{check_delta_drift, check_segment, DeltaError, Mode, Replay};
 
-/// A compact trail of `steps` steps with a checkpoint every `interval`, its checkpoints written
-/// under `dir`: the trail, the round's start weights and the model at the trail's end.
+/// A compact trail of `steps` steps of the inner optimizer `config` with a checkpoint every
+/// `interval`, its checkpoints written under `dir`: the trail, the round's start weights and the
+/// model at the trail's end.
 fn compact_trail(
-    data: &trellis_trainer::data::Dataset,
-    dir: &std::path::Path,
-    seed: u64,
-    worker: usize,
-    interval: u64,
-    steps: u64,
-) -> (trellis_trainer::worker::Trail, Vec<f32>, Gpt) {
-    compact_trail_with(data, dir, adamw(), seed, worker, interval, steps)
-}
-
-/// [`compact_trail`] with the inner optimizer `config`.
-fn compact_trail_with(
     data: &trellis_trainer::data::Dataset,
     dir: &std::path::Path,
     config: AdamWConfig,
@@ -59,7 +48,7 @@ fn compact_trail_with(
 fn a_compact_trail_re_executes_against_the_round_start_and_a_full_checkpoint_is_not_the_jobs() {
     let data = dataset();
     let dir = std::env::temp_dir().join(format!("trellis-compact-trail-{}", std::process::id()));
-    let (trail, start, _) = compact_trail(&data, &dir, 9, 1, 4, 12);
+    let (trail, start, _) = compact_trail(&data, &dir, adamw(), 9, 1, 4, 12);
     let base = CompactBase::new(&start, adamw().beta1, adamw().beta2).unwrap();
     let mut source = MemorySource::default();
     for entry in &trail.checkpoints {
@@ -98,7 +87,7 @@ fn a_muon_compact_trail_re_executes_and_is_not_an_adamw_jobs() {
     let data = dataset();
     let dir = std::env::temp_dir().join(format!("trellis-muon-compact-{}", std::process::id()));
     let muon = AdamWConfig { rule: InnerRule::Muon, ..adamw() };
-    let (trail, start, _) = compact_trail_with(&data, &dir, muon.clone(), 9, 1, 4, 12);
+    let (trail, start, _) = compact_trail(&data, &dir, muon.clone(), 9, 1, 4, 12);
     let base = CompactBase::new(&start, muon.beta1, muon.beta2).unwrap().for_rule(InnerRule::Muon);
     let mut source = MemorySource::default();
     for entry in &trail.checkpoints {
@@ -125,7 +114,7 @@ fn a_muon_compact_trail_re_executes_and_is_not_an_adamw_jobs() {
 fn the_final_drift_is_the_delta_and_binds_it_to_the_final_checkpoint_without_its_bytes() {
     let data = dataset();
     let dir = std::env::temp_dir().join(format!("trellis-final-drift-{}", std::process::id()));
-    let (trail, start, model) = compact_trail(&data, &dir, 11, 0, 3, 6);
+    let (trail, start, model) = compact_trail(&data, &dir, adamw(), 11, 0, 3, 6);
     let base = CompactBase::new(&start, adamw().beta1, adamw().beta2).unwrap();
     let last = trail.checkpoints.last().unwrap();
     let bytes = std::fs::read(checkpoint_path(&dir, last.step)).unwrap();
