@@ -48,6 +48,8 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
             "3",
             "--baseline",
             "ddp",
+            "--ddp-lr",
+            "0.003,0.0001",
             "--json",
             "--out",
             out.to_str().unwrap(),
@@ -62,6 +64,13 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     assert!(diloco["final_validation_loss"].as_f64().unwrap() < diloco["initial_validation_loss"].as_f64().unwrap());
     assert_eq!(diloco["tokens"], metrics["ddp"]["tokens"], "the baseline trains the same tokens");
     assert!(metrics["comparison"]["bytes_ratio_ddp_over_diloco"].as_f64().unwrap() > 1.0);
+    // Data-parallel at each rate asked; DiLoCo is compared with the best (3e-3 beats 1e-4).
+    let sweep = metrics["ddp_sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2);
+    let losses: Vec<f64> = sweep.iter().map(|r| r["final_validation_loss"].as_f64().unwrap()).collect();
+    assert!(losses[0] < losses[1], "{sweep:?}");
+    assert_eq!(metrics["ddp"]["final_validation_loss"].as_f64().unwrap(), losses[0]);
+    assert_eq!(metrics["ddp"]["method"], "ddp-lr0.003");
     assert!(dir.join("m.metrics.json").exists());
     assert_eq!(&std::fs::read(dir.join("m.loss.png")).unwrap()[..4], b"\x89PNG");
     let trail_json: serde_json::Value =
@@ -165,6 +174,7 @@ fn bad_inputs_get_clear_errors() {
         (vec!["train", "--data", &data, "--slowdown", "1,1,1,0.5", "--out", out], "each at least 1"),
         (vec!["train", "--data", &data, "--min-inner-steps", "0", "--out", out], "--min-inner-steps must be in 1..="),
         (vec!["train", "--data", &data, "--baseline", "wait", "--out", out], "--baseline wait compares"),
+        (vec!["train", "--data", &data, "--ddp-lr", "0.01", "--out", out], "add --baseline ddp"),
         (
             vec!["train", "--data", &data, "--slowdown", "1,1,1,3", "--fragments", "2", "--out", out],
             "--slowdown runs without --fragments",

@@ -154,6 +154,11 @@ pub struct TrainArgs {
     /// Also train this baseline with the same total tokens, for comparison.
     #[arg(long, value_enum)]
     pub baseline: Option<BaselineArg>,
+    /// Peak learning rates of the data-parallel baseline, comma-separated [default: --lr]: each
+    /// is trained, and DiLoCo is compared with the best (data-parallel tuned at its own rate,
+    /// as docs/training.md compares).
+    #[arg(long, value_delimiter = ',')]
+    pub ddp_lr: Vec<f64>,
     /// Start DiLoCo and the baseline from one model pretrained for this many data-parallel
     /// steps (the K workers' batches together, on batches of a salted seed), as the DiLoCo paper
     /// starts from a pretrained model. Its tokens are not counted in the comparison.
@@ -270,6 +275,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             bail!("--slowdown runs without --fragments, --attack and --trail-dir");
         }
     }
+    if !args.ddp_lr.is_empty() && !matches!(args.baseline, Some(BaselineArg::Ddp)) {
+        bail!("--ddp-lr sets the rates of the data-parallel baseline: add --baseline ddp");
+    }
+    if args.ddp_lr.iter().any(|lr| !lr.is_finite() || *lr <= 0.0) {
+        bail!("--ddp-lr rates must be positive");
+    }
     if matches!(args.baseline, Some(BaselineArg::Wait)) && min_inner_steps == args.inner_steps {
         bail!("--baseline wait compares against a run that waits: give --min-inner-steps below H (and --slowdown)");
     }
@@ -384,8 +395,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let diloco_steps = args.workers as u64 * args.inner_steps * args.rounds;
+    let ddp_rates = if args.ddp_lr.is_empty() { vec![args.lr] } else { args.ddp_lr.clone() };
     let baseline_steps = match args.baseline {
-        Some(BaselineArg::Ddp) => args.inner_steps * args.rounds,
+        Some(BaselineArg::Ddp) => args.inner_steps * args.rounds * ddp_rates.len() as u64,
         Some(BaselineArg::Wait) => diloco_steps,
         None => 0,
     };
@@ -415,10 +427,25 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
         run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?
     };
+    let mut ddp_sweep: Vec<(f64, f64)> = Vec::new();
     let ddp = match args.baseline {
         Some(BaselineArg::Ddp) => {
-            bar.set_message("ddp");
-            Some(run_data_parallel(&config, &dataset, |event| report_progress(&bar, args.json, "ddp", event))?)
+            let mut best: Option<RunReport> = None;
+            for lr in &ddp_rates {
+                bar.set_message("ddp");
+                let rate =
+                    RunConfig { adamw: AdamWConfig { learning_rate: *lr, ..config.adamw.clone() }, ..config.clone() };
+                let mut run =
+                    run_data_parallel(&rate, &dataset, |event| report_progress(&bar, args.json, "ddp", event))?;
+                if ddp_rates.len() > 1 {
+                    run.method = format!("ddp-lr{lr}");
+                }
+                ddp_sweep.push((*lr, run.final_validation_loss));
+                if best.as_ref().is_none_or(|b| run.final_validation_loss < b.final_validation_loss) {
+                    best = Some(run);
+                }
+            }
+            best
         }
         Some(BaselineArg::Wait) => {
             bar.set_message("wait");
@@ -438,7 +465,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     model_io::save(&final_model, &args.out)?;
     let metrics_path = args.metrics.clone().unwrap_or_else(|| sibling(&args.out, ".metrics.json"));
     let plot_path = args.plot.clone().unwrap_or_else(|| sibling(&args.out, ".loss.png"));
-    let metrics = metrics_json(&args, preset, parameters, &dataset, &diloco, ddp.as_ref());
+    let mut metrics = metrics_json(&args, preset, parameters, &dataset, &diloco, ddp.as_ref());
+    if ddp_sweep.len() > 1 {
+        metrics["ddp_sweep"] = json!(ddp_sweep
+            .iter()
+            .map(|(lr, loss)| json!({"lr": lr, "final_validation_loss": loss}))
+            .collect::<Vec<_>>());
+    }
     std::fs::write(&metrics_path, serde_json::to_string_pretty(&metrics)?)
         .with_context(|| format!("writing {}", metrics_path.display()))?;
     let mut series = vec![curve(&diloco)];
@@ -448,6 +481,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {
+        for (lr, loss) in ddp_sweep.iter().filter(|_| ddp_sweep.len() > 1) {
+            println!("data-parallel at lr {lr}: validation loss {loss:.4}");
+        }
         print_summary(&diloco, ddp.as_ref(), &args.out, &metrics_path, &plot_path);
     }
     Ok(())
