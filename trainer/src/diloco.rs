@@ -302,15 +302,11 @@ pub fn run_diloco(
             if let Some(dir) = &trail_dir {
                 write_trail(dir, &output.trail)?;
             }
-            let encoded = match config.encoding {
-                quantised if quantised.has_error_feedback() => feedback[worker].encode(quantised, &output.delta),
-                other => encoding::encode(other, &output.delta),
-            };
+            let (sent, decoded) = send(config.encoding, &mut feedback[worker], &output.delta, worker)?;
             if worker == 0 {
-                bytes_sent += encoded.len() as u64;
-                peak_sync = peak_sync.max(encoded.len() as u64);
+                bytes_sent += sent;
+                peak_sync = peak_sync.max(sent);
             }
-            let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
             output.delta = decoded;
             outputs.push(output);
         }
@@ -429,15 +425,11 @@ pub fn run_streaming_diloco(
                 train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
                 locals[worker] = model.flat_weights();
                 let delta = pseudo_gradient(&global[range.clone()], &locals[worker][range.clone()]);
-                let encoded = match config.encoding {
-                    lossy if lossy.has_error_feedback() => feedback[worker][fragment].encode(lossy, &delta),
-                    other => encoding::encode(other, &delta),
-                };
+                let (sent, decoded) = send(config.encoding, &mut feedback[worker][fragment], &delta, worker)?;
                 if worker == 0 {
-                    bytes_sent += encoded.len() as u64;
-                    peak_sync = peak_sync.max(encoded.len() as u64);
+                    bytes_sent += sent;
+                    peak_sync = peak_sync.max(sent);
                 }
-                let (_, decoded) = encoding::decode(&encoded).expect("our own encoding decodes");
                 delta_norms[worker] += decoded.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
                 deltas.push(decoded);
             }
@@ -467,6 +459,28 @@ pub fn run_streaming_diloco(
     let mut report = finish(method, initial_validation_loss, rounds, global, Vec::new(), compute, checkpointing);
     report.peak_bytes_per_sync = peak_sync;
     Ok(report)
+}
+
+/// What worker `worker` sends of `delta` in `encoding` (with its error feedback `feedback`
+/// where the encoding has it): the bytes' count, and the Δ the aggregator decodes from them.
+fn send(
+    encoding: DeltaEncoding,
+    feedback: &mut ErrorFeedback,
+    delta: &[f32],
+    worker: usize,
+) -> Result<(u64, Vec<f32>), WorkerError> {
+    let non_finite = |error| match error {
+        encoding::EncodingError::NonFinite(index) => WorkerError::NonFiniteDelta { worker, index },
+        _ => WorkerError::NonFiniteDelta { worker, index: delta.len() },
+    };
+    let encoded = if encoding.has_error_feedback() {
+        feedback.encode(encoding, delta).map_err(non_finite)?
+    } else {
+        encoding::check_finite(delta).map_err(non_finite)?;
+        encoding::encode(encoding, delta)
+    };
+    let (_, decoded) = encoding::decode(&encoded).map_err(non_finite)?;
+    Ok((encoded.len() as u64, decoded))
 }
 
 /// Synchronous data-parallel with the same total tokens: every step trains on the K workers'

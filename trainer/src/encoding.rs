@@ -605,6 +605,15 @@ fn bf16_nearest(value: f32) -> f32 {
     crate::compact::round_bf16(value)
 }
 
+/// Every value of a Δ to encode is finite: else [`EncodingError::NonFinite`] at the first that is
+/// not (a round whose training diverged has no Δ to send; its encoding would not decode).
+pub fn check_finite(values: &[f32]) -> Result<(), EncodingError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(EncodingError::NonFinite(index)),
+        None => Ok(()),
+    }
+}
+
 /// The canonical bytes of an error-feedback residual, which a miner publishes for its checkers
 /// (`docs/protocol.md` §4.3): each value's bf16 bits, u16 little-endian. [`ErrorFeedback`] holds
 /// its residual in bf16 already, so nothing is lost: half the bytes of f32.
@@ -620,10 +629,8 @@ pub fn residual_from_bytes(bytes: &[u8]) -> Result<Vec<f32>, EncodingError> {
     }
     let values: Vec<f32> =
         bytes.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect();
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(EncodingError::NonFinite(index)),
-        None => Ok(values),
-    }
+    check_finite(&values)?;
+    Ok(values)
 }
 
 /// Error feedback: what encoding lost in one round (rounding, and for top-k every value not
@@ -644,18 +651,21 @@ impl ErrorFeedback {
         Self { residual }
     }
 
-    /// Encodes `delta + residual` and keeps what the encoding lost as the new residual.
-    pub fn encode(&mut self, encoding: DeltaEncoding, delta: &[f32]) -> Vec<u8> {
+    /// Encodes `delta + residual` and keeps what the encoding lost as the new residual. A sum
+    /// that is not finite (a diverged round's Δ) has no encoding: [`EncodingError::NonFinite`],
+    /// and the residual is left as it was.
+    pub fn encode(&mut self, encoding: DeltaEncoding, delta: &[f32]) -> Result<Vec<u8>, EncodingError> {
         if self.residual.len() != delta.len() {
             self.residual = vec![0.0; delta.len()];
         }
         let corrected: Vec<f32> = delta.iter().zip(&self.residual).map(|(d, r)| d + r).collect();
+        check_finite(&corrected)?;
         let encoded = encode(encoding, &corrected);
-        let (_, decoded) = decode(&encoded).expect("our own encoding decodes");
+        let (_, decoded) = decode(&encoded)?;
         for ((r, c), q) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
             *r = bf16_nearest(c - q);
         }
-        encoded
+        Ok(encoded)
     }
 
     pub fn residual(&self) -> &[f32] {
@@ -819,7 +829,7 @@ mod tests {
             let mut feedback = ErrorFeedback::default();
             for round in 0..3 {
                 let scaled: Vec<f32> = v.iter().map(|x| x * 0.1f32.powi(round)).collect();
-                let encoded = feedback.encode(encoding, &scaled);
+                let encoded = feedback.encode(encoding, &scaled).unwrap();
                 let bounds = residual_bounds(&encoded).unwrap();
                 for (i, (r, b)) in feedback.residual().iter().zip(&bounds).enumerate() {
                     assert!(r.abs() <= b * (1.0 + 1.0 / 256.0), "{encoding}, round {round}, at {i}: |{r}| > {b}");
@@ -834,10 +844,30 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_that_is_not_finite_has_no_encoding_and_leaves_the_residual_alone() {
+        for encoding in ALL.into_iter().filter(|e| e.has_error_feedback()) {
+            let mut feedback = ErrorFeedback::default();
+            feedback.encode(encoding, &sample(5000)).unwrap();
+            let before = feedback.residual().to_vec();
+            for bad in [f32::INFINITY, f32::NAN, f32::NEG_INFINITY] {
+                let mut v = sample(5000);
+                v[4097] = bad;
+                assert_eq!(feedback.encode(encoding, &v), Err(EncodingError::NonFinite(4097)), "{encoding} {bad}");
+                assert_eq!(feedback.residual(), &before[..], "{encoding}: the residual is kept");
+            }
+            // A finite Δ whose sum with the residual overflows is refused too.
+            let mut overflowing = ErrorFeedback::with_residual(vec![3e38; 10]);
+            assert_eq!(overflowing.encode(encoding, &[3e38; 10]), Err(EncodingError::NonFinite(0)), "{encoding}");
+        }
+        assert_eq!(check_finite(&[0.0, 1.0, f32::NAN]), Err(EncodingError::NonFinite(2)));
+        assert_eq!(check_finite(&sample(10)), Ok(()));
+    }
+
+    #[test]
     fn residuals_are_held_in_bf16_and_their_bytes_round_trip() {
         let mut feedback = ErrorFeedback::default();
         let v = sample(5000);
-        feedback.encode(DeltaEncoding::Q4, &v);
+        feedback.encode(DeltaEncoding::Q4, &v).unwrap();
         let residual = feedback.residual().to_vec();
         assert!(residual.iter().all(|r| r.to_bits() & 0xffff == 0), "held in bf16");
         assert!(residual.iter().any(|r| *r != 0.0));
@@ -957,7 +987,7 @@ mod tests {
             let mut sent_feedback = vec![0.0f32; delta.len()];
             for _ in 0..rounds {
                 let (_, plain) = decode(&encode(encoding, &delta)).unwrap();
-                let (_, fb) = decode(&feedback.encode(encoding, &delta)).unwrap();
+                let (_, fb) = decode(&feedback.encode(encoding, &delta).unwrap()).unwrap();
                 for i in 0..delta.len() {
                     sent_plain[i] += plain[i];
                     sent_feedback[i] += fb[i];

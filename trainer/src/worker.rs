@@ -33,6 +33,8 @@ pub enum WorkerError {
     Diverged { step: u64, loss: f32 },
     #[error("cannot train {steps} steps with checkpoints every {interval}: {reason}")]
     BadSegments { steps: u64, interval: u64, reason: &'static str },
+    #[error("worker {worker}'s Δ is not finite at value {index} (its training diverged, or an attack made it so): it has no encoding")]
+    NonFiniteDelta { worker: usize, index: usize },
 }
 
 /// One trail entry: the hash of the checkpoint after `step` optimizer steps (the protocol's type).

@@ -418,7 +418,7 @@ mod residual_tests {
             let mut previous: Option<Vec<u8>> = None;
             for (round, values) in rounds_of_changing_scale().iter().enumerate() {
                 let carried = feedback.residual().to_vec();
-                let encoded = feedback.encode(encoding, values);
+                let encoded = feedback.encode(encoding, values).unwrap();
                 if let Some(previous) = &previous {
                     assert!(
                         residual_within_bound(previous, &carried),
@@ -435,7 +435,7 @@ mod residual_tests {
         let rounds = rounds_of_changing_scale();
         let encoding: DeltaEncoding = "topk:0.03+q2".parse().unwrap();
         let mut feedback = encoding::ErrorFeedback::default();
-        let previous = feedback.encode(encoding, &rounds[0]);
+        let previous = feedback.encode(encoding, &rounds[0]).unwrap();
         let carried = feedback.residual().to_vec();
         assert!(residual_within_bound(&previous, &carried));
         let (_, sent) = encoding::decode(&previous).unwrap();
@@ -456,9 +456,9 @@ mod residual_tests {
         // rule above is not weakened back to it.
         let rounds = rounds_of_changing_scale();
         let mut feedback = encoding::ErrorFeedback::default();
-        feedback.encode(DeltaEncoding::Int8, &rounds[0]);
+        feedback.encode(DeltaEncoding::Int8, &rounds[0]).unwrap();
         let carried = feedback.residual().to_vec();
-        let current = feedback.encode(DeltaEncoding::Int8, &rounds[1]);
+        let current = feedback.encode(DeltaEncoding::Int8, &rounds[1]).unwrap();
         let (chunk, scales) = encoding::chunk_scales(&current).unwrap();
         let old_rule = carried.iter().enumerate().all(|(i, r)| r.abs() <= 2.0 * scales[i / chunk]);
         assert!(!old_rule, "the old bound accepts this honest residual; the test no longer shows the false positive");
@@ -468,7 +468,7 @@ mod residual_tests {
     fn made_up_residuals_and_malformed_deltas_fail() {
         let rounds = rounds_of_changing_scale();
         let mut feedback = encoding::ErrorFeedback::default();
-        let previous = feedback.encode(DeltaEncoding::Int8, &rounds[0]);
+        let previous = feedback.encode(DeltaEncoding::Int8, &rounds[0]).unwrap();
         let carried = feedback.residual().to_vec();
         assert!(residual_within_bound(&previous, &carried));
         let (chunk, scales) = encoding::chunk_scales(&previous).unwrap();

@@ -161,10 +161,10 @@ fn fake_and_honest_deltas_are_told_apart_for_every_encoding() {
     // the residual is bounded by the Δ it came from.
     for quantised in DeltaEncoding::ALL.into_iter().filter(|e| e.has_error_feedback()) {
         let mut feedback = ErrorFeedback::default();
-        let first = feedback.encode(quantised, &delta);
+        let first = feedback.encode(quantised, &delta).unwrap();
         let residual = feedback.residual().to_vec();
         assert!(residual_within_bound(&first, &residual), "{quantised:?}: an honest residual is within its bound");
-        let second = feedback.encode(quantised, &delta);
+        let second = feedback.encode(quantised, &delta).unwrap();
         let hash = encoding::delta_hash(&second);
         check_delta(quantised, &global, &final_weights, Some(&residual), &second, &hash).unwrap();
         assert!(check_delta(quantised, &global, &final_weights, None, &second, &hash).is_err());

@@ -517,6 +517,11 @@ async fn train_round(
         let trail_key = stage.put(BlobKey::new(BlobKind::Trail, trail.hash()), &trail.to_bytes())?;
         #[cfg(feature = "adversary")]
         let delta = adversary::poison(behaviour, delta, round_number, worker);
+        // A diverged round has no Δ to send: committing bytes that do not decode would be judged
+        // a poisoner's work. The round is dropped with the reason (and not paid).
+        encoding::check_finite(&delta).map_err(|error| {
+            anyhow::anyhow!("the round's Δ is not finite ({error}): training diverged; the round is not committed")
+        })?;
         let (encoded, residual_hash) = match spec.diloco.encoding {
             quantised if quantised.has_error_feedback() => {
                 // Error feedback: what quantisation lost in our last revealed round is added to
@@ -527,7 +532,7 @@ async fn train_round(
                     None => (vec![0.0; delta.len()], None),
                 };
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
-                let encoded = feedback.encode(quantised, &delta);
+                let encoded = feedback.encode(quantised, &delta).context("encoding the round's Δ")?;
                 std::fs::write(
                     residual_path(&context2.work_dir, job2.id.0, round_number),
                     encoding::residual_to_bytes(feedback.residual()),
