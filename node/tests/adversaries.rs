@@ -70,10 +70,9 @@ mod with_adversaries {
     /// Runs `trellis devnet` to the end of its demo job (`nano`, 20 inner steps) with `miners`
     /// honest miners and `adversary`; the `index`-th run of this process gets its own ports.
     fn devnet(index: u16, name: &str, miners: usize, adversaries: &[&str]) -> Run {
-        devnet_of(index, name, miners, adversaries, "nano", 20, 2)
+        devnet_of(index, name, miners, adversaries, "nano", 20, 2, &[])
     }
 
-    /// `devnet` with another model (a preset, or a zk model for a groth16 job) and H.
     /// The first port of the `index`-th run of this process: below the kernel's ephemeral range
     /// (32768 and up), 80 ports per run; node `i`'s RPC listens on `base + 10i`.
     fn base_port(index: u16) -> u16 {
@@ -82,21 +81,10 @@ mod with_adversaries {
         25_100 + (std::process::id() % 5) as u16 * 700 + index * 80
     }
 
-    fn devnet_of(
-        index: u16,
-        name: &str,
-        miners: usize,
-        adversaries: &[&str],
-        model: &str,
-        inner_steps: u32,
-        rounds: u32,
-    ) -> Run {
-        devnet_with(index, name, miners, adversaries, model, inner_steps, rounds, &[])
-    }
-
-    /// `devnet_of` with more `trellis devnet` arguments.
+    /// `devnet` with another model (a preset, or a zk model for a groth16 job), H, rounds and
+    /// more `trellis devnet` arguments.
     #[allow(clippy::too_many_arguments)]
-    fn devnet_with(
+    fn devnet_of(
         index: u16,
         name: &str,
         miners: usize,
@@ -294,7 +282,7 @@ mod with_adversaries {
         *runs += 1;
         // Four steps a round, proved one at a time (the devnet's interval is at most a quarter
         // of the steps): half the proving of eight, in the suite's most CPU-hungry devnet.
-        let run = devnet_of(*runs, "groth16", 2, &["fake-trail"], "mlp:16x8x4,batch=4,lr=0.5", 4, 2);
+        let run = devnet_of(*runs, "groth16", 2, &["fake-trail"], "mlp:16x8x4,batch=4,lr=0.5", 4, 2, &[]);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
         assert!(
             run.rounds.iter().all(|r| r.accepted == 2),
@@ -334,7 +322,7 @@ mod with_adversaries {
     fn a_straggler_commits_what_it_trained_and_is_paid_by_its_tokens() {
         let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         *runs += 1;
-        let run = devnet_with(*runs, "straggler", 2, &["straggler"], "nano", 20, 2, &["--min-inner-steps", "4"]);
+        let run = devnet_of(*runs, "straggler", 2, &["straggler"], "nano", 20, 2, &["--min-inner-steps", "4"]);
         assert_eq!(run.rounds.len(), 2, "both rounds settled: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r.accepted == 3), "every miner accepted every round: {:?}", run.rounds);
         assert!(run.miners.iter().all(|m| m.slashes.is_empty() && !m.ejected), "{:?}", run.miners);
@@ -360,7 +348,7 @@ mod with_adversaries {
         *runs += 1;
         // Four rounds: the forger proposes during some aggregate window with probability
         // 1 − 0.75^(blocks in the windows), over 99.9% here.
-        let run = devnet_of(*runs, "forge-aggregate", 3, &["forge-aggregate"], "nano", 20, 4);
+        let run = devnet_of(*runs, "forge-aggregate", 3, &["forge-aggregate"], "nano", 20, 4, &[]);
         assert_eq!(run.rounds.len(), 4, "every round settled with an aggregate: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r.accepted == 3), "{:?}", run.rounds);
         assert!(run.miners.iter().all(|m| m.slashes.is_empty() && m.paid > 0), "{:?}", run.miners);
@@ -382,7 +370,7 @@ mod with_adversaries {
     fn a_framing_checkers_made_up_evidence_never_reaches_the_chain() {
         let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         *runs += 1;
-        let run = devnet_of(*runs, "frame", 3, &["frame"], "nano", 20, 3);
+        let run = devnet_of(*runs, "frame", 3, &["frame"], "nano", 20, 3, &[]);
         assert_eq!(run.rounds.len(), 3, "every round settled: {:?}", run.rounds);
         assert!(run.rounds.iter().all(|r| r.accepted == 3), "{:?}", run.rounds);
         assert!(
@@ -411,7 +399,7 @@ mod with_adversaries {
             let stop = stop.clone();
             std::thread::spawn(move || flood_until(base, 7, &stop))
         };
-        let run = devnet_of(*runs, "flood", 3, &[], "nano", 20, 2);
+        let run = devnet_of(*runs, "flood", 3, &[], "nano", 20, 2, &[]);
         stop.store(true, Ordering::SeqCst);
         let (sent, admitted) = flood.join().expect("the flood thread");
         eprintln!(

@@ -3,46 +3,22 @@
 //! the steps it reaches while the others train H, weights its Δ by them, and models the round's
 //! wall time; equal slowdowns change nothing.
 
-use std::cell::RefCell;
-use std::path::PathBuf;
+mod common;
 
+use std::cell::RefCell;
+
+use common::{corpus, small_run};
 use tch::Device;
-use trellis_proto::{AggregationRule, DeltaEncoding, OuterOptimizer};
+use trellis_proto::{AggregationRule, DeltaEncoding};
 use trellis_protocol::aggregate::aggregate_by_steps;
-use trellis_trainer::data::{repository_text, BatchSchedule, Dataset, DEFAULT_SHARD_BYTES};
+use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::diloco::{round_wall_steps, run_diloco, worker_steps, RoundHooks, RunConfig};
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_trainer::worker::{InnerLoop, Trail};
 
-fn corpus() -> Dataset {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
-    Dataset::from_bytes(text, DEFAULT_SHARD_BYTES)
-}
-
 fn config(slowdown: Vec<f64>, min_inner_steps: u64) -> RunConfig {
-    RunConfig {
-        model: Preset::Nano.config(),
-        seed: 3,
-        workers: 2,
-        inner_steps: 8,
-        rounds: 2,
-        batch_size: 4,
-        sequence_length: 32,
-        adamw: AdamWConfig::with_schedule(3e-3, 2, 16),
-        outer: OuterOptimizer::Nesterov,
-        outer_learning_rate: 0.7,
-        outer_momentum: 0.9,
-        encoding: DeltaEncoding::F32,
-        checkpoint_interval: 4,
-        compact: false,
-        trail_dir: None,
-        device: Device::Cpu,
-        initial_weights: None,
-        slowdown,
-        min_inner_steps,
-    }
+    RunConfig { checkpoint_interval: 4, slowdown, min_inner_steps, ..small_run(DeltaEncoding::F32) }
 }
 
 #[test]

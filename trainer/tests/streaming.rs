@@ -1,43 +1,14 @@
 //! Streaming DiLoCo: with one fragment it is DiLoCo bit for bit; with four, a synchronisation
 //! sends a quarter of a Δ, a round sends what DiLoCo sends, and the model trains.
 
-use std::path::PathBuf;
+mod common;
 
-use tch::Device;
-use trellis_proto::{DeltaEncoding, OuterOptimizer};
-use trellis_trainer::data::{repository_text, Dataset, DEFAULT_SHARD_BYTES};
+use common::{corpus, small_run};
+use trellis_proto::DeltaEncoding;
 use trellis_trainer::diloco::{run_diloco, run_streaming_diloco, RoundHooks, RunConfig};
-use trellis_trainer::model::Preset;
-use trellis_trainer::optim::AdamWConfig;
-
-fn corpus() -> Dataset {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = repository_text(&repo).unwrap_or_else(|e| panic!("the repository's text is the test corpus: {e}"));
-    Dataset::from_bytes(text, DEFAULT_SHARD_BYTES)
-}
 
 fn config(encoding: DeltaEncoding) -> RunConfig {
-    RunConfig {
-        model: Preset::Nano.config(),
-        seed: 3,
-        workers: 2,
-        inner_steps: 8,
-        rounds: 2,
-        batch_size: 4,
-        sequence_length: 32,
-        adamw: AdamWConfig::with_schedule(3e-3, 2, 16),
-        outer: OuterOptimizer::Nesterov,
-        outer_learning_rate: 0.7,
-        outer_momentum: 0.9,
-        encoding,
-        checkpoint_interval: 8,
-        compact: false,
-        trail_dir: None,
-        device: Device::Cpu,
-        initial_weights: None,
-        slowdown: Vec::new(),
-        min_inner_steps: 8,
-    }
+    small_run(encoding)
 }
 
 #[test]
