@@ -125,6 +125,7 @@ fn job(segments: u32, segments_per_miner: u32) -> Job {
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
                 min_inner_steps: segments * 5,
+                fragments: 1,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {
@@ -158,6 +159,7 @@ fn round_with_commit(miner: Address, steps: u32) -> RoundState {
         delta_hash: Hash::ZERO,
         residual_hash: Hash::ZERO,
         steps,
+        continues: Hash::ZERO,
     };
     RoundState {
         job: JobId(1),

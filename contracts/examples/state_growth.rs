@@ -41,6 +41,7 @@ fn spec() -> JobSpec {
             encoding: DeltaEncoding::F32,
             inner_optimizer: Default::default(),
             min_inner_steps: 40,
+            fragments: 1,
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {

@@ -19,8 +19,8 @@ use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
 use crate::rounds;
 use crate::state::{
-    decode_record, keys, read, write, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas, MinerEntry, Phase,
-    RevealedDelta, RoundState, Stake, Supply, Unbonding, Validator, ValidatorSet, VerdictRecord,
+    decode_record, keys, read, write, AcceptedState, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas,
+    MinerEntry, Phase, RevealedDelta, RoundState, Stake, Supply, Unbonding, Validator, ValidatorSet, VerdictRecord,
 };
 
 /// What a block gives the state machine besides its transactions.
@@ -814,6 +814,23 @@ impl Chain {
                 reveal.steps
             )));
         }
+        if reveal.continues != Hash::ZERO {
+            // A streaming job's work continues only the miner's own accepted state of the
+            // round before (docs/protocol.md §2.9).
+            let carried: Option<AcceptedState> = if trellis_protocol::fragments::is_streaming(&job.spec) {
+                read(kv, &keys::accepted(job.id, &miner))?
+            } else {
+                None
+            };
+            let continues_previous = carried.is_some_and(|state| {
+                state.final_checkpoint == reveal.continues && Some(state.round) == round.round.checked_sub(1)
+            });
+            if !continues_previous {
+                return Err(TxError::InvalidCommitment(
+                    "the work continues a state that is not this miner's accepted work of the previous round of a streaming job".into(),
+                ));
+            }
+        }
         let feedback = job.spec.diloco.encoding.has_error_feedback();
         if !feedback && reveal.residual_hash != Hash::ZERO {
             return Err(TxError::InvalidCommitment(
@@ -1068,6 +1085,17 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
         (d.workers_per_round == 0 || d.workers_per_round > max_workers, format!("workers_per_round must be in 1..={max_workers}")),
         (d.inner_steps == 0 || d.inner_steps > bounds::MAX_INNER_STEPS, format!("inner_steps must be in 1..={}", bounds::MAX_INNER_STEPS)),
         (d.min_inner_steps == 0 || d.min_inner_steps > d.inner_steps, "min_inner_steps must be in 1..=inner_steps".into()),
+        (
+            d.fragments == 0 || d.fragments > trellis_protocol::fragments::MAX_FRAGMENTS,
+            format!("fragments must be in 1..={}", trellis_protocol::fragments::MAX_FRAGMENTS),
+        ),
+        (
+            d.fragments > 1
+                && (matches!(v.mode, VerificationMode::Groth16 { .. })
+                    || d.encoding.has_error_feedback()
+                    || d.min_inner_steps != d.inner_steps),
+            "a streaming job (fragments > 1) needs a mode that re-executes (not groth16), an encoding without error feedback (f32, f16) and min_inner_steps = inner_steps".into(),
+        ),
         (d.batch_size == 0 || d.batch_size > bounds::MAX_BATCH_SIZE, format!("batch_size must be in 1..={}", bounds::MAX_BATCH_SIZE)),
         (
             round_tokens > u128::from(bounds::MAX_ROUND_TOKENS),

@@ -11,7 +11,9 @@ use crate::error::TxError;
 use crate::exec::{BlockCtx, Chain, Event, SlashReason};
 use crate::kv::KvStore;
 use crate::params::fraction;
-use crate::state::{keys, read, write, Assignment, Job, JobStatus, Phase, RoundState, RoundSummary, ValidatorSet};
+use crate::state::{
+    keys, read, write, AcceptedState, Assignment, Job, JobStatus, Phase, RoundState, RoundSummary, ValidatorSet,
+};
 
 /// Blocks a settled or lapsed round keeps its full record (for clients and the devnet's table)
 /// before it is pruned to a [`RoundSummary`].
@@ -457,6 +459,15 @@ fn tally<S: KvStore + ?Sized>(
         unchecked,
     });
 
+    if trellis_protocol::fragments::is_streaming(&job.spec) {
+        // What the next round's work of each accepted miner may continue from.
+        for commit in round.commits.iter().filter(|c| accepted.contains(&c.miner)) {
+            if let Some(reveal) = &commit.reveal {
+                let state = AcceptedState { round: round.round, final_checkpoint: reveal.final_checkpoint };
+                write(kv, keys::accepted(job.id, &commit.miner), &state);
+            }
+        }
+    }
     round.accepted = accepted;
     matched.sort();
     round.matched_checkers = matched;
@@ -563,8 +574,8 @@ fn next_round_or_end<S: KvStore + ?Sized>(
 }
 
 /// Ends the job at `height` and refunds what is left of the escrow to the submitter. The job
-/// leaves the active index, its last round is queued for pruning, and the per-miner Δ records
-/// (needed only while rounds are checked) go.
+/// leaves the active index, its last round is queued for pruning, and the per-miner Δ and
+/// accepted-state records (needed only while rounds are checked) go.
 pub(crate) fn end_job<S: KvStore + ?Sized>(
     chain: &Chain,
     kv: &mut S,
@@ -574,8 +585,10 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
 ) -> Result<Vec<Event>, TxError> {
     kv.delete(&keys::active(job.id));
     retire_round(kv, job.id, job.current_round, height);
-    for (key, _) in kv.scan_prefix(&keys::deltas_of_job(job.id)) {
-        kv.delete(&key);
+    for prefix in [keys::deltas_of_job(job.id), keys::accepted_of_job(job.id)] {
+        for (key, _) in kv.scan_prefix(&prefix) {
+            kv.delete(&key);
+        }
     }
     let refund = job.escrow;
     chain.credit(kv, &job.submitter, refund)?;

@@ -441,6 +441,18 @@ pub struct MinerDeltas {
 }
 canonical_struct!(MinerDeltas { latest, previous });
 
+/// Where a miner of a streaming job (`fragments > 1`) may continue from: the final checkpoint of
+/// its latest accepted work and that work's round. Written when a round is tallied, for every
+/// miner whose work was accepted; a reveal of round `round + 1` may name `final_checkpoint` as
+/// the state it continues (`WorkReveal::continues`, docs/protocol.md §2.9). Deleted when the
+/// job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedState {
+    pub round: u32,
+    pub final_checkpoint: Hash,
+}
+canonical_struct!(AcceptedState { round, final_checkpoint });
+
 /// Token supply accounting: `genesis + minted − burned` is what exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Supply {
@@ -512,6 +524,8 @@ pub mod keys {
     pub const PRUNE_PREFIX: &[u8] = b"prune/";
     pub const SUMMARY_PREFIX: &[u8] = b"summary/";
     pub const DELTAS_PREFIX: &[u8] = b"deltas/";
+    /// `accepted/<job>/<miner>`: a streaming job's miner's latest accepted state.
+    pub const ACCEPTED_PREFIX: &[u8] = b"accepted/";
 
     pub fn account(address: &Address) -> Vec<u8> {
         [ACCOUNT_PREFIX, &address.0].concat()
@@ -573,6 +587,14 @@ pub mod keys {
 
     pub fn deltas(job: JobId, miner: &Address) -> Vec<u8> {
         [deltas_of_job(job).as_slice(), &miner.0].concat()
+    }
+
+    pub fn accepted_of_job(job: JobId) -> Vec<u8> {
+        [ACCEPTED_PREFIX, &job.0.to_be_bytes(), b"/"].concat()
+    }
+
+    pub fn accepted(job: JobId, miner: &Address) -> Vec<u8> {
+        [accepted_of_job(job).as_slice(), &miner.0].concat()
     }
 
     fn role_byte(role: Role) -> u8 {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use trellis_contracts::state::{JobStatus, Phase};
+use trellis_contracts::state::{keys, read, AcceptedState, JobStatus, Phase};
 use trellis_contracts::{Event, Params, SlashReason, TxError};
 use trellis_proto::*;
 
@@ -93,6 +93,69 @@ fn a_straggler_is_checked_on_the_segments_it_trained_and_paid_by_its_tokens() {
             "{steps} steps"
         );
     }
+}
+
+/// A streaming job (2 fragments): a miner's work may continue only its own accepted state of
+/// the round before. The chain records each accepted miner's final checkpoint at the tally; a
+/// reveal naming another state — a round-0 reveal, someone else's, or the miner's own of a
+/// round it was not accepted in — is refused, one naming nothing (a start from θ_r) is taken;
+/// the records go when the job ends.
+#[test]
+fn a_streaming_miner_continues_only_its_own_accepted_state_of_the_round_before() {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.diloco.fragments = 2;
+    spec.diloco.rounds = 2;
+    let job = w.submit_spec_and_join(spec, 30_000);
+    let refused = |result: Result<Vec<Event>, TxError>| matches!(result, Err(TxError::InvalidCommitment(ref m)) if m.contains("accepted work of the previous round"));
+    // Round 0: nothing precedes it.
+    let mut early = w.work(job, 0, 0);
+    early.continues = Hash([9; 32]);
+    w.commit_work(0, &early).unwrap();
+    for i in 1..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.enter_reveals(job, 0);
+    assert!(refused(w.reveal_work(0, early)), "round 0 continues nothing");
+    for i in 1..3 {
+        w.reveal(job, 0, i).unwrap();
+    }
+    let deadline = w.round(job, 0).reveal_deadline;
+    w.advance_to(Height(deadline.0 + 1));
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let accepted = |w: &World, i: usize| -> Option<AcceptedState> {
+        read(&w.kv, &keys::accepted(JobId(job), &w.miners[i].address())).unwrap()
+    };
+    assert_eq!(w.round(job, 0).accepted.len(), 2);
+    assert_eq!(accepted(&w, 0), None, "miner 0 revealed nothing: no state to continue");
+    let finals: Vec<Hash> = (0..3).map(|i| w.work(job, 0, i).final_checkpoint).collect();
+    let final_of = |i: usize| finals[i];
+    assert_eq!(accepted(&w, 1), Some(AcceptedState { round: 0, final_checkpoint: final_of(1) }));
+    w.aggregate(job, 0).unwrap();
+
+    // Round 1: miner 1 continues its own state; miner 2 names miner 1's; miner 0 has none.
+    let mut works: Vec<WorkReveal> = (0..3).map(|i| w.work(job, 1, i)).collect();
+    works[1].continues = final_of(1);
+    works[2].continues = final_of(1);
+    works[0].continues = final_of(2);
+    for (i, work) in works.iter().enumerate() {
+        w.commit_work(i, work).unwrap();
+    }
+    w.enter_reveals(job, 1);
+    let mut works = works.into_iter();
+    let (zero, one, two) = (works.next().unwrap(), works.next().unwrap(), works.next().unwrap());
+    assert!(refused(w.reveal_work(0, zero)), "a state it was never accepted with");
+    w.reveal_work(1, one).unwrap();
+    assert!(refused(w.reveal_work(2, two)), "another miner's state");
+    let deadline = w.round(job, 1).reveal_deadline;
+    w.advance_to(Height(deadline.0 + 1));
+    w.verdicts(job, 1, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 1);
+    w.aggregate(job, 1).unwrap();
+    assert_eq!(w.job(job).status, JobStatus::Finished);
+    assert_eq!((accepted(&w, 1), accepted(&w, 2)), (None, None), "the records go with the job");
+    w.supply_holds();
 }
 
 #[test]

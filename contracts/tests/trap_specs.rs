@@ -27,6 +27,17 @@ fn trap_specs_are_refused_at_submission() {
         ("inner_steps", |s| s.diloco.inner_steps = trellis_proto::trail::MAX_TRAIL_STEPS + 1),
         ("min_inner_steps", |s| s.diloco.min_inner_steps = 0),
         ("min_inner_steps", |s| s.diloco.min_inner_steps = s.diloco.inner_steps + 1),
+        ("fragments", |s| s.diloco.fragments = 0),
+        ("fragments", |s| s.diloco.fragments = 65),
+        ("streaming job", |s| {
+            // Error feedback would carry a fragment's residual over F rounds: not on chain.
+            s.diloco.fragments = 2;
+            s.diloco.encoding = DeltaEncoding::Int8;
+        }),
+        ("streaming job", |s| {
+            s.diloco.fragments = 2;
+            s.diloco.min_inner_steps = 5;
+        }),
         ("trimmed-mean", |s| s.aggregation = AggregationRule::TrimmedMean { trim: 2 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: -1.0, iterations: 3 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: u32::MAX }),
@@ -57,6 +68,11 @@ fn trap_specs_are_refused_at_submission() {
     }
     assert_eq!(validate_job_spec(&w.spec(), &params), Ok(()));
     for state in [trellis_proto::CheckpointState::Full, trellis_proto::CheckpointState::Compact] {
+        let mut streaming = w.spec();
+        streaming.diloco.fragments = 4;
+        streaming.diloco.encoding = DeltaEncoding::F16;
+        streaming.verification.checkpoint_state = state;
+        assert_eq!(validate_job_spec(&streaming, &params), Ok(()), "a streaming job with {state:?} checkpoints");
         let mut muon = w.spec();
         muon.diloco.inner_optimizer = InnerOptimizer::Muon;
         muon.verification.checkpoint_state = state;

@@ -336,6 +336,32 @@ mod with_adversaries {
         }
     }
 
+    /// A streaming job (`--fragments 2`): round r synchronises fragment r mod 2, and from round 1
+    /// on every honest miner continues its accepted state of the round before; their trails pass
+    /// every check. The `forged-start` miner names its accepted state in round 1 but starts from
+    /// one of its own: every checker derives the start from the named state, finds the trail's
+    /// first checkpoint another, and the miner is slashed as a poisoner and ejected.
+    #[test]
+    fn a_streaming_job_continues_accepted_states_and_catches_a_forged_start() {
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let run = devnet_of(*runs, "streaming", 3, &["forged-start"], "nano", 20, 3, &["--fragments", "2"]);
+        assert_eq!(run.rounds.len(), 3, "every round settled: {:?}", run.rounds);
+        assert_eq!(run.rounds[0].continued, 0, "round 0 continues nothing");
+        assert!(
+            run.rounds[1..].iter().all(|r| r.continued >= 3 && r.accepted == 3),
+            "the honest miners continue their accepted states and pass: {:?}",
+            run.rounds
+        );
+        let forger = run.miners.iter().find(|m| m.behaviour == "forged-start").expect("the forger");
+        assert!(forger.ejected, "{forger:?}");
+        assert_eq!(forger.slashes.len(), 1, "{forger:?}");
+        assert_eq!(forger.slashes[0].reason, "poisoner", "{forger:?}");
+        for honest in run.miners.iter().filter(|m| m.behaviour == "honest") {
+            assert!(honest.slashes.is_empty() && honest.paid > 0, "{honest:?}");
+        }
+    }
+
     /// A Byzantine proposer: one of the four validators puts forward an outer update it never
     /// computed (`forge-aggregate`), sends it and proposes blocks carrying it. Every honest
     /// validator recomputes the aggregate and votes nil on such a block, so none is committed:

@@ -378,8 +378,13 @@ pub struct DilocoParams {
     /// The fewest inner steps a worker may commit (`1..=inner_steps`; `inner_steps` when the
     /// round waits for every worker's H steps). A slower worker stops at its commit deadline
     /// after at least this many; the merge weights each Δ by its steps and rewards follow them
-    /// (docs/protocol.md §2.9).
+    /// (docs/protocol.md §4.3 "Stragglers").
     pub min_inner_steps: u32,
+    /// Streaming DiLoCo's fragments F (1 for plain DiLoCo): the parameters split into F
+    /// contiguous fragments, and round r synchronises fragment `r mod F` only; a miner that
+    /// continues from its own accepted state of the previous round keeps training the others
+    /// (docs/protocol.md §2.9). Each fragment is synchronised every F rounds.
+    pub fragments: u32,
 }
 canonical_struct!(DilocoParams {
     workers_per_round,
@@ -399,6 +404,7 @@ canonical_struct!(DilocoParams {
     encoding,
     inner_optimizer,
     min_inner_steps,
+    fragments,
 });
 
 /// What a trail checkpoint holds, and so what a checker downloads to re-execute a segment.
@@ -544,8 +550,13 @@ pub struct WorkReveal {
     /// per step and its final checkpoint after the last; the Δ is weighted and the reward paid by
     /// them.
     pub steps: u32,
+    /// In a streaming job (`fragments > 1`): the final checkpoint of this miner's accepted work
+    /// of the previous round, which this round's start state continues (with the fragment that
+    /// round synchronised taken from θ_r); `Hash::ZERO` for a start from θ_r with fresh moments,
+    /// and always in other jobs.
+    pub continues: Hash,
 }
-canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash, steps });
+canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash, steps, continues });
 
 impl WorkReveal {
     /// The commitment to this work by `miner`: `H_binding(miner ‖ encode(self))`.

@@ -110,13 +110,13 @@ fn golden_block_verifies() {
 const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
 const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
 const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
-const GOLDEN_JOB_SPEC: (usize, &str) = (191, "e3f7c8d841c8f58ec1cabbe2fc25d77c66d3000f2f44610a4dcaad32382d6ada");
-const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "c8bced190bde4f737817d7fad35a9b377f2ab18962e4615dcdbf81146dedf4fa");
+const GOLDEN_JOB_SPEC: (usize, &str) = (195, "e9346a1fb4f149bee794b7ce080e107dfcddf9580f38d6c2a8a7e6e4920526fb");
+const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "3a4dd9fa9832c62e3da24a481fe72ab98708194f7dbe5069ef43e0d1ee1cd79b");
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "d6022f91cfda0773694c0a9f2dd369e8d085b221f6a95e85104b0d4d38f4692b");
-const GOLDEN_BLOCK: (usize, &str) = (2846, "7cd9278a0f8cb9bd7942c3605b36c484d9f700f5b9e607d9ce8b590837d0c788");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "1d0999881daf225e3b9892572d4ac19d03c782dfdde85d22b40b0d568904f285");
+const GOLDEN_BLOCK: (usize, &str) = (2882, "7e0993296a8f264a645013bfa23251f6c5c7d349799aac76e82280fdbb801808");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "transfer",
@@ -138,9 +138,9 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ),
     (
         "submit_job",
-        312,
-        "ce8aef221414c8f15465fa5bac9e919d6387fd5aab91e521f28cc4dbee6e3d38",
-        "24c32c163b0240533beb70c1db6b08128dc1be9e2f7e030a843937e37343b64e",
+        316,
+        "3fb1a2ff87bf5c30ff99c6fc200cc91032c863927a98b9047a16931f864ea36b",
+        "71c0c1cfae39aa511e505534d2694081d16873f5fc4d01d344b84dfd09aa6702",
     ),
     (
         "join_job",
@@ -151,8 +151,8 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "commit_work",
         157,
-        "b5d42a8a802453726399451bb38b7a7e7bd3c3de7eaf3c9cf944de0dbed25543",
-        "fbb446cebf54a51dfaba94f956f127c7f398e4c77c9537eb0eadd0a94ab7f714",
+        "bbe22a7ae39bd6593d378868f1b8325da2c3aef16254fafaf9f969f5e07fe6ce",
+        "797cc48686030d40e36bdcd86591b5fe52623b9d44a941af1e91597f4154e459",
     ),
     (
         "verdict",
@@ -180,9 +180,9 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ),
     (
         "reveal_work",
-        257,
-        "99f7cf7f25bac24ce04c906625b54b85a3cc953fea40ee84631bc41d8a862235",
-        "afd1e8a622cfff514c679dedc777fd1eba666764d369a4fd140d14b242bfceba",
+        289,
+        "e3ecba6e3afbb0bf70be69bf49d3da28b337157a2a326f665388b418ed6821ea",
+        "2673de61c2672af46fa729be35fa4b48c9d4d98ebac982b6a48bcbc13c77c115",
     ),
     (
         "verdict",
@@ -203,12 +203,12 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
         "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
     ),
 ];
-const GOLDEN_BLOCK_HASH: &str = "d7ac140ff1e626974c8bc5aa6222fdc52683ec4f1858c3563151a56b137fcf97";
-const GOLDEN_JOB_SPEC_HASH: &str = "b7ee3bd81fdf92918a2d4fbe2d26c28b058c08ae01163be1d346bd2dd1db93f4";
+const GOLDEN_BLOCK_HASH: &str = "282e3d9da6fce67e49b1edc36e7c60608f1b7cf5916e94d91f3734cadba47110";
+const GOLDEN_JOB_SPEC_HASH: &str = "db2c1ce6c69091a179ac06d0e8364a14a00cb062bb7fc20184c6e01d86d71f87";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
 const GOLDEN_TRAIL_HASH: &str = "79630e845f02e9e99b52b6c4fc0586eab7655dd7da380e420f2a3a5a95ea20bb";
-const GOLDEN_WORK_BINDING: &str = "539a015c438fca2b275c5ab13c99726ea86e7183a4a63cf8df4a4581549e970b";
-const GOLDEN_WORK_REVEAL: (usize, &str) = (144, "f3d9262a5faf5197d990b3514153f43a24f3f6c96e4c3e7792419be9dc65907e");
+const GOLDEN_WORK_BINDING: &str = "b26098215823f68a41527c404339d1c947926f7d7506f37b533a3cc0d6b49bc4";
+const GOLDEN_WORK_REVEAL: (usize, &str) = (176, "3c77f4196736d6d523bf335be1824469408e580f02d28c3676950ebb5be201a7");
 const GOLDEN_TRAIL: (usize, &str) = (280, "939f108d60aee8b03ba2a180774b4821ed1bf6f92927ea6d101a06d6f354eeb0");
 const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) =
     (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");

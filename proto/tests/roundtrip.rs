@@ -47,10 +47,17 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
             prop::sample::select(DeltaEncoding::ALL.to_vec()),
             prop_oneof![Just(InnerOptimizer::Adamw), Just(InnerOptimizer::Muon)],
             any::<u32>(),
+            any::<u32>(),
         ),
     )
         .prop_map(
-            |((w, h, b, s), (lr, b1, b2, wd, clip), (warm, outer), (olr, om, rounds), (encoding, inner, min))| {
+            |(
+                (w, h, b, s),
+                (lr, b1, b2, wd, clip),
+                (warm, outer),
+                (olr, om, rounds),
+                (encoding, inner, min, fragments),
+            )| {
                 DilocoParams {
                     workers_per_round: w,
                     inner_steps: h,
@@ -69,6 +76,7 @@ fn arb_job_spec() -> impl Strategy<Value = JobSpec> {
                     encoding,
                     inner_optimizer: inner,
                     min_inner_steps: min,
+                    fragments,
                 }
             },
         );
@@ -195,8 +203,8 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
             round,
             binding
         })),
-        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash(), any::<u32>()).prop_map(
-            |(j, round, trail, final_checkpoint, delta_hash, residual_hash, steps)| {
+        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash(), any::<u32>(), arb_hash())
+            .prop_map(|(j, round, trail, final_checkpoint, delta_hash, residual_hash, steps, continues)| {
                 TxKind::RevealWork(WorkReveal {
                     job: JobId(j),
                     round,
@@ -205,9 +213,9 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
                     delta_hash,
                     residual_hash,
                     steps,
+                    continues,
                 })
-            }
-        ),
+            }),
         (any::<u64>(), any::<u32>(), arb_address(), any::<u32>(), arb_outcome()).prop_map(
             |(j, round, miner, segment, outcome)| {
                 TxKind::Verdict(Verdict { job: JobId(j), round, miner, segment, outcome })

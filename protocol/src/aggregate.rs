@@ -54,7 +54,7 @@ pub fn aggregate(rule: &AggregationRule, deltas: &[&[f32]]) -> Result<Vec<f32>, 
 }
 
 /// [`aggregate`] of Δs whose workers trained `steps[k]` inner steps each (a round whose workers
-/// may commit after `min_inner_steps`, docs/protocol.md §2.9): the mean weights each Δ by its
+/// may commit after `min_inner_steps`, docs/protocol.md §4.3): the mean weights each Δ by its
 /// steps, `Σ s_k·Δ_k / Σ s_k`, so a straggler's shorter round counts for the work in it. When every
 /// worker trained the same steps this is [`aggregate`], bit for bit. Trimmed mean and centred
 /// clipping rank or clip values and take each Δ once, whatever its steps.

@@ -25,6 +25,10 @@
 //! - `lying-peer`: trains honestly, but its blob exchange lies to everyone: doctored copies of
 //!   the other miners' trails it fetched, and manifests over the size limit for anything else.
 //!   Checkers move on to honest holders and stop asking it; nobody honest is punished.
+//! - `forged-start`: in a streaming job (`fragments > 1`), a round that continues its accepted
+//!   state names that state but starts from one of its own making (every weight shifted), then
+//!   trains honestly; every checker derives the start from the named state and finds the trail's
+//!   first checkpoint another (`Invalid(StartMismatch)`): poisoner. Elsewhere it trains honestly.
 //!
 //! - `straggler`: not an attack but a slow machine: trains honestly at a third of its speed
 //!   (after each step it waits twice that step's time). In a job with `min_inner_steps < H` it
@@ -68,6 +72,9 @@ pub enum Behaviour {
     Frame,
     /// (A miner) trains honestly, three times slower than it could.
     Straggler,
+    /// (A miner of a streaming job) names its accepted state as the one it continues, but starts
+    /// from a state of its own making.
+    ForgedStart,
 }
 
 /// The miners' behaviours the simulator stages (it does not train, so those it models are
@@ -76,7 +83,7 @@ pub const SIMULATED_MINERS: [Behaviour; 5] =
     [Behaviour::Honest, Behaviour::FakeTrail, Behaviour::Copy, Behaviour::SkipWork, Behaviour::Withhold];
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 12] = [
+    pub const ALL: [Behaviour; 13] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -89,6 +96,7 @@ impl Behaviour {
         Behaviour::ForgeAggregate,
         Behaviour::Frame,
         Behaviour::Straggler,
+        Behaviour::ForgedStart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +113,7 @@ impl Behaviour {
             Behaviour::ForgeAggregate => "forge-aggregate",
             Behaviour::Frame => "frame",
             Behaviour::Straggler => "straggler",
+            Behaviour::ForgedStart => "forged-start",
         }
     }
 

@@ -168,6 +168,7 @@ mod tests {
             delta_hash: Hash([1; 32]),
             residual_hash: Hash::ZERO,
             steps: STEPS,
+            continues: Hash::ZERO,
         }
     }
 

@@ -14,6 +14,8 @@
 //!   trimmed mean, centred clipping), bit-deterministic for a fixed input order;
 //! - [`outer`]: DiLoCo's outer step and [`outer::outer_update`], the round's whole update
 //!   (combine, then step θ_r and the momentum) that every validator recomputes before it votes;
+//! - [`fragments`]: Streaming DiLoCo's fragments, which one a round synchronises, and which
+//!   coordinates a miner's continued start state takes from θ_r;
 //! - [`model`]: how a flat f32 vector (a global model, a Δ, a momentum buffer) is laid out in a
 //!   blob;
 //! - [`beacon`]: the chain's random beacon, a hash onion per validator mixed block by block,
@@ -31,6 +33,7 @@ pub mod beacon;
 pub mod behaviour;
 pub mod economics;
 pub mod evidence;
+pub mod fragments;
 pub mod judge;
 pub mod model;
 pub mod outer;

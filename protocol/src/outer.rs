@@ -199,6 +199,7 @@ pub(crate) mod tests {
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
                 min_inner_steps: 4,
+                fragments: 1,
             },
             aggregation,
             verification: VerificationParams {

@@ -16,10 +16,12 @@ use trellis_proto::{CheckpointState, DeltaEncoding, Hash, JobId, JobSpec, Trail,
 /// an f32 Δ, replay verification. Then `Δ = −drift` exactly (a bf16 value in every f32), the
 /// trail names the hash of the final checkpoint's other part ([`Trail::final_moments`]), and a
 /// checker recomputes the final checkpoint's hash from the Δ and that part instead of
-/// downloading the checkpoint (`docs/protocol.md` §4.4). In every other job the trail's
+/// downloading the checkpoint (`docs/protocol.md` §4.4). A streaming job's Δ covers one fragment
+/// and its drift spans several rounds, so it never is. In every other job the trail's
 /// `final_moments` is zero and `Δ = θ_r − θ_final`.
 pub fn delta_is_drift(spec: &JobSpec) -> bool {
-    spec.verification.checkpoint_state == CheckpointState::Compact
+    !crate::fragments::is_streaming(spec)
+        && spec.verification.checkpoint_state == CheckpointState::Compact
         && spec.diloco.encoding == DeltaEncoding::F32
         && !matches!(spec.verification.mode, VerificationMode::Groth16 { .. })
 }

@@ -779,6 +779,45 @@ impl<'a> CheckpointView<'a> {
     }
 }
 
+/// `bytes` (a checkpoint parsed against `base`) with the weights at `span` set to `global`'s
+/// (θ_r's) there, and everything else — the step, the other weights, every moment — kept byte
+/// for byte: in a full checkpoint `global`'s values (a subnormal one as zero, as [`capture`]
+/// writes it), in a compact one a zero drift (read against θ_r, `global`'s values themselves).
+/// The start state of a Streaming DiLoCo round that continues a miner's previous final state
+/// (`trellis_protocol::fragments`); in a compact job `base` is θ_r's, and the previous final's
+/// drift outside `span` is from the same values, since θ moved only inside it.
+pub fn with_weights_from_global(
+    bytes: &[u8],
+    base: Option<CompactBase<'_>>,
+    global: &[f32],
+    span: std::ops::Range<usize>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let view = CheckpointView::parse(bytes, base)?;
+    if global.len() != view.total || span.end > view.total || span.start > span.end {
+        return Err(CheckpointError::Mismatch(format!(
+            "{} parameters in the checkpoint, {} in the global model, fragment {span:?}",
+            view.total,
+            global.len()
+        )));
+    }
+    let body = bytes.len() - view.body.len();
+    let mut out = bytes.to_vec();
+    match base {
+        None => {
+            let at = body + 4 * span.start;
+            for (slot, value) in out[at..body + 4 * span.end].chunks_exact_mut(4).zip(&global[span]) {
+                let value = if value.is_subnormal() { 0.0 } else { *value };
+                slot.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        Some(_) => {
+            let drift = body + view.tensor_count();
+            out[drift + 2 * span.start..drift + 2 * span.end].fill(0);
+        }
+    }
+    Ok(out)
+}
+
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

@@ -22,6 +22,9 @@ pub enum StartError {
     Model(#[from] ModelError),
     #[error("the global model has {got} weights, the job's model {expected}")]
     WrongSize { expected: usize, got: usize },
+    /// The state a streaming round would continue is not one an accepted round ends with.
+    #[error("cannot continue from the previous round's final checkpoint: {0}")]
+    NotContinuable(String),
 }
 
 /// The inner optimizer a job fixes: its schedule spans all rounds.
@@ -83,6 +86,52 @@ pub fn start_checkpoint(spec: &JobSpec, round: u32, global: &[f32]) -> Result<Ve
     })
 }
 
+/// The start checkpoint of a Streaming DiLoCo round `round` (a job with `fragments > 1`) that
+/// continues `previous`, the miner's final checkpoint of its accepted work of round `round − 1`:
+/// that state with the fragment round `round − 1` synchronised taken from θ_r (`global`), the
+/// step, the other fragments' weights and every moment kept (`docs/protocol.md` §2.9). The
+/// miner starts from it and every checker derives it the same way, so the trail's first link is
+/// checked like a fresh round's.
+pub fn continued_start_checkpoint(
+    spec: &JobSpec,
+    round: u32,
+    global: &[f32],
+    previous: &[u8],
+) -> Result<Vec<u8>, StartError> {
+    let not = |why: String| StartError::NotContinuable(why);
+    if !trellis_protocol::fragments::is_streaming(spec) {
+        return Err(not("the job is not a streaming job".into()));
+    }
+    let span = trellis_protocol::fragments::taken_from_global(spec, round, global.len())
+        .ok_or_else(|| not("round 0 has no previous round".into()))?;
+    let base = compact_base(spec, global);
+    let view = checkpoint::CheckpointView::parse(previous, base).map_err(|e| not(e.to_string()))?;
+    let expected = round_start_step(spec, round);
+    if view.step != expected {
+        return Err(not(format!("it is at step {}, the round starts at step {expected}", view.step)));
+    }
+    checkpoint::with_weights_from_global(previous, base, global, span).map_err(|e| not(e.to_string()))
+}
+
+/// A model and optimizer holding the state of the start checkpoint `bytes` (from
+/// [`start_checkpoint`] or [`continued_start_checkpoint`]), on `device`.
+pub fn state_from_checkpoint(
+    spec: &JobSpec,
+    global: &[f32],
+    bytes: &[u8],
+    device: Device,
+) -> Result<(Gpt, AdamW), StartError> {
+    let mut model = Gpt::new(&spec.model, spec.init_seed, device)?;
+    if model.numel() != global.len() {
+        return Err(StartError::WrongSize { expected: model.numel(), got: global.len() });
+    }
+    let mut optimizer = AdamW::new(adamw_config(spec), model.parameters());
+    let view = checkpoint::CheckpointView::parse(bytes, compact_base(spec, global))
+        .map_err(|e| StartError::NotContinuable(e.to_string()))?;
+    view.restore(&mut model, &mut optimizer, |_| true).map_err(|e| StartError::NotContinuable(e.to_string()))?;
+    Ok((model, optimizer))
+}
+
 /// What the job's compact checkpoints are read against — the round's start weights θ_r and the
 /// moment bound of its betas — or `None` for a job with full checkpoints (or betas without a
 /// bound, which the chain refuses for compact jobs).
@@ -130,6 +179,7 @@ mod tests {
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
                 min_inner_steps: 20,
+                fragments: 1,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {
@@ -167,6 +217,112 @@ mod tests {
         let mut moved = global.clone();
         moved[0] += 1.0;
         assert_ne!(round_one, start_checkpoint_hash(&spec, 1, &moved).unwrap(), "so is θ_r");
+    }
+
+    /// A streaming job (2 fragments) with `state` checkpoints.
+    fn streaming(state: CheckpointState) -> JobSpec {
+        let mut spec = spec();
+        spec.diloco.fragments = 2;
+        spec.verification.checkpoint_state = state;
+        spec
+    }
+
+    fn dataset() -> crate::data::Dataset {
+        let text: Vec<u8> =
+            (0..40_000u32).map(|i| b"the quick brown fox jumps over the lazy dog. "[i as usize % 45]).collect();
+        crate::data::Dataset::from_bytes(text, 4_096)
+    }
+
+    /// Round 0 of worker 0 trained from θ_0: the final checkpoint's bytes and the trail's hashes.
+    fn first_round(spec: &JobSpec, global: &[f32]) -> (Vec<u8>, Vec<Hash>) {
+        let dataset = dataset();
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("trellis-continued-start-{}-{run}", std::process::id()));
+        let (mut model, mut optimizer) = start_state(spec, 0, global, Device::Cpu).unwrap();
+        let schedule = schedule(spec);
+        let inner = crate::worker::InnerLoop {
+            dataset: &dataset,
+            schedule: &schedule,
+            round: 0,
+            worker: 0,
+            checkpoint_interval: 5,
+            trail_dir: Some(&dir),
+            compact_base: compact_base(spec, global),
+        };
+        let outcome = inner.train_steps(&mut model, &mut optimizer, 20, |_, _| {}).unwrap();
+        let last = outcome.trail.checkpoints.last().unwrap();
+        let bytes = std::fs::read(crate::worker::checkpoint_path(&dir, last.step)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (bytes, outcome.trail.checkpoints.iter().map(|e| e.hash).collect())
+    }
+
+    #[test]
+    fn a_continued_start_takes_the_synced_fragment_from_theta_r_and_keeps_everything_else() {
+        for state in [CheckpointState::Full, CheckpointState::Compact] {
+            let spec = streaming(state);
+            let theta0 = initial_weights(&spec).unwrap();
+            let (previous, _) = first_round(&spec, &theta0);
+            let n = theta0.len();
+            let synced = trellis_protocol::fragments::round_span(&spec, 0, n);
+            assert_eq!(synced, 0..n / 2, "round 0 synchronises the first fragment");
+            // θ_1: the outer step moved fragment 0 alone.
+            let mut theta1 = theta0.clone();
+            theta1[synced.clone()].iter_mut().for_each(|w| *w += 0.01);
+            let ended = checkpoint::CheckpointView::parse(&previous, compact_base(&spec, &theta0)).unwrap();
+            let start = continued_start_checkpoint(&spec, 1, &theta1, &previous).unwrap();
+            let view = checkpoint::CheckpointView::parse(&start, compact_base(&spec, &theta1)).unwrap();
+            assert_eq!(view.step, 20, "{state:?}: the round starts where the previous one ended");
+            let (weights, before) = (view.weights(), ended.weights());
+            assert!(weights[synced.clone()].iter().zip(&theta1[synced.clone()]).all(|(w, g)| w == g), "{state:?}");
+            assert_eq!(weights[n / 2..], before[n / 2..], "{state:?}: the other fragment trains on");
+            assert_ne!(weights[..n / 2], before[..n / 2], "{state:?}: the local values of the synced fragment go");
+            for index in 0..view.tensor_count() {
+                let (now, then) = (view.tensor(index), ended.tensor(index));
+                assert_eq!((now.first_moments, now.second_moments), (then.first_moments, then.second_moments));
+            }
+            assert_eq!(start, continued_start_checkpoint(&spec, 1, &theta1, &previous).unwrap(), "deterministic");
+            // Round 1 from it reruns bit for bit, and a checker replaying its first segment from
+            // the start it derives reaches the trail's next checkpoint.
+            let (dataset, schedule) = (dataset(), schedule(&spec));
+            let inner = crate::worker::InnerLoop {
+                dataset: &dataset,
+                schedule: &schedule,
+                round: 1,
+                worker: 1,
+                checkpoint_interval: 5,
+                trail_dir: None,
+                compact_base: compact_base(&spec, &theta1),
+            };
+            let train = || {
+                let (mut model, mut optimizer) = state_from_checkpoint(&spec, &theta1, &start, Device::Cpu).unwrap();
+                inner.train_steps_from_held_start(&mut model, &mut optimizer, 20, |_, _| {}).unwrap().trail
+            };
+            let trail = train();
+            assert_eq!(trail.checkpoints, train().checkpoints, "{state:?}: a continued round reruns bit for bit");
+            assert_eq!(trail.checkpoints.len(), 4, "the held start is not captured again");
+            let (mut model, mut optimizer) = state_from_checkpoint(&spec, &theta1, &start, Device::Cpu).unwrap();
+            let replayed = inner.replay_steps(&mut model, &mut optimizer, 5).unwrap().trail;
+            assert_eq!(replayed.checkpoints[0], trail.checkpoints[0], "{state:?}: segment 0 replays");
+        }
+    }
+
+    #[test]
+    fn only_a_streaming_round_after_the_first_continues_a_final_checkpoint_at_its_start_step() {
+        let spec = streaming(CheckpointState::Full);
+        let global = initial_weights(&spec).unwrap();
+        let (previous, hashes) = first_round(&spec, &global);
+        let not = |r: Result<Vec<u8>, StartError>| matches!(r, Err(StartError::NotContinuable(_)));
+        assert!(not(continued_start_checkpoint(&spec, 0, &global, &previous)), "round 0 has no previous round");
+        assert!(
+            not(continued_start_checkpoint(&spec, 2, &global, &previous)),
+            "a final checkpoint of round 0 is not round 1's"
+        );
+        assert!(not(continued_start_checkpoint(&spec, 1, &global, &previous[..previous.len() - 1])), "malformed");
+        let compact = streaming(CheckpointState::Compact);
+        assert!(not(continued_start_checkpoint(&compact, 1, &global, &previous)), "a full checkpoint in a compact job");
+        assert!(not(continued_start_checkpoint(&super::tests::spec(), 1, &global, &previous)), "plain DiLoCo");
+        assert_eq!(hashes.len(), 5, "the trail the round left");
     }
 
     #[test]

@@ -144,6 +144,20 @@ impl InnerLoop<'_> {
         self.run(model, optimizer, steps, false, None, |_, _| {})
     }
 
+    /// [`train_steps`](Self::train_steps) from a state restored from a start checkpoint the
+    /// caller already holds (a streaming round continued from the previous one,
+    /// `crate::job::continued_start_checkpoint`): that checkpoint is the trail's first, so none
+    /// is taken here (re-capturing a restored compact state need not give the same bytes).
+    pub fn train_steps_from_held_start(
+        &self,
+        model: &mut Gpt,
+        optimizer: &mut AdamW,
+        steps: u64,
+        on_step: impl FnMut(u64, f32),
+    ) -> Result<StepsOutcome, WorkerError> {
+        self.run(model, optimizer, steps, false, None, on_step)
+    }
+
     fn run(
         &self,
         model: &mut Gpt,

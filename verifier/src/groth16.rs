@@ -388,6 +388,7 @@ mod tests {
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
                 min_inner_steps: 4,
+                fragments: 1,
             },
             aggregation: trellis_proto::AggregationRule::Mean,
             verification: VerificationParams {

@@ -151,6 +151,7 @@ impl World {
                 encoding: DeltaEncoding::F32,
                 inner_optimizer: Default::default(),
                 min_inner_steps: 20,
+                fragments: 1,
             },
             aggregation: AggregationRule::Mean,
             verification: VerificationParams {
@@ -203,6 +204,7 @@ impl World {
             delta_hash: Hash([i as u8 + 100; 32]),
             residual_hash: Hash::ZERO,
             steps,
+            continues: Hash::ZERO,
         }
     }
 

@@ -87,9 +87,14 @@ pub struct DilocoFile {
     pub inner_optimizer: Option<String>,
     /// The fewest inner steps a miner may commit (default: inner_steps, every round waits for
     /// H steps). Below H, a slow miner stops at its commit deadline after at least this many
-    /// steps; its Δ weighs and its reward pays by its steps (docs/protocol.md §2.9).
+    /// steps; its Δ weighs and its reward pays by its steps (docs/protocol.md §4.3 "Stragglers").
     #[serde(default)]
     pub min_inner_steps: Option<u32>,
+    /// Streaming DiLoCo (default 1, plain DiLoCo): the parameters in this many fragments, round
+    /// r synchronising fragment r mod F, so each fragment is synchronised every F rounds
+    /// (F × inner_steps steps) and a round's Δ is 1/F of the model (docs/protocol.md §2.9).
+    #[serde(default)]
+    pub fragments: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +275,7 @@ impl JobFile {
                 encoding,
                 inner_optimizer,
                 min_inner_steps: d.min_inner_steps.unwrap_or(d.inner_steps),
+                fragments: d.fragments.unwrap_or(1),
             },
             aggregation,
             verification: VerificationParams {
@@ -615,5 +621,13 @@ mod encoding_tests {
         assert_eq!(whole.diloco.min_inner_steps, whole.diloco.inner_steps, "by default a round waits for H steps");
         file.diloco.min_inner_steps = Some(3);
         assert_eq!(file.spec(Hash([1; 32]), 4, None).unwrap().diloco.min_inner_steps, 3);
+    }
+
+    #[test]
+    fn a_job_is_plain_diloco_unless_its_file_asks_for_fragments() {
+        let mut file = job_file("f32");
+        assert_eq!(file.spec(Hash([1; 32]), 4, None).unwrap().diloco.fragments, 1);
+        file.diloco.fragments = Some(4);
+        assert_eq!(file.spec(Hash([1; 32]), 4, None).unwrap().diloco.fragments, 4);
     }
 }

@@ -100,7 +100,8 @@ impl DemoJob {
                     anyhow::anyhow!("--model: {preset}; nor is it a zk model for a groth16 job ({zk})")
                 })?),
             };
-        args.encoding.parse::<trellis_proto::DeltaEncoding>().map_err(|e| anyhow::anyhow!("--encoding: {e}"))?;
+        let encoding: trellis_proto::DeltaEncoding =
+            args.encoding.parse().map_err(|e| anyhow::anyhow!("--encoding: {e}"))?;
         if !matches!(args.inner_optimizer.as_str(), "adamw" | "muon")
             || (zk.is_some() && args.inner_optimizer == "muon")
         {
@@ -117,6 +118,16 @@ impl DemoJob {
             bail!(
                 "--min-inner-steps must be in 1..=--inner-steps ({}), and equal to it in a groth16 job",
                 args.inner_steps
+            );
+        }
+        if args.fragments == 0
+            || args.fragments > trellis_protocol::fragments::MAX_FRAGMENTS
+            || (args.fragments > 1
+                && (zk.is_some() || encoding.has_error_feedback() || min_inner_steps != args.inner_steps))
+        {
+            bail!(
+                "--fragments must be in 1..={}; a streaming job (above 1) takes --encoding f32 or f16, no --min-inner-steps and no groth16 model",
+                trellis_protocol::fragments::MAX_FRAGMENTS
             );
         }
         let workers = args.all_miners().min(8);
@@ -165,11 +176,12 @@ impl DemoJob {
              [diloco]\nworkers_per_round = {workers}\ninner_steps = {steps}\nrounds = {rounds}\n\
              batch_size = {batch_size}\nsequence_length = {sequence_length}\nlearning_rate = {learning_rate}\nwarmup_steps = {warmup}\n\
              outer = \"nesterov\"\nouter_learning_rate = 0.7\nouter_momentum = 0.9\nencoding = \"{encoding}\"\n\
-             inner_optimizer = \"{inner}\"\nmin_inner_steps = {min_inner_steps}\n\n\
+             inner_optimizer = \"{inner}\"\nmin_inner_steps = {min_inner_steps}\nfragments = {fragments}\n\n\
              [verification]\ncheckpoint_interval = {interval}\nsegments_per_miner = 1\n{mode}",
             model = args.model,
             encoding = args.encoding,
             inner = args.inner_optimizer,
+            fragments = args.fragments,
             escrow = 10_000 * u64::from(args.rounds) + 1,
             steps = args.inner_steps,
             rounds = args.rounds,
@@ -368,6 +380,11 @@ impl DemoJob {
                         aggregation_s,
                         wire: round_wire,
                         steps: state.commits.iter().filter_map(|c| c.reveal.as_ref().map(|r| r.steps)).collect(),
+                        continued: state
+                            .commits
+                            .iter()
+                            .filter(|c| c.reveal.as_ref().is_some_and(|r| r.continues != trellis_proto::Hash::ZERO))
+                            .count(),
                     };
                     let steps: Vec<String> = row.steps.iter().map(u32::to_string).collect();
                     bar.suspend(|| {

@@ -72,6 +72,11 @@ pub struct DevnetArgs {
     /// (docs/protocol.md §4.3 "Stragglers"; `--adversary straggler` stages a 3× slower miner).
     #[arg(long)]
     pub min_inner_steps: Option<u32>,
+    /// Streaming DiLoCo: the demo job's parameters in this many fragments, round r
+    /// synchronising fragment r mod F (each fragment every F rounds; a round's Δ is 1/F of the
+    /// model; docs/protocol.md §2.9). Needs --encoding f32 or f16 and no --min-inner-steps.
+    #[arg(long, default_value_t = 1)]
+    pub fragments: u32,
     /// The demo job's checkpoint interval c [default: the longest that keeps each validator's
     /// re-execution within 5% of a miner's training, c ≤ V·H/(40·K); a groth16 job's divides H].
     #[arg(long)]

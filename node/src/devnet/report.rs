@@ -52,6 +52,10 @@ pub struct RoundRow {
     /// straggler's, in a job with `min_inner_steps < inner_steps`).
     #[serde(default)]
     pub steps: Vec<u32>,
+    /// Revealed commitments whose work continued the miner's accepted state of the round before
+    /// (a streaming job's, `--fragments`; 0 in other jobs).
+    #[serde(default)]
+    pub continued: usize,
 }
 
 /// Bytes one node moved, per network, over some span.
@@ -323,12 +327,23 @@ pub fn report(
         None => trellis_trainer::model::parameter_count(&spec.model),
     };
     let d = &spec.diloco;
-    let delta_bytes = trellis_trainer::encoding::encoded_len(d.encoding, parameters);
+    // A streaming round's Δ holds one fragment (the first is the largest).
+    let fragment = trellis_protocol::fragments::span(parameters as usize, d.fragments.max(1), 0).len() as u64;
+    let delta_bytes = trellis_trainer::encoding::encoded_len(d.encoding, fragment);
     let k = u64::from(d.workers_per_round.max(2));
     let ddp_bytes = u64::from(d.inner_steps) * 2 * (k - 1) * 4 * parameters / k;
     let verify_steps =
         2 * u64::from(spec.verification.segments_per_miner) * u64::from(spec.verification.checkpoint_interval);
     println!("\nvalidation loss {:.4} → {:.4} over {} rounds", initial_loss, last.validation_loss, rows.len());
+    if d.fragments > 1 {
+        println!(
+            "streaming: {} fragments, one synchronised a round (each every {} steps); {} of {} revealed works continued the miner's accepted state of the round before",
+            d.fragments,
+            u64::from(d.fragments) * u64::from(d.inner_steps),
+            rows.iter().map(|r| r.continued).sum::<usize>(),
+            rows.iter().map(|r| r.steps.len()).sum::<usize>()
+        );
+    }
     println!(
         "bytes per miner per round: its Δ is {delta_bytes}; data-parallel over the same tokens sends {ddp_bytes} per worker ({:.0}× the Δ)",
         ddp_bytes as f64 / delta_bytes as f64
@@ -578,6 +593,7 @@ mod tests {
             aggregation_s: 0.0,
             wire,
             steps: Vec::new(),
+            continued: 0,
         };
         let rows = [row(round.clone()), row(Vec::new()), row(round)];
         assert_eq!(mean_sent_per_round(&rows, "miner"), Some(4_010.0));

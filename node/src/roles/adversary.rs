@@ -67,6 +67,7 @@ pub(super) fn skip_work(context: &RoleContext, job: &Job, round: u32) -> anyhow:
         delta_hash: made_up("delta"),
         residual_hash: Hash::ZERO,
         steps: job.spec.diloco.inner_steps,
+        continues: Hash::ZERO,
     };
     Stage::create(&context.work_dir, job.id.0, round)?.seal(&reveal)?;
     tracing::warn!(target: "node::adversary", job = %job.id, round, "committing work never done");
@@ -82,6 +83,10 @@ pub(super) fn dishonest_trail(
     match behaviour {
         Behaviour::FakeTrail => fake_trail(inputs).map(Some),
         Behaviour::UnitGap => unit_gap_trail(inputs).map(Some),
+        Behaviour::ForgedStart => match inputs.held_start {
+            Some(start) => forged_start_trail(inputs, start).map(Some),
+            None => Ok(None),
+        },
         _ => Ok(None),
     }
 }
@@ -122,6 +127,26 @@ fn fake_trail(inputs: &RoundInputs<'_>) -> anyhow::Result<(Trail, Vec<f32>)> {
     let losses = (0..spec.diloco.inner_steps).map(|step| 5.5 - step as f32 * 0.01).collect();
     let trail = canonical_trail(inputs.job, spec, inputs.round, inputs.worker, entries, losses)?;
     Ok((trail, model.flat_weights()))
+}
+
+/// `forged-start`: the round continues the miner's accepted state, as `start` (derived from it)
+/// says, but from that state with every weight shifted by 10⁻³; then H honest steps.
+fn forged_start_trail(inputs: &RoundInputs<'_>, start: &[u8]) -> anyhow::Result<(Trail, Vec<f32>)> {
+    let spec = inputs.spec;
+    let (mut model, mut optimizer) =
+        trellis_trainer::job::state_from_checkpoint(spec, inputs.global, start, inputs.device)?;
+    let shifted: Vec<f32> = model.flat_weights().iter().map(|w| w + 1e-3).collect();
+    model.set_flat_weights(&shifted);
+    let forged = match trellis_trainer::job::compact_base(spec, inputs.global) {
+        Some(base) => checkpoint::capture_compact(&mut model, &mut optimizer, base),
+        None => checkpoint::capture(&model, &optimizer),
+    };
+    drop((model, optimizer));
+    let forged_inputs = RoundInputs { held_start: Some(&forged), ..*inputs };
+    let (steps, interval) = (u64::from(spec.diloco.inner_steps), u64::from(spec.verification.checkpoint_interval));
+    let (checkpoints, losses, weights) = train_trail(&forged_inputs, steps, interval, None)?;
+    tracing::warn!(target: "node::adversary", job = %inputs.job, round = inputs.round, "continuing a forged start state");
+    Ok((canonical_trail(inputs.job, spec, inputs.round, inputs.worker, checkpoints, losses)?, weights))
 }
 
 /// `unit-gap`: trains only ⌈H/c⌉ steps with a checkpoint after each, and pads the losses to H.

@@ -200,11 +200,11 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let deltas = futures::future::try_join_all(fetches).await?;
     let keys: Vec<BlobKey> = deltas.iter().map(|(_, key, _)| *key).collect();
     net.store().tag_round(job.id, round.round, &keys)?;
-    let spec = job.spec.clone();
+    let (spec, round_number) = (job.spec.clone(), round.round);
     let store = net.store().clone();
     let _heavy = super::HEAVY_WORK.acquire().await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Hash, Hash)> {
-        let (model, momentum) = outer_update_from_store(&store, &spec, global, momentum, &deltas)?;
+        let (model, momentum) = outer_update_from_store(&store, &spec, round_number, global, momentum, &deltas)?;
         let model = store.put_data(&trellis_protocol::model::weights_to_bytes(&model))?;
         let momentum = store.put_data(&trellis_protocol::model::weights_to_bytes(&momentum))?;
         Ok((model.hash, momentum.hash))
@@ -215,15 +215,19 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
 
 /// The outer update of `global` and `momentum` with the Δs in the store under `deltas` (in the
 /// chain's order, each with the inner steps its miner revealed), read a block of coordinates at a time when the rule allows
-/// ([`trellis_protocol::outer::coordinatewise`]), whole otherwise: the same bits either way.
+/// ([`trellis_protocol::outer::coordinatewise`]), whole otherwise: the same bits either way. In
+/// a streaming job the Δs, and so the update, cover the fragment round `round` synchronises
+/// alone (`trellis_protocol::fragments`); the rest of θ and of the momentum stays as it is.
 fn outer_update_from_store(
     store: &BlobStore,
     spec: &JobSpec,
+    round: u32,
     mut model: Vec<f32>,
     mut momentum: Vec<f32>,
     deltas: &[(Address, BlobKey, u32)],
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    let parameters = model.len() as u64;
+    let fragment = trellis_protocol::fragments::round_span(spec, round, model.len());
+    let parameters = fragment.len() as u64;
     let steps: Vec<u32> = deltas.iter().map(|(_, _, steps)| *steps).collect();
     let mut layouts = Vec::with_capacity(deltas.len());
     for (miner, key, _) in deltas {
@@ -248,7 +252,7 @@ fn outer_update_from_store(
             parts.push(part);
         }
         let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
-        let span = range.start as usize..range.end as usize;
+        let span = fragment.start + range.start as usize..fragment.start + range.end as usize;
         trellis_protocol::outer::outer_update_in_place(
             spec,
             &mut model[span.clone()],
@@ -315,7 +319,7 @@ mod tests {
             let refs: Vec<&[f32]> = decoded.iter().map(Vec::as_slice).collect();
             let whole = trellis_protocol::outer::outer_update(&spec, &global, momentum.clone(), &refs, &steps).unwrap();
             let (model, buffer) =
-                outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &stored).unwrap();
+                outer_update_from_store(&store, &spec, 0, global.clone(), momentum.clone(), &stored).unwrap();
             assert!(model.iter().zip(&whole.model).all(|(a, b)| a.to_bits() == b.to_bits()), "{rule} {name}: model");
             assert!(
                 buffer.iter().zip(&whole.momentum).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -325,10 +329,69 @@ mod tests {
         // A Δ of another encoding or size than the job's is refused, not read.
         let spec = job_spec("mean", "f32");
         let short = store.put_data(&encoding::encode(spec.diloco.encoding, &[0.5; 10])).unwrap();
-        let error =
-            outer_update_from_store(&store, &spec, global.clone(), momentum.clone(), &[(Address([9; 20]), short, 4)])
-                .unwrap_err();
+        let error = outer_update_from_store(
+            &store,
+            &spec,
+            0,
+            global.clone(),
+            momentum.clone(),
+            &[(Address([9; 20]), short, 4)],
+        )
+        .unwrap_err();
         assert!(format!("{error:#}").contains("is not a F32 vector"), "{error:#}");
+    }
+
+    /// In a streaming job a round's Δs hold its fragment alone, and the update moves that
+    /// fragment of θ and of the momentum alone, with the bits of the whole-vector update of it.
+    #[test]
+    fn a_streaming_round_updates_the_fragment_it_synchronises_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let n = 3 * AGGREGATE_BLOCK as usize + 11;
+        let wave =
+            |phase: f32, len: usize| (0..len).map(|i| (i as f32 * 0.001 + phase).sin() * 0.01).collect::<Vec<f32>>();
+        let (global, momentum) = (wave(0.0, n), wave(5.0, n));
+        let mut spec = job_spec("mean", "f32");
+        spec.diloco.fragments = 4;
+        let round = 6;
+        let span = trellis_protocol::fragments::round_span(&spec, round, n);
+        assert_eq!(span, n / 2..3 * n / 4, "round 6 of 4 fragments synchronises fragment 2");
+        let deltas: Vec<Vec<f32>> = (1..=2u8).map(|k| wave(f32::from(k), span.len())).collect();
+        let stored: Vec<_> = deltas
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                (Address([k as u8; 20]), store.put_data(&encoding::encode(spec.diloco.encoding, d)).unwrap(), 4)
+            })
+            .collect();
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        let whole = trellis_protocol::outer::outer_update(
+            &spec,
+            &global[span.clone()],
+            momentum[span.clone()].to_vec(),
+            &refs,
+            &[4, 4],
+        )
+        .unwrap();
+        let (model, buffer) =
+            outer_update_from_store(&store, &spec, round, global.clone(), momentum.clone(), &stored).unwrap();
+        assert_eq!(model[span.clone()], whole.model[..]);
+        assert_eq!(buffer[span.clone()], whole.momentum[..]);
+        for outside in [0..span.start, span.end..n] {
+            assert_eq!(model[outside.clone()], global[outside.clone()], "θ outside the fragment stays");
+            assert_eq!(buffer[outside.clone()], momentum[outside], "so does the momentum");
+        }
+        // A whole-model Δ in a streaming round is refused.
+        let whole_model = store.put_data(&encoding::encode(spec.diloco.encoding, &global)).unwrap();
+        let refused = outer_update_from_store(
+            &store,
+            &spec,
+            round,
+            global.clone(),
+            momentum,
+            &[(Address([9; 20]), whole_model, 4)],
+        );
+        assert!(refused.is_err());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -392,6 +392,12 @@ async fn gather(
     if !final_not_needed {
         blobs.want(final_key, limits.checkpoint);
     }
+    // A streaming round continuing the miner's previous accepted state: its start is derived
+    // from that state's final checkpoint (the chain checked that the reveal names it).
+    let continued_key = (reveal.continues != Hash::ZERO).then(|| BlobKey::new(BlobKind::Checkpoint, reveal.continues));
+    if let Some(key) = continued_key {
+        blobs.want(key, limits.checkpoint);
+    }
     let trail_bytes = blobs.bytes(trail_key, frame.trail_bytes()).await?;
     let trail = read_trail(&trail_bytes, &frame, reveal.trail).map_err(Ok)?;
     // Our exchange works (it just served the trail): a dataset no peer serves is the job's fault.
@@ -404,9 +410,26 @@ async fn gather(
     // The miner's patience starts again: the time our own fetches of the job's data took (the
     // dataset, θ_r: seconds over a WAN the first time) must not count against the miner.
     blobs.restart_patience();
-    let start = match &zk {
-        Some(zk) => zk.start_checkpoint(&global).map_err(anyhow::Error::from),
-        None => trellis_trainer::job::start_checkpoint(&job.spec, round.round, &global).map_err(anyhow::Error::from),
+    let start = match (&zk, continued_key) {
+        (Some(zk), _) => zk.start_checkpoint(&global).map_err(anyhow::Error::from),
+        (None, Some(key)) => {
+            let previous = blobs.bytes(key, limits.checkpoint).await?;
+            match trellis_trainer::job::continued_start_checkpoint(&job.spec, round.round, &global, &previous) {
+                Ok(start) => Ok(start),
+                // The state the miner says it continues is not one a round ends with: the miner's.
+                Err(_) => {
+                    return Err(Ok(Blame::miner(
+                        InvalidReason::StartMismatch,
+                        trail.checkpoints[0].hash,
+                        reveal.continues,
+                    )
+                    .outcome()))
+                }
+            }
+        }
+        (None, None) => {
+            trellis_trainer::job::start_checkpoint(&job.spec, round.round, &global).map_err(anyhow::Error::from)
+        }
     };
     let start_bytes = match start {
         Ok(bytes) => bytes,
@@ -502,6 +525,7 @@ async fn gather(
         BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
     ];
     fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
+    fetched.extend(continued_key);
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
     fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
     context.net.store().tag_round(job.id, round.round, &fetched).map_err(|e| Err(e.into()))?;
@@ -617,7 +641,11 @@ async fn judge(
             (None, _) => None,
         };
         let delta = store.get(&delta)?;
-        Ok(match check_delta(spec.diloco.encoding, &global, &final_weights, residual, &delta, &reveal.delta_hash) {
+        // A streaming round's Δ is the fragment it synchronises alone.
+        let span = trellis_protocol::fragments::round_span(spec, round_number, global.len());
+        let (global, final_weights) =
+            (global.get(span.clone()).unwrap_or_default(), final_weights.get(span).unwrap_or_default());
+        Ok(match check_delta(spec.diloco.encoding, global, final_weights, residual, &delta, &reveal.delta_hash) {
             Ok(()) => VerdictOutcome::Valid,
             Err(_) => delta_mismatch(&delta),
         })

@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{tokens_of, worker_index};
-use trellis_contracts::state::{keys, read, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
+use trellis_contracts::state::{keys, read, AcceptedState, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
 use trellis_proto::{
     decode, Amount, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal,
 };
 use trellis_protocol::outer::pseudo_gradient;
-use trellis_trainer::checkpoint::CheckpointView;
+use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView};
 use trellis_trainer::data::Dataset;
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::Gpt;
@@ -349,6 +349,13 @@ fn residual_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
     work_dir.join(format!("residual-job{job}-round{round}.bf16"))
 }
 
+/// Where this miner keeps its final checkpoint of a streaming job's round `round`: the state its
+/// next round continues when the chain accepts this one (`docs/protocol.md` §2.9). The store's
+/// copy goes with the round's blobs; this one stays until the round after next opens.
+fn carry_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
+    work_dir.join(format!("carry-job{job}-round{round}.ckpt"))
+}
+
 /// Where this miner keeps its encoded int8 Δ of round `round`: served again in the next round
 /// it works in, so that checkers can bound the residual it carries by that Δ's steps.
 fn delta_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
@@ -370,6 +377,46 @@ pub(super) fn collect_local(context: &RoleContext, job: &Job, keep_from: u32) {
         if Some(round) != keep {
             let _ = std::fs::remove_file(residual_path(&context.work_dir, job.id.0, round));
             let _ = std::fs::remove_file(delta_path(&context.work_dir, job.id.0, round));
+        }
+        // The latest settled round's final state is what the current round continues.
+        if job.status != JobStatus::Active || round + 1 < keep_from {
+            let _ = std::fs::remove_file(carry_path(&context.work_dir, job.id.0, round));
+        }
+    }
+}
+
+/// What a streaming round's work continues (`docs/protocol.md` §2.9): the miner's final
+/// checkpoint of round `round − 1` when the chain accepted that work, its hash, and the start
+/// checkpoint derived from it. `None` — a start from θ_r — in other jobs, in round 0, when the
+/// previous round's work was not accepted, or when its checkpoint is not on disk any more.
+struct Continued {
+    previous: Hash,
+    previous_bytes: Vec<u8>,
+    start: Vec<u8>,
+}
+
+fn continued_start(context: &RoleContext, job: &Job, round: u32, global: &[f32]) -> Option<Continued> {
+    if !trellis_protocol::fragments::is_streaming(&job.spec) {
+        return None;
+    }
+    let accepted = {
+        let view = context.shared.ledger.store().pending_state();
+        read::<AcceptedState>(&view, &keys::accepted(job.id, &context.key.address())).ok().flatten()?
+    };
+    if Some(accepted.round) != round.checked_sub(1) {
+        return None;
+    }
+    let path = carry_path(&context.work_dir, job.id.0, accepted.round);
+    let previous_bytes = std::fs::read(&path).ok().filter(|bytes| checkpoint_hash(bytes) == accepted.final_checkpoint);
+    let Some(previous_bytes) = previous_bytes else {
+        tracing::warn!(target: "node::miner", job = %job.id, round, "the accepted state of the previous round is not on disk; starting from the global model");
+        return None;
+    };
+    match trellis_trainer::job::continued_start_checkpoint(&job.spec, round, global, &previous_bytes) {
+        Ok(start) => Some(Continued { previous: accepted.final_checkpoint, previous_bytes, start }),
+        Err(error) => {
+            tracing::warn!(target: "node::miner", job = %job.id, round, %error, "starting from the global model");
+            None
         }
     }
 }
@@ -430,6 +477,7 @@ async fn train_round(
     let dataset = context.dataset(job.spec.dataset_root).await.context("fetching the dataset")?;
     let global = jobdata::global_weights(&context.net, job).await.context("fetching the global model")?;
     let carried = carried_residual(context, job, round.round, global.len())?;
+    let continued = continued_start(context, job, round.round, &global);
     let zk = ZkJob::of(&job.spec)?;
     let proving_key = match &zk {
         Some(zk) => Some(context.proving_key(zk.proving_key).await?),
@@ -477,6 +525,7 @@ async fn train_round(
                 device: context2.device,
                 work_dir: &context2.work_dir,
                 stage: &stage,
+                held_start: continued.as_ref().map(|c| c.start.as_slice()),
                 #[cfg(feature = "adversary")]
                 slowdown: if behaviour == Behaviour::Straggler { 3 } else { 1 },
                 #[cfg(not(feature = "adversary"))]
@@ -511,6 +560,23 @@ async fn train_round(
             }
         };
         let compute = began.elapsed();
+        let continues = match &continued {
+            Some(continued) => {
+                // Served again this round: its checkers derive the start state from it.
+                stage.put(BlobKey::new(BlobKind::Checkpoint, continued.previous), &continued.previous_bytes)?;
+                continued.previous
+            }
+            None => Hash::ZERO,
+        };
+        if trellis_protocol::fragments::is_streaming(spec) {
+            if let Some(last) = trail.checkpoints.last() {
+                let staged = stage.blob_path(&BlobKey::new(BlobKind::Checkpoint, last.hash));
+                if staged.exists() {
+                    std::fs::copy(&staged, carry_path(&context2.work_dir, job2.id.0, round_number))
+                        .context("keeping the final state for the next round")?;
+                }
+            }
+        }
         let mut trail = trail;
         let (delta, final_moments) = round_delta(&stage, spec, &global, &trail, final_weights)?;
         trail.final_moments = final_moments;
@@ -560,6 +626,7 @@ async fn train_round(
             delta_hash: delta_key.hash,
             residual_hash,
             steps,
+            continues,
         };
         stage.seal(&reveal)?;
         let mean_loss = trail.losses.iter().map(|l| f64::from(*l)).sum::<f64>() / trail.losses.len().max(1) as f64;
@@ -567,7 +634,7 @@ async fn train_round(
             target: "node::miner",
             job = %job2.id, round = round_number, worker, mean_loss = format!("{mean_loss:.4}"),
             train_s = format!("{:.2}", compute.as_secs_f64()), delta_bytes = encoded.len(), steps,
-            tokens = tokens_of(spec, steps), "trained"
+            tokens = tokens_of(spec, steps), continued = continues != Hash::ZERO, "trained"
         );
         Ok(reveal)
     })
@@ -622,7 +689,11 @@ fn round_delta(
     let path = stage.blob_path(&BlobKey::new(BlobKind::Checkpoint, final_checkpoint));
     let base = trellis_trainer::job::compact_base(spec, global);
     if !trellis_protocol::trail::delta_is_drift(spec) || base.is_none() || !path.exists() {
-        return Ok((pseudo_gradient(global, &final_weights), Hash::ZERO));
+        // A streaming round's Δ holds the fragment it synchronises alone.
+        let span = trellis_protocol::fragments::round_span(spec, trail.round, global.len());
+        let (global, local) =
+            (global.get(span.clone()).unwrap_or_default(), final_weights.get(span).unwrap_or_default());
+        return Ok((pseudo_gradient(global, local), Hash::ZERO));
     }
     drop(final_weights);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -646,6 +717,9 @@ pub(super) struct RoundInputs<'a> {
     pub device: tch::Device,
     pub work_dir: &'a Path,
     pub stage: &'a Stage,
+    /// The start checkpoint this round continues from (a streaming round after an accepted one,
+    /// [`continued_start`]); `None`: the canonical start from θ_r.
+    pub held_start: Option<&'a [u8]>,
     /// How many times its own speed this miner takes per step: 1, or 3 for a `straggler`
     /// (a slow machine staged in devnets; it waits out the difference after each step).
     pub slowdown: u32,
@@ -662,8 +736,11 @@ pub(super) fn train_trail(
     stop_early: Option<(u64, &mut dyn FnMut() -> bool)>,
 ) -> anyhow::Result<(Vec<TrailEntry>, Vec<f32>, Vec<f32>)> {
     let spec = inputs.spec;
-    let (mut model, mut optimizer) =
-        trellis_trainer::job::start_state(spec, inputs.round, inputs.global, inputs.device)?;
+    let (mut model, mut optimizer) = match inputs.held_start {
+        Some(start) => trellis_trainer::job::state_from_checkpoint(spec, inputs.global, start, inputs.device)?,
+        None => trellis_trainer::job::start_state(spec, inputs.round, inputs.global, inputs.device)?,
+    };
+    let start_step = optimizer.step;
     let dir = inputs.work_dir.join(format!("job{}-round{}", inputs.job, inputs.round));
     let _ = std::fs::remove_dir_all(&dir);
     let schedule = trellis_trainer::job::schedule(spec);
@@ -683,11 +760,22 @@ pub(super) fn train_trail(
         }
         last = std::time::Instant::now();
     };
-    let outcome = match stop_early {
-        Some((min, stop)) => inner.train_steps_until(&mut model, &mut optimizer, steps, min, stop, &mut pace)?,
-        None => inner.train_steps(&mut model, &mut optimizer, steps, &mut pace)?,
+    let outcome = match (stop_early, inputs.held_start) {
+        (_, Some(start)) => {
+            // The held start is the trail's first checkpoint, as its checkers derive it.
+            let mut outcome = inner.train_steps_from_held_start(&mut model, &mut optimizer, steps, &mut pace)?;
+            let entry = TrailEntry { step: start_step, hash: checkpoint_hash(start) };
+            inputs.stage.put(BlobKey::new(BlobKind::Checkpoint, entry.hash), start)?;
+            outcome.trail.checkpoints.insert(0, entry);
+            outcome
+        }
+        (Some((min, stop)), None) => {
+            inner.train_steps_until(&mut model, &mut optimizer, steps, min, stop, &mut pace)?
+        }
+        (None, None) => inner.train_steps(&mut model, &mut optimizer, steps, &mut pace)?,
     };
-    for entry in &outcome.trail.checkpoints {
+    let held = usize::from(inputs.held_start.is_some());
+    for entry in &outcome.trail.checkpoints[held..] {
         inputs.stage.put_file(BlobKey::new(BlobKind::Checkpoint, entry.hash), &checkpoint_path(&dir, entry.step))?;
     }
     let _ = std::fs::remove_dir_all(&dir);

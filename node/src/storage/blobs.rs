@@ -378,21 +378,42 @@ impl BlobStore {
         self.root.join("rounds").join(format!("{}-{}", job.0, round))
     }
 
+    /// The keys listed for round `round` of `job` (nothing when the list is gone).
+    fn round_keys(&self, job: JobId, round: u32) -> Vec<BlobKey> {
+        let Ok(text) = std::fs::read_to_string(self.round_list(job, round)) else { return Vec::new() };
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split(' ');
+                let (tag, hex) = (parts.next()?, parts.next()?);
+                Some(BlobKey::new(tag.parse().ok().and_then(BlobKind::from_tag)?, hex.parse::<Hash>().ok()?))
+            })
+            .collect()
+    }
+
     /// Deletes the blobs of every round of `job` before `keep_from` (rounds that are settled and
-    /// can no longer be verified). Returns how many blobs were removed.
+    /// can no longer be verified), but those a later round also lists (a streaming miner's final
+    /// checkpoint, which its next round continues and serves again). Returns how many blobs were
+    /// removed.
     pub fn collect_settled(&self, job: JobId, keep_from: u32) -> usize {
+        let prefix = format!("{}-", job.0);
+        let later: std::collections::HashSet<BlobKey> = std::fs::read_dir(self.root.join("rounds"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.strip_prefix(&prefix)?.parse::<u32>().ok())
+            .filter(|round| *round >= keep_from)
+            .flat_map(|round| self.round_keys(job, round))
+            .collect();
         let mut removed = 0;
         for round in 0..keep_from {
             let list = self.round_list(job, round);
-            let Ok(text) = std::fs::read_to_string(&list) else { continue };
-            for line in text.lines() {
-                let mut parts = line.split(' ');
-                let (Some(tag), Some(hex)) = (parts.next(), parts.next()) else { continue };
-                let (Some(kind), Ok(hash)) = (tag.parse().ok().and_then(BlobKind::from_tag), hex.parse::<Hash>())
-                else {
+            if !list.exists() {
+                continue;
+            }
+            for key in self.round_keys(job, round) {
+                if later.contains(&key) {
                     continue;
-                };
-                let key = BlobKey::new(kind, hash);
+                }
                 let _ = std::fs::remove_file(self.chunks_path(&key));
                 if std::fs::remove_file(self.path(&key)).is_ok() {
                     removed += 1;
@@ -647,6 +668,22 @@ mod tests {
         assert!(store.contains(&new));
         assert!(store.contains(&model));
         assert_eq!(store.collect_settled(JobId(3), 1), 0);
+    }
+
+    #[test]
+    fn a_blob_a_later_round_also_lists_outlives_the_earlier_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let carried = store.put_data(b"final state, continued next round").unwrap();
+        let only_old = store.put_data(b"round zero only").unwrap();
+        store.tag_round(JobId(4), 0, &[carried, only_old]).unwrap();
+        store.tag_round(JobId(4), 1, &[carried]).unwrap();
+        // Another job's later round does not keep this job's blob.
+        store.tag_round(JobId(40), 7, &[only_old]).unwrap();
+        assert_eq!(store.collect_settled(JobId(4), 1), 1);
+        assert!(store.contains(&carried) && !store.contains(&only_old));
+        assert_eq!(store.collect_settled(JobId(4), 2), 1, "gone once its last round goes");
+        assert!(!store.contains(&carried));
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn job_spec() -> JobSpec {
             encoding: DeltaEncoding::Int8,
             inner_optimizer: Default::default(),
             min_inner_steps: 20,
+            fragments: 2,
         },
         aggregation: AggregationRule::CenteredClip { tau: 1.5, iterations: 3 },
         verification: VerificationParams {
@@ -67,6 +68,7 @@ pub fn work_reveal() -> WorkReveal {
         delta_hash: hash(3),
         residual_hash: hash(4),
         steps: 40,
+        continues: hash(5),
     }
 }
 

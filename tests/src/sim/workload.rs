@@ -57,9 +57,12 @@ pub fn finding(behaviour: Behaviour, miner: &Address, segment: u32) -> VerdictOu
     let reached = match behaviour {
         Behaviour::Withhold | Behaviour::SkipWork => return Blame::Withheld.outcome(),
         // Its trail (or its Δ, which the same check covers) is not what training gives.
-        Behaviour::FakeTrail | Behaviour::UnitGap | Behaviour::PoisonSignFlip | Behaviour::PoisonNoise => {
-            hash(b"reproduced")
-        }
+        // (A forged start fails the first link, which every check of a streaming round covers.)
+        Behaviour::FakeTrail
+        | Behaviour::UnitGap
+        | Behaviour::PoisonSignFlip
+        | Behaviour::PoisonNoise
+        | Behaviour::ForgedStart => hash(b"reproduced"),
         Behaviour::Honest
         | Behaviour::Copy
         | Behaviour::LyingPeer
@@ -98,6 +101,7 @@ pub fn sim_job_spec(serial: u32) -> JobSpec {
             // Some simulated miners are stragglers (`Workload::work`): weighted aggregates and
             // rewards by tokens run through every simulated round.
             min_inner_steps: 10,
+            fragments: 1,
         },
         aggregation: AggregationRule::Mean,
         verification: VerificationParams {
@@ -339,6 +343,7 @@ impl Workload {
             residual_hash: Hash::ZERO,
             // A third of the miners (by address) are stragglers that stop at the job's minimum.
             steps: if miner.0[0] % 3 == 0 { job.spec.diloco.min_inner_steps } else { job.spec.diloco.inner_steps },
+            continues: Hash::ZERO,
         }
     }
 
