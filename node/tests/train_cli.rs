@@ -86,6 +86,29 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--fragments 2 --baseline plain`: Streaming DiLoCo and plain DiLoCo of the same tokens in one
+/// invocation; the streaming run's largest message is half a Δ.
+#[test]
+fn streaming_is_compared_with_plain_diloco_of_the_same_tokens() {
+    let dir = temp_dir("plain");
+    let out = dir.join("m.safetensors");
+    let data = corpus_text();
+    let output = train_nano(
+        &data,
+        ["2", "4", "2", "4"],
+        &["--fragments", "2", "--baseline", "plain", "--json", "--out", out.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let metrics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(metrics["diloco"]["method"].as_str().unwrap().starts_with("streaming-diloco-2"), "{metrics}");
+    assert_eq!(metrics["diloco"]["tokens"], metrics["plain"]["tokens"], "the baseline trains the same tokens");
+    let peak = metrics["comparison"]["peak_bytes_ratio_over_plain"].as_f64().unwrap();
+    assert!((0.45..0.55).contains(&peak), "half a Δ at a time: {peak}");
+    let ratio = metrics["comparison"]["loss_ratio_over_plain"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_warm_start_or_a_saved_model_is_shared_by_diloco_and_its_baseline() {
     let dir = temp_dir("warm");
@@ -175,6 +198,7 @@ fn bad_inputs_get_clear_errors() {
         (vec!["train", "--data", &data, "--min-inner-steps", "0", "--out", out], "--min-inner-steps must be in 1..="),
         (vec!["train", "--data", &data, "--baseline", "wait", "--out", out], "--baseline wait compares"),
         (vec!["train", "--data", &data, "--ddp-lr", "0.01", "--out", out], "add --baseline ddp"),
+        (vec!["train", "--data", &data, "--baseline", "plain", "--out", out], "--baseline plain compares"),
         (
             vec!["train", "--data", &data, "--slowdown", "1,1,1,3", "--fragments", "2", "--out", out],
             "--slowdown runs without --fragments",

@@ -48,6 +48,9 @@ pub enum BaselineArg {
     /// The same DiLoCo run with every round waiting for its slowest worker's H steps
     /// (--min-inner-steps = H): the loss of an all-fast run, the wall time of waiting.
     Wait,
+    /// The same run as plain DiLoCo (--fragments 1): what Streaming DiLoCo's fragments cost in
+    /// loss, against the largest message they save.
+    Plain,
 }
 
 /// Options shared by every command that runs the trainer.
@@ -281,6 +284,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.ddp_lr.iter().any(|lr| !lr.is_finite() || *lr <= 0.0) {
         bail!("--ddp-lr rates must be positive");
     }
+    if matches!(args.baseline, Some(BaselineArg::Plain)) && args.fragments < 2 {
+        bail!("--baseline plain compares Streaming DiLoCo with plain DiLoCo: give --fragments F (2 or more)");
+    }
     if matches!(args.baseline, Some(BaselineArg::Wait)) && min_inner_steps == args.inner_steps {
         bail!("--baseline wait compares against a run that waits: give --min-inner-steps below H (and --slowdown)");
     }
@@ -398,7 +404,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let ddp_rates = if args.ddp_lr.is_empty() { vec![args.lr] } else { args.ddp_lr.clone() };
     let baseline_steps = match args.baseline {
         Some(BaselineArg::Ddp) => args.inner_steps * args.rounds * ddp_rates.len() as u64,
-        Some(BaselineArg::Wait) => diloco_steps,
+        Some(BaselineArg::Wait | BaselineArg::Plain) => diloco_steps,
         None => 0,
     };
     let bar = progress_bar(args.warm_start_steps + diloco_steps + baseline_steps, args.json);
@@ -455,6 +461,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 run_diloco(&waiting, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "wait", event))?;
             report.method = format!("{}-wait", report.method);
             Some(report)
+        }
+        Some(BaselineArg::Plain) => {
+            bar.set_message("plain");
+            let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
+            Some(run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "plain", event))?)
         }
         None => None,
     };
@@ -566,6 +577,13 @@ fn metrics_json(
                 "bytes_ratio_ddp_over_diloco": ddp.bytes_sent_per_worker as f64 / diloco.bytes_sent_per_worker.max(1) as f64,
             });
         }
+        (Some(BaselineArg::Plain), Some(plain)) => {
+            value["plain"] = json!(plain);
+            value["comparison"] = json!({
+                "loss_ratio_over_plain": diloco.final_validation_loss / plain.final_validation_loss,
+                "peak_bytes_ratio_over_plain": diloco.peak_bytes_per_sync as f64 / plain.peak_bytes_per_sync.max(1) as f64,
+            });
+        }
         (Some(BaselineArg::Wait), Some(wait)) => {
             let all_fast = (args.inner_steps * args.rounds) as f64;
             value["wait"] = json!(wait);
@@ -604,6 +622,13 @@ fn print_summary(diloco: &RunReport, ddp: Option<&RunReport>, out: &Path, metric
                 wait.wall_steps / all_fast
             );
         }
+        Some(plain) if diloco.method.starts_with("streaming") && !plain.method.starts_with("ddp") => println!(
+            "Streaming/plain DiLoCo validation loss: {:.4}; largest message {} against {} ({:.3}x)",
+            diloco.final_validation_loss / plain.final_validation_loss,
+            human_bytes(diloco.peak_bytes_per_sync),
+            human_bytes(plain.peak_bytes_per_sync),
+            diloco.peak_bytes_per_sync as f64 / plain.peak_bytes_per_sync.max(1) as f64
+        ),
         Some(ddp) => println!(
             "DiLoCo/DDP validation loss: {:.4}; DDP sends {:.1}x the bytes of DiLoCo",
             diloco.final_validation_loss / ddp.final_validation_loss,

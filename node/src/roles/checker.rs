@@ -417,13 +417,11 @@ async fn gather(
             match trellis_trainer::job::continued_start_checkpoint(&job.spec, round.round, &global, &previous) {
                 Ok(start) => Ok(start),
                 // The state the miner says it continues is not one a round ends with: the miner's.
+                // (The quote is its first checkpoint; nothing was derived, so nothing reproduced.)
                 Err(_) => {
-                    return Err(Ok(Blame::miner(
-                        InvalidReason::StartMismatch,
-                        trail.checkpoints[0].hash,
-                        reveal.continues,
-                    )
-                    .outcome()))
+                    return Err(Ok(
+                        Blame::miner(InvalidReason::StartMismatch, trail.checkpoints[0].hash, Hash::ZERO).outcome()
+                    ))
                 }
             }
         }
