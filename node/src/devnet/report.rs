@@ -404,6 +404,12 @@ pub fn report(
             spec.verification.checkpoint_state,
             per_checker_segments * checkpoint_bytes as f64 / (4 * parameters) as f64,
         );
+        if d.fragments > 1 {
+            println!(
+                "streaming: a check of a round that continues the miner's state also downloads that state's checkpoint (to derive the start) and the final one (for the Δ link): up to {} bytes more per check",
+                2 * checkpoint_bytes
+            );
+        }
     }
     let logged = logged_seconds(root);
     if logged.train_s > 0.0 {
