@@ -1,7 +1,8 @@
 //! The validator's verification duty: for every sampled segment it is assigned, fetch the
 //! miner's trail and the segment's start checkpoint from the blob exchange, check that the trail
 //! is the one of this round, job and slot (its shape, from the chain's facts:
-//! `trellis_protocol::trail`), check its first link (it starts from the canonical state of θ_r),
+//! `trellis_protocol::trail`), check its first link (it starts from the canonical state of θ_r,
+//! or in a streaming round from the start derived from the miner's accepted state it names),
 //! re-execute the segment and judge its end and every step's loss, and send the verdict before
 //! the window closes. In a `groth16` job the segment is not re-executed: its proof is checked
 //! against the commitments to the trail's checkpoints and the scheduled batches
