@@ -86,8 +86,9 @@ fn a_tiny_run_writes_model_metrics_plot_and_trail_then_evaluates() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--fragments 2 --baseline plain`: Streaming DiLoCo and plain DiLoCo of the same tokens in one
-/// invocation; the streaming run's largest message is half a Δ.
+/// `--fragments 2 --overlap-steps 1 --baseline plain`: Streaming DiLoCo (each fragment's update
+/// arriving a step late) and plain DiLoCo of the same tokens in one invocation; the streaming
+/// run's largest message is half a Δ.
 #[test]
 fn streaming_is_compared_with_plain_diloco_of_the_same_tokens() {
     let dir = temp_dir("plain");
@@ -96,11 +97,13 @@ fn streaming_is_compared_with_plain_diloco_of_the_same_tokens() {
     let output = train_nano(
         &data,
         ["2", "4", "2", "4"],
-        &["--fragments", "2", "--baseline", "plain", "--json", "--out", out.to_str().unwrap()],
+        &["--fragments", "2", "--overlap-steps", "1", "--baseline", "plain", "--json", "--out", out.to_str().unwrap()],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let metrics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(metrics["diloco"]["method"].as_str().unwrap().starts_with("streaming-diloco-2"), "{metrics}");
+    assert_eq!(metrics["diloco"]["method"], "streaming-diloco-2-overlap1-f32", "{metrics}");
+    assert_eq!(metrics["overlap_steps"], 1);
+    assert_eq!(metrics["overlap_mix"], 0.5);
     assert_eq!(metrics["diloco"]["tokens"], metrics["plain"]["tokens"], "the baseline trains the same tokens");
     let peak = metrics["comparison"]["peak_bytes_ratio_over_plain"].as_f64().unwrap();
     assert!((0.45..0.55).contains(&peak), "half a Δ at a time: {peak}");
@@ -203,6 +206,12 @@ fn bad_inputs_get_clear_errors() {
             vec!["train", "--data", &data, "--slowdown", "1,1,1,3", "--fragments", "2", "--out", out],
             "--slowdown runs without --fragments",
         ),
+        (vec!["train", "--data", &data, "--overlap-steps", "2", "--out", out], "give --fragments F"),
+        (
+            vec!["train", "--data", &data, "--fragments", "2", "--overlap-steps", "25", "--out", out],
+            "must be below the steps between two synchronisations, --inner-steps / --fragments (25)",
+        ),
+        (vec!["train", "--data", &data, "--overlap-mix", "2", "--out", out], "--overlap-mix is the share"),
     ];
     for (args, expected) in cases {
         let output = trellis(&args);

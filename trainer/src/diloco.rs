@@ -22,7 +22,7 @@ use crate::data::{validation_windows, BatchSchedule, Dataset};
 use crate::encoding::{self, ErrorFeedback};
 use crate::model::Gpt;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::worker::{evaluate, train_step, InnerLoop, Trail, WorkerError};
+use crate::worker::{evaluate, train_step, InnerLoop, StepsOutcome, Trail, WorkerError};
 use trellis_protocol::aggregate::aggregate_by_steps;
 use trellis_protocol::outer::{mean, pseudo_gradient, OuterStep};
 
@@ -256,8 +256,8 @@ pub fn run_diloco(
         (0..config.workers).map(|_| AdamW::new(config.adamw.clone(), model.parameters())).collect();
     let mut feedback: Vec<ErrorFeedback> = (0..config.workers).map(|_| ErrorFeedback::default()).collect();
     let started = Instant::now();
-    let (mut tokens, mut bytes_sent, mut compute, mut checkpointing) = (0u64, 0u64, Duration::ZERO, Duration::ZERO);
-    let mut peak_sync = 0u64;
+    let mut totals = InnerTotals::default();
+    let (mut bytes_sent, mut peak_sync) = (0u64, 0u64);
     let mut rounds = Vec::new();
     let mut trails = Vec::new();
     let steps = worker_steps(config);
@@ -292,10 +292,7 @@ pub fn run_diloco(
             let outcome = inner.train_steps(&mut model, optimizer, steps[worker], |step, loss| {
                 progress(Progress::Step { round, worker, step, loss })
             })?;
-            tokens += outcome.tokens;
-            compute += outcome.compute;
-            checkpointing += outcome.checkpointing;
-            train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+            totals.add(&outcome, &mut train_losses);
             let mut output =
                 WorkerOutput { worker, delta: pseudo_gradient(&global, &model.flat_weights()), trail: outcome.trail };
             (hooks.tamper)(round, &mut output, &outputs);
@@ -331,7 +328,7 @@ pub fn run_diloco(
             round,
             validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
             mean_train_loss: train_losses.iter().sum::<f64>() / train_losses.len().max(1) as f64,
-            tokens,
+            tokens: totals.tokens,
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
             excluded,
@@ -348,37 +345,93 @@ pub fn run_diloco(
         rounds,
         global,
         trails,
-        compute,
-        checkpointing,
+        totals.compute,
+        totals.checkpointing,
     );
     report.peak_bytes_per_sync = peak_sync;
     Ok(report)
 }
 
-/// Streaming DiLoCo (Douillard et al., 2025): the flat parameters in `fragments` contiguous
-/// fragments of about equal size; every worker trains on without resetting, and after every
-/// H/F inner steps one fragment, in turn, is synchronised: each worker sends that fragment's
+/// How Streaming DiLoCo synchronises: in how many fragments, and how late each fragment's outer
+/// update reaches the workers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Streaming {
+    /// F: the flat parameters in this many contiguous fragments, one synchronised every H/F steps.
+    pub fragments: usize,
+    /// τ: the inner steps a worker takes between sending a fragment's Δ and receiving the
+    /// fragment's outer-updated values (the communication overlapped with compute). 0: at once.
+    pub overlap_steps: u64,
+    /// α: when the outer-updated fragment arrives τ steps late, a worker keeps this share of its
+    /// own values and takes the rest from the global ones (Streaming DiLoCo's mixing factor).
+    /// Unused when τ = 0, where the global values replace the worker's.
+    pub local_share: f32,
+}
+
+impl Streaming {
+    /// F fragments, each merged at once (τ = 0).
+    pub fn fragments(fragments: usize) -> Self {
+        Self { fragments, overlap_steps: 0, local_share: DEFAULT_LOCAL_SHARE }
+    }
+
+    /// F fragments whose outer updates arrive `overlap_steps` late, mixed with share `local_share`.
+    pub fn overlapped(fragments: usize, overlap_steps: u64, local_share: f32) -> Self {
+        Self { fragments, overlap_steps, local_share }
+    }
+
+    /// Inner steps between two synchronisations (H/F), or why this schedule cannot run for H.
+    fn phase(&self, inner_steps: u64) -> Result<u64, WorkerError> {
+        let bad =
+            |interval: u64, reason: &'static str| WorkerError::BadSegments { steps: inner_steps, interval, reason };
+        if self.fragments == 0 || inner_steps % self.fragments as u64 != 0 {
+            return Err(bad(
+                self.fragments as u64,
+                "Streaming DiLoCo needs a number of fragments that divides the inner steps",
+            ));
+        }
+        let phase = inner_steps / self.fragments as u64;
+        if self.overlap_steps >= phase {
+            return Err(bad(
+                self.overlap_steps,
+                "the overlap must be shorter than the steps between two synchronisations (H/F)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.local_share) {
+            return Err(bad(self.overlap_steps, "the local share α must be within 0..=1"));
+        }
+        Ok(phase)
+    }
+}
+
+/// The Streaming DiLoCo paper's α for τ > 0: half the worker's values, half the global ones.
+pub const DEFAULT_LOCAL_SHARE: f32 = 0.5;
+
+/// A worker's fragment when the outer-updated values arrive late: `α·local + (1 − α)·global`,
+/// element by element in f32 (one rounding order, so reruns agree bit for bit).
+pub fn mix_arrived_fragment(local: &mut [f32], global: &[f32], local_share: f32) {
+    let global_share = 1.0 - local_share;
+    for (mine, theirs) in local.iter_mut().zip(global) {
+        *mine = local_share * *mine + global_share * *theirs;
+    }
+}
+
+/// Streaming DiLoCo (Douillard et al., 2025): the flat parameters in `streaming.fragments`
+/// contiguous fragments of about equal size; every worker trains on without resetting, and after
+/// every H/F inner steps one fragment, in turn, is synchronised: each worker sends that fragment's
 /// Δ (global − its own, encoded as `config.encoding`, with error feedback per fragment), the
 /// fragment's own outer step applies their mean, and every worker takes the new global
 /// fragment. Each fragment is synchronised once every H steps, as in DiLoCo, at staggered
-/// times, so a synchronisation sends 1/F of a Δ. (Communication overlapping the next steps is a
-/// property of wall time, which this single process does not model: the merge here is
-/// immediate, τ = 0.)
+/// times, so a synchronisation sends 1/F of a Δ. With `overlap_steps` τ > 0 the workers do not
+/// wait for the outer step: they train τ more steps, then mix the arrived fragment into their
+/// own ([`mix_arrived_fragment`]); τ = 0 replaces their fragment at once. (What the overlap saves
+/// is wall time, which this single process does not model; what it costs in loss, it measures.)
 pub fn run_streaming_diloco(
     config: &RunConfig,
-    fragments: usize,
+    streaming: Streaming,
     dataset: &Dataset,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<RunReport, WorkerError> {
-    let steps = config.inner_steps;
-    if fragments == 0 || steps % fragments as u64 != 0 {
-        return Err(WorkerError::BadSegments {
-            steps,
-            interval: fragments as u64,
-            reason: "Streaming DiLoCo needs a number of fragments that divides the inner steps",
-        });
-    }
-    let phase = steps / fragments as u64;
+    let phase = streaming.phase(config.inner_steps)?;
+    let (fragments, overlap) = (streaming.fragments, streaming.overlap_steps);
     let schedule = schedule(config, config.workers);
     let (val_inputs, val_targets) = validation_windows(dataset, config.sequence_length, VALIDATION_WINDOWS);
     let mut model = start_model(config)?;
@@ -395,9 +448,11 @@ pub fn run_streaming_diloco(
     let mut feedback: Vec<Vec<ErrorFeedback>> =
         (0..config.workers).map(|_| (0..fragments).map(|_| ErrorFeedback::default()).collect()).collect();
     let mut locals: Vec<Vec<f32>> = vec![global.clone(); config.workers];
+    // The fragment whose outer-updated values are on their way to the workers (τ > 0 only).
+    let mut in_flight: Option<usize> = None;
     let started = Instant::now();
-    let (mut tokens, mut bytes_sent, mut peak_sync, mut compute, mut checkpointing) =
-        (0u64, 0u64, 0u64, Duration::ZERO, Duration::ZERO);
+    let mut totals = InnerTotals::default();
+    let (mut bytes_sent, mut peak_sync) = (0u64, 0u64);
     let mut rounds = Vec::new();
     for round in 0..config.rounds {
         let mut train_losses = Vec::new();
@@ -407,22 +462,33 @@ pub fn run_streaming_diloco(
             let mut deltas = Vec::with_capacity(config.workers);
             for (worker, optimizer) in optimizers.iter_mut().enumerate() {
                 model.set_flat_weights(&locals[worker]);
-                let inner = InnerLoop {
-                    dataset,
-                    schedule: &schedule,
-                    round,
-                    worker,
-                    checkpoint_interval: phase,
-                    trail_dir: None,
-                    compact_base: None,
+                let mut train = |model: &mut Gpt, steps: u64| -> Result<(), WorkerError> {
+                    let inner = InnerLoop {
+                        dataset,
+                        schedule: &schedule,
+                        round,
+                        worker,
+                        checkpoint_interval: steps,
+                        trail_dir: None,
+                        compact_base: None,
+                    };
+                    let outcome = inner.train_steps(model, optimizer, steps, |step, loss| {
+                        progress(Progress::Step { round, worker, step, loss })
+                    })?;
+                    totals.add(&outcome, &mut train_losses);
+                    Ok(())
                 };
-                let outcome = inner.train_steps(&mut model, optimizer, phase, |step, loss| {
-                    progress(Progress::Step { round, worker, step, loss })
-                })?;
-                tokens += outcome.tokens;
-                compute += outcome.compute;
-                checkpointing += outcome.checkpointing;
-                train_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+                match in_flight {
+                    Some(arrived) => {
+                        train(&mut model, overlap)?;
+                        let mut weights = model.flat_weights();
+                        let arrived = span(arrived);
+                        mix_arrived_fragment(&mut weights[arrived.clone()], &global[arrived], streaming.local_share);
+                        model.set_flat_weights(&weights);
+                        train(&mut model, phase - overlap)?;
+                    }
+                    None => train(&mut model, phase)?,
+                }
                 locals[worker] = model.flat_weights();
                 let delta = pseudo_gradient(&global[range.clone()], &locals[worker][range.clone()]);
                 let (sent, decoded) = send(config.encoding, &mut feedback[worker][fragment], &delta, worker)?;
@@ -435,8 +501,12 @@ pub fn run_streaming_diloco(
             }
             let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
             outer[fragment].apply(&mut global[range.clone()], &mean(&refs));
-            for local in &mut locals {
-                local[range.clone()].copy_from_slice(&global[range.clone()]);
+            if overlap == 0 {
+                for local in &mut locals {
+                    local[range.clone()].copy_from_slice(&global[range.clone()]);
+                }
+            } else {
+                in_flight = Some(fragment);
             }
         }
         model.set_flat_weights(&global);
@@ -444,7 +514,7 @@ pub fn run_streaming_diloco(
             round,
             validation_loss: evaluate(&model, &val_inputs, &val_targets, config.sequence_length, config.batch_size),
             mean_train_loss: train_losses.iter().sum::<f64>() / train_losses.len().max(1) as f64,
-            tokens,
+            tokens: totals.tokens,
             bytes_sent_per_worker: bytes_sent,
             seconds: started.elapsed().as_secs_f64(),
             excluded: Vec::new(),
@@ -455,10 +525,32 @@ pub fn run_streaming_diloco(
         progress(Progress::RoundDone(&report));
         rounds.push(report);
     }
-    let method = format!("streaming-diloco-{fragments}-{}", config.encoding);
-    let mut report = finish(method, initial_validation_loss, rounds, global, Vec::new(), compute, checkpointing);
+    let method = match overlap {
+        0 => format!("streaming-diloco-{fragments}-{}", config.encoding),
+        _ => format!("streaming-diloco-{fragments}-overlap{overlap}-{}", config.encoding),
+    };
+    let mut report =
+        finish(method, initial_validation_loss, rounds, global, Vec::new(), totals.compute, totals.checkpointing);
     report.peak_bytes_per_sync = peak_sync;
     Ok(report)
+}
+
+/// What a run's inner loops add up to.
+#[derive(Default)]
+struct InnerTotals {
+    tokens: u64,
+    compute: Duration,
+    checkpointing: Duration,
+}
+
+impl InnerTotals {
+    /// Counts one inner loop's tokens and time, and adds its losses to the round's.
+    fn add(&mut self, outcome: &StepsOutcome, round_losses: &mut Vec<f64>) {
+        self.tokens += outcome.tokens;
+        self.compute += outcome.compute;
+        self.checkpointing += outcome.checkpointing;
+        round_losses.extend(outcome.trail.losses.iter().map(|&l| f64::from(l)));
+    }
 }
 
 /// What worker `worker` sends of `delta` in `encoding` (with its error feedback `feedback`

@@ -13,7 +13,7 @@ use trellis_proto::{AggregationRule, DeltaEncoding, OuterOptimizer};
 use crate::commands::attack::Study;
 use trellis_trainer::data::{validation_windows, Dataset};
 use trellis_trainer::diloco::{
-    run_data_parallel, run_diloco, run_streaming_diloco, Progress, RunConfig, RunReport, VALIDATION_WINDOWS,
+    run_data_parallel, run_diloco, run_streaming_diloco, Progress, RunConfig, RunReport, Streaming, VALIDATION_WINDOWS,
 };
 use trellis_trainer::model::{parameter_count, Preset};
 use trellis_trainer::optim::{AdamWConfig, InnerRule};
@@ -124,6 +124,15 @@ pub struct TrainArgs {
     /// --attack, --trail-dir, --verify-segments or --compact-checkpoints.
     #[arg(long, default_value_t = 1)]
     pub fragments: usize,
+    /// Streaming DiLoCo with communication overlapped: the inner steps τ a worker trains on
+    /// before a fragment's outer update reaches it (0: it waits for it). Below H/F; with
+    /// --fragments 2 or more.
+    #[arg(long, default_value_t = 0)]
+    pub overlap_steps: u64,
+    /// When a fragment's outer update arrives τ steps late, the share α of its own values a
+    /// worker keeps (the rest comes from the update): Streaming DiLoCo's mixing factor.
+    #[arg(long, default_value_t = trellis_trainer::diloco::DEFAULT_LOCAL_SHARE)]
+    pub overlap_mix: f32,
     /// Simulated stragglers: each worker's time per step relative to the fastest, comma-separated
     /// (e.g. 1,1,1,3: the last of four workers is 3× slower). A slower worker trains until the
     /// fastest have done H steps, at least --min-inner-steps; its Δ is weighted by its steps. Wall
@@ -262,6 +271,21 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         && (args.attack.is_some() || args.trail_dir.is_some() || args.verify_segments > 0 || args.compact_checkpoints)
     {
         bail!("--fragments > 1 (Streaming DiLoCo) runs without --attack, --trail-dir, --verify-segments and --compact-checkpoints");
+    }
+    if args.overlap_steps > 0 {
+        if args.fragments < 2 {
+            bail!("--overlap-steps overlaps Streaming DiLoCo's synchronisations: give --fragments F (2 or more)");
+        }
+        let phase = args.inner_steps / args.fragments as u64;
+        if args.overlap_steps >= phase {
+            bail!(
+                "--overlap-steps ({}) must be below the steps between two synchronisations, --inner-steps / --fragments ({phase})",
+                args.overlap_steps
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&args.overlap_mix) {
+        bail!("--overlap-mix is the share of a worker's own values kept: within 0..=1");
     }
     let min_inner_steps = args.min_inner_steps.unwrap_or(args.inner_steps);
     if min_inner_steps == 0 || min_inner_steps > args.inner_steps {
@@ -426,9 +450,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         verify_segments: args.verify_segments,
     };
     let diloco = if args.fragments > 1 {
-        run_streaming_diloco(&config, args.fragments, &dataset, |event| {
-            report_progress(&bar, args.json, "diloco", event)
-        })?
+        let streaming = Streaming::overlapped(args.fragments, args.overlap_steps, args.overlap_mix);
+        run_streaming_diloco(&config, streaming, &dataset, |event| report_progress(&bar, args.json, "diloco", event))?
     } else {
         let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
         run_diloco(&config, &dataset, &mut hooks, |event| report_progress(&bar, args.json, "diloco", event))?
@@ -564,6 +587,8 @@ fn metrics_json(
         "aggregate": format!("{:?}", args.aggregate),
         "encoding": args.encoding.name(),
         "fragments": args.fragments,
+        "overlap_steps": args.overlap_steps,
+        "overlap_mix": args.overlap_mix,
         "inner_optimizer": format!("{:?}", args.inner_optimizer).to_lowercase(),
         "diloco": diloco,
     });
