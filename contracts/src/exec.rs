@@ -1090,11 +1090,18 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
             format!("fragments must be in 1..={}", trellis_protocol::fragments::MAX_FRAGMENTS),
         ),
         (
+            // A streaming miner carries its final state, moments included, into the next round:
+            // only exact re-execution compares moments (tolerance mode compares weights alone,
+            // so forged moments would steer every later round unseen).
             d.fragments > 1
-                && (matches!(v.mode, VerificationMode::Groth16 { .. })
+                && (!matches!(v.mode, VerificationMode::Exact)
                     || d.encoding.has_error_feedback()
                     || d.min_inner_steps != d.inner_steps),
-            "a streaming job (fragments > 1) needs a mode that re-executes (not groth16), an encoding without error feedback (f32, f16) and min_inner_steps = inner_steps".into(),
+            "a streaming job (fragments > 1) needs exact re-execution (verification.mode = \"exact\"), an encoding without error feedback (f32, f16) and min_inner_steps = inner_steps".into(),
+        ),
+        (
+            u64::from(d.fragments) > trellis_protocol::model::parameter_count(m),
+            "fragments must not exceed the model's parameters (an empty fragment synchronises nothing)".into(),
         ),
         (d.batch_size == 0 || d.batch_size > bounds::MAX_BATCH_SIZE, format!("batch_size must be in 1..={}", bounds::MAX_BATCH_SIZE)),
         (

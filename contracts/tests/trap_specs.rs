@@ -38,6 +38,17 @@ fn trap_specs_are_refused_at_submission() {
             s.diloco.fragments = 2;
             s.diloco.min_inner_steps = 5;
         }),
+        ("streaming job", |s| {
+            // The moments a streaming miner carries are compared only by exact re-execution.
+            s.diloco.fragments = 2;
+            s.verification.mode = VerificationMode::Tolerance { max_distance: 1e-3 };
+        }),
+        ("fragments must not exceed the model's parameters", |s| {
+            // 30 parameters in 64 fragments: some rounds would pay for synchronising nothing.
+            s.model = ModelConfig { vocab_size: 1, context_length: 2, width: 1, layers: 1, heads: 1 };
+            s.diloco.sequence_length = 2;
+            s.diloco.fragments = 64;
+        }),
         ("trimmed-mean", |s| s.aggregation = AggregationRule::TrimmedMean { trim: 2 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: -1.0, iterations: 3 }),
         ("centered-clip", |s| s.aggregation = AggregationRule::CenteredClip { tau: 1.0, iterations: u32::MAX }),

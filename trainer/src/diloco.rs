@@ -568,8 +568,7 @@ fn send(
     let encoded = if encoding.has_error_feedback() {
         feedback.encode(encoding, delta).map_err(non_finite)?
     } else {
-        encoding::check_finite(delta).map_err(non_finite)?;
-        encoding::encode(encoding, delta)
+        encoding::encode_finite(encoding, delta).map_err(non_finite)?
     };
     let (_, decoded) = encoding::decode(&encoded).map_err(non_finite)?;
     Ok((encoded.len() as u64, decoded))

@@ -246,6 +246,20 @@ fn top_indices(chunk: &[f32], keep: usize) -> Vec<u32> {
     order
 }
 
+/// Encodes `values` canonically, refusing values whose encoding would not decode: a value that is
+/// not finite, or an f16 value beyond ±65504, which rounds to infinity ([`EncodingError::NonFinite`]
+/// at the first). What a miner may send and what a checker may accept as the honest encoding:
+/// a Δ the aggregators cannot decode would otherwise be judged valid and stall the round.
+pub fn encode_finite(encoding: DeltaEncoding, values: &[f32]) -> Result<Vec<u8>, EncodingError> {
+    check_finite(values)?;
+    if encoding == DeltaEncoding::F16 {
+        if let Some(index) = values.iter().position(|v| f16::from_f32(*v).is_infinite()) {
+            return Err(EncodingError::NonFinite(index));
+        }
+    }
+    Ok(encode(encoding, values))
+}
+
 /// Encodes `values` canonically.
 pub fn encode(encoding: DeltaEncoding, values: &[f32]) -> Vec<u8> {
     let n = values.len();
@@ -691,6 +705,19 @@ mod tests {
         let bytes = encode(DeltaEncoding::F32, &v);
         assert_eq!(bytes.len(), 9 + 4000);
         assert_eq!(decode(&bytes).unwrap(), (DeltaEncoding::F32, v));
+    }
+
+    #[test]
+    fn an_f16_value_beyond_its_range_has_no_encoding() {
+        // 65504 is f16's largest; 65520 and above round to infinity, which no aggregator decodes.
+        let fits = [1.0, -65504.0, 65519.0];
+        assert_eq!(encode_finite(DeltaEncoding::F16, &fits).unwrap(), encode(DeltaEncoding::F16, &fits));
+        assert!(decode(&encode(DeltaEncoding::F16, &fits)).is_ok());
+        assert_eq!(encode_finite(DeltaEncoding::F16, &[0.5, 1.0, -65520.0]), Err(EncodingError::NonFinite(2)));
+        assert!(decode(&encode(DeltaEncoding::F16, &[65520.0])).is_err());
+        // f32 carries such values; neither carries a NaN.
+        assert!(encode_finite(DeltaEncoding::F32, &[65520.0, 3e38]).is_ok());
+        assert_eq!(encode_finite(DeltaEncoding::F32, &[0.0, f32::NAN]), Err(EncodingError::NonFinite(1)));
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! DATA is a text file or a folder of them (default: the repository's `docs/`, which every clone
 //! has; the figures in docs/benchmarks.md name the corpus they used).
 //! Trains a nano trail segment by segment, then measures, for each segment, the relative L2
-//! distance between the claimed end checkpoint and (a) an honest re-execution on 1 and on 2
-//! threads, (b) re-executions of three fakes: another batch, one step skipped, and the honest
-//! result with its weights nudged by 1e-4 relative noise.
+//! distances (weights; moments) between the claimed end checkpoint and (a) an honest
+//! re-execution on 1 and on 2 threads, (b) an emulated re-execution on another backend class:
+//! the start's weights nudged by 1e-7 relative noise (a few ulps, as other reduction orders give),
+//! (c) re-executions of fakes: another batch, one step skipped, the honest result with its
+//! weights nudged by 1e-4 relative noise, and the honest result with its first moments ×1000
+//! (a forged state that steers the next segment's steps).
 
 use std::path::PathBuf;
 
@@ -15,18 +18,26 @@ use trellis_trainer::data::{BatchSchedule, Dataset};
 use trellis_trainer::model::{init_normals, Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_trainer::worker::InnerLoop;
-use trellis_verifier::segment::relative_distance;
+use trellis_verifier::segment::{state_distance, StateDistance, MOMENT_SLACK};
 
 fn adamw() -> AdamWConfig {
     AdamWConfig::with_schedule(3e-3, 5, 200)
 }
 
-/// Runs `steps` from `start` with the schedule seeded `seed`; returns the final weights.
-fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> {
+/// Runs `steps` from `start` (its weights nudged by `nudge` relative noise when not 0) with the
+/// schedule seeded `seed`; returns the state reached.
+fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64, nudge: f64) -> (Gpt, AdamW) {
     let mut model = Gpt::new(&Preset::Nano.config(), 0, Device::Cpu).expect("valid preset");
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     let view = CheckpointView::parse(start, None).expect("our checkpoint");
     view.restore(&mut model, &mut optimizer, |_| true).expect("same shapes");
+    if nudge != 0.0 {
+        let weights = model.flat_weights();
+        let noise = init_normals(seed ^ 0x5eed, 11, weights.len(), 1.0);
+        let nudged: Vec<f32> =
+            weights.iter().zip(&noise).map(|(w, n)| w * (1.0 + (nudge * f64::from(*n)) as f32)).collect();
+        model.set_flat_weights(&nudged);
+    }
     let schedule = BatchSchedule { seed, workers: 2, batch_size: 8, sequence_length: 64 };
     let inner = InnerLoop {
         dataset,
@@ -38,7 +49,12 @@ fn run_from(start: &[u8], dataset: &Dataset, seed: u64, steps: u64) -> Vec<f32> 
         compact_base: None,
     };
     inner.train_steps(&mut model, &mut optimizer, steps, |_, _| {}).expect("training runs");
-    model.flat_weights()
+    (model, optimizer)
+}
+
+/// The distances of a re-execution from the claimed end `claimed`.
+fn distance(reached: &(Gpt, AdamW), claimed: &[u8]) -> StateDistance {
+    state_distance(&reached.0, &reached.1, &CheckpointView::parse(claimed, None).expect("our checkpoint"))
 }
 
 fn main() {
@@ -51,11 +67,13 @@ fn main() {
     let mut model = Gpt::new(&Preset::Nano.config(), 1, Device::Cpu).expect("valid preset");
     let mut optimizer = AdamW::new(adamw(), model.parameters());
     let schedule = BatchSchedule { seed: 1, workers: 2, batch_size: 8, sequence_length: 64 };
-    let (mut honest_max, mut fake_min) = (0.0f64, f64::INFINITY);
-    println!(
-        "{:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "segment", "honest 1t", "honest 2t", "other batch", "skipped step", "noise 1e-4"
-    );
+    let columns =
+        ["honest 1t", "honest 2t", "other class", "other batch", "skipped step", "noise 1e-4", "moments x1000"];
+    let mut smallest = [StateDistance { weights: f64::INFINITY, moments: f64::INFINITY }; 7];
+    let mut largest = [StateDistance { weights: 0.0, moments: 0.0 }; 7];
+    let mut judged = [(f64::INFINITY, 0.0f64); 7];
+    println!("each cell: weights' distance / moments' distance");
+    println!("{:>7} {}", "segment", columns.map(|c| format!("{c:>21}")).join(" "));
     for segment in 0..segments {
         let start = checkpoint::to_bytes(&model, &optimizer);
         let inner = InnerLoop {
@@ -68,20 +86,54 @@ fn main() {
             compact_base: None,
         };
         inner.train_steps(&mut model, &mut optimizer, c, |_, _| {}).expect("training runs");
-        let claimed = model.flat_weights();
+        let claimed = checkpoint::to_bytes(&model, &optimizer);
         tch::set_num_threads(1);
-        let one = relative_distance(&run_from(&start, &dataset, 1, c), &claimed);
+        let honest = run_from(&start, &dataset, 1, c, 0.0);
+        let one = distance(&honest, &claimed);
         tch::set_num_threads(2);
-        let two = relative_distance(&run_from(&start, &dataset, 1, c), &claimed);
-        let other_batch = relative_distance(&run_from(&start, &dataset, 77, c), &claimed);
-        let skipped = relative_distance(&run_from(&start, &dataset, 1, c - 1), &claimed);
-        let norm = claimed.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let noise = init_normals(segment as u64, 7, claimed.len(), 1e-4 * norm / (claimed.len() as f64).sqrt());
-        let nudged: Vec<f32> = claimed.iter().zip(&noise).map(|(a, b)| a + b).collect();
-        let noisy = relative_distance(&nudged, &claimed);
-        honest_max = honest_max.max(one).max(two);
-        fake_min = fake_min.min(other_batch).min(skipped).min(noisy);
-        println!("{segment:>7} {one:>12.3e} {two:>12.3e} {other_batch:>12.3e} {skipped:>12.3e} {noisy:>12.3e}");
+        let two = distance(&run_from(&start, &dataset, 1, c, 0.0), &claimed);
+        let other_class = distance(&run_from(&start, &dataset, 1, c, 1e-7), &claimed);
+        let other_batch = distance(&run_from(&start, &dataset, 77, c, 0.0), &claimed);
+        let skipped = distance(&run_from(&start, &dataset, 1, c - 1, 0.0), &claimed);
+        let weights = model.flat_weights();
+        let norm = weights.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let noise = init_normals(segment as u64, 7, weights.len(), 1e-4 * norm / (weights.len() as f64).sqrt());
+        let (mut nudged, nudged_optimizer) = run_from(&start, &dataset, 1, c, 0.0);
+        nudged.set_flat_weights(&weights.iter().zip(&noise).map(|(a, b)| a + b).collect::<Vec<f32>>());
+        let noisy = distance(&(nudged, nudged_optimizer), &claimed);
+        let (inflated_model, mut inflated) = run_from(&start, &dataset, 1, c, 0.0);
+        tch::no_grad(|| {
+            inflated.first_moments.iter_mut().for_each(|m| {
+                let _ = m.g_mul_scalar_(1000.0);
+            })
+        });
+        let forged = checkpoint::to_bytes(&inflated_model, &inflated);
+        let steered = distance(&honest, &forged);
+        let row = [one, two, other_class, other_batch, skipped, noisy, steered];
+        for (i, d) in row.iter().enumerate() {
+            smallest[i] = StateDistance {
+                weights: smallest[i].weights.min(d.weights),
+                moments: smallest[i].moments.min(d.moments),
+            };
+            judged[i] = (judged[i].0.min(d.judged()), judged[i].1.max(d.judged()));
+            largest[i] = StateDistance {
+                weights: largest[i].weights.max(d.weights),
+                moments: largest[i].moments.max(d.moments),
+            };
+        }
+        println!("{segment:>7} {}", row.map(|d| format!("{:>10.3e}/{:>10.3e}", d.weights, d.moments)).join(" "));
     }
-    println!("largest honest distance {honest_max:.3e}; smallest faked distance {fake_min:.3e}");
+    println!("\nre-execution: smallest .. largest (weights; moments); judged = max(weights, moments / {MOMENT_SLACK})");
+    for (i, column) in columns.iter().enumerate() {
+        let (low, high) = (smallest[i], largest[i]);
+        println!(
+            "{column:>14}: weights {:.3e} .. {:.3e}; moments {:.3e} .. {:.3e}; judged {:.3e} .. {:.3e}",
+            low.weights,
+            high.weights,
+            low.moments,
+            high.moments,
+            low.judged(),
+            high.judged()
+        );
+    }
 }

@@ -5,13 +5,13 @@ mod common;
 use common::*;
 use tch::Device;
 use trellis_proto::{DeltaEncoding, InvalidReason, VerdictOutcome};
-use trellis_trainer::checkpoint::checkpoint_hash;
-use trellis_trainer::checkpoint::CheckpointData;
+use trellis_trainer::checkpoint::{self, checkpoint_hash, CheckpointData, CheckpointView};
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
-use trellis_trainer::optim::AdamWConfig;
+use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_verifier::segment::{
-    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode, Replay,
+    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode,
+    Replay, MOMENT_SLACK,
 };
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 
@@ -87,6 +87,39 @@ fn a_tampered_checkpoint_byte_is_a_start_mismatch() {
     assert_eq!(evidence.reproduced, checkpoint_hash(&source.0[&start]));
 }
 
+/// A checkpoint of the miner's own making with honest weights and inflated moments (so that the
+/// next segment, re-executed from it, takes the large steps the miner wants; in a streaming job
+/// the final one is carried into the next round) is caught by a replay of the segment ending at
+/// it: exactly by its hash, in tolerance mode by the moments' distance.
+#[test]
+fn a_forged_end_checkpoint_is_caught_when_its_segment_is_sampled() {
+    let data = dataset();
+    let (mut trail, mut source, mut model) = mine(&data, honest);
+    let last = trail.checkpoints.len() - 1;
+    let honest_end = trail.checkpoints[last].hash;
+    let mut optimizer = AdamW::new(adamw(), model.parameters());
+    let view = CheckpointView::parse(&source.0[&honest_end], None).unwrap();
+    assert!(view.restore(&mut model, &mut optimizer, |_| true).unwrap());
+    tch::no_grad(|| {
+        optimizer.first_moments.iter_mut().for_each(|m| {
+            let _ = m.g_mul_scalar_(1000.0);
+        })
+    });
+    let forged = checkpoint::capture(&model, &optimizer);
+    let forged_hash = checkpoint_hash(&forged);
+    assert_ne!(forged_hash, honest_end);
+    source.0.insert(forged_hash, forged);
+    trail.checkpoints[last].hash = forged_hash;
+    let segment = last - 1;
+    let exact = check_segment(&replay(&data), &trail, segment, &source, Mode::Exact);
+    assert_eq!(reason(&exact.outcome), Some(InvalidReason::CheckpointMismatch));
+    let tolerance = check_segment(&replay(&data), &trail, segment, &source, Mode::Tolerance { max_distance: 1e-6 });
+    assert_eq!(reason(&tolerance.outcome), Some(InvalidReason::DistanceExceeded));
+    assert!(tolerance.distance > 1e-3, "moments ×1000 are 0.999 away, judged at 1/{MOMENT_SLACK} of that");
+    // The segments before it still check out: only sampling the last one catches this.
+    assert_eq!(check_segment(&replay(&data), &trail, 0, &source, Mode::Exact).outcome, VerdictOutcome::Valid);
+}
+
 #[test]
 fn a_swapped_batch_is_a_checkpoint_mismatch() {
     let data = dataset();
@@ -131,6 +164,27 @@ fn a_withheld_checkpoint_is_unavailable() {
     let (trail, mut source, _) = mine(&data, honest);
     source.0.remove(&trail.checkpoints[2].hash);
     assert_eq!(check_segment(&replay(&data), &trail, 2, &source, Mode::Exact).outcome, VerdictOutcome::Unavailable);
+}
+
+#[test]
+fn an_f16_delta_beyond_its_range_is_no_honest_encoding() {
+    // A final state 70,000 away from the global one in a coordinate: the honest f16 encoding
+    // would be infinity, which no aggregator decodes. Bytes carrying it must not pass as honest
+    // (they would stall the round), and the miner's own encoder refuses to make them.
+    let global = vec![0.0f32, 1.0, 70_000.0];
+    let final_weights = vec![0.5f32, 1.0, 0.0];
+    let expected: Vec<f32> = global.iter().zip(&final_weights).map(|(g, f)| g - f).collect();
+    assert!(encoding::encode_finite(DeltaEncoding::F16, &expected).is_err());
+    let overflowing = encoding::encode(DeltaEncoding::F16, &expected);
+    let hash = encoding::delta_hash(&overflowing);
+    assert_eq!(
+        check_delta(DeltaEncoding::F16, &global, &final_weights, None, &overflowing, &hash),
+        Err(DeltaError::NoEncoding { encoding: DeltaEncoding::F16 })
+    );
+    // The same state in f32 has its encoding, and it is checked as usual.
+    let f32_bytes = encoding::encode(DeltaEncoding::F32, &expected);
+    check_delta(DeltaEncoding::F32, &global, &final_weights, None, &f32_bytes, &encoding::delta_hash(&f32_bytes))
+        .unwrap();
 }
 
 #[test]

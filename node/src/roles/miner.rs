@@ -613,7 +613,14 @@ async fn train_round(
                 };
                 (encoded, hash)
             }
-            other => (encoding::encode(other, &delta), Hash::ZERO),
+            // An f16 value beyond ±65504 rounds to infinity: no aggregator decodes it, so the
+            // round is dropped like a diverged one rather than committed.
+            other => (
+                encoding::encode_finite(other, &delta).map_err(|error| {
+                    anyhow::anyhow!("the round's Δ has no {other} encoding ({error}); the round is not committed")
+                })?,
+                Hash::ZERO,
+            ),
         };
         let delta_key = stage.put_data(&encoded)?;
         let final_checkpoint = trail.checkpoints.last().map(|e| e.hash).unwrap_or_default();
