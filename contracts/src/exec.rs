@@ -1100,6 +1100,14 @@ pub fn validate_job_spec(spec: &JobSpec, params: &Params) -> Result<(), String> 
             "a streaming job (fragments > 1) needs exact re-execution (verification.mode = \"exact\"), an encoding without error feedback (f32, f16) and min_inner_steps = inner_steps".into(),
         ),
         (
+            trellis_protocol::model::parameter_count(m) > trellis_protocol::model::MAX_PARAMETERS,
+            format!(
+                "the model has {} parameters; a Δ carries at most {} (2^30)",
+                trellis_protocol::model::parameter_count(m),
+                trellis_protocol::model::MAX_PARAMETERS
+            ),
+        ),
+        (
             u64::from(d.fragments) > trellis_protocol::model::parameter_count(m),
             "fragments must not exceed the model's parameters (an empty fragment synchronises nothing)".into(),
         ),

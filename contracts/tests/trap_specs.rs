@@ -43,6 +43,12 @@ fn trap_specs_are_refused_at_submission() {
             s.diloco.fragments = 2;
             s.verification.mode = VerificationMode::Tolerance { max_distance: 1e-3 };
         }),
+        ("a Δ carries at most", |s| {
+            // 65,536 wide, 24 layers: 1.2e12 parameters, whose Δ no aggregator could decode.
+            s.model.width = 65_536;
+            s.model.heads = 1;
+            s.model.layers = 24;
+        }),
         ("fragments must not exceed the model's parameters", |s| {
             // 30 parameters in 64 fragments: some rounds would pay for synchronising nothing.
             s.model = ModelConfig { vocab_size: 1, context_length: 2, width: 1, layers: 1, heads: 1 };

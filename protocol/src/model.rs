@@ -6,6 +6,10 @@
 
 use trellis_proto::ModelConfig;
 
+/// The most parameters a job's model may have: the most values a Δ's encoding carries (2³⁰, 4 GiB
+/// of f32), so every accepted Δ can be decoded by the aggregators.
+pub const MAX_PARAMETERS: u64 = 1 << 30;
+
 /// Number of parameters of a GPT shape: `V·C + T·C + L·(12C² + 13C) + 2C` (saturating: any
 /// shape the chain admits is far below `u64::MAX`).
 pub fn parameter_count(config: &ModelConfig) -> u64 {

@@ -19,6 +19,10 @@ pub enum OuterError {
     DeltaSize { index: usize, model: usize, got: usize },
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    /// Accepted Δs so large that the step overflows f32: no round commits a model or momentum
+    /// that is not finite (it would end the job for every honest miner); the round lapses.
+    #[error("the outer step makes value {index} of the model or its momentum non-finite")]
+    NonFinite { index: usize },
 }
 
 /// A round's outer update: the next global model θ_{r+1} and the outer momentum after it.
@@ -72,7 +76,10 @@ pub fn outer_update_in_place(
     let combined = aggregate_by_steps(&spec.aggregation, deltas, steps)?;
     let d = &spec.diloco;
     step_in_place(d.outer_optimizer, d.outer_learning_rate, d.outer_momentum, model, momentum, &combined);
-    Ok(())
+    match model.iter().zip(momentum.iter()).position(|(theta, b)| !(theta.is_finite() && b.is_finite())) {
+        Some(index) => Err(OuterError::NonFinite { index }),
+        None => Ok(()),
+    }
 }
 
 /// The outer optimizer's configuration and its momentum buffer.
@@ -145,6 +152,19 @@ pub fn pseudo_gradient(global: &[f32], local: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_that_overflows_is_an_error() {
+        // Two accepted Δs near the bf16 maximum (a drift a checker accepts as finite): their sum
+        // overflows the mean, and a Nesterov step of it would make θ infinite.
+        let spec = spec(OuterOptimizer::Nesterov, trellis_proto::AggregationRule::Mean);
+        let global = vec![1.0f32, 2.0, 3.0];
+        let huge = [0.5f32, 3.3e38, -1.0];
+        let result = outer_update(&spec, &global, vec![0.0; 3], &[&huge, &huge], &[1, 1]);
+        assert_eq!(result, Err(OuterError::NonFinite { index: 1 }));
+        let fine = [0.5f32, 1.0, -1.0];
+        assert!(outer_update(&spec, &global, vec![0.0; 3], &[&fine, &fine], &[1, 1]).is_ok());
+    }
 
     #[test]
     fn nesterov_matches_a_hand_computed_example() {

@@ -143,6 +143,10 @@ pub fn drift_part_of_delta(delta: &[f32]) -> Option<Hash> {
 /// tensors: a `gpt2` header is about 6 KiB).
 const MAX_HASHED_HEADER: usize = 1 << 20;
 
+/// The most tensors a checkpoint may hold: above the largest model the chain admits (1,024
+/// layers of a dozen tensors each, and the embeddings).
+pub const MAX_TENSORS: usize = 1 << 16;
+
 /// Hashes checkpoint bytes as they stream in, by a rule that depends on nothing but the bytes:
 ///
 /// - bytes that begin with a whole compact checkpoint header (magic, version 3, step, tensor
@@ -320,6 +324,8 @@ pub fn capture(model: &Gpt, optimizer: &AdamW) -> Vec<u8> {
     if !subnormal {
         return bytes;
     }
+    // Not two serialised states at once (12 bytes a parameter each).
+    drop(bytes);
     flush_subnormals(model, optimizer);
     to_bytes(model, optimizer)
 }
@@ -598,9 +604,11 @@ impl<'a> CheckpointView<'a> {
         }
         let step = c.u64("step")?;
         let count = c.u32("tensor count")? as usize;
-        // Each tensor header takes at least 3 bytes: bound the count before allocating.
-        if count > bytes.len() / 3 {
-            return Err(CheckpointError::Malformed("tensor count exceeds the input"));
+        // Each tensor header takes at least 3 bytes, and no model the chain admits has more than
+        // MAX_TENSORS tensors: bound the count before allocating (56 bytes of bookkeeping a
+        // tensor, so a header of millions of empty tensors would cost checkers 19× its size).
+        if count > bytes.len() / 3 || count > MAX_TENSORS {
+            return Err(CheckpointError::Malformed("tensor count exceeds the input or the largest model"));
         }
         let mut names = Vec::with_capacity(count);
         let mut shapes = Vec::with_capacity(count);
@@ -874,6 +882,20 @@ mod tests {
             prop_assert_eq!(encode(&data), bytes);
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_header_of_more_tensors_than_any_model_is_refused_before_allocating() {
+        // A full-checkpoint header declaring MAX_TENSORS + 1 empty, rank-0 tensors (3 bytes each),
+        // followed by exactly those entries: well formed but for the count.
+        let entries = MAX_TENSORS + 1;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&(entries as u32).to_le_bytes());
+        bytes.extend(std::iter::repeat_n([0u8, 0, 0], entries).flatten());
+        let refused = CheckpointView::parse(&bytes, None).err().map(|e| e.to_string());
+        assert!(refused.as_ref().is_some_and(|e| e.contains("largest model")), "{refused:?}");
     }
 
     #[test]

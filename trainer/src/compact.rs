@@ -41,8 +41,13 @@ pub fn round_bf16(value: f32) -> f32 {
     f32::from_bits(bf16_bits(value) << 16)
 }
 
-/// The bf16 bits of `value` rounded to nearest, ties to even (finite inputs).
+/// The bf16 bits of `value` rounded to nearest, ties to even; a NaN, whatever its payload, is
+/// bf16's quiet NaN (rounding its bits would carry some NaNs into a finite value or zero, and
+/// make a diverged state look like a trained one).
 pub fn bf16_bits(value: f32) -> u32 {
+    if value.is_nan() {
+        return 0x7fc0;
+    }
     let bits = value.to_bits();
     let lsb = (bits >> 16) & 1;
     (bits.wrapping_add(0x7fff + lsb)) >> 16
@@ -222,6 +227,22 @@ pub fn round_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_never_rounds_to_a_finite_value() {
+        // CUDA's canonical NaN 0x7fffffff would wrap to −0.0, 0xffffffff to +0.0.
+        for bits in [0x7fff_ffffu32, 0xffff_ffff, 0x7fc0_0000, 0xffc0_0000, 0x7f80_0001] {
+            let value = f32::from_bits(bits);
+            assert!(round_bf16(value).is_nan(), "{bits:#x}");
+            let (weights, drift) = round_weights(&[value], &[1.0]);
+            assert!(weights[0].is_nan() && f32::from_bits(u32::from(drift[0]) << 16).is_nan(), "{bits:#x}");
+            let mut momentum = [value];
+            round_momentum(&mut momentum);
+            assert!(momentum[0].is_nan(), "{bits:#x}");
+        }
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round_bf16(-0.0).to_bits(), (-0.0f32).to_bits());
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even_and_is_exact_on_bf16_values() {

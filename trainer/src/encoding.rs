@@ -43,7 +43,7 @@ pub const Q4_CHUNK: usize = 1024;
 /// scale to follow the values (a scale is 6% of a q2 chunk's 64 bytes).
 pub const Q2_CHUNK: usize = 256;
 /// Most values an encoded Δ may hold (a 1B-parameter model).
-pub const MAX_VALUES: u64 = 1 << 30;
+pub const MAX_VALUES: u64 = trellis_protocol::model::MAX_PARAMETERS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EncodingError {
@@ -252,12 +252,37 @@ fn top_indices(chunk: &[f32], keep: usize) -> Vec<u32> {
 /// a Δ the aggregators cannot decode would otherwise be judged valid and stall the round.
 pub fn encode_finite(encoding: DeltaEncoding, values: &[f32]) -> Result<Vec<u8>, EncodingError> {
     check_finite(values)?;
+    if values.len() as u64 > MAX_VALUES {
+        return Err(EncodingError::TooManyValues(values.len() as u64));
+    }
     if encoding == DeltaEncoding::F16 {
         if let Some(index) = values.iter().position(|v| f16::from_f32(*v).is_infinite()) {
             return Err(EncodingError::NonFinite(index));
         }
     }
-    Ok(encode(encoding, values))
+    let encoded = encode(encoding, values);
+    // A quantised value is its code times its chunk's scale, which can overflow where the input
+    // did not (a scale of f32::MAX/127 rounds up): decode what was made, a block at a time.
+    if Quantizer::of(encoding).is_some() || TopKShape::of(encoding).is_some() {
+        decodes_finite(&encoded)?;
+    }
+    Ok(encoded)
+}
+
+/// Whether every value of the encoded Δ `bytes` decodes (to a finite value), checked a block of
+/// values at a time so that no second copy of the whole Δ is held.
+fn decodes_finite(bytes: &[u8]) -> Result<(), EncodingError> {
+    const BLOCK: u64 = 1 << 20;
+    let layout = Layout::parse(&bytes[..Layout::HEAD.min(bytes.len())], bytes.len() as u64)?;
+    let mut start = 0;
+    while start < layout.values {
+        let range = start..(start + BLOCK).min(layout.values);
+        let parts: Vec<&[u8]> =
+            layout.spans(&range).into_iter().map(|r| &bytes[r.start as usize..r.end as usize]).collect();
+        layout.decode_block(&range, &parts)?;
+        start = range.end;
+    }
+    Ok(())
 }
 
 /// Encodes `values` canonically.
@@ -708,13 +733,17 @@ mod tests {
     }
 
     #[test]
-    fn an_f16_value_beyond_its_range_has_no_encoding() {
+    fn a_value_whose_encoding_would_not_decode_has_no_encoding() {
         // 65504 is f16's largest; 65520 and above round to infinity, which no aggregator decodes.
         let fits = [1.0, -65504.0, 65519.0];
         assert_eq!(encode_finite(DeltaEncoding::F16, &fits).unwrap(), encode(DeltaEncoding::F16, &fits));
         assert!(decode(&encode(DeltaEncoding::F16, &fits)).is_ok());
         assert_eq!(encode_finite(DeltaEncoding::F16, &[0.5, 1.0, -65520.0]), Err(EncodingError::NonFinite(2)));
         assert!(decode(&encode(DeltaEncoding::F16, &[65520.0])).is_err());
+        // int8 of ±f32::MAX: the scale MAX/127 rounds up, and 127 of it is infinite.
+        assert_eq!(encode_finite(DeltaEncoding::Int8, &[1.0, f32::MAX]), Err(EncodingError::NonFinite(1)));
+        assert!(decode(&encode(DeltaEncoding::Int8, &[1.0, f32::MAX])).is_err());
+        assert!(encode_finite(DeltaEncoding::Int8, &[1.0, 3e38]).is_ok());
         // f32 carries such values; neither carries a NaN.
         assert!(encode_finite(DeltaEncoding::F32, &[65520.0, 3e38]).is_ok());
         assert_eq!(encode_finite(DeltaEncoding::F32, &[0.0, f32::NAN]), Err(EncodingError::NonFinite(1)));

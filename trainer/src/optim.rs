@@ -103,8 +103,10 @@ impl AdamW {
         let c = &self.config;
         let lr = c.learning_rate_at(self.step);
         self.step += 1;
-        let bias_correction1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias_correction2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        // Past 2³¹ steps β^step is 0 in f64 anyway; an `as i32` would wrap to a negative power.
+        let power = i32::try_from(self.step).unwrap_or(i32::MAX);
+        let bias_correction1 = 1.0 - c.beta1.powi(power);
+        let bias_correction2_sqrt = (1.0 - c.beta2.powi(power)).sqrt();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = parameters.iter().map(|p| p.tensor.grad()).collect();
             let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
@@ -212,6 +214,23 @@ mod tests {
         assert!((c.learning_rate_at(60) - 5.5e-3).abs() < 1e-9);
         assert!((c.learning_rate_at(110) - 1e-3).abs() < 1e-12);
         assert!((c.learning_rate_at(10_000) - 1e-3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_step_past_two_to_the_31_stays_finite() {
+        // The chain admits 2⁴⁰ steps of a job (2²⁰ rounds of 2²⁰); the bias correction's power
+        // must not wrap there.
+        let p = vec![Parameter {
+            name: "w".into(),
+            tensor: Tensor::from_slice(&[3.0f32, -1.0]).set_requires_grad(true),
+            decays: true,
+        }];
+        (&p[0].tensor * Tensor::from_slice(&[2.0f32, 1.0])).sum(Kind::Float).backward();
+        let mut adam = AdamW::new(config(), &p);
+        adam.step = 1 << 31;
+        adam.step(&p);
+        let values = crate::model::tensor_values(&p[0].tensor);
+        assert!(values.iter().all(|v| v.is_finite()), "{values:?}");
     }
 
     #[test]

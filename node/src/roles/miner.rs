@@ -298,6 +298,12 @@ impl Stage {
         self.put(BlobKey::new(BlobKind::Data, data_hash(bytes)), bytes)
     }
 
+    /// Copies a file that stays where it is (a carried checkpoint) into the stage, through the disk.
+    fn copy_file(&self, key: BlobKey, path: &Path) -> anyhow::Result<()> {
+        std::fs::copy(path, self.blob_path(&key)).with_context(|| format!("staging a copy of {}", path.display()))?;
+        Ok(())
+    }
+
     /// Moves a file already on disk (a checkpoint the inner loop wrote) into the stage.
     fn put_file(&self, key: BlobKey, path: &Path) -> anyhow::Result<()> {
         std::fs::rename(path, self.blob_path(&key)).with_context(|| format!("staging {}", path.display()))
@@ -391,7 +397,9 @@ pub(super) fn collect_local(context: &RoleContext, job: &Job, keep_from: u32) {
 /// previous round's work was not accepted, or when its checkpoint is not on disk any more.
 struct Continued {
     previous: Hash,
-    previous_bytes: Vec<u8>,
+    /// Where that checkpoint is on disk (verified against `previous` when read): staged from
+    /// there again, so that training does not hold it in memory beside `start`.
+    carry: PathBuf,
     start: Vec<u8>,
 }
 
@@ -413,7 +421,7 @@ fn continued_start(context: &RoleContext, job: &Job, round: u32, global: &[f32])
         return None;
     };
     match trellis_trainer::job::continued_start_checkpoint(&job.spec, round, global, &previous_bytes) {
-        Ok(start) => Some(Continued { previous: accepted.final_checkpoint, previous_bytes, start }),
+        Ok(start) => Some(Continued { previous: accepted.final_checkpoint, carry: path, start }),
         Err(error) => {
             tracing::warn!(target: "node::miner", job = %job.id, round, %error, "starting from the global model");
             None
@@ -563,7 +571,7 @@ async fn train_round(
         let continues = match &continued {
             Some(continued) => {
                 // Served again this round: its checkers derive the start state from it.
-                stage.put(BlobKey::new(BlobKind::Checkpoint, continued.previous), &continued.previous_bytes)?;
+                stage.copy_file(BlobKey::new(BlobKind::Checkpoint, continued.previous), &continued.carry)?;
                 continued.previous
             }
             None => Hash::ZERO,
