@@ -160,6 +160,7 @@ fn round_with_commit(miner: Address, steps: u32) -> RoundState {
         residual_hash: Hash::ZERO,
         steps,
         continues: Hash::ZERO,
+        next_residual: Hash::ZERO,
     };
     RoundState {
         job: JobId(1),

@@ -19,8 +19,8 @@ use crate::kv::{apply_changes, KvStore, Overlay};
 use crate::params::{fraction, Params};
 use crate::rounds;
 use crate::state::{
-    decode_record, keys, read, write, AcceptedState, Account, BeaconOnion, Commit, Job, JobStatus, MinerDeltas,
-    MinerEntry, Phase, RevealedDelta, RoundState, Stake, Supply, Unbonding, Validator, ValidatorSet, VerdictRecord,
+    decode_record, keys, read, write, AcceptedState, Account, BeaconOnion, Commit, Job, JobStatus, MinerEntry, Phase,
+    RoundState, Stake, Supply, Unbonding, Validator, ValidatorSet, VerdictRecord,
 };
 
 /// What a block gives the state machine besides its transactions.
@@ -832,22 +832,20 @@ impl Chain {
             }
         }
         let feedback = job.spec.diloco.encoding.has_error_feedback();
-        if !feedback && reveal.residual_hash != Hash::ZERO {
+        if !feedback && (reveal.residual_hash != Hash::ZERO || reveal.next_residual != Hash::ZERO) {
             return Err(TxError::InvalidCommitment(
                 "only work with error feedback (int8, q4, q2, top-k) carries a residual".into(),
             ));
         }
-        if feedback {
-            // The residual carried in is what encoding the miner's previous Δ left: none without one.
-            let deltas_key = keys::deltas(job.id, &miner);
-            let earlier: Option<MinerDeltas> = read(kv, &deltas_key)?;
-            if reveal.residual_hash != Hash::ZERO && earlier.is_none() {
+        if feedback && reveal.residual_hash != Hash::ZERO {
+            // The residual carried in is the one the miner's latest accepted work left, which its
+            // checkers recomputed exactly (docs/protocol.md §4.3); or none (a fresh start).
+            let accepted: Option<AcceptedState> = read(kv, &keys::accepted(job.id, &miner))?;
+            if accepted.map(|state| state.next_residual) != Some(reveal.residual_hash) {
                 return Err(TxError::InvalidCommitment(
-                    "an error-feedback residual needs an earlier revealed Δ to come from".into(),
+                    "the residual carried in is not the one this miner's latest accepted work left".into(),
                 ));
             }
-            let latest = RevealedDelta { round: round.round, delta_hash: reveal.delta_hash };
-            write(kv, deltas_key, &MinerDeltas { latest, previous: earlier.map(|e| e.latest) });
         }
         commit.reveal = Some(reveal.clone());
         write(kv, keys::round(job.id, round.round), &round);

@@ -459,11 +459,17 @@ fn tally<S: KvStore + ?Sized>(
         unchecked,
     });
 
-    if trellis_protocol::fragments::is_streaming(&job.spec) {
-        // What the next round's work of each accepted miner may continue from.
+    if trellis_protocol::fragments::is_streaming(&job.spec) || job.spec.diloco.encoding.has_error_feedback() {
+        // What later work of each accepted miner may continue from and carry: its checkers
+        // checked both (the final checkpoint by replay, the residual left exactly), unlike the
+        // work of a miner nobody checked or that was refused.
         for commit in round.commits.iter().filter(|c| accepted.contains(&c.miner)) {
             if let Some(reveal) = &commit.reveal {
-                let state = AcceptedState { round: round.round, final_checkpoint: reveal.final_checkpoint };
+                let state = AcceptedState {
+                    round: round.round,
+                    final_checkpoint: reveal.final_checkpoint,
+                    next_residual: reveal.next_residual,
+                };
                 write(kv, keys::accepted(job.id, &commit.miner), &state);
             }
         }
@@ -585,10 +591,8 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
 ) -> Result<Vec<Event>, TxError> {
     kv.delete(&keys::active(job.id));
     retire_round(kv, job.id, job.current_round, height);
-    for prefix in [keys::deltas_of_job(job.id), keys::accepted_of_job(job.id)] {
-        for (key, _) in kv.scan_prefix(&prefix) {
-            kv.delete(&key);
-        }
+    for (key, _) in kv.scan_prefix(&keys::accepted_of_job(job.id)) {
+        kv.delete(&key);
     }
     let refund = job.escrow;
     chain.credit(kv, &job.submitter, refund)?;

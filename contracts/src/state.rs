@@ -422,36 +422,19 @@ impl Decode for RoundSummary {
     }
 }
 
-/// A Δ a miner revealed: the round and the hash of its encoded bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevealedDelta {
-    pub round: u32,
-    pub delta_hash: Hash,
-}
-canonical_struct!(RevealedDelta { round, delta_hash });
-
-/// A miner's latest revealed Δ in a job and the one it revealed before that. With int8
-/// pseudo-gradients the error-feedback residual carried into `latest` is what encoding
-/// `previous` left, so it is bounded by half of `previous`'s quantisation steps: a checker
-/// fetches `previous` (the miner serves it again) to check the bound. Deleted when the job ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MinerDeltas {
-    pub latest: RevealedDelta,
-    pub previous: Option<RevealedDelta>,
-}
-canonical_struct!(MinerDeltas { latest, previous });
-
-/// Where a miner of a streaming job (`fragments > 1`) may continue from: the final checkpoint of
-/// its latest accepted work and that work's round. Written when a round is tallied, for every
-/// miner whose work was accepted; a reveal of round `round + 1` may name `final_checkpoint` as
-/// the state it continues (`WorkReveal::continues`, docs/protocol.md §2.9). Deleted when the
-/// job ends.
+/// What a miner's latest accepted work in a job leaves for its later work: that work's round, its
+/// final checkpoint — where a streaming job's (`fragments > 1`) work of round `round + 1` may
+/// continue from (`WorkReveal::continues`, docs/protocol.md §2.9) — and the error-feedback
+/// residual its encoding left, checked exactly by its checkers: the only residual a later reveal
+/// may carry (`WorkReveal::residual_hash`, §4.3). Written when a round is tallied, for every
+/// miner whose work was accepted, in streaming and error-feedback jobs; deleted when the job ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptedState {
     pub round: u32,
     pub final_checkpoint: Hash,
+    pub next_residual: Hash,
 }
-canonical_struct!(AcceptedState { round, final_checkpoint });
+canonical_struct!(AcceptedState { round, final_checkpoint, next_residual });
 
 /// Token supply accounting: `genesis + minted − burned` is what exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,7 +506,6 @@ pub mod keys {
     /// `prune/<height>/<job>/<round>`: the round is pruned to its summary at that height.
     pub const PRUNE_PREFIX: &[u8] = b"prune/";
     pub const SUMMARY_PREFIX: &[u8] = b"summary/";
-    pub const DELTAS_PREFIX: &[u8] = b"deltas/";
     /// `accepted/<job>/<miner>`: a streaming job's miner's latest accepted state.
     pub const ACCEPTED_PREFIX: &[u8] = b"accepted/";
 
@@ -579,14 +561,6 @@ pub mod keys {
 
     pub fn summary(job: JobId, round: u32) -> Vec<u8> {
         [SUMMARY_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
-    }
-
-    pub fn deltas_of_job(job: JobId) -> Vec<u8> {
-        [DELTAS_PREFIX, &job.0.to_be_bytes(), b"/"].concat()
-    }
-
-    pub fn deltas(job: JobId, miner: &Address) -> Vec<u8> {
-        [deltas_of_job(job).as_slice(), &miner.0].concat()
     }
 
     pub fn accepted_of_job(job: JobId) -> Vec<u8> {

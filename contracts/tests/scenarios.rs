@@ -131,7 +131,10 @@ fn a_streaming_miner_continues_only_its_own_accepted_state_of_the_round_before()
     assert_eq!(accepted(&w, 0), None, "miner 0 revealed nothing: no state to continue");
     let finals: Vec<Hash> = (0..3).map(|i| w.work(job, 0, i).final_checkpoint).collect();
     let final_of = |i: usize| finals[i];
-    assert_eq!(accepted(&w, 1), Some(AcceptedState { round: 0, final_checkpoint: final_of(1) }));
+    assert_eq!(
+        accepted(&w, 1),
+        Some(AcceptedState { round: 0, final_checkpoint: final_of(1), next_residual: Hash::ZERO })
+    );
     w.aggregate(job, 0).unwrap();
 
     // Round 1: miner 1 continues its own state; miner 2 names miner 1's; miner 0 has none.

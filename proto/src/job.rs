@@ -543,8 +543,9 @@ pub struct WorkReveal {
     pub final_checkpoint: Hash,
     /// Hash of the encoded pseudo-gradient Δ = θ_r − θ_H (+ the residual below, for int8).
     pub delta_hash: Hash,
-    /// For int8: the hash of the error-feedback residual carried into this round's Δ (flat f32
-    /// LE, blob domain); `Hash::ZERO` for a zero residual and for other encodings.
+    /// With error feedback: the hash of the residual carried into this round's Δ (bf16 LE, blob
+    /// domain): the `next_residual` of this miner's latest accepted work, or `Hash::ZERO` (none
+    /// carried, and in other jobs).
     pub residual_hash: Hash,
     /// Inner steps the miner trained (`min_inner_steps..=inner_steps`): the trail holds one loss
     /// per step and its final checkpoint after the last; the Δ is weighted and the reward paid by
@@ -555,8 +556,23 @@ pub struct WorkReveal {
     /// round synchronised taken from θ_r); `Hash::ZERO` for a start from θ_r with fresh moments,
     /// and always in other jobs.
     pub continues: Hash,
+    /// With error feedback (int8, q4, q2, top-k): the hash of the residual this round's encoding
+    /// leaves, `bf16(Δ_corrected − decode(Δ))` (bf16 LE, blob domain), which every checker of the
+    /// work recomputes exactly; the only residual this miner may carry into a later round once
+    /// the work is accepted. `Hash::ZERO` for a zero residual and in other jobs.
+    pub next_residual: Hash,
 }
-canonical_struct!(WorkReveal { job, round, trail, final_checkpoint, delta_hash, residual_hash, steps, continues });
+canonical_struct!(WorkReveal {
+    job,
+    round,
+    trail,
+    final_checkpoint,
+    delta_hash,
+    residual_hash,
+    steps,
+    continues,
+    next_residual
+});
 
 impl WorkReveal {
     /// The commitment to this work by `miner`: `H_binding(miner ‖ encode(self))`.

@@ -111,12 +111,12 @@ const GOLDEN_PUBLIC_KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121
 const GOLDEN_ADDRESS: &str = "83561adb398fd87f8e7ed8331bff2fcb945733cc";
 const GOLDEN_SIGNATURE: &str = "5adc9ef4f15f2eec3d801a6a8d11021d061a5e67d9abeb1d942ec2ab652a3083eb66c3269287846894f175841ccd8e2648033b1813ad792c17c2b55f4f502208";
 const GOLDEN_JOB_SPEC: (usize, &str) = (195, "e9346a1fb4f149bee794b7ce080e107dfcddf9580f38d6c2a8a7e6e4920526fb");
-const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "3a4dd9fa9832c62e3da24a481fe72ab98708194f7dbe5069ef43e0d1ee1cd79b");
+const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "9d7db193cff8f38f8bdc0076d150eb7a09b05b0cedef9d6192ba4af6592363cb");
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "1d0999881daf225e3b9892572d4ac19d03c782dfdde85d22b40b0d568904f285");
-const GOLDEN_BLOCK: (usize, &str) = (2882, "7e0993296a8f264a645013bfa23251f6c5c7d349799aac76e82280fdbb801808");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "68a02d2cce82ba5d57000290df33679b686c69b4510a6b1bc6f9900668f1b4a8");
+const GOLDEN_BLOCK: (usize, &str) = (2914, "d62d66581e14c11a74446d9db9b07632ed88ee4cbf26f4f117fb30e107443f1e");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "transfer",
@@ -151,8 +151,8 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "commit_work",
         157,
-        "bbe22a7ae39bd6593d378868f1b8325da2c3aef16254fafaf9f969f5e07fe6ce",
-        "797cc48686030d40e36bdcd86591b5fe52623b9d44a941af1e91597f4154e459",
+        "b9e53bf4ef8b891ffb1f1ae1663af9786f7c44ce064661623fde05a7d54ab5db",
+        "007ec91928d1d0b63bafb3d465379ce89f059ae6152c664758bbb747fac5a7e4",
     ),
     (
         "verdict",
@@ -180,9 +180,9 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     ),
     (
         "reveal_work",
-        289,
-        "e3ecba6e3afbb0bf70be69bf49d3da28b337157a2a326f665388b418ed6821ea",
-        "2673de61c2672af46fa729be35fa4b48c9d4d98ebac982b6a48bcbc13c77c115",
+        321,
+        "b7fb3651aadde0b7acbb0f71ef2f98db02713bebe6837e9cd87745f436cf06f3",
+        "f98adf0096288bf7af25a9d8b5ff9d5c9b6543c628ba82d8f77ddbfca5126471",
     ),
     (
         "verdict",
@@ -203,12 +203,12 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
         "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
     ),
 ];
-const GOLDEN_BLOCK_HASH: &str = "282e3d9da6fce67e49b1edc36e7c60608f1b7cf5916e94d91f3734cadba47110";
+const GOLDEN_BLOCK_HASH: &str = "e81461df7a10275106c910ea5ea107b518e277919e715eaf05f393f7cda06537";
 const GOLDEN_JOB_SPEC_HASH: &str = "db2c1ce6c69091a179ac06d0e8364a14a00cb062bb7fc20184c6e01d86d71f87";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
 const GOLDEN_TRAIL_HASH: &str = "79630e845f02e9e99b52b6c4fc0586eab7655dd7da380e420f2a3a5a95ea20bb";
-const GOLDEN_WORK_BINDING: &str = "b26098215823f68a41527c404339d1c947926f7d7506f37b533a3cc0d6b49bc4";
-const GOLDEN_WORK_REVEAL: (usize, &str) = (176, "3c77f4196736d6d523bf335be1824469408e580f02d28c3676950ebb5be201a7");
+const GOLDEN_WORK_BINDING: &str = "e88b1213ff882712131e0deaa39e86c8c9e494ec7f15ef43d8a93ef2e25b56a6";
+const GOLDEN_WORK_REVEAL: (usize, &str) = (208, "74d6c4090a562b05f82a9211a68facb491d9ce2f0d0497819406bc5c6e38beb8");
 const GOLDEN_TRAIL: (usize, &str) = (280, "939f108d60aee8b03ba2a180774b4821ed1bf6f92927ea6d101a06d6f354eeb0");
 const GOLDEN_VERDICT_JOB_FAULT: (usize, &str) =
     (38, "995653018c60b01a3abf8cbc0d12fe9d032dccdeb58e79fbc1f26d6da52b2021");

@@ -203,19 +203,31 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
             round,
             binding
         })),
-        (any::<u64>(), any::<u32>(), arb_hash(), arb_hash(), arb_hash(), arb_hash(), any::<u32>(), arb_hash())
-            .prop_map(|(j, round, trail, final_checkpoint, delta_hash, residual_hash, steps, continues)| {
-                TxKind::RevealWork(WorkReveal {
-                    job: JobId(j),
-                    round,
-                    trail,
-                    final_checkpoint,
-                    delta_hash,
-                    residual_hash,
-                    steps,
-                    continues,
-                })
-            }),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            arb_hash(),
+            arb_hash(),
+            arb_hash(),
+            arb_hash(),
+            any::<u32>(),
+            (arb_hash(), arb_hash())
+        )
+            .prop_map(
+                |(j, round, trail, final_checkpoint, delta_hash, residual_hash, steps, (continues, next_residual))| {
+                    TxKind::RevealWork(WorkReveal {
+                        job: JobId(j),
+                        round,
+                        trail,
+                        final_checkpoint,
+                        delta_hash,
+                        residual_hash,
+                        steps,
+                        continues,
+                        next_residual,
+                    })
+                }
+            ),
         (any::<u64>(), any::<u32>(), arb_address(), any::<u32>(), arb_outcome()).prop_map(
             |(j, round, miner, segment, outcome)| {
                 TxKind::Verdict(Verdict { job: JobId(j), round, miner, segment, outcome })

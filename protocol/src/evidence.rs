@@ -169,6 +169,7 @@ mod tests {
             residual_hash: Hash::ZERO,
             steps: STEPS,
             continues: Hash::ZERO,
+            next_residual: Hash::ZERO,
         }
     }
 

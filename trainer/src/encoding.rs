@@ -599,6 +599,11 @@ pub fn chunk_scales(bytes: &[u8]) -> Option<(usize, Vec<f32>)> {
 /// - top-k: at a kept coordinate, half a step of its chunk (0 for f32 values); at a dropped one,
 ///   the chunk's smallest kept magnitude plus half a step (a dropped value is no larger than any
 ///   kept one, and a kept value is within half a step of what was sent).
+///
+/// What an encoding promises about its error feedback (tested and fuzzed here). Checkers no
+/// longer bound a carried residual by it: they recompute the residual each Δ leaves exactly
+/// (`docs/protocol.md` §4.3), which a bound could not make sound (a miner could grow its
+/// residual round after round within the bound of its own last Δ).
 pub fn residual_bounds(bytes: &[u8]) -> Option<Vec<f32>> {
     let layout = Layout::parse(bytes.get(..Layout::HEAD.min(bytes.len()))?, bytes.len() as u64).ok()?;
     let all = 0..layout.values;
@@ -639,7 +644,7 @@ pub fn delta_hash(encoded: &[u8]) -> Hash {
 
 /// `value` rounded to bf16, to nearest with ties to even: unbiased, so what a residual that waits
 /// many rounds (a top-k value not yet sent) loses to it does not pile up. It may exceed `value`
-/// by half a bf16 step (2⁻⁹ of it), which checkers' residual bound allows.
+/// by half a bf16 step (2⁻⁹ of it).
 fn bf16_nearest(value: f32) -> f32 {
     crate::compact::round_bf16(value)
 }
@@ -658,6 +663,27 @@ pub fn check_finite(values: &[f32]) -> Result<(), EncodingError> {
 /// its residual in bf16 already, so nothing is lost: half the bytes of f32.
 pub fn residual_to_bytes(residual: &[f32]) -> Vec<u8> {
     residual.iter().flat_map(|r| ((bf16_nearest(*r).to_bits() >> 16) as u16).to_le_bytes()).collect()
+}
+
+/// What encoding `corrected` (a Δ plus the residual carried in) as `encoded` leaves for the next
+/// round: `bf16(corrected − decode(encoded))`, value by value. The miner's [`ErrorFeedback`]
+/// keeps it; every checker of the work recomputes it to check the miner's `next_residual`.
+pub fn residual_left(corrected: &[f32], encoded: &[u8]) -> Result<Vec<f32>, EncodingError> {
+    let (_, decoded) = decode(encoded)?;
+    if decoded.len() != corrected.len() {
+        return Err(EncodingError::WrongSize { expected: corrected.len() as u64, got: decoded.len() as u64 });
+    }
+    Ok(corrected.iter().zip(&decoded).map(|(c, q)| bf16_nearest(c - q)).collect())
+}
+
+/// The hash a reveal names for a residual (`WorkReveal::residual_hash`, `next_residual`): of its
+/// [`residual_to_bytes`] in the blob domain, or `Hash::ZERO` when every value is zero (nothing
+/// to carry: a miner then starts the next round from zeros).
+pub fn residual_hash(residual: &[f32]) -> trellis_proto::Hash {
+    if residual.iter().all(|r| *r == 0.0) {
+        return trellis_proto::Hash::ZERO;
+    }
+    trellis_proto::blobwire::data_hash(&residual_to_bytes(residual))
 }
 
 /// A residual from [`residual_to_bytes`]' form: an odd length is [`EncodingError::WrongSize`],
@@ -700,10 +726,7 @@ impl ErrorFeedback {
         let corrected: Vec<f32> = delta.iter().zip(&self.residual).map(|(d, r)| d + r).collect();
         check_finite(&corrected)?;
         let encoded = encode(encoding, &corrected);
-        let (_, decoded) = decode(&encoded)?;
-        for ((r, c), q) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
-            *r = bf16_nearest(c - q);
-        }
+        self.residual = residual_left(&corrected, &encoded)?;
         Ok(encoded)
     }
 

@@ -4,14 +4,13 @@ mod common;
 
 use common::*;
 use tch::Device;
-use trellis_proto::{DeltaEncoding, InvalidReason, VerdictOutcome};
+use trellis_proto::{DeltaEncoding, Hash, InvalidReason, VerdictOutcome};
 use trellis_trainer::checkpoint::{self, checkpoint_hash, CheckpointData, CheckpointView};
 use trellis_trainer::encoding::{self, ErrorFeedback};
 use trellis_trainer::model::{Gpt, Preset};
 use trellis_trainer::optim::{AdamW, AdamWConfig};
 use trellis_verifier::segment::{
-    check_claim_reproducing, check_delta, check_segment, offline_claim, residual_within_bound, DeltaError, Mode,
-    Replay, MOMENT_SLACK,
+    check_claim_reproducing, check_delta, check_segment, offline_claim, DeltaError, Mode, Replay, MOMENT_SLACK,
 };
 use trellis_verifier::signals::{find_copies, COPY_COSINE_BOUND};
 
@@ -178,13 +177,21 @@ fn an_f16_delta_beyond_its_range_is_no_honest_encoding() {
     let overflowing = encoding::encode(DeltaEncoding::F16, &expected);
     let hash = encoding::delta_hash(&overflowing);
     assert_eq!(
-        check_delta(DeltaEncoding::F16, &global, &final_weights, None, &overflowing, &hash),
+        check_delta(DeltaEncoding::F16, &global, &final_weights, None, &overflowing, &hash, &Hash::ZERO),
         Err(DeltaError::NoEncoding { encoding: DeltaEncoding::F16 })
     );
     // The same state in f32 has its encoding, and it is checked as usual.
     let f32_bytes = encoding::encode(DeltaEncoding::F32, &expected);
-    check_delta(DeltaEncoding::F32, &global, &final_weights, None, &f32_bytes, &encoding::delta_hash(&f32_bytes))
-        .unwrap();
+    check_delta(
+        DeltaEncoding::F32,
+        &global,
+        &final_weights,
+        None,
+        &f32_bytes,
+        &encoding::delta_hash(&f32_bytes),
+        &Hash::ZERO,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -197,44 +204,64 @@ fn fake_and_honest_deltas_are_told_apart_for_every_encoding() {
     for encoding_kind in [DeltaEncoding::F32, DeltaEncoding::F16] {
         let bytes = encoding::encode(encoding_kind, &delta);
         let hash = encoding::delta_hash(&bytes);
-        check_delta(encoding_kind, &global, &final_weights, None, &bytes, &hash).unwrap();
+        check_delta(encoding_kind, &global, &final_weights, None, &bytes, &hash, &Hash::ZERO).unwrap();
         // A Δ scaled by 10 (a poisoner's) is not the encoding of its own final checkpoint.
         let fake: Vec<f32> = delta.iter().map(|d| d * 10.0).collect();
         let fake_bytes = encoding::encode(encoding_kind, &fake);
         let fake_hash = encoding::delta_hash(&fake_bytes);
         assert_eq!(
-            check_delta(encoding_kind, &global, &final_weights, None, &fake_bytes, &fake_hash),
+            check_delta(encoding_kind, &global, &final_weights, None, &fake_bytes, &fake_hash, &Hash::ZERO),
             Err(DeltaError::NotTheEncoding { encoding: encoding_kind })
         );
         assert!(matches!(
-            check_delta(encoding_kind, &global, &final_weights, None, &bytes, &fake_hash),
+            check_delta(encoding_kind, &global, &final_weights, None, &bytes, &fake_hash, &Hash::ZERO),
             Err(DeltaError::HashMismatch { .. })
         ));
     }
     // Quantised with error feedback: the published residual makes the encoding checkable, and
-    // the residual is bounded by the Δ it came from.
+    // the residual each Δ leaves is named in its reveal and recomputed exactly.
     for quantised in DeltaEncoding::ALL.into_iter().filter(|e| e.has_error_feedback()) {
         let mut feedback = ErrorFeedback::default();
         let first = feedback.encode(quantised, &delta).unwrap();
         let residual = feedback.residual().to_vec();
-        assert!(residual_within_bound(&first, &residual), "{quantised:?}: an honest residual is within its bound");
+        let left_by_first = encoding::residual_hash(&residual);
+        assert_ne!(left_by_first, Hash::ZERO, "{quantised:?} loses something");
+        // The first round carried nothing: its checkers add zeros, and recompute what it left.
+        let first_hash = encoding::delta_hash(&first);
+        check_delta(quantised, &global, &final_weights, None, &first, &first_hash, &left_by_first).unwrap();
         let second = feedback.encode(quantised, &delta).unwrap();
+        let left_by_second = encoding::residual_hash(feedback.residual());
         let hash = encoding::delta_hash(&second);
-        check_delta(quantised, &global, &final_weights, Some(&residual), &second, &hash).unwrap();
-        assert!(check_delta(quantised, &global, &final_weights, None, &second, &hash).is_err());
+        check_delta(quantised, &global, &final_weights, Some(&residual), &second, &hash, &left_by_second).unwrap();
+        assert!(check_delta(quantised, &global, &final_weights, None, &second, &hash, &left_by_second).is_err());
+        // A next residual other than the one the Δ leaves — inflated to steer later rounds — is
+        // refused, as is claiming to leave none.
+        let inflated: Vec<f32> = feedback.residual().iter().map(|r| r * 3.0 + 1e-3).collect();
+        for claimed in [encoding::residual_hash(&inflated), Hash::ZERO] {
+            assert_eq!(
+                check_delta(quantised, &global, &final_weights, Some(&residual), &second, &hash, &claimed),
+                Err(DeltaError::NextResidualMismatch { expected: claimed, actual: left_by_second }),
+                "{quantised:?}"
+            );
+        }
         // A tampered encoded Δ: one code flipped, its hash recomputed (so only the link catches it).
         let mut tampered = second.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 0x01;
         let tampered_hash = encoding::delta_hash(&tampered);
         assert_eq!(
-            check_delta(quantised, &global, &final_weights, Some(&residual), &tampered, &tampered_hash),
+            check_delta(
+                quantised,
+                &global,
+                &final_weights,
+                Some(&residual),
+                &tampered,
+                &tampered_hash,
+                &left_by_second
+            ),
             Err(DeltaError::NotTheEncoding { encoding: quantised }),
             "{quantised:?}"
         );
-        // A made-up residual larger than half a step of the Δ before is refused.
-        let inflated: Vec<f32> = residual.iter().map(|r| r * 3.0 + 1e-3).collect();
-        assert!(!residual_within_bound(&first, &inflated), "{quantised:?}");
     }
 }
 

@@ -205,6 +205,7 @@ impl World {
             residual_hash: Hash::ZERO,
             steps,
             continues: Hash::ZERO,
+            next_residual: Hash::ZERO,
         }
     }
 

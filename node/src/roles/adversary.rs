@@ -68,6 +68,7 @@ pub(super) fn skip_work(context: &RoleContext, job: &Job, round: u32) -> anyhow:
         residual_hash: Hash::ZERO,
         steps: job.spec.diloco.inner_steps,
         continues: Hash::ZERO,
+        next_residual: Hash::ZERO,
     };
     Stage::create(&context.work_dir, job.id.0, round)?.seal(&reveal)?;
     tracing::warn!(target: "node::adversary", job = %job.id, round, "committing work never done");

@@ -26,14 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_contracts::rounds::worker_index;
-use trellis_contracts::state::{self, keys, Assignment, Job, MinerDeltas, Phase, RoundState};
+use trellis_contracts::state::{Assignment, Job, Phase, RoundState};
 use trellis_proto::{Hash, InvalidReason, JobFaultReason, Trail, TxKind, Verdict, VerdictOutcome, WorkReveal};
 use trellis_protocol::trail::{check_trail, segment_claim, TrailFrame};
 use trellis_protocol::{Blame, Comparison};
 use trellis_trainer::checkpoint::{checkpoint_hash, CheckpointView};
 use trellis_verifier::segment::{
-    check_claim, check_claim_reproducing, check_delta, check_delta_drift, residual_within_bound, BlobError, BlobSource,
-    Replay,
+    check_claim, check_claim_reproducing, check_delta, check_delta_drift, BlobError, BlobSource, Replay,
 };
 
 use super::{RoleContext, Work};
@@ -486,34 +485,22 @@ async fn gather(
         None => None,
     };
     blobs.stored(delta_key, limits.delta).await?;
-    // int8: the residual the miner says it carried in must be served, and small enough to be
-    // one that encoding its previous revealed Δ (recorded on chain, served again by the miner)
-    // left (docs/protocol.md §4.3).
+    // Error feedback: the residual the miner carried in must be served. The chain admitted its
+    // hash only as the residual the miner's latest accepted work left, which that work's
+    // checkers recomputed exactly (docs/protocol.md §4.3), so its bytes are all there is to check.
     let made_up = || Blame::miner(InvalidReason::DeltaMismatch, reveal.residual_hash, Hash::ZERO).outcome();
-    let mut previous_delta = None;
     let residual = if reveal.residual_hash == Hash::ZERO {
         None
     } else {
-        let recorded = {
-            let view = context.shared.ledger.store().pending_state();
-            state::read::<MinerDeltas>(&view, &keys::deltas(job.id, &assignment.miner)).map_err(|e| Err(e.into()))?
-        };
-        let Some(previous) = recorded.filter(|d| d.latest.round == round.round).and_then(|d| d.previous) else {
-            return Err(Ok(made_up()));
-        };
-        let previous_key = BlobKey::new(BlobKind::Data, previous.delta_hash);
-        blobs.want(previous_key, limits.delta);
         let residual_key = BlobKey::new(BlobKind::Data, reveal.residual_hash);
         blobs.want(residual_key, limits.delta);
-        let previous_bytes = blobs.bytes(previous_key, limits.delta).await?;
         let bytes = blobs.bytes(residual_key, limits.delta).await?;
-        // A residual that is not a whole number of bf16 values, or holds one that is not finite,
-        // is made up like one out of bounds.
+        // A residual that is not a whole number of bf16 values, or holds one that is not finite
+        // (bytes no honest miner publishes under a hash its checkers accepted), is made up.
         let Ok(values) = trellis_trainer::encoding::residual_from_bytes(&bytes) else { return Err(Ok(made_up())) };
-        if values.len() != global.len() || !residual_within_bound(&previous_bytes, &values) {
+        if values.len() != global.len() {
             return Err(Ok(made_up()));
         }
-        previous_delta = Some(previous.delta_hash);
         Some(values)
     };
     // What was fetched for this round goes when the round is settled.
@@ -523,7 +510,6 @@ async fn gather(
         BlobKey::new(BlobKind::Data, reveal.residual_hash),
         BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint),
     ];
-    fetched.extend(previous_delta.map(|hash| BlobKey::new(BlobKind::Data, hash)));
     fetched.extend(continued_key);
     fetched.extend(trail.checkpoints.iter().map(|e| BlobKey::new(BlobKind::Checkpoint, e.hash)));
     fetched.extend(trail.proofs.iter().map(|p| BlobKey::new(BlobKind::Data, *p)));
@@ -630,21 +616,23 @@ async fn judge(
         let Some(final_weights) = final_weights else {
             return Ok(Blame::miner(InvalidReason::MalformedBlob, reveal.final_checkpoint, Hash::ZERO).outcome());
         };
-        let zeros;
-        let residual = match (&residual, spec.diloco.encoding) {
-            (Some(values), _) => Some(values.as_slice()),
-            (None, encoding) if encoding.has_error_feedback() => {
-                zeros = vec![0.0f32; global.len()];
-                Some(zeros.as_slice())
-            }
-            (None, _) => None,
-        };
+        // None carried: `check_delta` adds zeros where the encoding has error feedback.
+        let residual = residual.as_deref();
         let delta = store.get(&delta)?;
         // A streaming round's Δ is the fragment it synchronises alone.
         let span = trellis_protocol::fragments::round_span(spec, round_number, global.len());
         let (global, final_weights) =
             (global.get(span.clone()).unwrap_or_default(), final_weights.get(span).unwrap_or_default());
-        Ok(match check_delta(spec.diloco.encoding, global, final_weights, residual, &delta, &reveal.delta_hash) {
+        let delta_link = check_delta(
+            spec.diloco.encoding,
+            global,
+            final_weights,
+            residual,
+            &delta,
+            &reveal.delta_hash,
+            &reveal.next_residual,
+        );
+        Ok(match delta_link {
             Ok(()) => VerdictOutcome::Valid,
             Err(_) => delta_mismatch(&delta),
         })

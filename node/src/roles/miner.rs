@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use trellis_contracts::rounds::{tokens_of, worker_index};
-use trellis_contracts::state::{keys, read, AcceptedState, Job, JobStatus, MinerDeltas, Phase, RoundState, Stake};
+use trellis_contracts::state::{keys, read, AcceptedState, Job, JobStatus, Phase, RoundState, Stake};
 use trellis_proto::{
     decode, Amount, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal,
 };
@@ -350,7 +350,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the residual left by this miner's int8 encoding of round `round` is kept.
+/// Where the residual left by this miner's error-feedback encoding of round `round` is kept.
 fn residual_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
     work_dir.join(format!("residual-job{job}-round{round}.bf16"))
 }
@@ -362,27 +362,20 @@ fn carry_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
     work_dir.join(format!("carry-job{job}-round{round}.ckpt"))
 }
 
-/// Where this miner keeps its encoded int8 Δ of round `round`: served again in the next round
-/// it works in, so that checkers can bound the residual it carries by that Δ's steps.
-fn delta_path(work_dir: &Path, job: u64, round: u32) -> PathBuf {
-    work_dir.join(format!("delta-job{job}-round{round}.int8"))
-}
-
 /// Deletes this node's local files of `job`'s rounds before `keep_from`: a miner's stages, and
-/// its kept residuals and Δs but those of the latest round the chain recorded as revealed (what
-/// the next round carries); all of them once the job has ended.
+/// its kept residuals but the one of its latest accepted round (what its next round carries);
+/// all of them once the job has ended.
 pub(super) fn collect_local(context: &RoleContext, job: &Job, keep_from: u32) {
     Stage::collect(&context.work_dir, job.id.0, keep_from);
     let keep = if job.status == JobStatus::Active {
         let view = context.shared.ledger.store().pending_state();
-        read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address())).ok().flatten().map(|d| d.latest.round)
+        read::<AcceptedState>(&view, &keys::accepted(job.id, &context.key.address())).ok().flatten().map(|a| a.round)
     } else {
         None
     };
     for round in 0..keep_from {
         if Some(round) != keep {
             let _ = std::fs::remove_file(residual_path(&context.work_dir, job.id.0, round));
-            let _ = std::fs::remove_file(delta_path(&context.work_dir, job.id.0, round));
         }
         // The latest settled round's final state is what the current round continues.
         if job.status != JobStatus::Active || round + 1 < keep_from {
@@ -429,45 +422,33 @@ fn continued_start(context: &RoleContext, job: &Job, round: u32, global: &[f32])
     }
 }
 
-/// What an int8 miner carries into a round: the residual its last revealed Δ left, and that Δ
-/// (which it serves again, for checkers to bound the residual by).
-struct Carried {
-    residual: Vec<f32>,
-    previous_delta: Vec<u8>,
-}
-
-/// The residual to carry into `round`: the one left by the latest round whose work the chain
-/// recorded as this miner's revealed Δ (`MinerDeltas`). Nothing is carried when that round's
-/// residual or Δ is not on disk any more, or the Δ is not the one the chain recorded: a residual
-/// its checkers could not bound would be judged made up.
+/// The residual to carry into `round`: the one this miner's latest accepted work left
+/// (`AcceptedState::next_residual`, which that work's checkers recomputed exactly), read back from
+/// disk. Nothing (zeros) when that work left none, or its residual is not on disk any more or not
+/// those bytes: carrying nothing is always allowed, carrying anything else is refused on chain.
 fn carried_residual(
     context: &RoleContext,
     job: &Job,
     round: u32,
     parameters: usize,
-) -> anyhow::Result<Option<Carried>> {
+) -> anyhow::Result<Option<Vec<f32>>> {
     if !job.spec.diloco.encoding.has_error_feedback() {
         return Ok(None);
     }
     let view = context.shared.ledger.store().pending_state();
-    let Some(deltas) = read::<MinerDeltas>(&view, &keys::deltas(job.id, &context.key.address()))? else {
+    let Some(accepted) = read::<AcceptedState>(&view, &keys::accepted(job.id, &context.key.address()))? else {
         return Ok(None);
     };
-    let earlier = deltas.latest;
-    if earlier.round >= round {
+    if accepted.round >= round || accepted.next_residual == Hash::ZERO {
         return Ok(None);
     }
-    let (Ok(residual), Ok(previous_delta)) = (
-        std::fs::read(residual_path(&context.work_dir, job.id.0, earlier.round)),
-        std::fs::read(delta_path(&context.work_dir, job.id.0, earlier.round)),
-    ) else {
+    let bytes = std::fs::read(residual_path(&context.work_dir, job.id.0, accepted.round)).ok();
+    let Some(bytes) = bytes.filter(|bytes| data_hash(bytes) == accepted.next_residual) else {
+        tracing::warn!(target: "node::miner", job = %job.id, round, "the residual of the latest accepted round is not on disk; error feedback starts again from zero");
         return Ok(None);
     };
-    let residual = encoding::residual_from_bytes(&residual)?;
-    if residual.len() != parameters || data_hash(&previous_delta) != earlier.delta_hash {
-        return Ok(None);
-    }
-    Ok(Some(Carried { residual, previous_delta }))
+    let residual = encoding::residual_from_bytes(&bytes)?;
+    Ok((residual.len() == parameters).then_some(residual))
 }
 
 /// Trains one round and stages its blobs; returns the work to reveal.
@@ -596,30 +577,24 @@ async fn train_round(
         encoding::check_finite(&delta).map_err(|error| {
             anyhow::anyhow!("the round's Δ is not finite ({error}): training diverged; the round is not committed")
         })?;
-        let (encoded, residual_hash) = match spec.diloco.encoding {
+        let (encoded, residual_hash, next_residual) = match spec.diloco.encoding {
             quantised if quantised.has_error_feedback() => {
-                // Error feedback: what quantisation lost in our last revealed round is added to
-                // this round's Δ; the residual carried in is published and revealed, next to the
-                // Δ it came from (its checkers bound the residual by that Δ's steps).
-                let (carried, previous_delta) = match carried {
-                    Some(Carried { residual, previous_delta }) => (residual, Some(previous_delta)),
-                    None => (vec![0.0; delta.len()], None),
-                };
+                // Error feedback: what quantisation lost in our latest accepted round (recorded on
+                // chain, checked exactly by that round's checkers) is added to this round's Δ and
+                // published; the residual this round leaves is named in the reveal, for this
+                // round's checkers to recompute, and kept for the next round if this one is accepted.
+                let carried = carried.unwrap_or_else(|| vec![0.0; delta.len()]);
                 let mut feedback = ErrorFeedback::with_residual(carried.clone());
                 let encoded = feedback.encode(quantised, &delta).context("encoding the round's Δ")?;
                 std::fs::write(
                     residual_path(&context2.work_dir, job2.id.0, round_number),
                     encoding::residual_to_bytes(feedback.residual()),
                 )?;
-                std::fs::write(delta_path(&context2.work_dir, job2.id.0, round_number), &encoded)?;
-                let hash = match previous_delta {
-                    Some(previous) if carried.iter().any(|r| *r != 0.0) => {
-                        stage.put_data(&previous)?;
-                        stage.put_data(&encoding::residual_to_bytes(&carried))?.hash
-                    }
-                    _ => Hash::ZERO,
-                };
-                (encoded, hash)
+                let carried_hash = encoding::residual_hash(&carried);
+                if carried_hash != Hash::ZERO {
+                    stage.put_data(&encoding::residual_to_bytes(&carried))?;
+                }
+                (encoded, carried_hash, encoding::residual_hash(feedback.residual()))
             }
             // An f16 value beyond ±65504 rounds to infinity: no aggregator decodes it, so the
             // round is dropped like a diverged one rather than committed.
@@ -627,6 +602,7 @@ async fn train_round(
                 encoding::encode_finite(other, &delta).map_err(|error| {
                     anyhow::anyhow!("the round's Δ has no {other} encoding ({error}); the round is not committed")
                 })?,
+                Hash::ZERO,
                 Hash::ZERO,
             ),
         };
@@ -642,6 +618,7 @@ async fn train_round(
             residual_hash,
             steps,
             continues,
+            next_residual,
         };
         stage.seal(&reveal)?;
         let mean_loss = trail.losses.iter().map(|l| f64::from(*l)).sum::<f64>() / trail.losses.len().max(1) as f64;

@@ -69,6 +69,7 @@ pub fn work_reveal() -> WorkReveal {
         residual_hash: hash(4),
         steps: 40,
         continues: hash(5),
+        next_residual: hash(6),
     }
 }
 

@@ -344,6 +344,7 @@ impl Workload {
             // A third of the miners (by address) are stragglers that stop at the job's minimum.
             steps: if miner.0[0] % 3 == 0 { job.spec.diloco.min_inner_steps } else { job.spec.diloco.inner_steps },
             continues: Hash::ZERO,
+            next_residual: Hash::ZERO,
         }
     }
 
