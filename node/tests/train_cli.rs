@@ -298,3 +298,50 @@ fn attacks_run_and_defences_exclude_the_attacker() {
     assert!(stderr(&bad).contains("--attackers must be between 1"), "{}", stderr(&bad));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The binary holds libtorch's own CPU kernels to their AVX2 path (`ATEN_CPU_CAPABILITY`, unless
+/// the user set it): on a machine with AVX-512 the wider kernels sum in another order, and a
+/// trail trained there would not replay bit for bit on an AVX2-only checker (docs/protocol.md
+/// §2.6). A run with the variable unset must be the run pinned to AVX2; where the CPU has
+/// AVX-512, a run allowed to use it must differ (what makes the pin necessary).
+#[test]
+fn the_binary_pins_libtorchs_cpu_kernels_to_avx2() {
+    let dir = temp_dir("aten");
+    let data = corpus_text();
+    let run = |name: &str, capability: Option<&str>| -> Vec<u8> {
+        let out = dir.join(format!("{name}.safetensors"));
+        let args = [
+            "train",
+            "--data",
+            &data,
+            "--model",
+            "nano",
+            "--workers",
+            "1",
+            "--inner-steps",
+            "8",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        command.args(args).env_remove("LD_LIBRARY_PATH").env_remove("ATEN_CPU_CAPABILITY");
+        if let Some(capability) = capability {
+            command.env("ATEN_CPU_CAPABILITY", capability);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        std::fs::read(&out).unwrap()
+    };
+    let unset = run("unset", None);
+    assert!(unset == run("avx2", Some("avx2")), "with ATEN_CPU_CAPABILITY unset the run is not the AVX2 one");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpu.contains("avx512f") {
+        assert!(unset != run("avx512", Some("avx512")), "AVX-512 kernels gave the AVX2 bits: the premise changed");
+    }
+}

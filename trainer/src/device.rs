@@ -12,6 +12,8 @@ pub struct BackendInfo {
     pub threads: i32,
     /// The `MKL_CBWR` reproducibility mode in force, if any.
     pub mkl_cbwr: Option<String>,
+    /// The `ATEN_CPU_CAPABILITY` libtorch's own CPU kernels are held to, if any.
+    pub aten_cpu_capability: Option<String>,
 }
 
 impl BackendInfo {
@@ -24,6 +26,7 @@ impl BackendInfo {
             mkl_available: tch::utils::has_mkl(),
             threads: tch::get_num_threads(),
             mkl_cbwr: std::env::var("MKL_CBWR").ok(),
+            aten_cpu_capability: std::env::var("ATEN_CPU_CAPABILITY").ok(),
         }
     }
 }
@@ -38,6 +41,11 @@ impl fmt::Display for BackendInfo {
             "MKL_CBWR:        {}",
             self.mkl_cbwr.as_deref().unwrap_or("unset (results may depend on the thread count)")
         )?;
+        writeln!(
+            f,
+            "ATen kernels:    {}",
+            self.aten_cpu_capability.as_deref().unwrap_or("unset (results may depend on the CPU model)")
+        )?;
         writeln!(f, "CUDA available:  {} ({} devices)", yes_no(self.cuda_available), self.cuda_devices)?;
         write!(f, "cuDNN available: {}", yes_no(self.cudnn_available))
     }
@@ -47,17 +55,27 @@ impl fmt::Display for BackendInfo {
 /// matrix products give the same bits for any thread count and any AVX2-capable x86-64 CPU.
 pub const MKL_CBWR_DEFAULT: &str = "AVX2,STRICT";
 
+/// The vector width libtorch's own CPU kernels (reductions, element-wise, softmax, norms) are held
+/// to: ATen picks AVX-512 kernels where the CPU has them, whose lane count changes the order of
+/// a sum, so a trail trained on an AVX-512 machine would not replay bit for bit on an AVX2-only
+/// one (measured: a `nano` run's final weights differ between the two on one machine).
+pub const ATEN_CPU_CAPABILITY_DEFAULT: &str = "avx2";
+
 /// The cuBLAS workspace setting under which its matrix products repeat bit for bit (NVIDIA's
 /// cuBLAS documentation, "Results reproducibility"; PyTorch refuses cuBLAS calls in
 /// deterministic mode without it).
 pub const CUBLAS_WORKSPACE_CONFIG_DEFAULT: &str = ":4096:8";
 
-/// Puts [`MKL_CBWR_DEFAULT`] and [`CUBLAS_WORKSPACE_CONFIG_DEFAULT`] in the environment unless
-/// the user set them. MKL and cuBLAS read them when libtorch first calls them, so this must run
-/// at the start of `main`, before any other thread exists and before any tensor is created.
+/// Puts [`MKL_CBWR_DEFAULT`], [`ATEN_CPU_CAPABILITY_DEFAULT`] (on x86-64) and
+/// [`CUBLAS_WORKSPACE_CONFIG_DEFAULT`] in the environment unless the user set them. MKL, ATen and
+/// cuBLAS read them when libtorch first calls them, so this must run at the start of `main`,
+/// before any other thread exists and before any tensor is created.
 pub fn configure_reproducibility() {
     if std::env::var_os("MKL_CBWR").is_none() {
         std::env::set_var("MKL_CBWR", MKL_CBWR_DEFAULT);
+    }
+    if cfg!(target_arch = "x86_64") && std::env::var_os("ATEN_CPU_CAPABILITY").is_none() {
+        std::env::set_var("ATEN_CPU_CAPABILITY", ATEN_CPU_CAPABILITY_DEFAULT);
     }
     if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG_DEFAULT);
