@@ -116,6 +116,25 @@ fn muon_trails_rerun_and_resume_bit_for_bit() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// At `micro` width the MLP matrices (128 × 512) pass ATen's parallel grain of 32,768 elements,
+/// so Muon's Newton–Schulz products and norms take their multi-threaded paths, which `nano`'s
+/// matrices never reach: still the same hashes on one thread and on two.
+#[test]
+fn muon_on_micro_gives_the_same_hashes_on_one_and_two_threads() {
+    let dataset = corpus();
+    let run_on = |threads: i32| {
+        tch::set_num_threads(threads);
+        let mut model = Gpt::new(&Preset::Micro.config(), 5, Device::Cpu).unwrap();
+        let mut optimizer = AdamW::new(AdamWConfig { rule: InnerRule::Muon, ..adamw(4) }, model.parameters());
+        let schedule = schedule();
+        let inner = inner_loop(&dataset, &schedule, None, None);
+        inner.train_steps(&mut model, &mut optimizer, 4, |_, _| {}).unwrap().trail
+    };
+    let one = run_on(1);
+    assert_eq!(run_on(2).hashes(), one.hashes(), "Muon on micro differs between one and two threads");
+    tch::set_num_threads(1);
+}
+
 #[test]
 fn loss_falls_on_real_text_within_a_few_dozen_steps() {
     let dataset = corpus();
