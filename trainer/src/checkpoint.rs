@@ -683,6 +683,10 @@ impl<'a> CheckpointView<'a> {
                 }
             } else if first.iter().zip(codes).any(|(q, v)| *v == 0 && *q != 0) || first.contains(&(i8::MIN as u8)) {
                 return Err(CheckpointError::Malformed("a first moment that its second moment cannot hold"));
+            } else if codes.iter().any(|code| (1..8).contains(code)) {
+                // Capture writes 0 or a code of 8 and above (the smallest non-zero moment rounds up
+                // to 8): one byte pattern for each state.
+                return Err(CheckpointError::Malformed("a second-moment code below the smallest capture writes"));
             }
         }
         Ok(())
@@ -975,6 +979,10 @@ mod tests {
         orphan[second] = 0;
         orphan[first] = 5;
         assert!(CheckpointData::parse_compact(&orphan, base).is_err());
+        for code in 1..8 {
+            assert!(tamper(second, code).is_err(), "second-moment code {code} (capture writes 0 or 8 and above)");
+        }
+        assert!(tamper(second, 8).is_ok(), "the smallest code capture writes");
         // A start state (no drift, zero moments) is compact too.
         let mut fresh = AdamW::new(crate::optim::AdamWConfig::with_schedule(1e-3, 0, 10), model.parameters());
         model.set_flat_weights(&start);
