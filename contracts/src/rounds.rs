@@ -371,8 +371,10 @@ fn tally<S: KvStore + ?Sized>(
         // (a lazy `Valid`, a framing `Invalid`) is overturned. Claims about availability
         // (`Unavailable`, `JobFault`) can differ honestly between checkers and moments, so they
         // lose the fee share but are not slashed.
-        if round.escalated {
-            let replay_verdict = |f: &Option<Finding>| matches!(f, Some(Finding::Valid | Finding::Invalid));
+        // Only a replay's finding overturns: a segment found `Unavailable` (a miner serving one
+        // checker only, a partition) says nothing against a checker that did replay it.
+        let replay_verdict = |f: &Option<Finding>| matches!(f, Some(Finding::Valid | Finding::Invalid));
+        if round.escalated && replay_verdict(&finding) {
             overturned.extend(
                 verdicts.iter().filter(|(_, f)| replay_verdict(f) && *f != finding).map(|(checker, _)| *checker),
             );
@@ -435,6 +437,13 @@ fn tally<S: KvStore + ?Sized>(
                 eject(&mut job, events, *miner);
             }
         }
+    }
+    // A checker is slashed once a round for each kind of fault, however many verdicts it owed:
+    // a job whose window no checker can meet (or a flood of assignments) costs a validator 1% a
+    // round, not 1% per assignment compounded over thousands.
+    for faults in [&mut missed, &mut overturned] {
+        faults.sort();
+        faults.dedup();
     }
     let checker_faults = [
         (&missed, params.missed_verdict_slash_ppm, SlashReason::MissedVerdict),

@@ -112,3 +112,37 @@ fn invalid_evidence_that_quotes_nothing_the_miner_revealed_is_refused() {
     let founded = InvalidEvidence::new(InvalidReason::DeltaMismatch, reveal.delta_hash, Hash([1; 32]), 0.0);
     w.send(&checker, TxKind::Verdict(verdict(founded))).unwrap();
 }
+
+/// The reverse: a checker that replayed the segment (`Valid`) while the committee could not reach
+/// the miner's blobs (`Unavailable`, a miner serving one checker only or a partition) is not
+/// slashed: an availability finding says nothing against a replay.
+#[test]
+fn a_replay_outvoted_by_unavailability_is_not_slashed() {
+    let (w, _, replayer) = escalate(VerdictOutcome::Valid, VerdictOutcome::Unavailable);
+    assert!(slashed(&w, &replayer).is_empty(), "{:?}", slashed(&w, &replayer));
+    w.supply_holds();
+}
+
+/// A checker that owed many verdicts in a round and sent none is slashed once for the round, not
+/// once per verdict: a job whose window nobody can meet must not burn validators' stake by the
+/// thousands of assignments.
+#[test]
+fn a_checker_silent_on_many_segments_is_slashed_once_a_round() {
+    let mut w = World::new(6, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let assignments = w.round(job, 0).assignments;
+    let owed = |checker: &Address| assignments.iter().filter(|a| a.checkers.contains(checker)).count();
+    let silent = *assignments
+        .iter()
+        .flat_map(|a| &a.checkers)
+        .max_by_key(|checker| owed(checker))
+        .expect("assignments have checkers");
+    assert!(owed(&silent) > 1, "the silent checker owes several verdicts");
+    w.verdicts(job, 0, |_, _, checker| (*checker != silent).then_some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let missed: Vec<_> = slashed(&w, &silent).into_iter().filter(|(_, r)| *r == SlashReason::MissedVerdict).collect();
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    w.supply_holds();
+}

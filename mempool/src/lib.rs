@@ -114,30 +114,50 @@ impl Mempool {
 
     /// Admits a batch of transactions, verifying their signatures together. `account` gives
     /// each sender's committed next nonce and balance. Returns one result per input.
+    /// Transactions already in the pool or whose nonce is spent are answered before any
+    /// signature is checked: a peer replaying old batches costs a hash and a state read each,
+    /// not a signature verification.
     pub fn insert_batch(
         &mut self,
         chain_id: &str,
         txs: Vec<SignedTx>,
         account: impl Fn(&Address) -> SenderAccount,
     ) -> Vec<Result<Hash, MempoolError>> {
-        let encoded: Vec<Vec<u8>> = txs.iter().map(|t| t.tx.to_bytes()).collect();
+        let screened: Vec<Result<SenderAccount, MempoolError>> = txs
+            .iter()
+            .map(|tx| {
+                if self.by_hash.contains_key(&tx.hash()) {
+                    return Err(MempoolError::AlreadyKnown);
+                }
+                let sender = account(&tx.tx.sender_address());
+                match tx.tx.nonce < sender.next_nonce {
+                    true => Err(MempoolError::StaleNonce { next: sender.next_nonce, got: tx.tx.nonce }),
+                    false => Ok(sender),
+                }
+            })
+            .collect();
+        let encoded: Vec<Option<Vec<u8>>> =
+            txs.iter().zip(&screened).map(|(t, s)| s.is_ok().then(|| t.tx.to_bytes())).collect();
         let items: Vec<SignedItem<'_>> = txs
             .iter()
             .zip(&encoded)
-            .map(|(t, payload)| SignedItem {
-                key: &t.tx.sender,
-                kind: SigningKind::Transaction,
-                payload,
-                signature: &t.signature,
+            .filter_map(|(t, payload)| {
+                payload.as_ref().map(|payload| SignedItem {
+                    key: &t.tx.sender,
+                    kind: SigningKind::Transaction,
+                    payload,
+                    signature: &t.signature,
+                })
             })
             .collect();
-        let batch_ok = verify_batch(chain_id, &items).is_ok();
+        let batch_ok = items.is_empty() || verify_batch(chain_id, &items).is_ok();
         txs.into_iter()
-            .map(|tx| {
+            .zip(screened)
+            .map(|(tx, screened)| {
+                let sender = screened?;
                 if !batch_ok {
                     tx.verify(chain_id).map_err(MempoolError::BadSignature)?;
                 }
-                let sender = account(&tx.tx.sender_address());
                 self.insert_verified(tx, sender)
             })
             .collect()
@@ -363,6 +383,32 @@ mod tests {
         // A higher fee replaces the pending transaction with the same nonce.
         pool.insert_verified(tx(&alice, 0, 8), at(0)).unwrap();
         assert_eq!(pool.len(), 1);
+    }
+
+    /// A replayed batch is answered from the pool and the committed nonces alone: a spent nonce
+    /// is `StaleNonce` and a pooled transaction `AlreadyKnown` before any signature is checked
+    /// (a forged one among them would otherwise be `BadSignature`), so a peer replaying old
+    /// batches makes no node verify signatures.
+    #[test]
+    fn replays_are_answered_before_any_signature_is_checked() {
+        let alice = Keypair::from_seed([1; 32]);
+        let mut pool = Mempool::new(MempoolLimits {
+            max_transactions: 10,
+            max_bytes: 1 << 20,
+            max_per_account: 8,
+            reserved_for_duties: 0,
+        });
+        let pooled = tx(&alice, 5, 5);
+        pool.insert_batch(CHAIN, vec![pooled.clone()], |_| at(5))[0].as_ref().unwrap();
+        let mut spent_and_forged = tx(&alice, 2, 5);
+        spent_and_forged.signature = pooled.signature;
+        let results = pool.insert_batch(CHAIN, vec![spent_and_forged, pooled.clone()], |_| at(5));
+        assert_eq!(results[0], Err(MempoolError::StaleNonce { next: 5, got: 2 }));
+        assert_eq!(results[1], Err(MempoolError::AlreadyKnown));
+        // A fresh transaction with a forged signature is still refused for it.
+        let mut forged = tx(&alice, 6, 5);
+        forged.tx.fee = Amount(7);
+        assert!(matches!(pool.insert_batch(CHAIN, vec![forged], |_| at(5))[0], Err(MempoolError::BadSignature(_))));
     }
 
     #[test]

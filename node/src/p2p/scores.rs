@@ -7,7 +7,8 @@
 //! falls to [`BAN_SCORE`] is banned. Scores heal by [`HEAL_PER_MINUTE`] points a minute, so a
 //! peer that once relayed something we could not read is not dropped for it forever; a ban lasts
 //! [`BAN`]. The swarm driver disconnects banned peers and refuses their connections until the ban
-//! is lifted. At most [`MAX_TRACKED`] peers are tracked (the oldest entry gives way).
+//! is lifted. At most [`MAX_TRACKED`] peers are tracked (the longest-unpenalized peer that is not
+//! banned gives way, so a flood of new offenders lifts no ban).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -73,8 +74,19 @@ impl PeerScores {
     /// Records `offence` by `peer` at `now`; true when this bans the peer.
     pub fn penalize(&mut self, peer: PeerId, offence: Offence, now: Instant) -> bool {
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_TRACKED {
-            if let Some(oldest) = self.peers.iter().min_by_key(|(_, s)| s.updated).map(|(p, _)| *p) {
-                self.peers.remove(&oldest);
+            // Make room with the longest-unpenalized peer that is not banned: a flood of new
+            // offenders must not lift a standing ban. Only when every tracked peer is banned does
+            // the ban that ends first go.
+            let active = |s: &Standing| s.banned_until.is_some_and(|until| until > now);
+            let evicted = self
+                .peers
+                .iter()
+                .filter(|(_, s)| !active(s))
+                .min_by_key(|(_, s)| s.updated)
+                .or_else(|| self.peers.iter().min_by_key(|(_, s)| s.banned_until))
+                .map(|(p, _)| *p);
+            if let Some(evicted) = evicted {
+                self.peers.remove(&evicted);
             }
         }
         let standing =
@@ -130,6 +142,20 @@ mod tests {
         assert!(!scores.is_banned(&relay, later), "a ban lasts BAN");
         assert!(scores.is_banned(&liar, start + BAN + Duration::from_secs(9)), "the second lie extended it");
         assert!(scores.banned(later).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_new_offenders_does_not_lift_a_ban() {
+        let mut scores = PeerScores::default();
+        let start = Instant::now();
+        let liar = PeerId::random();
+        assert!(scores.penalize(liar, Offence::LyingBlob, start));
+        // MAX_TRACKED fresh identities, each with one bad batch, all after the liar's ban.
+        for i in 0..MAX_TRACKED {
+            scores.penalize(PeerId::random(), Offence::InvalidGossip, start + Duration::from_millis(1 + i as u64));
+        }
+        assert!(scores.is_banned(&liar, start + Duration::from_secs(10)), "the flood lifted the liar's ban");
+        assert!(scores.peers.len() <= MAX_TRACKED);
     }
 
     #[test]

@@ -202,10 +202,21 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
+    /// Opens (creating) the store at `root`, removing the temporary files a crashed process left
+    /// (a write cut short by a kill never completes, and nothing else would delete it).
     pub fn open(root: &Path) -> Result<Self, BlobError> {
+        let ours = format!(".tmp-{}-", std::process::id());
         for kind in BlobKind::ALL {
             for dir in [root.join(kind.name()), root.join("chunks").join(kind.name())] {
-                std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir, source })?;
+                std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
+                let entries = std::fs::read_dir(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    // This process's own temporaries belong to writers still at work.
+                    if name.contains(".tmp-") && !name.contains(&ours) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
             }
         }
         let rounds = root.join("rounds");
@@ -623,6 +634,25 @@ mod tests {
         let wrong = BlobKey::new(BlobKind::Checkpoint, key.hash);
         assert!(matches!(store.put(&wrong, b"weights"), Err(BlobError::Mismatch(_))));
         assert!(matches!(store.get(&wrong), Err(BlobError::Missing(_))));
+    }
+
+    #[test]
+    fn opening_removes_the_temporaries_a_crashed_process_left() {
+        let dir = std::env::temp_dir().join(format!("trellis-blobs-crash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = BlobStore::open(&dir).unwrap();
+        let key = BlobKey::new(BlobKind::Data, data_hash(b"kept"));
+        store.put(&key, b"kept").unwrap();
+        // A write of another (dead) process cut short, and one of this process still at work.
+        let dead = dir.join("data").join(format!("{}.tmp-4294967295-7", Hash([3; 32]).to_hex()));
+        let live = BlobStore::temporary(&dir.join("data").join(Hash([4; 32]).to_hex()));
+        std::fs::write(&dead, b"half a blob").unwrap();
+        std::fs::write(&live, b"being written").unwrap();
+        let reopened = BlobStore::open(&dir).unwrap();
+        assert!(!dead.exists(), "a dead process's temporary stays");
+        assert!(live.exists(), "a live writer's temporary was removed");
+        assert_eq!(reopened.get(&key).unwrap(), b"kept");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
