@@ -178,5 +178,6 @@ fn round_with_commit(miner: Address, steps: u32) -> RoundState {
         verdicts: Vec::new(),
         accepted: Vec::new(),
         matched_checkers: Vec::new(),
+        escalated_segments: Vec::new(),
     }
 }

@@ -59,6 +59,8 @@ pub enum TxError {
     RevealMismatch { miner: Address },
     #[error("the verification window (until height {end}) is closed")]
     VerdictWindowClosed { end: Height },
+    #[error("segment {segment} of {miner} was decided in the first window; after the escalation only reopened segments take verdicts")]
+    SegmentDecided { miner: Address, segment: u32 },
     #[error("{checker} is not assigned to segment {segment} of {miner}")]
     NotAssigned { checker: Address, miner: Address, segment: u32 },
     #[error("{checker} already gave a verdict on segment {segment} of {miner}")]

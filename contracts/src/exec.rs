@@ -873,10 +873,17 @@ impl Chain {
             return Err(TxError::VerdictWindowClosed { end: round.verify_end });
         }
         let (miner, segment) = (verdict.miner, verdict.segment);
-        let assigned =
-            round.assignments.iter().any(|a| a.miner == miner && a.segment == segment && a.checkers.contains(&checker));
-        if !assigned {
+        let assigned = round
+            .assignments
+            .iter()
+            .position(|a| a.miner == miner && a.segment == segment && a.checkers.contains(&checker));
+        let Some(index) = assigned else {
             return Err(TxError::NotAssigned { checker, miner, segment });
+        };
+        // After an escalation only the reopened segments take verdicts: a segment decided in the
+        // first window is not decided again by a checker that stayed silent there.
+        if round.escalated && !round.escalated_segments.contains(&(index as u32)) {
+            return Err(TxError::SegmentDecided { miner, segment });
         }
         if round.verdicts.iter().any(|v| v.checker == checker && v.miner == miner && v.segment == segment) {
             return Err(TxError::DuplicateVerdict { checker, miner, segment });

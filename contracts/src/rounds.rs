@@ -87,6 +87,7 @@ pub fn new_round(job: &Job, round: u32, height: Height, randomness: &Hash) -> Ro
         verdicts: Vec::new(),
         accepted: Vec::new(),
         matched_checkers: Vec::new(),
+        escalated_segments: Vec::new(),
     }
 }
 
@@ -342,6 +343,7 @@ fn tally<S: KvStore + ?Sized>(
                 assignment.checkers.extend(more);
             }
             round.escalated = true;
+            round.escalated_segments = disputed.iter().map(|&i| i as u32).collect();
             round.verify_end = ctx.height.after(u64::from(job.spec.verify_blocks));
             events.push(Event::Escalated {
                 job: job.id,
@@ -359,7 +361,7 @@ fn tally<S: KvStore + ?Sized>(
     let mut matched = Vec::new();
     let mut missed = Vec::new();
     let mut overturned = Vec::new();
-    for assignment in &round.assignments {
+    for (index, assignment) in round.assignments.iter().enumerate() {
         let verdicts = verdicts_for(assignment);
         let weighted: Vec<(u64, Option<Finding>)> = verdicts.iter().map(|(checker, f)| (power(checker), *f)).collect();
         let finding = segment_finding(&weighted);
@@ -374,7 +376,8 @@ fn tally<S: KvStore + ?Sized>(
         // Only a replay's finding overturns: a segment found `Unavailable` (a miner serving one
         // checker only, a partition) says nothing against a checker that did replay it.
         let replay_verdict = |f: &Option<Finding>| matches!(f, Some(Finding::Valid | Finding::Invalid));
-        if round.escalated && replay_verdict(&finding) {
+        let reopened = round.escalated_segments.contains(&(index as u32));
+        if round.escalated && reopened && replay_verdict(&finding) {
             overturned.extend(
                 verdicts.iter().filter(|(_, f)| replay_verdict(f) && *f != finding).map(|(checker, _)| *checker),
             );

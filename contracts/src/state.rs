@@ -309,6 +309,10 @@ pub struct RoundState {
     /// One entry per verdict that matched its segment's outcome, in address order: each entry
     /// earns one share of the verifiers' fee at settlement.
     pub matched_checkers: Vec<Address>,
+    /// The indices in `assignments` of the segments an escalation reopened (ascending): after
+    /// an escalation only they take verdicts, and only on them can a verdict be overturned.
+    #[serde(default)]
+    pub escalated_segments: Vec<u32>,
 }
 
 impl Encode for RoundState {
@@ -328,6 +332,7 @@ impl Encode for RoundState {
         encode_seq(&self.verdicts, out);
         encode_seq(&self.accepted, out);
         encode_seq(&self.matched_checkers, out);
+        encode_seq(&self.escalated_segments, out);
     }
 }
 
@@ -349,6 +354,7 @@ impl Decode for RoundState {
             verdicts: decode_seq(reader, "verdicts", MAX_RECORD_LIST, 45)?,
             accepted: decode_seq(reader, "accepted", MAX_RECORD_LIST, 20)?,
             matched_checkers: decode_seq(reader, "matched checkers", MAX_RECORD_LIST, 20)?,
+            escalated_segments: decode_seq(reader, "escalated segments", MAX_RECORD_LIST, 4)?,
         })
     }
 }

@@ -146,3 +146,47 @@ fn a_checker_silent_on_many_segments_is_slashed_once_a_round() {
     assert_eq!(missed.len(), 1, "{missed:?}");
     w.supply_holds();
 }
+
+/// A checker that stayed silent on a segment its co-checker decided cannot decide it late: after
+/// an escalation only the reopened segments take verdicts (on the old rules its late
+/// `Unavailable` or `Invalid` decided the segment alone and overturned the co-checker).
+#[test]
+fn a_late_verdict_on_an_undisputed_segment_is_refused() {
+    let mut w = World::new(6, 1, params());
+    let job = w.submit_and_join(30_000);
+    w.commit(job, 0, 0).unwrap();
+    w.past_commit_deadline(job, 0);
+    let assignments = w.round(job, 0).assignments;
+    assert!(assignments.len() >= 2, "two segments to play with");
+    let (disputed, decided) = (assignments[0].clone(), assignments[1].clone());
+    let (replayer, late) = (decided.checkers[0], decided.checkers[1]);
+    let framer = *disputed.checkers.iter().find(|c| **c != replayer).expect("two checkers");
+    // Segment 0: the checkers disagree. Segment 1: one `Valid`, one silence.
+    w.verdicts(job, 0, |_, segment, checker| {
+        if segment == disputed.segment {
+            Some(if *checker == framer { invalid() } else { VerdictOutcome::Valid })
+        } else {
+            (*checker != late).then_some(VerdictOutcome::Valid)
+        }
+    });
+    w.past_verify_end(job, 0);
+    let round = w.round(job, 0);
+    assert!(round.escalated);
+    assert_eq!(round.escalated_segments, vec![0], "only the disputed segment is reopened");
+    let verdict = Verdict {
+        job: JobId(job),
+        round: 0,
+        miner: decided.miner,
+        segment: decided.segment,
+        outcome: VerdictOutcome::Unavailable,
+    };
+    let refused = w.send(&w.key_of(&late).unwrap(), TxKind::Verdict(verdict));
+    assert!(matches!(refused, Err(trellis_contracts::TxError::SegmentDecided { .. })), "{refused:?}");
+    w.verdicts(job, 0, |_, segment, _| (segment == disputed.segment).then_some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    let miner = w.miners[0].address();
+    assert!(w.round(job, 0).accepted.contains(&miner), "the honest miner is accepted");
+    assert!(slashed(&w, &replayer).is_empty(), "the checker who replayed is not overturned");
+    assert_eq!(slashed(&w, &late).iter().filter(|(_, r)| *r == SlashReason::MissedVerdict).count(), 1);
+    w.supply_holds();
+}
