@@ -11,13 +11,20 @@ use trellis_contracts::state::Assignment;
 use trellis_contracts::SlashReason;
 use trellis_proto::*;
 
-/// Commits and reveals miner 0's work, then has the first checker of its first segment say
-/// `lone` while everyone else (first the other checker, then the committee) says `rest`.
-fn escalate(lone: VerdictOutcome, rest: VerdictOutcome) -> (World, Assignment, Address) {
+/// Six validators, one miner whose work of round 0 is committed, revealed and sampled: the
+/// round is waiting for verdicts. Returns the world and the job.
+fn round_in_verification() -> (World, u64) {
     let mut w = World::new(6, 1, params());
     let job = w.submit_and_join(30_000);
     w.commit(job, 0, 0).unwrap();
     w.past_commit_deadline(job, 0);
+    (w, job)
+}
+
+/// Commits and reveals miner 0's work, then has the first checker of its first segment say
+/// `lone` while everyone else (first the other checker, then the committee) says `rest`.
+fn escalate(lone: VerdictOutcome, rest: VerdictOutcome) -> (World, Assignment, Address) {
+    let (mut w, job) = round_in_verification();
     let first = w.round(job, 0).assignments[0].clone();
     let lone_checker = first.checkers[0];
     w.verdicts(job, 0, |_, segment, checker| {
@@ -51,10 +58,7 @@ fn a_lazy_checker_waving_faked_work_through_is_overturned_and_slashed() {
 
 #[test]
 fn an_abstaining_committee_member_is_never_overturned() {
-    let mut w = World::new(6, 1, params());
-    let job = w.submit_and_join(30_000);
-    w.commit(job, 0, 0).unwrap();
-    w.past_commit_deadline(job, 0);
+    let (mut w, job) = round_in_verification();
     let first = w.round(job, 0).assignments[0].clone();
     let framer = first.checkers[0];
     w.verdicts(job, 0, |_, segment, checker| {
@@ -85,10 +89,7 @@ fn an_overturned_availability_claim_costs_the_fee_share_only() {
 
 #[test]
 fn invalid_evidence_that_quotes_nothing_the_miner_revealed_is_refused() {
-    let mut w = World::new(6, 1, params());
-    let job = w.submit_and_join(30_000);
-    w.commit(job, 0, 0).unwrap();
-    w.past_commit_deadline(job, 0);
+    let (mut w, job) = round_in_verification();
     let first = w.round(job, 0).assignments[0].clone();
     let checker = w.key_of(&first.checkers[0]).unwrap();
     let reveal = w.work(job, 0, 0);
@@ -128,10 +129,7 @@ fn a_replay_outvoted_by_unavailability_is_not_slashed() {
 /// thousands of assignments.
 #[test]
 fn a_checker_silent_on_many_segments_is_slashed_once_a_round() {
-    let mut w = World::new(6, 1, params());
-    let job = w.submit_and_join(30_000);
-    w.commit(job, 0, 0).unwrap();
-    w.past_commit_deadline(job, 0);
+    let (mut w, job) = round_in_verification();
     let assignments = w.round(job, 0).assignments;
     let owed = |checker: &Address| assignments.iter().filter(|a| a.checkers.contains(checker)).count();
     let silent = *assignments
@@ -152,10 +150,7 @@ fn a_checker_silent_on_many_segments_is_slashed_once_a_round() {
 /// `Unavailable` or `Invalid` decided the segment alone and overturned the co-checker).
 #[test]
 fn a_late_verdict_on_an_undisputed_segment_is_refused() {
-    let mut w = World::new(6, 1, params());
-    let job = w.submit_and_join(30_000);
-    w.commit(job, 0, 0).unwrap();
-    w.past_commit_deadline(job, 0);
+    let (mut w, job) = round_in_verification();
     let assignments = w.round(job, 0).assignments;
     assert!(assignments.len() >= 2, "two segments to play with");
     let (disputed, decided) = (assignments[0].clone(), assignments[1].clone());

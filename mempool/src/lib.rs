@@ -130,10 +130,10 @@ impl Mempool {
                     return Err(MempoolError::AlreadyKnown);
                 }
                 let sender = account(&tx.tx.sender_address());
-                match tx.tx.nonce < sender.next_nonce {
-                    true => Err(MempoolError::StaleNonce { next: sender.next_nonce, got: tx.tx.nonce }),
-                    false => Ok(sender),
+                if tx.tx.nonce < sender.next_nonce {
+                    return Err(MempoolError::StaleNonce { next: sender.next_nonce, got: tx.tx.nonce });
                 }
+                Ok(sender)
             })
             .collect();
         let encoded: Vec<Option<Vec<u8>>> =

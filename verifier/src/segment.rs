@@ -449,11 +449,11 @@ pub fn check_delta(
     }
     // The residual this Δ leaves, which the miner may carry into its next accepted round, is
     // named in its reveal: checked exactly here, so no later round carries one it did not earn.
-    let left = match feedback {
-        true => encoding::residual_left(&expected, delta)
-            .map(|left| encoding::residual_hash(&left))
-            .map_err(|_| DeltaError::NotTheEncoding { encoding })?,
-        false => Hash::ZERO,
+    let left = if feedback {
+        let left = encoding::residual_left(&expected, delta).map_err(|_| DeltaError::NotTheEncoding { encoding })?;
+        encoding::residual_hash(&left)
+    } else {
+        Hash::ZERO
     };
     if &left != next_residual {
         return Err(DeltaError::NextResidualMismatch { expected: *next_residual, actual: left });
