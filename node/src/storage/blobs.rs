@@ -191,6 +191,25 @@ pub enum BlobError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// The process that writes the temporary file `name` (`HEX.tmp-PID-N`), or `None` when `name`
+/// is no temporary. A temporary of unreadable origin counts as its writer's (pid 0 never exits).
+fn temporary_writer(name: &str) -> Option<u32> {
+    let (_, rest) = name.split_once(".tmp-")?;
+    Some(rest.split('-').next().and_then(|pid| pid.parse().ok()).unwrap_or(0))
+}
+
+/// Whether process `pid` still runs (or runs as another user: then it may still be writing).
+fn process_runs(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid == 0 {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether `pid` could be signalled.
+    #[allow(unsafe_code)]
+    let answer = unsafe { libc::kill(pid, 0) };
+    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Blobs as files under one directory: `KIND/HEX`; beside each, `chunks/KIND/HEX`, the hashes
 /// of its exchange chunks (written before the blob is moved into place, so a stored blob always
 /// has them, computed while its bytes were checked); and `rounds/JOB-ROUND` listing the blobs
@@ -203,17 +222,17 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Opens (creating) the store at `root`, removing the temporary files a crashed process left
-    /// (a write cut short by a kill never completes, and nothing else would delete it).
+    /// (a write cut short by a kill never completes, and nothing else would delete it). A
+    /// temporary whose writer still runs is left alone: a node and a `job submit` pointed at its
+    /// home share the store, and each opens it while the other may be writing.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
-        let ours = format!(".tmp-{}-", std::process::id());
         for kind in BlobKind::ALL {
             for dir in [root.join(kind.name()), root.join("chunks").join(kind.name())] {
                 std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
                 let entries = std::fs::read_dir(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    // This process's own temporaries belong to writers still at work.
-                    if name.contains(".tmp-") && !name.contains(&ours) {
+                    if temporary_writer(&name).is_some_and(|pid| !process_runs(pid)) {
                         let _ = std::fs::remove_file(entry.path());
                     }
                 }
@@ -242,7 +261,7 @@ impl BlobStore {
         self.root.join("chunks").join(key.kind.name()).join(key.hash.to_hex())
     }
 
-    /// A temporary path beside `path` that no other writer uses: tasks of this process may store
+    /// A temporary path beside `path`, named `HEX.tmp-PID-N`, that no other writer uses: tasks of this process may store
     /// the same blob at once.
     fn temporary(path: &Path) -> PathBuf {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -648,10 +667,20 @@ mod tests {
         let live = BlobStore::temporary(&dir.join("data").join(Hash([4; 32]).to_hex()));
         std::fs::write(&dead, b"half a blob").unwrap();
         std::fs::write(&live, b"being written").unwrap();
+        // Another process writing into the same store (a `job submit` beside its node): its
+        // temporary is removed only once it has exited.
+        let mut neighbour = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let neighbours = dir.join("shard").join(format!("{}.tmp-{}-0", Hash([5; 32]).to_hex(), neighbour.id()));
+        std::fs::write(&neighbours, b"another writer").unwrap();
         let reopened = BlobStore::open(&dir).unwrap();
         assert!(!dead.exists(), "a dead process's temporary stays");
         assert!(live.exists(), "a live writer's temporary was removed");
+        assert!(neighbours.exists(), "a running neighbour's temporary was removed");
         assert_eq!(reopened.get(&key).unwrap(), b"kept");
+        neighbour.kill().unwrap();
+        neighbour.wait().unwrap();
+        BlobStore::open(&dir).unwrap();
+        assert!(!neighbours.exists(), "an exited neighbour's temporary stays");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
