@@ -144,6 +144,17 @@ pub fn data_hash(bytes: &[u8]) -> Hash {
     Hash::digest(HashDomain::Blob, bytes)
 }
 
+/// A dataset's root (a job's `dataset_root`, its manifest's address): everything a reader of
+/// the dataset uses, bound together — the Merkle root over its training shards' leaf hashes, the
+/// size of every shard but the last, and the [`data_hash`] of its validation split.
+pub fn dataset_root(shards_root: Hash, shard_bytes: u64, validation: Hash) -> Hash {
+    let mut bytes = Vec::with_capacity(72);
+    bytes.extend_from_slice(shards_root.as_bytes());
+    bytes.extend_from_slice(&shard_bytes.to_le_bytes());
+    bytes.extend_from_slice(validation.as_bytes());
+    Hash::digest(HashDomain::Dataset, &bytes)
+}
+
 /// Why bytes from a peer are not a blob exchange message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BlobWireError {

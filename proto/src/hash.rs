@@ -35,11 +35,13 @@ pub enum HashDomain {
     CompactCheckpoint,
     /// One part of a compact checkpoint (its weights' drift, or everything else).
     CheckpointPart,
+    /// A dataset: its shards' Merkle root, its shard size and its validation split.
+    Dataset,
 }
 
 impl HashDomain {
     /// Every domain (the golden-vector and distinctness tests walk it).
-    pub const ALL: [HashDomain; 18] = {
+    pub const ALL: [HashDomain; 19] = {
         use HashDomain::*;
         [
             Transaction,
@@ -60,6 +62,7 @@ impl HashDomain {
             Genesis,
             CompactCheckpoint,
             CheckpointPart,
+            Dataset,
         ]
     };
 
@@ -84,6 +87,7 @@ impl HashDomain {
             HashDomain::Genesis => "trellis v1 genesis",
             HashDomain::CompactCheckpoint => "trellis v1 compact checkpoint",
             HashDomain::CheckpointPart => "trellis v1 checkpoint part",
+            HashDomain::Dataset => "trellis v1 dataset",
         }
     }
 

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+use trellis_proto::blobwire::data_hash;
 use trellis_proto::merkle::{leaf_hash, MerkleTree};
 use trellis_proto::Hash;
 
@@ -116,9 +117,11 @@ impl Dataset {
         (0..self.shard_count()).map(|i| leaf_hash(self.shard(i))).collect()
     }
 
-    /// The dataset root: the Merkle root over the shards.
+    /// The dataset root ([`trellis_proto::blobwire::dataset_root`]): the Merkle root over the
+    /// shards, bound to the shard size and the validation split.
     pub fn root(&self) -> Hash {
-        MerkleTree::from_leaf_hashes(self.shard_hashes()).root()
+        let shards = MerkleTree::from_leaf_hashes(self.shard_hashes()).root();
+        trellis_proto::blobwire::dataset_root(shards, self.shard_bytes as u64, data_hash(&self.validation))
     }
 }
 
@@ -284,7 +287,15 @@ mod tests {
         let mut bytes = d.train().to_vec();
         bytes.extend_from_slice(d.validation());
         bytes[5000] ^= 1;
-        assert_ne!(Dataset::from_bytes(bytes, 1024).root(), d.root());
+        assert_ne!(Dataset::from_bytes(bytes.clone(), 1024).root(), d.root());
+        // The validation split and the shard size count too: a dataset's readers use both.
+        bytes[5000] ^= 1;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_ne!(Dataset::from_bytes(bytes, 1024).root(), d.root(), "validation byte");
+        let resharded = Dataset::from_parts(d.train().to_vec(), d.validation().to_vec(), 2048);
+        assert_ne!(resharded.root(), d.root(), "shard size");
+        assert_eq!(Dataset::from_parts(d.train().to_vec(), d.validation().to_vec(), 1024).root(), d.root());
     }
 
     #[test]

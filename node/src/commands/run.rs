@@ -287,6 +287,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
                 consensus_port,
             },
             max_peers: config.p2p.max_peers,
+            request_timeout: crate::p2p::swarm::REQUEST_TIMEOUT,
         },
         store,
         responder,

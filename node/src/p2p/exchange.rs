@@ -18,7 +18,9 @@
 //! A peer caught lying (an oversized or inconsistent manifest, chunks that do not match its own
 //! manifest, a blob that does not match its address) is banned ([`super::scores`]: disconnected
 //! and not asked for [`super::scores::BAN`]): one peer that answers first with lies can neither
-//! stop a fetch nor make a miner's blob look withheld.
+//! stop a fetch nor make a miner's blob look withheld. Peers that disagree on the manifest are
+//! followed side by side (a few at once), so liars that answer first and then stay silent cannot
+//! hold a fetch past its cutoff either.
 //! Limits: frame size, blob size ([`MAX_BLOB_BYTES`]), concurrent fetches, concurrent streams per
 //! connection, a timeout per request, and the number of peers tracked for bans.
 //!
@@ -27,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,9 @@ const REQUESTS_PER_PEER: usize = MAX_STREAMS / 2;
 /// fetch gives up on them (each request waits up to the request timeout).
 const CHUNK_ATTEMPTS: usize = 3;
 const _: () = assert!(CHUNKS_IN_FLIGHT <= REQUESTS_PER_PEER);
+/// Different manifests of one blob followed at once by a fetch ([`BlobNet::fetch_from`]): all
+/// honest holders send the same one, so a second is a liar's or the truth beside a liar's.
+const MANIFESTS_AT_ONCE: usize = 3;
 /// Manifests kept in memory for serving.
 const MANIFEST_CACHE: usize = 256;
 /// Only manifests of blobs up to 4 GiB are kept (the cache then holds at most 32 MiB).
@@ -222,12 +228,20 @@ impl BlobNet {
     /// once, and the first manifest to arrive is followed at once (the first to answer is likely
     /// the nearest holder); peers whose manifest is the same (they hold the same blob) join its
     /// holders as their answers come, and the chunks are spread over the holders, so a large blob
-    /// that validators already fetched is not all served again by one holder (a miner's uplink). A manifest whose chunks cannot all be fetched gives way
-    /// to the next one that arrived, until one serves the blob whole within `limit` bytes.
+    /// that validators already fetched is not all served again by one holder (a miner's uplink).
     /// (Asking one peer after another costs a round trip per peer that does not hold the blob:
     /// over a WAN, most of a small blob's fetch.)
+    ///
+    /// Peers that send a different manifest (one of them lies) are not made to wait for the
+    /// first: up to [`MANIFESTS_AT_ONCE`] manifests are followed side by side, and the first to
+    /// yield the blob whole within `limit` bytes ends the fetch. A followed manifest of which no
+    /// chunk has arrived gives way once to a manifest waiting for its turn after its holders
+    /// missed one request each ([`Offer::gave_way`]): a peer that answers first with a made-up
+    /// manifest and then stays silent costs a fetch at most one request timeout, not one per
+    /// attempt, and with fewer than [`MANIFESTS_AT_ONCE`] such peers nothing at all.
     async fn fetch_from(&self, key: BlobKey, peers: &[PeerId], limit: u64) -> Result<(), FetchError> {
         let peers: Vec<PeerId> = peers.iter().filter(|p| !self.is_banned(p)).copied().collect();
+        let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
         let mut answers: futures::stream::FuturesUnordered<_> = peers
             .iter()
             .map(|peer| {
@@ -235,106 +249,150 @@ impl BlobNet {
                 async move { (peer, net.request(peer, BlobRequest::Manifest(key)).await) }
             })
             .collect();
-        // Answers that came while another manifest was being followed.
-        let mut later: std::collections::VecDeque<(PeerId, Option<BlobResponse>)> = Default::default();
+        // Manifests not followed now, in the order they came (or gave way).
+        let mut waiting: std::collections::VecDeque<Offer> = Default::default();
+        let rivals = AtomicUsize::new(0);
+        // The manifests followed now, by the number they were started under.
+        let mut followed: Vec<(usize, Arc<Offer>, Arc<Holders>)> = Vec::new();
+        let mut following: futures::stream::FuturesUnordered<futures::future::BoxFuture<'_, _>> = Default::default();
+        let mut started = 0;
         loop {
-            let next = match later.pop_front() {
-                Some(answer) => Some(answer),
-                None => answers.next().await,
-            };
-            let Some((peer, answer)) = next else { break };
-            if self.is_banned(&peer) {
-                continue;
-            }
-            let Some(BlobResponse::Manifest { size, chunks }) = answer else {
-                continue;
-            };
-            if size > MAX_BLOB_BYTES {
-                // Honest holders of a blob this large cannot exist: nothing over the limit is stored.
-                self.ban(peer, &key, "manifest over the blob size limit");
-                continue;
-            }
-            if chunks.len() != chunk_count(size) {
-                self.ban(peer, &key, "manifest with a wrong chunk count");
-                continue;
-            }
-            if size > limit {
-                // Maybe true (a miner can commit to any bytes), maybe a lie: either way more than
-                // the caller can use, so not fetched from this peer, and the peer not blamed.
-                tracing::debug!(target: "node::blobs", %key, size, limit, %peer, "blob larger than its reader accepts");
-                continue;
-            }
-            let store_failed = |e: BlobError| FetchError::Store { key, reason: e.to_string() };
-            let holders = Holders::new(peer, &peers);
-            // Peers with the same manifest join the holders; other answers wait their turn.
-            let mut sort = |other: PeerId, answer: Option<BlobResponse>| match &answer {
-                Some(BlobResponse::Manifest { size: s, chunks: c }) if *s == size && *c == chunks => {
-                    holders.join(other)
+            while following.len() < MANIFESTS_AT_ONCE {
+                let Some(offer) = waiting.pop_front() else { break };
+                let holders = Arc::new(Holders::new(offer.holders[0], &peers));
+                for peer in &offer.holders[1..] {
+                    holders.join(*peer);
                 }
-                _ => later.push_back((other, answer)),
-            };
-            let mut writer = self.store.writer(key).map_err(store_failed)?;
-            let fetch = self.fetch_chunks(key, size, &chunks, &holders, &mut writer);
-            // Meanwhile, later answers are sorted as they come.
-            let gather = async {
-                while let Some((other, answer)) = answers.next().await {
-                    sort(other, answer);
-                }
-                std::future::pending::<std::convert::Infallible>().await
-            };
-            let fetched = tokio::select! {
-                fetched = fetch => fetched,
-                never = gather => match never {},
-            };
-            if !fetched.map_err(store_failed)? {
-                continue;
+                let (offer, id) = (Arc::new(offer), started);
+                started += 1;
+                followed.push((id, offer.clone(), holders.clone()));
+                let rivals = &rivals;
+                following.push(Box::pin(async move {
+                    let outcome = self.follow(key, &offer, &holders, rivals).await;
+                    (id, offer, holders, outcome)
+                }));
             }
-            match writer.finish() {
-                Ok(bytes) => {
-                    tracing::debug!(target: "node::blobs", %key, bytes, %peer, holders = holders.count(), "fetched");
-                    return Ok(());
-                }
-                // Every chunk matched this manifest: the manifest itself was a lie, and every
-                // peer that sent it lies.
-                Err(BlobError::Mismatch(_)) => {
-                    for holder in holders.all() {
-                        self.ban(holder, &key, "blob does not match its address");
+            rivals.store(waiting.len(), Ordering::Relaxed);
+            if following.is_empty() && answers.is_empty() {
+                return Err(FetchError::Unavailable(key));
+            }
+            tokio::select! {
+                Some((peer, answer)) = answers.next(), if !answers.is_empty() => {
+                    let Some((size, chunks)) = self.offered(key, peer, answer, limit) else { continue };
+                    // Peers with a manifest already known join its holders.
+                    if let Some((_, _, holders)) = followed.iter().find(|(_, o, _)| o.is(size, &chunks)) {
+                        holders.join(peer);
+                    } else if let Some(offer) = waiting.iter_mut().find(|o| o.is(size, &chunks)) {
+                        offer.holders.push(peer);
+                    } else {
+                        waiting.push_back(Offer { size, chunks, holders: vec![peer], gave_way: false });
                     }
                 }
-                Err(error) => return Err(store_failed(error)),
+                Some((id, offer, holders, outcome)) = following.next(), if !following.is_empty() => {
+                    followed.retain(|(other, _, _)| *other != id);
+                    match outcome.map_err(store_failed)? {
+                        Following::Fetched(bytes) => {
+                            tracing::debug!(target: "node::blobs", %key, bytes, holders = holders.count(), "fetched");
+                            return Ok(());
+                        }
+                        // Every chunk matched this manifest: the manifest itself was a lie, and
+                        // every peer that sent it lies.
+                        Following::Mismatch => {
+                            for holder in holders.all() {
+                                self.ban(holder, &key, "blob does not match its address");
+                            }
+                        }
+                        Following::GaveWay => {
+                            tracing::debug!(target: "node::blobs", %key, "no chunk of a manifest arrived; another manifest goes first");
+                            let offer = Arc::try_unwrap(offer).unwrap_or_else(|shared| (*shared).clone());
+                            waiting.push_back(Offer { holders: holders.all(), gave_way: true, ..offer });
+                        }
+                        Following::Incomplete => {}
+                    }
+                }
             }
         }
-        Err(FetchError::Unavailable(key))
+    }
+
+    /// The manifest in `peer`'s `answer` when it is one to follow: a manifest no honest holder
+    /// could send gets its sender banned; one larger than `limit` is passed over.
+    fn offered(&self, key: BlobKey, peer: PeerId, answer: Option<BlobResponse>, limit: u64) -> Option<(u64, Vec<Hash>)> {
+        if self.is_banned(&peer) {
+            return None;
+        }
+        let Some(BlobResponse::Manifest { size, chunks }) = answer else {
+            return None;
+        };
+        if size > MAX_BLOB_BYTES {
+            // Honest holders of a blob this large cannot exist: nothing over the limit is stored.
+            self.ban(peer, &key, "manifest over the blob size limit");
+            return None;
+        }
+        if chunks.len() != chunk_count(size) {
+            self.ban(peer, &key, "manifest with a wrong chunk count");
+            return None;
+        }
+        if size > limit {
+            // Maybe true (a miner can commit to any bytes), maybe a lie: either way more than
+            // the caller can use, so not fetched from this peer, and the peer not blamed.
+            tracing::debug!(target: "node::blobs", %key, size, limit, %peer, "blob larger than its reader accepts");
+            return None;
+        }
+        Some((size, chunks))
+    }
+
+    /// Fetches the blob as `offer` describes it, into a writer of its own.
+    async fn follow(
+        &self,
+        key: BlobKey,
+        offer: &Offer,
+        holders: &Holders,
+        rivals: &AtomicUsize,
+    ) -> Result<Following, BlobError> {
+        let mut writer = self.store.writer(key)?;
+        let patience = Patience { served: AtomicBool::new(false), rivals, may_give_way: !offer.gave_way };
+        if let Some(unfinished) = self.fetch_chunks(key, offer.size, &offer.chunks, holders, &patience, &mut writer).await? {
+            return Ok(unfinished);
+        }
+        match writer.finish() {
+            Ok(bytes) => Ok(Following::Fetched(bytes)),
+            Err(BlobError::Mismatch(_)) => Ok(Following::Mismatch),
+            Err(error) => Err(error),
+        }
     }
 
     /// Fetches every chunk of a manifest into `writer`, [`CHUNKS_IN_FLIGHT`] requests at a time
-    /// (written in order): `Ok(false)` when some chunk no peer served, an error when our store
-    /// failed. One request at a time would leave the connection idle for a round trip per chunk,
-    /// most of the time over a long path.
+    /// (written in order): `Some` when it ended without every chunk (some chunk no peer served,
+    /// or it gave way), an error when our store failed. One request at a time would leave the
+    /// connection idle for a round trip per chunk, most of the time over a long path.
     async fn fetch_chunks(
         &self,
         key: BlobKey,
         size: u64,
         chunks: &[Hash],
         holders: &Holders,
+        patience: &Patience<'_>,
         writer: &mut BlobWriter,
-    ) -> Result<bool, BlobError> {
+    ) -> Result<Option<Following>, BlobError> {
         let mut fetched = futures::stream::iter(0..chunks.len())
             .map(|index| {
                 let want = (size as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
-                self.fetch_chunk(key, index, want, chunks[index], holders)
+                self.fetch_chunk(key, index, want, chunks[index], holders, patience)
             })
             .buffered(CHUNKS_IN_FLIGHT);
         while let Some(chunk) = fetched.next().await {
-            let Some(chunk) = chunk else { return Ok(false) };
-            writer.write(&chunk)?;
+            match chunk {
+                Ok(chunk) => writer.write(&chunk)?,
+                Err(unfinished) => return Ok(Some(unfinished)),
+            }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// Chunk `index` of a blob: asked of the manifest's holders first, starting with the one
     /// whose turn it is (chunk `index` of `h` holders: holder `(index + offset) mod h`, the
-    /// offset random per fetch), then of the other peers; `None` when none serves it.
+    /// offset random per fetch), then of the other peers; [`Following::Incomplete`] when none
+    /// serves it, [`Following::GaveWay`] when `patience` ran out first.
     async fn fetch_chunk(
         &self,
         key: BlobKey,
@@ -342,12 +400,18 @@ impl BlobNet {
         want: usize,
         expected: Hash,
         holders: &Holders,
-    ) -> Option<Vec<u8>> {
+        patience: &Patience<'_>,
+    ) -> Result<Vec<u8>, Following> {
         // A holder is asked again when it does not answer in time: it holds the blob, and a miner
         // whose uplink serves every checker and aggregator at once answers slowly (a `small` job
         // across continents timed chunks out and judged honest miners unavailable); the others
         // are asked once.
-        for (peer, holds) in holders.order(index) {
+        let order = holders.order(index);
+        let round = order.iter().filter(|(_, holds)| *holds).count() / CHUNK_ATTEMPTS;
+        for (position, (peer, holds)) in order.into_iter().enumerate() {
+            if position == round && patience.gives_way() {
+                return Err(Following::GaveWay);
+            }
             if self.is_banned(&peer) {
                 continue;
             }
@@ -367,7 +431,8 @@ impl BlobNet {
                 Some(BlobResponse::Chunk(chunk))
                     if chunk.len() == want && Hash(*blake3::hash(&chunk).as_bytes()) == expected =>
                 {
-                    return Some(chunk);
+                    patience.served.store(true, Ordering::Relaxed);
+                    return Ok(chunk);
                 }
                 // A holder serving chunks that do not match its own manifest lies; another peer's
                 // chunk may differ because the manifest lies, so it is not banned.
@@ -381,9 +446,8 @@ impl BlobNet {
                 _ => {}
             }
         }
-        None
+        Err(Following::Incomplete)
     }
-
     /// [`BlobNet::fetch`] with retries until `deadline` passes (peers may not hold the blob yet).
     pub async fn fetch_until(
         &self,
@@ -485,6 +549,49 @@ impl Drop for Turn {
     }
 }
 
+/// A manifest of the blob a fetch wants, as peers sent it, and the peers that sent it.
+#[derive(Clone)]
+struct Offer {
+    size: u64,
+    chunks: Vec<Hash>,
+    holders: Vec<PeerId>,
+    /// Whether it already gave way once to another manifest: then it is followed to the end.
+    gave_way: bool,
+}
+
+impl Offer {
+    fn is(&self, size: u64, chunks: &[Hash]) -> bool {
+        self.size == size && self.chunks == chunks
+    }
+}
+
+/// How following one manifest ended.
+enum Following {
+    /// The blob, whole and matching its address, is in the store: this many bytes.
+    Fetched(u64),
+    /// Every chunk matched the manifest, and the blob does not match its address.
+    Mismatch,
+    /// No chunk had arrived when every holder had missed a request, and another manifest waits.
+    GaveWay,
+    /// Some chunk no peer served.
+    Incomplete,
+}
+
+/// When a followed manifest gives way to a waiting one: only while none of its chunks has
+/// arrived (holders that serve are followed to the end) and only once ([`Offer::gave_way`]).
+struct Patience<'a> {
+    served: AtomicBool,
+    /// Manifests waiting for their turn.
+    rivals: &'a AtomicUsize,
+    may_give_way: bool,
+}
+
+impl Patience<'_> {
+    fn gives_way(&self) -> bool {
+        self.may_give_way && !self.served.load(Ordering::Relaxed) && self.rivals.load(Ordering::Relaxed) > 0
+    }
+}
+
 /// The peers a fetch asks for a blob's chunks: those that sent the manifest being followed
 /// (they hold the blob; more join as their answers come) and the other peers connected.
 struct Holders {
@@ -556,6 +663,7 @@ pub async fn start_with(
         external_addresses: Vec::new(),
         hello: Hello::client(),
         max_peers: 64,
+        request_timeout: super::swarm::REQUEST_TIMEOUT,
     };
     let network = super::swarm::start(config, store, responder, Arc::default()).await?;
     Ok((network.blobs, network.listen))
@@ -1009,5 +1117,123 @@ mod lying_peer {
             second.fetch_from(missing, &[liar.local_peer()], MAX_BLOB_BYTES).await,
             Err(FetchError::Unavailable(_))
         ));
+    }
+}
+
+/// Peers that answer a fetch first with made-up manifests and then never answer for a chunk:
+/// once they held a fetch for three request timeouts each (a chunk asked of them three times
+/// round), long enough to push a check past its cutoff and get an honest miner judged
+/// withheld. Now the honest manifest is followed beside theirs, and when they fill every place
+/// it waits for at most one timeout.
+#[cfg(test)]
+mod silent_liars {
+    use super::*;
+
+    /// The timeout of the fetcher's requests: short, so that the test waits a few seconds.
+    const PATIENCE: Duration = Duration::from_secs(4);
+
+    /// Sends a manifest of `size` bytes whose chunk hashes are all `[mark; 32]`, at once, and
+    /// holds every chunk request until `released` (then: not found).
+    struct SilentLiar {
+        size: u64,
+        mark: u8,
+        released: Arc<AtomicBool>,
+    }
+
+    impl Responder for SilentLiar {
+        fn answer(&self, request: &BlobRequest) -> BlobResponse {
+            match request {
+                BlobRequest::Manifest(_) => {
+                    BlobResponse::Manifest { size: self.size, chunks: vec![Hash([self.mark; 32]); chunk_count(self.size)] }
+                }
+                BlobRequest::Chunk { .. } => {
+                    let start = Instant::now();
+                    while !self.released.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    BlobResponse::NotFound
+                }
+            }
+        }
+    }
+
+    /// An honest holder a little slower to send its manifest than the liars.
+    struct Unhurried(StoreResponder);
+
+    impl Responder for Unhurried {
+        fn answer(&self, request: &BlobRequest) -> BlobResponse {
+            if matches!(request, BlobRequest::Manifest(_)) {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            self.0.answer(request)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn made_up_manifests_followed_by_silence_delay_a_fetch_by_at_most_one_request_timeout() {
+        let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<BlobStore> = dirs.iter().map(|d| BlobStore::open(d.path()).unwrap()).collect();
+        let blobs: Vec<Vec<u8>> =
+            (0..2u8).map(|b| (0..CHUNK_BYTES * 2 + 99).map(|i| (i * 13 % 241) as u8 ^ b).collect()).collect();
+        let keys: Vec<BlobKey> = blobs.iter().map(|b| stores[0].put_data(b).unwrap()).collect();
+        // 28,400–29,000: above the adversary devnets' ports, below the exchange tests'.
+        let port = 28_400 + (std::process::id() % 120) as u16 * 5;
+        let addr = |i: u16| format!("/ip4/127.0.0.1/tcp/{}", port + i);
+        let honest = Arc::new(Unhurried(StoreResponder::new(stores[0].clone())));
+        let (honest, _) = start_with([41; 32], &addr(0), &[], stores[0].clone(), honest).await.unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        // The liars let go of their requests when the test ends, also when it fails.
+        struct Release(Arc<AtomicBool>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _release = Release(released.clone());
+        let mut liars = Vec::new();
+        for mark in 1..=3u8 {
+            let liar = SilentLiar { size: blobs[0].len() as u64, mark, released: released.clone() };
+            let store = stores[mark as usize].clone();
+            liars.push(start_with([41 + mark; 32], &addr(u16::from(mark)), &[], store, Arc::new(liar)).await.unwrap().0);
+        }
+        let config = SwarmConfig {
+            seed: [49; 32],
+            listen: addr(4),
+            bootnodes: (0..4).map(addr).collect(),
+            external_addresses: Vec::new(),
+            hello: Hello::client(),
+            max_peers: 64,
+            request_timeout: PATIENCE,
+        };
+        let responder = Arc::new(StoreResponder::new(stores[5].clone()));
+        let fetcher = crate::p2p::swarm::start(config, stores[5].clone(), responder, Arc::default())
+            .await
+            .unwrap()
+            .blobs;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while fetcher.peers().await.len() < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "peers did not connect");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let liar_peers: Vec<PeerId> = liars.iter().map(|l| l.local_peer()).collect();
+
+        // Two liars answer first: the honest manifest is followed beside theirs, and the blob
+        // arrives before any request of theirs has timed out.
+        let two = [liar_peers[0], liar_peers[1], honest.local_peer()];
+        tokio::time::timeout(PATIENCE, fetcher.fetch_from(keys[0], &two, MAX_BLOB_BYTES))
+            .await
+            .expect("the honest holder's manifest waited for the liars' silence")
+            .expect("the honest holder serves the blob");
+        assert_eq!(fetcher.store().get(&keys[0]).unwrap(), blobs[0]);
+
+        // Three liars fill every place: once their chunk requests time out, a manifest of which
+        // nothing arrived gives way, and the honest one is followed (before: three timeouts each).
+        let three = [liar_peers[0], liar_peers[1], liar_peers[2], honest.local_peer()];
+        tokio::time::timeout(2 * PATIENCE, fetcher.fetch_from(keys[1], &three, MAX_BLOB_BYTES))
+            .await
+            .expect("the silent liars held the fetch for more than one request timeout")
+            .expect("the honest holder serves the blob");
+        assert_eq!(fetcher.store().get(&keys[1]).unwrap(), blobs[1]);
+        assert!(!fetcher.is_banned(&honest.local_peer()));
     }
 }

@@ -58,7 +58,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often bootnodes are redialed while the node has fewer than half its peers.
 const REDIAL: Duration = Duration::from_secs(5);
 /// How long one request (blob or greeting) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a blob request waits for its answer ([`SwarmConfig::request_timeout`]'s default).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent request streams on one connection (see [`super::exchange`]).
 pub const MAX_STREAMS: usize = 16;
 
@@ -83,6 +84,8 @@ pub struct SwarmConfig {
     pub hello: Hello,
     /// Connections discovery dials up to.
     pub max_peers: usize,
+    /// How long a blob request waits for its answer ([`REQUEST_TIMEOUT`]; shorter in tests).
+    pub request_timeout: Duration,
 }
 
 /// A gossiped batch the node must check before gossipsub forwards it.
@@ -189,7 +192,7 @@ pub async fn start(
     let local_peer = keypair.public().to_peer_id();
     let tag = chain_tag(&config.hello);
     let requests = request_response::Config::default()
-        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_request_timeout(config.request_timeout)
         .with_max_concurrent_streams(MAX_STREAMS);
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -649,6 +652,7 @@ mod tests {
             external_addresses: Vec::new(),
             hello: Hello { chain_id: "gossip-test".into(), genesis: Hash([5; 32]), consensus_port: port + 100 },
             max_peers: 8,
+            request_timeout: REQUEST_TIMEOUT,
         };
         start(config, store.clone(), Arc::new(StoreResponder::new(store)), Arc::default()).await.unwrap()
     }

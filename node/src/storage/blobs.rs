@@ -100,7 +100,7 @@ impl BlobVerifier {
         match self.state {
             Verifying::Checkpoint(hasher) => hasher.finalize() == self.key.hash,
             Verifying::Hashing(hasher) => Hash(*hasher.finalize().as_bytes()) == self.key.hash,
-            Verifying::Holding(held) => DatasetManifest::parse(&held).is_ok_and(|m| m.root() == self.key.hash),
+            Verifying::Holding(held) => DatasetManifest::is_canonical_at(&held, self.key.hash),
             Verifying::Overflowed => false,
         }
     }
@@ -153,9 +153,9 @@ pub fn chunk_count(size: u64) -> usize {
     (size.div_ceil(CHUNK_BYTES as u64) as usize).max(1)
 }
 
-/// What a dataset is made of: its shards (whose Merkle root is the job's dataset root) and its
-/// validation split. Only the shards are bound by the root; the validation split is used for the
-/// losses people read, never for anything the chain decides.
+/// What a dataset is made of: its shards, their size and its validation split, all bound by its
+/// root (the job's dataset root, [`trellis_proto::blobwire::dataset_root`]); stored and served as
+/// one canonical JSON encoding ([`DatasetManifest::is_canonical_at`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetManifest {
     /// Size of every shard but the last.
@@ -174,8 +174,16 @@ impl DatasetManifest {
         serde_json::to_vec(self).expect("a manifest serialises")
     }
 
+    /// The manifest's address: [`trellis_proto::blobwire::dataset_root`], binding every field.
     pub fn root(&self) -> Hash {
-        MerkleTree::from_leaf_hashes(self.shards.clone()).root()
+        let shards = MerkleTree::from_leaf_hashes(self.shards.clone()).root();
+        trellis_proto::blobwire::dataset_root(shards, self.shard_bytes, self.validation)
+    }
+
+    /// Whether `bytes` is the one encoding of a manifest at `root`: parsed, of that root, and
+    /// written back to exactly these bytes (so that every holder serves the same bytes).
+    pub fn is_canonical_at(bytes: &[u8], root: Hash) -> bool {
+        Self::parse(bytes).is_ok_and(|m| m.root() == root && m.to_bytes() == bytes)
     }
 }
 
@@ -711,6 +719,16 @@ mod tests {
         other.shards.swap(0, 1);
         assert!(!key.verify(&other.to_bytes()));
         assert!(!key.verify(b"not json"));
+        // Every field is bound: a peer answering first cannot name other validation text or
+        // another shard size under the same address, nor serve the same manifest spelt otherwise.
+        let other_validation = DatasetManifest { validation: Hash([7; 32]), ..manifest.clone() };
+        assert!(!key.verify(&other_validation.to_bytes()));
+        let other_shard_size = DatasetManifest { shard_bytes: 12, ..manifest.clone() };
+        assert!(!key.verify(&other_shard_size.to_bytes()));
+        let mut spaced = manifest.to_bytes();
+        spaced.push(b' ');
+        assert_eq!(DatasetManifest::parse(&spaced).unwrap(), manifest);
+        assert!(!key.verify(&spaced), "a second spelling of the same manifest");
     }
 
     #[test]
@@ -829,7 +847,8 @@ mod tests {
                 bytes[at] = byte;
             }
             if let Ok(parsed) = DatasetManifest::parse(&bytes) {
-                prop_assert!(BlobKey::new(BlobKind::Dataset, parsed.root()).verify(&bytes));
+                let verified = BlobKey::new(BlobKind::Dataset, parsed.root()).verify(&bytes);
+                prop_assert_eq!(verified, parsed.to_bytes() == bytes);
             }
         }
     }
