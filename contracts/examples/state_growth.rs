@@ -75,7 +75,7 @@ fn add_finished_jobs(kv: &mut MemoryKv, count: u64) {
                 rounds_settled: ROUNDS_PER_JOB,
                 model_hash: Hash([id as u8; 32]),
                 momentum_hash: Hash([id as u8 ^ 0xff; 32]),
-                miners: miners.iter().map(|m| MinerEntry { address: *m, ejected: false }).collect(),
+                miners: miners.iter().map(|m| MinerEntry { address: *m, ejected: false, missed_commits: 0 }).collect(),
             };
             write(&mut overlay, keys::job(job.id), &job);
             for round in 0..ROUNDS_PER_JOB {

@@ -137,6 +137,12 @@ pub enum Event {
         job: JobId,
         miner: Address,
     },
+    /// `miner` held a worker slot of `job` for [`rounds::MAX_MISSED_COMMITS`] rounds in a row
+    /// and committed nothing: it leaves the job (unslashed) and its place is free.
+    Dropped {
+        job: JobId,
+        miner: Address,
+    },
     AggregateCommitted {
         job: JobId,
         round: u32,
@@ -715,7 +721,11 @@ impl Chain {
             Ok(index) if job.miners[index].ejected => Err(TxError::Ejected { job: id, miner }),
             Ok(_) => Err(TxError::AlreadyJoined { job: id, miner }),
             Err(index) => {
-                if job.miners.len() >= self.params.max_miners_per_job as usize {
+                // Miners that left (ejected or dropped) free their place, so that slot squatters
+                // cannot keep a job full; the record stays bounded all the same.
+                let active = job.miners.iter().filter(|m| !m.ejected).count();
+                let cap = self.params.max_miners_per_job as usize;
+                if active >= cap || job.miners.len() >= cap.saturating_mul(rounds::MINER_RECORDS_PER_PLACE) {
                     return Err(TxError::JobFull(id));
                 }
                 let required = job.spec.min_miner_stake.max(self.params.min_miner_stake);
@@ -723,7 +733,7 @@ impl Chain {
                 if bonded < required {
                     return Err(TxError::MinerStakeTooLow { miner, required, bonded });
                 }
-                job.miners.insert(index, MinerEntry { address: miner, ejected: false });
+                job.miners.insert(index, MinerEntry { address: miner, ejected: false, missed_commits: 0 });
                 write(kv, keys::job(id), &job);
                 // A miner joining an open round with a free slot trains in it; otherwise from
                 // the next round on. Its slot is the next free worker index. A round nobody could

@@ -129,6 +129,10 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         // starts when that miner joins (`Chain::join_job`).
         Phase::Open if round.workers.is_empty() => {}
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
+            let mut job = job;
+            if count_missed_commits(&mut job, &round, events) {
+                write(kv, keys::job(job.id), &job);
+            }
             round.phase = Phase::Revealing;
             round.reveal_deadline = ctx.height.after(chain.params.reveal_blocks);
             events.push(Event::RevealsOpened {
@@ -163,6 +167,35 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         _ => {}
     }
     Ok(())
+}
+
+/// Rounds in a row a miner may hold a worker slot and commit nothing before it is dropped from
+/// the job ([`Event::Dropped`]): one miss is forgiven (a crash, a slow first fetch), two are a
+/// miner that cannot or will not work, holding a slot an honest miner could use.
+pub const MAX_MISSED_COMMITS: u8 = 2;
+
+/// Records of miners a job keeps per place of its miner cap: those that left (ejected or
+/// dropped) stay on record, so that they cannot join again, up to this bound.
+pub const MINER_RECORDS_PER_PLACE: usize = 4;
+
+/// At the end of a round's commit window: counts, for each worker, a round with or without its
+/// commitment, and drops those that missed [`MAX_MISSED_COMMITS`] in a row. Whether `job` changed.
+fn count_missed_commits(job: &mut Job, round: &RoundState, events: &mut Vec<Event>) -> bool {
+    let mut changed = false;
+    for entry in job.miners.iter_mut().filter(|m| !m.ejected && round.workers.contains(&m.address)) {
+        let before = entry.missed_commits;
+        if round.commits.iter().any(|c| c.miner == entry.address) {
+            entry.missed_commits = 0;
+        } else {
+            entry.missed_commits = entry.missed_commits.saturating_add(1);
+            if entry.missed_commits >= MAX_MISSED_COMMITS {
+                entry.ejected = true;
+                events.push(Event::Dropped { job: job.id, miner: entry.address });
+            }
+        }
+        changed |= entry.missed_commits != before;
+    }
+    changed
 }
 
 /// Every miner that can work this round has committed: every slot is filled and committed, or,
@@ -447,6 +480,14 @@ fn tally<S: KvStore + ?Sized>(
     for faults in [&mut missed, &mut overturned] {
         faults.sort();
         faults.dedup();
+    }
+    // Not one verdict in the whole round, from any checker, in two windows: the window could
+    // not be met (a submitter's trap: `verify_blocks` far too short for the model) or the
+    // checkers were all down. Neither is one checker's fault, and a trap job must not be a way
+    // to burn validators' stake round after round; its miners stay unchecked (unpaid). A single
+    // verdict shows the window could be met, and then every silent checker is slashed.
+    if round.verdicts.is_empty() {
+        missed.clear();
     }
     let checker_faults = [
         (&missed, params.missed_verdict_slash_ppm, SlashReason::MissedVerdict),

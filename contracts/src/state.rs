@@ -142,10 +142,15 @@ impl JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinerEntry {
     pub address: Address,
-    /// Caught poisoning: may not commit to this job again.
+    /// Caught cheating, or dropped for holding a worker slot round after round without
+    /// committing: may not commit to this job again, and no longer counts towards its miner cap.
     pub ejected: bool,
+    /// Rounds in a row in which it held a worker slot and committed nothing
+    /// ([`crate::rounds::MAX_MISSED_COMMITS`] of them drop it).
+    #[serde(default)]
+    pub missed_commits: u8,
 }
-canonical_struct!(MinerEntry { address, ejected });
+canonical_struct!(MinerEntry { address, ejected, missed_commits });
 
 /// A training job and its progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -645,3 +645,113 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
         assert!(trellis_contracts::validate_job_spec(&spec, &params).unwrap_err().contains("zk model"));
     }
 }
+
+#[test]
+fn a_worker_that_commits_nothing_two_rounds_in_a_row_is_dropped_unslashed_and_its_place_freed() {
+    // A job capped at two miners: a squatter joins, takes a worker slot every round and never
+    // commits, keeping the third miner out. One miss is forgiven; two in a row drop it.
+    let mut w = World::new(4, 3, Params { max_miners_per_job: 2, ..params() });
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    let mut spec = w.spec();
+    spec.diloco.workers_per_round = 2;
+    spec.diloco.rounds = 6;
+    w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(200_000) }).unwrap();
+    let job = 0;
+    let keys: Vec<Keypair> = (0..3).map(|i| Keypair::from_seed(w.miners[i].seed())).collect();
+    w.send(&keys[0], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    w.send(&keys[1], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    assert!(matches!(w.send(&keys[2], TxKind::JoinJob { job: JobId(job) }), Err(TxError::JobFull(_))));
+    let squatter = keys[1].address();
+    let missed = |w: &World| w.job(job).miners.iter().find(|m| m.address == squatter).unwrap().missed_commits;
+    let bonded = w.stake(Role::Miner, &keys[1]).bonded;
+    // Round r: the miners `committing` commit, then the round is checked and aggregated.
+    let run_round = |w: &mut World, round: u32, committing: &[usize]| {
+        for &i in committing {
+            w.commit(job, round, i).unwrap();
+        }
+        w.past_commit_deadline(job, round);
+        w.verdicts(job, round, |_, _, _| Some(VerdictOutcome::Valid));
+        w.next_block();
+        w.aggregate(job, round).unwrap();
+    };
+
+    run_round(&mut w, 0, &[0]);
+    assert_eq!(missed(&w), 1, "a first miss is counted");
+    run_round(&mut w, 1, &[0, 1]);
+    assert_eq!(missed(&w), 0, "a commitment forgives it");
+    run_round(&mut w, 2, &[0]);
+    assert_eq!(missed(&w), 1);
+    assert!(!w.events.iter().any(|e| matches!(e, Event::Dropped { .. })));
+    w.commit(job, 3, 0).unwrap();
+    w.past_commit_deadline(job, 3);
+    assert!(
+        w.events.iter().any(|e| matches!(e, Event::Dropped { miner, .. } if *miner == squatter)),
+        "{:?}",
+        w.events
+    );
+    assert!(w.job(job).miners.iter().any(|m| m.address == squatter && m.ejected));
+    assert_eq!(w.stake(Role::Miner, &keys[1]).bonded, bonded, "dropping slashes nothing");
+    assert!(slashed(&w, &squatter).is_empty());
+    w.verdicts(job, 3, |_, _, _| Some(VerdictOutcome::Valid));
+    w.next_block();
+    w.aggregate(job, 3).unwrap();
+
+    // Its place is free: the miner it kept out joins and works from the open round; the
+    // squatter may not come back.
+    assert!(matches!(w.send(&keys[1], TxKind::JoinJob { job: JobId(job) }), Err(TxError::Ejected { .. })));
+    w.send(&keys[2], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    let next = w.round(job, 4);
+    assert!(next.workers.contains(&keys[2].address()));
+    assert!(!next.workers.contains(&squatter));
+    w.supply_holds();
+}
+
+#[test]
+fn a_round_in_which_no_checker_sent_a_verdict_slashes_nobody_for_silence() {
+    // A submitter's trap: a verification window of one block, which no checker of a real model
+    // meets. Before, every drawn validator lost 1% each round the job ran.
+    let mut w = World::new(4, 2, params());
+    let mut spec = w.spec();
+    spec.verify_blocks = 1;
+    let job = w.submit_spec_and_join(spec, 30_000);
+    let validators: Vec<Address> = w.validators.iter().map(|k| k.address()).collect();
+    let stakes = |w: &World| -> Vec<u64> { w.validators.iter().map(|k| w.stake(Role::Validator, k).bonded.0).collect() };
+    let before = stakes(&w);
+    w.commit(job, 0, 0).unwrap();
+    w.commit(job, 0, 1).unwrap();
+    w.past_commit_deadline(job, 0);
+    w.past_verify_end(job, 0);
+    assert!(w.round(job, 0).escalated, "no verdict at all escalates");
+    w.past_verify_end(job, 0);
+    assert!(
+        w.events.iter().any(|e| matches!(e, Event::RoundTallied { round: 0, unchecked, .. } if unchecked.len() == 2)),
+        "{:?}",
+        w.events
+    );
+    assert_eq!(stakes(&w), before, "nobody is slashed for a window nobody met");
+    assert!(validators.iter().all(|v| slashed(&w, v).is_empty()));
+
+    // One verdict shows the window could be met: then the silent checkers pay for their silence.
+    w.next_block();
+    w.aggregate(job, 0).ok();
+    let round = w.job(job).current_round;
+    w.commit(job, round, 0).unwrap();
+    w.commit(job, round, 1).unwrap();
+    w.past_commit_deadline(job, round);
+    let speaker = w.round(job, round).assignments[0].checkers[0];
+    w.verdicts(job, round, |_, _, checker| (*checker == speaker).then_some(VerdictOutcome::Valid));
+    w.past_verify_end(job, round);
+    w.past_verify_end(job, round);
+    let silent: Vec<Address> = w
+        .round(job, round)
+        .assignments
+        .iter()
+        .flat_map(|a| a.checkers.clone())
+        .filter(|c| *c != speaker)
+        .collect();
+    assert!(!silent.is_empty());
+    for checker in silent {
+        assert!(slashed(&w, &checker).iter().any(|(_, r)| *r == SlashReason::MissedVerdict), "{checker} was silent");
+    }
+    w.supply_holds();
+}
