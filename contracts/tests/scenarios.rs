@@ -684,11 +684,7 @@ fn a_worker_that_commits_nothing_two_rounds_in_a_row_is_dropped_unslashed_and_it
     assert!(!w.events.iter().any(|e| matches!(e, Event::Dropped { .. })));
     w.commit(job, 3, 0).unwrap();
     w.past_commit_deadline(job, 3);
-    assert!(
-        w.events.iter().any(|e| matches!(e, Event::Dropped { miner, .. } if *miner == squatter)),
-        "{:?}",
-        w.events
-    );
+    assert!(w.events.iter().any(|e| matches!(e, Event::Dropped { miner, .. } if *miner == squatter)), "{:?}", w.events);
     assert!(w.job(job).miners.iter().any(|m| m.address == squatter && m.ejected));
     assert_eq!(w.stake(Role::Miner, &keys[1]).bonded, bonded, "dropping slashes nothing");
     assert!(slashed(&w, &squatter).is_empty());
@@ -715,7 +711,8 @@ fn a_round_in_which_no_checker_sent_a_verdict_slashes_nobody_for_silence() {
     spec.verify_blocks = 1;
     let job = w.submit_spec_and_join(spec, 30_000);
     let validators: Vec<Address> = w.validators.iter().map(|k| k.address()).collect();
-    let stakes = |w: &World| -> Vec<u64> { w.validators.iter().map(|k| w.stake(Role::Validator, k).bonded.0).collect() };
+    let stakes =
+        |w: &World| -> Vec<u64> { w.validators.iter().map(|k| w.stake(Role::Validator, k).bonded.0).collect() };
     let before = stakes(&w);
     w.commit(job, 0, 0).unwrap();
     w.commit(job, 0, 1).unwrap();
@@ -742,13 +739,8 @@ fn a_round_in_which_no_checker_sent_a_verdict_slashes_nobody_for_silence() {
     w.verdicts(job, round, |_, _, checker| (*checker == speaker).then_some(VerdictOutcome::Valid));
     w.past_verify_end(job, round);
     w.past_verify_end(job, round);
-    let silent: Vec<Address> = w
-        .round(job, round)
-        .assignments
-        .iter()
-        .flat_map(|a| a.checkers.clone())
-        .filter(|c| *c != speaker)
-        .collect();
+    let silent: Vec<Address> =
+        w.round(job, round).assignments.iter().flat_map(|a| a.checkers.clone()).filter(|c| *c != speaker).collect();
     assert!(!silent.is_empty());
     for checker in silent {
         assert!(slashed(&w, &checker).iter().any(|(_, r)| *r == SlashReason::MissedVerdict), "{checker} was silent");

@@ -316,7 +316,13 @@ impl BlobNet {
 
     /// The manifest in `peer`'s `answer` when it is one to follow: a manifest no honest holder
     /// could send gets its sender banned; one larger than `limit` is passed over.
-    fn offered(&self, key: BlobKey, peer: PeerId, answer: Option<BlobResponse>, limit: u64) -> Option<(u64, Vec<Hash>)> {
+    fn offered(
+        &self,
+        key: BlobKey,
+        peer: PeerId,
+        answer: Option<BlobResponse>,
+        limit: u64,
+    ) -> Option<(u64, Vec<Hash>)> {
         if self.is_banned(&peer) {
             return None;
         }
@@ -351,7 +357,9 @@ impl BlobNet {
     ) -> Result<Following, BlobError> {
         let mut writer = self.store.writer(key)?;
         let patience = Patience { served: AtomicBool::new(false), rivals, may_give_way: !offer.gave_way };
-        if let Some(unfinished) = self.fetch_chunks(key, offer.size, &offer.chunks, holders, &patience, &mut writer).await? {
+        if let Some(unfinished) =
+            self.fetch_chunks(key, offer.size, &offer.chunks, holders, &patience, &mut writer).await?
+        {
             return Ok(unfinished);
         }
         match writer.finish() {
@@ -1143,9 +1151,10 @@ mod silent_liars {
     impl Responder for SilentLiar {
         fn answer(&self, request: &BlobRequest) -> BlobResponse {
             match request {
-                BlobRequest::Manifest(_) => {
-                    BlobResponse::Manifest { size: self.size, chunks: vec![Hash([self.mark; 32]); chunk_count(self.size)] }
-                }
+                BlobRequest::Manifest(_) => BlobResponse::Manifest {
+                    size: self.size,
+                    chunks: vec![Hash([self.mark; 32]); chunk_count(self.size)],
+                },
                 BlobRequest::Chunk { .. } => {
                     let start = Instant::now();
                     while !self.released.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
@@ -1194,7 +1203,8 @@ mod silent_liars {
         for mark in 1..=3u8 {
             let liar = SilentLiar { size: blobs[0].len() as u64, mark, released: released.clone() };
             let store = stores[mark as usize].clone();
-            liars.push(start_with([41 + mark; 32], &addr(u16::from(mark)), &[], store, Arc::new(liar)).await.unwrap().0);
+            liars
+                .push(start_with([41 + mark; 32], &addr(u16::from(mark)), &[], store, Arc::new(liar)).await.unwrap().0);
         }
         let config = SwarmConfig {
             seed: [49; 32],
@@ -1206,10 +1216,8 @@ mod silent_liars {
             request_timeout: PATIENCE,
         };
         let responder = Arc::new(StoreResponder::new(stores[5].clone()));
-        let fetcher = crate::p2p::swarm::start(config, stores[5].clone(), responder, Arc::default())
-            .await
-            .unwrap()
-            .blobs;
+        let fetcher =
+            crate::p2p::swarm::start(config, stores[5].clone(), responder, Arc::default()).await.unwrap().blobs;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while fetcher.peers().await.len() < 4 {
             assert!(tokio::time::Instant::now() < deadline, "peers did not connect");

@@ -14,7 +14,9 @@
 //!   port it announced and its authenticated peer id: a peer cannot make us dial a third party as
 //!   someone else (the dial's Noise handshake checks the id);
 //! - at most `max_peers` connections: discovery stops dialing there, and inbound connections over
-//!   twice that are closed; at most [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on;
+//!   twice that are closed; at most [`MAX_PEERS_PER_IP`] inbound peers from one IP address
+//!   (loopback aside) and [`MAX_CONNECTIONS_PER_PEER`] connections from one peer; at most
+//!   [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on;
 //! - everything this swarm sends and receives is counted under [`METRICS_PREFIX`].
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +62,12 @@ const REDIAL: Duration = Duration::from_secs(5);
 /// How long one request (blob or greeting) may take.
 /// How long a blob request waits for its answer ([`SwarmConfig::request_timeout`]'s default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Peers connected from one IP address at most (loopback aside): many identities from one
+/// address are one operator's nodes or someone's sybils filling our connection slots.
+const MAX_PEERS_PER_IP: usize = 8;
+/// Connections one peer may hold to us at once (two: when both sides dial at the same time);
+/// each allows [`MAX_STREAMS`] streams, so more would multiply what one peer may ask at once.
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Concurrent request streams on one connection (see [`super::exchange`]).
 pub const MAX_STREAMS: usize = 16;
 
@@ -449,12 +457,22 @@ impl Driver {
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                if num_established.get() > MAX_CONNECTIONS_PER_PEER {
+                    tracing::debug!(target: "node::peers", %peer_id, "too many connections from one peer; closing one");
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 if num_established.get() > 1 {
                     return;
                 }
                 if endpoint.is_listener() && self.swarm.connected_peers().count() > 2 * self.max_peers {
                     tracing::debug!(target: "node::peers", %peer_id, "too many peers; closing an inbound connection");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if endpoint.is_listener() && !room_for_address(&self.remote, endpoint.get_remote_address()) {
+                    tracing::debug!(target: "node::peers", %peer_id, address = %endpoint.get_remote_address(), "too many peers from one address; closing an inbound connection");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
@@ -586,6 +604,15 @@ impl Driver {
     }
 }
 
+/// Whether a peer connecting from `address` may stay beside the peers connected now (`remote`:
+/// where each came from): fewer than [`MAX_PEERS_PER_IP`] of them came from its IP address.
+/// Loopback is exempt (a devnet runs every node on one machine), and so is an address without an
+/// IP (nothing to count it by).
+fn room_for_address(remote: &HashMap<PeerId, Multiaddr>, address: &Multiaddr) -> bool {
+    let Some(ip) = ip_of(address) else { return true };
+    ip.is_loopback() || remote.values().filter(|other| ip_of(other) == Some(ip)).count() < MAX_PEERS_PER_IP
+}
+
 /// The IP address at the start of a multiaddr, if any.
 fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
     match address.iter().next()? {
@@ -598,6 +625,25 @@ fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_ip_address_gets_a_bounded_number_of_peers_and_loopback_any() {
+        let at = |ip: &str, port: u16| -> Multiaddr { format!("/ip4/{ip}/tcp/{port}").parse().unwrap() };
+        let mut remote = HashMap::new();
+        for port in 0..MAX_PEERS_PER_IP as u16 {
+            let address = at("203.0.113.7", 4000 + port);
+            assert!(room_for_address(&remote, &address), "peer {port} from one address");
+            remote.insert(PeerId::random(), address);
+            remote.insert(PeerId::random(), at("127.0.0.1", 4000 + port));
+        }
+        assert!(!room_for_address(&remote, &at("203.0.113.7", 5000)), "one peer too many from one address");
+        assert!(room_for_address(&remote, &at("203.0.113.8", 5000)), "another address is counted apart");
+        assert!(room_for_address(&remote, &at("127.0.0.1", 5000)), "loopback is not counted");
+        let v6: Multiaddr = "/ip6/2001:db8::1/tcp/1".parse().unwrap();
+        assert!(room_for_address(&remote, &v6));
+        let dns: Multiaddr = "/dns4/example.org/tcp/1".parse().unwrap();
+        assert!(room_for_address(&remote, &dns), "no IP, nothing to count by");
+    }
     use crate::p2p::exchange::StoreResponder;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -655,6 +701,55 @@ mod tests {
             request_timeout: REQUEST_TIMEOUT,
         };
         start(config, store.clone(), Arc::new(StoreResponder::new(store)), Arc::default()).await.unwrap()
+    }
+
+    /// One peer dialing a node again and again keeps at most [`MAX_CONNECTIONS_PER_PEER`]
+    /// connections: each allows [`MAX_STREAMS`] streams, so without a bound one peer could ask
+    /// for any number of chunks at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_dialing_again_and_again_keeps_at_most_two_connections() {
+        use libp2p::swarm::dial_opts::PeerCondition;
+        let dir = tempfile::tempdir().unwrap();
+        // 32,000–32,700: below the kernel's ephemeral range, above every other test's ports.
+        let port = 32_000 + (std::process::id() % 700) as u16;
+        let target = node(31, port, Vec::new(), dir.path()).await;
+        let target_peer = target.blobs.local_peer();
+        let mut dialer = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        for _ in 0..5 {
+            let dial = DialOpts::peer_id(target_peer)
+                .addresses(vec![address.clone()])
+                .condition(PeerCondition::Always)
+                .build();
+            dialer.dial(dial).unwrap();
+        }
+        // Every dial is answered (established, then some closed by the target); then the count
+        // settles.
+        let (mut open, mut most, mut established) = (0i64, 0i64, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(2), dialer.select_next_some()).await {
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => {
+                    open += 1;
+                    established += 1;
+                    most = most.max(open);
+                }
+                Ok(SwarmEvent::ConnectionClosed { .. }) => open -= 1,
+                Ok(_) => {}
+                Err(_) if established == 5 => break,
+                Err(_) => {}
+            }
+        }
+        assert_eq!(established, 5, "every dial reached the target");
+        assert_eq!(open, i64::from(MAX_CONNECTIONS_PER_PEER), "the target keeps two of the five connections");
+        assert!(most >= open);
     }
 
     /// Publishes `batch` from `from` until `to` receives a batch (the first publications go
