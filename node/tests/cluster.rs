@@ -53,12 +53,22 @@ fn four_validators_commit_survive_a_crash_halt_without_quorum_and_resume() {
         let status = cluster.block_on(cluster.client(node).tx(hash.to_string())).unwrap();
         assert!(matches!(status, TxStatus::Committed { height, .. } if height == committed_at), "{status:?}");
     }
-    // Validators committed beacon onions on their own, and their blocks reveal layers of them.
-    let head = cluster.height(0).unwrap();
-    let revealing = (1..=head)
-        .filter(|h| cluster.block(0, *h).is_some_and(|b| b.header.beacon_reveal != trellis_proto::Hash::ZERO))
-        .count();
-    assert!(revealing > 0, "none of {head} blocks carries a beacon reveal");
+    // Validators committed beacon onions on their own, and their blocks reveal layers of them:
+    // from a validator's next proposal after its onion is committed, which may come after the
+    // transfer's block (blocks take a few hundred milliseconds here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut looked = 0;
+    loop {
+        let head = cluster.height(0).unwrap();
+        let revealed = ((looked + 1)..=head)
+            .any(|h| cluster.block(0, h).is_some_and(|b| b.header.beacon_reveal != trellis_proto::Hash::ZERO));
+        if revealed {
+            break;
+        }
+        looked = head;
+        assert!(std::time::Instant::now() < deadline, "none of {head} blocks carries a beacon reveal");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     // The same nonce again is refused with a reason.
     let replay = cluster.submit(1, &tx).unwrap_err();
     assert!(replay.contains("nonce"), "{replay}");

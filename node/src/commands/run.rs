@@ -188,17 +188,30 @@ fn chain_dir(home: &Home) -> PathBuf {
     home.data().join("chain")
 }
 
-/// Hands the consensus network every consensus address the peer network learns.
+/// Hands the consensus network every consensus address the peer network learns, and takes back
+/// those it forgets to make room.
 async fn add_consensus_peers(
-    mut addresses: tokio::sync::mpsc::Receiver<Multiaddr>,
+    mut peers: tokio::sync::mpsc::Receiver<crate::p2p::swarm::ConsensusPeer>,
     requests: tokio::sync::mpsc::Sender<arc_malachitebft_app_channel::NetworkRequest>,
 ) {
-    while let Some(address) = addresses.recv().await {
-        match arc_malachitebft_app_channel::NetworkRequest::add_persistent_peer(&requests, address.clone()).await {
-            Ok(Ok(())) => tracing::debug!(target: "node::peers", %address, "consensus peer added"),
-            Ok(Err(error)) => tracing::debug!(target: "node::peers", %address, ?error, "consensus peer not added"),
+    use crate::p2p::swarm::ConsensusPeer;
+    use arc_malachitebft_app_channel::NetworkRequest;
+    while let Some(peer) = peers.recv().await {
+        let (answer, address, what) = match peer {
+            ConsensusPeer::Learned(address) => {
+                (NetworkRequest::add_persistent_peer(&requests, address.clone()).await, address, "added")
+            }
+            ConsensusPeer::Forgotten(address) => {
+                (NetworkRequest::remove_persistent_peer(&requests, address.clone()).await, address, "removed")
+            }
+        };
+        match answer {
+            Ok(Ok(())) => tracing::debug!(target: "node::peers", %address, what, "consensus peer"),
+            Ok(Err(error)) => {
+                tracing::debug!(target: "node::peers", %address, what, ?error, "consensus peer not changed")
+            }
             Err(error) => {
-                tracing::warn!(target: "node::peers", %address, %error, "consensus network did not take the peer")
+                tracing::warn!(target: "node::peers", %address, what, %error, "consensus network did not take the change")
             }
         }
     }

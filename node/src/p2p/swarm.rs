@@ -16,7 +16,8 @@
 //! - at most `max_peers` connections: discovery stops dialing there, and inbound connections over
 //!   twice that are closed; at most [`MAX_PEERS_PER_IP`] inbound peers from one IP address
 //!   (loopback aside) and [`MAX_CONNECTIONS_PER_PEER`] connections from one peer; at most
-//!   [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on;
+//!   [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on at once: when all are taken, one
+//!   of a peer no longer connected is forgotten to make room ([`ConsensusPeer::Forgotten`]);
 //! - everything this swarm sends and receives is counted under [`METRICS_PREFIX`].
 
 use std::collections::{HashMap, HashSet};
@@ -130,7 +131,7 @@ pub struct PeerNetwork {
     /// Gossiped batches to check (then [`GossipHandle::judge`]).
     pub gossiped: mpsc::Receiver<GossipedBatch>,
     /// Consensus addresses of peers of our chain (`/ip4/…/tcp/…/p2p/<id>`), each once.
-    pub consensus_peers: mpsc::Receiver<Multiaddr>,
+    pub consensus_peers: mpsc::Receiver<ConsensusPeer>,
     pub listen: Multiaddr,
 }
 
@@ -286,7 +287,7 @@ pub async fn start(
         consensus: consensus_tx,
         pending: HashMap::new(),
         remote: HashMap::new(),
-        announced: HashSet::new(),
+        announced: HashMap::new(),
         blocked: HashSet::new(),
         metrics,
     };
@@ -355,12 +356,12 @@ struct Driver {
     answering: Answering,
     scores: Arc<Mutex<PeerScores>>,
     gossiped: mpsc::Sender<GossipedBatch>,
-    consensus: mpsc::Sender<Multiaddr>,
+    consensus: mpsc::Sender<ConsensusPeer>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Option<BlobResponse>>>,
     /// Where each connected peer's first connection came from.
     remote: HashMap<PeerId, Multiaddr>,
-    /// Peers whose consensus address was handed on.
-    announced: HashSet<PeerId>,
+    /// Peers whose consensus address was handed on, and that address.
+    announced: HashMap<PeerId, Multiaddr>,
     /// Peers blocked now (mirrors the bans in `scores`).
     blocked: HashSet<PeerId>,
     metrics: Arc<Metrics>,
@@ -558,15 +559,28 @@ impl Driver {
             penalize(&self.scores, peer, Offence::WrongChain);
             return;
         }
-        if hello.consensus_port == 0 || self.announced.contains(&peer) || self.announced.len() >= MAX_CONSENSUS_PEERS {
+        if hello.consensus_port == 0 || self.announced.contains_key(&peer) {
             return;
         }
         let Some(ip) = self.remote.get(&peer).and_then(ip_of) else { return };
+        let swarm = &self.swarm;
+        match room_for_consensus_peer(&self.announced, |p| swarm.is_connected(p)) {
+            Room::Free => {}
+            Room::Full => return,
+            Room::Evict(gone) => {
+                let Some(address) = self.announced.get(&gone).cloned() else { return };
+                if self.consensus.try_send(ConsensusPeer::Forgotten(address.clone())).is_err() {
+                    return;
+                }
+                self.announced.remove(&gone);
+                tracing::debug!(target: "node::peers", %address, "forgot a consensus peer no longer connected, to make room");
+            }
+        }
         let mut address = Multiaddr::from(ip);
         address.push(Protocol::Tcp(hello.consensus_port));
         address.push(Protocol::P2p(peer));
-        if self.consensus.try_send(address.clone()).is_ok() {
-            self.announced.insert(peer);
+        if self.consensus.try_send(ConsensusPeer::Learned(address.clone())).is_ok() {
+            self.announced.insert(peer, address.clone());
             self.metrics.consensus_peers_learned.inc();
             tracing::info!(target: "node::peers", %address, "learned a consensus peer");
         }
@@ -613,6 +627,36 @@ fn room_for_address(remote: &HashMap<PeerId, Multiaddr>, address: &Multiaddr) ->
     ip.is_loopback() || remote.values().filter(|other| ip_of(other) == Some(ip)).count() < MAX_PEERS_PER_IP
 }
 
+/// What the peer network tells the consensus network about its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsensusPeer {
+    /// A peer of our chain greeted us with this consensus address: dial it.
+    Learned(Multiaddr),
+    /// A peer learned before, no longer connected, makes room for a new one: stop dialing it.
+    Forgotten(Multiaddr),
+}
+
+/// Whether a consensus address may be handed on beside those handed on now.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Free,
+    /// Every place is taken, by peers still connected.
+    Full,
+    /// Every place is taken; this peer is no longer connected and gives its place up.
+    Evict(PeerId),
+}
+
+/// Room for one more consensus peer beside `announced` ([`MAX_CONSENSUS_PEERS`] at once): a
+/// lifetime cap let strangers' greetings fill every place for good, so that validators joining
+/// later were never dialed; now a place held by a peer that has gone (`connected` is false) is
+/// given up, the one first in peer-id order (any choice will do: it has gone).
+fn room_for_consensus_peer(announced: &HashMap<PeerId, Multiaddr>, connected: impl Fn(&PeerId) -> bool) -> Room {
+    if announced.len() < MAX_CONSENSUS_PEERS {
+        return Room::Free;
+    }
+    announced.keys().filter(|peer| !connected(peer)).min().map_or(Room::Full, |gone| Room::Evict(*gone))
+}
+
 /// The IP address at the start of a multiaddr, if any.
 fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
     match address.iter().next()? {
@@ -625,6 +669,22 @@ fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consensus_places_held_by_peers_that_left_are_given_up_for_new_ones() {
+        let mut announced: HashMap<PeerId, Multiaddr> = HashMap::new();
+        let address: Multiaddr = "/ip4/198.51.100.1/tcp/27000".parse().unwrap();
+        for _ in 0..MAX_CONSENSUS_PEERS - 1 {
+            announced.insert(PeerId::random(), address.clone());
+        }
+        assert_eq!(room_for_consensus_peer(&announced, |_| true), Room::Free);
+        announced.insert(PeerId::random(), address.clone());
+        assert_eq!(room_for_consensus_peer(&announced, |_| true), Room::Full, "all there: nobody is dropped");
+        let mut gone: Vec<PeerId> = announced.keys().copied().take(2).collect();
+        gone.sort();
+        let room = room_for_consensus_peer(&announced, |p| !gone.contains(p));
+        assert_eq!(room, Room::Evict(gone[0]), "a peer that left gives its place up");
+    }
 
     #[test]
     fn one_ip_address_gets_a_bounded_number_of_peers_and_loopback_any() {
@@ -775,7 +835,8 @@ mod tests {
 
         // The greeting handed on the peer's consensus address: its IP, its port, its id.
         let learned = tokio::time::timeout(Duration::from_secs(20), honest.consensus_peers.recv()).await.unwrap();
-        assert_eq!(learned.unwrap().to_string(), format!("/ip4/127.0.0.1/tcp/{}/p2p/{noisy_peer}", port + 101));
+        let expected = format!("/ip4/127.0.0.1/tcp/{}/p2p/{noisy_peer}", port + 101);
+        assert_eq!(learned, Some(ConsensusPeer::Learned(expected.parse().unwrap())));
 
         // A batch of a validly signed transaction arrives whole.
         let key = Keypair::from_seed([3; 32]);

@@ -192,9 +192,13 @@ type Early = Result<VerdictOutcome, OwnFailure>;
 /// The miner's blobs a check reads, fetched into the store side by side from the moment each is
 /// known (a check over a long path waits for the slowest of them, not for their sum), and read
 /// in the order the check judges them, so the verdict does not depend on which arrives first.
-/// Dropping it stops every fetch still running (a check that ended early).
+/// Dropping it stops every fetch still running (a check that ended early). Each blob is tagged
+/// with its round before its fetch starts, so that a check that ends early (a withheld blob, a
+/// failed link) leaves nothing behind that the round's collection misses.
 struct MinersBlobs {
     context: Arc<RoleContext>,
+    /// The job and round whose collection takes what this check fetches.
+    round: (trellis_proto::JobId, u32),
     /// The height by which the miner's blobs must be here ([`fetch_cutoff`]).
     cutoff: trellis_proto::Height,
     began: tokio::time::Instant,
@@ -205,11 +209,12 @@ struct MinersBlobs {
 }
 
 impl MinersBlobs {
-    fn new(context: &Arc<RoleContext>, cutoff: trellis_proto::Height) -> Self {
+    fn new(context: &Arc<RoleContext>, round: (trellis_proto::JobId, u32), cutoff: trellis_proto::Height) -> Self {
         let began = tokio::time::Instant::now();
         let deadline = began + BLOB_PATIENCE;
         Self {
             context: context.clone(),
+            round,
             cutoff,
             began,
             net: context.net.clone(),
@@ -228,13 +233,15 @@ impl MinersBlobs {
 
     /// Starts fetching `key` (at most `limit` bytes: what the job allows it) unless it already is.
     fn want(&mut self, key: BlobKey, limit: u64) {
-        if self.stored.contains(&key) {
+        if self.stored.contains(&key) || self.fetches.contains_key(&key) {
             return;
         }
+        let (job, round) = self.round;
+        if let Err(error) = self.net.store().tag_round(job, round, &[key]) {
+            tracing::warn!(target: "node::checker", %key, %error, "cannot tag a blob with its round; it may outlive the round");
+        }
         let (net, deadline) = (self.net.clone(), self.deadline);
-        self.fetches
-            .entry(key)
-            .or_insert_with(|| tokio::spawn(async move { net.ensure_until(key, deadline, limit).await }));
+        self.fetches.insert(key, tokio::spawn(async move { net.ensure_until(key, deadline, limit).await }));
     }
 
     /// Waits for `key` to be in the store: the verdict when no holder served it (or it was larger
@@ -383,7 +390,8 @@ async fn gather(
     let reproduced_by_replay = segment + 1 == frame.segments() && exact && zk.is_none();
     let final_not_needed = frame.delta_is_drift || reproduced_by_replay;
     // Everything the reveal already names is asked for at once: the trail, the Δ, θ_final.
-    let mut blobs = MinersBlobs::new(context, fetch_cutoff(round.verify_end, job.spec.verify_blocks));
+    let mut blobs =
+        MinersBlobs::new(context, (job.id, round.round), fetch_cutoff(round.verify_end, job.spec.verify_blocks));
     let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
     let delta_key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
     let final_key = BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint);

@@ -731,6 +731,22 @@ mod tests {
         assert!(!key.verify(&spaced), "a second spelling of the same manifest");
     }
 
+    /// A check tags each blob with its round before fetching it, so that one that ends early
+    /// leaves nothing the round's collection misses: a blob tagged before it arrives (or never
+    /// arrives) is collected like any other.
+    #[test]
+    fn a_blob_tagged_before_it_arrives_is_collected_with_its_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let arriving = BlobKey::data(b"fetched after its tag");
+        let never = BlobKey::data(b"never arrives");
+        store.tag_round(JobId(5), 0, &[arriving, never]).unwrap();
+        store.put(&arriving, b"fetched after its tag").unwrap();
+        assert_eq!(store.collect_settled(JobId(5), 1), 1);
+        assert!(!store.contains(&arriving));
+        assert!(!store.contains(&never));
+    }
+
     #[test]
     fn settled_rounds_are_collected_and_kept_rounds_are_not() {
         let dir = tempfile::tempdir().unwrap();
