@@ -785,7 +785,13 @@ impl Chain {
         }
         // Equal bindings are allowed: a binding covers its committer's address, so a copied one
         // can never be revealed, and refusing it would let a front-runner block the original.
-        round.commits.push(Commit { miner, binding: work.binding, height: ctx.height, reveal: None });
+        round.commits.push(Commit {
+            miner,
+            binding: work.binding,
+            height: ctx.height,
+            reveal: None,
+            since: round.round,
+        });
         write(kv, keys::round(job.id, round.round), &round);
         Ok(Event::WorkCommitted { job: job.id, round: round.round, miner })
     }
@@ -810,6 +816,7 @@ impl Chain {
         if ctx.height > round.reveal_deadline {
             return Err(TxError::LateReveal { deadline: round.reveal_deadline });
         }
+        let round_number = round.round;
         let commit = round.commits.iter_mut().find(|c| c.miner == miner).ok_or(TxError::NothingToReveal { miner })?;
         if commit.reveal.is_some() {
             return Err(TxError::AlreadyRevealed { miner });
@@ -832,14 +839,17 @@ impl Chain {
             } else {
                 None
             };
-            let continues_previous = carried.is_some_and(|state| {
-                state.final_checkpoint == reveal.continues && Some(state.round) == round.round.checked_sub(1)
+            let previous = carried.filter(|state| {
+                state.final_checkpoint == reveal.continues && Some(state.round) == round_number.checked_sub(1)
             });
-            if !continues_previous {
+            let Some(previous) = previous else {
                 return Err(TxError::InvalidCommitment(
                     "the work continues a state that is not this miner's accepted work of the previous round of a streaming job".into(),
                 ));
-            }
+            };
+            commit.since = previous.since;
+        } else {
+            commit.since = round_number;
         }
         let feedback = job.spec.diloco.encoding.has_error_feedback();
         if !feedback && (reveal.residual_hash != Hash::ZERO || reveal.next_residual != Hash::ZERO) {

@@ -522,6 +522,7 @@ fn tally<S: KvStore + ?Sized>(
                     round: round.round,
                     final_checkpoint: reveal.final_checkpoint,
                     next_residual: reveal.next_residual,
+                    since: commit.since,
                 };
                 write(kv, keys::accepted(job.id, &commit.miner), &state);
             }

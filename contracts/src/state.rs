@@ -248,8 +248,13 @@ pub struct Commit {
     pub height: Height,
     /// The revealed work (after the commit phase), checked against `binding`.
     pub reveal: Option<WorkReveal>,
+    /// The round the miner's training state began: this round for a fresh start; in a streaming
+    /// job, for work that continues the miner's accepted state, that state's own beginning
+    /// (what its Δ weighs in the mean: `trellis_protocol::fragments::merge_weight`).
+    #[serde(default)]
+    pub since: u32,
 }
-canonical_struct!(Commit { miner, binding, height, reveal });
+canonical_struct!(Commit { miner, binding, height, reveal, since });
 
 /// A sampled segment and who must check it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,8 +449,11 @@ pub struct AcceptedState {
     pub round: u32,
     pub final_checkpoint: Hash,
     pub next_residual: Hash,
+    /// The round the state's training began ([`Commit::since`]).
+    #[serde(default)]
+    pub since: u32,
 }
-canonical_struct!(AcceptedState { round, final_checkpoint, next_residual });
+canonical_struct!(AcceptedState { round, final_checkpoint, next_residual, since });
 
 /// Token supply accounting: `genesis + minted − burned` is what exists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,7 +59,12 @@ fn a_miner_carries_only_the_residual_its_latest_accepted_work_left() {
     assert!(results[1].is_ok());
     assert_eq!(accepted(&w, job, 1), None, "nothing is recorded before the tally");
     settle(&mut w, job, 0);
-    let first = AcceptedState { round: 0, final_checkpoint: works[1].final_checkpoint, next_residual: Hash([11; 32]) };
+    let first = AcceptedState {
+        round: 0,
+        final_checkpoint: works[1].final_checkpoint,
+        next_residual: Hash([11; 32]),
+        since: 0,
+    };
     assert_eq!(accepted(&w, job, 1), Some(first));
     assert_eq!(accepted(&w, job, 0), None, "a refused reveal earns no record");
 

@@ -133,7 +133,7 @@ fn a_streaming_miner_continues_only_its_own_accepted_state_of_the_round_before()
     let final_of = |i: usize| finals[i];
     assert_eq!(
         accepted(&w, 1),
-        Some(AcceptedState { round: 0, final_checkpoint: final_of(1), next_residual: Hash::ZERO })
+        Some(AcceptedState { round: 0, final_checkpoint: final_of(1), next_residual: Hash::ZERO, since: 0 })
     );
     w.aggregate(job, 0).unwrap();
 
@@ -151,6 +151,15 @@ fn a_streaming_miner_continues_only_its_own_accepted_state_of_the_round_before()
     assert!(refused(w.reveal_work(0, zero)), "a state it was never accepted with");
     w.reveal_work(1, one).unwrap();
     assert!(refused(w.reveal_work(2, two)), "another miner's state");
+    // What each Δ weighs in the mean: miner 1's state began in round 0, so its Δ holds two
+    // rounds of its fragment's training (F = 2); a fresh start's holds one.
+    let since = |w: &World, i: usize| {
+        w.round(job, 1).commits.iter().find(|c| c.miner == w.miners[i].address()).map(|c| c.since)
+    };
+    assert_eq!(since(&w, 1), Some(0), "a continuation keeps its state's beginning");
+    assert_eq!(since(&w, 0), Some(1), "anything else began this round");
+    let weight = |s: u32| trellis_protocol::fragments::merge_weight(&w.job(job).spec, 1, s, 20);
+    assert_eq!((weight(0), weight(1)), (40, 20));
     let deadline = w.round(job, 1).reveal_deadline;
     w.advance_to(Height(deadline.0 + 1));
     w.verdicts(job, 1, |_, _, _| Some(VerdictOutcome::Valid));

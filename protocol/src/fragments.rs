@@ -53,9 +53,38 @@ pub fn taken_from_global(spec: &JobSpec, round: u32, parameters: usize) -> Optio
     Some(round_span(spec, previous, parameters))
 }
 
+/// The weight of a Δ in round `round`'s mean: the inner steps its fragment trained since the
+/// miner took it. A miner whose state began at round `since` (a fresh start from θ_since, then
+/// continued without a break) took round `round`'s fragment at the later of `since` and the round
+/// after that fragment's last synchronisation, so its Δ holds `min(F, round − since + 1)` rounds of
+/// `steps` each; a fresh start's holds one. Weighing both alike let a newcomer's short Δ pull a
+/// fragment back toward θ by as much as a miner's `F` rounds of training moved it. Plain DiLoCo:
+/// the steps alone (every Δ covers its round).
+pub fn merge_weight(spec: &JobSpec, round: u32, since: u32, steps: u32) -> u32 {
+    if !is_streaming(spec) {
+        return steps;
+    }
+    let rounds = round.saturating_sub(since).saturating_add(1).min(spec.diloco.fragments);
+    steps.saturating_mul(rounds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delta_weighs_the_rounds_its_fragment_trained_up_to_f() {
+        let mut spec =
+            crate::outer::tests::spec(trellis_proto::OuterOptimizer::Average, trellis_proto::AggregationRule::Mean);
+        spec.diloco.fragments = 1;
+        assert_eq!(merge_weight(&spec, 9, 0, 30), 30, "plain DiLoCo: the steps alone");
+        spec.diloco.fragments = 4;
+        assert_eq!(merge_weight(&spec, 9, 9, 30), 30, "a fresh start: one round");
+        assert_eq!(merge_weight(&spec, 9, 8, 30), 60, "continued once");
+        assert_eq!(merge_weight(&spec, 9, 6, 30), 120, "continued for F rounds: the whole cycle");
+        assert_eq!(merge_weight(&spec, 9, 0, 30), 120, "capped at F: the fragment was taken F rounds ago");
+        assert_eq!(merge_weight(&spec, 3, 7, 30), 30, "a start after the round (never on chain): one round");
+    }
 
     #[test]
     fn fragments_tile_the_model_without_gap_or_overlap() {

@@ -187,15 +187,17 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
     let limits = super::jobdata::BlobLimits::of(&job.spec)?;
     // Every accepted Δ at once (most are already here: `prefetch`).
     let fetches = round.accepted.iter().map(|miner| async move {
-        let reveal = round
+        let (reveal, since) = round
             .commits
             .iter()
             .find(|c| &c.miner == miner)
-            .and_then(|c| c.reveal.as_ref())
+            .and_then(|c| Some((c.reveal.as_ref()?, c.since)))
             .context("an accepted miner without revealed work")?;
         let key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
         net.ensure_until(key, deadline, limits.delta).await.with_context(|| format!("the Δ of {miner}"))?;
-        anyhow::Ok((*miner, key, reveal.steps))
+        // In a streaming job a Δ weighs the steps its fragment trained since the miner took it.
+        let weight = trellis_protocol::fragments::merge_weight(&job.spec, round.round, since, reveal.steps);
+        anyhow::Ok((*miner, key, weight))
     });
     let deltas = futures::future::try_join_all(fetches).await?;
     let keys: Vec<BlobKey> = deltas.iter().map(|(_, key, _)| *key).collect();
@@ -214,7 +216,8 @@ pub async fn compute(context: &Arc<RoleContext>, job: &Job, round: &RoundState) 
 }
 
 /// The outer update of `global` and `momentum` with the Δs in the store under `deltas` (in the
-/// chain's order, each with the inner steps its miner revealed), read a block of coordinates at a time when the rule allows
+/// chain's order, each with its weight in the mean: the inner steps its miner revealed, times the
+/// rounds its fragment trained in a streaming job), read a block of coordinates at a time when the rule allows
 /// ([`trellis_protocol::outer::coordinatewise`]), whole otherwise: the same bits either way. In
 /// a streaming job the Δs, and so the update, cover the fragment round `round` synchronises
 /// alone (`trellis_protocol::fragments`); the rest of θ and of the momentum stays as it is.
