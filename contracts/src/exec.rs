@@ -720,12 +720,12 @@ impl Chain {
         match job.miners.binary_search_by(|m| m.address.cmp(&miner)) {
             Ok(index) if job.miners[index].ejected => Err(TxError::Ejected { job: id, miner }),
             Ok(_) => Err(TxError::AlreadyJoined { job: id, miner }),
-            Err(index) => {
+            Err(_) => {
                 // Miners that left (ejected or dropped) free their place, so that slot squatters
-                // cannot keep a job full; the record stays bounded all the same.
+                // cannot keep a job full.
                 let active = job.miners.iter().filter(|m| !m.ejected).count();
                 let cap = self.params.max_miners_per_job as usize;
-                if active >= cap || job.miners.len() >= cap.saturating_mul(rounds::MINER_RECORDS_PER_PLACE) {
+                if active >= cap {
                     return Err(TxError::JobFull(id));
                 }
                 let required = job.spec.min_miner_stake.max(self.params.min_miner_stake);
@@ -733,6 +733,14 @@ impl Chain {
                 if bonded < required {
                     return Err(TxError::MinerStakeTooLow { miner, required, bonded });
                 }
+                // The record stays bounded: at the bound, the record of a dropped miner (not of a
+                // cheater) goes to make room, so that squatters cycling identities through drops
+                // cannot lock the job for good; that miner may join again, as a newcomer would.
+                if job.miners.len() >= cap.saturating_mul(rounds::MINER_RECORDS_PER_PLACE) {
+                    let dropped = job.miners.iter().position(rounds::was_dropped).ok_or(TxError::JobFull(id))?;
+                    job.miners.remove(dropped);
+                }
+                let index = job.miners.binary_search_by(|m| m.address.cmp(&miner)).unwrap_or_else(|at| at);
                 job.miners.insert(index, MinerEntry { address: miner, ejected: false, missed_commits: 0 });
                 write(kv, keys::job(id), &job);
                 // A miner joining an open round with a free slot trains in it; otherwise from

@@ -12,7 +12,8 @@ use crate::exec::{BlockCtx, Chain, Event, SlashReason};
 use crate::kv::KvStore;
 use crate::params::fraction;
 use crate::state::{
-    keys, read, write, AcceptedState, Assignment, Job, JobStatus, Phase, RoundState, RoundSummary, ValidatorSet,
+    keys, read, write, AcceptedState, Assignment, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary,
+    ValidatorSet,
 };
 
 /// Blocks a settled or lapsed round keeps its full record (for clients and the devnet's table)
@@ -175,8 +176,15 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
 pub const MAX_MISSED_COMMITS: u8 = 2;
 
 /// Records of miners a job keeps per place of its miner cap: those that left (ejected or
-/// dropped) stay on record, so that they cannot join again, up to this bound.
+/// dropped) stay on record, so that they cannot join again, up to this bound; past it, the
+/// records of dropped miners make room (`Chain::join_job`).
 pub const MINER_RECORDS_PER_PLACE: usize = 4;
+
+/// Whether `entry` left the job by being dropped ([`count_missed_commits`]), not ejected for
+/// cheating.
+pub fn was_dropped(entry: &MinerEntry) -> bool {
+    entry.ejected && entry.missed_commits >= MAX_MISSED_COMMITS
+}
 
 /// At the end of a round's commit window: counts, for each worker, a round with or without its
 /// commitment, and drops those that missed [`MAX_MISSED_COMMITS`] in a row. Whether `job` changed.
@@ -481,12 +489,17 @@ fn tally<S: KvStore + ?Sized>(
         faults.sort();
         faults.dedup();
     }
-    // Not one verdict in the whole round, from any checker, in two windows: the window could
-    // not be met (a submitter's trap: `verify_blocks` far too short for the model) or the
+    // Not one replay verdict in the whole round, from any checker, in two windows: the window
+    // could not be met (a submitter's trap: `verify_blocks` far too short for the model) or the
     // checkers were all down. Neither is one checker's fault, and a trap job must not be a way
     // to burn validators' stake round after round; its miners stay unchecked (unpaid). A single
-    // verdict shows the window could be met, and then every silent checker is slashed.
-    if round.verdicts.is_empty() {
+    // replay verdict (`Valid` or `Invalid`) shows a replay fits the window, and then every silent
+    // checker is slashed; claims that need no replay (`Unavailable`, a job fault, an
+    // abstention) show nothing about it, so a submitter's own validator cannot switch the
+    // slashing back on with one cheap verdict.
+    let replayed =
+        round.verdicts.iter().any(|v| matches!(Finding::of(&v.outcome), Some(Finding::Valid | Finding::Invalid)));
+    if !replayed {
         missed.clear();
     }
     let checker_faults = [

@@ -196,12 +196,22 @@ async fn add_consensus_peers(
 ) {
     use crate::p2p::swarm::ConsensusPeer;
     use arc_malachitebft_app_channel::NetworkRequest;
+    // Only what this task added is ever removed: a peer of the node's own configuration (its
+    // `persistent_peers`, which an add refuses as known) stays whatever the peer network forgets.
+    let mut added = std::collections::HashSet::new();
     while let Some(peer) = peers.recv().await {
         let (answer, address, what) = match peer {
             ConsensusPeer::Learned(address) => {
-                (NetworkRequest::add_persistent_peer(&requests, address.clone()).await, address, "added")
+                let answer = NetworkRequest::add_persistent_peer(&requests, address.clone()).await;
+                if matches!(answer, Ok(Ok(()))) {
+                    added.insert(address.clone());
+                }
+                (answer, address, "added")
             }
             ConsensusPeer::Forgotten(address) => {
+                if !added.remove(&address) {
+                    continue;
+                }
                 (NetworkRequest::remove_persistent_peer(&requests, address.clone()).await, address, "removed")
             }
         };

@@ -56,6 +56,9 @@ const CONSENSUS_QUEUE: usize = 256;
 /// exempts its IP from the per-IP limit) for good, so a peer minting identities must not grow
 /// that list without end.
 pub const MAX_CONSENSUS_PEERS: usize = 128;
+/// How long a consensus peer that left the peer network keeps its place among the
+/// [`MAX_CONSENSUS_PEERS`] before a newcomer may take it.
+const CONSENSUS_GRACE: Duration = Duration::from_secs(600);
 /// How often bans are applied and lifted, and discovery nudged.
 const TICK: Duration = Duration::from_secs(1);
 /// How often bootnodes are redialed while the node has fewer than half its peers.
@@ -288,6 +291,7 @@ pub async fn start(
         pending: HashMap::new(),
         remote: HashMap::new(),
         announced: HashMap::new(),
+        gone_since: HashMap::new(),
         blocked: HashSet::new(),
         metrics,
     };
@@ -362,6 +366,8 @@ struct Driver {
     remote: HashMap<PeerId, Multiaddr>,
     /// Peers whose consensus address was handed on, and that address.
     announced: HashMap<PeerId, Multiaddr>,
+    /// When each announced peer that is not connected now left.
+    gone_since: HashMap<PeerId, Instant>,
     /// Peers blocked now (mirrors the bans in `scores`).
     blocked: HashSet<PeerId>,
     metrics: Arc<Metrics>,
@@ -472,17 +478,24 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                if endpoint.is_listener() && !room_for_address(&self.remote, endpoint.get_remote_address()) {
+                // Only under pressure: a farm of miners behind one NAT address is welcome while
+                // there is room.
+                let crowded = self.swarm.connected_peers().count() > self.max_peers;
+                if endpoint.is_listener() && crowded && !room_for_address(&self.remote, endpoint.get_remote_address()) {
                     tracing::debug!(target: "node::peers", %peer_id, address = %endpoint.get_remote_address(), "too many peers from one address; closing an inbound connection");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
                 self.remote.insert(peer_id, endpoint.get_remote_address().clone());
+                self.gone_since.remove(&peer_id);
                 self.swarm.behaviour_mut().hello.send_request(&peer_id, self.hello.clone());
                 tracing::debug!(target: "node::peers", %peer_id, address = %endpoint.get_remote_address(), "connected");
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.remote.remove(&peer_id);
+                if self.announced.contains_key(&peer_id) {
+                    self.gone_since.insert(peer_id, Instant::now());
+                }
             }
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
             _ => {}
@@ -563,8 +576,11 @@ impl Driver {
             return;
         }
         let Some(ip) = self.remote.get(&peer).and_then(ip_of) else { return };
-        let swarm = &self.swarm;
-        match room_for_consensus_peer(&self.announced, |p| swarm.is_connected(p)) {
+        let (swarm, gone_since) = (&self.swarm, &self.gone_since);
+        // A peer away for less than the grace (a restart, a dropped connection) keeps its place.
+        let present =
+            |p: &PeerId| swarm.is_connected(p) || gone_since.get(p).is_none_or(|left| left.elapsed() < CONSENSUS_GRACE);
+        match room_for_consensus_peer(&self.announced, present) {
             Room::Free => {}
             Room::Full => return,
             Room::Evict(gone) => {
@@ -573,6 +589,7 @@ impl Driver {
                     return;
                 }
                 self.announced.remove(&gone);
+                self.gone_since.remove(&gone);
                 tracing::debug!(target: "node::peers", %address, "forgot a consensus peer no longer connected, to make room");
             }
         }
@@ -619,12 +636,26 @@ impl Driver {
 }
 
 /// Whether a peer connecting from `address` may stay beside the peers connected now (`remote`:
-/// where each came from): fewer than [`MAX_PEERS_PER_IP`] of them came from its IP address.
-/// Loopback is exempt (a devnet runs every node on one machine), and so is an address without an
-/// IP (nothing to count it by).
+/// where each came from) when the node is crowded: fewer than [`MAX_PEERS_PER_IP`] of them came
+/// from its network ([`network_of`]). Loopback is exempt (a devnet runs every node on one
+/// machine), and so is an address without an IP (nothing to count it by).
 fn room_for_address(remote: &HashMap<PeerId, Multiaddr>, address: &Multiaddr) -> bool {
     let Some(ip) = ip_of(address) else { return true };
-    ip.is_loopback() || remote.values().filter(|other| ip_of(other) == Some(ip)).count() < MAX_PEERS_PER_IP
+    let network = network_of(ip);
+    ip.is_loopback()
+        || remote.values().filter(|other| ip_of(other).map(network_of) == Some(network)).count() < MAX_PEERS_PER_IP
+}
+
+/// What peers are counted by: an IPv4 address (also written IPv4-mapped in IPv6), or an IPv6
+/// /64 (one host's share: its holder has 2^64 addresses to greet from).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 /// What the peer network tells the consensus network about its peers.
@@ -648,8 +679,9 @@ enum Room {
 
 /// Room for one more consensus peer beside `announced` ([`MAX_CONSENSUS_PEERS`] at once): a
 /// lifetime cap let strangers' greetings fill every place for good, so that validators joining
-/// later were never dialed; now a place held by a peer that has gone (`connected` is false) is
-/// given up, the one first in peer-id order (any choice will do: it has gone).
+/// later were never dialed; now a place held by a peer that has gone (`connected` is false: away
+/// for longer than [`CONSENSUS_GRACE`]) is given up, the one first in peer-id order (any choice
+/// will do: it has gone).
 fn room_for_consensus_peer(announced: &HashMap<PeerId, Multiaddr>, connected: impl Fn(&PeerId) -> bool) -> Room {
     if announced.len() < MAX_CONSENSUS_PEERS {
         return Room::Free;
@@ -701,6 +733,17 @@ mod tests {
         assert!(room_for_address(&remote, &at("127.0.0.1", 5000)), "loopback is not counted");
         let v6: Multiaddr = "/ip6/2001:db8::1/tcp/1".parse().unwrap();
         assert!(room_for_address(&remote, &v6));
+        // One /64 is one network, however many of its addresses greet; IPv4-mapped is IPv4.
+        let mut six = HashMap::new();
+        for host in 0..MAX_PEERS_PER_IP as u16 {
+            six.insert(
+                PeerId::random(),
+                format!("/ip6/2001:db8:0:7::{:x}/tcp/1", host + 1).parse::<Multiaddr>().unwrap(),
+            );
+        }
+        assert!(!room_for_address(&six, &"/ip6/2001:db8:0:7::ffff/tcp/1".parse().unwrap()));
+        assert!(room_for_address(&six, &"/ip6/2001:db8:0:8::1/tcp/1".parse().unwrap()), "another /64");
+        assert!(!room_for_address(&remote, &"/ip6/::ffff:203.0.113.7/tcp/1".parse().unwrap()), "IPv4-mapped");
         let dns: Multiaddr = "/dns4/example.org/tcp/1".parse().unwrap();
         assert!(room_for_address(&remote, &dns), "no IP, nothing to count by");
     }

@@ -236,9 +236,14 @@ impl MinersBlobs {
         if self.stored.contains(&key) || self.fetches.contains_key(&key) {
             return;
         }
+        // Only what this check brings in: a key the miner names may be a blob this node holds
+        // for another reason (the job's validation text, a model), which must not go with the
+        // round.
         let (job, round) = self.round;
-        if let Err(error) = self.net.store().tag_round(job, round, &[key]) {
-            tracing::warn!(target: "node::checker", %key, %error, "cannot tag a blob with its round; it may outlive the round");
+        if !self.net.store().contains(&key) {
+            if let Err(error) = self.net.store().tag_round(job, round, &[key]) {
+                tracing::warn!(target: "node::checker", %key, %error, "cannot tag a blob with its round; it may outlive the round");
+            }
         }
         let (net, deadline) = (self.net.clone(), self.deadline);
         self.fetches.insert(key, tokio::spawn(async move { net.ensure_until(key, deadline, limit).await }));
