@@ -655,16 +655,23 @@ fn groth16_jobs_need_their_keys_and_whole_segments() {
     }
 }
 
+/// A world with `miners` miners and job 0 submitted (nobody joined yet): at most two miners a
+/// job, two workers a round, `rounds` rounds, `escrow` held.
+fn capped_job(miners: u8, rounds: u32, escrow: u64) -> World {
+    let mut w = World::new(4, miners, Params { max_miners_per_job: 2, ..params() });
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    let mut spec = w.spec();
+    spec.diloco.workers_per_round = 2;
+    spec.diloco.rounds = rounds;
+    w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(escrow) }).unwrap();
+    w
+}
+
 #[test]
 fn a_worker_that_commits_nothing_two_rounds_in_a_row_is_dropped_unslashed_and_its_place_freed() {
     // A job capped at two miners: a squatter joins, takes a worker slot every round and never
     // commits, keeping the third miner out. One miss is forgiven; two in a row drop it.
-    let mut w = World::new(4, 3, Params { max_miners_per_job: 2, ..params() });
-    let submitter = Keypair::from_seed(w.submitter.seed());
-    let mut spec = w.spec();
-    spec.diloco.workers_per_round = 2;
-    spec.diloco.rounds = 6;
-    w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(200_000) }).unwrap();
+    let mut w = capped_job(3, 6, 200_000);
     let job = 0;
     let keys: Vec<Keypair> = (0..3).map(|i| Keypair::from_seed(w.miners[i].seed())).collect();
     w.send(&keys[0], TxKind::JoinJob { job: JobId(job) }).unwrap();
@@ -768,11 +775,7 @@ fn a_round_in_which_no_checker_sent_a_verdict_slashes_nobody_for_silence() {
 fn at_the_record_bound_a_dropped_miners_record_makes_room_and_a_cheaters_does_not() {
     // Squatters cycling identities through drops once filled a job's records for good: every
     // later joiner was refused `JobFull` though every place was free.
-    let mut w = World::new(4, 2, Params { max_miners_per_job: 2, ..params() });
-    let submitter = Keypair::from_seed(w.submitter.seed());
-    let mut spec = w.spec();
-    spec.diloco.workers_per_round = 2;
-    w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(30_000) }).unwrap();
+    let mut w = capped_job(2, 3, 30_000);
     let bound = 2 * trellis_contracts::rounds::MINER_RECORDS_PER_PLACE;
     let fill = |w: &mut World, missed_commits: u8| {
         let mut job = w.job(0);

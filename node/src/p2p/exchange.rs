@@ -1240,10 +1240,7 @@ mod silent_liars {
                 }
                 BlobRequest::Chunk { index: 0, .. } => BlobResponse::Chunk(self.first_chunk()),
                 BlobRequest::Chunk { .. } => {
-                    let start = Instant::now();
-                    while !self.released.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    hold_until(&self.released);
                     BlobResponse::NotFound
                 }
             }
@@ -1271,13 +1268,18 @@ mod silent_liars {
                     BlobResponse::Manifest { size: self.manifest.0, chunks: self.manifest.1.clone() }
                 }
                 BlobRequest::Chunk { .. } => {
-                    let start = Instant::now();
-                    while !self.released.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    hold_until(&self.released);
                     BlobResponse::NotFound
                 }
             }
+        }
+    }
+
+    /// Holds an answer until `released` (two minutes at most): a peer that stays silent.
+    fn hold_until(released: &AtomicBool) {
+        let start = Instant::now();
+        while !released.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
