@@ -51,6 +51,50 @@ fn window_for(params: &crate::Params, model: &trellis_proto::ModelConfig, worker
     params.aggregate_blocks.saturating_add(work / AGGREGATE_PARAMETERS_PER_BLOCK).min(MAX_AGGREGATE_WINDOW)
 }
 
+/// Parameters, per segment a checker checks, for each block its verification window grows by:
+/// a check fetches a start checkpoint and the miner's Δ (compact checkpoints and an f32 Δ, at most
+/// 24 bytes a parameter); the reference validator, on 50 Mbit/s at two blocks a second, receives
+/// 3.1 MB a block: 2¹⁷ parameters' worth.
+pub const VERIFY_PARAMETERS_PER_BLOCK: u64 = 1 << 17;
+/// Parameter-tokens (parameters × tokens trained) a checker replays per block: the reference
+/// validator (two CPU cores in the reproducible AVX2 mode, about 10¹⁰ a second on `micro`,
+/// docs/benchmarks.md) at two blocks a second, rounded down.
+pub const REPLAY_PARAMETER_TOKENS_PER_BLOCK: u64 = 1 << 32;
+/// The longest verification floor, in blocks, whatever the model (a submitter may ask for more).
+pub const MAX_VERIFY_FLOOR: u64 = 20_000;
+
+/// Blocks the checkers of a round have for their verdicts: the job's `verify_blocks`, but never
+/// less than what the reference validator needs for the heaviest load the sampling gave one
+/// checker (its segments × (fetching [`VERIFY_PARAMETERS_PER_BLOCK`] + replaying
+/// [`REPLAY_PARAMETER_TOKENS_PER_BLOCK`])), capped at [`MAX_VERIFY_FLOOR`]. Without the floor a
+/// submitter could set a window only the fastest checkers meet: one replay verdict in time
+/// switches on the slashing of every silent checker, so the slower ones would lose 1% a round to
+/// the job's choice (a review, 2026-12-03). A validator slower than the reference is on its own.
+/// A Groth16 check replays nothing (a proof verifies in milliseconds): only the fetch counts.
+/// After an escalation the load counted is that of the escalated segments alone.
+pub fn verify_window(spec: &JobSpec, round: &RoundState) -> u64 {
+    let checked =
+        round.assignments.iter().enumerate().filter(|(i, _)| {
+            !round.escalated || u32::try_from(*i).is_ok_and(|i| round.escalated_segments.contains(&i))
+        });
+    let mut load: BTreeMap<&Address, u64> = BTreeMap::new();
+    for checker in checked.flat_map(|(_, a)| a.checkers.iter()) {
+        *load.entry(checker).or_default() += 1;
+    }
+    let heaviest = load.values().copied().max().unwrap_or(0);
+    let parameters = trellis_protocol::model::parameter_count(&spec.model);
+    let replayed = match spec.verification.mode {
+        trellis_proto::VerificationMode::Groth16 { .. } => 0,
+        _ => {
+            let tokens = tokens_of(spec, spec.verification.checkpoint_interval.min(spec.diloco.inner_steps));
+            parameters.saturating_mul(tokens) / REPLAY_PARAMETER_TOKENS_PER_BLOCK
+        }
+    };
+    let per_segment = (parameters / VERIFY_PARAMETERS_PER_BLOCK).saturating_add(replayed);
+    let floor = heaviest.saturating_mul(per_segment).min(MAX_VERIFY_FLOOR);
+    u64::from(spec.verify_blocks).max(floor)
+}
+
 /// Tokens one miner trains in one round of H steps.
 /// Saturates instead of wrapping: a spec that passed validation is far below (`bounds`).
 pub fn expected_tokens(spec: &JobSpec) -> u64 {
@@ -148,7 +192,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
             round.assignments =
                 sample(&ctx.randomness, &job, &round, &validators, chain.params.checkers_per_segment as usize);
             round.phase = Phase::Verifying;
-            round.verify_end = ctx.height.after(u64::from(job.spec.verify_blocks));
+            round.verify_end = ctx.height.after(verify_window(&job.spec, &round));
             events.push(Event::SegmentsSampled {
                 job: job.id,
                 round: round.round,
@@ -385,7 +429,7 @@ fn tally<S: KvStore + ?Sized>(
             }
             round.escalated = true;
             round.escalated_segments = disputed.iter().map(|&i| i as u32).collect();
-            round.verify_end = ctx.height.after(u64::from(job.spec.verify_blocks));
+            round.verify_end = ctx.height.after(verify_window(&job.spec, &round));
             events.push(Event::Escalated {
                 job: job.id,
                 round: round.round,

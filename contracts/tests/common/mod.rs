@@ -305,10 +305,18 @@ impl World {
         }
     }
 
-    /// Moves past the end of verification so the round is tallied.
+    /// Moves past the end of verification, or to the block that tallied or escalated the round
+    /// if that came first (every verdict in; an escalation's fresh window may end before the
+    /// first would have, and a window lengthened to its floor may outlast the aggregation's).
     pub fn past_verify_end(&mut self, job: u64, round: u32) {
-        let end = self.round(job, round).verify_end;
-        self.advance_to(end + 1);
+        let before = self.round(job, round);
+        while self.height <= before.verify_end {
+            self.next_block();
+            let now = self.round(job, round);
+            if now.phase != Phase::Verifying || now.escalated != before.escalated {
+                return;
+            }
+        }
     }
 
     pub fn aggregate(&mut self, job: u64, round: u32) -> Result<Vec<Event>, TxError> {

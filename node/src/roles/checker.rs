@@ -160,8 +160,8 @@ pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
 /// The height by which a check's blobs from the miner must have arrived: the verification window's
 /// end less a quarter of the window (at least [`CUTOFF_MARGIN_BLOCKS`]), which leaves the replay
 /// and the verdict's inclusion their time.
-pub fn fetch_cutoff(verify_end: trellis_proto::Height, verify_blocks: u32) -> trellis_proto::Height {
-    verify_end.before((u64::from(verify_blocks) / 4).max(CUTOFF_MARGIN_BLOCKS))
+pub fn fetch_cutoff(verify_end: trellis_proto::Height, window: u64) -> trellis_proto::Height {
+    verify_end.before((window / 4).max(CUTOFF_MARGIN_BLOCKS))
 }
 
 /// The least a fetch cutoff leaves of a verification window.
@@ -395,8 +395,11 @@ async fn gather(
     let reproduced_by_replay = segment + 1 == frame.segments() && exact && zk.is_none();
     let final_not_needed = frame.delta_is_drift || reproduced_by_replay;
     // Everything the reveal already names is asked for at once: the trail, the Δ, θ_final.
-    let mut blobs =
-        MinersBlobs::new(context, (job.id, round.round), fetch_cutoff(round.verify_end, job.spec.verify_blocks));
+    let mut blobs = MinersBlobs::new(
+        context,
+        (job.id, round.round),
+        fetch_cutoff(round.verify_end, trellis_contracts::rounds::verify_window(&job.spec, round)),
+    );
     let trail_key = BlobKey::new(BlobKind::Trail, reveal.trail);
     let delta_key = BlobKey::new(BlobKind::Data, reveal.delta_hash);
     let final_key = BlobKey::new(BlobKind::Checkpoint, reveal.final_checkpoint);

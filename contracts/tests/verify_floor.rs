@@ -1,0 +1,118 @@
+//! The verification window's floor: a job cannot set a window that only the fastest checkers
+//! meet (one replay verdict in time switches on the slashing of every silent checker), because
+//! the chain lengthens a window to what the reference validator needs for its model and load.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use trellis_contracts::rounds::{verify_window, REPLAY_PARAMETER_TOKENS_PER_BLOCK, VERIFY_PARAMETERS_PER_BLOCK};
+use trellis_contracts::state::RoundState;
+use trellis_contracts::Event;
+use trellis_proto::*;
+
+/// The trainer's `small` preset (14,393,088 parameters).
+fn small() -> ModelConfig {
+    ModelConfig { vocab_size: 256, context_length: 256, width: 384, layers: 8, heads: 6 }
+}
+
+/// Segments the busiest checker of `round` was given.
+fn heaviest_load(round: &RoundState) -> u64 {
+    let mut load: BTreeMap<Address, u64> = BTreeMap::new();
+    for checker in round.assignments.iter().flat_map(|a| &a.checkers) {
+        *load.entry(*checker).or_default() += 1;
+    }
+    load.into_values().max().unwrap()
+}
+
+/// A `small` job asking for five blocks: the round's window is what the busiest checker needs
+/// (fetching and replaying each of its segments at the reference rate), and a checker that
+/// answers after the job's five blocks but within the floor counts; nobody is slashed.
+#[test]
+fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_needs() {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.model = small();
+    spec.diloco.sequence_length = 256;
+    spec.verify_blocks = 5;
+    let job = w.submit_spec_and_join(spec.clone(), 30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let round = w.round(job, 0);
+    let sampled_at = w.height;
+    let parameters = trellis_protocol::model::parameter_count(&spec.model);
+    let tokens = u64::from(spec.verification.checkpoint_interval * spec.diloco.batch_size * 256);
+    let per_segment =
+        parameters / VERIFY_PARAMETERS_PER_BLOCK + parameters * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
+    assert!(per_segment > 100, "a `small` segment needs a minute, not five blocks: {per_segment}");
+    let window = heaviest_load(&round) * per_segment;
+    assert_eq!(verify_window(&spec, &round), window);
+    assert_eq!(round.verify_end.0 - sampled_at.0, window, "the window starts at sampling and lasts the floor");
+
+    // Every checker answers well after the job's five blocks, before the floor's end.
+    w.advance_to(Height(sampled_at.0 + window / 2));
+    assert_eq!(w.round(job, 0).phase, trellis_contracts::state::Phase::Verifying);
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.past_verify_end(job, 0);
+    assert_eq!(w.round(job, 0).accepted.len(), 3, "late verdicts within the floor count");
+    assert!(w.events.iter().all(|e| !matches!(e, Event::Slashed { .. })), "nobody is slashed");
+}
+
+/// The floor follows the load and the model, lets a longer window stand, counts no replay for a
+/// Groth16 job and, after an escalation, only the escalated segments.
+#[test]
+fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.model = small();
+    spec.verify_blocks = 5;
+    let job = w.submit_spec_and_join(spec.clone(), 30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let round = w.round(job, 0);
+    let floor = verify_window(&spec, &round);
+
+    let mut generous = spec.clone();
+    generous.verify_blocks = u32::try_from(floor * 3).unwrap();
+    assert_eq!(verify_window(&generous, &round), floor * 3, "a longer window than the floor stands");
+
+    let mut tiny = spec.clone();
+    tiny.model = w.spec().model;
+    assert!(verify_window(&tiny, &round) < floor, "a smaller model needs less");
+
+    let mut doubled = round.clone();
+    let busiest = doubled.assignments[0].checkers[0];
+    let extra: Vec<_> = doubled.assignments.clone();
+    for mut assignment in extra {
+        assignment.checkers = vec![busiest];
+        doubled.assignments.push(assignment);
+    }
+    assert!(verify_window(&spec, &doubled) > floor, "more segments for one checker, a longer window");
+
+    let mut proved = spec.clone();
+    proved.verification.mode = VerificationMode::Groth16 {
+        model: "mlp:16x8x4,batch=4,lr=0.5".into(),
+        proving_key: Hash([1; 32]),
+        verifying_key: Hash([2; 32]),
+    };
+    let parameters = trellis_protocol::model::parameter_count(&spec.model);
+    assert_eq!(
+        verify_window(&proved, &round),
+        (heaviest_load(&round) * (parameters / VERIFY_PARAMETERS_PER_BLOCK)).max(5),
+        "a proof replays nothing: only the fetch counts"
+    );
+
+    let mut escalated = round.clone();
+    escalated.escalated = true;
+    escalated.escalated_segments = vec![0];
+    assert_eq!(
+        verify_window(&spec, &escalated),
+        verify_window(&spec, &RoundState { assignments: vec![round.assignments[0].clone()], ..round.clone() }),
+        "after an escalation only the escalated segments load the checkers"
+    );
+}
