@@ -743,16 +743,25 @@ impl Chain {
                 let index = job.miners.binary_search_by(|m| m.address.cmp(&miner)).unwrap_or_else(|at| at);
                 job.miners.insert(index, MinerEntry { address: miner, ejected: false, missed_commits: 0 });
                 write(kv, keys::job(id), &job);
-                // A miner joining an open round with a free slot trains in it; otherwise from
-                // the next round on. Its slot is the next free worker index. A round nobody could
-                // work in yet has been waiting for its first worker (`rounds::advance_deadlines`):
-                // its commit window starts now, so a job submitted before its miners were up (or
-                // before they had fetched its dataset and keys) loses no round to the wait.
+                // A miner joining an open round with a free slot and at least half its commit
+                // window ahead trains in it; otherwise from the next round on. Its slot is the
+                // next free worker index. A round nobody could work in yet has been waiting for
+                // its first worker (`rounds::advance_deadlines`): its commit window starts now, so
+                // a job submitted before its miners were up (or before they had fetched its
+                // dataset and keys) loses no round to the wait. A joiner given a slot with the
+                // window nearly over could not have committed, and its miss would count towards
+                // dropping it (a review, 2026-12-03).
                 let round_key = keys::round(id, job.current_round);
                 if let Some(mut round) = read::<RoundState>(kv, &round_key)? {
-                    if round.phase == Phase::Open && round.workers.len() < job.spec.diloco.workers_per_round as usize {
+                    let window = u64::from(job.spec.commit_blocks);
+                    let blocks_left = round.commit_deadline.0.saturating_sub(ctx.height.0).saturating_add(1);
+                    let in_time = round.workers.is_empty() || blocks_left.saturating_mul(2) >= window;
+                    if round.phase == Phase::Open
+                        && round.workers.len() < job.spec.diloco.workers_per_round as usize
+                        && in_time
+                    {
                         if round.workers.is_empty() {
-                            round.commit_deadline = ctx.height.after(u64::from(job.spec.commit_blocks));
+                            round.commit_deadline = ctx.height.after(window);
                         }
                         round.workers.push(miner);
                         write(kv, round_key, &round);

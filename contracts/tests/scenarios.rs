@@ -718,6 +718,41 @@ fn a_worker_that_commits_nothing_two_rounds_in_a_row_is_dropped_unslashed_and_it
     w.supply_holds();
 }
 
+/// A miner that joins with less than half of the open round's commit window left could not train
+/// in time: it is given no slot in that round (so no miss counts against it) and works from the
+/// next one; a joiner with half the window ahead is given its slot at once.
+#[test]
+fn a_miner_joining_late_in_a_commit_window_works_from_the_next_round_and_misses_nothing() {
+    let mut w = World::new(4, 3, params());
+    let submitter = Keypair::from_seed(w.submitter.seed());
+    let mut spec = w.spec();
+    spec.commit_blocks = 10;
+    w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(30_000) }).unwrap();
+    let job = 0;
+    let keys: Vec<Keypair> = (0..3).map(|i| Keypair::from_seed(w.miners[i].seed())).collect();
+    w.send(&keys[0], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    let deadline = w.round(job, 0).commit_deadline;
+    // Five blocks of ten left (heights deadline − 4 ..= deadline): half the window, in time.
+    w.advance_to(deadline.before(4));
+    w.send(&keys[1], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    w.next_block();
+    // Four left: too late for this round.
+    w.send(&keys[2], TxKind::JoinJob { job: JobId(job) }).unwrap();
+    let round = w.round(job, 0);
+    assert_eq!(round.workers, vec![keys[0].address(), keys[1].address()], "the late joiner has no slot");
+    w.commit(job, 0, 0).unwrap();
+    w.commit(job, 0, 1).unwrap();
+    w.past_commit_deadline(job, 0);
+    let late = keys[2].address();
+    let entry = w.job(job).miners.into_iter().find(|m| m.address == late).unwrap();
+    assert_eq!(entry.missed_commits, 0, "no miss for a round it could not work in");
+    w.verdicts(job, 0, |_, _, _| Some(VerdictOutcome::Valid));
+    w.next_block();
+    w.aggregate(job, 0).unwrap();
+    assert!(w.round(job, 1).workers.contains(&late), "it works from the next round on");
+    w.supply_holds();
+}
+
 #[test]
 fn a_round_in_which_no_checker_sent_a_verdict_slashes_nobody_for_silence() {
     // A submitter's trap: a verification window of one block, which no checker of a real model
