@@ -199,23 +199,56 @@ pub enum BlobError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// The process that writes the temporary file `name` (`HEX.tmp-PID-N`), or `None` when `name`
-/// is no temporary. A temporary of unreadable origin counts as its writer's (pid 0 never exits).
-fn temporary_writer(name: &str) -> Option<u32> {
-    let (_, rest) = name.split_once(".tmp-")?;
-    Some(rest.split('-').next().and_then(|pid| pid.parse().ok()).unwrap_or(0))
+/// Removes the temporary file at `path` if no writer holds it: every writer holds an exclusive
+/// `flock` on its temporary from creating it until it is moved into place or removed, and the
+/// kernel releases the lock when the writer exits however it exits. A process id in the name
+/// would not do: another PID namespace (a container sharing the store) has other numbers, and a
+/// node that is PID 1 sees its own number in its crash leftovers. The file is removed while
+/// the lock is held here, so a writer that locks it afterwards finds it unlinked
+/// ([`create_locked`]) and starts again under another name.
+fn remove_if_abandoned(path: &Path) {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(path) else { return };
+    if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
-/// Whether process `pid` still runs (or runs as another user: then it may still be writing).
-fn process_runs(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    if pid == 0 {
-        return true;
-    }
-    // SAFETY: signal 0 sends nothing; it only asks whether `pid` could be signalled.
+/// `flock(2)` on `file` (std's `File::lock` needs a newer Rust than the workspace's 1.85).
+fn flock(file: &std::fs::File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; flock touches no memory.
     #[allow(unsafe_code)]
-    let answer = unsafe { libc::kill(pid, 0) };
-    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let answer = unsafe { libc::flock(file.as_raw_fd(), operation) };
+    if answer == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Creates a temporary file beside `path` (see [`BlobStore::temporary`]) and locks it for as
+/// long as the returned file is open. A store opening between the creation and the lock may
+/// take the file for abandoned and remove it: then this tries another name.
+fn create_locked(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let temporary = BlobStore::temporary(path);
+        let file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&temporary) {
+            Ok(file) => file,
+            // Another PID namespace's writer may have the same process id and counter.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => continue,
+            Err(error) => return Err(error),
+        };
+        flock(&file, libc::LOCK_EX)?;
+        if file.metadata()?.nlink() > 0 {
+            return Ok((temporary, file));
+        }
+        if attempts >= 8 {
+            return Err(std::io::Error::other("temporary files keep being removed by another process"));
+        }
+    }
 }
 
 /// Blobs as files under one directory: `KIND/HEX`; beside each, `chunks/KIND/HEX`, the hashes
@@ -231,8 +264,9 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens (creating) the store at `root`, removing the temporary files a crashed process left
     /// (a write cut short by a kill never completes, and nothing else would delete it). A
-    /// temporary whose writer still runs is left alone: a node and a `job submit` pointed at its
-    /// home share the store, and each opens it while the other may be writing.
+    /// temporary whose writer still runs (it holds its lock: [`remove_if_abandoned`]) is left
+    /// alone: a node and a `job submit` pointed at its home share the store, and each opens it
+    /// while the other may be writing.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         for kind in BlobKind::ALL {
             for dir in [root.join(kind.name()), root.join("chunks").join(kind.name())] {
@@ -240,8 +274,8 @@ impl BlobStore {
                 let entries = std::fs::read_dir(&dir).map_err(|source| BlobError::Io { path: dir.clone(), source })?;
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if temporary_writer(&name).is_some_and(|pid| !process_runs(pid)) {
-                        let _ = std::fs::remove_file(entry.path());
+                    if name.contains(".tmp-") {
+                        remove_if_abandoned(&entry.path());
                     }
                 }
             }
@@ -269,8 +303,9 @@ impl BlobStore {
         self.root.join("chunks").join(key.kind.name()).join(key.hash.to_hex())
     }
 
-    /// A temporary path beside `path`, named `HEX.tmp-PID-N`, that no other writer uses: tasks of this process may store
-    /// the same blob at once.
+    /// A temporary path beside `path`, named `HEX.tmp-PID-N`, that no other writer of this process
+    /// uses: its tasks may store the same blob at once. Writers create it exclusively
+    /// ([`create_locked`]): a process in another PID namespace may use the same name.
     fn temporary(path: &Path) -> PathBuf {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -324,9 +359,7 @@ impl BlobStore {
     /// Starts writing the blob `key`: see [`BlobWriter`].
     pub fn writer(&self, key: BlobKey) -> Result<BlobWriter, BlobError> {
         let path = self.path(&key);
-        let temporary = Self::temporary(&path);
-        let file =
-            std::fs::File::create(&temporary).map_err(|source| BlobError::Io { path: temporary.clone(), source })?;
+        let (temporary, file) = create_locked(&path).map_err(|source| BlobError::Io { path: path.clone(), source })?;
         Ok(BlobWriter {
             store: self.clone(),
             key,
@@ -389,11 +422,17 @@ impl BlobStore {
 
     fn write_chunk_hashes(&self, key: &BlobKey, hashes: &[Hash]) -> Result<(), BlobError> {
         let path = self.chunks_path(key);
-        let temporary = Self::temporary(&path);
+        let (temporary, mut file) =
+            create_locked(&path).map_err(|source| BlobError::Io { path: path.clone(), source })?;
         let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
         let io = |source| BlobError::Io { path: temporary.clone(), source };
-        std::fs::write(&temporary, bytes).map_err(io)?;
-        std::fs::rename(&temporary, &path).map_err(io)
+        let written = file.write_all(&bytes).and_then(|()| std::fs::rename(&temporary, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        // The lock goes with the file, after the rename: until then the temporary is in use.
+        drop(file);
+        written.map_err(io)
     }
 
     /// Stores opaque bytes and returns their key.
@@ -530,7 +569,6 @@ impl BlobWriter {
             return Err(BlobError::Mismatch(self.key));
         }
         file.sync_all().map_err(io)?;
-        drop(file);
         let (size, hashes) = std::mem::take(&mut self.chunks).finish();
         self.store.write_chunk_hashes(&self.key, &hashes)?;
         let path = self.store.path(&self.key);
@@ -539,6 +577,8 @@ impl BlobWriter {
                 return Err(BlobError::Io { path, source });
             }
         }
+        // Held (and locked) until the temporary is in place: see `remove_if_abandoned`.
+        drop(file);
         Ok(size)
     }
 }
@@ -670,25 +710,49 @@ mod tests {
         let store = BlobStore::open(&dir).unwrap();
         let key = BlobKey::new(BlobKind::Data, data_hash(b"kept"));
         store.put(&key, b"kept").unwrap();
-        // A write of another (dead) process cut short, and one of this process still at work.
+        // Writes cut short by a crash: nobody holds them, whatever process id their names carry
+        // (this very process's; 1, what a node in a container often is).
         let dead = dir.join("data").join(format!("{}.tmp-4294967295-7", Hash([3; 32]).to_hex()));
-        let live = BlobStore::temporary(&dir.join("data").join(Hash([4; 32]).to_hex()));
-        std::fs::write(&dead, b"half a blob").unwrap();
-        std::fs::write(&live, b"being written").unwrap();
-        // Another process writing into the same store (a `job submit` beside its node): its
-        // temporary is removed only once it has exited.
-        let mut neighbour = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let neighbours = dir.join("shard").join(format!("{}.tmp-{}-0", Hash([5; 32]).to_hex(), neighbour.id()));
+        let ours = BlobStore::temporary(&dir.join("data").join(Hash([4; 32]).to_hex()));
+        let init = dir.join("checkpoint").join(format!("{}.tmp-1-0", Hash([6; 32]).to_hex()));
+        for leftover in [&dead, &ours, &init] {
+            std::fs::write(leftover, b"half a blob").unwrap();
+        }
+        // A write of this process still at work, and one of another process writing into the
+        // same store (a `job submit` beside its node, perhaps in another PID namespace): each
+        // holds its lock, and its temporary stays until it has finished or exited.
+        let mut live = store.writer(BlobKey::new(BlobKind::Data, data_hash(b"being written"))).unwrap();
+        live.write(b"being").unwrap();
+        let neighbours = dir.join("shard").join(format!("{}.tmp-4294967295-0", Hash([5; 32]).to_hex()));
         std::fs::write(&neighbours, b"another writer").unwrap();
+        // flock(1) holds the lock while `cat` runs, and `cat` runs until its input closes.
+        let mut neighbour = std::process::Command::new("flock")
+            .arg(&neighbours)
+            .arg("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let locked = std::time::Instant::now();
+        while flock(&std::fs::File::open(&neighbours).unwrap(), libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+            assert!(locked.elapsed() < std::time::Duration::from_secs(10), "flock(1) never took its lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let reopened = BlobStore::open(&dir).unwrap();
-        assert!(!dead.exists(), "a dead process's temporary stays");
-        assert!(live.exists(), "a live writer's temporary was removed");
+        for leftover in [&dead, &ours, &init] {
+            assert!(!leftover.exists(), "an abandoned temporary stays: {}", leftover.display());
+        }
+        assert_eq!(leftovers(&dir).len(), 2, "a live writer's temporary was removed: {:?}", leftovers(&dir));
         assert!(neighbours.exists(), "a running neighbour's temporary was removed");
         assert_eq!(reopened.get(&key).unwrap(), b"kept");
-        neighbour.kill().unwrap();
+        live.write(b" written").unwrap();
+        live.finish().unwrap();
+        assert_eq!(reopened.get(&BlobKey::new(BlobKind::Data, data_hash(b"being written"))).unwrap(), b"being written");
+        drop(neighbour.stdin.take());
         neighbour.wait().unwrap();
         BlobStore::open(&dir).unwrap();
         assert!(!neighbours.exists(), "an exited neighbour's temporary stays");
+        assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
