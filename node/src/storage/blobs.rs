@@ -468,18 +468,26 @@ impl BlobStore {
     }
 
     /// Deletes the blobs of every round of `job` before `keep_from` (rounds that are settled and
-    /// can no longer be verified), but those a later round also lists (a streaming miner's final
-    /// checkpoint, which its next round continues and serves again). Returns how many blobs were
+    /// can no longer be verified), but those another round still listed also lists: a later round
+    /// of the job (a streaming miner's final checkpoint, which its next round continues and serves
+    /// again) or any round of another job (two jobs from the same model share their θ₀ and
+    /// checkpoints; a miner may name another job's blob as its own). Returns how many blobs were
     /// removed.
     pub fn collect_settled(&self, job: JobId, keep_from: u32) -> usize {
-        let prefix = format!("{}-", job.0);
-        let later: std::collections::HashSet<BlobKey> = std::fs::read_dir(self.root.join("rounds"))
+        let listed: Vec<(JobId, u32)> = std::fs::read_dir(self.root.join("rounds"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.strip_prefix(&prefix)?.parse::<u32>().ok())
-            .filter(|round| *round >= keep_from)
-            .flat_map(|round| self.round_keys(job, round))
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let (listed_job, round) = name.to_str()?.split_once('-')?;
+                Some((JobId(listed_job.parse().ok()?), round.parse().ok()?))
+            })
+            .collect();
+        let kept: std::collections::HashSet<BlobKey> = listed
+            .iter()
+            .filter(|(listed_job, round)| *listed_job != job || *round >= keep_from)
+            .flat_map(|(listed_job, round)| self.round_keys(*listed_job, *round))
             .collect();
         let mut removed = 0;
         for round in 0..keep_from {
@@ -488,7 +496,7 @@ impl BlobStore {
                 continue;
             }
             for key in self.round_keys(job, round) {
-                if later.contains(&key) {
+                if kept.contains(&key) {
                     continue;
                 }
                 let _ = std::fs::remove_file(self.chunks_path(&key));
@@ -835,12 +843,27 @@ mod tests {
         let only_old = store.put_data(b"round zero only").unwrap();
         store.tag_round(JobId(4), 0, &[carried, only_old]).unwrap();
         store.tag_round(JobId(4), 1, &[carried]).unwrap();
-        // Another job's later round does not keep this job's blob.
-        store.tag_round(JobId(40), 7, &[only_old]).unwrap();
         assert_eq!(store.collect_settled(JobId(4), 1), 1);
         assert!(store.contains(&carried) && !store.contains(&only_old));
         assert_eq!(store.collect_settled(JobId(4), 2), 1, "gone once its last round goes");
         assert!(!store.contains(&carried));
+    }
+
+    #[test]
+    fn a_blob_another_jobs_round_lists_outlives_this_jobs_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let shared = store.put_data(b"a checkpoint both jobs hold").unwrap();
+        let ours = store.put_data(b"job 4's alone").unwrap();
+        store.tag_round(JobId(4), 0, &[shared, ours]).unwrap();
+        store.tag_round(JobId(40), 7, &[shared]).unwrap();
+        assert_eq!(store.collect_settled(JobId(4), 1), 1, "job 40's round still needs the shared blob");
+        assert!(store.contains(&shared) && !store.contains(&ours));
+        // Job 40's collection reads its own lists only (not job 4's, whose name it prefixes).
+        assert_eq!(store.collect_settled(JobId(40), 7), 0, "round 7 is kept");
+        assert!(store.contains(&shared));
+        assert_eq!(store.collect_settled(JobId(40), 8), 1, "gone once the last round listing it goes");
+        assert!(!store.contains(&shared));
     }
 
     #[test]
