@@ -378,7 +378,7 @@ impl Chain {
     ) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
         let mut backing = std::collections::BTreeSet::new();
         for job in self.active_jobs(kv)? {
-            let Some(round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else { continue };
+            let Some(round) = RoundState::load_record(kv, job.id, job.current_round)? else { continue };
             if matches!(round.phase, Phase::Settled | Phase::Lapsed) {
                 continue;
             }
@@ -673,7 +673,7 @@ impl Chain {
         let round = rounds::new_round(&job, 0, ctx.height, &ctx.randomness);
         let mut events = vec![Event::JobSubmitted { job: job.id, submitter, escrow }];
         events.push(Event::RoundOpened { job: job.id, round: 0, commit_deadline: round.commit_deadline });
-        write(kv, keys::round(job.id, 0), &round);
+        round.store(kv);
         write(kv, keys::job(job.id), &job);
         kv.put(keys::active(job.id), Vec::new());
         Ok(events)
@@ -695,7 +695,7 @@ impl Chain {
         if round != job.current_round {
             return Err(TxError::WrongRound { job: job.id, current: job.current_round, got: round });
         }
-        read(kv, &keys::round(job.id, round))?.ok_or(TxError::WrongRound {
+        RoundState::load_record(kv, job.id, round)?.ok_or(TxError::WrongRound {
             job: job.id,
             current: job.current_round,
             got: round,
@@ -751,8 +751,7 @@ impl Chain {
                 // dataset and keys) loses no round to the wait. A joiner given a slot with the
                 // window nearly over could not have committed, and its miss would count towards
                 // dropping it (a review, 2026-12-03).
-                let round_key = keys::round(id, job.current_round);
-                if let Some(mut round) = read::<RoundState>(kv, &round_key)? {
+                if let Some(mut round) = RoundState::load_record(kv, id, job.current_round)? {
                     let window = u64::from(job.spec.commit_blocks);
                     let blocks_left = round.commit_deadline.0.saturating_sub(ctx.height.0).saturating_add(1);
                     let in_time = round.workers.is_empty() || blocks_left.saturating_mul(2) >= window;
@@ -764,7 +763,7 @@ impl Chain {
                             round.commit_deadline = ctx.height.after(window);
                         }
                         round.workers.push(miner);
-                        write(kv, round_key, &round);
+                        round.store(kv);
                     }
                 }
                 Ok(Event::JobJoined { job: id, miner })
@@ -809,7 +808,7 @@ impl Chain {
             reveal: None,
             since: round.round,
         });
-        write(kv, keys::round(job.id, round.round), &round);
+        round.store(kv);
         Ok(Event::WorkCommitted { job: job.id, round: round.round, miner })
     }
 
@@ -885,7 +884,7 @@ impl Chain {
             }
         }
         commit.reveal = Some(reveal.clone());
-        write(kv, keys::round(job.id, round.round), &round);
+        round.store(kv);
         Ok(Event::WorkRevealed { job: job.id, round: round.round, miner })
     }
 
@@ -897,7 +896,7 @@ impl Chain {
         ctx: &BlockCtx,
     ) -> Result<Event, TxError> {
         let job = self.load_active_job(kv, verdict.job)?;
-        let mut round = self.load_round(kv, &job, verdict.round)?;
+        let round = self.load_round(kv, &job, verdict.round)?;
         if round.phase != Phase::Verifying {
             return Err(TxError::WrongPhase {
                 job: job.id,
@@ -922,7 +921,7 @@ impl Chain {
         if round.escalated && !round.escalated_segments.contains(&(index as u32)) {
             return Err(TxError::SegmentDecided { miner, segment });
         }
-        if round.verdicts.iter().any(|v| v.checker == checker && v.miner == miner && v.segment == segment) {
+        if round.has_verdict(kv, &miner, segment, &checker) {
             return Err(TxError::DuplicateVerdict { checker, miner, segment });
         }
         if let VerdictOutcome::Invalid(evidence) = &verdict.outcome {
@@ -933,8 +932,7 @@ impl Chain {
                     .map_err(|e| TxError::UnfoundedEvidence(e.to_string()))?;
             }
         }
-        round.verdicts.push(VerdictRecord { checker, miner, segment, outcome: verdict.outcome.clone() });
-        write(kv, keys::round(job.id, round.round), &round);
+        round.add_verdict(kv, &VerdictRecord { checker, miner, segment, outcome: verdict.outcome.clone() });
         Ok(Event::VerdictRecorded { job: job.id, round: round.round, checker, miner, segment })
     }
 
@@ -979,7 +977,7 @@ impl Chain {
             return Err(TxError::NotSubmitter { job: id, submitter: job.submitter });
         }
         job.cancel_requested = true;
-        let round: RoundState = read(kv, &keys::round(id, job.current_round))?.ok_or(TxError::WrongRound {
+        let round = RoundState::load_record(kv, id, job.current_round)?.ok_or(TxError::WrongRound {
             job: id,
             current: job.current_round,
             got: job.current_round,

@@ -12,8 +12,7 @@ use crate::exec::{BlockCtx, Chain, Event, SlashReason};
 use crate::kv::KvStore;
 use crate::params::fraction;
 use crate::state::{
-    keys, read, write, AcceptedState, Assignment, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary,
-    ValidatorSet,
+    keys, write, AcceptedState, Assignment, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary, ValidatorSet,
 };
 
 /// Blocks a settled or lapsed round keeps its full record (for clients and the devnet's table)
@@ -165,7 +164,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     ctx: &BlockCtx,
     events: &mut Vec<Event>,
 ) -> Result<(), TxError> {
-    let Some(mut round) = read::<RoundState>(kv, &keys::round(job.id, job.current_round))? else {
+    let Some(mut round) = RoundState::load(kv, job.id, job.current_round)? else {
         return Ok(());
     };
     match round.phase {
@@ -185,7 +184,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
                 round: round.round,
                 reveal_deadline: round.reveal_deadline,
             });
-            write(kv, keys::round(job.id, round.round), &round);
+            round.store(kv);
         }
         Phase::Revealing if ctx.height > round.reveal_deadline || round.commits.iter().all(|c| c.reveal.is_some()) => {
             let validators = chain.validator_set(kv)?;
@@ -198,7 +197,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
                 round: round.round,
                 assignments: round.assignments.len(),
             });
-            write(kv, keys::round(job.id, round.round), &round);
+            round.store(kv);
         }
         Phase::Verifying if ctx.height > round.verify_end || all_verdicts_in(&round) => {
             tally(chain, kv, job, round, ctx, events)?
@@ -206,7 +205,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
         Phase::AwaitingAggregate if ctx.height > round.aggregate_deadline => {
             round.phase = Phase::Lapsed;
             events.push(Event::RoundLapsed { job: job.id, round: round.round });
-            write(kv, keys::round(job.id, round.round), &round);
+            round.store(kv);
             events.extend(next_round_or_end(chain, kv, job, ctx)?);
         }
         _ => {}
@@ -263,13 +262,14 @@ fn all_workers_committed(job: &Job, round: &RoundState) -> bool {
         && round.workers.iter().all(|w| round.commits.iter().any(|c| &c.miner == w))
 }
 
+/// A checker and what its verdict found (`None`: no finding, an abstention).
+type CheckerFinding = (Address, Option<Finding>);
+
 /// Every assigned checker has sent its verdict: tallying need not wait for the window's end.
 fn all_verdicts_in(round: &RoundState) -> bool {
-    round.assignments.iter().all(|a| {
-        a.checkers.iter().all(|checker| {
-            round.verdicts.iter().any(|v| &v.checker == checker && v.miner == a.miner && v.segment == a.segment)
-        })
-    })
+    let sent: BTreeSet<(&Address, u32, &Address)> =
+        round.verdicts.iter().map(|v| (&v.miner, v.segment, &v.checker)).collect();
+    round.assignments.iter().all(|a| a.checkers.iter().all(|checker| sent.contains(&(&a.miner, a.segment, checker))))
 }
 
 /// For each miner that revealed its work, `segments_per_miner` distinct segments (all, if the
@@ -391,12 +391,18 @@ fn tally<S: KvStore + ?Sized>(
 ) -> Result<(), TxError> {
     let validators = chain.validator_set(kv)?;
     let power = |a: &Address| validators.validators.iter().find(|v| &v.address == a).map_or(1, |v| v.power.max(1));
-    let verdicts_for = |a: &Assignment| -> Vec<(Address, Option<Finding>)> {
-        round
-            .verdicts
-            .iter()
-            .filter(|v| v.miner == a.miner && v.segment == a.segment && a.checkers.contains(&v.checker))
-            .map(|v| (v.checker, Finding::of(&v.outcome)))
+    // Verdicts by segment, gathered once: a round may hold thousands of both.
+    let mut by_segment: BTreeMap<(Address, u32), Vec<CheckerFinding>> = BTreeMap::new();
+    for v in &round.verdicts {
+        by_segment.entry((v.miner, v.segment)).or_default().push((v.checker, Finding::of(&v.outcome)));
+    }
+    let verdicts_for = |a: &Assignment| -> Vec<CheckerFinding> {
+        by_segment
+            .get(&(a.miner, a.segment))
+            .into_iter()
+            .flatten()
+            .filter(|(checker, _)| a.checkers.contains(checker))
+            .copied()
             .collect()
     };
 
@@ -436,7 +442,7 @@ fn tally<S: KvStore + ?Sized>(
                 segments: disputed.len(),
                 verify_end: round.verify_end,
             });
-            write(kv, keys::round(job.id, round.round), &round);
+            round.store(kv);
             return Ok(());
         }
     }
@@ -472,7 +478,7 @@ fn tally<S: KvStore + ?Sized>(
     // The job itself cannot be checked: void it. Nobody is paid or slashed for the round.
     if miner_findings.values().any(|f| f.contains(&Some(Finding::JobFault))) {
         round.phase = Phase::Settled;
-        write(kv, keys::round(job.id, round.round), &round);
+        round.store(kv);
         events.push(Event::RoundTallied {
             job: job.id,
             round: round.round,
@@ -591,12 +597,12 @@ fn tally<S: KvStore + ?Sized>(
     if round.accepted.is_empty() {
         // Nothing to aggregate: the model stays, nobody is paid.
         round.phase = Phase::Settled;
-        write(kv, keys::round(job.id, round.round), &round);
+        round.store(kv);
         events.extend(next_round_or_end(chain, kv, job, ctx)?);
     } else {
         round.phase = Phase::AwaitingAggregate;
         round.aggregate_deadline = ctx.height.after(aggregate_window(&chain.params, &job.spec));
-        write(kv, keys::round(job.id, round.round), &round);
+        round.store(kv);
         write(kv, keys::job(job.id), &job);
     }
     Ok(())
@@ -663,7 +669,7 @@ pub(crate) fn settle<S: KvStore + ?Sized>(
     }
     job.rounds_settled = job.rounds_settled.saturating_add(1);
     round.phase = Phase::Settled;
-    write(kv, keys::round(job.id, round.round), &round);
+    round.store(kv);
     events.extend(next_round_or_end(chain, kv, job, ctx)?);
     Ok(events)
 }
@@ -685,7 +691,7 @@ fn next_round_or_end<S: KvStore + ?Sized>(
     job.current_round += 1;
     let round = new_round(&job, job.current_round, ctx.height, &ctx.randomness);
     let event = Event::RoundOpened { job: job.id, round: round.round, commit_deadline: round.commit_deadline };
-    write(kv, keys::round(job.id, round.round), &round);
+    round.store(kv);
     write(kv, keys::job(job.id), &job);
     Ok(vec![event])
 }
@@ -732,9 +738,9 @@ pub(crate) fn prune_due<S: KvStore + ?Sized>(kv: &mut S, height: Height) -> Resu
         if due > height {
             break;
         }
-        if let Some(state) = read::<RoundState>(kv, &keys::round(job, round))? {
+        if let Some(state) = RoundState::load(kv, job, round)? {
             write(kv, keys::summary(job, round), &RoundSummary::of(&state));
-            kv.delete(&keys::round(job, round));
+            RoundState::delete(kv, job, round);
         }
         kv.delete(&key);
     }

@@ -313,6 +313,10 @@ pub struct RoundState {
     pub workers: Vec<Address>,
     pub commits: Vec<Commit>,
     pub assignments: Vec<Assignment>,
+    /// The verdicts sent so far, ordered by (miner, segment, checker). Each is stored under its
+    /// own key ([`keys::verdict`]) and the round's record holds none ([`RoundState::store`]):
+    /// a verdict costs one small write, not a rewrite of its round (which was quadratic in the
+    /// largest rounds). [`RoundState::load`] fills them in.
     pub verdicts: Vec<VerdictRecord>,
     /// Miners whose work was accepted, in address order (set at tally).
     pub accepted: Vec<Address>,
@@ -366,6 +370,53 @@ impl Decode for RoundState {
             matched_checkers: decode_seq(reader, "matched checkers", MAX_RECORD_LIST, 20)?,
             escalated_segments: decode_seq(reader, "escalated segments", MAX_RECORD_LIST, 4)?,
         })
+    }
+}
+
+impl RoundState {
+    /// Round `round` of `job` with its verdicts, or `None` if there is no such round (or it was
+    /// pruned to its summary).
+    pub fn load(kv: &(impl KvStore + ?Sized), job: JobId, round: u32) -> Result<Option<Self>, CorruptState> {
+        let Some(mut state) = Self::load_record(kv, job, round)? else { return Ok(None) };
+        state.verdicts = kv
+            .scan_prefix(&keys::verdicts_of_round(job, round))
+            .into_iter()
+            .map(|(key, bytes)| decode_record(&key, &bytes))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(state))
+    }
+
+    /// The round's record without its verdicts (for a verdict's checks, which need the
+    /// assignments but not the other verdicts: [`RoundState::has_verdict`]).
+    pub fn load_record(kv: &(impl KvStore + ?Sized), job: JobId, round: u32) -> Result<Option<Self>, CorruptState> {
+        read(kv, &keys::round(job, round))
+    }
+
+    /// Writes the round's record, leaving out its verdicts (stored under their own keys).
+    pub fn store(&self, kv: &mut (impl KvStore + ?Sized)) {
+        if self.verdicts.is_empty() {
+            write(kv, keys::round(self.job, self.round), self);
+        } else {
+            write(kv, keys::round(self.job, self.round), &Self { verdicts: Vec::new(), ..self.clone() });
+        }
+    }
+
+    /// Whether `checker` has sent its verdict on `segment` of `miner`'s work in this round.
+    pub fn has_verdict(&self, kv: &(impl KvStore + ?Sized), miner: &Address, segment: u32, checker: &Address) -> bool {
+        kv.get(&keys::verdict(self.job, self.round, miner, segment, checker)).is_some()
+    }
+
+    /// Records a verdict under its own key.
+    pub fn add_verdict(&self, kv: &mut (impl KvStore + ?Sized), verdict: &VerdictRecord) {
+        write(kv, keys::verdict(self.job, self.round, &verdict.miner, verdict.segment, &verdict.checker), verdict);
+    }
+
+    /// Deletes the round's record and its verdicts.
+    pub fn delete(kv: &mut (impl KvStore + ?Sized), job: JobId, round: u32) {
+        for (key, _) in kv.scan_prefix(&keys::verdicts_of_round(job, round)) {
+            kv.delete(&key);
+        }
+        kv.delete(&keys::round(job, round));
     }
 }
 
@@ -519,6 +570,8 @@ pub mod keys {
     pub const STAKE_PREFIX: &[u8] = b"stake/";
     pub const JOB_PREFIX: &[u8] = b"job/";
     pub const ROUND_PREFIX: &[u8] = b"round/";
+    /// `verdict/<job>/<round>/…`: verdicts, each under its own key ([`verdict`]).
+    pub const VERDICT_PREFIX: &[u8] = b"verdict/";
     /// `active/<job>`: present while the job is active, so per-block work visits active jobs
     /// only, however many have ended.
     pub const ACTIVE_PREFIX: &[u8] = b"active/";
@@ -550,6 +603,16 @@ pub mod keys {
 
     pub fn round(job: JobId, round: u32) -> Vec<u8> {
         [ROUND_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes()].concat()
+    }
+
+    /// `verdict/<job>/<round>/`: the verdicts of one round.
+    pub fn verdicts_of_round(job: JobId, round: u32) -> Vec<u8> {
+        [VERDICT_PREFIX, &job.0.to_be_bytes(), b"/", &round.to_be_bytes(), b"/"].concat()
+    }
+
+    /// `verdict/<job>/<round>/<miner><segment><checker>`: one checker's verdict on one segment.
+    pub fn verdict(job: JobId, round: u32, miner: &Address, segment: u32, checker: &Address) -> Vec<u8> {
+        [verdicts_of_round(job, round).as_slice(), &miner.0, &segment.to_be_bytes(), &checker.0].concat()
     }
 
     pub fn active(job: JobId) -> Vec<u8> {

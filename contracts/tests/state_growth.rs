@@ -42,10 +42,13 @@ fn settled_rounds_shrink_to_summaries_and_an_ended_job_leaves_no_per_block_work(
     let full = w.round(job, 2);
     assert_eq!(full.phase, Phase::Settled);
     assert_eq!(keys_under(&w.kv, keys::ROUND_PREFIX), 3);
+    assert_eq!(keys_under(&w.kv, keys::VERDICT_PREFIX), full.verdicts.len() * 3, "each verdict under its own key");
+    assert!(!full.verdicts.is_empty());
     // ...then only summaries are left.
     let height = w.height;
     w.advance_to(height + SETTLED_ROUND_RETENTION + 1);
     assert_eq!(keys_under(&w.kv, keys::ROUND_PREFIX), 0, "every round record was pruned");
+    assert_eq!(keys_under(&w.kv, keys::VERDICT_PREFIX), 0, "and every verdict with it");
     assert_eq!(keys_under(&w.kv, keys::PRUNE_PREFIX), 0, "the prune queue is drained");
     for round in 0..3 {
         let summary: RoundSummary = read(&w.kv, &keys::summary(JobId(job), round)).unwrap().unwrap();
@@ -74,10 +77,12 @@ fn a_round_that_is_still_running_is_never_pruned() {
     assert!(record.is_some(), "the current round {current} keeps its full record");
 }
 
-/// A store that counts the entries it hands out (gets and scanned entries).
+/// A store that counts the entries it hands out (gets and scanned entries) and the bytes
+/// written to it.
 struct Counting<'a> {
     inner: &'a mut MemoryKv,
     entries_read: Cell<usize>,
+    bytes_written: usize,
 }
 
 impl KvStore for Counting<'_> {
@@ -87,6 +92,7 @@ impl KvStore for Counting<'_> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.bytes_written += key.len() + value.len();
         self.inner.put(key, value);
     }
 
@@ -117,7 +123,7 @@ fn entries_read_per_block(ended: usize) -> usize {
     w.advance_to(height + SETTLED_ROUND_RETENTION + 1);
     assert_eq!(w.job(running).status, JobStatus::Active);
     let ctx = w.ctx();
-    let mut counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0) };
+    let mut counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0), bytes_written: 0 };
     w.chain.end_block(&mut counting, &ctx).unwrap();
     let mut next = ctx.clone();
     next.height += 1;
@@ -130,4 +136,55 @@ fn a_block_reads_as_much_state_with_a_thousand_ended_jobs_as_with_none() {
     let none = entries_read_per_block(0);
     let many = entries_read_per_block(1_000);
     assert_eq!(none, many, "begin- and end-block read {none} entries with no ended job, {many} with 1,000");
+}
+
+/// Bytes one verdict writes in a round where each of three miners has `segments` segments
+/// checked.
+fn bytes_a_verdict_writes(segments: u32) -> usize {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.diloco.inner_steps = 64;
+    spec.diloco.min_inner_steps = 64;
+    spec.verification.checkpoint_interval = 1;
+    spec.verification.segments_per_miner = segments;
+    let job = w.submit_spec_and_join(spec, 30_000);
+    for i in 0..3 {
+        let work = w.work_of_steps(job, 0, i, 64);
+        w.commit_work(i, &work).unwrap();
+    }
+    w.enter_reveals(job, 0);
+    for i in 0..3 {
+        let work = w.work_of_steps(job, 0, i, 64);
+        w.reveal_work(i, work).unwrap();
+    }
+    w.next_block();
+    let round = w.round(job, 0);
+    assert_eq!(round.assignments.len(), 3 * segments as usize);
+    let first = &round.assignments[0];
+    let checker = w.key_of(&first.checkers[0]).unwrap();
+    let verdict = Verdict {
+        job: JobId(job),
+        round: 0,
+        miner: first.miner,
+        segment: first.segment,
+        outcome: VerdictOutcome::Valid,
+    };
+    let tx = w.signed(&checker, TxKind::Verdict(verdict));
+    let ctx = w.ctx();
+    let mut counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0), bytes_written: 0 };
+    w.chain.apply_tx(&mut counting, &tx, &ctx).unwrap();
+    let written = counting.bytes_written;
+    assert_eq!(w.round(job, 0).verdicts.len(), 1, "the verdict is in the round's view");
+    written
+}
+
+/// A verdict writes its own small record: as many bytes in a round of 192 checked segments as
+/// in one of 3 (its round was decoded, extended and rewritten whole for every verdict before
+/// 2026-12-03, quadratic in the largest rounds).
+#[test]
+fn a_verdict_writes_as_much_in_a_large_round_as_in_a_small_one() {
+    let small = bytes_a_verdict_writes(1);
+    let large = bytes_a_verdict_writes(64);
+    assert_eq!(small, large, "a verdict wrote {small} bytes in a round of 3 segments, {large} in one of 192");
+    assert!(small < 1_024, "a verdict, its fee and its nonce: {small} bytes");
 }

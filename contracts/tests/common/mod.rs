@@ -104,7 +104,7 @@ impl World {
     }
 
     pub fn round(&self, job: u64, round: u32) -> RoundState {
-        read(&self.kv, &keys::round(JobId(job), round)).unwrap().unwrap()
+        RoundState::load(&self.kv, JobId(job), round).unwrap().unwrap()
     }
 
     pub fn signed(&self, who: &Keypair, kind: TxKind) -> SignedTx {

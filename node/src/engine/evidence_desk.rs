@@ -126,7 +126,7 @@ fn what_to_compare(
     let VerdictOutcome::Invalid(evidence) = &verdict.outcome else { return None };
     let view = ledger.store().pending_state();
     let job: Job = state::read(&view, &keys::job(verdict.job)).ok()??;
-    let round: RoundState = state::read(&view, &keys::round(verdict.job, verdict.round)).ok()??;
+    let round = RoundState::load_record(&view, verdict.job, verdict.round).ok()??;
     let reveal = round.commits.iter().find(|c| c.miner == verdict.miner)?.reveal.clone()?;
     let worker = u32::try_from(worker_index(&round, &verdict.miner)?).ok()?;
     let frame = TrailFrame::of(&job.spec, job.id, round.round, worker, reveal.final_checkpoint, reveal.steps);

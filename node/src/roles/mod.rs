@@ -297,7 +297,7 @@ impl RoleContext {
 
     pub fn round(&self, job: JobId, round: u32) -> Option<RoundState> {
         let view = self.shared.ledger.store().pending_state();
-        state::read(&view, &keys::round(job, round)).ok().flatten()
+        RoundState::load(&view, job, round).ok().flatten()
     }
 
     /// A job's dataset, fetched and checked against its root once per node.

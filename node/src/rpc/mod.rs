@@ -360,7 +360,7 @@ impl TrellisRpcServer for RpcState {
     fn round(&self, ext: &Extensions, id: u64, round: u32) -> RpcResult<RoundState> {
         self.admit(ext)?;
         let view = self.view();
-        let found = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(internal)?;
+        let found = RoundState::load(&view, JobId(id), round).map_err(internal)?;
         found.ok_or_else(|| match state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round)) {
             Ok(Some(_)) => error(
                 codes::NOT_FOUND,
@@ -375,7 +375,7 @@ impl TrellisRpcServer for RpcState {
     fn round_summary(&self, ext: &Extensions, id: u64, round: u32) -> RpcResult<RoundSummary> {
         self.admit(ext)?;
         let view = self.view();
-        if let Some(full) = state::read::<RoundState>(&view, &keys::round(JobId(id), round)).map_err(internal)? {
+        if let Some(full) = RoundState::load(&view, JobId(id), round).map_err(internal)? {
             return Ok(RoundSummary::of(&full));
         }
         state::read::<RoundSummary>(&view, &keys::summary(JobId(id), round))

@@ -327,8 +327,8 @@ pub fn active_rounds<S: trellis_contracts::KvStore + ?Sized>(kv: &S) -> Vec<(Job
     let mut out = Vec::new();
     for job in state::active_jobs(kv).expect("the simulated state is never corrupt") {
         // ok: written by contracts only
-        if let Some(round) = state::read::<RoundState>(kv, &keys::round(job.id, job.current_round))
-            .expect("the simulated state is never corrupt")
+        if let Some(round) =
+            RoundState::load(kv, job.id, job.current_round).expect("the simulated state is never corrupt")
         {
             out.push((job, round));
         }
@@ -348,7 +348,7 @@ pub fn expected_aggregate<S: trellis_contracts::KvStore + ?Sized>(
     job: JobId,
     round: u32,
 ) -> Option<Aggregate> {
-    let state: RoundState = state::read(kv, &keys::round(job, round)).ok()??;
+    let state = RoundState::load(kv, job, round).ok()??;
     if state.phase != Phase::AwaitingAggregate {
         return None;
     }
