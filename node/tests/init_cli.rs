@@ -26,6 +26,13 @@ fn init_then_keys_show_and_clear_errors_for_mistakes() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
 
+    // Four ports from the base: one that would run past 65535 is refused, nothing written.
+    let high = dir.join("high");
+    let past = trellis(&["init", "--home", high.to_str().unwrap(), "--base-port", "65533"]);
+    assert!(!past.status.success());
+    assert!(String::from_utf8_lossy(&past.stderr).contains("65532"), "{}", String::from_utf8_lossy(&past.stderr));
+    assert!(!high.exists());
+
     let missing = trellis(&["keys", "show", "--home", dir.join("nowhere").to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("reading key file"));

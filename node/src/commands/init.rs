@@ -18,8 +18,8 @@ pub struct InitArgs {
     /// trellis-devnet), or with --genesis the file's (if given, it must agree).
     #[arg(long)]
     pub chain_id: Option<String>,
-    /// First of four ports: RPC, consensus, metrics, peer network.
-    #[arg(long, default_value_t = 26657)]
+    /// First of four ports: RPC, consensus, metrics, peer network (so at most 65532).
+    #[arg(long, default_value_t = 26657, value_parser = clap::value_parser!(u16).range(1..=65532))]
     pub base_port: u16,
     /// Join an existing chain with this genesis file instead of starting a new one.
     #[arg(long)]

@@ -174,7 +174,9 @@ fn timing(config: &NodeConfig) -> Timing {
         propose: Duration::from_millis(c.timeout_propose_ms),
         prevote: Duration::from_millis(c.timeout_prevote_ms),
         precommit: Duration::from_millis(c.timeout_precommit_ms),
-        rebroadcast: Duration::from_millis(c.timeout_propose_ms + c.timeout_prevote_ms + c.timeout_precommit_ms),
+        rebroadcast: Duration::from_millis(
+            c.timeout_propose_ms.saturating_add(c.timeout_prevote_ms).saturating_add(c.timeout_precommit_ms),
+        ),
         ..LinearTimeouts::default()
     };
     Timing { block_time: Duration::from_millis(c.block_time_ms), timeouts }
@@ -298,6 +300,8 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             _ => None,
         })
         .unwrap_or(0);
+    let validator_peers = crate::p2p::swarm::ValidatorPeers::default();
+    validator_peers.set(ledger.validator_keys());
     let peer_network = crate::p2p::swarm::start(
         crate::p2p::swarm::SwarmConfig {
             seed: key.seed(),
@@ -311,6 +315,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
             },
             max_peers: config.p2p.max_peers,
             request_timeout: crate::p2p::swarm::REQUEST_TIMEOUT,
+            validator_peers: validator_peers.clone(),
         },
         store,
         responder,
@@ -341,6 +346,7 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         );
     }
     supervisor.spawn("gossip checks", crate::p2p::gossip::receive(gossiped, gossip_handle, shared.clone()));
+    supervisor.spawn("validator peers", refresh_validator_peers(shared.clone(), validator_peers));
     let rpc_listen =
         config.rpc.listen.parse().with_context(|| format!("rpc.listen '{}' is not host:port", config.rpc.listen))?;
     let limits = RpcLimits {
@@ -448,4 +454,17 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
     engine.actor.stop(Some("node stopping".into()));
     let _ = rpc_handle.stop();
     failure.map_or(Ok(()), Err)
+}
+
+/// Keeps the peer network's view of the validator set (who comes first for consensus places)
+/// up to date: the set changes at epoch boundaries, so a look every few seconds is enough.
+async fn refresh_validator_peers(shared: Arc<Shared>, peers: crate::p2p::swarm::ValidatorPeers) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let ledger = shared.clone();
+        match tokio::task::spawn_blocking(move || ledger.ledger.validator_keys()).await {
+            Ok(keys) => peers.set(keys),
+            Err(error) => tracing::warn!(target: "node::peers", %error, "cannot read the validator set"),
+        }
+    }
 }

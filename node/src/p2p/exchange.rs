@@ -79,8 +79,11 @@ pub use trellis_proto::blobwire::{BlobRequest, BlobResponse};
 /// The blob protocol's codec: one length-prefixed frame per request and response.
 pub type BlobCodec = FrameCodec<BlobRequest, BlobResponse>;
 
+/// A blob request is a tag, a key and a chunk index: 38 bytes. Anything longer is no request.
+const MAX_REQUEST_FRAME: usize = 64;
+
 impl FrameMessage for BlobRequest {
-    const MAX_FRAME: usize = MAX_FRAME_BYTES;
+    const MAX_FRAME: usize = MAX_REQUEST_FRAME;
     fn to_frame(&self) -> Vec<u8> {
         self.to_bytes()
     }
@@ -739,6 +742,7 @@ pub async fn start_with(
         hello: Hello::client(),
         max_peers: 64,
         request_timeout: super::swarm::REQUEST_TIMEOUT,
+        validator_peers: Default::default(),
     };
     let network = super::swarm::start(config, store, responder, Arc::default()).await?;
     Ok((network.blobs, network.listen))
@@ -854,6 +858,16 @@ impl Responder for LyingResponder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_blob_request_fits_the_request_frame_and_nothing_larger_is_read() {
+        let key = BlobKey::new(crate::storage::blobs::BlobKind::Checkpoint, Hash([0xff; 32]));
+        for request in [BlobRequest::Manifest(key), BlobRequest::Chunk { key, index: u32::MAX }] {
+            let frame = request.to_frame();
+            assert!(frame.len() <= MAX_REQUEST_FRAME, "{} bytes", frame.len());
+            assert_eq!(BlobRequest::from_frame(&frame).unwrap(), request);
+        }
+    }
 
     /// A node serving `store` with `responder` on `port` (its key from `seed`), and a node with an
     /// empty store in `fetcher_dir` on `port + 1` that dials it: (server, fetcher).
@@ -1303,6 +1317,7 @@ mod silent_liars {
             hello: Hello::client(),
             max_peers: 64,
             request_timeout: PATIENCE,
+            validator_peers: Default::default(),
         };
         let responder = Arc::new(StoreResponder::new(store.clone()));
         let fetcher = crate::p2p::swarm::start(config, store, responder, Arc::default()).await.unwrap().blobs;

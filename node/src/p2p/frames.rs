@@ -14,7 +14,11 @@ fn bad_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::E
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
-/// Reads one frame of at most `max` bytes.
+/// Bytes of a frame's buffer allocated before they arrive: a peer that announces a large frame
+/// and sends nothing (on every stream it may open) holds this much of our memory, not its claim.
+const FRAME_BUFFER_AHEAD: usize = 64 * 1024;
+
+/// Reads one frame of at most `max` bytes, its buffer growing as the bytes arrive.
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut length = [0u8; 4];
     io.read_exact(&mut length).await?;
@@ -22,8 +26,14 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
     if length > max {
         return Err(bad_data(format!("frame of {length} bytes is over the limit of {max}")));
     }
-    let mut buffer = vec![0u8; length];
-    io.read_exact(&mut buffer).await?;
+    let mut buffer = Vec::with_capacity(length.min(FRAME_BUFFER_AHEAD));
+    io.take(length as u64).read_to_end(&mut buffer).await?;
+    if buffer.len() != length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame cut at {} of {length} bytes", buffer.len()),
+        ));
+    }
     Ok(buffer)
 }
 
@@ -98,5 +108,25 @@ impl<Q: FrameMessage, R: FrameMessage> request_response::Codec for FrameCodec<Q,
         response: R,
     ) -> io::Result<()> {
         write_frame(io, &response.to_frame()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(length: u32, body: &[u8]) -> futures::io::Cursor<Vec<u8>> {
+        futures::io::Cursor::new([length.to_le_bytes().as_slice(), body].concat())
+    }
+
+    #[tokio::test]
+    async fn frames_read_back_whole_and_a_short_or_oversized_one_is_refused() {
+        let body = vec![9u8; 200_000];
+        let read = read_frame(&mut framed(200_000, &body), 200_000).await.unwrap();
+        assert_eq!(read, body, "a frame larger than the buffer allocated ahead reads back whole");
+        let over = read_frame(&mut framed(200_001, &body), 200_000).await.unwrap_err();
+        assert_eq!(over.kind(), io::ErrorKind::InvalidData);
+        let cut = read_frame(&mut framed(150_000, &body[..1_000]), 200_000).await.unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
     }
 }

@@ -17,7 +17,8 @@
 //!   twice that are closed; at most [`MAX_PEERS_PER_IP`] inbound peers from one IP address
 //!   (loopback aside) and [`MAX_CONNECTIONS_PER_PEER`] connections from one peer; at most
 //!   [`MAX_CONSENSUS_PEERS`] consensus addresses are handed on at once: when all are taken, one
-//!   of a peer no longer connected is forgotten to make room ([`ConsensusPeer::Forgotten`]);
+//!   of a peer no longer connected is forgotten to make room ([`ConsensusPeer::Forgotten`]), and
+//!   a validator ([`ValidatorPeers`]) takes a non-validator's place even if it stays connected;
 //! - everything this swarm sends and receives is counted under [`METRICS_PREFIX`].
 
 use std::collections::{HashMap, HashSet};
@@ -98,6 +99,40 @@ pub struct SwarmConfig {
     pub max_peers: usize,
     /// How long a blob request waits for its answer ([`REQUEST_TIMEOUT`]; shorter in tests).
     pub request_timeout: Duration,
+    /// The validators' peer ids, kept up to date by the node: they come first for consensus
+    /// places ([`room_for_consensus_peer`]).
+    pub validator_peers: ValidatorPeers,
+}
+
+/// The peer ids of the validator set (a node's peer id is its chain key's ed25519 key), shared
+/// between the node, which refreshes it as the set changes, and the peer network.
+#[derive(Clone, Default)]
+pub struct ValidatorPeers(Arc<std::sync::RwLock<HashSet<PeerId>>>);
+
+impl ValidatorPeers {
+    /// Replaces the set with the peers of these validator keys (a key that is no ed25519 point is
+    /// left out: no peer can have it).
+    pub fn set(&self, keys: impl IntoIterator<Item = trellis_proto::PublicKey>) {
+        let peers: HashSet<PeerId> = keys.into_iter().filter_map(|key| peer_of(&key)).collect();
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = peers;
+    }
+
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(peer)
+    }
+}
+
+impl std::fmt::Debug for ValidatorPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.read().map_or(0, |peers| peers.len());
+        write!(f, "ValidatorPeers({count})")
+    }
+}
+
+/// The peer id of the node whose chain key is `key`.
+pub fn peer_of(key: &trellis_proto::PublicKey) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
 }
 
 /// A gossiped batch the node must check before gossipsub forwards it.
@@ -292,6 +327,7 @@ pub async fn start(
         remote: HashMap::new(),
         announced: HashMap::new(),
         gone_since: HashMap::new(),
+        validator_peers: config.validator_peers.clone(),
         blocked: HashSet::new(),
         metrics,
     };
@@ -368,6 +404,7 @@ struct Driver {
     announced: HashMap<PeerId, Multiaddr>,
     /// When each announced peer that is not connected now left.
     gone_since: HashMap<PeerId, Instant>,
+    validator_peers: ValidatorPeers,
     /// Peers blocked now (mirrors the bans in `scores`).
     blocked: HashSet<PeerId>,
     metrics: Arc<Metrics>,
@@ -576,21 +613,22 @@ impl Driver {
             return;
         }
         let Some(ip) = self.remote.get(&peer).and_then(ip_of) else { return };
-        let (swarm, gone_since) = (&self.swarm, &self.gone_since);
+        let (swarm, gone_since, validators) = (&self.swarm, &self.gone_since, &self.validator_peers);
         // A peer away for less than the grace (a restart, a dropped connection) keeps its place.
         let present =
             |p: &PeerId| swarm.is_connected(p) || gone_since.get(p).is_none_or(|left| left.elapsed() < CONSENSUS_GRACE);
-        match room_for_consensus_peer(&self.announced, present) {
+        match room_for_consensus_peer(&self.announced, present, |p| validators.contains(p), validators.contains(&peer))
+        {
             Room::Free => {}
             Room::Full => return,
-            Room::Evict(gone) => {
-                let Some(address) = self.announced.get(&gone).cloned() else { return };
+            Room::Evict(other) => {
+                let Some(address) = self.announced.get(&other).cloned() else { return };
                 if self.consensus.try_send(ConsensusPeer::Forgotten(address.clone())).is_err() {
                     return;
                 }
-                self.announced.remove(&gone);
-                self.gone_since.remove(&gone);
-                tracing::debug!(target: "node::peers", %address, "forgot a consensus peer no longer connected, to make room");
+                self.announced.remove(&other);
+                self.gone_since.remove(&other);
+                tracing::debug!(target: "node::peers", %address, "gave a consensus place up, to make room");
             }
         }
         let mut address = Multiaddr::from(ip);
@@ -671,22 +709,33 @@ pub enum ConsensusPeer {
 #[derive(Debug, PartialEq, Eq)]
 enum Room {
     Free,
-    /// Every place is taken, by peers still connected.
+    /// Every place is taken, and none is to be given up for this peer.
     Full,
-    /// Every place is taken; this peer is no longer connected and gives its place up.
+    /// Every place is taken; this peer gives its place up.
     Evict(PeerId),
 }
 
 /// Room for one more consensus peer beside `announced` ([`MAX_CONSENSUS_PEERS`] at once): a
 /// lifetime cap let strangers' greetings fill every place for good, so that validators joining
-/// later were never dialed; now a place held by a peer that has gone (`connected` is false: away
-/// for longer than [`CONSENSUS_GRACE`]) is given up, the one first in peer-id order (any choice
-/// will do: it has gone).
-fn room_for_consensus_peer(announced: &HashMap<PeerId, Multiaddr>, connected: impl Fn(&PeerId) -> bool) -> Room {
+/// later were never dialed. When every place is taken, a peer that has gone (`connected` is
+/// false: away for longer than [`CONSENSUS_GRACE`]) gives its place up, a non-validator first;
+/// and a validator (`is_validator`) greeting takes the place of a non-validator even if it is
+/// still connected: strangers that greet and stay connected cannot keep the validators apart
+/// (a review, 2026-12-03). Among equals, the first in peer-id order goes (any choice will do).
+fn room_for_consensus_peer(
+    announced: &HashMap<PeerId, Multiaddr>,
+    connected: impl Fn(&PeerId) -> bool,
+    is_validator: impl Fn(&PeerId) -> bool,
+    newcomer_is_validator: bool,
+) -> Room {
     if announced.len() < MAX_CONSENSUS_PEERS {
         return Room::Free;
     }
-    announced.keys().filter(|peer| !connected(peer)).min().map_or(Room::Full, |gone| Room::Evict(*gone))
+    let first = |keep: &dyn Fn(&PeerId) -> bool| announced.keys().filter(|peer| keep(peer)).min().copied();
+    let gone_stranger = first(&|p| !connected(p) && !is_validator(p));
+    let gone_validator = first(&|p| !connected(p) && is_validator(p));
+    let stranger = newcomer_is_validator.then(|| first(&|p| !is_validator(p))).flatten();
+    gone_stranger.or(gone_validator).or(stranger).map_or(Room::Full, Room::Evict)
 }
 
 /// The IP address at the start of a multiaddr, if any.
@@ -709,13 +758,62 @@ mod tests {
         for _ in 0..MAX_CONSENSUS_PEERS - 1 {
             announced.insert(PeerId::random(), address.clone());
         }
-        assert_eq!(room_for_consensus_peer(&announced, |_| true), Room::Free);
+        let nobody = |_: &PeerId| false;
+        assert_eq!(room_for_consensus_peer(&announced, |_| true, nobody, false), Room::Free);
         announced.insert(PeerId::random(), address.clone());
-        assert_eq!(room_for_consensus_peer(&announced, |_| true), Room::Full, "all there: nobody is dropped");
+        assert_eq!(
+            room_for_consensus_peer(&announced, |_| true, nobody, false),
+            Room::Full,
+            "all there: nobody is dropped"
+        );
         let mut gone: Vec<PeerId> = announced.keys().copied().take(2).collect();
         gone.sort();
-        let room = room_for_consensus_peer(&announced, |p| !gone.contains(p));
+        let room = room_for_consensus_peer(&announced, |p| !gone.contains(p), nobody, false);
         assert_eq!(room, Room::Evict(gone[0]), "a peer that left gives its place up");
+        // A validator that left goes after a stranger that left.
+        let room = room_for_consensus_peer(&announced, |p| !gone.contains(p), |p| *p == gone[0], false);
+        assert_eq!(room, Room::Evict(gone[1]), "a stranger that left goes first");
+    }
+
+    #[test]
+    fn strangers_that_stay_connected_give_their_consensus_places_up_to_validators() {
+        let address: Multiaddr = "/ip4/198.51.100.1/tcp/27000".parse().unwrap();
+        let mut announced: HashMap<PeerId, Multiaddr> = HashMap::new();
+        let validators: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for validator in &validators {
+            announced.insert(*validator, address.clone());
+        }
+        while announced.len() < MAX_CONSENSUS_PEERS {
+            announced.insert(PeerId::random(), address.clone());
+        }
+        let is_validator = |p: &PeerId| validators.contains(p);
+        let strangers: Vec<PeerId> = announced.keys().filter(|p| !is_validator(p)).copied().collect();
+        let first_stranger = *strangers.iter().min().unwrap();
+        assert_eq!(
+            room_for_consensus_peer(&announced, |_| true, is_validator, true),
+            Room::Evict(first_stranger),
+            "a validator greeting takes a connected stranger's place"
+        );
+        assert_eq!(
+            room_for_consensus_peer(&announced, |_| true, is_validator, false),
+            Room::Full,
+            "another stranger does not"
+        );
+        // Every place held by a validator: a validator newcomer waits like anyone.
+        let all_validators: HashMap<PeerId, Multiaddr> =
+            (0..MAX_CONSENSUS_PEERS).map(|_| (PeerId::random(), address.clone())).collect();
+        assert_eq!(room_for_consensus_peer(&all_validators, |_| true, |_| true, true), Room::Full);
+    }
+
+    #[test]
+    fn a_validators_peer_id_is_that_of_its_chain_key() {
+        let key = trellis_proto::Keypair::from_seed([7; 32]);
+        let network = libp2p::identity::Keypair::ed25519_from_bytes(key.seed()).unwrap();
+        assert_eq!(peer_of(&key.public_key()), Some(network.public().to_peer_id()));
+        let peers = ValidatorPeers::default();
+        peers.set([key.public_key()]);
+        assert!(peers.contains(&network.public().to_peer_id()));
+        assert!(!peers.contains(&PeerId::random()));
     }
 
     #[test]
@@ -802,6 +900,7 @@ mod tests {
             hello: Hello { chain_id: "gossip-test".into(), genesis: Hash([5; 32]), consensus_port: port + 100 },
             max_peers: 8,
             request_timeout: REQUEST_TIMEOUT,
+            validator_peers: ValidatorPeers::default(),
         };
         start(config, store.clone(), Arc::new(StoreResponder::new(store)), Arc::default()).await.unwrap()
     }

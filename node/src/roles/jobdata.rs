@@ -22,6 +22,10 @@ pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 /// The most bytes a dataset shard may have (the default is 64 KiB; a job submitter's manifest
 /// says what it uses).
 pub const MAX_SHARD_BYTES: u64 = 256 * 1024 * 1024;
+/// The most bytes of a dataset's training shards in all: every miner and checker holds them in
+/// memory, so a manifest listing more (a million copies of one large shard) would make every
+/// node that fetches it run out of memory.
+pub const MAX_DATASET_BYTES: u64 = 4 << 30;
 /// The most bytes of a dataset's validation split (read whole, for the losses people see).
 pub const MAX_VALIDATION_BYTES: u64 = 1024 * 1024 * 1024;
 /// The most bytes of a groth16 job's proving or verifying key (read whole to parse).
@@ -69,6 +73,7 @@ impl BlobLimits {
 /// Stores a dataset's shards, validation split and manifest; returns the manifest (whose root
 /// is the job's `dataset_root`).
 pub fn publish_dataset(store: &BlobStore, dataset: &Dataset) -> anyhow::Result<DatasetManifest> {
+    check_dataset_size(dataset.shard_count(), dataset.shard_bytes() as u64)?;
     let mut shards = Vec::with_capacity(dataset.shard_count());
     for index in 0..dataset.shard_count() {
         let bytes = dataset.shard(index);
@@ -81,6 +86,18 @@ pub fn publish_dataset(store: &BlobStore, dataset: &Dataset) -> anyhow::Result<D
     store.put(&BlobKey::new(BlobKind::Dataset, manifest.root()), &manifest.to_bytes())?;
     debug_assert_eq!(manifest.root(), dataset.root());
     Ok(manifest)
+}
+
+/// Refuses a dataset whose training shards add up to more than [`MAX_DATASET_BYTES`].
+pub fn check_dataset_size(shards: usize, shard_bytes: u64) -> anyhow::Result<()> {
+    let total = (shards as u64).saturating_mul(shard_bytes);
+    if total > MAX_DATASET_BYTES {
+        bail!(
+            "{shards} shards of {shard_bytes} bytes are {total} bytes in all, over the limit of {MAX_DATASET_BYTES} \
+             (every miner and checker holds a dataset in memory)"
+        );
+    }
+    Ok(())
 }
 
 /// Loads a dataset from text the way `trellis job submit` publishes it.
@@ -105,6 +122,7 @@ pub async fn fetch_dataset(net: &BlobNet, root: Hash) -> anyhow::Result<Dataset>
     if manifest.shard_bytes > MAX_SHARD_BYTES {
         bail!("dataset {root} has shards of {} bytes, over the limit of {MAX_SHARD_BYTES}", manifest.shard_bytes);
     }
+    check_dataset_size(manifest.shards.len(), manifest.shard_bytes).with_context(|| format!("dataset {root}"))?;
     // Several shards at once: one after another, each costs its round trips.
     let fetches: Vec<_> = manifest
         .shards
@@ -165,4 +183,43 @@ pub async fn momentum(net: &BlobNet, job: &Job, parameters: usize) -> anyhow::Re
         bail!("momentum blob has {} values, the model {}", momentum.len(), parameters);
     }
     Ok(momentum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dataset_may_hold_up_to_the_limit_and_not_a_byte_more() {
+        let shard = 64 * 1024;
+        let at_limit = (MAX_DATASET_BYTES / shard) as usize;
+        assert!(check_dataset_size(at_limit, shard).is_ok());
+        let error = check_dataset_size(at_limit + 1, shard).unwrap_err().to_string();
+        assert!(error.contains("over the limit"), "{error}");
+        assert!(check_dataset_size(usize::MAX, u64::MAX).is_err(), "no overflow");
+    }
+
+    /// A job submitter's manifest listing one shard over and over (4 GiB and one shard more, in a
+    /// manifest of 4 MiB) is refused before a shard is fetched: every miner would otherwise read
+    /// it all into memory and abort.
+    #[tokio::test]
+    async fn a_manifest_listing_more_than_a_node_can_hold_is_refused_before_any_shard_is_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let shard = vec![7u8; 64 * 1024];
+        let shard_hash = trellis_proto::merkle::leaf_hash(&shard);
+        store.put(&BlobKey::new(BlobKind::Shard, shard_hash), &shard).unwrap();
+        let copies = (MAX_DATASET_BYTES / shard.len() as u64) as usize + 1;
+        let validation = store.put_data(b"validation text").unwrap();
+        let manifest = DatasetManifest {
+            shard_bytes: shard.len() as u64,
+            shards: vec![shard_hash; copies],
+            validation: validation.hash,
+        };
+        let root = manifest.root();
+        store.put(&BlobKey::new(BlobKind::Dataset, root), &manifest.to_bytes()).unwrap();
+        let (net, _) = crate::p2p::exchange::start([3; 32], "/ip4/127.0.0.1/tcp/0", &[], store).await.unwrap();
+        let error = format!("{:#}", fetch_dataset(&net, root).await.unwrap_err());
+        assert!(error.contains("over the limit") && error.contains(&root.to_string()), "{error}");
+    }
 }

@@ -139,11 +139,18 @@ async fn runnable(context: &RoleContext, job: &Job) -> anyhow::Result<()> {
             trellis_verifier::groth16::check_keys(spec, &zk, &proving_key, &verifying_key)?;
         }
         None => {
-            let model = Gpt::new(&spec.model, spec.init_seed, tch::Device::Cpu).context("the job's model")?;
-            let checkpoint_bytes = spec.verification.checkpoint_state.bytes_per_parameter() * model.numel() as u64;
+            // Counted before anything is built: a job's model may be gigabytes, and a job this
+            // node cannot run is checked again every few blocks.
+            let parameters = trellis_protocol::model::parameter_count(&spec.model);
+            let checkpoint_bytes = spec.verification.checkpoint_state.bytes_per_parameter().saturating_mul(parameters);
             if checkpoint_bytes > MAX_BLOB_BYTES {
                 bail!("a checkpoint of this model takes {checkpoint_bytes} bytes, over the blob limit of {MAX_BLOB_BYTES}");
             }
+            let (model, seed) = (spec.model.clone(), spec.init_seed);
+            tokio::task::spawn_blocking(move || Gpt::new(&model, seed, tch::Device::Cpu).map(drop))
+                .await
+                .context("building the job's model")?
+                .context("the job's model")?;
         }
     }
     Ok(())

@@ -105,6 +105,13 @@ impl Ledger {
         ConsensusValidatorSet::new(validators)
     }
 
+    /// The chain keys of the validator set that signs the next height.
+    pub fn validator_keys(&self) -> Vec<trellis_proto::PublicKey> {
+        let view = self.store.pending_state();
+        let set = self.chain.validator_set(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
+        set.validators.iter().map(|v| v.key).collect()
+    }
+
     /// The beacon onion the chain holds for `validator` (what its next proposal reveals under).
     pub fn beacon_onion(&self, validator: &Address) -> Option<BeaconOnion> {
         let view = self.store.pending_state();
