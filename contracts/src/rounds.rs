@@ -65,7 +65,8 @@ pub const MAX_VERIFY_FLOOR: u64 = 20_000;
 /// Blocks the checkers of a round have for their verdicts: the job's `verify_blocks`, but never
 /// less than what the reference validator needs for the heaviest load the sampling gave one
 /// checker (its segments × (fetching [`VERIFY_PARAMETERS_PER_BLOCK`] + replaying
-/// [`REPLAY_PARAMETER_TOKENS_PER_BLOCK`])), capped at [`MAX_VERIFY_FLOOR`]. Without the floor a
+/// [`REPLAY_PARAMETER_TOKENS_PER_BLOCK`], attention counted: `replay_weight`)), capped at
+/// [`MAX_VERIFY_FLOOR`]. Without the floor a
 /// submitter could set a window only the fastest checkers meet: one replay verdict in time
 /// switches on the slashing of every silent checker, so the slower ones would lose 1% a round to
 /// the job's choice (a review, 2026-12-03). A validator slower than the reference is on its own.
@@ -86,12 +87,26 @@ pub fn verify_window(spec: &JobSpec, round: &RoundState) -> u64 {
         trellis_proto::VerificationMode::Groth16 { .. } => 0,
         _ => {
             let tokens = tokens_of(spec, spec.verification.checkpoint_interval.min(spec.diloco.inner_steps));
-            parameters.saturating_mul(tokens) / REPLAY_PARAMETER_TOKENS_PER_BLOCK
+            replay_weight(spec).saturating_mul(tokens) / REPLAY_PARAMETER_TOKENS_PER_BLOCK
         }
     };
     let per_segment = (parameters / VERIFY_PARAMETERS_PER_BLOCK).saturating_add(replayed);
     let floor = heaviest.saturating_mul(per_segment).min(MAX_VERIFY_FLOOR);
     u64::from(spec.verify_blocks).max(floor)
+}
+
+/// What a token costs to train, in parameters' worth: the parameters (each in a multiply-add
+/// forward and two backward), plus attention's work, which grows with the sequence instead
+/// (each layer's scores and their weighted sum, forward and backward: about 2 · sequence · width
+/// a layer per token). Without the second term a job with long sequences and a small model would
+/// take far longer to replay than its floor gives.
+fn replay_weight(spec: &JobSpec) -> u64 {
+    let model = &spec.model;
+    let attention = 2u64
+        .saturating_mul(u64::from(model.layers))
+        .saturating_mul(u64::from(spec.diloco.sequence_length))
+        .saturating_mul(u64::from(model.width));
+    trellis_protocol::model::parameter_count(model).saturating_add(attention)
 }
 
 /// Tokens one miner trains in one round of H steps.

@@ -45,8 +45,9 @@ fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_ne
     let sampled_at = w.height;
     let parameters = trellis_protocol::model::parameter_count(&spec.model);
     let tokens = u64::from(spec.verification.checkpoint_interval * spec.diloco.batch_size * 256);
-    let per_segment =
-        parameters / VERIFY_PARAMETERS_PER_BLOCK + parameters * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
+    let attention = 2 * u64::from(spec.model.layers) * 256 * u64::from(spec.model.width);
+    let per_segment = parameters / VERIFY_PARAMETERS_PER_BLOCK
+        + (parameters + attention) * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
     assert!(per_segment > 100, "a `small` segment needs a minute, not five blocks: {per_segment}");
     let window = heaviest_load(&round) * per_segment;
     assert_eq!(verify_window(&spec, &round), window);
@@ -93,6 +94,17 @@ fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
         doubled.assignments.push(assignment);
     }
     assert!(verify_window(&spec, &doubled) > floor, "more segments for one checker, a longer window");
+
+    // A small model over long sequences: attention, not the parameters, is what the replay costs.
+    let mut long = spec.clone();
+    long.model = ModelConfig { vocab_size: 256, context_length: 8_192, width: 64, layers: 4, heads: 4 };
+    long.diloco.sequence_length = 8_192;
+    let n = trellis_protocol::model::parameter_count(&long.model);
+    let attention = 2 * 4 * 8_192 * 64;
+    assert!(attention > 5 * n, "attention outweighs the {n} parameters");
+    let tokens = u64::from(long.verification.checkpoint_interval * long.diloco.batch_size) * 8_192;
+    let per_segment = n / VERIFY_PARAMETERS_PER_BLOCK + (n + attention) * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
+    assert_eq!(verify_window(&long, &round), heaviest_load(&round) * per_segment, "attention is counted");
 
     let mut proved = spec.clone();
     proved.verification.mode = VerificationMode::Groth16 {
