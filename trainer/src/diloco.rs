@@ -365,17 +365,25 @@ pub struct Streaming {
     /// own values and takes the rest from the global ones (Streaming DiLoCo's mixing factor).
     /// Unused when τ = 0, where the global values replace the worker's.
     pub local_share: f32,
+    /// Churn: worker 0 starts afresh from the global model (new AdamW moments, no error
+    /// feedback) every this many synchronisations, as a miner that lost its state joins a
+    /// streaming job again from θ_r. `None`: every worker continues throughout.
+    pub restart_every: Option<usize>,
+    /// How the fragment's Δs are merged: each weighted by the synchronisation phases it holds
+    /// since its worker took that fragment (at most F; the chain's rule,
+    /// `trellis_protocol::fragments::merge_weight`), or all alike. Without churn the two agree.
+    pub held_weights: bool,
 }
 
 impl Streaming {
     /// F fragments, each merged at once (τ = 0).
     pub fn fragments(fragments: usize) -> Self {
-        Self { fragments, overlap_steps: 0, local_share: DEFAULT_LOCAL_SHARE }
+        Self::overlapped(fragments, 0, DEFAULT_LOCAL_SHARE)
     }
 
     /// F fragments whose outer updates arrive `overlap_steps` late, mixed with share `local_share`.
     pub fn overlapped(fragments: usize, overlap_steps: u64, local_share: f32) -> Self {
-        Self { fragments, overlap_steps, local_share }
+        Self { fragments, overlap_steps, local_share, restart_every: None, held_weights: true }
     }
 
     /// Inner steps between two synchronisations (H/F), or why this schedule cannot run for H.
@@ -448,6 +456,8 @@ pub fn run_streaming_diloco(
     let mut feedback: Vec<Vec<ErrorFeedback>> =
         (0..config.workers).map(|_| (0..fragments).map(|_| ErrorFeedback::default()).collect()).collect();
     let mut locals: Vec<Vec<f32>> = vec![global.clone(); config.workers];
+    // The synchronisation at which each worker last started from the global model.
+    let mut since = vec![0usize; config.workers];
     // The fragment whose outer-updated values are on their way to the workers (τ > 0 only).
     let mut in_flight: Option<usize> = None;
     let started = Instant::now();
@@ -459,8 +469,20 @@ pub fn run_streaming_diloco(
         let mut delta_norms = vec![0.0f64; config.workers];
         for fragment in 0..fragments {
             let range = span(fragment);
+            let sync = round as usize * fragments + fragment;
             let mut deltas = Vec::with_capacity(config.workers);
+            let mut held = Vec::with_capacity(config.workers);
             for (worker, optimizer) in optimizers.iter_mut().enumerate() {
+                if worker == 0 && sync > 0 && streaming.restart_every.is_some_and(|every| sync % every == 0) {
+                    locals[0] = global.clone();
+                    model.set_flat_weights(&locals[0]);
+                    *optimizer = AdamW::new(config.adamw.clone(), model.parameters());
+                    feedback[0] = (0..fragments).map(|_| ErrorFeedback::default()).collect();
+                    since[0] = sync;
+                }
+                // Phases of this fragment's training the worker's Δ holds: since it last took
+                // the fragment (F phases ago) or since it started afresh, whichever is later.
+                held.push((sync - since[worker] + 1).min(fragments) as u32);
                 model.set_flat_weights(&locals[worker]);
                 let mut train = |model: &mut Gpt, steps: u64| -> Result<(), WorkerError> {
                     let inner = InnerLoop {
@@ -500,7 +522,13 @@ pub fn run_streaming_diloco(
                 deltas.push(decoded);
             }
             let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-            outer[fragment].apply(&mut global[range.clone()], &mean(&refs));
+            let merged = if streaming.held_weights && held.iter().any(|&h| h != held[0]) {
+                // ok: one weight per Δ, every Δ the fragment's length
+                trellis_protocol::aggregate::weighted_mean(&refs, &held).expect("one weight per Δ of one length")
+            } else {
+                mean(&refs)
+            };
+            outer[fragment].apply(&mut global[range.clone()], &merged);
             if overlap == 0 {
                 for local in &mut locals {
                     local[range.clone()].copy_from_slice(&global[range.clone()]);

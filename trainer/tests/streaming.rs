@@ -95,3 +95,27 @@ fn overlapped_synchronisations_rerun_bit_for_bit_and_differ_from_waiting_ones() 
         assert!(run_streaming_diloco(&config, bad, &dataset, |_| {}).is_err(), "{why}");
     }
 }
+
+/// With a worker that starts afresh every few synchronisations, weighting each Δ by the phases
+/// it holds (the chain's rule) merges differently from weighting all alike, reruns bit for bit,
+/// and trains the same tokens; without churn the two rules are one.
+#[test]
+fn a_restarting_worker_is_merged_by_the_phases_it_holds() {
+    tch::set_num_threads(1);
+    let dataset = corpus();
+    let config = config(DeltaEncoding::F32);
+    let churn = |held_weights| Streaming { restart_every: Some(3), held_weights, ..Streaming::fragments(4) };
+    let held = run_streaming_diloco(&config, churn(true), &dataset, |_| {}).unwrap();
+    let again = run_streaming_diloco(&config, churn(true), &dataset, |_| {}).unwrap();
+    let equal = run_streaming_diloco(&config, churn(false), &dataset, |_| {}).unwrap();
+    let steady = run_streaming_diloco(&config, Streaming::fragments(4), &dataset, |_| {}).unwrap();
+    let steady_equal =
+        run_streaming_diloco(&config, Streaming { held_weights: false, ..Streaming::fragments(4) }, &dataset, |_| {})
+            .unwrap();
+    let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&held.final_weights), bits(&again.final_weights), "a rerun is bit-identical");
+    assert_ne!(bits(&held.final_weights), bits(&equal.final_weights), "the weights matter under churn");
+    assert_ne!(bits(&held.final_weights), bits(&steady.final_weights), "the restarts change the run");
+    assert_eq!(bits(&steady.final_weights), bits(&steady_equal.final_weights), "without churn the rules agree");
+    assert_eq!(held.tokens, steady.tokens, "a restart trains the same tokens");
+}

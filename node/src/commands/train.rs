@@ -133,6 +133,15 @@ pub struct TrainArgs {
     /// worker keeps (the rest comes from the update): Streaming DiLoCo's mixing factor.
     #[arg(long, default_value_t = trellis_trainer::diloco::DEFAULT_LOCAL_SHARE)]
     pub overlap_mix: f32,
+    /// Streaming DiLoCo with churn: worker 0 starts afresh from the global model (new moments)
+    /// every this many synchronisations, as a miner that lost its state rejoins a streaming job.
+    /// With --fragments 2 or more.
+    #[arg(long)]
+    pub restart_every: Option<usize>,
+    /// Streaming DiLoCo: merge a fragment's Δs all alike instead of weighting each by the phases
+    /// of training it holds (the chain's rule; the two differ only with --restart-every).
+    #[arg(long)]
+    pub equal_weights: bool,
     /// Simulated stragglers: each worker's time per step relative to the fastest, comma-separated
     /// (e.g. 1,1,1,3: the last of four workers is 3× slower). A slower worker trains until the
     /// fastest have done H steps, at least --min-inner-steps; its Δ is weighted by its steps. Wall
@@ -283,6 +292,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 args.overlap_steps
             );
         }
+    }
+    if (args.restart_every.is_some() || args.equal_weights) && args.fragments < 2 {
+        bail!("--restart-every and --equal-weights are for Streaming DiLoCo: give --fragments F (2 or more)");
+    }
+    if args.restart_every == Some(0) {
+        bail!("--restart-every counts synchronisations: at least 1");
     }
     if !(0.0..=1.0).contains(&args.overlap_mix) {
         bail!("--overlap-mix is the share of a worker's own values kept: within 0..=1");
@@ -450,7 +465,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         verify_segments: args.verify_segments,
     };
     let diloco = if args.fragments > 1 {
-        let streaming = Streaming::overlapped(args.fragments, args.overlap_steps, args.overlap_mix);
+        let streaming = Streaming {
+            restart_every: args.restart_every,
+            held_weights: !args.equal_weights,
+            ..Streaming::overlapped(args.fragments, args.overlap_steps, args.overlap_mix)
+        };
         run_streaming_diloco(&config, streaming, &dataset, |event| report_progress(&bar, args.json, "diloco", event))?
     } else {
         let mut hooks = crate::commands::attack::hooks(&study, &config, &dataset);
@@ -589,6 +608,8 @@ fn metrics_json(
         "fragments": args.fragments,
         "overlap_steps": args.overlap_steps,
         "overlap_mix": args.overlap_mix,
+        "restart_every": args.restart_every,
+        "equal_weights": args.equal_weights,
         "inner_optimizer": format!("{:?}", args.inner_optimizer).to_lowercase(),
         "diloco": diloco,
     });
