@@ -59,20 +59,27 @@ pub const VERIFY_PARAMETERS_PER_BLOCK: u64 = 1 << 17;
 /// validator (two CPU cores in the reproducible AVX2 mode, about 10¹⁰ a second on `micro`,
 /// docs/benchmarks.md) at two blocks a second, rounded down.
 pub const REPLAY_PARAMETER_TOKENS_PER_BLOCK: u64 = 1 << 32;
-/// The longest verification floor, in blocks, whatever the model (a submitter may ask for more).
-pub const MAX_VERIFY_FLOOR: u64 = 20_000;
+/// The longest verification floor, in blocks: the longest window a job may ask for. A lower cap
+/// would bring the trap back for large loads (a checker with hundreds of `small` segments needs
+/// more than 20,000 blocks); a long window costs only the job's time when checkers are silent.
+pub const MAX_VERIFY_FLOOR: u64 = crate::exec::bounds::MAX_WINDOW_BLOCKS as u64;
 
 /// Blocks the checkers of a round have for their verdicts: the job's `verify_blocks`, but never
 /// less than what the reference validator needs for the heaviest load the sampling gave one
 /// checker (its segments × (fetching [`VERIFY_PARAMETERS_PER_BLOCK`] + replaying
-/// [`REPLAY_PARAMETER_TOKENS_PER_BLOCK`], attention counted: `replay_weight`)), capped at
-/// [`MAX_VERIFY_FLOOR`]. Without the floor a
+/// [`REPLAY_PARAMETER_TOKENS_PER_BLOCK`], attention counted: `replay_weight`; rounded up, at
+/// least a block a segment), capped at [`MAX_VERIFY_FLOOR`]. Without the floor a
 /// submitter could set a window only the fastest checkers meet: one replay verdict in time
 /// switches on the slashing of every silent checker, so the slower ones would lose 1% a round to
 /// the job's choice (a review, 2026-12-03). A validator slower than the reference is on its own.
-/// A Groth16 check replays nothing (a proof verifies in milliseconds): only the fetch counts.
+/// A Groth16 job's window is its own: a proof verifies in milliseconds.
 /// After an escalation the load counted is that of the escalated segments alone.
 pub fn verify_window(spec: &JobSpec, round: &RoundState) -> u64 {
+    // A proof verifies in milliseconds and its blobs are small: nothing to lengthen (and the
+    // job's `model` is not the circuit's).
+    if matches!(spec.verification.mode, trellis_proto::VerificationMode::Groth16 { .. }) {
+        return u64::from(spec.verify_blocks);
+    }
     let checked =
         round.assignments.iter().enumerate().filter(|(i, _)| {
             !round.escalated || u32::try_from(*i).is_ok_and(|i| round.escalated_segments.contains(&i))
@@ -81,18 +88,19 @@ pub fn verify_window(spec: &JobSpec, round: &RoundState) -> u64 {
     for checker in checked.flat_map(|(_, a)| a.checkers.iter()) {
         *load.entry(checker).or_default() += 1;
     }
-    let heaviest = load.values().copied().max().unwrap_or(0);
-    let parameters = trellis_protocol::model::parameter_count(&spec.model);
-    let replayed = match spec.verification.mode {
-        trellis_proto::VerificationMode::Groth16 { .. } => 0,
-        _ => {
-            let tokens = tokens_of(spec, spec.verification.checkpoint_interval.min(spec.diloco.inner_steps));
-            replay_weight(spec).saturating_mul(tokens) / REPLAY_PARAMETER_TOKENS_PER_BLOCK
-        }
-    };
-    let per_segment = (parameters / VERIFY_PARAMETERS_PER_BLOCK).saturating_add(replayed);
-    let floor = heaviest.saturating_mul(per_segment).min(MAX_VERIFY_FLOOR);
-    u64::from(spec.verify_blocks).max(floor)
+    let heaviest = u128::from(load.values().copied().max().unwrap_or(0));
+    let parameters = u128::from(trellis_protocol::model::parameter_count(&spec.model));
+    let tokens = u128::from(tokens_of(spec, spec.verification.checkpoint_interval.min(spec.diloco.inner_steps)));
+    // Rounded up over the whole load (rounding each segment down let a model just below the
+    // divisors make the floor nothing however many segments a checker drew), and at least a
+    // block a segment.
+    let fetch = heaviest.saturating_mul(parameters).div_ceil(u128::from(VERIFY_PARAMETERS_PER_BLOCK));
+    let replay = heaviest
+        .saturating_mul(u128::from(replay_weight(spec)))
+        .saturating_mul(tokens)
+        .div_ceil(u128::from(REPLAY_PARAMETER_TOKENS_PER_BLOCK));
+    let floor = fetch.saturating_add(replay).max(heaviest).min(u128::from(MAX_VERIFY_FLOOR));
+    u64::from(spec.verify_blocks).max(u64::try_from(floor).unwrap_or(MAX_VERIFY_FLOOR))
 }
 
 /// What a token costs to train, in parameters' worth: the parameters (each in a multiply-add

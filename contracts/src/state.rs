@@ -378,6 +378,17 @@ impl RoundState {
     /// pruned to its summary).
     pub fn load(kv: &(impl KvStore + ?Sized), job: JobId, round: u32) -> Result<Option<Self>, CorruptState> {
         let Some(mut state) = Self::load_record(kv, job, round)? else { return Ok(None) };
+        if !state.verdicts.is_empty() {
+            // Written by a build that kept verdicts in the record: reading on would lose them.
+            let key = String::from_utf8_lossy(&keys::round(job, round)).into_owned();
+            return Err(CorruptState {
+                key,
+                source: DecodeError::InvalidValue {
+                    what: "round record",
+                    reason: "it holds verdicts: an older state layout, which this build does not read",
+                },
+            });
+        }
         state.verdicts = kv
             .scan_prefix(&keys::verdicts_of_round(job, round))
             .into_iter()

@@ -17,6 +17,16 @@ fn small() -> ModelConfig {
     ModelConfig { vocab_size: 256, context_length: 256, width: 384, layers: 8, heads: 6 }
 }
 
+/// The floor for a checker with `load` segments of `parameters` parameters, `weight` parameters'
+/// worth a token (attention counted) and `tokens` a segment: fetch and replay at the reference
+/// rates, each rounded up over the whole load.
+fn expected_floor(load: u64, parameters: u64, weight: u64, tokens: u64) -> u64 {
+    let fetch = (load * parameters).div_ceil(VERIFY_PARAMETERS_PER_BLOCK);
+    let replay = (u128::from(load) * u128::from(weight) * u128::from(tokens))
+        .div_ceil(u128::from(REPLAY_PARAMETER_TOKENS_PER_BLOCK)) as u64;
+    (fetch + replay).max(load)
+}
+
 /// Segments the busiest checker of `round` was given.
 fn heaviest_load(round: &RoundState) -> u64 {
     let mut load: BTreeMap<Address, u64> = BTreeMap::new();
@@ -46,10 +56,9 @@ fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_ne
     let parameters = trellis_protocol::model::parameter_count(&spec.model);
     let tokens = u64::from(spec.verification.checkpoint_interval * spec.diloco.batch_size * 256);
     let attention = 2 * u64::from(spec.model.layers) * 256 * u64::from(spec.model.width);
-    let per_segment = parameters / VERIFY_PARAMETERS_PER_BLOCK
-        + (parameters + attention) * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
+    let per_segment = expected_floor(1, parameters, parameters + attention, tokens);
     assert!(per_segment > 100, "a `small` segment needs a minute, not five blocks: {per_segment}");
-    let window = heaviest_load(&round) * per_segment;
+    let window = expected_floor(heaviest_load(&round), parameters, parameters + attention, tokens);
     assert_eq!(verify_window(&spec, &round), window);
     assert_eq!(round.verify_end.0 - sampled_at.0, window, "the window starts at sampling and lasts the floor");
 
@@ -62,8 +71,8 @@ fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_ne
     assert!(w.events.iter().all(|e| !matches!(e, Event::Slashed { .. })), "nobody is slashed");
 }
 
-/// The floor follows the load and the model, lets a longer window stand, counts no replay for a
-/// Groth16 job and, after an escalation, only the escalated segments.
+/// The floor follows the load and the model, lets a longer window stand, leaves a Groth16 job's
+/// window as it is and, after an escalation, counts only the escalated segments.
 #[test]
 fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
     let mut w = World::new(4, 3, params());
@@ -103,8 +112,30 @@ fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
     let attention = 2 * 4 * 8_192 * 64;
     assert!(attention > 5 * n, "attention outweighs the {n} parameters");
     let tokens = u64::from(long.verification.checkpoint_interval * long.diloco.batch_size) * 8_192;
-    let per_segment = n / VERIFY_PARAMETERS_PER_BLOCK + (n + attention) * tokens / REPLAY_PARAMETER_TOKENS_PER_BLOCK;
-    assert_eq!(verify_window(&long, &round), heaviest_load(&round) * per_segment, "attention is counted");
+    assert_eq!(
+        verify_window(&long, &round),
+        expected_floor(heaviest_load(&round), n, n + attention, tokens),
+        "attention is counted"
+    );
+
+    // A model just below both divisors: each segment needs about two blocks, so a checker with
+    // many segments needs many (rounding each segment down once made this floor nothing).
+    let mut tiny_segments = spec.clone();
+    tiny_segments.model = ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 1, heads: 4 };
+    let n = trellis_protocol::model::parameter_count(&tiny_segments.model);
+    assert!(n < VERIFY_PARAMETERS_PER_BLOCK, "{n}");
+    tiny_segments.verify_blocks = 1;
+    let mut crowded = round.clone();
+    let busiest = crowded.assignments[0].checkers[0];
+    for assignment in &mut crowded.assignments {
+        assignment.checkers = vec![busiest];
+    }
+    let load = crowded.assignments.len() as u64;
+    assert!(verify_window(&tiny_segments, &crowded) >= load, "at least a block a segment");
+    assert!(
+        verify_window(&tiny_segments, &crowded) >= (load * n).div_ceil(VERIFY_PARAMETERS_PER_BLOCK),
+        "the fetch of every segment is counted"
+    );
 
     let mut proved = spec.clone();
     proved.verification.mode = VerificationMode::Groth16 {
@@ -112,12 +143,7 @@ fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
         proving_key: Hash([1; 32]),
         verifying_key: Hash([2; 32]),
     };
-    let parameters = trellis_protocol::model::parameter_count(&spec.model);
-    assert_eq!(
-        verify_window(&proved, &round),
-        (heaviest_load(&round) * (parameters / VERIFY_PARAMETERS_PER_BLOCK)).max(5),
-        "a proof replays nothing: only the fetch counts"
-    );
+    assert_eq!(verify_window(&proved, &round), 5, "a proof verifies in milliseconds: the job's window stands");
 
     let mut escalated = round.clone();
     escalated.escalated = true;

@@ -35,8 +35,6 @@ use crate::storage::ledger::Executed;
 
 /// Most proposal parts kept for heights this node has not reached yet.
 const MAX_FUTURE_PARTS: usize = 64;
-/// Distinct blocks of one (height, round) this node executes ([`room_for_proposal`]).
-const MAX_PROPOSALS_PER_ROUND: usize = 2;
 /// Most decided blocks returned to one sync request.
 const MAX_SYNC_BATCH: u64 = 64;
 /// How long a validator waits for its own aggregate computation when a proposal carries one.
@@ -397,10 +395,6 @@ impl ConsensusApp {
             }
         };
         let hash = block.hash();
-        if !room_for_proposal(&self.values, part.height, part.round, hash) {
-            tracing::warn!(target: "node::consensus", height = %part.height, round = %part.round, from = %part.proposer, block = %hash, "the proposer signed yet another block this round; not executing it");
-            return None;
-        }
         let validity = self.check_block(block, Some(part.proposer), true).await;
         let value = self.record_value(part.height, part.round, part.valid_round, hash, validity);
         self.parts.insert(hash, part);
@@ -690,46 +684,4 @@ pub fn evidence_transactions(
 /// The chain's form of a signed consensus vote.
 fn proto_signed(vote: &ConsensusVote, signature: &arc_malachitebft_signing_ed25519::Signature) -> Option<SignedVote> {
     Some(SignedVote { vote: vote.to_proto()?, signature: from_consensus_signature(signature) })
-}
-
-/// Whether a proposal of block `hash` at (height, round) is one this node executes: one it knows
-/// (`values`), or one of the first [`MAX_PROPOSALS_PER_ROUND`]. An honest proposer signs one block
-/// a round; one that signs thousands would otherwise have every validator execute and store each
-/// (the consensus engine reports the equivocation; a block a quorum decides still arrives
-/// through sync).
-fn room_for_proposal(
-    values: &BTreeMap<(u64, u32), Vec<ProposedValue<TrellisContext>>>,
-    height: BlockHeight,
-    round: Round,
-    hash: Hash,
-) -> bool {
-    let Some(known) = values.get(&(height.0, round.as_u32().unwrap_or(0))) else { return true };
-    known.len() < MAX_PROPOSALS_PER_ROUND || known.iter().any(|v| v.value == BlockId(hash))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A proposer that signs block after block in one round gets two executed, and no more.
-    #[test]
-    fn a_proposer_signing_many_blocks_in_a_round_gets_two_executed() {
-        let mut values = BTreeMap::new();
-        let (height, round) = (BlockHeight(5), Round::new(0));
-        let proposed = |n: u8| ProposedValue {
-            height,
-            round,
-            valid_round: Round::Nil,
-            proposer: ValidatorAddress(Default::default()),
-            value: BlockId(Hash([n; 32])),
-            validity: Validity::Valid,
-        };
-        for n in 0..MAX_PROPOSALS_PER_ROUND as u8 {
-            assert!(room_for_proposal(&values, height, round, Hash([n; 32])), "block {n}");
-            values.entry((height.0, 0)).or_insert_with(Vec::new).push(proposed(n));
-        }
-        assert!(!room_for_proposal(&values, height, round, Hash([200; 32])), "a third block is not executed");
-        assert!(room_for_proposal(&values, height, round, Hash([0; 32])), "a known one still is");
-        assert!(room_for_proposal(&values, height, Round::new(1), Hash([200; 32])), "the next round starts afresh");
-    }
 }

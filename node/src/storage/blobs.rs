@@ -207,9 +207,18 @@ pub enum BlobError {
 /// the lock is held here, so a writer that locks it afterwards finds it unlinked
 /// ([`create_locked`]) and starts again under another name.
 fn remove_if_abandoned(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(file) = std::fs::OpenOptions::new().read(true).open(path) else { return };
-    if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
-        let _ = std::fs::remove_file(path);
+    if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        return;
+    }
+    // The name may have moved on since it was opened (renamed into place, then taken by a new
+    // writer of another PID namespace with the same id and counter): remove only the file locked.
+    let same = |a: std::fs::Metadata, b: std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    if let (Ok(locked), Ok(named)) = (file.metadata(), std::fs::metadata(path)) {
+        if same(locked, named) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -585,16 +594,21 @@ impl BlobWriter {
                 return Err(BlobError::Io { path, source });
             }
         }
-        // Held (and locked) until the temporary is in place: see `remove_if_abandoned`.
+        // Held (and locked) until the temporary is in place: see `remove_if_abandoned`. The name
+        // is no longer ours to remove.
         drop(file);
+        self.temporary = PathBuf::new();
         Ok(size)
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        // Finished: renamed away already. Otherwise: a partial or refused blob, never kept.
-        let _ = std::fs::remove_file(&self.temporary);
+        // Finished: renamed away already (and forgotten). Otherwise: a partial or refused blob,
+        // never kept.
+        if !self.temporary.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
     }
 }
 
