@@ -116,7 +116,9 @@ fn a_short_job_settles_across_network_namespaces_and_every_node_reports_its_byte
             continue;
         };
         let measured: f64 = fields[median + 1].parse().unwrap();
-        assert!((measured - rtt).abs() <= 0.15 * rtt + 2.0, "profile RTT {rtt} ms, measured median {measured}: {line}");
+        // 15% of the profile, plus 4 ms of scheduling: `make test` runs two adversary devnets
+        // beside this one on two cores, which put a 4 ms link at 6.75 ms once (CI, 2026-12-03).
+        assert!((measured - rtt).abs() <= 0.15 * rtt + 4.0, "profile RTT {rtt} ms, measured median {measured}: {line}");
     }
 
     // The round settled with the miner's work accepted, and every node moved bytes on the wire.
