@@ -27,6 +27,23 @@ fn expected_floor(load: u64, parameters: u64, weight: u64, tokens: u64) -> u64 {
     (fetch + replay).max(load)
 }
 
+/// A `small` job asking for five blocks with sequences of `sequence_length`, its three miners
+/// committed and round 0 sampled: the world, the spec, the job and the sampled round.
+fn sampled_small_job(sequence_length: u32) -> (World, JobSpec, u64, RoundState) {
+    let mut w = World::new(4, 3, params());
+    let mut spec = w.spec();
+    spec.model = small();
+    spec.diloco.sequence_length = sequence_length;
+    spec.verify_blocks = 5;
+    let job = w.submit_spec_and_join(spec.clone(), 30_000);
+    for i in 0..3 {
+        w.commit(job, 0, i).unwrap();
+    }
+    w.past_commit_deadline(job, 0);
+    let round = w.round(job, 0);
+    (w, spec, job, round)
+}
+
 /// Segments the busiest checker of `round` was given.
 fn heaviest_load(round: &RoundState) -> u64 {
     let mut load: BTreeMap<Address, u64> = BTreeMap::new();
@@ -41,17 +58,7 @@ fn heaviest_load(round: &RoundState) -> u64 {
 /// answers after the job's five blocks but within the floor counts; nobody is slashed.
 #[test]
 fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_needs() {
-    let mut w = World::new(4, 3, params());
-    let mut spec = w.spec();
-    spec.model = small();
-    spec.diloco.sequence_length = 256;
-    spec.verify_blocks = 5;
-    let job = w.submit_spec_and_join(spec.clone(), 30_000);
-    for i in 0..3 {
-        w.commit(job, 0, i).unwrap();
-    }
-    w.past_commit_deadline(job, 0);
-    let round = w.round(job, 0);
+    let (mut w, spec, job, round) = sampled_small_job(256);
     let sampled_at = w.height;
     let parameters = trellis_protocol::model::parameter_count(&spec.model);
     let tokens = u64::from(spec.verification.checkpoint_interval * spec.diloco.batch_size * 256);
@@ -75,16 +82,7 @@ fn a_window_too_short_for_the_model_is_lengthened_to_what_the_busiest_checker_ne
 /// window as it is and, after an escalation, counts only the escalated segments.
 #[test]
 fn the_floor_follows_load_and_model_and_never_shortens_a_window() {
-    let mut w = World::new(4, 3, params());
-    let mut spec = w.spec();
-    spec.model = small();
-    spec.verify_blocks = 5;
-    let job = w.submit_spec_and_join(spec.clone(), 30_000);
-    for i in 0..3 {
-        w.commit(job, 0, i).unwrap();
-    }
-    w.past_commit_deadline(job, 0);
-    let round = w.round(job, 0);
+    let (w, spec, _, round) = sampled_small_job(World::new(1, 0, params()).spec().diloco.sequence_length);
     let floor = verify_window(&spec, &round);
 
     let mut generous = spec.clone();
