@@ -111,15 +111,20 @@ pub struct Proposal {
 }
 
 impl Proposal {
-    /// The canonical bytes a proposal signature covers.
+    /// The chain's form of this proposal: what double-proposal evidence carries.
+    pub fn header(&self) -> trellis_proto::ProposalHeader {
+        trellis_proto::ProposalHeader {
+            height: trellis_proto::Height(self.height.0),
+            round: round_to_option(self.round),
+            value: self.value.0,
+            pol_round: round_to_option(self.pol_round),
+            proposer: self.proposer.0,
+        }
+    }
+
+    /// The canonical bytes a proposal signature covers: those of [`Proposal::header`].
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 5 + 32 + 5 + 20);
-        self.height.0.encode_to(&mut out);
-        round_to_option(self.round).encode_to(&mut out);
-        self.value.0.encode_to(&mut out);
-        round_to_option(self.pol_round).encode_to(&mut out);
-        self.proposer.0.encode_to(&mut out);
-        out
+        self.header().to_bytes()
     }
 }
 
@@ -236,15 +241,21 @@ pub struct BlockPart {
 }
 
 impl BlockPart {
-    /// The bytes the proposer signs: every field but the signature, with the block hashed.
+    /// Every field but the signature, with the block hashed: what the proposer signs, and what
+    /// double-proposal evidence carries instead of the block.
+    pub fn header(&self) -> trellis_proto::PartHeader {
+        trellis_proto::PartHeader {
+            height: trellis_proto::Height(self.height.0),
+            round: round_to_option(self.round),
+            valid_round: round_to_option(self.valid_round),
+            proposer: self.proposer.0,
+            block: Hash::digest(trellis_proto::HashDomain::Blob, &self.block),
+        }
+    }
+
+    /// The bytes the proposer signs: those of [`BlockPart::header`].
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 5 + 5 + 20 + 32);
-        self.height.0.encode_to(&mut out);
-        round_to_option(self.round).encode_to(&mut out);
-        round_to_option(self.valid_round).encode_to(&mut out);
-        self.proposer.0.encode_to(&mut out);
-        Hash::digest(trellis_proto::HashDomain::Blob, &self.block).encode_to(&mut out);
-        out
+        self.header().to_bytes()
     }
 }
 

@@ -10,8 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_proto::{
-    Address, Aggregate, AggregationRule, Amount, EquivocationEvidence, Hash, HashDomain, Height, JobId, JobSpec,
-    PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode, WorkCommitment, WorkReveal,
+    Address, Aggregate, AggregationRule, Amount, DoubleProposalEvidence, EquivocationEvidence, Hash, HashDomain,
+    Height, JobId, JobSpec, PublicKey, Role, SignedTx, TxKind, Verdict, VerdictOutcome, VerificationMode,
+    WorkCommitment, WorkReveal,
 };
 
 use crate::error::TxError;
@@ -217,6 +218,19 @@ impl SlashReason {
         }
     }
 }
+
+/// Where a validator may sign only one thing: a consensus step of one height and round. The
+/// chain punishes an equivocation once per slot.
+#[derive(Debug, Clone, Copy)]
+struct EquivocationSlot {
+    height: Height,
+    round: u32,
+    /// `VoteType as u8` for votes (0, 1), [`PROPOSAL_STEP`] for proposals.
+    step: u8,
+}
+
+/// The step byte of the proposal slot in an equivocation marker (votes use 0 and 1).
+const PROPOSAL_STEP: u8 = 3;
 
 /// Genesis state: balances, initial bonds, parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -487,6 +501,7 @@ impl Chain {
             TxKind::CancelJob { job } => events.extend(self.cancel_job(kv, sender, *job, ctx)?),
             TxKind::ReportEquivocation(evidence) => events.extend(self.report_equivocation(kv, evidence)?),
             TxKind::CommitBeacon { tip, layers } => events.push(self.commit_beacon(kv, sender, *tip, *layers, ctx)?),
+            TxKind::ReportDoubleProposal(evidence) => events.extend(self.report_double_proposal(kv, evidence)?),
         }
         Ok(events)
     }
@@ -998,32 +1013,63 @@ impl Chain {
         evidence: &EquivocationEvidence,
     ) -> Result<Vec<Event>, TxError> {
         evidence.verify(&self.chain_id).map_err(|e| TxError::InvalidEvidence(e.to_string()))?;
-        let offender = evidence.validator.address();
-        let slot = (evidence.first.vote.height, evidence.first.vote.round, evidence.first.vote.vote_type);
-        let marker =
-            [b"evidence/".as_slice(), &offender.0, &slot.0 .0.to_be_bytes(), &slot.1.to_be_bytes(), &[slot.2 as u8]]
-                .concat();
+        let vote = &evidence.first.vote;
+        let slot = EquivocationSlot { height: vote.height, round: vote.round, step: vote.vote_type as u8 };
+        self.punish_equivocation(kv, &evidence.validator.address(), slot, &trellis_proto::Encode::to_bytes(evidence))
+    }
+
+    /// Two blocks signed by one proposer for one height and round: punished as a double vote is.
+    /// One slot (height, round, proposal) whichever claims prove it, so a proposer that signed
+    /// two engine proposals and two block parts for the same round is slashed once.
+    fn report_double_proposal<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        evidence: &DoubleProposalEvidence,
+    ) -> Result<Vec<Event>, TxError> {
+        evidence.verify(&self.chain_id).map_err(|e| TxError::InvalidEvidence(e.to_string()))?;
+        let (height, round) = evidence.slot();
+        let slot = EquivocationSlot { height, round, step: PROPOSAL_STEP };
+        self.punish_equivocation(kv, &evidence.proposer.address(), slot, &trellis_proto::Encode::to_bytes(evidence))
+    }
+
+    /// Jails and slashes `offender` once per slot it equivocated in; a second report of the same
+    /// slot (whatever pair of messages it carries) is refused.
+    fn punish_equivocation<S: KvStore + ?Sized>(
+        &self,
+        kv: &mut S,
+        offender: &Address,
+        slot: EquivocationSlot,
+        evidence_bytes: &[u8],
+    ) -> Result<Vec<Event>, TxError> {
+        let marker = [
+            b"evidence/".as_slice(),
+            &offender.0,
+            &slot.height.0.to_be_bytes(),
+            &slot.round.to_be_bytes(),
+            &[slot.step],
+        ]
+        .concat();
         if kv.get(&marker).is_some() {
             return Err(TxError::EvidenceAlreadyUsed);
         }
-        let key = keys::stake(Role::Validator, &offender);
+        let key = keys::stake(Role::Validator, offender);
         let Some(mut stake) = read::<Stake>(kv, &key)? else {
-            return Err(TxError::UnknownValidator(offender));
+            return Err(TxError::UnknownValidator(*offender));
         };
         stake.jailed = true;
         write(kv, key, &stake);
-        let amount = self.slash(kv, &offender, Role::Validator, self.params.equivocation_slash_ppm)?;
+        let amount = self.slash(kv, offender, Role::Validator, self.params.equivocation_slash_ppm)?;
         self.burn(kv, amount)?;
-        kv.put(marker, Hash::digest(HashDomain::Blob, &trellis_proto::Encode::to_bytes(evidence)).0.to_vec());
+        kv.put(marker, Hash::digest(HashDomain::Blob, evidence_bytes).0.to_vec());
         Ok(vec![
             Event::Slashed {
-                who: offender,
+                who: *offender,
                 role: Role::Validator,
                 amount,
                 reason: SlashReason::Equivocation,
                 job: None,
             },
-            Event::Jailed { validator: offender },
+            Event::Jailed { validator: *offender },
         ])
     }
 }

@@ -382,6 +382,62 @@ fn equivocation_is_slashed_burned_and_jailed_and_the_set_drops_the_offender() {
 }
 
 #[test]
+fn a_double_proposal_is_slashed_and_jailed_once_per_round_whichever_claims_prove_it() {
+    let mut w = World::new(4, 0, Params { epoch_blocks: 5, ..params() });
+    let offender = Keypair::from_seed(w.validators[1].seed());
+    let part = |round: u32, block: u8| {
+        let header = PartHeader {
+            height: Height(3),
+            round: Some(round),
+            valid_round: None,
+            proposer: offender.address(),
+            block: Hash([block; 32]),
+        };
+        let signature = offender.sign(CHAIN, SigningKind::ProposalPart, &header.to_bytes());
+        SignedProposalClaim { claim: ProposalClaim::Part(header), signature }
+    };
+    let proposal = |round: u32, block: u8| {
+        let header = ProposalHeader {
+            height: Height(3),
+            round: Some(round),
+            value: Hash([block; 32]),
+            pol_round: None,
+            proposer: offender.address(),
+        };
+        let signature = offender.sign(CHAIN, SigningKind::Proposal, &header.to_bytes());
+        SignedProposalClaim { claim: ProposalClaim::Proposal(header), signature }
+    };
+    let evidence = |first, second| DoubleProposalEvidence { proposer: offender.public_key(), first, second };
+    let reporter = Keypair::from_seed(w.validators[0].seed());
+
+    // Not evidence: one block signed twice.
+    assert!(matches!(
+        w.send(&reporter, TxKind::ReportDoubleProposal(Box::new(evidence(part(0, 1), part(0, 1))))),
+        Err(TxError::InvalidEvidence(_))
+    ));
+    assert!(slashed(&w, &offender.address()).is_empty());
+
+    w.send(&reporter, TxKind::ReportDoubleProposal(Box::new(evidence(part(0, 1), part(0, 2))))).unwrap();
+    assert_eq!(slashed(&w, &offender.address()), vec![(4_000, SlashReason::Equivocation)]);
+    assert!(w.stake(Role::Validator, &offender).jailed);
+    // The same round proven again, by other parts or by the engine's proposals: refused.
+    assert!(matches!(
+        w.send(&reporter, TxKind::ReportDoubleProposal(Box::new(evidence(part(0, 1), part(0, 3))))),
+        Err(TxError::EvidenceAlreadyUsed)
+    ));
+    assert!(matches!(
+        w.send(&reporter, TxKind::ReportDoubleProposal(Box::new(evidence(proposal(0, 1), proposal(0, 2))))),
+        Err(TxError::EvidenceAlreadyUsed)
+    ));
+    // Another round is another offence.
+    w.send(&reporter, TxKind::ReportDoubleProposal(Box::new(evidence(proposal(1, 1), proposal(1, 2))))).unwrap();
+    assert_eq!(slashed(&w, &offender.address()).len(), 2);
+    w.advance_to(Height(5));
+    assert!(!w.chain.validator_set(&w.kv).unwrap().contains(&offender.address()));
+    w.supply_holds();
+}
+
+#[test]
 fn every_transaction_kind_rejects_bad_input_with_its_typed_error() {
     let mut w = World::new(4, 2, params());
     let job = w.submit_and_join(30_000);

@@ -54,6 +54,7 @@ pub fn is_duty(kind: &TxKind) -> bool {
             | TxKind::CommitWork(_)
             | TxKind::RevealWork(_)
             | TxKind::ReportEquivocation(_)
+            | TxKind::ReportDoubleProposal(_)
             | TxKind::CommitBeacon { .. }
     )
 }

@@ -6,14 +6,16 @@
 //! and the final validation loss within 5% of a clean run (four honest miners, same job). The
 //! unit-gap and lying-peer attacks of docs/threat-model.md run here end to end. The miners'
 //! attacks share two devnets (work that fails its checks; work withheld, copied or lied about);
-//! the validators' attacks (a forged aggregate, framing evidence), the groth16 job and the
-//! transaction flood each get their own.
+//! the validators' attacks (a forged aggregate, framing evidence, two blocks signed for one
+//! round), the groth16 job and the transaction flood each get their own.
 //!
 //! The runs share the machine, so they go one at a time; the clean run is made once.
 //! Every run is bounded in time and its processes are killed by pid if it overstays.
 
 #[cfg(feature = "adversary")]
 mod corpus;
+#[cfg(feature = "adversary")]
+mod harness;
 
 #[cfg(feature = "adversary")]
 mod with_adversaries {
@@ -386,6 +388,50 @@ mod with_adversaries {
             "forge-aggregate: honest validators refused {} proposals carrying the forgery",
             run.refused_aggregates
         );
+    }
+
+    /// A validator that signs a second valid block for every round it proposes
+    /// (`double-propose`, the first step of a proposal flood): the honest validators report the
+    /// two signed parts, the report is included, the proposer loses 20% of its bond and is
+    /// jailed, and at the epoch's end the set drops it; the others keep committing and agree.
+    #[test]
+    fn a_validator_signing_two_blocks_for_a_round_is_slashed_jailed_and_dropped() {
+        use trellis_node::devnet::DevnetSpec;
+        use trellis_node::rpc::api::TrellisRpcClient as _;
+        use trellis_protocol::behaviour::Behaviour;
+        let mut runs = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        *runs += 1;
+        let mut spec = DevnetSpec::new(4, base_port(*runs), "double-propose", 300);
+        spec.adversaries = vec![(Behaviour::DoublePropose, 1)];
+        let cluster = crate::harness::Cluster::start("double-propose", &spec);
+        cluster.wait_for_height(&[0, 1, 2, 3], 1, Duration::from_secs(60));
+        let offender = trellis_node::home::Home::new(&cluster.info.nodes[3].home).load_key().unwrap().address();
+        let offender = offender.to_string();
+        // Every validator is bonded alike at genesis, and an honest one keeps its bond: the
+        // offender's may already be slashed by now.
+        let honest = trellis_node::home::Home::new(&cluster.info.nodes[0].home).load_key().unwrap().address();
+        let bonded = cluster.account(0, &honest.to_string()).validator_stake.expect("a bonded validator").bonded;
+        let jailed = cluster.wait_until("the double proposer jailed", Duration::from_secs(120), |c| {
+            c.account(0, &offender).validator_stake.filter(|stake| stake.jailed)
+        });
+        // 20% for each round it doubled whose report was included so far (a jailed validator
+        // still proposes until the epoch ends, and is slashed again if it doubles again).
+        let after_one = bonded.0 - bonded.0 * Params::default().equivocation_slash_ppm / 1_000_000;
+        assert!(
+            jailed.bonded.0 <= after_one && jailed.bonded.0 > 0,
+            "bond {} before, {} once jailed",
+            bonded.0,
+            jailed.bonded.0
+        );
+        let epoch = Params::default().epoch_blocks;
+        cluster.wait_until(
+            &format!("the validator set without the double proposer (epochs of {epoch} blocks)"),
+            Duration::from_secs(120),
+            |c| c.block_on(c.client(0).validators()).ok().filter(|set| set.validators.len() == 3),
+        );
+        let height = cluster.height(0).unwrap();
+        cluster.wait_for_height(&[0, 1, 2], height + 3, Duration::from_secs(60));
+        cluster.assert_agree(&[0, 1, 2], height + 3);
     }
 
     /// A validator that says `Invalid` about every segment it checks, quoting checkpoints the

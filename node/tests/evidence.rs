@@ -1,15 +1,18 @@
-//! A double vote reported by the consensus engine becomes a `ReportEquivocation` transaction
-//! that the chain accepts and that slashes the double signer.
+//! A double vote or double proposal reported by the consensus engine, and two block parts one
+//! proposer signed for one round, become equivocation reports that the chain accepts and that
+//! slash the double signer.
 
 use arc_malachitebft_app_channel::app::consensus::MisbehaviorEvidence;
 use arc_malachitebft_app_channel::app::types::core::{Context, NilOrVal, Round, SignedMessage};
 use arc_malachitebft_app_channel::Signer;
+use bytes::Bytes;
 use trellis_consensus::{
-    BlockHeight, BlockId, ConsensusVote, TrellisContext, TrellisSigner, Validator, ValidatorAddress, ValidatorSet,
+    BlockHeight, BlockId, BlockPart, ConsensusVote, Proposal, TrellisContext, TrellisSigner, Validator,
+    ValidatorAddress, ValidatorSet,
 };
 use trellis_contracts::{BlockCtx, Chain, Event, Genesis, MemoryKv, Params, SlashReason};
-use trellis_node::engine::consensus_app::evidence_transactions;
-use trellis_proto::{Hash, Keypair, TxKind};
+use trellis_node::engine::consensus_app::{evidence_transactions, PartWitness};
+use trellis_proto::{Hash, Keypair, SignedTx, TxKind};
 
 const CHAIN: &str = "evidence-test";
 
@@ -47,7 +50,12 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
     assert_eq!(reported.validator, offender.public_key());
     reported.verify(CHAIN).expect("evidence verifies on its own");
 
-    // The chain accepts the report and slashes the offender's validator stake.
+    chain_slashes_once(&keys, reporter, tx, offender);
+}
+
+/// Applies `tx` (a report by `reporter`, a member of `keys`) on a fresh chain whose validators
+/// are `keys`: it slashes `offender` for equivocation, and the same report again is refused.
+fn chain_slashes_once(keys: &[Keypair], reporter: &Keypair, tx: &SignedTx, offender: &Keypair) {
     let genesis = Genesis {
         chain_id: CHAIN.into(),
         accounts: keys.iter().map(|k| (k.address(), trellis_proto::Amount(1_000_000))).collect(),
@@ -57,9 +65,7 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
     };
     let mut kv = MemoryKv::new();
     let chain = Chain::init_genesis(&mut kv, &genesis).unwrap();
-    let mut tx = tx.clone();
-    tx.tx.nonce = 0;
-    let tx = trellis_proto::Transaction { ..tx.tx }.sign(CHAIN, reporter);
+    let tx = trellis_proto::Transaction { nonce: 0, ..tx.tx.clone() }.sign(CHAIN, reporter);
     let ctx = BlockCtx {
         height: trellis_proto::Height(6),
         time_ms: 6_000,
@@ -73,7 +79,90 @@ fn a_double_vote_from_the_engine_becomes_a_slashing_transaction() {
         ),
         "{events:?}"
     );
-    // Reporting the same double vote again is refused.
+    // Reporting the same offence again is refused.
     let again = trellis_proto::Transaction { nonce: 1, ..tx.tx.clone() }.sign(CHAIN, reporter);
     assert!(chain.apply_tx(&mut kv, &again, &ctx).is_err());
+}
+
+fn proposal(key: &Keypair, round: u32, value: u8) -> SignedMessage<TrellisContext, Proposal> {
+    let ctx = TrellisContext::new(CHAIN);
+    let proposal = ctx.new_proposal(
+        BlockHeight(5),
+        Round::new(round),
+        BlockId(Hash([value; 32])),
+        Round::Nil,
+        ValidatorAddress(key.address()),
+    );
+    let signer = TrellisSigner::new(CHAIN, Keypair::from_seed(key.seed()));
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(signer.sign_proposal(proposal)).unwrap()
+}
+
+#[test]
+fn a_double_proposal_from_the_engine_becomes_one_slashing_transaction_per_round() {
+    let keys: Vec<Keypair> = (1..=4).map(|s| Keypair::from_seed([s; 32])).collect();
+    let (reporter, offender) = (&keys[0], &keys[1]);
+    let set = ValidatorSet::new(keys.iter().map(|k| Validator::new(k.public_key(), 20_000).unwrap()).collect());
+
+    let mut proposals = arc_malachitebft_core_driver::EvidenceMap::new();
+    proposals.add(proposal(offender, 0, 1), proposal(offender, 0, 2));
+    // The same round again (a third block): the chain slashes a round once, so it is not reported.
+    proposals.add(proposal(offender, 0, 1), proposal(offender, 0, 3));
+    let outsider = Keypair::from_seed([9; 32]);
+    proposals.add(proposal(&outsider, 0, 1), proposal(&outsider, 0, 2));
+    let evidence = MisbehaviorEvidence { proposals, votes: arc_malachitebft_core_votekeeper::EvidenceMap::new() };
+
+    let txs = evidence_transactions(CHAIN, &set, &evidence, reporter, 3);
+    assert_eq!(txs.len(), 1, "one report for the validator's double proposal: {txs:?}");
+    assert_eq!(txs[0].tx.nonce, 3);
+    let TxKind::ReportDoubleProposal(reported) = &txs[0].tx.kind else { panic!("not a double-proposal report") };
+    assert_eq!(reported.proposer, offender.public_key());
+    assert_eq!(reported.slot(), (trellis_proto::Height(5), 0));
+    reported.verify(CHAIN).expect("evidence verifies on its own");
+    chain_slashes_once(&keys, reporter, &txs[0], offender);
+}
+
+fn part(key: &Keypair, round: u32, valid_round: Round, block: &[u8]) -> BlockPart {
+    let mut part = BlockPart {
+        height: BlockHeight(5),
+        round: Round::new(round),
+        valid_round,
+        proposer: ValidatorAddress(key.address()),
+        block: Bytes::copy_from_slice(block),
+        signature: trellis_proto::Signature([0; 64]),
+    };
+    part.signature = TrellisSigner::new(CHAIN, Keypair::from_seed(key.seed())).sign_part(&part);
+    part
+}
+
+#[test]
+fn a_proposer_signing_two_blocks_for_one_round_is_reported_once_and_slashed() {
+    let keys: Vec<Keypair> = (1..=4).map(|s| Keypair::from_seed([s; 32])).collect();
+    let (reporter, offender) = (&keys[0], &keys[1]);
+    let mut witness = PartWitness::default();
+    let key = offender.public_key();
+
+    assert!(witness.observe(CHAIN, &part(offender, 0, Round::Nil, b"block A"), key).is_none(), "a first part");
+    assert!(witness.observe(CHAIN, &part(offender, 0, Round::Nil, b"block A"), key).is_none(), "the same part again");
+    // The same block re-signed with a valid round (an honest re-proposal) is one block.
+    assert!(witness.observe(CHAIN, &part(offender, 0, Round::new(0), b"block A"), key).is_none());
+    // Another round's first part.
+    assert!(witness.observe(CHAIN, &part(offender, 1, Round::Nil, b"block C"), key).is_none());
+
+    let evidence = witness
+        .observe(CHAIN, &part(offender, 0, Round::Nil, b"block B"), key)
+        .expect("a second block for round 0 is a double proposal");
+    evidence.verify(CHAIN).expect("the evidence verifies without the blocks");
+    assert_eq!(evidence.slot(), (trellis_proto::Height(5), 0));
+    // A flood: the third, fourth... blocks of the round are not reported again.
+    for n in 0..5u8 {
+        assert!(witness.observe(CHAIN, &part(offender, 0, Round::Nil, &[b'x', n]), key).is_none());
+    }
+    let tx = trellis_proto::Transaction {
+        sender: reporter.public_key(),
+        nonce: 0,
+        fee: trellis_proto::Amount(1),
+        kind: TxKind::ReportDoubleProposal(Box::new(evidence)),
+    }
+    .sign(CHAIN, reporter);
+    chain_slashes_once(&keys, reporter, &tx, offender);
 }

@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 
 pub use block::{Block, BlockError, BlockHeader};
 pub use codec::{decode, Decode, DecodeError, Encode};
-pub use consensus::{EquivocationEvidence, SignedVote, Vote, VoteType};
+pub use consensus::{
+    DoubleProposalEvidence, EquivocationEvidence, PartHeader, ProposalClaim, ProposalHeader, SignedProposalClaim,
+    SignedVote, Vote, VoteType,
+};
 pub use crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 pub use hash::{Hash, HashDomain};
 pub use job::{

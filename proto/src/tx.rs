@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, Decode, DecodeError, Encode, Reader};
-use crate::consensus::EquivocationEvidence;
+use crate::consensus::{DoubleProposalEvidence, EquivocationEvidence};
 use crate::crypto::{Address, Keypair, PublicKey, Signature, SignatureError, SigningKind};
 use crate::hash::{Hash, HashDomain};
 use crate::job::{Aggregate, JobId, JobSpec, Verdict, WorkCommitment, WorkReveal};
@@ -58,6 +58,9 @@ pub enum TxKind {
         tip: Hash,
         layers: u32,
     },
+    /// A proposer signed two blocks for one height and round. Boxed: its two claims would
+    /// otherwise double the size of every transaction held in memory.
+    ReportDoubleProposal(Box<DoubleProposalEvidence>),
 }
 
 impl TxKind {
@@ -76,6 +79,7 @@ impl TxKind {
             TxKind::CancelJob { .. } => "cancel_job",
             TxKind::ReportEquivocation(_) => "report_equivocation",
             TxKind::CommitBeacon { .. } => "commit_beacon",
+            TxKind::ReportDoubleProposal(_) => "report_double_proposal",
         }
     }
 }
@@ -136,6 +140,10 @@ impl Encode for TxKind {
                 tip.encode_to(out);
                 layers.encode_to(out);
             }
+            TxKind::ReportDoubleProposal(evidence) => {
+                out.push(13);
+                evidence.encode_to(out);
+            }
         }
     }
 }
@@ -155,6 +163,7 @@ impl Decode for TxKind {
             10 => TxKind::ReportEquivocation(Decode::decode_from(reader)?),
             11 => TxKind::RevealWork(Decode::decode_from(reader)?),
             12 => TxKind::CommitBeacon { tip: Decode::decode_from(reader)?, layers: Decode::decode_from(reader)? },
+            13 => TxKind::ReportDoubleProposal(Box::new(Decode::decode_from(reader)?)),
             tag => return Err(DecodeError::UnknownTag { what: "transaction kind", tag }),
         })
     }

@@ -34,6 +34,19 @@ fn small_values_have_exact_bytes() {
     assert_eq!(hex::encode(AggregationRule::TrimmedMean { trim: 1 }.to_bytes()), "0201000000");
     assert_eq!(hex::encode(VerificationMode::Tolerance { max_distance: 1.0 }.to_bytes()), "020000803f");
     assert_eq!(hex::encode(TxKind::JoinJob { job: JobId(3) }.to_bytes()), "050300000000000000",);
+    // What a proposer signs for a block part (and double-proposal evidence carries): height,
+    // round, valid round, proposer, the block's hash.
+    let part = PartHeader {
+        height: Height(2),
+        round: Some(1),
+        valid_round: None,
+        proposer: address(0x11),
+        block: Hash([0x22; 32]),
+    };
+    assert_eq!(
+        hex::encode(part.to_bytes()),
+        format!("0200000000000000010100000000{}{}", "11".repeat(20), "22".repeat(32)),
+    );
     assert_eq!(
         hex::encode(TxKind::Transfer { to: address(0x11), amount: Amount(5) }.to_bytes()),
         format!("01{}0500000000000000", "11".repeat(20)),
@@ -72,6 +85,8 @@ fn structured_values_have_fixed_encodings() {
     assert_golden("Aggregate", &aggregate(), len, digest);
     let (len, digest) = GOLDEN_EQUIVOCATION;
     assert_golden("EquivocationEvidence", &equivocation(), len, digest);
+    let (len, digest) = GOLDEN_DOUBLE_PROPOSAL;
+    assert_golden("DoubleProposalEvidence", &double_proposal(), len, digest);
     let (len, digest) = GOLDEN_BLOCK_HEADER;
     assert_golden("BlockHeader", &block().header, len, digest);
     let (len, digest) = GOLDEN_BLOCK;
@@ -115,8 +130,9 @@ const GOLDEN_WORK_COMMITMENT: (usize, &str) = (44, "9d7db193cff8f38f8bdc0076d150
 const GOLDEN_VERDICT: (usize, &str) = (106, "17034b3f49781aa2ca7676284f2b92f1cb5998e3f6a53e15769a8849eb224326");
 const GOLDEN_AGGREGATE: (usize, &str) = (120, "01def3cf30c204656637194f7fe8fa8c8f2b0108ad5f621e967d13775e356c55");
 const GOLDEN_EQUIVOCATION: (usize, &str) = (292, "797e5280fa461d6e0cf8513c135d08d5cb841b4a4059381389752bd22e148653");
-const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "68a02d2cce82ba5d57000290df33679b686c69b4510a6b1bc6f9900668f1b4a8");
-const GOLDEN_BLOCK: (usize, &str) = (2914, "d62d66581e14c11a74446d9db9b07632ed88ee4cbf26f4f117fb30e107443f1e");
+const GOLDEN_DOUBLE_PROPOSAL: (usize, &str) = (294, "a776061a20c0b789cbcd507d6fc8e1a7cd1cd9a7be23e4bba240b08dd2eced06");
+const GOLDEN_BLOCK_HEADER: (usize, &str) = (182, "887b2f4e45f06479ce80040af2b0ee668974fb450e0eaa19d481d42b4e5f0c96");
+const GOLDEN_BLOCK: (usize, &str) = (3321, "3bc88fcc6af1c0d1e0e0b70e1dcbacb664007fce59dff1703e74e373b0f5f753");
 const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
     (
         "transfer",
@@ -202,8 +218,14 @@ const GOLDEN_TXS: &[(&str, usize, &str, &str)] = &[
         "a825fc1fee20570191f0803a979a004573551f30915761f84f77940a7e24db7e",
         "447388d7d4db7536159d1f5961f2841823f34660f692afc17700e55d745d3311",
     ),
+    (
+        "report_double_proposal",
+        407,
+        "7f1e4b8fcd25ef5ccacb9907e3f90b4899661f78ac4ae683bace1e2b8b95cd04",
+        "36265d3fbfa8e14d5066c781638ad32ada2011ace92b69aa6e5db75f9410c320",
+    ),
 ];
-const GOLDEN_BLOCK_HASH: &str = "e81461df7a10275106c910ea5ea107b518e277919e715eaf05f393f7cda06537";
+const GOLDEN_BLOCK_HASH: &str = "ba9576d630640cf71cec2c530a7960997584f24ff13ccfc3fc45967a51028c42";
 const GOLDEN_JOB_SPEC_HASH: &str = "db2c1ce6c69091a179ac06d0e8364a14a00cb062bb7fc20184c6e01d86d71f87";
 const GOLDEN_MERKLE_ROOT_ABC: &str = "21d0104d72b28296b30fd3f2675b624d635f63924e9bfec5edaa9911a31d7f2a";
 const GOLDEN_TRAIL_HASH: &str = "79630e845f02e9e99b52b6c4fc0586eab7655dd7da380e420f2a3a5a95ea20bb";

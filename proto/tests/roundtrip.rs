@@ -190,6 +190,35 @@ fn arb_vote() -> impl Strategy<Value = SignedVote> {
         })
 }
 
+fn arb_claim() -> impl Strategy<Value = SignedProposalClaim> {
+    (
+        any::<bool>(),
+        any::<u64>(),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<u32>()),
+        arb_address(),
+        arb_hash(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(engine, h, round, other_round, proposer, block, s)| {
+            let height = Height(h);
+            let claim = if engine {
+                ProposalClaim::Proposal(ProposalHeader {
+                    height,
+                    round,
+                    value: block,
+                    pol_round: other_round,
+                    proposer,
+                })
+            } else {
+                ProposalClaim::Part(PartHeader { height, round, valid_round: other_round, proposer, block })
+            };
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&s);
+            SignedProposalClaim { claim, signature: Signature(signature) }
+        })
+}
+
 fn arb_kind() -> impl Strategy<Value = TxKind> {
     prop_oneof![
         (arb_address(), arb_amount()).prop_map(|(to, amount)| TxKind::Transfer { to, amount }),
@@ -246,6 +275,9 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
         any::<u64>().prop_map(|j| TxKind::CancelJob { job: JobId(j) }),
         (any::<[u8; 32]>(), arb_vote(), arb_vote()).prop_map(|(k, first, second)| {
             TxKind::ReportEquivocation(EquivocationEvidence { validator: PublicKey(k), first, second })
+        }),
+        (any::<[u8; 32]>(), arb_claim(), arb_claim()).prop_map(|(k, first, second)| {
+            TxKind::ReportDoubleProposal(Box::new(DoubleProposalEvidence { proposer: PublicKey(k), first, second }))
         }),
     ]
 }
@@ -436,6 +468,73 @@ fn equivocation_evidence_is_checked() {
     let mut other_key = evidence;
     other_key.validator = common::key(6).public_key();
     assert_eq!(other_key.verify(common::CHAIN), Err(consensus::EvidenceError::WrongValidator));
+}
+
+#[test]
+fn double_proposal_evidence_is_checked() {
+    use consensus::DoubleProposalError;
+    let evidence = common::double_proposal();
+    evidence.verify(common::CHAIN).unwrap();
+    assert_eq!(evidence.slot(), (Height(12), 3));
+    assert!(evidence.verify("another-chain").is_err());
+
+    let mut same = evidence.clone();
+    same.second = same.first.clone();
+    assert_eq!(same.verify(common::CHAIN), Err(DoubleProposalError::SameBlock));
+
+    // The same block re-signed with another valid round is one block, not two.
+    let signer = common::key(5);
+    let mut resigned = evidence.clone();
+    let ProposalClaim::Part(mut header) = resigned.first.claim.clone() else { unreachable!() };
+    header.valid_round = Some(1);
+    resigned.second = SignedProposalClaim {
+        signature: signer.sign(common::CHAIN, SigningKind::ProposalPart, &header.to_bytes()),
+        claim: ProposalClaim::Part(header),
+    };
+    assert_eq!(resigned.verify(common::CHAIN), Err(DoubleProposalError::SameBlock));
+
+    // Another round, or the other kind of claim, is another slot.
+    let mut other_round = evidence.clone();
+    let ProposalClaim::Part(header) = &mut other_round.second.claim else { unreachable!() };
+    header.round = Some(4);
+    assert_eq!(other_round.verify(common::CHAIN), Err(DoubleProposalError::DifferentSlot));
+    let mut no_round = evidence.clone();
+    for claim in [&mut no_round.first.claim, &mut no_round.second.claim] {
+        let ProposalClaim::Part(header) = claim else { unreachable!() };
+        header.round = None;
+    }
+    assert_eq!(no_round.verify(common::CHAIN), Err(DoubleProposalError::DifferentSlot));
+    let mut mixed = evidence.clone();
+    let header = ProposalHeader {
+        height: Height(12),
+        round: Some(3),
+        value: common::hash(22),
+        pol_round: None,
+        proposer: signer.address(),
+    };
+    mixed.second = SignedProposalClaim {
+        signature: signer.sign(common::CHAIN, SigningKind::Proposal, &header.to_bytes()),
+        claim: ProposalClaim::Proposal(header),
+    };
+    assert_eq!(mixed.verify(common::CHAIN), Err(DoubleProposalError::DifferentSlot));
+
+    let mut other_key = evidence.clone();
+    other_key.proposer = common::key(6).public_key();
+    assert_eq!(other_key.verify(common::CHAIN), Err(DoubleProposalError::WrongProposer));
+
+    // A part signature does not stand for an engine proposal with the same bytes.
+    let mut wrong_kind = evidence;
+    for signed in [&mut wrong_kind.first, &mut wrong_kind.second] {
+        let ProposalClaim::Part(part) = &signed.claim else { unreachable!() };
+        signed.claim = ProposalClaim::Proposal(ProposalHeader {
+            height: part.height,
+            round: part.round,
+            value: part.block,
+            pol_round: part.valid_round,
+            proposer: part.proposer,
+        });
+    }
+    assert!(matches!(wrong_kind.verify(common::CHAIN), Err(DoubleProposalError::Signature(_))));
 }
 
 #[test]

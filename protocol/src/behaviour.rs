@@ -39,6 +39,9 @@
 //! - `forge-aggregate`: a validator that takes a forged outer update (a model hash nobody
 //!   computed) for its own, sends it and proposes blocks carrying it; every honest validator
 //!   recomputes the aggregate, votes nil on those blocks, and commits the honest one.
+//! - `double-propose`: a validator that, whenever it proposes, signs and sends a second valid
+//!   block for the same height and round (the proposal flood's first step); every honest
+//!   validator reports the two signed parts, and the contracts slash and jail it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -75,6 +78,8 @@ pub enum Behaviour {
     /// (A miner of a streaming job) names its accepted state as the one it continues, but starts
     /// from a state of its own making.
     ForgedStart,
+    /// (A validator) signs two blocks for every round it proposes.
+    DoublePropose,
 }
 
 /// The miners' behaviours the simulator stages (it does not train, so those it models are
@@ -83,7 +88,7 @@ pub const SIMULATED_MINERS: [Behaviour; 5] =
     [Behaviour::Honest, Behaviour::FakeTrail, Behaviour::Copy, Behaviour::SkipWork, Behaviour::Withhold];
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 13] = [
+    pub const ALL: [Behaviour; 14] = [
         Behaviour::Honest,
         Behaviour::PoisonSignFlip,
         Behaviour::PoisonNoise,
@@ -97,6 +102,7 @@ impl Behaviour {
         Behaviour::Frame,
         Behaviour::Straggler,
         Behaviour::ForgedStart,
+        Behaviour::DoublePropose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,12 +120,13 @@ impl Behaviour {
             Behaviour::Frame => "frame",
             Behaviour::Straggler => "straggler",
             Behaviour::ForgedStart => "forged-start",
+            Behaviour::DoublePropose => "double-propose",
         }
     }
 
     /// Whether a validator (rather than a miner) behaves this way.
     pub fn is_validators(self) -> bool {
-        matches!(self, Behaviour::ForgeAggregate | Behaviour::Frame)
+        matches!(self, Behaviour::ForgeAggregate | Behaviour::Frame | Behaviour::DoublePropose)
     }
 
     /// Whether the miner produces a trail of its own (trained, partly trained or faked).

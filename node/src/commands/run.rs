@@ -440,6 +440,8 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
 
     let key = if signs { Some(Arc::new(key)) } else { None };
     let app = ConsensusApp::new(shared, key, timing(&config));
+    #[cfg(feature = "adversary")]
+    let app = app.double_proposing(behaviour == Behaviour::DoublePropose);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let failure = tokio::select! {

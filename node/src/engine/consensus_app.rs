@@ -1,11 +1,12 @@
 //! The application side of the Malachite engine: proposes blocks from the mempool, checks the
 //! blocks others propose by executing them, commits decided blocks, serves and accepts synced
-//! blocks, and turns reported double votes into slashing transactions.
+//! blocks, and turns double votes and double proposals (the engine's, and two block parts one
+//! proposer signed for one round) into slashing transactions.
 //!
 //! The engine awaits each reply inline, so every handler here is bounded: block execution is the
 //! longest step, and a proposal is built within the engine's `GetValue` time budget.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,8 @@ use trellis_consensus::{
 };
 use trellis_proto::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use trellis_proto::{
-    Amount, Block, Encode, EquivocationEvidence, Hash, Height, Keypair, SignedVote, Transaction, TxKind,
+    Address, Amount, Block, DoubleProposalEvidence, Encode, EquivocationEvidence, Hash, Height, Keypair, ProposalClaim,
+    SignedProposalClaim, SignedVote, Transaction, TxKind,
 };
 
 use crate::shared::{NodeEvent, Shared};
@@ -70,7 +72,12 @@ pub struct ConsensusApp {
     parts: HashMap<Hash, BlockPart>,
     /// Parts for heights not yet reached.
     future_parts: Vec<BlockPart>,
+    /// The first signed part of each round of the current height, to spot a second block.
+    part_witness: PartWitness,
     stream_counter: u64,
+    /// An adversary (`double-propose`): signs a second block for every round it proposes.
+    #[cfg(feature = "adversary")]
+    double_propose: bool,
 }
 
 fn now_ms() -> u64 {
@@ -96,8 +103,19 @@ impl ConsensusApp {
             values: BTreeMap::new(),
             parts: HashMap::new(),
             future_parts: Vec::new(),
+            part_witness: PartWitness::default(),
             stream_counter: 0,
+            #[cfg(feature = "adversary")]
+            double_propose: false,
         }
+    }
+
+    /// Makes this validator sign and send a second block for every round it proposes
+    /// (`--behaviour double-propose`; test and devnet builds only).
+    #[cfg(feature = "adversary")]
+    pub fn double_proposing(mut self, yes: bool) -> Self {
+        self.double_propose = yes;
+        self
     }
 
     pub fn context(&self) -> &TrellisContext {
@@ -140,6 +158,12 @@ impl ConsensusApp {
                 let _ = reply.send(LocallyProposedValue::new(height, round, BlockId(value)));
                 if let Some(part) = self.parts.get(&value).cloned() {
                     self.publish(part, channels).await;
+                }
+                #[cfg(feature = "adversary")]
+                if self.double_propose {
+                    if let Some(twin) = self.twin_part(height, round) {
+                        self.publish(twin, channels).await;
+                    }
                 }
             }
             AppMsg::ExtendVote { reply, .. } => {
@@ -185,6 +209,7 @@ impl ConsensusApp {
         self.executed.retain(|_, e| e.block.header.height.0 >= height.0);
         self.values.retain(|(h, _), _| *h >= height.0);
         self.parts.retain(|_, p| p.height >= height);
+        self.part_witness = PartWitness::default();
     }
 
     /// The block to propose at (height, round): the one already proposed there (after a
@@ -291,6 +316,39 @@ impl ConsensusApp {
         kept
     }
 
+    /// The adversary's second block for (height, round): valid (the same reveal, no
+    /// transactions, a millisecond later), signed, and executed here too in case it is decided.
+    #[cfg(feature = "adversary")]
+    fn twin_part(&mut self, height: BlockHeight, round: Round) -> Option<BlockPart> {
+        let (signer, key) = (self.signer.clone()?, self.key.clone()?);
+        let proposer = key.address();
+        let reveal = match &self.shared.beacon {
+            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), Height(height.0)),
+            None => Hash::ZERO,
+        };
+        let (executed, _) = self.shared.ledger.build_block(proposer, now_ms() + 1, reveal, Vec::new()).ok()?;
+        let block = executed.block.to_bytes();
+        let hash = executed.block.hash();
+        tracing::warn!(target: "node::consensus", %height, %round, block = %hash, "ADVERSARY: proposing a second block for the round");
+        self.shared
+            .ledger
+            .store()
+            .put_undecided(&executed.block, None)
+            .unwrap_or_else(|e| crate::storage::store::fatal(e));
+        self.executed.insert(hash, executed);
+        let mut part = BlockPart {
+            height,
+            round,
+            valid_round: Round::Nil,
+            proposer: ValidatorAddress(proposer),
+            block: Bytes::from(block),
+            signature: trellis_proto::Signature([0; 64]),
+        };
+        part.signature = signer.sign_part(&part);
+        self.parts.insert(hash, part.clone());
+        Some(part)
+    }
+
     fn remember_own_part(&mut self, height: BlockHeight, round: Round, hash: Hash) {
         let (Some(signer), Some(key)) = (&self.signer, &self.key) else { return };
         let Some(block) = self.executed.get(&hash).map(|e| e.block.to_bytes()) else { return };
@@ -386,6 +444,11 @@ impl ConsensusApp {
         if !self.verifier.verify_part(&part, &expected.key) {
             tracing::warn!(target: "node::consensus", height = %part.height, from = %part.proposer, "proposal part with a bad signature");
             return None;
+        }
+        // Both blocks of a double proposal are still executed: the others may have locked on
+        // either, and refusing one could stall the height. The report costs the proposer its stake.
+        if let Some(evidence) = self.part_witness.observe(self.ctx.chain_id(), &part, expected.key) {
+            self.queue_reports(vec![TxKind::ReportDoubleProposal(Box::new(evidence))]);
         }
         let block = match Block::from_wire(&part.block) {
             Ok(block) => block,
@@ -558,24 +621,30 @@ impl ConsensusApp {
         Next::Start(self.height, self.params())
     }
 
-    /// Turns each double vote the engine saw into a `ReportEquivocation` transaction.
+    /// Turns each double vote and double proposal the engine saw into a report.
     fn report_evidence(&self, evidence: &MisbehaviorEvidence<TrellisContext>) {
+        self.queue_reports(evidence_reports(self.ctx.chain_id(), &self.validators, evidence));
+    }
+
+    /// Signs equivocation reports with this node's key (nonces after its pending transactions)
+    /// and queues them in the mempool. A full node has no key and reports nothing.
+    fn queue_reports(&self, reports: Vec<TxKind>) {
         let Some(key) = &self.key else { return };
-        if evidence.votes.is_empty() {
+        if reports.is_empty() {
             return;
         }
         let mut mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
         let account = self.shared.ledger.sender_account(&key.address());
         let first = mempool.next_free_nonce(&key.address(), account.next_nonce);
-        for tx in evidence_transactions(self.ctx.chain_id(), &self.validators, evidence, key, first) {
-            let TxKind::ReportEquivocation(reported) = &tx.tx.kind else { continue };
-            let offender = reported.validator.address();
+        for tx in sign_reports(self.ctx.chain_id(), reports, key, first) {
+            let offender = reported_offender(&tx.tx.kind);
+            let what = tx.tx.kind.name();
             match mempool.insert_verified(tx, account) {
                 Ok(hash) => {
-                    tracing::warn!(target: "node::consensus", %offender, tx = %hash, "double vote seen; equivocation reported")
+                    tracing::warn!(target: "node::consensus", ?offender, tx = %hash, what, "equivocation seen; reported")
                 }
                 Err(error) => {
-                    tracing::warn!(target: "node::consensus", %offender, %error, "could not queue the equivocation report")
+                    tracing::warn!(target: "node::consensus", ?offender, %error, what, "could not queue the equivocation report")
                 }
             }
         }
@@ -647,8 +716,51 @@ impl ConsensusApp {
     }
 }
 
-/// Signed `ReportEquivocation` transactions, nonces from `first_nonce` up, one for each double
-/// vote in `evidence` by a member of `validators` that the chain will accept as proof.
+/// The first block part of each round of one height, to spot a proposer that signs a second
+/// block for the same round: the proposal flood every validator would otherwise execute for free.
+#[derive(Debug, Default)]
+pub struct PartWitness {
+    first: HashMap<u32, SignedProposalClaim>,
+    reported: HashSet<u32>,
+}
+
+impl PartWitness {
+    /// Notes `part`, whose signature by the round's proposer `proposer` was checked, and returns
+    /// the evidence of a double proposal if its round's first part carried another block: once
+    /// per round, however many more blocks the proposer signs.
+    pub fn observe(
+        &mut self,
+        chain_id: &str,
+        part: &BlockPart,
+        proposer: trellis_proto::PublicKey,
+    ) -> Option<DoubleProposalEvidence> {
+        let round = part.round.as_u32()?;
+        let claim = SignedProposalClaim { claim: ProposalClaim::Part(part.header()), signature: part.signature };
+        let Some(first) = self.first.get(&round) else {
+            self.first.insert(round, claim);
+            return None;
+        };
+        if first.claim == claim.claim || self.reported.contains(&round) {
+            return None;
+        }
+        let evidence = DoubleProposalEvidence { proposer, first: first.clone(), second: claim };
+        match evidence.verify(chain_id) {
+            Ok(()) => {
+                self.reported.insert(round);
+                Some(evidence)
+            }
+            // The same block re-signed with another valid round: one block, not two.
+            Err(error) => {
+                tracing::debug!(target: "node::consensus", height = %part.height, round, %error, "a second part of the round is no double proposal");
+                None
+            }
+        }
+    }
+}
+
+/// Signed `ReportEquivocation` and `ReportDoubleProposal` transactions, nonces from
+/// `first_nonce` up, one for each double vote or double proposal in `evidence` by a member of
+/// `validators` that the chain will accept as proof.
 pub fn evidence_transactions(
     chain_id: &str,
     validators: &ValidatorSet,
@@ -656,7 +768,17 @@ pub fn evidence_transactions(
     reporter: &Keypair,
     first_nonce: u64,
 ) -> Vec<trellis_proto::SignedTx> {
-    let mut txs = Vec::new();
+    sign_reports(chain_id, evidence_reports(chain_id, validators, evidence), reporter, first_nonce)
+}
+
+/// The reports `evidence` supports, unsigned: evidence that would not verify on chain (a
+/// validator outside the set, a pair the chain does not count) is logged and left out.
+fn evidence_reports(
+    chain_id: &str,
+    validators: &ValidatorSet,
+    evidence: &MisbehaviorEvidence<TrellisContext>,
+) -> Vec<TxKind> {
+    let mut reports = Vec::new();
     for (address, pairs) in evidence.votes.iter() {
         let Some(validator) = validators.get(address) else { continue };
         for (first, second) in pairs {
@@ -666,19 +788,65 @@ pub fn evidence_transactions(
                 continue;
             };
             let evidence = EquivocationEvidence { validator: validator.key, first: a, second: b };
-            if let Err(error) = evidence.verify(chain_id) {
-                tracing::warn!(target: "node::consensus", %address, %error, "engine evidence does not verify; not reported");
-                continue;
+            match evidence.verify(chain_id) {
+                Ok(()) => reports.push(TxKind::ReportEquivocation(evidence)),
+                Err(error) => {
+                    tracing::warn!(target: "node::consensus", %address, %error, "engine evidence does not verify; not reported")
+                }
             }
-            let nonce = first_nonce + txs.len() as u64;
-            let kind = TxKind::ReportEquivocation(evidence);
-            txs.push(
-                Transaction { sender: reporter.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind }
-                    .sign(chain_id, reporter),
-            );
         }
     }
-    txs
+    // The chain slashes a double proposal once per round whatever pair proves it.
+    let mut proposal_rounds = HashSet::new();
+    for (address, pairs) in evidence.proposals.iter() {
+        let Some(validator) = validators.get(address) else { continue };
+        for (first, second) in pairs {
+            let claim = |signed: &arc_malachitebft_app_channel::app::types::core::SignedProposal<TrellisContext>| {
+                SignedProposalClaim {
+                    claim: ProposalClaim::Proposal(signed.message.header()),
+                    signature: from_consensus_signature(&signed.signature),
+                }
+            };
+            let evidence =
+                DoubleProposalEvidence { proposer: validator.key, first: claim(first), second: claim(second) };
+            match evidence.verify(chain_id) {
+                Ok(()) if proposal_rounds.insert((address.0, evidence.slot())) => {
+                    reports.push(TxKind::ReportDoubleProposal(Box::new(evidence)))
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(target: "node::consensus", %address, %error, "engine proposal evidence does not verify; not reported")
+                }
+            }
+        }
+    }
+    reports
+}
+
+/// `reports` as transactions signed by `reporter`, nonces from `first_nonce` up.
+fn sign_reports(
+    chain_id: &str,
+    reports: Vec<TxKind>,
+    reporter: &Keypair,
+    first_nonce: u64,
+) -> Vec<trellis_proto::SignedTx> {
+    reports
+        .into_iter()
+        .zip(first_nonce..)
+        .map(|(kind, nonce)| {
+            Transaction { sender: reporter.public_key(), nonce, fee: Amount(EVIDENCE_FEE), kind }
+                .sign(chain_id, reporter)
+        })
+        .collect()
+}
+
+/// The validator an equivocation report accuses.
+fn reported_offender(kind: &TxKind) -> Option<Address> {
+    match kind {
+        TxKind::ReportEquivocation(evidence) => Some(evidence.validator.address()),
+        TxKind::ReportDoubleProposal(evidence) => Some(evidence.proposer.address()),
+        _ => None,
+    }
 }
 
 /// The chain's form of a signed consensus vote.

@@ -18,7 +18,7 @@ use jsonrpsee::core::client::Subscription;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 use trellis_contracts::state::{Job, RoundState};
-use trellis_node::devnet::{create_with, spawn_node_as, stop_node, DevnetInfo, DevnetSpec};
+use trellis_node::devnet::{create_with, spawn_devnet_node, stop_node, DevnetInfo, DevnetSpec};
 use trellis_node::rpc::api::{AccountView, BlockView, HeadInfo, JobEvent, TrellisRpcClient, TxStatus};
 use trellis_proto::{Encode, Hash, SignedTx};
 
@@ -211,7 +211,8 @@ impl Cluster {
     pub fn restart(&mut self, node: usize) {
         assert!(self.children[node].is_none(), "node{node} is running");
         let home = &self.info.nodes[node];
-        self.children[node] = Some(spawn_node_as(Path::new(BIN), &home.home, &home.role).expect("respawning a node"));
+        // With its behaviour, for an adversary (a build with the `adversary` feature).
+        self.children[node] = Some(spawn_devnet_node(Path::new(BIN), home).expect("respawning a node"));
     }
 
     /// Starts a node from a home made outside the devnet (by `trellis init`) as one more member

@@ -141,6 +141,23 @@ pub fn equivocation() -> EquivocationEvidence {
     }
 }
 
+/// A block part header signed by `signer` for height 12, round 3.
+pub fn signed_part(signer: &Keypair, block: Hash) -> SignedProposalClaim {
+    let header =
+        PartHeader { height: Height(12), round: Some(3), valid_round: None, proposer: signer.address(), block };
+    let signature = signer.sign(CHAIN, SigningKind::ProposalPart, &header.to_bytes());
+    SignedProposalClaim { claim: ProposalClaim::Part(header), signature }
+}
+
+pub fn double_proposal() -> DoubleProposalEvidence {
+    let signer = key(5);
+    DoubleProposalEvidence {
+        proposer: signer.public_key(),
+        first: signed_part(&signer, hash(20)),
+        second: signed_part(&signer, hash(21)),
+    }
+}
+
 /// One transaction of each kind, each signed by `key(1)` with increasing nonces.
 pub fn one_tx_of_each_kind() -> Vec<SignedTx> {
     let kinds = vec![
@@ -158,6 +175,7 @@ pub fn one_tx_of_each_kind() -> Vec<SignedTx> {
         TxKind::Verdict(Verdict { outcome: VerdictOutcome::Abstain, ..verdict_invalid() }),
         TxKind::Verdict(verdict_job_fault()),
         TxKind::CommitBeacon { tip: hash(0xcd), layers: 1 << 20 },
+        TxKind::ReportDoubleProposal(Box::new(double_proposal())),
     ];
     let signer = key(1);
     kinds

@@ -10,7 +10,8 @@
 //!   value on `GetValue`, publish the polka certificate with a re-proposal, rebroadcast the last
 //!   votes and the round certificate on the rebroadcast timeout;
 //! - on `Decide`, builds the commit certificate from the precommits, commits the block, turns
-//!   double votes the driver saw into `ReportEquivocation` transactions, and starts the next
+//!   double votes and double proposals the driver saw into `ReportEquivocation` and
+//!   `ReportDoubleProposal` transactions, and starts the next
 //!   height in a separate step (the engine's `Finalized` → `StartHeight`);
 //! - keeps a write-ahead log of every input of the current height (proposals with their
 //!   validity, votes, timeouts, the value it proposed). A restarted validator replays it and
@@ -43,8 +44,8 @@ use trellis_consensus::{
 };
 use trellis_contracts::state::BeaconOnion;
 use trellis_proto::{
-    Address, Amount, Block, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction, TxKind, Verdict,
-    VerdictOutcome,
+    Address, Amount, Block, DoubleProposalEvidence, Encode, EquivocationEvidence, Hash, Keypair, SignedTx, Transaction,
+    TxKind, Verdict, VerdictOutcome,
 };
 use trellis_protocol::beacon::{self, Onion};
 
@@ -355,8 +356,10 @@ struct Engine {
     next_timer: u64,
     mempool: Mempool,
     own_tx: Option<OwnTx>,
-    pending_evidence: Vec<EquivocationEvidence>,
-    reported: BTreeSet<(Address, u64, u32, bool)>,
+    /// Equivocation reports to send: `ReportEquivocation` or `ReportDoubleProposal`.
+    pending_evidence: Vec<TxKind>,
+    /// (offender, height, round, step) already reported; step 0 prevote, 1 precommit, 2 proposal.
+    reported: BTreeSet<(Address, u64, u32, u8)>,
     peer_heights: BTreeMap<NodeId, u64>,
     last_sync_request: Option<Time>,
     replaying: bool,
@@ -1269,13 +1272,15 @@ impl Running<'_> {
         self.out.start_next_height = true;
     }
 
-    /// Double votes the driver saw this height become `ReportEquivocation` transactions.
+    /// Double votes and double proposals the driver saw this height become reports.
     fn collect_evidence(&mut self) {
-        let evidence = self.e.driver.take_vote_evidence();
+        let votes = self.e.driver.take_vote_evidence();
+        let proposals = self.e.driver.take_proposal_evidence();
         if self.me.byzantine {
             return;
         }
-        for (address, pairs) in evidence.iter() {
+        let chain_id = self.me.ctx.chain_id().to_string();
+        for (address, pairs) in votes.iter() {
             let Some(validator) = self.e.validators.get(address) else { continue };
             for (first, second) in pairs {
                 let proto = |v: &SignedVote| {
@@ -1285,11 +1290,26 @@ impl Running<'_> {
                     })
                 };
                 let (Some(a), Some(b)) = (proto(first), proto(second)) else { continue };
-                let slot =
-                    (address.0, a.vote.height.0, a.vote.round, a.vote.vote_type == trellis_proto::VoteType::Precommit);
+                let step = u8::from(a.vote.vote_type == trellis_proto::VoteType::Precommit);
+                let slot = (address.0, a.vote.height.0, a.vote.round, step);
                 let evidence = EquivocationEvidence { validator: validator.key, first: a, second: b };
-                if evidence.verify(self.me.ctx.chain_id()).is_ok() && self.e.reported.insert(slot) {
-                    self.e.pending_evidence.push(evidence);
+                if evidence.verify(&chain_id).is_ok() && self.e.reported.insert(slot) {
+                    self.e.pending_evidence.push(TxKind::ReportEquivocation(evidence));
+                }
+            }
+        }
+        for (address, pairs) in proposals.iter() {
+            let Some(validator) = self.e.validators.get(address) else { continue };
+            for (first, second) in pairs {
+                let claim = |p: &SignedProposal| trellis_proto::SignedProposalClaim {
+                    claim: trellis_proto::ProposalClaim::Proposal(p.message.header()),
+                    signature: from_consensus_signature(&p.signature),
+                };
+                let evidence =
+                    DoubleProposalEvidence { proposer: validator.key, first: claim(first), second: claim(second) };
+                let (height, round) = evidence.slot();
+                if evidence.verify(&chain_id).is_ok() && self.e.reported.insert((address.0, height.0, round, 2)) {
+                    self.e.pending_evidence.push(TxKind::ReportDoubleProposal(Box::new(evidence)));
                 }
             }
         }
@@ -1339,7 +1359,7 @@ impl Running<'_> {
         let Some(kind) = self.next_duty() else { return };
         let tx = Transaction { sender: self.me.key.public_key(), nonce: next, fee: Amount(FEE), kind }
             .sign(self.me.ctx.chain_id(), &self.me.key);
-        if matches!(tx.tx.kind, TxKind::ReportEquivocation(_)) {
+        if matches!(tx.tx.kind, TxKind::ReportEquivocation(_) | TxKind::ReportDoubleProposal(_)) {
             self.stats.evidence_reported += 1;
         }
         let refused = self.e.mempool.insert(tx.clone(), self.ledger);
@@ -1355,8 +1375,7 @@ impl Running<'_> {
         let applies = |ledger: &Ledger, kind: &TxKind| {
             ledger.dry_run(&Transaction { sender, nonce: next, fee: Amount(FEE), kind: kind.clone() }).is_ok()
         };
-        while let Some(evidence) = self.e.pending_evidence.first().cloned() {
-            let kind = TxKind::ReportEquivocation(evidence);
+        while let Some(kind) = self.e.pending_evidence.first().cloned() {
             self.e.pending_evidence.remove(0);
             if applies(self.ledger, &kind) {
                 return Some(kind);

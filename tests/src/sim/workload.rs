@@ -68,6 +68,7 @@ pub fn finding(behaviour: Behaviour, miner: &Address, segment: u32) -> VerdictOu
         | Behaviour::LyingPeer
         | Behaviour::ForgeAggregate
         | Behaviour::Frame
+        | Behaviour::DoublePropose
         | Behaviour::Straggler => claim.end.hash,
     };
     judge_replay(&claim, &Replayed { end_hash: reached, losses: &losses, distance: 0.0 }, Comparison::Exact)
