@@ -59,11 +59,27 @@ pub fn is_duty(kind: &TxKind) -> bool {
     )
 }
 
+/// An equivocation report is a duty (reserved places, first in blocks) only if its evidence
+/// proves what it says: otherwise anyone could fill the duties' places with reports that fail.
+fn check_evidence(chain_id: &str, kind: &TxKind) -> Result<(), MempoolError> {
+    match kind {
+        TxKind::ReportEquivocation(evidence) => {
+            evidence.verify(chain_id).map_err(|e| MempoolError::InvalidEvidence(e.to_string()))
+        }
+        TxKind::ReportDoubleProposal(evidence) => {
+            evidence.verify(chain_id).map_err(|e| MempoolError::InvalidEvidence(e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why a transaction was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MempoolError {
     #[error("transaction is {size} bytes; the limit is {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("equivocation evidence that proves nothing: {0}")]
+    InvalidEvidence(String),
     #[error("bad signature: {0}")]
     BadSignature(SignatureError),
     #[error("nonce {got} was already used; the account's next nonce is {next}")]
@@ -159,6 +175,7 @@ impl Mempool {
                 if !batch_ok {
                     tx.verify(chain_id).map_err(MempoolError::BadSignature)?;
                 }
+                check_evidence(chain_id, &tx.tx.kind)?;
                 self.insert_verified(tx, sender)
             })
             .collect()
@@ -474,6 +491,43 @@ mod flood {
         ));
         let kind = TxKind::Verdict(Verdict { job: JobId(0), round: 0, miner: Address([1; 20]), segment: 0, outcome });
         Transaction { sender: key.public_key(), nonce, fee: Amount(1), kind }.sign(CHAIN, key)
+    }
+
+    #[test]
+    fn equivocation_reports_are_admitted_only_with_evidence_that_proves_it() {
+        use trellis_proto::{
+            DoubleProposalEvidence, Height, PartHeader, ProposalClaim, SignedProposalClaim, SigningKind,
+        };
+        let offender = Keypair::from_seed([7; 32]);
+        let part = |block: u8| {
+            let header = PartHeader {
+                height: Height(3),
+                round: Some(0),
+                valid_round: None,
+                proposer: offender.address(),
+                block: Hash([block; 32]),
+            };
+            let signature = offender.sign(CHAIN, SigningKind::ProposalPart, &header.to_bytes());
+            SignedProposalClaim { claim: ProposalClaim::Part(header), signature }
+        };
+        let reporter = Keypair::from_seed([8; 32]);
+        let report = |nonce: u64, second: u8| {
+            let evidence =
+                DoubleProposalEvidence { proposer: offender.public_key(), first: part(1), second: part(second) };
+            let kind = TxKind::ReportDoubleProposal(Box::new(evidence));
+            Transaction { sender: reporter.public_key(), nonce, fee: Amount(1), kind }.sign(CHAIN, &reporter)
+        };
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let funded = |_: &Address| SenderAccount { next_nonce: 0, balance: 10 };
+        // One block signed twice proves nothing: refused before it can take a duty's place.
+        let results = pool.insert_batch(CHAIN, vec![report(0, 1)], funded);
+        assert!(matches!(results[0], Err(MempoolError::InvalidEvidence(_))), "{results:?}");
+        // Evidence signed for another chain proves nothing here either.
+        let other_chain = Transaction { ..report(0, 2).tx }.sign("another-chain", &reporter);
+        let results = pool.insert_batch("another-chain", vec![other_chain], funded);
+        assert!(matches!(results[0], Err(MempoolError::InvalidEvidence(_))), "{results:?}");
+        assert!(pool.insert_batch(CHAIN, vec![report(0, 2)], funded)[0].is_ok());
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]

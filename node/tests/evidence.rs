@@ -85,12 +85,16 @@ fn chain_slashes_once(keys: &[Keypair], reporter: &Keypair, tx: &SignedTx, offen
 }
 
 fn proposal(key: &Keypair, round: u32, value: u8) -> SignedMessage<TrellisContext, Proposal> {
+    proposal_locked(key, round, value, Round::Nil)
+}
+
+fn proposal_locked(key: &Keypair, round: u32, value: u8, pol_round: Round) -> SignedMessage<TrellisContext, Proposal> {
     let ctx = TrellisContext::new(CHAIN);
     let proposal = ctx.new_proposal(
         BlockHeight(5),
         Round::new(round),
         BlockId(Hash([value; 32])),
-        Round::Nil,
+        pol_round,
         ValidatorAddress(key.address()),
     );
     let signer = TrellisSigner::new(CHAIN, Keypair::from_seed(key.seed()));
@@ -109,6 +113,9 @@ fn a_double_proposal_from_the_engine_becomes_one_slashing_transaction_per_round(
     proposals.add(proposal(offender, 0, 1), proposal(offender, 0, 3));
     let outsider = Keypair::from_seed([9; 32]);
     proposals.add(proposal(&outsider, 0, 1), proposal(&outsider, 0, 2));
+    // One block with two proof-of-lock rounds: the engine keeps the pair, the chain would not
+    // count it (one block, not two), so it is not reported.
+    proposals.add(proposal_locked(&keys[2], 1, 4, Round::Nil), proposal_locked(&keys[2], 1, 4, Round::new(0)));
     let evidence = MisbehaviorEvidence { proposals, votes: arc_malachitebft_core_votekeeper::EvidenceMap::new() };
 
     let txs = evidence_transactions(CHAIN, &set, &evidence, reporter, 3);

@@ -41,6 +41,7 @@ fn add(total: &mut RunStats, stats: &RunStats) {
     total.txs_failed += stats.txs_failed;
     total.duties_refused += stats.duties_refused;
     total.evidence_reported += stats.evidence_reported;
+    total.proposal_reports += stats.proposal_reports;
     total.equivocators_slashed += stats.equivocators_slashed;
     total.poisoners_slashed += stats.poisoners_slashed;
     total.freeloaders_slashed += stats.freeloaders_slashed;

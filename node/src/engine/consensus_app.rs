@@ -395,10 +395,16 @@ impl ConsensusApp {
         let part = if own {
             // Re-proposing our locked block in a new round: a new part, signed for that round.
             let (Some(signer), Some(original)) = (&self.signer, self.parts.get(&hash)) else { return };
+            if !self.record_own_proposal(height, round, hash, &original.block) {
+                return;
+            }
+            // The part names us: the locked block may be another validator's proposal of an
+            // earlier round, and a part naming anyone but the round's proposer is dropped.
             let mut part = BlockPart {
                 height,
                 round,
                 valid_round,
+                proposer: address,
                 signature: trellis_proto::Signature([0; 64]),
                 ..original.clone()
             };
@@ -412,6 +418,33 @@ impl ConsensusApp {
             }
         };
         self.publish(part, channels).await;
+    }
+
+    /// Writes (with an fsync) that this node proposes `hash` at (height, round) before it signs
+    /// anything for it, as `propose` does for a new block, so that a restart (even one that
+    /// resets the engine's WAL) re-proposes the same block. `false`, and nothing to sign, if the
+    /// round already holds another block of ours: signing this one too would be a double
+    /// proposal.
+    fn record_own_proposal(&self, height: BlockHeight, round: Round, hash: Hash, block: &[u8]) -> bool {
+        let Some(round_number) = round.as_u32() else { return false };
+        let store = self.shared.ledger.store();
+        match store.proposed(Height(height.0), round_number).unwrap_or_else(|e| crate::storage::store::fatal(e)) {
+            Some(recorded) if recorded.hash() == hash => true,
+            Some(recorded) => {
+                tracing::error!(target: "node::consensus", %height, round = round_number, block = %hash, recorded = %recorded.hash(), "not re-proposing: this node already proposed another block for the round");
+                false
+            }
+            None => match Block::from_wire(block) {
+                Ok(block) => {
+                    store.put_undecided(&block, Some(round_number)).unwrap_or_else(|e| crate::storage::store::fatal(e));
+                    true
+                }
+                Err(error) => {
+                    tracing::error!(target: "node::consensus", %height, block = %hash, %error, "the block to re-propose does not decode");
+                    false
+                }
+            },
+        }
     }
 
     async fn take_future_parts(&mut self) {
@@ -458,7 +491,11 @@ impl ConsensusApp {
             }
         };
         let hash = block.hash();
-        let validity = self.check_block(block, Some(part.proposer), true).await;
+        // A re-proposal (a valid round) carries a block some earlier round's proposer built, so
+        // its header may name another validator; the block's beacon reveal, checked when it is
+        // executed, still binds it to the validator its header names.
+        let builder = (part.valid_round == Round::Nil).then_some(part.proposer);
+        let validity = self.check_block(block, builder, true).await;
         let value = self.record_value(part.height, part.round, part.valid_round, hash, validity);
         self.parts.insert(hash, part);
         Some(value)
@@ -622,8 +659,17 @@ impl ConsensusApp {
     }
 
     /// Turns each double vote and double proposal the engine saw into a report.
+    /// A round whose block parts this node already reported is left out: the chain slashes a
+    /// round once, and a second report would only burn its fee.
     fn report_evidence(&self, evidence: &MisbehaviorEvidence<TrellisContext>) {
-        self.queue_reports(evidence_reports(self.ctx.chain_id(), &self.validators, evidence));
+        let reports = evidence_reports(self.ctx.chain_id(), &self.validators, evidence)
+            .into_iter()
+            .filter(|kind| match kind {
+                TxKind::ReportDoubleProposal(evidence) => !self.part_witness.has_reported(evidence.slot()),
+                _ => true,
+            })
+            .collect();
+        self.queue_reports(reports);
     }
 
     /// Signs equivocation reports with this node's key (nonces after its pending transactions)
@@ -716,15 +762,20 @@ impl ConsensusApp {
     }
 }
 
-/// The first block part of each round of one height, to spot a proposer that signs a second
-/// block for the same round: the proposal flood every validator would otherwise execute for free.
+/// The first block part of each round, to spot a proposer that signs a second block for the
+/// same round: the proposal flood every validator would otherwise execute for free.
 #[derive(Debug, Default)]
 pub struct PartWitness {
-    first: HashMap<u32, SignedProposalClaim>,
-    reported: HashSet<u32>,
+    first: HashMap<(Height, u32), SignedProposalClaim>,
+    reported: HashSet<(Height, u32)>,
 }
 
 impl PartWitness {
+    /// Whether the double proposal of (height, round) was reported already.
+    pub fn has_reported(&self, slot: (Height, u32)) -> bool {
+        self.reported.contains(&slot)
+    }
+
     /// Notes `part`, whose signature by the round's proposer `proposer` was checked, and returns
     /// the evidence of a double proposal if its round's first part carried another block: once
     /// per round, however many more blocks the proposer signs.
@@ -735,18 +786,19 @@ impl PartWitness {
         proposer: trellis_proto::PublicKey,
     ) -> Option<DoubleProposalEvidence> {
         let round = part.round.as_u32()?;
+        let slot = (Height(part.height.0), round);
         let claim = SignedProposalClaim { claim: ProposalClaim::Part(part.header()), signature: part.signature };
-        let Some(first) = self.first.get(&round) else {
-            self.first.insert(round, claim);
+        let Some(first) = self.first.get(&slot) else {
+            self.first.insert(slot, claim);
             return None;
         };
-        if first.claim == claim.claim || self.reported.contains(&round) {
+        if first.claim == claim.claim || self.reported.contains(&slot) {
             return None;
         }
         let evidence = DoubleProposalEvidence { proposer, first: first.clone(), second: claim };
         match evidence.verify(chain_id) {
             Ok(()) => {
-                self.reported.insert(round);
+                self.reported.insert(slot);
                 Some(evidence)
             }
             // The same block re-signed with another valid round: one block, not two.

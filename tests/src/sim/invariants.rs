@@ -55,6 +55,8 @@ pub enum Violation {
     StakeReturned { height: u64, node: NodeId, miner: Address, before: u64, after: u64, bonded: u64 },
     #[error("honest node {node} signed two {step:?}s at height {height} round {round}: {first} and {second}")]
     HonestDoubleSign { node: NodeId, height: u64, round: u32, step: VoteType, first: VoteValue, second: VoteValue },
+    #[error("height {height}: honest validator {node} ({validator}) was slashed for equivocation")]
+    HonestValidatorSlashed { height: u64, node: NodeId, validator: Address },
     #[error("honest node {node} decided block {block} at height {height} and cannot execute it: {reason}")]
     DecidedUnexecutable { height: u64, node: NodeId, block: Hash, reason: String },
 }
@@ -132,6 +134,14 @@ impl Checker {
     fn fail(&mut self, violation: Violation) {
         if self.violation.is_none() {
             self.violation = Some(violation);
+        }
+    }
+
+    /// An equivocation slash the chain applied to `node`'s validator at `height`: a violation
+    /// when `node` is honest (its WAL and its durable proposals should make that impossible).
+    pub fn on_equivocation_slash(&mut self, height: u64, node: NodeId, validator: Address) {
+        if self.honest.get(node).copied().unwrap_or(false) {
+            self.fail(Violation::HonestValidatorSlashed { height, node, validator });
         }
     }
 

@@ -221,6 +221,8 @@ pub struct RunStats {
     pub txs_failed: u64,
     pub duties_refused: u64,
     pub evidence_reported: u64,
+    /// Of those, double proposals.
+    pub proposal_reports: u64,
     pub wal_replays: u64,
     pub replay_refusals: u64,
     pub sync_decisions: u64,
@@ -301,7 +303,7 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports, {} replay refusals; {} beacon reveals; flood: {} sent, {} refused (cannot pay), {} failed in blocks, {} duties refused",
+            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports ({} of double proposals), {} replay refusals; {} beacon reveals; flood: {} sent, {} refused (cannot pay), {} failed in blocks, {} duties refused",
             s.poisoners_slashed,
             s.freeloaders_slashed,
             s.equivocators_slashed,
@@ -314,6 +316,7 @@ impl fmt::Display for SimReport {
             s.grind_variants,
             s.grind_moved_beacon,
             s.evidence_reported,
+            s.proposal_reports,
             s.replay_refusals,
             s.beacon_reveals,
             s.flood_sent,
@@ -775,7 +778,7 @@ impl Simulation {
                     let first = self.honest[id] && height > self.checker.decided_heights();
                     self.checker.on_commit(id, &self.nodes[id].ledger, &executed);
                     if first {
-                        self.tally(&executed.events, executed.block.txs.len());
+                        self.tally(height, &executed.events, executed.block.txs.len());
                     }
                     self.check_liveness(now);
                 }
@@ -816,7 +819,7 @@ impl Simulation {
     }
 
     /// Counts what the chain did, once per height.
-    fn tally(&mut self, events: &[Event], txs: usize) {
+    fn tally(&mut self, height: u64, events: &[Event], txs: usize) {
         self.stats.heights += 1;
         self.stats.txs_committed += txs as u64;
         for event in events {
@@ -825,7 +828,12 @@ impl Simulation {
                     self.stats.poisoners_slashed += 1
                 }
                 Event::Slashed { reason: SlashReason::Freeloader, .. } => self.stats.freeloaders_slashed += 1,
-                Event::Slashed { reason: SlashReason::Equivocation, .. } => self.stats.equivocators_slashed += 1,
+                Event::Slashed { reason: SlashReason::Equivocation, who, .. } => {
+                    self.stats.equivocators_slashed += 1;
+                    if let Some(node) = self.nodes.iter().position(|n| n.me.address.0 == *who) {
+                        self.checker.on_equivocation_slash(height, node, *who);
+                    }
+                }
                 Event::Rewarded { as_miner: true, .. } => self.stats.miner_rewards += 1,
                 Event::AggregateCommitted { .. } => self.stats.rounds_settled += 1,
                 Event::JobEnded { .. } => self.stats.jobs_ended += 1,
@@ -852,6 +860,7 @@ impl Simulation {
             self.stats.refused_cannot_pay += node.stats.refused_cannot_pay;
             self.stats.duties_refused += node.stats.duties_refused;
             self.stats.evidence_reported += node.stats.evidence_reported;
+            self.stats.proposal_reports += node.stats.proposal_reports;
             self.stats.wal_replays += node.stats.wal_replays;
             self.stats.replay_refusals += node.stats.replay_refusals;
             self.stats.sync_decisions += node.stats.sync_decisions;

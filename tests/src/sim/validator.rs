@@ -259,6 +259,8 @@ pub struct NodeStats {
     pub replay_refusals: u64,
     pub sync_decisions: u64,
     pub evidence_reported: u64,
+    /// Of those, double proposals (`ReportDoubleProposal`).
+    pub proposal_reports: u64,
     /// Versions of its own block (other time, other transactions) a Byzantine proposer built
     /// to grind the beacon, and how many of them moved it (the beacon admits no such choice).
     pub grind_variants: u64,
@@ -358,7 +360,8 @@ struct Engine {
     own_tx: Option<OwnTx>,
     /// Equivocation reports to send: `ReportEquivocation` or `ReportDoubleProposal`.
     pending_evidence: Vec<TxKind>,
-    /// (offender, height, round, step) already reported; step 0 prevote, 1 precommit, 2 proposal.
+    /// (offender, height, round, step) already reported; step 0 prevote, 1 precommit, 3 proposal
+    /// (the contracts' markers).
     reported: BTreeSet<(Address, u64, u32, u8)>,
     peer_heights: BTreeMap<NodeId, u64>,
     last_sync_request: Option<Time>,
@@ -1308,7 +1311,7 @@ impl Running<'_> {
                 let evidence =
                     DoubleProposalEvidence { proposer: validator.key, first: claim(first), second: claim(second) };
                 let (height, round) = evidence.slot();
-                if evidence.verify(&chain_id).is_ok() && self.e.reported.insert((address.0, height.0, round, 2)) {
+                if evidence.verify(&chain_id).is_ok() && self.e.reported.insert((address.0, height.0, round, 3)) {
                     self.e.pending_evidence.push(TxKind::ReportDoubleProposal(Box::new(evidence)));
                 }
             }
@@ -1361,6 +1364,9 @@ impl Running<'_> {
             .sign(self.me.ctx.chain_id(), &self.me.key);
         if matches!(tx.tx.kind, TxKind::ReportEquivocation(_) | TxKind::ReportDoubleProposal(_)) {
             self.stats.evidence_reported += 1;
+        }
+        if matches!(tx.tx.kind, TxKind::ReportDoubleProposal(_)) {
+            self.stats.proposal_reports += 1;
         }
         let refused = self.e.mempool.insert(tx.clone(), self.ledger);
         self.count_refusal(true, refused);
