@@ -37,6 +37,14 @@ use crate::storage::ledger::Executed;
 
 /// Most proposal parts kept for heights this node has not reached yet.
 const MAX_FUTURE_PARTS: usize = 64;
+/// Rounds ahead of the current one whose proposal parts are checked (executed) on arrival; a
+/// part for a later round waits among the future parts until its round is near. Otherwise a
+/// proposer could send one block for each of the many rounds of a height it will propose in,
+/// none a double proposal, and have every validator execute them all at once.
+const MAX_ROUNDS_AHEAD: u32 = 2;
+/// Most parts kept for rounds further ahead (a node that lags in rounds gets them when it
+/// catches up; beyond this, a round's proposal is missed and the round times out).
+const MAX_LATER_ROUND_PARTS: usize = 16;
 /// Most decided blocks returned to one sync request.
 const MAX_SYNC_BATCH: u64 = 64;
 /// How long a validator waits for its own aggregate computation when a proposal carries one.
@@ -72,6 +80,10 @@ pub struct ConsensusApp {
     parts: HashMap<Hash, BlockPart>,
     /// Parts for heights not yet reached.
     future_parts: Vec<BlockPart>,
+    /// Parts of the current height for rounds more than [`MAX_ROUNDS_AHEAD`] ahead: apart
+    /// from `future_parts`, so that a proposer filling this list cannot crowd out the next
+    /// height's parts.
+    later_round_parts: Vec<BlockPart>,
     /// The first signed part of each round of the current height, to spot a second block.
     part_witness: PartWitness,
     stream_counter: u64,
@@ -103,6 +115,7 @@ impl ConsensusApp {
             values: BTreeMap::new(),
             parts: HashMap::new(),
             future_parts: Vec::new(),
+            later_round_parts: Vec::new(),
             part_witness: PartWitness::default(),
             stream_counter: 0,
             #[cfg(feature = "adversary")]
@@ -210,6 +223,7 @@ impl ConsensusApp {
         self.values.retain(|(h, _), _| *h >= height.0);
         self.parts.retain(|_, p| p.height >= height);
         self.part_witness = PartWitness::default();
+        self.later_round_parts.clear();
     }
 
     /// The block to propose at (height, round): the one already proposed there (after a
@@ -448,10 +462,15 @@ impl ConsensusApp {
     }
 
     async fn take_future_parts(&mut self) {
+        let (height, round) = (self.height, self.round);
         let (now, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= self.height);
+            std::mem::take(&mut self.future_parts).into_iter().partition(|p| p.height <= height);
         self.future_parts = later;
-        for part in now {
+        let (near, far): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later_round_parts)
+            .into_iter()
+            .partition(|p| p.height == height && round_is_near(p.round, round));
+        self.later_round_parts = far.into_iter().filter(|p| p.height == height).collect();
+        for part in now.into_iter().chain(near) {
             if part.height == self.height {
                 self.receive_part(part).await;
             }
@@ -466,6 +485,12 @@ impl ConsensusApp {
         if part.height > self.height {
             if self.future_parts.len() < MAX_FUTURE_PARTS {
                 self.future_parts.push(part);
+            }
+            return None;
+        }
+        if !round_is_near(part.round, self.round) {
+            if self.later_round_parts.len() < MAX_LATER_ROUND_PARTS {
+                self.later_round_parts.push(part);
             }
             return None;
         }
@@ -762,6 +787,13 @@ impl ConsensusApp {
     }
 }
 
+/// Whether a part for round `part` of the current height is checked now, the engine being in
+/// round `current`: at most [`MAX_ROUNDS_AHEAD`] rounds ahead (a part without a round is judged
+/// as before, by its proposer and signature).
+fn round_is_near(part: Round, current: Round) -> bool {
+    part.as_u32().is_none_or(|r| r <= current.as_u32().unwrap_or(0).saturating_add(MAX_ROUNDS_AHEAD))
+}
+
 /// The first block part of each round, to spot a proposer that signs a second block for the
 /// same round: the proposal flood every validator would otherwise execute for free.
 #[derive(Debug, Default)]
@@ -904,4 +936,22 @@ fn reported_offender(kind: &TxKind) -> Option<Address> {
 /// The chain's form of a signed consensus vote.
 fn proto_signed(vote: &ConsensusVote, signature: &arc_malachitebft_signing_ed25519::Signature) -> Option<SignedVote> {
     Some(SignedVote { vote: vote.to_proto()?, signature: from_consensus_signature(signature) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_of_rounds_far_ahead_wait_until_their_round_is_near() {
+        let (zero, three) = (Round::new(0), Round::new(3));
+        assert!(round_is_near(Round::new(0), zero));
+        assert!(round_is_near(Round::new(MAX_ROUNDS_AHEAD), zero));
+        assert!(!round_is_near(Round::new(MAX_ROUNDS_AHEAD + 1), zero));
+        assert!(!round_is_near(Round::new(u32::MAX), three), "a proposer's far future rounds are not executed now");
+        assert!(round_is_near(Round::new(1), three), "an earlier round's part is still checked");
+        assert!(round_is_near(Round::new(2), Round::Nil), "before the first round starts, round 0 is current");
+        assert!(!round_is_near(Round::new(3), Round::Nil));
+        assert!(round_is_near(Round::Nil, three));
+    }
 }
