@@ -62,15 +62,12 @@ pub fn is_duty(kind: &TxKind) -> bool {
 /// An equivocation report is a duty (reserved places, first in blocks) only if its evidence
 /// proves what it says: otherwise anyone could fill the duties' places with reports that fail.
 fn check_evidence(chain_id: &str, kind: &TxKind) -> Result<(), MempoolError> {
-    match kind {
-        TxKind::ReportEquivocation(evidence) => {
-            evidence.verify(chain_id).map_err(|e| MempoolError::InvalidEvidence(e.to_string()))
-        }
-        TxKind::ReportDoubleProposal(evidence) => {
-            evidence.verify(chain_id).map_err(|e| MempoolError::InvalidEvidence(e.to_string()))
-        }
+    let proof = match kind {
+        TxKind::ReportEquivocation(evidence) => evidence.verify(chain_id).map_err(|e| e.to_string()),
+        TxKind::ReportDoubleProposal(evidence) => evidence.verify(chain_id).map_err(|e| e.to_string()),
         _ => Ok(()),
-    }
+    };
+    proof.map_err(MempoolError::InvalidEvidence)
 }
 
 /// Why a transaction was not admitted.

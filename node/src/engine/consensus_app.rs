@@ -262,10 +262,7 @@ impl ConsensusApp {
             })
             .collect();
         let candidates = self.leave_out_unfounded(candidates);
-        let reveal = match &self.shared.beacon {
-            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), Height(height.0)),
-            None => Hash::ZERO,
-        };
+        let reveal = self.beacon_reveal(&proposer, height);
         let (executed, left_out) = match self.shared.ledger.build_block(proposer, now_ms(), reveal, candidates) {
             Ok(built) => built,
             Err(error) => crate::storage::store::fatal(format!("building a block failed: {error}")),
@@ -330,16 +327,21 @@ impl ConsensusApp {
         kept
     }
 
+    /// The beacon layer `proposer` reveals in its block at `height` (zero without a beacon keeper).
+    fn beacon_reveal(&self, proposer: &Address, height: BlockHeight) -> Hash {
+        match &self.shared.beacon {
+            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(proposer).as_ref(), Height(height.0)),
+            None => Hash::ZERO,
+        }
+    }
+
     /// The adversary's second block for (height, round): valid (the same reveal, no
     /// transactions, a millisecond later), signed, and executed here too in case it is decided.
     #[cfg(feature = "adversary")]
     fn twin_part(&mut self, height: BlockHeight, round: Round) -> Option<BlockPart> {
         let (signer, key) = (self.signer.clone()?, self.key.clone()?);
         let proposer = key.address();
-        let reveal = match &self.shared.beacon {
-            Some(keeper) => keeper.reveal(self.shared.ledger.beacon_onion(&proposer).as_ref(), Height(height.0)),
-            None => Hash::ZERO,
-        };
+        let reveal = self.beacon_reveal(&proposer, height);
         let (executed, _) = self.shared.ledger.build_block(proposer, now_ms() + 1, reveal, Vec::new()).ok()?;
         let block = executed.block.to_bytes();
         let hash = executed.block.hash();
