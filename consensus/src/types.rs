@@ -300,11 +300,16 @@ impl mc::Validator<TrellisContext> for Validator {
     }
 }
 
-/// The validators of a height, in address order (the same on every node).
+/// The validators of a height, in address order (the same on every node), and which of them
+/// may propose: all, unless the chain jailed some since the set was installed
+/// ([`ValidatorSet::barring_proposers`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidatorSet {
     validators: Vec<Validator>,
     total_power: VotingPower,
+    /// Indices into `validators` of those that may propose, in address order; never empty when
+    /// `validators` is not.
+    proposers: Vec<usize>,
 }
 
 impl ValidatorSet {
@@ -314,7 +319,29 @@ impl ValidatorSet {
         validators.sort_by_key(|v| v.address);
         validators.dedup_by_key(|v| v.address);
         let total_power = validators.iter().map(|v| v.power).fold(0u64, u64::saturating_add);
-        Self { validators, total_power }
+        let proposers = (0..validators.len()).collect();
+        Self { validators, total_power, proposers }
+    }
+
+    /// The same set with the validators in `barred` left out of the proposer draw; they keep
+    /// their votes (the set is fixed until the epoch ends). The chain passes the validators it
+    /// jailed since the set was installed: a validator caught signing two blocks for a round
+    /// proposes no more from the next height on, instead of flooding again in every round it
+    /// would propose until the epoch ends. Every node computes `barred` from the same committed
+    /// state, so every node agrees on the proposer. If every validator is barred, none is: a
+    /// height always has a proposer.
+    pub fn barring_proposers(mut self, barred: &std::collections::BTreeSet<ValidatorAddress>) -> Self {
+        let proposers: Vec<usize> =
+            (0..self.validators.len()).filter(|&i| !barred.contains(&self.validators[i].address)).collect();
+        if !proposers.is_empty() {
+            self.proposers = proposers;
+        }
+        self
+    }
+
+    /// Whether `address` may propose in this set.
+    pub fn may_propose(&self, address: &ValidatorAddress) -> bool {
+        self.proposers.iter().any(|&i| self.validators[i].address == *address)
     }
 
     pub fn validators(&self) -> &[Validator] {
@@ -329,20 +356,24 @@ impl ValidatorSet {
         self.validators.binary_search_by_key(address, |v| v.address).ok().map(|i| &self.validators[i])
     }
 
-    /// The proposer of (height, round). Round 0 is drawn by voting power from a counter-based
-    /// draw on the height alone (`trellis_proto::hash::draw`), so a validator proposes in
-    /// proportion to its stake and nobody can steer the draw; every later round moves one step
-    /// along the address order from there, so within `n` rounds every validator has proposed
-    /// and a silent proposer delays a height by at most one round per silent validator.
+    /// The proposer of (height, round), among the validators that may propose. Round 0 is drawn
+    /// by voting power from a counter-based draw on the height alone (`trellis_proto::hash::draw`),
+    /// so a validator proposes in proportion to its stake and nobody can steer the draw; every
+    /// later round moves one step along the address order from there, so within `n` rounds every
+    /// proposer has proposed and a silent proposer delays a height by at most one round per
+    /// silent validator.
     pub fn proposer(&self, height: BlockHeight, round: Round) -> Option<&Validator> {
-        if self.validators.is_empty() || self.total_power == 0 {
+        let power = self.proposers.iter().map(|&i| self.validators[i].power).fold(0u64, u64::saturating_add);
+        if self.proposers.is_empty() || power == 0 {
             return None;
         }
-        let point = trellis_proto::hash::draw("proposer", &[], &[height.0]) % self.total_power;
-        let first = trellis_proto::hash::weighted_index(point, self.validators.iter().map(|v| v.power)).unwrap_or(0);
+        let point = trellis_proto::hash::draw("proposer", &[], &[height.0]) % power;
+        let first =
+            trellis_proto::hash::weighted_index(point, self.proposers.iter().map(|&i| self.validators[i].power))
+                .unwrap_or(0);
         let round = u64::from(round.as_u32().unwrap_or(0));
-        let index = (first as u64).wrapping_add(round) % self.validators.len() as u64;
-        self.validators.get(index as usize)
+        let index = (first as u64).wrapping_add(round) % self.proposers.len() as u64;
+        self.proposers.get(index as usize).and_then(|&i| self.validators.get(i))
     }
 }
 

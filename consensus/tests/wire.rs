@@ -211,6 +211,49 @@ fn round_zero_proposers_follow_stake_and_later_rounds_walk_the_address_order() {
     }
 }
 
+/// A jailed validator keeps its vote but leaves the proposer draw: it is never the proposer of
+/// any round, the others still propose by stake and in turn, a set with nobody barred draws as
+/// before, and a set barring everyone still has a proposer.
+#[test]
+fn barred_validators_never_propose_and_the_others_share_every_round() {
+    use std::collections::BTreeSet;
+    let validators: Vec<Validator> =
+        (1..=4).map(|s| Validator::new(key(s).public_key(), 10 * u64::from(s)).unwrap()).collect();
+    let full = ValidatorSet::new(validators);
+    let addresses: Vec<_> = full.validators().iter().map(|v| v.address).collect();
+    let barred: BTreeSet<_> = [addresses[2]].into();
+    let set = full.clone().barring_proposers(&barred);
+    assert_eq!(set.validators(), full.validators(), "barring a proposer keeps its vote");
+    assert!(!set.may_propose(&addresses[2]) && set.may_propose(&addresses[0]));
+    let at = |set: &ValidatorSet, h, r| set.proposer(BlockHeight(h), Round::new(r)).unwrap().address;
+    let others: Vec<_> = addresses.iter().copied().filter(|a| !barred.contains(a)).collect();
+    let mut counts = [0u64; 4];
+    for height in 1..=20_000u64 {
+        let first = others.iter().position(|a| *a == at(&set, height, 0)).expect("an unbarred proposer");
+        counts[addresses.iter().position(|a| *a == at(&set, height, 0)).unwrap()] += 1;
+        for round in 1..7u32 {
+            assert_eq!(at(&set, height, round), others[(first + round as usize) % 3], "height {height} round {round}");
+        }
+    }
+    assert_eq!(counts[2], 0, "a barred validator proposed");
+    // Round 0 still follows stake among the others.
+    let power = |i: usize| full.validators()[i].power as f64;
+    let unbarred_power: f64 = [0, 1, 3].iter().map(|&i| power(i)).sum();
+    for index in [0, 1, 3] {
+        let share = counts[index] as f64 / 20_000.0;
+        assert!((share - power(index) / unbarred_power).abs() < 0.02, "power {}: share {share}", power(index));
+    }
+    let unbarred = full.clone().barring_proposers(&BTreeSet::new());
+    for height in 1..200 {
+        assert_eq!(at(&unbarred, height, 0), at(&full, height, 0));
+    }
+    let everyone: BTreeSet<_> = addresses.iter().copied().collect();
+    let all_barred = full.clone().barring_proposers(&everyone);
+    for height in 1..200 {
+        assert_eq!(at(&all_barred, height, 1), at(&full, height, 1), "barring everyone bars nobody");
+    }
+}
+
 /// Encodings of every message type the codec decodes, each after the selector byte that makes
 /// the `decode_consensus` fuzz target read it as that type (the order of its `decode` arms).
 fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {

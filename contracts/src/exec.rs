@@ -412,6 +412,19 @@ impl Chain {
         Ok(read(kv, keys::VALIDATORS)?.unwrap_or_default())
     }
 
+    /// The members of the active set the chain has jailed since the set was installed (for
+    /// equivocation). They keep their votes until the epoch ends, but propose no more: the
+    /// consensus layer leaves them out of the proposer draw from the next height on.
+    pub fn jailed_validators<S: KvStore + ?Sized>(&self, kv: &S) -> Result<Vec<Address>, TxError> {
+        let mut jailed = Vec::new();
+        for validator in self.validator_set(kv)?.validators {
+            if read::<Stake>(kv, &keys::stake(Role::Validator, &validator.address))?.is_some_and(|stake| stake.jailed) {
+                jailed.push(validator.address);
+            }
+        }
+        Ok(jailed)
+    }
+
     /// Bonded validators at or above the minimum, not jailed, the `max_validators` largest
     /// (ties by address), in address order.
     fn compute_validator_set<S: KvStore + ?Sized>(&self, kv: &S) -> Result<ValidatorSet, TxError> {

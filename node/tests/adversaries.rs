@@ -414,8 +414,8 @@ mod with_adversaries {
         let jailed = cluster.wait_until("the double proposer jailed", Duration::from_secs(120), |c| {
             c.account(0, &offender).validator_stake.filter(|stake| stake.jailed)
         });
-        // 20% for each round it doubled whose report was included so far (a jailed validator
-        // still proposes until the epoch ends, and is slashed again if it doubles again).
+        let jailed_by = cluster.height(0).unwrap();
+        // 20% for each round it doubled whose report was included before it was jailed.
         let after_one = bonded.0 - bonded.0 * Params::default().equivocation_slash_ppm / 1_000_000;
         assert!(
             jailed.bonded.0 <= after_one && jailed.bonded.0 > 0,
@@ -432,6 +432,17 @@ mod with_adversaries {
         let height = cluster.height(0).unwrap();
         cluster.wait_for_height(&[0, 1, 2], height + 3, Duration::from_secs(60));
         cluster.assert_agree(&[0, 1, 2], height + 3);
+        // Jailed, it votes until the epoch ends but proposes no more: no block after the one
+        // that jailed it is its own (it would otherwise propose a share of them and sign two
+        // blocks in each such round).
+        let proposers: Vec<String> = (jailed_by + 1..=height + 3)
+            .map(|h| cluster.block(0, h).expect("a committed block").header.proposer.to_string())
+            .collect();
+        assert!(
+            !proposers.contains(&offender),
+            "the jailed double proposer proposed after height {jailed_by}: {proposers:?}"
+        );
+        eprintln!("double-propose: jailed by height {jailed_by}, {} blocks after it, none its own", proposers.len());
     }
 
     /// A validator that says `Invalid` about every segment it checks, quoting checkpoints the

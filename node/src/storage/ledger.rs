@@ -97,12 +97,15 @@ impl Ledger {
         state::read::<Account>(&view, &keys::account(address)).unwrap_or_else(|e| crate::storage::store::fatal(e))
     }
 
-    /// The validator set that signs the next height, in the engine's form.
+    /// The validator set that signs the next height, in the engine's form, without the proposer
+    /// draw of the validators jailed since the set was installed.
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let view = self.store.pending_state();
         let set = self.chain.validator_set(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
+        let jailed = self.chain.jailed_validators(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
         let validators = set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect();
         ConsensusValidatorSet::new(validators)
+            .barring_proposers(&jailed.into_iter().map(trellis_consensus::ValidatorAddress).collect())
     }
 
     /// The chain keys of the validator set that signs the next height.
