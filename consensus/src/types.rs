@@ -328,12 +328,12 @@ impl ValidatorSet {
     /// jailed since the set was installed: a validator caught signing two blocks for a round
     /// proposes no more from the next height on, instead of flooding again in every round it
     /// would propose until the epoch ends. Every node computes `barred` from the same committed
-    /// state, so every node agrees on the proposer. If every validator is barred, none is: a
-    /// height always has a proposer.
+    /// state, so every node agrees on the proposer. If the validators left hold no voting power
+    /// (every one barred), none is barred: a height always has a proposer.
     pub fn barring_proposers(mut self, barred: &std::collections::BTreeSet<ValidatorAddress>) -> Self {
         let proposers: Vec<usize> =
             (0..self.validators.len()).filter(|&i| !barred.contains(&self.validators[i].address)).collect();
-        if !proposers.is_empty() {
+        if proposers.iter().any(|&i| self.validators[i].power > 0) {
             self.proposers = proposers;
         }
         self

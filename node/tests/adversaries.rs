@@ -415,6 +415,10 @@ mod with_adversaries {
             c.account(0, &offender).validator_stake.filter(|stake| stake.jailed)
         });
         let jailed_by = cluster.height(0).unwrap();
+        let set = cluster.block_on(cluster.client(0).validators()).expect("the validator set");
+        if let Some(listed) = set.validators.iter().find(|v| v.address.to_string() == offender) {
+            assert!(!listed.proposes, "the RPC lists the jailed validator as a proposer: {set:?}");
+        }
         // 20% for each round it doubled whose report was included before it was jailed.
         let after_one = bonded.0 - bonded.0 * Params::default().equivocation_slash_ppm / 1_000_000;
         assert!(

@@ -90,6 +90,8 @@ pub struct ValidatorView {
     pub address: Address,
     pub public_key: PublicKey,
     pub power: u64,
+    /// Whether it may propose: false once the chain jailed it (it votes until the epoch ends).
+    pub proposes: bool,
 }
 
 /// A job in `job_list`: enough to pick one and ask `job_get`.
@@ -235,10 +237,10 @@ mod tests {
         );
         wire(
             ValidatorsView {
-                validators: vec![ValidatorView { address, public_key: key.public_key(), power: 100 }],
+                validators: vec![ValidatorView { address, public_key: key.public_key(), power: 100, proposes: true }],
                 total_power: 100,
             },
-            json!({ "total_power": 100, "validators": [{ "address": address, "public_key": key.public_key(), "power": 100 }] }),
+            json!({ "total_power": 100, "validators": [{ "address": address, "public_key": key.public_key(), "power": 100, "proposes": true }] }),
         );
         wire(GossipReceipt { admitted: 0 }, json!({ "admitted": 0 }));
         wire(

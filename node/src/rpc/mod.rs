@@ -330,7 +330,12 @@ impl TrellisRpcServer for RpcState {
         let validators: Vec<ValidatorView> = set
             .validators()
             .iter()
-            .map(|v| ValidatorView { address: v.address.0, public_key: v.key, power: v.power })
+            .map(|v| ValidatorView {
+                address: v.address.0,
+                public_key: v.key,
+                power: v.power,
+                proposes: set.may_propose(&v.address),
+            })
             .collect();
         let total_power = validators.iter().map(|v| v.power).sum();
         Ok(ValidatorsView { validators, total_power })
