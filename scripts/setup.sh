@@ -43,7 +43,7 @@ fi
 
 # The virtualenv with PyTorch, whose libtorch tch links against.
 if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" >/dev/null 2>&1; then
-  say "creating $venv with torch==$torch_version (about 4.5 GB with its CUDA libraries; downloaded once)"
+  say "creating $venv with torch==$torch_version (about 4.7 GB with its CUDA libraries; downloaded once)"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
   "$venv/bin/python" -m pip install --disable-pip-version-check "torch==$torch_version"

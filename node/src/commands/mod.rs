@@ -135,6 +135,29 @@ mod tests {
         }
     }
 
+    /// The help of `--behaviour` and `--adversary` names every behaviour there is.
+    #[cfg(feature = "adversary")]
+    #[test]
+    fn the_attack_flags_list_every_behaviour() {
+        let command = Cli::command();
+        for (subcommand, flag) in [("run", "behaviour"), ("devnet", "adversary")] {
+            let sub = command.find_subcommand(subcommand).expect("the subcommand");
+            let arg = sub.get_arguments().find(|a| a.get_long() == Some(flag)).expect("the flag");
+            let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            for behaviour in trellis_protocol::behaviour::Behaviour::ALL {
+                if behaviour == trellis_protocol::behaviour::Behaviour::Honest && flag == "adversary" {
+                    continue;
+                }
+                assert!(
+                    help.contains(behaviour.name()),
+                    "`trellis {subcommand} --{flag}` does not name {}",
+                    behaviour.name()
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_command_and_flag_says_what_it_does() {
         let command = Cli::command();

@@ -65,8 +65,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: i32,
     /// How the node behaves: honest, or an attack for tests and devnets (poison-sign-flip,
-    /// poison-noise, fake-trail, skip-work, copy, withhold, unit-gap, lying-peer, forge-aggregate,
-    /// frame; this build has the `adversary` feature, builds without it cannot misbehave).
+    /// poison-noise, fake-trail, skip-work, copy, withhold, unit-gap, lying-peer, forged-start,
+    /// straggler; validators: forge-aggregate, frame, double-propose; this build has the
+    /// `adversary` feature, builds without it cannot misbehave).
     #[cfg(feature = "adversary")]
     #[arg(long, value_parser = parse_behaviour, default_value = "honest")]
     pub behaviour: Behaviour,

@@ -90,8 +90,9 @@ pub struct DevnetArgs {
     pub netns_prefix: Option<String>,
     /// Cheating nodes, as KIND=COUNT (repeatable). Miners, besides the honest ones:
     /// poison-sign-flip, poison-noise, fake-trail, unit-gap, skip-work, copy, withhold,
-    /// lying-peer; and straggler, a miner 3× slower than it could be (not an attack). Validators, taken from the last of --validators: forge-aggregate, frame. This build
-    /// has the `adversary` feature.
+    /// lying-peer, forged-start (a streaming job); and straggler, a miner 3× slower than it could
+    /// be (not an attack). Validators, taken from the last of --validators: forge-aggregate,
+    /// frame, double-propose. This build has the `adversary` feature.
     #[cfg(feature = "adversary")]
     #[arg(long = "adversary", value_name = "KIND=COUNT", value_parser = trellis_protocol::behaviour::parse_adversary)]
     pub adversaries: Vec<(Behaviour, usize)>,
