@@ -310,6 +310,8 @@ pub struct ValidatorSet {
     /// Indices into `validators` of those that may propose, in address order; never empty when
     /// `validators` is not.
     proposers: Vec<usize>,
+    /// The voting power of `proposers`, which the round-0 draw is taken over.
+    proposer_power: VotingPower,
 }
 
 impl ValidatorSet {
@@ -320,7 +322,7 @@ impl ValidatorSet {
         validators.dedup_by_key(|v| v.address);
         let total_power = validators.iter().map(|v| v.power).fold(0u64, u64::saturating_add);
         let proposers = (0..validators.len()).collect();
-        Self { validators, total_power, proposers }
+        Self { validators, total_power, proposers, proposer_power: total_power }
     }
 
     /// The same set with the validators in `barred` left out of the proposer draw; they keep
@@ -333,8 +335,10 @@ impl ValidatorSet {
     pub fn barring_proposers(mut self, barred: &std::collections::BTreeSet<ValidatorAddress>) -> Self {
         let proposers: Vec<usize> =
             (0..self.validators.len()).filter(|&i| !barred.contains(&self.validators[i].address)).collect();
-        if proposers.iter().any(|&i| self.validators[i].power > 0) {
+        let power = proposers.iter().map(|&i| self.validators[i].power).fold(0u64, u64::saturating_add);
+        if power > 0 {
             self.proposers = proposers;
+            self.proposer_power = power;
         }
         self
     }
@@ -363,11 +367,10 @@ impl ValidatorSet {
     /// proposer has proposed and a silent proposer delays a height by at most one round per
     /// silent validator.
     pub fn proposer(&self, height: BlockHeight, round: Round) -> Option<&Validator> {
-        let power = self.proposers.iter().map(|&i| self.validators[i].power).fold(0u64, u64::saturating_add);
-        if self.proposers.is_empty() || power == 0 {
+        if self.proposers.is_empty() || self.proposer_power == 0 {
             return None;
         }
-        let point = trellis_proto::hash::draw("proposer", &[], &[height.0]) % power;
+        let point = trellis_proto::hash::draw("proposer", &[], &[height.0]) % self.proposer_power;
         let first =
             trellis_proto::hash::weighted_index(point, self.proposers.iter().map(|&i| self.validators[i].power))
                 .unwrap_or(0);

@@ -412,14 +412,18 @@ impl Chain {
         Ok(read(kv, keys::VALIDATORS)?.unwrap_or_default())
     }
 
-    /// The members of the active set the chain has jailed since the set was installed (for
-    /// equivocation). They keep their votes until the epoch ends, but propose no more: the
-    /// consensus layer leaves them out of the proposer draw from the next height on.
-    pub fn jailed_validators<S: KvStore + ?Sized>(&self, kv: &S) -> Result<Vec<Address>, TxError> {
-        let mut jailed = Vec::new();
-        for validator in self.validator_set(kv)?.validators {
+    /// The members of `set` (the active set, as read) the chain has jailed since it was
+    /// installed (for equivocation). They keep their votes until the epoch ends, but propose no
+    /// more: the consensus layer leaves them out of the proposer draw from the next height on.
+    pub fn jailed_among<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        set: &ValidatorSet,
+    ) -> Result<std::collections::BTreeSet<Address>, TxError> {
+        let mut jailed = std::collections::BTreeSet::new();
+        for validator in &set.validators {
             if read::<Stake>(kv, &keys::stake(Role::Validator, &validator.address))?.is_some_and(|stake| stake.jailed) {
-                jailed.push(validator.address);
+                jailed.insert(validator.address);
             }
         }
         Ok(jailed)

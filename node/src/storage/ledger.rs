@@ -102,7 +102,7 @@ impl Ledger {
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let view = self.store.pending_state();
         let set = self.chain.validator_set(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
-        let jailed = self.chain.jailed_validators(&view).unwrap_or_else(|e| crate::storage::store::fatal(e));
+        let jailed = self.chain.jailed_among(&view, &set).unwrap_or_else(|e| crate::storage::store::fatal(e));
         let validators = set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect();
         ConsensusValidatorSet::new(validators)
             .barring_proposers(&jailed.into_iter().map(trellis_consensus::ValidatorAddress).collect())

@@ -205,7 +205,7 @@ impl Ledger {
     /// The validator set that signs the next height, in the engine's form.
     pub fn validator_set(&self) -> ConsensusValidatorSet {
         let set = self.chain.validator_set(&self.kv).expect("the simulated state is never corrupt"); // ok: written by contracts only
-        let jailed = self.chain.jailed_validators(&self.kv).expect("the simulated state is never corrupt"); // ok: as above
+        let jailed = self.chain.jailed_among(&self.kv, &set).expect("the simulated state is never corrupt"); // ok: as above
         ConsensusValidatorSet::new(
             set.validators.iter().filter_map(|v| ConsensusValidator::new(v.key, v.power)).collect(),
         )
