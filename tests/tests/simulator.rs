@@ -13,6 +13,7 @@
 
 use std::time::Instant;
 
+use trellis_consensus::round_cap;
 use trellis_proto::{Hash, Transaction, TxKind};
 use trellis_tests::sim::chain::InvalidBlock;
 use trellis_tests::sim::invariants::{Checker, Violation};
@@ -222,5 +223,41 @@ fn a_forged_aggregate_is_rejected_by_validators_and_flagged_if_decided() {
         matches!(checker.violation(), Some(Violation::InvalidBlockDecided { .. })),
         "the checker flags a decided forged aggregate: {:?}",
         checker.violation()
+    );
+}
+
+/// A proposer that floods the rounds it proposes (six blocks more than its real one, sent to half
+/// the honest validators ahead of it) and withholds its precommits gets at most two blocks of a
+/// round executed by any honest validator, and every height still commits: the cap costs rounds,
+/// not the height (`trellis_consensus::round_cap`, docs/threat-model.md).
+#[test]
+fn a_flooding_proposer_gets_two_blocks_a_round_executed_and_every_height_still_commits() {
+    let config = SimConfig::proposal_flood();
+    let mut total = RunStats::default();
+    for seed in 0..6 {
+        let report = sim::run(seed, &config, false);
+        assert!(report.is_safe(), "{report}");
+        assert!(report.is_live(), "{report}\n  replay: {}", report.replay_command());
+        let s = &report.stats;
+        total.flood_blocks_sent += s.flood_blocks_sent;
+        total.proposals_not_executed += s.proposals_not_executed;
+        total.most_blocks_executed_in_a_round =
+            total.most_blocks_executed_in_a_round.max(s.most_blocks_executed_in_a_round);
+        total.decided_after_round_zero += s.decided_after_round_zero;
+        total.proposal_reports += s.proposal_reports;
+        total.jailed += s.jailed;
+    }
+    eprintln!("{total:?}");
+    assert!(total.flood_blocks_sent > 0, "the flooder proposed no round: {total:?}");
+    assert!(total.proposals_not_executed > 0, "no honest validator's cap was ever full: {total:?}");
+    assert!(
+        total.most_blocks_executed_in_a_round <= round_cap::MAX_BLOCKS_EXECUTED_PER_ROUND,
+        "an honest validator executed {} blocks of one round",
+        total.most_blocks_executed_in_a_round
+    );
+    assert!(total.decided_after_round_zero > 0, "no round was lost: the flood never reached the case the cap costs");
+    assert!(
+        total.proposal_reports > 0 && total.jailed > 0,
+        "the flood was reported and its proposer jailed: {total:?}"
     );
 }

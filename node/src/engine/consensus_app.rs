@@ -21,6 +21,7 @@ use arc_malachitebft_app_channel::app::types::LocallyProposedValue;
 use arc_malachitebft_app_channel::{AppMsg, Channels, NetworkMsg};
 use arc_malachitebft_sync::RawDecidedValue;
 use bytes::Bytes;
+use trellis_consensus::round_cap;
 use trellis_consensus::signing::from_consensus_signature;
 use trellis_consensus::{
     BlockHeight, BlockId, BlockPart, ConsensusVote, TrellisCodec, TrellisContext, TrellisSigner, TrellisVerifier,
@@ -505,8 +506,8 @@ impl ConsensusApp {
             tracing::warn!(target: "node::consensus", height = %part.height, from = %part.proposer, "proposal part with a bad signature");
             return None;
         }
-        // Both blocks of a double proposal are still executed: the others may have locked on
-        // either, and refusing one could stall the height. The report costs the proposer its stake.
+        // A second block for the round is reported (the proposer loses stake for it) and still
+        // executed: the others may have locked on either.
         if let Some(evidence) = self.part_witness.observe(self.ctx.chain_id(), &part, expected.key) {
             self.queue_reports(vec![TxKind::ReportDoubleProposal(Box::new(evidence))]);
         }
@@ -518,6 +519,11 @@ impl ConsensusApp {
             }
         };
         let hash = block.hash();
+        let held = self.values.get(&(part.height.0, part.round.as_u32().unwrap_or(0)));
+        if !round_cap::executes_proposal(held.into_iter().flatten().map(|v| &v.value), &BlockId(hash)) {
+            tracing::warn!(target: "node::consensus", height = %part.height, round = %part.round, from = %part.proposer, block = %hash, "the proposer signed yet another block this round; not executing it");
+            return None;
+        }
         // A re-proposal (a valid round) carries a block some earlier round's proposer built, so
         // its header may name another validator; the block's beacon reveal, checked when it is
         // executed, still binds it to the validator its header names.

@@ -24,7 +24,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: simulate [--scenario standard|split-brain|volatile-wal] [--seeds N] [--start S] [--seed X] [--verbose] [--quiet]
+    "usage: simulate [--scenario standard|split-brain|volatile-wal|proposal-flood] [--seeds N] [--start S] [--seed X] [--verbose] [--quiet]
   --seeds N     seeds to run (default 100), starting at --start (default 0)
   --seed X      run the one seed X (same as --start X --seeds 1)
   --verbose     print every event of each run (use with --seed)

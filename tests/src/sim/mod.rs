@@ -61,6 +61,11 @@ pub enum ByzantinePlan {
     /// Exactly `count` validators (at most all but one), equal stakes, with this strategy: for
     /// showing the checker catches what a coalition at or above one third can do.
     Fixed { count: usize, equivocate: bool, invalid_proposals: bool },
+    /// One validator of equal stake floods the rounds it proposes: `blocks` valid blocks more
+    /// than its real one, sent to half the honest validators ahead of the real one (filling their
+    /// per-round cap, `trellis_consensus::round_cap`), and it never sends a precommit, so a round
+    /// whose block those validators could not execute ends undecided.
+    ProposalFlood { blocks: usize },
 }
 
 /// What a run looks like; the seed draws everything inside these bounds.
@@ -144,15 +149,24 @@ impl SimConfig {
             byzantine: ByzantinePlan::Fixed { count: 2, equivocate: true, invalid_proposals: false },
             chaos_ms: 0,
             calm_ms: 10_000,
-            faults: FaultConfig {
-                partitions: false,
-                crashes: false,
-                max_loss_ppm: 0,
-                calm_loss_ppm: 0,
-                mean_gap_ms: 1_000,
-                max_fault_ms: 1_000,
-            },
+            faults: FaultConfig::NONE,
             live_heights: None,
+            ..Self::standard()
+        }
+    }
+
+    /// Four equal validators, one flooding every round it proposes with blocks the others never
+    /// see ([`ByzantinePlan::ProposalFlood`]): honest nodes must execute at most two blocks a
+    /// round and still commit every height.
+    pub fn proposal_flood() -> Self {
+        Self {
+            name: "proposal-flood",
+            validators: (4, 4),
+            byzantine: ByzantinePlan::ProposalFlood { blocks: 6 },
+            chaos_ms: 0,
+            calm_ms: 30_000,
+            faults: FaultConfig::NONE,
+            live_heights: Some(20),
             ..Self::standard()
         }
     }
@@ -182,11 +196,12 @@ impl SimConfig {
             "standard" => Some(Self::standard()),
             "split-brain" => Some(Self::split_brain()),
             "volatile-wal" => Some(Self::volatile_wal()),
+            "proposal-flood" => Some(Self::proposal_flood()),
             _ => None,
         }
     }
 
-    pub const NAMES: [&'static str; 3] = ["standard", "split-brain", "volatile-wal"];
+    pub const NAMES: [&'static str; 4] = ["standard", "split-brain", "volatile-wal", "proposal-flood"];
 }
 
 /// Counters of one run.
@@ -223,6 +238,15 @@ pub struct RunStats {
     pub evidence_reported: u64,
     /// Of those, double proposals.
     pub proposal_reports: u64,
+    /// A flooding proposer's extra blocks sent, those an honest validator did not execute (its
+    /// round's cap was full), and the most distinct blocks of one round any honest validator
+    /// executed (the cap: at most `round_cap::MAX_BLOCKS_EXECUTED_PER_ROUND`).
+    pub flood_blocks_sent: u64,
+    pub proposals_not_executed: u64,
+    pub most_blocks_executed_in_a_round: usize,
+    /// Heights honest nodes committed in a round after the first (a round lost to a flood,
+    /// a fault or a timeout), summed over honest nodes.
+    pub decided_after_round_zero: u64,
     pub wal_replays: u64,
     pub replay_refusals: u64,
     pub sync_decisions: u64,
@@ -303,7 +327,7 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports ({} of double proposals), {} replay refusals; {} beacon reveals; flood: {} sent, {} refused (cannot pay), {} failed in blocks, {} duties refused",
+            "  slashed: {} poisoners, {} freeloaders, {} equivocators; {} miner rewards, {} rounds settled, {} jobs ended; byzantine: {} equivocations, {} invalid proposals ({} with a forged aggregate), {} grinding attempts ({} moved the beacon); {} evidence reports ({} of double proposals), {} replay refusals; proposal flood: {} blocks sent, {} not executed, at most {} executed a round, {} heights decided after round 0; {} beacon reveals; flood: {} sent, {} refused (cannot pay), {} failed in blocks, {} duties refused",
             s.poisoners_slashed,
             s.freeloaders_slashed,
             s.equivocators_slashed,
@@ -318,6 +342,10 @@ impl fmt::Display for SimReport {
             s.evidence_reported,
             s.proposal_reports,
             s.replay_refusals,
+            s.flood_blocks_sent,
+            s.proposals_not_executed,
+            s.most_blocks_executed_in_a_round,
+            s.decided_after_round_zero,
             s.beacon_reveals,
             s.flood_sent,
             s.refused_cannot_pay,
@@ -393,7 +421,8 @@ impl Simulation {
         let mut setup = SimRng::stream(seed, "setup");
         let validator_keys = draw_validator_keys(&mut setup, &config);
         let n = validator_keys.len();
-        let fixed_stakes = matches!(config.byzantine, ByzantinePlan::Fixed { .. });
+        let fixed_stakes =
+            matches!(config.byzantine, ByzantinePlan::Fixed { .. } | ByzantinePlan::ProposalFlood { .. });
         let stakes: Vec<u64> =
             (0..n).map(|_| if fixed_stakes { 30_000 } else { setup.between(20, 40) * 1_000 }).collect();
         let miner_keys: Vec<Keypair> = (0..config.miners).map(|_| Keypair::from_seed(setup.bytes32())).collect();
@@ -408,8 +437,13 @@ impl Simulation {
             (0..funded_flooders).map(|_| Keypair::from_seed(flood_rng.bytes32())).collect();
 
         // Byzantine validators and their strategy.
+        let flood_blocks = match config.byzantine {
+            ByzantinePlan::ProposalFlood { blocks } => blocks,
+            _ => 0,
+        };
         let (members, equivocate, invalid_proposals) = match config.byzantine {
             ByzantinePlan::None => (Vec::new(), false, false),
+            ByzantinePlan::ProposalFlood { .. } => (vec![0], false, false),
             // At least one validator stays honest: the checker judges honest nodes.
             ByzantinePlan::Fixed { count, equivocate, invalid_proposals } => {
                 ((0..count.min(n - 1)).collect(), equivocate, invalid_proposals)
@@ -434,10 +468,13 @@ impl Simulation {
             second_face: honest_ids.iter().skip(1).step_by(2).copied().collect(),
             equivocate,
             invalid_proposals,
+            flood_blocks,
+            withhold_precommits: flood_blocks > 0,
             ..Coalition::default()
         };
         let strategy = match (members.is_empty(), equivocate, invalid_proposals) {
             (true, _, _) => "none".to_string(),
+            _ if flood_blocks > 0 => format!("proposal flood ({flood_blocks} blocks more a round, no precommits)"),
             (false, true, true) => "equivocate + invalid proposals".to_string(),
             (false, true, false) => "equivocate".to_string(),
             (false, false, _) => "invalid proposals".to_string(),
@@ -861,6 +898,13 @@ impl Simulation {
             self.stats.duties_refused += node.stats.duties_refused;
             self.stats.evidence_reported += node.stats.evidence_reported;
             self.stats.proposal_reports += node.stats.proposal_reports;
+            self.stats.flood_blocks_sent += node.stats.flood_blocks_sent;
+            if self.honest[node.me.id] {
+                self.stats.proposals_not_executed += node.stats.proposals_not_executed;
+                self.stats.most_blocks_executed_in_a_round =
+                    self.stats.most_blocks_executed_in_a_round.max(node.stats.most_blocks_executed_in_a_round);
+                self.stats.decided_after_round_zero += node.stats.decided_after_round_zero;
+            }
             self.stats.wal_replays += node.stats.wal_replays;
             self.stats.replay_refusals += node.stats.replay_refusals;
             self.stats.sync_decisions += node.stats.sync_decisions;

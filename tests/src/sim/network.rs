@@ -173,6 +173,18 @@ pub struct FaultConfig {
     pub max_fault_ms: Time,
 }
 
+impl FaultConfig {
+    /// No partition, crash or loss, ever: for scenarios about Byzantine validators alone.
+    pub const NONE: FaultConfig = FaultConfig {
+        partitions: false,
+        crashes: false,
+        max_loss_ppm: 0,
+        calm_loss_ppm: 0,
+        mean_gap_ms: 1_000,
+        max_fault_ms: 1_000,
+    };
+}
+
 /// Faults with their times, all ended by `calm_from`.
 #[derive(Debug, Clone)]
 pub struct FaultPlan {

@@ -37,6 +37,7 @@ use arc_malachitebft_app_channel::app::types::core::{
 };
 use arc_malachitebft_app_channel::{Signer, Verifier};
 use arc_malachitebft_core_driver::{Driver, Input, Output, ThresholdParams};
+use trellis_consensus::round_cap;
 use trellis_consensus::signing::from_consensus_signature;
 use trellis_consensus::{
     BlockHeight, BlockId, ConsensusVote, Proposal, TrellisContext, TrellisSigner, TrellisVerifier, ValidatorAddress,
@@ -271,6 +272,14 @@ pub struct NodeStats {
     pub refused_cannot_pay: u64,
     /// Duties (verdicts, aggregates, commitments, reveals, reports) its pool refused for room.
     pub duties_refused: u64,
+    /// A flooding proposer's extra blocks sent (each to half the honest validators).
+    pub flood_blocks_sent: u64,
+    /// Proposals this node did not execute because it held the round's cap of blocks already.
+    pub proposals_not_executed: u64,
+    /// The most distinct blocks of one round this node executed.
+    pub most_blocks_executed_in_a_round: usize,
+    /// Heights this node decided in a round after the first.
+    pub decided_after_round_zero: u64,
 }
 
 /// Onion layers a simulated validator commits (runs are far shorter).
@@ -286,8 +295,15 @@ pub struct Coalition {
     pub second_face: BTreeSet<NodeId>,
     pub equivocate: bool,
     pub invalid_proposals: bool,
+    /// Valid blocks a proposer signs for its round besides its real one, sent to the second face
+    /// ahead of the real one (a proposal flood).
+    pub flood_blocks: usize,
+    /// Members send no precommit (so a round some honest validators could not vote in stalls).
+    pub withhold_precommits: bool,
     /// First-face block → the block shown to the second face in its place.
     pub(super) twin_of: BTreeMap<BlockId, Rc<Block>>,
+    /// Real block → the flood sent with it.
+    pub(super) flood_of: BTreeMap<BlockId, Vec<Rc<Block>>>,
 }
 
 /// Signature checks are pure, so one memo serves every node: it changes speed, not results.
@@ -712,6 +728,15 @@ impl Running<'_> {
         if !self.verify_proposal(&proposal, &key) {
             return;
         }
+        // As the node: at most the round's cap of distinct blocks is executed.
+        let held: Vec<BlockId> =
+            self.e.driver.proposals_and_validities_for_round(round).iter().map(|(held, _)| held.value).collect();
+        if !round_cap::executes_proposal(&held, &proposal.value) {
+            self.stats.proposals_not_executed += 1;
+            return;
+        }
+        let distinct = held.iter().chain([&proposal.value]).collect::<BTreeSet<_>>().len();
+        self.stats.most_blocks_executed_in_a_round = self.stats.most_blocks_executed_in_a_round.max(distinct);
         let builder = if proposal.pol_round.is_nil() { Some(proposal.proposer.0) } else { None };
         let validity = self.validity(&block, builder);
         self.wal_append(WalEntry::Proposal { proposal: proposal.clone(), block, validity });
@@ -1000,6 +1025,14 @@ impl Running<'_> {
             let twin = self.ledger.build_block(self.me.address.0, self.now + 1, reveal, Vec::new()).block;
             self.me.coalition.borrow_mut().twin_of.insert(BlockId(block.hash()), twin);
         }
+        let flood_blocks = if self.me.byzantine { self.me.coalition.borrow().flood_blocks } else { 0 };
+        if flood_blocks > 0 {
+            // Other valid blocks of the same height and round: other times, no transactions.
+            let flood = (1..=flood_blocks as u64)
+                .map(|k| self.ledger.build_block(self.me.address.0, self.now + k, reveal, Vec::new()).block)
+                .collect();
+            self.me.coalition.borrow_mut().flood_of.insert(BlockId(block.hash()), flood);
+        }
         let executed = (!invalid).then_some(executed);
         self.e
             .values
@@ -1090,18 +1123,22 @@ impl Running<'_> {
                 self.send(Dest::Others, Message::PolkaCertificate(certificate));
             }
         }
+        let flood = if self.me.byzantine && proposal.pol_round.is_nil() {
+            self.me.coalition.borrow().flood_of.get(&proposal.value).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (_, second_face) = self.faces();
+        for other in flood {
+            let extra = self.sign_in_place_of(&proposal, &other);
+            self.send(Dest::Nodes(second_face.clone()), Message::Proposal { proposal: extra, block: other });
+            self.stats.flood_blocks_sent += 1;
+        }
         let twin =
             if self.me.byzantine { self.me.coalition.borrow().twin_of.get(&proposal.value).cloned() } else { None };
         match twin {
             Some(twin) => {
-                let second = self.me.ctx.new_proposal(
-                    proposal.height,
-                    proposal.round,
-                    BlockId(twin.hash()),
-                    proposal.pol_round,
-                    proposal.proposer,
-                );
-                let second = ready(self.me.signer.sign_proposal(second)).expect("signing a proposal never fails"); // ok: as above
+                let second = self.sign_in_place_of(&proposal, &twin);
                 let (first_face, second_face) = self.faces();
                 self.send(
                     Dest::Nodes(first_face),
@@ -1115,6 +1152,20 @@ impl Running<'_> {
         // Our own proposal goes through the same path as anyone's (the engine's `on_proposal`).
         self.wal_append(WalEntry::Proposal { proposal: signed.clone(), block, validity: Validity::Valid });
         self.apply(Input::Proposal(signed, Validity::Valid));
+    }
+
+    /// A Byzantine proposer's signed proposal of `block` for the height, round and proof-of-lock
+    /// round of `proposal`: a second (or further) block for one round.
+    fn sign_in_place_of(&self, proposal: &Proposal, block: &Block) -> SignedProposal {
+        let other = self.me.ctx.new_proposal(
+            proposal.height,
+            proposal.round,
+            BlockId(block.hash()),
+            proposal.pol_round,
+            proposal.proposer,
+        );
+        ready(self.me.signer.sign_proposal(other)).expect("signing a proposal never fails")
+        // ok: TrellisSigner's proposal signing is infallible
     }
 
     /// (first face, second face) of a Byzantine node: who sees which of its two versions.
@@ -1135,6 +1186,12 @@ impl Running<'_> {
         if let (VoteType::Precommit, NilOrVal::Val(_)) = (vote.vote_type, vote.value) {
             // Earlier rounds' votes can no longer matter (the engine prunes them here too).
             self.e.driver.prune_votes_and_certificates(vote.round);
+        }
+        let withhold = self.me.byzantine && self.me.coalition.borrow().withhold_precommits;
+        if withhold && vote.vote_type == VoteType::Precommit {
+            // Never signed: the others must decide without it (nor can it hand them a
+            // certificate holding its precommit by sync).
+            return;
         }
         let Some(signed) = self.sign_or_replay_vote(vote.clone()) else { return };
         self.out.notes.push(Note::SignedVote(vote.clone()));
@@ -1233,6 +1290,7 @@ impl Running<'_> {
             Some((round, value)) => (round, value),
             None => (proposal.round, proposal.value),
         };
+        self.stats.decided_after_round_zero += u64::from(round.as_i64() > 0);
         let certificate = match self.e.driver.commit_certificate(round, &id) {
             Some(certificate) => certificate.clone(),
             None => ExtendedCommitCertificate::from_votes(
