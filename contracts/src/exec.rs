@@ -327,9 +327,7 @@ impl Chain {
             events.push(Event::BlockReward { proposer: ctx.proposer, amount: reward });
         }
         rounds::prune_due(kv, ctx.height)?;
-        for job in self.active_jobs(kv)? {
-            rounds::advance_deadlines(self, kv, job, ctx, &mut events)?;
-        }
+        rounds::visit_due_jobs(self, kv, ctx, &mut events)?;
         Ok(events)
     }
 
@@ -519,6 +517,24 @@ impl Chain {
             TxKind::ReportEquivocation(evidence) => events.extend(self.report_equivocation(kv, evidence)?),
             TxKind::CommitBeacon { tip, layers } => events.push(self.commit_beacon(kv, sender, *tip, *layers, ctx)?),
             TxKind::ReportDoubleProposal(evidence) => events.extend(self.report_double_proposal(kv, evidence)?),
+        }
+        // What changed the job may let its round move on: `begin_block` looks at it next block.
+        let changed_job = match &tx.kind {
+            TxKind::JoinJob { job } | TxKind::CancelJob { job } => Some(*job),
+            TxKind::CommitWork(work) => Some(work.job),
+            TxKind::RevealWork(reveal) => Some(reveal.job),
+            TxKind::Verdict(verdict) => Some(verdict.job),
+            TxKind::CommitAggregate(aggregate) => Some(aggregate.job),
+            TxKind::Transfer { .. }
+            | TxKind::Bond { .. }
+            | TxKind::Unbond { .. }
+            | TxKind::SubmitJob { .. }
+            | TxKind::ReportEquivocation(_)
+            | TxKind::CommitBeacon { .. }
+            | TxKind::ReportDoubleProposal(_) => None,
+        };
+        if let Some(job) = changed_job {
+            rounds::schedule_visit(kv, job, ctx.height.after(1));
         }
         Ok(events)
     }

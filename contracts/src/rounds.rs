@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_proto::hash::{draw, weighted_index};
-use trellis_proto::{Address, Aggregate, Amount, Hash, Height, JobSpec, Role, VerdictOutcome};
+use trellis_proto::{Address, Aggregate, Amount, Hash, Height, JobId, JobSpec, Role, VerdictOutcome};
 use trellis_protocol::trail;
 
 use crate::error::TxError;
@@ -12,7 +12,8 @@ use crate::exec::{BlockCtx, Chain, Event, SlashReason};
 use crate::kv::KvStore;
 use crate::params::fraction;
 use crate::state::{
-    keys, write, AcceptedState, Assignment, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary, ValidatorSet,
+    keys, read, write, AcceptedState, Assignment, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary,
+    ValidatorSet,
 };
 
 /// Blocks a settled or lapsed round keeps its full record (for clients and the devnet's table)
@@ -179,22 +180,90 @@ pub fn worker_index(round: &RoundState, miner: &Address) -> Option<usize> {
     round.workers.iter().position(|w| w == miner)
 }
 
-/// Moves the job's current round past every deadline that ended before `ctx.height`.
+/// Asks `begin_block` of `height` to visit `job` ([`visit_due_jobs`]).
+pub(crate) fn schedule_visit<S: KvStore + ?Sized>(kv: &mut S, job: JobId, height: Height) {
+    kv.put(keys::due(height, job), Vec::new());
+}
+
+/// `begin_block`'s work on jobs: visits, in job order, every job due at a height up to
+/// `ctx.height`, moving its round past what is over ([`advance_deadlines`]), and schedules its
+/// next visit: the next block if the visit changed something (what changed may let the round
+/// move again), else the block after its round's current deadline. A transaction that changes a
+/// job schedules it for the next block too (`Chain::execute`). So a job is visited whenever its
+/// state or its deadline could move its round — as often as when every active job was visited
+/// every block, with the same outcome — and a job that waits (for its first worker, or for a
+/// deadline far away) costs no block anything.
+pub(crate) fn visit_due_jobs<S: KvStore + ?Sized>(
+    chain: &Chain,
+    kv: &mut S,
+    ctx: &BlockCtx,
+    events: &mut Vec<Event>,
+) -> Result<(), TxError> {
+    let mut due = BTreeSet::new();
+    for (key, _) in kv.scan_prefix(keys::DUE_PREFIX) {
+        let Some((at, job)) = keys::due_job(&key) else {
+            let source = trellis_proto::codec::DecodeError::InvalidValue { what: "due key", reason: "not height/job" };
+            return Err(crate::state::CorruptState { key: String::from_utf8_lossy(&key).into_owned(), source }.into());
+        };
+        if at > ctx.height {
+            break;
+        }
+        kv.delete(&key);
+        due.insert(job);
+    }
+    for id in due {
+        let Some(job) = read::<Job>(kv, &keys::job(id))? else { continue };
+        if job.status != JobStatus::Active {
+            continue;
+        }
+        let next = if advance_deadlines(chain, kv, job, ctx, events)? {
+            Some(ctx.height.after(1))
+        } else {
+            next_deadline_visit(kv, id)?
+        };
+        if let Some(next) = next {
+            schedule_visit(kv, id, next);
+        }
+    }
+    Ok(())
+}
+
+/// The block after the current deadline of the job's round, if the job is active and its round
+/// has one (a round without workers waits for a `JoinJob` instead).
+fn next_deadline_visit<S: KvStore + ?Sized>(kv: &S, id: JobId) -> Result<Option<Height>, TxError> {
+    let Some(job) = read::<Job>(kv, &keys::job(id))? else { return Ok(None) };
+    if job.status != JobStatus::Active {
+        return Ok(None);
+    }
+    let Some(round) = RoundState::load_record(kv, id, job.current_round)? else { return Ok(None) };
+    let deadline = match round.phase {
+        Phase::Open if round.workers.is_empty() => return Ok(None),
+        Phase::Open => round.commit_deadline,
+        Phase::Revealing => round.reveal_deadline,
+        Phase::Verifying => round.verify_end,
+        Phase::AwaitingAggregate => round.aggregate_deadline,
+        Phase::Settled | Phase::Lapsed => return Ok(None),
+    };
+    Ok(Some(deadline.after(1)))
+}
+
+/// Moves the job's current round past every deadline that ended before `ctx.height`; whether it
+/// changed anything.
 pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
     chain: &Chain,
     kv: &mut S,
     job: Job,
     ctx: &BlockCtx,
     events: &mut Vec<Event>,
-) -> Result<(), TxError> {
+) -> Result<bool, TxError> {
     let Some(mut round) = RoundState::load(kv, job.id, job.current_round)? else {
-        return Ok(());
+        return Ok(false);
     };
     match round.phase {
         // A round without workers (nobody has joined the job yet, or every miner it had was
         // ejected) waits for its first one instead of burning its commit window: the window
         // starts when that miner joins (`Chain::join_job`).
-        Phase::Open if round.workers.is_empty() => {}
+        Phase::Open if round.workers.is_empty() => Ok(false),
         Phase::Open if ctx.height > round.commit_deadline || all_workers_committed(&job, &round) => {
             let mut job = job;
             if count_missed_commits(&mut job, &round, events) {
@@ -208,6 +277,7 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
                 reveal_deadline: round.reveal_deadline,
             });
             round.store(kv);
+            Ok(true)
         }
         Phase::Revealing if ctx.height > round.reveal_deadline || round.commits.iter().all(|c| c.reveal.is_some()) => {
             let validators = chain.validator_set(kv)?;
@@ -221,19 +291,21 @@ pub(crate) fn advance_deadlines<S: KvStore + ?Sized>(
                 assignments: round.assignments.len(),
             });
             round.store(kv);
+            Ok(true)
         }
         Phase::Verifying if ctx.height > round.verify_end || all_verdicts_in(&round) => {
-            tally(chain, kv, job, round, ctx, events)?
+            tally(chain, kv, job, round, ctx, events)?;
+            Ok(true)
         }
         Phase::AwaitingAggregate if ctx.height > round.aggregate_deadline => {
             round.phase = Phase::Lapsed;
             events.push(Event::RoundLapsed { job: job.id, round: round.round });
             round.store(kv);
             events.extend(next_round_or_end(chain, kv, job, ctx)?);
+            Ok(true)
         }
-        _ => {}
+        _ => Ok(false),
     }
-    Ok(())
 }
 
 /// Rounds in a row a miner may hold a worker slot and commit nothing before it is dropped from

@@ -588,6 +588,10 @@ pub mod keys {
     pub const ACTIVE_PREFIX: &[u8] = b"active/";
     /// `prune/<height>/<job>/<round>`: the round is pruned to its summary at that height.
     pub const PRUNE_PREFIX: &[u8] = b"prune/";
+    /// `due/<height>/<job>`: `begin_block` of that height visits the job (a deadline of its round
+    /// passes, or a transaction or the last visit changed it), so per-block work is in the jobs
+    /// due, not in the jobs active.
+    pub const DUE_PREFIX: &[u8] = b"due/";
     pub const SUMMARY_PREFIX: &[u8] = b"summary/";
     /// `accepted/<job>/<miner>`: a streaming job's miner's latest accepted state.
     pub const ACCEPTED_PREFIX: &[u8] = b"accepted/";
@@ -650,6 +654,21 @@ pub mod keys {
         let job = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
         let round = u32::from_be_bytes(bytes[18..22].try_into().ok()?);
         Some((Height(height), JobId(job), round))
+    }
+
+    pub fn due(height: Height, job: JobId) -> Vec<u8> {
+        [DUE_PREFIX, &height.0.to_be_bytes(), b"/", &job.0.to_be_bytes()].concat()
+    }
+
+    /// The height and job a `due/` key names.
+    pub fn due_job(key: &[u8]) -> Option<(Height, JobId)> {
+        let bytes = key.strip_prefix(DUE_PREFIX)?;
+        if bytes.len() != 8 + 1 + 8 || bytes[8] != b'/' {
+            return None;
+        }
+        let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let job = u64::from_be_bytes(bytes[9..].try_into().ok()?);
+        Some((Height(height), JobId(job)))
     }
 
     pub fn summary(job: JobId, round: u32) -> Vec<u8> {

@@ -50,6 +50,7 @@ fn settled_rounds_shrink_to_summaries_and_an_ended_job_leaves_no_per_block_work(
     assert_eq!(keys_under(&w.kv, keys::ROUND_PREFIX), 0, "every round record was pruned");
     assert_eq!(keys_under(&w.kv, keys::VERDICT_PREFIX), 0, "and every verdict with it");
     assert_eq!(keys_under(&w.kv, keys::PRUNE_PREFIX), 0, "the prune queue is drained");
+    assert_eq!(keys_under(&w.kv, keys::DUE_PREFIX), 0, "and so is the queue of jobs to visit");
     for round in 0..3 {
         let summary: RoundSummary = read(&w.kv, &keys::summary(JobId(job), round)).unwrap().unwrap();
         assert_eq!((summary.job, summary.round, summary.phase), (JobId(job), round, Phase::Settled));
@@ -107,14 +108,19 @@ impl KvStore for Counting<'_> {
     }
 }
 
-/// Entries a begin-block and end-block read in a world where `ended` jobs have come and gone
-/// and one job is running.
-fn entries_read_per_block(ended: usize) -> usize {
+/// Entries a begin-block and end-block read in a world where `ended` jobs have come and gone,
+/// `waiting` jobs wait for their first miner, and one job is running.
+fn entries_read_per_block(ended: usize, waiting: usize) -> usize {
     let mut w = World::new(4, 3, params());
     let submitter = Keypair::from_seed(w.submitter.seed());
     for _ in 0..ended {
         let job = w.submit_and_join(10_000);
         w.send(&submitter, TxKind::CancelJob { job: JobId(job) }).unwrap();
+    }
+    for _ in 0..waiting {
+        // The cheapest job there is: one token a round, one token of escrow.
+        let spec = JobSpec { reward_per_round: Amount(1), ..w.spec() };
+        w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(1) }).unwrap();
     }
     let mut spec = w.spec();
     spec.diloco.rounds = 1_000;
@@ -133,9 +139,20 @@ fn entries_read_per_block(ended: usize) -> usize {
 
 #[test]
 fn a_block_reads_as_much_state_with_a_thousand_ended_jobs_as_with_none() {
-    let none = entries_read_per_block(0);
-    let many = entries_read_per_block(1_000);
+    let none = entries_read_per_block(0, 0);
+    let many = entries_read_per_block(1_000, 0);
     assert_eq!(none, many, "begin- and end-block read {none} entries with no ended job, {many} with 1,000");
+}
+
+/// Jobs nobody joins cost a submitter only a fee each (the escrow comes back on `CancelJob`), so
+/// they must not cost every block a visit: `begin_block` visits only the jobs due (a deadline
+/// passes, or a transaction changed them). Until 2026-12-03 it read every active job's record
+/// and round every block, 2,000 entries more here.
+#[test]
+fn a_block_reads_as_much_state_with_a_thousand_jobs_waiting_for_miners_as_with_none() {
+    let none = entries_read_per_block(0, 0);
+    let many = entries_read_per_block(0, 1_000);
+    assert_eq!(none, many, "begin- and end-block read {none} entries with no waiting job, {many} with 1,000");
 }
 
 /// Bytes one verdict writes in a round where each of three miners has `segments` segments
