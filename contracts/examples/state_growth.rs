@@ -1,16 +1,19 @@
-//! Blocks per second on a state that holds many finished jobs, against the same chain with none,
-//! in one invocation (issue 18, item 7). Each block is built by a proposer and checked by a
-//! validator (signatures, execution, state root) on the chain's real rules over an in-memory
-//! store; the finished jobs are what pruning leaves of them (the job record and one summary per
-//! round). Also prints what the linear state root this chain used before would cost per block
-//! at that size.
+//! Blocks per second on a state that holds many finished jobs, and on one that holds many active
+//! jobs waiting for their first miner, against the same chain with none, in one invocation
+//! (issue 18, item 7). Each block is built by a proposer and checked by a validator (signatures,
+//! execution, state root) on the chain's real rules over an in-memory store; the finished jobs
+//! are what pruning leaves of them (the job record and one summary per round), the waiting ones a
+//! job record, its active index entry and an open round without workers (what one `SubmitJob` of
+//! one token leaves). Also prints what the linear state root this chain used before would cost per
+//! block at that size, and what visiting every active job (as `begin_block` did until
+//! 2026-12-03, instead of the jobs due) would cost per block.
 //!   cargo run --release -p trellis-contracts --example state_growth -- [JOBS] [BLOCKS] [TXS]
 
 use std::time::Instant;
 
 use trellis_contracts::kv::{apply_changes_digested, Overlay};
-use trellis_contracts::state::{keys, write, Job, JobStatus, MinerEntry, Phase, RoundSummary};
-use trellis_contracts::{recompute_state_root, state_root, Chain, Genesis, MemoryKv, Params, Parent};
+use trellis_contracts::state::{active_jobs, keys, write, Job, JobStatus, MinerEntry, Phase, RoundState, RoundSummary};
+use trellis_contracts::{recompute_state_root, state_root, Chain, Genesis, KvStore, MemoryKv, Params, Parent};
 use trellis_proto::*;
 
 const ROUNDS_PER_JOB: u32 = 10;
@@ -55,6 +58,55 @@ fn spec() -> JobSpec {
         commit_blocks: 5,
         verify_blocks: 5,
     }
+}
+
+/// What a block holds besides its transfers.
+#[derive(Clone, Copy)]
+enum Jobs {
+    None,
+    Finished(u64),
+    Waiting(u64),
+}
+
+/// Writes `count` active jobs of one token a round that nobody has joined, as `SubmitJob` leaves
+/// them, then refreshes the stored digest.
+fn add_waiting_jobs(kv: &mut MemoryKv, count: u64) {
+    let mut changes = trellis_contracts::kv::Changes::new();
+    {
+        let mut overlay = Overlay::new(&*kv);
+        for id in 0..count {
+            let job = Job {
+                id: JobId(id),
+                submitter: Address([9; 20]),
+                spec: JobSpec { reward_per_round: Amount(1), ..spec() },
+                escrow: Amount(1),
+                status: JobStatus::Active,
+                cancel_requested: false,
+                current_round: 0,
+                rounds_settled: 0,
+                model_hash: Hash::ZERO,
+                momentum_hash: Hash::ZERO,
+                miners: Vec::new(),
+            };
+            trellis_contracts::rounds::new_round(&job, 0, Height(0), &Hash::ZERO).store(&mut overlay);
+            write(&mut overlay, keys::job(job.id), &job);
+            overlay.put(keys::active(job.id), Vec::new());
+        }
+        write(&mut overlay, keys::NEXT_JOB.to_vec(), &count);
+        changes.extend(overlay.into_changes());
+    }
+    apply_changes_digested(kv, changes).expect("the digest was written at genesis");
+}
+
+/// Milliseconds to read every active job and its current round once: what each block cost when
+/// `begin_block` visited every active job.
+fn visiting_every_active_job_ms(kv: &MemoryKv) -> f64 {
+    let started = Instant::now();
+    for job in active_jobs(kv).expect("the state decodes") {
+        let round = RoundState::load(kv, job.id, job.current_round).expect("the state decodes");
+        assert!(round.is_some_and(|r| r.workers.is_empty()), "a waiting job's round has no workers");
+    }
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 /// Writes `count` finished jobs as pruning leaves them, then refreshes the stored digest.
@@ -104,9 +156,10 @@ struct Measured {
     blocks_per_s: f64,
     entries: usize,
     linear_root_ms: f64,
+    visiting_every_active_job_ms: f64,
 }
 
-fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
+fn run(jobs: Jobs, blocks: u64, txs_per_block: usize) -> Measured {
     let validator = Keypair::from_seed([1; 32]);
     let senders: Vec<Keypair> = (0..txs_per_block)
         .map(|i| {
@@ -157,7 +210,11 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
     };
     let mut kv = MemoryKv::new();
     let chain = Chain::init_genesis(&mut kv, &genesis).expect("genesis");
-    add_finished_jobs(&mut kv, finished_jobs);
+    match jobs {
+        Jobs::None => {}
+        Jobs::Finished(count) => add_finished_jobs(&mut kv, count),
+        Jobs::Waiting(count) => add_waiting_jobs(&mut kv, count),
+    }
     let entries = kv.len();
     let mut parent = Parent { height: Height(0), hash: Hash::ZERO, time_ms: 0 };
     let started = Instant::now();
@@ -186,7 +243,8 @@ fn run(finished_jobs: u64, blocks: u64, txs_per_block: usize) -> Measured {
     let linear = recompute_state_root(&kv);
     let linear_root_ms = timing.elapsed().as_secs_f64() * 1e3;
     assert_eq!(linear, state_root(&kv).expect("digest"), "the incremental root is the one computed from scratch");
-    Measured { blocks_per_s, entries, linear_root_ms }
+    let visiting_every_active_job_ms = visiting_every_active_job_ms(&kv);
+    Measured { blocks_per_s, entries, linear_root_ms, visiting_every_active_job_ms }
 }
 
 fn main() {
@@ -197,13 +255,19 @@ fn main() {
     println!(
         "{blocks} blocks of {txs} transfers, each built by a proposer and checked by a validator (in-memory store)"
     );
-    let baseline = run(0, blocks, txs);
-    let grown = run(jobs, blocks, txs);
-    for (label, m) in [("no finished jobs", &baseline), (&*format!("{jobs} finished jobs"), &grown)] {
+    let baseline = run(Jobs::None, blocks, txs);
+    let grown = run(Jobs::Finished(jobs), blocks, txs);
+    let waiting = run(Jobs::Waiting(jobs), blocks, txs);
+    for (label, m) in [
+        ("no jobs", &baseline),
+        (&*format!("{jobs} finished jobs"), &grown),
+        (&*format!("{jobs} waiting jobs"), &waiting),
+    ] {
         println!(
-            "{label:>22}: {:>8} state entries, {:>7.1} blocks/s; a linear state root would cost {:.1} ms per block (twice: build and check)",
-            m.entries, m.blocks_per_s, m.linear_root_ms
+            "{label:>22}: {:>8} state entries, {:>7.1} blocks/s; a linear state root would cost {:.1} ms per block (twice: build and check); visiting every active job {:.1} ms",
+            m.entries, m.blocks_per_s, m.linear_root_ms, m.visiting_every_active_job_ms
         );
     }
-    println!("ratio (grown / baseline): {:.3}", grown.blocks_per_s / baseline.blocks_per_s);
+    println!("ratio (finished / baseline): {:.3}", grown.blocks_per_s / baseline.blocks_per_s);
+    println!("ratio (waiting / baseline): {:.3}", waiting.blocks_per_s / baseline.blocks_per_s);
 }
