@@ -383,13 +383,23 @@ impl Chain {
     }
 
     /// Who backs work of an unsettled round: the miners that committed to it and the checkers
-    /// assigned in it. Only a job's current round can be unsettled (rounds settle in order).
+    /// assigned in it. Only a job's current round can be unsettled (rounds settle in order), and
+    /// only a job someone has committed work to can have either (`working/`).
     fn backing_unsettled_work<S: KvStore + ?Sized>(
         &self,
         kv: &S,
     ) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
         let mut backing = std::collections::BTreeSet::new();
-        for job in self.active_jobs(kv)? {
+        for (key, _) in kv.scan_prefix(keys::WORKING_PREFIX) {
+            let corrupt = |reason| crate::state::CorruptState {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source: trellis_proto::codec::DecodeError::InvalidValue { what: "working job", reason },
+            };
+            let id = keys::working_job(&key).ok_or_else(|| corrupt("not a job id"))?;
+            let job: Job = read(kv, &keys::job(id))?.ok_or_else(|| corrupt("names a job that does not exist"))?;
+            if job.status != JobStatus::Active {
+                return Err(corrupt("names a job that ended").into());
+            }
             let Some(round) = RoundState::load_record(kv, job.id, job.current_round)? else { continue };
             if matches!(round.phase, Phase::Settled | Phase::Lapsed) {
                 continue;
@@ -857,6 +867,7 @@ impl Chain {
             since: round.round,
         });
         round.store(kv);
+        kv.put(keys::working(job.id), Vec::new());
         Ok(Event::WorkCommitted { job: job.id, round: round.round, miner })
     }
 

@@ -802,6 +802,7 @@ pub(crate) fn end_job<S: KvStore + ?Sized>(
     height: Height,
 ) -> Result<Vec<Event>, TxError> {
     kv.delete(&keys::active(job.id));
+    kv.delete(&keys::working(job.id));
     retire_round(kv, job.id, job.current_round, height);
     for (key, _) in kv.scan_prefix(&keys::accepted_of_job(job.id)) {
         kv.delete(&key);

@@ -592,6 +592,10 @@ pub mod keys {
     /// passes, or a transaction or the last visit changed it), so per-block work is in the jobs
     /// due, not in the jobs active.
     pub const DUE_PREFIX: &[u8] = b"due/";
+    /// `working/<job>`: present from the job's first `CommitWork` until it ends, so that what
+    /// reads the work being backed by stake (end-block, when unbonded stake matures) visits the
+    /// jobs someone works on, not every job waiting for miners.
+    pub const WORKING_PREFIX: &[u8] = b"working/";
     pub const SUMMARY_PREFIX: &[u8] = b"summary/";
     /// `accepted/<job>/<miner>`: a streaming job's miner's latest accepted state.
     pub const ACCEPTED_PREFIX: &[u8] = b"accepted/";
@@ -654,6 +658,16 @@ pub mod keys {
         let job = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
         let round = u32::from_be_bytes(bytes[18..22].try_into().ok()?);
         Some((Height(height), JobId(job), round))
+    }
+
+    pub fn working(job: JobId) -> Vec<u8> {
+        [WORKING_PREFIX, &job.0.to_be_bytes()].concat()
+    }
+
+    /// The job a `working/` key names.
+    pub fn working_job(key: &[u8]) -> Option<JobId> {
+        let bytes = key.strip_prefix(WORKING_PREFIX)?;
+        Some(JobId(u64::from_be_bytes(bytes.try_into().ok()?)))
     }
 
     pub fn due(height: Height, job: JobId) -> Vec<u8> {

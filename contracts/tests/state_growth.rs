@@ -109,8 +109,9 @@ impl KvStore for Counting<'_> {
 }
 
 /// Entries a begin-block and end-block read in a world where `ended` jobs have come and gone,
-/// `waiting` jobs wait for their first miner, and one job is running.
-fn entries_read_per_block(ended: usize, waiting: usize) -> usize {
+/// `waiting` jobs wait for their first miner, and one job is running; with `maturing`, stake a
+/// validator unbonded matures at that end-block (which then reads what work stake backs).
+fn entries_read_per_block(ended: usize, waiting: usize, maturing: bool) -> usize {
     let mut w = World::new(4, 3, params());
     let submitter = Keypair::from_seed(w.submitter.seed());
     for _ in 0..ended {
@@ -125,8 +126,13 @@ fn entries_read_per_block(ended: usize, waiting: usize) -> usize {
     let mut spec = w.spec();
     spec.diloco.rounds = 1_000;
     let running = w.submit_spec_and_join(spec, 10_000);
-    let height = w.height;
-    w.advance_to(height + SETTLED_ROUND_RETENTION + 1);
+    let measured_at = w.height + SETTLED_ROUND_RETENTION + 1;
+    if maturing {
+        w.advance_to(Height(measured_at.0 - w.chain.params.unbonding_blocks));
+        let validator = Keypair::from_seed(w.validators[3].seed());
+        w.send(&validator, TxKind::Unbond { role: Role::Validator, amount: Amount(1_000) }).unwrap();
+    }
+    w.advance_to(measured_at);
     assert_eq!(w.job(running).status, JobStatus::Active);
     let ctx = w.ctx();
     let mut counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0), bytes_written: 0 };
@@ -139,8 +145,8 @@ fn entries_read_per_block(ended: usize, waiting: usize) -> usize {
 
 #[test]
 fn a_block_reads_as_much_state_with_a_thousand_ended_jobs_as_with_none() {
-    let none = entries_read_per_block(0, 0);
-    let many = entries_read_per_block(1_000, 0);
+    let none = entries_read_per_block(0, 0, false);
+    let many = entries_read_per_block(1_000, 0, false);
     assert_eq!(none, many, "begin- and end-block read {none} entries with no ended job, {many} with 1,000");
 }
 
@@ -150,9 +156,20 @@ fn a_block_reads_as_much_state_with_a_thousand_ended_jobs_as_with_none() {
 /// and round every block, 2,000 entries more here.
 #[test]
 fn a_block_reads_as_much_state_with_a_thousand_jobs_waiting_for_miners_as_with_none() {
-    let none = entries_read_per_block(0, 0);
-    let many = entries_read_per_block(0, 1_000);
+    let none = entries_read_per_block(0, 0, false);
+    let many = entries_read_per_block(0, 1_000, false);
     assert_eq!(none, many, "begin- and end-block read {none} entries with no waiting job, {many} with 1,000");
+}
+
+/// When unbonded stake matures, end-block reads who backs unsettled work: the jobs someone has
+/// committed work to (`working/`), not the jobs waiting for miners (until 2026-12-03 every active
+/// job, so a validator unbonding a little at a time could make blocks read every waiting job).
+#[test]
+fn maturing_stake_reads_as_much_state_with_a_thousand_jobs_waiting_for_miners_as_with_none() {
+    let none = entries_read_per_block(0, 0, true);
+    let many = entries_read_per_block(0, 1_000, true);
+    assert!(none > entries_read_per_block(0, 0, false), "the maturing stake made end-block read more");
+    assert_eq!(none, many, "a maturing block read {none} entries with no waiting job, {many} with 1,000");
 }
 
 /// Bytes one verdict writes in a round where each of three miners has `segments` segments
