@@ -44,6 +44,21 @@ mod with_adversaries {
         refuted_evidence: usize,
         /// Lines of the nodes' logs containing [`DUTY_NOT_SENT`].
         duties_not_sent: usize,
+        /// The devnet's home and its output, removed when the run is dropped unless a test is
+        /// failing (so that a failure's node logs can be read).
+        home: PathBuf,
+        log_path: PathBuf,
+    }
+
+    impl Drop for Run {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("logs kept under {} and in {}", self.home.display(), self.log_path.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&self.home);
+                let _ = std::fs::remove_file(&self.log_path);
+            }
+        }
     }
 
     /// What an honest validator logs when it refuses a block carrying an aggregate it computes
@@ -158,16 +173,15 @@ mod with_adversaries {
             .filter_map(|i| std::fs::read_to_string(home.join(format!("node{i}")).join("node.log")).ok())
             .collect();
         let count = |needle: &str| logs.iter().map(|log| log.lines().filter(|l| l.contains(needle)).count()).sum();
-        let run = Run {
+        Run {
             rounds: read(&home, name, "rounds.json", status),
             miners: read(&home, name, "miners.json", status),
             refused_aggregates: count(REFUSED_AGGREGATE),
             refuted_evidence: count(REFUTED_EVIDENCE),
             duties_not_sent: count(DUTY_NOT_SENT),
-        };
-        let _ = std::fs::remove_dir_all(&home);
-        let _ = std::fs::remove_file(&log_path);
-        run
+            home,
+            log_path,
+        }
     }
 
     fn final_loss(run: &Run) -> f64 {
