@@ -292,6 +292,12 @@ impl Mempool {
         hashes.len()
     }
 
+    /// `sender`'s pending transactions in nonce order (what a node gossips again when its own
+    /// were not included).
+    pub fn pending_of(&self, sender: &Address) -> Vec<SignedTx> {
+        self.by_sender.get(sender).map(|q| q.values().map(|e| e.tx.clone()).collect()).unwrap_or_default()
+    }
+
     /// The first nonce of `sender` not taken by a pending transaction, counting up from its
     /// committed next nonce (what a locally signed transaction should use).
     pub fn next_free_nonce(&self, sender: &Address, committed_next: u64) -> u64 {
@@ -573,6 +579,10 @@ mod flood {
         assert_eq!(pool.len(), 3 + 1 + 1);
         assert_eq!(pool.next_free_nonce(&spammer.address(), 0), 3);
         assert_eq!(pool.next_free_nonce(&own.address(), 0), 1, "this node's own queue is left to its roles");
+        let left: Vec<u64> = pool.pending_of(&spammer.address()).iter().map(|tx| tx.tx.nonce).collect();
+        assert_eq!(left, vec![0, 1, 2], "what is left pending, in nonce order");
+        assert_eq!(pool.pending_of(&own.address()), vec![transfer(&own, 0, 1)]);
+        assert!(pool.pending_of(&Keypair::from_seed([10; 32]).address()).is_empty());
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl DemoJob {
                     let wire_now = rt.block_on(read_wire(info));
                     let round_wire = wire_between(&wire, &wire_now);
                     wire = wire_now;
+                    let events_now = job_events.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let row = RoundRow {
                         round,
                         validation_loss: loss,
@@ -362,9 +363,7 @@ impl DemoJob {
                         commits: state.commits.len(),
                         verdicts_valid: valid,
                         verdicts_other: state.verdicts.len() - valid,
-                        paid: job_events
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
+                        paid: events_now
                             .iter()
                             .filter_map(|e| match e {
                                 Event::Rewarded { job, round: of, amount, .. } if job.0 == job_id && *of == round => {
@@ -379,14 +378,14 @@ impl DemoJob {
                         verification_s,
                         aggregation_s,
                         wire: round_wire,
-                        steps: state.commits.iter().filter_map(|c| c.reveal.as_ref().map(|r| r.steps)).collect(),
+                        work: revealed_work(&state, &events_now),
                         continued: state
                             .commits
                             .iter()
                             .filter(|c| c.reveal.as_ref().is_some_and(|r| r.continues != trellis_proto::Hash::ZERO))
                             .count(),
                     };
-                    let steps: Vec<String> = row.steps.iter().map(u32::to_string).collect();
+                    let steps: Vec<String> = row.work.iter().map(|w| w.steps.to_string()).collect();
                     bar.suspend(|| {
                         println!(
                             "{:>5}  {:>8.4}  {:>8}  {:>8}  {:>4} ok {:>2} x  {:>8}  {:>8}  {:>8.1}/{:.1}/{:.1}  {}",
@@ -487,6 +486,34 @@ async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
 /// round's opening, its last commitment, its tally and the block that committed its aggregate.
 /// (The aggregate's block, not the monitor's look at the chain: the look comes after the previous
 /// round's model was exported and evaluated, up to seconds later.)
+/// Each revealed commitment of a settled round, with what the chain paid its miner for it.
+fn revealed_work(state: &RoundState, events: &[Event]) -> Vec<super::report::RevealedWork> {
+    state
+        .commits
+        .iter()
+        .filter_map(|commit| {
+            let reveal = commit.reveal.as_ref()?;
+            let paid = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Rewarded { job, round, who, amount, as_miner: true }
+                        if *job == state.job && *round == state.round && *who == commit.miner =>
+                    {
+                        Some(amount.0)
+                    }
+                    _ => None,
+                })
+                .sum();
+            Some(super::report::RevealedWork {
+                miner: commit.miner.to_string(),
+                steps: reveal.steps,
+                accepted: state.accepted.contains(&commit.miner),
+                paid,
+            })
+        })
+        .collect()
+}
+
 async fn round_times(rpc: &HttpClient, spec: &trellis_proto::JobSpec, state: &RoundState) -> (f64, f64, f64) {
     let opened = state.opened_at;
     let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);

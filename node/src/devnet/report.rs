@@ -48,14 +48,27 @@ pub struct RoundRow {
     /// the job's submission), per network ([`crate::metrics::P2P_BYTES`]).
     #[serde(default)]
     pub wire: Vec<NodeWire>,
-    /// Inner steps each revealed commitment claims, in the round's commit order (H each but a
-    /// straggler's, in a job with `min_inner_steps < inner_steps`).
+    /// Each revealed commitment, in the round's commit order: who, how many inner steps it claims
+    /// (H each but a straggler's, in a job with `min_inner_steps < inner_steps`), and what it was
+    /// paid for them.
     #[serde(default)]
-    pub steps: Vec<u32>,
+    pub work: Vec<RevealedWork>,
     /// Revealed commitments whose work continued the miner's accepted state of the round before
     /// (a streaming job's, `--fragments`; 0 in other jobs).
     #[serde(default)]
     pub continued: usize,
+}
+
+/// One miner's revealed work in a round.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RevealedWork {
+    /// The miner's address (hex).
+    pub miner: String,
+    /// Inner steps its reveal claims.
+    pub steps: u32,
+    pub accepted: bool,
+    /// Its miner reward for the round (0 unless accepted).
+    pub paid: u64,
 }
 
 /// Bytes one node moved, per network, over some span.
@@ -341,7 +354,7 @@ pub fn report(
             d.fragments,
             u64::from(d.fragments) * u64::from(d.inner_steps),
             rows.iter().map(|r| r.continued).sum::<usize>(),
-            rows.iter().map(|r| r.steps.len()).sum::<usize>()
+            rows.iter().map(|r| r.work.len()).sum::<usize>()
         );
     }
     println!(
@@ -598,7 +611,7 @@ mod tests {
             verification_s: 0.0,
             aggregation_s: 0.0,
             wire,
-            steps: Vec::new(),
+            work: Vec::new(),
             continued: 0,
         };
         let rows = [row(round.clone()), row(Vec::new()), row(round)];

@@ -246,8 +246,10 @@ pub async fn start(
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .heartbeat_interval(Duration::from_millis(700))
-        // Identical batches (the same transactions from two relays) are one message.
-        .message_id_fn(|message| gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec()))
+        // Messages are told apart by author and sequence number (gossipsub's default), not by
+        // content: a node gossiping its own pending transactions again (`roles::watch_nonce`)
+        // makes a new message, where a content id would be refused as a duplicate for a minute.
+        // Copies that bring nothing new are not forwarded ([`super::gossip::verdict`]).
         .build()
         .map_err(|e| anyhow::anyhow!("gossip configuration: {e}"))?;
     let mut gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
@@ -510,7 +512,7 @@ impl Driver {
                 if num_established.get() > 1 {
                     return;
                 }
-                if endpoint.is_listener() && self.swarm.connected_peers().count() > 2 * self.max_peers {
+                if endpoint.is_listener() && self.swarm.connected_peers().count() > self.max_peers.saturating_mul(2) {
                     tracing::debug!(target: "node::peers", %peer_id, "too many peers; closing an inbound connection");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
@@ -991,9 +993,15 @@ mod tests {
         .sign("gossip-test", &key);
         let good = deliver(&noisy, &mut honest, TxBatch::encode(std::slice::from_ref(&tx))).await;
         assert_eq!(good.from, noisy_peer);
-        assert_eq!(TxBatch::decode(&good.bytes).unwrap(), TxBatch(vec![tx]));
+        assert_eq!(TxBatch::decode(&good.bytes).unwrap(), TxBatch(vec![tx.clone()]));
         honest.gossip.judge(&good, Verdict::Forward).await;
         assert!(!honest.blobs.is_banned(&noisy_peer));
+        // The same batch gossiped again (a node whose transaction was not included) arrives again.
+        let again = deliver(&noisy, &mut honest, TxBatch::encode(std::slice::from_ref(&tx))).await;
+        assert_eq!(again.bytes, good.bytes);
+        assert_ne!(again.id, good.id, "a new message");
+        honest.gossip.judge(&again, Verdict::Drop).await;
+        assert!(!honest.blobs.is_banned(&noisy_peer), "a copy with nothing new is not blamed");
 
         // Garbage twice: the peer is banned, then disconnected.
         for garbage in [b"not a batch".to_vec(), vec![0xff; 64]] {

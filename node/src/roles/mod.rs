@@ -138,6 +138,8 @@ pub const ROLE_TX_FEE: u64 = 1;
 /// them from our mempool and send anew (a transaction that can no longer be included would
 /// otherwise hold back every later one).
 const STUCK_BLOCKS: u64 = 15;
+/// Blocks between gossiping our still-pending transactions again (see [`QueueStep::Rebroadcast`]).
+const REBROADCAST_BLOCKS: u64 = 3;
 
 /// What every role needs.
 pub struct RoleContext {
@@ -205,11 +207,45 @@ async fn cached_key<T: Send + Sync + 'static>(
     Ok(value)
 }
 
-#[derive(Default)]
+/// Watches whether our own transactions get included, block by block.
+#[derive(Debug, Default)]
 struct NonceWatch {
     nonce: u64,
     since_height: Height,
     fee_bump: u64,
+}
+
+/// What to do about our pending transactions after a block ([`NonceWatch::observe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueStep {
+    /// Nothing pending, or our nonce moved, or not long enough stalled.
+    Wait,
+    /// Gossip them again: a batch lost on its way (no peer subscribed yet, a dropped connection)
+    /// is otherwise never seen by a proposer, and a reveal window is shorter than [`STUCK_BLOCKS`].
+    Rebroadcast,
+    /// Drop them and send the work anew at a higher fee.
+    Unstick,
+}
+
+impl NonceWatch {
+    /// Our committed next nonce and whether we have transactions pending, seen at `height`.
+    fn observe(&mut self, committed: u64, pending: bool, height: Height) -> QueueStep {
+        if committed != self.nonce || !pending {
+            self.nonce = committed;
+            self.since_height = height;
+            return QueueStep::Wait;
+        }
+        let stalled = height.0.saturating_sub(self.since_height.0);
+        if stalled >= STUCK_BLOCKS {
+            self.fee_bump += 1;
+            self.since_height = height;
+            QueueStep::Unstick
+        } else if stalled > 0 && stalled % REBROADCAST_BLOCKS == 0 {
+            QueueStep::Rebroadcast
+        } else {
+            QueueStep::Wait
+        }
+    }
 }
 
 impl RoleContext {
@@ -355,9 +391,10 @@ impl RoleContext {
         sign_and_admit(&self.shared, &self.key, kind, fee)
     }
 
-    /// Unsticks our transaction queue when our nonce has not moved for a while (see
-    /// [`STUCK_BLOCKS`]): drops our pending transactions, raises our fee for replacements, and
-    /// forgets started work so it is sent again.
+    /// Looks after our transaction queue when our nonce has not moved for a while: every
+    /// [`REBROADCAST_BLOCKS`] gossips our pending transactions again; after [`STUCK_BLOCKS`]
+    /// drops them from our mempool, raises our fee for replacements, and forgets started work so
+    /// it is sent again.
     pub fn watch_nonce(&self, height: Height) {
         let address = self.key.address();
         let committed = self.shared.ledger.next_nonce(&address);
@@ -365,18 +402,22 @@ impl RoleContext {
             let mempool = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner());
             mempool.next_free_nonce(&address, committed) > committed
         };
-        let mut watch = self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner());
-        if committed != watch.nonce || !pending {
-            watch.nonce = committed;
-            watch.since_height = height;
-            return;
-        }
-        if height >= watch.since_height + STUCK_BLOCKS {
-            let dropped = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).remove_sender(&address);
-            watch.fee_bump += 1;
-            watch.since_height = height;
-            self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|work| !work.sends());
-            tracing::warn!(target: "node::roles", dropped, nonce = committed, "our transactions were not included; sending again");
+        let step = self.nonce_watch.lock().unwrap_or_else(|p| p.into_inner()).observe(committed, pending, height);
+        match step {
+            QueueStep::Wait => {}
+            QueueStep::Rebroadcast => {
+                let ours = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).pending_of(&address);
+                let count = ours.len();
+                for tx in ours {
+                    let _ = self.shared.gossip.try_send(tx);
+                }
+                tracing::info!(target: "node::roles", count, nonce = committed, "our transactions are not included yet; gossiping them again");
+            }
+            QueueStep::Unstick => {
+                let dropped = self.shared.mempool.lock().unwrap_or_else(|p| p.into_inner()).remove_sender(&address);
+                self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|work| !work.sends());
+                tracing::warn!(target: "node::roles", dropped, nonce = committed, "our transactions were not included; sending again");
+            }
         }
     }
 }
@@ -429,5 +470,37 @@ where
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tick(&context, context.height()),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction of ours pending while our nonce stands still is gossiped again every few
+    /// blocks (a reveal has ten blocks to land), and dropped and sent anew after
+    /// [`STUCK_BLOCKS`]; a nonce that moves or an empty queue starts the count over.
+    #[test]
+    fn a_pending_transaction_is_gossiped_again_every_few_blocks_then_sent_anew() {
+        let mut watch = NonceWatch::default();
+        let steps: Vec<QueueStep> = (1..=31).map(|h| watch.observe(4, true, Height(h))).collect();
+        let at = |wanted: QueueStep| -> Vec<u64> {
+            steps.iter().zip(1u64..).filter(|(s, _)| **s == wanted).map(|(_, h)| h).collect()
+        };
+        // Height 1 starts the watch on nonce 4 (from 0); the first stalled block is 2.
+        assert_eq!(at(QueueStep::Rebroadcast), vec![4, 7, 10, 13, 19, 22, 25, 28]);
+        assert_eq!(at(QueueStep::Unstick), vec![16, 31]);
+        assert_eq!(watch.fee_bump, 2, "each unsticking raises our fee");
+        assert!(REBROADCAST_BLOCKS * 3 <= trellis_contracts::params::Params::default().reveal_blocks);
+
+        let mut watch = NonceWatch::default();
+        assert_eq!(watch.observe(4, true, Height(10)), QueueStep::Wait);
+        assert_eq!(watch.observe(4, true, Height(13)), QueueStep::Rebroadcast);
+        assert_eq!(watch.observe(5, true, Height(14)), QueueStep::Wait, "the nonce moved");
+        assert_eq!(watch.observe(5, true, Height(16)), QueueStep::Wait);
+        assert_eq!(watch.observe(5, false, Height(17)), QueueStep::Wait, "nothing pending");
+        assert_eq!(watch.observe(5, true, Height(19)), QueueStep::Wait);
+        assert_eq!(watch.observe(5, true, Height(20)), QueueStep::Rebroadcast, "three blocks after the queue filled");
+        assert_eq!(watch.fee_bump, 0);
     }
 }
