@@ -4,7 +4,7 @@
 //!   cargo run --release -p trellis-contracts --example detection_rate -- [TRIALS] [SEGMENTS]
 
 use trellis_contracts::rounds::sample;
-use trellis_contracts::state::{Commit, Job, JobStatus, Phase, RoundState, Validator, ValidatorSet};
+use trellis_contracts::state::{Commit, Job, Phase, RoundState, Validator, ValidatorSet};
 use trellis_proto::hash::draw;
 use trellis_proto::*;
 
@@ -98,56 +98,45 @@ fn main() {
 }
 
 fn job(segments: u32, segments_per_miner: u32) -> Job {
-    Job {
-        id: JobId(1),
-        submitter: Address([1; 20]),
-        spec: JobSpec {
-            name: "detection".into(),
-            model: ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 4, heads: 4 },
-            init_seed: 0,
-            dataset_root: Hash::ZERO,
-            dataset_shards: 16,
-            diloco: DilocoParams {
-                workers_per_round: 4,
-                inner_steps: segments * 5,
-                batch_size: 8,
-                sequence_length: 64,
-                learning_rate: 3e-3,
-                beta1: 0.9,
-                beta2: 0.95,
-                weight_decay: 0.1,
-                grad_clip: 1.0,
-                warmup_steps: 10,
-                outer_optimizer: OuterOptimizer::Nesterov,
-                outer_learning_rate: 0.7,
-                outer_momentum: 0.9,
-                rounds: 10,
-                encoding: DeltaEncoding::F32,
-                inner_optimizer: Default::default(),
-                min_inner_steps: segments * 5,
-                fragments: 1,
-            },
-            aggregation: AggregationRule::Mean,
-            verification: VerificationParams {
-                checkpoint_interval: 5,
-                segments_per_miner,
-                mode: VerificationMode::Exact,
-                checkpoint_state: Default::default(),
-            },
-            reward_per_round: Amount(1),
-            min_miner_stake: Amount(1_000),
-            commit_blocks: 5,
-            verify_blocks: 5,
+    let spec = JobSpec {
+        name: "detection".into(),
+        model: ModelConfig { vocab_size: 256, context_length: 64, width: 64, layers: 4, heads: 4 },
+        init_seed: 0,
+        dataset_root: Hash::ZERO,
+        dataset_shards: 16,
+        diloco: DilocoParams {
+            workers_per_round: 4,
+            inner_steps: segments * 5,
+            batch_size: 8,
+            sequence_length: 64,
+            learning_rate: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            warmup_steps: 10,
+            outer_optimizer: OuterOptimizer::Nesterov,
+            outer_learning_rate: 0.7,
+            outer_momentum: 0.9,
+            rounds: 10,
+            encoding: DeltaEncoding::F32,
+            inner_optimizer: Default::default(),
+            min_inner_steps: segments * 5,
+            fragments: 1,
         },
-        escrow: trellis_proto::Amount(10),
-        status: JobStatus::Active,
-        cancel_requested: false,
-        current_round: 0,
-        rounds_settled: 0,
-        model_hash: Hash::ZERO,
-        momentum_hash: Hash::ZERO,
-        miners: Vec::new(),
-    }
+        aggregation: AggregationRule::Mean,
+        verification: VerificationParams {
+            checkpoint_interval: 5,
+            segments_per_miner,
+            mode: VerificationMode::Exact,
+            checkpoint_state: Default::default(),
+        },
+        reward_per_round: Amount(1),
+        min_miner_stake: Amount(1_000),
+        commit_blocks: 5,
+        verify_blocks: 5,
+    };
+    Job::submitted(JobId(1), Address([1; 20]), spec, trellis_proto::Amount(10))
 }
 
 fn round_with_commit(miner: Address, steps: u32) -> RoundState {

@@ -75,19 +75,12 @@ fn add_waiting_jobs(kv: &mut MemoryKv, count: u64) {
     {
         let mut overlay = Overlay::new(&*kv);
         for id in 0..count {
-            let job = Job {
-                id: JobId(id),
-                submitter: Address([9; 20]),
-                spec: JobSpec { reward_per_round: Amount(1), ..spec() },
-                escrow: Amount(1),
-                status: JobStatus::Active,
-                cancel_requested: false,
-                current_round: 0,
-                rounds_settled: 0,
-                model_hash: Hash::ZERO,
-                momentum_hash: Hash::ZERO,
-                miners: Vec::new(),
-            };
+            let job = Job::submitted(
+                JobId(id),
+                Address([9; 20]),
+                JobSpec { reward_per_round: Amount(1), ..spec() },
+                Amount(1),
+            );
             trellis_contracts::rounds::new_round(&job, 0, Height(0), &Hash::ZERO).store(&mut overlay);
             write(&mut overlay, keys::job(job.id), &job);
             overlay.put(keys::active(job.id), Vec::new());

@@ -252,6 +252,37 @@ pub enum GenesisError {
     Overflow,
     #[error("genesis lists {0} twice")]
     Duplicate(Address),
+    #[error("genesis parameters: {0}")]
+    Params(String),
+}
+
+impl Genesis {
+    /// What [`Chain::init_genesis`] checks before writing anything (also what a node checks of its
+    /// genesis file at every start): valid parameters, no account or stake listed twice, amounts
+    /// that add up without overflow.
+    pub fn validate(&self) -> Result<(), GenesisError> {
+        self.params.validate().map_err(GenesisError::Params)?;
+        let mut total = Amount::ZERO;
+        let mut seen = std::collections::BTreeSet::new();
+        for (address, balance) in &self.accounts {
+            if !seen.insert(*address) {
+                return Err(GenesisError::Duplicate(*address));
+            }
+            total = total.checked_add(*balance).ok_or(GenesisError::Overflow)?;
+        }
+        for bonds in [&self.validators, &self.miners] {
+            // A key listed twice in one role would count its stake twice in the supply and keep
+            // one record.
+            let mut seen = std::collections::BTreeSet::new();
+            for (key, amount) in bonds {
+                if !seen.insert(key.address()) {
+                    return Err(GenesisError::Duplicate(key.address()));
+                }
+                total = total.checked_add(*amount).ok_or(GenesisError::Overflow)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The chain's rules with their parameters. Holds no state: every call takes the store.
@@ -271,12 +302,9 @@ impl Chain {
         if kv.get(keys::SUPPLY).is_some() {
             return Err(GenesisError::AlreadyInitialised);
         }
+        genesis.validate()?;
         let mut total = Amount::ZERO;
-        let mut seen = std::collections::BTreeSet::new();
         for (address, balance) in &genesis.accounts {
-            if !seen.insert(*address) {
-                return Err(GenesisError::Duplicate(*address));
-            }
             total = total.checked_add(*balance).ok_or(GenesisError::Overflow)?;
             write(kv, keys::account(address), &Account { balance: *balance, nonce: 0 });
         }
@@ -443,7 +471,8 @@ impl Chain {
         let mut candidates = Vec::new();
         for (key, bytes) in kv.scan_prefix(&keys::stake_prefix(Role::Validator)) {
             let stake: Stake = decode_record(&key, &bytes)?;
-            if !stake.jailed && stake.bonded >= self.params.min_validator_stake {
+            // A zero bond has no voting power (only reachable with parameters `validate` refuses).
+            if !stake.jailed && stake.bonded >= self.params.min_validator_stake && stake.bonded > Amount::ZERO {
                 candidates.push(Validator { address: stake.key.address(), key: stake.key, power: stake.bonded.0 });
             }
         }
@@ -715,19 +744,7 @@ impl Chain {
         self.debit(kv, &submitter, escrow)?;
         let id: u64 = read(kv, keys::NEXT_JOB)?.unwrap_or(0);
         write(kv, keys::NEXT_JOB.to_vec(), &id.checked_add(1).ok_or(TxError::Overflow)?);
-        let job = Job {
-            id: JobId(id),
-            submitter,
-            spec: spec.clone(),
-            escrow,
-            status: JobStatus::Active,
-            cancel_requested: false,
-            current_round: 0,
-            rounds_settled: 0,
-            model_hash: Hash::ZERO,
-            momentum_hash: Hash::ZERO,
-            miners: Vec::new(),
-        };
+        let job = Job::submitted(JobId(id), submitter, spec.clone(), escrow);
         let round = rounds::new_round(&job, 0, ctx.height, &ctx.randomness);
         let mut events = vec![Event::JobSubmitted { job: job.id, submitter, escrow }];
         events.push(Event::RoundOpened { job: job.id, round: 0, commit_deadline: round.commit_deadline });

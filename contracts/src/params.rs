@@ -76,6 +76,43 @@ impl Default for Params {
     }
 }
 
+impl Params {
+    /// Whether these parameters can run a chain: every share at most a whole (a slash of more
+    /// than the stake would credit more than it took, minting from nothing; a verifier share of
+    /// more than the payout would make every round fail to settle), a validator needs some stake
+    /// (a set of zero-stake validators has no voting power, and consensus none to pick a proposer
+    /// from), and every count and window at least one. Says which field is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        let shares = [
+            ("poisoner_slash_ppm", self.poisoner_slash_ppm),
+            ("freeloader_slash_ppm", self.freeloader_slash_ppm),
+            ("withhold_slash_ppm", self.withhold_slash_ppm),
+            ("missed_verdict_slash_ppm", self.missed_verdict_slash_ppm),
+            ("overturned_verdict_slash_ppm", self.overturned_verdict_slash_ppm),
+            ("equivocation_slash_ppm", self.equivocation_slash_ppm),
+            ("verifier_share_ppm", self.verifier_share_ppm),
+        ];
+        if let Some((name, value)) = shares.iter().find(|(_, v)| *v > PPM) {
+            return Err(format!("{name} is {value}: a share is at most {PPM} (the whole)"));
+        }
+        if self.min_validator_stake == Amount::ZERO {
+            return Err("min_validator_stake is 0: a validator must have some stake to vote with".into());
+        }
+        let at_least_one = [
+            ("max_validators", u64::from(self.max_validators)),
+            ("checkers_per_segment", u64::from(self.checkers_per_segment)),
+            ("escalation_committee", u64::from(self.escalation_committee)),
+            ("max_miners_per_job", u64::from(self.max_miners_per_job)),
+            ("reveal_blocks", self.reveal_blocks),
+            ("aggregate_blocks", self.aggregate_blocks),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0: it must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// `amount × ppm / 1_000_000`, rounded down, without overflow.
 pub fn fraction(amount: Amount, ppm: u64) -> Amount {
     Amount(((amount.0 as u128 * ppm as u128) / PPM as u128) as u64)

@@ -172,6 +172,25 @@ pub struct Job {
     pub miners: Vec<MinerEntry>,
 }
 
+impl Job {
+    /// A job as `SubmitJob` leaves it: active, at round 0, no model yet, no miners.
+    pub fn submitted(id: JobId, submitter: Address, spec: JobSpec, escrow: Amount) -> Job {
+        Job {
+            id,
+            submitter,
+            spec,
+            escrow,
+            status: JobStatus::Active,
+            cancel_requested: false,
+            current_round: 0,
+            rounds_settled: 0,
+            model_hash: Hash::ZERO,
+            momentum_hash: Hash::ZERO,
+            miners: Vec::new(),
+        }
+    }
+}
+
 impl Encode for Job {
     fn encode_to(&self, out: &mut Vec<u8>) {
         self.id.encode_to(out);

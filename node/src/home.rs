@@ -198,7 +198,10 @@ impl Home {
     pub fn load_genesis(&self) -> anyhow::Result<Genesis> {
         let path = self.genesis();
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid genesis file", path.display()))
+        let genesis: Genesis =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid genesis file", path.display()))?;
+        genesis.validate().with_context(|| format!("{} is not a valid genesis", path.display()))?;
+        Ok(genesis)
     }
 
     pub fn load_key(&self) -> anyhow::Result<Keypair> {

@@ -212,6 +212,10 @@ fn bad_inputs_get_clear_errors() {
             "must be below the steps between two synchronisations, --inner-steps / --fragments (25)",
         ),
         (vec!["train", "--data", &data, "--overlap-mix", "2", "--out", out], "--overlap-mix is the share"),
+        (
+            vec!["train", "--data", &data, "--aggregate", "centered-clip", "--clip-tau", "inf", "--out", out],
+            "--clip-tau must be a positive, finite radius (got inf)",
+        ),
     ];
     for (args, expected) in cases {
         let output = trellis(&args);

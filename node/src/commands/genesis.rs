@@ -168,6 +168,7 @@ fn credit(genesis: &mut Genesis, address: Address, balance: u64) -> anyhow::Resu
 
 fn install(path: &Path, root: &Path) -> anyhow::Result<()> {
     let genesis = read(path)?;
+    genesis.validate().with_context(|| format!("{} is not a valid genesis", path.display()))?;
     let home = Home::new(root);
     let mut config = home.load_config()?;
     if home.data().join("chain").exists() {

@@ -350,8 +350,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             AggregationRule::TrimmedMean { trim: args.trim }
         }
         AggregateArg::CenteredClip => {
-            if args.clip_tau.is_nan() || args.clip_tau <= 0.0 {
-                bail!("--clip-tau must be positive");
+            if !args.clip_tau.is_finite() || args.clip_tau <= 0.0 {
+                bail!("--clip-tau must be a positive, finite radius (got {})", args.clip_tau);
             }
             AggregationRule::CenteredClip { tau: args.clip_tau, iterations: args.clip_iterations }
         }
