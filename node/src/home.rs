@@ -31,6 +31,36 @@ pub struct NodeConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub consensus: ConsensusTiming,
+    /// Which jobs the miner role joins (other roles ignore it).
+    #[serde(default)]
+    pub miner: MinerPolicy,
+}
+
+/// Which jobs a miner works in: the best-paying it can run, up to `max_jobs` at once, none
+/// paying a worker less than `min_reward_per_round` for a round; it leaves a job for one that
+/// pays more (`roles::miner::jobs_to_hold`). Without it a node would join every job it can run,
+/// whatever it pays, and a flood of cheap jobs (a token of escrow each) would split its machine
+/// until it missed the deadlines of the jobs that pay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinerPolicy {
+    /// Most jobs trained at once (a job counts from its join until it ends or ejects us).
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: u32,
+    /// Least a job must pay one worker for one round, in the chain's units: its
+    /// `reward_per_round`, less the verifiers' share, over `workers_per_round`.
+    #[serde(default)]
+    pub min_reward_per_round: u64,
+}
+
+fn default_max_jobs() -> u32 {
+    1
+}
+
+impl Default for MinerPolicy {
+    fn default() -> Self {
+        Self { max_jobs: default_max_jobs(), min_reward_per_round: 0 }
+    }
 }
 
 /// Consensus timing. Every validator of a chain should use the same values.
@@ -149,6 +179,7 @@ impl NodeConfig {
             },
             metrics: MetricsConfig { listen: format!("127.0.0.1:{}", base_port + 2) },
             consensus: ConsensusTiming::default(),
+            miner: MinerPolicy::default(),
         }
     }
 }

@@ -377,7 +377,9 @@ async fn run_async(root: &Path, role: NodeRole, device: tch::Device, behaviour: 
         #[cfg(not(feature = "adversary"))]
         let context = RoleContext::new(shared.clone(), net.clone(), key, work_dir, device);
         match (role, &aggregates) {
-            (NodeRole::Miner, _) => supervisor.spawn("miner role", crate::roles::miner::run(context)),
+            (NodeRole::Miner, _) => {
+                supervisor.spawn("miner role", crate::roles::miner::run(context, config.miner.clone()))
+            }
             (NodeRole::Validator, Some(book)) => {
                 supervisor.spawn("validator duties", crate::roles::run_validator(context, book.clone()))
             }

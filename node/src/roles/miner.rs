@@ -1,5 +1,7 @@
-//! The miner: checks each job before joining it (and skips, with a logged reason, a job it
-//! cannot run), trains each round it is a worker of (H AdamW steps from the canonical start
+//! The miner: joins the best-paying jobs it can run, up to `miner.max_jobs` at once and none
+//! paying a worker less than `miner.min_reward_per_round` a round, leaving a job for a better-paying
+//! one ([`jobs_to_hold`]), checks
+//! each job before joining it (and skips, with a logged reason, a job it cannot run), trains each round it is a worker of (H AdamW steps from the canonical start
 //! state, on the batches the schedule gives its slot), commits a hash that binds its work to its
 //! address before the commit deadline, and after it reveals the work and publishes its blobs
 //! (trail, checkpoints, Δ), which the blob exchange then serves to checkers. In a `groth16` job
@@ -13,12 +15,15 @@
 //! deadline passes first, it skips the round (and is not paid for it). Nothing half-done is
 //! ever committed.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+use trellis_contracts::params::fraction;
 use trellis_contracts::rounds::{tokens_of, worker_index};
 use trellis_contracts::state::{keys, read, AcceptedState, Job, JobStatus, Phase, RoundState, Stake};
+use trellis_contracts::Params;
 use trellis_proto::{
     decode, Amount, Encode, Hash, Height, JobId, JobSpec, Role, Trail, TrailEntry, TxKind, WorkCommitment, WorkReveal,
 };
@@ -32,6 +37,7 @@ use trellis_trainer::worker::{checkpoint_path, InnerLoop};
 #[cfg(feature = "adversary")]
 use super::adversary;
 use super::{RoleContext, Work};
+use crate::home::MinerPolicy;
 use crate::roles::jobdata;
 use crate::storage::blobs::{data_hash, BlobKey, BlobKind, BlobStore, MAX_BLOB_BYTES};
 #[cfg(feature = "adversary")]
@@ -41,25 +47,118 @@ use trellis_verifier::groth16::{ZkJob, ZkTraining};
 /// Blocks a miner waits before checking again a job it could not run.
 const RECHECK_BLOCKS: u64 = 20;
 
-/// Runs the miner until the node stops.
-pub async fn run(context: Arc<RoleContext>) {
-    super::drive(context, tick).await;
+/// Blocks a sent `JoinJob` counts as a job taken ([`MinerPolicy::max_jobs`]) before it shows
+/// on chain; after that it was refused (a full job) or lost, and the place is free again.
+const JOIN_PATIENCE_BLOCKS: u64 = 20;
+
+/// A job this miner is about to be in: its place is taken while the job is checked and the join
+/// is on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joining {
+    Checking,
+    Sent(Height),
+}
+
+/// The miner's own bookkeeping between blocks.
+struct Miner {
+    policy: MinerPolicy,
+    joining: Arc<std::sync::Mutex<HashMap<JobId, Joining>>>,
+    /// Jobs whose pay was found too low (said once each in the log).
+    turned_down: HashSet<JobId>,
+}
+
+/// Runs the miner until the node stops, joining jobs as `policy` says.
+pub async fn run(context: Arc<RoleContext>, policy: MinerPolicy) {
+    let mut miner = Miner { policy, joining: Arc::default(), turned_down: HashSet::new() };
+    super::drive(context, move |context, height| tick(context, &mut miner, height)).await;
 }
 
 fn required_stake(context: &RoleContext, job: &Job) -> Amount {
     job.spec.min_miner_stake.max(context.shared.ledger.params().min_miner_stake)
 }
 
-fn tick(context: &Arc<RoleContext>, height: Height) {
+/// What one worker is paid for one round of `spec` with every worker accepted and a full share
+/// each: the round's reward less the verifiers' share, over the workers.
+pub fn worker_pay(params: &Params, spec: &JobSpec) -> Amount {
+    let reward = spec.reward_per_round;
+    let miners = reward.0.saturating_sub(fraction(reward, params.verifier_share_ppm).0);
+    Amount(miners / u64::from(spec.diloco.workers_per_round.max(1)))
+}
+
+/// A job a miner is in (or joining), or could join, and what it pays a worker a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub job: JobId,
+    pub pay: Amount,
+    /// Whether the miner is in the job already (or its join is on its way).
+    pub held: bool,
+}
+
+/// The jobs a miner works in: of the `offers`, the `policy.max_jobs` best-paying that pay at
+/// least `policy.min_reward_per_round` (on equal pay, a job held before one not yet joined, then
+/// the oldest). A held job left out is left: the miner commits no new work to it (its place
+/// goes to a better-paying job; it is dropped from the job after missing two commitments, with
+/// no slash), so a job posted to capture miners ahead of better-paying ones keeps them only as
+/// long as nothing pays more.
+pub fn jobs_to_hold(policy: &MinerPolicy, mut offers: Vec<Offer>) -> Vec<JobId> {
+    offers.retain(|offer| offer.pay.0 >= policy.min_reward_per_round);
+    offers.sort_by(|a, b| b.pay.cmp(&a.pay).then(b.held.cmp(&a.held)).then(a.job.cmp(&b.job)));
+    offers.into_iter().take(policy.max_jobs as usize).map(|offer| offer.job).collect()
+}
+
+fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
     let me = context.key.address();
     let bonded = {
         let view = context.shared.ledger.store().pending_state();
         read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(Amount::ZERO, |s| s.bonded)
     };
-    for job in context.active_jobs() {
-        if job.cancel_requested {
-            continue;
+    let params = context.shared.ledger.params().clone();
+    let active: Vec<Job> = context.active_jobs().into_iter().filter(|job| !job.cancel_requested).collect();
+    let joining: HashMap<JobId, Joining> = {
+        let mut joining = miner.joining.lock().unwrap_or_else(|p| p.into_inner());
+        joining.retain(|job, state| {
+            let pending = active.iter().any(|j| j.id == *job && !j.miners.iter().any(|m| m.address == me));
+            pending
+                && match state {
+                    Joining::Checking => true,
+                    Joining::Sent(at) => height.0 < at.0.saturating_add(JOIN_PATIENCE_BLOCKS),
+                }
+        });
+        joining.clone()
+    };
+    // What each job offers: those we are in (not ejected), joining, or could join.
+    let mut offers = Vec::new();
+    for job in &active {
+        let pay = worker_pay(&params, &job.spec);
+        let held = match job.miners.iter().find(|m| m.address == me) {
+            Some(entry) if entry.ejected => continue,
+            Some(_) => true,
+            None if joining.contains_key(&job.id) => true,
+            None => {
+                let period = height.0 / RECHECK_BLOCKS;
+                let unrunnable = context.failures(&Work::CheckRunnable { job: job.id, period }) > 0;
+                let full = job.miners.len() >= params.max_miners_per_job as usize;
+                if unrunnable || full || bonded < required_stake(context, job) {
+                    continue;
+                }
+                false
+            }
+        };
+        if pay.0 < miner.policy.min_reward_per_round && miner.turned_down.insert(job.id) {
+            tracing::info!(
+                target: "node::miner", job = %job.id, pay = pay.0, least = miner.policy.min_reward_per_round,
+                "not working in a job that pays a worker less a round than miner.min_reward_per_round"
+            );
         }
+        offers.push(Offer { job: job.id, pay, held });
+    }
+    let hold = jobs_to_hold(&miner.policy, offers.clone());
+    for offer in offers.iter().filter(|o| o.held && !hold.contains(&o.job)) {
+        if miner.turned_down.insert(offer.job) {
+            tracing::info!(target: "node::miner", job = %offer.job, pay = offer.pay.0, "leaving a job for better-paying ones (miner.max_jobs): committing no new work to it");
+        }
+    }
+    for job in &active {
         #[cfg(feature = "adversary")]
         if context.behaviour == Behaviour::LyingPeer {
             if let Some(round) = context.round(job.id, job.current_round).filter(|r| r.phase == Phase::Verifying) {
@@ -67,8 +166,8 @@ fn tick(context: &Arc<RoleContext>, height: Height) {
             }
         }
         let Some(entry) = job.miners.iter().find(|m| m.address == me) else {
-            if bonded >= required_stake(context, &job) {
-                consider_joining(context, &job, height);
+            if hold.contains(&job.id) && !joining.contains_key(&job.id) {
+                consider_joining(context, job, height, &miner.joining);
             }
             continue;
         };
@@ -79,9 +178,13 @@ fn tick(context: &Arc<RoleContext>, height: Height) {
         let Some(worker) = worker_index(&round, &me) else { continue };
         let mine = round.commits.iter().find(|c| c.miner == me);
         match (round.phase, mine) {
-            (Phase::Open, None) if height <= round.commit_deadline => commit_phase(context, &job, &round, worker),
+            (Phase::Open, None) if height <= round.commit_deadline && hold.contains(&job.id) => {
+                commit_phase(context, job, &round, worker)
+            }
+            // Work committed is revealed whatever the policy says now (an unrevealed commitment
+            // is a freeloader's).
             (Phase::Revealing, Some(commit)) if commit.reveal.is_none() && height <= round.reveal_deadline => {
-                reveal_phase(context, &job, &round, worker, commit.binding)
+                reveal_phase(context, job, &round, worker, commit.binding)
             }
             _ => {}
         }
@@ -89,26 +192,55 @@ fn tick(context: &Arc<RoleContext>, height: Height) {
 }
 
 /// Joins `job` once a check says this node can run it; logs why not otherwise (and checks again
-/// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later).
-fn consider_joining(context: &Arc<RoleContext>, job: &Job, height: Height) {
-    if !context.start_once(Work::CheckRunnable { job: job.id, period: height.0 / RECHECK_BLOCKS }) {
+/// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later). The job
+/// holds a place in `joining` from the check until the join shows on chain or is given up.
+fn consider_joining(
+    context: &Arc<RoleContext>,
+    job: &Job,
+    height: Height,
+    joining: &Arc<std::sync::Mutex<HashMap<JobId, Joining>>>,
+) {
+    let check = Work::CheckRunnable { job: job.id, period: height.0 / RECHECK_BLOCKS };
+    if !context.start_once(check.clone()) {
         return;
     }
-    let (context, job) = (context.clone(), job.clone());
+    joining.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id, Joining::Checking);
+    let (context, job, joining) = (context.clone(), job.clone(), joining.clone());
     tokio::spawn(async move {
-        match runnable(&context, &job).await {
-            Ok(()) => {
-                if context.start_once(Work::SendJoin { job: job.id }) {
-                    if let Err(error) = context.submit(TxKind::JoinJob { job: job.id }) {
+        let outcome = match runnable(&context, &job).await {
+            Ok(()) if context.start_once(Work::SendJoin { job: job.id }) => {
+                match context.submit(TxKind::JoinJob { job: job.id }) {
+                    Ok(_) => Some(Joining::Sent(context.height())),
+                    Err(error) => {
                         tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot join");
+                        context.forget(&Work::SendJoin { job: job.id });
+                        None
                     }
                 }
             }
-            Err(error) => tracing::warn!(
-                target: "node::miner",
-                job = %job.id, reason = format!("{error:#}"),
-                "not joining a job this node cannot run (checking again in {RECHECK_BLOCKS} blocks)"
-            ),
+            Ok(()) => {
+                tracing::debug!(target: "node::miner", job = %job.id, "our join was sent before and did not land (a full job?)");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(
+                    target: "node::miner",
+                    job = %job.id, reason = format!("{error:#}"),
+                    "not joining a job this node cannot run (checking again in {RECHECK_BLOCKS} blocks)"
+                );
+                None
+            }
+        };
+        let mut joining = joining.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Some(sent) => {
+                joining.insert(job.id, sent);
+            }
+            None => {
+                // Not a candidate again before the next check period: the place goes to the next job.
+                context.count_failure(&check);
+                joining.remove(&job.id);
+            }
         }
     });
 }
@@ -801,4 +933,54 @@ pub(super) fn canonical_trail(
         proofs: Vec::new(),
         final_moments: Hash::ZERO,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(job: u64, pay: u64, held: bool) -> Offer {
+        Offer { job: JobId(job), pay: Amount(pay), held }
+    }
+
+    /// A flood of cheap jobs (a token of escrow each) takes no place from a job that pays: the
+    /// best-paying are held, none below the least, no more than `max_jobs`; a job held already
+    /// keeps its place against one paying the same, and gives it up to one paying more.
+    #[test]
+    fn a_miner_holds_the_best_paying_jobs_it_has_places_for_and_none_below_its_least() {
+        let policy = MinerPolicy { max_jobs: 2, min_reward_per_round: 10 };
+        let mut offers: Vec<Offer> = (0..50).map(|id| offer(id, 1, false)).collect();
+        offers.extend([offer(60, 300, false), offer(61, 10, false), offer(62, 300, false)]);
+        assert_eq!(jobs_to_hold(&policy, offers.clone()), vec![JobId(60), JobId(62)], "best pay, then oldest");
+
+        // Held since before: a cheap job joined first (the flood came before the paying job).
+        let mut captured = offers.clone();
+        captured[3].held = true;
+        assert_eq!(jobs_to_hold(&policy, captured.clone()), vec![JobId(60), JobId(62)], "the cheap job is left");
+        let any = MinerPolicy::default();
+        assert_eq!(any, MinerPolicy { max_jobs: 1, min_reward_per_round: 0 });
+        assert_eq!(jobs_to_hold(&any, captured[..10].to_vec()), vec![JobId(3)], "held beats equal pay");
+        assert_eq!(jobs_to_hold(&any, captured), vec![JobId(60)], "more pay beats held");
+        assert_eq!(jobs_to_hold(&any, offers[..3].to_vec()), vec![JobId(0)], "by default any pay, one job");
+        assert!(jobs_to_hold(&MinerPolicy { max_jobs: 0, ..any }, offers.clone()).is_empty());
+        let held_below = vec![offer(7, 9, true), offer(8, 500, true)];
+        assert_eq!(jobs_to_hold(&policy, held_below), vec![JobId(8)], "a held job below the least is left");
+    }
+
+    #[test]
+    fn a_workers_pay_is_the_miners_part_of_the_round_over_the_workers() {
+        let params = Params::default(); // verifiers take 10%
+        let file: crate::commands::job::JobFile = toml::from_str(
+            "name = \"t\"\nmodel = \"nano\"\ndataset = \"d\"\nescrow = 10\nreward_per_round = 1000\n\
+             [diloco]\nworkers_per_round = 3\ninner_steps = 4\nrounds = 2\n\
+             [verification]\ncheckpoint_interval = 2\nsegments_per_miner = 1\nmode = \"exact\"\n",
+        )
+        .unwrap();
+        let mut spec = file.spec(Hash::ZERO, 1, None).unwrap();
+        assert_eq!(worker_pay(&params, &spec), Amount(300));
+        spec.reward_per_round = Amount(u64::MAX);
+        assert_eq!(worker_pay(&params, &spec), Amount((u64::MAX - u64::MAX / 10) / 3));
+        spec.diloco.workers_per_round = 0;
+        assert!(worker_pay(&params, &spec) > Amount::ZERO, "a spec the chain refuses still has a pay, not a panic");
+    }
 }

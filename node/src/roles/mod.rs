@@ -379,6 +379,16 @@ impl RoleContext {
         *count
     }
 
+    /// Whether `work` was started (and not forgotten since).
+    pub fn started(&self, work: &Work) -> bool {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).contains(work)
+    }
+
+    /// How many failures of `work` were counted.
+    pub fn failures(&self, work: &Work) -> u32 {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(work).copied().unwrap_or(0)
+    }
+
     /// Forgets `work`, so it may be tried again.
     pub fn forget(&self, work: &Work) {
         self.started.lock().unwrap_or_else(|p| p.into_inner()).remove(work);
