@@ -418,16 +418,7 @@ impl Chain {
         kv: &S,
     ) -> Result<std::collections::BTreeSet<(Role, Address)>, TxError> {
         let mut backing = std::collections::BTreeSet::new();
-        for (key, _) in kv.scan_prefix(keys::WORKING_PREFIX) {
-            let corrupt = |reason| crate::state::CorruptState {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                source: trellis_proto::codec::DecodeError::InvalidValue { what: "working job", reason },
-            };
-            let id = keys::working_job(&key).ok_or_else(|| corrupt("not a job id"))?;
-            let job: Job = read(kv, &keys::job(id))?.ok_or_else(|| corrupt("names a job that does not exist"))?;
-            if job.status != JobStatus::Active {
-                return Err(corrupt("names a job that ended").into());
-            }
+        for job in crate::state::working_jobs(kv)? {
             let Some(round) = RoundState::load_record(kv, job.id, job.current_round)? else { continue };
             if matches!(round.phase, Phase::Settled | Phase::Lapsed) {
                 continue;

@@ -727,13 +727,30 @@ pub mod keys {
 /// Every active job, in id order, read through the `active/` index: the cost is in the jobs
 /// running, not in every job the chain has seen.
 pub fn active_jobs(kv: &(impl KvStore + ?Sized)) -> Result<Vec<Job>, CorruptState> {
+    indexed_jobs(kv, keys::ACTIVE_PREFIX, keys::active_job, "active job")
+}
+
+/// Every active job someone has committed work to, in id order, read through the `working/`
+/// index (from a job's first `CommitWork` until it ends): the jobs that can have trails to check
+/// and aggregates to compute. A job waiting for its first commitment is not among them, so jobs
+/// nobody works in cost a validator's duties nothing.
+pub fn working_jobs(kv: &(impl KvStore + ?Sized)) -> Result<Vec<Job>, CorruptState> {
+    indexed_jobs(kv, keys::WORKING_PREFIX, keys::working_job, "working job")
+}
+
+fn indexed_jobs(
+    kv: &(impl KvStore + ?Sized),
+    prefix: &[u8],
+    job_of: fn(&[u8]) -> Option<JobId>,
+    what: &'static str,
+) -> Result<Vec<Job>, CorruptState> {
     let mut jobs = Vec::new();
-    for (key, _) in kv.scan_prefix(keys::ACTIVE_PREFIX) {
+    for (key, _) in kv.scan_prefix(prefix) {
         let corrupt = |reason| CorruptState {
             key: String::from_utf8_lossy(&key).into_owned(),
-            source: DecodeError::InvalidValue { what: "active job", reason },
+            source: DecodeError::InvalidValue { what, reason },
         };
-        let id = keys::active_job(&key).ok_or_else(|| corrupt("not a job id"))?;
+        let id = job_of(&key).ok_or_else(|| corrupt("not a job id"))?;
         let job: Job = read(kv, &keys::job(id))?.ok_or_else(|| corrupt("indexes a job that does not exist"))?;
         if job.status != JobStatus::Active {
             return Err(corrupt("indexes a job that ended"));

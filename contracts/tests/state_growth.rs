@@ -172,6 +172,33 @@ fn maturing_stake_reads_as_much_state_with_a_thousand_jobs_waiting_for_miners_as
     assert_eq!(none, many, "a maturing block read {none} entries with no waiting job, {many} with 1,000");
 }
 
+/// A validator's duties (checks, prefetches, aggregates) look at the jobs someone has committed
+/// work to (`state::working_jobs`), so a thousand jobs waiting for miners add nothing to what a
+/// validator reads each block; a job enters with its first commitment (and leaves when it ends).
+#[test]
+fn a_validators_duties_read_as_much_state_with_a_thousand_jobs_waiting_for_miners_as_with_none() {
+    let read_by_duties = |waiting: usize| {
+        let mut w = World::new(4, 3, params());
+        let submitter = Keypair::from_seed(w.submitter.seed());
+        for _ in 0..waiting {
+            let spec = JobSpec { reward_per_round: Amount(1), ..w.spec() };
+            w.send(&submitter, TxKind::SubmitJob { spec, escrow: Amount(1) }).unwrap();
+        }
+        let joined = w.submit_and_join(10_000);
+        assert!(trellis_contracts::state::working_jobs(&w.kv).unwrap().is_empty(), "nobody committed yet");
+        w.commit(joined, 0, 0).unwrap();
+        let counting = Counting { inner: &mut w.kv, entries_read: Cell::new(0), bytes_written: 0 };
+        let working = trellis_contracts::state::working_jobs(&counting).unwrap();
+        assert_eq!(working.iter().map(|j| j.id).collect::<Vec<_>>(), vec![JobId(joined)]);
+        let read = counting.entries_read.get();
+        let active = trellis_contracts::state::active_jobs(&w.kv).unwrap().len();
+        assert_eq!(active, waiting + 1);
+        read
+    };
+    let (none, many) = (read_by_duties(0), read_by_duties(1_000));
+    assert_eq!(none, many, "the duties read {none} entries with no waiting job, {many} with 1,000");
+}
+
 /// Bytes one verdict writes in a round where each of three miners has `segments` segments
 /// checked.
 fn bytes_a_verdict_writes(segments: u32) -> usize {

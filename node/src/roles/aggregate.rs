@@ -67,7 +67,7 @@ impl AggregateBook {
 /// Called after every block by the validator role.
 pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trellis_proto::Height) {
     let me = context.key.address();
-    for job in context.active_jobs() {
+    for job in context.working_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
         if round.phase != Phase::AwaitingAggregate || height > round.aggregate_deadline {
             continue;
@@ -140,7 +140,7 @@ pub fn tick(context: &Arc<RoleContext>, book: &Arc<AggregateBook>, height: trell
 /// then the checkers of each miner hold its Δ and serve it too.
 pub fn prefetch(context: &Arc<RoleContext>) {
     let me = context.key.address();
-    for job in context.active_jobs() {
+    for job in context.working_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
         if round.phase != Phase::Verifying {
             continue;

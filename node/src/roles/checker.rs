@@ -53,7 +53,7 @@ pub const OWN_FAILURES: u32 = 3;
 /// long path is for the start checkpoint, not for the trail and then the checkpoint. A failure is
 /// only logged: the check fetches what is missing.
 pub fn prefetch_trails(context: &Arc<RoleContext>) {
-    for job in context.active_jobs() {
+    for job in context.working_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
         if !matches!(round.phase, Phase::Revealing | Phase::Verifying) {
             continue;
@@ -81,7 +81,7 @@ pub fn prefetch_trails(context: &Arc<RoleContext>) {
 
 pub fn tick(context: &Arc<RoleContext>, height: trellis_proto::Height) {
     let me = context.key.address();
-    for job in context.active_jobs() {
+    for job in context.working_jobs() {
         let Some(round) = context.round(job.id, job.current_round) else { continue };
         if round.phase != Phase::Verifying || height > round.verify_end {
             continue;

@@ -65,11 +65,15 @@ struct Miner {
     joining: Arc<std::sync::Mutex<HashMap<JobId, Joining>>>,
     /// Jobs whose pay was found too low (said once each in the log).
     turned_down: HashSet<JobId>,
+    /// The jobs held or joining at the last look at every active job ([`RECHECK_BLOCKS`] apart):
+    /// the blocks between read only these, so that jobs nobody works in cost a miner's blocks
+    /// nothing either.
+    known: Option<Vec<JobId>>,
 }
 
 /// Runs the miner until the node stops, joining jobs as `policy` says.
 pub async fn run(context: Arc<RoleContext>, policy: MinerPolicy) {
-    let mut miner = Miner { policy, joining: Arc::default(), turned_down: HashSet::new() };
+    let mut miner = Miner { policy, joining: Arc::default(), turned_down: HashSet::new(), known: None };
     super::drive(context, move |context, height| tick(context, &mut miner, height)).await;
 }
 
@@ -113,7 +117,18 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
         read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(Amount::ZERO, |s| s.bonded)
     };
     let params = context.shared.ledger.params().clone();
-    let active: Vec<Job> = context.active_jobs().into_iter().filter(|job| !job.cancel_requested).collect();
+    let look_at_all = miner.known.is_none() || height.0 % RECHECK_BLOCKS == 0;
+    let jobs = match &miner.known {
+        Some(known) if !look_at_all => known
+            .iter()
+            .chain(miner.joining.lock().unwrap_or_else(|p| p.into_inner()).keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|id| context.job(*id).filter(|job| job.status == JobStatus::Active))
+            .collect(),
+        _ => context.active_jobs(),
+    };
+    let active: Vec<Job> = jobs.into_iter().filter(|job| !job.cancel_requested).collect();
     let joining: HashMap<JobId, Joining> = {
         let mut joining = miner.joining.lock().unwrap_or_else(|p| p.into_inner());
         joining.retain(|job, state| {
@@ -153,6 +168,9 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
         offers.push(Offer { job: job.id, pay, held });
     }
     let hold = jobs_to_hold(&miner.policy, offers.clone());
+    if look_at_all {
+        miner.known = Some(offers.iter().filter(|o| o.held || hold.contains(&o.job)).map(|o| o.job).collect());
+    }
     for offer in offers.iter().filter(|o| o.held && !hold.contains(&o.job)) {
         if miner.turned_down.insert(offer.job) {
             tracing::info!(target: "node::miner", job = %offer.job, pay = offer.pay.0, "leaving a job for better-paying ones (miner.max_jobs): committing no new work to it");
@@ -487,6 +505,22 @@ fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// The jobs this node keeps local files of in `work_dir` (stages, residuals, carried
+/// checkpoints: every name holds `-job{J}-round`), which garbage collection must visit.
+pub(super) fn jobs_with_local_files(work_dir: &Path) -> HashSet<JobId> {
+    std::fs::read_dir(work_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let (_, rest) = name.to_str()?.split_once("-job")?;
+            let (job, _) = rest.split_once("-round")?;
+            Some(JobId(job.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Where the residual left by this miner's error-feedback encoding of round `round` is kept.
@@ -965,6 +999,19 @@ mod tests {
         assert!(jobs_to_hold(&MinerPolicy { max_jobs: 0, ..any }, offers.clone()).is_empty());
         let held_below = vec![offer(7, 9, true), offer(8, 500, true)];
         assert_eq!(jobs_to_hold(&policy, held_below), vec![JobId(8)], "a held job below the least is left");
+    }
+
+    #[test]
+    fn the_jobs_of_local_files_are_read_from_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        Stage::create(dir.path(), 7, 2).unwrap();
+        std::fs::write(residual_path(dir.path(), 12, 0), b"r").unwrap();
+        std::fs::write(carry_path(dir.path(), 12, 3), b"c").unwrap();
+        std::fs::write(dir.path().join("unrelated-file"), b"u").unwrap();
+        std::fs::write(dir.path().join("stage-jobX-round1"), b"x").unwrap();
+        let found = jobs_with_local_files(dir.path());
+        assert_eq!(found, HashSet::from([JobId(7), JobId(12)]));
+        assert!(jobs_with_local_files(&dir.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -295,15 +295,27 @@ impl RoleContext {
         state::active_jobs(&view).unwrap_or_else(|e| crate::storage::store::fatal(e))
     }
 
+    /// The active jobs someone has committed work to ([`state::working_jobs`]): all a validator's
+    /// duties look at, so that jobs nobody works in (a flood of them costs a token each) cost
+    /// its blocks nothing.
+    pub fn working_jobs(&self) -> Vec<Job> {
+        let view = self.shared.ledger.store().pending_state();
+        state::working_jobs(&view).unwrap_or_else(|e| crate::storage::store::fatal(e))
+    }
+
     /// Deletes what this node keeps of rounds nobody needs any more: the round blobs (trails,
     /// checkpoints, Δ) and a miner's stages of every round before a job's current one, and all
-    /// of them once the job has ended. Visits the jobs seen active since the node started (every
-    /// job, the first time), and forgets a job once it ended and was collected.
+    /// of them once the job has ended. Visits every job the first time, then the jobs it has
+    /// something of (blobs listed for a round, a miner's files) and those someone works in, and
+    /// forgets a job once it ended and was collected: jobs nobody works in (a flood of them costs
+    /// a token each) cost it nothing.
     pub fn collect_garbage(&self) {
         let ids: Vec<JobId> = {
             let mut watched = self.collect_watch.lock().unwrap_or_else(|p| p.into_inner());
             let watched = watched.get_or_insert_with(|| self.jobs().iter().map(|job| job.id).collect());
-            watched.extend(self.active_jobs().iter().map(|job| job.id));
+            watched.extend(self.working_jobs().iter().map(|job| job.id));
+            watched.extend(self.net.store().listed_jobs());
+            watched.extend(miner::jobs_with_local_files(&self.work_dir));
             watched.iter().copied().collect()
         };
         for id in ids {

@@ -464,6 +464,25 @@ impl BlobStore {
         self.root.join("rounds").join(format!("{}-{}", job.0, round))
     }
 
+    /// The jobs some round of which has blobs listed here (what garbage collection must visit).
+    pub fn listed_jobs(&self) -> std::collections::BTreeSet<JobId> {
+        self.round_lists().into_iter().map(|(job, _)| job).collect()
+    }
+
+    /// Every (job, round) with a list of blobs.
+    fn round_lists(&self) -> Vec<(JobId, u32)> {
+        std::fs::read_dir(self.root.join("rounds"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let (listed_job, round) = name.to_str()?.split_once('-')?;
+                Some((JobId(listed_job.parse().ok()?), round.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The keys listed for round `round` of `job` (nothing when the list is gone).
     fn round_keys(&self, job: JobId, round: u32) -> Vec<BlobKey> {
         let Ok(text) = std::fs::read_to_string(self.round_list(job, round)) else { return Vec::new() };
@@ -483,16 +502,7 @@ impl BlobStore {
     /// checkpoints; a miner may name another job's blob as its own). Returns how many blobs were
     /// removed.
     pub fn collect_settled(&self, job: JobId, keep_from: u32) -> usize {
-        let listed: Vec<(JobId, u32)> = std::fs::read_dir(self.root.join("rounds"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name();
-                let (listed_job, round) = name.to_str()?.split_once('-')?;
-                Some((JobId(listed_job.parse().ok()?), round.parse().ok()?))
-            })
-            .collect();
+        let listed = self.round_lists();
         let kept: std::collections::HashSet<BlobKey> = listed
             .iter()
             .filter(|(listed_job, round)| *listed_job != job || *round >= keep_from)
@@ -842,11 +852,15 @@ mod tests {
         let model = store.put_data(b"model").unwrap();
         store.tag_round(JobId(3), 0, &[old]).unwrap();
         store.tag_round(JobId(3), 1, &[new]).unwrap();
+        assert_eq!(store.listed_jobs(), std::collections::BTreeSet::from([JobId(3)]));
         assert_eq!(store.collect_settled(JobId(3), 1), 1);
         assert!(!store.contains(&old));
         assert!(store.contains(&new));
         assert!(store.contains(&model));
         assert_eq!(store.collect_settled(JobId(3), 1), 0);
+        assert_eq!(store.listed_jobs().len(), 1, "round 1's list stays");
+        store.collect_settled(JobId(3), 2);
+        assert!(store.listed_jobs().is_empty(), "a job collected whole is listed no more");
     }
 
     #[test]
