@@ -73,6 +73,14 @@ struct Miner {
 
 /// Runs the miner until the node stops, joining jobs as `policy` says.
 pub async fn run(context: Arc<RoleContext>, policy: MinerPolicy) {
+    if policy.max_jobs == 0 {
+        tracing::warn!(target: "node::miner", "miner.max_jobs is 0 in config/node.toml: this miner joins no job");
+    } else {
+        tracing::info!(
+            target: "node::miner", max_jobs = policy.max_jobs, min_reward_per_round = policy.min_reward_per_round,
+            "joining the best-paying jobs this node can run"
+        );
+    }
     let mut miner = Miner { policy, joining: Arc::default(), turned_down: HashSet::new(), known: None };
     super::drive(context, move |context, height| tick(context, &mut miner, height)).await;
 }
