@@ -482,10 +482,6 @@ async fn block_time_s(rpc: &HttpClient, height: u64) -> Option<f64> {
     Some(block.header.time_ms as f64 / 1000.0)
 }
 
-/// (training, verification, aggregation) seconds of a settled round, from block times: the
-/// round's opening, its last commitment, its tally and the block that committed its aggregate.
-/// (The aggregate's block, not the monitor's look at the chain: the look comes after the previous
-/// round's model was exported and evaluated, up to seconds later.)
 /// Each revealed commitment of a settled round, with what the chain paid its miner for it.
 fn revealed_work(state: &RoundState, events: &[Event]) -> Vec<super::report::RevealedWork> {
     state
@@ -514,6 +510,10 @@ fn revealed_work(state: &RoundState, events: &[Event]) -> Vec<super::report::Rev
         .collect()
 }
 
+/// (training, verification, aggregation) seconds of a settled round, from block times: the
+/// round's opening, its last commitment, its tally and the block that committed its aggregate.
+/// (The aggregate's block, not the monitor's look at the chain: the look comes after the previous
+/// round's model was exported and evaluated, up to seconds later.)
 async fn round_times(rpc: &HttpClient, spec: &trellis_proto::JobSpec, state: &RoundState) -> (f64, f64, f64) {
     let opened = state.opened_at;
     let last_commit = state.commits.iter().map(|c| c.height).max().unwrap_or(opened);

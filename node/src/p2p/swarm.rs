@@ -451,7 +451,8 @@ impl Driver {
             }
             Command::Publish(batch) => {
                 if let Err(error) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), batch) {
-                    // No peer yet, or the batch was published before: peers get it in a block.
+                    // No peer subscribed yet: `roles::watch_nonce` gossips our own again; peers get
+                    // others' in a block.
                     tracing::debug!(target: "node::gossip", %error, "batch not published");
                 }
             }

@@ -55,16 +55,30 @@ const JOIN_PATIENCE_BLOCKS: u64 = 20;
 /// is on its way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Joining {
+    /// Being checked ([`runnable`]); it takes no place from a job the miner works in.
     Checking,
+    /// Our `JoinJob` went out at this height: the job takes its place.
     Sent(Height),
+    /// The check failed or the join could not be sent: backed off ([`Miner::backoff`]).
+    Failed,
+}
+
+/// Blocks a job whose check failed (or whose join did not land) is not considered again after
+/// its `n`-th failure: [`RECHECK_BLOCKS`] doubled each time, at most 32 times that.
+fn backoff_blocks(failures: u32) -> u64 {
+    RECHECK_BLOCKS << failures.saturating_sub(1).min(5)
 }
 
 /// The miner's own bookkeeping between blocks.
 struct Miner {
     policy: MinerPolicy,
     joining: Arc<std::sync::Mutex<HashMap<JobId, Joining>>>,
-    /// Jobs whose pay was found too low (said once each in the log).
+    /// Jobs whose pay was found too low, or that were left (said once each in the log).
     turned_down: HashSet<JobId>,
+    /// Jobs not considered until a height, after failed checks or joins that did not land (and
+    /// how many failed): a job nobody can run, however well it pays, does not keep a place from
+    /// the next best.
+    backoff: HashMap<JobId, (Height, u32)>,
     /// The jobs held or joining at the last look at every active job ([`RECHECK_BLOCKS`] apart):
     /// the blocks between read only these, so that jobs nobody works in cost a miner's blocks
     /// nothing either.
@@ -81,7 +95,8 @@ pub async fn run(context: Arc<RoleContext>, policy: MinerPolicy) {
             "joining the best-paying jobs this node can run"
         );
     }
-    let mut miner = Miner { policy, joining: Arc::default(), turned_down: HashSet::new(), known: None };
+    let mut miner =
+        Miner { policy, joining: Arc::default(), turned_down: HashSet::new(), backoff: HashMap::new(), known: None };
     super::drive(context, move |context, height| tick(context, &mut miner, height)).await;
 }
 
@@ -136,32 +151,47 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
             .collect(),
         _ => context.active_jobs(),
     };
-    let active: Vec<Job> = jobs.into_iter().filter(|job| !job.cancel_requested).collect();
+    // A job whose submitter asked to cancel it still runs its current round to the end: work
+    // committed to it is revealed (an unrevealed commitment is a freeloader's), but nobody joins it.
+    let active: Vec<Job> = jobs;
+    // Joins settle: landed (we are in the job) or the job ended, and the entry goes; a failed
+    // check, or a join that did not land within `JOIN_PATIENCE_BLOCKS` (a full job), backs the job
+    // off and has every active job looked at again at once, for the next best.
+    let mut failed_now = false;
     let joining: HashMap<JobId, Joining> = {
+        let backoff = &mut miner.backoff;
         let mut joining = miner.joining.lock().unwrap_or_else(|p| p.into_inner());
         joining.retain(|job, state| {
             let pending = active.iter().any(|j| j.id == *job && !j.miners.iter().any(|m| m.address == me));
+            let expired = matches!(state, Joining::Sent(at) if height.0 >= at.0.saturating_add(JOIN_PATIENCE_BLOCKS));
+            if pending && (expired || *state == Joining::Failed) {
+                let (until, failures) = backoff.entry(*job).or_insert((height, 0));
+                *failures += 1;
+                *until = Height(height.0.saturating_add(backoff_blocks(*failures)));
+                context.forget(&Work::SendJoin { job: *job });
+                failed_now = true;
+                return false;
+            }
             pending
-                && match state {
-                    Joining::Checking => true,
-                    Joining::Sent(at) => height.0 < at.0.saturating_add(JOIN_PATIENCE_BLOCKS),
-                }
         });
         joining.clone()
     };
-    // What each job offers: those we are in (not ejected), joining, or could join.
+    // What each job offers: those we are in (not ejected) or whose join is sent hold a place;
+    // those we could join (being checked, or not yet) are candidates.
+    let cap = params.max_miners_per_job as usize;
     let mut offers = Vec::new();
     for job in &active {
         let pay = worker_pay(&params, &job.spec);
-        let held = match job.miners.iter().find(|m| m.address == me) {
-            Some(entry) if entry.ejected => continue,
-            Some(_) => true,
-            None if joining.contains_key(&job.id) => true,
-            None => {
-                let period = height.0 / RECHECK_BLOCKS;
-                let unrunnable = context.failures(&Work::CheckRunnable { job: job.id, period }) > 0;
-                let full = job.miners.len() >= params.max_miners_per_job as usize;
-                if unrunnable || full || bonded < required_stake(context, job) {
+        let held = match (job.miners.iter().find(|m| m.address == me), joining.get(&job.id)) {
+            (Some(entry), _) if entry.ejected => continue,
+            (Some(_), _) | (None, Some(Joining::Sent(_))) => true,
+            (None, Some(_)) => false,
+            (None, None) => {
+                let backed_off = miner.backoff.get(&job.id).is_some_and(|(until, _)| height < *until);
+                // The chain counts the miners still in the job (dropped and ejected ones keep
+                // their records): so does the miner.
+                let full = job.miners.iter().filter(|m| !m.ejected).count() >= cap;
+                if job.cancel_requested || backed_off || full || bonded < required_stake(context, job) {
                     continue;
                 }
                 false
@@ -175,11 +205,24 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
         }
         offers.push(Offer { job: job.id, pay, held });
     }
-    let hold = jobs_to_hold(&miner.policy, offers.clone());
+    // The jobs worked in are chosen among those held: a candidate takes a place only once its
+    // check passed and its join went out, so a better-paying job nobody can run never stops work.
+    let work = jobs_to_hold(&miner.policy, offers.iter().filter(|o| o.held).copied().collect());
+    let wanted = jobs_to_hold(&miner.policy, offers.clone());
     if look_at_all {
-        miner.known = Some(offers.iter().filter(|o| o.held || hold.contains(&o.job)).map(|o| o.job).collect());
+        let ids: HashSet<JobId> = active.iter().map(|job| job.id).collect();
+        miner.turned_down.retain(|job| ids.contains(job));
+        miner.backoff.retain(|job, _| ids.contains(job));
+        context.forget_jobs_other_than(&ids);
     }
-    for offer in offers.iter().filter(|o| o.held && !hold.contains(&o.job)) {
+    miner.known = if failed_now {
+        None
+    } else if look_at_all {
+        Some(offers.iter().filter(|o| o.held || wanted.contains(&o.job)).map(|o| o.job).collect())
+    } else {
+        miner.known.take()
+    };
+    for offer in offers.iter().filter(|o| o.held && !work.contains(&o.job)) {
         if miner.turned_down.insert(offer.job) {
             tracing::info!(target: "node::miner", job = %offer.job, pay = offer.pay.0, "leaving a job for better-paying ones (miner.max_jobs): committing no new work to it");
         }
@@ -192,7 +235,7 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
             }
         }
         let Some(entry) = job.miners.iter().find(|m| m.address == me) else {
-            if hold.contains(&job.id) && !joining.contains_key(&job.id) {
+            if wanted.contains(&job.id) && !joining.contains_key(&job.id) {
                 consider_joining(context, job, height, &miner.joining);
             }
             continue;
@@ -204,7 +247,7 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
         let Some(worker) = worker_index(&round, &me) else { continue };
         let mine = round.commits.iter().find(|c| c.miner == me);
         match (round.phase, mine) {
-            (Phase::Open, None) if height <= round.commit_deadline && hold.contains(&job.id) => {
+            (Phase::Open, None) if height <= round.commit_deadline && work.contains(&job.id) => {
                 commit_phase(context, job, &round, worker)
             }
             // Work committed is revealed whatever the policy says now (an unrevealed commitment
@@ -218,16 +261,15 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
 }
 
 /// Joins `job` once a check says this node can run it; logs why not otherwise (and checks again
-/// after [`RECHECK_BLOCKS`]: a submitter's node may start serving its dataset later). The job
-/// holds a place in `joining` from the check until the join shows on chain or is given up.
+/// after a back-off, [`backoff_blocks`]: a submitter's node may start serving its dataset later).
+/// `joining` follows the job from the check until the join shows on chain or is given up.
 fn consider_joining(
     context: &Arc<RoleContext>,
     job: &Job,
     height: Height,
     joining: &Arc<std::sync::Mutex<HashMap<JobId, Joining>>>,
 ) {
-    let check = Work::CheckRunnable { job: job.id, period: height.0 / RECHECK_BLOCKS };
-    if !context.start_once(check.clone()) {
+    if !context.start_once(Work::CheckRunnable { job: job.id, period: height.0 / RECHECK_BLOCKS }) {
         return;
     }
     joining.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id, Joining::Checking);
@@ -236,38 +278,27 @@ fn consider_joining(
         let outcome = match runnable(&context, &job).await {
             Ok(()) if context.start_once(Work::SendJoin { job: job.id }) => {
                 match context.submit(TxKind::JoinJob { job: job.id }) {
-                    Ok(_) => Some(Joining::Sent(context.height())),
+                    Ok(_) => Joining::Sent(context.height()),
                     Err(error) => {
                         tracing::warn!(target: "node::miner", job = %job.id, %error, "cannot join");
-                        context.forget(&Work::SendJoin { job: job.id });
-                        None
+                        Joining::Failed
                     }
                 }
             }
             Ok(()) => {
                 tracing::debug!(target: "node::miner", job = %job.id, "our join was sent before and did not land (a full job?)");
-                None
+                Joining::Failed
             }
             Err(error) => {
                 tracing::warn!(
                     target: "node::miner",
                     job = %job.id, reason = format!("{error:#}"),
-                    "not joining a job this node cannot run (checking again in {RECHECK_BLOCKS} blocks)"
+                    "not joining a job this node cannot run (checking again later, less often each time)"
                 );
-                None
+                Joining::Failed
             }
         };
-        let mut joining = joining.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Some(sent) => {
-                joining.insert(job.id, sent);
-            }
-            None => {
-                // Not a candidate again before the next check period: the place goes to the next job.
-                context.count_failure(&check);
-                joining.remove(&job.id);
-            }
-        }
+        joining.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id, outcome);
     });
 }
 
@@ -1007,6 +1038,22 @@ mod tests {
         assert!(jobs_to_hold(&MinerPolicy { max_jobs: 0, ..any }, offers.clone()).is_empty());
         let held_below = vec![offer(7, 9, true), offer(8, 500, true)];
         assert_eq!(jobs_to_hold(&policy, held_below), vec![JobId(8)], "a held job below the least is left");
+    }
+
+    #[test]
+    fn a_job_that_fails_its_check_is_looked_at_less_often_each_time() {
+        let blocks: Vec<u64> = [1, 2, 3, 6, 7, 1_000].iter().map(|&n| backoff_blocks(n)).collect();
+        assert_eq!(
+            blocks,
+            vec![
+                RECHECK_BLOCKS,
+                2 * RECHECK_BLOCKS,
+                4 * RECHECK_BLOCKS,
+                32 * RECHECK_BLOCKS,
+                32 * RECHECK_BLOCKS,
+                32 * RECHECK_BLOCKS
+            ]
+        );
     }
 
     #[test]

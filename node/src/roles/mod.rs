@@ -220,8 +220,10 @@ struct NonceWatch {
 enum QueueStep {
     /// Nothing pending, or our nonce moved, or not long enough stalled.
     Wait,
-    /// Gossip them again: a batch lost on its way (no peer subscribed yet, a dropped connection)
-    /// is otherwise never seen by a proposer, and a reveal window is shorter than [`STUCK_BLOCKS`].
+    /// Gossip them again: a batch lost on its first hop (no peer subscribed yet, a dropped
+    /// connection) is otherwise never seen by a proposer, and a reveal window is shorter than
+    /// [`STUCK_BLOCKS`]. (A peer that holds it already forwards no copy, so a loss further on is
+    /// left to the peers' own relaying and, after [`STUCK_BLOCKS`], to sending anew.)
     Rebroadcast,
     /// Drop them and send the work anew at a higher fee.
     Unstick,
@@ -396,9 +398,12 @@ impl RoleContext {
         self.started.lock().unwrap_or_else(|p| p.into_inner()).contains(work)
     }
 
-    /// How many failures of `work` were counted.
-    pub fn failures(&self, work: &Work) -> u32 {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(work).copied().unwrap_or(0)
+    /// Forgets the started work and counted failures of every job not in `active` (jobs that
+    /// ended without this node visiting them for garbage collection: one it only checked).
+    pub fn forget_jobs_other_than(&self, active: &HashSet<JobId>) {
+        let keep = |work: &Work| work.job().is_none_or(|job| active.contains(&job));
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).retain(|work| keep(work));
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).retain(|work, _| keep(work));
     }
 
     /// Forgets `work`, so it may be tried again.
