@@ -79,10 +79,12 @@ struct Miner {
     /// how many failed): a job nobody can run, however well it pays, does not keep a place from
     /// the next best.
     backoff: HashMap<JobId, (Height, u32)>,
-    /// The jobs held or joining at the last look at every active job ([`RECHECK_BLOCKS`] apart):
-    /// the blocks between read only these, so that jobs nobody works in cost a miner's blocks
-    /// nothing either.
+    /// The jobs held or wanted at the last look at every active job ([`RECHECK_BLOCKS`] apart, or
+    /// when a job was submitted): the blocks between read only these, so that jobs nobody works
+    /// in cost a miner's blocks nothing either.
     known: Option<Vec<JobId>>,
+    /// The chain's next job id at the last block (a new job makes every active job looked at).
+    next_job: u64,
 }
 
 /// Runs the miner until the node stops, joining jobs as `policy` says.
@@ -95,8 +97,14 @@ pub async fn run(context: Arc<RoleContext>, policy: MinerPolicy) {
             "joining the best-paying jobs this node can run"
         );
     }
-    let mut miner =
-        Miner { policy, joining: Arc::default(), turned_down: HashSet::new(), backoff: HashMap::new(), known: None };
+    let mut miner = Miner {
+        policy,
+        joining: Arc::default(),
+        turned_down: HashSet::new(),
+        backoff: HashMap::new(),
+        known: None,
+        next_job: 0,
+    };
     super::drive(context, move |context, height| tick(context, &mut miner, height)).await;
 }
 
@@ -140,7 +148,14 @@ fn tick(context: &Arc<RoleContext>, miner: &mut Miner, height: Height) {
         read::<Stake>(&view, &keys::stake(Role::Miner, &me)).ok().flatten().map_or(Amount::ZERO, |s| s.bonded)
     };
     let params = context.shared.ledger.params().clone();
-    let look_at_all = miner.known.is_none() || height.0 % RECHECK_BLOCKS == 0;
+    // A job submitted since the last look is looked at at once (the next job id moved).
+    let next_job: u64 = {
+        let view = context.shared.ledger.store().pending_state();
+        read(&view, keys::NEXT_JOB).ok().flatten().unwrap_or(0)
+    };
+    let look_at_all = miner.known.is_none()
+        || height.0 % RECHECK_BLOCKS == 0
+        || next_job != std::mem::replace(&mut miner.next_job, next_job);
     let jobs = match &miner.known {
         Some(known) if !look_at_all => known
             .iter()
