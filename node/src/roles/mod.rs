@@ -393,11 +393,6 @@ impl RoleContext {
         *count
     }
 
-    /// Whether `work` was started (and not forgotten since).
-    pub fn started(&self, work: &Work) -> bool {
-        self.started.lock().unwrap_or_else(|p| p.into_inner()).contains(work)
-    }
-
     /// Forgets the started work and counted failures of every job not in `active` (jobs that
     /// ended without this node visiting them for garbage collection: one it only checked).
     pub fn forget_jobs_other_than(&self, active: &HashSet<JobId>) {
